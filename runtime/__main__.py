@@ -1,0 +1,5 @@
+"""`python -m runtime ...` is the `tidal` command."""
+
+from runtime.cli import main
+
+raise SystemExit(main())

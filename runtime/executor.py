@@ -1,0 +1,274 @@
+"""The executor process: one slot, a kernel on the main thread, a listener on the socket.
+
+Threads and why:
+
+* The main thread runs the kernel's hub and every task greenlet. It never touches the
+  scheduler socket; it hands its reports to the listener over an inproc PAIR socket.
+* The listener thread owns the DEALER socket to the scheduler: it performs the handshake,
+  turns commands into kernel calls (which raise the record gate), forwards reports, sends
+  heartbeats with metrics, and runs the suspension watchdog.
+
+Discussion: how fast a busy executor *notices* a suspend command is decided by the GIL, not
+by greenlets. The listener wakes in C (zmq poll, GIL released) and must take the GIL before
+it can raise the gate; CPython only forces the running thread to drop the GIL after the
+switch interval, 5 ms by default. We set it to 100 us in executor processes, which bounds
+the wait; the cost is paid only when the listener actually wants the GIL (it sleeps in
+zmq otherwise). When a C loop drains a C iterator the gate itself offers the GIL every 1024
+records (see runtime/_gate.c).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import psutil
+import zmq
+
+from runtime import protocol as p
+from runtime.functions import FunctionRef
+from runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
+
+__all__ = ["DEFAULT_SWITCH_INTERVAL_S", "Executor"]
+
+log = logging.getLogger("tidal.executor")
+
+DEFAULT_SWITCH_INTERVAL_S = 100e-6
+# Discussion: until the scheduler's welcome tells us its interval, heartbeat at this rate.
+DEFAULT_HEARTBEAT_S = 0.5
+# While a suspension is pending, look at the watchdog this often.
+WATCHDOG_POLL_MS = 5
+
+
+class Executor:
+    """One executor: connect to `scheduler`, run what it launches until told to stop."""
+
+    def __init__(
+        self,
+        scheduler: str,
+        *,
+        node: str = "local",
+        executor_id: str | None = None,
+        switch_interval_s: float = DEFAULT_SWITCH_INTERVAL_S,
+        suspend_timeout_ns: int = DEFAULT_SUSPEND_TIMEOUT_NS,
+        connect_timeout_s: float = 30.0,
+        max_frame_bytes: int = p.MAX_FRAME_BYTES,
+    ) -> None:
+        self.scheduler = scheduler
+        self.node = node
+        self.executor_id = (
+            executor_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self.switch_interval_s = switch_interval_s
+        self.connect_timeout_s = connect_timeout_s
+        self.max_frame_bytes = max_frame_bytes
+        self.exit_code = 0
+        self._context = zmq.Context()
+        self._inproc = f"inproc://tidal-executor-{uuid.uuid4().hex}"
+        self._to_listener = self._context.socket(zmq.PAIR)
+        self._to_listener.bind(self._inproc)
+        self.kernel = Kernel(
+            self._emit, executor_id=self.executor_id, suspend_timeout_ns=suspend_timeout_ns
+        )
+        self._bad_frames = p.RateLimitedLog(log.warning)
+        self._process = psutil.Process()
+
+    # ---- main thread ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until shut down; return the process exit code."""
+        sys.setswitchinterval(self.switch_interval_s)
+        listener = threading.Thread(target=self._listen, name="tidal-listener", daemon=True)
+        listener.start()
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.kernel.stop())
+        try:
+            self.kernel.run(block=True)
+        finally:
+            self.kernel.close()  # kill what is left; their reports go out first
+            self._to_listener.send(b"")  # then the listener says goodbye and exits
+            listener.join(timeout=5)
+            self._to_listener.close(linger=0)
+            self._context.term()
+        return self.exit_code
+
+    def _emit(self, msg: p.Message) -> None:
+        """Send a kernel report to the scheduler (via the listener thread)."""
+        self._to_listener.send(p.encode(msg))
+
+    # ---- listener thread ----------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        dealer = self._context.socket(zmq.DEALER)
+        dealer.linger = 1000
+        dealer.connect(self.scheduler)
+        from_main = self._context.socket(zmq.PAIR)
+        from_main.connect(self._inproc)
+        try:
+            self._listen_loop(dealer, from_main)
+        except Exception:  # an internal error: loud, and the executor stops
+            log.exception("executor listener crashed")
+            self.exit_code = 1
+            self.kernel.stop()
+        finally:
+            dealer.close()
+            from_main.close(linger=0)
+
+    def _listen_loop(self, dealer: zmq.Socket, from_main: zmq.Socket) -> None:
+        """The listener's loop: poll, handle each frame by its op, watchdog, heartbeat."""
+        dealer.send(
+            p.encode(
+                p.Hello(
+                    p.PROTOCOL_VERSION,
+                    self.executor_id,
+                    self.node,
+                    1,
+                    os.getpid(),
+                    socket.gethostname(),
+                )
+            )
+        )
+        self._welcomed = False
+        self._heartbeat_s = DEFAULT_HEARTBEAT_S
+        connect_deadline = time.monotonic() + self.connect_timeout_s
+        next_heartbeat = time.monotonic()
+        seq = 0
+        poller = zmq.Poller()
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(from_main, zmq.POLLIN)
+        handlers = {
+            p.Welcome: self._on_welcome,
+            p.Reject: self._on_reject,
+            p.Shutdown: self._on_shutdown,
+            p.Launch: self._on_launch,
+            p.Suspend: self._on_suspend,
+            p.Resume: self._on_resume,
+            p.Kill: self._on_kill,
+        }
+        while True:
+            # -- 1. Poll. Wake for the next heartbeat, or sooner while a suspension is pending.
+            timeout_ms = max(0.0, (next_heartbeat - time.monotonic()) * 1000)
+            if self.kernel.has_pending_suspensions():
+                timeout_ms = min(timeout_ms, WATCHDOG_POLL_MS)
+            ready = dict(poller.poll(timeout_ms))
+
+            # -- 2. Commands from the scheduler, each handled by its op.
+            if dealer in ready:
+                while dealer.poll(0):
+                    frames = dealer.recv_multipart(zmq.NOBLOCK)
+                    try:
+                        if len(frames) != 1:
+                            raise p.ProtocolError(f"expected 1 frame, got {len(frames)}")
+                        msg = p.decode(frames[0], max_frame_bytes=self.max_frame_bytes)
+                        handler = handlers.get(type(msg))
+                        if handler is None:
+                            raise p.ProtocolError(f"{msg.op} is not sent to executors")
+                        if not self._welcomed and type(msg) not in (p.Welcome, p.Reject):
+                            raise p.ProtocolError(f"{msg.op} before the handshake completed")
+                    except p.ProtocolError as exc:
+                        self._bad_frames(f"dropped a bad frame from the scheduler: {exc}")
+                        continue
+                    handler(msg, dealer)
+
+            # -- 3. Reports from the hub go out in order; an empty frame means "shut down".
+            if from_main in ready:
+                while from_main.poll(0):
+                    frame = from_main.recv(zmq.NOBLOCK)
+                    if not frame:
+                        dealer.send(p.encode(p.Goodbye("executor shutting down")))
+                        return
+                    dealer.send(frame)
+
+            # -- 4. Watchdog: report suspensions the running task cannot honour.
+            for failure in self.kernel.check_overdue():
+                dealer.send(p.encode(failure))
+
+            # -- 5. Heartbeat, or give up if the scheduler never answered the hello.
+            now = time.monotonic()
+            if not self._welcomed and now > connect_deadline:
+                log.error(
+                    "no answer from a scheduler at %s within %.0f s",
+                    self.scheduler,
+                    self.connect_timeout_s,
+                )
+                self.exit_code = 2
+                self.kernel.stop()
+                connect_deadline = float("inf")
+            if self._welcomed and now >= next_heartbeat:
+                seq += 1
+                dealer.send(p.encode(self._heartbeat(seq)))
+                next_heartbeat = now + self._heartbeat_s
+            elif not self._welcomed:
+                next_heartbeat = now + 0.1
+
+    def _heartbeat(self, seq: int) -> p.Heartbeat:
+        stats = self.kernel.statistics()
+        memory = psutil.virtual_memory()
+        return p.Heartbeat(
+            self.executor_id,
+            self.node,
+            seq,
+            time.monotonic_ns(),
+            1,
+            stats.running,
+            stats.suspended,
+            stats.queued,
+            self._process.memory_info().rss,
+            memory.available,
+            float(memory.percent),
+        )
+
+    # ---- handlers (listener thread) -----------------------------------------------------------
+
+    def _on_welcome(self, msg: p.Welcome, dealer: zmq.Socket) -> None:
+        if msg.version != p.PROTOCOL_VERSION:
+            log.error(
+                "scheduler speaks protocol %d, this executor %d", msg.version, p.PROTOCOL_VERSION
+            )
+            self.exit_code = 2
+            self.kernel.stop()
+            return
+        self._welcomed = True
+        self._heartbeat_s = max(0.01, msg.heartbeat_ms / 1000)
+        log.info("executor %s joined scheduler %s", self.executor_id, msg.scheduler_id)
+
+    def _on_reject(self, msg: p.Reject, dealer: zmq.Socket) -> None:
+        log.error("scheduler refused this executor: %s", msg.reason)
+        self.exit_code = 2
+        self.kernel.stop()
+
+    def _on_shutdown(self, msg: p.Shutdown, dealer: zmq.Socket) -> None:
+        log.info("scheduler asked this executor to shut down: %s", msg.reason)
+        self.kernel.stop()
+
+    def _on_launch(self, msg: p.Launch, dealer: zmq.Socket) -> None:
+        self.kernel.launch(
+            msg.task_id,
+            FunctionRef(msg.fn, msg.main_path),
+            msg.args,
+            msg.kwargs,
+            attempt=msg.attempt,
+            priority=msg.priority,
+        )
+
+    def _on_suspend(self, msg: p.Suspend, dealer: zmq.Socket) -> None:
+        self.kernel.suspend(msg.task_id)
+
+    def _on_resume(self, msg: p.Resume, dealer: zmq.Socket) -> None:
+        self.kernel.resume(msg.task_id)
+
+    def _on_kill(self, msg: p.Kill, dealer: zmq.Socket) -> None:
+        self.kernel.kill(msg.task_id)
+
+
+def serve(scheduler: str, **options: Any) -> int:
+    """Run an executor in this process until it is shut down; return its exit code."""
+    return Executor(scheduler, **options).run()

@@ -1,0 +1,132 @@
+"""Functions travel by reference: "module:qualname", plus the path of the user's script.
+
+Nothing executable crosses the wire. The client turns a function into a reference, checking
+that an executor will be able to import it; the executor imports it when the task starts.
+
+Functions defined in the user's `__main__` script work the way multiprocessing's spawn start
+method makes them work: the executor runs that script once under the module name
+`__mp_main__` (so its `if __name__ == "__main__":` block does not run again) and looks the
+function up there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import runpy
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FunctionNotFound", "FunctionRef", "function_ref"]
+
+MAIN_ALIAS = "__mp_main__"
+
+
+class FunctionNotFound(LookupError):
+    """A task's function cannot be referenced or imported. The message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionRef:
+    """Where to find a task function: `module:qualname`, and the main script if needed."""
+
+    ref: str
+    main_path: str | None = None
+
+    def resolve(self) -> Callable[..., Any]:
+        """Import the module and look the function up, or raise FunctionNotFound."""
+        module_name, sep, qualname = self.ref.partition(":")
+        if not sep or not module_name or not qualname:
+            raise FunctionNotFound(
+                f"malformed function reference {self.ref!r}: expected 'module:qualname'"
+            )
+        if module_name == "__main__":
+            module = _load_main_script(self.main_path, self.ref)
+        else:
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:
+                raise FunctionNotFound(
+                    f"cannot import module {module_name!r} for task function {self.ref!r}: "
+                    f"{type(exc).__name__}: {exc} (is it installed, or on PYTHONPATH, on the "
+                    "executor's host?)"
+                ) from exc
+        obj: Any = module
+        for part in qualname.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                raise FunctionNotFound(
+                    f"module {module_name!r} has no attribute {qualname!r} "
+                    f"(looking up {self.ref!r})"
+                ) from None
+        if not callable(obj):
+            raise FunctionNotFound(f"{self.ref!r} is a {type(obj).__name__}, not a function")
+        return obj
+
+
+def _load_main_script(path: str | None, ref: str) -> types.ModuleType:
+    module = sys.modules.get(MAIN_ALIAS)
+    if module is not None and getattr(module, "__file__", None) == path:
+        return module
+    if not path:
+        raise FunctionNotFound(
+            f"{ref!r} lives in the client's __main__ but no script path came "
+            "with it (was it defined in an interactive session?)"
+        )
+    if not os.path.isfile(path):
+        raise FunctionNotFound(
+            f"{ref!r} lives in the client's script {path!r}, which this "
+            "executor cannot read (on another host, put the function in an "
+            "importable module instead)"
+        )
+    try:
+        namespace = runpy.run_path(path, run_name=MAIN_ALIAS)
+    except Exception as exc:
+        raise FunctionNotFound(
+            f"running the client's script {path!r} to find {ref!r} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    module = types.ModuleType(MAIN_ALIAS)
+    module.__dict__.update(namespace)
+    module.__file__ = path
+    sys.modules[MAIN_ALIAS] = module
+    return module
+
+
+def function_ref(fn: Callable[..., Any]) -> FunctionRef:
+    """Reference `fn` for the wire, or raise FunctionNotFound if executors could not find it."""
+    target = getattr(fn, "fn", fn)  # a @task TaskFunction carries the function
+    module_name = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if not callable(fn) or module_name is None or qualname is None:
+        raise FunctionNotFound(
+            f"{fn!r} is not a module-level function, so executors cannot import it"
+        )
+    if "<lambda>" in qualname or "<locals>" in qualname:
+        raise FunctionNotFound(
+            f"{qualname!r} in {module_name!r} is a lambda or is defined inside "
+            "another function; executors can only import functions defined "
+            "at the top level of a module"
+        )
+    main_path = None
+    if module_name in ("__main__", MAIN_ALIAS):
+        main = sys.modules.get(module_name)
+        main_path = os.path.abspath(main.__file__) if getattr(main, "__file__", None) else None
+        module_name = "__main__"
+    ref = FunctionRef(f"{module_name}:{qualname}", main_path)
+    # Check the reference leads back to this very function, as pickle does for functions.
+    if module_name != "__main__":
+        try:
+            found = ref.resolve()
+        except FunctionNotFound:
+            found = None
+        if found is not fn and getattr(found, "fn", found) is not target:
+            raise FunctionNotFound(
+                f"{module_name}:{qualname} does not lead back to {fn!r} "
+                "(was it redefined, or decorated by something that hides it?)"
+            )
+    return ref

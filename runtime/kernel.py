@@ -1,0 +1,528 @@
+"""The kernel: runs tasks as greenlets on one thread, one at a time, and parks them on command.
+
+Principles, in the spirit of a small coroutine kernel:
+
+* One door. A running task reaches the hub only through `Kernel._checkpoint()`, which the
+  record gate calls at a record boundary (and the generator driver calls after each output)
+  when the gate is raised. Nothing else in a task switches greenlets.
+* One loop. `Kernel.run()` is the hub: drain commands, pick the task to run, switch into it,
+  account for what came back. It reads top to bottom.
+* Commands in, reports out. `launch/suspend/resume/kill` may be called from any thread; they
+  queue a command and raise the gate. The hub applies commands only while it holds control,
+  and reports what happened as protocol messages through the `emit` callable it was given
+  (an in-memory list in tests, a ZeroMQ socket in the executor).
+* A task's exception belongs to the task: it becomes a `Failed` report with its traceback.
+  An error in the kernel itself is not caught here; it is loud.
+
+Latencies: a suspension is measured from the moment the command was queued (`suspend()`
+was called) to the moment the hub regains control; a resumption from the moment the hub
+switches into the task to the moment the task runs again.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import greenlet
+
+from runtime import protocol as p
+from runtime.functions import FunctionRef
+from runtime.gate import Gate, GatedIterator
+from runtime.task import TaskContext, gate_arguments
+
+__all__ = ["Kernel", "TaskKilled", "TaskState"]
+
+# Discussion: 100 ms is long enough that a task with sane records (even 10 ms ones) always
+# reaches a boundary first, and short enough that a scheduler waiting for a slot learns
+# quickly that this task cannot give it one.
+DEFAULT_SUSPEND_TIMEOUT_NS = 100_000_000
+
+
+class TaskKilled(BaseException):
+    """Raised inside a task at a record boundary when it is killed.
+
+    A BaseException, like GreenletExit, so that `except Exception:` in user code does not
+    swallow it.
+    """
+
+
+class TaskState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    DONE = "done"
+
+
+# Sentinels passed through greenlet switches. The hub only ever switches a task back with
+# _GO (or throws TaskKilled); a task only ever switches to the hub with _ATTENTION or by
+# returning its _Outcome.
+_GO = object()
+_ATTENTION = object()
+
+
+@dataclass(slots=True)
+class _Outcome:
+    kind: str  # "finished" | "failed" | "killed"
+    value: Any = None
+    error: BaseException | None = None
+    formatted: str = ""
+
+
+@dataclass(eq=False, slots=True)
+class TaskRecord:
+    """The kernel's live record of one task."""
+
+    task_id: str
+    fn: Callable[..., Any] | FunctionRef
+    args: list[Any]
+    kwargs: dict[str, Any]
+    attempt: int
+    priority: str
+    state: TaskState = TaskState.QUEUED
+    glet: greenlet.greenlet | None = None
+    suspensions: int = 0
+    records: int = 0
+    running_ns: int = 0
+    suspended_ns: int = 0
+    switched_in_at: int = 0
+    gate_mark: int = 0  # gate.records when the task was last switched in
+    suspended_at: int = 0
+    resume_started_at: int = 0  # non-zero while a resumption is in flight
+    kill_requested: bool = False
+    context: TaskContext | None = None
+
+    def stats(self, executor_id: str) -> dict[str, Any]:
+        return {
+            "executor_id": executor_id,
+            "running_ns": self.running_ns,
+            "suspended_ns": self.suspended_ns,
+            "suspensions": self.suspensions,
+            "records": self.records,
+        }
+
+
+@dataclass(slots=True)
+class _Command:
+    op: str  # "launch" | "suspend" | "resume" | "kill"
+    task_id: str
+    queued_at: int
+    record: TaskRecord | None = None
+    # suspend only: settled under the kernel's lock by either the hub (taken) or the
+    # watchdog (cancelled, because no record boundary came in time); never both.
+    taken: bool = False
+    cancelled: bool = False
+
+
+@dataclass
+class KernelStatistics:
+    running: int
+    suspended: int
+    queued: int
+    finished: int
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+
+
+class Kernel:
+    """Runs tasks as greenlets on the thread that calls `run()`."""
+
+    def __init__(
+        self,
+        emit: Callable[[p.Message], None],
+        *,
+        executor_id: str = "local",
+        clock: Callable[[], int] = time.monotonic_ns,
+        suspend_timeout_ns: int = DEFAULT_SUSPEND_TIMEOUT_NS,
+        gate_factory: Callable[[], Any] = Gate,
+        gated_iterator: Callable[..., Any] = GatedIterator,
+    ) -> None:
+        self.executor_id = executor_id
+        self.gate = gate_factory()
+        self.gate.hook = self._checkpoint
+        self._emit = emit
+        self._clock = clock
+        self._suspend_timeout_ns = suspend_timeout_ns
+        self._gated_iterator = gated_iterator
+        self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _pending_suspends and _Command flags
+        self._pending_suspends: dict[str, _Command] = {}
+        self._tasks: dict[str, TaskRecord] = {}
+        self._ready: deque[TaskRecord] = deque()  # resumed tasks at the left, launches at the right
+        self._current: TaskRecord | None = None
+        self._hub: greenlet.greenlet | None = None
+        self._finished = 0
+        self._regained_at = 0  # when the hub last got control back from a task
+
+    # ---- commands: callable from any thread -----------------------------------------------
+
+    def launch(
+        self,
+        task_id: str,
+        fn: Callable[..., Any] | FunctionRef,
+        args: list[Any] | tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        attempt: int = 0,
+        priority: str = "batch",
+    ) -> None:
+        """Queue a task to run when the slot is free.
+
+        `fn` may be a FunctionRef: it is then imported when the task starts, and a failure to
+        import becomes the task's failure report.
+        """
+        record = TaskRecord(task_id, fn, list(args), dict(kwargs or {}), attempt, priority)
+        self._post(_Command("launch", task_id, self._clock(), record))
+
+    def suspend(self, task_id: str) -> None:
+        """Ask the task to park at its next record boundary."""
+        command = _Command("suspend", task_id, self._clock())
+        with self._lock:
+            self._pending_suspends[task_id] = command
+        self._post(command)
+
+    def resume(self, task_id: str) -> None:
+        """Let a suspended task continue where it stopped, before any new launch."""
+        self._post(_Command("resume", task_id, self._clock()))
+
+    def kill(self, task_id: str) -> None:
+        """Stop a task: TaskKilled is raised in it at its next record boundary."""
+        self._post(_Command("kill", task_id, self._clock()))
+
+    def _post(self, command: _Command) -> None:
+        self._inbox.put(command)
+        self.gate.requested = 1  # after the put: the hub lowers the gate before draining
+
+    def check_overdue(self, now: int | None = None) -> list[p.SuspendFailed]:
+        """Give up on suspensions the running task has not honoured in time.
+
+        Called from another thread (the executor's listener) while a task may be busy. A task
+        that runs without reaching a record boundary cannot be suspended; rather than leave
+        the requester waiting, report it. The task keeps running.
+        """
+        now = self._clock() if now is None else now
+        failures = []
+        with self._lock:
+            for task_id, command in list(self._pending_suspends.items()):
+                waited = now - command.queued_at
+                if not command.taken and waited >= self._suspend_timeout_ns:
+                    command.cancelled = True
+                    del self._pending_suspends[task_id]
+                    failures.append(
+                        p.SuspendFailed(
+                            task_id,
+                            f"no record boundary reached within {waited / 1e6:.1f} ms: the "
+                            "task is busy in code that does not consume a gated input or yield",
+                            waited,
+                        )
+                    )
+        return failures
+
+    def has_pending_suspensions(self) -> bool:
+        """True while a suspend command waits for the running task to reach a boundary."""
+        return bool(self._pending_suspends)
+
+    def statistics(self) -> KernelStatistics:
+        """Counts of tasks by state (safe to call from another thread)."""
+        tasks = {tid: r.state for tid, r in list(self._tasks.items())}
+        states = list(tasks.values())
+        return KernelStatistics(
+            running=states.count(TaskState.RUNNING),
+            suspended=states.count(TaskState.SUSPENDED),
+            queued=states.count(TaskState.QUEUED),
+            finished=self._finished,
+            tasks=tasks,
+        )
+
+    # ---- the hub ------------------------------------------------------------------------------
+
+    def run(self, *, block: bool = False) -> None:
+        """Run the hub loop on this thread.
+
+        With `block=False` return as soon as nothing is left to run (tests drive the kernel
+        this way); with `block=True` sleep until a command arrives, until `stop()`.
+        """
+        self._hub = greenlet.getcurrent()
+        while True:
+            # -- 1. Commands. Lower the gate first, so a command posted while we drain
+            #       raises it again instead of being missed.
+            self.gate.requested = 0
+            while True:
+                try:
+                    command = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if not self._apply(command):
+                    return
+
+            # -- 2. Choose. The running task keeps the slot unless it was suspended or
+            #       killed; otherwise resumed tasks come before new launches.
+            record = self._current
+            if record is None:
+                if not self._ready:
+                    if not block:
+                        return
+                    # Idle: sleep in the queue (the GIL is released) until a command comes.
+                    if not self._apply(self._inbox.get()):
+                        return
+                    continue
+                record = self._ready.popleft()
+
+            # -- 3. Switch into the task until it finishes or calls the hub at a boundary.
+            outcome = self._switch_into(record)
+
+            # -- 4. Account. A finished task reports; one that called the hub stays current
+            #       and step 1 decides what its call was about.
+            if isinstance(outcome, _Outcome):
+                self._report_outcome(record, outcome)
+
+    def stop(self) -> None:
+        """Make `run()` return once the hub gets control (callable from any thread)."""
+        self._post(_Command("stop", "", self._clock()))
+
+    def close(self) -> None:
+        """Kill every task still here, unwinding their stacks. Call after `run()` returned."""
+        self._hub = greenlet.getcurrent()
+        for record in list(self._tasks.values()):
+            if record.state is not TaskState.DONE:
+                self._apply_kill(record, _Command("kill", record.task_id, self._clock()))
+
+    def _switch_into(self, record: TaskRecord) -> Any:
+        now = self._clock()
+        if record.state is TaskState.QUEUED:
+            record.glet = greenlet.greenlet(self._task_main, parent=self._hub)
+            record.context = TaskContext(
+                record.task_id, record.attempt, record.priority, self.executor_id, record, self.gate
+            )
+            record.glet.tidal_context = record.context
+            self._emit(p.Started(record.task_id, record.attempt, now))
+        elif record.state is TaskState.SUSPENDED:
+            record.suspended_ns += now - record.suspended_at
+            record.resume_started_at = self._clock()
+        record.state = TaskState.RUNNING
+        self._current = record
+        record.gate_mark = self.gate.records
+        record.switched_in_at = self._clock()
+        if record.kill_requested:
+            result = record.glet.throw(TaskKilled(f"task {record.task_id} was killed"))
+        else:
+            result = record.glet.switch(_GO)
+        # Back in the hub: the task is parked at a boundary (_ATTENTION) or done (_Outcome).
+        self._regained_at = self._clock()
+        record.running_ns += self._regained_at - record.switched_in_at
+        record.records += self.gate.records - record.gate_mark
+        record.gate_mark = self.gate.records
+        if result is not _ATTENTION and not isinstance(result, _Outcome):
+            raise RuntimeError(
+                f"task {record.task_id} switched to the hub with {result!r}: "
+                "only the kernel's checkpoint may switch greenlets in a task"
+            )
+        return result
+
+    def _apply(self, command: _Command) -> bool:
+        """Carry out one command; refuse (with a report) what does not apply.
+
+        Returns False only for the stop command.
+        """
+        if command.op == "stop":
+            return False
+        if command.op == "launch":
+            record = command.record
+            assert record is not None  # built by launch(); not peer input
+            existing = self._tasks.get(record.task_id)
+            if existing is not None:
+                self._emit(
+                    p.Refused(
+                        "launch",
+                        record.task_id,
+                        f"a task with this id is already here ({existing.state.value})",
+                    )
+                )
+                return True
+            self._tasks[record.task_id] = record
+            self._ready.append(record)
+            return True
+        record = self._tasks.get(command.task_id)
+        if command.op == "suspend":
+            with self._lock:
+                if command.cancelled:  # the watchdog gave up on it and reported that already
+                    return True
+                command.taken = True
+                if self._pending_suspends.get(command.task_id) is command:
+                    del self._pending_suspends[command.task_id]
+            self._apply_suspend(record, command)
+        elif command.op == "resume":
+            if record is None or record.state is not TaskState.SUSPENDED:
+                state = record.state.value if record else "unknown here"
+                self._emit(p.Refused("resume", command.task_id, f"task is not suspended ({state})"))
+            elif record.glet is None:  # suspended before it ever started: queue it again
+                record.suspended_ns += self._clock() - record.suspended_at
+                record.state = TaskState.QUEUED
+                self._ready.appendleft(record)
+            else:
+                self._ready.appendleft(record)
+        elif command.op == "kill":
+            self._apply_kill(record, command)
+        return True
+
+    def _apply_suspend(self, record: TaskRecord | None, command: _Command) -> None:
+        if record is None or record.state in (TaskState.SUSPENDED, TaskState.DONE):
+            state = record.state.value if record else "unknown here"
+            self._emit(p.Refused("suspend", command.task_id, f"task cannot be suspended ({state})"))
+            return
+        if record is self._current:
+            # The task is parked at the boundary where the hub regained control.
+            self._current = None
+            now = self._regained_at
+        else:  # queued or resumed but not yet running again: it parks where it is
+            self._ready.remove(record)
+            now = self._clock()
+        record.state = TaskState.SUSPENDED
+        record.suspensions += 1
+        record.suspended_at = now
+        self._emit(
+            p.Suspended(record.task_id, max(0, now - command.queued_at), record.records, now)
+        )
+
+    def _apply_kill(self, record: TaskRecord | None, command: _Command) -> None:
+        if record is None or record.state is TaskState.DONE:
+            state = record.state.value if record else "unknown here"
+            self._emit(p.Refused("kill", command.task_id, f"task is not alive ({state})"))
+            return
+        if record.glet is None:  # never started: nothing to unwind
+            if record in self._ready:
+                self._ready.remove(record)
+            self._report_outcome(record, _Outcome("killed"))
+            return
+        # Unwind it now, so its finally blocks run and its memory is freed; TaskKilled is
+        # raised at the boundary where it is parked.
+        if record is self._current:
+            self._current = None
+        elif record in self._ready:
+            self._ready.remove(record)
+        record.kill_requested = True
+        outcome = self._switch_into(record)
+        while not isinstance(outcome, _Outcome):  # it caught TaskKilled and went on
+            outcome = self._switch_into(record)
+        self._report_outcome(record, outcome)
+
+    def _report_outcome(self, record: TaskRecord, outcome: _Outcome) -> None:
+        if self._current is record:
+            self._current = None
+        record.state = TaskState.DONE
+        record.glet = None
+        self._finished += 1
+        self._tasks.pop(record.task_id, None)
+        stats = record.stats(self.executor_id)
+        if outcome.kind == "finished":
+            try:
+                self._emit(p.Finished(record.task_id, record.attempt, outcome.value, stats))
+            except p.EncodeError as exc:
+                self._emit(
+                    p.Failed(
+                        record.task_id,
+                        record.attempt,
+                        "EncodeError",
+                        f"the task's result cannot be sent: {exc}",
+                        "",
+                        stats,
+                    )
+                )
+        elif outcome.kind == "killed":
+            self._emit(p.Killed(record.task_id, record.attempt, stats))
+        else:
+            error = outcome.error
+            self._emit(
+                p.Failed(
+                    record.task_id,
+                    record.attempt,
+                    _qualified_name(type(error)),
+                    str(error),
+                    outcome.formatted,
+                    stats,
+                )
+            )
+        # Drop references to inputs and context so a long-lived executor does not keep them.
+        record.args, record.kwargs, record.context = [], {}, None
+
+    # ---- inside the task's greenlet -------------------------------------------------------------
+
+    def _task_main(self, go: object) -> _Outcome:
+        """Body of every task greenlet: run the user's function and capture its outcome."""
+        record = self._current
+        assert record is not None and go is _GO  # the hub set both just before switching
+        try:
+            fn = record.fn.resolve() if isinstance(record.fn, FunctionRef) else record.fn
+            args, kwargs = gate_arguments(
+                fn, record.args, record.kwargs, self.gate, self._gated_iterator
+            )
+            result = fn(*args, **kwargs)
+            if inspect.isgenerator(result):
+                result = self._drive_generator(result)
+            elif inspect.iscoroutine(result):
+                result.close()
+                raise TypeError(
+                    f"{record.fn!r} is an async function: Tidal tasks are generator "
+                    "functions or plain functions, not coroutines"
+                )
+            return _Outcome("finished", result)
+        except TaskKilled:
+            return _Outcome("killed")
+        except BaseException as exc:
+            # Drop the kernel's own frame (this one) from the traceback the user sees.
+            formatted = "".join(
+                traceback.format_exception(
+                    type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None
+                )
+            )
+            return _Outcome("failed", error=exc, formatted=formatted)
+
+    def _drive_generator(self, gen: Any) -> list[Any]:
+        """Collect a generator task's output records; each `yield` is a suspension point."""
+        outputs = []
+        gate = self.gate
+        for record in gen:
+            outputs.append(record)
+            if gate.requested:
+                self._checkpoint()
+        return outputs
+
+    def _checkpoint(self) -> None:
+        """The one door from a running task into the hub.
+
+        Called at a record boundary when the gate is raised. Parks the task here until the
+        hub switches it back with the go-ahead (or throws TaskKilled into it).
+        """
+        current = greenlet.getcurrent()
+        record = self._current
+        if record is None or record.glet is not current:
+            # Discussion: the gate is per kernel; iterating a gated input outside its task
+            # (say, a Partition kept in a global and read by another greenlet) must not
+            # switch an unrelated greenlet into the hub.
+            return
+        if record.kill_requested:
+            raise TaskKilled(f"task {record.task_id} was killed")
+        reply = self._hub.switch(_ATTENTION)
+        # Discussion (the waiter check): only the hub may wake a parked task, and only with
+        # _GO. Anything else means foreign code switched into this greenlet.
+        if reply is not _GO:
+            raise RuntimeError(
+                f"task {record.task_id} was woken with {reply!r}; only the Tidal "
+                "hub may switch into a task's greenlet"
+            )
+        if record.resume_started_at:
+            now = self._clock()
+            self._emit(p.Resumed(record.task_id, now - record.resume_started_at, now))
+            record.resume_started_at = 0
+
+
+def _qualified_name(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

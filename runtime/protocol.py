@@ -1,0 +1,375 @@
+"""Tidal's wire protocol: every message, its fields, its direction, and the codec.
+
+The contract (docs/protocol.md is the same thing for humans):
+
+* A frame is one msgpack array `[op, field1, field2, ...]`: `op` is a short string, the
+  fields follow in the order the message class declares them, all of them, no more.
+* Every connection starts with a handshake: the peer sends `hello` carrying
+  `PROTOCOL_VERSION`; the scheduler answers `welcome` or `reject` (naming both versions).
+* A frame larger than the receiver's `max_frame_bytes`, one that is not msgpack, not an
+  array, has an unknown op, the wrong number of fields or a field of the wrong type, raises
+  `ProtocolError` in `decode()`. Receivers log it (rate-limited) and drop the frame; they never
+  assert on peer input and never crash for it. Decoding never executes code: msgpack
+  extension types are refused, and functions travel as `module:qualname` strings that only
+  the executor resolves, by import, when it launches a task.
+
+Messages are small frozen dataclasses. `encode(msg)` and `decode(frame)` are the only codec;
+receivers dispatch with a `{MessageClass: handler}` table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import msgpack
+
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "MESSAGES",
+    "PROTOCOL_VERSION",
+    "EncodeError",
+    "Message",
+    "ProtocolError",
+    "RateLimitedLog",
+    "decode",
+    "encode",
+]
+
+PROTOCOL_VERSION = 1
+
+# Discussion: partitions travel inside `launch`, so frames can be large; 64 MiB bounds the
+# memory one frame can cost a receiver while leaving room for real data. Configurable per
+# receiver (decode's `max_frame_bytes`).
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+
+E2S, S2E, C2S, S2C = (
+    "executor->scheduler",
+    "scheduler->executor",
+    "client->scheduler",
+    "scheduler->client",
+)
+
+
+class ProtocolError(ValueError):
+    """A frame that does not follow the protocol. The message names what is wrong."""
+
+
+class EncodeError(TypeError):
+    """A value that msgpack cannot carry (the message names where it sits)."""
+
+
+class Message:
+    """Base of every wire message. Subclasses are frozen dataclasses declared below."""
+
+    op: ClassVar[str]
+    direction: ClassVar[str]
+    _checks: ClassVar[tuple[tuple[str, Callable[[Any], bool], str], ...]]
+
+
+MESSAGES: dict[str, type[Message]] = {}
+
+_ANY_CHECK = (lambda value: True, "any msgpack value")
+
+
+def _check_for(annotation: Any) -> tuple[Callable[[Any], bool], str]:
+    """A type check for one declared field type: bool is never accepted as an int."""
+    if annotation is Any:
+        return _ANY_CHECK
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        parts = [_check_for(a) for a in typing.get_args(annotation)]
+        return (
+            lambda v: any(check(v) for check, _ in parts),
+            " or ".join(name for _, name in parts),
+        )
+    origin = typing.get_origin(annotation) or annotation
+    if annotation is type(None):
+        return (lambda v: v is None, "nil")
+    if origin is int:
+        return (lambda v: type(v) is int, "int")
+    if origin is float:
+        return (lambda v: type(v) is float or type(v) is int, "float")
+    if origin in (str, bytes, bool, list, dict):
+        return (lambda v, t=origin: type(v) is t, origin.__name__)
+    raise TypeError(f"unsupported field type in a message declaration: {annotation!r}")
+
+
+def message(op: str, direction: str) -> Callable[[type], type]:
+    """Declare a message class: a frozen dataclass with an op, a direction and typed fields."""
+
+    def register(cls: type) -> type:
+        cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
+        hints = typing.get_type_hints(cls)
+        cls.op = op
+        cls.direction = direction
+        cls._checks = tuple((f.name, *_check_for(hints[f.name])) for f in dataclasses.fields(cls))
+        if op in MESSAGES:
+            raise TypeError(f"two messages declare op {op!r}")
+        MESSAGES[op] = cls
+        return cls
+
+    return register
+
+
+# ---- handshake ---------------------------------------------------------------------------
+
+
+@message("hello", E2S)
+class Hello(Message):
+    version: int
+    executor_id: str
+    node: str
+    slots: int
+    pid: int
+    hostname: str
+
+
+@message("welcome", S2E)
+class Welcome(Message):
+    version: int
+    scheduler_id: str
+    heartbeat_ms: int
+
+
+@message("reject", S2E)
+class Reject(Message):
+    reason: str
+
+
+@message("goodbye", E2S)
+class Goodbye(Message):
+    reason: str
+
+
+@message("shutdown", S2E)
+class Shutdown(Message):
+    reason: str
+
+
+# ---- liveness and metrics -----------------------------------------------------------------
+
+
+@message("heartbeat", E2S)
+class Heartbeat(Message):
+    executor_id: str
+    node: str
+    seq: int
+    sent_ns: int
+    slots: int
+    running: int
+    suspended: int
+    queued: int
+    rss_bytes: int
+    mem_available_bytes: int
+    mem_percent: float
+
+
+# ---- commands: scheduler -> executor -------------------------------------------------------
+
+
+@message("launch", S2E)
+class Launch(Message):
+    task_id: str
+    fn: str  # "module:qualname"
+    main_path: str | None  # the user's script, for functions defined in __main__
+    args: list
+    kwargs: dict
+    attempt: int
+    priority: str  # "stream" or "batch"
+    sent_ns: int  # sender's time.monotonic_ns(), for latency figures
+
+
+@message("suspend", S2E)
+class Suspend(Message):
+    task_id: str
+    sent_ns: int
+
+
+@message("resume", S2E)
+class Resume(Message):
+    task_id: str
+    sent_ns: int
+
+
+@message("kill", S2E)
+class Kill(Message):
+    task_id: str
+    sent_ns: int
+
+
+# ---- reports: executor -> scheduler --------------------------------------------------------
+
+
+@message("started", E2S)
+class Started(Message):
+    task_id: str
+    attempt: int
+    at_ns: int
+
+
+@message("suspended", E2S)
+class Suspended(Message):
+    task_id: str
+    latency_ns: int  # request arrived -> the hub regained control
+    records: int  # input records consumed so far
+    at_ns: int  # time.monotonic_ns() when the hub regained control
+
+
+@message("resumed", E2S)
+class Resumed(Message):
+    task_id: str
+    latency_ns: int  # hub decided to resume -> the task runs again
+    at_ns: int
+
+
+@message("finished", E2S)
+class Finished(Message):
+    task_id: str
+    attempt: int
+    result: Any
+    stats: dict
+
+
+@message("failed", E2S)
+class Failed(Message):
+    task_id: str
+    attempt: int
+    error_type: str
+    message: str
+    traceback: str
+    stats: dict
+
+
+@message("killed", E2S)
+class Killed(Message):
+    task_id: str
+    attempt: int
+    stats: dict  # running_ns here is the work that was lost
+
+
+@message("suspend_failed", E2S)
+class SuspendFailed(Message):
+    task_id: str
+    reason: str
+    waited_ns: int
+
+
+@message("refused", E2S)
+class Refused(Message):
+    command: str
+    task_id: str
+    reason: str
+
+
+# ---- codec --------------------------------------------------------------------------------
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"msgpack extension type {code} is not allowed")
+
+
+def encode(msg: Message) -> bytes:
+    """Encode a message as one frame. Raises EncodeError naming a field msgpack can't carry."""
+    values = [getattr(msg, name) for name, _, _ in msg._checks]
+    try:
+        return msgpack.packb([msg.op, *values], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        for name, value in zip((c[0] for c in msg._checks), values, strict=True):
+            where = find_unencodable(value, f"{msg.op}.{name}")
+            if where:
+                raise EncodeError(where) from None
+        raise EncodeError(f"cannot encode {msg.op} message: {exc}") from None
+
+
+def find_unencodable(value: Any, path: str) -> str | None:
+    """Describe the first part of `value` msgpack cannot encode, or None if it all encodes."""
+    if value is None or isinstance(value, bool | str | bytes | float):
+        return None
+    if isinstance(value, int):
+        if -(2**63) <= value < 2**64:
+            return None
+        return f"{path} is an integer too large for msgpack (64 bits at most)"
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = find_unencodable(item, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str | bytes | int | float | bool) and key is not None:
+                return f"{path} has a key of type {type(key).__name__} ({key!r})"
+            found = find_unencodable(item, f"{path}[{key!r}]")
+            if found:
+                return found
+        return None
+    return (
+        f"{path} is of type {type(value).__name__}, which msgpack cannot encode "
+        "(use None, bool, int, float, str, bytes, list, tuple or dict)"
+    )
+
+
+def decode(frame: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Message:
+    """Decode one frame into its message, or raise ProtocolError saying what is wrong."""
+    if not isinstance(frame, bytes | bytearray | memoryview):
+        raise ProtocolError(f"a frame must be bytes, not {type(frame).__name__}")
+    if len(frame) > max_frame_bytes:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {max_frame_bytes}-byte limit")
+    try:
+        body = msgpack.unpackb(
+            frame, raw=False, use_list=True, strict_map_key=False, ext_hook=_refuse_ext
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises many types for bad input; all mean "malformed"
+        raise ProtocolError(f"frame is not valid msgpack ({type(exc).__name__}: {exc})") from None
+    if type(body) is not list or not body:
+        raise ProtocolError(f"frame must be a non-empty msgpack array, got {type(body).__name__}")
+    op = body[0]
+    if type(op) is not str:
+        raise ProtocolError(f"op must be a string, got {type(op).__name__}")
+    cls = MESSAGES.get(op)
+    if cls is None:
+        raise ProtocolError(f"unknown op {op[:40]!r}")
+    checks = cls._checks
+    if len(body) != len(checks) + 1:
+        raise ProtocolError(f"{op} takes {len(checks)} fields, frame has {len(body) - 1}")
+    for (name, check, type_name), value in zip(checks, body[1:], strict=True):
+        if not check(value):
+            raise ProtocolError(f"{op}.{name} must be {type_name}, got {type(value).__name__}")
+    return cls(*body[1:])
+
+
+class RateLimitedLog:
+    """Log at most `burst` messages per `period_s` (monotonic); count and report the rest."""
+
+    def __init__(
+        self,
+        log: Callable[[str], None],
+        *,
+        burst: int = 10,
+        period_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log, self._burst, self._period, self._clock = log, burst, period_s, clock
+        self._window_start = -float("inf")
+        self._count = 0
+        self._suppressed = 0
+
+    def __call__(self, text: str) -> bool:
+        """Log `text` unless over the limit; return whether it was logged."""
+        now = self._clock()
+        if now - self._window_start >= self._period:
+            if self._suppressed:
+                self._log(f"({self._suppressed} similar messages suppressed)")
+            self._window_start, self._count, self._suppressed = now, 0, 0
+        if self._count < self._burst:
+            self._count += 1
+            self._log(text)
+            return True
+        self._suppressed += 1
+        return False

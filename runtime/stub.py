@@ -1,0 +1,131 @@
+"""A stand-in scheduler for tests and benchmarks: a ROUTER socket that speaks the protocol.
+
+In the spirit of an in-memory stub broker, it lets the executor be exercised for real (its
+own process, real ZeroMQ) without the whole scheduler. It also starts and stops executor
+processes, so every process a test starts is stopped by the same helper.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import zmq
+
+from runtime import protocol as p
+
+__all__ = ["StubScheduler", "spawn_executor", "stop_process"]
+
+
+class StubScheduler:
+    """Bind a ROUTER on loopback; welcome executors; send commands; wait for reports."""
+
+    def __init__(self, bind: str = "tcp://127.0.0.1:*", heartbeat_ms: int = 200) -> None:
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.linger = 0
+        self._socket.bind(bind)
+        self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.heartbeat_ms = heartbeat_ms
+        self.executors: dict[str, bytes] = {}  # executor id -> routing id
+        self.heartbeats: list[p.Heartbeat] = []
+
+    def __enter__(self) -> StubScheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+        self._context.term()
+
+    def send(self, executor_id: str, msg: p.Message) -> None:
+        self.send_frame(executor_id, p.encode(msg))
+
+    def send_frame(self, executor_id: str, frame: bytes) -> None:
+        """Send raw bytes (tests use this to send malformed frames)."""
+        self._socket.send_multipart([self.executors[executor_id], frame])
+
+    def recv(self, timeout: float = 10.0) -> tuple[str, p.Message]:
+        """Next message from any executor, with hello answered and heartbeats recorded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._socket.poll(remaining * 1000):
+                raise TimeoutError(f"no message from an executor within {timeout} s")
+            routing_id, frame = self._socket.recv_multipart()
+            msg = p.decode(frame)
+            if isinstance(msg, p.Hello):
+                self.executors[msg.executor_id] = routing_id
+                self._socket.send_multipart(
+                    [routing_id, p.encode(p.Welcome(p.PROTOCOL_VERSION, "stub", self.heartbeat_ms))]
+                )
+            elif isinstance(msg, p.Heartbeat):
+                self.heartbeats.append(msg)
+            executor_id = getattr(msg, "executor_id", None) or self._id_of(routing_id)
+            return executor_id, msg
+
+    def expect(
+        self, kind: type[p.Message], timeout: float = 10.0, *, task_id: str | None = None
+    ) -> p.Message:
+        """Wait for the next message of `kind` (for `task_id`), skipping heartbeats."""
+        deadline = time.monotonic() + timeout
+        while True:
+            _, msg = self.recv(max(0.0, deadline - time.monotonic()))
+            if isinstance(msg, kind) and (task_id is None or msg.task_id == task_id):
+                return msg
+            if isinstance(msg, p.Heartbeat | p.Hello | p.Resumed | p.Started):
+                continue
+            if not isinstance(msg, kind):
+                raise AssertionError(f"expected {kind.__name__}, got {msg!r}")
+
+    def wait_for_executor(self, timeout: float = 30.0) -> str:
+        """Wait for one executor's hello; return its id."""
+        hello = self.expect(p.Hello, timeout)
+        return hello.executor_id
+
+    def _id_of(self, routing_id: bytes) -> str:
+        for executor_id, rid in self.executors.items():
+            if rid == routing_id:
+                return executor_id
+        return routing_id.hex()
+
+
+def spawn_executor(
+    address: str, *, node: str = "local", extra_args: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """Start `tidal executor` in a child process connected to `address`."""
+    env = dict(os.environ)
+    # The child must import this very checkout, also when it is not installed.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "executor",
+            "--scheduler",
+            address,
+            "--node",
+            node,
+            *extra_args,
+        ],
+        env=env,
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """Ask a child to stop (SIGTERM), kill it if it does not; return its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -1,0 +1,407 @@
+"""Kernel tests: no sockets, no threads, no sleeps. Commands are posted from inside the
+tasks' own iteration (as the listener thread would post them mid-task) and the hub is
+driven with `run()`; reports go through an in-memory transport that encodes and decodes
+every message, so anything the wire could not carry fails here too."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+
+import pytest
+
+from runtime import protocol as p
+from runtime.gate import IMPLEMENTATION, PyGate, py_gated_iterator
+from runtime.kernel import Kernel, TaskKilled
+from runtime.task import Partition, current_context, task
+
+
+class Transport:
+    """In-memory stand-in for the executor's socket: a list of decoded reports."""
+
+    def __init__(self) -> None:
+        self.sent: list[p.Message] = []
+
+    def __call__(self, msg: p.Message) -> None:
+        self.sent.append(p.decode(p.encode(msg)))
+
+    def of(self, kind: type[p.Message], task_id: str | None = None) -> list[p.Message]:
+        return [
+            m
+            for m in self.sent
+            if isinstance(m, kind) and (task_id is None or m.task_id == task_id)
+        ]
+
+    def outcome(self, task_id: str) -> p.Message:
+        (done,) = [
+            m
+            for m in self.sent
+            if isinstance(m, p.Finished | p.Failed | p.Killed) and m.task_id == task_id
+        ]
+        return done
+
+
+GATES = {
+    "c": {},
+    "python": {"gate_factory": PyGate, "gated_iterator": py_gated_iterator},
+}
+
+
+@pytest.fixture(params=sorted(GATES))
+def make_kernel(request):
+    """Build kernels with the C gate and with its pure-Python twin."""
+    if request.param == "c" and IMPLEMENTATION != "c":
+        pytest.skip("the C gate is not built (see setup.py)")
+
+    def make(**options):
+        transport = Transport()
+        return Kernel(transport, **GATES[request.param], **options), transport
+
+    return make
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        self.now += 1_000  # every reading advances 1 us, so latencies are never zero
+        return self.now
+
+
+def run_to_completion(kernel: Kernel, transport: Transport, task_id: str) -> int:
+    """Run, resuming `task_id` whenever it is suspended, until it ends; return resumptions."""
+    resumptions = 0
+    kernel.run()
+    while not [
+        m
+        for m in transport.sent
+        if isinstance(m, p.Finished | p.Failed | p.Killed) and m.task_id == task_id
+    ]:
+        kernel.resume(task_id)
+        resumptions += 1
+        kernel.run()
+    return resumptions
+
+
+def interrupting(kernel: Kernel, task_id: str, data, every: int):
+    """Yield `data`, posting a suspend for `task_id` every `every` records."""
+    for i, record in enumerate(data):
+        if i % every == every - 1:
+            kernel.suspend(task_id)
+        yield record
+
+
+WORDS = [f"w{i % 37}" for i in range(5_000)]
+CONSUMERS = {
+    "sum": (sum, list(range(20_000))),
+    "Counter": (collections.Counter, WORDS),
+    "join": ("".join, WORDS),
+    "sorted": (sorted, [(i * 7919) % 10_007 for i in range(10_000)]),
+    "max": (max, [(i * 31) % 1_000 for i in range(10_000)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONSUMERS))
+def test_suspending_inside_c_consumers_gives_the_uninterrupted_result(make_kernel, name):
+    consume, data = CONSUMERS[name]
+    kernel, transport = make_kernel()
+    kernel.launch("t", consume, [interrupting(kernel, "t", data, every=97)])
+
+    resumptions = run_to_completion(kernel, transport, "t")
+
+    done = transport.outcome("t")
+    assert isinstance(done, p.Finished)
+    expected = consume(data)
+    assert done.result == (dict(expected) if isinstance(expected, dict) else expected)
+    assert resumptions == len(data) // 97 == done.stats["suspensions"]
+    assert done.stats["records"] == len(data)
+
+
+def test_a_partition_argument_is_suspendable_inside_sum(make_kernel):
+    kernel, transport = make_kernel()
+    data = list(range(1_000))
+
+    def summing(part):
+        assert isinstance(part, Partition) and len(part) == 1_000 and part[3] == 3
+        kernel.suspend("t")  # arrives before the first record is consumed
+        return sum(part)
+
+    kernel.launch("t", summing, [data])
+    assert run_to_completion(kernel, transport, "t") == 1
+    assert transport.outcome("t").result == sum(data)
+    (suspended,) = transport.of(p.Suspended, "t")
+    assert suspended.records == 0  # parked before record 0: nothing consumed, nothing lost
+
+
+def test_suspension_deep_in_nested_calls_resumes_exactly_there(make_kernel):
+    kernel, transport = make_kernel()
+    seen = []
+
+    def leaf(it):
+        for x in it:
+            seen.append(x)
+            if x in (10, 20):
+                kernel.suspend("t")
+        return len(seen)
+
+    def middle(it):
+        return leaf(iter(it))
+
+    def top(part):
+        return middle(part) + 0
+
+    kernel.launch("t", top, [list(range(30))])
+    assert run_to_completion(kernel, transport, "t") == 2
+    assert seen == list(range(30))  # no record skipped or repeated
+
+
+def test_generator_task_yields_are_suspension_points(make_kernel):
+    kernel, transport = make_kernel()
+
+    @task
+    def doubles(part):
+        for x in part:
+            yield 2 * x
+            if x == 5:
+                kernel.suspend("g")  # honoured right after this output is emitted
+
+    kernel.launch("g", doubles, [list(range(8))])
+    kernel.run()
+    (suspended,) = transport.of(p.Suspended, "g")
+    assert suspended.records == 6  # records 0..5 consumed when it parked
+    run_to_completion(kernel, transport, "g")
+    assert transport.outcome("g").result == [0, 2, 4, 6, 8, 10, 12, 14]
+
+
+def test_resumed_tasks_run_before_new_launches(make_kernel):
+    kernel, transport = make_kernel()
+    order = []
+
+    def work(name, part):
+        for x in part:
+            order.append((name, x))
+            if name == "batch" and x == 1:
+                kernel.suspend("batch")
+                kernel.launch("stream", work, ["stream", [0]])
+        return name
+
+    kernel.launch("batch", work, ["batch", [0, 1, 2]])
+    kernel.run()  # batch parks, stream takes the slot and finishes
+    kernel.launch("later", work, ["later", [0]])
+    kernel.resume("batch")
+    kernel.run()
+    assert order == [("batch", 0), ("batch", 1), ("stream", 0), ("batch", 2), ("later", 0)]
+    started = [m.task_id for m in transport.of(p.Started)]
+    assert started == ["batch", "stream", "later"]
+
+
+def test_suspend_and_resume_latencies_are_measured(make_kernel):
+    clock = FakeClock()
+    kernel, transport = make_kernel(clock=clock)
+    kernel.launch("t", sum, [interrupting(kernel, "t", range(100), every=10)])
+    run_to_completion(kernel, transport, "t")
+    suspended, resumed = transport.of(p.Suspended, "t"), transport.of(p.Resumed, "t")
+    assert len(suspended) == len(resumed) == 10
+    assert all(0 < m.latency_ns < 100_000 for m in suspended + resumed)
+    stats = transport.outcome("t").stats
+    assert stats["suspended_ns"] > 0 and stats["running_ns"] > 0
+
+
+def test_kill_unwinds_running_suspended_and_queued_tasks(make_kernel):
+    kernel, transport = make_kernel()
+    cleaned = []
+
+    def victim(name, part):
+        try:
+            for x in part:
+                if x == 3:
+                    kernel.suspend(name)
+        finally:
+            cleaned.append(name)
+
+    kernel.launch("suspended", victim, ["suspended", range(10)])
+    kernel.run()  # parks at record 4
+    kernel.launch("queued", victim, ["queued", range(10)])
+    kernel.kill("queued")
+    kernel.kill("suspended")
+    kernel.run()
+    assert isinstance(transport.outcome("suspended"), p.Killed)
+    assert isinstance(transport.outcome("queued"), p.Killed)
+    assert cleaned == ["suspended"]  # the queued one never started, so had nothing to unwind
+
+    def running(part):
+        for x in part:
+            if x == 2:
+                kernel.kill("running")
+        return "finished anyway"
+
+    kernel.launch("running", running, [range(10)])
+    kernel.run()
+    killed = transport.outcome("running")
+    assert isinstance(killed, p.Killed) and killed.stats["records"] == 3
+
+
+def test_a_task_cannot_swallow_its_kill_with_except_exception(make_kernel):
+    kernel, transport = make_kernel()
+
+    def stubborn(part):
+        try:
+            for x in part:
+                if x == 1:
+                    kernel.kill("s")
+        except Exception:
+            return "swallowed"
+        return "finished"
+
+    kernel.launch("s", stubborn, [range(5)])
+    kernel.run()
+    assert isinstance(transport.outcome("s"), p.Killed)
+    assert TaskKilled.__mro__[1] is BaseException
+
+
+def test_a_task_exception_is_reported_with_its_traceback(make_kernel):
+    kernel, transport = make_kernel()
+
+    def broken_task(part):
+        for x in part:
+            if x == 2:
+                raise ValueError(f"bad record {x}")
+
+    kernel.launch("b", broken_task, [[0, 1, 2]])
+    kernel.launch("ok", sum, [[1, 2]])
+    kernel.run()
+    failed = transport.outcome("b")
+    assert isinstance(failed, p.Failed)
+    assert failed.error_type == "ValueError" and failed.message == "bad record 2"
+    assert (
+        "broken_task" in failed.traceback
+        and 'raise ValueError(f"bad record {x}")' in failed.traceback
+    )
+    assert transport.outcome("ok").result == 3  # the kernel kept going
+
+
+def test_results_msgpack_cannot_carry_fail_with_a_clear_error(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch("s", lambda: {1, 2})
+    kernel.run()
+    failed = transport.outcome("s")
+    assert isinstance(failed, p.Failed) and failed.error_type == "EncodeError"
+    assert "set" in failed.message
+
+
+def test_async_functions_are_refused_with_a_clear_error(make_kernel):
+    kernel, transport = make_kernel()
+
+    async def coroutine_task():
+        return 1
+
+    kernel.launch("a", coroutine_task)
+    kernel.run()
+    failed = transport.outcome("a")
+    assert failed.error_type == "TypeError" and "async function" in failed.message
+
+
+def test_a_task_with_no_record_boundary_is_reported_unsuspendable(make_kernel):
+    clock = FakeClock()
+    kernel, transport = make_kernel(clock=clock, suspend_timeout_ns=50_000_000)
+    failures = []
+
+    def busy_without_yield_points():
+        kernel.suspend("busy")
+        clock.now += 60_000_000  # 60 ms of pure computation pass, no gated input
+        failures.extend(kernel.check_overdue())  # what the listener thread does meanwhile
+        return sum(i for i in range(100))  # not a gated iterable: no boundary
+
+    kernel.launch("busy", busy_without_yield_points)
+    kernel.run()
+    (failure,) = failures
+    assert failure.task_id == "busy" and "no record boundary" in failure.reason
+    assert failure.waited_ns >= 60_000_000
+    assert isinstance(transport.outcome("busy"), p.Finished)  # it ran on, and finished
+    assert transport.of(p.Suspended) == []  # the abandoned request is not honoured late
+    assert not kernel.has_pending_suspensions()
+
+
+def test_task_context_tracks_the_running_task(make_kernel):
+    kernel, transport = make_kernel()
+    seen = []
+
+    def introspect(part):
+        for _ in part:
+            ctx = current_context()
+            seen.append((ctx.task_id, ctx.attempt, ctx.priority, ctx.suspensions))
+            if ctx.suspensions == 0:
+                kernel.suspend(ctx.task_id)
+        return ctx.records
+
+    kernel.launch("c", introspect, [range(3)], attempt=2, priority="stream")
+    run_to_completion(kernel, transport, "c")
+    assert seen == [("c", 2, "stream", 0), ("c", 2, "stream", 1), ("c", 2, "stream", 1)]
+    assert transport.outcome("c").result == 3
+    with pytest.raises(RuntimeError, match="outside a Tidal task"):
+        current_context()
+
+
+def test_commands_that_do_not_apply_are_refused_not_fatal(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.suspend("ghost")
+    kernel.resume("ghost")
+    kernel.kill("ghost")
+    kernel.launch("t", sum, [[1]])
+    kernel.launch("t", sum, [[2]])  # duplicate id while the first is still queued
+    kernel.run()
+    kernel.resume("t")  # finished: nothing to resume
+    kernel.run()
+    refused = [(m.command, m.task_id) for m in transport.of(p.Refused)]
+    assert refused == [
+        ("suspend", "ghost"),
+        ("resume", "ghost"),
+        ("kill", "ghost"),
+        ("launch", "t"),
+        ("resume", "t"),
+    ]
+    assert transport.outcome("t").result == 1
+
+
+def test_a_task_suspended_before_it_started_starts_when_resumed(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch("q", sum, [[1, 2, 3]])
+    kernel.suspend("q")
+    kernel.run()
+    assert transport.of(p.Started) == [] and len(transport.of(p.Suspended, "q")) == 1
+    kernel.resume("q")
+    kernel.run()
+    assert transport.outcome("q").result == 6
+
+
+def test_many_tasks_interleave_without_mixing_state(make_kernel):
+    kernel, transport = make_kernel()
+    ids = [f"t{i}" for i in range(20)]
+    for i, task_id in enumerate(ids):
+        data = list(range(i * 100, i * 100 + 300))
+        kernel.launch(task_id, sum, [interrupting(kernel, task_id, data, every=50)])
+    kernel.run()
+    for _ in itertools.count():
+        suspended = {m.task_id for m in transport.of(p.Suspended)} - {
+            m.task_id for m in transport.of(p.Finished)
+        }
+        if not suspended:
+            break
+        transport.sent = [m for m in transport.sent if not isinstance(m, p.Suspended)]
+        for task_id in sorted(suspended):
+            kernel.resume(task_id)
+        kernel.run()
+    for i, task_id in enumerate(ids):
+        assert transport.outcome(task_id).result == sum(range(i * 100, i * 100 + 300))
+
+
+def test_close_kills_what_is_left(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch("a", sum, [interrupting(kernel, "a", range(10), every=2)])
+    kernel.launch("b", sum, [[1]])
+    kernel.suspend("b")
+    kernel.run()
+    kernel.close()
+    assert isinstance(transport.outcome("a"), p.Killed)
+    assert isinstance(transport.outcome("b"), p.Killed)
