@@ -285,8 +285,10 @@ def encode(msg: Message) -> bytes:
         raise EncodeError(f"cannot encode {msg.op} message: {exc}") from None
 
 
-def find_unencodable(value: Any, path: str) -> str | None:
+def find_unencodable(value: Any, path: str, depth: int = 0) -> str | None:
     """Describe the first part of `value` msgpack cannot encode, or None if it all encodes."""
+    if depth > _MAX_DEPTH:
+        return f"{path} is nested more than {_MAX_DEPTH} levels deep (or contains itself)"
     if value is None or isinstance(value, bool | str | bytes | float):
         return None
     if isinstance(value, int):
@@ -295,15 +297,17 @@ def find_unencodable(value: Any, path: str) -> str | None:
         return f"{path} is an integer too large for msgpack (64 bits at most)"
     if isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            found = find_unencodable(item, f"{path}[{i}]")
+            found = find_unencodable(item, f"{path}[{i}]", depth + 1)
             if found:
                 return found
         return None
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str | bytes | int | float | bool) and key is not None:
+            if not isinstance(key, str | bytes | int | float | bool | tuple) and key is not None:
                 return f"{path} has a key of type {type(key).__name__} ({key!r})"
-            found = find_unencodable(item, f"{path}[{key!r}]")
+            found = find_unencodable(key, f"{path} key {key!r}", depth + 1) or find_unencodable(
+                item, f"{path}[{key!r}]", depth + 1
+            )
             if found:
                 return found
         return None
@@ -313,6 +317,32 @@ def find_unencodable(value: Any, path: str) -> str | None:
     )
 
 
+# msgpack's own nesting limit, well below Python's recursion limit.
+_MAX_DEPTH = 512
+
+
+def _unpack(frame: bytes | bytearray | memoryview, **options: Any) -> Any:
+    # Discussion: msgpack decodes its predefined timestamp extension (-1) itself, without
+    # calling ext_hook; it arrives as a msgpack.Timestamp, which is plain data. Every other
+    # extension type is refused.
+    return msgpack.unpackb(
+        frame, raw=False, use_list=True, strict_map_key=False, ext_hook=_refuse_ext, **options
+    )
+
+
+def _hashable_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """Build a dict whose array keys (sent from tuple keys) become tuples again."""
+    return {_freeze(key): value for key, value in pairs}
+
+
+def _freeze(key: Any) -> Any:
+    if type(key) is list:
+        return tuple(_freeze(k) for k in key)
+    if type(key) is dict:
+        raise ProtocolError("a map key is itself a map, which cannot be a dict key")
+    return key
+
+
 def decode(frame: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Message:
     """Decode one frame into its message, or raise ProtocolError saying what is wrong."""
     if not isinstance(frame, bytes | bytearray | memoryview):
@@ -320,9 +350,21 @@ def decode(frame: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Message:
     if len(frame) > max_frame_bytes:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {max_frame_bytes}-byte limit")
     try:
-        body = msgpack.unpackb(
-            frame, raw=False, use_list=True, strict_map_key=False, ext_hook=_refuse_ext
-        )
+        body = _unpack(frame)
+    except TypeError as exc:
+        # Discussion: a dict with tuple keys travels as a map with array keys, which the fast
+        # path cannot hash. Such data is legal (the sender packed it), so rather than lose it,
+        # decode once more, slowly, turning array keys back into tuples.
+        if "unhashable" not in str(exc):
+            raise ProtocolError(f"frame is not valid msgpack (TypeError: {exc})") from None
+        try:
+            body = _unpack(frame, object_pairs_hook=_hashable_keys)
+        except ProtocolError:
+            raise
+        except Exception as exc2:  # as below: any msgpack failure means "malformed"
+            raise ProtocolError(
+                f"frame is not valid msgpack ({type(exc2).__name__}: {exc2})"
+            ) from None
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises many types for bad input; all mean "malformed"

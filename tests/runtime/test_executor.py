@@ -1,0 +1,193 @@
+"""A real executor process over ZeroMQ, driven by the stub scheduler. Every process a test
+starts is stopped by the fixture, also when the test fails."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+
+import pytest
+
+from runtime import protocol as p
+from runtime.stub import StubScheduler, spawn_executor, stop_process
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def executor():
+    with StubScheduler(heartbeat_ms=50) as stub:
+        proc = spawn_executor(
+            stub.address, node="node-a", extra_args=["--suspend-timeout-ms", "50"]
+        )
+        try:
+            hello = stub.expect(p.Hello, timeout=30)
+            yield stub, hello, proc
+        finally:
+            stop_process(proc)
+
+
+def launch(stub, executor_id, task_id, fn, args=(), kwargs=None, main_path=None):
+    stub.send(
+        executor_id,
+        p.Launch(task_id, fn, main_path, list(args), kwargs or {}, 0, "batch", time.monotonic_ns()),
+    )
+
+
+def test_handshake_and_heartbeats_carry_identity_and_metrics(executor):
+    stub, hello, proc = executor
+    assert hello.version == p.PROTOCOL_VERSION and hello.node == "node-a"
+    assert hello.slots == 1 and hello.pid == proc.pid
+    beat = stub.expect(p.Heartbeat)
+    assert beat.executor_id == hello.executor_id and beat.node == "node-a"
+    assert beat.rss_bytes > 1_000_000 and beat.mem_available_bytes > 0
+    assert (beat.running, beat.suspended, beat.queued) == (0, 0, 0)
+
+
+def test_runs_a_task_and_reports_its_result(executor):
+    stub, hello, _ = executor
+    launch(stub, hello.executor_id, "t1", "workloads.synthetic:total", [list(range(1000))])
+    started = stub.expect(p.Started, task_id="t1")
+    finished = stub.expect(p.Finished, task_id="t1")
+    assert finished.result == sum(range(1000)) and started.attempt == 0
+    assert finished.stats["records"] == 1000 and finished.stats["executor_id"] == hello.executor_id
+
+
+def test_suspends_a_busy_task_over_the_socket_and_resumes_it_exactly(executor):
+    stub, hello, _ = executor
+    ex = hello.executor_id
+    data = list(range(3000))
+    launch(stub, ex, "busy", "workloads.synthetic:spin", [data], {"record_us": 50.0})
+    stub.expect(p.Started, task_id="busy")
+    progress = []
+    for _ in range(3):
+        stub.send(ex, p.Suspend("busy", time.monotonic_ns()))
+        suspended = stub.expect(p.Suspended, task_id="busy")
+        progress.append(suspended.records)
+        beat = stub.expect(p.Heartbeat)
+        while beat.suspended != 1:  # metrics follow the state
+            beat = stub.expect(p.Heartbeat)
+        stub.send(ex, p.Resume("busy", time.monotonic_ns()))
+        stub.expect(p.Resumed, task_id="busy")
+    finished = stub.expect(p.Finished, task_id="busy", timeout=30)
+    assert finished.result == sum(data) and finished.stats["suspensions"] == 3
+    assert progress == sorted(progress) and progress[-1] < len(data)
+
+
+def test_a_stream_task_takes_the_slot_of_a_suspended_batch_task(executor):
+    stub, hello, _ = executor
+    ex = hello.executor_id
+    launch(stub, ex, "batch", "workloads.synthetic:spin", [list(range(2000))], {"record_us": 50.0})
+    stub.expect(p.Started, task_id="batch")
+    stub.send(ex, p.Suspend("batch", time.monotonic_ns()))
+    launch(stub, ex, "stream", "workloads.synthetic:total", [[1, 2, 3]])
+    order = []
+    while len(order) < 3:
+        _, msg = stub.recv()
+        if isinstance(msg, p.Suspended | p.Started | p.Finished):
+            order.append((type(msg).__name__, msg.task_id))
+    assert order == [("Suspended", "batch"), ("Started", "stream"), ("Finished", "stream")]
+    stub.send(ex, p.Resume("batch", time.monotonic_ns()))
+    assert stub.expect(p.Finished, task_id="batch", timeout=30).result == sum(range(2000))
+
+
+def test_task_errors_and_missing_functions_fail_the_task_not_the_executor(executor):
+    stub, hello, _ = executor
+    ex = hello.executor_id
+    launch(stub, ex, "nomod", "no_such_module_xyz:f")
+    failed = stub.expect(p.Failed, task_id="nomod")
+    assert failed.error_type == "runtime.functions.FunctionNotFound"
+    assert "no_such_module_xyz" in failed.message
+    launch(stub, ex, "noattr", "workloads.synthetic:nope")
+    assert "has no attribute 'nope'" in stub.expect(p.Failed, task_id="noattr").message
+    launch(stub, ex, "raises", "workloads.synthetic:total", [["a", "b"]])
+    failed = stub.expect(p.Failed, task_id="raises")
+    assert failed.error_type == "TypeError" and "in total" in failed.traceback
+    launch(stub, ex, "fine", "workloads.synthetic:total", [[5]])
+    assert stub.expect(p.Finished, task_id="fine").result == 5
+
+
+def test_malformed_frames_are_dropped_and_the_executor_keeps_working(executor):
+    stub, hello, proc = executor
+    ex = hello.executor_id
+    for frame in [
+        b"",
+        b"\xc1",
+        b"\x93\xa6launch\x01\x02",
+        b"\x91\xa7unknown",
+        p.encode(p.Hello(1, "x", "y", 1, 1, "h")),  # right codec, wrong direction
+        b"\xdd\xff\xff\xff\xff",
+        b"\x91" * 10_000,
+    ]:
+        stub.send_frame(ex, frame)
+    launch(stub, ex, "after", "workloads.synthetic:total", [[1, 2]])
+    assert stub.expect(p.Finished, task_id="after").result == 3
+    assert proc.poll() is None
+
+
+def test_a_task_without_record_boundaries_is_reported_unsuspendable(executor, tmp_path):
+    stub, hello, _ = executor
+    ex = hello.executor_id
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        textwrap.dedent("""
+        import time
+
+        def stuck(seconds):
+            end = time.perf_counter() + seconds
+            n = 0
+            while time.perf_counter() < end:  # busy in Python, no gated input, no yield
+                n += 1
+            return "done"
+    """)
+    )
+    launch(stub, ex, "stuck", "__main__:stuck", [0.5], main_path=str(script))
+    stub.expect(p.Started, task_id="stuck")
+    stub.send(ex, p.Suspend("stuck", time.monotonic_ns()))
+    failure = stub.expect(p.SuspendFailed, task_id="stuck")
+    assert "no record boundary" in failure.reason and failure.waited_ns >= 50_000_000
+    assert stub.expect(p.Finished, task_id="stuck").result == "done"
+
+
+def test_functions_from_the_users_main_script_resolve_on_the_executor(executor, tmp_path):
+    stub, hello, _ = executor
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        textwrap.dedent("""
+        from runtime.task import task
+
+        @task
+        def double(part):
+            return [2 * x for x in part]
+
+        if __name__ == "__main__":
+            raise SystemExit("the main block must not run on the executor")
+    """)
+    )
+    launch(stub, hello.executor_id, "m", "__main__:double", [[1, 2]], main_path=str(script))
+    assert stub.expect(p.Finished, task_id="m").result == [2, 4]
+
+
+def test_shutdown_kills_leftover_tasks_says_goodbye_and_exits_cleanly(executor):
+    stub, hello, proc = executor
+    ex = hello.executor_id
+    launch(
+        stub, ex, "long", "workloads.synthetic:spin", [list(range(100_000))], {"record_us": 50.0}
+    )
+    stub.expect(p.Started, task_id="long")
+    stub.send(ex, p.Shutdown("test over"))
+    killed = stub.expect(p.Killed, task_id="long")
+    assert killed.stats["running_ns"] > 0
+    stub.expect(p.Goodbye)
+    assert proc.wait(10) == 0
+
+
+def test_an_executor_that_gets_no_welcome_gives_up_with_an_error(tmp_path):
+    with StubScheduler() as stub:
+        address = stub.address
+    # Nobody listens there any more: the executor must not hang forever.
+    proc = spawn_executor(address, extra_args=["--connect-timeout", "0.5"])
+    try:
+        assert proc.wait(20) == 2
+    finally:
+        stop_process(proc)

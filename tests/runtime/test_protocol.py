@@ -1,0 +1,520 @@
+"""The wire protocol: every message round-trips, and no frame a peer sends can do worse than
+raise ProtocolError.
+
+Strategies are derived from each message's declared field types, so a new message or field
+is covered as soon as it is declared (and a field type the strategies do not know fails
+loudly here rather than going untested). Hypothesis runs derandomized: the same examples
+every run, so a failure here is reproducible and never flaky.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime import protocol as p
+from runtime.protocol import (
+    MAX_FRAME_BYTES,
+    MESSAGES,
+    EncodeError,
+    Message,
+    ProtocolError,
+    RateLimitedLog,
+    decode,
+    encode,
+)
+
+INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+# Any msgpack value the protocol carries in `Any`, `list` and `dict` fields. Floats exclude
+# NaN only because NaN != NaN would make equal round trips look unequal.
+PLAIN_SCALARS = (
+    st.none()
+    | st.booleans()
+    | INT64
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+)
+PLAIN_VALUES = st.recursive(
+    PLAIN_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+FUZZ = settings(derandomize=True, max_examples=300, deadline=None)
+ROUND_TRIP = settings(derandomize=True, max_examples=40, deadline=None)
+
+
+# ---- strategies from declared field types ------------------------------------------------------
+
+
+def _field_strategy(annotation: Any) -> st.SearchStrategy[Any]:
+    """Values of one declared field type; tuples are never generated (they decode as lists)."""
+    if annotation is Any:
+        return PLAIN_VALUES
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return st.one_of([_field_strategy(a) for a in typing.get_args(annotation)])
+    if annotation is type(None):
+        return st.none()
+    origin = typing.get_origin(annotation) or annotation
+    strategies: dict[type, st.SearchStrategy[Any]] = {
+        int: INT64,
+        float: st.floats(allow_nan=False),
+        bool: st.booleans(),
+        str: st.text(max_size=40),
+        bytes: st.binary(max_size=40),
+        list: st.lists(PLAIN_VALUES, max_size=5),
+        dict: st.dictionaries(st.text(max_size=10), PLAIN_VALUES, max_size=5),
+    }
+    if origin not in strategies:
+        raise TypeError(f"no strategy for field type {annotation!r}: teach this test about it")
+    return strategies[origin]
+
+
+def _fields(cls: type[Message]) -> list[tuple[str, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def messages_of(cls: type[Message]) -> st.SearchStrategy[Message]:
+    return st.builds(cls, **{name: _field_strategy(t) for name, t in _fields(cls)})
+
+
+ANY_MESSAGE = st.one_of([messages_of(MESSAGES[op]) for op in sorted(MESSAGES)])
+
+
+def _conforms(value: Any, annotation: Any) -> bool:
+    """Whether a decoded value has its declared type (written apart from protocol's checks)."""
+    if annotation is Any:
+        return True
+    if isinstance(annotation, types.UnionType):
+        return any(_conforms(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:  # documented: a float field also accepts an int, never a bool
+        return type(value) in (float, int)
+    return type(value) is annotation
+
+
+def assert_well_formed(msg: object) -> None:
+    """A decoded frame is an instance of the class registered for its op, fields well typed."""
+    assert isinstance(msg, Message)
+    assert type(msg) is MESSAGES[msg.op]
+    for name, annotation in _fields(type(msg)):
+        value = getattr(msg, name)
+        assert _conforms(value, annotation), f"{msg.op}.{name} decoded as {value!r}"
+
+
+def decode_or_protocol_error(frame: bytes) -> Message | None:
+    """Decode `frame`; a ProtocolError is fine, any other exception fails the test."""
+    try:
+        msg = decode(frame)
+    except ProtocolError as exc:
+        assert str(exc), "a ProtocolError must say what is wrong"
+        return None
+    assert_well_formed(msg)
+    return msg
+
+
+def frame(*items: Any) -> bytes:
+    """A raw frame, bypassing encode(), to send what a broken or hostile peer might."""
+    return msgpack.packb(list(items), use_bin_type=True)
+
+
+# ---- the message table ----------------------------------------------------------------------
+
+
+def test_every_message_is_registered_under_its_op_with_a_direction():
+    assert len(MESSAGES) >= 18
+    for op, cls in MESSAGES.items():
+        assert cls.op == op
+        assert cls.direction in (p.E2S, p.S2E)
+        assert dataclasses.is_dataclass(cls)
+
+
+def test_messages_are_frozen():
+    msg = p.Suspend("t1", 5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        msg.task_id = "t2"  # type: ignore[misc]
+
+
+def test_declaring_an_op_twice_is_refused():
+    with pytest.raises(TypeError, match="two messages declare op 'hello'"):
+
+        @p.message("hello", p.E2S)
+        class Impostor(Message):
+            version: int
+
+    assert MESSAGES["hello"] is p.Hello
+
+
+def test_declaring_a_field_type_the_codec_cannot_check_is_refused():
+    with pytest.raises(TypeError, match="unsupported field type"):
+
+        @p.message("test_only_sets", p.E2S)
+        class WithSet(Message):
+            members: set
+
+    assert "test_only_sets" not in MESSAGES
+
+
+# ---- round trip ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", sorted(MESSAGES))
+@ROUND_TRIP
+@given(data=st.data())
+def test_every_message_round_trips(op, data):
+    cls = MESSAGES[op]
+    msg = data.draw(messages_of(cls))
+    encoded = encode(msg)
+    # The framing: one msgpack array, op first, then every field in declaration order.
+    assert msgpack.unpackb(encoded, raw=False) == [op, *(getattr(msg, n) for n, _ in _fields(cls))]
+    decoded = decode(encoded)
+    assert type(decoded) is cls
+    assert decoded == msg
+
+
+def test_round_trip_keeps_the_64_bit_integer_boundaries():
+    for value in (-(2**63), 2**63 - 1, 2**64 - 1):
+        msg = p.Launch("t", "m:f", None, [value], {"n": value}, 0, "batch", value)
+        assert decode(encode(msg)) == msg
+
+
+def test_decode_accepts_bytearray_and_memoryview():
+    encoded = encode(p.Kill("t1", 7))
+    assert decode(bytearray(encoded)) == p.Kill("t1", 7)
+    assert decode(memoryview(encoded)) == p.Kill("t1", 7)
+
+
+def test_a_float_field_accepts_an_int_from_the_wire():
+    fields = ["e", "n", 1, 2, 1, 0, 0, 0, 10, 20]
+    msg = decode(frame("heartbeat", *fields, 50))
+    assert msg.mem_percent == 50
+
+
+# ---- decoder robustness: fuzzing -----------------------------------------------------------
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_random_bytes_decode_or_raise_protocol_error(data):
+    decode_or_protocol_error(data)
+
+
+@st.composite
+def mutated_frames(draw: st.DrawFn) -> bytes:
+    """A valid frame with a few bytes flipped, inserted, deleted, or the tail cut off."""
+    data = bytearray(encode(draw(ANY_MESSAGE)))
+    for _ in range(draw(st.integers(min_value=1, max_value=4))):
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
+        if kind == "insert":
+            at = draw(st.integers(min_value=0, max_value=len(data)))
+            data[at:at] = draw(st.binary(min_size=1, max_size=4))
+        elif not data:
+            continue
+        elif kind == "flip":
+            at = draw(st.integers(min_value=0, max_value=len(data) - 1))
+            data[at] ^= draw(st.integers(min_value=1, max_value=255))
+        elif kind == "delete":
+            at = draw(st.integers(min_value=0, max_value=len(data) - 1))
+            del data[at]
+        else:
+            del data[draw(st.integers(min_value=0, max_value=len(data) - 1)) :]
+    return bytes(data)
+
+
+@pytest.mark.slow  # about 0.8 s: a few hundred frames, each worth a look
+@FUZZ
+@given(mutated_frames())
+def test_mutated_frames_decode_or_raise_protocol_error(data):
+    decode_or_protocol_error(data)
+
+
+@settings(derandomize=True, max_examples=80, deadline=None)
+@given(ANY_MESSAGE, st.data())
+def test_every_truncation_of_a_frame_is_a_protocol_error(msg, data):
+    encoded = encode(msg)
+    cut = data.draw(st.integers(min_value=0, max_value=len(encoded) - 1))
+    with pytest.raises(ProtocolError, match="not valid msgpack"):
+        decode(encoded[:cut])
+
+
+# ---- decoder robustness: explicit cases ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(b"", "not valid msgpack", id="empty frame"),
+        pytest.param(b"\xc1", "not valid msgpack", id="reserved byte"),
+        pytest.param(frame("reject", "x") + b"\x00", "not valid msgpack", id="trailing bytes"),
+        pytest.param(
+            msgpack.packb({"op": "hello"}), "non-empty msgpack array, got dict", id="map, not array"
+        ),
+        pytest.param(msgpack.packb("hello"), "non-empty msgpack array, got str", id="bare string"),
+        pytest.param(msgpack.packb([]), "non-empty msgpack array, got list", id="empty array"),
+        pytest.param(frame(1, "x"), "op must be a string, got int", id="int op"),
+        pytest.param(frame(b"reject", "x"), "op must be a string, got bytes", id="bytes op"),
+        pytest.param(frame("launch_all", "x"), "unknown op 'launch_all'", id="unknown op"),
+        pytest.param(
+            frame("suspend", "t1"), "suspend takes 2 fields, frame has 1", id="too few fields"
+        ),
+        pytest.param(
+            frame("suspend", "t1", 5, 6),
+            "suspend takes 2 fields, frame has 3",
+            id="too many fields",
+        ),
+        pytest.param(
+            frame("hello", True, "e", "n", 1, 2, "h"),
+            "hello.version must be int, got bool",
+            id="bool for int",
+        ),
+        pytest.param(
+            frame("hello", 1.0, "e", "n", 1, 2, "h"),
+            "hello.version must be int, got float",
+            id="float for int",
+        ),
+        pytest.param(frame("reject", 5), "reject.reason must be str, got int", id="int for str"),
+        pytest.param(
+            frame("reject", b"no"), "reject.reason must be str, got bytes", id="bytes for str"
+        ),
+        pytest.param(
+            frame("reject", None), "reject.reason must be str, got NoneType", id="nil for str"
+        ),
+        pytest.param(
+            frame("launch", "t", "m:f", 5, [], {}, 0, "batch", 0),
+            "launch.main_path must be str or nil, got int",
+            id="int for optional str",
+        ),
+        pytest.param(
+            frame("launch", "t", "m:f", None, {}, {}, 0, "batch", 0),
+            "launch.args must be list, got dict",
+            id="map for list",
+        ),
+        pytest.param(
+            frame("launch", "t", "m:f", None, [], [], 0, "batch", 0),
+            "launch.kwargs must be dict, got list",
+            id="array for dict",
+        ),
+        pytest.param(
+            frame("heartbeat", "e", "n", 1, 2, 1, 0, 0, 0, 10, 20, True),
+            "heartbeat.mem_percent must be float, got bool",
+            id="bool for float",
+        ),
+        pytest.param(b"\x92\xa6reject\xa2\xff\xfe", "not valid msgpack", id="invalid utf-8"),
+        pytest.param(
+            frame("finished", "t", 0, msgpack.ExtType(5, b"x"), {}),
+            "msgpack extension type 5 is not allowed",
+            id="ext type in a field",
+        ),
+        pytest.param(
+            msgpack.packb(msgpack.ExtType(42, b"")),
+            "extension type 42 is not allowed",
+            id="ext type as the frame",
+        ),
+        pytest.param(b"\xdd\xff\xff\xff\xff", "not valid msgpack", id="array of 2**32-1 items"),
+        pytest.param(b"\xdf\xff\xff\xff\xff", "not valid msgpack", id="map of 2**32-1 pairs"),
+        pytest.param(b"\xdb\xff\xff\xff\xff", "not valid msgpack", id="str of 4 GiB"),
+        pytest.param(b"\xc6\xff\xff\xff\xff", "not valid msgpack", id="bin of 4 GiB"),
+        pytest.param(
+            b"\x95\xa8finished\xa1t\x00\xdd\xff\xff\xff\xff\x80",
+            "not valid msgpack",
+            id="huge array inside a field",
+        ),
+        pytest.param(b"\x91" * 100_000 + b"\xc0", "not valid msgpack", id="deeply nested arrays"),
+    ],
+)
+def test_malformed_frames_raise_a_protocol_error_that_says_why(data, expected):
+    with pytest.raises(ProtocolError, match=re.escape(expected)):
+        decode(data)
+
+
+def test_an_unknown_op_is_quoted_but_cut_short():
+    with pytest.raises(ProtocolError) as caught:
+        decode(frame("x" * 10_000, 1))
+    assert "unknown op 'xxxx" in str(caught.value)
+    assert len(str(caught.value)) < 100  # the log line must not carry the peer's megabytes
+
+
+def test_a_frame_that_is_not_bytes_is_refused():
+    with pytest.raises(ProtocolError, match="a frame must be bytes, not str"):
+        decode("hello")  # type: ignore[arg-type]
+
+
+def test_frames_over_the_size_limit_are_refused_before_parsing():
+    encoded = encode(p.Reject("version 2 is not spoken here"))
+    assert decode(encoded, max_frame_bytes=len(encoded)) == p.Reject("version 2 is not spoken here")
+    with pytest.raises(
+        ProtocolError, match=f"{len(encoded)} bytes exceeds the {len(encoded) - 1}-byte limit"
+    ):
+        decode(encoded, max_frame_bytes=len(encoded) - 1)
+
+
+def test_the_default_size_limit_is_64_mib():
+    assert MAX_FRAME_BYTES == 64 * 1024 * 1024
+    # Not msgpack at all: only a size check made before parsing can name the size.
+    with pytest.raises(ProtocolError, match="exceeds the 67108864-byte limit"):
+        decode(b"\xc1" * (MAX_FRAME_BYTES + 1))
+
+
+def test_moderately_nested_values_still_decode():
+    nested: list[Any] = []
+    for _ in range(500):
+        nested = [nested]
+    msg = p.Finished("t", 0, nested, {})
+    assert decode(encode(msg)) == msg
+
+
+# ---- encode errors name where the bad value sits ---------------------------------------------
+
+
+def _launch(args: list[Any] | None = None, kwargs: dict[Any, Any] | None = None) -> p.Launch:
+    return p.Launch("t1", "jobs:count", None, args or [], kwargs or {}, 0, "batch", 0)
+
+
+def test_encode_names_the_path_of_a_nested_unencodable_value():
+    with pytest.raises(EncodeError) as caught:
+        encode(_launch(args=[1, {"a": [2, {3}]}]))
+    assert "launch.args[1]['a'][1] is of type set" in str(caught.value)
+
+
+def test_encode_blames_the_bad_value_not_the_good_ones_beside_it():
+    good = [2**64 - 1, -(2**63), b"raw", 1.5, None, True, "text", (1, 2)]
+    with pytest.raises(EncodeError) as caught:
+        encode(_launch(args=[*good, {"k": {2}}]))
+    assert str(caught.value).startswith("launch.args[8]['k'] is of type set")
+
+
+def test_encode_names_an_unencodable_keyword_argument():
+    with pytest.raises(EncodeError, match=r"launch\.kwargs\['when'\] is of type object"):
+        encode(_launch(kwargs={"when": object()}))
+
+
+def test_encode_names_an_unencodable_dict_key():
+    with pytest.raises(EncodeError, match=r"finished\.result has a key of type object"):
+        encode(p.Finished("t1", 0, {object(): 1}, {}))
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, 10**30])
+def test_encode_names_an_integer_beyond_64_bits(value):
+    with pytest.raises(EncodeError, match=r"launch\.args\[0\] is an integer too large"):
+        encode(_launch(args=[value]))
+
+
+# ---- edge cases of the msgpack data model -----------------------------------------------------
+
+
+def test_the_timestamp_extension_decodes_as_plain_data_and_other_extensions_are_refused():
+    # msgpack decodes its predefined timestamp extension (-1) itself, without ext_hook: it is
+    # data (a msgpack.Timestamp), never code. Any other extension type is refused.
+    data = b"\x95\xa8finished\xa1t\x00\xd6\xff\x00\x00\x00\x01\x80"  # result = ext -1
+    assert decode(data).result == msgpack.Timestamp(1)
+    with pytest.raises(ProtocolError, match="extension type 5"):
+        decode(b"\x95\xa8finished\xa1t\x00\xd6\x05\x00\x00\x00\x01\x80")
+
+
+def test_tuple_dict_keys_survive_the_round_trip():
+    # A result such as {(campaign, window): count} must not be lost on the way back.
+    message = p.Finished("t1", 0, {(1, 2): 3, ("a", (4, 5)): [6]}, {})
+    assert decode(encode(message)) == message
+
+
+def test_a_map_used_as_a_map_key_is_a_protocol_error():
+    with pytest.raises(ProtocolError, match="a map key is itself a map"):
+        decode(b"\x95\xa8finished\xa1t\x00\x81\x91\x81\x01\x02\x03\x80")
+
+
+def test_encode_reports_a_self_referential_value_as_an_encode_error():
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(EncodeError, match=r"finished\.result\[0\]\[0\].* nested more than"):
+        encode(p.Finished("t1", 0, loop, {}))
+
+
+# ---- rate-limited logging ---------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _limited(burst: int = 3, period_s: float = 10.0) -> tuple[RateLimitedLog, list[str], FakeClock]:
+    lines: list[str] = []
+    clock = FakeClock(1000.0)
+    return RateLimitedLog(lines.append, burst=burst, period_s=period_s, clock=clock), lines, clock
+
+
+def test_rate_limited_log_logs_a_burst_then_suppresses():
+    log, lines, _ = _limited(burst=3)
+    assert [log(f"bad frame {i}") for i in range(5)] == [True, True, True, False, False]
+    assert lines == ["bad frame 0", "bad frame 1", "bad frame 2"]
+
+
+def test_rate_limited_log_reports_the_suppressed_count_when_the_window_rolls():
+    log, lines, clock = _limited(burst=2, period_s=10.0)
+    for i in range(5):
+        log(f"early {i}")
+    clock.now += 9.75  # still the same window (binary fractions: exact float sums)
+    assert log("late in the window") is False
+    assert lines == ["early 0", "early 1"]
+    clock.now += 0.25  # exactly one period after the window opened
+    assert log("next window") is True
+    assert lines[2:] == ["(4 similar messages suppressed)", "next window"]
+    # The new window has its own burst, and the summary line did not use any of it.
+    assert log("second") is True
+    assert log("third") is False
+
+
+def test_rate_limited_log_says_nothing_extra_when_nothing_was_suppressed():
+    log, lines, clock = _limited(burst=2)
+    log("one")
+    clock.now += 60
+    log("two")
+    assert lines == ["one", "two"]
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(
+    burst=st.integers(min_value=1, max_value=5),
+    steps=st.lists(st.floats(min_value=0, max_value=7, allow_nan=False), max_size=60),
+)
+def test_rate_limited_log_accounts_for_every_message(burst, steps):
+    log, lines, clock = _limited(burst=burst, period_s=5.0)
+    calls = []  # (time, whether logged)
+    for i, step in enumerate(steps):
+        clock.now += step
+        before = len(lines)
+        logged = log(f"m{i}")
+        assert logged == (len(lines) > before and lines[-1] == f"m{i}")
+        calls.append((clock.now, logged))
+    clock.now += 5.0
+    log("flush")  # rolls the window: whatever was suppressed is reported now
+    texts = [line for line in lines if line.startswith("m")]
+    suppressed = sum(int(line[1:].split()[0]) for line in lines if line.startswith("("))
+    assert len(texts) == sum(logged for _, logged in calls)
+    assert len(texts) + suppressed == len(steps)
+    # A window opens with the first call a full period after the last window opened, and
+    # lets at most `burst` messages through.
+    window_start, count = -float("inf"), 0
+    for at, logged in calls:
+        if at - window_start >= 5.0:
+            window_start, count = at, 0
+            assert logged, "the first message of a window is always logged"
+        count += logged
+        assert count <= burst
