@@ -209,6 +209,8 @@ class Kernel:
         """
         now = self._clock() if now is None else now
         failures = []
+        running = self._current
+        busy = f"task {running.task_id}" if running is not None else "the running task"
         with self._lock:
             for task_id, command in list(self._pending_suspends.items()):
                 waited = now - command.queued_at
@@ -218,8 +220,8 @@ class Kernel:
                     failures.append(
                         p.SuspendFailed(
                             task_id,
-                            f"no record boundary reached within {waited / 1e6:.1f} ms: the "
-                            "task is busy in code that does not consume a gated input or yield",
+                            f"no record boundary reached within {waited / 1e6:.1f} ms: {busy} "
+                            "is busy in code that neither consumes a gated input nor yields",
                             waited,
                         )
                     )
