@@ -285,40 +285,48 @@ def encode(msg: Message) -> bytes:
         raise EncodeError(f"cannot encode {msg.op} message: {exc}") from None
 
 
-def find_unencodable(value: Any, path: str, depth: int = 0) -> str | None:
+def find_unencodable(value: Any, path: str) -> str | None:
     """Describe the first part of `value` msgpack cannot encode, or None if it all encodes."""
-    if depth > _MAX_DEPTH:
-        return f"{path} is nested more than {_MAX_DEPTH} levels deep (or contains itself)"
-    if value is None or isinstance(value, bool | str | bytes | float):
-        return None
-    if isinstance(value, int):
-        if -(2**63) <= value < 2**64:
-            return None
-        return f"{path} is an integer too large for msgpack (64 bits at most)"
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            found = find_unencodable(item, f"{path}[{i}]", depth + 1)
-            if found:
-                return found
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str | bytes | int | float | bool | tuple) and key is not None:
-                return f"{path} has a key of type {type(key).__name__} ({key!r})"
-            found = find_unencodable(key, f"{path} key {key!r}", depth + 1) or find_unencodable(
-                item, f"{path}[{key!r}]", depth + 1
+    # Iterative depth-first walk: values nested ~1,000 deep are legal msgpack, deeper than
+    # Python's recursion limit allows a recursive walk to go.
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            return f"{where} is nested more than {_MAX_DEPTH} levels deep (or contains itself)"
+        if item is None or isinstance(item, bool | str | bytes | float):
+            continue
+        if isinstance(item, int):
+            if -(2**63) <= item < 2**64:
+                continue
+            return f"{where} is an integer too large for msgpack (64 bits at most)"
+        if isinstance(item, list | tuple):
+            stack.extend(
+                (v, f"{where}[{i}]", depth + 1) for i, v in reversed(list(enumerate(item)))
             )
-            if found:
-                return found
-        return None
-    return (
-        f"{path} is of type {type(value).__name__}, which msgpack cannot encode "
-        "(use None, bool, int, float, str, bytes, list, tuple or dict)"
-    )
+            continue
+        if isinstance(item, dict):
+            children = []
+            for key, v in item.items():
+                if (
+                    not isinstance(key, str | bytes | int | float | bool | tuple)
+                    and key is not None
+                ):
+                    return f"{where} has a key of type {type(key).__name__} ({key!r})"
+                children.append((key, f"{where} key {key!r}", depth + 1))
+                children.append((v, f"{where}[{key!r}]", depth + 1))
+            stack.extend(reversed(children))
+            continue
+        return (
+            f"{where} is of type {type(item).__name__}, which msgpack cannot encode "
+            "(use None, bool, int, float, str, bytes, list, tuple or dict)"
+        )
+    return None
 
 
-# msgpack's own nesting limit, well below Python's recursion limit.
-_MAX_DEPTH = 512
+# Below msgpack's own limits (it packs ~1,025 levels and unpacks 1,024) and Python's recursion
+# limit, so a value this walk accepts for depth also decodes on the other side.
+_MAX_DEPTH = 1000
 
 
 def _unpack(frame: bytes | bytearray | memoryview, **options: Any) -> Any:

@@ -443,6 +443,40 @@ def test_encode_reports_a_self_referential_value_as_an_encode_error():
         encode(p.Finished("t1", 0, loop, {}))
 
 
+# ---- nesting limits (a known gap is a strict xfail, so that a fix asks to drop the mark) ----
+
+
+def _nested(levels: int) -> list[Any]:
+    """A list holding a list ... `levels` lists deep in all."""
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_encode_blames_the_set_not_a_deep_list_that_msgpack_can_carry():
+    deep = _nested(600)
+    assert decode(encode(p.Finished("t1", 0, deep, {}))).result == deep  # encodable alone
+    with pytest.raises(EncodeError) as caught:
+        encode(p.Finished("t1", 0, [deep, {1}], {}))
+    assert str(caught.value).startswith("finished.result[1] is of type set")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ProtocolError,
+    reason="packb accepts one more level of nesting than unpackb, so such a frame encodes and "
+    "is then dropped by its receiver: the task's result is lost without a failed report",
+)
+def test_whatever_encodes_also_decodes_at_the_nesting_limit():
+    for levels in range(1015, 1030):
+        try:
+            encoded = encode(p.Finished("t1", 0, _nested(levels), {}))
+        except EncodeError:
+            continue  # refusing at the sender is fine: the executor then reports `failed`
+        decode(encoded)
+
+
 # ---- rate-limited logging ---------------------------------------------------------------------
 
 
