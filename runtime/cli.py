@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds to wait for the scheduler's welcome (default 30)",
     )
+    executor.add_argument(
+        "--no-realtime",
+        dest="realtime",
+        action="store_false",
+        help="keep the I/O and listener threads at normal priority (by default "
+        "they run SCHED_FIFO where permitted, see README)",
+    )
     executor.set_defaults(run=_run_executor)
 
     bench = commands.add_parser("bench", help="run a benchmark")

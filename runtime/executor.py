@@ -35,6 +35,7 @@ import zmq
 from runtime import protocol as p
 from runtime.functions import FunctionRef
 from runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
+from runtime.realtime import realtime_io_threads, realtime_this_thread
 
 __all__ = ["DEFAULT_SWITCH_INTERVAL_S", "Executor"]
 
@@ -60,6 +61,7 @@ class Executor:
         suspend_timeout_ns: int = DEFAULT_SUSPEND_TIMEOUT_NS,
         connect_timeout_s: float = 30.0,
         max_frame_bytes: int = p.MAX_FRAME_BYTES,
+        realtime: bool = True,
     ) -> None:
         self.scheduler = scheduler
         self.node = node
@@ -70,7 +72,9 @@ class Executor:
         self.connect_timeout_s = connect_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.exit_code = 0
+        self.realtime = realtime
         self._context = zmq.Context()
+        realtime_io_threads(self._context, realtime)
         self._inproc = f"inproc://tidal-executor-{uuid.uuid4().hex}"
         self._to_listener = self._context.socket(zmq.PAIR)
         self._to_listener.bind(self._inproc)
@@ -107,6 +111,7 @@ class Executor:
     # ---- listener thread ----------------------------------------------------------------------
 
     def _listen(self) -> None:
+        realtime_this_thread(self.realtime)
         dealer = self._context.socket(zmq.DEALER)
         dealer.linger = 1000
         dealer.connect(self.scheduler)

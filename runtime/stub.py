@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import zmq
 
 from runtime import protocol as p
+from runtime.realtime import realtime_io_threads
 
 __all__ = ["StubScheduler", "spawn_executor", "stop_process"]
 
@@ -25,6 +26,7 @@ class StubScheduler:
 
     def __init__(self, bind: str = "tcp://127.0.0.1:*", heartbeat_ms: int = 200) -> None:
         self._context = zmq.Context()
+        realtime_io_threads(self._context)  # as the real scheduler does
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.linger = 0
         self._socket.bind(bind)

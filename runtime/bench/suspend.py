@@ -22,6 +22,7 @@ from runtime import protocol as p
 from runtime.bench import percentile
 from runtime.gate import IMPLEMENTATION, Gate, GatedIterator
 from runtime.kernel import Kernel
+from runtime.realtime import realtime_permitted
 from runtime.stub import StubScheduler, spawn_executor, stop_process
 
 
@@ -82,7 +83,7 @@ def hot_path(records: int = 1_000_000, repeats: int = 7) -> dict[str, float]:
     }
 
 
-def busy_executor(cycles: int = 200, record_us: float = 10.0, seed: int = 1) -> dict[str, Any]:
+def busy_executor(cycles: int = 500, record_us: float = 10.0, seed: int = 1) -> dict[str, Any]:
     """Suspend a real executor's busy task over ZeroMQ `cycles` times; latencies in ms."""
     rng = random.Random(seed)
     latencies, resumes = [], []
@@ -129,6 +130,7 @@ def busy_executor(cycles: int = 200, record_us: float = 10.0, seed: int = 1) -> 
         "busy_resume_ms_p50": percentile(resumes, 50),
         "busy_cycles": len(latencies),
         "busy_record_us": record_us,
+        "realtime_io": realtime_permitted(),
     }
 
 
@@ -137,7 +139,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {}
     results.update(in_process(cycles=1000 if quick else 5000))
     results.update(hot_path(records=300_000 if quick else 1_000_000))
-    results.update(busy_executor(cycles=50 if quick else 200))
+    results.update(busy_executor(cycles=100 if quick else 500))
     return results
 
 

@@ -1,0 +1,60 @@
+"""Real-time scheduling for the few threads that only relay messages.
+
+Discussion: on a 2-core machine an executor's task thread keeps one CPU busy. When a command
+arrives, ZeroMQ's I/O thread and then the listener thread must wake; if Linux places them on
+the busy CPU they can wait out the normal scheduler's wake-up granularity (a millisecond or
+more) before they run, and that tail is the whole p99 of noticing a suspend command.
+SCHED_FIFO (priority 1, the lowest real-time level) makes them run at once. Both threads
+sleep almost all the time and do microseconds of work per message, and the kernel's RT
+throttling bounds them anyway. It needs root or CAP_SYS_NICE; without it we carry on at
+normal priority, which is correct, only with a longer tail.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import zmq
+
+log = logging.getLogger("tidal.realtime")
+
+__all__ = ["realtime_io_threads", "realtime_permitted", "realtime_this_thread"]
+
+_PRIORITY = 1
+
+
+def realtime_io_threads(context: zmq.Context, enabled: bool = True) -> bool:
+    """Ask ZeroMQ to start `context`'s I/O threads at SCHED_FIFO; True if it will.
+
+    Call before the context's first socket is created (that is when its threads start).
+    """
+    if not enabled or not realtime_permitted():
+        return False
+    context.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
+    context.set(zmq.THREAD_PRIORITY, _PRIORITY)
+    return True
+
+
+def realtime_this_thread(enabled: bool = True) -> bool:
+    """Move the calling thread to SCHED_FIFO; True on success."""
+    if not enabled:
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(_PRIORITY))
+    except (OSError, AttributeError) as exc:
+        log.info("running the listener at normal priority (%s)", exc)
+        return False
+    return True
+
+
+def realtime_permitted() -> bool:
+    """Whether this process may use SCHED_FIFO (checked on the calling thread, then undone)."""
+    try:
+        before = os.sched_getscheduler(0)
+        param = os.sched_getparam(0)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(_PRIORITY))
+        os.sched_setscheduler(0, before, param)
+    except (OSError, AttributeError):
+        return False
+    return True
