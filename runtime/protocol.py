@@ -265,6 +265,65 @@ class Refused(Message):
     reason: str
 
 
+# ---- clients: client <-> scheduler ----------------------------------------------------------
+
+
+@message("client_hello", C2S)
+class ClientHello(Message):
+    version: int
+    client_id: str
+    pid: int
+    hostname: str
+
+
+@message("client_welcome", S2C)
+class ClientWelcome(Message):
+    version: int
+    scheduler_id: str
+    policy: str
+    max_suspensions: int
+
+
+@message("submit", C2S)
+class Submit(Message):
+    job_id: str
+    priority: str  # "stream" or "batch"
+    order: int  # order within the class: lower runs first
+    max_suspensions: int | None  # None: the cluster's cap
+    fn: str  # "module:qualname", one function for the whole job
+    main_path: str | None
+    tasks: list  # [[task_id, args, kwargs], ...], one per partition
+    sent_ns: int  # client's time.monotonic_ns(), for latency figures
+
+
+@message("results", S2C)
+class Results(Message):
+    # [[task_id, outcome, value, error, stats], ...]; outcome is "finished", "failed" or
+    # "cancelled"; error is [error_type, message, traceback] or nil; stats a dict.
+    items: list
+
+
+@message("cancel", C2S)
+class Cancel(Message):
+    task_ids: list
+
+
+@message("status_request", C2S)
+class StatusRequest(Message):
+    request_id: str
+
+
+@message("status", S2C)
+class Status(Message):
+    request_id: str
+    snapshot: dict
+
+
+@message("client_goodbye", C2S)
+class ClientGoodbye(Message):
+    reason: str
+
+
 # ---- codec --------------------------------------------------------------------------------
 
 
