@@ -131,6 +131,44 @@ class KernelStatistics:
     tasks: dict[str, TaskState] = field(default_factory=dict)
 
 
+class _ReadyQueue:
+    """Tasks waiting for the slot, in the order they get it.
+
+    Stream launches first (a stream task exists to take the slot at once, even when batch
+    work was already queued here), then resumed tasks (a task the scheduler resumed must not
+    wait behind new batch work), then batch launches; first in, first out within each.
+    """
+
+    def __init__(self) -> None:
+        self._stream: deque[TaskRecord] = deque()
+        self._resumed: deque[TaskRecord] = deque()
+        self._batch: deque[TaskRecord] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._stream or self._resumed or self._batch)
+
+    def __len__(self) -> int:
+        return len(self._stream) + len(self._resumed) + len(self._batch)
+
+    def add_launch(self, record: TaskRecord) -> None:
+        (self._stream if record.priority == "stream" else self._batch).append(record)
+
+    def add_resumed(self, record: TaskRecord) -> None:
+        self._resumed.append(record)
+
+    def pop(self) -> TaskRecord:
+        for queue_ in (self._stream, self._resumed, self._batch):
+            if queue_:
+                return queue_.popleft()
+        raise IndexError("no task is ready")
+
+    def discard(self, record: TaskRecord) -> None:
+        for queue_ in (self._stream, self._resumed, self._batch):
+            if record in queue_:
+                queue_.remove(record)
+                return
+
+
 class Kernel:
     """Runs tasks as greenlets on the thread that calls `run()`."""
 
@@ -155,7 +193,7 @@ class Kernel:
         self._lock = threading.Lock()  # guards _pending_suspends and _Command flags
         self._pending_suspends: dict[str, _Command] = {}
         self._tasks: dict[str, TaskRecord] = {}
-        self._ready: deque[TaskRecord] = deque()  # resumed tasks at the left, launches at the right
+        self._ready = _ReadyQueue()
         self._current: TaskRecord | None = None
         self._hub: greenlet.greenlet | None = None
         self._finished = 0
@@ -275,7 +313,7 @@ class Kernel:
                     if not self._apply(self._inbox.get()):
                         return
                     continue
-                record = self._ready.popleft()
+                record = self._ready.pop()
 
             # -- 3. Switch into the task until it finishes or calls the hub at a boundary.
             outcome = self._switch_into(record)
@@ -349,7 +387,7 @@ class Kernel:
                 )
                 return True
             self._tasks[record.task_id] = record
-            self._ready.append(record)
+            self._ready.add_launch(record)
             return True
         record = self._tasks.get(command.task_id)
         if command.op == "suspend":
@@ -367,9 +405,9 @@ class Kernel:
             elif record.glet is None:  # suspended before it ever started: queue it again
                 record.suspended_ns += self._clock() - record.suspended_at
                 record.state = TaskState.QUEUED
-                self._ready.appendleft(record)
+                self._ready.add_launch(record)
             else:
-                self._ready.appendleft(record)
+                self._ready.add_resumed(record)
         elif command.op == "kill":
             self._apply_kill(record, command)
         return True
@@ -384,7 +422,7 @@ class Kernel:
             self._current = None
             now = self._regained_at
         else:  # queued or resumed but not yet running again: it parks where it is
-            self._ready.remove(record)
+            self._ready.discard(record)
             now = self._clock()
         record.state = TaskState.SUSPENDED
         record.suspensions += 1
@@ -399,16 +437,15 @@ class Kernel:
             self._emit(p.Refused("kill", command.task_id, f"task is not alive ({state})"))
             return
         if record.glet is None:  # never started: nothing to unwind
-            if record in self._ready:
-                self._ready.remove(record)
+            self._ready.discard(record)
             self._report_outcome(record, _Outcome("killed"))
             return
         # Unwind it now, so its finally blocks run and its memory is freed; TaskKilled is
         # raised at the boundary where it is parked.
         if record is self._current:
             self._current = None
-        elif record in self._ready:
-            self._ready.remove(record)
+        else:
+            self._ready.discard(record)
         record.kill_requested = True
         outcome = self._switch_into(record)
         while not isinstance(outcome, _Outcome):  # it caught TaskKilled and went on

@@ -1,0 +1,698 @@
+"""The scheduler core: a pure state machine. Events in, instructions out.
+
+No sockets, no threads, no sleeping: `SchedulerCore.handle(event)` updates the records of
+jobs, tasks and executors, consults the policy where a decision is due, validates what the
+policy decided, and returns the messages to send (`ToExecutor`, `ToClient`). Time comes from
+the injected monotonic clock only, so tests drive the core with a fake clock and simulated
+executors, and the ZeroMQ shell (scheduler/server.py) stays thin.
+
+Invariants the core enforces, whatever the policy says:
+* a task is suspended at most `max_suspensions` times (per job, else the cluster's cap);
+* a suspended task resumes only on the executor that holds its state, and only into a
+  free slot;
+* a launch needs free capacity (the slot, or a place in the executor's prefetch queue; a
+  stream launch needs the slot itself);
+* each task's future completes exactly once: late or duplicate reports are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from runtime import protocol as p
+from scheduler import decisions as d
+from scheduler.policies import DEFAULT_POLICY, Policy, resolve_policy
+from scheduler.state import (
+    PRIORITIES,
+    SLOT_STATES,
+    ClusterView,
+    Executor,
+    ExecutorView,
+    Job,
+    PendingQueues,
+    Task,
+    TaskState,
+    TaskView,
+)
+
+__all__ = [
+    "ClientJoined",
+    "ClientRequest",
+    "ExecutorJoined",
+    "ExecutorLeft",
+    "ExecutorReport",
+    "SchedulerCore",
+    "Tick",
+    "ToClient",
+    "ToExecutor",
+]
+
+log = logging.getLogger("tidal.scheduler")
+
+DEFAULT_MAX_SUSPENSIONS = 3
+DEFAULT_HEARTBEAT_NS = 500_000_000
+# Discussion: three missed heartbeats (1.5 s at the default rate) before an executor is
+# declared lost: one late heartbeat on a loaded machine must not cost a requeue.
+DEFAULT_MISSED_HEARTBEATS = 3
+# Prefetch: keep about this much work queued on an executor behind its running task, so that
+# tiny tasks are not throttled by one scheduler round trip each. Long tasks get no prefetch
+# (a queued long task could not move to an idle executor).
+PREFETCH_TARGET_NS = 2_000_000
+MAX_PREFETCH = 64
+# What a task costs an executor besides running it (decode, switch, report), for the estimate.
+TASK_OVERHEAD_NS = 40_000
+
+
+# ---- events in ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorJoined:
+    hello: p.Hello
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorReport:
+    executor_id: str
+    message: p.Message
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorLeft:
+    executor_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientJoined:
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    client_id: str
+    message: p.Message
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: check executor liveness, let the policy rebalance."""
+
+
+Event = ExecutorJoined | ExecutorReport | ExecutorLeft | ClientJoined | ClientRequest | Tick
+
+
+# ---- instructions out ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ToExecutor:
+    executor_id: str
+    message: p.Message
+
+
+@dataclass(frozen=True, slots=True)
+class ToClient:
+    client_id: str
+    message: p.Message
+
+
+Instruction = ToExecutor | ToClient
+
+
+class SchedulerCore:
+    """Tidal's scheduling state machine; see the module docstring."""
+
+    def __init__(
+        self,
+        policy: Any = DEFAULT_POLICY,
+        *,
+        clock: Callable[[], int] = time.monotonic_ns,
+        max_suspensions: int = DEFAULT_MAX_SUSPENSIONS,
+        heartbeat_ns: int = DEFAULT_HEARTBEAT_NS,
+        missed_heartbeats: int = DEFAULT_MISSED_HEARTBEATS,
+        max_prefetch: int = MAX_PREFETCH,
+    ) -> None:
+        if max_suspensions < 0:
+            raise ValueError(f"max_suspensions must be >= 0, not {max_suspensions}")
+        self.policy: Policy = resolve_policy(policy)
+        self.max_suspensions = max_suspensions
+        self.heartbeat_ns = heartbeat_ns
+        self.lost_after_ns = heartbeat_ns * missed_heartbeats
+        self.max_prefetch = max_prefetch
+        self._clock = clock
+        self.now = clock()
+        self.view = ClusterView(self)
+        self.executors: dict[str, Executor] = {}
+        self.jobs: dict[str, Job] = {}
+        self.tasks: dict[str, Task] = {}
+        self.clients: set[str] = set()
+        self.pending = PendingQueues()
+        self.refused: list[tuple[Any, str]] = []  # recent refused decisions, for tests
+        self.policy_failures: list[str] = []
+        self.suspend_latencies_ns: list[int] = []
+        self._seq = 0
+        self._requeue_seq = 0
+        self._service_ns: float | None = None  # smoothed cost of one batch task
+        self._out: list[Instruction] = []
+        self._reports: dict[type, Callable[[Executor, Any], None]] = {
+            p.Heartbeat: self._on_heartbeat,
+            p.Started: self._on_started,
+            p.Suspended: self._on_suspended,
+            p.Resumed: self._on_resumed,
+            p.Finished: self._on_finished,
+            p.Failed: self._on_failed,
+            p.Killed: self._on_killed,
+            p.SuspendFailed: self._on_suspend_failed,
+            p.Refused: self._on_refused,
+            p.Goodbye: self._on_goodbye,
+        }
+        self._requests: dict[type, Callable[[str, Any], None]] = {
+            p.Submit: self._on_submit,
+            p.Cancel: self._on_cancel,
+            p.StatusRequest: self._on_status_request,
+            p.ClientGoodbye: self._on_client_goodbye,
+        }
+
+    # ---- the one entry point ----------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Instruction]:
+        """Apply one event; return the messages to send, in order."""
+        self.now = self._clock()
+        self._out = []
+        if isinstance(event, ExecutorReport):
+            executor = self.executors.get(event.executor_id)
+            if executor is None or not executor.alive:
+                log.debug(
+                    "ignored %s from lost or unknown executor %s",
+                    event.message.op,
+                    event.executor_id,
+                )
+            else:
+                executor.last_seen = self.now
+                handler = self._reports.get(type(event.message))
+                if handler is None:
+                    log.warning(
+                        "executor %s sent %s, which executors do not send",
+                        event.executor_id,
+                        event.message.op,
+                    )
+                else:
+                    handler(executor, event.message)
+        elif isinstance(event, ClientRequest):
+            handler = self._requests.get(type(event.message))
+            if handler is None:
+                log.warning(
+                    "client %s sent %s, which clients do not send",
+                    event.client_id,
+                    event.message.op,
+                )
+            else:
+                handler(event.client_id, event.message)
+        elif isinstance(event, ExecutorJoined):
+            self._on_executor_joined(event.hello)
+        elif isinstance(event, ExecutorLeft):
+            executor = self.executors.get(event.executor_id)
+            if executor is not None and executor.alive:
+                self._lose_executor(executor, event.reason)
+        elif isinstance(event, ClientJoined):
+            self.clients.add(event.client_id)
+        elif isinstance(event, Tick):
+            self._on_tick()
+        else:
+            raise TypeError(f"not a scheduler event: {event!r}")
+        return self._out
+
+    def set_policy(self, policy: Any) -> None:
+        """Switch policy; running and pending work carry on under the new one."""
+        self.policy = resolve_policy(policy)
+        self._consult(lambda pol: pol.tick(self.view))
+
+    # ---- facts policies and views ask for -------------------------------------------------------
+
+    def suspendable(self, task: Task) -> bool:
+        return (
+            task.state in SLOT_STATES
+            and not task.unsuspendable
+            and task.suspensions < task.job.max_suspensions
+        )
+
+    def free_capacity(self, executor: Executor) -> int:
+        if not executor.alive:
+            return 0
+        load = (executor.slot_task is not None) + len(executor.queued)
+        return max(0, 1 + self._prefetch_depth() - load)
+
+    def _prefetch_depth(self) -> int:
+        if self._service_ns is None:
+            return 0
+        return min(self.max_prefetch, int(PREFETCH_TARGET_NS // max(self._service_ns, 1.0)))
+
+    # ---- policy consultation -------------------------------------------------------------------
+
+    def _consult(self, hook: Callable[[Policy], Iterable[d.Decision] | None]) -> None:
+        """Ask the policy (through `hook`), then validate and apply what it decided.
+
+        A policy that raises is reported and replaced by the default policy, which is then
+        asked the same question; the scheduler itself keeps running.
+        """
+        try:
+            decisions = list(hook(self.policy) or ())
+        except Exception as exc:
+            failed = self.policy
+            message = f"policy {failed.name!r} raised {type(exc).__name__}: {exc}"
+            log.exception("%s; replacing it with the default policy %r", message, DEFAULT_POLICY)
+            self.policy_failures.append(message)
+            if type(failed) is type(resolve_policy(DEFAULT_POLICY)):
+                raise  # the default policy itself is broken: an internal error, loud
+            self.policy = resolve_policy(DEFAULT_POLICY)
+            decisions = list(hook(self.policy) or ())
+        for decision in decisions:
+            reason = self._validate(decision)
+            if reason is None:
+                self._carry_out(decision)
+            else:
+                self.refused.append((decision, reason))
+                del self.refused[:-100]
+                log.info("refused %r from policy %r: %s", decision, self.policy.name, reason)
+
+    def _validate(self, decision: Any) -> str | None:
+        """None if `decision` may be carried out now, else why not."""
+        if not isinstance(decision, d.Launch | d.Suspend | d.Resume | d.Kill):
+            return f"not a decision: {decision!r}"
+        task = self.tasks.get(decision.task_id)
+        if task is None:
+            return "no such task"
+        if isinstance(decision, d.Launch):
+            executor = self.executors.get(decision.executor_id)
+            if task.state is not TaskState.PENDING:
+                return f"task is {task.state.value}, not pending"
+            if executor is None or not executor.alive:
+                return "no such live executor"
+            if task.priority == "stream" and executor.slot_task is not None:
+                return "a stream launch needs the slot itself, which is busy"
+            if self.free_capacity(executor) <= 0:
+                return "executor has no free capacity"
+            return None
+        executor = self.executors.get(task.executor_id or "")
+        if executor is None or not executor.alive:
+            return "task is not on a live executor"
+        if isinstance(decision, d.Suspend):
+            if executor.slot_task is not task:
+                return f"task does not hold a slot ({task.state.value})"
+            if task.unsuspendable:
+                return "its executor reported that it reaches no record boundary"
+            if task.suspensions >= task.job.max_suspensions:
+                return f"suspension cap reached ({task.suspensions} of {task.job.max_suspensions})"
+            return None
+        if isinstance(decision, d.Resume):
+            if task.state is not TaskState.SUSPENDED:
+                return f"task is {task.state.value}, not suspended"
+            if executor.slot_task is not None:
+                return "the executor holding the task's state has no free slot"
+            return None
+        if task.state in (TaskState.PENDING, TaskState.KILLING, TaskState.DONE):
+            return f"task is {task.state.value}"
+        return None
+
+    def _carry_out(self, decision: d.Decision) -> None:
+        task = self.tasks[decision.task_id]
+        if isinstance(decision, d.Launch):
+            executor = self.executors[decision.executor_id]
+            self.pending.removed(task)
+            task.state = TaskState.LAUNCHED
+            task.executor_id = executor.executor_id
+            if executor.slot_task is None and (task.priority == "stream" or not executor.queued):
+                executor.slot_task = task
+            else:
+                executor.queued.append(task)
+            job = task.job
+            self._send(
+                executor,
+                p.Launch(
+                    task.task_id,
+                    job.fn,
+                    job.main_path,
+                    task.args,
+                    task.kwargs,
+                    task.attempt,
+                    job.priority,
+                    self.now,
+                ),
+            )
+            return
+        executor = self.executors[task.executor_id]
+        if isinstance(decision, d.Suspend):
+            task.state = TaskState.SUSPENDING
+            task.suspensions += 1
+            executor.slot_task = None
+            executor.suspended[task.task_id] = task
+            self._send(executor, p.Suspend(task.task_id, self.now))
+        elif isinstance(decision, d.Resume):
+            task.state = TaskState.RESUMING
+            del executor.suspended[task.task_id]
+            executor.slot_task = task
+            self._send(executor, p.Resume(task.task_id, self.now))
+        else:
+            self._detach(executor, task)
+            task.state = TaskState.KILLING
+            task.requeue_on_kill = decision.requeue
+            executor.suspended[task.task_id] = task  # its state is still there until Killed
+            self._send(executor, p.Kill(task.task_id, self.now))
+
+    # ---- executors ------------------------------------------------------------------------------
+
+    def _on_executor_joined(self, hello: p.Hello) -> None:
+        old = self.executors.get(hello.executor_id)
+        if old is not None and old.alive:
+            self._lose_executor(old, "it joined again")
+        executor = Executor(hello.executor_id, hello.node, hello.hostname, hello.pid, self.now)
+        self.executors[hello.executor_id] = executor
+        log.info("executor %s joined from node %s", hello.executor_id, hello.node)
+        self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
+
+    def _on_heartbeat(self, executor: Executor, beat: p.Heartbeat) -> None:
+        executor.metrics.append(beat)
+        self._consult(lambda pol: pol.metrics_updated(self.view, ExecutorView(executor, self)))
+
+    def _on_started(self, executor: Executor, msg: p.Started) -> None:
+        task = self._task_on(executor, msg.task_id)
+        if task is None or task.state is not TaskState.LAUNCHED:
+            return
+        task.state = TaskState.RUNNING
+        if task.started_at_ns is None:
+            task.started_at_ns = msg.at_ns
+            task.first_started_at = self.now
+        if task in executor.queued:
+            # The executor started a prefetched task: it holds the slot now.
+            executor.queued.remove(task)
+            previous = executor.slot_task
+            if (
+                previous is not None
+                and previous is not task
+                and previous.state is TaskState.LAUNCHED
+            ):
+                executor.queued.appendleft(previous)
+            executor.slot_task = task
+
+    def _on_suspended(self, executor: Executor, msg: p.Suspended) -> None:
+        task = self._task_on(executor, msg.task_id)
+        if task is None or task.state is not TaskState.SUSPENDING:
+            return
+        task.state = TaskState.SUSPENDED
+        task.records = msg.records
+        self.suspend_latencies_ns.append(msg.latency_ns)
+        del self.suspend_latencies_ns[:-10_000]
+
+    def _on_resumed(self, executor: Executor, msg: p.Resumed) -> None:
+        task = self._task_on(executor, msg.task_id)
+        if task is not None and task.state is TaskState.RESUMING:
+            task.state = TaskState.RUNNING
+
+    def _on_finished(self, executor: Executor, msg: p.Finished) -> None:
+        task = self._task_on(executor, msg.task_id)
+        if task is None or task.attempt != msg.attempt:
+            return
+        self._account(task, msg.stats)
+        if task.priority == "batch":
+            cost = msg.stats.get("running_ns", 0) + TASK_OVERHEAD_NS
+            self._service_ns = (
+                cost if self._service_ns is None else 0.8 * self._service_ns + 0.2 * cost
+            )
+        task.job.finished += 1
+        self._complete(task, "finished", msg.result, None)
+        self._detach(executor, task)
+        self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
+
+    def _on_failed(self, executor: Executor, msg: p.Failed) -> None:
+        task = self._task_on(executor, msg.task_id)
+        if task is None or task.attempt != msg.attempt:
+            return
+        self._account(task, msg.stats)
+        task.job.failed += 1
+        self._complete(task, "failed", None, [msg.error_type, msg.message, msg.traceback])
+        self._detach(executor, task)
+        self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
+
+    def _on_killed(self, executor: Executor, msg: p.Killed) -> None:
+        task = self._task_on(executor, msg.task_id)
+        if task is None or task.attempt != msg.attempt:
+            return
+        task.work_lost_ns += msg.stats.get("running_ns", 0)
+        self._detach(executor, task)
+        if task.cancel_requested:
+            task.job.cancelled += 1
+            self._complete(task, "cancelled", None, None)
+        else:
+            # Killed to make room, withdrawn, or killed by a shutting-down executor: run it
+            # again from scratch.
+            self._requeue([task], started=msg.stats.get("running_ns", 0) > 0)
+        self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
+
+    def _on_suspend_failed(self, executor: Executor, msg: p.SuspendFailed) -> None:
+        task = self._task_on(executor, msg.task_id)
+        if task is None or task.state is not TaskState.SUSPENDING:
+            return
+        log.warning("task %s cannot be suspended: %s", task.task_id, msg.reason)
+        task.state = TaskState.RUNNING
+        task.suspensions -= 1
+        task.unsuspendable = True
+        del executor.suspended[task.task_id]
+        usurper = executor.slot_task
+        executor.slot_task = task
+        if usurper is not None and usurper.state is TaskState.LAUNCHED:
+            # It was sent to take the slot and now waits behind a task that will not yield:
+            # withdraw it and let the policy place it elsewhere.
+            usurper.state = TaskState.KILLING
+            usurper.requeue_on_kill = True
+            executor.suspended[usurper.task_id] = usurper
+            self._send(executor, p.Kill(usurper.task_id, self.now))
+
+    def _on_refused(self, executor: Executor, msg: p.Refused) -> None:
+        log.warning(
+            "executor %s refused %s of task %s: %s",
+            executor.executor_id,
+            msg.command,
+            msg.task_id,
+            msg.reason,
+        )
+
+    def _on_goodbye(self, executor: Executor, msg: p.Goodbye) -> None:
+        self._lose_executor(executor, f"it said goodbye ({msg.reason})")
+
+    def _on_tick(self) -> None:
+        for executor in list(self.executors.values()):
+            if executor.alive and self.now - executor.last_seen > self.lost_after_ns:
+                silent_ms = (self.now - executor.last_seen) / 1e6
+                self._lose_executor(executor, f"no heartbeat for {silent_ms:.0f} ms")
+        self._consult(lambda pol: pol.tick(self.view))
+
+    def _lose_executor(self, executor: Executor, reason: str) -> None:
+        """Declare `executor` lost: requeue every task whose state lived there."""
+        log.warning("executor %s lost: %s", executor.executor_id, reason)
+        executor.alive = False
+        tasks = [t for t in executor.tasks() if t.state is not TaskState.DONE]
+        executor.slot_task, executor.queued, executor.suspended = None, type(executor.queued)(), {}
+        requeue = []
+        for task in tasks:
+            task.work_lost_ns += task.running_ns
+            if task.cancel_requested:
+                task.job.cancelled += 1
+                self._complete(task, "cancelled", None, None)
+            else:
+                requeue.append(task)
+        self._requeue(requeue, started=True)
+
+    # ---- clients --------------------------------------------------------------------------------
+
+    def _on_submit(self, client_id: str, msg: p.Submit) -> None:
+        problem = self._check_submission(msg)
+        task_ids = [t[0] for t in msg.tasks if isinstance(t, list) and t and isinstance(t[0], str)]
+        if problem is not None:
+            log.warning("refused job %s from client %s: %s", msg.job_id, client_id, problem)
+            error = ["ValueError", f"job {msg.job_id} refused by the scheduler: {problem}", ""]
+            self._to_client(client_id, [[tid, "failed", None, error, {}] for tid in task_ids])
+            return
+        cap = self.max_suspensions if msg.max_suspensions is None else msg.max_suspensions
+        job = Job(
+            msg.job_id,
+            client_id,
+            msg.priority,
+            msg.order,
+            cap,
+            msg.fn,
+            msg.main_path,
+            msg.sent_ns,
+            len(msg.tasks),
+        )
+        self.jobs[job.job_id] = job
+        new = []
+        for task_id, args, kwargs in msg.tasks:
+            self._seq += 1
+            task = Task(task_id, job, args, kwargs, self._seq, self.now)
+            self.tasks[task_id] = task
+            self.pending.push(task)
+            new.append(TaskView(task, self))
+        self._consult(lambda pol: pol.tasks_submitted(self.view, new))
+
+    def _check_submission(self, msg: p.Submit) -> str | None:
+        if msg.priority not in PRIORITIES:
+            return f"unknown priority {msg.priority!r} (use {' or '.join(PRIORITIES)})"
+        if msg.max_suspensions is not None and msg.max_suspensions < 0:
+            return f"max_suspensions must be >= 0, not {msg.max_suspensions}"
+        if msg.job_id in self.jobs:
+            return f"a job with id {msg.job_id!r} exists already"
+        if not msg.tasks:
+            return "the job has no tasks"
+        seen = set()
+        for entry in msg.tasks:
+            if not (
+                isinstance(entry, list)
+                and len(entry) == 3
+                and isinstance(entry[0], str)
+                and isinstance(entry[1], list)
+                and isinstance(entry[2], dict)
+            ):
+                return "each task must be [task_id, args, kwargs]"
+            if entry[0] in self.tasks or entry[0] in seen:
+                return f"task id {entry[0]!r} is already in use"
+            seen.add(entry[0])
+        return None
+
+    def _on_cancel(self, client_id: str, msg: p.Cancel) -> None:
+        for task_id in msg.task_ids:
+            task = self.tasks.get(task_id) if isinstance(task_id, str) else None
+            if task is None or task.job.client_id != client_id or task.state is TaskState.DONE:
+                continue
+            task.cancel_requested = True
+            if task.state is TaskState.PENDING:
+                self.pending.removed(task)
+                task.job.cancelled += 1
+                self._complete(task, "cancelled", None, None)
+            elif task.state is not TaskState.KILLING:
+                executor = self.executors[task.executor_id]
+                self._detach(executor, task)
+                task.state = TaskState.KILLING
+                executor.suspended[task.task_id] = task
+                self._send(executor, p.Kill(task.task_id, self.now))
+                self._consult(
+                    lambda pol, e=executor: pol.slot_freed(self.view, ExecutorView(e, self))
+                )
+
+    def _on_status_request(self, client_id: str, msg: p.StatusRequest) -> None:
+        self._out.append(ToClient(client_id, p.Status(msg.request_id, self.status())))
+
+    def _on_client_goodbye(self, client_id: str, msg: p.ClientGoodbye) -> None:
+        self.clients.discard(client_id)
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for `tidal status` and `Client.status()` (msgpack-encodable)."""
+        executors = []
+        for e in self.executors.values():
+            beat = e.metrics[-1] if e.metrics else None
+            executors.append(
+                {
+                    "executor_id": e.executor_id,
+                    "node": e.node,
+                    "hostname": e.hostname,
+                    "state": "alive" if e.alive else "lost",
+                    "running": e.slot_task.task_id if e.slot_task else None,
+                    "queued": len(e.queued),
+                    "suspended": [
+                        t.task_id for t in e.suspended.values() if t.state is TaskState.SUSPENDED
+                    ],
+                    "rss_bytes": beat.rss_bytes if beat else None,
+                    "mem_available_bytes": beat.mem_available_bytes if beat else None,
+                    "mem_percent": beat.mem_percent if beat else None,
+                    "last_seen_s": (self.now - e.last_seen) / 1e9,
+                }
+            )
+        jobs = [
+            {
+                "job_id": j.job_id,
+                "priority": j.priority,
+                "order": j.order,
+                "total": j.total,
+                "finished": j.finished,
+                "failed": j.failed,
+                "cancelled": j.cancelled,
+            }
+            for j in self.jobs.values()
+        ]
+        return {
+            "policy": self.policy.name,
+            "max_suspensions": self.max_suspensions,
+            "executors": executors,
+            "jobs": jobs,
+            "pending": {c: self.pending.count(c) for c in PRIORITIES},
+            "policy_failures": list(self.policy_failures),
+        }
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    def _task_on(self, executor: Executor, task_id: str) -> Task | None:
+        """The task a report is about, if it is live and on that executor (else: stale)."""
+        task = self.tasks.get(task_id)
+        if task is None or task.state is TaskState.DONE or task.executor_id != executor.executor_id:
+            return None
+        return task
+
+    def _detach(self, executor: Executor, task: Task) -> None:
+        """Remove `task` from wherever it sits on `executor`."""
+        if executor.slot_task is task:
+            executor.slot_task = None
+        elif task in executor.queued:
+            executor.queued.remove(task)
+        executor.suspended.pop(task.task_id, None)
+
+    def _account(self, task: Task, stats: dict[str, Any]) -> None:
+        task.running_ns = stats.get("running_ns", task.running_ns)
+        task.suspended_ns = stats.get("suspended_ns", task.suspended_ns)
+        task.records = stats.get("records", task.records)
+
+    def _requeue(self, tasks: list[Task], *, started: bool) -> None:
+        if not tasks:
+            return
+        views = []
+        for task in reversed(tasks):  # pushed to the front, so keep their relative order
+            task.state = TaskState.PENDING
+            task.executor_id = None
+            task.suspensions = 0  # it starts from scratch: the cap applies afresh
+            task.running_ns = task.suspended_ns = 0
+            task.requeue_on_kill = False
+            if started:
+                task.attempt += 1
+            self._requeue_seq -= 1
+            task.seq = self._requeue_seq
+            self.pending.push(task, front=True)
+            views.append(TaskView(task, self))
+        self._consult(lambda pol: pol.tasks_submitted(self.view, views))
+
+    def _complete(self, task: Task, outcome: str, value: Any, error: list[str] | None) -> None:
+        """Finish a task exactly once and tell its client."""
+        task.state = TaskState.DONE
+        first_start = task.first_started_at
+        stats = {
+            "executor_id": task.executor_id,
+            "attempt": task.attempt,
+            "suspensions": task.suspensions,
+            "running_ns": task.running_ns,
+            "suspended_ns": task.suspended_ns,
+            "records": task.records,
+            "work_lost_ns": task.work_lost_ns,
+            "queued_ns": None if first_start is None else first_start - task.submitted_at,
+            "started_at_ns": task.started_at_ns,
+        }
+        task.args, task.kwargs = [], {}
+        self._to_client(task.job.client_id, [[task.task_id, outcome, value, error, stats]])
+
+    def _to_client(self, client_id: str, items: list[list[Any]]) -> None:
+        if client_id in self.clients:
+            self._out.append(ToClient(client_id, p.Results(items)))
+
+    def _send(self, executor: Executor, message: p.Message) -> None:
+        self._out.append(ToExecutor(executor.executor_id, message))

@@ -1,0 +1,67 @@
+"""Scheduling policies, and `resolve_policy()`, which turns what a user names into one.
+
+A policy can be named four ways: a built-in name (`"lb"`), a dotted path
+(`"mypkg.policies:MyPolicy"`), a Policy subclass or instance, or a name registered by an
+installed package under the entry-point group `tidal.policies`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import Any
+
+from scheduler.policies.base import Policy
+from scheduler.policies.fifo import FifoPolicy
+from scheduler.policies.lb import LbPolicy
+
+__all__ = ["BUILTIN_POLICIES", "DEFAULT_POLICY", "Policy", "UnknownPolicy", "resolve_policy"]
+
+BUILTIN_POLICIES: dict[str, type[Policy]] = {"fifo": FifoPolicy, "lb": LbPolicy}
+DEFAULT_POLICY = "lb"
+ENTRY_POINT_GROUP = "tidal.policies"
+
+
+class UnknownPolicy(ValueError):
+    """A policy name or path that leads to no policy. The message lists the known ones."""
+
+
+def known_policy_names() -> list[str]:
+    """Built-in names and those installed packages registered as entry points."""
+    names = set(BUILTIN_POLICIES)
+    names.update(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
+
+
+def resolve_policy(spec: Any) -> Policy:
+    """Return a Policy instance for a name, dotted path, class or instance."""
+    if isinstance(spec, Policy):
+        return spec
+    if isinstance(spec, type):
+        if not issubclass(spec, Policy):
+            raise UnknownPolicy(f"{spec.__qualname__} is not a subclass of tidal's Policy")
+        return spec()
+    if not isinstance(spec, str) or not spec:
+        raise UnknownPolicy(
+            f"a policy is a name, a 'module:Class' path, a Policy subclass or an "
+            f"instance, not {spec!r}"
+        )
+    if spec in BUILTIN_POLICIES:
+        return BUILTIN_POLICIES[spec]()
+    if ":" in spec:
+        module_name, _, qualname = spec.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise UnknownPolicy(
+                f"cannot load policy {spec!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return resolve_policy(obj)
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP, name=spec):
+        return resolve_policy(entry_point.load())
+    raise UnknownPolicy(
+        f"unknown policy {spec!r}: known policies are "
+        f"{', '.join(known_policy_names())}, or give a 'module:Class' path"
+    )

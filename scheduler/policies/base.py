@@ -1,0 +1,43 @@
+"""The Policy base class: hooks that look at the cluster and return decisions.
+
+Every hook receives a read-only `ClusterView` and returns an iterable of decisions
+(`Launch`, `Suspend`, `Resume`, `Kill`); the defaults decide nothing. The core calls the hooks
+at the moments named below, validates what they return, applies the valid decisions and logs
+the refused ones with the reason. A policy that raises is reported and replaced by the default
+policy; the scheduler keeps running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from scheduler.decisions import Decision
+from scheduler.state import ClusterView, ExecutorView, TaskView
+
+__all__ = ["Policy"]
+
+
+class Policy:
+    """Base class of scheduling policies. Subclass it and override the hooks you need."""
+
+    #: The name `policy="..."` and `tidal scheduler --policy` know this policy by.
+    name = "base"
+
+    def tasks_submitted(self, view: ClusterView, tasks: Sequence[TaskView]) -> Iterable[Decision]:
+        """New tasks are pending (a job was submitted, or tasks were requeued)."""
+        return ()
+
+    def slot_freed(self, view: ClusterView, executor: ExecutorView) -> Iterable[Decision]:
+        """An executor's slot became free (a task ended or was suspended, or it just joined)."""
+        return ()
+
+    def metrics_updated(self, view: ClusterView, executor: ExecutorView) -> Iterable[Decision]:
+        """An executor's heartbeat brought new metrics."""
+        return ()
+
+    def tick(self, view: ClusterView) -> Iterable[Decision]:
+        """Periodic rebalance (every heartbeat interval)."""
+        return ()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} policy {self.name!r}>"

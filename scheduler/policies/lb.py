@@ -1,0 +1,118 @@
+"""LB, Neptune's load-balancing policy and Tidal's default.
+
+Stream tasks bypass batch tasks. When stream tasks are pending and no slot is free, LB
+suspends running batch tasks to make room, choosing victims so that the number of running
+tasks per node stays balanced (it takes from the node running the most) and steering away
+from executors under memory pressure (a suspended task keeps its memory there). A free slot
+goes to a pending stream task first, then to a task suspended on that executor (its state is
+there, and resumption comes before new batch work), then to the next batch task.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+
+from scheduler.decisions import Decision, Launch, Resume, Suspend
+from scheduler.policies.base import Policy
+from scheduler.state import ClusterView, ExecutorView, TaskView
+
+# Discussion: above this host memory use an executor is "under pressure": suspending there
+# would pile a parked task's memory onto a host already short of it. 85% leaves headroom for
+# the stream task that takes the slot. Policies only prefer other executors; when every
+# candidate is under pressure LB still suspends, because the stream task must run.
+MEMORY_PRESSURE_THRESHOLD = 0.85
+
+
+class LbPolicy(Policy):
+    """Suspend batch tasks for stream tasks, balancing running tasks per node."""
+
+    name = "lb"
+
+    def __init__(self, memory_pressure_threshold: float = MEMORY_PRESSURE_THRESHOLD) -> None:
+        self.memory_pressure_threshold = memory_pressure_threshold
+
+    def tasks_submitted(self, view: ClusterView, tasks: Sequence[TaskView]) -> Iterable[Decision]:
+        return self._assign(view)
+
+    def slot_freed(self, view: ClusterView, executor: ExecutorView) -> Iterable[Decision]:
+        return self._assign(view)
+
+    def tick(self, view: ClusterView) -> Iterable[Decision]:
+        return self._assign(view)
+
+    def _assign(self, view: ClusterView) -> Iterator[Decision]:
+        executors = view.executors()
+        streams = view.pending("stream")
+        # 1. Stream tasks take free slots.
+        free_slots = [e for e in executors if e.slot_free]
+        for executor in sorted(free_slots, key=lambda e: e.memory_pressure):
+            task = next(streams, None)
+            if task is None:
+                break
+            free_slots.remove(executor)
+            yield Launch(task.task_id, executor.executor_id)
+        else:
+            # 2. Still stream tasks pending: suspend batch tasks for them.
+            yield from self._preempt_for(view, streams, executors)
+        # 3. Free slots resume what is suspended there, before any new batch work.
+        for executor in free_slots:
+            suspended = executor.suspended
+            if suspended:
+                first = min(suspended, key=lambda t: (t.priority != "stream", t.order, t.seq))
+                yield Resume(first.task_id)
+        # 4. Batch tasks take what capacity is left (slots and prefetch queues).
+        yield from self._fill_batch(
+            view, executors, resumed={e.executor_id for e in free_slots if e.suspended}
+        )
+
+    def _preempt_for(
+        self, view: ClusterView, streams: Iterator[TaskView], executors: list[ExecutorView]
+    ) -> Iterator[Decision]:
+        victims = [
+            e
+            for e in executors
+            if e.slot_task is not None
+            and e.slot_task.priority == "batch"
+            and e.slot_task.suspendable
+        ]
+        if not victims:
+            return
+        running_per_node = Counter(e.node for e in executors if e.slot_task is not None)
+        for task in streams:
+            if not victims:
+                return
+            # Most loaded node first, then the executor under the least memory pressure.
+            victim = min(
+                victims,
+                key=lambda e: (
+                    e.memory_pressure >= self.memory_pressure_threshold,
+                    -running_per_node[e.node],
+                    e.memory_pressure,
+                    e.executor_id,
+                ),
+            )
+            victims.remove(victim)
+            running_per_node[victim.node] -= 1
+            yield Suspend(victim.slot_task.task_id)
+            yield Launch(task.task_id, victim.executor_id)
+
+    def _fill_batch(
+        self, view: ClusterView, executors: list[ExecutorView], resumed: set[str]
+    ) -> Iterator[Decision]:
+        if view.pending_count("stream"):
+            # Stream work is waiting for a slot: do not hand batch work any.
+            return
+        free = {e.executor_id: e.free_capacity - (e.executor_id in resumed) for e in executors}
+        if not any(n > 0 for n in free.values()):
+            return
+        batch = view.pending("batch")
+        while True:
+            executor_id = max(free, key=free.get)
+            if free[executor_id] <= 0:
+                return
+            task = next(batch, None)
+            if task is None:
+                return
+            free[executor_id] -= 1
+            yield Launch(task.task_id, executor_id)

@@ -1,0 +1,288 @@
+"""The scheduler's records of jobs, tasks and executors, and the read-only views policies get.
+
+Records are mutated only by the core (scheduler/core.py). Policies see them through views:
+thin read-only wrappers that copy nothing, so a policy can look at a cluster with a million
+pending tasks without the core building a snapshot for every decision.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from runtime import protocol as p
+
+if TYPE_CHECKING:
+    from scheduler.core import SchedulerCore
+
+__all__ = ["ClusterView", "ExecutorView", "TaskState", "TaskView"]
+
+PRIORITIES = ("stream", "batch")
+# Discussion: heartbeats are ~0.5 s apart, so 20 of them are the last ~10 s: long enough to
+# smooth a spike, short enough to notice pressure building while a stream burst lasts.
+METRICS_WINDOW = 20
+
+
+class TaskState(enum.Enum):
+    PENDING = "pending"  # queued at the scheduler
+    LAUNCHED = "launched"  # sent to an executor, not started yet
+    RUNNING = "running"
+    SUSPENDING = "suspending"  # suspend sent, not confirmed
+    SUSPENDED = "suspended"
+    RESUMING = "resuming"  # resume sent, not confirmed
+    KILLING = "killing"  # kill sent, not confirmed
+    DONE = "done"
+
+
+# States in which a task occupies its executor's slot (from the scheduler's point of view).
+SLOT_STATES = (TaskState.LAUNCHED, TaskState.RUNNING, TaskState.RESUMING)
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    job_id: str
+    client_id: str
+    priority: str
+    order: int
+    max_suspensions: int
+    fn: str
+    main_path: str | None
+    submitted_ns: int
+    total: int
+    finished: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class Task:
+    task_id: str
+    job: Job
+    args: list[Any]
+    kwargs: dict[str, Any]
+    seq: int  # arrival order; requeued tasks get a smaller one
+    submitted_at: int  # scheduler clock, ns
+    state: TaskState = TaskState.PENDING
+    executor_id: str | None = None
+    attempt: int = 0
+    suspensions: int = 0
+    records: int = 0
+    started_at_ns: int | None = None  # the executor's clock at the first start
+    first_started_at: int | None = None  # the scheduler's clock when the first start was reported
+    running_ns: int = 0
+    suspended_ns: int = 0
+    work_lost_ns: int = 0  # running time thrown away by kills and lost executors
+    unsuspendable: bool = False  # an executor reported it reaches no record boundary
+    requeue_on_kill: bool = False  # killed to make room (KILL policy, withdrawn launch)
+    cancel_requested: bool = False
+
+    @property
+    def priority(self) -> str:
+        return self.job.priority
+
+
+@dataclass(eq=False, slots=True)
+class Executor:
+    executor_id: str
+    node: str
+    hostname: str
+    pid: int
+    last_seen: int  # scheduler clock, ns
+    alive: bool = True
+    slot_task: Task | None = None  # the task holding the slot
+    queued: deque[Task] = field(default_factory=deque)  # launched behind the slot task
+    suspended: dict[str, Task] = field(default_factory=dict)  # suspended or suspending here
+    metrics: deque[p.Heartbeat] = field(default_factory=lambda: deque(maxlen=METRICS_WINDOW))
+
+    def tasks(self) -> Iterator[Task]:
+        """Every task whose state lives on this executor."""
+        if self.slot_task is not None:
+            yield self.slot_task
+        yield from self.queued
+        yield from self.suspended.values()
+
+
+class PendingQueues:
+    """Pending tasks per priority class, ordered by (order, arrival); lazy deletion."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, dict[int, deque[Task]]] = {name: {} for name in PRIORITIES}
+        self._count = dict.fromkeys(PRIORITIES, 0)
+
+    def push(self, task: Task, *, front: bool = False) -> None:
+        lane = self._queues[task.priority].setdefault(task.job.order, deque())
+        lane.appendleft(task) if front else lane.append(task)
+        self._count[task.priority] += 1
+
+    def removed(self, task: Task) -> None:
+        """Account for a task that left the pending state (it stays in its lane, skipped)."""
+        self._count[task.priority] -= 1
+
+    def count(self, priority: str | None = None) -> int:
+        return sum(self._count.values()) if priority is None else self._count[priority]
+
+    def iterate(self, priority: str) -> Iterator[Task]:
+        lanes = self._queues[priority]
+        for order in sorted(lanes):
+            lane = lanes[order]
+            # Drop already-launched or cancelled tasks from the front as we go.
+            while lane and lane[0].state is not TaskState.PENDING:
+                lane.popleft()
+            for task in lane:
+                if task.state is TaskState.PENDING:
+                    yield task
+            if not lane:
+                del lanes[order]
+
+
+class TaskView:
+    """Read-only view of one task."""
+
+    __slots__ = ("_core", "_task")
+
+    def __init__(self, task: Task, core: SchedulerCore) -> None:
+        self._task = task
+        self._core = core
+
+    task_id = property(lambda self: self._task.task_id)
+    job_id = property(lambda self: self._task.job.job_id)
+    priority = property(lambda self: self._task.priority)
+    order = property(lambda self: self._task.job.order)
+    state = property(lambda self: self._task.state)
+    executor_id = property(lambda self: self._task.executor_id)
+    attempt = property(lambda self: self._task.attempt)
+    suspensions = property(lambda self: self._task.suspensions)
+    max_suspensions = property(lambda self: self._task.job.max_suspensions)
+    records = property(lambda self: self._task.records)
+    submitted_at = property(lambda self: self._task.submitted_at)
+    seq = property(lambda self: self._task.seq)
+
+    @property
+    def suspendable(self) -> bool:
+        """Running, under its suspension cap, and known to reach record boundaries."""
+        return self._core.suspendable(self._task)
+
+    def __repr__(self) -> str:
+        return f"<task {self.task_id} {self.priority} {self.state.value}>"
+
+
+class ExecutorView:
+    """Read-only view of one executor."""
+
+    __slots__ = ("_core", "_executor")
+
+    def __init__(self, executor: Executor, core: SchedulerCore) -> None:
+        self._executor = executor
+        self._core = core
+
+    executor_id = property(lambda self: self._executor.executor_id)
+    node = property(lambda self: self._executor.node)
+    alive = property(lambda self: self._executor.alive)
+    queued = property(lambda self: len(self._executor.queued))
+
+    @property
+    def slot_task(self) -> TaskView | None:
+        task = self._executor.slot_task
+        return None if task is None else TaskView(task, self._core)
+
+    @property
+    def slot_free(self) -> bool:
+        return self._executor.slot_task is None
+
+    @property
+    def free_capacity(self) -> int:
+        """How many more tasks the core will accept launching here now (slot + prefetch)."""
+        return self._core.free_capacity(self._executor)
+
+    @property
+    def suspended(self) -> tuple[TaskView, ...]:
+        return tuple(
+            TaskView(t, self._core)
+            for t in self._executor.suspended.values()
+            if t.state is TaskState.SUSPENDED
+        )
+
+    @property
+    def metrics(self) -> p.Heartbeat | None:
+        return self._executor.metrics[-1] if self._executor.metrics else None
+
+    @property
+    def metrics_window(self) -> tuple[p.Heartbeat, ...]:
+        return tuple(self._executor.metrics)
+
+    @property
+    def memory_pressure(self) -> float:
+        """Mean host memory use over the metrics window, 0.0-1.0 (0.0 before any heartbeat)."""
+        window = self._executor.metrics
+        return sum(m.mem_percent for m in window) / len(window) / 100 if window else 0.0
+
+    def __repr__(self) -> str:
+        return f"<executor {self.executor_id} on {self.node}>"
+
+
+class ClusterView:
+    """What a policy may look at: executors, tasks, queues and the clock. Read-only."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: SchedulerCore) -> None:
+        self._core = core
+
+    @property
+    def now(self) -> int:
+        """The scheduler's monotonic clock, in ns."""
+        return self._core.now
+
+    @property
+    def max_suspensions(self) -> int:
+        """The cluster-wide suspension cap (a job may set its own)."""
+        return self._core.max_suspensions
+
+    def executors(self) -> list[ExecutorView]:
+        """Live executors, in the order they joined."""
+        return [ExecutorView(e, self._core) for e in self._core.executors.values() if e.alive]
+
+    def executor(self, executor_id: str) -> ExecutorView | None:
+        executor = self._core.executors.get(executor_id)
+        return None if executor is None else ExecutorView(executor, self._core)
+
+    def task(self, task_id: str) -> TaskView | None:
+        task = self._core.tasks.get(task_id)
+        return None if task is None else TaskView(task, self._core)
+
+    def pending(self, priority: str | None = None) -> Iterator[TaskView]:
+        """Pending tasks of one class in order, or of both merged in arrival order."""
+        core = self._core
+        if priority is not None:
+            return (TaskView(t, core) for t in core.pending.iterate(priority))
+        merged = _merge_by_seq(core.pending.iterate("stream"), core.pending.iterate("batch"))
+        return (TaskView(t, core) for t in merged)
+
+    def pending_count(self, priority: str | None = None) -> int:
+        return self._core.pending.count(priority)
+
+    def running(self, priority: str | None = None) -> list[TaskView]:
+        """Tasks holding a slot, optionally of one class."""
+        return [
+            TaskView(e.slot_task, self._core)
+            for e in self._core.executors.values()
+            if e.alive
+            and e.slot_task is not None
+            and (priority is None or e.slot_task.priority == priority)
+        ]
+
+
+def _merge_by_seq(a: Iterator[Task], b: Iterator[Task]) -> Iterator[Task]:
+    import heapq
+
+    counter = itertools.count()
+    return (
+        t
+        for _, _, t in heapq.merge(
+            ((t.seq, next(counter), t) for t in a), ((t.seq, next(counter), t) for t in b)
+        )
+    )

@@ -1,0 +1,358 @@
+"""The scheduler core as a state machine: events in, instructions out. No sockets, no
+threads, a fake clock; executors are played by the test, which answers the core's commands
+with the reports a real executor would send."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime import protocol as p
+from scheduler import decisions as d
+from scheduler.core import (
+    ClientJoined,
+    ClientRequest,
+    ExecutorJoined,
+    ExecutorReport,
+    SchedulerCore,
+    Tick,
+    ToClient,
+    ToExecutor,
+)
+from scheduler.policies import Policy, UnknownPolicy
+from scheduler.state import TaskState
+
+MS = 1_000_000
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000 * MS
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class Harness:
+    """Drives a SchedulerCore and keeps what it sent, per executor and per client."""
+
+    def __init__(self, policy="lb", executors=(("e0", "n0"), ("e1", "n1")), **options):
+        self.clock = FakeClock()
+        self.core = SchedulerCore(policy, clock=self.clock, **options)
+        self.to_executor: dict[str, list[p.Message]] = {}
+        self.results: dict[str, list[list]] = {}
+        self.handle(ClientJoined("c"))
+        for executor_id, node in executors:
+            self.join(executor_id, node)
+
+    def handle(self, event):
+        for instruction in self.core.handle(event):
+            if isinstance(instruction, ToExecutor):
+                self.to_executor.setdefault(instruction.executor_id, []).append(instruction.message)
+            else:
+                assert isinstance(instruction, ToClient)
+                if isinstance(instruction.message, p.Results):
+                    for item in instruction.message.items:
+                        self.results.setdefault(item[0], []).append(item)
+
+    def join(self, executor_id, node):
+        self.handle(ExecutorJoined(p.Hello(1, executor_id, node, 1, 1, "host")))
+
+    def submit(self, job_id, priority, n, **options):
+        tasks = [[f"{job_id}/{i}", [[i]], {}] for i in range(n)]
+        self.handle(
+            ClientRequest(
+                "c",
+                p.Submit(
+                    job_id,
+                    priority,
+                    options.get("order", 0),
+                    options.get("max_suspensions"),
+                    "workloads.synthetic:total",
+                    None,
+                    tasks,
+                    0,
+                ),
+            )
+        )
+        return [t[0] for t in tasks]
+
+    def sent(self, executor_id, kind=None):
+        """Messages sent to an executor since the last call (optionally of one kind)."""
+        messages = self.to_executor.pop(executor_id, [])
+        return [m for m in messages if kind is None or isinstance(m, kind)]
+
+    def report(self, executor_id, message):
+        self.handle(ExecutorReport(executor_id, message))
+
+    def start(self, executor_id, task_id, attempt=0):
+        self.report(executor_id, p.Started(task_id, attempt, self.clock.now))
+
+    def finish(self, executor_id, task_id, attempt=0, result=None):
+        self.report(executor_id, p.Finished(task_id, attempt, result, {"running_ns": 5 * MS}))
+
+    def state(self, task_id):
+        return self.core.tasks[task_id].state
+
+
+def test_stream_arrival_suspends_batch_tasks_and_takes_their_slots():
+    h = Harness()
+    batch = h.submit("b", "batch", 4)
+    launched = {e: [m.task_id for m in h.sent(e, p.Launch)] for e in ("e0", "e1")}
+    assert launched == {"e0": [batch[0]], "e1": [batch[1]]}  # no prefetch for unknown tasks
+    h.start("e0", batch[0])
+    h.start("e1", batch[1])
+
+    stream = h.submit("s", "stream", 2)
+
+    for executor_id, victim, newcomer in (("e0", batch[0], stream[0]), ("e1", batch[1], stream[1])):
+        sent = h.sent(executor_id)
+        # Suspend and launch go out together: the stream task runs the moment the batch
+        # task parks, with no further round trip.
+        assert [(type(m), m.task_id) for m in sent] == [(p.Suspend, victim), (p.Launch, newcomer)]
+        assert sent[1].priority == "stream"
+        assert h.state(victim) is TaskState.SUSPENDING
+
+
+def test_suspended_tasks_resume_where_their_state_is_before_new_batch_work():
+    h = Harness(executors=[("e0", "n0")])
+    batch = h.submit("b", "batch", 3)
+    h.start("e0", batch[0])
+    (stream,) = h.submit("s", "stream", 1)
+    h.sent("e0")
+    h.report("e0", p.Suspended(batch[0], 500_000, 10, h.clock.now))
+    h.start("e0", stream)
+    h.finish("e0", stream, result=7)
+
+    sent = h.sent("e0")
+    assert [(type(m), m.task_id) for m in sent] == [(p.Resume, batch[0])]
+    assert h.results[stream] == [[stream, "finished", 7, None, h.results[stream][0][4]]]
+    h.report("e0", p.Resumed(batch[0], 900, h.clock.now))
+    h.finish("e0", batch[0])
+    assert [m.task_id for m in h.sent("e0", p.Launch)] == [batch[1]]
+
+
+def test_the_suspension_cap_holds_and_the_task_then_runs_uninterrupted():
+    h = Harness(executors=[("e0", "n0")], max_suspensions=2)
+    (batch,) = h.submit("b", "batch", 1)
+    h.start("e0", batch)
+    h.sent("e0")
+    for round_ in range(4):
+        (stream,) = h.submit(f"s{round_}", "stream", 1)
+        sent = h.sent("e0")
+        if round_ < 2:
+            assert [type(m) for m in sent] == [p.Suspend, p.Launch]
+            h.report("e0", p.Suspended(batch, 1000, 1, h.clock.now))
+            h.start("e0", stream)
+            h.finish("e0", stream)
+            assert [type(m) for m in h.sent("e0")] == [p.Resume]
+            h.report("e0", p.Resumed(batch, 1000, h.clock.now))
+        else:
+            assert sent == []  # capped: the stream task waits for the slot
+    assert h.core.tasks[batch].suspensions == 2
+    h.finish("e0", batch)
+    assert [m.task_id for m in h.sent("e0", p.Launch)] == ["s2/0"]
+
+
+def test_no_policy_can_break_the_cap_or_resume_elsewhere():
+    class Rogue(Policy):
+        name = "rogue"
+
+        def tasks_submitted(self, view, tasks):
+            for executor in view.executors():
+                task = executor.slot_task
+                if task is None:
+                    pending = next(view.pending(), None)
+                    if pending is not None:
+                        yield d.Launch(pending.task_id, executor.executor_id)
+                else:
+                    yield d.Suspend(task.task_id)  # past the cap
+                    yield d.Resume(task.task_id)  # running, not suspended
+                    yield d.Launch("b/0", "e1")  # not pending
+
+    h = Harness(policy=Rogue(), max_suspensions=0)
+    h.submit("b", "batch", 2)
+    h.start("e0", "b/0")
+    h.submit("s", "stream", 1)
+    reasons = [reason for _, reason in h.core.refused]
+    assert any("suspension cap reached" in r for r in reasons)
+    assert any("not suspended" in r for r in reasons)
+    assert any("not pending" in r for r in reasons)
+    assert all(not isinstance(m, p.Suspend) for m in h.sent("e0") + h.sent("e1"))
+
+
+def test_a_policy_that_raises_is_replaced_by_the_default_and_nothing_is_lost():
+    class Broken(Policy):
+        name = "broken"
+
+        def tasks_submitted(self, view, tasks):
+            raise ZeroDivisionError("oops")
+
+    h = Harness(policy=Broken())
+    h.submit("b", "batch", 2)
+    assert h.core.policy.name == "lb"
+    assert (
+        "broken" in h.core.policy_failures[0] and "ZeroDivisionError" in h.core.policy_failures[0]
+    )
+    assert len(h.sent("e0", p.Launch)) + len(h.sent("e1", p.Launch)) == 2
+
+
+def test_a_lost_executor_requeues_its_tasks_and_each_completes_exactly_once():
+    h = Harness(heartbeat_ns=100 * MS, missed_heartbeats=3)
+    batch = h.submit("b", "batch", 2)
+    h.start("e0", batch[0])
+    h.start("e1", batch[1])
+    (stream,) = h.submit("s", "stream", 1)
+    suspended_on = "e0" if h.sent("e0", p.Suspend) else "e1"
+    other = "e1" if suspended_on == "e0" else "e0"
+    h.sent(other)
+    victim = batch[0] if suspended_on == "e0" else batch[1]
+    h.report(suspended_on, p.Suspended(victim, 1000, 3, h.clock.now))
+    h.start(suspended_on, stream)
+
+    # The executor holding the suspended task and the stream task goes silent.
+    h.clock.now += 250 * MS
+    h.report(other, p.Heartbeat(other, "n", 1, 0, 1, 1, 0, 0, 1, 1, 1.0))
+    h.clock.now += 100 * MS
+    h.handle(Tick())
+    assert not h.core.executors[suspended_on].alive
+    assert h.state(stream) is not TaskState.DONE and h.core.tasks[stream].attempt == 1
+    # The stream task comes first: it takes the surviving executor's slot from its batch task.
+    sent = h.sent(other)
+    assert [(type(m), m.task_id) for m in sent[:2]] == [
+        (p.Suspend, batch[1] if other == "e1" else batch[0]),
+        (p.Launch, stream),
+    ]
+    assert sent[1].attempt == 1
+
+    # A late report from the lost executor changes nothing.
+    h.report(suspended_on, p.Finished(stream, 0, "late", {}))
+    assert stream not in h.results
+    h.report(other, p.Suspended(sent[0].task_id, 1000, 1, h.clock.now))
+    h.start(other, stream, attempt=1)
+    h.finish(other, stream, attempt=1, result="ok")
+    h.finish(other, stream, attempt=1, result="duplicate")
+    assert [item[2] for item in h.results[stream]] == ["ok"]
+
+
+def test_stream_tasks_go_before_batch_and_order_sorts_within_a_class():
+    h = Harness(executors=[("e0", "n0")])
+    h.submit("b-late", "batch", 1, order=5)
+    h.sent("e0")  # took the free slot
+    h.submit("b-early", "batch", 1, order=1)
+    h.submit("s", "stream", 1)
+    h.report("e0", p.Suspended("b-late/0", 1, 1, 1))
+    h.start("e0", "s/0")
+    h.sent("e0")
+    h.finish("e0", "s/0")
+    assert [type(m) for m in h.sent("e0")] == [p.Resume]  # resumption before new batch work
+    h.report("e0", p.Resumed("b-late/0", 1, 1))
+    h.finish("e0", "b-late/0")
+    assert [m.task_id for m in h.sent("e0", p.Launch)] == ["b-early/0"]
+
+
+def test_lb_suspends_on_the_most_loaded_node_and_avoids_memory_pressure():
+    h = Harness(executors=[("a1", "A"), ("a2", "A"), ("b1", "B")])
+    batch = h.submit("b", "batch", 3)
+    for executor_id, task_id in zip(("a1", "a2", "b1"), batch, strict=True):
+        h.start(executor_id, task_id)
+    for executor_id in ("a1", "a2", "b1"):
+        h.sent(executor_id)
+    # a1 is under memory pressure: a2 (same, most loaded node) is the victim.
+    h.report("a1", p.Heartbeat("a1", "A", 1, 0, 1, 1, 0, 0, 1, 1, 95.0))
+    h.submit("s", "stream", 1)
+    assert h.sent("a2", p.Suspend) and not h.sent("a1") and not h.sent("b1")
+    # Next one balances: node A now runs 1, node B 1; a1 is still under pressure, so b1.
+    h.submit("s2", "stream", 1)
+    assert h.sent("b1", p.Suspend) and not h.sent("a1")
+
+
+def test_fifo_never_suspends_and_keeps_arrival_order():
+    h = Harness(policy="fifo", executors=[("e0", "n0")])
+    h.submit("b", "batch", 2)
+    h.start("e0", "b/0")
+    h.submit("s", "stream", 1)
+    assert h.sent("e0") == [
+        next(
+            m
+            for m in [
+                p.Launch(
+                    "b/0", "workloads.synthetic:total", None, [[0]], {}, 0, "batch", h.clock.now
+                )
+            ]
+        )
+    ]
+    h.finish("e0", "b/0")
+    assert [m.task_id for m in h.sent("e0", p.Launch)] == ["b/1"]
+    h.start("e0", "b/1")
+    h.finish("e0", "b/1")
+    assert [m.task_id for m in h.sent("e0", p.Launch)] == ["s/0"]
+
+
+def test_an_unsuspendable_task_keeps_its_slot_and_the_stream_task_is_withdrawn():
+    h = Harness(executors=[("e0", "n0"), ("e1", "n1")])
+    batch = h.submit("b", "batch", 2)
+    h.start("e0", batch[0])
+    h.start("e1", batch[1])
+    h.sent("e0"), h.sent("e1")
+    (stream,) = h.submit("s", "stream", 1)
+    target = "e0" if h.sent("e0", p.Suspend) else "e1"
+    other = "e1" if target == "e0" else "e0"
+    victim = batch[0] if target == "e0" else batch[1]
+    h.report(target, p.SuspendFailed(victim, "no record boundary", 100 * MS))
+    assert [(type(m), m.task_id) for m in h.sent(target)] == [(p.Kill, stream)]
+    assert h.core.tasks[victim].unsuspendable
+    h.report(target, p.Killed(stream, 0, {"running_ns": 0}))
+    # Withdrawn without having run: requeued, not a new attempt, placed on the other executor.
+    sent = h.sent(other)
+    assert [(type(m), m.task_id) for m in sent] == [
+        (p.Suspend, batch[1] if other == "e1" else batch[0]),
+        (p.Launch, stream),
+    ]
+    assert sent[1].attempt == 0
+
+
+def test_cancel_pending_and_running_tasks():
+    h = Harness(executors=[("e0", "n0")])
+    batch = h.submit("b", "batch", 2)
+    h.start("e0", batch[0])
+    h.handle(ClientRequest("c", p.Cancel([batch[1], batch[0], "unknown"])))
+    assert h.results[batch[1]][0][1] == "cancelled"
+    assert [(type(m), m.task_id) for m in h.sent("e0")][-1] == (p.Kill, batch[0])
+    h.report("e0", p.Killed(batch[0], 0, {"running_ns": 3 * MS}))
+    assert h.results[batch[0]][0][1] == "cancelled"
+
+
+def test_bad_submissions_fail_their_tasks_with_the_reason():
+    h = Harness()
+    h.handle(
+        ClientRequest("c", p.Submit("j", "urgent", 0, None, "m:f", None, [["j/0", [], {}]], 0))
+    )
+    (item,) = h.results["j/0"]
+    assert item[1] == "failed" and "unknown priority 'urgent'" in item[3][1]
+    h.submit("dup", "batch", 1)
+    h.handle(
+        ClientRequest("c", p.Submit("dup", "batch", 0, None, "m:f", None, [["x/0", [], {}]], 0))
+    )
+    assert "exists already" in h.results["x/0"][0][3][1]
+
+
+def test_prefetch_grows_for_tiny_tasks_only():
+    h = Harness(executors=[("e0", "n0")])
+    h.submit("tiny", "batch", 200)
+    (first,) = h.sent("e0", p.Launch)  # nothing known about the tasks yet: one at a time
+    h.start("e0", first.task_id)
+    h.report("e0", p.Finished(first.task_id, 0, None, {"running_ns": 10_000}))
+    # Tasks of ~10 us: the core now keeps a queue of them on the executor.
+    assert 10 < len(h.sent("e0", p.Launch)) <= 1 + h.core.max_prefetch
+
+    h = Harness(executors=[("e0", "n0")])
+    h.submit("long", "batch", 5)
+    (first,) = h.sent("e0", p.Launch)
+    h.start("e0", first.task_id)
+    h.report("e0", p.Finished(first.task_id, 0, None, {"running_ns": 500 * MS}))
+    assert len(h.sent("e0", p.Launch)) == 1  # long tasks: no prefetch
+
+
+def test_unknown_policy_names_the_known_ones():
+    with pytest.raises(UnknownPolicy, match="known policies are fifo, lb"):
+        SchedulerCore("nope")
