@@ -23,7 +23,7 @@
 typedef struct {
     PyObject_HEAD
     int requested;          /* non-zero: the hub wants control at the next record boundary */
-    int gil_interval;       /* release the GIL every this many records (power of two) */
+    int gil_interval;       /* release the GIL every this many records: a power of two; 0 = never */
     long long records;      /* records handed out through this gate, all tasks together */
     PyObject *hook;         /* called with no arguments when `requested` is set */
 } Gate;
@@ -79,7 +79,7 @@ static PyMemberDef gate_members[] = {
     {"requested", T_INT, offsetof(Gate, requested), 0,
      "Non-zero when the hub wants control at the next record boundary."},
     {"gil_interval", T_INT, offsetof(Gate, gil_interval), 0,
-     "Release the GIL every this many records (rounded down to a power of two)."},
+     "Release the GIL every this many records; a power of two (it is used as a mask), 0 never."},
     {"records", T_LONGLONG, offsetof(Gate, records), 0,
      "Records handed out through this gate so far."},
     {"hook", T_OBJECT, offsetof(Gate, hook), 0,
@@ -108,8 +108,10 @@ gated_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *iterable;
     Gate *gate;
-    if (!_PyArg_NoKeywords("GatedIterator", kwds))
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "GatedIterator() takes no keyword arguments");
         return NULL;
+    }
     if (!PyArg_ParseTuple(args, "OO!:GatedIterator", &iterable, &GateType, &gate))
         return NULL;
     PyObject *source = PyObject_GetIter(iterable);
@@ -132,6 +134,9 @@ gated_next(GatedIterator *self)
 {
     Gate *gate = self->gate;
     PyObject *hook, *r, *item;
+
+    if (gate == NULL || self->source == NULL)
+        return NULL;            /* cleared by the cycle collector: exhausted */
 
     if (gate->requested) {
         hook = gate->hook;
@@ -171,12 +176,19 @@ gated_traverse(GatedIterator *self, visitproc visit, void *arg)
     return 0;
 }
 
+static int
+gated_clear(GatedIterator *self)
+{
+    Py_CLEAR(self->source);
+    Py_CLEAR(self->gate);
+    return 0;
+}
+
 static void
 gated_dealloc(GatedIterator *self)
 {
     PyObject_GC_UnTrack(self);
-    Py_XDECREF(self->source);
-    Py_XDECREF(self->gate);
+    gated_clear(self);
     PyObject_GC_Del(self);
 }
 
@@ -193,6 +205,7 @@ static PyTypeObject GatedIteratorType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = gated_new,
     .tp_traverse = (traverseproc)gated_traverse,
+    .tp_clear = (inquiry)gated_clear,
     .tp_dealloc = (destructor)gated_dealloc,
     .tp_iter = PyObject_SelfIter,
     .tp_iternext = (iternextfunc)gated_next,

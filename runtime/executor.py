@@ -19,6 +19,7 @@ records (see runtime/_gate.c).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -77,11 +78,15 @@ class Executor:
         realtime_io_threads(self._context, realtime)
         self._inproc = f"inproc://tidal-executor-{uuid.uuid4().hex}"
         self._to_listener = self._context.socket(zmq.PAIR)
+        # Discussion: never block the hub for good on a dead listener; past this the report
+        # is dropped (loudly) and the executor stops.
+        self._to_listener.sndtimeo = 5000
         self._to_listener.bind(self._inproc)
         self.kernel = Kernel(
             self._emit, executor_id=self.executor_id, suspend_timeout_ns=suspend_timeout_ns
         )
         self._bad_frames = p.RateLimitedLog(log.warning)
+        self._dropped = p.RateLimitedLog(log.error)
         self._process = psutil.Process()
 
     # ---- main thread ------------------------------------------------------------------------
@@ -98,7 +103,11 @@ class Executor:
             self.kernel.run(block=True)
         finally:
             self.kernel.close()  # kill what is left; their reports go out first
-            self._to_listener.send(b"")  # then the listener says goodbye and exits
+            if listener.is_alive():  # then the listener says goodbye and exits
+                try:
+                    self._to_listener.send(b"", zmq.NOBLOCK)
+                except zmq.Again:
+                    log.error("the listener is not taking messages; exiting without goodbye")
             listener.join(timeout=5)
             self._to_listener.close(linger=0)
             self._context.term()
@@ -106,7 +115,13 @@ class Executor:
 
     def _emit(self, msg: p.Message) -> None:
         """Send a kernel report to the scheduler (via the listener thread)."""
-        self._to_listener.send(p.encode(msg))
+        frame = p.encode(msg)
+        try:
+            self._to_listener.send(frame)
+        except zmq.Again:
+            log.error("dropped %s report: the listener thread is stuck or gone; stopping", msg.op)
+            self.exit_code = 1
+            self.kernel.stop()
 
     # ---- listener thread ----------------------------------------------------------------------
 
@@ -114,6 +129,10 @@ class Executor:
         realtime_this_thread(self.realtime)
         dealer = self._context.socket(zmq.DEALER)
         dealer.linger = 1000
+        # Refuse oversized frames in ZeroMQ itself, before they are held in memory.
+        dealer.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+        # Never block the listener on a scheduler that stopped reading: see _send.
+        dealer.sndhwm = 100_000
         dealer.connect(self.scheduler)
         from_main = self._context.socket(zmq.PAIR)
         from_main.connect(self._inproc)
@@ -188,13 +207,13 @@ class Executor:
                 while from_main.poll(0):
                     frame = from_main.recv(zmq.NOBLOCK)
                     if not frame:
-                        dealer.send(p.encode(p.Goodbye("executor shutting down")))
+                        self._send(dealer, p.encode(p.Goodbye("executor shutting down")))
                         return
-                    dealer.send(frame)
+                    self._send(dealer, frame)
 
             # -- 4. Watchdog: report suspensions the running task cannot honour.
             for failure in self.kernel.check_overdue():
-                dealer.send(p.encode(failure))
+                self._send(dealer, p.encode(failure))
 
             # -- 5. Heartbeat, or give up if the scheduler never answered the hello.
             now = time.monotonic()
@@ -209,10 +228,19 @@ class Executor:
                 connect_deadline = float("inf")
             if self._welcomed and now >= next_heartbeat:
                 seq += 1
-                dealer.send(p.encode(self._heartbeat(seq)))
+                self._send(dealer, p.encode(self._heartbeat(seq)))
                 next_heartbeat = now + self._heartbeat_s
             elif not self._welcomed:
                 next_heartbeat = now + 0.1
+
+    def _send(self, dealer: zmq.Socket, frame: bytes) -> None:
+        """Send to the scheduler without ever blocking the listener."""
+        try:
+            dealer.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            self._dropped(
+                f"dropped a message: {dealer.sndhwm} are queued for a scheduler that is not reading"
+            )
 
     def _heartbeat(self, seq: int) -> p.Heartbeat:
         stats = self.kernel.statistics()
@@ -242,7 +270,8 @@ class Executor:
             self.kernel.stop()
             return
         self._welcomed = True
-        self._heartbeat_s = max(0.01, msg.heartbeat_ms / 1000)
+        # Clamped: a heartbeat interval outside 10 ms .. 60 s is a scheduler bug, not a plan.
+        self._heartbeat_s = min(60.0, max(0.01, msg.heartbeat_ms / 1000))
         log.info("executor %s joined scheduler %s", self.executor_id, msg.scheduler_id)
 
     def _on_reject(self, msg: p.Reject, dealer: zmq.Socket) -> None:
@@ -255,6 +284,11 @@ class Executor:
         self.kernel.stop()
 
     def _on_launch(self, msg: p.Launch, dealer: zmq.Socket) -> None:
+        # Discussion: a partition is one big list; left in the young generations the cyclic
+        # GC would walk it again and again (tens of ms for millions of records, all while the
+        # task holds the GIL). Task data has no cycles to find: move it out of the collector's
+        # way. It is still freed by reference counting when the task ends.
+        gc.freeze()
         self.kernel.launch(
             msg.task_id,
             FunctionRef(msg.fn, msg.main_path),

@@ -56,9 +56,10 @@ class TaskKilled(BaseException):
 
 
 class TaskState(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
+    QUEUED = "queued"  # launched, never run yet
+    RUNNING = "running"  # holds the slot (running, or parked at a boundary by the hub)
     SUSPENDED = "suspended"
+    RESUMING = "resuming"  # resumed, waiting in the ready queue for the slot
     DONE = "done"
 
 
@@ -75,6 +76,7 @@ class _Outcome:
     value: Any = None
     error: BaseException | None = None
     formatted: str = ""
+    message: str = ""
 
 
 @dataclass(eq=False, slots=True)
@@ -122,7 +124,7 @@ class _Command:
     cancelled: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class KernelStatistics:
     running: int
     suspended: int
@@ -219,6 +221,9 @@ class Kernel:
         record = TaskRecord(task_id, fn, list(args), dict(kwargs or {}), attempt, priority)
         self._post(_Command("launch", task_id, self._clock(), record))
 
+    # Priority classes a launch may carry.
+    PRIORITIES = ("stream", "batch")
+
     def suspend(self, task_id: str) -> None:
         """Ask the task to park at its next record boundary."""
         command = _Command("suspend", task_id, self._clock())
@@ -275,7 +280,7 @@ class Kernel:
         states = list(tasks.values())
         return KernelStatistics(
             running=states.count(TaskState.RUNNING),
-            suspended=states.count(TaskState.SUSPENDED),
+            suspended=states.count(TaskState.SUSPENDED) + states.count(TaskState.RESUMING),
             queued=states.count(TaskState.QUEUED),
             finished=self._finished,
             tasks=tasks,
@@ -343,14 +348,18 @@ class Kernel:
             )
             record.glet.tidal_context = record.context
             self._emit(p.Started(record.task_id, record.attempt, now))
-        elif record.state is TaskState.SUSPENDED:
+        elif record.state in (TaskState.RESUMING, TaskState.SUSPENDED):
             record.suspended_ns += now - record.suspended_at
-            record.resume_started_at = self._clock()
+            if record.state is TaskState.RESUMING:
+                record.resume_started_at = self._clock()
         record.state = TaskState.RUNNING
         self._current = record
         record.gate_mark = self.gate.records
         record.switched_in_at = self._clock()
         if record.kill_requested:
+            # Keep the gate raised: a task that catches TaskKilled and goes on is killed
+            # again at its next record boundary.
+            self.gate.requested = 1
             result = record.glet.throw(TaskKilled(f"task {record.task_id} was killed"))
         else:
             result = record.glet.switch(_GO)
@@ -376,6 +385,15 @@ class Kernel:
         if command.op == "launch":
             record = command.record
             assert record is not None  # built by launch(); not peer input
+            if record.priority not in self.PRIORITIES:
+                self._emit(
+                    p.Refused(
+                        "launch",
+                        record.task_id,
+                        f"unknown priority {record.priority!r} (use stream or batch)",
+                    )
+                )
+                return True
             existing = self._tasks.get(record.task_id)
             if existing is not None:
                 self._emit(
@@ -399,6 +417,8 @@ class Kernel:
                     del self._pending_suspends[command.task_id]
             self._apply_suspend(record, command)
         elif command.op == "resume":
+            # Discussion: only SUSPENDED, so a repeated resume is refused instead of queueing
+            # the task twice (the second pop would switch into a finished greenlet).
             if record is None or record.state is not TaskState.SUSPENDED:
                 state = record.state.value if record else "unknown here"
                 self._emit(p.Refused("resume", command.task_id, f"task is not suspended ({state})"))
@@ -407,6 +427,7 @@ class Kernel:
                 record.state = TaskState.QUEUED
                 self._ready.add_launch(record)
             else:
+                record.state = TaskState.RESUMING
                 self._ready.add_resumed(record)
         elif command.op == "kill":
             self._apply_kill(record, command)
@@ -421,9 +442,11 @@ class Kernel:
             # The task is parked at the boundary where the hub regained control.
             self._current = None
             now = self._regained_at
-        else:  # queued or resumed but not yet running again: it parks where it is
+        else:  # queued, or resumed but not running again yet: it parks where it is
             self._ready.discard(record)
             now = self._clock()
+            if record.state is TaskState.RESUMING:  # it never left: count the time as suspended
+                record.suspended_ns += now - record.suspended_at
         record.state = TaskState.SUSPENDED
         record.suspensions += 1
         record.suspended_at = now
@@ -477,13 +500,12 @@ class Kernel:
         elif outcome.kind == "killed":
             self._emit(p.Killed(record.task_id, record.attempt, stats))
         else:
-            error = outcome.error
             self._emit(
                 p.Failed(
                     record.task_id,
                     record.attempt,
-                    _qualified_name(type(error)),
-                    str(error),
+                    _qualified_name(type(outcome.error)),
+                    outcome.message,
                     outcome.formatted,
                     stats,
                 )
@@ -516,12 +538,20 @@ class Kernel:
             return _Outcome("killed")
         except BaseException as exc:
             # Drop the kernel's own frame (this one) from the traceback the user sees.
-            formatted = "".join(
-                traceback.format_exception(
-                    type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None
+            # Both are built here, in the task, so that an exception whose __str__ raises
+            # cannot take the hub down with it.
+            error = exc
+            formatted = _safe(
+                lambda: "".join(
+                    traceback.format_exception(
+                        type(error),
+                        error,
+                        error.__traceback__.tb_next if error.__traceback__ else None,
+                    )
                 )
             )
-            return _Outcome("failed", error=exc, formatted=formatted)
+            message = _safe(lambda: str(error))
+            return _Outcome("failed", error=error, formatted=formatted, message=message)
 
     def _drive_generator(self, gen: Any) -> list[Any]:
         """Collect a generator task's output records; each `yield` is a suspension point."""
@@ -560,6 +590,14 @@ class Kernel:
             now = self._clock()
             self._emit(p.Resumed(record.task_id, now - record.resume_started_at, now))
             record.resume_started_at = 0
+
+
+def _safe(describe: Callable[[], str]) -> str:
+    """`describe()`, or a note that it failed (for user objects whose __str__ may raise)."""
+    try:
+        return describe()
+    except BaseException as exc:  # any failure of user code here must not reach the hub
+        return f"<could not describe the error: {type(exc).__name__}>"
 
 
 def _qualified_name(cls: type) -> str:

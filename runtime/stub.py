@@ -74,16 +74,24 @@ class StubScheduler:
     def expect(
         self, kind: type[p.Message], timeout: float = 10.0, *, task_id: str | None = None
     ) -> p.Message:
-        """Wait for the next message of `kind` (for `task_id`), skipping heartbeats."""
+        """Wait for the next message of `kind` (for `task_id`), skipping heartbeats.
+
+        Raises AssertionError on anything else that arrives first (bar progress reports:
+        hello, heartbeat, started, resumed), including a `kind` message for another task,
+        so that a lost or duplicated report cannot go unnoticed.
+        """
         deadline = time.monotonic() + timeout
         while True:
             _, msg = self.recv(max(0.0, deadline - time.monotonic()))
             if isinstance(msg, kind) and (task_id is None or msg.task_id == task_id):
                 return msg
-            if isinstance(msg, p.Heartbeat | p.Hello | p.Resumed | p.Started):
+            if isinstance(msg, p.Heartbeat | p.Hello | p.Resumed | p.Started) and not isinstance(
+                msg, kind
+            ):
                 continue
-            if not isinstance(msg, kind):
-                raise AssertionError(f"expected {kind.__name__}, got {msg!r}")
+            raise AssertionError(
+                f"expected {kind.__name__}{f' for {task_id}' if task_id else ''}, got {msg!r}"
+            )
 
     def wait_for_executor(self, timeout: float = 30.0) -> str:
         """Wait for one executor's hello; return its id."""

@@ -14,6 +14,7 @@ iteration is gated; it is deliberately *not* a list subclass, because C function
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -44,10 +45,26 @@ class TaskFunction:
         self.inputs = tuple(inputs) if inputs is not None else None
         self.priority = priority
         self.max_suspensions = max_suspensions
+        self._positions: frozenset[int] | None = None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
+
+    def input_positions(self) -> frozenset[int]:
+        """Positions of the gated inputs, names included (arguments often come by position)."""
+        if self._positions is None:
+            names = [
+                p.name
+                for p in inspect.signature(self.fn).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+            self._positions = frozenset(
+                i if isinstance(i, int) else names.index(i)
+                for i in (self.inputs or ())
+                if isinstance(i, int) or i in names
+            )
+        return self._positions
 
     def __repr__(self) -> str:
         return f"<tidal task {self.fn.__module__}.{self.fn.__qualname__}>"
@@ -139,7 +156,8 @@ def gate_arguments(
 
     if inputs is None:
         return [wrap(a) for a in args], dict(kwargs)
-    new_args = [wrap(a) if i in inputs else a for i, a in enumerate(args)]
+    positions = fn.input_positions()
+    new_args = [wrap(a) if i in positions else a for i, a in enumerate(args)]
     new_kwargs = {k: (wrap(v) if k in inputs else v) for k, v in kwargs.items()}
     return new_args, new_kwargs
 

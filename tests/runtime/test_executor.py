@@ -191,3 +191,17 @@ def test_an_executor_that_gets_no_welcome_gives_up_with_an_error(tmp_path):
         assert proc.wait(20) == 2
     finally:
         stop_process(proc)
+
+
+def test_an_absurd_heartbeat_interval_from_the_scheduler_cannot_wedge_the_executor():
+    with StubScheduler(heartbeat_ms=2**62) as stub:
+        proc = spawn_executor(stub.address)
+        try:
+            hello = stub.expect(p.Hello, timeout=30)
+            launch(stub, hello.executor_id, "t", "workloads.synthetic:total", [[1, 2, 3]])
+            assert stub.expect(p.Finished, task_id="t").result == 6
+            stub.send(hello.executor_id, p.Shutdown("test over"))
+            stub.expect(p.Goodbye)
+            assert proc.wait(10) == 0
+        finally:
+            stop_process(proc)

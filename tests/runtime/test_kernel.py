@@ -405,3 +405,118 @@ def test_close_kills_what_is_left(make_kernel):
     kernel.close()
     assert isinstance(transport.outcome("a"), p.Killed)
     assert isinstance(transport.outcome("b"), p.Killed)
+
+
+def test_a_repeated_resume_is_refused_not_run_twice(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch("t", sum, [interrupting(kernel, "t", range(10), every=5)])
+    kernel.run()
+    kernel.resume("t")
+    kernel.resume("t")  # e.g. a scheduler retrying
+    kernel.run()
+    assert [m.command for m in transport.of(p.Refused)] == ["resume"]
+    kernel.resume("t")
+    kernel.run()
+    assert transport.outcome("t").result == sum(range(10))
+
+
+def test_resume_then_suspend_before_it_ran_leaves_it_suspended(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch("t", sum, [interrupting(kernel, "t", range(10), every=5)])
+    kernel.run()
+    kernel.resume("t")
+    kernel.suspend("t")
+    kernel.run()
+    assert transport.of(p.Refused) == []
+    assert len(transport.of(p.Suspended, "t")) == 2 and transport.of(p.Resumed) == []
+    run_to_completion(kernel, transport, "t")
+    assert transport.outcome("t").result == sum(range(10))
+
+
+def test_an_exception_whose_str_raises_is_still_reported(make_kernel):
+    kernel, transport = make_kernel()
+
+    class Nasty(Exception):
+        def __str__(self):
+            raise RuntimeError("no description for you")
+
+    def raises_nasty():
+        raise Nasty
+
+    kernel.launch("n", raises_nasty)
+    kernel.launch("after", sum, [[1, 2]])
+    kernel.run()
+    failed = transport.outcome("n")
+    assert failed.error_type.endswith("Nasty") and "could not describe" in failed.message
+    assert transport.outcome("after").result == 3
+
+
+def test_a_task_that_swallows_its_kill_is_killed_again_at_the_next_boundary(make_kernel):
+    kernel, transport = make_kernel()
+    attempts = []
+
+    def stubborn(part):
+        total = 0
+        for x in part:
+            try:
+                if x == 2:
+                    kernel.kill("s")
+                total += x
+            except BaseException as exc:  # swallows TaskKilled once
+                attempts.append(type(exc).__name__)
+                if len(attempts) > 1:
+                    raise
+        return total
+
+    def consume(part):
+        return stubborn(iter(part))
+
+    kernel.launch("s", consume, [list(range(1000))])
+    kernel.run()
+    assert isinstance(transport.outcome("s"), p.Killed)
+
+
+def test_stream_launches_jump_ahead_of_queued_batch_and_resumed_tasks(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch("parked", sum, [interrupting(kernel, "parked", range(4), every=2)])
+    kernel.run()
+    kernel.launch("batch", sum, [[1]])
+    kernel.resume("parked")
+    kernel.launch("stream", sum, [[2]], priority="stream")
+    kernel.run()
+    order = [
+        (type(m).__name__, m.task_id)
+        for m in transport.sent
+        if (isinstance(m, p.Started | p.Resumed | p.Finished) and m.task_id != "parked")
+        or isinstance(m, p.Resumed)
+    ]
+    # The stream task first, then the resumed task (which parks again at its next
+    # interruption), and only then the batch launch that was queued before both.
+    assert order == [
+        ("Started", "stream"),
+        ("Finished", "stream"),
+        ("Resumed", "parked"),
+        ("Started", "batch"),
+        ("Finished", "batch"),
+    ]
+
+
+def test_a_launch_with_an_unknown_priority_is_refused(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch("u", sum, [[1]], priority="urgent")
+    kernel.run()
+    (refused,) = transport.of(p.Refused)
+    assert refused.command == "launch" and "unknown priority 'urgent'" in refused.reason
+
+
+def test_inputs_named_by_the_decorator_are_gated_also_when_passed_by_position(make_kernel):
+    kernel, transport = make_kernel()
+
+    @task(inputs=["lines"])
+    def count(prefix, lines):
+        return sum(1 for line in lines if line.startswith(prefix))
+
+    data = [f"a{i}" if i % 2 else f"b{i}" for i in range(100)]
+    kernel.launch("n", count, ["a", interrupting(kernel, "n", data, every=30)])
+    assert run_to_completion(kernel, transport, "n") == 3
+    assert transport.outcome("n").result == 50
