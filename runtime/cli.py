@@ -67,14 +67,57 @@ def _parser() -> argparse.ArgumentParser:
     )
     executor.set_defaults(run=_run_executor)
 
+    scheduler = commands.add_parser("scheduler", help="run the central scheduler")
+    scheduler.add_argument(
+        "--bind",
+        default="tcp://127.0.0.1:5555",
+        help="address to listen on (default tcp://127.0.0.1:5555, loopback "
+        "only; use tcp://0.0.0.0:5555 for executors on other hosts)",
+    )
+    scheduler.add_argument(
+        "--policy", default="lb", help="policy name or 'module:Class' path (default lb)"
+    )
+    scheduler.add_argument(
+        "--max-suspensions",
+        type=int,
+        default=3,
+        help="times a task may be suspended before it runs uninterrupted",
+    )
+    scheduler.add_argument(
+        "--heartbeat-ms", type=int, default=500, help="executor heartbeat interval (default 500)"
+    )
+    scheduler.add_argument(
+        "--missed-heartbeats",
+        type=int,
+        default=3,
+        help="an executor silent this many intervals is lost (default 3)",
+    )
+    scheduler.add_argument(
+        "--announce", action="store_true", help="print the bound address on stdout (for scripts)"
+    )
+    scheduler.add_argument(
+        "--no-realtime",
+        dest="realtime",
+        action="store_false",
+        help="keep ZeroMQ's I/O thread at normal priority",
+    )
+    scheduler.set_defaults(run=_run_scheduler)
+
+    status = commands.add_parser("status", help="show executors and jobs of a scheduler")
+    status.add_argument("--scheduler", default="tcp://127.0.0.1:5555", help="scheduler address")
+    status.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
+    status.set_defaults(run=_run_status)
+
     bench = commands.add_parser("bench", help="run a benchmark")
     bench.add_argument("name", choices=["suspend"], help="which benchmark")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--quick", action="store_true", help="fewer iterations")
     bench.set_defaults(run=_run_bench)
 
-    demo = commands.add_parser("demo", help="show a stream task taking a busy slot")
-    demo.add_argument("--streams", type=int, default=5, help="stream tasks to send")
+    demo = commands.add_parser("demo", help="stream tasks beside a batch job, per policy")
+    demo.add_argument("--policies", default="fifo,lb", help="comma-separated (default fifo,lb)")
+    demo.add_argument("--executors", type=int, default=2, help="executor processes (default 2)")
+    demo.add_argument("--streams", type=int, default=20, help="stream tasks per policy")
     demo.set_defaults(run=_run_demo)
     return parser
 
@@ -89,7 +132,97 @@ def _run_executor(args: argparse.Namespace) -> int:
         switch_interval_s=args.switch_interval_us / 1e6,
         suspend_timeout_ns=int(args.suspend_timeout_ms * 1e6),
         connect_timeout_s=args.connect_timeout,
+        realtime=args.realtime,
     )
+
+
+def _run_scheduler(args: argparse.Namespace) -> int:
+    from scheduler.policies import UnknownPolicy, resolve_policy
+    from scheduler.server import serve
+
+    try:
+        resolve_policy(args.policy)
+    except UnknownPolicy as exc:
+        print(f"tidal scheduler: {exc}", file=sys.stderr)
+        return 2
+    host = args.bind.split("://", 1)[-1].rsplit(":", 1)[0]
+    if host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
+        logging.getLogger("tidal.scheduler").warning(
+            "listening on %s without authentication: anyone who can reach it can run code on "
+            "the executors",
+            args.bind,
+        )
+    return serve(
+        args.bind,
+        announce=args.announce,
+        policy=args.policy,
+        max_suspensions=args.max_suspensions,
+        heartbeat_ns=args.heartbeat_ms * 1_000_000,
+        missed_heartbeats=args.missed_heartbeats,
+        realtime=args.realtime,
+    )
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from runtime.client import Client
+
+    try:
+        with Client(args.scheduler, timeout=5.0) as client:
+            snapshot = client.status()
+    except ConnectionError as exc:
+        print(f"tidal status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(snapshot, indent=2))
+        return 0
+    console = Console()
+    console.print(
+        f"policy [bold]{snapshot['policy']}[/], max_suspensions "
+        f"{snapshot['max_suspensions']}, pending {snapshot['pending']}"
+    )
+    executors = Table(title="executors")
+    for column in (
+        "executor",
+        "node",
+        "state",
+        "running",
+        "queued",
+        "suspended",
+        "rss MiB",
+        "host mem used",
+    ):
+        executors.add_column(column)
+    for e in snapshot["executors"]:
+        rss = f"{e['rss_bytes'] / 2**20:.0f}" if e["rss_bytes"] else "-"
+        mem = f"{e['mem_percent']:.0f}%" if e["mem_percent"] is not None else "-"
+        executors.add_row(
+            e["executor_id"],
+            e["node"],
+            e["state"],
+            e["running"] or "-",
+            str(e["queued"]),
+            ", ".join(e["suspended"]) or "-",
+            rss,
+            mem,
+        )
+    console.print(executors)
+    jobs = Table(title="jobs")
+    for column in ("job", "priority", "done", "failed", "cancelled", "total"):
+        jobs.add_column(column)
+    for j in snapshot["jobs"]:
+        jobs.add_row(
+            j["job_id"],
+            f"{j['priority']} {j['order']}",
+            str(j["finished"]),
+            str(j["failed"]),
+            str(j["cancelled"]),
+            str(j["total"]),
+        )
+    console.print(jobs)
+    return 0
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -130,7 +263,8 @@ def _print_table(
 def _run_demo(args: argparse.Namespace) -> int:
     from runtime import demo
 
-    result = demo.run(streams=args.streams)
+    policies = [name.strip() for name in args.policies.split(",") if name.strip()]
+    result = demo.run(policies=policies, executors=args.executors, streams=args.streams)
     return 0 if result["batch_correct"] else 1
 
 

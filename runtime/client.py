@@ -1,0 +1,804 @@
+"""The client: submit work to a Tidal scheduler, get `concurrent.futures` futures back.
+
+Threads and why:
+
+* Caller threads (any number) validate and encode a submission, register its futures, and
+  hand the frame to the IO thread through an inproc PAIR socket. ZeroMQ sockets are not
+  thread-safe, so that one PAIR end is guarded by the client's lock; it is the only socket
+  callers touch, and sending on it never blocks (no high-water mark: the IO thread keeps
+  the queue).
+* The IO thread owns the DEALER connected to the scheduler. In one loop it forwards caller
+  frames in order, completes futures from `results` and status requests from `status`, and
+  drops (with a rate-limited log line) any frame that breaks the protocol. It never blocks
+  on the network: frames the DEALER cannot take yet wait in an outbox until it can.
+
+The handshake runs on the constructing thread, before the IO thread exists, so its errors
+are raised straight to the caller; the DEALER then moves to the IO thread (`Thread.start()`
+is the full memory barrier ZeroMQ asks for when a socket changes threads).
+
+Futures complete on the IO thread, and so their done callbacks run there: keep callbacks
+short, and never block in one on another future or on `status()` of the same client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import concurrent.futures
+import contextlib
+import dataclasses
+import itertools
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any
+
+import zmq
+
+from runtime import protocol as p
+from runtime.functions import function_ref
+from runtime.task import PRIORITY_CLASSES, TaskFunction
+
+__all__ = [
+    "Client",
+    "ClientExecutor",
+    "RemoteTraceback",
+    "TaskError",
+    "TaskFuture",
+    "TaskStatistics",
+    "as_completed",
+    "gather",
+]
+
+log = logging.getLogger("tidal.client")
+
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+DEFAULT_STATUS_TIMEOUT_S = 10.0
+# Discussion: on close, the goodbye (and any submission still queued) gets this long to reach
+# the scheduler; after that ZeroMQ drops it, so close() never hangs on a scheduler that left.
+CLOSE_LINGER_MS = 1000
+# The IO thread exits within one poll of being told to; this only bounds a bug.
+IO_JOIN_TIMEOUT_S = 5.0
+# Frames read from the scheduler per loop turn before callers' frames get a look in, so a
+# flood of results cannot starve submissions.
+RECV_BATCH = 256
+
+OUTCOMES = ("finished", "failed", "cancelled")
+
+
+# ---- errors ----------------------------------------------------------------------------------
+
+
+class TaskError(Exception):
+    """A task raised an exception that is not a Python builtin; `error_type` names its type."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(error_type, message)  # both in args, so the error pickles
+        self.error_type = error_type
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.error_type}: {self.message}"
+
+
+class RemoteTraceback(Exception):
+    """The traceback of a task's exception as the executor formatted it (its `__cause__`)."""
+
+    def __init__(self, traceback_text: str) -> None:
+        super().__init__(traceback_text)
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return self.traceback_text
+
+
+def rebuild_error(error_type: str, message: str, traceback_text: str) -> Exception:
+    """The exception a failed task's future raises: the builtin type if it is one, else
+    TaskError; its `__cause__` is the remote traceback, so a printed traceback shows both."""
+    cls = getattr(builtins, error_type, None) if "." not in error_type else None
+    error: Exception | None = None
+    # Discussion: only Exception subclasses: a task's KeyboardInterrupt or SystemExit must not
+    # interrupt or exit the client. StopIteration is left out too: asyncio refuses it as a
+    # future's exception, so `await future` would break.
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, Exception)
+        and not issubclass(cls, StopIteration | StopAsyncIteration)
+    ):
+        try:
+            error = cls(message)
+        except Exception:  # a builtin that needs more arguments (UnicodeDecodeError, ...)
+            error = None
+    if error is None:
+        error = TaskError(error_type, message)
+    error.__cause__ = RemoteTraceback(traceback_text)
+    return error
+
+
+# ---- futures ---------------------------------------------------------------------------------
+
+
+def _seconds(value: Any) -> float | None:
+    return value / 1e9 if type(value) is int or type(value) is float else None
+
+
+def _int(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskStatistics:
+    """What the runtime measured about one task; a field the scheduler did not report is None.
+
+    Durations are in seconds; `*_at_ns` are the executor's `time.monotonic_ns()` readings.
+    """
+
+    executor_id: str | None = None
+    attempt: int | None = None
+    suspensions: int | None = None
+    running_s: float | None = None
+    suspended_s: float | None = None
+    queued_s: float | None = None
+    records: int | None = None
+    started_at_ns: int | None = None
+    finished_at_ns: int | None = None
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, Any]) -> TaskStatistics:
+        """Build from a result's `stats` dict (durations in `*_ns`)."""
+        # Discussion: statistics are informational, so a field of the wrong type becomes None
+        # rather than an error on a task whose result arrived fine.
+        executor_id = stats.get("executor_id")
+        return cls(
+            executor_id=executor_id if type(executor_id) is str else None,
+            attempt=_int(stats.get("attempt")),
+            suspensions=_int(stats.get("suspensions")),
+            running_s=_seconds(stats.get("running_ns")),
+            suspended_s=_seconds(stats.get("suspended_ns")),
+            queued_s=_seconds(stats.get("queued_ns")),
+            records=_int(stats.get("records")),
+            started_at_ns=_int(stats.get("started_at_ns")),
+            finished_at_ns=_int(stats.get("finished_at_ns")),
+        )
+
+
+class TaskFuture(concurrent.futures.Future):
+    """The future of one task. A `concurrent.futures.Future`, so `result()`, `exception()`,
+    `add_done_callback()`, `concurrent.futures.wait()` work as usual; `await future` works in
+    asyncio. A failed task raises its own exception type if it is a builtin, else TaskError.
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        job_id: str,
+        submitted_ns: int,
+        cancel_remote: Callable[[TaskFuture], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self.job_id = job_id
+        self.submitted_ns = submitted_ns  # time.monotonic_ns() when the job was sent
+        self._cancel_remote = cancel_remote
+        self._stats: dict[str, Any] = {}
+
+    def cancel(self) -> bool:
+        """Cancel the task here and ask the scheduler to drop or kill it.
+
+        Returns False if the task already finished or failed, True once it is cancelled.
+        """
+        if self.cancelled():
+            return True
+        if not self._cancel_locally():
+            return False
+        if self._cancel_remote is not None:
+            self._cancel_remote(self)
+        return True
+
+    def statistics(self) -> TaskStatistics:
+        """What the runtime measured about this task. Raises RuntimeError while it is pending."""
+        if not self.done():
+            raise RuntimeError(f"task {self.task_id} is not done yet: no statistics until it is")
+        return TaskStatistics.from_stats(self._stats)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self).__await__()
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self.cancelled() else "done" if self.done() else "pending"
+        return f"<TaskFuture {self.task_id} {state}>"
+
+    # ---- for the client's IO thread ------------------------------------------------------------
+
+    def _cancel_locally(self) -> bool:
+        if not super().cancel():
+            return False
+        # Discussion: Future.cancel() alone leaves the state CANCELLED, which the stdlib's
+        # wait() and as_completed() do not see as done (executors move it on when a worker
+        # would have started it). This moves it to CANCELLED_AND_NOTIFIED and wakes them; it
+        # raises RuntimeError only if another thread got there first, which is the same end.
+        with contextlib.suppress(RuntimeError):
+            self.set_running_or_notify_cancel()
+        return True
+
+    def _complete(self, outcome: str, value: Any, error: list[str] | None, stats: dict) -> None:
+        """Complete from one result (called once per future, never twice)."""
+        self._stats = stats
+        try:
+            if outcome == "finished":
+                self.set_result(value)
+            elif outcome == "failed" and error is not None:
+                self.set_exception(rebuild_error(*error))
+            else:
+                self._cancel_locally()
+        except concurrent.futures.InvalidStateError:
+            pass  # the caller cancelled it meanwhile; its cancel stands
+
+
+# ---- waiting on many futures -----------------------------------------------------------------
+
+
+def as_completed(
+    futures: Iterable[concurrent.futures.Future], timeout: float | None = None
+) -> Iterator[concurrent.futures.Future]:
+    """Yield each of `futures` once, as it completes (those already done first, in order).
+
+    Raises TimeoutError if `timeout` seconds pass (from the call) with some still pending.
+    Works with any `concurrent.futures.Future`, not only a client's.
+    """
+    pending = list(dict.fromkeys(futures))  # once each, in order
+    deadline = None if timeout is None else time.monotonic() + timeout  # now, not at next()
+    done: queue.SimpleQueue[concurrent.futures.Future] = queue.SimpleQueue()
+    for future in pending:
+        future.add_done_callback(done.put)  # runs at once for a future already done
+
+    def completed() -> Iterator[concurrent.futures.Future]:
+        for yielded in range(len(pending)):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                yield done.get(timeout=remaining)
+            except queue.Empty:
+                raise TimeoutError(
+                    f"{len(pending) - yielded} of {len(pending)} futures still pending "
+                    f"after {timeout:g} s"
+                ) from None
+
+    return completed()
+
+
+def gather(futures: Iterable[concurrent.futures.Future], timeout: float | None = None) -> list[Any]:
+    """Wait for all of `futures`; return their results in order.
+
+    Raises the first task error to arrive (CancelledError for a cancelled task) at once,
+    without waiting for the others, and TimeoutError if `timeout` seconds pass first.
+    """
+    futures = list(futures)
+    for future in as_completed(futures, timeout):
+        if future.cancelled():
+            raise concurrent.futures.CancelledError(
+                f"{getattr(future, 'task_id', future)} was cancelled"
+            )
+        error = future.exception()
+        if error is not None:
+            raise error
+    return [future.result() for future in futures]
+
+
+# ---- the client ------------------------------------------------------------------------------
+
+
+class Client:
+    """A connection to a Tidal scheduler: submit tasks, get futures.
+
+    `address` is a ZeroMQ address (`"tcp://host:port"`) or anything with an `.address`
+    attribute, such as a LocalCluster. The constructor performs the handshake and raises
+    ConnectionError if the scheduler refuses this client or none answers within `timeout`
+    seconds. Use it as a context manager, or call `close()`.
+    """
+
+    def __init__(self, address: Any, *, timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
+        address = getattr(address, "address", address)
+        if not isinstance(address, str):
+            raise TypeError(
+                "Client needs a ZeroMQ address such as 'tcp://127.0.0.1:8786', or an object "
+                f"with an .address attribute (a LocalCluster), not {type(address).__name__}"
+            )
+        self.address = address
+        self.client_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._bad_frames = p.RateLimitedLog(log.warning)
+        # One lock guards `_pending`, `_status_waiters`, `_closed` and the callers' PAIR end.
+        # It is never held while a future completes: done callbacks may call back in.
+        self._lock = threading.Lock()
+        self._pending: dict[str, TaskFuture] = {}
+        self._status_waiters: dict[str, concurrent.futures.Future] = {}
+        self._closed = False
+        self._broken: str | None = None  # why the IO thread stopped, if it crashed
+        # itertools.count's next() is atomic in CPython, so ids need no lock.
+        self._job_numbers = itertools.count(1)
+
+        self._context = zmq.Context()
+        dealer = self._context.socket(zmq.DEALER)
+        try:
+            dealer.connect(address)
+        except zmq.ZMQError as exc:
+            dealer.close(linger=0)
+            self._context.term()
+            raise ValueError(
+                f"{address!r} is not a ZeroMQ address this client can connect to ({exc}); "
+                "expected something like 'tcp://host:port'"
+            ) from None
+        try:
+            welcome = self._handshake(dealer, timeout)
+        except BaseException:
+            dealer.close(linger=0)
+            self._context.term()
+            raise
+        self.scheduler_id = welcome.scheduler_id
+        self.policy = welcome.policy
+        self.max_suspensions = welcome.max_suspensions  # the cluster's cap
+
+        inproc = f"inproc://tidal-client-{uuid.uuid4().hex}"
+        self._to_io = self._context.socket(zmq.PAIR)
+        self._to_io.sndhwm = 0
+        self._to_io.bind(inproc)
+        from_callers = self._context.socket(zmq.PAIR)
+        from_callers.rcvhwm = 0
+        from_callers.connect(inproc)
+        self._thread = threading.Thread(
+            target=self._run_io, args=(dealer, from_callers), name="tidal-client-io", daemon=True
+        )
+        self._thread.start()
+
+    def _handshake(self, dealer: zmq.Socket, timeout: float) -> p.ClientWelcome:
+        dealer.send(
+            p.encode(
+                p.ClientHello(p.PROTOCOL_VERSION, self.client_id, os.getpid(), socket.gethostname())
+            )
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not dealer.poll(remaining * 1000):
+                raise ConnectionError(
+                    f"no Tidal scheduler answered at {self.address} within {timeout:g} s "
+                    "(is it running, and is the address right?)"
+                )
+            frames = dealer.recv_multipart()
+            try:
+                if len(frames) != 1:
+                    raise p.ProtocolError(f"expected 1 frame, got {len(frames)}")
+                msg = p.decode(frames[0])
+            except p.ProtocolError as exc:
+                self._bad_frames(f"dropped a bad frame from the scheduler: {exc}")
+                continue
+            if isinstance(msg, p.Reject):
+                raise ConnectionError(
+                    f"the Tidal scheduler at {self.address} refused this client: {msg.reason}"
+                )
+            if not isinstance(msg, p.ClientWelcome):
+                self._bad_frames(f"dropped {msg.op} from the scheduler before its welcome")
+                continue
+            if msg.version != p.PROTOCOL_VERSION:
+                raise ConnectionError(
+                    f"the Tidal scheduler at {self.address} speaks protocol {msg.version}, "
+                    f"this client {p.PROTOCOL_VERSION}"
+                )
+            return msg
+
+    # ---- submitting --------------------------------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        priority: str | None = None,
+        order: int = 0,
+        max_suspensions: int | None = None,
+        **kwargs: Any,
+    ) -> TaskFuture:
+        """Run `fn(*args, **kwargs)` as one task (one job); return its future.
+
+        `priority`, `order` and `max_suspensions` are options for the runtime, so a task
+        function cannot receive keyword arguments of those names through `submit`:
+
+        * `priority`: "stream" (may suspend running batch tasks to take their slot) or
+          "batch". None means the `@task` default if `fn` has one, else "batch".
+        * `order`: an int; within a priority class, lower runs first.
+        * `max_suspensions`: how often this task may be suspended (an int >= 0); None means
+          the `@task` default if any, else the cluster's cap.
+
+        Everything is checked here, before anything is sent: `fn` must be importable by
+        executors (else FunctionNotFound), and every argument msgpack-encodable (else a
+        TypeError naming it: "argument 1" is the first positional argument).
+        """
+        parts = [(f"argument {i}", arg) for i, arg in enumerate(args, 1)]
+        parts += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
+        [future] = self._submit_job(
+            fn, [(list(args), kwargs)], parts, priority, order, max_suspensions
+        )
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        partitions: Iterable[Any],
+        /,
+        *,
+        priority: str | None = None,
+        order: int = 0,
+        max_suspensions: int | None = None,
+        **kwargs: Any,
+    ) -> list[TaskFuture]:
+        """Run `fn(partition, **kwargs)` for each partition, as one job; return the futures
+        in the order of `partitions`.
+
+        Options and checks are those of `submit`; a partition msgpack cannot carry raises a
+        TypeError naming it by its index ("partition 3" is `partitions[3]`). No partitions:
+        no job, and an empty list.
+        """
+        partitions = list(partitions)
+        parts = [(f"partition {i}", partition) for i, partition in enumerate(partitions)]
+        parts += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
+        calls = [([partition], kwargs) for partition in partitions]
+        return self._submit_job(fn, calls, parts, priority, order, max_suspensions)
+
+    def _submit_job(
+        self,
+        fn: Callable[..., Any],
+        calls: list[tuple[list[Any], dict[str, Any]]],
+        parts: list[tuple[str, Any]],
+        priority: str | None,
+        order: int,
+        max_suspensions: int | None,
+    ) -> list[TaskFuture]:
+        """Validate, encode and send one Submit; register its futures before it goes out."""
+        self._check_open()
+        priority, order, max_suspensions = _job_options(fn, priority, order, max_suspensions)
+        ref = function_ref(fn)
+        if not calls:
+            return []
+        # Ids are unique and increasing, not consecutive: a submission that fails to encode
+        # has used its number.
+        job_id = f"{self.client_id}-{next(self._job_numbers)}"
+        tasks = [[f"{job_id}/{i}", args, kwargs] for i, (args, kwargs) in enumerate(calls)]
+        sent_ns = time.monotonic_ns()
+        msg = p.Submit(
+            job_id, priority, order, max_suspensions, ref.ref, ref.main_path, tasks, sent_ns
+        )
+        try:
+            frame = p.encode(msg)
+        except p.EncodeError as exc:
+            # Only now walk the arguments (they may be large) to name the one at fault.
+            for path, value in parts:
+                where = p.find_unencodable(value, path)
+                if where:
+                    raise TypeError(f"cannot submit {ref.ref}: {where}") from None
+            raise TypeError(f"cannot submit {ref.ref}: {exc}") from None
+        futures = [TaskFuture(task[0], job_id, sent_ns, self._cancel_remote) for task in tasks]
+        with self._lock:
+            # Registered before the frame leaves, so no result can arrive ahead of its future.
+            self._check_open()
+            self._pending.update((future.task_id, future) for future in futures)
+            self._to_io.send(frame, zmq.NOBLOCK)
+        return futures
+
+    def _cancel_remote(self, future: TaskFuture) -> None:
+        """Forget a future cancelled here and tell the scheduler (unless the client is gone)."""
+        frame = p.encode(p.Cancel([future.task_id]))
+        with self._lock:
+            self._pending.pop(future.task_id, None)
+            if not self._closed and self._broken is None:
+                self._to_io.send(frame, zmq.NOBLOCK)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"this Tidal client ({self.client_id}) is closed")
+        if self._broken is not None:
+            raise RuntimeError(
+                f"this Tidal client's IO thread stopped after an internal error: {self._broken}"
+            )
+
+    # ---- waiting -----------------------------------------------------------------------------
+
+    def gather(
+        self, futures: Iterable[concurrent.futures.Future], timeout: float | None = None
+    ) -> list[Any]:
+        """Results of `futures` in order; see the module-level `gather`."""
+        return gather(futures, timeout)
+
+    def as_completed(
+        self, futures: Iterable[concurrent.futures.Future], timeout: float | None = None
+    ) -> Iterator[concurrent.futures.Future]:
+        """Yield futures as they complete; see the module-level `as_completed`."""
+        return as_completed(futures, timeout)
+
+    def status(self, timeout: float = DEFAULT_STATUS_TIMEOUT_S) -> dict[str, Any]:
+        """Ask the scheduler for a snapshot of the cluster; TimeoutError if none comes."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(
+                "status() called from a done callback, which runs on the client's IO thread: "
+                "the answer could never arrive; call it from another thread"
+            )
+        request_id = uuid.uuid4().hex
+        waiter: concurrent.futures.Future = concurrent.futures.Future()
+        frame = p.encode(p.StatusRequest(request_id))
+        with self._lock:
+            self._check_open()
+            self._status_waiters[request_id] = waiter
+            self._to_io.send(frame, zmq.NOBLOCK)
+        try:
+            return waiter.result(timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"the Tidal scheduler at {self.address} sent no status within {timeout:g} s"
+            ) from None
+        finally:
+            with self._lock:
+                self._status_waiters.pop(request_id, None)
+
+    def executor(self) -> ClientExecutor:
+        """A `concurrent.futures.Executor` that runs each call as a task on this client."""
+        return ClientExecutor(self)
+
+    # ---- closing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Say goodbye, stop the IO thread, release sockets; pending futures fail with
+        ConnectionError. Calling it again does nothing."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(
+                "close() called from a done callback, which runs on the client's IO thread; "
+                "close the client from another thread"
+            )
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            # "Shut down"; Again means the IO thread crashed and is gone already.
+            with contextlib.suppress(zmq.Again):
+                self._to_io.send(b"", zmq.NOBLOCK)
+        self._thread.join(IO_JOIN_TIMEOUT_S)
+        self._fail_pending(lambda what: f"client closed before {what} finished")
+        if self._thread.is_alive():
+            # Discussion: closing sockets under a live thread, or term() with its socket open,
+            # could crash or hang the caller; leaking a daemon thread is the lesser harm.
+            log.error("the Tidal client's IO thread did not stop; leaving it behind")
+            return
+        self._to_io.close(linger=0)
+        self._context.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._pending)} pending"
+        return f"<Client {self.client_id} -> {self.address} ({state})>"
+
+    def _fail_pending(self, describe: Callable[[str], str]) -> None:
+        """Fail every pending future and status request with ConnectionError(describe(what))."""
+        with self._lock:
+            futures = list(self._pending.values())
+            waiters = list(self._status_waiters.values())
+            self._pending.clear()
+            self._status_waiters.clear()
+        for future in futures:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+                future.set_exception(ConnectionError(describe(f"task {future.task_id}")))
+        for waiter in waiters:
+            waiter.set_exception(ConnectionError(describe("a status request")))
+
+    # ---- the IO thread -----------------------------------------------------------------------
+
+    def _run_io(self, dealer: zmq.Socket, from_callers: zmq.Socket) -> None:
+        try:
+            self._io_loop(dealer, from_callers)
+        except Exception as exc:  # an internal error: loud, and every waiter learns of it
+            log.exception("the Tidal client's IO thread crashed")
+            with self._lock:
+                self._broken = f"{type(exc).__name__}: {exc}"
+            self._fail_pending(
+                lambda what: f"the client's IO thread crashed ({self._broken}) before {what} ended"
+            )
+        finally:
+            dealer.close(linger=CLOSE_LINGER_MS)
+            from_callers.close(linger=0)
+
+    def _io_loop(self, dealer: zmq.Socket, from_callers: zmq.Socket) -> None:
+        """The IO loop: poll, handle scheduler frames by op, queue caller frames, send."""
+        handlers: dict[type[p.Message], Callable[[Any], None]] = {
+            p.Results: self._on_results,
+            p.Status: self._on_status,
+        }
+        outbox: deque[bytes] = deque()
+        poller = zmq.Poller()
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(from_callers, zmq.POLLIN)
+        while True:
+            # -- 1. Poll; for "writable" too while frames wait in the outbox.
+            poller.modify(dealer, zmq.POLLIN | (zmq.POLLOUT if outbox else 0))
+            ready = dict(poller.poll())
+
+            # -- 2. Frames from the scheduler, each handled by its op; bad ones dropped.
+            if ready.get(dealer, 0) & zmq.POLLIN:
+                for _ in range(RECV_BATCH):
+                    try:
+                        frames = dealer.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        if len(frames) != 1:
+                            raise p.ProtocolError(f"expected 1 frame, got {len(frames)}")
+                        msg = p.decode(frames[0])
+                        handler = handlers.get(type(msg))
+                        if handler is None:
+                            raise p.ProtocolError(f"{msg.op} is not sent to a connected client")
+                    except p.ProtocolError as exc:
+                        self._bad_frames(f"dropped a bad frame from the scheduler: {exc}")
+                        continue
+                    handler(msg)
+
+            # -- 3. Frames from callers, in the order they came; an empty one means "close".
+            if from_callers in ready:
+                while True:
+                    try:
+                        frame = from_callers.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if not frame:
+                        self._say_goodbye(dealer, outbox)
+                        return
+                    outbox.append(frame)
+
+            # -- 4. Send what the DEALER takes now; the rest waits for it to be writable.
+            _flush(dealer, outbox)
+
+    def _say_goodbye(self, dealer: zmq.Socket, outbox: deque[bytes]) -> None:
+        outbox.append(p.encode(p.ClientGoodbye("client closed")))
+        _flush(dealer, outbox)
+        if outbox:
+            log.warning(
+                "closing with %d frames the scheduler at %s could not take (goodbye included)",
+                len(outbox),
+                self.address,
+            )
+
+    def _on_results(self, msg: p.Results) -> None:
+        for item in msg.items:
+            try:
+                task_id, outcome, value, error, stats = _parse_result(item)
+            except p.ProtocolError as exc:
+                self._bad_frames(f"dropped a bad result from the scheduler: {exc}")
+                self._fail_malformed(item, exc)
+                continue
+            with self._lock:
+                future = self._pending.pop(task_id, None)
+            # Unknown, already completed, or cancelled here: never complete a future twice.
+            if future is not None:
+                future._complete(outcome, value, error, stats)
+
+    def _fail_malformed(self, item: Any, exc: p.ProtocolError) -> None:
+        # Discussion: a result we cannot read for a task we know would otherwise leave its
+        # future pending forever; failing it tells the caller what happened.
+        if type(item) is not list or not item or type(item[0]) is not str:
+            return
+        with self._lock:
+            future = self._pending.pop(item[0], None)
+        if future is not None:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(p.ProtocolError(f"unreadable result for {item[0]}: {exc}"))
+
+    def _on_status(self, msg: p.Status) -> None:
+        with self._lock:
+            waiter = self._status_waiters.pop(msg.request_id, None)
+        if waiter is not None:  # else an answer that came after its caller gave up
+            waiter.set_result(msg.snapshot)
+
+
+def _flush(dealer: zmq.Socket, outbox: deque[bytes]) -> None:
+    while outbox:
+        try:
+            dealer.send(outbox[0], zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        outbox.popleft()
+
+
+def _parse_result(item: Any) -> tuple[str, str, Any, list[str] | None, dict[str, Any]]:
+    """Check one `results` item; raise ProtocolError naming what is wrong."""
+    if type(item) is not list or len(item) != 5:
+        raise p.ProtocolError("a result must be [task_id, outcome, value, error, stats]")
+    task_id, outcome, value, error, stats = item
+    if type(task_id) is not str:
+        raise p.ProtocolError(f"a result's task_id must be str, got {type(task_id).__name__}")
+    if outcome not in OUTCOMES:
+        raise p.ProtocolError(f"result for {task_id} has unknown outcome {str(outcome)[:40]!r}")
+    if error is not None and (
+        type(error) is not list or len(error) != 3 or any(type(e) is not str for e in error)
+    ):
+        raise p.ProtocolError(f"result for {task_id}: error must be [type, message, traceback]")
+    if outcome == "failed" and error is None:
+        raise p.ProtocolError(f"result for {task_id} failed without an error")
+    if stats is None:
+        stats = {}
+    if type(stats) is not dict:
+        raise p.ProtocolError(f"result for {task_id}: stats must be a map")
+    return task_id, outcome, value, error, stats
+
+
+def _job_options(
+    fn: Callable[..., Any], priority: str | None, order: int, max_suspensions: int | None
+) -> tuple[str, int, int | None]:
+    """Apply `@task` defaults to a submission's options and check them."""
+    if isinstance(fn, TaskFunction):
+        priority = fn.priority if priority is None else priority
+        max_suspensions = fn.max_suspensions if max_suspensions is None else max_suspensions
+    priority = "batch" if priority is None else priority
+    if not isinstance(priority, str) or priority not in PRIORITY_CLASSES:
+        raise ValueError(
+            f"unknown priority {priority!r}: use one of "
+            + ", ".join(repr(name) for name in PRIORITY_CLASSES)
+        )
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise TypeError(f"order must be an int (lower runs first), not {type(order).__name__}")
+    if max_suspensions is not None and (
+        type(max_suspensions) is bool or not isinstance(max_suspensions, int) or max_suspensions < 0
+    ):
+        raise ValueError(
+            f"max_suspensions must be None (the cluster's cap) or an int >= 0, "
+            f"not {max_suspensions!r}"
+        )
+    return priority, int(order), None if max_suspensions is None else int(max_suspensions)
+
+
+# ---- the concurrent.futures adapter ----------------------------------------------------------
+
+
+class ClientExecutor(concurrent.futures.Executor):
+    """A `concurrent.futures.Executor` over a Client: each call is one task.
+
+    For code written against the Executor interface. `map()` is the stdlib's: every call is
+    submitted at once, one task (and one job) each, results come in order, `chunksize` is
+    ignored. `shutdown()` stops this adapter taking work (and waits for or cancels its
+    futures); it does not close the client.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._futures: set[TaskFuture] = set()
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """Submit `fn(*args, **kwargs)` as a task (see `Client.submit` for reserved names)."""
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot submit to a ClientExecutor after shutdown()")
+            future = self._client.submit(fn, *args, **kwargs)
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no more work; cancel pending tasks if asked; wait for the rest if asked."""
+        with self._lock:
+            self._shutdown = True
+            futures = list(self._futures)
+        if cancel_futures:
+            for future in futures:
+                future.cancel()
+        if wait:
+            concurrent.futures.wait(futures)
+
+    def _forget(self, future: TaskFuture) -> None:
+        with self._lock:
+            self._futures.discard(future)

@@ -1,0 +1,260 @@
+"""The scheduler process: a thin ZeroMQ shell (one ROUTER socket) around SchedulerCore.
+
+Frames in become events, the core's instructions become frames out; everything that
+decides anything lives in the core. The shell's own work is the handshake (who a routing id
+belongs to, and whether it speaks our protocol version), dropping bad frames (logged,
+rate-limited; the peer's other frames are still served), and the timer that lets the core
+notice silent executors.
+
+Discussion: results for one client are merged into one `results` frame per pass over the
+socket, so a client waiting on 20,000 tiny tasks gets hundreds of frames, not 20,000. Commands
+to executors are never held back: a suspend must go out at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import zmq
+
+from runtime import protocol as p
+from runtime.realtime import realtime_io_threads
+from scheduler.core import (
+    DEFAULT_HEARTBEAT_NS,
+    DEFAULT_MAX_SUSPENSIONS,
+    DEFAULT_MISSED_HEARTBEATS,
+    ClientJoined,
+    ClientRequest,
+    ExecutorJoined,
+    ExecutorLeft,
+    ExecutorReport,
+    SchedulerCore,
+    Tick,
+    ToClient,
+)
+
+__all__ = ["DEFAULT_BIND", "SchedulerServer"]
+
+log = logging.getLogger("tidal.scheduler")
+
+# Loopback only unless told otherwise: without authentication (a later milestone) anyone who
+# can reach the port can run code on the executors.
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+# Frames handled per pass before results are flushed and the timer is checked.
+MAX_FRAMES_PER_PASS = 2000
+
+
+class SchedulerServer:
+    """Bind a ROUTER at `bind` and schedule for whoever connects, until `stop()`."""
+
+    def __init__(
+        self,
+        bind: str = DEFAULT_BIND,
+        *,
+        policy: Any = "lb",
+        max_suspensions: int = DEFAULT_MAX_SUSPENSIONS,
+        heartbeat_ns: int = DEFAULT_HEARTBEAT_NS,
+        missed_heartbeats: int = DEFAULT_MISSED_HEARTBEATS,
+        max_frame_bytes: int = p.MAX_FRAME_BYTES,
+        realtime: bool = True,
+    ) -> None:
+        self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.core = SchedulerCore(
+            policy,
+            max_suspensions=max_suspensions,
+            heartbeat_ns=heartbeat_ns,
+            missed_heartbeats=missed_heartbeats,
+        )
+        self.heartbeat_ns = heartbeat_ns
+        self.max_frame_bytes = max_frame_bytes
+        self._context = zmq.Context()
+        realtime_io_threads(self._context, realtime)
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.linger = 1000
+        self._socket.bind(bind)
+        self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._stop = threading.Event()
+        self._peers: dict[bytes, tuple[str, str]] = {}  # routing id -> (kind, peer id)
+        self._routes: dict[tuple[str, str], bytes] = {}  # (kind, peer id) -> routing id
+        self._bad_frames = p.RateLimitedLog(log.warning)
+
+    def stop(self) -> None:
+        """Make `serve()` return within one timer period (callable from any thread)."""
+        self._stop.set()
+
+    def serve(self, *, install_signal_handlers: bool = False) -> None:
+        """The scheduler's main loop: poll, handle each frame, flush results, tick."""
+        if install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.stop())
+        tick_ns = max(1_000_000, self.heartbeat_ns // 2)
+        next_tick = time.monotonic_ns() + tick_ns
+        try:
+            while not self._stop.is_set():
+                # -- 1. Poll until a frame arrives or the next tick is due.
+                timeout_ms = max(0.0, (next_tick - time.monotonic_ns()) / 1e6)
+                if self._socket.poll(timeout_ms):
+                    # -- 2. Handle what arrived, each frame as one event; results are held back
+                    #       per client and sent together at the end of the pass.
+                    results: dict[str, list[Any]] = {}
+                    for _ in range(MAX_FRAMES_PER_PASS):
+                        try:
+                            frames = self._socket.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._handle_frames(frames, results)
+                    # -- 3. Flush results.
+                    for client_id, items in results.items():
+                        self._send(("client", client_id), p.Results(items))
+                # -- 4. Tick: the core checks executor liveness and the policy may rebalance.
+                now = time.monotonic_ns()
+                if now >= next_tick:
+                    self._dispatch(self.core.handle(Tick()), {})
+                    next_tick = now + tick_ns
+        finally:
+            self._shutdown_executors("scheduler stopping")
+
+    def close(self) -> None:
+        self._socket.close(linger=1000)
+        self._context.term()
+
+    # ---- frames -> events ---------------------------------------------------------------------
+
+    def _handle_frames(self, frames: list[bytes], results: dict[str, list[Any]]) -> None:
+        routing_id = frames[0]
+        try:
+            if len(frames) != 2:
+                raise p.ProtocolError(
+                    f"expected 1 frame after the routing id, got {len(frames) - 1}"
+                )
+            msg = p.decode(frames[1], max_frame_bytes=self.max_frame_bytes)
+            event = self._event_for(routing_id, msg)
+        except p.ProtocolError as exc:
+            peer = self._peers.get(routing_id, ("unknown peer", routing_id.hex()[:12]))
+            self._bad_frames(f"dropped a bad frame from {peer[0]} {peer[1]}: {exc}")
+            return
+        if event is not None:
+            self._dispatch(self.core.handle(event), results)
+
+    def _event_for(self, routing_id: bytes, msg: p.Message) -> Any:
+        """The core event a message stands for (None when the shell handled it itself)."""
+        if isinstance(msg, p.Hello | p.ClientHello):
+            return self._handshake(routing_id, msg)
+        peer = self._peers.get(routing_id)
+        if peer is None:
+            raise p.ProtocolError(f"{msg.op} before hello")
+        kind, peer_id = peer
+        if kind == "executor":
+            if msg.direction != p.E2S:
+                raise p.ProtocolError(f"{msg.op} is not sent by executors")
+            if isinstance(msg, p.Goodbye):
+                self._forget(routing_id)
+                return ExecutorLeft(peer_id, f"it said goodbye ({msg.reason})")
+            return ExecutorReport(peer_id, msg)
+        if msg.direction != p.C2S:
+            raise p.ProtocolError(f"{msg.op} is not sent by clients")
+        if isinstance(msg, p.ClientGoodbye):
+            self._forget(routing_id)
+        return ClientRequest(peer_id, msg)
+
+    def _handshake(self, routing_id: bytes, msg: p.Hello | p.ClientHello) -> Any:
+        if msg.version != p.PROTOCOL_VERSION:
+            reason = (
+                f"protocol version {msg.version} is not supported: this scheduler speaks "
+                f"version {p.PROTOCOL_VERSION}"
+            )
+            log.warning("refused a peer: %s", reason)
+            self._socket.send_multipart([routing_id, p.encode(p.Reject(reason))])
+            return None
+        if isinstance(msg, p.Hello):
+            self._register(routing_id, ("executor", msg.executor_id))
+            heartbeat_ms = max(1, self.heartbeat_ns // 1_000_000)
+            self._socket.send_multipart(
+                [
+                    routing_id,
+                    p.encode(p.Welcome(p.PROTOCOL_VERSION, self.scheduler_id, heartbeat_ms)),
+                ]
+            )
+            return ExecutorJoined(msg)
+        self._register(routing_id, ("client", msg.client_id))
+        self._socket.send_multipart(
+            [
+                routing_id,
+                p.encode(
+                    p.ClientWelcome(
+                        p.PROTOCOL_VERSION,
+                        self.scheduler_id,
+                        self.core.policy.name,
+                        self.core.max_suspensions,
+                    )
+                ),
+            ]
+        )
+        return ClientJoined(msg.client_id)
+
+    def _register(self, routing_id: bytes, peer: tuple[str, str]) -> None:
+        self._forget(routing_id)
+        old = self._routes.get(peer)
+        if old is not None:
+            self._peers.pop(old, None)
+        self._peers[routing_id] = peer
+        self._routes[peer] = routing_id
+
+    def _forget(self, routing_id: bytes) -> None:
+        peer = self._peers.pop(routing_id, None)
+        if peer is not None and self._routes.get(peer) == routing_id:
+            del self._routes[peer]
+
+    # ---- instructions -> frames -----------------------------------------------------------------
+
+    def _dispatch(self, instructions: list[Any], results: dict[str, list[Any]]) -> None:
+        for instruction in instructions:
+            if isinstance(instruction, ToClient):
+                if isinstance(instruction.message, p.Results):
+                    results.setdefault(instruction.client_id, []).extend(instruction.message.items)
+                else:
+                    self._send(("client", instruction.client_id), instruction.message)
+            else:
+                self._send(("executor", instruction.executor_id), instruction.message)
+
+    def _send(self, peer: tuple[str, str], msg: p.Message) -> None:
+        routing_id = self._routes.get(peer)
+        if routing_id is None:
+            log.debug("no route to %s %s for %s", peer[0], peer[1], msg.op)
+            return
+        try:
+            frame = p.encode(msg)
+        except p.EncodeError as exc:  # e.g. a result that decoded but cannot be re-encoded
+            log.error("cannot send %s to %s %s: %s", msg.op, peer[0], peer[1], exc)
+            return
+        self._socket.send_multipart([routing_id, frame])
+
+    def _shutdown_executors(self, reason: str) -> None:
+        for (kind, _), routing_id in list(self._routes.items()):
+            if kind == "executor":
+                self._socket.send_multipart([routing_id, p.encode(p.Shutdown(reason))])
+
+
+def serve(bind: str = DEFAULT_BIND, *, announce: bool = False, **options: Any) -> int:
+    """Run a scheduler in this process until SIGTERM/SIGINT; return the exit code."""
+    server = SchedulerServer(bind, **options)
+    if announce:  # LocalCluster reads this line to learn the port it got
+        print(f"tidal scheduler listening on {server.address}", flush=True)
+    log.info(
+        "scheduler %s listening on %s with policy %s",
+        server.scheduler_id,
+        server.address,
+        server.core.policy.name,
+    )
+    try:
+        server.serve(install_signal_handlers=True)
+    finally:
+        server.close()
+    return 0

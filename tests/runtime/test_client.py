@@ -1,0 +1,572 @@
+"""The client against a fake scheduler: a real ROUTER socket on loopback, served by a thread.
+
+Tests synchronise on messages, never on sleeps: the fake records what the client sends and
+lets a test wait (on a condition) for a message of a given kind; results go out only when a
+test pushes them. Every client, fake and thread a test starts is stopped by its fixture, and
+an autouse fixture checks that no client IO thread outlives its test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import traceback
+
+import msgpack
+import pytest
+import zmq
+
+from runtime import protocol as p
+from runtime.client import (
+    Client,
+    RemoteTraceback,
+    TaskError,
+    TaskFuture,
+    TaskStatistics,
+    as_completed,
+    gather,
+)
+from runtime.functions import FunctionNotFound
+from runtime.task import task
+from workloads.synthetic import noop, spin, total
+
+REMOTE_TB = 'Traceback (most recent call last):\n  File "remote.py", line 7, in work\n'
+
+
+@task(priority="stream", max_suspensions=1)
+def streaming(part):
+    """A task whose @task options are the defaults of its submissions."""
+    return list(part)
+
+
+class FakeScheduler:
+    """A ROUTER on loopback whose own thread welcomes (or rejects) a client, records what it
+    sends, answers status requests with `snapshot` (if set), and sends what tests push."""
+
+    def __init__(
+        self,
+        *,
+        reject: str | None = None,
+        version: int = p.PROTOCOL_VERSION,
+        snapshot: dict | None = None,
+    ) -> None:
+        self.reject, self.version, self.snapshot = reject, version, snapshot
+        self._context = zmq.Context()
+        self._router = self._context.socket(zmq.ROUTER)
+        self._router.linger = 0
+        self._router.bind("tcp://127.0.0.1:*")
+        self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        inproc = f"inproc://fake-scheduler-{id(self)}"
+        self._push_lock = threading.Lock()
+        self._to_thread = self._context.socket(zmq.PAIR)
+        self._to_thread.bind(inproc)
+        from_tests = self._context.socket(zmq.PAIR)
+        from_tests.connect(inproc)
+        self._received: list[p.Message] = []
+        self._changed = threading.Condition()
+        self._client: bytes | None = None
+        self._thread = threading.Thread(
+            target=self._serve, args=(from_tests,), name="fake-scheduler", daemon=True
+        )
+        self._thread.start()
+
+    def __enter__(self) -> FakeScheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.push_frame(b"")
+        self._thread.join(5)
+        self._to_thread.close(linger=0)
+        self._context.term()
+
+    def push(self, msg: p.Message) -> None:
+        self.push_frame(p.encode(msg))
+
+    def push_frame(self, frame: bytes) -> None:
+        """Send raw bytes to the client (tests use this for malformed frames)."""
+        with self._push_lock:
+            self._to_thread.send(frame)
+
+    def finish(self, future, value, stats=None) -> None:
+        self.push(p.Results([[future.task_id, "finished", value, None, stats or {}]]))
+
+    def fail(self, future, error_type, message) -> None:
+        error = [error_type, message, REMOTE_TB + f"{error_type}: {message}\n"]
+        self.push(p.Results([[future.task_id, "failed", None, error, {}]]))
+
+    def wait_for(self, kind: type[p.Message], count: int = 1, timeout: float = 5.0) -> list:
+        """All messages of `kind` received so far, once there are at least `count`."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.received(kind)) >= count, timeout):
+                raise AssertionError(f"fewer than {count} {kind.__name__} within {timeout} s")
+            return self.received(kind)
+
+    def received(self, kind: type[p.Message]) -> list:
+        with self._changed:
+            return [msg for msg in self._received if isinstance(msg, kind)]
+
+    def _serve(self, from_tests: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(from_tests, zmq.POLLIN)
+        try:
+            while True:
+                ready = dict(poller.poll())
+                if self._router in ready:
+                    routing_id, frame = self._router.recv_multipart()
+                    self._on_message(routing_id, p.decode(frame))
+                if from_tests in ready:
+                    frame = from_tests.recv()
+                    if not frame:
+                        return
+                    self._router.send_multipart([self._client, frame])
+        finally:
+            self._router.close(linger=0)
+            from_tests.close(linger=0)
+
+    def _on_message(self, routing_id: bytes, msg: p.Message) -> None:
+        if isinstance(msg, p.ClientHello):
+            self._client = routing_id
+            answer = (
+                p.Reject(self.reject)
+                if self.reject
+                else p.ClientWelcome(self.version, "fake-scheduler", "stream-first", 3)
+            )
+            self._router.send_multipart([routing_id, p.encode(answer)])
+        elif isinstance(msg, p.StatusRequest) and self.snapshot is not None:
+            self._router.send_multipart(
+                [routing_id, p.encode(p.Status(msg.request_id, self.snapshot))]
+            )
+        with self._changed:
+            self._received.append(msg)
+            self._changed.notify_all()
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind():
+    yield
+    left = [
+        t.name for t in threading.enumerate() if t.name in ("tidal-client-io", "fake-scheduler")
+    ]
+    assert not left, f"threads still running: {left}"
+
+
+@pytest.fixture
+def fake():
+    with FakeScheduler() as fake:
+        yield fake
+
+
+@pytest.fixture
+def client(fake):
+    with Client(fake, timeout=5) as client:
+        yield client
+
+
+# ---- connecting --------------------------------------------------------------------------------
+
+
+def test_handshake_sends_identity_and_stores_the_welcome(fake):
+    with Client(fake.address, timeout=5) as client:
+        [hello] = fake.wait_for(p.ClientHello)
+        assert hello.version == p.PROTOCOL_VERSION and hello.client_id == client.client_id
+        assert hello.pid == os.getpid() and hello.hostname == socket.gethostname()
+        assert (client.scheduler_id, client.policy, client.max_suspensions) == (
+            "fake-scheduler",
+            "stream-first",
+            3,
+        )
+        assert client.address == fake.address
+
+
+def test_reject_raises_connection_error_with_the_reason():
+    with (
+        FakeScheduler(reject="too many clients") as fake,
+        pytest.raises(ConnectionError, match="refused this client: too many clients"),
+    ):
+        Client(fake, timeout=5)
+
+
+def test_a_welcome_in_another_protocol_version_is_refused():
+    with (
+        FakeScheduler(version=p.PROTOCOL_VERSION + 1) as fake,
+        pytest.raises(ConnectionError, match=f"speaks protocol {p.PROTOCOL_VERSION + 1}"),
+    ):
+        Client(fake, timeout=5)
+
+
+def test_no_scheduler_raises_connection_error_naming_the_address():
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    with pytest.raises(ConnectionError, match=f"no Tidal scheduler answered at {address} within"):
+        Client(address, timeout=0.1)
+
+
+def test_an_address_that_is_not_one_is_a_clear_error():
+    with pytest.raises(TypeError, match="ZeroMQ address"):
+        Client(8786)
+    with pytest.raises(ValueError, match="tcp://host:port"):
+        Client("localhost:8786")
+
+
+# ---- submitting --------------------------------------------------------------------------------
+
+
+def test_submit_sends_one_job_with_function_arguments_and_options(fake, client):
+    future = client.submit(spin, [1, 2], record_us=1.0, priority="stream", order=5)
+    [msg] = fake.wait_for(p.Submit)
+    assert msg.job_id == f"{client.client_id}-1" and future.job_id == msg.job_id
+    assert (msg.fn, msg.main_path) == ("workloads.synthetic:spin", None)
+    assert (msg.priority, msg.order, msg.max_suspensions) == ("stream", 5, None)
+    assert msg.tasks == [[f"{msg.job_id}/0", [[1, 2]], {"record_us": 1.0}]]
+    assert future.task_id == f"{msg.job_id}/0" and future.submitted_ns == msg.sent_ns
+    second = client.submit(noop, max_suspensions=0)
+    msg = fake.wait_for(p.Submit, 2)[1]
+    assert msg.job_id == f"{client.client_id}-2" and second.task_id == f"{msg.job_id}/0"
+    assert (msg.priority, msg.order, msg.max_suspensions) == ("batch", 0, 0)
+    assert msg.tasks == [[f"{msg.job_id}/0", [], {}]]
+
+
+def test_task_defaults_apply_unless_the_submission_overrides_them(fake, client):
+    client.submit(streaming, [1])
+    client.submit(streaming, [1], priority="batch", max_suspensions=4)
+    first, second = fake.wait_for(p.Submit, 2)
+    assert (first.priority, first.max_suspensions) == ("stream", 1)
+    assert (second.priority, second.max_suspensions) == ("batch", 4)
+    assert first.fn == f"{__name__}:streaming"
+
+
+def test_map_sends_one_job_with_a_task_per_partition(fake, client):
+    partitions = [[1, 2], [3], [], [4, 5, 6]]
+    futures = client.map(spin, partitions, record_us=0.5, order=2)
+    [msg] = fake.wait_for(p.Submit)
+    assert msg.tasks == [
+        [f"{msg.job_id}/{i}", [part], {"record_us": 0.5}] for i, part in enumerate(partitions)
+    ]
+    assert [f.task_id for f in futures] == [task[0] for task in msg.tasks]
+    assert {f.job_id for f in futures} == {msg.job_id} and msg.order == 2
+    assert client.map(total, []) == []
+
+
+def test_submissions_from_many_threads_all_arrive_with_unique_ids(fake, client):
+    def submit_many():
+        for i in range(25):
+            client.submit(total, [i])
+
+    threads = [threading.Thread(target=submit_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    jobs = fake.wait_for(p.Submit, 100)
+    assert len({msg.job_id for msg in jobs}) == 100
+
+
+def test_each_mistake_is_refused_before_anything_is_sent(fake, client):
+    with pytest.raises(
+        ValueError, match=r"unknown priority 'urgent': use one of 'stream', 'batch'$"
+    ):
+        client.submit(total, [1], priority="urgent")
+    with pytest.raises(TypeError, match="order must be an int"):
+        client.submit(total, [1], order="1")
+    with pytest.raises(TypeError, match="order must be an int"):
+        client.submit(total, [1], order=True)
+    with pytest.raises(
+        ValueError, match=r"max_suspensions must be None \(the cluster's cap\) or an int >= 0"
+    ):
+        client.submit(total, [1], max_suspensions=-1)
+    with pytest.raises(ValueError, match="max_suspensions"):
+        client.map(total, [[1]], max_suspensions="3")
+    with pytest.raises(FunctionNotFound, match="lambda"):
+        client.submit(lambda part: part, [1])
+    with pytest.raises(TypeError, match="argument 1 is of type set"):
+        client.submit(total, {1, 2})
+    with pytest.raises(TypeError, match=r"keyword argument 'record_us'\[0\] is of type set"):
+        client.submit(spin, [1], record_us=[{1}])
+    with pytest.raises(TypeError, match=r"partition 3\[1\] is of type object"):
+        client.map(total, [[1], [2], [3], [4, object()]])
+    with pytest.raises(TypeError, match="integer too large"):
+        client.submit(total, [1], order=2**70)
+    client.submit(total, ["the only one sent"])
+    [msg] = fake.wait_for(p.Submit)
+    assert msg.tasks[0][1] == [["the only one sent"]]
+
+
+# ---- results -----------------------------------------------------------------------------------
+
+
+def test_a_finished_result_completes_the_future(fake, client):
+    future = client.submit(total, [1, 2, 3])
+    fake.wait_for(p.Submit)
+    fake.finish(future, 6)
+    assert future.result(timeout=5) == 6 and future.exception() is None
+
+
+def test_a_builtin_error_is_rebuilt_with_the_remote_traceback_as_its_cause(fake, client):
+    future = client.submit(total, [1])
+    fake.wait_for(p.Submit)
+    fake.fail(future, "ValueError", "bad record 7")
+    with pytest.raises(ValueError, match=r"^bad record 7$") as info:
+        future.result(timeout=5)
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback) and str(cause).startswith(REMOTE_TB)
+    printed = "".join(traceback.format_exception(info.value))
+    assert 'File "remote.py", line 7' in printed and "direct cause" in printed
+
+
+def test_other_errors_become_task_errors_naming_their_type(fake, client):
+    futures = client.map(total, [[1], [2], [3]])
+    fake.wait_for(p.Submit)
+    fake.fail(futures[0], "mylib.errors.BadInput", "no good")
+    fake.fail(futures[1], "KeyboardInterrupt", "")  # a BaseException stays remote
+    fake.fail(futures[2], "StopIteration", "done")  # asyncio could not carry it
+    errors = [f.exception(timeout=5) for f in futures]
+    assert all(type(e) is TaskError for e in errors)
+    assert errors[0].error_type == "mylib.errors.BadInput" and errors[0].message == "no good"
+    assert str(errors[0]) == "mylib.errors.BadInput: no good"
+    assert [e.error_type for e in errors[1:]] == ["KeyboardInterrupt", "StopIteration"]
+    assert all(REMOTE_TB in str(e.__cause__) for e in errors)
+
+
+def test_a_cancelled_result_cancels_the_future(fake, client):
+    future = client.submit(total, [1])
+    fake.wait_for(p.Submit)
+    fake.push(p.Results([[future.task_id, "cancelled", None, None, {}]]))
+    done, _ = concurrent.futures.wait([future], timeout=5)  # the stdlib sees it as done
+    assert done == {future} and future.cancelled()
+    assert future.cancel() is True  # already cancelled: nothing more to do
+    assert fake.received(p.Cancel) == []
+
+
+def test_duplicate_and_unknown_results_are_ignored(fake, client):
+    first, second = client.map(total, [[1], [2]])
+    fake.wait_for(p.Submit)
+    fake.push(
+        p.Results(
+            [
+                [first.task_id, "finished", 1, None, {}],
+                [first.task_id, "finished", 99, None, {}],
+                ["nobody/0", "finished", 5, None, {}],
+            ]
+        )
+    )
+    fake.fail(first, "ValueError", "late")
+    fake.finish(second, 2)
+    assert second.result(timeout=5) == 2  # results are handled in order: all seen by now
+    assert first.result(timeout=0) == 1
+
+
+def test_bad_frames_from_the_scheduler_are_dropped_and_the_client_keeps_working(
+    fake, client, caplog
+):
+    caplog.set_level(logging.WARNING, logger="tidal.client")
+    good, unreadable = client.map(total, [[1], [2]])
+    fake.wait_for(p.Submit)
+    fake.push_frame(b"\xc1 not msgpack")
+    fake.push_frame(msgpack.packb(["results"]))  # a field short
+    fake.push_frame(msgpack.packb({"op": "results"}))
+    fake.push(p.Welcome(1, "x", 10))  # an executor's message
+    fake.push(p.ClientWelcome(1, "again", "fifo", 1))  # the handshake is over
+    fake.push(p.Results(["not an item", [7, "finished", 1, None, {}]]))
+    fake.push(p.Results([[unreadable.task_id, "exploded", None, None, {}]]))
+    fake.finish(good, 1)
+    assert good.result(timeout=5) == 1
+    with pytest.raises(p.ProtocolError, match="unknown outcome 'exploded'"):
+        unreadable.result(timeout=0)
+    dropped = [r.getMessage() for r in caplog.records if "dropped a bad" in r.getMessage()]
+    assert len(dropped) == 8
+    assert any("client_welcome is not sent to a connected client" in d for d in dropped)
+    later = client.submit(total, [3])
+    fake.wait_for(p.Submit, 2)
+    fake.finish(later, 3)
+    assert later.result(timeout=5) == 3
+
+
+# ---- waiting -----------------------------------------------------------------------------------
+
+
+def test_as_completed_yields_futures_in_the_order_they_complete(fake, client):
+    futures = client.map(total, [[0], [1], [2]])
+    fake.wait_for(p.Submit)
+    fake.finish(futures[0], 0)
+    futures[0].result(timeout=5)
+    completed = client.as_completed([*futures, futures[0]], timeout=5)
+    assert next(completed) is futures[0]  # already done: first
+    for index in (2, 1):
+        fake.finish(futures[index], index)
+        assert next(completed) is futures[index]
+    assert list(completed) == []
+
+
+def test_as_completed_times_out_with_futures_pending(fake, client):
+    futures = client.map(total, [[0], [1]])
+    fake.finish(futures[0], 0)
+    completed = as_completed(futures, timeout=0.05)
+    assert next(completed) is futures[0]
+    with pytest.raises(TimeoutError, match="1 of 2 futures still pending"):
+        next(completed)
+
+
+def test_gather_returns_results_in_order(fake, client):
+    futures = client.map(total, [[1], [2], [3]])
+    fake.wait_for(p.Submit)
+    for future in reversed(futures):
+        fake.finish(future, int(future.task_id[-1]))
+    assert client.gather(futures, timeout=5) == [0, 1, 2]
+
+
+def test_gather_raises_the_first_error_without_waiting_for_the_rest(fake, client):
+    pending, failing = client.map(total, [[1], [2]])
+    fake.wait_for(p.Submit)
+    fake.fail(failing, "ZeroDivisionError", "division by zero")
+    with pytest.raises(ZeroDivisionError, match="division by zero"):
+        gather([pending, failing], timeout=5)
+    assert not pending.done()
+    pending.cancel()
+    with pytest.raises(concurrent.futures.CancelledError):
+        gather([pending])
+
+
+def test_await_a_future_in_asyncio(fake, client):
+    future = client.submit(total, [1, 2])
+    fake.wait_for(p.Submit)
+
+    async def main():
+        fake.finish(future, 3)  # the result arrives while the coroutine awaits
+        return await future
+
+    assert asyncio.run(main()) == 3
+
+
+def test_statistics_describe_a_done_task_in_seconds(fake, client):
+    future = client.submit(total, [1])
+    with pytest.raises(RuntimeError, match="not done yet"):
+        future.statistics()
+    fake.finish(
+        future,
+        1,
+        {
+            "executor_id": "node-a-1",
+            "attempt": 1,
+            "suspensions": 2,
+            "running_ns": 1_500_000_000,
+            "suspended_ns": 250_000_000,
+            "queued_ns": 0,
+            "records": 10,
+            "started_at_ns": 100,
+            "finished_at_ns": 200,
+            "something_new": True,
+        },
+    )
+    future.result(timeout=5)
+    stats = future.statistics()
+    assert stats == TaskStatistics("node-a-1", 1, 2, 1.5, 0.25, 0.0, 10, 100, 200)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.records = 0
+    assert TaskStatistics.from_stats({"records": "ten"}) == TaskStatistics()
+
+
+def test_cancel_sends_cancel_and_a_late_result_is_ignored(fake, client):
+    future, other = client.map(total, [[1], [2]])
+    fake.wait_for(p.Submit)
+    assert future.cancel() is True and future.cancelled()
+    [cancel] = fake.wait_for(p.Cancel)
+    assert cancel.task_ids == [future.task_id]
+    fake.finish(future, 1)
+    fake.finish(other, 2)
+    assert other.result(timeout=5) == 2
+    assert future.cancelled()
+    assert other.cancel() is False  # finished: too late
+    assert len(fake.received(p.Cancel)) == 1
+
+
+def test_a_plain_task_future_works_without_a_client():
+    future = TaskFuture("j/0", "j", 0)
+    assert future.cancel() is True and repr(future) == "<TaskFuture j/0 cancelled>"
+
+
+def test_status_returns_the_schedulers_snapshot():
+    snapshot = {"executors": 2, "queued": {"stream": 0, "batch": 4}}
+    with FakeScheduler(snapshot=snapshot) as fake, Client(fake, timeout=5) as client:
+        assert client.status(timeout=5) == snapshot
+        assert len(fake.received(p.StatusRequest)) == 1
+
+
+def test_status_times_out_without_an_answer(fake, client):
+    with pytest.raises(TimeoutError, match=r"sent no status within 0\.05 s"):
+        client.status(timeout=0.05)
+
+
+# ---- the Executor adapter ----------------------------------------------------------------------
+
+
+def test_executor_submit_and_map(fake, client):
+    executor = client.executor()
+    future = executor.submit(total, [1, 2, 3])
+    results = executor.map(total, [[1], [2, 3]])
+    submits = fake.wait_for(p.Submit, 3)  # map: one task per call
+    assert [len(msg.tasks) for msg in submits] == [1, 1, 1]
+    for msg, value in zip(submits, (6, 1, 5), strict=True):
+        fake.push(p.Results([[msg.tasks[0][0], "finished", value, None, {}]]))
+    assert future.result(timeout=5) == 6 and list(results) == [1, 5]
+    executor.shutdown(wait=True)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(total, [1])
+
+
+def test_executor_shutdown_can_cancel_pending_tasks(fake, client):
+    with client.executor() as executor:
+        future = executor.submit(total, [1])
+        executor.shutdown(wait=False, cancel_futures=True)
+    assert future.cancelled()
+    assert fake.wait_for(p.Cancel)[0].task_ids == [future.task_id]
+
+
+# ---- closing -----------------------------------------------------------------------------------
+
+
+def test_close_says_goodbye_and_fails_pending_futures(fake):
+    client = Client(fake, timeout=5)
+    future = client.submit(total, [1])
+    client.close()
+    client.close()  # idempotent
+    assert fake.wait_for(p.ClientGoodbye)
+    with pytest.raises(ConnectionError, match="client closed before task"):
+        future.result(timeout=0)
+    with pytest.raises(RuntimeError, match="is closed"):
+        client.submit(total, [1])
+    assert future.cancel() is False
+
+
+def test_an_internal_error_in_the_io_thread_is_loud_and_fails_what_waits(
+    fake, client, caplog, monkeypatch
+):
+    def broken(self, *args):
+        raise RuntimeError("a bug in the client")
+
+    monkeypatch.setattr(TaskFuture, "_complete", broken)
+    victim, waiting = client.map(total, [[1], [2]])
+    fake.finish(victim, 1)
+    with pytest.raises(ConnectionError, match=r"IO thread crashed .*a bug in the client"):
+        waiting.result(timeout=5)
+    assert "IO thread crashed" in caplog.text
+    with pytest.raises(RuntimeError, match="IO thread stopped after an internal error"):
+        client.submit(total, [1])
+    client.close()  # still closes cleanly
+
+
+def test_gather_and_as_completed_take_any_futures():
+    futures = [concurrent.futures.Future() for _ in range(3)]
+    for value, future in zip((2, 0, 1), reversed(futures), strict=True):
+        future.set_result(value)
+    assert gather(futures) == [1, 0, 2]
+    assert list(as_completed(futures)) == futures

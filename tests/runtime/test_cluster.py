@@ -1,0 +1,181 @@
+"""End to end on real processes: LocalCluster (scheduler + executors), Client, the CLI.
+
+Assertions are on behaviour (who finished before whom, what the statistics say), never on
+elapsed time. Every cluster is a context manager, so its processes are stopped even when a
+test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from runtime.client import Client, RemoteTraceback
+from runtime.cluster import LocalCluster
+from runtime.functions import FunctionNotFound
+from workloads.synthetic import spin, total
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_a_stream_task_suspends_a_batch_task_and_the_batch_result_is_exact():
+    partitions = [list(range(i * 30_000, (i + 1) * 30_000)) for i in range(2)]
+    with LocalCluster(executors=2) as cluster, Client(cluster) as client:
+        batch = client.map(spin, partitions, priority="batch", record_us=20.0)  # ~0.6 s each
+        # Wait until both batch tasks hold the slots (a status poll, not a sleep).
+        while sum(e["running"] is not None for e in client.status()["executors"]) < 2:
+            pass
+        stream = client.submit(total, [1, 2, 3], priority="stream")
+        assert stream.result(timeout=30) == 6
+        # It did not wait for a batch task to finish: it took a suspended one's slot.
+        assert not all(f.done() for f in batch)
+        assert client.gather(batch, timeout=60) == [sum(p) for p in partitions]
+        suspensions = [f.statistics().suspensions for f in batch]
+        assert sorted(suspensions) == [0, 1]
+        assert stream.statistics().executor_id in {f.statistics().executor_id for f in batch}
+
+
+def test_the_suspension_cap_set_per_job_is_respected_end_to_end():
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        (batch,) = client.map(spin, [list(range(40_000))], record_us=20.0, max_suspensions=1)
+        while client.status()["executors"][0]["running"] is None:
+            pass
+        first = client.submit(total, [1], priority="stream")
+        assert first.result(timeout=30) == 1
+        second = client.submit(total, [2], priority="stream")
+        # Capped: the second stream task must wait for the batch task to finish.
+        assert second.result(timeout=60) == 2
+        assert batch.done() and batch.statistics().suspensions == 1
+        assert second.statistics().queued_s >= batch.statistics().running_s * 0.5
+
+
+def test_task_errors_reraise_with_the_remote_traceback():
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        future = client.submit(total, ["a", "b"])
+        with pytest.raises(TypeError) as caught:
+            future.result(timeout=30)
+        assert isinstance(caught.value.__cause__, RemoteTraceback)
+        assert "in total" in str(caught.value.__cause__)
+        assert client.submit(total, [4]).result(timeout=30) == 4  # still serving
+
+
+def test_bad_calls_fail_at_submit_time_with_the_problem_named():
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        with pytest.raises(ValueError, match="stream"):
+            client.submit(total, [1], priority="urgent")
+        with pytest.raises(FunctionNotFound, match="lambda"):
+            client.submit(lambda: 1)
+        with pytest.raises(TypeError, match="argument 1"):
+            client.submit(total, {1, 2})
+
+
+def test_a_killed_executor_loses_no_task_and_none_completes_twice():
+    partitions = [list(range(i * 2_000, (i + 1) * 2_000)) for i in range(8)]
+    with LocalCluster(executors=2, heartbeat_ms=100) as cluster, Client(cluster) as client:
+        futures = client.map(spin, partitions, record_us=100.0)  # ~0.2 s each
+        while sum(e["running"] is not None for e in client.status()["executors"]) < 2:
+            pass
+        victim = cluster.processes[1]
+        victim.kill()
+        victim.wait()
+        assert client.gather(futures, timeout=120) == [sum(p) for p in partitions]
+        attempts = [f.statistics().attempt for f in futures]
+        assert max(attempts) >= 1  # the lost executor's task ran again elsewhere
+        lost = [e for e in client.status()["executors"] if e["state"] == "lost"]
+        assert len(lost) == 1
+
+
+def test_cancel_stops_a_running_task_and_frees_its_slot():
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        (long_task,) = client.map(spin, [list(range(1_000_000))], record_us=20.0)
+        while client.status()["executors"][0]["running"] is None:
+            pass
+        assert long_task.cancel()
+        assert client.submit(total, [5]).result(timeout=30) == 5
+        assert long_task.cancelled()
+
+
+def test_futures_can_be_awaited_and_used_through_a_concurrent_executor():
+    with LocalCluster(executors=2) as cluster, Client(cluster) as client:
+
+        async def main():
+            return await asyncio.gather(client.submit(total, [1, 2]), client.submit(total, [3]))
+
+        assert asyncio.run(main()) == [3, 3]
+        with client.executor() as pool:
+            assert list(pool.map(total, [[1], [2, 3]])) == [1, 5]
+        done = list(client.as_completed(client.map(total, [[1], [2], [3]])))
+        assert sorted(f.result() for f in done) == [1, 2, 3]
+
+
+def test_functions_in_the_users_main_script_run_on_local_executors(tmp_path):
+    script = tmp_path / "user_app.py"
+    script.write_text(
+        textwrap.dedent("""
+        from runtime.client import Client
+        from runtime.cluster import LocalCluster
+        from runtime.task import task
+
+        @task
+        def squares(part):
+            for x in part:
+                yield x * x
+
+        if __name__ == "__main__":
+            with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+                print(client.submit(squares, [1, 2, 3]).result(timeout=30))
+    """)
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("[1, 4, 9]")
+
+
+def test_tidal_status_reports_executors_and_jobs():
+    with (
+        LocalCluster(executors=2, nodes=["rack-a", "rack-b"]) as cluster,
+        Client(cluster) as client,
+    ):
+        client.map(total, [[1], [2]])[1].result(timeout=30)
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        out = subprocess.run(
+            [sys.executable, "-m", "runtime", "status", "--scheduler", cluster.address, "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=True,
+        ).stdout
+    snapshot = json.loads(out)
+    assert sorted(e["node"] for e in snapshot["executors"]) == ["rack-a", "rack-b"]
+    assert snapshot["policy"] == "lb" and snapshot["jobs"][0]["total"] == 2
+
+
+def test_local_cluster_stops_every_process_it_started_also_on_an_exception():
+    with pytest.raises(RuntimeError, match="boom"), LocalCluster(executors=2) as cluster:
+        processes = cluster.processes
+        raise RuntimeError("boom")
+    assert all(process.poll() is not None for process in processes)
+
+
+def test_an_unknown_policy_fails_fast_with_the_known_names():
+    from scheduler.policies import UnknownPolicy
+
+    with pytest.raises(UnknownPolicy, match="known policies are fifo, lb"):
+        LocalCluster(executors=1, policy="nope")
