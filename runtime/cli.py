@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(run=_run_status)
 
     bench = commands.add_parser("bench", help="run a benchmark")
-    bench.add_argument("name", choices=["suspend"], help="which benchmark")
+    bench.add_argument("name", choices=["suspend", "preempt", "throughput"], help="which benchmark")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--quick", action="store_true", help="fewer iterations")
     bench.set_defaults(run=_run_bench)
@@ -226,14 +226,14 @@ def _run_status(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from runtime.bench import suspend
+    import importlib
 
-    results = suspend.run(quick=args.quick)
-    results["yield_overhead_ns"] = results["yield_ns_per_record"] - results["bare_ns_per_record"]
+    module = importlib.import_module(f"runtime.bench.{args.name}")
+    results = module.run(quick=args.quick)
     if args.json:
         print(json.dumps(results))
     else:
-        _print_table(f"tidal bench {args.name}", results, suspend.TARGETS)
+        _print_table(f"tidal bench {args.name}", results, module.TARGETS)
     return 0
 
 

@@ -43,6 +43,7 @@ import zmq
 
 from runtime import protocol as p
 from runtime.functions import function_ref
+from runtime.realtime import realtime_io_threads, realtime_this_thread
 from runtime.task import PRIORITY_CLASSES, TaskFunction
 
 __all__ = [
@@ -323,6 +324,7 @@ class Client:
         self._job_numbers = itertools.count(1)
 
         self._context = zmq.Context()
+        realtime_io_threads(self._context)
         dealer = self._context.socket(zmq.DEALER)
         try:
             dealer.connect(address)
@@ -521,14 +523,23 @@ class Client:
 
     def status(self, timeout: float = DEFAULT_STATUS_TIMEOUT_S) -> dict[str, Any]:
         """Ask the scheduler for a snapshot of the cluster; TimeoutError if none comes."""
+        return self._request(lambda rid: p.StatusRequest(rid), "status", timeout)
+
+    def ping(self, timeout: float = DEFAULT_STATUS_TIMEOUT_S) -> float:
+        """Round trip to the scheduler and back, in seconds; TimeoutError if none comes."""
+        sent = self._request(lambda rid: p.Ping(rid, time.monotonic_ns()), "pong", timeout)
+        return (time.monotonic_ns() - sent) / 1e9
+
+    def _request(self, build: Callable[[str], p.Message], answer: str, timeout: float) -> Any:
+        """Send a request built with a fresh id and wait for the answer with that id."""
         if threading.current_thread() is self._thread:
             raise RuntimeError(
-                "status() called from a done callback, which runs on the client's IO thread: "
-                "the answer could never arrive; call it from another thread"
+                "a blocking client call from a done callback, which runs on the client's IO "
+                "thread: the answer could never arrive; call it from another thread"
             )
         request_id = uuid.uuid4().hex
         waiter: concurrent.futures.Future = concurrent.futures.Future()
-        frame = p.encode(p.StatusRequest(request_id))
+        frame = p.encode(build(request_id))
         with self._lock:
             self._check_open()
             self._status_waiters[request_id] = waiter
@@ -537,7 +548,7 @@ class Client:
             return waiter.result(timeout)
         except TimeoutError:
             raise TimeoutError(
-                f"the Tidal scheduler at {self.address} sent no status within {timeout:g} s"
+                f"the Tidal scheduler at {self.address} sent no {answer} within {timeout:g} s"
             ) from None
         finally:
             with self._lock:
@@ -600,6 +611,9 @@ class Client:
     # ---- the IO thread -----------------------------------------------------------------------
 
     def _run_io(self, dealer: zmq.Socket, from_callers: zmq.Socket) -> None:
+        # A relay thread that sleeps between messages: where permitted it runs at real-time
+        # priority so results reach the caller without waiting for a CPU (runtime/realtime.py).
+        realtime_this_thread()
         try:
             self._io_loop(dealer, from_callers)
         except Exception as exc:  # an internal error: loud, and every waiter learns of it
@@ -618,6 +632,7 @@ class Client:
         handlers: dict[type[p.Message], Callable[[Any], None]] = {
             p.Results: self._on_results,
             p.Status: self._on_status,
+            p.Pong: self._on_pong,
         }
         outbox: deque[bytes] = deque()
         poller = zmq.Poller()
@@ -698,10 +713,16 @@ class Client:
                 future.set_exception(p.ProtocolError(f"unreadable result for {item[0]}: {exc}"))
 
     def _on_status(self, msg: p.Status) -> None:
+        self._answer(msg.request_id, msg.snapshot)
+
+    def _on_pong(self, msg: p.Pong) -> None:
+        self._answer(msg.request_id, msg.sent_ns)
+
+    def _answer(self, request_id: str, value: Any) -> None:
         with self._lock:
-            waiter = self._status_waiters.pop(msg.request_id, None)
+            waiter = self._status_waiters.pop(request_id, None)
         if waiter is not None:  # else an answer that came after its caller gave up
-            waiter.set_result(msg.snapshot)
+            waiter.set_result(value)
 
 
 def _flush(dealer: zmq.Socket, outbox: deque[bytes]) -> None:

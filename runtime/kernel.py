@@ -177,6 +177,7 @@ class Kernel:
     def __init__(
         self,
         emit: Callable[[p.Message], None],
+        flush: Callable[[], None] | None = None,
         *,
         executor_id: str = "local",
         clock: Callable[[], int] = time.monotonic_ns,
@@ -188,6 +189,9 @@ class Kernel:
         self.gate = gate_factory()
         self.gate.hook = self._checkpoint
         self._emit = emit
+        # Called where the hub is about to give the thread away (to a task, or to sleep), so
+        # that reports `emit` may have buffered go out then: one send per switch, not per report.
+        self._flush = flush or (lambda: None)
         self._clock = clock
         self._suspend_timeout_ns = suspend_timeout_ns
         self._gated_iterator = gated_iterator
@@ -312,6 +316,7 @@ class Kernel:
             record = self._current
             if record is None:
                 if not self._ready:
+                    self._flush()
                     if not block:
                         return
                     # Idle: sleep in the queue (the GIL is released) until a command comes.
@@ -338,6 +343,7 @@ class Kernel:
         for record in list(self._tasks.values()):
             if record.state is not TaskState.DONE:
                 self._apply_kill(record, _Command("kill", record.task_id, self._clock()))
+        self._flush()
 
     def _switch_into(self, record: TaskRecord) -> Any:
         now = self._clock()
@@ -360,8 +366,10 @@ class Kernel:
             # Keep the gate raised: a task that catches TaskKilled and goes on is killed
             # again at its next record boundary.
             self.gate.requested = 1
+            self._flush()
             result = record.glet.throw(TaskKilled(f"task {record.task_id} was killed"))
         else:
+            self._flush()
             result = record.glet.switch(_GO)
         # Back in the hub: the task is parked at a boundary (_ATTENTION) or done (_Outcome).
         self._regained_at = self._clock()
@@ -589,6 +597,7 @@ class Kernel:
         if record.resume_started_at:
             now = self._clock()
             self._emit(p.Resumed(record.task_id, now - record.resume_started_at, now))
+            self._flush()
             record.resume_started_at = 0
 
 

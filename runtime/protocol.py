@@ -53,6 +53,7 @@ E2S, S2E, C2S, S2C = (
     "client->scheduler",
     "scheduler->client",
 )
+EITHER = "either way"  # only `batch`: executor <-> scheduler, both ways
 
 
 class ProtocolError(ValueError):
@@ -128,6 +129,14 @@ class Hello(Message):
     hostname: str
 
 
+@message("attach", E2S)
+class Attach(Message):
+    # Sent first on an executor's second connection, the one its task thread sends reports
+    # on (see runtime/executor.py); no answer. Commands still go to the hello connection.
+    version: int
+    executor_id: str
+
+
 @message("welcome", S2E)
 class Welcome(Message):
     version: int
@@ -138,6 +147,14 @@ class Welcome(Message):
 @message("reject", S2E)
 class Reject(Message):
     reason: str
+
+
+@message("batch", EITHER)
+class Batch(Message):
+    # Several encoded messages sent as one frame, in order, to save per-frame costs when many
+    # are ready at once (a burst of tiny tasks). Each is decoded as if it came alone; a batch
+    # never contains a batch.
+    frames: list
 
 
 @message("goodbye", E2S)
@@ -319,6 +336,18 @@ class Status(Message):
     snapshot: dict
 
 
+@message("ping", C2S)
+class Ping(Message):
+    request_id: str
+    sent_ns: int
+
+
+@message("pong", S2C)
+class Pong(Message):
+    request_id: str
+    sent_ns: int  # echoed from the ping
+
+
 @message("client_goodbye", C2S)
 class ClientGoodbye(Message):
     reason: str
@@ -451,6 +480,29 @@ def decode(frame: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Message:
         if not check(value):
             raise ProtocolError(f"{op}.{name} must be {type_name}, got {type(value).__name__}")
     return cls(*body[1:])
+
+
+def unbatch(
+    batch: Batch, *, max_frame_bytes: int = MAX_FRAME_BYTES
+) -> list[Message | ProtocolError]:
+    """Decode the frames of a batch; a bad one becomes its ProtocolError, the rest still count."""
+    decoded: list[Message | ProtocolError] = []
+    for i, frame in enumerate(batch.frames):
+        try:
+            if type(frame) is not bytes:
+                raise ProtocolError(f"batch item {i} is {type(frame).__name__}, not bytes")
+            msg = decode(frame, max_frame_bytes=max_frame_bytes)
+            if isinstance(msg, Batch):
+                raise ProtocolError(f"batch item {i} is itself a batch")
+            decoded.append(msg)
+        except ProtocolError as exc:
+            decoded.append(exc)
+    return decoded
+
+
+# Discussion: a batch is flushed past this size, so one never nears a receiver's frame limit
+# because many small messages were merged.
+BATCH_FLUSH_BYTES = 1 << 20
 
 
 class RateLimitedLog:

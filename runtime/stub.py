@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import zmq
@@ -34,6 +35,7 @@ class StubScheduler:
         self.heartbeat_ms = heartbeat_ms
         self.executors: dict[str, bytes] = {}  # executor id -> routing id
         self.heartbeats: list[p.Heartbeat] = []
+        self._inbox: deque[tuple[bytes, p.Message]] = deque()
 
     def __enter__(self) -> StubScheduler:
         return self
@@ -53,23 +55,29 @@ class StubScheduler:
         self._socket.send_multipart([self.executors[executor_id], frame])
 
     def recv(self, timeout: float = 10.0) -> tuple[str, p.Message]:
-        """Next message from any executor, with hello answered and heartbeats recorded."""
+        """Next message from any executor (batches unpacked), hello answered, heartbeats kept."""
         deadline = time.monotonic() + timeout
-        while True:
+        while not self._inbox:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._socket.poll(remaining * 1000):
                 raise TimeoutError(f"no message from an executor within {timeout} s")
             routing_id, frame = self._socket.recv_multipart()
             msg = p.decode(frame)
-            if isinstance(msg, p.Hello):
-                self.executors[msg.executor_id] = routing_id
-                self._socket.send_multipart(
-                    [routing_id, p.encode(p.Welcome(p.PROTOCOL_VERSION, "stub", self.heartbeat_ms))]
-                )
-            elif isinstance(msg, p.Heartbeat):
-                self.heartbeats.append(msg)
-            executor_id = getattr(msg, "executor_id", None) or self._id_of(routing_id)
-            return executor_id, msg
+            for item in p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]:
+                if isinstance(item, p.ProtocolError):
+                    raise item
+                if not isinstance(item, p.Attach):  # the executor's report connection
+                    self._inbox.append((routing_id, item))
+        routing_id, msg = self._inbox.popleft()
+        if isinstance(msg, p.Hello):
+            self.executors[msg.executor_id] = routing_id
+            self._socket.send_multipart(
+                [routing_id, p.encode(p.Welcome(p.PROTOCOL_VERSION, "stub", self.heartbeat_ms))]
+            )
+        elif isinstance(msg, p.Heartbeat):
+            self.heartbeats.append(msg)
+        executor_id = getattr(msg, "executor_id", None) or self._id_of(routing_id)
+        return executor_id, msg
 
     def expect(
         self, kind: type[p.Message], timeout: float = 10.0, *, task_id: str | None = None

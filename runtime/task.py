@@ -69,6 +69,10 @@ class TaskFunction:
     def __repr__(self) -> str:
         return f"<tidal task {self.fn.__module__}.{self.fn.__qualname__}>"
 
+    def __reduce__(self) -> str:
+        # Pickle by reference, like a plain function (multiprocessing, Dask, ...).
+        return self.__qualname__
+
 
 @overload
 def task(fn: Callable[..., Any], /) -> TaskFunction: ...

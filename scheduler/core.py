@@ -176,6 +176,7 @@ class SchedulerCore:
             p.Cancel: self._on_cancel,
             p.StatusRequest: self._on_status_request,
             p.ClientGoodbye: self._on_client_goodbye,
+            p.Ping: self._on_ping,
         }
 
     # ---- the one entry point ----------------------------------------------------------------
@@ -585,6 +586,9 @@ class SchedulerCore:
 
     def _on_status_request(self, client_id: str, msg: p.StatusRequest) -> None:
         self._out.append(ToClient(client_id, p.Status(msg.request_id, self.status())))
+
+    def _on_ping(self, client_id: str, msg: p.Ping) -> None:
+        self._out.append(ToClient(client_id, p.Pong(msg.request_id, msg.sent_ns)))
 
     def _on_client_goodbye(self, client_id: str, msg: p.ClientGoodbye) -> None:
         self.clients.discard(client_id)

@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 
 from runtime import protocol as p
-from runtime.realtime import realtime_io_threads
+from runtime.realtime import realtime_io_threads, realtime_this_thread
 from scheduler.core import (
     DEFAULT_HEARTBEAT_NS,
     DEFAULT_MAX_SUSPENSIONS,
@@ -74,6 +74,7 @@ class SchedulerServer:
         )
         self.heartbeat_ns = heartbeat_ns
         self.max_frame_bytes = max_frame_bytes
+        self.realtime = realtime
         self._context = zmq.Context()
         realtime_io_threads(self._context, realtime)
         self._socket = self._context.socket(zmq.ROUTER)
@@ -84,6 +85,7 @@ class SchedulerServer:
         self._peers: dict[bytes, tuple[str, str]] = {}  # routing id -> (kind, peer id)
         self._routes: dict[tuple[str, str], bytes] = {}  # (kind, peer id) -> routing id
         self._bad_frames = p.RateLimitedLog(log.warning)
+        self._held: dict[str, list[bytes]] = {}  # encoded batch launches, per executor
 
     def stop(self) -> None:
         """Make `serve()` return within one timer period (callable from any thread)."""
@@ -91,6 +93,9 @@ class SchedulerServer:
 
     def serve(self, *, install_signal_handlers: bool = False) -> None:
         """The scheduler's main loop: poll, handle each frame, flush results, tick."""
+        # Every scheduling decision passes through this thread: where permitted it runs at
+        # real-time priority, like the I/O threads (see runtime/realtime.py).
+        realtime_this_thread(self.realtime)
         if install_signal_handlers:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stop())
@@ -110,13 +115,18 @@ class SchedulerServer:
                         except zmq.Again:
                             break
                         self._handle_frames(frames, results)
-                    # -- 3. Flush results.
+                    # -- 3. Flush results and held-back launches.
                     for client_id, items in results.items():
                         self._send(("client", client_id), p.Results(items))
+                    self._flush_executors()
                 # -- 4. Tick: the core checks executor liveness and the policy may rebalance.
                 now = time.monotonic_ns()
                 if now >= next_tick:
-                    self._dispatch(self.core.handle(Tick()), {})
+                    results = {}
+                    self._dispatch(self.core.handle(Tick()), results)
+                    for client_id, items in results.items():
+                        self._send(("client", client_id), p.Results(items))
+                    self._flush_executors()
                     next_tick = now + tick_ns
         finally:
             self._shutdown_executors("scheduler stopping")
@@ -135,18 +145,40 @@ class SchedulerServer:
                     f"expected 1 frame after the routing id, got {len(frames) - 1}"
                 )
             msg = p.decode(frames[1], max_frame_bytes=self.max_frame_bytes)
-            event = self._event_for(routing_id, msg)
         except p.ProtocolError as exc:
-            peer = self._peers.get(routing_id, ("unknown peer", routing_id.hex()[:12]))
-            self._bad_frames(f"dropped a bad frame from {peer[0]} {peer[1]}: {exc}")
+            self._drop(routing_id, exc)
             return
-        if event is not None:
-            self._dispatch(self.core.handle(event), results)
+        items = (
+            p.unbatch(msg, max_frame_bytes=self.max_frame_bytes)
+            if isinstance(msg, p.Batch)
+            else [msg]
+        )
+        for item in items:
+            try:
+                if isinstance(item, p.ProtocolError):
+                    raise item
+                event = self._event_for(routing_id, item)
+            except p.ProtocolError as exc:
+                self._drop(routing_id, exc)
+                continue
+            if event is not None:
+                self._dispatch(self.core.handle(event), results)
+
+    def _drop(self, routing_id: bytes, exc: p.ProtocolError) -> None:
+        peer = self._peers.get(routing_id, ("unknown peer", routing_id.hex()[:12]))
+        self._bad_frames(f"dropped a bad frame from {peer[0]} {peer[1]}: {exc}")
 
     def _event_for(self, routing_id: bytes, msg: p.Message) -> Any:
         """The core event a message stands for (None when the shell handled it itself)."""
         if isinstance(msg, p.Hello | p.ClientHello):
             return self._handshake(routing_id, msg)
+        if isinstance(msg, p.Attach):
+            # An executor's report connection: map it to the executor, but keep sending
+            # commands to the connection that said hello.
+            if msg.version != p.PROTOCOL_VERSION:
+                raise p.ProtocolError(f"attach with protocol version {msg.version}")
+            self._peers[routing_id] = ("executor", msg.executor_id)
+            return None
         peer = self._peers.get(routing_id)
         if peer is None:
             raise p.ProtocolError(f"{msg.op} before hello")
@@ -222,7 +254,31 @@ class SchedulerServer:
                 else:
                     self._send(("client", instruction.client_id), instruction.message)
             else:
-                self._send(("executor", instruction.executor_id), instruction.message)
+                msg = instruction.message
+                held = self._held.setdefault(instruction.executor_id, [])
+                if isinstance(msg, p.Launch) and msg.priority == "batch":
+                    # Batch work can wait for the end of the pass and travel in one frame.
+                    held.append(p.encode(msg))
+                    if len(held) >= 256:
+                        self._flush_executor(instruction.executor_id)
+                else:
+                    # Anything else is urgent; what was held goes first, to keep the order.
+                    self._flush_executor(instruction.executor_id)
+                    self._send(("executor", instruction.executor_id), msg)
+
+    def _flush_executors(self) -> None:
+        for executor_id in list(self._held):
+            self._flush_executor(executor_id)
+
+    def _flush_executor(self, executor_id: str) -> None:
+        held = self._held.pop(executor_id, None)
+        if not held:
+            return
+        routing_id = self._routes.get(("executor", executor_id))
+        if routing_id is None:
+            return
+        frame = held[0] if len(held) == 1 else p.encode(p.Batch(held))
+        self._socket.send_multipart([routing_id, frame])
 
     def _send(self, peer: tuple[str, str], msg: p.Message) -> None:
         routing_id = self._routes.get(peer)

@@ -43,6 +43,10 @@ class LbPolicy(Policy):
 
     def _assign(self, view: ClusterView) -> Iterator[Decision]:
         executors = view.executors()
+        if not view.pending_count("stream") and not any(e.suspended for e in executors):
+            # The common case in a batch burst: nothing to preempt or resume.
+            yield from self._fill_batch(view, executors, resumed=set())
+            return
         streams = view.pending("stream")
         # 1. Stream tasks take free slots.
         free_slots = [e for e in executors if e.slot_free]

@@ -62,3 +62,9 @@ def test_main_script_functions_load_without_running_the_main_block(tmp_path, mon
     with pytest.raises(FunctionNotFound, match="cannot read"):
         missing.resolve()
     monkeypatch.delitem(sys.modules, MAIN_ALIAS, raising=False)
+
+
+def test_task_functions_pickle_by_reference_like_plain_functions():
+    import pickle
+
+    assert pickle.loads(pickle.dumps(synthetic.total)) is synthetic.total

@@ -139,7 +139,7 @@ def test_every_message_is_registered_under_its_op_with_a_direction():
     assert len(MESSAGES) >= 18
     for op, cls in MESSAGES.items():
         assert cls.op == op
-        assert cls.direction in (p.E2S, p.S2E, p.C2S, p.S2C)
+        assert cls.direction in (p.E2S, p.S2E, p.C2S, p.S2C, p.EITHER)
         assert dataclasses.is_dataclass(cls)
 
 
@@ -552,3 +552,20 @@ def test_rate_limited_log_accounts_for_every_message(burst, steps):
             assert logged, "the first message of a window is always logged"
         count += logged
         assert count <= burst
+
+
+# ---- batches --------------------------------------------------------------------------------
+
+
+def test_a_batch_unpacks_in_order_and_a_bad_item_spoils_only_itself():
+    good = [p.Started("t1", 0, 5), p.Finished("t1", 0, [1, 2], {"records": 2})]
+    frames = [encode(good[0]), b"\xc1", encode(p.Batch([encode(good[1])])), encode(good[1])]
+    items = p.unbatch(decode(encode(p.Batch(frames))))
+    assert items[0] == good[0] and items[3] == good[1]
+    assert isinstance(items[1], ProtocolError) and "not valid msgpack" in str(items[1])
+    assert isinstance(items[2], ProtocolError) and "itself a batch" in str(items[2])
+
+
+def test_a_batch_item_that_is_not_bytes_is_refused():
+    (item,) = p.unbatch(p.Batch(["launch"]))
+    assert isinstance(item, ProtocolError) and "not bytes" in str(item)
