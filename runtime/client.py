@@ -149,6 +149,7 @@ class TaskStatistics:
     records: int | None = None
     started_at_ns: int | None = None
     finished_at_ns: int | None = None
+    work_lost_s: float | None = None  # running time thrown away by kills and lost executors
 
     @classmethod
     def from_stats(cls, stats: dict[str, Any]) -> TaskStatistics:
@@ -166,6 +167,7 @@ class TaskStatistics:
             records=_int(stats.get("records")),
             started_at_ns=_int(stats.get("started_at_ns")),
             finished_at_ns=_int(stats.get("finished_at_ns")),
+            work_lost_s=_seconds(stats.get("work_lost_ns")),
         )
 
 

@@ -109,6 +109,7 @@ class TaskRecord:
             "suspended_ns": self.suspended_ns,
             "suspensions": self.suspensions,
             "records": self.records,
+            "finished_at_ns": time.monotonic_ns(),
         }
 
 

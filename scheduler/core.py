@@ -657,6 +657,7 @@ class SchedulerCore:
         task.running_ns = stats.get("running_ns", task.running_ns)
         task.suspended_ns = stats.get("suspended_ns", task.suspended_ns)
         task.records = stats.get("records", task.records)
+        task.finished_at_ns = stats.get("finished_at_ns")
 
     def _requeue(self, tasks: list[Task], *, started: bool) -> None:
         if not tasks:
@@ -690,6 +691,7 @@ class SchedulerCore:
             "work_lost_ns": task.work_lost_ns,
             "queued_ns": None if first_start is None else first_start - task.submitted_at,
             "started_at_ns": task.started_at_ns,
+            "finished_at_ns": task.finished_at_ns,
         }
         task.args, task.kwargs = [], {}
         self._to_client(task.job.client_id, [[task.task_id, outcome, value, error, stats]])

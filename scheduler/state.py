@@ -72,6 +72,7 @@ class Task:
     suspensions: int = 0
     records: int = 0
     started_at_ns: int | None = None  # the executor's clock at the first start
+    finished_at_ns: int | None = None  # the executor's clock when it ended
     first_started_at: int | None = None  # the scheduler's clock when the first start was reported
     running_ns: int = 0
     suspended_ns: int = 0

@@ -91,9 +91,9 @@ def busy_executor(cycles: int = 500, record_us: float = 10.0, seed: int = 1) -> 
         proc = spawn_executor(stub.address, node="bench")
         try:
             executor = stub.wait_for_executor()
-            # Far more work than the run needs (at most ~3 ms of running per cycle at 10 us a
-            # record), small enough not to burden the executor's memory.
-            records = list(range(max(100_000, cycles * 400)))
+            # Far more work than the run needs (~20 ms of records per cycle at 10 us a record,
+            # against a few ms of running per cycle), small enough not to burden memory.
+            records = list(range(max(100_000, cycles * 2_000)))
             stub.send(
                 executor,
                 p.Launch(
