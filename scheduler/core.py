@@ -532,9 +532,12 @@ class SchedulerCore:
         )
         self.jobs[job.job_id] = job
         new = []
-        for task_id, args, kwargs in msg.tasks:
+        for entry in msg.tasks:
+            task_id, args, kwargs = entry[:3]
+            options = entry[3] if len(entry) > 3 else {}
             self._seq += 1
             task = Task(task_id, job, args, kwargs, self._seq, self.now)
+            task.preferred = tuple(options.get("preferred", ()))
             self.tasks[task_id] = task
             self.pending.push(task)
             new.append(TaskView(task, self))
@@ -553,12 +556,16 @@ class SchedulerCore:
         for entry in msg.tasks:
             if not (
                 isinstance(entry, list)
-                and len(entry) == 3
+                and len(entry) in (3, 4)
                 and isinstance(entry[0], str)
                 and isinstance(entry[1], list)
                 and isinstance(entry[2], dict)
+                and (len(entry) == 3 or _valid_options(entry[3]))
             ):
-                return "each task must be [task_id, args, kwargs]"
+                return (
+                    "each task must be [task_id, args, kwargs] or [task_id, args, kwargs, "
+                    "{'preferred': [node or executor ids]}]"
+                )
             if entry[0] in self.tasks or entry[0] in seen:
                 return f"task id {entry[0]!r} is already in use"
             seen.add(entry[0])
@@ -702,3 +709,11 @@ class SchedulerCore:
 
     def _send(self, executor: Executor, message: p.Message) -> None:
         self._out.append(ToExecutor(executor.executor_id, message))
+
+
+def _valid_options(options: Any) -> bool:
+    """Per-task options: only `preferred`, a list of node labels or executor ids."""
+    if not isinstance(options, dict) or set(options) - {"preferred"}:
+        return False
+    preferred = options.get("preferred", [])
+    return isinstance(preferred, list) and all(isinstance(x, str) for x in preferred)

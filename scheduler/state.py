@@ -73,6 +73,7 @@ class Task:
     records: int = 0
     started_at_ns: int | None = None  # the executor's clock at the first start
     finished_at_ns: int | None = None  # the executor's clock when it ended
+    preferred: tuple[str, ...] = ()  # node labels or executor ids it would rather run on
     first_started_at: int | None = None  # the scheduler's clock when the first start was reported
     running_ns: int = 0
     suspended_ns: int = 0
@@ -161,6 +162,8 @@ class TaskView:
     records = property(lambda self: self._task.records)
     submitted_at = property(lambda self: self._task.submitted_at)
     seq = property(lambda self: self._task.seq)
+    preferred = property(lambda self: self._task.preferred)
+    """Node labels or executor ids the task would rather run on (empty: anywhere)."""
 
     @property
     def suspendable(self) -> bool:

@@ -11,13 +11,29 @@ import importlib
 from importlib import metadata
 from typing import Any
 
+from scheduler.policies.adaptive import AdaptivePolicy
 from scheduler.policies.base import Policy
+from scheduler.policies.fair import FairPolicy
 from scheduler.policies.fifo import FifoPolicy
+from scheduler.policies.kill import KillPolicy
 from scheduler.policies.lb import LbPolicy
+from scheduler.policies.lma import LmaPolicy
+from scheduler.policies.static import StaticPolicy
 
 __all__ = ["BUILTIN_POLICIES", "DEFAULT_POLICY", "Policy", "UnknownPolicy", "resolve_policy"]
 
-BUILTIN_POLICIES: dict[str, type[Policy]] = {"fifo": FifoPolicy, "lb": LbPolicy}
+BUILTIN_POLICIES: dict[str, type[Policy]] = {
+    cls.name: cls
+    for cls in (
+        FifoPolicy,
+        FairPolicy,
+        KillPolicy,
+        StaticPolicy,
+        LbPolicy,
+        LmaPolicy,
+        AdaptivePolicy,
+    )
+}
 DEFAULT_POLICY = "lb"
 ENTRY_POINT_GROUP = "tidal.policies"
 

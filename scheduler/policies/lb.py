@@ -78,7 +78,7 @@ class LbPolicy(Policy):
             for e in executors
             if e.slot_task is not None
             and e.slot_task.priority == "batch"
-            and e.slot_task.suspendable
+            and self._preemptible(e.slot_task)
         ]
         if not victims:
             return
@@ -87,19 +87,30 @@ class LbPolicy(Policy):
             if not victims:
                 return
             # Most loaded node first, then the executor under the least memory pressure.
-            victim = min(
-                victims,
-                key=lambda e: (
-                    e.memory_pressure >= self.memory_pressure_threshold,
-                    -running_per_node[e.node],
-                    e.memory_pressure,
-                    e.executor_id,
-                ),
-            )
+            victim = min(victims, key=lambda e: self._victim_rank(e, task, running_per_node))
             victims.remove(victim)
             running_per_node[victim.node] -= 1
-            yield Suspend(victim.slot_task.task_id)
+            yield self._preempt(victim.slot_task)
             yield Launch(task.task_id, victim.executor_id)
+
+    def _preemptible(self, task: TaskView) -> bool:
+        """Whether LB may take this running batch task's slot (the cap, record boundaries)."""
+        return task.suspendable
+
+    def _preempt(self, task: TaskView) -> Decision:
+        """How LB frees a slot: suspend the task, which resumes later with its progress."""
+        return Suspend(task.task_id)
+
+    def _victim_rank(
+        self, executor: ExecutorView, stream_task: TaskView, running_per_node: Counter[str]
+    ) -> tuple:
+        """Lower is a better victim: not under memory pressure, on the busiest node."""
+        return (
+            executor.memory_pressure >= self.memory_pressure_threshold,
+            -running_per_node[executor.node],
+            executor.memory_pressure,
+            executor.executor_id,
+        )
 
     def _fill_batch(
         self, view: ClusterView, executors: list[ExecutorView], resumed: set[str]

@@ -177,5 +177,7 @@ def test_local_cluster_stops_every_process_it_started_also_on_an_exception():
 def test_an_unknown_policy_fails_fast_with_the_known_names():
     from scheduler.policies import UnknownPolicy
 
-    with pytest.raises(UnknownPolicy, match="known policies are fifo, lb"):
+    with pytest.raises(
+        UnknownPolicy, match="known policies are adaptive, fair, fifo, kill, lb, lma, static"
+    ):
         LocalCluster(executors=1, policy="nope")

@@ -354,5 +354,7 @@ def test_prefetch_grows_for_tiny_tasks_only():
 
 
 def test_unknown_policy_names_the_known_ones():
-    with pytest.raises(UnknownPolicy, match="known policies are fifo, lb"):
+    with pytest.raises(
+        UnknownPolicy, match="known policies are adaptive, fair, fifo, kill, lb, lma, static"
+    ):
         SchedulerCore("nope")

@@ -1,0 +1,25 @@
+"""KILL: LB's placement, but batch tasks are killed instead of suspended.
+
+The baseline that loses work: a killed task restarts from scratch later, and the running
+time it had is counted as work lost (`work_lost_ns` in its statistics). To keep a batch task
+from being killed forever, a task is killed at most `max_suspensions` times (its attempts
+count the kills), then runs to completion, like the suspension cap.
+"""
+
+from __future__ import annotations
+
+from scheduler.decisions import Decision, Kill
+from scheduler.policies.lb import LbPolicy
+from scheduler.state import TaskView
+
+
+class KillPolicy(LbPolicy):
+    """Preempt batch tasks for stream tasks by killing them (they restart later)."""
+
+    name = "kill"
+
+    def _preemptible(self, task: TaskView) -> bool:
+        return task.attempt < task.max_suspensions
+
+    def _preempt(self, task: TaskView) -> Decision:
+        return Kill(task.task_id, requeue=True)
