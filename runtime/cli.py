@@ -108,6 +108,25 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
     status.set_defaults(run=_run_status)
 
+    policy = commands.add_parser("policy", help="switch a running scheduler's policy, or list them")
+    policy_commands = policy.add_subparsers(
+        title="policy commands", dest="policy_command", metavar="{set,list}", required=True
+    )
+    policy_set = policy_commands.add_parser(
+        "set", help="switch the scheduler's policy; running and pending tasks carry on"
+    )
+    policy_set.add_argument(
+        "name", help="policy name (see `tidal policy list`) or 'module:Class' path"
+    )
+    policy_set.add_argument("--scheduler", default="tcp://127.0.0.1:5555", help="scheduler address")
+    policy_set.set_defaults(run=_run_policy_set)
+    policy_list = policy_commands.add_parser(
+        "list",
+        help="list the policy names installed here (built-in and entry points); a scheduler "
+        "in another environment may know others",
+    )
+    policy_list.set_defaults(run=_run_policy_list)
+
     bench = commands.add_parser("bench", help="run a benchmark")
     bench.add_argument("name", choices=["suspend", "preempt", "throughput"], help="which benchmark")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
@@ -222,6 +241,30 @@ def _run_status(args: argparse.Namespace) -> int:
             str(j["total"]),
         )
     console.print(jobs)
+    return 0
+
+
+def _run_policy_set(args: argparse.Namespace) -> int:
+    from runtime.client import Client
+
+    try:
+        with Client(args.scheduler, timeout=5.0) as client:
+            active = client.set_policy(args.name)
+    except (ConnectionError, TimeoutError) as exc:
+        print(f"tidal policy set: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # refused by the scheduler, or an address Client cannot use
+        print(f"tidal policy set: {exc}", file=sys.stderr)
+        return 2
+    print(f"policy is now {active}")
+    return 0
+
+
+def _run_policy_list(args: argparse.Namespace) -> int:
+    from scheduler.policies import known_policy_names
+
+    for name in known_policy_names():
+        print(name)
     return 0
 
 

@@ -344,6 +344,8 @@ class Client:
             self._context.term()
             raise
         self.scheduler_id = welcome.scheduler_id
+        # The policy at connect time, or as this client's set_policy() left it; another client
+        # may switch it since: status()["policy"] is the current one.
         self.policy = welcome.policy
         self.max_suspensions = welcome.max_suspensions  # the cluster's cap
 
@@ -532,6 +534,28 @@ class Client:
         sent = self._request(lambda rid: p.Ping(rid, time.monotonic_ns()), "pong", timeout)
         return (time.monotonic_ns() - sent) / 1e9
 
+    def set_policy(self, policy: str, timeout: float = DEFAULT_STATUS_TIMEOUT_S) -> str:
+        """Switch the scheduler's policy while it runs; return the name of the active policy.
+
+        `policy` is a name (`tidal policy list`) or a "module:Class" path importable by the
+        scheduler. Running, suspended and pending tasks carry on under the new policy.
+        Raises ValueError with the scheduler's reason if it refuses (an unknown name lists
+        the known ones), TimeoutError if no answer comes.
+        """
+        if not isinstance(policy, str):
+            # Checked here: the scheduler would drop a frame with a non-str field as malformed,
+            # and the caller would wait for the timeout instead.
+            raise TypeError(
+                f"policy must be a name or a 'module:Class' path (a str), not {policy!r}"
+            )
+        answer: p.PolicySet = self._request(
+            lambda rid: p.SetPolicy(rid, policy), "policy_set", timeout
+        )
+        if not answer.ok:
+            raise ValueError(answer.message)
+        self.policy = answer.policy
+        return answer.policy
+
     def _request(self, build: Callable[[str], p.Message], answer: str, timeout: float) -> Any:
         """Send a request built with a fresh id and wait for the answer with that id."""
         if threading.current_thread() is self._thread:
@@ -635,6 +659,7 @@ class Client:
             p.Results: self._on_results,
             p.Status: self._on_status,
             p.Pong: self._on_pong,
+            p.PolicySet: self._on_policy_set,
         }
         outbox: deque[bytes] = deque()
         poller = zmq.Poller()
@@ -719,6 +744,9 @@ class Client:
 
     def _on_pong(self, msg: p.Pong) -> None:
         self._answer(msg.request_id, msg.sent_ns)
+
+    def _on_policy_set(self, msg: p.PolicySet) -> None:
+        self._answer(msg.request_id, msg)  # set_policy() reads ok, policy and message
 
     def _answer(self, request_id: str, value: Any) -> None:
         with self._lock:

@@ -102,6 +102,7 @@ class Executor:
         self._reports.connect(scheduler)
         self._reports.send(p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id)))
         self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
         self.kernel = Kernel(
             self._emit,
             flush=self._flush_reports,
@@ -143,7 +144,11 @@ class Executor:
 
     def _emit(self, msg: p.Message) -> None:
         """Queue a kernel report; the kernel flushes at its next switch (`_flush_reports`)."""
-        self._outbox.append(p.encode(msg))
+        frame = p.encode(msg)
+        self._outbox.append(frame)
+        self._outbox_bytes += len(frame)
+        if self._outbox_bytes >= p.BATCH_FLUSH_BYTES:  # a batch stays far below frame limits
+            self._flush_reports()
 
     def _flush_reports(self) -> None:
         """Send queued reports from the task thread: one frame, a batch if several."""
@@ -152,6 +157,7 @@ class Executor:
             return
         frame = outbox[0] if len(outbox) == 1 else p.encode(p.Batch(list(outbox)))
         outbox.clear()
+        self._outbox_bytes = 0
         try:
             self._reports.send(frame, zmq.NOBLOCK)
         except zmq.Again:
@@ -163,8 +169,9 @@ class Executor:
         realtime_this_thread(self.realtime)
         dealer = self._context.socket(zmq.DEALER)
         dealer.linger = 1000
-        # Refuse oversized frames in ZeroMQ itself, before they are held in memory.
-        dealer.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+        # Discussion: not ZMQ_MAXMSGSIZE, though it would refuse oversized frames before they
+        # are held in memory: libzmq drops the whole connection for one, and the scheduler
+        # is the one peer on it. decode() enforces the limit instead.
         # Never block the listener on a scheduler that stopped reading: see _send.
         dealer.sndhwm = 100_000
         dealer.connect(self.scheduler)

@@ -237,7 +237,8 @@ class Kernel:
         self._post(command)
 
     def resume(self, task_id: str) -> None:
-        """Let a suspended task continue where it stopped, before any new launch."""
+        """Let a suspended task continue where it stopped: after stream launches, before batch
+        launches (see `_ReadyQueue`)."""
         self._post(_Command("resume", task_id, self._clock()))
 
     def kill(self, task_id: str) -> None:
@@ -313,7 +314,7 @@ class Kernel:
                     return
 
             # -- 2. Choose. The running task keeps the slot unless it was suspended or
-            #       killed; otherwise resumed tasks come before new launches.
+            #       killed; otherwise stream launches, then resumed tasks, then batch launches.
             record = self._current
             if record is None:
                 if not self._ready:

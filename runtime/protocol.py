@@ -353,6 +353,25 @@ class ClientGoodbye(Message):
     reason: str
 
 
+@message("set_policy", C2S)
+class SetPolicy(Message):
+    # Switch the running scheduler's policy; running, suspended and pending tasks carry on
+    # under the new one. The scheduler resolves `policy` itself, so a "module:Class" path
+    # must be importable in the scheduler's process.
+    request_id: str
+    policy: str  # a name (built-in or entry point "tidal.policies") or "module:Class"
+
+
+@message("policy_set", S2C)
+class PolicySet(Message):
+    # The answer to `set_policy`. ok=False: refused, `message` says why (listing the known
+    # policies for an unknown name).
+    request_id: str
+    ok: bool
+    policy: str  # the name of the policy active afterwards, whether or not the switch happened
+    message: str
+
+
 # ---- codec --------------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from runtime import protocol as p
 from scheduler import decisions as d
-from scheduler.policies import DEFAULT_POLICY, Policy, resolve_policy
+from scheduler.policies import DEFAULT_POLICY, Policy, UnknownPolicy, resolve_policy
 from scheduler.state import (
     PRIORITIES,
     SLOT_STATES,
@@ -65,6 +65,9 @@ PREFETCH_TARGET_NS = 2_000_000
 MAX_PREFETCH = 64
 # What a task costs an executor besides running it (decode, switch, report), for the estimate.
 TASK_OVERHEAD_NS = 40_000
+# Policy switches kept for `status()`: a client switching in a loop must not grow the record
+# (and every status snapshot) without bound.
+MAX_POLICY_SWITCHES = 100
 
 
 # ---- events in ------------------------------------------------------------------------------
@@ -154,6 +157,8 @@ class SchedulerCore:
         self.pending = PendingQueues()
         self.refused: list[tuple[Any, str]] = []  # recent refused decisions, for tests
         self.policy_failures: list[str] = []
+        # Switches asked for by clients, oldest first (the last MAX_POLICY_SWITCHES kept).
+        self.policy_switches: list[dict[str, Any]] = []
         self.suspend_latencies_ns: list[int] = []
         self._seq = 0
         self._requeue_seq = 0
@@ -177,6 +182,7 @@ class SchedulerCore:
             p.StatusRequest: self._on_status_request,
             p.ClientGoodbye: self._on_client_goodbye,
             p.Ping: self._on_ping,
+            p.SetPolicy: self._on_set_policy,
         }
 
     # ---- the one entry point ----------------------------------------------------------------
@@ -382,7 +388,8 @@ class SchedulerCore:
 
     def _on_started(self, executor: Executor, msg: p.Started) -> None:
         task = self._task_on(executor, msg.task_id)
-        if task is None or task.state is not TaskState.LAUNCHED:
+        # RESUMING too: a task suspended before it ever ran reports its first start then.
+        if task is None or task.state not in (TaskState.LAUNCHED, TaskState.RESUMING):
             return
         task.state = TaskState.RUNNING
         if task.started_at_ns is None:
@@ -448,6 +455,10 @@ class SchedulerCore:
         if task.cancel_requested:
             task.job.cancelled += 1
             self._complete(task, "cancelled", None, None)
+        elif task.state is TaskState.KILLING and not task.requeue_on_kill:
+            task.job.failed += 1
+            error = ["TaskKilled", f"killed by the {self.policy.name!r} policy", ""]
+            self._complete(task, "failed", None, error)
         else:
             # Killed to make room, withdrawn, or killed by a shutting-down executor: run it
             # again from scratch.
@@ -491,6 +502,37 @@ class SchedulerCore:
                 silent_ms = (self.now - executor.last_seen) / 1e6
                 self._lose_executor(executor, f"no heartbeat for {silent_ms:.0f} ms")
         self._consult(lambda pol: pol.tick(self.view))
+        self._resume_parked()
+
+    def _resume_parked(self) -> None:
+        """Resume a task the policy left suspended on an executor whose slot stays idle.
+
+        Discussion: a policy that never suspends (fifo) never resumes either, so after a switch
+        away from one that does (lb), tasks it suspended would wait forever and their futures
+        never complete. The core keeps that liveness invariant itself, for every policy: at a
+        tick, an executor with nothing in its slot or queue resumes its first suspended task.
+        A policy that resumes (lb does, whenever a slot frees) never leaves such a slot, so
+        this only acts where the policy has no plan for the task.
+        """
+        for executor in self.executors.values():
+            if not executor.alive or executor.slot_task is not None or executor.queued:
+                continue
+            parked = [t for t in executor.suspended.values() if t.state is TaskState.SUSPENDED]
+            if not parked:
+                continue
+            task = min(parked, key=lambda t: (t.priority != "stream", t.job.order, t.seq))
+            decision = d.Resume(task.task_id)
+            reason = self._validate(decision)
+            if reason is None:
+                log.info(
+                    "resumed task %s, which policy %r left suspended on idle executor %s",
+                    task.task_id,
+                    self.policy.name,
+                    executor.executor_id,
+                )
+                self._carry_out(decision)
+            else:  # cannot happen while the checks above match _validate's; say so if it does
+                log.error("cannot resume parked task %s: %s", task.task_id, reason)
 
     def _lose_executor(self, executor: Executor, reason: str) -> None:
         """Declare `executor` lost: requeue every task whose state lived there."""
@@ -600,6 +642,55 @@ class SchedulerCore:
     def _on_client_goodbye(self, client_id: str, msg: p.ClientGoodbye) -> None:
         self.clients.discard(client_id)
 
+    def _on_set_policy(self, client_id: str, msg: p.SetPolicy) -> None:
+        before = self.policy
+        try:
+            policy = resolve_policy(msg.policy)
+        except (Exception, SystemExit) as exc:
+            # Discussion: resolving may import a module the client named, in this process, and
+            # construct a class from it; whatever that raises (SystemExit too: a script that
+            # runs when imported) refuses the switch and leaves the scheduler as it was.
+            problem = str(exc) if isinstance(exc, UnknownPolicy) else f"{type(exc).__name__}: {exc}"
+            log.warning("refused policy %r from client %s: %s", msg.policy, client_id, problem)
+            self._answer_set_policy(
+                client_id, msg, False, f"policy {msg.policy!r} refused: {problem}"
+            )
+            return
+        self.set_policy(policy)
+        switch = {
+            "at_ns": self.now,
+            "from_policy": str(before.name),  # the words of AdaptivePolicy's Switch
+            "to_policy": str(policy.name),
+            "reason": f"requested by client {client_id}",
+        }
+        self.policy_switches.append(switch)
+        del self.policy_switches[:-MAX_POLICY_SWITCHES]
+        log.info(
+            "policy switched from %r to %r, requested by client %s",
+            before.name,
+            policy.name,
+            client_id,
+        )
+        if self.policy is not policy:
+            # It raised when first consulted (set_policy asks its tick hook) and _consult has
+            # replaced it with the default, as it does any failing policy.
+            self._answer_set_policy(
+                client_id,
+                msg,
+                False,
+                f"policy {policy.name!r} failed when first consulted and was replaced by the "
+                f"default policy {self.policy.name!r}: {self.policy_failures[-1]}",
+            )
+            return
+        self._answer_set_policy(
+            client_id, msg, True, f"policy is now {policy.name} (was {before.name})"
+        )
+
+    def _answer_set_policy(self, client_id: str, msg: p.SetPolicy, ok: bool, message: str) -> None:
+        # str(): `name` is a class attribute a third-party policy may have set to anything.
+        answer = p.PolicySet(msg.request_id, ok, str(self.policy.name), message)
+        self._out.append(ToClient(client_id, answer))
+
     def status(self) -> dict[str, Any]:
         """A snapshot for `tidal status` and `Client.status()` (msgpack-encodable)."""
         executors = []
@@ -641,6 +732,7 @@ class SchedulerCore:
             "jobs": jobs,
             "pending": {c: self.pending.count(c) for c in PRIORITIES},
             "policy_failures": list(self.policy_failures),
+            "policy_switches": [dict(switch) for switch in self.policy_switches],
         }
 
     # ---- helpers --------------------------------------------------------------------------------

@@ -49,6 +49,9 @@ log = logging.getLogger("tidal.scheduler")
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 # Frames handled per pass before results are flushed and the timer is checked.
 MAX_FRAMES_PER_PASS = 2000
+# Results merged into one frame at most; with results of up to ~64 KiB each a frame stays
+# well below a client's 64 MiB limit.
+RESULTS_PER_FRAME = 256
 
 
 class SchedulerServer:
@@ -86,6 +89,7 @@ class SchedulerServer:
         self._routes: dict[tuple[str, str], bytes] = {}  # (kind, peer id) -> routing id
         self._bad_frames = p.RateLimitedLog(log.warning)
         self._held: dict[str, list[bytes]] = {}  # encoded batch launches, per executor
+        self._held_bytes: dict[str, int] = {}
 
     def stop(self) -> None:
         """Make `serve()` return within one timer period (callable from any thread)."""
@@ -116,16 +120,14 @@ class SchedulerServer:
                             break
                         self._handle_frames(frames, results)
                     # -- 3. Flush results and held-back launches.
-                    for client_id, items in results.items():
-                        self._send(("client", client_id), p.Results(items))
+                    self._flush_results(results)
                     self._flush_executors()
                 # -- 4. Tick: the core checks executor liveness and the policy may rebalance.
                 now = time.monotonic_ns()
                 if now >= next_tick:
                     results = {}
                     self._dispatch(self.core.handle(Tick()), results)
-                    for client_id, items in results.items():
-                        self._send(("client", client_id), p.Results(items))
+                    self._flush_results(results)
                     self._flush_executors()
                     next_tick = now + tick_ns
         finally:
@@ -258,13 +260,28 @@ class SchedulerServer:
                 held = self._held.setdefault(instruction.executor_id, [])
                 if isinstance(msg, p.Launch) and msg.priority == "batch":
                     # Batch work can wait for the end of the pass and travel in one frame.
-                    held.append(p.encode(msg))
-                    if len(held) >= 256:
+                    frame = p.encode(msg)
+                    held.append(frame)
+                    self._held_bytes[instruction.executor_id] = self._held_bytes.get(
+                        instruction.executor_id, 0
+                    ) + len(frame)
+                    if (
+                        len(held) >= 256
+                        or self._held_bytes[instruction.executor_id] >= p.BATCH_FLUSH_BYTES
+                    ):
                         self._flush_executor(instruction.executor_id)
                 else:
                     # Anything else is urgent; what was held goes first, to keep the order.
                     self._flush_executor(instruction.executor_id)
                     self._send(("executor", instruction.executor_id), msg)
+
+    def _flush_results(self, results: dict[str, list[Any]]) -> None:
+        """Send each client its results, in frames of at most RESULTS_PER_FRAME items."""
+        for client_id, items in results.items():
+            for start in range(0, len(items), RESULTS_PER_FRAME):
+                self._send(
+                    ("client", client_id), p.Results(items[start : start + RESULTS_PER_FRAME])
+                )
 
     def _flush_executors(self) -> None:
         for executor_id in list(self._held):
@@ -272,6 +289,7 @@ class SchedulerServer:
 
     def _flush_executor(self, executor_id: str) -> None:
         held = self._held.pop(executor_id, None)
+        self._held_bytes.pop(executor_id, None)
         if not held:
             return
         routing_id = self._routes.get(("executor", executor_id))

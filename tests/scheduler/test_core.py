@@ -358,3 +358,41 @@ def test_unknown_policy_names_the_known_ones():
         UnknownPolicy, match="known policies are adaptive, fair, fifo, kill, lb, lma, static"
     ):
         SchedulerCore("nope")
+
+
+def test_a_task_suspended_before_it_ran_is_running_once_it_starts():
+    h = Harness(executors=[("e0", "n0")])
+    (batch,) = h.submit("b", "batch", 1)
+    h.sent("e0")  # launched, not started yet
+    (stream,) = h.submit("s", "stream", 1)
+    assert [type(m) for m in h.sent("e0")] == [p.Suspend, p.Launch]
+    h.report("e0", p.Suspended(batch, 1000, 0, h.clock.now))
+    h.start("e0", stream)
+    h.finish("e0", stream)
+    assert [type(m) for m in h.sent("e0")] == [p.Resume]
+    h.start("e0", batch)  # the kernel reports a first start, not a resumption
+    assert h.state(batch) is TaskState.RUNNING
+    h.finish("e0", batch)
+    assert h.results[batch][0][4]["started_at_ns"] is not None
+
+
+def test_a_kill_without_requeue_fails_the_task_with_the_reason():
+    class KillOnce(Policy):
+        name = "kill-once"
+
+        def tasks_submitted(self, view, tasks):
+            for t in tasks:
+                yield d.Launch(t.task_id, "e0")
+
+        def tick(self, view):
+            for t in view.running():
+                yield d.Kill(t.task_id, requeue=False)
+
+    h = Harness(policy=KillOnce(), executors=[("e0", "n0")])
+    (task,) = h.submit("b", "batch", 1)
+    h.start("e0", task)
+    h.handle(Tick())
+    assert [type(m) for m in h.sent("e0")][-1] is p.Kill
+    h.report("e0", p.Killed(task, 0, {"running_ns": 5 * MS}))
+    (item,) = h.results[task]
+    assert item[1] == "failed" and item[3][0] == "TaskKilled" and "kill-once" in item[3][1]
