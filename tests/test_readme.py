@@ -1,0 +1,38 @@
+"""The README's policy example is real code: run it on the scripted scheduler harness."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+from runtime import protocol as p
+from tests.scheduler.test_core import Harness
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_block(marker: str) -> str:
+    """The fenced python block of the README that contains `marker`."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if marker in b]
+    return block
+
+
+def test_the_write_your_own_policy_example_works():
+    namespace: dict = {}
+    exec(readme_block("class StreamFirstNewestBatch"), namespace)  # our own README
+    h = Harness(policy=namespace["StreamFirstNewestBatch"](), executors=[("e0", "n0")])
+    h.submit("old", "batch", 1)
+    h.submit("new", "batch", 1)
+    (first,) = h.sent("e0", p.Launch)
+    h.start("e0", first.task_id)
+    h.finish("e0", first.task_id)
+    assert [m.task_id for m in h.sent("e0", p.Launch)] == ["new/0"]  # newest first
+    h.start("e0", "new/0")
+    (stream,) = h.submit("s", "stream", 1)
+    assert [type(m) for m in h.sent("e0")] == [p.Suspend, p.Launch]
+    h.report("e0", p.Suspended("new/0", 1, 1, 1))
+    h.start("e0", stream)
+    h.finish("e0", stream)
+    assert [(type(m), m.task_id) for m in h.sent("e0")] == [(p.Resume, "new/0")]
+    assert h.core.refused == []
