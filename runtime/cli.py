@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
         "--announce", action="store_true", help="print the bound address on stdout (for scripts)"
     )
     scheduler.add_argument(
+        "--allow-policy-paths",
+        action="store_true",
+        help="let clients switch to a 'module:Class' policy path (imported in the scheduler); "
+        "by default only policy names are accepted over the wire",
+    )
+    scheduler.add_argument(
         "--no-realtime",
         dest="realtime",
         action="store_false",
@@ -174,6 +180,7 @@ def _run_scheduler(args: argparse.Namespace) -> int:
     return serve(
         args.bind,
         announce=args.announce,
+        allow_policy_paths=args.allow_policy_paths,
         policy=args.policy,
         max_suspensions=args.max_suspensions,
         heartbeat_ns=args.heartbeat_ms * 1_000_000,

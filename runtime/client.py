@@ -540,7 +540,7 @@ class Client:
         `policy` is a name (`tidal policy list`) or a "module:Class" path importable by the
         scheduler. Running, suspended and pending tasks carry on under the new policy.
         Raises ValueError with the scheduler's reason if it refuses (an unknown name lists
-        the known ones), TimeoutError if no answer comes.
+        the known ones), TimeoutError if no answer comes (the switch may still happen).
         """
         if not isinstance(policy, str):
             # Checked here: the scheduler would drop a frame with a non-str field as malformed,
@@ -551,9 +551,9 @@ class Client:
         answer: p.PolicySet = self._request(
             lambda rid: p.SetPolicy(rid, policy), "policy_set", timeout
         )
+        self.policy = answer.policy  # the active one, also after a refusal
         if not answer.ok:
             raise ValueError(answer.message)
-        self.policy = answer.policy
         return answer.policy
 
     def _request(self, build: Callable[[str], p.Message], answer: str, timeout: float) -> Any:

@@ -25,7 +25,13 @@ from typing import Any
 
 from runtime import protocol as p
 from scheduler import decisions as d
-from scheduler.policies import DEFAULT_POLICY, Policy, UnknownPolicy, resolve_policy
+from scheduler.policies import (
+    DEFAULT_POLICY,
+    Policy,
+    UnknownPolicy,
+    known_policy_names,
+    resolve_policy,
+)
 from scheduler.state import (
     PRIORITIES,
     SLOT_STATES,
@@ -139,6 +145,7 @@ class SchedulerCore:
         heartbeat_ns: int = DEFAULT_HEARTBEAT_NS,
         missed_heartbeats: int = DEFAULT_MISSED_HEARTBEATS,
         max_prefetch: int = MAX_PREFETCH,
+        allow_policy_paths: bool = False,
     ) -> None:
         if max_suspensions < 0:
             raise ValueError(f"max_suspensions must be >= 0, not {max_suspensions}")
@@ -147,6 +154,7 @@ class SchedulerCore:
         self.heartbeat_ns = heartbeat_ns
         self.lost_after_ns = heartbeat_ns * missed_heartbeats
         self.max_prefetch = max_prefetch
+        self.allow_policy_paths = allow_policy_paths
         self._clock = clock
         self.now = clock()
         self.view = ClusterView(self)
@@ -644,6 +652,19 @@ class SchedulerCore:
 
     def _on_set_policy(self, client_id: str, msg: p.SetPolicy) -> None:
         before = self.policy
+        if ":" in msg.policy and not self.allow_policy_paths:
+            # Discussion: a "module:Class" path makes this process import a module a client
+            # named, in the one thread every scheduling decision goes through. Only names
+            # (built-in or installed entry points) unless the operator allowed paths.
+            self._answer_set_policy(
+                client_id,
+                msg,
+                False,
+                f"policy {msg.policy!r} refused: this scheduler accepts policy names only "
+                f"({', '.join(known_policy_names())}); start it with --allow-policy-paths "
+                "to switch to a 'module:Class' path",
+            )
+            return
         try:
             policy = resolve_policy(msg.policy)
         except (Exception, SystemExit) as exc:

@@ -67,6 +67,7 @@ class SchedulerServer:
         missed_heartbeats: int = DEFAULT_MISSED_HEARTBEATS,
         max_frame_bytes: int = p.MAX_FRAME_BYTES,
         realtime: bool = True,
+        allow_policy_paths: bool = False,
     ) -> None:
         self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.core = SchedulerCore(
@@ -74,6 +75,7 @@ class SchedulerServer:
             max_suspensions=max_suspensions,
             heartbeat_ns=heartbeat_ns,
             missed_heartbeats=missed_heartbeats,
+            allow_policy_paths=allow_policy_paths,
         )
         self.heartbeat_ns = heartbeat_ns
         self.max_frame_bytes = max_frame_bytes

@@ -20,7 +20,15 @@ from scheduler.policies.lb import LbPolicy
 from scheduler.policies.lma import LmaPolicy
 from scheduler.policies.static import StaticPolicy
 
-__all__ = ["BUILTIN_POLICIES", "DEFAULT_POLICY", "Policy", "UnknownPolicy", "resolve_policy"]
+__all__ = [
+    "BUILTIN_POLICIES",
+    "DEFAULT_POLICY",
+    "ENTRY_POINT_GROUP",
+    "Policy",
+    "UnknownPolicy",
+    "known_policy_names",
+    "resolve_policy",
+]
 
 BUILTIN_POLICIES: dict[str, type[Policy]] = {
     cls.name: cls
@@ -56,7 +64,12 @@ def resolve_policy(spec: Any) -> Policy:
     if isinstance(spec, type):
         if not issubclass(spec, Policy):
             raise UnknownPolicy(f"{spec.__qualname__} is not a subclass of tidal's Policy")
-        return spec()
+        try:
+            return spec()
+        except Exception as exc:
+            raise UnknownPolicy(
+                f"policy {spec.__qualname__} could not be created: {type(exc).__name__}: {exc}"
+            ) from exc
     if not isinstance(spec, str) or not spec:
         raise UnknownPolicy(
             f"a policy is a name, a 'module:Class' path, a Policy subclass or an "
@@ -70,7 +83,7 @@ def resolve_policy(spec: Any) -> Policy:
             obj: Any = importlib.import_module(module_name)
             for part in qualname.split("."):
                 obj = getattr(obj, part)
-        except (ImportError, AttributeError) as exc:
+        except Exception as exc:  # whatever importing raises: the path leads to no policy
             raise UnknownPolicy(
                 f"cannot load policy {spec!r}: {type(exc).__name__}: {exc}"
             ) from exc

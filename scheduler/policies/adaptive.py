@@ -90,6 +90,9 @@ class AdaptivePolicy(Policy):
         recent = (
             self._last_stream_ns is not None and view.now - self._last_stream_ns < self.window_ns
         )
+        if any(e.suspended for e in view.executors()):
+            # fifo and fair never resume: leaving lb now would strand the suspended tasks.
+            return "lb", "suspended tasks are waiting to resume"
         if stream_now or recent:
             return (
                 "lb",
