@@ -400,20 +400,27 @@ class SchedulerCore:
         if task is None or task.state not in (TaskState.LAUNCHED, TaskState.RESUMING):
             return
         task.state = TaskState.RUNNING
+        task.running_since = self.now
         if task.started_at_ns is None:
             task.started_at_ns = msg.at_ns
             task.first_started_at = self.now
         if task in executor.queued:
-            # The executor started a prefetched task: it holds the slot now.
+            # The executor started a prefetched task before our latest launch reached it: the
+            # started one holds the slot now.
             executor.queued.remove(task)
             previous = executor.slot_task
+            executor.slot_task = task
             if (
                 previous is not None
                 and previous is not task
                 and previous.state is TaskState.LAUNCHED
             ):
-                executor.queued.appendleft(previous)
-            executor.slot_task = task
+                if previous.priority == "stream":
+                    # A stream task sent to a slot that turned out busy would wait behind a
+                    # whole batch task: withdraw it, and the policy places it again.
+                    self._withdraw(executor, previous)
+                else:
+                    executor.queued.appendleft(previous)
 
     def _on_suspended(self, executor: Executor, msg: p.Suspended) -> None:
         task = self._task_on(executor, msg.task_id)
@@ -421,6 +428,7 @@ class SchedulerCore:
             return
         task.state = TaskState.SUSPENDED
         task.records = msg.records
+        self._stop_running(task)
         self.suspend_latencies_ns.append(msg.latency_ns)
         del self.suspend_latencies_ns[:-10_000]
 
@@ -428,6 +436,7 @@ class SchedulerCore:
         task = self._task_on(executor, msg.task_id)
         if task is not None and task.state is TaskState.RESUMING:
             task.state = TaskState.RUNNING
+            task.running_since = self.now
 
     def _on_finished(self, executor: Executor, msg: p.Finished) -> None:
         task = self._task_on(executor, msg.task_id)
@@ -487,12 +496,24 @@ class SchedulerCore:
         if usurper is not None and usurper.state is TaskState.LAUNCHED:
             # It was sent to take the slot and now waits behind a task that will not yield:
             # withdraw it and let the policy place it elsewhere.
-            usurper.state = TaskState.KILLING
-            usurper.requeue_on_kill = True
-            executor.suspended[usurper.task_id] = usurper
-            self._send(executor, p.Kill(usurper.task_id, self.now))
+            self._withdraw(executor, usurper)
+            executor.slot_task = task
 
     def _on_refused(self, executor: Executor, msg: p.Refused) -> None:
+        task = self._task_on(executor, msg.task_id)
+        if msg.command == "suspend" and task is not None and task.state is TaskState.SUSPENDING:
+            # The suspend crossed the task's end on the wire (its finish report is on the way),
+            # so it was no suspension: give it back to the cap.
+            task.suspensions -= 1
+            return
+        if msg.command == "suspend":
+            log.debug(
+                "executor %s refused suspend of %s: %s",
+                executor.executor_id,
+                msg.task_id,
+                msg.reason,
+            )
+            return
         log.warning(
             "executor %s refused %s of task %s: %s",
             executor.executor_id,
@@ -550,7 +571,9 @@ class SchedulerCore:
         executor.slot_task, executor.queued, executor.suspended = None, type(executor.queued)(), {}
         requeue = []
         for task in tasks:
-            task.work_lost_ns += task.running_ns
+            # Count work only up to the executor's last sign of life; after that, no one knows.
+            self._stop_running(task, at=executor.last_seen)
+            task.work_lost_ns += task.running_estimate_ns
             if task.cancel_requested:
                 task.job.cancelled += 1
                 self._complete(task, "cancelled", None, None)
@@ -773,7 +796,24 @@ class SchedulerCore:
             executor.queued.remove(task)
         executor.suspended.pop(task.task_id, None)
 
+    def _stop_running(self, task: Task, at: int | None = None) -> None:
+        """Add the time since the task last started or resumed to its running estimate."""
+        if task.running_since is not None:
+            end = self.now if at is None else at
+            task.running_estimate_ns += max(0, end - task.running_since)
+            task.running_since = None
+
+    def _withdraw(self, executor: Executor, task: Task) -> None:
+        """Take back a launched, not started task: kill it there and place it again."""
+        if executor.slot_task is task:
+            executor.slot_task = None
+        task.state = TaskState.KILLING
+        task.requeue_on_kill = True
+        executor.suspended[task.task_id] = task
+        self._send(executor, p.Kill(task.task_id, self.now))
+
     def _account(self, task: Task, stats: dict[str, Any]) -> None:
+        task.suspensions = stats.get("suspensions", task.suspensions)  # what really happened
         task.running_ns = stats.get("running_ns", task.running_ns)
         task.suspended_ns = stats.get("suspended_ns", task.suspended_ns)
         task.records = stats.get("records", task.records)
@@ -788,6 +828,7 @@ class SchedulerCore:
             task.executor_id = None
             task.suspensions = 0  # it starts from scratch: the cap applies afresh
             task.running_ns = task.suspended_ns = 0
+            task.running_estimate_ns, task.running_since = 0, None
             task.requeue_on_kill = False
             if started:
                 task.attempt += 1

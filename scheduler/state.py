@@ -78,6 +78,8 @@ class Task:
     running_ns: int = 0
     suspended_ns: int = 0
     work_lost_ns: int = 0  # running time thrown away by kills and lost executors
+    running_since: int | None = None  # scheduler clock at the last start or resume report
+    running_estimate_ns: int = 0  # the scheduler's own estimate of time run this attempt
     unsuspendable: bool = False  # an executor reported it reaches no record boundary
     requeue_on_kill: bool = False  # killed to make room (KILL policy, withdrawn launch)
     cancel_requested: bool = False

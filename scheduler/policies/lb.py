@@ -82,7 +82,9 @@ class LbPolicy(Policy):
         ]
         if not victims:
             return
-        running_per_node = Counter(e.node for e in executors if e.slot_task is not None)
+        running_per_node = Counter(
+            e.node for e in executors if e.slot_task is not None and e.slot_task.priority == "batch"
+        )
         for task in streams:
             if not victims:
                 return

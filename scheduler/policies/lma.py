@@ -47,7 +47,9 @@ class LmaPolicy(LbPolicy):
         executors = sorted(view.executors(), key=lambda e: (self._pressured(e), e.memory_pressure))
         free_slots = [e for e in executors if e.slot_free]
         # 1. Stream tasks: a free preferred slot, else preempt on a preferred node, else any.
-        running_per_node = Counter(e.node for e in executors if e.slot_task is not None)
+        running_per_node = Counter(
+            e.node for e in executors if e.slot_task is not None and e.slot_task.priority == "batch"
+        )
         victims = [
             e
             for e in executors

@@ -1,0 +1,900 @@
+"""A deterministic simulation of a Tidal cluster around the real `SchedulerCore`.
+
+Policy tests and `tidal bench policies` need thousands of tasks scheduled in a fraction of
+a second, the same way every time. Here only the scheduler is real: time is a fake clock,
+executors and the client are played by this module, tasks are scripted durations. No
+sockets, no threads, no sleeping.
+
+The model, and what it leaves out:
+
+* Time is an integer count of nanoseconds from 0. `EventLoop` runs actions in time order;
+  actions due at the same time run in the order they were scheduled. Nothing else decides
+  an order, so a run is a pure function of its inputs and the seed.
+* The scheduler is `SchedulerCore`, unchanged, driven through `handle()` with the fake clock.
+  Every instruction it returns arrives `message_latency_s` later: a ToExecutor at that
+  simulated executor, Results at the simulated client. Executor reports reach the core
+  `message_latency_s` after they are sent. One latency for every message, so messages
+  between two peers are never reordered.
+* A job is sent by the client "sim" at its `arrival_s` (the Submit reaches the core one
+  latency later) with one task per duration, task ids f"{job_id}/{i}". A task's latency is
+  arrival -> its result reaches the client.
+* A simulated executor (`SimExecutor`) follows runtime/kernel.py: one slot; ready order is
+  stream launches, then resumed tasks, then batch launches, first in first out within each.
+  A task is pure work: it needs its scripted duration of running in total, in one stretch or
+  several. Commands that arrive while a task runs wait for its next record boundary,
+  `suspend_latency_s` later (the kernel's hub sees commands only when the running task calls
+  it at a boundary); an idle executor applies them at once. A suspended task keeps its
+  remaining work. A task suspended before it ever ran goes back to the launch queue when
+  resumed and reports Started, not Resumed, when it runs. A kill drops the task wherever it
+  is and the work of that attempt is lost. A command that does not apply gets Refused.
+* Every `heartbeat_s` each executor sends a Heartbeat (counts, a fake rss, and the
+  `mem_percent` that `memory` scripts); heartbeat phases are drawn from the seed. The core
+  gets a Tick every `heartbeat_s / 2`.
+* `fail_executor(executor_id, at_s)`: from then on the executor says nothing and ignores
+  commands; the core's liveness check finds out and requeues its tasks. The work its tasks
+  had done is lost.
+* A task reports `records` = its work done // `record_s`. The seed decides only the
+  heartbeat phases; the workload's randomness is the caller's (see `mixed_scenario`).
+* Not modelled: switch and decode costs, tasks that never reach a record boundary
+  (SuspendFailed), task failures, cancellation, the memory parked tasks hold, jitter.
+
+Preferences (`JobSpec.preferred_nodes` for every task of a job, or `preferences=` per task;
+node labels or executor ids) travel as real clients send them: in the Submit, as the task
+entry's options `{"preferred": [...]}`, so a policy reads them from `TaskView.preferred`.
+For a policy written before preferences were on the wire, the mapping {task_id: [...]} is
+also handed, at the start of `run()`, to the policy's `set_preferences(mapping)` method if
+it has one.
+
+Discussion: at ~900 lines this module is over STYLE.md's ~800; it was asked for as one
+file. It splits cleanly at its section rules: the event loop and simulated executor, the
+cluster and its results, the scenarios.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from runtime import protocol as p
+from runtime.bench import percentile
+from scheduler.core import (
+    ClientJoined,
+    ClientRequest,
+    Event,
+    ExecutorJoined,
+    ExecutorReport,
+    SchedulerCore,
+    Tick,
+    ToExecutor,
+)
+
+__all__ = [
+    "SCENARIO_KINDS",
+    "EventLoop",
+    "JobSpec",
+    "NodeSample",
+    "SimCluster",
+    "SimExecutor",
+    "SimResult",
+    "TaskResult",
+    "mixed_scenario",
+]
+
+CLIENT_ID = "sim"
+TASK_FN = "sim:task"  # never resolved: simulated executors run scripted durations
+PRIORITIES = ("stream", "batch")
+
+# Discussion: the defaults are this machine's measured orders of magnitude (docs/notes.md):
+# a hop through ZeroMQ ~0.2 ms, a parked task's hub regaining control ~50 us after the
+# command, records of ~1 ms. They make preemption cheap next to batch tasks of 0.2-1 s, as
+# it is in the real system; change them to ask what-if questions.
+DEFAULT_MESSAGE_LATENCY_S = 0.0002
+DEFAULT_SUSPEND_LATENCY_S = 0.00005
+DEFAULT_RECORD_S = 0.001
+DEFAULT_HEARTBEAT_S = 0.5
+DEFAULT_MEM_PERCENT = 30.0
+# Heartbeats carry an rss; a fake one that grows with the tasks an executor holds.
+BASE_RSS_BYTES = 100 << 20
+TASK_RSS_BYTES = 20 << 20
+HOST_MEMORY_BYTES = 16 << 30
+
+
+def _ns(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
+# ---- the event loop ---------------------------------------------------------------------
+
+
+class EventLoop:
+    """A fake clock and a heap of (time_ns, seq, action, args); `now` is the current time."""
+
+    __slots__ = ("_heap", "_seq", "now")
+
+    def __init__(self) -> None:
+        self.now = 0
+        self._heap: list[tuple[int, int, Callable[..., Any], tuple[Any, ...]]] = []
+        self._seq = 0
+
+    def at(self, time_ns: int, action: Callable[..., Any], *args: Any) -> None:
+        """Run `action(*args)` at `time_ns` (not before now)."""
+        if time_ns < self.now:
+            raise ValueError(f"cannot schedule at {time_ns} ns: the clock is at {self.now} ns")
+        self._seq += 1
+        heapq.heappush(self._heap, (time_ns, self._seq, action, args))
+
+    def after(self, delay_ns: int, action: Callable[..., Any], *args: Any) -> None:
+        """Run `action(*args)` `delay_ns` from now."""
+        self.at(self.now + delay_ns, action, *args)
+
+    def next_time(self) -> int | None:
+        """When the next action is due, or None if nothing is scheduled."""
+        return self._heap[0][0] if self._heap else None
+
+    def step(self) -> None:
+        """Advance the clock to the next action and run it."""
+        self.now, _, action, args = heapq.heappop(self._heap)
+        action(*args)
+
+    def run(self, until_ns: int | None = None) -> None:
+        """Run actions until none is left, or until the next is due after `until_ns`."""
+        while self._heap and (until_ns is None or self._heap[0][0] <= until_ns):
+            self.step()
+
+
+# ---- the simulated executor ---------------------------------------------------------------
+
+# Record states, as in runtime/kernel.py.
+QUEUED, RUNNING, SUSPENDED, RESUMING = "queued", "running", "suspended", "resuming"
+
+
+@dataclass(eq=False, slots=True)
+class ExecutorTask:
+    """A simulated executor's record of one task attempt (the kernel's TaskRecord)."""
+
+    task_id: str
+    attempt: int
+    priority: str
+    work_ns: int  # running time the task needs in total
+    state: str = QUEUED
+    started: bool = False  # has it ever run (the kernel: has it a greenlet)
+    done_ns: int = 0  # running time so far in this attempt
+    run_since: int = 0  # when it last took the slot
+    suspended_at: int = 0
+    suspended_ns: int = 0
+    suspensions: int = 0
+    token: int = 0  # bumped whenever it leaves the slot: its completion event goes stale
+
+
+class SimExecutor:
+    """One simulated executor: a single slot and the kernel's ready order, on an EventLoop.
+
+    `emit(message)` sends a report to the scheduler; `work_ns(task_id)` is the running time a
+    launched task needs; `on_event(event, record)` (optional) is told of every "started",
+    "suspended", "resumed", "finished" and "killed", when it happens.
+    """
+
+    def __init__(
+        self,
+        executor_id: str,
+        node: str,
+        loop: EventLoop,
+        emit: Callable[[p.Message], None],
+        work_ns: Callable[[str], int],
+        *,
+        suspend_latency_ns: int = _ns(DEFAULT_SUSPEND_LATENCY_S),
+        record_ns: int = _ns(DEFAULT_RECORD_S),
+        on_event: Callable[[str, ExecutorTask], None] | None = None,
+    ) -> None:
+        self.executor_id = executor_id
+        self.node = node
+        self.failed = False
+        self.current: ExecutorTask | None = None
+        self.records: dict[str, ExecutorTask] = {}
+        self._loop = loop
+        self._emit = emit
+        self._work_ns = work_ns
+        self._suspend_latency_ns = suspend_latency_ns
+        self._record_ns = max(1, record_ns)
+        self._on_event = on_event or (lambda event, record: None)
+        self._stream: deque[ExecutorTask] = deque()
+        self._resumed: deque[ExecutorTask] = deque()
+        self._batch: deque[ExecutorTask] = deque()
+        self._inbox: list[tuple[int, p.Message]] = []  # (arrived at, command) awaiting a boundary
+        self._boundary_due = False
+        self._boundary_gen = 0  # bumped on every drain: an older boundary event goes stale
+        self._commands: dict[type, Callable[[int, Any], None]] = {
+            p.Launch: self._launch,
+            p.Suspend: self._suspend,
+            p.Resume: self._resume,
+            p.Kill: self._kill,
+        }
+
+    # ---- the door: commands from the scheduler ---------------------------------------------
+
+    def receive(self, message: p.Message) -> None:
+        """A command from the scheduler arrives now."""
+        if self.failed:
+            return
+        if type(message) not in self._commands:
+            raise TypeError(f"executors take launch, suspend, resume and kill, not {message!r}")
+        if self.current is None:
+            self._apply(self._loop.now, message)
+            self._run_next()
+            return
+        # Discussion: the kernel's hub applies commands only when it holds control; a
+        # running task hands it control at its next record boundary. Every command waiting
+        # then is applied in arrival order, and the task carries on unless one stopped it.
+        self._inbox.append((self._loop.now, message))
+        if not self._boundary_due:
+            self._boundary_due = True
+            self._loop.after(self._suspend_latency_ns, self._boundary, self._boundary_gen)
+
+    def fail(self) -> list[ExecutorTask]:
+        """Go silent for good; return the records of the tasks that lived here."""
+        if self.current is not None:
+            self._leave_slot(self.current)
+        lost = list(self.records.values())
+        self.failed = True
+        self.records.clear()
+        for waiting in (self._stream, self._resumed, self._batch, self._inbox):
+            waiting.clear()
+        return lost
+
+    def counts(self) -> tuple[int, int, int]:
+        """(running, suspended, queued), as the kernel's statistics count them."""
+        states = [record.state for record in self.records.values()]
+        suspended = states.count(SUSPENDED) + states.count(RESUMING)
+        return (int(self.current is not None), suspended, states.count(QUEUED))
+
+    # ---- the hub ----------------------------------------------------------------------------
+
+    def _boundary(self, gen: int) -> None:
+        """The running task reached a record boundary: apply what waits, pick who runs."""
+        if self.failed or gen != self._boundary_gen:
+            return
+        self._drain()
+        self._run_next()
+
+    def _drain(self) -> None:
+        self._boundary_due = False
+        self._boundary_gen += 1
+        commands, self._inbox = self._inbox, []
+        for arrived, message in commands:
+            self._apply(arrived, message)
+
+    def _apply(self, arrived: int, message: p.Message) -> None:
+        self._commands[type(message)](arrived, message)
+
+    def _run_next(self) -> None:
+        if self.current is not None or self.failed:
+            return
+        for ready in (self._stream, self._resumed, self._batch):
+            if ready:
+                record = ready.popleft()
+                break
+        else:
+            return
+        now = self._loop.now
+        if record.state == QUEUED:
+            record.started = True
+            record.state = RUNNING
+            self._emit(p.Started(record.task_id, record.attempt, now))
+            self._on_event("started", record)
+        else:
+            record.suspended_ns += now - record.suspended_at
+            record.state = RUNNING
+            self._emit(p.Resumed(record.task_id, 0, now))
+            self._on_event("resumed", record)
+        record.run_since = now
+        self.current = record
+        self._loop.at(now + record.work_ns - record.done_ns, self._finish, record, record.token)
+
+    def _finish(self, record: ExecutorTask, token: int) -> None:
+        if self.failed or record.token != token:
+            return  # it left the slot since this was scheduled
+        self._leave_slot(record)
+        del self.records[record.task_id]
+        self._on_event("finished", record)
+        self._emit(p.Finished(record.task_id, record.attempt, None, self._stats(record)))
+        # As in the kernel: the finished task reports, then the hub drains its commands.
+        self._drain()
+        self._run_next()
+
+    def _leave_slot(self, record: ExecutorTask) -> None:
+        record.done_ns += self._loop.now - record.run_since
+        record.token += 1
+        self.current = None
+
+    def _discard(self, record: ExecutorTask) -> None:
+        """Take a task that does not hold the slot out of the ready queue it waits in."""
+        if record.state == RESUMING:
+            self._resumed.remove(record)
+        elif record.state == QUEUED:
+            (self._stream if record.priority == "stream" else self._batch).remove(record)
+
+    def _stats(self, record: ExecutorTask) -> dict[str, Any]:
+        return {
+            "executor_id": self.executor_id,
+            "running_ns": record.done_ns,
+            "suspended_ns": record.suspended_ns,
+            "suspensions": record.suspensions,
+            "records": record.done_ns // self._record_ns,
+            "finished_at_ns": self._loop.now,
+        }
+
+    # ---- commands ---------------------------------------------------------------------------
+
+    def _launch(self, arrived: int, msg: p.Launch) -> None:
+        if msg.priority not in PRIORITIES:
+            reason = f"unknown priority {msg.priority!r} (use stream or batch)"
+            self._emit(p.Refused("launch", msg.task_id, reason))
+            return
+        existing = self.records.get(msg.task_id)
+        if existing is not None:
+            reason = f"a task with this id is already here ({existing.state})"
+            self._emit(p.Refused("launch", msg.task_id, reason))
+            return
+        record = ExecutorTask(msg.task_id, msg.attempt, msg.priority, self._work_ns(msg.task_id))
+        self.records[msg.task_id] = record
+        (self._stream if record.priority == "stream" else self._batch).append(record)
+
+    def _suspend(self, arrived: int, msg: p.Suspend) -> None:
+        record = self.records.get(msg.task_id)
+        if record is None or record.state == SUSPENDED:
+            state = record.state if record else "unknown here"
+            self._emit(p.Refused("suspend", msg.task_id, f"task cannot be suspended ({state})"))
+            return
+        now = self._loop.now
+        if record is self.current:
+            self._leave_slot(record)  # parked at the boundary where the hub got control
+        else:  # queued, or resumed but not running yet: it parks where it waits
+            self._discard(record)
+            if record.state == RESUMING:
+                record.suspended_ns += now - record.suspended_at
+        record.state = SUSPENDED
+        record.suspensions += 1
+        record.suspended_at = now
+        records = record.done_ns // self._record_ns
+        self._emit(p.Suspended(record.task_id, max(0, now - arrived), records, now))
+        self._on_event("suspended", record)
+
+    def _resume(self, arrived: int, msg: p.Resume) -> None:
+        record = self.records.get(msg.task_id)
+        if record is None or record.state != SUSPENDED:
+            state = record.state if record else "unknown here"
+            self._emit(p.Refused("resume", msg.task_id, f"task is not suspended ({state})"))
+        elif not record.started:  # suspended before it ever ran: queue it again as a launch
+            record.suspended_ns += self._loop.now - record.suspended_at
+            record.state = QUEUED
+            (self._stream if record.priority == "stream" else self._batch).append(record)
+        else:
+            record.state = RESUMING
+            self._resumed.append(record)
+
+    def _kill(self, arrived: int, msg: p.Kill) -> None:
+        record = self.records.pop(msg.task_id, None)
+        if record is None:
+            self._emit(p.Refused("kill", msg.task_id, "task is not alive (unknown here)"))
+            return
+        if record is self.current:
+            self._leave_slot(record)
+        else:
+            self._discard(record)
+        self._on_event("killed", record)
+        self._emit(p.Killed(record.task_id, record.attempt, self._stats(record)))
+
+
+# ---- what is simulated, and what comes out ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job: a task per duration, sent to the scheduler at `arrival_s`."""
+
+    job_id: str
+    priority: str  # "stream" or "batch"
+    arrival_s: float
+    durations_s: list[float]
+    order: int = 0
+    max_suspensions: int | None = None  # None: the cluster's cap
+    preferred_nodes: list[str] | None = None  # nodes or executor ids, for each of its tasks
+
+    def __post_init__(self) -> None:
+        if self.priority not in PRIORITIES:
+            raise ValueError(
+                f"job {self.job_id}: priority must be stream or batch, not {self.priority!r}"
+            )
+        if not self.durations_s:
+            raise ValueError(f"job {self.job_id} has no tasks: give one duration per task")
+        if any(d < 0 for d in self.durations_s) or self.arrival_s < 0:
+            raise ValueError(f"job {self.job_id}: durations and arrival_s must be >= 0")
+
+    def task_ids(self) -> list[str]:
+        return [f"{self.job_id}/{i}" for i in range(len(self.durations_s))]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """What happened to one task. Times are seconds of simulated time."""
+
+    task_id: str
+    job_id: str
+    priority: str
+    submitted_s: float  # the client sent the job
+    first_started_s: float | None  # an executor first started it (any attempt)
+    completed_s: float | None  # its result reached the client; None if it never did
+    outcome: str | None  # "finished" (or "failed"/"cancelled"); None if not completed
+    executor_id: str | None  # where the completing attempt ran
+    node: str | None
+    attempt: int | None  # the completing attempt, 0-based (as on the wire)
+    suspensions: int  # over all attempts
+    work_lost_s: float  # running time thrown away by kills and failed executors
+    preferred_nodes: tuple[str, ...] | None
+
+    @property
+    def latency_s(self) -> float | None:
+        return None if self.completed_s is None else self.completed_s - self.submitted_s
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSample:
+    """Tasks holding a slot per node, as the core sees them, after one batch of decisions."""
+
+    time_s: float
+    batch: dict[str, int]
+    stream: dict[str, int]
+    suspends: int  # Suspend commands in this batch of decisions
+
+    @property
+    def running(self) -> dict[str, int]:
+        return {node: n + self.stream[node] for node, n in self.batch.items()}
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """A finished simulation: per-task results, aggregates, timeline and node samples."""
+
+    policy: str  # the policy at the end (a policy that raised was replaced by the default)
+    policy_failures: list[str]
+    tasks: dict[str, TaskResult]
+    timeline: list[tuple[float, str, str, str]]  # (time_s, executor_id, task_id, event)
+    node_samples: list[NodeSample]
+    lost_tasks: dict[str, tuple[str, ...]]  # failed executor -> tasks that lived there
+    end_s: float
+    stalled: bool  # stopped because nothing could make progress any more
+    completed_once: bool  # every task's result reached the client exactly once
+    stream_ms_p50: float | None
+    stream_ms_p95: float | None
+    stream_ms_p99: float | None
+    batch_makespan_s: float | None  # first batch arrival -> last batch completion
+    suspensions: int
+    max_suspensions_per_task: int  # per attempt: the cap applies afresh to a requeued task
+    work_lost_s: float
+    # Of the tasks with preferences, the share that completed on a preferred node or
+    # executor (None when no task has preferences).
+    locality_hit_rate: float | None
+
+    def summary(self) -> dict[str, Any]:
+        """The aggregates as a flat dict (what a benchmark prints)."""
+        figures = [f.name for f in fields(self) if f.name not in _NOT_FIGURES]
+        return {"tasks": len(self.tasks)} | {name: getattr(self, name) for name in figures}
+
+
+_NOT_FIGURES = {"policy_failures", "tasks", "timeline", "node_samples", "lost_tasks"}
+
+
+@dataclass(eq=False, slots=True)
+class _Truth:
+    """The simulation's own record of a task, from what executors did."""
+
+    job_id: str
+    priority: str
+    arrival_ns: int
+    work_ns: int
+    preferred: tuple[str, ...] | None
+    first_started_ns: int | None = None
+    completed_ns: int | None = None
+    outcome: str | None = None
+    executor_id: str | None = None
+    attempt: int | None = None
+    results: int = 0
+    suspensions: int = 0
+    work_lost_ns: int = 0
+
+
+# ---- the cluster ------------------------------------------------------------------------------
+
+
+class SimCluster:
+    """A simulated cluster around a real SchedulerCore; see the module docstring.
+
+    `policy` is anything `resolve_policy` takes; `executors` are (executor_id, node) pairs;
+    `memory` scripts each heartbeat's mem_percent, per executor or as
+    `memory(executor_id, now_s)` (default 30.0). `sim.core` is the live core and
+    `sim.executors` the simulated executors. A SimCluster runs once: build one per `run()`.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        executors: Sequence[tuple[str, str]],
+        *,
+        max_suspensions: int = 3,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        message_latency_s: float = DEFAULT_MESSAGE_LATENCY_S,
+        suspend_latency_s: float = DEFAULT_SUSPEND_LATENCY_S,
+        record_s: float = DEFAULT_RECORD_S,
+        memory: Mapping[str, float] | Callable[[str, float], float] | None = None,
+        preferences: Mapping[str, Sequence[str]] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not executors:
+            raise ValueError("a cluster needs at least one (executor_id, node)")
+        ids = [executor_id for executor_id, _ in executors]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"executor ids must be unique: {ids}")
+        if heartbeat_s <= 0 or message_latency_s < 0 or suspend_latency_s < 0:
+            raise ValueError("heartbeat_s must be > 0, latencies >= 0")
+        self.loop = EventLoop()
+        self.core = SchedulerCore(
+            policy,
+            clock=lambda: self.loop.now,
+            max_suspensions=max_suspensions,
+            heartbeat_ns=_ns(heartbeat_s),
+        )
+        self._latency_ns = _ns(message_latency_s)
+        self._heartbeat_ns = _ns(heartbeat_s)
+        self._memory = memory
+        self._preferences = {tid: tuple(nodes) for tid, nodes in (preferences or {}).items()}
+        self._rng = random.Random(seed)
+        self._nodes = sorted({node for _, node in executors})
+        self._node_of = dict(executors)
+        self.executors: dict[str, SimExecutor] = {}
+        for executor_id, node in executors:
+            self.executors[executor_id] = SimExecutor(
+                executor_id,
+                node,
+                self.loop,
+                lambda msg, e=executor_id: self._report(e, msg),
+                self._work_of,
+                suspend_latency_ns=_ns(suspend_latency_s),
+                record_ns=_ns(record_s),
+                on_event=lambda event, record, e=executor_id: self._executor_event(
+                    e, event, record
+                ),
+            )
+        self._truth: dict[str, _Truth] = {}
+        self._timeline: list[tuple[float, str, str, str]] = []
+        self._samples: list[NodeSample] = []
+        self._lost: dict[str, tuple[str, ...]] = {}
+        self._max_suspensions_seen = 0
+        self._remaining = 0
+        self._last_progress_ns = 0
+        self._stall_after_ns = 0
+        self._stalled = False
+        self._ran = False
+        self._to_core(ClientJoined(CLIENT_ID))
+        for executor_id, node in executors:
+            self._to_core(
+                ExecutorJoined(p.Hello(p.PROTOCOL_VERSION, executor_id, node, 1, 0, node))
+            )
+
+    # ---- public -----------------------------------------------------------------------------
+
+    def fail_executor(self, executor_id: str, at_s: float) -> None:
+        """Make `executor_id` go silent at `at_s` (no reports, no heartbeats, commands ignored)."""
+        if executor_id not in self.executors:
+            raise ValueError(f"no executor {executor_id!r}; there are {sorted(self.executors)}")
+        self.loop.at(_ns(at_s), self._fail, executor_id)
+
+    def preferred_nodes(self, task_id: str) -> list[str] | None:
+        """The nodes (or executor ids) `task_id` prefers, or None; jobs' after `run()`."""
+        nodes = self._preferences.get(task_id)
+        return None if nodes is None else list(nodes)
+
+    def run(self, jobs: Iterable[JobSpec], until_s: float | None = None) -> SimResult:
+        """Simulate until every task has completed (or until `until_s`); return what happened."""
+        if self._ran:
+            raise RuntimeError("a SimCluster runs once: build a new one for another run")
+        self._ran = True
+        self._setup(list(jobs))
+        until_ns = None if until_s is None else _ns(until_s)
+        loop = self.loop
+        # -- The loop: one action at a time, until every task has its result.
+        while self._remaining and not self._stalled:
+            due = loop.next_time()
+            if due is None or (until_ns is not None and due > until_ns):
+                break
+            loop.step()
+        if until_ns is not None and self._remaining and not self._stalled:
+            loop.now = max(loop.now, until_ns)
+        return self._result()
+
+    # ---- setting up -----------------------------------------------------------------------
+
+    def _setup(self, jobs: list[JobSpec]) -> None:
+        seen: set[str] = set()
+        longest_ns = 0
+        for job in jobs:
+            if job.job_id in seen:
+                raise ValueError(f"two jobs have the id {job.job_id!r}")
+            seen.add(job.job_id)
+            arrival_ns = _ns(job.arrival_s)
+            tasks = []
+            for task_id, duration in zip(job.task_ids(), job.durations_s, strict=True):
+                if job.preferred_nodes is not None:
+                    self._preferences.setdefault(task_id, tuple(job.preferred_nodes))
+                work_ns = _ns(duration)
+                longest_ns = max(longest_ns, work_ns)
+                self._truth[task_id] = _Truth(
+                    job.job_id, job.priority, arrival_ns, work_ns, self._preferences.get(task_id)
+                )
+                preferred = self._preferences.get(task_id)
+                options = [{"preferred": list(preferred)}] if preferred else []
+                tasks.append([task_id, [], {}, *options])
+            submit = p.Submit(
+                job.job_id,
+                job.priority,
+                job.order,
+                job.max_suspensions,
+                TASK_FN,
+                None,
+                tasks,
+                arrival_ns,
+            )
+            self.loop.at(arrival_ns + self._latency_ns, self._submit, submit)
+        self._remaining = len(self._truth)
+        hand_over = getattr(self.core.policy, "set_preferences", None)
+        if callable(hand_over):
+            hand_over({tid: list(nodes) for tid, nodes in self._preferences.items()})
+        # Discussion: with nothing running and nothing in flight, only the liveness check
+        # can still change anything (a lost executor's tasks are requeued after
+        # `lost_after_ns`). Past that, and past the longest task, the run is stuck.
+        self._stall_after_ns = longest_ns + 2 * self.core.lost_after_ns + self._heartbeat_ns
+        for executor_id in self.executors:
+            phase = self._rng.randrange(1, self._heartbeat_ns + 1)
+            self.loop.at(phase, self._heartbeat, executor_id, 0)
+        self.loop.at(self._heartbeat_ns // 2, self._tick)
+
+    def _submit(self, submit: p.Submit) -> None:
+        self._last_progress_ns = self.loop.now  # a run waiting for its next job is not stuck
+        self._to_core(ClientRequest(CLIENT_ID, submit))
+
+    def _work_of(self, task_id: str) -> int:
+        return self._truth[task_id].work_ns
+
+    # ---- periodic events ---------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._to_core(Tick())
+        if self._remaining and self.loop.now - self._last_progress_ns > self._stall_after_ns:
+            self._stalled = True
+        self.loop.after(self._heartbeat_ns // 2, self._tick)
+
+    def _heartbeat(self, executor_id: str, seq: int) -> None:
+        executor = self.executors[executor_id]
+        if executor.failed:
+            return
+        now = self.loop.now
+        running, suspended, queued = executor.counts()
+        memory = self._memory
+        if callable(memory):
+            mem_percent = memory(executor_id, now / 1e9)
+        else:
+            mem_percent = (memory or {}).get(executor_id, DEFAULT_MEM_PERCENT)
+        beat = p.Heartbeat(
+            executor_id,
+            executor.node,
+            seq,
+            now,
+            1,
+            running,
+            suspended,
+            queued,
+            BASE_RSS_BYTES + TASK_RSS_BYTES * len(executor.records),
+            round(HOST_MEMORY_BYTES * (1 - mem_percent / 100)),
+            float(mem_percent),
+        )
+        self._report(executor_id, beat)
+        self.loop.after(self._heartbeat_ns, self._heartbeat, executor_id, seq + 1)
+
+    def _fail(self, executor_id: str) -> None:
+        lost = self.executors[executor_id].fail()
+        for record in lost:
+            self._truth[record.task_id].work_lost_ns += record.done_ns
+        self._lost[executor_id] = tuple(record.task_id for record in lost)
+
+    # ---- messages ----------------------------------------------------------------------------
+
+    def _to_core(self, event: Event) -> None:
+        instructions = self.core.handle(event)
+        if not instructions:
+            return
+        deliver_at = self.loop.now + self._latency_ns
+        commands = suspends = 0
+        for instruction in instructions:
+            if isinstance(instruction, ToExecutor):
+                executor = self.executors[instruction.executor_id]
+                commands += 1
+                suspends += isinstance(instruction.message, p.Suspend)
+                self.loop.at(deliver_at, executor.receive, instruction.message)
+            else:
+                self.loop.at(deliver_at, self._to_client, instruction.message)
+        if commands:
+            self._sample(suspends)
+
+    def _sample(self, suspends: int) -> None:
+        batch = dict.fromkeys(self._nodes, 0)
+        stream = dict.fromkeys(self._nodes, 0)
+        for executor in self.core.executors.values():
+            task = executor.slot_task
+            if executor.alive and task is not None:
+                (stream if task.priority == "stream" else batch)[executor.node] += 1
+        self._samples.append(NodeSample(self.loop.now / 1e9, batch, stream, suspends))
+
+    def _report(self, executor_id: str, message: p.Message) -> None:
+        self.loop.after(self._latency_ns, self._to_core, ExecutorReport(executor_id, message))
+
+    def _to_client(self, message: p.Message) -> None:
+        if not isinstance(message, p.Results):
+            return
+        now = self.loop.now
+        for task_id, outcome, _value, _error, stats in message.items:
+            truth = self._truth.get(task_id)
+            if truth is None:
+                continue
+            truth.results += 1
+            if truth.results == 1:
+                truth.completed_ns = now
+                truth.outcome = outcome
+                truth.executor_id = stats.get("executor_id")
+                truth.attempt = stats.get("attempt")
+                self._remaining -= 1
+                self._last_progress_ns = now
+
+    def _executor_event(self, executor_id: str, event: str, record: ExecutorTask) -> None:
+        now = self.loop.now
+        self._last_progress_ns = now
+        self._timeline.append((now / 1e9, executor_id, record.task_id, event))
+        truth = self._truth[record.task_id]
+        if event == "started":
+            if truth.first_started_ns is None:
+                truth.first_started_ns = now
+        elif event == "suspended":
+            truth.suspensions += 1
+            self._max_suspensions_seen = max(self._max_suspensions_seen, record.suspensions)
+        elif event == "killed":
+            truth.work_lost_ns += record.done_ns
+
+    # ---- the result ------------------------------------------------------------------------
+
+    def _result(self) -> SimResult:
+        tasks = {}
+        stream_ms = []
+        batch_arrival = batch_done = None
+        batch_complete = True
+        hits = with_preferences = 0
+        for task_id, t in self._truth.items():
+            node = None if t.executor_id is None else self._node_of.get(t.executor_id)
+            tasks[task_id] = TaskResult(
+                task_id,
+                t.job_id,
+                t.priority,
+                t.arrival_ns / 1e9,
+                None if t.first_started_ns is None else t.first_started_ns / 1e9,
+                None if t.completed_ns is None else t.completed_ns / 1e9,
+                t.outcome,
+                t.executor_id,
+                node,
+                t.attempt,
+                t.suspensions,
+                t.work_lost_ns / 1e9,
+                t.preferred,
+            )
+            if t.priority == "stream":
+                if t.completed_ns is not None:
+                    stream_ms.append((t.completed_ns - t.arrival_ns) / 1e6)
+            else:
+                if batch_arrival is None or t.arrival_ns < batch_arrival:
+                    batch_arrival = t.arrival_ns
+                if t.completed_ns is None:
+                    batch_complete = False
+                elif batch_done is None or t.completed_ns > batch_done:
+                    batch_done = t.completed_ns
+            if t.preferred:
+                with_preferences += 1
+                hits += node in t.preferred or t.executor_id in t.preferred
+        if batch_arrival is None or batch_done is None or not batch_complete:
+            makespan = None
+        else:
+            makespan = (batch_done - batch_arrival) / 1e9
+
+        def pct(q: float) -> float | None:
+            return percentile(stream_ms, q) if stream_ms else None
+
+        return SimResult(
+            policy=self.core.policy.name,
+            policy_failures=list(self.core.policy_failures),
+            tasks=tasks,
+            timeline=self._timeline,
+            node_samples=self._samples,
+            lost_tasks=dict(self._lost),
+            end_s=self.loop.now / 1e9,
+            stalled=self._stalled,
+            completed_once=all(t.results == 1 for t in self._truth.values()),
+            stream_ms_p50=pct(50),
+            stream_ms_p95=pct(95),
+            stream_ms_p99=pct(99),
+            batch_makespan_s=makespan,
+            suspensions=sum(t.suspensions for t in self._truth.values()),
+            max_suspensions_per_task=self._max_suspensions_seen,
+            work_lost_s=sum(t.work_lost_ns for t in self._truth.values()) / 1e9,
+            locality_hit_rate=hits / with_preferences if with_preferences else None,
+        )
+
+
+# ---- scenarios -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Mix:
+    batch_load: float  # batch work as a fraction of the cluster's capacity over the run
+    stream_every_s: float  # mean gap between stream micro-batches
+    stream_tasks: tuple[int, int]  # tasks per micro-batch, inclusive range
+
+
+# Discussion: stream tasks are tiny (2-10 ms), so even "stream-heavy" spends most executor
+# time on batch work; what differs is how often stream work interrupts it. batch-heavy: a
+# batch backlog beyond capacity, a stream micro-batch every ~0.5 s; mixed: batch at ~80% of
+# capacity, one every ~100 ms; stream-heavy: little batch work, one every ~25 ms.
+SCENARIO_KINDS: dict[str, _Mix] = {
+    "batch-heavy": _Mix(batch_load=1.2, stream_every_s=0.5, stream_tasks=(1, 2)),
+    "mixed": _Mix(batch_load=0.8, stream_every_s=0.1, stream_tasks=(1, 4)),
+    "stream-heavy": _Mix(batch_load=0.3, stream_every_s=0.025, stream_tasks=(2, 4)),
+}
+
+
+def mixed_scenario(
+    kind: str = "mixed",
+    seed: int = 0,
+    *,
+    executors: int = 4,
+    nodes: int = 2,
+    duration_s: float = 5.0,
+) -> tuple[list[tuple[str, str]], list[JobSpec]]:
+    """A seeded workload: (executors as (executor_id, node), jobs) for `SimCluster.run()`.
+
+    Executors "e0".. are spread over nodes "n0".. in contiguous groups (4 on 2 nodes: e0, e1
+    on n0; e2, e3 on n1). Batch jobs of 2-8 tasks of 0.2-1 s arrive over the first 60% of
+    `duration_s`; stream micro-batches of tiny tasks (2-10 ms) arrive throughout.
+    """
+    mix = SCENARIO_KINDS.get(kind)
+    if mix is None:
+        raise ValueError(f"unknown scenario kind {kind!r}: use {', '.join(SCENARIO_KINDS)}")
+    if executors < 1 or not 1 <= nodes <= executors:
+        raise ValueError("need executors >= 1 and 1 <= nodes <= executors")
+    rng = random.Random(seed)
+    cluster = [(f"e{i}", f"n{i * nodes // executors}") for i in range(executors)]
+    jobs = []
+    batch_work = mix.batch_load * executors * duration_s
+    while batch_work > 0:
+        durations = [round(rng.uniform(0.2, 1.0), 4) for _ in range(rng.randint(2, 8))]
+        batch_work -= sum(durations)
+        arrival = round(rng.uniform(0, 0.6 * duration_s), 4)
+        jobs.append(JobSpec(f"b{len(jobs):03d}", "batch", arrival, durations))
+    at = rng.uniform(0, mix.stream_every_s)
+    count = 0
+    while at < duration_s:
+        durations = [
+            round(rng.uniform(0.002, 0.010), 5) for _ in range(rng.randint(*mix.stream_tasks))
+        ]
+        jobs.append(JobSpec(f"s{count:04d}", "stream", round(at, 5), durations))
+        count += 1
+        at += rng.uniform(0.5, 1.5) * mix.stream_every_s
+    jobs.sort(key=lambda j: j.arrival_s)
+    return cluster, jobs
