@@ -134,7 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     policy_list.set_defaults(run=_run_policy_list)
 
     bench = commands.add_parser("bench", help="run a benchmark")
-    bench.add_argument("name", choices=["suspend", "preempt", "throughput"], help="which benchmark")
+    bench.add_argument(
+        "name", choices=["suspend", "preempt", "throughput", "policies"], help="which benchmark"
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--quick", action="store_true", help="fewer iterations")
     bench.set_defaults(run=_run_bench)

@@ -2,8 +2,9 @@
 
 Stream tasks bypass batch tasks. When stream tasks are pending and no slot is free, LB
 suspends running batch tasks to make room, choosing victims so that the number of running
-tasks per node stays balanced (it takes from the node running the most) and steering away
-from executors under memory pressure (a suspended task keeps its memory there). A free slot
+batch tasks per node stays balanced (it takes from the node running the most) and, among
+equally loaded nodes, steering away from executors under memory pressure (a suspended task
+keeps its memory there). A free slot
 goes to a pending stream task first, then to a task suspended on that executor (its state is
 there, and resumption comes before new batch work), then to the next batch task.
 """
@@ -106,10 +107,11 @@ class LbPolicy(Policy):
     def _victim_rank(
         self, executor: ExecutorView, stream_task: TaskView, running_per_node: Counter[str]
     ) -> tuple:
-        """Lower is a better victim: not under memory pressure, on the busiest node."""
+        """Lower is a better victim: on the node running the most batch tasks (balance comes
+        first, as in Neptune's LB), then not under memory pressure, then the least pressure."""
         return (
-            executor.memory_pressure >= self.memory_pressure_threshold,
             -running_per_node[executor.node],
+            executor.memory_pressure >= self.memory_pressure_threshold,
             executor.memory_pressure,
             executor.executor_id,
         )
