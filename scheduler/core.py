@@ -20,11 +20,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from runtime import protocol as p
 from scheduler import decisions as d
+from scheduler.events import (
+    ClientJoined,
+    ClientRequest,
+    Event,
+    ExecutorJoined,
+    ExecutorLeft,
+    ExecutorReport,
+    Instruction,
+    Tick,
+    ToClient,
+    ToExecutor,
+)
 from scheduler.policies import (
     DEFAULT_POLICY,
     Policy,
@@ -33,7 +44,6 @@ from scheduler.policies import (
     resolve_policy,
 )
 from scheduler.state import (
-    PRIORITIES,
     SLOT_STATES,
     ClusterView,
     Executor,
@@ -43,6 +53,8 @@ from scheduler.state import (
     Task,
     TaskState,
     TaskView,
+    check_submission,
+    status_snapshot,
 )
 
 __all__ = [
@@ -74,63 +86,6 @@ TASK_OVERHEAD_NS = 40_000
 # Policy switches kept for `status()`: a client switching in a loop must not grow the record
 # (and every status snapshot) without bound.
 MAX_POLICY_SWITCHES = 100
-
-
-# ---- events in ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutorJoined:
-    hello: p.Hello
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutorReport:
-    executor_id: str
-    message: p.Message
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutorLeft:
-    executor_id: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClientJoined:
-    client_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClientRequest:
-    client_id: str
-    message: p.Message
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """Time passed: check executor liveness, let the policy rebalance."""
-
-
-Event = ExecutorJoined | ExecutorReport | ExecutorLeft | ClientJoined | ClientRequest | Tick
-
-
-# ---- instructions out ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ToExecutor:
-    executor_id: str
-    message: p.Message
-
-
-@dataclass(frozen=True, slots=True)
-class ToClient:
-    client_id: str
-    message: p.Message
-
-
-Instruction = ToExecutor | ToClient
 
 
 class SchedulerCore:
@@ -584,7 +539,7 @@ class SchedulerCore:
     # ---- clients --------------------------------------------------------------------------------
 
     def _on_submit(self, client_id: str, msg: p.Submit) -> None:
-        problem = self._check_submission(msg)
+        problem = check_submission(msg, self.jobs, self.tasks)
         task_ids = [t[0] for t in msg.tasks if isinstance(t, list) and t and isinstance(t[0], str)]
         if problem is not None:
             log.warning("refused job %s from client %s: %s", msg.job_id, client_id, problem)
@@ -615,34 +570,6 @@ class SchedulerCore:
             self.pending.push(task)
             new.append(TaskView(task, self))
         self._consult(lambda pol: pol.tasks_submitted(self.view, new))
-
-    def _check_submission(self, msg: p.Submit) -> str | None:
-        if msg.priority not in PRIORITIES:
-            return f"unknown priority {msg.priority!r} (use {' or '.join(PRIORITIES)})"
-        if msg.max_suspensions is not None and msg.max_suspensions < 0:
-            return f"max_suspensions must be >= 0, not {msg.max_suspensions}"
-        if msg.job_id in self.jobs:
-            return f"a job with id {msg.job_id!r} exists already"
-        if not msg.tasks:
-            return "the job has no tasks"
-        seen = set()
-        for entry in msg.tasks:
-            if not (
-                isinstance(entry, list)
-                and len(entry) in (3, 4)
-                and isinstance(entry[0], str)
-                and isinstance(entry[1], list)
-                and isinstance(entry[2], dict)
-                and (len(entry) == 3 or _valid_options(entry[3]))
-            ):
-                return (
-                    "each task must be [task_id, args, kwargs] or [task_id, args, kwargs, "
-                    "{'preferred': [node or executor ids]}]"
-                )
-            if entry[0] in self.tasks or entry[0] in seen:
-                return f"task id {entry[0]!r} is already in use"
-            seen.add(entry[0])
-        return None
 
     def _on_cancel(self, client_id: str, msg: p.Cancel) -> None:
         for task_id in msg.task_ids:
@@ -737,47 +664,7 @@ class SchedulerCore:
 
     def status(self) -> dict[str, Any]:
         """A snapshot for `tidal status` and `Client.status()` (msgpack-encodable)."""
-        executors = []
-        for e in self.executors.values():
-            beat = e.metrics[-1] if e.metrics else None
-            executors.append(
-                {
-                    "executor_id": e.executor_id,
-                    "node": e.node,
-                    "hostname": e.hostname,
-                    "state": "alive" if e.alive else "lost",
-                    "running": e.slot_task.task_id if e.slot_task else None,
-                    "queued": len(e.queued),
-                    "suspended": [
-                        t.task_id for t in e.suspended.values() if t.state is TaskState.SUSPENDED
-                    ],
-                    "rss_bytes": beat.rss_bytes if beat else None,
-                    "mem_available_bytes": beat.mem_available_bytes if beat else None,
-                    "mem_percent": beat.mem_percent if beat else None,
-                    "last_seen_s": (self.now - e.last_seen) / 1e9,
-                }
-            )
-        jobs = [
-            {
-                "job_id": j.job_id,
-                "priority": j.priority,
-                "order": j.order,
-                "total": j.total,
-                "finished": j.finished,
-                "failed": j.failed,
-                "cancelled": j.cancelled,
-            }
-            for j in self.jobs.values()
-        ]
-        return {
-            "policy": self.policy.name,
-            "max_suspensions": self.max_suspensions,
-            "executors": executors,
-            "jobs": jobs,
-            "pending": {c: self.pending.count(c) for c in PRIORITIES},
-            "policy_failures": list(self.policy_failures),
-            "policy_switches": [dict(switch) for switch in self.policy_switches],
-        }
+        return status_snapshot(self)
 
     # ---- helpers --------------------------------------------------------------------------------
 
@@ -863,11 +750,3 @@ class SchedulerCore:
 
     def _send(self, executor: Executor, message: p.Message) -> None:
         self._out.append(ToExecutor(executor.executor_id, message))
-
-
-def _valid_options(options: Any) -> bool:
-    """Per-task options: only `preferred`, a list of node labels or executor ids."""
-    if not isinstance(options, dict) or set(options) - {"preferred"}:
-        return False
-    preferred = options.get("preferred", [])
-    return isinstance(preferred, list) and all(isinstance(x, str) for x in preferred)

@@ -1,4 +1,5 @@
-"""The scheduler's records of jobs, tasks and executors, and the read-only views policies get.
+"""The scheduler's records of jobs, tasks and executors, the read-only views policies get,
+the status snapshot built from them, and the check of a submitted job against them.
 
 Records are mutated only by the core (scheduler/core.py). Policies see them through views:
 thin read-only wrappers that copy nothing, so a policy can look at a cluster with a million
@@ -19,7 +20,14 @@ from runtime import protocol as p
 if TYPE_CHECKING:
     from scheduler.core import SchedulerCore
 
-__all__ = ["ClusterView", "ExecutorView", "TaskState", "TaskView"]
+__all__ = [
+    "ClusterView",
+    "ExecutorView",
+    "TaskState",
+    "TaskView",
+    "check_submission",
+    "status_snapshot",
+]
 
 PRIORITIES = ("stream", "batch")
 # Discussion: heartbeats are ~0.5 s apart, so 20 of them are the last ~10 s: long enough to
@@ -292,3 +300,86 @@ def _merge_by_seq(a: Iterator[Task], b: Iterator[Task]) -> Iterator[Task]:
             ((t.seq, next(counter), t) for t in a), ((t.seq, next(counter), t) for t in b)
         )
     )
+
+
+def status_snapshot(core: SchedulerCore) -> dict[str, Any]:
+    """A snapshot of the cluster for `tidal status` and `Client.status()` (msgpack-encodable)."""
+    executors = []
+    for e in core.executors.values():
+        beat = e.metrics[-1] if e.metrics else None
+        executors.append(
+            {
+                "executor_id": e.executor_id,
+                "node": e.node,
+                "hostname": e.hostname,
+                "state": "alive" if e.alive else "lost",
+                "running": e.slot_task.task_id if e.slot_task else None,
+                "queued": len(e.queued),
+                "suspended": [
+                    t.task_id for t in e.suspended.values() if t.state is TaskState.SUSPENDED
+                ],
+                "rss_bytes": beat.rss_bytes if beat else None,
+                "mem_available_bytes": beat.mem_available_bytes if beat else None,
+                "mem_percent": beat.mem_percent if beat else None,
+                "last_seen_s": (core.now - e.last_seen) / 1e9,
+            }
+        )
+    jobs = [
+        {
+            "job_id": j.job_id,
+            "priority": j.priority,
+            "order": j.order,
+            "total": j.total,
+            "finished": j.finished,
+            "failed": j.failed,
+            "cancelled": j.cancelled,
+        }
+        for j in core.jobs.values()
+    ]
+    return {
+        "policy": core.policy.name,
+        "max_suspensions": core.max_suspensions,
+        "executors": executors,
+        "jobs": jobs,
+        "pending": {c: core.pending.count(c) for c in PRIORITIES},
+        "policy_failures": list(core.policy_failures),
+        "policy_switches": [dict(switch) for switch in core.policy_switches],
+    }
+
+
+def check_submission(msg: p.Submit, jobs: dict[str, Job], tasks: dict[str, Task]) -> str | None:
+    """Why a submitted job cannot be accepted, or None if it can."""
+    if msg.priority not in PRIORITIES:
+        return f"unknown priority {msg.priority!r} (use {' or '.join(PRIORITIES)})"
+    if msg.max_suspensions is not None and msg.max_suspensions < 0:
+        return f"max_suspensions must be >= 0, not {msg.max_suspensions}"
+    if msg.job_id in jobs:
+        return f"a job with id {msg.job_id!r} exists already"
+    if not msg.tasks:
+        return "the job has no tasks"
+    seen = set()
+    for entry in msg.tasks:
+        if not (
+            isinstance(entry, list)
+            and len(entry) in (3, 4)
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], list)
+            and isinstance(entry[2], dict)
+            and (len(entry) == 3 or _valid_options(entry[3]))
+        ):
+            return (
+                "each task must be [task_id, args, kwargs] or [task_id, args, kwargs, "
+                "{'preferred': [node or executor ids]}]"
+            )
+        if entry[0] in tasks or entry[0] in seen:
+            return f"task id {entry[0]!r} is already in use"
+        seen.add(entry[0])
+    return None
+
+
+def _valid_options(options: Any) -> bool:
+    """Per-task options: only `preferred`, a list of node labels or executor ids."""
+    if not isinstance(options, dict) or set(options) - {"preferred"}:
+        return False
+    preferred = options.get("preferred", [])
+    return isinstance(preferred, list) and all(isinstance(x, str) for x in preferred)
