@@ -30,12 +30,14 @@ from scheduler.core import (
     DEFAULT_HEARTBEAT_NS,
     DEFAULT_MAX_SUSPENSIONS,
     DEFAULT_MISSED_HEARTBEATS,
+    SchedulerCore,
+)
+from scheduler.events import (
     ClientJoined,
     ClientRequest,
     ExecutorJoined,
     ExecutorLeft,
     ExecutorReport,
-    SchedulerCore,
     Tick,
     ToClient,
 )

@@ -45,16 +45,16 @@ For a policy written before preferences were on the wire, the mapping {task_id: 
 also handed, at the start of `run()`, to the policy's `set_preferences(mapping)` method if
 it has one.
 
-Discussion: at ~900 lines this module is over STYLE.md's ~800; it was asked for as one
-file. It splits cleanly at its section rules: the event loop and simulated executor, the
-cluster and its results, the scenarios.
+Discussion: this was one file of ~900 lines, over STYLE.md's ~800, so it is split at the
+first of its section rules: the event loop and the simulated executor, which need nothing
+of the scheduler, live in scheduler/sim_executor.py (re-exported here); the cluster and its
+results, and the scenarios, stay here. If this module grows again, the scenarios are the
+next seam.
 """
 
 from __future__ import annotations
 
-import heapq
 import random
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -62,14 +62,27 @@ from typing import Any
 from runtime import protocol as p
 from runtime.bench import percentile
 from scheduler.core import (
+    SchedulerCore,
+)
+from scheduler.events import (
     ClientJoined,
     ClientRequest,
     Event,
     ExecutorJoined,
     ExecutorReport,
-    SchedulerCore,
     Tick,
     ToExecutor,
+)
+
+# EventLoop and SimExecutor are re-exported (tests import them from here); _ns is shared.
+from scheduler.sim_executor import (
+    DEFAULT_RECORD_S,
+    DEFAULT_SUSPEND_LATENCY_S,
+    PRIORITIES,
+    EventLoop,
+    ExecutorTask,
+    SimExecutor,
+    _ns,
 )
 
 __all__ = [
@@ -86,307 +99,19 @@ __all__ = [
 
 CLIENT_ID = "sim"
 TASK_FN = "sim:task"  # never resolved: simulated executors run scripted durations
-PRIORITIES = ("stream", "batch")
 
 # Discussion: the defaults are this machine's measured orders of magnitude (docs/notes.md):
 # a hop through ZeroMQ ~0.2 ms, a parked task's hub regaining control ~50 us after the
-# command, records of ~1 ms. They make preemption cheap next to batch tasks of 0.2-1 s, as
-# it is in the real system; change them to ask what-if questions.
+# command, records of ~1 ms (those two are the simulated executor's: DEFAULT_SUSPEND_LATENCY_S
+# and DEFAULT_RECORD_S in scheduler/sim_executor.py). They make preemption cheap next to batch
+# tasks of 0.2-1 s, as it is in the real system; change them to ask what-if questions.
 DEFAULT_MESSAGE_LATENCY_S = 0.0002
-DEFAULT_SUSPEND_LATENCY_S = 0.00005
-DEFAULT_RECORD_S = 0.001
 DEFAULT_HEARTBEAT_S = 0.5
 DEFAULT_MEM_PERCENT = 30.0
 # Heartbeats carry an rss; a fake one that grows with the tasks an executor holds.
 BASE_RSS_BYTES = 100 << 20
 TASK_RSS_BYTES = 20 << 20
 HOST_MEMORY_BYTES = 16 << 30
-
-
-def _ns(seconds: float) -> int:
-    return round(seconds * 1e9)
-
-
-# ---- the event loop ---------------------------------------------------------------------
-
-
-class EventLoop:
-    """A fake clock and a heap of (time_ns, seq, action, args); `now` is the current time."""
-
-    __slots__ = ("_heap", "_seq", "now")
-
-    def __init__(self) -> None:
-        self.now = 0
-        self._heap: list[tuple[int, int, Callable[..., Any], tuple[Any, ...]]] = []
-        self._seq = 0
-
-    def at(self, time_ns: int, action: Callable[..., Any], *args: Any) -> None:
-        """Run `action(*args)` at `time_ns` (not before now)."""
-        if time_ns < self.now:
-            raise ValueError(f"cannot schedule at {time_ns} ns: the clock is at {self.now} ns")
-        self._seq += 1
-        heapq.heappush(self._heap, (time_ns, self._seq, action, args))
-
-    def after(self, delay_ns: int, action: Callable[..., Any], *args: Any) -> None:
-        """Run `action(*args)` `delay_ns` from now."""
-        self.at(self.now + delay_ns, action, *args)
-
-    def next_time(self) -> int | None:
-        """When the next action is due, or None if nothing is scheduled."""
-        return self._heap[0][0] if self._heap else None
-
-    def step(self) -> None:
-        """Advance the clock to the next action and run it."""
-        self.now, _, action, args = heapq.heappop(self._heap)
-        action(*args)
-
-    def run(self, until_ns: int | None = None) -> None:
-        """Run actions until none is left, or until the next is due after `until_ns`."""
-        while self._heap and (until_ns is None or self._heap[0][0] <= until_ns):
-            self.step()
-
-
-# ---- the simulated executor ---------------------------------------------------------------
-
-# Record states, as in runtime/kernel.py.
-QUEUED, RUNNING, SUSPENDED, RESUMING = "queued", "running", "suspended", "resuming"
-
-
-@dataclass(eq=False, slots=True)
-class ExecutorTask:
-    """A simulated executor's record of one task attempt (the kernel's TaskRecord)."""
-
-    task_id: str
-    attempt: int
-    priority: str
-    work_ns: int  # running time the task needs in total
-    state: str = QUEUED
-    started: bool = False  # has it ever run (the kernel: has it a greenlet)
-    done_ns: int = 0  # running time so far in this attempt
-    run_since: int = 0  # when it last took the slot
-    suspended_at: int = 0
-    suspended_ns: int = 0
-    suspensions: int = 0
-    token: int = 0  # bumped whenever it leaves the slot: its completion event goes stale
-
-
-class SimExecutor:
-    """One simulated executor: a single slot and the kernel's ready order, on an EventLoop.
-
-    `emit(message)` sends a report to the scheduler; `work_ns(task_id)` is the running time a
-    launched task needs; `on_event(event, record)` (optional) is told of every "started",
-    "suspended", "resumed", "finished" and "killed", when it happens.
-    """
-
-    def __init__(
-        self,
-        executor_id: str,
-        node: str,
-        loop: EventLoop,
-        emit: Callable[[p.Message], None],
-        work_ns: Callable[[str], int],
-        *,
-        suspend_latency_ns: int = _ns(DEFAULT_SUSPEND_LATENCY_S),
-        record_ns: int = _ns(DEFAULT_RECORD_S),
-        on_event: Callable[[str, ExecutorTask], None] | None = None,
-    ) -> None:
-        self.executor_id = executor_id
-        self.node = node
-        self.failed = False
-        self.current: ExecutorTask | None = None
-        self.records: dict[str, ExecutorTask] = {}
-        self._loop = loop
-        self._emit = emit
-        self._work_ns = work_ns
-        self._suspend_latency_ns = suspend_latency_ns
-        self._record_ns = max(1, record_ns)
-        self._on_event = on_event or (lambda event, record: None)
-        self._stream: deque[ExecutorTask] = deque()
-        self._resumed: deque[ExecutorTask] = deque()
-        self._batch: deque[ExecutorTask] = deque()
-        self._inbox: list[tuple[int, p.Message]] = []  # (arrived at, command) awaiting a boundary
-        self._boundary_due = False
-        self._boundary_gen = 0  # bumped on every drain: an older boundary event goes stale
-        self._commands: dict[type, Callable[[int, Any], None]] = {
-            p.Launch: self._launch,
-            p.Suspend: self._suspend,
-            p.Resume: self._resume,
-            p.Kill: self._kill,
-        }
-
-    # ---- the door: commands from the scheduler ---------------------------------------------
-
-    def receive(self, message: p.Message) -> None:
-        """A command from the scheduler arrives now."""
-        if self.failed:
-            return
-        if type(message) not in self._commands:
-            raise TypeError(f"executors take launch, suspend, resume and kill, not {message!r}")
-        if self.current is None:
-            self._apply(self._loop.now, message)
-            self._run_next()
-            return
-        # Discussion: the kernel's hub applies commands only when it holds control; a
-        # running task hands it control at its next record boundary. Every command waiting
-        # then is applied in arrival order, and the task carries on unless one stopped it.
-        self._inbox.append((self._loop.now, message))
-        if not self._boundary_due:
-            self._boundary_due = True
-            self._loop.after(self._suspend_latency_ns, self._boundary, self._boundary_gen)
-
-    def fail(self) -> list[ExecutorTask]:
-        """Go silent for good; return the records of the tasks that lived here."""
-        if self.current is not None:
-            self._leave_slot(self.current)
-        lost = list(self.records.values())
-        self.failed = True
-        self.records.clear()
-        for waiting in (self._stream, self._resumed, self._batch, self._inbox):
-            waiting.clear()
-        return lost
-
-    def counts(self) -> tuple[int, int, int]:
-        """(running, suspended, queued), as the kernel's statistics count them."""
-        states = [record.state for record in self.records.values()]
-        suspended = states.count(SUSPENDED) + states.count(RESUMING)
-        return (int(self.current is not None), suspended, states.count(QUEUED))
-
-    # ---- the hub ----------------------------------------------------------------------------
-
-    def _boundary(self, gen: int) -> None:
-        """The running task reached a record boundary: apply what waits, pick who runs."""
-        if self.failed or gen != self._boundary_gen:
-            return
-        self._drain()
-        self._run_next()
-
-    def _drain(self) -> None:
-        self._boundary_due = False
-        self._boundary_gen += 1
-        commands, self._inbox = self._inbox, []
-        for arrived, message in commands:
-            self._apply(arrived, message)
-
-    def _apply(self, arrived: int, message: p.Message) -> None:
-        self._commands[type(message)](arrived, message)
-
-    def _run_next(self) -> None:
-        if self.current is not None or self.failed:
-            return
-        for ready in (self._stream, self._resumed, self._batch):
-            if ready:
-                record = ready.popleft()
-                break
-        else:
-            return
-        now = self._loop.now
-        if record.state == QUEUED:
-            record.started = True
-            record.state = RUNNING
-            self._emit(p.Started(record.task_id, record.attempt, now))
-            self._on_event("started", record)
-        else:
-            record.suspended_ns += now - record.suspended_at
-            record.state = RUNNING
-            self._emit(p.Resumed(record.task_id, 0, now))
-            self._on_event("resumed", record)
-        record.run_since = now
-        self.current = record
-        self._loop.at(now + record.work_ns - record.done_ns, self._finish, record, record.token)
-
-    def _finish(self, record: ExecutorTask, token: int) -> None:
-        if self.failed or record.token != token:
-            return  # it left the slot since this was scheduled
-        self._leave_slot(record)
-        del self.records[record.task_id]
-        self._on_event("finished", record)
-        self._emit(p.Finished(record.task_id, record.attempt, None, self._stats(record)))
-        # As in the kernel: the finished task reports, then the hub drains its commands.
-        self._drain()
-        self._run_next()
-
-    def _leave_slot(self, record: ExecutorTask) -> None:
-        record.done_ns += self._loop.now - record.run_since
-        record.token += 1
-        self.current = None
-
-    def _discard(self, record: ExecutorTask) -> None:
-        """Take a task that does not hold the slot out of the ready queue it waits in."""
-        if record.state == RESUMING:
-            self._resumed.remove(record)
-        elif record.state == QUEUED:
-            (self._stream if record.priority == "stream" else self._batch).remove(record)
-
-    def _stats(self, record: ExecutorTask) -> dict[str, Any]:
-        return {
-            "executor_id": self.executor_id,
-            "running_ns": record.done_ns,
-            "suspended_ns": record.suspended_ns,
-            "suspensions": record.suspensions,
-            "records": record.done_ns // self._record_ns,
-            "finished_at_ns": self._loop.now,
-        }
-
-    # ---- commands ---------------------------------------------------------------------------
-
-    def _launch(self, arrived: int, msg: p.Launch) -> None:
-        if msg.priority not in PRIORITIES:
-            reason = f"unknown priority {msg.priority!r} (use stream or batch)"
-            self._emit(p.Refused("launch", msg.task_id, reason))
-            return
-        existing = self.records.get(msg.task_id)
-        if existing is not None:
-            reason = f"a task with this id is already here ({existing.state})"
-            self._emit(p.Refused("launch", msg.task_id, reason))
-            return
-        record = ExecutorTask(msg.task_id, msg.attempt, msg.priority, self._work_ns(msg.task_id))
-        self.records[msg.task_id] = record
-        (self._stream if record.priority == "stream" else self._batch).append(record)
-
-    def _suspend(self, arrived: int, msg: p.Suspend) -> None:
-        record = self.records.get(msg.task_id)
-        if record is None or record.state == SUSPENDED:
-            state = record.state if record else "unknown here"
-            self._emit(p.Refused("suspend", msg.task_id, f"task cannot be suspended ({state})"))
-            return
-        now = self._loop.now
-        if record is self.current:
-            self._leave_slot(record)  # parked at the boundary where the hub got control
-        else:  # queued, or resumed but not running yet: it parks where it waits
-            self._discard(record)
-            if record.state == RESUMING:
-                record.suspended_ns += now - record.suspended_at
-        record.state = SUSPENDED
-        record.suspensions += 1
-        record.suspended_at = now
-        records = record.done_ns // self._record_ns
-        self._emit(p.Suspended(record.task_id, max(0, now - arrived), records, now))
-        self._on_event("suspended", record)
-
-    def _resume(self, arrived: int, msg: p.Resume) -> None:
-        record = self.records.get(msg.task_id)
-        if record is None or record.state != SUSPENDED:
-            state = record.state if record else "unknown here"
-            self._emit(p.Refused("resume", msg.task_id, f"task is not suspended ({state})"))
-        elif not record.started:  # suspended before it ever ran: queue it again as a launch
-            record.suspended_ns += self._loop.now - record.suspended_at
-            record.state = QUEUED
-            (self._stream if record.priority == "stream" else self._batch).append(record)
-        else:
-            record.state = RESUMING
-            self._resumed.append(record)
-
-    def _kill(self, arrived: int, msg: p.Kill) -> None:
-        record = self.records.pop(msg.task_id, None)
-        if record is None:
-            self._emit(p.Refused("kill", msg.task_id, "task is not alive (unknown here)"))
-            return
-        if record is self.current:
-            self._leave_slot(record)
-        else:
-            self._discard(record)
-        self._on_event("killed", record)
-        self._emit(p.Killed(record.task_id, record.attempt, self._stats(record)))
 
 
 # ---- what is simulated, and what comes out ---------------------------------------------------
