@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import zmq
@@ -195,6 +195,7 @@ class Client:
         priority: str | None = None,
         order: int = 0,
         max_suspensions: int | None = None,
+        preferred: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> TaskFuture:
         """Run `fn(*args, **kwargs)` as one task (one job); return its future.
@@ -207,6 +208,8 @@ class Client:
         * `order`: an int; within a priority class, lower runs first.
         * `max_suspensions`: how often this task may be suspended (an int >= 0); None means
           the `@task` default if any, else the cluster's cap.
+        * `preferred`: node labels or executor ids the task would rather run on (honoured
+          by the `lma` policy; others ignore it).
 
         Everything is checked here, before anything is sent: `fn` must be importable by
         executors (else FunctionNotFound), and every argument msgpack-encodable (else a
@@ -215,7 +218,7 @@ class Client:
         parts = [(f"argument {i}", arg) for i, arg in enumerate(args, 1)]
         parts += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
         [future] = self._submit_job(
-            fn, [(list(args), kwargs)], parts, priority, order, max_suspensions
+            fn, [(list(args), kwargs)], parts, priority, order, max_suspensions, [preferred]
         )
         return future
 
@@ -228,12 +231,14 @@ class Client:
         priority: str | None = None,
         order: int = 0,
         max_suspensions: int | None = None,
+        preferred: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> list[TaskFuture]:
         """Run `fn(partition, **kwargs)` for each partition, as one job; return the futures
         in the order of `partitions`.
 
-        Options and checks are those of `submit`; a partition msgpack cannot carry raises a
+        Options and checks are those of `submit`; `preferred` is either one list of nodes
+        for every partition or one list per partition. A partition msgpack cannot carry raises a
         TypeError naming it by its index ("partition 3" is `partitions[3]`). No partitions:
         no job, and an empty list.
         """
@@ -241,7 +246,19 @@ class Client:
         parts = [(f"partition {i}", partition) for i, partition in enumerate(partitions)]
         parts += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
         calls = [([partition], kwargs) for partition in partitions]
-        return self._submit_job(fn, calls, parts, priority, order, max_suspensions)
+        if (
+            preferred is not None
+            and preferred
+            and all(isinstance(x, list | tuple) for x in preferred)
+        ):
+            if len(preferred) != len(partitions):
+                raise ValueError(
+                    f"{len(preferred)} preferred lists for {len(partitions)} partitions"
+                )
+            per_task = list(preferred)
+        else:
+            per_task = [preferred] * len(partitions)
+        return self._submit_job(fn, calls, parts, priority, order, max_suspensions, per_task)
 
     def _submit_job(
         self,
@@ -251,6 +268,7 @@ class Client:
         priority: str | None,
         order: int,
         max_suspensions: int | None,
+        preferred: list[Any],
     ) -> list[TaskFuture]:
         """Validate, encode and send one Submit; register its futures before it goes out."""
         self._check_open()
@@ -261,7 +279,16 @@ class Client:
         # Ids are unique and increasing, not consecutive: a submission that fails to encode
         # has used its number.
         job_id = f"{self.client_id}-{next(self._job_numbers)}"
-        tasks = [[f"{job_id}/{i}", args, kwargs] for i, (args, kwargs) in enumerate(calls)]
+        tasks = []
+        for i, ((args, kwargs), prefs) in enumerate(zip(calls, preferred, strict=True)):
+            task = [f"{job_id}/{i}", args, kwargs]
+            if prefs:
+                if isinstance(prefs, str) or not all(isinstance(x, str) for x in prefs):
+                    raise TypeError(
+                        f"preferred must be a list of node labels or executor ids, not {prefs!r}"
+                    )
+                task.append({"preferred": list(prefs)})
+            tasks.append(task)
         sent_ns = time.monotonic_ns()
         msg = p.Submit(
             job_id, priority, order, max_suspensions, ref.ref, ref.main_path, tasks, sent_ns

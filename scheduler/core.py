@@ -392,6 +392,9 @@ class SchedulerCore:
         if task is not None and task.state is TaskState.RESUMING:
             task.state = TaskState.RUNNING
             task.running_since = self.now
+            if task in executor.queued:  # it waited behind a task that could not be suspended
+                executor.queued.remove(task)
+                executor.slot_task = task
 
     def _on_finished(self, executor: Executor, msg: p.Finished) -> None:
         task = self._task_on(executor, msg.task_id)
@@ -453,6 +456,9 @@ class SchedulerCore:
             # withdraw it and let the policy place it elsewhere.
             self._withdraw(executor, usurper)
             executor.slot_task = task
+        elif usurper is not None and usurper.state is TaskState.RESUMING:
+            # A resumed task waits there behind it; keep track of it (its state lives there).
+            executor.queued.appendleft(usurper)
 
     def _on_refused(self, executor: Executor, msg: p.Refused) -> None:
         task = self._task_on(executor, msg.task_id)

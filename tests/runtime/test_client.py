@@ -570,3 +570,23 @@ def test_gather_and_as_completed_take_any_futures():
         future.set_result(value)
     assert gather(futures) == [1, 0, 2]
     assert list(as_completed(futures)) == futures
+
+
+def test_preferred_nodes_travel_with_each_task(fake, client):
+    client.submit(total, [1], preferred=["rack-b"])
+    [one] = fake.wait_for(p.Submit)
+    assert one.tasks[0][3] == {"preferred": ["rack-b"]}
+    client.map(total, [[1], [2]], preferred=[["rack-a"], ["rack-b", "e7"]])
+    client.map(total, [[3], [4]], preferred=["rack-c"])
+    per_partition, shared = fake.wait_for(p.Submit, count=3)[1:]
+    assert [t[3] for t in per_partition.tasks] == [
+        {"preferred": ["rack-a"]},
+        {"preferred": ["rack-b", "e7"]},
+    ]
+    assert [t[3] for t in shared.tasks] == [{"preferred": ["rack-c"]}] * 2
+    client.submit(total, [5])
+    assert len(fake.wait_for(p.Submit, count=4)[3].tasks[0]) == 3  # no preference: 3 fields
+    with pytest.raises(ValueError, match="2 preferred lists for 3 partitions"):
+        client.map(total, [[1], [2], [3]], preferred=[["a"], ["b"]])
+    with pytest.raises(TypeError, match="node labels or executor ids"):
+        client.submit(total, [1], preferred="rack-a")

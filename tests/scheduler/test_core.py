@@ -396,3 +396,38 @@ def test_a_kill_without_requeue_fails_the_task_with_the_reason():
     h.report("e0", p.Killed(task, 0, {"running_ns": 5 * MS}))
     (item,) = h.results[task]
     assert item[1] == "failed" and item[3][0] == "TaskKilled" and "kill-once" in item[3][1]
+
+
+def test_a_resumed_task_behind_an_unsuspendable_one_stays_tracked():
+    class Scripted(Policy):
+        name = "scripted"
+
+        def __init__(self):
+            self.next = []
+
+        def tick(self, view):
+            decisions, self.next = self.next, []
+            return decisions
+
+    policy = Scripted()
+    h = Harness(policy=policy, executors=[("e0", "n0")], heartbeat_ns=100 * MS)
+    h.submit("b", "batch", 2)
+    for decisions, reports in [
+        ([d.Launch("b/0", "e0")], [p.Started("b/0", 0, 1)]),
+        ([d.Suspend("b/0")], [p.Suspended("b/0", 1, 1, 1)]),
+        ([d.Launch("b/1", "e0")], [p.Started("b/1", 0, 1)]),
+        # The suspend frees the slot at once in the core's view, so the resume is valid ...
+        ([d.Suspend("b/1"), d.Resume("b/0")], [p.SuspendFailed("b/1", "no boundary", 1)]),
+    ]:
+        policy.next = decisions
+        h.handle(Tick())
+        for report in reports:
+            h.report("e0", report)
+    # ... but b/1 could not be suspended: b/0 waits behind it on e0, and must stay tracked.
+    assert h.state("b/1") is TaskState.RUNNING and h.state("b/0") is TaskState.RESUMING
+    h.finish("e0", "b/1")
+    h.report("e0", p.Resumed("b/0", 1, 1))
+    assert h.core.executors["e0"].slot_task.task_id == "b/0"
+    h.clock.now += 1_000 * MS  # e0 goes silent: b/0's state is lost with it, so it reruns
+    h.handle(Tick())
+    assert h.state("b/0") is not TaskState.DONE and h.core.tasks["b/0"].attempt == 1
