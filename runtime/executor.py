@@ -217,6 +217,8 @@ class Executor:
             p.Suspend: self._on_suspend,
             p.Resume: self._on_resume,
             p.Kill: self._on_kill,
+            p.LaunchChunk: self._on_launch_chunk,
+            p.Steal: self._on_steal,
         }
         while True:
             # -- 1. Poll. Wake for the next heartbeat, or sooner while a suspension is pending.
@@ -351,6 +353,19 @@ class Executor:
             attempt=msg.attempt,
             priority=msg.priority,
         )
+
+    def _on_launch_chunk(self, msg: p.LaunchChunk, dealer: zmq.Socket) -> None:
+        gc.freeze()  # as for a launch: task data stays out of the cyclic collector's way
+        self.kernel.launch_chunk(
+            msg.chunk_id,
+            FunctionRef(msg.fn, msg.main_path),
+            msg.subtasks,
+            attempt=msg.attempt,
+            priority=msg.priority,
+        )
+
+    def _on_steal(self, msg: p.Steal, dealer: zmq.Socket) -> None:
+        self.kernel.steal(msg.chunk_id, msg.count)
 
     def _on_suspend(self, msg: p.Suspend, dealer: zmq.Socket) -> None:
         self.kernel.suspend(msg.task_id)

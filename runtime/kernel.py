@@ -45,6 +45,10 @@ __all__ = ["Kernel", "TaskKilled", "TaskState"]
 # reaches a boundary first, and short enough that a scheduler waiting for a slot learns
 # quickly that this task cannot give it one.
 DEFAULT_SUSPEND_TIMEOUT_NS = 100_000_000
+# A chunk reports its subtasks' results every this many subtasks or this often, whichever
+# comes first: few messages for tiny subtasks, prompt results for slow ones.
+CHUNK_REPORT_EVERY = 512
+CHUNK_REPORT_NS = 20_000_000
 
 
 class TaskKilled(BaseException):
@@ -101,6 +105,7 @@ class TaskRecord:
     resume_started_at: int = 0  # non-zero while a resumption is in flight
     kill_requested: bool = False
     context: TaskContext | None = None
+    chunk: deque[list[Any]] | None = None  # a chunk's subtasks not started yet
 
     def stats(self, executor_id: str) -> dict[str, Any]:
         return {
@@ -115,10 +120,11 @@ class TaskRecord:
 
 @dataclass(slots=True)
 class _Command:
-    op: str  # "launch" | "suspend" | "resume" | "kill"
+    op: str  # "launch" | "suspend" | "resume" | "kill" | "steal" | "stop"
     task_id: str
     queued_at: int
     record: TaskRecord | None = None
+    count: int = 0  # steal only: how many subtasks
     # suspend only: settled under the kernel's lock by either the hub (taken) or the
     # watchdog (cancelled, because no record boundary came in time); never both.
     taken: bool = False
@@ -244,6 +250,25 @@ class Kernel:
     def kill(self, task_id: str) -> None:
         """Stop a task: TaskKilled is raised in it at its next record boundary."""
         self._post(_Command("kill", task_id, self._clock()))
+
+    def launch_chunk(
+        self,
+        chunk_id: str,
+        fn: Callable[..., Any] | FunctionRef,
+        subtasks: list[list[Any]],
+        *,
+        attempt: int = 0,
+        priority: str = "batch",
+    ) -> None:
+        """Queue a chunk: subtasks `[task_id, args, kwargs]` of one function, run in order as
+        one task, with a suspension point between them; results go out in batches."""
+        record = TaskRecord(chunk_id, fn, [], {}, attempt, priority)
+        record.chunk = deque(subtasks)
+        self._post(_Command("launch", chunk_id, self._clock(), record))
+
+    def steal(self, chunk_id: str, count: int) -> None:
+        """Take up to `count` subtasks that have not started from the end of a chunk."""
+        self._post(_Command("steal", chunk_id, self._clock(), count=count))
 
     def _post(self, command: _Command) -> None:
         self._inbox.put(command)
@@ -441,6 +466,15 @@ class Kernel:
                 self._ready.add_resumed(record)
         elif command.op == "kill":
             self._apply_kill(record, command)
+        elif command.op == "steal":
+            # Atomic by construction: only the hub runs now, and the chunk's runner takes
+            # subtasks from the front, so the tail holds only subtasks that have not started.
+            taken: list[str] = []
+            if record is not None and record.chunk is not None:
+                for _ in range(min(command.count, len(record.chunk))):
+                    taken.append(record.chunk.pop()[0])
+                taken.reverse()
+            self._emit(p.Stolen(command.task_id, taken))
         return True
 
     def _apply_suspend(self, record: TaskRecord | None, command: _Command) -> None:
@@ -531,6 +565,8 @@ class Kernel:
         assert record is not None and go is _GO  # the hub set both just before switching
         try:
             fn = record.fn.resolve() if isinstance(record.fn, FunctionRef) else record.fn
+            if record.chunk is not None:
+                return _Outcome("finished", self._run_chunk(record, fn))
             args, kwargs = gate_arguments(
                 fn, record.args, record.kwargs, self.gate, self._gated_iterator
             )
@@ -562,6 +598,68 @@ class Kernel:
             )
             message = _safe(lambda: str(error))
             return _Outcome("failed", error=error, formatted=formatted, message=message)
+
+    def _run_chunk(self, record: TaskRecord, fn: Callable[..., Any]) -> None:
+        """Run a chunk's subtasks in order; report their results in batches."""
+        results: list[list[Any]] = []
+        flushed_at = self._clock()
+        try:
+            while record.chunk:
+                task_id, args, kwargs = record.chunk.popleft()
+                started = self._clock()
+                try:
+                    call_args, call_kwargs = gate_arguments(
+                        fn, args, kwargs, self.gate, self._gated_iterator
+                    )
+                    value = fn(*call_args, **call_kwargs)
+                    if inspect.isgenerator(value):
+                        value = self._drive_generator(value)
+                    stats = {"running_ns": self._clock() - started}
+                    results.append([task_id, "finished", value, None, stats])
+                except TaskKilled:
+                    raise
+                except Exception as exc:
+                    error = exc
+                    formatted = _safe(lambda e=error: "".join(traceback.format_exception(e)))
+                    results.append(
+                        [
+                            task_id,
+                            "failed",
+                            None,
+                            [_qualified_name(type(exc)), _safe(lambda e=error: str(e)), formatted],
+                            {"running_ns": self._clock() - started},
+                        ]
+                    )
+                now = self._clock()
+                if (
+                    self.gate.requested
+                    or len(results) >= CHUNK_REPORT_EVERY
+                    or now - flushed_at >= CHUNK_REPORT_NS
+                ):
+                    # Report before parking too: those subtasks are done whatever comes next.
+                    self._report_chunk(record.task_id, results)
+                    results, flushed_at = [], now
+                    if self.gate.requested:
+                        self._checkpoint()  # between subtasks: a suspension point
+        finally:
+            if results:  # also when killed: these subtasks did complete
+                self._report_chunk(record.task_id, results)
+
+    def _report_chunk(self, chunk_id: str, results: list[list[Any]]) -> None:
+        try:
+            self._emit(p.ChunkResults(chunk_id, results))
+        except p.EncodeError:
+            # Some value msgpack cannot carry: fail those subtasks, send the others.
+            for item in results:
+                where = p.find_unencodable(item[2], f"result of {item[0]}")
+                if where:
+                    item[1:4] = [
+                        "failed",
+                        None,
+                        ["EncodeError", f"the result cannot be sent: {where}", ""],
+                    ]
+            self._emit(p.ChunkResults(chunk_id, results))
+        self._flush()
 
     def _drive_generator(self, gen: Any) -> list[Any]:
         """Collect a generator task's output records; each `yield` is a suspension point."""

@@ -218,7 +218,43 @@ class Kill(Message):
     sent_ns: int
 
 
+@message("launch_chunk", S2E)
+class LaunchChunk(Message):
+    # Many small tasks of one job as one kernel task: run one after the other, results
+    # reported in batches (chunk_results), suspendable between them and at their records.
+    chunk_id: str
+    fn: str
+    main_path: str | None
+    subtasks: list  # [[task_id, args, kwargs], ...] in the order to run them
+    attempt: int
+    priority: str
+    sent_ns: int
+
+
+@message("steal", S2E)
+class Steal(Message):
+    # Give up to `count` not-yet-started subtasks from the end of a chunk (answer: stolen).
+    chunk_id: str
+    count: int
+    sent_ns: int
+
+
 # ---- reports: executor -> scheduler --------------------------------------------------------
+
+
+@message("chunk_results", E2S)
+class ChunkResults(Message):
+    # Results of a chunk's subtasks so far: [[task_id, outcome, value, error, stats], ...]
+    # with outcome "finished" or "failed" and error [error_type, message, traceback] or nil.
+    chunk_id: str
+    items: list
+
+
+@message("stolen", E2S)
+class Stolen(Message):
+    # The subtasks this executor gave up (none already started); they will not run here.
+    chunk_id: str
+    task_ids: list
 
 
 @message("started", E2S)
@@ -311,6 +347,8 @@ class Submit(Message):
     main_path: str | None
     tasks: list  # [[task_id, args, kwargs], ...], one per partition
     sent_ns: int  # client's time.monotonic_ns(), for latency figures
+    # Job options: {"chunksize": int >= 1 or "auto"} groups the job's tasks into chunks.
+    options: dict | None = None
 
 
 @message("results", S2C)

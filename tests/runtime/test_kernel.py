@@ -520,3 +520,96 @@ def test_inputs_named_by_the_decorator_are_gated_also_when_passed_by_position(ma
     kernel.launch("n", count, ["a", interrupting(kernel, "n", data, every=30)])
     assert run_to_completion(kernel, transport, "n") == 3
     assert transport.outcome("n").result == 50
+
+
+# ---- chunks ---------------------------------------------------------------------------------
+
+
+def chunk_items(transport, chunk_id):
+    return [
+        item for m in transport.of(p.ChunkResults) if m.chunk_id == chunk_id for item in m.items
+    ]
+
+
+def test_a_chunk_runs_its_subtasks_in_order_and_reports_every_result(make_kernel):
+    kernel, transport = make_kernel()
+    subtasks = [[f"t{i}", [list(range(i))], {}] for i in range(1000)]
+    kernel.launch_chunk("c", sum, subtasks)
+    kernel.run()
+    items = chunk_items(transport, "c")
+    assert [i[0] for i in items] == [f"t{i}" for i in range(1000)]
+    assert [i[2] for i in items] == [sum(range(i)) for i in range(1000)]
+    assert len(transport.of(p.ChunkResults)) >= 2  # in batches, not one message per subtask
+    assert isinstance(transport.outcome("c"), p.Finished)
+
+
+def test_a_subtask_failure_fails_only_that_subtask(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch_chunk("c", sum, [["a", [[1]], {}], ["b", [["x"]], {}], ["c", [[2]], {}]])
+    kernel.run()
+    items = {i[0]: i for i in chunk_items(transport, "c")}
+    assert items["a"][2] == 1 and items["c"][2] == 2
+    assert items["b"][1] == "failed" and items["b"][3][0] == "TypeError"
+    assert "sum" in items["b"][3][2] or "unsupported" in items["b"][3][1]
+
+
+def test_a_chunk_is_suspendable_between_subtasks_and_resumes_exactly(make_kernel):
+    kernel, transport = make_kernel()
+    ran = []
+
+    def record(x):
+        ran.append(x)
+        if x == 3:
+            kernel.suspend("c")
+        return x * 10
+
+    kernel.launch_chunk("c", record, [[f"t{i}", [i], {}] for i in range(8)])
+    kernel.run()
+    assert ran == [0, 1, 2, 3] and len(transport.of(p.Suspended, "c")) == 1
+    # Results of what ran went out before the chunk parked.
+    assert [i[0] for i in chunk_items(transport, "c")] == ["t0", "t1", "t2", "t3"]
+    kernel.launch("stream", sum, [[1, 2]], priority="stream")
+    kernel.run()
+    assert transport.outcome("stream").result == 3
+    kernel.resume("c")
+    kernel.run()
+    assert ran == list(range(8))
+    assert [i[2] for i in chunk_items(transport, "c")] == [x * 10 for x in range(8)]
+
+
+def test_stealing_takes_only_subtasks_that_have_not_started(make_kernel):
+    kernel, transport = make_kernel()
+    ran = []
+
+    def work(x):
+        ran.append(x)
+        if x == 2:
+            kernel.suspend("c")  # park mid-chunk, as a busy executor's hub gets control
+        return x
+
+    kernel.launch_chunk("c", work, [[f"t{i}", [i], {}] for i in range(10)])
+    kernel.run()
+    kernel.steal("c", 5)
+    kernel.steal("ghost", 3)
+    kernel.run()
+    stolen = {m.chunk_id: m.task_ids for m in transport.of(p.Stolen)}
+    assert stolen == {"c": ["t5", "t6", "t7", "t8", "t9"], "ghost": []}
+    kernel.resume("c")
+    kernel.run()
+    assert ran == [0, 1, 2, 3, 4]  # the stolen ones never ran here
+    assert sorted(i[0] for i in chunk_items(transport, "c")) == [f"t{i}" for i in range(5)]
+
+
+def test_a_killed_chunk_reports_the_subtasks_it_completed(make_kernel):
+    kernel, transport = make_kernel()
+
+    def work(x):
+        if x == 4:
+            kernel.kill("c")
+        return x
+
+    kernel.launch_chunk("c", work, [[f"t{i}", [i], {}] for i in range(9)])
+    kernel.run()
+    assert isinstance(transport.outcome("c"), p.Killed)
+    # The subtasks that completed, the one that asked for the kill included, are reported.
+    assert [i[0] for i in chunk_items(transport, "c")] == ["t0", "t1", "t2", "t3", "t4"]
