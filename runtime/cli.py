@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
         "--announce", action="store_true", help="print the bound address on stdout (for scripts)"
     )
     scheduler.add_argument(
+        "--no-stealing",
+        dest="stealing",
+        action="store_false",
+        help="do not move not-yet-started subtasks of chunks to idle executors",
+    )
+    scheduler.add_argument(
         "--allow-policy-paths",
         action="store_true",
         help="let clients switch to a 'module:Class' policy path (imported in the scheduler); "
@@ -183,6 +189,7 @@ def _run_scheduler(args: argparse.Namespace) -> int:
         args.bind,
         announce=args.announce,
         allow_policy_paths=args.allow_policy_paths,
+        stealing=args.stealing,
         policy=args.policy,
         max_suspensions=args.max_suspensions,
         heartbeat_ns=args.heartbeat_ms * 1_000_000,

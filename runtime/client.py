@@ -84,6 +84,10 @@ OUTCOMES = ("finished", "failed", "cancelled")
 # ---- the client ------------------------------------------------------------------------------
 
 
+# `map` chunks by default from this many partitions up (see `Client.map`).
+AUTO_CHUNK_FROM = 256
+
+
 class Client:
     """A connection to a Tidal scheduler: submit tasks, get futures.
 
@@ -232,10 +236,16 @@ class Client:
         order: int = 0,
         max_suspensions: int | None = None,
         preferred: Sequence[Any] | None = None,
+        chunksize: int | str | None = None,
         **kwargs: Any,
     ) -> list[TaskFuture]:
         """Run `fn(partition, **kwargs)` for each partition, as one job; return the futures
         in the order of `partitions`.
+
+        `chunksize` groups partitions into chunks, each sent and run as one unit (each
+        partition still has its own future): an int, "auto" (sized from measured task time
+        toward ~20 ms of work per chunk), or None: "auto" from AUTO_CHUNK_FROM partitions up,
+        else 1 (no chunks).
 
         Options and checks are those of `submit`; `preferred` is either one list of nodes
         for every partition or one list per partition. A partition msgpack cannot carry raises a
@@ -258,7 +268,14 @@ class Client:
             per_task = list(preferred)
         else:
             per_task = [preferred] * len(partitions)
-        return self._submit_job(fn, calls, parts, priority, order, max_suspensions, per_task)
+        if chunksize is None:
+            chunksize = "auto" if len(partitions) >= AUTO_CHUNK_FROM else 1
+        if not (chunksize == "auto" or (type(chunksize) is int and chunksize >= 1)):
+            raise ValueError(f"chunksize must be an int >= 1, 'auto' or None, not {chunksize!r}")
+        options = None if chunksize == 1 else {"chunksize": chunksize}
+        return self._submit_job(
+            fn, calls, parts, priority, order, max_suspensions, per_task, options
+        )
 
     def _submit_job(
         self,
@@ -269,6 +286,7 @@ class Client:
         order: int,
         max_suspensions: int | None,
         preferred: list[Any],
+        options: dict[str, Any] | None = None,
     ) -> list[TaskFuture]:
         """Validate, encode and send one Submit; register its futures before it goes out."""
         self._check_open()
@@ -291,7 +309,15 @@ class Client:
             tasks.append(task)
         sent_ns = time.monotonic_ns()
         msg = p.Submit(
-            job_id, priority, order, max_suspensions, ref.ref, ref.main_path, tasks, sent_ns
+            job_id,
+            priority,
+            order,
+            max_suspensions,
+            ref.ref,
+            ref.main_path,
+            tasks,
+            sent_ns,
+            options,
         )
         try:
             frame = p.encode(msg)

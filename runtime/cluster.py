@@ -48,6 +48,7 @@ class LocalCluster:
         start_timeout: float = 30.0,
         log_level: str = "warning",
         executor_args: Sequence[str] = (),
+        stealing: bool = True,
     ) -> None:
         if executors < 1:
             raise ValueError(f"a cluster needs at least one executor, not {executors}")
@@ -57,6 +58,7 @@ class LocalCluster:
         resolve_policy(self.policy)  # an unknown name fails here, listing the known ones
         self._processes: list[subprocess.Popen[bytes]] = []
         self._closed = False
+        self.stealing = stealing
         atexit.register(self.close)
         try:
             self._scheduler = self._start_scheduler(
@@ -99,6 +101,7 @@ class LocalCluster:
                 "--heartbeat-ms",
                 str(heartbeat_ms),
                 "--announce",
+                *([] if self.stealing else ["--no-stealing"]),
             ],
             stdout=subprocess.PIPE,
             env=env,

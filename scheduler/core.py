@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from runtime import protocol as p
+from scheduler import chunks as ch
 from scheduler import decisions as d
 from scheduler.events import (
     ClientJoined,
@@ -101,6 +102,8 @@ class SchedulerCore:
         missed_heartbeats: int = DEFAULT_MISSED_HEARTBEATS,
         max_prefetch: int = MAX_PREFETCH,
         allow_policy_paths: bool = False,
+        stealing: bool = True,
+        steal_rule: str = "largest",
     ) -> None:
         if max_suspensions < 0:
             raise ValueError(f"max_suspensions must be >= 0, not {max_suspensions}")
@@ -110,6 +113,10 @@ class SchedulerCore:
         self.lost_after_ns = heartbeat_ns * missed_heartbeats
         self.max_prefetch = max_prefetch
         self.allow_policy_paths = allow_policy_paths
+        self.stealer = ch.Stealer(steal_rule) if stealing else None
+        self.steals_in_flight: dict[str, tuple[str, int]] = {}  # chunk id -> (thief, count)
+        self.steal_count = 0
+        self.pending_of_job: dict[str, int] = {}
         self._clock = clock
         self.now = clock()
         self.view = ClusterView(self)
@@ -129,6 +136,8 @@ class SchedulerCore:
         self._out: list[Instruction] = []
         self._reports: dict[type, Callable[[Executor, Any], None]] = {
             p.Heartbeat: self._on_heartbeat,
+            p.ChunkResults: lambda e, m: ch.on_results(self, e, m),
+            p.Stolen: lambda e, m: ch.on_stolen(self, e, m),
             p.Started: self._on_started,
             p.Suspended: self._on_suspended,
             p.Resumed: self._on_resumed,
@@ -173,6 +182,7 @@ class SchedulerCore:
                     )
                 else:
                     handler(executor, event.message)
+                    self._consider_steals()
         elif isinstance(event, ClientRequest):
             handler = self._requests.get(type(event.message))
             if handler is None:
@@ -252,11 +262,13 @@ class SchedulerCore:
 
     def _validate(self, decision: Any) -> str | None:
         """None if `decision` may be carried out now, else why not."""
-        if not isinstance(decision, d.Launch | d.Suspend | d.Resume | d.Kill):
+        if not isinstance(decision, d.Launch | d.Suspend | d.Resume | d.Kill | d.Steal):
             return f"not a decision: {decision!r}"
         task = self.tasks.get(decision.task_id)
         if task is None:
             return "no such task"
+        if isinstance(decision, d.Steal):
+            return self._validate_steal(task, decision)
         if isinstance(decision, d.Launch):
             executor = self.executors.get(decision.executor_id)
             if task.state is not TaskState.PENDING:
@@ -291,9 +303,26 @@ class SchedulerCore:
 
     def _carry_out(self, decision: d.Decision) -> None:
         task = self.tasks[decision.task_id]
+        if isinstance(decision, d.Steal):
+            victim = self.executors[task.executor_id]
+            self.steals_in_flight[task.task_id] = (decision.executor_id, decision.count)
+            self._send(victim, p.Steal(task.task_id, decision.count, self.now))
+            return
+        if isinstance(decision, d.Launch) and task.job.chunksize is not None:
+            executor = self.executors[decision.executor_id]
+            chunk = ch.form_chunk(self, task, executor)
+            chunk.state = TaskState.LAUNCHED
+            chunk.executor_id = executor.executor_id
+            if executor.slot_task is None and not executor.queued:
+                executor.slot_task = chunk
+            else:
+                executor.queued.append(chunk)
+            self._send(executor, ch.launch_message(self, chunk))
+            return
         if isinstance(decision, d.Launch):
             executor = self.executors[decision.executor_id]
             self.pending.removed(task)
+            self.pending_of_job[task.job.job_id] -= 1
             task.state = TaskState.LAUNCHED
             task.executor_id = executor.executor_id
             if executor.slot_task is None and (task.priority == "stream" or not executor.queued):
@@ -400,6 +429,11 @@ class SchedulerCore:
         task = self._task_on(executor, msg.task_id)
         if task is None or task.attempt != msg.attempt:
             return
+        if task.subtasks is not None:  # a chunk: its subtasks were reported one by one
+            self._detach(executor, task)
+            ch.end_chunk(self, task)
+            self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
+            return
         self._account(task, msg.stats)
         if task.priority == "batch":
             cost = msg.stats.get("running_ns", 0) + TASK_OVERHEAD_NS
@@ -415,9 +449,15 @@ class SchedulerCore:
         task = self._task_on(executor, msg.task_id)
         if task is None or task.attempt != msg.attempt:
             return
+        error = [msg.error_type, msg.message, msg.traceback]
+        if task.subtasks is not None:  # a chunk that failed as a whole (say, no such function)
+            self._detach(executor, task)
+            ch.end_chunk(self, task, error=error)
+            self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
+            return
         self._account(task, msg.stats)
         task.job.failed += 1
-        self._complete(task, "failed", None, [msg.error_type, msg.message, msg.traceback])
+        self._complete(task, "failed", None, error)
         self._detach(executor, task)
         self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
 
@@ -427,7 +467,10 @@ class SchedulerCore:
             return
         task.work_lost_ns += msg.stats.get("running_ns", 0)
         self._detach(executor, task)
-        if task.cancel_requested:
+        if task.subtasks is not None:  # a chunk: what it had not reported runs again
+            self.steals_in_flight.pop(task.task_id, None)
+            ch.end_chunk(self, task)
+        elif task.cancel_requested:
             task.job.cancelled += 1
             self._complete(task, "cancelled", None, None)
         elif task.state is TaskState.KILLING and not task.requeue_on_kill:
@@ -493,6 +536,7 @@ class SchedulerCore:
                 self._lose_executor(executor, f"no heartbeat for {silent_ms:.0f} ms")
         self._consult(lambda pol: pol.tick(self.view))
         self._resume_parked()
+        self._consider_steals()
 
     def _resume_parked(self) -> None:
         """Resume a task the policy left suspended on an executor whose slot stays idle.
@@ -532,6 +576,10 @@ class SchedulerCore:
         executor.slot_task, executor.queued, executor.suspended = None, type(executor.queued)(), {}
         requeue = []
         for task in tasks:
+            if task.subtasks is not None:  # a chunk: requeue the subtasks it had not reported
+                self.steals_in_flight.pop(task.task_id, None)
+                ch.end_chunk(self, task)
+                continue
             # Count work only up to the executor's last sign of life; after that, no one knows.
             self._stop_running(task, at=executor.last_seen)
             task.work_lost_ns += task.running_estimate_ns
@@ -564,7 +612,9 @@ class SchedulerCore:
             msg.sent_ns,
             len(msg.tasks),
         )
+        job.chunksize = (msg.options or {}).get("chunksize")
         self.jobs[job.job_id] = job
+        self.pending_of_job[job.job_id] = len(msg.tasks)
         new = []
         for entry in msg.tasks:
             task_id, args, kwargs = entry[:3]
@@ -585,6 +635,12 @@ class SchedulerCore:
             task.cancel_requested = True
             if task.state is TaskState.PENDING:
                 self.pending.removed(task)
+                self.pending_of_job[task.job.job_id] -= 1
+                task.job.cancelled += 1
+                self._complete(task, "cancelled", None, None)
+            elif task.chunk is not None:
+                # Inside a chunk: done for its client now; its result, if it comes, is ignored.
+                task.chunk.subtasks.pop(task.task_id, None)
                 task.job.cancelled += 1
                 self._complete(task, "cancelled", None, None)
             elif task.state is not TaskState.KILLING:
@@ -727,7 +783,9 @@ class SchedulerCore:
                 task.attempt += 1
             self._requeue_seq -= 1
             task.seq = self._requeue_seq
+            task.chunk = None
             self.pending.push(task, front=True)
+            self.pending_of_job[task.job.job_id] = self.pending_of_job.get(task.job.job_id, 0) + 1
             views.append(TaskView(task, self))
         self._consult(lambda pol: pol.tasks_submitted(self.view, views))
 
@@ -756,3 +814,42 @@ class SchedulerCore:
 
     def _send(self, executor: Executor, message: p.Message) -> None:
         self._out.append(ToExecutor(executor.executor_id, message))
+
+    # For scheduler/chunks.py, which acts for the core on chunks.
+    send = _send
+
+    def complete(self, task: Task, outcome: str, value: Any, error: list[str] | None) -> None:
+        """Finish a task exactly once and tell its client."""
+        self._complete(task, outcome, value, error)
+
+    def requeue_tasks(self, tasks: list[Task], *, attempt: bool = True) -> None:
+        """Queue tasks again at the front of their class (a new attempt unless told not)."""
+        self._requeue(tasks, started=attempt)
+
+    def _validate_steal(self, chunk: Task, decision: d.Steal) -> str | None:
+        thief = self.executors.get(decision.executor_id)
+        if chunk.subtasks is None:
+            return "not a chunk"
+        victim = self.executors.get(chunk.executor_id or "")
+        if victim is None or not victim.alive or chunk.state in (TaskState.KILLING, TaskState.DONE):
+            return "the chunk is not on a live executor"
+        if thief is None or not thief.alive or thief is victim:
+            return "no such live executor to steal for"
+        if thief.slot_task is not None:
+            return "the thief's slot is busy"
+        if chunk.task_id in self.steals_in_flight:
+            return "a steal from this chunk is already under way"
+        if decision.count < 1 or decision.count >= len(chunk.subtasks):
+            return f"cannot steal {decision.count} of {len(chunk.subtasks)} subtasks"
+        return None
+
+    def _consider_steals(self) -> None:
+        """Let the stealer propose steals for idle executors; validate and apply them."""
+        if self.stealer is None:
+            return
+        for decision in self.stealer.propose(self):
+            reason = self._validate(decision)
+            if reason is None:
+                self._carry_out(decision)
+            else:
+                log.debug("refused steal %r: %s", decision, reason)

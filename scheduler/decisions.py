@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Decision", "Kill", "Launch", "Resume", "Suspend"]
+__all__ = ["Decision", "Kill", "Launch", "Resume", "Steal", "Suspend"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,4 +42,13 @@ class Kill:
     requeue: bool = True
 
 
-Decision = Launch | Suspend | Resume | Kill
+@dataclass(frozen=True, slots=True)
+class Steal:
+    """Move up to `count` not-started subtasks of chunk `task_id` to idle `executor_id`."""
+
+    task_id: str
+    executor_id: str
+    count: int
+
+
+Decision = Launch | Suspend | Resume | Kill | Steal

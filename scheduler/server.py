@@ -70,6 +70,7 @@ class SchedulerServer:
         max_frame_bytes: int = p.MAX_FRAME_BYTES,
         realtime: bool = True,
         allow_policy_paths: bool = False,
+        stealing: bool = True,
     ) -> None:
         self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.core = SchedulerCore(
@@ -78,6 +79,7 @@ class SchedulerServer:
             heartbeat_ns=heartbeat_ns,
             missed_heartbeats=missed_heartbeats,
             allow_policy_paths=allow_policy_paths,
+            stealing=stealing,
         )
         self.heartbeat_ns = heartbeat_ns
         self.max_frame_bytes = max_frame_bytes

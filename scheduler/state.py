@@ -64,6 +64,9 @@ class Job:
     finished: int = 0
     failed: int = 0
     cancelled: int = 0
+    chunksize: int | str | None = None  # None: one task per launch; an int or "auto": chunks
+    subtask_ns: float | None = None  # smoothed running time of its chunked tasks
+    chunks: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -91,6 +94,8 @@ class Task:
     unsuspendable: bool = False  # an executor reported it reaches no record boundary
     requeue_on_kill: bool = False  # killed to make room (KILL policy, withdrawn launch)
     cancel_requested: bool = False
+    chunk: Task | None = None  # a chunked task: the chunk it was launched in
+    subtasks: dict[str, Task] | None = None  # a chunk: its subtasks not reported yet
 
     @property
     def priority(self) -> str:
@@ -116,6 +121,10 @@ class Executor:
             yield self.slot_task
         yield from self.queued
         yield from self.suspended.values()
+
+    def chunks(self) -> Iterator[Task]:
+        """The chunks here, running, queued or suspended."""
+        return (t for t in self.tasks() if t.subtasks is not None)
 
 
 class PendingQueues:
@@ -357,6 +366,11 @@ def check_submission(msg: p.Submit, jobs: dict[str, Job], tasks: dict[str, Task]
         return f"a job with id {msg.job_id!r} exists already"
     if not msg.tasks:
         return "the job has no tasks"
+    from scheduler.chunks import check_chunksize  # state is imported by chunks
+
+    problem = check_chunksize(msg.options)
+    if problem:
+        return problem
     seen = set()
     for entry in msg.tasks:
         if not (

@@ -1,0 +1,234 @@
+"""Chunks and stealing: many small tasks per message, and moving them to idle executors.
+
+Chunks (after SCEEM). A job submitted with a chunksize has its tasks launched in groups: when
+a policy launches one of its pending tasks, the core takes that task and the job's next
+pending ones, up to the chunk size, and sends them as one `launch_chunk`. On the executor a
+chunk is one kernel task that runs its subtasks in order (a suspension point between them,
+and at their records); their results come back in batches (`chunk_results`), each completing
+its own future. The scheduler keeps each chunk's unreported subtasks: that is what is
+requeued if the chunk's executor is lost or the chunk is killed, and what may be stolen.
+
+With chunksize "auto", chunks are sized from the job's measured subtask time toward
+TARGET_CHUNK_NS of work, starting small while nothing is measured yet.
+
+Stealing. When an executor has a free slot and nothing is pending, the stealer picks the
+chunk with the most subtasks left (SCEEM's greedy rule; or, configurable, the chunk with the
+longest-waiting subtasks, i.e. the oldest) and asks its executor for half of them. The
+executor gives up only subtasks that have not started (`stolen`), atomically in its hub, and
+the scheduler launches them as a new chunk on the thief: nothing runs twice, nothing is lost.
+Unlike SCEEM's greedy rule, a steal must pay for itself: skipped when the work it would move
+is under STEAL_MIN_GAIN_NS (a conservative round-trip cost, as Dask's stealing does), at most
+one steal in flight per chunk, and each executor steals at most once per STEAL_INTERVAL_NS.
+Steals are `Steal` decisions the core validates like any other, so they work under every
+policy; `SchedulerCore(stealing=False)` turns them off.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from runtime import protocol as p
+from scheduler import decisions as d
+from scheduler.state import Executor, Job, Task, TaskState
+
+if TYPE_CHECKING:
+    from scheduler.core import SchedulerCore
+
+__all__ = ["TARGET_CHUNK_NS", "Stealer", "check_chunksize", "form_chunk"]
+
+# Discussion: ~20 ms of work per chunk keeps per-message costs (~0.2 ms a round trip here)
+# near 1% while a stream task still finds a boundary between subtasks within a subtask.
+TARGET_CHUNK_NS = 20_000_000
+FIRST_CHUNK = 16  # "auto" before any subtask of the job has been measured
+MAX_CHUNK = 10_000
+SUBTASK_OVERHEAD_NS = 3_000  # in-chunk cost per subtask besides running it
+# A steal costs a round trip to the victim and one to the thief, plus the messages: ~1 ms
+# each way on a loaded 2-core machine. Only move work worth several times that.
+STEAL_MIN_GAIN_NS = 5_000_000
+STEAL_INTERVAL_NS = 5_000_000
+
+
+def check_chunksize(options: dict[str, Any] | None) -> str | None:
+    """Why a submission's options are wrong, or None."""
+    if not options:
+        return None
+    if set(options) - {"chunksize"}:
+        return f"unknown job options {sorted(set(options) - {'chunksize'})} (known: chunksize)"
+    size = options.get("chunksize")
+    if size is None or size == "auto" or (type(size) is int and size >= 1):
+        return None
+    return f"chunksize must be an int >= 1 or 'auto', not {size!r}"
+
+
+def chunk_size(core: SchedulerCore, job: Job) -> int:
+    """How many subtasks the next chunk of `job` gets."""
+    if job.chunksize != "auto":
+        return int(job.chunksize)
+    if job.subtask_ns is None:
+        return FIRST_CHUNK
+    size = TARGET_CHUNK_NS / (job.subtask_ns + SUBTASK_OVERHEAD_NS)
+    # Leave work for every executor: no chunk over half an executor's fair share.
+    executors = max(1, sum(e.alive for e in core.executors.values()))
+    share = math.ceil(core.pending_of_job.get(job.job_id, 0) / (2 * executors))
+    return max(1, min(MAX_CHUNK, int(size), max(share, 1)))
+
+
+def form_chunk(
+    core: SchedulerCore, first: Task, executor: Executor, tasks: list[Task] | None = None
+) -> Task:
+    """Group `first` and the job's next pending tasks (or exactly `tasks`) into a chunk."""
+    job = first.job
+    if tasks is None:
+        size = chunk_size(core, job)
+        tasks = [first]
+        for task in core.pending.iterate(job.priority):
+            if len(tasks) >= size:
+                break
+            if task.job is job and task is not first:
+                tasks.append(task)
+    job.chunks += 1
+    chunk = Task(f"{job.job_id}#{job.chunks}", job, [], {}, first.seq, core.now)
+    chunk.subtasks = {}
+    chunk.attempt = 0
+    for task in tasks:
+        if task.state is TaskState.PENDING:
+            core.pending.removed(task)
+            core.pending_of_job[job.job_id] -= 1
+        task.state = TaskState.LAUNCHED
+        task.executor_id = executor.executor_id
+        task.chunk = chunk
+        chunk.subtasks[task.task_id] = task
+    core.tasks[chunk.task_id] = chunk
+    return chunk
+
+
+def launch_message(core: SchedulerCore, chunk: Task) -> p.LaunchChunk:
+    job = chunk.job
+    subtasks = [[t.task_id, t.args, t.kwargs] for t in chunk.subtasks.values()]
+    return p.LaunchChunk(
+        chunk.task_id, job.fn, job.main_path, subtasks, chunk.attempt, job.priority, core.now
+    )
+
+
+def on_results(core: SchedulerCore, executor: Executor, msg: p.ChunkResults) -> None:
+    """Complete each reported subtask, exactly once."""
+    chunk = core.tasks.get(msg.chunk_id)
+    if chunk is None or chunk.subtasks is None or chunk.executor_id != executor.executor_id:
+        return
+    job = chunk.job
+    for item in msg.items:
+        if not (isinstance(item, list) and len(item) == 5 and isinstance(item[0], str)):
+            continue
+        task_id, outcome, value, error, stats = item
+        task = chunk.subtasks.pop(task_id, None)
+        if task is None or task.state is TaskState.DONE:
+            continue  # stolen, cancelled, or a duplicate
+        running = stats.get("running_ns", 0) if isinstance(stats, dict) else 0
+        task.running_ns = running
+        job.subtask_ns = running if job.subtask_ns is None else 0.9 * job.subtask_ns + 0.1 * running
+        if outcome == "finished":
+            job.finished += 1
+            core.complete(task, "finished", value, None)
+        else:
+            job.failed += 1
+            core.complete(task, "failed", None, error if isinstance(error, list) else None)
+
+
+def end_chunk(core: SchedulerCore, chunk: Task, error: list[str] | None = None) -> None:
+    """A chunk ended (finished, failed, killed or lost): fail or requeue what it left."""
+    chunk.state = TaskState.DONE
+    left = [t for t in chunk.subtasks.values() if t.state is not TaskState.DONE]
+    chunk.subtasks = {}
+    if error is not None:
+        for task in left:
+            task.job.failed += 1
+            core.complete(task, "failed", None, error)
+        return
+    requeue = []
+    for task in left:
+        if task.cancel_requested:
+            task.job.cancelled += 1
+            core.complete(task, "cancelled", None, None)
+        else:
+            task.chunk = None
+            requeue.append(task)
+    core.requeue_tasks(requeue)
+
+
+def on_stolen(core: SchedulerCore, executor: Executor, msg: p.Stolen) -> None:
+    """The victim gave these up: launch them as a new chunk on the thief (or requeue)."""
+    chunk = core.tasks.get(msg.chunk_id)
+    steal = core.steals_in_flight.pop(msg.chunk_id, None)
+    if chunk is None or chunk.subtasks is None or steal is None:
+        return
+    thief_id, _ = steal
+    moved = []
+    for task_id in msg.task_ids:
+        task = chunk.subtasks.pop(task_id, None) if isinstance(task_id, str) else None
+        if task is not None and task.state is not TaskState.DONE:
+            task.chunk = None
+            moved.append(task)
+    if not moved:
+        return
+    thief = core.executors.get(thief_id)
+    if thief is None or not thief.alive or thief.slot_task is not None:
+        core.requeue_tasks(moved, attempt=False)
+        return
+    new = form_chunk(core, moved[0], thief, tasks=moved)
+    new.state = TaskState.LAUNCHED
+    new.executor_id = thief.executor_id
+    thief.slot_task = new
+    core.send(thief, launch_message(core, new))
+    core.steal_count += 1
+
+
+class Stealer:
+    """Proposes steals for idle executors (see the module docstring)."""
+
+    def __init__(self, rule: str = "largest") -> None:
+        if rule not in ("largest", "oldest"):
+            raise ValueError(f"unknown steal rule {rule!r}: use 'largest' or 'oldest'")
+        self.rule = rule
+        self._last_steal: dict[str, int] = {}
+
+    def propose(self, core: SchedulerCore) -> list[d.Steal]:
+        if core.pending.count():
+            return []  # idle executors will get pending work first
+        idle = [
+            e
+            for e in core.executors.values()
+            if e.alive
+            and e.slot_task is None
+            and not e.queued
+            and core.now - self._last_steal.get(e.executor_id, -STEAL_INTERVAL_NS)
+            >= STEAL_INTERVAL_NS
+        ]
+        if not idle:
+            return []
+        candidates = []
+        for executor in core.executors.values():
+            if not executor.alive:
+                continue
+            for chunk in executor.chunks():
+                if chunk.task_id in core.steals_in_flight or chunk.state is TaskState.KILLING:
+                    continue
+                left = len(chunk.subtasks)
+                # The one running now cannot be stolen; only half of the rest is taken.
+                count = (left - 1) // 2
+                per_subtask = (chunk.job.subtask_ns or 0) + SUBTASK_OVERHEAD_NS
+                if count >= 1 and count * per_subtask >= STEAL_MIN_GAIN_NS:
+                    candidates.append((chunk, count))
+        decisions = []
+        for thief in idle:
+            if not candidates:
+                break
+            if self.rule == "largest":
+                best = max(candidates, key=lambda c: (c[1], -c[0].seq))
+            else:
+                best = min(candidates, key=lambda c: (c[0].submitted_at, c[0].seq))
+            candidates.remove(best)
+            chunk, count = best
+            self._last_steal[thief.executor_id] = core.now
+            decisions.append(d.Steal(chunk.task_id, thief.executor_id, count))
+        return decisions
