@@ -353,6 +353,7 @@ def status_snapshot(core: SchedulerCore) -> dict[str, Any]:
         "pending": {c: core.pending.count(c) for c in PRIORITIES},
         "policy_failures": list(core.policy_failures),
         "policy_switches": [dict(switch) for switch in core.policy_switches],
+        "steals": core.steal_count,
     }
 
 

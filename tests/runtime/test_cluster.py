@@ -181,3 +181,31 @@ def test_an_unknown_policy_fails_fast_with_the_known_names():
         UnknownPolicy, match="known policies are adaptive, fair, fifo, kill, lb, lma, static"
     ):
         LocalCluster(executors=1, policy="nope")
+
+
+def test_chunked_tasks_complete_exactly_once_under_stealing_and_executor_loss():
+    items = list(range(1_200))
+    with LocalCluster(executors=3, heartbeat_ms=100) as cluster, Client(cluster) as client:
+        # Uneven chunks: stealing moves work to idle executors; then one executor dies.
+        futures = client.map(spin, [[i] for i in items], chunksize=400, record_us=2_000.0)
+        while client.status()["steals"] == 0:
+            pass
+        victim = cluster.processes[1]
+        victim.kill()
+        victim.wait()
+        assert client.gather(futures, timeout=120) == items
+        status = client.status()
+        (job,) = status["jobs"]
+        assert (job["finished"], job["failed"], job["total"]) == (1_200, 0, 1_200)
+        assert status["steals"] >= 1
+        assert sum(e["state"] == "lost" for e in status["executors"]) == 1
+
+
+def test_a_stream_task_suspends_a_running_chunk_end_to_end():
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        chunked = client.map(spin, [[i] for i in range(300)], chunksize=300, record_us=1_000.0)
+        while client.status()["executors"][0]["running"] is None:
+            pass
+        assert client.submit(total, [1, 2], priority="stream").result(timeout=30) == 3
+        assert not all(f.done() for f in chunked)  # it did not wait for the chunk to end
+        assert client.gather(chunked, timeout=60) == list(range(300))

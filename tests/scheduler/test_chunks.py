@@ -1,0 +1,162 @@
+"""Chunks and stealing in the scheduler core: fake clock, executors played by the test."""
+
+from __future__ import annotations
+
+from runtime import protocol as p
+from scheduler.chunks import FIRST_CHUNK
+from scheduler.core import ClientRequest, Tick
+from scheduler.state import TaskState
+from tests.scheduler.test_core import MS, Harness
+
+
+def submit_chunked(h, job_id, n, chunksize, priority="batch"):
+    tasks = [[f"{job_id}/{i}", [i], {}] for i in range(n)]
+    h.handle(
+        ClientRequest(
+            "c",
+            p.Submit(job_id, priority, 0, None, "m:f", None, tasks, 0, {"chunksize": chunksize}),
+        )
+    )
+    return [t[0] for t in tasks]
+
+
+def run_chunk(h, executor_id, chunk, running_ns=1_000, report=None):
+    """Play an executor running `chunk` to its end: start, results, finish."""
+    h.report(executor_id, p.Started(chunk.chunk_id, 0, h.clock.now))
+    ids = [s[0] for s in chunk.subtasks] if report is None else report
+    h.report(
+        executor_id,
+        p.ChunkResults(
+            chunk.chunk_id,
+            [[tid, "finished", tid.upper(), None, {"running_ns": running_ns}] for tid in ids],
+        ),
+    )
+    h.report(executor_id, p.Finished(chunk.chunk_id, 0, None, {"running_ns": 1}))
+
+
+def test_a_chunked_job_goes_out_in_chunks_and_every_task_completes_once():
+    h = Harness(executors=[("e0", "n0")])
+    ids = submit_chunked(h, "j", 10, chunksize=4)
+    done = []
+    while True:
+        chunks = h.sent("e0", p.LaunchChunk)
+        if not chunks:
+            break
+        (chunk,) = chunks
+        done.append([s[0] for s in chunk.subtasks])
+        run_chunk(h, "e0", chunk)
+    assert done == [ids[0:4], ids[4:8], ids[8:10]]
+    assert {tid: [item[2] for item in items] for tid, items in h.results.items()} == {
+        tid: [tid.upper()] for tid in ids
+    }
+
+
+def test_auto_sizes_chunks_from_measured_task_time():
+    h = Harness(executors=[("e0", "n0")])
+    submit_chunked(h, "j", 5_000, chunksize="auto")
+    (first,) = h.sent("e0", p.LaunchChunk)
+    assert len(first.subtasks) == FIRST_CHUNK  # nothing measured yet
+    run_chunk(h, "e0", first, running_ns=100_000)  # 0.1 ms each
+    (second,) = h.sent("e0", p.LaunchChunk)
+    # ~20 ms of work at ~0.1 ms a task (plus overhead), capped by half the fair share.
+    assert 150 <= len(second.subtasks) <= 200
+
+
+def test_a_lost_chunk_requeues_exactly_what_it_had_not_reported():
+    h = Harness(executors=[("e0", "n0"), ("e1", "n1")], heartbeat_ns=100 * MS)
+    ids = submit_chunked(h, "j", 6, chunksize=6)
+    (chunk,) = h.sent("e0", p.LaunchChunk) or h.sent("e1", p.LaunchChunk)
+    holder = (
+        "e0"
+        if chunk.chunk_id in {t.task_id for t in [h.core.executors["e0"].slot_task] if t}
+        else "e1"
+    )
+    other = "e1" if holder == "e0" else "e0"
+    h.report(holder, p.Started(chunk.chunk_id, 0, 1))
+    h.report(
+        holder,
+        p.ChunkResults(
+            chunk.chunk_id, [[ids[0], "finished", 0, None, {}], [ids[1], "finished", 1, None, {}]]
+        ),
+    )
+    h.clock.now += 250 * MS
+    h.report(other, p.Heartbeat(other, "n", 1, 0, 1, 0, 0, 0, 1, 1, 1.0))
+    h.clock.now += 100 * MS
+    h.handle(Tick())
+    (again,) = h.sent(other, p.LaunchChunk)
+    assert [s[0] for s in again.subtasks] == ids[2:]
+    run_chunk(h, other, again)
+    h.report(holder, p.ChunkResults(chunk.chunk_id, [[ids[3], "finished", "late", None, {}]]))
+    assert all(len(h.results[tid]) == 1 for tid in ids)
+    assert h.results[ids[3]][0][2] == ids[3].upper()  # the late duplicate was ignored
+
+
+def test_an_idle_executor_steals_half_of_the_largest_chunk_and_nothing_runs_twice():
+    h = Harness(executors=[("e0", "n0"), ("e1", "n1")])
+    ids = submit_chunked(h, "j", 101, chunksize=101)
+    (chunk,) = h.sent("e0", p.LaunchChunk) or h.sent("e1", p.LaunchChunk)
+    victim = h.core.tasks[chunk.chunk_id].executor_id
+    thief = "e1" if victim == "e0" else "e0"
+    h.core.jobs["j"].subtask_ns = 1_000_000.0  # 1 ms tasks: worth stealing
+    h.report(victim, p.Started(chunk.chunk_id, 0, 1))
+    (steal,) = h.sent(victim, p.Steal)
+    assert steal.chunk_id == chunk.chunk_id and steal.count == 50
+    # No second steal while this one is under way.
+    h.report(victim, p.Heartbeat(victim, "n", 1, 0, 1, 1, 0, 0, 1, 1, 1.0))
+    assert h.sent(victim, p.Steal) == []
+    h.report(victim, p.Stolen(chunk.chunk_id, ids[51:]))
+    (moved,) = h.sent(thief, p.LaunchChunk)
+    assert [s[0] for s in moved.subtasks] == ids[51:]
+    run_chunk(h, thief, moved)
+    run_chunk(h, victim, chunk, report=ids[:51])
+    assert sorted(h.results) == sorted(ids) and all(len(v) == 1 for v in h.results.values())
+    assert h.core.steal_count == 1
+
+
+def test_steals_that_cannot_pay_for_themselves_are_not_made():
+    h = Harness(executors=[("e0", "n0"), ("e1", "n1")])
+    submit_chunked(h, "j", 101, chunksize=101)
+    (chunk,) = h.sent("e0", p.LaunchChunk) or h.sent("e1", p.LaunchChunk)
+    victim = h.core.tasks[chunk.chunk_id].executor_id
+    h.core.jobs["j"].subtask_ns = 1_000.0  # 1 us tasks: 50 of them are not worth a round trip
+    h.report(victim, p.Started(chunk.chunk_id, 0, 1))
+    assert h.sent(victim, p.Steal) == []
+
+
+def test_stealing_can_be_turned_off():
+    h = Harness(executors=[("e0", "n0"), ("e1", "n1")], stealing=False)
+    submit_chunked(h, "j", 101, chunksize=101)
+    (chunk,) = h.sent("e0", p.LaunchChunk) or h.sent("e1", p.LaunchChunk)
+    victim = h.core.tasks[chunk.chunk_id].executor_id
+    h.core.jobs["j"].subtask_ns = 1_000_000.0
+    h.report(victim, p.Started(chunk.chunk_id, 0, 1))
+    assert h.sent(victim, p.Steal) == []
+
+
+def test_a_stream_task_suspends_a_running_chunk():
+    h = Harness(executors=[("e0", "n0")])
+    submit_chunked(h, "j", 50, chunksize=50)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    h.submit("s", "stream", 1)
+    assert [(type(m), m.task_id) for m in h.sent("e0")] == [
+        (p.Suspend, chunk.chunk_id),
+        (p.Launch, "s/0"),
+    ]
+
+
+def test_cancelling_a_task_inside_a_chunk_completes_it_once():
+    h = Harness(executors=[("e0", "n0")])
+    ids = submit_chunked(h, "j", 3, chunksize=3)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.handle(ClientRequest("c", p.Cancel([ids[1]])))
+    assert h.results[ids[1]][0][1] == "cancelled"
+    run_chunk(h, "e0", chunk)
+    assert [item[1] for item in h.results[ids[1]]] == ["cancelled"]
+    assert h.core.tasks[ids[0]].state is TaskState.DONE
+
+
+def test_bad_chunk_options_refuse_the_job():
+    h = Harness(executors=[("e0", "n0")])
+    submit_chunked(h, "j", 2, chunksize=0)
+    assert "chunksize must be" in h.results["j/0"][0][3][1]
