@@ -141,7 +141,9 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="run a benchmark")
     bench.add_argument(
-        "name", choices=["suspend", "preempt", "throughput", "policies"], help="which benchmark"
+        "name",
+        choices=["suspend", "preempt", "throughput", "policies", "chunking", "steal"],
+        help="which benchmark",
     )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--quick", action="store_true", help="fewer iterations")

@@ -1,0 +1,47 @@
+"""`tidal bench chunking`: many tiny tasks, one message each or in chunks, against a pool.
+
+200,000 no-op tasks (each its own future) on a LocalCluster of 2 executors, submitted with
+one `client.map` with chunksize 1 and with "auto"; in the same run,
+`multiprocessing.Pool(2).map` over the same items with chunksize 100. Start-up is not
+counted.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from typing import Any
+
+from runtime.client import Client
+from runtime.cluster import LocalCluster
+from workloads.synthetic import noop
+
+TARGETS = {"auto_vs_pool_chunked": (">=", 0.5)}
+
+
+def _tidal(client: Client, items: list[int], chunksize: int | str) -> float:
+    start = time.perf_counter()
+    client.gather(client.map(noop, items, chunksize=chunksize), timeout=900)
+    return len(items) / (time.perf_counter() - start)
+
+
+def run(quick: bool = False, subtasks: int | None = None) -> dict[str, Any]:
+    n = subtasks or (20_000 if quick else 200_000)
+    items = list(range(n))
+    with multiprocessing.Pool(2) as pool:
+        pool.map(noop, range(1000), chunksize=100)  # warm
+        start = time.perf_counter()
+        pool.map(noop, items, chunksize=100)
+        pool_rate = n / (time.perf_counter() - start)
+    with LocalCluster(executors=2) as cluster, Client(cluster) as client:
+        _tidal(client, list(range(2_000)), "auto")  # warm
+        auto = _tidal(client, items, "auto")
+        one = _tidal(client, items, 1)
+    return {
+        "subtasks": n,
+        "subtasks_per_s_chunksize_1": one,
+        "subtasks_per_s_auto": auto,
+        "pool_chunked_per_s": pool_rate,
+        "auto_vs_pool_chunked": auto / pool_rate,
+        "auto_vs_chunksize_1": auto / one,
+    }
