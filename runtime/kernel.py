@@ -616,11 +616,17 @@ class Kernel:
                         value = self._drive_generator(value)
                     stats = {"running_ns": self._clock() - started}
                     results.append([task_id, "finished", value, None, stats])
-                except TaskKilled:
+                except (TaskKilled, greenlet.GreenletExit):
                     raise
-                except Exception as exc:
+                except BaseException as exc:  # a task's error belongs to its result
                     error = exc
-                    formatted = _safe(lambda e=error: "".join(traceback.format_exception(e)))
+                    formatted = _safe(
+                        lambda e=error: "".join(
+                            traceback.format_exception(
+                                type(e), e, e.__traceback__.tb_next if e.__traceback__ else None
+                            )
+                        )
+                    )
                     results.append(
                         [
                             task_id,

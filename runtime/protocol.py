@@ -40,7 +40,8 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION = 1
+# 2: chunks (launch_chunk, steal, chunk_results, stolen) and submit's options field.
+PROTOCOL_VERSION = 2
 
 # Discussion: partitions travel inside `launch`, so frames can be large; 64 MiB bounds the
 # memory one frame can cost a receiver while leaving room for real data. Configurable per

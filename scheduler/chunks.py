@@ -85,7 +85,7 @@ def form_chunk(
         for task in core.pending.iterate(job.priority):
             if len(tasks) >= size:
                 break
-            if task.job is job and task is not first:
+            if task.job is job and task is not first and task.task_id not in core.reserved:
                 tasks.append(task)
     job.chunks += 1
     chunk = Task(f"{job.job_id}#{job.chunks}", job, [], {}, first.seq, core.now)
@@ -135,7 +135,9 @@ def on_results(core: SchedulerCore, executor: Executor, msg: p.ChunkResults) -> 
             core.complete(task, "failed", None, error if isinstance(error, list) else None)
 
 
-def end_chunk(core: SchedulerCore, chunk: Task, error: list[str] | None = None) -> None:
+def end_chunk(
+    core: SchedulerCore, chunk: Task, error: list[str] | None = None, started: bool = True
+) -> None:
     """A chunk ended (finished, failed, killed or lost): fail or requeue what it left."""
     chunk.state = TaskState.DONE
     left = [t for t in chunk.subtasks.values() if t.state is not TaskState.DONE]
@@ -153,7 +155,7 @@ def end_chunk(core: SchedulerCore, chunk: Task, error: list[str] | None = None) 
         else:
             task.chunk = None
             requeue.append(task)
-    core.requeue_tasks(requeue)
+    core.requeue_tasks(requeue, attempt=started)
 
 
 def on_stolen(core: SchedulerCore, executor: Executor, msg: p.Stolen) -> None:
@@ -221,12 +223,17 @@ class Stealer:
                     candidates.append((chunk, count))
         decisions = []
         for thief in idle:
-            if not candidates:
-                break
+            # Never its own chunk (a suspended one can sit on an idle executor).
+            mine = [c for c in candidates if c[0].executor_id != thief.executor_id]
+            if not mine:
+                continue
             if self.rule == "largest":
-                best = max(candidates, key=lambda c: (c[1], -c[0].seq))
-            else:
-                best = min(candidates, key=lambda c: (c[0].submitted_at, c[0].seq))
+                best = max(mine, key=lambda c: (c[1], -c[0].seq))
+            else:  # the chunk whose tasks have waited longest
+                best = min(
+                    mine,
+                    key=lambda c: (min(t.submitted_at for t in c[0].subtasks.values()), c[0].seq),
+                )
             candidates.remove(best)
             chunk, count = best
             self._last_steal[thief.executor_id] = core.now

@@ -117,6 +117,7 @@ class SchedulerCore:
         self.steals_in_flight: dict[str, tuple[str, int]] = {}  # chunk id -> (thief, count)
         self.steal_count = 0
         self.pending_of_job: dict[str, int] = {}
+        self.reserved: set[str] = set()
         self._clock = clock
         self.now = clock()
         self.view = ClusterView(self)
@@ -251,6 +252,8 @@ class SchedulerCore:
                 raise  # the default policy itself is broken: an internal error, loud
             self.policy = resolve_policy(DEFAULT_POLICY)
             decisions = list(hook(self.policy) or ())
+        # Tasks the policy launches in this batch are not swept into an earlier launch's chunk.
+        self.reserved = {x.task_id for x in decisions if isinstance(x, d.Launch)}
         for decision in decisions:
             reason = self._validate(decision)
             if reason is None:
@@ -469,7 +472,11 @@ class SchedulerCore:
         self._detach(executor, task)
         if task.subtasks is not None:  # a chunk: what it had not reported runs again
             self.steals_in_flight.pop(task.task_id, None)
-            ch.end_chunk(self, task)
+            if task.state is TaskState.KILLING and not task.requeue_on_kill:
+                error = ["TaskKilled", f"killed by the {self.policy.name!r} policy", ""]
+                ch.end_chunk(self, task, error=error)
+            else:
+                ch.end_chunk(self, task, started=msg.stats.get("running_ns", 0) > 0)
         elif task.cancel_requested:
             task.job.cancelled += 1
             self._complete(task, "cancelled", None, None)
