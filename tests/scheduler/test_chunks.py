@@ -63,71 +63,76 @@ def test_auto_sizes_chunks_from_measured_task_time():
 
 
 def test_a_lost_chunk_requeues_exactly_what_it_had_not_reported():
-    h = Harness(executors=[("e0", "n0"), ("e1", "n1")], heartbeat_ns=100 * MS)
+    h = Harness(executors=[("e0", "n0")], heartbeat_ns=100 * MS)
     ids = submit_chunked(h, "j", 6, chunksize=6)
-    (chunk,) = h.sent("e0", p.LaunchChunk) or h.sent("e1", p.LaunchChunk)
-    holder = (
-        "e0"
-        if chunk.chunk_id in {t.task_id for t in [h.core.executors["e0"].slot_task] if t}
-        else "e1"
-    )
-    other = "e1" if holder == "e0" else "e0"
-    h.report(holder, p.Started(chunk.chunk_id, 0, 1))
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.join("e1", "n1")  # joins after the chunk went out: nothing pending for it
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
     h.report(
-        holder,
+        "e0",
         p.ChunkResults(
             chunk.chunk_id, [[ids[0], "finished", 0, None, {}], [ids[1], "finished", 1, None, {}]]
         ),
     )
     h.clock.now += 250 * MS
-    h.report(other, p.Heartbeat(other, "n", 1, 0, 1, 0, 0, 0, 1, 1, 1.0))
+    h.report("e1", p.Heartbeat("e1", "n", 1, 0, 1, 0, 0, 0, 1, 1, 1.0))
     h.clock.now += 100 * MS
     h.handle(Tick())
-    (again,) = h.sent(other, p.LaunchChunk)
+    (again,) = h.sent("e1", p.LaunchChunk)
     assert [s[0] for s in again.subtasks] == ids[2:]
-    run_chunk(h, other, again)
-    h.report(holder, p.ChunkResults(chunk.chunk_id, [[ids[3], "finished", "late", None, {}]]))
+    run_chunk(h, "e1", again)
+    h.report("e0", p.ChunkResults(chunk.chunk_id, [[ids[3], "finished", "late", None, {}]]))
     assert all(len(h.results[tid]) == 1 for tid in ids)
     assert h.results[ids[3]][0][2] == ids[3].upper()  # the late duplicate was ignored
 
 
-def test_an_idle_executor_steals_half_of_the_largest_chunk_and_nothing_runs_twice():
+def test_tasks_the_policy_launches_elsewhere_are_not_swept_into_a_chunk():
     h = Harness(executors=[("e0", "n0"), ("e1", "n1")])
+    ids = submit_chunked(h, "j", 6, chunksize=6)
+    sent = {e: h.sent(e, p.LaunchChunk) for e in ("e0", "e1")}
+    assert all(len(chunks) == 1 for chunks in sent.values())  # both executors got work
+    got = sorted(s[0] for chunks in sent.values() for c in chunks for s in c.subtasks)
+    assert got == sorted(ids)
+
+
+def test_an_idle_executor_steals_half_of_the_largest_chunk_and_nothing_runs_twice():
+    h = Harness(executors=[("e0", "n0")])
     ids = submit_chunked(h, "j", 101, chunksize=101)
-    (chunk,) = h.sent("e0", p.LaunchChunk) or h.sent("e1", p.LaunchChunk)
-    victim = h.core.tasks[chunk.chunk_id].executor_id
-    thief = "e1" if victim == "e0" else "e0"
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.join("e1", "n1")  # an idle executor, and nothing pending
     h.core.jobs["j"].subtask_ns = 1_000_000.0  # 1 ms tasks: worth stealing
-    h.report(victim, p.Started(chunk.chunk_id, 0, 1))
-    (steal,) = h.sent(victim, p.Steal)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    (steal,) = h.sent("e0", p.Steal)
     assert steal.chunk_id == chunk.chunk_id and steal.count == 50
     # No second steal while this one is under way.
-    h.report(victim, p.Heartbeat(victim, "n", 1, 0, 1, 1, 0, 0, 1, 1, 1.0))
-    assert h.sent(victim, p.Steal) == []
-    h.report(victim, p.Stolen(chunk.chunk_id, ids[51:]))
-    (moved,) = h.sent(thief, p.LaunchChunk)
+    h.report("e0", p.Heartbeat("e0", "n", 1, 0, 1, 1, 0, 0, 1, 1, 1.0))
+    assert h.sent("e0", p.Steal) == []
+    h.report("e0", p.Stolen(chunk.chunk_id, ids[51:]))
+    (moved,) = h.sent("e1", p.LaunchChunk)
     assert [s[0] for s in moved.subtasks] == ids[51:]
-    run_chunk(h, thief, moved)
-    run_chunk(h, victim, chunk, report=ids[:51])
+    run_chunk(h, "e1", moved)
+    run_chunk(h, "e0", chunk, report=ids[:51])
     assert sorted(h.results) == sorted(ids) and all(len(v) == 1 for v in h.results.values())
     assert h.core.steal_count == 1
 
 
 def test_steals_that_cannot_pay_for_themselves_are_not_made():
-    h = Harness(executors=[("e0", "n0"), ("e1", "n1")])
+    h = Harness(executors=[("e0", "n0")])
     submit_chunked(h, "j", 101, chunksize=101)
-    (chunk,) = h.sent("e0", p.LaunchChunk) or h.sent("e1", p.LaunchChunk)
-    victim = h.core.tasks[chunk.chunk_id].executor_id
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.join("e1", "n1")
+    victim = "e0"
     h.core.jobs["j"].subtask_ns = 1_000.0  # 1 us tasks: 50 of them are not worth a round trip
     h.report(victim, p.Started(chunk.chunk_id, 0, 1))
     assert h.sent(victim, p.Steal) == []
 
 
 def test_stealing_can_be_turned_off():
-    h = Harness(executors=[("e0", "n0"), ("e1", "n1")], stealing=False)
+    h = Harness(executors=[("e0", "n0")], stealing=False)
     submit_chunked(h, "j", 101, chunksize=101)
-    (chunk,) = h.sent("e0", p.LaunchChunk) or h.sent("e1", p.LaunchChunk)
-    victim = h.core.tasks[chunk.chunk_id].executor_id
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.join("e1", "n1")
+    victim = "e0"
     h.core.jobs["j"].subtask_ns = 1_000_000.0
     h.report(victim, p.Started(chunk.chunk_id, 0, 1))
     assert h.sent(victim, p.Steal) == []
