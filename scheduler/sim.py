@@ -27,6 +27,17 @@ The model, and what it leaves out:
   remaining work. A task suspended before it ever ran goes back to the launch queue when
   resumed and reports Started, not Resumed, when it runs. A kill drops the task wherever it
   is and the work of that attempt is lost. A command that does not apply gets Refused.
+* Chunks and stealing. A job with a `chunksize` (an int or "auto") sends it in the Submit's
+  options, and the core launches its tasks in chunks (scheduler/chunks.py). A simulated
+  executor runs a chunk as the kernel does: one entry in the ready order, its subtasks one
+  after the other (each its scripted duration), a suspension point between two subtasks
+  (and at record boundaries inside one), results in batches of CHUNK_REPORT_EVERY or every
+  CHUNK_REPORT_NS (runtime/kernel.py) and whenever a command waits; a steal takes
+  not-started subtasks from the end of the chunk, never one that has started. The timeline
+  has the chunk's own events under its id and "subtask_started", "subtask_finished" and
+  "stolen" under each subtask's. A chunk's suspension counts in `SimResult.suspensions`
+  and, if it parked inside a subtask, in that task's; `SimCluster(stealing=False)` turns
+  stealing off and `steal_rule` picks the stealer's rule ("largest" or "oldest").
 * Every `heartbeat_s` each executor sends a Heartbeat (counts, a fake rss, and the
   `mem_percent` that `memory` scripts); heartbeat phases are drawn from the seed. The core
   gets a Tick every `heartbeat_s / 2`.
@@ -35,8 +46,9 @@ The model, and what it leaves out:
   had done is lost.
 * A task reports `records` = its work done // `record_s`. The seed decides only the
   heartbeat phases; the workload's randomness is the caller's (see `mixed_scenario`).
-* Not modelled: switch and decode costs, tasks that never reach a record boundary
-  (SuspendFailed), task failures, cancellation, the memory parked tasks hold, jitter.
+* Not modelled: switch and decode costs (a chunk's per-subtask cost too), tasks that never
+  reach a record boundary (SuspendFailed), task failures, cancellation, the memory parked
+  tasks hold, jitter.
 
 Preferences (`JobSpec.preferred_nodes` for every task of a job, or `preferences=` per task;
 node labels or executor ids) travel as real clients send them: in the Submit, as the task
@@ -61,6 +73,7 @@ from typing import Any
 
 from runtime import protocol as p
 from runtime.bench import percentile
+from scheduler.chunks import check_chunksize
 from scheduler.core import (
     SchedulerCore,
 )
@@ -128,6 +141,7 @@ class JobSpec:
     order: int = 0
     max_suspensions: int | None = None  # None: the cluster's cap
     preferred_nodes: list[str] | None = None  # nodes or executor ids, for each of its tasks
+    chunksize: int | str | None = None  # None: a launch per task; an int or "auto": chunks
 
     def __post_init__(self) -> None:
         if self.priority not in PRIORITIES:
@@ -138,6 +152,13 @@ class JobSpec:
             raise ValueError(f"job {self.job_id} has no tasks: give one duration per task")
         if any(d < 0 for d in self.durations_s) or self.arrival_s < 0:
             raise ValueError(f"job {self.job_id}: durations and arrival_s must be >= 0")
+        problem = check_chunksize({"chunksize": self.chunksize})
+        if problem is not None:
+            raise ValueError(f"job {self.job_id}: {problem}")
+
+    def options(self) -> dict[str, Any] | None:
+        """The Submit's job options."""
+        return None if self.chunksize is None else {"chunksize": self.chunksize}
 
     def task_ids(self) -> list[str]:
         return [f"{self.job_id}/{i}" for i in range(len(self.durations_s))]
@@ -197,12 +218,13 @@ class SimResult:
     stream_ms_p95: float | None
     stream_ms_p99: float | None
     batch_makespan_s: float | None  # first batch arrival -> last batch completion
-    suspensions: int
+    suspensions: int  # every suspension executors carried out (a chunk's once each)
     max_suspensions_per_task: int  # per attempt: the cap applies afresh to a requeued task
     work_lost_s: float
     # Of the tasks with preferences, the share that completed on a preferred node or
     # executor (None when no task has preferences).
     locality_hit_rate: float | None
+    steals: int  # steals the core carried out (stolen subtasks relaunched on a thief)
 
     def summary(self) -> dict[str, Any]:
         """The aggregates as a flat dict (what a benchmark prints)."""
@@ -257,6 +279,8 @@ class SimCluster:
         memory: Mapping[str, float] | Callable[[str, float], float] | None = None,
         preferences: Mapping[str, Sequence[str]] | None = None,
         seed: int = 0,
+        stealing: bool = True,
+        steal_rule: str = "largest",
     ) -> None:
         if not executors:
             raise ValueError("a cluster needs at least one (executor_id, node)")
@@ -271,6 +295,8 @@ class SimCluster:
             clock=lambda: self.loop.now,
             max_suspensions=max_suspensions,
             heartbeat_ns=_ns(heartbeat_s),
+            stealing=stealing,
+            steal_rule=steal_rule,
         )
         self._latency_ns = _ns(message_latency_s)
         self._heartbeat_ns = _ns(heartbeat_s)
@@ -298,9 +324,11 @@ class SimCluster:
         self._samples: list[NodeSample] = []
         self._lost: dict[str, tuple[str, ...]] = {}
         self._max_suspensions_seen = 0
+        self._suspensions = 0
         self._remaining = 0
         self._last_progress_ns = 0
         self._stall_after_ns = 0
+        self._submits_due = 0
         self._stalled = False
         self._ran = False
         self._to_core(ClientJoined(CLIENT_ID))
@@ -371,8 +399,10 @@ class SimCluster:
                 None,
                 tasks,
                 arrival_ns,
+                job.options(),
             )
             self.loop.at(arrival_ns + self._latency_ns, self._submit, submit)
+            self._submits_due += 1
         self._remaining = len(self._truth)
         hand_over = getattr(self.core.policy, "set_preferences", None)
         if callable(hand_over):
@@ -387,7 +417,8 @@ class SimCluster:
         self.loop.at(self._heartbeat_ns // 2, self._tick)
 
     def _submit(self, submit: p.Submit) -> None:
-        self._last_progress_ns = self.loop.now  # a run waiting for its next job is not stuck
+        self._last_progress_ns = self.loop.now
+        self._submits_due -= 1
         self._to_core(ClientRequest(CLIENT_ID, submit))
 
     def _work_of(self, task_id: str) -> int:
@@ -397,7 +428,9 @@ class SimCluster:
 
     def _tick(self) -> None:
         self._to_core(Tick())
-        if self._remaining and self.loop.now - self._last_progress_ns > self._stall_after_ns:
+        # A run waiting for its next job is not stuck, however long the gap.
+        quiet_ns = self.loop.now - self._last_progress_ns
+        if self._remaining and not self._submits_due and quiet_ns > self._stall_after_ns:
             self._stalled = True
         self.loop.after(self._heartbeat_ns // 2, self._tick)
 
@@ -429,10 +462,20 @@ class SimCluster:
         self.loop.after(self._heartbeat_ns, self._heartbeat, executor_id, seq + 1)
 
     def _fail(self, executor_id: str) -> None:
-        lost = self.executors[executor_id].fail()
-        for record in lost:
-            self._truth[record.task_id].work_lost_ns += record.done_ns
-        self._lost[executor_id] = tuple(record.task_id for record in lost)
+        lost_ids = []
+        for record in self.executors[executor_id].fail():
+            if record.subtasks is None:
+                lost = [(record.task_id, record.done_ns)]
+            else:  # a chunk: the results it had not sent, the subtask it was in, the rest
+                assert record.results is not None
+                lost = [(item[0], item[4]["running_ns"]) for item in record.results]
+                if record.sub is not None:
+                    lost.append((record.sub.task_id, record.sub.done_ns))
+                lost.extend((sub.task_id, 0) for sub in record.subtasks)
+            for task_id, work_ns in lost:
+                self._truth[task_id].work_lost_ns += work_ns
+                lost_ids.append(task_id)
+        self._lost[executor_id] = tuple(lost_ids)
 
     # ---- messages ----------------------------------------------------------------------------
 
@@ -486,13 +529,20 @@ class SimCluster:
         now = self.loop.now
         self._last_progress_ns = now
         self._timeline.append((now / 1e9, executor_id, record.task_id, event))
+        if event == "suspended":
+            self._suspensions += 1
+            self._max_suspensions_seen = max(self._max_suspensions_seen, record.suspensions)
+        if record.subtasks is not None:
+            # A chunk's own event: a suspension or a kill concerns the subtask it was in.
+            if record.sub is None or event not in ("suspended", "killed"):
+                return
+            record = record.sub
         truth = self._truth[record.task_id]
-        if event == "started":
+        if event in ("started", "subtask_started"):
             if truth.first_started_ns is None:
                 truth.first_started_ns = now
         elif event == "suspended":
             truth.suspensions += 1
-            self._max_suspensions_seen = max(self._max_suspensions_seen, record.suspensions)
         elif event == "killed":
             truth.work_lost_ns += record.done_ns
 
@@ -556,10 +606,11 @@ class SimCluster:
             stream_ms_p95=pct(95),
             stream_ms_p99=pct(99),
             batch_makespan_s=makespan,
-            suspensions=sum(t.suspensions for t in self._truth.values()),
+            suspensions=self._suspensions,
             max_suspensions_per_task=self._max_suspensions_seen,
             work_lost_s=sum(t.work_lost_ns for t in self._truth.values()) / 1e9,
             locality_hit_rate=hits / with_preferences if with_preferences else None,
+            steals=self.core.steal_count,
         )
 
 

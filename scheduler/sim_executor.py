@@ -5,6 +5,15 @@ executor on it, following runtime/kernel.py's single slot, ready order and recor
 boundaries, and talks to the scheduler only through the messages it is handed and emits.
 Neither knows the scheduler core: scheduler/sim.py builds a cluster of them around it, and
 its docstring describes the model they follow.
+
+Chunks follow the kernel's `launch_chunk`, `_run_chunk` and `steal`: a chunk is one entry in
+the ready order whose work is its subtasks, run one after the other. Between two subtasks
+is a suspension point: the results so far go out there when a command waits (before the hub
+applies it), and in any case every CHUNK_REPORT_EVERY subtasks or CHUNK_REPORT_NS; a
+command can also reach the hub at a record boundary inside a subtask, which then parks
+half done without reporting (as in the kernel, whose record gate parks the subtask where
+it is). A steal takes not-started subtasks from the end of the chunk, in the hub, so never
+one that has started; a kill reports the subtasks that completed before it reports Killed.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime import protocol as p
+from runtime.kernel import CHUNK_REPORT_EVERY, CHUNK_REPORT_NS
 
 __all__ = ["EventLoop", "ExecutorTask", "SimExecutor"]
 
@@ -93,14 +103,23 @@ class ExecutorTask:
     suspended_ns: int = 0
     suspensions: int = 0
     token: int = 0  # bumped whenever it leaves the slot: its completion event goes stale
+    # A chunk only (None otherwise): its subtasks not started yet, in the order they run,
+    # the one started and not done (it holds its own done_ns and run_since), and the
+    # results not reported yet ([task_id, outcome, value, error, stats], as on the wire).
+    subtasks: deque[ExecutorTask] | None = None
+    sub: ExecutorTask | None = None
+    results: list[list[Any]] | None = None
+    flushed_at: int = 0  # when its results last went out (or it started)
 
 
 class SimExecutor:
     """One simulated executor: a single slot and the kernel's ready order, on an EventLoop.
 
     `emit(message)` sends a report to the scheduler; `work_ns(task_id)` is the running time a
-    launched task needs; `on_event(event, record)` (optional) is told of every "started",
-    "suspended", "resumed", "finished" and "killed", when it happens.
+    launched task (or a chunk's subtask) needs; `on_event(event, record)` (optional) is told
+    of every "started", "suspended", "resumed", "finished" and "killed", when it happens; for
+    a chunk's subtasks, with the subtask's own record, of "subtask_started",
+    "subtask_finished" and "stolen".
     """
 
     def __init__(
@@ -134,6 +153,8 @@ class SimExecutor:
         self._boundary_gen = 0  # bumped on every drain: an older boundary event goes stale
         self._commands: dict[type, Callable[[int, Any], None]] = {
             p.Launch: self._launch,
+            p.LaunchChunk: self._launch_chunk,
+            p.Steal: self._steal,
             p.Suspend: self._suspend,
             p.Resume: self._resume,
             p.Kill: self._kill,
@@ -146,7 +167,10 @@ class SimExecutor:
         if self.failed:
             return
         if type(message) not in self._commands:
-            raise TypeError(f"executors take launch, suspend, resume and kill, not {message!r}")
+            raise TypeError(
+                "executors take launch, launch_chunk, suspend, resume, kill and steal, "
+                f"not {message!r}"
+            )
         if self.current is None:
             self._apply(self._loop.now, message)
             self._run_next()
@@ -208,6 +232,7 @@ class SimExecutor:
         if record.state == QUEUED:
             record.started = True
             record.state = RUNNING
+            record.flushed_at = now
             self._emit(p.Started(record.task_id, record.attempt, now))
             self._on_event("started", record)
         else:
@@ -217,7 +242,10 @@ class SimExecutor:
             self._on_event("resumed", record)
         record.run_since = now
         self.current = record
-        self._loop.at(now + record.work_ns - record.done_ns, self._finish, record, record.token)
+        if record.subtasks is None:
+            self._loop.at(now + record.work_ns - record.done_ns, self._finish, record, record.token)
+        else:
+            self._run_chunk(record)
 
     def _finish(self, record: ExecutorTask, token: int) -> None:
         if self.failed or record.token != token:
@@ -231,9 +259,69 @@ class SimExecutor:
         self._run_next()
 
     def _leave_slot(self, record: ExecutorTask) -> None:
-        record.done_ns += self._loop.now - record.run_since
+        now = self._loop.now
+        record.done_ns += now - record.run_since
+        if record.sub is not None:  # a chunk that leaves the slot inside a subtask
+            record.sub.done_ns += now - record.sub.run_since
         record.token += 1
         self.current = None
+
+    # ---- chunks -------------------------------------------------------------------------------
+
+    def _run_chunk(self, record: ExecutorTask) -> None:
+        """The chunk holds the slot: carry on with its subtask, or start the next one."""
+        now = self._loop.now
+        assert record.subtasks is not None
+        sub = record.sub
+        if sub is None:
+            if not record.subtasks:
+                self._end_chunk(record)
+                return
+            sub = record.sub = record.subtasks.popleft()
+            sub.started = True
+            sub.state = RUNNING
+            self._on_event("subtask_started", sub)
+        sub.run_since = now
+        self._loop.at(now + sub.work_ns - sub.done_ns, self._subtask_end, record, record.token)
+
+    def _subtask_end(self, record: ExecutorTask, token: int) -> None:
+        if self.failed or record.token != token:
+            return  # the chunk left the slot since this was scheduled
+        assert record.sub is not None and record.results is not None
+        now = self._loop.now
+        sub, record.sub = record.sub, None
+        sub.done_ns += now - sub.run_since
+        record.results.append([sub.task_id, "finished", None, None, {"running_ns": sub.done_ns}])
+        self._on_event("subtask_finished", sub)
+        waiting = bool(self._inbox)  # the kernel's gate is raised
+        if (
+            waiting
+            or len(record.results) >= CHUNK_REPORT_EVERY
+            or now - record.flushed_at >= CHUNK_REPORT_NS
+        ):
+            self._report_results(record)  # before parking too: these are done whatever comes
+            record.flushed_at = now
+            if waiting:  # a suspension point between subtasks: the hub applies what waits
+                self._drain()
+                if self.current is not record:  # suspended or killed there
+                    self._run_next()
+                    return
+        self._run_chunk(record)
+
+    def _end_chunk(self, record: ExecutorTask) -> None:
+        """No subtask left: report what is unreported, then the chunk's end (as `_finish`)."""
+        self._report_results(record)
+        self._leave_slot(record)
+        del self.records[record.task_id]
+        self._on_event("finished", record)
+        self._emit(p.Finished(record.task_id, record.attempt, None, self._stats(record)))
+        self._drain()
+        self._run_next()
+
+    def _report_results(self, record: ExecutorTask) -> None:
+        if record.results:
+            items, record.results = record.results, []
+            self._emit(p.ChunkResults(record.task_id, items))
 
     def _discard(self, record: ExecutorTask) -> None:
         """Take a task that does not hold the slot out of the ready queue it waits in."""
@@ -267,6 +355,38 @@ class SimExecutor:
         record = ExecutorTask(msg.task_id, msg.attempt, msg.priority, self._work_ns(msg.task_id))
         self.records[msg.task_id] = record
         (self._stream if record.priority == "stream" else self._batch).append(record)
+
+    def _launch_chunk(self, arrived: int, msg: p.LaunchChunk) -> None:
+        if msg.priority not in PRIORITIES:
+            reason = f"unknown priority {msg.priority!r} (use stream or batch)"
+            self._emit(p.Refused("launch", msg.chunk_id, reason))
+            return
+        existing = self.records.get(msg.chunk_id)
+        if existing is not None:
+            reason = f"a task with this id is already here ({existing.state})"
+            self._emit(p.Refused("launch", msg.chunk_id, reason))
+            return
+        subtasks = deque(
+            ExecutorTask(entry[0], msg.attempt, msg.priority, self._work_ns(entry[0]))
+            for entry in msg.subtasks
+        )
+        work_ns = sum(sub.work_ns for sub in subtasks)
+        record = ExecutorTask(msg.chunk_id, msg.attempt, msg.priority, work_ns)
+        record.subtasks, record.results = subtasks, []
+        self.records[msg.chunk_id] = record
+        (self._stream if record.priority == "stream" else self._batch).append(record)
+
+    def _steal(self, arrived: int, msg: p.Steal) -> None:
+        # Atomic: only the hub runs now, and the running subtask has left the deque already.
+        record = self.records.get(msg.chunk_id)
+        taken: list[ExecutorTask] = []
+        if record is not None and record.subtasks is not None:
+            for _ in range(min(msg.count, len(record.subtasks))):
+                taken.append(record.subtasks.pop())
+            taken.reverse()
+        for sub in taken:
+            self._on_event("stolen", sub)
+        self._emit(p.Stolen(msg.chunk_id, [sub.task_id for sub in taken]))
 
     def _suspend(self, arrived: int, msg: p.Suspend) -> None:
         record = self.records.get(msg.task_id)
@@ -310,5 +430,7 @@ class SimExecutor:
             self._leave_slot(record)
         else:
             self._discard(record)
+        if record.subtasks is not None:
+            self._report_results(record)  # the subtasks that completed did complete
         self._on_event("killed", record)
         self._emit(p.Killed(record.task_id, record.attempt, self._stats(record)))
