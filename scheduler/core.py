@@ -402,12 +402,17 @@ class SchedulerCore:
                 and previous is not task
                 and previous.state is TaskState.LAUNCHED
             ):
-                if previous.priority == "stream":
-                    # A stream task sent to a slot that turned out busy would wait behind a
-                    # whole batch task: withdraw it, and the policy places it again.
-                    self._withdraw(executor, previous)
-                else:
-                    executor.queued.appendleft(previous)
+                # It is next there (the executor runs stream launches first). A stream task
+                # could still wait behind a whole batch task: under a policy that preempts,
+                # suspend that task, as the policy meant the stream task to have the slot.
+                executor.queued.appendleft(previous)
+                if (
+                    previous.priority == "stream"
+                    and task.priority == "batch"
+                    and self.policy.preempts
+                    and self._validate(d.Suspend(task.task_id)) is None
+                ):
+                    self._carry_out(d.Suspend(task.task_id))
 
     def _on_suspended(self, executor: Executor, msg: p.Suspended) -> None:
         task = self._task_on(executor, msg.task_id)

@@ -43,6 +43,10 @@ class AdaptivePolicy(Policy):
 
     name = "adaptive"
 
+    @property
+    def preempts(self) -> bool:  # as the policy it currently uses
+        return self.policies[self.current].preempts
+
     def __init__(self, window_s: float = 2.0, min_dwell_s: float = 1.0) -> None:
         self.window_ns = int(window_s * 1e9)
         self.min_dwell_ns = int(min_dwell_s * 1e9)

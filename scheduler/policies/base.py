@@ -22,6 +22,10 @@ class Policy:
 
     #: The name `policy="..."` and `tidal scheduler --policy` know this policy by.
     name = "base"
+    #: Whether it takes slots from running batch tasks for stream tasks. The core uses it in
+    #: one race only: a stream task it launched into a slot that a prefetched batch task had
+    #: taken meanwhile is helped by suspending that task only if this is True.
+    preempts = False
 
     def tasks_submitted(self, view: ClusterView, tasks: Sequence[TaskView]) -> Iterable[Decision]:
         """New tasks are pending (a job was submitted, or tasks were requeued)."""

@@ -29,6 +29,7 @@ class LbPolicy(Policy):
     """Suspend batch tasks for stream tasks, balancing running tasks per node."""
 
     name = "lb"
+    preempts = True
 
     def __init__(self, memory_pressure_threshold: float = MEMORY_PRESSURE_THRESHOLD) -> None:
         self.memory_pressure_threshold = memory_pressure_threshold

@@ -133,3 +133,15 @@ def test_adaptive_records_every_switch_with_a_reason():
     SimCluster(policy, executors, memory=PRESSURED).run(jobs)
     assert policy.switches and all(s.reason for s in policy.switches)
     assert policy.switches[0].to_policy in {"lb", "fair", "fifo"}
+
+
+def test_a_stream_task_is_not_stuck_behind_prefetched_tiny_batch_tasks():
+    # Tiny batch tasks turn prefetch on, so batch launches race the stream launch to the
+    # executor; the stream task must still run at once under lb, and never be withdrawn.
+    from scheduler.sim import JobSpec
+
+    jobs = [JobSpec("b", "batch", 0.0, [0.00005] * 3000), JobSpec("s", "stream", 0.1, [0.001])]
+    lb = SimCluster("lb", [("e0", "n0")]).run(jobs)
+    assert lb.tasks["s/0"].latency_s < 0.005 and lb.tasks["s/0"].attempt == 0
+    fifo = SimCluster("fifo", [("e0", "n0")]).run(jobs)
+    assert fifo.tasks["s/0"].attempt == 0 and fifo.suspensions == 0  # fifo waits its turn
