@@ -12,7 +12,7 @@ from importlib import metadata
 from typing import Any
 
 from scheduler.policies.adaptive import AdaptivePolicy
-from scheduler.policies.base import Policy
+from scheduler.policies.base import AssignOnChange, Policy
 from scheduler.policies.fair import FairPolicy
 from scheduler.policies.fifo import FifoPolicy
 from scheduler.policies.kill import KillPolicy
@@ -24,6 +24,7 @@ __all__ = [
     "BUILTIN_POLICIES",
     "DEFAULT_POLICY",
     "ENTRY_POINT_GROUP",
+    "AssignOnChange",
     "Policy",
     "UnknownPolicy",
     "known_policy_names",

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from scheduler.decisions import Decision
 from scheduler.state import ClusterView, ExecutorView, TaskView
 
-__all__ = ["Policy"]
+__all__ = ["AssignOnChange", "Policy"]
 
 
 class Policy:
@@ -45,3 +45,24 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} policy {self.name!r}>"
+
+
+class AssignOnChange(Policy):
+    """A policy that makes one decision however the cluster changed: override `assign`.
+
+    Submissions, freed slots and the periodic tick all lead to `assign(view)`; metrics
+    updates do not (override `metrics_updated` to react to them).
+    """
+
+    def assign(self, view: ClusterView) -> Iterable[Decision]:
+        """Decide what should run now, given the whole view."""
+        return ()
+
+    def tasks_submitted(self, view: ClusterView, tasks: Sequence[TaskView]) -> Iterable[Decision]:
+        return self.assign(view)
+
+    def slot_freed(self, view: ClusterView, executor: ExecutorView) -> Iterable[Decision]:
+        return self.assign(view)
+
+    def tick(self, view: ClusterView) -> Iterable[Decision]:
+        return self.assign(view)

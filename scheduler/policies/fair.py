@@ -9,14 +9,14 @@ slot to free up, which is what FAIR cannot fix and suspension can.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 
 from scheduler.decisions import Decision, Launch
-from scheduler.policies.base import Policy
-from scheduler.state import ClusterView, ExecutorView, TaskView
+from scheduler.policies.base import AssignOnChange
+from scheduler.state import ClusterView, TaskView
 
 
-class FairPolicy(Policy):
+class FairPolicy(AssignOnChange):
     """Share slots across jobs by weight; never suspends, never kills."""
 
     name = "fair"
@@ -24,16 +24,7 @@ class FairPolicy(Policy):
     def __init__(self, weights: dict[str, float] | None = None) -> None:
         self.weights = {"stream": 1.0, "batch": 1.0, **(weights or {})}
 
-    def tasks_submitted(self, view: ClusterView, tasks: Sequence[TaskView]) -> Iterable[Decision]:
-        return self._fill(view)
-
-    def slot_freed(self, view: ClusterView, executor: ExecutorView) -> Iterable[Decision]:
-        return self._fill(view)
-
-    def tick(self, view: ClusterView) -> Iterable[Decision]:
-        return self._fill(view)
-
-    def _fill(self, view: ClusterView) -> Iterator[Decision]:
+    def assign(self, view: ClusterView) -> Iterator[Decision]:
         free = {e.executor_id: e.free_capacity for e in view.executors()}
         if not any(free.values()):
             return

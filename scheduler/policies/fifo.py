@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 
 from scheduler.decisions import Decision, Launch
-from scheduler.policies.base import Policy
-from scheduler.state import ClusterView, ExecutorView, TaskView
+from scheduler.policies.base import AssignOnChange
+from scheduler.state import ClusterView
 
 
-class FifoPolicy(Policy):
+class FifoPolicy(AssignOnChange):
     """Arrival order across all jobs; never suspends, never kills."""
 
     name = "fifo"
 
-    def tasks_submitted(self, view: ClusterView, tasks: Sequence[TaskView]) -> Iterable[Decision]:
-        return self._fill(view)
-
-    def slot_freed(self, view: ClusterView, executor: ExecutorView) -> Iterable[Decision]:
-        return self._fill(view)
-
-    def tick(self, view: ClusterView) -> Iterable[Decision]:
-        return self._fill(view)
-
-    def _fill(self, view: ClusterView) -> Iterator[Decision]:
+    def assign(self, view: ClusterView) -> Iterator[Decision]:
         """Give every unit of free capacity the oldest pending task."""
         free = {e.executor_id: e.free_capacity for e in view.executors()}
         if not any(free.values()):

@@ -12,10 +12,10 @@ there, and resumption comes before new batch work), then to the next batch task.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 
 from scheduler.decisions import Decision, Launch, Resume, Suspend
-from scheduler.policies.base import Policy
+from scheduler.policies.base import AssignOnChange
 from scheduler.state import ClusterView, ExecutorView, TaskView
 
 # Discussion: above this host memory use an executor is "under pressure": suspending there
@@ -25,7 +25,7 @@ from scheduler.state import ClusterView, ExecutorView, TaskView
 MEMORY_PRESSURE_THRESHOLD = 0.85
 
 
-class LbPolicy(Policy):
+class LbPolicy(AssignOnChange):
     """Suspend batch tasks for stream tasks, balancing running tasks per node."""
 
     name = "lb"
@@ -34,16 +34,7 @@ class LbPolicy(Policy):
     def __init__(self, memory_pressure_threshold: float = MEMORY_PRESSURE_THRESHOLD) -> None:
         self.memory_pressure_threshold = memory_pressure_threshold
 
-    def tasks_submitted(self, view: ClusterView, tasks: Sequence[TaskView]) -> Iterable[Decision]:
-        return self._assign(view)
-
-    def slot_freed(self, view: ClusterView, executor: ExecutorView) -> Iterable[Decision]:
-        return self._assign(view)
-
-    def tick(self, view: ClusterView) -> Iterable[Decision]:
-        return self._assign(view)
-
-    def _assign(self, view: ClusterView) -> Iterator[Decision]:
+    def assign(self, view: ClusterView) -> Iterator[Decision]:
         executors = view.executors()
         if not view.pending_count("stream") and not any(e.suspended for e in executors):
             # The common case in a batch burst: nothing to preempt or resume.

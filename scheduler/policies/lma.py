@@ -43,7 +43,7 @@ class LmaPolicy(LbPolicy):
         super().__init__(memory_pressure_threshold)
         self.delay_ns = int(delay_s * 1e9)
 
-    def _assign(self, view: ClusterView) -> Iterator[Decision]:
+    def assign(self, view: ClusterView) -> Iterator[Decision]:
         executors = sorted(view.executors(), key=lambda e: (self._pressured(e), e.memory_pressure))
         free_slots = [e for e in executors if e.slot_free]
         # 1. Stream tasks: a free preferred slot, else preempt on a preferred node, else any.

@@ -10,14 +10,14 @@ gives up.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 
 from scheduler.decisions import Decision, Launch
-from scheduler.policies.base import Policy
-from scheduler.state import ClusterView, ExecutorView, TaskView
+from scheduler.policies.base import AssignOnChange
+from scheduler.state import ClusterView, ExecutorView
 
 
-class StaticPolicy(Policy):
+class StaticPolicy(AssignOnChange):
     """Reserve a fixed share of executors for stream tasks."""
 
     name = "static"
@@ -27,15 +27,6 @@ class StaticPolicy(Policy):
             raise ValueError(f"stream_share must be between 0 and 1, not {stream_share}")
         self.stream_share = stream_share
 
-    def tasks_submitted(self, view: ClusterView, tasks: Sequence[TaskView]) -> Iterable[Decision]:
-        return self._fill(view)
-
-    def slot_freed(self, view: ClusterView, executor: ExecutorView) -> Iterable[Decision]:
-        return self._fill(view)
-
-    def tick(self, view: ClusterView) -> Iterable[Decision]:
-        return self._fill(view)
-
     def partition(self, executors: list[ExecutorView]) -> dict[str, list[ExecutorView]]:
         """Which executors serve which class."""
         n = len(executors)
@@ -44,7 +35,7 @@ class StaticPolicy(Policy):
             reserved = min(max(reserved, 1 if self.stream_share > 0 else 0), n - 1)
         return {"stream": executors[:reserved], "batch": executors[reserved:]}
 
-    def _fill(self, view: ClusterView) -> Iterator[Decision]:
+    def assign(self, view: ClusterView) -> Iterator[Decision]:
         for priority, executors in self.partition(view.executors()).items():
             free = {e.executor_id: e.free_capacity for e in executors}
             if priority == "stream":  # a stream task needs the slot itself
