@@ -370,6 +370,25 @@ class Client:
         """Ask the scheduler for a snapshot of the cluster; TimeoutError if none comes."""
         return self._request(lambda rid: p.StatusRequest(rid), "status", timeout)
 
+    def wait_for_status(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Ask for status until `predicate(snapshot)` holds; return that snapshot.
+
+        Each ask is a round trip to the scheduler, which paces the loop. TimeoutError when
+        `timeout` seconds pass first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            snapshot = self.status(timeout=max(0.1, deadline - time.monotonic()))
+            if predicate(snapshot):
+                return snapshot
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the cluster's status did not reach the awaited state within "
+                    f"{timeout:g} s (last: {snapshot})"
+                )
+
     def ping(self, timeout: float = DEFAULT_STATUS_TIMEOUT_S) -> float:
         """Round trip to the scheduler and back, in seconds; TimeoutError if none comes."""
         sent = self._request(lambda rid: p.Ping(rid, time.monotonic_ns()), "pong", timeout)
