@@ -4,7 +4,8 @@ Threads, sockets and why:
 
 * The main thread runs the kernel's hub and every task greenlet. It has its own DEALER
   connection to the scheduler, announced with `attach`, on which it sends its reports,
-  queued and sent once per task switch (one frame, a batch when several are waiting).
+  queued and sent together (one frame, a batch when several are waiting) whenever the
+  kernel flushes: at each task switch, when a chunk reports, and past 1 MiB.
 * The listener thread owns the other DEALER connection, the one that said `hello`: it
   receives commands and turns them into kernel calls (which raise the record gate), sends
   heartbeats with metrics, and runs the suspension watchdog.
@@ -90,10 +91,8 @@ class Executor:
         self._context = zmq.Context()
         realtime_io_threads(self._context, realtime)
         self._inproc = f"inproc://tidal-executor-{uuid.uuid4().hex}"
+        # Carries one thing: the empty frame that tells the listener to exit.
         self._to_listener = self._context.socket(zmq.PAIR)
-        # Discussion: never block the hub for good on a dead listener; past this the report
-        # is dropped (loudly) and the executor stops.
-        self._to_listener.sndtimeo = 5000
         self._to_listener.bind(self._inproc)
         # The task thread's own connection for reports (see the module docstring).
         self._reports = self._context.socket(zmq.DEALER)
@@ -229,22 +228,24 @@ class Executor:
 
             # -- 2. Commands from the scheduler, each handled by its op.
             if dealer in ready:
-                while dealer.poll(0):
-                    frames = dealer.recv_multipart(zmq.NOBLOCK)
+                while True:
+                    try:
+                        frames = dealer.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
                     try:
                         if len(frames) != 1:
                             raise p.ProtocolError(f"expected 1 frame, got {len(frames)}")
                         msg = p.decode(frames[0], max_frame_bytes=self.max_frame_bytes)
+                        batch = (
+                            p.unbatch(msg, max_frame_bytes=self.max_frame_bytes)
+                            if isinstance(msg, p.Batch)
+                            else [msg]
+                        )
                     except p.ProtocolError as exc:
-                        self._bad_frames(f"dropped a bad frame from the scheduler: {exc}")
-                        continue
-                    batch = (
-                        p.unbatch(msg, max_frame_bytes=self.max_frame_bytes)
-                        if isinstance(msg, p.Batch)
-                        else [msg]
-                    )
+                        batch = [exc]
                     for item in batch:
-                        self._handle(item, handlers, dealer)
+                        self._handle(item, handlers)
 
             # -- 3. The task thread says when to exit (it sends its own reports).
             if from_main in ready:
@@ -272,22 +273,18 @@ class Executor:
             elif not self._welcomed:
                 next_heartbeat = now + 0.1
 
-    def _handle(
-        self, msg: p.Message | p.ProtocolError, handlers: dict[type, Any], dealer: zmq.Socket
-    ) -> None:
+    def _handle(self, msg: p.Message | p.ProtocolError, handlers: dict[type, Any]) -> None:
         """Handle one command from the scheduler, or drop it with a (rate-limited) log line."""
-        try:
-            if isinstance(msg, p.ProtocolError):
-                raise msg
-            handler = handlers.get(type(msg))
-            if handler is None:
-                raise p.ProtocolError(f"{msg.op} is not sent to executors")
-            if not self._welcomed and type(msg) not in (p.Welcome, p.Reject):
-                raise p.ProtocolError(f"{msg.op} before the handshake completed")
-        except p.ProtocolError as exc:
-            self._bad_frames(f"dropped a bad frame from the scheduler: {exc}")
+        problem = msg if isinstance(msg, p.ProtocolError) else None
+        handler = None if problem else handlers.get(type(msg))
+        if problem is None and handler is None:
+            problem = f"{msg.op} is not sent to executors"
+        elif problem is None and not self._welcomed and type(msg) not in (p.Welcome, p.Reject):
+            problem = f"{msg.op} before the handshake completed"
+        if problem is not None:
+            self._bad_frames(f"dropped a bad frame from the scheduler: {problem}")
             return
-        handler(msg, dealer)
+        handler(msg)
 
     def _send(self, dealer: zmq.Socket, frame: bytes) -> None:
         """Send to the scheduler without ever blocking the listener."""
@@ -317,7 +314,7 @@ class Executor:
 
     # ---- handlers (listener thread) -----------------------------------------------------------
 
-    def _on_welcome(self, msg: p.Welcome, dealer: zmq.Socket) -> None:
+    def _on_welcome(self, msg: p.Welcome) -> None:
         if msg.version != p.PROTOCOL_VERSION:
             log.error(
                 "scheduler speaks protocol %d, this executor %d", msg.version, p.PROTOCOL_VERSION
@@ -330,16 +327,16 @@ class Executor:
         self._heartbeat_s = min(60.0, max(0.01, msg.heartbeat_ms / 1000))
         log.info("executor %s joined scheduler %s", self.executor_id, msg.scheduler_id)
 
-    def _on_reject(self, msg: p.Reject, dealer: zmq.Socket) -> None:
+    def _on_reject(self, msg: p.Reject) -> None:
         log.error("scheduler refused this executor: %s", msg.reason)
         self.exit_code = 2
         self.kernel.stop()
 
-    def _on_shutdown(self, msg: p.Shutdown, dealer: zmq.Socket) -> None:
+    def _on_shutdown(self, msg: p.Shutdown) -> None:
         log.info("scheduler asked this executor to shut down: %s", msg.reason)
         self.kernel.stop()
 
-    def _on_launch(self, msg: p.Launch, dealer: zmq.Socket) -> None:
+    def _on_launch(self, msg: p.Launch) -> None:
         # Discussion: a partition is one big list; left in the young generations the cyclic
         # GC would walk it again and again (tens of ms for millions of records, all while the
         # task holds the GIL). Task data has no cycles to find: move it out of the collector's
@@ -354,7 +351,7 @@ class Executor:
             priority=msg.priority,
         )
 
-    def _on_launch_chunk(self, msg: p.LaunchChunk, dealer: zmq.Socket) -> None:
+    def _on_launch_chunk(self, msg: p.LaunchChunk) -> None:
         gc.freeze()  # as for a launch: task data stays out of the cyclic collector's way
         self.kernel.launch_chunk(
             msg.chunk_id,
@@ -364,16 +361,16 @@ class Executor:
             priority=msg.priority,
         )
 
-    def _on_steal(self, msg: p.Steal, dealer: zmq.Socket) -> None:
+    def _on_steal(self, msg: p.Steal) -> None:
         self.kernel.steal(msg.chunk_id, msg.count)
 
-    def _on_suspend(self, msg: p.Suspend, dealer: zmq.Socket) -> None:
+    def _on_suspend(self, msg: p.Suspend) -> None:
         self.kernel.suspend(msg.task_id)
 
-    def _on_resume(self, msg: p.Resume, dealer: zmq.Socket) -> None:
+    def _on_resume(self, msg: p.Resume) -> None:
         self.kernel.resume(msg.task_id)
 
-    def _on_kill(self, msg: p.Kill, dealer: zmq.Socket) -> None:
+    def _on_kill(self, msg: p.Kill) -> None:
         self.kernel.kill(msg.task_id)
 
 

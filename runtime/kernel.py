@@ -3,14 +3,16 @@
 Principles, in the spirit of a small coroutine kernel:
 
 * One door. A running task reaches the hub only through `Kernel._checkpoint()`, which the
-  record gate calls at a record boundary (and the generator driver calls after each output)
-  when the gate is raised. Nothing else in a task switches greenlets.
+  record gate calls at a record boundary (and the generator driver after each output, the
+  chunk runner between subtasks) when the gate is raised. Nothing else in a task switches
+  greenlets.
 * One loop. `Kernel.run()` is the hub: drain commands, pick the task to run, switch into it,
   account for what came back. It reads top to bottom.
 * Commands in, reports out. `launch/suspend/resume/kill` may be called from any thread; they
   queue a command and raise the gate. The hub applies commands only while it holds control,
   and reports what happened as protocol messages through the `emit` callable it was given
-  (an in-memory list in tests, a ZeroMQ socket in the executor).
+  (an in-memory list in tests; in the executor, an outbox that `flush` sends, which the
+  kernel calls before it gives the thread away and when a chunk reports).
 * A task's exception belongs to the task: it becomes a `Failed` report with its traceback.
   An error in the kernel itself is not caught here; it is loud.
 
@@ -29,7 +31,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import greenlet
@@ -37,7 +39,7 @@ import greenlet
 from runtime import protocol as p
 from runtime.functions import FunctionRef
 from runtime.gate import Gate, GatedIterator
-from runtime.task import TaskContext, gate_arguments
+from runtime.task import PRIORITY_CLASSES, TaskContext, gate_arguments
 
 __all__ = ["Kernel", "TaskKilled", "TaskState"]
 
@@ -78,9 +80,7 @@ _ATTENTION = object()
 class _Outcome:
     kind: str  # "finished" | "failed" | "killed"
     value: Any = None
-    error: BaseException | None = None
-    formatted: str = ""
-    message: str = ""
+    error: list[str] | None = None  # [type name, message, traceback] when failed
 
 
 @dataclass(eq=False, slots=True)
@@ -104,17 +104,16 @@ class TaskRecord:
     suspended_at: int = 0
     resume_started_at: int = 0  # non-zero while a resumption is in flight
     kill_requested: bool = False
-    context: TaskContext | None = None
     chunk: deque[list[Any]] | None = None  # a chunk's subtasks not started yet
 
-    def stats(self, executor_id: str) -> dict[str, Any]:
+    def stats(self, executor_id: str, now: int) -> dict[str, Any]:
         return {
             "executor_id": executor_id,
             "running_ns": self.running_ns,
             "suspended_ns": self.suspended_ns,
             "suspensions": self.suspensions,
             "records": self.records,
-            "finished_at_ns": time.monotonic_ns(),
+            "finished_at_ns": now,
         }
 
 
@@ -137,7 +136,6 @@ class KernelStatistics:
     suspended: int
     queued: int
     finished: int
-    tasks: dict[str, TaskState] = field(default_factory=dict)
 
 
 class _ReadyQueue:
@@ -156,11 +154,8 @@ class _ReadyQueue:
     def __bool__(self) -> bool:
         return bool(self._stream or self._resumed or self._batch)
 
-    def __len__(self) -> int:
-        return len(self._stream) + len(self._resumed) + len(self._batch)
-
     def add_launch(self, record: TaskRecord) -> None:
-        (self._stream if record.priority == "stream" else self._batch).append(record)
+        (self._stream if record.priority == PRIORITY_CLASSES[0] else self._batch).append(record)
 
     def add_resumed(self, record: TaskRecord) -> None:
         self._resumed.append(record)
@@ -232,9 +227,6 @@ class Kernel:
         record = TaskRecord(task_id, fn, list(args), dict(kwargs or {}), attempt, priority)
         self._post(_Command("launch", task_id, self._clock(), record))
 
-    # Priority classes a launch may carry.
-    PRIORITIES = ("stream", "batch")
-
     def suspend(self, task_id: str) -> None:
         """Ask the task to park at its next record boundary."""
         command = _Command("suspend", task_id, self._clock())
@@ -281,6 +273,8 @@ class Kernel:
         that runs without reaching a record boundary cannot be suspended; rather than leave
         the requester waiting, report it. The task keeps running.
         """
+        if not self._pending_suspends:  # the common case, on every listener wake-up
+            return []
         now = self._clock() if now is None else now
         failures = []
         running = self._current
@@ -307,14 +301,12 @@ class Kernel:
 
     def statistics(self) -> KernelStatistics:
         """Counts of tasks by state (safe to call from another thread)."""
-        tasks = {tid: r.state for tid, r in list(self._tasks.items())}
-        states = list(tasks.values())
+        states = [r.state for r in list(self._tasks.values())]
         return KernelStatistics(
             running=states.count(TaskState.RUNNING),
             suspended=states.count(TaskState.SUSPENDED) + states.count(TaskState.RESUMING),
             queued=states.count(TaskState.QUEUED),
             finished=self._finished,
-            tasks=tasks,
         )
 
     # ---- the hub ------------------------------------------------------------------------------
@@ -376,27 +368,25 @@ class Kernel:
         now = self._clock()
         if record.state is TaskState.QUEUED:
             record.glet = greenlet.greenlet(self._task_main, parent=self._hub)
-            record.context = TaskContext(
+            record.glet.tidal_context = TaskContext(
                 record.task_id, record.attempt, record.priority, self.executor_id, record, self.gate
             )
-            record.glet.tidal_context = record.context
             self._emit(p.Started(record.task_id, record.attempt, now))
         elif record.state in (TaskState.RESUMING, TaskState.SUSPENDED):
             record.suspended_ns += now - record.suspended_at
             if record.state is TaskState.RESUMING:
-                record.resume_started_at = self._clock()
+                record.resume_started_at = now
         record.state = TaskState.RUNNING
         self._current = record
         record.gate_mark = self.gate.records
-        record.switched_in_at = self._clock()
+        record.switched_in_at = now
+        self._flush()
         if record.kill_requested:
             # Keep the gate raised: a task that catches TaskKilled and goes on is killed
             # again at its next record boundary.
             self.gate.requested = 1
-            self._flush()
             result = record.glet.throw(TaskKilled(f"task {record.task_id} was killed"))
         else:
-            self._flush()
             result = record.glet.switch(_GO)
         # Back in the hub: the task is parked at a boundary (_ATTENTION) or done (_Outcome).
         self._regained_at = self._clock()
@@ -420,23 +410,20 @@ class Kernel:
         if command.op == "launch":
             record = command.record
             assert record is not None  # built by launch(); not peer input
-            if record.priority not in self.PRIORITIES:
+            if record.priority not in PRIORITY_CLASSES:
                 self._emit(
                     p.Refused(
                         "launch",
                         record.task_id,
-                        f"unknown priority {record.priority!r} (use stream or batch)",
+                        f"unknown priority "
+                        f"{record.priority!r} (use {' or '.join(PRIORITY_CLASSES)})",
                     )
                 )
                 return True
             existing = self._tasks.get(record.task_id)
             if existing is not None:
-                self._emit(
-                    p.Refused(
-                        "launch",
-                        record.task_id,
-                        f"a task with this id is already here ({existing.state.value})",
-                    )
+                self._refuse(
+                    "launch", record.task_id, existing, "a task with this id is already here"
                 )
                 return True
             self._tasks[record.task_id] = record
@@ -455,8 +442,7 @@ class Kernel:
             # Discussion: only SUSPENDED, so a repeated resume is refused instead of queueing
             # the task twice (the second pop would switch into a finished greenlet).
             if record is None or record.state is not TaskState.SUSPENDED:
-                state = record.state.value if record else "unknown here"
-                self._emit(p.Refused("resume", command.task_id, f"task is not suspended ({state})"))
+                self._refuse("resume", command.task_id, record, "task is not suspended")
             elif record.glet is None:  # suspended before it ever started: queue it again
                 record.suspended_ns += self._clock() - record.suspended_at
                 record.state = TaskState.QUEUED
@@ -479,8 +465,7 @@ class Kernel:
 
     def _apply_suspend(self, record: TaskRecord | None, command: _Command) -> None:
         if record is None or record.state in (TaskState.SUSPENDED, TaskState.DONE):
-            state = record.state.value if record else "unknown here"
-            self._emit(p.Refused("suspend", command.task_id, f"task cannot be suspended ({state})"))
+            self._refuse("suspend", command.task_id, record, "task cannot be suspended")
             return
         if record is self._current:
             # The task is parked at the boundary where the hub regained control.
@@ -500,8 +485,7 @@ class Kernel:
 
     def _apply_kill(self, record: TaskRecord | None, command: _Command) -> None:
         if record is None or record.state is TaskState.DONE:
-            state = record.state.value if record else "unknown here"
-            self._emit(p.Refused("kill", command.task_id, f"task is not alive ({state})"))
+            self._refuse("kill", command.task_id, record, "task is not alive")
             return
         if record.glet is None:  # never started: nothing to unwind
             self._ready.discard(record)
@@ -519,6 +503,11 @@ class Kernel:
             outcome = self._switch_into(record)
         self._report_outcome(record, outcome)
 
+    def _refuse(self, command: str, task_id: str, record: TaskRecord | None, why: str) -> None:
+        """Report a command that does not apply, with the task's state here."""
+        state = record.state.value if record else "unknown here"
+        self._emit(p.Refused(command, task_id, f"{why} ({state})"))
+
     def _report_outcome(self, record: TaskRecord, outcome: _Outcome) -> None:
         if self._current is record:
             self._current = None
@@ -526,7 +515,7 @@ class Kernel:
         record.glet = None
         self._finished += 1
         self._tasks.pop(record.task_id, None)
-        stats = record.stats(self.executor_id)
+        stats = record.stats(self.executor_id, self._clock())
         if outcome.kind == "finished":
             try:
                 self._emit(p.Finished(record.task_id, record.attempt, outcome.value, stats))
@@ -544,18 +533,9 @@ class Kernel:
         elif outcome.kind == "killed":
             self._emit(p.Killed(record.task_id, record.attempt, stats))
         else:
-            self._emit(
-                p.Failed(
-                    record.task_id,
-                    record.attempt,
-                    _qualified_name(type(outcome.error)),
-                    outcome.message,
-                    outcome.formatted,
-                    stats,
-                )
-            )
-        # Drop references to inputs and context so a long-lived executor does not keep them.
-        record.args, record.kwargs, record.context = [], {}, None
+            self._emit(p.Failed(record.task_id, record.attempt, *outcome.error, stats))
+        # Drop references to inputs so a long-lived executor does not keep them.
+        record.args, record.kwargs = [], {}
 
     # ---- inside the task's greenlet -------------------------------------------------------------
 
@@ -567,37 +547,25 @@ class Kernel:
             fn = record.fn.resolve() if isinstance(record.fn, FunctionRef) else record.fn
             if record.chunk is not None:
                 return _Outcome("finished", self._run_chunk(record, fn))
-            args, kwargs = gate_arguments(
-                fn, record.args, record.kwargs, self.gate, self._gated_iterator
-            )
-            result = fn(*args, **kwargs)
-            if inspect.isgenerator(result):
-                result = self._drive_generator(result)
-            elif inspect.iscoroutine(result):
-                result.close()
-                raise TypeError(
-                    f"{record.fn!r} is an async function: Tidal tasks are generator "
-                    "functions or plain functions, not coroutines"
-                )
-            return _Outcome("finished", result)
+            return _Outcome("finished", self._call_task(fn, record.args, record.kwargs))
         except TaskKilled:
             return _Outcome("killed")
-        except BaseException as exc:
-            # Drop the kernel's own frame (this one) from the traceback the user sees.
-            # Both are built here, in the task, so that an exception whose __str__ raises
-            # cannot take the hub down with it.
-            error = exc
-            formatted = _safe(
-                lambda: "".join(
-                    traceback.format_exception(
-                        type(error),
-                        error,
-                        error.__traceback__.tb_next if error.__traceback__ else None,
-                    )
-                )
+        except BaseException as exc:  # a task's error belongs to its report
+            return _Outcome("failed", error=_describe_failure(exc))
+
+    def _call_task(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Call a task function with its inputs gated; a generator's outputs are its result."""
+        call_args, call_kwargs = gate_arguments(fn, args, kwargs, self.gate, self._gated_iterator)
+        result = fn(*call_args, **call_kwargs)
+        if inspect.isgenerator(result):
+            return self._drive_generator(result)
+        if inspect.iscoroutine(result):
+            result.close()
+            raise TypeError(
+                f"{fn!r} is an async function: Tidal tasks are generator functions or plain "
+                "functions, not coroutines"
             )
-            message = _safe(lambda: str(error))
-            return _Outcome("failed", error=error, formatted=formatted, message=message)
+        return result
 
     def _run_chunk(self, record: TaskRecord, fn: Callable[..., Any]) -> None:
         """Run a chunk's subtasks in order; report their results in batches."""
@@ -608,35 +576,13 @@ class Kernel:
                 task_id, args, kwargs = record.chunk.popleft()
                 started = self._clock()
                 try:
-                    call_args, call_kwargs = gate_arguments(
-                        fn, args, kwargs, self.gate, self._gated_iterator
-                    )
-                    value = fn(*call_args, **call_kwargs)
-                    if inspect.isgenerator(value):
-                        value = self._drive_generator(value)
-                    stats = {"running_ns": self._clock() - started}
-                    results.append([task_id, "finished", value, None, stats])
+                    value, outcome, error = self._call_task(fn, args, kwargs), "finished", None
                 except (TaskKilled, greenlet.GreenletExit):
                     raise
                 except BaseException as exc:  # a task's error belongs to its result
-                    error = exc
-                    formatted = _safe(
-                        lambda e=error: "".join(
-                            traceback.format_exception(
-                                type(e), e, e.__traceback__.tb_next if e.__traceback__ else None
-                            )
-                        )
-                    )
-                    results.append(
-                        [
-                            task_id,
-                            "failed",
-                            None,
-                            [_qualified_name(type(exc)), _safe(lambda e=error: str(e)), formatted],
-                            {"running_ns": self._clock() - started},
-                        ]
-                    )
+                    value, outcome, error = None, "failed", _describe_failure(exc)
                 now = self._clock()
+                results.append([task_id, outcome, value, error, {"running_ns": now - started}])
                 if (
                     self.gate.requested
                     or len(results) >= CHUNK_REPORT_EVERY
@@ -705,6 +651,19 @@ class Kernel:
             self._emit(p.Resumed(record.task_id, now - record.resume_started_at, now))
             self._flush()
             record.resume_started_at = 0
+
+
+def _describe_failure(exc: BaseException) -> list[str]:
+    """[type name, message, traceback] of a task's exception, without the kernel's frames.
+
+    Built in the task's greenlet, and guarded, so that an exception whose __str__ raises
+    cannot take the hub down with it.
+    """
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    formatted = _safe(lambda: "".join(traceback.format_exception(type(exc), exc, tb)))
+    return [_qualified_name(type(exc)), _safe(lambda: str(exc)), formatted]
 
 
 def _safe(describe: Callable[[], str]) -> str:

@@ -47,6 +47,9 @@ PROTOCOL_VERSION = 2
 # memory one frame can cost a receiver while leaving room for real data. Configurable per
 # receiver (decode's `max_frame_bytes`).
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+# Discussion: senders flush a batch of merged messages past this size, so that merging many
+# small messages never brings a frame near a receiver's limit.
+BATCH_FLUSH_BYTES = 1 << 20
 
 E2S, S2E, C2S, S2C = (
     "executor->scheduler",
@@ -484,6 +487,19 @@ def _unpack(frame: bytes | bytearray | memoryview, **options: Any) -> Any:
     )
 
 
+def _unpack_any_keys(frame: bytes | bytearray | memoryview) -> Any:
+    """Unpack a frame; dict keys sent as arrays (from tuple keys) come back as tuples."""
+    try:
+        return _unpack(frame)
+    except TypeError as exc:
+        # Discussion: a dict with tuple keys travels as a map with array keys, which the fast
+        # path cannot hash. Such data is legal (the sender packed it), so rather than lose it,
+        # decode once more, slowly, turning array keys back into tuples.
+        if "unhashable" not in str(exc):
+            raise
+        return _unpack(frame, object_pairs_hook=_hashable_keys)
+
+
 def _hashable_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     """Build a dict whose array keys (sent from tuple keys) become tuples again."""
     return {_freeze(key): value for key, value in pairs}
@@ -504,21 +520,7 @@ def decode(frame: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Message:
     if len(frame) > max_frame_bytes:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {max_frame_bytes}-byte limit")
     try:
-        body = _unpack(frame)
-    except TypeError as exc:
-        # Discussion: a dict with tuple keys travels as a map with array keys, which the fast
-        # path cannot hash. Such data is legal (the sender packed it), so rather than lose it,
-        # decode once more, slowly, turning array keys back into tuples.
-        if "unhashable" not in str(exc):
-            raise ProtocolError(f"frame is not valid msgpack (TypeError: {exc})") from None
-        try:
-            body = _unpack(frame, object_pairs_hook=_hashable_keys)
-        except ProtocolError:
-            raise
-        except Exception as exc2:  # as below: any msgpack failure means "malformed"
-            raise ProtocolError(
-                f"frame is not valid msgpack ({type(exc2).__name__}: {exc2})"
-            ) from None
+        body = _unpack_any_keys(frame)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises many types for bad input; all mean "malformed"
@@ -556,11 +558,6 @@ def unbatch(
         except ProtocolError as exc:
             decoded.append(exc)
     return decoded
-
-
-# Discussion: a batch is flushed past this size, so one never nears a receiver's frame limit
-# because many small messages were merged.
-BATCH_FLUSH_BYTES = 1 << 20
 
 
 class RateLimitedLog:

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
+import greenlet
+
 __all__ = ["Partition", "TaskContext", "TaskFunction", "current_context", "task"]
 
 PRIORITY_CLASSES = ("stream", "batch")
@@ -194,8 +196,6 @@ def current_context() -> TaskContext:
 
     Raises RuntimeError outside a task, e.g. when a task function is called directly.
     """
-    import greenlet
-
     context = getattr(greenlet.getcurrent(), "tidal_context", None)
     if context is None:
         raise RuntimeError(
