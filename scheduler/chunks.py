@@ -25,7 +25,9 @@ policy; `SchedulerCore(stealing=False)` turns them off.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from runtime import protocol as p
@@ -35,7 +37,9 @@ from scheduler.state import Executor, Job, Task, TaskState
 if TYPE_CHECKING:
     from scheduler.core import SchedulerCore
 
-__all__ = ["TARGET_CHUNK_NS", "Stealer", "check_chunksize", "form_chunk"]
+log = logging.getLogger("tidal.scheduler")
+
+__all__ = ["TARGET_CHUNK_NS", "Stealer", "check_chunksize", "form_chunk", "validate_steal"]
 
 # Discussion: ~20 ms of work per chunk keeps per-message costs (~0.2 ms a round trip here)
 # near 1% while a stream task still finds a boundary between subtasks within a subtask.
@@ -70,14 +74,21 @@ def chunk_size(core: SchedulerCore, job: Job) -> int:
     size = TARGET_CHUNK_NS / (job.subtask_ns + SUBTASK_OVERHEAD_NS)
     # Leave work for every executor: no chunk over half an executor's fair share.
     executors = max(1, sum(e.alive for e in core.executors.values()))
-    share = math.ceil(core.pending_of_job.get(job.job_id, 0) / (2 * executors))
+    share = math.ceil(core.pending.count_of_job(job.job_id) / (2 * executors))
     return max(1, min(MAX_CHUNK, int(size), max(share, 1)))
 
 
 def form_chunk(
-    core: SchedulerCore, first: Task, executor: Executor, tasks: list[Task] | None = None
+    core: SchedulerCore,
+    first: Task,
+    reserved: Collection[str] = (),
+    tasks: list[Task] | None = None,
 ) -> Task:
-    """Group `first` and the job's next pending tasks (or exactly `tasks`) into a chunk."""
+    """Group `first` and the job's next pending tasks (or exactly `tasks`) into a chunk.
+
+    Tasks in `reserved` (launched elsewhere by the same decisions) are left out. The chunk
+    is then placed on an executor with `core.place`.
+    """
     job = first.job
     if tasks is None:
         size = chunk_size(core, job)
@@ -85,18 +96,15 @@ def form_chunk(
         for task in core.pending.iterate(job.priority):
             if len(tasks) >= size:
                 break
-            if task.job is job and task is not first and task.task_id not in core.reserved:
+            if task.job is job and task is not first and task.task_id not in reserved:
                 tasks.append(task)
     job.chunks += 1
     chunk = Task(f"{job.job_id}#{job.chunks}", job, [], {}, first.seq, core.now)
     chunk.subtasks = {}
-    chunk.attempt = 0
     for task in tasks:
         if task.state is TaskState.PENDING:
             core.pending.removed(task)
-            core.pending_of_job[job.job_id] -= 1
         task.state = TaskState.LAUNCHED
-        task.executor_id = executor.executor_id
         task.chunk = chunk
         chunk.subtasks[task.task_id] = task
     core.tasks[chunk.task_id] = chunk
@@ -128,34 +136,20 @@ def on_results(core: SchedulerCore, executor: Executor, msg: p.ChunkResults) -> 
         task.running_ns = running
         job.subtask_ns = running if job.subtask_ns is None else 0.9 * job.subtask_ns + 0.1 * running
         if outcome == "finished":
-            job.finished += 1
             core.complete(task, "finished", value, None)
         else:
-            job.failed += 1
             core.complete(task, "failed", None, error if isinstance(error, list) else None)
 
 
 def end_chunk(
     core: SchedulerCore, chunk: Task, error: list[str] | None = None, started: bool = True
 ) -> None:
-    """A chunk ended (finished, failed, killed or lost): fail or requeue what it left."""
+    """A chunk ended (finished, failed, killed or lost): settle the tasks it left."""
     chunk.state = TaskState.DONE
+    core.steals_in_flight.pop(chunk.task_id, None)  # a late `stolen` is ignored
     left = [t for t in chunk.subtasks.values() if t.state is not TaskState.DONE]
     chunk.subtasks = {}
-    if error is not None:
-        for task in left:
-            task.job.failed += 1
-            core.complete(task, "failed", None, error)
-        return
-    requeue = []
-    for task in left:
-        if task.cancel_requested:
-            task.job.cancelled += 1
-            core.complete(task, "cancelled", None, None)
-        else:
-            task.chunk = None
-            requeue.append(task)
-    core.requeue_tasks(requeue, attempt=started)
+    core.settle(left, error=error, started=started)
 
 
 def on_stolen(core: SchedulerCore, executor: Executor, msg: p.Stolen) -> None:
@@ -169,20 +163,46 @@ def on_stolen(core: SchedulerCore, executor: Executor, msg: p.Stolen) -> None:
     for task_id in msg.task_ids:
         task = chunk.subtasks.pop(task_id, None) if isinstance(task_id, str) else None
         if task is not None and task.state is not TaskState.DONE:
-            task.chunk = None
             moved.append(task)
     if not moved:
         return
     thief = core.executors.get(thief_id)
     if thief is None or not thief.alive or thief.slot_task is not None:
-        core.requeue_tasks(moved, attempt=False)
+        core.requeue(moved, attempt=False)
         return
-    new = form_chunk(core, moved[0], thief, tasks=moved)
-    new.state = TaskState.LAUNCHED
-    new.executor_id = thief.executor_id
-    thief.slot_task = new
+    new = form_chunk(core, moved[0], tasks=moved)
+    core.place(thief, new)
     core.send(thief, launch_message(core, new))
     core.steal_count += 1
+
+
+def validate_steal(core: SchedulerCore, chunk: Task, decision: d.Steal) -> str | None:
+    """None if the steal may go ahead now, else why not."""
+    thief = core.executors.get(decision.executor_id)
+    if chunk.subtasks is None:
+        return "not a chunk"
+    victim = core.executors.get(chunk.executor_id or "")
+    if victim is None or not victim.alive or chunk.state in (TaskState.KILLING, TaskState.DONE):
+        return "the chunk is not on a live executor"
+    if thief is None or not thief.alive or thief is victim:
+        return "no such live executor to steal for"
+    if thief.slot_task is not None:
+        return "the thief's slot is busy"
+    if chunk.task_id in core.steals_in_flight:
+        return "a steal from this chunk is already under way"
+    if decision.count < 1 or decision.count >= len(chunk.subtasks):
+        return f"cannot steal {decision.count} of {len(chunk.subtasks)} subtasks"
+    return None
+
+
+def consider_steals(core: SchedulerCore) -> None:
+    """Let the stealer propose steals for idle executors; the core validates and applies them."""
+    if core.stealer is None:
+        return
+    for decision in core.stealer.propose(core):
+        reason = core.apply(decision)
+        if reason is not None:
+            log.debug("refused steal %r: %s", decision, reason)
 
 
 class Stealer:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from runtime import protocol as p
@@ -38,6 +38,7 @@ from scheduler.events import (
     ToExecutor,
 )
 from scheduler.policies import (
+    BUILTIN_POLICIES,
     DEFAULT_POLICY,
     Policy,
     UnknownPolicy,
@@ -55,6 +56,7 @@ from scheduler.state import (
     TaskState,
     TaskView,
     check_submission,
+    resume_order,
     status_snapshot,
 )
 
@@ -116,8 +118,6 @@ class SchedulerCore:
         self.stealer = ch.Stealer(steal_rule) if stealing else None
         self.steals_in_flight: dict[str, tuple[str, int]] = {}  # chunk id -> (thief, count)
         self.steal_count = 0
-        self.pending_of_job: dict[str, int] = {}
-        self.reserved: set[str] = set()
         self._clock = clock
         self.now = clock()
         self.view = ClusterView(self)
@@ -130,7 +130,6 @@ class SchedulerCore:
         self.policy_failures: list[str] = []
         # Switches asked for by clients, oldest first (the last MAX_POLICY_SWITCHES kept).
         self.policy_switches: list[dict[str, Any]] = []
-        self.suspend_latencies_ns: list[int] = []
         self._seq = 0
         self._requeue_seq = 0
         self._service_ns: float | None = None  # smoothed cost of one batch task
@@ -183,7 +182,7 @@ class SchedulerCore:
                     )
                 else:
                     handler(executor, event.message)
-                    self._consider_steals()
+                    ch.consider_steals(self)
         elif isinstance(event, ClientRequest):
             handler = self._requests.get(type(event.message))
             if handler is None:
@@ -248,30 +247,35 @@ class SchedulerCore:
             message = f"policy {failed.name!r} raised {type(exc).__name__}: {exc}"
             log.exception("%s; replacing it with the default policy %r", message, DEFAULT_POLICY)
             self.policy_failures.append(message)
-            if type(failed) is type(resolve_policy(DEFAULT_POLICY)):
+            if type(failed) is BUILTIN_POLICIES[DEFAULT_POLICY]:
                 raise  # the default policy itself is broken: an internal error, loud
             self.policy = resolve_policy(DEFAULT_POLICY)
             decisions = list(hook(self.policy) or ())
         # Tasks the policy launches in this batch are not swept into an earlier launch's chunk.
-        self.reserved = {x.task_id for x in decisions if isinstance(x, d.Launch)}
+        reserved = {x.task_id for x in decisions if isinstance(x, d.Launch)}
         for decision in decisions:
-            reason = self._validate(decision)
-            if reason is None:
-                self._carry_out(decision)
-            else:
+            reason = self.apply(decision, reserved)
+            if reason is not None:
                 self.refused.append((decision, reason))
                 del self.refused[:-100]
                 log.info("refused %r from policy %r: %s", decision, self.policy.name, reason)
 
+    def apply(self, decision: Any, reserved: Collection[str] = ()) -> str | None:
+        """Carry out `decision` if it is valid now; else return why not."""
+        reason = self._validate(decision)
+        if reason is None:
+            self._carry_out(decision, reserved)
+        return reason
+
     def _validate(self, decision: Any) -> str | None:
         """None if `decision` may be carried out now, else why not."""
-        if not isinstance(decision, d.Launch | d.Suspend | d.Resume | d.Kill | d.Steal):
+        if not isinstance(decision, d.Decision):
             return f"not a decision: {decision!r}"
         task = self.tasks.get(decision.task_id)
         if task is None:
             return "no such task"
         if isinstance(decision, d.Steal):
-            return self._validate_steal(task, decision)
+            return ch.validate_steal(self, task, decision)
         if isinstance(decision, d.Launch):
             executor = self.executors.get(decision.executor_id)
             if task.state is not TaskState.PENDING:
@@ -304,36 +308,23 @@ class SchedulerCore:
             return f"task is {task.state.value}"
         return None
 
-    def _carry_out(self, decision: d.Decision) -> None:
+    def _carry_out(self, decision: d.Decision, reserved: Collection[str]) -> None:
         task = self.tasks[decision.task_id]
         if isinstance(decision, d.Steal):
             victim = self.executors[task.executor_id]
             self.steals_in_flight[task.task_id] = (decision.executor_id, decision.count)
-            self._send(victim, p.Steal(task.task_id, decision.count, self.now))
-            return
-        if isinstance(decision, d.Launch) and task.job.chunksize is not None:
+            self.send(victim, p.Steal(task.task_id, decision.count, self.now))
+        elif isinstance(decision, d.Launch):
             executor = self.executors[decision.executor_id]
-            chunk = ch.form_chunk(self, task, executor)
-            chunk.state = TaskState.LAUNCHED
-            chunk.executor_id = executor.executor_id
-            if executor.slot_task is None and not executor.queued:
-                executor.slot_task = chunk
-            else:
-                executor.queued.append(chunk)
-            self._send(executor, ch.launch_message(self, chunk))
-            return
-        if isinstance(decision, d.Launch):
-            executor = self.executors[decision.executor_id]
+            if task.job.chunksize is not None:
+                chunk = ch.form_chunk(self, task, reserved)
+                self.place(executor, chunk)
+                self.send(executor, ch.launch_message(self, chunk))
+                return
             self.pending.removed(task)
-            self.pending_of_job[task.job.job_id] -= 1
-            task.state = TaskState.LAUNCHED
-            task.executor_id = executor.executor_id
-            if executor.slot_task is None and (task.priority == "stream" or not executor.queued):
-                executor.slot_task = task
-            else:
-                executor.queued.append(task)
+            self.place(executor, task)
             job = task.job
-            self._send(
+            self.send(
                 executor,
                 p.Launch(
                     task.task_id,
@@ -346,25 +337,44 @@ class SchedulerCore:
                     self.now,
                 ),
             )
-            return
-        executor = self.executors[task.executor_id]
-        if isinstance(decision, d.Suspend):
+        elif isinstance(decision, d.Suspend):
+            executor = self.executors[task.executor_id]
             task.state = TaskState.SUSPENDING
             task.suspensions += 1
             executor.slot_task = None
             executor.suspended[task.task_id] = task
-            self._send(executor, p.Suspend(task.task_id, self.now))
+            self.send(executor, p.Suspend(task.task_id, self.now))
         elif isinstance(decision, d.Resume):
+            executor = self.executors[task.executor_id]
             task.state = TaskState.RESUMING
             del executor.suspended[task.task_id]
             executor.slot_task = task
-            self._send(executor, p.Resume(task.task_id, self.now))
+            self.send(executor, p.Resume(task.task_id, self.now))
         else:
-            self._detach(executor, task)
-            task.state = TaskState.KILLING
-            task.requeue_on_kill = decision.requeue
-            executor.suspended[task.task_id] = task  # its state is still there until Killed
-            self._send(executor, p.Kill(task.task_id, self.now))
+            self._kill(self.executors[task.executor_id], task, requeue=decision.requeue)
+
+    def place(self, executor: Executor, task: Task) -> None:
+        """Put a launched task (or chunk) in the executor's slot, or behind it in its queue.
+
+        A stream launch takes a free slot even when batch work is queued there, as the
+        executor runs stream launches first.
+        """
+        task.state = TaskState.LAUNCHED
+        task.executor_id = executor.executor_id
+        for subtask in (task.subtasks or {}).values():  # a chunk's tasks run there too
+            subtask.executor_id = executor.executor_id
+        if executor.slot_task is None and (task.priority == "stream" or not executor.queued):
+            executor.slot_task = task
+        else:
+            executor.queued.append(task)
+
+    def _kill(self, executor: Executor, task: Task, *, requeue: bool) -> None:
+        """Send Kill; the task's state stays on the executor until Killed is reported."""
+        self._detach(executor, task)
+        task.state = TaskState.KILLING
+        task.requeue_on_kill = requeue
+        executor.suspended[task.task_id] = task
+        self.send(executor, p.Kill(task.task_id, self.now))
 
     # ---- executors ------------------------------------------------------------------------------
 
@@ -375,6 +385,9 @@ class SchedulerCore:
         executor = Executor(hello.executor_id, hello.node, hello.hostname, hello.pid, self.now)
         self.executors[hello.executor_id] = executor
         log.info("executor %s joined from node %s", hello.executor_id, hello.node)
+        self._slot_freed(executor)
+
+    def _slot_freed(self, executor: Executor) -> None:
         self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
 
     def _on_heartbeat(self, executor: Executor, beat: p.Heartbeat) -> None:
@@ -410,9 +423,8 @@ class SchedulerCore:
                     previous.priority == "stream"
                     and task.priority == "batch"
                     and self.policy.preempts
-                    and self._validate(d.Suspend(task.task_id)) is None
                 ):
-                    self._carry_out(d.Suspend(task.task_id))
+                    self.apply(d.Suspend(task.task_id))
 
     def _on_suspended(self, executor: Executor, msg: p.Suspended) -> None:
         task = self._task_on(executor, msg.task_id)
@@ -421,8 +433,6 @@ class SchedulerCore:
         task.state = TaskState.SUSPENDED
         task.records = msg.records
         self._stop_running(task)
-        self.suspend_latencies_ns.append(msg.latency_ns)
-        del self.suspend_latencies_ns[:-10_000]
 
     def _on_resumed(self, executor: Executor, msg: p.Resumed) -> None:
         task = self._task_on(executor, msg.task_id)
@@ -434,66 +444,57 @@ class SchedulerCore:
                 executor.slot_task = task
 
     def _on_finished(self, executor: Executor, msg: p.Finished) -> None:
-        task = self._task_on(executor, msg.task_id)
-        if task is None or task.attempt != msg.attempt:
+        task = self._task_on(executor, msg.task_id, msg.attempt)
+        if task is None:
             return
-        if task.subtasks is not None:  # a chunk: its subtasks were reported one by one
-            self._detach(executor, task)
-            ch.end_chunk(self, task)
-            self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
-            return
-        self._account(task, msg.stats)
-        if task.priority == "batch":
+        if task.subtasks is None and task.priority == "batch":
             cost = msg.stats.get("running_ns", 0) + TASK_OVERHEAD_NS
             self._service_ns = (
                 cost if self._service_ns is None else 0.8 * self._service_ns + 0.2 * cost
             )
-        task.job.finished += 1
-        self._complete(task, "finished", msg.result, None)
-        self._detach(executor, task)
-        self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
+        self._end_on(executor, task, msg.stats, "finished", msg.result, None)
 
     def _on_failed(self, executor: Executor, msg: p.Failed) -> None:
-        task = self._task_on(executor, msg.task_id)
-        if task is None or task.attempt != msg.attempt:
-            return
-        error = [msg.error_type, msg.message, msg.traceback]
-        if task.subtasks is not None:  # a chunk that failed as a whole (say, no such function)
-            self._detach(executor, task)
-            ch.end_chunk(self, task, error=error)
-            self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
-            return
-        self._account(task, msg.stats)
-        task.job.failed += 1
-        self._complete(task, "failed", None, error)
+        task = self._task_on(executor, msg.task_id, msg.attempt)
+        if task is not None:
+            error = [msg.error_type, msg.message, msg.traceback]
+            self._end_on(executor, task, msg.stats, "failed", None, error)
+
+    def _end_on(
+        self,
+        executor: Executor,
+        task: Task,
+        stats: dict[str, Any],
+        outcome: str,
+        value: Any,
+        error: list[str] | None,
+    ) -> None:
+        """A task or chunk ended on `executor`: record it, and let the policy fill the slot."""
         self._detach(executor, task)
-        self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
+        if task.subtasks is not None:  # a chunk: its tasks were reported one by one
+            ch.end_chunk(self, task, error=error)
+        else:
+            self._account(task, stats)
+            self.complete(task, outcome, value, error)
+        self._slot_freed(executor)
 
     def _on_killed(self, executor: Executor, msg: p.Killed) -> None:
-        task = self._task_on(executor, msg.task_id)
-        if task is None or task.attempt != msg.attempt:
+        task = self._task_on(executor, msg.task_id, msg.attempt)
+        if task is None:
             return
         task.work_lost_ns += msg.stats.get("running_ns", 0)
         self._detach(executor, task)
-        if task.subtasks is not None:  # a chunk: what it had not reported runs again
-            self.steals_in_flight.pop(task.task_id, None)
-            if task.state is TaskState.KILLING and not task.requeue_on_kill:
-                error = ["TaskKilled", f"killed by the {self.policy.name!r} policy", ""]
-                ch.end_chunk(self, task, error=error)
-            else:
-                ch.end_chunk(self, task, started=msg.stats.get("running_ns", 0) > 0)
-        elif task.cancel_requested:
-            task.job.cancelled += 1
-            self._complete(task, "cancelled", None, None)
-        elif task.state is TaskState.KILLING and not task.requeue_on_kill:
-            task.job.failed += 1
+        error = None
+        if task.state is TaskState.KILLING and not task.requeue_on_kill:
             error = ["TaskKilled", f"killed by the {self.policy.name!r} policy", ""]
-            self._complete(task, "failed", None, error)
+        # Otherwise killed to make room, withdrawn, or killed by a shutting-down executor:
+        # it runs again from scratch (a new attempt if it had started).
+        started = msg.stats.get("running_ns", 0) > 0
+        if task.subtasks is not None:
+            ch.end_chunk(self, task, error=error, started=started)
         else:
-            # Killed to make room, withdrawn, or killed by a shutting-down executor: run it
-            # again from scratch.
-            self._requeue([task], started=msg.stats.get("running_ns", 0) > 0)
-        self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
+            self.settle([task], error=error, started=started)
+        self._slot_freed(executor)
 
     def _on_suspend_failed(self, executor: Executor, msg: p.SuspendFailed) -> None:
         task = self._task_on(executor, msg.task_id)
@@ -509,8 +510,7 @@ class SchedulerCore:
         if usurper is not None and usurper.state is TaskState.LAUNCHED:
             # It was sent to take the slot and now waits behind a task that will not yield:
             # withdraw it and let the policy place it elsewhere.
-            self._withdraw(executor, usurper)
-            executor.slot_task = task
+            self._kill(executor, usurper, requeue=True)
         elif usurper is not None and usurper.state is TaskState.RESUMING:
             # A resumed task waits there behind it; keep track of it (its state lives there).
             executor.queued.appendleft(usurper)
@@ -548,7 +548,7 @@ class SchedulerCore:
                 self._lose_executor(executor, f"no heartbeat for {silent_ms:.0f} ms")
         self._consult(lambda pol: pol.tick(self.view))
         self._resume_parked()
-        self._consider_steals()
+        ch.consider_steals(self)
 
     def _resume_parked(self) -> None:
         """Resume a task the policy left suspended on an executor whose slot stays idle.
@@ -566,9 +566,8 @@ class SchedulerCore:
             parked = [t for t in executor.suspended.values() if t.state is TaskState.SUSPENDED]
             if not parked:
                 continue
-            task = min(parked, key=lambda t: (t.priority != "stream", t.job.order, t.seq))
-            decision = d.Resume(task.task_id)
-            reason = self._validate(decision)
+            task = min(parked, key=resume_order)
+            reason = self.apply(d.Resume(task.task_id))
             if reason is None:
                 log.info(
                     "resumed task %s, which policy %r left suspended on idle executor %s",
@@ -576,7 +575,6 @@ class SchedulerCore:
                     self.policy.name,
                     executor.executor_id,
                 )
-                self._carry_out(decision)
             else:  # cannot happen while the checks above match _validate's; say so if it does
                 log.error("cannot resume parked task %s: %s", task.task_id, reason)
 
@@ -586,21 +584,16 @@ class SchedulerCore:
         executor.alive = False
         tasks = [t for t in executor.tasks() if t.state is not TaskState.DONE]
         executor.slot_task, executor.queued, executor.suspended = None, type(executor.queued)(), {}
-        requeue = []
+        lost = []
         for task in tasks:
             if task.subtasks is not None:  # a chunk: requeue the subtasks it had not reported
-                self.steals_in_flight.pop(task.task_id, None)
                 ch.end_chunk(self, task)
                 continue
             # Count work only up to the executor's last sign of life; after that, no one knows.
             self._stop_running(task, at=executor.last_seen)
             task.work_lost_ns += task.running_estimate_ns
-            if task.cancel_requested:
-                task.job.cancelled += 1
-                self._complete(task, "cancelled", None, None)
-            else:
-                requeue.append(task)
-        self._requeue(requeue, started=True)
+            lost.append(task)
+        self.settle(lost)
 
     # ---- clients --------------------------------------------------------------------------------
 
@@ -626,7 +619,6 @@ class SchedulerCore:
         )
         job.chunksize = (msg.options or {}).get("chunksize")
         self.jobs[job.job_id] = job
-        self.pending_of_job[job.job_id] = len(msg.tasks)
         new = []
         for entry in msg.tasks:
             task_id, args, kwargs = entry[:3]
@@ -647,23 +639,15 @@ class SchedulerCore:
             task.cancel_requested = True
             if task.state is TaskState.PENDING:
                 self.pending.removed(task)
-                self.pending_of_job[task.job.job_id] -= 1
-                task.job.cancelled += 1
-                self._complete(task, "cancelled", None, None)
+                self.complete(task, "cancelled", None, None)
             elif task.chunk is not None:
                 # Inside a chunk: done for its client now; its result, if it comes, is ignored.
                 task.chunk.subtasks.pop(task.task_id, None)
-                task.job.cancelled += 1
-                self._complete(task, "cancelled", None, None)
+                self.complete(task, "cancelled", None, None)
             elif task.state is not TaskState.KILLING:
                 executor = self.executors[task.executor_id]
-                self._detach(executor, task)
-                task.state = TaskState.KILLING
-                executor.suspended[task.task_id] = task
-                self._send(executor, p.Kill(task.task_id, self.now))
-                self._consult(
-                    lambda pol, e=executor: pol.slot_freed(self.view, ExecutorView(e, self))
-                )
+                self._kill(executor, task, requeue=False)  # cancel_requested decides on Killed
+                self._slot_freed(executor)
 
     def _on_status_request(self, client_id: str, msg: p.StatusRequest) -> None:
         self._out.append(ToClient(client_id, p.Status(msg.request_id, self.status())))
@@ -675,40 +659,41 @@ class SchedulerCore:
         self.clients.discard(client_id)
 
     def _on_set_policy(self, client_id: str, msg: p.SetPolicy) -> None:
-        before = self.policy
-        if ":" in msg.policy and not self.allow_policy_paths:
+        ok, message = self._switch_policy(msg.policy, client_id)
+        # str(): `name` is a class attribute a third-party policy may have set to anything.
+        answer = p.PolicySet(msg.request_id, ok, str(self.policy.name), message)
+        self._out.append(ToClient(client_id, answer))
+
+    def _switch_policy(self, spec: str, client_id: str) -> tuple[bool, str]:
+        """Switch to the policy a client named; (whether it worked, what to tell the client)."""
+        if ":" in spec and not self.allow_policy_paths:
             # Discussion: a "module:Class" path makes this process import a module a client
             # named, in the one thread every scheduling decision goes through. Only names
             # (built-in or installed entry points) unless the operator allowed paths.
-            self._answer_set_policy(
-                client_id,
-                msg,
-                False,
-                f"policy {msg.policy!r} refused: this scheduler accepts policy names only "
+            return False, (
+                f"policy {spec!r} refused: this scheduler accepts policy names only "
                 f"({', '.join(known_policy_names())}); start it with --allow-policy-paths "
-                "to switch to a 'module:Class' path",
+                "to switch to a 'module:Class' path"
             )
-            return
         try:
-            policy = resolve_policy(msg.policy)
+            policy = resolve_policy(spec)
         except (Exception, SystemExit) as exc:
             # Discussion: resolving may import a module the client named, in this process, and
             # construct a class from it; whatever that raises (SystemExit too: a script that
             # runs when imported) refuses the switch and leaves the scheduler as it was.
             problem = str(exc) if isinstance(exc, UnknownPolicy) else f"{type(exc).__name__}: {exc}"
-            log.warning("refused policy %r from client %s: %s", msg.policy, client_id, problem)
-            self._answer_set_policy(
-                client_id, msg, False, f"policy {msg.policy!r} refused: {problem}"
-            )
-            return
+            log.warning("refused policy %r from client %s: %s", spec, client_id, problem)
+            return False, f"policy {spec!r} refused: {problem}"
+        before = self.policy
         self.set_policy(policy)
-        switch = {
-            "at_ns": self.now,
-            "from_policy": str(before.name),  # the words of AdaptivePolicy's Switch
-            "to_policy": str(policy.name),
-            "reason": f"requested by client {client_id}",
-        }
-        self.policy_switches.append(switch)
+        self.policy_switches.append(
+            {
+                "at_ns": self.now,
+                "from_policy": str(before.name),  # the words of AdaptivePolicy's Switch
+                "to_policy": str(policy.name),
+                "reason": f"requested by client {client_id}",
+            }
+        )
         del self.policy_switches[:-MAX_POLICY_SWITCHES]
         log.info(
             "policy switched from %r to %r, requested by client %s",
@@ -719,22 +704,11 @@ class SchedulerCore:
         if self.policy is not policy:
             # It raised when first consulted (set_policy asks its tick hook) and _consult has
             # replaced it with the default, as it does any failing policy.
-            self._answer_set_policy(
-                client_id,
-                msg,
-                False,
+            return False, (
                 f"policy {policy.name!r} failed when first consulted and was replaced by the "
-                f"default policy {self.policy.name!r}: {self.policy_failures[-1]}",
+                f"default policy {self.policy.name!r}: {self.policy_failures[-1]}"
             )
-            return
-        self._answer_set_policy(
-            client_id, msg, True, f"policy is now {policy.name} (was {before.name})"
-        )
-
-    def _answer_set_policy(self, client_id: str, msg: p.SetPolicy, ok: bool, message: str) -> None:
-        # str(): `name` is a class attribute a third-party policy may have set to anything.
-        answer = p.PolicySet(msg.request_id, ok, str(self.policy.name), message)
-        self._out.append(ToClient(client_id, answer))
+        return True, f"policy is now {policy.name} (was {before.name})"
 
     def status(self) -> dict[str, Any]:
         """A snapshot for `tidal status` and `Client.status()` (msgpack-encodable)."""
@@ -742,10 +716,13 @@ class SchedulerCore:
 
     # ---- helpers --------------------------------------------------------------------------------
 
-    def _task_on(self, executor: Executor, task_id: str) -> Task | None:
-        """The task a report is about, if it is live and on that executor (else: stale)."""
+    def _task_on(self, executor: Executor, task_id: str, attempt: int | None = None) -> Task | None:
+        """The task a report is about, if it is live, on that executor and (if given) at that
+        attempt; else None (a stale report)."""
         task = self.tasks.get(task_id)
         if task is None or task.state is TaskState.DONE or task.executor_id != executor.executor_id:
+            return None
+        if attempt is not None and task.attempt != attempt:
             return None
         return task
 
@@ -764,15 +741,6 @@ class SchedulerCore:
             task.running_estimate_ns += max(0, end - task.running_since)
             task.running_since = None
 
-    def _withdraw(self, executor: Executor, task: Task) -> None:
-        """Take back a launched, not started task: kill it there and place it again."""
-        if executor.slot_task is task:
-            executor.slot_task = None
-        task.state = TaskState.KILLING
-        task.requeue_on_kill = True
-        executor.suspended[task.task_id] = task
-        self._send(executor, p.Kill(task.task_id, self.now))
-
     def _account(self, task: Task, stats: dict[str, Any]) -> None:
         task.suspensions = stats.get("suspensions", task.suspensions)  # what really happened
         task.running_ns = stats.get("running_ns", task.running_ns)
@@ -780,7 +748,23 @@ class SchedulerCore:
         task.records = stats.get("records", task.records)
         task.finished_at_ns = stats.get("finished_at_ns")
 
-    def _requeue(self, tasks: list[Task], *, started: bool) -> None:
+    def settle(
+        self, tasks: list[Task], *, error: list[str] | None = None, started: bool = True
+    ) -> None:
+        """End tasks that did not finish: cancelled if their client asked, failed with `error`
+        if one is given, else queued again (a new attempt if `started`)."""
+        again = []
+        for task in tasks:
+            if task.cancel_requested:
+                self.complete(task, "cancelled", None, None)
+            elif error is not None:
+                self.complete(task, "failed", None, error)
+            else:
+                again.append(task)
+        self.requeue(again, attempt=started)
+
+    def requeue(self, tasks: list[Task], *, attempt: bool = True) -> None:
+        """Queue tasks again at the front of their class (a new attempt if `attempt`)."""
         if not tasks:
             return
         views = []
@@ -791,19 +775,25 @@ class SchedulerCore:
             task.running_ns = task.suspended_ns = 0
             task.running_estimate_ns, task.running_since = 0, None
             task.requeue_on_kill = False
-            if started:
+            if attempt:
                 task.attempt += 1
             self._requeue_seq -= 1
             task.seq = self._requeue_seq
             task.chunk = None
             self.pending.push(task, front=True)
-            self.pending_of_job[task.job.job_id] = self.pending_of_job.get(task.job.job_id, 0) + 1
             views.append(TaskView(task, self))
         self._consult(lambda pol: pol.tasks_submitted(self.view, views))
 
-    def _complete(self, task: Task, outcome: str, value: Any, error: list[str] | None) -> None:
-        """Finish a task exactly once and tell its client."""
+    def complete(self, task: Task, outcome: str, value: Any, error: list[str] | None) -> None:
+        """Finish a task exactly once, count it in its job, and tell its client."""
         task.state = TaskState.DONE
+        job = task.job
+        if outcome == "finished":
+            job.finished += 1
+        elif outcome == "failed":
+            job.failed += 1
+        else:
+            job.cancelled += 1
         first_start = task.first_started_at
         stats = {
             "executor_id": task.executor_id,
@@ -818,50 +808,11 @@ class SchedulerCore:
             "finished_at_ns": task.finished_at_ns,
         }
         task.args, task.kwargs = [], {}
-        self._to_client(task.job.client_id, [[task.task_id, outcome, value, error, stats]])
+        self._to_client(job.client_id, [[task.task_id, outcome, value, error, stats]])
 
     def _to_client(self, client_id: str, items: list[list[Any]]) -> None:
         if client_id in self.clients:
             self._out.append(ToClient(client_id, p.Results(items)))
 
-    def _send(self, executor: Executor, message: p.Message) -> None:
+    def send(self, executor: Executor, message: p.Message) -> None:
         self._out.append(ToExecutor(executor.executor_id, message))
-
-    # For scheduler/chunks.py, which acts for the core on chunks.
-    send = _send
-
-    def complete(self, task: Task, outcome: str, value: Any, error: list[str] | None) -> None:
-        """Finish a task exactly once and tell its client."""
-        self._complete(task, outcome, value, error)
-
-    def requeue_tasks(self, tasks: list[Task], *, attempt: bool = True) -> None:
-        """Queue tasks again at the front of their class (a new attempt unless told not)."""
-        self._requeue(tasks, started=attempt)
-
-    def _validate_steal(self, chunk: Task, decision: d.Steal) -> str | None:
-        thief = self.executors.get(decision.executor_id)
-        if chunk.subtasks is None:
-            return "not a chunk"
-        victim = self.executors.get(chunk.executor_id or "")
-        if victim is None or not victim.alive or chunk.state in (TaskState.KILLING, TaskState.DONE):
-            return "the chunk is not on a live executor"
-        if thief is None or not thief.alive or thief is victim:
-            return "no such live executor to steal for"
-        if thief.slot_task is not None:
-            return "the thief's slot is busy"
-        if chunk.task_id in self.steals_in_flight:
-            return "a steal from this chunk is already under way"
-        if decision.count < 1 or decision.count >= len(chunk.subtasks):
-            return f"cannot steal {decision.count} of {len(chunk.subtasks)} subtasks"
-        return None
-
-    def _consider_steals(self) -> None:
-        """Let the stealer propose steals for idle executors; validate and apply them."""
-        if self.stealer is None:
-            return
-        for decision in self.stealer.propose(self):
-            reason = self._validate(decision)
-            if reason is None:
-                self._carry_out(decision)
-            else:
-                log.debug("refused steal %r: %s", decision, reason)

@@ -54,6 +54,8 @@ MAX_FRAMES_PER_PASS = 2000
 # Results merged into one frame at most; with results of up to ~64 KiB each a frame stays
 # well below a client's 64 MiB limit.
 RESULTS_PER_FRAME = 256
+# Batch launches held for one executor at most before they go out anyway.
+HELD_LAUNCHES_MAX = 256
 
 
 class SchedulerServer:
@@ -95,6 +97,7 @@ class SchedulerServer:
         self._routes: dict[tuple[str, str], bytes] = {}  # (kind, peer id) -> routing id
         self._bad_frames = p.RateLimitedLog(log.warning)
         self._held: dict[str, list[bytes]] = {}  # encoded batch launches, per executor
+        self._results: dict[str, list[Any]] = {}  # result items, per client
         self._held_bytes: dict[str, int] = {}
 
     def stop(self) -> None:
@@ -116,25 +119,21 @@ class SchedulerServer:
                 # -- 1. Poll until a frame arrives or the next tick is due.
                 timeout_ms = max(0.0, (next_tick - time.monotonic_ns()) / 1e6)
                 if self._socket.poll(timeout_ms):
-                    # -- 2. Handle what arrived, each frame as one event; results are held back
-                    #       per client and sent together at the end of the pass.
-                    results: dict[str, list[Any]] = {}
+                    # -- 2. Handle what arrived, each frame as one event; results and batch
+                    #       launches are held back and sent together at the end of the pass.
                     for _ in range(MAX_FRAMES_PER_PASS):
                         try:
                             frames = self._socket.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        self._handle_frames(frames, results)
-                    # -- 3. Flush results and held-back launches.
-                    self._flush_results(results)
-                    self._flush_executors()
+                        self._handle_frames(frames)
+                    # -- 3. Flush what was held back.
+                    self._flush_held()
                 # -- 4. Tick: the core checks executor liveness and the policy may rebalance.
                 now = time.monotonic_ns()
                 if now >= next_tick:
-                    results = {}
-                    self._dispatch(self.core.handle(Tick()), results)
-                    self._flush_results(results)
-                    self._flush_executors()
+                    self._dispatch(self.core.handle(Tick()))
+                    self._flush_held()
                     next_tick = now + tick_ns
         finally:
             self._shutdown_executors("scheduler stopping")
@@ -145,7 +144,7 @@ class SchedulerServer:
 
     # ---- frames -> events ---------------------------------------------------------------------
 
-    def _handle_frames(self, frames: list[bytes], results: dict[str, list[Any]]) -> None:
+    def _handle_frames(self, frames: list[bytes]) -> None:
         routing_id = frames[0]
         try:
             if len(frames) != 2:
@@ -170,7 +169,7 @@ class SchedulerServer:
                 self._drop(routing_id, exc)
                 continue
             if event is not None:
-                self._dispatch(self.core.handle(event), results)
+                self._dispatch(self.core.handle(event))
 
     def _drop(self, routing_id: bytes, exc: p.ProtocolError) -> None:
         peer = self._peers.get(routing_id, ("unknown peer", routing_id.hex()[:12]))
@@ -254,42 +253,40 @@ class SchedulerServer:
 
     # ---- instructions -> frames -----------------------------------------------------------------
 
-    def _dispatch(self, instructions: list[Any], results: dict[str, list[Any]]) -> None:
+    def _dispatch(self, instructions: list[Any]) -> None:
         for instruction in instructions:
+            msg = instruction.message
             if isinstance(instruction, ToClient):
-                if isinstance(instruction.message, p.Results):
-                    results.setdefault(instruction.client_id, []).extend(instruction.message.items)
+                if isinstance(msg, p.Results):
+                    self._results.setdefault(instruction.client_id, []).extend(msg.items)
                 else:
-                    self._send(("client", instruction.client_id), instruction.message)
+                    self._send(("client", instruction.client_id), msg)
+            elif isinstance(msg, p.Launch) and msg.priority == "batch":
+                # Batch work can wait for the end of the pass and travel in one frame.
+                executor_id = instruction.executor_id
+                frame = p.encode(msg)
+                held = self._held.setdefault(executor_id, [])
+                held.append(frame)
+                self._held_bytes[executor_id] = self._held_bytes.get(executor_id, 0) + len(frame)
+                if (
+                    len(held) >= HELD_LAUNCHES_MAX
+                    or self._held_bytes[executor_id] >= p.BATCH_FLUSH_BYTES
+                ):
+                    self._flush_executor(executor_id)
             else:
-                msg = instruction.message
-                held = self._held.setdefault(instruction.executor_id, [])
-                if isinstance(msg, p.Launch) and msg.priority == "batch":
-                    # Batch work can wait for the end of the pass and travel in one frame.
-                    frame = p.encode(msg)
-                    held.append(frame)
-                    self._held_bytes[instruction.executor_id] = self._held_bytes.get(
-                        instruction.executor_id, 0
-                    ) + len(frame)
-                    if (
-                        len(held) >= 256
-                        or self._held_bytes[instruction.executor_id] >= p.BATCH_FLUSH_BYTES
-                    ):
-                        self._flush_executor(instruction.executor_id)
-                else:
-                    # Anything else is urgent; what was held goes first, to keep the order.
-                    self._flush_executor(instruction.executor_id)
-                    self._send(("executor", instruction.executor_id), msg)
+                # Anything else is urgent; what was held goes first, to keep the order.
+                self._flush_executor(instruction.executor_id)
+                self._send(("executor", instruction.executor_id), msg)
 
-    def _flush_results(self, results: dict[str, list[Any]]) -> None:
-        """Send each client its results, in frames of at most RESULTS_PER_FRAME items."""
-        for client_id, items in results.items():
+    def _flush_held(self) -> None:
+        """Send what the pass held back: each client its results, in frames of at most
+        RESULTS_PER_FRAME items, then each executor its batch launches."""
+        for client_id, items in self._results.items():
             for start in range(0, len(items), RESULTS_PER_FRAME):
                 self._send(
                     ("client", client_id), p.Results(items[start : start + RESULTS_PER_FRAME])
                 )
-
-    def _flush_executors(self) -> None:
+        self._results.clear()
         for executor_id in list(self._held):
             self._flush_executor(executor_id)
 

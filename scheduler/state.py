@@ -9,10 +9,11 @@ pending tasks without the core building a snapshot for every decision.
 from __future__ import annotations
 
 import enum
-import itertools
+import heapq
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from runtime import protocol as p
@@ -26,6 +27,7 @@ __all__ = [
     "TaskState",
     "TaskView",
     "check_submission",
+    "resume_order",
     "status_snapshot",
 ]
 
@@ -101,6 +103,10 @@ class Task:
     def priority(self) -> str:
         return self.job.priority
 
+    @property
+    def order(self) -> int:
+        return self.job.order
+
 
 @dataclass(eq=False, slots=True)
 class Executor:
@@ -127,24 +133,35 @@ class Executor:
         return (t for t in self.tasks() if t.subtasks is not None)
 
 
+def resume_order(task: Task | TaskView) -> tuple[bool, int, int]:
+    """Which suspended task to resume first: stream before batch, then order, then arrival."""
+    return (task.priority != "stream", task.order, task.seq)
+
+
 class PendingQueues:
     """Pending tasks per priority class, ordered by (order, arrival); lazy deletion."""
 
     def __init__(self) -> None:
         self._queues: dict[str, dict[int, deque[Task]]] = {name: {} for name in PRIORITIES}
         self._count = dict.fromkeys(PRIORITIES, 0)
+        self._per_job: dict[str, int] = {}
 
     def push(self, task: Task, *, front: bool = False) -> None:
         lane = self._queues[task.priority].setdefault(task.job.order, deque())
         lane.appendleft(task) if front else lane.append(task)
         self._count[task.priority] += 1
+        self._per_job[task.job.job_id] = self._per_job.get(task.job.job_id, 0) + 1
 
     def removed(self, task: Task) -> None:
         """Account for a task that left the pending state (it stays in its lane, skipped)."""
         self._count[task.priority] -= 1
+        self._per_job[task.job.job_id] -= 1
 
     def count(self, priority: str | None = None) -> int:
         return sum(self._count.values()) if priority is None else self._count[priority]
+
+    def count_of_job(self, job_id: str) -> int:
+        return self._per_job.get(job_id, 0)
 
     def iterate(self, priority: str) -> Iterator[Task]:
         lanes = self._queues[priority]
@@ -181,8 +198,10 @@ class TaskView:
     records = property(lambda self: self._task.records)
     submitted_at = property(lambda self: self._task.submitted_at)
     seq = property(lambda self: self._task.seq)
-    preferred = property(lambda self: self._task.preferred)
-    """Node labels or executor ids the task would rather run on (empty: anywhere)."""
+    preferred = property(
+        lambda self: self._task.preferred,
+        doc="Node labels or executor ids the task would rather run on (empty: anywhere).",
+    )
 
     @property
     def suspendable(self) -> bool:
@@ -300,15 +319,7 @@ class ClusterView:
 
 
 def _merge_by_seq(a: Iterator[Task], b: Iterator[Task]) -> Iterator[Task]:
-    import heapq
-
-    counter = itertools.count()
-    return (
-        t
-        for _, _, t in heapq.merge(
-            ((t.seq, next(counter), t) for t in a), ((t.seq, next(counter), t) for t in b)
-        )
-    )
+    return heapq.merge(a, b, key=attrgetter("seq"))  # seqs are unique: no ties
 
 
 def status_snapshot(core: SchedulerCore) -> dict[str, Any]:

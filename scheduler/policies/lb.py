@@ -12,11 +12,11 @@ there, and resumption comes before new batch work), then to the next batch task.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 from scheduler.decisions import Decision, Launch, Resume, Suspend
 from scheduler.policies.base import AssignOnChange
-from scheduler.state import ClusterView, ExecutorView, TaskView
+from scheduler.state import ClusterView, ExecutorView, TaskView, resume_order
 
 # Discussion: above this host memory use an executor is "under pressure": suspending there
 # would pile a parked task's memory onto a host already short of it. 85% leaves headroom for
@@ -53,15 +53,19 @@ class LbPolicy(AssignOnChange):
             # 2. Still stream tasks pending: suspend batch tasks for them.
             yield from self._preempt_for(view, streams, executors)
         # 3. Free slots resume what is suspended there, before any new batch work.
+        resumed = yield from self._resume_on(free_slots)
+        # 4. Batch tasks take what capacity is left (slots and prefetch queues).
+        yield from self._fill_batch(view, executors, resumed=resumed)
+
+    def _resume_on(self, free_slots: list[ExecutorView]) -> Generator[Decision, None, set[str]]:
+        """Resume the first task suspended on each free slot; return those executors' ids."""
+        resumed = set()
         for executor in free_slots:
             suspended = executor.suspended
             if suspended:
-                first = min(suspended, key=lambda t: (t.priority != "stream", t.order, t.seq))
-                yield Resume(first.task_id)
-        # 4. Batch tasks take what capacity is left (slots and prefetch queues).
-        yield from self._fill_batch(
-            view, executors, resumed={e.executor_id for e in free_slots if e.suspended}
-        )
+                resumed.add(executor.executor_id)
+                yield Resume(min(suspended, key=resume_order).task_id)
+        return resumed
 
     def _preempt_for(
         self, view: ClusterView, streams: Iterator[TaskView], executors: list[ExecutorView]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-from scheduler.decisions import Decision, Launch, Resume
+from scheduler.decisions import Decision, Launch
 from scheduler.policies.lb import MEMORY_PRESSURE_THRESHOLD, LbPolicy
 from scheduler.state import ClusterView, ExecutorView, TaskView
 
@@ -78,13 +78,7 @@ class LmaPolicy(LbPolicy):
                 chosen = free_slots.pop(0)
                 yield Launch(task.task_id, chosen.executor_id)
         # 2. Free slots resume what is suspended there, before any new batch work.
-        resumed = set()
-        for executor in free_slots:
-            suspended = executor.suspended
-            if suspended:
-                first = min(suspended, key=lambda t: (t.priority != "stream", t.order, t.seq))
-                resumed.add(executor.executor_id)
-                yield Resume(first.task_id)
+        resumed = yield from self._resume_on(free_slots)
         # 3. Batch tasks, with delay scheduling for those that prefer other nodes.
         if view.pending_count("stream"):
             return
