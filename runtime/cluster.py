@@ -14,20 +14,17 @@ doing, which is exactly the kind of wait Tidal exists to remove.
 from __future__ import annotations
 
 import atexit
-import os
 import selectors
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.stub import spawn_executor, stop_process
+from runtime.stub import child_env, spawn_executor, stop_process
 from scheduler.policies import resolve_policy
+from scheduler.server import ANNOUNCEMENT
 
 __all__ = ["ClusterStartError", "LocalCluster"]
-
-ANNOUNCEMENT = "tidal scheduler listening on "
 
 
 class ClusterStartError(RuntimeError):
@@ -61,9 +58,7 @@ class LocalCluster:
         self.stealing = stealing
         atexit.register(self.close)
         try:
-            self._scheduler = self._start_scheduler(
-                max_suspensions, heartbeat_ms, start_timeout, log_level
-            )
+            self._start_scheduler(max_suspensions, heartbeat_ms, start_timeout, log_level)
             for i in range(executors):
                 node = nodes[i] if nodes is not None else f"local-{i}"
                 self._processes.append(
@@ -80,10 +75,7 @@ class LocalCluster:
 
     def _start_scheduler(
         self, max_suspensions: int, heartbeat_ms: int, timeout: float, log_level: str
-    ) -> subprocess.Popen[bytes]:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    ) -> None:
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -104,7 +96,7 @@ class LocalCluster:
                 *([] if self.stealing else ["--no-stealing"]),
             ],
             stdout=subprocess.PIPE,
-            env=env,
+            env=child_env(),
         )
         self._processes.append(process)
         line = _read_line(process, timeout)
@@ -114,28 +106,31 @@ class LocalCluster:
                 f"the scheduler did not start (exit code {code}); it said: {line.strip()!r}"
             )
         self.address = line[len(ANNOUNCEMENT) :].strip()
-        return process
 
     def _wait_for_executors(self, count: int, timeout: float) -> None:
         from runtime.client import Client
 
-        deadline = time.monotonic() + timeout
+        alive = 0
+
+        def joined_or_exited(status: dict[str, Any]) -> bool:
+            nonlocal alive
+            alive = sum(e["state"] == "alive" for e in status["executors"])
+            return alive >= count or any(proc.poll() is not None for proc in self._processes[1:])
+
         with Client(self.address, timeout=timeout) as client:
-            while True:
-                alive = [e for e in client.status()["executors"] if e["state"] == "alive"]
-                if len(alive) >= count:
-                    return
-                for process in self._processes[1:]:
-                    if process.poll() is not None:
-                        raise ClusterStartError(
-                            f"an executor exited with code "
-                            f"{process.returncode} while the cluster started"
-                        )
-                if time.monotonic() > deadline:
-                    raise ClusterStartError(
-                        f"only {len(alive)} of {count} executors joined within {timeout:.0f} s"
-                    )
-                time.sleep(0.02)  # polling a status, not synchronising a test
+            try:
+                client.wait_for_status(joined_or_exited, timeout)
+            except TimeoutError:
+                raise ClusterStartError(
+                    f"only {alive} of {count} executors joined within {timeout:.0f} s"
+                ) from None
+        if alive >= count:
+            return
+        for process in self._processes[1:]:
+            if process.poll() is not None:
+                raise ClusterStartError(
+                    f"an executor exited with code {process.returncode} while the cluster started"
+                )
 
     @property
     def processes(self) -> list[subprocess.Popen[bytes]]:

@@ -7,7 +7,7 @@ switches from the task's greenlet to the hub, leaving the task parked at that re
 boundary with its whole stack intact.
 
 The compiled version (runtime/_gate.c) costs well under 1 ns per record. When it could not
-be built we fall back to the generator below (~35 ns per record); `IMPLEMENTATION` says which
+be built we fall back to the iterator class below (~65 ns per record); `IMPLEMENTATION` says which
 one is live, and `tidal bench suspend` reports it.
 """
 
@@ -32,23 +32,35 @@ class PyGate:
         self.hook = hook
 
 
+class _PyGatedIterator:
+    """Pure-Python twin of the C `GatedIterator` (see `py_gated_iterator`)."""
+
+    __slots__ = ("_gate", "_source")
+
+    def __init__(self, source: Iterator[Any], gate: PyGate) -> None:
+        self._source = source
+        self._gate = gate
+
+    def __iter__(self) -> _PyGatedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        # Discussion: a class, not a generator: an exception raised at the boundary (a kill
+        # the task then catches) must leave the iterator usable, as the C version does; a
+        # generator would be closed by it and end the task's input early.
+        gate = self._gate
+        if gate.requested and gate.hook is not None:
+            gate.hook()
+        record = next(self._source)
+        gate.records += 1
+        return record
+
+
 def py_gated_iterator(iterable: Iterable[Any], gate: PyGate) -> Iterator[Any]:
-    """Pure-Python twin of the C `GatedIterator`."""
+    """Pure-Python twin of the C `GatedIterator`: the same checks, in the same order."""
     if not isinstance(gate, PyGate):
         raise TypeError(f"GatedIterator() needs a PyGate, not {type(gate).__name__}")
-    source = iter(iterable)
-
-    def gated() -> Iterator[Any]:
-        for record in source:
-            if gate.requested and gate.hook is not None:
-                gate.hook()
-            gate.records += 1
-            yield record
-
-    # Discussion: unlike the C version, the check above runs after the source produced
-    # the record (a generator cannot stop *before* pulling). The record is held in this
-    # frame across the suspension, so nothing is skipped or repeated either way.
-    return gated()
+    return _PyGatedIterator(iter(iterable), gate)
 
 
 try:

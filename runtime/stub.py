@@ -19,7 +19,7 @@ import zmq
 from runtime import protocol as p
 from runtime.realtime import realtime_io_threads
 
-__all__ = ["StubScheduler", "spawn_executor", "stop_process"]
+__all__ = ["StubScheduler", "child_env", "spawn_executor", "stop_process"]
 
 
 class StubScheduler:
@@ -117,10 +117,6 @@ def spawn_executor(
     address: str, *, node: str = "local", extra_args: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:
     """Start `tidal executor` in a child process connected to `address`."""
-    env = dict(os.environ)
-    # The child must import this very checkout, also when it is not installed.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return subprocess.Popen(
         [
             sys.executable,
@@ -133,8 +129,17 @@ def spawn_executor(
             node,
             *extra_args,
         ],
-        env=env,
+        env=child_env(),
     )
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment, with this checkout first on PYTHONPATH: a child started
+    with it imports this very checkout, also when it is not installed."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:

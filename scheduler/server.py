@@ -49,6 +49,8 @@ log = logging.getLogger("tidal.scheduler")
 # Loopback only unless told otherwise: without authentication (a later milestone) anyone who
 # can reach the port can run code on the executors.
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
+# The line `--announce` prints; LocalCluster reads the address after it.
+ANNOUNCEMENT = "tidal scheduler listening on "
 # Frames handled per pass before results are flushed and the timer is checked.
 MAX_FRAMES_PER_PASS = 2000
 # Results merged into one frame at most; with results of up to ~64 KiB each a frame stays
@@ -323,7 +325,7 @@ def serve(bind: str = DEFAULT_BIND, *, announce: bool = False, **options: Any) -
     """Run a scheduler in this process until SIGTERM/SIGINT; return the exit code."""
     server = SchedulerServer(bind, **options)
     if announce:  # LocalCluster reads this line to learn the port it got
-        print(f"tidal scheduler listening on {server.address}", flush=True)
+        print(f"{ANNOUNCEMENT}{server.address}", flush=True)
     log.info(
         "scheduler %s listening on %s with policy %s",
         server.scheduler_id,

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["percentile"]
+if TYPE_CHECKING:
+    from runtime.client import Client
+
+__all__ = ["percentile", "timed_map"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -17,3 +22,12 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = math.floor(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def timed_map(
+    client: Client, fn: Callable[..., Any], items: list[Any], timeout: float, **options: Any
+) -> float:
+    """Items per second from `client.map(fn, items, **options)` to the last result in hand."""
+    start = time.perf_counter()
+    client.gather(client.map(fn, items, **options), timeout=timeout)
+    return len(items) / (time.perf_counter() - start)

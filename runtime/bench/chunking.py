@@ -12,17 +12,12 @@ import multiprocessing
 import time
 from typing import Any
 
+from runtime.bench import timed_map
 from runtime.client import Client
 from runtime.cluster import LocalCluster
 from workloads.synthetic import noop
 
 TARGETS = {"auto_vs_pool_chunked": (">=", 0.5)}
-
-
-def _tidal(client: Client, items: list[int], chunksize: int | str) -> float:
-    start = time.perf_counter()
-    client.gather(client.map(noop, items, chunksize=chunksize), timeout=900)
-    return len(items) / (time.perf_counter() - start)
 
 
 def run(quick: bool = False, subtasks: int | None = None) -> dict[str, Any]:
@@ -34,9 +29,9 @@ def run(quick: bool = False, subtasks: int | None = None) -> dict[str, Any]:
         pool.map(noop, items, chunksize=100)
         pool_rate = n / (time.perf_counter() - start)
     with LocalCluster(executors=2) as cluster, Client(cluster) as client:
-        _tidal(client, list(range(2_000)), "auto")  # warm
-        auto = _tidal(client, items, "auto")
-        one = _tidal(client, items, 1)
+        timed_map(client, noop, list(range(2_000)), 900, chunksize="auto")  # warm
+        auto = timed_map(client, noop, items, 900, chunksize="auto")
+        one = timed_map(client, noop, items, 900, chunksize=1)
     return {
         "subtasks": n,
         "subtasks_per_s_chunksize_1": one,

@@ -65,8 +65,9 @@ def run(quick: bool = False, executors: int = 2, seed: int = 1) -> dict[str, Any
             record_us=10.0,
             max_suspensions=count + 10,
         )
-        while sum(e["running"] is not None for e in client.status()["executors"]) < executors:
-            time.sleep(0.005)
+        client.wait_for_status(
+            lambda status: sum(e["running"] is not None for e in status["executors"]) >= executors
+        )
         starts, loaded = _stream(client, count, rng)
         busy_through = not any(f.done() for f in batch)
         for future in batch:

@@ -14,6 +14,7 @@ import multiprocessing
 import time
 from typing import Any
 
+from runtime.bench import timed_map
 from runtime.client import Client
 from runtime.cluster import LocalCluster
 from workloads.synthetic import noop
@@ -29,19 +30,14 @@ def run(quick: bool = False, tasks: int | None = None, executors: int = 2) -> di
         pool.map(noop, range(tasks), chunksize=1)
         pool_s = time.perf_counter() - start
     with LocalCluster(executors=executors) as cluster, Client(cluster) as client:
-        client.gather(client.map(noop, list(range(500))), timeout=120)  # warm
-        start = time.perf_counter()
-        futures = client.map(noop, list(range(tasks)))
-        client.gather(futures, timeout=600)
-        tidal_s = time.perf_counter() - start
-        start = time.perf_counter()
-        client.gather(client.map(noop, list(range(tasks)), chunksize=1), timeout=600)
-        unchunked_s = time.perf_counter() - start
+        timed_map(client, noop, list(range(500)), 120)  # warm
+        tidal_rate = timed_map(client, noop, list(range(tasks)), 600)
+        unchunked_rate = timed_map(client, noop, list(range(tasks)), 600, chunksize=1)
     result = {
         "tasks": tasks,
         "executors": executors,
-        "tasks_per_s": tasks / tidal_s,
-        "tasks_per_s_unchunked": tasks / unchunked_s,
+        "tasks_per_s": tidal_rate,
+        "tasks_per_s_unchunked": unchunked_rate,
         "pool_tasks_per_s": tasks / pool_s,
     }
     result["throughput_ratio"] = result["tasks_per_s"] / result["pool_tasks_per_s"]

@@ -344,6 +344,8 @@ def test_a_cancelled_result_cancels_the_future(fake, client):
     done, _ = concurrent.futures.wait([future], timeout=5)  # the stdlib sees it as done
     assert done == {future} and future.cancelled()
     assert future.cancel() is True  # already cancelled: nothing more to do
+    client.submit(total, [2])  # a sentinel: frames arrive in order, so a Cancel would be first
+    fake.wait_for(p.Submit, 2)
     assert fake.received(p.Cancel) == []
 
 
@@ -410,6 +412,7 @@ def test_as_completed_yields_futures_in_the_order_they_complete(fake, client):
 def test_as_completed_times_out_with_futures_pending(fake, client):
     futures = client.map(total, [[0], [1]])
     fake.finish(futures[0], 0)
+    futures[0].result(timeout=5)
     completed = as_completed(futures, timeout=0.05)
     assert next(completed) is futures[0]
     with pytest.raises(TimeoutError, match="1 of 2 futures still pending"):
@@ -486,6 +489,8 @@ def test_cancel_sends_cancel_and_a_late_result_is_ignored(fake, client):
     assert other.result(timeout=5) == 2
     assert future.cancelled()
     assert other.cancel() is False  # finished: too late
+    client.submit(total, [3])  # a sentinel: frames arrive in order, so a Cancel would be first
+    fake.wait_for(p.Submit, 2)
     assert len(fake.received(p.Cancel)) == 1
 
 

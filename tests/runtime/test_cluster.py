@@ -26,28 +26,37 @@ pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def one_running(status):
+    return status["executors"][0]["running"] is not None
+
+
+def both_running(status):
+    return sum(e["running"] is not None for e in status["executors"]) >= 2
+
+
 def test_a_stream_task_suspends_a_batch_task_and_the_batch_result_is_exact():
     partitions = [list(range(i * 30_000, (i + 1) * 30_000)) for i in range(2)]
     with LocalCluster(executors=2) as cluster, Client(cluster) as client:
         batch = client.map(spin, partitions, priority="batch", record_us=20.0)  # ~0.6 s each
         # Wait until both batch tasks hold the slots (a status poll, not a sleep).
-        while sum(e["running"] is not None for e in client.status()["executors"]) < 2:
-            pass
+        client.wait_for_status(both_running)
         stream = client.submit(total, [1, 2, 3], priority="stream")
         assert stream.result(timeout=30) == 6
-        # It did not wait for a batch task to finish: it took a suspended one's slot.
-        assert not all(f.done() for f in batch)
         assert client.gather(batch, timeout=60) == [sum(p) for p in partitions]
         suspensions = [f.statistics().suspensions for f in batch]
         assert sorted(suspensions) == [0, 1]
         assert stream.statistics().executor_id in {f.statistics().executor_id for f in batch}
+        # It did not wait for a batch task to finish: it took a suspended one's slot, and
+        # ended (on the executors' shared monotonic clock) before that one did.
+        (suspended,) = [f.statistics() for f in batch if f.statistics().suspensions == 1]
+        assert stream.statistics().executor_id == suspended.executor_id
+        assert stream.statistics().finished_at_ns < suspended.finished_at_ns
 
 
 def test_the_suspension_cap_set_per_job_is_respected_end_to_end():
     with LocalCluster(executors=1) as cluster, Client(cluster) as client:
         (batch,) = client.map(spin, [list(range(40_000))], record_us=20.0, max_suspensions=1)
-        while client.status()["executors"][0]["running"] is None:
-            pass
+        client.wait_for_status(one_running)
         first = client.submit(total, [1], priority="stream")
         assert first.result(timeout=30) == 1
         second = client.submit(total, [2], priority="stream")
@@ -81,8 +90,7 @@ def test_a_killed_executor_loses_no_task_and_none_completes_twice():
     partitions = [list(range(i * 2_000, (i + 1) * 2_000)) for i in range(8)]
     with LocalCluster(executors=2, heartbeat_ms=100) as cluster, Client(cluster) as client:
         futures = client.map(spin, partitions, record_us=100.0)  # ~0.2 s each
-        while sum(e["running"] is not None for e in client.status()["executors"]) < 2:
-            pass
+        client.wait_for_status(both_running)
         victim = cluster.processes[1]
         victim.kill()
         victim.wait()
@@ -96,8 +104,7 @@ def test_a_killed_executor_loses_no_task_and_none_completes_twice():
 def test_cancel_stops_a_running_task_and_frees_its_slot():
     with LocalCluster(executors=1) as cluster, Client(cluster) as client:
         (long_task,) = client.map(spin, [list(range(1_000_000))], record_us=20.0)
-        while client.status()["executors"][0]["running"] is None:
-            pass
+        client.wait_for_status(one_running)
         assert long_task.cancel()
         assert client.submit(total, [5]).result(timeout=30) == 5
         assert long_task.cancelled()
@@ -140,7 +147,7 @@ def test_functions_in_the_users_main_script_run_on_local_executors(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -188,8 +195,7 @@ def test_chunked_tasks_complete_exactly_once_under_stealing_and_executor_loss():
     with LocalCluster(executors=3, heartbeat_ms=100) as cluster, Client(cluster) as client:
         # Uneven chunks: stealing moves work to idle executors; then one executor dies.
         futures = client.map(spin, [[i] for i in items], chunksize=400, record_us=2_000.0)
-        while client.status()["steals"] == 0:
-            pass
+        client.wait_for_status(lambda status: status["steals"] > 0)
         victim = cluster.processes[1]
         victim.kill()
         victim.wait()
@@ -204,8 +210,13 @@ def test_chunked_tasks_complete_exactly_once_under_stealing_and_executor_loss():
 def test_a_stream_task_suspends_a_running_chunk_end_to_end():
     with LocalCluster(executors=1) as cluster, Client(cluster) as client:
         chunked = client.map(spin, [[i] for i in range(300)], chunksize=300, record_us=1_000.0)
-        while client.status()["executors"][0]["running"] is None:
-            pass
-        assert client.submit(total, [1, 2], priority="stream").result(timeout=30) == 3
-        assert not all(f.done() for f in chunked)  # it did not wait for the chunk to end
+        completed = []  # in the order the client got the results (its IO thread runs these)
+        for future in chunked:
+            future.add_done_callback(completed.append)
+        client.wait_for_status(one_running)
+        stream = client.submit(total, [1, 2], priority="stream")
+        stream.add_done_callback(completed.append)
+        assert stream.result(timeout=30) == 3
         assert client.gather(chunked, timeout=60) == list(range(300))
+        # It did not wait for the chunk to end: part of the chunk's results came after it.
+        assert completed.index(stream) < len(chunked)

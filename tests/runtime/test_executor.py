@@ -64,8 +64,11 @@ def test_suspends_a_busy_task_over_the_socket_and_resumes_it_exactly(executor):
         stub.send(ex, p.Suspend("busy", time.monotonic_ns()))
         suspended = stub.expect(p.Suspended, task_id="busy")
         progress.append(suspended.records)
+        deadline = time.monotonic() + 10.0
         beat = stub.expect(p.Heartbeat)
         while beat.suspended != 1:  # metrics follow the state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"heartbeats never showed the suspended task: {beat!r}")
             beat = stub.expect(p.Heartbeat)
         stub.send(ex, p.Resume("busy", time.monotonic_ns()))
         stub.expect(p.Resumed, task_id="busy")
@@ -82,8 +85,11 @@ def test_a_stream_task_takes_the_slot_of_a_suspended_batch_task(executor):
     stub.send(ex, p.Suspend("batch", time.monotonic_ns()))
     launch(stub, ex, "stream", "workloads.synthetic:total", [[1, 2, 3]])
     order = []
+    deadline = time.monotonic() + 10.0
     while len(order) < 3:
-        _, msg = stub.recv()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only these reports arrived within 10 s: {order}")
+        _, msg = stub.recv(max(0.0, deadline - time.monotonic()))
         if isinstance(msg, p.Suspended | p.Started | p.Finished):
             order.append((type(msg).__name__, msg.task_id))
     assert order == [("Suspended", "batch"), ("Started", "stream"), ("Finished", "stream")]
@@ -182,7 +188,7 @@ def test_shutdown_kills_leftover_tasks_says_goodbye_and_exits_cleanly(executor):
     assert proc.wait(10) == 0
 
 
-def test_an_executor_that_gets_no_welcome_gives_up_with_an_error(tmp_path):
+def test_an_executor_that_gets_no_welcome_gives_up_with_an_error():
     with StubScheduler() as stub:
         address = stub.address
     # Nobody listens there any more: the executor must not hang forever.
