@@ -73,10 +73,9 @@ from typing import Any
 
 from runtime import protocol as p
 from runtime.bench import percentile
+from runtime.task import PRIORITY_CLASSES
 from scheduler.chunks import check_chunksize
-from scheduler.core import (
-    SchedulerCore,
-)
+from scheduler.core import SchedulerCore
 from scheduler.events import (
     ClientJoined,
     ClientRequest,
@@ -91,7 +90,6 @@ from scheduler.events import (
 from scheduler.sim_executor import (
     DEFAULT_RECORD_S,
     DEFAULT_SUSPEND_LATENCY_S,
-    PRIORITIES,
     EventLoop,
     ExecutorTask,
     SimExecutor,
@@ -144,7 +142,7 @@ class JobSpec:
     chunksize: int | str | None = None  # None: a launch per task; an int or "auto": chunks
 
     def __post_init__(self) -> None:
-        if self.priority not in PRIORITIES:
+        if self.priority not in PRIORITY_CLASSES:
             raise ValueError(
                 f"job {self.job_id}: priority must be stream or batch, not {self.priority!r}"
             )
@@ -290,21 +288,20 @@ class SimCluster:
         if heartbeat_s <= 0 or message_latency_s < 0 or suspend_latency_s < 0:
             raise ValueError("heartbeat_s must be > 0, latencies >= 0")
         self.loop = EventLoop()
+        self._heartbeat_ns = _ns(heartbeat_s)
         self.core = SchedulerCore(
             policy,
             clock=lambda: self.loop.now,
             max_suspensions=max_suspensions,
-            heartbeat_ns=_ns(heartbeat_s),
+            heartbeat_ns=self._heartbeat_ns,
             stealing=stealing,
             steal_rule=steal_rule,
         )
         self._latency_ns = _ns(message_latency_s)
-        self._heartbeat_ns = _ns(heartbeat_s)
         self._memory = memory
         self._preferences = {tid: tuple(nodes) for tid, nodes in (preferences or {}).items()}
         self._rng = random.Random(seed)
         self._nodes = sorted({node for _, node in executors})
-        self._node_of = dict(executors)
         self.executors: dict[str, SimExecutor] = {}
         for executor_id, node in executors:
             self.executors[executor_id] = SimExecutor(
@@ -384,10 +381,10 @@ class SimCluster:
                     self._preferences.setdefault(task_id, tuple(job.preferred_nodes))
                 work_ns = _ns(duration)
                 longest_ns = max(longest_ns, work_ns)
-                self._truth[task_id] = _Truth(
-                    job.job_id, job.priority, arrival_ns, work_ns, self._preferences.get(task_id)
-                )
                 preferred = self._preferences.get(task_id)
+                self._truth[task_id] = _Truth(
+                    job.job_id, job.priority, arrival_ns, work_ns, preferred
+                )
                 options = [{"preferred": list(preferred)}] if preferred else []
                 tasks.append([task_id, [], {}, *options])
             submit = p.Submit(
@@ -555,7 +552,8 @@ class SimCluster:
         batch_complete = True
         hits = with_preferences = 0
         for task_id, t in self._truth.items():
-            node = None if t.executor_id is None else self._node_of.get(t.executor_id)
+            executor = None if t.executor_id is None else self.executors.get(t.executor_id)
+            node = None if executor is None else executor.node
             tasks[task_id] = TaskResult(
                 task_id,
                 t.job_id,

@@ -26,10 +26,9 @@ from typing import Any
 
 from runtime import protocol as p
 from runtime.kernel import CHUNK_REPORT_EVERY, CHUNK_REPORT_NS
+from runtime.task import PRIORITY_CLASSES
 
 __all__ = ["EventLoop", "ExecutorTask", "SimExecutor"]
-
-PRIORITIES = ("stream", "batch")
 
 # Discussion: measured on this machine (docs/notes.md): a parked task's hub regains control
 # ~50 us after a command; records take ~1 ms. SimCluster takes both as what-if knobs
@@ -250,6 +249,10 @@ class SimExecutor:
     def _finish(self, record: ExecutorTask, token: int) -> None:
         if self.failed or record.token != token:
             return  # it left the slot since this was scheduled
+        self._end(record)
+
+    def _end(self, record: ExecutorTask) -> None:
+        """The task (or chunk) in the slot has done its work: it leaves, and reports."""
         self._leave_slot(record)
         del self.records[record.task_id]
         self._on_event("finished", record)
@@ -311,24 +314,23 @@ class SimExecutor:
     def _end_chunk(self, record: ExecutorTask) -> None:
         """No subtask left: report what is unreported, then the chunk's end (as `_finish`)."""
         self._report_results(record)
-        self._leave_slot(record)
-        del self.records[record.task_id]
-        self._on_event("finished", record)
-        self._emit(p.Finished(record.task_id, record.attempt, None, self._stats(record)))
-        self._drain()
-        self._run_next()
+        self._end(record)
 
     def _report_results(self, record: ExecutorTask) -> None:
         if record.results:
             items, record.results = record.results, []
             self._emit(p.ChunkResults(record.task_id, items))
 
+    def _launch_queue(self, record: ExecutorTask) -> deque[ExecutorTask]:
+        """The ready queue a launched (not resumed) task waits in: its priority class's."""
+        return self._stream if record.priority == "stream" else self._batch
+
     def _discard(self, record: ExecutorTask) -> None:
         """Take a task that does not hold the slot out of the ready queue it waits in."""
         if record.state == RESUMING:
             self._resumed.remove(record)
         elif record.state == QUEUED:
-            (self._stream if record.priority == "stream" else self._batch).remove(record)
+            self._launch_queue(record).remove(record)
 
     def _stats(self, record: ExecutorTask) -> dict[str, Any]:
         return {
@@ -342,29 +344,29 @@ class SimExecutor:
 
     # ---- commands ---------------------------------------------------------------------------
 
+    def _refuse_launch(self, task_id: str, priority: str) -> bool:
+        """Refuse a launch (or a chunk's) the kernel would refuse; True if it was refused."""
+        if priority not in PRIORITY_CLASSES:
+            reason = f"unknown priority {priority!r} (use stream or batch)"
+        elif task_id in self.records:
+            reason = f"a task with this id is already here ({self.records[task_id].state})"
+        else:
+            return False
+        self._emit(p.Refused("launch", task_id, reason))
+        return True
+
+    def _queue_launched(self, record: ExecutorTask) -> None:
+        self.records[record.task_id] = record
+        self._launch_queue(record).append(record)
+
     def _launch(self, arrived: int, msg: p.Launch) -> None:
-        if msg.priority not in PRIORITIES:
-            reason = f"unknown priority {msg.priority!r} (use stream or batch)"
-            self._emit(p.Refused("launch", msg.task_id, reason))
+        if self._refuse_launch(msg.task_id, msg.priority):
             return
-        existing = self.records.get(msg.task_id)
-        if existing is not None:
-            reason = f"a task with this id is already here ({existing.state})"
-            self._emit(p.Refused("launch", msg.task_id, reason))
-            return
-        record = ExecutorTask(msg.task_id, msg.attempt, msg.priority, self._work_ns(msg.task_id))
-        self.records[msg.task_id] = record
-        (self._stream if record.priority == "stream" else self._batch).append(record)
+        work_ns = self._work_ns(msg.task_id)
+        self._queue_launched(ExecutorTask(msg.task_id, msg.attempt, msg.priority, work_ns))
 
     def _launch_chunk(self, arrived: int, msg: p.LaunchChunk) -> None:
-        if msg.priority not in PRIORITIES:
-            reason = f"unknown priority {msg.priority!r} (use stream or batch)"
-            self._emit(p.Refused("launch", msg.chunk_id, reason))
-            return
-        existing = self.records.get(msg.chunk_id)
-        if existing is not None:
-            reason = f"a task with this id is already here ({existing.state})"
-            self._emit(p.Refused("launch", msg.chunk_id, reason))
+        if self._refuse_launch(msg.chunk_id, msg.priority):
             return
         subtasks = deque(
             ExecutorTask(entry[0], msg.attempt, msg.priority, self._work_ns(entry[0]))
@@ -373,8 +375,7 @@ class SimExecutor:
         work_ns = sum(sub.work_ns for sub in subtasks)
         record = ExecutorTask(msg.chunk_id, msg.attempt, msg.priority, work_ns)
         record.subtasks, record.results = subtasks, []
-        self.records[msg.chunk_id] = record
-        (self._stream if record.priority == "stream" else self._batch).append(record)
+        self._queue_launched(record)
 
     def _steal(self, arrived: int, msg: p.Steal) -> None:
         # Atomic: only the hub runs now, and the running subtask has left the deque already.
@@ -416,7 +417,7 @@ class SimExecutor:
         elif not record.started:  # suspended before it ever ran: queue it again as a launch
             record.suspended_ns += self._loop.now - record.suspended_at
             record.state = QUEUED
-            (self._stream if record.priority == "stream" else self._batch).append(record)
+            self._launch_queue(record).append(record)
         else:
             record.state = RESUMING
             self._resumed.append(record)

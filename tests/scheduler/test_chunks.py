@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from runtime import protocol as p
 from scheduler.chunks import FIRST_CHUNK
 from scheduler.core import ClientRequest, Tick
 from scheduler.state import TaskState
-from tests.scheduler.test_core import MS, Harness
-
-
-def submit_chunked(h, job_id, n, chunksize, priority="batch"):
-    tasks = [[f"{job_id}/{i}", [i], {}] for i in range(n)]
-    h.handle(
-        ClientRequest(
-            "c",
-            p.Submit(job_id, priority, 0, None, "m:f", None, tasks, 0, {"chunksize": chunksize}),
-        )
-    )
-    return [t[0] for t in tasks]
+from tests.scheduler.harness import MS, Harness
 
 
 def run_chunk(h, executor_id, chunk, running_ns=1_000, report=None):
@@ -36,7 +27,7 @@ def run_chunk(h, executor_id, chunk, running_ns=1_000, report=None):
 
 def test_a_chunked_job_goes_out_in_chunks_and_every_task_completes_once():
     h = Harness(executors=[("e0", "n0")])
-    ids = submit_chunked(h, "j", 10, chunksize=4)
+    ids = h.submit("j", "batch", 10, options={"chunksize": 4})
     done = []
     while True:
         chunks = h.sent("e0", p.LaunchChunk)
@@ -53,7 +44,7 @@ def test_a_chunked_job_goes_out_in_chunks_and_every_task_completes_once():
 
 def test_auto_sizes_chunks_from_measured_task_time():
     h = Harness(executors=[("e0", "n0")])
-    submit_chunked(h, "j", 5_000, chunksize="auto")
+    h.submit("j", "batch", 5_000, options={"chunksize": "auto"})
     (first,) = h.sent("e0", p.LaunchChunk)
     assert len(first.subtasks) == FIRST_CHUNK  # nothing measured yet
     run_chunk(h, "e0", first, running_ns=100_000)  # 0.1 ms each
@@ -64,7 +55,7 @@ def test_auto_sizes_chunks_from_measured_task_time():
 
 def test_a_lost_chunk_requeues_exactly_what_it_had_not_reported():
     h = Harness(executors=[("e0", "n0")], heartbeat_ns=100 * MS)
-    ids = submit_chunked(h, "j", 6, chunksize=6)
+    ids = h.submit("j", "batch", 6, options={"chunksize": 6})
     (chunk,) = h.sent("e0", p.LaunchChunk)
     h.join("e1", "n1")  # joins after the chunk went out: nothing pending for it
     h.report("e0", p.Started(chunk.chunk_id, 0, 1))
@@ -88,7 +79,7 @@ def test_a_lost_chunk_requeues_exactly_what_it_had_not_reported():
 
 def test_tasks_the_policy_launches_elsewhere_are_not_swept_into_a_chunk():
     h = Harness(executors=[("e0", "n0"), ("e1", "n1")])
-    ids = submit_chunked(h, "j", 6, chunksize=6)
+    ids = h.submit("j", "batch", 6, options={"chunksize": 6})
     sent = {e: h.sent(e, p.LaunchChunk) for e in ("e0", "e1")}
     assert all(len(chunks) == 1 for chunks in sent.values())  # both executors got work
     got = sorted(s[0] for chunks in sent.values() for c in chunks for s in c.subtasks)
@@ -97,7 +88,7 @@ def test_tasks_the_policy_launches_elsewhere_are_not_swept_into_a_chunk():
 
 def test_an_idle_executor_steals_half_of_the_largest_chunk_and_nothing_runs_twice():
     h = Harness(executors=[("e0", "n0")])
-    ids = submit_chunked(h, "j", 101, chunksize=101)
+    ids = h.submit("j", "batch", 101, options={"chunksize": 101})
     (chunk,) = h.sent("e0", p.LaunchChunk)
     h.join("e1", "n1")  # an idle executor, and nothing pending
     h.core.jobs["j"].subtask_ns = 1_000_000.0  # 1 ms tasks: worth stealing
@@ -116,31 +107,28 @@ def test_an_idle_executor_steals_half_of_the_largest_chunk_and_nothing_runs_twic
     assert h.core.steal_count == 1
 
 
-def test_steals_that_cannot_pay_for_themselves_are_not_made():
-    h = Harness(executors=[("e0", "n0")])
-    submit_chunked(h, "j", 101, chunksize=101)
+@pytest.mark.parametrize(
+    ("subtask_ns", "options"),
+    [
+        # 1 us tasks: 50 of them are not worth a round trip.
+        pytest.param(1_000.0, {}, id="steals-that-cannot-pay-for-themselves"),
+        # 1 ms tasks would be worth stealing, but stealing is off.
+        pytest.param(1_000_000.0, {"stealing": False}, id="stealing-turned-off"),
+    ],
+)
+def test_no_steal_is_made_when_it_cannot_pay_or_stealing_is_off(subtask_ns, options):
+    h = Harness(executors=[("e0", "n0")], **options)
+    h.submit("j", "batch", 101, options={"chunksize": 101})
     (chunk,) = h.sent("e0", p.LaunchChunk)
-    h.join("e1", "n1")
-    victim = "e0"
-    h.core.jobs["j"].subtask_ns = 1_000.0  # 1 us tasks: 50 of them are not worth a round trip
-    h.report(victim, p.Started(chunk.chunk_id, 0, 1))
-    assert h.sent(victim, p.Steal) == []
-
-
-def test_stealing_can_be_turned_off():
-    h = Harness(executors=[("e0", "n0")], stealing=False)
-    submit_chunked(h, "j", 101, chunksize=101)
-    (chunk,) = h.sent("e0", p.LaunchChunk)
-    h.join("e1", "n1")
-    victim = "e0"
-    h.core.jobs["j"].subtask_ns = 1_000_000.0
-    h.report(victim, p.Started(chunk.chunk_id, 0, 1))
-    assert h.sent(victim, p.Steal) == []
+    h.join("e1", "n1")  # an idle executor, and nothing pending
+    h.core.jobs["j"].subtask_ns = subtask_ns
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    assert h.sent("e0", p.Steal) == []
 
 
 def test_a_stream_task_suspends_a_running_chunk():
     h = Harness(executors=[("e0", "n0")])
-    submit_chunked(h, "j", 50, chunksize=50)
+    h.submit("j", "batch", 50, options={"chunksize": 50})
     (chunk,) = h.sent("e0", p.LaunchChunk)
     h.report("e0", p.Started(chunk.chunk_id, 0, 1))
     h.submit("s", "stream", 1)
@@ -152,7 +140,7 @@ def test_a_stream_task_suspends_a_running_chunk():
 
 def test_cancelling_a_task_inside_a_chunk_completes_it_once():
     h = Harness(executors=[("e0", "n0")])
-    ids = submit_chunked(h, "j", 3, chunksize=3)
+    ids = h.submit("j", "batch", 3, options={"chunksize": 3})
     (chunk,) = h.sent("e0", p.LaunchChunk)
     h.handle(ClientRequest("c", p.Cancel([ids[1]])))
     assert h.results[ids[1]][0][1] == "cancelled"
@@ -163,5 +151,5 @@ def test_cancelling_a_task_inside_a_chunk_completes_it_once():
 
 def test_bad_chunk_options_refuse_the_job():
     h = Harness(executors=[("e0", "n0")])
-    submit_chunked(h, "j", 2, chunksize=0)
+    h.submit("j", "batch", 2, options={"chunksize": 0})
     assert "chunksize must be" in h.results["j/0"][0][3][1]

@@ -4,9 +4,9 @@ sockets). Whole-scenario comparisons live in test_sim.py."""
 from __future__ import annotations
 
 from runtime import protocol as p
-from scheduler.core import ClientRequest, Tick
+from scheduler.core import Tick
 from scheduler.policies import AdaptivePolicy, FairPolicy, LmaPolicy, StaticPolicy
-from tests.scheduler.test_core import MS, Harness
+from tests.scheduler.harness import MS, Harness
 
 
 def launches(h, *executors):
@@ -69,22 +69,15 @@ def test_static_keeps_each_class_on_its_own_executors():
     assert not any(isinstance(m, p.Suspend) for ms in h.to_executor.values() for m in ms)
 
 
-def submit_preferring(h, job_id, priority, preferred):
-    tasks = [
-        [f"{job_id}/{i}", [[i]], {}, {"preferred": prefs}] for i, prefs in enumerate(preferred)
-    ]
-    h.handle(ClientRequest("c", p.Submit(job_id, priority, 0, None, "m:f", None, tasks, 0)))
-
-
 def test_lma_delays_a_batch_task_for_its_preferred_node_then_takes_any():
     h = Harness(policy=LmaPolicy(delay_s=0.010), executors=[("e0", "n0"), ("e1", "n1")])
-    submit_preferring(h, "hold", "batch", [[]])  # occupies one executor
+    h.submit("hold", "batch", 1, task_options=[{"preferred": []}])  # occupies one executor
     placed = launches(h, "e0", "e1")
     busy = "e0" if placed["e0"] else "e1"
     idle = "e1" if busy == "e0" else "e0"
     busy_node = "n0" if busy == "e0" else "n1"
     h.start(busy, "hold/0")
-    submit_preferring(h, "local", "batch", [[busy_node]])
+    h.submit("local", "batch", 1, task_options=[{"preferred": [busy_node]}])
     assert launches(h, idle) == {idle: []}  # waits for its node rather than take the idle one
     h.clock.now += 20 * MS
     h.handle(Tick())
@@ -97,7 +90,7 @@ def test_lma_places_a_stream_task_on_its_preferred_node_by_suspending_there():
     for executor in ("e0", "e1"):
         (m,) = h.sent(executor, p.Launch)
         h.start(executor, m.task_id)
-    submit_preferring(h, "s", "stream", [["n1"]])
+    h.submit("s", "stream", 1, task_options=[{"preferred": ["n1"]}])
     assert h.sent("e0") == []
     assert [type(m) for m in h.sent("e1")] == [p.Suspend, p.Launch]
 

@@ -16,34 +16,17 @@ from collections import deque
 import pytest
 
 from runtime import protocol as p
-from scheduler.core import (
-    ClientJoined,
-    ClientRequest,
-    ExecutorJoined,
-    ExecutorReport,
-    SchedulerCore,
-    Tick,
-    ToClient,
-    ToExecutor,
-)
+from scheduler.core import Tick
 from scheduler.policies import Policy, known_policy_names
 from scheduler.state import TaskState
+from tests.scheduler.harness import MS, FakeClock, Harness
 
-MS = 1_000_000
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000 * MS
-
-    def __call__(self) -> int:
-        return self.now
-
-
-class SimExecutor:
+class InstantExecutor:
     """One executor slot as the core sees it from outside: runs launched tasks one at a
-    time, parks a task on Suspend, brings it back on Resume, answers every command."""
+    time, parks a task on Suspend, brings it back on Resume, answers every command at once."""
 
     def __init__(self) -> None:
         self.slot: p.Launch | None = None
@@ -76,76 +59,46 @@ class SimExecutor:
         return []
 
 
-class Harness:
-    """A SchedulerCore, a client "c" and simulated executors; keeps everything it was sent."""
+class SimulatedHarness(Harness):
+    """The scripted harness with an `InstantExecutor` per executor (on node f"node-{id}"):
+    commands wait in `to_executor` until `deliver()` hands them over."""
 
     def __init__(self, policy, executors=("e0", "e1"), **options):
-        self.clock = FakeClock()
-        self.core = SchedulerCore(policy, clock=self.clock, **options)
-        self.executors = {executor_id: SimExecutor() for executor_id in executors}
-        self.inbox: dict[str, list[p.Message]] = {e: [] for e in executors}  # not delivered yet
+        self.executors = {executor_id: InstantExecutor() for executor_id in executors}
         self.launches: list[p.Launch] = []
-        self.results: dict[str, list[list]] = {}
-        self.answers: dict[str, p.PolicySet] = {}
-        self._requests = 0
-        self.handle(ClientJoined("c"))
-        for executor_id in executors:
-            self.handle(ExecutorJoined(p.Hello(1, executor_id, f"node-{executor_id}", 1, 1, "h")))
+        nodes = [(executor_id, f"node-{executor_id}") for executor_id in executors]
+        super().__init__(policy, executors=nodes, **options)
 
-    def handle(self, event) -> None:
-        for instruction in self.core.handle(event):
-            if isinstance(instruction, ToExecutor):
-                self.inbox[instruction.executor_id].append(instruction.message)
-                if isinstance(instruction.message, p.Launch):
-                    self.launches.append(instruction.message)
-            elif isinstance(instruction.message, p.Results):
-                for item in instruction.message.items:
-                    self.results.setdefault(item[0], []).append(item)
-            else:
-                assert isinstance(instruction, ToClient)
-                assert isinstance(instruction.message, p.PolicySet)
-                self.answers[instruction.message.request_id] = instruction.message
+    def keep_command(self, executor_id: str, message: p.Message) -> None:
+        super().keep_command(executor_id, message)
+        if isinstance(message, p.Launch):
+            self.launches.append(message)
 
-    def submit(self, job_id: str, priority: str, n: int) -> list[str]:
-        tasks = [[f"{job_id}/{i}", [[i]], {}] for i in range(n)]
-        self.handle(
-            ClientRequest(
-                "c",
-                p.Submit(job_id, priority, 0, None, "workloads.synthetic:total", None, tasks, 0),
-            )
-        )
-        return [t[0] for t in tasks]
-
-    def set_policy(self, policy: str) -> p.PolicySet:
-        self._requests += 1
-        request_id = f"r{self._requests}"
-        self.handle(ClientRequest("c", p.SetPolicy(request_id, policy)))
-        return self.answers.pop(request_id)
-
-    def sent(self, executor_id: str) -> list[tuple[type, str]]:
+    def waiting(self, executor_id: str) -> list[tuple[type, str]]:
         """Commands waiting for `executor_id`, as (type, task id), without delivering them."""
-        return [(type(m), m.task_id) for m in self.inbox[executor_id]]
+        return [(type(m), m.task_id) for m in self.to_executor.get(executor_id, [])]
 
     def deliver(self) -> bool:
         """Hand every executor its commands and the core their reports; False if none."""
         delivered = False
         for executor_id, sim in self.executors.items():
-            while self.inbox[executor_id]:
+            inbox = self.to_executor.setdefault(executor_id, [])
+            while inbox:
                 delivered = True
-                for report in sim.receive(self.inbox[executor_id].pop(0), self.clock):
-                    self.handle(ExecutorReport(executor_id, report))
+                for report in sim.receive(inbox.pop(0), self.clock):
+                    self.report(executor_id, report)
         return delivered
 
     def step(self, executor_id: str) -> None:
         for report in self.executors[executor_id].step():
-            self.handle(ExecutorReport(executor_id, report))
+            self.report(executor_id, report)
 
     def tick(self) -> None:
         """Time passes: every executor sends a heartbeat, then the scheduler's timer fires."""
         self.clock.now += 100 * MS
         for executor_id in self.executors:
-            beat = p.Heartbeat(executor_id, f"node-{executor_id}", 0, 0, 1, 0, 0, 0, 1, 1, 50.0)
-            self.handle(ExecutorReport(executor_id, beat))
+            node = self.nodes[executor_id]
+            self.report(executor_id, p.Heartbeat(executor_id, node, 0, 0, 1, 0, 0, 0, 1, 1, 50.0))
         self.handle(Tick())
 
     def run_until_done(self, max_rounds: int = 500) -> None:
@@ -176,12 +129,12 @@ class Harness:
 
 
 def test_fifo_to_lb_suspends_for_waiting_stream_tasks_and_back_to_fifo_loses_nothing():
-    h = Harness("fifo")
+    h = SimulatedHarness("fifo")
     batch = h.submit("b", "batch", 3)
     h.deliver()
     h.step("e0"), h.step("e1")  # b/0 and b/1 run
     streams = h.submit("s", "stream", 2)
-    assert h.sent("e0") == h.sent("e1") == []  # fifo does not preempt: they wait
+    assert h.waiting("e0") == h.waiting("e1") == []  # fifo does not preempt: they wait
     fifo = h.core.policy
 
     first_at = h.clock.now
@@ -193,7 +146,7 @@ def test_fifo_to_lb_suspends_for_waiting_stream_tasks_and_back_to_fifo_loses_not
     # At once, not at the next event: lb suspends both batch tasks for the stream tasks.
     launched_streams = set()
     for executor_id, victim in (("e0", batch[0]), ("e1", batch[1])):
-        (suspend, launch) = h.sent(executor_id)
+        (suspend, launch) = h.waiting(executor_id)
         assert suspend == (p.Suspend, victim)
         assert launch[0] is p.Launch
         launched_streams.add(launch[1])
@@ -212,7 +165,7 @@ def test_fifo_to_lb_suspends_for_waiting_stream_tasks_and_back_to_fifo_loses_not
     assert "unknown policy 'nope'" in answer.message
     assert f"known policies are {', '.join(known_policy_names())}" in answer.message
     assert h.core.policy is before
-    assert h.sent("e0")[2:] == h.sent("e1")[2:] == []
+    assert h.waiting("e0")[2:] == h.waiting("e1")[2:] == []
 
     h.run_until_done()
 
@@ -229,7 +182,7 @@ def test_fifo_to_lb_suspends_for_waiting_stream_tasks_and_back_to_fifo_loses_not
 
 
 def test_a_task_suspended_under_lb_resumes_under_fifo_once_its_executor_idles():
-    h = Harness("lb", executors=["e0"])
+    h = SimulatedHarness("lb", executors=["e0"])
     (batch,) = h.submit("b", "batch", 1)
     h.deliver()
     h.step("e0")
@@ -239,11 +192,11 @@ def test_a_task_suspended_under_lb_resumes_under_fifo_once_its_executor_idles():
     assert h.set_policy("fifo").ok
     h.step("e0"), h.step("e0")  # the stream task starts and finishes
     assert h.core.tasks[stream].state is TaskState.DONE
-    assert h.sent("e0") == []  # fifo has no plan for the parked task...
+    assert h.waiting("e0") == []  # fifo has no plan for the parked task...
 
     h.tick()
 
-    assert h.sent("e0") == [(p.Resume, batch)]  # ...so the core resumes it
+    assert h.waiting("e0") == [(p.Resume, batch)]  # ...so the core resumes it
     h.run_until_done()
     h.assert_each_task_ran_and_completed_once()
     assert h.core.tasks[batch].suspensions == 1
@@ -251,7 +204,7 @@ def test_a_task_suspended_under_lb_resumes_under_fifo_once_its_executor_idles():
 
 def test_many_switches_while_work_flows_lose_and_repeat_nothing():
     rng = random.Random(7)
-    h = Harness("lb", executors=["e0", "e1", "e2"])
+    h = SimulatedHarness("lb", executors=["e0", "e1", "e2"])
     for round_ in range(40):
         if rng.random() < 0.3:
             h.submit(f"b{round_}", "batch", rng.randint(1, 4))
@@ -283,7 +236,7 @@ class RaisesWhenConsulted(Policy):
 
 
 def test_policy_paths_over_the_wire_are_refused_unless_the_operator_allows_them():
-    h = Harness("fifo")
+    h = SimulatedHarness("fifo")
     answer = h.set_policy(f"{__name__}:NeedsArguments")
     assert (answer.ok, answer.policy) == (False, "fifo")
     assert (
@@ -293,7 +246,7 @@ def test_policy_paths_over_the_wire_are_refused_unless_the_operator_allows_them(
 
 
 def test_a_policy_that_cannot_be_constructed_is_refused_and_nothing_changes():
-    h = Harness("fifo", allow_policy_paths=True)
+    h = SimulatedHarness("fifo", allow_policy_paths=True)
     before = h.core.policy
     answer = h.set_policy(f"{__name__}:NeedsArguments")
     assert (answer.ok, answer.policy) == (False, "fifo")
@@ -305,7 +258,7 @@ def test_a_policy_that_cannot_be_constructed_is_refused_and_nothing_changes():
 
 
 def test_a_policy_that_raises_when_first_consulted_is_replaced_by_the_default():
-    h = Harness("fifo", allow_policy_paths=True)
+    h = SimulatedHarness("fifo", allow_policy_paths=True)
     answer = h.set_policy(f"{__name__}:RaisesWhenConsulted")
     assert (answer.ok, answer.policy) == (False, "lb")
     assert "replaced by the default policy 'lb'" in answer.message
@@ -341,16 +294,13 @@ def test_switching_a_running_local_cluster_through_the_client_and_the_cli():
     with LocalCluster(executors=1, policy="fifo") as cluster, Client(cluster) as client:
         assert client.policy == "fifo"
         batch = client.map(spin, partitions, priority="batch", record_us=20.0)  # ~0.4 s each
-        while client.status()["executors"][0]["running"] is None:
-            pass
+        client.wait_for_status(lambda s: s["executors"][0]["running"] is not None, timeout=30)
         stream = client.submit(total, [1, 2, 3], priority="stream")
         assert client.status()["pending"]["stream"] == 1  # fifo: it waits behind the batch
 
         assert client.set_policy("lb") == "lb"
 
-        # lb suspended a batch task for it: it did not wait for the batch job to finish.
         assert stream.result(timeout=30) == 6
-        assert not all(f.done() for f in batch)
         snapshot = client.status()
         assert snapshot["policy"] == "lb" and client.policy == "lb"
         assert snapshot["policy_switches"][-1]["to_policy"] == "lb"
@@ -364,6 +314,11 @@ def test_switching_a_running_local_cluster_through_the_client_and_the_cli():
 
         assert client.gather(batch, timeout=60) == [sum(part) for part in partitions]
         assert sorted(f.statistics().suspensions for f in batch) == [0, 1]
+        # lb suspended a batch task for the stream task: it did not wait for the batch job
+        # to finish, but ran and finished while that task was parked (one executor: one
+        # clock for both finish times).
+        (suspended,) = [f for f in batch if f.statistics().suspensions == 1]
+        assert stream.statistics().finished_at_ns < suspended.statistics().finished_at_ns
 
         switched = cli("set", "fifo", "--scheduler", cluster.address)
         assert switched.returncode == 0, switched.stderr

@@ -284,9 +284,10 @@ def test_lb_keeps_batch_work_per_node_within_one_across_rounds():
         JobSpec("s2", "stream", 0.2, [0.1]),
     ]
     result = SimCluster("lb", TWO_NODES).run(jobs)
-    for sample in result.node_samples:
-        if sample.suspends:
-            assert max(sample.batch.values()) - min(sample.batch.values()) <= 1, sample
+    samples = [s for s in result.node_samples if s.suspends]
+    assert samples
+    for sample in samples:
+        assert max(sample.batch.values()) - min(sample.batch.values()) <= 1, sample
 
 
 def test_heartbeats_carry_the_scripted_memory_and_lb_avoids_pressure():

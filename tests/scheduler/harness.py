@@ -1,0 +1,135 @@
+"""The scripted scheduler harness: a SchedulerCore on a fake clock, no sockets, no threads.
+
+The test plays the executors, answering the core's commands with the reports a real
+executor would send; `Harness` keeps what the core sent, per executor and per client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime import protocol as p
+from scheduler.core import (
+    ClientJoined,
+    ClientRequest,
+    ExecutorJoined,
+    ExecutorReport,
+    SchedulerCore,
+    ToClient,
+    ToExecutor,
+)
+
+__all__ = ["CLIENT_ID", "MS", "FakeClock", "Harness"]
+
+MS = 1_000_000
+CLIENT_ID = "c"
+
+
+class FakeClock:
+    """A clock the test moves by hand: `clock.now += 5 * MS`."""
+
+    def __init__(self) -> None:
+        self.now = 1_000 * MS
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class Harness:
+    """Drives a SchedulerCore for a client "c" and keeps what it sent, per executor and per
+    client: commands in `to_executor`, results in `results` (by task id), answers to
+    SetPolicy in `answers` (by request id)."""
+
+    def __init__(self, policy="lb", executors=(("e0", "n0"), ("e1", "n1")), **options):
+        self.clock = FakeClock()
+        self.core = SchedulerCore(policy, clock=self.clock, **options)
+        self.nodes: dict[str, str] = {}
+        self.to_executor: dict[str, list[p.Message]] = {}
+        self.results: dict[str, list[list]] = {}
+        self.answers: dict[str, p.PolicySet] = {}
+        self._requests = 0
+        self.handle(ClientJoined(CLIENT_ID))
+        for executor_id, node in executors:
+            self.join(executor_id, node)
+
+    def handle(self, event) -> None:
+        for instruction in self.core.handle(event):
+            if isinstance(instruction, ToExecutor):
+                self.keep_command(instruction.executor_id, instruction.message)
+                continue
+            assert isinstance(instruction, ToClient)
+            message = instruction.message
+            if isinstance(message, p.Results):
+                for item in message.items:
+                    self.results.setdefault(item[0], []).append(item)
+            else:
+                assert isinstance(message, p.PolicySet), f"unexpected for the client: {message}"
+                self.answers[message.request_id] = message
+
+    def keep_command(self, executor_id: str, message: p.Message) -> None:
+        """Keep a command the core sent, for `sent()`."""
+        self.to_executor.setdefault(executor_id, []).append(message)
+
+    def join(self, executor_id: str, node: str) -> None:
+        self.nodes[executor_id] = node
+        self.handle(ExecutorJoined(p.Hello(1, executor_id, node, 1, 1, "host")))
+
+    def submit(
+        self,
+        job_id: str,
+        priority: str,
+        n: int,
+        *,
+        order: int = 0,
+        max_suspensions: int | None = None,
+        options: dict[str, Any] | None = None,
+        task_options: list[dict[str, Any]] | None = None,
+    ) -> list[str]:
+        """Submit a job of `n` tasks f"{job_id}/{i}"; return their ids.
+
+        `options` are the job's (the Submit's last field, e.g. {"chunksize": 4});
+        `task_options`, one per task, become each task entry's fourth element (e.g.
+        {"preferred": ["n1"]}).
+        """
+        tasks = [[f"{job_id}/{i}", [[i]], {}] for i in range(n)]
+        if task_options is not None:
+            assert len(task_options) == n, "task_options needs one entry per task"
+            for task, extra in zip(tasks, task_options, strict=True):
+                task.append(extra)
+        submit = p.Submit(
+            job_id,
+            priority,
+            order,
+            max_suspensions,
+            "workloads.synthetic:total",
+            None,
+            tasks,
+            0,
+            options,
+        )
+        self.handle(ClientRequest(CLIENT_ID, submit))
+        return [t[0] for t in tasks]
+
+    def set_policy(self, policy: str) -> p.PolicySet:
+        """Ask the core to switch to `policy`; return its answer."""
+        self._requests += 1
+        request_id = f"r{self._requests}"
+        self.handle(ClientRequest(CLIENT_ID, p.SetPolicy(request_id, policy)))
+        return self.answers.pop(request_id)
+
+    def sent(self, executor_id: str, kind: type | None = None) -> list[Any]:
+        """Messages sent to an executor since the last call (optionally of one kind)."""
+        messages = self.to_executor.pop(executor_id, [])
+        return [m for m in messages if kind is None or isinstance(m, kind)]
+
+    def report(self, executor_id: str, message: p.Message) -> None:
+        self.handle(ExecutorReport(executor_id, message))
+
+    def start(self, executor_id: str, task_id: str, attempt: int = 0) -> None:
+        self.report(executor_id, p.Started(task_id, attempt, self.clock.now))
+
+    def finish(self, executor_id: str, task_id: str, attempt: int = 0, result=None) -> None:
+        self.report(executor_id, p.Finished(task_id, attempt, result, {"running_ns": 5 * MS}))
+
+    def state(self, task_id: str):
+        return self.core.tasks[task_id].state
