@@ -169,9 +169,7 @@ class Client:
                 )
             frames = dealer.recv_multipart()
             try:
-                if len(frames) != 1:
-                    raise p.ProtocolError(f"expected 1 frame, got {len(frames)}")
-                msg = p.decode(frames[0])
+                msg = p.decode_parts(frames)
             except p.ProtocolError as exc:
                 self._bad_frames(f"dropped a bad frame from the scheduler: {exc}")
                 continue
@@ -538,9 +536,7 @@ class Client:
                     except zmq.Again:
                         break
                     try:
-                        if len(frames) != 1:
-                            raise p.ProtocolError(f"expected 1 frame, got {len(frames)}")
-                        msg = p.decode(frames[0])
+                        msg = p.decode_parts(frames)
                         handler = handlers.get(type(msg))
                         if handler is None:
                             raise p.ProtocolError(f"{msg.op} is not sent to a connected client")

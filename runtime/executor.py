@@ -234,9 +234,7 @@ class Executor:
                     except zmq.Again:
                         break
                     try:
-                        if len(frames) != 1:
-                            raise p.ProtocolError(f"expected 1 frame, got {len(frames)}")
-                        msg = p.decode(frames[0], max_frame_bytes=self.max_frame_bytes)
+                        msg = p.decode_parts(frames, max_frame_bytes=self.max_frame_bytes)
                         batch = (
                             p.unbatch(msg, max_frame_bytes=self.max_frame_bytes)
                             if isinstance(msg, p.Batch)

@@ -542,6 +542,17 @@ def decode(frame: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Message:
     return cls(*body[1:])
 
 
+def decode_parts(
+    parts: list[bytes], *, max_frame_bytes: int = MAX_FRAME_BYTES, after: str = ""
+) -> Message:
+    """Decode a ZeroMQ message that must be exactly one frame (`after` names what came
+    before it, for the error, e.g. "the routing id")."""
+    if len(parts) != 1:
+        where = f" after {after}" if after else ""
+        raise ProtocolError(f"expected 1 frame{where}, got {len(parts)}")
+    return decode(parts[0], max_frame_bytes=max_frame_bytes)
+
+
 def unbatch(
     batch: Batch, *, max_frame_bytes: int = MAX_FRAME_BYTES
 ) -> list[Message | ProtocolError]:

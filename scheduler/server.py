@@ -149,11 +149,9 @@ class SchedulerServer:
     def _handle_frames(self, frames: list[bytes]) -> None:
         routing_id = frames[0]
         try:
-            if len(frames) != 2:
-                raise p.ProtocolError(
-                    f"expected 1 frame after the routing id, got {len(frames) - 1}"
-                )
-            msg = p.decode(frames[1], max_frame_bytes=self.max_frame_bytes)
+            msg = p.decode_parts(
+                frames[1:], max_frame_bytes=self.max_frame_bytes, after="the routing id"
+            )
         except p.ProtocolError as exc:
             self._drop(routing_id, exc)
             return
