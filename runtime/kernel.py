@@ -375,7 +375,9 @@ class Kernel:
         elif record.state in (TaskState.RESUMING, TaskState.SUSPENDED):
             record.suspended_ns += now - record.suspended_at
             if record.state is TaskState.RESUMING:
-                record.resume_started_at = now
+                # Its own reading, not `now`: the resumption is timed from here, next to the
+                # switch (reusing `now` measured ~1.2 us more in `tidal bench suspend`).
+                record.resume_started_at = self._clock()
         record.state = TaskState.RUNNING
         self._current = record
         record.gate_mark = self.gate.records
