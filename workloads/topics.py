@@ -1,0 +1,212 @@
+"""Batch workload: a topic model (LDA) trained by collapsed Gibbs sampling, partition-parallel.
+
+The corpus is drawn from LDA's own generative story with a seed, so nothing ships and every
+run sees the same documents. Training follows AD-LDA (Newman et al., "Distributed
+Algorithms for Topic Models", JMLR 2009): in each sweep, one task per partition resamples
+the topic of every word of its documents against a snapshot of the global word-topic counts
+(updating its own copy as it goes), and the driver rebuilds the global counts from all the
+new assignments before the next sweep.
+
+Each document is one input record, so a task can be suspended between any two documents.
+Its random numbers come from a generator seeded per document and sweep, so where, how often
+and on which executor a task was suspended cannot change the trained model: a run on a
+cluster equals `train_locally` with the same seed, bit for bit.
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import accumulate, pairwise
+from typing import Any
+
+from runtime.task import task
+
+__all__ = [
+    "Corpus",
+    "CorpusSpec",
+    "TopicModel",
+    "Trainer",
+    "make_corpus",
+    "resample",
+    "train_locally",
+]
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """The size of the synthetic corpus and the model's priors."""
+
+    documents: int = 2000
+    words_per_document: int = 40
+    vocabulary: int = 500
+    topics: int = 8
+    alpha: float = 0.1  # document-topic prior
+    beta: float = 0.01  # topic-word prior
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Corpus:
+    spec: CorpusSpec
+    documents: list[list[int]]  # word ids, one list per document
+    topic_words: list[list[float]]  # the true topics' cumulative word weights, for drawing
+
+    def draw_document(self, rng: random.Random, length: int) -> list[int]:
+        """A new document from the same generative story (used for stream events)."""
+        return _draw_document(rng, self.topic_words, self.spec, length)
+
+
+def make_corpus(spec: CorpusSpec = CorpusSpec()) -> Corpus:
+    """Draw a corpus from LDA's generative story: topics ~ Dir(beta'), documents ~ Dir(alpha')."""
+    rng = random.Random(spec.seed)
+    # Sparse-ish true topics, so there is something to find: each favours its own words.
+    topic_words = [
+        list(accumulate(_dirichlet(rng, [0.05] * spec.vocabulary))) for _ in range(spec.topics)
+    ]
+    documents = [
+        _draw_document(rng, topic_words, spec, spec.words_per_document)
+        for _ in range(spec.documents)
+    ]
+    return Corpus(spec, documents, topic_words)
+
+
+def _draw_document(
+    rng: random.Random, topic_words: list[list[float]], spec: CorpusSpec, length: int
+) -> list[int]:
+    mixture = _dirichlet(rng, [0.3] * spec.topics)
+    topics = rng.choices(range(spec.topics), mixture, k=length)
+    # Inverse-CDF sampling on the cumulative weights (what random.choices does, inlined).
+    return [bisect(topic_words[z], rng.random() * topic_words[z][-1]) for z in topics]
+
+
+def _dirichlet(rng: random.Random, concentration: Sequence[float]) -> list[float]:
+    draws = [rng.gammavariate(a, 1.0) for a in concentration]
+    total = sum(draws) or 1.0
+    return [x / total for x in draws]
+
+
+@task(inputs=["documents"])
+def resample(
+    documents: Iterable[Sequence[Any]],
+    word_topic: list[list[int]],
+    topic_totals: list[int],
+    sweep_seed: int,
+    alpha: float,
+    beta: float,
+):
+    """One Gibbs sweep over a partition: yield `[doc_id, new topics]` for each document.
+
+    `documents` holds `[doc_id, words, topics]` records; `word_topic[w][k]` and
+    `topic_totals[k]` are the global counts at the start of the sweep.
+    """
+    word_topic = [list(row) for row in word_topic]  # our copy, kept current as we go
+    totals = list(topic_totals)
+    k_range = range(len(totals))
+    v_beta = len(word_topic) * beta
+    for doc_id, words, old_topics in documents:
+        rng = random.Random(sweep_seed * 1_000_003 + doc_id)
+        topics = list(old_topics)
+        in_doc = [0] * len(totals)
+        for z in topics:
+            in_doc[z] += 1
+        for i, word in enumerate(words):
+            row, z = word_topic[word], topics[i]
+            in_doc[z] -= 1
+            row[z] -= 1
+            totals[z] -= 1
+            weights = [
+                (in_doc[k] + alpha) * (row[k] + beta) / (totals[k] + v_beta) for k in k_range
+            ]
+            z = rng.choices(k_range, weights)[0]
+            in_doc[z] += 1
+            row[z] += 1
+            totals[z] += 1
+            topics[i] = z
+        yield [doc_id, topics]
+
+
+@dataclass
+class TopicModel:
+    """Global word-topic counts: what a sweep produces and what the stream job scores with."""
+
+    word_topic: list[list[int]]
+    topic_totals: list[int]
+    sweeps: int = 0
+
+    def word_topics(self) -> list[int]:
+        """Each word's most likely topic: the compact model shipped to stream tasks."""
+        return [max(range(len(row)), key=row.__getitem__) for row in self.word_topic]
+
+
+@dataclass
+class Trainer:
+    """AD-LDA's driver: holds the assignments, cuts partitions, merges a sweep's results."""
+
+    corpus: Corpus
+    partitions: int
+    assignments: list[list[int]] = field(init=False)
+    model: TopicModel = field(init=False)
+
+    def __post_init__(self) -> None:
+        spec = self.corpus.spec
+        rng = random.Random(spec.seed + 1)
+        self.assignments = [
+            [rng.randrange(spec.topics) for _ in words] for words in self.corpus.documents
+        ]
+        self.model = self._count(sweeps=0)
+
+    def partition_inputs(self) -> list[list[list[Any]]]:
+        """The documents as `[doc_id, words, topics]` records, in `partitions` contiguous parts."""
+        docs = self.corpus.documents
+        bounds = [len(docs) * i // self.partitions for i in range(self.partitions + 1)]
+        return [
+            [[d, docs[d], self.assignments[d]] for d in range(start, end)]
+            for start, end in pairwise(bounds)
+        ]
+
+    def sweep_arguments(self) -> dict[str, Any]:
+        spec = self.corpus.spec
+        return {
+            "word_topic": self.model.word_topic,
+            "topic_totals": self.model.topic_totals,
+            "sweep_seed": spec.seed * 7919 + self.model.sweeps,
+            "alpha": spec.alpha,
+            "beta": spec.beta,
+        }
+
+    def absorb(self, results: Iterable[Iterable[Sequence[Any]]]) -> TopicModel:
+        """Take every partition's `[doc_id, topics]` records; rebuild the global counts."""
+        for records in results:
+            for doc_id, topics in records:
+                self.assignments[doc_id] = list(topics)
+        self.model = self._count(sweeps=self.model.sweeps + 1)
+        return self.model
+
+    def _count(self, sweeps: int) -> TopicModel:
+        spec = self.corpus.spec
+        word_topic = [[0] * spec.topics for _ in range(spec.vocabulary)]
+        totals = [0] * spec.topics
+        for words, topics in zip(self.corpus.documents, self.assignments, strict=True):
+            for word, z in zip(words, topics, strict=True):
+                word_topic[word][z] += 1
+                totals[z] += 1
+        return TopicModel(word_topic, totals, sweeps)
+
+
+def train_locally(
+    corpus: Corpus,
+    sweeps: int,
+    partitions: int,
+    on_sweep: Callable[[TopicModel], None] | None = None,
+) -> TopicModel:
+    """The single-process reference: the same sweeps, one partition after another."""
+    trainer = Trainer(corpus, partitions)
+    for _ in range(sweeps):
+        arguments = trainer.sweep_arguments()
+        trainer.absorb(list(resample(part, **arguments)) for part in trainer.partition_inputs())
+        if on_sweep is not None:
+            on_sweep(trainer.model)
+    return trainer.model

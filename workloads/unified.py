@@ -1,0 +1,132 @@
+"""The unified application: a stream job scores ad events with the model a batch job trains.
+
+The batch job trains the topic model of workloads/topics.py, sweep after sweep; each sweep
+is one `client.map` of ~0.2-1 s tasks. The stream job is workloads/ads.py's YSB query, cut
+into micro-batches, that also labels each viewed page with its topic under the latest model
+the batch job has produced: views per `(campaign, window, topic)`. Both share one cluster,
+which is the point: under a policy that suspends, a micro-batch does not wait for a sweep.
+
+The two drivers are plain functions over a `Client`; `tidal demo` (runtime/demo.py) runs
+the batch driver in a process of its own, so that its merging of results never holds the
+GIL of the process that measures stream latency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.client import Client
+from runtime.futures import TaskFuture
+from runtime.task import task
+from workloads.ads import AdSpec, campaign_table, generate_events, window_of
+from workloads.topics import Corpus, TopicModel, Trainer, resample
+
+__all__ = ["StreamRun", "page_topic", "run_stream", "score_views", "train_on"]
+
+
+def page_topic(page: Sequence[int], word_topics: Sequence[int]) -> int:
+    """The topic most of the page's words belong to (ties: the one seen first)."""
+    return Counter(word_topics[word] for word in page).most_common(1)[0][0]
+
+
+@task(inputs=["events"], priority="stream")
+def score_views(
+    events: Iterable[Sequence[Any]], word_topics: Sequence[int], spec: dict[str, int]
+) -> Counter:
+    """One micro-batch: views per `(campaign, window start, topic of the page)`."""
+    table = campaign_table(spec["campaigns"], spec["ads_per_campaign"], spec["seed"])
+    window_ms = spec["window_ms"]
+    return Counter(
+        (table[ad_id], window_of(time_ms, window_ms), page_topic(page, word_topics))
+        for ad_id, kind, time_ms, page in events
+        if kind == "view"
+    )
+
+
+# ---- the batch driver ------------------------------------------------------------------------
+
+
+def train_on(
+    client: Client,
+    corpus: Corpus,
+    sweeps: int,
+    partitions: int,
+    on_sweep: Callable[[TopicModel, list[TaskFuture]], None] | None = None,
+) -> TopicModel:
+    """Train on the cluster: each sweep one batch job of `partitions` tasks. Equal, bit for
+    bit, to `train_locally` with the same arguments, however its tasks were scheduled."""
+    trainer = Trainer(corpus, partitions)
+    for _ in range(sweeps):
+        futures = client.map(
+            resample, trainer.partition_inputs(), priority="batch", **trainer.sweep_arguments()
+        )
+        trainer.absorb(client.gather(futures))
+        if on_sweep is not None:
+            on_sweep(trainer.model, futures)
+    return trainer.model
+
+
+# ---- the stream driver -----------------------------------------------------------------------
+
+
+@dataclass
+class StreamRun:
+    """What one stream run submitted and measured."""
+
+    cuts_ms: list[int] = field(default_factory=list)  # the micro-batches, by cut time
+    futures: list[TaskFuture] = field(default_factory=list)
+    events: list[list[list[Any]]] = field(default_factory=list)
+    word_topics: list[Sequence[int]] = field(default_factory=list)  # the model each used
+    latencies_ms: list[float] = field(default_factory=list)  # submit -> result, as they came
+
+    def counts(self) -> Counter:
+        """All views counted, per `(campaign, window, topic)`, over the whole run."""
+        total: Counter = Counter()
+        for future in self.futures:
+            total.update(future.result())
+        return total
+
+
+def run_stream(
+    client: Client,
+    ads: AdSpec,
+    corpus: Corpus,
+    interval_ms: int,
+    latest_model: Callable[[], Sequence[int]],
+    keep_going: Callable[[float, StreamRun], bool],
+    keep_inputs: bool = False,
+) -> StreamRun:
+    """Cut events into micro-batches every `interval_ms` of wall time and submit each as a
+    stream task scored with `latest_model()`, while `keep_going(seconds since start, run)`.
+
+    Event time runs with wall time from the start, so a micro-batch is submitted the moment
+    its interval closes; its latency is from then to its result. With `keep_inputs`, the
+    events and model of every micro-batch are kept, to check the results afterwards.
+    """
+    run = StreamRun()
+    spec = dataclasses.asdict(ads)
+    start = time.monotonic()
+    cut_ms = interval_ms
+    while keep_going(time.monotonic() - start, run):
+        events = generate_events(ads, cut_ms - interval_ms, cut_ms, corpus.draw_document)
+        word_topics = latest_model()
+        delay = start + cut_ms / 1000 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # pacing the source, as a real stream would arrive
+        submitted = time.monotonic()
+        future = client.submit(score_views, events, word_topics=word_topics, spec=spec)
+        future.add_done_callback(
+            lambda _f, t=submitted: run.latencies_ms.append((time.monotonic() - t) * 1000)
+        )
+        run.cuts_ms.append(cut_ms)
+        run.futures.append(future)
+        if keep_inputs:
+            run.events.append(events)
+            run.word_topics.append(word_topics)
+        cut_ms += interval_ms
+    return run
