@@ -66,6 +66,7 @@ next seam.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -76,6 +77,7 @@ from runtime.bench import percentile
 from runtime.task import PRIORITY_CLASSES
 from scheduler.chunks import check_chunksize
 from scheduler.core import SchedulerCore
+from scheduler.eventlog import EventLog, EventRecorder
 from scheduler.events import (
     ClientJoined,
     ClientRequest,
@@ -262,6 +264,8 @@ class SimCluster:
     `memory` scripts each heartbeat's mem_percent, per executor or as
     `memory(executor_id, now_s)` (default 30.0). `sim.core` is the live core and
     `sim.executors` the simulated executors. A SimCluster runs once: build one per `run()`.
+    `event_log=PATH` writes the core's event log (scheduler/eventlog.py), on the simulated
+    clock, closed when `run()` returns.
     """
 
     def __init__(
@@ -279,6 +283,7 @@ class SimCluster:
         seed: int = 0,
         stealing: bool = True,
         steal_rule: str = "largest",
+        event_log: str | os.PathLike[str] | None = None,
     ) -> None:
         if not executors:
             raise ValueError("a cluster needs at least one (executor_id, node)")
@@ -298,6 +303,8 @@ class SimCluster:
             steal_rule=steal_rule,
         )
         self._latency_ns = _ns(message_latency_s)
+        self._event_log = None if event_log is None else EventLog(event_log)
+        self._recorder = EventRecorder(self.core)
         self._memory = memory
         self._preferences = {tid: tuple(nodes) for tid, nodes in (preferences or {}).items()}
         self._rng = random.Random(seed)
@@ -363,6 +370,8 @@ class SimCluster:
             loop.step()
         if until_ns is not None and self._remaining and not self._stalled:
             loop.now = max(loop.now, until_ns)
+        if self._event_log is not None:
+            self._event_log.close()
         return self._result()
 
     # ---- setting up -----------------------------------------------------------------------
@@ -478,6 +487,8 @@ class SimCluster:
 
     def _to_core(self, event: Event) -> None:
         instructions = self.core.handle(event)
+        if self._event_log is not None:
+            self._event_log.write(self._recorder.records(event, instructions))
         if not instructions:
             return
         deliver_at = self.loop.now + self._latency_ns
