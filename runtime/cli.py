@@ -113,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="keep ZeroMQ's I/O thread at normal priority",
     )
+    scheduler.add_argument(
+        "--event-log",
+        metavar="PATH",
+        default=None,
+        help="write every scheduling decision and report to PATH, one JSON object a line "
+        "(draw it with `tidal timeline PATH`)",
+    )
     scheduler.set_defaults(run=_run_scheduler)
 
     status = commands.add_parser("status", help="show executors and jobs of a scheduler")
@@ -187,9 +194,16 @@ def _run_scheduler(args: argparse.Namespace) -> int:
             "the executors",
             args.bind,
         )
+    if args.event_log is not None:
+        try:  # fail here, with the reason, rather than in the server's traceback
+            open(args.event_log, "a").close()
+        except OSError as exc:
+            print(f"tidal scheduler: cannot write the event log: {exc}", file=sys.stderr)
+            return 2
     return serve(
         args.bind,
         announce=args.announce,
+        event_log=args.event_log,
         allow_policy_paths=args.allow_policy_paths,
         stealing=args.stealing,
         policy=args.policy,

@@ -14,6 +14,7 @@ doing, which is exactly the kind of wait Tidal exists to remove.
 from __future__ import annotations
 
 import atexit
+import os
 import selectors
 import subprocess
 import sys
@@ -32,7 +33,11 @@ class ClusterStartError(RuntimeError):
 
 
 class LocalCluster:
-    """Start a scheduler and `executors` executor processes on this machine."""
+    """Start a scheduler and `executors` executor processes on this machine.
+
+    With `event_log=PATH` the scheduler writes its event log there (scheduler/eventlog.py),
+    flushed at each heartbeat tick and complete once the cluster is closed.
+    """
 
     def __init__(
         self,
@@ -46,6 +51,7 @@ class LocalCluster:
         log_level: str = "warning",
         executor_args: Sequence[str] = (),
         stealing: bool = True,
+        event_log: str | os.PathLike[str] | None = None,
     ) -> None:
         if executors < 1:
             raise ValueError(f"a cluster needs at least one executor, not {executors}")
@@ -56,6 +62,9 @@ class LocalCluster:
         self._processes: list[subprocess.Popen[bytes]] = []
         self._closed = False
         self.stealing = stealing
+        # The scheduler's event log (`tidal timeline` draws it); absolute, as the scheduler
+        # process resolves it.
+        self.event_log = None if event_log is None else os.path.abspath(event_log)
         atexit.register(self.close)
         try:
             self._start_scheduler(max_suspensions, heartbeat_ms, start_timeout, log_level)
@@ -94,6 +103,7 @@ class LocalCluster:
                 str(heartbeat_ms),
                 "--announce",
                 *([] if self.stealing else ["--no-stealing"]),
+                *([] if self.event_log is None else ["--event-log", self.event_log]),
             ],
             stdout=subprocess.PIPE,
             env=child_env(),

@@ -4,7 +4,8 @@ Frames in become events, the core's instructions become frames out; everything t
 decides anything lives in the core. The shell's own work is the handshake (who a routing id
 belongs to, and whether it speaks our protocol version), dropping bad frames (logged,
 rate-limited; the peer's other frames are still served), and the timer that lets the core
-notice silent executors.
+notice silent executors. With `event_log=PATH` it also writes every step of the core as a
+line of JSON (scheduler/eventlog.py), flushed at each tick.
 
 Discussion: results for one client are merged into one `results` frame per pass over the
 socket, so a client waiting on 20,000 tiny tasks gets hundreds of frames, not 20,000. Commands
@@ -32,12 +33,15 @@ from scheduler.core import (
     DEFAULT_MISSED_HEARTBEATS,
     SchedulerCore,
 )
+from scheduler.eventlog import EventLog, EventRecorder
 from scheduler.events import (
     ClientJoined,
     ClientRequest,
+    Event,
     ExecutorJoined,
     ExecutorLeft,
     ExecutorReport,
+    Instruction,
     Tick,
     ToClient,
 )
@@ -75,6 +79,7 @@ class SchedulerServer:
         realtime: bool = True,
         allow_policy_paths: bool = False,
         stealing: bool = True,
+        event_log: str | os.PathLike[str] | None = None,
     ) -> None:
         self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.core = SchedulerCore(
@@ -88,6 +93,10 @@ class SchedulerServer:
         self.heartbeat_ns = heartbeat_ns
         self.max_frame_bytes = max_frame_bytes
         self.realtime = realtime
+        # Every step of the core, as JSON lines (scheduler/eventlog.py); None: not logged.
+        # Opened before the socket, so that a path it cannot write leaves nothing bound.
+        self._event_log = None if event_log is None else EventLog(event_log)
+        self._recorder = EventRecorder(self.core)
         self._context = zmq.Context()
         realtime_io_threads(self._context, realtime)
         self._socket = self._context.socket(zmq.ROUTER)
@@ -134,8 +143,10 @@ class SchedulerServer:
                 # -- 4. Tick: the core checks executor liveness and the policy may rebalance.
                 now = time.monotonic_ns()
                 if now >= next_tick:
-                    self._dispatch(self.core.handle(Tick()))
+                    self._dispatch(self._handle(Tick()))
                     self._flush_held()
+                    if self._event_log is not None:  # readable up to the last tick
+                        self._event_log.flush()
                     next_tick = now + tick_ns
         finally:
             self._shutdown_executors("scheduler stopping")
@@ -143,6 +154,15 @@ class SchedulerServer:
     def close(self) -> None:
         self._socket.close(linger=1000)
         self._context.term()
+        if self._event_log is not None:
+            self._event_log.close()
+
+    def _handle(self, event: Event) -> list[Instruction]:
+        """One event through the core; the step is logged when there is an event log."""
+        instructions = self.core.handle(event)
+        if self._event_log is not None:
+            self._event_log.write(self._recorder.records(event, instructions))
+        return instructions
 
     # ---- frames -> events ---------------------------------------------------------------------
 
@@ -169,7 +189,7 @@ class SchedulerServer:
                 self._drop(routing_id, exc)
                 continue
             if event is not None:
-                self._dispatch(self.core.handle(event))
+                self._dispatch(self._handle(event))
 
     def _drop(self, routing_id: bytes, exc: p.ProtocolError) -> None:
         peer = self._peers.get(routing_id, ("unknown peer", routing_id.hex()[:12]))
