@@ -146,6 +146,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     policy_list.set_defaults(run=_run_policy_list)
 
+    timeline = commands.add_parser(
+        "timeline", help="draw a scheduler's event log as a timeline per executor (PNG)"
+    )
+    timeline.add_argument("log", help="an event log (`tidal scheduler --event-log PATH`)")
+    timeline.add_argument(
+        "--out", default=None, help="the PNG to write (default: the log's path with .png)"
+    )
+    timeline.add_argument("--title", default=None, help="the plot's title")
+    timeline.set_defaults(run=_run_timeline)
+
     bench = commands.add_parser("bench", help="run a benchmark")
     bench.add_argument(
         "name",
@@ -297,6 +307,25 @@ def _run_policy_list(args: argparse.Namespace) -> int:
 
     for name in known_policy_names():
         print(name)
+    return 0
+
+
+def _run_timeline(args: argparse.Namespace) -> int:
+    import os
+
+    from runtime.timeline import plot_timeline
+    from scheduler.eventlog import read_events
+
+    out = args.out or os.path.splitext(args.log)[0] + ".png"
+    if os.path.abspath(out) == os.path.abspath(args.log):  # never draw over the log itself
+        out = args.log + ".png"
+    try:
+        events = read_events(args.log)
+        plot_timeline(events, out, title=args.title)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"tidal timeline: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({len(events)} events)")
     return 0
 
 
