@@ -166,10 +166,24 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer iterations")
     bench.set_defaults(run=_run_bench)
 
-    demo = commands.add_parser("demo", help="stream tasks beside a batch job, per policy")
-    demo.add_argument("--policies", default="fifo,lb", help="comma-separated (default fifo,lb)")
+    demo = commands.add_parser(
+        "demo", help="the unified stream/batch application under each policy, with a report"
+    )
+    demo.add_argument(
+        "--policies",
+        default="fifo,fair,kill,lb",
+        help="comma-separated (default fifo,fair,kill,lb)",
+    )
     demo.add_argument("--executors", type=int, default=2, help="executor processes (default 2)")
-    demo.add_argument("--streams", type=int, default=20, help="stream tasks per policy")
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of batch work per policy, on an idle cluster (default 20; 3 with --quick)",
+    )
+    demo.add_argument("--quick", action="store_true", help="a short run (well under a minute)")
+    demo.add_argument("--out", default="tidal-report", help="report folder (default tidal-report)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of every generated input")
     demo.set_defaults(run=_run_demo)
     return parser
 
@@ -365,11 +379,32 @@ def _print_table(
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from runtime import demo
+    from pathlib import Path
 
-    policies = [name.strip() for name in args.policies.split(",") if name.strip()]
-    result = demo.run(policies=policies, executors=args.executors, streams=args.streams)
-    return 0 if result["batch_correct"] else 1
+    from runtime import demo
+    from scheduler.policies import UnknownPolicy, resolve_policy
+
+    policies = demo.parse_policies(args.policies)
+    try:
+        for name in policies:
+            resolve_policy(name)
+    except UnknownPolicy as exc:
+        print(f"tidal demo: {exc}", file=sys.stderr)
+        return 2
+    if args.executors < 1:
+        print("tidal demo: --executors must be at least 1", file=sys.stderr)
+        return 2
+    options: dict[str, Any] = {
+        "policies": policies,
+        "executors": args.executors,
+        "out": Path(args.out),
+        "seed": args.seed,
+    }
+    if args.duration is not None:
+        options["duration_s"] = args.duration
+    config = demo.DemoConfig.quick(**options) if args.quick else demo.DemoConfig(**options)
+    result = demo.run(config)
+    return 0 if all(result["checks"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -44,10 +44,12 @@ from runtime import protocol as p
 from runtime.functions import FunctionRef
 from runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
 from runtime.realtime import (
+    DEFAULT_STREAM_NICE,
     DEFAULT_TASK_NICE,
     lower_this_thread,
     realtime_io_threads,
     realtime_this_thread,
+    set_thread_nice,
 )
 
 __all__ = ["DEFAULT_SWITCH_INTERVAL_S", "Executor"]
@@ -76,6 +78,7 @@ class Executor:
         max_frame_bytes: int = p.MAX_FRAME_BYTES,
         realtime: bool = True,
         task_nice: int = DEFAULT_TASK_NICE,
+        stream_nice: int = DEFAULT_STREAM_NICE,
     ) -> None:
         self.scheduler = scheduler
         self.node = node
@@ -88,6 +91,8 @@ class Executor:
         self.exit_code = 0
         self.realtime = realtime
         self.task_nice = task_nice
+        self.stream_nice = stream_nice
+        self._task_tid: int | None = None  # the task thread's id, once run() has started
         self._context = zmq.Context()
         realtime_io_threads(self._context, realtime)
         self._inproc = f"inproc://tidal-executor-{uuid.uuid4().hex}"
@@ -107,6 +112,7 @@ class Executor:
             flush=self._flush_reports,
             executor_id=self.executor_id,
             suspend_timeout_ns=suspend_timeout_ns,
+            priority_changed=self._priority_changed,
         )
         self._bad_frames = p.RateLimitedLog(log.warning)
         self._dropped = p.RateLimitedLog(log.error)
@@ -120,7 +126,8 @@ class Executor:
         listener = threading.Thread(target=self._listen, name="tidal-listener", daemon=True)
         listener.start()
         # After the listener and ZeroMQ's thread exist, so that they keep normal priority.
-        lower_this_thread(self.task_nice)
+        if lower_this_thread(self.task_nice) and self.stream_nice < self.task_nice:
+            self._task_tid = threading.get_native_id()
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.kernel.stop())
@@ -163,6 +170,19 @@ class Executor:
             self._dropped("dropped reports: the scheduler is not reading them")
 
     # ---- listener thread ----------------------------------------------------------------------
+
+    def _priority_changed(self, priority: str) -> None:
+        """The kernel is about to run a task of another class: give the thread its nice."""
+        if self._task_tid is None:
+            return
+        nice = self.stream_nice if priority == "stream" else self.task_nice
+        if not set_thread_nice(self._task_tid, nice):
+            log.info(
+                "stream tasks run at nice %d, as batch tasks do: %d not permitted",
+                self.task_nice,
+                nice,
+            )
+            self._task_tid = None  # do not try again on every switch
 
     def _listen(self) -> None:
         realtime_this_thread(self.realtime)

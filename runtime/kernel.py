@@ -186,6 +186,7 @@ class Kernel:
         suspend_timeout_ns: int = DEFAULT_SUSPEND_TIMEOUT_NS,
         gate_factory: Callable[[], Any] = Gate,
         gated_iterator: Callable[..., Any] = GatedIterator,
+        priority_changed: Callable[[str], None] | None = None,
     ) -> None:
         self.executor_id = executor_id
         self.gate = gate_factory()
@@ -206,6 +207,10 @@ class Kernel:
         self._hub: greenlet.greenlet | None = None
         self._finished = 0
         self._regained_at = 0  # when the hub last got control back from a task
+        # Told the priority class of the task about to run whenever it differs from the last
+        # one's (the executor gives its thread an OS priority per class).
+        self._priority_changed = priority_changed
+        self._running_class: str | None = None
 
     # ---- commands: callable from any thread -----------------------------------------------
 
@@ -380,6 +385,9 @@ class Kernel:
                 record.resume_started_at = self._clock()
         record.state = TaskState.RUNNING
         self._current = record
+        if record.priority != self._running_class and self._priority_changed is not None:
+            self._running_class = record.priority
+            self._priority_changed(record.priority)
         record.gate_mark = self.gate.records
         record.switched_in_at = now
         self._flush()

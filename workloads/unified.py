@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from runtime.client import Client
@@ -83,6 +84,7 @@ class StreamRun:
     events: list[list[list[Any]]] = field(default_factory=list)
     word_topics: list[Sequence[int]] = field(default_factory=list)  # the model each used
     latencies_ms: list[float] = field(default_factory=list)  # submit -> result, as they came
+    latency_of: dict[int, float] = field(default_factory=dict)  # the same, by micro-batch
 
     def counts(self) -> Counter:
         """All views counted, per `(campaign, window, topic)`, over the whole run."""
@@ -90,6 +92,12 @@ class StreamRun:
         for future in self.futures:
             total.update(future.result())
         return total
+
+
+def _record_latency(run: StreamRun, index: int, submitted: float, _future: TaskFuture) -> None:
+    latency_ms = (time.monotonic() - submitted) * 1000
+    run.latencies_ms.append(latency_ms)
+    run.latency_of[index] = latency_ms
 
 
 def run_stream(
@@ -120,9 +128,7 @@ def run_stream(
             time.sleep(delay)  # pacing the source, as a real stream would arrive
         submitted = time.monotonic()
         future = client.submit(score_views, events, word_topics=word_topics, spec=spec)
-        future.add_done_callback(
-            lambda _f, t=submitted: run.latencies_ms.append((time.monotonic() - t) * 1000)
-        )
+        future.add_done_callback(partial(_record_latency, run, len(run.futures), submitted))
         run.cuts_ms.append(cut_ms)
         run.futures.append(future)
         if keep_inputs:

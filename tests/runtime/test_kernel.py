@@ -617,3 +617,24 @@ def test_a_killed_chunk_reports_the_subtasks_it_completed(make_kernel):
     assert isinstance(transport.outcome("c"), p.Killed)
     # The subtasks that completed, the one that asked for the kill included, are reported.
     assert [i[0] for i in chunk_items(transport, "c")] == ["t0", "t1", "t2", "t3", "t4"]
+
+
+def test_the_executor_hears_of_each_change_of_priority_class_once():
+    classes = []
+    transport = Transport()
+    kernel = Kernel(transport, priority_changed=classes.append)
+
+    def batch(part):
+        for x in part:
+            if x == 2:
+                kernel.launch("s", sum, [[1, 2]], priority="stream")
+                kernel.suspend("b")
+        return sum(part)
+
+    kernel.launch("b", batch, [list(range(5))])
+    kernel.launch("b2", sum, [[1]])
+    kernel.run()  # b runs, parks for s; b2 queued behind
+    kernel.resume("b")
+    kernel.run()
+    assert classes == ["batch", "stream", "batch"]  # b, s, then b resumed and b2: no repeat
+    assert transport.outcome("b").result == 10 and transport.outcome("s").result == 3
