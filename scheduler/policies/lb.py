@@ -104,10 +104,17 @@ class LbPolicy(AssignOnChange):
         self, executor: ExecutorView, stream_task: TaskView, running_per_node: Counter[str]
     ) -> tuple:
         """Lower is a better victim: on the node running the most batch tasks (balance comes
-        first, as in Neptune's LB), then not under memory pressure, then the least pressure."""
+        first, as in Neptune's LB), then not under memory pressure, then the task suspended
+        least so far, then the least pressure.
+
+        Discussion: without the suspension count, executors on one host tie on everything
+        but a memory reading, and one of them took nearly every stream task in `tidal
+        demo`: its batch tasks spent their suspension budget first, and that executor
+        finished each sweep last. Spreading suspensions evens both out."""
         return (
             -running_per_node[executor.node],
             executor.memory_pressure >= self.memory_pressure_threshold,
+            executor.slot_task.suspensions,
             executor.memory_pressure,
             executor.executor_id,
         )

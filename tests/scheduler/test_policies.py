@@ -134,3 +134,27 @@ def test_every_builtin_is_constructible_by_name():
     for name in BUILTIN_POLICIES:
         assert resolve_policy(name).name == name
     assert isinstance(resolve_policy(FairPolicy), FairPolicy)
+
+
+def test_lb_spreads_suspensions_over_executors_that_tie_on_everything_else():
+    h = Harness(policy="lb", executors=[("e0", "n0"), ("e1", "n0")])  # one host
+    h.submit("b", "batch", 2)
+    batch = {}
+    for executor in ("e0", "e1"):
+        (m,) = h.sent(executor, p.Launch)
+        h.start(executor, m.task_id)
+        batch[executor] = m.task_id
+    h.submit("s", "stream", 1)
+    assert [type(m) for m in h.sent("e0")] == [p.Suspend, p.Launch]  # a tie: the first
+    h.report("e0", p.Suspended(batch["e0"], 1_000, 5, h.clock.now))
+    h.start("e0", "s/0")
+    h.finish("e0", "s/0")
+    assert [type(m) for m in h.sent("e0")] == [p.Resume]
+    h.report("e0", p.Resumed(batch["e0"], 1_000, h.clock.now))
+
+    h.submit("s2", "stream", 1)
+
+    # e0's task has been suspended once, e1's never: e1's is the victim this time.
+    assert h.sent("e0") == []
+    suspend, launch = h.sent("e1")
+    assert suspend == p.Suspend(batch["e1"], h.clock.now) and launch.task_id == "s2/0"
