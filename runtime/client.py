@@ -2,13 +2,15 @@
 
 Threads and why:
 
-* Caller threads (any number) validate and encode a submission, register its futures, and
+* Caller threads (any number) validate and encode a submission (each task's arguments
+  packed once, into the payload only an executor opens), register its futures, and
   hand the frame to the IO thread through an inproc PAIR socket. ZeroMQ sockets are not
   thread-safe, so that one PAIR end is guarded by the client's lock; it is the only socket
   callers touch, and sending on it never blocks (no high-water mark: the IO thread keeps
   the queue).
 * The IO thread owns the DEALER connected to the scheduler. In one loop it forwards caller
-  frames in order, completes futures from `results` and status requests from `status`, and
+  frames in order, completes futures from `results` (unpacking each result's payload; one
+  that does not unpack fails its own future) and status requests from `status`, and
   drops (with a rate-limited log line) any frame that breaks the protocol. It never blocks
   on the network: frames the DEALER cannot take yet wait in an outbox until it can.
 
@@ -286,7 +288,11 @@ class Client:
         preferred: list[Any],
         options: dict[str, Any] | None = None,
     ) -> list[TaskFuture]:
-        """Validate, encode and send one Submit; register its futures before it goes out."""
+        """Validate, encode and send one Submit; register its futures before it goes out.
+
+        Each task's `[args, kwargs]` is packed here, once, into its payload; calls that share
+        one kwargs dict (`map`) share its packed bytes too.
+        """
         self._check_open()
         priority, order, max_suspensions = _job_options(fn, priority, order, max_suspensions)
         ref = function_ref(fn)
@@ -295,30 +301,29 @@ class Client:
         # Ids are unique and increasing, not consecutive: a submission that fails to encode
         # has used its number.
         job_id = f"{self.client_id}-{next(self._job_numbers)}"
-        tasks = []
-        for i, ((args, kwargs), prefs) in enumerate(zip(calls, preferred, strict=True)):
-            task = [f"{job_id}/{i}", args, kwargs]
-            if prefs:
-                if isinstance(prefs, str) or not all(isinstance(x, str) for x in prefs):
-                    raise TypeError(
-                        f"preferred must be a list of node labels or executor ids, not {prefs!r}"
-                    )
-                task.append({"preferred": list(prefs)})
-            tasks.append(task)
+        # Taken before packing, so a future's latency includes the cost of packing its job.
         sent_ns = time.monotonic_ns()
-        msg = p.Submit(
-            job_id,
-            priority,
-            order,
-            max_suspensions,
-            ref.ref,
-            ref.main_path,
-            tasks,
-            sent_ns,
-            options,
-        )
+        tasks = []
+        packed_kwargs: dict[int, bytes] = {}  # id(kwargs) -> its packed bytes
         try:
-            frame = p.encode(msg)
+            for i, ((args, kwargs), prefs) in enumerate(zip(calls, preferred, strict=True)):
+                if id(kwargs) not in packed_kwargs:
+                    packed_kwargs[id(kwargs)] = p.pack_payload(kwargs, "kwargs")
+                payload = p.pack_call(args, kwargs, packed_kwargs=packed_kwargs[id(kwargs)])
+                tasks.append(_task_entry(f"{job_id}/{i}", payload, prefs))
+            frame = p.encode(
+                p.Submit(
+                    job_id,
+                    priority,
+                    order,
+                    max_suspensions,
+                    ref.ref,
+                    ref.main_path,
+                    tasks,
+                    sent_ns,
+                    options,
+                )
+            )
         except p.EncodeError as exc:
             # Only now walk the arguments (they may be large) to name the one at fault.
             for path, value in parts:
@@ -581,8 +586,20 @@ class Client:
             with self._lock:
                 future = self._pending.pop(task_id, None)
             # Unknown, already completed, or cancelled here: never complete a future twice.
-            if future is not None:
-                future._complete(outcome, value, error, stats)
+            if future is None:
+                continue
+            if outcome == "finished":
+                try:
+                    value = p.unpack_payload(value, f"the result of {task_id}")
+                except p.ProtocolError as exc:
+                    # Discussion: only this future learns of it; the frame's other results
+                    # are sound and complete theirs.
+                    self._bad_frames(f"dropped a bad result from the scheduler: {exc}")
+                    future._stats = stats
+                    with contextlib.suppress(concurrent.futures.InvalidStateError):
+                        future.set_exception(exc)
+                    continue
+            future._complete(outcome, value, error, stats)
 
     def _fail_malformed(self, item: Any, exc: p.ProtocolError) -> None:
         # Discussion: a result we cannot read for a task we know would otherwise leave its
@@ -620,6 +637,17 @@ def _flush(dealer: zmq.Socket, outbox: deque[bytes]) -> None:
         outbox.popleft()
 
 
+def _task_entry(task_id: str, payload: bytes, preferred: Any) -> list[Any]:
+    """One item of `submit.tasks`: [task_id, payload], with its options if it has any."""
+    if not preferred:
+        return [task_id, payload]
+    if isinstance(preferred, str) or not all(isinstance(x, str) for x in preferred):
+        raise TypeError(
+            f"preferred must be a list of node labels or executor ids, not {preferred!r}"
+        )
+    return [task_id, payload, {"preferred": list(preferred)}]
+
+
 def _parse_result(item: Any) -> tuple[str, str, Any, list[str] | None, dict[str, Any]]:
     """Check one `results` item; raise ProtocolError naming what is wrong."""
     if type(item) is not list or len(item) != 5:
@@ -635,6 +663,11 @@ def _parse_result(item: Any) -> tuple[str, str, Any, list[str] | None, dict[str,
         raise p.ProtocolError(f"result for {task_id}: error must be [type, message, traceback]")
     if outcome == "failed" and error is None:
         raise p.ProtocolError(f"result for {task_id} failed without an error")
+    if outcome == "finished" and type(value) is not bytes:
+        raise p.ProtocolError(
+            f"result for {task_id}: a finished value must be a payload (bytes), "
+            f"got {type(value).__name__}"
+        )
     if stats is None:
         stats = {}
     if type(stats) is not dict:

@@ -113,6 +113,12 @@ class Executor:
             executor_id=self.executor_id,
             suspend_timeout_ns=suspend_timeout_ns,
             priority_changed=self._priority_changed,
+            # Discussion: a partition is one big list; left in the young generations the
+            # cyclic GC would walk it again and again (tens of ms for millions of records, all
+            # while the task holds the GIL). Task data has no cycles to find: as soon as a
+            # payload is unpacked, move it out of the collector's way. It is still freed by
+            # reference counting when the task ends.
+            payload_unpacked=gc.freeze,
         )
         self._bad_frames = p.RateLimitedLog(log.warning)
         self._dropped = p.RateLimitedLog(log.error)
@@ -355,22 +361,17 @@ class Executor:
         self.kernel.stop()
 
     def _on_launch(self, msg: p.Launch) -> None:
-        # Discussion: a partition is one big list; left in the young generations the cyclic
-        # GC would walk it again and again (tens of ms for millions of records, all while the
-        # task holds the GIL). Task data has no cycles to find: move it out of the collector's
-        # way. It is still freed by reference counting when the task ends.
-        gc.freeze()
+        # The payload stays packed here: the task unpacks it when it starts, on the task
+        # thread, so this thread stays free for commands (and a bad payload fails the task).
         self.kernel.launch(
             msg.task_id,
             FunctionRef(msg.fn, msg.main_path),
-            msg.args,
-            msg.kwargs,
+            payload=msg.payload,
             attempt=msg.attempt,
             priority=msg.priority,
         )
 
     def _on_launch_chunk(self, msg: p.LaunchChunk) -> None:
-        gc.freeze()  # as for a launch: task data stays out of the cyclic collector's way
         self.kernel.launch_chunk(
             msg.chunk_id,
             FunctionRef(msg.fn, msg.main_path),

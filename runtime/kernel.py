@@ -15,6 +15,10 @@ Principles, in the spirit of a small coroutine kernel:
   kernel calls before it gives the thread away and when a chunk reports).
 * A task's exception belongs to the task: it becomes a `Failed` report with its traceback.
   An error in the kernel itself is not caught here; it is loud.
+* Payloads open here. A task launched from the wire brings its arguments as one msgpack blob
+  (`payload`), unpacked when the task starts, in its greenlet: a payload that does not
+  unpack fails that task, like a function that does not import. Results leave packed
+  (`Finished.result`, the values of `ChunkResults`), so the scheduler only forwards them.
 
 Latencies: a suspension is measured from the moment the command was queued (`suspend()`
 was called) to the moment the hub regains control; a resumption from the moment the hub
@@ -93,6 +97,7 @@ class TaskRecord:
     kwargs: dict[str, Any]
     attempt: int
     priority: str
+    payload: bytes | None = None  # the packed [args, kwargs], unpacked when it starts
     state: TaskState = TaskState.QUEUED
     glet: greenlet.greenlet | None = None
     suspensions: int = 0
@@ -104,7 +109,8 @@ class TaskRecord:
     suspended_at: int = 0
     resume_started_at: int = 0  # non-zero while a resumption is in flight
     kill_requested: bool = False
-    chunk: deque[list[Any]] | None = None  # a chunk's subtasks not started yet
+    # A chunk's subtasks not started yet: [task_id, payload] (or [task_id, args, kwargs]).
+    chunk: deque[list[Any]] | None = None
 
     def stats(self, executor_id: str, now: int) -> dict[str, Any]:
         return {
@@ -187,6 +193,7 @@ class Kernel:
         gate_factory: Callable[[], Any] = Gate,
         gated_iterator: Callable[..., Any] = GatedIterator,
         priority_changed: Callable[[str], None] | None = None,
+        payload_unpacked: Callable[[], None] | None = None,
     ) -> None:
         self.executor_id = executor_id
         self.gate = gate_factory()
@@ -211,6 +218,9 @@ class Kernel:
         # one's (the executor gives its thread an OS priority per class).
         self._priority_changed = priority_changed
         self._running_class: str | None = None
+        # Called in the task's greenlet right after its payload was unpacked (the executor
+        # moves the fresh task data out of the cyclic collector's way there).
+        self._payload_unpacked = payload_unpacked or (lambda: None)
 
     # ---- commands: callable from any thread -----------------------------------------------
 
@@ -221,15 +231,18 @@ class Kernel:
         args: list[Any] | tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         *,
+        payload: bytes | None = None,
         attempt: int = 0,
         priority: str = "batch",
     ) -> None:
         """Queue a task to run when the slot is free.
 
         `fn` may be a FunctionRef: it is then imported when the task starts, and a failure to
-        import becomes the task's failure report.
+        import becomes the task's failure report. `payload`, if given, is the task's packed
+        `[args, kwargs]` from the wire (instead of `args` and `kwargs`): it is unpacked when
+        the task starts, and a failure to unpack becomes the task's failure report too.
         """
-        record = TaskRecord(task_id, fn, list(args), dict(kwargs or {}), attempt, priority)
+        record = TaskRecord(task_id, fn, list(args), dict(kwargs or {}), attempt, priority, payload)
         self._post(_Command("launch", task_id, self._clock(), record))
 
     def suspend(self, task_id: str) -> None:
@@ -257,8 +270,10 @@ class Kernel:
         attempt: int = 0,
         priority: str = "batch",
     ) -> None:
-        """Queue a chunk: subtasks `[task_id, args, kwargs]` of one function, run in order as
-        one task, with a suspension point between them; results go out in batches."""
+        """Queue a chunk: subtasks `[task_id, payload]` (as on the wire) or
+        `[task_id, args, kwargs]` of one function, run in order as one task, with a
+        suspension point between them; results go out in batches. A subtask whose payload
+        does not unpack fails on its own."""
         record = TaskRecord(chunk_id, fn, [], {}, attempt, priority)
         record.chunk = deque(subtasks)
         self._post(_Command("launch", chunk_id, self._clock(), record))
@@ -528,7 +543,7 @@ class Kernel:
         stats = record.stats(self.executor_id, self._clock())
         if outcome.kind == "finished":
             try:
-                self._emit(p.Finished(record.task_id, record.attempt, outcome.value, stats))
+                result = p.pack_payload(outcome.value, "finished.result")
             except p.EncodeError as exc:
                 self._emit(
                     p.Failed(
@@ -540,12 +555,14 @@ class Kernel:
                         stats,
                     )
                 )
+            else:
+                self._emit(p.Finished(record.task_id, record.attempt, result, stats))
         elif outcome.kind == "killed":
             self._emit(p.Killed(record.task_id, record.attempt, stats))
         else:
             self._emit(p.Failed(record.task_id, record.attempt, *outcome.error, stats))
         # Drop references to inputs so a long-lived executor does not keep them.
-        record.args, record.kwargs = [], {}
+        record.args, record.kwargs, record.payload = [], {}, None
 
     # ---- inside the task's greenlet -------------------------------------------------------------
 
@@ -557,11 +574,20 @@ class Kernel:
             fn = record.fn.resolve() if isinstance(record.fn, FunctionRef) else record.fn
             if record.chunk is not None:
                 return _Outcome("finished", self._run_chunk(record, fn))
+            if record.payload is not None:
+                record.args, record.kwargs = self._unpack(record.payload)
+                record.payload = None
             return _Outcome("finished", self._call_task(fn, record.args, record.kwargs))
         except TaskKilled:
             return _Outcome("killed")
         except BaseException as exc:  # a task's error belongs to its report
             return _Outcome("failed", error=_describe_failure(exc))
+
+    def _unpack(self, payload: bytes) -> tuple[list[Any], dict[str, Any]]:
+        """A task's (args, kwargs) from its payload; ProtocolError if it is not one."""
+        args, kwargs = p.unpack_call(payload)
+        self._payload_unpacked()
+        return args, kwargs
 
     def _call_task(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Call a task function with its inputs gated; a generator's outputs are its result."""
@@ -583,14 +609,21 @@ class Kernel:
         flushed_at = self._clock()
         try:
             while record.chunk:
-                task_id, args, kwargs = record.chunk.popleft()
+                task_id, *call = record.chunk.popleft()
                 started = self._clock()
+                value, outcome, error = None, "failed", None
                 try:
-                    value, outcome, error = self._call_task(fn, args, kwargs), "finished", None
+                    args, kwargs = self._unpack(call[0]) if len(call) == 1 else call
+                    result = self._call_task(fn, args, kwargs)
                 except (TaskKilled, greenlet.GreenletExit):
                     raise
                 except BaseException as exc:  # a task's error belongs to its result
-                    value, outcome, error = None, "failed", _describe_failure(exc)
+                    error = _describe_failure(exc)
+                else:
+                    try:  # packed here, so that a result msgpack cannot carry fails alone
+                        value, outcome = p.pack_payload(result, f"result of {task_id}"), "finished"
+                    except p.EncodeError as exc:
+                        error = ["EncodeError", f"the result cannot be sent: {exc}", ""]
                 now = self._clock()
                 results.append([task_id, outcome, value, error, {"running_ns": now - started}])
                 if (
@@ -608,19 +641,8 @@ class Kernel:
                 self._report_chunk(record.task_id, results)
 
     def _report_chunk(self, chunk_id: str, results: list[list[Any]]) -> None:
-        try:
-            self._emit(p.ChunkResults(chunk_id, results))
-        except p.EncodeError:
-            # Some value msgpack cannot carry: fail those subtasks, send the others.
-            for item in results:
-                where = p.find_unencodable(item[2], f"result of {item[0]}")
-                if where:
-                    item[1:4] = [
-                        "failed",
-                        None,
-                        ["EncodeError", f"the result cannot be sent: {where}", ""],
-                    ]
-            self._emit(p.ChunkResults(chunk_id, results))
+        # Values are payloads already (packed as each subtask ended), so this always encodes.
+        self._emit(p.ChunkResults(chunk_id, results))
         self._flush()
 
     def _drive_generator(self, gen: Any) -> list[Any]:

@@ -99,7 +99,7 @@ def form_chunk(
             if task.job is job and task is not first and task.task_id not in reserved:
                 tasks.append(task)
     job.chunks += 1
-    chunk = Task(f"{job.job_id}#{job.chunks}", job, [], {}, first.seq, core.now)
+    chunk = Task(f"{job.job_id}#{job.chunks}", job, b"", first.seq, core.now)
     chunk.subtasks = {}
     for task in tasks:
         if task.state is TaskState.PENDING:
@@ -113,7 +113,7 @@ def form_chunk(
 
 def launch_message(core: SchedulerCore, chunk: Task) -> p.LaunchChunk:
     job = chunk.job
-    subtasks = [[t.task_id, t.args, t.kwargs] for t in chunk.subtasks.values()]
+    subtasks = [[t.task_id, t.payload] for t in chunk.subtasks.values()]
     return p.LaunchChunk(
         chunk.task_id, job.fn, job.main_path, subtasks, chunk.attempt, job.priority, core.now
     )

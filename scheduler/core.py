@@ -12,7 +12,9 @@ Invariants the core enforces, whatever the policy says:
   free slot;
 * a launch needs free capacity (the slot, or a place in the executor's prefetch queue; a
   stream launch needs the slot itself);
-* each task's future completes exactly once: late or duplicate reports are ignored.
+* each task's future completes exactly once: late or duplicate reports are ignored;
+* task arguments and results are payloads (bytes) the core forwards and never opens: only
+  the client and the executor pack and unpack them (runtime/protocol.py).
 """
 
 from __future__ import annotations
@@ -330,8 +332,7 @@ class SchedulerCore:
                     task.task_id,
                     job.fn,
                     job.main_path,
-                    task.args,
-                    task.kwargs,
+                    task.payload,
                     task.attempt,
                     job.priority,
                     self.now,
@@ -621,10 +622,10 @@ class SchedulerCore:
         self.jobs[job.job_id] = job
         new = []
         for entry in msg.tasks:
-            task_id, args, kwargs = entry[:3]
-            options = entry[3] if len(entry) > 3 else {}
+            task_id, payload = entry[:2]
+            options = entry[2] if len(entry) > 2 else {}
             self._seq += 1
-            task = Task(task_id, job, args, kwargs, self._seq, self.now)
+            task = Task(task_id, job, payload, self._seq, self.now)
             task.preferred = tuple(options.get("preferred", ()))
             self.tasks[task_id] = task
             self.pending.push(task)
@@ -785,7 +786,10 @@ class SchedulerCore:
         self._consult(lambda pol: pol.tasks_submitted(self.view, views))
 
     def complete(self, task: Task, outcome: str, value: Any, error: list[str] | None) -> None:
-        """Finish a task exactly once, count it in its job, and tell its client."""
+        """Finish a task exactly once, count it in its job, and tell its client.
+
+        `value` is the result's payload as the executor sent it (nil unless finished).
+        """
         task.state = TaskState.DONE
         job = task.job
         if outcome == "finished":
@@ -807,7 +811,7 @@ class SchedulerCore:
             "started_at_ns": task.started_at_ns,
             "finished_at_ns": task.finished_at_ns,
         }
-        task.args, task.kwargs = [], {}
+        task.payload = b""  # its arguments are no longer needed here
         self._to_client(job.client_id, [[task.task_id, outcome, value, error, stats]])
 
     def _to_client(self, client_id: str, items: list[list[Any]]) -> None:

@@ -282,7 +282,9 @@ class SchedulerServer:
                 else:
                     self._send(("client", instruction.client_id), msg)
             elif isinstance(msg, p.Launch) and msg.priority == "batch":
-                # Batch work can wait for the end of the pass and travel in one frame.
+                # Batch work can wait for the end of the pass and travel in one frame. Held
+                # launches are measured by their frames, so mostly by their payloads' bytes
+                # (encoding one copies its payload, opaque to us, as it is).
                 executor_id = instruction.executor_id
                 frame = p.encode(msg)
                 held = self._held.setdefault(executor_id, [])
@@ -328,7 +330,7 @@ class SchedulerServer:
             return
         try:
             frame = p.encode(msg)
-        except p.EncodeError as exc:  # e.g. a result that decoded but cannot be re-encoded
+        except p.EncodeError as exc:  # e.g. stats nested past what msgpack packs again
             log.error("cannot send %s to %s %s: %s", msg.op, peer[0], peer[1], exc)
             return
         self._socket.send_multipart([routing_id, frame])

@@ -112,6 +112,9 @@ __all__ = [
 
 CLIENT_ID = "sim"
 TASK_FN = "sim:task"  # never resolved: simulated executors run scripted durations
+# Every task's payload, never opened either: a simulated executor looks a task's duration up
+# by its id (`SimCluster._work_of`), so the payload that travels is the empty call.
+TASK_PAYLOAD = p.pack_call([], {})
 
 # Discussion: the defaults are this machine's measured orders of magnitude (docs/notes.md):
 # a hop through ZeroMQ ~0.2 ms, a parked task's hub regaining control ~50 us after the
@@ -395,7 +398,7 @@ class SimCluster:
                     job.job_id, job.priority, arrival_ns, work_ns, preferred
                 )
                 options = [{"preferred": list(preferred)}] if preferred else []
-                tasks.append([task_id, [], {}, *options])
+                tasks.append([task_id, TASK_PAYLOAD, *options])
             submit = p.Submit(
                 job.job_id,
                 job.priority,

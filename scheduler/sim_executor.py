@@ -35,6 +35,9 @@ __all__ = ["EventLoop", "ExecutorTask", "SimExecutor"]
 # (scheduler/sim.py, beside its other defaults).
 DEFAULT_SUSPEND_LATENCY_S = 0.00005
 DEFAULT_RECORD_S = 0.001
+# A simulated task computes nothing: its result, as every result travels, is a payload (the
+# packed nil), which the scheduler forwards unopened.
+NIL = p.pack_payload(None)
 
 
 def _ns(seconds: float) -> int:
@@ -256,7 +259,7 @@ class SimExecutor:
         self._leave_slot(record)
         del self.records[record.task_id]
         self._on_event("finished", record)
-        self._emit(p.Finished(record.task_id, record.attempt, None, self._stats(record)))
+        self._emit(p.Finished(record.task_id, record.attempt, NIL, self._stats(record)))
         # As in the kernel: the finished task reports, then the hub drains its commands.
         self._drain()
         self._run_next()
@@ -294,7 +297,7 @@ class SimExecutor:
         now = self._loop.now
         sub, record.sub = record.sub, None
         sub.done_ns += now - sub.run_since
-        record.results.append([sub.task_id, "finished", None, None, {"running_ns": sub.done_ns}])
+        record.results.append([sub.task_id, "finished", NIL, None, {"running_ns": sub.done_ns}])
         self._on_event("subtask_finished", sub)
         waiting = bool(self._inbox)  # the kernel's gate is raised
         if (

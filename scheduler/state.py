@@ -75,8 +75,9 @@ class Job:
 class Task:
     task_id: str
     job: Job
-    args: list[Any]
-    kwargs: dict[str, Any]
+    # The packed [args, kwargs] as the client sent it: opaque here, forwarded in the launch
+    # and dropped when the task is done. A chunk's own is empty.
+    payload: bytes
     seq: int  # arrival order; requeued tasks get a smaller one
     submitted_at: int  # scheduler clock, ns
     state: TaskState = TaskState.PENDING
@@ -387,15 +388,14 @@ def check_submission(msg: p.Submit, jobs: dict[str, Job], tasks: dict[str, Task]
     for entry in msg.tasks:
         if not (
             isinstance(entry, list)
-            and len(entry) in (3, 4)
-            and isinstance(entry[0], str)
-            and isinstance(entry[1], list)
-            and isinstance(entry[2], dict)
-            and (len(entry) == 3 or _valid_options(entry[3]))
+            and len(entry) in (2, 3)
+            and type(entry[0]) is str
+            and type(entry[1]) is bytes  # the payload: never opened here
+            and (len(entry) == 2 or _valid_options(entry[2]))
         ):
             return (
-                "each task must be [task_id, args, kwargs] or [task_id, args, kwargs, "
-                "{'preferred': [node or executor ids]}]"
+                "each task must be [task_id, payload] or [task_id, payload, "
+                "{'preferred': [node or executor ids]}], with the payload bytes"
             )
         if entry[0] in tasks or entry[0] in seen:
             return f"task id {entry[0]!r} is already in use"

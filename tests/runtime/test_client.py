@@ -96,7 +96,12 @@ class FakeScheduler:
             self._to_thread.send(frame)
 
     def finish(self, future, value, stats=None) -> None:
-        self.push(p.Results([[future.task_id, "finished", value, None, stats or {}]]))
+        """Send `value` as `future`'s result, packed as its payload, as executors do."""
+        self.finish_payload(future, p.pack_payload(value), stats)
+
+    def finish_payload(self, future, payload, stats=None) -> None:
+        """Send `payload` (any bytes, or not even bytes) as `future`'s result, as it is."""
+        self.push(p.Results([[future.task_id, "finished", payload, None, stats or {}]]))
 
     def fail(self, future, error_type, message) -> None:
         error = [error_type, message, REMOTE_TB + f"{error_type}: {message}\n"]
@@ -227,13 +232,14 @@ def test_submit_sends_one_job_with_function_arguments_and_options(fake, client):
     assert msg.job_id == f"{client.client_id}-1" and future.job_id == msg.job_id
     assert (msg.fn, msg.main_path) == ("workloads.synthetic:spin", None)
     assert (msg.priority, msg.order, msg.max_suspensions) == ("stream", 5, None)
-    assert msg.tasks == [[f"{msg.job_id}/0", [[1, 2]], {"record_us": 1.0}]]
+    assert msg.tasks == [[f"{msg.job_id}/0", p.pack_call([[1, 2]], {"record_us": 1.0})]]
+    assert p.unpack_call(msg.tasks[0][1]) == ([[1, 2]], {"record_us": 1.0})
     assert future.task_id == f"{msg.job_id}/0" and future.submitted_ns == msg.sent_ns
     second = client.submit(noop, max_suspensions=0)
     msg = fake.wait_for(p.Submit, 2)[1]
     assert msg.job_id == f"{client.client_id}-2" and second.task_id == f"{msg.job_id}/0"
     assert (msg.priority, msg.order, msg.max_suspensions) == ("batch", 0, 0)
-    assert msg.tasks == [[f"{msg.job_id}/0", [], {}]]
+    assert msg.tasks == [[f"{msg.job_id}/0", p.pack_call([], {})]]
 
 
 def test_task_defaults_apply_unless_the_submission_overrides_them(fake, client):
@@ -250,7 +256,8 @@ def test_map_sends_one_job_with_a_task_per_partition(fake, client):
     futures = client.map(spin, partitions, record_us=0.5, order=2)
     [msg] = fake.wait_for(p.Submit)
     assert msg.tasks == [
-        [f"{msg.job_id}/{i}", [part], {"record_us": 0.5}] for i, part in enumerate(partitions)
+        [f"{msg.job_id}/{i}", p.pack_call([part], {"record_us": 0.5})]
+        for i, part in enumerate(partitions)
     ]
     assert [f.task_id for f in futures] == [task[0] for task in msg.tasks]
     assert {f.job_id for f in futures} == {msg.job_id} and msg.order == 2
@@ -298,7 +305,7 @@ def test_each_mistake_is_refused_before_anything_is_sent(fake, client):
         client.submit(total, [1], order=2**70)
     client.submit(total, ["the only one sent"])
     [msg] = fake.wait_for(p.Submit)
-    assert msg.tasks[0][1] == [["the only one sent"]]
+    assert p.unpack_call(msg.tasks[0][1]) == ([["the only one sent"]], {})
 
 
 # ---- results -----------------------------------------------------------------------------------
@@ -355,9 +362,9 @@ def test_duplicate_and_unknown_results_are_ignored(fake, client):
     fake.push(
         p.Results(
             [
-                [first.task_id, "finished", 1, None, {}],
-                [first.task_id, "finished", 99, None, {}],
-                ["nobody/0", "finished", 5, None, {}],
+                [first.task_id, "finished", p.pack_payload(1), None, {}],
+                [first.task_id, "finished", p.pack_payload(99), None, {}],
+                ["nobody/0", "finished", p.pack_payload(5), None, {}],
             ]
         )
     )
@@ -391,6 +398,38 @@ def test_bad_frames_from_the_scheduler_are_dropped_and_the_client_keeps_working(
     fake.wait_for(p.Submit, 2)
     fake.finish(later, 3)
     assert later.result(timeout=5) == 3
+
+
+def test_tuple_keys_come_back_as_tuples_in_arguments_and_results(fake, client):
+    table = {("ad", 1): 2, ("ad", (3, 4)): 5}
+    future = client.submit(total, table, by=table)
+    [msg] = fake.wait_for(p.Submit)
+    assert p.unpack_call(msg.tasks[0][1]) == ([table], {"by": table})
+    fake.finish(future, table)
+    assert future.result(timeout=5) == table
+
+
+def test_a_result_payload_that_does_not_decode_fails_only_its_own_future(fake, client, caplog):
+    caplog.set_level(logging.WARNING, logger="tidal.client")
+    bad, good, wrong = client.map(total, [[1], [2], [3]])
+    fake.wait_for(p.Submit)
+    fake.push(
+        p.Results(
+            [
+                [bad.task_id, "finished", b"\xc1 not msgpack", None, {"running_ns": 5}],
+                [good.task_id, "finished", p.pack_payload(2), None, {}],
+                [wrong.task_id, "finished", 3, None, {}],  # a value, not its payload
+            ]
+        )
+    )
+    assert good.result(timeout=5) == 2
+    with pytest.raises(p.ProtocolError, match=f"the result of {bad.task_id} is not valid msgpack"):
+        bad.result(timeout=0)
+    assert bad.statistics().running_s == 5e-9  # the stats that came with it still count
+    with pytest.raises(p.ProtocolError, match="a finished value must be a payload"):
+        wrong.result(timeout=0)
+    dropped = [r.getMessage() for r in caplog.records if "dropped a bad result" in r.getMessage()]
+    assert len(dropped) == 2
 
 
 # ---- waiting -----------------------------------------------------------------------------------
@@ -521,7 +560,7 @@ def test_executor_submit_and_map(fake, client):
     submits = fake.wait_for(p.Submit, 3)  # map: one task per call
     assert [len(msg.tasks) for msg in submits] == [1, 1, 1]
     for msg, value in zip(submits, (6, 1, 5), strict=True):
-        fake.push(p.Results([[msg.tasks[0][0], "finished", value, None, {}]]))
+        fake.push(p.Results([[msg.tasks[0][0], "finished", p.pack_payload(value), None, {}]]))
     assert future.result(timeout=5) == 6 and list(results) == [1, 5]
     executor.shutdown(wait=True)
     with pytest.raises(RuntimeError, match="after shutdown"):
@@ -580,17 +619,17 @@ def test_gather_and_as_completed_take_any_futures():
 def test_preferred_nodes_travel_with_each_task(fake, client):
     client.submit(total, [1], preferred=["rack-b"])
     [one] = fake.wait_for(p.Submit)
-    assert one.tasks[0][3] == {"preferred": ["rack-b"]}
+    assert one.tasks[0][2] == {"preferred": ["rack-b"]}
     client.map(total, [[1], [2]], preferred=[["rack-a"], ["rack-b", "e7"]])
     client.map(total, [[3], [4]], preferred=["rack-c"])
     per_partition, shared = fake.wait_for(p.Submit, count=3)[1:]
-    assert [t[3] for t in per_partition.tasks] == [
+    assert [t[2] for t in per_partition.tasks] == [
         {"preferred": ["rack-a"]},
         {"preferred": ["rack-b", "e7"]},
     ]
-    assert [t[3] for t in shared.tasks] == [{"preferred": ["rack-c"]}] * 2
+    assert [t[2] for t in shared.tasks] == [{"preferred": ["rack-c"]}] * 2
     client.submit(total, [5])
-    assert len(fake.wait_for(p.Submit, count=4)[3].tasks[0]) == 3  # no preference: 3 fields
+    assert len(fake.wait_for(p.Submit, count=4)[3].tasks[0]) == 2  # no preference: 2 fields
     with pytest.raises(ValueError, match="2 preferred lists for 3 partitions"):
         client.map(total, [[1], [2], [3]], preferred=[["a"], ["b"]])
     with pytest.raises(TypeError, match="node labels or executor ids"):

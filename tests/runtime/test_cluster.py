@@ -220,3 +220,16 @@ def test_a_stream_task_suspends_a_running_chunk_end_to_end():
         assert client.gather(chunked, timeout=60) == list(range(300))
         # It did not wait for the chunk to end: part of the chunk's results came after it.
         assert completed.index(stream) < len(chunked)
+
+
+def test_tuple_dict_keys_round_trip_through_arguments_and_results_end_to_end():
+    # `dict(table, extra=other)` echoes its arguments: tuple keys cross client -> scheduler ->
+    # executor in the task's payload and come back in its result, in a launch and a chunk.
+    tables = [{("ad", i): i, ("ad", (i, "w")): [i]} for i in range(4)]
+    other = {(1, 2): "x"}
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        alone = client.submit(dict, tables[0], extra=other)
+        assert alone.result(timeout=30) == {**tables[0], "extra": other}
+        chunked = client.map(dict, tables, chunksize=4, extra=other)
+        assert client.gather(chunked, timeout=30) == [{**t, "extra": other} for t in tables]
+        assert all(type(key) is tuple for key in chunked[3].result() if key != "extra")

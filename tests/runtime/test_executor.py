@@ -27,11 +27,19 @@ def executor():
             stop_process(proc)
 
 
-def launch(stub, executor_id, task_id, fn, args=(), kwargs=None, main_path=None):
+def launch(stub, executor_id, task_id, fn, args=(), kwargs=None, main_path=None, payload=None):
+    """Launch `fn(*args, **kwargs)`, or with `payload` given, with that payload as it is."""
+    if payload is None:
+        payload = p.pack_call(args, kwargs or {})
     stub.send(
         executor_id,
-        p.Launch(task_id, fn, main_path, list(args), kwargs or {}, 0, "batch", time.monotonic_ns()),
+        p.Launch(task_id, fn, main_path, payload, 0, "batch", time.monotonic_ns()),
     )
+
+
+def result(finished):
+    """The value a Finished report carries, unpacked from its payload."""
+    return p.unpack_payload(finished.result)
 
 
 def test_handshake_and_heartbeats_carry_identity_and_metrics(executor):
@@ -49,7 +57,7 @@ def test_runs_a_task_and_reports_its_result(executor):
     launch(stub, hello.executor_id, "t1", "workloads.synthetic:total", [list(range(1000))])
     started = stub.expect(p.Started, task_id="t1")
     finished = stub.expect(p.Finished, task_id="t1")
-    assert finished.result == sum(range(1000)) and started.attempt == 0
+    assert result(finished) == sum(range(1000)) and started.attempt == 0
     assert finished.stats["records"] == 1000 and finished.stats["executor_id"] == hello.executor_id
 
 
@@ -73,7 +81,7 @@ def test_suspends_a_busy_task_over_the_socket_and_resumes_it_exactly(executor):
         stub.send(ex, p.Resume("busy", time.monotonic_ns()))
         stub.expect(p.Resumed, task_id="busy")
     finished = stub.expect(p.Finished, task_id="busy", timeout=30)
-    assert finished.result == sum(data) and finished.stats["suspensions"] == 3
+    assert result(finished) == sum(data) and finished.stats["suspensions"] == 3
     assert progress == sorted(progress) and progress[-1] < len(data)
 
 
@@ -94,7 +102,7 @@ def test_a_stream_task_takes_the_slot_of_a_suspended_batch_task(executor):
             order.append((type(msg).__name__, msg.task_id))
     assert order == [("Suspended", "batch"), ("Started", "stream"), ("Finished", "stream")]
     stub.send(ex, p.Resume("batch", time.monotonic_ns()))
-    assert stub.expect(p.Finished, task_id="batch", timeout=30).result == sum(range(2000))
+    assert result(stub.expect(p.Finished, task_id="batch", timeout=30)) == sum(range(2000))
 
 
 def test_task_errors_and_missing_functions_fail_the_task_not_the_executor(executor):
@@ -110,7 +118,21 @@ def test_task_errors_and_missing_functions_fail_the_task_not_the_executor(execut
     failed = stub.expect(p.Failed, task_id="raises")
     assert failed.error_type == "TypeError" and "in total" in failed.traceback
     launch(stub, ex, "fine", "workloads.synthetic:total", [[5]])
-    assert stub.expect(p.Finished, task_id="fine").result == 5
+    assert result(stub.expect(p.Finished, task_id="fine")) == 5
+
+
+def test_a_payload_that_does_not_decode_fails_that_task_not_the_executor(executor):
+    stub, hello, proc = executor
+    ex = hello.executor_id
+    launch(stub, ex, "junk", "workloads.synthetic:total", payload=b"\xc1 not msgpack")
+    failed = stub.expect(p.Failed, task_id="junk")
+    assert failed.error_type == "runtime.protocol.ProtocolError"
+    assert failed.message.startswith("task payload is not valid msgpack")
+    launch(stub, ex, "shape", "workloads.synthetic:total", payload=p.pack_payload({"a": 1}))
+    assert "must be [args, kwargs]" in stub.expect(p.Failed, task_id="shape").message
+    launch(stub, ex, "after", "workloads.synthetic:total", [[1, 2]])
+    assert result(stub.expect(p.Finished, task_id="after")) == 3
+    assert proc.poll() is None
 
 
 def test_malformed_frames_are_dropped_and_the_executor_keeps_working(executor):
@@ -127,7 +149,7 @@ def test_malformed_frames_are_dropped_and_the_executor_keeps_working(executor):
     ]:
         stub.send_frame(ex, frame)
     launch(stub, ex, "after", "workloads.synthetic:total", [[1, 2]])
-    assert stub.expect(p.Finished, task_id="after").result == 3
+    assert result(stub.expect(p.Finished, task_id="after")) == 3
     assert proc.poll() is None
 
 
@@ -152,7 +174,7 @@ def test_a_task_without_record_boundaries_is_reported_unsuspendable(executor, tm
     stub.send(ex, p.Suspend("stuck", time.monotonic_ns()))
     failure = stub.expect(p.SuspendFailed, task_id="stuck")
     assert "no record boundary" in failure.reason and failure.waited_ns >= 50_000_000
-    assert stub.expect(p.Finished, task_id="stuck").result == "done"
+    assert result(stub.expect(p.Finished, task_id="stuck")) == "done"
 
 
 def test_functions_from_the_users_main_script_resolve_on_the_executor(executor, tmp_path):
@@ -171,7 +193,7 @@ def test_functions_from_the_users_main_script_resolve_on_the_executor(executor, 
     """)
     )
     launch(stub, hello.executor_id, "m", "__main__:double", [[1, 2]], main_path=str(script))
-    assert stub.expect(p.Finished, task_id="m").result == [2, 4]
+    assert result(stub.expect(p.Finished, task_id="m")) == [2, 4]
 
 
 def test_shutdown_kills_leftover_tasks_says_goodbye_and_exits_cleanly(executor):
@@ -205,7 +227,7 @@ def test_an_absurd_heartbeat_interval_from_the_scheduler_cannot_wedge_the_execut
         try:
             hello = stub.expect(p.Hello, timeout=30)
             launch(stub, hello.executor_id, "t", "workloads.synthetic:total", [[1, 2, 3]])
-            assert stub.expect(p.Finished, task_id="t").result == 6
+            assert result(stub.expect(p.Finished, task_id="t")) == 6
             stub.send(hello.executor_id, p.Shutdown("test over"))
             stub.expect(p.Goodbye)
             assert proc.wait(10) == 0

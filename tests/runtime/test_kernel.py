@@ -6,7 +6,9 @@ every message, so anything the wire could not carry fails here too."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 
+import msgpack
 import pytest
 
 from runtime import protocol as p
@@ -16,13 +18,27 @@ from runtime.task import Partition, current_context, task
 
 
 class Transport:
-    """In-memory stand-in for the executor's socket: a list of decoded reports."""
+    """In-memory stand-in for the executor's socket: a list of decoded reports.
+
+    Result payloads are unpacked, as the client would, so that tests compare values: a
+    `Finished.result` and the values of finished `ChunkResults` items hold what the task
+    returned (the messages are rebuilt with them; the originals carried bytes).
+    """
 
     def __init__(self) -> None:
         self.sent: list[p.Message] = []
 
     def __call__(self, msg: p.Message) -> None:
-        self.sent.append(p.decode(p.encode(msg)))
+        msg = p.decode(p.encode(msg))
+        if isinstance(msg, p.Finished):
+            msg = dataclasses.replace(msg, result=p.unpack_payload(msg.result))
+        elif isinstance(msg, p.ChunkResults):
+            items = [
+                [i[0], i[1], p.unpack_payload(i[2]) if i[1] == "finished" else i[2], *i[3:]]
+                for i in msg.items
+            ]
+            msg = dataclasses.replace(msg, items=items)
+        self.sent.append(msg)
 
     def of(self, kind: type[p.Message], task_id: str | None = None) -> list[p.Message]:
         return [
@@ -287,6 +303,40 @@ def test_results_msgpack_cannot_carry_fail_with_a_clear_error(make_kernel):
     failed = transport.outcome("s")
     assert isinstance(failed, p.Failed) and failed.error_type == "EncodeError"
     assert "set" in failed.message
+
+
+def test_a_payload_is_unpacked_when_the_task_starts_with_tuple_keys_intact(make_kernel):
+    kernel, transport = make_kernel()
+    counts = {("ad", 1): 2, ("ad", 2): 3}
+
+    def total(table, *, scale):
+        assert all(type(key) is tuple for key in table)
+        return {key: n * scale for key, n in table.items()}
+
+    kernel.launch("t", total, payload=p.pack_call([counts], {"scale": 10}))
+    kernel.run()
+    assert transport.outcome("t").result == {("ad", 1): 20, ("ad", 2): 30}
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (b"\xc1", "task payload is not valid msgpack"),  # 0xc1: never used by msgpack
+        (b"\x92\x90", "task payload is not valid msgpack"),  # truncated
+        (p.pack_payload({"args": []}), "task payload must be [args, kwargs]"),
+        (p.pack_payload([[1], {2: 3}]), "task payload must be [args, kwargs]"),
+        (msgpack.packb([[], {}, msgpack.ExtType(5, b"")]), "extension type 5"),
+    ],
+)
+def test_a_payload_that_does_not_unpack_fails_that_task_only(make_kernel, payload, problem):
+    kernel, transport = make_kernel()
+    kernel.launch("bad", sum, payload=payload)
+    kernel.launch("ok", sum, payload=p.pack_call([[1, 2]], {}))
+    kernel.run()
+    failed = transport.outcome("bad")
+    assert isinstance(failed, p.Failed) and failed.error_type == "runtime.protocol.ProtocolError"
+    assert problem in failed.message
+    assert transport.outcome("ok").result == 3  # the kernel kept going
 
 
 def test_async_functions_are_refused_with_a_clear_error(make_kernel):
@@ -555,6 +605,33 @@ def test_a_subtask_failure_fails_only_that_subtask(make_kernel):
     assert items["b"][1] == "failed" and items["b"][3][0] == "TypeError"
     message = "unsupported operand type(s) for +: 'int' and 'str'"  # what sum(["x"]) raises
     assert items["b"][3] == ["TypeError", message, f"TypeError: {message}\n"]
+
+
+def test_a_chunk_from_the_wire_unpacks_each_subtask_and_a_bad_one_fails_alone(make_kernel):
+    kernel, transport = make_kernel()
+    subtasks = [
+        ["a", p.pack_call([[1]], {})],
+        ["b", b"\xc1"],  # not msgpack
+        ["c", p.pack_call([[2, 3]], {})],
+    ]
+    kernel.launch_chunk("c", sum, subtasks)
+    kernel.run()
+    items = {i[0]: i for i in chunk_items(transport, "c")}
+    assert items["a"][1:3] == ["finished", 1] and items["c"][1:3] == ["finished", 5]
+    assert items["b"][1:3] == ["failed", None]
+    assert items["b"][3][0] == "runtime.protocol.ProtocolError"
+    assert "task payload is not valid msgpack" in items["b"][3][1]
+    assert isinstance(transport.outcome("c"), p.Finished)
+
+
+def test_a_subtask_result_msgpack_cannot_carry_fails_that_subtask_only(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch_chunk("c", lambda x: {x} if x == 1 else x, [["a", [0], {}], ["b", [1], {}]])
+    kernel.run()
+    items = {i[0]: i for i in chunk_items(transport, "c")}
+    assert items["a"][1:3] == ["finished", 0]
+    assert items["b"][1:3] == ["failed", None] and items["b"][3][0] == "EncodeError"
+    assert items["b"][3][1].startswith("the result cannot be sent: result of b is of type set")
 
 
 def test_a_chunk_is_suspendable_between_subtasks_and_resumes_exactly(make_kernel):

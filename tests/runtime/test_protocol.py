@@ -188,8 +188,9 @@ def test_every_message_round_trips(op, data):
 
 def test_round_trip_keeps_the_64_bit_integer_boundaries():
     for value in (-(2**63), 2**63 - 1, 2**64 - 1):
-        msg = p.Launch("t", "m:f", None, [value], {"n": value}, 0, "batch", value)
+        msg = p.Launch("t", "m:f", None, p.pack_call([value], {"n": value}), 0, "batch", value)
         assert decode(encode(msg)) == msg
+        assert p.unpack_call(msg.payload) == ([value], {"n": value})
 
 
 def test_decode_accepts_bytearray_and_memoryview():
@@ -294,19 +295,34 @@ def test_every_truncation_of_a_frame_is_a_protocol_error(msg, data):
             frame("reject", None), "reject.reason must be str, got NoneType", id="nil for str"
         ),
         pytest.param(
-            frame("launch", "t", "m:f", 5, [], {}, 0, "batch", 0),
+            frame("launch", "t", "m:f", 5, b"\x92\x90\x80", 0, "batch", 0),
             "launch.main_path must be str or nil, got int",
             id="int for optional str",
         ),
         pytest.param(
-            frame("launch", "t", "m:f", None, {}, {}, 0, "batch", 0),
-            "launch.args must be list, got dict",
-            id="map for list",
+            frame("launch", "t", "m:f", None, [[], {}], 0, "batch", 0),
+            "launch.payload must be bytes, got list",
+            id="array for a payload",
         ),
         pytest.param(
-            frame("launch", "t", "m:f", None, [], [], 0, "batch", 0),
-            "launch.kwargs must be dict, got list",
+            frame("launch", "t", "m:f", None, "\x92\x90\x80", 0, "batch", 0),
+            "launch.payload must be bytes, got str",
+            id="str for a payload",
+        ),
+        pytest.param(
+            frame("finished", "t", 0, 6, {}),
+            "finished.result must be bytes, got int",
+            id="a result that is not a payload",
+        ),
+        pytest.param(
+            frame("status", "r", []),
+            "status.snapshot must be dict, got list",
             id="array for dict",
+        ),
+        pytest.param(
+            frame("results", {}),
+            "results.items must be list, got dict",
+            id="map for list",
         ),
         pytest.param(
             frame("heartbeat", "e", "n", 1, 2, 1, 0, 0, 0, 10, 20, True),
@@ -315,7 +331,7 @@ def test_every_truncation_of_a_frame_is_a_protocol_error(msg, data):
         ),
         pytest.param(b"\x92\xa6reject\xa2\xff\xfe", "not valid msgpack", id="invalid utf-8"),
         pytest.param(
-            frame("finished", "t", 0, msgpack.ExtType(5, b"x"), {}),
+            frame("status", "r", {"x": msgpack.ExtType(5, b"x")}),
             "msgpack extension type 5 is not allowed",
             id="ext type in a field",
         ),
@@ -373,44 +389,44 @@ def test_moderately_nested_values_still_decode():
     nested: list[Any] = []
     for _ in range(500):
         nested = [nested]
-    msg = p.Finished("t", 0, nested, {})
+    msg = p.Status("r", {"nested": nested})
     assert decode(encode(msg)) == msg
+    assert p.unpack_payload(p.pack_payload(nested)) == nested
 
 
 # ---- encode errors name where the bad value sits ---------------------------------------------
 
 
-def _launch(args: list[Any] | None = None, kwargs: dict[Any, Any] | None = None) -> p.Launch:
-    return p.Launch("t1", "jobs:count", None, args or [], kwargs or {}, 0, "batch", 0)
-
-
 def test_encode_names_the_path_of_a_nested_unencodable_value():
     with pytest.raises(EncodeError) as caught:
-        encode(_launch(args=[1, {"a": [2, {3}]}]))
-    assert "launch.args[1]['a'][1] is of type set" in str(caught.value)
+        encode(p.Status("r", {"jobs": [1, {"a": [2, {3}]}]}))
+    assert "status.snapshot['jobs'][1]['a'][1] is of type set" in str(caught.value)
+    with pytest.raises(EncodeError) as caught:
+        p.pack_call([1, {"a": [2, {3}]}], {})
+    assert "args[1]['a'][1] is of type set" in str(caught.value)
 
 
 def test_encode_blames_the_bad_value_not_the_good_ones_beside_it():
     good = [2**64 - 1, -(2**63), b"raw", 1.5, None, True, "text", (1, 2)]
     with pytest.raises(EncodeError) as caught:
-        encode(_launch(args=[*good, {"k": {2}}]))
-    assert str(caught.value).startswith("launch.args[8]['k'] is of type set")
+        p.pack_call([*good, {"k": {2}}], {})
+    assert str(caught.value).startswith("args[8]['k'] is of type set")
 
 
 def test_encode_names_an_unencodable_keyword_argument():
-    with pytest.raises(EncodeError, match=r"launch\.kwargs\['when'\] is of type object"):
-        encode(_launch(kwargs={"when": object()}))
+    with pytest.raises(EncodeError, match=r"kwargs\['when'\] is of type object"):
+        p.pack_call([], {"when": object()})
 
 
 def test_encode_names_an_unencodable_dict_key():
     with pytest.raises(EncodeError, match=r"finished\.result has a key of type object"):
-        encode(p.Finished("t1", 0, {object(): 1}, {}))
+        p.pack_payload({object(): 1}, "finished.result")
 
 
 @pytest.mark.parametrize("value", [2**64, -(2**63) - 1, 10**30])
 def test_encode_names_an_integer_beyond_64_bits(value):
-    with pytest.raises(EncodeError, match=r"launch\.args\[0\] is an integer too large"):
-        encode(_launch(args=[value]))
+    with pytest.raises(EncodeError, match=r"args\[0\] is an integer too large"):
+        p.pack_call([value], {})
 
 
 # ---- edge cases of the msgpack data model -----------------------------------------------------
@@ -419,28 +435,39 @@ def test_encode_names_an_integer_beyond_64_bits(value):
 def test_the_timestamp_extension_decodes_as_plain_data_and_other_extensions_are_refused():
     # msgpack decodes its predefined timestamp extension (-1) itself, without ext_hook: it is
     # data (a msgpack.Timestamp), never code. Any other extension type is refused.
-    data = b"\x95\xa8finished\xa1t\x00\xd6\xff\x00\x00\x00\x01\x80"  # result = ext -1
-    assert decode(data).result == msgpack.Timestamp(1)
+    data = b"\x93\xa6status\xa1r\x81\xa1t\xd6\xff\x00\x00\x00\x01"  # snapshot {"t": ext -1}
+    assert decode(data).snapshot == {"t": msgpack.Timestamp(1)}
     with pytest.raises(ProtocolError, match="extension type 5"):
-        decode(b"\x95\xa8finished\xa1t\x00\xd6\x05\x00\x00\x00\x01\x80")
+        decode(b"\x93\xa6status\xa1r\x81\xa1t\xd6\x05\x00\x00\x00\x01")
+    # Payloads the same way.
+    assert p.unpack_payload(b"\xd6\xff\x00\x00\x00\x01") == msgpack.Timestamp(1)
+    with pytest.raises(ProtocolError, match=r"payload cannot be decoded: .*extension type 5"):
+        p.unpack_payload(b"\xd6\x05\x00\x00\x00\x01")
 
 
 def test_tuple_dict_keys_survive_the_round_trip():
     # A result such as {(campaign, window): count} must not be lost on the way back.
-    message = p.Finished("t1", 0, {(1, 2): 3, ("a", (4, 5)): [6]}, {})
+    value = {(1, 2): 3, ("a", (4, 5)): [6]}
+    assert p.unpack_payload(p.pack_payload(value)) == value
+    assert p.unpack_call(p.pack_call([value], {"table": value})) == ([value], {"table": value})
+    message = p.Status("r", value)  # and in a frame's own maps
     assert decode(encode(message)) == message
 
 
 def test_a_map_used_as_a_map_key_is_a_protocol_error():
     with pytest.raises(ProtocolError, match="a map key is itself a map"):
         decode(b"\x95\xa8finished\xa1t\x00\x81\x91\x81\x01\x02\x03\x80")
+    with pytest.raises(ProtocolError, match="a map key is itself a map"):
+        p.unpack_payload(b"\x81\x91\x81\x01\x02\x03")
 
 
 def test_encode_reports_a_self_referential_value_as_an_encode_error():
     loop: list[Any] = []
     loop.append(loop)
     with pytest.raises(EncodeError, match=r"finished\.result\[0\]\[0\].* nested more than"):
-        encode(p.Finished("t1", 0, loop, {}))
+        p.pack_payload(loop, "finished.result")
+    with pytest.raises(EncodeError, match=r"status\.snapshot\['loop'\]\[0\].* nested more"):
+        encode(p.Status("r", {"loop": loop}))
 
 
 # ---- nesting limits (a known gap is a strict xfail, so that a fix asks to drop the mark) ----
@@ -456,9 +483,9 @@ def _nested(levels: int) -> list[Any]:
 
 def test_encode_blames_the_set_not_a_deep_list_that_msgpack_can_carry():
     deep = _nested(600)
-    assert decode(encode(p.Finished("t1", 0, deep, {}))).result == deep  # encodable alone
+    assert p.unpack_payload(p.pack_payload(deep)) == deep  # encodable alone
     with pytest.raises(EncodeError) as caught:
-        encode(p.Finished("t1", 0, [deep, {1}], {}))
+        p.pack_payload([deep, {1}], "finished.result")
     assert str(caught.value).startswith("finished.result[1] is of type set")
 
 
@@ -466,15 +493,90 @@ def test_encode_blames_the_set_not_a_deep_list_that_msgpack_can_carry():
     strict=True,
     raises=ProtocolError,
     reason="packb accepts one more level of nesting than unpackb, so such a frame encodes and "
-    "is then dropped by its receiver: the task's result is lost without a failed report",
+    "is then dropped by its receiver (task results, being payloads, are not lost this way: "
+    "see the next test)",
 )
 def test_whatever_encodes_also_decodes_at_the_nesting_limit():
     for levels in range(1015, 1030):
         try:
-            encoded = encode(p.Finished("t1", 0, _nested(levels), {}))
+            encoded = encode(p.Status("r", {"v": _nested(levels)}))
         except EncodeError:
-            continue  # refusing at the sender is fine: the executor then reports `failed`
+            continue  # refusing at the sender is fine
         decode(encoded)
+
+
+def test_a_payload_past_the_nesting_limit_packs_but_its_receiver_names_the_problem():
+    # The gap above does not lose a task's result: a payload is opaque bytes on the way, so
+    # its frames decode, and the client fails the one future with this ProtocolError.
+    failures = 0
+    for levels in range(1015, 1030):
+        try:
+            blob = p.pack_payload(_nested(levels))
+        except EncodeError:
+            continue
+        try:
+            p.unpack_payload(blob, "the result of t1")
+        except ProtocolError as exc:
+            assert str(exc).startswith("the result of t1 is not valid msgpack")
+            failures += 1
+        assert decode(encode(p.Finished("t1", 0, blob, {}))).result == blob
+    assert failures >= 1
+
+
+# ---- payloads ---------------------------------------------------------------------------------
+
+
+def test_a_payload_is_opaque_to_the_frame_that_carries_it():
+    # The codec checks only that a payload is bytes: what the scheduler forwards need not be
+    # msgpack at all (the executor or client that opens it says what is wrong).
+    for junk in (b"", b"\xc1", b"\xdd\xff\xff\xff\xff"):
+        launch = p.Launch("t", "m:f", None, junk, 0, "batch", 0)
+        assert decode(encode(launch)) == launch
+        chunk = p.LaunchChunk("c", "m:f", None, [["t", junk]], 0, "batch", 0)
+        assert decode(encode(chunk)) == chunk
+        assert decode(encode(p.Finished("t", 0, junk, {}))).result == junk
+
+
+def test_pack_call_shares_packed_kwargs_and_unpacks_to_the_same_call():
+    kwargs = {"alpha": 0.1, "table": {(1, 2): [3]}}
+    shared = p.pack_payload(kwargs)
+    blob = p.pack_call(([1], "x"), kwargs, packed_kwargs=shared)
+    assert blob == p.pack_call([[1], "x"], kwargs)
+    assert p.unpack_call(blob) == ([[1], "x"], kwargs)  # tuples travel as lists, keys as tuples
+
+
+@pytest.mark.parametrize(
+    ("blob", "expected"),
+    [
+        (b"\xc1", "task payload is not valid msgpack"),
+        (b"", "task payload is not valid msgpack"),
+        (p.pack_payload([1, 2]) + b"\x00", "task payload is not valid msgpack"),
+        (p.pack_payload([[1], {}, 3]), "task payload must be [args, kwargs]"),
+        (p.pack_payload({"args": [1]}), "task payload must be [args, kwargs]"),
+        (p.pack_payload([{}, {}]), "task payload must be [args, kwargs]"),
+        (p.pack_payload([[], {1: 2}]), "task payload must be [args, kwargs]"),
+        ("\x92\x90\x80", "task payload must be bytes (a msgpack bin), got str"),
+        (None, "task payload must be bytes (a msgpack bin), got NoneType"),
+    ],
+)
+def test_unpack_call_says_what_is_wrong_with_a_payload(blob, expected):
+    with pytest.raises(ProtocolError, match=re.escape(expected)):
+        p.unpack_call(blob)
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_random_payloads_unpack_or_raise_protocol_error(data):
+    try:
+        p.unpack_call(data)
+    except ProtocolError as exc:
+        assert str(exc).startswith("task payload ")
+
+
+@ROUND_TRIP
+@given(st.lists(PLAIN_VALUES, max_size=4), st.dictionaries(st.text(max_size=8), PLAIN_VALUES))
+def test_calls_round_trip_through_their_payload(args, kwargs):
+    assert p.unpack_call(p.pack_call(args, kwargs)) == (args, kwargs)
 
 
 # ---- rate-limited logging ---------------------------------------------------------------------
@@ -558,7 +660,7 @@ def test_rate_limited_log_accounts_for_every_message(burst, steps):
 
 
 def test_a_batch_unpacks_in_order_and_a_bad_item_spoils_only_itself():
-    good = [p.Started("t1", 0, 5), p.Finished("t1", 0, [1, 2], {"records": 2})]
+    good = [p.Started("t1", 0, 5), p.Finished("t1", 0, p.pack_payload([1, 2]), {"records": 2})]
     frames = [encode(good[0]), b"\xc1", encode(p.Batch([encode(good[1])])), encode(good[1])]
     items = p.unbatch(decode(encode(p.Batch(frames))))
     assert items[0] == good[0] and items[3] == good[1]

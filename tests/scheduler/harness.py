@@ -19,10 +19,15 @@ from scheduler.core import (
     ToExecutor,
 )
 
-__all__ = ["CLIENT_ID", "MS", "FakeClock", "Harness"]
+__all__ = ["CLIENT_ID", "MS", "FakeClock", "Harness", "payload"]
 
 MS = 1_000_000
 CLIENT_ID = "c"
+
+
+def payload(i: int) -> bytes:
+    """The payload of the harness's task i: `[[i]], {}` packed, as a client sends it."""
+    return p.pack_call([[i]], {})
 
 
 class FakeClock:
@@ -88,10 +93,10 @@ class Harness:
         """Submit a job of `n` tasks f"{job_id}/{i}"; return their ids.
 
         `options` are the job's (the Submit's last field, e.g. {"chunksize": 4});
-        `task_options`, one per task, become each task entry's fourth element (e.g.
-        {"preferred": ["n1"]}).
+        `task_options`, one per task, become each task entry's third element (e.g.
+        {"preferred": ["n1"]}). Task i's payload is `payload(i)`, the packed call `([i],)`.
         """
-        tasks = [[f"{job_id}/{i}", [[i]], {}] for i in range(n)]
+        tasks = [[f"{job_id}/{i}", payload(i)] for i in range(n)]
         if task_options is not None:
             assert len(task_options) == n, "task_options needs one entry per task"
             for task, extra in zip(tasks, task_options, strict=True):
@@ -129,7 +134,9 @@ class Harness:
         self.report(executor_id, p.Started(task_id, attempt, self.clock.now))
 
     def finish(self, executor_id: str, task_id: str, attempt: int = 0, result=None) -> None:
-        self.report(executor_id, p.Finished(task_id, attempt, result, {"running_ns": 5 * MS}))
+        """Report `task_id` finished with `result` packed as its payload (bytes as they are)."""
+        blob = result if isinstance(result, bytes) else p.pack_payload(result)
+        self.report(executor_id, p.Finished(task_id, attempt, blob, {"running_ns": 5 * MS}))
 
     def state(self, task_id: str):
         return self.core.tasks[task_id].state

@@ -19,10 +19,15 @@ def run_chunk(h, executor_id, chunk, running_ns=1_000, report=None):
         executor_id,
         p.ChunkResults(
             chunk.chunk_id,
-            [[tid, "finished", tid.upper(), None, {"running_ns": running_ns}] for tid in ids],
+            [[tid, "finished", result(tid), None, {"running_ns": running_ns}] for tid in ids],
         ),
     )
-    h.report(executor_id, p.Finished(chunk.chunk_id, 0, None, {"running_ns": 1}))
+    h.report(executor_id, p.Finished(chunk.chunk_id, 0, p.pack_payload(None), {"running_ns": 1}))
+
+
+def result(task_id):
+    """The payload the test's executors send as `task_id`'s result."""
+    return p.pack_payload(task_id.upper())
 
 
 def test_a_chunked_job_goes_out_in_chunks_and_every_task_completes_once():
@@ -38,7 +43,7 @@ def test_a_chunked_job_goes_out_in_chunks_and_every_task_completes_once():
         run_chunk(h, "e0", chunk)
     assert done == [ids[0:4], ids[4:8], ids[8:10]]
     assert {tid: [item[2] for item in items] for tid, items in h.results.items()} == {
-        tid: [tid.upper()] for tid in ids
+        tid: [result(tid)] for tid in ids
     }
 
 
@@ -62,7 +67,11 @@ def test_a_lost_chunk_requeues_exactly_what_it_had_not_reported():
     h.report(
         "e0",
         p.ChunkResults(
-            chunk.chunk_id, [[ids[0], "finished", 0, None, {}], [ids[1], "finished", 1, None, {}]]
+            chunk.chunk_id,
+            [
+                [ids[0], "finished", result(ids[0]), None, {}],
+                [ids[1], "finished", result(ids[1]), None, {}],
+            ],
         ),
     )
     h.clock.now += 250 * MS
@@ -72,9 +81,10 @@ def test_a_lost_chunk_requeues_exactly_what_it_had_not_reported():
     (again,) = h.sent("e1", p.LaunchChunk)
     assert [s[0] for s in again.subtasks] == ids[2:]
     run_chunk(h, "e1", again)
-    h.report("e0", p.ChunkResults(chunk.chunk_id, [[ids[3], "finished", "late", None, {}]]))
+    late = p.pack_payload("late")
+    h.report("e0", p.ChunkResults(chunk.chunk_id, [[ids[3], "finished", late, None, {}]]))
     assert all(len(h.results[tid]) == 1 for tid in ids)
-    assert h.results[ids[3]][0][2] == ids[3].upper()  # the late duplicate was ignored
+    assert h.results[ids[3]][0][2] == result(ids[3])  # the late duplicate was ignored
 
 
 def test_tasks_the_policy_launches_elsewhere_are_not_swept_into_a_chunk():

@@ -13,7 +13,7 @@ from scheduler.policies import Policy, UnknownPolicy
 from scheduler.state import TaskState
 
 # tests/test_readme.py imports Harness from here: keep this import.
-from tests.scheduler.harness import MS, Harness
+from tests.scheduler.harness import MS, Harness, payload
 
 
 def test_stream_arrival_suspends_batch_tasks_and_takes_their_slots():
@@ -47,7 +47,9 @@ def test_suspended_tasks_resume_where_their_state_is_before_new_batch_work():
 
     sent = h.sent("e0")
     assert [(type(m), m.task_id) for m in sent] == [(p.Resume, batch[0])]
-    assert [item[:4] for item in h.results[stream]] == [[stream, "finished", 7, None]]
+    assert [item[:4] for item in h.results[stream]] == [
+        [stream, "finished", p.pack_payload(7), None]
+    ]
     h.report("e0", p.Resumed(batch[0], 900, h.clock.now))
     h.finish("e0", batch[0])
     assert [m.task_id for m in h.sent("e0", p.Launch)] == [batch[1]]
@@ -147,13 +149,13 @@ def test_a_lost_executor_requeues_its_tasks_and_each_completes_exactly_once():
     assert sent[1].attempt == 1
 
     # A late report from the lost executor changes nothing.
-    h.report(suspended_on, p.Finished(stream, 0, "late", {}))
+    h.report(suspended_on, p.Finished(stream, 0, p.pack_payload("late"), {}))
     assert stream not in h.results
     h.report(other, p.Suspended(sent[0].task_id, 1000, 1, h.clock.now))
     h.start(other, stream, attempt=1)
     h.finish(other, stream, attempt=1, result="ok")
     h.finish(other, stream, attempt=1, result="duplicate")
-    assert [item[2] for item in h.results[stream]] == ["ok"]
+    assert [item[2] for item in h.results[stream]] == [p.pack_payload("ok")]
 
 
 def test_stream_tasks_go_before_batch_and_order_sorts_within_a_class():
@@ -194,7 +196,7 @@ def test_fifo_never_suspends_and_keeps_arrival_order():
     h.start("e0", "b/0")
     h.submit("s", "stream", 1)
     assert h.sent("e0") == [
-        p.Launch("b/0", "workloads.synthetic:total", None, [[0]], {}, 0, "batch", h.clock.now)
+        p.Launch("b/0", "workloads.synthetic:total", None, payload(0), 0, "batch", h.clock.now)
     ]
     h.finish("e0", "b/0")
     assert [m.task_id for m in h.sent("e0", p.Launch)] == ["b/1"]
@@ -239,16 +241,73 @@ def test_cancel_pending_and_running_tasks():
 
 def test_bad_submissions_fail_their_tasks_with_the_reason():
     h = Harness()
-    h.handle(
-        ClientRequest("c", p.Submit("j", "urgent", 0, None, "m:f", None, [["j/0", [], {}]], 0))
-    )
+    h.handle(ClientRequest("c", p.Submit("j", "urgent", 0, None, "m:f", None, [["j/0", b""]], 0)))
     (item,) = h.results["j/0"]
     assert item[1] == "failed" and "unknown priority 'urgent'" in item[3][1]
     h.submit("dup", "batch", 1)
-    h.handle(
-        ClientRequest("c", p.Submit("dup", "batch", 0, None, "m:f", None, [["x/0", [], {}]], 0))
-    )
+    h.handle(ClientRequest("c", p.Submit("dup", "batch", 0, None, "m:f", None, [["x/0", b""]], 0)))
     assert "exists already" in h.results["x/0"][0][3][1]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["j/0", [[1]], {}],  # protocol 2's [task_id, args, kwargs]
+        ["j/0", [[1]]],  # arguments, not their payload
+        ["j/0", "\x92\x90\x80"],  # a str is not a payload
+        ["j/0", b"", {"preferred": "n0"}],
+        ["j/0"],
+    ],
+)
+def test_a_task_entry_that_is_not_an_id_and_a_payload_refuses_the_job(entry):
+    h = Harness()
+    h.handle(ClientRequest("c", p.Submit("j", "batch", 0, None, "m:f", None, [entry], 0)))
+    (item,) = h.results["j/0"]
+    assert item[1] == "failed" and "each task must be [task_id, payload]" in item[3][1]
+    assert "j" not in h.core.jobs
+
+
+# ---- payloads are opaque: moved, never opened --------------------------------------------------
+
+NOT_MSGPACK = b"\xc1\xc1 not msgpack \xff"  # 0xc1 is a byte msgpack never uses
+
+
+def test_the_core_forwards_payloads_it_cannot_decode_unchanged():
+    h = Harness(executors=[("e0", "n0")])
+    submit = p.Submit("j", "batch", 0, None, "m:f", None, [["j/0", NOT_MSGPACK], ["j/1", b""]], 0)
+    h.handle(ClientRequest("c", submit))
+    (launch,) = h.sent("e0", p.Launch)
+    assert launch.task_id == "j/0" and launch.payload is NOT_MSGPACK  # the very same bytes
+    h.start("e0", "j/0")
+    h.finish("e0", "j/0", result=NOT_MSGPACK[::-1])  # a result that is no payload either
+    assert h.results["j/0"][0][1:3] == ["finished", NOT_MSGPACK[::-1]]
+    (launch,) = h.sent("e0", p.Launch)
+    assert launch.payload == b""
+
+
+def test_a_chunk_carries_its_subtasks_payloads_unchanged_and_forwards_their_results():
+    h = Harness(executors=[("e0", "n0")])
+    blobs = [NOT_MSGPACK + bytes([i]) for i in range(3)]
+    tasks = [[f"j/{i}", blob] for i, blob in enumerate(blobs)]
+    h.handle(
+        ClientRequest("c", p.Submit("j", "batch", 0, None, "m:f", None, tasks, 0, {"chunksize": 3}))
+    )
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    assert chunk.subtasks == tasks
+    items = [
+        [f"j/{i}", "finished", blob[::-1], None, {"running_ns": 1}] for i, blob in enumerate(blobs)
+    ]
+    h.report("e0", p.ChunkResults(chunk.chunk_id, items))
+    assert [h.results[f"j/{i}"][0][2] for i in range(3)] == [b[::-1] for b in blobs]
+
+
+def test_a_done_task_lets_go_of_its_payload():
+    h = Harness(executors=[("e0", "n0")])
+    (task,) = h.submit("b", "batch", 1)
+    assert h.core.tasks[task].payload == payload(0)
+    h.start("e0", task)
+    h.finish("e0", task)
+    assert h.core.tasks[task].payload == b""
 
 
 def test_prefetch_grows_for_tiny_tasks_only():
@@ -256,7 +315,7 @@ def test_prefetch_grows_for_tiny_tasks_only():
     h.submit("tiny", "batch", 200)
     (first,) = h.sent("e0", p.Launch)  # nothing known about the tasks yet: one at a time
     h.start("e0", first.task_id)
-    h.report("e0", p.Finished(first.task_id, 0, None, {"running_ns": 10_000}))
+    h.report("e0", p.Finished(first.task_id, 0, p.pack_payload(None), {"running_ns": 10_000}))
     # Tasks of ~10 us: the core now keeps a queue of them on the executor.
     assert 10 < len(h.sent("e0", p.Launch)) <= 1 + h.core.max_prefetch
 
@@ -264,7 +323,7 @@ def test_prefetch_grows_for_tiny_tasks_only():
     h.submit("long", "batch", 5)
     (first,) = h.sent("e0", p.Launch)
     h.start("e0", first.task_id)
-    h.report("e0", p.Finished(first.task_id, 0, None, {"running_ns": 500 * MS}))
+    h.report("e0", p.Finished(first.task_id, 0, p.pack_payload(None), {"running_ns": 500 * MS}))
     assert len(h.sent("e0", p.Launch)) == 1  # long tasks: no prefetch
 
 

@@ -52,7 +52,8 @@ class InstantExecutor:
         """Make progress: start the next task, or finish the running one."""
         if self.slot is not None:
             done, self.slot = self.slot, None
-            return [p.Finished(done.task_id, done.attempt, done.task_id, {"running_ns": 5 * MS})]
+            result = p.pack_payload(done.task_id)
+            return [p.Finished(done.task_id, done.attempt, result, {"running_ns": 5 * MS})]
         if self.queue:
             self.slot = self.queue.popleft()
             return [p.Started(self.slot.task_id, self.slot.attempt, 0)]
@@ -124,7 +125,7 @@ class SimulatedHarness(Harness):
         assert all(m.attempt == 0 for m in self.launches)
         for task_id in self.core.tasks:
             assert [item[:4] for item in self.results[task_id]] == [
-                [task_id, "finished", task_id, None]
+                [task_id, "finished", p.pack_payload(task_id), None]
             ]
 
 

@@ -17,6 +17,7 @@ from scheduler.policies.lb import LbPolicy
 from scheduler.sim import (
     SCENARIO_KINDS,
     TASK_FN,
+    TASK_PAYLOAD,
     EventLoop,
     JobSpec,
     SimCluster,
@@ -67,7 +68,7 @@ class Bench:
 
 
 def launch(task_id: str, priority: str = "batch", attempt: int = 0) -> p.Launch:
-    return p.Launch(task_id, TASK_FN, None, [], {}, attempt, priority, 0)
+    return p.Launch(task_id, TASK_FN, None, TASK_PAYLOAD, attempt, priority, 0)
 
 
 def test_a_stream_launch_runs_before_batch_launches_queued_earlier():
@@ -112,7 +113,7 @@ def test_a_suspended_task_parks_at_a_boundary_keeps_its_work_and_resumes_before_
     assert finished.stats["running_ns"] == 10 * MS
     assert finished.stats["suspended_ns"] == 3 * MS
     assert finished.stats["suspensions"] == 1 and finished.stats["records"] == 10
-    assert finished.result is None
+    assert p.unpack_payload(finished.result) is None
 
 
 def test_a_task_suspended_before_it_ran_is_queued_again_as_a_launch():

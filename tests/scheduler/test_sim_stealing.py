@@ -16,14 +16,17 @@ import pytest
 
 from runtime import protocol as p
 from runtime.kernel import CHUNK_REPORT_EVERY
-from scheduler.sim import TASK_FN, JobSpec, SimCluster
+from scheduler.sim import TASK_FN, TASK_PAYLOAD, JobSpec, SimCluster
+from scheduler.sim_executor import NIL
 from tests.scheduler.test_sim import MS, US, Bench, launch
 
 TWO = [("e0", "n0"), ("e1", "n1")]
 
 
 def chunk(chunk_id: str, ids: list[str], priority: str = "batch") -> p.LaunchChunk:
-    return p.LaunchChunk(chunk_id, TASK_FN, None, [[tid, [], {}] for tid in ids], 0, priority, 0)
+    return p.LaunchChunk(
+        chunk_id, TASK_FN, None, [[tid, TASK_PAYLOAD] for tid in ids], 0, priority, 0
+    )
 
 
 def ids_of(prefix: str, n: int) -> list[str]:
@@ -59,7 +62,7 @@ def test_a_chunk_runs_its_subtasks_in_order_and_reports_every_512_of_them():
     assert reports(bench)[0] == (0, "started", "t#1")
     assert reports(bench)[-1] == (12, "finished", "t#1")
     first = next(m for _, m in bench.reports if isinstance(m, p.ChunkResults))
-    assert first.items[0] == ["t/0", "finished", None, None, {"running_ns": 10 * US}]
+    assert first.items[0] == ["t/0", "finished", NIL, None, {"running_ns": 10 * US}]
 
 
 def test_slow_subtasks_are_reported_every_20_ms_and_at_the_chunks_end():
