@@ -179,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
         "--duration",
         type=float,
         default=None,
-        help="seconds of batch work per policy, on an idle cluster (default 20; 3 with --quick)",
+        help="seconds of batch work per policy, on an idle cluster (default 15; 3 with --quick)",
     )
     demo.add_argument("--quick", action="store_true", help="a short run (well under a minute)")
     demo.add_argument("--out", default="tidal-report", help="report folder (default tidal-report)")

@@ -55,7 +55,7 @@ STREAM_SWITCH_INTERVAL_S = 100e-6  # while the stream runs, in this process (see
 class DemoConfig:
     policies: tuple[str, ...] = DEFAULT_POLICIES
     executors: int = 2
-    duration_s: float = 20.0  # the batch job is sized to about this on an idle cluster
+    duration_s: float = 15.0  # the batch job is sized to about this on an idle cluster
     alone_s: float = 8.0  # the stream-alone baseline
     interval_ms: int = 100  # micro-batch interval
     events_per_s: int = 2000
