@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from runtime import report
 from runtime.bench import percentile
 from runtime.client import Client
 from runtime.cluster import LocalCluster
@@ -260,7 +261,7 @@ def run_policy(
         finally:
             if batch is not None:
                 batch.close()
-    run = PolicyRun(name, list(stream.latencies_ms), batch.result if batch else {})
+    run = PolicyRun(name, stream.latencies_ms, batch.result if batch else {})
     run.micro_batches = len(stream.futures)
     run.stream_exact = _check_stream(stream, ads)
     run.event_log = str(log_path)
@@ -336,8 +337,6 @@ def _check_stream(run: StreamRun, ads: AdSpec) -> bool:
 
 def run(config: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     """Run the baseline and every policy; print the table and targets; write the report."""
-    from runtime import report
-
     console = console or Console()
     config.out.mkdir(parents=True, exist_ok=True)
     spec, partitions, sweeps = size_batch_job(config)
@@ -446,24 +445,11 @@ def targets(alone: dict[str, Any], policies: dict[str, dict[str, Any]]) -> list[
 
 def print_summary(result: dict[str, Any], console: Console) -> None:
     table = Table(title="The unified application, per policy")
-    columns = ("policy", "p50 ms", "p95 ms", "p99 ms", "batch docs/s", "makespan s")
-    for column in (*columns, "suspensions", "work lost s"):
+    columns, rows = report.summary_table(result)
+    for column in columns:
         table.add_column(column, justify="right")
-    alone = result["stream_alone"]
-    table.add_row(
-        "stream alone",
-        *(f"{alone[f'stream_ms_p{q}']:.1f}" for q in (50, 95, 99)),
-        *(["-"] * 4),
-    )
-    for name, row in result["policies"].items():
-        table.add_row(
-            name,
-            *(f"{row[f'stream_ms_p{q}']:.1f}" for q in (50, 95, 99)),
-            f"{row['batch_records_per_s']:,.0f}",
-            f"{row['batch_makespan_s']:.2f}",
-            str(row["suspensions"]),
-            f"{row['work_lost_s']:.2f}",
-        )
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     for target in result["targets"]:
         verdict = "[green]met[/]" if target["met"] else "[red]missed[/]"

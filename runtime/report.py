@@ -19,7 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_latency_cdf", "write_report"]
+from runtime.timeline import PlottingUnavailable, new_figure, plot_timeline
+from scheduler.eventlog import read_events
+
+__all__ = ["plot_latency_cdf", "summary_table", "write_report"]
 
 CDF_FILE = "latency_cdf.png"
 
@@ -32,9 +35,6 @@ def write_report(out: Path, result: dict[str, Any], runs: Mapping[str, Any]) -> 
     images: list[tuple[str, str]] = []
     note = ""
     try:
-        from runtime.timeline import plot_timeline
-        from scheduler.eventlog import read_events
-
         plot_latency_cdf({name: run.latencies_ms for name, run in runs.items()}, out / CDF_FILE)
         images.append(("Stream latency, every policy", CDF_FILE))
         for name, run in runs.items():
@@ -44,8 +44,8 @@ def write_report(out: Path, result: dict[str, Any], runs: Mapping[str, Any]) -> 
                     read_events(run.event_log), out / image, title=f"Timeline under {name}"
                 )
                 images.append((f"Timeline: {name}", image))
-    except ImportError as exc:
-        note = f'No plots: {exc}. Install them with: pip install "tidal[demo]"'
+    except PlottingUnavailable as exc:  # its message says how to install matplotlib
+        note = f"No plots: {exc}"
     index = out / "index.html"
     index.write_text(_page(result, images, note))
     return index
@@ -53,12 +53,8 @@ def write_report(out: Path, result: dict[str, Any], runs: Mapping[str, Any]) -> 
 
 def plot_latency_cdf(latencies: Mapping[str, list[float]], path: Path) -> None:
     """One CDF line per run, log-scaled milliseconds, so 5 ms and 500 ms both read well."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=110)
+    figure = new_figure(figsize=(8, 4.5), dpi=110)
+    axes = figure.add_subplot()
     for name, values in latencies.items():
         if not values:
             continue
@@ -75,27 +71,11 @@ def plot_latency_cdf(latencies: Mapping[str, list[float]], path: Path) -> None:
     axes.set_title("Stream latency while the batch job trains")
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
 
 
 def _page(result: dict[str, Any], images: list[tuple[str, str]], note: str) -> str:
-    alone = result["stream_alone"]
-    rows = [
-        _row(["stream alone", *(_ms(alone[f"stream_ms_p{q}"]) for q in (50, 95, 99))] + ["-"] * 4)
-    ]
-    for name, r in result["policies"].items():
-        rows.append(
-            _row(
-                [
-                    name,
-                    *(_ms(r[f"stream_ms_p{q}"]) for q in (50, 95, 99)),
-                    f"{r['batch_records_per_s']:,.0f}",
-                    f"{r['batch_makespan_s']:.2f}",
-                    str(r["suspensions"]),
-                    f"{r['work_lost_s']:.2f}",
-                ]
-            )
-        )
+    columns, cells = summary_table(result)
+    rows = [_row(row) for row in cells]
     targets = "".join(
         f"<li>{html.escape(t['target'])}: {t['ratio']:.3f} "
         f"<b class={'met' if t['met'] else 'missed'}>{'met' if t['met'] else 'missed'}</b></li>"
@@ -112,19 +92,7 @@ def _page(result: dict[str, Any], images: list[tuple[str, str]], note: str) -> s
         for title, src in images
     )
     config = html.escape(json.dumps(result["config"]))
-    header = _row(
-        [
-            "policy",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "batch docs/s",
-            "makespan s",
-            "suspensions",
-            "work lost s",
-        ],
-        cell="th",
-    )
+    header = _row(list(columns), cell="th")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Tidal demo report</title>
 <style>
@@ -144,6 +112,37 @@ throughput is documents resampled per second over the training's makespan.</p>
 <h2>Configuration</h2><p><code>{config}</code></p>
 </body></html>
 """
+
+
+SUMMARY_COLUMNS = (
+    "policy",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "batch docs/s",
+    "makespan s",
+    "suspensions",
+    "work lost s",
+)
+
+
+def summary_table(result: dict[str, Any]) -> tuple[tuple[str, ...], list[list[str]]]:
+    """The demo's table, as text cells: the stream-alone row, then a row per policy (the
+    console table and index.html both show this)."""
+    alone = result["stream_alone"]
+    rows = [["stream alone", *(_ms(alone[f"stream_ms_p{q}"]) for q in (50, 95, 99)), *(["-"] * 4)]]
+    for name, r in result["policies"].items():
+        rows.append(
+            [
+                name,
+                *(_ms(r[f"stream_ms_p{q}"]) for q in (50, 95, 99)),
+                f"{r['batch_records_per_s']:,.0f}",
+                f"{r['batch_makespan_s']:.2f}",
+                str(r["suspensions"]),
+                f"{r['work_lost_s']:.2f}",
+            ]
+        )
+    return SUMMARY_COLUMNS, rows
 
 
 def _row(cells: list[str], cell: str = "td") -> str:

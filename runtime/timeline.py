@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Segment", "plot_timeline", "segments"]
+__all__ = ["PlottingUnavailable", "Segment", "new_figure", "plot_timeline", "segments"]
 
 # How a running stretch ended; "running": still running when the log ends.
 RUN_ENDINGS = ("suspended", "finished", "failed", "killed", "lost", "running")
@@ -110,6 +110,28 @@ MIN_WIDTH_SHARE = 0.001
 LABEL_WIDTH_SHARE = 0.06
 
 
+class PlottingUnavailable(RuntimeError):
+    """matplotlib is not installed; the message says how to install it."""
+
+
+def new_figure(**options: Any) -> Any:
+    """A matplotlib Figure on its own Agg canvas (`options` as for Figure), or
+    PlottingUnavailable saying how to install matplotlib.
+
+    Discussion: the Agg canvas directly, not pyplot: drawing switches no global backend in
+    the caller's process and leaves no figure registered there."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PlottingUnavailable(
+            'plots need matplotlib: pip install "tidal[demo]" installs it'
+        ) from None
+    figure = Figure(**options)
+    FigureCanvasAgg(figure)
+    return figure
+
+
 def plot_timeline(
     events: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str | None = None
 ) -> str:
@@ -119,24 +141,15 @@ def plot_timeline(
     the middle band, the time a task sat suspended as a hatched grey bar in the lower band,
     and kills as red crosses. The x axis is seconds from the log's first event.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.lines import Line2D
-        from matplotlib.patches import Patch
-    except ImportError:
-        raise RuntimeError(
-            'drawing a timeline needs matplotlib: pip install "tidal[demo]" installs it'
-        ) from None
-    path = os.fspath(path)
     rows = segments(events)
+    figure = new_figure(figsize=(12, 1.6 + 0.9 * max(1, len(rows))), dpi=150)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    path = os.fspath(path)
     origin = min((event["t"] for event in events), default=0.0)
     span = max((event["t"] for event in events), default=0.0) - origin or 1.0
     min_width = span * MIN_WIDTH_SHARE
-
-    # The Agg canvas directly, not pyplot: no global backend switch in the caller's process.
-    figure = Figure(figsize=(12, 1.6 + 0.9 * max(1, len(rows))), dpi=150)
-    FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     names = list(rows)
     counts = {"tasks": set(), "suspensions": 0, "kills": 0}

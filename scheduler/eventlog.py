@@ -322,11 +322,20 @@ class EventRecorder:
 
 class EventLog:
     """Write records to `path`, one JSON object a line, buffered: `flush()` to make what was
-    written so far readable, `close()` at the end (or use it as a context manager)."""
+    written so far readable, `close()` at the end (or use it as a context manager).
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    Given the `core` it logs, `step(event, instructions)` writes one step of that core."""
+
+    def __init__(self, path: str | os.PathLike[str], core: SchedulerCore | None = None) -> None:
         self.path = os.fspath(path)
+        self._recorder = None if core is None else EventRecorder(core)
         self._file = open(self.path, "w", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+
+    def step(self, event: Event, instructions: Sequence[Instruction]) -> None:
+        """Write the records of one step of the core this log was given."""
+        if self._recorder is None:
+            raise TypeError("this EventLog was made without a core: use write(records)")
+        self.write(self._recorder.records(event, instructions))
 
     def write(self, records: Iterable[Record]) -> None:
         for record in records:

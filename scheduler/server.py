@@ -33,7 +33,7 @@ from scheduler.core import (
     DEFAULT_MISSED_HEARTBEATS,
     SchedulerCore,
 )
-from scheduler.eventlog import EventLog, EventRecorder
+from scheduler.eventlog import EventLog
 from scheduler.events import (
     ClientJoined,
     ClientRequest,
@@ -95,8 +95,7 @@ class SchedulerServer:
         self.realtime = realtime
         # Every step of the core, as JSON lines (scheduler/eventlog.py); None: not logged.
         # Opened before the socket, so that a path it cannot write leaves nothing bound.
-        self._event_log = None if event_log is None else EventLog(event_log)
-        self._recorder = EventRecorder(self.core)
+        self._event_log = None if event_log is None else EventLog(event_log, self.core)
         self._context = zmq.Context()
         realtime_io_threads(self._context, realtime)
         self._socket = self._context.socket(zmq.ROUTER)
@@ -161,7 +160,7 @@ class SchedulerServer:
         """One event through the core; the step is logged when there is an event log."""
         instructions = self.core.handle(event)
         if self._event_log is not None:
-            self._event_log.write(self._recorder.records(event, instructions))
+            self._event_log.step(event, instructions)
         return instructions
 
     # ---- frames -> events ---------------------------------------------------------------------

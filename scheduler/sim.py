@@ -77,7 +77,7 @@ from runtime.bench import percentile
 from runtime.task import PRIORITY_CLASSES
 from scheduler.chunks import check_chunksize
 from scheduler.core import SchedulerCore
-from scheduler.eventlog import EventLog, EventRecorder
+from scheduler.eventlog import EventLog
 from scheduler.events import (
     ClientJoined,
     ClientRequest,
@@ -306,8 +306,7 @@ class SimCluster:
             steal_rule=steal_rule,
         )
         self._latency_ns = _ns(message_latency_s)
-        self._event_log = None if event_log is None else EventLog(event_log)
-        self._recorder = EventRecorder(self.core)
+        self._event_log = None if event_log is None else EventLog(event_log, self.core)
         self._memory = memory
         self._preferences = {tid: tuple(nodes) for tid, nodes in (preferences or {}).items()}
         self._rng = random.Random(seed)
@@ -491,7 +490,7 @@ class SimCluster:
     def _to_core(self, event: Event) -> None:
         instructions = self.core.handle(event)
         if self._event_log is not None:
-            self._event_log.write(self._recorder.records(event, instructions))
+            self._event_log.step(event, instructions)
         if not instructions:
             return
         deliver_at = self.loop.now + self._latency_ns

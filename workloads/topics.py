@@ -31,6 +31,7 @@ __all__ = [
     "Trainer",
     "make_corpus",
     "resample",
+    "resample_locally",
     "train_locally",
 ]
 
@@ -177,6 +178,13 @@ class Trainer:
             "beta": spec.beta,
         }
 
+    def sweep(
+        self, run: Callable[[list[list[list[Any]]], dict[str, Any]], Iterable[Any]]
+    ) -> TopicModel:
+        """One sweep: `run(partition inputs, sweep arguments)` returns each partition's
+        records (`resample_locally`, or a cluster's map); they become the new model."""
+        return self.absorb(run(self.partition_inputs(), self.sweep_arguments()))
+
     def absorb(self, results: Iterable[Iterable[Sequence[Any]]]) -> TopicModel:
         """Take every partition's `[doc_id, topics]` records; rebuild the global counts."""
         for records in results:
@@ -196,17 +204,16 @@ class Trainer:
         return TopicModel(word_topic, totals, sweeps)
 
 
-def train_locally(
-    corpus: Corpus,
-    sweeps: int,
-    partitions: int,
-    on_sweep: Callable[[TopicModel], None] | None = None,
-) -> TopicModel:
+def resample_locally(
+    partitions: list[list[list[Any]]], arguments: dict[str, Any]
+) -> list[list[list[Any]]]:
+    """Run a sweep's tasks here, one partition after another (see `Trainer.sweep`)."""
+    return [list(resample(part, **arguments)) for part in partitions]
+
+
+def train_locally(corpus: Corpus, sweeps: int, partitions: int) -> TopicModel:
     """The single-process reference: the same sweeps, one partition after another."""
     trainer = Trainer(corpus, partitions)
     for _ in range(sweeps):
-        arguments = trainer.sweep_arguments()
-        trainer.absorb(list(resample(part, **arguments)) for part in trainer.partition_inputs())
-        if on_sweep is not None:
-            on_sweep(trainer.model)
+        trainer.sweep(resample_locally)
     return trainer.model

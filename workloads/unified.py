@@ -62,13 +62,18 @@ def train_on(
     """Train on the cluster: each sweep one batch job of `partitions` tasks. Equal, bit for
     bit, to `train_locally` with the same arguments, however its tasks were scheduled."""
     trainer = Trainer(corpus, partitions)
+    swept: list[list[TaskFuture]] = []  # each sweep's futures, for on_sweep
+
+    def on_cluster(inputs: list[Any], arguments: dict[str, Any]) -> list[Any]:
+        futures = client.map(resample, inputs, priority="batch", **arguments)
+        results = client.gather(futures)
+        swept.append(futures)
+        return results
+
     for _ in range(sweeps):
-        futures = client.map(
-            resample, trainer.partition_inputs(), priority="batch", **trainer.sweep_arguments()
-        )
-        trainer.absorb(client.gather(futures))
+        model = trainer.sweep(on_cluster)
         if on_sweep is not None:
-            on_sweep(trainer.model, futures)
+            on_sweep(model, swept[-1])
     return trainer.model
 
 
@@ -83,8 +88,12 @@ class StreamRun:
     futures: list[TaskFuture] = field(default_factory=list)
     events: list[list[list[Any]]] = field(default_factory=list)
     word_topics: list[Sequence[int]] = field(default_factory=list)  # the model each used
-    latencies_ms: list[float] = field(default_factory=list)  # submit -> result, as they came
-    latency_of: dict[int, float] = field(default_factory=dict)  # the same, by micro-batch
+    # Submit -> result in ms, by micro-batch index, in the order the results came.
+    latency_of: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def latencies_ms(self) -> list[float]:
+        return list(self.latency_of.values())
 
     def counts(self) -> Counter:
         """All views counted, per `(campaign, window, topic)`, over the whole run."""
@@ -95,9 +104,7 @@ class StreamRun:
 
 
 def _record_latency(run: StreamRun, index: int, submitted: float, _future: TaskFuture) -> None:
-    latency_ms = (time.monotonic() - submitted) * 1000
-    run.latencies_ms.append(latency_ms)
-    run.latency_of[index] = latency_ms
+    run.latency_of[index] = (time.monotonic() - submitted) * 1000
 
 
 def run_stream(

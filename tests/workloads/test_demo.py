@@ -67,3 +67,30 @@ def test_an_unknown_policy_is_refused_before_anything_starts(tmp_path, capsys):
     assert main(["demo", "--quick", "--policies", "fifo,nope", "--out", str(tmp_path)]) == 2
     assert "nope" in capsys.readouterr().err
     assert not (tmp_path / "report.json").exists()
+
+
+def test_without_matplotlib_the_report_keeps_its_figures_and_says_how_to_get_plots(
+    tmp_path, monkeypatch
+):
+    import sys
+    from types import SimpleNamespace
+
+    from runtime.report import write_report
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
+    row = dict.fromkeys(POLICY_FIELDS, 1.0) | {"suspensions": 3}
+    result = {
+        "stream_alone": {"stream_ms_p50": 1.0, "stream_ms_p95": 2.0, "stream_ms_p99": 3.0},
+        "policies": {"lb": row},
+        "targets": [],
+        "checks": {"stream_results_exact": True},
+        "config": {},
+    }
+    runs = {"lb": SimpleNamespace(latencies_ms=[1.0, 2.0], event_log=None)}
+
+    index = write_report(tmp_path, result, runs)
+
+    assert json.loads((tmp_path / "report.json").read_text()) == result
+    page = index.read_text()
+    assert "pip install &quot;tidal[demo]&quot;" in page  # html-escaped
+    assert "<td>lb</td>" in page and not list(tmp_path.glob("*.png"))

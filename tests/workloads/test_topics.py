@@ -7,7 +7,14 @@ import math
 from runtime import protocol as p
 from runtime.kernel import Kernel
 from tests.runtime.test_kernel import Transport, interrupting, run_to_completion
-from workloads.topics import CorpusSpec, Trainer, make_corpus, resample, train_locally
+from workloads.topics import (
+    CorpusSpec,
+    Trainer,
+    make_corpus,
+    resample,
+    resample_locally,
+    train_locally,
+)
 
 SMALL = CorpusSpec(documents=120, words_per_document=30, vocabulary=60, topics=4, seed=3)
 
@@ -24,10 +31,8 @@ def test_the_corpus_is_drawn_from_the_seed_alone():
 def test_a_sweep_keeps_the_counts_consistent_with_the_assignments():
     trainer = Trainer(make_corpus(SMALL), partitions=3)
     before = trainer.model
-    parts = trainer.partition_inputs()
-    assert [len(part) for part in parts] == [40, 40, 40]
-    arguments = trainer.sweep_arguments()
-    model = trainer.absorb(list(resample(part, **arguments)) for part in parts)
+    assert [len(part) for part in trainer.partition_inputs()] == [40, 40, 40]
+    model = trainer.sweep(resample_locally)
     tokens = SMALL.documents * SMALL.words_per_document
     assert sum(model.topic_totals) == tokens == sum(before.topic_totals)
     assert [sum(row[k] for row in model.word_topic) for k in range(SMALL.topics)] == (
@@ -62,8 +67,7 @@ def test_training_fits_the_corpus_better_sweep_after_sweep():
     trainer = Trainer(make_corpus(SMALL), partitions=2)
     likelihoods = [log_likelihood(trainer)]
     for _ in range(8):
-        arguments = trainer.sweep_arguments()
-        trainer.absorb(list(resample(part, **arguments)) for part in trainer.partition_inputs())
+        trainer.sweep(resample_locally)
         likelihoods.append(log_likelihood(trainer))
     assert likelihoods[-1] > likelihoods[0] + 0.15  # random topics -> learned ones
     assert likelihoods[8] > likelihoods[4] > likelihoods[0]
