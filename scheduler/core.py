@@ -523,10 +523,12 @@ class SchedulerCore:
             # so it was no suspension: give it back to the cap.
             task.suspensions -= 1
             return
-        if msg.command == "suspend":
+        if msg.command == "suspend" or task is None:
+            # Expected: the command crossed the task's end report (already handled here).
             log.debug(
-                "executor %s refused suspend of %s: %s",
+                "executor %s refused %s of %s: %s",
                 executor.executor_id,
+                msg.command,
                 msg.task_id,
                 msg.reason,
             )

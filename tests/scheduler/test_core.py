@@ -4,6 +4,8 @@ with the reports a real executor would send."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from runtime import protocol as p
@@ -405,3 +407,18 @@ def test_a_resumed_task_behind_an_unsuspendable_one_stays_tracked():
     h.clock.now += 1_000 * MS  # e0 goes silent: b/0's state is lost with it, so it reruns
     h.handle(Tick())
     assert h.state("b/0") is not TaskState.DONE and h.core.tasks["b/0"].attempt == 1
+
+
+def test_a_kill_that_crossed_the_tasks_finish_is_expected_not_warned_about(caplog):
+    h = Harness(policy="kill", executors=[("e0", "n0")])
+    (batch,) = h.submit("b", "batch", 1)
+    h.start("e0", batch)
+    h.submit("s", "stream", 1)
+    assert [type(m) for m in h.sent("e0")][:2] == [p.Launch, p.Kill]
+    h.finish("e0", batch)  # it finished before the kill arrived
+
+    with caplog.at_level(logging.DEBUG, logger="tidal.scheduler"):
+        h.report("e0", p.Refused("kill", batch, "task is not alive (unknown here)"))
+
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+    assert h.results[batch][-1][1] == "finished"
