@@ -42,7 +42,7 @@ from runtime.bench import percentile
 from runtime.client import Client
 from runtime.cluster import LocalCluster
 from workloads.ads import AdSpec, generate_events
-from workloads.topics import Corpus, CorpusSpec, Trainer, make_corpus, resample
+from workloads.topics import Corpus, CorpusSpec, TopicModel, Trainer, make_corpus, resample
 from workloads.unified import StreamRun, run_stream, score_views, train_on
 
 __all__ = ["DemoConfig", "run"]
@@ -50,6 +50,14 @@ __all__ = ["DemoConfig", "run"]
 DEFAULT_POLICIES = ("fifo", "fair", "kill", "lb")
 TASKS_PER_EXECUTOR = 4  # batch tasks per executor in each sweep
 STREAM_SWITCH_INTERVAL_S = 100e-6  # while the stream runs, in this process (see _drive)
+
+# How a batch driver trains on a cluster: (address, corpus, partitions, sweeps, ready,
+# on_sweep) -> (model, makespan in s, the backend's own figures). It calls ready() once
+# connected, which returns at the start signal, and on_sweep(model) after every sweep.
+TrainFunction = Callable[
+    [str, Corpus, int, int, Callable[[], None], Callable[[TopicModel], None]],
+    tuple[TopicModel, float, dict[str, Any]],
+]
 
 
 @dataclass(frozen=True)
@@ -124,38 +132,67 @@ def size_batch_job(config: DemoConfig) -> tuple[CorpusSpec, int, int]:
 # ---- the batch driver's process --------------------------------------------------------------
 
 
-def _batch_driver(address: str, corpus: Corpus, partitions: int, sweeps: int, conn: Any) -> None:
-    """Run in a child process: train on the cluster, report each sweep down `conn`."""
+def train_tidal(
+    address: str,
+    corpus: Corpus,
+    partitions: int,
+    sweeps: int,
+    ready: Callable[[], None],
+    on_sweep: Callable[[TopicModel], None],
+) -> tuple[TopicModel, float, dict[str, Any]]:
+    """The batch job on Tidal: (model, makespan in s, Tidal's own figures)."""
+    with Client(address) as client:
+        ready()
+        futures_seen: list[Any] = []
+        start = time.monotonic()
+
+        def each(model: TopicModel, futures: list[Any]) -> None:
+            futures_seen.extend(futures)
+            on_sweep(model)
+
+        model = train_on(client, corpus, sweeps, partitions, each)
+        makespan = time.monotonic() - start
+        stats = [f.statistics() for f in futures_seen]
+        return (
+            model,
+            makespan,
+            {
+                "suspensions": sum(s.suspensions or 0 for s in stats),
+                "work_lost_s": sum(s.work_lost_s or 0.0 for s in stats),
+                "tasks": len(stats),
+            },
+        )
+
+
+def _batch_driver(
+    train: TrainFunction, address: str, corpus: Corpus, partitions: int, sweeps: int, conn: Any
+) -> None:
+    """Run in a child process: `train` on the cluster at `address`, each sweep reported
+    down `conn`, after "ready" and a "go" back."""
     try:
         os.nice(10)  # batch work, like the executors' task threads
-        with Client(address) as client:
+
+        def ready() -> None:
             conn.send(("ready",))
             conn.recv()  # go
-            futures_seen = []
-            start = time.monotonic()
 
-            def on_sweep(model: Any, futures: list[Any]) -> None:
-                futures_seen.extend(futures)
-                conn.send(("sweep", model.sweeps, model.word_topics()))
+        def on_sweep(model: TopicModel) -> None:
+            conn.send(("sweep", model.sweeps, model.word_topics()))
 
-            model = train_on(client, corpus, sweeps, partitions, on_sweep)
-            makespan = time.monotonic() - start
-            stats = [f.statistics() for f in futures_seen]
-            records = len(corpus.documents) * sweeps
-            conn.send(
-                (
-                    "done",
-                    {
-                        "makespan_s": makespan,
-                        "records": records,
-                        "records_per_s": records / makespan,
-                        "suspensions": sum(s.suspensions or 0 for s in stats),
-                        "work_lost_s": sum(s.work_lost_s or 0.0 for s in stats),
-                        "tasks": len(stats),
-                        "model_digest": _digest(model.word_topic),
-                    },
-                )
+        model, makespan, figures = train(address, corpus, partitions, sweeps, ready, on_sweep)
+        records = len(corpus.documents) * sweeps
+        conn.send(
+            (
+                "done",
+                {
+                    "makespan_s": makespan,
+                    "records": records,
+                    "records_per_s": records / makespan,
+                    **figures,
+                    "model_digest": _digest(model.word_topic),
+                },
             )
+        )
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         raise
@@ -168,12 +205,19 @@ def _digest(word_topic: list[list[int]]) -> str:
 class BatchDriver:
     """The parent's handle on the batch driver process: the latest model, progress, result."""
 
-    def __init__(self, address: str, corpus: Corpus, partitions: int, sweeps: int) -> None:
+    def __init__(
+        self,
+        address: str,
+        corpus: Corpus,
+        partitions: int,
+        sweeps: int,
+        train: TrainFunction = train_tidal,
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
         self._process = context.Process(
             target=_batch_driver,
-            args=(address, corpus, partitions, sweeps, child_conn),
+            args=(train, address, corpus, partitions, sweeps, child_conn),
             name="tidal-demo-batch-driver",
             daemon=True,
         )
@@ -238,7 +282,6 @@ def run_policy(
     on_progress: Callable[[float, str], None],
 ) -> PolicyRun:
     """One fresh cluster: the unified application under `policy`, or (None) the stream alone."""
-    ads = AdSpec(events_per_s=config.events_per_s, seed=config.seed)
     name = policy or "stream-alone"
     log_path = config.out / f"events-{name}.jsonl"
     with (
@@ -247,24 +290,48 @@ def run_policy(
         ) as cluster,
         Client(cluster) as client,
     ):
-        _warm_up(client, config, ads, corpus, initial_model)
-        batch = None
-        if policy is not None:
-            batch = BatchDriver(cluster.address, corpus, partitions, sweeps)
-        try:
-            stream = _drive(client, config, ads, corpus, batch, initial_model, on_progress)
-            if batch is not None:
-                batch.finished.wait(600)
-                if batch.result is None:
-                    raise RuntimeError(f"the batch job under {name} failed: {batch.error}")
-            client.gather(stream.futures, timeout=120)
-        finally:
-            if batch is not None:
-                batch.close()
-    run = PolicyRun(name, stream.latencies_ms, batch.result if batch else {})
+        batch = (cluster.address, train_tidal) if policy is not None else None
+        run = run_unified(
+            name, client, batch, config, corpus, partitions, sweeps, initial_model, on_progress
+        )
+    run.event_log = str(log_path)
+    return run
+
+
+def run_unified(
+    name: str,
+    client: Any,
+    batch: tuple[str, TrainFunction] | None,
+    config: DemoConfig,
+    corpus: Corpus,
+    partitions: int,
+    sweeps: int,
+    initial_model: list[int],
+    on_progress: Callable[[float, str], None],
+) -> PolicyRun:
+    """The unified application on a running cluster: the stream job from this process
+    through `client` (a Tidal client, or anything with its `submit` and `gather`), the
+    batch job, if `batch` is `(address, train)`, from a driver process of its own. Results
+    are checked before returning, while the cluster still holds them."""
+    ads = AdSpec(events_per_s=config.events_per_s, seed=config.seed)
+    _warm_up(client, config, ads, corpus, initial_model)
+    driver = None
+    if batch is not None:
+        address, train = batch
+        driver = BatchDriver(address, corpus, partitions, sweeps, train)
+    try:
+        stream = _drive(client, config, ads, corpus, driver, initial_model, on_progress)
+        if driver is not None:
+            driver.finished.wait(600)
+            if driver.result is None:
+                raise RuntimeError(f"the batch job under {name} failed: {driver.error}")
+        client.gather(stream.futures, timeout=120)
+    finally:
+        if driver is not None:
+            driver.close()
+    run = PolicyRun(name, stream.latencies_ms, driver.result if driver else {})
     run.micro_batches = len(stream.futures)
     run.stream_exact = _check_stream(stream, ads)
-    run.event_log = str(log_path)
     return run
 
 
