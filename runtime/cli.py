@@ -156,14 +156,15 @@ def _parser() -> argparse.ArgumentParser:
     timeline.add_argument("--title", default=None, help="the plot's title")
     timeline.set_defaults(run=_run_timeline)
 
-    bench = commands.add_parser("bench", help="run a benchmark")
-    bench.add_argument(
-        "name",
-        choices=["suspend", "preempt", "throughput", "policies", "chunking", "steal"],
-        help="which benchmark",
+    from runtime.bench import BENCHMARKS
+
+    bench = commands.add_parser(
+        "bench", help="run a benchmark, or all of them (see docs/benchmarks.md)"
     )
+    bench.add_argument("name", choices=[*BENCHMARKS, "all"], help="which benchmark")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--quick", action="store_true", help="fewer iterations")
+    bench.add_argument("--out", default=None, help="also write the JSON result to this file")
     bench.set_defaults(run=_run_bench)
 
     demo = commands.add_parser(
@@ -344,38 +345,30 @@ def _run_timeline(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    import importlib
+    from pathlib import Path
 
-    module = importlib.import_module(f"runtime.bench.{args.name}")
-    results = module.run(quick=args.quick)
+    from runtime.bench import suite
+
+    if args.name == "all":
+        results = suite.run_all(quick=args.quick)
+        failed = [name for name, r in results["benchmarks"].items() if "error" in r]
+    else:
+        results = suite.run_benchmark(args.name, quick=args.quick)
+        failed = []
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     if args.json:
         print(json.dumps(results))
+    elif args.name == "all":
+        suite.print_summary(results)
     else:
-        _print_table(f"tidal bench {args.name}", results, module.TARGETS)
-    return 0
-
-
-def _print_table(
-    title: str, results: dict[str, Any], targets: dict[str, tuple[str, float]]
-) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    table.add_column("target", justify="right")
-    for key, value in results.items():
-        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-        target = targets.get(key)
-        if target:
-            op, limit = target
-            met = value <= limit if op == "<=" else value >= limit
-            verdict = f"{op} {limit:g} " + ("[green]met[/]" if met else "[red]missed[/]")
-        else:
-            verdict = ""
-        table.add_row(key, shown, verdict)
-    Console().print(table)
+        suite.print_results(results)
+    for name in failed:
+        print(
+            f"tidal bench all: {name} failed:\n{results['benchmarks'][name]['error']}",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -10,7 +10,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from runtime.client import Client
 
-__all__ = ["percentile", "timed_map"]
+__all__ = ["BENCHMARKS", "percentile", "timed_map"]
+
+# Every benchmark, in the order `tidal bench all` runs them: a module of this package each.
+BENCHMARKS = (
+    "suspend",
+    "preempt",
+    "throughput",
+    "chunking",
+    "steal",
+    "policies",
+    "unified",
+    "scale",
+)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
