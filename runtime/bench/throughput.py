@@ -6,6 +6,11 @@ over the same function and inputs with chunksize 1 (the pool's start-up is not c
 is the cluster's). `tasks_per_s` is `map` as a user calls it (chunked automatically from 256
 tasks up; each task still has its own future and result); `tasks_per_s_unchunked` forces
 one launch per task.
+
+With `dask[distributed]` installed, the same tasks run on a Dask LocalCluster of as many
+single-thread worker processes (runtime/bench/peers.py): one `client.map(noop, items,
+pure=False)` gathered, after a warm-up map; `tasks_vs_dask` is Tidal's `tasks_per_s` over
+Dask's. Without it, `dask_skipped` says why.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ import time
 from typing import Any
 
 from runtime.bench import timed_map
+from runtime.bench.peers import dask_cluster, dask_missing, dask_versions
 from runtime.client import Client
 from runtime.cluster import LocalCluster
 from workloads.synthetic import noop
 
-TARGETS = {"throughput_ratio": (">=", 1.0)}
+TARGETS = {"throughput_ratio": (">=", 1.0), "tasks_vs_dask": (">=", 15.0)}
 
 
 def run(quick: bool = False, tasks: int | None = None, executors: int = 2) -> dict[str, Any]:
@@ -41,4 +47,19 @@ def run(quick: bool = False, tasks: int | None = None, executors: int = 2) -> di
         "pool_tasks_per_s": tasks / pool_s,
     }
     result["throughput_ratio"] = result["tasks_per_s"] / result["pool_tasks_per_s"]
+    missing = dask_missing()
+    if missing is None:
+        result["dask_tasks_per_s"] = _dask_rate(tasks, executors)
+        result["tasks_vs_dask"] = result["tasks_per_s"] / result["dask_tasks_per_s"]
+        result["dask_versions"] = dask_versions()
+    else:
+        result["dask_skipped"] = missing
     return result
+
+
+def _dask_rate(tasks: int, workers: int) -> float:
+    with dask_cluster(workers) as client:
+        client.gather(client.map(noop, range(500), pure=False))  # warm
+        start = time.perf_counter()
+        client.gather(client.map(noop, range(tasks), pure=False))
+        return tasks / (time.perf_counter() - start)

@@ -1,0 +1,126 @@
+"""`tidal bench`: the suite's bookkeeping, the machine record, the peers' paths.
+
+No figure is judged here (speed targets live in the benchmarks themselves); these tests
+check that every benchmark reports what it must, that a failing one is reported and does
+not stop the others, and that the Dask peer runs, or is skipped with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from runtime import cli
+from runtime.bench import BENCHMARKS, suite, throughput, unified
+from runtime.bench.machine import machine_info, reference_figures
+from runtime.demo import DemoConfig
+
+
+def test_every_benchmark_is_a_module_with_targets_and_run():
+    for name in BENCHMARKS:
+        targets = suite.targets_of(name)
+        assert targets, name
+        for op, limit in targets.values():
+            assert op in ("<=", ">=") and isinstance(limit, int | float)
+
+
+def test_verdicts_judge_each_target_and_mark_missing_figures():
+    targets = {"a": ("<=", 1.0), "b": (">=", 15.0), "c": ("<=", 1.0), "d": (">=", 1.0)}
+    figures = {"a": 0.5, "b": 3.0, "c": None, "d": math.nan}
+    got = {figure: met for figure, _, _, met in suite.verdicts(figures, targets)}
+    assert got == {"a": True, "b": False, "c": None, "d": None}
+
+
+def test_flatten_names_nested_figures_with_dots_and_leaves_the_machine_out():
+    figures = {"benchmark": "x", "tidal": {"p99": 1, "inner": {"k": 2}}, "r": 3, "machine": {}}
+    assert dict(suite.flatten(figures)) == {"tidal.p99": 1, "tidal.inner.k": 2, "r": 3}
+
+
+def test_machine_record_names_the_cpu_python_and_packages():
+    machine = machine_info()
+    assert machine["cores"] >= 1 and machine["cpu_model"]
+    assert machine["python"].split()[-1].startswith("3.")
+    for package in ("greenlet", "pyzmq", "msgpack", "libzmq"):
+        assert machine["packages"][package]
+    reference = reference_figures()
+    assert all(value > 0 for value in reference.values()), reference
+
+
+def test_a_benchmark_run_carries_its_machine_and_reference(tmp_path, capsys):
+    out = tmp_path / "policies.json"
+    assert cli.main(["bench", "policies", "--quick", "--json", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads(out.read_text())
+    assert printed["benchmark"] == written["benchmark"] == "policies"
+    assert printed["lb_stream_p99_vs_fifo"] == written["lb_stream_p99_vs_fifo"]
+    assert {"machine", "reference", "elapsed_s"} <= printed.keys()
+
+
+def test_the_table_shows_each_figure_and_verdict(capsys):
+    figures = suite.run_benchmark("policies", quick=True)
+    suite.print_results(figures)
+    shown = capsys.readouterr().out
+    assert "lb_stream_p99_vs_fifo" in shown and "met" in shown
+    assert "policies.lb.stream_ms_p99" in shown
+    assert figures["machine"]["cpu_model"] in shown
+
+
+@pytest.mark.slow
+def test_all_runs_each_benchmark_in_its_own_process_and_survives_a_failure(monkeypatch):
+    monkeypatch.setitem(suite.TIMEOUT_S, True, 60.0)
+    results = suite.run_all(quick=True, names=["policies"])
+    assert results["benchmarks"]["policies"]["cap_respected"] == 1
+    assert results["machine"] and results["total_s"] > 0
+
+    monkeypatch.setitem(suite.TIMEOUT_S, True, 0.05)  # nothing starts that fast
+    results = suite.run_all(quick=True, names=["steal", "policies"])
+    assert set(results["benchmarks"]) == {"steal", "policies"}
+    assert all("timed out" in r["error"] for r in results["benchmarks"].values())
+
+
+@pytest.mark.slow
+def test_throughput_without_dask_says_so_and_still_measures_tidal(monkeypatch):
+    monkeypatch.setattr(throughput, "dask_missing", lambda: "dask is not installed (test)")
+    result = throughput.run(tasks=300)
+    assert result["dask_skipped"] == "dask is not installed (test)"
+    assert "dask_tasks_per_s" not in result and result["tasks_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_throughput_compares_with_dask_on_the_same_tasks():
+    pytest.importorskip("distributed")
+    result = throughput.run(tasks=300)
+    assert result["dask_tasks_per_s"] > 0
+    assert result["tasks_vs_dask"] == pytest.approx(
+        result["tasks_per_s"] / result["dask_tasks_per_s"]
+    )
+
+
+@pytest.mark.slow
+def test_unified_runs_the_same_job_on_tidal_and_dask_with_the_same_results(tmp_path):
+    pytest.importorskip("distributed")
+    config = DemoConfig.quick(duration_s=1.0, task_s=0.05, policies=("lb",), out=tmp_path)
+    result = unified.run(config=config)
+    for backend in ("tidal", "dask"):
+        figures = result[backend]
+        assert figures["stream_exact"] and figures["micro_batches"] > 0, backend
+        assert figures["stream_ms_p50"] <= figures["stream_ms_p99"]
+    assert result["same_model"]
+    assert result["stream_p99_ratio"] == pytest.approx(
+        result["dask"]["stream_ms_p99"] / result["tidal"]["stream_ms_p99"]
+    )
+    assert result["makespan_ratio"] == pytest.approx(
+        result["tidal"]["batch_makespan_s"] / result["dask"]["batch_makespan_s"]
+    )
+
+
+@pytest.mark.slow
+def test_unified_without_dask_skips_the_peer(monkeypatch, tmp_path):
+    monkeypatch.setattr(unified, "dask_missing", lambda: "dask is not installed (test)")
+    config = DemoConfig.quick(duration_s=0.5, task_s=0.05, policies=("lb",), out=tmp_path)
+    result = unified.run(config=config)
+    assert result["dask"] is None and result["stream_p99_ratio"] is None
+    assert result["dask_skipped"] == "dask is not installed (test)"
+    assert result["tidal"]["stream_exact"]
