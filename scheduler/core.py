@@ -414,11 +414,13 @@ class SchedulerCore:
             if (
                 previous is not None
                 and previous is not task
-                and previous.state is TaskState.LAUNCHED
+                and previous.state in (TaskState.LAUNCHED, TaskState.RESUMING)
             ):
-                # It is next there (the executor runs stream launches first). A stream task
-                # could still wait behind a whole batch task: under a policy that preempts,
-                # suspend that task, as the policy meant the stream task to have the slot.
+                # It is next there (the executor runs stream launches first, then resumed
+                # tasks); a resumed one must stay tracked, or a lost executor would take it
+                # along unnoticed. A stream task could still wait behind a whole batch task:
+                # under a policy that preempts, suspend that task, as the policy meant the
+                # stream task to have the slot.
                 executor.queued.appendleft(previous)
                 if (
                     previous.priority == "stream"

@@ -409,6 +409,41 @@ def test_a_resumed_task_behind_an_unsuspendable_one_stays_tracked():
     assert h.state("b/0") is not TaskState.DONE and h.core.tasks["b/0"].attempt == 1
 
 
+def test_a_resumed_task_overtaken_by_a_prefetched_one_stays_tracked():
+    class Scripted(Policy):
+        name = "scripted"
+
+        def __init__(self):
+            self.next = []
+
+        def tick(self, view):
+            decisions, self.next = self.next, []
+            return decisions
+
+    policy = Scripted()
+    h = Harness(policy=policy, executors=[("e0", "n0")], heartbeat_ns=100 * MS)
+    h.submit("b", "batch", 3)
+    for decisions, reports in [
+        # A tiny task first, so that the core keeps a prefetch queue on e0.
+        ([d.Launch("b/2", "e0")], [p.Started("b/2", 0, 1)]),
+        ([], [p.Finished("b/2", 0, p.pack_payload(None), {"running_ns": 10_000})]),
+        ([d.Launch("b/0", "e0")], [p.Started("b/0", 0, 1)]),
+        ([d.Suspend("b/0")], [p.Suspended("b/0", 1, 1, 1)]),
+        # The resume and a prefetched launch go out together; e0 starts the launch before
+        # the resume reaches it, then runs b/0 next.
+        ([d.Resume("b/0"), d.Launch("b/1", "e0")], [p.Started("b/1", 0, 1)]),
+    ]:
+        policy.next = decisions
+        h.handle(Tick())
+        for report in reports:
+            h.report("e0", report)
+    executor = h.core.executors["e0"]
+    assert executor.slot_task.task_id == "b/1" and [t.task_id for t in executor.queued] == ["b/0"]
+    h.clock.now += 1_000 * MS  # e0 goes silent: b/0's state is lost with it, so it reruns
+    h.handle(Tick())
+    assert h.state("b/0") is TaskState.PENDING and h.core.tasks["b/0"].attempt == 1
+
+
 def test_a_kill_that_crossed_the_tasks_finish_is_expected_not_warned_about(caplog):
     h = Harness(policy="kill", executors=[("e0", "n0")])
     (batch,) = h.submit("b", "batch", 1)
