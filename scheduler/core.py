@@ -227,9 +227,10 @@ class SchedulerCore:
         if not executor.alive:
             return 0
         load = (executor.slot_task is not None) + len(executor.queued)
-        return max(0, 1 + self._prefetch_depth() - load)
+        return max(0, 1 + self.prefetch_depth() - load)
 
-    def _prefetch_depth(self) -> int:
+    def prefetch_depth(self) -> int:
+        """How many launches an executor may hold queued behind its slot now."""
         if self._service_ns is None:
             return 0
         return min(self.max_prefetch, int(PREFETCH_TARGET_NS // max(self._service_ns, 1.0)))
@@ -392,7 +393,7 @@ class SchedulerCore:
         self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
 
     def _on_heartbeat(self, executor: Executor, beat: p.Heartbeat) -> None:
-        executor.metrics.append(beat)
+        executor.add_metrics(beat)
         self._consult(lambda pol: pol.metrics_updated(self.view, ExecutorView(executor, self)))
 
     def _on_started(self, executor: Executor, msg: p.Started) -> None:

@@ -121,6 +121,15 @@ class Executor:
     queued: deque[Task] = field(default_factory=deque)  # launched behind the slot task
     suspended: dict[str, Task] = field(default_factory=dict)  # suspended or suspending here
     metrics: deque[p.Heartbeat] = field(default_factory=lambda: deque(maxlen=METRICS_WINDOW))
+    # Mean host memory use over `metrics`, 0.0-1.0 (0.0 before any heartbeat). Kept, not
+    # computed when asked: LB ranks every executor by it when it picks a victim.
+    memory_pressure: float = 0.0
+
+    def add_metrics(self, beat: p.Heartbeat) -> None:
+        """A heartbeat arrived: keep it in the window and update `memory_pressure`."""
+        self.metrics.append(beat)
+        window = self.metrics
+        self.memory_pressure = sum(m.mem_percent for m in window) / len(window) / 100
 
     def tasks(self) -> Iterator[Task]:
         """Every task whose state lives on this executor."""
@@ -257,11 +266,10 @@ class ExecutorView:
     def metrics_window(self) -> tuple[p.Heartbeat, ...]:
         return tuple(self._executor.metrics)
 
-    @property
-    def memory_pressure(self) -> float:
-        """Mean host memory use over the metrics window, 0.0-1.0 (0.0 before any heartbeat)."""
-        window = self._executor.metrics
-        return sum(m.mem_percent for m in window) / len(window) / 100 if window else 0.0
+    memory_pressure = property(
+        lambda self: self._executor.memory_pressure,
+        doc="Mean host memory use over the metrics window, 0.0-1.0 (0.0 before any heartbeat).",
+    )
 
     def __repr__(self) -> str:
         return f"<executor {self.executor_id} on {self.node}>"
@@ -288,6 +296,38 @@ class ClusterView:
     def executors(self) -> list[ExecutorView]:
         """Live executors, in the order they joined."""
         return [ExecutorView(e, self._core) for e in self._core.executors.values() if e.alive]
+
+    def free_capacities(self) -> dict[str, int]:
+        """Live executors with room for another launch: executor id -> how many more tasks
+        the core accepts there now (their `free_capacity`), in the order they joined.
+        Executors without room are left out."""
+        core = self._core
+        depth = core.prefetch_depth()
+        free = {}
+        for executor in core.executors.values():
+            room = 1 + depth - (executor.slot_task is not None) - len(executor.queued)
+            if room > 0 and executor.alive:
+                free[executor.executor_id] = room
+        return free
+
+    def free_slots(self) -> list[ExecutorView]:
+        """Live executors whose slot is free, in the order they joined."""
+        core = self._core
+        return [
+            ExecutorView(e, core)
+            for e in core.executors.values()
+            if e.slot_task is None and e.alive
+        ]
+
+    def any_suspended(self) -> bool:
+        """Whether some live executor holds a suspended task (one `ExecutorView.suspended`
+        lists: suspending or killing ones are not)."""
+        for executor in self._core.executors.values():
+            if executor.suspended and executor.alive:
+                for task in executor.suspended.values():
+                    if task.state is TaskState.SUSPENDED:
+                        return True
+        return False
 
     def executor(self, executor_id: str) -> ExecutorView | None:
         executor = self._core.executors.get(executor_id)
