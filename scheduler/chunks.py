@@ -25,6 +25,7 @@ policy; `SchedulerCore(stealing=False)` turns them off.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections.abc import Collection
@@ -215,47 +216,80 @@ class Stealer:
         self._last_steal: dict[str, int] = {}
 
     def propose(self, core: SchedulerCore) -> list[d.Steal]:
+        # Discussion: this runs after every report. At 1,000 executors running their last
+        # chunks, walking each executor's tasks through generators and ranking every
+        # candidate anew for every thief cost ~0.7 ms a report when an executor was idle,
+        # ~3 ms at p99. Now: one pass over the executors' records (still ~0.3 ms at 1,000
+        # busy executors; an index of chunks would be next), and only the best few
+        # candidates ranked, by heapq's nlargest and nsmallest, which are stable like
+        # `sorted`: ties go to the candidate found first, as they did with `max` and `min`.
+        # Each thief takes the best one left that is not its own; only the thieves' own
+        # chunks can be skipped, so the ranking needs at most that many besides one per
+        # thief.
         if core.pending.count():
             return []  # idle executors will get pending work first
+        now = core.now
         idle = [
             e
             for e in core.executors.values()
-            if e.alive
-            and e.slot_task is None
+            if e.slot_task is None
             and not e.queued
-            and core.now - self._last_steal.get(e.executor_id, -STEAL_INTERVAL_NS)
-            >= STEAL_INTERVAL_NS
+            and e.alive
+            and now - self._last_steal.get(e.executor_id, -STEAL_INTERVAL_NS) >= STEAL_INTERVAL_NS
         ]
         if not idle:
             return []
-        candidates = []
-        for executor in core.executors.values():
-            if not executor.alive:
-                continue
-            for chunk in executor.chunks():
-                if chunk.task_id in core.steals_in_flight or chunk.state is TaskState.KILLING:
-                    continue
-                left = len(chunk.subtasks)
-                # The one running now cannot be stolen; only half of the rest is taken.
-                count = (left - 1) // 2
-                per_subtask = (chunk.job.subtask_ns or 0) + SUBTASK_OVERHEAD_NS
-                if count >= 1 and count * per_subtask >= STEAL_MIN_GAIN_NS:
-                    candidates.append((chunk, count))
+        candidates = self._candidates(core)
+        thieves = {e.executor_id for e in idle}
+        enough = len(idle) + sum(c[0].executor_id in thieves for c in candidates)
+        if self.rule == "largest":
+            ranked = heapq.nlargest(enough, candidates, key=lambda c: (c[1], -c[0].seq))
+        else:  # the chunk whose tasks have waited longest
+            ranked = heapq.nsmallest(
+                enough,
+                candidates,
+                key=lambda c: (min(t.submitted_at for t in c[0].subtasks.values()), c[0].seq),
+            )
+        taken = [False] * len(ranked)
+        first_left = 0  # every candidate before this one is taken
         decisions = []
         for thief in idle:
             # Never its own chunk (a suspended one can sit on an idle executor).
-            mine = [c for c in candidates if c[0].executor_id != thief.executor_id]
-            if not mine:
-                continue
-            if self.rule == "largest":
-                best = max(mine, key=lambda c: (c[1], -c[0].seq))
-            else:  # the chunk whose tasks have waited longest
-                best = min(
-                    mine,
-                    key=lambda c: (min(t.submitted_at for t in c[0].subtasks.values()), c[0].seq),
-                )
-            candidates.remove(best)
-            chunk, count = best
-            self._last_steal[thief.executor_id] = core.now
-            decisions.append(d.Steal(chunk.task_id, thief.executor_id, count))
+            for i in range(first_left, len(ranked)):
+                chunk, count = ranked[i]
+                if taken[i] or chunk.executor_id == thief.executor_id:
+                    continue
+                taken[i] = True
+                while first_left < len(ranked) and taken[first_left]:
+                    first_left += 1
+                self._last_steal[thief.executor_id] = now
+                decisions.append(d.Steal(chunk.task_id, thief.executor_id, count))
+                break
         return decisions
+
+    @staticmethod
+    def _candidates(core: SchedulerCore) -> list[tuple[Task, int]]:
+        """Chunks worth stealing from, with how many subtasks to take: in the order of their
+        executors, and on each, slot, queue, then suspended ones (`Executor.tasks`)."""
+        candidates = []
+        in_flight, killing = core.steals_in_flight, TaskState.KILLING
+        for executor in core.executors.values():
+            slot = executor.slot_task
+            if executor.queued or executor.suspended:
+                here = [t for t in executor.tasks() if t.subtasks is not None]
+            elif slot is not None and slot.subtasks is not None:
+                here = [slot]
+            else:
+                continue
+            if not executor.alive:
+                continue
+            for chunk in here:
+                if chunk.task_id in in_flight or chunk.state is killing:
+                    continue
+                # The one running now cannot be stolen; only half of the rest is taken.
+                count = (len(chunk.subtasks) - 1) // 2
+                if count >= 1:
+                    per_subtask = (chunk.job.subtask_ns or 0) + SUBTASK_OVERHEAD_NS
+                    if count * per_subtask >= STEAL_MIN_GAIN_NS:
+                        candidates.append((chunk, count))
+        return candidates

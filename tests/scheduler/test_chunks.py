@@ -118,6 +118,30 @@ def test_an_idle_executor_steals_half_of_the_largest_chunk_and_nothing_runs_twic
 
 
 @pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        ("largest", {"c#1": ("e3", 50), "b#1": ("e4", 30)}),
+        ("oldest", {"a#1": ("e3", 20), "b#1": ("e4", 30)}),
+    ],
+)
+def test_idle_executors_each_steal_from_a_different_chunk_best_first(rule, expected):
+    h = Harness(executors=[], steal_rule=rule)
+    chunks = {}
+    for job, n, executor_id in (("a", 41, "e0"), ("b", 61, "e1"), ("c", 101, "e2")):
+        h.join(executor_id, "n0")  # each job goes whole to an executor of its own
+        h.clock.now += MS  # a's tasks have waited longest, then b's
+        h.submit(job, "batch", n, options={"chunksize": n})
+        (chunks[job],) = h.sent(executor_id, p.LaunchChunk)
+        h.core.jobs[job].subtask_ns = 1_000_000.0  # 1 ms tasks: worth stealing
+    h.join("e3", "n1")
+    h.join("e4", "n1")  # two idle executors, and nothing pending
+    h.report("e0", p.Started(chunks["a"].chunk_id, 0, 1))
+    assert h.core.steals_in_flight == expected
+    sent = {s.chunk_id: s.count for e in ("e0", "e1", "e2") for s in h.sent(e, p.Steal)}
+    assert sent == {chunk_id: count for chunk_id, (_, count) in expected.items()}
+
+
+@pytest.mark.parametrize(
     ("subtask_ns", "options"),
     [
         # 1 us tasks: 50 of them are not worth a round trip.
