@@ -124,6 +124,7 @@ class Executor:
     # Mean host memory use over `metrics`, 0.0-1.0 (0.0 before any heartbeat). Kept, not
     # computed when asked: LB ranks every executor by it when it picks a victim.
     memory_pressure: float = 0.0
+    view: ExecutorView | None = None  # made by ClusterView when first asked for, then kept
 
     def add_metrics(self, beat: p.Heartbeat) -> None:
         """A heartbeat arrived: keep it in the window and update `memory_pressure`."""
@@ -295,7 +296,13 @@ class ClusterView:
 
     def executors(self) -> list[ExecutorView]:
         """Live executors, in the order they joined."""
-        return [ExecutorView(e, self._core) for e in self._core.executors.values() if e.alive]
+        return [e.view or self._view_of(e) for e in self._core.executors.values() if e.alive]
+
+    def _view_of(self, executor: Executor) -> ExecutorView:
+        # Discussion: a view copies nothing, so one per executor serves for good; making
+        # 1,000 of them for every question cost LB ~0.3 ms, and the garbage collector more.
+        executor.view = ExecutorView(executor, self._core)
+        return executor.view
 
     def free_capacities(self) -> dict[str, int]:
         """Live executors with room for another launch: executor id -> how many more tasks
@@ -314,7 +321,7 @@ class ClusterView:
         """Live executors whose slot is free, in the order they joined."""
         core = self._core
         return [
-            ExecutorView(e, core)
+            e.view or self._view_of(e)
             for e in core.executors.values()
             if e.slot_task is None and e.alive
         ]
@@ -331,7 +338,7 @@ class ClusterView:
 
     def executor(self, executor_id: str) -> ExecutorView | None:
         executor = self._core.executors.get(executor_id)
-        return None if executor is None else ExecutorView(executor, self._core)
+        return None if executor is None else executor.view or self._view_of(executor)
 
     def task(self, task_id: str) -> TaskView | None:
         task = self._core.tasks.get(task_id)

@@ -116,11 +116,12 @@ class LbPolicy(AssignOnChange):
         but a memory reading, and one of them took nearly every stream task in `tidal
         demo`: its batch tasks spent their suspension budget first, and that executor
         finished each sweep last. Spreading suspensions evens both out."""
+        pressure = executor.memory_pressure
         return (
             -running_per_node[executor.node],
-            executor.memory_pressure >= self.memory_pressure_threshold,
+            pressure >= self.memory_pressure_threshold,
             executor.slot_task.suspensions,
-            executor.memory_pressure,
+            pressure,
             executor.executor_id,
         )
 
