@@ -1,0 +1,77 @@
+"""`tidal bench scale` at a small size: its driver and figures, checked for behaviour, not speed.
+
+The benchmark drives the real SchedulerCore with simulated executors (runtime/bench/scale.py);
+here with 20 executors and a few thousand subtasks, so every run takes well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from runtime.bench import scale
+from scheduler.state import TaskState
+
+
+def test_the_figures_are_all_there_and_sane():
+    figures = scale.run(executors=20, subtasks=5_000, events=2_000, drain_per_executor=20)
+    assert set(scale.TARGETS) <= set(figures)
+    assert figures["policy"] == "lb" and figures["executors"] == 20
+    assert figures["subtasks"] == figures["pending_subtasks_measured"] == 5_000
+    assert figures["events"] == 2_000
+    for name in (
+        "decision_ms_p50",
+        "decision_ms_p99",
+        "events_per_s",
+        "phase_events_per_s",
+        "bytes_per_pending_subtask",
+        "stream_arrival_ms_p50",
+        "drain_ms_p99",
+        "setup_s",
+    ):
+        assert math.isfinite(figures[name]) and figures[name] > 0, name
+    assert figures["decision_ms_p50"] <= figures["decision_ms_p99"] <= figures["decision_ms_max"]
+    # The policy made suspension decisions for the stream tasks; nothing completed twice.
+    assert figures["stream_tasks"] > 0 and figures["suspensions"] > 0
+    assert figures["duplicate_results"] == 0
+    assert figures["drain_completed_once"] == 1 and figures["drain_subtasks"] == 400
+
+
+def test_every_subtask_is_known_to_the_core_and_completes_exactly_once():
+    driver = scale.ScaleDriver(20, seed=3, stream_every_ms=5.0)
+    driver.submit_batch(5_000, tasks_per_job=2_000)
+    core = driver.core
+    assert driver.jobs == 3 and core.pending.count("batch") == 5_000
+    submitted = [f"bench-{j}/{i}" for j, n in enumerate((2_000, 2_000, 1_000)) for i in range(n)]
+    assert all(core.tasks[task_id].state is TaskState.PENDING for task_id in submitted)
+    assert {core.jobs[f"bench-{j}"].chunksize for j in range(3)} == {scale.CHUNKSIZE}
+    driver.start()
+    driver.run_until(lambda: driver.loop.now >= 1_000_000_000)  # a second with stream tasks
+    driver.finish()
+    assert driver.completed_once()
+    assert set(driver.results) == set(submitted) | {
+        f"stream-{i}/0" for i in range(driver.stream_tasks)
+    }
+    assert all(core.tasks[task_id].state is TaskState.DONE for task_id in submitted)
+    assert all(job.finished == job.total for job in core.jobs.values())
+    assert driver.stream_tasks > 0 and driver.suspends > 0 and core.steal_count > 0
+
+
+def test_the_same_seed_gives_the_same_run():
+    def one_run():
+        driver = scale.ScaleDriver(10, seed=7)
+        driver.submit_batch(2_000)
+        driver.start()
+        driver.run_until(lambda: driver.loop.now >= 500_000_000)
+        driver.finish()
+        return driver.loop.now, driver.suspends, driver.core.steal_count, list(driver.results)
+
+    assert one_run() == one_run()
+
+
+def test_memory_is_measured_one_of_two_ways():
+    with pytest.raises(ValueError, match="'tracemalloc' or 'rss'"):
+        scale.submit_measured(scale.ScaleDriver(1), 10, memory="guess")
+    kept = scale.submit_measured(scale.ScaleDriver(1), 1_000)
+    assert kept > 1_000 * 100  # a task id, a payload and a record per subtask at least
