@@ -44,15 +44,18 @@ Discussion, what limits the figures (2-core machine, CPython 3.11):
 * A freed slot costs lb ~0.1 ms at 1,000 executors: it asks the view which executors have
   room (one pass over the executors' records, ~60 ns each); an index kept by the core
   would make it independent of the cluster's size. Before the view answered that itself,
-  lb made a view per executor per event: ~1.3 ms a freed slot, p99 2.3 ms.
-* A stream task that finds no free slot costs ~1.8 ms at 1,000 executors: lb ranks every
-  running batch task, through views, to pick its victim (node balance first).
+  lb made a view per executor per event: ~1.3 ms a freed slot, `decision_ms_p99` 2.8 ms.
+* A stream task that finds no free slot costs 2-3 ms at 1,000 executors (it varies from
+  run to run): lb ranks every running batch task, through views, to pick its victim
+  (node balance first). It cost ~6.7 ms before the changes above.
 * `decision_ms_max` is the garbage collector. A full collection walks every tracked
   object, ~0.4 s with a million task records; it runs once as many new objects as a
   quarter of the old ones have survived, so rarely once a queue is built
-  (`gc_full_collections`: 0 or 1 in a full run). Keeping pending subtasks out of per-task
-  objects, or `gc.freeze()` in the server after a large submission, would shorten it.
-  Young collections take 1-8 ms here, more than in a scheduler process would: the
+  (`gc_full_collections`: 0 or 1 in a full run; 7 before the changes above, when views
+  made by the thousand survived into the old generation). Keeping pending subtasks out of
+  per-task objects, or `gc.freeze()` in the server after a large submission, would
+  shorten it.
+  Young collections take up to ~15 ms here, longer than in a scheduler process: the
   simulated executors' records are young objects of the same process.
 * In the drain, each report while an executor is idle costs a pass over every executor's
   chunks (~0.3 ms at 1,000 busy executors); an index of chunks would be next.
