@@ -374,18 +374,21 @@ def test_a_kill_without_requeue_fails_the_task_with_the_reason():
     assert item[1] == "failed" and item[3][0] == "TaskKilled" and "kill-once" in item[3][1]
 
 
+class ScriptedTicks(Policy):
+    """Makes, at the next tick, exactly the decisions a test put in `next`."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.next = []
+
+    def tick(self, view):
+        decisions, self.next = self.next, []
+        return decisions
+
+
 def test_a_resumed_task_behind_an_unsuspendable_one_stays_tracked():
-    class Scripted(Policy):
-        name = "scripted"
-
-        def __init__(self):
-            self.next = []
-
-        def tick(self, view):
-            decisions, self.next = self.next, []
-            return decisions
-
-    policy = Scripted()
+    policy = ScriptedTicks()
     h = Harness(policy=policy, executors=[("e0", "n0")], heartbeat_ns=100 * MS)
     h.submit("b", "batch", 2)
     for decisions, reports in [
@@ -410,17 +413,7 @@ def test_a_resumed_task_behind_an_unsuspendable_one_stays_tracked():
 
 
 def test_a_resumed_task_overtaken_by_a_prefetched_one_stays_tracked():
-    class Scripted(Policy):
-        name = "scripted"
-
-        def __init__(self):
-            self.next = []
-
-        def tick(self, view):
-            decisions, self.next = self.next, []
-            return decisions
-
-    policy = Scripted()
+    policy = ScriptedTicks()
     h = Harness(policy=policy, executors=[("e0", "n0")], heartbeat_ns=100 * MS)
     h.submit("b", "batch", 3)
     for decisions, reports in [
