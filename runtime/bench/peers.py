@@ -5,11 +5,11 @@ peer reports why it skipped the peer (`dask_missing()`), and still runs Tidal's 
 
 The peer is set up as its documentation recommends and as close to Tidal's set-up as it
 allows: a `distributed.LocalCluster` of single-thread worker processes (one per Tidal
-executor), no dashboard, its logs kept to errors, and the workers' statistical profiler
-off (it samples every running task's stack every 10 ms; with it, the unified benchmark's
-CPU-bound Python tasks ran up to ~1.5x slower on Dask's workers than alone). Priorities
-are Dask's own: an integer per submission, higher first (`STREAM_PRIORITY` for stream
-work, `BATCH_PRIORITY` for batch). Everything else is Dask's default.
+executor), its HTTP server on a free port, its logs kept to errors, and the workers'
+statistical profiler off (it samples every running task's stack every 10 ms; with it, the
+unified benchmark's CPU-bound Python tasks ran up to ~1.5x slower on Dask's workers than
+alone). Priorities are Dask's own: an integer per submission, higher first
+(`STREAM_PRIORITY` for stream work, `BATCH_PRIORITY` for batch). Everything else is Dask's default.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def dask_cluster(workers: int) -> Iterator[Any]:
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # its HTTP server on a free port: runs never collide
             silence_logs=logging.ERROR,
         ) as cluster,
         distributed.Client(cluster) as client,
