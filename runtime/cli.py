@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the I/O and listener threads at normal priority (by default "
         "they run SCHED_FIFO where permitted, see README)",
     )
+    executor.add_argument(
+        "--memory-limit",
+        default=None,
+        metavar="SIZE",
+        help="fail the task that takes this executor's memory (RSS, suspended tasks "
+        "included) over SIZE, e.g. 512MiB or 2GB; exit (code 3) if that is not enough",
+    )
     executor.set_defaults(run=_run_executor)
 
     scheduler = commands.add_parser("scheduler", help="run the central scheduler")
@@ -190,17 +197,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_executor(args: argparse.Namespace) -> int:
-    from runtime.executor import serve
+    from runtime.executor import Executor
+    from runtime.memory import parse_size
 
-    return serve(
-        args.scheduler,
-        node=args.node,
-        executor_id=args.executor_id,
-        switch_interval_s=args.switch_interval_us / 1e6,
-        suspend_timeout_ns=int(args.suspend_timeout_ms * 1e6),
-        connect_timeout_s=args.connect_timeout,
-        realtime=args.realtime,
-    )
+    try:
+        memory_limit = None if args.memory_limit is None else parse_size(args.memory_limit)
+        executor = Executor(
+            args.scheduler,
+            node=args.node,
+            executor_id=args.executor_id,
+            switch_interval_s=args.switch_interval_us / 1e6,
+            suspend_timeout_ns=int(args.suspend_timeout_ms * 1e6),
+            connect_timeout_s=args.connect_timeout,
+            realtime=args.realtime,
+            memory_limit=memory_limit,
+        )
+    except ValueError as exc:  # a bad --memory-limit, or one below the executor's own RSS
+        print(f"tidal executor: --memory-limit: {exc}", file=sys.stderr)
+        return 2
+    return executor.run()
 
 
 def _run_scheduler(args: argparse.Namespace) -> int:

@@ -46,6 +46,7 @@ from runtime.functions import function_ref
 
 # Re-exported, so `from runtime.client import TaskFuture, gather, ...` keeps working.
 from runtime.futures import (
+    MemoryLimitExceeded,
     RemoteTraceback,
     TaskError,
     TaskFuture,
@@ -59,6 +60,7 @@ from runtime.task import PRIORITY_CLASSES, TaskFunction
 __all__ = [
     "Client",
     "ClientExecutor",
+    "MemoryLimitExceeded",
     "RemoteTraceback",
     "TaskError",
     "TaskFuture",

@@ -8,7 +8,8 @@ Threads, sockets and why:
   kernel flushes: at each task switch, when a chunk reports, and past 1 MiB.
 * The listener thread owns the other DEALER connection, the one that said `hello`: it
   receives commands and turns them into kernel calls (which raise the record gate), sends
-  heartbeats with metrics, and runs the suspension watchdog.
+  heartbeats with metrics, runs the suspension watchdog and, with a memory limit, the
+  memory guard (runtime/memory.py).
 
 Discussion: reports used to go through the listener over an inproc socket. Every such send
 gave up the GIL, and the busy listener then held it, so each report cost the task thread a
@@ -43,6 +44,7 @@ import zmq
 from runtime import protocol as p
 from runtime.functions import FunctionRef
 from runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
+from runtime.memory import MEMORY_POLL_MS, Exit, FailTask, MemoryGuard, RssProbe, format_size
 from runtime.realtime import (
     DEFAULT_STREAM_NICE,
     DEFAULT_TASK_NICE,
@@ -61,6 +63,9 @@ DEFAULT_SWITCH_INTERVAL_S = 100e-6
 DEFAULT_HEARTBEAT_S = 0.5
 # While a suspension is pending, look at the watchdog this often.
 WATCHDOG_POLL_MS = 5
+# The exit code of an executor that could not get back under its memory limit.
+EXIT_OVER_MEMORY_LIMIT = 3
+MEMORY_LIMIT_EXCEEDED = "MemoryLimitExceeded"  # the error type of a task failed for the limit
 
 
 class Executor:
@@ -79,6 +84,7 @@ class Executor:
         realtime: bool = True,
         task_nice: int = DEFAULT_TASK_NICE,
         stream_nice: int = DEFAULT_STREAM_NICE,
+        memory_limit: int | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.node = node
@@ -93,6 +99,15 @@ class Executor:
         self.task_nice = task_nice
         self.stream_nice = stream_nice
         self._task_tid: int | None = None  # the task thread's id, once run() has started
+        self.memory_limit = memory_limit
+        self._rss = RssProbe()
+        if memory_limit is not None and self._rss() >= memory_limit:
+            rss = self._rss()
+            self._rss.close()
+            raise ValueError(
+                f"a memory limit of {format_size(memory_limit)} is below this executor's own "
+                f"memory before any task (rss {format_size(rss)}): raise it"
+            )
         self._context = zmq.Context()
         realtime_io_threads(self._context, realtime)
         self._inproc = f"inproc://tidal-executor-{uuid.uuid4().hex}"
@@ -119,10 +134,24 @@ class Executor:
             # payload is unpacked, move it out of the collector's way. It is still freed by
             # reference counting when the task ends.
             payload_unpacked=gc.freeze,
+            # Per-task memory estimates cost two RSS reads per switch: only with a limit.
+            memory_probe=self._rss if memory_limit is not None else None,
+        )
+        self._memory_guard = (
+            None
+            if memory_limit is None
+            else MemoryGuard(
+                memory_limit,
+                self.executor_id,
+                probe=self._rss,
+                estimates=self.kernel.memory_estimates,
+                running=self.kernel.running_task,
+                alive=self.kernel.holds,
+                clock=time.monotonic_ns,
+            )
         )
         self._bad_frames = p.RateLimitedLog(log.warning)
         self._dropped = p.RateLimitedLog(log.error)
-        self._process = psutil.Process()
 
     # ---- main thread ------------------------------------------------------------------------
 
@@ -152,6 +181,7 @@ class Executor:
             self._to_listener.close(linger=0)
             self._reports.close()
             self._context.term()
+            self._rss.close()
         return self.exit_code
 
     def _emit(self, msg: p.Message) -> None:
@@ -250,6 +280,8 @@ class Executor:
             timeout_ms = max(0.0, (next_heartbeat - time.monotonic()) * 1000)
             if self.kernel.has_pending_suspensions():
                 timeout_ms = min(timeout_ms, WATCHDOG_POLL_MS)
+            if self._memory_guard is not None and self.kernel.holds_tasks():
+                timeout_ms = min(timeout_ms, MEMORY_POLL_MS)
             ready = dict(poller.poll(timeout_ms))
 
             # -- 2. Commands from the scheduler, each handled by its op.
@@ -275,9 +307,12 @@ class Executor:
             if from_main in ready:
                 return
 
-            # -- 4. Watchdog: report suspensions the running task cannot honour.
+            # -- 4. Watchdog: report suspensions the running task cannot honour; with a
+            #       memory limit, fail the task that pays for going over it (or exit).
             for failure in self.kernel.check_overdue():
                 self._send(dealer, p.encode(failure))
+            if self._memory_guard is not None and self.kernel.holds_tasks():
+                self._enforce_memory_limit(dealer)
 
             # -- 5. Heartbeat, or give up if the scheduler never answered the hello.
             now = time.monotonic()
@@ -319,9 +354,48 @@ class Executor:
                 f"dropped a message: {dealer.sndhwm} are queued for a scheduler that is not reading"
             )
 
+    def _enforce_memory_limit(self, dealer: zmq.Socket) -> None:
+        """One look at the RSS; fail a task, or exit, as the guard decides."""
+        action = self._memory_guard.check()
+        if isinstance(action, FailTask):
+            log.warning("%s: failing it", action.message)
+            self.kernel.fail(action.task_id, MEMORY_LIMIT_EXCEEDED, action.message)
+        elif isinstance(action, Exit):
+            self._exit_over_limit(dealer, action)
+
+    def _exit_over_limit(self, dealer: zmq.Socket, action: Exit) -> None:
+        """Report the task that could not be stopped as failed, say goodbye, and exit.
+
+        Discussion: the task thread is busy in that task, so nothing it owns can be used:
+        not the kernel, not the report connection. A connection of our own, with its own
+        context, attaches as this executor's, carries the failure and the goodbye (so the
+        scheduler requeues the other tasks at once instead of waiting for missed
+        heartbeats), and its context's term() waits until they are sent.
+        """
+        log.error("%s", action.message)
+        context = zmq.Context()
+        last = context.socket(zmq.DEALER)
+        last.linger = 2000
+        last.connect(self.scheduler)
+        frames = [p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id))]
+        if action.task_id is not None:
+            failure = self.kernel.memory_failure(
+                action.task_id, MEMORY_LIMIT_EXCEEDED, action.message
+            )
+            if failure is not None:
+                frames.append(p.encode(failure))
+        frames.append(p.encode(p.Goodbye(action.message)))
+        for frame in frames:
+            last.send(frame)
+        last.close()
+        context.term()
+        dealer.close(linger=0)
+        os._exit(EXIT_OVER_MEMORY_LIMIT)
+
     def _heartbeat(self, seq: int) -> p.Heartbeat:
         stats = self.kernel.statistics()
         memory = psutil.virtual_memory()
+        rss = self._rss()
         return p.Heartbeat(
             self.executor_id,
             self.node,
@@ -331,9 +405,11 @@ class Executor:
             stats.running,
             stats.suspended,
             stats.queued,
-            self._process.memory_info().rss,
+            rss,
             memory.available,
             float(memory.percent),
+            self.memory_limit or 0,
+            self.kernel.memory_estimates(rss),
         )
 
     # ---- handlers (listener thread) -----------------------------------------------------------

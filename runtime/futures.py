@@ -21,6 +21,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 __all__ = [
+    "MemoryLimitExceeded",
     "RemoteTraceback",
     "TaskError",
     "TaskFuture",
@@ -45,6 +46,14 @@ class TaskError(Exception):
         return f"{self.error_type}: {self.message}"
 
 
+class MemoryLimitExceeded(TaskError, MemoryError):
+    """The task took its executor over its memory limit and was stopped; it is not retried.
+
+    A TaskError (`error_type` "MemoryLimitExceeded") and a MemoryError, so that either
+    `except` catches it. The message names the task, the executor, the limit and the RSS.
+    """
+
+
 class RemoteTraceback(Exception):
     """The traceback of a task's exception as the executor formatted it (its `__cause__`)."""
 
@@ -59,6 +68,10 @@ class RemoteTraceback(Exception):
 def rebuild_error(error_type: str, message: str, traceback_text: str) -> Exception:
     """The exception a failed task's future raises: the builtin type if it is one, else
     TaskError; its `__cause__` is the remote traceback, so a printed traceback shows both."""
+    if error_type == MemoryLimitExceeded.__name__:  # the executor's name for it
+        error = MemoryLimitExceeded(error_type, message)
+        error.__cause__ = RemoteTraceback(traceback_text)
+        return error
     cls = getattr(builtins, error_type, None) if "." not in error_type else None
     error: Exception | None = None
     # Discussion: only Exception subclasses: a task's KeyboardInterrupt or SystemExit must not

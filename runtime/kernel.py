@@ -109,8 +109,15 @@ class TaskRecord:
     suspended_at: int = 0
     resume_started_at: int = 0  # non-zero while a resumption is in flight
     kill_requested: bool = False
+    # Set by `fail`: [error_type, message, ""] reported instead of `killed` once it unwinds.
+    fail_error: list[str] | None = None
+    # With a memory probe: the growth of the RSS while this task ran (its memory estimate),
+    # and the RSS when it was last switched in.
+    memory_bytes: int = 0
+    rss_mark: int = 0
     # A chunk's subtasks not started yet: [task_id, payload] (or [task_id, args, kwargs]).
     chunk: deque[list[Any]] | None = None
+    running_subtask: str | None = None  # a chunk: the subtask it is running
 
     def stats(self, executor_id: str, now: int) -> dict[str, Any]:
         return {
@@ -125,11 +132,12 @@ class TaskRecord:
 
 @dataclass(slots=True)
 class _Command:
-    op: str  # "launch" | "suspend" | "resume" | "kill" | "steal" | "stop"
+    op: str  # "launch" | "suspend" | "resume" | "kill" | "fail" | "steal" | "stop"
     task_id: str
     queued_at: int
     record: TaskRecord | None = None
     count: int = 0  # steal only: how many subtasks
+    error: list[str] | None = None  # fail only: [error_type, message, traceback]
     # suspend only: settled under the kernel's lock by either the hub (taken) or the
     # watchdog (cancelled, because no record boundary came in time); never both.
     taken: bool = False
@@ -194,6 +202,7 @@ class Kernel:
         gated_iterator: Callable[..., Any] = GatedIterator,
         priority_changed: Callable[[str], None] | None = None,
         payload_unpacked: Callable[[], None] | None = None,
+        memory_probe: Callable[[], int] | None = None,
     ) -> None:
         self.executor_id = executor_id
         self.gate = gate_factory()
@@ -221,6 +230,9 @@ class Kernel:
         # Called in the task's greenlet right after its payload was unpacked (the executor
         # moves the fresh task data out of the cyclic collector's way there).
         self._payload_unpacked = payload_unpacked or (lambda: None)
+        # Returns the process's RSS; read at each switch into and out of a task to estimate
+        # each task's memory (runtime/memory.py). None (the default): no reads, no estimates.
+        self._memory_probe = memory_probe
 
     # ---- commands: callable from any thread -----------------------------------------------
 
@@ -260,6 +272,15 @@ class Kernel:
     def kill(self, task_id: str) -> None:
         """Stop a task: TaskKilled is raised in it at its next record boundary."""
         self._post(_Command("kill", task_id, self._clock()))
+
+    def fail(self, task_id: str, error_type: str, message: str) -> None:
+        """Stop a task as `kill` does, but report it `failed` with this error.
+
+        The executor fails a task this way when it exceeds the memory limit. In a chunk, the
+        subtask running when it is stopped fails with the error, and the chunk reports
+        `killed`, so that its subtasks that did not run are placed again.
+        """
+        self._post(_Command("fail", task_id, self._clock(), error=[error_type, message, ""]))
 
     def launch_chunk(
         self,
@@ -314,6 +335,61 @@ class Kernel:
                         )
                     )
         return failures
+
+    def memory_estimates(self, rss: int) -> dict[str, int]:
+        """Each started task's memory estimate in bytes (task id -> bytes), the running
+        task's including its growth since it was switched in (`rss` is the RSS now).
+
+        Empty without a memory probe. Safe to call from another thread; the figures of a task
+        switching at that moment may be a switch out of date.
+        """
+        if self._memory_probe is None:
+            return {}
+        current = self._current
+        estimates = {}
+        for record in list(self._tasks.values()):
+            if record.glet is None:
+                continue  # not started: it holds its packed payload only
+            estimate = record.memory_bytes
+            if record is current and record.state is TaskState.RUNNING:
+                estimate += rss - record.rss_mark
+            estimates[record.task_id] = estimate
+        return estimates
+
+    def running_task(self) -> str | None:
+        """The id of the task holding the slot now, if any (from any thread)."""
+        current = self._current
+        return current.task_id if current is not None else None
+
+    def holds_tasks(self) -> bool:
+        """Whether any task is here (launched, running or suspended)."""
+        return bool(self._tasks)
+
+    def memory_failure(
+        self, task_id: str, error_type: str, message: str
+    ) -> p.Failed | p.ChunkResults | None:
+        """The report that fails a task which cannot be stopped, for an executor that exits
+        instead (from another thread; the task keeps running until the process ends).
+
+        For a chunk: the failure of the subtask it is running, if any (its other subtasks
+        go back to the scheduler's queue when the executor leaves)."""
+        record = self._tasks.get(task_id)
+        if record is None:
+            return None
+        error = [error_type, message, ""]
+        if record.chunk is not None:
+            subtask = record.running_subtask
+            if subtask is None:
+                return None
+            return p.ChunkResults(task_id, [[subtask, "failed", None, error, {}]])
+        return p.Failed(
+            task_id, record.attempt, *error, record.stats(self.executor_id, self._clock())
+        )
+
+    def holds(self, task_id: str) -> bool:
+        """Whether a task is here and not done (from any thread)."""
+        record = self._tasks.get(task_id)
+        return record is not None and record.state is not TaskState.DONE
 
     def has_pending_suspensions(self) -> bool:
         """True while a suspend command waits for the running task to reach a boundary."""
@@ -406,6 +482,9 @@ class Kernel:
         record.gate_mark = self.gate.records
         record.switched_in_at = now
         self._flush()
+        probe = self._memory_probe
+        if probe is not None:
+            record.rss_mark = probe()
         if record.kill_requested:
             # Keep the gate raised: a task that catches TaskKilled and goes on is killed
             # again at its next record boundary.
@@ -415,6 +494,10 @@ class Kernel:
             result = record.glet.switch(_GO)
         # Back in the hub: the task is parked at a boundary (_ATTENTION) or done (_Outcome).
         self._regained_at = self._clock()
+        if probe is not None:
+            rss = probe()
+            record.memory_bytes += rss - record.rss_mark
+            record.rss_mark = rss  # while it stays current, parked, it grows no further
         record.running_ns += self._regained_at - record.switched_in_at
         record.records += self.gate.records - record.gate_mark
         record.gate_mark = self.gate.records
@@ -477,6 +560,11 @@ class Kernel:
                 self._ready.add_resumed(record)
         elif command.op == "kill":
             self._apply_kill(record, command)
+        elif command.op == "fail":
+            # Not the scheduler's command: a task that ended meanwhile needs no report.
+            if record is not None and record.state is not TaskState.DONE:
+                record.fail_error = command.error
+                self._apply_kill(record, command)
         elif command.op == "steal":
             # Atomic by construction: only the hub runs now, and the chunk's runner takes
             # subtasks from the front, so the tail holds only subtasks that have not started.
@@ -557,6 +645,8 @@ class Kernel:
                 )
             else:
                 self._emit(p.Finished(record.task_id, record.attempt, result, stats))
+        elif outcome.kind == "killed" and record.fail_error is not None and record.chunk is None:
+            self._emit(p.Failed(record.task_id, record.attempt, *record.fail_error, stats))
         elif outcome.kind == "killed":
             self._emit(p.Killed(record.task_id, record.attempt, stats))
         else:
@@ -610,12 +700,18 @@ class Kernel:
         try:
             while record.chunk:
                 task_id, *call = record.chunk.popleft()
+                record.running_subtask = task_id
                 started = self._clock()
                 value, outcome, error = None, "failed", None
                 try:
                     args, kwargs = self._unpack(call[0]) if len(call) == 1 else call
                     result = self._call_task(fn, args, kwargs)
-                except (TaskKilled, greenlet.GreenletExit):
+                except TaskKilled:
+                    if record.fail_error is not None:  # this subtask is the one that pays
+                        stats = {"running_ns": self._clock() - started}
+                        results.append([task_id, "failed", None, record.fail_error, stats])
+                    raise
+                except greenlet.GreenletExit:
                     raise
                 except BaseException as exc:  # a task's error belongs to its result
                     error = _describe_failure(exc)

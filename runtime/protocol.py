@@ -53,7 +53,8 @@ __all__ = [
 # 3: opaque payloads: task arguments and results travel as msgpack blobs (bytes) the
 #    scheduler only forwards (submit.tasks, launch.payload, launch_chunk.subtasks,
 #    finished.result, chunk_results and results values).
-PROTOCOL_VERSION = 3
+# 4: heartbeat.memory_limit_bytes and heartbeat.task_memory (executor memory limits).
+PROTOCOL_VERSION = 4
 
 # Discussion: partitions travel inside `launch`, so frames can be large; 64 MiB bounds the
 # memory one frame can cost a receiver while leaving room for real data. Configurable per
@@ -199,6 +200,10 @@ class Heartbeat(Message):
     rss_bytes: int
     mem_available_bytes: int
     mem_percent: float
+    # The executor's memory limit (`--memory-limit`), 0 for none; and with a limit, each
+    # started task's memory estimate here, {task_id: bytes} (runtime/memory.py).
+    memory_limit_bytes: int = 0
+    task_memory: dict | None = None
 
 
 # ---- commands: scheduler -> executor -------------------------------------------------------

@@ -34,3 +34,23 @@ def total(part: Iterable[int]) -> int:
 @task
 def noop(*_args: object) -> None:
     """Do nothing (whatever it is given): for measuring per-task overhead."""
+
+
+@task
+def hog(part: Iterable[int], kib_per_record: int = 1024) -> int:
+    """Keep `kib_per_record` KiB more for each record (memory-limit tests); return the KiB
+    held at the end."""
+    held = []
+    for _ in part:
+        held.append(b"\x01" * (kib_per_record * 1024))  # written, so resident
+    return len(held) * kib_per_record
+
+
+@task(inputs=[])
+def hog_without_boundaries(kib_per_step: int = 256, step_us: float = 1000.0) -> None:
+    """Grow by `kib_per_step` KiB every `step_us` forever, reaching no record boundary: a
+    task the memory guard cannot stop from outside."""
+    held = []
+    while True:
+        held.append(b"\x01" * (kib_per_step * 1024))
+        time.sleep(step_us / 1e6)

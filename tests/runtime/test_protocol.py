@@ -201,7 +201,7 @@ def test_decode_accepts_bytearray_and_memoryview():
 
 def test_a_float_field_accepts_an_int_from_the_wire():
     fields = ["e", "n", 1, 2, 1, 0, 0, 0, 10, 20]
-    msg = decode(frame("heartbeat", *fields, 50))
+    msg = decode(frame("heartbeat", *fields, 50, 0, {}))
     assert msg.mem_percent == 50
 
 
@@ -325,7 +325,7 @@ def test_every_truncation_of_a_frame_is_a_protocol_error(msg, data):
             id="map for list",
         ),
         pytest.param(
-            frame("heartbeat", "e", "n", 1, 2, 1, 0, 0, 0, 10, 20, True),
+            frame("heartbeat", "e", "n", 1, 2, 1, 0, 0, 0, 10, 20, True, 0, {}),
             "heartbeat.mem_percent must be float, got bool",
             id="bool for float",
         ),
