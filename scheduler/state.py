@@ -99,6 +99,7 @@ class Task:
     cancel_requested: bool = False
     chunk: Task | None = None  # a chunked task: the chunk it was launched in
     subtasks: dict[str, Task] | None = None  # a chunk: its subtasks not reported yet
+    memory_bytes: int = 0  # its executor's estimate of its memory, from the last heartbeat
 
     @property
     def priority(self) -> str:
@@ -125,12 +126,30 @@ class Executor:
     # computed when asked: LB ranks every executor by it when it picks a victim.
     memory_pressure: float = 0.0
     view: ExecutorView | None = None  # made by ClusterView when first asked for, then kept
+    memory_limit_bytes: int | None = None  # its `--memory-limit`, from its heartbeats
+    rss_bytes: int | None = None  # from its last heartbeat
 
     def add_metrics(self, beat: p.Heartbeat) -> None:
-        """A heartbeat arrived: keep it in the window and update `memory_pressure`."""
+        """A heartbeat arrived: keep it in the window, update `memory_pressure`, the limit
+        and the RSS, and each task's memory estimate."""
         self.metrics.append(beat)
         window = self.metrics
         self.memory_pressure = sum(m.mem_percent for m in window) / len(window) / 100
+        self.memory_limit_bytes = beat.memory_limit_bytes if beat.memory_limit_bytes > 0 else None
+        self.rss_bytes = beat.rss_bytes
+        estimates = beat.task_memory or {}
+        for task in self.tasks():
+            figure = estimates.get(task.task_id, 0)
+            # Peer input: a dict's contents are not checked by decode.
+            task.memory_bytes = figure if type(figure) is int and figure > 0 else 0
+
+    @property
+    def memory_headroom(self) -> int | None:
+        """Bytes left under its memory limit at its last heartbeat (negative: over it);
+        None without a limit or before the first heartbeat."""
+        if self.memory_limit_bytes is None or self.rss_bytes is None:
+            return None
+        return self.memory_limit_bytes - self.rss_bytes
 
     def tasks(self) -> Iterator[Task]:
         """Every task whose state lives on this executor."""
@@ -213,6 +232,11 @@ class TaskView:
         lambda self: self._task.preferred,
         doc="Node labels or executor ids the task would rather run on (empty: anywhere).",
     )
+    memory_bytes = property(
+        lambda self: self._task.memory_bytes,
+        doc="Its executor's estimate of the memory it holds, in bytes, from the last "
+        "heartbeat (0 when unknown: not started, or the executor has no memory limit).",
+    )
 
     @property
     def suspendable(self) -> bool:
@@ -270,6 +294,19 @@ class ExecutorView:
     memory_pressure = property(
         lambda self: self._executor.memory_pressure,
         doc="Mean host memory use over the metrics window, 0.0-1.0 (0.0 before any heartbeat).",
+    )
+    memory_limit_bytes = property(
+        lambda self: self._executor.memory_limit_bytes,
+        doc="Its memory limit in bytes (None: no limit, or no heartbeat yet).",
+    )
+    rss_bytes = property(
+        lambda self: self._executor.rss_bytes,
+        doc="Its process's RSS at its last heartbeat (None before the first).",
+    )
+    memory_headroom = property(
+        lambda self: self._executor.memory_headroom,
+        doc="Bytes left under its memory limit at its last heartbeat, negative when over "
+        "it (None without a limit). Suspended tasks' memory is in the RSS, so it counts.",
     )
 
     def __repr__(self) -> str:
@@ -387,6 +424,7 @@ def status_snapshot(core: SchedulerCore) -> dict[str, Any]:
                     t.task_id for t in e.suspended.values() if t.state is TaskState.SUSPENDED
                 ],
                 "rss_bytes": beat.rss_bytes if beat else None,
+                "memory_limit_bytes": e.memory_limit_bytes,
                 "mem_available_bytes": beat.mem_available_bytes if beat else None,
                 "mem_percent": beat.mem_percent if beat else None,
                 "last_seen_s": (core.now - e.last_seen) / 1e9,

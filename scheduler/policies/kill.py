@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from scheduler.decisions import Decision, Kill
 from scheduler.policies.lb import LbPolicy
-from scheduler.state import TaskView
+from scheduler.state import ExecutorView, TaskView
 
 
 class KillPolicy(LbPolicy):
@@ -23,3 +23,6 @@ class KillPolicy(LbPolicy):
 
     def _preempt(self, task: TaskView) -> Decision:
         return Kill(task.task_id, requeue=True)
+
+    def _cannot_park(self, executor: ExecutorView) -> bool:
+        return False  # a killed task parks nothing: its memory is freed

@@ -4,7 +4,8 @@ Stream tasks bypass batch tasks. When stream tasks are pending and no slot is fr
 suspends running batch tasks to make room, choosing victims so that the number of running
 batch tasks per node stays balanced (it takes from the node running the most) and, among
 equally loaded nodes, steering away from executors under memory pressure (a suspended task
-keeps its memory there). A free slot
+keeps its memory there). Before balance, it avoids executors with a memory limit that cannot
+afford to park their task (see `_cannot_park`). A free slot
 goes to a pending stream task first, then to a task suspended on that executor (its state is
 there, and resumption comes before new batch work), then to the next batch task.
 """
@@ -108,9 +109,10 @@ class LbPolicy(AssignOnChange):
     def _victim_rank(
         self, executor: ExecutorView, stream_task: TaskView, running_per_node: Counter[str]
     ) -> tuple:
-        """Lower is a better victim: on the node running the most batch tasks (balance comes
-        first, as in Neptune's LB), then not under memory pressure, then the task suspended
-        least so far, then the least pressure.
+        """Lower is a better victim: on an executor that can afford to park it (see
+        `_cannot_park`), then on the node running the most batch tasks (balance, as in
+        Neptune's LB), then not under memory pressure, then the task suspended least so far,
+        then the least pressure.
 
         Discussion: without the suspension count, executors on one host tie on everything
         but a memory reading, and one of them took nearly every stream task in `tidal
@@ -118,12 +120,27 @@ class LbPolicy(AssignOnChange):
         finished each sweep last. Spreading suspensions evens both out."""
         pressure = executor.memory_pressure
         return (
+            self._cannot_park(executor),
             -running_per_node[executor.node],
             pressure >= self.memory_pressure_threshold,
             executor.slot_task.suspensions,
             pressure,
             executor.executor_id,
         )
+
+    def _cannot_park(self, executor: ExecutorView) -> bool:
+        """Whether suspending the executor's running task would leave it short of memory:
+        it has a memory limit, and less headroom under it than the task holds.
+
+        Discussion: a parked task keeps its memory where it is while the slot runs another
+        task, which needs memory of its own; where the headroom left is smaller than what
+        the parked task holds, that next task is the likeliest to take the executor over
+        its limit, and the executor then fails a task (runtime/memory.py). Such executors
+        are chosen last, before balance: a failed task costs more than an uneven node.
+        They are still chosen when every candidate is short (the stream task must run),
+        and the estimate is as old as the executor's last heartbeat."""
+        headroom = executor.memory_headroom
+        return headroom is not None and headroom < executor.slot_task.memory_bytes
 
     def _fill_batch(self, view: ClusterView, resumed: set[str]) -> Iterator[Decision]:
         if view.pending_count("stream"):
