@@ -4,7 +4,9 @@
         ...
 
 Every process it starts it stops: on `close()`, on leaving the `with` block (also through
-an exception or Ctrl-C), and at interpreter exit as a last resort.
+an exception or Ctrl-C), and at interpreter exit as a last resort. An executor that dies
+while the cluster runs (killed, or over its memory limit) is started again, a bounded number
+of times, by a supervisor thread; the scheduler requeues what the dead one held.
 
 Discussion: the scheduler runs in its own process, not in a thread of the user's: sharing
 the user's GIL would put every scheduling decision behind whatever the user's program is
@@ -14,18 +16,27 @@ doing, which is exactly the kind of wait Tidal exists to remove.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import selectors
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
+from runtime.memory import parse_size
 from runtime.stub import child_env, spawn_executor, stop_process
 from scheduler.policies import resolve_policy
 from scheduler.server import ANNOUNCEMENT
 
 __all__ = ["ClusterStartError", "LocalCluster"]
+
+log = logging.getLogger("tidal.cluster")
+
+# How often the supervisor looks for executors that died: a restart comes this long after
+# the death at most (the scheduler notices the loss itself, from missed heartbeats).
+SUPERVISE_INTERVAL_S = 0.1
 
 
 class ClusterStartError(RuntimeError):
@@ -36,7 +47,10 @@ class LocalCluster:
     """Start a scheduler and `executors` executor processes on this machine.
 
     With `event_log=PATH` the scheduler writes its event log there (scheduler/eventlog.py),
-    flushed at each heartbeat tick and complete once the cluster is closed.
+    flushed at each heartbeat tick and complete once the cluster is closed. With
+    `memory_limit` (bytes, or a size such as "512MiB") each executor enforces that limit
+    (runtime/memory.py). An executor that dies is started again, at most `executor_restarts`
+    times per executor (0: never); `restarts` counts them.
     """
 
     def __init__(
@@ -52,6 +66,8 @@ class LocalCluster:
         executor_args: Sequence[str] = (),
         stealing: bool = True,
         event_log: str | os.PathLike[str] | None = None,
+        memory_limit: int | str | None = None,
+        executor_restarts: int = 5,
     ) -> None:
         if executors < 1:
             raise ValueError(f"a cluster needs at least one executor, not {executors}")
@@ -59,8 +75,17 @@ class LocalCluster:
             raise ValueError(f"{len(nodes)} node labels for {executors} executors")
         self.policy = _policy_spec(policy)
         resolve_policy(self.policy)  # an unknown name fails here, listing the known ones
+        self.memory_limit = None if memory_limit is None else parse_size(memory_limit)
+        if executor_restarts < 0:
+            raise ValueError(f"executor_restarts must be >= 0, not {executor_restarts}")
+        self.executor_restarts = executor_restarts
+        self.restarts = 0
         self._processes: list[subprocess.Popen[bytes]] = []
+        self._executor_args: list[tuple[str, list[str]]] = []  # (node, arguments) per executor
+        self._restarts_of: list[int] = []
         self._closed = False
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
         self.stealing = stealing
         # The scheduler's event log (`tidal timeline` draws it); absolute, as the scheduler
         # process resolves it.
@@ -68,16 +93,19 @@ class LocalCluster:
         atexit.register(self.close)
         try:
             self._start_scheduler(max_suspensions, heartbeat_ms, start_timeout, log_level)
+            limit = [] if self.memory_limit is None else ["--memory-limit", str(self.memory_limit)]
             for i in range(executors):
                 node = nodes[i] if nodes is not None else f"local-{i}"
-                self._processes.append(
-                    spawn_executor(
-                        self.address,
-                        node=node,
-                        extra_args=["--connect-timeout", str(start_timeout), *executor_args],
-                    )
-                )
+                args = ["--connect-timeout", str(start_timeout), *limit, *executor_args]
+                self._executor_args.append((node, args))
+                self._restarts_of.append(0)
+                self._processes.append(spawn_executor(self.address, node=node, extra_args=args))
             self._wait_for_executors(executors, start_timeout)
+            if executor_restarts > 0:
+                self._supervisor = threading.Thread(
+                    target=self._supervise, name="tidal-cluster-supervisor", daemon=True
+                )
+                self._supervisor.start()
         except BaseException:
             self.close()
             raise
@@ -142,6 +170,38 @@ class LocalCluster:
                     f"an executor exited with code {process.returncode} while the cluster started"
                 )
 
+    def _supervise(self) -> None:
+        """Start executors that died again, at most `executor_restarts` times each."""
+        while not self._stopping.wait(SUPERVISE_INTERVAL_S):
+            for i, (node, args) in enumerate(self._executor_args):
+                process = self._processes[i + 1]
+                if process.poll() is None or self._restarts_of[i] > self.executor_restarts:
+                    continue
+                if self._restarts_of[i] == self.executor_restarts:
+                    log.error(
+                        "executor %d (node %s) exited with code %s and was restarted %d times "
+                        "already: not again",
+                        i,
+                        node,
+                        process.returncode,
+                        self.executor_restarts,
+                    )
+                    self._restarts_of[i] += 1  # said once
+                    continue
+                self._restarts_of[i] += 1
+                self.restarts += 1
+                log.warning(
+                    "executor %d (node %s, pid %d) exited with code %s: starting it again "
+                    "(restart %d of at most %d)",
+                    i,
+                    node,
+                    process.pid,
+                    process.returncode,
+                    self._restarts_of[i],
+                    self.executor_restarts,
+                )
+                self._processes[i + 1] = spawn_executor(self.address, node=node, extra_args=args)
+
     @property
     def processes(self) -> list[subprocess.Popen[bytes]]:
         """The scheduler process first, then the executors."""
@@ -153,6 +213,9 @@ class LocalCluster:
             return
         self._closed = True
         atexit.unregister(self.close)
+        self._stopping.set()  # no restarts from here on
+        if self._supervisor is not None:
+            self._supervisor.join()
         for process in self._processes:  # scheduler first: it tells executors to shut down
             stop_process(process, timeout=5.0)
             if process.stdout is not None:

@@ -37,12 +37,21 @@ def noop(*_args: object) -> None:
 
 
 @task
-def hog(part: Iterable[int], kib_per_record: int = 1024) -> int:
-    """Keep `kib_per_record` KiB more for each record (memory-limit tests); return the KiB
-    held at the end."""
+def hog(
+    part: Iterable[int],
+    kib_per_record: int = 1024,
+    grow_records: int | None = None,
+    record_us: float = 0.0,
+) -> int:
+    """Keep `kib_per_record` KiB more for each of the first `grow_records` records (all by
+    default), spending `record_us` on each record (memory-limit tests); return the KiB held
+    at the end."""
     held = []
-    for _ in part:
-        held.append(b"\x01" * (kib_per_record * 1024))  # written, so resident
+    for i, _ in enumerate(part):
+        if grow_records is None or i < grow_records:
+            held.append(b"\x01" * (kib_per_record * 1024))  # written, so resident
+        if record_us:
+            burn(record_us)
     return len(held) * kib_per_record
 
 
