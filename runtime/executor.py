@@ -280,7 +280,10 @@ class Executor:
             timeout_ms = max(0.0, (next_heartbeat - time.monotonic()) * 1000)
             if self.kernel.has_pending_suspensions():
                 timeout_ms = min(timeout_ms, WATCHDOG_POLL_MS)
-            if self._memory_guard is not None and self.kernel.holds_tasks():
+            if self._memory_guard is not None:
+                # Also while idle: a launch handled below reaches the kernel's records only
+                # when its hub applies it, so "no tasks here" would miss a task's first
+                # growth until the next heartbeat. An idle wake-up costs a few microseconds.
                 timeout_ms = min(timeout_ms, MEMORY_POLL_MS)
             ready = dict(poller.poll(timeout_ms))
 
