@@ -167,8 +167,9 @@ def release_memory() -> None:
     """Collect garbage and hand the allocator's free pages back to the OS.
 
     Discussion: freeing a task's objects lowers the RSS only where whole pages come free.
-    glibc keeps freed heap memory for reuse unless asked (`malloc_trim`), so without the
-    trim an executor that killed a task to get under its limit could still look over it.
+    glibc gives back the top of its heap by itself, but keeps free pages below live
+    objects unless asked (`malloc_trim`): in a fragmented heap, an executor that stopped a
+    task to get under its limit could otherwise still look over it.
     """
     gc.collect()
     if _TRIM is not None:
