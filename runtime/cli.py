@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for the scheduler's welcome (default 30)",
     )
     executor.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to keep trying to reach a scheduler that went away, tasks kept, "
+        "before giving up and exiting (default 60)",
+    )
+    executor.add_argument(
         "--no-realtime",
         dest="realtime",
         action="store_false",
@@ -98,6 +105,30 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=3,
         help="an executor silent this many intervals is lost (default 3)",
+    )
+    scheduler.add_argument(
+        "--max-retries",
+        type=int,
+        default=3,
+        help="a task whose executor is lost more than this many times fails (default 3)",
+    )
+    scheduler.add_argument(
+        "--journal",
+        metavar="PATH",
+        default=None,
+        help="keep jobs and results in this SQLite file, so that a restarted scheduler "
+        "finds them (default: $XDG_STATE_HOME/tidal/journal-PORT.sqlite, or "
+        "~/.local/state/tidal/...; none for a wildcard port)",
+    )
+    scheduler.add_argument(
+        "--no-journal", action="store_true", help="keep no journal: a restart forgets everything"
+    )
+    scheduler.add_argument(
+        "--journal-sync",
+        choices=["normal", "full"],
+        default="normal",
+        help="normal: a commit survives the scheduler being killed; full: also an OS crash, "
+        "at an fsync per commit (default normal)",
     )
     scheduler.add_argument(
         "--announce", action="store_true", help="print the bound address on stdout (for scripts)"
@@ -209,6 +240,7 @@ def _run_executor(args: argparse.Namespace) -> int:
             switch_interval_s=args.switch_interval_us / 1e6,
             suspend_timeout_ns=int(args.suspend_timeout_ms * 1e6),
             connect_timeout_s=args.connect_timeout,
+            reconnect_timeout_s=args.reconnect_timeout,
             realtime=args.realtime,
             memory_limit=memory_limit,
         )
@@ -240,18 +272,35 @@ def _run_scheduler(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"tidal scheduler: cannot write the event log: {exc}", file=sys.stderr)
             return 2
-    return serve(
-        args.bind,
-        announce=args.announce,
-        event_log=args.event_log,
-        allow_policy_paths=args.allow_policy_paths,
-        stealing=args.stealing,
-        policy=args.policy,
-        max_suspensions=args.max_suspensions,
-        heartbeat_ns=args.heartbeat_ms * 1_000_000,
-        missed_heartbeats=args.missed_heartbeats,
-        realtime=args.realtime,
-    )
+    for name in ("heartbeat_ms", "missed_heartbeats"):
+        if getattr(args, name) < 1:
+            print(f"tidal scheduler: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    if args.max_retries < 0:
+        print("tidal scheduler: --max-retries must be >= 0", file=sys.stderr)
+        return 2
+    from scheduler.journal import JournalError, default_journal_path
+
+    journal = None if args.no_journal else (args.journal or default_journal_path(args.bind))
+    try:
+        return serve(
+            args.bind,
+            announce=args.announce,
+            event_log=args.event_log,
+            allow_policy_paths=args.allow_policy_paths,
+            stealing=args.stealing,
+            policy=args.policy,
+            max_suspensions=args.max_suspensions,
+            heartbeat_ns=args.heartbeat_ms * 1_000_000,
+            missed_heartbeats=args.missed_heartbeats,
+            realtime=args.realtime,
+            max_retries=args.max_retries,
+            journal=journal,
+            journal_sync=args.journal_sync,
+        )
+    except JournalError as exc:
+        print(f"tidal scheduler: {exc}", file=sys.stderr)
+        return 2
 
 
 def _run_status(args: argparse.Namespace) -> int:

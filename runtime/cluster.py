@@ -19,8 +19,10 @@ import atexit
 import logging
 import os
 import selectors
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -51,6 +53,11 @@ class LocalCluster:
     `memory_limit` (bytes, or a size such as "512MiB") each executor enforces that limit
     (runtime/memory.py). An executor that dies is started again, at most `executor_restarts`
     times per executor (0: never); `restarts` counts them.
+
+    The scheduler keeps a journal (scheduler/journal.py): by default in a temporary file
+    removed on `close()`; `journal=PATH` keeps it there, `journal=False` keeps none.
+    `restart_scheduler()` kills the scheduler (-9) and starts it again on the same address
+    and journal: executors and clients find it again by themselves.
     """
 
     def __init__(
@@ -68,6 +75,9 @@ class LocalCluster:
         event_log: str | os.PathLike[str] | None = None,
         memory_limit: int | str | None = None,
         executor_restarts: int = 5,
+        missed_heartbeats: int = 3,
+        max_retries: int = 3,
+        journal: str | os.PathLike[str] | bool | None = None,
     ) -> None:
         if executors < 1:
             raise ValueError(f"a cluster needs at least one executor, not {executors}")
@@ -90,9 +100,35 @@ class LocalCluster:
         # The scheduler's event log (`tidal timeline` draws it); absolute, as the scheduler
         # process resolves it.
         self.event_log = None if event_log is None else os.path.abspath(event_log)
+        self._journal_dir: str | None = None
+        if journal is None or journal is True:
+            self._journal_dir = tempfile.mkdtemp(prefix="tidal-cluster-")
+            journal = os.path.join(self._journal_dir, "journal.sqlite")
+        self.journal = None if journal is False else os.path.abspath(journal)
+        self._scheduler_args = [
+            "--log-level",
+            log_level,
+            "scheduler",
+            "--policy",
+            self.policy,
+            "--max-suspensions",
+            str(max_suspensions),
+            "--heartbeat-ms",
+            str(heartbeat_ms),
+            "--missed-heartbeats",
+            str(missed_heartbeats),
+            "--max-retries",
+            str(max_retries),
+            "--announce",
+            *([] if self.stealing else ["--no-stealing"]),
+            *([] if self.event_log is None else ["--event-log", self.event_log]),
+            *(["--no-journal"] if self.journal is None else ["--journal", self.journal]),
+        ]
+        self._start_timeout = start_timeout
+        self.scheduler_restarts = 0
         atexit.register(self.close)
         try:
-            self._start_scheduler(max_suspensions, heartbeat_ms, start_timeout, log_level)
+            self._start_scheduler("tcp://127.0.0.1:*", start_timeout)
             limit = [] if self.memory_limit is None else ["--memory-limit", str(self.memory_limit)]
             for i in range(executors):
                 node = nodes[i] if nodes is not None else f"local-{i}"
@@ -110,33 +146,16 @@ class LocalCluster:
             self.close()
             raise
 
-    def _start_scheduler(
-        self, max_suspensions: int, heartbeat_ms: int, timeout: float, log_level: str
-    ) -> None:
+    def _start_scheduler(self, bind: str, timeout: float) -> None:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "runtime",
-                "--log-level",
-                log_level,
-                "scheduler",
-                "--bind",
-                "tcp://127.0.0.1:*",
-                "--policy",
-                self.policy,
-                "--max-suspensions",
-                str(max_suspensions),
-                "--heartbeat-ms",
-                str(heartbeat_ms),
-                "--announce",
-                *([] if self.stealing else ["--no-stealing"]),
-                *([] if self.event_log is None else ["--event-log", self.event_log]),
-            ],
+            [sys.executable, "-m", "runtime", *self._scheduler_args, "--bind", bind],
             stdout=subprocess.PIPE,
             env=child_env(),
         )
-        self._processes.append(process)
+        if self._processes:  # a restart: the scheduler stays first
+            self._processes[0] = process
+        else:
+            self._processes.append(process)
         line = _read_line(process, timeout)
         if not line.startswith(ANNOUNCEMENT):
             code = process.poll()
@@ -169,6 +188,25 @@ class LocalCluster:
                 raise ClusterStartError(
                     f"an executor exited with code {process.returncode} while the cluster started"
                 )
+
+    def restart_scheduler(self) -> None:
+        """Kill the scheduler (-9, as a crash would) and start it again on the same address
+        and journal. Returns once the new one listens; executors and clients reconnect by
+        themselves (docs/protocol.md, *Failures and restarts*)."""
+        old = self._processes[0]
+        old.kill()
+        old.wait()
+        if old.stdout is not None:
+            old.stdout.close()
+        self._start_scheduler(self.address, self._start_timeout)
+        self.scheduler_restarts += 1
+
+    def kill_executor(self, index: int) -> None:
+        """Kill executor `index` (0-based) with -9, as a crash would (the supervisor starts
+        it again, within `executor_restarts`)."""
+        process = self._processes[1 + index]
+        process.kill()
+        process.wait()
 
     def _supervise(self) -> None:
         """Start executors that died again, at most `executor_restarts` times each."""
@@ -220,6 +258,8 @@ class LocalCluster:
             stop_process(process, timeout=5.0)
             if process.stdout is not None:
                 process.stdout.close()
+        if self._journal_dir is not None:
+            shutil.rmtree(self._journal_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:
         return self

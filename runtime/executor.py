@@ -11,6 +11,15 @@ Threads, sockets and why:
   heartbeats with metrics, runs the suspension watchdog and, with a memory limit, the
   memory guard (runtime/memory.py).
 
+When the scheduler goes away. Every result the executor sends (finished, failed, a chunk's
+results) is kept until the scheduler acks it, which it does once the result is journaled.
+The scheduler answers each heartbeat with an ack; an executor that hears nothing for
+SILENT_HEARTBEATS intervals, or is told to `rejoin` (the scheduler restarted, or declared
+it lost), reconnects: new sockets, and a hello that lists what it holds (tasks running,
+queued or suspended, with a chunk's unreported subtasks, and the results never acked).
+Its tasks carry on meanwhile; reports wait in the outbox until the new welcome, and go out
+on a fresh report connection. After `reconnect_timeout_s` without a welcome it gives up.
+
 Discussion: reports used to go through the listener over an inproc socket. Every such send
 gave up the GIL, and the busy listener then held it, so each report cost the task thread a
 GIL round trip (the profile showed 40% of its time in that send). With its own socket the
@@ -66,6 +75,12 @@ WATCHDOG_POLL_MS = 5
 # The exit code of an executor that could not get back under its memory limit.
 EXIT_OVER_MEMORY_LIMIT = 3
 MEMORY_LIMIT_EXCEEDED = "MemoryLimitExceeded"  # the error type of a task failed for the limit
+# Discussion: the scheduler declares an executor lost after 3 missed heartbeats by default;
+# an executor waits a little longer before it decides the scheduler is gone, so that a
+# scheduler that is only slow rarely sees an executor say hello again (which it handles,
+# but which costs a reconciliation).
+SILENT_HEARTBEATS = 5
+DEFAULT_RECONNECT_TIMEOUT_S = 60.0
 
 
 class Executor:
@@ -80,6 +95,7 @@ class Executor:
         switch_interval_s: float = DEFAULT_SWITCH_INTERVAL_S,
         suspend_timeout_ns: int = DEFAULT_SUSPEND_TIMEOUT_NS,
         connect_timeout_s: float = 30.0,
+        reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
         max_frame_bytes: int = p.MAX_FRAME_BYTES,
         realtime: bool = True,
         task_nice: int = DEFAULT_TASK_NICE,
@@ -93,6 +109,7 @@ class Executor:
         )
         self.switch_interval_s = switch_interval_s
         self.connect_timeout_s = connect_timeout_s
+        self.reconnect_timeout_s = reconnect_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.exit_code = 0
         self.realtime = realtime
@@ -122,6 +139,15 @@ class Executor:
         self._reports.send(p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id)))
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
+        # Results sent and not acked yet, as hello.holding items, by task id. Added by the
+        # task thread, removed by the listener (single dict operations: atomic under the GIL).
+        self._unacked: dict[str, list[Any]] = {}
+        # Set by the listener: reports may go out (False from losing the scheduler to the
+        # next welcome), and on which report connection (a new one after each rejoin).
+        self._linked = True
+        self._link_generation = 0
+        self._reports_generation = 0  # the task thread's: the report socket it has now
+        self.reconnects = 0
         self.kernel = Kernel(
             self._emit,
             flush=self._flush_reports,
@@ -185,7 +211,29 @@ class Executor:
         return self.exit_code
 
     def _emit(self, msg: p.Message) -> None:
-        """Queue a kernel report; the kernel flushes at its next switch (`_flush_reports`)."""
+        """Queue a kernel report; the kernel flushes at its next switch (`_flush_reports`).
+
+        Results are also kept until the scheduler acks them (see the module docstring).
+        """
+        kind = type(msg)
+        if kind is p.Finished:
+            self._unacked[msg.task_id] = [
+                msg.task_id,
+                msg.attempt,
+                "finished",
+                [msg.result, None, msg.stats],
+            ]
+        elif kind is p.Failed:
+            error = [msg.error_type, msg.message, msg.traceback]
+            self._unacked[msg.task_id] = [
+                msg.task_id,
+                msg.attempt,
+                "failed",
+                [None, error, msg.stats],
+            ]
+        elif kind is p.ChunkResults:
+            for task_id, outcome, value, error, stats in msg.items:
+                self._unacked[task_id] = [task_id, 0, outcome, [value, error, stats]]
         frame = p.encode(msg)
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
@@ -193,10 +241,22 @@ class Executor:
             self._flush_reports()
 
     def _flush_reports(self) -> None:
-        """Send queued reports from the task thread: one frame, a batch if several."""
+        """Send queued reports from the task thread: one frame, a batch if several.
+
+        While the scheduler is lost they stay queued; after a rejoin they go out on a new
+        report connection, announced with `attach` (the old one's queue is dropped: what it
+        held that matters was listed in the hello)."""
         outbox = self._outbox
-        if not outbox:
+        if not outbox or not self._linked:
             return
+        if self._reports_generation != self._link_generation:
+            self._reports_generation = self._link_generation
+            self._reports.close(linger=0)
+            self._reports = self._context.socket(zmq.DEALER)
+            self._reports.linger = 1000
+            self._reports.sndhwm = 100_000
+            self._reports.connect(self.scheduler)
+            self._reports.send(p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id)))
         frame = outbox[0] if len(outbox) == 1 else p.encode(p.Batch(list(outbox)))
         outbox.clear()
         self._outbox_bytes = 0
@@ -222,6 +282,24 @@ class Executor:
 
     def _listen(self) -> None:
         realtime_this_thread(self.realtime)
+        from_main = self._context.socket(zmq.PAIR)
+        from_main.connect(self._inproc)
+        self._dealer: zmq.Socket | None = None
+        try:
+            self._listen_loop(from_main)
+        except Exception:  # an internal error: loud, and the executor stops
+            log.exception("executor listener crashed")
+            self.exit_code = 1
+            self.kernel.stop()
+        finally:
+            if self._dealer is not None:
+                self._dealer.close()
+            from_main.close(linger=0)
+
+    def _connect(self, holding: list[Any]) -> zmq.Socket:
+        """A new command connection to the scheduler, with the hello said on it."""
+        if self._dealer is not None:
+            self._dealer.close(linger=0)  # what it still queued was for the old scheduler
         dealer = self._context.socket(zmq.DEALER)
         dealer.linger = 1000
         # Discussion: not ZMQ_MAXMSGSIZE, though it would refuse oversized frames before they
@@ -230,36 +308,44 @@ class Executor:
         # Never block the listener on a scheduler that stopped reading: see _send.
         dealer.sndhwm = 100_000
         dealer.connect(self.scheduler)
-        from_main = self._context.socket(zmq.PAIR)
-        from_main.connect(self._inproc)
-        try:
-            self._listen_loop(dealer, from_main)
-        except Exception:  # an internal error: loud, and the executor stops
-            log.exception("executor listener crashed")
-            self.exit_code = 1
-            self.kernel.stop()
-        finally:
-            dealer.close()
-            from_main.close(linger=0)
-
-    def _listen_loop(self, dealer: zmq.Socket, from_main: zmq.Socket) -> None:
-        """The listener's loop: poll, handle each frame by its op, watchdog, heartbeat."""
-        dealer.send(
-            p.encode(
-                p.Hello(
-                    p.PROTOCOL_VERSION,
-                    self.executor_id,
-                    self.node,
-                    1,
-                    os.getpid(),
-                    socket.gethostname(),
-                )
-            )
+        hello = p.Hello(
+            p.PROTOCOL_VERSION,
+            self.executor_id,
+            self.node,
+            1,
+            os.getpid(),
+            socket.gethostname(),
+            holding,
         )
+        dealer.send(p.encode(hello))
+        self._dealer = dealer
         self._welcomed = False
+        return dealer
+
+    def _rejoin(self, reason: str) -> None:
+        """Say hello again on a new connection, listing what we hold (listener thread)."""
+        self._linked = False  # before the snapshot: later reports wait for the new link
+        # Tasks first, then results: a task that ends in between is in one or both lists.
+        holding = self.kernel.holdings() + list(self._unacked.values())
+        log.warning(
+            "executor %s says hello again (%s), holding %d tasks and results",
+            self.executor_id,
+            reason,
+            len(holding),
+        )
+        self._connect(holding)
+        self._rejoining = True
+        self.reconnects += 1
+
+    def _listen_loop(self, from_main: zmq.Socket) -> None:
+        """The listener's loop: poll, handle each frame by its op, watchdog, heartbeat."""
+        dealer = self._connect([])
+        self._rejoining = False
         self._heartbeat_s = DEFAULT_HEARTBEAT_S
         connect_deadline = time.monotonic() + self.connect_timeout_s
         next_heartbeat = time.monotonic()
+        self._last_heard = time.monotonic()
+        rejoin_deadline = float("inf")
         seq = 0
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
@@ -267,6 +353,8 @@ class Executor:
         handlers = {
             p.Welcome: self._on_welcome,
             p.Reject: self._on_reject,
+            p.Rejoin: self._on_rejoin,
+            p.Ack: self._on_ack,
             p.Shutdown: self._on_shutdown,
             p.Launch: self._on_launch,
             p.Suspend: self._on_suspend,
@@ -303,8 +391,14 @@ class Executor:
                         )
                     except p.ProtocolError as exc:
                         batch = [exc]
+                    self._last_heard = time.monotonic()
                     for item in batch:
                         self._handle(item, handlers)
+                    if self._dealer is not dealer:  # a rejoin: read the new connection
+                        poller.unregister(dealer)
+                        dealer = self._dealer
+                        poller.register(dealer, zmq.POLLIN)
+                        break
 
             # -- 3. The task thread says when to exit (it sends its own reports).
             if from_main in ready:
@@ -317,9 +411,33 @@ class Executor:
             if self._memory_guard is not None and self.kernel.holds_tasks():
                 self._enforce_memory_limit(dealer)
 
-            # -- 5. Heartbeat, or give up if the scheduler never answered the hello.
+            # -- 5. Heartbeat; rejoin a scheduler that went silent; give up on one that
+            #       never answered the hello, or did not come back in time.
             now = time.monotonic()
-            if not self._welcomed and now > connect_deadline:
+            silent = now - self._last_heard > SILENT_HEARTBEATS * self._heartbeat_s
+            if self._rejoining and now > rejoin_deadline:
+                log.error(
+                    "the scheduler at %s did not come back within %.0f s",
+                    self.scheduler,
+                    self.reconnect_timeout_s,
+                )
+                self.exit_code = 2
+                self.kernel.stop()
+                rejoin_deadline = float("inf")
+            elif (self._welcomed or self._rejoining) and silent:
+                # Unwelcomed and silent while rejoining: that hello may be lost (the new
+                # scheduler died too, say): a fresh connection and hello.
+                self._rejoin(f"no word from the scheduler for {now - self._last_heard:.1f} s")
+                if rejoin_deadline == float("inf"):
+                    rejoin_deadline = now + self.reconnect_timeout_s
+                self._last_heard = now
+            if self._welcomed:
+                rejoin_deadline = float("inf")
+            if self._dealer is not dealer:
+                poller.unregister(dealer)
+                dealer = self._dealer
+                poller.register(dealer, zmq.POLLIN)
+            if not self._welcomed and not self._rejoining and now > connect_deadline:
                 log.error(
                     "no answer from a scheduler at %s within %.0f s",
                     self.scheduler,
@@ -429,6 +547,23 @@ class Executor:
         # Clamped: a heartbeat interval outside 10 ms .. 60 s is a scheduler bug, not a plan.
         self._heartbeat_s = min(60.0, max(0.01, msg.heartbeat_ms / 1000))
         log.info("executor %s joined scheduler %s", self.executor_id, msg.scheduler_id)
+        if self._rejoining:
+            self._rejoining = False
+            # Reports waiting since we lost the scheduler go out now, on a new connection.
+            self._link_generation += 1
+            self._linked = True
+            self.kernel.wake()
+
+    def _on_rejoin(self, msg: p.Rejoin) -> None:
+        # Ignored before the first welcome: we have said hello, and nothing to list.
+        if self._welcomed:
+            self._rejoin(f"the scheduler asked: {msg.reason}")
+
+    def _on_ack(self, msg: p.Ack) -> None:
+        unacked = self._unacked
+        for task_id in msg.task_ids:
+            if type(task_id) is str:
+                unacked.pop(task_id, None)
 
     def _on_reject(self, msg: p.Reject) -> None:
         log.error("scheduler refused this executor: %s", msg.reason)

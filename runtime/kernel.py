@@ -118,6 +118,9 @@ class TaskRecord:
     # A chunk's subtasks not started yet: [task_id, payload] (or [task_id, args, kwargs]).
     chunk: deque[list[Any]] | None = None
     running_subtask: str | None = None  # a chunk: the subtask it is running
+    # A chunk's subtasks whose results have not been emitted yet (an ordered set), for a
+    # hello to a scheduler that lost track of the chunk (`Kernel.holdings`).
+    unreported: dict[str, None] | None = None
 
     def stats(self, executor_id: str, now: int) -> dict[str, Any]:
         return {
@@ -132,7 +135,7 @@ class TaskRecord:
 
 @dataclass(slots=True)
 class _Command:
-    op: str  # "launch" | "suspend" | "resume" | "kill" | "fail" | "steal" | "stop"
+    op: str  # "launch" | "suspend" | "resume" | "kill" | "fail" | "steal" | "stop" | "flush"
     task_id: str
     queued_at: int
     record: TaskRecord | None = None
@@ -297,11 +300,36 @@ class Kernel:
         does not unpack fails on its own."""
         record = TaskRecord(chunk_id, fn, [], {}, attempt, priority)
         record.chunk = deque(subtasks)
+        record.unreported = dict.fromkeys(subtask[0] for subtask in subtasks)
         self._post(_Command("launch", chunk_id, self._clock(), record))
 
     def steal(self, chunk_id: str, count: int) -> None:
         """Take up to `count` subtasks that have not started from the end of a chunk."""
         self._post(_Command("steal", chunk_id, self._clock(), count=count))
+
+    def wake(self) -> None:
+        """Make the hub flush its reports soon: at once when idle, else at the running
+        task's next record boundary (callable from any thread)."""
+        self._post(_Command("flush", "", self._clock()))
+
+    def holdings(self) -> list[list[Any]]:
+        """What this kernel holds, as `hello.holding` lists it: `[task_id, attempt, state,
+        detail]` per task, detail the unreported subtask ids of a chunk (else None).
+        Callable from another thread: it reads copies."""
+        names = {
+            TaskState.QUEUED: "queued",
+            TaskState.RUNNING: "running",
+            TaskState.RESUMING: "resuming",
+            TaskState.SUSPENDED: "suspended",
+        }
+        held = []
+        for record in list(self._tasks.values()):
+            name = names.get(record.state)
+            if name is not None:
+                unreported = record.unreported
+                detail = None if unreported is None else list(unreported)
+                held.append([record.task_id, record.attempt, name, detail])
+        return held
 
     def _post(self, command: _Command) -> None:
         self._inbox.put(command)
@@ -515,6 +543,8 @@ class Kernel:
         """
         if command.op == "stop":
             return False
+        if command.op == "flush":  # wake(): the loop flushes before it runs or sleeps
+            return True
         if command.op == "launch":
             record = command.record
             assert record is not None  # built by launch(); not peer input
@@ -574,6 +604,9 @@ class Kernel:
                     taken.append(record.chunk.pop()[0])
                 taken.reverse()
             self._emit(p.Stolen(command.task_id, taken))
+            if record is not None and record.unreported is not None:
+                for task_id in taken:
+                    record.unreported.pop(task_id, None)
         return True
 
     def _apply_suspend(self, record: TaskRecord | None, command: _Command) -> None:
@@ -627,7 +660,6 @@ class Kernel:
         record.state = TaskState.DONE
         record.glet = None
         self._finished += 1
-        self._tasks.pop(record.task_id, None)
         stats = record.stats(self.executor_id, self._clock())
         if outcome.kind == "finished":
             try:
@@ -651,6 +683,9 @@ class Kernel:
             self._emit(p.Killed(record.task_id, record.attempt, stats))
         else:
             self._emit(p.Failed(record.task_id, record.attempt, *outcome.error, stats))
+        # Discussion: forgotten only once its report is out, so that `holdings()`, read from
+        # another thread, sees it still held or already reported, never neither.
+        self._tasks.pop(record.task_id, None)
         # Drop references to inputs so a long-lived executor does not keep them.
         record.args, record.kwargs, record.payload = [], {}, None
 
@@ -728,17 +763,20 @@ class Kernel:
                     or now - flushed_at >= CHUNK_REPORT_NS
                 ):
                     # Report before parking too: those subtasks are done whatever comes next.
-                    self._report_chunk(record.task_id, results)
+                    self._report_chunk(record, results)
                     results, flushed_at = [], now
                     if self.gate.requested:
                         self._checkpoint()  # between subtasks: a suspension point
         finally:
             if results:  # also when killed: these subtasks did complete
-                self._report_chunk(record.task_id, results)
+                self._report_chunk(record, results)
 
-    def _report_chunk(self, chunk_id: str, results: list[list[Any]]) -> None:
+    def _report_chunk(self, record: TaskRecord, results: list[list[Any]]) -> None:
         # Values are payloads already (packed as each subtask ended), so this always encodes.
-        self._emit(p.ChunkResults(chunk_id, results))
+        self._emit(p.ChunkResults(record.task_id, results))
+        if record.unreported is not None:  # after the emit, as for `_tasks` above
+            for item in results:
+                record.unreported.pop(item[0], None)
         self._flush()
 
     def _drive_generator(self, gen: Any) -> list[Any]:

@@ -53,7 +53,10 @@ __all__ = [
 # 3: opaque payloads: task arguments and results travel as msgpack blobs (bytes) the
 #    scheduler only forwards (submit.tasks, launch.payload, launch_chunk.subtasks,
 #    finished.result, chunk_results and results values).
-# 4: heartbeat.memory_limit_bytes and heartbeat.task_memory (executor memory limits).
+# 4: heartbeat.memory_limit_bytes and heartbeat.task_memory (executor memory limits);
+#    restarts: hello.holding (what a reconnecting executor holds), ack (results kept safe;
+#    the scheduler's answer to heartbeats), rejoin (say hello again), reattach and
+#    reattached (a client finds its futures on a restarted scheduler).
 PROTOCOL_VERSION = 4
 
 # Discussion: partitions travel inside `launch`, so frames can be large; 64 MiB bounds the
@@ -144,6 +147,13 @@ class Hello(Message):
     slots: int
     pid: int
     hostname: str
+    # What the executor holds when it says hello again (to a scheduler that restarted, or
+    # that declared it lost): [[task_id, attempt, state, detail], ...]. state "running",
+    # "queued", "resuming" or "suspended" (detail: nil, or for a chunk the ids of the
+    # subtasks it has not reported yet), or "finished"/"failed" for a result whose `ack`
+    # never came (detail: [value payload or nil, [error_type, message, traceback] or nil,
+    # stats]). Empty on a first hello.
+    holding: list = ()
 
 
 @message("attach", E2S)
@@ -164,6 +174,22 @@ class Welcome(Message):
 @message("reject", S2E)
 class Reject(Message):
     reason: str
+
+
+@message("rejoin", S2E)
+class Rejoin(Message):
+    # Say hello again, with what you hold: sent to an executor the scheduler declared lost,
+    # and to any peer that speaks on a connection the scheduler does not know (it restarted).
+    # Clients get it too (as they get `reject`) and answer with client_hello.
+    reason: str
+
+
+@message("ack", S2E)
+class Ack(Message):
+    # The results of these tasks (finished, failed, chunk_results items) are safe with the
+    # scheduler (journaled): stop keeping them for a resend. Also the scheduler's answer to
+    # every heartbeat (then often empty): the executor's sign that the scheduler lives.
+    task_ids: list
 
 
 @message("batch", EITHER)
@@ -406,6 +432,21 @@ class Ping(Message):
 class Pong(Message):
     request_id: str
     sent_ns: int  # echoed from the ping
+
+
+@message("reattach", C2S)
+class Reattach(Message):
+    # After a reconnect: "these are the tasks I still wait for". The scheduler sends the
+    # results it has (in `results`), routes the others' results here when they come, and
+    # names the ones it does not know in `reattached` (the client submits those again).
+    request_id: str
+    task_ids: list
+
+
+@message("reattached", S2C)
+class Reattached(Message):
+    request_id: str
+    unknown: list  # task ids of the reattach this scheduler has never heard of
 
 
 @message("client_goodbye", C2S)

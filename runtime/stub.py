@@ -76,6 +76,9 @@ class StubScheduler:
             )
         elif isinstance(msg, p.Heartbeat):
             self.heartbeats.append(msg)
+            # As the real scheduler does: an executor that hears nothing back says hello
+            # again, taking the stub for a scheduler that went away.
+            self._socket.send_multipart([routing_id, p.encode(p.Ack([]))])
         executor_id = getattr(msg, "executor_id", None) or self._id_of(routing_id)
         return executor_id, msg
 

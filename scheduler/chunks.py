@@ -100,7 +100,10 @@ def form_chunk(
             if task.job is job and task is not first and task.task_id not in reserved:
                 tasks.append(task)
     job.chunks += 1
-    chunk = Task(f"{job.job_id}#{job.chunks}", job, b"", first.seq, core.now)
+    # After a restart, chunk ids carry the restart count: an executor coming back may hold
+    # a chunk numbered by the scheduler before.
+    number = f"{core.restarts}.{job.chunks}" if core.restarts else str(job.chunks)
+    chunk = Task(f"{job.job_id}#{number}", job, b"", first.seq, core.now)
     chunk.subtasks = {}
     for task in tasks:
         if task.state is TaskState.PENDING:
@@ -143,14 +146,19 @@ def on_results(core: SchedulerCore, executor: Executor, msg: p.ChunkResults) -> 
 
 
 def end_chunk(
-    core: SchedulerCore, chunk: Task, error: list[str] | None = None, started: bool = True
+    core: SchedulerCore,
+    chunk: Task,
+    error: list[str] | None = None,
+    started: bool = True,
+    lost_on: str | None = None,
 ) -> None:
-    """A chunk ended (finished, failed, killed or lost): settle the tasks it left."""
+    """A chunk ended (finished, failed, killed, or lost with executor `lost_on`): settle
+    the tasks it left."""
     chunk.state = TaskState.DONE
     core.steals_in_flight.pop(chunk.task_id, None)  # a late `stolen` is ignored
     left = [t for t in chunk.subtasks.values() if t.state is not TaskState.DONE]
     chunk.subtasks = {}
-    core.settle(left, error=error, started=started)
+    core.settle(left, error=error, started=started, lost_on=lost_on)
 
 
 def on_stolen(core: SchedulerCore, executor: Executor, msg: p.Stolen) -> None:

@@ -13,6 +13,8 @@ Invariants the core enforces, whatever the policy says:
 * a launch needs free capacity (the slot, or a place in the executor's prefetch queue; a
   stream launch needs the slot itself);
 * each task's future completes exactly once: late or duplicate reports are ignored;
+* a task whose executor was lost more than `max_retries` times fails instead of running
+  again;
 * task arguments and results are payloads (bytes) the core forwards and never opens: only
   the client and the executor pack and unpack them (runtime/protocol.py).
 """
@@ -27,6 +29,7 @@ from typing import Any
 from runtime import protocol as p
 from scheduler import chunks as ch
 from scheduler import decisions as d
+from scheduler import recovery
 from scheduler.events import (
     ClientJoined,
     ClientRequest,
@@ -39,6 +42,7 @@ from scheduler.events import (
     ToClient,
     ToExecutor,
 )
+from scheduler.journal import NullJournal
 from scheduler.policies import (
     BUILTIN_POLICIES,
     DEFAULT_POLICY,
@@ -81,6 +85,9 @@ DEFAULT_HEARTBEAT_NS = 500_000_000
 # Discussion: three missed heartbeats (1.5 s at the default rate) before an executor is
 # declared lost: one late heartbeat on a loaded machine must not cost a requeue.
 DEFAULT_MISSED_HEARTBEATS = 3
+# A task whose executor is lost more often than this fails: a task that kills its executor
+# (a crash in C code, memory exhausted) must not take down every executor in turn.
+DEFAULT_MAX_RETRIES = 3
 # Prefetch: keep about this much work queued on an executor behind its running task, so that
 # tiny tasks are not throttled by one scheduler round trip each. Long tasks get no prefetch
 # (a queued long task could not move to an idle executor).
@@ -108,13 +115,30 @@ class SchedulerCore:
         allow_policy_paths: bool = False,
         stealing: bool = True,
         steal_rule: str = "largest",
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        journal: NullJournal | None = None,
+        reclaim_grace_ns: int | None = None,
     ) -> None:
         if max_suspensions < 0:
             raise ValueError(f"max_suspensions must be >= 0, not {max_suspensions}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, not {max_retries}")
+        if missed_heartbeats < 1:
+            raise ValueError(f"missed_heartbeats must be >= 1, not {missed_heartbeats}")
         self.policy: Policy = resolve_policy(policy)
         self.max_suspensions = max_suspensions
         self.heartbeat_ns = heartbeat_ns
         self.lost_after_ns = heartbeat_ns * missed_heartbeats
+        self.max_retries = max_retries
+        # Where jobs and results are recorded for a restart (scheduler/journal.py).
+        self.journal = journal if journal is not None else NullJournal()
+        self.restarts = 0  # schedulers that used the journal before this one
+        # After a restart: executors known before it that have not said hello again, and
+        # until when tasks no executor reported wait for one (scheduler/recovery.py).
+        # Discussion: as long as an executor may stay silent before it is declared lost.
+        self.reclaim_grace_ns = self.lost_after_ns if reclaim_grace_ns is None else reclaim_grace_ns
+        self.awaited: set[str] = set()
+        self.reclaim_until: int | None = None
         self.max_prefetch = max_prefetch
         self.allow_policy_paths = allow_policy_paths
         self.stealer = ch.Stealer(steal_rule) if stealing else None
@@ -157,7 +181,11 @@ class SchedulerCore:
             p.ClientGoodbye: self._on_client_goodbye,
             p.Ping: self._on_ping,
             p.SetPolicy: self._on_set_policy,
+            p.Reattach: lambda c, m: recovery.on_reattach(self, c, m),
         }
+        state = getattr(self.journal, "state", None)
+        if state is not None and not state.empty:
+            recovery.restore(self, state)
 
     # ---- the one entry point ----------------------------------------------------------------
 
@@ -382,11 +410,23 @@ class SchedulerCore:
 
     def _on_executor_joined(self, hello: p.Hello) -> None:
         old = self.executors.get(hello.executor_id)
+        # Discussion: an executor that says hello while we count it alive thought we were
+        # gone (its acks stopped coming): what it still holds of ours stays where it is
+        # (recovery.reclaim); the rest is lost with its old connection.
+        mine: dict[str, Task] = {}
         if old is not None and old.alive:
-            self._lose_executor(old, "it joined again")
+            log.warning("executor %s said hello again while alive", hello.executor_id)
+            mine = {t.task_id: t for t in old.tasks() if t.state is not TaskState.DONE}
+            old.alive = False
+            old.slot_task, old.queued, old.suspended = None, type(old.queued)(), {}
         executor = Executor(hello.executor_id, hello.node, hello.hostname, hello.pid, self.now)
         self.executors[hello.executor_id] = executor
+        self.journal.executor_joined(hello.executor_id)
         log.info("executor %s joined from node %s", hello.executor_id, hello.node)
+        recovery.reclaim(self, executor, hello.holding, mine)
+        if mine:  # what it no longer holds was lost with it
+            self.requeue_lost(old, list(mine.values()))
+        self.awaited.discard(hello.executor_id)
         self._slot_freed(executor)
 
     def _slot_freed(self, executor: Executor) -> None:
@@ -548,6 +588,8 @@ class SchedulerCore:
         self._lose_executor(executor, f"it said goodbye ({msg.reason})")
 
     def _on_tick(self) -> None:
+        if self.reclaim_until is not None and (not self.awaited or self.now >= self.reclaim_until):
+            recovery.end_grace(self)
         for executor in list(self.executors.values()):
             if executor.alive and self.now - executor.last_seen > self.lost_after_ns:
                 silent_ms = (self.now - executor.last_seen) / 1e6
@@ -588,22 +630,40 @@ class SchedulerCore:
         """Declare `executor` lost: requeue every task whose state lived there."""
         log.warning("executor %s lost: %s", executor.executor_id, reason)
         executor.alive = False
+        self.journal.executor_lost(executor.executor_id)
         tasks = [t for t in executor.tasks() if t.state is not TaskState.DONE]
         executor.slot_task, executor.queued, executor.suspended = None, type(executor.queued)(), {}
+        self.requeue_lost(executor, tasks)
+
+    def requeue_lost(self, executor: Executor, tasks: list[Task]) -> None:
+        """Tasks whose state was lost with `executor`: queued again as a new attempt, or
+        failed past `max_retries` losses."""
         lost = []
         for task in tasks:
             if task.subtasks is not None:  # a chunk: requeue the subtasks it had not reported
-                ch.end_chunk(self, task)
+                ch.end_chunk(self, task, lost_on=executor.executor_id)
                 continue
             # Count work only up to the executor's last sign of life; after that, no one knows.
             self._stop_running(task, at=executor.last_seen)
             task.work_lost_ns += task.running_estimate_ns
             lost.append(task)
-        self.settle(lost)
+        self.settle(lost, lost_on=executor.executor_id)
+
+    def unclaimed_count(self) -> int:
+        """Tasks waiting, after a restart, for an executor to report them."""
+        if self.reclaim_until is None:
+            return 0
+        return sum(t.state is TaskState.UNCLAIMED for t in self.tasks.values())
 
     # ---- clients --------------------------------------------------------------------------------
 
     def _on_submit(self, client_id: str, msg: p.Submit) -> None:
+        known = self.jobs.get(msg.job_id)
+        if known is not None and known.client_id == client_id:
+            # Discussion: a client that reconnected submits again the jobs it could not be
+            # sure we had; the same job twice from the same client is that, not a mistake.
+            log.debug("job %s from client %s is known already", msg.job_id, client_id)
+            return
         problem = check_submission(msg, self.jobs, self.tasks)
         task_ids = [t[0] for t in msg.tasks if isinstance(t, list) and t and isinstance(t[0], str)]
         if problem is not None:
@@ -611,6 +671,15 @@ class SchedulerCore:
             error = ["ValueError", f"job {msg.job_id} refused by the scheduler: {problem}", ""]
             self._to_client(client_id, [[tid, "failed", None, error, {}] for tid in task_ids])
             return
+        self.journal.submitted(client_id, msg)
+        new = []
+        for task in self.add_job(client_id, msg):
+            self.pending.push(task)
+            new.append(TaskView(task, self))
+        self._consult(lambda pol: pol.tasks_submitted(self.view, new))
+
+    def add_job(self, client_id: str, msg: p.Submit, *, skip: Collection[str] = ()) -> list[Task]:
+        """Record an accepted job and its tasks (but those in `skip`); return the tasks."""
         cap = self.max_suspensions if msg.max_suspensions is None else msg.max_suspensions
         job = Job(
             msg.job_id,
@@ -625,17 +694,18 @@ class SchedulerCore:
         )
         job.chunksize = (msg.options or {}).get("chunksize")
         self.jobs[job.job_id] = job
-        new = []
+        tasks = []
         for entry in msg.tasks:
             task_id, payload = entry[:2]
+            if task_id in skip:
+                continue
             options = entry[2] if len(entry) > 2 else {}
             self._seq += 1
             task = Task(task_id, job, payload, self._seq, self.now)
             task.preferred = tuple(options.get("preferred", ()))
             self.tasks[task_id] = task
-            self.pending.push(task)
-            new.append(TaskView(task, self))
-        self._consult(lambda pol: pol.tasks_submitted(self.view, new))
+            tasks.append(task)
+        return tasks
 
     def _on_cancel(self, client_id: str, msg: p.Cancel) -> None:
         for task_id in msg.task_ids:
@@ -651,6 +721,10 @@ class SchedulerCore:
                 task.chunk.subtasks.pop(task.task_id, None)
                 self.complete(task, "cancelled", None, None)
             elif task.state is not TaskState.KILLING:
+                self.journal.cancel_requested(task.job.job_id, task_id)
+                if task.state is TaskState.UNCLAIMED:  # nobody reported it yet: done
+                    self.complete(task, "cancelled", None, None)
+                    continue
                 executor = self.executors[task.executor_id]
                 self._kill(executor, task, requeue=False)  # cancel_requested decides on Killed
                 self._slot_freed(executor)
@@ -663,6 +737,7 @@ class SchedulerCore:
 
     def _on_client_goodbye(self, client_id: str, msg: p.ClientGoodbye) -> None:
         self.clients.discard(client_id)
+        self.journal.client_left(client_id)
 
     def _on_set_policy(self, client_id: str, msg: p.SetPolicy) -> None:
         ok, message = self._switch_policy(msg.policy, client_id)
@@ -726,7 +801,13 @@ class SchedulerCore:
         """The task a report is about, if it is live, on that executor and (if given) at that
         attempt; else None (a stale report)."""
         task = self.tasks.get(task_id)
-        if task is None or task.state is TaskState.DONE or task.executor_id != executor.executor_id:
+        if task is None or task.state is TaskState.DONE:
+            return None
+        if task.state is TaskState.UNCLAIMED:
+            # After a restart, before any executor claimed it: whoever ran it may report
+            # how it ended (a report that crossed the executor's hello again).
+            return task
+        if task.executor_id != executor.executor_id:
             return None
         if attempt is not None and task.attempt != attempt:
             return None
@@ -755,16 +836,32 @@ class SchedulerCore:
         task.finished_at_ns = stats.get("finished_at_ns")
 
     def settle(
-        self, tasks: list[Task], *, error: list[str] | None = None, started: bool = True
+        self,
+        tasks: list[Task],
+        *,
+        error: list[str] | None = None,
+        started: bool = True,
+        lost_on: str | None = None,
     ) -> None:
         """End tasks that did not finish: cancelled if their client asked, failed with `error`
-        if one is given, else queued again (a new attempt if `started`)."""
+        if one is given, else queued again (a new attempt if `started`). With `lost_on`, they
+        were lost with that executor: past `max_retries` such losses a task fails."""
         again = []
         for task in tasks:
+            if lost_on is not None:
+                task.lost_on.append(lost_on)
             if task.cancel_requested:
                 self.complete(task, "cancelled", None, None)
             elif error is not None:
                 self.complete(task, "failed", None, error)
+            elif len(task.lost_on) > self.max_retries:
+                losses = len(task.lost_on)
+                message = (
+                    f"task {task.task_id} lost its executor {losses} times "
+                    f"({', '.join(task.lost_on)}); giving up (max_retries={self.max_retries})"
+                )
+                log.warning("%s", message)
+                self.complete(task, "failed", None, ["ExecutorLost", message, ""])
             else:
                 again.append(task)
         self.requeue(again, attempt=started)
@@ -817,7 +914,16 @@ class SchedulerCore:
             "finished_at_ns": task.finished_at_ns,
         }
         task.payload = b""  # its arguments are no longer needed here
-        self._to_client(job.client_id, [[task.task_id, outcome, value, error, stats]])
+        item = [task.task_id, outcome, value, error, stats]
+        self.journal.ended(job.job_id, item)  # the shell commits before it sends the result
+        self._to_client(job.client_id, [item])
+
+    def answer(self, client_id: str, message: p.Message) -> None:
+        """Send `message` to a connected client (results go through `_to_client`)."""
+        if isinstance(message, p.Results):
+            self._to_client(client_id, message.items)
+        else:
+            self._out.append(ToClient(client_id, message))
 
     def _to_client(self, client_id: str, items: list[list[Any]]) -> None:
         if client_id in self.clients:

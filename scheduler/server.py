@@ -7,6 +7,12 @@ rate-limited; the peer's other frames are still served), and the timer that lets
 notice silent executors. With `event_log=PATH` it also writes every step of the core as a
 line of JSON (scheduler/eventlog.py), flushed at each tick.
 
+With `journal=PATH` (scheduler/journal.py) the core records jobs and results there and the
+shell commits them once per pass, *before* it sends that pass's results to clients and its
+acks to executors: whatever a peer was told is safe is on disk. A scheduler started on a
+journal that holds jobs rebuilds them (scheduler/recovery.py); executors and clients that
+speak on connections it does not know (they were the old scheduler's) are told to `rejoin`.
+
 Discussion: results for one client are merged into one `results` frame per pass over the
 socket, so a client waiting on 20,000 tiny tasks gets hundreds of frames, not 20,000. Commands
 to executors are never held back: a suspend must go out at once.
@@ -21,6 +27,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 import zmq
@@ -29,6 +36,7 @@ from runtime import protocol as p
 from runtime.realtime import realtime_io_threads, realtime_this_thread
 from scheduler.core import (
     DEFAULT_HEARTBEAT_NS,
+    DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_SUSPENSIONS,
     DEFAULT_MISSED_HEARTBEATS,
     SchedulerCore,
@@ -45,6 +53,7 @@ from scheduler.events import (
     Tick,
     ToClient,
 )
+from scheduler.journal import Journal
 
 __all__ = ["DEFAULT_BIND", "SchedulerServer"]
 
@@ -62,6 +71,10 @@ MAX_FRAMES_PER_PASS = 2000
 RESULTS_PER_FRAME = 256
 # Batch launches held for one executor at most before they go out anyway.
 HELD_LAUNCHES_MAX = 256
+# Connections told to rejoin, remembered so that each is told once per REJOIN_EVERY_NS (a
+# peer that queued many frames while we were away sends them all at once), at most this
+# many: a peer sending from ever new connections cannot grow the record.
+REJOIN_MEMORY = 4096
 
 
 class SchedulerServer:
@@ -80,8 +93,13 @@ class SchedulerServer:
         allow_policy_paths: bool = False,
         stealing: bool = True,
         event_log: str | os.PathLike[str] | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        journal: str | os.PathLike[str] | None = None,
+        journal_sync: str = "NORMAL",
     ) -> None:
         self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # Opened first: a journal another scheduler holds stops us before anything binds.
+        self.journal = None if journal is None else Journal(journal, synchronous=journal_sync)
         self.core = SchedulerCore(
             policy,
             max_suspensions=max_suspensions,
@@ -89,6 +107,8 @@ class SchedulerServer:
             missed_heartbeats=missed_heartbeats,
             allow_policy_paths=allow_policy_paths,
             stealing=stealing,
+            max_retries=max_retries,
+            journal=self.journal,
         )
         self.heartbeat_ns = heartbeat_ns
         self.max_frame_bytes = max_frame_bytes
@@ -109,6 +129,10 @@ class SchedulerServer:
         self._held: dict[str, list[bytes]] = {}  # encoded batch launches, per executor
         self._results: dict[str, list[Any]] = {}  # result items, per client
         self._held_bytes: dict[str, int] = {}
+        # Task ids whose results executors sent this pass, acked once journaled (an empty
+        # list answers a heartbeat: the executor's sign that we live).
+        self._acks: dict[str, list[str]] = {}
+        self._told_rejoin: OrderedDict[bytes, int] = OrderedDict()  # routing id -> when
 
     def stop(self) -> None:
         """Make `serve()` return within one timer period (callable from any thread)."""
@@ -155,6 +179,8 @@ class SchedulerServer:
         self._context.term()
         if self._event_log is not None:
             self._event_log.close()
+        if self.journal is not None:
+            self.journal.close()
 
     def _handle(self, event: Event) -> list[Instruction]:
         """One event through the core; the step is logged when there is an event log."""
@@ -207,6 +233,10 @@ class SchedulerServer:
             return None
         peer = self._peers.get(routing_id)
         if peer is None:
+            if isinstance(msg, p.Heartbeat | p.Ping | p.StatusRequest | p.Submit | p.Reattach):
+                # A peer of a scheduler that ran on this address before us (a restart):
+                # ask it to say hello again, with what it holds.
+                self._ask_to_rejoin(routing_id, "the scheduler does not know this connection")
             raise p.ProtocolError(f"{msg.op} before hello")
         kind, peer_id = peer
         if kind == "executor":
@@ -215,6 +245,7 @@ class SchedulerServer:
             if isinstance(msg, p.Goodbye):
                 self._forget(routing_id)
                 return ExecutorLeft(peer_id, f"it said goodbye ({msg.reason})")
+            self._note_for_ack(routing_id, peer_id, msg)
             return ExecutorReport(peer_id, msg)
         if msg.direction != p.C2S:
             raise p.ProtocolError(f"{msg.op} is not sent by clients")
@@ -233,6 +264,11 @@ class SchedulerServer:
             return None
         if isinstance(msg, p.Hello):
             self._register(routing_id, ("executor", msg.executor_id))
+            # The results it held for a resend are decided by the core now: ack them all.
+            acks = self._acks.setdefault(msg.executor_id, [])
+            for item in msg.holding if isinstance(msg.holding, list | tuple) else ():
+                if type(item) is list and len(item) == 4 and type(item[0]) is str:
+                    acks.append(item[0])  # acked whatever it is: a task held is not kept
             heartbeat_ms = max(1, self.heartbeat_ns // 1_000_000)
             self._socket.send_multipart(
                 [
@@ -256,6 +292,33 @@ class SchedulerServer:
             ]
         )
         return ClientJoined(msg.client_id)
+
+    def _note_for_ack(self, routing_id: bytes, executor_id: str, msg: p.Message) -> None:
+        """Results to ack once journaled; a heartbeat gets an answer (maybe an empty ack)."""
+        if isinstance(msg, p.Finished | p.Failed):
+            self._acks.setdefault(executor_id, []).append(msg.task_id)
+        elif isinstance(msg, p.ChunkResults):
+            acks = self._acks.setdefault(executor_id, [])
+            acks.extend(i[0] for i in msg.items if type(i) is list and i and type(i[0]) is str)
+        elif isinstance(msg, p.Heartbeat):
+            executor = self.core.executors.get(executor_id)
+            if executor is not None and not executor.alive:
+                # Declared lost (it was silent too long): what it holds runs elsewhere now.
+                self._ask_to_rejoin(routing_id, "this executor was declared lost")
+            else:
+                self._acks.setdefault(executor_id, [])
+
+    def _ask_to_rejoin(self, routing_id: bytes, reason: str) -> None:
+        now = time.monotonic_ns()
+        told = self._told_rejoin.get(routing_id)
+        if told is not None and now - told < self.heartbeat_ns:
+            return
+        self._told_rejoin[routing_id] = now
+        self._told_rejoin.move_to_end(routing_id)
+        while len(self._told_rejoin) > REJOIN_MEMORY:
+            self._told_rejoin.popitem(last=False)
+        log.info("asked connection %s to rejoin: %s", routing_id.hex()[:12], reason)
+        self._socket.send_multipart([routing_id, p.encode(p.Rejoin(reason))])
 
     def _register(self, routing_id: bytes, peer: tuple[str, str]) -> None:
         self._forget(routing_id)
@@ -300,14 +363,20 @@ class SchedulerServer:
                 self._send(("executor", instruction.executor_id), msg)
 
     def _flush_held(self) -> None:
-        """Send what the pass held back: each client its results, in frames of at most
-        RESULTS_PER_FRAME items, then each executor its batch launches."""
+        """Commit the journal, then send what the pass held back: each client its results,
+        in frames of at most RESULTS_PER_FRAME items, each executor its acks, then each
+        executor its batch launches."""
+        if self.journal is not None:
+            self.journal.commit()  # before anyone hears of what it holds
         for client_id, items in self._results.items():
             for start in range(0, len(items), RESULTS_PER_FRAME):
                 self._send(
                     ("client", client_id), p.Results(items[start : start + RESULTS_PER_FRAME])
                 )
         self._results.clear()
+        for executor_id, task_ids in self._acks.items():
+            self._send(("executor", executor_id), p.Ack(task_ids))
+        self._acks.clear()
         for executor_id in list(self._held):
             self._flush_executor(executor_id)
 
@@ -346,10 +415,11 @@ def serve(bind: str = DEFAULT_BIND, *, announce: bool = False, **options: Any) -
     if announce:  # LocalCluster reads this line to learn the port it got
         print(f"{ANNOUNCEMENT}{server.address}", flush=True)
     log.info(
-        "scheduler %s listening on %s with policy %s",
+        "scheduler %s listening on %s with policy %s, journal %s",
         server.scheduler_id,
         server.address,
         server.core.policy.name,
+        server.journal.path if server.journal is not None else "off",
     )
     try:
         server.serve(install_signal_handlers=True)

@@ -46,6 +46,9 @@ class TaskState(enum.Enum):
     RESUMING = "resuming"  # resume sent, not confirmed
     KILLING = "killing"  # kill sent, not confirmed
     DONE = "done"
+    # After a restart: known from the journal, not ended, and not yet reported by any
+    # executor; queued when the reclaim grace period ends (scheduler/core.py).
+    UNCLAIMED = "unclaimed"
 
 
 # States in which a task occupies its executor's slot (from the scheduler's point of view).
@@ -100,6 +103,7 @@ class Task:
     chunk: Task | None = None  # a chunked task: the chunk it was launched in
     subtasks: dict[str, Task] | None = None  # a chunk: its subtasks not reported yet
     memory_bytes: int = 0  # its executor's estimate of its memory, from the last heartbeat
+    lost_on: list[str] = field(default_factory=list)  # executors lost while they held it
 
     @property
     def priority(self) -> str:
@@ -448,6 +452,8 @@ def status_snapshot(core: SchedulerCore) -> dict[str, Any]:
         "executors": executors,
         "jobs": jobs,
         "pending": {c: core.pending.count(c) for c in PRIORITIES},
+        "unclaimed": core.unclaimed_count(),
+        "restarts": core.restarts,
         "policy_failures": list(core.policy_failures),
         "policy_switches": [dict(switch) for switch in core.policy_switches],
         "steals": core.steal_count,

@@ -278,12 +278,12 @@ def test_every_truncation_of_a_frame_is_a_protocol_error(msg, data):
             id="too many fields",
         ),
         pytest.param(
-            frame("hello", True, "e", "n", 1, 2, "h"),
+            frame("hello", True, "e", "n", 1, 2, "h", []),
             "hello.version must be int, got bool",
             id="bool for int",
         ),
         pytest.param(
-            frame("hello", 1.0, "e", "n", 1, 2, "h"),
+            frame("hello", 1.0, "e", "n", 1, 2, "h", []),
             "hello.version must be int, got float",
             id="float for int",
         ),

@@ -10,7 +10,7 @@ import pytest
 
 from runtime import protocol as p
 from scheduler import decisions as d
-from scheduler.core import ClientRequest, SchedulerCore, Tick
+from scheduler.core import ClientJoined, ClientRequest, SchedulerCore, Tick
 from scheduler.policies import Policy, UnknownPolicy
 from scheduler.state import TaskState
 
@@ -247,8 +247,13 @@ def test_bad_submissions_fail_their_tasks_with_the_reason():
     (item,) = h.results["j/0"]
     assert item[1] == "failed" and "unknown priority 'urgent'" in item[3][1]
     h.submit("dup", "batch", 1)
-    h.handle(ClientRequest("c", p.Submit("dup", "batch", 0, None, "m:f", None, [["x/0", b""]], 0)))
+    h.handle(ClientJoined("c2"))
+    h.handle(ClientRequest("c2", p.Submit("dup", "batch", 0, None, "m:f", None, [["x/0", b""]], 0)))
     assert "exists already" in h.results["x/0"][0][3][1]
+    # The same job again from its own client is one that reconnected and could not be sure
+    # we had it: nothing changes, and nothing fails.
+    h.handle(ClientRequest("c", p.Submit("dup", "batch", 0, None, "m:f", None, [["dup/0", b""]], 0)))
+    assert h.core.jobs["dup"].total == 1 and "dup/0" not in h.results
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,9 @@ def test_garbage_and_misdirected_frames_are_dropped_and_jobs_still_run(raw_peer)
         ]:
             attacker.send(frame)
         attacker.send_multipart([b"two", b"frames"])
+        # A request before hello is answered once (within a heartbeat) with "rejoin": to
+        # the scheduler it looks like a peer of the scheduler that ran here before.
+        assert isinstance(recv(attacker), p.Rejoin)
         # A registered client that sends an executor's report is refused too.
         attacker.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "mallory", 1, "h")))
         assert isinstance(recv(attacker), p.ClientWelcome)

@@ -1,0 +1,296 @@
+"""The scheduler's journal: what a restarted scheduler needs, in SQLite (stdlib, WAL mode).
+
+What is written, and when:
+
+* a job when it is accepted: its `submit` message as it came (one row, the tasks' payloads
+  inside; opaque here as everywhere in the scheduler);
+* a task's end (finished, failed or cancelled): its result item, as the client gets it;
+* a cancellation the client asked for (its task may still be running somewhere);
+* the executors that are alive (a restarted scheduler waits for them to come back);
+* when a client says goodbye, its jobs go: no one will ask for their results again.
+
+The core records into the journal as it goes (`NullJournal` is the do-nothing journal of a
+scheduler without one); nothing reaches the disk until the shell calls `commit()`, which it
+does once per pass over its socket and at every tick, in one transaction. Results, and the
+acks that let executors forget them, are sent only after that commit, so whatever a client
+or an executor was told is safe is on disk.
+
+Discussion: `synchronous=NORMAL`. In WAL mode a commit then writes the log without an
+fsync: it survives the scheduler process being killed (the case restarts are for), and an
+OS crash or power loss can lose the last commits. `FULL` fsyncs every commit, which costs
+milliseconds per pass on this project's VMs, against a loop that otherwise turns in tens of
+microseconds; `Journal(path, synchronous="FULL")` (`tidal scheduler --journal-sync full`)
+is there for a host whose crashes must lose nothing.
+
+Discussion: the file is locked for one scheduler (`locking_mode=EXCLUSIVE`): two schedulers
+on one journal would each rebuild the other's jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from runtime import protocol as p
+
+__all__ = ["Journal", "JournalError", "JournalState", "NullJournal", "default_journal_path"]
+
+log = logging.getLogger("tidal.scheduler")
+
+SCHEMA_VERSION = 1
+SYNC_MODES = ("NORMAL", "FULL")
+# Rows asked for in one `IN (...)` query: below SQLite's default limit of variables.
+QUERY_CHUNK = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, client_id TEXT NOT NULL, submit BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    task_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, outcome TEXT NOT NULL, item BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS results_by_job ON results (job_id);
+CREATE TABLE IF NOT EXISTS cancels (task_id TEXT PRIMARY KEY, job_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS executors (executor_id TEXT PRIMARY KEY);
+"""
+
+
+def default_journal_path(bind: str) -> str | None:
+    """Where `tidal scheduler --bind ADDR` keeps its journal unless told: one file per port
+    in the XDG state directory; None for an address without a fixed port (`tcp://host:*`),
+    where a restarted scheduler could not be found again anyway."""
+    port = bind.rsplit(":", 1)[-1]
+    if not port.isdigit():
+        return None
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(state, "tidal", f"journal-{port}.sqlite")
+
+
+class JournalError(RuntimeError):
+    """The journal cannot be used (in use by another scheduler, not a journal, ...)."""
+
+
+@dataclass
+class JournalState:
+    """What a journal held when it was opened: what a restart rebuilds from."""
+
+    restarts: int = 0  # how many times a scheduler opened this journal before this one
+    jobs: list[tuple[str, p.Submit]] = field(default_factory=list)  # (client id, submit)
+    outcomes: dict[str, str] = field(default_factory=dict)  # ended task id -> outcome
+    cancels: set[str] = field(default_factory=set)  # task ids a client cancelled
+    executors: set[str] = field(default_factory=set)  # alive when the journal last heard
+
+    @property
+    def empty(self) -> bool:
+        return not (self.jobs or self.executors)
+
+
+class NullJournal:
+    """The journal of a scheduler that keeps none: every record is dropped.
+
+    The hooks the core calls; a real journal overrides them all.
+    """
+
+    path: str | None = None
+
+    def submitted(self, client_id: str, submit: p.Submit) -> None:
+        """A job was accepted."""
+
+    def ended(self, job_id: str, item: list[Any]) -> None:
+        """A task ended; `item` is its result item `[task_id, outcome, value, error, stats]`."""
+
+    def cancel_requested(self, job_id: str, task_id: str) -> None:
+        """A client asked to cancel a task that is still running somewhere."""
+
+    def executor_joined(self, executor_id: str) -> None:
+        """An executor joined (or joined again)."""
+
+    def executor_lost(self, executor_id: str) -> None:
+        """An executor was lost or left."""
+
+    def client_left(self, client_id: str) -> None:
+        """A client said goodbye: its jobs are no longer wanted after a restart."""
+
+    def results(self, task_ids: Iterable[str]) -> dict[str, tuple[str, list[Any]]]:
+        """The result items journaled for these tasks (those it has): task id -> (job id,
+        `[task_id, outcome, value, error, stats]`)."""
+        return {}
+
+    def commit(self) -> None:
+        """Write everything recorded since the last commit, in one transaction."""
+
+    def close(self) -> None:
+        """Commit and close."""
+
+
+class Journal(NullJournal):
+    """A journal in the SQLite file at `path` (created if missing); see the module docstring.
+
+    `state` is what the file held when it was opened.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
+        synchronous = synchronous.upper()
+        if synchronous not in SYNC_MODES:
+            raise ValueError(
+                f"synchronous must be one of {', '.join(SYNC_MODES)}, not {synchronous!r}"
+            )
+        self.path = os.fspath(path)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            # isolation_level=None: transactions are ours (BEGIN ... COMMIT in commit()).
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open the journal {self.path}: {exc}") from None
+        try:
+            self._open(synchronous)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            if "locked" in str(exc):
+                raise JournalError(
+                    f"the journal {self.path} is in use by another scheduler"
+                ) from None
+            raise JournalError(f"cannot use {self.path} as a journal: {exc}") from None
+        self._jobs: list[tuple[str, str, bytes]] = []
+        self._results: dict[str, tuple[str, str, bytes]] = {}  # task id -> (job, outcome, item)
+        self._cancels: list[tuple[str, str]] = []
+        self._joined: set[str] = set()
+        self._lost: set[str] = set()
+        self._clients_left: list[str] = []
+
+    def _open(self, synchronous: str) -> None:
+        db = self._db
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise sqlite3.DatabaseError(f"WAL mode refused (journal_mode is {mode})")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("BEGIN EXCLUSIVE")  # takes the lock now, and keeps it (locking_mode)
+        db.execute("COMMIT")
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"journal schema {row[0]}, this scheduler reads {SCHEMA_VERSION}"
+            )
+        self.state = self._load()
+        db.execute(
+            "INSERT INTO meta VALUES ('opened', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1"
+        )
+
+    def _load(self) -> JournalState:
+        db = self._db
+        row = db.execute("SELECT value FROM meta WHERE key='opened'").fetchone()
+        state = JournalState(restarts=0 if row is None else row[0])
+        for client_id, frame in db.execute("SELECT client_id, submit FROM jobs ORDER BY rowid"):
+            submit = p.decode(frame)
+            if isinstance(submit, p.Submit):
+                state.jobs.append((client_id, submit))
+        state.outcomes = dict(db.execute("SELECT task_id, outcome FROM results"))
+        state.cancels = {task_id for (task_id,) in db.execute("SELECT task_id FROM cancels")}
+        state.executors = {e for (e,) in db.execute("SELECT executor_id FROM executors")}
+        return state
+
+    # ---- records (kept in memory until commit) ---------------------------------------------------
+
+    def submitted(self, client_id: str, submit: p.Submit) -> None:
+        self._jobs.append((submit.job_id, client_id, p.encode(submit)))
+
+    def ended(self, job_id: str, item: list[Any]) -> None:
+        self._results[item[0]] = (job_id, item[1], _pack(item[1:]))
+
+    def cancel_requested(self, job_id: str, task_id: str) -> None:
+        self._cancels.append((task_id, job_id))
+
+    def executor_joined(self, executor_id: str) -> None:
+        self._lost.discard(executor_id)
+        self._joined.add(executor_id)
+
+    def executor_lost(self, executor_id: str) -> None:
+        self._joined.discard(executor_id)
+        self._lost.add(executor_id)
+
+    def client_left(self, client_id: str) -> None:
+        self._clients_left.append(client_id)
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    def results(self, task_ids: Iterable[str]) -> dict[str, tuple[str, list[Any]]]:
+        wanted = list(task_ids)
+        found: dict[str, tuple[str, list[Any]]] = {}
+        for task_id in wanted:  # recorded but not committed yet
+            held = self._results.get(task_id)
+            if held is not None:
+                found[task_id] = (held[0], [task_id, *_unpack(held[2])])
+        rest = [t for t in wanted if t not in found]
+        for start in range(0, len(rest), QUERY_CHUNK):
+            part = rest[start : start + QUERY_CHUNK]
+            marks = ",".join("?" * len(part))
+            query = f"SELECT task_id, job_id, item FROM results WHERE task_id IN ({marks})"
+            for task_id, job_id, item in self._db.execute(query, part):
+                found[task_id] = (job_id, [task_id, *_unpack(item)])
+        return found
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        if not (
+            self._jobs
+            or self._results
+            or self._cancels
+            or self._joined
+            or self._lost
+            or self._clients_left
+        ):
+            return
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT OR IGNORE INTO jobs VALUES (?, ?, ?)", self._jobs)
+            db.executemany(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
+                [(task_id, *row) for task_id, row in self._results.items()],
+            )
+            db.executemany("INSERT OR IGNORE INTO cancels VALUES (?, ?)", self._cancels)
+            db.executemany(
+                "INSERT OR IGNORE INTO executors VALUES (?)", [(e,) for e in self._joined]
+            )
+            db.executemany(
+                "DELETE FROM executors WHERE executor_id = ?", [(e,) for e in self._lost]
+            )
+            for client_id in self._clients_left:
+                jobs = "SELECT job_id FROM jobs WHERE client_id = ?"
+                db.execute(f"DELETE FROM results WHERE job_id IN ({jobs})", (client_id,))
+                db.execute(f"DELETE FROM cancels WHERE job_id IN ({jobs})", (client_id,))
+                db.execute("DELETE FROM jobs WHERE client_id = ?", (client_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._jobs, self._cancels, self._clients_left = [], [], []
+        self._results = {}
+        self._joined, self._lost = set(), set()
+
+    def close(self) -> None:
+        try:
+            self.commit()
+        finally:
+            self._db.close()
+
+
+def _unpack(blob: bytes) -> list[Any]:
+    return msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
+def _pack(value: Any) -> bytes:
+    # Result items are the scheduler's own data (payloads stay bytes), so they always pack.
+    return msgpack.packb(value, use_bin_type=True)

@@ -1,0 +1,279 @@
+"""Recovery: rebuilding the scheduler's state after a restart, and taking back what
+executors and clients report when they come back (Mesos-style soft state).
+
+The core calls these functions at four points:
+
+* `restore(core, state)` when it is built on a journal that holds jobs: every job comes back;
+  tasks that ended are counted, tasks that did not become UNCLAIMED (nobody knows yet
+  where they are), and cancellations asked for before the restart are carried out.
+* `reclaim(core, executor, holding, mine)` when an executor says hello with what it holds
+  (`hello.holding`): results it could not be sure we had are taken once, and each task or
+  chunk it holds is adopted where it is (same attempt, its state as the executor says) if
+  it is ours to take: UNCLAIMED after a restart, or one this same executor held before
+  it said hello again. Anything else it holds is stale (its task ended, or was queued
+  again and runs elsewhere) and is killed there.
+* `end_grace(core)` when every executor known before the restart said hello again, or
+  the grace period (`reclaim_grace_ns`) ran out: whatever is still UNCLAIMED is queued.
+* `on_reattach(core, client_id, msg)` when a client that reconnected lists the tasks it
+  still waits for: results we have go to it (from the journal), the others will come,
+  and the ids we never heard of are named so that it submits those jobs again.
+
+Each task's future still completes exactly once: a result is taken only for a task that
+has not ended, and an adopted task reports under the attempt the executor runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from runtime import protocol as p
+from scheduler import chunks as ch
+from scheduler.state import Executor, Task, TaskState
+
+if TYPE_CHECKING:
+    from scheduler.core import SchedulerCore
+    from scheduler.journal import JournalState
+
+log = logging.getLogger("tidal.scheduler")
+
+__all__ = ["end_grace", "on_reattach", "reclaim", "restore"]
+
+TASK_STATES = ("running", "resuming", "queued", "suspended")
+RESULT_STATES = ("finished", "failed")
+# Adopted in this order, so that the task holding the executor's slot takes it first.
+_ADOPT_ORDER = {state: i for i, state in enumerate(TASK_STATES)}
+
+
+def restore(core: SchedulerCore, state: JournalState) -> None:
+    """Rebuild jobs and unfinished tasks from what the journal held (see the docstring)."""
+    core.restarts = state.restarts
+    cancelled = []
+    for client_id, submit in state.jobs:
+        ended = [entry[0] for entry in submit.tasks if entry[0] in state.outcomes]
+        tasks = core.add_job(client_id, submit, skip=set(ended))
+        job = core.jobs[submit.job_id]
+        for task_id in ended:
+            outcome = state.outcomes[task_id]
+            if outcome == "finished":
+                job.finished += 1
+            elif outcome == "failed":
+                job.failed += 1
+            else:
+                job.cancelled += 1
+        for task in tasks:
+            task.state = TaskState.UNCLAIMED
+            if task.task_id in state.cancels:
+                task.cancel_requested = True
+                cancelled.append(task)
+    for task in cancelled:  # asked for before the restart: done, wherever it may still run
+        core.complete(task, "cancelled", None, None)
+    core.awaited = set(state.executors)
+    core.reclaim_until = core.now + core.reclaim_grace_ns
+    log.info(
+        "restored %d jobs from journal %s (restart %d); %d tasks wait for their executors",
+        len(state.jobs),
+        core.journal.path,
+        core.restarts,
+        core.unclaimed_count(),
+    )
+
+
+def end_grace(core: SchedulerCore) -> None:
+    """Queue the tasks no executor claimed; forget the executors that did not come back."""
+    core.reclaim_until = None
+    for executor_id in core.awaited:
+        core.journal.executor_lost(executor_id)
+    core.awaited = set()
+    unclaimed = [t for t in core.tasks.values() if t.state is TaskState.UNCLAIMED]
+    if unclaimed:
+        log.info("queueing %d tasks no executor reported after the restart", len(unclaimed))
+    # The same attempt: whether they ever ran, nobody knows.
+    core.requeue(unclaimed, attempt=False)
+
+
+def reclaim(core: SchedulerCore, executor: Executor, holding: Any, mine: dict[str, Task]) -> None:
+    """Take back what a (re)joining executor holds; see the module docstring.
+
+    `mine` maps the ids of the tasks this same executor held in our books before its hello
+    (it said hello while we counted it alive); those it claims are removed from it.
+    """
+    if not holding:
+        return
+    results, held = [], []
+    for item in holding if isinstance(holding, list | tuple) else [holding]:
+        if not (
+            type(item) is list
+            and len(item) == 4
+            and type(item[0]) is str
+            and type(item[1]) is int
+            and item[2] in TASK_STATES + RESULT_STATES
+        ):
+            log.warning(
+                "executor %s: dropped a malformed holding item %.80r", executor.executor_id, item
+            )
+            continue
+        (results if item[2] in RESULT_STATES else held).append(item)
+    # Subtasks' results before their chunks' own, results before the tasks held: a result
+    # decides a task for good.
+    results.sort(key=lambda item: _is_chunk(core.tasks.get(item[0])))
+    for task_id, attempt, outcome, detail in results:
+        _take_result(core, executor, task_id, attempt, outcome, detail, mine)
+    held.sort(key=lambda item: _ADOPT_ORDER[item[2]])
+    for task_id, attempt, state, detail in held:
+        task = _claimable(core, task_id, attempt, detail, mine)
+        if task is None:
+            log.info(
+                "executor %s holds %s (attempt %d), which is not ours to take: killing it",
+                executor.executor_id,
+                task_id,
+                attempt,
+            )
+            core.send(executor, p.Kill(task_id, core.now))
+            continue
+        _adopt(core, executor, task, state, attempt)
+        mine.pop(task.task_id, None)
+
+
+def _is_chunk(task: Task | None) -> bool:
+    return task is not None and task.subtasks is not None
+
+
+def _take_result(
+    core: SchedulerCore,
+    executor: Executor,
+    task_id: str,
+    attempt: int,
+    outcome: str,
+    detail: Any,
+    mine: dict[str, Task],
+) -> None:
+    """A result the executor sent and never saw acknowledged: taken if the task is open."""
+    if not (type(detail) is list and len(detail) == 3 and isinstance(detail[2], dict)):
+        log.warning("executor %s: dropped a malformed result of %s", executor.executor_id, task_id)
+        return
+    value, error, stats = detail
+    if outcome == "finished" and type(value) is not bytes:
+        log.warning(
+            "executor %s: a result of %s without its payload", executor.executor_id, task_id
+        )
+        return
+    if outcome == "failed" and not (
+        type(error) is list and len(error) == 3 and all(type(e) is str for e in error)
+    ):
+        log.warning(
+            "executor %s: a failed result of %s without its error", executor.executor_id, task_id
+        )
+        return
+    task = core.tasks.get(task_id)
+    if task is None or task.state is TaskState.DONE:
+        return  # ended already (its result is journaled), or never ours
+    chunk = task.chunk
+    if task.subtasks is not None:  # a chunk's own end: what it did not report runs again
+        if mine.get(task_id) is task and task.attempt == attempt:
+            del mine[task_id]
+            task.executor_id = executor.executor_id
+            ch.end_chunk(core, task)
+        return
+    if task.state is TaskState.UNCLAIMED:
+        pass
+    elif chunk is not None and mine.get(chunk.task_id) is chunk and task_id in chunk.subtasks:
+        del chunk.subtasks[task_id]
+    elif mine.get(task_id) is task and task.attempt == attempt:
+        del mine[task_id]
+    else:
+        return  # a stale attempt: the task was queued again and runs elsewhere
+    task.executor_id = executor.executor_id
+    if task.chunk is None:
+        task.suspensions = stats.get("suspensions", task.suspensions)
+        task.running_ns = stats.get("running_ns", task.running_ns)
+        task.records = stats.get("records", task.records)
+        task.finished_at_ns = stats.get("finished_at_ns")
+    core.complete(task, outcome, value if outcome == "finished" else None, error)
+
+
+def _claimable(
+    core: SchedulerCore, task_id: str, attempt: int, detail: Any, mine: dict[str, Task]
+) -> Task | None:
+    """The task (or chunk) the executor holds, if it is ours to adopt; else None."""
+    task = core.tasks.get(task_id)
+    if task is not None and mine.get(task_id) is task:
+        # Ours before its hello: adopt it unless we had decided otherwise meanwhile.
+        if task.attempt == attempt and task.state is not TaskState.KILLING:
+            return task
+        return None
+    if detail is None:
+        if task is not None and task.subtasks is None and task.state is TaskState.UNCLAIMED:
+            return task
+        return None
+    # A chunk: after a restart we know its subtasks, not the chunk itself.
+    if task is not None or type(detail) is not list:
+        return None
+    subtasks = [core.tasks.get(s) if type(s) is str else None for s in detail]
+    claimed = [t for t in subtasks if t is not None and t.state is TaskState.UNCLAIMED]
+    if not claimed or any(t.job is not claimed[0].job for t in claimed):
+        return None
+    chunk = Task(task_id, claimed[0].job, b"", claimed[0].seq, core.now)
+    chunk.subtasks = {}
+    for subtask in claimed:
+        subtask.state = TaskState.LAUNCHED
+        subtask.chunk = chunk
+        chunk.subtasks[subtask.task_id] = subtask
+    core.tasks[task_id] = chunk
+    return chunk
+
+
+def _adopt(core: SchedulerCore, executor: Executor, task: Task, state: str, attempt: int) -> None:
+    """Put `task` on `executor` in the state the executor reports, at its attempt."""
+    task.attempt = attempt
+    task.executor_id = executor.executor_id
+    for subtask in (task.subtasks or {}).values():
+        subtask.executor_id = executor.executor_id
+    if state == "suspended":
+        task.state = TaskState.SUSPENDED
+        executor.suspended[task.task_id] = task
+        return
+    task.state = {
+        "running": TaskState.RUNNING,
+        "resuming": TaskState.RESUMING,
+        "queued": TaskState.LAUNCHED,
+    }[state]
+    if task.state is TaskState.RUNNING:
+        task.running_since = core.now
+    if executor.slot_task is None:
+        executor.slot_task = task
+    else:
+        executor.queued.append(task)
+
+
+def on_reattach(core: SchedulerCore, client_id: str, msg: p.Reattach) -> None:
+    """A client lists the tasks it waits for: results we have, and the ids we do not know."""
+    asked = [t for t in msg.task_ids if type(t) is str]
+    lookup = []
+    for task_id in asked:
+        task = core.tasks.get(task_id)
+        if task is not None and task.state is not TaskState.DONE:
+            if task.job.client_id != client_id:
+                lookup.append(task_id)  # not this client's: answered as unknown below
+            continue  # its result will come to this client
+        lookup.append(task_id)
+    found = core.journal.results(lookup)
+    items, unknown = [], []
+    for task_id in lookup:
+        task = core.tasks.get(task_id)
+        job_id, item = found.get(task_id, (None, None))
+        job = core.jobs.get(job_id) if job_id is not None else None
+        if item is not None and job is not None and job.client_id == client_id:
+            items.append(item)
+        elif task is not None and task.state is TaskState.DONE and task.job.client_id == client_id:
+            # It ended here, but its result was not kept (a scheduler without a journal).
+            message = (
+                f"the result of {task_id} was sent while this client was away and is lost: "
+                "the scheduler keeps no journal (tidal scheduler --journal PATH)"
+            )
+            items.append([task_id, "failed", None, ["ResultLost", message, ""], {}])
+        else:
+            unknown.append(task_id)
+    if items:
+        core.answer(client_id, p.Results(items))
+    core.answer(client_id, p.Reattached(msg.request_id, unknown))
