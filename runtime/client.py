@@ -18,6 +18,16 @@ The handshake runs on the constructing thread, before the IO thread exists, so i
 are raised straight to the caller; the DEALER then moves to the IO thread (`Thread.start()`
 is the full memory barrier ZeroMQ asks for when a socket changes threads).
 
+When the scheduler goes away. While futures or requests are pending, the IO thread pings
+the scheduler every KEEPALIVE_S; silence for SILENT_S, or a `rejoin` from a scheduler that
+does not know this connection (it restarted), makes it reconnect: a new DEALER and a new
+`client_hello`, again every SILENT_S, for up to `reconnect_timeout` seconds. On the welcome
+it sends `reattach` with the ids of every pending future: the scheduler answers the results
+it has and names the tasks it never heard of, whose jobs the client submits again (it keeps
+each job's submit frame until the job's last future completes). Requests waiting for an
+answer are sent again. Each future still completes once: a result for a future that is
+done already is ignored.
+
 Futures complete on the IO thread, and so their done callbacks run there: keep callbacks
 short, and never block in one on another future or on `status()` of the same client. The
 futures, their errors and `gather`/`as_completed` live in runtime/futures.py; this module
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -81,6 +92,15 @@ IO_JOIN_TIMEOUT_S = 5.0
 # Frames read from the scheduler per loop turn before callers' frames get a look in, so a
 # flood of results cannot starve submissions.
 RECV_BATCH = 256
+# Discussion: while something is pending, a ping every half second, and a scheduler silent
+# for three times that is taken for gone. A restarted scheduler is found sooner: the first
+# frame it gets from us is answered with `rejoin`.
+KEEPALIVE_S = 0.5
+SILENT_S = 1.5
+DEFAULT_RECONNECT_TIMEOUT_S = 60.0
+# Task ids per `reattach` message, so that a client waiting on a million tasks stays far
+# below the frame limit.
+REATTACH_IDS_PER_MESSAGE = 10_000
 
 OUTCOMES = ("finished", "failed", "cancelled")
 
@@ -101,7 +121,13 @@ class Client:
     seconds. Use it as a context manager, or call `close()`.
     """
 
-    def __init__(self, address: Any, *, timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        address: Any,
+        *,
+        timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT_S,
+    ) -> None:
         address = getattr(address, "address", address)
         if not isinstance(address, str):
             raise TypeError(
@@ -109,6 +135,8 @@ class Client:
                 f"with an .address attribute (a LocalCluster), not {type(address).__name__}"
             )
         self.address = address
+        self.reconnect_timeout = reconnect_timeout
+        self.reconnects = 0  # how often the IO thread reconnected (a restarted scheduler)
         self.client_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._bad_frames = p.RateLimitedLog(log.warning)
         # One lock guards `_pending`, `_status_waiters`, `_closed` and the callers' PAIR end.
@@ -116,6 +144,11 @@ class Client:
         self._lock = threading.Lock()
         self._pending: dict[str, TaskFuture] = {}
         self._status_waiters: dict[str, concurrent.futures.Future] = {}
+        # For a scheduler that restarts: each job's submit frame and how many of its futures
+        # are pending (to submit it again), and the frame of each request waiting for its
+        # answer (to ask again). Guarded by the lock too.
+        self._jobs: dict[str, list[Any]] = {}  # job id -> [frame, futures pending]
+        self._request_frames: dict[str, bytes] = {}
         self._closed = False
         self._broken: str | None = None  # why the IO thread stopped, if it crashed
         # itertools.count's next() is atomic in CPython, so ids need no lock.
@@ -338,6 +371,7 @@ class Client:
             # Registered before the frame leaves, so no result can arrive ahead of its future.
             self._check_open()
             self._pending.update((future.task_id, future) for future in futures)
+            self._jobs[job_id] = [frame, len(futures)]
             self._to_io.send(frame, zmq.NOBLOCK)
         return futures
 
@@ -345,9 +379,18 @@ class Client:
         """Forget a future cancelled here and tell the scheduler (unless the client is gone)."""
         frame = p.encode(p.Cancel([future.task_id]))
         with self._lock:
-            self._pending.pop(future.task_id, None)
+            if self._pending.pop(future.task_id, None) is not None:
+                self._job_done(future.job_id)
             if not self._closed and self._broken is None:
                 self._to_io.send(frame, zmq.NOBLOCK)
+
+    def _job_done(self, job_id: str) -> None:
+        """One more of the job's futures completed (call with the lock held)."""
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job[1] -= 1
+            if job[1] <= 0:
+                del self._jobs[job_id]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -434,6 +477,7 @@ class Client:
         with self._lock:
             self._check_open()
             self._status_waiters[request_id] = waiter
+            self._request_frames[request_id] = frame
             self._to_io.send(frame, zmq.NOBLOCK)
         try:
             return waiter.result(timeout)
@@ -444,6 +488,7 @@ class Client:
         finally:
             with self._lock:
                 self._status_waiters.pop(request_id, None)
+                self._request_frames.pop(request_id, None)
 
     def executor(self) -> ClientExecutor:
         """A `concurrent.futures.Executor` that runs each call as a task on this client."""
@@ -493,6 +538,8 @@ class Client:
             waiters = list(self._status_waiters.values())
             self._pending.clear()
             self._status_waiters.clear()
+            self._jobs.clear()
+            self._request_frames.clear()
         for future in futures:
             with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
                 future.set_exception(ConnectionError(describe(f"task {future.task_id}")))
@@ -515,25 +562,40 @@ class Client:
                 lambda what: f"the client's IO thread crashed ({self._broken}) before {what} ended"
             )
         finally:
-            dealer.close(linger=CLOSE_LINGER_MS)
+            self._dealer.close(linger=CLOSE_LINGER_MS)
             from_callers.close(linger=0)
 
     def _io_loop(self, dealer: zmq.Socket, from_callers: zmq.Socket) -> None:
-        """The IO loop: poll, handle scheduler frames by op, queue caller frames, send."""
+        """The IO loop: poll, handle scheduler frames by op, queue caller frames, send,
+        and keep the connection alive."""
         handlers: dict[type[p.Message], Callable[[Any], None]] = {
             p.Results: self._on_results,
             p.Status: self._on_status,
             p.Pong: self._on_pong,
             p.PolicySet: self._on_policy_set,
+            p.Rejoin: self._on_rejoin,
+            p.ClientWelcome: self._on_welcome_again,
+            p.Reattached: self._on_reattached,
         }
+        self._dealer = dealer
+        self._connected = True  # False from losing the scheduler to its next welcome
+        self._last_heard = self._next_ping = time.monotonic()
+        self._hello_sent_at = 0.0
+        self._gave_up_at = float("inf")  # while reconnecting: when to stop trying
         outbox: deque[bytes] = deque()
+        self._outbox = outbox
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(from_callers, zmq.POLLIN)
         while True:
             # -- 1. Poll; for "writable" too while frames wait in the outbox.
-            poller.modify(dealer, zmq.POLLIN | (zmq.POLLOUT if outbox else 0))
-            ready = dict(poller.poll())
+            if self._dealer is not dealer:  # reconnected: poll the new connection
+                poller.unregister(dealer)
+                dealer = self._dealer
+                poller.register(dealer, zmq.POLLIN)
+            writable = zmq.POLLOUT if outbox and self._connected else 0
+            poller.modify(dealer, zmq.POLLIN | writable)
+            ready = dict(poller.poll(KEEPALIVE_S * 1000))
 
             # -- 2. Frames from the scheduler, each handled by its op; bad ones dropped.
             if ready.get(dealer, 0) & zmq.POLLIN:
@@ -550,7 +612,10 @@ class Client:
                     except p.ProtocolError as exc:
                         self._bad_frames(f"dropped a bad frame from the scheduler: {exc}")
                         continue
+                    self._last_heard = time.monotonic()
                     handler(msg)
+                    if self._dealer is not dealer:
+                        break  # a reconnect: the rest of this connection is the old scheduler's
 
             # -- 3. Frames from callers, in the order they came; an empty one means "close".
             if from_callers in ready:
@@ -564,8 +629,109 @@ class Client:
                         return
                     outbox.append(frame)
 
-            # -- 4. Send what the DEALER takes now; the rest waits for it to be writable.
-            _flush(dealer, outbox)
+            # -- 4. Keep the connection alive; reconnect to a scheduler that went silent.
+            if not self._keep_alive():
+                return
+
+            # -- 5. Send what the DEALER takes now; the rest waits for it to be writable.
+            if self._connected:
+                _flush(self._dealer, outbox)
+
+    def _keep_alive(self) -> bool:
+        """Ping while something is pending; reconnect after silence. False: gave up."""
+        now = time.monotonic()
+        with self._lock:
+            waiting = bool(self._pending or self._status_waiters)
+        if self._connected:
+            if not waiting:
+                self._last_heard = now  # nothing expected: silence means nothing
+                return True
+            if now - self._last_heard > SILENT_S:
+                self._reconnect(f"no word from the scheduler for {now - self._last_heard:.1f} s")
+            elif now >= self._next_ping:
+                self._next_ping = now + KEEPALIVE_S
+                with contextlib.suppress(zmq.Again):
+                    self._dealer.send(
+                        p.encode(p.Ping("keepalive", time.monotonic_ns())), zmq.NOBLOCK
+                    )
+            return True
+        if now > self._gave_up_at:
+            reason = (
+                f"the Tidal scheduler at {self.address} did not come back within "
+                f"{self.reconnect_timeout:g} s"
+            )
+            log.error("%s", reason)
+            with self._lock:
+                self._broken = reason
+            self._fail_pending(lambda what: f"{reason}; {what} is lost with it")
+            return False
+        if now - self._hello_sent_at > SILENT_S:  # that hello may be lost: a fresh start
+            self._reconnect("no welcome from the scheduler")
+        return True
+
+    def _reconnect(self, reason: str) -> None:
+        """A new connection and hello; the welcome's handler reattaches (IO thread)."""
+        log.warning(
+            "the Tidal client %s reconnects to %s: %s", self.client_id, self.address, reason
+        )
+        now = time.monotonic()
+        if self._connected:
+            self._gave_up_at = now + self.reconnect_timeout
+        self._connected = False
+        self._dealer.close(linger=0)  # what it still queued was for the old scheduler
+        self._dealer = self._context.socket(zmq.DEALER)
+        self._dealer.connect(self.address)
+        hello = p.ClientHello(p.PROTOCOL_VERSION, self.client_id, os.getpid(), socket.gethostname())
+        self._dealer.send(p.encode(hello))
+        self._hello_sent_at = now
+
+    def _on_rejoin(self, msg: p.Rejoin) -> None:
+        if self._connected:
+            self._reconnect(f"the scheduler asked: {msg.reason}")
+
+    def _on_welcome_again(self, msg: p.ClientWelcome) -> None:
+        if self._connected:
+            problem = "client_welcome is not sent to a connected client"
+            self._bad_frames(f"dropped a bad frame from the scheduler: {problem}")
+            return
+        if msg.version != p.PROTOCOL_VERSION:
+            self._bad_frames(f"the scheduler at {self.address} now speaks protocol {msg.version}")
+            return
+        self._connected = True
+        self._gave_up_at = float("inf")
+        self.reconnects += 1
+        if msg.scheduler_id != self.scheduler_id:
+            log.warning(
+                "the Tidal scheduler at %s restarted (now %s)", self.address, msg.scheduler_id
+            )
+        self.scheduler_id, self.policy = msg.scheduler_id, msg.policy
+        self.max_suspensions = msg.max_suspensions
+        with self._lock:
+            waiting = list(self._pending)
+            requests = list(self._request_frames.values())
+        # Ahead of everything queued: first what we wait for, then the questions asked.
+        frames = [
+            p.encode(p.Reattach(uuid.uuid4().hex, waiting[i : i + REATTACH_IDS_PER_MESSAGE]))
+            for i in range(0, len(waiting), REATTACH_IDS_PER_MESSAGE)
+        ]
+        self._outbox.extendleft(reversed(frames + requests))
+
+    def _on_reattached(self, msg: p.Reattached) -> None:
+        """Submit again the jobs the scheduler never heard of (their pending tasks)."""
+        unknown = {t for t in msg.unknown if type(t) is str}
+        jobs: dict[str, bytes] = {}
+        with self._lock:
+            for task_id in unknown:
+                future = self._pending.get(task_id)
+                job = self._jobs.get(future.job_id) if future is not None else None
+                if job is not None:
+                    jobs[future.job_id] = job[0]
+        for job_id, frame in jobs.items():
+            submit = p.decode(frame)
+            tasks = [t for t in submit.tasks if t[0] in unknown]
+            log.info("submitting again %d tasks of job %s", len(tasks), job_id)
+            again = dataclasses.replace(submit, tasks=tasks)
+            self._outbox.append(p.encode(again))
 
     def _say_goodbye(self, dealer: zmq.Socket, outbox: deque[bytes]) -> None:
         outbox.append(p.encode(p.ClientGoodbye("client closed")))
@@ -587,6 +753,8 @@ class Client:
                 continue
             with self._lock:
                 future = self._pending.pop(task_id, None)
+                if future is not None:
+                    self._job_done(future.job_id)
             # Unknown, already completed, or cancelled here: never complete a future twice.
             if future is None:
                 continue
@@ -610,6 +778,8 @@ class Client:
             return
         with self._lock:
             future = self._pending.pop(item[0], None)
+            if future is not None:
+                self._job_done(future.job_id)
         if future is not None:
             with contextlib.suppress(concurrent.futures.InvalidStateError):
                 future.set_exception(p.ProtocolError(f"unreadable result for {item[0]}: {exc}"))

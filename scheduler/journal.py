@@ -146,7 +146,10 @@ class Journal(NullJournal):
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             # isolation_level=None: transactions are ours (BEGIN ... COMMIT in commit()).
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # timeout=0: a journal another scheduler holds fails at once, not after 5 s.
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
+            )
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from None
         try:

@@ -126,6 +126,9 @@ class SchedulerServer:
         self._peers: dict[bytes, tuple[str, str]] = {}  # routing id -> (kind, peer id)
         self._routes: dict[tuple[str, str], bytes] = {}  # (kind, peer id) -> routing id
         self._bad_frames = p.RateLimitedLog(log.warning)
+        # Well-formed messages on connections we do not know: after a restart, the old
+        # scheduler's peers' queued frames; told to rejoin, not worth a warning each.
+        self._strangers = p.RateLimitedLog(log.info)
         self._held: dict[str, list[bytes]] = {}  # encoded batch launches, per executor
         self._results: dict[str, list[Any]] = {}  # result items, per client
         self._held_bytes: dict[str, int] = {}
@@ -233,10 +236,15 @@ class SchedulerServer:
             return None
         peer = self._peers.get(routing_id)
         if peer is None:
-            if isinstance(msg, p.Heartbeat | p.Ping | p.StatusRequest | p.Submit | p.Reattach):
-                # A peer of a scheduler that ran on this address before us (a restart):
-                # ask it to say hello again, with what it holds.
-                self._ask_to_rejoin(routing_id, "the scheduler does not know this connection")
+            if msg.direction in (p.E2S, p.C2S):
+                # Most likely a peer of a scheduler that ran on this address before us (a
+                # restart): ask it to say hello again (an executor lists what it holds).
+                if isinstance(msg, p.Heartbeat | p.Ping | p.StatusRequest | p.Submit | p.Reattach):
+                    self._ask_to_rejoin(routing_id, "the scheduler does not know this connection")
+                self._strangers(
+                    f"dropped {msg.op} from unknown peer {routing_id.hex()[:12]}: before hello"
+                )
+                return None
             raise p.ProtocolError(f"{msg.op} before hello")
         kind, peer_id = peer
         if kind == "executor":

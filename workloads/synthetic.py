@@ -63,3 +63,11 @@ def hog_without_boundaries(kib_per_step: int = 256, step_us: float = 1000.0) -> 
     while True:
         held.append(b"\x01" * (kib_per_step * 1024))
         time.sleep(step_us / 1e6)
+
+
+@task
+def crash_executor(code: int = 70) -> None:
+    """Take the executor down with the task, as a crash in C code would (for failure tests)."""
+    import os
+
+    os._exit(code)

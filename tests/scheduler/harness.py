@@ -43,7 +43,7 @@ class FakeClock:
 class Harness:
     """Drives a SchedulerCore for a client "c" and keeps what it sent, per executor and per
     client: commands in `to_executor`, results in `results` (by task id), answers to
-    SetPolicy in `answers` (by request id)."""
+    SetPolicy and Reattach in `answers` (by request id)."""
 
     def __init__(self, policy="lb", executors=(("e0", "n0"), ("e1", "n1")), **options):
         self.clock = FakeClock()
@@ -68,16 +68,17 @@ class Harness:
                 for item in message.items:
                     self.results.setdefault(item[0], []).append(item)
             else:
-                assert isinstance(message, p.PolicySet), f"unexpected for the client: {message}"
+                assert isinstance(message, p.PolicySet | p.Reattached), f"unexpected: {message}"
                 self.answers[message.request_id] = message
 
     def keep_command(self, executor_id: str, message: p.Message) -> None:
         """Keep a command the core sent, for `sent()`."""
         self.to_executor.setdefault(executor_id, []).append(message)
 
-    def join(self, executor_id: str, node: str) -> None:
+    def join(self, executor_id: str, node: str, holding=()) -> None:
+        """An executor says hello, holding what `holding` lists (as `hello.holding`)."""
         self.nodes[executor_id] = node
-        self.handle(ExecutorJoined(p.Hello(1, executor_id, node, 1, 1, "host")))
+        self.handle(ExecutorJoined(p.Hello(1, executor_id, node, 1, 1, "host", list(holding))))
 
     def submit(
         self,

@@ -252,7 +252,9 @@ def test_bad_submissions_fail_their_tasks_with_the_reason():
     assert "exists already" in h.results["x/0"][0][3][1]
     # The same job again from its own client is one that reconnected and could not be sure
     # we had it: nothing changes, and nothing fails.
-    h.handle(ClientRequest("c", p.Submit("dup", "batch", 0, None, "m:f", None, [["dup/0", b""]], 0)))
+    h.handle(
+        ClientRequest("c", p.Submit("dup", "batch", 0, None, "m:f", None, [["dup/0", b""]], 0))
+    )
     assert h.core.jobs["dup"].total == 1 and "dup/0" not in h.results
 
 

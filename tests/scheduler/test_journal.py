@@ -1,0 +1,115 @@
+"""The journal on its own: what goes in comes back after a reopen, in WAL mode, and a
+process that dies in the middle of a batch leaves the last committed state, whole."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from runtime import protocol as p
+from runtime.stub import child_env
+from scheduler.journal import Journal, JournalError, default_journal_path
+
+
+def submit(job_id, n):
+    tasks = [[f"{job_id}/{i}", p.pack_call([i], {})] for i in range(n)]
+    return p.Submit(job_id, "batch", 0, None, "m:f", None, tasks, 0, {"chunksize": "auto"})
+
+
+def finished(task_id, value):
+    return [task_id, "finished", p.pack_payload(value), None, {"attempt": 0}]
+
+
+def test_jobs_results_cancels_and_executors_come_back_after_a_reopen(tmp_path):
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    assert journal.state.empty and journal.state.restarts == 0
+    journal.submitted("c1", submit("c1-1", 3))
+    journal.ended("c1-1", finished("c1-1/0", {("a", 1): 2}))
+    journal.ended("c1-1", ["c1-1/1", "failed", None, ["ValueError", "bad", "tb"], {}])
+    journal.cancel_requested("c1-1", "c1-1/2")
+    journal.executor_joined("e0")
+    journal.executor_joined("e1")
+    journal.executor_lost("e1")
+    # Reads see what is recorded but not committed yet.
+    assert journal.results(["c1-1/0"])["c1-1/0"][1][2] == p.pack_payload({("a", 1): 2})
+    journal.close()
+
+    again = Journal(path)
+    state = again.state
+    assert state.restarts == 1
+    [(client_id, job)] = state.jobs
+    assert client_id == "c1" and job == submit("c1-1", 3)
+    assert state.outcomes == {"c1-1/0": "finished", "c1-1/1": "failed"}
+    assert state.cancels == {"c1-1/2"} and state.executors == {"e0"}
+    found = again.results(["c1-1/0", "c1-1/1", "c1-1/2"])
+    assert set(found) == {"c1-1/0", "c1-1/1"}
+    job_id, item = found["c1-1/0"]
+    assert job_id == "c1-1" and item == finished("c1-1/0", {("a", 1): 2})
+    assert p.unpack_payload(item[2]) == {("a", 1): 2}
+    # A client that says goodbye takes its jobs with it.
+    again.client_left("c1")
+    again.close()
+    assert Journal(path).state.jobs == []
+
+
+def test_the_journal_is_in_wal_mode_and_held_by_one_scheduler(tmp_path):
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    assert journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(JournalError, match="in use by another scheduler"):
+        Journal(path)
+    journal.close()
+    Journal(path).close()  # free again once closed
+
+
+def test_a_file_that_is_not_a_journal_is_refused_with_the_reason(tmp_path):
+    path = tmp_path / "not.sqlite"
+    path.write_bytes(b"certainly not SQLite " * 100)
+    with pytest.raises(JournalError, match=r"cannot use .* as a journal"):
+        Journal(path)
+    with pytest.raises(ValueError, match="synchronous must be one of NORMAL, FULL"):
+        Journal(tmp_path / "x.sqlite", synchronous="sometimes")
+
+
+def test_a_scheduler_killed_in_the_middle_of_a_batch_leaves_the_last_commit_whole(tmp_path):
+    path = tmp_path / "j.sqlite"
+    script = textwrap.dedent(f"""
+        import os
+        from runtime import protocol as p
+        from scheduler.journal import Journal
+
+        journal = Journal({str(path)!r})
+        tasks = [["j/%d" % i, p.pack_call([i], {{}})] for i in range(100)]
+        journal.submitted("c", p.Submit("j", "batch", 0, None, "m:f", None, tasks, 0, None))
+        for i in range(50):
+            journal.ended("j", ["j/%d" % i, "finished", p.pack_payload(i), None, {{}}])
+        journal.commit()
+        # The next batch dies half written: its transaction is open, never committed.
+        journal._db.execute("BEGIN")
+        for i in range(50, 100):
+            journal._db.execute(
+                "INSERT INTO results VALUES (?, 'j', 'finished', x'00')", ("j/%d" % i,)
+            )
+        os._exit(9)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], env=child_env(), timeout=60, check=False)
+    assert done.returncode == 9
+    journal = Journal(path)
+    state = journal.state
+    journal.close()
+    assert len(state.jobs) == 1
+    assert state.outcomes == {f"j/{i}": "finished" for i in range(50)}
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+
+
+def test_the_default_journal_is_one_file_per_port_in_the_state_directory(monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", "/var/lib/me")
+    assert default_journal_path("tcp://0.0.0.0:5555") == "/var/lib/me/tidal/journal-5555.sqlite"
+    assert default_journal_path("tcp://127.0.0.1:*") is None
