@@ -90,10 +90,12 @@ def test_a_scheduler_killed_in_the_middle_of_a_batch_leaves_the_last_commit_whol
             journal.ended("j", ["j/%d" % i, "finished", p.pack_payload(i), None, {{}}])
         journal.commit()
         # The next batch dies half written: its transaction is open, never committed.
+        import msgpack
         journal._db.execute("BEGIN")
         for i in range(50, 100):
+            ids = msgpack.packb([["j/%d" % i, "finished"]])
             journal._db.execute(
-                "INSERT INTO results VALUES (?, 'j', 'finished', x'00')", ("j/%d" % i,)
+                "INSERT INTO results (job_id, ids, items) VALUES ('j', ?, x'90')", (ids,)
             )
         os._exit(9)
     """)
