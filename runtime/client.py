@@ -137,6 +137,9 @@ class Client:
         self.address = address
         self.reconnect_timeout = reconnect_timeout
         self.reconnects = 0  # how often the IO thread reconnected (a restarted scheduler)
+        # Results that came for no pending future (already completed, cancelled or unknown)
+        # and were dropped: a redelivery after a restart lands here, never in a future twice.
+        self.dropped_results = 0
         self.client_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._bad_frames = p.RateLimitedLog(log.warning)
         # One lock guards `_pending`, `_status_waiters`, `_closed` and the callers' PAIR end.
@@ -757,6 +760,7 @@ class Client:
                     self._job_done(future.job_id)
             # Unknown, already completed, or cancelled here: never complete a future twice.
             if future is None:
+                self.dropped_results += 1
                 continue
             if outcome == "finished":
                 try:
