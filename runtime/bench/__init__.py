@@ -22,6 +22,7 @@ BENCHMARKS = (
     "policies",
     "unified",
     "scale",
+    "chaos",
 )
 
 

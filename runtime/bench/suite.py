@@ -145,12 +145,16 @@ def _shown(value: Any) -> str:
 
 
 def flatten(figures: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Nested dicts as dotted keys; machine and reference are shown apart."""
+    """Nested dicts (and lists of them) as dotted keys; machine and reference are shown
+    apart."""
     for key, value in figures.items():
         if not prefix and key in ("machine", "reference", "benchmark"):
             continue
         if isinstance(value, dict):
             yield from flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                yield from flatten(item, f"{prefix}{key}.{i}.")
         else:
             yield f"{prefix}{key}", value
 

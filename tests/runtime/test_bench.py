@@ -34,8 +34,22 @@ def test_verdicts_judge_each_target_and_mark_missing_figures():
 
 
 def test_flatten_names_nested_figures_with_dots_and_leaves_the_machine_out():
-    figures = {"benchmark": "x", "tidal": {"p99": 1, "inner": {"k": 2}}, "r": 3, "machine": {}}
-    assert dict(suite.flatten(figures)) == {"tidal.p99": 1, "tidal.inner.k": 2, "r": 3}
+    figures = {
+        "benchmark": "x",
+        "tidal": {"p99": 1, "inner": {"k": 2}},
+        "r": 3,
+        "faults": [{"s": 0.5}, {"s": 0.25}],
+        "sizes": [1, 2],
+        "machine": {},
+    }
+    assert dict(suite.flatten(figures)) == {
+        "tidal.p99": 1,
+        "tidal.inner.k": 2,
+        "r": 3,
+        "faults.0.s": 0.5,
+        "faults.1.s": 0.25,
+        "sizes": [1, 2],
+    }
 
 
 def test_machine_record_names_the_cpu_python_and_packages():
