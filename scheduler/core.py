@@ -894,12 +894,7 @@ class SchedulerCore:
         """
         task.state = TaskState.DONE
         job = task.job
-        if outcome == "finished":
-            job.finished += 1
-        elif outcome == "failed":
-            job.failed += 1
-        else:
-            job.cancelled += 1
+        job.count_end(outcome)
         first_start = task.first_started_at
         stats = {
             "executor_id": task.executor_id,

@@ -54,13 +54,7 @@ def restore(core: SchedulerCore, state: JournalState) -> None:
         tasks = core.add_job(client_id, submit, skip=set(ended))
         job = core.jobs[submit.job_id]
         for task_id in ended:
-            outcome = state.outcomes[task_id]
-            if outcome == "finished":
-                job.finished += 1
-            elif outcome == "failed":
-                job.failed += 1
-            else:
-                job.cancelled += 1
+            job.count_end(state.outcomes[task_id])
         for task in tasks:
             task.state = TaskState.UNCLAIMED
             if task.task_id in state.cancels:

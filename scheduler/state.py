@@ -73,6 +73,15 @@ class Job:
     subtask_ns: float | None = None  # smoothed running time of its chunked tasks
     chunks: int = 0
 
+    def count_end(self, outcome: str) -> None:
+        """Count one of its tasks as ended: "finished", "failed", or else cancelled."""
+        if outcome == "finished":
+            self.finished += 1
+        elif outcome == "failed":
+            self.failed += 1
+        else:
+            self.cancelled += 1
+
 
 @dataclass(eq=False, slots=True)
 class Task:
