@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+PEER_KEYS_HELP = "connect with DIR/peer.key_secret to a scheduler keyed DIR/scheduler.key"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -21,6 +23,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     return args.run(args)
+
+
+def _add_keys_option(parser: argparse.ArgumentParser, who: str) -> None:
+    parser.add_argument(
+        "--keys",
+        metavar="DIR",
+        default=None,
+        help=f"CURVE key directory (`tidal keys generate DIR`): {who}",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         help="fail the task that takes this executor's memory (RSS, suspended tasks "
         "included) over SIZE, e.g. 512MiB or 2GB; exit (code 3) if that is not enough",
     )
+    _add_keys_option(executor, PEER_KEYS_HELP)
     executor.set_defaults(run=_run_executor)
 
     scheduler = commands.add_parser("scheduler", help="run the central scheduler")
@@ -86,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
         "--bind",
         default="tcp://127.0.0.1:5555",
         help="address to listen on (default tcp://127.0.0.1:5555, loopback "
-        "only; use tcp://0.0.0.0:5555 for executors on other hosts)",
+        "only; use tcp://0.0.0.0:5555 for executors on other hosts, with --keys: without "
+        "keys that warns, as traffic is then unauthenticated and unencrypted)",
     )
     scheduler.add_argument(
         "--policy", default="lb", help="policy name or 'module:Class' path (default lb)"
@@ -158,11 +171,15 @@ def _parser() -> argparse.ArgumentParser:
         help="write every scheduling decision and report to PATH, one JSON object a line "
         "(draw it with `tidal timeline PATH`)",
     )
+    _add_keys_option(
+        scheduler, "use DIR/scheduler.key_secret and let in only the keys in DIR/authorized"
+    )
     scheduler.set_defaults(run=_run_scheduler)
 
     status = commands.add_parser("status", help="show executors and jobs of a scheduler")
     status.add_argument("--scheduler", default="tcp://127.0.0.1:5555", help="scheduler address")
     status.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
+    _add_keys_option(status, PEER_KEYS_HELP)
     status.set_defaults(run=_run_status)
 
     policy = commands.add_parser("policy", help="switch a running scheduler's policy, or list them")
@@ -176,6 +193,7 @@ def _parser() -> argparse.ArgumentParser:
         "name", help="policy name (see `tidal policy list`) or 'module:Class' path"
     )
     policy_set.add_argument("--scheduler", default="tcp://127.0.0.1:5555", help="scheduler address")
+    _add_keys_option(policy_set, PEER_KEYS_HELP)
     policy_set.set_defaults(run=_run_policy_set)
     policy_list = policy_commands.add_parser(
         "list",
@@ -183,6 +201,28 @@ def _parser() -> argparse.ArgumentParser:
         "in another environment may know others",
     )
     policy_list.set_defaults(run=_run_policy_list)
+
+    keys = commands.add_parser("keys", help="create CURVE keys for an authenticated cluster")
+    keys_commands = keys.add_subparsers(
+        title="keys commands", dest="keys_command", metavar="{generate}", required=True
+    )
+    keys_generate = keys_commands.add_parser(
+        "generate",
+        help="create DIR with a key pair for the scheduler and one for its peers (executors "
+        "and clients), the peers' public key authorised; with --peer NAME, add a named pair",
+    )
+    keys_generate.add_argument("dir", help="the key directory")
+    keys_generate.add_argument(
+        "--peer",
+        metavar="NAME",
+        default=None,
+        help="add a pair for one peer, in DIR/peers/NAME (copy that folder to its host and "
+        "pass it as --keys), and authorise it",
+    )
+    keys_generate.add_argument(
+        "--force", action="store_true", help="overwrite keys that exist (old ones stop working)"
+    )
+    keys_generate.set_defaults(run=_run_keys_generate)
 
     timeline = commands.add_parser(
         "timeline", help="draw a scheduler's event log as a timeline per executor (PNG)"
@@ -228,9 +268,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_executor(args: argparse.Namespace) -> int:
+    from runtime.auth import KeyFileError, load_peer_keys
     from runtime.executor import Executor
     from runtime.memory import parse_size
 
+    if args.keys is not None:
+        try:  # fail here, naming the file, rather than in a traceback
+            load_peer_keys(args.keys)
+        except KeyFileError as exc:
+            print(f"tidal executor: {exc}", file=sys.stderr)
+            return 2
     try:
         memory_limit = None if args.memory_limit is None else parse_size(args.memory_limit)
         executor = Executor(
@@ -243,6 +290,7 @@ def _run_executor(args: argparse.Namespace) -> int:
             reconnect_timeout_s=args.reconnect_timeout,
             realtime=args.realtime,
             memory_limit=memory_limit,
+            keys=args.keys,
         )
     except ValueError as exc:  # a bad --memory-limit, or one below the executor's own RSS
         print(f"tidal executor: --memory-limit: {exc}", file=sys.stderr)
@@ -259,13 +307,14 @@ def _run_scheduler(args: argparse.Namespace) -> int:
     except UnknownPolicy as exc:
         print(f"tidal scheduler: {exc}", file=sys.stderr)
         return 2
-    host = args.bind.split("://", 1)[-1].rsplit(":", 1)[0]
-    if host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
-        logging.getLogger("tidal.scheduler").warning(
-            "listening on %s without authentication: anyone who can reach it can run code on "
-            "the executors",
-            args.bind,
-        )
+    if args.keys is not None:  # the warning on a bind beyond loopback without keys: server
+        from runtime.auth import KeyFileError, load_server_keys
+
+        try:
+            load_server_keys(args.keys)
+        except KeyFileError as exc:
+            print(f"tidal scheduler: {exc}", file=sys.stderr)
+            return 2
     if args.event_log is not None:
         try:  # fail here, with the reason, rather than in the server's traceback
             open(args.event_log, "a").close()
@@ -297,6 +346,7 @@ def _run_scheduler(args: argparse.Namespace) -> int:
             max_retries=args.max_retries,
             journal=journal,
             journal_sync=args.journal_sync,
+            keys=args.keys,
         )
     except JournalError as exc:
         print(f"tidal scheduler: {exc}", file=sys.stderr)
@@ -310,9 +360,9 @@ def _run_status(args: argparse.Namespace) -> int:
     from runtime.client import Client
 
     try:
-        with Client(args.scheduler, timeout=5.0) as client:
+        with Client(args.scheduler, timeout=5.0, keys=args.keys) as client:
             snapshot = client.status()
-    except ConnectionError as exc:
+    except (ConnectionError, ValueError) as exc:  # ValueError: a bad key directory
         print(f"tidal status: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -369,7 +419,7 @@ def _run_policy_set(args: argparse.Namespace) -> int:
     from runtime.client import Client
 
     try:
-        with Client(args.scheduler, timeout=5.0) as client:
+        with Client(args.scheduler, timeout=5.0, keys=args.keys) as client:
             active = client.set_policy(args.name)
     except (ConnectionError, TimeoutError) as exc:
         print(f"tidal policy set: {exc}", file=sys.stderr)
@@ -386,6 +436,24 @@ def _run_policy_list(args: argparse.Namespace) -> int:
 
     for name in known_policy_names():
         print(name)
+    return 0
+
+
+def _run_keys_generate(args: argparse.Namespace) -> int:
+    from runtime.auth import generate_keys
+
+    try:
+        written = generate_keys(args.dir, peer=args.peer, force=args.force)
+    except (OSError, ValueError) as exc:  # FileExistsError, KeyFileError, a bad name
+        print(f"tidal keys generate: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    where = args.dir if args.peer is None else f"{args.dir}/peers/{args.peer}"
+    print(
+        f"scheduler: --keys {args.dir} (keep scheduler.key_secret on its host); "
+        f"executors and clients: --keys {where} (needs peer.key_secret and scheduler.key)"
+    )
     return 0
 
 

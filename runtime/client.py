@@ -53,6 +53,7 @@ from typing import Any
 import zmq
 
 from runtime import protocol as p
+from runtime.auth import AuthenticationFailed, HandshakeWatch, load_peer_keys, secure_peer
 from runtime.functions import function_ref
 
 # Re-exported, so `from runtime.client import TaskFuture, gather, ...` keeps working.
@@ -69,6 +70,7 @@ from runtime.realtime import realtime_io_threads, realtime_this_thread
 from runtime.task import PRIORITY_CLASSES, TaskFunction
 
 __all__ = [
+    "AuthenticationFailed",
     "Client",
     "ClientExecutor",
     "MemoryLimitExceeded",
@@ -119,6 +121,11 @@ class Client:
     attribute, such as a LocalCluster. The constructor performs the handshake and raises
     ConnectionError if the scheduler refuses this client or none answers within `timeout`
     seconds. Use it as a context manager, or call `close()`.
+
+    `keys` is a key directory (`tidal keys generate DIR`; the client uses its `peer.key_secret`
+    and `scheduler.key`) for a scheduler that requires CURVE keys; by default, a cluster's
+    own keys (`LocalCluster(keys=...)`), else none. A scheduler that refuses the client's key
+    (or its lack of one) raises AuthenticationFailed, a ConnectionError, with the reason.
     """
 
     def __init__(
@@ -127,7 +134,10 @@ class Client:
         *,
         timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT_S,
+        keys: str | os.PathLike[str] | None = None,
     ) -> None:
+        if keys is None:
+            keys = getattr(address, "keys", None)
         address = getattr(address, "address", address)
         if not isinstance(address, str):
             raise TypeError(
@@ -157,12 +167,16 @@ class Client:
         # itertools.count's next() is atomic in CPython, so ids need no lock.
         self._job_numbers = itertools.count(1)
 
+        self.keys = None if keys is None else load_peer_keys(keys)
         self._context = zmq.Context()
         realtime_io_threads(self._context)
         dealer = self._context.socket(zmq.DEALER)
+        secure_peer(dealer, self.keys)
+        watch = HandshakeWatch(dealer, address, self.keys)
         try:
             dealer.connect(address)
         except zmq.ZMQError as exc:
+            watch.close()
             dealer.close(linger=0)
             self._context.term()
             raise ValueError(
@@ -170,11 +184,13 @@ class Client:
                 "expected something like 'tcp://host:port'"
             ) from None
         try:
-            welcome = self._handshake(dealer, timeout)
+            welcome = self._handshake(dealer, watch, timeout)
         except BaseException:
+            watch.close()
             dealer.close(linger=0)
             self._context.term()
             raise
+        watch.close()  # the handshake is behind us
         self.scheduler_id = welcome.scheduler_id
         # The policy at connect time, or as this client's set_policy() left it; another client
         # may switch it since: status()["policy"] is the current one.
@@ -193,16 +209,26 @@ class Client:
         )
         self._thread.start()
 
-    def _handshake(self, dealer: zmq.Socket, timeout: float) -> p.ClientWelcome:
+    def _handshake(
+        self, dealer: zmq.Socket, watch: HandshakeWatch, timeout: float
+    ) -> p.ClientWelcome:
         dealer.send(
             p.encode(
                 p.ClientHello(p.PROTOCOL_VERSION, self.client_id, os.getpid(), socket.gethostname())
             )
         )
         deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(watch.socket, zmq.POLLIN)
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not dealer.poll(remaining * 1000):
+            ready = dict(poller.poll(remaining * 1000)) if remaining > 0 else {}
+            if watch.socket in ready and (refusal := watch.refusal()):
+                raise AuthenticationFailed(refusal)
+            if dealer not in ready:
+                if ready:
+                    continue  # a handshake event that was no refusal
                 raise ConnectionError(
                     f"no Tidal scheduler answered at {self.address} within {timeout:g} s "
                     "(is it running, and is the address right?)"
@@ -683,6 +709,7 @@ class Client:
         self._connected = False
         self._dealer.close(linger=0)  # what it still queued was for the old scheduler
         self._dealer = self._context.socket(zmq.DEALER)
+        secure_peer(self._dealer, self.keys)
         self._dealer.connect(self.address)
         hello = p.ClientHello(p.PROTOCOL_VERSION, self.client_id, os.getpid(), socket.gethostname())
         self._dealer.send(p.encode(hello))

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from runtime.auth import generate_keys, load_peer_keys
 from runtime.memory import parse_size
 from runtime.stub import child_env, spawn_executor, stop_process
 from scheduler.policies import resolve_policy
@@ -58,6 +59,11 @@ class LocalCluster:
     removed on `close()`; `journal=PATH` keeps it there, `journal=False` keeps none.
     `restart_scheduler()` kills the scheduler (-9) and starts it again on the same address
     and journal: executors and clients find it again by themselves.
+
+    With `keys=DIR` (`tidal keys generate DIR`) the scheduler requires CURVE keys and the
+    executors use DIR's peer keys; `keys=True` generates a key directory for this cluster
+    and removes it on `close()`. `cluster.keys` is the directory, and `Client(cluster)`
+    uses it.
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class LocalCluster:
         missed_heartbeats: int = 3,
         max_retries: int = 3,
         journal: str | os.PathLike[str] | bool | None = None,
+        keys: str | os.PathLike[str] | bool | None = None,
     ) -> None:
         if executors < 1:
             raise ValueError(f"a cluster needs at least one executor, not {executors}")
@@ -100,6 +107,19 @@ class LocalCluster:
         # The scheduler's event log (`tidal timeline` draws it); absolute, as the scheduler
         # process resolves it.
         self.event_log = None if event_log is None else os.path.abspath(event_log)
+        self._own_keys: str | None = None  # a key directory this cluster made (keys=True)
+        if keys is True:
+            self._own_keys = tempfile.mkdtemp(prefix="tidal-keys-")
+            generate_keys(self._own_keys, force=True)
+            keys = self._own_keys
+        self.keys = None if keys is None or keys is False else os.path.abspath(keys)
+        if self.keys is not None:
+            try:  # a bad directory fails here, naming the file, not in a child process
+                load_peer_keys(self.keys)
+            except BaseException:
+                self._remove_own_keys()
+                raise
+        key_args = [] if self.keys is None else ["--keys", self.keys]
         self._journal_dir: str | None = None
         if journal is None or journal is True:
             self._journal_dir = tempfile.mkdtemp(prefix="tidal-cluster-")
@@ -123,6 +143,7 @@ class LocalCluster:
             *([] if self.stealing else ["--no-stealing"]),
             *([] if self.event_log is None else ["--event-log", self.event_log]),
             *(["--no-journal"] if self.journal is None else ["--journal", self.journal]),
+            *key_args,
         ]
         self._start_timeout = start_timeout
         self.scheduler_restarts = 0
@@ -132,7 +153,7 @@ class LocalCluster:
             limit = [] if self.memory_limit is None else ["--memory-limit", str(self.memory_limit)]
             for i in range(executors):
                 node = nodes[i] if nodes is not None else f"local-{i}"
-                args = ["--connect-timeout", str(start_timeout), *limit, *executor_args]
+                args = ["--connect-timeout", str(start_timeout), *limit, *key_args, *executor_args]
                 self._executor_args.append((node, args))
                 self._restarts_of.append(0)
                 self._processes.append(spawn_executor(self.address, node=node, extra_args=args))
@@ -174,7 +195,7 @@ class LocalCluster:
             alive = sum(e["state"] == "alive" for e in status["executors"])
             return alive >= count or any(proc.poll() is not None for proc in self._processes[1:])
 
-        with Client(self.address, timeout=timeout) as client:
+        with Client(self.address, timeout=timeout, keys=self.keys) as client:
             try:
                 client.wait_for_status(joined_or_exited, timeout)
             except TimeoutError:
@@ -260,6 +281,12 @@ class LocalCluster:
                 process.stdout.close()
         if self._journal_dir is not None:
             shutil.rmtree(self._journal_dir, ignore_errors=True)
+        self._remove_own_keys()
+
+    def _remove_own_keys(self) -> None:
+        if self._own_keys is not None:
+            shutil.rmtree(self._own_keys, ignore_errors=True)
+            self._own_keys = None
 
     def __enter__(self) -> LocalCluster:
         return self

@@ -51,6 +51,7 @@ import psutil
 import zmq
 
 from runtime import protocol as p
+from runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
 from runtime.functions import FunctionRef
 from runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
 from runtime.memory import MEMORY_POLL_MS, Exit, FailTask, MemoryGuard, RssProbe, format_size
@@ -101,8 +102,11 @@ class Executor:
         task_nice: int = DEFAULT_TASK_NICE,
         stream_nice: int = DEFAULT_STREAM_NICE,
         memory_limit: int | None = None,
+        keys: str | os.PathLike[str] | None = None,
     ) -> None:
         self.scheduler = scheduler
+        # CURVE keys (runtime/auth.py); read first, so that a bad key directory fails here.
+        self.keys = None if keys is None else load_peer_keys(keys)
         self.node = node
         self.executor_id = (
             executor_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -135,6 +139,7 @@ class Executor:
         self._reports = self._context.socket(zmq.DEALER)
         self._reports.linger = 1000
         self._reports.sndhwm = 100_000
+        secure_peer(self._reports, self.keys)
         self._reports.connect(scheduler)
         self._reports.send(p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id)))
         self._outbox: list[bytes] = []
@@ -255,6 +260,7 @@ class Executor:
             self._reports = self._context.socket(zmq.DEALER)
             self._reports.linger = 1000
             self._reports.sndhwm = 100_000
+            secure_peer(self._reports, self.keys)
             self._reports.connect(self.scheduler)
             self._reports.send(p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id)))
         frame = outbox[0] if len(outbox) == 1 else p.encode(p.Batch(list(outbox)))
@@ -285,6 +291,7 @@ class Executor:
         from_main = self._context.socket(zmq.PAIR)
         from_main.connect(self._inproc)
         self._dealer: zmq.Socket | None = None
+        self._watch: HandshakeWatch | None = None
         try:
             self._listen_loop(from_main)
         except Exception:  # an internal error: loud, and the executor stops
@@ -292,6 +299,8 @@ class Executor:
             self.exit_code = 1
             self.kernel.stop()
         finally:
+            if self._watch is not None:
+                self._watch.close()
             if self._dealer is not None:
                 self._dealer.close()
             from_main.close(linger=0)
@@ -299,6 +308,7 @@ class Executor:
     def _connect(self, holding: list[Any]) -> zmq.Socket:
         """A new command connection to the scheduler, with the hello said on it."""
         if self._dealer is not None:
+            self._watch.close()
             self._dealer.close(linger=0)  # what it still queued was for the old scheduler
         dealer = self._context.socket(zmq.DEALER)
         dealer.linger = 1000
@@ -307,6 +317,9 @@ class Executor:
         # is the one peer on it. decode() enforces the limit instead.
         # Never block the listener on a scheduler that stopped reading: see _send.
         dealer.sndhwm = 100_000
+        secure_peer(dealer, self.keys)
+        # Watches the handshake, so that a scheduler that refuses our key is reported.
+        self._watch = HandshakeWatch(dealer, self.scheduler, self.keys)
         dealer.connect(self.scheduler)
         hello = p.Hello(
             p.PROTOCOL_VERSION,
@@ -412,7 +425,15 @@ class Executor:
                 self._enforce_memory_limit(dealer)
 
             # -- 5. Heartbeat; rejoin a scheduler that went silent; give up on one that
-            #       never answered the hello, or did not come back in time.
+            #       refused our key, never answered the hello, or did not come back in time.
+            #       (Unwelcomed, the loop wakes every 0.1 s: it sees a refusal by then.)
+            if not self._welcomed and (refusal := self._watch.refusal()):
+                log.error("%s", refusal)
+                self.exit_code = 2
+                self.kernel.stop()
+                return
+            if self._welcomed:
+                self._watch.close()  # the handshake is behind us (until a rejoin)
             now = time.monotonic()
             silent = now - self._last_heard > SILENT_HEARTBEATS * self._heartbeat_s
             if self._rejoining and now > rejoin_deadline:

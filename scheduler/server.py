@@ -33,6 +33,7 @@ from typing import Any
 import zmq
 
 from runtime import protocol as p
+from runtime.auth import SchedulerAuth, is_loopback
 from runtime.realtime import realtime_io_threads, realtime_this_thread
 from scheduler.core import (
     DEFAULT_HEARTBEAT_NS,
@@ -59,7 +60,7 @@ __all__ = ["DEFAULT_BIND", "SchedulerServer"]
 
 log = logging.getLogger("tidal.scheduler")
 
-# Loopback only unless told otherwise: without authentication (a later milestone) anyone who
+# Loopback only unless told otherwise: without keys (`keys=DIR`, runtime/auth.py) anyone who
 # can reach the port can run code on the executors.
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 # The line `--announce` prints; LocalCluster reads the address after it.
@@ -96,6 +97,7 @@ class SchedulerServer:
         max_retries: int = DEFAULT_MAX_RETRIES,
         journal: str | os.PathLike[str] | None = None,
         journal_sync: str = "NORMAL",
+        keys: str | os.PathLike[str] | None = None,
     ) -> None:
         self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # Opened first: a journal another scheduler holds stops us before anything binds.
@@ -120,8 +122,23 @@ class SchedulerServer:
         realtime_io_threads(self._context, realtime)
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.linger = 1000
-        self._socket.bind(bind)
+        # With keys, only peers whose public key is authorised complete a handshake.
+        self._auth = None
+        try:
+            if keys is not None:
+                self._auth = SchedulerAuth(self._context, self._socket, keys)
+            self._socket.bind(bind)
+        except BaseException:
+            self.close()
+            raise
         self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if keys is None and not is_loopback(self.address):
+            log.warning(
+                "listening on %s without keys: traffic is unauthenticated and unencrypted, "
+                "and anyone who can reach it can run code on the executors (use --keys DIR; "
+                "`tidal keys generate DIR` creates them)",
+                self.address,
+            )
         self._stop = threading.Event()
         self._peers: dict[bytes, tuple[str, str]] = {}  # routing id -> (kind, peer id)
         self._routes: dict[tuple[str, str], bytes] = {}  # (kind, peer id) -> routing id
@@ -179,6 +196,8 @@ class SchedulerServer:
 
     def close(self) -> None:
         self._socket.close(linger=1000)
+        if self._auth is not None:  # after the socket: it watches the socket's handshakes
+            self._auth.close()
         self._context.term()
         if self._event_log is not None:
             self._event_log.close()
