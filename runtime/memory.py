@@ -112,11 +112,8 @@ def format_size(size: int) -> str:
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(value) < 1024:
-            return (
-                f"{value:.0f} {unit}"
-                if unit == "B" or value == int(value)
-                else f"{value:.1f} {unit}"
-            )
+            shown = f"{value:.0f}" if unit == "B" else f"{value:.1f}".removesuffix(".0")
+            return f"{shown} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
 

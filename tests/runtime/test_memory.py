@@ -56,6 +56,7 @@ def test_sizes_print_in_binary_units():
     assert format_size(530 * MiB + 300 * 1024) == "530.3 MiB"
     assert format_size(100) == "100 B"
     assert format_size(3 * 1024 * MiB) == "3 GiB"
+    assert format_size(95 * MiB - 4096) == "95 MiB"  # rounds to a whole number: no ".0"
 
 
 def test_the_rss_probe_agrees_with_psutil():

@@ -17,6 +17,7 @@ import pytest
 from runtime import protocol as p
 from runtime.client import Client, MemoryLimitExceeded
 from runtime.cluster import LocalCluster
+from runtime.memory import format_size
 from runtime.stub import StubScheduler, child_env, spawn_executor, stop_process
 from workloads.synthetic import hog
 
@@ -81,7 +82,7 @@ def test_a_task_past_the_limit_fails_clearly_and_the_executor_serves_the_next(li
     launch(stub, ex, "big", HOG, [list(range(200))])  # 200 MiB against 64 MiB of room
     failed = next_message(stub, p.Failed, "big")
     assert failed.error_type == "MemoryLimitExceeded"
-    limit_text = f"{limit / MiB:.1f} MiB".replace(".0 MiB", " MiB")
+    limit_text = format_size(limit)
     assert re.fullmatch(
         rf"task big exceeded executor {re.escape(ex)}'s memory limit of {re.escape(limit_text)} "
         r"\(rss [\d.]+ MiB, the task ~[\d.]+ MiB\)",
