@@ -1,0 +1,252 @@
+"""Bad input from peers: count it, log a little of it, and say when a peer must go.
+
+A receiver (the scheduler, an executor) hands every frame it cannot use to a `PeerGuard`,
+with the peer it came from (a ZeroMQ routing id, or one fixed key for an executor's one
+scheduler). The guard:
+
+* counts bad frames per peer, and tells the receiver when a peer has sent `limit` of them
+  within `window_s`: the receiver then disconnects it (what that means is the receiver's
+  business; the scheduler's is in scheduler/server.py and docs/protocol.md);
+* remembers disconnected peers for `cooldown_s`, so that the receiver can ignore their
+  frames with one dict lookup, without decoding them;
+* logs at most one line per peer per `log_period_s`, and at most `lines_per_period` lines
+  in all per period; what it did not log it counts, and `tick()` logs the summary
+  ("N bad frames from M peers suppressed") once per period;
+* keeps its per-peer records in bounded tables (`max_peers`, least recently seen dropped
+  first), so a flood from ever-new peers costs bounded memory.
+
+Discussion: a guard never raises and never decides anything about the peer's messages; it
+is bookkeeping. It runs on the receiver's one thread (not thread-safe) and reads time only
+from its injected clock, so tests drive it with a fake one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass
+
+__all__ = [
+    "BAD_FRAME_LIMIT",
+    "BAD_FRAME_WINDOW_S",
+    "COOLDOWN_S",
+    "GuardStatistics",
+    "PeerGuard",
+]
+
+# Discussion: a Tidal peer never sends a malformed frame (TCP does not corrupt, and both ends
+# encode with the same module), so one is a bug or an attack. Twenty in ten seconds leaves
+# room for a peer whose bug is rare (an executor holding suspended tasks is expensive to
+# drop) while an attacker costs at most twenty decodes per connection per cool-down.
+BAD_FRAME_LIMIT = 20
+BAD_FRAME_WINDOW_S = 10.0
+# How long frames from a disconnected peer are ignored without being decoded.
+COOLDOWN_S = 10.0
+# At most one line per peer per period, at most LINES_PER_PERIOD lines in all per period.
+LOG_PERIOD_S = 5.0
+LINES_PER_PERIOD = 10
+# Peers tracked at once (bad-frame counts, cool-downs); the least recently seen go first.
+MAX_TRACKED_PEERS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class GuardStatistics:
+    """What a guard has seen since it was made (counts), and what it holds now."""
+
+    bad_frames: int  # bad frames (or batch items) reported to it
+    ignored_frames: int  # frames from peers in their cool-down, not decoded
+    disconnects: int  # peers it told the receiver to disconnect, or was told were
+    handler_errors: int  # well-formed messages whose handler raised (a bug: logged loudly)
+    lines_logged: int
+    lines_suppressed: int
+    peers_tracked: int  # peers with a bad-frame count now
+    cooling_down: int  # peers in their cool-down now
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class _Record:
+    __slots__ = ("count", "logged_at", "window_start")
+
+    def __init__(self, now: float) -> None:
+        self.count = 0
+        self.window_start = now
+        self.logged_at = -float("inf")
+
+
+class PeerGuard:
+    """Bad-frame bookkeeping for one receiver; see the module docstring.
+
+    `limit=None`: never ask for a disconnection (an executor cannot drop its one scheduler).
+    """
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        *,
+        limit: int | None = BAD_FRAME_LIMIT,
+        window_s: float = BAD_FRAME_WINDOW_S,
+        cooldown_s: float = COOLDOWN_S,
+        log_period_s: float = LOG_PERIOD_S,
+        lines_per_period: int = LINES_PER_PERIOD,
+        max_peers: int = MAX_TRACKED_PEERS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"a bad-frame limit must be >= 1 (or None for no limit), not {limit}")
+        self._log = log
+        self.limit = limit
+        self.window_s = window_s
+        self.cooldown_s = cooldown_s
+        self.log_period_s = log_period_s
+        self.lines_per_period = lines_per_period
+        self.max_peers = max_peers
+        self._clock = clock
+        self._records: OrderedDict[Hashable, _Record] = OrderedDict()
+        self._cooling: OrderedDict[Hashable, float] = OrderedDict()  # peer -> until
+        self._period_start = clock()
+        self._period_lines = 0
+        self._period_suppressed = 0
+        self._period_peers: set[Hashable] = set()  # peers with suppressed lines, this period
+        self._bad = self._ignored = self._disconnects = self._handler_errors = 0
+        self._logged = self._suppressed = 0
+
+    # ---- what receivers call ------------------------------------------------------------------
+
+    def cooling_down(self, peer: Hashable) -> bool:
+        """True while `peer` is in its cool-down (the frame is counted as ignored)."""
+        until = self._cooling.get(peer)
+        if until is None:
+            return False
+        if self._clock() < until:
+            self._ignored += 1
+            return True
+        del self._cooling[peer]
+        return False
+
+    def bad_frame(self, peer: Hashable, who: str, problem: str, *, counts: bool = True) -> bool:
+        """Count one bad frame from `peer` (`who` names it in the log) and maybe log it.
+
+        Returns True when the peer has now reached the limit and must be disconnected.
+        `counts=False`: logged and counted in the statistics, but not toward the limit (a
+        well-formed message out of place, such as a report before hello, which a peer that
+        reconnected after a restart may send in good faith).
+        """
+        now = self._clock()
+        self._bad += 1
+        record = self._records.get(peer)
+        if record is None:
+            record = self._records[peer] = _Record(now)
+            if len(self._records) > self.max_peers:
+                self._records.popitem(last=False)
+        else:
+            self._records.move_to_end(peer)
+        if now - record.window_start >= self.window_s:
+            record.count, record.window_start = 0, now
+        if counts:
+            record.count += 1
+        if self._line(
+            f"dropped a bad frame from {who}: {problem}",
+            peer,
+            now,
+            peer_quiet=now - record.logged_at >= self.log_period_s,
+        ):
+            record.logged_at = now
+        return self.limit is not None and counts and record.count >= self.limit
+
+    def disconnected(self, peers: list[Hashable], who: str, reason: str) -> None:
+        """The receiver disconnected a peer (all its `peers` keys): start their cool-down."""
+        self._disconnects += 1
+        now = self._clock()
+        until = now + self.cooldown_s
+        for peer in peers:
+            self._records.pop(peer, None)
+            self._cooling.pop(peer, None)  # re-inserted last, so the table stays in expiry order
+            self._cooling[peer] = until
+            if len(self._cooling) > self.max_peers:
+                self._cooling.popitem(last=False)
+        self._line(f"disconnected {who}: {reason}", peers[0] if peers else None, now)
+
+    def handler_failed(self, who: str, what: str, exc: BaseException) -> None:
+        """A handler raised on a well-formed message from `who`: a bug, logged loudly (with
+        the traceback), rate-limited like the rest."""
+        self._handler_errors += 1
+        self._line(
+            f"handling {what} from {who} raised {type(exc).__name__}: {exc}",
+            None,
+            self._clock(),
+            level=logging.ERROR,
+            exc=exc,
+        )
+
+    def tick(self) -> None:
+        """Close the logging period if it is over (logging what was suppressed in it), and
+        forget cool-downs that have ended. Call it now and then (each loop turn is fine)."""
+        now = self._clock()
+        self._roll(now)
+        while self._cooling:
+            peer, until = next(iter(self._cooling.items()))
+            if until > now:
+                break
+            del self._cooling[peer]
+
+    def statistics(self) -> GuardStatistics:
+        return GuardStatistics(
+            bad_frames=self._bad,
+            ignored_frames=self._ignored,
+            disconnects=self._disconnects,
+            handler_errors=self._handler_errors,
+            lines_logged=self._logged,
+            lines_suppressed=self._suppressed,
+            peers_tracked=len(self._records),
+            cooling_down=len(self._cooling),
+        )
+
+    # ---- logging ---------------------------------------------------------------------------------
+
+    def _line(
+        self,
+        text: str,
+        peer: Hashable | None,
+        now: float,
+        *,
+        peer_quiet: bool = True,
+        level: int = logging.WARNING,
+        exc: BaseException | None = None,
+    ) -> bool:
+        """Log `text` unless this period's lines are used up, or (not `peer_quiet`) the peer
+        had its line this period; return whether it was logged."""
+        self._roll(now)
+        if not peer_quiet or self._period_lines >= self.lines_per_period:
+            self._suppressed += 1
+            self._period_suppressed += 1
+            if peer is not None and len(self._period_peers) < self.max_peers:
+                self._period_peers.add(peer)
+            return False
+        self._period_lines += 1
+        self._logged += 1
+        exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+        self._log.log(level, "%s", text, exc_info=exc_info)
+        return True
+
+    def _roll(self, now: float) -> None:
+        """Start a new logging period if this one is over, summing up what it suppressed."""
+        if now - self._period_start < self.log_period_s:
+            return
+        if self._period_suppressed:
+            self._log.warning(
+                "suppressed %d lines about bad input from %d peers in the last %.0f s "
+                "(so far: %d bad frames, %d peers disconnected)",
+                self._period_suppressed,
+                len(self._period_peers),
+                now - self._period_start,
+                self._bad,
+                self._disconnects,
+            )
+            self._logged += 1
+        self._period_start = now
+        self._period_lines = self._period_suppressed = 0
+        self._period_peers = set()
