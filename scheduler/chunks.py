@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime import protocol as p
 from scheduler import decisions as d
-from scheduler.state import Executor, Job, Task, TaskState
+from scheduler.state import Executor, Job, Task, TaskState, stat_count
 
 if TYPE_CHECKING:
     from scheduler.core import SchedulerCore
@@ -58,8 +58,9 @@ def check_chunksize(options: dict[str, Any] | None) -> str | None:
     """Why a submission's options are wrong, or None."""
     if not options:
         return None
-    if set(options) - {"chunksize"}:
-        return f"unknown job options {sorted(set(options) - {'chunksize'})} (known: chunksize)"
+    unknown = set(options) - {"chunksize"}
+    if unknown:  # keys of any types: sorted by repr, as mixed types do not compare
+        return f"unknown job options {sorted(unknown, key=repr)} (known: chunksize)"
     size = options.get("chunksize")
     if size is None or size == "auto" or (type(size) is int and size >= 1):
         return None
@@ -136,7 +137,7 @@ def on_results(core: SchedulerCore, executor: Executor, msg: p.ChunkResults) -> 
         task = chunk.subtasks.pop(task_id, None)
         if task is None or task.state is TaskState.DONE:
             continue  # stolen, cancelled, or a duplicate
-        running = stats.get("running_ns", 0) if isinstance(stats, dict) else 0
+        running = stat_count(stats, "running_ns", 0) if isinstance(stats, dict) else 0
         task.running_ns = running
         job.subtask_ns = running if job.subtask_ns is None else 0.9 * job.subtask_ns + 0.1 * running
         if outcome == "finished":

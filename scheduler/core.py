@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
@@ -63,6 +64,7 @@ from scheduler.state import (
     TaskView,
     check_submission,
     resume_order,
+    stat_count,
     status_snapshot,
 )
 
@@ -98,6 +100,9 @@ TASK_OVERHEAD_NS = 40_000
 # Policy switches kept for `status()`: a client switching in a loop must not grow the record
 # (and every status snapshot) without bound.
 MAX_POLICY_SWITCHES = 100
+# Lost executors kept for `status()`, the most recently lost; older records are forgotten, so
+# that executors joining under ever-new ids (restarts, or a hostile peer) cost bounded memory.
+MAX_LOST_EXECUTORS = 256
 
 
 class SchedulerCore:
@@ -160,6 +165,10 @@ class SchedulerCore:
         self._requeue_seq = 0
         self._service_ns: float | None = None  # smoothed cost of one batch task
         self._out: list[Instruction] = []
+        self._lost: deque[Executor] = deque()  # lost executors still in `executors`, oldest first
+        # Warnings a peer's messages cause (a refused job, a lost executor): at most a few
+        # lines per period, however fast a peer sends them.
+        self._peer_warning = p.RateLimitedLog(log.warning, clock=lambda: self._clock() / 1e9)
         self._reports: dict[type, Callable[[Executor, Any], None]] = {
             p.Heartbeat: self._on_heartbeat,
             p.ChunkResults: lambda e, m: ch.on_results(self, e, m),
@@ -452,23 +461,33 @@ class SchedulerCore:
             executor.queued.remove(task)
             previous = executor.slot_task
             executor.slot_task = task
-            if (
-                previous is not None
-                and previous is not task
-                and previous.state in (TaskState.LAUNCHED, TaskState.RESUMING)
-            ):
+            if previous is not None and previous is not task:
                 # It is next there (the executor runs stream launches first, then resumed
-                # tasks); a resumed one must stay tracked, or a lost executor would take it
-                # along unnoticed. A stream task could still wait behind a whole batch task:
-                # under a policy that preempts, suspend that task, as the policy meant the
-                # stream task to have the slot.
-                executor.queued.appendleft(previous)
+                # tasks); it must stay tracked, or a lost executor would take it along
+                # unnoticed. (One that was running already cannot be, from an honest
+                # executor; kept all the same: see _keep_tracked.)
+                self._keep_tracked(executor, previous)
                 if (
-                    previous.priority == "stream"
+                    previous.state in (TaskState.LAUNCHED, TaskState.RESUMING)
+                    and previous.priority == "stream"
                     and task.priority == "batch"
                     and self.policy.preempts
                 ):
+                    # A stream task could still wait behind a whole batch task: under a
+                    # policy that preempts, suspend that task, as the policy meant the
+                    # stream task to have the slot.
                     self.apply(d.Suspend(task.task_id))
+
+    def _keep_tracked(self, executor: Executor, task: Task) -> None:
+        """Keep a task that lost the slot in `executor`'s records, first in its queue.
+
+        Discussion: a task whose state lives on an executor leaves that executor's records
+        only when it ends there or the executor is lost (which requeues it); dropped from
+        them, a lost executor would take it along and its future would never complete. An
+        honest executor's reports never displace a running task, but an executor that lies
+        (or a bug) could; the fuzz tests send such reports.
+        """
+        executor.queued.appendleft(task)
 
     def _on_suspended(self, executor: Executor, msg: p.Suspended) -> None:
         task = self._task_on(executor, msg.task_id)
@@ -485,14 +504,17 @@ class SchedulerCore:
             task.running_since = self.now
             if task in executor.queued:  # it waited behind a task that could not be suspended
                 executor.queued.remove(task)
+                previous = executor.slot_task
                 executor.slot_task = task
+                if previous is not None and previous is not task:
+                    self._keep_tracked(executor, previous)
 
     def _on_finished(self, executor: Executor, msg: p.Finished) -> None:
         task = self._task_on(executor, msg.task_id, msg.attempt)
         if task is None:
             return
         if task.subtasks is None and task.priority == "batch":
-            cost = msg.stats.get("running_ns", 0) + TASK_OVERHEAD_NS
+            cost = stat_count(msg.stats, "running_ns", 0) + TASK_OVERHEAD_NS
             self._service_ns = (
                 cost if self._service_ns is None else 0.8 * self._service_ns + 0.2 * cost
             )
@@ -526,14 +548,15 @@ class SchedulerCore:
         task = self._task_on(executor, msg.task_id, msg.attempt)
         if task is None:
             return
-        task.work_lost_ns += msg.stats.get("running_ns", 0)
+        running_ns = stat_count(msg.stats, "running_ns", 0)
+        task.work_lost_ns += running_ns
         self._detach(executor, task)
         error = None
         if task.state is TaskState.KILLING and not task.requeue_on_kill:
             error = ["TaskKilled", f"killed by the {self.policy.name!r} policy", ""]
         # Otherwise killed to make room, withdrawn, or killed by a shutting-down executor:
         # it runs again from scratch (a new attempt if it had started).
-        started = msg.stats.get("running_ns", 0) > 0
+        started = running_ns > 0
         if task.subtasks is not None:
             ch.end_chunk(self, task, error=error, started=started)
         else:
@@ -544,7 +567,7 @@ class SchedulerCore:
         task = self._task_on(executor, msg.task_id)
         if task is None or task.state is not TaskState.SUSPENDING:
             return
-        log.warning("task %s cannot be suspended: %s", task.task_id, msg.reason)
+        self._peer_warning(f"task {task.task_id} cannot be suspended: {msg.reason}")
         task.state = TaskState.RUNNING
         task.suspensions -= 1
         task.unsuspendable = True
@@ -555,16 +578,16 @@ class SchedulerCore:
             # It was sent to take the slot and now waits behind a task that will not yield:
             # withdraw it and let the policy place it elsewhere.
             self._kill(executor, usurper, requeue=True)
-        elif usurper is not None and usurper.state is TaskState.RESUMING:
+        elif usurper is not None:
             # A resumed task waits there behind it; keep track of it (its state lives there).
-            executor.queued.appendleft(usurper)
+            self._keep_tracked(executor, usurper)
 
     def _on_refused(self, executor: Executor, msg: p.Refused) -> None:
         task = self._task_on(executor, msg.task_id)
         if msg.command == "suspend" and task is not None and task.state is TaskState.SUSPENDING:
             # The suspend crossed the task's end on the wire (its finish report is on the way),
             # so it was no suspension: give it back to the cap.
-            task.suspensions -= 1
+            task.suspensions = max(0, task.suspensions - 1)
             return
         if msg.command == "suspend" or task is None:
             # Expected: the command crossed the task's end report (already handled here).
@@ -576,12 +599,9 @@ class SchedulerCore:
                 msg.reason,
             )
             return
-        log.warning(
-            "executor %s refused %s of task %s: %s",
-            executor.executor_id,
-            msg.command,
-            msg.task_id,
-            msg.reason,
+        self._peer_warning(
+            f"executor {executor.executor_id} refused {msg.command} of task {msg.task_id}: "
+            f"{msg.reason}"
         )
 
     def _on_goodbye(self, executor: Executor, msg: p.Goodbye) -> None:
@@ -628,9 +648,14 @@ class SchedulerCore:
 
     def _lose_executor(self, executor: Executor, reason: str) -> None:
         """Declare `executor` lost: requeue every task whose state lived there."""
-        log.warning("executor %s lost: %s", executor.executor_id, reason)
+        self._peer_warning(f"executor {executor.executor_id} lost: {reason}")
         executor.alive = False
         self.journal.executor_lost(executor.executor_id)
+        self._lost.append(executor)
+        while len(self._lost) > MAX_LOST_EXECUTORS:
+            old = self._lost.popleft()
+            if self.executors.get(old.executor_id) is old:  # not replaced by a new join
+                del self.executors[old.executor_id]
         tasks = [t for t in executor.tasks() if t.state is not TaskState.DONE]
         executor.slot_task, executor.queued, executor.suspended = None, type(executor.queued)(), {}
         self.requeue_lost(executor, tasks)
@@ -667,7 +692,7 @@ class SchedulerCore:
         problem = check_submission(msg, self.jobs, self.tasks)
         task_ids = [t[0] for t in msg.tasks if isinstance(t, list) and t and isinstance(t[0], str)]
         if problem is not None:
-            log.warning("refused job %s from client %s: %s", msg.job_id, client_id, problem)
+            self._peer_warning(f"refused job {msg.job_id} from client {client_id}: {problem}")
             error = ["ValueError", f"job {msg.job_id} refused by the scheduler: {problem}", ""]
             self._to_client(client_id, [[tid, "failed", None, error, {}] for tid in task_ids])
             return
@@ -763,7 +788,7 @@ class SchedulerCore:
             # construct a class from it; whatever that raises (SystemExit too: a script that
             # runs when imported) refuses the switch and leaves the scheduler as it was.
             problem = str(exc) if isinstance(exc, UnknownPolicy) else f"{type(exc).__name__}: {exc}"
-            log.warning("refused policy %r from client %s: %s", spec, client_id, problem)
+            self._peer_warning(f"refused policy {spec!r} from client {client_id}: {problem}")
             return False, f"policy {spec!r} refused: {problem}"
         before = self.policy
         self.set_policy(policy)
@@ -829,11 +854,11 @@ class SchedulerCore:
             task.running_since = None
 
     def _account(self, task: Task, stats: dict[str, Any]) -> None:
-        task.suspensions = stats.get("suspensions", task.suspensions)  # what really happened
-        task.running_ns = stats.get("running_ns", task.running_ns)
-        task.suspended_ns = stats.get("suspended_ns", task.suspended_ns)
-        task.records = stats.get("records", task.records)
-        task.finished_at_ns = stats.get("finished_at_ns")
+        task.suspensions = stat_count(stats, "suspensions", task.suspensions)  # what happened
+        task.running_ns = stat_count(stats, "running_ns", task.running_ns)
+        task.suspended_ns = stat_count(stats, "suspended_ns", task.suspended_ns)
+        task.records = stat_count(stats, "records", task.records)
+        task.finished_at_ns = stat_count(stats, "finished_at_ns", None)
 
     def settle(
         self,

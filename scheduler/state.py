@@ -28,6 +28,7 @@ __all__ = [
     "TaskView",
     "check_submission",
     "resume_order",
+    "stat_count",
     "status_snapshot",
 ]
 
@@ -509,3 +510,14 @@ def _valid_options(options: Any) -> bool:
         return False
     preferred = options.get("preferred", [])
     return isinstance(preferred, list) and all(isinstance(x, str) for x in preferred)
+
+
+def stat_count(stats: dict[str, Any], key: str, default: Any) -> Any:
+    """`stats[key]` if it is a count (an int >= 0, not a bool), else `default`.
+
+    Discussion: a report's stats are the executor's word, in a map whose values `decode`
+    does not check; one that is a string, a float NaN or negative must not reach the core's
+    arithmetic (an EWMA of NaN made the prefetch depth `int(nan)`, which raises).
+    """
+    value = stats.get(key, default)
+    return value if type(value) is int and value >= 0 else default
