@@ -2,10 +2,20 @@
 
 Frames in become events, the core's instructions become frames out; everything that
 decides anything lives in the core. The shell's own work is the handshake (who a routing id
-belongs to, and whether it speaks our protocol version), dropping bad frames (logged,
-rate-limited; the peer's other frames are still served), and the timer that lets the core
-notice silent executors. With `event_log=PATH` it also writes every step of the core as a
-line of JSON (scheduler/eventlog.py), flushed at each tick.
+belongs to, and whether it speaks our protocol version), bad input (below), and the timer
+that lets the core notice silent executors. With `event_log=PATH` it also writes every step
+of the core as a line of JSON (scheduler/eventlog.py), flushed at each tick.
+
+Bad input. Every frame that does not decode, or is out of place, is dropped, counted per
+routing id and logged at a bounded rate (runtime/guard.py). A peer that sends
+BAD_FRAME_LIMIT of them within BAD_FRAME_WINDOW_S is disconnected. A ROUTER cannot close one
+peer's connection, so here "disconnected" means: the peer gets a `reject` naming the reason;
+the shell forgets its routing ids and everything registered to them (an executor is
+declared lost and its tasks are requeued; a client's session ends as if it had said
+goodbye); and frames from those routing ids are ignored, without being decoded, for a
+cool-down. To come back, a peer connects again and says hello. A handler that raises on a
+well-formed message (a bug the message exposed) is logged loudly, and its sender is
+disconnected; the scheduler keeps serving everyone else.
 
 With `journal=PATH` (scheduler/journal.py) the core records jobs and results there and the
 shell commits them once per pass, *before* it sends that pass's results to clients and its
@@ -34,6 +44,7 @@ import zmq
 
 from runtime import protocol as p
 from runtime.auth import SchedulerAuth, is_loopback
+from runtime.guard import BAD_FRAME_LIMIT, COOLDOWN_S, PeerGuard
 from runtime.realtime import realtime_io_threads, realtime_this_thread
 from scheduler.core import (
     DEFAULT_HEARTBEAT_NS,
@@ -78,6 +89,12 @@ HELD_LAUNCHES_MAX = 256
 REJOIN_MEMORY = 4096
 
 
+class OutOfPlace(p.ProtocolError):
+    """A well-formed message that is only out of place (an attach in another protocol
+    version). Dropped and logged, but not counted toward disconnection: a peer of another
+    version, or one reconnecting after a scheduler restart, sends it in good faith."""
+
+
 class SchedulerServer:
     """Bind a ROUTER at `bind` and schedule for whoever connects, until `stop()`."""
 
@@ -98,6 +115,8 @@ class SchedulerServer:
         journal: str | os.PathLike[str] | None = None,
         journal_sync: str = "NORMAL",
         keys: str | os.PathLike[str] | None = None,
+        bad_frame_limit: int | None = BAD_FRAME_LIMIT,
+        bad_frame_cooldown_s: float = COOLDOWN_S,
     ) -> None:
         self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # Opened first: a journal another scheduler holds stops us before anything binds.
@@ -142,10 +161,12 @@ class SchedulerServer:
         self._stop = threading.Event()
         self._peers: dict[bytes, tuple[str, str]] = {}  # routing id -> (kind, peer id)
         self._routes: dict[tuple[str, str], bytes] = {}  # (kind, peer id) -> routing id
-        self._bad_frames = p.RateLimitedLog(log.warning)
         # Well-formed messages on connections we do not know: after a restart, the old
         # scheduler's peers' queued frames; told to rejoin, not worth a warning each.
         self._strangers = p.RateLimitedLog(log.info)
+        # Bad frames per routing id, their log lines, and who is in a cool-down.
+        self._guard = PeerGuard(log, limit=bad_frame_limit, cooldown_s=bad_frame_cooldown_s)
+        self.frames_in = 0  # frames received, bad ones and ignored ones included
         self._held: dict[str, list[bytes]] = {}  # encoded batch launches, per executor
         self._results: dict[str, list[Any]] = {}  # result items, per client
         self._held_bytes: dict[str, int] = {}
@@ -186,6 +207,7 @@ class SchedulerServer:
                 # -- 4. Tick: the core checks executor liveness and the policy may rebalance.
                 now = time.monotonic_ns()
                 if now >= next_tick:
+                    self._guard.tick()  # the periodic summary of suppressed log lines
                     self._dispatch(self._handle(Tick()))
                     self._flush_held()
                     if self._event_log is not None:  # readable up to the last tick
@@ -193,6 +215,16 @@ class SchedulerServer:
                     next_tick = now + tick_ns
         finally:
             self._shutdown_executors("scheduler stopping")
+
+    def bad_input(self) -> dict[str, int]:
+        """Counts of bad input so far (for status): frames received in all, bad ones, ones
+        ignored in a cool-down, disconnections, handler errors, log lines, and the sizes of
+        the per-peer tables now."""
+        return {
+            "frames_in": self.frames_in,
+            **self._guard.statistics().as_dict(),
+            "connections": len(self._peers),
+        }
 
     def close(self) -> None:
         self._socket.close(linger=1000)
@@ -215,6 +247,9 @@ class SchedulerServer:
 
     def _handle_frames(self, frames: list[bytes]) -> None:
         routing_id = frames[0]
+        self.frames_in += 1
+        if self._guard.cooling_down(routing_id):
+            return  # a disconnected peer: ignored, undecoded, until its cool-down ends
         try:
             msg = p.decode_parts(
                 frames[1:], max_frame_bytes=self.max_frame_bytes, after="the routing id"
@@ -233,14 +268,70 @@ class SchedulerServer:
                     raise item
                 event = self._event_for(routing_id, item)
             except p.ProtocolError as exc:
-                self._drop(routing_id, exc)
+                if self._drop(routing_id, exc):
+                    return  # disconnected: the rest of its batch goes with it
                 continue
-            if event is not None:
-                self._dispatch(self._handle(event))
+            if event is not None and not self._handle_peer_event(routing_id, item, event):
+                return
 
-    def _drop(self, routing_id: bytes, exc: p.ProtocolError) -> None:
-        peer = self._peers.get(routing_id, ("unknown peer", routing_id.hex()[:12]))
-        self._bad_frames(f"dropped a bad frame from {peer[0]} {peer[1]}: {exc}")
+    def _drop(self, routing_id: bytes, exc: p.ProtocolError) -> bool:
+        """Drop a bad frame; disconnect its peer at the limit. True if it was disconnected."""
+        counts = not isinstance(exc, OutOfPlace)
+        if not self._guard.bad_frame(routing_id, self._who(routing_id), str(exc), counts=counts):
+            return False
+        self._disconnect(
+            routing_id,
+            f"{self._guard.limit} bad frames within {self._guard.window_s:g} s, the last: {exc}",
+        )
+        return True
+
+    def _handle_peer_event(self, routing_id: bytes, msg: p.Message, event: Event) -> bool:
+        """Put a peer's event through the core and send what it decided; False if handling it
+        raised, in which case the peer is disconnected."""
+        try:
+            instructions = self._handle(event)
+        except Exception as exc:
+            # Discussion: the core must refuse nonsense, not raise on it; reaching here is a
+            # bug that a peer's well-formed message exposed (the fuzz tests make sure none
+            # is known). Loud, but one peer must not stop the scheduler for everyone: its
+            # sender is dropped (its tasks requeued, if an executor) and the loop goes on.
+            self._guard.handler_failed(self._who(routing_id), msg.op, exc)
+            self._disconnect(routing_id, f"its {msg.op} made the scheduler fail")
+            return False
+        self._dispatch(instructions)
+        return True
+
+    def _who(self, routing_id: bytes) -> str:
+        peer = self._peers.get(routing_id)
+        return f"{peer[0]} {peer[1]}" if peer else f"unknown peer {routing_id.hex()[:12]}"
+
+    def _disconnect(self, routing_id: bytes, reason: str) -> None:
+        """Disconnect the peer behind `routing_id` (see the module docstring)."""
+        who = self._who(routing_id)
+        peer = self._peers.get(routing_id)
+        # Every connection of that peer (an executor has two), and where to send the reject:
+        # the connection that said hello, if it did.
+        routing_ids = [routing_id]
+        reply_to = routing_id
+        if peer is not None:
+            routing_ids = [rid for rid, known in self._peers.items() if known == peer]
+            reply_to = self._routes.get(peer, routing_id)
+            for rid in routing_ids:
+                self._forget(rid)
+        self._socket.send_multipart([reply_to, p.encode(p.Reject(f"disconnected: {reason}"))])
+        self._guard.disconnected(routing_ids, who, reason)
+        if peer is None:
+            return
+        kind, peer_id = peer
+        if kind == "executor":
+            event: Event = ExecutorLeft(peer_id, f"disconnected: {reason}")
+        else:
+            self._results.pop(peer_id, None)
+            event = ClientRequest(peer_id, p.ClientGoodbye(f"disconnected: {reason}"))
+        try:
+            self._dispatch(self._handle(event))
+        except Exception as exc:  # as in _handle_peer_event; nobody left to disconnect
+            self._guard.handler_failed(who, "its disconnection", exc)
 
     def _event_for(self, routing_id: bytes, msg: p.Message) -> Any:
         """The core event a message stands for (None when the shell handled it itself)."""
@@ -250,7 +341,7 @@ class SchedulerServer:
             # An executor's report connection: map it to the executor, but keep sending
             # commands to the connection that said hello.
             if msg.version != p.PROTOCOL_VERSION:
-                raise p.ProtocolError(f"attach with protocol version {msg.version}")
+                raise OutOfPlace(f"attach with protocol version {msg.version}")
             self._peers[routing_id] = ("executor", msg.executor_id)
             return None
         peer = self._peers.get(routing_id)
@@ -286,7 +377,7 @@ class SchedulerServer:
                 f"protocol version {msg.version} is not supported: this scheduler speaks "
                 f"version {p.PROTOCOL_VERSION}"
             )
-            log.warning("refused a peer: %s", reason)
+            self._guard.bad_frame(routing_id, self._who(routing_id), reason, counts=False)
             self._socket.send_multipart([routing_id, p.encode(p.Reject(reason))])
             return None
         if isinstance(msg, p.Hello):
@@ -366,6 +457,8 @@ class SchedulerServer:
         for instruction in instructions:
             msg = instruction.message
             if isinstance(instruction, ToClient):
+                if isinstance(msg, p.Status):  # the shell adds what only it knows
+                    msg = p.Status(msg.request_id, {**msg.snapshot, "bad_input": self.bad_input()})
                 if isinstance(msg, p.Results):
                     self._results.setdefault(instruction.client_id, []).extend(msg.items)
                 else:
