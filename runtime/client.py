@@ -163,7 +163,7 @@ class Client:
         self._jobs: dict[str, list[Any]] = {}  # job id -> [frame, futures pending]
         self._request_frames: dict[str, bytes] = {}
         self._closed = False
-        self._broken: str | None = None  # why the IO thread stopped, if it crashed
+        self._broken: str | None = None  # why this client cannot be used any more, if so
         # itertools.count's next() is atomic in CPython, so ids need no lock.
         self._job_numbers = itertools.count(1)
 
@@ -425,9 +425,7 @@ class Client:
         if self._closed:
             raise RuntimeError(f"this Tidal client ({self.client_id}) is closed")
         if self._broken is not None:
-            raise RuntimeError(
-                f"this Tidal client's IO thread stopped after an internal error: {self._broken}"
-            )
+            raise RuntimeError(self._broken)
 
     # ---- waiting -----------------------------------------------------------------------------
 
@@ -585,10 +583,13 @@ class Client:
             self._io_loop(dealer, from_callers)
         except Exception as exc:  # an internal error: loud, and every waiter learns of it
             log.exception("the Tidal client's IO thread crashed")
+            problem = f"{type(exc).__name__}: {exc}"
             with self._lock:
-                self._broken = f"{type(exc).__name__}: {exc}"
+                self._broken = (
+                    f"this Tidal client's IO thread stopped after an internal error: {problem}"
+                )
             self._fail_pending(
-                lambda what: f"the client's IO thread crashed ({self._broken}) before {what} ended"
+                lambda what: f"the client's IO thread crashed ({problem}) before {what} ended"
             )
         finally:
             self._dealer.close(linger=CLOSE_LINGER_MS)
@@ -605,6 +606,7 @@ class Client:
             p.Rejoin: self._on_rejoin,
             p.ClientWelcome: self._on_welcome_again,
             p.Reattached: self._on_reattached,
+            p.Reject: self._on_reject,
         }
         self._dealer = dealer
         self._connected = True  # False from losing the scheduler to its next welcome
@@ -823,6 +825,21 @@ class Client:
 
     def _on_policy_set(self, msg: p.PolicySet) -> None:
         self._answer(msg.request_id, msg)  # set_policy() reads ok, policy and message
+
+    def _on_reject(self, msg: p.Reject) -> None:
+        # The scheduler disconnected this client (docs/protocol.md, "Limits"): it has
+        # forgotten the session, so nothing more will come for the futures still pending.
+        log.error(
+            "the Tidal scheduler at %s disconnected this client: %s", self.address, msg.reason
+        )
+        with self._lock:
+            self._broken = f"this Tidal client was disconnected by the scheduler: {msg.reason}"
+        self._fail_pending(
+            lambda what: (
+                f"the scheduler at {self.address} disconnected this client before "
+                f"{what} finished: {msg.reason}"
+            )
+        )
 
     def _answer(self, request_id: str, value: Any) -> None:
         with self._lock:

@@ -400,6 +400,18 @@ def test_bad_frames_from_the_scheduler_are_dropped_and_the_client_keeps_working(
     assert later.result(timeout=5) == 3
 
 
+def test_a_reject_after_the_welcome_fails_pending_futures_and_further_use(fake, client, caplog):
+    caplog.set_level(logging.ERROR, logger="tidal.client")
+    pending = client.submit(total, [1])
+    fake.wait_for(p.Submit)
+    fake.push(p.Reject("disconnected: 20 bad frames within 10 s"))
+    with pytest.raises(ConnectionError, match=r"disconnected this client before task .*20 bad"):
+        pending.result(timeout=5)
+    with pytest.raises(RuntimeError, match="was disconnected by the scheduler: disconnected: 20"):
+        client.submit(total, [2])
+    assert "disconnected this client" in caplog.text
+
+
 def test_tuple_keys_come_back_as_tuples_in_arguments_and_results(fake, client):
     table = {("ad", 1): 2, ("ad", (3, 4)): 5}
     future = client.submit(total, table, by=table)
