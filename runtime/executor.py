@@ -53,6 +53,7 @@ import zmq
 from runtime import protocol as p
 from runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
 from runtime.functions import FunctionRef
+from runtime.guard import PeerGuard
 from runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
 from runtime.memory import MEMORY_POLL_MS, Exit, FailTask, MemoryGuard, RssProbe, format_size
 from runtime.realtime import (
@@ -82,6 +83,8 @@ MEMORY_LIMIT_EXCEEDED = "MemoryLimitExceeded"  # the error type of a task failed
 # but which costs a reconciliation).
 SILENT_HEARTBEATS = 5
 DEFAULT_RECONNECT_TIMEOUT_S = 60.0
+# The one peer an executor's PeerGuard counts bad frames for.
+SCHEDULER = "scheduler"
 
 
 class Executor:
@@ -181,7 +184,9 @@ class Executor:
                 clock=time.monotonic_ns,
             )
         )
-        self._bad_frames = p.RateLimitedLog(log.warning)
+        # Bad frames from the scheduler: logged at a bounded rate with a periodic summary; never
+        # a disconnection (limit=None), as the scheduler is this executor's only peer.
+        self._bad_input = PeerGuard(log, limit=None)
         self._dropped = p.RateLimitedLog(log.error)
 
     # ---- main thread ------------------------------------------------------------------------
@@ -413,6 +418,8 @@ class Executor:
                         poller.register(dealer, zmq.POLLIN)
                         break
 
+            self._bad_input.tick()  # the periodic summary of suppressed log lines, if any
+
             # -- 3. The task thread says when to exit (it sends its own reports).
             if from_main in ready:
                 return
@@ -482,10 +489,20 @@ class Executor:
             problem = f"{msg.op} is not sent to executors"
         elif problem is None and not self._welcomed and type(msg) not in (p.Welcome, p.Reject):
             problem = f"{msg.op} before the handshake completed"
+        elif problem is None and self._welcomed and type(msg) is p.Welcome:
+            problem = "welcome after the handshake completed"
         if problem is not None:
-            self._bad_frames(f"dropped a bad frame from the scheduler: {problem}")
+            self._bad_input.bad_frame(SCHEDULER, "the scheduler", str(problem))
             return
-        handler(msg)
+        try:
+            handler(msg)
+        except p.ProtocolError as exc:  # well-formed, but its contents are not what it needs
+            self._bad_input.bad_frame(SCHEDULER, "the scheduler", str(exc))
+        except Exception as exc:
+            # Discussion: a handler only checks a command and hands it to the kernel, so this
+            # is a bug a command exposed; loud, but the executor and its tasks carry on (an
+            # executor that exits loses every suspended task's progress).
+            self._bad_input.handler_failed("the scheduler", msg.op, exc)
 
     def _send(self, dealer: zmq.Socket, frame: bytes) -> None:
         """Send to the scheduler without ever blocking the listener."""
@@ -607,6 +624,19 @@ class Executor:
         )
 
     def _on_launch_chunk(self, msg: p.LaunchChunk) -> None:
+        # Checked here, not in the kernel's hub: a malformed subtask there would break a steal
+        # (which takes task ids from the chunk's tail) on the task thread.
+        for i, entry in enumerate(msg.subtasks):
+            if not (
+                type(entry) is list
+                and len(entry) == 2
+                and type(entry[0]) is str
+                and type(entry[1]) is bytes
+            ):
+                raise p.ProtocolError(
+                    f"launch_chunk.subtasks[{i}] must be [task_id, payload] (a str and bytes), "
+                    f"got {str(entry)[:60]}"
+                )
         self.kernel.launch_chunk(
             msg.chunk_id,
             FunctionRef(msg.fn, msg.main_path),

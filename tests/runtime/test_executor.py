@@ -153,6 +153,25 @@ def test_malformed_frames_are_dropped_and_the_executor_keeps_working(executor):
     assert proc.poll() is None
 
 
+def test_well_formed_commands_it_cannot_use_are_dropped_and_the_executor_keeps_working(executor):
+    stub, hello, proc = executor
+    ex = hello.executor_id
+    now = time.monotonic_ns()
+    # A chunk whose subtasks are not [task_id, payload]: dropped whole, so a steal from it
+    # (which takes ids from its tail, on the task thread) never meets a malformed one.
+    for subtasks in ([7], [[]], [{"a": 1}], [["ok", p.pack_call([[1]], {})], ["no payload"]]):
+        stub.send(
+            ex, p.LaunchChunk("c", "workloads.synthetic:total", None, subtasks, 0, "batch", 0)
+        )
+    stub.send(ex, p.Steal("c", 1, now))
+    assert stub.expect(p.Stolen).task_ids == []  # no chunk "c" here: nothing to give
+    # A second welcome (with another version, which before the handshake would end it).
+    stub.send(ex, p.Welcome(p.PROTOCOL_VERSION + 1, "impostor", 1))
+    launch(stub, ex, "after", "workloads.synthetic:total", [[1, 2]])
+    assert result(stub.expect(p.Finished, task_id="after")) == 3
+    assert proc.poll() is None
+
+
 def test_a_task_without_record_boundaries_is_reported_unsuspendable(executor, tmp_path):
     stub, hello, _ = executor
     ex = hello.executor_id
