@@ -639,15 +639,21 @@ class Kernel:
             return
         # Unwind it now, so its finally blocks run and its memory is freed; TaskKilled is
         # raised at the boundary where it is parked.
+        parked = None  # the task parked at a boundary while we unwind another: it stays current
         if record is self._current:
             self._current = None
         else:
+            parked = self._current
             self._ready.discard(record)
         record.kill_requested = True
         outcome = self._switch_into(record)
         while not isinstance(outcome, _Outcome):  # it caught TaskKilled and went on
             outcome = self._switch_into(record)
         self._report_outcome(record, outcome)
+        # Discussion: _switch_into made the killed task current; without this the task that
+        # was parked here (a kill for a suspended task arrived while it ran) was forgotten,
+        # RUNNING for ever. The fuzz tests found it.
+        self._current = parked
 
     def _refuse(self, command: str, task_id: str, record: TaskRecord | None, why: str) -> None:
         """Report a command that does not apply, with the task's state here."""

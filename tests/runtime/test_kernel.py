@@ -257,6 +257,37 @@ def test_kill_unwinds_running_suspended_and_queued_tasks(make_kernel):
     assert isinstance(killed, p.Killed) and killed.stats["records"] == 3
 
 
+def test_killing_a_suspended_task_while_another_runs_leaves_the_running_one_its_slot(
+    make_kernel,
+):
+    # A kill for a suspended task reaches the hub while another task is parked at a record
+    # boundary: the hub unwinds the suspended one, then the parked one carries on (it used
+    # to be forgotten, RUNNING for ever, its result never reported).
+    kernel, transport = make_kernel()
+
+    def parked(part):
+        for x in part:
+            if x == 3:
+                kernel.suspend("parked")
+        return "parked done"
+
+    def running(part):
+        total = 0
+        for x in part:
+            if x == 5:
+                kernel.kill("parked")  # posted mid-task, as the listener would
+            total += x
+        return total
+
+    kernel.launch("parked", parked, [range(10)])
+    kernel.run()  # "parked" is suspended at record 4, after it started
+    kernel.launch("running", running, [range(10)])
+    kernel.run()
+    assert isinstance(transport.outcome("parked"), p.Killed)
+    assert transport.outcome("running").result == 45
+    assert kernel.statistics().running == 0
+
+
 def test_a_task_cannot_swallow_its_kill_with_except_exception(make_kernel):
     kernel, transport = make_kernel()
 
