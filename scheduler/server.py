@@ -342,6 +342,8 @@ class SchedulerServer:
             # commands to the connection that said hello.
             if msg.version != p.PROTOCOL_VERSION:
                 raise OutOfPlace(f"attach with protocol version {msg.version}")
+            if routing_id in self._peers:  # an attach opens a connection; it cannot re-map one
+                raise p.ProtocolError("attach on a connection that said who it is already")
             self._peers[routing_id] = ("executor", msg.executor_id)
             return None
         peer = self._peers.get(routing_id)

@@ -18,6 +18,7 @@ input:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import types
 import typing
@@ -35,6 +36,7 @@ EDGE_FLOATS = (0.0, -0.0, float("nan"), float("inf"), float("-inf"), 1e308, -1e-
 STAT_KEYS = ("running_ns", "suspended_ns", "suspensions", "records", "finished_at_ns")
 
 
+@functools.cache
 def _fields(cls: type[p.Message]) -> list[tuple[str, Any]]:
     hints = typing.get_type_hints(cls)
     return [(f.name, hints[f.name]) for f in dataclasses.fields(cls)]
@@ -196,6 +198,7 @@ class FrameFuzzer:
         "oddity",
         "batch",
         "valid",
+        "nonsense",
     )
 
     def __init__(
@@ -203,14 +206,19 @@ class FrameFuzzer:
         rng: random.Random,
         templates: Sequence[p.Message],
         *,
+        nonsense: Sequence[type[p.Message]] = (),
+        ids: Sequence[str] = (),
         weights: dict[str, float] | None = None,
     ) -> None:
         if not templates:
             raise ValueError("a FrameFuzzer needs at least one template message")
         self.rng = rng
+        self.nonsense_classes = list(nonsense)
+        self.ids = list(ids)
         self.templates = list(templates)
         self.frames = [p.encode(msg) for msg in self.templates]
         chosen = {name: 1.0 for name in self.STRATEGIES}
+        chosen["nonsense"] = 1.0 if self.nonsense_classes else 0.0
         chosen.update(weights or {})
         self._names = [name for name in self.STRATEGIES if chosen[name] > 0]
         self._weights = [chosen[name] for name in self._names]
@@ -310,3 +318,6 @@ class FrameFuzzer:
 
     def _valid(self) -> bytes:
         return self._valid_frame()
+
+    def _nonsense(self) -> bytes:
+        return p.encode(nonsense(self.rng, self.rng.choice(self.nonsense_classes), self.ids))
