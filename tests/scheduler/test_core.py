@@ -10,7 +10,14 @@ import pytest
 
 from runtime import protocol as p
 from scheduler import decisions as d
-from scheduler.core import ClientJoined, ClientRequest, SchedulerCore, Tick
+from scheduler.core import (
+    MAX_LOST_EXECUTORS,
+    ClientJoined,
+    ClientRequest,
+    ExecutorLeft,
+    SchedulerCore,
+    Tick,
+)
 from scheduler.policies import Policy, UnknownPolicy
 from scheduler.state import TaskState
 
@@ -120,6 +127,41 @@ def test_a_policy_that_raises_is_replaced_by_the_default_and_nothing_is_lost():
         "broken" in h.core.policy_failures[0] and "ZeroDivisionError" in h.core.policy_failures[0]
     )
     assert len(h.sent("e0", p.Launch)) + len(h.sent("e1", p.Launch)) == 2
+
+
+def test_lost_executors_past_the_cap_are_forgotten_so_new_ids_cost_bounded_memory():
+    h = Harness(executors=())
+    for i in range(MAX_LOST_EXECUTORS + 50):
+        h.join(f"x{i}", "n")
+        h.handle(ExecutorLeft(f"x{i}", "it said goodbye"))
+    h.join("alive", "n")
+    states = [e["state"] for e in h.core.status()["executors"]]
+    assert states.count("lost") == MAX_LOST_EXECUTORS and states.count("alive") == 1
+    assert "x0" not in h.core.executors and f"x{MAX_LOST_EXECUTORS + 49}" in h.core.executors
+    # One that comes back under a forgotten id joins as new.
+    h.join("x0", "n")
+    assert h.core.executors["x0"].alive
+
+
+def test_stats_that_are_not_counts_do_not_reach_the_cores_arithmetic():
+    h = Harness()
+    (task,) = h.submit("b", "batch", 1)
+    executor = next(e for e in ("e0", "e1") if h.sent(e, p.Launch))
+    h.start(executor, task)
+    stats = {"running_ns": float("nan"), "suspensions": "3", "records": -1, "finished_at_ns": []}
+    h.report(executor, p.Finished(task, 0, p.pack_payload(1), stats))
+    result_stats = h.results[task][0][4]
+    assert result_stats["suspensions"] == 0 and result_stats["records"] == 0
+    assert result_stats["finished_at_ns"] is None
+    h.submit("c", "batch", 1)  # the prefetch estimate stayed a number: no int(nan) here
+
+
+def test_unknown_job_options_of_mixed_key_types_are_refused_not_raised_on():
+    h = Harness()
+    submit = p.Submit("j", "batch", 0, None, "m:f", None, [["j/0", payload(0)]], 0, {b"k": 1, 2: 3})
+    h.handle(ClientRequest("c", submit))
+    [[_, outcome, _, error, _]] = h.results["j/0"]
+    assert outcome == "failed" and "unknown job options" in error[1]
 
 
 def test_a_lost_executor_requeues_its_tasks_and_each_completes_exactly_once():

@@ -10,6 +10,7 @@ import zmq
 from runtime import protocol as p
 from runtime.client import Client
 from runtime.cluster import LocalCluster
+from runtime.guard import BAD_FRAME_LIMIT
 from workloads.synthetic import total
 
 pytestmark = pytest.mark.slow
@@ -85,3 +86,67 @@ def test_results_of_one_client_are_not_sent_to_another(raw_peer):
         other.send(p.encode(p.Cancel([f"{client.client_id}-1/0"])))  # not its task: ignored
         other.send(p.encode(p.Ping("p", 1)))
         assert isinstance(recv(other), p.Pong)  # and nothing else arrived before it
+
+
+# ---- disconnection: what the scheduler does with a peer that keeps sending bad frames --------
+
+
+def test_a_client_that_keeps_sending_bad_frames_is_disconnected_and_may_come_back(raw_peer):
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        mallory = raw_peer(cluster.address)
+        mallory.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "mallory", 1, "h")))
+        assert isinstance(recv(mallory), p.ClientWelcome)
+        for _ in range(BAD_FRAME_LIMIT):
+            mallory.send(b"\xc1")
+        reject = recv(mallory)
+        assert isinstance(reject, p.Reject)
+        assert reject.reason.startswith(f"disconnected: {BAD_FRAME_LIMIT} bad frames within")
+        # In its cool-down the connection is ignored, undecoded: no pong, ever.
+        mallory.send(p.encode(p.Ping("ignored", 1)))
+        status = client.wait_for_status(lambda s: s["bad_input"]["ignored_frames"] >= 1)
+        assert status["bad_input"]["disconnects"] == 1
+        assert status["bad_input"]["bad_frames"] == BAD_FRAME_LIMIT
+        assert not mallory.poll(0)
+        # A new connection may say hello again, and is served.
+        again = raw_peer(cluster.address)
+        again.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "mallory", 1, "h")))
+        assert isinstance(recv(again), p.ClientWelcome)
+        again.send(p.encode(p.Ping("back", 2)))
+        assert recv(again) == p.Pong("back", 2)
+        assert client.submit(total, [1, 2]).result(timeout=30) == 3
+
+
+def test_out_of_place_frames_before_hello_are_dropped_but_never_disconnect(raw_peer):
+    # A peer reconnecting after a scheduler restart may send reports before its hello.
+    with LocalCluster(executors=1) as cluster:
+        stranger = raw_peer(cluster.address)
+        for i in range(3 * BAD_FRAME_LIMIT):
+            stranger.send(p.encode(p.Heartbeat("ghost", "n", i, 0, 1, 0, 0, 0, 1, 1, 1.0)))
+        stranger.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "late", 1, "h")))
+        assert isinstance(recv(stranger), p.ClientWelcome)
+
+
+def test_an_executor_sending_bad_frames_is_disconnected_and_its_tasks_run_elsewhere(raw_peer):
+    # Executors are declared lost after 3 x 10 s of silence here: only the disconnection can
+    # give the black hole's task back in time.
+    with (
+        LocalCluster(executors=1, heartbeat_ms=10_000) as cluster,
+        Client(cluster) as client,
+    ):
+        hole = raw_peer(cluster.address)
+        hole.send(p.encode(p.Hello(p.PROTOCOL_VERSION, "black-hole", "n", 1, 1, "h")))
+        assert isinstance(recv(hole), p.Welcome)
+        futures = client.map(total, [[i] for i in range(6)], chunksize=1)
+        launched = recv(hole)
+        items = p.unbatch(launched) if isinstance(launched, p.Batch) else [launched]
+        assert all(isinstance(item, p.Launch) for item in items)
+        for _ in range(BAD_FRAME_LIMIT):
+            hole.send(p.encode(p.Ping("executors do not ping", 0)))
+        assert client.gather(futures, timeout=20) == list(range(6))
+        while not isinstance(reject := recv(hole), p.Reject):
+            pass  # launches sent before the disconnection
+        assert "ping is not sent by executors" in reject.reason
+        [hole_status] = [
+            e for e in client.status()["executors"] if e["executor_id"] == "black-hole"
+        ]
+        assert hole_status["state"] == "lost"
