@@ -164,6 +164,8 @@ class SchedulerServer:
         # Well-formed messages on connections we do not know: after a restart, the old
         # scheduler's peers' queued frames; told to rejoin, not worth a warning each.
         self._strangers = p.RateLimitedLog(log.info)
+        # (kind, peer id) -> all its routing ids (an executor's report connections too)
+        self._connections: dict[tuple[str, str], set[bytes]] = {}
         # Bad frames per routing id, their log lines, and who is in a cool-down.
         self._guard = PeerGuard(log, limit=bad_frame_limit, cooldown_s=bad_frame_cooldown_s)
         self.frames_in = 0  # frames received, bad ones and ignored ones included
@@ -314,7 +316,7 @@ class SchedulerServer:
         routing_ids = [routing_id]
         reply_to = routing_id
         if peer is not None:
-            routing_ids = [rid for rid, known in self._peers.items() if known == peer]
+            routing_ids = list(self._connections.get(peer, {routing_id}))
             reply_to = self._routes.get(peer, routing_id)
             for rid in routing_ids:
                 self._forget(rid)
@@ -344,7 +346,7 @@ class SchedulerServer:
                 raise OutOfPlace(f"attach with protocol version {msg.version}")
             if routing_id in self._peers:  # an attach opens a connection; it cannot re-map one
                 raise p.ProtocolError("attach on a connection that said who it is already")
-            self._peers[routing_id] = ("executor", msg.executor_id)
+            self._bind(routing_id, ("executor", msg.executor_id))
             return None
         peer = self._peers.get(routing_id)
         if peer is None:
@@ -441,17 +443,28 @@ class SchedulerServer:
         self._socket.send_multipart([routing_id, p.encode(p.Rejoin(reason))])
 
     def _register(self, routing_id: bytes, peer: tuple[str, str]) -> None:
+        """`routing_id` said hello as `peer`: its command connection (replacing any other)."""
         self._forget(routing_id)
         old = self._routes.get(peer)
         if old is not None:
-            self._peers.pop(old, None)
-        self._peers[routing_id] = peer
+            self._forget(old)
+        self._bind(routing_id, peer)
         self._routes[peer] = routing_id
+
+    def _bind(self, routing_id: bytes, peer: tuple[str, str]) -> None:
+        self._peers[routing_id] = peer
+        self._connections.setdefault(peer, set()).add(routing_id)
 
     def _forget(self, routing_id: bytes) -> None:
         peer = self._peers.pop(routing_id, None)
-        if peer is not None and self._routes.get(peer) == routing_id:
+        if peer is None:
+            return
+        if self._routes.get(peer) == routing_id:
             del self._routes[peer]
+        connections = self._connections.get(peer, set())
+        connections.discard(routing_id)
+        if not connections:
+            self._connections.pop(peer, None)
 
     # ---- instructions -> frames -----------------------------------------------------------------
 
