@@ -168,7 +168,7 @@ class SchedulerCore:
         self._lost: deque[Executor] = deque()  # lost executors still in `executors`, oldest first
         # Warnings a peer's messages cause (a refused job, a lost executor): at most a few
         # lines per period, however fast a peer sends them.
-        self._peer_warning = p.RateLimitedLog(log.warning, clock=lambda: self._clock() / 1e9)
+        self.peer_warning = p.RateLimitedLog(log.warning, clock=lambda: self._clock() / 1e9)
         self._reports: dict[type, Callable[[Executor, Any], None]] = {
             p.Heartbeat: self._on_heartbeat,
             p.ChunkResults: lambda e, m: ch.on_results(self, e, m),
@@ -424,7 +424,7 @@ class SchedulerCore:
         # (recovery.reclaim); the rest is lost with its old connection.
         mine: dict[str, Task] = {}
         if old is not None and old.alive:
-            log.warning("executor %s said hello again while alive", hello.executor_id)
+            self.peer_warning(f"executor {hello.executor_id} said hello again while alive")
             mine = {t.task_id: t for t in old.tasks() if t.state is not TaskState.DONE}
             old.alive = False
             old.slot_task, old.queued, old.suspended = None, type(old.queued)(), {}
@@ -567,7 +567,7 @@ class SchedulerCore:
         task = self._task_on(executor, msg.task_id)
         if task is None or task.state is not TaskState.SUSPENDING:
             return
-        self._peer_warning(f"task {task.task_id} cannot be suspended: {msg.reason}")
+        self.peer_warning(f"task {task.task_id} cannot be suspended: {msg.reason}")
         task.state = TaskState.RUNNING
         task.suspensions -= 1
         task.unsuspendable = True
@@ -599,7 +599,7 @@ class SchedulerCore:
                 msg.reason,
             )
             return
-        self._peer_warning(
+        self.peer_warning(
             f"executor {executor.executor_id} refused {msg.command} of task {msg.task_id}: "
             f"{msg.reason}"
         )
@@ -648,7 +648,7 @@ class SchedulerCore:
 
     def _lose_executor(self, executor: Executor, reason: str) -> None:
         """Declare `executor` lost: requeue every task whose state lived there."""
-        self._peer_warning(f"executor {executor.executor_id} lost: {reason}")
+        self.peer_warning(f"executor {executor.executor_id} lost: {reason}")
         executor.alive = False
         self.journal.executor_lost(executor.executor_id)
         self._lost.append(executor)
@@ -662,17 +662,27 @@ class SchedulerCore:
 
     def requeue_lost(self, executor: Executor, tasks: list[Task]) -> None:
         """Tasks whose state was lost with `executor`: queued again as a new attempt, or
-        failed past `max_retries` losses."""
+        failed past `max_retries` losses.
+
+        Discussion: only a task that had started there counts the loss toward `max_retries`
+        (the limit is for a task that keeps taking its executors down); one that was only
+        launched or queued there is requeued free. Otherwise any peer posing as an
+        executor (no keys) could fail a job by accepting its tasks and leaving, four times:
+        the fuzz test's fake executors did.
+        """
         lost = []
         for task in tasks:
+            lost_on = None if task.state is TaskState.LAUNCHED else executor.executor_id
             if task.subtasks is not None:  # a chunk: requeue the subtasks it had not reported
-                ch.end_chunk(self, task, lost_on=executor.executor_id)
+                ch.end_chunk(self, task, lost_on=lost_on)
                 continue
             # Count work only up to the executor's last sign of life; after that, no one knows.
             self._stop_running(task, at=executor.last_seen)
             task.work_lost_ns += task.running_estimate_ns
+            if lost_on is not None:
+                task.lost_on.append(lost_on)  # settle() fails it past the limit
             lost.append(task)
-        self.settle(lost, lost_on=executor.executor_id)
+        self.settle(lost)
 
     def unclaimed_count(self) -> int:
         """Tasks waiting, after a restart, for an executor to report them."""
@@ -692,7 +702,7 @@ class SchedulerCore:
         problem = check_submission(msg, self.jobs, self.tasks)
         task_ids = [t[0] for t in msg.tasks if isinstance(t, list) and t and isinstance(t[0], str)]
         if problem is not None:
-            self._peer_warning(f"refused job {msg.job_id} from client {client_id}: {problem}")
+            self.peer_warning(f"refused job {msg.job_id} from client {client_id}: {problem}")
             error = ["ValueError", f"job {msg.job_id} refused by the scheduler: {problem}", ""]
             self._to_client(client_id, [[tid, "failed", None, error, {}] for tid in task_ids])
             return
@@ -788,7 +798,7 @@ class SchedulerCore:
             # construct a class from it; whatever that raises (SystemExit too: a script that
             # runs when imported) refuses the switch and leaves the scheduler as it was.
             problem = str(exc) if isinstance(exc, UnknownPolicy) else f"{type(exc).__name__}: {exc}"
-            self._peer_warning(f"refused policy {spec!r} from client {client_id}: {problem}")
+            self.peer_warning(f"refused policy {spec!r} from client {client_id}: {problem}")
             return False, f"policy {spec!r} refused: {problem}"
         before = self.policy
         self.set_policy(policy)
@@ -885,7 +895,7 @@ class SchedulerCore:
                     f"task {task.task_id} lost its executor {losses} times "
                     f"({', '.join(task.lost_on)}); giving up (max_retries={self.max_retries})"
                 )
-                log.warning("%s", message)
+                self.peer_warning(message)
                 self.complete(task, "failed", None, ["ExecutorLost", message, ""])
             else:
                 again.append(task)

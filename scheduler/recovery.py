@@ -103,8 +103,8 @@ def reclaim(core: SchedulerCore, executor: Executor, holding: Any, mine: dict[st
             and type(item[1]) is int
             and item[2] in TASK_STATES + RESULT_STATES
         ):
-            log.warning(
-                "executor %s: dropped a malformed holding item %.80r", executor.executor_id, item
+            core.peer_warning(  # rate-limited: a hello may list thousands
+                f"executor {executor.executor_id}: dropped a malformed holding item {item!r:.80}"
             )
             continue
         (results if item[2] in RESULT_STATES else held).append(item)
@@ -144,19 +144,21 @@ def _take_result(
 ) -> None:
     """A result the executor sent and never saw acknowledged: taken if the task is open."""
     if not (type(detail) is list and len(detail) == 3 and isinstance(detail[2], dict)):
-        log.warning("executor %s: dropped a malformed result of %s", executor.executor_id, task_id)
+        core.peer_warning(
+            f"executor {executor.executor_id}: dropped a malformed result of {task_id}"
+        )
         return
     value, error, stats = detail
     if outcome == "finished" and type(value) is not bytes:
-        log.warning(
-            "executor %s: a result of %s without its payload", executor.executor_id, task_id
+        core.peer_warning(
+            f"executor {executor.executor_id}: a result of {task_id} without its payload"
         )
         return
     if outcome == "failed" and not (
         type(error) is list and len(error) == 3 and all(type(e) is str for e in error)
     ):
-        log.warning(
-            "executor %s: a failed result of %s without its error", executor.executor_id, task_id
+        core.peer_warning(
+            f"executor {executor.executor_id}: a failed result of {task_id} without its error"
         )
         return
     task = core.tasks.get(task_id)

@@ -120,7 +120,26 @@ def _nasty_list(rng: random.Random, name: str, ids: Sequence[str]) -> list[Any]:
     for _ in range(rng.randrange(5)):
         task_id = rng.choice(ids) if ids and rng.random() < 0.7 else nasty_value(rng)
         shape = rng.random()
-        if name == "frames":  # a batch's items: bytes, mostly frames
+        if name == "holding":  # a hello's [task_id, attempt, state, detail]
+            items.append(
+                [
+                    task_id,
+                    rng.choice([0, 1, -1, 2**63 - 1, "0", None]),
+                    rng.choice(["running", "queued", "resuming", "suspended", "finished"]),
+                    rng.choice(
+                        [
+                            None,
+                            [nasty_value(rng), nasty_value(rng)],
+                            [p.pack_payload(1), None, _nasty_stats(rng)],
+                            [None, ["E", "m", "t"], {}],
+                            [None, "err", []],
+                        ]
+                    ),
+                ]
+            )
+            if rng.random() < 0.2:
+                items[-1][2] = rng.choice(["failed", "done", 7])
+        elif name == "frames":  # a batch's items: bytes, mostly frames
             items.append(p.encode(p.Ping("x", 1)) if shape < 0.5 else rng.choice([b"\xc1", 3, "s"]))
         elif shape < 0.4:  # a result item, [task_id, outcome, value, error, stats]
             items.append(

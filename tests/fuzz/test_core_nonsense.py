@@ -11,6 +11,7 @@ snapshot. Seeded: a failure names its seed and step and replays exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections import deque
@@ -103,7 +104,8 @@ def test_well_formed_nonsense_never_breaks_the_core_and_real_tasks_finish_exactl
                 if instruction.executor_id in honest:
                     honest[instruction.executor_id].inbox.append(msg)
                 elif hasattr(msg, "task_id") or hasattr(msg, "chunk_id"):
-                    launched_to_liars.append(getattr(msg, "task_id", None) or msg.chunk_id)
+                    task_id = getattr(msg, "task_id", None)
+                    launched_to_liars.append(msg.chunk_id if task_id is None else task_id)
                     for t in getattr(msg, "subtasks", ()):
                         launched_to_liars.append(t[0])
             elif instruction.client_id == "c" and isinstance(instruction.message, p.Results):
@@ -148,8 +150,12 @@ def test_well_formed_nonsense_never_breaks_the_core_and_real_tasks_finish_exactl
                     handle(ExecutorReport(executor.executor_id, report))
             elif roll < 0.65:
                 liar = rng.choice(LIARS)
-                if not core.executors[liar].alive:  # it said goodbye, or fell silent: back
-                    handle(ExecutorJoined(p.Hello(p.PROTOCOL_VERSION, liar, "n", 1, 1, "h")))
+                if not core.executors[liar].alive or rng.random() < 0.02:
+                    # It said goodbye, or fell silent, or says hello again while alive: back,
+                    # claiming to hold whatever it likes (real tasks among them).
+                    hello = nonsense(rng, p.Hello, ids())
+                    hello = dataclasses.replace(hello, executor_id=liar)
+                    handle(ExecutorJoined(hello))
                 cls = rng.choice(REPORTS)
                 handle(ExecutorReport(liar, nonsense(rng, cls, ids())))
             elif roll < 0.8:
@@ -183,6 +189,8 @@ def test_well_formed_nonsense_never_breaks_the_core_and_real_tasks_finish_exactl
     assert not missing, f"seed {seed}: {len(missing)} tasks never completed, e.g. {missing[:3]}"
     twice = {t: r for t, r in results.items() if len(r) > 1}
     assert not twice, f"seed {seed}: completed more than once: {list(twice)[:3]}"
+    clock.now += 2 * core.lost_after_ns  # the liars stay silent past the loss timeout
+    handle(Tick())
     assert not any(e.alive for e in core.executors.values() if e.executor_id in LIARS)
     for executor in core.executors.values():
         assert not math.isnan(executor.memory_pressure) or executor.executor_id in LIARS

@@ -9,8 +9,9 @@ bounded rate, and carry on. Afterwards: the executor is alive and still heartbea
 every probe was answered, every real task finished with the right result, and its log
 stayed short.
 
-A valid `shutdown` or `reject` is an order an executor rightly obeys, so the fuzz never
-sends one (any frame that decodes to one, alone or in a batch, is skipped and counted).
+A valid `shutdown`, `reject` or `rejoin` is an order an executor rightly obeys (to stop, or
+to connect again), so the fuzz never sends one (any frame that decodes to one, alone or in a
+batch, is skipped and counted).
 
 TIDAL_FUZZ_FRAMES sets the number of frames (default 100,000), TIDAL_FUZZ_SEED the seed.
 """
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.slow
 FRAMES = int(os.environ.get("TIDAL_FUZZ_FRAMES", "100000"))
 SEED = int(os.environ.get("TIDAL_FUZZ_SEED", "1"))
 BLOCK = 500  # frames between probes: below the ROUTER's send high-water mark (1,000)
-ORDERS = (p.Shutdown, p.Reject)
+ORDERS = (p.Shutdown, p.Reject, p.Rejoin)
 PAYLOAD = p.pack_call([[1, 2, 3]], {})
 
 
@@ -62,7 +63,7 @@ NONSENSE = [cls for cls in p.MESSAGES.values() if cls not in (*ORDERS, p.Batch)]
 
 
 def is_order(frame: bytes) -> bool:
-    """Whether `frame` decodes to a shutdown or reject, alone or in a batch."""
+    """Whether `frame` decodes to one of ORDERS, alone or in a batch."""
     try:
         msg = p.decode(frame)
     except p.ProtocolError:

@@ -164,6 +164,23 @@ def test_unknown_job_options_of_mixed_key_types_are_refused_not_raised_on():
     assert outcome == "failed" and "unknown job options" in error[1]
 
 
+def test_a_task_lost_before_it_started_does_not_count_toward_max_retries():
+    # Executors that take tasks and vanish before starting them (a peer posing as one, with
+    # no keys configured) must not fail a job: only losses of a started task count.
+    h = Harness(max_retries=1, executors=())
+    (task,) = h.submit("b", "batch", 1)
+    for i in range(5):
+        h.join(f"hole{i}", "n")
+        assert [m.task_id for m in h.sent(f"hole{i}", p.Launch)] == [task]
+        h.handle(ExecutorLeft(f"hole{i}", "it said goodbye"))
+        assert h.state(task) is TaskState.PENDING
+    assert h.core.tasks[task].lost_on == []
+    h.join("e0", "n0")
+    h.start("e0", task, attempt=5)
+    h.finish("e0", task, attempt=5, result=7)
+    assert h.results[task][0][1] == "finished"
+
+
 def test_a_lost_executor_requeues_its_tasks_and_each_completes_exactly_once():
     h = Harness(heartbeat_ns=100 * MS, missed_heartbeats=3)
     batch = h.submit("b", "batch", 2)
