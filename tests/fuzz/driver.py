@@ -36,7 +36,7 @@ from typing import Any
 import zmq
 
 from runtime import protocol as p
-from tests.fuzz.frames import FrameFuzzer
+from tests.fuzz.frames import FrameFuzzer, decodes_to
 
 ROLES = {"unknown": 0.25, "client": 0.35, "executor": 0.3, "wrong_version": 0.1}
 # The share of registered sessions that end without a goodbye (their peers stay registered
@@ -104,16 +104,6 @@ def templates(peer_id: str) -> list[p.Message]:
 # every session's script depends on its identity; the handshakes and goodbyes of the
 # scripts themselves cover them.
 SCRIPTED = (p.Hello, p.ClientHello, p.Goodbye, p.ClientGoodbye)
-
-
-def scripted(frame: bytes) -> bool:
-    """Whether `frame` decodes to a SCRIPTED message, alone or in a batch."""
-    try:
-        msg = p.decode(frame)
-    except p.ProtocolError:
-        return False
-    items = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
-    return any(isinstance(item, SCRIPTED) for item in items)
 
 
 # Well-formed nonsense of these classes goes into bursts too (not handshakes or goodbyes, for
@@ -200,7 +190,7 @@ def run(
         count = min(session.burst, frames - counts["sent"])
         for _ in range(count):
             frame = fuzzer.frame()
-            while scripted(frame):
+            while decodes_to(frame, SCRIPTED):
                 counts["skipped"] += 1
                 frame = fuzzer.frame()
             session.sent.append(frame)

@@ -340,3 +340,13 @@ class FrameFuzzer:
 
     def _nonsense(self) -> bytes:
         return p.encode(nonsense(self.rng, self.rng.choice(self.nonsense_classes), self.ids))
+
+
+def decodes_to(frame: bytes, classes: tuple[type, ...]) -> bool:
+    """Whether `frame` decodes to a message of one of `classes`, alone or in a batch."""
+    try:
+        msg = p.decode(frame)
+    except p.ProtocolError:
+        return False
+    items = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
+    return any(isinstance(item, classes) for item in items)

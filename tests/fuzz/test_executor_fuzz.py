@@ -28,7 +28,7 @@ import pytest
 
 from runtime import protocol as p
 from runtime.stub import StubScheduler, spawn_executor, stop_process
-from tests.fuzz.frames import FrameFuzzer
+from tests.fuzz.frames import FrameFuzzer, decodes_to
 
 pytestmark = pytest.mark.slow
 
@@ -62,16 +62,6 @@ def templates(now: int) -> list[p.Message]:
 NONSENSE = [cls for cls in p.MESSAGES.values() if cls not in (*ORDERS, p.Batch)]
 
 
-def is_order(frame: bytes) -> bool:
-    """Whether `frame` decodes to one of ORDERS, alone or in a batch."""
-    try:
-        msg = p.decode(frame)
-    except p.ProtocolError:
-        return False
-    items = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
-    return any(isinstance(item, ORDERS) for item in items)
-
-
 def test_hostile_frames_from_its_scheduler_never_stop_an_executor(capfd):
     rng = random.Random(SEED)
     fuzzer = FrameFuzzer(
@@ -93,7 +83,7 @@ def test_hostile_frames_from_its_scheduler_never_stop_an_executor(capfd):
                 block += 1
                 for _ in range(min(BLOCK, FRAMES - sent)):
                     frame = fuzzer.frame()
-                    if is_order(frame):
+                    if decodes_to(frame, ORDERS):
                         skipped += 1
                         continue
                     stub.send_frame(executor_id, frame)
