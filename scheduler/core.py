@@ -56,7 +56,6 @@ from scheduler.state import (
     SLOT_STATES,
     ClusterView,
     Executor,
-    ExecutorView,
     Job,
     PendingQueues,
     Task,
@@ -439,11 +438,11 @@ class SchedulerCore:
         self._slot_freed(executor)
 
     def _slot_freed(self, executor: Executor) -> None:
-        self._consult(lambda pol: pol.slot_freed(self.view, ExecutorView(executor, self)))
+        self._consult(lambda pol: pol.slot_freed(self.view, self.view.view_of(executor)))
 
     def _on_heartbeat(self, executor: Executor, beat: p.Heartbeat) -> None:
         executor.add_metrics(beat)
-        self._consult(lambda pol: pol.metrics_updated(self.view, ExecutorView(executor, self)))
+        self._consult(lambda pol: pol.metrics_updated(self.view, self.view.view_of(executor)))
 
     def _on_started(self, executor: Executor, msg: p.Started) -> None:
         task = self._task_on(executor, msg.task_id)

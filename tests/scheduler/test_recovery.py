@@ -24,8 +24,7 @@ def result_of(h, task_id):
 
 def first_life(path, **options):
     """A scheduler that runs jobs until it 'crashes' with its journal committed."""
-    h = Harness(journal=Journal(path), **HEARTBEAT, **options)
-    return h
+    return Harness(journal=Journal(path), **HEARTBEAT, **options)
 
 
 def restart(h, path, **options):
