@@ -268,16 +268,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_executor(args: argparse.Namespace) -> int:
-    from runtime.auth import KeyFileError, load_peer_keys
+    from runtime.auth import KeyFileError
     from runtime.executor import Executor
     from runtime.memory import parse_size
 
-    if args.keys is not None:
-        try:  # fail here, naming the file, rather than in a traceback
-            load_peer_keys(args.keys)
-        except KeyFileError as exc:
-            print(f"tidal executor: {exc}", file=sys.stderr)
-            return 2
     try:
         memory_limit = None if args.memory_limit is None else parse_size(args.memory_limit)
         executor = Executor(
@@ -292,6 +286,9 @@ def _run_executor(args: argparse.Namespace) -> int:
             memory_limit=memory_limit,
             keys=args.keys,
         )
+    except KeyFileError as exc:  # the executor reads its keys first: fail naming the file
+        print(f"tidal executor: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:  # a bad --memory-limit, or one below the executor's own RSS
         print(f"tidal executor: --memory-limit: {exc}", file=sys.stderr)
         return 2

@@ -125,8 +125,7 @@ class Executor:
         self._task_tid: int | None = None  # the task thread's id, once run() has started
         self.memory_limit = memory_limit
         self._rss = RssProbe()
-        if memory_limit is not None and self._rss() >= memory_limit:
-            rss = self._rss()
+        if memory_limit is not None and (rss := self._rss()) >= memory_limit:
             self._rss.close()
             raise ValueError(
                 f"a memory limit of {format_size(memory_limit)} is below this executor's own "
@@ -139,12 +138,7 @@ class Executor:
         self._to_listener = self._context.socket(zmq.PAIR)
         self._to_listener.bind(self._inproc)
         # The task thread's own connection for reports (see the module docstring).
-        self._reports = self._context.socket(zmq.DEALER)
-        self._reports.linger = 1000
-        self._reports.sndhwm = 100_000
-        secure_peer(self._reports, self.keys)
-        self._reports.connect(scheduler)
-        self._reports.send(p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id)))
+        self._reports = self._open_reports()
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
         # Results sent and not acked yet, as hello.holding items, by task id. Added by the
@@ -220,6 +214,16 @@ class Executor:
             self._rss.close()
         return self.exit_code
 
+    def _open_reports(self) -> zmq.Socket:
+        """A new report connection to the scheduler, announced with `attach`."""
+        reports = self._context.socket(zmq.DEALER)
+        reports.linger = 1000
+        reports.sndhwm = 100_000
+        secure_peer(reports, self.keys)
+        reports.connect(self.scheduler)
+        reports.send(p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id)))
+        return reports
+
     def _emit(self, msg: p.Message) -> None:
         """Queue a kernel report; the kernel flushes at its next switch (`_flush_reports`).
 
@@ -262,12 +266,7 @@ class Executor:
         if self._reports_generation != self._link_generation:
             self._reports_generation = self._link_generation
             self._reports.close(linger=0)
-            self._reports = self._context.socket(zmq.DEALER)
-            self._reports.linger = 1000
-            self._reports.sndhwm = 100_000
-            secure_peer(self._reports, self.keys)
-            self._reports.connect(self.scheduler)
-            self._reports.send(p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id)))
+            self._reports = self._open_reports()
         frame = outbox[0] if len(outbox) == 1 else p.encode(p.Batch(list(outbox)))
         outbox.clear()
         self._outbox_bytes = 0
@@ -275,8 +274,6 @@ class Executor:
             self._reports.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self._dropped("dropped reports: the scheduler is not reading them")
-
-    # ---- listener thread ----------------------------------------------------------------------
 
     def _priority_changed(self, priority: str) -> None:
         """The kernel is about to run a task of another class: give the thread its nice."""
@@ -290,6 +287,8 @@ class Executor:
                 nice,
             )
             self._task_tid = None  # do not try again on every switch
+
+    # ---- listener thread ----------------------------------------------------------------------
 
     def _listen(self) -> None:
         realtime_this_thread(self.realtime)
@@ -413,9 +412,7 @@ class Executor:
                     for item in batch:
                         self._handle(item, handlers)
                     if self._dealer is not dealer:  # a rejoin: read the new connection
-                        poller.unregister(dealer)
-                        dealer = self._dealer
-                        poller.register(dealer, zmq.POLLIN)
+                        dealer = self._follow_dealer(poller, dealer)
                         break
 
             self._bad_input.tick()  # the periodic summary of suppressed log lines, if any
@@ -461,10 +458,7 @@ class Executor:
                 self._last_heard = now
             if self._welcomed:
                 rejoin_deadline = float("inf")
-            if self._dealer is not dealer:
-                poller.unregister(dealer)
-                dealer = self._dealer
-                poller.register(dealer, zmq.POLLIN)
+            dealer = self._follow_dealer(poller, dealer)
             if not self._welcomed and not self._rejoining and now > connect_deadline:
                 log.error(
                     "no answer from a scheduler at %s within %.0f s",
@@ -480,6 +474,14 @@ class Executor:
                 next_heartbeat = now + self._heartbeat_s
             elif not self._welcomed:
                 next_heartbeat = now + 0.1
+
+    def _follow_dealer(self, poller: zmq.Poller, dealer: zmq.Socket) -> zmq.Socket:
+        """The command connection to poll: `dealer`, or the new one a rejoin opened."""
+        if self._dealer is not dealer:
+            poller.unregister(dealer)
+            dealer = self._dealer
+            poller.register(dealer, zmq.POLLIN)
+        return dealer
 
     def _handle(self, msg: p.Message | p.ProtocolError, handlers: dict[type, Any]) -> None:
         """Handle one command from the scheduler, or drop it with a (rate-limited) log line."""

@@ -316,19 +316,13 @@ class Kernel:
         """What this kernel holds, as `hello.holding` lists it: `[task_id, attempt, state,
         detail]` per task, detail the unreported subtask ids of a chunk (else None).
         Callable from another thread: it reads copies."""
-        names = {
-            TaskState.QUEUED: "queued",
-            TaskState.RUNNING: "running",
-            TaskState.RESUMING: "resuming",
-            TaskState.SUSPENDED: "suspended",
-        }
         held = []
         for record in list(self._tasks.values()):
-            name = names.get(record.state)
-            if name is not None:
+            state = record.state  # read once: the hub may change it meanwhile
+            if state is not TaskState.DONE:
                 unreported = record.unreported
                 detail = None if unreported is None else list(unreported)
-                held.append([record.task_id, record.attempt, name, detail])
+                held.append([record.task_id, record.attempt, state.value, detail])
         return held
 
     def _post(self, command: _Command) -> None:

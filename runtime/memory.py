@@ -55,7 +55,7 @@ __all__ = [
 MEMORY_POLL_MS = 25
 # How long a task chosen to pay may take to reach a record boundary before the executor
 # gives up on stopping it and exits. Tidal tasks reach one per record, so a task that does
-# not within a second is in code the gate cannot interrupt.
+# not within this grace is in code the gate cannot interrupt.
 MEMORY_FAIL_GRACE_NS = 250_000_000
 
 _UNITS = {
