@@ -84,7 +84,6 @@ def train_on(
 class StreamRun:
     """What one stream run submitted and measured."""
 
-    cuts_ms: list[int] = field(default_factory=list)  # the micro-batches, by cut time
     futures: list[TaskFuture] = field(default_factory=list)
     events: list[list[list[Any]]] = field(default_factory=list)
     word_topics: list[Sequence[int]] = field(default_factory=list)  # the model each used
@@ -136,7 +135,6 @@ def run_stream(
         submitted = time.monotonic()
         future = client.submit(score_views, events, word_topics=word_topics, spec=spec)
         future.add_done_callback(partial(_record_latency, run, len(run.futures), submitted))
-        run.cuts_ms.append(cut_ms)
         run.futures.append(future)
         if keep_inputs:
             run.events.append(events)

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 TIMEOUT_S = {True: 300.0, False: 1800.0}  # per benchmark, quick or not
+MARKS = {True: "[green]met[/]", False: "[red]missed[/]", None: "[yellow]n/a[/]"}  # by verdict
 
 
 def targets_of(name: str) -> dict[str, tuple[str, float]]:
@@ -130,9 +131,8 @@ def verdicts(
 
 
 def _status_line(figures: dict[str, Any]) -> str:
-    marks = {True: "[green]met[/]", False: "[red]missed[/]", None: "[yellow]n/a[/]"}
     parts = [
-        f"{figure} {_shown(value)} {marks[met]}"
+        f"{figure} {_shown(value)} {MARKS[met]}"
         for figure, value, _, met in verdicts(figures, targets_of(figures["benchmark"]))
     ]
     return "; ".join(parts) or "done"
@@ -164,14 +164,13 @@ def print_results(figures: dict[str, Any], console: Console | None = None) -> No
     console = console or Console()
     name = figures["benchmark"]
     checks = {f: (target, met) for f, _, target, met in verdicts(figures, targets_of(name))}
-    marks = {True: " [green]met[/]", False: " [red]missed[/]", None: " [yellow]n/a[/]"}
     table = Table(title=f"tidal bench {name}" + (" --quick" if figures.get("quick") else ""))
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("target", justify="right")
     for key, value in flatten(figures):
         target, met = checks.get(key, ("", False))
-        table.add_row(key, _shown(value), target + (marks[met] if target else ""))
+        table.add_row(key, _shown(value), f"{target} {MARKS[met]}" if target else "")
     console.print(table)
     console.print(_machine_line(figures))
 
@@ -191,12 +190,11 @@ def print_summary(results: dict[str, Any], console: Console | None = None) -> No
     table = Table(title="tidal bench all" + (" --quick" if results["quick"] else ""))
     for column in ("benchmark", "figure", "value", "target", ""):
         table.add_column(column, justify="right" if column in ("value", "target") else "left")
-    marks = {True: "[green]met[/]", False: "[red]missed[/]", None: "[yellow]n/a[/]"}
     for name, figures in results["benchmarks"].items():
         if "error" in figures:
             table.add_row(name, "", "", "", f"[red]failed[/]: {figures['error'].splitlines()[-1]}")
             continue
         for figure, value, target, met in verdicts(figures, targets_of(name)):
-            table.add_row(name, figure, _shown(value), target, marks[met])
+            table.add_row(name, figure, _shown(value), target, MARKS[met])
     console.print(table)
     console.print(_machine_line(results) + f"; {results['total_s']:.0f} s in all")

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.bench import percentile
 from runtime.bench.peers import (
     BATCH_PRIORITY,
     DaskStreamClient,
@@ -85,15 +84,20 @@ def train_dask(
         return trainer.model, time.monotonic() - start, {}
 
 
-def _figures(run: PolicyRun) -> dict[str, Any]:
-    return {
-        "stream_ms_p50": percentile(run.latencies_ms, 50),
-        "stream_ms_p99": percentile(run.latencies_ms, 99),
-        "batch_makespan_s": run.batch["makespan_s"],
-        "micro_batches": run.micro_batches,
-        "stream_exact": run.stream_exact,
-        "model_digest": run.batch["model_digest"],
-    }
+# The figures of a backend's run: a part of its report.json row (runtime/demo.py).
+FIGURES = (
+    "stream_ms_p50",
+    "stream_ms_p99",
+    "batch_makespan_s",
+    "micro_batches",
+    "stream_exact",
+    "model_digest",
+)
+
+
+def _figures(run: PolicyRun, *extra: str) -> dict[str, Any]:
+    row = run.row()
+    return {name: row[name] for name in (*FIGURES, *extra)}
 
 
 def run(quick: bool = False, config: DemoConfig | None = None) -> dict[str, Any]:
@@ -113,7 +117,7 @@ def run(quick: bool = False, config: DemoConfig | None = None) -> dict[str, Any]
         ):
             tidal = run_unified("tidal", client, (cluster.address, train_tidal), *job)
         result: dict[str, Any] = {
-            "tidal": _figures(tidal) | {"suspensions": tidal.batch["suspensions"]},
+            "tidal": _figures(tidal, "suspensions"),
             "dask": None,
             "stream_p99_ratio": None,
             "makespan_ratio": None,
@@ -127,11 +131,12 @@ def run(quick: bool = False, config: DemoConfig | None = None) -> dict[str, Any]
                     (dask_client.scheduler.address, train_dask),
                     *job,
                 )
-            result["dask"] = _figures(dask)
+            ours = result["tidal"]
+            theirs = result["dask"] = _figures(dask)
             result["dask_versions"] = dask_versions()
-            result["stream_p99_ratio"] = dask.row()["stream_ms_p99"] / tidal.row()["stream_ms_p99"]
-            result["makespan_ratio"] = tidal.batch["makespan_s"] / dask.batch["makespan_s"]
-            result["same_model"] = tidal.batch["model_digest"] == dask.batch["model_digest"]
+            result["stream_p99_ratio"] = theirs["stream_ms_p99"] / ours["stream_ms_p99"]
+            result["makespan_ratio"] = ours["batch_makespan_s"] / theirs["batch_makespan_s"]
+            result["same_model"] = ours["model_digest"] == theirs["model_digest"]
         else:
             result["dask_skipped"] = missing
     result["config"] = {

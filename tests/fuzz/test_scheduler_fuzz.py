@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import time
 import psutil
 import pytest
 
+from runtime.bench import percentile
 from runtime.client import Client
 from runtime.cluster import LocalCluster
 from runtime.guard import MAX_TRACKED_PEERS
@@ -51,10 +51,6 @@ def real_round(client: Client, rng: random.Random) -> float:
     latency_ms = (time.perf_counter() - start) * 1000
     assert client.gather(batch, timeout=60) == [sum(part) for part in parts]
     return latency_ms
-
-
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if values else 0.0
 
 
 def test_hostile_frames_while_real_jobs_run(capfd):
