@@ -9,6 +9,6 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("runtime._cgate", sources=["runtime/_gate.c"], optional=True),
+        Extension("tidal.runtime._cgate", sources=["runtime/_gate.c"], optional=True),
     ]
 )

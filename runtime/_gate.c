@@ -90,7 +90,7 @@ static PyMemberDef gate_members[] = {
 
 static PyTypeObject GateType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "runtime._cgate.Gate",
+    .tp_name = "tidal.runtime._cgate.Gate",
     .tp_doc = PyDoc_STR("Gate(hook=None): the flag every GatedIterator checks per record."),
     .tp_basicsize = sizeof(Gate),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
@@ -200,7 +200,7 @@ static PyMethodDef gated_methods[] = {
 
 static PyTypeObject GatedIteratorType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "runtime._cgate.GatedIterator",
+    .tp_name = "tidal.runtime._cgate.GatedIterator",
     .tp_doc = PyDoc_STR("GatedIterator(iterable, gate): iterate, stopping at the gate per record."),
     .tp_basicsize = sizeof(GatedIterator),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
@@ -214,7 +214,7 @@ static PyTypeObject GatedIteratorType = {
 };
 
 static struct PyModuleDef cgate_module = {
-    PyModuleDef_HEAD_INIT, "runtime._cgate",
+    PyModuleDef_HEAD_INIT, "tidal.runtime._cgate",
     "C implementation of the record gate (see runtime/gate.py).", -1, NULL,
 };
 

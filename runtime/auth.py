@@ -41,7 +41,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from runtime import protocol as p
+from tidal.runtime import protocol as p
 
 __all__ = [
     "AuthenticationFailed",

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tidal import __version__
+
 PEER_KEYS_HELP = "connect with DIR/peer.key_secret to a scheduler keyed DIR/scheduler.key"
 
 
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tidal", description="Tidal: suspendable tasks for unified stream/batch applications."
     )
+    parser.add_argument("--version", action="version", version=f"tidal {__version__}")
     parser.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
@@ -234,7 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     timeline.add_argument("--title", default=None, help="the plot's title")
     timeline.set_defaults(run=_run_timeline)
 
-    from runtime.bench import BENCHMARKS
+    from tidal.runtime.bench import BENCHMARKS
 
     bench = commands.add_parser(
         "bench", help="run a benchmark, or all of them (see docs/benchmarks.md)"
@@ -268,9 +271,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_executor(args: argparse.Namespace) -> int:
-    from runtime.auth import KeyFileError
-    from runtime.executor import Executor
-    from runtime.memory import parse_size
+    from tidal.runtime.auth import KeyFileError
+    from tidal.runtime.executor import Executor
+    from tidal.runtime.memory import parse_size
 
     try:
         memory_limit = None if args.memory_limit is None else parse_size(args.memory_limit)
@@ -296,8 +299,8 @@ def _run_executor(args: argparse.Namespace) -> int:
 
 
 def _run_scheduler(args: argparse.Namespace) -> int:
-    from scheduler.policies import UnknownPolicy, resolve_policy
-    from scheduler.server import serve
+    from tidal.scheduler.policies import UnknownPolicy, resolve_policy
+    from tidal.scheduler.server import serve
 
     try:
         resolve_policy(args.policy)
@@ -305,7 +308,7 @@ def _run_scheduler(args: argparse.Namespace) -> int:
         print(f"tidal scheduler: {exc}", file=sys.stderr)
         return 2
     if args.keys is not None:  # the warning on a bind beyond loopback without keys: server
-        from runtime.auth import KeyFileError, load_server_keys
+        from tidal.runtime.auth import KeyFileError, load_server_keys
 
         try:
             load_server_keys(args.keys)
@@ -325,7 +328,7 @@ def _run_scheduler(args: argparse.Namespace) -> int:
     if args.max_retries < 0:
         print("tidal scheduler: --max-retries must be >= 0", file=sys.stderr)
         return 2
-    from scheduler.journal import JournalError, default_journal_path
+    from tidal.scheduler.journal import JournalError, default_journal_path
 
     journal = None if args.no_journal else (args.journal or default_journal_path(args.bind))
     try:
@@ -354,7 +357,7 @@ def _run_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from runtime.client import Client
+    from tidal.runtime.client import Client
 
     try:
         with Client(args.scheduler, timeout=5.0, keys=args.keys) as client:
@@ -413,7 +416,7 @@ def _run_status(args: argparse.Namespace) -> int:
 
 
 def _run_policy_set(args: argparse.Namespace) -> int:
-    from runtime.client import Client
+    from tidal.runtime.client import Client
 
     try:
         with Client(args.scheduler, timeout=5.0, keys=args.keys) as client:
@@ -429,7 +432,7 @@ def _run_policy_set(args: argparse.Namespace) -> int:
 
 
 def _run_policy_list(args: argparse.Namespace) -> int:
-    from scheduler.policies import known_policy_names
+    from tidal.scheduler.policies import known_policy_names
 
     for name in known_policy_names():
         print(name)
@@ -437,7 +440,7 @@ def _run_policy_list(args: argparse.Namespace) -> int:
 
 
 def _run_keys_generate(args: argparse.Namespace) -> int:
-    from runtime.auth import generate_keys
+    from tidal.runtime.auth import generate_keys
 
     try:
         written = generate_keys(args.dir, peer=args.peer, force=args.force)
@@ -457,8 +460,8 @@ def _run_keys_generate(args: argparse.Namespace) -> int:
 def _run_timeline(args: argparse.Namespace) -> int:
     import os
 
-    from runtime.timeline import plot_timeline
-    from scheduler.eventlog import read_events
+    from tidal.runtime.timeline import plot_timeline
+    from tidal.scheduler.eventlog import read_events
 
     out = args.out or os.path.splitext(args.log)[0] + ".png"
     if os.path.abspath(out) == os.path.abspath(args.log):  # never draw over the log itself
@@ -476,7 +479,7 @@ def _run_timeline(args: argparse.Namespace) -> int:
 def _run_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from runtime.bench import suite
+    from tidal.runtime.bench import suite
 
     if args.name == "all":
         results = suite.run_all(quick=args.quick)
@@ -503,8 +506,8 @@ def _run_bench(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from runtime import demo
-    from scheduler.policies import UnknownPolicy, resolve_policy
+    from tidal.runtime import demo
+    from tidal.scheduler.policies import UnknownPolicy, resolve_policy
 
     policies = demo.parse_policies(args.policies)
     try:

@@ -52,12 +52,12 @@ from typing import Any
 
 import zmq
 
-from runtime import protocol as p
-from runtime.auth import AuthenticationFailed, HandshakeWatch, load_peer_keys, secure_peer
-from runtime.functions import function_ref
+from tidal.runtime import protocol as p
+from tidal.runtime.auth import AuthenticationFailed, HandshakeWatch, load_peer_keys, secure_peer
+from tidal.runtime.functions import function_ref
 
-# Re-exported, so `from runtime.client import TaskFuture, gather, ...` keeps working.
-from runtime.futures import (
+# Re-exported, so `from tidal.runtime.client import TaskFuture, gather, ...` keeps working.
+from tidal.runtime.futures import (
     MemoryLimitExceeded,
     RemoteTraceback,
     TaskError,
@@ -66,8 +66,8 @@ from runtime.futures import (
     as_completed,
     gather,
 )
-from runtime.realtime import realtime_io_threads, realtime_this_thread
-from runtime.task import PRIORITY_CLASSES, TaskFunction
+from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
+from tidal.runtime.task import PRIORITY_CLASSES, TaskFunction
 
 __all__ = [
     "AuthenticationFailed",

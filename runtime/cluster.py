@@ -27,11 +27,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.auth import generate_keys, load_peer_keys
-from runtime.memory import parse_size
-from runtime.stub import child_env, spawn_executor, stop_process
-from scheduler.policies import resolve_policy
-from scheduler.server import ANNOUNCEMENT
+from tidal.runtime.auth import generate_keys, load_peer_keys
+from tidal.runtime.memory import parse_size
+from tidal.runtime.processes import child_env, spawn_executor, stop_process
+from tidal.scheduler.policies import resolve_policy
+from tidal.scheduler.server import ANNOUNCEMENT
 
 __all__ = ["ClusterStartError", "LocalCluster"]
 
@@ -169,7 +169,7 @@ class LocalCluster:
 
     def _start_scheduler(self, bind: str, timeout: float) -> None:
         process = subprocess.Popen(
-            [sys.executable, "-m", "runtime", *self._scheduler_args, "--bind", bind],
+            [sys.executable, "-m", "tidal", *self._scheduler_args, "--bind", bind],
             stdout=subprocess.PIPE,
             env=child_env(),
         )
@@ -186,7 +186,7 @@ class LocalCluster:
         self.address = line[len(ANNOUNCEMENT) :].strip()
 
     def _wait_for_executors(self, count: int, timeout: float) -> None:
-        from runtime.client import Client
+        from tidal.runtime.client import Client
 
         alive = 0
 

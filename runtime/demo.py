@@ -37,13 +37,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from runtime import report
-from runtime.bench import percentile
-from runtime.client import Client
-from runtime.cluster import LocalCluster
-from workloads.ads import AdSpec, generate_events
-from workloads.topics import Corpus, CorpusSpec, TopicModel, Trainer, make_corpus, resample
-from workloads.unified import StreamRun, run_stream, score_views, train_on
+from tidal.runtime import report
+from tidal.runtime.bench import percentile
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.workloads.ads import AdSpec, generate_events
+from tidal.workloads.topics import Corpus, CorpusSpec, TopicModel, Trainer, make_corpus, resample
+from tidal.workloads.unified import StreamRun, run_stream, score_views, train_on
 
 __all__ = ["DemoConfig", "run"]
 

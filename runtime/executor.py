@@ -50,13 +50,13 @@ from typing import Any
 import psutil
 import zmq
 
-from runtime import protocol as p
-from runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
-from runtime.functions import FunctionRef
-from runtime.guard import PeerGuard
-from runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
-from runtime.memory import MEMORY_POLL_MS, Exit, FailTask, MemoryGuard, RssProbe, format_size
-from runtime.realtime import (
+from tidal.runtime import protocol as p
+from tidal.runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
+from tidal.runtime.functions import FunctionRef
+from tidal.runtime.guard import PeerGuard
+from tidal.runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
+from tidal.runtime.memory import MEMORY_POLL_MS, Exit, FailTask, MemoryGuard, RssProbe, format_size
+from tidal.runtime.realtime import (
     DEFAULT_STREAM_NICE,
     DEFAULT_TASK_NICE,
     lower_this_thread,

@@ -66,7 +66,7 @@ def py_gated_iterator(iterable: Iterable[Any], gate: PyGate) -> Iterator[Any]:
 try:
     if os.environ.get("TIDAL_PURE_PYTHON_GATE"):
         raise ImportError("TIDAL_PURE_PYTHON_GATE is set")
-    from runtime._cgate import Gate, GatedIterator
+    from tidal.runtime._cgate import Gate, GatedIterator
 
     IMPLEMENTATION = "c"
 except ImportError:  # pragma: no cover - exercised by the pure-Python test run

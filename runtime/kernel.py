@@ -40,10 +40,10 @@ from typing import Any
 
 import greenlet
 
-from runtime import protocol as p
-from runtime.functions import FunctionRef
-from runtime.gate import Gate, GatedIterator
-from runtime.task import PRIORITY_CLASSES, TaskContext, gate_arguments
+from tidal.runtime import protocol as p
+from tidal.runtime.functions import FunctionRef
+from tidal.runtime.gate import Gate, GatedIterator
+from tidal.runtime.task import PRIORITY_CLASSES, TaskContext, gate_arguments
 
 __all__ = ["Kernel", "TaskKilled", "TaskState"]
 

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runtime.timeline import PlottingUnavailable, new_figure, plot_timeline
-from scheduler.eventlog import read_events
+from tidal.runtime.timeline import PlottingUnavailable, new_figure, plot_timeline
+from tidal.scheduler.eventlog import read_events
 
 __all__ = ["plot_latency_cdf", "summary_table", "write_report"]
 

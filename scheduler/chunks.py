@@ -31,12 +31,12 @@ import math
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from runtime import protocol as p
-from scheduler import decisions as d
-from scheduler.state import Executor, Job, Task, TaskState, stat_count
+from tidal.runtime import protocol as p
+from tidal.scheduler import decisions as d
+from tidal.scheduler.state import Executor, Job, Task, TaskState, stat_count
 
 if TYPE_CHECKING:
-    from scheduler.core import SchedulerCore
+    from tidal.scheduler.core import SchedulerCore
 
 log = logging.getLogger("tidal.scheduler")
 

@@ -27,11 +27,11 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from runtime import protocol as p
-from scheduler import chunks as ch
-from scheduler import decisions as d
-from scheduler import recovery
-from scheduler.events import (
+from tidal.runtime import protocol as p
+from tidal.scheduler import chunks as ch
+from tidal.scheduler import decisions as d
+from tidal.scheduler import recovery
+from tidal.scheduler.events import (
     ClientJoined,
     ClientRequest,
     Event,
@@ -43,8 +43,8 @@ from scheduler.events import (
     ToClient,
     ToExecutor,
 )
-from scheduler.journal import NullJournal
-from scheduler.policies import (
+from tidal.scheduler.journal import NullJournal
+from tidal.scheduler.policies import (
     BUILTIN_POLICIES,
     DEFAULT_POLICY,
     Policy,
@@ -52,7 +52,7 @@ from scheduler.policies import (
     known_policy_names,
     resolve_policy,
 )
-from scheduler.state import (
+from tidal.scheduler.state import (
     SLOT_STATES,
     ClusterView,
     Executor,

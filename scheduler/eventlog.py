@@ -21,8 +21,8 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from runtime import protocol as p
-from scheduler.events import (
+from tidal.runtime import protocol as p
+from tidal.scheduler.events import (
     ClientRequest,
     Event,
     ExecutorJoined,
@@ -33,11 +33,11 @@ from scheduler.events import (
     ToClient,
     ToExecutor,
 )
-from scheduler.policies.adaptive import AdaptivePolicy
+from tidal.scheduler.policies.adaptive import AdaptivePolicy
 
 if TYPE_CHECKING:
-    from scheduler.core import SchedulerCore
-    from scheduler.state import Executor
+    from tidal.scheduler.core import SchedulerCore
+    from tidal.scheduler.state import Executor
 
 __all__ = ["FORMAT", "EventLog", "EventRecorder", "read_events"]
 

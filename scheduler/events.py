@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime import protocol as p
+from tidal.runtime import protocol as p
 
 __all__ = [
     "ClientJoined",

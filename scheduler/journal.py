@@ -43,7 +43,7 @@ from typing import Any
 
 import msgpack
 
-from runtime import protocol as p
+from tidal.runtime import protocol as p
 
 __all__ = ["Journal", "JournalError", "JournalState", "NullJournal", "default_journal_path"]
 

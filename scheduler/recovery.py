@@ -27,13 +27,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from runtime import protocol as p
-from scheduler import chunks as ch
-from scheduler.state import Executor, Task, TaskState
+from tidal.runtime import protocol as p
+from tidal.scheduler import chunks as ch
+from tidal.scheduler.state import Executor, Task, TaskState
 
 if TYPE_CHECKING:
-    from scheduler.core import SchedulerCore
-    from scheduler.journal import JournalState
+    from tidal.scheduler.core import SchedulerCore
+    from tidal.scheduler.journal import JournalState
 
 log = logging.getLogger("tidal.scheduler")
 

@@ -42,19 +42,19 @@ from typing import Any
 
 import zmq
 
-from runtime import protocol as p
-from runtime.auth import SchedulerAuth, is_loopback
-from runtime.guard import BAD_FRAME_LIMIT, COOLDOWN_S, PeerGuard
-from runtime.realtime import realtime_io_threads, realtime_this_thread
-from scheduler.core import (
+from tidal.runtime import protocol as p
+from tidal.runtime.auth import SchedulerAuth, is_loopback
+from tidal.runtime.guard import BAD_FRAME_LIMIT, COOLDOWN_S, PeerGuard
+from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
+from tidal.scheduler.core import (
     DEFAULT_HEARTBEAT_NS,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_SUSPENSIONS,
     DEFAULT_MISSED_HEARTBEATS,
     SchedulerCore,
 )
-from scheduler.eventlog import EventLog
-from scheduler.events import (
+from tidal.scheduler.eventlog import EventLog
+from tidal.scheduler.events import (
     ClientJoined,
     ClientRequest,
     Event,
@@ -65,7 +65,7 @@ from scheduler.events import (
     Tick,
     ToClient,
 )
-from scheduler.journal import Journal
+from tidal.scheduler.journal import Journal
 
 __all__ = ["DEFAULT_BIND", "SchedulerServer"]
 

@@ -72,13 +72,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from runtime import protocol as p
-from runtime.bench import percentile
-from runtime.task import PRIORITY_CLASSES
-from scheduler.chunks import check_chunksize
-from scheduler.core import SchedulerCore
-from scheduler.eventlog import EventLog
-from scheduler.events import (
+from tidal.runtime import protocol as p
+from tidal.runtime.bench import percentile
+from tidal.runtime.task import PRIORITY_CLASSES
+from tidal.scheduler.chunks import check_chunksize
+from tidal.scheduler.core import SchedulerCore
+from tidal.scheduler.eventlog import EventLog
+from tidal.scheduler.events import (
     ClientJoined,
     ClientRequest,
     Event,
@@ -89,7 +89,7 @@ from scheduler.events import (
 )
 
 # EventLoop and SimExecutor are re-exported (tests import them from here); _ns is shared.
-from scheduler.sim_executor import (
+from tidal.scheduler.sim_executor import (
     DEFAULT_RECORD_S,
     DEFAULT_SUSPEND_LATENCY_S,
     EventLoop,

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runtime import protocol as p
-from runtime.kernel import CHUNK_REPORT_EVERY, CHUNK_REPORT_NS
-from runtime.task import PRIORITY_CLASSES
+from tidal.runtime import protocol as p
+from tidal.runtime.kernel import CHUNK_REPORT_EVERY, CHUNK_REPORT_NS
+from tidal.runtime.task import PRIORITY_CLASSES
 
 __all__ = ["EventLoop", "ExecutorTask", "SimExecutor"]
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
-from runtime import protocol as p
+from tidal.runtime import protocol as p
 
 if TYPE_CHECKING:
-    from scheduler.core import SchedulerCore
+    from tidal.scheduler.core import SchedulerCore
 
 __all__ = [
     "ClusterView",
@@ -482,7 +482,7 @@ def check_submission(msg: p.Submit, jobs: dict[str, Job], tasks: dict[str, Task]
         return f"a job with id {msg.job_id!r} exists already"
     if not msg.tasks:
         return "the job has no tasks"
-    from scheduler.chunks import check_chunksize  # state is imported by chunks
+    from tidal.scheduler.chunks import check_chunksize  # state is imported by chunks
 
     problem = check_chunksize(msg.options)
     if problem:

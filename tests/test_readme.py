@@ -5,8 +5,8 @@ from __future__ import annotations
 import pathlib
 import re
 
-from runtime import protocol as p
 from tests.scheduler.test_core import Harness
+from tidal.runtime import protocol as p
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -36,3 +36,11 @@ def test_the_write_your_own_policy_example_works():
     h.finish("e0", stream)
     assert [(type(m), m.task_id) for m in h.sent("e0")] == [(p.Resume, "new/0")]
     assert h.core.refused == []
+
+
+def test_every_readme_example_imports_from_tidal_alone():
+    # One public face: a first program needs no submodule of tidal.
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    imports = [line for b in blocks for line in b.splitlines() if "import" in line]
+    assert any(line.startswith("from tidal import") for line in imports)
+    assert [line for line in imports if "tidal." in line] == []

@@ -1,18 +1,93 @@
-"""Tidal's public API in one import (`import tidal`); the code lives in `runtime/`."""
+"""Tidal: suspendable tasks for unified stream/batch applications, in one import.
 
-from runtime.functions import FunctionNotFound
-from runtime.kernel import Kernel, TaskKilled
-from runtime.protocol import PROTOCOL_VERSION, ProtocolError
-from runtime.task import Partition, TaskContext, current_context, task
+Everything a program needs is here: `from tidal import Client, LocalCluster, task`. The code
+lives in three subpackages (the repository's `runtime/`, `scheduler/` and `workloads/`):
+`tidal.runtime` (tasks, the record gate, the executor's kernel, the wire protocol, the
+client and the CLI), `tidal.scheduler` (the scheduler core, its policies and its server) and
+`tidal.workloads` (the demo's stream and batch jobs). tests/test_layers.py holds which of them
+may import which.
+"""
+
+__version__ = "0.1.0"
+
+from typing import TYPE_CHECKING, Any
+
+# Discussion: the public names load when first used (PEP 562), not on `import tidal`: every
+# `tidal` command and every executor process imports this package first, and the client
+# and cluster alone cost ~0.1-0.2 s to import, which `tidal status` or an executor's start
+# should not pay. `from tidal import Client` works the same either way.
+_HOMES = {
+    "Client": "tidal.runtime.client",
+    "LocalCluster": "tidal.runtime.cluster",
+    "FunctionNotFound": "tidal.runtime.functions",
+    "TaskError": "tidal.runtime.futures",
+    "TaskFuture": "tidal.runtime.futures",
+    "as_completed": "tidal.runtime.futures",
+    "gather": "tidal.runtime.futures",
+    "Kernel": "tidal.runtime.kernel",
+    "TaskKilled": "tidal.runtime.kernel",
+    "PROTOCOL_VERSION": "tidal.runtime.protocol",
+    "ProtocolError": "tidal.runtime.protocol",
+    "Partition": "tidal.runtime.task",
+    "TaskContext": "tidal.runtime.task",
+    "current_context": "tidal.runtime.task",
+    "task": "tidal.runtime.task",
+    "Kill": "tidal.scheduler.decisions",
+    "Launch": "tidal.scheduler.decisions",
+    "Resume": "tidal.scheduler.decisions",
+    "Suspend": "tidal.scheduler.decisions",
+    "AssignOnChange": "tidal.scheduler.policies.base",
+    "Policy": "tidal.scheduler.policies.base",
+}
+
+if TYPE_CHECKING:
+    from tidal.runtime.client import Client
+    from tidal.runtime.cluster import LocalCluster
+    from tidal.runtime.functions import FunctionNotFound
+    from tidal.runtime.futures import TaskError, TaskFuture, as_completed, gather
+    from tidal.runtime.kernel import Kernel, TaskKilled
+    from tidal.runtime.protocol import PROTOCOL_VERSION, ProtocolError
+    from tidal.runtime.task import Partition, TaskContext, current_context, task
+    from tidal.scheduler.decisions import Kill, Launch, Resume, Suspend
+    from tidal.scheduler.policies.base import AssignOnChange, Policy
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'tidal' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once loaded, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
+
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "AssignOnChange",
+    "Client",
     "FunctionNotFound",
     "Kernel",
+    "Kill",
+    "Launch",
+    "LocalCluster",
     "Partition",
+    "Policy",
     "ProtocolError",
+    "Resume",
+    "Suspend",
     "TaskContext",
+    "TaskError",
+    "TaskFuture",
     "TaskKilled",
+    "__version__",
+    "as_completed",
     "current_context",
+    "gather",
     "task",
 ]

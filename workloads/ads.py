@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.task import task
+from tidal.runtime.task import task
 
 __all__ = [
     "EVENT_TYPES",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from runtime.task import task
+from tidal.runtime.task import task
 
 
 def burn(microseconds: float) -> None:

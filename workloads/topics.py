@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
 from typing import Any
 
-from runtime.task import task
+from tidal.runtime.task import task
 
 __all__ = [
     "Corpus",

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from runtime.client import Client
-from runtime.futures import TaskFuture
-from runtime.task import task
-from workloads.ads import AdSpec, campaign_table, generate_events, window_of
-from workloads.topics import Corpus, TopicModel, Trainer, resample
+from tidal.runtime.client import Client
+from tidal.runtime.futures import TaskFuture
+from tidal.runtime.task import task
+from tidal.workloads.ads import AdSpec, campaign_table, generate_events, window_of
+from tidal.workloads.topics import Corpus, TopicModel, Trainer, resample
 
 __all__ = ["StreamRun", "page_topic", "run_stream", "score_views", "train_on"]
 

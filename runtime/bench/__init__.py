@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runtime.client import Client
+    from tidal.runtime.client import Client
 
 __all__ = ["BENCHMARKS", "percentile", "timed_map"]
 

@@ -41,9 +41,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from runtime.client import Client
-from runtime.cluster import LocalCluster
-from workloads.synthetic import spin, total
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.workloads.synthetic import spin, total
 
 TARGETS = {
     "completed_vs_submitted": (">=", 1.0),

@@ -12,10 +12,10 @@ import multiprocessing
 import time
 from typing import Any
 
-from runtime.bench import timed_map
-from runtime.client import Client
-from runtime.cluster import LocalCluster
-from workloads.synthetic import noop
+from tidal.runtime.bench import timed_map
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.workloads.synthetic import noop
 
 TARGETS = {"auto_vs_pool_chunked": (">=", 0.5)}
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from runtime.bench import percentile
+from tidal.runtime.bench import percentile
 
 __all__ = ["machine_info", "reference_figures"]
 
@@ -35,7 +35,7 @@ PACKAGES = ("tidal", "greenlet", "pyzmq", "msgpack", "psutil", "dask", "distribu
 def machine_info() -> dict[str, Any]:
     import zmq
 
-    from runtime.realtime import realtime_permitted
+    from tidal.runtime.realtime import realtime_permitted
 
     versions = {}
     for name in PACKAGES:

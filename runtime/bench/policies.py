@@ -20,8 +20,8 @@ import logging
 import random
 from typing import Any
 
-from scheduler.policies import BUILTIN_POLICIES, resolve_policy
-from scheduler.sim import SCENARIO_KINDS, JobSpec, SimCluster, mixed_scenario
+from tidal.scheduler.policies import BUILTIN_POLICIES, resolve_policy
+from tidal.scheduler.sim import SCENARIO_KINDS, JobSpec, SimCluster, mixed_scenario
 
 POLICIES = ["fifo", "fair", "kill", "static", "lb", "lma", "adaptive"]
 FIGURES = (

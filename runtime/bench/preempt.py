@@ -21,10 +21,10 @@ import random
 import time
 from typing import Any
 
-from runtime.bench import percentile
-from runtime.client import Client
-from runtime.cluster import LocalCluster
-from workloads.synthetic import spin, total
+from tidal.runtime.bench import percentile
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.workloads.synthetic import spin, total
 
 TARGETS = {
     "stream_start_ms_p99": ("<=", 1.0),

@@ -76,9 +76,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from runtime import protocol as p
-from runtime.bench import percentile
-from scheduler.core import (
+from tidal.runtime import protocol as p
+from tidal.runtime.bench import percentile
+from tidal.scheduler.core import (
     ClientJoined,
     ClientRequest,
     ExecutorJoined,
@@ -87,14 +87,14 @@ from scheduler.core import (
     Tick,
     ToExecutor,
 )
-from scheduler.events import Event
-from scheduler.sim_executor import EventLoop, SimExecutor
+from tidal.scheduler.events import Event
+from tidal.scheduler.sim_executor import EventLoop, SimExecutor
 
 TARGETS = {"decision_ms_p99": ("<=", 1.0), "bytes_per_pending_subtask": ("<=", 1536)}
 
 POLICY = "lb"
 CLIENT_ID = "bench"
-FN = "workloads.synthetic:noop"  # never resolved: the simulated executors run durations
+FN = "tidal.workloads.synthetic:noop"  # never resolved: the simulated executors run durations
 FULL = {"executors": 1_000, "subtasks": 1_000_000, "events": 100_000}
 QUICK = {"executors": 100, "subtasks": 100_000, "events": 10_000}
 TASKS_PER_JOB = 10_000

@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runtime.client import Client
-from runtime.cluster import LocalCluster
-from workloads.synthetic import spin
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.workloads.synthetic import spin
 
 TARGETS = {"steal_vs_ideal": ("<=", 1.15), "nosteal_vs_ideal": (">=", 1.5)}
 SIZES = (200, 10, 10, 10)

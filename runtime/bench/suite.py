@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from runtime.bench import BENCHMARKS
-from runtime.bench.machine import machine_info, reference_figures
+from tidal.runtime.bench import BENCHMARKS
+from tidal.runtime.bench.machine import machine_info, reference_figures
 
 __all__ = [
     "BENCHMARKS",
@@ -40,13 +40,13 @@ MARKS = {True: "[green]met[/]", False: "[red]missed[/]", None: "[yellow]n/a[/]"}
 
 
 def targets_of(name: str) -> dict[str, tuple[str, float]]:
-    return importlib.import_module(f"runtime.bench.{name}").TARGETS
+    return importlib.import_module(f"tidal.runtime.bench.{name}").TARGETS
 
 
 def run_benchmark(name: str, quick: bool = False) -> dict[str, Any]:
     """Run one benchmark here; its figures, with `benchmark`, `quick`, `elapsed_s`,
     `machine` and `reference` added."""
-    module = importlib.import_module(f"runtime.bench.{name}")
+    module = importlib.import_module(f"tidal.runtime.bench.{name}")
     reference = reference_figures()
     start = time.monotonic()
     figures = module.run(quick=quick)
@@ -101,7 +101,7 @@ def run_all(
 
 
 def _run_in_process(name: str, quick: bool) -> dict[str, Any]:
-    command = [sys.executable, "-m", "runtime.cli", "bench", name, "--json"]
+    command = [sys.executable, "-m", "tidal", "bench", name, "--json"]
     if quick:
         command.append("--quick")
     try:

@@ -19,11 +19,11 @@ import multiprocessing
 import time
 from typing import Any
 
-from runtime.bench import timed_map
-from runtime.bench.peers import dask_cluster, dask_missing, dask_versions
-from runtime.client import Client
-from runtime.cluster import LocalCluster
-from workloads.synthetic import noop
+from tidal.runtime.bench import timed_map
+from tidal.runtime.bench.peers import dask_cluster, dask_missing, dask_versions
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.workloads.synthetic import noop
 
 TARGETS = {"throughput_ratio": (">=", 1.0), "tasks_vs_dask": (">=", 15.0)}
 

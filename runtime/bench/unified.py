@@ -30,17 +30,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.bench.peers import (
+from tidal.runtime.bench.peers import (
     BATCH_PRIORITY,
     DaskStreamClient,
     dask_cluster,
     dask_missing,
     dask_versions,
 )
-from runtime.client import Client
-from runtime.cluster import LocalCluster
-from runtime.demo import DemoConfig, PolicyRun, run_unified, size_batch_job, train_tidal
-from workloads.topics import Corpus, TopicModel, Trainer, make_corpus, resample
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.demo import DemoConfig, PolicyRun, run_unified, size_batch_job, train_tidal
+from tidal.workloads.topics import Corpus, TopicModel, Trainer, make_corpus, resample
 
 TARGETS = {"stream_p99_ratio": (">=", 20.0), "makespan_ratio": ("<=", 1.05)}
 POLICY = "lb"

@@ -13,14 +13,14 @@ import time
 from importlib import metadata
 from typing import Any
 
-from scheduler.policies.adaptive import AdaptivePolicy
-from scheduler.policies.base import AssignOnChange, Policy
-from scheduler.policies.fair import FairPolicy
-from scheduler.policies.fifo import FifoPolicy
-from scheduler.policies.kill import KillPolicy
-from scheduler.policies.lb import LbPolicy
-from scheduler.policies.lma import LmaPolicy
-from scheduler.policies.static import StaticPolicy
+from tidal.scheduler.policies.adaptive import AdaptivePolicy
+from tidal.scheduler.policies.base import AssignOnChange, Policy
+from tidal.scheduler.policies.fair import FairPolicy
+from tidal.scheduler.policies.fifo import FifoPolicy
+from tidal.scheduler.policies.kill import KillPolicy
+from tidal.scheduler.policies.lb import LbPolicy
+from tidal.scheduler.policies.lma import LmaPolicy
+from tidal.scheduler.policies.static import StaticPolicy
 
 __all__ = [
     "BUILTIN_POLICIES",

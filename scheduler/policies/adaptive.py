@@ -20,12 +20,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from scheduler.decisions import Decision
-from scheduler.policies.base import Policy
-from scheduler.policies.fair import FairPolicy
-from scheduler.policies.fifo import FifoPolicy
-from scheduler.policies.lb import LbPolicy
-from scheduler.state import ClusterView, ExecutorView, TaskView
+from tidal.scheduler.decisions import Decision
+from tidal.scheduler.policies.base import Policy
+from tidal.scheduler.policies.fair import FairPolicy
+from tidal.scheduler.policies.fifo import FifoPolicy
+from tidal.scheduler.policies.lb import LbPolicy
+from tidal.scheduler.state import ClusterView, ExecutorView, TaskView
 
 log = logging.getLogger("tidal.scheduler")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from scheduler.decisions import Decision
-from scheduler.state import ClusterView, ExecutorView, TaskView
+from tidal.scheduler.decisions import Decision
+from tidal.scheduler.state import ClusterView, ExecutorView, TaskView
 
 __all__ = ["AssignOnChange", "Policy"]
 

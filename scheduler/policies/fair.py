@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-from scheduler.decisions import Decision, Launch
-from scheduler.policies.base import AssignOnChange
-from scheduler.state import ClusterView, TaskView
+from tidal.scheduler.decisions import Decision, Launch
+from tidal.scheduler.policies.base import AssignOnChange
+from tidal.scheduler.state import ClusterView, TaskView
 
 
 class FairPolicy(AssignOnChange):

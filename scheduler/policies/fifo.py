@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from scheduler.decisions import Decision, Launch
-from scheduler.policies.base import AssignOnChange
-from scheduler.state import ClusterView
+from tidal.scheduler.decisions import Decision, Launch
+from tidal.scheduler.policies.base import AssignOnChange
+from tidal.scheduler.state import ClusterView
 
 
 class FifoPolicy(AssignOnChange):

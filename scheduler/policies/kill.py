@@ -8,9 +8,9 @@ count the kills), then runs to completion, like the suspension cap.
 
 from __future__ import annotations
 
-from scheduler.decisions import Decision, Kill
-from scheduler.policies.lb import LbPolicy
-from scheduler.state import ExecutorView, TaskView
+from tidal.scheduler.decisions import Decision, Kill
+from tidal.scheduler.policies.lb import LbPolicy
+from tidal.scheduler.state import ExecutorView, TaskView
 
 
 class KillPolicy(LbPolicy):

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-from scheduler.decisions import Decision, Launch
-from scheduler.policies.lb import MEMORY_PRESSURE_THRESHOLD, LbPolicy
-from scheduler.state import ClusterView, ExecutorView, TaskView
+from tidal.scheduler.decisions import Decision, Launch
+from tidal.scheduler.policies.lb import MEMORY_PRESSURE_THRESHOLD, LbPolicy
+from tidal.scheduler.state import ClusterView, ExecutorView, TaskView
 
 # Pending batch tasks looked at per free slot when searching for a local one.
 SCAN_LIMIT = 256

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from scheduler.decisions import Decision, Launch
-from scheduler.policies.base import AssignOnChange
-from scheduler.state import ClusterView, ExecutorView
+from tidal.scheduler.decisions import Decision, Launch
+from tidal.scheduler.policies.base import AssignOnChange
+from tidal.scheduler.state import ClusterView, ExecutorView
 
 
 class StaticPolicy(AssignOnChange):

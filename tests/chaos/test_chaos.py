@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.bench import chaos
+from tidal.runtime.bench import chaos
 
 pytestmark = pytest.mark.slow
 

@@ -35,8 +35,8 @@ from typing import Any
 
 import zmq
 
-from runtime import protocol as p
 from tests.fuzz.frames import FrameFuzzer, decodes_to
+from tidal.runtime import protocol as p
 
 ROLES = {"unknown": 0.25, "client": 0.35, "executor": 0.3, "wrong_version": 0.1}
 # The share of registered sessions that end without a goodbye (their peers stay registered
@@ -58,7 +58,7 @@ def templates(peer_id: str) -> list[p.Message]:
             "batch",
             0,
             None,
-            "workloads.synthetic:total",
+            "tidal.workloads.synthetic:total",
             None,
             [[task, PAYLOAD]],
             now,
@@ -68,7 +68,7 @@ def templates(peer_id: str) -> list[p.Message]:
             "stream",
             1,
             2,
-            "workloads.synthetic:total",
+            "tidal.workloads.synthetic:total",
             None,
             [[f"{peer_id}-2/{i}", PAYLOAD] for i in range(3)],
             now,
@@ -92,7 +92,7 @@ def templates(peer_id: str) -> list[p.Message]:
         p.ChunkResults(f"{peer_id}-c", [[task, "finished", p.pack_payload(6), None, {}]]),
         p.Stolen(f"{peer_id}-c", [task]),
         # the scheduler's own (never sent to it)
-        p.Launch(task, "workloads.synthetic:total", None, PAYLOAD, 0, "batch", now),
+        p.Launch(task, "tidal.workloads.synthetic:total", None, PAYLOAD, 0, "batch", now),
         p.Welcome(p.PROTOCOL_VERSION, "s", 500),
         p.Results([[task, "finished", p.pack_payload(6), None, {}]]),
         p.Pong("x", now),

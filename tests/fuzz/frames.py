@@ -27,7 +27,7 @@ from typing import Any
 
 import msgpack
 
-from runtime import protocol as p
+from tidal.runtime import protocol as p
 
 __all__ = ["EDGE_INTS", "FrameFuzzer", "nasty_value", "nonsense"]
 
@@ -101,7 +101,7 @@ def _typed(rng: random.Random, name: str, annotation: Any, ids: Sequence[str]) -
         if name in ("policy",):
             return rng.choice(["lb", "fifo", "nope", "os:system", "", ":"])
         if name in ("fn",):
-            return rng.choice(["workloads.synthetic:total", "no.such:fn", "x", ""])
+            return rng.choice(["tidal.workloads.synthetic:total", "no.such:fn", "x", ""])
         if ids and rng.random() < 0.7:
             return rng.choice(ids)
         return rng.choice(["", "x", "\x00", "z" * 1000, str(rng.random())])

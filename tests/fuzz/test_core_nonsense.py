@@ -18,8 +18,10 @@ from collections import deque
 
 import pytest
 
-from runtime import protocol as p
-from scheduler.core import (
+from tests.fuzz.frames import nonsense
+from tests.scheduler.harness import MS, FakeClock
+from tidal.runtime import protocol as p
+from tidal.scheduler.core import (
     ClientJoined,
     ClientRequest,
     ExecutorJoined,
@@ -28,8 +30,6 @@ from scheduler.core import (
     Tick,
     ToExecutor,
 )
-from tests.fuzz.frames import nonsense
-from tests.scheduler.harness import MS, FakeClock
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """100,000 hostile frames at a real executor, from the scheduler it trusts, between real tasks.
 
-A real executor process and a StubScheduler (runtime/stub.py) posing as its scheduler. The
+A real executor process and a StubScheduler (tests/stub.py) posing as its scheduler. The
 stub sends blocks of hostile frames (the FrameFuzzer over commands, with tasks of the fuzz's
 own, and over messages an executor never gets) and, between blocks, launches real tasks and
 a probe (a kill for a task that does not exist, which the executor must refuse). An
@@ -26,9 +26,10 @@ import time
 import psutil
 import pytest
 
-from runtime import protocol as p
-from runtime.stub import StubScheduler, spawn_executor, stop_process
 from tests.fuzz.frames import FrameFuzzer, decodes_to
+from tests.stub import StubScheduler
+from tidal.runtime import protocol as p
+from tidal.runtime.processes import spawn_executor, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +45,9 @@ def templates(now: int) -> list[p.Message]:
     executor."""
     chunk = [[f"fz-c/{i}", PAYLOAD] for i in range(3)]
     return [
-        p.Launch("fz-1", "workloads.synthetic:total", None, PAYLOAD, 0, "batch", now),
-        p.Launch("fz-2", "workloads.synthetic:noop", None, PAYLOAD, 1, "stream", now),
-        p.LaunchChunk("fz-c", "workloads.synthetic:total", None, chunk, 0, "batch", now),
+        p.Launch("fz-1", "tidal.workloads.synthetic:total", None, PAYLOAD, 0, "batch", now),
+        p.Launch("fz-2", "tidal.workloads.synthetic:noop", None, PAYLOAD, 1, "stream", now),
+        p.LaunchChunk("fz-c", "tidal.workloads.synthetic:total", None, chunk, 0, "batch", now),
         p.Suspend("fz-1", now),
         p.Resume("fz-1", now),
         p.Kill("fz-2", now),
@@ -54,7 +55,7 @@ def templates(now: int) -> list[p.Message]:
         p.Welcome(p.PROTOCOL_VERSION, "impostor", 100),
         p.Hello(p.PROTOCOL_VERSION, "fz-e", "n", 1, 1, "h"),
         p.Finished("fz-1", 0, p.pack_payload(6), {}),
-        p.Submit("fz-j", "batch", 0, None, "workloads.synthetic:total", None, [], now),
+        p.Submit("fz-j", "batch", 0, None, "tidal.workloads.synthetic:total", None, [], now),
         p.Results([["fz-1", "finished", p.pack_payload(6), None, {}]]),
     ]
 
@@ -95,7 +96,7 @@ def test_hostile_frames_from_its_scheduler_never_stop_an_executor(capfd):
                     executor_id,
                     p.Launch(
                         task_id,
-                        "workloads.synthetic:total",
+                        "tidal.workloads.synthetic:total",
                         None,
                         p.pack_call([data], {}),
                         0,

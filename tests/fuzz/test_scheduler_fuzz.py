@@ -25,12 +25,12 @@ import time
 import psutil
 import pytest
 
-from runtime.bench import percentile
-from runtime.client import Client
-from runtime.cluster import LocalCluster
-from runtime.guard import MAX_TRACKED_PEERS
-from runtime.stub import child_env, stop_process
-from workloads.synthetic import total
+from tidal.runtime.bench import percentile
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.guard import MAX_TRACKED_PEERS
+from tidal.runtime.processes import child_env, stop_process
+from tidal.workloads.synthetic import total
 
 pytestmark = pytest.mark.slow
 

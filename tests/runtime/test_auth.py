@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 import zmq.auth
 
-from runtime import auth
-from runtime.auth import AuthenticationFailed, KeyFileError
-from runtime.cli import main as cli
-from runtime.client import Client
-from runtime.cluster import LocalCluster
-from runtime.stub import child_env, spawn_executor, stop_process
-from scheduler.server import ANNOUNCEMENT, SchedulerServer
-from workloads.synthetic import spin, total
+from tidal.runtime import auth
+from tidal.runtime.auth import AuthenticationFailed, KeyFileError
+from tidal.runtime.cli import main as cli
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.processes import child_env, spawn_executor, stop_process
+from tidal.scheduler.server import ANNOUNCEMENT, SchedulerServer
+from tidal.workloads.synthetic import spin, total
 
 # ---- key files -------------------------------------------------------------------------------
 
@@ -344,7 +344,7 @@ def test_an_executor_with_an_unauthorised_key_exits_with_the_reason(keys):
             [
                 sys.executable,
                 "-m",
-                "runtime",
+                "tidal",
                 "executor",
                 "--scheduler",
                 cluster.address,
@@ -385,7 +385,7 @@ def test_the_scheduler_cli_warns_when_it_listens_beyond_loopback_without_keys(ke
             [
                 sys.executable,
                 "-m",
-                "runtime",
+                "tidal",
                 "scheduler",
                 "--bind",
                 "tcp://0.0.0.0:*",
@@ -472,8 +472,8 @@ def in_host(ns: str, *args: str, **options) -> subprocess.Popen:
 CLIENT_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    from runtime.client import AuthenticationFailed, Client
-    from workloads.synthetic import spin, total
+    from tidal.runtime.client import AuthenticationFailed, Client
+    from tidal.workloads.synthetic import spin, total
 
     address, keys = sys.argv[1], sys.argv[2]
     try:
@@ -503,7 +503,7 @@ def test_a_scheduler_and_its_executors_on_two_hosts_over_tcp_with_curve(two_host
     try:
         scheduler = in_host(
             two_hosts["scheduler"],
-            *("-m", "runtime", "scheduler", "--bind", "tcp://10.213.0.1:*"),
+            *("-m", "tidal", "scheduler", "--bind", "tcp://10.213.0.1:*"),
             *("--keys", str(keys), "--announce"),
             stdout=subprocess.PIPE,
         )
@@ -516,7 +516,7 @@ def test_a_scheduler_and_its_executors_on_two_hosts_over_tcp_with_curve(two_host
             processes.append(
                 in_host(
                     two_hosts["worker"],
-                    *("-m", "runtime", "executor", "--scheduler", address),
+                    *("-m", "tidal", "executor", "--scheduler", address),
                     *("--keys", str(worker_keys), "--node", f"worker-{i}"),
                 )
             )

@@ -12,10 +12,10 @@ import math
 
 import pytest
 
-from runtime import cli
-from runtime.bench import BENCHMARKS, suite, throughput, unified
-from runtime.bench.machine import machine_info, reference_figures
-from runtime.demo import DemoConfig
+from tidal.runtime import cli
+from tidal.runtime.bench import BENCHMARKS, suite, throughput, unified
+from tidal.runtime.bench.machine import machine_info, reference_figures
+from tidal.runtime.demo import DemoConfig
 
 
 def test_every_benchmark_is_a_module_with_targets_and_run():

@@ -21,8 +21,8 @@ import msgpack
 import pytest
 import zmq
 
-from runtime import protocol as p
-from runtime.client import (
+from tidal.runtime import protocol as p
+from tidal.runtime.client import (
     Client,
     RemoteTraceback,
     TaskError,
@@ -31,9 +31,9 @@ from runtime.client import (
     as_completed,
     gather,
 )
-from runtime.functions import FunctionNotFound
-from runtime.task import task
-from workloads.synthetic import noop, spin, total
+from tidal.runtime.functions import FunctionNotFound
+from tidal.runtime.task import task
+from tidal.workloads.synthetic import noop, spin, total
 
 REMOTE_TB = 'Traceback (most recent call last):\n  File "remote.py", line 7, in work\n'
 
@@ -230,7 +230,7 @@ def test_submit_sends_one_job_with_function_arguments_and_options(fake, client):
     future = client.submit(spin, [1, 2], record_us=1.0, priority="stream", order=5)
     [msg] = fake.wait_for(p.Submit)
     assert msg.job_id == f"{client.client_id}-1" and future.job_id == msg.job_id
-    assert (msg.fn, msg.main_path) == ("workloads.synthetic:spin", None)
+    assert (msg.fn, msg.main_path) == ("tidal.workloads.synthetic:spin", None)
     assert (msg.priority, msg.order, msg.max_suspensions) == ("stream", 5, None)
     assert msg.tasks == [[f"{msg.job_id}/0", p.pack_call([[1, 2]], {"record_us": 1.0})]]
     assert p.unpack_call(msg.tasks[0][1]) == ([[1, 2]], {"record_us": 1.0})

@@ -16,10 +16,10 @@ import textwrap
 
 import pytest
 
-from runtime.client import Client, RemoteTraceback
-from runtime.cluster import LocalCluster
-from runtime.functions import FunctionNotFound
-from workloads.synthetic import spin, total
+from tidal.runtime.client import Client, RemoteTraceback
+from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.functions import FunctionNotFound
+from tidal.workloads.synthetic import spin, total
 
 pytestmark = pytest.mark.slow
 
@@ -127,9 +127,9 @@ def test_functions_in_the_users_main_script_run_on_local_executors(tmp_path):
     script = tmp_path / "user_app.py"
     script.write_text(
         textwrap.dedent("""
-        from runtime.client import Client
-        from runtime.cluster import LocalCluster
-        from runtime.task import task
+        from tidal.runtime.client import Client
+        from tidal.runtime.cluster import LocalCluster
+        from tidal.runtime.task import task
 
         @task
         def squares(part):
@@ -162,7 +162,7 @@ def test_tidal_status_reports_executors_and_jobs():
         client.map(total, [[1], [2]])[1].result(timeout=30)
         env = dict(os.environ, PYTHONPATH=ROOT)
         out = subprocess.run(
-            [sys.executable, "-m", "runtime", "status", "--scheduler", cluster.address, "--json"],
+            [sys.executable, "-m", "tidal", "status", "--scheduler", cluster.address, "--json"],
             capture_output=True,
             text=True,
             env=env,
@@ -182,7 +182,7 @@ def test_local_cluster_stops_every_process_it_started_also_on_an_exception():
 
 
 def test_an_unknown_policy_fails_fast_with_the_known_names():
-    from scheduler.policies import UnknownPolicy
+    from tidal.scheduler.policies import UnknownPolicy
 
     with pytest.raises(
         UnknownPolicy, match="known policies are adaptive, fair, fifo, kill, lb, lma, static"

@@ -12,10 +12,10 @@ import textwrap
 
 import pytest
 
-from runtime import protocol as p
-from runtime.cli import main
-from scheduler.core import ClientJoined, ClientRequest, SchedulerCore, ToClient
-from scheduler.policies import (
+from tidal.runtime import protocol as p
+from tidal.runtime.cli import main
+from tidal.scheduler.core import ClientJoined, ClientRequest, SchedulerCore, ToClient
+from tidal.scheduler.policies import (
     BUILTIN_POLICIES,
     ENTRY_POINT_GROUP,
     Policy,
@@ -29,8 +29,8 @@ MODULE = "mypolicies"
 POLICY_SOURCE = '''
 """A third-party policy: the newest pending task first."""
 
-from scheduler.decisions import Launch
-from scheduler.policies import Policy
+from tidal.scheduler.decisions import Launch
+from tidal.scheduler.policies import Policy
 
 
 class NewestFirst(Policy):

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from runtime import protocol as p
-from runtime.stub import StubScheduler, spawn_executor, stop_process
+from tests.stub import StubScheduler
+from tidal.runtime import protocol as p
+from tidal.runtime.processes import spawn_executor, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ def test_handshake_and_heartbeats_carry_identity_and_metrics(executor):
 
 def test_runs_a_task_and_reports_its_result(executor):
     stub, hello, _ = executor
-    launch(stub, hello.executor_id, "t1", "workloads.synthetic:total", [list(range(1000))])
+    launch(stub, hello.executor_id, "t1", "tidal.workloads.synthetic:total", [list(range(1000))])
     started = stub.expect(p.Started, task_id="t1")
     finished = stub.expect(p.Finished, task_id="t1")
     assert result(finished) == sum(range(1000)) and started.attempt == 0
@@ -65,7 +66,7 @@ def test_suspends_a_busy_task_over_the_socket_and_resumes_it_exactly(executor):
     stub, hello, _ = executor
     ex = hello.executor_id
     data = list(range(3000))
-    launch(stub, ex, "busy", "workloads.synthetic:spin", [data], {"record_us": 50.0})
+    launch(stub, ex, "busy", "tidal.workloads.synthetic:spin", [data], {"record_us": 50.0})
     stub.expect(p.Started, task_id="busy")
     progress = []
     for _ in range(3):
@@ -88,10 +89,17 @@ def test_suspends_a_busy_task_over_the_socket_and_resumes_it_exactly(executor):
 def test_a_stream_task_takes_the_slot_of_a_suspended_batch_task(executor):
     stub, hello, _ = executor
     ex = hello.executor_id
-    launch(stub, ex, "batch", "workloads.synthetic:spin", [list(range(2000))], {"record_us": 50.0})
+    launch(
+        stub,
+        ex,
+        "batch",
+        "tidal.workloads.synthetic:spin",
+        [list(range(2000))],
+        {"record_us": 50.0},
+    )
     stub.expect(p.Started, task_id="batch")
     stub.send(ex, p.Suspend("batch", time.monotonic_ns()))
-    launch(stub, ex, "stream", "workloads.synthetic:total", [[1, 2, 3]])
+    launch(stub, ex, "stream", "tidal.workloads.synthetic:total", [[1, 2, 3]])
     order = []
     deadline = time.monotonic() + 10.0
     while len(order) < 3:
@@ -110,27 +118,27 @@ def test_task_errors_and_missing_functions_fail_the_task_not_the_executor(execut
     ex = hello.executor_id
     launch(stub, ex, "nomod", "no_such_module_xyz:f")
     failed = stub.expect(p.Failed, task_id="nomod")
-    assert failed.error_type == "runtime.functions.FunctionNotFound"
+    assert failed.error_type == "tidal.runtime.functions.FunctionNotFound"
     assert "no_such_module_xyz" in failed.message
-    launch(stub, ex, "noattr", "workloads.synthetic:nope")
+    launch(stub, ex, "noattr", "tidal.workloads.synthetic:nope")
     assert "has no attribute 'nope'" in stub.expect(p.Failed, task_id="noattr").message
-    launch(stub, ex, "raises", "workloads.synthetic:total", [["a", "b"]])
+    launch(stub, ex, "raises", "tidal.workloads.synthetic:total", [["a", "b"]])
     failed = stub.expect(p.Failed, task_id="raises")
     assert failed.error_type == "TypeError" and "in total" in failed.traceback
-    launch(stub, ex, "fine", "workloads.synthetic:total", [[5]])
+    launch(stub, ex, "fine", "tidal.workloads.synthetic:total", [[5]])
     assert result(stub.expect(p.Finished, task_id="fine")) == 5
 
 
 def test_a_payload_that_does_not_decode_fails_that_task_not_the_executor(executor):
     stub, hello, proc = executor
     ex = hello.executor_id
-    launch(stub, ex, "junk", "workloads.synthetic:total", payload=b"\xc1 not msgpack")
+    launch(stub, ex, "junk", "tidal.workloads.synthetic:total", payload=b"\xc1 not msgpack")
     failed = stub.expect(p.Failed, task_id="junk")
-    assert failed.error_type == "runtime.protocol.ProtocolError"
+    assert failed.error_type == "tidal.runtime.protocol.ProtocolError"
     assert failed.message.startswith("task payload is not valid msgpack")
-    launch(stub, ex, "shape", "workloads.synthetic:total", payload=p.pack_payload({"a": 1}))
+    launch(stub, ex, "shape", "tidal.workloads.synthetic:total", payload=p.pack_payload({"a": 1}))
     assert "must be [args, kwargs]" in stub.expect(p.Failed, task_id="shape").message
-    launch(stub, ex, "after", "workloads.synthetic:total", [[1, 2]])
+    launch(stub, ex, "after", "tidal.workloads.synthetic:total", [[1, 2]])
     assert result(stub.expect(p.Finished, task_id="after")) == 3
     assert proc.poll() is None
 
@@ -148,7 +156,7 @@ def test_malformed_frames_are_dropped_and_the_executor_keeps_working(executor):
         b"\x91" * 10_000,
     ]:
         stub.send_frame(ex, frame)
-    launch(stub, ex, "after", "workloads.synthetic:total", [[1, 2]])
+    launch(stub, ex, "after", "tidal.workloads.synthetic:total", [[1, 2]])
     assert result(stub.expect(p.Finished, task_id="after")) == 3
     assert proc.poll() is None
 
@@ -161,13 +169,13 @@ def test_well_formed_commands_it_cannot_use_are_dropped_and_the_executor_keeps_w
     # (which takes ids from its tail, on the task thread) never meets a malformed one.
     for subtasks in ([7], [[]], [{"a": 1}], [["ok", p.pack_call([[1]], {})], ["no payload"]]):
         stub.send(
-            ex, p.LaunchChunk("c", "workloads.synthetic:total", None, subtasks, 0, "batch", 0)
+            ex, p.LaunchChunk("c", "tidal.workloads.synthetic:total", None, subtasks, 0, "batch", 0)
         )
     stub.send(ex, p.Steal("c", 1, now))
     assert stub.expect(p.Stolen).task_ids == []  # no chunk "c" here: nothing to give
     # A second welcome (with another version, which before the handshake would end it).
     stub.send(ex, p.Welcome(p.PROTOCOL_VERSION + 1, "impostor", 1))
-    launch(stub, ex, "after", "workloads.synthetic:total", [[1, 2]])
+    launch(stub, ex, "after", "tidal.workloads.synthetic:total", [[1, 2]])
     assert result(stub.expect(p.Finished, task_id="after")) == 3
     assert proc.poll() is None
 
@@ -201,7 +209,7 @@ def test_functions_from_the_users_main_script_resolve_on_the_executor(executor, 
     script = tmp_path / "user_script.py"
     script.write_text(
         textwrap.dedent("""
-        from runtime.task import task
+        from tidal.runtime.task import task
 
         @task
         def double(part):
@@ -219,7 +227,12 @@ def test_shutdown_kills_leftover_tasks_says_goodbye_and_exits_cleanly(executor):
     stub, hello, proc = executor
     ex = hello.executor_id
     launch(
-        stub, ex, "long", "workloads.synthetic:spin", [list(range(100_000))], {"record_us": 50.0}
+        stub,
+        ex,
+        "long",
+        "tidal.workloads.synthetic:spin",
+        [list(range(100_000))],
+        {"record_us": 50.0},
     )
     stub.expect(p.Started, task_id="long")
     stub.send(ex, p.Shutdown("test over"))
@@ -245,7 +258,7 @@ def test_an_absurd_heartbeat_interval_from_the_scheduler_cannot_wedge_the_execut
         proc = spawn_executor(stub.address)
         try:
             hello = stub.expect(p.Hello, timeout=30)
-            launch(stub, hello.executor_id, "t", "workloads.synthetic:total", [[1, 2, 3]])
+            launch(stub, hello.executor_id, "t", "tidal.workloads.synthetic:total", [[1, 2, 3]])
             assert result(stub.expect(p.Finished, task_id="t")) == 6
             stub.send(hello.executor_id, p.Shutdown("test over"))
             stub.expect(p.Goodbye)

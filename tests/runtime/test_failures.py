@@ -12,9 +12,9 @@ import signal
 
 import pytest
 
-from runtime.client import Client, TaskError
-from runtime.cluster import LocalCluster
-from workloads.synthetic import crash_executor, spin, total
+from tidal.runtime.client import Client, TaskError
+from tidal.runtime.cluster import LocalCluster
+from tidal.workloads.synthetic import crash_executor, spin, total
 
 pytestmark = pytest.mark.slow
 

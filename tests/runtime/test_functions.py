@@ -7,13 +7,13 @@ import textwrap
 
 import pytest
 
-from runtime.functions import MAIN_ALIAS, FunctionNotFound, FunctionRef, function_ref
-from workloads import synthetic
+from tidal.runtime.functions import MAIN_ALIAS, FunctionNotFound, FunctionRef, function_ref
+from tidal.workloads import synthetic
 
 
 def test_a_module_level_task_travels_as_module_and_qualname():
     ref = function_ref(synthetic.total)
-    assert ref == FunctionRef("workloads.synthetic:total", None)
+    assert ref == FunctionRef("tidal.workloads.synthetic:total", None)
     assert ref.resolve() is synthetic.total
 
 
@@ -34,8 +34,8 @@ def test_lambdas_and_nested_functions_are_refused_with_the_reason():
     [
         ("no_colon", "expected 'module:qualname'"),
         ("no_such_module_abc:f", "cannot import module 'no_such_module_abc'"),
-        ("workloads.synthetic:missing", "has no attribute 'missing'"),
-        ("workloads.synthetic:time", "is a module, not a function"),
+        ("tidal.workloads.synthetic:missing", "has no attribute 'missing'"),
+        ("tidal.workloads.synthetic:time", "is a module, not a function"),
         ("__main__:f", "no script path came with it"),
     ],
 )

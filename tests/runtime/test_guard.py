@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from runtime.guard import PeerGuard
+from tidal.runtime.guard import PeerGuard
 
 
 class Clock:

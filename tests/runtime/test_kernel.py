@@ -11,10 +11,10 @@ import dataclasses
 import msgpack
 import pytest
 
-from runtime import protocol as p
-from runtime.gate import IMPLEMENTATION, PyGate, py_gated_iterator
-from runtime.kernel import Kernel, TaskKilled
-from runtime.task import Partition, current_context, task
+from tidal.runtime import protocol as p
+from tidal.runtime.gate import IMPLEMENTATION, PyGate, py_gated_iterator
+from tidal.runtime.kernel import Kernel, TaskKilled
+from tidal.runtime.task import Partition, current_context, task
 
 
 class Transport:
@@ -365,7 +365,8 @@ def test_a_payload_that_does_not_unpack_fails_that_task_only(make_kernel, payloa
     kernel.launch("ok", sum, payload=p.pack_call([[1, 2]], {}))
     kernel.run()
     failed = transport.outcome("bad")
-    assert isinstance(failed, p.Failed) and failed.error_type == "runtime.protocol.ProtocolError"
+    assert isinstance(failed, p.Failed)
+    assert failed.error_type == "tidal.runtime.protocol.ProtocolError"
     assert problem in failed.message
     assert transport.outcome("ok").result == 3  # the kernel kept going
 
@@ -650,7 +651,7 @@ def test_a_chunk_from_the_wire_unpacks_each_subtask_and_a_bad_one_fails_alone(ma
     items = {i[0]: i for i in chunk_items(transport, "c")}
     assert items["a"][1:3] == ["finished", 1] and items["c"][1:3] == ["finished", 5]
     assert items["b"][1:3] == ["failed", None]
-    assert items["b"][3][0] == "runtime.protocol.ProtocolError"
+    assert items["b"][3][0] == "tidal.runtime.protocol.ProtocolError"
     assert "task payload is not valid msgpack" in items["b"][3][1]
     assert isinstance(transport.outcome("c"), p.Finished)
 

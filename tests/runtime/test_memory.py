@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from runtime import protocol as p
-from runtime.futures import MemoryLimitExceeded, TaskError, rebuild_error
-from runtime.kernel import Kernel
-from runtime.memory import Exit, FailTask, MemoryGuard, RssProbe, format_size, parse_size
 from tests.runtime.test_kernel import Transport
+from tidal.runtime import protocol as p
+from tidal.runtime.futures import MemoryLimitExceeded, TaskError, rebuild_error
+from tidal.runtime.kernel import Kernel
+from tidal.runtime.memory import Exit, FailTask, MemoryGuard, RssProbe, format_size, parse_size
 
 MiB = 1024 * 1024
 

@@ -14,17 +14,18 @@ import time
 
 import pytest
 
-from runtime import protocol as p
-from runtime.client import Client, MemoryLimitExceeded
-from runtime.cluster import LocalCluster
-from runtime.memory import format_size
-from runtime.stub import StubScheduler, child_env, spawn_executor, stop_process
-from workloads.synthetic import hog
+from tests.stub import StubScheduler
+from tidal.runtime import protocol as p
+from tidal.runtime.client import Client, MemoryLimitExceeded
+from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.memory import format_size
+from tidal.runtime.processes import child_env, spawn_executor, stop_process
+from tidal.workloads.synthetic import hog
 
 pytestmark = pytest.mark.slow
 
 MiB = 1024 * 1024
-HOG = "workloads.synthetic:hog"
+HOG = "tidal.workloads.synthetic:hog"
 
 
 def next_message(stub, kind, task_id=None, timeout=20.0):
@@ -117,7 +118,7 @@ def test_a_suspended_task_counts_and_the_running_task_that_grew_pays(limited):
 
 def test_a_task_that_reaches_no_boundary_is_reported_failed_and_the_executor_exits(limited):
     stub, ex, proc, _ = limited
-    launch(stub, ex, "stuck", "workloads.synthetic:hog_without_boundaries")
+    launch(stub, ex, "stuck", "tidal.workloads.synthetic:hog_without_boundaries")
     failed = next_message(stub, p.Failed, "stuck")
     assert failed.error_type == "MemoryLimitExceeded"
     assert "reached no record boundary" in failed.message and "exits" in failed.message
@@ -131,7 +132,7 @@ def test_a_task_that_reaches_no_boundary_is_reported_failed_and_the_executor_exi
     [("12XB", "unknown unit 'XB'"), ("1MiB", "below this executor's own memory")],
 )
 def test_a_bad_memory_limit_stops_the_executor_at_once_naming_the_problem(limit, problem):
-    command = [sys.executable, "-m", "runtime", "executor", "--scheduler", "tcp://127.0.0.1:9"]
+    command = [sys.executable, "-m", "tidal", "executor", "--scheduler", "tcp://127.0.0.1:9"]
     done = subprocess.run(
         [*command, "--memory-limit", limit],
         env=child_env(),

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime import protocol as p
-from runtime.protocol import (
+from tidal.runtime import protocol as p
+from tidal.runtime.protocol import (
     MAX_FRAME_BYTES,
     MESSAGES,
     EncodeError,

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from runtime.cli import main
-from runtime.client import Client
-from runtime.cluster import LocalCluster
-from runtime.timeline import Segment, plot_timeline, segments
-from scheduler.eventlog import EventLog, read_events
-from workloads.synthetic import spin, total
+from tidal.runtime.cli import main
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.timeline import Segment, plot_timeline, segments
+from tidal.scheduler.eventlog import EventLog, read_events
+from tidal.workloads.synthetic import spin, total
 
 
 def ev(t, event, **fields):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime import protocol as p
-from scheduler.core import (
+from tidal.runtime import protocol as p
+from tidal.scheduler.core import (
     ClientJoined,
     ClientRequest,
     ExecutorJoined,
@@ -23,6 +23,7 @@ __all__ = ["CLIENT_ID", "MS", "FakeClock", "Harness", "payload"]
 
 MS = 1_000_000
 CLIENT_ID = "c"
+TOTAL = "tidal.workloads.synthetic:total"  # a task function the simulated executors never run
 
 
 def payload(i: int) -> bytes:
@@ -107,7 +108,7 @@ class Harness:
             priority,
             order,
             max_suspensions,
-            "workloads.synthetic:total",
+            TOTAL,
             None,
             tasks,
             0,

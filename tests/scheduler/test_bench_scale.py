@@ -10,8 +10,8 @@ import math
 
 import pytest
 
-from runtime.bench import scale
-from scheduler.state import TaskState
+from tidal.runtime.bench import scale
+from tidal.scheduler.state import TaskState
 
 
 def test_the_figures_are_all_there_and_sane():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from runtime import protocol as p
-from scheduler.chunks import FIRST_CHUNK
-from scheduler.core import ClientRequest, Tick
-from scheduler.state import TaskState
 from tests.scheduler.harness import MS, Harness
+from tidal.runtime import protocol as p
+from tidal.scheduler.chunks import FIRST_CHUNK
+from tidal.scheduler.core import ClientRequest, Tick
+from tidal.scheduler.state import TaskState
 
 
 def run_chunk(h, executor_id, chunk, running_ns=1_000, report=None):

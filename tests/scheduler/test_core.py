@@ -8,9 +8,11 @@ import logging
 
 import pytest
 
-from runtime import protocol as p
-from scheduler import decisions as d
-from scheduler.core import (
+# tests/test_readme.py imports Harness from here: keep this import.
+from tests.scheduler.harness import MS, Harness, payload
+from tidal.runtime import protocol as p
+from tidal.scheduler import decisions as d
+from tidal.scheduler.core import (
     MAX_LOST_EXECUTORS,
     ClientJoined,
     ClientRequest,
@@ -18,11 +20,8 @@ from scheduler.core import (
     SchedulerCore,
     Tick,
 )
-from scheduler.policies import Policy, UnknownPolicy
-from scheduler.state import TaskState
-
-# tests/test_readme.py imports Harness from here: keep this import.
-from tests.scheduler.harness import MS, Harness, payload
+from tidal.scheduler.policies import Policy, UnknownPolicy
+from tidal.scheduler.state import TaskState
 
 
 def test_stream_arrival_suspends_batch_tasks_and_takes_their_slots():
@@ -257,7 +256,9 @@ def test_fifo_never_suspends_and_keeps_arrival_order():
     h.start("e0", "b/0")
     h.submit("s", "stream", 1)
     assert h.sent("e0") == [
-        p.Launch("b/0", "workloads.synthetic:total", None, payload(0), 0, "batch", h.clock.now)
+        p.Launch(
+            "b/0", "tidal.workloads.synthetic:total", None, payload(0), 0, "batch", h.clock.now
+        )
     ]
     h.finish("e0", "b/0")
     assert [m.task_id for m in h.sent("e0", p.Launch)] == ["b/1"]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from runtime import protocol as p
-from scheduler.core import ClientRequest, ExecutorLeft, Tick
-from scheduler.eventlog import FORMAT, EventLog, EventRecorder, read_events
-from scheduler.sim import JobSpec, SimCluster
 from tests.scheduler.harness import CLIENT_ID, MS, Harness
+from tidal.runtime import protocol as p
+from tidal.scheduler.core import ClientRequest, ExecutorLeft, Tick
+from tidal.scheduler.eventlog import FORMAT, EventLog, EventRecorder, read_events
+from tidal.scheduler.sim import JobSpec, SimCluster
 
 
 def recorded(h: Harness) -> list[dict]:

@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
-from runtime import protocol as p
-from runtime.stub import child_env
-from scheduler.journal import Journal, JournalError, default_journal_path
+from tidal.runtime import protocol as p
+from tidal.runtime.processes import child_env
+from tidal.scheduler.journal import Journal, JournalError, default_journal_path
 
 
 def submit(job_id, n):
@@ -80,8 +80,8 @@ def test_a_scheduler_killed_in_the_middle_of_a_batch_leaves_the_last_commit_whol
     path = tmp_path / "j.sqlite"
     script = textwrap.dedent(f"""
         import os
-        from runtime import protocol as p
-        from scheduler.journal import Journal
+        from tidal.runtime import protocol as p
+        from tidal.scheduler.journal import Journal
 
         journal = Journal({str(path)!r})
         tasks = [["j/%d" % i, p.pack_call([i], {{}})] for i in range(100)]

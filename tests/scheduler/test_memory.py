@@ -4,8 +4,8 @@ not retried, and LB's choice of victim under memory pressure."""
 
 from __future__ import annotations
 
-from runtime import protocol as p
 from tests.scheduler.harness import Harness
+from tidal.runtime import protocol as p
 
 MiB = 1024 * 1024
 

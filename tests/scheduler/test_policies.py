@@ -3,10 +3,10 @@ sockets). Whole-scenario comparisons live in test_sim.py."""
 
 from __future__ import annotations
 
-from runtime import protocol as p
-from scheduler.core import Tick
-from scheduler.policies import AdaptivePolicy, FairPolicy, LmaPolicy, StaticPolicy
 from tests.scheduler.harness import MS, Harness
+from tidal.runtime import protocol as p
+from tidal.scheduler.core import Tick
+from tidal.scheduler.policies import AdaptivePolicy, FairPolicy, LmaPolicy, StaticPolicy
 
 
 def launches(h, *executors):
@@ -128,7 +128,7 @@ def test_adaptive_switches_with_the_workload_and_records_why():
 
 
 def test_every_builtin_is_constructible_by_name():
-    from scheduler.policies import BUILTIN_POLICIES, resolve_policy
+    from tidal.scheduler.policies import BUILTIN_POLICIES, resolve_policy
 
     assert sorted(BUILTIN_POLICIES) == ["adaptive", "fair", "fifo", "kill", "lb", "lma", "static"]
     for name in BUILTIN_POLICIES:

@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from runtime.bench.policies import PRESSURED, scenario
-from scheduler import decisions as d
-from scheduler.policies import BUILTIN_POLICIES, Policy, resolve_policy
-from scheduler.sim import SimCluster
+from tidal.runtime.bench.policies import PRESSURED, scenario
+from tidal.scheduler import decisions as d
+from tidal.scheduler.policies import BUILTIN_POLICIES, Policy, resolve_policy
+from tidal.scheduler.sim import SimCluster
 
 CAP = 3
 
@@ -138,7 +138,7 @@ def test_adaptive_records_every_switch_with_a_reason():
 def test_a_stream_task_is_not_stuck_behind_prefetched_tiny_batch_tasks():
     # Tiny batch tasks turn prefetch on, so batch launches race the stream launch to the
     # executor; the stream task must still run at once under lb, and never be withdrawn.
-    from scheduler.sim import JobSpec
+    from tidal.scheduler.sim import JobSpec
 
     jobs = [JobSpec("b", "batch", 0.0, [0.00005] * 3000), JobSpec("s", "stream", 0.1, [0.001])]
     lb = SimCluster("lb", [("e0", "n0")]).run(jobs)

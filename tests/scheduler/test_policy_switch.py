@@ -15,11 +15,11 @@ from collections import deque
 
 import pytest
 
-from runtime import protocol as p
-from scheduler.core import Tick
-from scheduler.policies import Policy, known_policy_names
-from scheduler.state import TaskState
 from tests.scheduler.harness import MS, FakeClock, Harness
+from tidal.runtime import protocol as p
+from tidal.scheduler.core import Tick
+from tidal.scheduler.policies import Policy, known_policy_names
+from tidal.scheduler.state import TaskState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -275,16 +275,16 @@ def test_a_policy_that_raises_when_first_consulted_is_replaced_by_the_default():
 
 @pytest.mark.slow
 def test_switching_a_running_local_cluster_through_the_client_and_the_cli():
-    from runtime.client import Client
-    from runtime.cluster import LocalCluster
-    from workloads.synthetic import spin, total
+    from tidal.runtime.client import Client
+    from tidal.runtime.cluster import LocalCluster
+    from tidal.workloads.synthetic import spin, total
 
     partitions = [list(range(i * 20_000, (i + 1) * 20_000)) for i in range(2)]
     env = dict(os.environ, PYTHONPATH=ROOT)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "runtime", "policy", *args],
+            [sys.executable, "-m", "tidal", "policy", *args],
             capture_output=True,
             text=True,
             env=env,

@@ -7,11 +7,11 @@ and closed, and a new core is built on the same file.
 
 from __future__ import annotations
 
-from runtime import protocol as p
-from scheduler.core import ClientJoined, ClientRequest, ExecutorLeft, Tick
-from scheduler.journal import Journal
-from scheduler.state import TaskState
 from tests.scheduler.harness import MS, Harness
+from tidal.runtime import protocol as p
+from tidal.scheduler.core import ClientJoined, ClientRequest, ExecutorLeft, Tick
+from tidal.scheduler.journal import Journal
+from tidal.scheduler.state import TaskState
 
 HEARTBEAT = {"heartbeat_ns": 100 * MS, "missed_heartbeats": 3}  # lost after 300 ms
 

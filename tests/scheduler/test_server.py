@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from runtime import protocol as p
-from runtime.client import Client
-from runtime.cluster import LocalCluster
-from runtime.guard import BAD_FRAME_LIMIT
-from workloads.synthetic import total
+from tidal.runtime import protocol as p
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.guard import BAD_FRAME_LIMIT
+from tidal.workloads.synthetic import total
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,11 @@ import dataclasses
 
 import pytest
 
-from runtime import protocol as p
-from scheduler.decisions import Launch
-from scheduler.policies import BUILTIN_POLICIES, Policy
-from scheduler.policies.lb import LbPolicy
-from scheduler.sim import (
+from tidal.runtime import protocol as p
+from tidal.scheduler.decisions import Launch
+from tidal.scheduler.policies import BUILTIN_POLICIES, Policy
+from tidal.scheduler.policies.lb import LbPolicy
+from tidal.scheduler.sim import (
     SCENARIO_KINDS,
     TASK_FN,
     TASK_PAYLOAD,

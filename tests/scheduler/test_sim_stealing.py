@@ -14,11 +14,11 @@ import random
 
 import pytest
 
-from runtime import protocol as p
-from runtime.kernel import CHUNK_REPORT_EVERY
-from scheduler.sim import TASK_FN, TASK_PAYLOAD, JobSpec, SimCluster
-from scheduler.sim_executor import NIL
 from tests.scheduler.test_sim import MS, US, Bench, launch
+from tidal.runtime import protocol as p
+from tidal.runtime.kernel import CHUNK_REPORT_EVERY
+from tidal.scheduler.sim import TASK_FN, TASK_PAYLOAD, JobSpec, SimCluster
+from tidal.scheduler.sim_executor import NIL
 
 TWO = [("e0", "n0"), ("e1", "n1")]
 

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from scheduler.sim import JobSpec, SimCluster, mixed_scenario
-from scheduler.state import ClusterView
+from tidal.scheduler.sim import JobSpec, SimCluster, mixed_scenario
+from tidal.scheduler.state import ClusterView
 
 
 def check_views(view: ClusterView) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict
 
-from workloads.ads import AdSpec, campaign_table, count_views, generate_events
+from tidal.workloads.ads import AdSpec, campaign_table, count_views, generate_events
 
 SPEC = AdSpec(campaigns=7, ads_per_campaign=3, events_per_s=1000, window_ms=250, seed=5)
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from runtime.cli import main
+from tidal.runtime.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def test_without_matplotlib_the_report_keeps_its_figures_and_says_how_to_get_plo
     import sys
     from types import SimpleNamespace
 
-    from runtime.report import write_report
+    from tidal.runtime.report import write_report
 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
     row = dict.fromkeys(POLICY_FIELDS, 1.0) | {"suspensions": 3}

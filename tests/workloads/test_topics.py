@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from runtime import protocol as p
-from runtime.kernel import Kernel
 from tests.runtime.test_kernel import Transport, interrupting, run_to_completion
-from workloads.topics import (
+from tidal.runtime import protocol as p
+from tidal.runtime.kernel import Kernel
+from tidal.workloads.topics import (
     CorpusSpec,
     Trainer,
     make_corpus,

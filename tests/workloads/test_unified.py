@@ -9,11 +9,11 @@ from dataclasses import asdict
 
 import pytest
 
-from runtime.client import Client
-from runtime.cluster import LocalCluster
-from workloads.ads import AdSpec, campaign_table, generate_events
-from workloads.topics import CorpusSpec, Trainer, make_corpus, train_locally
-from workloads.unified import page_topic, run_stream, score_views, train_on
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.workloads.ads import AdSpec, campaign_table, generate_events
+from tidal.workloads.topics import CorpusSpec, Trainer, make_corpus, train_locally
+from tidal.workloads.unified import page_topic, run_stream, score_views, train_on
 
 ADS = AdSpec(campaigns=5, ads_per_campaign=4, events_per_s=2000, window_ms=100, seed=2)
 

@@ -1,25 +1,22 @@
-"""A stand-in scheduler for tests and benchmarks: a ROUTER socket that speaks the protocol.
+"""A stand-in scheduler for tests: a ROUTER socket that speaks the protocol.
 
 In the spirit of an in-memory stub broker, it lets the executor be exercised for real (its
-own process, real ZeroMQ) without the whole scheduler. It also starts and stops executor
-processes, so every process a test starts is stopped by the same helper.
+own process, real ZeroMQ) without the whole scheduler. Executor processes are started and
+stopped with tidal.runtime.processes, so every process a test starts is stopped by the
+same helper.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections import deque
-from collections.abc import Sequence
 
 import zmq
 
-from runtime import protocol as p
-from runtime.realtime import realtime_io_threads
+from tidal.runtime import protocol as p
+from tidal.runtime.realtime import realtime_io_threads
 
-__all__ = ["StubScheduler", "child_env", "spawn_executor", "stop_process"]
+__all__ = ["StubScheduler"]
 
 
 class StubScheduler:
@@ -114,44 +111,3 @@ class StubScheduler:
             if rid == routing_id:
                 return executor_id
         return routing_id.hex()
-
-
-def spawn_executor(
-    address: str, *, node: str = "local", extra_args: Sequence[str] = ()
-) -> subprocess.Popen[bytes]:
-    """Start `tidal executor` in a child process connected to `address`."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runtime",
-            "executor",
-            "--scheduler",
-            address,
-            "--node",
-            node,
-            *extra_args,
-        ],
-        env=child_env(),
-    )
-
-
-def child_env() -> dict[str, str]:
-    """This process's environment, with this checkout first on PYTHONPATH: a child started
-    with it imports this very checkout, also when it is not installed."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return env
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    """Ask a child to stop (SIGTERM), kill it if it does not; return its exit code."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
