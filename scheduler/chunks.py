@@ -26,21 +26,23 @@ policy; `SchedulerCore(stealing=False)` turns them off.
 from __future__ import annotations
 
 import heapq
-import logging
 import math
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tidal.runtime import protocol as p
 from tidal.scheduler import decisions as d
-from tidal.scheduler.state import Executor, Job, Task, TaskState, stat_count
+from tidal.scheduler.records import ExecutorRecord, Job, Records, Task, TaskState, stat_count
 
-if TYPE_CHECKING:
-    from tidal.scheduler.core import SchedulerCore
-
-log = logging.getLogger("tidal.scheduler")
-
-__all__ = ["TARGET_CHUNK_NS", "Stealer", "check_chunksize", "form_chunk", "validate_steal"]
+__all__ = [
+    "TARGET_CHUNK_NS",
+    "Stealer",
+    "check_chunksize",
+    "chunk_size",
+    "on_results",
+    "on_stolen",
+    "start_steal",
+    "validate_steal",
+]
 
 # Discussion: ~20 ms of work per chunk keeps per-message costs (~0.2 ms a round trip here)
 # near 1% while a stream task still finds a boundary between subtasks within a subtask.
@@ -67,7 +69,7 @@ def check_chunksize(options: dict[str, Any] | None) -> str | None:
     return f"chunksize must be an int >= 1 or 'auto', not {size!r}"
 
 
-def chunk_size(core: SchedulerCore, job: Job) -> int:
+def chunk_size(records: Records, job: Job) -> int:
     """How many subtasks the next chunk of `job` gets."""
     if job.chunksize != "auto":
         return int(job.chunksize)
@@ -75,58 +77,14 @@ def chunk_size(core: SchedulerCore, job: Job) -> int:
         return FIRST_CHUNK
     size = TARGET_CHUNK_NS / (job.subtask_ns + SUBTASK_OVERHEAD_NS)
     # Leave work for every executor: no chunk over half an executor's fair share.
-    executors = max(1, sum(e.alive for e in core.executors.values()))
-    share = math.ceil(core.pending.count_of_job(job.job_id) / (2 * executors))
+    executors = max(1, sum(e.alive for e in records.executors.values()))
+    share = math.ceil(records.pending.count_of_job(job.job_id) / (2 * executors))
     return max(1, min(MAX_CHUNK, int(size), max(share, 1)))
 
 
-def form_chunk(
-    core: SchedulerCore,
-    first: Task,
-    reserved: Collection[str] = (),
-    tasks: list[Task] | None = None,
-) -> Task:
-    """Group `first` and the job's next pending tasks (or exactly `tasks`) into a chunk.
-
-    Tasks in `reserved` (launched elsewhere by the same decisions) are left out. The chunk
-    is then placed on an executor with `core.place`.
-    """
-    job = first.job
-    if tasks is None:
-        size = chunk_size(core, job)
-        tasks = [first]
-        for task in core.pending.iterate(job.priority):
-            if len(tasks) >= size:
-                break
-            if task.job is job and task is not first and task.task_id not in reserved:
-                tasks.append(task)
-    job.chunks += 1
-    # After a restart, chunk ids carry the restart count: an executor coming back may hold
-    # a chunk numbered by the scheduler before.
-    number = f"{core.restarts}.{job.chunks}" if core.restarts else str(job.chunks)
-    chunk = Task(f"{job.job_id}#{number}", job, b"", first.seq, core.now)
-    chunk.subtasks = {}
-    for task in tasks:
-        if task.state is TaskState.PENDING:
-            core.pending.removed(task)
-        task.state = TaskState.LAUNCHED
-        task.chunk = chunk
-        chunk.subtasks[task.task_id] = task
-    core.tasks[chunk.task_id] = chunk
-    return chunk
-
-
-def launch_message(core: SchedulerCore, chunk: Task) -> p.LaunchChunk:
-    job = chunk.job
-    subtasks = [[t.task_id, t.payload] for t in chunk.subtasks.values()]
-    return p.LaunchChunk(
-        chunk.task_id, job.fn, job.main_path, subtasks, chunk.attempt, job.priority, core.now
-    )
-
-
-def on_results(core: SchedulerCore, executor: Executor, msg: p.ChunkResults) -> None:
+def on_results(records: Records, executor: ExecutorRecord, msg: p.ChunkResults) -> None:
     """Complete each reported subtask, exactly once."""
-    chunk = core.tasks.get(msg.chunk_id)
+    chunk = records.tasks.get(msg.chunk_id)
     if chunk is None or chunk.subtasks is None or chunk.executor_id != executor.executor_id:
         return
     job = chunk.job
@@ -141,31 +99,15 @@ def on_results(core: SchedulerCore, executor: Executor, msg: p.ChunkResults) -> 
         task.running_ns = running
         job.subtask_ns = running if job.subtask_ns is None else 0.9 * job.subtask_ns + 0.1 * running
         if outcome == "finished":
-            core.complete(task, "finished", value, None)
+            records.complete(task, "finished", value, None)
         else:
-            core.complete(task, "failed", None, error if isinstance(error, list) else None)
+            records.complete(task, "failed", None, error if isinstance(error, list) else None)
 
 
-def end_chunk(
-    core: SchedulerCore,
-    chunk: Task,
-    error: list[str] | None = None,
-    started: bool = True,
-    lost_on: str | None = None,
-) -> None:
-    """A chunk ended (finished, failed, killed, or lost with executor `lost_on`): settle
-    the tasks it left."""
-    chunk.state = TaskState.DONE
-    core.steals_in_flight.pop(chunk.task_id, None)  # a late `stolen` is ignored
-    left = [t for t in chunk.subtasks.values() if t.state is not TaskState.DONE]
-    chunk.subtasks = {}
-    core.settle(left, error=error, started=started, lost_on=lost_on)
-
-
-def on_stolen(core: SchedulerCore, executor: Executor, msg: p.Stolen) -> None:
+def on_stolen(records: Records, executor: ExecutorRecord, msg: p.Stolen) -> None:
     """The victim gave these up: launch them as a new chunk on the thief (or requeue)."""
-    chunk = core.tasks.get(msg.chunk_id)
-    steal = core.steals_in_flight.pop(msg.chunk_id, None)
+    chunk = records.tasks.get(msg.chunk_id)
+    steal = records.steals_in_flight.pop(msg.chunk_id, None)
     if chunk is None or chunk.subtasks is None or steal is None:
         return
     thief_id, _ = steal
@@ -176,43 +118,39 @@ def on_stolen(core: SchedulerCore, executor: Executor, msg: p.Stolen) -> None:
             moved.append(task)
     if not moved:
         return
-    thief = core.executors.get(thief_id)
+    thief = records.executors.get(thief_id)
     if thief is None or not thief.alive or thief.slot_task is not None:
-        core.requeue(moved, attempt=False)
+        records.requeue(moved, attempt=False)
         return
-    new = form_chunk(core, moved[0], tasks=moved)
-    core.place(thief, new)
-    core.send(thief, launch_message(core, new))
-    core.steal_count += 1
+    new = records.form_chunk(moved[0], len(moved), tasks=moved)
+    records.launch_chunk(thief, new)
+    records.steal_count += 1
 
 
-def validate_steal(core: SchedulerCore, chunk: Task, decision: d.Steal) -> str | None:
+def validate_steal(records: Records, chunk: Task, decision: d.Steal) -> str | None:
     """None if the steal may go ahead now, else why not."""
-    thief = core.executors.get(decision.executor_id)
+    thief = records.executors.get(decision.executor_id)
     if chunk.subtasks is None:
         return "not a chunk"
-    victim = core.executors.get(chunk.executor_id or "")
+    victim = records.executors.get(chunk.executor_id or "")
     if victim is None or not victim.alive or chunk.state in (TaskState.KILLING, TaskState.DONE):
         return "the chunk is not on a live executor"
     if thief is None or not thief.alive or thief is victim:
         return "no such live executor to steal for"
     if thief.slot_task is not None:
         return "the thief's slot is busy"
-    if chunk.task_id in core.steals_in_flight:
+    if chunk.task_id in records.steals_in_flight:
         return "a steal from this chunk is already under way"
     if decision.count < 1 or decision.count >= len(chunk.subtasks):
         return f"cannot steal {decision.count} of {len(chunk.subtasks)} subtasks"
     return None
 
 
-def consider_steals(core: SchedulerCore) -> None:
-    """Let the stealer propose steals for idle executors; the core validates and applies them."""
-    if core.stealer is None:
-        return
-    for decision in core.stealer.propose(core):
-        reason = core.apply(decision)
-        if reason is not None:
-            log.debug("refused steal %r: %s", decision, reason)
+def start_steal(records: Records, chunk: Task, decision: d.Steal) -> None:
+    """Ask the chunk's executor for `decision.count` of its subtasks, for the thief."""
+    victim = records.executors[chunk.executor_id]
+    records.steals_in_flight[chunk.task_id] = (decision.executor_id, decision.count)
+    records.send(victim, p.Steal(chunk.task_id, decision.count, records.now))
 
 
 class Stealer:
@@ -224,7 +162,7 @@ class Stealer:
         self.rule = rule
         self._last_steal: dict[str, int] = {}
 
-    def propose(self, core: SchedulerCore) -> list[d.Steal]:
+    def propose(self, records: Records) -> list[d.Steal]:
         # Discussion: this runs after every report. At 1,000 executors running their last
         # chunks, walking each executor's tasks through generators and ranking every
         # candidate anew for every thief cost ~0.7 ms a report when an executor was idle,
@@ -235,12 +173,12 @@ class Stealer:
         # Each thief takes the best one left that is not its own; only the thieves' own
         # chunks can be skipped, so the ranking needs at most that many besides one per
         # thief.
-        if core.pending.count():
+        if records.pending.count():
             return []  # idle executors will get pending work first
-        now = core.now
+        now = records.now
         idle = [
             e
-            for e in core.executors.values()
+            for e in records.executors.values()
             if e.slot_task is None
             and not e.queued
             and e.alive
@@ -248,7 +186,7 @@ class Stealer:
         ]
         if not idle:
             return []
-        candidates = self._candidates(core)
+        candidates = self._candidates(records)
         thieves = {e.executor_id for e in idle}
         enough = len(idle) + sum(c[0].executor_id in thieves for c in candidates)
         if self.rule == "largest":
@@ -277,12 +215,12 @@ class Stealer:
         return decisions
 
     @staticmethod
-    def _candidates(core: SchedulerCore) -> list[tuple[Task, int]]:
+    def _candidates(records: Records) -> list[tuple[Task, int]]:
         """Chunks worth stealing from, with how many subtasks to take: in the order of their
         executors, and on each, slot, queue, then suspended ones (`Executor.tasks`)."""
         candidates = []
-        in_flight, killing = core.steals_in_flight, TaskState.KILLING
-        for executor in core.executors.values():
+        in_flight, killing = records.steals_in_flight, TaskState.KILLING
+        for executor in records.executors.values():
             slot = executor.slot_task
             if executor.queued or executor.suspended:
                 here = [t for t in executor.tasks() if t.subtasks is not None]

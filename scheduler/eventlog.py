@@ -8,10 +8,12 @@ finished, failed, killed, stolen, ...), executors joining and being lost, submis
 policy switches. Heartbeats, pings and status requests are not logged. `tidal timeline LOG`
 draws a log (runtime/timeline.py); docs/eventlog.md lists every event and its fields.
 
-The core stays pure and knows nothing of the log: `EventRecorder` reads one step of it (the
-event handed to `SchedulerCore.handle` and the instructions that came back) together with the
-core's records after that step. Every record's "t" is the core's clock at that step, in
-seconds: the monotonic clock the scheduler runs on (the fake clock, in a simulation).
+The core stays pure and knows nothing of the log: `EventRecorder` reads one step of it, the
+event handed to `SchedulerCore.handle` and the instructions that came back: the commands
+sent, and the notes of what the step decided (a job accepted or refused, an executor lost,
+the policy changed; scheduler/events.py). Every record's "t" is the core's clock at that
+step, in seconds: the monotonic clock the scheduler runs on (the fake clock, in a
+simulation).
 """
 
 from __future__ import annotations
@@ -19,25 +21,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tidal.runtime import protocol as p
-from tidal.scheduler.events import (
-    ClientRequest,
-    Event,
-    ExecutorJoined,
-    ExecutorLeft,
-    ExecutorReport,
-    Instruction,
-    Tick,
-    ToClient,
-    ToExecutor,
-)
+from tidal.scheduler import events as ev
+from tidal.scheduler.events import Event, ExecutorJoined, ExecutorReport, Instruction, ToExecutor
 from tidal.scheduler.policies.adaptive import AdaptivePolicy
+from tidal.scheduler.records import Records
 
-if TYPE_CHECKING:
-    from tidal.scheduler.core import SchedulerCore
-    from tidal.scheduler.state import Executor
+
+class LoggedCore(Protocol):
+    """What the recorder reads of the core it logs (a SchedulerCore)."""
+
+    policy: Any
+    records: Records
+
 
 __all__ = ["FORMAT", "EventLog", "EventRecorder", "read_events"]
 
@@ -50,19 +48,18 @@ Record = dict[str, Any]
 class EventRecorder:
     """Turn each step of one core into log records (see the module docstring).
 
-    It keeps what it needs to tell what a step changed: the executors it saw alive (to name
-    the ones a step lost), the number of jobs (to tell an accepted submission from a refused
-    one) and the policy (to see a switch).
+    It reads the core's records only to name a task's job and priority, and the adaptive
+    policy's own record of its switches.
     """
 
-    def __init__(self, core: SchedulerCore) -> None:
+    def __init__(self, core: LoggedCore) -> None:
         self.core = core
         self._opened = False
-        self._alive = self._alive_executors()
-        self._jobs = len(core.jobs)
-        self._policy = core.policy
-        self._failures = len(core.policy_failures)
-        self._adaptive_switches = self._adaptive_count()
+        # The adaptive policy last seen, and how many of its switches are logged: those it
+        # made before this recorder began count as logged.
+        policy = core.policy
+        self._adaptive_policy = policy if isinstance(policy, AdaptivePolicy) else None
+        self._adaptive_switches = len(policy.switches) if self._adaptive_policy else 0
         self._commands: dict[type, Callable[[str, Any], Record]] = {
             p.Launch: self._launch,
             p.LaunchChunk: self._launch_chunk,
@@ -70,6 +67,33 @@ class EventRecorder:
             p.Resume: lambda e, m: {"event": "resume", "task": m.task_id, "executor": e},
             p.Kill: lambda e, m: {"event": "kill", "task": m.task_id, "executor": e},
             p.Steal: self._steal,
+        }
+        self._notes: dict[type, Callable[[Any], Record]] = {
+            ev.JobAccepted: lambda n: {
+                "event": "submitted",
+                "job": n.submit.job_id,
+                "priority": n.submit.priority,
+                "order": n.submit.order,
+                "tasks": len(n.submit.tasks),
+                "client": n.client_id,
+            },
+            ev.JobRefused: lambda n: {
+                "event": "submit_refused",
+                "job": n.job_id,
+                "client": n.client_id,
+                "reason": n.reason,
+            },
+            ev.PolicyChanged: lambda n: {
+                "event": "policy",
+                "policy": n.policy,
+                "previous": n.previous,
+                "reason": n.reason,
+            },
+            ev.ExecutorLost: lambda n: {
+                "event": "executor_lost",
+                "executor": n.executor_id,
+                "reason": n.reason,
+            },
         }
         self._reports: dict[type, Callable[[str, Any], Record]] = {
             p.Started: self._started_report,
@@ -132,20 +156,19 @@ class EventRecorder:
                     "event": "log_started",
                     "format": FORMAT,
                     "policy": str(core.policy.name),
-                    "max_suspensions": core.max_suspensions,
+                    "max_suspensions": core.records.max_suspensions,
                 }
             )
-        # -- 1. What arrived (an executor lost by it is named first: it was lost before the
-        #       executor that joined in its place, or the decisions that requeued its tasks).
+        # -- 1. Executors the step lost: named first, as they were lost before the executor
+        #       that joined in its place, or the decisions that requeued their tasks.
+        notes = [i for i in instructions if isinstance(i, ev.Note)]
+        out.extend(self._notes[type(n)](n) for n in notes if isinstance(n, ev.ExecutorLost))
+        # -- 2. What arrived (a goodbye is its executor's loss, named above).
         if isinstance(event, ExecutorReport):
-            if isinstance(event.message, p.Goodbye):
-                out.extend(self._losses(event))
-            else:
-                report = self._reports.get(type(event.message))
-                if report is not None:
-                    out.append(report(event.executor_id, event.message))
+            report = self._reports.get(type(event.message))
+            if report is not None:
+                out.append(report(event.executor_id, event.message))
         elif isinstance(event, ExecutorJoined):
-            out.extend(self._losses(event))
             hello = event.hello
             out.append(
                 {
@@ -155,18 +178,18 @@ class EventRecorder:
                     "hostname": hello.hostname,
                 }
             )
-        elif isinstance(event, ExecutorLeft | Tick):
-            out.extend(self._losses(event))
-        elif isinstance(event, ClientRequest) and isinstance(event.message, p.Submit):
-            out.append(self._submitted(event.client_id, event.message, instructions))
-        # -- 2. A policy switch (asked for, or a failing policy replaced), then the commands.
-        out.extend(self._policy_changes(event))
+        # -- 3. What the step decided (a job accepted or refused, a policy switched), then
+        #       the adaptive policy's own switches, then the commands sent.
+        for note in notes:
+            if not isinstance(note, ev.ExecutorLost) and type(note) in self._notes:
+                out.append(self._notes[type(note)](note))
+        out.extend(self._adaptive_switches_since())
         for instruction in instructions:
             if isinstance(instruction, ToExecutor):
                 command = self._commands.get(type(instruction.message))
                 if command is not None:
                     out.append(command(instruction.executor_id, instruction.message))
-        t = core.now / 1e9
+        t = core.records.now / 1e9
         return [{"t": t, **record} for record in out]
 
     # ---- commands -------------------------------------------------------------------------------
@@ -193,7 +216,7 @@ class EventRecorder:
         }
 
     def _steal(self, executor_id: str, msg: p.Steal) -> Record:
-        thief, _ = self.core.steals_in_flight.get(msg.chunk_id, (None, 0))
+        thief, _ = self.core.records.steals_in_flight.get(msg.chunk_id, (None, 0))
         return {
             "event": "steal",
             "task": msg.chunk_id,
@@ -205,7 +228,7 @@ class EventRecorder:
     # ---- reports -------------------------------------------------------------------------------
 
     def _started_report(self, executor_id: str, msg: p.Started) -> Record:
-        task = self.core.tasks.get(msg.task_id)
+        task = self.core.records.tasks.get(msg.task_id)
         return {
             "event": "started",
             "task": msg.task_id,
@@ -226,97 +249,29 @@ class EventRecorder:
             "work_lost_ms": lost,
         }
 
-    # ---- what a step changed -------------------------------------------------------------------
-
-    def _submitted(
-        self, client_id: str, msg: p.Submit, instructions: Sequence[Instruction]
-    ) -> Record:
-        jobs, self._jobs = self._jobs, len(self.core.jobs)
-        if self._jobs > jobs:
-            return {
-                "event": "submitted",
-                "job": msg.job_id,
-                "priority": msg.priority,
-                "order": msg.order,
-                "tasks": len(msg.tasks),
-                "client": client_id,
-            }
-        # Refused: the core failed every task of it at once, saying why in each error.
-        reason = ""
-        for instruction in instructions:
-            if isinstance(instruction, ToClient) and isinstance(instruction.message, p.Results):
-                error = instruction.message.items[0][3] if instruction.message.items else None
-                if isinstance(error, list) and len(error) > 1:
-                    reason = str(error[1])
-                break
-        return {"event": "submit_refused", "job": msg.job_id, "client": client_id, "reason": reason}
-
-    def _losses(self, event: Event) -> list[Record]:
-        """executor_lost for each executor alive after the last step and not after this one."""
-        now_alive = self._alive_executors()
-        out = []
-        for executor_id, executor in self._alive.items():
-            if now_alive.get(executor_id) is executor:
-                continue
-            if isinstance(event, ExecutorLeft):
-                reason = event.reason
-            elif isinstance(event, ExecutorReport):  # a goodbye
-                reason = f"it said goodbye ({event.message.reason})"
-            elif isinstance(event, ExecutorJoined):
-                reason = "it joined again"
-            else:  # the liveness check at a tick
-                reason = f"no heartbeat for {(self.core.now - executor.last_seen) / 1e6:.0f} ms"
-            out.append({"event": "executor_lost", "executor": executor_id, "reason": reason})
-        self._alive = now_alive
-        return out
-
-    def _policy_changes(self, event: Event) -> list[Record]:
-        core = self.core
-        out = []
-        if core.policy is not self._policy:
-            if len(core.policy_failures) > self._failures:
-                reason = core.policy_failures[-1]
-            elif isinstance(event, ClientRequest) and isinstance(event.message, p.SetPolicy):
-                reason = f"requested by client {event.client_id}"
-            else:
-                reason = ""
-            out.append(
-                {
-                    "event": "policy",
-                    "policy": str(core.policy.name),
-                    "previous": str(self._policy.name),
-                    "reason": reason,
-                }
-            )
-            self._policy = core.policy
-            self._adaptive_switches = 0
-        self._failures = len(core.policy_failures)
-        # The adaptive policy switches among lb, fair and fifo by itself; it keeps a record.
-        if isinstance(core.policy, AdaptivePolicy):
-            switches = core.policy.switches
-            for switch in switches[self._adaptive_switches :]:
-                out.append(
-                    {
-                        "event": "adaptive_switch",
-                        "policy": switch.to_policy,
-                        "previous": switch.from_policy,
-                        "reason": switch.reason,
-                    }
-                )
-            self._adaptive_switches = len(switches)
-        return out
-
     # ---- helpers --------------------------------------------------------------------------------
 
-    def _alive_executors(self) -> dict[str, Executor]:
-        return {e.executor_id: e for e in self.core.executors.values() if e.alive}
-
-    def _adaptive_count(self) -> int:
+    def _adaptive_switches_since(self) -> list[Record]:
+        """The switches the adaptive policy (if it is the policy) made since the last step."""
         policy = self.core.policy
-        return len(policy.switches) if isinstance(policy, AdaptivePolicy) else 0
+        if not isinstance(policy, AdaptivePolicy):
+            return []
+        if policy is not self._adaptive_policy:  # a new one since the last step: all of its
+            self._adaptive_policy, self._adaptive_switches = policy, 0
+        switches = policy.switches[self._adaptive_switches :]
+        self._adaptive_switches = len(policy.switches)
+        return [
+            {
+                "event": "adaptive_switch",
+                "policy": switch.to_policy,
+                "previous": switch.from_policy,
+                "reason": switch.reason,
+            }
+            for switch in switches
+        ]
 
     def _job_of(self, task_id: str) -> str | None:
-        task = self.core.tasks.get(task_id)
+        task = self.core.records.tasks.get(task_id)
         return None if task is None else task.job.job_id
 
 
@@ -326,7 +281,7 @@ class EventLog:
 
     Given the `core` it logs, `step(event, instructions)` writes one step of that core."""
 
-    def __init__(self, path: str | os.PathLike[str], core: SchedulerCore | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], core: LoggedCore | None = None) -> None:
         self.path = os.fspath(path)
         self._recorder = None if core is None else EventRecorder(core)
         self._file = open(self.path, "w", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115

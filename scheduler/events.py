@@ -1,24 +1,38 @@
 """What goes into the scheduler core and what comes out of it.
 
 Events are what happened (an executor joined or reported, a client asked, time passed);
-instructions are messages to send. `SchedulerCore.handle(event)` turns one into the other,
-and the ZeroMQ shell (scheduler/server.py) or the simulation (scheduler/sim.py) moves them.
+instructions are what to do about it: messages to send (`ToExecutor`, `ToClient`) and notes
+of what the step decided (`Note`: a job accepted, a task ended, an executor lost, ...).
+`SchedulerCore.handle(event)` turns one into the other. The ZeroMQ shell
+(scheduler/server.py) or the simulation (scheduler/sim.py) moves the messages; the journal
+(`Journal.apply`) writes the notes a restart needs, and the event log (scheduler/eventlog.py)
+writes the notes a reader wants. The core itself writes nothing anywhere.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from tidal.runtime import protocol as p
 
 __all__ = [
+    "CancelRequested",
     "ClientJoined",
+    "ClientLeft",
     "ClientRequest",
     "Event",
     "ExecutorJoined",
     "ExecutorLeft",
+    "ExecutorLost",
     "ExecutorReport",
+    "ExecutorUp",
     "Instruction",
+    "JobAccepted",
+    "JobRefused",
+    "Note",
+    "PolicyChanged",
+    "TaskEnded",
     "Tick",
     "ToClient",
     "ToExecutor",
@@ -79,4 +93,65 @@ class ToClient:
     message: p.Message
 
 
-Instruction = ToExecutor | ToClient
+# ---- notes out: what a step decided, for the journal and the event log -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobAccepted:
+    client_id: str
+    submit: p.Submit  # as it came: the journal keeps it whole
+
+
+@dataclass(frozen=True, slots=True)
+class JobRefused:
+    client_id: str
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEnded:
+    job_id: str
+    item: list[Any]  # the result item its client gets: [task_id, outcome, value, error, stats]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    job_id: str
+    task_id: str  # still running somewhere when this is noted
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorUp:
+    executor_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorLost:
+    executor_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLeft:
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChanged:
+    policy: str
+    previous: str
+    reason: str  # asked for by a client, or the failure that replaced the policy
+
+
+Note = (
+    JobAccepted
+    | JobRefused
+    | TaskEnded
+    | CancelRequested
+    | ExecutorUp
+    | ExecutorLost
+    | ClientLeft
+    | PolicyChanged
+)
+Instruction = ToExecutor | ToClient | Note

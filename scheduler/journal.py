@@ -9,9 +9,11 @@ What is written, and when:
 * the executors that are alive (a restarted scheduler waits for them to come back);
 * when a client says goodbye, its jobs go: no one will ask for their results again.
 
-The core records into the journal as it goes (`NullJournal` is the do-nothing journal of a
-scheduler without one); nothing reaches the disk until the shell calls `commit()`, which it
-does once per pass over its socket and at every tick, in one transaction. Results, and the
+The core writes nothing itself: among its instructions are notes of what it decided
+(scheduler/events.py), and the shell hands them to `apply(note)`, which records the ones a
+restart needs (`NullJournal` is the do-nothing journal of a scheduler without one). Nothing
+reaches the disk until the shell calls `commit()`, which it does once per pass over its
+socket and at every tick, in one transaction. Results, and the
 acks that let executors forget them, are sent only after that commit, so whatever a client
 or an executor was told is safe is on disk.
 
@@ -44,6 +46,7 @@ from typing import Any
 import msgpack
 
 from tidal.runtime import protocol as p
+from tidal.scheduler import events as ev
 
 __all__ = ["Journal", "JournalError", "JournalState", "NullJournal", "default_journal_path"]
 
@@ -101,10 +104,26 @@ class JournalState:
 class NullJournal:
     """The journal of a scheduler that keeps none: every record is dropped.
 
-    The hooks the core calls; a real journal overrides them all.
+    `apply(note)` records a core's note through the hooks below; a real journal overrides
+    them all.
     """
 
     path: str | None = None
+
+    def apply(self, note: ev.Note) -> None:
+        """Record what `note` says, if a restart needs it (other notes are ignored)."""
+        if isinstance(note, ev.TaskEnded):  # the commonest, first
+            self.ended(note.job_id, note.item)
+        elif isinstance(note, ev.JobAccepted):
+            self.submitted(note.client_id, note.submit)
+        elif isinstance(note, ev.CancelRequested):
+            self.cancel_requested(note.job_id, note.task_id)
+        elif isinstance(note, ev.ExecutorUp):
+            self.executor_joined(note.executor_id)
+        elif isinstance(note, ev.ExecutorLost):
+            self.executor_lost(note.executor_id)
+        elif isinstance(note, ev.ClientLeft):
+            self.client_left(note.client_id)
 
     def submitted(self, client_id: str, submit: p.Submit) -> None:
         """A job was accepted."""

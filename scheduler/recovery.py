@@ -1,21 +1,23 @@
 """Recovery: rebuilding the scheduler's state after a restart, and taking back what
 executors and clients report when they come back (Mesos-style soft state).
 
-The core calls these functions at four points:
+They work on the scheduler's records (scheduler/records.py); the core calls them at four
+points:
 
-* `restore(core, state)` when it is built on a journal that holds jobs: every job comes back;
-  tasks that ended are counted, tasks that did not become UNCLAIMED (nobody knows yet
-  where they are), and cancellations asked for before the restart are carried out.
-* `reclaim(core, executor, holding, mine)` when an executor says hello with what it holds
+* `restore(records, state, grace_ns, path)` when it is built on a journal that holds jobs:
+  every job comes back; tasks that ended are counted, tasks that did not become UNCLAIMED
+  (nobody knows yet where they are), and cancellations asked for before the restart are carried out.
+* `reclaim(records, executor, holding, mine)` when an executor says hello with what it holds
   (`hello.holding`): results it could not be sure we had are taken once, and each task or
   chunk it holds is adopted where it is (same attempt, its state as the executor says) if
   it is ours to take: UNCLAIMED after a restart, or one this same executor held before
   it said hello again. Anything else it holds is stale (its task ended, or was queued
   again and runs elsewhere) and is killed there.
-* `end_grace(core)` when every executor known before the restart said hello again, or
-  the grace period (`reclaim_grace_ns`) ran out: whatever is still UNCLAIMED is queued.
-* `on_reattach(core, client_id, msg)` when a client that reconnected lists the tasks it
-  still waits for: results we have go to it (from the journal), the others will come,
+* `end_grace(records)` when every executor known before the restart said hello again, or
+  the grace period (`grace_ns` after the restore) ran out: whatever is still UNCLAIMED is queued.
+* `on_reattach(records, client_id, msg, results)` when a client that reconnected lists the tasks it
+  still waits for: results we have go to it (`results` looks them up in the journal), the
+  others will come,
   and the ids we never heard of are named so that it submits those jobs again.
 
 Each task's future still completes exactly once: a result is taken only for a task that
@@ -25,15 +27,18 @@ has not ended, and an adopted task reports under the attempt the executor runs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tidal.runtime import protocol as p
-from tidal.scheduler import chunks as ch
-from tidal.scheduler.state import Executor, Task, TaskState
+from tidal.scheduler import events as ev
+from tidal.scheduler.records import ExecutorRecord, Records, Task, TaskState
 
 if TYPE_CHECKING:
-    from tidal.scheduler.core import SchedulerCore
     from tidal.scheduler.journal import JournalState
+
+# What `on_reattach` asks the journal: task id -> (job id, result item), for those it has.
+ResultLookup = Callable[[list[str]], dict[str, tuple[str, list[Any]]]]
 
 log = logging.getLogger("tidal.scheduler")
 
@@ -45,14 +50,14 @@ RESULT_STATES = ("finished", "failed")
 _ADOPT_ORDER = {state: i for i, state in enumerate(TASK_STATES)}
 
 
-def restore(core: SchedulerCore, state: JournalState) -> None:
+def restore(records: Records, state: JournalState, grace_ns: int, path: str | None) -> None:
     """Rebuild jobs and unfinished tasks from what the journal held (see the docstring)."""
-    core.restarts = state.restarts
+    records.restarts = state.restarts
     cancelled = []
     for client_id, submit in state.jobs:
         ended = [entry[0] for entry in submit.tasks if entry[0] in state.outcomes]
-        tasks = core.add_job(client_id, submit, skip=set(ended))
-        job = core.jobs[submit.job_id]
+        tasks = records.add_job(client_id, submit, skip=set(ended))
+        job = records.jobs[submit.job_id]
         for task_id in ended:
             job.count_end(state.outcomes[task_id])
         for task in tasks:
@@ -61,32 +66,34 @@ def restore(core: SchedulerCore, state: JournalState) -> None:
                 task.cancel_requested = True
                 cancelled.append(task)
     for task in cancelled:  # asked for before the restart: done, wherever it may still run
-        core.complete(task, "cancelled", None, None)
-    core.awaited = set(state.executors)
-    core.reclaim_until = core.now + core.reclaim_grace_ns
+        records.complete(task, "cancelled", None, None)
+    records.awaited = set(state.executors)
+    records.reclaim_until = records.now + grace_ns
     log.info(
         "restored %d jobs from journal %s (restart %d); %d tasks wait for their executors",
         len(state.jobs),
-        core.journal.path,
-        core.restarts,
-        core.unclaimed_count(),
+        path,
+        records.restarts,
+        records.unclaimed_count(),
     )
 
 
-def end_grace(core: SchedulerCore) -> None:
+def end_grace(records: Records) -> None:
     """Queue the tasks no executor claimed; forget the executors that did not come back."""
-    core.reclaim_until = None
-    for executor_id in core.awaited:
-        core.journal.executor_lost(executor_id)
-    core.awaited = set()
-    unclaimed = [t for t in core.tasks.values() if t.state is TaskState.UNCLAIMED]
+    records.reclaim_until = None
+    for executor_id in sorted(records.awaited):
+        records.note(ev.ExecutorLost(executor_id, "it did not come back after the restart"))
+    records.awaited = set()
+    unclaimed = [t for t in records.tasks.values() if t.state is TaskState.UNCLAIMED]
     if unclaimed:
         log.info("queueing %d tasks no executor reported after the restart", len(unclaimed))
     # The same attempt: whether they ever ran, nobody knows.
-    core.requeue(unclaimed, attempt=False)
+    records.requeue(unclaimed, attempt=False)
 
 
-def reclaim(core: SchedulerCore, executor: Executor, holding: Any, mine: dict[str, Task]) -> None:
+def reclaim(
+    records: Records, executor: ExecutorRecord, holding: Any, mine: dict[str, Task]
+) -> None:
     """Take back what a (re)joining executor holds; see the module docstring.
 
     `mine` maps the ids of the tasks this same executor held in our books before its hello
@@ -103,19 +110,19 @@ def reclaim(core: SchedulerCore, executor: Executor, holding: Any, mine: dict[st
             and type(item[1]) is int
             and item[2] in TASK_STATES + RESULT_STATES
         ):
-            core.peer_warning(  # rate-limited: a hello may list thousands
+            records.peer_warning(  # rate-limited: a hello may list thousands
                 f"executor {executor.executor_id}: dropped a malformed holding item {item!r:.80}"
             )
             continue
         (results if item[2] in RESULT_STATES else held).append(item)
     # Subtasks' results before their chunks' own, results before the tasks held: a result
     # decides a task for good.
-    results.sort(key=lambda item: _is_chunk(core.tasks.get(item[0])))
+    results.sort(key=lambda item: _is_chunk(records.tasks.get(item[0])))
     for task_id, attempt, outcome, detail in results:
-        _take_result(core, executor, task_id, attempt, outcome, detail, mine)
+        _take_result(records, executor, task_id, attempt, outcome, detail, mine)
     held.sort(key=lambda item: _ADOPT_ORDER[item[2]])
     for task_id, attempt, state, detail in held:
-        task = _claimable(core, task_id, attempt, detail, mine)
+        task = _claimable(records, task_id, attempt, detail, mine)
         if task is None:
             log.info(
                 "executor %s holds %s (attempt %d), which is not ours to take: killing it",
@@ -123,9 +130,9 @@ def reclaim(core: SchedulerCore, executor: Executor, holding: Any, mine: dict[st
                 task_id,
                 attempt,
             )
-            core.send(executor, p.Kill(task_id, core.now))
+            records.send(executor, p.Kill(task_id, records.now))
             continue
-        _adopt(core, executor, task, state, attempt)
+        _adopt(records, executor, task, state, attempt)
         mine.pop(task.task_id, None)
 
 
@@ -134,8 +141,8 @@ def _is_chunk(task: Task | None) -> bool:
 
 
 def _take_result(
-    core: SchedulerCore,
-    executor: Executor,
+    records: Records,
+    executor: ExecutorRecord,
     task_id: str,
     attempt: int,
     outcome: str,
@@ -144,24 +151,24 @@ def _take_result(
 ) -> None:
     """A result the executor sent and never saw acknowledged: taken if the task is open."""
     if not (type(detail) is list and len(detail) == 3 and isinstance(detail[2], dict)):
-        core.peer_warning(
+        records.peer_warning(
             f"executor {executor.executor_id}: dropped a malformed result of {task_id}"
         )
         return
     value, error, stats = detail
     if outcome == "finished" and type(value) is not bytes:
-        core.peer_warning(
+        records.peer_warning(
             f"executor {executor.executor_id}: a result of {task_id} without its payload"
         )
         return
     if outcome == "failed" and not (
         type(error) is list and len(error) == 3 and all(type(e) is str for e in error)
     ):
-        core.peer_warning(
+        records.peer_warning(
             f"executor {executor.executor_id}: a failed result of {task_id} without its error"
         )
         return
-    task = core.tasks.get(task_id)
+    task = records.tasks.get(task_id)
     if task is None or task.state is TaskState.DONE:
         return  # ended already (its result is journaled), or never ours
     chunk = task.chunk
@@ -169,7 +176,7 @@ def _take_result(
         if mine.get(task_id) is task and task.attempt == attempt:
             del mine[task_id]
             task.executor_id = executor.executor_id
-            ch.end_chunk(core, task)
+            records.end_chunk(task)
         return
     if task.state is TaskState.UNCLAIMED:
         pass
@@ -185,14 +192,14 @@ def _take_result(
         task.running_ns = stats.get("running_ns", task.running_ns)
         task.records = stats.get("records", task.records)
         task.finished_at_ns = stats.get("finished_at_ns")
-    core.complete(task, outcome, value if outcome == "finished" else None, error)
+    records.complete(task, outcome, value if outcome == "finished" else None, error)
 
 
 def _claimable(
-    core: SchedulerCore, task_id: str, attempt: int, detail: Any, mine: dict[str, Task]
+    records: Records, task_id: str, attempt: int, detail: Any, mine: dict[str, Task]
 ) -> Task | None:
     """The task (or chunk) the executor holds, if it is ours to adopt; else None."""
-    task = core.tasks.get(task_id)
+    task = records.tasks.get(task_id)
     if task is not None and mine.get(task_id) is task:
         # Ours before its hello: adopt it unless we had decided otherwise meanwhile.
         if task.attempt == attempt and task.state is not TaskState.KILLING:
@@ -205,21 +212,16 @@ def _claimable(
     # A chunk: after a restart we know its subtasks, not the chunk itself.
     if task is not None or type(detail) is not list:
         return None
-    subtasks = [core.tasks.get(s) if type(s) is str else None for s in detail]
+    subtasks = [records.tasks.get(s) if type(s) is str else None for s in detail]
     claimed = [t for t in subtasks if t is not None and t.state is TaskState.UNCLAIMED]
     if not claimed or any(t.job is not claimed[0].job for t in claimed):
         return None
-    chunk = Task(task_id, claimed[0].job, b"", claimed[0].seq, core.now)
-    chunk.subtasks = {}
-    for subtask in claimed:
-        subtask.state = TaskState.LAUNCHED
-        subtask.chunk = chunk
-        chunk.subtasks[subtask.task_id] = subtask
-    core.tasks[task_id] = chunk
-    return chunk
+    return records.new_chunk(task_id, claimed)
 
 
-def _adopt(core: SchedulerCore, executor: Executor, task: Task, state: str, attempt: int) -> None:
+def _adopt(
+    records: Records, executor: ExecutorRecord, task: Task, state: str, attempt: int
+) -> None:
     """Put `task` on `executor` in the state the executor reports, at its attempt."""
     task.attempt = attempt
     task.executor_id = executor.executor_id
@@ -235,30 +237,30 @@ def _adopt(core: SchedulerCore, executor: Executor, task: Task, state: str, atte
         "queued": TaskState.LAUNCHED,
     }[state]
     if task.state is TaskState.RUNNING:
-        task.running_since = core.now
+        task.running_since = records.now
     if executor.slot_task is None:
         executor.slot_task = task
     else:
         executor.queued.append(task)
 
 
-def on_reattach(core: SchedulerCore, client_id: str, msg: p.Reattach) -> None:
+def on_reattach(records: Records, client_id: str, msg: p.Reattach, results: ResultLookup) -> None:
     """A client lists the tasks it waits for: results we have, and the ids we do not know."""
     asked = [t for t in msg.task_ids if type(t) is str]
     lookup = []
     for task_id in asked:
-        task = core.tasks.get(task_id)
+        task = records.tasks.get(task_id)
         if task is not None and task.state is not TaskState.DONE:
             if task.job.client_id != client_id:
                 lookup.append(task_id)  # not this client's: answered as unknown below
             continue  # its result will come to this client
         lookup.append(task_id)
-    found = core.journal.results(lookup)
+    found = results(lookup)
     items, unknown = [], []
     for task_id in lookup:
-        task = core.tasks.get(task_id)
+        task = records.tasks.get(task_id)
         job_id, item = found.get(task_id, (None, None))
-        job = core.jobs.get(job_id) if job_id is not None else None
+        job = records.jobs.get(job_id) if job_id is not None else None
         if item is not None and job is not None and job.client_id == client_id:
             items.append(item)
         elif task is not None and task.state is TaskState.DONE and task.job.client_id == client_id:
@@ -271,5 +273,5 @@ def on_reattach(core: SchedulerCore, client_id: str, msg: p.Reattach) -> None:
         else:
             unknown.append(task_id)
     if items:
-        core.answer(client_id, p.Results(items))
-    core.answer(client_id, p.Reattached(msg.request_id, unknown))
+        records.answer(client_id, p.Results(items))
+    records.answer(client_id, p.Reattached(msg.request_id, unknown))

@@ -17,7 +17,8 @@ cool-down. To come back, a peer connects again and says hello. A handler that ra
 well-formed message (a bug the message exposed) is logged loudly, and its sender is
 disconnected; the scheduler keeps serving everyone else.
 
-With `journal=PATH` (scheduler/journal.py) the core records jobs and results there and the
+With `journal=PATH` (scheduler/journal.py) the shell records there what the core's notes say
+(jobs and results) and the
 shell commits them once per pass, *before* it sends that pass's results to clients and its
 acks to executors: whatever a peer was told is safe is on disk. A scheduler started on a
 journal that holds jobs rebuilds them (scheduler/recovery.py); executors and clients that
@@ -62,6 +63,7 @@ from tidal.scheduler.events import (
     ExecutorLeft,
     ExecutorReport,
     Instruction,
+    Note,
     Tick,
     ToClient,
 )
@@ -408,7 +410,7 @@ class SchedulerServer:
                         p.PROTOCOL_VERSION,
                         self.scheduler_id,
                         self.core.policy.name,
-                        self.core.max_suspensions,
+                        self.core.records.max_suspensions,
                     )
                 ),
             ]
@@ -423,7 +425,7 @@ class SchedulerServer:
             acks = self._acks.setdefault(executor_id, [])
             acks.extend(i[0] for i in msg.items if type(i) is list and i and type(i[0]) is str)
         elif isinstance(msg, p.Heartbeat):
-            executor = self.core.executors.get(executor_id)
+            executor = self.core.records.executors.get(executor_id)
             if executor is not None and not executor.alive:
                 # Declared lost (it was silent too long): what it holds runs elsewhere now.
                 self._ask_to_rejoin(routing_id, "this executor was declared lost")
@@ -470,6 +472,10 @@ class SchedulerServer:
 
     def _dispatch(self, instructions: list[Any]) -> None:
         for instruction in instructions:
+            if isinstance(instruction, Note):
+                if self.journal is not None:
+                    self.journal.apply(instruction)  # committed before results are sent
+                continue
             msg = instruction.message
             if isinstance(instruction, ToClient):
                 if isinstance(msg, p.Status):  # the shell adds what only it knows

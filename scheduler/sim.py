@@ -85,6 +85,7 @@ from tidal.scheduler.events import (
     ExecutorJoined,
     ExecutorReport,
     Tick,
+    ToClient,
     ToExecutor,
 )
 
@@ -501,15 +502,16 @@ class SimCluster:
                 commands += 1
                 suspends += isinstance(instruction.message, p.Suspend)
                 self.loop.at(deliver_at, executor.receive, instruction.message)
-            else:
+            elif isinstance(instruction, ToClient):
                 self.loop.at(deliver_at, self._to_client, instruction.message)
+            # Notes are for a journal (there is none here) and the event log (written above).
         if commands:
             self._sample(suspends)
 
     def _sample(self, suspends: int) -> None:
         batch = dict.fromkeys(self._nodes, 0)
         stream = dict.fromkeys(self._nodes, 0)
-        for executor in self.core.executors.values():
+        for executor in self.core.records.executors.values():
             task = executor.slot_task
             if executor.alive and task is not None:
                 (stream if task.priority == "stream" else batch)[executor.node] += 1
@@ -621,7 +623,7 @@ class SimCluster:
             max_suspensions_per_task=self._max_suspensions_seen,
             work_lost_s=sum(t.work_lost_ns for t in self._truth.values()) / 1e9,
             locality_hit_rate=hits / with_preferences if with_preferences else None,
-            steals=self.core.steal_count,
+            steals=self.core.records.steal_count,
         )
 
 

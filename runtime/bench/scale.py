@@ -85,6 +85,7 @@ from tidal.scheduler.core import (
     ExecutorReport,
     SchedulerCore,
     Tick,
+    ToClient,
     ToExecutor,
 )
 from tidal.scheduler.events import Event
@@ -249,7 +250,7 @@ class ScaleDriver:
                 self.suspends += isinstance(message, p.Suspend)
                 executor = self.executors[instruction.executor_id]
                 self.loop.after(LATENCY_NS, executor.receive, message)
-            elif isinstance(instruction.message, p.Results):
+            elif isinstance(instruction, ToClient) and isinstance(instruction.message, p.Results):
                 self.results.update(item[0] for item in instruction.message.items)
 
     # ---- running ----------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def steady_state(
     start = time.perf_counter()
     driver = ScaleDriver(executors, seed=seed, stream_every_ms=stream_every_ms)
     kept = submit_measured(driver, subtasks, memory)
-    pending = driver.core.pending.count()
+    pending = driver.core.records.pending.count()
     setup_s = time.perf_counter() - start
     driver.start()
     driver.run_until(lambda: driver.loop.now >= WARMUP_NS)
@@ -338,7 +339,7 @@ def steady_state(
         "bytes_per_pending_subtask": kept / pending,
         "memory_measured_with": memory,
         "pending_subtasks_measured": pending,
-        "pending_subtasks_at_end": driver.core.pending.count(),
+        "pending_subtasks_at_end": driver.core.records.pending.count(),
         "stream_tasks": len(stream_ms),
         "suspensions": driver.suspends,
         "duplicate_results": sum(n > 1 for n in driver.results.values()),
@@ -353,7 +354,9 @@ def drain(executors: int, per_executor: int, seed: int) -> dict[str, Any]:
     driver = ScaleDriver(executors, seed=seed, stream_every_ms=0.0)
     driver.submit_batch(executors * per_executor)
     driver.start()
-    driver.run_until(lambda: driver.loop.now >= JOIN_OVER_NS and not driver.core.pending.count())
+    driver.run_until(
+        lambda: driver.loop.now >= JOIN_OVER_NS and not driver.core.records.pending.count()
+    )
     driver.measuring = True
     driver.finish()
     times_ms = [t / 1e6 for t in driver.times_ns]
@@ -362,7 +365,7 @@ def drain(executors: int, per_executor: int, seed: int) -> dict[str, Any]:
         "drain_events": len(times_ms),
         "drain_ms_p50": percentile(times_ms, 50),
         "drain_ms_p99": percentile(times_ms, 99),
-        "drain_steals": driver.core.steal_count,
+        "drain_steals": driver.core.records.steal_count,
         "drain_completed_once": int(driver.completed_once()),
     }
 

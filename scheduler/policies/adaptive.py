@@ -25,7 +25,7 @@ from tidal.scheduler.policies.base import Policy
 from tidal.scheduler.policies.fair import FairPolicy
 from tidal.scheduler.policies.fifo import FifoPolicy
 from tidal.scheduler.policies.lb import LbPolicy
-from tidal.scheduler.state import ClusterView, ExecutorView, TaskView
+from tidal.scheduler.views import ClusterView, ExecutorView, TaskView
 
 log = logging.getLogger("tidal.scheduler")
 

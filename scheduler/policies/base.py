@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from tidal.scheduler.decisions import Decision
-from tidal.scheduler.state import ClusterView, ExecutorView, TaskView
+from tidal.scheduler.views import ClusterView, ExecutorView, TaskView
 
 __all__ = ["AssignOnChange", "Policy"]
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from tidal.scheduler.decisions import Decision, Launch
 from tidal.scheduler.policies.base import AssignOnChange
-from tidal.scheduler.state import ClusterView, TaskView
+from tidal.scheduler.views import ClusterView, TaskView
 
 
 class FairPolicy(AssignOnChange):

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from tidal.scheduler.decisions import Decision, Launch
 from tidal.scheduler.policies.base import AssignOnChange
-from tidal.scheduler.state import ClusterView
+from tidal.scheduler.views import ClusterView
 
 
 class FifoPolicy(AssignOnChange):

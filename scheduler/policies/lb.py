@@ -18,7 +18,7 @@ from collections.abc import Generator, Iterator
 
 from tidal.scheduler.decisions import Decision, Launch, Resume, Suspend
 from tidal.scheduler.policies.base import AssignOnChange
-from tidal.scheduler.state import ClusterView, ExecutorView, TaskView, resume_order
+from tidal.scheduler.views import ClusterView, ExecutorView, TaskView, resume_order
 
 # Discussion: above this host memory use an executor is "under pressure": suspending there
 # would pile a parked task's memory onto a host already short of it. 85% leaves headroom for

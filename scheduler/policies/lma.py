@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from tidal.scheduler.decisions import Decision, Launch
 from tidal.scheduler.policies.lb import MEMORY_PRESSURE_THRESHOLD, LbPolicy
-from tidal.scheduler.state import ClusterView, ExecutorView, TaskView
+from tidal.scheduler.views import ClusterView, ExecutorView, TaskView
 
 # Pending batch tasks looked at per free slot when searching for a local one.
 SCAN_LIMIT = 256

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from tidal.scheduler.decisions import Decision, Launch
 from tidal.scheduler.policies.base import AssignOnChange
-from tidal.scheduler.state import ClusterView, ExecutorView
+from tidal.scheduler.views import ClusterView, ExecutorView
 
 
 class StaticPolicy(AssignOnChange):

@@ -28,8 +28,10 @@ from tidal.scheduler.core import (
     ExecutorReport,
     SchedulerCore,
     Tick,
+    ToClient,
     ToExecutor,
 )
+from tidal.scheduler.events import Note
 
 pytestmark = pytest.mark.slow
 
@@ -82,8 +84,10 @@ class HonestExecutor:
 
 
 def _check_encodes(instruction) -> None:
-    """Everything the core emits goes on the wire: it must encode (NaN may travel)."""
-    p.encode(instruction.message)
+    """Every message the core emits goes on the wire: it must encode (NaN may travel).
+    Notes stay in the scheduler's process (for its journal and event log)."""
+    if not isinstance(instruction, Note):
+        p.encode(instruction.message)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -108,7 +112,11 @@ def test_well_formed_nonsense_never_breaks_the_core_and_real_tasks_finish_exactl
                     launched_to_liars.append(msg.chunk_id if task_id is None else task_id)
                     for t in getattr(msg, "subtasks", ()):
                         launched_to_liars.append(t[0])
-            elif instruction.client_id == "c" and isinstance(instruction.message, p.Results):
+            elif (
+                isinstance(instruction, ToClient)
+                and instruction.client_id == "c"
+                and isinstance(instruction.message, p.Results)
+            ):
                 for item in instruction.message.items:
                     results.setdefault(item[0], []).append(item)
 
@@ -150,7 +158,7 @@ def test_well_formed_nonsense_never_breaks_the_core_and_real_tasks_finish_exactl
                     handle(ExecutorReport(executor.executor_id, report))
             elif roll < 0.65:
                 liar = rng.choice(LIARS)
-                if not core.executors[liar].alive or rng.random() < 0.02:
+                if not core.records.executors[liar].alive or rng.random() < 0.02:
                     # It said goodbye, or fell silent, or says hello again while alive: back,
                     # claiming to hold whatever it likes (real tasks among them).
                     hello = nonsense(rng, p.Hello, ids())
@@ -191,7 +199,7 @@ def test_well_formed_nonsense_never_breaks_the_core_and_real_tasks_finish_exactl
     assert not twice, f"seed {seed}: completed more than once: {list(twice)[:3]}"
     clock.now += 2 * core.lost_after_ns  # the liars stay silent past the loss timeout
     handle(Tick())
-    assert not any(e.alive for e in core.executors.values() if e.executor_id in LIARS)
-    for executor in core.executors.values():
+    assert not any(e.alive for e in core.records.executors.values() if e.executor_id in LIARS)
+    for executor in core.records.executors.values():
         assert not math.isnan(executor.memory_pressure) or executor.executor_id in LIARS
     p.encode(p.Status("s", core.status()))

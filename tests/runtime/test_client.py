@@ -138,6 +138,10 @@ class FakeScheduler:
             from_tests.close(linger=0)
 
     def _on_message(self, routing_id: bytes, msg: p.Message) -> None:
+        # Recorded before it is answered: a test that got the answer finds it received.
+        with self._changed:
+            self._received.append(msg)
+            self._changed.notify_all()
         if isinstance(msg, p.ClientHello):
             self._client = routing_id
             answer = (
@@ -150,9 +154,6 @@ class FakeScheduler:
             self._router.send_multipart(
                 [routing_id, p.encode(p.Status(msg.request_id, self.snapshot))]
             )
-        with self._changed:
-            self._received.append(msg)
-            self._changed.notify_all()
 
 
 @pytest.fixture(autouse=True)

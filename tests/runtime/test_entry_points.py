@@ -15,6 +15,7 @@ import pytest
 from tidal.runtime import protocol as p
 from tidal.runtime.cli import main
 from tidal.scheduler.core import ClientJoined, ClientRequest, SchedulerCore, ToClient
+from tidal.scheduler.events import PolicyChanged
 from tidal.scheduler.policies import (
     BUILTIN_POLICIES,
     ENTRY_POINT_GROUP,
@@ -102,8 +103,9 @@ def test_without_the_distribution_the_name_is_unknown():
 def test_a_running_scheduler_switches_to_an_entry_point_policy_by_name(installed):
     core = SchedulerCore("fifo", clock=lambda: 0)
     core.handle(ClientJoined("c"))
-    (answer,) = core.handle(ClientRequest("c", p.SetPolicy("r1", "newest")))
-    assert isinstance(answer, ToClient)
+    out = core.handle(ClientRequest("c", p.SetPolicy("r1", "newest")))
+    (answer,) = [i for i in out if isinstance(i, ToClient)]
+    assert PolicyChanged("newest", "fifo", "requested by client c") in out  # for the event log
     assert answer.message == p.PolicySet("r1", True, "newest", "policy is now newest (was fifo)")
     assert isinstance(core.policy, newest_first_class())
 

@@ -18,6 +18,7 @@ from tidal.scheduler.core import (
     ToClient,
     ToExecutor,
 )
+from tidal.scheduler.events import Note
 
 __all__ = ["CLIENT_ID", "MS", "FakeClock", "Harness", "payload"]
 
@@ -62,6 +63,9 @@ class Harness:
         for instruction in self.core.handle(event):
             if isinstance(instruction, ToExecutor):
                 self.keep_command(instruction.executor_id, instruction.message)
+                continue
+            if isinstance(instruction, Note):  # as the scheduler's shell does
+                self.core.journal.apply(instruction)
                 continue
             assert isinstance(instruction, ToClient)
             message = instruction.message
@@ -141,4 +145,4 @@ class Harness:
         self.report(executor_id, p.Finished(task_id, attempt, blob, {"running_ns": 5 * MS}))
 
     def state(self, task_id: str):
-        return self.core.tasks[task_id].state
+        return self.core.records.tasks[task_id].state

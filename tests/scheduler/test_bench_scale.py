@@ -11,7 +11,7 @@ import math
 import pytest
 
 from tidal.runtime.bench import scale
-from tidal.scheduler.state import TaskState
+from tidal.scheduler.records import TaskState
 
 
 def test_the_figures_are_all_there_and_sane():
@@ -42,10 +42,10 @@ def test_every_subtask_is_known_to_the_core_and_completes_exactly_once():
     driver = scale.ScaleDriver(20, seed=3, stream_every_ms=5.0)
     driver.submit_batch(5_000, tasks_per_job=2_000)
     core = driver.core
-    assert driver.jobs == 3 and core.pending.count("batch") == 5_000
+    assert driver.jobs == 3 and core.records.pending.count("batch") == 5_000
     submitted = [f"bench-{j}/{i}" for j, n in enumerate((2_000, 2_000, 1_000)) for i in range(n)]
-    assert all(core.tasks[task_id].state is TaskState.PENDING for task_id in submitted)
-    assert {core.jobs[f"bench-{j}"].chunksize for j in range(3)} == {scale.CHUNKSIZE}
+    assert all(core.records.tasks[task_id].state is TaskState.PENDING for task_id in submitted)
+    assert {core.records.jobs[f"bench-{j}"].chunksize for j in range(3)} == {scale.CHUNKSIZE}
     driver.start()
     driver.run_until(lambda: driver.loop.now >= 1_000_000_000)  # a second with stream tasks
     driver.finish()
@@ -53,9 +53,9 @@ def test_every_subtask_is_known_to_the_core_and_completes_exactly_once():
     assert set(driver.results) == set(submitted) | {
         f"stream-{i}/0" for i in range(driver.stream_tasks)
     }
-    assert all(core.tasks[task_id].state is TaskState.DONE for task_id in submitted)
-    assert all(job.finished == job.total for job in core.jobs.values())
-    assert driver.stream_tasks > 0 and driver.suspends > 0 and core.steal_count > 0
+    assert all(core.records.tasks[task_id].state is TaskState.DONE for task_id in submitted)
+    assert all(job.finished == job.total for job in core.records.jobs.values())
+    assert driver.stream_tasks > 0 and driver.suspends > 0 and core.records.steal_count > 0
 
 
 def test_the_same_seed_gives_the_same_run():
@@ -65,7 +65,12 @@ def test_the_same_seed_gives_the_same_run():
         driver.start()
         driver.run_until(lambda: driver.loop.now >= 500_000_000)
         driver.finish()
-        return driver.loop.now, driver.suspends, driver.core.steal_count, list(driver.results)
+        return (
+            driver.loop.now,
+            driver.suspends,
+            driver.core.records.steal_count,
+            list(driver.results),
+        )
 
     assert one_run() == one_run()
 

@@ -8,7 +8,7 @@ from tests.scheduler.harness import MS, Harness
 from tidal.runtime import protocol as p
 from tidal.scheduler.chunks import FIRST_CHUNK
 from tidal.scheduler.core import ClientRequest, Tick
-from tidal.scheduler.state import TaskState
+from tidal.scheduler.records import TaskState
 
 
 def run_chunk(h, executor_id, chunk, running_ns=1_000, report=None):
@@ -101,7 +101,7 @@ def test_an_idle_executor_steals_half_of_the_largest_chunk_and_nothing_runs_twic
     ids = h.submit("j", "batch", 101, options={"chunksize": 101})
     (chunk,) = h.sent("e0", p.LaunchChunk)
     h.join("e1", "n1")  # an idle executor, and nothing pending
-    h.core.jobs["j"].subtask_ns = 1_000_000.0  # 1 ms tasks: worth stealing
+    h.core.records.jobs["j"].subtask_ns = 1_000_000.0  # 1 ms tasks: worth stealing
     h.report("e0", p.Started(chunk.chunk_id, 0, 1))
     (steal,) = h.sent("e0", p.Steal)
     assert steal.chunk_id == chunk.chunk_id and steal.count == 50
@@ -114,7 +114,7 @@ def test_an_idle_executor_steals_half_of_the_largest_chunk_and_nothing_runs_twic
     run_chunk(h, "e1", moved)
     run_chunk(h, "e0", chunk, report=ids[:51])
     assert sorted(h.results) == sorted(ids) and all(len(v) == 1 for v in h.results.values())
-    assert h.core.steal_count == 1
+    assert h.core.records.steal_count == 1
 
 
 @pytest.mark.parametrize(
@@ -132,11 +132,11 @@ def test_idle_executors_each_steal_from_a_different_chunk_best_first(rule, expec
         h.clock.now += MS  # a's tasks have waited longest, then b's
         h.submit(job, "batch", n, options={"chunksize": n})
         (chunks[job],) = h.sent(executor_id, p.LaunchChunk)
-        h.core.jobs[job].subtask_ns = 1_000_000.0  # 1 ms tasks: worth stealing
+        h.core.records.jobs[job].subtask_ns = 1_000_000.0  # 1 ms tasks: worth stealing
     h.join("e3", "n1")
     h.join("e4", "n1")  # two idle executors, and nothing pending
     h.report("e0", p.Started(chunks["a"].chunk_id, 0, 1))
-    assert h.core.steals_in_flight == expected
+    assert h.core.records.steals_in_flight == expected
     sent = {s.chunk_id: s.count for e in ("e0", "e1", "e2") for s in h.sent(e, p.Steal)}
     assert sent == {chunk_id: count for chunk_id, (_, count) in expected.items()}
 
@@ -155,7 +155,7 @@ def test_no_steal_is_made_when_it_cannot_pay_or_stealing_is_off(subtask_ns, opti
     h.submit("j", "batch", 101, options={"chunksize": 101})
     (chunk,) = h.sent("e0", p.LaunchChunk)
     h.join("e1", "n1")  # an idle executor, and nothing pending
-    h.core.jobs["j"].subtask_ns = subtask_ns
+    h.core.records.jobs["j"].subtask_ns = subtask_ns
     h.report("e0", p.Started(chunk.chunk_id, 0, 1))
     assert h.sent("e0", p.Steal) == []
 
@@ -180,7 +180,7 @@ def test_cancelling_a_task_inside_a_chunk_completes_it_once():
     assert h.results[ids[1]][0][1] == "cancelled"
     run_chunk(h, "e0", chunk)
     assert [item[1] for item in h.results[ids[1]]] == ["cancelled"]
-    assert h.core.tasks[ids[0]].state is TaskState.DONE
+    assert h.core.records.tasks[ids[0]].state is TaskState.DONE
 
 
 def test_bad_chunk_options_refuse_the_job():

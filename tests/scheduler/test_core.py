@@ -9,19 +9,21 @@ import logging
 import pytest
 
 # tests/test_readme.py imports Harness from here: keep this import.
-from tests.scheduler.harness import MS, Harness, payload
+from tests.scheduler.harness import CLIENT_ID, MS, TOTAL, Harness, payload
 from tidal.runtime import protocol as p
 from tidal.scheduler import decisions as d
+from tidal.scheduler import events as ev
 from tidal.scheduler.core import (
-    MAX_LOST_EXECUTORS,
     ClientJoined,
     ClientRequest,
     ExecutorLeft,
+    ExecutorReport,
     SchedulerCore,
     Tick,
+    ToClient,
 )
 from tidal.scheduler.policies import Policy, UnknownPolicy
-from tidal.scheduler.state import TaskState
+from tidal.scheduler.records import MAX_LOST_EXECUTORS, TaskState
 
 
 def test_stream_arrival_suspends_batch_tasks_and_takes_their_slots():
@@ -80,7 +82,7 @@ def test_the_suspension_cap_holds_and_the_task_then_runs_uninterrupted():
             h.report("e0", p.Resumed(batch, 1000, h.clock.now))
         else:
             assert sent == []  # capped: the stream task waits for the slot
-    assert h.core.tasks[batch].suspensions == 2
+    assert h.core.records.tasks[batch].suspensions == 2
     h.finish("e0", batch)
     assert [m.task_id for m in h.sent("e0", p.Launch)] == ["s2/0"]
 
@@ -136,10 +138,13 @@ def test_lost_executors_past_the_cap_are_forgotten_so_new_ids_cost_bounded_memor
     h.join("alive", "n")
     states = [e["state"] for e in h.core.status()["executors"]]
     assert states.count("lost") == MAX_LOST_EXECUTORS and states.count("alive") == 1
-    assert "x0" not in h.core.executors and f"x{MAX_LOST_EXECUTORS + 49}" in h.core.executors
+    assert (
+        "x0" not in h.core.records.executors
+        and f"x{MAX_LOST_EXECUTORS + 49}" in h.core.records.executors
+    )
     # One that comes back under a forgotten id joins as new.
     h.join("x0", "n")
-    assert h.core.executors["x0"].alive
+    assert h.core.records.executors["x0"].alive
 
 
 def test_stats_that_are_not_counts_do_not_reach_the_cores_arithmetic():
@@ -173,7 +178,7 @@ def test_a_task_lost_before_it_started_does_not_count_toward_max_retries():
         assert [m.task_id for m in h.sent(f"hole{i}", p.Launch)] == [task]
         h.handle(ExecutorLeft(f"hole{i}", "it said goodbye"))
         assert h.state(task) is TaskState.PENDING
-    assert h.core.tasks[task].lost_on == []
+    assert h.core.records.tasks[task].lost_on == []
     h.join("e0", "n0")
     h.start("e0", task, attempt=5)
     h.finish("e0", task, attempt=5, result=7)
@@ -198,8 +203,8 @@ def test_a_lost_executor_requeues_its_tasks_and_each_completes_exactly_once():
     h.report(other, p.Heartbeat(other, "n", 1, 0, 1, 1, 0, 0, 1, 1, 1.0))
     h.clock.now += 100 * MS
     h.handle(Tick())
-    assert not h.core.executors[suspended_on].alive
-    assert h.state(stream) is not TaskState.DONE and h.core.tasks[stream].attempt == 1
+    assert not h.core.records.executors[suspended_on].alive
+    assert h.state(stream) is not TaskState.DONE and h.core.records.tasks[stream].attempt == 1
     # The stream task comes first: it takes the surviving executor's slot from its batch task.
     sent = h.sent(other)
     assert [(type(m), m.task_id) for m in sent[:2]] == [
@@ -279,7 +284,7 @@ def test_an_unsuspendable_task_keeps_its_slot_and_the_stream_task_is_withdrawn()
     victim = batch[0] if target == "e0" else batch[1]
     h.report(target, p.SuspendFailed(victim, "no record boundary", 100 * MS))
     assert [(type(m), m.task_id) for m in h.sent(target)] == [(p.Kill, stream)]
-    assert h.core.tasks[victim].unsuspendable
+    assert h.core.records.tasks[victim].unsuspendable
     h.report(target, p.Killed(stream, 0, {"running_ns": 0}))
     # Withdrawn without having run: requeued, not a new attempt, placed on the other executor.
     sent = h.sent(other)
@@ -315,7 +320,7 @@ def test_bad_submissions_fail_their_tasks_with_the_reason():
     h.handle(
         ClientRequest("c", p.Submit("dup", "batch", 0, None, "m:f", None, [["dup/0", b""]], 0))
     )
-    assert h.core.jobs["dup"].total == 1 and "dup/0" not in h.results
+    assert h.core.records.jobs["dup"].total == 1 and "dup/0" not in h.results
 
 
 @pytest.mark.parametrize(
@@ -333,7 +338,7 @@ def test_a_task_entry_that_is_not_an_id_and_a_payload_refuses_the_job(entry):
     h.handle(ClientRequest("c", p.Submit("j", "batch", 0, None, "m:f", None, [entry], 0)))
     (item,) = h.results["j/0"]
     assert item[1] == "failed" and "each task must be [task_id, payload]" in item[3][1]
-    assert "j" not in h.core.jobs
+    assert "j" not in h.core.records.jobs
 
 
 # ---- payloads are opaque: moved, never opened --------------------------------------------------
@@ -373,10 +378,10 @@ def test_a_chunk_carries_its_subtasks_payloads_unchanged_and_forwards_their_resu
 def test_a_done_task_lets_go_of_its_payload():
     h = Harness(executors=[("e0", "n0")])
     (task,) = h.submit("b", "batch", 1)
-    assert h.core.tasks[task].payload == payload(0)
+    assert h.core.records.tasks[task].payload == payload(0)
     h.start("e0", task)
     h.finish("e0", task)
-    assert h.core.tasks[task].payload == b""
+    assert h.core.records.tasks[task].payload == b""
 
 
 def test_prefetch_grows_for_tiny_tasks_only():
@@ -386,7 +391,7 @@ def test_prefetch_grows_for_tiny_tasks_only():
     h.start("e0", first.task_id)
     h.report("e0", p.Finished(first.task_id, 0, p.pack_payload(None), {"running_ns": 10_000}))
     # Tasks of ~10 us: the core now keeps a queue of them on the executor.
-    assert 10 < len(h.sent("e0", p.Launch)) <= 1 + h.core.max_prefetch
+    assert 10 < len(h.sent("e0", p.Launch)) <= 1 + h.core.records.max_prefetch
 
     h = Harness(executors=[("e0", "n0")])
     h.submit("long", "batch", 5)
@@ -473,10 +478,10 @@ def test_a_resumed_task_behind_an_unsuspendable_one_stays_tracked():
     assert h.state("b/1") is TaskState.RUNNING and h.state("b/0") is TaskState.RESUMING
     h.finish("e0", "b/1")
     h.report("e0", p.Resumed("b/0", 1, 1))
-    assert h.core.executors["e0"].slot_task.task_id == "b/0"
+    assert h.core.records.executors["e0"].slot_task.task_id == "b/0"
     h.clock.now += 1_000 * MS  # e0 goes silent: b/0's state is lost with it, so it reruns
     h.handle(Tick())
-    assert h.state("b/0") is not TaskState.DONE and h.core.tasks["b/0"].attempt == 1
+    assert h.state("b/0") is not TaskState.DONE and h.core.records.tasks["b/0"].attempt == 1
 
 
 def test_a_resumed_task_overtaken_by_a_prefetched_one_stays_tracked():
@@ -497,11 +502,11 @@ def test_a_resumed_task_overtaken_by_a_prefetched_one_stays_tracked():
         h.handle(Tick())
         for report in reports:
             h.report("e0", report)
-    executor = h.core.executors["e0"]
+    executor = h.core.records.executors["e0"]
     assert executor.slot_task.task_id == "b/1" and [t.task_id for t in executor.queued] == ["b/0"]
     h.clock.now += 1_000 * MS  # e0 goes silent: b/0's state is lost with it, so it reruns
     h.handle(Tick())
-    assert h.state("b/0") is TaskState.PENDING and h.core.tasks["b/0"].attempt == 1
+    assert h.state("b/0") is TaskState.PENDING and h.core.records.tasks["b/0"].attempt == 1
 
 
 def test_a_kill_that_crossed_the_tasks_finish_is_expected_not_warned_about(caplog):
@@ -517,3 +522,58 @@ def test_a_kill_that_crossed_the_tasks_finish_is_expected_not_warned_about(caplo
 
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
     assert h.results[batch][-1][1] == "finished"
+
+
+class KillsWhateverRuns(Policy):
+    """Launches onto free slots and kills every running batch task at each tick, asking
+    to requeue it: a policy that would starve a task without the core's kill cap."""
+
+    name = "kills-whatever-runs"
+
+    def tasks_submitted(self, view, tasks):
+        for executor, task in zip(view.free_slots(), view.pending(), strict=False):
+            yield d.Launch(task.task_id, executor.executor_id)
+
+    slot_freed = tasks_submitted
+
+    def tick(self, view):
+        for task in view.running("batch"):
+            yield d.Kill(task.task_id, requeue=True)
+
+
+def test_the_core_caps_kills_as_it_caps_suspensions():
+    h = Harness(policy=KillsWhateverRuns(), executors=[("e0", "n0")], max_suspensions=2)
+    (task,) = h.submit("b", "batch", 1)
+    for attempt in range(3):
+        (launch,) = h.sent("e0", p.Launch)
+        assert launch.attempt == attempt
+        h.start("e0", task, attempt)
+        h.handle(Tick())
+        if attempt == 2:
+            break
+        assert [type(m) for m in h.sent("e0")] == [p.Kill]
+        h.report("e0", p.Killed(task, attempt, {"running_ns": 1_000}))
+    # Killed twice, the cap: the third attempt runs to its end, however the policy asks.
+    assert h.sent("e0") == []
+    assert h.core.refused[-1][1] == "kill cap reached (2 of 2)"
+    h.finish("e0", task, attempt=2)
+    assert h.results[task][0][1] == "finished"
+
+
+def test_journal_writes_and_log_entries_leave_the_core_as_notes():
+    h = Harness(executors=[("e0", "n0")])
+    submitted = h.core.handle(
+        ClientRequest(
+            CLIENT_ID, p.Submit("j", "batch", 0, None, TOTAL, None, [["j/0", payload(0)]], 0, None)
+        )
+    )
+    (accepted,) = [n for n in submitted if isinstance(n, ev.JobAccepted)]
+    assert accepted.client_id == CLIENT_ID and accepted.submit.job_id == "j"
+    h.start("e0", "j/0")
+    out = h.core.handle(ExecutorReport("e0", p.Finished("j/0", 0, payload(1), {})))
+    (ended,) = [n for n in out if isinstance(n, ev.TaskEnded)]
+    assert ended.job_id == "j" and ended.item[:2] == ["j/0", "finished"]
+    # The note comes before the result it makes safe (the shell commits in between).
+    assert out.index(ended) < next(i for i, x in enumerate(out) if isinstance(x, ToClient))
+    lost = h.core.handle(ExecutorLeft("e0", "its connection closed"))
+    assert ev.ExecutorLost("e0", "its connection closed") in lost

@@ -114,7 +114,7 @@ def test_chunks_steals_and_failures_are_logged():
     ids = h.submit("j", "batch", 101, options={"chunksize": 101})
     (chunk,) = h.sent("e0", p.LaunchChunk)
     h.join("e1", "n1")  # an idle executor, and nothing pending
-    h.core.jobs["j"].subtask_ns = 1_000_000.0  # 1 ms tasks: worth stealing
+    h.core.records.jobs["j"].subtask_ns = 1_000_000.0  # 1 ms tasks: worth stealing
     h.report("e0", p.Started(chunk.chunk_id, 0, 1))
     h.report("e0", p.Stolen(chunk.chunk_id, ids[51:]))
     h.report("e1", p.Failed("j#2", 0, "MemoryError", "out of memory", "", {}))

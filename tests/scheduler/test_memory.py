@@ -59,7 +59,7 @@ def test_a_task_failed_for_the_memory_limit_fails_its_future_and_is_not_requeued
     h.report("e0", p.Failed(task_id, 0, "MemoryLimitExceeded", message, "", {}))
     (item,) = h.results[task_id]
     assert item[1] == "failed" and item[3][:2] == ["MemoryLimitExceeded", message]
-    assert h.core.pending.count() == 0 and h.sent("e0", p.Launch) == []
+    assert h.core.records.pending.count() == 0 and h.sent("e0", p.Launch) == []
 
 
 def test_lb_suspends_where_the_executor_can_afford_to_park_the_task():

@@ -19,7 +19,7 @@ from tests.scheduler.harness import MS, FakeClock, Harness
 from tidal.runtime import protocol as p
 from tidal.scheduler.core import Tick
 from tidal.scheduler.policies import Policy, known_policy_names
-from tidal.scheduler.state import TaskState
+from tidal.scheduler.records import TaskState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -105,7 +105,7 @@ class SimulatedHarness(Harness):
     def run_until_done(self, max_rounds: int = 500) -> None:
         """Deliver, step every executor, tick when nothing moves; until every task is done."""
         for _ in range(max_rounds):
-            if all(t.state is TaskState.DONE for t in self.core.tasks.values()):
+            if all(t.state is TaskState.DONE for t in self.core.records.tasks.values()):
                 return
             moved = self.deliver()
             for executor_id, sim in self.executors.items():
@@ -115,15 +115,19 @@ class SimulatedHarness(Harness):
             if not moved:
                 self.tick()
         stuck = {
-            tid: t.state.value for tid, t in self.core.tasks.items() if t.state.value != "done"
+            tid: t.state.value
+            for tid, t in self.core.records.tasks.items()
+            if t.state.value != "done"
         }
         raise AssertionError(f"tasks never completed: {stuck}")
 
     def assert_each_task_ran_and_completed_once(self) -> None:
         launched = [m.task_id for m in self.launches]
-        assert sorted(launched) == sorted(self.core.tasks), "a task was launched twice or never"
+        assert sorted(launched) == sorted(self.core.records.tasks), (
+            "a task was launched twice or never"
+        )
         assert all(m.attempt == 0 for m in self.launches)
-        for task_id in self.core.tasks:
+        for task_id in self.core.records.tasks:
             assert [item[:4] for item in self.results[task_id]] == [
                 [task_id, "finished", p.pack_payload(task_id), None]
             ]
@@ -189,10 +193,10 @@ def test_a_task_suspended_under_lb_resumes_under_fifo_once_its_executor_idles():
     h.step("e0")
     (stream,) = h.submit("s", "stream", 1)
     h.deliver()  # suspended; the stream task is launched behind it
-    assert h.core.tasks[batch].state is TaskState.SUSPENDED
+    assert h.core.records.tasks[batch].state is TaskState.SUSPENDED
     assert h.set_policy("fifo").ok
     h.step("e0"), h.step("e0")  # the stream task starts and finishes
-    assert h.core.tasks[stream].state is TaskState.DONE
+    assert h.core.records.tasks[stream].state is TaskState.DONE
     assert h.waiting("e0") == []  # fifo has no plan for the parked task...
 
     h.tick()
@@ -200,7 +204,7 @@ def test_a_task_suspended_under_lb_resumes_under_fifo_once_its_executor_idles():
     assert h.waiting("e0") == [(p.Resume, batch)]  # ...so the core resumes it
     h.run_until_done()
     h.assert_each_task_ran_and_completed_once()
-    assert h.core.tasks[batch].suspensions == 1
+    assert h.core.records.tasks[batch].suspensions == 1
 
 
 def test_many_switches_while_work_flows_lose_and_repeat_nothing():
@@ -219,7 +223,9 @@ def test_many_switches_while_work_flows_lose_and_repeat_nothing():
     h.run_until_done()
     h.assert_each_task_ran_and_completed_once()
     assert len(h.core.policy_switches) >= 5
-    assert any(t.suspensions for t in h.core.tasks.values())  # the switches met suspended work
+    assert any(
+        t.suspensions for t in h.core.records.tasks.values()
+    )  # the switches met suspended work
 
 
 class NeedsArguments(Policy):

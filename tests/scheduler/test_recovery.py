@@ -11,7 +11,7 @@ from tests.scheduler.harness import MS, Harness
 from tidal.runtime import protocol as p
 from tidal.scheduler.core import ClientJoined, ClientRequest, ExecutorLeft, Tick
 from tidal.scheduler.journal import Journal
-from tidal.scheduler.state import TaskState
+from tidal.scheduler.records import TaskState
 
 HEARTBEAT = {"heartbeat_ns": 100 * MS, "missed_heartbeats": 3}  # lost after 300 ms
 
@@ -38,7 +38,7 @@ def test_a_task_that_keeps_losing_its_executor_fails_with_the_executors_named():
     (task,) = h.submit("b", "batch", 1)
     h.start("e0", task)
     h.handle(ExecutorLeft("e0", "killed"))
-    assert h.state(task) is TaskState.PENDING and h.core.tasks[task].attempt == 1
+    assert h.state(task) is TaskState.PENDING and h.core.records.tasks[task].attempt == 1
     h.join("e1", "n1")
     assert [m.task_id for m in h.sent("e1", p.Launch)] == [task]
     h.start("e1", task, attempt=1)
@@ -60,8 +60,8 @@ def test_a_restarted_core_rebuilds_jobs_adopts_held_tasks_and_serves_kept_result
     h = restart(h, path)
 
     core = h.core
-    assert core.restarts == 1 and core.jobs["b"].finished == 1
-    assert tasks[0] not in core.tasks  # ended: only its journaled result remains
+    assert core.records.restarts == 1 and core.records.jobs["b"].finished == 1
+    assert tasks[0] not in core.records.tasks  # ended: only its journaled result remains
     assert {t: h.state(t) for t in tasks[1:]} == dict.fromkeys(tasks[1:], TaskState.UNCLAIMED)
     # e0 never saw the ack of its result: it lists it again (taken once: already done) and a
     # task this scheduler never heard of, which it is told to kill.
@@ -79,7 +79,7 @@ def test_a_restarted_core_rebuilds_jobs_adopts_held_tasks_and_serves_kept_result
     h.join("e1", "n1", holding=[[tasks[1], 0, "running", None]])
     assert (
         h.state(tasks[1]) is TaskState.RUNNING
-        and core.executors["e1"].slot_task.task_id == tasks[1]
+        and core.records.executors["e1"].slot_task.task_id == tasks[1]
     )
     # Every executor known before the restart is back: the rest is queued at the next tick,
     # into e0's free slot, and nothing went to e1.
@@ -152,8 +152,8 @@ def test_a_chunk_is_adopted_with_its_unreported_subtasks_and_new_chunks_get_new_
         ],
     )
     assert result_of(h, tasks[0])[1] == "finished"
-    chunk = h.core.tasks[launch.chunk_id]
-    assert list(chunk.subtasks) == tasks[1:4] and h.core.executors["e0"].slot_task is chunk
+    chunk = h.core.records.tasks[launch.chunk_id]
+    assert list(chunk.subtasks) == tasks[1:4] and h.core.records.executors["e0"].slot_task is chunk
     items = [[t, "finished", p.pack_payload(i), None, {}] for i, t in enumerate(tasks[1:4], 1)]
     h.report("e0", p.ChunkResults(launch.chunk_id, items))
     h.report("e0", p.Finished(launch.chunk_id, 0, p.pack_payload(None), {}))
@@ -170,9 +170,9 @@ def test_an_executor_that_says_hello_again_while_alive_keeps_what_it_still_holds
     h.start("e1", tasks[1])
     # e1 thought the scheduler gone; it still runs tasks[1]. e0 lost tasks[0] meanwhile.
     h.join("e1", "n1", holding=[[tasks[1], 0, "running", None]])
-    assert h.state(tasks[1]) is TaskState.RUNNING and h.core.tasks[tasks[1]].attempt == 0
+    assert h.state(tasks[1]) is TaskState.RUNNING and h.core.records.tasks[tasks[1]].attempt == 0
     h.join("e0", "n0", holding=[])
-    task = h.core.tasks[tasks[0]]
+    task = h.core.records.tasks[tasks[0]]
     assert task.attempt == 1 and task.lost_on == ["e0"]
     assert [m.task_id for m in h.sent("e0", p.Launch)][-1] == tasks[0]
     assert [type(m) for m in h.sent("e1")] == [p.Launch]  # its first launch only

@@ -241,7 +241,7 @@ def test_a_failed_executors_tasks_complete_elsewhere():
         assert task.executor_id != "e0" and task.attempt >= 1
     assert all(t <= 1.0 for t, executor_id, _, _ in result.timeline if executor_id == "e0")
     assert result.work_lost_s > 0
-    assert not sim.core.executors["e0"].alive
+    assert not sim.core.records.executors["e0"].alive
 
 
 def test_the_same_seed_gives_the_same_run():
@@ -298,8 +298,8 @@ def test_heartbeats_carry_the_scripted_memory_and_lb_avoids_pressure():
         "lb", executors, memory=lambda executor_id, now_s: 95.0 - 90 * (executor_id == "e1")
     )
     result = sim.run(jobs)
-    assert sim.core.executors["e0"].metrics[-1].mem_percent == 95.0
-    assert sim.core.executors["e1"].metrics[-1].mem_percent == 5.0
+    assert sim.core.records.executors["e0"].metrics[-1].mem_percent == 95.0
+    assert sim.core.records.executors["e1"].metrics[-1].mem_percent == 5.0
     (victim,) = [(e, t) for _, e, t, event in result.timeline if event == "suspended"]
     assert victim[0] == "e1"
 
@@ -406,5 +406,5 @@ def test_the_core_counts_the_work_a_lost_executor_took_with_it():
     assert result.tasks[lost].work_lost_s == pytest.approx(0.5, abs=0.001)
     # The core knows the work only up to the executor's last message: a lower bound, short
     # of the truth by at most one heartbeat interval (0.5 s here).
-    estimate = sim.core.tasks[lost].work_lost_ns / 1e9
+    estimate = sim.core.records.tasks[lost].work_lost_ns / 1e9
     assert 0 < estimate <= 0.5

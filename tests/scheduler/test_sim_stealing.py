@@ -317,7 +317,9 @@ def test_a_jobs_chunksize_goes_out_in_its_submission():
     jobs = [JobSpec("a", "batch", 0.0, [0.001] * 7, chunksize=3), JobSpec("b", "batch", 0, [0.001])]
     sim = SimCluster("fifo", [("e0", "n0")])
     result = sim.run(jobs)
-    assert sim.core.jobs["a"].chunksize == 3 and sim.core.jobs["b"].chunksize is None
+    assert (
+        sim.core.records.jobs["a"].chunksize == 3 and sim.core.records.jobs["b"].chunksize is None
+    )
     chunks = [tid for _, _, tid, event in result.timeline if event == "started" and "#" in tid]
     assert chunks == ["a#1", "a#2", "a#3"]
     with pytest.raises(ValueError, match="chunksize"):

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from tidal.scheduler.sim import JobSpec, SimCluster, mixed_scenario
-from tidal.scheduler.state import ClusterView
+from tidal.scheduler.views import ClusterView
 
 
 def check_views(view: ClusterView) -> None:

@@ -1,0 +1,766 @@
+"""The scheduler's books: its records of jobs, tasks and executors, and the only code that
+changes them.
+
+`Records` holds the tables (executors, jobs, tasks, pending queues, clients) and every
+bookkeeping step the scheduler takes on them: placing a launched task, suspending,
+resuming, killing, ending a task exactly once, requeueing what a lost executor held,
+forming and ending chunks. What a step sends goes into `out` (messages and notes,
+scheduler/events.py), which the core hands back from `SchedulerCore.handle`.
+
+Who uses it: the core (scheduler/core.py) decides and calls these steps; the chunk and
+recovery code (scheduler/chunks.py, scheduler/recovery.py) works on the records through
+them; policies never see a record, only the read-only views over them (scheduler/views.py).
+Nothing here consults a policy: where a step leaves tasks pending again, it calls
+`on_pending`, which the core set to ask its policy about them.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tidal.runtime import protocol as p
+from tidal.scheduler import events as ev
+
+__all__ = [
+    "PRIORITIES",
+    "SLOT_STATES",
+    "ExecutorRecord",
+    "Job",
+    "PendingQueues",
+    "Records",
+    "Task",
+    "TaskState",
+    "resume_order",
+    "stat_count",
+]
+
+log = logging.getLogger("tidal.scheduler")
+
+PRIORITIES = ("stream", "batch")
+# Discussion: heartbeats are ~0.5 s apart, so 20 of them are the last ~10 s: long enough to
+# smooth a spike, short enough to notice pressure building while a stream burst lasts.
+METRICS_WINDOW = 20
+# Lost executors kept for `status()`, the most recently lost; older records are forgotten, so
+# that executors joining under ever-new ids (restarts, or a hostile peer) cost bounded memory.
+MAX_LOST_EXECUTORS = 256
+# Prefetch: keep about this much work queued on an executor behind its running task, so that
+# tiny tasks are not throttled by one scheduler round trip each. Long tasks get no prefetch
+# (a queued long task could not move to an idle executor).
+PREFETCH_TARGET_NS = 2_000_000
+# What a task costs an executor besides running it (decode, switch, report), for the estimate.
+TASK_OVERHEAD_NS = 40_000
+
+
+class TaskState(enum.Enum):
+    """Where a task stands, as the scheduler sees it."""
+
+    PENDING = "pending"  # queued at the scheduler
+    LAUNCHED = "launched"  # sent to an executor, not started yet
+    RUNNING = "running"
+    SUSPENDING = "suspending"  # suspend sent, not confirmed
+    SUSPENDED = "suspended"
+    RESUMING = "resuming"  # resume sent, not confirmed
+    KILLING = "killing"  # kill sent, not confirmed
+    DONE = "done"
+    # After a restart: known from the journal, not ended, and not yet reported by any
+    # executor; queued when the reclaim grace period ends (scheduler/recovery.py).
+    UNCLAIMED = "unclaimed"
+
+
+# States in which a task occupies its executor's slot (from the scheduler's point of view).
+SLOT_STATES = (TaskState.LAUNCHED, TaskState.RUNNING, TaskState.RESUMING)
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    job_id: str
+    client_id: str
+    priority: str
+    order: int
+    max_suspensions: int
+    fn: str
+    main_path: str | None
+    submitted_ns: int
+    total: int
+    finished: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    chunksize: int | str | None = None  # None: one task per launch; an int or "auto": chunks
+    subtask_ns: float | None = None  # smoothed running time of its chunked tasks
+    chunks: int = 0
+
+    def count_end(self, outcome: str) -> None:
+        """Count one of its tasks as ended: "finished", "failed", or else cancelled."""
+        if outcome == "finished":
+            self.finished += 1
+        elif outcome == "failed":
+            self.failed += 1
+        else:
+            self.cancelled += 1
+
+
+@dataclass(eq=False, slots=True)
+class Task:
+    task_id: str
+    job: Job
+    # The packed [args, kwargs] as the client sent it: opaque here, forwarded in the launch
+    # and dropped when the task is done. A chunk's own is empty.
+    payload: bytes
+    seq: int  # arrival order; requeued tasks get a smaller one
+    submitted_at: int  # scheduler clock, ns
+    state: TaskState = TaskState.PENDING
+    executor_id: str | None = None
+    attempt: int = 0
+    suspensions: int = 0
+    kills: int = 0  # times a policy killed it to make room (never reset: the kill cap)
+    records: int = 0
+    started_at_ns: int | None = None  # the executor's clock at the first start
+    finished_at_ns: int | None = None  # the executor's clock when it ended
+    preferred: tuple[str, ...] = ()  # node labels or executor ids it would rather run on
+    first_started_at: int | None = None  # the scheduler's clock when the first start was reported
+    running_ns: int = 0
+    suspended_ns: int = 0
+    work_lost_ns: int = 0  # running time thrown away by kills and lost executors
+    running_since: int | None = None  # scheduler clock at the last start or resume report
+    running_estimate_ns: int = 0  # the scheduler's own estimate of time run this attempt
+    unsuspendable: bool = False  # an executor reported it reaches no record boundary
+    requeue_on_kill: bool = False  # killed to make room (KILL policy, withdrawn launch)
+    cancel_requested: bool = False
+    chunk: Task | None = None  # a chunked task: the chunk it was launched in
+    subtasks: dict[str, Task] | None = None  # a chunk: its subtasks not reported yet
+    memory_bytes: int = 0  # its executor's estimate of its memory, from the last heartbeat
+    lost_on: list[str] = field(default_factory=list)  # executors lost while they held it
+
+    @property
+    def priority(self) -> str:
+        return self.job.priority
+
+    @property
+    def order(self) -> int:
+        return self.job.order
+
+
+@dataclass(eq=False, slots=True)
+class ExecutorRecord:
+    """What the scheduler knows of one executor (the process itself is
+    tidal.runtime.executor.Executor)."""
+
+    executor_id: str
+    node: str
+    hostname: str
+    pid: int
+    last_seen: int  # scheduler clock, ns
+    alive: bool = True
+    slot_task: Task | None = None  # the task holding the slot
+    queued: deque[Task] = field(default_factory=deque)  # launched behind the slot task
+    suspended: dict[str, Task] = field(default_factory=dict)  # suspended or suspending here
+    metrics: deque[p.Heartbeat] = field(default_factory=lambda: deque(maxlen=METRICS_WINDOW))
+    # Mean host memory use over `metrics`, 0.0-1.0 (0.0 before any heartbeat). Kept, not
+    # computed when asked: LB ranks every executor by it when it picks a victim.
+    memory_pressure: float = 0.0
+    # Its ExecutorView, made by ClusterView when first asked for, then kept (untyped here:
+    # the views are built on the records, not the other way round).
+    view: Any = None
+    memory_limit_bytes: int | None = None  # its `--memory-limit`, from its heartbeats
+    rss_bytes: int | None = None  # from its last heartbeat
+
+    def add_metrics(self, beat: p.Heartbeat) -> None:
+        """A heartbeat arrived: keep it in the window, update `memory_pressure`, the limit
+        and the RSS, and each task's memory estimate."""
+        self.metrics.append(beat)
+        window = self.metrics
+        self.memory_pressure = sum(m.mem_percent for m in window) / len(window) / 100
+        self.memory_limit_bytes = beat.memory_limit_bytes if beat.memory_limit_bytes > 0 else None
+        self.rss_bytes = beat.rss_bytes
+        estimates = beat.task_memory or {}
+        for task in self.tasks():
+            figure = estimates.get(task.task_id, 0)
+            # Peer input: a dict's contents are not checked by decode.
+            task.memory_bytes = figure if type(figure) is int and figure > 0 else 0
+
+    @property
+    def memory_headroom(self) -> int | None:
+        """Bytes left under its memory limit at its last heartbeat (negative: over it);
+        None without a limit or before the first heartbeat."""
+        if self.memory_limit_bytes is None or self.rss_bytes is None:
+            return None
+        return self.memory_limit_bytes - self.rss_bytes
+
+    def tasks(self) -> Iterator[Task]:
+        """Every task whose state lives on this executor."""
+        if self.slot_task is not None:
+            yield self.slot_task
+        yield from self.queued
+        yield from self.suspended.values()
+
+    def chunks(self) -> Iterator[Task]:
+        """The chunks here, running, queued or suspended."""
+        return (t for t in self.tasks() if t.subtasks is not None)
+
+
+def resume_order(task: Any) -> tuple[bool, int, int]:
+    """Which suspended task (a record or a view) to resume first: stream before batch, then
+    order, then arrival."""
+    return (task.priority != "stream", task.order, task.seq)
+
+
+class PendingQueues:
+    """Pending tasks per priority class, ordered by (order, arrival); lazy deletion."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, dict[int, deque[Task]]] = {name: {} for name in PRIORITIES}
+        self._count = dict.fromkeys(PRIORITIES, 0)
+        self._per_job: dict[str, int] = {}
+
+    def push(self, task: Task, *, front: bool = False) -> None:
+        lane = self._queues[task.priority].setdefault(task.job.order, deque())
+        lane.appendleft(task) if front else lane.append(task)
+        self._count[task.priority] += 1
+        self._per_job[task.job.job_id] = self._per_job.get(task.job.job_id, 0) + 1
+
+    def removed(self, task: Task) -> None:
+        """Account for a task that left the pending state (it stays in its lane, skipped)."""
+        self._count[task.priority] -= 1
+        self._per_job[task.job.job_id] -= 1
+
+    def count(self, priority: str | None = None) -> int:
+        return sum(self._count.values()) if priority is None else self._count[priority]
+
+    def count_of_job(self, job_id: str) -> int:
+        return self._per_job.get(job_id, 0)
+
+    def iterate(self, priority: str) -> Iterator[Task]:
+        lanes = self._queues[priority]
+        for order in sorted(lanes):
+            lane = lanes[order]
+            # Drop already-launched or cancelled tasks from the front as we go.
+            while lane and lane[0].state is not TaskState.PENDING:
+                lane.popleft()
+            for task in lane:
+                if task.state is TaskState.PENDING:
+                    yield task
+            if not lane:
+                del lanes[order]
+
+
+def stat_count(stats: dict[str, Any], key: str, default: Any) -> Any:
+    """`stats[key]` if it is a count (an int >= 0, not a bool), else `default`.
+
+    Discussion: a report's stats are the executor's word, in a map whose values `decode`
+    does not check; one that is a string, a float NaN or negative must not reach the core's
+    arithmetic (an EWMA of NaN made the prefetch depth `int(nan)`, which raises).
+    """
+    value = stats.get(key, default)
+    return value if type(value) is int and value >= 0 else default
+
+
+class Records:
+    """The scheduler's tables and the bookkeeping on them; see the module docstring.
+
+    `now` is the core's clock at the current step (the core sets it); `out` collects what
+    the step sends and notes. `on_pending(tasks)` is called with tasks that became pending
+    again (requeued), for the core to ask its policy about them.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_suspensions: int,
+        max_retries: int,
+        max_prefetch: int,
+        clock_s: Callable[[], float],
+        on_pending: Callable[[list[Task]], None] = lambda tasks: None,
+    ) -> None:
+        self.max_suspensions = max_suspensions
+        self.max_retries = max_retries
+        self.max_prefetch = max_prefetch
+        self.on_pending = on_pending
+        self.now = 0
+        self.executors: dict[str, ExecutorRecord] = {}
+        self.jobs: dict[str, Job] = {}
+        self.tasks: dict[str, Task] = {}
+        self.clients: set[str] = set()
+        self.pending = PendingQueues()
+        self.out: list[ev.Instruction] = []
+        self.restarts = 0  # schedulers that used the journal before this one
+        # After a restart: executors known before it that have not said hello again, and
+        # until when tasks no executor reported wait for one (scheduler/recovery.py).
+        self.awaited: set[str] = set()
+        self.reclaim_until: int | None = None
+        self.steals_in_flight: dict[str, tuple[str, int]] = {}  # chunk id -> (thief, count)
+        self.steal_count = 0
+        # Warnings a peer's messages cause (a refused job, a lost executor): at most a few
+        # lines per period, however fast a peer sends them.
+        self.peer_warning = p.RateLimitedLog(log.warning, clock=clock_s)
+        self._service_ns: float | None = None  # smoothed cost of one batch task
+        self._seq = 0
+        self._requeue_seq = 0
+        self._lost: deque[ExecutorRecord] = deque()  # lost, still in `executors`, oldest first
+
+    # ---- facts -----------------------------------------------------------------------------------
+
+    def suspendable(self, task: Task) -> bool:
+        return (
+            task.state in SLOT_STATES
+            and not task.unsuspendable
+            and task.suspensions < task.job.max_suspensions
+        )
+
+    def free_capacity(self, executor: ExecutorRecord) -> int:
+        if not executor.alive:
+            return 0
+        load = (executor.slot_task is not None) + len(executor.queued)
+        return max(0, 1 + self.prefetch_depth() - load)
+
+    def prefetch_depth(self) -> int:
+        """How many launches an executor may hold queued behind its slot now."""
+        if self._service_ns is None:
+            return 0
+        return min(self.max_prefetch, int(PREFETCH_TARGET_NS // max(self._service_ns, 1.0)))
+
+    def task_on(
+        self, executor: ExecutorRecord, task_id: str, attempt: int | None = None
+    ) -> Task | None:
+        """The task a report is about, if it is live, on that executor and (if given) at that
+        attempt; else None (a stale report)."""
+        task = self.tasks.get(task_id)
+        if task is None or task.state is TaskState.DONE:
+            return None
+        if task.state is TaskState.UNCLAIMED:
+            # After a restart, before any executor claimed it: whoever ran it may report
+            # how it ended (a report that crossed the executor's hello again).
+            return task
+        if task.executor_id != executor.executor_id:
+            return None
+        if attempt is not None and task.attempt != attempt:
+            return None
+        return task
+
+    def unclaimed_count(self) -> int:
+        """Tasks waiting, after a restart, for an executor to report them."""
+        if self.reclaim_until is None:
+            return 0
+        return sum(t.state is TaskState.UNCLAIMED for t in self.tasks.values())
+
+    # ---- what a step sends and notes ---------------------------------------------------------
+
+    def send(self, executor: ExecutorRecord, message: p.Message) -> None:
+        self.out.append(ev.ToExecutor(executor.executor_id, message))
+
+    def answer(self, client_id: str, message: p.Message) -> None:
+        """Send `message` to a client (results only while it is connected)."""
+        if isinstance(message, p.Results):
+            self.to_client(client_id, message.items)
+        else:
+            self.out.append(ev.ToClient(client_id, message))
+
+    def to_client(self, client_id: str, items: list[list[Any]]) -> None:
+        if client_id in self.clients:
+            self.out.append(ev.ToClient(client_id, p.Results(items)))
+
+    def note(self, note: ev.Note) -> None:
+        self.out.append(note)
+
+    # ---- jobs and tasks ----------------------------------------------------------------------
+
+    def add_job(self, client_id: str, msg: p.Submit, *, skip: Collection[str] = ()) -> list[Task]:
+        """Record an accepted job and its tasks (but those in `skip`); return the tasks."""
+        cap = self.max_suspensions if msg.max_suspensions is None else msg.max_suspensions
+        job = Job(
+            msg.job_id,
+            client_id,
+            msg.priority,
+            msg.order,
+            cap,
+            msg.fn,
+            msg.main_path,
+            msg.sent_ns,
+            len(msg.tasks),
+        )
+        job.chunksize = (msg.options or {}).get("chunksize")
+        self.jobs[job.job_id] = job
+        tasks = []
+        for entry in msg.tasks:
+            task_id, payload = entry[:2]
+            if task_id in skip:
+                continue
+            options = entry[2] if len(entry) > 2 else {}
+            self._seq += 1
+            task = Task(task_id, job, payload, self._seq, self.now)
+            task.preferred = tuple(options.get("preferred", ()))
+            self.tasks[task_id] = task
+            tasks.append(task)
+        return tasks
+
+    def complete(self, task: Task, outcome: str, value: Any, error: list[str] | None) -> None:
+        """Finish a task exactly once, count it in its job, and tell its client.
+
+        `value` is the result's payload as the executor sent it (nil unless finished).
+        """
+        task.state = TaskState.DONE
+        job = task.job
+        job.count_end(outcome)
+        first_start = task.first_started_at
+        stats = {
+            "executor_id": task.executor_id,
+            "attempt": task.attempt,
+            "suspensions": task.suspensions,
+            "running_ns": task.running_ns,
+            "suspended_ns": task.suspended_ns,
+            "records": task.records,
+            "work_lost_ns": task.work_lost_ns,
+            "queued_ns": None if first_start is None else first_start - task.submitted_at,
+            "started_at_ns": task.started_at_ns,
+            "finished_at_ns": task.finished_at_ns,
+        }
+        task.payload = b""  # its arguments are no longer needed here
+        item = [task.task_id, outcome, value, error, stats]
+        self.out.append(ev.TaskEnded(job.job_id, item))  # journaled before the result is sent
+        self.to_client(job.client_id, [item])
+
+    def settle(
+        self,
+        tasks: list[Task],
+        *,
+        error: list[str] | None = None,
+        started: bool = True,
+        lost_on: str | None = None,
+    ) -> None:
+        """End tasks that did not finish: cancelled if their client asked, failed with `error`
+        if one is given, else queued again (a new attempt if `started`). With `lost_on`, they
+        were lost with that executor: past `max_retries` such losses a task fails."""
+        again = []
+        for task in tasks:
+            if lost_on is not None:
+                task.lost_on.append(lost_on)
+            if task.cancel_requested:
+                self.complete(task, "cancelled", None, None)
+            elif error is not None:
+                self.complete(task, "failed", None, error)
+            elif len(task.lost_on) > self.max_retries:
+                losses = len(task.lost_on)
+                message = (
+                    f"task {task.task_id} lost its executor {losses} times "
+                    f"({', '.join(task.lost_on)}); giving up (max_retries={self.max_retries})"
+                )
+                self.peer_warning(message)
+                self.complete(task, "failed", None, ["ExecutorLost", message, ""])
+            else:
+                again.append(task)
+        self.requeue(again, attempt=started)
+
+    def requeue(self, tasks: list[Task], *, attempt: bool = True) -> None:
+        """Queue tasks again at the front of their class (a new attempt if `attempt`)."""
+        if not tasks:
+            return
+        for task in reversed(tasks):  # pushed to the front, so keep their relative order
+            task.state = TaskState.PENDING
+            task.executor_id = None
+            task.suspensions = 0  # it starts from scratch: the cap applies afresh
+            task.running_ns = task.suspended_ns = 0
+            task.running_estimate_ns, task.running_since = 0, None
+            task.requeue_on_kill = False
+            if attempt:
+                task.attempt += 1
+            self._requeue_seq -= 1
+            task.seq = self._requeue_seq
+            task.chunk = None
+            self.pending.push(task, front=True)
+        self.on_pending(tasks[::-1])
+
+    def account(self, task: Task, stats: dict[str, Any]) -> None:
+        """Take a task's figures from the stats its executor reported with its end."""
+        task.suspensions = stat_count(stats, "suspensions", task.suspensions)  # what happened
+        task.running_ns = stat_count(stats, "running_ns", task.running_ns)
+        task.suspended_ns = stat_count(stats, "suspended_ns", task.suspended_ns)
+        task.records = stat_count(stats, "records", task.records)
+        task.finished_at_ns = stat_count(stats, "finished_at_ns", None)
+
+    def measured(self, stats: dict[str, Any]) -> None:
+        """A batch task (not a chunk) finished: smooth its cost into the prefetch estimate."""
+        cost = stat_count(stats, "running_ns", 0) + TASK_OVERHEAD_NS
+        self._service_ns = cost if self._service_ns is None else 0.8 * self._service_ns + 0.2 * cost
+
+    def stop_running(self, task: Task, at: int | None = None) -> None:
+        """Add the time since the task last started or resumed to its running estimate."""
+        if task.running_since is not None:
+            end = self.now if at is None else at
+            task.running_estimate_ns += max(0, end - task.running_since)
+            task.running_since = None
+
+    # ---- tasks on executors ------------------------------------------------------------------
+
+    def place(self, executor: ExecutorRecord, task: Task) -> None:
+        """Put a launched task (or chunk) in the executor's slot, or behind it in its queue.
+
+        A stream launch takes a free slot even when batch work is queued there, as the
+        executor runs stream launches first.
+        """
+        task.state = TaskState.LAUNCHED
+        task.executor_id = executor.executor_id
+        for subtask in (task.subtasks or {}).values():  # a chunk's tasks run there too
+            subtask.executor_id = executor.executor_id
+        if executor.slot_task is None and (task.priority == "stream" or not executor.queued):
+            executor.slot_task = task
+        else:
+            executor.queued.append(task)
+
+    def launch(self, executor: ExecutorRecord, task: Task) -> None:
+        """Launch pending `task` (not chunked) on `executor`."""
+        self.pending.removed(task)
+        self.place(executor, task)
+        job = task.job
+        message = p.Launch(
+            task.task_id, job.fn, job.main_path, task.payload, task.attempt, job.priority, self.now
+        )
+        self.send(executor, message)
+
+    def launch_chunk(self, executor: ExecutorRecord, chunk: Task) -> None:
+        """Launch a chunk formed by `form_chunk` on `executor`."""
+        self.place(executor, chunk)
+        job = chunk.job
+        subtasks = [[t.task_id, t.payload] for t in chunk.subtasks.values()]
+        message = p.LaunchChunk(
+            chunk.task_id, job.fn, job.main_path, subtasks, chunk.attempt, job.priority, self.now
+        )
+        self.send(executor, message)
+
+    def suspend(self, executor: ExecutorRecord, task: Task) -> None:
+        task.state = TaskState.SUSPENDING
+        task.suspensions += 1
+        executor.slot_task = None
+        executor.suspended[task.task_id] = task
+        self.send(executor, p.Suspend(task.task_id, self.now))
+
+    def resume(self, executor: ExecutorRecord, task: Task) -> None:
+        task.state = TaskState.RESUMING
+        del executor.suspended[task.task_id]
+        executor.slot_task = task
+        self.send(executor, p.Resume(task.task_id, self.now))
+
+    def kill(self, executor: ExecutorRecord, task: Task, *, requeue: bool) -> None:
+        """Send Kill; the task's state stays on the executor until Killed is reported."""
+        self.detach(executor, task)
+        task.state = TaskState.KILLING
+        task.requeue_on_kill = requeue
+        executor.suspended[task.task_id] = task
+        self.send(executor, p.Kill(task.task_id, self.now))
+
+    def detach(self, executor: ExecutorRecord, task: Task) -> None:
+        """Remove `task` from wherever it sits on `executor`."""
+        if executor.slot_task is task:
+            executor.slot_task = None
+        elif task in executor.queued:
+            executor.queued.remove(task)
+        executor.suspended.pop(task.task_id, None)
+
+    def take_slot(self, executor: ExecutorRecord, task: Task) -> Task | None:
+        """`task`, queued on `executor`, reported it runs: it holds the slot now. Returns the
+        task it displaced from the slot, if any, which stays tracked first in the queue.
+
+        Discussion: a task whose state lives on an executor leaves that executor's records
+        only when it ends there or the executor is lost (which requeues it); dropped from
+        them, a lost executor would take it along and its future would never complete. An
+        honest executor's reports never displace a running task, but an executor that lies
+        (or a bug) could; the fuzz tests send such reports.
+        """
+        executor.queued.remove(task)
+        previous = executor.slot_task
+        executor.slot_task = task
+        if previous is None or previous is task:
+            return None
+        executor.queued.appendleft(previous)
+        return previous
+
+    def suspend_failed(self, executor: ExecutorRecord, task: Task) -> None:
+        """The executor could not suspend `task`: it keeps its slot and is never asked again."""
+        task.state = TaskState.RUNNING
+        task.suspensions -= 1
+        task.unsuspendable = True
+        del executor.suspended[task.task_id]
+        usurper = executor.slot_task
+        executor.slot_task = task
+        if usurper is not None and usurper.state is TaskState.LAUNCHED:
+            # It was sent to take the slot and now waits behind a task that will not yield:
+            # withdraw it and let the policy place it elsewhere.
+            self.kill(executor, usurper, requeue=True)
+        elif usurper is not None:
+            # A resumed task waits there behind it; keep track of it (its state lives there).
+            executor.queued.appendleft(usurper)
+
+    def end_on(
+        self,
+        executor: ExecutorRecord,
+        task: Task,
+        stats: dict[str, Any],
+        outcome: str,
+        value: Any,
+        error: list[str] | None,
+    ) -> None:
+        """A task or chunk ended on `executor` (finished or failed): record it."""
+        self.detach(executor, task)
+        if task.subtasks is not None:  # a chunk: its tasks were reported one by one
+            self.end_chunk(task, error=error)
+        else:
+            self.account(task, stats)
+            self.complete(task, outcome, value, error)
+
+    def killed(self, executor: ExecutorRecord, task: Task, running_ns: int, policy: str) -> None:
+        """The executor killed `task`: requeue it, or fail it if a policy killed it for good."""
+        task.work_lost_ns += running_ns
+        self.detach(executor, task)
+        error = None
+        if task.state is TaskState.KILLING and not task.requeue_on_kill:
+            error = ["TaskKilled", f"killed by the {policy!r} policy", ""]
+        # Otherwise killed to make room, withdrawn, or killed by a shutting-down executor:
+        # it runs again from scratch (a new attempt if it had started).
+        started = running_ns > 0
+        if task.subtasks is not None:
+            self.end_chunk(task, error=error, started=started)
+        else:
+            self.settle([task], error=error, started=started)
+
+    def cancel(self, task: Task) -> ExecutorRecord | None:
+        """Its client cancelled `task`: done now, or killed where it runs. Returns the
+        executor whose slot the kill frees, if any."""
+        task.cancel_requested = True
+        if task.state is TaskState.PENDING:
+            self.pending.removed(task)
+            self.complete(task, "cancelled", None, None)
+        elif task.chunk is not None:
+            # Inside a chunk: done for its client now; its result, if it comes, is ignored.
+            task.chunk.subtasks.pop(task.task_id, None)
+            self.complete(task, "cancelled", None, None)
+        elif task.state is not TaskState.KILLING:
+            self.note(ev.CancelRequested(task.job.job_id, task.task_id))
+            if task.state is TaskState.UNCLAIMED:  # nobody reported it yet: done
+                self.complete(task, "cancelled", None, None)
+                return None
+            executor = self.executors[task.executor_id]
+            self.kill(executor, task, requeue=False)  # cancel_requested decides on Killed
+            return executor
+        return None
+
+    # ---- chunks ------------------------------------------------------------------------------
+
+    def form_chunk(
+        self,
+        first: Task,
+        size: int,
+        reserved: Collection[str] = (),
+        tasks: list[Task] | None = None,
+    ) -> Task:
+        """Group `first` and the job's next pending tasks, up to `size` (or exactly `tasks`),
+        into a new chunk; tasks in `reserved` (launched elsewhere by the same decisions) are
+        left out. Launch it with `launch_chunk`."""
+        job = first.job
+        if tasks is None:
+            tasks = [first]
+            for task in self.pending.iterate(job.priority):
+                if len(tasks) >= size:
+                    break
+                if task.job is job and task is not first and task.task_id not in reserved:
+                    tasks.append(task)
+        job.chunks += 1
+        # After a restart, chunk ids carry the restart count: an executor coming back may hold
+        # a chunk numbered by the scheduler before.
+        number = f"{self.restarts}.{job.chunks}" if self.restarts else str(job.chunks)
+        return self.new_chunk(f"{job.job_id}#{number}", tasks)
+
+    def new_chunk(self, chunk_id: str, tasks: list[Task]) -> Task:
+        """Record a chunk of `tasks` (one job's) under `chunk_id`; they leave the pending state."""
+        first = tasks[0]
+        chunk = Task(chunk_id, first.job, b"", first.seq, self.now)
+        chunk.subtasks = {}
+        for task in tasks:
+            if task.state is TaskState.PENDING:
+                self.pending.removed(task)
+            task.state = TaskState.LAUNCHED
+            task.chunk = chunk
+            chunk.subtasks[task.task_id] = task
+        self.tasks[chunk_id] = chunk
+        return chunk
+
+    def end_chunk(
+        self,
+        chunk: Task,
+        error: list[str] | None = None,
+        started: bool = True,
+        lost_on: str | None = None,
+    ) -> None:
+        """A chunk ended (finished, failed, killed, or lost with executor `lost_on`): settle
+        the tasks it left."""
+        chunk.state = TaskState.DONE
+        self.steals_in_flight.pop(chunk.task_id, None)  # a late `stolen` is ignored
+        left = [t for t in chunk.subtasks.values() if t.state is not TaskState.DONE]
+        chunk.subtasks = {}
+        self.settle(left, error=error, started=started, lost_on=lost_on)
+
+    # ---- executors ---------------------------------------------------------------------------
+
+    def join(self, hello: p.Hello) -> tuple[ExecutorRecord, ExecutorRecord | None, dict[str, Task]]:
+        """Record an executor that said hello: (its record, the record it replaces if it was
+        alive, the tasks that record held, by id)."""
+        old = self.executors.get(hello.executor_id)
+        # Discussion: an executor that says hello while we count it alive thought we were
+        # gone (its acks stopped coming): what it still holds of ours stays where it is
+        # (recovery.reclaim); the rest is lost with its old connection.
+        mine: dict[str, Task] = {}
+        if old is not None and old.alive:
+            self.peer_warning(f"executor {hello.executor_id} said hello again while alive")
+            mine = {t.task_id: t for t in old.tasks() if t.state is not TaskState.DONE}
+            old.alive = False
+            old.slot_task, old.queued, old.suspended = None, deque(), {}
+            self.note(ev.ExecutorLost(hello.executor_id, "it joined again"))
+        else:
+            old = None
+        executor = ExecutorRecord(
+            hello.executor_id, hello.node, hello.hostname, hello.pid, self.now
+        )
+        self.executors[hello.executor_id] = executor
+        self.note(ev.ExecutorUp(hello.executor_id))
+        log.info("executor %s joined from node %s", hello.executor_id, hello.node)
+        return executor, old, mine
+
+    def lose(self, executor: ExecutorRecord, reason: str) -> None:
+        """Declare `executor` lost: requeue every task whose state lived there."""
+        self.peer_warning(f"executor {executor.executor_id} lost: {reason}")
+        executor.alive = False
+        self.note(ev.ExecutorLost(executor.executor_id, reason))
+        self._lost.append(executor)
+        while len(self._lost) > MAX_LOST_EXECUTORS:
+            old = self._lost.popleft()
+            if self.executors.get(old.executor_id) is old:  # not replaced by a new join
+                del self.executors[old.executor_id]
+        tasks = [t for t in executor.tasks() if t.state is not TaskState.DONE]
+        executor.slot_task, executor.queued, executor.suspended = None, deque(), {}
+        self.requeue_lost(executor, tasks)
+
+    def requeue_lost(self, executor: ExecutorRecord, tasks: list[Task]) -> None:
+        """Tasks whose state was lost with `executor`: queued again as a new attempt, or
+        failed past `max_retries` losses.
+
+        Discussion: only a task that had started there counts the loss toward `max_retries`
+        (the limit is for a task that keeps taking its executors down); one that was only
+        launched or queued there is requeued free. Otherwise any peer posing as an
+        executor (no keys) could fail a job by accepting its tasks and leaving, four times:
+        the fuzz test's fake executors did.
+        """
+        lost = []
+        for task in tasks:
+            lost_on = None if task.state is TaskState.LAUNCHED else executor.executor_id
+            if task.subtasks is not None:  # a chunk: requeue the subtasks it had not reported
+                self.end_chunk(task, lost_on=lost_on)
+                continue
+            # Count work only up to the executor's last sign of life; after that, no one knows.
+            self.stop_running(task, at=executor.last_seen)
+            task.work_lost_ns += task.running_estimate_ns
+            if lost_on is not None:
+                task.lost_on.append(lost_on)  # settle() fails it past the limit
+            lost.append(task)
+        self.settle(lost)
