@@ -45,7 +45,7 @@ from tidal.runtime.functions import FunctionRef
 from tidal.runtime.gate import Gate, GatedIterator
 from tidal.runtime.task import PRIORITY_CLASSES, TaskContext, gate_arguments
 
-__all__ = ["Kernel", "TaskKilled", "TaskState"]
+__all__ = ["Kernel", "RunState", "TaskKilled"]
 
 # Discussion: 100 ms is long enough that a task with sane records (even 10 ms ones) always
 # reaches a boundary first, and short enough that a scheduler waiting for a slot learns
@@ -65,7 +65,10 @@ class TaskKilled(BaseException):
     """
 
 
-class TaskState(enum.Enum):
+class RunState(enum.Enum):
+    """Where a task stands inside this kernel (the scheduler's view of it is another thing:
+    scheduler/state.py's TaskState)."""
+
     QUEUED = "queued"  # launched, never run yet
     RUNNING = "running"  # holds the slot (running, or parked at a boundary by the hub)
     SUSPENDED = "suspended"
@@ -98,7 +101,7 @@ class TaskRecord:
     attempt: int
     priority: str
     payload: bytes | None = None  # the packed [args, kwargs], unpacked when it starts
-    state: TaskState = TaskState.QUEUED
+    state: RunState = RunState.QUEUED
     glet: greenlet.greenlet | None = None
     suspensions: int = 0
     records: int = 0
@@ -319,7 +322,7 @@ class Kernel:
         held = []
         for record in list(self._tasks.values()):
             state = record.state  # read once: the hub may change it meanwhile
-            if state is not TaskState.DONE:
+            if state is not RunState.DONE:
                 unreported = record.unreported
                 detail = None if unreported is None else list(unreported)
                 held.append([record.task_id, record.attempt, state.value, detail])
@@ -373,7 +376,7 @@ class Kernel:
             if record.glet is None:
                 continue  # not started: it holds its packed payload only
             estimate = record.memory_bytes
-            if record is current and record.state is TaskState.RUNNING:
+            if record is current and record.state is RunState.RUNNING:
                 estimate += rss - record.rss_mark
             estimates[record.task_id] = estimate
         return estimates
@@ -411,7 +414,7 @@ class Kernel:
     def holds(self, task_id: str) -> bool:
         """Whether a task is here and not done (from any thread)."""
         record = self._tasks.get(task_id)
-        return record is not None and record.state is not TaskState.DONE
+        return record is not None and record.state is not RunState.DONE
 
     def has_pending_suspensions(self) -> bool:
         """True while a suspend command waits for the running task to reach a boundary."""
@@ -421,9 +424,9 @@ class Kernel:
         """Counts of tasks by state (safe to call from another thread)."""
         states = [r.state for r in list(self._tasks.values())]
         return KernelStatistics(
-            running=states.count(TaskState.RUNNING),
-            suspended=states.count(TaskState.SUSPENDED) + states.count(TaskState.RESUMING),
-            queued=states.count(TaskState.QUEUED),
+            running=states.count(RunState.RUNNING),
+            suspended=states.count(RunState.SUSPENDED) + states.count(RunState.RESUMING),
+            queued=states.count(RunState.QUEUED),
             finished=self._finished,
         )
 
@@ -478,25 +481,25 @@ class Kernel:
         """Kill every task still here, unwinding their stacks. Call after `run()` returned."""
         self._hub = greenlet.getcurrent()
         for record in list(self._tasks.values()):
-            if record.state is not TaskState.DONE:
+            if record.state is not RunState.DONE:
                 self._apply_kill(record, _Command("kill", record.task_id, self._clock()))
         self._flush()
 
     def _switch_into(self, record: TaskRecord) -> Any:
         now = self._clock()
-        if record.state is TaskState.QUEUED:
+        if record.state is RunState.QUEUED:
             record.glet = greenlet.greenlet(self._task_main, parent=self._hub)
             record.glet.tidal_context = TaskContext(
                 record.task_id, record.attempt, record.priority, self.executor_id, record, self.gate
             )
             self._emit(p.Started(record.task_id, record.attempt, now))
-        elif record.state in (TaskState.RESUMING, TaskState.SUSPENDED):
+        elif record.state in (RunState.RESUMING, RunState.SUSPENDED):
             record.suspended_ns += now - record.suspended_at
-            if record.state is TaskState.RESUMING:
+            if record.state is RunState.RESUMING:
                 # Its own reading, not `now`: the resumption is timed from here, next to the
                 # switch (reusing `now` measured ~1.2 us more in `tidal bench suspend`).
                 record.resume_started_at = self._clock()
-        record.state = TaskState.RUNNING
+        record.state = RunState.RUNNING
         self._current = record
         if record.priority != self._running_class and self._priority_changed is not None:
             self._running_class = record.priority
@@ -573,20 +576,20 @@ class Kernel:
         elif command.op == "resume":
             # Discussion: only SUSPENDED, so a repeated resume is refused instead of queueing
             # the task twice (the second pop would switch into a finished greenlet).
-            if record is None or record.state is not TaskState.SUSPENDED:
+            if record is None or record.state is not RunState.SUSPENDED:
                 self._refuse("resume", command.task_id, record, "task is not suspended")
             elif record.glet is None:  # suspended before it ever started: queue it again
                 record.suspended_ns += self._clock() - record.suspended_at
-                record.state = TaskState.QUEUED
+                record.state = RunState.QUEUED
                 self._ready.add_launch(record)
             else:
-                record.state = TaskState.RESUMING
+                record.state = RunState.RESUMING
                 self._ready.add_resumed(record)
         elif command.op == "kill":
             self._apply_kill(record, command)
         elif command.op == "fail":
             # Not the scheduler's command: a task that ended meanwhile needs no report.
-            if record is not None and record.state is not TaskState.DONE:
+            if record is not None and record.state is not RunState.DONE:
                 record.fail_error = command.error
                 self._apply_kill(record, command)
         elif command.op == "steal":
@@ -604,7 +607,7 @@ class Kernel:
         return True
 
     def _apply_suspend(self, record: TaskRecord | None, command: _Command) -> None:
-        if record is None or record.state in (TaskState.SUSPENDED, TaskState.DONE):
+        if record is None or record.state in (RunState.SUSPENDED, RunState.DONE):
             self._refuse("suspend", command.task_id, record, "task cannot be suspended")
             return
         if record is self._current:
@@ -614,9 +617,9 @@ class Kernel:
         else:  # queued, or resumed but not running again yet: it parks where it is
             self._ready.discard(record)
             now = self._clock()
-            if record.state is TaskState.RESUMING:  # it never left: count the time as suspended
+            if record.state is RunState.RESUMING:  # it never left: count the time as suspended
                 record.suspended_ns += now - record.suspended_at
-        record.state = TaskState.SUSPENDED
+        record.state = RunState.SUSPENDED
         record.suspensions += 1
         record.suspended_at = now
         self._emit(
@@ -624,7 +627,7 @@ class Kernel:
         )
 
     def _apply_kill(self, record: TaskRecord | None, command: _Command) -> None:
-        if record is None or record.state is TaskState.DONE:
+        if record is None or record.state is RunState.DONE:
             self._refuse("kill", command.task_id, record, "task is not alive")
             return
         if record.glet is None:  # never started: nothing to unwind
@@ -657,7 +660,7 @@ class Kernel:
     def _report_outcome(self, record: TaskRecord, outcome: _Outcome) -> None:
         if self._current is record:
             self._current = None
-        record.state = TaskState.DONE
+        record.state = RunState.DONE
         record.glet = None
         self._finished += 1
         stats = record.stats(self.executor_id, self._clock())

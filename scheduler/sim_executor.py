@@ -85,7 +85,7 @@ class EventLoop:
 
 # ---- the simulated executor ---------------------------------------------------------------
 
-# Record states, as in runtime/kernel.py.
+# Record states, as in runtime/kernel.py (RunState values).
 QUEUED, RUNNING, SUSPENDED, RESUMING = "queued", "running", "suspended", "resuming"
 
 
