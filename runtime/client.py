@@ -67,7 +67,7 @@ from tidal.runtime.futures import (
     gather,
 )
 from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
-from tidal.runtime.task import PRIORITY_CLASSES, TaskFunction
+from tidal.runtime.task import TaskFunction
 
 __all__ = [
     "AuthenticationFailed",
@@ -903,10 +903,10 @@ def _job_options(
         priority = fn.priority if priority is None else priority
         max_suspensions = fn.max_suspensions if max_suspensions is None else max_suspensions
     priority = "batch" if priority is None else priority
-    if not isinstance(priority, str) or priority not in PRIORITY_CLASSES:
+    if not isinstance(priority, str) or priority not in p.PRIORITY_CLASSES:
         raise ValueError(
             f"unknown priority {priority!r}: use one of "
-            + ", ".join(repr(name) for name in PRIORITY_CLASSES)
+            + ", ".join(repr(name) for name in p.PRIORITY_CLASSES)
         )
     if isinstance(order, bool) or not isinstance(order, int):
         raise TypeError(f"order must be an int (lower runs first), not {type(order).__name__}")

@@ -50,7 +50,7 @@ from tidal.runtime.runstate import (
     RunState,
     TaskRecord,
 )
-from tidal.runtime.task import PRIORITY_CLASSES, TaskContext, gate_arguments
+from tidal.runtime.task import TaskContext, gate_arguments
 from tidal.runtime.tracebacks import describe_failure
 
 __all__ = ["Kernel", "RunState", "TaskKilled"]
@@ -432,13 +432,13 @@ class Kernel:
         if command.op == "launch":
             record = command.record
             assert record is not None  # built by launch(); not peer input
-            if record.priority not in PRIORITY_CLASSES:
+            if record.priority not in p.PRIORITY_CLASSES:
                 self._emit(
                     p.Refused(
                         "launch",
                         record.task_id,
                         f"unknown priority "
-                        f"{record.priority!r} (use {' or '.join(PRIORITY_CLASSES)})",
+                        f"{record.priority!r} (use {' or '.join(p.PRIORITY_CLASSES)})",
                     )
                 )
                 return True

@@ -36,6 +36,7 @@ import msgpack
 __all__ = [
     "MAX_FRAME_BYTES",
     "MESSAGES",
+    "PRIORITY_CLASSES",
     "PROTOCOL_VERSION",
     "EncodeError",
     "Message",
@@ -58,6 +59,10 @@ __all__ = [
 #    the scheduler's answer to heartbeats), rejoin (say hello again), reattach and
 #    reattached (a client finds its futures on a restarted scheduler).
 PROTOCOL_VERSION = 4
+
+# The values of every `priority` field (submit, launch, launch_chunk), the first the one that
+# goes ahead: a stream task exists to take a slot at once, batch work fills the rest.
+PRIORITY_CLASSES = ("stream", "batch")
 
 # Discussion: partitions travel inside `launch`, so frames can be large; 64 MiB bounds the
 # memory one frame can cost a receiver while leaving room for real data. Configurable per

@@ -23,7 +23,7 @@ from typing import Any
 import greenlet
 
 from tidal.runtime.functions import FunctionRef
-from tidal.runtime.task import PRIORITY_CLASSES
+from tidal.runtime.protocol import PRIORITY_CLASSES
 
 __all__ = ["Command", "KernelStatistics", "Outcome", "ReadyQueue", "RunState", "TaskRecord"]
 

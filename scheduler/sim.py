@@ -74,7 +74,6 @@ from typing import Any
 
 from tidal.runtime import protocol as p
 from tidal.runtime.bench import percentile
-from tidal.runtime.task import PRIORITY_CLASSES
 from tidal.scheduler.chunks import check_chunksize
 from tidal.scheduler.core import SchedulerCore
 from tidal.scheduler.eventlog import EventLog
@@ -147,7 +146,7 @@ class JobSpec:
     chunksize: int | str | None = None  # None: a launch per task; an int or "auto": chunks
 
     def __post_init__(self) -> None:
-        if self.priority not in PRIORITY_CLASSES:
+        if self.priority not in p.PRIORITY_CLASSES:
             raise ValueError(
                 f"job {self.job_id}: priority must be stream or batch, not {self.priority!r}"
             )
