@@ -73,7 +73,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from tidal.runtime import protocol as p
-from tidal.runtime.bench import percentile
+from tidal.runtime.stats import percentile
 from tidal.scheduler.chunks import check_chunksize
 from tidal.scheduler.core import SchedulerCore
 from tidal.scheduler.eventlog import EventLog
