@@ -66,6 +66,7 @@ from tidal.runtime.futures import (
     as_completed,
     gather,
 )
+from tidal.runtime.logs import RateLimitedLog
 from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
 from tidal.runtime.task import TaskFunction
 
@@ -151,7 +152,7 @@ class Client:
         # and were dropped: a redelivery after a restart lands here, never in a future twice.
         self.dropped_results = 0
         self.client_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._bad_frames = p.RateLimitedLog(log.warning)
+        self._bad_frames = RateLimitedLog(log)
         # One lock guards `_pending`, `_status_waiters`, `_closed` and the callers' PAIR end.
         # It is never held while a future completes: done callbacks may call back in.
         self._lock = threading.Lock()
