@@ -41,7 +41,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from tidal.runtime import protocol as p
+from tidal.runtime.logs import RateLimitedLog
 
 __all__ = [
     "AuthenticationFailed",
@@ -358,7 +358,7 @@ class HandshakeWatch:
 class _AuthorizedKeys:
     """The ZAP credentials provider: the public keys in `authorized/`, re-read on change."""
 
-    def __init__(self, directory: Path, refused: p.RateLimitedLog) -> None:
+    def __init__(self, directory: Path, refused: RateLimitedLog) -> None:
         self.directory = directory
         self._refused = refused
         self._seen: tuple[tuple[str, int, int], ...] | None = None
@@ -420,7 +420,7 @@ class SchedulerAuth:
     ) -> None:
         keys = load_server_keys(directory)
         self.directory = str(directory)
-        refused = p.RateLimitedLog(log.warning)
+        refused = RateLimitedLog(log)
         self._authenticator = ThreadAuthenticator(context, log=logging.getLogger("tidal.zap"))
         self._authenticator.start()
         self._authenticator.configure_curve_callback(
@@ -439,13 +439,13 @@ class SchedulerAuth:
         )
         self._thread = threading.Thread(
             target=self._log_refusals,
-            args=(monitor, p.RateLimitedLog(log.warning)),
+            args=(monitor, RateLimitedLog(log)),
             name="tidal-auth-monitor",
             daemon=True,
         )
         self._thread.start()
 
-    def _log_refusals(self, monitor: zmq.Socket, refused: p.RateLimitedLog) -> None:
+    def _log_refusals(self, monitor: zmq.Socket, refused: RateLimitedLog) -> None:
         try:
             while not self._stop.is_set():
                 if not monitor.poll(MONITOR_POLL_MS):

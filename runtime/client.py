@@ -66,8 +66,9 @@ from tidal.runtime.futures import (
     as_completed,
     gather,
 )
+from tidal.runtime.logs import RateLimitedLog
 from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
-from tidal.runtime.task import PRIORITY_CLASSES, TaskFunction
+from tidal.runtime.task import TaskFunction
 
 __all__ = [
     "AuthenticationFailed",
@@ -151,7 +152,7 @@ class Client:
         # and were dropped: a redelivery after a restart lands here, never in a future twice.
         self.dropped_results = 0
         self.client_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._bad_frames = p.RateLimitedLog(log.warning)
+        self._bad_frames = RateLimitedLog(log)
         # One lock guards `_pending`, `_status_waiters`, `_closed` and the callers' PAIR end.
         # It is never held while a future completes: done callbacks may call back in.
         self._lock = threading.Lock()
@@ -903,10 +904,10 @@ def _job_options(
         priority = fn.priority if priority is None else priority
         max_suspensions = fn.max_suspensions if max_suspensions is None else max_suspensions
     priority = "batch" if priority is None else priority
-    if not isinstance(priority, str) or priority not in PRIORITY_CLASSES:
+    if not isinstance(priority, str) or priority not in p.PRIORITY_CLASSES:
         raise ValueError(
             f"unknown priority {priority!r}: use one of "
-            + ", ".join(repr(name) for name in PRIORITY_CLASSES)
+            + ", ".join(repr(name) for name in p.PRIORITY_CLASSES)
         )
     if isinstance(order, bool) or not isinstance(order, int):
         raise TypeError(f"order must be an int (lower runs first), not {type(order).__name__}")

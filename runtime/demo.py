@@ -38,9 +38,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tidal.runtime import report
-from tidal.runtime.bench import percentile
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.stats import percentile
 from tidal.workloads.ads import AdSpec, generate_events
 from tidal.workloads.topics import Corpus, CorpusSpec, TopicModel, Trainer, make_corpus, resample
 from tidal.workloads.unified import StreamRun, run_stream, score_views, train_on

@@ -55,6 +55,7 @@ from tidal.runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.guard import PeerGuard
 from tidal.runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
+from tidal.runtime.logs import RateLimitedLog
 from tidal.runtime.memory import MEMORY_POLL_MS, Exit, FailTask, MemoryGuard, RssProbe, format_size
 from tidal.runtime.realtime import (
     DEFAULT_STREAM_NICE,
@@ -181,7 +182,7 @@ class Executor:
         # Bad frames from the scheduler: logged at a bounded rate with a periodic summary; never
         # a disconnection (limit=None), as the scheduler is this executor's only peer.
         self._bad_input = PeerGuard(log, limit=None)
-        self._dropped = p.RateLimitedLog(log.error)
+        self._dropped = RateLimitedLog(log, level=logging.ERROR)
 
     # ---- main thread ------------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ scheduler). The guard:
 * remembers disconnected peers for `cooldown_s`, so that the receiver can ignore their
   frames with one dict lookup, without decoding them;
 * logs at most one line per peer per `log_period_s`, and at most `lines_per_period` lines
-  in all per period; what it did not log it counts, and `tick()` logs the summary
-  ("N bad frames from M peers suppressed") once per period;
+  in all per period (a `RateLimitedLog`, runtime/logs.py); what it did not log it counts,
+  and `tick()` logs the summary ("suppressed N lines about bad input from M peers ...")
+  once the period is over;
 * keeps its per-peer records in bounded tables (`max_peers`, least recently seen dropped
   first), so a flood from ever-new peers costs bounded memory.
 
@@ -27,6 +28,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass
+
+from tidal.runtime.logs import RateLimitedLog
 
 __all__ = [
     "BAD_FRAME_LIMIT",
@@ -97,22 +100,19 @@ class PeerGuard:
     ) -> None:
         if limit is not None and limit < 1:
             raise ValueError(f"a bad-frame limit must be >= 1 (or None for no limit), not {limit}")
-        self._log = log
         self.limit = limit
         self.window_s = window_s
         self.cooldown_s = cooldown_s
         self.log_period_s = log_period_s
-        self.lines_per_period = lines_per_period
         self.max_peers = max_peers
         self._clock = clock
         self._records: OrderedDict[Hashable, _Record] = OrderedDict()
         self._cooling: OrderedDict[Hashable, float] = OrderedDict()  # peer -> until
-        self._period_start = clock()
-        self._period_lines = 0
-        self._period_suppressed = 0
+        self._lines = RateLimitedLog(
+            log, burst=lines_per_period, period_s=log_period_s, summary=self._summary, clock=clock
+        )
         self._period_peers: set[Hashable] = set()  # peers with suppressed lines, this period
         self._bad = self._ignored = self._disconnects = self._handler_errors = 0
-        self._logged = self._suppressed = 0
 
     # ---- what receivers call ------------------------------------------------------------------
 
@@ -151,7 +151,6 @@ class PeerGuard:
         if self._line(
             f"dropped a bad frame from {who}: {problem}",
             peer,
-            now,
             peer_quiet=now - record.logged_at >= self.log_period_s,
         ):
             record.logged_at = now
@@ -168,7 +167,7 @@ class PeerGuard:
             self._cooling[peer] = until
             if len(self._cooling) > self.max_peers:
                 self._cooling.popitem(last=False)
-        self._line(f"disconnected {who}: {reason}", peers[0] if peers else None, now)
+        self._line(f"disconnected {who}: {reason}", peers[0] if peers else None)
 
     def handler_failed(self, who: str, what: str, exc: BaseException) -> None:
         """A handler raised on a well-formed message from `who`: a bug, logged loudly (with
@@ -177,7 +176,6 @@ class PeerGuard:
         self._line(
             f"handling {what} from {who} raised {type(exc).__name__}: {exc}",
             None,
-            self._clock(),
             level=logging.ERROR,
             exc=exc,
         )
@@ -185,8 +183,8 @@ class PeerGuard:
     def tick(self) -> None:
         """Close the logging period if it is over (logging what was suppressed in it), and
         forget cool-downs that have ended. Call it now and then (each loop turn is fine)."""
+        self._lines.tick()
         now = self._clock()
-        self._roll(now)
         while self._cooling:
             peer, until = next(iter(self._cooling.items()))
             if until > now:
@@ -194,13 +192,14 @@ class PeerGuard:
             del self._cooling[peer]
 
     def statistics(self) -> GuardStatistics:
+        lines = self._lines.statistics()
         return GuardStatistics(
             bad_frames=self._bad,
             ignored_frames=self._ignored,
             disconnects=self._disconnects,
             handler_errors=self._handler_errors,
-            lines_logged=self._logged,
-            lines_suppressed=self._suppressed,
+            lines_logged=lines.lines_logged,
+            lines_suppressed=lines.lines_suppressed,
             peers_tracked=len(self._records),
             cooling_down=len(self._cooling),
         )
@@ -211,42 +210,29 @@ class PeerGuard:
         self,
         text: str,
         peer: Hashable | None,
-        now: float,
         *,
         peer_quiet: bool = True,
-        level: int = logging.WARNING,
+        level: int | None = None,
         exc: BaseException | None = None,
     ) -> bool:
         """Log `text` unless this period's lines are used up, or (not `peer_quiet`) the peer
         had its line this period; return whether it was logged."""
-        self._roll(now)
-        if not peer_quiet or self._period_lines >= self.lines_per_period:
-            self._suppressed += 1
-            self._period_suppressed += 1
-            if peer is not None and len(self._period_peers) < self.max_peers:
-                self._period_peers.add(peer)
-            return False
-        self._period_lines += 1
-        self._logged += 1
-        exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
-        self._log.log(level, "%s", text, exc_info=exc_info)
-        return True
+        if not peer_quiet:
+            self._lines.suppress()
+        elif self._lines(text, level=level, exc_info=exc):
+            return True
+        if peer is not None and len(self._period_peers) < self.max_peers:
+            self._period_peers.add(peer)
+        return False
 
-    def _roll(self, now: float) -> None:
-        """Start a new logging period if this one is over, summing up what it suppressed."""
-        if now - self._period_start < self.log_period_s:
-            return
-        if self._period_suppressed:
-            self._log.warning(
-                "suppressed %d lines about bad input from %d peers in the last %.0f s "
-                "(so far: %d bad frames, %d peers disconnected)",
-                self._period_suppressed,
-                len(self._period_peers),
-                now - self._period_start,
-                self._bad,
-                self._disconnects,
-            )
-            self._logged += 1
-        self._period_start = now
-        self._period_lines = self._period_suppressed = 0
-        self._period_peers = set()
+    def _summary(self, suppressed: int, seconds: float) -> str:
+        """The line that sums up a logging period that left lines out; called once, as the
+        period closes, so the next period counts its peers afresh."""
+        # Discussion: only a left-out line adds its peer, so a period that left none out,
+        # for which no summary is asked, has no peers to forget.
+        peers, self._period_peers = len(self._period_peers), set()
+        return (
+            f"suppressed {suppressed} lines about bad input from {peers} peers in the last "
+            f"{seconds:.0f} s (so far: {self._bad} bad frames, {self._disconnects} peers "
+            "disconnected)"
+        )

@@ -13,8 +13,10 @@ Principles, in the spirit of a small coroutine kernel:
   and reports what happened as protocol messages through the `emit` callable it was given
   (an in-memory list in tests; in the executor, an outbox that `flush` sends, which the
   kernel calls before it gives the thread away and when a chunk reports).
-* A task's exception belongs to the task: it becomes a `Failed` report with its traceback.
-  An error in the kernel itself is not caught here; it is loud.
+* A task's exception belongs to the task: it becomes a `Failed` report with its traceback
+  (runtime/tracebacks.py). An error in the kernel itself is not caught here; it is loud.
+* Rules here, records elsewhere: what the kernel keeps per task, its ready queue and its
+  commands are plain data in runtime/runstate.py; this module decides and switches.
 * Payloads open here. A task launched from the wire brings its arguments as one msgpack blob
   (`payload`), unpacked when the task starts, in its greenlet: a payload that does not
   unpack fails that task, like a function that does not import. Results leave packed
@@ -27,15 +29,12 @@ switches into the task to the moment the task runs again.
 
 from __future__ import annotations
 
-import enum
 import inspect
 import queue
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import greenlet
@@ -43,9 +42,18 @@ import greenlet
 from tidal.runtime import protocol as p
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.gate import Gate, GatedIterator
-from tidal.runtime.task import PRIORITY_CLASSES, TaskContext, gate_arguments
+from tidal.runtime.runstate import (
+    Command,
+    KernelStatistics,
+    Outcome,
+    ReadyQueue,
+    RunState,
+    TaskRecord,
+)
+from tidal.runtime.task import TaskContext, gate_arguments
+from tidal.runtime.tracebacks import describe_failure
 
-__all__ = ["Kernel", "TaskKilled", "TaskState"]
+__all__ = ["Kernel", "RunState", "TaskKilled"]
 
 # Discussion: 100 ms is long enough that a task with sane records (even 10 ms ones) always
 # reaches a boundary first, and short enough that a scheduler waiting for a slot learns
@@ -65,129 +73,11 @@ class TaskKilled(BaseException):
     """
 
 
-class TaskState(enum.Enum):
-    QUEUED = "queued"  # launched, never run yet
-    RUNNING = "running"  # holds the slot (running, or parked at a boundary by the hub)
-    SUSPENDED = "suspended"
-    RESUMING = "resuming"  # resumed, waiting in the ready queue for the slot
-    DONE = "done"
-
-
 # Sentinels passed through greenlet switches. The hub only ever switches a task back with
 # _GO (or throws TaskKilled); a task only ever switches to the hub with _ATTENTION or by
-# returning its _Outcome.
+# returning its Outcome.
 _GO = object()
 _ATTENTION = object()
-
-
-@dataclass(slots=True)
-class _Outcome:
-    kind: str  # "finished" | "failed" | "killed"
-    value: Any = None
-    error: list[str] | None = None  # [type name, message, traceback] when failed
-
-
-@dataclass(eq=False, slots=True)
-class TaskRecord:
-    """The kernel's live record of one task."""
-
-    task_id: str
-    fn: Callable[..., Any] | FunctionRef
-    args: list[Any]
-    kwargs: dict[str, Any]
-    attempt: int
-    priority: str
-    payload: bytes | None = None  # the packed [args, kwargs], unpacked when it starts
-    state: TaskState = TaskState.QUEUED
-    glet: greenlet.greenlet | None = None
-    suspensions: int = 0
-    records: int = 0
-    running_ns: int = 0
-    suspended_ns: int = 0
-    switched_in_at: int = 0
-    gate_mark: int = 0  # gate.records when the task was last switched in
-    suspended_at: int = 0
-    resume_started_at: int = 0  # non-zero while a resumption is in flight
-    kill_requested: bool = False
-    # Set by `fail`: [error_type, message, ""] reported instead of `killed` once it unwinds.
-    fail_error: list[str] | None = None
-    # With a memory probe: the growth of the RSS while this task ran (its memory estimate),
-    # and the RSS when it was last switched in.
-    memory_bytes: int = 0
-    rss_mark: int = 0
-    # A chunk's subtasks not started yet: [task_id, payload] (or [task_id, args, kwargs]).
-    chunk: deque[list[Any]] | None = None
-    running_subtask: str | None = None  # a chunk: the subtask it is running
-    # A chunk's subtasks whose results have not been emitted yet (an ordered set), for a
-    # hello to a scheduler that lost track of the chunk (`Kernel.holdings`).
-    unreported: dict[str, None] | None = None
-
-    def stats(self, executor_id: str, now: int) -> dict[str, Any]:
-        return {
-            "executor_id": executor_id,
-            "running_ns": self.running_ns,
-            "suspended_ns": self.suspended_ns,
-            "suspensions": self.suspensions,
-            "records": self.records,
-            "finished_at_ns": now,
-        }
-
-
-@dataclass(slots=True)
-class _Command:
-    op: str  # "launch" | "suspend" | "resume" | "kill" | "fail" | "steal" | "stop" | "flush"
-    task_id: str
-    queued_at: int
-    record: TaskRecord | None = None
-    count: int = 0  # steal only: how many subtasks
-    error: list[str] | None = None  # fail only: [error_type, message, traceback]
-    # suspend only: settled under the kernel's lock by either the hub (taken) or the
-    # watchdog (cancelled, because no record boundary came in time); never both.
-    taken: bool = False
-    cancelled: bool = False
-
-
-@dataclass(frozen=True)
-class KernelStatistics:
-    running: int
-    suspended: int
-    queued: int
-    finished: int
-
-
-class _ReadyQueue:
-    """Tasks waiting for the slot, in the order they get it.
-
-    Stream launches first (a stream task exists to take the slot at once, even when batch
-    work was already queued here), then resumed tasks (a task the scheduler resumed must not
-    wait behind new batch work), then batch launches; first in, first out within each.
-    """
-
-    def __init__(self) -> None:
-        self._stream: deque[TaskRecord] = deque()
-        self._resumed: deque[TaskRecord] = deque()
-        self._batch: deque[TaskRecord] = deque()
-
-    def __bool__(self) -> bool:
-        return bool(self._stream or self._resumed or self._batch)
-
-    def add_launch(self, record: TaskRecord) -> None:
-        (self._stream if record.priority == PRIORITY_CLASSES[0] else self._batch).append(record)
-
-    def add_resumed(self, record: TaskRecord) -> None:
-        self._resumed.append(record)
-
-    def pop(self) -> TaskRecord:
-        for queue_ in (self._stream, self._resumed, self._batch):
-            if queue_:
-                return queue_.popleft()
-        raise IndexError("no task is ready")
-
-    def discard(self, record: TaskRecord) -> None:
-        for queue_ in (self._stream, self._resumed, self._batch):
-            if record in queue_:
-                queue_.remove(record)
-                return
 
 
 class Kernel:
@@ -217,11 +107,11 @@ class Kernel:
         self._clock = clock
         self._suspend_timeout_ns = suspend_timeout_ns
         self._gated_iterator = gated_iterator
-        self._inbox: queue.SimpleQueue[_Command] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # guards _pending_suspends and _Command flags
-        self._pending_suspends: dict[str, _Command] = {}
+        self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _pending_suspends and Command flags
+        self._pending_suspends: dict[str, Command] = {}
         self._tasks: dict[str, TaskRecord] = {}
-        self._ready = _ReadyQueue()
+        self._ready = ReadyQueue()
         self._current: TaskRecord | None = None
         self._hub: greenlet.greenlet | None = None
         self._finished = 0
@@ -258,23 +148,23 @@ class Kernel:
         the task starts, and a failure to unpack becomes the task's failure report too.
         """
         record = TaskRecord(task_id, fn, list(args), dict(kwargs or {}), attempt, priority, payload)
-        self._post(_Command("launch", task_id, self._clock(), record))
+        self._post(Command("launch", task_id, self._clock(), record))
 
     def suspend(self, task_id: str) -> None:
         """Ask the task to park at its next record boundary."""
-        command = _Command("suspend", task_id, self._clock())
+        command = Command("suspend", task_id, self._clock())
         with self._lock:
             self._pending_suspends[task_id] = command
         self._post(command)
 
     def resume(self, task_id: str) -> None:
         """Let a suspended task continue where it stopped: after stream launches, before batch
-        launches (see `_ReadyQueue`)."""
-        self._post(_Command("resume", task_id, self._clock()))
+        launches (see `ReadyQueue`)."""
+        self._post(Command("resume", task_id, self._clock()))
 
     def kill(self, task_id: str) -> None:
         """Stop a task: TaskKilled is raised in it at its next record boundary."""
-        self._post(_Command("kill", task_id, self._clock()))
+        self._post(Command("kill", task_id, self._clock()))
 
     def fail(self, task_id: str, error_type: str, message: str) -> None:
         """Stop a task as `kill` does, but report it `failed` with this error.
@@ -283,7 +173,7 @@ class Kernel:
         subtask running when it is stopped fails with the error, and the chunk reports
         `killed`, so that its subtasks that did not run are placed again.
         """
-        self._post(_Command("fail", task_id, self._clock(), error=[error_type, message, ""]))
+        self._post(Command("fail", task_id, self._clock(), error=[error_type, message, ""]))
 
     def launch_chunk(
         self,
@@ -301,16 +191,16 @@ class Kernel:
         record = TaskRecord(chunk_id, fn, [], {}, attempt, priority)
         record.chunk = deque(subtasks)
         record.unreported = dict.fromkeys(subtask[0] for subtask in subtasks)
-        self._post(_Command("launch", chunk_id, self._clock(), record))
+        self._post(Command("launch", chunk_id, self._clock(), record))
 
     def steal(self, chunk_id: str, count: int) -> None:
         """Take up to `count` subtasks that have not started from the end of a chunk."""
-        self._post(_Command("steal", chunk_id, self._clock(), count=count))
+        self._post(Command("steal", chunk_id, self._clock(), count=count))
 
     def wake(self) -> None:
         """Make the hub flush its reports soon: at once when idle, else at the running
         task's next record boundary (callable from any thread)."""
-        self._post(_Command("flush", "", self._clock()))
+        self._post(Command("flush", "", self._clock()))
 
     def holdings(self) -> list[list[Any]]:
         """What this kernel holds, as `hello.holding` lists it: `[task_id, attempt, state,
@@ -319,13 +209,13 @@ class Kernel:
         held = []
         for record in list(self._tasks.values()):
             state = record.state  # read once: the hub may change it meanwhile
-            if state is not TaskState.DONE:
+            if state is not RunState.DONE:
                 unreported = record.unreported
                 detail = None if unreported is None else list(unreported)
                 held.append([record.task_id, record.attempt, state.value, detail])
         return held
 
-    def _post(self, command: _Command) -> None:
+    def _post(self, command: Command) -> None:
         self._inbox.put(command)
         self.gate.requested = 1  # after the put: the hub lowers the gate before draining
 
@@ -373,7 +263,7 @@ class Kernel:
             if record.glet is None:
                 continue  # not started: it holds its packed payload only
             estimate = record.memory_bytes
-            if record is current and record.state is TaskState.RUNNING:
+            if record is current and record.state is RunState.RUNNING:
                 estimate += rss - record.rss_mark
             estimates[record.task_id] = estimate
         return estimates
@@ -411,7 +301,7 @@ class Kernel:
     def holds(self, task_id: str) -> bool:
         """Whether a task is here and not done (from any thread)."""
         record = self._tasks.get(task_id)
-        return record is not None and record.state is not TaskState.DONE
+        return record is not None and record.state is not RunState.DONE
 
     def has_pending_suspensions(self) -> bool:
         """True while a suspend command waits for the running task to reach a boundary."""
@@ -421,9 +311,9 @@ class Kernel:
         """Counts of tasks by state (safe to call from another thread)."""
         states = [r.state for r in list(self._tasks.values())]
         return KernelStatistics(
-            running=states.count(TaskState.RUNNING),
-            suspended=states.count(TaskState.SUSPENDED) + states.count(TaskState.RESUMING),
-            queued=states.count(TaskState.QUEUED),
+            running=states.count(RunState.RUNNING),
+            suspended=states.count(RunState.SUSPENDED) + states.count(RunState.RESUMING),
+            queued=states.count(RunState.QUEUED),
             finished=self._finished,
         )
 
@@ -467,36 +357,36 @@ class Kernel:
 
             # -- 4. Account. A finished task reports; one that called the hub stays current
             #       and step 1 decides what its call was about.
-            if isinstance(outcome, _Outcome):
+            if isinstance(outcome, Outcome):
                 self._report_outcome(record, outcome)
 
     def stop(self) -> None:
         """Make `run()` return once the hub gets control (callable from any thread)."""
-        self._post(_Command("stop", "", self._clock()))
+        self._post(Command("stop", "", self._clock()))
 
     def close(self) -> None:
         """Kill every task still here, unwinding their stacks. Call after `run()` returned."""
         self._hub = greenlet.getcurrent()
         for record in list(self._tasks.values()):
-            if record.state is not TaskState.DONE:
-                self._apply_kill(record, _Command("kill", record.task_id, self._clock()))
+            if record.state is not RunState.DONE:
+                self._apply_kill(record, Command("kill", record.task_id, self._clock()))
         self._flush()
 
     def _switch_into(self, record: TaskRecord) -> Any:
         now = self._clock()
-        if record.state is TaskState.QUEUED:
+        if record.state is RunState.QUEUED:
             record.glet = greenlet.greenlet(self._task_main, parent=self._hub)
             record.glet.tidal_context = TaskContext(
                 record.task_id, record.attempt, record.priority, self.executor_id, record, self.gate
             )
             self._emit(p.Started(record.task_id, record.attempt, now))
-        elif record.state in (TaskState.RESUMING, TaskState.SUSPENDED):
+        elif record.state in (RunState.RESUMING, RunState.SUSPENDED):
             record.suspended_ns += now - record.suspended_at
-            if record.state is TaskState.RESUMING:
+            if record.state is RunState.RESUMING:
                 # Its own reading, not `now`: the resumption is timed from here, next to the
                 # switch (reusing `now` measured ~1.2 us more in `tidal bench suspend`).
                 record.resume_started_at = self._clock()
-        record.state = TaskState.RUNNING
+        record.state = RunState.RUNNING
         self._current = record
         if record.priority != self._running_class and self._priority_changed is not None:
             self._running_class = record.priority
@@ -514,7 +404,7 @@ class Kernel:
             result = record.glet.throw(TaskKilled(f"task {record.task_id} was killed"))
         else:
             result = record.glet.switch(_GO)
-        # Back in the hub: the task is parked at a boundary (_ATTENTION) or done (_Outcome).
+        # Back in the hub: the task is parked at a boundary (_ATTENTION) or done (Outcome).
         self._regained_at = self._clock()
         if probe is not None:
             rss = probe()
@@ -523,14 +413,14 @@ class Kernel:
         record.running_ns += self._regained_at - record.switched_in_at
         record.records += self.gate.records - record.gate_mark
         record.gate_mark = self.gate.records
-        if result is not _ATTENTION and not isinstance(result, _Outcome):
+        if result is not _ATTENTION and not isinstance(result, Outcome):
             raise RuntimeError(
                 f"task {record.task_id} switched to the hub with {result!r}: "
                 "only the kernel's checkpoint may switch greenlets in a task"
             )
         return result
 
-    def _apply(self, command: _Command) -> bool:
+    def _apply(self, command: Command) -> bool:
         """Carry out one command; refuse (with a report) what does not apply.
 
         Returns False only for the stop command.
@@ -542,13 +432,13 @@ class Kernel:
         if command.op == "launch":
             record = command.record
             assert record is not None  # built by launch(); not peer input
-            if record.priority not in PRIORITY_CLASSES:
+            if record.priority not in p.PRIORITY_CLASSES:
                 self._emit(
                     p.Refused(
                         "launch",
                         record.task_id,
                         f"unknown priority "
-                        f"{record.priority!r} (use {' or '.join(PRIORITY_CLASSES)})",
+                        f"{record.priority!r} (use {' or '.join(p.PRIORITY_CLASSES)})",
                     )
                 )
                 return True
@@ -573,20 +463,20 @@ class Kernel:
         elif command.op == "resume":
             # Discussion: only SUSPENDED, so a repeated resume is refused instead of queueing
             # the task twice (the second pop would switch into a finished greenlet).
-            if record is None or record.state is not TaskState.SUSPENDED:
+            if record is None or record.state is not RunState.SUSPENDED:
                 self._refuse("resume", command.task_id, record, "task is not suspended")
             elif record.glet is None:  # suspended before it ever started: queue it again
                 record.suspended_ns += self._clock() - record.suspended_at
-                record.state = TaskState.QUEUED
+                record.state = RunState.QUEUED
                 self._ready.add_launch(record)
             else:
-                record.state = TaskState.RESUMING
+                record.state = RunState.RESUMING
                 self._ready.add_resumed(record)
         elif command.op == "kill":
             self._apply_kill(record, command)
         elif command.op == "fail":
             # Not the scheduler's command: a task that ended meanwhile needs no report.
-            if record is not None and record.state is not TaskState.DONE:
+            if record is not None and record.state is not RunState.DONE:
                 record.fail_error = command.error
                 self._apply_kill(record, command)
         elif command.op == "steal":
@@ -603,8 +493,8 @@ class Kernel:
                     record.unreported.pop(task_id, None)
         return True
 
-    def _apply_suspend(self, record: TaskRecord | None, command: _Command) -> None:
-        if record is None or record.state in (TaskState.SUSPENDED, TaskState.DONE):
+    def _apply_suspend(self, record: TaskRecord | None, command: Command) -> None:
+        if record is None or record.state in (RunState.SUSPENDED, RunState.DONE):
             self._refuse("suspend", command.task_id, record, "task cannot be suspended")
             return
         if record is self._current:
@@ -614,22 +504,22 @@ class Kernel:
         else:  # queued, or resumed but not running again yet: it parks where it is
             self._ready.discard(record)
             now = self._clock()
-            if record.state is TaskState.RESUMING:  # it never left: count the time as suspended
+            if record.state is RunState.RESUMING:  # it never left: count the time as suspended
                 record.suspended_ns += now - record.suspended_at
-        record.state = TaskState.SUSPENDED
+        record.state = RunState.SUSPENDED
         record.suspensions += 1
         record.suspended_at = now
         self._emit(
             p.Suspended(record.task_id, max(0, now - command.queued_at), record.records, now)
         )
 
-    def _apply_kill(self, record: TaskRecord | None, command: _Command) -> None:
-        if record is None or record.state is TaskState.DONE:
+    def _apply_kill(self, record: TaskRecord | None, command: Command) -> None:
+        if record is None or record.state is RunState.DONE:
             self._refuse("kill", command.task_id, record, "task is not alive")
             return
         if record.glet is None:  # never started: nothing to unwind
             self._ready.discard(record)
-            self._report_outcome(record, _Outcome("killed"))
+            self._report_outcome(record, Outcome("killed"))
             return
         # Unwind it now, so its finally blocks run and its memory is freed; TaskKilled is
         # raised at the boundary where it is parked.
@@ -641,7 +531,7 @@ class Kernel:
             self._ready.discard(record)
         record.kill_requested = True
         outcome = self._switch_into(record)
-        while not isinstance(outcome, _Outcome):  # it caught TaskKilled and went on
+        while not isinstance(outcome, Outcome):  # it caught TaskKilled and went on
             outcome = self._switch_into(record)
         self._report_outcome(record, outcome)
         # Discussion: _switch_into made the killed task current; without this the task that
@@ -654,10 +544,10 @@ class Kernel:
         state = record.state.value if record else "unknown here"
         self._emit(p.Refused(command, task_id, f"{why} ({state})"))
 
-    def _report_outcome(self, record: TaskRecord, outcome: _Outcome) -> None:
+    def _report_outcome(self, record: TaskRecord, outcome: Outcome) -> None:
         if self._current is record:
             self._current = None
-        record.state = TaskState.DONE
+        record.state = RunState.DONE
         record.glet = None
         self._finished += 1
         stats = record.stats(self.executor_id, self._clock())
@@ -691,22 +581,22 @@ class Kernel:
 
     # ---- inside the task's greenlet -------------------------------------------------------------
 
-    def _task_main(self, go: object) -> _Outcome:
+    def _task_main(self, go: object) -> Outcome:
         """Body of every task greenlet: run the user's function and capture its outcome."""
         record = self._current
         assert record is not None and go is _GO  # the hub set both just before switching
         try:
             fn = record.fn.resolve() if isinstance(record.fn, FunctionRef) else record.fn
             if record.chunk is not None:
-                return _Outcome("finished", self._run_chunk(record, fn))
+                return Outcome("finished", self._run_chunk(record, fn))
             if record.payload is not None:
                 record.args, record.kwargs = self._unpack(record.payload)
                 record.payload = None
-            return _Outcome("finished", self._call_task(fn, record.args, record.kwargs))
+            return Outcome("finished", self._call_task(fn, record.args, record.kwargs))
         except TaskKilled:
-            return _Outcome("killed")
+            return Outcome("killed")
         except BaseException as exc:  # a task's error belongs to its report
-            return _Outcome("failed", error=_describe_failure(exc))
+            return Outcome("failed", error=describe_failure(exc, __file__))
 
     def _unpack(self, payload: bytes) -> tuple[list[Any], dict[str, Any]]:
         """A task's (args, kwargs) from its payload; ProtocolError if it is not one."""
@@ -749,7 +639,7 @@ class Kernel:
                 except greenlet.GreenletExit:
                     raise
                 except BaseException as exc:  # a task's error belongs to its result
-                    error = _describe_failure(exc)
+                    error = describe_failure(exc, __file__)
                 else:
                     try:  # packed here, so that a result msgpack cannot carry fails alone
                         value, outcome = p.pack_payload(result, f"result of {task_id}"), "finished"
@@ -817,29 +707,3 @@ class Kernel:
             self._emit(p.Resumed(record.task_id, now - record.resume_started_at, now))
             self._flush()
             record.resume_started_at = 0
-
-
-def _describe_failure(exc: BaseException) -> list[str]:
-    """[type name, message, traceback] of a task's exception, without the kernel's frames.
-
-    Built in the task's greenlet, and guarded, so that an exception whose __str__ raises
-    cannot take the hub down with it.
-    """
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    formatted = _safe(lambda: "".join(traceback.format_exception(type(exc), exc, tb)))
-    return [_qualified_name(type(exc)), _safe(lambda: str(exc)), formatted]
-
-
-def _safe(describe: Callable[[], str]) -> str:
-    """`describe()`, or a note that it failed (for user objects whose __str__ may raise)."""
-    try:
-        return describe()
-    except BaseException as exc:  # any failure of user code here must not reach the hub
-        return f"<could not describe the error: {type(exc).__name__}>"
-
-
-def _qualified_name(cls: type) -> str:
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

@@ -21,9 +21,9 @@ from typing import Any, overload
 
 import greenlet
 
-__all__ = ["Partition", "TaskContext", "TaskFunction", "current_context", "task"]
+from tidal.runtime.protocol import PRIORITY_CLASSES
 
-PRIORITY_CLASSES = ("stream", "batch")
+__all__ = ["Partition", "TaskContext", "TaskFunction", "current_context", "task"]
 
 
 class TaskFunction:

@@ -46,6 +46,7 @@ import zmq
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import SchedulerAuth, is_loopback
 from tidal.runtime.guard import BAD_FRAME_LIMIT, COOLDOWN_S, PeerGuard
+from tidal.runtime.logs import RateLimitedLog
 from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
 from tidal.scheduler.core import (
     DEFAULT_HEARTBEAT_NS,
@@ -165,7 +166,7 @@ class SchedulerServer:
         self._routes: dict[tuple[str, str], bytes] = {}  # (kind, peer id) -> routing id
         # Well-formed messages on connections we do not know: after a restart, the old
         # scheduler's peers' queued frames; told to rejoin, not worth a warning each.
-        self._strangers = p.RateLimitedLog(log.info)
+        self._strangers = RateLimitedLog(log, level=logging.INFO)
         # (kind, peer id) -> all its routing ids (an executor's report connections too)
         self._connections: dict[tuple[str, str], set[bytes]] = {}
         # Bad frames per routing id, their log lines, and who is in a cool-down.

@@ -73,8 +73,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from tidal.runtime import protocol as p
-from tidal.runtime.bench import percentile
-from tidal.runtime.task import PRIORITY_CLASSES
+from tidal.runtime.stats import percentile
 from tidal.scheduler.chunks import check_chunksize
 from tidal.scheduler.core import SchedulerCore
 from tidal.scheduler.eventlog import EventLog
@@ -148,7 +147,7 @@ class JobSpec:
     chunksize: int | str | None = None  # None: a launch per task; an int or "auto": chunks
 
     def __post_init__(self) -> None:
-        if self.priority not in PRIORITY_CLASSES:
+        if self.priority not in p.PRIORITY_CLASSES:
             raise ValueError(
                 f"job {self.job_id}: priority must be stream or batch, not {self.priority!r}"
             )

@@ -26,7 +26,6 @@ from typing import Any
 
 from tidal.runtime import protocol as p
 from tidal.runtime.kernel import CHUNK_REPORT_EVERY, CHUNK_REPORT_NS
-from tidal.runtime.task import PRIORITY_CLASSES
 
 __all__ = ["EventLoop", "ExecutorTask", "SimExecutor"]
 
@@ -85,7 +84,7 @@ class EventLoop:
 
 # ---- the simulated executor ---------------------------------------------------------------
 
-# Record states, as in runtime/kernel.py.
+# Record states, as in runtime/kernel.py (RunState values).
 QUEUED, RUNNING, SUSPENDED, RESUMING = "queued", "running", "suspended", "resuming"
 
 
@@ -349,7 +348,7 @@ class SimExecutor:
 
     def _refuse_launch(self, task_id: str, priority: str) -> bool:
         """Refuse a launch (or a chunk's) the kernel would refuse; True if it was refused."""
-        if priority not in PRIORITY_CLASSES:
+        if priority not in p.PRIORITY_CLASSES:
             reason = f"unknown priority {priority!r} (use stream or batch)"
         elif task_id in self.records:
             reason = f"a task with this id is already here ({self.records[task_id].state})"

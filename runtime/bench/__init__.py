@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tidal.runtime.client import Client
 
-__all__ = ["BENCHMARKS", "percentile", "timed_map"]
+__all__ = ["BENCHMARKS", "timed_map"]
 
 # Every benchmark, in the order `tidal bench all` runs them: a module of this package each.
 BENCHMARKS = (
@@ -24,17 +23,6 @@ BENCHMARKS = (
     "scale",
     "chaos",
 )
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) of `values`, linearly interpolated; NaN if empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def timed_map(

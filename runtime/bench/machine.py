@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from tidal.runtime.bench import percentile
+from tidal.runtime.stats import percentile
 
 __all__ = ["machine_info", "reference_figures"]
 

@@ -21,9 +21,9 @@ import random
 import time
 from typing import Any
 
-from tidal.runtime.bench import percentile
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.stats import percentile
 from tidal.workloads.synthetic import spin, total
 
 TARGETS = {

@@ -77,7 +77,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tidal.runtime import protocol as p
-from tidal.runtime.bench import percentile
+from tidal.runtime.stats import percentile
 from tidal.scheduler.core import (
     ClientJoined,
     ClientRequest,

@@ -21,11 +21,11 @@ from typing import Any
 import zmq
 
 from tidal.runtime import protocol as p
-from tidal.runtime.bench import percentile
 from tidal.runtime.gate import IMPLEMENTATION, Gate, GatedIterator
 from tidal.runtime.kernel import Kernel
 from tidal.runtime.processes import spawn_executor, stop_process
 from tidal.runtime.realtime import realtime_io_threads, realtime_permitted
+from tidal.runtime.stats import percentile
 
 TARGETS = {
     "suspend_us_p50": ("<=", 2.0),

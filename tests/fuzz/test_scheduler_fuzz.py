@@ -25,11 +25,11 @@ import time
 import psutil
 import pytest
 
-from tidal.runtime.bench import percentile
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.guard import MAX_TRACKED_PEERS
 from tidal.runtime.processes import child_env, stop_process
+from tidal.runtime.stats import percentile
 from tidal.workloads.synthetic import total
 
 pytestmark = pytest.mark.slow

@@ -125,3 +125,19 @@ def test_tables_stay_bounded_however_many_peers_misbehave(clock):
 def test_a_limit_below_one_is_refused(clock):
     with pytest.raises(ValueError, match="bad-frame limit must be >= 1"):
         guard(clock, limit=0)
+
+
+def test_each_period_sums_up_only_its_own_peers(clock, lines):
+    g = guard(clock, limit=None, log_period_s=5.0, lines_per_period=1)
+    for peer in (b"a", b"b", b"c"):
+        g.bad_frame(peer, f"peer {peer.decode()}", "junk")
+    clock.now += 5.0
+    g.bad_frame(b"d", "peer d", "junk")  # opens the next period: its summary goes out first
+    g.bad_frame(b"e", "peer e", "junk")
+    clock.now += 5.0
+    g.tick()
+    summaries = [line for line in lines() if line.startswith("suppressed")]
+    assert [s.split(" peers ")[0] for s in summaries] == [
+        "suppressed 2 lines about bad input from 2",
+        "suppressed 1 lines about bad input from 1",
+    ]

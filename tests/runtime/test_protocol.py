@@ -27,7 +27,6 @@ from tidal.runtime.protocol import (
     EncodeError,
     Message,
     ProtocolError,
-    RateLimitedLog,
     decode,
     encode,
 )
@@ -577,83 +576,6 @@ def test_random_payloads_unpack_or_raise_protocol_error(data):
 @given(st.lists(PLAIN_VALUES, max_size=4), st.dictionaries(st.text(max_size=8), PLAIN_VALUES))
 def test_calls_round_trip_through_their_payload(args, kwargs):
     assert p.unpack_call(p.pack_call(args, kwargs)) == (args, kwargs)
-
-
-# ---- rate-limited logging ---------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _limited(burst: int = 3, period_s: float = 10.0) -> tuple[RateLimitedLog, list[str], FakeClock]:
-    lines: list[str] = []
-    clock = FakeClock(1000.0)
-    return RateLimitedLog(lines.append, burst=burst, period_s=period_s, clock=clock), lines, clock
-
-
-def test_rate_limited_log_logs_a_burst_then_suppresses():
-    log, lines, _ = _limited(burst=3)
-    assert [log(f"bad frame {i}") for i in range(5)] == [True, True, True, False, False]
-    assert lines == ["bad frame 0", "bad frame 1", "bad frame 2"]
-
-
-def test_rate_limited_log_reports_the_suppressed_count_when_the_window_rolls():
-    log, lines, clock = _limited(burst=2, period_s=10.0)
-    for i in range(5):
-        log(f"early {i}")
-    clock.now += 9.75  # still the same window (binary fractions: exact float sums)
-    assert log("late in the window") is False
-    assert lines == ["early 0", "early 1"]
-    clock.now += 0.25  # exactly one period after the window opened
-    assert log("next window") is True
-    assert lines[2:] == ["(4 similar messages suppressed)", "next window"]
-    # The new window has its own burst, and the summary line did not use any of it.
-    assert log("second") is True
-    assert log("third") is False
-
-
-def test_rate_limited_log_says_nothing_extra_when_nothing_was_suppressed():
-    log, lines, clock = _limited(burst=2)
-    log("one")
-    clock.now += 60
-    log("two")
-    assert lines == ["one", "two"]
-
-
-@settings(derandomize=True, max_examples=200, deadline=None)
-@given(
-    burst=st.integers(min_value=1, max_value=5),
-    steps=st.lists(st.floats(min_value=0, max_value=7, allow_nan=False), max_size=60),
-)
-def test_rate_limited_log_accounts_for_every_message(burst, steps):
-    log, lines, clock = _limited(burst=burst, period_s=5.0)
-    calls = []  # (time, whether logged)
-    for i, step in enumerate(steps):
-        clock.now += step
-        before = len(lines)
-        logged = log(f"m{i}")
-        assert logged == (len(lines) > before and lines[-1] == f"m{i}")
-        calls.append((clock.now, logged))
-    clock.now += 5.0
-    log("flush")  # rolls the window: whatever was suppressed is reported now
-    texts = [line for line in lines if line.startswith("m")]
-    suppressed = sum(int(line[1:].split()[0]) for line in lines if line.startswith("("))
-    assert len(texts) == sum(logged for _, logged in calls)
-    assert len(texts) + suppressed == len(steps)
-    # A window opens with the first call a full period after the last window opened, and
-    # lets at most `burst` messages through.
-    window_start, count = -float("inf"), 0
-    for at, logged in calls:
-        if at - window_start >= 5.0:
-            window_start, count = at, 0
-            assert logged, "the first message of a window is always logged"
-        count += logged
-        assert count <= burst
 
 
 # ---- batches --------------------------------------------------------------------------------

@@ -1,0 +1,156 @@
+"""What an executor's kernel keeps about its tasks: plain data, acted on by runtime/kernel.py.
+
+* `RunState`: where a task stands in the kernel; `TaskRecord`: the kernel's live record of
+  one task (its inputs, its state, its counters).
+* `ReadyQueue`: the tasks waiting for the slot, in the order they get it.
+* `Command`: what `Kernel.launch`, `suspend`, ... queue, from any thread, for the hub;
+  `Outcome`: how a task's greenlet ended, as it hands it back to the hub.
+* `KernelStatistics`: counts of tasks by state.
+
+Discussion: nothing here decides or switches anything. The kernel's rules (which command
+applies when, what a switch costs a task) stay together in runtime/kernel.py, and read there
+without the bookkeeping's declarations in the way.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import greenlet
+
+from tidal.runtime.functions import FunctionRef
+from tidal.runtime.protocol import PRIORITY_CLASSES
+
+__all__ = ["Command", "KernelStatistics", "Outcome", "ReadyQueue", "RunState", "TaskRecord"]
+
+
+class RunState(enum.Enum):
+    """Where a task stands inside one executor's kernel (the scheduler's view of the task is
+    another thing: scheduler/state.py's TaskState)."""
+
+    QUEUED = "queued"  # launched, never run yet
+    RUNNING = "running"  # holds the slot (running, or parked at a boundary by the hub)
+    SUSPENDED = "suspended"
+    RESUMING = "resuming"  # resumed, waiting in the ready queue for the slot
+    DONE = "done"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a task's greenlet ended, as it hands it back to the hub."""
+
+    kind: str  # "finished" | "failed" | "killed"
+    value: Any = None
+    error: list[str] | None = None  # [type name, message, traceback] when failed
+
+
+@dataclass(eq=False, slots=True)
+class TaskRecord:
+    """The kernel's live record of one task."""
+
+    task_id: str
+    fn: Callable[..., Any] | FunctionRef
+    args: list[Any]
+    kwargs: dict[str, Any]
+    attempt: int
+    priority: str
+    payload: bytes | None = None  # the packed [args, kwargs], unpacked when it starts
+    state: RunState = RunState.QUEUED
+    glet: greenlet.greenlet | None = None
+    suspensions: int = 0
+    records: int = 0
+    running_ns: int = 0
+    suspended_ns: int = 0
+    switched_in_at: int = 0
+    gate_mark: int = 0  # gate.records when the task was last switched in
+    suspended_at: int = 0
+    resume_started_at: int = 0  # non-zero while a resumption is in flight
+    kill_requested: bool = False
+    # Set by `fail`: [error_type, message, ""] reported instead of `killed` once it unwinds.
+    fail_error: list[str] | None = None
+    # With a memory probe: the growth of the RSS while this task ran (its memory estimate),
+    # and the RSS when it was last switched in.
+    memory_bytes: int = 0
+    rss_mark: int = 0
+    # A chunk's subtasks not started yet: [task_id, payload] (or [task_id, args, kwargs]).
+    chunk: deque[list[Any]] | None = None
+    running_subtask: str | None = None  # a chunk: the subtask it is running
+    # A chunk's subtasks whose results have not been emitted yet (an ordered set), for a
+    # hello to a scheduler that lost track of the chunk (`Kernel.holdings`).
+    unreported: dict[str, None] | None = None
+
+    def stats(self, executor_id: str, now: int) -> dict[str, Any]:
+        """The `stats` of this task's final report."""
+        return {
+            "executor_id": executor_id,
+            "running_ns": self.running_ns,
+            "suspended_ns": self.suspended_ns,
+            "suspensions": self.suspensions,
+            "records": self.records,
+            "finished_at_ns": now,
+        }
+
+
+@dataclass(slots=True)
+class Command:
+    """A command queued by a `Kernel` method (from any thread) for the hub to apply."""
+
+    op: str  # "launch" | "suspend" | "resume" | "kill" | "fail" | "steal" | "stop" | "flush"
+    task_id: str
+    queued_at: int
+    record: TaskRecord | None = None
+    count: int = 0  # steal only: how many subtasks
+    error: list[str] | None = None  # fail only: [error_type, message, traceback]
+    # suspend only: settled under the kernel's lock by either the hub (taken) or the
+    # watchdog (cancelled, because no record boundary came in time); never both.
+    taken: bool = False
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class KernelStatistics:
+    """Counts of a kernel's tasks by state (`Kernel.statistics()`)."""
+
+    running: int
+    suspended: int
+    queued: int
+    finished: int
+
+
+class ReadyQueue:
+    """Tasks waiting for the slot, in the order they get it.
+
+    Stream launches first (a stream task exists to take the slot at once, even when batch
+    work was already queued here), then resumed tasks (a task the scheduler resumed must not
+    wait behind new batch work), then batch launches; first in, first out within each.
+    """
+
+    def __init__(self) -> None:
+        self._stream: deque[TaskRecord] = deque()
+        self._resumed: deque[TaskRecord] = deque()
+        self._batch: deque[TaskRecord] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._stream or self._resumed or self._batch)
+
+    def add_launch(self, record: TaskRecord) -> None:
+        (self._stream if record.priority == PRIORITY_CLASSES[0] else self._batch).append(record)
+
+    def add_resumed(self, record: TaskRecord) -> None:
+        self._resumed.append(record)
+
+    def pop(self) -> TaskRecord:
+        for queue_ in (self._stream, self._resumed, self._batch):
+            if queue_:
+                return queue_.popleft()
+        raise IndexError("no task is ready")
+
+    def discard(self, record: TaskRecord) -> None:
+        for queue_ in (self._stream, self._resumed, self._batch):
+            if record in queue_:
+                queue_.remove(record)
+                return
