@@ -32,9 +32,6 @@ from typing import Any, ClassVar
 
 import msgpack
 
-if typing.TYPE_CHECKING:
-    from tidal.runtime import logs
-
 __all__ = [
     "MAX_FRAME_BYTES",
     "MESSAGES",
@@ -710,20 +707,3 @@ def unbatch(
         except ProtocolError as exc:
             decoded.append(exc)
     return decoded
-
-
-# ---- a name that moved ---------------------------------------------------------------------
-
-
-def RateLimitedLog(log_method: Callable[[str], None], **options: Any) -> logs.RateLimitedLog:
-    """A `tidal.runtime.logs.RateLimitedLog` from a logger's method, such as `log.warning`:
-    the class's old home and signature (logging is no part of the wire format)."""
-    # Discussion: only for scheduler/core.py, which builds its `peer_warning` so while it is
-    # rewritten elsewhere; once it reads `RateLimitedLog(log, clock=...)` from
-    # tidal.runtime.logs, this goes.
-    import logging
-
-    from tidal.runtime import logs
-
-    level = logging.getLevelNamesMapping()[log_method.__name__.upper()]
-    return logs.RateLimitedLog(log_method.__self__, level=level, **options)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidal.runtime import protocol as p
+from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import events as ev
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
 
 log = logging.getLogger("tidal.scheduler")
 
-PRIORITIES = ("stream", "batch")
+PRIORITIES = p.PRIORITY_CLASSES
 # Discussion: heartbeats are ~0.5 s apart, so 20 of them are the last ~10 s: long enough to
 # smooth a spike, short enough to notice pressure building while a stream burst lasts.
 METRICS_WINDOW = 20
@@ -296,7 +297,7 @@ class Records:
         self.steal_count = 0
         # Warnings a peer's messages cause (a refused job, a lost executor): at most a few
         # lines per period, however fast a peer sends them.
-        self.peer_warning = p.RateLimitedLog(log.warning, clock=clock_s)
+        self.peer_warning = RateLimitedLog(log, clock=clock_s)
         self._service_ns: float | None = None  # smoothed cost of one batch task
         self._seq = 0
         self._requeue_seq = 0

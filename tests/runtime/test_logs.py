@@ -8,7 +8,6 @@ import logging
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidal.runtime import protocol as p
 from tidal.runtime.logs import RateLimitedLog
 
 
@@ -108,15 +107,6 @@ def test_a_custom_summary_counts_lines_the_caller_left_out_and_tick_logs_it_on_t
     log.tick()
     assert lines.texts == ["first", "2 left out in 5.5 s"]
     assert log.statistics().as_dict() == {"lines_logged": 2, "lines_suppressed": 2}
-
-
-def test_the_old_home_still_builds_one_from_a_loggers_method():
-    # scheduler/core.py's call, until it imports RateLimitedLog from tidal.runtime.logs.
-    log, lines = logger()
-    limited = p.RateLimitedLog(log.info, burst=1)
-    assert isinstance(limited, RateLimitedLog)
-    assert limited("one") and not limited("two")
-    assert [(r.levelno, r.getMessage()) for r in lines.records] == [(logging.INFO, "one")]
 
 
 @settings(derandomize=True, max_examples=200, deadline=None)
