@@ -1,32 +1,25 @@
 """The client: submit work to a Tidal scheduler, get `concurrent.futures` futures back.
 
+This module is the user API (`submit`, `map`, `status`, `set_policy`, ...) and the
+bookkeeping of futures and requests. The connection to the scheduler (the handshake, the IO
+thread, keepalive, reconnecting and reattaching after a restart, goodbye) is
+runtime/client_io.py.
+
 Threads and why:
 
 * Caller threads (any number) validate and encode a submission (each task's arguments
   packed once, into the payload only an executor opens), register its futures, and
   hand the frame to the IO thread through an inproc PAIR socket. ZeroMQ sockets are not
   thread-safe, so that one PAIR end is guarded by the client's lock; it is the only socket
-  callers touch, and sending on it never blocks (no high-water mark: the IO thread keeps
-  the queue).
-* The IO thread owns the DEALER connected to the scheduler. In one loop it forwards caller
-  frames in order, completes futures from `results` (unpacking each result's payload; one
-  that does not unpack fails its own future) and status requests from `status`, and
-  drops (with a rate-limited log line) any frame that breaks the protocol. It never blocks
-  on the network: frames the DEALER cannot take yet wait in an outbox until it can.
+  callers touch, and sending on it never blocks.
+* The IO thread (runtime/client_io.py) owns the connection. Through the handlers here it
+  completes futures from `results` (unpacking each result's payload; one that does not
+  unpack fails its own future) and requests from their answers.
 
-The handshake runs on the constructing thread, before the IO thread exists, so its errors
-are raised straight to the caller; the DEALER then moves to the IO thread (`Thread.start()`
-is the full memory barrier ZeroMQ asks for when a socket changes threads).
-
-When the scheduler goes away. While futures or requests are pending, the IO thread pings
-the scheduler every KEEPALIVE_S; silence for SILENT_S, or a `rejoin` from a scheduler that
-does not know this connection (it restarted), makes it reconnect: a new DEALER and a new
-`client_hello`, again every SILENT_S, for up to `reconnect_timeout` seconds. On the welcome
-it sends `reattach` with the ids of every pending future: the scheduler answers the results
-it has and names the tasks it never heard of, whose jobs the client submits again (it keeps
-each job's submit frame until the job's last future completes). Requests waiting for an
-answer are sent again. Each future still completes once: a result for a future that is
-done already is ignored.
+For a scheduler that restarts, the client keeps each job's submit frame until the job's last
+future completes (to submit again the tasks a new scheduler never heard of) and each
+request's frame until its answer comes (to ask again). Each future still completes once: a
+result for a future that is done already is ignored.
 
 Futures complete on the IO thread, and so their done callbacks run there: keep callbacks
 short, and never block in one on another future or on `status()` of the same client. The
@@ -46,14 +39,14 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import zmq
 
 from tidal.runtime import protocol as p
-from tidal.runtime.auth import AuthenticationFailed, HandshakeWatch, load_peer_keys, secure_peer
+from tidal.runtime.auth import AuthenticationFailed, load_peer_keys
+from tidal.runtime.client_io import Bookkeeping, ClientConnection
 from tidal.runtime.functions import function_ref
 
 # Re-exported, so `from tidal.runtime.client import TaskFuture, gather, ...` keeps working.
@@ -66,8 +59,8 @@ from tidal.runtime.futures import (
     as_completed,
     gather,
 )
+from tidal.runtime.link import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RECONNECT_TIMEOUT_S
 from tidal.runtime.logs import RateLimitedLog
-from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
 from tidal.runtime.task import TaskFunction
 
 __all__ = [
@@ -85,25 +78,9 @@ __all__ = [
 
 log = logging.getLogger("tidal.client")
 
-DEFAULT_CONNECT_TIMEOUT_S = 30.0
 DEFAULT_STATUS_TIMEOUT_S = 10.0
-# Discussion: on close, the goodbye (and any submission still queued) gets this long to reach
-# the scheduler; after that ZeroMQ drops it, so close() never hangs on a scheduler that left.
-CLOSE_LINGER_MS = 1000
 # The IO thread exits within one poll of being told to; this only bounds a bug.
 IO_JOIN_TIMEOUT_S = 5.0
-# Frames read from the scheduler per loop turn before callers' frames get a look in, so a
-# flood of results cannot starve submissions.
-RECV_BATCH = 256
-# Discussion: while something is pending, a ping every half second, and a scheduler silent
-# for three times that is taken for gone. A restarted scheduler is found sooner: the first
-# frame it gets from us is answered with `rejoin`.
-KEEPALIVE_S = 0.5
-SILENT_S = 1.5
-DEFAULT_RECONNECT_TIMEOUT_S = 60.0
-# Task ids per `reattach` message, so that a client waiting on a million tasks stays far
-# below the frame limit.
-REATTACH_IDS_PER_MESSAGE = 10_000
 
 OUTCOMES = ("finished", "failed", "cancelled")
 
@@ -147,7 +124,6 @@ class Client:
             )
         self.address = address
         self.reconnect_timeout = reconnect_timeout
-        self.reconnects = 0  # how often the IO thread reconnected (a restarted scheduler)
         # Results that came for no pending future (already completed, cancelled or unknown)
         # and were dropped: a redelivery after a restart lands here, never in a future twice.
         self.dropped_results = 0
@@ -169,90 +145,40 @@ class Client:
         self._job_numbers = itertools.count(1)
 
         self.keys = None if keys is None else load_peer_keys(keys)
-        self._context = zmq.Context()
-        realtime_io_threads(self._context)
-        dealer = self._context.socket(zmq.DEALER)
-        secure_peer(dealer, self.keys)
-        watch = HandshakeWatch(dealer, address, self.keys)
-        try:
-            dealer.connect(address)
-        except zmq.ZMQError as exc:
-            watch.close()
-            dealer.close(linger=0)
-            self._context.term()
-            raise ValueError(
-                f"{address!r} is not a ZeroMQ address this client can connect to ({exc}); "
-                "expected something like 'tcp://host:port'"
-            ) from None
-        try:
-            welcome = self._handshake(dealer, watch, timeout)
-        except BaseException:
-            watch.close()
-            dealer.close(linger=0)
-            self._context.term()
-            raise
-        watch.close()  # the handshake is behind us
+        self._io = ClientConnection(
+            address,
+            self.client_id,
+            self.keys,
+            connect_timeout=timeout,
+            reconnect_timeout=reconnect_timeout,
+            bad_frames=self._bad_frames,
+        )
+        welcome = self._io.connect()
         self.scheduler_id = welcome.scheduler_id
         # The policy at connect time, or as this client's set_policy() left it; another client
         # may switch it since: status()["policy"] is the current one.
         self.policy = welcome.policy
         self.max_suspensions = welcome.max_suspensions  # the cluster's cap
-
-        inproc = f"inproc://tidal-client-{uuid.uuid4().hex}"
-        self._to_io = self._context.socket(zmq.PAIR)
-        self._to_io.sndhwm = 0
-        self._to_io.bind(inproc)
-        from_callers = self._context.socket(zmq.PAIR)
-        from_callers.rcvhwm = 0
-        from_callers.connect(inproc)
-        self._thread = threading.Thread(
-            target=self._run_io, args=(dealer, from_callers), name="tidal-client-io", daemon=True
-        )
-        self._thread.start()
-
-    def _handshake(
-        self, dealer: zmq.Socket, watch: HandshakeWatch, timeout: float
-    ) -> p.ClientWelcome:
-        dealer.send(
-            p.encode(
-                p.ClientHello(p.PROTOCOL_VERSION, self.client_id, os.getpid(), socket.gethostname())
+        self._to_io = self._io.start(
+            Bookkeeping(
+                handlers={
+                    p.Results: self._on_results,
+                    p.Status: self._on_status,
+                    p.Pong: self._on_pong,
+                    p.PolicySet: self._on_policy_set,
+                },
+                expecting=self._expecting,
+                waiting_for=self._waiting_for,
+                resubmissions=self._resubmissions,
+                welcomed_again=self._welcomed_again,
+                lost=self._lost,
             )
         )
-        deadline = time.monotonic() + timeout
-        poller = zmq.Poller()
-        poller.register(dealer, zmq.POLLIN)
-        poller.register(watch.socket, zmq.POLLIN)
-        while True:
-            remaining = deadline - time.monotonic()
-            ready = dict(poller.poll(remaining * 1000)) if remaining > 0 else {}
-            if watch.socket in ready and (refusal := watch.refusal()):
-                raise AuthenticationFailed(refusal)
-            if dealer not in ready:
-                if ready:
-                    continue  # a handshake event that was no refusal
-                raise ConnectionError(
-                    f"no Tidal scheduler answered at {self.address} within {timeout:g} s "
-                    "(is it running, and is the address right?)"
-                )
-            frames = dealer.recv_multipart()
-            try:
-                msg = p.decode_parts(frames)
-            except p.ProtocolError as exc:
-                self._bad_frames(f"dropped a bad frame from the scheduler: {exc}")
-                continue
-            if isinstance(msg, p.Reject):
-                raise ConnectionError(
-                    f"the Tidal scheduler at {self.address} refused this client: {msg.reason}"
-                )
-            if not isinstance(msg, p.ClientWelcome):
-                self._bad_frames(f"dropped {msg.op} from the scheduler before its welcome")
-                continue
-            if msg.version != p.PROTOCOL_VERSION:
-                raise ConnectionError(
-                    f"the Tidal scheduler at {self.address} speaks protocol {msg.version}, "
-                    f"this client {p.PROTOCOL_VERSION}"
-                )
-            return msg
+
+    @property
+    def reconnects(self) -> int:
+        """How often the client reconnected and was welcomed again (a restarted scheduler)."""
+        return self._io.reconnects
 
     # ---- submitting --------------------------------------------------------------------------
 
@@ -494,7 +420,7 @@ class Client:
 
     def _request(self, build: Callable[[str], p.Message], answer: str, timeout: float) -> Any:
         """Send a request built with a fresh id and wait for the answer with that id."""
-        if threading.current_thread() is self._thread:
+        if self._io.on_io_thread():
             raise RuntimeError(
                 "a blocking client call from a done callback, which runs on the client's IO "
                 "thread: the answer could never arrive; call it from another thread"
@@ -527,7 +453,7 @@ class Client:
     def close(self) -> None:
         """Say goodbye, stop the IO thread, release sockets; pending futures fail with
         ConnectionError. Calling it again does nothing."""
-        if threading.current_thread() is self._thread:
+        if self._io.on_io_thread():
             raise RuntimeError(
                 "close() called from a done callback, which runs on the client's IO thread; "
                 "close the client from another thread"
@@ -539,15 +465,15 @@ class Client:
             # "Shut down"; Again means the IO thread crashed and is gone already.
             with contextlib.suppress(zmq.Again):
                 self._to_io.send(b"", zmq.NOBLOCK)
-        self._thread.join(IO_JOIN_TIMEOUT_S)
+        stopped = self._io.join(IO_JOIN_TIMEOUT_S)
         self._fail_pending(lambda what: f"client closed before {what} finished")
-        if self._thread.is_alive():
+        if not stopped:
             # Discussion: closing sockets under a live thread, or term() with its socket open,
             # could crash or hang the caller; leaking a daemon thread is the lesser harm.
             log.error("the Tidal client's IO thread did not stop; leaving it behind")
             return
         self._to_io.close(linger=0)
-        self._context.term()
+        self._io.close()
 
     def __enter__(self) -> Client:
         return self
@@ -574,184 +500,18 @@ class Client:
         for waiter in waiters:
             waiter.set_exception(ConnectionError(describe("a status request")))
 
-    # ---- the IO thread -----------------------------------------------------------------------
+    # ---- the bookkeeping's side of the connection (IO thread) --------------------------------
 
-    def _run_io(self, dealer: zmq.Socket, from_callers: zmq.Socket) -> None:
-        # A relay thread that sleeps between messages: where permitted it runs at real-time
-        # priority so results reach the caller without waiting for a CPU (runtime/realtime.py).
-        realtime_this_thread()
-        try:
-            self._io_loop(dealer, from_callers)
-        except Exception as exc:  # an internal error: loud, and every waiter learns of it
-            log.exception("the Tidal client's IO thread crashed")
-            problem = f"{type(exc).__name__}: {exc}"
-            with self._lock:
-                self._broken = (
-                    f"this Tidal client's IO thread stopped after an internal error: {problem}"
-                )
-            self._fail_pending(
-                lambda what: f"the client's IO thread crashed ({problem}) before {what} ended"
-            )
-        finally:
-            self._dealer.close(linger=CLOSE_LINGER_MS)
-            from_callers.close(linger=0)
-
-    def _io_loop(self, dealer: zmq.Socket, from_callers: zmq.Socket) -> None:
-        """The IO loop: poll, handle scheduler frames by op, queue caller frames, send,
-        and keep the connection alive."""
-        handlers: dict[type[p.Message], Callable[[Any], None]] = {
-            p.Results: self._on_results,
-            p.Status: self._on_status,
-            p.Pong: self._on_pong,
-            p.PolicySet: self._on_policy_set,
-            p.Rejoin: self._on_rejoin,
-            p.ClientWelcome: self._on_welcome_again,
-            p.Reattached: self._on_reattached,
-            p.Reject: self._on_reject,
-        }
-        self._dealer = dealer
-        self._connected = True  # False from losing the scheduler to its next welcome
-        self._last_heard = self._next_ping = time.monotonic()
-        self._hello_sent_at = 0.0
-        self._gave_up_at = float("inf")  # while reconnecting: when to stop trying
-        outbox: deque[bytes] = deque()
-        self._outbox = outbox
-        poller = zmq.Poller()
-        poller.register(dealer, zmq.POLLIN)
-        poller.register(from_callers, zmq.POLLIN)
-        while True:
-            # -- 1. Poll; for "writable" too while frames wait in the outbox.
-            if self._dealer is not dealer:  # reconnected: poll the new connection
-                poller.unregister(dealer)
-                dealer = self._dealer
-                poller.register(dealer, zmq.POLLIN)
-            writable = zmq.POLLOUT if outbox and self._connected else 0
-            poller.modify(dealer, zmq.POLLIN | writable)
-            ready = dict(poller.poll(KEEPALIVE_S * 1000))
-
-            # -- 2. Frames from the scheduler, each handled by its op; bad ones dropped.
-            if ready.get(dealer, 0) & zmq.POLLIN:
-                for _ in range(RECV_BATCH):
-                    try:
-                        frames = dealer.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    try:
-                        msg = p.decode_parts(frames)
-                        handler = handlers.get(type(msg))
-                        if handler is None:
-                            raise p.ProtocolError(f"{msg.op} is not sent to a connected client")
-                    except p.ProtocolError as exc:
-                        self._bad_frames(f"dropped a bad frame from the scheduler: {exc}")
-                        continue
-                    self._last_heard = time.monotonic()
-                    handler(msg)
-                    if self._dealer is not dealer:
-                        break  # a reconnect: the rest of this connection is the old scheduler's
-
-            # -- 3. Frames from callers, in the order they came; an empty one means "close".
-            if from_callers in ready:
-                while True:
-                    try:
-                        frame = from_callers.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    if not frame:
-                        self._say_goodbye(dealer, outbox)
-                        return
-                    outbox.append(frame)
-
-            # -- 4. Keep the connection alive; reconnect to a scheduler that went silent.
-            if not self._keep_alive():
-                return
-
-            # -- 5. Send what the DEALER takes now; the rest waits for it to be writable.
-            if self._connected:
-                _flush(self._dealer, outbox)
-
-    def _keep_alive(self) -> bool:
-        """Ping while something is pending; reconnect after silence. False: gave up."""
-        now = time.monotonic()
+    def _expecting(self) -> bool:
         with self._lock:
-            waiting = bool(self._pending or self._status_waiters)
-        if self._connected:
-            if not waiting:
-                self._last_heard = now  # nothing expected: silence means nothing
-                return True
-            if now - self._last_heard > SILENT_S:
-                self._reconnect(f"no word from the scheduler for {now - self._last_heard:.1f} s")
-            elif now >= self._next_ping:
-                self._next_ping = now + KEEPALIVE_S
-                with contextlib.suppress(zmq.Again):
-                    self._dealer.send(
-                        p.encode(p.Ping("keepalive", time.monotonic_ns())), zmq.NOBLOCK
-                    )
-            return True
-        if now > self._gave_up_at:
-            reason = (
-                f"the Tidal scheduler at {self.address} did not come back within "
-                f"{self.reconnect_timeout:g} s"
-            )
-            log.error("%s", reason)
-            with self._lock:
-                self._broken = reason
-            self._fail_pending(lambda what: f"{reason}; {what} is lost with it")
-            return False
-        if now - self._hello_sent_at > SILENT_S:  # that hello may be lost: a fresh start
-            self._reconnect("no welcome from the scheduler")
-        return True
+            return bool(self._pending or self._status_waiters)
 
-    def _reconnect(self, reason: str) -> None:
-        """A new connection and hello; the welcome's handler reattaches (IO thread)."""
-        log.warning(
-            "the Tidal client %s reconnects to %s: %s", self.client_id, self.address, reason
-        )
-        now = time.monotonic()
-        if self._connected:
-            self._gave_up_at = now + self.reconnect_timeout
-        self._connected = False
-        self._dealer.close(linger=0)  # what it still queued was for the old scheduler
-        self._dealer = self._context.socket(zmq.DEALER)
-        secure_peer(self._dealer, self.keys)
-        self._dealer.connect(self.address)
-        hello = p.ClientHello(p.PROTOCOL_VERSION, self.client_id, os.getpid(), socket.gethostname())
-        self._dealer.send(p.encode(hello))
-        self._hello_sent_at = now
-
-    def _on_rejoin(self, msg: p.Rejoin) -> None:
-        if self._connected:
-            self._reconnect(f"the scheduler asked: {msg.reason}")
-
-    def _on_welcome_again(self, msg: p.ClientWelcome) -> None:
-        if self._connected:
-            problem = "client_welcome is not sent to a connected client"
-            self._bad_frames(f"dropped a bad frame from the scheduler: {problem}")
-            return
-        if msg.version != p.PROTOCOL_VERSION:
-            self._bad_frames(f"the scheduler at {self.address} now speaks protocol {msg.version}")
-            return
-        self._connected = True
-        self._gave_up_at = float("inf")
-        self.reconnects += 1
-        if msg.scheduler_id != self.scheduler_id:
-            log.warning(
-                "the Tidal scheduler at %s restarted (now %s)", self.address, msg.scheduler_id
-            )
-        self.scheduler_id, self.policy = msg.scheduler_id, msg.policy
-        self.max_suspensions = msg.max_suspensions
+    def _waiting_for(self) -> tuple[list[str], list[bytes]]:
         with self._lock:
-            waiting = list(self._pending)
-            requests = list(self._request_frames.values())
-        # Ahead of everything queued: first what we wait for, then the questions asked.
-        frames = [
-            p.encode(p.Reattach(uuid.uuid4().hex, waiting[i : i + REATTACH_IDS_PER_MESSAGE]))
-            for i in range(0, len(waiting), REATTACH_IDS_PER_MESSAGE)
-        ]
-        self._outbox.extendleft(reversed(frames + requests))
+            return list(self._pending), list(self._request_frames.values())
 
-    def _on_reattached(self, msg: p.Reattached) -> None:
-        """Submit again the jobs the scheduler never heard of (their pending tasks)."""
-        unknown = {t for t in msg.unknown if type(t) is str}
+    def _resubmissions(self, unknown: set[str]) -> list[bytes]:
+        """The submit frames of the jobs holding `unknown` tasks, with only those tasks."""
         jobs: dict[str, bytes] = {}
         with self._lock:
             for task_id in unknown:
@@ -759,22 +519,26 @@ class Client:
                 job = self._jobs.get(future.job_id) if future is not None else None
                 if job is not None:
                     jobs[future.job_id] = job[0]
+        frames = []
         for job_id, frame in jobs.items():
             submit = p.decode(frame)
             tasks = [t for t in submit.tasks if t[0] in unknown]
             log.info("submitting again %d tasks of job %s", len(tasks), job_id)
-            again = dataclasses.replace(submit, tasks=tasks)
-            self._outbox.append(p.encode(again))
+            frames.append(p.encode(dataclasses.replace(submit, tasks=tasks)))
+        return frames
 
-    def _say_goodbye(self, dealer: zmq.Socket, outbox: deque[bytes]) -> None:
-        outbox.append(p.encode(p.ClientGoodbye("client closed")))
-        _flush(dealer, outbox)
-        if outbox:
+    def _welcomed_again(self, welcome: p.ClientWelcome) -> None:
+        if welcome.scheduler_id != self.scheduler_id:
             log.warning(
-                "closing with %d frames the scheduler at %s could not take (goodbye included)",
-                len(outbox),
-                self.address,
+                "the Tidal scheduler at %s restarted (now %s)", self.address, welcome.scheduler_id
             )
+        self.scheduler_id, self.policy = welcome.scheduler_id, welcome.policy
+        self.max_suspensions = welcome.max_suspensions
+
+    def _lost(self, broken: str, describe: Callable[[str], str]) -> None:
+        with self._lock:
+            self._broken = broken
+        self._fail_pending(describe)
 
     def _on_results(self, msg: p.Results) -> None:
         for item in msg.items:
@@ -827,35 +591,11 @@ class Client:
     def _on_policy_set(self, msg: p.PolicySet) -> None:
         self._answer(msg.request_id, msg)  # set_policy() reads ok, policy and message
 
-    def _on_reject(self, msg: p.Reject) -> None:
-        # The scheduler disconnected this client (docs/protocol.md, "Limits"): it has
-        # forgotten the session, so nothing more will come for the futures still pending.
-        log.error(
-            "the Tidal scheduler at %s disconnected this client: %s", self.address, msg.reason
-        )
-        with self._lock:
-            self._broken = f"this Tidal client was disconnected by the scheduler: {msg.reason}"
-        self._fail_pending(
-            lambda what: (
-                f"the scheduler at {self.address} disconnected this client before "
-                f"{what} finished: {msg.reason}"
-            )
-        )
-
     def _answer(self, request_id: str, value: Any) -> None:
         with self._lock:
             waiter = self._status_waiters.pop(request_id, None)
         if waiter is not None:  # else an answer that came after its caller gave up
             waiter.set_result(value)
-
-
-def _flush(dealer: zmq.Socket, outbox: deque[bytes]) -> None:
-    while outbox:
-        try:
-            dealer.send(outbox[0], zmq.NOBLOCK)
-        except zmq.Again:
-            return
-        outbox.popleft()
 
 
 def _task_entry(task_id: str, payload: bytes, preferred: Any) -> list[Any]:

@@ -13,12 +13,14 @@ Threads, sockets and why:
 
 When the scheduler goes away. Every result the executor sends (finished, failed, a chunk's
 results) is kept until the scheduler acks it, which it does once the result is journaled.
-The scheduler answers each heartbeat with an ack; an executor that hears nothing for
-SILENT_HEARTBEATS intervals, or is told to `rejoin` (the scheduler restarted, or declared
-it lost), reconnects: new sockets, and a hello that lists what it holds (tasks running,
-queued or suspended, with a chunk's unreported subtasks, and the results never acked).
-Its tasks carry on meanwhile; reports wait in the outbox until the new welcome, and go out
-on a fresh report connection. After `reconnect_timeout_s` without a welcome it gives up.
+The scheduler answers each heartbeat with an ack, so the listener keeps the connection's
+liveness in a `Link` (runtime/link.py), as the client does: an executor that hears nothing
+for SILENT_HEARTBEATS intervals, or is told to `rejoin` (the scheduler restarted, or
+declared it lost), reconnects: new sockets, and a hello that lists what it holds (tasks
+running, queued or suspended, with a chunk's unreported subtasks, and the results never
+acked). Its tasks carry on meanwhile; reports wait in the outbox until the new welcome, and
+go out on a fresh report connection. After `reconnect_timeout_s` without a welcome it gives
+up, as it does when its first hello goes unanswered for `connect_timeout_s`.
 
 Discussion: reports used to go through the listener over an inproc socket. Every such send
 gave up the GIL, and the busy listener then held it, so each report cost the task thread a
@@ -55,6 +57,15 @@ from tidal.runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.guard import PeerGuard
 from tidal.runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
+from tidal.runtime.link import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_RECONNECT_TIMEOUT_S,
+    SILENT_HEARTBEATS,
+    GiveUp,
+    Keepalive,
+    Link,
+    Reconnect,
+)
 from tidal.runtime.logs import RateLimitedLog
 from tidal.runtime.memory import MEMORY_POLL_MS, Exit, FailTask, MemoryGuard, RssProbe, format_size
 from tidal.runtime.realtime import (
@@ -75,15 +86,12 @@ DEFAULT_SWITCH_INTERVAL_S = 100e-6
 DEFAULT_HEARTBEAT_S = 0.5
 # While a suspension is pending, look at the watchdog this often.
 WATCHDOG_POLL_MS = 5
+# Until the welcome, the listener wakes this often to see whether the scheduler refused our
+# key (the handshake watch is not among the sockets it polls).
+HANDSHAKE_POLL_S = 0.1
 # The exit code of an executor that could not get back under its memory limit.
 EXIT_OVER_MEMORY_LIMIT = 3
 MEMORY_LIMIT_EXCEEDED = "MemoryLimitExceeded"  # the error type of a task failed for the limit
-# Discussion: the scheduler declares an executor lost after 3 missed heartbeats by default;
-# an executor waits a little longer before it decides the scheduler is gone, so that a
-# scheduler that is only slow rarely sees an executor say hello again (which it handles,
-# but which costs a reconciliation).
-SILENT_HEARTBEATS = 5
-DEFAULT_RECONNECT_TIMEOUT_S = 60.0
 # The one peer an executor's PeerGuard counts bad frames for.
 SCHEDULER = "scheduler"
 
@@ -99,7 +107,7 @@ class Executor:
         executor_id: str | None = None,
         switch_interval_s: float = DEFAULT_SWITCH_INTERVAL_S,
         suspend_timeout_ns: int = DEFAULT_SUSPEND_TIMEOUT_NS,
-        connect_timeout_s: float = 30.0,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
         max_frame_bytes: int = p.MAX_FRAME_BYTES,
         realtime: bool = True,
@@ -150,7 +158,14 @@ class Executor:
         self._linked = True
         self._link_generation = 0
         self._reports_generation = 0  # the task thread's: the report socket it has now
-        self.reconnects = 0
+        self.reconnects = 0  # hellos said again
+        # The command connection's liveness: heartbeats, silence, rejoining, giving up.
+        self._link = Link(
+            ping_s=DEFAULT_HEARTBEAT_S,
+            silent_s=SILENT_HEARTBEATS * DEFAULT_HEARTBEAT_S,
+            connect_timeout_s=connect_timeout_s,
+            reconnect_timeout_s=reconnect_timeout_s,
+        )
         self.kernel = Kernel(
             self._emit,
             flush=self._flush_reports,
@@ -336,8 +351,8 @@ class Executor:
             holding,
         )
         dealer.send(p.encode(hello))
+        self._link.hello_sent()
         self._dealer = dealer
-        self._welcomed = False
         return dealer
 
     def _rejoin(self, reason: str) -> None:
@@ -352,18 +367,12 @@ class Executor:
             len(holding),
         )
         self._connect(holding)
-        self._rejoining = True
         self.reconnects += 1
 
     def _listen_loop(self, from_main: zmq.Socket) -> None:
         """The listener's loop: poll, handle each frame by its op, watchdog, heartbeat."""
+        link = self._link
         dealer = self._connect([])
-        self._rejoining = False
-        self._heartbeat_s = DEFAULT_HEARTBEAT_S
-        connect_deadline = time.monotonic() + self.connect_timeout_s
-        next_heartbeat = time.monotonic()
-        self._last_heard = time.monotonic()
-        rejoin_deadline = float("inf")
         seq = 0
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
@@ -382,8 +391,12 @@ class Executor:
             p.Steal: self._on_steal,
         }
         while True:
-            # -- 1. Poll. Wake for the next heartbeat, or sooner while a suspension is pending.
-            timeout_ms = max(0.0, (next_heartbeat - time.monotonic()) * 1000)
+            # -- 1. Poll. Wake for the next heartbeat (or whatever else the link has due), or
+            #       sooner while unwelcomed or while a suspension is pending.
+            wake_at = link.next_due()
+            if not link.connected:
+                wake_at = min(wake_at, time.monotonic() + HANDSHAKE_POLL_S)
+            timeout_ms = max(0.0, (wake_at - time.monotonic()) * 1000)
             if self.kernel.has_pending_suspensions():
                 timeout_ms = min(timeout_ms, WATCHDOG_POLL_MS)
             if self._memory_guard is not None:
@@ -409,7 +422,7 @@ class Executor:
                         )
                     except p.ProtocolError as exc:
                         batch = [exc]
-                    self._last_heard = time.monotonic()
+                    link.heard()
                     for item in batch:
                         self._handle(item, handlers)
                     if self._dealer is not dealer:  # a rejoin: read the new connection
@@ -431,50 +444,24 @@ class Executor:
 
             # -- 5. Heartbeat; rejoin a scheduler that went silent; give up on one that
             #       refused our key, never answered the hello, or did not come back in time.
-            #       (Unwelcomed, the loop wakes every 0.1 s: it sees a refusal by then.)
-            if not self._welcomed and (refusal := self._watch.refusal()):
+            if not link.connected and (refusal := self._watch.refusal()):
                 log.error("%s", refusal)
                 self.exit_code = 2
                 self.kernel.stop()
                 return
-            if self._welcomed:
+            if link.connected:
                 self._watch.close()  # the handshake is behind us (until a rejoin)
-            now = time.monotonic()
-            silent = now - self._last_heard > SILENT_HEARTBEATS * self._heartbeat_s
-            if self._rejoining and now > rejoin_deadline:
-                log.error(
-                    "the scheduler at %s did not come back within %.0f s",
-                    self.scheduler,
-                    self.reconnect_timeout_s,
-                )
-                self.exit_code = 2
-                self.kernel.stop()
-                rejoin_deadline = float("inf")
-            elif (self._welcomed or self._rejoining) and silent:
-                # Unwelcomed and silent while rejoining: that hello may be lost (the new
-                # scheduler died too, say): a fresh connection and hello.
-                self._rejoin(f"no word from the scheduler for {now - self._last_heard:.1f} s")
-                if rejoin_deadline == float("inf"):
-                    rejoin_deadline = now + self.reconnect_timeout_s
-                self._last_heard = now
-            if self._welcomed:
-                rejoin_deadline = float("inf")
-            dealer = self._follow_dealer(poller, dealer)
-            if not self._welcomed and not self._rejoining and now > connect_deadline:
-                log.error(
-                    "no answer from a scheduler at %s within %.0f s",
-                    self.scheduler,
-                    self.connect_timeout_s,
-                )
-                self.exit_code = 2
-                self.kernel.stop()
-                connect_deadline = float("inf")
-            if self._welcomed and now >= next_heartbeat:
-                seq += 1
-                self._send(dealer, p.encode(self._heartbeat(seq)))
-                next_heartbeat = now + self._heartbeat_s
-            elif not self._welcomed:
-                next_heartbeat = now + 0.1
+            match link.due():
+                case Keepalive():
+                    seq += 1
+                    self._send(dealer, p.encode(self._heartbeat(seq)))
+                case Reconnect(reason):
+                    self._rejoin(reason)
+                    dealer = self._follow_dealer(poller, dealer)
+                case GiveUp(reason):
+                    log.error("the scheduler at %s %s", self.scheduler, reason)
+                    self.exit_code = 2
+                    self.kernel.stop()
 
     def _follow_dealer(self, poller: zmq.Poller, dealer: zmq.Socket) -> zmq.Socket:
         """The command connection to poll: `dealer`, or the new one a rejoin opened."""
@@ -488,11 +475,12 @@ class Executor:
         """Handle one command from the scheduler, or drop it with a (rate-limited) log line."""
         problem = msg if isinstance(msg, p.ProtocolError) else None
         handler = None if problem else handlers.get(type(msg))
+        connected = self._link.connected
         if problem is None and handler is None:
             problem = f"{msg.op} is not sent to executors"
-        elif problem is None and not self._welcomed and type(msg) not in (p.Welcome, p.Reject):
+        elif problem is None and not connected and type(msg) not in (p.Welcome, p.Reject):
             problem = f"{msg.op} before the handshake completed"
-        elif problem is None and self._welcomed and type(msg) is p.Welcome:
+        elif problem is None and connected and type(msg) is p.Welcome:
             problem = "welcome after the handshake completed"
         if problem is not None:
             self._bad_input.bad_frame(SCHEDULER, "the scheduler", str(problem))
@@ -584,20 +572,20 @@ class Executor:
             self.exit_code = 2
             self.kernel.stop()
             return
-        self._welcomed = True
         # Clamped: a heartbeat interval outside 10 ms .. 60 s is a scheduler bug, not a plan.
-        self._heartbeat_s = min(60.0, max(0.01, msg.heartbeat_ms / 1000))
+        heartbeat_s = min(60.0, max(0.01, msg.heartbeat_ms / 1000))
+        self._link.ping_s, self._link.silent_s = heartbeat_s, SILENT_HEARTBEATS * heartbeat_s
+        again = self._link.welcomed()
         log.info("executor %s joined scheduler %s", self.executor_id, msg.scheduler_id)
-        if self._rejoining:
-            self._rejoining = False
+        if again:
             # Reports waiting since we lost the scheduler go out now, on a new connection.
             self._link_generation += 1
             self._linked = True
             self.kernel.wake()
 
     def _on_rejoin(self, msg: p.Rejoin) -> None:
-        # Ignored before the first welcome: we have said hello, and nothing to list.
-        if self._welcomed:
+        # Ignored unless connected: we have said hello, and wait for its welcome.
+        if self._link.connected:
             self._rejoin(f"the scheduler asked: {msg.reason}")
 
     def _on_ack(self, msg: p.Ack) -> None:

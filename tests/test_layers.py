@@ -33,6 +33,7 @@ USER_FACING = {
     "tidal.runtime.bench",
     "tidal.runtime.cli",
     "tidal.runtime.client",
+    "tidal.runtime.client_io",
     "tidal.runtime.cluster",
     "tidal.runtime.demo",
     "tidal.runtime.futures",

@@ -13,6 +13,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
+import re
 import socket
 import threading
 import traceback
@@ -561,6 +562,39 @@ def test_status_returns_the_schedulers_snapshot():
 def test_status_times_out_without_an_answer(fake, client):
     with pytest.raises(TimeoutError, match=r"sent no status within 0\.05 s"):
         client.status(timeout=0.05)
+
+
+# ---- keeping the connection alive (runtime/link.py decides, tests/runtime/test_link.py) -------
+
+
+@pytest.mark.slow
+def test_a_silent_scheduler_is_reconnected_to_and_told_what_the_client_waits_for(fake, client):
+    # The fake never answers a ping: with a future pending the client pings, hears nothing
+    # for SILENT_S, and says hello again on a new connection, which the fake welcomes.
+    future = client.submit(total, [1, 2])
+    assert fake.wait_for(p.Ping)[0].request_id == "keepalive"
+    fake.wait_for(p.ClientHello, count=2)
+    (reattach,) = fake.wait_for(p.Reattach)
+    assert reattach.task_ids == [future.task_id] and client.reconnects >= 1
+    fake.finish(future, 3)  # on the new connection
+    assert future.result(timeout=5) == 3
+
+
+@pytest.mark.slow
+def test_a_scheduler_that_does_not_come_back_fails_what_waits():
+    fake = FakeScheduler()
+    client = Client(fake, timeout=5, reconnect_timeout=0.5)
+    try:
+        future = client.submit(total, [1])
+        fake.close()  # gone for good: nobody answers the pings, nor the hello again
+        gone = rf"at {re.escape(fake.address)} did not come back within 0\.5 s"
+        lost = gone + "; task .* is lost with it"
+        with pytest.raises(ConnectionError, match=lost):
+            future.result(timeout=10)
+        with pytest.raises(RuntimeError, match=gone):
+            client.submit(total, [1])
+    finally:
+        client.close()
 
 
 # ---- the Executor adapter ----------------------------------------------------------------------

@@ -1,0 +1,407 @@
+"""A client's connection to the scheduler: the handshake, then the IO thread that owns it.
+
+The user API and the futures' bookkeeping are the Client's (runtime/client.py); this module
+is the connection's life cycle: connect and say hello, relay frames both ways, keep the
+connection alive, reconnect and reattach after a scheduler restart, say goodbye.
+
+Threads and why:
+
+* The handshake runs on the thread that constructs the Client, before the IO thread exists,
+  so its errors are raised straight to the caller; the DEALER then moves to the IO thread
+  (`Thread.start()` is the full memory barrier ZeroMQ asks for when a socket changes threads).
+* The IO thread owns the DEALER. In one loop it forwards the callers' frames (they come
+  through an inproc PAIR socket) in order, hands each frame from the scheduler by its op to
+  the client's bookkeeping (results complete futures, answers complete requests) or to the
+  connection's own handlers, and drops (with a rate-limited log line) any frame that breaks
+  the protocol. It never blocks on the network: frames the DEALER cannot take yet wait in an
+  outbox until it can.
+
+When the scheduler goes away. The connection's liveness is a `Link` (runtime/link.py), as
+the executor's is. While futures or requests are pending, the IO thread pings the scheduler
+every KEEPALIVE_S; silence for SILENT_S, or a `rejoin` from a scheduler that does not know
+this connection (it restarted), makes it reconnect: a new DEALER and a new `client_hello`,
+again every SILENT_S, for up to `reconnect_timeout` seconds. On the welcome it sends
+`reattach` with the ids of every pending future: the scheduler answers the results it has
+and names the tasks it never heard of, whose jobs the client submits again (it keeps each
+job's submit frame until the job's last future completes). Requests waiting for an answer
+are sent again. Each future still completes once: a result for a future that is done
+already is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from tidal.runtime import protocol as p
+from tidal.runtime.auth import AuthenticationFailed, HandshakeWatch, PeerKeys, secure_peer
+from tidal.runtime.link import KEEPALIVE_S, SILENT_S, GiveUp, Keepalive, Link, Reconnect
+from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
+
+__all__ = ["Bookkeeping", "ClientConnection"]
+
+# The client's logger: what this module logs is about the client.
+log = logging.getLogger("tidal.client")
+
+# Discussion: on close, the goodbye (and any submission still queued) gets this long to reach
+# the scheduler; after that ZeroMQ drops it, so close() never hangs on a scheduler that left.
+CLOSE_LINGER_MS = 1000
+# Frames read from the scheduler per loop turn before callers' frames get a look in, so a
+# flood of results cannot starve submissions.
+RECV_BATCH = 256
+# Task ids per `reattach` message, so that a client waiting on a million tasks stays far
+# below the frame limit.
+REATTACH_IDS_PER_MESSAGE = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Bookkeeping:
+    """What the IO thread asks of the client it serves; each is called on the IO thread."""
+
+    # Handlers by op for what the bookkeeping completes (`results`, `status`, `pong`, ...).
+    handlers: dict[type[p.Message], Callable[[Any], None]]
+    # True while futures or requests wait for the scheduler (silence then means it is gone).
+    expecting: Callable[[], bool]
+    # The pending futures' task ids, and the frames of the requests waiting for answers.
+    waiting_for: Callable[[], tuple[list[str], list[bytes]]]
+    # The submit frames to send again for the tasks a restarted scheduler never heard of.
+    resubmissions: Callable[[set[str]], list[bytes]]
+    # The scheduler welcomed us again after a reconnect (perhaps a new scheduler).
+    welcomed_again: Callable[[p.ClientWelcome], None]
+    # The connection is gone for good: refuse further use with the first argument's reason,
+    # fail what waits with ConnectionError(describe(what)).
+    lost: Callable[[str, Callable[[str], str]], None]
+
+
+class ClientConnection:
+    """One client's connection to the scheduler at `address` (see the module doc).
+
+    `connect()` performs the handshake on the calling thread; `start()` hands the connection
+    to its IO thread; the client stops that thread with an empty frame on the queue that
+    `start()` returned, then calls `join()` and `close()`.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        client_id: str,
+        keys: PeerKeys | None,
+        *,
+        connect_timeout: float,
+        reconnect_timeout: float,
+        bad_frames: Callable[[str], None],
+    ) -> None:
+        self.address = address
+        self.client_id = client_id
+        self.keys = keys
+        self.reconnects = 0  # welcomes again after a reconnect (a restarted scheduler)
+        self._bad_frames = bad_frames
+        self._link = Link(
+            ping_s=KEEPALIVE_S,
+            silent_s=SILENT_S,
+            connect_timeout_s=connect_timeout,
+            reconnect_timeout_s=reconnect_timeout,
+        )
+        self._context = zmq.Context()
+        realtime_io_threads(self._context)
+        self._dealer: zmq.Socket | None = None
+        self._thread: threading.Thread | None = None
+        self._book: Bookkeeping | None = None
+        self._outbox: deque[bytes] = deque()
+
+    # ---- the handshake (the constructing thread) ---------------------------------------------
+
+    def connect(self) -> p.ClientWelcome:
+        """Say hello and wait for the welcome; return it.
+
+        Raises ValueError for an address ZeroMQ cannot connect to, AuthenticationFailed if
+        the scheduler refuses our key, ConnectionError if it refuses this client, speaks
+        another protocol version or does not answer within the connect timeout. After an
+        error the connection is closed.
+        """
+        dealer = self._context.socket(zmq.DEALER)
+        secure_peer(dealer, self.keys)
+        watch = HandshakeWatch(dealer, self.address, self.keys)
+        try:
+            dealer.connect(self.address)
+        except zmq.ZMQError as exc:
+            watch.close()
+            dealer.close(linger=0)
+            self._context.term()
+            raise ValueError(
+                f"{self.address!r} is not a ZeroMQ address this client can connect to ({exc}); "
+                "expected something like 'tcp://host:port'"
+            ) from None
+        try:
+            welcome = self._handshake(dealer, watch)
+        except BaseException:
+            watch.close()
+            dealer.close(linger=0)
+            self._context.term()
+            raise
+        watch.close()  # the handshake is behind us
+        self._dealer = dealer
+        return welcome
+
+    def _handshake(self, dealer: zmq.Socket, watch: HandshakeWatch) -> p.ClientWelcome:
+        dealer.send(p.encode(self._hello()))
+        self._link.hello_sent()
+        poller = zmq.Poller()
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(watch.socket, zmq.POLLIN)
+        while True:
+            if isinstance(self._link.due(), GiveUp):
+                raise ConnectionError(
+                    f"no Tidal scheduler answered at {self.address} within "
+                    f"{self._link.connect_timeout_s:g} s (is it running, and is the address right?)"
+                )
+            # Rounded up, so that the poll wakes past the deadline rather than spin up to it.
+            remaining_ms = math.ceil((self._link.next_due() - time.monotonic()) * 1000)
+            ready = dict(poller.poll(max(0, remaining_ms)))
+            if watch.socket in ready and (refusal := watch.refusal()):
+                raise AuthenticationFailed(refusal)
+            if dealer not in ready:
+                continue  # the deadline, or a handshake event that was no refusal
+            frames = dealer.recv_multipart()
+            try:
+                msg = p.decode_parts(frames)
+            except p.ProtocolError as exc:
+                self._bad_frames(f"dropped a bad frame from the scheduler: {exc}")
+                continue
+            if isinstance(msg, p.Reject):
+                raise ConnectionError(
+                    f"the Tidal scheduler at {self.address} refused this client: {msg.reason}"
+                )
+            if not isinstance(msg, p.ClientWelcome):
+                self._bad_frames(f"dropped {msg.op} from the scheduler before its welcome")
+                continue
+            if msg.version != p.PROTOCOL_VERSION:
+                raise ConnectionError(
+                    f"the Tidal scheduler at {self.address} speaks protocol {msg.version}, "
+                    f"this client {p.PROTOCOL_VERSION}"
+                )
+            self._link.welcomed()
+            return msg
+
+    def _hello(self) -> p.ClientHello:
+        return p.ClientHello(p.PROTOCOL_VERSION, self.client_id, os.getpid(), socket.gethostname())
+
+    # ---- the IO thread's life -----------------------------------------------------------------
+
+    def start(self, book: Bookkeeping) -> zmq.Socket:
+        """Start the IO thread, serving `book`; return the callers' end of its queue.
+
+        That PAIR socket is not thread-safe: the client guards it with a lock. Sending on it
+        never blocks (no high-water mark: the IO thread keeps the queue). An empty frame
+        tells the IO thread to say goodbye and stop.
+        """
+        self._book = book
+        inproc = f"inproc://tidal-client-{uuid.uuid4().hex}"
+        to_io = self._context.socket(zmq.PAIR)
+        to_io.sndhwm = 0
+        to_io.bind(inproc)
+        from_callers = self._context.socket(zmq.PAIR)
+        from_callers.rcvhwm = 0
+        from_callers.connect(inproc)
+        self._thread = threading.Thread(
+            target=self._run, args=(from_callers,), name="tidal-client-io", daemon=True
+        )
+        self._thread.start()
+        return to_io
+
+    def on_io_thread(self) -> bool:
+        """True when called on the IO thread (where done callbacks run)."""
+        return threading.current_thread() is self._thread
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the IO thread to stop; True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def close(self) -> None:
+        """Release the context, once the IO thread has stopped and the callers' end is closed."""
+        self._context.term()
+
+    def _run(self, from_callers: zmq.Socket) -> None:
+        # A relay thread that sleeps between messages: where permitted it runs at real-time
+        # priority so results reach the caller without waiting for a CPU (runtime/realtime.py).
+        realtime_this_thread()
+        try:
+            self._loop(from_callers)
+        except Exception as exc:  # an internal error: loud, and every waiter learns of it
+            log.exception("the Tidal client's IO thread crashed")
+            problem = f"{type(exc).__name__}: {exc}"
+            self._book.lost(
+                f"this Tidal client's IO thread stopped after an internal error: {problem}",
+                lambda what: f"the client's IO thread crashed ({problem}) before {what} ended",
+            )
+        finally:
+            self._dealer.close(linger=CLOSE_LINGER_MS)
+            from_callers.close(linger=0)
+
+    def _loop(self, from_callers: zmq.Socket) -> None:
+        """The IO loop: poll, handle scheduler frames by op, queue caller frames, keep the
+        connection alive, send."""
+        handlers: dict[type[p.Message], Callable[[Any], None]] = {
+            **self._book.handlers,
+            p.Rejoin: self._on_rejoin,
+            p.ClientWelcome: self._on_welcome_again,
+            p.Reattached: self._on_reattached,
+            p.Reject: self._on_reject,
+        }
+        link, outbox = self._link, self._outbox
+        dealer = self._dealer
+        poller = zmq.Poller()
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(from_callers, zmq.POLLIN)
+        while True:
+            # -- 1. Poll; for "writable" too while frames wait in the outbox.
+            if self._dealer is not dealer:  # reconnected: poll the new connection
+                poller.unregister(dealer)
+                dealer = self._dealer
+                poller.register(dealer, zmq.POLLIN)
+            writable = zmq.POLLOUT if outbox and link.connected else 0
+            poller.modify(dealer, zmq.POLLIN | writable)
+            ready = dict(poller.poll(KEEPALIVE_S * 1000))
+
+            # -- 2. Frames from the scheduler, each handled by its op; bad ones dropped.
+            if ready.get(dealer, 0) & zmq.POLLIN:
+                for _ in range(RECV_BATCH):
+                    try:
+                        frames = dealer.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        msg = p.decode_parts(frames)
+                        handler = handlers.get(type(msg))
+                        if handler is None:
+                            raise p.ProtocolError(f"{msg.op} is not sent to a connected client")
+                    except p.ProtocolError as exc:
+                        self._bad_frames(f"dropped a bad frame from the scheduler: {exc}")
+                        continue
+                    link.heard()
+                    handler(msg)
+                    if self._dealer is not dealer:
+                        break  # a reconnect: the rest of this connection is the old scheduler's
+
+            # -- 3. Frames from callers, in the order they came; an empty one means "close".
+            if from_callers in ready:
+                while True:
+                    try:
+                        frame = from_callers.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if not frame:
+                        self._say_goodbye()
+                        return
+                    outbox.append(frame)
+
+            # -- 4. Keep the connection alive: ping while something is pending, reconnect to
+            #       a scheduler that went silent, give up on one that does not come back.
+            match link.due(expecting=self._book.expecting()):
+                case Keepalive():
+                    with contextlib.suppress(zmq.Again):
+                        ping = p.Ping("keepalive", time.monotonic_ns())
+                        self._dealer.send(p.encode(ping), zmq.NOBLOCK)
+                case Reconnect(reason):
+                    self._reconnect(reason)
+                case GiveUp(why):
+                    self._give_up(f"the Tidal scheduler at {self.address} {why}")
+                    return
+
+            # -- 5. Send what the DEALER takes now; the rest waits for it to be writable.
+            if link.connected:
+                _flush(self._dealer, outbox)
+
+    # ---- the connection's own handlers (IO thread) --------------------------------------------
+
+    def _reconnect(self, reason: str) -> None:
+        """A new connection and hello; the welcome's handler reattaches."""
+        log.warning(
+            "the Tidal client %s reconnects to %s: %s", self.client_id, self.address, reason
+        )
+        self._dealer.close(linger=0)  # what it still queued was for the old scheduler
+        self._dealer = self._context.socket(zmq.DEALER)
+        secure_peer(self._dealer, self.keys)
+        self._dealer.connect(self.address)
+        self._dealer.send(p.encode(self._hello()))
+        self._link.hello_sent()
+
+    def _give_up(self, reason: str) -> None:
+        """The scheduler did not come back: fail what waits, and refuse further use."""
+        log.error("%s", reason)
+        self._book.lost(reason, lambda what: f"{reason}; {what} is lost with it")
+
+    def _on_rejoin(self, msg: p.Rejoin) -> None:
+        if self._link.connected:
+            self._reconnect(f"the scheduler asked: {msg.reason}")
+
+    def _on_welcome_again(self, msg: p.ClientWelcome) -> None:
+        if self._link.connected:
+            problem = "client_welcome is not sent to a connected client"
+            self._bad_frames(f"dropped a bad frame from the scheduler: {problem}")
+            return
+        if msg.version != p.PROTOCOL_VERSION:
+            self._bad_frames(f"the scheduler at {self.address} now speaks protocol {msg.version}")
+            return
+        self._link.welcomed()
+        self.reconnects += 1
+        self._book.welcomed_again(msg)
+        waiting, requests = self._book.waiting_for()
+        # Ahead of everything queued: first what we wait for, then the questions asked.
+        frames = [
+            p.encode(p.Reattach(uuid.uuid4().hex, waiting[i : i + REATTACH_IDS_PER_MESSAGE]))
+            for i in range(0, len(waiting), REATTACH_IDS_PER_MESSAGE)
+        ]
+        self._outbox.extendleft(reversed(frames + requests))
+
+    def _on_reattached(self, msg: p.Reattached) -> None:
+        """Submit again the jobs the scheduler never heard of (their pending tasks)."""
+        unknown = {t for t in msg.unknown if type(t) is str}
+        self._outbox.extend(self._book.resubmissions(unknown))
+
+    def _on_reject(self, msg: p.Reject) -> None:
+        # The scheduler disconnected this client (docs/protocol.md, "Limits"): it has
+        # forgotten the session, so nothing more will come for the futures still pending.
+        log.error(
+            "the Tidal scheduler at %s disconnected this client: %s", self.address, msg.reason
+        )
+        self._book.lost(
+            f"this Tidal client was disconnected by the scheduler: {msg.reason}",
+            lambda what: (
+                f"the scheduler at {self.address} disconnected this client before "
+                f"{what} finished: {msg.reason}"
+            ),
+        )
+
+    def _say_goodbye(self) -> None:
+        outbox = self._outbox
+        outbox.append(p.encode(p.ClientGoodbye("client closed")))
+        _flush(self._dealer, outbox)
+        if outbox:
+            log.warning(
+                "closing with %d frames the scheduler at %s could not take (goodbye included)",
+                len(outbox),
+                self.address,
+            )
+
+
+def _flush(dealer: zmq.Socket, outbox: deque[bytes]) -> None:
+    while outbox:
+        try:
+            dealer.send(outbox[0], zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        outbox.popleft()
