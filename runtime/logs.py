@@ -11,13 +11,15 @@ A period opens with the first call a full `period_s` after the last one opened. 
 summary is logged by the first call after it is over: the next line, or `tick()` for an
 owner that wants it on time (a count with no later call is never reported).
 
-Discussion: it reads time only from its injected clock, so tests drive it with a fake one;
-and it takes no lock: an owner calls it from one thread.
+Discussion: it reads time only from its injected clock, so tests drive it with a fake one.
+It takes a lock (uncontended, tens of nanoseconds): the executor calls its own from the task
+thread and from the listener.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -64,32 +66,36 @@ class RateLimitedLog:
         self._period_start = -float("inf")
         self._period_lines = self._period_suppressed = 0
         self._logged = self._suppressed = 0
+        self._lock = threading.Lock()
 
     def __call__(
         self, text: str, *, level: int | None = None, exc_info: BaseException | None = None
     ) -> bool:
         """Log `text` (with `exc_info`'s traceback, if given) unless this period's lines are
         used up; return whether it was logged."""
-        self._roll(self._clock())
-        if self._period_lines >= self.burst:
-            self._suppressed += 1
-            self._period_suppressed += 1
-            return False
-        self._period_lines += 1
-        self._emit(self._level if level is None else level, text, exc_info)
-        return True
+        with self._lock:
+            self._roll(self._clock())
+            if self._period_lines >= self.burst:
+                self._suppressed += 1
+                self._period_suppressed += 1
+                return False
+            self._period_lines += 1
+            self._emit(self._level if level is None else level, text, exc_info)
+            return True
 
     def suppress(self) -> None:
         """Count one line its caller chose not to log, so that the period's summary counts it
         too (PeerGuard's line for a peer that had its line this period)."""
-        self._roll(self._clock())
-        self._suppressed += 1
-        self._period_suppressed += 1
+        with self._lock:
+            self._roll(self._clock())
+            self._suppressed += 1
+            self._period_suppressed += 1
 
     def tick(self) -> None:
         """Close the period if it is over, logging its summary now rather than with the next
         line. Call it now and then (each loop turn is fine)."""
-        self._roll(self._clock())
+        with self._lock:
+            self._roll(self._clock())
 
     def statistics(self) -> LogStatistics:
         return LogStatistics(lines_logged=self._logged, lines_suppressed=self._suppressed)

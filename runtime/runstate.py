@@ -30,7 +30,7 @@ __all__ = ["Command", "KernelStatistics", "Outcome", "ReadyQueue", "RunState", "
 
 class RunState(enum.Enum):
     """Where a task stands inside one executor's kernel (the scheduler's view of the task is
-    another thing: scheduler/state.py's TaskState)."""
+    another thing: scheduler/records/tables.py's TaskState)."""
 
     QUEUED = "queued"  # launched, never run yet
     RUNNING = "running"  # holds the slot (running, or parked at a boundary by the hub)

@@ -31,7 +31,7 @@ from typing import Any
 
 from tidal.runtime import protocol as p
 from tidal.scheduler import decisions as d
-from tidal.scheduler.records import ExecutorRecord, Job, Records, Task, TaskState, stat_count
+from tidal.scheduler.records import ExecutorRecord, Job, Records, Task, TaskState
 
 __all__ = [
     "TARGET_CHUNK_NS",
@@ -87,7 +87,6 @@ def on_results(records: Records, executor: ExecutorRecord, msg: p.ChunkResults) 
     chunk = records.tasks.get(msg.chunk_id)
     if chunk is None or chunk.subtasks is None or chunk.executor_id != executor.executor_id:
         return
-    job = chunk.job
     for item in msg.items:
         if not (isinstance(item, list) and len(item) == 5 and isinstance(item[0], str)):
             continue
@@ -95,9 +94,7 @@ def on_results(records: Records, executor: ExecutorRecord, msg: p.ChunkResults) 
         task = chunk.subtasks.pop(task_id, None)
         if task is None or task.state is TaskState.DONE:
             continue  # stolen, cancelled, or a duplicate
-        running = stat_count(stats, "running_ns", 0) if isinstance(stats, dict) else 0
-        task.running_ns = running
-        job.subtask_ns = running if job.subtask_ns is None else 0.9 * job.subtask_ns + 0.1 * running
+        records.subtask_ended(task, stats)
         if outcome == "finished":
             records.complete(task, "finished", value, None)
         else:
@@ -122,9 +119,7 @@ def on_stolen(records: Records, executor: ExecutorRecord, msg: p.Stolen) -> None
     if thief is None or not thief.alive or thief.slot_task is not None:
         records.requeue(moved, attempt=False)
         return
-    new = records.form_chunk(moved[0], len(moved), tasks=moved)
-    records.launch_chunk(thief, new)
-    records.steal_count += 1
+    records.launch_stolen(thief, moved)
 
 
 def validate_steal(records: Records, chunk: Task, decision: d.Steal) -> str | None:
@@ -217,7 +212,7 @@ class Stealer:
     @staticmethod
     def _candidates(records: Records) -> list[tuple[Task, int]]:
         """Chunks worth stealing from, with how many subtasks to take: in the order of their
-        executors, and on each, slot, queue, then suspended ones (`Executor.tasks`)."""
+        executors, and on each, slot, queue, then suspended ones (`ExecutorRecord.tasks`)."""
         candidates = []
         in_flight, killing = records.steals_in_flight, TaskState.KILLING
         for executor in records.executors.values():

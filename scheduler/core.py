@@ -170,9 +170,10 @@ class SchedulerCore:
         if state is not None and not state.empty:
             # Discussion: as long as an executor may stay silent before it is declared lost.
             grace = self.lost_after_ns if reclaim_grace_ns is None else reclaim_grace_ns
-            # What restoring did (tasks cancelled before the restart end now) comes out of
-            # the first step.
             recovery.restore(self.records, state, grace, self.journal.path)
+        # What restoring did (tasks cancelled before the restart end now) comes out of the
+        # first step; every step starts with nothing else.
+        self._first_out, self.records.out = self.records.out, []
 
     # ---- the one entry point ----------------------------------------------------------------
 
@@ -180,6 +181,7 @@ class SchedulerCore:
         """Apply one event; return the messages to send and the notes, in order."""
         records = self.records
         records.now = self._clock()
+        records.out, self._first_out = self._first_out, []
         if isinstance(event, ExecutorReport):
             executor = records.executors.get(event.executor_id)
             if executor is None or not executor.alive:
@@ -189,7 +191,7 @@ class SchedulerCore:
                     event.executor_id,
                 )
             else:
-                executor.last_seen = records.now
+                records.seen(executor)
                 handler = self._reports.get(type(event.message))
                 if handler is None:
                     log.warning(
@@ -361,9 +363,8 @@ class SchedulerCore:
         elif isinstance(decision, d.Resume):
             records.resume(records.executors[task.executor_id], task)
         else:
-            if decision.requeue:
-                task.kills += 1
-            records.kill(records.executors[task.executor_id], task, requeue=decision.requeue)
+            executor = records.executors[task.executor_id]
+            records.kill(executor, task, requeue=decision.requeue, to_make_room=decision.requeue)
 
     # ---- executors ------------------------------------------------------------------------------
 
@@ -385,17 +386,10 @@ class SchedulerCore:
         # RESUMING too: a task suspended before it ever ran reports its first start then.
         if task is None or task.state not in (TaskState.LAUNCHED, TaskState.RESUMING):
             return
-        task.state = TaskState.RUNNING
-        task.running_since = self.now
-        if task.started_at_ns is None:
-            task.started_at_ns = msg.at_ns
-            task.first_started_at = self.now
-        if task not in executor.queued:
-            return
-        # The executor started a prefetched task before our latest launch reached it: the
+        # If the executor started a prefetched task before our latest launch reached it, the
         # started one holds the slot now, and the one it displaced is next there (the
         # executor runs stream launches first, then resumed tasks).
-        previous = self.records.take_slot(executor, task)
+        previous = self.records.started(executor, task, msg.at_ns)
         if (
             previous is not None
             and previous.state in (TaskState.LAUNCHED, TaskState.RESUMING)
@@ -411,17 +405,12 @@ class SchedulerCore:
         task = self.records.task_on(executor, msg.task_id)
         if task is None or task.state is not TaskState.SUSPENDING:
             return
-        task.state = TaskState.SUSPENDED
-        task.records = msg.records
-        self.records.stop_running(task)
+        self.records.suspended(task, msg.records)
 
     def _on_resumed(self, executor: ExecutorRecord, msg: p.Resumed) -> None:
         task = self.records.task_on(executor, msg.task_id)
         if task is not None and task.state is TaskState.RESUMING:
-            task.state = TaskState.RUNNING
-            task.running_since = self.now
-            if task in executor.queued:  # it waited behind a task that could not be suspended
-                self.records.take_slot(executor, task)
+            self.records.resumed(executor, task)
 
     def _on_finished(self, executor: ExecutorRecord, msg: p.Finished) -> None:
         task = self.records.task_on(executor, msg.task_id, msg.attempt)
@@ -459,7 +448,7 @@ class SchedulerCore:
         if msg.command == "suspend" and task is not None and task.state is TaskState.SUSPENDING:
             # The suspend crossed the task's end on the wire (its finish report is on the way),
             # so it was no suspension: give it back to the cap.
-            task.suspensions = max(0, task.suspensions - 1)
+            self.records.suspension_undone(task)
             return
         if msg.command == "suspend" or task is None:
             # Expected: the command crossed the task's end report (already handled here).
@@ -541,10 +530,7 @@ class SchedulerCore:
             records.to_client(client_id, [[tid, "failed", None, error, {}] for tid in task_ids])
             return
         records.note(ev.JobAccepted(client_id, msg))
-        new = []
-        for task in records.add_job(client_id, msg):
-            records.pending.push(task)
-            new.append(TaskView(task, records))
+        new = [TaskView(task, records) for task in records.submit(client_id, msg)]
         self._consult(lambda pol: pol.tasks_submitted(self.view, new))
 
     def _on_cancel(self, client_id: str, msg: p.Cancel) -> None:

@@ -48,7 +48,8 @@ Record = dict[str, Any]
 class EventRecorder:
     """Turn each step of one core into log records (see the module docstring).
 
-    It reads the core's records only to name a task's job and priority, and the adaptive
+    It reads the core's records to name a task's job and priority, a steal's thief, the
+    cap and the clock, and the adaptive
     policy's own record of its switches.
     """
 

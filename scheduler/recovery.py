@@ -48,6 +48,13 @@ TASK_STATES = ("running", "resuming", "queued", "suspended")
 RESULT_STATES = ("finished", "failed")
 # Adopted in this order, so that the task holding the executor's slot takes it first.
 _ADOPT_ORDER = {state: i for i, state in enumerate(TASK_STATES)}
+# What the executor says it holds a task as -> the state it is adopted in.
+_ADOPTED_AS = {
+    "running": TaskState.RUNNING,
+    "resuming": TaskState.RESUMING,
+    "queued": TaskState.LAUNCHED,
+    "suspended": TaskState.SUSPENDED,
+}
 
 
 def restore(records: Records, state: JournalState, grace_ns: int, path: str | None) -> None:
@@ -61,9 +68,8 @@ def restore(records: Records, state: JournalState, grace_ns: int, path: str | No
         for task_id in ended:
             job.count_end(state.outcomes[task_id])
         for task in tasks:
-            task.state = TaskState.UNCLAIMED
-            if task.task_id in state.cancels:
-                task.cancel_requested = True
+            records.unclaimed(task, cancelled=task.task_id in state.cancels)
+            if task.cancel_requested:
                 cancelled.append(task)
     for task in cancelled:  # asked for before the restart: done, wherever it may still run
         records.complete(task, "cancelled", None, None)
@@ -132,7 +138,7 @@ def reclaim(
             )
             records.send(executor, p.Kill(task_id, records.now))
             continue
-        _adopt(records, executor, task, state, attempt)
+        records.adopt(executor, task, _ADOPTED_AS[state], attempt)
         mine.pop(task.task_id, None)
 
 
@@ -175,8 +181,7 @@ def _take_result(
     if task.subtasks is not None:  # a chunk's own end: what it did not report runs again
         if mine.get(task_id) is task and task.attempt == attempt:
             del mine[task_id]
-            task.executor_id = executor.executor_id
-            records.end_chunk(task)
+            records.end_chunk(task, on=executor)
         return
     if task.state is TaskState.UNCLAIMED:
         pass
@@ -186,13 +191,9 @@ def _take_result(
         del mine[task_id]
     else:
         return  # a stale attempt: the task was queued again and runs elsewhere
-    task.executor_id = executor.executor_id
-    if task.chunk is None:
-        task.suspensions = stats.get("suspensions", task.suspensions)
-        task.running_ns = stats.get("running_ns", task.running_ns)
-        task.records = stats.get("records", task.records)
-        task.finished_at_ns = stats.get("finished_at_ns")
-    records.complete(task, outcome, value if outcome == "finished" else None, error)
+    records.take_result(
+        executor, task, outcome, value if outcome == "finished" else None, error, stats
+    )
 
 
 def _claimable(
@@ -217,31 +218,6 @@ def _claimable(
     if not claimed or any(t.job is not claimed[0].job for t in claimed):
         return None
     return records.new_chunk(task_id, claimed)
-
-
-def _adopt(
-    records: Records, executor: ExecutorRecord, task: Task, state: str, attempt: int
-) -> None:
-    """Put `task` on `executor` in the state the executor reports, at its attempt."""
-    task.attempt = attempt
-    task.executor_id = executor.executor_id
-    for subtask in (task.subtasks or {}).values():
-        subtask.executor_id = executor.executor_id
-    if state == "suspended":
-        task.state = TaskState.SUSPENDED
-        executor.suspended[task.task_id] = task
-        return
-    task.state = {
-        "running": TaskState.RUNNING,
-        "resuming": TaskState.RESUMING,
-        "queued": TaskState.LAUNCHED,
-    }[state]
-    if task.state is TaskState.RUNNING:
-        task.running_since = records.now
-    if executor.slot_task is None:
-        executor.slot_task = task
-    else:
-        executor.queued.append(task)
 
 
 def on_reattach(records: Records, client_id: str, msg: p.Reattach, results: ResultLookup) -> None:

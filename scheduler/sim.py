@@ -18,8 +18,9 @@ The model, and what it leaves out:
 * A job is sent by the client "sim" at its `arrival_s` (the Submit reaches the core one
   latency later) with one task per duration, task ids f"{job_id}/{i}". A task's latency is
   arrival -> its result reaches the client.
-* A simulated executor (`SimExecutor`) follows runtime/kernel.py: one slot; ready order is
-  stream launches, then resumed tasks, then batch launches, first in first out within each.
+* A simulated executor (`SimExecutor`) follows runtime/kernel.py and runtime/runstate.py:
+  one slot; ready order is stream launches, then resumed tasks, then batch launches, first
+  in first out within each.
   A task is pure work: it needs its scripted duration of running in total, in one stretch or
   several. Commands that arrive while a task runs wait for its next record boundary,
   `suspend_latency_s` later (the kernel's hub sees commands only when the running task calls

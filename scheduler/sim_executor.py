@@ -84,7 +84,7 @@ class EventLoop:
 
 # ---- the simulated executor ---------------------------------------------------------------
 
-# Record states, as in runtime/kernel.py (RunState values).
+# Record states, as in runtime/runstate.py (RunState values).
 QUEUED, RUNNING, SUSPENDED, RESUMING = "queued", "running", "suspended", "resuming"
 
 

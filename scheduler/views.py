@@ -3,7 +3,8 @@ status snapshot built from them, and the check of a submitted job against them.
 
 Views are thin read-only wrappers over the records (scheduler/records.py) that copy nothing,
 so a policy can look at a cluster with a million pending tasks without the core building a
-snapshot for every decision. Nothing here changes a record.
+snapshot for every decision. Nothing here changes a record (an executor's view is kept on
+its record once made, which changes nothing the scheduler reads).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class TaskView:
     suspensions = property(lambda self: self._task.suspensions)
     kills = property(
         lambda self: self._task.kills,
-        doc="Times a policy killed it to make room; past its `max_suspensions` the core "
+        doc="Times a policy killed it to make room; at its `max_suspensions` the core "
         "refuses to kill it again (the kill cap).",
     )
     max_suspensions = property(lambda self: self._task.job.max_suspensions)

@@ -54,6 +54,7 @@ class Harness:
         self.to_executor: dict[str, list[p.Message]] = {}
         self.results: dict[str, list[list]] = {}
         self.answers: dict[str, p.PolicySet] = {}
+        self.notes: list[Note] = []  # what the core noted for the journal and the event log
         self._requests = 0
         self.handle(ClientJoined(CLIENT_ID))
         for executor_id, node in executors:
@@ -66,6 +67,7 @@ class Harness:
                 continue
             if isinstance(instruction, Note):  # as the scheduler's shell does
                 self.core.journal.apply(instruction)
+                self.notes.append(instruction)
                 continue
             assert isinstance(instruction, ToClient)
             message = instruction.message

@@ -577,3 +577,20 @@ def test_journal_writes_and_log_entries_leave_the_core_as_notes():
     assert out.index(ended) < next(i for i, x in enumerate(out) if isinstance(x, ToClient))
     lost = h.core.handle(ExecutorLeft("e0", "its connection closed"))
     assert ev.ExecutorLost("e0", "its connection closed") in lost
+
+
+def test_the_kill_cap_follows_the_tasks_of_a_chunk_into_their_next_chunks():
+    h = Harness(policy=KillsWhateverRuns(), executors=[("e0", "n0")], max_suspensions=2)
+    h.submit("b", "batch", 4, options={"chunksize": 4})
+    for attempt in range(3):
+        (launch,) = h.sent("e0", p.LaunchChunk)
+        assert len(launch.subtasks) == 4 and launch.chunk_id == f"b#{attempt + 1}"
+        h.start("e0", launch.chunk_id)
+        h.handle(Tick())
+        if attempt == 2:
+            break
+        assert [type(m) for m in h.sent("e0")] == [p.Kill]
+        h.report("e0", p.Killed(launch.chunk_id, 0, {"running_ns": 1_000}))
+    # Each of its tasks was killed twice, in two chunks: the third chunk runs on.
+    assert h.sent("e0") == []
+    assert h.core.refused[-1][1] == "kill cap reached (2 of 2)"

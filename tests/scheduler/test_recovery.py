@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from tests.scheduler.harness import MS, Harness
 from tidal.runtime import protocol as p
+from tidal.scheduler import events as ev
 from tidal.scheduler.core import ClientJoined, ClientRequest, ExecutorLeft, Tick
 from tidal.scheduler.journal import Journal
 from tidal.scheduler.records import TaskState
@@ -112,6 +113,9 @@ def test_tasks_nobody_claims_are_queued_when_the_grace_period_ends(tmp_path):
     h.report("e1", p.Heartbeat("e1", "n1", 1, 0, 1, 0, 0, 0, 0, 0, 0.0))  # e1 lives
     h.handle(Tick())
     assert [m.task_id for m in h.sent("e1", p.Launch)] == [tasks[0]]
+    # e0 is noted lost (for the journal and the event log), e1 is not.
+    gone = [n for n in h.notes if isinstance(n, ev.ExecutorLost)]
+    assert gone == [ev.ExecutorLost("e0", "it did not come back after the restart")]
     assert h.state(tasks[1]) is TaskState.PENDING
     # e0 comes back late, still running tasks[0]: that copy is stale now and is killed.
     h.join("e0", "n0", holding=[[tasks[0], 0, "running", None]])

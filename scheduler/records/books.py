@@ -1,11 +1,11 @@
-"""The scheduler's books: its records of jobs, tasks and executors, and the only code that
-changes them.
+"""The scheduler's bookkeeping: the only code that changes its records.
 
-`Records` holds the tables (executors, jobs, tasks, pending queues, clients) and every
-bookkeeping step the scheduler takes on them: placing a launched task, suspending,
-resuming, killing, ending a task exactly once, requeueing what a lost executor held,
-forming and ending chunks. What a step sends goes into `out` (messages and notes,
-scheduler/events.py), which the core hands back from `SchedulerCore.handle`.
+`Records` holds the tables (scheduler/records/tables.py: executors, jobs, tasks, pending
+queues, clients) and every step the scheduler takes on them: placing a launched task,
+starting, suspending, resuming, killing, ending a task exactly once, requeueing what a lost
+executor held, forming and ending chunks, adopting what an executor reports after a
+restart. What a step sends goes into `out` (messages and notes, scheduler/events.py),
+which the core hands back from `SchedulerCore.handle`.
 
 Who uses it: the core (scheduler/core.py) decides and calls these steps; the chunk and
 recovery code (scheduler/chunks.py, scheduler/recovery.py) works on the records through
@@ -16,36 +16,28 @@ Nothing here consults a policy: where a step leaves tasks pending again, it call
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
 from typing import Any
 
 from tidal.runtime import protocol as p
 from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import events as ev
+from tidal.scheduler.records.tables import (
+    SLOT_STATES,
+    ExecutorRecord,
+    Job,
+    PendingQueues,
+    Task,
+    TaskState,
+    stat_count,
+)
 
-__all__ = [
-    "PRIORITIES",
-    "SLOT_STATES",
-    "ExecutorRecord",
-    "Job",
-    "PendingQueues",
-    "Records",
-    "Task",
-    "TaskState",
-    "resume_order",
-    "stat_count",
-]
+__all__ = ["MAX_LOST_EXECUTORS", "Records"]
 
 log = logging.getLogger("tidal.scheduler")
 
-PRIORITIES = p.PRIORITY_CLASSES
-# Discussion: heartbeats are ~0.5 s apart, so 20 of them are the last ~10 s: long enough to
-# smooth a spike, short enough to notice pressure building while a stream burst lasts.
-METRICS_WINDOW = 20
 # Lost executors kept for `status()`, the most recently lost; older records are forgotten, so
 # that executors joining under ever-new ids (restarts, or a hostile peer) cost bounded memory.
 MAX_LOST_EXECUTORS = 256
@@ -55,209 +47,6 @@ MAX_LOST_EXECUTORS = 256
 PREFETCH_TARGET_NS = 2_000_000
 # What a task costs an executor besides running it (decode, switch, report), for the estimate.
 TASK_OVERHEAD_NS = 40_000
-
-
-class TaskState(enum.Enum):
-    """Where a task stands, as the scheduler sees it."""
-
-    PENDING = "pending"  # queued at the scheduler
-    LAUNCHED = "launched"  # sent to an executor, not started yet
-    RUNNING = "running"
-    SUSPENDING = "suspending"  # suspend sent, not confirmed
-    SUSPENDED = "suspended"
-    RESUMING = "resuming"  # resume sent, not confirmed
-    KILLING = "killing"  # kill sent, not confirmed
-    DONE = "done"
-    # After a restart: known from the journal, not ended, and not yet reported by any
-    # executor; queued when the reclaim grace period ends (scheduler/recovery.py).
-    UNCLAIMED = "unclaimed"
-
-
-# States in which a task occupies its executor's slot (from the scheduler's point of view).
-SLOT_STATES = (TaskState.LAUNCHED, TaskState.RUNNING, TaskState.RESUMING)
-
-
-@dataclass(eq=False, slots=True)
-class Job:
-    job_id: str
-    client_id: str
-    priority: str
-    order: int
-    max_suspensions: int
-    fn: str
-    main_path: str | None
-    submitted_ns: int
-    total: int
-    finished: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    chunksize: int | str | None = None  # None: one task per launch; an int or "auto": chunks
-    subtask_ns: float | None = None  # smoothed running time of its chunked tasks
-    chunks: int = 0
-
-    def count_end(self, outcome: str) -> None:
-        """Count one of its tasks as ended: "finished", "failed", or else cancelled."""
-        if outcome == "finished":
-            self.finished += 1
-        elif outcome == "failed":
-            self.failed += 1
-        else:
-            self.cancelled += 1
-
-
-@dataclass(eq=False, slots=True)
-class Task:
-    task_id: str
-    job: Job
-    # The packed [args, kwargs] as the client sent it: opaque here, forwarded in the launch
-    # and dropped when the task is done. A chunk's own is empty.
-    payload: bytes
-    seq: int  # arrival order; requeued tasks get a smaller one
-    submitted_at: int  # scheduler clock, ns
-    state: TaskState = TaskState.PENDING
-    executor_id: str | None = None
-    attempt: int = 0
-    suspensions: int = 0
-    kills: int = 0  # times a policy killed it to make room (never reset: the kill cap)
-    records: int = 0
-    started_at_ns: int | None = None  # the executor's clock at the first start
-    finished_at_ns: int | None = None  # the executor's clock when it ended
-    preferred: tuple[str, ...] = ()  # node labels or executor ids it would rather run on
-    first_started_at: int | None = None  # the scheduler's clock when the first start was reported
-    running_ns: int = 0
-    suspended_ns: int = 0
-    work_lost_ns: int = 0  # running time thrown away by kills and lost executors
-    running_since: int | None = None  # scheduler clock at the last start or resume report
-    running_estimate_ns: int = 0  # the scheduler's own estimate of time run this attempt
-    unsuspendable: bool = False  # an executor reported it reaches no record boundary
-    requeue_on_kill: bool = False  # killed to make room (KILL policy, withdrawn launch)
-    cancel_requested: bool = False
-    chunk: Task | None = None  # a chunked task: the chunk it was launched in
-    subtasks: dict[str, Task] | None = None  # a chunk: its subtasks not reported yet
-    memory_bytes: int = 0  # its executor's estimate of its memory, from the last heartbeat
-    lost_on: list[str] = field(default_factory=list)  # executors lost while they held it
-
-    @property
-    def priority(self) -> str:
-        return self.job.priority
-
-    @property
-    def order(self) -> int:
-        return self.job.order
-
-
-@dataclass(eq=False, slots=True)
-class ExecutorRecord:
-    """What the scheduler knows of one executor (the process itself is
-    tidal.runtime.executor.Executor)."""
-
-    executor_id: str
-    node: str
-    hostname: str
-    pid: int
-    last_seen: int  # scheduler clock, ns
-    alive: bool = True
-    slot_task: Task | None = None  # the task holding the slot
-    queued: deque[Task] = field(default_factory=deque)  # launched behind the slot task
-    suspended: dict[str, Task] = field(default_factory=dict)  # suspended or suspending here
-    metrics: deque[p.Heartbeat] = field(default_factory=lambda: deque(maxlen=METRICS_WINDOW))
-    # Mean host memory use over `metrics`, 0.0-1.0 (0.0 before any heartbeat). Kept, not
-    # computed when asked: LB ranks every executor by it when it picks a victim.
-    memory_pressure: float = 0.0
-    # Its ExecutorView, made by ClusterView when first asked for, then kept (untyped here:
-    # the views are built on the records, not the other way round).
-    view: Any = None
-    memory_limit_bytes: int | None = None  # its `--memory-limit`, from its heartbeats
-    rss_bytes: int | None = None  # from its last heartbeat
-
-    def add_metrics(self, beat: p.Heartbeat) -> None:
-        """A heartbeat arrived: keep it in the window, update `memory_pressure`, the limit
-        and the RSS, and each task's memory estimate."""
-        self.metrics.append(beat)
-        window = self.metrics
-        self.memory_pressure = sum(m.mem_percent for m in window) / len(window) / 100
-        self.memory_limit_bytes = beat.memory_limit_bytes if beat.memory_limit_bytes > 0 else None
-        self.rss_bytes = beat.rss_bytes
-        estimates = beat.task_memory or {}
-        for task in self.tasks():
-            figure = estimates.get(task.task_id, 0)
-            # Peer input: a dict's contents are not checked by decode.
-            task.memory_bytes = figure if type(figure) is int and figure > 0 else 0
-
-    @property
-    def memory_headroom(self) -> int | None:
-        """Bytes left under its memory limit at its last heartbeat (negative: over it);
-        None without a limit or before the first heartbeat."""
-        if self.memory_limit_bytes is None or self.rss_bytes is None:
-            return None
-        return self.memory_limit_bytes - self.rss_bytes
-
-    def tasks(self) -> Iterator[Task]:
-        """Every task whose state lives on this executor."""
-        if self.slot_task is not None:
-            yield self.slot_task
-        yield from self.queued
-        yield from self.suspended.values()
-
-    def chunks(self) -> Iterator[Task]:
-        """The chunks here, running, queued or suspended."""
-        return (t for t in self.tasks() if t.subtasks is not None)
-
-
-def resume_order(task: Any) -> tuple[bool, int, int]:
-    """Which suspended task (a record or a view) to resume first: stream before batch, then
-    order, then arrival."""
-    return (task.priority != "stream", task.order, task.seq)
-
-
-class PendingQueues:
-    """Pending tasks per priority class, ordered by (order, arrival); lazy deletion."""
-
-    def __init__(self) -> None:
-        self._queues: dict[str, dict[int, deque[Task]]] = {name: {} for name in PRIORITIES}
-        self._count = dict.fromkeys(PRIORITIES, 0)
-        self._per_job: dict[str, int] = {}
-
-    def push(self, task: Task, *, front: bool = False) -> None:
-        lane = self._queues[task.priority].setdefault(task.job.order, deque())
-        lane.appendleft(task) if front else lane.append(task)
-        self._count[task.priority] += 1
-        self._per_job[task.job.job_id] = self._per_job.get(task.job.job_id, 0) + 1
-
-    def removed(self, task: Task) -> None:
-        """Account for a task that left the pending state (it stays in its lane, skipped)."""
-        self._count[task.priority] -= 1
-        self._per_job[task.job.job_id] -= 1
-
-    def count(self, priority: str | None = None) -> int:
-        return sum(self._count.values()) if priority is None else self._count[priority]
-
-    def count_of_job(self, job_id: str) -> int:
-        return self._per_job.get(job_id, 0)
-
-    def iterate(self, priority: str) -> Iterator[Task]:
-        lanes = self._queues[priority]
-        for order in sorted(lanes):
-            lane = lanes[order]
-            # Drop already-launched or cancelled tasks from the front as we go.
-            while lane and lane[0].state is not TaskState.PENDING:
-                lane.popleft()
-            for task in lane:
-                if task.state is TaskState.PENDING:
-                    yield task
-            if not lane:
-                del lanes[order]
-
-
-def stat_count(stats: dict[str, Any], key: str, default: Any) -> Any:
-    """`stats[key]` if it is a count (an int >= 0, not a bool), else `default`.
-
-    Discussion: a report's stats are the executor's word, in a map whose values `decode`
-    does not check; one that is a string, a float NaN or negative must not reach the core's
-    arithmetic (an EWMA of NaN made the prefetch depth `int(nan)`, which raises).
-    """
-    value = stats.get(key, default)
-    return value if type(value) is int and value >= 0 else default
 
 
 class Records:
@@ -396,6 +185,13 @@ class Records:
             task.preferred = tuple(options.get("preferred", ()))
             self.tasks[task_id] = task
             tasks.append(task)
+        return tasks
+
+    def submit(self, client_id: str, msg: p.Submit) -> list[Task]:
+        """Record an accepted job, its tasks pending; return them."""
+        tasks = self.add_job(client_id, msg)
+        for task in tasks:
+            self.pending.push(task)
         return tasks
 
     def complete(self, task: Task, outcome: str, value: Any, error: list[str] | None) -> None:
@@ -544,8 +340,17 @@ class Records:
         executor.slot_task = task
         self.send(executor, p.Resume(task.task_id, self.now))
 
-    def kill(self, executor: ExecutorRecord, task: Task, *, requeue: bool) -> None:
-        """Send Kill; the task's state stays on the executor until Killed is reported."""
+    def kill(
+        self, executor: ExecutorRecord, task: Task, *, requeue: bool, to_make_room: bool = False
+    ) -> None:
+        """Send Kill; the task's state stays on the executor until Killed is reported.
+
+        `to_make_room`: a policy kills it to run again later, which counts toward the kill
+        cap (for a chunk, of each task in it: they run again in other chunks)."""
+        if to_make_room:
+            task.kills += 1
+            for subtask in (task.subtasks or {}).values():
+                subtask.kills += 1
         self.detach(executor, task)
         task.state = TaskState.KILLING
         task.requeue_on_kill = requeue
@@ -577,6 +382,32 @@ class Records:
             return None
         executor.queued.appendleft(previous)
         return previous
+
+    def started(self, executor: ExecutorRecord, task: Task, at_ns: int) -> Task | None:
+        """`task` reported it runs (first start at the executor's `at_ns`). Returns the task
+        it displaced from the slot if it had been queued behind one (see `take_slot`)."""
+        task.state = TaskState.RUNNING
+        task.running_since = self.now
+        if task.started_at_ns is None:
+            task.started_at_ns = at_ns
+            task.first_started_at = self.now
+        return self.take_slot(executor, task) if task in executor.queued else None
+
+    def suspended(self, task: Task, records: int) -> None:
+        """`task` reported it is parked, `records` records in."""
+        task.state = TaskState.SUSPENDED
+        task.records = records
+        self.stop_running(task)
+
+    def resumed(self, executor: ExecutorRecord, task: Task) -> None:
+        task.state = TaskState.RUNNING
+        task.running_since = self.now
+        if task in executor.queued:  # it waited behind a task that could not be suspended
+            self.take_slot(executor, task)
+
+    def suspension_undone(self, task: Task) -> None:
+        """The suspend crossed the task's end on the wire: it was no suspension."""
+        task.suspensions = max(0, task.suspensions - 1)
 
     def suspend_failed(self, executor: ExecutorRecord, task: Task) -> None:
         """The executor could not suspend `task`: it keeps its slot and is never asked again."""
@@ -677,6 +508,7 @@ class Records:
         """Record a chunk of `tasks` (one job's) under `chunk_id`; they leave the pending state."""
         first = tasks[0]
         chunk = Task(chunk_id, first.job, b"", first.seq, self.now)
+        chunk.kills = max(task.kills for task in tasks)  # the kill cap follows its tasks
         chunk.subtasks = {}
         for task in tasks:
             if task.state is TaskState.PENDING:
@@ -687,15 +519,31 @@ class Records:
         self.tasks[chunk_id] = chunk
         return chunk
 
+    def subtask_ended(self, task: Task, stats: Any) -> None:
+        """A chunked task reported its end: smooth its running time into its job's."""
+        running = stat_count(stats, "running_ns", 0) if isinstance(stats, dict) else 0
+        task.running_ns = running
+        job = task.job
+        job.subtask_ns = running if job.subtask_ns is None else 0.9 * job.subtask_ns + 0.1 * running
+
+    def launch_stolen(self, thief: ExecutorRecord, tasks: list[Task]) -> None:
+        """Launch subtasks a victim gave up as a new chunk on `thief`."""
+        self.launch_chunk(thief, self.form_chunk(tasks[0], len(tasks), tasks=tasks))
+        self.steal_count += 1
+
     def end_chunk(
         self,
         chunk: Task,
         error: list[str] | None = None,
         started: bool = True,
         lost_on: str | None = None,
+        on: ExecutorRecord | None = None,
     ) -> None:
-        """A chunk ended (finished, failed, killed, or lost with executor `lost_on`): settle
-        the tasks it left."""
+        """A chunk ended (finished, failed, killed, or lost with executor `lost_on`; `on` the
+        executor that reports its end, if not the one it was launched on): settle the tasks
+        it left."""
+        if on is not None:
+            chunk.executor_id = on.executor_id
         chunk.state = TaskState.DONE
         self.steals_in_flight.pop(chunk.task_id, None)  # a late `stolen` is ignored
         left = [t for t in chunk.subtasks.values() if t.state is not TaskState.DONE]
@@ -703,6 +551,47 @@ class Records:
         self.settle(left, error=error, started=started, lost_on=lost_on)
 
     # ---- executors ---------------------------------------------------------------------------
+
+    def seen(self, executor: ExecutorRecord) -> None:
+        executor.last_seen = self.now
+
+    def adopt(self, executor: ExecutorRecord, task: Task, state: TaskState, attempt: int) -> None:
+        """Put `task` on `executor` in `state`, at `attempt`: as the executor reports it holds
+        it (scheduler/recovery.py)."""
+        task.attempt = attempt
+        task.executor_id = executor.executor_id
+        for subtask in (task.subtasks or {}).values():
+            subtask.executor_id = executor.executor_id
+        task.state = state
+        if state is TaskState.SUSPENDED:
+            executor.suspended[task.task_id] = task
+            return
+        if state is TaskState.RUNNING:
+            task.running_since = self.now
+        if executor.slot_task is None:
+            executor.slot_task = task
+        else:
+            executor.queued.append(task)
+
+    def take_result(
+        self,
+        executor: ExecutorRecord,
+        task: Task,
+        outcome: str,
+        value: Any,
+        error: list[str] | None,
+        stats: dict[str, Any],
+    ) -> None:
+        """A result `executor` kept for `task` and now reports (scheduler/recovery.py)."""
+        task.executor_id = executor.executor_id
+        if task.chunk is None:
+            self.account(task, stats)
+        self.complete(task, outcome, value, error)
+
+    def unclaimed(self, task: Task, *, cancelled: bool) -> None:
+        """After a restart: `task` is known from the journal, not reported yet by anyone."""
+        task.state = TaskState.UNCLAIMED
+        task.cancel_requested = cancelled
 
     def join(self, hello: p.Hello) -> tuple[ExecutorRecord, ExecutorRecord | None, dict[str, Task]]:
         """Record an executor that said hello: (its record, the record it replaces if it was

@@ -1,0 +1,236 @@
+"""The scheduler's records: jobs, tasks, executors and the pending queues, as data.
+
+These are the tables the scheduler keeps; scheduler/records/books.py holds the only code
+that changes them (`Records`). Policies never see them: they read views
+(scheduler/views.py).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tidal.runtime import protocol as p
+
+__all__ = [
+    "PRIORITIES",
+    "SLOT_STATES",
+    "ExecutorRecord",
+    "Job",
+    "PendingQueues",
+    "Task",
+    "TaskState",
+    "resume_order",
+    "stat_count",
+]
+
+PRIORITIES = p.PRIORITY_CLASSES
+# Discussion: heartbeats are ~0.5 s apart, so 20 of them are the last ~10 s: long enough to
+# smooth a spike, short enough to notice pressure building while a stream burst lasts.
+METRICS_WINDOW = 20
+
+
+class TaskState(enum.Enum):
+    """Where a task stands, as the scheduler sees it."""
+
+    PENDING = "pending"  # queued at the scheduler
+    LAUNCHED = "launched"  # sent to an executor, not started yet
+    RUNNING = "running"
+    SUSPENDING = "suspending"  # suspend sent, not confirmed
+    SUSPENDED = "suspended"
+    RESUMING = "resuming"  # resume sent, not confirmed
+    KILLING = "killing"  # kill sent, not confirmed
+    DONE = "done"
+    # After a restart: known from the journal, not ended, and not yet reported by any
+    # executor; queued when the reclaim grace period ends (scheduler/recovery.py).
+    UNCLAIMED = "unclaimed"
+
+
+# States in which a task occupies its executor's slot (from the scheduler's point of view).
+SLOT_STATES = (TaskState.LAUNCHED, TaskState.RUNNING, TaskState.RESUMING)
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    job_id: str
+    client_id: str
+    priority: str
+    order: int
+    max_suspensions: int
+    fn: str
+    main_path: str | None
+    submitted_ns: int
+    total: int
+    finished: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    chunksize: int | str | None = None  # None: one task per launch; an int or "auto": chunks
+    subtask_ns: float | None = None  # smoothed running time of its chunked tasks
+    chunks: int = 0
+
+    def count_end(self, outcome: str) -> None:
+        """Count one of its tasks as ended: "finished", "failed", or else cancelled."""
+        if outcome == "finished":
+            self.finished += 1
+        elif outcome == "failed":
+            self.failed += 1
+        else:
+            self.cancelled += 1
+
+
+@dataclass(eq=False, slots=True)
+class Task:
+    task_id: str
+    job: Job
+    # The packed [args, kwargs] as the client sent it: opaque here, forwarded in the launch
+    # and dropped when the task is done. A chunk's own is empty.
+    payload: bytes
+    seq: int  # arrival order; requeued tasks get a smaller one
+    submitted_at: int  # scheduler clock, ns
+    state: TaskState = TaskState.PENDING
+    executor_id: str | None = None
+    attempt: int = 0
+    suspensions: int = 0
+    kills: int = 0  # times a policy killed it to make room (never reset: the kill cap)
+    records: int = 0
+    started_at_ns: int | None = None  # the executor's clock at the first start
+    finished_at_ns: int | None = None  # the executor's clock when it ended
+    preferred: tuple[str, ...] = ()  # node labels or executor ids it would rather run on
+    first_started_at: int | None = None  # the scheduler's clock when the first start was reported
+    running_ns: int = 0
+    suspended_ns: int = 0
+    work_lost_ns: int = 0  # running time thrown away by kills and lost executors
+    running_since: int | None = None  # scheduler clock at the last start or resume report
+    running_estimate_ns: int = 0  # the scheduler's own estimate of time run this attempt
+    unsuspendable: bool = False  # an executor reported it reaches no record boundary
+    requeue_on_kill: bool = False  # killed to make room (KILL policy, withdrawn launch)
+    cancel_requested: bool = False
+    chunk: Task | None = None  # a chunked task: the chunk it was launched in
+    subtasks: dict[str, Task] | None = None  # a chunk: its subtasks not reported yet
+    memory_bytes: int = 0  # its executor's estimate of its memory, from the last heartbeat
+    lost_on: list[str] = field(default_factory=list)  # executors lost while they held it
+
+    @property
+    def priority(self) -> str:
+        return self.job.priority
+
+    @property
+    def order(self) -> int:
+        return self.job.order
+
+
+@dataclass(eq=False, slots=True)
+class ExecutorRecord:
+    """What the scheduler knows of one executor (the process itself is
+    tidal.runtime.executor.Executor)."""
+
+    executor_id: str
+    node: str
+    hostname: str
+    pid: int
+    last_seen: int  # scheduler clock, ns
+    alive: bool = True
+    slot_task: Task | None = None  # the task holding the slot
+    queued: deque[Task] = field(default_factory=deque)  # launched behind the slot task
+    suspended: dict[str, Task] = field(default_factory=dict)  # suspended or suspending here
+    metrics: deque[p.Heartbeat] = field(default_factory=lambda: deque(maxlen=METRICS_WINDOW))
+    # Mean host memory use over `metrics`, 0.0-1.0 (0.0 before any heartbeat). Kept, not
+    # computed when asked: LB ranks every executor by it when it picks a victim.
+    memory_pressure: float = 0.0
+    # Its ExecutorView, made by ClusterView when first asked for, then kept (untyped here:
+    # the views are built on the records, not the other way round).
+    view: Any = None
+    memory_limit_bytes: int | None = None  # its `--memory-limit`, from its heartbeats
+    rss_bytes: int | None = None  # from its last heartbeat
+
+    def add_metrics(self, beat: p.Heartbeat) -> None:
+        """A heartbeat arrived: keep it in the window, update `memory_pressure`, the limit
+        and the RSS, and each task's memory estimate."""
+        self.metrics.append(beat)
+        window = self.metrics
+        self.memory_pressure = sum(m.mem_percent for m in window) / len(window) / 100
+        self.memory_limit_bytes = beat.memory_limit_bytes if beat.memory_limit_bytes > 0 else None
+        self.rss_bytes = beat.rss_bytes
+        estimates = beat.task_memory or {}
+        for task in self.tasks():
+            figure = estimates.get(task.task_id, 0)
+            # Peer input: a dict's contents are not checked by decode.
+            task.memory_bytes = figure if type(figure) is int and figure > 0 else 0
+
+    @property
+    def memory_headroom(self) -> int | None:
+        """Bytes left under its memory limit at its last heartbeat (negative: over it);
+        None without a limit or before the first heartbeat."""
+        if self.memory_limit_bytes is None or self.rss_bytes is None:
+            return None
+        return self.memory_limit_bytes - self.rss_bytes
+
+    def tasks(self) -> Iterator[Task]:
+        """Every task whose state lives on this executor."""
+        if self.slot_task is not None:
+            yield self.slot_task
+        yield from self.queued
+        yield from self.suspended.values()
+
+    def chunks(self) -> Iterator[Task]:
+        """The chunks here, running, queued or suspended."""
+        return (t for t in self.tasks() if t.subtasks is not None)
+
+
+def resume_order(task: Any) -> tuple[bool, int, int]:
+    """Which suspended task (a record or a view) to resume first: stream before batch, then
+    order, then arrival."""
+    return (task.priority != "stream", task.order, task.seq)
+
+
+class PendingQueues:
+    """Pending tasks per priority class, ordered by (order, arrival); lazy deletion."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, dict[int, deque[Task]]] = {name: {} for name in PRIORITIES}
+        self._count = dict.fromkeys(PRIORITIES, 0)
+        self._per_job: dict[str, int] = {}
+
+    def push(self, task: Task, *, front: bool = False) -> None:
+        lane = self._queues[task.priority].setdefault(task.job.order, deque())
+        lane.appendleft(task) if front else lane.append(task)
+        self._count[task.priority] += 1
+        self._per_job[task.job.job_id] = self._per_job.get(task.job.job_id, 0) + 1
+
+    def removed(self, task: Task) -> None:
+        """Account for a task that left the pending state (it stays in its lane, skipped)."""
+        self._count[task.priority] -= 1
+        self._per_job[task.job.job_id] -= 1
+
+    def count(self, priority: str | None = None) -> int:
+        return sum(self._count.values()) if priority is None else self._count[priority]
+
+    def count_of_job(self, job_id: str) -> int:
+        return self._per_job.get(job_id, 0)
+
+    def iterate(self, priority: str) -> Iterator[Task]:
+        lanes = self._queues[priority]
+        for order in sorted(lanes):
+            lane = lanes[order]
+            # Drop already-launched or cancelled tasks from the front as we go.
+            while lane and lane[0].state is not TaskState.PENDING:
+                lane.popleft()
+            for task in lane:
+                if task.state is TaskState.PENDING:
+                    yield task
+            if not lane:
+                del lanes[order]
+
+
+def stat_count(stats: dict[str, Any], key: str, default: Any) -> Any:
+    """`stats[key]` if it is a count (an int >= 0, not a bool), else `default`.
+
+    Discussion: a report's stats are the executor's word, in a map whose values `decode`
+    does not check; one that is a string, a float NaN or negative must not reach the core's
+    arithmetic (an EWMA of NaN made the prefetch depth `int(nan)`, which raises).
+    """
+    value = stats.get(key, default)
+    return value if type(value) is int and value >= 0 else default
