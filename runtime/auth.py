@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +75,6 @@ HANDSHAKE_EVENTS = (
 )
 # libzmq's code for "the two sides use different security mechanisms" (zmq.h).
 MECHANISM_MISMATCH = 0x11000002
-# How often the scheduler's refusal logger looks at its stop flag.
-MONITOR_POLL_MS = 200
 
 log = logging.getLogger("tidal.auth")
 
@@ -429,41 +426,19 @@ class SchedulerAuth:
         router.curve_secretkey = keys.secret
         router.curve_publickey = keys.public
         router.curve_server = True
-        # Refusals the authenticator never sees (a peer without keys, or one with the wrong
-        # scheduler key) are logged from the socket's monitor, on a thread of their own.
-        self._stop = threading.Event()
-        monitor = router.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-            | zmq.EVENT_MONITOR_STOPPED
-        )
-        self._thread = threading.Thread(
-            target=self._log_refusals,
-            args=(monitor, RateLimitedLog(log)),
-            name="tidal-auth-monitor",
-            daemon=True,
-        )
-        self._thread.start()
+        self._refused = RateLimitedLog(log)
 
-    def _log_refusals(self, monitor: zmq.Socket, refused: RateLimitedLog) -> None:
-        try:
-            while not self._stop.is_set():
-                if not monitor.poll(MONITOR_POLL_MS):
-                    continue
-                event = parse_monitor_message(monitor.recv_multipart())
-                if event["event"] == zmq.EVENT_MONITOR_STOPPED:
-                    return
-                endpoint = event["endpoint"].decode(errors="replace")
-                if event["value"] == MECHANISM_MISMATCH:
-                    why = "it does not use CURVE (a peer started without --keys?)"
-                else:
-                    why = "its CURVE handshake failed (a peer with another scheduler's public key?)"
-                refused(f"refused a connection on {endpoint}: {why}")
-        finally:
-            monitor.close(linger=0)
+    def refused_connection(self, event: dict[str, Any]) -> None:
+        """Log a refusal the authenticator never sees (a peer without keys, or one with the
+        wrong scheduler key): a handshake-failed event of the ROUTER's monitor, which the
+        scheduler's loop reads (one monitor per socket: it also watches disconnections)."""
+        endpoint = event["endpoint"].decode(errors="replace")
+        if event["value"] == MECHANISM_MISMATCH:
+            why = "it does not use CURVE (a peer started without --keys?)"
+        else:
+            why = "its CURVE handshake failed (a peer with another scheduler's public key?)"
+        self._refused(f"refused a connection on {endpoint}: {why}")
 
     def close(self) -> None:
-        """Stop the refusal log and the authenticator (after the ROUTER has been closed)."""
-        self._stop.set()
-        self._thread.join(timeout=2 * MONITOR_POLL_MS / 1000 + 1)
+        """Stop the authenticator (after the ROUTER has been closed)."""
         self._authenticator.stop()

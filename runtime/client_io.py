@@ -316,6 +316,8 @@ class ClientConnection:
                         ping = p.Ping("keepalive", time.monotonic_ns())
                         self._dealer.send(p.encode(ping), zmq.NOBLOCK)
                 case Reconnect(reason):
+                    if self._link.connected and self._dealer.poll(0, zmq.POLLIN):
+                        continue  # it spoke while a long C call held this process's GIL
                     self._reconnect(reason)
                 case GiveUp(why):
                     self._give_up(f"the Tidal scheduler at {self.address} {why}")

@@ -210,6 +210,11 @@ class LocalCluster:
                     f"an executor exited with code {process.returncode} while the cluster started"
                 )
 
+    def wait_for_executors(self, count: int | None = None, timeout: float = 30.0) -> None:
+        """Return once `count` executors (all of this cluster's, by default) are alive;
+        ClusterStartError after `timeout` seconds, or if one exits meanwhile."""
+        self._wait_for_executors(len(self._executor_args) if count is None else count, timeout)
+
     def restart_scheduler(self) -> None:
         """Kill the scheduler (-9, as a crash would) and start it again on the same address
         and journal. Returns once the new one listens; executors and clients reconnect by

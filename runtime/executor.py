@@ -456,6 +456,11 @@ class Executor:
                     seq += 1
                     self._send(dealer, p.encode(self._heartbeat(seq)))
                 case Reconnect(reason):
+                    if link.connected and dealer.poll(0, zmq.POLLIN):
+                        # Discussion: frames wait to be read, so the scheduler did speak: this
+                        # thread could not listen (a long C call on the task thread held the
+                        # GIL). Read them before judging it silent.
+                        continue
                     self._rejoin(reason)
                     dealer = self._follow_dealer(poller, dealer)
                 case GiveUp(reason):

@@ -96,6 +96,9 @@ MAX_POLICY_SWITCHES = 100
 class SchedulerCore:
     """Tidal's scheduling state machine; see the module docstring.
 
+    `lose_silent=False`: an executor whose heartbeats are late is counted busy, not lost;
+    whoever drives the core then tells it of executors that are gone (`ExecutorLeft`).
+
     `journal` is read, never written: what it held when opened is restored, and a client
     that reconnects gets the results it kept. What to write into it comes out of `handle`
     as notes (`journal.apply(note)`).
@@ -116,6 +119,7 @@ class SchedulerCore:
         max_retries: int = DEFAULT_MAX_RETRIES,
         journal: NullJournal | None = None,
         reclaim_grace_ns: int | None = None,
+        lose_silent: bool = True,
     ) -> None:
         if max_suspensions < 0:
             raise ValueError(f"max_suspensions must be >= 0, not {max_suspensions}")
@@ -126,6 +130,11 @@ class SchedulerCore:
         self.policy: Policy = resolve_policy(policy)
         self.heartbeat_ns = heartbeat_ns
         self.lost_after_ns = heartbeat_ns * missed_heartbeats
+        # Whether an executor silent for `lost_after_ns` is lost (the simulation's, the
+        # tests' default) or only busy: the server judges liveness by the connection
+        # (scheduler/liveness.py), and a long C call makes heartbeats late, not an executor
+        # dead.
+        self.lose_silent = lose_silent
         self.journal = journal if journal is not None else NullJournal()
         self.allow_policy_paths = allow_policy_paths
         self.stealer = ch.Stealer(steal_rule) if stealing else None
@@ -477,7 +486,10 @@ class SchedulerCore:
         for executor in list(records.executors.values()):
             if executor.alive and self.now - executor.last_seen > self.lost_after_ns:
                 silent_ms = (self.now - executor.last_seen) / 1e6
-                records.lose(executor, f"no heartbeat for {silent_ms:.0f} ms")
+                if self.lose_silent:
+                    records.lose(executor, f"no heartbeat for {silent_ms:.0f} ms")
+                elif not executor.busy:
+                    records.busy(executor, f"no heartbeat for {silent_ms:.0f} ms")
         self._consult(lambda pol: pol.tick(self.view))
         self._resume_parked()
         self._consider_steals()

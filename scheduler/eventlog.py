@@ -95,6 +95,11 @@ class EventRecorder:
                 "executor": n.executor_id,
                 "reason": n.reason,
             },
+            ev.ExecutorBusy: lambda n: {
+                "event": "executor_busy" if n.busy else "executor_back",
+                "executor": n.executor_id,
+                "reason": n.reason,
+            },
         }
         self._reports: dict[type, Callable[[str, Any], Record]] = {
             p.Started: self._started_report,

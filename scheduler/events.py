@@ -22,6 +22,7 @@ __all__ = [
     "ClientLeft",
     "ClientRequest",
     "Event",
+    "ExecutorBusy",
     "ExecutorJoined",
     "ExecutorLeft",
     "ExecutorLost",
@@ -133,6 +134,13 @@ class ExecutorLost:
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutorBusy:
+    executor_id: str
+    busy: bool  # False: it reported again
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ClientLeft:
     client_id: str
 
@@ -151,6 +159,7 @@ Note = (
     | CancelRequested
     | ExecutorUp
     | ExecutorLost
+    | ExecutorBusy
     | ClientLeft
     | PolicyChanged
 )

@@ -2,9 +2,11 @@
 
 Frames in become events, the core's instructions become frames out; everything that
 decides anything lives in the core. The shell's own work is the handshake (who a routing id
-belongs to, and whether it speaks our protocol version), bad input (below), and the timer
-that lets the core notice silent executors. With `event_log=PATH` it also writes every step
-of the core as a line of JSON (scheduler/eventlog.py), flushed at each tick.
+belongs to, and whether it speaks our protocol version), bad input (below), executor
+liveness by the connection (scheduler/liveness.py: ZeroMQ's own heartbeats and the socket's
+monitor, which need no GIL on either side), and the timer that lets the core notice
+executors whose heartbeats are late (busy, not lost). With `event_log=PATH` it also writes
+every step of the core as a line of JSON (scheduler/eventlog.py), flushed at each tick.
 
 Bad input. Every frame that does not decode, or is out of place, is dropped, counted per
 routing id and logged at a bounded rate (runtime/guard.py). A peer that sends
@@ -69,6 +71,7 @@ from tidal.scheduler.events import (
     ToClient,
 )
 from tidal.scheduler.journal import Journal
+from tidal.scheduler.liveness import PROBE_DELAY_NS, ConnectionWatch
 
 __all__ = ["DEFAULT_BIND", "SchedulerServer"]
 
@@ -133,6 +136,9 @@ class SchedulerServer:
             stealing=stealing,
             max_retries=max_retries,
             journal=self.journal,
+            # The connection tells whether an executor lives (scheduler/liveness.py); its
+            # heartbeats may be late without consequence (a long C call holds its GIL).
+            lose_silent=False,
         )
         self.heartbeat_ns = heartbeat_ns
         self.max_frame_bytes = max_frame_bytes
@@ -146,6 +152,15 @@ class SchedulerServer:
         self._socket.linger = 1000
         # With keys, only peers whose public key is authorised complete a handshake.
         self._auth = None
+        # Discussion: libzmq pings each connection every half heartbeat and closes one that
+        # stays silent for `missed_heartbeats - 1` intervals after a ping, so a stopped
+        # executor is lost within `missed_heartbeats - 0.5` intervals (plus the probe's
+        # PROBE_DELAY_NS): inside the `missed_heartbeats` a silent one took before.
+        heartbeat_ms = max(1, heartbeat_ns // 1_000_000)
+        self._watch = ConnectionWatch(
+            self._socket, max(1, heartbeat_ms // 2), heartbeat_ms * max(1, missed_heartbeats - 1)
+        )
+        self._probe_at: int | None = None  # when to probe executors after a disconnection
         try:
             if keys is not None:
                 self._auth = SchedulerAuth(self._context, self._socket, keys)
@@ -194,11 +209,19 @@ class SchedulerServer:
                 signal.signal(signum, lambda *_: self.stop())
         tick_ns = max(1_000_000, self.heartbeat_ns // 2)
         next_tick = time.monotonic_ns() + tick_ns
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._watch.socket, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                # -- 1. Poll until a frame arrives or the next tick is due.
-                timeout_ms = max(0.0, (next_tick - time.monotonic_ns()) / 1e6)
-                if self._socket.poll(timeout_ms):
+                # -- 1. Poll until a frame or a connection event arrives, or the next tick
+                #       (or probe) is due.
+                due = next_tick if self._probe_at is None else min(next_tick, self._probe_at)
+                timeout_ms = max(0.0, (due - time.monotonic_ns()) / 1e6)
+                ready = dict(poller.poll(timeout_ms))
+                if self._watch.socket in ready:
+                    self._on_connection_events()
+                if self._socket in ready:
                     # -- 2. Handle what arrived, each frame as one event; results and batch
                     #       launches are held back and sent together at the end of the pass.
                     for _ in range(MAX_FRAMES_PER_PASS):
@@ -209,11 +232,17 @@ class SchedulerServer:
                         self._handle_frames(frames)
                     # -- 3. Flush what was held back.
                     self._flush_held()
-                # -- 4. Tick: the core checks executor liveness and the policy may rebalance.
+                # -- 4. A connection closed a moment ago: whose? (scheduler/liveness.py)
                 now = time.monotonic_ns()
+                if self._probe_at is not None and now >= self._probe_at:
+                    self._probe_at = None
+                    self._lose_unreachable(self._routes_of_executors(busy_only=False))
+                # -- 5. Tick: the core counts late executors busy, the policy may rebalance,
+                #       and busy executors' connections are probed.
                 if now >= next_tick:
                     self._guard.tick()  # the periodic summary of suppressed log lines
                     self._dispatch(self._handle(Tick()))
+                    self._lose_unreachable(self._routes_of_executors(busy_only=True))
                     self._flush_held()
                     if self._event_log is not None:  # readable up to the last tick
                         self._event_log.flush()
@@ -232,6 +261,7 @@ class SchedulerServer:
         }
 
     def close(self) -> None:
+        self._watch.close()
         self._socket.close(linger=1000)
         if self._auth is not None:  # after the socket: it watches the socket's handshakes
             self._auth.close()
@@ -240,6 +270,39 @@ class SchedulerServer:
             self._event_log.close()
         if self.journal is not None:
             self.journal.close()
+
+    # ---- connections ----------------------------------------------------------------------
+
+    def _on_connection_events(self) -> None:
+        for event in self._watch.events():
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                if self._probe_at is None:
+                    self._probe_at = time.monotonic_ns() + PROBE_DELAY_NS
+            elif self._auth is not None:  # a handshake that failed: a refused connection
+                self._auth.refused_connection(event)
+
+    def _routes_of_executors(self, *, busy_only: bool) -> dict[bytes, str]:
+        """The command connections of the executors the core counts alive (or only those
+        it counts busy): routing id -> executor id."""
+        executors = self.core.records.executors
+        routes = {}
+        for (kind, peer_id), routing_id in self._routes.items():
+            if kind != "executor":
+                continue
+            executor = executors.get(peer_id)
+            if executor is not None and executor.alive and (executor.busy or not busy_only):
+                routes[routing_id] = peer_id
+        return routes
+
+    def _lose_unreachable(self, routes: dict[bytes, str]) -> None:
+        """Declare lost each executor whose command connection is gone."""
+        if not routes:
+            return
+        for routing_id in self._watch.unreachable(routes):
+            peer = ("executor", routes[routing_id])
+            for rid in list(self._connections.get(peer, {routing_id})):
+                self._forget(rid)
+            self._dispatch(self._handle(ExecutorLeft(peer[1], "its connection dropped")))
 
     def _handle(self, event: Event) -> list[Instruction]:
         """One event through the core; the step is logged when there is an event log."""

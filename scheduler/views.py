@@ -94,6 +94,11 @@ class ExecutorView:
     executor_id = property(lambda self: self._executor.executor_id)
     node = property(lambda self: self._executor.node)
     alive = property(lambda self: self._executor.alive)
+    busy = property(
+        lambda self: self._executor.busy,
+        doc="Alive (its connection is up) but its heartbeats are late: its Python is held, by "
+        "a long C call most likely. Its task cannot be suspended until it reports again.",
+    )
     queued = property(lambda self: len(self._executor.queued))
 
     @property
@@ -256,6 +261,7 @@ def status_snapshot(records: Records, policy: dict[str, Any]) -> dict[str, Any]:
                 "node": e.node,
                 "hostname": e.hostname,
                 "state": "alive" if e.alive else "lost",
+                "busy": e.busy,  # alive, its heartbeats late (a long C call, most likely)
                 "running": e.slot_task.task_id if e.slot_task else None,
                 "queued": len(e.queued),
                 "suspended": [

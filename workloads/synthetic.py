@@ -71,3 +71,10 @@ def crash_executor(code: int = 70) -> None:
     import os
 
     os._exit(code)
+
+
+@task(inputs=[])
+def c_call(n: int) -> int:
+    """One C call that holds the GIL throughout: `sum(range(n))`, with no record boundary
+    and no bytecode between its steps (~10-20 ns per number). Returns the sum."""
+    return sum(range(n))

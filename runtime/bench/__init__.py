@@ -22,6 +22,7 @@ BENCHMARKS = (
     "unified",
     "scale",
     "chaos",
+    "liveness",
 )
 
 

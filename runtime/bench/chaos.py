@@ -22,14 +22,13 @@ Figures:
   with every executor back and a stream task submitted then has its result.
   `recovery_heartbeats_max` is the worst of these in heartbeat intervals.
 
-Discussion: an executor that dies is noticed by its missed heartbeats only (a crash and a
-hang look alike to the scheduler), so a kill's recovery is `missed_heartbeats` intervals
-plus up to one tick (half an interval); the chaos run uses 2 missed heartbeats (the
-default is 3, which alone takes the target of 3 intervals) and the default interval,
-500 ms. A scheduler restart costs about 0.4-0.6 s whatever the interval, most of it the new
-process starting (Python and its imports) before it listens (`listening_s`); executors
-and clients are back ~0.1 s later. With heartbeats under ~200 ms the restart alone would
-take more than 3 intervals.
+Discussion: an executor that dies is noticed when its connection drops (scheduler/
+liveness.py), milliseconds after the kill, so a kill's recovery is mostly its tasks' rerun
+elsewhere; the chaos run keeps 2 missed heartbeats (which now bound only a stopped
+executor's detection) and the default interval, 500 ms. A scheduler restart costs about
+0.4-0.6 s whatever the interval, most of it the new process starting (Python and its
+imports) before it listens (`listening_s`); executors and clients are back ~0.1 s later.
+With heartbeats under ~200 ms the restart alone would take more than 3 intervals.
 """
 
 from __future__ import annotations

@@ -95,11 +95,17 @@ class Records:
     # ---- facts -----------------------------------------------------------------------------------
 
     def suspendable(self, task: Task) -> bool:
-        return (
-            task.state in SLOT_STATES
-            and not task.unsuspendable
-            and task.suspensions < task.job.max_suspensions
-        )
+        """Whether a suspension of `task` could be honoured now: it holds its slot, under its
+        cap, reaches record boundaries, and its executor is not busy (a suspend would wait
+        there for the GIL as long as the executor stays silent)."""
+        if (
+            task.state not in SLOT_STATES
+            or task.unsuspendable
+            or task.suspensions >= task.job.max_suspensions
+        ):
+            return False
+        executor = self.executors.get(task.executor_id or "")
+        return executor is not None and not executor.busy
 
     def free_capacity(self, executor: ExecutorRecord) -> int:
         if not executor.alive:
@@ -554,6 +560,15 @@ class Records:
 
     def seen(self, executor: ExecutorRecord) -> None:
         executor.last_seen = self.now
+        if executor.busy:
+            executor.busy = False
+            self.note(ev.ExecutorBusy(executor.executor_id, False, "it reported again"))
+
+    def busy(self, executor: ExecutorRecord, reason: str) -> None:
+        """`executor` is alive (its connection is up) but silent: its Python is held, by a
+        long C call most likely. Its tasks count as unsuspendable until it reports again."""
+        executor.busy = True
+        self.note(ev.ExecutorBusy(executor.executor_id, True, reason))
 
     def adopt(self, executor: ExecutorRecord, task: Task, state: TaskState, attempt: int) -> None:
         """Put `task` on `executor` in `state`, at `attempt`: as the executor reports it holds

@@ -133,6 +133,7 @@ class ExecutorRecord:
     pid: int
     last_seen: int  # scheduler clock, ns
     alive: bool = True
+    busy: bool = False  # alive, but its heartbeats are late (its Python is held)
     slot_task: Task | None = None  # the task holding the slot
     queued: deque[Task] = field(default_factory=deque)  # launched behind the slot task
     suspended: dict[str, Task] = field(default_factory=dict)  # suspended or suspending here

@@ -204,7 +204,8 @@ def test_chunked_tasks_complete_exactly_once_under_stealing_and_executor_loss():
         (job,) = status["jobs"]
         assert (job["finished"], job["failed"], job["total"]) == (1_200, 0, 1_200)
         assert status["steals"] >= 1
-        assert sum(e["state"] == "lost" for e in status["executors"]) == 1
+        # Lost by its connection: maybe a moment after the last result, if it held none.
+        client.wait_for_status(lambda s: sum(e["state"] == "lost" for e in s["executors"]) == 1)
 
 
 def test_a_stream_task_suspends_a_running_chunk_end_to_end():
