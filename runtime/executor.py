@@ -319,6 +319,7 @@ class Executor:
             self.exit_code = 1
             self.kernel.stop()
         finally:
+            self.kernel.gate.unwatch()
             if self._watch is not None:
                 self._watch.close()
             if self._dealer is not None:
@@ -353,6 +354,9 @@ class Executor:
         dealer.send(p.encode(hello))
         self._link.hello_sent()
         self._dealer = dealer
+        # Frames arriving on it raise the record gate at once, from a thread that needs no
+        # GIL, so a running task hands this thread the GIL at its next boundary (_gate.c).
+        self.kernel.gate.watch(dealer.getsockopt(zmq.FD), realtime=self.realtime)
         return dealer
 
     def _rejoin(self, reason: str) -> None:
@@ -428,6 +432,7 @@ class Executor:
                     if self._dealer is not dealer:  # a rejoin: read the new connection
                         dealer = self._follow_dealer(poller, dealer)
                         break
+                self.kernel.listened()  # a task the gate's watcher stopped goes on
 
             self._bad_input.tick()  # the periodic summary of suppressed log lines, if any
 

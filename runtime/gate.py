@@ -23,13 +23,21 @@ __all__ = ["IMPLEMENTATION", "Gate", "GatedIterator", "PyGate", "py_gated_iterat
 class PyGate:
     """Pure-Python twin of the C `Gate`: same attributes, same meaning."""
 
-    __slots__ = ("gil_interval", "hook", "records", "requested")
+    __slots__ = ("gil_interval", "hook", "records", "requested", "watch_raises")
 
     def __init__(self, hook: Callable[[], Any] | None = None) -> None:
         self.requested = 0
         self.gil_interval = 1024  # unused here: Python bytecode offers the GIL by itself
         self.records = 0
         self.hook = hook
+        self.watch_raises = 0  # no watcher here: commands wait for the GIL as they come
+
+    def watch(self, fd: int, realtime: bool = False) -> None:
+        """The C gate's watcher raises the gate when `fd` becomes readable, from a thread
+        that needs no GIL; Python has no such thread, so this does nothing."""
+
+    def unwatch(self) -> None:
+        """Nothing to stop (see `watch`)."""
 
 
 class _PyGatedIterator:

@@ -63,6 +63,11 @@ DEFAULT_SUSPEND_TIMEOUT_NS = 100_000_000
 # comes first: few messages for tiny subtasks, prompt results for slow ones.
 CHUNK_REPORT_EVERY = 512
 CHUNK_REPORT_NS = 20_000_000
+# How long the hub holds a task at its boundary for the listener to read what the gate's
+# watcher saw arrive (see `_wait_for_listener`): the listener needs ~0.1-0.4 ms here; a
+# longer wait would stall a task whose listener is slow to come (the watcher raises again
+# while frames wait unread, up to every 2 ms).
+LISTENER_WAIT_S = 0.0005
 
 
 class TaskKilled(BaseException):
@@ -116,6 +121,7 @@ class Kernel:
         self._hub: greenlet.greenlet | None = None
         self._finished = 0
         self._regained_at = 0  # when the hub last got control back from a task
+        self._watch_raises = 0  # the gate watcher's raises the hub has answered
         # Told the priority class of the task about to run whenever it differs from the last
         # one's (the executor gives its thread an OS priority per class).
         self._priority_changed = priority_changed
@@ -214,6 +220,11 @@ class Kernel:
                 detail = None if unreported is None else list(unreported)
                 held.append([record.task_id, record.attempt, state.value, detail])
         return held
+
+    def listened(self) -> None:
+        """The listener read what the scheduler sent (callable from any thread): a hub that
+        waits for it (`_wait_for_listener`) goes on."""
+        self._inbox.put(Command("listened", "", self._clock()))
 
     def _post(self, command: Command) -> None:
         self._inbox.put(command)
@@ -337,6 +348,13 @@ class Kernel:
                     break
                 if not self._apply(command):
                     return
+            raises = getattr(self.gate, "watch_raises", 0)
+            if raises != self._watch_raises:
+                # The gate's watcher saw frames arrive: the task waits at its boundary
+                # while the listener, given the GIL, reads them (runtime/_gate.c).
+                self._watch_raises = raises
+                if self._current is not None and not self._wait_for_listener():
+                    return
 
             # -- 2. Choose. The running task keeps the slot unless it was suspended or
             #       killed; otherwise stream launches, then resumed tasks, then batch launches.
@@ -359,6 +377,29 @@ class Kernel:
             #       and step 1 decides what its call was about.
             if isinstance(outcome, Outcome):
                 self._report_outcome(record, outcome)
+
+    def _wait_for_listener(self) -> bool:
+        """Wait (the GIL released) until the listener says it read what came, applying the
+        commands it posts meanwhile, for at most LISTENER_WAIT_S. False: stop.
+
+        Discussion: without this wait the task would take the GIL straight back and the
+        listener would wait for the interpreter's switch interval and the OS, ~0.1-1 ms on
+        an idle machine and several on a busy one; with it the listener has the GIL within
+        microseconds of the frame's arrival. The bound covers a wake-up that brought no
+        frame for the listener (libzmq signals its descriptor for its own reasons too)."""
+        deadline = time.monotonic() + LISTENER_WAIT_S
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            try:
+                command = self._inbox.get(timeout=remaining)
+            except queue.Empty:
+                return True
+            if command.op == "listened":
+                return True
+            if not self._apply(command):
+                return False
 
     def stop(self) -> None:
         """Make `run()` return once the hub gets control (callable from any thread)."""
@@ -427,7 +468,7 @@ class Kernel:
         """
         if command.op == "stop":
             return False
-        if command.op == "flush":  # wake(): the loop flushes before it runs or sleeps
+        if command.op in ("flush", "listened"):  # wake(); the listener read what came
             return True
         if command.op == "launch":
             record = command.record

@@ -1,0 +1,125 @@
+"""The C gate's watcher (runtime/_gate.c) and the hub's hand-off to the listener
+(runtime/kernel.py): a descriptor that becomes readable raises the gate from a thread that
+takes no GIL, and the task waits at its boundary until the listener says it read."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from tests.runtime.test_kernel import Transport
+from tidal.runtime import protocol as p
+from tidal.runtime.gate import IMPLEMENTATION, Gate, PyGate
+from tidal.runtime.kernel import Kernel
+
+pytestmark = pytest.mark.skipif(IMPLEMENTATION != "c", reason="the C gate is not built")
+
+
+def wait_until(condition, timeout: float = 5.0) -> bool:
+    """Poll `condition` (another thread changes it) until true or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0005)  # the watcher is a C thread: nothing to wait on but the flag
+    return True
+
+
+@pytest.fixture
+def pipe():
+    read_end, write_end = os.pipe()
+    yield read_end, write_end
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_a_readable_descriptor_raises_the_gate_and_reading_it_quiets_the_watcher(pipe):
+    read_end, write_end = pipe
+    gate = Gate()
+    gate.watch(read_end)
+    try:
+        assert gate.requested == 0 and gate.watch_raises == 0
+        os.write(write_end, b"x")
+        assert wait_until(lambda: gate.requested == 1)
+        assert gate.watch_raises >= 1
+        os.read(read_end, 1)  # as the listener would: nothing left to read
+        gate.requested = 0
+        raises = gate.watch_raises
+        time.sleep(0.01)  # long enough for a watcher that had not quieted to raise again
+        assert gate.requested == 0 and gate.watch_raises - raises <= 1
+        os.write(write_end, b"y")  # a new arrival is seen again
+        assert wait_until(lambda: gate.requested == 1)
+    finally:
+        gate.unwatch()
+
+
+def test_watch_follows_a_new_descriptor_and_unwatch_stops(pipe):
+    read_end, write_end = pipe
+    other_read, other_write = os.pipe()
+    gate = Gate()
+    try:
+        gate.watch(read_end)
+        gate.watch(other_read)  # a reconnect: the new connection's descriptor
+        os.write(other_write, b"x")
+        assert wait_until(lambda: gate.requested == 1)
+        gate.unwatch()
+        gate.requested = 0
+        os.write(write_end, b"y")
+        time.sleep(0.01)
+        assert gate.requested == 0  # stopped: nothing raises it any more
+    finally:
+        gate.unwatch()
+        os.close(other_read)
+        os.close(other_write)
+
+
+def test_the_pure_python_gate_has_no_watcher():
+    gate = PyGate()
+    gate.watch(0)
+    gate.unwatch()
+    assert gate.watch_raises == 0
+
+
+def test_a_task_waits_at_its_boundary_until_the_listener_has_read(pipe):
+    """The executor's order: frames arrive (the watcher raises the gate), the task enters
+    the hub, the listener reads them and posts a suspend, then says it read."""
+    read_end, write_end = pipe
+    transport = Transport()
+    kernel = Kernel(transport)
+    kernel.gate.watch(read_end)
+    stop = threading.Event()
+
+    def listener():
+        # Reads the frame once it arrived, then posts what it said: the hub, waiting at
+        # the task's boundary since the watcher raised the gate, applies it at once.
+        os.write(write_end, b"x")
+        assert wait_until(lambda: kernel.gate.watch_raises >= 1)
+        os.read(read_end, 1)
+        kernel.suspend("spin")
+        kernel.listened()
+        stop.set()
+
+    def records():
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    thread = threading.Thread(target=listener)
+    try:
+        kernel.launch("spin", sum, [records()])
+        thread.start()
+        kernel.run()  # returns when nothing can run: the task is suspended
+        (suspended,) = transport.of(p.Suspended, "spin")
+        # Applied while the task waited at its boundary: the hub had control already.
+        assert suspended.latency_ns == 0
+    finally:
+        thread.join(5)
+        kernel.gate.unwatch()
+        kernel.kill("spin")
+        kernel.run()
+        kernel.close()
+    assert stop.is_set()
