@@ -63,7 +63,8 @@ def test_a_long_c_call_makes_its_executor_busy_not_lost(cluster):
 
 def test_a_killed_executor_is_lost_by_its_connection(cluster):
     path = cluster.event_log
-    executor_id = executor_of_node(path, "local-1")
+    with Client(cluster) as client:
+        executor_id = executor_of_node(client, "local-1")
     killed_at = time.monotonic()
     cluster.kill_executor(1)
     assert wait_for_loss(path, executor_id, killed_at, timeout=30) is not None
@@ -75,7 +76,8 @@ def test_a_killed_executor_is_lost_by_its_connection(cluster):
 
 def test_a_stopped_executor_is_lost_when_its_connection_times_out(cluster):
     path = cluster.event_log
-    executor_id = executor_of_node(path, "local-0")
+    with Client(cluster) as client:
+        executor_id = executor_of_node(client, "local-0")
     process = cluster.processes[1]
     stopped_at = time.monotonic()
     os.kill(process.pid, signal.SIGSTOP)
