@@ -156,12 +156,18 @@ class ClientConnection:
         return welcome
 
     def _handshake(self, dealer: zmq.Socket, watch: HandshakeWatch) -> p.ClientWelcome:
-        dealer.send(p.encode(self._hello()))
+        # Discussion: never a blocking send here. A scheduler that refuses our key ends the
+        # connection's pipe; a hello sent after that would block for ever, and the refusal
+        # the watch reports would never be read (seen once in CI, on a loaded machine).
+        hello = p.encode(self._hello())
+        said = _send_nowait(dealer, hello)
         self._link.hello_sent()
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(watch.socket, zmq.POLLIN)
         while True:
+            if not said:
+                said = _send_nowait(dealer, hello)
             if isinstance(self._link.due(), GiveUp):
                 raise ConnectionError(
                     f"no Tidal scheduler answered at {self.address} within "
@@ -169,6 +175,8 @@ class ClientConnection:
                 )
             # Rounded up, so that the poll wakes past the deadline rather than spin up to it.
             remaining_ms = math.ceil((self._link.next_due() - time.monotonic()) * 1000)
+            if not said:  # try the hello again soon
+                remaining_ms = min(remaining_ms, 50)
             ready = dict(poller.poll(max(0, remaining_ms)))
             if watch.socket in ready and (refusal := watch.refusal()):
                 raise AuthenticationFailed(refusal)
@@ -407,3 +415,12 @@ def _flush(dealer: zmq.Socket, outbox: deque[bytes]) -> None:
         except zmq.Again:
             return
         outbox.popleft()
+
+
+def _send_nowait(dealer: zmq.Socket, frame: bytes) -> bool:
+    """Send `frame` if the DEALER takes it now; False if it has no connection to queue it on."""
+    try:
+        dealer.send(frame, zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    return True

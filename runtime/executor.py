@@ -351,7 +351,12 @@ class Executor:
             socket.gethostname(),
             holding,
         )
-        dealer.send(p.encode(hello))
+        try:
+            # Never blocking: a scheduler that refused our key may have ended the pipe
+            # already; the handshake watch reports that, and the link says hello again.
+            dealer.send(p.encode(hello), zmq.NOBLOCK)
+        except zmq.Again:
+            log.info("the hello to %s found no connection yet", self.scheduler)
         self._link.hello_sent()
         self._dealer = dealer
         # Frames arriving on it raise the record gate at once, from a thread that needs no

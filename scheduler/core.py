@@ -91,6 +91,9 @@ MAX_PREFETCH = 64
 # Policy switches kept for `status()`: a client switching in a loop must not grow the record
 # (and every status snapshot) without bound.
 MAX_POLICY_SWITCHES = 100
+# A suspension unanswered this long (the executor's own watchdog answers within 100 ms,
+# runtime/kernel.py) means its Python is held: the executor counts as busy.
+SUSPEND_OVERDUE_NS = 150_000_000
 
 
 class SchedulerCore:
@@ -325,6 +328,8 @@ class SchedulerCore:
                 return f"task is {task.state.value}, not pending"
             if executor is None or not executor.alive:
                 return "no such live executor"
+            if executor.busy:
+                return "its executor is busy (silent, its connection up: a long C call)"
             if task.priority == "stream" and executor.slot_task is not None:
                 return "a stream launch needs the slot itself, which is busy"
             if records.free_capacity(executor) <= 0:
@@ -490,9 +495,32 @@ class SchedulerCore:
                     records.lose(executor, f"no heartbeat for {silent_ms:.0f} ms")
                 elif not executor.busy:
                     records.busy(executor, f"no heartbeat for {silent_ms:.0f} ms")
+            elif executor.alive and not executor.busy and not self.lose_silent:
+                overdue = self._overdue_suspension_ms(executor)
+                if overdue is not None:
+                    records.busy(executor, f"a suspension unanswered for {overdue:.0f} ms")
         self._consult(lambda pol: pol.tick(self.view))
         self._resume_parked()
         self._consider_steals()
+
+    def _overdue_suspension_ms(self, executor: ExecutorRecord) -> float | None:
+        """How long a suspension sent to `executor` has waited past SUSPEND_OVERDUE_NS
+        unanswered (ms since sent), if one has; else None.
+
+        Discussion: an executor whose task is busy in Python without a boundary answers
+        `suspend_failed` itself after 100 ms (its watchdog); one whose Python is held by a
+        long C call cannot, and would hold a stream task sent there for as long as the
+        call lasts. Past the watchdog's time, the core takes it for busy (see
+        `Records.busy`) without waiting for its heartbeats to be late."""
+        for task in executor.suspended.values():
+            sent = task.suspend_sent_at
+            if (
+                task.state is TaskState.SUSPENDING
+                and sent is not None
+                and self.now - sent > SUSPEND_OVERDUE_NS
+            ):
+                return (self.now - sent) / 1e6
+        return None
 
     def _resume_parked(self) -> None:
         """Resume a task the policy left suspended on an executor whose slot stays idle.

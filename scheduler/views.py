@@ -192,17 +192,18 @@ class ClusterView:
         free = {}
         for executor in records.executors.values():
             room = 1 + depth - (executor.slot_task is not None) - len(executor.queued)
-            if room > 0 and executor.alive:
+            if room > 0 and executor.alive and not executor.busy:
                 free[executor.executor_id] = room
         return free
 
     def free_slots(self) -> list[ExecutorView]:
-        """Live executors whose slot is free, in the order they joined."""
+        """Live executors whose slot is free, in the order they joined (busy ones take no
+        launch, so they are left out)."""
         records = self._records
         return [
             e.view or self.view_of(e)  # `or`: no call for a view made already (hot in LB)
             for e in records.executors.values()
-            if e.slot_task is None and e.alive
+            if e.slot_task is None and e.alive and not e.busy
         ]
 
     def any_suspended(self) -> bool:

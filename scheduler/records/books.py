@@ -108,7 +108,7 @@ class Records:
         return executor is not None and not executor.busy
 
     def free_capacity(self, executor: ExecutorRecord) -> int:
-        if not executor.alive:
+        if not executor.alive or executor.busy:
             return 0
         load = (executor.slot_task is not None) + len(executor.queued)
         return max(0, 1 + self.prefetch_depth() - load)
@@ -335,6 +335,7 @@ class Records:
 
     def suspend(self, executor: ExecutorRecord, task: Task) -> None:
         task.state = TaskState.SUSPENDING
+        task.suspend_sent_at = self.now
         task.suspensions += 1
         executor.slot_task = None
         executor.suspended[task.task_id] = task
@@ -566,9 +567,24 @@ class Records:
 
     def busy(self, executor: ExecutorRecord, reason: str) -> None:
         """`executor` is alive (its connection is up) but silent: its Python is held, by a
-        long C call most likely. Its tasks count as unsuspendable until it reports again."""
+        long C call most likely. Until it reports again its tasks count as unsuspendable,
+        it takes no launch, and the stream tasks sent there that have not started go
+        elsewhere.
+
+        Discussion: a withdrawn stream task runs again as a new attempt at once; the busy
+        executor gets a kill for it, which it reads after the call, behind the launch, and
+        whatever it reports of the old attempt is stale (reports name their attempt)."""
         executor.busy = True
         self.note(ev.ExecutorBusy(executor.executor_id, True, reason))
+        waiting = [
+            t
+            for t in executor.tasks()
+            if t.state is TaskState.LAUNCHED and t.priority == "stream" and t.subtasks is None
+        ]
+        for task in waiting:
+            self.detach(executor, task)
+            self.send(executor, p.Kill(task.task_id, self.now))
+        self.requeue(waiting)
 
     def adopt(self, executor: ExecutorRecord, task: Task, state: TaskState, attempt: int) -> None:
         """Put `task` on `executor` in `state`, at `attempt`: as the executor reports it holds

@@ -104,6 +104,7 @@ class Task:
     suspended_ns: int = 0
     work_lost_ns: int = 0  # running time thrown away by kills and lost executors
     running_since: int | None = None  # scheduler clock at the last start or resume report
+    suspend_sent_at: int | None = None  # scheduler clock when the last suspend was sent
     running_estimate_ns: int = 0  # the scheduler's own estimate of time run this attempt
     unsuspendable: bool = False  # an executor reported it reaches no record boundary
     requeue_on_kill: bool = False  # killed to make room (KILL policy, withdrawn launch)
