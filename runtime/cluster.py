@@ -21,7 +21,6 @@ import os
 import selectors
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from typing import Any
 
 from tidal.runtime.auth import generate_keys, load_peer_keys
 from tidal.runtime.memory import parse_size
-from tidal.runtime.processes import child_env, spawn_executor, stop_process
+from tidal.runtime.processes import child_env, spawn_executor, stop_process, tidal_command
 from tidal.scheduler.policies import resolve_policy
 from tidal.scheduler.server import ANNOUNCEMENT
 
@@ -169,7 +168,7 @@ class LocalCluster:
 
     def _start_scheduler(self, bind: str, timeout: float) -> None:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tidal", *self._scheduler_args, "--bind", bind],
+            tidal_command(*self._scheduler_args, "--bind", bind),
             stdout=subprocess.PIPE,
             env=child_env(),
         )

@@ -10,7 +10,20 @@ from collections.abc import Sequence
 
 import tidal
 
-__all__ = ["child_env", "spawn_executor", "stop_process"]
+__all__ = ["child_env", "spawn_executor", "stop_process", "tidal_command"]
+
+
+def tidal_command(*args: str) -> list[str]:
+    """The command line of `tidal ARGS` in a child process: this Python, `-m tidal`.
+
+    Discussion: with `-P`, not the bare `-m`. `-m` puts the current folder first on the
+    child's path, and in the repository's root that folder holds `tidal/`, the package's
+    face without its subpackages (setup.cfg maps `runtime/` and the rest in): run from
+    there, an installed Tidal's children imported that and failed (`No module named
+    'tidal.runtime'`). `child_env` puts the current folder on the path instead, after the
+    folder this Tidal is installed in, so a user's own modules are still found.
+    """
+    return [sys.executable, "-P", "-m", "tidal", *args]
 
 
 def spawn_executor(
@@ -18,28 +31,20 @@ def spawn_executor(
 ) -> subprocess.Popen[bytes]:
     """Start `tidal executor` in a child process connected to `address`."""
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tidal",
-            "executor",
-            "--scheduler",
-            address,
-            "--node",
-            node,
-            *extra_args,
-        ],
+        tidal_command("executor", "--scheduler", address, "--node", node, *extra_args),
         env=child_env(),
     )
 
 
 def child_env() -> dict[str, str]:
-    """This process's environment, with the folder holding this `tidal` first on PYTHONPATH:
-    a child started with it imports this very copy of Tidal."""
+    """This process's environment, with the folder holding this `tidal` first on PYTHONPATH,
+    then the current folder: a child started with it (`tidal_command`) imports this very
+    copy of Tidal, and the user's modules next to the program, as the program did."""
     env = dict(os.environ)
     # The folder that holds the `tidal` package: a checkout (editable install) or site-packages.
     root = os.path.dirname(os.path.dirname(os.path.abspath(tidal.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    paths = [root, os.getcwd(), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     return env
 
 

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 # and cluster alone cost ~0.1-0.2 s to import, which `tidal status` or an executor's start
 # should not pay. `from tidal import Client` works the same either way.
 _HOMES = {
+    "AuthenticationFailed": "tidal.runtime.auth",
     "Client": "tidal.runtime.client",
     "LocalCluster": "tidal.runtime.cluster",
     "FunctionNotFound": "tidal.runtime.functions",
+    "MemoryLimitExceeded": "tidal.runtime.futures",
     "TaskError": "tidal.runtime.futures",
     "TaskFuture": "tidal.runtime.futures",
     "as_completed": "tidal.runtime.futures",
@@ -41,10 +43,17 @@ _HOMES = {
 }
 
 if TYPE_CHECKING:
+    from tidal.runtime.auth import AuthenticationFailed
     from tidal.runtime.client import Client
     from tidal.runtime.cluster import LocalCluster
     from tidal.runtime.functions import FunctionNotFound
-    from tidal.runtime.futures import TaskError, TaskFuture, as_completed, gather
+    from tidal.runtime.futures import (
+        MemoryLimitExceeded,
+        TaskError,
+        TaskFuture,
+        as_completed,
+        gather,
+    )
     from tidal.runtime.kernel import Kernel, TaskKilled
     from tidal.runtime.protocol import PROTOCOL_VERSION, ProtocolError
     from tidal.runtime.task import Partition, TaskContext, current_context, task
@@ -70,12 +79,14 @@ def __dir__() -> list[str]:
 __all__ = [
     "PROTOCOL_VERSION",
     "AssignOnChange",
+    "AuthenticationFailed",
     "Client",
     "FunctionNotFound",
     "Kernel",
     "Kill",
     "Launch",
     "LocalCluster",
+    "MemoryLimitExceeded",
     "Partition",
     "Policy",
     "ProtocolError",

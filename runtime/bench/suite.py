@@ -13,7 +13,6 @@ import importlib
 import json
 import math
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -24,6 +23,7 @@ from rich.table import Table
 
 from tidal.runtime.bench import BENCHMARKS
 from tidal.runtime.bench.machine import machine_info, reference_figures
+from tidal.runtime.processes import child_env, tidal_command
 
 __all__ = [
     "BENCHMARKS",
@@ -101,11 +101,13 @@ def run_all(
 
 
 def _run_in_process(name: str, quick: bool) -> dict[str, Any]:
-    command = [sys.executable, "-m", "tidal", "bench", name, "--json"]
+    command = tidal_command("bench", name, "--json")
     if quick:
         command.append("--quick")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S[quick])
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=TIMEOUT_S[quick], env=child_env()
+        )
     except subprocess.TimeoutExpired:
         return {"benchmark": name, "error": f"timed out after {TIMEOUT_S[quick]:.0f} s"}
     if done.returncode != 0:
