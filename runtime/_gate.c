@@ -27,6 +27,9 @@
  * gives the listener the GIL at once (runtime/kernel.py). It only polls: it never reads the
  * descriptor, so libzmq's own use of it is untouched. While the descriptor stays readable
  * (the listener has not read yet) it looks again after a growing pause, up to 2 ms.
+ * Discussion: it is a speed-up, not a guarantee: the listener's own poll waits on the same
+ * descriptor, and a listener that reads first (it won the GIL by itself) leaves nothing
+ * for the watcher to see; commands then travel as they did before.
  * Linux (and any POSIX system with ppoll); setup.py builds the module only where it can.
  */
 #define _GNU_SOURCE  /* ppoll */
@@ -34,6 +37,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -124,8 +128,9 @@ watch_main(void *arg)
             readable = poll(&look, 1, 0) > 0 && (look.revents & POLLIN);
         }
         if (readable) {
-            __atomic_store_n(&self->requested, 1, __ATOMIC_RELEASE);
+            /* The count first: a hub that sees the gate raised must see the raise counted. */
             __atomic_add_fetch(&self->watch_raises, 1, __ATOMIC_RELEASE);
+            __atomic_store_n(&self->requested, 1, __ATOMIC_RELEASE);
             /* Discussion: a descriptor still readable after the pause may hold new frames
              * or old ones the listener has not read yet; raising again costs the running
              * task one visit to the hub, so the pause doubles, from 50 us up to 2 ms. */
@@ -141,7 +146,9 @@ watch_command(Gate *self, char command)
 {
     ssize_t written;
     Py_BEGIN_ALLOW_THREADS
-    written = write(self->wake[1], &command, 1);
+    do {
+        written = write(self->wake[1], &command, 1);
+    } while (written < 0 && errno == EINTR);
     Py_END_ALLOW_THREADS
     return written == 1 ? 0 : -1;
 }
@@ -163,7 +170,7 @@ gate_watch(Gate *self, PyObject *args, PyObject *kwds)
             return PyErr_SetFromErrno(PyExc_OSError);
         Py_RETURN_NONE;
     }
-    if (pipe(self->wake) < 0)
+    if (pipe2(self->wake, O_CLOEXEC) < 0)  /* not inherited by a task's child processes */
         return PyErr_SetFromErrno(PyExc_OSError);
     self->watch_realtime = realtime;
     int rc = pthread_create(&self->watcher, NULL, watch_main, self);
@@ -184,11 +191,16 @@ gate_stop_watching(Gate *self)
     if (!self->watching)
         return;
     self->watching = 0;
-    if (watch_command(self, 's') == 0) {
-        Py_BEGIN_ALLOW_THREADS
-        pthread_join(self->watcher, NULL);
-        Py_END_ALLOW_THREADS
-    }
+    /* Discussion: the thread reads this Gate, so it is joined before anything is freed; a
+     * stop byte that cannot be written (a full or broken pipe cannot happen with one byte
+     * per command) would leave it running, so that case leaks the pipe rather than close
+     * it under the thread. watch() and unwatch() are called from one thread (the
+     * executor's listener); they are not made safe against each other. */
+    if (watch_command(self, 's') != 0)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(self->watcher, NULL);
+    Py_END_ALLOW_THREADS
     close(self->wake[0]);
     close(self->wake[1]);
     self->wake[0] = self->wake[1] = -1;

@@ -338,6 +338,10 @@ class Executor:
         # is the one peer on it. decode() enforces the limit instead.
         # Never block the listener on a scheduler that stopped reading: see _send.
         dealer.sndhwm = 100_000
+        # Discussion: frames it cannot read while a long C call holds its GIL queue here;
+        # at the default limit (1,000) libzmq would stop reading the connection, pings
+        # included, and the scheduler would take the executor for gone.
+        dealer.rcvhwm = 100_000
         secure_peer(dealer, self.keys)
         # Watches the handshake, so that a scheduler that refuses our key is reported.
         self._watch = HandshakeWatch(dealer, self.scheduler, self.keys)
@@ -353,7 +357,7 @@ class Executor:
         )
         try:
             # Never blocking: a scheduler that refused our key may have ended the pipe
-            # already; the handshake watch reports that, and the link says hello again.
+            # already, and the handshake watch reports that (the executor then exits).
             dealer.send(p.encode(hello), zmq.NOBLOCK)
         except zmq.Again:
             log.info("the hello to %s found no connection yet", self.scheduler)

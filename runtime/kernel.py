@@ -122,6 +122,7 @@ class Kernel:
         self._finished = 0
         self._regained_at = 0  # when the hub last got control back from a task
         self._watch_raises = 0  # the gate watcher's raises the hub has answered
+        self._awaiting_listener = False  # the hub waits for the listener (see `listened`)
         # Told the priority class of the task about to run whenever it differs from the last
         # one's (the executor gives its thread an OS priority per class).
         self._priority_changed = priority_changed
@@ -223,8 +224,10 @@ class Kernel:
 
     def listened(self) -> None:
         """The listener read what the scheduler sent (callable from any thread): a hub that
-        waits for it (`_wait_for_listener`) goes on."""
-        self._inbox.put(Command("listened", "", self._clock()))
+        waits for it (`_wait_for_listener`) goes on. Nothing is queued while none waits
+        (a task without record boundaries would let them pile up)."""
+        if self._awaiting_listener:
+            self._inbox.put(Command("listened", "", self._clock()))
 
     def _post(self, command: Command) -> None:
         self._inbox.put(command)
@@ -339,22 +342,28 @@ class Kernel:
         self._hub = greenlet.getcurrent()
         while True:
             # -- 1. Commands. Lower the gate first, so a command posted while we drain
-            #       raises it again instead of being missed.
+            #       raises it again instead of being missed. If the gate's watcher raised
+            #       it (frames arrived), the task waits at its boundary while the listener,
+            #       given the GIL, reads them (runtime/_gate.c): the hub says it waits
+            #       before it lowers the gate, so a listener that sees the gate lowered
+            #       finds it waiting.
+            raises = getattr(self.gate, "watch_raises", 0)
+            awaiting = raises != self._watch_raises and self._current is not None
+            self._watch_raises = raises
+            self._awaiting_listener = awaiting
             self.gate.requested = 0
+            heard = False
             while True:
                 try:
                     command = self._inbox.get_nowait()
                 except queue.Empty:
                     break
+                heard = heard or command.op == "listened"
                 if not self._apply(command):
                     return
-            raises = getattr(self.gate, "watch_raises", 0)
-            if raises != self._watch_raises:
-                # The gate's watcher saw frames arrive: the task waits at its boundary
-                # while the listener, given the GIL, reads them (runtime/_gate.c).
-                self._watch_raises = raises
-                if self._current is not None and not self._wait_for_listener():
-                    return
+            if awaiting and not heard and not self._wait_for_listener():
+                return
+            self._awaiting_listener = False
 
             # -- 2. Choose. The running task keeps the slot unless it was suspended or
             #       killed; otherwise stream launches, then resumed tasks, then batch launches.

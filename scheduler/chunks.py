@@ -132,6 +132,8 @@ def validate_steal(records: Records, chunk: Task, decision: d.Steal) -> str | No
         return "the chunk is not on a live executor"
     if thief is None or not thief.alive or thief is victim:
         return "no such live executor to steal for"
+    if thief.busy or victim.busy:
+        return "the thief or the victim is busy (silent: a long C call)"
     if thief.slot_task is not None:
         return "the thief's slot is busy"
     if chunk.task_id in records.steals_in_flight:

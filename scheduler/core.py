@@ -342,6 +342,8 @@ class SchedulerCore:
         if isinstance(decision, d.Suspend):
             if executor.slot_task is not task:
                 return f"task does not hold a slot ({task.state.value})"
+            if executor.busy:
+                return "its executor is busy (silent, its connection up: a long C call)"
             if task.unsuspendable:
                 return "its executor reported that it reaches no record boundary"
             if task.suspensions >= cap:

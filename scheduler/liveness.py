@@ -20,13 +20,15 @@ scheduler judges liveness by the connection, not by the application's heartbeats
 The application heartbeat stays: it carries the executor's metrics, and while it is late
 the core counts the executor busy (scheduler/records/books.py), not lost. What this module
 cannot tell: an executor whose Python is wedged for ever (a deadlock) while its process and
-I/O threads live looks busy for ever, as a long C call does.
+I/O threads live looks busy for as long, as a long C call does.
 
 Discussion: the probe waits PROBE_DELAY_NS after the event. The event and the end of the
 connection's pipe reach the socket through different queues, so a probe could come before
-the socket knows the route is gone (measured here, even a probe at once found it gone). A
-probe that still finds the route is not wrong, only late: the executor then falls silent,
-the core counts it busy, and the shell probes busy executors at every tick.
+the socket knows the route is gone (measured here, even a probe at once found it gone); it
+is repeated twice more, at 50 and 500 ms (PROBE_SCHEDULE_NS). Probes are never sent on a
+timer: each is a message a busy executor cannot read, and a thousand unread ones (the
+DEALER's receive limit) would stop its libzmq reading the connection at all, pings
+included, which would lose it.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ from zmq.utils.monitor import parse_monitor_message
 
 from tidal.runtime import protocol as p
 
-__all__ = ["PROBE_DELAY_NS", "ConnectionWatch"]
+__all__ = ["PROBE_DELAY_NS", "PROBE_SCHEDULE_NS", "ConnectionWatch"]
 
 # See the module docstring. Measured here: a probe 0-100 ms after the event found the
-# killed peer's route gone every time; 2 ms leaves room on a loaded machine.
+# killed peer's route gone every time; 2 ms leaves room on a loaded machine, and the later
+# probes of the schedule catch a slower teardown.
 PROBE_DELAY_NS = 2_000_000
+PROBE_SCHEDULE_NS = (PROBE_DELAY_NS, 50_000_000, 500_000_000)
 HANDSHAKE_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 # What a probe sends to a live executor: an empty ack, which it takes as a sign that the
 # scheduler lives (as it does the answer to a heartbeat).
@@ -62,6 +66,8 @@ class ConnectionWatch:
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, timeout_ms))
         self.socket = router.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES)
         self.disconnections = 0  # connections that closed, since the start
+        self._schedule: list[int] = []  # the probes still due after the last disconnection
+        self._probed_from = 0
 
     def events(self) -> Iterator[dict]:
         """The monitor's events so far: disconnections are counted here, handshake failures
@@ -75,6 +81,18 @@ class ConnectionWatch:
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 self.disconnections += 1
             yield event
+
+    def first_probe(self, now: int) -> int:
+        """A connection closed at `now`: when to probe first (the schedule starts again)."""
+        self._schedule = list(PROBE_SCHEDULE_NS)
+        self._probed_from = now
+        return now + self._schedule.pop(0)
+
+    def next_probe(self, now: int) -> int | None:
+        """After a probe: when to probe again for the last disconnection, if at all."""
+        if not self._schedule:
+            return None
+        return self._probed_from + self._schedule.pop(0)
 
     def unreachable(self, routing_ids: Iterable[bytes]) -> list[bytes]:
         """Those of `routing_ids` whose connection is gone (each live one gets a probe)."""

@@ -71,7 +71,7 @@ from tidal.scheduler.events import (
     ToClient,
 )
 from tidal.scheduler.journal import Journal
-from tidal.scheduler.liveness import PROBE_DELAY_NS, ConnectionWatch
+from tidal.scheduler.liveness import ConnectionWatch
 
 __all__ = ["DEFAULT_BIND", "SchedulerServer"]
 
@@ -235,14 +235,13 @@ class SchedulerServer:
                 # -- 4. A connection closed a moment ago: whose? (scheduler/liveness.py)
                 now = time.monotonic_ns()
                 if self._probe_at is not None and now >= self._probe_at:
-                    self._probe_at = None
-                    self._lose_unreachable(self._routes_of_executors(busy_only=False))
-                # -- 5. Tick: the core counts late executors busy, the policy may rebalance,
-                #       and busy executors' connections are probed.
+                    self._probe_at = self._watch.next_probe(now)
+                    self._lose_unreachable(self._routes_of_executors())
+                # -- 5. Tick: the core counts late executors busy, the policy may rebalance.
                 if now >= next_tick:
                     self._guard.tick()  # the periodic summary of suppressed log lines
                     self._dispatch(self._handle(Tick()))
-                    self._lose_unreachable(self._routes_of_executors(busy_only=True))
+                    self._lose_routeless()
                     self._flush_held()
                     if self._event_log is not None:  # readable up to the last tick
                         self._event_log.flush()
@@ -276,23 +275,32 @@ class SchedulerServer:
     def _on_connection_events(self) -> None:
         for event in self._watch.events():
             if event["event"] == zmq.EVENT_DISCONNECTED:
-                if self._probe_at is None:
-                    self._probe_at = time.monotonic_ns() + PROBE_DELAY_NS
+                self._probe_at = self._watch.first_probe(time.monotonic_ns())
             elif self._auth is not None:  # a handshake that failed: a refused connection
                 self._auth.refused_connection(event)
 
-    def _routes_of_executors(self, *, busy_only: bool) -> dict[bytes, str]:
-        """The command connections of the executors the core counts alive (or only those
-        it counts busy): routing id -> executor id."""
+    def _routes_of_executors(self) -> dict[bytes, str]:
+        """The command connections of the executors the core counts alive: routing id ->
+        executor id."""
         executors = self.core.records.executors
         routes = {}
         for (kind, peer_id), routing_id in self._routes.items():
             if kind != "executor":
                 continue
             executor = executors.get(peer_id)
-            if executor is not None and executor.alive and (executor.busy or not busy_only):
+            if executor is not None and executor.alive:
                 routes[routing_id] = peer_id
         return routes
+
+    def _lose_routeless(self) -> None:
+        """Declare lost each executor the core counts alive that has no command connection
+        here any more (another connection took its id's route): nothing would tell of it.
+
+        Discussion: liveness is the connection's; with no connection to watch, a silent
+        executor would stay busy for ever."""
+        for executor_id, executor in list(self.core.records.executors.items()):
+            if executor.alive and ("executor", executor_id) not in self._routes:
+                self._dispatch(self._handle(ExecutorLeft(executor_id, "its connection is gone")))
 
     def _lose_unreachable(self, routes: dict[bytes, str]) -> None:
         """Declare lost each executor whose command connection is gone."""

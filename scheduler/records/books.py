@@ -564,6 +564,11 @@ class Records:
         if executor.busy:
             executor.busy = False
             self.note(ev.ExecutorBusy(executor.executor_id, False, "it reported again"))
+            # Its watchdog starts now on the suspensions it reads only now: they are not
+            # overdue before its own timeout has passed (else it would flap back to busy).
+            for task in executor.suspended.values():
+                if task.state is TaskState.SUSPENDING:
+                    task.suspend_sent_at = self.now
 
     def busy(self, executor: ExecutorRecord, reason: str) -> None:
         """`executor` is alive (its connection is up) but silent: its Python is held, by a
@@ -573,7 +578,10 @@ class Records:
 
         Discussion: a withdrawn stream task runs again as a new attempt at once; the busy
         executor gets a kill for it, which it reads after the call, behind the launch, and
-        whatever it reports of the old attempt is stale (reports name their attempt)."""
+        whatever it reports of the old attempt is stale (reports name their attempt). "Not
+        started" is as far as the scheduler knows: if its `started` is on the way, the old
+        attempt may run there too before the kill lands, so a stream task's code can run
+        twice (its future still completes once)."""
         executor.busy = True
         self.note(ev.ExecutorBusy(executor.executor_id, True, reason))
         waiting = [

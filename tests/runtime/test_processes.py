@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tidal.runtime.processes import child_env, tidal_command
+
+pytestmark = pytest.mark.slow  # two interpreters start
 
 
 def test_a_child_imports_this_tidal_even_beside_a_folder_named_tidal(tmp_path, monkeypatch):
