@@ -347,7 +347,7 @@ class Kernel:
             #       given the GIL, reads them (runtime/_gate.c): the hub says it waits
             #       before it lowers the gate, so a listener that sees the gate lowered
             #       finds it waiting.
-            raises = getattr(self.gate, "watch_raises", 0)
+            raises = self.gate.watch_raises  # 0 for ever on the pure-Python gate
             awaiting = raises != self._watch_raises and self._current is not None
             self._watch_raises = raises
             self._awaiting_listener = awaiting

@@ -91,6 +91,8 @@ MAX_PREFETCH = 64
 # Policy switches kept for `status()`: a client switching in a loop must not grow the record
 # (and every status snapshot) without bound.
 MAX_POLICY_SWITCHES = 100
+# Why a decision for a busy executor is refused (scheduler/records/books.py, `busy`).
+BUSY = "its executor is busy (silent, its connection up: a long C call)"
 # A suspension unanswered this long (the executor's own watchdog answers within 100 ms,
 # runtime/kernel.py) means its Python is held: the executor counts as busy.
 SUSPEND_OVERDUE_NS = 150_000_000
@@ -329,7 +331,7 @@ class SchedulerCore:
             if executor is None or not executor.alive:
                 return "no such live executor"
             if executor.busy:
-                return "its executor is busy (silent, its connection up: a long C call)"
+                return BUSY
             if task.priority == "stream" and executor.slot_task is not None:
                 return "a stream launch needs the slot itself, which is busy"
             if records.free_capacity(executor) <= 0:
@@ -343,7 +345,7 @@ class SchedulerCore:
             if executor.slot_task is not task:
                 return f"task does not hold a slot ({task.state.value})"
             if executor.busy:
-                return "its executor is busy (silent, its connection up: a long C call)"
+                return BUSY
             if task.unsuspendable:
                 return "its executor reported that it reaches no record boundary"
             if task.suspensions >= cap:

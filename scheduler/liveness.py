@@ -65,22 +65,18 @@ class ConnectionWatch:
         router.setsockopt(zmq.HEARTBEAT_IVL, max(1, heartbeat_ms))
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, timeout_ms))
         self.socket = router.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES)
-        self.disconnections = 0  # connections that closed, since the start
         self._schedule: list[int] = []  # the probes still due after the last disconnection
         self._probed_from = 0
 
     def events(self) -> Iterator[dict]:
-        """The monitor's events so far: disconnections are counted here, handshake failures
-        are handed on (for the log of refused connections)."""
+        """The monitor's events so far (disconnections, and handshake failures for the log
+        of refused connections)."""
         while True:
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            event = parse_monitor_message(frames)
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                self.disconnections += 1
-            yield event
+            yield parse_monitor_message(frames)
 
     def first_probe(self, now: int) -> int:
         """A connection closed at `now`: when to probe first (the schedule starts again)."""

@@ -241,7 +241,6 @@ class SchedulerServer:
                 if now >= next_tick:
                     self._guard.tick()  # the periodic summary of suppressed log lines
                     self._dispatch(self._handle(Tick()))
-                    self._lose_routeless()
                     self._flush_held()
                     if self._event_log is not None:  # readable up to the last tick
                         self._event_log.flush()
@@ -291,16 +290,6 @@ class SchedulerServer:
             if executor is not None and executor.alive:
                 routes[routing_id] = peer_id
         return routes
-
-    def _lose_routeless(self) -> None:
-        """Declare lost each executor the core counts alive that has no command connection
-        here any more (another connection took its id's route): nothing would tell of it.
-
-        Discussion: liveness is the connection's; with no connection to watch, a silent
-        executor would stay busy for ever."""
-        for executor_id, executor in list(self.core.records.executors.items()):
-            if executor.alive and ("executor", executor_id) not in self._routes:
-                self._dispatch(self._handle(ExecutorLeft(executor_id, "its connection is gone")))
 
     def _lose_unreachable(self, routes: dict[bytes, str]) -> None:
         """Declare lost each executor whose command connection is gone."""
@@ -517,13 +506,26 @@ class SchedulerServer:
         self._socket.send_multipart([routing_id, p.encode(p.Rejoin(reason))])
 
     def _register(self, routing_id: bytes, peer: tuple[str, str]) -> None:
-        """`routing_id` said hello as `peer`: its command connection (replacing any other)."""
+        """`routing_id` said hello as `peer`: its command connection (replacing any other).
+
+        Discussion: a connection that was an executor's and now says hello as another peer
+        takes that executor's one route: the executor is lost now, as nothing else would
+        tell of it (liveness is the connection's, scheduler/liveness.py)."""
+        before = self._peers.get(routing_id)
         self._forget(routing_id)
         old = self._routes.get(peer)
         if old is not None:
             self._forget(old)
         self._bind(routing_id, peer)
         self._routes[peer] = routing_id
+        if (
+            before is not None
+            and before != peer
+            and before[0] == "executor"
+            and before not in self._routes
+        ):
+            reason = "its connection said hello as another peer"
+            self._dispatch(self._handle(ExecutorLeft(before[1], reason)))
 
     def _bind(self, routing_id: bytes, peer: tuple[str, str]) -> None:
         self._peers[routing_id] = peer

@@ -26,8 +26,12 @@ import tidal
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The repository's folders and the packages they install as (setup.cfg, package_dir).
-PACKAGES = {"tidal": "tidal", "runtime": "tidal.runtime", "scheduler": "tidal.scheduler"}
-PACKAGES["workloads"] = "tidal.workloads"
+PACKAGES = {
+    "tidal": "tidal",
+    "runtime": "tidal.runtime",
+    "scheduler": "tidal.scheduler",
+    "workloads": "tidal.workloads",
+}
 
 # Floor 3 inside tidal.runtime: what a user (or an operator) drives. The rest of
 # tidal.runtime is floor 1; a new module lands there, the strictest floor, unless named here.

@@ -44,3 +44,12 @@ def test_every_readme_example_imports_from_tidal_alone():
     imports = [line for b in blocks for line in b.splitlines() if "import" in line]
     assert any(line.startswith("from tidal import") for line in imports)
     assert [line for line in imports if "tidal." in line] == []
+
+
+def test_the_public_face_lists_every_name_it_serves():
+    # `__all__` is written out for tools that read it statically; it must not drift from
+    # the names `tidal` loads on first use.
+    import tidal
+
+    assert set(tidal.__all__) == {*tidal._HOMES, "__version__"}
+    assert all(getattr(tidal, name) is not None for name in tidal.__all__)

@@ -153,3 +153,16 @@ def test_an_executor_sending_bad_frames_is_disconnected_and_its_tasks_run_elsewh
             e for e in client.status()["executors"] if e["executor_id"] == "black-hole"
         ]
         assert hole_status["state"] == "lost"
+
+
+def test_an_executor_whose_connection_says_hello_as_another_is_lost_at_once(raw_peer):
+    # Heartbeats 10 s apart: only the hello can make it lost within this test.
+    with LocalCluster(executors=1, heartbeat_ms=10_000) as cluster, Client(cluster) as client:
+        peer = raw_peer(cluster.address)
+        peer.send(p.encode(p.Hello(p.PROTOCOL_VERSION, "first", "n", 1, 1, "h")))
+        assert isinstance(recv(peer), p.Welcome)
+        peer.send(p.encode(p.Hello(p.PROTOCOL_VERSION, "second", "n", 1, 1, "h")))
+        while not isinstance(recv(peer), p.Welcome):
+            pass  # an ack, say
+        states = {e["executor_id"]: e["state"] for e in client.status()["executors"]}
+        assert states["first"] == "lost" and states["second"] == "alive"
