@@ -44,6 +44,7 @@ from typing import Any
 
 import zmq
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import AuthenticationFailed, load_peer_keys
 from tidal.runtime.client_io import Bookkeeping, ClientConnection
@@ -299,8 +300,8 @@ class Client:
         try:
             for i, ((args, kwargs), prefs) in enumerate(zip(calls, preferred, strict=True)):
                 if id(kwargs) not in packed_kwargs:
-                    packed_kwargs[id(kwargs)] = p.pack_payload(kwargs, "kwargs")
-                payload = p.pack_call(args, kwargs, packed_kwargs=packed_kwargs[id(kwargs)])
+                    packed_kwargs[id(kwargs)] = payloads.pack_payload(kwargs, "kwargs")
+                payload = payloads.pack_call(args, kwargs, packed_kwargs=packed_kwargs[id(kwargs)])
                 tasks.append(_task_entry(f"{job_id}/{i}", payload, prefs))
             frame = p.encode(
                 p.Submit(
@@ -558,7 +559,7 @@ class Client:
                 continue
             if outcome == "finished":
                 try:
-                    value = p.unpack_payload(value, f"the result of {task_id}")
+                    value = payloads.unpack_payload(value, f"the result of {task_id}")
                 except p.ProtocolError as exc:
                     # Discussion: only this future learns of it; the frame's other results
                     # are sound and complete theirs.

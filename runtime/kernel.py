@@ -18,8 +18,9 @@ Principles, in the spirit of a small coroutine kernel:
 * Rules here, records elsewhere: what the kernel keeps per task, its ready queue and its
   commands are plain data in runtime/runstate.py; this module decides and switches.
 * Payloads open here. A task launched from the wire brings its arguments as one msgpack blob
-  (`payload`), unpacked when the task starts, in its greenlet: a payload that does not
-  unpack fails that task, like a function that does not import. Results leave packed
+  (`payload`), unpacked when the task starts, in its greenlet, a big argument one block at
+  a time with a record boundary between blocks: a payload that does not unpack fails that
+  task, like a function that does not import. Results leave packed
   (`Finished.result`, the values of `ChunkResults`), so the scheduler only forwards them.
 
 Latencies: a suspension is measured from the moment the command was queued (`suspend()`
@@ -39,6 +40,7 @@ from typing import Any
 
 import greenlet
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.gate import Gate, GatedIterator
@@ -603,7 +605,7 @@ class Kernel:
         stats = record.stats(self.executor_id, self._clock())
         if outcome.kind == "finished":
             try:
-                result = p.pack_payload(outcome.value, "finished.result")
+                result = payloads.pack_payload(outcome.value, "finished.result")
             except p.EncodeError as exc:
                 self._emit(
                     p.Failed(
@@ -649,8 +651,22 @@ class Kernel:
             return Outcome("failed", error=describe_failure(exc, __file__))
 
     def _unpack(self, payload: bytes) -> tuple[list[Any], dict[str, Any]]:
-        """A task's (args, kwargs) from its payload; ProtocolError if it is not one."""
-        args, kwargs = p.unpack_call(payload)
+        """A task's (args, kwargs) from its payload; ProtocolError if it is not one.
+
+        A big argument arrives in blocks (runtime/payloads.py), decoded here one at a time
+        with a record boundary after each, so a suspend or kill that lands while a partition
+        is being decoded waits one block (well under a millisecond), not the whole decode.
+        """
+        args, kwargs, blocked = payloads.open_call(payload)
+        gate = self.gate
+        for index, blocks in blocked:
+            items: list[Any] = []
+            for i, block in enumerate(blocks):
+                blocks[i] = b""  # decoded: its bytes can go
+                items.extend(payloads.unpack_block(block))
+                if gate.requested:
+                    self._checkpoint()
+            args[index] = items
         self._payload_unpacked()
         return args, kwargs
 
@@ -692,7 +708,10 @@ class Kernel:
                     error = describe_failure(exc, __file__)
                 else:
                     try:  # packed here, so that a result msgpack cannot carry fails alone
-                        value, outcome = p.pack_payload(result, f"result of {task_id}"), "finished"
+                        value, outcome = (
+                            payloads.pack_payload(result, f"result of {task_id}"),
+                            "finished",
+                        )
                     except p.EncodeError as exc:
                         error = ["EncodeError", f"the result cannot be sent: {exc}", ""]
                 now = self._clock()

@@ -13,10 +13,8 @@ The contract (docs/protocol.md is the same thing for humans):
   extension types are refused, and functions travel as `module:qualname` strings that only
   the executor resolves, by import, when it launches a task.
 * Task arguments and results are opaque payloads: each is one msgpack blob (`bytes`, sent as
-  msgpack bin) that only the ends open. The client packs a task's `[args, kwargs]`
-  (`pack_call`) and the executor unpacks it when the task starts (`unpack_call`); the
-  executor packs a result (`pack_payload`) and the client unpacks it (`unpack_payload`).
-  The scheduler moves the bytes and never decodes or re-encodes them.
+  msgpack bin) that only the ends open (runtime/payloads.py packs and opens them). The
+  scheduler moves the bytes and never decodes or re-encodes them.
 
 Messages are small frozen dataclasses. `encode(msg)` and `decode(frame)` are the only codec;
 receivers dispatch with a `{MessageClass: handler}` table.
@@ -42,10 +40,8 @@ __all__ = [
     "ProtocolError",
     "decode",
     "encode",
-    "pack_call",
-    "pack_payload",
-    "unpack_call",
-    "unpack_payload",
+    "find_unencodable",
+    "unpack_value",
 ]
 
 # 2: chunks (launch_chunk, steal, chunk_results, stolen) and submit's options field.
@@ -549,8 +545,9 @@ def _unpack(frame: bytes | bytearray | memoryview, **options: Any) -> Any:
     )
 
 
-def _unpack_any_keys(frame: bytes | bytearray | memoryview) -> Any:
-    """Unpack a frame; dict keys sent as arrays (from tuple keys) come back as tuples."""
+def unpack_value(frame: bytes | bytearray | memoryview) -> Any:
+    """Unpack a frame or a payload; dict keys sent as arrays (from tuple keys) come back as
+    tuples."""
     try:
         return _unpack(frame)
     except TypeError as exc:
@@ -575,79 +572,6 @@ def _freeze(key: Any) -> Any:
     return key
 
 
-# ---- payloads: task arguments and results, opened only at the ends -------------------------
-
-# Discussion: the scheduler's one loop used to decode every submit's arguments and re-encode
-# them into launches (and results the other way): ~130 ms for one 2 MB batch sweep, during
-# which stream tasks waited. A payload is packed once by its sender and unpacked once by its
-# receiver; everyone between moves bytes.
-
-_CALL_HEADER = b"\x92"  # a msgpack array of two items: [args, kwargs]
-
-
-def pack_payload(value: Any, where: str = "payload") -> bytes:
-    """Pack one value (a task's result, say) as a payload.
-
-    Raises EncodeError naming the part msgpack cannot carry, starting from `where`
-    (`finished.result[1] is of type set, ...`).
-    """
-    try:
-        return msgpack.packb(value, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        problem = find_unencodable(value, where) or f"cannot encode {where}: {exc}"
-        raise EncodeError(problem) from None
-
-
-def pack_call(args: Any, kwargs: dict[str, Any], *, packed_kwargs: bytes | None = None) -> bytes:
-    """The payload of one task call: `[args, kwargs]`, packed.
-
-    `packed_kwargs`, if given, is `pack_payload(kwargs)` done once for many calls that share
-    their keyword arguments (`Client.map`): msgpack values simply concatenate.
-    """
-    # Discussion: this and the unpacking below run once per task (20,000 times for a map of
-    # tiny tasks), so the common case is one msgpack call with no Python-level checks.
-    args = args if type(args) is list else list(args)
-    try:
-        if packed_kwargs is None:
-            return msgpack.packb([args, kwargs], use_bin_type=True)
-        return _CALL_HEADER + msgpack.packb(args, use_bin_type=True) + packed_kwargs
-    except (TypeError, ValueError, OverflowError) as exc:
-        problem = find_unencodable(args, "args") or find_unencodable(kwargs, "kwargs")
-        raise EncodeError(problem or f"cannot encode a call: {exc}") from None
-
-
-def unpack_payload(blob: Any, what: str = "payload") -> Any:
-    """Unpack a payload, or raise ProtocolError saying what is wrong (`what` names it).
-
-    As for frames: extension types are refused, and dict keys sent from tuples come back
-    as tuples.
-    """
-    if type(blob) is not bytes and not isinstance(blob, bytes | bytearray | memoryview):
-        raise ProtocolError(f"{what} must be bytes (a msgpack bin), got {type(blob).__name__}")
-    try:
-        return _unpack_any_keys(blob)
-    except ProtocolError as exc:
-        raise ProtocolError(f"{what} cannot be decoded: {exc}") from None
-    except Exception as exc:  # msgpack raises many types for bad input; all mean "malformed"
-        raise ProtocolError(f"{what} is not valid msgpack ({type(exc).__name__}: {exc})") from None
-
-
-def unpack_call(blob: Any, what: str = "task payload") -> tuple[list[Any], dict[str, Any]]:
-    """Unpack a task's payload into (args, kwargs), or raise ProtocolError saying why not."""
-    call = unpack_payload(blob, what)
-    if type(call) is list and len(call) == 2:
-        args, kwargs = call
-        if (
-            type(args) is list
-            and type(kwargs) is dict
-            and (not kwargs or all(type(key) is str for key in kwargs))
-        ):
-            return args, kwargs
-    raise ProtocolError(
-        f"{what} must be [args, kwargs] (an array, and a map with str keys), got {str(call)[:60]}"
-    )
-
-
 # ---- frames ----------------------------------------------------------------------------------
 
 
@@ -658,7 +582,7 @@ def decode(frame: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Message:
     if len(frame) > max_frame_bytes:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {max_frame_bytes}-byte limit")
     try:
-        body = _unpack_any_keys(frame)
+        body = unpack_value(frame)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises many types for bad input; all mean "malformed"

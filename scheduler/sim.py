@@ -73,6 +73,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.stats import percentile
 from tidal.scheduler.chunks import check_chunksize
@@ -115,7 +116,7 @@ CLIENT_ID = "sim"
 TASK_FN = "sim:task"  # never resolved: simulated executors run scripted durations
 # Every task's payload, never opened either: a simulated executor looks a task's duration up
 # by its id (`SimCluster._work_of`), so the payload that travels is the empty call.
-TASK_PAYLOAD = p.pack_call([], {})
+TASK_PAYLOAD = payloads.pack_call([], {})
 
 # Discussion: the defaults are this machine's measured orders of magnitude (docs/notes.md):
 # a hop through ZeroMQ ~0.2 ms, a parked task's hub regaining control ~50 us after the

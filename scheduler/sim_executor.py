@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.kernel import CHUNK_REPORT_EVERY, CHUNK_REPORT_NS
 
@@ -36,7 +37,7 @@ DEFAULT_SUSPEND_LATENCY_S = 0.00005
 DEFAULT_RECORD_S = 0.001
 # A simulated task computes nothing: its result, as every result travels, is a payload (the
 # packed nil), which the scheduler forwards unopened.
-NIL = p.pack_payload(None)
+NIL = payloads.pack_payload(None)
 
 
 def _ns(seconds: float) -> int:

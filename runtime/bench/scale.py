@@ -76,6 +76,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.stats import percentile
 from tidal.scheduler.core import (
@@ -152,12 +153,12 @@ class ScaleDriver:
 
     def submit_batch(self, subtasks: int, tasks_per_job: int = TASKS_PER_JOB) -> None:
         """Submit `subtasks` tasks in jobs of `tasks_per_job`, as `Client.map` sends them."""
-        packed_kwargs = p.pack_payload({}, "kwargs")
+        packed_kwargs = payloads.pack_payload({}, "kwargs")
         while subtasks > 0:
             n = min(tasks_per_job, subtasks)
             job_id = f"{CLIENT_ID}-{self.jobs}"
             tasks = [
-                [f"{job_id}/{i}", p.pack_call([i], {}, packed_kwargs=packed_kwargs)]
+                [f"{job_id}/{i}", payloads.pack_call([i], {}, packed_kwargs=packed_kwargs)]
                 for i in range(n)
             ]
             options = {"chunksize": CHUNKSIZE}
@@ -170,7 +171,7 @@ class ScaleDriver:
 
     def _stream_arrival(self) -> None:
         job_id = f"stream-{self.stream_tasks}"
-        payload = p.pack_call([self.stream_tasks], {})
+        payload = payloads.pack_call([self.stream_tasks], {})
         self.stream_tasks += 1
         submit = p.Submit(
             job_id, "stream", 0, None, FN, None, [[f"{job_id}/0", payload]], self.loop.now

@@ -20,6 +20,7 @@ from typing import Any
 
 import zmq
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.gate import IMPLEMENTATION, Gate, GatedIterator
 from tidal.runtime.kernel import Kernel
@@ -156,7 +157,7 @@ def busy_executor(cycles: int = 500, record_us: float = 10.0, seed: int = 1) -> 
         # Far more work than the run needs (~20 ms of records per cycle at 10 us a record,
         # against a few ms of running per cycle), small enough not to burden memory.
         records = list(range(max(100_000, cycles * 2_000)))
-        call = p.pack_call([records], {"record_us": record_us})
+        call = payloads.pack_call([records], {"record_us": record_us})
         fn = "tidal.workloads.synthetic:spin"
         link.send(p.Launch("busy", fn, None, call, 0, "batch", time.monotonic_ns()))
         link.wait_for(p.Started)

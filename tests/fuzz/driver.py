@@ -36,6 +36,7 @@ from typing import Any
 import zmq
 
 from tests.fuzz.frames import FrameFuzzer, decodes_to
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 
 ROLES = {"unknown": 0.25, "client": 0.35, "executor": 0.3, "wrong_version": 0.1}
@@ -43,7 +44,7 @@ ROLES = {"unknown": 0.25, "client": 0.35, "executor": 0.3, "wrong_version": 0.1}
 # until... never, for a client: the scheduler cannot tell that a DEALER went away).
 VANISH = 0.05
 MAX_BURST = 40
-PAYLOAD = p.pack_call([[1, 2, 3]], {})
+PAYLOAD = payloads.pack_call([[1, 2, 3]], {})
 
 
 def templates(peer_id: str) -> list[p.Message]:
@@ -84,17 +85,17 @@ def templates(peer_id: str) -> list[p.Message]:
         p.Started(task, 0, now),
         p.Suspended(task, 1000, 5, now),
         p.Resumed(task, 1000, now),
-        p.Finished(task, 0, p.pack_payload(6), {"running_ns": 5}),
+        p.Finished(task, 0, payloads.pack_payload(6), {"running_ns": 5}),
         p.Failed(task, 0, "ValueError", "no", "", {}),
         p.Killed(task, 0, {"running_ns": 1}),
         p.SuspendFailed(task, "busy", 10),
         p.Refused("kill", task, "unknown here"),
-        p.ChunkResults(f"{peer_id}-c", [[task, "finished", p.pack_payload(6), None, {}]]),
+        p.ChunkResults(f"{peer_id}-c", [[task, "finished", payloads.pack_payload(6), None, {}]]),
         p.Stolen(f"{peer_id}-c", [task]),
         # the scheduler's own (never sent to it)
         p.Launch(task, "tidal.workloads.synthetic:total", None, PAYLOAD, 0, "batch", now),
         p.Welcome(p.PROTOCOL_VERSION, "s", 500),
-        p.Results([[task, "finished", p.pack_payload(6), None, {}]]),
+        p.Results([[task, "finished", payloads.pack_payload(6), None, {}]]),
         p.Pong("x", now),
     ]
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgpack
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 
 __all__ = ["EDGE_INTS", "FrameFuzzer", "nasty_value", "nonsense"]
@@ -106,7 +107,9 @@ def _typed(rng: random.Random, name: str, annotation: Any, ids: Sequence[str]) -
             return rng.choice(ids)
         return rng.choice(["", "x", "\x00", "z" * 1000, str(rng.random())])
     if annotation is bytes:
-        return rng.choice([b"", rng.randbytes(rng.randrange(1, 30)), p.pack_call([[1, 2]], {})])
+        return rng.choice(
+            [b"", rng.randbytes(rng.randrange(1, 30)), payloads.pack_call([[1, 2]], {})]
+        )
     if annotation is dict:
         return _nasty_stats(rng) if rng.random() < 0.7 else {"chunksize": nasty_value(rng)}
     if annotation is list:
@@ -130,7 +133,7 @@ def _nasty_list(rng: random.Random, name: str, ids: Sequence[str]) -> list[Any]:
                         [
                             None,
                             [nasty_value(rng), nasty_value(rng)],
-                            [p.pack_payload(1), None, _nasty_stats(rng)],
+                            [payloads.pack_payload(1), None, _nasty_stats(rng)],
                             [None, ["E", "m", "t"], {}],
                             [None, "err", []],
                         ]
@@ -146,13 +149,13 @@ def _nasty_list(rng: random.Random, name: str, ids: Sequence[str]) -> list[Any]:
                 [
                     task_id,
                     rng.choice(["finished", "failed", "cancelled", "exploded", 1]),
-                    rng.choice([p.pack_payload(7), None, "7", b"\xc1"]),
+                    rng.choice([payloads.pack_payload(7), None, "7", b"\xc1"]),
                     rng.choice([None, ["E", "m", "t"], "err", [1]]),
                     rng.choice([_nasty_stats(rng), None, []]),
                 ]
             )
         elif shape < 0.7:  # a submit's task, [task_id, payload, options]
-            entry = [task_id, rng.choice([p.pack_call([[3]], {}), b"", "x", None])]
+            entry = [task_id, rng.choice([payloads.pack_call([[3]], {}), b"", "x", None])]
             if rng.random() < 0.5:
                 entry.append(rng.choice([{"preferred": ["n0", 3]}, {"x": 1}, [], None]))
             items.append(entry)

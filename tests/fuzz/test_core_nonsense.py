@@ -20,6 +20,7 @@ import pytest
 
 from tests.fuzz.frames import nonsense
 from tests.scheduler.harness import MS, FakeClock
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.scheduler.core import (
     ClientJoined,
@@ -62,14 +63,14 @@ class HonestExecutor:
             self.tasks[msg.task_id] = msg
             return [
                 p.Started(msg.task_id, msg.attempt, 0),
-                p.Finished(msg.task_id, msg.attempt, p.pack_payload(msg.task_id), {}),
+                p.Finished(msg.task_id, msg.attempt, payloads.pack_payload(msg.task_id), {}),
             ]
         if isinstance(msg, p.LaunchChunk):
-            items = [[t, "finished", p.pack_payload(t), None, {}] for t, _ in msg.subtasks]
+            items = [[t, "finished", payloads.pack_payload(t), None, {}] for t, _ in msg.subtasks]
             return [
                 p.Started(msg.chunk_id, msg.attempt, 0),
                 p.ChunkResults(msg.chunk_id, items),
-                p.Finished(msg.chunk_id, msg.attempt, p.pack_payload(None), {}),
+                p.Finished(msg.chunk_id, msg.attempt, payloads.pack_payload(None), {}),
             ]
         if isinstance(msg, p.Suspend | p.Resume | p.Kill):
             # Whatever it was, it has finished here already: the command crossed its report.
@@ -134,7 +135,7 @@ def test_well_formed_nonsense_never_breaks_the_core_and_real_tasks_finish_exactl
         ids = [f"c-{jobs}/{i}" for i in range(n)]
         options = rng.choice([None, {"chunksize": rng.randrange(1, 5)}, {"chunksize": "auto"}])
         priority = rng.choice(["stream", "batch"])
-        tasks = [[t, p.pack_call([[i]], {})] for i, t in enumerate(ids)]
+        tasks = [[t, payloads.pack_call([[i]], {})] for i, t in enumerate(ids)]
         handle(
             ClientRequest(
                 "c",

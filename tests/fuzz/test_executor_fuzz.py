@@ -28,6 +28,7 @@ import pytest
 
 from tests.fuzz.frames import FrameFuzzer, decodes_to
 from tests.stub import StubScheduler
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.processes import spawn_executor, stop_process
 
@@ -37,7 +38,7 @@ FRAMES = int(os.environ.get("TIDAL_FUZZ_FRAMES", "100000"))
 SEED = int(os.environ.get("TIDAL_FUZZ_SEED", "1"))
 BLOCK = 500  # frames between probes: below the ROUTER's send high-water mark (1,000)
 ORDERS = (p.Shutdown, p.Reject, p.Rejoin)
-PAYLOAD = p.pack_call([[1, 2, 3]], {})
+PAYLOAD = payloads.pack_call([[1, 2, 3]], {})
 
 
 def templates(now: int) -> list[p.Message]:
@@ -54,9 +55,9 @@ def templates(now: int) -> list[p.Message]:
         p.Steal("fz-c", 1, now),
         p.Welcome(p.PROTOCOL_VERSION, "impostor", 100),
         p.Hello(p.PROTOCOL_VERSION, "fz-e", "n", 1, 1, "h"),
-        p.Finished("fz-1", 0, p.pack_payload(6), {}),
+        p.Finished("fz-1", 0, payloads.pack_payload(6), {}),
         p.Submit("fz-j", "batch", 0, None, "tidal.workloads.synthetic:total", None, [], now),
-        p.Results([["fz-1", "finished", p.pack_payload(6), None, {}]]),
+        p.Results([["fz-1", "finished", payloads.pack_payload(6), None, {}]]),
     ]
 
 
@@ -98,7 +99,7 @@ def test_hostile_frames_from_its_scheduler_never_stop_an_executor(capfd):
                         task_id,
                         "tidal.workloads.synthetic:total",
                         None,
-                        p.pack_call([data], {}),
+                        payloads.pack_call([data], {}),
                         0,
                         "batch",
                         time.monotonic_ns(),
@@ -111,7 +112,7 @@ def test_hostile_frames_from_its_scheduler_never_stop_an_executor(capfd):
                     _, msg = stub.recv(timeout=max(0.0, deadline - time.monotonic()))
                     reports += 1
                     if isinstance(msg, p.Finished) and msg.task_id.startswith("real-"):
-                        results[msg.task_id] = p.unpack_payload(msg.result)
+                        results[msg.task_id] = payloads.unpack_payload(msg.result)
                     if isinstance(msg, p.Refused) and msg.task_id == probe:
                         break
             elapsed = time.monotonic() - started
@@ -122,7 +123,7 @@ def test_hostile_frames_from_its_scheduler_never_stop_an_executor(capfd):
             while len(results) < len(expected):
                 _, msg = stub.recv(timeout=max(0.0, deadline - time.monotonic()))
                 if isinstance(msg, p.Finished) and msg.task_id.startswith("real-"):
-                    results[msg.task_id] = p.unpack_payload(msg.result)
+                    results[msg.task_id] = payloads.unpack_payload(msg.result)
             assert results == expected
             assert proc.poll() is None
             heartbeats = len(stub.heartbeats) - heartbeats_before

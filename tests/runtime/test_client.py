@@ -22,6 +22,7 @@ import msgpack
 import pytest
 import zmq
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.client import (
     Client,
@@ -98,7 +99,7 @@ class FakeScheduler:
 
     def finish(self, future, value, stats=None) -> None:
         """Send `value` as `future`'s result, packed as its payload, as executors do."""
-        self.finish_payload(future, p.pack_payload(value), stats)
+        self.finish_payload(future, payloads.pack_payload(value), stats)
 
     def finish_payload(self, future, payload, stats=None) -> None:
         """Send `payload` (any bytes, or not even bytes) as `future`'s result, as it is."""
@@ -234,14 +235,14 @@ def test_submit_sends_one_job_with_function_arguments_and_options(fake, client):
     assert msg.job_id == f"{client.client_id}-1" and future.job_id == msg.job_id
     assert (msg.fn, msg.main_path) == ("tidal.workloads.synthetic:spin", None)
     assert (msg.priority, msg.order, msg.max_suspensions) == ("stream", 5, None)
-    assert msg.tasks == [[f"{msg.job_id}/0", p.pack_call([[1, 2]], {"record_us": 1.0})]]
-    assert p.unpack_call(msg.tasks[0][1]) == ([[1, 2]], {"record_us": 1.0})
+    assert msg.tasks == [[f"{msg.job_id}/0", payloads.pack_call([[1, 2]], {"record_us": 1.0})]]
+    assert payloads.unpack_call(msg.tasks[0][1]) == ([[1, 2]], {"record_us": 1.0})
     assert future.task_id == f"{msg.job_id}/0" and future.submitted_ns == msg.sent_ns
     second = client.submit(noop, max_suspensions=0)
     msg = fake.wait_for(p.Submit, 2)[1]
     assert msg.job_id == f"{client.client_id}-2" and second.task_id == f"{msg.job_id}/0"
     assert (msg.priority, msg.order, msg.max_suspensions) == ("batch", 0, 0)
-    assert msg.tasks == [[f"{msg.job_id}/0", p.pack_call([], {})]]
+    assert msg.tasks == [[f"{msg.job_id}/0", payloads.pack_call([], {})]]
 
 
 def test_task_defaults_apply_unless_the_submission_overrides_them(fake, client):
@@ -258,7 +259,7 @@ def test_map_sends_one_job_with_a_task_per_partition(fake, client):
     futures = client.map(spin, partitions, record_us=0.5, order=2)
     [msg] = fake.wait_for(p.Submit)
     assert msg.tasks == [
-        [f"{msg.job_id}/{i}", p.pack_call([part], {"record_us": 0.5})]
+        [f"{msg.job_id}/{i}", payloads.pack_call([part], {"record_us": 0.5})]
         for i, part in enumerate(partitions)
     ]
     assert [f.task_id for f in futures] == [task[0] for task in msg.tasks]
@@ -307,7 +308,7 @@ def test_each_mistake_is_refused_before_anything_is_sent(fake, client):
         client.submit(total, [1], order=2**70)
     client.submit(total, ["the only one sent"])
     [msg] = fake.wait_for(p.Submit)
-    assert p.unpack_call(msg.tasks[0][1]) == ([["the only one sent"]], {})
+    assert payloads.unpack_call(msg.tasks[0][1]) == ([["the only one sent"]], {})
 
 
 # ---- results -----------------------------------------------------------------------------------
@@ -364,9 +365,9 @@ def test_duplicate_and_unknown_results_are_ignored(fake, client):
     fake.push(
         p.Results(
             [
-                [first.task_id, "finished", p.pack_payload(1), None, {}],
-                [first.task_id, "finished", p.pack_payload(99), None, {}],
-                ["nobody/0", "finished", p.pack_payload(5), None, {}],
+                [first.task_id, "finished", payloads.pack_payload(1), None, {}],
+                [first.task_id, "finished", payloads.pack_payload(99), None, {}],
+                ["nobody/0", "finished", payloads.pack_payload(5), None, {}],
             ]
         )
     )
@@ -418,7 +419,7 @@ def test_tuple_keys_come_back_as_tuples_in_arguments_and_results(fake, client):
     table = {("ad", 1): 2, ("ad", (3, 4)): 5}
     future = client.submit(total, table, by=table)
     [msg] = fake.wait_for(p.Submit)
-    assert p.unpack_call(msg.tasks[0][1]) == ([table], {"by": table})
+    assert payloads.unpack_call(msg.tasks[0][1]) == ([table], {"by": table})
     fake.finish(future, table)
     assert future.result(timeout=5) == table
 
@@ -431,7 +432,7 @@ def test_a_result_payload_that_does_not_decode_fails_only_its_own_future(fake, c
         p.Results(
             [
                 [bad.task_id, "finished", b"\xc1 not msgpack", None, {"running_ns": 5}],
-                [good.task_id, "finished", p.pack_payload(2), None, {}],
+                [good.task_id, "finished", payloads.pack_payload(2), None, {}],
                 [wrong.task_id, "finished", 3, None, {}],  # a value, not its payload
             ]
         )
@@ -607,7 +608,9 @@ def test_executor_submit_and_map(fake, client):
     submits = fake.wait_for(p.Submit, 3)  # map: one task per call
     assert [len(msg.tasks) for msg in submits] == [1, 1, 1]
     for msg, value in zip(submits, (6, 1, 5), strict=True):
-        fake.push(p.Results([[msg.tasks[0][0], "finished", p.pack_payload(value), None, {}]]))
+        fake.push(
+            p.Results([[msg.tasks[0][0], "finished", payloads.pack_payload(value), None, {}]])
+        )
     assert future.result(timeout=5) == 6 and list(results) == [1, 5]
     executor.shutdown(wait=True)
     with pytest.raises(RuntimeError, match="after shutdown"):

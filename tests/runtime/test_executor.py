@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.stub import StubScheduler
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.processes import spawn_executor, stop_process
 
@@ -31,7 +32,7 @@ def executor():
 def launch(stub, executor_id, task_id, fn, args=(), kwargs=None, main_path=None, payload=None):
     """Launch `fn(*args, **kwargs)`, or with `payload` given, with that payload as it is."""
     if payload is None:
-        payload = p.pack_call(args, kwargs or {})
+        payload = payloads.pack_call(args, kwargs or {})
     stub.send(
         executor_id,
         p.Launch(task_id, fn, main_path, payload, 0, "batch", time.monotonic_ns()),
@@ -40,7 +41,7 @@ def launch(stub, executor_id, task_id, fn, args=(), kwargs=None, main_path=None,
 
 def result(finished):
     """The value a Finished report carries, unpacked from its payload."""
-    return p.unpack_payload(finished.result)
+    return payloads.unpack_payload(finished.result)
 
 
 def test_handshake_and_heartbeats_carry_identity_and_metrics(executor):
@@ -136,7 +137,13 @@ def test_a_payload_that_does_not_decode_fails_that_task_not_the_executor(executo
     failed = stub.expect(p.Failed, task_id="junk")
     assert failed.error_type == "tidal.runtime.protocol.ProtocolError"
     assert failed.message.startswith("task payload is not valid msgpack")
-    launch(stub, ex, "shape", "tidal.workloads.synthetic:total", payload=p.pack_payload({"a": 1}))
+    launch(
+        stub,
+        ex,
+        "shape",
+        "tidal.workloads.synthetic:total",
+        payload=payloads.pack_payload({"a": 1}),
+    )
     assert "must be [args, kwargs]" in stub.expect(p.Failed, task_id="shape").message
     launch(stub, ex, "after", "tidal.workloads.synthetic:total", [[1, 2]])
     assert result(stub.expect(p.Finished, task_id="after")) == 3
@@ -167,7 +174,12 @@ def test_well_formed_commands_it_cannot_use_are_dropped_and_the_executor_keeps_w
     now = time.monotonic_ns()
     # A chunk whose subtasks are not [task_id, payload]: dropped whole, so a steal from it
     # (which takes ids from its tail, on the task thread) never meets a malformed one.
-    for subtasks in ([7], [[]], [{"a": 1}], [["ok", p.pack_call([[1]], {})], ["no payload"]]):
+    for subtasks in (
+        [7],
+        [[]],
+        [{"a": 1}],
+        [["ok", payloads.pack_call([[1]], {})], ["no payload"]],
+    ):
         stub.send(
             ex, p.LaunchChunk("c", "tidal.workloads.synthetic:total", None, subtasks, 0, "batch", 0)
         )

@@ -11,6 +11,7 @@ import dataclasses
 import msgpack
 import pytest
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.gate import IMPLEMENTATION, PyGate, py_gated_iterator
 from tidal.runtime.kernel import Kernel, TaskKilled
@@ -31,10 +32,10 @@ class Transport:
     def __call__(self, msg: p.Message) -> None:
         msg = p.decode(p.encode(msg))
         if isinstance(msg, p.Finished):
-            msg = dataclasses.replace(msg, result=p.unpack_payload(msg.result))
+            msg = dataclasses.replace(msg, result=payloads.unpack_payload(msg.result))
         elif isinstance(msg, p.ChunkResults):
             items = [
-                [i[0], i[1], p.unpack_payload(i[2]) if i[1] == "finished" else i[2], *i[3:]]
+                [i[0], i[1], payloads.unpack_payload(i[2]) if i[1] == "finished" else i[2], *i[3:]]
                 for i in msg.items
             ]
             msg = dataclasses.replace(msg, items=items)
@@ -344,9 +345,50 @@ def test_a_payload_is_unpacked_when_the_task_starts_with_tuple_keys_intact(make_
         assert all(type(key) is tuple for key in table)
         return {key: n * scale for key, n in table.items()}
 
-    kernel.launch("t", total, payload=p.pack_call([counts], {"scale": 10}))
+    kernel.launch("t", total, payload=payloads.pack_call([counts], {"scale": 10}))
     kernel.run()
     assert transport.outcome("t").result == {("ad", 1): 20, ("ad", 2): 30}
+
+
+def test_a_big_argument_is_decoded_a_block_at_a_time_and_suspends_between_blocks(
+    make_kernel, monkeypatch
+):
+    kernel, transport = make_kernel()
+    records = list(range(10 * payloads.BLOCKED_MIN_ITEMS))
+    decoded = []
+    unpack_block = payloads.unpack_block
+
+    def counting(block):
+        decoded.append(len(block))
+        if len(decoded) == 2:  # a suspend lands while the argument is being decoded
+            kernel.suspend("t")
+        return unpack_block(block)
+
+    monkeypatch.setattr(payloads, "unpack_block", counting)
+    kernel.launch("t", sum, payload=payloads.pack_call([records], {}))
+    kernel.run()
+    # Parked after the second block: the rest of the argument was not decoded yet.
+    (suspended,) = transport.of(p.Suspended, "t")
+    assert len(decoded) == 2 and suspended.records == 0
+    kernel.resume("t")
+    kernel.run()
+    assert len(decoded) > 10 and transport.outcome("t").result == sum(records)
+
+
+def test_a_task_killed_while_its_argument_decodes_is_killed(make_kernel, monkeypatch):
+    kernel, transport = make_kernel()
+    unpack_block = payloads.unpack_block
+    calls = []
+
+    def killing(block):
+        calls.append(1)
+        kernel.kill("t")
+        return unpack_block(block)
+
+    monkeypatch.setattr(payloads, "unpack_block", killing)
+    kernel.launch("t", sum, payload=payloads.pack_call([[0] * payloads.BLOCKED_MIN_ITEMS], {}))
+    kernel.run()
+    assert isinstance(transport.outcome("t"), p.Killed) and len(calls) == 1
 
 
 @pytest.mark.parametrize(
@@ -354,15 +396,15 @@ def test_a_payload_is_unpacked_when_the_task_starts_with_tuple_keys_intact(make_
     [
         (b"\xc1", "task payload is not valid msgpack"),  # 0xc1: never used by msgpack
         (b"\x92\x90", "task payload is not valid msgpack"),  # truncated
-        (p.pack_payload({"args": []}), "task payload must be [args, kwargs]"),
-        (p.pack_payload([[1], {2: 3}]), "task payload must be [args, kwargs]"),
+        (payloads.pack_payload({"args": []}), "task payload must be [args, kwargs]"),
+        (payloads.pack_payload([[1], {2: 3}]), "task payload must be [args, kwargs]"),
         (msgpack.packb([[], {}, msgpack.ExtType(5, b"")]), "extension type 5"),
     ],
 )
 def test_a_payload_that_does_not_unpack_fails_that_task_only(make_kernel, payload, problem):
     kernel, transport = make_kernel()
     kernel.launch("bad", sum, payload=payload)
-    kernel.launch("ok", sum, payload=p.pack_call([[1, 2]], {}))
+    kernel.launch("ok", sum, payload=payloads.pack_call([[1, 2]], {}))
     kernel.run()
     failed = transport.outcome("bad")
     assert isinstance(failed, p.Failed)
@@ -642,9 +684,9 @@ def test_a_subtask_failure_fails_only_that_subtask(make_kernel):
 def test_a_chunk_from_the_wire_unpacks_each_subtask_and_a_bad_one_fails_alone(make_kernel):
     kernel, transport = make_kernel()
     subtasks = [
-        ["a", p.pack_call([[1]], {})],
+        ["a", payloads.pack_call([[1]], {})],
         ["b", b"\xc1"],  # not msgpack
-        ["c", p.pack_call([[2, 3]], {})],
+        ["c", payloads.pack_call([[2, 3]], {})],
     ]
     kernel.launch_chunk("c", sum, subtasks)
     kernel.run()

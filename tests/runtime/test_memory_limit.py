@@ -15,6 +15,7 @@ import time
 import pytest
 
 from tests.stub import StubScheduler
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.client import Client, MemoryLimitExceeded
 from tidal.runtime.cluster import LocalCluster
@@ -49,7 +50,7 @@ def heartbeat_where(stub, condition, timeout=20.0):
 
 
 def launch(stub, executor_id, task_id, fn, args=(), kwargs=None):
-    payload = p.pack_call(list(args), kwargs or {})
+    payload = payloads.pack_call(list(args), kwargs or {})
     stub.send(executor_id, p.Launch(task_id, fn, None, payload, 0, "batch", time.monotonic_ns()))
 
 
@@ -90,7 +91,7 @@ def test_a_task_past_the_limit_fails_clearly_and_the_executor_serves_the_next(li
         failed.message,
     ), failed.message
     launch(stub, ex, "next", HOG, [list(range(8))])
-    assert p.unpack_payload(next_message(stub, p.Finished, "next").result) == 8 * 1024
+    assert payloads.unpack_payload(next_message(stub, p.Finished, "next").result) == 8 * 1024
     # Its memory was given back, and the heartbeat carries the limit.
     beat = heartbeat_where(stub, lambda b: b.running == 0 and b.rss_bytes < limit)
     assert beat.memory_limit_bytes == limit and beat.task_memory == {}
@@ -112,7 +113,7 @@ def test_a_suspended_task_counts_and_the_running_task_that_grew_pays(limited):
     beat = heartbeat_where(stub, lambda b: b.running == 0)
     assert beat.suspended == 1 and beat.task_memory["parked"] >= 40 * MiB  # still held
     stub.send(ex, p.Resume("parked", time.monotonic_ns()))
-    assert p.unpack_payload(next_message(stub, p.Finished, "parked").result) == 40 * 1024
+    assert payloads.unpack_payload(next_message(stub, p.Finished, "parked").result) == 40 * 1024
     assert proc.poll() is None
 
 

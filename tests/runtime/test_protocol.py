@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.protocol import (
     MAX_FRAME_BYTES,
@@ -187,9 +188,11 @@ def test_every_message_round_trips(op, data):
 
 def test_round_trip_keeps_the_64_bit_integer_boundaries():
     for value in (-(2**63), 2**63 - 1, 2**64 - 1):
-        msg = p.Launch("t", "m:f", None, p.pack_call([value], {"n": value}), 0, "batch", value)
+        msg = p.Launch(
+            "t", "m:f", None, payloads.pack_call([value], {"n": value}), 0, "batch", value
+        )
         assert decode(encode(msg)) == msg
-        assert p.unpack_call(msg.payload) == ([value], {"n": value})
+        assert payloads.unpack_call(msg.payload) == ([value], {"n": value})
 
 
 def test_decode_accepts_bytearray_and_memoryview():
@@ -390,7 +393,7 @@ def test_moderately_nested_values_still_decode():
         nested = [nested]
     msg = p.Status("r", {"nested": nested})
     assert decode(encode(msg)) == msg
-    assert p.unpack_payload(p.pack_payload(nested)) == nested
+    assert payloads.unpack_payload(payloads.pack_payload(nested)) == nested
 
 
 # ---- encode errors name where the bad value sits ---------------------------------------------
@@ -401,31 +404,31 @@ def test_encode_names_the_path_of_a_nested_unencodable_value():
         encode(p.Status("r", {"jobs": [1, {"a": [2, {3}]}]}))
     assert "status.snapshot['jobs'][1]['a'][1] is of type set" in str(caught.value)
     with pytest.raises(EncodeError) as caught:
-        p.pack_call([1, {"a": [2, {3}]}], {})
+        payloads.pack_call([1, {"a": [2, {3}]}], {})
     assert "args[1]['a'][1] is of type set" in str(caught.value)
 
 
 def test_encode_blames_the_bad_value_not_the_good_ones_beside_it():
     good = [2**64 - 1, -(2**63), b"raw", 1.5, None, True, "text", (1, 2)]
     with pytest.raises(EncodeError) as caught:
-        p.pack_call([*good, {"k": {2}}], {})
+        payloads.pack_call([*good, {"k": {2}}], {})
     assert str(caught.value).startswith("args[8]['k'] is of type set")
 
 
 def test_encode_names_an_unencodable_keyword_argument():
     with pytest.raises(EncodeError, match=r"kwargs\['when'\] is of type object"):
-        p.pack_call([], {"when": object()})
+        payloads.pack_call([], {"when": object()})
 
 
 def test_encode_names_an_unencodable_dict_key():
     with pytest.raises(EncodeError, match=r"finished\.result has a key of type object"):
-        p.pack_payload({object(): 1}, "finished.result")
+        payloads.pack_payload({object(): 1}, "finished.result")
 
 
 @pytest.mark.parametrize("value", [2**64, -(2**63) - 1, 10**30])
 def test_encode_names_an_integer_beyond_64_bits(value):
     with pytest.raises(EncodeError, match=r"args\[0\] is an integer too large"):
-        p.pack_call([value], {})
+        payloads.pack_call([value], {})
 
 
 # ---- edge cases of the msgpack data model -----------------------------------------------------
@@ -439,16 +442,19 @@ def test_the_timestamp_extension_decodes_as_plain_data_and_other_extensions_are_
     with pytest.raises(ProtocolError, match="extension type 5"):
         decode(b"\x93\xa6status\xa1r\x81\xa1t\xd6\x05\x00\x00\x00\x01")
     # Payloads the same way.
-    assert p.unpack_payload(b"\xd6\xff\x00\x00\x00\x01") == msgpack.Timestamp(1)
+    assert payloads.unpack_payload(b"\xd6\xff\x00\x00\x00\x01") == msgpack.Timestamp(1)
     with pytest.raises(ProtocolError, match=r"payload cannot be decoded: .*extension type 5"):
-        p.unpack_payload(b"\xd6\x05\x00\x00\x00\x01")
+        payloads.unpack_payload(b"\xd6\x05\x00\x00\x00\x01")
 
 
 def test_tuple_dict_keys_survive_the_round_trip():
     # A result such as {(campaign, window): count} must not be lost on the way back.
     value = {(1, 2): 3, ("a", (4, 5)): [6]}
-    assert p.unpack_payload(p.pack_payload(value)) == value
-    assert p.unpack_call(p.pack_call([value], {"table": value})) == ([value], {"table": value})
+    assert payloads.unpack_payload(payloads.pack_payload(value)) == value
+    assert payloads.unpack_call(payloads.pack_call([value], {"table": value})) == (
+        [value],
+        {"table": value},
+    )
     message = p.Status("r", value)  # and in a frame's own maps
     assert decode(encode(message)) == message
 
@@ -457,14 +463,14 @@ def test_a_map_used_as_a_map_key_is_a_protocol_error():
     with pytest.raises(ProtocolError, match="a map key is itself a map"):
         decode(b"\x95\xa8finished\xa1t\x00\x81\x91\x81\x01\x02\x03\x80")
     with pytest.raises(ProtocolError, match="a map key is itself a map"):
-        p.unpack_payload(b"\x81\x91\x81\x01\x02\x03")
+        payloads.unpack_payload(b"\x81\x91\x81\x01\x02\x03")
 
 
 def test_encode_reports_a_self_referential_value_as_an_encode_error():
     loop: list[Any] = []
     loop.append(loop)
     with pytest.raises(EncodeError, match=r"finished\.result\[0\]\[0\].* nested more than"):
-        p.pack_payload(loop, "finished.result")
+        payloads.pack_payload(loop, "finished.result")
     with pytest.raises(EncodeError, match=r"status\.snapshot\['loop'\]\[0\].* nested more"):
         encode(p.Status("r", {"loop": loop}))
 
@@ -482,9 +488,9 @@ def _nested(levels: int) -> list[Any]:
 
 def test_encode_blames_the_set_not_a_deep_list_that_msgpack_can_carry():
     deep = _nested(600)
-    assert p.unpack_payload(p.pack_payload(deep)) == deep  # encodable alone
+    assert payloads.unpack_payload(payloads.pack_payload(deep)) == deep  # encodable alone
     with pytest.raises(EncodeError) as caught:
-        p.pack_payload([deep, {1}], "finished.result")
+        payloads.pack_payload([deep, {1}], "finished.result")
     assert str(caught.value).startswith("finished.result[1] is of type set")
 
 
@@ -510,11 +516,11 @@ def test_a_payload_past_the_nesting_limit_packs_but_its_receiver_names_the_probl
     failures = 0
     for levels in range(1015, 1030):
         try:
-            blob = p.pack_payload(_nested(levels))
+            blob = payloads.pack_payload(_nested(levels))
         except EncodeError:
             continue
         try:
-            p.unpack_payload(blob, "the result of t1")
+            payloads.unpack_payload(blob, "the result of t1")
         except ProtocolError as exc:
             assert str(exc).startswith("the result of t1 is not valid msgpack")
             failures += 1
@@ -538,10 +544,13 @@ def test_a_payload_is_opaque_to_the_frame_that_carries_it():
 
 def test_pack_call_shares_packed_kwargs_and_unpacks_to_the_same_call():
     kwargs = {"alpha": 0.1, "table": {(1, 2): [3]}}
-    shared = p.pack_payload(kwargs)
-    blob = p.pack_call(([1], "x"), kwargs, packed_kwargs=shared)
-    assert blob == p.pack_call([[1], "x"], kwargs)
-    assert p.unpack_call(blob) == ([[1], "x"], kwargs)  # tuples travel as lists, keys as tuples
+    shared = payloads.pack_payload(kwargs)
+    blob = payloads.pack_call(([1], "x"), kwargs, packed_kwargs=shared)
+    assert blob == payloads.pack_call([[1], "x"], kwargs)
+    assert payloads.unpack_call(blob) == (
+        [[1], "x"],
+        kwargs,
+    )  # tuples travel as lists, keys as tuples
 
 
 @pytest.mark.parametrize(
@@ -549,25 +558,29 @@ def test_pack_call_shares_packed_kwargs_and_unpacks_to_the_same_call():
     [
         (b"\xc1", "task payload is not valid msgpack"),
         (b"", "task payload is not valid msgpack"),
-        (p.pack_payload([1, 2]) + b"\x00", "task payload is not valid msgpack"),
-        (p.pack_payload([[1], {}, 3]), "task payload must be [args, kwargs]"),
-        (p.pack_payload({"args": [1]}), "task payload must be [args, kwargs]"),
-        (p.pack_payload([{}, {}]), "task payload must be [args, kwargs]"),
-        (p.pack_payload([[], {1: 2}]), "task payload must be [args, kwargs]"),
+        (payloads.pack_payload([1, 2]) + b"\x00", "task payload is not valid msgpack"),
+        (payloads.pack_payload([[1], {}, 3]), "task payload's blocked arguments must be"),
+        (payloads.pack_payload([[None], {}, [[1, [b""]]]]), "blocked arguments must be"),
+        (payloads.pack_payload([[1], {}, [[0, [b""]]]]), "blocked arguments must be"),
+        (payloads.pack_payload([[None], {}, [[0, ["x"]]]]), "blocked arguments must be"),
+        (payloads.pack_payload([[None], {}, [[0, [b"\x01"]]]]), "must be an array, got int"),
+        (payloads.pack_payload({"args": [1]}), "task payload must be [args, kwargs]"),
+        (payloads.pack_payload([{}, {}]), "task payload must be [args, kwargs]"),
+        (payloads.pack_payload([[], {1: 2}]), "task payload must be [args, kwargs]"),
         ("\x92\x90\x80", "task payload must be bytes (a msgpack bin), got str"),
         (None, "task payload must be bytes (a msgpack bin), got NoneType"),
     ],
 )
 def test_unpack_call_says_what_is_wrong_with_a_payload(blob, expected):
     with pytest.raises(ProtocolError, match=re.escape(expected)):
-        p.unpack_call(blob)
+        payloads.unpack_call(blob)
 
 
 @FUZZ
 @given(st.binary(max_size=200))
 def test_random_payloads_unpack_or_raise_protocol_error(data):
     try:
-        p.unpack_call(data)
+        payloads.unpack_call(data)
     except ProtocolError as exc:
         assert str(exc).startswith("task payload ")
 
@@ -575,14 +588,17 @@ def test_random_payloads_unpack_or_raise_protocol_error(data):
 @ROUND_TRIP
 @given(st.lists(PLAIN_VALUES, max_size=4), st.dictionaries(st.text(max_size=8), PLAIN_VALUES))
 def test_calls_round_trip_through_their_payload(args, kwargs):
-    assert p.unpack_call(p.pack_call(args, kwargs)) == (args, kwargs)
+    assert payloads.unpack_call(payloads.pack_call(args, kwargs)) == (args, kwargs)
 
 
 # ---- batches --------------------------------------------------------------------------------
 
 
 def test_a_batch_unpacks_in_order_and_a_bad_item_spoils_only_itself():
-    good = [p.Started("t1", 0, 5), p.Finished("t1", 0, p.pack_payload([1, 2]), {"records": 2})]
+    good = [
+        p.Started("t1", 0, 5),
+        p.Finished("t1", 0, payloads.pack_payload([1, 2]), {"records": 2}),
+    ]
     frames = [encode(good[0]), b"\xc1", encode(p.Batch([encode(good[1])])), encode(good[1])]
     items = p.unbatch(decode(encode(p.Batch(frames))))
     assert items[0] == good[0] and items[3] == good[1]
@@ -593,3 +609,28 @@ def test_a_batch_unpacks_in_order_and_a_bad_item_spoils_only_itself():
 def test_a_batch_item_that_is_not_bytes_is_refused():
     (item,) = p.unbatch(p.Batch(["launch"]))
     assert isinstance(item, ProtocolError) and "not bytes" in str(item)
+
+
+def test_a_big_argument_travels_in_blocks_and_unpacks_to_the_same_call():
+    big = list(range(3 * payloads.BLOCKED_MIN_ITEMS))
+    words = tuple(f"word-{i}" * 20 for i in range(payloads.BLOCKED_MIN_ITEMS))
+    shared = payloads.pack_payload({"k": 1})
+    for packed_kwargs in (None, shared):
+        blob = payloads.pack_call([big, "x", words], {"k": 1}, packed_kwargs=packed_kwargs)
+        args, kwargs, blocked = payloads.open_call(blob)
+        assert args == [None, "x", None] and kwargs == {"k": 1}
+        assert [index for index, _ in blocked] == [0, 2]
+        for index, blocks in blocked:
+            parts = [payloads.unpack_block(block) for block in blocks]
+            assert len(parts) > 1 and all(0 < len(part) <= 8_192 for part in parts)
+            assert all(len(block) < 100 * 1024 for block in blocks)  # sized by bytes too
+        assert payloads.unpack_call(blob) == ([big, "x", list(words)], {"k": 1})
+    # Below the threshold: the plain two-item shape, as before.
+    small = payloads.pack_call([big[: payloads.BLOCKED_MIN_ITEMS - 1]], {})
+    assert len(payloads.open_call(small)[2]) == 0 and small[:1] == b"\x92"
+
+
+def test_a_big_argument_that_cannot_be_encoded_is_named():
+    bad = [0] * payloads.BLOCKED_MIN_ITEMS + [{1, 2}]
+    with pytest.raises(EncodeError, match=r"args\[0\]\[16384\] is of type set"):
+        payloads.pack_call([bad], {})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.scheduler.core import (
     ClientJoined,
@@ -29,7 +30,7 @@ TOTAL = "tidal.workloads.synthetic:total"  # a task function the simulated execu
 
 def payload(i: int) -> bytes:
     """The payload of the harness's task i: `[[i]], {}` packed, as a client sends it."""
-    return p.pack_call([[i]], {})
+    return payloads.pack_call([[i]], {})
 
 
 class FakeClock:
@@ -143,7 +144,7 @@ class Harness:
 
     def finish(self, executor_id: str, task_id: str, attempt: int = 0, result=None) -> None:
         """Report `task_id` finished with `result` packed as its payload (bytes as they are)."""
-        blob = result if isinstance(result, bytes) else p.pack_payload(result)
+        blob = result if isinstance(result, bytes) else payloads.pack_payload(result)
         self.report(executor_id, p.Finished(task_id, attempt, blob, {"running_ns": 5 * MS}))
 
     def state(self, task_id: str):

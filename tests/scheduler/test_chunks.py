@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.scheduler.harness import MS, Harness
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.scheduler.chunks import FIRST_CHUNK
 from tidal.scheduler.core import ClientRequest, Tick
@@ -22,12 +23,14 @@ def run_chunk(h, executor_id, chunk, running_ns=1_000, report=None):
             [[tid, "finished", result(tid), None, {"running_ns": running_ns}] for tid in ids],
         ),
     )
-    h.report(executor_id, p.Finished(chunk.chunk_id, 0, p.pack_payload(None), {"running_ns": 1}))
+    h.report(
+        executor_id, p.Finished(chunk.chunk_id, 0, payloads.pack_payload(None), {"running_ns": 1})
+    )
 
 
 def result(task_id):
     """The payload the test's executors send as `task_id`'s result."""
-    return p.pack_payload(task_id.upper())
+    return payloads.pack_payload(task_id.upper())
 
 
 def test_a_chunked_job_goes_out_in_chunks_and_every_task_completes_once():
@@ -81,7 +84,7 @@ def test_a_lost_chunk_requeues_exactly_what_it_had_not_reported():
     (again,) = h.sent("e1", p.LaunchChunk)
     assert [s[0] for s in again.subtasks] == ids[2:]
     run_chunk(h, "e1", again)
-    late = p.pack_payload("late")
+    late = payloads.pack_payload("late")
     h.report("e0", p.ChunkResults(chunk.chunk_id, [[ids[3], "finished", late, None, {}]]))
     assert all(len(h.results[tid]) == 1 for tid in ids)
     assert h.results[ids[3]][0][2] == result(ids[3])  # the late duplicate was ignored

@@ -10,6 +10,7 @@ import pytest
 
 # tests/test_readme.py imports Harness from here: keep this import.
 from tests.scheduler.harness import CLIENT_ID, MS, TOTAL, Harness, payload
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.scheduler import decisions as d
 from tidal.scheduler import events as ev
@@ -58,7 +59,7 @@ def test_suspended_tasks_resume_where_their_state_is_before_new_batch_work():
     sent = h.sent("e0")
     assert [(type(m), m.task_id) for m in sent] == [(p.Resume, batch[0])]
     assert [item[:4] for item in h.results[stream]] == [
-        [stream, "finished", p.pack_payload(7), None]
+        [stream, "finished", payloads.pack_payload(7), None]
     ]
     h.report("e0", p.Resumed(batch[0], 900, h.clock.now))
     h.finish("e0", batch[0])
@@ -153,7 +154,7 @@ def test_stats_that_are_not_counts_do_not_reach_the_cores_arithmetic():
     executor = next(e for e in ("e0", "e1") if h.sent(e, p.Launch))
     h.start(executor, task)
     stats = {"running_ns": float("nan"), "suspensions": "3", "records": -1, "finished_at_ns": []}
-    h.report(executor, p.Finished(task, 0, p.pack_payload(1), stats))
+    h.report(executor, p.Finished(task, 0, payloads.pack_payload(1), stats))
     result_stats = h.results[task][0][4]
     assert result_stats["suspensions"] == 0 and result_stats["records"] == 0
     assert result_stats["finished_at_ns"] is None
@@ -214,13 +215,13 @@ def test_a_lost_executor_requeues_its_tasks_and_each_completes_exactly_once():
     assert sent[1].attempt == 1
 
     # A late report from the lost executor changes nothing.
-    h.report(suspended_on, p.Finished(stream, 0, p.pack_payload("late"), {}))
+    h.report(suspended_on, p.Finished(stream, 0, payloads.pack_payload("late"), {}))
     assert stream not in h.results
     h.report(other, p.Suspended(sent[0].task_id, 1000, 1, h.clock.now))
     h.start(other, stream, attempt=1)
     h.finish(other, stream, attempt=1, result="ok")
     h.finish(other, stream, attempt=1, result="duplicate")
-    assert [item[2] for item in h.results[stream]] == [p.pack_payload("ok")]
+    assert [item[2] for item in h.results[stream]] == [payloads.pack_payload("ok")]
 
 
 def test_stream_tasks_go_before_batch_and_order_sorts_within_a_class():
@@ -389,7 +390,9 @@ def test_prefetch_grows_for_tiny_tasks_only():
     h.submit("tiny", "batch", 200)
     (first,) = h.sent("e0", p.Launch)  # nothing known about the tasks yet: one at a time
     h.start("e0", first.task_id)
-    h.report("e0", p.Finished(first.task_id, 0, p.pack_payload(None), {"running_ns": 10_000}))
+    h.report(
+        "e0", p.Finished(first.task_id, 0, payloads.pack_payload(None), {"running_ns": 10_000})
+    )
     # Tasks of ~10 us: the core now keeps a queue of them on the executor.
     assert 10 < len(h.sent("e0", p.Launch)) <= 1 + h.core.records.max_prefetch
 
@@ -397,7 +400,9 @@ def test_prefetch_grows_for_tiny_tasks_only():
     h.submit("long", "batch", 5)
     (first,) = h.sent("e0", p.Launch)
     h.start("e0", first.task_id)
-    h.report("e0", p.Finished(first.task_id, 0, p.pack_payload(None), {"running_ns": 500 * MS}))
+    h.report(
+        "e0", p.Finished(first.task_id, 0, payloads.pack_payload(None), {"running_ns": 500 * MS})
+    )
     assert len(h.sent("e0", p.Launch)) == 1  # long tasks: no prefetch
 
 
@@ -491,7 +496,7 @@ def test_a_resumed_task_overtaken_by_a_prefetched_one_stays_tracked():
     for decisions, reports in [
         # A tiny task first, so that the core keeps a prefetch queue on e0.
         ([d.Launch("b/2", "e0")], [p.Started("b/2", 0, 1)]),
-        ([], [p.Finished("b/2", 0, p.pack_payload(None), {"running_ns": 10_000})]),
+        ([], [p.Finished("b/2", 0, payloads.pack_payload(None), {"running_ns": 10_000})]),
         ([d.Launch("b/0", "e0")], [p.Started("b/0", 0, 1)]),
         ([d.Suspend("b/0")], [p.Suspended("b/0", 1, 1, 1)]),
         # The resume and a prefetched launch go out together; e0 starts the launch before

@@ -10,18 +10,19 @@ import textwrap
 
 import pytest
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.processes import child_env
 from tidal.scheduler.journal import Journal, JournalError, default_journal_path
 
 
 def submit(job_id, n):
-    tasks = [[f"{job_id}/{i}", p.pack_call([i], {})] for i in range(n)]
+    tasks = [[f"{job_id}/{i}", payloads.pack_call([i], {})] for i in range(n)]
     return p.Submit(job_id, "batch", 0, None, "m:f", None, tasks, 0, {"chunksize": "auto"})
 
 
 def finished(task_id, value):
-    return [task_id, "finished", p.pack_payload(value), None, {"attempt": 0}]
+    return [task_id, "finished", payloads.pack_payload(value), None, {"attempt": 0}]
 
 
 def test_jobs_results_cancels_and_executors_come_back_after_a_reopen(tmp_path):
@@ -36,7 +37,7 @@ def test_jobs_results_cancels_and_executors_come_back_after_a_reopen(tmp_path):
     journal.executor_joined("e1")
     journal.executor_lost("e1")
     # Reads see what is recorded but not committed yet.
-    assert journal.results(["c1-1/0"])["c1-1/0"][1][2] == p.pack_payload({("a", 1): 2})
+    assert journal.results(["c1-1/0"])["c1-1/0"][1][2] == payloads.pack_payload({("a", 1): 2})
     journal.close()
 
     again = Journal(path)
@@ -50,7 +51,7 @@ def test_jobs_results_cancels_and_executors_come_back_after_a_reopen(tmp_path):
     assert set(found) == {"c1-1/0", "c1-1/1"}
     job_id, item = found["c1-1/0"]
     assert job_id == "c1-1" and item == finished("c1-1/0", {("a", 1): 2})
-    assert p.unpack_payload(item[2]) == {("a", 1): 2}
+    assert payloads.unpack_payload(item[2]) == {("a", 1): 2}
     # A client that says goodbye takes its jobs with it.
     again.client_left("c1")
     again.close()
@@ -84,10 +85,10 @@ def test_a_scheduler_killed_in_the_middle_of_a_batch_leaves_the_last_commit_whol
         from tidal.scheduler.journal import Journal
 
         journal = Journal({str(path)!r})
-        tasks = [["j/%d" % i, p.pack_call([i], {{}})] for i in range(100)]
+        tasks = [["j/%d" % i, payloads.pack_call([i], {{}})] for i in range(100)]
         journal.submitted("c", p.Submit("j", "batch", 0, None, "m:f", None, tasks, 0, None))
         for i in range(50):
-            journal.ended("j", ["j/%d" % i, "finished", p.pack_payload(i), None, {{}}])
+            journal.ended("j", ["j/%d" % i, "finished", payloads.pack_payload(i), None, {{}}])
         journal.commit()
         # The next batch dies half written: its transaction is open, never committed.
         import msgpack

@@ -16,6 +16,7 @@ from collections import deque
 import pytest
 
 from tests.scheduler.harness import MS, FakeClock, Harness
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.scheduler.core import Tick
 from tidal.scheduler.policies import Policy, known_policy_names
@@ -52,7 +53,7 @@ class InstantExecutor:
         """Make progress: start the next task, or finish the running one."""
         if self.slot is not None:
             done, self.slot = self.slot, None
-            result = p.pack_payload(done.task_id)
+            result = payloads.pack_payload(done.task_id)
             return [p.Finished(done.task_id, done.attempt, result, {"running_ns": 5 * MS})]
         if self.queue:
             self.slot = self.queue.popleft()
@@ -129,7 +130,7 @@ class SimulatedHarness(Harness):
         assert all(m.attempt == 0 for m in self.launches)
         for task_id in self.core.records.tasks:
             assert [item[:4] for item in self.results[task_id]] == [
-                [task_id, "finished", p.pack_payload(task_id), None]
+                [task_id, "finished", payloads.pack_payload(task_id), None]
             ]
 
 

@@ -8,6 +8,7 @@ and closed, and a new core is built on the same file.
 from __future__ import annotations
 
 from tests.scheduler.harness import MS, Harness
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.scheduler import events as ev
 from tidal.scheduler.core import ClientJoined, ClientRequest, ExecutorLeft, Tick
@@ -70,7 +71,7 @@ def test_a_restarted_core_rebuilds_jobs_adopts_held_tasks_and_serves_kept_result
         "e0",
         "n0",
         holding=[
-            [tasks[0], 0, "finished", [p.pack_payload(5), None, {}]],
+            [tasks[0], 0, "finished", [payloads.pack_payload(5), None, {}]],
             ["x/0", 0, "running", None],
         ],
     )
@@ -88,14 +89,16 @@ def test_a_restarted_core_rebuilds_jobs_adopts_held_tasks_and_serves_kept_result
     assert [m.task_id for m in h.sent("e0", p.Launch)] == [tasks[2]]
     assert h.sent("e1") == []
     h.finish("e1", tasks[1], result=7)
-    assert result_of(h, tasks[1])[2] == p.pack_payload(7)
+    assert result_of(h, tasks[1])[2] == payloads.pack_payload(7)
 
     # The client comes back and lists what it waits for.
     h.handle(ClientJoined("c"))
     reattach = p.Reattach("r1", [tasks[0], tasks[2], "c-99/0"])
     h.handle(ClientRequest("c", reattach))
     assert h.answers["r1"].unknown == ["c-99/0"]
-    assert [item[:3] for item in h.results[tasks[0]]] == [[tasks[0], "finished", p.pack_payload(5)]]
+    assert [item[:3] for item in h.results[tasks[0]]] == [
+        [tasks[0], "finished", payloads.pack_payload(5)]
+    ]
     assert tasks[2] not in h.results  # still running: its result will come
 
 
@@ -122,9 +125,9 @@ def test_tasks_nobody_claims_are_queued_when_the_grace_period_ends(tmp_path):
     kill = h.sent("e0")[0]  # then a launch of tasks[1] into its free slot
     assert (type(kill), kill.task_id) == (p.Kill, tasks[0])
     h.start("e1", tasks[0])
-    h.report("e0", p.Finished(tasks[0], 0, p.pack_payload(1), {}))  # the stale copy: ignored
+    h.report("e0", p.Finished(tasks[0], 0, payloads.pack_payload(1), {}))  # the stale copy: ignored
     h.finish("e1", tasks[0], result=2)
-    assert result_of(h, tasks[0])[2] == p.pack_payload(2)
+    assert result_of(h, tasks[0])[2] == payloads.pack_payload(2)
 
 
 def test_a_result_an_executor_kept_for_an_unclaimed_task_completes_it_once(tmp_path):
@@ -133,9 +136,9 @@ def test_a_result_an_executor_kept_for_an_unclaimed_task_completes_it_once(tmp_p
     (task,) = h.submit("b", "batch", 1)
     h.start("e0", task)
     h = restart(h, path)
-    h.join("e0", "n0", holding=[[task, 0, "finished", [p.pack_payload(3), None, {}]]])
-    assert result_of(h, task)[2] == p.pack_payload(3)
-    h.report("e0", p.Finished(task, 0, p.pack_payload(3), {}))  # the report itself, late
+    h.join("e0", "n0", holding=[[task, 0, "finished", [payloads.pack_payload(3), None, {}]]])
+    assert result_of(h, task)[2] == payloads.pack_payload(3)
+    h.report("e0", p.Finished(task, 0, payloads.pack_payload(3), {}))  # the report itself, late
     assert len(h.results[task]) == 1
 
 
@@ -152,15 +155,17 @@ def test_a_chunk_is_adopted_with_its_unreported_subtasks_and_new_chunks_get_new_
         "n0",
         holding=[
             [launch.chunk_id, 0, "running", tasks[1:4]],
-            [tasks[0], 0, "finished", [p.pack_payload(0), None, {"running_ns": 1}]],
+            [tasks[0], 0, "finished", [payloads.pack_payload(0), None, {"running_ns": 1}]],
         ],
     )
     assert result_of(h, tasks[0])[1] == "finished"
     chunk = h.core.records.tasks[launch.chunk_id]
     assert list(chunk.subtasks) == tasks[1:4] and h.core.records.executors["e0"].slot_task is chunk
-    items = [[t, "finished", p.pack_payload(i), None, {}] for i, t in enumerate(tasks[1:4], 1)]
+    items = [
+        [t, "finished", payloads.pack_payload(i), None, {}] for i, t in enumerate(tasks[1:4], 1)
+    ]
     h.report("e0", p.ChunkResults(launch.chunk_id, items))
-    h.report("e0", p.Finished(launch.chunk_id, 0, p.pack_payload(None), {}))
+    h.report("e0", p.Finished(launch.chunk_id, 0, payloads.pack_payload(None), {}))
     assert all(result_of(h, t)[1] == "finished" for t in tasks[:4])
     h.handle(Tick())  # e0, the one executor known before, is back: the rest is queued
     (again,) = h.sent("e0", p.LaunchChunk)
@@ -181,4 +186,4 @@ def test_an_executor_that_says_hello_again_while_alive_keeps_what_it_still_holds
     assert [m.task_id for m in h.sent("e0", p.Launch)][-1] == tasks[0]
     assert [type(m) for m in h.sent("e1")] == [p.Launch]  # its first launch only
     h.finish("e1", tasks[1], result=4)
-    assert result_of(h, tasks[1])[2] == p.pack_payload(4)
+    assert result_of(h, tasks[1])[2] == payloads.pack_payload(4)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import zmq
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
@@ -69,7 +70,7 @@ def test_garbage_and_misdirected_frames_are_dropped_and_jobs_still_run(raw_peer)
         # A registered client that sends an executor's report is refused too.
         attacker.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "mallory", 1, "h")))
         assert isinstance(recv(attacker), p.ClientWelcome)
-        attacker.send(p.encode(p.Finished("x/0", 0, p.pack_payload("forged"), {})))
+        attacker.send(p.encode(p.Finished("x/0", 0, payloads.pack_payload("forged"), {})))
         attacker.send(p.encode(p.Ping("still-here", 7)))
         pong = recv(attacker)
         assert isinstance(pong, p.Pong) and pong.request_id == "still-here"

@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.scheduler.decisions import Launch
 from tidal.scheduler.policies import BUILTIN_POLICIES, Policy
@@ -113,7 +114,7 @@ def test_a_suspended_task_parks_at_a_boundary_keeps_its_work_and_resumes_before_
     assert finished.stats["running_ns"] == 10 * MS
     assert finished.stats["suspended_ns"] == 3 * MS
     assert finished.stats["suspensions"] == 1 and finished.stats["records"] == 10
-    assert p.unpack_payload(finished.result) is None
+    assert payloads.unpack_payload(finished.result) is None
 
 
 def test_a_task_suspended_before_it_ran_is_queued_again_as_a_launch():
