@@ -20,9 +20,9 @@ well-formed message (a bug the message exposed) is logged loudly, and its sender
 disconnected; the scheduler keeps serving everyone else.
 
 With `journal=PATH` (scheduler/journal.py) the shell records there what the core's notes say
-(jobs and results) and the
-shell commits them once per pass, *before* it sends that pass's results to clients and its
-acks to executors: whatever a peer was told is safe is on disk. A scheduler started on a
+(jobs and results) and hands them once per pass to a writer thread (`JournalWriter`), which
+commits them while the loop goes on; that pass's results to clients and acks to executors
+wait for the commit: whatever a peer was told is safe is on disk. A scheduler started on a
 journal that holds jobs rebuilds them (scheduler/recovery.py); executors and clients that
 speak on connections it does not know (they were the old scheduler's) are told to `rejoin`.
 
@@ -40,7 +40,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 import zmq
@@ -70,7 +70,7 @@ from tidal.scheduler.events import (
     Tick,
     ToClient,
 )
-from tidal.scheduler.journal import Journal
+from tidal.scheduler.journal import Journal, JournalWriter
 from tidal.scheduler.liveness import ConnectionWatch
 
 __all__ = ["DEFAULT_BIND", "SchedulerServer"]
@@ -127,6 +127,8 @@ class SchedulerServer:
         self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # Opened first: a journal another scheduler holds stops us before anything binds.
         self.journal = None if journal is None else Journal(journal, synchronous=journal_sync)
+        # Commits on a thread of its own: the loop never waits for the disk.
+        self._writer = None if self.journal is None else JournalWriter(self.journal)
         self.core = SchedulerCore(
             policy,
             max_suspensions=max_suspensions,
@@ -193,6 +195,9 @@ class SchedulerServer:
         # Task ids whose results executors sent this pass, acked once journaled (an empty
         # list answers a heartbeat: the executor's sign that we live).
         self._acks: dict[str, list[str]] = {}
+        # Results and acks of passes whose journal records are being written: (ticket,
+        # results, acks), sent in this order once the writer has that ticket on disk.
+        self._unwritten: deque[tuple[int, dict[str, list[Any]], dict[str, list[str]]]] = deque()
         self._told_rejoin: OrderedDict[bytes, int] = OrderedDict()  # routing id -> when
 
     def stop(self) -> None:
@@ -212,6 +217,8 @@ class SchedulerServer:
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._watch.socket, zmq.POLLIN)
+        if self._writer is not None:
+            poller.register(self._writer.fd, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 # -- 1. Poll until a frame or a connection event arrives, or the next tick
@@ -221,6 +228,8 @@ class SchedulerServer:
                 ready = dict(poller.poll(timeout_ms))
                 if self._watch.socket in ready:
                     self._on_connection_events()
+                if self._writer is not None and self._writer.fd in ready:
+                    self._send_written(self._writer.committed())
                 if self._socket in ready:
                     # -- 2. Handle what arrived, each frame as one event; results and batch
                     #       launches are held back and sent together at the end of the pass.
@@ -266,8 +275,9 @@ class SchedulerServer:
         self._context.term()
         if self._event_log is not None:
             self._event_log.close()
-        if self.journal is not None:
-            self.journal.close()
+        if self._writer is not None:  # writes what it was handed, then closes the journal
+            self._writer.close()
+            self._writer = None
 
     # ---- connections ----------------------------------------------------------------------
 
@@ -578,22 +588,36 @@ class SchedulerServer:
                 self._send(("executor", instruction.executor_id), msg)
 
     def _flush_held(self) -> None:
-        """Commit the journal, then send what the pass held back: each client its results,
-        in frames of at most RESULTS_PER_FRAME items, each executor its acks, then each
-        executor its batch launches."""
-        if self.journal is not None:
-            self.journal.commit()  # before anyone hears of what it holds
-        for client_id, items in self._results.items():
+        """Hand the pass's journal records to the writer, then send what the pass held back:
+        each executor its batch launches at once; each client its results (in frames of at
+        most RESULTS_PER_FRAME items) and each executor its acks once those records are on
+        disk (`_send_written`): whatever a peer is told is safe is on disk by then."""
+        ticket = None if self._writer is None else self._writer.commit()
+        if self._results or self._acks:
+            if ticket is None and self._unwritten:  # keep the order of what waits
+                ticket = self._unwritten[-1][0]
+            if ticket is None:
+                self._send_results(self._results, self._acks)
+            else:
+                self._unwritten.append((ticket, self._results, self._acks))
+            self._results, self._acks = {}, {}
+        for executor_id in list(self._held):
+            self._flush_executor(executor_id)
+
+    def _send_written(self, written: int) -> None:
+        """Send the results and acks held for journal commits up to ticket `written`."""
+        while self._unwritten and self._unwritten[0][0] <= written:
+            _, results, acks = self._unwritten.popleft()
+            self._send_results(results, acks)
+
+    def _send_results(self, results: dict[str, list[Any]], acks: dict[str, list[str]]) -> None:
+        for client_id, items in results.items():
             for start in range(0, len(items), RESULTS_PER_FRAME):
                 self._send(
                     ("client", client_id), p.Results(items[start : start + RESULTS_PER_FRAME])
                 )
-        self._results.clear()
-        for executor_id, task_ids in self._acks.items():
+        for executor_id, task_ids in acks.items():
             self._send(("executor", executor_id), p.Ack(task_ids))
-        self._acks.clear()
-        for executor_id in list(self._held):
-            self._flush_executor(executor_id)
 
     def _flush_executor(self, executor_id: str) -> None:
         held = self._held.pop(executor_id, None)

@@ -620,7 +620,7 @@ def test_a_big_argument_travels_in_blocks_and_unpacks_to_the_same_call():
         args, kwargs, blocked = payloads.open_call(blob)
         assert args == [None, "x", None] and kwargs == {"k": 1}
         assert [index for index, _ in blocked] == [0, 2]
-        for index, blocks in blocked:
+        for _, blocks in blocked:
             parts = [payloads.unpack_block(block) for block in blocks]
             assert len(parts) > 1 and all(0 < len(part) <= 8_192 for part in parts)
             assert all(len(block) < 100 * 1024 for block in blocks)  # sized by bytes too

@@ -3,17 +3,19 @@ process that dies in the middle of a batch leaves the last committed state, whol
 
 from __future__ import annotations
 
+import select
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.processes import child_env
-from tidal.scheduler.journal import Journal, JournalError, default_journal_path
+from tidal.scheduler.journal import Journal, JournalError, JournalWriter, default_journal_path
 
 
 def submit(job_id, n):
@@ -81,6 +83,7 @@ def test_a_scheduler_killed_in_the_middle_of_a_batch_leaves_the_last_commit_whol
     path = tmp_path / "j.sqlite"
     script = textwrap.dedent(f"""
         import os
+        from tidal.runtime import payloads
         from tidal.runtime import protocol as p
         from tidal.scheduler.journal import Journal
 
@@ -116,3 +119,66 @@ def test_the_default_journal_is_one_file_per_port_in_the_state_directory(monkeyp
     monkeypatch.setenv("XDG_STATE_HOME", "/var/lib/me")
     assert default_journal_path("tcp://0.0.0.0:5555") == "/var/lib/me/tidal/journal-5555.sqlite"
     assert default_journal_path("tcp://127.0.0.1:*") is None
+
+
+class HeldJournal(Journal):
+    """A journal whose writes wait until the test lets them go (`release`)."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.release = threading.Event()
+
+    def write(self, records):
+        if records is not None:
+            assert self.release.wait(timeout=30), "the test never released the write"
+        super().write(records)
+
+
+def wait_readable(fd):
+    readable, _, _ = select.select([fd], [], [], 30)
+    assert readable, "the writer never said it committed"
+
+
+def test_the_writer_commits_on_its_own_thread_and_says_when_each_ticket_is_on_disk(tmp_path):
+    path = tmp_path / "j.sqlite"
+    journal = HeldJournal(path)
+    writer = JournalWriter(journal)
+    assert writer.commit() is None  # nothing recorded, nothing to wait for
+    journal.submitted("c1", submit("c1-1", 2))
+    journal.ended("c1-1", finished("c1-1/0", 7))
+    first = writer.commit()
+    journal.ended("c1-1", finished("c1-1/1", 8))
+    second = writer.commit()
+    assert (first, second) == (1, 2) and writer.waiting and writer.committed() == 0
+    # Handed over and not on disk yet: reads still find both results.
+    found = journal.results(["c1-1/0", "c1-1/1"])
+    assert {t: item[1][2] for t, item in found.items()} == {
+        "c1-1/0": payloads.pack_payload(7),
+        "c1-1/1": payloads.pack_payload(8),
+    }
+    journal.release.set()
+    while writer.committed() < second:
+        wait_readable(writer.fd)
+    assert not writer.waiting
+    assert set(journal.results(["c1-1/0", "c1-1/1"])) == {"c1-1/0", "c1-1/1"}  # from disk now
+    writer.close()
+    state = Journal(path).state
+    assert [job.job_id for _, job in state.jobs] == ["c1-1"]
+    assert state.outcomes == {"c1-1/0": "finished", "c1-1/1": "finished"}
+
+
+def test_a_writer_that_fails_is_loud_on_the_loop(tmp_path):
+    class Broken(Journal):
+        def write(self, records):
+            if records is not None:
+                raise sqlite3.OperationalError("disk I/O error")
+
+    journal = Broken(tmp_path / "j.sqlite")
+    writer = JournalWriter(journal)
+    journal.executor_joined("e0")
+    writer.commit()
+    wait_readable(writer.fd)
+    with pytest.raises(JournalError, match="disk I/O error"):
+        writer.committed()
+    journal.take()  # what close() would try to write again
+    writer.close()

@@ -4,6 +4,8 @@ A bad frame is dropped and logged; the scheduler keeps serving everyone else."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import zmq
 
@@ -12,6 +14,9 @@ from tidal.runtime import protocol as p
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.guard import BAD_FRAME_LIMIT
+from tidal.scheduler import server as server_module
+from tidal.scheduler.journal import Journal
+from tidal.scheduler.server import SchedulerServer
 from tidal.workloads.synthetic import total
 
 pytestmark = pytest.mark.slow
@@ -167,3 +172,58 @@ def test_an_executor_whose_connection_says_hello_as_another_is_lost_at_once(raw_
             pass  # an ack, say
         states = {e["executor_id"]: e["state"] for e in client.status()["executors"]}
         assert states["first"] == "lost" and states["second"] == "alive"
+
+
+class HeldJournal(Journal):
+    """A journal whose writes of task results wait for the test (`release`)."""
+
+    def __init__(self, path, **options):
+        super().__init__(path, **options)
+        self.writing_results = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, records):
+        if records is not None and records.results:
+            self.writing_results.set()
+            assert self.release.wait(timeout=30), "the test never released the write"
+        super().write(records)
+
+
+def test_results_wait_for_the_journal_while_the_loop_and_launches_go_on(
+    raw_peer, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(server_module, "Journal", HeldJournal)
+    server = SchedulerServer("tcp://127.0.0.1:*", journal=tmp_path / "j.sqlite", realtime=False)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        executor = raw_peer(server.address)
+        executor.send(p.encode(p.Hello(p.PROTOCOL_VERSION, "e0", "n0", 1, 1, "h", [])))
+        assert isinstance(recv(executor), p.Welcome)
+        client = raw_peer(server.address)
+        client.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "c", 1, "h")))
+        assert isinstance(recv(client), p.ClientWelcome)
+        payload = payloads.pack_call([[1, 2]], {})
+        client.send(
+            p.encode(p.Submit("c-1", "batch", 0, None, "m:f", None, [["c-1/0", payload]], 0))
+        )
+        launch = recv(executor)
+        while not isinstance(launch, p.Launch):  # acks of heartbeats may come first
+            launch = recv(executor)
+        executor.send(p.encode(p.Started("c-1/0", 0, 1)))
+        executor.send(p.encode(p.Finished("c-1/0", 0, payloads.pack_payload(3), {})))
+        assert server.journal.writing_results.wait(timeout=30)
+        # The result's pass is over and its commit is held: the loop still answers, and
+        # the result (which that pass would have sent before this pong) waits.
+        client.send(p.encode(p.Ping("r", 5)))
+        assert isinstance(recv(client), p.Pong)
+        server.journal.release.set()
+        results = recv(client)
+        assert isinstance(results, p.Results)
+        assert results.items[0][:2] == ["c-1/0", "finished"]
+    finally:
+        server.journal.release.set()
+        server.stop()
+        thread.join(timeout=30)
+        server.close()
+    assert Journal(tmp_path / "j.sqlite").state.outcomes == {"c-1/0": "finished"}
