@@ -64,10 +64,14 @@ log = logging.getLogger("tidal.scheduler")
 
 SCHEMA_VERSION = 1
 SYNC_MODES = ("NORMAL", "FULL")
-# Discussion: a job's submit is one row holding its payloads. At SQLite's default 4 KiB pages
-# a 6 MB one (two 600,000-int partitions) took ~35 ms to commit, 64 KiB pages ~5 ms; a small
-# commit (a pass's results) costs ~180 us instead of ~55 us, on the writer's thread.
-PAGE_SIZE = 65536
+# Discussion: a job's submit is one row holding its payloads. A 6 MB one (two 600,000-int
+# partitions) took ~35 ms to commit at SQLite's default 4 KiB pages, ~12 ms at 16 KiB and
+# ~5 ms at 64 KiB; a small commit (a pass's results) ~55, ~63 and ~180 us. Small commits
+# are the common case, and run on the loop (see JournalWriter), so 16 KiB.
+PAGE_SIZE = 16384
+# Records of fewer payload bytes than this are committed on the loop, at once: handing them
+# to the writer costs two thread wake-ups (~20% of `bench throughput`'s unchunked rate).
+INLINE_BYTES = 64 * 1024
 # Rows asked for in one `IN (...)` query: below SQLite's default limit of variables.
 QUERY_CHUNK = 500
 
@@ -251,9 +255,12 @@ class Journal(NullJournal):
 
     def submitted(self, client_id: str, submit: p.Submit) -> None:
         self._pending.jobs.append((client_id, submit))  # encoded by `write`
+        self._pending.payload_bytes += sum(len(task[1]) for task in submit.tasks)
 
     def ended(self, job_id: str, item: list[Any]) -> None:
         self._pending.results.setdefault(job_id, {})[item[0]] = item
+        if type(item[2]) is bytes:
+            self._pending.payload_bytes += len(item[2])
 
     def cancel_requested(self, job_id: str, task_id: str) -> None:
         self._pending.cancels.append((task_id, job_id))
@@ -306,44 +313,24 @@ class Journal(NullJournal):
         self._in_flight.append(records)
         return records
 
-    def write(self, records: _Records | None) -> None:
-        """Write records that `take` gave, in one transaction (any thread, in take order)."""
-        if records is None:
+    def write(self, *taken: _Records | None) -> None:
+        """Write records that `take` gave, in take order, in one transaction (any thread)."""
+        batches = [records for records in taken if records is not None]
+        if not batches:
             return
-        jobs = [(s.job_id, client_id, p.encode(s)) for client_id, s in records.jobs]
         with self._db_lock:
             db = self._db
             db.execute("BEGIN")
             try:
-                db.executemany("INSERT OR IGNORE INTO jobs VALUES (?, ?, ?)", jobs)
-                written = []
-                for job_id, items in records.results.items():
-                    ids = _pack([[task_id, item[1]] for task_id, item in items.items()])
-                    rest = _pack([item[1:] for item in items.values()])
-                    cursor = db.execute(
-                        "INSERT INTO results (job_id, ids, items) VALUES (?, ?, ?)",
-                        (job_id, ids, rest),
-                    )
-                    written.append((cursor.lastrowid, items))
-                db.executemany("INSERT OR IGNORE INTO cancels VALUES (?, ?)", records.cancels)
-                db.executemany(
-                    "INSERT OR IGNORE INTO executors VALUES (?)", [(e,) for e in records.joined]
-                )
-                db.executemany(
-                    "DELETE FROM executors WHERE executor_id = ?", [(e,) for e in records.lost]
-                )
-                for client_id in records.clients_left:
-                    jobs_of = "SELECT job_id FROM jobs WHERE client_id = ?"
-                    db.execute(f"DELETE FROM results WHERE job_id IN ({jobs_of})", (client_id,))
-                    db.execute(f"DELETE FROM cancels WHERE job_id IN ({jobs_of})", (client_id,))
-                    db.execute("DELETE FROM jobs WHERE client_id = ?", (client_id,))
+                written = [row for records in batches for row in _insert(db, records)]
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         for row, items in written:
             self._rows.update(dict.fromkeys(items, row))
-        self._in_flight.remove(records)
+        for records in batches:
+            self._in_flight.remove(records)
 
     def close(self) -> None:
         try:
@@ -362,6 +349,7 @@ class _Records:
     joined: set[str] = field(default_factory=set)
     lost: set[str] = field(default_factory=set)
     clients_left: list[str] = field(default_factory=list)
+    payload_bytes: int = 0  # the arguments and results among them
 
     @property
     def empty(self) -> bool:
@@ -381,8 +369,10 @@ class JournalWriter:
 
     Discussion: one job of big arguments (two 600,000-int partitions, 6 MB) took ~30-40 ms
     to commit, all of it on the loop, and every stream task that came meanwhile waited it
-    out. Now the loop hands each pass's records over (`commit`, a ticket back) and goes on;
-    SQLite releases the GIL while it writes. What must wait for the disk (results to
+    out. Now the loop hands records of INLINE_BYTES of payloads or more over (`commit`, a
+    ticket back) and goes on; SQLite releases the GIL while it writes. Smaller records are
+    committed at once on the loop (~60 us), unless a commit is in flight: they then follow
+    it, to keep the order. What must wait for the disk (results to
     clients, acks to executors) waits for its ticket: `fd` becomes readable when a commit
     is done, and `committed()` says how far the writer got.
     """
@@ -403,12 +393,18 @@ class JournalWriter:
         return self._done < self._issued
 
     def commit(self) -> int | None:
-        """Hand what the journal recorded to the writer; the ticket to wait for (None:
-        nothing was recorded)."""
+        """Hand what the journal recorded to the writer; the ticket to wait for (None: it
+        is on disk already: nothing was recorded, or it was small and nothing waited, and
+        it was committed here, at once)."""
         records = self.journal.take()
         if records is None:
             return None
+        inline = records.payload_bytes < INLINE_BYTES and not self.waiting
         self._issued += 1
+        if inline:
+            self.journal.write(records)
+            self._done = self._issued
+            return None
         self._queue.put((self._issued, records))
         return self._issued
 
@@ -428,17 +424,52 @@ class JournalWriter:
         self.journal.close()
 
     def _run(self) -> None:
-        while (work := self._queue.get()) is not None:
-            ticket, records = work
+        stopping = False
+        while not stopping:
+            # Discussion: everything handed over while the last commit ran goes into the next
+            # one (a group commit): under a flood of tiny tasks a commit per pass cost ~35% of
+            # their rate (`bench throughput` unchunked); this way commits come as fast as the
+            # disk takes them, and no faster.
+            work = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    work.append(self._queue.get_nowait())
+            stopping = None in work
+            handed = [item for item in work if item is not None]
+            if not handed:
+                continue
             try:
-                self.journal.write(records)
+                self.journal.write(*(records for _, records in handed))
             except BaseException as exc:  # loud: the loop raises it at its next look
                 log.exception("the journal writer failed")
                 self._error = exc
                 os.eventfd_write(self.fd, 1)
                 return
-            self._done = ticket
+            self._done = handed[-1][0]
             os.eventfd_write(self.fd, 1)
+
+
+def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, dict[str, Any]]]:
+    """One batch of records into an open transaction; (row, items) of each results row."""
+    jobs = [(s.job_id, client_id, p.encode(s)) for client_id, s in records.jobs]
+    db.executemany("INSERT OR IGNORE INTO jobs VALUES (?, ?, ?)", jobs)
+    written = []
+    for job_id, items in records.results.items():
+        ids = _pack([[task_id, item[1]] for task_id, item in items.items()])
+        rest = _pack([item[1:] for item in items.values()])
+        cursor = db.execute(
+            "INSERT INTO results (job_id, ids, items) VALUES (?, ?, ?)", (job_id, ids, rest)
+        )
+        written.append((cursor.lastrowid, items))
+    db.executemany("INSERT OR IGNORE INTO cancels VALUES (?, ?)", records.cancels)
+    db.executemany("INSERT OR IGNORE INTO executors VALUES (?)", [(e,) for e in records.joined])
+    db.executemany("DELETE FROM executors WHERE executor_id = ?", [(e,) for e in records.lost])
+    for client_id in records.clients_left:
+        jobs_of = "SELECT job_id FROM jobs WHERE client_id = ?"
+        db.execute(f"DELETE FROM results WHERE job_id IN ({jobs_of})", (client_id,))
+        db.execute(f"DELETE FROM cancels WHERE job_id IN ({jobs_of})", (client_id,))
+        db.execute("DELETE FROM jobs WHERE client_id = ?", (client_id,))
+    return written
 
 
 def _unpack(blob: bytes) -> list[Any]:

@@ -15,6 +15,7 @@ import pytest
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.processes import child_env
+from tidal.scheduler import journal as journal_module
 from tidal.scheduler.journal import Journal, JournalError, JournalWriter, default_journal_path
 
 
@@ -122,16 +123,17 @@ def test_the_default_journal_is_one_file_per_port_in_the_state_directory(monkeyp
 
 
 class HeldJournal(Journal):
-    """A journal whose writes wait until the test lets them go (`release`)."""
+    """A journal whose writes on the writer's thread wait until the test lets them go
+    (`release`)."""
 
     def __init__(self, path):
         super().__init__(path)
         self.release = threading.Event()
 
-    def write(self, records):
-        if records is not None:
+    def write(self, *taken):
+        if threading.current_thread() is not threading.main_thread():
             assert self.release.wait(timeout=30), "the test never released the write"
-        super().write(records)
+        super().write(*taken)
 
 
 def wait_readable(fd):
@@ -144,16 +146,20 @@ def test_the_writer_commits_on_its_own_thread_and_says_when_each_ticket_is_on_di
     journal = HeldJournal(path)
     writer = JournalWriter(journal)
     assert writer.commit() is None  # nothing recorded, nothing to wait for
-    journal.submitted("c1", submit("c1-1", 2))
-    journal.ended("c1-1", finished("c1-1/0", 7))
+    journal.submitted("c1", submit("c1-1", 3))
+    journal.ended("c1-1", finished("c1-1/2", 6))
+    assert writer.commit() is None  # small: committed at once, on this thread
+    assert journal.results(["c1-1/2"]) and not journal._in_flight
+    big = 2**17  # over INLINE_BYTES of payloads: handed to the writer
+    journal.ended("c1-1", finished("c1-1/0", b"7" * big))
     first = writer.commit()
-    journal.ended("c1-1", finished("c1-1/1", 8))
+    journal.ended("c1-1", finished("c1-1/1", 8))  # small, but a commit is in flight
     second = writer.commit()
-    assert (first, second) == (1, 2) and writer.waiting and writer.committed() == 0
+    assert second == first + 1 and writer.waiting and writer.committed() == first - 1
     # Handed over and not on disk yet: reads still find both results.
     found = journal.results(["c1-1/0", "c1-1/1"])
     assert {t: item[1][2] for t, item in found.items()} == {
-        "c1-1/0": payloads.pack_payload(7),
+        "c1-1/0": payloads.pack_payload(b"7" * big),
         "c1-1/1": payloads.pack_payload(8),
     }
     journal.release.set()
@@ -164,13 +170,15 @@ def test_the_writer_commits_on_its_own_thread_and_says_when_each_ticket_is_on_di
     writer.close()
     state = Journal(path).state
     assert [job.job_id for _, job in state.jobs] == ["c1-1"]
-    assert state.outcomes == {"c1-1/0": "finished", "c1-1/1": "finished"}
+    assert state.outcomes == {"c1-1/0": "finished", "c1-1/1": "finished", "c1-1/2": "finished"}
 
 
-def test_a_writer_that_fails_is_loud_on_the_loop(tmp_path):
+def test_a_writer_that_fails_is_loud_on_the_loop(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_module, "INLINE_BYTES", 0)  # every commit on the writer
+
     class Broken(Journal):
-        def write(self, records):
-            if records is not None:
+        def write(self, *taken):
+            if any(records is not None for records in taken):
                 raise sqlite3.OperationalError("disk I/O error")
 
     journal = Broken(tmp_path / "j.sqlite")

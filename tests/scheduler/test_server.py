@@ -14,6 +14,7 @@ from tidal.runtime import protocol as p
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.guard import BAD_FRAME_LIMIT
+from tidal.scheduler import journal as journal_module
 from tidal.scheduler import server as server_module
 from tidal.scheduler.journal import Journal
 from tidal.scheduler.server import SchedulerServer
@@ -182,17 +183,18 @@ class HeldJournal(Journal):
         self.writing_results = threading.Event()
         self.release = threading.Event()
 
-    def write(self, records):
-        if records is not None and records.results:
+    def write(self, *taken):
+        if any(records is not None and records.results for records in taken):
             self.writing_results.set()
             assert self.release.wait(timeout=30), "the test never released the write"
-        super().write(records)
+        super().write(*taken)
 
 
 def test_results_wait_for_the_journal_while_the_loop_and_launches_go_on(
     raw_peer, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(server_module, "Journal", HeldJournal)
+    monkeypatch.setattr(journal_module, "INLINE_BYTES", 0)  # every commit on the writer
     server = SchedulerServer("tcp://127.0.0.1:*", journal=tmp_path / "j.sqlite", realtime=False)
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
