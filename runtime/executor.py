@@ -47,6 +47,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from typing import Any
 
 import psutil
@@ -166,9 +167,18 @@ class Executor:
             connect_timeout_s=connect_timeout_s,
             reconnect_timeout_s=reconnect_timeout_s,
         )
+        # The command connection (the listener's DEALER) is used by two threads: the
+        # listener, and the task thread, which reads task commands itself when the gate's
+        # watcher saw them arrive (`_read_commands`). One at a time, under this lock; what
+        # the task thread reads that is not a task command it leaves for the listener.
+        self._dealer: zmq.Socket | None = None
+        self._dealer_lock = threading.Lock()
+        self._for_listener: deque[p.Message | p.ProtocolError] = deque()
+        self._task_thread_heard = False  # the task thread read frames: the link heard them
         self.kernel = Kernel(
             self._emit,
             flush=self._flush_reports,
+            read_commands=self._read_commands,
             executor_id=self.executor_id,
             suspend_timeout_ns=suspend_timeout_ns,
             priority_changed=self._priority_changed,
@@ -198,6 +208,14 @@ class Executor:
         # a disconnection (limit=None), as the scheduler is this executor's only peer.
         self._bad_input = PeerGuard(log, limit=None)
         self._dropped = RateLimitedLog(log, level=logging.ERROR)
+        self._handlers: dict[type, Any] = {
+            p.Welcome: self._on_welcome,
+            p.Reject: self._on_reject,
+            p.Rejoin: self._on_rejoin,
+            p.Ack: self._on_ack,
+            p.Shutdown: self._on_shutdown,
+            **self._task_handlers(),
+        }
 
     # ---- main thread ------------------------------------------------------------------------
 
@@ -304,13 +322,75 @@ class Executor:
             )
             self._task_tid = None  # do not try again on every switch
 
+    def _read_commands(self) -> bool:
+        """Read what waits on the command connection and hand task commands to the kernel,
+        on the task thread (the kernel calls this when the gate's watcher saw frames come).
+
+        Discussion: the listener would need the GIL and a wake-up of its own, then the hub
+        another (~0.15-0.3 ms each on a loaded 2-core VM); here the frames are read by the
+        thread that holds the GIL already. What is not a task command (a welcome, a rejoin,
+        a bad frame) goes to the listener, which owns the connection's life. False if the
+        listener is reading now: the kernel then waits for it.
+        """
+        if not self._dealer_lock.acquire(blocking=False):
+            return False
+        try:
+            dealer = self._dealer
+            if dealer is None:
+                return False
+            received = _receive(dealer)
+        finally:
+            self._dealer_lock.release()
+        if not received:
+            return True  # the listener read them first, and posts their commands
+        self._task_thread_heard = True
+        task_handlers = self._task_handlers() if self._link.connected else {}
+        forwarded = False
+        for item in self._decode(received):
+            if type(item) in task_handlers:
+                self._handle(item, task_handlers)
+            else:
+                self._for_listener.append(item)
+                forwarded = True
+        if forwarded:
+            try:
+                self._to_listener.send(b"w", zmq.NOBLOCK)  # wake the listener for them
+            except zmq.Again:
+                self._dropped("the listener is not taking messages")
+        return True
+
+    def _task_handlers(self) -> dict[type, Any]:
+        """The commands that only reach the kernel (either thread may handle them)."""
+        return {
+            p.Launch: self._on_launch,
+            p.Suspend: self._on_suspend,
+            p.Resume: self._on_resume,
+            p.Kill: self._on_kill,
+            p.LaunchChunk: self._on_launch_chunk,
+            p.Steal: self._on_steal,
+            p.Ack: self._on_ack,
+        }
+
+    def _decode(self, received: list[list[bytes]]) -> list[p.Message | p.ProtocolError]:
+        """The messages of frames from the scheduler, a bad one as its ProtocolError."""
+        items: list[p.Message | p.ProtocolError] = []
+        for frames in received:
+            try:
+                msg = p.decode_parts(frames, max_frame_bytes=self.max_frame_bytes)
+                if isinstance(msg, p.Batch):
+                    items.extend(p.unbatch(msg, max_frame_bytes=self.max_frame_bytes))
+                else:
+                    items.append(msg)
+            except p.ProtocolError as exc:
+                items.append(exc)
+        return items
+
     # ---- listener thread ----------------------------------------------------------------------
 
     def _listen(self) -> None:
         realtime_this_thread(self.realtime)
         from_main = self._context.socket(zmq.PAIR)
         from_main.connect(self._inproc)
-        self._dealer: zmq.Socket | None = None
         self._watch: HandshakeWatch | None = None
         try:
             self._listen_loop(from_main)
@@ -322,15 +402,19 @@ class Executor:
             self.kernel.gate.unwatch()
             if self._watch is not None:
                 self._watch.close()
-            if self._dealer is not None:
-                self._dealer.close()
+            with self._dealer_lock:
+                if self._dealer is not None:
+                    self._dealer.close()
+                    self._dealer = None
             from_main.close(linger=0)
 
     def _connect(self, holding: list[Any]) -> zmq.Socket:
         """A new command connection to the scheduler, with the hello said on it."""
         if self._dealer is not None:
             self._watch.close()
-            self._dealer.close(linger=0)  # what it still queued was for the old scheduler
+            with self._dealer_lock:  # the task thread may be reading it
+                self._dealer.close(linger=0)  # what it still queued was for the old scheduler
+                self._dealer = None
         dealer = self._context.socket(zmq.DEALER)
         dealer.linger = 1000
         # Discussion: not ZMQ_MAXMSGSIZE, though it would refuse oversized frames before they
@@ -362,7 +446,8 @@ class Executor:
         except zmq.Again:
             log.info("the hello to %s found no connection yet", self.scheduler)
         self._link.hello_sent()
-        self._dealer = dealer
+        with self._dealer_lock:
+            self._dealer = dealer
         # Frames arriving on it raise the record gate at once, from a thread that needs no
         # GIL, so a running task hands this thread the GIL at its next boundary (_gate.c).
         self.kernel.gate.watch(dealer.getsockopt(zmq.FD), realtime=self.realtime)
@@ -387,22 +472,15 @@ class Executor:
         link = self._link
         dealer = self._connect([])
         seq = 0
+        # Discussion: the listener polls the connection's descriptor, not the socket: the
+        # task thread may read the socket meanwhile (`_read_commands`), and a socket is
+        # polled and read by one thread at a time. The descriptor is edge-triggered, so
+        # each wake-up reads until nothing is left, and whatever touched the socket since
+        # (a send may take in frames' arrival) is followed by a look at ZMQ_EVENTS.
         poller = zmq.Poller()
-        poller.register(dealer, zmq.POLLIN)
+        self._polled_fd = dealer.getsockopt(zmq.FD)
+        poller.register(self._polled_fd, zmq.POLLIN)
         poller.register(from_main, zmq.POLLIN)
-        handlers = {
-            p.Welcome: self._on_welcome,
-            p.Reject: self._on_reject,
-            p.Rejoin: self._on_rejoin,
-            p.Ack: self._on_ack,
-            p.Shutdown: self._on_shutdown,
-            p.Launch: self._on_launch,
-            p.Suspend: self._on_suspend,
-            p.Resume: self._on_resume,
-            p.Kill: self._on_kill,
-            p.LaunchChunk: self._on_launch_chunk,
-            p.Steal: self._on_steal,
-        }
         while True:
             # -- 1. Poll. Wake for the next heartbeat (or whatever else the link has due), or
             #       sooner while unwelcomed or while a suspension is pending.
@@ -417,36 +495,33 @@ class Executor:
                 # when its hub applies it, so "no tasks here" would miss a task's first
                 # growth until the next heartbeat. An idle wake-up costs a few microseconds.
                 timeout_ms = min(timeout_ms, MEMORY_POLL_MS)
-            ready = dict(poller.poll(timeout_ms))
+            with self._dealer_lock:
+                waiting = bool(dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+            ready = dict(poller.poll(0 if waiting else timeout_ms))
 
-            # -- 2. Commands from the scheduler, each handled by its op.
-            if dealer in ready:
-                while True:
-                    try:
-                        frames = dealer.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    try:
-                        msg = p.decode_parts(frames, max_frame_bytes=self.max_frame_bytes)
-                        batch = (
-                            p.unbatch(msg, max_frame_bytes=self.max_frame_bytes)
-                            if isinstance(msg, p.Batch)
-                            else [msg]
-                        )
-                    except p.ProtocolError as exc:
-                        batch = [exc]
-                    link.heard()
-                    for item in batch:
-                        self._handle(item, handlers)
-                    if self._dealer is not dealer:  # a rejoin: read the new connection
-                        dealer = self._follow_dealer(poller, dealer)
-                        break
+            # -- 2. Commands from the scheduler, each handled by its op; and what the task
+            #       thread read and left for us.
+            with self._dealer_lock:
+                received = _receive(dealer)
+            if received or self._task_thread_heard:
+                self._task_thread_heard = False
+                link.heard()
+            for item in self._decode(received):
+                self._handle(item, self._handlers)
+                if self._dealer is not dealer:  # a rejoin: read the new connection
+                    break
+            while self._for_listener:
+                self._handle(self._for_listener.popleft(), self._handlers)
+            if self._dealer is not dealer:
+                dealer = self._follow_dealer(poller, dealer)
+            if received:
                 self.kernel.listened()  # a task the gate's watcher stopped goes on
 
             self._bad_input.tick()  # the periodic summary of suppressed log lines, if any
 
-            # -- 3. The task thread says when to exit (it sends its own reports).
-            if from_main in ready:
+            # -- 3. The task thread says when to exit (an empty frame; it sends its own
+            #       reports), or that it left messages for us (handled above).
+            if from_main in ready and _exit_asked(from_main):
                 return
 
             # -- 4. Watchdog: report suspensions the running task cannot honour; with a
@@ -470,7 +545,9 @@ class Executor:
                     seq += 1
                     self._send(dealer, p.encode(self._heartbeat(seq)))
                 case Reconnect(reason):
-                    if link.connected and dealer.poll(0, zmq.POLLIN):
+                    with self._dealer_lock:
+                        waiting = bool(dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+                    if link.connected and (waiting or self._task_thread_heard):
                         # Discussion: frames wait to be read, so the scheduler did speak: this
                         # thread could not listen (a long C call on the task thread held the
                         # GIL). Read them before judging it silent.
@@ -485,9 +562,10 @@ class Executor:
     def _follow_dealer(self, poller: zmq.Poller, dealer: zmq.Socket) -> zmq.Socket:
         """The command connection to poll: `dealer`, or the new one a rejoin opened."""
         if self._dealer is not dealer:
-            poller.unregister(dealer)
+            poller.unregister(self._polled_fd)
             dealer = self._dealer
-            poller.register(dealer, zmq.POLLIN)
+            self._polled_fd = dealer.getsockopt(zmq.FD)
+            poller.register(self._polled_fd, zmq.POLLIN)
         return dealer
 
     def _handle(self, msg: p.Message | p.ProtocolError, handlers: dict[type, Any]) -> None:
@@ -517,7 +595,8 @@ class Executor:
     def _send(self, dealer: zmq.Socket, frame: bytes) -> None:
         """Send to the scheduler without ever blocking the listener."""
         try:
-            dealer.send(frame, zmq.NOBLOCK)
+            with self._dealer_lock:
+                dealer.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self._dropped(
                 f"dropped a message: {dealer.sndhwm} are queued for a scheduler that is not reading"
@@ -666,6 +745,26 @@ class Executor:
 
     def _on_kill(self, msg: p.Kill) -> None:
         self.kernel.kill(msg.task_id)
+
+
+def _receive(dealer: zmq.Socket) -> list[list[bytes]]:
+    """Every message waiting on `dealer`, read until none is left (hold `_dealer_lock`)."""
+    received = []
+    while True:
+        try:
+            received.append(dealer.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            return received
+
+
+def _exit_asked(from_main: zmq.Socket) -> bool:
+    """Read the task thread's frames: True if one of them (empty) asks the listener to exit."""
+    asked = False
+    while True:
+        try:
+            asked = from_main.recv(zmq.NOBLOCK) == b"" or asked
+        except zmq.Again:
+            return asked
 
 
 def serve(scheduler: str, **options: Any) -> int:

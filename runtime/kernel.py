@@ -103,6 +103,7 @@ class Kernel:
         priority_changed: Callable[[str], None] | None = None,
         payload_unpacked: Callable[[], None] | None = None,
         memory_probe: Callable[[], int] | None = None,
+        read_commands: Callable[[], bool] | None = None,
     ) -> None:
         self.executor_id = executor_id
         self.gate = gate_factory()
@@ -132,6 +133,10 @@ class Kernel:
         # Called in the task's greenlet right after its payload was unpacked (the executor
         # moves the fresh task data out of the cyclic collector's way there).
         self._payload_unpacked = payload_unpacked or (lambda: None)
+        # Called on the hub's thread when the gate's watcher saw frames arrive: reads them and
+        # posts their commands here, so that they apply without waiting for the listener
+        # thread; False if it cannot now (the listener is reading them: wait for it).
+        self._read_commands = read_commands or (lambda: False)
         # Returns the process's RSS; read at each switch into and out of a task to estimate
         # each task's memory (runtime/memory.py). None (the default): no reads, no estimates.
         self._memory_probe = memory_probe
@@ -354,17 +359,17 @@ class Kernel:
             self._watch_raises = raises
             self._awaiting_listener = awaiting
             self.gate.requested = 0
-            heard = False
-            while True:
-                try:
-                    command = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                heard = heard or command.op == "listened"
-                if not self._apply(command):
-                    return
-            if awaiting and not heard and not self._wait_for_listener():
+            go_on, heard = self._apply_inbox()
+            if not go_on:
                 return
+            if awaiting and not heard:
+                # Read what came on this thread if we can (no hand-over to the listener and
+                # back); else wait for the listener, which is reading it.
+                if self._read_commands():
+                    if not self._apply_inbox()[0]:
+                        return
+                elif not self._wait_for_listener():
+                    return
             self._awaiting_listener = False
 
             # -- 2. Choose. The running task keeps the slot unless it was suspended or
@@ -388,6 +393,19 @@ class Kernel:
             #       and step 1 decides what its call was about.
             if isinstance(outcome, Outcome):
                 self._report_outcome(record, outcome)
+
+    def _apply_inbox(self) -> tuple[bool, bool]:
+        """Apply every queued command: (False if one was stop, whether the listener said
+        it read what came)."""
+        heard = False
+        while True:
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                return True, heard
+            heard = heard or command.op == "listened"
+            if not self._apply(command):
+                return False, heard
 
     def _wait_for_listener(self) -> bool:
         """Wait (the GIL released) until the listener says it read what came, applying the

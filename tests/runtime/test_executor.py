@@ -87,6 +87,35 @@ def test_suspends_a_busy_task_over_the_socket_and_resumes_it_exactly(executor):
     assert progress == sorted(progress) and progress[-1] < len(data)
 
 
+def test_commands_read_by_the_busy_task_thread_leave_the_rest_to_the_listener(executor):
+    """A busy task's thread reads the frames the gate's watcher saw (runtime/executor.py,
+    `_read_commands`): it applies task commands itself and leaves a rejoin and a bad item
+    to the listener, which handles them as ever."""
+    stub, hello, _ = executor
+    ex = hello.executor_id
+    data = list(range(10_000))
+    launch(stub, ex, "busy", "tidal.workloads.synthetic:spin", [data], {"record_us": 50.0})
+    stub.expect(p.Started, task_id="busy")
+    frames = [p.encode(p.Suspend("busy", time.monotonic_ns())), b"\xc1", p.encode(p.Rejoin("x"))]
+    stub.send_frame(ex, p.encode(p.Batch(frames)))
+    seen: dict[type, p.Message] = {}
+    deadline = time.monotonic() + 10.0
+    while not (p.Hello in seen and p.Suspended in seen):  # in either order
+        if time.monotonic() > deadline:
+            raise AssertionError(f"within 10 s only these arrived: {list(seen)}")
+        _, msg = stub.recv(max(0.0, deadline - time.monotonic()))
+        if isinstance(msg, p.Hello | p.Suspended):
+            seen[type(msg)] = msg
+    again, suspended = seen[p.Hello], seen[p.Suspended]
+    # The listener said hello again (the rejoin), holding the task; the task parked.
+    assert again.executor_id == ex and again.holding[0][0] == "busy"
+    assert suspended.task_id == "busy" and suspended.records < len(data)
+    stub.send(ex, p.Resume("busy", time.monotonic_ns()))
+    stub.expect(p.Resumed, task_id="busy")
+    stub.send(ex, p.Kill("busy", time.monotonic_ns()))
+    stub.expect(p.Killed, task_id="busy")
+
+
 def test_a_stream_task_takes_the_slot_of_a_suspended_batch_task(executor):
     stub, hello, _ = executor
     ex = hello.executor_id

@@ -125,3 +125,72 @@ def test_a_task_waits_at_its_boundary_until_the_listener_has_read(monkeypatch):
     kernel.kill("spin")
     kernel.run()
     kernel.close()
+
+
+def test_the_hub_reads_what_the_watcher_saw_itself_when_it_can():
+    """With a `read_commands` hook (the executor's: it reads the command connection on the
+    task thread), the hub applies what that read at the same boundary, with no listener."""
+    transport = Transport()
+    reads = []
+
+    def read_commands():
+        reads.append(kernel.gate.requested)
+        kernel.suspend("spin")  # what the frames said
+        return True
+
+    kernel = Kernel(
+        transport,
+        gate_factory=PyGate,
+        gated_iterator=py_gated_iterator,
+        read_commands=read_commands,
+    )
+
+    def records():
+        for i in range(1_000_000):
+            if i == 1_000:  # frames arrive: the watcher raises the gate
+                kernel.gate.watch_raises += 1
+                kernel.gate.requested = 1
+            yield i
+
+    kernel.launch("spin", sum, [records()])
+    kernel.run()
+    (suspended,) = transport.of(p.Suspended, "spin")
+    assert reads == [0] and suspended.records == 1_001  # parked at that very boundary
+    kernel.kill("spin")
+    kernel.run()
+    kernel.close()
+
+
+def test_a_hub_that_cannot_read_waits_for_the_listener_instead(monkeypatch):
+    monkeypatch.setattr(kernel_module, "LISTENER_WAIT_S", 30.0)
+    transport = Transport()
+    kernel = Kernel(
+        transport,
+        gate_factory=PyGate,
+        gated_iterator=py_gated_iterator,
+        read_commands=lambda: False,  # the listener holds the connection
+    )
+    threads = []
+
+    def listener():
+        assert wait_until(lambda: kernel.gate.requested == 0)
+        kernel.suspend("spin")
+        kernel.listened()
+
+    def records():
+        for i in range(1_000_000):
+            if i == 1_000:
+                kernel.gate.watch_raises += 1
+                kernel.gate.requested = 1
+                threads.append(threading.Thread(target=listener))
+                threads[0].start()
+            yield i
+
+    kernel.launch("spin", sum, [records()])
+    kernel.run()
+    (suspended,) = transport.of(p.Suspended, "spin")
+    assert suspended.latency_ns == 0 and suspended.records == 1_001
+    threads[0].join(30)
+    kernel.kill("spin")
+    kernel.run()
+    kernel.close()
