@@ -48,6 +48,13 @@ from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import AuthenticationFailed, load_peer_keys
 from tidal.runtime.client_io import Bookkeeping, ClientConnection
+from tidal.runtime.datastore import (
+    DATA_THRESHOLD,
+    DataStore,
+    Reference,
+    bind_host_for,
+    reference_fields,
+)
 from tidal.runtime.functions import function_ref
 
 # Re-exported, so `from tidal.runtime.client import TaskFuture, gather, ...` keeps working.
@@ -144,6 +151,11 @@ class Client:
         self._broken: str | None = None  # why this client cannot be used any more, if so
         # itertools.count's next() is atomic in CPython, so ids need no lock.
         self._job_numbers = itertools.count(1)
+        # Big arguments are spooled here, off the scheduler's path (runtime/datastore.py),
+        # from the first one on; each job's spooled payloads, freed when the job is done.
+        # Not with CURVE keys: the data server would need the same authentication.
+        self._data: DataStore | None = None
+        self._spooled: dict[str, list[Reference]] = {}
 
         self.keys = None if keys is None else load_peer_keys(keys)
         self._io = ClientConnection(
@@ -302,6 +314,8 @@ class Client:
                 if id(kwargs) not in packed_kwargs:
                     packed_kwargs[id(kwargs)] = payloads.pack_payload(kwargs, "kwargs")
                 payload = payloads.pack_call(args, kwargs, packed_kwargs=packed_kwargs[id(kwargs)])
+                if len(payload) >= DATA_THRESHOLD and self.keys is None:
+                    payload = self._spool(job_id, payload)
                 tasks.append(_task_entry(f"{job_id}/{i}", payload, prefs))
             frame = p.encode(
                 p.Submit(
@@ -323,6 +337,17 @@ class Client:
                 if where:
                     raise TypeError(f"cannot submit {ref.ref}: {where}") from None
             raise TypeError(f"cannot submit {ref.ref}: {exc}") from None
+        finally:
+            if not tasks or len(tasks) < len(calls):  # it failed: nothing will use them
+                self._drop_spooled(job_id)
+        if len(frame) > p.MAX_FRAME_BYTES:
+            self._drop_spooled(job_id)
+            way = "use a cluster without keys, whose big arguments travel apart, or "
+            raise ValueError(
+                f"cannot submit {ref.ref}: its job is {len(frame):,} bytes packed, over the "
+                f"{p.MAX_FRAME_BYTES:,}-byte limit of a frame ({way if self.keys else ''}"
+                "submit fewer or smaller tasks at a time)"
+            )
         futures = [TaskFuture(task[0], job_id, sent_ns, self._cancel_remote) for task in tasks]
         with self._lock:
             # Registered before the frame leaves, so no result can arrive ahead of its future.
@@ -348,6 +373,32 @@ class Client:
             job[1] -= 1
             if job[1] <= 0:
                 del self._jobs[job_id]
+                spooled = self._spooled.pop(job_id, None)
+                if spooled and self._data is not None:
+                    self._data.drop(spooled)
+
+    def _spool(self, job_id: str, payload: bytes) -> bytes:
+        """Spool a big payload (runtime/datastore.py); the reference to send instead."""
+        with self._lock:
+            if self._data is None:
+                self._data = DataStore(self.client_id, bind_host=bind_host_for(self.address))
+            data = self._data
+        reference = data.put(payload)
+        with self._lock:
+            self._spooled.setdefault(job_id, []).append(reference)
+        return payloads.pack_reference(reference_fields(reference))
+
+    def _drop_spooled(self, job_id: str | None = None) -> None:
+        """Delete one job's spooled payloads (None: every job's)."""
+        with self._lock:
+            if job_id is None:
+                dropped = [r for refs in self._spooled.values() for r in refs]
+                self._spooled.clear()
+            else:
+                dropped = self._spooled.pop(job_id, [])
+            data = self._data
+        if dropped and data is not None:
+            data.drop(dropped)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -475,6 +526,8 @@ class Client:
             return
         self._to_io.close(linger=0)
         self._io.close()
+        if self._data is not None:  # every spooled payload goes with it
+            self._data.close()
 
     def __enter__(self) -> Client:
         return self
@@ -495,6 +548,7 @@ class Client:
             self._status_waiters.clear()
             self._jobs.clear()
             self._request_frames.clear()
+        self._drop_spooled()  # no one waits for those jobs any more
         for future in futures:
             with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
                 future.set_exception(ConnectionError(describe(f"task {future.task_id}")))

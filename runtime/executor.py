@@ -55,6 +55,7 @@ import zmq
 
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
+from tidal.runtime.datastore import fetch_chunks
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.guard import PeerGuard
 from tidal.runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
@@ -179,6 +180,8 @@ class Executor:
             self._emit,
             flush=self._flush_reports,
             read_commands=self._read_commands,
+            # Spooled arguments not on this host come over a connection of the task thread's.
+            fetch=lambda reference: fetch_chunks(reference, self._context),
             executor_id=self.executor_id,
             suspend_timeout_ns=suspend_timeout_ns,
             priority_changed=self._priority_changed,

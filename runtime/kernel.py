@@ -35,13 +35,14 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import greenlet
 
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
+from tidal.runtime.datastore import DataUnavailable, Reference, fetch_chunks
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.gate import Gate, GatedIterator
 from tidal.runtime.runstate import (
@@ -70,6 +71,10 @@ CHUNK_REPORT_NS = 20_000_000
 # longer wait would stall a task whose listener is slow to come (the watcher raises again
 # while frames wait unread, up to every 2 ms).
 LISTENER_WAIT_S = 0.0005
+# A result travels in frames of at most p.MAX_FRAME_BYTES (its `finished`, then the client's
+# `results`); one that would not fit fails its task with the reason instead of being dropped
+# by the scheduler with its future waiting for ever.
+MAX_RESULT_BYTES = p.MAX_FRAME_BYTES - (1 << 20)
 
 
 class TaskKilled(BaseException):
@@ -104,6 +109,7 @@ class Kernel:
         payload_unpacked: Callable[[], None] | None = None,
         memory_probe: Callable[[], int] | None = None,
         read_commands: Callable[[], bool] | None = None,
+        fetch: Callable[[Reference], Iterable[bytes]] = fetch_chunks,
     ) -> None:
         self.executor_id = executor_id
         self.gate = gate_factory()
@@ -137,6 +143,8 @@ class Kernel:
         # posts their commands here, so that they apply without waiting for the listener
         # thread; False if it cannot now (the listener is reading them: wait for it).
         self._read_commands = read_commands or (lambda: False)
+        # Reads a spooled payload's bytes, piece by piece (runtime/datastore.py).
+        self._fetch = fetch
         # Returns the process's RSS; read at each switch into and out of a task to estimate
         # each task's memory (runtime/memory.py). None (the default): no reads, no estimates.
         self._memory_probe = memory_probe
@@ -624,6 +632,11 @@ class Kernel:
         if outcome.kind == "finished":
             try:
                 result = payloads.pack_payload(outcome.value, "finished.result")
+                if len(result) > MAX_RESULT_BYTES:
+                    raise p.EncodeError(
+                        f"it is {len(result):,} bytes packed, over the {MAX_RESULT_BYTES:,}-byte "
+                        "limit of a result (results do not go through the data path yet)"
+                    )
             except p.EncodeError as exc:
                 self._emit(
                     p.Failed(
@@ -675,18 +688,36 @@ class Kernel:
         with a record boundary after each, so a suspend or kill that lands while a partition
         is being decoded waits one block (well under a millisecond), not the whole decode.
         """
+        if payloads.is_reference(payload):
+            payload = self._fetch_payload(payload)
         args, kwargs, blocked = payloads.open_call(payload)
         gate = self.gate
         for index, blocks in blocked:
             items: list[Any] = []
-            for i, block in enumerate(blocks):
-                blocks[i] = b""  # decoded: its bytes can go
+            for block in blocks:  # read from the payload one at a time
                 items.extend(payloads.unpack_block(block))
                 if gate.requested:
                     self._checkpoint()
             args[index] = items
         self._payload_unpacked()
         return args, kwargs
+
+    def _fetch_payload(self, blob: bytes) -> bytearray:
+        """The bytes of a payload its client spooled (runtime/datastore.py), read or fetched
+        a piece at a time with a record boundary after each; DataUnavailable if gone."""
+        reference = Reference(*payloads.open_reference(blob))
+        data = bytearray(reference.size)  # filled in place: no copy of the whole grows
+        view, at = memoryview(data), 0
+        for piece in self._fetch(reference):
+            if at + len(piece) > reference.size:
+                raise DataUnavailable(f"{reference.describe()}: more bytes came than that")
+            view[at : at + len(piece)] = piece
+            at += len(piece)
+            if self.gate.requested:
+                self._checkpoint()
+        if at != reference.size:
+            raise DataUnavailable(f"{reference.describe()}: only {at:,} bytes were there")
+        return data
 
     def _call_task(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Call a task function with its inputs gated; a generator's outputs are its result."""

@@ -189,6 +189,7 @@ class SchedulerServer:
         # Bad frames per routing id, their log lines, and who is in a cool-down.
         self._guard = PeerGuard(log, limit=bad_frame_limit, cooldown_s=bad_frame_cooldown_s)
         self.frames_in = 0  # frames received, bad ones and ignored ones included
+        self.bytes_in = 0  # their bytes (big arguments travel apart: runtime/datastore.py)
         self._held: dict[str, list[bytes]] = {}  # encoded batch launches, per executor
         self._results: dict[str, list[Any]] = {}  # result items, per client
         self._held_bytes: dict[str, int] = {}
@@ -263,6 +264,7 @@ class SchedulerServer:
         the per-peer tables now."""
         return {
             "frames_in": self.frames_in,
+            "bytes_in": self.bytes_in,
             **self._guard.statistics().as_dict(),
             "connections": len(self._peers),
         }
@@ -323,6 +325,7 @@ class SchedulerServer:
     def _handle_frames(self, frames: list[bytes]) -> None:
         routing_id = frames[0]
         self.frames_in += 1
+        self.bytes_in += sum(len(frame) for frame in frames)
         if self._guard.cooling_down(routing_id):
             return  # a disconnected peer: ignored, undecoded, until its cool-down ends
         try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import Counter
 from collections.abc import Iterable
 
 from tidal.runtime.task import task
@@ -29,6 +31,23 @@ def spin(part: Iterable[int], record_us: float = 10.0) -> int:
 def total(part: Iterable[int]) -> int:
     """Sum a partition in C (`sum`): suspendable only through the record gate."""
     return sum(part)
+
+
+@task
+def biggest(part: Iterable[int]) -> int:
+    """The largest record, found in C (`max`)."""
+    return max(part)
+
+
+@task
+def residues(part: Iterable[int], modulus: int = 10) -> dict[int, int]:
+    """How many records leave each remainder mod `modulus` (a `Counter`, fed record by record)."""
+    return dict(Counter(x % modulus for x in part))
+
+
+def digest(data: bytes) -> str:
+    """A BLAKE2b digest of `data` (one big argument, checked end to end)."""
+    return hashlib.blake2b(data).hexdigest()
 
 
 @task

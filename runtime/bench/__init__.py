@@ -23,6 +23,7 @@ BENCHMARKS = (
     "scale",
     "chaos",
     "liveness",
+    "bigdata",
 )
 
 

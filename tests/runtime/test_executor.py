@@ -162,10 +162,14 @@ def test_task_errors_and_missing_functions_fail_the_task_not_the_executor(execut
 def test_a_payload_that_does_not_decode_fails_that_task_not_the_executor(executor):
     stub, hello, proc = executor
     ex = hello.executor_id
-    launch(stub, ex, "junk", "tidal.workloads.synthetic:total", payload=b"\xc1 not msgpack")
+    launch(stub, ex, "junk", "tidal.workloads.synthetic:total", payload=b"\x92\x91 truncated")
     failed = stub.expect(p.Failed, task_id="junk")
     assert failed.error_type == "tidal.runtime.protocol.ProtocolError"
     assert failed.message.startswith("task payload is not valid msgpack")
+    # 0xc1 (never used by msgpack) marks a reference to a spooled payload: not one either.
+    launch(stub, ex, "ref", "tidal.workloads.synthetic:total", payload=b"\xc1 not msgpack")
+    failed = stub.expect(p.Failed, task_id="ref")
+    assert failed.message.startswith("task payload's reference is not valid msgpack")
     launch(
         stub,
         ex,

@@ -11,6 +11,7 @@ import dataclasses
 import msgpack
 import pytest
 
+from tidal.runtime import kernel as kernel_module
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.gate import IMPLEMENTATION, PyGate, py_gated_iterator
@@ -375,6 +376,46 @@ def test_a_big_argument_is_decoded_a_block_at_a_time_and_suspends_between_blocks
     assert len(decoded) > 10 and transport.outcome("t").result == sum(records)
 
 
+def test_a_spooled_argument_is_read_in_pieces_and_suspends_between_them(make_kernel):
+    payload = payloads.pack_call([list(range(1000))], {})
+    reads = []
+
+    def fetch(reference):
+        for start in range(0, reference.size, 100):
+            reads.append(start)
+            if start == 200:
+                kernel.suspend("t")  # lands while the data is being read
+            yield payload[start : start + 100]
+
+    kernel, transport = make_kernel(fetch=fetch)
+    blob = payloads.pack_reference(["h", "/spool/1", len(payload), "", "1"])
+    kernel.launch("t", sum, payload=blob)
+    kernel.run()
+    assert reads == [0, 100, 200] and transport.of(p.Suspended, "t")
+    kernel.resume("t")
+    kernel.run()
+    assert transport.outcome("t").result == sum(range(1000))
+
+
+def test_a_spooled_argument_that_is_gone_fails_its_task_with_the_reason(make_kernel, tmp_path):
+    kernel, transport = make_kernel()
+    gone = payloads.pack_reference(["nowhere", str(tmp_path / "1"), 10, "", "1"])
+    kernel.launch("t", sum, payload=gone)
+    kernel.run()
+    failed = transport.outcome("t")
+    assert failed.error_type == "tidal.runtime.datastore.DataUnavailable"
+    assert "10 bytes spooled at nowhere:" in failed.message
+
+
+def test_a_result_too_big_for_a_frame_fails_its_task_instead_of_vanishing(make_kernel, monkeypatch):
+    monkeypatch.setattr(kernel_module, "MAX_RESULT_BYTES", 1000)
+    kernel, transport = make_kernel()
+    kernel.launch("t", lambda: b"x" * 2000)
+    kernel.run()
+    failed = transport.outcome("t")
+    assert failed.error_type == "EncodeError" and "over the 1,000-byte limit" in failed.message
+
+
 def test_a_task_killed_while_its_argument_decodes_is_killed(make_kernel, monkeypatch):
     kernel, transport = make_kernel()
     unpack_block = payloads.unpack_block
@@ -394,11 +435,11 @@ def test_a_task_killed_while_its_argument_decodes_is_killed(make_kernel, monkeyp
 @pytest.mark.parametrize(
     ("payload", "problem"),
     [
-        (b"\xc1", "task payload is not valid msgpack"),  # 0xc1: never used by msgpack
+        (b"\xc1", "task payload's reference is not valid msgpack"),  # 0xc1: a reference
         (b"\x92\x90", "task payload is not valid msgpack"),  # truncated
         (payloads.pack_payload({"args": []}), "task payload must be [args, kwargs]"),
         (payloads.pack_payload([[1], {2: 3}]), "task payload must be [args, kwargs]"),
-        (msgpack.packb([[], {}, msgpack.ExtType(5, b"")]), "extension type 5"),
+        (msgpack.packb([[msgpack.ExtType(5, b"")], {}, []]), "extension type 5"),
     ],
 )
 def test_a_payload_that_does_not_unpack_fails_that_task_only(make_kernel, payload, problem):
@@ -685,7 +726,7 @@ def test_a_chunk_from_the_wire_unpacks_each_subtask_and_a_bad_one_fails_alone(ma
     kernel, transport = make_kernel()
     subtasks = [
         ["a", payloads.pack_call([[1]], {})],
-        ["b", b"\xc1"],  # not msgpack
+        ["b", b"\xc1"],  # not msgpack (0xc1 marks a reference: not one either)
         ["c", payloads.pack_call([[2, 3]], {})],
     ]
     kernel.launch_chunk("c", sum, subtasks)
@@ -694,7 +735,7 @@ def test_a_chunk_from_the_wire_unpacks_each_subtask_and_a_bad_one_fails_alone(ma
     assert items["a"][1:3] == ["finished", 1] and items["c"][1:3] == ["finished", 5]
     assert items["b"][1:3] == ["failed", None]
     assert items["b"][3][0] == "tidal.runtime.protocol.ProtocolError"
-    assert "task payload is not valid msgpack" in items["b"][3][1]
+    assert "is not valid msgpack" in items["b"][3][1]
     assert isinstance(transport.outcome("c"), p.Finished)
 
 

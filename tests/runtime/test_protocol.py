@@ -619,15 +619,19 @@ def test_a_big_argument_travels_in_blocks_and_unpacks_to_the_same_call():
         blob = payloads.pack_call([big, "x", words], {"k": 1}, packed_kwargs=packed_kwargs)
         args, kwargs, blocked = payloads.open_call(blob)
         assert args == [None, "x", None] and kwargs == {"k": 1}
-        assert [index for index, _ in blocked] == [0, 2]
-        for _, blocks in blocked:
+        entries = [(index, list(blocks)) for index, blocks in blocked]
+        assert [index for index, _ in entries] == [0, 2]
+        for _, blocks in entries:
             parts = [payloads.unpack_block(block) for block in blocks]
             assert len(parts) > 1 and all(0 < len(part) <= 8_192 for part in parts)
             assert all(len(block) < 100 * 1024 for block in blocks)  # sized by bytes too
+        # A reader that skips an argument's blocks still finds the next argument's.
+        _, _, lazily = payloads.open_call(blob)
+        assert [index for index, _ in lazily] == [0, 2]
         assert payloads.unpack_call(blob) == ([big, "x", list(words)], {"k": 1})
     # Below the threshold: the plain two-item shape, as before.
     small = payloads.pack_call([big[: payloads.BLOCKED_MIN_ITEMS - 1]], {})
-    assert len(payloads.open_call(small)[2]) == 0 and small[:1] == b"\x92"
+    assert list(payloads.open_call(small)[2]) == [] and small[:1] == b"\x92"
 
 
 def test_a_big_argument_that_cannot_be_encoded_is_named():

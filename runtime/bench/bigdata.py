@@ -1,0 +1,121 @@
+"""`tidal bench bigdata`: batch tasks that carry real data, with a stream beside them.
+
+On a 2-executor LocalCluster, a stream of small stream tasks (one every 20 ms) runs first
+alone, then while 8 batch tasks run over partitions of 3 million ints each (4 in `--quick`),
+consumed by C code (`sum`, `max`, a `Counter` of the values mod 10), each a job of its own.
+Then one 200 MB argument (50 MB in `--quick`) is submitted, run and its result checked.
+
+- stream_ms: a stream task's submit -> result in the client's hand;
+- results_exact: every batch result equals the one computed here;
+- suspended_tasks: batch tasks suspended at least once (of batch_tasks);
+- scheduler_bytes_forwarded: the bytes the scheduler received from the batch job's submit
+  to its last result (its `bytes_in`), against payload_bytes, the partitions packed;
+- big_argument_s: the 200 MB argument, submit -> checked result (None if it failed).
+
+Discussion: the batch job is submitted with a suspension cap above the stream's length, so
+that what is measured is preemption (as in `bench preempt`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from tidal.runtime import payloads
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.stats import percentile
+from tidal.workloads.synthetic import biggest, digest, residues, total
+
+TARGETS = {
+    "stream_p99_vs_alone": ("<=", 2.0),
+    "suspended_vs_batch": (">=", 1.0),
+    "forwarded_vs_payload": ("<=", 0.01),
+}
+
+STREAM_EVERY_S = 0.020
+RECORDS = 3_000_000
+CONSUMERS = (total, biggest, residues)
+
+
+def _expected(fn: Any, part: list[int]) -> Any:
+    if fn is total:
+        return sum(part)
+    if fn is biggest:
+        return max(part)
+    return dict(Counter(x % 10 for x in part))
+
+
+def _stream(client: Client, until: threading.Event | None, count: int) -> list[float]:
+    """Stream tasks every STREAM_EVERY_S until `until` is set (or `count` of them)."""
+    latencies = []
+    next_at = time.monotonic()
+    while (until is None and len(latencies) < count) or (until is not None and not until.is_set()):
+        next_at += STREAM_EVERY_S
+        submitted = time.monotonic_ns()
+        future = client.submit(total, list(range(10)), priority="stream")
+        future.result(timeout=60)
+        latencies.append((time.monotonic_ns() - submitted) / 1e6)
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    return latencies
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    tasks = 4 if quick else 8
+    big_mib = 50 if quick else 200
+    partitions = [list(range(i, i + RECORDS)) for i in range(0, tasks * RECORDS, RECORDS)]
+    fns = [CONSUMERS[i % len(CONSUMERS)] for i in range(tasks)]
+    expected = [_expected(fn, part) for fn, part in zip(fns, partitions, strict=True)]
+    payload_bytes = sum(len(payloads.pack_call([part], {})) for part in partitions)
+    with LocalCluster(executors=2) as cluster, Client(cluster) as client:
+        for _ in range(10):
+            client.ping()
+        _stream(client, None, 10)  # warm up
+        alone = _stream(client, None, 100 if quick else 250)
+
+        bytes_before = client.status()["bad_input"]["bytes_in"]
+        futures = []
+        for fn, part in zip(fns, partitions, strict=True):  # one job per consumer
+            futures += client.map(fn, [part], priority="batch", max_suspensions=10_000)
+        done = threading.Event()
+        finished = threading.Thread(
+            target=lambda: (client.gather(futures, timeout=600), done.set()), daemon=True
+        )
+        finished.start()
+        loaded = _stream(client, done, 0)
+        finished.join(timeout=600)
+        results = [future.result(timeout=0) for future in futures]
+        forwarded = client.status()["bad_input"]["bytes_in"] - bytes_before
+        suspended = sum(future.statistics().suspensions > 0 for future in futures)
+
+        big = os.urandom(big_mib * 1024 * 1024)
+        start = time.perf_counter()
+        try:
+            ok = client.submit(digest, big).result(timeout=300) == digest(big)
+            big_argument_s = time.perf_counter() - start if ok else None
+        except Exception as exc:  # reported, never raised: the other figures still count
+            big_argument_s, big_error = None, f"{type(exc).__name__}: {exc}"
+        else:
+            big_error = None if ok else "wrong digest"
+    result = {
+        "stream_ms_p50": percentile(loaded, 50),
+        "stream_ms_p99": percentile(loaded, 99),
+        "alone_ms_p50": percentile(alone, 50),
+        "alone_ms_p99": percentile(alone, 99),
+        "streams_loaded": len(loaded),
+        "results_exact": results == expected,
+        "batch_tasks": tasks,
+        "suspended_tasks": suspended,
+        "payload_bytes": payload_bytes,
+        "scheduler_bytes_forwarded": forwarded,
+        "big_argument_mib": big_mib,
+        "big_argument_s": big_argument_s,
+        "big_argument_error": big_error,
+    }
+    result["stream_p99_vs_alone"] = result["stream_ms_p99"] / result["alone_ms_p99"]
+    result["suspended_vs_batch"] = suspended / tasks
+    result["forwarded_vs_payload"] = forwarded / payload_bytes
+    return result

@@ -1,0 +1,111 @@
+"""Big arguments off the control path (runtime/datastore.py): spooled by the client, read
+or fetched by the executor, freed when no one needs them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tidal.runtime import datastore as ds
+from tidal.runtime import payloads
+from tidal.runtime import protocol as p
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.datastore import DataStore, DataUnavailable, Reference, fetch_chunks
+from tidal.workloads.synthetic import total
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setattr(ds, "spool_root", lambda: str(tmp_path))
+    data = DataStore("client-1", root=str(tmp_path))
+    yield data
+    data.close()
+
+
+def test_a_payload_is_read_back_in_pieces_on_this_host(store, monkeypatch):
+    monkeypatch.setattr(ds, "PIECE_BYTES", 1000)
+    payload = os.urandom(4_500)
+    reference = store.put(payload)
+    alone = dataclasses.replace(reference, address="")  # no server to ask: the file it is
+    pieces = list(fetch_chunks(alone))
+    assert [len(piece) for piece in pieces] == [1000] * 4 + [500]
+    assert b"".join(pieces) == payload and reference.size == len(payload)
+
+
+def test_only_files_in_a_spool_are_read_from_disk(store, tmp_path):
+    secret = tmp_path.parent / "secret"
+    secret.write_bytes(b"not for tasks")
+    reference = Reference(store.host, str(secret), 13, "", "1")
+    with pytest.raises(DataUnavailable, match="not on this host"):
+        list(fetch_chunks(reference))
+
+
+def test_another_host_fetches_it_from_the_owners_data_server(store, monkeypatch):
+    monkeypatch.setattr(ds, "PIECE_BYTES", 1000)
+    payload = os.urandom(2_500)
+    reference = store.put(payload)
+    assert reference.address.startswith("tcp://127.0.0.1:")
+    pieces = list(fetch_chunks(reference, host="elsewhere"))
+    assert b"".join(pieces) == payload and len(pieces) == 3
+
+
+def test_data_that_is_gone_is_a_clear_error_not_a_wait(store, monkeypatch):
+    reference = store.put(b"x" * 100)
+    store.drop([reference])
+    with pytest.raises(DataUnavailable, match=r"100 bytes spooled at .* is gone from its owner"):
+        list(fetch_chunks(reference))  # not here any more: asks the server, which has none
+    monkeypatch.setattr(ds, "FETCH_TIMEOUT_S", 0.2)
+    other = store.put(b"y" * 100)
+    store.close()  # the client left: no server either
+    with pytest.raises(DataUnavailable, match="did not answer"):
+        list(fetch_chunks(other, host="elsewhere"))
+
+
+def test_a_dead_clients_spool_is_swept_by_the_next(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    stale = tmp_path / "gone-client"
+    stale.mkdir()
+    (stale / "owner.pid").write_text(dead.stdout.strip())
+    (stale / "1").write_bytes(b"old")
+    foreign = tmp_path / "not-ours"
+    foreign.mkdir()
+    store = DataStore("client-2", root=str(tmp_path))
+    try:
+        assert not stale.exists() and foreign.exists()
+    finally:
+        store.close()
+    assert not os.path.exists(store.folder)
+
+
+def test_a_reference_payload_is_not_taken_for_msgpack_and_says_what_is_wrong():
+    blob = payloads.pack_reference(["h", "/p", 3, "tcp://x:1", "1"])
+    assert payloads.is_reference(blob) and not payloads.is_reference(payloads.pack_call([1], {}))
+    assert Reference(*payloads.open_reference(blob)).size == 3
+    with pytest.raises(p.ProtocolError, match="must be \\[host, path, size, address, key\\]"):
+        payloads.open_reference(payloads.pack_reference(["h", "/p", -1, "", "1"]))
+
+
+def test_big_arguments_bypass_the_scheduler_and_are_freed_with_their_job():
+    partitions = [list(range(i, i + 300_000)) for i in range(0, 900_000, 300_000)]
+    with LocalCluster(executors=2) as cluster, Client(cluster) as client:
+        before = client.status()["bad_input"]["bytes_in"]
+        futures = client.map(total, partitions)
+        assert [f.result(timeout=60) for f in futures] == [sum(part) for part in partitions]
+        sent = sum(len(payloads.pack_call([part], {})) for part in partitions)
+        through = client.status()["bad_input"]["bytes_in"] - before
+        assert through < sent / 100  # references only
+        folder = client._data.folder
+        assert os.listdir(folder) == ["owner.pid"]  # each file went with its job
+        small = client.submit(total, [1, 2, 3])  # small ones stay inline
+        assert small.result(timeout=30) == 6 and os.listdir(folder) == ["owner.pid"]
+    assert not os.path.exists(folder)
