@@ -309,52 +309,57 @@ class Client:
         sent_ns = time.monotonic_ns()
         tasks = []
         packed_kwargs: dict[int, bytes] = {}  # id(kwargs) -> its packed bytes
+        registered = False
         try:
-            for i, ((args, kwargs), prefs) in enumerate(zip(calls, preferred, strict=True)):
-                if id(kwargs) not in packed_kwargs:
-                    packed_kwargs[id(kwargs)] = payloads.pack_payload(kwargs, "kwargs")
-                payload = payloads.pack_call(args, kwargs, packed_kwargs=packed_kwargs[id(kwargs)])
-                if len(payload) >= DATA_THRESHOLD and self.keys is None:
-                    payload = self._spool(job_id, payload)
-                tasks.append(_task_entry(f"{job_id}/{i}", payload, prefs))
-            frame = p.encode(
-                p.Submit(
-                    job_id,
-                    priority,
-                    order,
-                    max_suspensions,
-                    ref.ref,
-                    ref.main_path,
-                    tasks,
-                    sent_ns,
-                    options,
+            try:
+                for i, ((args, kwargs), prefs) in enumerate(zip(calls, preferred, strict=True)):
+                    if id(kwargs) not in packed_kwargs:
+                        packed_kwargs[id(kwargs)] = payloads.pack_payload(kwargs, "kwargs")
+                    payload = payloads.pack_call(
+                        args, kwargs, packed_kwargs=packed_kwargs[id(kwargs)]
+                    )
+                    if len(payload) >= DATA_THRESHOLD and self.keys is None:
+                        payload = self._spool(job_id, payload)
+                    tasks.append(_task_entry(f"{job_id}/{i}", payload, prefs))
+                frame = p.encode(
+                    p.Submit(
+                        job_id,
+                        priority,
+                        order,
+                        max_suspensions,
+                        ref.ref,
+                        ref.main_path,
+                        tasks,
+                        sent_ns,
+                        options,
+                    )
                 )
-            )
-        except p.EncodeError as exc:
-            # Only now walk the arguments (they may be large) to name the one at fault.
-            for path, value in parts:
-                where = p.find_unencodable(value, path)
-                if where:
-                    raise TypeError(f"cannot submit {ref.ref}: {where}") from None
-            raise TypeError(f"cannot submit {ref.ref}: {exc}") from None
+            except p.EncodeError as exc:
+                # Only now walk the arguments (they may be large) to name the one at fault.
+                for path, value in parts:
+                    where = p.find_unencodable(value, path)
+                    if where:
+                        raise TypeError(f"cannot submit {ref.ref}: {where}") from None
+                raise TypeError(f"cannot submit {ref.ref}: {exc}") from None
+            if len(frame) > p.MAX_FRAME_BYTES:
+                way = "use a cluster without keys, whose big arguments travel apart, or "
+                raise ValueError(
+                    f"cannot submit {ref.ref}: its job is {len(frame):,} bytes packed, over the "
+                    f"{p.MAX_FRAME_BYTES:,}-byte limit of a frame ({way if self.keys else ''}"
+                    "submit fewer or smaller tasks at a time)"
+                )
+            futures = [TaskFuture(task[0], job_id, sent_ns, self._cancel_remote) for task in tasks]
+            with self._lock:
+                # Registered before the frame leaves, so no result can arrive ahead of its
+                # future.
+                self._check_open()
+                self._pending.update((future.task_id, future) for future in futures)
+                self._jobs[job_id] = [frame, len(futures)]
+                self._to_io.send(frame, zmq.NOBLOCK)
+                registered = True
         finally:
-            if not tasks or len(tasks) < len(calls):  # it failed: nothing will use them
+            if not registered:  # it failed: nothing will read what was spooled for it
                 self._drop_spooled(job_id)
-        if len(frame) > p.MAX_FRAME_BYTES:
-            self._drop_spooled(job_id)
-            way = "use a cluster without keys, whose big arguments travel apart, or "
-            raise ValueError(
-                f"cannot submit {ref.ref}: its job is {len(frame):,} bytes packed, over the "
-                f"{p.MAX_FRAME_BYTES:,}-byte limit of a frame ({way if self.keys else ''}"
-                "submit fewer or smaller tasks at a time)"
-            )
-        futures = [TaskFuture(task[0], job_id, sent_ns, self._cancel_remote) for task in tasks]
-        with self._lock:
-            # Registered before the frame leaves, so no result can arrive ahead of its future.
-            self._check_open()
-            self._pending.update((future.task_id, future) for future in futures)
-            self._jobs[job_id] = [frame, len(futures)]
-            self._to_io.send(frame, zmq.NOBLOCK)
         return futures
 
     def _cancel_remote(self, future: TaskFuture) -> None:
@@ -380,10 +385,11 @@ class Client:
     def _spool(self, job_id: str, payload: bytes) -> bytes:
         """Spool a big payload (runtime/datastore.py); the reference to send instead."""
         with self._lock:
+            self._check_open()  # a store made after close() would never be closed
             if self._data is None:
                 self._data = DataStore(self.client_id, bind_host=bind_host_for(self.address))
             data = self._data
-        reference = data.put(payload)
+        reference = data.put(payload)  # not under the lock: results go on meanwhile
         with self._lock:
             self._spooled.setdefault(job_id, []).append(reference)
         return payloads.pack_reference(reference_fields(reference))

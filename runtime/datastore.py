@@ -24,9 +24,11 @@ same authentication as the scheduler's socket; not built yet): `DataStore(enable
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import logging
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -44,8 +46,11 @@ __all__ = [
     "DataStore",
     "DataUnavailable",
     "Reference",
+    "bind_host_for",
     "fetch_chunks",
+    "reference_fields",
     "spool_root",
+    "sweep_stale",
 ]
 
 log = logging.getLogger("tidal.datastore")
@@ -56,8 +61,10 @@ DATA_THRESHOLD = 64 * 1024
 # The executor reads (or fetches) a payload this much at a time, with a record boundary
 # between pieces: ~0.2-0.5 ms each from /dev/shm, ~1 ms over loopback TCP.
 PIECE_BYTES = 1024 * 1024
-# How long an executor waits for a client's data server to answer one request.
+# How long an executor waits for a client's data server to answer one request, looking
+# up (an empty piece: a record boundary) every WAIT_SLICE_S.
 FETCH_TIMEOUT_S = 30.0
+WAIT_SLICE_S = 0.005
 _OWNER_FILE = "owner.pid"
 
 
@@ -100,8 +107,13 @@ class DataStore:
         self.folder = os.path.join(self.root, _safe_name(owner_id))
         self.bind_host = bind_host
         os.makedirs(self.folder, exist_ok=True)
-        with open(os.path.join(self.folder, _OWNER_FILE), "w") as f:
-            f.write(str(os.getpid()))
+        # Held locked while this store lives: a folder whose owner file no one holds is
+        # stale (its process died), whatever its pid says (pids are reused, and containers
+        # sharing /dev/shm do not share them).
+        self._owner = open(os.path.join(self.folder, _OWNER_FILE), "w")  # noqa: SIM115
+        fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._owner.write(str(os.getpid()))
+        self._owner.flush()
         sweep_stale(self.root, keep=self.folder)
         self._keys = itertools.count(1)
         self._server: _DataServer | None = None
@@ -110,10 +122,16 @@ class DataStore:
 
     def put(self, payload: bytes) -> Reference:
         """Spool `payload`; the reference to send in its place."""
-        key = f"{next(self._keys)}"
+        # Not guessable: anyone who can reach the data server could otherwise ask for them.
+        key = f"{next(self._keys)}-{secrets.token_hex(8)}"
         path = os.path.join(self.folder, key)
-        with open(path, "wb") as f:
-            f.write(payload)
+        try:
+            with open(path, "wb") as f:
+                f.write(payload)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
         with self._lock:
             if self._server is None:
                 self._server = _DataServer(self.folder, self.bind_host)
@@ -127,15 +145,17 @@ class DataStore:
                 os.unlink(reference.path)
 
     def close(self) -> None:
+        """Stop the data server and delete every spooled payload (and the folder)."""
         with self._lock:
             server, self._server = self._server, None
         if server is not None:
             server.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+        self._owner.close()  # releases its lock
 
 
 def sweep_stale(root: str, keep: str) -> None:
-    """Delete spool folders under `root` whose owner process no longer runs."""
+    """Delete spool folders under `root` whose owner no longer holds its lock."""
     try:
         names = os.listdir(root)
     except OSError:
@@ -145,22 +165,15 @@ def sweep_stale(root: str, keep: str) -> None:
         if folder == keep:
             continue
         try:
-            with open(os.path.join(folder, _OWNER_FILE)) as f:
-                pid = int(f.read().strip() or "0")
-        except (OSError, ValueError):
-            continue  # not ours, or being created: leave it
-        if pid > 0 and not _alive(pid):
+            owner = open(os.path.join(folder, _OWNER_FILE))  # noqa: SIM115
+        except OSError:
+            continue  # not a spool, or being created: leave it
+        with owner:
+            try:
+                fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its owner lives
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _safe_name(owner_id: str) -> str:
@@ -184,10 +197,12 @@ class _DataServer:
         self._thread.start()
 
     def close(self) -> None:
-        self._stop.send(b"")
+        with contextlib.suppress(zmq.Again):  # a thread that died takes no stop frame
+            self._stop.send(b"", zmq.NOBLOCK)
         self._thread.join(timeout=10)
         self._stop.close(linger=0)
-        self._context.term()
+        if not self._thread.is_alive():  # term() would wait for its socket for ever
+            self._context.term()
 
     def _serve(self) -> None:
         stop = self._context.socket(zmq.PAIR)
@@ -213,7 +228,9 @@ class _DataServer:
             key, offset, length = msgpack.unpackb(frames[0]) if len(frames) == 1 else (0, 0, 0)
             if not (
                 type(key) is str
-                and key.isdigit()
+                and os.path.basename(key) == key
+                and not key.startswith(".")
+                and key != _OWNER_FILE
                 and type(offset) is int
                 and offset >= 0
                 and type(length) is int
@@ -229,18 +246,22 @@ class _DataServer:
 
 
 def fetch_chunks(
-    reference: Reference, context: zmq.Context | None = None, host: str | None = None
+    reference: Reference,
+    context: zmq.Context | None = None,
+    host: str | None = None,
+    timeout_s: float = FETCH_TIMEOUT_S,
 ) -> Iterator[bytes]:
     """The spooled payload's bytes, a piece at a time: read from the file when it is on this
-    host, else fetched from its owner's data server. DataUnavailable if neither has it."""
+    host, else fetched from its owner's data server (empty pieces while it waits for an
+    answer). DataUnavailable if neither has it."""
     # Only files in a spool are read here: a reference names a path, and a peer's path
     # elsewhere must not make an executor read whatever file it names.
     spooled = os.path.realpath(reference.path).startswith(os.path.realpath(spool_root()) + os.sep)
     if (host or socket.gethostname()) == reference.host and spooled:
         try:
             f = open(reference.path, "rb")  # noqa: SIM115 (closed below, between yields)
-        except FileNotFoundError:
-            pass  # same name, another machine (or it was deleted): ask the server
+        except OSError:
+            pass  # same name, another machine (or deleted, or not ours to read): ask the server
         else:
             with f:
                 while piece := f.read(PIECE_BYTES):
@@ -248,10 +269,12 @@ def fetch_chunks(
             return
     if not reference.address:
         raise DataUnavailable(f"{reference.describe()} is not on this host and has no server")
-    yield from _fetch_remote(reference, context)
+    yield from _fetch_remote(reference, context, timeout_s)
 
 
-def _fetch_remote(reference: Reference, context: zmq.Context | None) -> Iterator[bytes]:
+def _fetch_remote(
+    reference: Reference, context: zmq.Context | None, timeout_s: float
+) -> Iterator[bytes]:
     own = context is None
     context = context or zmq.Context()
     dealer = context.socket(zmq.DEALER)
@@ -261,11 +284,19 @@ def _fetch_remote(reference: Reference, context: zmq.Context | None) -> Iterator
         offset = 0
         while offset < reference.size:
             dealer.send(msgpack.packb([reference.key, offset, PIECE_BYTES]))
-            if not dealer.poll(FETCH_TIMEOUT_S * 1000):
-                raise DataUnavailable(
-                    f"{reference.describe()}: its owner's data server at {reference.address} "
-                    f"did not answer within {FETCH_TIMEOUT_S:.0f} s (its client is gone?)"
-                )
+            # Discussion: waited for in slices, each followed by an empty piece, so that the
+            # task (which reads this on its own thread) still passes a record boundary:
+            # a client that is gone must not keep a suspend or a kill waiting.
+            waited = 0.0
+            while not dealer.poll(WAIT_SLICE_S * 1000):
+                waited += WAIT_SLICE_S
+                if waited >= timeout_s:
+                    raise DataUnavailable(
+                        f"{reference.describe()}: its owner's data server at "
+                        f"{reference.address} did not answer within {timeout_s:g} s "
+                        "(its client is gone?)"
+                    )
+                yield b""
             header, piece = [*dealer.recv_multipart(), b"", b""][:2]
             size = msgpack.unpackb(header) if header else -1
             if size != reference.size or not piece:

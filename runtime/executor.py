@@ -7,7 +7,8 @@ Threads, sockets and why:
   queued and sent together (one frame, a batch when several are waiting) whenever the
   kernel flushes: at each task switch, when a chunk reports, and past 1 MiB.
 * The listener thread owns the other DEALER connection, the one that said `hello`: it
-  receives commands and turns them into kernel calls (which raise the record gate), sends
+  receives commands and turns them into kernel calls (which raise the record gate; a busy
+  task's thread reads task commands there itself, see `_read_commands`), sends
   heartbeats with metrics, runs the suspension watchdog and, with a memory limit, the
   memory guard (runtime/memory.py).
 
@@ -173,8 +174,12 @@ class Executor:
         # watcher saw them arrive (`_read_commands`). One at a time, under this lock; what
         # the task thread reads that is not a task command it leaves for the listener.
         self._dealer: zmq.Socket | None = None
-        self._dealer_lock = threading.Lock()
+        # Reentrant: the listener handles what it read under it, and a rejoin among that
+        # replaces the connection (`_connect`) under it too.
+        self._dealer_lock = threading.RLock()
         self._for_listener: deque[p.Message | p.ProtocolError] = deque()
+        self._polled_fd = -1  # the listener's: the descriptor it polls for commands
+        self._dealer_fd = -1  # the command connection's descriptor (ZMQ_FD)
         self._task_thread_heard = False  # the task thread read frames: the link heard them
         self.kernel = Kernel(
             self._emit,
@@ -211,13 +216,23 @@ class Executor:
         # a disconnection (limit=None), as the scheduler is this executor's only peer.
         self._bad_input = PeerGuard(log, limit=None)
         self._dropped = RateLimitedLog(log, level=logging.ERROR)
+        # The commands that only reach the kernel (either thread may handle them).
+        self._task_handlers: dict[type, Any] = {
+            p.Launch: self._on_launch,
+            p.Suspend: self._on_suspend,
+            p.Resume: self._on_resume,
+            p.Kill: self._on_kill,
+            p.LaunchChunk: self._on_launch_chunk,
+            p.Steal: self._on_steal,
+            p.Ack: self._on_ack,
+        }
         self._handlers: dict[type, Any] = {
             p.Welcome: self._on_welcome,
             p.Reject: self._on_reject,
             p.Rejoin: self._on_rejoin,
             p.Ack: self._on_ack,
             p.Shutdown: self._on_shutdown,
-            **self._task_handlers(),
+            **self._task_handlers,
         }
 
     # ---- main thread ------------------------------------------------------------------------
@@ -332,47 +347,38 @@ class Executor:
         Discussion: the listener would need the GIL and a wake-up of its own, then the hub
         another (~0.15-0.3 ms each on a loaded 2-core VM); here the frames are read by the
         thread that holds the GIL already. What is not a task command (a welcome, a rejoin,
-        a bad frame) goes to the listener, which owns the connection's life. False if the
-        listener is reading now: the kernel then waits for it.
+        a bad frame), and everything after it, goes to the listener, which owns the
+        connection's life. Commands are handled under the connection's lock, by whichever
+        thread read them, so that they reach the kernel in the order they came. False if
+        the listener holds the lock now: the kernel then waits for it.
         """
         if not self._dealer_lock.acquire(blocking=False):
             return False
+        forwarded = False
         try:
             dealer = self._dealer
             if dealer is None:
                 return False
             received = _receive(dealer)
+            if not received:
+                return True  # the listener read them first, and posted their commands
+            self._task_thread_heard = True
+            mine = self._task_handlers if self._link.connected and not self._for_listener else {}
+            items = self._decode(received)
+            for i, item in enumerate(items):
+                if type(item) not in mine:
+                    self._for_listener.extend(items[i:])
+                    forwarded = True
+                    break
+                self._handle(item, mine)
         finally:
             self._dealer_lock.release()
-        if not received:
-            return True  # the listener read them first, and posts their commands
-        self._task_thread_heard = True
-        task_handlers = self._task_handlers() if self._link.connected else {}
-        forwarded = False
-        for item in self._decode(received):
-            if type(item) in task_handlers:
-                self._handle(item, task_handlers)
-            else:
-                self._for_listener.append(item)
-                forwarded = True
         if forwarded:
             try:
                 self._to_listener.send(b"w", zmq.NOBLOCK)  # wake the listener for them
             except zmq.Again:
                 self._dropped("the listener is not taking messages")
         return True
-
-    def _task_handlers(self) -> dict[type, Any]:
-        """The commands that only reach the kernel (either thread may handle them)."""
-        return {
-            p.Launch: self._on_launch,
-            p.Suspend: self._on_suspend,
-            p.Resume: self._on_resume,
-            p.Kill: self._on_kill,
-            p.LaunchChunk: self._on_launch_chunk,
-            p.Steal: self._on_steal,
-            p.Ack: self._on_ack,
-        }
 
     def _decode(self, received: list[list[bytes]]) -> list[p.Message | p.ProtocolError]:
         """The messages of frames from the scheduler, a bad one as its ProtocolError."""
@@ -449,11 +455,13 @@ class Executor:
         except zmq.Again:
             log.info("the hello to %s found no connection yet", self.scheduler)
         self._link.hello_sent()
+        fd = dealer.getsockopt(zmq.FD)  # before the task thread may use the socket
         with self._dealer_lock:
             self._dealer = dealer
+            self._dealer_fd = fd
         # Frames arriving on it raise the record gate at once, from a thread that needs no
-        # GIL, so a running task hands this thread the GIL at its next boundary (_gate.c).
-        self.kernel.gate.watch(dealer.getsockopt(zmq.FD), realtime=self.realtime)
+        # GIL, so the running task reads them at its next boundary (`_read_commands`).
+        self.kernel.gate.watch(fd, realtime=self.realtime)
         return dealer
 
     def _rejoin(self, reason: str) -> None:
@@ -481,7 +489,7 @@ class Executor:
         # each wake-up reads until nothing is left, and whatever touched the socket since
         # (a send may take in frames' arrival) is followed by a look at ZMQ_EVENTS.
         poller = zmq.Poller()
-        self._polled_fd = dealer.getsockopt(zmq.FD)
+        self._polled_fd = self._dealer_fd
         poller.register(self._polled_fd, zmq.POLLIN)
         poller.register(from_main, zmq.POLLIN)
         while True:
@@ -502,19 +510,22 @@ class Executor:
                 waiting = bool(dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN)
             ready = dict(poller.poll(0 if waiting else timeout_ms))
 
-            # -- 2. Commands from the scheduler, each handled by its op; and what the task
-            #       thread read and left for us.
+            # -- 2. Commands from the scheduler, each handled by its op: first what the task
+            #       thread read and left for us (its wake-up frames read first, so that none
+            #       is missed), then what waits; under the lock, so that the task thread
+            #       cannot handle later commands before these.
+            exit_asked = from_main in ready and _exit_asked(from_main)
             with self._dealer_lock:
+                items = list(self._for_listener)
+                self._for_listener.clear()
                 received = _receive(dealer)
-            if received or self._task_thread_heard:
-                self._task_thread_heard = False
-                link.heard()
-            for item in self._decode(received):
-                self._handle(item, self._handlers)
-                if self._dealer is not dealer:  # a rejoin: read the new connection
-                    break
-            while self._for_listener:
-                self._handle(self._for_listener.popleft(), self._handlers)
+                if received or self._task_thread_heard:
+                    self._task_thread_heard = False
+                    link.heard()
+                for item in [*items, *self._decode(received)]:
+                    self._handle(item, self._handlers)
+                    if self._dealer is not dealer:  # a rejoin: read the new connection
+                        break
             if self._dealer is not dealer:
                 dealer = self._follow_dealer(poller, dealer)
             if received:
@@ -522,9 +533,9 @@ class Executor:
 
             self._bad_input.tick()  # the periodic summary of suppressed log lines, if any
 
-            # -- 3. The task thread says when to exit (an empty frame; it sends its own
-            #       reports), or that it left messages for us (handled above).
-            if from_main in ready and _exit_asked(from_main):
+            # -- 3. The task thread says when to exit (an empty frame, read above; it sends
+            #       its own reports).
+            if exit_asked:
                 return
 
             # -- 4. Watchdog: report suspensions the running task cannot honour; with a
@@ -567,7 +578,7 @@ class Executor:
         if self._dealer is not dealer:
             poller.unregister(self._polled_fd)
             dealer = self._dealer
-            self._polled_fd = dealer.getsockopt(zmq.FD)
+            self._polled_fd = self._dealer_fd
             poller.register(self._polled_fd, zmq.POLLIN)
         return dealer
 
@@ -597,13 +608,14 @@ class Executor:
 
     def _send(self, dealer: zmq.Socket, frame: bytes) -> None:
         """Send to the scheduler without ever blocking the listener."""
-        try:
-            with self._dealer_lock:
+        with self._dealer_lock:
+            try:
                 dealer.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            self._dropped(
-                f"dropped a message: {dealer.sndhwm} are queued for a scheduler that is not reading"
-            )
+            except zmq.Again:
+                self._dropped(
+                    f"dropped a message: {dealer.sndhwm} are queued for a scheduler that is "
+                    "not reading"
+                )
 
     def _enforce_memory_limit(self, dealer: zmq.Socket) -> None:
         """One look at the RSS; fail a task, or exit, as the guard decides."""

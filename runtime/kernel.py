@@ -42,7 +42,7 @@ import greenlet
 
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
-from tidal.runtime.datastore import DataUnavailable, Reference, fetch_chunks
+from tidal.runtime.datastore import Reference, fetch_chunks
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.gate import Gate, GatedIterator
 from tidal.runtime.runstate import (
@@ -71,10 +71,6 @@ CHUNK_REPORT_NS = 20_000_000
 # longer wait would stall a task whose listener is slow to come (the watcher raises again
 # while frames wait unread, up to every 2 ms).
 LISTENER_WAIT_S = 0.0005
-# A result travels in frames of at most p.MAX_FRAME_BYTES (its `finished`, then the client's
-# `results`); one that would not fit fails its task with the reason instead of being dropped
-# by the scheduler with its future waiting for ever.
-MAX_RESULT_BYTES = p.MAX_FRAME_BYTES - (1 << 20)
 
 
 class TaskKilled(BaseException):
@@ -631,12 +627,7 @@ class Kernel:
         stats = record.stats(self.executor_id, self._clock())
         if outcome.kind == "finished":
             try:
-                result = payloads.pack_payload(outcome.value, "finished.result")
-                if len(result) > MAX_RESULT_BYTES:
-                    raise p.EncodeError(
-                        f"it is {len(result):,} bytes packed, over the {MAX_RESULT_BYTES:,}-byte "
-                        "limit of a result (results do not go through the data path yet)"
-                    )
+                result = payloads.pack_result(outcome.value, "finished.result")
             except p.EncodeError as exc:
                 self._emit(
                     p.Failed(
@@ -682,42 +673,18 @@ class Kernel:
             return Outcome("failed", error=describe_failure(exc, __file__))
 
     def _unpack(self, payload: bytes) -> tuple[list[Any], dict[str, Any]]:
-        """A task's (args, kwargs) from its payload; ProtocolError if it is not one.
-
-        A big argument arrives in blocks (runtime/payloads.py), decoded here one at a time
-        with a record boundary after each, so a suspend or kill that lands while a partition
-        is being decoded waits one block (well under a millisecond), not the whole decode.
-        """
-        if payloads.is_reference(payload):
-            payload = self._fetch_payload(payload)
-        args, kwargs, blocked = payloads.open_call(payload)
-        gate = self.gate
-        for index, blocks in blocked:
-            items: list[Any] = []
-            for block in blocks:  # read from the payload one at a time
-                items.extend(payloads.unpack_block(block))
-                if gate.requested:
-                    self._checkpoint()
-            args[index] = items
+        """A task's (args, kwargs) from its payload, in its greenlet: a spooled payload is
+        read a piece at a time and a big argument decoded a block at a time, each followed
+        by a record boundary (runtime/payloads.py), so that a suspend or kill that lands
+        meanwhile waits well under a millisecond. ProtocolError or DataUnavailable if the
+        payload cannot be had."""
+        args, kwargs = payloads.open_task_call(payload, self._fetch, self._boundary)
         self._payload_unpacked()
         return args, kwargs
 
-    def _fetch_payload(self, blob: bytes) -> bytearray:
-        """The bytes of a payload its client spooled (runtime/datastore.py), read or fetched
-        a piece at a time with a record boundary after each; DataUnavailable if gone."""
-        reference = Reference(*payloads.open_reference(blob))
-        data = bytearray(reference.size)  # filled in place: no copy of the whole grows
-        view, at = memoryview(data), 0
-        for piece in self._fetch(reference):
-            if at + len(piece) > reference.size:
-                raise DataUnavailable(f"{reference.describe()}: more bytes came than that")
-            view[at : at + len(piece)] = piece
-            at += len(piece)
-            if self.gate.requested:
-                self._checkpoint()
-        if at != reference.size:
-            raise DataUnavailable(f"{reference.describe()}: only {at:,} bytes were there")
-        return data
+    def _boundary(self) -> None:
+        if self.gate.requested:
+            self._checkpoint()
 
     def _call_task(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Call a task function with its inputs gated; a generator's outputs are its result."""
@@ -757,10 +724,8 @@ class Kernel:
                     error = describe_failure(exc, __file__)
                 else:
                     try:  # packed here, so that a result msgpack cannot carry fails alone
-                        value, outcome = (
-                            payloads.pack_payload(result, f"result of {task_id}"),
-                            "finished",
-                        )
+                        value = payloads.pack_result(result, f"result of {task_id}")
+                        outcome = "finished"
                     except p.EncodeError as exc:
                         error = ["EncodeError", f"the result cannot be sent: {exc}", ""]
                 now = self._clock()

@@ -9,12 +9,19 @@ client unpacks it (`unpack_payload`). The scheduler only forwards the bytes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgpack
 
-from tidal.runtime.protocol import EncodeError, ProtocolError, find_unencodable, unpack_value
+from tidal.runtime.datastore import DataUnavailable, Reference
+from tidal.runtime.protocol import (
+    MAX_FRAME_BYTES,
+    EncodeError,
+    ProtocolError,
+    find_unencodable,
+    unpack_value,
+)
 
 # msgpack's Unpacker refuses extension types the way frames do (runtime/protocol.py).
 
@@ -28,10 +35,12 @@ __all__ = [
     "is_reference",
     "open_call",
     "open_reference",
+    "open_task_call",
     "pack_blocks",
     "pack_call",
     "pack_payload",
     "pack_reference",
+    "pack_result",
     "unpack_block",
     "unpack_call",
     "unpack_payload",
@@ -58,6 +67,24 @@ def pack_payload(value: Any, where: str = "payload") -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         problem = find_unencodable(value, where) or f"cannot encode {where}: {exc}"
         raise EncodeError(problem) from None
+
+
+# A result travels in frames of at most MAX_FRAME_BYTES (its `finished`, then the client's
+# `results`); one that would not fit fails its task with the reason instead of being
+# dropped by the scheduler with its future waiting for ever.
+MAX_RESULT_BYTES = MAX_FRAME_BYTES - (1 << 20)
+
+
+def pack_result(value: Any, where: str) -> bytes:
+    """A task's result as a payload; EncodeError if msgpack cannot carry it, or a frame
+    could not (MAX_RESULT_BYTES)."""
+    result = pack_payload(value, where)
+    if len(result) > MAX_RESULT_BYTES:
+        raise EncodeError(
+            f"{where} is {len(result):,} bytes packed, over the {MAX_RESULT_BYTES:,}-byte "
+            "limit of a result (results do not go through the data path yet)"
+        )
+    return result
 
 
 def pack_call(args: Any, kwargs: dict[str, Any], *, packed_kwargs: bytes | None = None) -> bytes:
@@ -322,3 +349,40 @@ def open_reference(blob: bytes, what: str = "task payload") -> list[Any]:
             f"{what}'s reference must be [host, path, size, address, key], got {str(fields)[:80]}"
         )
     return fields
+
+
+def open_task_call(
+    payload: bytes, fetch: Callable[[Reference], Iterable[bytes]], boundary: Callable[[], None]
+) -> tuple[list[Any], dict[str, Any]]:
+    """A task's (args, kwargs), opened on the task's own thread: a spooled payload is read
+    (`fetch`, runtime/datastore.py) a piece at a time and a blocked argument decoded a block
+    at a time, with `boundary()` (the kernel's record boundary) after each. ProtocolError if
+    it is not a call, DataUnavailable if a spooled payload cannot be had."""
+    if is_reference(payload):
+        payload = _fetched(Reference(*open_reference(payload)), fetch, boundary)
+    args, kwargs, blocked = open_call(payload)
+    for index, blocks in blocked:
+        items: list[Any] = []
+        for block in blocks:  # read from the payload one at a time
+            items.extend(unpack_block(block))
+            boundary()
+        args[index] = items
+    return args, kwargs
+
+
+def _fetched(
+    reference: Reference,
+    fetch: Callable[[Reference], Iterable[bytes]],
+    boundary: Callable[[], None],
+) -> bytearray:
+    data = bytearray(reference.size)  # filled in place: no copy of the whole as it grows
+    view, at = memoryview(data), 0
+    for piece in fetch(reference):
+        if at + len(piece) > reference.size:
+            raise DataUnavailable(f"{reference.describe()}: more bytes came than that")
+        view[at : at + len(piece)] = piece
+        at += len(piece)
+        boundary()
+    if at != reference.size:
+        raise DataUnavailable(f"{reference.describe()}: only {at:,} bytes were there")
+    return data

@@ -339,7 +339,7 @@ class Journal(NullJournal):
             self._db.close()
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: `_in_flight.remove` must not compare payloads
 class _Records:
     """What a journal recorded between two commits."""
 

@@ -593,8 +593,9 @@ class SchedulerServer:
     def _flush_held(self) -> None:
         """Hand the pass's journal records to the writer, then send what the pass held back:
         each executor its batch launches at once; each client its results (in frames of at
-        most RESULTS_PER_FRAME items) and each executor its acks once those records are on
-        disk (`_send_written`): whatever a peer is told is safe is on disk by then."""
+        most RESULTS_PER_FRAME items and about BATCH_FLUSH_BYTES of values) and each executor
+        its acks once those records are on disk (`_send_written`): whatever a peer is told
+        is safe is on disk by then."""
         ticket = None if self._writer is None else self._writer.commit()
         if self._results or self._acks:
             if ticket is None and self._unwritten:  # keep the order of what waits
@@ -615,10 +616,22 @@ class SchedulerServer:
 
     def _send_results(self, results: dict[str, list[Any]], acks: dict[str, list[str]]) -> None:
         for client_id, items in results.items():
-            for start in range(0, len(items), RESULTS_PER_FRAME):
-                self._send(
-                    ("client", client_id), p.Results(items[start : start + RESULTS_PER_FRAME])
-                )
+            # Discussion: by count and by bytes, so that two big results (a result may be
+            # up to ~63 MiB) never share a frame over the client's limit.
+            frame_items: list[Any] = []
+            frame_bytes = 0
+            for item in items:
+                size = len(item[2]) if type(item[2]) is bytes else 0
+                if frame_items and (
+                    len(frame_items) >= RESULTS_PER_FRAME
+                    or frame_bytes + size > p.BATCH_FLUSH_BYTES
+                ):
+                    self._send(("client", client_id), p.Results(frame_items))
+                    frame_items, frame_bytes = [], 0
+                frame_items.append(item)
+                frame_bytes += size
+            if frame_items:
+                self._send(("client", client_id), p.Results(frame_items))
         for executor_id, task_ids in acks.items():
             self._send(("executor", executor_id), p.Ack(task_ids))
 

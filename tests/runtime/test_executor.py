@@ -7,10 +7,12 @@ import textwrap
 import time
 
 import pytest
+import zmq
 
 from tests.stub import StubScheduler
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
+from tidal.runtime.executor import Executor
 from tidal.runtime.processes import spawn_executor, stop_process
 
 pytestmark = pytest.mark.slow
@@ -310,3 +312,46 @@ def test_an_absurd_heartbeat_interval_from_the_scheduler_cannot_wedge_the_execut
             assert proc.wait(10) == 0
         finally:
             stop_process(proc)
+
+
+def test_the_task_thread_hands_commands_on_in_order_and_the_rest_to_the_listener():
+    """`_read_commands` on its own: task commands up to the first other message go to the
+    kernel, that message and everything after it to the listener, in order."""
+    ex = Executor("tcp://127.0.0.1:9", realtime=False)  # nothing there: never connects
+    router = ex._context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = ex._context.socket(zmq.DEALER)
+    try:
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        dealer.send(b"hi")
+        routing_id, _ = router.recv_multipart()
+        ex._dealer = dealer
+        ex._link.hello_sent()
+        ex._link.welcomed()
+        frames = [
+            p.encode(p.Suspend("a", 1)),
+            p.encode(p.Resume("a", 2)),
+            p.encode(p.Rejoin("x")),
+            p.encode(p.Kill("a", 3)),
+        ]
+        router.send_multipart([routing_id, p.encode(p.Batch(frames))])
+        assert dealer.poll(10_000)
+        assert ex._read_commands()
+        commands = []
+        while not ex.kernel._inbox.empty():
+            commands.append(ex.kernel._inbox.get_nowait().op)
+        assert commands == ["suspend", "resume"]
+        assert [type(m).__name__ for m in ex._for_listener] == ["Rejoin", "Kill"]
+        # Before the handshake completes nothing is the task thread's to handle.
+        ex._for_listener.clear()
+        ex._link = type(ex._link)(ping_s=1, silent_s=3, connect_timeout_s=9, reconnect_timeout_s=9)
+        router.send_multipart([routing_id, p.encode(p.Kill("a", 4))])
+        assert dealer.poll(10_000) and ex._read_commands()
+        assert ex.kernel._inbox.empty() and [type(m) for m in ex._for_listener] == [p.Kill]
+    finally:
+        dealer.close(linger=0)
+        router.close(linger=0)
+        ex._reports.close(linger=0)
+        ex._to_listener.close(linger=0)
+        ex._context.term()
+        ex._rss.close()

@@ -11,7 +11,6 @@ import dataclasses
 import msgpack
 import pytest
 
-from tidal.runtime import kernel as kernel_module
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.gate import IMPLEMENTATION, PyGate, py_gated_iterator
@@ -408,12 +407,17 @@ def test_a_spooled_argument_that_is_gone_fails_its_task_with_the_reason(make_ker
 
 
 def test_a_result_too_big_for_a_frame_fails_its_task_instead_of_vanishing(make_kernel, monkeypatch):
-    monkeypatch.setattr(kernel_module, "MAX_RESULT_BYTES", 1000)
+    monkeypatch.setattr(payloads, "MAX_RESULT_BYTES", 1000)
     kernel, transport = make_kernel()
     kernel.launch("t", lambda: b"x" * 2000)
     kernel.run()
     failed = transport.outcome("t")
     assert failed.error_type == "EncodeError" and "over the 1,000-byte limit" in failed.message
+    kernel.launch_chunk("c", lambda n: b"x" * n, [["small", [10], {}], ["big", [2000], {}]])
+    kernel.run()
+    items = {i[0]: i for i in chunk_items(transport, "c")}
+    assert items["small"][1] == "finished" and items["big"][1] == "failed"
+    assert "over the 1,000-byte limit" in items["big"][3][1]
 
 
 def test_a_task_killed_while_its_argument_decodes_is_killed(make_kernel, monkeypatch):
