@@ -20,15 +20,10 @@ from tidal.runtime.protocol import (
     EncodeError,
     ProtocolError,
     find_unencodable,
+    hashable_keys,
+    refuse_extension,
     unpack_value,
 )
-
-# msgpack's Unpacker refuses extension types the way frames do (runtime/protocol.py).
-
-
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise ProtocolError(f"msgpack extension type {code} is not allowed")
-
 
 __all__ = [
     "BLOCKED_MIN_ITEMS",
@@ -196,8 +191,8 @@ def _open_blocked(
         _Reader(blob),
         raw=False,
         strict_map_key=False,
-        ext_hook=_refuse_ext,
-        object_pairs_hook=_pairs,  # dict keys sent from tuples come back as tuples
+        ext_hook=refuse_extension,
+        object_pairs_hook=hashable_keys,  # dict keys sent from tuples come back as tuples
         read_size=_READ_BYTES,
         max_buffer_size=max(len(blob), 1 << 20),
     )
@@ -271,18 +266,6 @@ def _read(unpacker: msgpack.Unpacker, problem: str, *, header: bool = False) -> 
         return unpacker.read_array_header() if header else unpacker.unpack()
     except Exception as exc:  # malformed: whatever msgpack raises
         raise ProtocolError(f"{problem} ({type(exc).__name__}: {exc})") from None
-
-
-def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    return {_frozen(key): value for key, value in pairs}
-
-
-def _frozen(key: Any) -> Any:
-    if type(key) is list:
-        return tuple(_frozen(k) for k in key)
-    if type(key) is dict:
-        raise ProtocolError("a map key is itself a map, which cannot be a dict key")
-    return key
 
 
 def unpack_block(block: bytes, what: str = "a block of a task argument") -> list[Any]:

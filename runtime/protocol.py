@@ -41,6 +41,8 @@ __all__ = [
     "decode",
     "encode",
     "find_unencodable",
+    "hashable_keys",
+    "refuse_extension",
     "unpack_value",
 ]
 
@@ -475,7 +477,8 @@ class PolicySet(Message):
 # ---- codec --------------------------------------------------------------------------------
 
 
-def _refuse_ext(code: int, data: bytes) -> Any:
+def refuse_extension(code: int, data: bytes) -> Any:
+    """msgpack's ext_hook here: no extension type is data Tidal sends."""
     raise ProtocolError(f"msgpack extension type {code} is not allowed")
 
 
@@ -541,7 +544,7 @@ def _unpack(frame: bytes | bytearray | memoryview, **options: Any) -> Any:
     # calling ext_hook; it arrives as a msgpack.Timestamp, which is plain data. Every other
     # extension type is refused.
     return msgpack.unpackb(
-        frame, raw=False, use_list=True, strict_map_key=False, ext_hook=_refuse_ext, **options
+        frame, raw=False, use_list=True, strict_map_key=False, ext_hook=refuse_extension, **options
     )
 
 
@@ -556,10 +559,10 @@ def unpack_value(frame: bytes | bytearray | memoryview) -> Any:
         # decode once more, slowly, turning array keys back into tuples.
         if "unhashable" not in str(exc):
             raise
-        return _unpack(frame, object_pairs_hook=_hashable_keys)
+        return _unpack(frame, object_pairs_hook=hashable_keys)
 
 
-def _hashable_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+def hashable_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     """Build a dict whose array keys (sent from tuple keys) become tuples again."""
     return {_freeze(key): value for key, value in pairs}
 

@@ -87,7 +87,10 @@ def test_the_pure_python_gate_has_no_watcher():
     assert gate.watch_raises == 0
 
 
-def test_a_task_waits_at_its_boundary_until_the_listener_has_read(monkeypatch):
+@pytest.mark.parametrize(
+    "read_commands", [None, lambda: False], ids=["no reader", "a reader that cannot read now"]
+)
+def test_a_task_waits_at_its_boundary_until_the_listener_has_read(monkeypatch, read_commands):
     """The executor's order: frames arrive (the watcher raises the gate), the task enters
     the hub, the listener reads them and posts a suspend, then says it read. The watcher is
     played by the task's own input here (a pure-Python gate whose raise count it bumps), so
@@ -96,7 +99,12 @@ def test_a_task_waits_at_its_boundary_until_the_listener_has_read(monkeypatch):
     # listener thread longer than the real one's 0.5 ms to come.
     monkeypatch.setattr(kernel_module, "LISTENER_WAIT_S", 30.0)
     transport = Transport()
-    kernel = Kernel(transport, gate_factory=PyGate, gated_iterator=py_gated_iterator)
+    kernel = Kernel(
+        transport,
+        gate_factory=PyGate,
+        gated_iterator=py_gated_iterator,
+        read_commands=read_commands,  # the executor's when the listener holds the connection
+    )
 
     def listener():
         # Like the real one, it can act only once the hub has taken the raise (it lowers
@@ -107,16 +115,7 @@ def test_a_task_waits_at_its_boundary_until_the_listener_has_read(monkeypatch):
 
     threads = []
 
-    def records():
-        for i in range(1_000_000):
-            if i == 1_000:  # frames arrive: the watcher raises the gate
-                kernel.gate.watch_raises += 1
-                kernel.gate.requested = 1
-                threads.append(threading.Thread(target=listener))
-                threads[0].start()
-            yield i
-
-    kernel.launch("spin", sum, [records()])
+    kernel.launch("spin", sum, [watched_records(kernel, lambda: start(threads, listener))])
     kernel.run()  # returns when nothing can run: the task is suspended
     (suspended,) = transport.of(p.Suspended, "spin")
     # Applied while the task waited at its boundary: the hub had control already.
@@ -145,14 +144,7 @@ def test_the_hub_reads_what_the_watcher_saw_itself_when_it_can():
         read_commands=read_commands,
     )
 
-    def records():
-        for i in range(1_000_000):
-            if i == 1_000:  # frames arrive: the watcher raises the gate
-                kernel.gate.watch_raises += 1
-                kernel.gate.requested = 1
-            yield i
-
-    kernel.launch("spin", sum, [records()])
+    kernel.launch("spin", sum, [watched_records(kernel)])
     kernel.run()
     (suspended,) = transport.of(p.Suspended, "spin")
     assert reads == [0] and suspended.records == 1_001  # parked at that very boundary
@@ -161,36 +153,17 @@ def test_the_hub_reads_what_the_watcher_saw_itself_when_it_can():
     kernel.close()
 
 
-def test_a_hub_that_cannot_read_waits_for_the_listener_instead(monkeypatch):
-    monkeypatch.setattr(kernel_module, "LISTENER_WAIT_S", 30.0)
-    transport = Transport()
-    kernel = Kernel(
-        transport,
-        gate_factory=PyGate,
-        gated_iterator=py_gated_iterator,
-        read_commands=lambda: False,  # the listener holds the connection
-    )
-    threads = []
+def watched_records(kernel, arrived=lambda: None):
+    """A task's input of 1,000,000 records; at the 1,000th, frames "arrive": the gate's
+    watcher is played by bumping its raise count and raising the gate, then `arrived()`."""
+    for i in range(1_000_000):
+        if i == 1_000:
+            kernel.gate.watch_raises += 1
+            kernel.gate.requested = 1
+            arrived()
+        yield i
 
-    def listener():
-        assert wait_until(lambda: kernel.gate.requested == 0)
-        kernel.suspend("spin")
-        kernel.listened()
 
-    def records():
-        for i in range(1_000_000):
-            if i == 1_000:
-                kernel.gate.watch_raises += 1
-                kernel.gate.requested = 1
-                threads.append(threading.Thread(target=listener))
-                threads[0].start()
-            yield i
-
-    kernel.launch("spin", sum, [records()])
-    kernel.run()
-    (suspended,) = transport.of(p.Suspended, "spin")
-    assert suspended.latency_ns == 0 and suspended.records == 1_001
-    threads[0].join(30)
-    kernel.kill("spin")
-    kernel.run()
-    kernel.close()
+def start(threads, target):
+    threads.append(threading.Thread(target=target))
+    threads[-1].start()
