@@ -63,10 +63,16 @@ def _stream(client: Client, until: threading.Event | None, count: int) -> list[f
     return latencies
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(
+    quick: bool = False,
+    *,
+    records: int = RECORDS,
+    big_mib: int | None = None,
+    alone: int | None = None,
+) -> dict[str, Any]:
     tasks = 4 if quick else 8
-    big_mib = 50 if quick else 200
-    partitions = [list(range(i, i + RECORDS)) for i in range(0, tasks * RECORDS, RECORDS)]
+    big_mib = big_mib or (50 if quick else 200)
+    partitions = [list(range(i, i + records)) for i in range(0, tasks * records, records)]
     fns = [CONSUMERS[i % len(CONSUMERS)] for i in range(tasks)]
     expected = [_expected(fn, part) for fn, part in zip(fns, partitions, strict=True)]
     payload_bytes = sum(len(payloads.pack_call([part], {})) for part in partitions)
@@ -74,7 +80,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         for _ in range(10):
             client.ping()
         _stream(client, None, 10)  # warm up
-        alone = _stream(client, None, 100 if quick else 250)
+        alone_ms = _stream(client, None, alone or (100 if quick else 250))
 
         bytes_before = client.status()["bad_input"]["bytes_in"]
         futures = []
@@ -103,8 +109,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     result = {
         "stream_ms_p50": percentile(loaded, 50),
         "stream_ms_p99": percentile(loaded, 99),
-        "alone_ms_p50": percentile(alone, 50),
-        "alone_ms_p99": percentile(alone, 99),
+        "alone_ms_p50": percentile(alone_ms, 50),
+        "alone_ms_p99": percentile(alone_ms, 99),
         "streams_loaded": len(loaded),
         "results_exact": results == expected,
         "batch_tasks": tasks,

@@ -13,7 +13,7 @@ import math
 import pytest
 
 from tidal.runtime import cli
-from tidal.runtime.bench import BENCHMARKS, suite, throughput, unified
+from tidal.runtime.bench import BENCHMARKS, bigdata, suite, throughput, unified
 from tidal.runtime.bench.machine import machine_info, reference_figures
 from tidal.runtime.demo import DemoConfig
 
@@ -138,3 +138,14 @@ def test_unified_without_dask_skips_the_peer(monkeypatch, tmp_path):
     assert result["dask"] is None and result["stream_p99_ratio"] is None
     assert result["dask_skipped"] == "dask is not installed (test)"
     assert result["tidal"]["stream_exact"]
+
+
+@pytest.mark.slow
+def test_bigdata_runs_its_scenario_and_keeps_the_partitions_off_the_scheduler():
+    figures = bigdata.run(quick=True, records=40_000, big_mib=2, alone=10)
+    assert figures["results_exact"] and figures["big_argument_error"] is None
+    assert figures["big_argument_s"] is not None and figures["batch_tasks"] == 4
+    # Each partition packs to ~200 KB: spooled, so only references reach the scheduler.
+    assert figures["forwarded_vs_payload"] < 0.05
+    for key in ("stream_ms_p99", "alone_ms_p99", "stream_p99_vs_alone", "suspended_vs_batch"):
+        assert figures[key] >= 0
