@@ -53,7 +53,6 @@ from tidal.runtime.datastore import (
     DataStore,
     Reference,
     bind_host_for,
-    reference_fields,
 )
 from tidal.runtime.functions import function_ref
 
@@ -359,7 +358,8 @@ class Client:
                 registered = True
         finally:
             if not registered:  # it failed: nothing will read what was spooled for it
-                self._drop_spooled(job_id)
+                with self._lock:
+                    self._drop_spooled([job_id])
         return futures
 
     def _cancel_remote(self, future: TaskFuture) -> None:
@@ -378,9 +378,7 @@ class Client:
             job[1] -= 1
             if job[1] <= 0:
                 del self._jobs[job_id]
-                spooled = self._spooled.pop(job_id, None)
-                if spooled and self._data is not None:
-                    self._data.drop(spooled)
+                self._drop_spooled([job_id])
 
     def _spool(self, job_id: str, payload: bytes) -> bytes:
         """Spool a big payload (runtime/datastore.py); the reference to send instead."""
@@ -392,19 +390,14 @@ class Client:
         reference = data.put(payload)  # not under the lock: results go on meanwhile
         with self._lock:
             self._spooled.setdefault(job_id, []).append(reference)
-        return payloads.pack_reference(reference_fields(reference))
+        return payloads.pack_reference(reference)
 
-    def _drop_spooled(self, job_id: str | None = None) -> None:
-        """Delete one job's spooled payloads (None: every job's)."""
-        with self._lock:
-            if job_id is None:
-                dropped = [r for refs in self._spooled.values() for r in refs]
-                self._spooled.clear()
-            else:
-                dropped = self._spooled.pop(job_id, [])
-            data = self._data
-        if dropped and data is not None:
-            data.drop(dropped)
+    def _drop_spooled(self, job_ids: Iterable[str] | None = None) -> None:
+        """Delete these jobs' spooled payloads (None: every job's); call with the lock held."""
+        for job_id in list(self._spooled) if job_ids is None else job_ids:
+            references = self._spooled.pop(job_id, None)
+            if references and self._data is not None:
+                self._data.drop(references)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -554,7 +547,7 @@ class Client:
             self._status_waiters.clear()
             self._jobs.clear()
             self._request_frames.clear()
-        self._drop_spooled()  # no one waits for those jobs any more
+            self._drop_spooled()  # no one waits for those jobs any more
         for future in futures:
             with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
                 future.set_exception(ConnectionError(describe(f"task {future.task_id}")))

@@ -36,10 +36,11 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import msgpack
 import zmq
+
+from tidal.runtime.auth import is_loopback
 
 __all__ = [
     "DATA_THRESHOLD",
@@ -48,7 +49,6 @@ __all__ = [
     "Reference",
     "bind_host_for",
     "fetch_chunks",
-    "reference_fields",
     "spool_root",
     "sweep_stale",
 ]
@@ -239,7 +239,7 @@ class _DataServer:
             with open(os.path.join(self._folder, key), "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 f.seek(offset)
-                piece = f.read(max(0, min(int(length), PIECE_BYTES)))
+                piece = f.read(max(0, min(length, PIECE_BYTES)))
             return [msgpack.packb(size), piece]
         except (OSError, ValueError, TypeError, msgpack.UnpackException) as exc:
             return [msgpack.packb(-1), str(exc)[:200].encode()]
@@ -313,10 +313,10 @@ def _fetch_remote(
 def bind_host_for(scheduler_address: str) -> str:
     """The address of this host that the scheduler's host reaches us by (where a data
     server binds): loopback for a local scheduler, else the interface that routes there."""
-    parsed = urllib.parse.urlsplit(scheduler_address.replace("tcp://", "tcp-x://", 1))
-    host = parsed.hostname or "127.0.0.1"
-    if scheduler_address.startswith(("ipc://", "inproc://")) or host in ("localhost", "*"):
+    if is_loopback(scheduler_address):
         return "127.0.0.1"
+    parsed = urllib.parse.urlsplit(scheduler_address)
+    host = parsed.hostname or "127.0.0.1"
     try:
         probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -326,8 +326,3 @@ def bind_host_for(scheduler_address: str) -> str:
             probe.close()
     except OSError:
         return "127.0.0.1"
-
-
-def reference_fields(reference: Reference) -> list[Any]:
-    """A reference as the list `pack_reference` packs."""
-    return [reference.host, reference.path, reference.size, reference.address, reference.key]

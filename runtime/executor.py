@@ -49,6 +49,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -230,7 +231,6 @@ class Executor:
             p.Welcome: self._on_welcome,
             p.Reject: self._on_reject,
             p.Rejoin: self._on_rejoin,
-            p.Ack: self._on_ack,
             p.Shutdown: self._on_shutdown,
             **self._task_handlers,
         }
@@ -359,7 +359,7 @@ class Executor:
             dealer = self._dealer
             if dealer is None:
                 return False
-            received = _receive(dealer)
+            received = _drain(dealer.recv_multipart)
             if not received:
                 return True  # the listener read them first, and posted their commands
             self._task_thread_heard = True
@@ -506,19 +506,17 @@ class Executor:
                 # when its hub applies it, so "no tasks here" would miss a task's first
                 # growth until the next heartbeat. An idle wake-up costs a few microseconds.
                 timeout_ms = min(timeout_ms, MEMORY_POLL_MS)
-            with self._dealer_lock:
-                waiting = bool(dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN)
-            ready = dict(poller.poll(0 if waiting else timeout_ms))
+            ready = dict(poller.poll(0 if self._frames_waiting(dealer) else timeout_ms))
 
             # -- 2. Commands from the scheduler, each handled by its op: first what the task
             #       thread read and left for us (its wake-up frames read first, so that none
             #       is missed), then what waits; under the lock, so that the task thread
             #       cannot handle later commands before these.
-            exit_asked = from_main in ready and _exit_asked(from_main)
+            exit_asked = from_main in ready and b"" in _drain(from_main.recv)
             with self._dealer_lock:
                 items = list(self._for_listener)
                 self._for_listener.clear()
-                received = _receive(dealer)
+                received = _drain(dealer.recv_multipart)
                 if received or self._task_thread_heard:
                     self._task_thread_heard = False
                     link.heard()
@@ -559,9 +557,8 @@ class Executor:
                     seq += 1
                     self._send(dealer, p.encode(self._heartbeat(seq)))
                 case Reconnect(reason):
-                    with self._dealer_lock:
-                        waiting = bool(dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN)
-                    if link.connected and (waiting or self._task_thread_heard):
+                    waiting = self._frames_waiting(dealer) or self._task_thread_heard
+                    if link.connected and waiting:
                         # Discussion: frames wait to be read, so the scheduler did speak: this
                         # thread could not listen (a long C call on the task thread held the
                         # GIL). Read them before judging it silent.
@@ -572,6 +569,12 @@ class Executor:
                     log.error("the scheduler at %s %s", self.scheduler, reason)
                     self.exit_code = 2
                     self.kernel.stop()
+
+    def _frames_waiting(self, dealer: zmq.Socket) -> bool:
+        """Whether frames wait on the command connection (this also re-arms its edge-
+        triggered descriptor after whatever touched the socket last)."""
+        with self._dealer_lock:
+            return bool(dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
     def _follow_dealer(self, poller: zmq.Poller, dealer: zmq.Socket) -> zmq.Socket:
         """The command connection to poll: `dealer`, or the new one a rejoin opened."""
@@ -762,24 +765,15 @@ class Executor:
         self.kernel.kill(msg.task_id)
 
 
-def _receive(dealer: zmq.Socket) -> list[list[bytes]]:
-    """Every message waiting on `dealer`, read until none is left (hold `_dealer_lock`)."""
+def _drain(recv: Callable[[int], Any]) -> list[Any]:
+    """Everything waiting on a socket, read with its `recv` method until none is left (for
+    the command connection, hold `_dealer_lock`)."""
     received = []
     while True:
         try:
-            received.append(dealer.recv_multipart(zmq.NOBLOCK))
+            received.append(recv(zmq.NOBLOCK))
         except zmq.Again:
             return received
-
-
-def _exit_asked(from_main: zmq.Socket) -> bool:
-    """Read the task thread's frames: True if one of them (empty) asks the listener to exit."""
-    asked = False
-    while True:
-        try:
-            asked = from_main.recv(zmq.NOBLOCK) == b"" or asked
-        except zmq.Again:
-            return asked
 
 
 def serve(scheduler: str, **options: Any) -> int:

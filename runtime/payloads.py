@@ -9,6 +9,7 @@ client unpacks it (`unpack_payload`). The scheduler only forwards the bytes
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -93,9 +94,8 @@ def pack_call(args: Any, kwargs: dict[str, Any], *, packed_kwargs: bytes | None 
     # tiny tasks), so the common case is one msgpack call and a length look per argument.
     args = args if type(args) is list else list(args)
     try:
-        for arg in args:
-            if type(arg) in _SEQUENCES and len(arg) >= BLOCKED_MIN_ITEMS:
-                return _pack_blocked_call(args, kwargs, packed_kwargs)
+        if any(map(_is_big, args)):
+            return _pack_blocked_call(args, kwargs, packed_kwargs)
         if packed_kwargs is None:
             return msgpack.packb([args, kwargs], use_bin_type=True)
         return _CALL_HEADER + msgpack.packb(args, use_bin_type=True) + packed_kwargs
@@ -116,7 +116,6 @@ def pack_call(args: Any, kwargs: dict[str, Any], *, packed_kwargs: bytes | None 
 BLOCKED_MIN_ITEMS = 16_384
 BLOCK_TARGET_BYTES = 48 * 1024
 MAX_BLOCK_ITEMS = 8_192
-_SEQUENCES = (list, tuple)
 _BLOCKED_CALL_HEADER = b"\x93"  # a msgpack array of three items: [args, kwargs, blocked]
 
 
@@ -125,12 +124,8 @@ def _pack_blocked_call(
 ) -> bytes:
     """`[args, kwargs, blocked]`: each big sequence in `args` is nil there, and its items
     travel in `blocked` as `[index, [block, ...]]`, each block a packed array of items."""
-    blocked = []
-    for index, arg in enumerate(args):
-        if type(arg) in _SEQUENCES and len(arg) >= BLOCKED_MIN_ITEMS:
-            blocked.append([index, pack_blocks(arg)])
-    blocked_at = {index for index, _ in blocked}
-    skeleton = [None if i in blocked_at else arg for i, arg in enumerate(args)]
+    blocked = [[index, pack_blocks(arg)] for index, arg in enumerate(args) if _is_big(arg)]
+    skeleton = [None if _is_big(arg) else arg for arg in args]
     if packed_kwargs is None:
         packed_kwargs = msgpack.packb(kwargs, use_bin_type=True)
     return (
@@ -139,6 +134,10 @@ def _pack_blocked_call(
         + packed_kwargs
         + msgpack.packb(blocked, use_bin_type=True)
     )
+
+
+def _is_big(arg: Any) -> bool:
+    return type(arg) in (list, tuple) and len(arg) >= BLOCKED_MIN_ITEMS
 
 
 def pack_blocks(items: list[Any] | tuple[Any, ...]) -> list[bytes]:
@@ -296,9 +295,7 @@ def unpack_call(blob: Any, what: str = "task payload") -> tuple[list[Any], dict[
     """Unpack a task's payload into (args, kwargs), blocks and all, or raise ProtocolError
     saying why not. (The kernel decodes blocks one at a time instead: `open_call`.)"""
     args, kwargs, blocked = open_call(blob, what)
-    for index, blocks in blocked:
-        args[index] = [item for block in blocks for item in unpack_block(block)]
-    return args, kwargs
+    return _decoded(args, kwargs, blocked, lambda: None)
 
 
 # ---- references: a big payload spooled by its owner (runtime/datastore.py) -------------------
@@ -309,17 +306,18 @@ def unpack_call(blob: Any, what: str = "task payload") -> tuple[list[Any], dict[
 _REFERENCE_MARK = b"\xc1"
 
 
-def pack_reference(fields: list[Any]) -> bytes:
+def pack_reference(reference: Reference) -> bytes:
     """The payload that stands for a spooled one: `[host, path, size, address, key]`."""
-    return _REFERENCE_MARK + msgpack.packb(fields, use_bin_type=True)
+    return _REFERENCE_MARK + msgpack.packb(dataclasses.astuple(reference), use_bin_type=True)
 
 
 def is_reference(blob: bytes) -> bool:
     return blob[:1] == _REFERENCE_MARK
 
 
-def open_reference(blob: bytes, what: str = "task payload") -> list[Any]:
-    """A reference's `[host, path, size, address, key]`, or ProtocolError saying why not."""
+def open_reference(blob: bytes, what: str = "task payload") -> Reference:
+    """The Reference a payload packs (`[host, path, size, address, key]`), or ProtocolError
+    saying why not."""
     fields = unpack_payload(blob[1:], f"{what}'s reference")
     if not (
         type(fields) is list
@@ -331,7 +329,7 @@ def open_reference(blob: bytes, what: str = "task payload") -> list[Any]:
         raise ProtocolError(
             f"{what}'s reference must be [host, path, size, address, key], got {str(fields)[:80]}"
         )
-    return fields
+    return Reference(*fields)
 
 
 def open_task_call(
@@ -342,8 +340,17 @@ def open_task_call(
     at a time, with `boundary()` (the kernel's record boundary) after each. ProtocolError if
     it is not a call, DataUnavailable if a spooled payload cannot be had."""
     if is_reference(payload):
-        payload = _fetched(Reference(*open_reference(payload)), fetch, boundary)
-    args, kwargs, blocked = open_call(payload)
+        payload = _fetched(open_reference(payload), fetch, boundary)
+    return _decoded(*open_call(payload), boundary)
+
+
+def _decoded(
+    args: list[Any],
+    kwargs: dict[str, Any],
+    blocked: Iterator[tuple[int, Iterator[bytes]]],
+    boundary: Callable[[], None],
+) -> tuple[list[Any], dict[str, Any]]:
+    """(args, kwargs) with each blocked argument decoded, `boundary()` after each block."""
     for index, blocks in blocked:
         items: list[Any] = []
         for block in blocks:  # read from the payload one at a time

@@ -392,6 +392,11 @@ class JournalWriter:
         """Whether a commit handed over is not on disk yet."""
         return self._done < self._issued
 
+    @property
+    def issued(self) -> int:
+        """The newest ticket handed out (on disk already if not `waiting`)."""
+        return self._issued
+
     def commit(self) -> int | None:
         """Hand what the journal recorded to the writer; the ticket to wait for (None: it
         is on disk already: nothing was recorded, or it was small and nothing waited, and

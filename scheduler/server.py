@@ -325,7 +325,7 @@ class SchedulerServer:
     def _handle_frames(self, frames: list[bytes]) -> None:
         routing_id = frames[0]
         self.frames_in += 1
-        self.bytes_in += sum(len(frame) for frame in frames)
+        self.bytes_in += sum(map(len, frames))
         if self._guard.cooling_down(routing_id):
             return  # a disconnected peer: ignored, undecoded, until its cool-down ends
         try:
@@ -596,14 +596,15 @@ class SchedulerServer:
         most RESULTS_PER_FRAME items and about BATCH_FLUSH_BYTES of values) and each executor
         its acks once those records are on disk (`_send_written`): whatever a peer is told
         is safe is on disk by then."""
-        ticket = None if self._writer is None else self._writer.commit()
+        writer = self._writer
+        if writer is not None:
+            writer.commit()
         if self._results or self._acks:
-            if ticket is None and self._unwritten:  # keep the order of what waits
-                ticket = self._unwritten[-1][0]
-            if ticket is None:
-                self._send_results(self._results, self._acks)
+            if writer is not None and (writer.waiting or self._unwritten):
+                # Behind the newest commit: it holds these records, or follows them.
+                self._unwritten.append((writer.issued, self._results, self._acks))
             else:
-                self._unwritten.append((ticket, self._results, self._acks))
+                self._send_results(self._results, self._acks)
             self._results, self._acks = {}, {}
         for executor_id in list(self._held):
             self._flush_executor(executor_id)

@@ -85,11 +85,11 @@ def test_a_dead_clients_spool_is_swept_by_the_next(tmp_path):
 
 
 def test_a_reference_payload_is_not_taken_for_msgpack_and_says_what_is_wrong():
-    blob = payloads.pack_reference(["h", "/p", 3, "tcp://x:1", "1"])
+    blob = payloads.pack_reference(Reference("h", "/p", 3, "tcp://x:1", "1"))
     assert payloads.is_reference(blob) and not payloads.is_reference(payloads.pack_call([1], {}))
-    assert Reference(*payloads.open_reference(blob)).size == 3
+    assert payloads.open_reference(blob).size == 3
     with pytest.raises(p.ProtocolError, match="must be \\[host, path, size, address, key\\]"):
-        payloads.open_reference(payloads.pack_reference(["h", "/p", -1, "", "1"]))
+        payloads.open_reference(payloads.pack_reference(Reference("h", "/p", -1, "", "1")))
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import pytest
 
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
+from tidal.runtime.datastore import Reference
 from tidal.runtime.gate import IMPLEMENTATION, PyGate, py_gated_iterator
 from tidal.runtime.kernel import Kernel, TaskKilled
 from tidal.runtime.task import Partition, current_context, task
@@ -387,7 +388,7 @@ def test_a_spooled_argument_is_read_in_pieces_and_suspends_between_them(make_ker
             yield payload[start : start + 100]
 
     kernel, transport = make_kernel(fetch=fetch)
-    blob = payloads.pack_reference(["h", "/spool/1", len(payload), "", "1"])
+    blob = payloads.pack_reference(Reference("h", "/spool/1", len(payload), "", "1"))
     kernel.launch("t", sum, payload=blob)
     kernel.run()
     assert reads == [0, 100, 200] and transport.of(p.Suspended, "t")
@@ -398,7 +399,7 @@ def test_a_spooled_argument_is_read_in_pieces_and_suspends_between_them(make_ker
 
 def test_a_spooled_argument_that_is_gone_fails_its_task_with_the_reason(make_kernel, tmp_path):
     kernel, transport = make_kernel()
-    gone = payloads.pack_reference(["nowhere", str(tmp_path / "1"), 10, "", "1"])
+    gone = payloads.pack_reference(Reference("nowhere", str(tmp_path / "1"), 10, "", "1"))
     kernel.launch("t", sum, payload=gone)
     kernel.run()
     failed = transport.outcome("t")

@@ -188,5 +188,5 @@ def test_a_writer_that_fails_is_loud_on_the_loop(tmp_path, monkeypatch):
     wait_readable(writer.fd)
     with pytest.raises(JournalError, match="disk I/O error"):
         writer.committed()
-    journal.take()  # what close() would try to write again
+    journal.take()  # recorded since, and close() would commit it: the "disk" stays broken
     writer.close()
