@@ -245,6 +245,9 @@ class Executor:
         # After the listener and ZeroMQ's thread exist, so that they keep normal priority.
         if lower_this_thread(self.task_nice) and self.stream_nice < self.task_nice:
             self._task_tid = threading.get_native_id()
+            # A command arriving lifts the thread to the stream nice at once, so that a
+            # batch task reaches its next record boundary without waiting for a CPU.
+            self.kernel.gate.boost(self._task_tid, self.stream_nice)
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.kernel.stop())

@@ -36,6 +36,9 @@ class PyGate:
         """The C gate's watcher raises the gate when `fd` becomes readable, from a thread
         that needs no GIL; Python has no such thread, so this does nothing."""
 
+    def boost(self, tid: int, nice: int) -> None:
+        """The C gate's watcher gives thread `tid` this nice as it raises; no watcher here."""
+
     def unwatch(self) -> None:
         """Nothing to stop (see `watch`)."""
 

@@ -53,7 +53,7 @@ from tidal.runtime.runstate import (
     RunState,
     TaskRecord,
 )
-from tidal.runtime.task import TaskContext, gate_arguments
+from tidal.runtime.task import TaskContext, gate_arguments, gated_positions
 from tidal.runtime.tracebacks import describe_failure
 
 __all__ = ["Kernel", "RunState", "TaskKilled"]
@@ -361,6 +361,8 @@ class Kernel:
             raises = self.gate.watch_raises  # 0 for ever on the pure-Python gate
             awaiting = raises != self._watch_raises and self._current is not None
             self._watch_raises = raises
+            if awaiting:  # the watcher may have lifted the thread's nice (`Gate.boost`)
+                self._running_class = None  # so the next switch sets it again
             self._awaiting_listener = awaiting
             self.gate.requested = 0
             go_on, heard = self._apply_inbox()
@@ -384,7 +386,13 @@ class Kernel:
                     self._flush()
                     if not block:
                         return
-                    # Idle: sleep in the queue (the GIL is released) until a command comes.
+                    # Idle: sleep in the queue (the GIL is released) until a command comes,
+                    # at the stream class's priority: whatever comes, the thread must wake
+                    # at once (at the batch nice it waited up to ~90 ms for a CPU on a busy
+                    # machine before starting a stream task).
+                    if self._running_class not in (None, "stream") and self._priority_changed:
+                        self._running_class = "stream"
+                        self._priority_changed("stream")
                     if not self._apply(self._inbox.get()):
                         return
                     continue
@@ -664,7 +672,7 @@ class Kernel:
             if record.chunk is not None:
                 return Outcome("finished", self._run_chunk(record, fn))
             if record.payload is not None:
-                record.args, record.kwargs = self._unpack(record.payload)
+                record.args, record.kwargs = self._unpack(record.payload, fn)
                 record.payload = None
             return Outcome("finished", self._call_task(fn, record.args, record.kwargs))
         except TaskKilled:
@@ -672,13 +680,16 @@ class Kernel:
         except BaseException as exc:  # a task's error belongs to its report
             return Outcome("failed", error=describe_failure(exc, __file__))
 
-    def _unpack(self, payload: bytes) -> tuple[list[Any], dict[str, Any]]:
+    def _unpack(self, payload: bytes, fn: Callable[..., Any]) -> tuple[list[Any], dict[str, Any]]:
         """A task's (args, kwargs) from its payload, in its greenlet: a spooled payload is
-        read a piece at a time and a big argument decoded a block at a time, each followed
+        read a piece at a time and a big argument read a block at a time, each followed
         by a record boundary (runtime/payloads.py), so that a suspend or kill that lands
-        meanwhile waits well under a millisecond. ProtocolError or DataUnavailable if the
-        payload cannot be had."""
-        args, kwargs = payloads.open_task_call(payload, self._fetch, self._boundary)
+        meanwhile waits well under a millisecond. A big argument the task reads as a gated
+        input stays packed (`payloads.Blocks`), decoded as the task reads it. ProtocolError
+        or DataUnavailable if the payload cannot be had."""
+        args, kwargs = payloads.open_task_call(
+            payload, self._fetch, self._boundary, gated_positions(fn)
+        )
         self._payload_unpacked()
         return args, kwargs
 
@@ -711,7 +722,7 @@ class Kernel:
                 started = self._clock()
                 value, outcome, error = None, "failed", None
                 try:
-                    args, kwargs = self._unpack(call[0]) if len(call) == 1 else call
+                    args, kwargs = self._unpack(call[0], fn) if len(call) == 1 else call
                     result = self._call_task(fn, args, kwargs)
                 except TaskKilled:
                     if record.fail_error is not None:  # this subtask is the one that pays

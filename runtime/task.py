@@ -21,6 +21,7 @@ from typing import Any, overload
 
 import greenlet
 
+from tidal.runtime.payloads import Blocks
 from tidal.runtime.protocol import PRIORITY_CLASSES
 
 __all__ = ["Partition", "TaskContext", "TaskFunction", "current_context", "task"]
@@ -152,7 +153,7 @@ def gate_arguments(
     inputs = fn.inputs if isinstance(fn, TaskFunction) else None
 
     def wrap(value: Any) -> Any:
-        if isinstance(value, list | tuple | range):
+        if isinstance(value, list | tuple | range | Blocks):
             return Partition(value, gate, gated_iterator)
         if isinstance(value, Iterator):
             return gated_iterator(value, gate)
@@ -166,6 +167,14 @@ def gate_arguments(
     new_args = [wrap(a) if i in positions else a for i, a in enumerate(args)]
     new_kwargs = {k: (wrap(v) if k in inputs else v) for k, v in kwargs.items()}
     return new_args, new_kwargs
+
+
+def gated_positions(fn: TaskFunction | Callable[..., Any]) -> Callable[[int], bool]:
+    """Whether a positional argument of `fn` is one `gate_arguments` gates when it is a
+    sequence (so that it may arrive as `Blocks`, decoded as the task reads it)."""
+    if isinstance(fn, TaskFunction) and fn.inputs is not None:
+        return fn.input_positions().__contains__
+    return lambda index: True
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,13 +13,19 @@ Then one 200 MB argument (50 MB in `--quick`) is submitted, run and its result c
 - big_argument_s: the 200 MB argument, submit -> checked result (None if it failed).
 
 Discussion: the batch job is submitted with a suspension cap above the stream's length, so
-that what is measured is preemption (as in `bench preempt`).
+that what is measured is preemption (as in `bench preempt`). The batch jobs come from a
+client of their own in another process (a batch pipeline beside a stream service), and the
+stream runs from their first submit to their last result: submitting 8 partitions takes
+~1.2 s (the client packs and spools them), longer than the first batch tasks run. In one
+process, the two clients would share a GIL: packing a partition delays the stream's own
+client code by up to a switch interval (5 ms) per thread hand-over, and a full collection
+of the client's partitions stalls it ~0.1 s (docs/notes.md).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import threading
 import time
 from collections import Counter
 from typing import Any
@@ -49,11 +55,11 @@ def _expected(fn: Any, part: list[int]) -> Any:
     return dict(Counter(x % 10 for x in part))
 
 
-def _stream(client: Client, until: threading.Event | None, count: int) -> list[float]:
-    """Stream tasks every STREAM_EVERY_S until `until` is set (or `count` of them)."""
+def _stream(client: Client, until: Any, count: int) -> list[float]:
+    """Stream tasks every STREAM_EVERY_S until `until` (a pipe) has word (or `count` of them)."""
     latencies = []
     next_at = time.monotonic()
-    while (until is None and len(latencies) < count) or (until is not None and not until.is_set()):
+    while (until is None and len(latencies) < count) or (until is not None and not until.poll()):
         next_at += STREAM_EVERY_S
         submitted = time.monotonic_ns()
         future = client.submit(total, list(range(10)), priority="stream")
@@ -61,6 +67,25 @@ def _stream(client: Client, until: threading.Event | None, count: int) -> list[f
         latencies.append((time.monotonic_ns() - submitted) / 1e6)
         time.sleep(max(0.0, next_at - time.monotonic()))
     return latencies
+
+
+def _batch(address: str, tasks: int, records: int, conn: Any) -> None:
+    """The batch pipeline, in a process of its own: build the partitions, say so, wait for
+    the word, submit one job per partition, and send back what came of them."""
+    partitions = [list(range(i, i + records)) for i in range(0, tasks * records, records)]
+    fns = [CONSUMERS[i % len(CONSUMERS)] for i in range(tasks)]
+    expected = [_expected(fn, part) for fn, part in zip(fns, partitions, strict=True)]
+    payload_bytes = sum(len(payloads.pack_call([part], {})) for part in partitions)
+    with Client(address) as client:
+        client.ping()
+        conn.send(payload_bytes)
+        conn.recv()
+        futures = []
+        for fn, part in zip(fns, partitions, strict=True):  # one job per consumer
+            futures += client.map(fn, [part], priority="batch", max_suspensions=10_000)
+        results = client.gather(futures, timeout=600)
+        suspended = sum(future.statistics().suspensions > 0 for future in futures)
+    conn.send((results == expected, suspended))
 
 
 def run(
@@ -72,30 +97,30 @@ def run(
 ) -> dict[str, Any]:
     tasks = 4 if quick else 8
     big_mib = big_mib or (50 if quick else 200)
-    partitions = [list(range(i, i + records)) for i in range(0, tasks * records, records)]
-    fns = [CONSUMERS[i % len(CONSUMERS)] for i in range(tasks)]
-    expected = [_expected(fn, part) for fn, part in zip(fns, partitions, strict=True)]
-    payload_bytes = sum(len(payloads.pack_call([part], {})) for part in partitions)
+    spawn = multiprocessing.get_context("spawn")
     with LocalCluster(executors=2) as cluster, Client(cluster) as client:
         for _ in range(10):
             client.ping()
         _stream(client, None, 10)  # warm up
         alone_ms = _stream(client, None, alone or (100 if quick else 250))
 
-        bytes_before = client.status()["bad_input"]["bytes_in"]
-        futures = []
-        for fn, part in zip(fns, partitions, strict=True):  # one job per consumer
-            futures += client.map(fn, [part], priority="batch", max_suspensions=10_000)
-        done = threading.Event()
-        finished = threading.Thread(
-            target=lambda: (client.gather(futures, timeout=600), done.set()), daemon=True
-        )
-        finished.start()
-        loaded = _stream(client, done, 0)
-        finished.join(timeout=600)
-        results = [future.result(timeout=0) for future in futures]
+        ours, theirs = spawn.Pipe()
+        pipeline = spawn.Process(target=_batch, args=(cluster.address, tasks, records, theirs))
+        pipeline.start()
+        try:
+            if not ours.poll(300):
+                raise RuntimeError("the batch pipeline did not start within 300 s")
+            payload_bytes = ours.recv()
+            bytes_before = client.status()["bad_input"]["bytes_in"]
+            ours.send("go")
+            loaded = _stream(client, ours, 0)  # from the first batch submit to the last result
+            results_exact, suspended = ours.recv()
+        finally:
+            pipeline.join(timeout=60)
+            if pipeline.is_alive():
+                pipeline.kill()
+                pipeline.join()
         forwarded = client.status()["bad_input"]["bytes_in"] - bytes_before
-        suspended = sum(future.statistics().suspensions > 0 for future in futures)
 
         big = os.urandom(big_mib * 1024 * 1024)
         start = time.perf_counter()
@@ -112,7 +137,7 @@ def run(
         "alone_ms_p50": percentile(alone_ms, 50),
         "alone_ms_p99": percentile(alone_ms, 99),
         "streams_loaded": len(loaded),
-        "results_exact": results == expected,
+        "results_exact": results_exact,
         "batch_tasks": tasks,
         "suspended_tasks": suspended,
         "payload_bytes": payload_bytes,

@@ -60,6 +60,37 @@ def test_a_readable_descriptor_raises_the_gate_and_reading_it_quiets_the_watcher
 
 
 @needs_c
+def test_the_watcher_lifts_a_boosted_threads_nice_as_it_raises(pipe):
+    read_end, write_end = pipe
+    tid: list[int] = []
+    done = threading.Event()
+
+    def batch_thread() -> None:
+        tid.append(threading.get_native_id())
+        os.setpriority(os.PRIO_PROCESS, tid[0], 10)  # as a batch task's thread runs
+        done.wait(10)
+
+    worker = threading.Thread(target=batch_thread)
+    worker.start()
+    gate = Gate()
+    try:
+        assert wait_until(lambda: tid and os.getpriority(os.PRIO_PROCESS, tid[0]) == 10)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid[0], 9)
+        except PermissionError:
+            pytest.skip("raising a thread's priority is not permitted here")
+        gate.boost(tid[0], 2)
+        gate.watch(read_end)
+        os.write(write_end, b"x")  # a command arrives
+        assert wait_until(lambda: os.getpriority(os.PRIO_PROCESS, tid[0]) == 2)
+        assert gate.requested == 1
+    finally:
+        gate.unwatch()
+        done.set()
+        worker.join(10)
+
+
+@needs_c
 def test_watch_follows_a_new_descriptor_and_unwatch_stops(pipe):
     read_end, write_end = pipe
     other_read, other_write = os.pipe()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import queue
+import threading
 
 import msgpack
 import pytest
@@ -351,7 +353,37 @@ def test_a_payload_is_unpacked_when_the_task_starts_with_tuple_keys_intact(make_
     assert transport.outcome("t").result == {("ad", 1): 20, ("ad", 2): 30}
 
 
-def test_a_big_argument_is_decoded_a_block_at_a_time_and_suspends_between_blocks(
+def test_a_big_gated_argument_is_decoded_as_the_task_reads_it(make_kernel, monkeypatch):
+    kernel, transport = make_kernel()
+    records = list(range(10 * payloads.BLOCKED_MIN_ITEMS))
+    decoded = []
+    unpack_block = payloads.unpack_block
+
+    def counting(block, *what):
+        decoded.append(len(block))
+        if len(decoded) == 2:  # a suspend lands while the task is reading the second block
+            kernel.suspend("t")
+        return unpack_block(block, *what)
+
+    monkeypatch.setattr(payloads, "unpack_block", counting)
+    kernel.launch("t", sum, payload=payloads.pack_call([records], {}))
+    kernel.run()
+    # Parked in `sum` at the record after the second block's decode: the rest of the
+    # argument is still packed.
+    (suspended,) = transport.of(p.Suspended, "t")
+    assert len(decoded) == 2
+    assert payloads.MAX_BLOCK_ITEMS < suspended.records <= 2 * payloads.MAX_BLOCK_ITEMS
+    kernel.resume("t")
+    kernel.run()
+    assert len(decoded) > 10 and transport.outcome("t").result == sum(records)
+
+
+@task(inputs=[])
+def _length_and_type(records):
+    return [len(records), type(records).__name__]
+
+
+def test_a_big_argument_the_task_does_not_gate_is_decoded_before_the_call_a_block_at_a_time(
     make_kernel, monkeypatch
 ):
     kernel, transport = make_kernel()
@@ -359,21 +391,21 @@ def test_a_big_argument_is_decoded_a_block_at_a_time_and_suspends_between_blocks
     decoded = []
     unpack_block = payloads.unpack_block
 
-    def counting(block):
+    def counting(block, *what):
         decoded.append(len(block))
         if len(decoded) == 2:  # a suspend lands while the argument is being decoded
             kernel.suspend("t")
-        return unpack_block(block)
+        return unpack_block(block, *what)
 
     monkeypatch.setattr(payloads, "unpack_block", counting)
-    kernel.launch("t", sum, payload=payloads.pack_call([records], {}))
+    kernel.launch("t", _length_and_type, payload=payloads.pack_call([records], {}))
     kernel.run()
-    # Parked after the second block: the rest of the argument was not decoded yet.
+    # Parked after the second block, before the task's code: a list, as it was sent.
     (suspended,) = transport.of(p.Suspended, "t")
     assert len(decoded) == 2 and suspended.records == 0
     kernel.resume("t")
     kernel.run()
-    assert len(decoded) > 10 and transport.outcome("t").result == sum(records)
+    assert transport.outcome("t").result == [len(records), "list"]
 
 
 def test_a_spooled_argument_is_read_in_pieces_and_suspends_between_them(make_kernel):
@@ -835,3 +867,18 @@ def test_the_executor_hears_of_each_change_of_priority_class_once():
     kernel.run()
     assert classes == ["batch", "stream", "batch"]  # b, s, then b resumed and b2: no repeat
     assert transport.outcome("b").result == 10 and transport.outcome("s").result == 3
+
+
+def test_an_idle_task_thread_waits_at_the_stream_priority():
+    classes: queue.SimpleQueue[str] = queue.SimpleQueue()
+    kernel = Kernel(Transport(), priority_changed=classes.put)
+    kernel.launch("b", sum, [[1, 2]])
+    hub = threading.Thread(target=kernel.run, kwargs={"block": True})
+    hub.start()
+    try:
+        # The batch task's class, then (idle: it sleeps until a command comes) the stream's.
+        assert [classes.get(timeout=10), classes.get(timeout=10)] == ["batch", "stream"]
+    finally:
+        kernel.stop()
+        hub.join(10)
+    assert classes.empty() and not hub.is_alive()

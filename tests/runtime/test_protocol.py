@@ -634,6 +634,31 @@ def test_a_big_argument_travels_in_blocks_and_unpacks_to_the_same_call():
     assert list(payloads.open_call(small)[2]) == [] and small[:1] == b"\x92"
 
 
+def test_a_big_argument_kept_packed_reads_as_the_sequence_it_was():
+    records = [f"r{i}" if i % 3 else i for i in range(5 * payloads.BLOCKED_MIN_ITEMS + 7)]
+    boundaries = []
+    args, _ = payloads.open_task_call(
+        payloads.pack_call([records, records[:10]], {}),
+        fetch=None,
+        boundary=lambda: boundaries.append(1),
+        kept_packed=lambda index: index == 0,
+    )
+    blocks = args[0]
+    assert isinstance(blocks, payloads.Blocks) and args[1] == records[:10]
+    assert len(boundaries) == len(blocks._blocks) > 1  # a record boundary after each block
+    assert len(blocks) == len(records) and list(blocks) == records
+    for index in (0, 1, 8_191, 8_192, 40_000, -1, -len(records)):
+        assert blocks[index] == records[index]
+    for cut in (slice(5, 20_000), slice(-9, None), slice(None, None, 1_000), slice(9, 3)):
+        assert blocks[cut] == records[cut]
+    for index in (len(records), -len(records) - 1):
+        with pytest.raises(IndexError, match="partition index out of range"):
+            blocks[index]
+    assert sum(1 for _ in blocks) == len(records)  # read again: still all there
+    with pytest.raises(ProtocolError, match="must be a packed array"):
+        payloads.Blocks([b"\xc0"])
+
+
 def test_a_big_argument_that_cannot_be_encoded_is_named():
     bad = [0] * payloads.BLOCKED_MIN_ITEMS + [{1, 2}]
     with pytest.raises(EncodeError, match=r"args\[0\]\[16384\] is of type set"):
