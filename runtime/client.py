@@ -60,6 +60,7 @@ from tidal.runtime.functions import function_ref
 from tidal.runtime.futures import (
     MemoryLimitExceeded,
     RemoteTraceback,
+    ResultFetcher,
     TaskError,
     TaskFuture,
     TaskStatistics,
@@ -155,6 +156,7 @@ class Client:
         # Not with CURVE keys: the data server would need the same authentication.
         self._data: DataStore | None = None
         self._spooled: dict[str, list[Reference]] = {}
+        self._fetcher = ResultFetcher()  # big results, kept by their executors
 
         self.keys = None if keys is None else load_peer_keys(keys)
         self._io = ClientConnection(
@@ -518,6 +520,7 @@ class Client:
                 self._to_io.send(b"", zmq.NOBLOCK)
         stopped = self._io.join(IO_JOIN_TIMEOUT_S)
         self._fail_pending(lambda what: f"client closed before {what} finished")
+        self._fetcher.close()
         if not stopped:
             # Discussion: closing sockets under a live thread, or term() with its socket open,
             # could crash or hang the caller; leaking a daemon thread is the lesser harm.
@@ -609,6 +612,9 @@ class Client:
             # Unknown, already completed, or cancelled here: never complete a future twice.
             if future is None:
                 self.dropped_results += 1
+                continue
+            if outcome == "finished" and type(value) is bytes and payloads.is_reference(value):
+                self._fetcher.fetch(future, value, stats)  # kept by its executor: fetched
                 continue
             if outcome == "finished":
                 try:

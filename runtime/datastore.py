@@ -33,6 +33,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ __all__ = [
     "Reference",
     "bind_host_for",
     "fetch_chunks",
+    "read_and_release",
     "spool_root",
     "sweep_stale",
 ]
@@ -144,8 +146,27 @@ class DataStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(reference.path)
 
-    def close(self) -> None:
-        """Stop the data server and delete every spooled payload (and the folder)."""
+    def held(self) -> list[str]:
+        """The paths of the payloads spooled here and not yet deleted."""
+        with os.scandir(self.folder) as entries:
+            return [e.path for e in entries if e.name != _OWNER_FILE and e.is_file()]
+
+    def expire(self, max_age_s: float) -> int:
+        """Delete the payloads spooled more than `max_age_s` ago; how many went."""
+        cutoff, gone = time.time() - max_age_s, 0
+        for path in self.held():
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_mtime < cutoff:
+                    os.unlink(path)
+                    gone += 1
+        return gone
+
+    def close(self, wait_s: float = 0.0) -> None:
+        """Stop the data server and delete every spooled payload (and the folder), after
+        waiting up to `wait_s` for their readers to release them (`read_and_release`)."""
+        deadline = time.monotonic() + wait_s
+        while wait_s > 0 and self.held() and time.monotonic() < deadline:
+            time.sleep(0.05)  # readers on other hosts release through the server, still up
         with self._lock:
             server, self._server = self._server, None
         if server is not None:
@@ -182,7 +203,8 @@ def _safe_name(owner_id: str) -> str:
 
 class _DataServer:
     """Serves a spool folder's files to other hosts: a request `[key, offset, length]`
-    gets `[size, piece]` (size -1 and an error message if there is no such file)."""
+    gets `[size, piece]` (size -1 and an error message if there is no such file); a
+    request `[key]` deletes the file (its reader is done with it) and gets `[0, b""]`."""
 
     def __init__(self, folder: str, bind_host: str) -> None:
         self._folder = folder
@@ -225,17 +247,24 @@ class _DataServer:
 
     def _answer(self, frames: list[bytes]) -> list[bytes]:
         try:
-            key, offset, length = msgpack.unpackb(frames[0]) if len(frames) == 1 else (0, 0, 0)
+            request = msgpack.unpackb(frames[0]) if len(frames) == 1 else None
+            if type(request) is list and len(request) == 1:  # [key]: its reader is done
+                request = [*request, -1, 0]
+            key, offset, length = request if type(request) is list else (0, 0, 0)
             if not (
                 type(key) is str
                 and os.path.basename(key) == key
                 and not key.startswith(".")
                 and key != _OWNER_FILE
                 and type(offset) is int
-                and offset >= 0
+                and offset >= -1
                 and type(length) is int
             ):
-                raise ValueError("a request is [key, offset, length]")
+                raise ValueError("a request is [key, offset, length], or [key] to release it")
+            if offset == -1:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self._folder, key))
+                return [msgpack.packb(0), b""]
             with open(os.path.join(self._folder, key), "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 f.seek(offset)
@@ -270,6 +299,36 @@ def fetch_chunks(
     if not reference.address:
         raise DataUnavailable(f"{reference.describe()} is not on this host and has no server")
     yield from _fetch_remote(reference, context, timeout_s)
+
+
+def read_and_release(
+    reference: Reference, host: str | None = None, timeout_s: float = FETCH_TIMEOUT_S
+) -> bytes:
+    """A spooled payload's bytes, whole (read or fetched as `fetch_chunks` does); then its
+    file is deleted: this reader was the one its owner kept it for (a task's result)."""
+    context = zmq.Context()
+    try:
+        fetched = fetch_chunks(reference, context, host, timeout_s)
+        pieces = [piece for piece in fetched if piece]
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if len(data) != reference.size:
+            raise DataUnavailable(f"{reference.describe()}: {len(data):,} bytes were there")
+        local = reference.host == (host or socket.gethostname())
+        if local and os.path.realpath(reference.path).startswith(
+            os.path.realpath(spool_root()) + os.sep
+        ):
+            with contextlib.suppress(OSError):  # read here: delete it here (else the server)
+                os.unlink(reference.path)
+                return data
+        if reference.address:
+            release = context.socket(zmq.DEALER)
+            release.linger = 1000  # enough to hand the request over; no answer is awaited
+            release.connect(reference.address)
+            release.send(msgpack.packb([reference.key]))
+            release.close()
+        return data
+    finally:
+        context.term()
 
 
 def _fetch_remote(

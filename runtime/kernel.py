@@ -106,6 +106,7 @@ class Kernel:
         memory_probe: Callable[[], int] | None = None,
         read_commands: Callable[[], bool] | None = None,
         fetch: Callable[[Reference], Iterable[bytes]] = fetch_chunks,
+        spool_result: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.executor_id = executor_id
         self.gate = gate_factory()
@@ -141,6 +142,9 @@ class Kernel:
         self._read_commands = read_commands or (lambda: False)
         # Reads a spooled payload's bytes, piece by piece (runtime/datastore.py).
         self._fetch = fetch
+        # Given a big result's payload, keeps it off the control path and returns the
+        # reference to report instead (the executor's spool; None: results go inline).
+        self._spool_result = spool_result
         # Returns the process's RSS; read at each switch into and out of a task to estimate
         # each task's memory (runtime/memory.py). None (the default): no reads, no estimates.
         self._memory_probe = memory_probe
@@ -635,7 +639,7 @@ class Kernel:
         stats = record.stats(self.executor_id, self._clock())
         if outcome.kind == "finished":
             try:
-                result = payloads.pack_result(outcome.value, "finished.result")
+                result = payloads.pack_result(outcome.value, "finished.result", self._spool_result)
             except p.EncodeError as exc:
                 self._emit(
                     p.Failed(
@@ -735,7 +739,9 @@ class Kernel:
                     error = describe_failure(exc, __file__)
                 else:
                     try:  # packed here, so that a result msgpack cannot carry fails alone
-                        value = payloads.pack_result(result, f"result of {task_id}")
+                        value = payloads.pack_result(
+                            result, f"result of {task_id}", self._spool_result
+                        )
                         outcome = "finished"
                     except p.EncodeError as exc:
                         error = ["EncodeError", f"the result cannot be sent: {exc}", ""]

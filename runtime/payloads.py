@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from tidal.runtime.datastore import DataUnavailable, Reference
+from tidal.runtime.datastore import DATA_THRESHOLD, DataUnavailable, Reference
 from tidal.runtime.protocol import (
     MAX_FRAME_BYTES,
     EncodeError,
@@ -70,19 +70,23 @@ def pack_payload(value: Any, where: str = "payload") -> bytes:
 
 
 # A result travels in frames of at most MAX_FRAME_BYTES (its `finished`, then the client's
-# `results`); one that would not fit fails its task with the reason instead of being
-# dropped by the scheduler with its future waiting for ever.
+# `results`) unless it is spooled; one that would not fit fails its task with the reason
+# instead of being dropped by the scheduler with its future waiting for ever.
 MAX_RESULT_BYTES = MAX_FRAME_BYTES - (1 << 20)
 
 
-def pack_result(value: Any, where: str) -> bytes:
-    """A task's result as a payload; EncodeError if msgpack cannot carry it, or a frame
-    could not (MAX_RESULT_BYTES)."""
+def pack_result(value: Any, where: str, spool: Callable[[bytes], bytes] | None = None) -> bytes:
+    """A task's result as a payload; one of DATA_THRESHOLD bytes or more is handed to
+    `spool` (the executor's: it returns a reference, runtime/datastore.py) where there is
+    one. EncodeError if msgpack cannot carry it, or a frame could not (MAX_RESULT_BYTES)."""
     result = pack_payload(value, where)
+    if spool is not None and len(result) >= DATA_THRESHOLD:
+        result = spool(result)
     if len(result) > MAX_RESULT_BYTES:
         raise EncodeError(
             f"{where} is {len(result):,} bytes packed, over the {MAX_RESULT_BYTES:,}-byte "
-            "limit of a result (results do not go through the data path yet)"
+            "limit of a result that travels inline (results are spooled only on clusters "
+            "without keys)"
         )
     return result
 

@@ -50,6 +50,11 @@ def digest(data: bytes) -> str:
     return hashlib.blake2b(data).hexdigest()
 
 
+def mirrored(data: bytes) -> bytes:
+    """`data` reversed (one big result, checked end to end)."""
+    return data[::-1]
+
+
 @task
 def noop(*_args: object) -> None:
     """Do nothing (whatever it is given): for measuring per-task overhead."""

@@ -22,7 +22,7 @@ import msgpack
 import pytest
 import zmq
 
-from tidal.runtime import payloads
+from tidal.runtime import datastore, payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.client import (
     Client,
@@ -431,7 +431,7 @@ def test_a_result_payload_that_does_not_decode_fails_only_its_own_future(fake, c
     fake.push(
         p.Results(
             [
-                [bad.task_id, "finished", b"\xc1 not msgpack", None, {"running_ns": 5}],
+                [bad.task_id, "finished", b"\x92 not msgpack", None, {"running_ns": 5}],
                 [good.task_id, "finished", payloads.pack_payload(2), None, {}],
                 [wrong.task_id, "finished", 3, None, {}],  # a value, not its payload
             ]
@@ -445,6 +445,37 @@ def test_a_result_payload_that_does_not_decode_fails_only_its_own_future(fake, c
         wrong.result(timeout=5)  # set after good's, by the client's I/O thread
     dropped = [r.getMessage() for r in caplog.records if "dropped a bad result" in r.getMessage()]
     assert len(dropped) == 2
+
+
+def test_a_result_its_executor_kept_is_fetched_released_and_completes_its_future(
+    fake, client, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(datastore, "spool_root", lambda: str(tmp_path))
+    store = datastore.DataStore("executor-1", root=str(tmp_path))
+    try:
+        kept, lost = client.map(total, [[1], [2]])
+        fake.wait_for(p.Submit)
+        value = list(range(50_000))
+        reference = store.put(payloads.pack_payload(value))
+        gone = store.put(payloads.pack_payload([2]))
+        store.drop([gone])  # its file went (the executor's host was wiped, say)
+        fake.push(
+            p.Results(
+                [
+                    [kept.task_id, "finished", payloads.pack_reference(reference), None, {}],
+                    [lost.task_id, "finished", payloads.pack_reference(gone), None, {}],
+                ]
+            )
+        )
+        assert kept.result(timeout=10) == value
+        assert store.held() == []  # read here, so deleted here
+        with pytest.raises(
+            datastore.DataUnavailable,
+            match=f"the result of {lost.task_id}, kept by its executor, cannot be had",
+        ):
+            lost.result(timeout=10)
+    finally:
+        store.close()
 
 
 # ---- waiting -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import pytest
 
@@ -14,7 +15,7 @@ from tidal.runtime import protocol as p
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.datastore import DataStore, DataUnavailable, Reference, fetch_chunks
-from tidal.workloads.synthetic import total
+from tidal.workloads.synthetic import mirrored, total
 
 
 @pytest.fixture
@@ -66,6 +67,37 @@ def test_data_that_is_gone_is_a_clear_error_not_a_wait(store, monkeypatch):
     assert pieces and set(pieces) == {b""}
 
 
+def test_a_result_read_on_its_host_is_deleted_by_its_reader(store):
+    payload = os.urandom(5_000)
+    reference = store.put(payload)
+    assert ds.read_and_release(reference) == payload
+    assert not os.path.exists(reference.path) and store.held() == []
+
+
+def test_a_result_fetched_from_another_host_is_released_through_the_data_server(store, monkeypatch):
+    monkeypatch.setattr(ds, "PIECE_BYTES", 1000)
+    payload = os.urandom(2_500)
+    reference = store.put(payload)
+    assert ds.read_and_release(reference, host="elsewhere") == payload
+    # The release is a request to the server that is not waited for: it lands soon after.
+    deadline = time.monotonic() + 10
+    while store.held() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert store.held() == []
+    with pytest.raises(DataUnavailable, match="is gone from its owner"):
+        ds.read_and_release(reference, host="elsewhere")
+
+
+def test_results_no_one_fetched_expire_and_close_waits_only_so_long(store):
+    old, new = store.put(b"o" * 10), store.put(b"n" * 10)
+    an_hour_ago = time.time() - 3600
+    os.utime(old.path, (an_hour_ago, an_hour_ago))
+    assert store.expire(600) == 1 and store.held() == [new.path]
+    started = time.monotonic()
+    store.close(wait_s=0.05)  # no reader comes for `new`: deleted with the rest
+    assert time.monotonic() - started >= 0.05 and not os.path.exists(store.folder)
+
+
 def test_a_dead_clients_spool_is_swept_by_the_next(tmp_path):
     stale = tmp_path / "gone-client"
     stale.mkdir()
@@ -107,3 +139,18 @@ def test_big_arguments_bypass_the_scheduler_and_are_freed_with_their_job():
         small = client.submit(total, [1, 2, 3])  # small ones stay inline
         assert small.result(timeout=30) == 6 and os.listdir(folder) == ["owner.pid"]
     assert not os.path.exists(folder)
+
+
+@pytest.mark.slow
+def test_big_results_bypass_the_scheduler_and_are_freed_once_fetched():
+    data = [os.urandom(300_000) for _ in range(3)]
+    with LocalCluster(executors=2) as cluster, Client(cluster) as client:
+        before = client.status()["bad_input"]["bytes_in"]
+        alone = client.submit(mirrored, data[0])
+        chunked = client.map(mirrored, data[1:], chunksize=2)  # subtasks' results too
+        assert [f.result(timeout=60) for f in [alone, *chunked]] == [d[::-1] for d in data]
+        through = client.status()["bad_input"]["bytes_in"] - before
+        assert through < sum(map(len, data)) / 50  # references, both ways
+        for future in [alone, *chunked]:  # each result was deleted as it was read
+            folder = os.path.join(ds.spool_root(), future.statistics().executor_id)
+            assert os.listdir(folder) == ["owner.pid"]

@@ -26,7 +26,8 @@ class Transport:
 
     Result payloads are unpacked, as the client would, so that tests compare values: a
     `Finished.result` and the values of finished `ChunkResults` items hold what the task
-    returned (the messages are rebuilt with them; the originals carried bytes).
+    returned (the messages are rebuilt with them; the originals carried bytes), or the
+    reference bytes of a spooled one.
     """
 
     def __init__(self) -> None:
@@ -35,10 +36,10 @@ class Transport:
     def __call__(self, msg: p.Message) -> None:
         msg = p.decode(p.encode(msg))
         if isinstance(msg, p.Finished):
-            msg = dataclasses.replace(msg, result=payloads.unpack_payload(msg.result))
+            msg = dataclasses.replace(msg, result=_value(msg.result))
         elif isinstance(msg, p.ChunkResults):
             items = [
-                [i[0], i[1], payloads.unpack_payload(i[2]) if i[1] == "finished" else i[2], *i[3:]]
+                [i[0], i[1], _value(i[2]) if i[1] == "finished" else i[2], *i[3:]]
                 for i in msg.items
             ]
             msg = dataclasses.replace(msg, items=items)
@@ -453,6 +454,27 @@ def test_a_result_too_big_for_a_frame_fails_its_task_instead_of_vanishing(make_k
     assert "over the 1,000-byte limit" in items["big"][3][1]
 
 
+def test_a_big_result_is_spooled_and_reported_as_its_reference(make_kernel):
+    spooled = []
+
+    def spool(payload):
+        spooled.append(payload)
+        return b"\xc1reference"
+
+    kernel, transport = make_kernel(spool_result=spool)
+    big = b"x" * payloads.DATA_THRESHOLD
+    kernel.launch("big", lambda: big)
+    kernel.launch("small", lambda: b"x" * 10)
+    kernel.launch_chunk("c", lambda n: b"y" * n, [["s1", [10], {}], ["s2", [len(big)], {}]])
+    kernel.run()
+    assert transport.outcome("big").result == b"\xc1reference"
+    assert transport.outcome("small").result == b"x" * 10
+    items = {i[0]: i for i in chunk_items(transport, "c")}
+    assert items["s1"][2] == b"y" * 10
+    assert items["s2"][2] == b"\xc1reference"
+    assert [payloads.unpack_payload(p_) for p_ in spooled] == [big, b"y" * len(big)]
+
+
 def test_a_task_killed_while_its_argument_decodes_is_killed(make_kernel, monkeypatch):
     kernel, transport = make_kernel()
     unpack_block = payloads.unpack_block
@@ -728,6 +750,10 @@ def test_inputs_named_by_the_decorator_are_gated_also_when_passed_by_position(ma
 
 
 # ---- chunks ---------------------------------------------------------------------------------
+
+
+def _value(payload: bytes) -> object:
+    return payload if payloads.is_reference(payload) else payloads.unpack_payload(payload)
 
 
 def chunk_items(transport, chunk_id):
