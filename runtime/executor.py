@@ -200,6 +200,7 @@ class Executor:
             # Big results are spooled here and fetched by the client (not with CURVE keys:
             # the data server has no authentication).
             spool_result=self._spool_result if self.keys is None else None,
+            hurry=self._hurry,
             executor_id=self.executor_id,
             suspend_timeout_ns=suspend_timeout_ns,
             priority_changed=self._priority_changed,
@@ -368,6 +369,13 @@ class Executor:
                 nice,
             )
             self._task_tid = None  # do not try again on every switch
+
+    def _hurry(self) -> None:
+        """A suspend or kill for the running task came: lift its thread to the stream nice,
+        so that a batch task reaches its next boundary without waiting for a CPU."""
+        tid = self._task_tid
+        if tid is not None and self.kernel.running_task() is not None:
+            set_thread_nice(tid, self.stream_nice)
 
     def _read_commands(self) -> bool:
         """Read what waits on the command connection and hand task commands to the kernel,

@@ -107,6 +107,7 @@ class Kernel:
         read_commands: Callable[[], bool] | None = None,
         fetch: Callable[[Reference], Iterable[bytes]] = fetch_chunks,
         spool_result: Callable[[bytes], bytes] | None = None,
+        hurry: Callable[[], None] | None = None,
     ) -> None:
         self.executor_id = executor_id
         self.gate = gate_factory()
@@ -145,6 +146,10 @@ class Kernel:
         # Given a big result's payload, keeps it off the control path and returns the
         # reference to report instead (the executor's spool; None: results go inline).
         self._spool_result = spool_result
+        # Called from the thread that asks for a suspend, kill or fail: the running task must
+        # reach its next record boundary now (the executor lifts its thread's OS priority,
+        # as the gate's watcher does; the hub's next switch sets it back).
+        self._hurry = hurry or (lambda: None)
         # Returns the process's RSS; read at each switch into and out of a task to estimate
         # each task's memory (runtime/memory.py). None (the default): no reads, no estimates.
         self._memory_probe = memory_probe
@@ -177,6 +182,7 @@ class Kernel:
         command = Command("suspend", task_id, self._clock())
         with self._lock:
             self._pending_suspends[task_id] = command
+        self._hurry()  # first: the hub, applying the command, then sets the class again
         self._post(command)
 
     def resume(self, task_id: str) -> None:
@@ -186,6 +192,7 @@ class Kernel:
 
     def kill(self, task_id: str) -> None:
         """Stop a task: TaskKilled is raised in it at its next record boundary."""
+        self._hurry()
         self._post(Command("kill", task_id, self._clock()))
 
     def fail(self, task_id: str, error_type: str, message: str) -> None:
@@ -195,6 +202,7 @@ class Kernel:
         subtask running when it is stopped fails with the error, and the chunk reports
         `killed`, so that its subtasks that did not run are placed again.
         """
+        self._hurry()
         self._post(Command("fail", task_id, self._clock(), error=[error_type, message, ""]))
 
     def launch_chunk(
@@ -515,6 +523,8 @@ class Kernel:
             return False
         if command.op in ("flush", "listened"):  # wake(); the listener read what came
             return True
+        if command.op in ("suspend", "kill", "fail"):  # `hurry` may have lifted the thread
+            self._running_class = None  # so the next switch sets its class's priority again
         if command.op == "launch":
             record = command.record
             assert record is not None  # built by launch(); not peer input

@@ -3,14 +3,17 @@
 On a 2-executor LocalCluster, a stream of small stream tasks (one every 20 ms) runs first
 alone, then while 8 batch tasks run over partitions of 3 million ints each (4 in `--quick`),
 consumed by C code (`sum`, `max`, a `Counter` of the values mod 10), each a job of its own.
-Then one 200 MB argument (50 MB in `--quick`) is submitted, run and its result checked.
+Then one 200 MB argument (50 MB in `--quick`) is submitted, run and its result checked,
+and the same bytes come back as a 200 MB result.
 
 - stream_ms: a stream task's submit -> result in the client's hand;
 - results_exact: every batch result equals the one computed here;
 - suspended_tasks: batch tasks suspended at least once (of batch_tasks);
 - scheduler_bytes_forwarded: the bytes the scheduler received from the batch job's submit
   to its last result (its `bytes_in`), against payload_bytes, the partitions packed;
-- big_argument_s: the 200 MB argument, submit -> checked result (None if it failed).
+- big_argument_s: the 200 MB argument, submit -> checked result (None if it failed);
+- big_result_s: the same bytes sent and returned reversed (a 200 MB result), submit ->
+  checked result; big_result_bytes_forwarded: what the scheduler received meanwhile.
 
 Discussion: the batch job is submitted with a suspension cap above the stream's length, so
 that what is measured is preemption (as in `bench preempt`). The batch jobs come from a
@@ -34,7 +37,7 @@ from tidal.runtime import payloads
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.stats import percentile
-from tidal.workloads.synthetic import biggest, digest, residues, total
+from tidal.workloads.synthetic import biggest, digest, mirrored, residues, total
 
 TARGETS = {
     "stream_p99_vs_alone": ("<=", 2.0),
@@ -67,6 +70,17 @@ def _stream(client: Client, until: Any, count: int) -> list[float]:
         latencies.append((time.monotonic_ns() - submitted) / 1e6)
         time.sleep(max(0.0, next_at - time.monotonic()))
     return latencies
+
+
+def _timed(submit: Any, expected: Any) -> tuple[float | None, str | None]:
+    """Seconds from submit to a checked result, and None; or None and what went wrong
+    (reported, never raised: the other figures still count)."""
+    start = time.perf_counter()
+    try:
+        ok = submit().result(timeout=300) == expected
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    return (time.perf_counter() - start, None) if ok else (None, "wrong result")
 
 
 def _batch(address: str, tasks: int, records: int, conn: Any) -> None:
@@ -123,14 +137,10 @@ def run(
         forwarded = client.status()["bad_input"]["bytes_in"] - bytes_before
 
         big = os.urandom(big_mib * 1024 * 1024)
-        start = time.perf_counter()
-        try:
-            ok = client.submit(digest, big).result(timeout=300) == digest(big)
-            big_argument_s = time.perf_counter() - start if ok else None
-        except Exception as exc:  # reported, never raised: the other figures still count
-            big_argument_s, big_error = None, f"{type(exc).__name__}: {exc}"
-        else:
-            big_error = None if ok else "wrong digest"
+        big_argument_s, big_error = _timed(lambda: client.submit(digest, big), digest(big))
+        bytes_before = client.status()["bad_input"]["bytes_in"]
+        big_result_s, big_result_error = _timed(lambda: client.submit(mirrored, big), big[::-1])
+        result_forwarded = client.status()["bad_input"]["bytes_in"] - bytes_before
     result = {
         "stream_ms_p50": percentile(loaded, 50),
         "stream_ms_p99": percentile(loaded, 99),
@@ -145,6 +155,9 @@ def run(
         "big_argument_mib": big_mib,
         "big_argument_s": big_argument_s,
         "big_argument_error": big_error,
+        "big_result_s": big_result_s,
+        "big_result_error": big_result_error,
+        "big_result_bytes_forwarded": result_forwarded,
     }
     result["stream_p99_vs_alone"] = result["stream_ms_p99"] / result["alone_ms_p99"]
     result["suspended_vs_batch"] = suspended / tasks

@@ -147,5 +147,8 @@ def test_bigdata_runs_its_scenario_and_keeps_the_partitions_off_the_scheduler():
     assert figures["big_argument_s"] is not None and figures["batch_tasks"] == 4
     # Each partition packs to ~200 KB: spooled, so only references reach the scheduler.
     assert figures["forwarded_vs_payload"] < 0.05
+    # The 2 MB result comes back by the data path too: a reference through the scheduler.
+    assert figures["big_result_error"] is None and figures["big_result_s"] is not None
+    assert figures["big_result_bytes_forwarded"] < 2 * 1024 * 1024 / 100
     for key in ("stream_ms_p99", "alone_ms_p99", "stream_p99_vs_alone", "suspended_vs_batch"):
         assert figures[key] >= 0

@@ -908,3 +908,19 @@ def test_an_idle_task_thread_waits_at_the_stream_priority():
         kernel.stop()
         hub.join(10)
     assert classes.empty() and not hub.is_alive()
+
+
+def test_a_suspend_hurries_the_task_thread_and_its_class_is_set_again_after():
+    classes, hurried = [], []
+    kernel = Kernel(Transport(), priority_changed=classes.append, hurry=lambda: hurried.append(1))
+
+    def batch(part):
+        for x in part:
+            if x == 2:
+                kernel.suspend("nobody")  # refused, but the thread was lifted meanwhile
+        return sum(part)
+
+    kernel.launch("b", batch, [list(range(5))])
+    kernel.run()
+    # Lifted once; the hub, back in the batch task after the refusal, sets its class again.
+    assert hurried == [1] and classes == ["batch", "batch"]
