@@ -28,6 +28,16 @@ def spin(part: Iterable[int], record_us: float = 10.0) -> int:
 
 
 @task
+def spin_copy(part: Iterable[int], record_us: float = 10.0) -> list[int]:
+    """`spin`, returning the records themselves (a result as big as its partition)."""
+    records = []
+    for record in part:
+        burn(record_us)
+        records.append(record)
+    return records
+
+
+@task
 def total(part: Iterable[int]) -> int:
     """Sum a partition in C (`sum`): suspendable only through the record gate."""
     return sum(part)

@@ -12,10 +12,10 @@ import signal
 
 import pytest
 
-from tidal.runtime import payloads
+from tidal.runtime import datastore, payloads
 from tidal.runtime.client import Client, TaskError
 from tidal.runtime.cluster import LocalCluster
-from tidal.workloads.synthetic import crash_executor, spin, total
+from tidal.workloads.synthetic import crash_executor, spin, spin_copy, total
 
 pytestmark = pytest.mark.slow
 
@@ -105,20 +105,24 @@ def test_a_restarted_scheduler_finds_its_jobs_executors_and_clients_again():
         assert counts[chunked[0].job_id] == (300, 0, 0, 300)
 
 
-def test_spooled_arguments_survive_a_killed_executor_and_a_restarted_scheduler():
-    """Arguments over 64 KiB travel as references to the client's spool (runtime/
-    datastore.py): a task run again after its executor died, or re-launched by a restarted
-    scheduler from its journal, reads the same file; the files go with the job."""
+def test_spooled_arguments_and_results_survive_a_killed_executor_and_a_restarted_scheduler():
+    """Arguments and results over 64 KiB travel as references to their owner's spool
+    (runtime/datastore.py): a task run again after its executor died, or re-launched by a
+    restarted scheduler from its journal, reads the same file; a result reported before the
+    restart is fetched after it; the files go once read, and with the job."""
     parts = [list(range(i * 30_000, (i + 1) * 30_000)) for i in range(1, 7)]  # ~150 KB each
     with (
         LocalCluster(executors=2, heartbeat_ms=100) as cluster,
         Client(cluster) as client,
     ):
-        futures = client.map(spin, parts, record_us=20.0)  # ~0.6 s each
+        futures = client.map(spin_copy, parts, record_us=20.0)  # ~0.6 s each
         client.wait_for_status(lambda s: running(s) >= 2)
         os.kill(cluster.processes[1].pid, signal.SIGKILL)
         cluster.restart_scheduler()
-        assert client.gather(futures, timeout=120) == [sum(p) for p in parts]
+        assert client.gather(futures, timeout=120) == parts
         packed = sum(len(payloads.pack_call([part], {})) for part in parts)
-        assert client.status()["bad_input"]["bytes_in"] < packed / 10  # references only
+        assert client.status()["bad_input"]["bytes_in"] < 2 * packed / 10  # references only
         assert os.listdir(client._data.folder) == ["owner.pid"]
+        for future in futures:  # every result read was deleted by its reader
+            folder = os.path.join(datastore.spool_root(), future.statistics().executor_id)
+            assert not os.path.exists(folder) or os.listdir(folder) == ["owner.pid"]
