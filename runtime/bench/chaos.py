@@ -1,7 +1,8 @@
 """`tidal bench chaos`: a mixed stream/batch workload while the cluster is broken on purpose.
 
 A LocalCluster of `executors` runs batch jobs (plain maps and one chunked map of small
-tasks, each task `spin` over its own records: a known sum) while a stream of stream tasks
+tasks, each task `spin` over its own records: a known sum; and one map whose arguments and
+results, ~100 KB each, take the data path) while a stream of stream tasks
 (`total` over ten numbers) arrives every `stream_every_ms`. Meanwhile, at seeded moments,
 a fault: `kill -9` of a random executor (the cluster's supervisor starts it again), and once,
 half-way through the faults, `kill -9` of the scheduler, started again on the same address
@@ -42,7 +43,7 @@ from typing import Any
 
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
-from tidal.workloads.synthetic import spin, total
+from tidal.workloads.synthetic import spin, spin_copy, total
 
 TARGETS = {
     "completed_vs_submitted": (">=", 1.0),
@@ -66,6 +67,11 @@ class ChaosConfig:
     records_per_task: int = 40
     record_us: float = 2_000.0  # a batch task is ~80 ms of Python
     chunked_tasks: int = 400  # one map of small tasks, in chunks of 20
+    # One job that carries data: arguments and results of ~100 KB each, which travel by
+    # the data path (spooled by the client and by the executors, runtime/datastore.py).
+    data_tasks: int = 8
+    data_records: int = 20_000
+    data_record_us: float = 20.0
     stream_every_ms: float = 50.0
     kills: int = 4
     scheduler_restarts: int = 1
@@ -157,6 +163,14 @@ def _submit_batch(client: Client, config: ChaosConfig, tally: _Tally) -> list[An
         for future, part in zip(job_futures, parts, strict=True):
             tally.track(future, sum(part))
         futures += job_futures
+    data = [
+        list(range(base, base + config.data_records))
+        for base in range(0, config.data_tasks * config.data_records, config.data_records)
+    ]
+    data_futures = client.map(spin_copy, data, record_us=config.data_record_us, priority="batch")
+    for future, part in zip(data_futures, data, strict=True):
+        tally.track(future, part)
+    futures += data_futures
     small = [[i, i + 1] for i in range(config.chunked_tasks)]
     chunked = client.map(spin, small, record_us=500.0, priority="batch", chunksize=20)
     for future, part in zip(chunked, small, strict=True):
