@@ -153,7 +153,6 @@ class Client:
         self._job_numbers = itertools.count(1)
         # Big arguments are spooled here, off the scheduler's path (runtime/datastore.py),
         # from the first one on; each job's spooled payloads, freed when the job is done.
-        # Not with CURVE keys: the data server would need the same authentication.
         self._data: DataStore | None = None
         self._spooled: dict[str, list[Reference]] = {}
         self._fetcher = ResultFetcher()  # big results, kept by their executors
@@ -319,7 +318,7 @@ class Client:
                     payload = payloads.pack_call(
                         args, kwargs, packed_kwargs=packed_kwargs[id(kwargs)]
                     )
-                    if len(payload) >= DATA_THRESHOLD and self.keys is None:
+                    if len(payload) >= DATA_THRESHOLD:
                         payload = self._spool(job_id, payload)
                     tasks.append(_task_entry(f"{job_id}/{i}", payload, prefs))
                 frame = p.encode(
@@ -343,11 +342,9 @@ class Client:
                         raise TypeError(f"cannot submit {ref.ref}: {where}") from None
                 raise TypeError(f"cannot submit {ref.ref}: {exc}") from None
             if len(frame) > p.MAX_FRAME_BYTES:
-                way = "use a cluster without keys, whose big arguments travel apart, or "
                 raise ValueError(
                     f"cannot submit {ref.ref}: its job is {len(frame):,} bytes packed, over the "
-                    f"{p.MAX_FRAME_BYTES:,}-byte limit of a frame ({way if self.keys else ''}"
-                    "submit fewer or smaller tasks at a time)"
+                    f"{p.MAX_FRAME_BYTES:,}-byte limit of a frame (submit fewer tasks at a time)"
                 )
             futures = [TaskFuture(task[0], job_id, sent_ns, self._cancel_remote) for task in tasks]
             with self._lock:
@@ -387,7 +384,9 @@ class Client:
         with self._lock:
             self._check_open()  # a store made after close() would never be closed
             if self._data is None:
-                self._data = DataStore(self.client_id, bind_host=bind_host_for(self.address))
+                self._data = DataStore(
+                    self.client_id, bind_host=bind_host_for(self.address), keys=self.keys
+                )
             data = self._data
         reference = data.put(payload)  # not under the lock: results go on meanwhile
         with self._lock:

@@ -17,8 +17,16 @@ byte: one job of two 2.9 MB partitions cost it ~40 ms of commit and ~10 ms of se
 first stream task after it waited that out (docs/notes.md). A file in `/dev/shm` costs one
 write by the client and one read by the executor, and no other process touches the bytes.
 
-Discussion: clusters with CURVE keys keep payloads inline (the data server would need the
-same authentication as the scheduler's socket; not built yet): `DataStore(enabled=False)`.
+Big results take the same path the other way: the executor spools them, the client reads
+or fetches each one and then deletes it (`read_and_release`).
+
+Discussion: security. On a cluster with CURVE keys (runtime/auth.py) the data server is a
+CURVE server with its owner's key pair, and a reference carries that public key, so the
+bytes are encrypted between hosts as the control messages are. The server does not check
+who connects (it has no list of authorised keys: only the scheduler does); what it hands
+out is guarded by the key in each reference, 64 random bits that travel only on the
+authenticated control path. Without cluster keys the data server, like the scheduler,
+is meant for a trusted network (it binds loopback for a local scheduler).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from dataclasses import dataclass
 import msgpack
 import zmq
 
-from tidal.runtime.auth import is_loopback
+from tidal.runtime.auth import PeerKeys, is_loopback
 
 __all__ = [
     "DATA_THRESHOLD",
@@ -83,6 +91,7 @@ class Reference:
     size: int
     address: str  # the owner's data server ("" if it has none)
     key: str
+    server_key: str = ""  # the data server's CURVE public key (z85), "" without keys
 
     def describe(self) -> str:
         return f"{self.size:,} bytes spooled at {self.host}:{self.path}"
@@ -103,8 +112,16 @@ class DataStore:
     with a ROUTER socket on `bind_host`) starts with the first `put`.
     """
 
-    def __init__(self, owner_id: str, *, bind_host: str = "127.0.0.1", root: str | None = None):
+    def __init__(
+        self,
+        owner_id: str,
+        *,
+        bind_host: str = "127.0.0.1",
+        root: str | None = None,
+        keys: PeerKeys | None = None,
+    ):
         self.owner_id = owner_id
+        self.keys = keys  # the owner's CURVE pair: its data server's, then
         self.root = root or spool_root()
         self.folder = os.path.join(self.root, _safe_name(owner_id))
         self.bind_host = bind_host
@@ -136,9 +153,10 @@ class DataStore:
             raise
         with self._lock:
             if self._server is None:
-                self._server = _DataServer(self.folder, self.bind_host)
+                self._server = _DataServer(self.folder, self.bind_host, self.keys)
             address = self._server.address
-        return Reference(self.host, path, len(payload), address, key)
+        server_key = "" if self.keys is None else self.keys.public.decode()
+        return Reference(self.host, path, len(payload), address, key, server_key)
 
     def drop(self, references: list[Reference]) -> None:
         """Delete these spooled payloads (missing ones are ignored)."""
@@ -206,11 +224,15 @@ class _DataServer:
     gets `[size, piece]` (size -1 and an error message if there is no such file); a
     request `[key]` deletes the file (its reader is done with it) and gets `[0, b""]`."""
 
-    def __init__(self, folder: str, bind_host: str) -> None:
+    def __init__(self, folder: str, bind_host: str, keys: PeerKeys | None) -> None:
         self._folder = folder
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.linger = 0
+        if keys is not None:  # encrypted; anyone may connect (see the module docstring)
+            self._socket.curve_server = True
+            self._socket.curve_secretkey = keys.secret
+            self._socket.curve_publickey = keys.public
         self._socket.bind(f"tcp://{bind_host}:*")
         self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._stop = self._context.socket(zmq.PAIR)
@@ -321,9 +343,8 @@ def read_and_release(
                 os.unlink(reference.path)
                 return data
         if reference.address:
-            release = context.socket(zmq.DEALER)
+            release = _data_socket(context, reference)
             release.linger = 1000  # enough to hand the request over; no answer is awaited
-            release.connect(reference.address)
             release.send(msgpack.packb([reference.key]))
             release.close()
         return data
@@ -336,10 +357,8 @@ def _fetch_remote(
 ) -> Iterator[bytes]:
     own = context is None
     context = context or zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    dealer.linger = 0
+    dealer = _data_socket(context, reference)
     try:
-        dealer.connect(reference.address)
         offset = 0
         while offset < reference.size:
             dealer.send(msgpack.packb([reference.key, offset, PIECE_BYTES]))
@@ -385,3 +404,15 @@ def bind_host_for(scheduler_address: str) -> str:
             probe.close()
     except OSError:
         return "127.0.0.1"
+
+
+def _data_socket(context: zmq.Context, reference: Reference) -> zmq.Socket:
+    """A connection to the data server that holds `reference`: a CURVE client (with a pair
+    of its own, made for it) if the server has a key."""
+    dealer = context.socket(zmq.DEALER)
+    dealer.linger = 0
+    if reference.server_key:
+        dealer.curve_publickey, dealer.curve_secretkey = zmq.curve_keypair()
+        dealer.curve_serverkey = reference.server_key.encode()
+    dealer.connect(reference.address)
+    return dealer

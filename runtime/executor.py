@@ -197,9 +197,8 @@ class Executor:
             read_commands=self._read_commands,
             # Spooled arguments not on this host come over a connection of the task thread's.
             fetch=lambda reference: fetch_chunks(reference, self._context),
-            # Big results are spooled here and fetched by the client (not with CURVE keys:
-            # the data server has no authentication).
-            spool_result=self._spool_result if self.keys is None else None,
+            # Big results are spooled here and fetched by the client.
+            spool_result=self._spool_result,
             hurry=self._hurry,
             executor_id=self.executor_id,
             suspend_timeout_ns=suspend_timeout_ns,
@@ -289,7 +288,9 @@ class Executor:
         payload itself if it cannot be spooled."""
         with self._data_lock:
             if self._data is None:
-                self._data = DataStore(self.executor_id, bind_host=bind_host_for(self.scheduler))
+                self._data = DataStore(
+                    self.executor_id, bind_host=bind_host_for(self.scheduler), keys=self.keys
+                )
         try:
             return payloads.pack_reference(self._data.put(payload))
         except OSError as exc:  # the spool is full, say: inline, within a frame's limit

@@ -85,8 +85,7 @@ def pack_result(value: Any, where: str, spool: Callable[[bytes], bytes] | None =
     if len(result) > MAX_RESULT_BYTES:
         raise EncodeError(
             f"{where} is {len(result):,} bytes packed, over the {MAX_RESULT_BYTES:,}-byte "
-            "limit of a result that travels inline (results are spooled only on clusters "
-            "without keys)"
+            "limit of a result that travels inline (it could not be spooled)"
         )
     return result
 
@@ -337,7 +336,8 @@ _REFERENCE_MARK = b"\xc1"
 
 
 def pack_reference(reference: Reference) -> bytes:
-    """The payload that stands for a spooled one: `[host, path, size, address, key]`."""
+    """The payload that stands for a spooled one: `[host, path, size, address, key,
+    server_key]` (server_key: the data server's CURVE public key, "" without keys)."""
     return _REFERENCE_MARK + msgpack.packb(dataclasses.astuple(reference), use_bin_type=True)
 
 
@@ -346,18 +346,19 @@ def is_reference(blob: bytes) -> bool:
 
 
 def open_reference(blob: bytes, what: str = "task payload") -> Reference:
-    """The Reference a payload packs (`[host, path, size, address, key]`), or ProtocolError
-    saying why not."""
+    """The Reference a payload packs (see `pack_reference`; server_key may be left out),
+    or ProtocolError saying why not."""
     fields = unpack_payload(blob[1:], f"{what}'s reference")
     if not (
         type(fields) is list
-        and len(fields) == 5
-        and all(type(fields[i]) is str for i in (0, 1, 3, 4))
+        and len(fields) in (5, 6)
+        and all(type(field) is str for i, field in enumerate(fields) if i != 2)
         and type(fields[2]) is int
         and fields[2] >= 0
     ):
         raise ProtocolError(
-            f"{what}'s reference must be [host, path, size, address, key], got {str(fields)[:80]}"
+            f"{what}'s reference must be [host, path, size, address, key, server_key], "
+            f"got {str(fields)[:80]}"
         )
     return Reference(*fields)
 

@@ -12,6 +12,7 @@ import pytest
 from tidal.runtime import datastore as ds
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
+from tidal.runtime.auth import generate_keys, load_peer_keys
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.datastore import DataStore, DataUnavailable, Reference, fetch_chunks
@@ -51,6 +52,26 @@ def test_another_host_fetches_it_from_the_owners_data_server(store, monkeypatch)
     assert reference.address.startswith("tcp://127.0.0.1:")
     pieces = list(fetch_chunks(reference, host="elsewhere"))
     assert b"".join(pieces) == payload and len(pieces) == 3
+
+
+def test_with_cluster_keys_the_data_server_speaks_curve(tmp_path, monkeypatch):
+    monkeypatch.setattr(ds, "spool_root", lambda: str(tmp_path / "spool"))
+    generate_keys(tmp_path / "keys")
+    keys = load_peer_keys(tmp_path / "keys")
+    store = DataStore("client-1", root=str(tmp_path / "spool"), keys=keys)
+    try:
+        payload = os.urandom(3_000)
+        reference = store.put(payload)
+        assert reference.server_key == keys.public.decode()
+        opened = payloads.open_reference(payloads.pack_reference(reference))
+        assert opened == reference
+        assert ds.read_and_release(opened, host="elsewhere") == payload  # over CURVE
+        # A peer that does not speak CURVE gets nothing (and the fetch gives up).
+        plain = dataclasses.replace(reference, server_key="")
+        with pytest.raises(DataUnavailable, match=r"did not answer within 0\.2 s"):
+            list(fetch_chunks(plain, host="elsewhere", timeout_s=0.2))
+    finally:
+        store.close()
 
 
 def test_data_that_is_gone_is_a_clear_error_not_a_wait(store, monkeypatch):
@@ -120,7 +141,8 @@ def test_a_reference_payload_is_not_taken_for_msgpack_and_says_what_is_wrong():
     blob = payloads.pack_reference(Reference("h", "/p", 3, "tcp://x:1", "1"))
     assert payloads.is_reference(blob) and not payloads.is_reference(payloads.pack_call([1], {}))
     assert payloads.open_reference(blob).size == 3
-    with pytest.raises(p.ProtocolError, match="must be \\[host, path, size, address, key\\]"):
+    shape = r"must be \[host, path, size, address, key, server_key\]"
+    with pytest.raises(p.ProtocolError, match=shape):
         payloads.open_reference(payloads.pack_reference(Reference("h", "/p", -1, "", "1")))
 
 
@@ -154,3 +176,12 @@ def test_big_results_bypass_the_scheduler_and_are_freed_once_fetched():
         for future in [alone, *chunked]:  # each result was deleted as it was read
             folder = os.path.join(ds.spool_root(), future.statistics().executor_id)
             assert os.listdir(folder) == ["owner.pid"]
+
+
+@pytest.mark.slow
+def test_with_cluster_keys_big_arguments_and_results_still_bypass_the_scheduler():
+    data = os.urandom(300_000)
+    with LocalCluster(executors=1, keys=True) as cluster, Client(cluster) as client:
+        before = client.status()["bad_input"]["bytes_in"]
+        assert client.submit(mirrored, data).result(timeout=60) == data[::-1]
+        assert client.status()["bad_input"]["bytes_in"] - before < len(data) / 50
