@@ -292,8 +292,9 @@ def _run_executor(args: argparse.Namespace) -> int:
     except KeyFileError as exc:  # the executor reads its keys first: fail naming the file
         print(f"tidal executor: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # a bad --memory-limit, or one below the executor's own RSS
-        print(f"tidal executor: --memory-limit: {exc}", file=sys.stderr)
+    except ValueError as exc:  # a bad --memory-limit (or one below the executor's own RSS)
+        where = "" if "TIDAL_DATA_ADDRESS" in str(exc) else "--memory-limit: "
+        print(f"tidal executor: {where}{exc}", file=sys.stderr)
         return 2
     return executor.run()
 

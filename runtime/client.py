@@ -52,6 +52,7 @@ from tidal.runtime.datastore import (
     DATA_THRESHOLD,
     DataStore,
     Reference,
+    advertised_address,
     bind_host_for,
 )
 from tidal.runtime.functions import function_ref
@@ -158,6 +159,7 @@ class Client:
         self._fetcher = ResultFetcher()  # big results, kept by their executors
 
         self.keys = None if keys is None else load_peer_keys(keys)
+        advertised_address()  # a malformed TIDAL_DATA_ADDRESS fails here, not at a submit
         self._io = ClientConnection(
             address,
             self.client_id,

@@ -233,8 +233,16 @@ class _DataServer:
             self._socket.curve_server = True
             self._socket.curve_secretkey = keys.secret
             self._socket.curve_publickey = keys.public
-        self._socket.bind(f"tcp://{bind_host}:*")
+        advertised, port = advertised_address()
+        try:
+            self._socket.bind(f"tcp://{'*' if advertised else bind_host}:{port or '*'}")
+        except zmq.ZMQError as exc:
+            self._socket.close()
+            self._context.term()
+            raise OSError(f"the data server cannot listen on port {port}: {exc}") from None
         self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if advertised:  # others reach it by another address (NAT, a proxy)
+            self.address = f"tcp://{advertised}:{self.address.rsplit(':', 1)[1]}"
         self._stop = self._context.socket(zmq.PAIR)
         self._stop.bind(f"inproc://stop-{id(self)}")
         self._thread = threading.Thread(target=self._serve, name="tidal-data", daemon=True)
@@ -386,6 +394,27 @@ def _fetch_remote(
         dealer.close()
         if own:
             context.term()
+
+
+# Where other hosts reach this process's data server, if not at the address it binds
+# (behind NAT, say): "HOST" or "HOST:PORT". With it the server listens on every interface,
+# on PORT if given (forward that port), and references name HOST.
+DATA_ADDRESS_ENV = "TIDAL_DATA_ADDRESS"
+
+
+def advertised_address() -> tuple[str, int | None]:
+    """(host, port) from TIDAL_DATA_ADDRESS, ("", None) if unset; ValueError if malformed."""
+    value = os.environ.get(DATA_ADDRESS_ENV, "").strip()
+    if not value:
+        return "", None
+    parsed = urllib.parse.urlsplit(f"//{value}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if not parsed.hostname or port == -1 or parsed.path or port == 0:
+        raise ValueError(f"{DATA_ADDRESS_ENV} must be HOST or HOST:PORT, not {value!r}")
+    return parsed.hostname, port
 
 
 def bind_host_for(scheduler_address: str) -> str:

@@ -58,7 +58,7 @@ import zmq
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
-from tidal.runtime.datastore import DataStore, bind_host_for, fetch_chunks
+from tidal.runtime.datastore import DataStore, advertised_address, bind_host_for, fetch_chunks
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.guard import PeerGuard
 from tidal.runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
@@ -129,6 +129,7 @@ class Executor:
         self.scheduler = scheduler
         # CURVE keys (runtime/auth.py); read first, so that a bad key directory fails here.
         self.keys = None if keys is None else load_peer_keys(keys)
+        advertised_address()  # a malformed TIDAL_DATA_ADDRESS fails here, not in a task
         self.node = node
         self.executor_id = (
             executor_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

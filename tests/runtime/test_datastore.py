@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import time
 
 import pytest
@@ -72,6 +73,21 @@ def test_with_cluster_keys_the_data_server_speaks_curve(tmp_path, monkeypatch):
             list(fetch_chunks(plain, host="elsewhere", timeout_s=0.2))
     finally:
         store.close()
+
+
+def test_the_data_server_can_advertise_another_address_for_nat(store, monkeypatch):
+    with socket.socket() as probe:  # a free port to forward
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv(ds.DATA_ADDRESS_ENV, f"localhost:{port}")
+    payload = os.urandom(2_000)
+    reference = store.put(payload)
+    assert reference.address == f"tcp://localhost:{port}"  # what others are told
+    assert ds.read_and_release(reference, host="elsewhere") == payload  # and it listens there
+    for bad in ("host:port", ":7", "h/x"):
+        monkeypatch.setenv(ds.DATA_ADDRESS_ENV, bad)
+        with pytest.raises(ValueError, match="TIDAL_DATA_ADDRESS must be HOST or HOST:PORT"):
+            ds.advertised_address()
 
 
 def test_data_that_is_gone_is_a_clear_error_not_a_wait(store, monkeypatch):
