@@ -316,7 +316,11 @@ class Client:
             try:
                 for i, ((args, kwargs), prefs) in enumerate(zip(calls, preferred, strict=True)):
                     if id(kwargs) not in packed_kwargs:
-                        packed_kwargs[id(kwargs)] = payloads.pack_payload(kwargs, "kwargs")
+                        packed = payloads.pack_payload(kwargs, "kwargs")
+                        if len(packed) >= DATA_THRESHOLD and len(calls) > 1:
+                            # Shared by the map's calls: spooled once, not once per call.
+                            packed = payloads.pack_payload(self._spool(job_id, packed))
+                        packed_kwargs[id(kwargs)] = packed
                     payload = payloads.pack_call(
                         args, kwargs, packed_kwargs=packed_kwargs[id(kwargs)]
                     )

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from tidal.runtime.datastore import DATA_THRESHOLD, DataUnavailable, Reference
+from tidal.runtime.datastore import DATA_THRESHOLD, DataUnavailable, Reference, fetch_chunks
 from tidal.runtime.protocol import (
     MAX_FRAME_BYTES,
     EncodeError,
@@ -95,7 +95,9 @@ def pack_call(args: Any, kwargs: dict[str, Any], *, packed_kwargs: bytes | None 
     args, `[args, kwargs, blocked]` (see *Blocked arguments* below).
 
     `packed_kwargs`, if given, is `pack_payload(kwargs)` done once for many calls that share
-    their keyword arguments (`Client.map`): msgpack values simply concatenate.
+    their keyword arguments (`Client.map`): msgpack values simply concatenate. It may also
+    be `pack_payload(reference)`, the packed kwargs spooled once for all those calls (a bin
+    where the map would be; the executor reads the map from the spool).
     """
     # Discussion: this and the unpacking below run once per task (20,000 times for a map of
     # tiny tasks), so the common case is one msgpack call and a length look per argument.
@@ -183,6 +185,10 @@ def open_call(
 
 
 def _is_call(args: Any, kwargs: Any) -> bool:
+    """[args, kwargs]: kwargs a map with str keys, or (bytes) the reference to one that many
+    calls share, spooled once (`pack_call`)."""
+    if type(kwargs) is bytes:
+        return type(args) is list and is_reference(kwargs)
     return (
         type(args) is list
         and type(kwargs) is dict
@@ -324,7 +330,25 @@ def unpack_call(blob: Any, what: str = "task payload") -> tuple[list[Any], dict[
     """Unpack a task's payload into (args, kwargs), blocks and all, or raise ProtocolError
     saying why not. (The kernel decodes blocks one at a time instead: `open_call`.)"""
     args, kwargs, blocked = open_call(blob, what)
-    return _decoded(args, kwargs, blocked, lambda: None)
+    args, kwargs = _decoded(args, kwargs, blocked, lambda: None)
+    return args, _shared_kwargs(kwargs, fetch_chunks, lambda: None)
+
+
+def _shared_kwargs(
+    kwargs: dict[str, Any] | bytes,
+    fetch: Callable[[Reference], Iterable[bytes]],
+    boundary: Callable[[], None],
+) -> dict[str, Any]:
+    """The keyword arguments of a call: as they are, or read from the spool (a map's
+    shared kwargs, spooled once for all its calls)."""
+    if type(kwargs) is not bytes:
+        return kwargs
+    what = "a call's shared keyword arguments"
+    pieces = _fetched(open_reference(kwargs, what), fetch, boundary)
+    shared = unpack_payload(pieces[0] if len(pieces) == 1 else b"".join(pieces), what)
+    if not _is_call([], shared) or type(shared) is not dict:
+        raise ProtocolError(f"{what} must be a map with str keys, got {str(shared)[:60]}")
+    return shared
 
 
 # ---- references: a big payload spooled by its owner (runtime/datastore.py) -------------------
@@ -378,7 +402,8 @@ def open_task_call(
     pieces = [payload]
     if is_reference(payload):
         pieces = _fetched(open_reference(payload), fetch, boundary)
-    return _decoded(*_open_pieces(pieces), boundary, kept_packed)
+    args, kwargs = _decoded(*_open_pieces(pieces), boundary, kept_packed)
+    return args, _shared_kwargs(kwargs, fetch, boundary)
 
 
 def _decoded(

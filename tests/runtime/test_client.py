@@ -415,6 +415,21 @@ def test_a_reject_after_the_welcome_fails_pending_futures_and_further_use(fake, 
     assert "disconnected this client" in caplog.text
 
 
+def test_a_maps_big_shared_keyword_arguments_are_spooled_once(fake, client):
+    model = {"weights": list(range(100_000, 130_000))}  # ~150 KB packed
+    client.map(total, [[1], [2], [3]], model=model)
+    [msg] = fake.wait_for(p.Submit)
+    assert len(client._spooled[msg.job_id]) == 1  # one file for the three calls
+    for i, (_, payload, *_) in enumerate(msg.tasks, 1):
+        assert len(payload) < 1_000  # the call and a reference to its kwargs
+        assert payloads.unpack_call(payload) == ([[i]], {"model": model})
+    client.submit(total, [1], model=model)  # one call: its whole payload is spooled once
+    msg = fake.wait_for(p.Submit, 2)[1]
+    assert len(client._spooled[msg.job_id]) == 1 and payloads.is_reference(msg.tasks[0][1])
+    call = payloads.open_task_call(msg.tasks[0][1], datastore.fetch_chunks, lambda: None)
+    assert call == ([[1]], {"model": model})
+
+
 def test_tuple_keys_come_back_as_tuples_in_arguments_and_results(fake, client):
     table = {("ad", 1): 2, ("ad", (3, 4)): 5}
     future = client.submit(total, table, by=table)

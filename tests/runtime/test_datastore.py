@@ -135,6 +135,21 @@ def test_results_no_one_fetched_expire_and_close_waits_only_so_long(store):
     assert time.monotonic() - started >= 0.05 and not os.path.exists(store.folder)
 
 
+def test_shared_keyword_arguments_are_read_from_the_spool_and_checked(store):
+    shared = payloads.pack_payload(
+        payloads.pack_reference(store.put(payloads.pack_payload({"k": 1})))
+    )
+    call = payloads.pack_call([[1]], {}, packed_kwargs=shared)
+    assert payloads.open_task_call(call, fetch_chunks, lambda: None) == ([[1]], {"k": 1})
+    not_a_map = payloads.pack_reference(store.put(payloads.pack_payload([1, 2])))
+    call = payloads.pack_call([[1]], {}, packed_kwargs=payloads.pack_payload(not_a_map))
+    with pytest.raises(p.ProtocolError, match="shared keyword arguments must be a map"):
+        payloads.open_task_call(call, fetch_chunks, lambda: None)
+    call = payloads.pack_call([[1]], {}, packed_kwargs=payloads.pack_payload(b"not a reference"))
+    with pytest.raises(p.ProtocolError, match=r"must be \[args, kwargs\]"):
+        payloads.open_task_call(call, fetch_chunks, lambda: None)
+
+
 def test_a_dead_clients_spool_is_swept_by_the_next(tmp_path):
     stale = tmp_path / "gone-client"
     stale.mkdir()
