@@ -54,7 +54,10 @@ __all__ = [
 #    restarts: hello.holding (what a reconnecting executor holds), ack (results kept safe;
 #    the scheduler's answer to heartbeats), rejoin (say hello again), reattach and
 #    reattached (a client finds its futures on a restarted scheduler).
-PROTOCOL_VERSION = 4
+# 5: payloads off the control path: a payload may be a reference to a spooled one (0xc1 and
+#    [host, path, size, address, key, server_key]), big results included; a call's kwargs
+#    may be a reference to a map's shared kwargs; blocked arguments (0x93) (docs/protocol.md).
+PROTOCOL_VERSION = 5
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
 # goes ahead: a stream task exists to take a slot at once, batch work fills the rest.
