@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import msgpack
@@ -56,6 +56,7 @@ __all__ = [
     "DataStore",
     "DataUnavailable",
     "Reference",
+    "ResultSpool",
     "bind_host_for",
     "fetch_chunks",
     "read_and_release",
@@ -191,6 +192,49 @@ class DataStore:
             server.close()
         shutil.rmtree(self.folder, ignore_errors=True)
         self._owner.close()  # releases its lock
+
+
+class ResultSpool:
+    """An executor's big results, kept in a DataStore (made at the first) until their
+    clients fetch them: at once, unless a client is away. Ones no client fetched within
+    KEEP_S are deleted (`expire`, called now and then), and `close` waits up to DRAIN_S for
+    the readers of the last ones."""
+
+    KEEP_S = 600.0
+    DRAIN_S = 5.0
+
+    def __init__(
+        self, owner_id: str, bind_host: Callable[[], str], keys: PeerKeys | None = None
+    ) -> None:
+        self._owner_id = owner_id
+        self._bind_host = bind_host
+        self._keys = keys
+        self._store: DataStore | None = None
+        self._lock = threading.Lock()
+        self._expired_at = time.monotonic()
+
+    def keep(self, payload: bytes) -> Reference:
+        with self._lock:
+            if self._store is None:
+                self._store = DataStore(
+                    self._owner_id, bind_host=self._bind_host(), keys=self._keys
+                )
+            store = self._store
+        return store.put(payload)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        if self._store is None or now - self._expired_at < self.KEEP_S / 10:
+            return
+        self._expired_at = now
+        if gone := self._store.expire(self.KEEP_S):
+            log.warning("deleted %d results no client fetched within %g s", gone, self.KEEP_S)
+
+    def close(self) -> None:
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close(wait_s=self.DRAIN_S)
 
 
 def sweep_stale(root: str, keep: str) -> None:

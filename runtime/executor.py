@@ -58,7 +58,7 @@ import zmq
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
-from tidal.runtime.datastore import DataStore, advertised_address, bind_host_for, fetch_chunks
+from tidal.runtime.datastore import ResultSpool, advertised_address, bind_host_for, fetch_chunks
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.guard import PeerGuard
 from tidal.runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
@@ -99,11 +99,6 @@ EXIT_OVER_MEMORY_LIMIT = 3
 MEMORY_LIMIT_EXCEEDED = "MemoryLimitExceeded"  # the error type of a task failed for the limit
 # The one peer an executor's PeerGuard counts bad frames for.
 SCHEDULER = "scheduler"
-# Big results wait in the spool until their client fetches them (at once, unless it is
-# away): ones no client fetched within RESULT_KEEP_S are deleted, and an executor shutting
-# down waits up to RESULT_DRAIN_S for the fetches of those it reported last.
-RESULT_KEEP_S = 600.0
-RESULT_DRAIN_S = 5.0
 
 
 class Executor:
@@ -145,9 +140,10 @@ class Executor:
         self._task_tid: int | None = None  # the task thread's id, once run() has started
         self.memory_limit = memory_limit
         self._rss = RssProbe()
-        self._data: DataStore | None = None  # big results, until their clients fetch them
-        self._data_lock = threading.Lock()
-        self._data_checked_at = time.monotonic()
+        # Big results, kept until their clients fetch them (the data server is made lazily).
+        self._results = ResultSpool(
+            self.executor_id, lambda: bind_host_for(self.scheduler), keys=self.keys
+        )
         if memory_limit is not None and (rss := self._rss()) >= memory_limit:
             self._rss.close()
             raise ValueError(
@@ -280,20 +276,14 @@ class Executor:
             self._reports.close()
             self._context.term()
             self._rss.close()
-            if self._data is not None:  # results reported lately: their clients come
-                self._data.close(wait_s=RESULT_DRAIN_S)
+            self._results.close()  # after waiting a little for the last results' readers
         return self.exit_code
 
     def _spool_result(self, payload: bytes) -> bytes:
         """Spool a big result (task thread); the reference to report in its place, or the
         payload itself if it cannot be spooled."""
-        with self._data_lock:
-            if self._data is None:
-                self._data = DataStore(
-                    self.executor_id, bind_host=bind_host_for(self.scheduler), keys=self.keys
-                )
         try:
-            return payloads.pack_reference(self._data.put(payload))
+            return payloads.pack_reference(self._results.keep(payload))
         except OSError as exc:  # the spool is full, say: inline, within a frame's limit
             log.warning("a result of %d bytes could not be spooled (%s)", len(payload), exc)
             return payload
@@ -595,7 +585,7 @@ class Executor:
                 case Keepalive():
                     seq += 1
                     self._send(dealer, p.encode(self._heartbeat(seq)))
-                    self._expire_results()
+                    self._results.expire()
                 case Reconnect(reason):
                     waiting = self._frames_waiting(dealer) or self._task_thread_heard
                     if link.connected and waiting:
@@ -697,15 +687,6 @@ class Executor:
         context.term()
         dealer.close(linger=0)
         os._exit(EXIT_OVER_MEMORY_LIMIT)
-
-    def _expire_results(self) -> None:
-        """Delete spooled results no client fetched within RESULT_KEEP_S (listener)."""
-        now = time.monotonic()
-        if self._data is None or now - self._data_checked_at < RESULT_KEEP_S / 10:
-            return
-        self._data_checked_at = now
-        if gone := self._data.expire(RESULT_KEEP_S):
-            log.warning("deleted %d results no client fetched within %g s", gone, RESULT_KEEP_S)
 
     def _heartbeat(self, seq: int) -> p.Heartbeat:
         stats = self.kernel.statistics()

@@ -150,6 +150,25 @@ def test_shared_keyword_arguments_are_read_from_the_spool_and_checked(store):
         payloads.open_task_call(call, fetch_chunks, lambda: None)
 
 
+def test_an_executors_result_spool_keeps_results_until_read_or_too_old(tmp_path, monkeypatch):
+    monkeypatch.setattr(ds, "spool_root", lambda: str(tmp_path))
+    spool = ds.ResultSpool("executor-1", lambda: "127.0.0.1")
+    try:
+        read, unread = spool.keep(b"r" * 100), spool.keep(b"u" * 100)
+        assert ds.read_and_release(read) == b"r" * 100
+        spool.expire()  # too soon to look again: nothing goes
+        assert os.path.exists(unread.path)
+        monkeypatch.setattr(ds.ResultSpool, "KEEP_S", 0.0)
+        an_hour_ago = time.time() - 3600
+        os.utime(unread.path, (an_hour_ago, an_hour_ago))
+        spool.expire()
+        assert not os.path.exists(unread.path)
+    finally:
+        monkeypatch.setattr(ds.ResultSpool, "DRAIN_S", 0.0)
+        spool.close()
+    assert not os.path.exists(os.path.dirname(read.path))
+
+
 def test_a_dead_clients_spool_is_swept_by_the_next(tmp_path):
     stale = tmp_path / "gone-client"
     stale.mkdir()
