@@ -529,6 +529,16 @@ class SchedulerServer:
         old = self._routes.get(peer)
         if old is not None:
             self._forget(old)
+        if peer[0] == "executor":
+            # Discussion: batch launches held this pass were for the executor's old
+            # connection. Its hello lists what it holds, and the core (handling this hello
+            # next) launches again, as new attempts, what the old connection's launches
+            # carried. Sent to the new connection too, the old attempt would be queued there
+            # first and the new one refused as "already here"; the old one's result is then
+            # stale, and the task stays launched for ever (`tidal bench chunking` lost a
+            # future so, the executor's hello waiting out a long submit step).
+            self._held.pop(peer[1], None)
+            self._held_bytes.pop(peer[1], None)
         self._bind(routing_id, peer)
         self._routes[peer] = routing_id
         if (

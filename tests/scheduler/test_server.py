@@ -229,3 +229,53 @@ def test_results_wait_for_the_journal_while_the_loop_and_launches_go_on(
         thread.join(timeout=30)
         server.close()
     assert Journal(tmp_path / "j.sqlite").state.outcomes == {"c-1/0": "finished"}
+
+
+# ---- a pass in which an executor says hello again ----------------------------------------------
+
+
+class RecordingRouter:
+    """Stands in for the server's ROUTER when a test drives a pass by hand: what was sent."""
+
+    def __init__(self):
+        self.sent: list[tuple[bytes, p.Message]] = []
+
+    def send_multipart(self, frames):
+        routing_id, frame = frames
+        msg = p.decode(frame)
+        for item in p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]:
+            self.sent.append((routing_id, item))
+
+    def launches(self, routing_id):
+        return [
+            (m.task_id, m.attempt)
+            for r, m in self.sent
+            if r == routing_id and isinstance(m, p.Launch)
+        ]
+
+
+def test_launches_held_for_an_executor_are_not_sent_to_its_new_connection():
+    # `tidal bench chunking` lost a future so: the scheduler spent seconds in one step on a
+    # big submit, whose batch launches waited for the end of the pass; meanwhile the
+    # executor, hearing nothing, said hello again on a new connection (listed later in the
+    # same pass). The core took the launched task as lost and launched it again (attempt
+    # 1); the held launch of attempt 0 went out too, to the new connection, ahead of it.
+    # The executor queued attempt 0, refused attempt 1 ("already here"), and the core
+    # ignored attempt 0's result as stale: the task stayed launched, its future pending.
+    server = SchedulerServer("tcp://127.0.0.1:*", realtime=False)
+    router, server._socket = server._socket, RecordingRouter()
+    try:
+        hello = p.Hello(p.PROTOCOL_VERSION, "e0", "n0", 1, 1, "h", [])
+        server._handle_frames([b"old", p.encode(hello)])
+        server._handle_frames([b"c", p.encode(p.ClientHello(p.PROTOCOL_VERSION, "c", 1, "h"))])
+        server._flush_held()
+        # One pass: the submit, then the executor's hello on its new connection.
+        payload = payloads.pack_call([[1, 2]], {})
+        submit = p.Submit("c-1", "batch", 0, None, "m:f", None, [["c-1/0", payload]], 0)
+        server._handle_frames([b"c", p.encode(submit)])
+        server._handle_frames([b"new", p.encode(hello)])
+        server._flush_held()
+        assert server._socket.launches(b"new") == [("c-1/0", 1)]
+    finally:
+        server._socket = router
+        server.close()
