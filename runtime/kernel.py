@@ -539,6 +539,15 @@ class Kernel:
                 )
                 return True
             existing = self._tasks.get(record.task_id)
+            if (
+                existing is not None
+                and existing.state is RunState.QUEUED
+                and record.attempt > existing.attempt
+            ):
+                # A newer attempt of a task not started here: the scheduler gave the old one
+                # up (it may have reached us late, behind a reconnect); only the new counts.
+                self._ready.discard(existing)
+                existing = None
             if existing is not None:
                 self._refuse(
                     "launch", record.task_id, existing, "a task with this id is already here"

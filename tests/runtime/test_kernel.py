@@ -924,3 +924,18 @@ def test_a_suspend_hurries_the_task_thread_and_its_class_is_set_again_after():
     kernel.run()
     # Lifted once; the hub, back in the batch task after the refusal, sets its class again.
     assert hurried == [1] and classes == ["batch", "batch"]
+
+
+def test_a_newer_attempt_replaces_a_queued_older_one_and_a_started_task_is_not_replaced():
+    transport = Transport()
+    kernel = Kernel(transport)
+    kernel.launch("t", sum, [[1, 2]], attempt=0)  # arrived late, behind a reconnect
+    kernel.launch("t", sum, [[1, 2]], attempt=1)
+    kernel.run()
+    assert [m.attempt for m in transport.of(p.Started, "t")] == [1]  # only the new one ran
+    assert transport.outcome("t").attempt == 1 and not transport.of(p.Refused)
+    kernel.launch("u", sum, [[1]], attempt=1)
+    kernel.launch("u", sum, [[1]], attempt=0)  # an older attempt never replaces a newer one
+    kernel.run()
+    (refused,) = transport.of(p.Refused)
+    assert refused.task_id == "u" and "already here" in refused.reason
