@@ -133,17 +133,19 @@ watch_main(void *arg)
             readable = poll(&look, 1, 0) > 0 && (look.revents & POLLIN);
         }
         if (readable) {
-            /* The count first: a hub that sees the gate raised must see the raise counted. */
-            __atomic_add_fetch(&self->watch_raises, 1, __ATOMIC_RELEASE);
-            __atomic_store_n(&self->requested, 1, __ATOMIC_RELEASE);
             /* Discussion: the task thread must now run to its next record boundary, but a
              * batch task's thread runs at nice 10 (runtime/realtime.py) and on a busy
              * machine may wait tens of milliseconds for a CPU behind nice-0 processes (36
              * ms in `bench bigdata`). So it gets the stream nice at once; the hub gives it
-             * back its class's nice when it has answered (runtime/kernel.py). */
+             * back its class's nice when it has seen the raise (runtime/kernel.py). Lifted
+             * before the raise is published, so that a hub which saw the raise never sees
+             * the lift land after it set the class's nice again. */
             int tid = __atomic_load_n(&self->boost_tid, __ATOMIC_ACQUIRE);
             if (tid > 0 && setpriority(PRIO_PROCESS, (id_t)tid, self->boost_nice) != 0)
                 __atomic_store_n(&self->boost_tid, 0, __ATOMIC_RELEASE);  /* not permitted */
+            /* The count first: a hub that sees the gate raised must see the raise counted. */
+            __atomic_add_fetch(&self->watch_raises, 1, __ATOMIC_RELEASE);
+            __atomic_store_n(&self->requested, 1, __ATOMIC_RELEASE);
             /* Discussion: a descriptor still readable after the pause may hold new frames
              * or old ones the listener has not read yet; raising again costs the running
              * task one visit to the hub, so the pause doubles, from 50 us up to 2 ms. */

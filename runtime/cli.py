@@ -272,6 +272,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_executor(args: argparse.Namespace) -> int:
     from tidal.runtime.auth import KeyFileError
+    from tidal.runtime.datastore import DataAddressError
     from tidal.runtime.executor import Executor
     from tidal.runtime.memory import parse_size
 
@@ -292,9 +293,11 @@ def _run_executor(args: argparse.Namespace) -> int:
     except KeyFileError as exc:  # the executor reads its keys first: fail naming the file
         print(f"tidal executor: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # a bad --memory-limit (or one below the executor's own RSS)
-        where = "" if "TIDAL_DATA_ADDRESS" in str(exc) else "--memory-limit: "
-        print(f"tidal executor: {where}{exc}", file=sys.stderr)
+    except DataAddressError as exc:
+        print(f"tidal executor: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a bad --memory-limit, or one below the executor's own RSS
+        print(f"tidal executor: --memory-limit: {exc}", file=sys.stderr)
         return 2
     return executor.run()
 

@@ -61,7 +61,6 @@ from tidal.runtime.functions import function_ref
 from tidal.runtime.futures import (
     MemoryLimitExceeded,
     RemoteTraceback,
-    ResultFetcher,
     TaskError,
     TaskFuture,
     TaskStatistics,
@@ -70,6 +69,7 @@ from tidal.runtime.futures import (
 )
 from tidal.runtime.link import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RECONNECT_TIMEOUT_S
 from tidal.runtime.logs import RateLimitedLog
+from tidal.runtime.results import ResultFetcher
 from tidal.runtime.task import TaskFunction
 
 __all__ = [
@@ -156,7 +156,7 @@ class Client:
         # from the first one on; each job's spooled payloads, freed when the job is done.
         self._data: DataStore | None = None
         self._spooled: dict[str, list[Reference]] = {}
-        self._fetcher = ResultFetcher()  # big results, kept by their executors
+        self._fetcher = ResultFetcher(self.client_id)  # big results, kept by their executors
 
         self.keys = None if keys is None else load_peer_keys(keys)
         advertised_address()  # a malformed TIDAL_DATA_ADDRESS fails here, not at a submit
@@ -617,6 +617,8 @@ class Client:
             # Unknown, already completed, or cancelled here: never complete a future twice.
             if future is None:
                 self.dropped_results += 1
+                if outcome == "finished" and type(value) is bytes and payloads.is_reference(value):
+                    self._fetcher.release(value)  # kept for no one: its executor may delete it
                 continue
             if outcome == "finished" and type(value) is bytes and payloads.is_reference(value):
                 self._fetcher.fetch(future, value, stats)  # kept by its executor: fetched

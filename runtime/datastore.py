@@ -17,8 +17,8 @@ byte: one job of two 2.9 MB partitions cost it ~40 ms of commit and ~10 ms of se
 first stream task after it waited that out (docs/notes.md). A file in `/dev/shm` costs one
 write by the client and one read by the executor, and no other process touches the bytes.
 
-Big results take the same path the other way: the executor spools them, the client reads
-or fetches each one and then deletes it (`read_and_release`).
+Big results take the same path the other way (runtime/results.py): the executor spools
+them, the client reads or fetches each one and then deletes it (`read_and_release`).
 
 Discussion: security. On a cluster with CURVE keys (runtime/auth.py) the data server is a
 CURVE server with its owner's key pair, and a reference carries that public key, so the
@@ -53,13 +53,15 @@ from tidal.runtime.auth import PeerKeys, is_loopback
 
 __all__ = [
     "DATA_THRESHOLD",
+    "DataAddressError",
     "DataStore",
     "DataUnavailable",
     "Reference",
-    "ResultSpool",
     "bind_host_for",
     "fetch_chunks",
     "read_and_release",
+    "release",
+    "spool_folder",
     "spool_root",
     "sweep_stale",
 ]
@@ -122,11 +124,11 @@ class DataStore:
         keys: PeerKeys | None = None,
     ):
         self.owner_id = owner_id
-        self.keys = keys  # the owner's CURVE pair: its data server's, then
+        self.keys = keys  # the owner's CURVE pair, which its data server uses too
         self.root = root or spool_root()
-        self.folder = os.path.join(self.root, _safe_name(owner_id))
+        self.folder = spool_folder(owner_id, self.root)
         self.bind_host = bind_host
-        os.makedirs(self.folder, exist_ok=True)
+        os.makedirs(self.folder, mode=0o700, exist_ok=True)  # its owner's user only
         # Held locked while this store lives: a folder whose owner file no one holds is
         # stale (its process died), whatever its pid says (pids are reused, and containers
         # sharing /dev/shm do not share them).
@@ -146,7 +148,7 @@ class DataStore:
         key = f"{next(self._keys)}-{secrets.token_hex(8)}"
         path = os.path.join(self.folder, key)
         try:
-            with open(path, "wb") as f:
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
                 f.write(payload)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -194,49 +196,6 @@ class DataStore:
         self._owner.close()  # releases its lock
 
 
-class ResultSpool:
-    """An executor's big results, kept in a DataStore (made at the first) until their
-    clients fetch them: at once, unless a client is away. Ones no client fetched within
-    KEEP_S are deleted (`expire`, called now and then), and `close` waits up to DRAIN_S for
-    the readers of the last ones."""
-
-    KEEP_S = 600.0
-    DRAIN_S = 5.0
-
-    def __init__(
-        self, owner_id: str, bind_host: Callable[[], str], keys: PeerKeys | None = None
-    ) -> None:
-        self._owner_id = owner_id
-        self._bind_host = bind_host
-        self._keys = keys
-        self._store: DataStore | None = None
-        self._lock = threading.Lock()
-        self._expired_at = time.monotonic()
-
-    def keep(self, payload: bytes) -> Reference:
-        with self._lock:
-            if self._store is None:
-                self._store = DataStore(
-                    self._owner_id, bind_host=self._bind_host(), keys=self._keys
-                )
-            store = self._store
-        return store.put(payload)
-
-    def expire(self) -> None:
-        now = time.monotonic()
-        if self._store is None or now - self._expired_at < self.KEEP_S / 10:
-            return
-        self._expired_at = now
-        if gone := self._store.expire(self.KEEP_S):
-            log.warning("deleted %d results no client fetched within %g s", gone, self.KEEP_S)
-
-    def close(self) -> None:
-        with self._lock:
-            store, self._store = self._store, None
-        if store is not None:
-            store.close(wait_s=self.DRAIN_S)
-
-
 def sweep_stale(root: str, keep: str) -> None:
     """Delete spool folders under `root` whose owner no longer holds its lock."""
     try:
@@ -259,8 +218,10 @@ def sweep_stale(root: str, keep: str) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _safe_name(owner_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in owner_id)[:120]
+def spool_folder(owner_id: str, root: str | None = None) -> str:
+    """The folder of `owner_id`'s spool (under `root`, by default `spool_root()`)."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in owner_id)[:120]
+    return os.path.join(root or spool_root(), name)
 
 
 class _DataServer:
@@ -278,12 +239,15 @@ class _DataServer:
             self._socket.curve_secretkey = keys.secret
             self._socket.curve_publickey = keys.public
         advertised, port = advertised_address()
+        where = f"tcp://{'*' if advertised else bind_host}:{port or '*'}"
         try:
-            self._socket.bind(f"tcp://{'*' if advertised else bind_host}:{port or '*'}")
+            if advertised and advertised.startswith("["):
+                self._socket.ipv6 = True
+            self._socket.bind(where)
         except zmq.ZMQError as exc:
             self._socket.close()
             self._context.term()
-            raise OSError(f"the data server cannot listen on port {port}: {exc}") from None
+            raise OSError(f"the data server cannot listen on {where}: {exc}") from None
         self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         if advertised:  # others reach it by another address (NAT, a proxy)
             self.address = f"tcp://{advertised}:{self.address.rsplit(':', 1)[1]}"
@@ -325,15 +289,7 @@ class _DataServer:
             if type(request) is list and len(request) == 1:  # [key]: its reader is done
                 request = [*request, -1, 0]
             key, offset, length = request if type(request) is list else (0, 0, 0)
-            if not (
-                type(key) is str
-                and os.path.basename(key) == key
-                and not key.startswith(".")
-                and key != _OWNER_FILE
-                and type(offset) is int
-                and offset >= -1
-                and type(length) is int
-            ):
+            if not (is_key(key) and type(offset) is int and offset >= -1 and type(length) is int):
                 raise ValueError("a request is [key, offset, length], or [key] to release it")
             if offset == -1:
                 with contextlib.suppress(FileNotFoundError):
@@ -348,21 +304,51 @@ class _DataServer:
             return [msgpack.packb(-1), str(exc)[:200].encode()]
 
 
+def is_key(key: object) -> bool:
+    """Whether `key` may name a spooled payload: a plain file name in a spool's folder, never
+    its owner file, a hidden name or a path."""
+    return (
+        type(key) is str
+        and key != ""
+        and os.path.basename(key) == key
+        and not key.startswith(".")
+        and key != _OWNER_FILE
+        and "\0" not in key
+    )
+
+
+def local_file(reference: Reference, host: str | None = None) -> str | None:
+    """The file a reference names, if this process may read (and its reader delete) it
+    here: on this host, in a spool, named by the reference's key; else None (fetch it).
+
+    Discussion: a reference names a path, and a peer's reference must not make an executor
+    read, or a client delete, whatever file it names."""
+    if (host or socket.gethostname()) != reference.host or not is_key(reference.key):
+        return None
+    path = os.path.realpath(reference.path)
+    if os.path.basename(path) != reference.key:
+        return None
+    if not path.startswith(os.path.realpath(spool_root()) + os.sep):
+        return None
+    return path
+
+
 def fetch_chunks(
     reference: Reference,
     context: zmq.Context | None = None,
     host: str | None = None,
     timeout_s: float = FETCH_TIMEOUT_S,
+    *,
+    release: bool = False,
 ) -> Iterator[bytes]:
     """The spooled payload's bytes, a piece at a time: read from the file when it is on this
     host, else fetched from its owner's data server (empty pieces while it waits for an
-    answer). DataUnavailable if neither has it."""
-    # Only files in a spool are read here: a reference names a path, and a peer's path
-    # elsewhere must not make an executor read whatever file it names.
-    spooled = os.path.realpath(reference.path).startswith(os.path.realpath(spool_root()) + os.sep)
-    if (host or socket.gethostname()) == reference.host and spooled:
+    answer). DataUnavailable if neither has it. With `release`, a fetched payload's owner
+    is told to delete it after the last piece (a local file is the reader's to delete)."""
+    path = local_file(reference, host)
+    if path is not None:
         try:
-            f = open(reference.path, "rb")  # noqa: SIM115 (closed below, between yields)
+            f = open(path, "rb")  # noqa: SIM115 (closed below, between yields)
         except OSError:
             pass  # same name, another machine (or deleted, or not ours to read): ask the server
         else:
@@ -372,45 +358,70 @@ def fetch_chunks(
             return
     if not reference.address:
         raise DataUnavailable(f"{reference.describe()} is not on this host and has no server")
-    yield from _fetch_remote(reference, context, timeout_s)
+    if reference.host != (host or socket.gethostname()) and is_loopback(reference.address):
+        raise DataUnavailable(
+            f"{reference.describe()}: its owner's data server listens on loopback only (it "
+            f"reaches the scheduler by loopback); set {DATA_ADDRESS_ENV} on {reference.host} "
+            "to an address this host can reach"
+        )
+    yield from _fetch_remote(reference, context, timeout_s, release)
 
 
 def read_and_release(
-    reference: Reference, host: str | None = None, timeout_s: float = FETCH_TIMEOUT_S
+    reference: Reference,
+    host: str | None = None,
+    timeout_s: float = FETCH_TIMEOUT_S,
+    *,
+    stopped: Callable[[], bool] = lambda: False,
+    keep_folder: str | None = None,
 ) -> bytes:
-    """A spooled payload's bytes, whole (read or fetched as `fetch_chunks` does); then its
-    file is deleted: this reader was the one its owner kept it for (a task's result)."""
+    """A spooled payload's bytes, whole (read or fetched as `fetch_chunks` does); then it is
+    deleted: this reader was the one its owner kept it for (a task's result). `stopped()`
+    is asked between pieces (DataUnavailable when it says so); a file in `keep_folder` (the
+    reader's own spool) is never deleted here."""
+    pieces = []
+    for piece in fetch_chunks(reference, None, host, timeout_s, release=True):
+        if stopped():
+            raise DataUnavailable(f"{reference.describe()}: its reader stopped")
+        if piece:
+            pieces.append(piece)
+    data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    if len(data) != reference.size:
+        raise DataUnavailable(f"{reference.describe()}: {len(data):,} bytes were there")
+    if local_file(reference, host) is not None:  # read here: delete it here
+        release(reference, host, keep_folder)
+    return data
+
+
+def release(reference: Reference, host: str | None = None, keep_folder: str | None = None) -> None:
+    """Delete a spooled payload no one will read: the file if it is here (never one in
+    `keep_folder`), else through its owner's data server (not waited for)."""
+    path = local_file(reference, host)
+    if path is not None:
+        if os.path.dirname(path) != (os.path.realpath(keep_folder) if keep_folder else None):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return
+    if not reference.address:
+        return
     context = zmq.Context()
     try:
-        fetched = fetch_chunks(reference, context, host, timeout_s)
-        pieces = [piece for piece in fetched if piece]
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        if len(data) != reference.size:
-            raise DataUnavailable(f"{reference.describe()}: {len(data):,} bytes were there")
-        local = reference.host == (host or socket.gethostname())
-        if local and os.path.realpath(reference.path).startswith(
-            os.path.realpath(spool_root()) + os.sep
-        ):
-            with contextlib.suppress(OSError):  # read here: delete it here (else the server)
-                os.unlink(reference.path)
-                return data
-        if reference.address:
-            release = _data_socket(context, reference)
-            release.linger = 1000  # enough to hand the request over; no answer is awaited
-            release.send(msgpack.packb([reference.key]))
-            release.close()
-        return data
+        dealer = _data_socket(context, reference)
+        dealer.linger = 200  # enough to hand the request over
+        dealer.send(msgpack.packb([reference.key]))
+        dealer.close()
     finally:
         context.term()
 
 
 def _fetch_remote(
-    reference: Reference, context: zmq.Context | None, timeout_s: float
+    reference: Reference, context: zmq.Context | None, timeout_s: float, release: bool
 ) -> Iterator[bytes]:
     own = context is None
     context = context or zmq.Context()
-    dealer = _data_socket(context, reference)
+    dealer = None
     try:
+        dealer = _data_socket(context, reference)
         offset = 0
         while offset < reference.size:
             dealer.send(msgpack.packb([reference.key, offset, PIECE_BYTES]))
@@ -433,21 +444,30 @@ def _fetch_remote(
                 why = piece.decode(errors="replace") if size == -1 else f"size {size}"
                 raise DataUnavailable(f"{reference.describe()} is gone from its owner: {why}")
             offset += len(piece)
+            if offset >= reference.size and release:
+                dealer.linger = 200  # enough to hand the request over; no answer is awaited
+                dealer.send(msgpack.packb([reference.key]))
             yield piece
     finally:
-        dealer.close()
+        if dealer is not None:
+            dealer.close()
         if own:
             context.term()
 
 
 # Where other hosts reach this process's data server, if not at the address it binds
 # (behind NAT, say): "HOST" or "HOST:PORT". With it the server listens on every interface,
-# on PORT if given (forward that port), and references name HOST.
+# on PORT if given (forward that port; one process per port), and references name HOST.
 DATA_ADDRESS_ENV = "TIDAL_DATA_ADDRESS"
 
 
+class DataAddressError(ValueError):
+    """TIDAL_DATA_ADDRESS is not HOST or HOST:PORT."""
+
+
 def advertised_address() -> tuple[str, int | None]:
-    """(host, port) from TIDAL_DATA_ADDRESS, ("", None) if unset; ValueError if malformed."""
+    """(host, port) from TIDAL_DATA_ADDRESS, ("", None) if unset; DataAddressError if it is
+    not HOST or HOST:PORT (an IPv6 HOST in brackets)."""
     value = os.environ.get(DATA_ADDRESS_ENV, "").strip()
     if not value:
         return "", None
@@ -455,10 +475,18 @@ def advertised_address() -> tuple[str, int | None]:
     try:
         port = parsed.port
     except ValueError:
-        port = -1
-    if not parsed.hostname or port == -1 or parsed.path or port == 0:
-        raise ValueError(f"{DATA_ADDRESS_ENV} must be HOST or HOST:PORT, not {value!r}")
-    return parsed.hostname, port
+        port = 0
+    if (
+        not parsed.hostname
+        or port == 0
+        or parsed.path
+        or parsed.query
+        or parsed.fragment
+        or "@" in parsed.netloc
+    ):
+        raise DataAddressError(f"{DATA_ADDRESS_ENV} must be HOST or HOST:PORT, not {value!r}")
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return host, port
 
 
 def bind_host_for(scheduler_address: str) -> str:
@@ -481,11 +509,18 @@ def bind_host_for(scheduler_address: str) -> str:
 
 def _data_socket(context: zmq.Context, reference: Reference) -> zmq.Socket:
     """A connection to the data server that holds `reference`: a CURVE client (with a pair
-    of its own, made for it) if the server has a key."""
+    of its own, made for it) if the server has a key. DataUnavailable if the reference's
+    address or key cannot be used."""
     dealer = context.socket(zmq.DEALER)
     dealer.linger = 0
-    if reference.server_key:
-        dealer.curve_publickey, dealer.curve_secretkey = zmq.curve_keypair()
-        dealer.curve_serverkey = reference.server_key.encode()
-    dealer.connect(reference.address)
+    try:
+        if reference.server_key:
+            dealer.curve_publickey, dealer.curve_secretkey = zmq.curve_keypair()
+            dealer.curve_serverkey = reference.server_key.encode()
+        dealer.connect(reference.address)
+    except zmq.ZMQError as exc:
+        dealer.close()
+        raise DataUnavailable(
+            f"{reference.describe()}: cannot connect to {reference.address[:80]!r}: {exc}"
+        ) from None
     return dealer

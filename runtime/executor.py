@@ -58,7 +58,7 @@ import zmq
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
-from tidal.runtime.datastore import ResultSpool, advertised_address, bind_host_for, fetch_chunks
+from tidal.runtime.datastore import advertised_address, bind_host_for, fetch_chunks
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.guard import PeerGuard
 from tidal.runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
@@ -81,6 +81,7 @@ from tidal.runtime.realtime import (
     realtime_this_thread,
     set_thread_nice,
 )
+from tidal.runtime.results import ResultSpool
 
 __all__ = ["DEFAULT_SWITCH_INTERVAL_S", "Executor"]
 
@@ -284,7 +285,7 @@ class Executor:
         payload itself if it cannot be spooled."""
         try:
             return payloads.pack_reference(self._results.keep(payload))
-        except OSError as exc:  # the spool is full, say: inline, within a frame's limit
+        except (OSError, zmq.ZMQError) as exc:  # the spool is full, say: inline, if it fits
             log.warning("a result of %d bytes could not be spooled (%s)", len(payload), exc)
             return payload
 
@@ -363,7 +364,7 @@ class Executor:
             self._task_tid = None  # do not try again on every switch
 
     def _hurry(self) -> None:
-        """A suspend or kill for the running task came: lift its thread to the stream nice,
+        """A suspend, kill or fail for the running task came: lift its thread to the stream nice,
         so that a batch task reaches its next boundary without waiting for a CPU."""
         tid = self._task_tid
         if tid is not None and self.kernel.running_task() is not None:

@@ -16,19 +16,13 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import queue
-import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
-from tidal.runtime import payloads
-from tidal.runtime.datastore import DataUnavailable, read_and_release
-from tidal.runtime.protocol import ProtocolError
-
 __all__ = [
     "MemoryLimitExceeded",
     "RemoteTraceback",
-    "ResultFetcher",
     "TaskError",
     "TaskFuture",
     "TaskStatistics",
@@ -218,71 +212,6 @@ class TaskFuture(concurrent.futures.Future):
                 self._cancel_locally()
         except concurrent.futures.InvalidStateError:
             pass  # the caller cancelled it meanwhile; its cancel stands
-
-
-class ResultFetcher:
-    """Completes the futures whose results their executors kept (a big result travels as a
-    reference, runtime/datastore.py): each is read or fetched, released and unpacked on a
-    thread of the fetcher's, never on the client's IO thread, which must go on reading.
-
-    A result that cannot be had (its executor is gone and so is its file) fails its future
-    with DataUnavailable; `close()` fails those still being fetched with ConnectionError.
-    """
-
-    THREADS = 2
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._fetching: set[TaskFuture] = set()
-        self._closed = False
-
-    def fetch(self, future: TaskFuture, blob: bytes, stats: dict[str, Any]) -> None:
-        with self._lock:
-            if not self._closed:
-                if self._pool is None:
-                    self._pool = concurrent.futures.ThreadPoolExecutor(
-                        self.THREADS, thread_name_prefix="tidal-fetch"
-                    )
-                self._fetching.add(future)
-                self._pool.submit(self._fetch, future, blob, stats)
-                return
-        future._stats = stats
-        _fail(future, ConnectionError(f"client closed before task {future.task_id} finished"))
-
-    def _fetch(self, future: TaskFuture, blob: bytes, stats: dict[str, Any]) -> None:
-        what = f"the result of {future.task_id}"
-        try:
-            reference = payloads.open_reference(blob, what)
-            try:
-                data = read_and_release(reference)
-            except DataUnavailable as exc:
-                raise DataUnavailable(
-                    f"{what}, kept by its executor, cannot be had: {exc}"
-                ) from None
-            value = payloads.unpack_payload(data, what)
-        except (ProtocolError, DataUnavailable) as exc:
-            future._stats = stats
-            _fail(future, exc)
-        else:
-            future._complete("finished", value, None, stats)
-        finally:
-            with self._lock:
-                self._fetching.discard(future)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            pool, left = self._pool, list(self._fetching)
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-        for future in left:
-            _fail(future, ConnectionError(f"client closed before task {future.task_id} finished"))
-
-
-def _fail(future: TaskFuture, exc: BaseException) -> None:
-    with contextlib.suppress(concurrent.futures.InvalidStateError):  # completed meanwhile
-        future.set_exception(exc)
 
 
 # ---- waiting on many futures -----------------------------------------------------------------

@@ -162,11 +162,12 @@ def pack_blocks(items: list[Any] | tuple[Any, ...]) -> list[bytes]:
 
 def open_call(
     blob: Any, what: str = "task payload"
-) -> tuple[list[Any], dict[str, Any], Iterator[tuple[int, Iterator[bytes]]]]:
+) -> tuple[list[Any], dict[str, Any] | bytes, Iterator[tuple[int, Iterator[bytes]]]]:
     """Unpack a task's payload into (args, kwargs, blocked) without decoding its blocks:
     `blocked` yields `(index, blocks)` for each argument still to decode (`unpack_block`),
-    each `args[index]` None until then; ProtocolError saying what is wrong if it is not a
-    call (for the blocks, as they are read).
+    each `args[index]` None until then; kwargs is the map, or the reference (bytes) to a
+    map's shared kwargs; ProtocolError saying what is wrong if it is not a call (for the
+    blocks, as they are read).
 
     Discussion: a blocked call is read with a streaming Unpacker, a block at a time, so
     that opening it never holds the GIL for long: one `unpackb` of a 3 million-int call
@@ -189,11 +190,11 @@ def _is_call(args: Any, kwargs: Any) -> bool:
     calls share, spooled once (`pack_call`)."""
     if type(kwargs) is bytes:
         return type(args) is list and is_reference(kwargs)
-    return (
-        type(args) is list
-        and type(kwargs) is dict
-        and (not kwargs or all(type(key) is str for key in kwargs))
-    )
+    return type(args) is list and _is_kwargs(kwargs)
+
+
+def _is_kwargs(kwargs: Any) -> bool:
+    return type(kwargs) is dict and (not kwargs or all(type(key) is str for key in kwargs))
 
 
 def _open_pieces(
@@ -327,8 +328,9 @@ def unpack_payload(blob: Any, what: str = "payload") -> Any:
 
 
 def unpack_call(blob: Any, what: str = "task payload") -> tuple[list[Any], dict[str, Any]]:
-    """Unpack a task's payload into (args, kwargs), blocks and all, or raise ProtocolError
-    saying why not. (The kernel decodes blocks one at a time instead: `open_call`.)"""
+    """Unpack a task's payload into (args, kwargs), blocks and all (shared kwargs read from
+    the spool, or fetched from their owner), or raise ProtocolError saying why not. (The
+    kernel decodes blocks one at a time instead: `open_task_call`.)"""
     args, kwargs, blocked = open_call(blob, what)
     args, kwargs = _decoded(args, kwargs, blocked, lambda: None)
     return args, _shared_kwargs(kwargs, fetch_chunks, lambda: None)
@@ -346,7 +348,7 @@ def _shared_kwargs(
     what = "a call's shared keyword arguments"
     pieces = _fetched(open_reference(kwargs, what), fetch, boundary)
     shared = unpack_payload(pieces[0] if len(pieces) == 1 else b"".join(pieces), what)
-    if not _is_call([], shared) or type(shared) is not dict:
+    if not _is_kwargs(shared):
         raise ProtocolError(f"{what} must be a map with str keys, got {str(shared)[:60]}")
     return shared
 
@@ -379,6 +381,8 @@ def open_reference(blob: bytes, what: str = "task payload") -> Reference:
         and all(type(field) is str for i, field in enumerate(fields) if i != 2)
         and type(fields[2]) is int
         and fields[2] >= 0
+        and (fields[3] == "" or fields[3].startswith("tcp://"))  # the data server's address
+        and (len(fields) == 5 or fields[5] == "" or len(fields[5]) == 40)  # a z85 CURVE key
     ):
         raise ProtocolError(
             f"{what}'s reference must be [host, path, size, address, key, server_key], "
@@ -493,15 +497,21 @@ class Blocks(Sequence[Any]):
 
 
 def _array_length(block: bytes) -> int:
-    """How many items a block (a packed array) holds, read from its header."""
-    kind = block[:1]
+    """How many items a block (a packed array) holds, read from its header; ProtocolError if
+    it is not an array header, or promises more items than the block has bytes."""
+    kind, count, header = block[:1], -1, 1
     if kind and 0x90 <= kind[0] <= 0x9F:
-        return kind[0] & 0x0F
-    if kind == b"\xdc" and len(block) >= 3:
-        return int.from_bytes(block[1:3], "big")
-    if kind == b"\xdd" and len(block) >= 5:
-        return int.from_bytes(block[1:5], "big")
-    raise ProtocolError(f"a block of a task argument must be a packed array, got {block[:8]!r}")
+        count = kind[0] & 0x0F
+    elif kind == b"\xdc" and len(block) >= 3:
+        count, header = int.from_bytes(block[1:3], "big"), 3
+    elif kind == b"\xdd" and len(block) >= 5:
+        count, header = int.from_bytes(block[1:5], "big"), 5
+    if not 0 <= count <= len(block) - header:  # every item packs to a byte at least
+        raise ProtocolError(
+            f"a block of a task argument must be a packed array, got {block[:8]!r} "
+            f"({len(block):,} bytes)"
+        )
+    return count
 
 
 def _fetched(

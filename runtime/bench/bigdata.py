@@ -62,7 +62,10 @@ def _stream(client: Client, until: Any, count: int) -> list[float]:
     """Stream tasks every STREAM_EVERY_S until `until` (a pipe) has word (or `count` of them)."""
     latencies = []
     next_at = time.monotonic()
-    while (until is None and len(latencies) < count) or (until is not None and not until.poll()):
+    deadline = next_at + 900  # a batch pipeline that neither ends nor dies: give up
+    while (until is None and len(latencies) < count) or (
+        until is not None and not until.poll() and time.monotonic() < deadline
+    ):
         next_at += STREAM_EVERY_S
         submitted = time.monotonic_ns()
         future = client.submit(total, list(range(10)), priority="stream")
@@ -121,6 +124,7 @@ def run(
         ours, theirs = spawn.Pipe()
         pipeline = spawn.Process(target=_batch, args=(cluster.address, tasks, records, theirs))
         pipeline.start()
+        theirs.close()  # ours only: if the pipeline dies, `ours` reads EOF and the stream ends
         try:
             if not ours.poll(300):
                 raise RuntimeError("the batch pipeline did not start within 300 s")
@@ -128,7 +132,9 @@ def run(
             bytes_before = client.status()["bad_input"]["bytes_in"]
             ours.send("go")
             loaded = _stream(client, ours, 0)  # from the first batch submit to the last result
-            results_exact, suspended = ours.recv()
+            if not ours.poll(60):
+                raise RuntimeError("the batch pipeline did not finish within 900 s")
+            results_exact, suspended = ours.recv()  # EOFError if it died
         finally:
             pipeline.join(timeout=60)
             if pipeline.is_alive():

@@ -12,19 +12,21 @@ import msgpack
 import pytest
 import zmq
 
+from tests.runtime.test_datastore import routable_host
 from tidal.runtime import datastore as ds
 from tidal.runtime.datastore import DataStore
 
 SEED = int(os.environ.get("TIDAL_FUZZ_SEED", "1"))
 
 
-def requests(rng: random.Random, key: str) -> list[list[bytes]]:
-    """Frames a confused or hostile peer might send, most of them one frame."""
+def requests(rng: random.Random, key: str, secret: str) -> list[list[bytes]]:
+    """Frames a confused or hostile peer might send, most of them one frame (`secret`: a
+    file outside the spool, two folders up, that must survive them)."""
     values = [
         key,
         "owner.pid",
-        "../secret",
-        "/etc/passwd",
+        "../../secret",
+        secret,
         ".hidden",
         "",
         "x" * 10_000,
@@ -51,7 +53,9 @@ def requests(rng: random.Random, key: str) -> list[list[bytes]]:
         elif kind == 3:  # several frames in one message
             frames.append([msgpack.packb([key, 0, 10]), b"more"])
         else:
-            frames.append([msgpack.packb([rng.choice(["../secret", "owner.pid", ".."])])])
+            frames.append(
+                [msgpack.packb([rng.choice(["../../secret", secret, "owner.pid", ".."])])]
+            )
     return frames
 
 
@@ -61,7 +65,7 @@ def test_hostile_requests_never_stop_a_data_server_nor_reach_outside_its_spool(t
     spool = tmp_path / "spool"
     secret = tmp_path / "secret"
     secret.write_bytes(b"not for peers")
-    store = DataStore("owner", root=str(spool))
+    store = DataStore("owner", root=str(spool), bind_host=routable_host())
     context = zmq.Context()
     peer = context.socket(zmq.DEALER)
     peer.linger = 0
@@ -70,7 +74,7 @@ def test_hostile_requests_never_stop_a_data_server_nor_reach_outside_its_spool(t
         released = store.put(os.urandom(100))
         peer.connect(kept.address)
         peer.rcvtimeo = 10_000
-        for frames in requests(rng, released.key):
+        for frames in requests(rng, released.key, str(secret)):
             peer.send_multipart(frames)
             answer = peer.recv_multipart()  # every request is answered, nothing hangs
             size = msgpack.unpackb(answer[0])

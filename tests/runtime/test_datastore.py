@@ -20,10 +20,19 @@ from tidal.runtime.datastore import DataStore, DataUnavailable, Reference, fetch
 from tidal.workloads.synthetic import mirrored, total
 
 
+def routable_host() -> str:
+    """This host's address on the interface that routes off it: tests that play "another
+    host" (`host="elsewhere"`) fetch from it, as a real other host would."""
+    host = ds.bind_host_for("tcp://192.0.2.1:9")
+    if host == "127.0.0.1":
+        pytest.skip("this machine has no interface but loopback")
+    return host
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setattr(ds, "spool_root", lambda: str(tmp_path))
-    data = DataStore("client-1", root=str(tmp_path))
+    data = DataStore("client-1", root=str(tmp_path), bind_host=routable_host())
     yield data
     data.close()
 
@@ -50,7 +59,7 @@ def test_another_host_fetches_it_from_the_owners_data_server(store, monkeypatch)
     monkeypatch.setattr(ds, "PIECE_BYTES", 1000)
     payload = os.urandom(2_500)
     reference = store.put(payload)
-    assert reference.address.startswith("tcp://127.0.0.1:")
+    assert reference.address.startswith(f"tcp://{routable_host()}:")
     pieces = list(fetch_chunks(reference, host="elsewhere"))
     assert b"".join(pieces) == payload and len(pieces) == 3
 
@@ -59,7 +68,9 @@ def test_with_cluster_keys_the_data_server_speaks_curve(tmp_path, monkeypatch):
     monkeypatch.setattr(ds, "spool_root", lambda: str(tmp_path / "spool"))
     generate_keys(tmp_path / "keys")
     keys = load_peer_keys(tmp_path / "keys")
-    store = DataStore("client-1", root=str(tmp_path / "spool"), keys=keys)
+    store = DataStore(
+        "client-1", root=str(tmp_path / "spool"), keys=keys, bind_host=routable_host()
+    )
     try:
         payload = os.urandom(3_000)
         reference = store.put(payload)
@@ -79,10 +90,10 @@ def test_the_data_server_can_advertise_another_address_for_nat(store, monkeypatc
     with socket.socket() as probe:  # a free port to forward
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    monkeypatch.setenv(ds.DATA_ADDRESS_ENV, f"localhost:{port}")
+    monkeypatch.setenv(ds.DATA_ADDRESS_ENV, f"{routable_host()}:{port}")
     payload = os.urandom(2_000)
     reference = store.put(payload)
-    assert reference.address == f"tcp://localhost:{port}"  # what others are told
+    assert reference.address == f"tcp://{routable_host()}:{port}"  # what others are told
     assert ds.read_and_release(reference, host="elsewhere") == payload  # and it listens there
     for bad in ("host:port", ":7", "h/x"):
         monkeypatch.setenv(ds.DATA_ADDRESS_ENV, bad)
@@ -150,23 +161,43 @@ def test_shared_keyword_arguments_are_read_from_the_spool_and_checked(store):
         payloads.open_task_call(call, fetch_chunks, lambda: None)
 
 
-def test_an_executors_result_spool_keeps_results_until_read_or_too_old(tmp_path, monkeypatch):
-    monkeypatch.setattr(ds, "spool_root", lambda: str(tmp_path))
-    spool = ds.ResultSpool("executor-1", lambda: "127.0.0.1")
-    try:
-        read, unread = spool.keep(b"r" * 100), spool.keep(b"u" * 100)
-        assert ds.read_and_release(read) == b"r" * 100
-        spool.expire()  # too soon to look again: nothing goes
-        assert os.path.exists(unread.path)
-        monkeypatch.setattr(ds.ResultSpool, "KEEP_S", 0.0)
-        an_hour_ago = time.time() - 3600
-        os.utime(unread.path, (an_hour_ago, an_hour_ago))
-        spool.expire()
-        assert not os.path.exists(unread.path)
-    finally:
-        monkeypatch.setattr(ds.ResultSpool, "DRAIN_S", 0.0)
-        spool.close()
-    assert not os.path.exists(os.path.dirname(read.path))
+def test_only_a_spooled_file_named_by_its_key_is_read_here_and_loopback_is_not_tried_afar(
+    store,
+):
+    reference = store.put(b"x" * 100)
+    assert ds.local_file(reference) == os.path.realpath(reference.path)
+    renamed = dataclasses.replace(reference, key="1-other", address="")
+    with pytest.raises(DataUnavailable, match="not on this host and has no server"):
+        list(fetch_chunks(renamed))  # its path is not its key's file: never read
+    afar = dataclasses.replace(reference, host="elsewhere", address="tcp://127.0.0.1:1")
+    with pytest.raises(DataUnavailable, match=r"listens on loopback only.*TIDAL_DATA_ADDRESS"):
+        list(fetch_chunks(afar))  # at once, not after FETCH_TIMEOUT_S
+
+
+def test_a_reader_never_deletes_a_file_in_its_own_spool(store):
+    reference = store.put(b"mine" * 10)
+    assert ds.read_and_release(reference, keep_folder=store.folder) == b"mine" * 10
+    assert os.path.exists(reference.path)  # a result's reference named our own argument
+    assert ds.read_and_release(reference) == b"mine" * 10 and not os.path.exists(reference.path)
+
+
+def test_a_reference_with_an_unusable_address_or_key_is_refused_when_opened():
+    for bad in (
+        Reference("h", "/p", 3, "nonsense://x", "1"),
+        Reference("h", "/p", 3, "tcp://x:1", "1", "short"),
+    ):
+        with pytest.raises(p.ProtocolError, match="reference must be"):
+            payloads.open_reference(payloads.pack_reference(bad))
+    # Past the check (a reference built here), a connection that cannot be made is named.
+    odd = Reference("elsewhere", "/p", 3, "tcp://", "1")
+    with pytest.raises(DataUnavailable, match="cannot connect to 'tcp://'"):
+        list(fetch_chunks(odd))
+
+
+def test_spooled_files_are_for_their_owners_user_only(store):
+    reference = store.put(b"secret" * 10)
+    assert os.stat(store.folder).st_mode & 0o777 == 0o700
+    assert os.stat(reference.path).st_mode & 0o777 == 0o600
 
 
 def test_a_dead_clients_spool_is_swept_by_the_next(tmp_path):

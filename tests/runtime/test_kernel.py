@@ -898,16 +898,32 @@ def test_the_executor_hears_of_each_change_of_priority_class_once():
 def test_an_idle_task_thread_waits_at_the_stream_priority():
     classes: queue.SimpleQueue[str] = queue.SimpleQueue()
     kernel = Kernel(Transport(), priority_changed=classes.put)
-    kernel.launch("b", sum, [[1, 2]])
     hub = threading.Thread(target=kernel.run, kwargs={"block": True})
     hub.start()
     try:
+        assert classes.get(timeout=10) == "stream"  # idle from the start (lowered at start-up)
+        kernel.launch("b", sum, [[1, 2]])
         # The batch task's class, then (idle: it sleeps until a command comes) the stream's.
         assert [classes.get(timeout=10), classes.get(timeout=10)] == ["batch", "stream"]
     finally:
         kernel.stop()
         hub.join(10)
     assert classes.empty() and not hub.is_alive()
+
+
+def test_a_raise_of_the_gates_watcher_between_tasks_makes_the_next_switch_set_the_class():
+    classes = []
+    kernel = Kernel(Transport(), priority_changed=classes.append, **GATES["python"])
+
+    def first(part):
+        total = sum(part)
+        kernel.gate.watch_raises += 1  # frames came as it ended: the watcher lifted the nice
+        return total
+
+    kernel.launch("b1", first, [[1]])
+    kernel.launch("b2", sum, [[2]])
+    kernel.run()
+    assert classes == ["batch", "batch"]  # set again for b2, though the class is the same
 
 
 def test_a_suspend_hurries_the_task_thread_and_its_class_is_set_again_after():
