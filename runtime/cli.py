@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tidal import __version__
+from tidal.runtime.logs import CutLongLines
 
 PEER_KEYS_HELP = "connect with DIR/peer.key_secret to a scheduler keyed DIR/scheduler.key"
 
@@ -21,6 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(CutLongLines())
     if not hasattr(args, "run"):
         parser.print_help()
         return 2

@@ -342,11 +342,19 @@ class Executor:
             self._reports_generation = self._link_generation
             self._reports.close(linger=0)
             self._reports = self._open_reports()
-        frame = outbox[0] if len(outbox) == 1 else p.encode(p.Batch(list(outbox)))
+        frames = (
+            [
+                p.encode(p.Batch(list(outbox[i : i + p.MAX_BATCH_ITEMS])))
+                for i in range(0, len(outbox), p.MAX_BATCH_ITEMS)
+            ]
+            if len(outbox) > 1
+            else [outbox[0]]
+        )
         outbox.clear()
         self._outbox_bytes = 0
         try:
-            self._reports.send(frame, zmq.NOBLOCK)
+            for frame in frames:
+                self._reports.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self._dropped("dropped reports: the scheduler is not reading them")
 

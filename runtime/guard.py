@@ -149,7 +149,7 @@ class PeerGuard:
         if counts:
             record.count += 1
         if self._line(
-            f"dropped a bad frame from {who}: {problem}",
+            f"dropped a bad frame from {who[:120]}: {_cut(problem)}",
             peer,
             peer_quiet=now - record.logged_at >= self.log_period_s,
         ):
@@ -167,7 +167,7 @@ class PeerGuard:
             self._cooling[peer] = until
             if len(self._cooling) > self.max_peers:
                 self._cooling.popitem(last=False)
-        self._line(f"disconnected {who}: {reason}", peers[0] if peers else None)
+        self._line(f"disconnected {who[:120]}: {_cut(reason)}", peers[0] if peers else None)
 
     def handler_failed(self, who: str, what: str, exc: BaseException) -> None:
         """A handler raised on a well-formed message from `who`: a bug, logged loudly (with
@@ -236,3 +236,13 @@ class PeerGuard:
             f"{seconds:.0f} s (so far: {self._bad} bad frames, {self._disconnects} peers "
             "disconnected)"
         )
+
+
+# Discussion: what a peer sends ends up in these lines (its ids, its reasons, the values a
+# ProtocolError quotes), so each is cut: a 100,000-character client id once made one line
+# of that length.
+MAX_PROBLEM_CHARS = 300
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_PROBLEM_CHARS else f"{text[:MAX_PROBLEM_CHARS]}... (cut)"

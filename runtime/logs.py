@@ -113,3 +113,21 @@ class RateLimitedLog:
     def _emit(self, level: int, text: str, exc_info: BaseException | None) -> None:
         self._logged += 1
         self._log.log(level, "%s", text, exc_info=exc_info)
+
+
+class CutLongLines(logging.Filter):
+    """A handler filter that cuts every message to `max_chars` (a traceback stays whole).
+
+    Discussion: peers' strings end up in log lines (their ids, reasons, the values a
+    ProtocolError quotes); one line of 100,000 characters came from one client's id. The
+    places that log them cut them too; this is the last guard, for the CLI's processes."""
+
+    def __init__(self, max_chars: int = 500) -> None:
+        super().__init__()
+        self.max_chars = max_chars
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if len(message) > self.max_chars:
+            record.msg, record.args = f"{message[: self.max_chars - 10]}... (cut)", None
+        return True

@@ -25,13 +25,16 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import msgpack
 
 __all__ = [
+    "MAX_BATCH_ITEMS",
     "MAX_FRAME_BYTES",
+    "MAX_ID_CHARS",
+    "MAX_STRANGER_FRAME_BYTES",
     "MESSAGES",
     "PRIORITY_CLASSES",
     "PROTOCOL_VERSION",
@@ -42,6 +45,8 @@ __all__ = [
     "encode",
     "find_unencodable",
     "hashable_keys",
+    "iter_batch",
+    "peek_op",
     "refuse_extension",
     "unpack_value",
 ]
@@ -67,6 +72,14 @@ PRIORITY_CLASSES = ("stream", "batch")
 # memory one frame can cost a receiver while leaving room for real data. Configurable per
 # receiver (decode's `max_frame_bytes`).
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+# A batch holds at most this many messages (senders split bigger ones): a receiver's work for
+# one frame stays bounded (~4,096 reports, a few tens of milliseconds of the scheduler's loop).
+MAX_BATCH_ITEMS = 4096
+# A peer that has not said who it is may send frames of at most this size (a hello listing
+# what an executor holds fits; nothing bigger is decoded for a stranger).
+MAX_STRANGER_FRAME_BYTES = 1024 * 1024
+# Peer ids (executors', clients') are at most this long: they appear in logs and status.
+MAX_ID_CHARS = 200
 # Discussion: senders flush a batch of merged messages past this size, so that merging many
 # small messages never brings a frame near a receiver's limit.
 BATCH_FLUSH_BYTES = 1 << 20
@@ -625,7 +638,14 @@ def unbatch(
     batch: Batch, *, max_frame_bytes: int = MAX_FRAME_BYTES
 ) -> list[Message | ProtocolError]:
     """Decode the frames of a batch; a bad one becomes its ProtocolError, the rest still count."""
-    decoded: list[Message | ProtocolError] = []
+    return list(iter_batch(batch, max_frame_bytes=max_frame_bytes))
+
+
+def iter_batch(
+    batch: Batch, *, max_frame_bytes: int = MAX_FRAME_BYTES
+) -> Iterator[Message | ProtocolError]:
+    """The frames of a batch, each decoded as it is asked for (a receiver that gives up at a
+    bad one decodes no more); a bad one comes as its ProtocolError."""
     for i, frame in enumerate(batch.frames):
         try:
             if type(frame) is not bytes:
@@ -633,7 +653,20 @@ def unbatch(
             msg = decode(frame, max_frame_bytes=max_frame_bytes)
             if isinstance(msg, Batch):
                 raise ProtocolError(f"batch item {i} is itself a batch")
-            decoded.append(msg)
+            yield msg
         except ProtocolError as exc:
-            decoded.append(exc)
-    return decoded
+            yield exc
+
+
+def peek_op(frame: bytes) -> str | None:
+    """The op a frame names, read without decoding the rest of it (None if it names none):
+    so that a receiver can refuse a frame it would not take before paying for it."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(frame) + 1)
+    try:
+        unpacker.feed(frame[:256])  # the header and the op are at the start
+        if unpacker.read_array_header() < 1:
+            return None
+        op = unpacker.unpack()
+    except Exception:  # malformed, or the op is not in the first bytes: not a frame we know
+        return None
+    return op if type(op) is str else None

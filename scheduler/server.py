@@ -84,6 +84,8 @@ DEFAULT_BIND = "tcp://127.0.0.1:5555"
 ANNOUNCEMENT = "tidal scheduler listening on "
 # Frames handled per pass before results are flushed and the timer is checked.
 MAX_FRAMES_PER_PASS = 2000
+# A hello may list at most this many tasks held (each gets an answer: a kill, say).
+MAX_HOLDINGS = 10_000
 # Results merged into one frame at most; with results of up to ~64 KiB each a frame stays
 # well below a client's 64 MiB limit.
 RESULTS_PER_FRAME = 256
@@ -99,6 +101,30 @@ class OutOfPlace(p.ProtocolError):
     """A well-formed message that is only out of place (an attach in another protocol
     version). Dropped and logged, but not counted toward disconnection: a peer of another
     version, or one reconnecting after a scheduler restart, sends it in good faith."""
+
+
+def _check_id(op: str, peer_id: str) -> None:
+    if len(peer_id) > p.MAX_ID_CHARS or not peer_id:
+        raise p.ProtocolError(
+            f"{op} with an id of {len(peer_id):,} characters (1 to {p.MAX_ID_CHARS})"
+        )
+
+
+def _refusal(frames: list[bytes], peer: tuple[str, str] | None) -> p.ProtocolError | None:
+    """Why a frame is refused undecoded (None: decode it): too big from a peer that has not
+    said hello, or a batch from a peer that is not an executor."""
+    if len(frames) != 2:
+        return None  # decode_parts names that
+    frame = frames[1]
+    if peer is None and len(frame) > p.MAX_STRANGER_FRAME_BYTES:
+        return p.ProtocolError(
+            f"a frame of {len(frame):,} bytes before hello (at most {p.MAX_STRANGER_FRAME_BYTES:,})"
+        )
+    if (peer is None or peer[0] != "executor") and p.peek_op(frame) == "batch":
+        if peer is None:  # an executor of a scheduler that ran here before: not counted
+            return OutOfPlace("batch before hello")
+        return p.ProtocolError("batch from a client (only executors send batches)")
+    return None
 
 
 class SchedulerServer:
@@ -328,6 +354,14 @@ class SchedulerServer:
         self.bytes_in += sum(map(len, frames))
         if self._guard.cooling_down(routing_id):
             return  # a disconnected peer: ignored, undecoded, until its cool-down ends
+        # Discussion: what a frame may cost is decided before it is decoded: a peer that has
+        # not said who it is sends small frames, and only executors send batches (a stranger's
+        # 500 KB batch of 100,000 junk items once held the loop for 2.5 s).
+        peer = self._peers.get(routing_id)
+        refusal = _refusal(frames, peer)
+        if refusal is not None:
+            self._drop(routing_id, refusal)
+            return
         try:
             msg = p.decode_parts(
                 frames[1:], max_frame_bytes=self.max_frame_bytes, after="the routing id"
@@ -335,15 +369,25 @@ class SchedulerServer:
         except p.ProtocolError as exc:
             self._drop(routing_id, exc)
             return
+        if isinstance(msg, p.Batch) and len(msg.frames) > p.MAX_BATCH_ITEMS:
+            self._drop(
+                routing_id,
+                p.ProtocolError(
+                    f"a batch of {len(msg.frames):,} messages (at most {p.MAX_BATCH_ITEMS:,})"
+                ),
+            )
+            return
         items = (
-            p.unbatch(msg, max_frame_bytes=self.max_frame_bytes)
+            p.iter_batch(msg, max_frame_bytes=self.max_frame_bytes)
             if isinstance(msg, p.Batch)
             else [msg]
         )
         for item in items:
             try:
                 if isinstance(item, p.ProtocolError):
-                    raise item
+                    # The rest of a batch with a bad item is not decoded: one bad frame.
+                    self._drop(routing_id, item)
+                    return
                 event = self._event_for(routing_id, item)
             except p.ProtocolError as exc:
                 if self._drop(routing_id, exc):
@@ -420,6 +464,7 @@ class SchedulerServer:
             # commands to the connection that said hello.
             if msg.version != p.PROTOCOL_VERSION:
                 raise OutOfPlace(f"attach with protocol version {msg.version}")
+            _check_id("attach", msg.executor_id)
             if routing_id in self._peers:  # an attach opens a connection; it cannot re-map one
                 raise p.ProtocolError("attach on a connection that said who it is already")
             self._bind(routing_id, ("executor", msg.executor_id))
@@ -452,6 +497,8 @@ class SchedulerServer:
         return ClientRequest(peer_id, msg)
 
     def _handshake(self, routing_id: bytes, msg: p.Hello | p.ClientHello) -> Any:
+        peer_id = msg.executor_id if isinstance(msg, p.Hello) else msg.client_id
+        _check_id(msg.op, peer_id)
         if msg.version != p.PROTOCOL_VERSION:
             reason = (
                 f"protocol version {msg.version} is not supported: this scheduler speaks "
@@ -461,10 +508,16 @@ class SchedulerServer:
             self._socket.send_multipart([routing_id, p.encode(p.Reject(reason))])
             return None
         if isinstance(msg, p.Hello):
+            holding = msg.holding if isinstance(msg.holding, list | tuple) else ()
+            if len(holding) > MAX_HOLDINGS:
+                raise p.ProtocolError(
+                    f"hello lists {len(holding):,} tasks held (at most {MAX_HOLDINGS:,})"
+                )
+            self._check_not_taken(routing_id, msg.executor_id)
             self._register(routing_id, ("executor", msg.executor_id))
             # The results it held for a resend are decided by the core now: ack them all.
             acks = self._acks.setdefault(msg.executor_id, [])
-            for item in msg.holding if isinstance(msg.holding, list | tuple) else ():
+            for item in holding:
                 if type(item) is list and len(item) == 4 and type(item[0]) is str:
                     acks.append(item[0])  # acked whatever it is: a task held is not kept
             heartbeat_ms = max(1, self.heartbeat_ns // 1_000_000)
@@ -490,6 +543,26 @@ class SchedulerServer:
             ]
         )
         return ClientJoined(msg.client_id)
+
+    def _check_not_taken(self, routing_id: bytes, executor_id: str) -> None:
+        """ProtocolError if a live executor of this id is connected on another connection.
+
+        Discussion: a hello with a live executor's id would make it rejoin, and losses
+        counted that way failed real tasks (`ExecutorLost`). An executor that says hello
+        again itself has closed its old connection first; if that has not been seen yet, its
+        hello goes unanswered and it says hello again after `silent_s`, by when it has."""
+        route = self._routes.get(("executor", executor_id))
+        executor = self.core.records.executors.get(executor_id)
+        if (
+            route is not None
+            and route != routing_id
+            and executor is not None
+            and executor.alive
+            and not self._watch.unreachable([route])
+        ):
+            raise p.ProtocolError(
+                f"hello as executor {executor_id[:64]}, which is connected on another connection"
+            )
 
     def _note_for_ack(self, routing_id: bytes, executor_id: str, msg: p.Message) -> None:
         """Results to ack once journaled; a heartbeat gets an answer (maybe an empty ack)."""

@@ -141,3 +141,13 @@ def test_each_period_sums_up_only_its_own_peers(clock, lines):
         "suppressed 2 lines about bad input from 2",
         "suppressed 1 lines about bad input from 1",
     ]
+
+
+def test_what_a_peer_sends_is_cut_in_the_log(clock, caplog):
+    caplog.set_level(logging.WARNING, logger="test.guard")
+    guard = PeerGuard(logging.getLogger("test.guard"), clock=clock)
+    guard.bad_frame("p", "client " + "i" * 100_000, "bad id " + "x" * 100_000)
+    guard.disconnected(["q"], "client " + "j" * 100_000, "why " + "y" * 100_000)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all(len(line) <= 500 for line in lines)
+    assert all(line.endswith("... (cut)") for line in lines)

@@ -8,7 +8,7 @@ import logging
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidal.runtime.logs import RateLimitedLog
+from tidal.runtime.logs import CutLongLines, RateLimitedLog
 
 
 class FakeClock:
@@ -139,3 +139,11 @@ def test_rate_limited_log_accounts_for_every_message(burst, steps):
             assert logged, "the first message of a window is always logged"
         count += logged
         assert count <= burst
+
+
+def test_the_clis_log_lines_are_cut_at_500_characters():
+    record = logging.LogRecord("t", logging.WARNING, "f", 1, "id %s", ("x" * 100_000,), None)
+    assert CutLongLines().filter(record)
+    assert len(record.getMessage()) == 500 and record.getMessage().endswith("... (cut)")
+    short = logging.LogRecord("t", logging.WARNING, "f", 1, "id %s", ("x",), None)
+    assert CutLongLines().filter(short) and short.getMessage() == "id x"

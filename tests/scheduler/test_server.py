@@ -279,3 +279,61 @@ def test_launches_held_for_an_executor_are_not_sent_to_its_new_connection():
     finally:
         server._socket = router
         server.close()
+
+
+def test_an_impostor_hello_with_a_live_executors_id_is_refused_and_disturbs_nothing(raw_peer):
+    with (
+        LocalCluster(executors=1, heartbeat_ms=100) as cluster,
+        Client(cluster) as client,
+    ):
+        [real] = client.wait_for_status(lambda s: len(s["executors"]) == 1)["executors"]
+        impostor = raw_peer(cluster.address)
+        for _ in range(3):
+            impostor.send(
+                p.encode(p.Hello(p.PROTOCOL_VERSION, real["executor_id"], "n", 1, 1, "h"))
+            )
+        impostor.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "impostor", 1, "h")))
+        while isinstance(answer := recv(impostor), p.Rejoin):
+            pass
+        assert isinstance(answer, p.ClientWelcome)  # its hellos went unanswered, in order
+        status = client.status()
+        assert status["bad_input"]["bad_frames"] >= 3
+        [after] = status["executors"]
+        assert after["state"] == "alive" and after["executor_id"] == real["executor_id"]
+        assert client.submit(total, [1, 2]).result(timeout=30) == 3
+
+
+def test_frames_are_refused_before_they_are_decoded_when_they_cost_too_much(raw_peer):
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        stranger = raw_peer(cluster.address)
+        junk = p.encode(p.Batch([b"\xc1junk"] * 100_000))  # ~600 KB: a batch before hello
+        stranger.send(junk)
+        stranger.send(b"\x00" * (p.MAX_STRANGER_FRAME_BYTES + 1))
+        talker = raw_peer(cluster.address)
+        talker.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "talker", 1, "h")))
+        assert isinstance(recv(talker), p.ClientWelcome)
+        talker.send(p.encode(p.Batch([p.encode(p.Ping(str(i), i)) for i in range(100_000)])))
+        talker.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "x" * 100_000, 1, "h")))
+        talker.send(p.encode(p.Ping("after", 1)))
+        assert recv(talker) == p.Pong("after", 1)  # no pong for any of the 100,000
+        status = client.status()
+        # The stranger's batch (out of place: not counted), its big frame, the client's
+        # batch and its long id: each one bad frame, none decoded item by item.
+        assert status["bad_input"]["bad_frames"] == 4
+        assert client.submit(total, [1, 2]).result(timeout=30) == 3
+
+
+def test_a_batch_is_abandoned_at_its_first_bad_item():
+    server = SchedulerServer.__new__(SchedulerServer)  # only what _handle_frames reads
+    dropped, handled = [], []
+    server._guard = type("G", (), {"cooling_down": lambda self, rid: False})()
+    server._peers = {b"e": ("executor", "e1")}
+    server.frames_in = server.bytes_in = 0
+    server.max_frame_bytes = p.MAX_FRAME_BYTES
+    server._drop = lambda rid, exc: dropped.append(str(exc)) or False
+    server._event_for = lambda rid, msg: handled.append(msg) or None
+    good = p.encode(p.Goodbye("one"))
+    server._handle_frames([b"e", p.encode(p.Batch([good, b"\xc1", good, good]))])
+    assert len(handled) == 1 and len(dropped) == 1 and "not valid msgpack" in dropped[0]
+    server._handle_frames([b"e", p.encode(p.Batch([good] * (p.MAX_BATCH_ITEMS + 1)))])
+    assert len(handled) == 1 and "a batch of 4,097 messages" in dropped[1]
