@@ -129,5 +129,5 @@ class CutLongLines(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if len(message) > self.max_chars:
-            record.msg, record.args = f"{message[: self.max_chars - 10]}... (cut)", None
+            record.msg, record.args = f"{message[: self.max_chars - 9]}... (cut)", None
         return True
