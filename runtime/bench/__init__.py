@@ -24,6 +24,7 @@ BENCHMARKS = (
     "chaos",
     "liveness",
     "bigdata",
+    "hostile",
 )
 
 

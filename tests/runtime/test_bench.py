@@ -13,7 +13,7 @@ import math
 import pytest
 
 from tidal.runtime import cli
-from tidal.runtime.bench import BENCHMARKS, bigdata, suite, throughput, unified
+from tidal.runtime.bench import BENCHMARKS, bigdata, hostile, suite, throughput, unified
 from tidal.runtime.bench.machine import machine_info, reference_figures
 from tidal.runtime.demo import DemoConfig
 
@@ -152,3 +152,15 @@ def test_bigdata_runs_its_scenario_and_keeps_the_partitions_off_the_scheduler():
     assert figures["big_result_bytes_forwarded"] < 2 * 1024 * 1024 / 100
     for key in ("stream_ms_p99", "alone_ms_p99", "stream_p99_vs_alone", "suspended_vs_batch"):
         assert figures[key] >= 0
+
+
+@pytest.mark.slow
+def test_hostile_runs_its_phases_against_a_real_job_and_loses_nothing():
+    figures = hostile.run(quick=True, scale=200)
+    assert figures["phases"][-1] == "impostor" and len(figures["phases"]) == 10
+    assert figures["real_results_wrong"] == figures["real_tasks_failed"] == 0
+    assert figures["impostor_evictions"] == 0
+    assert figures["hostile_frames"] > 2_000 and figures["bad_input"]["bad_frames"] > 0
+    assert figures["log_line_max_chars"] <= 500
+    for key in ("ping_ms_max", "stream_p99_hostile_vs_quiet", "scheduler_rss_growth_mib"):
+        assert key in figures
