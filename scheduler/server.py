@@ -82,8 +82,12 @@ log = logging.getLogger("tidal.scheduler")
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 # The line `--announce` prints; LocalCluster reads the address after it.
 ANNOUNCEMENT = "tidal scheduler listening on "
-# Frames handled per pass before results are flushed and the timer is checked.
+# Frames handled per pass before results are flushed and the timer is checked, and the time
+# a pass may take: results and batch launches held in a pass wait for its end, so a flood of
+# frames from anyone (100,000 pings over 300 connections) must not hold a stream task's
+# result for more than about this long.
 MAX_FRAMES_PER_PASS = 2000
+PASS_BUDGET_NS = 2_000_000
 # A hello may list at most this many tasks held (each gets an answer: a kill, say).
 MAX_HOLDINGS = 10_000
 # Results merged into one frame at most; with results of up to ~64 KiB each a frame stays
@@ -260,12 +264,15 @@ class SchedulerServer:
                 if self._socket in ready:
                     # -- 2. Handle what arrived, each frame as one event; results and batch
                     #       launches are held back and sent together at the end of the pass.
-                    for _ in range(MAX_FRAMES_PER_PASS):
+                    pass_ends = time.monotonic_ns() + PASS_BUDGET_NS
+                    for handled in range(MAX_FRAMES_PER_PASS):
                         try:
                             frames = self._socket.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
                         self._handle_frames(frames)
+                        if handled % 16 == 15 and time.monotonic_ns() >= pass_ends:
+                            break  # the rest after this pass's flush (the socket stays ready)
                     # -- 3. Flush what was held back.
                     self._flush_held()
                 # -- 4. A connection closed a moment ago: whose? (scheduler/liveness.py)
