@@ -157,16 +157,18 @@ class Executor:
         # Carries one thing: the empty frame that tells the listener to exit.
         self._to_listener = self._context.socket(zmq.PAIR)
         self._to_listener.bind(self._inproc)
-        # The task thread's own connection for reports (see the module docstring).
-        self._reports = self._open_reports()
+        # The task thread's own connection for reports (see the module docstring), opened
+        # after each welcome (its attach carries the welcome's token).
+        self._reports: zmq.Socket | None = None
+        self._attach_token = ""
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
         # Results sent and not acked yet, as hello.holding items, by task id. Added by the
         # task thread, removed by the listener (single dict operations: atomic under the GIL).
         self._unacked: dict[str, list[Any]] = {}
-        # Set by the listener: reports may go out (False from losing the scheduler to the
-        # next welcome), and on which report connection (a new one after each rejoin).
-        self._linked = True
+        # Set by the listener: reports may go out (False until a welcome, and from losing
+        # the scheduler to the next), and on which report connection (a new one each welcome).
+        self._linked = False
         self._link_generation = 0
         self._reports_generation = 0  # the task thread's: the report socket it has now
         self.reconnects = 0  # hellos said again
@@ -274,7 +276,8 @@ class Executor:
                     log.error("the listener is not taking messages")
             listener.join(timeout=5)
             self._to_listener.close(linger=0)
-            self._reports.close()
+            if self._reports is not None:
+                self._reports.close()
             self._context.term()
             self._rss.close()
             self._results.close()  # after waiting a little for the last results' readers
@@ -296,7 +299,7 @@ class Executor:
         reports.sndhwm = 100_000
         secure_peer(reports, self.keys)
         reports.connect(self.scheduler)
-        reports.send(p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id)))
+        reports.send(p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id, self._attach_token)))
         return reports
 
     def _emit(self, msg: p.Message) -> None:
@@ -338,9 +341,10 @@ class Executor:
         outbox = self._outbox
         if not outbox or not self._linked:
             return
-        if self._reports_generation != self._link_generation:
+        if self._reports is None or self._reports_generation != self._link_generation:
             self._reports_generation = self._link_generation
-            self._reports.close(linger=0)
+            if self._reports is not None:
+                self._reports.close(linger=0)
             self._reports = self._open_reports()
         frames = (
             [
@@ -682,7 +686,7 @@ class Executor:
         last = context.socket(zmq.DEALER)
         last.linger = 2000
         last.connect(self.scheduler)
-        frames = [p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id))]
+        frames = [p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id, self._attach_token))]
         if action.task_id is not None:
             failure = self.kernel.memory_failure(
                 action.task_id, MEMORY_LIMIT_EXCEEDED, action.message
@@ -732,10 +736,12 @@ class Executor:
         self._link.ping_s, self._link.silent_s = heartbeat_s, SILENT_HEARTBEATS * heartbeat_s
         again = self._link.welcomed()
         log.info("executor %s joined scheduler %s", self.executor_id, msg.scheduler_id)
+        # Reports (those waiting since we lost the scheduler, if it was lost) go out now,
+        # on a new connection whose attach carries this welcome's token.
+        self._attach_token = msg.attach_token
+        self._link_generation += 1
+        self._linked = True
         if again:
-            # Reports waiting since we lost the scheduler go out now, on a new connection.
-            self._link_generation += 1
-            self._linked = True
             self.kernel.wake()
 
     def _on_rejoin(self, msg: p.Rejoin) -> None:

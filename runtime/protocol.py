@@ -61,7 +61,8 @@ __all__ = [
 #    reattached (a client finds its futures on a restarted scheduler).
 # 5: payloads off the control path: a payload may be a reference to a spooled one (0xc1 and
 #    [host, path, size, address, key, server_key]), big results included; a call's kwargs
-#    may be a reference to a map's shared kwargs; blocked arguments (0x93) (docs/protocol.md).
+#    may be a reference to a map's shared kwargs; blocked arguments (0x93) (docs/protocol.md);
+#    welcome.attach_token and attach.token.
 PROTOCOL_VERSION = 5
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
@@ -177,8 +178,10 @@ class Hello(Message):
 class Attach(Message):
     # Sent first on an executor's second connection, the one its task thread sends reports
     # on (see runtime/executor.py); no answer. Commands still go to the hello connection.
+    # `token` is the one its last welcome gave it: no one else can report as it.
     version: int
     executor_id: str
+    token: str
 
 
 @message("welcome", S2E)
@@ -186,6 +189,7 @@ class Welcome(Message):
     version: int
     scheduler_id: str
     heartbeat_ms: int
+    attach_token: str  # what the executor's `attach` must carry (random, per hello)
 
 
 @message("reject", S2E)

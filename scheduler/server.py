@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -230,6 +231,8 @@ class SchedulerServer:
         # results, acks), sent in this order once the writer has that ticket on disk.
         self._unwritten: deque[tuple[int, dict[str, list[Any]], dict[str, list[str]]]] = deque()
         self._told_rejoin: OrderedDict[bytes, int] = OrderedDict()  # routing id -> when
+        # The token each executor's `attach` must carry: a new one with each welcome.
+        self._attach_tokens: dict[str, str] = {}
 
     def stop(self) -> None:
         """Make `serve()` return within one timer period (callable from any thread)."""
@@ -472,6 +475,9 @@ class SchedulerServer:
             if msg.version != p.PROTOCOL_VERSION:
                 raise OutOfPlace(f"attach with protocol version {msg.version}")
             _check_id("attach", msg.executor_id)
+            if msg.token != self._attach_tokens.get(msg.executor_id):
+                # Not counted: an executor may attach with its last scheduler's token.
+                raise OutOfPlace(f"attach as executor {msg.executor_id} with a wrong token")
             if routing_id in self._peers:  # an attach opens a connection; it cannot re-map one
                 raise p.ProtocolError("attach on a connection that said who it is already")
             self._bind(routing_id, ("executor", msg.executor_id))
@@ -522,6 +528,7 @@ class SchedulerServer:
                 )
             self._check_not_taken(routing_id, msg.executor_id)
             self._register(routing_id, ("executor", msg.executor_id))
+            token = self._attach_tokens[msg.executor_id] = secrets.token_hex(8)
             # The results it held for a resend are decided by the core now: ack them all.
             acks = self._acks.setdefault(msg.executor_id, [])
             for item in holding:
@@ -531,7 +538,7 @@ class SchedulerServer:
             self._socket.send_multipart(
                 [
                     routing_id,
-                    p.encode(p.Welcome(p.PROTOCOL_VERSION, self.scheduler_id, heartbeat_ms)),
+                    p.encode(p.Welcome(p.PROTOCOL_VERSION, self.scheduler_id, heartbeat_ms, token)),
                 ]
             )
             return ExecutorJoined(msg)

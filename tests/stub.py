@@ -69,7 +69,7 @@ class StubScheduler:
         if isinstance(msg, p.Hello):
             self.executors[msg.executor_id] = routing_id
             self._socket.send_multipart(
-                [routing_id, p.encode(p.Welcome(p.PROTOCOL_VERSION, "stub", self.heartbeat_ms))]
+                [routing_id, p.encode(p.Welcome(p.PROTOCOL_VERSION, "stub", self.heartbeat_ms, ""))]
             )
         elif isinstance(msg, p.Heartbeat):
             self.heartbeats.append(msg)

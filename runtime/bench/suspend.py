@@ -139,7 +139,7 @@ class _DirectLink:
             for item in p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]:
                 if isinstance(item, p.Hello):
                     self._executor = routing_id
-                    self.send(p.Welcome(p.PROTOCOL_VERSION, "bench", 200))
+                    self.send(p.Welcome(p.PROTOCOL_VERSION, "bench", 200, ""))
                 elif isinstance(item, p.Heartbeat):
                     self._socket.send_multipart([routing_id, p.encode(p.Ack([]))])
                 if isinstance(item, kind):

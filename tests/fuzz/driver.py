@@ -80,7 +80,7 @@ def templates(peer_id: str) -> list[p.Message]:
         p.Ping(f"{peer_id}-p", now),
         p.SetPolicy(f"{peer_id}-r", "no-such-policy"),
         # an executor's
-        p.Attach(p.PROTOCOL_VERSION, peer_id),
+        p.Attach(p.PROTOCOL_VERSION, peer_id, ""),
         p.Heartbeat(peer_id, "fuzz", 1, now, 1, 0, 0, 0, 1 << 20, 1 << 30, 12.5),
         p.Started(task, 0, now),
         p.Suspended(task, 1000, 5, now),
@@ -94,7 +94,7 @@ def templates(peer_id: str) -> list[p.Message]:
         p.Stolen(f"{peer_id}-c", [task]),
         # the scheduler's own (never sent to it)
         p.Launch(task, "tidal.workloads.synthetic:total", None, PAYLOAD, 0, "batch", now),
-        p.Welcome(p.PROTOCOL_VERSION, "s", 500),
+        p.Welcome(p.PROTOCOL_VERSION, "s", 500, ""),
         p.Results([[task, "finished", payloads.pack_payload(6), None, {}]]),
         p.Pong("x", now),
     ]

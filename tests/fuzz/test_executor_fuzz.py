@@ -53,7 +53,7 @@ def templates(now: int) -> list[p.Message]:
         p.Resume("fz-1", now),
         p.Kill("fz-2", now),
         p.Steal("fz-c", 1, now),
-        p.Welcome(p.PROTOCOL_VERSION, "impostor", 100),
+        p.Welcome(p.PROTOCOL_VERSION, "impostor", 100, ""),
         p.Hello(p.PROTOCOL_VERSION, "fz-e", "n", 1, 1, "h"),
         p.Finished("fz-1", 0, payloads.pack_payload(6), {}),
         p.Submit("fz-j", "batch", 0, None, "tidal.workloads.synthetic:total", None, [], now),

@@ -386,7 +386,7 @@ def test_bad_frames_from_the_scheduler_are_dropped_and_the_client_keeps_working(
     fake.push_frame(b"\xc1 not msgpack")
     fake.push_frame(msgpack.packb(["results"]))  # a field short
     fake.push_frame(msgpack.packb({"op": "results"}))
-    fake.push(p.Welcome(1, "x", 10))  # an executor's message
+    fake.push(p.Welcome(1, "x", 10, ""))  # an executor's message
     fake.push(p.ClientWelcome(1, "again", "fifo", 1))  # the handshake is over
     fake.push(p.Results(["not an item", [7, "finished", 1, None, {}]]))
     fake.push(p.Results([[unreadable.task_id, "exploded", None, None, {}]]))

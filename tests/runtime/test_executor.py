@@ -221,7 +221,7 @@ def test_well_formed_commands_it_cannot_use_are_dropped_and_the_executor_keeps_w
     stub.send(ex, p.Steal("c", 1, now))
     assert stub.expect(p.Stolen).task_ids == []  # no chunk "c" here: nothing to give
     # A second welcome (with another version, which before the handshake would end it).
-    stub.send(ex, p.Welcome(p.PROTOCOL_VERSION + 1, "impostor", 1))
+    stub.send(ex, p.Welcome(p.PROTOCOL_VERSION + 1, "impostor", 1, ""))
     launch(stub, ex, "after", "tidal.workloads.synthetic:total", [[1, 2]])
     assert result(stub.expect(p.Finished, task_id="after")) == 3
     assert proc.poll() is None
@@ -351,7 +351,8 @@ def test_the_task_thread_hands_commands_on_in_order_and_the_rest_to_the_listener
     finally:
         dealer.close(linger=0)
         router.close(linger=0)
-        ex._reports.close(linger=0)
+        if ex._reports is not None:
+            ex._reports.close(linger=0)
         ex._to_listener.close(linger=0)
         ex._context.term()
         ex._rss.close()

@@ -18,7 +18,7 @@ from tidal.scheduler import journal as journal_module
 from tidal.scheduler import server as server_module
 from tidal.scheduler.journal import Journal
 from tidal.scheduler.server import SchedulerServer
-from tidal.workloads.synthetic import total
+from tidal.workloads.synthetic import spin, total
 
 pytestmark = pytest.mark.slow
 
@@ -337,3 +337,16 @@ def test_a_batch_is_abandoned_at_its_first_bad_item():
     assert len(handled) == 1 and len(dropped) == 1 and "not valid msgpack" in dropped[0]
     server._handle_frames([b"e", p.encode(p.Batch([good] * (p.MAX_BATCH_ITEMS + 1)))])
     assert len(handled) == 1 and "a batch of 4,097 messages" in dropped[1]
+
+
+def test_an_attach_without_the_executors_token_reports_nothing(raw_peer):
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        [real] = client.wait_for_status(lambda s: len(s["executors"]) == 1)["executors"]
+        future = client.submit(spin, [1, 2], record_us=300_000.0)  # ~0.6 s: it is running
+        client.wait_for_status(lambda s: s["executors"][0]["running"] is not None)
+        forger = raw_peer(cluster.address)
+        forger.send(p.encode(p.Attach(p.PROTOCOL_VERSION, real["executor_id"], "guessed")))
+        wrong = payloads.pack_payload(-1)
+        forger.send(p.encode(p.Finished(future.task_id, 0, wrong, {})))
+        assert future.result(timeout=30) == 3  # the forged result was not taken
+        assert client.status()["bad_input"]["bad_frames"] >= 1
