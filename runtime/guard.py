@@ -44,6 +44,9 @@ __all__ = [
 # room for a peer whose bug is rare (an executor holding suspended tasks is expensive to
 # drop) while an attacker costs at most twenty decodes per connection per cool-down.
 BAD_FRAME_LIMIT = 20
+# Well-formed frames before hello, within the window, after which a connection is ignored
+# for a cool-down (a peer of a restarted scheduler sends a few: a heartbeat, some reports).
+STRANGER_LIMIT = 100
 BAD_FRAME_WINDOW_S = 10.0
 # How long frames from a disconnected peer are ignored without being decoded.
 COOLDOWN_S = 10.0
@@ -72,10 +75,11 @@ class GuardStatistics:
 
 
 class _Record:
-    __slots__ = ("count", "logged_at", "window_start")
+    __slots__ = ("count", "logged_at", "strange", "window_start")
 
     def __init__(self, now: float) -> None:
         self.count = 0
+        self.strange = 0  # frames before hello, this window
         self.window_start = now
         self.logged_at = -float("inf")
 
@@ -137,15 +141,7 @@ class PeerGuard:
         """
         now = self._clock()
         self._bad += 1
-        record = self._records.get(peer)
-        if record is None:
-            record = self._records[peer] = _Record(now)
-            if len(self._records) > self.max_peers:
-                self._records.popitem(last=False)
-        else:
-            self._records.move_to_end(peer)
-        if now - record.window_start >= self.window_s:
-            record.count, record.window_start = 0, now
+        record = self._record(peer, now)
         if counts:
             record.count += 1
         if self._line(
@@ -155,6 +151,37 @@ class PeerGuard:
         ):
             record.logged_at = now
         return self.limit is not None and counts and record.count >= self.limit
+
+    def before_hello(self, peer: Hashable) -> bool:
+        """Count one well-formed frame from a peer that has not said hello; True when it
+        has sent STRANGER_LIMIT of them within the window, and is now ignored for a
+        cool-down (its frames undecoded). Not a disconnection: a peer of a scheduler that
+        ran here before sends a few in good faith, and is asked to say hello."""
+        now = self._clock()
+        record = self._record(peer, now)
+        record.strange += 1
+        if record.strange < STRANGER_LIMIT:
+            return False
+        self._records.pop(peer, None)
+        self._cooling.pop(peer, None)
+        self._cooling[peer] = now + self.cooldown_s
+        if len(self._cooling) > self.max_peers:
+            self._cooling.popitem(last=False)
+        return True
+
+    def _record(self, peer: Hashable, now: float) -> _Record:
+        """The peer's record (made, and the oldest forgotten past max_peers), its window
+        started again if it is over."""
+        record = self._records.get(peer)
+        if record is None:
+            record = self._records[peer] = _Record(now)
+            if len(self._records) > self.max_peers:
+                self._records.popitem(last=False)
+        else:
+            self._records.move_to_end(peer)
+        if now - record.window_start >= self.window_s:
+            record.count, record.strange, record.window_start = 0, 0, now
+        return record
 
     def disconnected(self, peers: list[Hashable], who: str, reason: str) -> None:
         """The receiver disconnected a peer (all its `peers` keys): start their cool-down."""

@@ -487,6 +487,8 @@ class SchedulerServer:
             if msg.direction in (p.E2S, p.C2S):
                 # Most likely a peer of a scheduler that ran on this address before us (a
                 # restart): ask it to say hello again (an executor lists what it holds).
+                if self._guard.before_hello(routing_id):
+                    return None  # so many: ignored, undecoded, for a cool-down
                 if isinstance(msg, p.Heartbeat | p.Ping | p.StatusRequest | p.Submit | p.Reattach):
                     self._ask_to_rejoin(routing_id, "the scheduler does not know this connection")
                 self._strangers(

@@ -13,7 +13,9 @@ scheduler every 10 ms throughout.
 
 - real_results_wrong / real_tasks_failed: the batch job's results, checked one by one;
 - ping_ms_p99 / ping_ms_max: the real client's ping round trips during the hostile phases;
-- stream_ms_p99_hostile / stream_ms_p99_quiet: submit -> result of the stream tasks;
+- stream_ms_p99_hostile / stream_ms_p99_quiet: submit -> result of the stream tasks
+  (`stream_ms_p99_by_phase`: per phase, each stream task counted in the phase under way
+  when it was submitted; the worst against quiet is `stream_p99_worst_phase_vs_quiet`);
 - scheduler_rss_growth_mib: the scheduler's RSS 10 s after the last phase (2 s quick),
   against before the first;
 - impostor_evictions: times a real executor was lost or joined again (the event log);
@@ -135,11 +137,17 @@ def _pinger(client: Client, stop: threading.Event, into: list[float]) -> None:
         stop.wait(PING_EVERY_S)
 
 
-def _stream(client: Client, until: Any, count: int) -> list[float]:
+def _stream(
+    client: Client, until: Any, count: int, phase: Any = None, phases: list[int] | None = None
+) -> list[float]:
+    """Stream tasks every STREAM_EVERY_S until `until()` (or `count` of them); with
+    `phases`, each one's phase (`phase()` as it was submitted) goes there too."""
     latencies: list[float] = []
     next_at = time.monotonic()
     while (until is None and len(latencies) < count) or (until is not None and not until()):
         next_at += STREAM_EVERY_S
+        if phases is not None:
+            phases.append(phase())
         start = time.perf_counter()
         client.submit(total, list(range(10)), priority="stream").result(timeout=60)
         latencies.append((time.perf_counter() - start) * 1000)
@@ -239,7 +247,8 @@ def _run(
     theirs.close()
     pinger.start()
     try:
-        loaded = _stream(client, hostile_done, 0)
+        during: list[int] = []  # the phase under way as each stream task was submitted
+        loaded = _stream(client, hostile_done, 0, lambda: len(phases), during)
     finally:
         stop.set()
         stop_batch.set()
@@ -257,14 +266,21 @@ def _run(
             wrong += future.result(timeout=300) != expected
         except Exception:
             failed += 1
+    by_phase: dict[str, list[float]] = {}
+    for latency, index in zip(loaded, during, strict=True):
+        by_phase.setdefault(phases[index] if index < len(phases) else "after", []).append(latency)
+    quiet_p99 = percentile(quiet, 99)
     return {
+        "stream_ms_p99_by_phase": {name: percentile(v, 99) for name, v in by_phase.items()},
+        "stream_p99_worst_phase_vs_quiet": max(percentile(v, 99) for v in by_phase.values())
+        / quiet_p99,
         "real_results_wrong": wrong,
         "real_tasks_failed": failed,
         "real_tasks": len(checked),
         "ping_ms_p99": percentile(pings, 99),
         "ping_ms_max": max(pings),
         "pings": len(pings),
-        "stream_ms_p99_quiet": percentile(quiet, 99),
+        "stream_ms_p99_quiet": quiet_p99,
         "stream_ms_p99_hostile": percentile(loaded, 99),
         "stream_ms_max_hostile": max(loaded),
         "streams_hostile": len(loaded),

@@ -151,3 +151,13 @@ def test_what_a_peer_sends_is_cut_in_the_log(clock, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and all(len(line) <= 500 for line in lines)
     assert all(line.endswith("... (cut)") for line in lines)
+
+
+def test_a_peer_that_floods_before_hello_is_ignored_for_a_cool_down(clock):
+    g = guard(clock)
+    assert not any(g.before_hello("stranger") for _ in range(99))
+    assert not g.cooling_down("stranger")
+    assert g.before_hello("stranger")  # the 100th within the window
+    assert g.cooling_down("stranger") and not g.cooling_down("other")
+    clock.now += 11  # past the cool-down: served again, counted afresh
+    assert not g.cooling_down("stranger") and not g.before_hello("stranger")

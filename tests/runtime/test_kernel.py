@@ -354,39 +354,17 @@ def test_a_payload_is_unpacked_when_the_task_starts_with_tuple_keys_intact(make_
     assert transport.outcome("t").result == {("ad", 1): 20, ("ad", 2): 30}
 
 
-def test_a_big_gated_argument_is_decoded_as_the_task_reads_it(make_kernel, monkeypatch):
-    kernel, transport = make_kernel()
-    records = list(range(10 * payloads.BLOCKED_MIN_ITEMS))
-    decoded = []
-    unpack_block = payloads.unpack_block
-
-    def counting(block, *what):
-        decoded.append(len(block))
-        if len(decoded) == 2:  # a suspend lands while the task is reading the second block
-            kernel.suspend("t")
-        return unpack_block(block, *what)
-
-    monkeypatch.setattr(payloads, "unpack_block", counting)
-    kernel.launch("t", sum, payload=payloads.pack_call([records], {}))
-    kernel.run()
-    # Parked in `sum` at the record after the second block's decode: the rest of the
-    # argument is still packed.
-    (suspended,) = transport.of(p.Suspended, "t")
-    assert len(decoded) == 2
-    assert payloads.MAX_BLOCK_ITEMS < suspended.records <= 2 * payloads.MAX_BLOCK_ITEMS
-    kernel.resume("t")
-    kernel.run()
-    assert len(decoded) > 10 and transport.outcome("t").result == sum(records)
-
-
 @task(inputs=[])
 def _length_and_type(records):
     return [len(records), type(records).__name__]
 
 
-def test_a_big_argument_the_task_does_not_gate_is_decoded_before_the_call_a_block_at_a_time(
-    make_kernel, monkeypatch
+@pytest.mark.parametrize("gated", [True, False])
+def test_a_big_argument_is_decoded_a_block_at_a_time_with_a_suspension_point_after_each(
+    make_kernel, monkeypatch, gated
 ):
+    """Gated: decoded as the task reads it (the rest stays packed while it is parked).
+    Not gated (`inputs=[]`): decoded before the call, a list as it was sent."""
     kernel, transport = make_kernel()
     records = list(range(10 * payloads.BLOCKED_MIN_ITEMS))
     decoded = []
@@ -394,19 +372,24 @@ def test_a_big_argument_the_task_does_not_gate_is_decoded_before_the_call_a_bloc
 
     def counting(block, *what):
         decoded.append(len(block))
-        if len(decoded) == 2:  # a suspend lands while the argument is being decoded
+        if len(decoded) == 2:  # a suspend lands while the second block is decoded
             kernel.suspend("t")
         return unpack_block(block, *what)
 
     monkeypatch.setattr(payloads, "unpack_block", counting)
-    kernel.launch("t", _length_and_type, payload=payloads.pack_call([records], {}))
+    fn = sum if gated else _length_and_type
+    kernel.launch("t", fn, payload=payloads.pack_call([records], {}))
     kernel.run()
-    # Parked after the second block, before the task's code: a list, as it was sent.
     (suspended,) = transport.of(p.Suspended, "t")
-    assert len(decoded) == 2 and suspended.records == 0
+    assert len(decoded) == 2
+    if gated:  # parked in `sum`, at the record after the second block's decode
+        assert payloads.MAX_BLOCK_ITEMS < suspended.records <= 2 * payloads.MAX_BLOCK_ITEMS
+    else:  # parked before the task's code
+        assert suspended.records == 0
     kernel.resume("t")
     kernel.run()
-    assert transport.outcome("t").result == [len(records), "list"]
+    expected = sum(records) if gated else [len(records), "list"]
+    assert len(decoded) > 10 and transport.outcome("t").result == expected
 
 
 def test_a_spooled_argument_is_read_in_pieces_and_suspends_between_them(make_kernel):
