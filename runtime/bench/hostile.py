@@ -126,7 +126,7 @@ def _hostile(address: str, executor_id: str, scale: int, seed: int, conn: Any) -
     for s in [socket, client, impostor, *sockets]:
         s.close()
     context.term()
-    conn.send(("done", sent))
+    conn.send(("done", (sent, time.process_time())))
 
 
 def _pinger(client: Client, stop: threading.Event, into: list[float]) -> None:
@@ -232,13 +232,14 @@ def _run(
     stop = threading.Event()
     pinger = threading.Thread(target=_pinger, args=(client, stop, pings), daemon=True)
     phases: list[str] = []
-    sent = [0]
+    sent, hostile_cpu = [0], [0.0]
+    cpu_before = sum(scheduler.cpu_times()[:2])
 
     def hostile_done() -> bool:
         while ours.poll():
             kind, value = ours.recv()
             if kind == "done":
-                sent[0] = value
+                sent[0], hostile_cpu[0] = value
                 return True
             phases.append(value)
         return not hostile.is_alive()
@@ -258,6 +259,7 @@ def _run(
         if hostile.is_alive():
             hostile.kill()
             hostile.join()
+    scheduler_cpu = sum(scheduler.cpu_times()[:2]) - cpu_before
     time.sleep(settle_s)  # then the scheduler's memory, once it has had time to let go
     rss_after = scheduler.memory_info().rss
     wrong = failed = 0
@@ -286,6 +288,9 @@ def _run(
         "streams_hostile": len(loaded),
         "scheduler_rss_growth_mib": (rss_after - rss_before) / 2**20,
         "hostile_frames": sent[0],
+        # Where the CPU went while the hostile phases ran (two cores, shared by everyone).
+        "scheduler_cpu_s_hostile": scheduler_cpu,
+        "hostile_process_cpu_s": hostile_cpu[0],
         "phases": phases,
         "bad_input": client.status()["bad_input"],
     }
