@@ -46,7 +46,6 @@ __all__ = [
     "find_unencodable",
     "hashable_keys",
     "iter_batch",
-    "peek_op",
     "refuse_extension",
     "unpack_value",
 ]
@@ -660,17 +659,3 @@ def iter_batch(
             yield msg
         except ProtocolError as exc:
             yield exc
-
-
-def peek_op(frame: bytes) -> str | None:
-    """The op a frame names, read without decoding the rest of it (None if it names none):
-    so that a receiver can refuse a frame it would not take before paying for it."""
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(frame) + 1)
-    try:
-        unpacker.feed(frame[:256])  # the header and the op are at the start
-        if unpacker.read_array_header() < 1:
-            return None
-        op = unpacker.unpack()
-    except Exception:  # malformed, or the op is not in the first bytes: not a frame we know
-        return None
-    return op if type(op) is str else None

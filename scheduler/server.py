@@ -108,6 +108,11 @@ class OutOfPlace(p.ProtocolError):
     version, or one reconnecting after a scheduler restart, sends it in good faith."""
 
 
+# How every batch frame starts (`encode` packs ["batch", [...]] so): a fixarray of two, then
+# the fixstr "batch". A batch packed any other way is refused after decoding (below).
+_BATCH_START = b"\x92\xa5batch"
+
+
 def _check_id(op: str, peer_id: str) -> None:
     if len(peer_id) > p.MAX_ID_CHARS or not peer_id:
         raise p.ProtocolError(
@@ -125,7 +130,7 @@ def _refusal(frames: list[bytes], peer: tuple[str, str] | None) -> p.ProtocolErr
         return p.ProtocolError(
             f"a frame of {len(frame):,} bytes before hello (at most {p.MAX_STRANGER_FRAME_BYTES:,})"
         )
-    if (peer is None or peer[0] != "executor") and p.peek_op(frame) == "batch":
+    if (peer is None or peer[0] != "executor") and frame[:7] == _BATCH_START:
         if peer is None:  # an executor of a scheduler that ran here before: not counted
             return OutOfPlace("batch before hello")
         return p.ProtocolError("batch from a client (only executors send batches)")
@@ -378,6 +383,9 @@ class SchedulerServer:
             )
         except p.ProtocolError as exc:
             self._drop(routing_id, exc)
+            return
+        if isinstance(msg, p.Batch) and (peer is None or peer[0] != "executor"):
+            self._drop(routing_id, p.ProtocolError("batch from a peer that is not an executor"))
             return
         if isinstance(msg, p.Batch) and len(msg.frames) > p.MAX_BATCH_ITEMS:
             self._drop(
