@@ -137,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="keep jobs and results in this SQLite file, so that a restarted scheduler "
         "finds them (default: $XDG_STATE_HOME/tidal/journal-PORT.sqlite, or "
-        "~/.local/state/tidal/...; none for a wildcard port)",
+        "~/.local/state/tidal/...; none for a wildcard port, * or 0)",
     )
     scheduler.add_argument(
         "--no-journal", action="store_true", help="keep no journal: a restart forgets everything"

@@ -89,10 +89,11 @@ CREATE TABLE IF NOT EXISTS executors (executor_id TEXT PRIMARY KEY);
 
 def default_journal_path(bind: str) -> str | None:
     """Where `tidal scheduler --bind ADDR` keeps its journal unless told: one file per port
-    in the XDG state directory; None for an address without a fixed port (`tcp://host:*`),
+    in the XDG state directory; None for an address without a fixed port (`tcp://host:*`,
+    `tcp://host:0`),
     where a restarted scheduler could not be found again anyway."""
     port = bind.rsplit(":", 1)[-1]
-    if not port.isdigit():
+    if not port.isdigit() or int(port) == 0:  # `:0` is a wildcard port too
         return None
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(
         os.path.expanduser("~"), ".local", "state"

@@ -120,6 +120,7 @@ def test_the_default_journal_is_one_file_per_port_in_the_state_directory(monkeyp
     monkeypatch.setenv("XDG_STATE_HOME", "/var/lib/me")
     assert default_journal_path("tcp://0.0.0.0:5555") == "/var/lib/me/tidal/journal-5555.sqlite"
     assert default_journal_path("tcp://127.0.0.1:*") is None
+    assert default_journal_path("tcp://127.0.0.1:0") is None  # a wildcard port too
 
 
 class HeldJournal(Journal):
