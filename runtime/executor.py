@@ -685,6 +685,7 @@ class Executor:
         context = zmq.Context()
         last = context.socket(zmq.DEALER)
         last.linger = 2000
+        secure_peer(last, self.keys)  # a keyed scheduler lets only its peers' keys in
         last.connect(self.scheduler)
         frames = [p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id, self._attach_token))]
         if action.task_id is not None:

@@ -21,7 +21,7 @@ from tidal.runtime.client import Client, MemoryLimitExceeded
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.memory import format_size
 from tidal.runtime.processes import child_env, spawn_executor, stop_process
-from tidal.workloads.synthetic import hog
+from tidal.workloads.synthetic import hog, hog_without_boundaries
 
 pytestmark = pytest.mark.slow
 
@@ -180,3 +180,15 @@ def test_local_cluster_enforces_the_limit_and_restarts_an_executor_that_died(bas
         (restarted,) = [e for e in status["executors"] if e["executor_id"] != first]
         assert restarted["memory_limit_bytes"] in (None, limit)  # None until its first beat
         assert client.submit(hog, list(range(4))).result(timeout=30) == 4 * 1024
+
+
+def test_with_keys_an_executor_that_must_exit_still_reports_why(baseline_rss):
+    # Its last words go on a connection of their own: with keys, a keyed one.
+    limit = baseline_rss + 64 * MiB
+    with (
+        LocalCluster(executors=1, heartbeat_ms=100, memory_limit=limit, keys=True) as cluster,
+        Client(cluster) as client,
+    ):
+        stuck = client.submit(hog_without_boundaries)
+        with pytest.raises(MemoryLimitExceeded, match="reached no record boundary"):
+            stuck.result(timeout=60)
