@@ -55,7 +55,6 @@ from typing import Any
 import psutil
 import zmq
 
-from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
 from tidal.runtime.datastore import advertised_address, bind_host_for, fetch_chunks
@@ -76,10 +75,9 @@ from tidal.runtime.memory import MEMORY_POLL_MS, Exit, FailTask, MemoryGuard, Rs
 from tidal.runtime.realtime import (
     DEFAULT_STREAM_NICE,
     DEFAULT_TASK_NICE,
-    lower_this_thread,
+    TaskThreadNice,
     realtime_io_threads,
     realtime_this_thread,
-    set_thread_nice,
 )
 from tidal.runtime.results import ResultSpool
 
@@ -136,9 +134,7 @@ class Executor:
         self.max_frame_bytes = max_frame_bytes
         self.exit_code = 0
         self.realtime = realtime
-        self.task_nice = task_nice
-        self.stream_nice = stream_nice
-        self._task_tid: int | None = None  # the task thread's id, once run() has started
+        self._nice = TaskThreadNice(task_nice, stream_nice)
         self.memory_limit = memory_limit
         self._rss = RssProbe()
         # Big results, kept until their clients fetch them (the data server is made lazily).
@@ -198,11 +194,11 @@ class Executor:
             # Spooled arguments not on this host come over a connection of the task thread's.
             fetch=lambda reference: fetch_chunks(reference, self._context),
             # Big results are spooled here and fetched by the client.
-            spool_result=self._spool_result,
+            spool_result=self._results.reference_for,
             hurry=self._hurry,
             executor_id=self.executor_id,
             suspend_timeout_ns=suspend_timeout_ns,
-            priority_changed=self._priority_changed,
+            priority_changed=self._nice.set_class,
             # Discussion: a partition is one big list; left in the young generations the
             # cyclic GC would walk it again and again (tens of ms for millions of records, all
             # while the task holds the GIL). Task data has no cycles to find: as soon as a
@@ -255,11 +251,10 @@ class Executor:
         listener = threading.Thread(target=self._listen, name="tidal-listener", daemon=True)
         listener.start()
         # After the listener and ZeroMQ's thread exist, so that they keep normal priority.
-        if lower_this_thread(self.task_nice) and self.stream_nice < self.task_nice:
-            self._task_tid = threading.get_native_id()
+        if (tid := self._nice.lower_this_thread()) is not None:
             # A command arriving lifts the thread to the stream nice at once, so that a
             # batch task reaches its next record boundary without waiting for a CPU.
-            self.kernel.gate.boost(self._task_tid, self.stream_nice)
+            self.kernel.gate.boost(tid, self._nice.stream_nice)
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.kernel.stop())
@@ -282,15 +277,6 @@ class Executor:
             self._rss.close()
             self._results.close()  # after waiting a little for the last results' readers
         return self.exit_code
-
-    def _spool_result(self, payload: bytes) -> bytes:
-        """Spool a big result (task thread); the reference to report in its place, or the
-        payload itself if it cannot be spooled."""
-        try:
-            return payloads.pack_reference(self._results.keep(payload))
-        except (OSError, zmq.ZMQError) as exc:  # the spool is full, say: inline, if it fits
-            log.warning("a result of %d bytes could not be spooled (%s)", len(payload), exc)
-            return payload
 
     def _open_reports(self) -> zmq.Socket:
         """A new report connection to the scheduler, announced with `attach`."""
@@ -362,25 +348,11 @@ class Executor:
         except zmq.Again:
             self._dropped("dropped reports: the scheduler is not reading them")
 
-    def _priority_changed(self, priority: str) -> None:
-        """The kernel is about to run a task of another class: give the thread its nice."""
-        if self._task_tid is None:
-            return
-        nice = self.stream_nice if priority == "stream" else self.task_nice
-        if not set_thread_nice(self._task_tid, nice):
-            log.info(
-                "stream tasks run at nice %d, as batch tasks do: %d not permitted",
-                self.task_nice,
-                nice,
-            )
-            self._task_tid = None  # do not try again on every switch
-
     def _hurry(self) -> None:
-        """A suspend, kill or fail for the running task came: lift its thread to the stream nice,
-        so that a batch task reaches its next boundary without waiting for a CPU."""
-        tid = self._task_tid
-        if tid is not None and self.kernel.running_task() is not None:
-            set_thread_nice(tid, self.stream_nice)
+        """A suspend, kill or fail for the running task came: lift its thread to the stream
+        nice, so that a batch task reaches its next boundary without waiting for a CPU."""
+        if self.kernel.running_task() is not None:
+            self._nice.lift()
 
     def _read_commands(self) -> bool:
         """Read what waits on the command connection and hand task commands to the kernel,

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import inspect
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -49,6 +48,7 @@ from tidal.runtime.runstate import (
     Command,
     KernelStatistics,
     Outcome,
+    PendingSuspends,
     ReadyQueue,
     RunState,
     TaskRecord,
@@ -117,11 +117,9 @@ class Kernel:
         # that reports `emit` may have buffered go out then: one send per switch, not per report.
         self._flush = flush or (lambda: None)
         self._clock = clock
-        self._suspend_timeout_ns = suspend_timeout_ns
         self._gated_iterator = gated_iterator
         self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # guards _pending_suspends and Command flags
-        self._pending_suspends: dict[str, Command] = {}
+        self._pending_suspends = PendingSuspends(suspend_timeout_ns)
         self._tasks: dict[str, TaskRecord] = {}
         self._ready = ReadyQueue()
         self._current: TaskRecord | None = None
@@ -180,10 +178,8 @@ class Kernel:
     def suspend(self, task_id: str) -> None:
         """Ask the task to park at its next record boundary."""
         command = Command("suspend", task_id, self._clock())
-        with self._lock:
-            self._pending_suspends[task_id] = command
-        self._hurry()  # first: the hub, applying the command, then sets the class again
-        self._post(command)
+        self._pending_suspends.add(command)
+        self._post_urgent(command)
 
     def resume(self, task_id: str) -> None:
         """Let a suspended task continue where it stopped: after stream launches, before batch
@@ -192,8 +188,7 @@ class Kernel:
 
     def kill(self, task_id: str) -> None:
         """Stop a task: TaskKilled is raised in it at its next record boundary."""
-        self._hurry()
-        self._post(Command("kill", task_id, self._clock()))
+        self._post_urgent(Command("kill", task_id, self._clock()))
 
     def fail(self, task_id: str, error_type: str, message: str) -> None:
         """Stop a task as `kill` does, but report it `failed` with this error.
@@ -202,8 +197,7 @@ class Kernel:
         subtask running when it is stopped fails with the error, and the chunk reports
         `killed`, so that its subtasks that did not run are placed again.
         """
-        self._hurry()
-        self._post(Command("fail", task_id, self._clock(), error=[error_type, message, ""]))
+        self._post_urgent(Command("fail", task_id, self._clock(), error=[error_type, message, ""]))
 
     def launch_chunk(
         self,
@@ -256,6 +250,12 @@ class Kernel:
         self._inbox.put(command)
         self.gate.requested = 1  # after the put: the hub lowers the gate before draining
 
+    def _post_urgent(self, command: Command) -> None:
+        """Post a command the running task must reach a boundary for now: the thread is
+        lifted first (`hurry`), so that the hub, applying it, sets the class's nice again."""
+        self._hurry()
+        self._post(command)
+
     def check_overdue(self, now: int | None = None) -> list[p.SuspendFailed]:
         """Give up on suspensions the running task has not honoured in time.
 
@@ -265,25 +265,7 @@ class Kernel:
         """
         if not self._pending_suspends:  # the common case, on every listener wake-up
             return []
-        now = self._clock() if now is None else now
-        failures = []
-        running = self._current
-        busy = f"task {running.task_id}" if running is not None else "the running task"
-        with self._lock:
-            for task_id, command in list(self._pending_suspends.items()):
-                waited = now - command.queued_at
-                if not command.taken and waited >= self._suspend_timeout_ns:
-                    command.cancelled = True
-                    del self._pending_suspends[task_id]
-                    failures.append(
-                        p.SuspendFailed(
-                            task_id,
-                            f"no record boundary reached within {waited / 1e6:.1f} ms: {busy} "
-                            "is busy in code that neither consumes a gated input nor yields",
-                            waited,
-                        )
-                    )
-        return failures
+        return self._pending_suspends.overdue(self._clock() if now is None else now, self._current)
 
     def memory_estimates(self, rss: int) -> dict[str, int]:
         """Each started task's memory estimate in bytes (task id -> bytes), the running
@@ -558,13 +540,8 @@ class Kernel:
             return True
         record = self._tasks.get(command.task_id)
         if command.op == "suspend":
-            with self._lock:
-                if command.cancelled:  # the watchdog gave up on it and reported that already
-                    return True
-                command.taken = True
-                if self._pending_suspends.get(command.task_id) is command:
-                    del self._pending_suspends[command.task_id]
-            self._apply_suspend(record, command)
+            if self._pending_suspends.take(command):  # else the watchdog reported it already
+                self._apply_suspend(record, command)
         elif command.op == "resume":
             # Discussion: only SUSPENDED, so a repeated resume is refused instead of queueing
             # the task twice (the second pop would switch into a finished greenlet).
@@ -704,12 +681,9 @@ class Kernel:
             return Outcome("failed", error=describe_failure(exc, __file__))
 
     def _unpack(self, payload: bytes, fn: Callable[..., Any]) -> tuple[list[Any], dict[str, Any]]:
-        """A task's (args, kwargs) from its payload, in its greenlet: a spooled payload is
-        read a piece at a time and a big argument read a block at a time, each followed
-        by a record boundary (runtime/payloads.py), so that a suspend or kill that lands
-        meanwhile waits well under a millisecond. A big argument the task reads as a gated
-        input stays packed (`payloads.Blocks`), decoded as the task reads it. ProtocolError
-        or DataUnavailable if the payload cannot be had."""
+        """A task's (args, kwargs) from its payload, in its greenlet, read a piece or block
+        at a time with a record boundary after each (runtime/payloads.py); a big gated input
+        stays packed (`payloads.Blocks`). ProtocolError or DataUnavailable if it cannot be."""
         args, kwargs = payloads.open_task_call(
             payload, self._fetch, self._boundary, gated_positions(fn)
         )

@@ -23,6 +23,7 @@ log = logging.getLogger("tidal.realtime")
 __all__ = [
     "DEFAULT_STREAM_NICE",
     "DEFAULT_TASK_NICE",
+    "TaskThreadNice",
     "lower_this_thread",
     "realtime_io_threads",
     "realtime_permitted",
@@ -103,3 +104,40 @@ def set_thread_nice(tid: int, nice: int) -> bool:
     except (OSError, AttributeError):
         return False
     return True
+
+
+class TaskThreadNice:
+    """An executor's task thread's nice value: `task_nice` while it runs batch tasks,
+    `stream_nice` while it runs stream tasks, waits for work, or must reach a record
+    boundary at once (`lift`: a suspend or kill came). Lowering a nice needs CAP_SYS_NICE:
+    where it is not permitted, everything stays at `task_nice`."""
+
+    def __init__(self, task_nice: int, stream_nice: int) -> None:
+        self.task_nice = task_nice
+        self.stream_nice = stream_nice
+        self.tid: int | None = None  # the task thread's, once `lower_this_thread` worked
+
+    def lower_this_thread(self) -> int | None:
+        """Put the calling thread (the task thread) at `task_nice`; its id if the nice can
+        change by class, else None."""
+        if lower_this_thread(self.task_nice) and self.stream_nice < self.task_nice:
+            self.tid = threading.get_native_id()
+        return self.tid
+
+    def set_class(self, priority: str) -> None:
+        """The thread is about to run a task of `priority` ("stream" or "batch")."""
+        if self.tid is None:
+            return
+        nice = self.stream_nice if priority == "stream" else self.task_nice
+        if not set_thread_nice(self.tid, nice):
+            log.info(
+                "stream tasks run at nice %d, as batch tasks do: %d not permitted",
+                self.task_nice,
+                nice,
+            )
+            self.tid = None  # do not try again on every switch
+
+    def lift(self) -> None:
+        """To the stream nice, until the next `set_class`."""
+        if self.tid is not None:
+            set_thread_nice(self.tid, self.stream_nice)

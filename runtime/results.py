@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import zmq
+
 from tidal.runtime import payloads
 from tidal.runtime.auth import PeerKeys
 from tidal.runtime.datastore import (
@@ -61,6 +63,15 @@ class ResultSpool:
                 self._store = DataStore(self._owner_id, bind_host=host, keys=self._keys)
             store = self._store
         return store.put(payload)
+
+    def reference_for(self, payload: bytes) -> bytes:
+        """Spool a result (the task thread's); the reference to report in its place, or
+        the payload itself if it cannot be spooled (the spool is full, say)."""
+        try:
+            return payloads.pack_reference(self.keep(payload))
+        except (OSError, zmq.ZMQError) as exc:
+            log.warning("a result of %d bytes could not be spooled (%s)", len(payload), exc)
+            return payload
 
     def expire(self) -> None:
         """Delete the results no client fetched within KEEP_S (looks every EXPIRE_EVERY_S);

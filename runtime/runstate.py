@@ -5,6 +5,8 @@
 * `ReadyQueue`: the tasks waiting for the slot, in the order they get it.
 * `Command`: what `Kernel.launch`, `suspend`, ... queue, from any thread, for the hub;
   `Outcome`: how a task's greenlet ended, as it hands it back to the hub.
+* `PendingSuspends`: suspend commands waiting for a record boundary, each settled once, by
+  the hub or by the watchdog that gives up on it.
 * `KernelStatistics`: counts of tasks by state.
 
 Discussion: nothing here decides or switches anything. The kernel's rules (which command
@@ -15,6 +17,7 @@ without the bookkeeping's declarations in the way.
 from __future__ import annotations
 
 import enum
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,10 +25,19 @@ from typing import Any
 
 import greenlet
 
+from tidal.runtime import protocol as p
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.protocol import PRIORITY_CLASSES
 
-__all__ = ["Command", "KernelStatistics", "Outcome", "ReadyQueue", "RunState", "TaskRecord"]
+__all__ = [
+    "Command",
+    "KernelStatistics",
+    "Outcome",
+    "PendingSuspends",
+    "ReadyQueue",
+    "RunState",
+    "TaskRecord",
+]
 
 
 class RunState(enum.Enum):
@@ -105,10 +117,57 @@ class Command:
     record: TaskRecord | None = None
     count: int = 0  # steal only: how many subtasks
     error: list[str] | None = None  # fail only: [error_type, message, traceback]
-    # suspend only: settled under the kernel's lock by either the hub (taken) or the
-    # watchdog (cancelled, because no record boundary came in time); never both.
+    # suspend only: settled by either the hub (taken) or the watchdog (cancelled, because
+    # no record boundary came in time), never both (`PendingSuspends`).
     taken: bool = False
     cancelled: bool = False
+
+
+class PendingSuspends:
+    """Suspend commands that wait for the running task's next record boundary, shared by
+    the thread that asks, the hub that applies them and the watchdog that gives up on them
+    (the executor's listener); each is settled once, by the hub (taken) or the watchdog
+    (cancelled), under one lock."""
+
+    def __init__(self, timeout_ns: int) -> None:
+        self.timeout_ns = timeout_ns
+        self._lock = threading.Lock()
+        self._waiting: dict[str, Command] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting)
+
+    def add(self, command: Command) -> None:
+        with self._lock:
+            self._waiting[command.task_id] = command
+
+    def take(self, command: Command) -> bool:
+        """The hub applies `command`: False if the watchdog gave up on it already."""
+        with self._lock:
+            if command.cancelled:
+                return False
+            command.taken = True
+            if self._waiting.get(command.task_id) is command:
+                del self._waiting[command.task_id]
+            return True
+
+    def overdue(self, now: int, running: TaskRecord | None) -> list[p.SuspendFailed]:
+        """Give up on the commands not taken within the timeout: the report of each, which
+        blames the `running` task (busy without a record boundary)."""
+        busy = f"task {running.task_id}" if running is not None else "the running task"
+        given_up = []
+        with self._lock:
+            for task_id, command in list(self._waiting.items()):
+                waited = now - command.queued_at
+                if not command.taken and waited >= self.timeout_ns:
+                    command.cancelled = True
+                    del self._waiting[task_id]
+                    why = (
+                        f"no record boundary reached within {waited / 1e6:.1f} ms: {busy} "
+                        "is busy in code that neither consumes a gated input nor yields"
+                    )
+                    given_up.append(p.SuspendFailed(task_id, why, waited))
+        return given_up
 
 
 @dataclass(frozen=True)

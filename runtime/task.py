@@ -174,7 +174,11 @@ def gated_positions(fn: TaskFunction | Callable[..., Any]) -> Callable[[int], bo
     sequence (so that it may arrive as `Blocks`, decoded as the task reads it)."""
     if isinstance(fn, TaskFunction) and fn.inputs is not None:
         return fn.input_positions().__contains__
-    return lambda index: True
+    return _every_position
+
+
+def _every_position(index: int) -> bool:
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,3 +112,15 @@ def test_a_done_callback_of_a_fetched_result_runs_on_a_fetch_thread(spool):
         assert where.result(timeout=10).startswith("tidal-fetch")
     finally:
         fetcher.close()
+
+
+def test_a_result_that_cannot_be_spooled_is_reported_inline(spool, monkeypatch):
+    blob = spool.reference_for(b"r" * 100)
+    assert payloads.is_reference(blob)
+    assert ds.read_and_release(payloads.open_reference(blob)) == b"r" * 100
+
+    def full(payload):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool, "keep", full)
+    assert spool.reference_for(b"r" * 100) == b"r" * 100
