@@ -34,6 +34,7 @@ from collections import Counter
 from typing import Any
 
 from tidal.runtime import payloads
+from tidal.runtime.bench import stream_every
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.stats import percentile
@@ -56,23 +57,6 @@ def _expected(fn: Any, part: list[int]) -> Any:
     if fn is biggest:
         return max(part)
     return dict(Counter(x % 10 for x in part))
-
-
-def _stream(client: Client, until: Any, count: int) -> list[float]:
-    """Stream tasks every STREAM_EVERY_S until `until` (a pipe) has word (or `count` of them)."""
-    latencies = []
-    next_at = time.monotonic()
-    deadline = next_at + 900  # a batch pipeline that neither ends nor dies: give up
-    while (until is None and len(latencies) < count) or (
-        until is not None and not until.poll() and time.monotonic() < deadline
-    ):
-        next_at += STREAM_EVERY_S
-        submitted = time.monotonic_ns()
-        future = client.submit(total, list(range(10)), priority="stream")
-        future.result(timeout=60)
-        latencies.append((time.monotonic_ns() - submitted) / 1e6)
-        time.sleep(max(0.0, next_at - time.monotonic()))
-    return latencies
 
 
 def _timed(submit: Any, expected: Any) -> tuple[float | None, str | None]:
@@ -118,8 +102,8 @@ def run(
     with LocalCluster(executors=2) as cluster, Client(cluster) as client:
         for _ in range(10):
             client.ping()
-        _stream(client, None, 10)  # warm up
-        alone_ms = _stream(client, None, alone or (100 if quick else 250))
+        stream_every(client, STREAM_EVERY_S, count=10)  # warm up
+        alone_ms = stream_every(client, STREAM_EVERY_S, count=alone or (100 if quick else 250))
 
         ours, theirs = spawn.Pipe()
         pipeline = spawn.Process(target=_batch, args=(cluster.address, tasks, records, theirs))
@@ -131,7 +115,12 @@ def run(
             payload_bytes = ours.recv()
             bytes_before = client.status()["bad_input"]["bytes_in"]
             ours.send("go")
-            loaded = _stream(client, ours, 0)  # from the first batch submit to the last result
+            # From the first batch submit to the last result (or a pipeline that neither
+            # ends nor dies, after 900 s).
+            deadline = time.monotonic() + 900
+            loaded = stream_every(
+                client, STREAM_EVERY_S, until=lambda: ours.poll() or time.monotonic() > deadline
+            )
             if not ours.poll(60):
                 raise RuntimeError("the batch pipeline did not finish within 900 s")
             results_exact, suspended = ours.recv()  # EOFError if it died

@@ -41,10 +41,11 @@ import psutil
 import zmq
 
 from tidal.runtime import protocol as p
+from tidal.runtime.bench import stream_every
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.stats import percentile
-from tidal.workloads.synthetic import spin, total
+from tidal.workloads.synthetic import spin
 
 TARGETS = {
     "real_results_wrong": ("<=", 0),
@@ -137,24 +138,6 @@ def _pinger(client: Client, stop: threading.Event, into: list[float]) -> None:
         stop.wait(PING_EVERY_S)
 
 
-def _stream(
-    client: Client, until: Any, count: int, phase: Any = None, phases: list[int] | None = None
-) -> list[float]:
-    """Stream tasks every STREAM_EVERY_S until `until()` (or `count` of them); with
-    `phases`, each one's phase (`phase()` as it was submitted) goes there too."""
-    latencies: list[float] = []
-    next_at = time.monotonic()
-    while (until is None and len(latencies) < count) or (until is not None and not until()):
-        next_at += STREAM_EVERY_S
-        if phases is not None:
-            phases.append(phase())
-        start = time.perf_counter()
-        client.submit(total, list(range(10)), priority="stream").result(timeout=60)
-        latencies.append((time.perf_counter() - start) * 1000)
-        time.sleep(max(0.0, next_at - time.monotonic()))
-    return latencies
-
-
 @contextlib.contextmanager
 def _stderr_to(path: str) -> Iterator[None]:
     """Send this process's stderr (and so its children's) to `path` meanwhile."""
@@ -201,7 +184,7 @@ def _run(
     scheduler = psutil.Process(cluster.processes[0].pid)
     for _ in range(10):
         client.ping()
-    _stream(client, None, 10)  # warm up
+    stream_every(client, STREAM_EVERY_S, count=10)  # warm up
     executor_id = client.status()["executors"][0]["executor_id"]
     # The real batch work runs throughout, quiet phase and hostile phases alike: one map of
     # 100 small tasks after another, every result checked.
@@ -221,7 +204,7 @@ def _run(
 
     batcher = threading.Thread(target=batch, daemon=True)
     batcher.start()
-    quiet = _stream(client, None, 150)
+    quiet = stream_every(client, STREAM_EVERY_S, count=150)
     rss_before = scheduler.memory_info().rss
 
     ours, theirs = spawn.Pipe()
@@ -249,7 +232,9 @@ def _run(
     pinger.start()
     try:
         during: list[int] = []  # the phase under way as each stream task was submitted
-        loaded = _stream(client, hostile_done, 0, lambda: len(phases), during)
+        loaded = stream_every(
+            client, STREAM_EVERY_S, until=hostile_done, tag=lambda: len(phases), tags=during
+        )
     finally:
         stop.set()
         stop_batch.set()
