@@ -187,6 +187,9 @@ class Executor:
         self._polled_fd = -1  # the listener's: the descriptor it polls for commands
         self._dealer_fd = -1  # the command connection's descriptor (ZMQ_FD)
         self._task_thread_heard = False  # the task thread read frames: the link heard them
+        # Launches handed to the kernel and not yet acknowledged with `received` (under the
+        # lock): [[task_id or chunk_id, attempt], ...].
+        self._launches_in: list[list[Any]] = []
         self.kernel = Kernel(
             self._emit,
             flush=self._flush_reports,
@@ -385,6 +388,7 @@ class Executor:
                     forwarded = True
                     break
                 self._handle(item, mine)
+            self._acknowledge_launches()
         finally:
             self._dealer_lock.release()
         if forwarded:
@@ -393,6 +397,21 @@ class Executor:
             except zmq.Again:
                 self._dropped("the listener is not taking messages")
         return True
+
+    def _acknowledge_launches(self) -> None:
+        """Tell the scheduler which launches reached the kernel (under the connection's lock).
+
+        Discussion: sent before any of them runs (the task thread needs this thread's GIL
+        first, or is this thread), so that a task that takes the process down at once still
+        counts the loss toward its max_retries; one message per read, not per launch.
+        """
+        if self._launches_in and self._dealer is not None:
+            frame = p.encode(p.Received(self._launches_in))
+            self._launches_in = []
+            try:
+                self._dealer.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                self._dropped("dropped a received: the scheduler is not reading")
 
     def _decode(self, received: list[list[bytes]]) -> list[p.Message | p.ProtocolError]:
         """The messages of frames from the scheduler, a bad one as its ProtocolError."""
@@ -438,6 +457,7 @@ class Executor:
             with self._dealer_lock:  # the task thread may be reading it
                 self._dealer.close(linger=0)  # what it still queued was for the old scheduler
                 self._dealer = None
+        self._launches_in = []  # the hello's holdings say what this executor has
         dealer = self._context.socket(zmq.DEALER)
         dealer.linger = 1000
         # Discussion: not ZMQ_MAXMSGSIZE, though it would refuse oversized frames before they
@@ -538,6 +558,7 @@ class Executor:
                     self._handle(item, self._handlers)
                     if self._dealer is not dealer:  # a rejoin: read the new connection
                         break
+                self._acknowledge_launches()
             if self._dealer is not dealer:
                 dealer = self._follow_dealer(poller, dealer)
             if received:
@@ -747,6 +768,7 @@ class Executor:
             attempt=msg.attempt,
             priority=msg.priority,
         )
+        self._launches_in.append([msg.task_id, msg.attempt])
 
     def _on_launch_chunk(self, msg: p.LaunchChunk) -> None:
         # Checked here, not in the kernel's hub: a malformed subtask there would break a steal
@@ -769,6 +791,7 @@ class Executor:
             attempt=msg.attempt,
             priority=msg.priority,
         )
+        self._launches_in.append([msg.chunk_id, msg.attempt])
 
     def _on_steal(self, msg: p.Steal) -> None:
         self.kernel.steal(msg.chunk_id, msg.count)

@@ -62,7 +62,8 @@ __all__ = [
 #    [host, path, size, address, key, server_key]), big results included; a call's kwargs
 #    may be a reference to a map's shared kwargs; blocked arguments (0x93) (docs/protocol.md);
 #    welcome.attach_token and attach.token.
-PROTOCOL_VERSION = 5
+# 6: received (an executor has these launches): a loss counts toward max_retries from there.
+PROTOCOL_VERSION = 6
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
 # goes ahead: a stream task exists to take a slot at once, batch work fills the rest.
@@ -322,6 +323,14 @@ class Stolen(Message):
     # The subtasks this executor gave up (none already started); they will not run here.
     chunk_id: str
     task_ids: list
+
+
+@message("received", E2S)
+class Received(Message):
+    # These launches reached the executor, as [[task_id, attempt], ...] (a chunk by its
+    # chunk_id): sent as they are handed to its kernel, before any of them runs. From here
+    # a loss of the executor counts toward the task's max_retries.
+    tasks: list
 
 
 @message("started", E2S)

@@ -161,6 +161,7 @@ class SchedulerCore:
             p.Heartbeat: self._on_heartbeat,
             p.ChunkResults: lambda e, m: ch.on_results(self.records, e, m),
             p.Stolen: lambda e, m: ch.on_stolen(self.records, e, m),
+            p.Received: self._on_received,
             p.Started: self._on_started,
             p.Suspended: self._on_suspended,
             p.Resumed: self._on_resumed,
@@ -398,6 +399,14 @@ class SchedulerCore:
     def _on_heartbeat(self, executor: ExecutorRecord, beat: p.Heartbeat) -> None:
         executor.add_metrics(beat)
         self._consult(lambda pol: pol.metrics_updated(self.view, self.view.view_of(executor)))
+
+    def _on_received(self, executor: ExecutorRecord, msg: p.Received) -> None:
+        for item in msg.tasks:
+            if not (type(item) is list and len(item) == 2 and type(item[0]) is str):
+                continue  # malformed: skipped, as a stale report would be
+            task = self.records.task_on(executor, item[0], item[1])
+            if task is not None and task.state is TaskState.LAUNCHED:
+                task.received = True
 
     def _on_started(self, executor: ExecutorRecord, msg: p.Started) -> None:
         task = self.records.task_on(executor, msg.task_id)

@@ -361,6 +361,7 @@ class SimExecutor:
     def _queue_launched(self, record: ExecutorTask) -> None:
         self.records[record.task_id] = record
         self._launch_queue(record).append(record)
+        self._emit(p.Received([[record.task_id, record.attempt]]))
 
     def _launch(self, arrived: int, msg: p.Launch) -> None:
         if self._refuse_launch(msg.task_id, msg.priority):

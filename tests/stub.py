@@ -85,7 +85,7 @@ class StubScheduler:
         """Wait for the next message of `kind` (for `task_id`), skipping heartbeats.
 
         Raises AssertionError on anything else that arrives first (bar progress reports:
-        hello, heartbeat, started, resumed), including a `kind` message for another task,
+        hello, heartbeat, received, started, resumed), including a `kind` message for another task,
         so that a lost or duplicated report cannot go unnoticed.
         """
         deadline = time.monotonic() + timeout
@@ -93,9 +93,8 @@ class StubScheduler:
             _, msg = self.recv(max(0.0, deadline - time.monotonic()))
             if isinstance(msg, kind) and (task_id is None or msg.task_id == task_id):
                 return msg
-            if isinstance(msg, p.Heartbeat | p.Hello | p.Resumed | p.Started) and not isinstance(
-                msg, kind
-            ):
+            progress = p.Heartbeat | p.Hello | p.Received | p.Resumed | p.Started
+            if isinstance(msg, progress) and not isinstance(msg, kind):
                 continue
             raise AssertionError(
                 f"expected {kind.__name__}{f' for {task_id}' if task_id else ''}, got {msg!r}"

@@ -306,6 +306,7 @@ class Records:
         """
         task.state = TaskState.LAUNCHED
         task.executor_id = executor.executor_id
+        task.received = False
         for subtask in (task.subtasks or {}).values():  # a chunk's tasks run there too
             subtask.executor_id = executor.executor_id
         if executor.slot_task is None and (task.priority == "stream" or not executor.queued):
@@ -599,6 +600,7 @@ class Records:
         it (scheduler/recovery.py)."""
         task.attempt = attempt
         task.executor_id = executor.executor_id
+        task.received = True  # it said it holds it
         for subtask in (task.subtasks or {}).values():
             subtask.executor_id = executor.executor_id
         task.state = state
@@ -674,15 +676,17 @@ class Records:
         """Tasks whose state was lost with `executor`: queued again as a new attempt, or
         failed past `max_retries` losses.
 
-        Discussion: only a task that had started there counts the loss toward `max_retries`
-        (the limit is for a task that keeps taking its executors down); one that was only
-        launched or queued there is requeued free. Otherwise any peer posing as an
-        executor (no keys) could fail a job by accepting its tasks and leaving, four times:
-        the fuzz test's fake executors did.
+        Discussion: a loss counts toward `max_retries` once the executor said it has the
+        task (`received`, sent before the task runs, or `started`): the limit is for a task
+        that keeps taking its executors down, even before it could report its start. A
+        launch the executor never acknowledged is requeued free: otherwise a peer that says
+        hello as an executor and leaves with the tasks it was given could fail jobs (the
+        fuzz test's fake executors did).
         """
         lost = []
         for task in tasks:
-            lost_on = None if task.state is TaskState.LAUNCHED else executor.executor_id
+            free = task.state is TaskState.LAUNCHED and not task.received
+            lost_on = None if free else executor.executor_id
             if task.subtasks is not None:  # a chunk: requeue the subtasks it had not reported
                 self.end_chunk(task, lost_on=lost_on)
                 continue

@@ -113,6 +113,8 @@ class Task:
     subtasks: dict[str, Task] | None = None  # a chunk: its subtasks not reported yet
     memory_bytes: int = 0  # its executor's estimate of its memory, from the last heartbeat
     lost_on: list[str] = field(default_factory=list)  # executors lost while they held it
+    # The executor said it has this attempt (`received`): a loss counts from then on.
+    received: bool = False
 
     @property
     def priority(self) -> str:

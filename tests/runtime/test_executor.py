@@ -65,6 +65,40 @@ def test_runs_a_task_and_reports_its_result(executor):
     assert finished.stats["records"] == 1000 and finished.stats["executor_id"] == hello.executor_id
 
 
+def test_launches_are_acknowledged_before_they_run_even_one_that_kills_the_process(executor):
+    """`received` names what reached the kernel, once per read: a task that takes its
+    executor down at once has been acknowledged, so the loss counts toward max_retries."""
+    stub, hello, proc = executor
+    ex = hello.executor_id
+    busy = p.Launch(
+        "busy",
+        "tidal.workloads.synthetic:spin",
+        None,
+        payloads.pack_call([list(range(2000))], {"record_us": 50.0}),
+        3,
+        "batch",
+        0,
+    )
+    queued = p.Launch(
+        "queued",
+        "tidal.workloads.synthetic:total",
+        None,
+        payloads.pack_call([[1, 2]], {}),
+        0,
+        "batch",
+        0,
+    )
+    stub.send_frame(ex, p.encode(p.Batch([p.encode(busy), p.encode(queued)])))
+    received = stub.expect(p.Received)
+    assert received.tasks == [["busy", 3], ["queued", 0]]
+    stub.send(ex, p.Kill("busy", time.monotonic_ns()))
+    stub.expect(p.Killed, task_id="busy")
+    stub.expect(p.Finished, task_id="queued")
+    launch(stub, ex, "doomed", "tidal.workloads.synthetic:crash_executor")
+    assert stub.expect(p.Received).tasks == [["doomed", 0]]
+    assert proc.wait(timeout=30) == 70
+
+
 def test_suspends_a_busy_task_over_the_socket_and_resumes_it_exactly(executor):
     stub, hello, _ = executor
     ex = hello.executor_id

@@ -36,7 +36,8 @@ def next_message(stub, kind, task_id=None, timeout=20.0):
         _, msg = stub.recv(max(0.0, deadline - time.monotonic()))
         if isinstance(msg, kind) and (task_id is None or msg.task_id == task_id):
             return msg
-        if not isinstance(msg, p.Heartbeat | p.Started | p.Resumed | p.Hello | p.Goodbye):
+        progress = p.Heartbeat | p.Received | p.Started | p.Resumed | p.Hello | p.Goodbye
+        if not isinstance(msg, progress):
             raise AssertionError(f"expected {kind.__name__}, got {msg!r}")
 
 

@@ -52,6 +52,37 @@ def test_a_task_that_keeps_losing_its_executor_fails_with_the_executors_named():
     assert h.sent("e2", p.Launch) == []  # it does not run a third time
 
 
+def test_a_loss_counts_from_the_received_launch_not_from_the_start():
+    # A task that takes its executor down before it can report `started` still fails past
+    # max_retries, as long as the executor said it has the launch; one that never reached
+    # its executor (no `received`) is requeued free: a peer that says hello and leaves with
+    # its launches cannot fail a job.
+    h = Harness(max_retries=1, executors=[("e0", "n0")])
+    (task,) = h.submit("b", "batch", 1)
+    assert [m.task_id for m in h.sent("e0", p.Launch)] == [task]
+    h.handle(ExecutorLeft("e0", "connection dropped"))  # never received it
+    assert h.core.records.tasks[task].lost_on == []
+    for n, executor_id in enumerate(["e1", "e2"]):
+        h.join(executor_id, executor_id)
+        (launch,) = h.sent(executor_id, p.Launch)
+        assert launch.attempt == n + 1
+        h.report(executor_id, p.Received([[task, launch.attempt], ["junk"], 7, [task, 99]]))
+        h.handle(ExecutorLeft(executor_id, "killed"))
+    outcome, error = result_of(h, task)[1], result_of(h, task)[3]
+    assert outcome == "failed" and error[1].startswith(f"task {task} lost its executor 2 times")
+    assert "(e1, e2)" in error[1]
+
+
+def test_a_stale_received_does_not_count_a_new_attempt():
+    h = Harness(max_retries=0, executors=[("e0", "n0")])
+    (task,) = h.submit("b", "batch", 1)
+    h.handle(ExecutorLeft("e0", "connection dropped"))
+    h.join("e1", "n1")
+    h.report("e1", p.Received([[task, 0]]))  # the first attempt's, arriving late
+    h.handle(ExecutorLeft("e1", "killed"))
+    assert h.core.records.tasks[task].lost_on == [] and h.state(task) is TaskState.PENDING
+
+
 def test_a_restarted_core_rebuilds_jobs_adopts_held_tasks_and_serves_kept_results(tmp_path):
     path = tmp_path / "journal.sqlite"
     h = first_life(path)

@@ -156,7 +156,7 @@ def test_a_suspend_that_crosses_the_finish_is_refused_after_the_result():
     bench.at(0, launch("b0"))
     bench.at(0.98, p.Suspend("b0", 0))  # the boundary would come at 1.03 ms: too late
     bench.run()
-    assert [type(m) for _, m in bench.reports] == [p.Started, p.Finished, p.Refused]
+    assert [type(m) for _, m in bench.reports] == [p.Received, p.Started, p.Finished, p.Refused]
 
 
 # ---- whole clusters ------------------------------------------------------------------------

@@ -34,9 +34,11 @@ def ids_of(prefix: str, n: int) -> list[str]:
 
 
 def reports(bench: Bench) -> list[tuple[float, str, str]]:
-    """(time in ms, op, chunk or task id) of every report, in order."""
+    """(time in ms, op, chunk or task id) of every report but `received`, in order."""
     return [
-        (t / MS, m.op, getattr(m, "chunk_id", getattr(m, "task_id", ""))) for t, m in bench.reports
+        (t / MS, m.op, getattr(m, "chunk_id", getattr(m, "task_id", "")))
+        for t, m in bench.reports
+        if not isinstance(m, p.Received)
     ]
 
 
