@@ -1,8 +1,10 @@
-"""Build script for the one compiled piece: the record gate (runtime/_gate.c).
+"""Build script for the compiled pieces: the record gate (runtime/_gate.c) and the
+scheduler's frame reader (runtime/_frames.c).
 
-Everything else is declared in setup.cfg. The extension is optional: if it cannot be
+Everything else is declared in setup.cfg. Both extensions are optional: if they cannot be
 built (no compiler), Tidal falls back to a pure-Python gate that is about 90 ns per
-record slower, and `tidal bench suspend` reports which one is in use.
+record slower (`tidal bench suspend` reports which one is in use), and the scheduler
+reads its socket with pyzmq (~4 us a frame instead of well under 1 us for an ignored one).
 """
 
 from setuptools import Extension, setup
@@ -10,5 +12,6 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension("tidal.runtime._cgate", sources=["runtime/_gate.c"], optional=True),
+        Extension("tidal.runtime._cframes", sources=["runtime/_frames.c"], optional=True),
     ]
 )

@@ -35,6 +35,7 @@ __all__ = [
     "BAD_FRAME_LIMIT",
     "BAD_FRAME_WINDOW_S",
     "COOLDOWN_S",
+    "STRANGER_LIMIT",
     "GuardStatistics",
     "PeerGuard",
 ]
@@ -45,8 +46,10 @@ __all__ = [
 # drop) while an attacker costs at most twenty decodes per connection per cool-down.
 BAD_FRAME_LIMIT = 20
 # Well-formed frames before hello, within the window, after which a connection is ignored
-# for a cool-down (a peer of a restarted scheduler sends a few: a heartbeat, some reports).
-STRANGER_LIMIT = 100
+# for a cool-down. Discussion: a peer of a restarted scheduler sends a few (a heartbeat, some
+# reports) and is asked to rejoin at the first, which it does on a new connection; at 100 a
+# flood from 300 fresh connections had 30,000 frames decoded before any was ignored.
+STRANGER_LIMIT = 10
 BAD_FRAME_WINDOW_S = 10.0
 # How long frames from a disconnected peer are ignored without being decoded.
 COOLDOWN_S = 10.0
@@ -130,6 +133,16 @@ class PeerGuard:
             return True
         del self._cooling[peer]
         return False
+
+    def cooling_table(self) -> tuple[dict[Hashable, float], float]:
+        """The peers in their cool-down, each with when it ends, and the time now: for a
+        reader that drops their frames unread (runtime/frames.py) and reports them with
+        `ignored`. The table is the guard's own; readers do not change it."""
+        return self._cooling, self._clock()
+
+    def ignored(self, count: int) -> None:
+        """Count `count` frames dropped unread from peers in their cool-down."""
+        self._ignored += count
 
     def bad_frame(self, peer: Hashable, who: str, problem: str, *, counts: bool = True) -> bool:
         """Count one bad frame from `peer` (`who` names it in the log) and maybe log it.

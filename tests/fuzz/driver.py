@@ -38,6 +38,7 @@ import zmq
 from tests.fuzz.frames import FrameFuzzer, decodes_to
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
+from tidal.runtime.guard import STRANGER_LIMIT
 
 ROLES = {"unknown": 0.25, "client": 0.35, "executor": 0.3, "wrong_version": 0.1}
 # The share of registered sessions that end without a goodbye (their peers stay registered
@@ -105,6 +106,17 @@ def templates(peer_id: str) -> list[p.Message]:
 # every session's script depends on its identity; the handshakes and goodbyes of the
 # scripts themselves cover them.
 SCRIPTED = (p.Hello, p.ClientHello, p.Goodbye, p.ClientGoodbye)
+
+
+def _before_hello(frame: bytes) -> bool:
+    """Whether the scheduler counts `frame` from a peer that has not said hello toward
+    STRANGER_LIMIT (a well-formed message a peer sends; at most: over-counting only ends a
+    session without waiting for its answer)."""
+    try:
+        msg = p.decode(frame)
+    except p.ProtocolError:
+        return False
+    return msg.direction in (p.E2S, p.C2S) and not isinstance(msg, p.Attach | p.Batch)
 
 
 # Well-formed nonsense of these classes goes into bursts too (not handshakes or goodbyes, for
@@ -189,6 +201,7 @@ def run(
             rng, templates(session.peer_id), nonsense=NONSENSE, ids=[f"{session.peer_id}-1/0"]
         )
         count = min(session.burst, frames - counts["sent"])
+        strange = 0  # well-formed frames a peer sends before hello (the scheduler counts them)
         for _ in range(count):
             frame = fuzzer.frame()
             while decodes_to(frame, SCRIPTED):
@@ -196,6 +209,7 @@ def run(
                 frame = fuzzer.frame()
             session.sent.append(frame)
             session.socket.send(frame)
+            strange += _before_hello(frame)
         counts["sent"] += count
         strategies.update(fuzzer.counts)
         # The ending: something that must be answered.
@@ -210,6 +224,10 @@ def run(
             session.expect = p.ClientWelcome
         session.phase = "ending"
         counts["session_frames"] += 1
+        if session.role in ("unknown", "wrong_version") and strange >= STRANGER_LIMIT:
+            # So many before hello: the connection is ignored for a cool-down, its hello
+            # too (Tidal's own peers say hello on a new connection).
+            close(session, "ignored")
 
     def close(session: Session, ending: str) -> None:
         endings[ending] += 1

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from tidal.runtime.guard import PeerGuard
+from tidal.runtime.guard import STRANGER_LIMIT, PeerGuard
 
 
 class Clock:
@@ -155,9 +155,12 @@ def test_what_a_peer_sends_is_cut_in_the_log(clock, caplog):
 
 def test_a_peer_that_floods_before_hello_is_ignored_for_a_cool_down(clock):
     g = guard(clock)
-    assert not any(g.before_hello("stranger") for _ in range(99))
+    assert not any(g.before_hello("stranger") for _ in range(STRANGER_LIMIT - 1))
     assert not g.cooling_down("stranger")
-    assert g.before_hello("stranger")  # the 100th within the window
+    assert g.before_hello("stranger")  # the STRANGER_LIMIT-th within the window
     assert g.cooling_down("stranger") and not g.cooling_down("other")
+    assert g.cooling_table() == ({"stranger": clock.now + 10}, clock.now)
+    g.ignored(5)
+    assert g.statistics().ignored_frames == 5 + 1
     clock.now += 11  # past the cool-down: served again, counted afresh
     assert not g.cooling_down("stranger") and not g.before_hello("stranger")

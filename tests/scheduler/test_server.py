@@ -13,7 +13,7 @@ from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
-from tidal.runtime.guard import BAD_FRAME_LIMIT
+from tidal.runtime.guard import BAD_FRAME_LIMIT, STRANGER_LIMIT
 from tidal.scheduler import journal as journal_module
 from tidal.scheduler import server as server_module
 from tidal.scheduler.journal import Journal
@@ -124,15 +124,25 @@ def test_a_client_that_keeps_sending_bad_frames_is_disconnected_and_may_come_bac
 
 
 def test_out_of_place_frames_before_hello_are_dropped_but_never_disconnect(raw_peer):
-    # A peer reconnecting after a scheduler restart may send reports before its hello.
-    with LocalCluster(executors=1) as cluster:
+    # A peer reconnecting after a scheduler restart may send reports before its hello: it is
+    # asked to rejoin, never disconnected; past STRANGER_LIMIT of them its connection is
+    # ignored for a while (Tidal's peers say hello on a new connection).
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
         stranger = raw_peer(cluster.address)
+        stranger.send(p.encode(p.Heartbeat("ghost", "n", 0, 0, 1, 0, 0, 0, 1, 1, 1.0)))
+        assert isinstance(recv(stranger), p.Rejoin)
         for i in range(3 * BAD_FRAME_LIMIT):
             stranger.send(p.encode(p.Heartbeat("ghost", "n", i, 0, 1, 0, 0, 0, 1, 1, 1.0)))
-        stranger.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "late", 1, "h")))
-        while isinstance(answer := recv(stranger), p.Rejoin):
-            pass  # asked to say hello again (after a restart, it would be): not disconnected
-        assert isinstance(answer, p.ClientWelcome)
+        stranger.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "early", 1, "h")))
+        bad = client.wait_for_status(
+            lambda s: s["bad_input"]["ignored_frames"] >= 3 * BAD_FRAME_LIMIT + 2 - STRANGER_LIMIT
+        )["bad_input"]
+        assert bad["disconnects"] == 0 and bad["bad_frames"] == 0 and bad["cooling_down"] == 1
+        while stranger.poll(0):  # no reject, and the hello in the cool-down unanswered
+            assert isinstance(recv(stranger), p.Rejoin)  # (again, if 0.5 s went by)
+        again = raw_peer(cluster.address)
+        again.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "late", 1, "h")))
+        assert isinstance(recv(again), p.ClientWelcome)
 
 
 def test_an_executor_sending_bad_frames_is_disconnected_and_its_tasks_run_elsewhere(raw_peer):
