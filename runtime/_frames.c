@@ -4,20 +4,22 @@
  * already ignores (peers in their cool-down, runtime/guard.py) cost it ~4 us a frame in
  * pyzmq's recv_multipart, at real-time priority: 100,000 frames over 300 connections held
  * a CPU for a third of a second on a 2-core machine, and every stream task waited. Here
- * such a frame costs one zmq_msg_recv and one dict lookup, and never becomes a Python
- * object; the others come back as lists of bytes, as recv_multipart returns them.
+ * such a message costs a zmq_msg_recv per part and a dict lookup of its routing id (the one
+ * Python object made for it); the others come back as lists of bytes, as recv_multipart
+ * returns them.
  *
- * Discussion: libzmq is the copy pyzmq loaded (its wheel bundles one); this module finds
- * it by path (`open_library`, with RTLD_NOLOAD so that it is never a second copy) and
- * calls its public C API on the socket pyzmq created (`Socket.underlying`). Only the
- * scheduler's loop thread uses that socket, so nothing here locks. Where this cannot be
- * built or the library cannot be found, the scheduler reads with pyzmq (scheduler/server.py).
+ * Discussion: libzmq is the copy pyzmq calls (its wheel bundles one): `open_library` looks
+ * its symbols up from pyzmq's own backend module, already loaded (RTLD_NOLOAD: never a
+ * second copy), and runtime/frames.py checks the version against pyzmq's before use. The
+ * reader calls libzmq's public C API on the socket pyzmq created (`Socket.underlying`).
+ * Only the scheduler's loop thread uses that socket, so nothing here locks. Where this
+ * cannot be built or the library cannot be reached, the scheduler reads with pyzmq.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <dlfcn.h>
 #include <errno.h>
-#include <string.h>
+#include <stdint.h>
 
 /* zmq.h's zmq_msg_t: 64 opaque bytes, aligned as the library requires. */
 typedef struct {
@@ -33,17 +35,27 @@ static void *(*msg_data)(zmq_msg *);
 static size_t (*msg_size)(const zmq_msg *);
 static int (*msg_more)(const zmq_msg *);
 static int (*zmq_errno_fn)(void);
+static void (*zmq_version_fn)(int *, int *, int *);
+static PyObject *zmq_error = NULL; /* zmq.ZMQError, raised as pyzmq would */
 static int loaded = 0;
 
+PyDoc_STRVAR(open_doc,
+"open_library(path, error_class) -> (major, minor, patch)\n\n"
+"Use the libzmq that the already-loaded module at `path` (pyzmq's backend) links: its\n"
+"symbols are looked up from that module, so they are the copy pyzmq calls. Errors are\n"
+"raised as `error_class(errno)` (zmq.ZMQError). Returns the library's version, for the\n"
+"caller to compare with pyzmq's.");
+
 static PyObject *
-open_library(PyObject *self, PyObject *arg)
+open_library(PyObject *self, PyObject *args)
 {
-    const char *path = PyUnicode_AsUTF8(arg);
-    if (path == NULL)
+    const char *path;
+    PyObject *error_class;
+    if (!PyArg_ParseTuple(args, "sO", &path, &error_class))
         return NULL;
     void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
     if (lib == NULL) {
-        PyErr_Format(PyExc_OSError, "libzmq is not loaded from %s", path);
+        PyErr_Format(PyExc_OSError, "%s is not loaded", path);
         return NULL;
     }
     msg_init = dlsym(lib, "zmq_msg_init");
@@ -53,58 +65,76 @@ open_library(PyObject *self, PyObject *arg)
     msg_size = dlsym(lib, "zmq_msg_size");
     msg_more = dlsym(lib, "zmq_msg_more");
     zmq_errno_fn = dlsym(lib, "zmq_errno");
+    zmq_version_fn = dlsym(lib, "zmq_version");
     if (!msg_init || !msg_recv || !msg_close || !msg_data || !msg_size || !msg_more ||
-        !zmq_errno_fn) {
-        PyErr_Format(PyExc_OSError, "%s lacks part of libzmq's message API", path);
+        !zmq_errno_fn || !zmq_version_fn) {
+        PyErr_Format(PyExc_OSError, "libzmq's message API is not reachable from %s", path);
         return NULL;
     }
+    Py_INCREF(error_class);
+    Py_XSETREF(zmq_error, error_class);
     loaded = 1;
-    Py_RETURN_NONE;
+    int major, minor, patch;
+    zmq_version_fn(&major, &minor, &patch);
+    return Py_BuildValue("(iii)", major, minor, patch);
 }
 
-/* Receive one part into `msg`: 1 on success, 0 when nothing waits, -1 with an error set. */
+enum { GOT = 1, NONE = 0, FAILED = -1 };
+
+/* Receive the next part of a message into `msg`. The first part of a message may find
+ * nothing waiting (NONE: EAGAIN, or EINTR: the loop polls again and comes back); a later
+ * part is always there (libzmq delivers messages whole), so EINTR is retried. FAILED sets
+ * `*err` (ETERM, ENOTSOCK: the socket or its context is gone). */
 static int
-recv_part(void *socket, zmq_msg *msg)
+recv_part(void *socket, zmq_msg *msg, int first, int *err)
 {
-    msg_init(msg);
-    if (msg_recv(msg, socket, ZMQ_DONTWAIT) >= 0)
-        return 1;
-    int err = zmq_errno_fn();
-    msg_close(msg);
-    if (err == EAGAIN)
-        return 0;
-    if (err == EINTR)
-        return 0; /* the loop polls again and comes back */
-    PyErr_Format(PyExc_OSError, "zmq_msg_recv failed: %s", strerror(err));
-    return -1;
+    for (;;) {
+        msg_init(msg);
+        if (msg_recv(msg, socket, ZMQ_DONTWAIT) >= 0)
+            return GOT;
+        *err = zmq_errno_fn();
+        msg_close(msg);
+        if (*err == EINTR && !first)
+            continue;
+        if (first && (*err == EAGAIN || *err == EINTR))
+            return NONE;
+        return FAILED;
+    }
 }
 
-/* Drop the rest of a message whose first part was read (a part is always there: libzmq
- * delivers messages whole). */
-static void
-skip_rest(void *socket, zmq_msg *first, Py_ssize_t *bytes)
+/* Read and drop the parts left of a message whose part `last` was read (and is closed
+ * here). FAILED with `*err` if the socket failed meanwhile. */
+static int
+skip_rest(void *socket, zmq_msg *last, Py_ssize_t *bytes, int *err)
 {
-    int more = msg_more(first);
-    msg_close(first);
+    int more = msg_more(last);
+    msg_close(last);
     while (more) {
         zmq_msg part;
-        if (recv_part(socket, &part) != 1) {
-            PyErr_Clear();
-            return;
-        }
+        if (recv_part(socket, &part, 0, err) != GOT)
+            return FAILED;
         *bytes += (Py_ssize_t)msg_size(&part);
         more = msg_more(&part);
         msg_close(&part);
     }
+    return GOT;
+}
+
+static PyObject *
+bytes_of(zmq_msg *msg)
+{
+    return PyBytes_FromStringAndSize((const char *)msg_data(msg), (Py_ssize_t)msg_size(msg));
 }
 
 PyDoc_STRVAR(read_doc,
-"read(socket_address, max_messages, ignored, now) -> (messages, frames_ignored, bytes)\n\n"
+"read(socket_address, max_messages, ignored, now) -> (messages, dropped, bytes)\n\n"
 "Read up to `max_messages` whole messages waiting on the socket at `socket_address`\n"
 "(pyzmq's Socket.underlying) without blocking. A message whose first part (the routing\n"
-"id) is a key of dict `ignored` whose value (a time, float) is after `now` is dropped\n"
-"unread; every other comes back as a list of bytes. Returns the messages kept, how many\n"
-"were dropped, and the bytes of all of them.");
+"id) is a key of dict `ignored` whose value (a time) is after `now` is dropped unread;\n"
+"every other comes back as a list of bytes. Returns the messages kept, how many were\n"
+"dropped, and the bytes of all of them. If the socket fails after some messages were\n"
+"read, those are returned (the failure comes again at the next read, before anything is\n"
+"taken); otherwise it raises the error class given to open_library.");
 
 static PyObject *
 read_frames(PyObject *self, PyObject *args)
@@ -124,37 +154,32 @@ read_frames(PyObject *self, PyObject *args)
     if (kept == NULL)
         return NULL;
     Py_ssize_t dropped = 0, bytes = 0;
+    int err = 0;
     int check_ignored = PyDict_GET_SIZE(ignored) > 0;
+    zmq_msg first; /* a message's first part, or the part open when a Python error came */
     for (Py_ssize_t n = 0; n < max_messages; n++) {
-        zmq_msg first;
-        int got = recv_part(socket, &first);
-        if (got < 0)
-            goto fail;
-        if (got == 0)
+        int got = recv_part(socket, &first, 1, &err);
+        if (got == NONE)
             break;
+        if (got == FAILED)
+            goto socket_failed;
         bytes += (Py_ssize_t)msg_size(&first);
-        PyObject *routing_id =
-            PyBytes_FromStringAndSize((const char *)msg_data(&first), (Py_ssize_t)msg_size(&first));
-        if (routing_id == NULL) {
-            skip_rest(socket, &first, &bytes);
-            goto fail;
-        }
+        PyObject *routing_id = bytes_of(&first);
+        if (routing_id == NULL)
+            goto python_failed_in_message; /* `first` is still open */
         if (check_ignored) {
-            PyObject *until = PyDict_GetItemWithError(ignored, routing_id);
-            if (until == NULL && PyErr_Occurred()) {
+            PyObject *until = PyDict_GetItemWithError(ignored, routing_id); /* borrowed */
+            double ends = 0.0;
+            if (until != NULL)
+                ends = PyFloat_AsDouble(until);
+            if ((until == NULL || ends == -1.0) && PyErr_Occurred()) {
                 Py_DECREF(routing_id);
-                skip_rest(socket, &first, &bytes);
-                goto fail;
-            }
-            double ends = until == NULL ? 0.0 : PyFloat_AsDouble(until);
-            if (ends == -1.0 && PyErr_Occurred()) {
-                Py_DECREF(routing_id);
-                skip_rest(socket, &first, &bytes);
-                goto fail;
+                goto python_failed_in_message;
             }
             if (until != NULL && ends > now) {
                 Py_DECREF(routing_id);
-                skip_rest(socket, &first, &bytes);
+                if (skip_rest(socket, &first, &bytes, &err) == FAILED)
+                    goto socket_failed;
                 dropped++;
                 continue;
             }
@@ -162,52 +187,63 @@ read_frames(PyObject *self, PyObject *args)
         PyObject *parts = PyList_New(1);
         if (parts == NULL) {
             Py_DECREF(routing_id);
-            skip_rest(socket, &first, &bytes);
-            goto fail;
+            goto python_failed_in_message;
         }
-        PyList_SET_ITEM(parts, 0, routing_id);
+        PyList_SET_ITEM(parts, 0, routing_id); /* steals the reference */
         int more = msg_more(&first);
         msg_close(&first);
         while (more) {
             zmq_msg part;
-            got = recv_part(socket, &part);
-            if (got != 1) {
+            if (recv_part(socket, &part, 0, &err) != GOT) {
                 Py_DECREF(parts);
-                if (got == 0)
-                    PyErr_SetString(PyExc_OSError, "a message ended before its last part");
-                goto fail;
+                goto socket_failed;
             }
             bytes += (Py_ssize_t)msg_size(&part);
-            PyObject *frame =
-                PyBytes_FromStringAndSize((const char *)msg_data(&part), (Py_ssize_t)msg_size(&part));
-            more = msg_more(&part);
-            msg_close(&part);
+            PyObject *frame = bytes_of(&part);
             if (frame == NULL || PyList_Append(parts, frame) < 0) {
                 Py_XDECREF(frame);
                 Py_DECREF(parts);
-                if (more) {
-                    zmq_msg rest;
-                    if (recv_part(socket, &rest) == 1)
-                        skip_rest(socket, &rest, &bytes);
-                }
-                goto fail;
+                first = part; /* drop the rest of this message before raising */
+                goto python_failed_in_message;
             }
             Py_DECREF(frame);
+            more = msg_more(&part);
+            msg_close(&part);
         }
         int appended = PyList_Append(kept, parts);
         Py_DECREF(parts);
         if (appended < 0)
-            goto fail;
+            goto python_failed;
     }
     return Py_BuildValue("Nnn", kept, dropped, bytes);
-fail:
+
+python_failed_in_message:
+    /* A Python error (memory) with part `first` of a message read and open: read the rest
+     * of that message away, so that the next read starts at a message's first part. */
+    {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        skip_rest(socket, &first, &bytes, &err);
+        PyErr_Restore(type, value, traceback);
+    }
+python_failed:
     Py_DECREF(kept);
+    return NULL;
+
+socket_failed:
+    if (PyList_GET_SIZE(kept) > 0) /* give what was read; the error comes again next time */
+        return Py_BuildValue("Nnn", kept, dropped, bytes);
+    Py_DECREF(kept);
+    PyObject *code = PyLong_FromLong(err);
+    if (code != NULL) {
+        PyErr_SetObject(zmq_error, code);
+        Py_DECREF(code);
+    }
     return NULL;
 }
 
 static PyMethodDef methods[] = {
-    {"open_library", open_library, METH_O,
-     "open_library(path): use the libzmq already loaded from `path` (pyzmq's)."},
+    {"open_library", open_library, METH_VARARGS, open_doc},
     {"read", read_frames, METH_VARARGS, read_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -187,9 +187,6 @@ class Executor:
         self._polled_fd = -1  # the listener's: the descriptor it polls for commands
         self._dealer_fd = -1  # the command connection's descriptor (ZMQ_FD)
         self._task_thread_heard = False  # the task thread read frames: the link heard them
-        # Launches handed to the kernel and not yet acknowledged with `received` (under the
-        # lock): [[task_id or chunk_id, attempt], ...].
-        self._launches_in: list[list[Any]] = []
         self.kernel = Kernel(
             self._emit,
             flush=self._flush_reports,
@@ -382,13 +379,13 @@ class Executor:
             self._task_thread_heard = True
             mine = self._task_handlers if self._link.connected and not self._for_listener else {}
             items = self._decode(received)
+            self._acknowledge_launches(items)
             for i, item in enumerate(items):
                 if type(item) not in mine:
                     self._for_listener.extend(items[i:])
                     forwarded = True
                     break
                 self._handle(item, mine)
-            self._acknowledge_launches()
         finally:
             self._dealer_lock.release()
         if forwarded:
@@ -398,18 +395,21 @@ class Executor:
                 self._dropped("the listener is not taking messages")
         return True
 
-    def _acknowledge_launches(self) -> None:
-        """Tell the scheduler which launches reached the kernel (under the connection's lock).
+    def _acknowledge_launches(self, items: list[p.Message | p.ProtocolError]) -> None:
+        """Tell the scheduler which launches reached this executor, before any of them is
+        handed to the kernel (under the connection's lock, on the connection they came on).
 
-        Discussion: sent before any of them runs (the task thread needs this thread's GIL
-        first, or is this thread), so that a task that takes the process down at once still
-        counts the loss toward its max_retries; one message per read, not per launch.
+        Discussion: before, not after: a task that takes the process down at once must
+        still count the loss toward its max_retries. One message per read, not per launch.
         """
-        if self._launches_in and self._dealer is not None:
-            frame = p.encode(p.Received(self._launches_in))
-            self._launches_in = []
+        launches = [
+            [m.task_id if type(m) is p.Launch else m.chunk_id, m.attempt, m.sent_ns]
+            for m in items
+            if type(m) is p.Launch or type(m) is p.LaunchChunk
+        ]
+        if launches and self._dealer is not None:
             try:
-                self._dealer.send(frame, zmq.NOBLOCK)
+                self._dealer.send(p.encode(p.Received(launches)), zmq.NOBLOCK)
             except zmq.Again:
                 self._dropped("dropped a received: the scheduler is not reading")
 
@@ -457,7 +457,6 @@ class Executor:
             with self._dealer_lock:  # the task thread may be reading it
                 self._dealer.close(linger=0)  # what it still queued was for the old scheduler
                 self._dealer = None
-        self._launches_in = []  # the hello's holdings say what this executor has
         dealer = self._context.socket(zmq.DEALER)
         dealer.linger = 1000
         # Discussion: not ZMQ_MAXMSGSIZE, though it would refuse oversized frames before they
@@ -554,11 +553,13 @@ class Executor:
                 if received or self._task_thread_heard:
                     self._task_thread_heard = False
                     link.heard()
-                for item in [*items, *self._decode(received)]:
+                fresh = self._decode(received)
+                self._acknowledge_launches(fresh)  # those left by the task thread were
+                items.extend(fresh)
+                for item in items:
                     self._handle(item, self._handlers)
                     if self._dealer is not dealer:  # a rejoin: read the new connection
                         break
-                self._acknowledge_launches()
             if self._dealer is not dealer:
                 dealer = self._follow_dealer(poller, dealer)
             if received:
@@ -768,7 +769,6 @@ class Executor:
             attempt=msg.attempt,
             priority=msg.priority,
         )
-        self._launches_in.append([msg.task_id, msg.attempt])
 
     def _on_launch_chunk(self, msg: p.LaunchChunk) -> None:
         # Checked here, not in the kernel's hub: a malformed subtask there would break a steal
@@ -791,7 +791,6 @@ class Executor:
             attempt=msg.attempt,
             priority=msg.priority,
         )
-        self._launches_in.append([msg.chunk_id, msg.attempt])
 
     def _on_steal(self, msg: p.Steal) -> None:
         self.kernel.steal(msg.chunk_id, msg.count)

@@ -327,10 +327,11 @@ class Stolen(Message):
 
 @message("received", E2S)
 class Received(Message):
-    # These launches reached the executor, as [[task_id, attempt], ...] (a chunk by its
-    # chunk_id): sent as they are handed to its kernel, before any of them runs. From here
-    # a loss of the executor counts toward the task's max_retries.
-    tasks: list
+    # These launches reached the executor, as [[task_id, attempt, sent_ns], ...] (a chunk by
+    # its chunk_id; sent_ns: the launch's own, which tells a launch from an earlier one of
+    # the same attempt): sent before they are handed to its kernel. From here a loss of the
+    # executor counts toward the task's max_retries.
+    launches: list
 
 
 @message("started", E2S)

@@ -401,11 +401,19 @@ class SchedulerCore:
         self._consult(lambda pol: pol.metrics_updated(self.view, self.view.view_of(executor)))
 
     def _on_received(self, executor: ExecutorRecord, msg: p.Received) -> None:
-        for item in msg.tasks:
-            if not (type(item) is list and len(item) == 2 and type(item[0]) is str):
-                continue  # malformed: skipped, as a stale report would be
+        # Discussion: a malformed or stale item is skipped, as stale reports are (a peer can
+        # only mark its own launches, and nothing is kept per item).
+        for item in msg.launches:
+            if not (
+                type(item) is list
+                and len(item) == 3
+                and type(item[0]) is str
+                and type(item[1]) is int
+                and type(item[2]) is int
+            ):
+                continue
             task = self.records.task_on(executor, item[0], item[1])
-            if task is not None and task.state is TaskState.LAUNCHED:
+            if task is not None and task.launched_ns == item[2]:
                 task.received = True
 
     def _on_started(self, executor: ExecutorRecord, msg: p.Started) -> None:

@@ -90,8 +90,8 @@ ANNOUNCEMENT = "tidal scheduler listening on "
 # result for more than about this long.
 MAX_FRAMES_PER_PASS = 2000
 PASS_BUDGET_NS = 2_000_000
-# Frames read from the socket at once, then handled (the pass's time is checked after each
-# such read: at ~10-30 us a handled frame, 16 stay well within the budget's grain).
+# Messages read from the socket at once, then handled (the pass's time is checked after each
+# such read: at ~10-30 us a handled message, 16 stay well within the budget's grain).
 READ_AT_ONCE = 16
 # A hello may list at most this many tasks held (each gets an answer: a kill, say).
 MAX_HOLDINGS = 10_000
@@ -193,6 +193,8 @@ class SchedulerServer:
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.linger = 1000
         self._reader = FrameReader(self._socket)
+        if not self._reader.native:
+            log.info("frames are read with pyzmq: the C frame reader is not available")
         # With keys, only peers whose public key is authorised complete a handshake.
         self._auth = None
         # Discussion: libzmq pings each connection every half heartbeat and closes one that
@@ -299,12 +301,13 @@ class SchedulerServer:
     def bad_input(self) -> dict[str, int]:
         """Counts of bad input so far (for status): frames received in all, bad ones, ones
         ignored in a cool-down, disconnections, handler errors, log lines, and the sizes of
-        the per-peer tables now."""
+        the per-peer tables now; and whether frames are read in C (runtime/frames.py)."""
         return {
             "frames_in": self.frames_in,
             "bytes_in": self.bytes_in,
             **self._guard.statistics().as_dict(),
             "connections": len(self._peers),
+            "native_frame_reader": int(self._reader.native),
         }
 
     def close(self) -> None:
@@ -364,10 +367,10 @@ class SchedulerServer:
         """Read and handle frames until none waits, MAX_FRAMES_PER_PASS were read or the
         pass's time is up (the rest after this pass's flush: the socket stays ready).
 
-        Discussion: read READ_AT_ONCE at a time, in C where built (runtime/frames.py): a
-        frame costs ~0.5 us there against ~4 us in pyzmq, and a frame from a peer in its
-        cool-down never reaches Python (a flood of 100,000 from 300 such connections held the
-        loop, at real-time priority, for a third of a second)."""
+        Discussion: read READ_AT_ONCE messages at a time, in C where built
+        (runtime/frames.py): one costs ~0.5 us there against ~4 us in pyzmq, and one from a
+        peer in its cool-down is dropped there, undecoded (a flood of 100,000 from 300 such
+        connections held the loop, at real-time priority, for a third of a second)."""
         read = 0
         while read < MAX_FRAMES_PER_PASS:
             ignored, now = self._guard.cooling_table()

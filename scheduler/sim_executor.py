@@ -358,16 +358,18 @@ class SimExecutor:
         self._emit(p.Refused("launch", task_id, reason))
         return True
 
-    def _queue_launched(self, record: ExecutorTask) -> None:
+    def _queue_launched(self, record: ExecutorTask, sent_ns: int) -> None:
         self.records[record.task_id] = record
         self._launch_queue(record).append(record)
-        self._emit(p.Received([[record.task_id, record.attempt]]))
+        self._emit(p.Received([[record.task_id, record.attempt, sent_ns]]))
 
     def _launch(self, arrived: int, msg: p.Launch) -> None:
         if self._refuse_launch(msg.task_id, msg.priority):
             return
         work_ns = self._work_ns(msg.task_id)
-        self._queue_launched(ExecutorTask(msg.task_id, msg.attempt, msg.priority, work_ns))
+        self._queue_launched(
+            ExecutorTask(msg.task_id, msg.attempt, msg.priority, work_ns), msg.sent_ns
+        )
 
     def _launch_chunk(self, arrived: int, msg: p.LaunchChunk) -> None:
         if self._refuse_launch(msg.chunk_id, msg.priority):
@@ -379,7 +381,7 @@ class SimExecutor:
         work_ns = sum(sub.work_ns for sub in subtasks)
         record = ExecutorTask(msg.chunk_id, msg.attempt, msg.priority, work_ns)
         record.subtasks, record.results = subtasks, []
-        self._queue_launched(record)
+        self._queue_launched(record, msg.sent_ns)
 
     def _steal(self, arrived: int, msg: p.Steal) -> None:
         # Atomic: only the hub runs now, and the running subtask has left the deque already.

@@ -90,6 +90,7 @@ class Records:
         self._service_ns: float | None = None  # smoothed cost of one batch task
         self._seq = 0
         self._requeue_seq = 0
+        self._last_launch_ns = 0  # the last launch's sent_ns (`_launch_stamp`)
         self._lost: deque[ExecutorRecord] = deque()  # lost, still in `executors`, oldest first
 
     # ---- facts -----------------------------------------------------------------------------------
@@ -320,7 +321,13 @@ class Records:
         self.place(executor, task)
         job = task.job
         message = p.Launch(
-            task.task_id, job.fn, job.main_path, task.payload, task.attempt, job.priority, self.now
+            task.task_id,
+            job.fn,
+            job.main_path,
+            task.payload,
+            task.attempt,
+            job.priority,
+            self._launch_stamp(task),
         )
         self.send(executor, message)
 
@@ -330,9 +337,22 @@ class Records:
         job = chunk.job
         subtasks = [[t.task_id, t.payload] for t in chunk.subtasks.values()]
         message = p.LaunchChunk(
-            chunk.task_id, job.fn, job.main_path, subtasks, chunk.attempt, job.priority, self.now
+            chunk.task_id,
+            job.fn,
+            job.main_path,
+            subtasks,
+            chunk.attempt,
+            job.priority,
+            self._launch_stamp(chunk),
         )
         self.send(executor, message)
+
+    def _launch_stamp(self, task: Task) -> int:
+        """A launch's `sent_ns`: now, but never the same twice, so that a late `received`
+        of an earlier launch of the same attempt (one withdrawn, say) is told apart."""
+        self._last_launch_ns = max(self.now, self._last_launch_ns + 1)
+        task.launched_ns = self._last_launch_ns
+        return self._last_launch_ns
 
     def suspend(self, executor: ExecutorRecord, task: Task) -> None:
         task.state = TaskState.SUSPENDING
@@ -396,6 +416,7 @@ class Records:
         it displaced from the slot if it had been queued behind one (see `take_slot`)."""
         task.state = TaskState.RUNNING
         task.running_since = self.now
+        task.received = True
         if task.started_at_ns is None:
             task.started_at_ns = at_ns
             task.first_started_at = self.now
@@ -677,16 +698,15 @@ class Records:
         failed past `max_retries` losses.
 
         Discussion: a loss counts toward `max_retries` once the executor said it has the
-        task (`received`, sent before the task runs, or `started`): the limit is for a task
-        that keeps taking its executors down, even before it could report its start. A
-        launch the executor never acknowledged is requeued free: otherwise a peer that says
-        hello as an executor and leaves with the tasks it was given could fail jobs (the
-        fuzz test's fake executors did).
+        launch (`received`, sent before the task runs, or `started`), whatever was asked of
+        it since: the limit is for a task that keeps taking its executors down, even before
+        it could report its start. A launch the executor never acknowledged is requeued
+        free: otherwise a peer that says hello as an executor and leaves with the tasks it
+        was given could fail jobs (the fuzz test's fake executors did).
         """
         lost = []
         for task in tasks:
-            free = task.state is TaskState.LAUNCHED and not task.received
-            lost_on = None if free else executor.executor_id
+            lost_on = executor.executor_id if task.received else None
             if task.subtasks is not None:  # a chunk: requeue the subtasks it had not reported
                 self.end_chunk(task, lost_on=lost_on)
                 continue

@@ -113,8 +113,10 @@ class Task:
     subtasks: dict[str, Task] | None = None  # a chunk: its subtasks not reported yet
     memory_bytes: int = 0  # its executor's estimate of its memory, from the last heartbeat
     lost_on: list[str] = field(default_factory=list)  # executors lost while they held it
-    # The executor said it has this attempt (`received`): a loss counts from then on.
+    # The executor said it has this launch (`received`, or it started): a loss counts from
+    # then on. `launched_ns` tells this launch from an earlier one of the same attempt.
     received: bool = False
+    launched_ns: int = 0
 
     @property
     def priority(self) -> str:

@@ -90,12 +90,13 @@ def test_launches_are_acknowledged_before_they_run_even_one_that_kills_the_proce
     )
     stub.send_frame(ex, p.encode(p.Batch([p.encode(busy), p.encode(queued)])))
     received = stub.expect(p.Received)
-    assert received.tasks == [["busy", 3], ["queued", 0]]
+    assert received.launches == [["busy", 3, 0], ["queued", 0, 0]]
     stub.send(ex, p.Kill("busy", time.monotonic_ns()))
     stub.expect(p.Killed, task_id="busy")
     stub.expect(p.Finished, task_id="queued")
     launch(stub, ex, "doomed", "tidal.workloads.synthetic:crash_executor")
-    assert stub.expect(p.Received).tasks == [["doomed", 0]]
+    (doomed,) = stub.expect(p.Received).launches
+    assert doomed[:2] == ["doomed", 0]
     assert proc.wait(timeout=30) == 70
 
 

@@ -103,3 +103,12 @@ def test_the_c_reader_and_pyzmq_agree(router):
             dropped += n
         results.append((sorted(map(tuple, got)), dropped))
     assert results[0] == results[1] and results[0][1] == 50
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_closed_socket_raises_zmq_error(router, native):
+    socket, _ = router(0)
+    reader = FrameReader(socket, native=native)
+    socket.close()
+    with pytest.raises(zmq.ZMQError):
+        reader.read(4, {}, 0.0)

@@ -66,7 +66,11 @@ def test_a_loss_counts_from_the_received_launch_not_from_the_start():
         h.join(executor_id, executor_id)
         (launch,) = h.sent(executor_id, p.Launch)
         assert launch.attempt == n + 1
-        h.report(executor_id, p.Received([[task, launch.attempt], ["junk"], 7, [task, 99]]))
+        stamp = launch.sent_ns
+        junk = [["junk"], 7, [task, 99, stamp], [task, launch.attempt, stamp - 1], [task, True, 1]]
+        h.report(executor_id, p.Received(junk))  # nothing in it is this launch's
+        assert not h.core.records.tasks[task].received
+        h.report(executor_id, p.Received([[task, launch.attempt, stamp]]))
         h.handle(ExecutorLeft(executor_id, "killed"))
     outcome, error = result_of(h, task)[1], result_of(h, task)[3]
     assert outcome == "failed" and error[1].startswith(f"task {task} lost its executor 2 times")
@@ -76,9 +80,10 @@ def test_a_loss_counts_from_the_received_launch_not_from_the_start():
 def test_a_stale_received_does_not_count_a_new_attempt():
     h = Harness(max_retries=0, executors=[("e0", "n0")])
     (task,) = h.submit("b", "batch", 1)
+    (first,) = h.sent("e0", p.Launch)
     h.handle(ExecutorLeft("e0", "connection dropped"))
     h.join("e1", "n1")
-    h.report("e1", p.Received([[task, 0]]))  # the first attempt's, arriving late
+    h.report("e1", p.Received([[task, 0, first.sent_ns]]))  # the first attempt's, late
     h.handle(ExecutorLeft("e1", "killed"))
     assert h.core.records.tasks[task].lost_on == [] and h.state(task) is TaskState.PENDING
 
