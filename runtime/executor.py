@@ -4,29 +4,22 @@ Threads, sockets and why:
 
 * The main thread runs the kernel's hub and every task greenlet. It has its own DEALER
   connection to the scheduler, announced with `attach`, on which it sends its reports,
-  queued and sent together (one frame, a batch when several are waiting) whenever the
-  kernel flushes: at each task switch, when a chunk reports, and past 1 MiB.
+  queued and sent together whenever the kernel flushes (runtime/reports.py).
 * The listener thread owns the other DEALER connection, the one that said `hello`: it
   receives commands and turns them into kernel calls (which raise the record gate; a busy
   task's thread reads task commands there itself, see `_read_commands`), sends
   heartbeats with metrics, runs the suspension watchdog and, with a memory limit, the
   memory guard (runtime/memory.py).
 
-When the scheduler goes away. Every result the executor sends (finished, failed, a chunk's
-results) is kept until the scheduler acks it, which it does once the result is journaled.
-The scheduler answers each heartbeat with an ack, so the listener keeps the connection's
-liveness in a `Link` (runtime/link.py), as the client does: an executor that hears nothing
-for SILENT_HEARTBEATS intervals, or is told to `rejoin` (the scheduler restarted, or
-declared it lost), reconnects: new sockets, and a hello that lists what it holds (tasks
-running, queued or suspended, with a chunk's unreported subtasks, and the results never
-acked). Its tasks carry on meanwhile; reports wait in the outbox until the new welcome, and
-go out on a fresh report connection. After `reconnect_timeout_s` without a welcome it gives
-up, as it does when its first hello goes unanswered for `connect_timeout_s`.
-
-Discussion: reports used to go through the listener over an inproc socket. Every such send
-gave up the GIL, and the busy listener then held it, so each report cost the task thread a
-GIL round trip (the profile showed 40% of its time in that send). With its own socket the
-task thread sends while the listener sleeps in zmq, with nobody waiting for the GIL.
+When the scheduler goes away. Every result the executor sends is kept until the scheduler
+acks it (runtime/reports.py). The scheduler answers each heartbeat with an ack, so the
+listener keeps the connection's liveness in a `Link` (runtime/link.py), as the client does:
+an executor that hears nothing for SILENT_HEARTBEATS intervals, or is told to `rejoin` (the
+scheduler restarted, or declared it lost), reconnects: new sockets, and a hello that lists
+what it holds (tasks running, queued or suspended, with a chunk's unreported subtasks, and
+the results never acked). Its tasks carry on meanwhile; reports wait until the new welcome,
+and go out on a fresh report connection. After `reconnect_timeout_s` without a welcome it
+gives up, as it does when its first hello goes unanswered for `connect_timeout_s`.
 
 Discussion: how fast a busy executor *notices* a suspend command is decided by the GIL, not
 by greenlets. The listener wakes in C (zmq poll, GIL released) and must take the GIL before
@@ -79,6 +72,7 @@ from tidal.runtime.realtime import (
     realtime_io_threads,
     realtime_this_thread,
 )
+from tidal.runtime.reports import Reports
 from tidal.runtime.results import ResultSpool
 
 __all__ = ["DEFAULT_SWITCH_INTERVAL_S", "Executor"]
@@ -153,20 +147,11 @@ class Executor:
         # Carries one thing: the empty frame that tells the listener to exit.
         self._to_listener = self._context.socket(zmq.PAIR)
         self._to_listener.bind(self._inproc)
-        # The task thread's own connection for reports (see the module docstring), opened
-        # after each welcome (its attach carries the welcome's token).
-        self._reports: zmq.Socket | None = None
-        self._attach_token = ""
-        self._outbox: list[bytes] = []
-        self._outbox_bytes = 0
-        # Results sent and not acked yet, as hello.holding items, by task id. Added by the
-        # task thread, removed by the listener (single dict operations: atomic under the GIL).
-        self._unacked: dict[str, list[Any]] = {}
-        # Set by the listener: reports may go out (False until a welcome, and from losing
-        # the scheduler to the next), and on which report connection (a new one each welcome).
-        self._linked = False
-        self._link_generation = 0
-        self._reports_generation = 0  # the task thread's: the report socket it has now
+        self._dropped = RateLimitedLog(log, level=logging.ERROR)
+        # The task thread's reports, on a connection of their own (runtime/reports.py).
+        self._reports = Reports(
+            self._context, self.scheduler, self.executor_id, self.keys, self._dropped
+        )
         self.reconnects = 0  # hellos said again
         # The command connection's liveness: heartbeats, silence, rejoining, giving up.
         self._link = Link(
@@ -188,8 +173,8 @@ class Executor:
         self._dealer_fd = -1  # the command connection's descriptor (ZMQ_FD)
         self._task_thread_heard = False  # the task thread read frames: the link heard them
         self.kernel = Kernel(
-            self._emit,
-            flush=self._flush_reports,
+            self._reports.emit,
+            flush=self._reports.flush,
             read_commands=self._read_commands,
             # Spooled arguments not on this host come over a connection of the task thread's.
             fetch=lambda reference: fetch_chunks(reference, self._context),
@@ -224,7 +209,6 @@ class Executor:
         # Bad frames from the scheduler: logged at a bounded rate with a periodic summary; never
         # a disconnection (limit=None), as the scheduler is this executor's only peer.
         self._bad_input = PeerGuard(log, limit=None)
-        self._dropped = RateLimitedLog(log, level=logging.ERROR)
         # The commands that only reach the kernel (either thread may handle them).
         self._task_handlers: dict[type, Any] = {
             p.Launch: self._on_launch,
@@ -262,8 +246,8 @@ class Executor:
             self.kernel.run(block=True)
         finally:
             self.kernel.close()  # kill what is left; their reports go out first, then goodbye
-            self._emit(p.Goodbye("executor shutting down"))
-            self._flush_reports()
+            self._reports.emit(p.Goodbye("executor shutting down"))
+            self._reports.flush()
             if listener.is_alive():  # an empty frame tells the listener to exit
                 try:
                     self._to_listener.send(b"", zmq.NOBLOCK)
@@ -271,82 +255,11 @@ class Executor:
                     log.error("the listener is not taking messages")
             listener.join(timeout=5)
             self._to_listener.close(linger=0)
-            if self._reports is not None:
-                self._reports.close()
+            self._reports.close()
             self._context.term()
             self._rss.close()
             self._results.close()  # after waiting a little for the last results' readers
         return self.exit_code
-
-    def _open_reports(self) -> zmq.Socket:
-        """A new report connection to the scheduler, announced with `attach`."""
-        reports = self._context.socket(zmq.DEALER)
-        reports.linger = 1000
-        reports.sndhwm = 100_000
-        secure_peer(reports, self.keys)
-        reports.connect(self.scheduler)
-        reports.send(p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id, self._attach_token)))
-        return reports
-
-    def _emit(self, msg: p.Message) -> None:
-        """Queue a kernel report; the kernel flushes at its next switch (`_flush_reports`).
-
-        Results are also kept until the scheduler acks them (see the module docstring).
-        """
-        kind = type(msg)
-        if kind is p.Finished:
-            self._unacked[msg.task_id] = [
-                msg.task_id,
-                msg.attempt,
-                "finished",
-                [msg.result, None, msg.stats],
-            ]
-        elif kind is p.Failed:
-            error = [msg.error_type, msg.message, msg.traceback]
-            self._unacked[msg.task_id] = [
-                msg.task_id,
-                msg.attempt,
-                "failed",
-                [None, error, msg.stats],
-            ]
-        elif kind is p.ChunkResults:
-            for task_id, outcome, value, error, stats in msg.items:
-                self._unacked[task_id] = [task_id, 0, outcome, [value, error, stats]]
-        frame = p.encode(msg)
-        self._outbox.append(frame)
-        self._outbox_bytes += len(frame)
-        if self._outbox_bytes >= p.BATCH_FLUSH_BYTES:  # a batch stays far below frame limits
-            self._flush_reports()
-
-    def _flush_reports(self) -> None:
-        """Send queued reports from the task thread: one frame, a batch if several.
-
-        While the scheduler is lost they stay queued; after a rejoin they go out on a new
-        report connection, announced with `attach` (the old one's queue is dropped: what it
-        held that matters was listed in the hello)."""
-        outbox = self._outbox
-        if not outbox or not self._linked:
-            return
-        if self._reports is None or self._reports_generation != self._link_generation:
-            self._reports_generation = self._link_generation
-            if self._reports is not None:
-                self._reports.close(linger=0)
-            self._reports = self._open_reports()
-        frames = (
-            [
-                p.encode(p.Batch(list(outbox[i : i + p.MAX_BATCH_ITEMS])))
-                for i in range(0, len(outbox), p.MAX_BATCH_ITEMS)
-            ]
-            if len(outbox) > 1
-            else [outbox[0]]
-        )
-        outbox.clear()
-        self._outbox_bytes = 0
-        try:
-            for frame in frames:
-                self._reports.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            self._dropped("dropped reports: the scheduler is not reading them")
 
     def _hurry(self) -> None:
         """A suspend, kill or fail for the running task came: lift its thread to the stream
@@ -499,9 +412,9 @@ class Executor:
 
     def _rejoin(self, reason: str) -> None:
         """Say hello again on a new connection, listing what we hold (listener thread)."""
-        self._linked = False  # before the snapshot: later reports wait for the new link
+        self._reports.unlink()  # before the snapshot: later reports wait for the new link
         # Tasks first, then results: a task that ends in between is in one or both lists.
-        holding = self.kernel.holdings() + list(self._unacked.values())
+        holding = self.kernel.holdings() + self._reports.unacked()
         log.warning(
             "executor %s says hello again (%s), holding %d tasks and results",
             self.executor_id,
@@ -681,7 +594,7 @@ class Executor:
         last.linger = 2000
         secure_peer(last, self.keys)  # a keyed scheduler lets only its peers' keys in
         last.connect(self.scheduler)
-        frames = [p.encode(p.Attach(p.PROTOCOL_VERSION, self.executor_id, self._attach_token))]
+        frames = [self._reports.attach_frame()]
         if action.task_id is not None:
             failure = self.kernel.memory_failure(
                 action.task_id, MEMORY_LIMIT_EXCEEDED, action.message
@@ -733,9 +646,7 @@ class Executor:
         log.info("executor %s joined scheduler %s", self.executor_id, msg.scheduler_id)
         # Reports (those waiting since we lost the scheduler, if it was lost) go out now,
         # on a new connection whose attach carries this welcome's token.
-        self._attach_token = msg.attach_token
-        self._link_generation += 1
-        self._linked = True
+        self._reports.welcomed(msg.attach_token)
         if again:
             self.kernel.wake()
 
@@ -745,10 +656,7 @@ class Executor:
             self._rejoin(f"the scheduler asked: {msg.reason}")
 
     def _on_ack(self, msg: p.Ack) -> None:
-        unacked = self._unacked
-        for task_id in msg.task_ids:
-            if type(task_id) is str:
-                unacked.pop(task_id, None)
+        self._reports.acked(msg.task_ids)
 
     def _on_reject(self, msg: p.Reject) -> None:
         log.error("scheduler refused this executor: %s", msg.reason)

@@ -52,6 +52,7 @@ from tidal.runtime.frames import FrameReader
 from tidal.runtime.guard import BAD_FRAME_LIMIT, COOLDOWN_S, PeerGuard
 from tidal.runtime.logs import RateLimitedLog
 from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
+from tidal.scheduler.admission import OutOfPlace, check_id, refusal_before_decoding
 from tidal.scheduler.core import (
     DEFAULT_HEARTBEAT_NS,
     DEFAULT_MAX_RETRIES,
@@ -104,41 +105,6 @@ HELD_LAUNCHES_MAX = 256
 # peer that queued many frames while we were away sends them all at once), at most this
 # many: a peer sending from ever new connections cannot grow the record.
 REJOIN_MEMORY = 4096
-
-
-class OutOfPlace(p.ProtocolError):
-    """A well-formed message that is only out of place (an attach in another protocol
-    version). Dropped and logged, but not counted toward disconnection: a peer of another
-    version, or one reconnecting after a scheduler restart, sends it in good faith."""
-
-
-# How every batch frame starts (`encode` packs ["batch", [...]] so): a fixarray of two, then
-# the fixstr "batch". A batch packed any other way is refused after decoding (below).
-_BATCH_START = b"\x92\xa5batch"
-
-
-def _check_id(op: str, peer_id: str) -> None:
-    if len(peer_id) > p.MAX_ID_CHARS or not peer_id:
-        raise p.ProtocolError(
-            f"{op} with an id of {len(peer_id):,} characters (1 to {p.MAX_ID_CHARS})"
-        )
-
-
-def _refusal(frames: list[bytes], peer: tuple[str, str] | None) -> p.ProtocolError | None:
-    """Why a frame is refused undecoded (None: decode it): too big from a peer that has not
-    said hello, or a batch from a peer that is not an executor."""
-    if len(frames) != 2:
-        return None  # decode_parts names that
-    frame = frames[1]
-    if peer is None and len(frame) > p.MAX_STRANGER_FRAME_BYTES:
-        return p.ProtocolError(
-            f"a frame of {len(frame):,} bytes before hello (at most {p.MAX_STRANGER_FRAME_BYTES:,})"
-        )
-    if (peer is None or peer[0] != "executor") and frame[:7] == _BATCH_START:
-        if peer is None:  # an executor of a scheduler that ran here before: not counted
-            return OutOfPlace("batch before hello")
-        return p.ProtocolError("batch from a client (only executors send batches)")
-    return None
 
 
 class SchedulerServer:
@@ -396,7 +362,7 @@ class SchedulerServer:
         # not said who it is sends small frames, and only executors send batches (a stranger's
         # 500 KB batch of 100,000 junk items once held the loop for 2.5 s).
         peer = self._peers.get(routing_id)
-        refusal = _refusal(frames, peer)
+        refusal = refusal_before_decoding(frames, peer)
         if refusal is not None:
             self._drop(routing_id, refusal)
             return
@@ -505,7 +471,7 @@ class SchedulerServer:
             # commands to the connection that said hello.
             if msg.version != p.PROTOCOL_VERSION:
                 raise OutOfPlace(f"attach with protocol version {msg.version}")
-            _check_id("attach", msg.executor_id)
+            check_id("attach", msg.executor_id)
             if msg.token != self._attach_tokens.get(msg.executor_id):
                 # Not counted: an executor may attach with its last scheduler's token.
                 raise OutOfPlace(f"attach as executor {msg.executor_id} with a wrong token")
@@ -544,7 +510,7 @@ class SchedulerServer:
 
     def _handshake(self, routing_id: bytes, msg: p.Hello | p.ClientHello) -> Any:
         peer_id = msg.executor_id if isinstance(msg, p.Hello) else msg.client_id
-        _check_id(msg.op, peer_id)
+        check_id(msg.op, peer_id)
         if msg.version != p.PROTOCOL_VERSION:
             reason = (
                 f"protocol version {msg.version} is not supported: this scheduler speaks "

@@ -386,8 +386,7 @@ def test_the_task_thread_hands_commands_on_in_order_and_the_rest_to_the_listener
     finally:
         dealer.close(linger=0)
         router.close(linger=0)
-        if ex._reports is not None:
-            ex._reports.close(linger=0)
+        ex._reports.close()
         ex._to_listener.close(linger=0)
         ex._context.term()
         ex._rss.close()

@@ -1,0 +1,53 @@
+"""What a frame from a peer may cost the scheduler, decided before it is decoded.
+
+A peer that has not said who it is may send only small frames (MAX_STRANGER_FRAME_BYTES),
+and only executors send batches: a stranger's 500 KB batch of 100,000 junk items once held
+the scheduler's loop for 2.5 s. `refusal_before_decoding` says which frames are refused
+unread; scheduler/server.py drops them as bad input (an `OutOfPlace` one is logged but not
+counted toward disconnection). `check_id` bounds the ids peers choose.
+"""
+
+from __future__ import annotations
+
+from tidal.runtime import protocol as p
+
+__all__ = ["OutOfPlace", "check_id", "refusal_before_decoding"]
+
+
+class OutOfPlace(p.ProtocolError):
+    """A well-formed message that is only out of place (an attach in another protocol
+    version). Dropped and logged, but not counted toward disconnection: a peer of another
+    version, or one reconnecting after a scheduler restart, sends it in good faith."""
+
+
+# How every batch frame starts (`encode` packs ["batch", [...]] so): a fixarray of two, then
+# the fixstr "batch". A batch packed any other way is refused after decoding
+# (scheduler/server.py).
+_BATCH_START = b"\x92\xa5batch"
+
+
+def check_id(op: str, peer_id: str) -> None:
+    """Refuse a peer id outside 1..MAX_ID_CHARS characters (ids appear in logs and status)."""
+    if len(peer_id) > p.MAX_ID_CHARS or not peer_id:
+        raise p.ProtocolError(
+            f"{op} with an id of {len(peer_id):,} characters (1 to {p.MAX_ID_CHARS})"
+        )
+
+
+def refusal_before_decoding(
+    frames: list[bytes], peer: tuple[str, str] | None
+) -> p.ProtocolError | None:
+    """Why a frame is refused undecoded (None: decode it): too big from a peer that has not
+    said hello, or a batch from a peer that is not an executor."""
+    if len(frames) != 2:
+        return None  # decode_parts names that
+    frame = frames[1]
+    if peer is None and len(frame) > p.MAX_STRANGER_FRAME_BYTES:
+        return p.ProtocolError(
+            f"a frame of {len(frame):,} bytes before hello (at most {p.MAX_STRANGER_FRAME_BYTES:,})"
+        )
+    if (peer is None or peer[0] != "executor") and frame[:7] == _BATCH_START:
+        if peer is None:  # an executor of a scheduler that ran here before: not counted
+            return OutOfPlace("batch before hello")
+        return p.ProtocolError("batch from a client (only executors send batches)")
+    return None
