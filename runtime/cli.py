@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -183,7 +184,11 @@ def _parser() -> argparse.ArgumentParser:
     scheduler.set_defaults(run=_run_scheduler)
 
     status = commands.add_parser("status", help="show executors and jobs of a scheduler")
-    status.add_argument("--scheduler", default="tcp://127.0.0.1:5555", help="scheduler address")
+    status.add_argument(
+        "--scheduler",
+        default="tcp://127.0.0.1:5555",
+        help="scheduler address (default tcp://127.0.0.1:5555)",
+    )
     status.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
     _add_keys_option(status, PEER_KEYS_HELP)
     status.set_defaults(run=_run_status)
@@ -198,7 +203,11 @@ def _parser() -> argparse.ArgumentParser:
     policy_set.add_argument(
         "name", help="policy name (see `tidal policy list`) or 'module:Class' path"
     )
-    policy_set.add_argument("--scheduler", default="tcp://127.0.0.1:5555", help="scheduler address")
+    policy_set.add_argument(
+        "--scheduler",
+        default="tcp://127.0.0.1:5555",
+        help="scheduler address (default tcp://127.0.0.1:5555)",
+    )
     _add_keys_option(policy_set, PEER_KEYS_HELP)
     policy_set.set_defaults(run=_run_policy_set)
     policy_list = policy_commands.add_parser(
@@ -456,7 +465,7 @@ def _run_keys_generate(args: argparse.Namespace) -> int:
         return 1
     for path in written:
         print(f"wrote {path}")
-    where = args.dir if args.peer is None else f"{args.dir}/peers/{args.peer}"
+    where = args.dir if args.peer is None else os.path.join(args.dir, "peers", args.peer)
     print(
         f"scheduler: --keys {args.dir} (keep scheduler.key_secret on its host); "
         f"executors and clients: --keys {where} (needs peer.key_secret and scheduler.key)"

@@ -107,8 +107,10 @@ def test_the_cli_generates_keys_and_refuses_to_overwrite_them(tmp_path, capsys):
     assert cli(["keys", "generate", str(tmp_path / "k")]) == 1
     assert "refusing to overwrite" in capsys.readouterr().err
     assert cli(["keys", "generate", str(tmp_path / "k"), "--force"]) == 0
-    assert cli(["keys", "generate", str(tmp_path / "k"), "--peer", "w1"]) == 0
+    capsys.readouterr()
+    assert cli(["keys", "generate", f"{tmp_path / 'k'}/", "--peer", "w1"]) == 0
     assert (tmp_path / "k" / "authorized" / "w1.key").is_file()
+    assert f"--keys {tmp_path / 'k' / 'peers' / 'w1'} " in capsys.readouterr().out
 
 
 def test_missing_or_malformed_keys_are_named(tmp_path):
