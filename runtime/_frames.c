@@ -36,7 +36,7 @@ static size_t (*msg_size)(const zmq_msg *);
 static int (*msg_more)(const zmq_msg *);
 static int (*zmq_errno_fn)(void);
 static void (*zmq_version_fn)(int *, int *, int *);
-static PyObject *zmq_error = NULL; /* zmq.ZMQError, raised as pyzmq would */
+static PyObject *zmq_error = NULL; /* the class socket errors are raised as (zmq.ZMQError) */
 static int loaded = 0;
 
 PyDoc_STRVAR(open_doc,
@@ -58,19 +58,26 @@ open_library(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_OSError, "%s is not loaded", path);
         return NULL;
     }
-    msg_init = dlsym(lib, "zmq_msg_init");
-    msg_recv = dlsym(lib, "zmq_msg_recv");
-    msg_close = dlsym(lib, "zmq_msg_close");
-    msg_data = dlsym(lib, "zmq_msg_data");
-    msg_size = dlsym(lib, "zmq_msg_size");
-    msg_more = dlsym(lib, "zmq_msg_more");
-    zmq_errno_fn = dlsym(lib, "zmq_errno");
-    zmq_version_fn = dlsym(lib, "zmq_version");
-    if (!msg_init || !msg_recv || !msg_close || !msg_data || !msg_size || !msg_more ||
-        !zmq_errno_fn || !zmq_version_fn) {
-        PyErr_Format(PyExc_OSError, "libzmq's message API is not reachable from %s", path);
-        return NULL;
+    /* Looked up first, kept only if all are there: a failed call leaves a working set. */
+    void *found[8] = {
+        dlsym(lib, "zmq_msg_init"), dlsym(lib, "zmq_msg_recv"), dlsym(lib, "zmq_msg_close"),
+        dlsym(lib, "zmq_msg_data"), dlsym(lib, "zmq_msg_size"), dlsym(lib, "zmq_msg_more"),
+        dlsym(lib, "zmq_errno"), dlsym(lib, "zmq_version"),
+    };
+    for (int i = 0; i < 8; i++) {
+        if (found[i] == NULL) {
+            PyErr_Format(PyExc_OSError, "libzmq's message API is not reachable from %s", path);
+            return NULL;
+        }
     }
+    msg_init = found[0];
+    msg_recv = found[1];
+    msg_close = found[2];
+    msg_data = found[3];
+    msg_size = found[4];
+    msg_more = found[5];
+    zmq_errno_fn = found[6];
+    zmq_version_fn = found[7];
     Py_INCREF(error_class);
     Py_XSETREF(zmq_error, error_class);
     loaded = 1;
@@ -134,7 +141,9 @@ PyDoc_STRVAR(read_doc,
 "every other comes back as a list of bytes. Returns the messages kept, how many were\n"
 "dropped, and the bytes of all of them. If the socket fails after some messages were\n"
 "read, those are returned (the failure comes again at the next read, before anything is\n"
-"taken); otherwise it raises the error class given to open_library.");
+"taken); otherwise it raises the error class given to open_library, with the errno. A\n"
+"Python error (memory, or an `ignored` value that is not a number) raises, and the\n"
+"messages of that call are lost; the socket is left at a message's first part.");
 
 static PyObject *
 read_frames(PyObject *self, PyObject *args)

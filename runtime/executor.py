@@ -318,7 +318,7 @@ class Executor:
         launches = [
             [m.task_id if type(m) is p.Launch else m.chunk_id, m.attempt, m.sent_ns]
             for m in items
-            if type(m) is p.Launch or type(m) is p.LaunchChunk
+            if type(m) is p.Launch or (type(m) is p.LaunchChunk and _chunk_problem(m) is None)
         ]
         if launches and self._dealer is not None:
             try:
@@ -467,7 +467,8 @@ class Executor:
                     self._task_thread_heard = False
                     link.heard()
                 fresh = self._decode(received)
-                self._acknowledge_launches(fresh)  # those left by the task thread were
+                # (those the task thread left here, it acknowledged when it read them)
+                self._acknowledge_launches(fresh)
                 items.extend(fresh)
                 for item in items:
                     self._handle(item, self._handlers)
@@ -681,17 +682,8 @@ class Executor:
     def _on_launch_chunk(self, msg: p.LaunchChunk) -> None:
         # Checked here, not in the kernel's hub: a malformed subtask there would break a steal
         # (which takes task ids from the chunk's tail) on the task thread.
-        for i, entry in enumerate(msg.subtasks):
-            if not (
-                type(entry) is list
-                and len(entry) == 2
-                and type(entry[0]) is str
-                and type(entry[1]) is bytes
-            ):
-                raise p.ProtocolError(
-                    f"launch_chunk.subtasks[{i}] must be [task_id, payload] (a str and bytes), "
-                    f"got {str(entry)[:60]}"
-                )
+        if (problem := _chunk_problem(msg)) is not None:
+            raise p.ProtocolError(problem)
         self.kernel.launch_chunk(
             msg.chunk_id,
             FunctionRef(msg.fn, msg.main_path),
@@ -711,6 +703,23 @@ class Executor:
 
     def _on_kill(self, msg: p.Kill) -> None:
         self.kernel.kill(msg.task_id)
+
+
+def _chunk_problem(msg: p.LaunchChunk) -> str | None:
+    """What is wrong with a launch_chunk's subtasks, if anything (it is then dropped, and
+    not acknowledged)."""
+    for i, entry in enumerate(msg.subtasks):
+        if not (
+            type(entry) is list
+            and len(entry) == 2
+            and type(entry[0]) is str
+            and type(entry[1]) is bytes
+        ):
+            return (
+                f"launch_chunk.subtasks[{i}] must be [task_id, payload] (a str and bytes), "
+                f"got {str(entry)[:60]}"
+            )
+    return None
 
 
 def _drain(recv: Callable[[int], Any]) -> list[Any]:

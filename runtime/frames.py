@@ -72,6 +72,10 @@ class FrameReader:
                 parts = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            except zmq.ZMQError:
+                if not kept and not dropped:
+                    raise
+                break  # as the C reader: what was read goes; the error comes again next read
             size += sum(map(len, parts))
             until = ignored.get(parts[0])
             if until is not None and until > now:

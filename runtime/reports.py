@@ -13,8 +13,10 @@ until the scheduler acks it (it does once the result is journaled), so that a he
 reconnection lists it again.
 
 Threads: the task thread emits and flushes; the listener says when a welcome came or the
-link was lost (`welcomed`, `unlink`) and applies acks. Each of those touches one attribute
-or one dict item, atomic under the GIL.
+link was lost (`welcomed`, `unlink`), applies acks, and reads `unacked()` and
+`attach_frame()`. Each of those touches one attribute or one dict item, atomic under the
+GIL; `welcomed` sets the token, then the generation, then the link, the order in which
+`flush` reads them.
 
 Discussion: reports used to go through the listener over an inproc socket. Every such send
 gave up the GIL, and the busy listener then held it, so each report cost the task thread a
@@ -118,10 +120,11 @@ class Reports:
         except zmq.Again:
             self._dropped("dropped reports: the scheduler is not reading them")
 
-    def close(self) -> None:
-        """Close the report connection (what it queued goes out within its linger, 1 s)."""
+    def close(self, linger: int | None = None) -> None:
+        """Close the report connection (what it queued goes out within `linger` ms, by
+        default the socket's: 1 s)."""
         if self._socket is not None:
-            self._socket.close()
+            self._socket.close(linger=linger)
             self._socket = None
 
     def attach_frame(self) -> bytes:

@@ -417,7 +417,7 @@ class SchedulerCore:
                 task.received = True
 
     def _on_started(self, executor: ExecutorRecord, msg: p.Started) -> None:
-        task = self.records.task_on(executor, msg.task_id)
+        task = self.records.task_on(executor, msg.task_id, msg.attempt)
         # RESUMING too: a task suspended before it ever ran reports its first start then.
         if task is None or task.state not in (TaskState.LAUNCHED, TaskState.RESUMING):
             return

@@ -88,9 +88,12 @@ def test_launches_are_acknowledged_before_they_run_even_one_that_kills_the_proce
         "batch",
         0,
     )
-    stub.send_frame(ex, p.encode(p.Batch([p.encode(busy), p.encode(queued)])))
+    bad_chunk = p.LaunchChunk(
+        "c#1", "tidal.workloads.synthetic:total", None, [["x", 1]], 0, "batch", 0
+    )  # a subtask's payload must be bytes: dropped
+    stub.send_frame(ex, p.encode(p.Batch([p.encode(busy), p.encode(bad_chunk), p.encode(queued)])))
     received = stub.expect(p.Received)
-    assert received.launches == [["busy", 3, 0], ["queued", 0, 0]]
+    assert received.launches == [["busy", 3, 0], ["queued", 0, 0]]  # not the dropped chunk
     stub.send(ex, p.Kill("busy", time.monotonic_ns()))
     stub.expect(p.Killed, task_id="busy")
     stub.expect(p.Finished, task_id="queued")
@@ -386,7 +389,7 @@ def test_the_task_thread_hands_commands_on_in_order_and_the_rest_to_the_listener
     finally:
         dealer.close(linger=0)
         router.close(linger=0)
-        ex._reports.close()
+        ex._reports.close(linger=0)
         ex._to_listener.close(linger=0)
         ex._context.term()
         ex._rss.close()
