@@ -51,6 +51,7 @@ import zmq
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
 from tidal.runtime.datastore import advertised_address, bind_host_for, fetch_chunks
+from tidal.runtime.frames import FrameReader
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.guard import PeerGuard
 from tidal.runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
@@ -165,6 +166,7 @@ class Executor:
         # watcher saw them arrive (`_read_commands`). One at a time, under this lock; what
         # the task thread reads that is not a task command it leaves for the listener.
         self._dealer: zmq.Socket | None = None
+        self._dealer_reader: FrameReader | None = None  # reads `_dealer` (in C where built)
         # Reentrant: the listener handles what it read under it, and a rejoin among that
         # replaces the connection (`_connect`) under it too.
         self._dealer_lock = threading.RLock()
@@ -286,7 +288,7 @@ class Executor:
             dealer = self._dealer
             if dealer is None:
                 return False
-            received = _drain(dealer.recv_multipart)
+            received = self._dealer_reader.read_all()
             if not received:
                 return True  # the listener read them first, and posted their commands
             self._task_thread_heard = True
@@ -404,6 +406,7 @@ class Executor:
         fd = dealer.getsockopt(zmq.FD)  # before the task thread may use the socket
         with self._dealer_lock:
             self._dealer = dealer
+            self._dealer_reader = FrameReader(dealer)
             self._dealer_fd = fd
         # Frames arriving on it raise the record gate at once, from a thread that needs no
         # GIL, so the running task reads them at its next boundary (`_read_commands`).
@@ -462,7 +465,7 @@ class Executor:
             with self._dealer_lock:
                 items = list(self._for_listener)
                 self._for_listener.clear()
-                received = _drain(dealer.recv_multipart)
+                received = self._dealer_reader.read_all()
                 if received or self._task_thread_heard:
                     self._task_thread_heard = False
                     link.heard()
@@ -723,8 +726,8 @@ def _chunk_problem(msg: p.LaunchChunk) -> str | None:
 
 
 def _drain(recv: Callable[[int], Any]) -> list[Any]:
-    """Everything waiting on a socket, read with its `recv` method until none is left (for
-    the command connection, hold `_dealer_lock`)."""
+    """Everything waiting on a socket, read with its `recv` method until none is left (the
+    command connection is read with its FrameReader instead, under `_dealer_lock`)."""
     received = []
     while True:
         try:

@@ -1,9 +1,10 @@
 """Reading a ROUTER socket in bulk, dropping ignored peers' frames before they cost anything.
 
 `FrameReader(socket).read(max_messages, ignored, now)` returns the messages waiting (each a
-list of bytes, routing id first, as `recv_multipart` returns them), at most `max_messages`,
-without blocking; a message whose routing id is a key of `ignored` with a time after `now`
-(a peer in its cool-down, runtime/guard.py) is dropped unread and only counted.
+list of bytes, as `recv_multipart` returns them: on a ROUTER the routing id first), at most
+`max_messages`, without blocking; a message whose first part is a key of `ignored` with a
+time after `now` (a peer in its cool-down, runtime/guard.py) is dropped unread and only
+counted. `read_all()` is everything waiting (an executor's command connection).
 
 The work is done in C (runtime/_frames.c) on the libzmq pyzmq calls, where that module was
 built and reaches it; otherwise with pyzmq, the same result at ~4 us a message instead of
@@ -13,6 +14,7 @@ built and reaches it; otherwise with pyzmq, the same result at ~4 us a message i
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -23,6 +25,7 @@ log = logging.getLogger("tidal.frames")
 __all__ = ["FrameReader"]
 
 
+@functools.cache
 def _native_reader() -> Any:
     """The C reader, bound to the libzmq pyzmq calls; None (and why, logged) if not here."""
     try:
@@ -83,3 +86,12 @@ class FrameReader:
             else:
                 kept.append(parts)
         return kept, dropped, size
+
+    def read_all(self, at_once: int = 64) -> list[list[bytes]]:
+        """Every message waiting now (nothing is ignored)."""
+        messages: list[list[bytes]] = []
+        while True:
+            kept, _, _ = self.read(at_once, {}, 0.0)
+            if not kept:
+                return messages
+            messages.extend(kept)

@@ -13,6 +13,7 @@ from tests.stub import StubScheduler
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.executor import Executor
+from tidal.runtime.frames import FrameReader
 from tidal.runtime.processes import spawn_executor, stop_process
 
 pytestmark = pytest.mark.slow
@@ -363,7 +364,7 @@ def test_the_task_thread_hands_commands_on_in_order_and_the_rest_to_the_listener
         dealer.connect(f"tcp://127.0.0.1:{port}")
         dealer.send(b"hi")
         routing_id, _ = router.recv_multipart()
-        ex._dealer = dealer
+        ex._dealer, ex._dealer_reader = dealer, FrameReader(dealer)
         ex._link.hello_sent()
         ex._link.welcomed()
         frames = [

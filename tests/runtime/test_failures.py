@@ -46,7 +46,11 @@ def test_a_task_that_keeps_losing_its_executor_fails_naming_them():
         message = str(caught.value)
         assert "giving up (max_retries=1)" in message and doomed.task_id in message
         lost = [e["executor_id"] for e in client.status()["executors"] if e["state"] == "lost"]
-        assert len(lost) == 2 and all(executor_id in message for executor_id in lost)
+        named = [executor_id for executor_id in lost if executor_id in message]
+        # Two losses counted, both named. Discussion: a third executor may be lost, rarely:
+        # the task kills its process at once, and the `received` that makes the loss count
+        # can still be in libzmq's queue then (docs/protocol.md; seen once in ~30 runs).
+        assert len(named) == 2 and len(lost) in (2, 3)
         # The executor left serves on.
         assert client.submit(total, [1, 2]).result(timeout=30) == 3
 
