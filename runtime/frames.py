@@ -1,4 +1,5 @@
-"""Reading a ROUTER socket in bulk, dropping ignored peers' frames before they cost anything.
+"""Reading a ZeroMQ socket in bulk; on the scheduler's ROUTER, dropping ignored peers' frames
+before they cost anything.
 
 `FrameReader(socket).read(max_messages, ignored, now)` returns the messages waiting (each a
 list of bytes, as `recv_multipart` returns them: on a ROUTER the routing id first), at most
@@ -33,16 +34,16 @@ def _native_reader() -> Any:
 
         from tidal.runtime import _cframes
     except ImportError as exc:
-        log.info("the scheduler reads frames with pyzmq: %s", exc)
+        log.info("frames are read with pyzmq: %s", exc)
         return None
     try:
         version = _cframes.open_library(backend.__file__, zmq.ZMQError)
     except OSError as exc:
-        log.info("the scheduler reads frames with pyzmq: %s", exc)
+        log.info("frames are read with pyzmq: %s", exc)
         return None
     if version != zmq.zmq_version_info():
         log.info(
-            "the scheduler reads frames with pyzmq: libzmq %s found, pyzmq uses %s",
+            "frames are read with pyzmq: libzmq %s found, pyzmq uses %s",
             version,
             zmq.zmq_version_info(),
         )
