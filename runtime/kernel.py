@@ -39,7 +39,7 @@ from typing import Any
 
 import greenlet
 
-from tidal.runtime import payloads
+from tidal.runtime import payloads, runstate
 from tidal.runtime import protocol as p
 from tidal.runtime.datastore import Reference, fetch_chunks
 from tidal.runtime.functions import FunctionRef
@@ -227,17 +227,8 @@ class Kernel:
         self._post(Command("flush", "", self._clock()))
 
     def holdings(self) -> list[list[Any]]:
-        """What this kernel holds, as `hello.holding` lists it: `[task_id, attempt, state,
-        detail]` per task, detail the unreported subtask ids of a chunk (else None).
-        Callable from another thread: it reads copies."""
-        held = []
-        for record in list(self._tasks.values()):
-            state = record.state  # read once: the hub may change it meanwhile
-            if state is not RunState.DONE:
-                unreported = record.unreported
-                detail = None if unreported is None else list(unreported)
-                held.append([record.task_id, record.attempt, state.value, detail])
-        return held
+        """What this kernel holds, as `hello.holding` lists it (from any thread)."""
+        return runstate.holdings(self._tasks)
 
     def listened(self) -> None:
         """The listener read what the scheduler sent (callable from any thread): a hub that
@@ -268,24 +259,11 @@ class Kernel:
         return self._pending_suspends.overdue(self._clock() if now is None else now, self._current)
 
     def memory_estimates(self, rss: int) -> dict[str, int]:
-        """Each started task's memory estimate in bytes (task id -> bytes), the running
-        task's including its growth since it was switched in (`rss` is the RSS now).
-
-        Empty without a memory probe. Safe to call from another thread; the figures of a task
-        switching at that moment may be a switch out of date.
-        """
+        """Each started task's memory estimate (`rss`: the RSS now); empty without a memory
+        probe. From any thread (runstate.memory_estimates)."""
         if self._memory_probe is None:
             return {}
-        current = self._current
-        estimates = {}
-        for record in list(self._tasks.values()):
-            if record.glet is None:
-                continue  # not started: it holds its packed payload only
-            estimate = record.memory_bytes
-            if record is current and record.state is RunState.RUNNING:
-                estimate += rss - record.rss_mark
-            estimates[record.task_id] = estimate
-        return estimates
+        return runstate.memory_estimates(self._tasks, self._current, rss)
 
     def running_task(self) -> str | None:
         """The id of the task holding the slot now, if any (from any thread)."""
@@ -299,23 +277,12 @@ class Kernel:
     def memory_failure(
         self, task_id: str, error_type: str, message: str
     ) -> p.Failed | p.ChunkResults | None:
-        """The report that fails a task which cannot be stopped, for an executor that exits
-        instead (from another thread; the task keeps running until the process ends).
-
-        For a chunk: the failure of the subtask it is running, if any (its other subtasks
-        go back to the scheduler's queue when the executor leaves)."""
+        """The report that fails a task which cannot be stopped (from another thread; see
+        runstate.memory_failure)."""
         record = self._tasks.get(task_id)
         if record is None:
             return None
-        error = [error_type, message, ""]
-        if record.chunk is not None:
-            subtask = record.running_subtask
-            if subtask is None:
-                return None
-            return p.ChunkResults(task_id, [[subtask, "failed", None, error, {}]])
-        return p.Failed(
-            task_id, record.attempt, *error, record.stats(self.executor_id, self._clock())
-        )
+        return runstate.memory_failure(record, error_type, message, self.executor_id, self._clock())
 
     def holds(self, task_id: str) -> bool:
         """Whether a task is here and not done (from any thread)."""
@@ -327,14 +294,8 @@ class Kernel:
         return bool(self._pending_suspends)
 
     def statistics(self) -> KernelStatistics:
-        """Counts of tasks by state (safe to call from another thread)."""
-        states = [r.state for r in list(self._tasks.values())]
-        return KernelStatistics(
-            running=states.count(RunState.RUNNING),
-            suspended=states.count(RunState.SUSPENDED) + states.count(RunState.RESUMING),
-            queued=states.count(RunState.QUEUED),
-            finished=self._finished,
-        )
+        """Counts of tasks by state (from any thread)."""
+        return runstate.statistics(self._tasks, self._finished)
 
     # ---- the hub ------------------------------------------------------------------------------
 

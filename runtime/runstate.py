@@ -8,6 +8,9 @@
 * `PendingSuspends`: suspend commands waiting for a record boundary, each settled once, by
   the hub or by the watchdog that gives up on it.
 * `KernelStatistics`: counts of tasks by state.
+* Snapshots of the task table for other threads (the listener, the memory guard):
+  `holdings`, `memory_estimates`, `memory_failure`, `statistics`. Each reads a copy of the
+  table and each record's fields once, as the hub may change them meanwhile.
 
 Discussion: nothing here decides or switches anything. The kernel's rules (which command
 applies when, what a switch costs a task) stay together in runtime/kernel.py, and read there
@@ -213,3 +216,63 @@ class ReadyQueue:
             if record in queue_:
                 queue_.remove(record)
                 return
+
+
+# ---- snapshots of the task table, for other threads -------------------------------------------
+
+
+def holdings(tasks: dict[str, TaskRecord]) -> list[list[Any]]:
+    """The tasks not done, as `hello.holding` lists them: `[task_id, attempt, state,
+    detail]`, detail the unreported subtask ids of a chunk (else None)."""
+    held = []
+    for record in list(tasks.values()):
+        state = record.state  # read once: the hub may change it meanwhile
+        if state is not RunState.DONE:
+            unreported = record.unreported
+            detail = None if unreported is None else list(unreported)
+            held.append([record.task_id, record.attempt, state.value, detail])
+    return held
+
+
+def memory_estimates(
+    tasks: dict[str, TaskRecord], current: TaskRecord | None, rss: int
+) -> dict[str, int]:
+    """Each started task's memory estimate in bytes (task id -> bytes), the running task's
+    (`current`) including its growth since it was switched in (`rss` is the RSS now). The
+    figures of a task switching at that moment may be a switch out of date."""
+    estimates = {}
+    for record in list(tasks.values()):
+        if record.glet is None:
+            continue  # not started: it holds its packed payload only
+        estimate = record.memory_bytes
+        if record is current and record.state is RunState.RUNNING:
+            estimate += rss - record.rss_mark
+        estimates[record.task_id] = estimate
+    return estimates
+
+
+def memory_failure(
+    record: TaskRecord, error_type: str, message: str, executor_id: str, now: int
+) -> p.Failed | p.ChunkResults | None:
+    """The report that fails a task which cannot be stopped, for an executor that exits
+    instead (the task keeps running until the process ends). For a chunk: the failure of
+    the subtask it is running, if any (its other subtasks go back to the scheduler's queue
+    when the executor leaves)."""
+    error = [error_type, message, ""]
+    if record.chunk is not None:
+        subtask = record.running_subtask
+        if subtask is None:
+            return None
+        return p.ChunkResults(record.task_id, [[subtask, "failed", None, error, {}]])
+    return p.Failed(record.task_id, record.attempt, *error, record.stats(executor_id, now))
+
+
+def statistics(tasks: dict[str, TaskRecord], finished: int) -> KernelStatistics:
+    """Counts of tasks by state, and `finished`."""
+    states = [r.state for r in list(tasks.values())]
+    return KernelStatistics(
+        running=states.count(RunState.RUNNING),
+        suspended=states.count(RunState.SUSPENDED) + states.count(RunState.RESUMING),
+        queued=states.count(RunState.QUEUED),
+        finished=finished,
+    )
