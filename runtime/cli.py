@@ -302,10 +302,7 @@ def _run_executor(args: argparse.Namespace) -> int:
             memory_limit=memory_limit,
             keys=args.keys,
         )
-    except KeyFileError as exc:  # the executor reads its keys first: fail naming the file
-        print(f"tidal executor: {exc}", file=sys.stderr)
-        return 2
-    except DataAddressError as exc:
+    except (KeyFileError, DataAddressError) as exc:  # each names the file or the variable
         print(f"tidal executor: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # a bad --memory-limit, or one below the executor's own RSS

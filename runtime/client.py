@@ -614,13 +614,16 @@ class Client:
                 future = self._pending.pop(task_id, None)
                 if future is not None:
                     self._job_done(future.job_id)
+            spooled = (
+                outcome == "finished" and type(value) is bytes and payloads.is_reference(value)
+            )
             # Unknown, already completed, or cancelled here: never complete a future twice.
             if future is None:
                 self.dropped_results += 1
-                if outcome == "finished" and type(value) is bytes and payloads.is_reference(value):
+                if spooled:
                     self._fetcher.release(value)  # kept for no one: its executor may delete it
                 continue
-            if outcome == "finished" and type(value) is bytes and payloads.is_reference(value):
+            if spooled:
                 self._fetcher.fetch(future, value, stats)  # kept by its executor: fetched
                 continue
             if outcome == "finished":

@@ -320,7 +320,7 @@ class Executor:
         launches = [
             [m.task_id if type(m) is p.Launch else m.chunk_id, m.attempt, m.sent_ns]
             for m in items
-            if type(m) is p.Launch or (type(m) is p.LaunchChunk and _chunk_problem(m) is None)
+            if type(m) is p.Launch or type(m) is p.LaunchChunk
         ]
         if launches and self._dealer is not None:
             try:
@@ -329,7 +329,8 @@ class Executor:
                 self._dropped("dropped a received: the scheduler is not reading")
 
     def _decode(self, received: list[list[bytes]]) -> list[p.Message | p.ProtocolError]:
-        """The messages of frames from the scheduler, a bad one as its ProtocolError."""
+        """The messages of frames from the scheduler, a bad one as its ProtocolError (a
+        launch_chunk with a malformed subtask too: it is neither acknowledged nor run)."""
         items: list[p.Message | p.ProtocolError] = []
         for frames in received:
             try:
@@ -340,6 +341,9 @@ class Executor:
                     items.append(msg)
             except p.ProtocolError as exc:
                 items.append(exc)
+        for i, item in enumerate(items):
+            if type(item) is p.LaunchChunk and (problem := _chunk_problem(item)) is not None:
+                items[i] = p.ProtocolError(problem)
         return items
 
     # ---- listener thread ----------------------------------------------------------------------
@@ -683,10 +687,9 @@ class Executor:
         )
 
     def _on_launch_chunk(self, msg: p.LaunchChunk) -> None:
-        # Checked here, not in the kernel's hub: a malformed subtask there would break a steal
-        # (which takes task ids from the chunk's tail) on the task thread.
-        if (problem := _chunk_problem(msg)) is not None:
-            raise p.ProtocolError(problem)
+        # Its subtasks were checked as it was decoded (`_decode`), not in the kernel's hub: a
+        # malformed subtask there would break a steal (which takes task ids from the chunk's
+        # tail) on the task thread.
         self.kernel.launch_chunk(
             msg.chunk_id,
             FunctionRef(msg.fn, msg.main_path),
@@ -709,8 +712,7 @@ class Executor:
 
 
 def _chunk_problem(msg: p.LaunchChunk) -> str | None:
-    """What is wrong with a launch_chunk's subtasks, if anything (it is then dropped, and
-    not acknowledged)."""
+    """What is wrong with a launch_chunk's subtasks, if anything (`_decode`)."""
     for i, entry in enumerate(msg.subtasks):
         if not (
             type(entry) is list

@@ -175,12 +175,17 @@ class PeerGuard:
         record.strange += 1
         if record.strange < STRANGER_LIMIT:
             return False
+        self._cool(peer, now + self.cooldown_s)
+        return True
+
+    def _cool(self, peer: Hashable, until: float) -> None:
+        """Ignore `peer` until `until`, its bad-frame record forgotten. Re-inserted last, so
+        that the table stays in expiry order (the oldest goes first past max_peers)."""
         self._records.pop(peer, None)
         self._cooling.pop(peer, None)
-        self._cooling[peer] = now + self.cooldown_s
+        self._cooling[peer] = until
         if len(self._cooling) > self.max_peers:
             self._cooling.popitem(last=False)
-        return True
 
     def _record(self, peer: Hashable, now: float) -> _Record:
         """The peer's record (made, and the oldest forgotten past max_peers), its window
@@ -202,11 +207,7 @@ class PeerGuard:
         now = self._clock()
         until = now + self.cooldown_s
         for peer in peers:
-            self._records.pop(peer, None)
-            self._cooling.pop(peer, None)  # re-inserted last, so the table stays in expiry order
-            self._cooling[peer] = until
-            if len(self._cooling) > self.max_peers:
-                self._cooling.popitem(last=False)
+            self._cool(peer, until)
         self._line(f"disconnected {who[:120]}: {_cut(reason)}", peers[0] if peers else None)
 
     def handler_failed(self, who: str, what: str, exc: BaseException) -> None:

@@ -314,8 +314,9 @@ class Kernel:
             #       before it lowers the gate, so a listener that sees the gate lowered
             #       finds it waiting.
             raises = self.gate.watch_raises  # 0 for ever on the pure-Python gate
-            awaiting = raises != self._watch_raises and self._current is not None
-            if raises != self._watch_raises:  # it may have lifted the nice (`Gate.boost`):
+            raised = raises != self._watch_raises
+            awaiting = raised and self._current is not None
+            if raised:  # it may have lifted the nice (`Gate.boost`):
                 self._running_class = None  # the next switch sets the class's again
             self._watch_raises = raises
             self._awaiting_listener = awaiting
@@ -345,7 +346,7 @@ class Kernel:
                     # at the stream class's priority: whatever comes, the thread must wake
                     # at once (at the batch nice it waited up to ~90 ms for a CPU on a busy
                     # machine before starting a stream task).
-                    if self._running_class != "stream" and self._priority_changed:
+                    if self._running_class != "stream" and self._priority_changed is not None:
                         self._running_class = "stream"
                         self._priority_changed("stream")
                     if not self._apply(self._inbox.get()):

@@ -161,10 +161,10 @@ def gate_arguments(
             return gated_iterator(value, gate)
         return value
 
+    gated = gated_positions(fn)
+    new_args = [wrap(a) if gated(i) else a for i, a in enumerate(args)]
     if inputs is None:
-        return [wrap(a) for a in args], dict(kwargs)
-    positions = fn.input_positions()
-    new_args = [wrap(a) if i in positions else a for i, a in enumerate(args)]
+        return new_args, dict(kwargs)
     new_kwargs = {k: (wrap(v) if k in inputs else v) for k, v in kwargs.items()}
     return new_args, new_kwargs
 

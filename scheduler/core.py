@@ -216,7 +216,8 @@ class SchedulerCore:
                     )
                 else:
                     handler(executor, event.message)
-                    self._consider_steals()
+                    if type(event.message) is not p.Received:  # it moves no task: no steal
+                        self._consider_steals()
         elif isinstance(event, ClientRequest):
             handler = self._requests.get(type(event.message))
             if handler is None:

@@ -650,6 +650,8 @@ class SchedulerServer:
         connections.discard(routing_id)
         if not connections:
             self._connections.pop(peer, None)
+            if peer[0] == "executor":  # ids a peer makes up must not grow this table
+                self._attach_tokens.pop(peer[1], None)
 
     # ---- instructions -> frames -----------------------------------------------------------------
 

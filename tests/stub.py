@@ -11,12 +11,17 @@ from __future__ import annotations
 import time
 from collections import deque
 
+import pytest
 import zmq
 
+from tidal.runtime import datastore
 from tidal.runtime import protocol as p
 from tidal.runtime.realtime import realtime_io_threads
 
-__all__ = ["StubScheduler"]
+__all__ = ["PROGRESS", "StubScheduler", "routable_host"]
+
+# What an executor reports as it goes, which `expect` skips on the way to what it waits for.
+PROGRESS = p.Heartbeat | p.Hello | p.Received | p.Resumed | p.Started
 
 
 class StubScheduler:
@@ -93,8 +98,7 @@ class StubScheduler:
             _, msg = self.recv(max(0.0, deadline - time.monotonic()))
             if isinstance(msg, kind) and (task_id is None or msg.task_id == task_id):
                 return msg
-            progress = p.Heartbeat | p.Hello | p.Received | p.Resumed | p.Started
-            if isinstance(msg, progress) and not isinstance(msg, kind):
+            if isinstance(msg, PROGRESS) and not isinstance(msg, kind):
                 continue
             raise AssertionError(
                 f"expected {kind.__name__}{f' for {task_id}' if task_id else ''}, got {msg!r}"
@@ -110,3 +114,12 @@ class StubScheduler:
             if rid == routing_id:
                 return executor_id
         return routing_id.hex()
+
+
+def routable_host() -> str:
+    """This host's address on the interface that routes off it: tests that play "another
+    host" (`host="elsewhere"`) fetch from it, as a real other host would."""
+    host = datastore.bind_host_for("tcp://192.0.2.1:9")
+    if host == "127.0.0.1":
+        pytest.skip("this machine has no interface but loopback")
+    return host

@@ -4,18 +4,18 @@ A LocalCluster (the scheduler and two executors, real processes, no keys) runs a
 client's mixed job: batch maps of `spin` tasks one after another, each result checked, and a
 stream task every 20 ms, first with no one else about ("quiet"), then while a hostile
 process, with raw ZeroMQ DEALER sockets, goes through its phases: random bytes, truncated
-msgpack, wrong
-shapes, bad hellos, unknown ops, a frame over the stranger's limit, a batch of 100,000 junk
-items before hello, a batch of 100,000 well-formed pings from a client that said hello, a
-flood of 100,000 pings over 300 connections, and hellos that name a live executor's id (an
+msgpack, wrong shapes, bad hellos, unknown ops, a frame over the stranger's limit, a batch of
+100,000 junk items before hello, a batch of 100,000 well-formed pings from a client that said
+hello, a flood of 100,000 pings over 300 connections, and hellos that name a live executor's id (an
 impostor: the bench hands it the id, as a peer could learn it). The real client pings the
 scheduler every 10 ms throughout.
 
 - real_results_wrong / real_tasks_failed: the batch job's results, checked one by one;
 - ping_ms_p99 / ping_ms_max: the real client's ping round trips during the hostile phases;
-- stream_ms_p99_hostile / stream_ms_p99_quiet: submit -> result of the stream tasks
-  (`stream_ms_p99_by_phase`: per phase, each stream task counted in the phase under way
-  when it was submitted; the worst against quiet is `stream_p99_worst_phase_vs_quiet`);
+- stream_ms_p99_hostile / stream_ms_p99_quiet: submit -> result of the stream tasks, their
+  ratio `stream_p99_hostile_vs_quiet` (`stream_ms_p99_by_phase`: per phase, each stream task
+  counted in the phase under way when it was submitted; the worst against quiet is
+  `stream_p99_worst_phase_vs_quiet`);
 - scheduler_rss_growth_mib: the scheduler's RSS 10 s after the last phase (2 s quick),
   against before the first;
 - impostor_evictions: times a real executor was lost or joined again (the event log);

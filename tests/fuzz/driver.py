@@ -111,7 +111,7 @@ SCRIPTED = (p.Hello, p.ClientHello, p.Goodbye, p.ClientGoodbye)
 def _before_hello(frame: bytes) -> bool:
     """Whether the scheduler counts `frame` from a peer that has not said hello toward
     STRANGER_LIMIT (a well-formed message a peer sends; at most: over-counting only ends a
-    session without waiting for its answer)."""
+    session without waiting for its answer). Mirrors SchedulerServer._event_for's rule."""
     try:
         msg = p.decode(frame)
     except p.ProtocolError:

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.runtime.test_datastore import routable_host
+from tests.stub import routable_host
 from tidal.runtime import datastore as ds
 from tidal.runtime.datastore import DataStore
 

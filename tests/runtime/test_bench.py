@@ -162,5 +162,5 @@ def test_hostile_runs_its_phases_against_a_real_job_and_loses_nothing():
     assert figures["impostor_evictions"] == 0
     assert figures["hostile_frames"] > 2_000 and figures["bad_input"]["bad_frames"] > 0
     assert figures["log_line_max_chars"] <= 500
-    for key in ("ping_ms_max", "stream_p99_hostile_vs_quiet", "scheduler_rss_growth_mib"):
-        assert key in figures
+    assert figures["ping_ms_max"] > 0 and figures["stream_p99_hostile_vs_quiet"] > 0
+    assert figures["pings"] > 0 and type(figures["scheduler_rss_growth_mib"]) is float

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests.stub import routable_host
 from tidal.runtime import datastore as ds
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
@@ -18,15 +19,6 @@ from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.datastore import DataStore, DataUnavailable, Reference, fetch_chunks
 from tidal.workloads.synthetic import mirrored, total
-
-
-def routable_host() -> str:
-    """This host's address on the interface that routes off it: tests that play "another
-    host" (`host="elsewhere"`) fetch from it, as a real other host would."""
-    host = ds.bind_host_for("tcp://192.0.2.1:9")
-    if host == "127.0.0.1":
-        pytest.skip("this machine has no interface but loopback")
-    return host
 
 
 @pytest.fixture
@@ -255,7 +247,7 @@ def test_big_results_bypass_the_scheduler_and_are_freed_once_fetched():
         through = client.status()["bad_input"]["bytes_in"] - before
         assert through < sum(map(len, data)) / 50  # references, both ways
         for future in [alone, *chunked]:  # each result was deleted as it was read
-            folder = os.path.join(ds.spool_root(), future.statistics().executor_id)
+            folder = ds.spool_folder(future.statistics().executor_id)
             assert os.listdir(folder) == ["owner.pid"]
 
 

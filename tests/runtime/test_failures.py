@@ -128,5 +128,5 @@ def test_spooled_arguments_and_results_survive_a_killed_executor_and_a_restarted
         assert client.status()["bad_input"]["bytes_in"] < 2 * packed / 10  # references only
         assert os.listdir(client._data.folder) == ["owner.pid"]
         for future in futures:  # every result read was deleted by its reader
-            folder = os.path.join(datastore.spool_root(), future.statistics().executor_id)
+            folder = datastore.spool_folder(future.statistics().executor_id)
             assert not os.path.exists(folder) or os.listdir(folder) == ["owner.pid"]

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.stub import StubScheduler
+from tests.stub import PROGRESS, StubScheduler
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.client import Client, MemoryLimitExceeded
@@ -36,8 +36,7 @@ def next_message(stub, kind, task_id=None, timeout=20.0):
         _, msg = stub.recv(max(0.0, deadline - time.monotonic()))
         if isinstance(msg, kind) and (task_id is None or msg.task_id == task_id):
             return msg
-        progress = p.Heartbeat | p.Received | p.Started | p.Resumed | p.Hello | p.Goodbye
-        if not isinstance(msg, progress):
+        if not isinstance(msg, PROGRESS | p.Goodbye):
             raise AssertionError(f"expected {kind.__name__}, got {msg!r}")
 
 

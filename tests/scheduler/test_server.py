@@ -338,7 +338,6 @@ def test_a_batch_is_abandoned_at_its_first_bad_item():
     dropped, handled = [], []
     server._guard = type("G", (), {"cooling_down": lambda self, rid: False})()
     server._peers = {b"e": ("executor", "e1")}
-    server.frames_in = server.bytes_in = 0
     server.max_frame_bytes = p.MAX_FRAME_BYTES
     server._drop = lambda rid, exc: dropped.append(str(exc)) or False
     server._event_for = lambda rid, msg: handled.append(msg) or None
