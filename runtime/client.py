@@ -16,6 +16,9 @@ Threads and why:
   completes futures from `results` (unpacking each result's payload; one that does not
   unpack fails its own future) and requests from their answers.
 
+A chunked map takes the bulk path (runtime/bulk.py): one list of payloads out, batches of
+results in, and light futures (`MapFutures`, made as they are asked for).
+
 For a scheduler that restarts, the client keeps each job's submit frame until the job's last
 future completes (to submit again the tasks a new scheduler never heard of) and each
 request's frame until its answer comes (to ask again). Each future still completes once: a
@@ -32,6 +35,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -47,6 +51,7 @@ import zmq
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import AuthenticationFailed, load_peer_keys
+from tidal.runtime.bulk import BulkJobs, pack_calls
 from tidal.runtime.client_io import Bookkeeping, ClientConnection
 from tidal.runtime.datastore import (
     DATA_THRESHOLD,
@@ -59,6 +64,7 @@ from tidal.runtime.functions import function_ref
 
 # Re-exported, so `from tidal.runtime.client import TaskFuture, gather, ...` keeps working.
 from tidal.runtime.futures import (
+    MapFutures,
     MemoryLimitExceeded,
     RemoteTraceback,
     TaskError,
@@ -67,15 +73,23 @@ from tidal.runtime.futures import (
     as_completed,
     gather,
 )
+from tidal.runtime.jobs import (
+    check_frame_size,
+    job_options,
+    map_parts,
+    parse_result,
+    task_entry,
+    unencodable,
+)
 from tidal.runtime.link import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RECONNECT_TIMEOUT_S
 from tidal.runtime.logs import RateLimitedLog
 from tidal.runtime.results import ResultFetcher
-from tidal.runtime.task import TaskFunction
 
 __all__ = [
     "AuthenticationFailed",
     "Client",
     "ClientExecutor",
+    "MapFutures",
     "MemoryLimitExceeded",
     "RemoteTraceback",
     "TaskError",
@@ -90,9 +104,6 @@ log = logging.getLogger("tidal.client")
 DEFAULT_STATUS_TIMEOUT_S = 10.0
 # The IO thread exits within one poll of being told to; this only bounds a bug.
 IO_JOIN_TIMEOUT_S = 5.0
-
-OUTCOMES = ("finished", "failed", "cancelled")
-
 
 # ---- the client ------------------------------------------------------------------------------
 
@@ -157,6 +168,8 @@ class Client:
         self._data: DataStore | None = None
         self._spooled: dict[str, list[Reference]] = {}
         self._fetcher = ResultFetcher(self.client_id)  # big results, kept by their executors
+        # Chunked maps sent in bulk: their futures and frames, in a book with its own lock.
+        self._bulk = BulkJobs(self._fetcher, self._bad_frames, self._send_cancel, self._bulk_done)
 
         self.keys = None if keys is None else load_peer_keys(keys)
         advertised_address()  # a malformed TIDAL_DATA_ADDRESS fails here, not at a submit
@@ -178,6 +191,7 @@ class Client:
             Bookkeeping(
                 handlers={
                     p.Results: self._on_results,
+                    p.BatchResults: self._on_batch_results,
                     p.Status: self._on_status,
                     p.Pong: self._on_pong,
                     p.PolicySet: self._on_policy_set,
@@ -227,9 +241,10 @@ class Client:
         """
         parts = [(f"argument {i}", arg) for i, arg in enumerate(args, 1)]
         parts += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
-        [future] = self._submit_job(
-            fn, [(list(args), kwargs)], parts, priority, order, max_suspensions, [preferred]
+        pack = functools.partial(
+            self._pack_tasks, calls=[(list(args), kwargs)], preferred=[preferred]
         )
+        [future] = self._submit_job(fn, pack, parts, priority, order, max_suspensions)
         return future
 
     def map(
@@ -244,14 +259,17 @@ class Client:
         preferred: Sequence[Any] | None = None,
         chunksize: int | str | None = None,
         **kwargs: Any,
-    ) -> list[TaskFuture]:
+    ) -> Sequence[TaskFuture]:
         """Run `fn(partition, **kwargs)` for each partition, as one job; return the futures
         in the order of `partitions`.
 
         `chunksize` groups partitions into chunks, each sent and run as one unit (each
         partition still has its own future): an int, "auto" (sized from measured task time
         toward ~20 ms of work per chunk), or None: "auto" from AUTO_CHUNK_FROM partitions up,
-        else 1 (no chunks).
+        else 1 (no chunks). A chunked map without `preferred` whose calls are each under
+        DATA_THRESHOLD bytes packed is sent in bulk (runtime/bulk.py) and returns a
+        MapFutures: a sequence whose futures are made as they are asked for, and which
+        `gather` waits on whole.
 
         Options and checks are those of `submit`; `preferred` is either one list of nodes
         for every partition or one list per partition. A partition msgpack cannot carry raises a
@@ -259,9 +277,6 @@ class Client:
         no job, and an empty list.
         """
         partitions = list(partitions)
-        parts = [(f"partition {i}", partition) for i, partition in enumerate(partitions)]
-        parts += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
-        calls = [([partition], kwargs) for partition in partitions]
         if (
             preferred is not None
             and preferred
@@ -279,54 +294,51 @@ class Client:
         if not (chunksize == "auto" or (type(chunksize) is int and chunksize >= 1)):
             raise ValueError(f"chunksize must be an int >= 1, 'auto' or None, not {chunksize!r}")
         options = None if chunksize == 1 else {"chunksize": chunksize}
-        return self._submit_job(
-            fn, calls, parts, priority, order, max_suspensions, per_task, options
-        )
+        if options and not preferred:
+            pack = functools.partial(self._pack_bulk, partitions=partitions, kwargs=kwargs)
+            parts = map_parts(partitions, kwargs)
+            futures = self._submit_job(fn, pack, parts, priority, order, max_suspensions, options)
+            if futures is not None:
+                return futures
+        calls = [([partition], kwargs) for partition in partitions]
+        pack = functools.partial(self._pack_tasks, calls=calls, preferred=per_task)
+        parts = map_parts(partitions, kwargs)
+        return self._submit_job(fn, pack, parts, priority, order, max_suspensions, options)
 
     def _submit_job(
         self,
         fn: Callable[..., Any],
-        calls: list[tuple[list[Any], dict[str, Any]]],
-        parts: list[tuple[str, Any]],
+        pack: Callable[[str], tuple[list[Any], list[bytes] | None] | None],
+        parts: Iterable[tuple[str, Any]],
         priority: str | None,
         order: int,
         max_suspensions: int | None,
-        preferred: list[Any],
         options: dict[str, Any] | None = None,
-    ) -> list[TaskFuture]:
+    ) -> Sequence[TaskFuture] | None:
         """Validate, encode and send one Submit; register its futures before it goes out.
 
-        Each task's `[args, kwargs]` is packed here, once, into its payload; calls that share
-        one kwargs dict (`map`) share its packed bytes too.
+        `pack(job_id)` packs the job's calls, each once, into payloads only an executor
+        opens: `(tasks, None)` for `submit.tasks` (a list of futures then), `([], payloads)`
+        for `submit.bulk` (a MapFutures), or None for a bulk job that cannot be one (nothing
+        is sent: None). `parts` name the arguments, for an error msgpack raises.
         """
         self._check_open()
-        priority, order, max_suspensions = _job_options(fn, priority, order, max_suspensions)
+        priority, order, max_suspensions = job_options(fn, priority, order, max_suspensions)
         ref = function_ref(fn)
-        if not calls:
-            return []
         # Ids are unique and increasing, not consecutive: a submission that fails to encode
         # has used its number.
         job_id = f"{self.client_id}-{next(self._job_numbers)}"
         # Taken before packing, so a future's latency includes the cost of packing its job.
         sent_ns = time.monotonic_ns()
-        tasks = []
-        packed_kwargs: dict[int, bytes] = {}  # id(kwargs) -> its packed bytes
         registered = False
         try:
             try:
-                for i, ((args, kwargs), prefs) in enumerate(zip(calls, preferred, strict=True)):
-                    if id(kwargs) not in packed_kwargs:
-                        packed = payloads.pack_payload(kwargs, "kwargs")
-                        if len(packed) >= DATA_THRESHOLD and len(calls) > 1:
-                            # Shared by the map's calls: spooled once, not once per call.
-                            packed = payloads.pack_payload(self._spool(job_id, packed))
-                        packed_kwargs[id(kwargs)] = packed
-                    payload = payloads.pack_call(
-                        args, kwargs, packed_kwargs=packed_kwargs[id(kwargs)]
-                    )
-                    if len(payload) >= DATA_THRESHOLD:
-                        payload = self._spool(job_id, payload)
-                    tasks.append(_task_entry(f"{job_id}/{i}", payload, prefs))
+                packed = pack(job_id)
+                if packed is None:
+                    return None  # not a bulk job after all
+                tasks, bulk = packed
+                if not (tasks or bulk):
+                    return []  # no partitions: no job
                 frame = p.encode(
                     p.Submit(
                         job_id,
@@ -338,27 +350,26 @@ class Client:
                         tasks,
                         sent_ns,
                         options,
+                        bulk,
                     )
                 )
             except p.EncodeError as exc:
-                # Only now walk the arguments (they may be large) to name the one at fault.
-                for path, value in parts:
-                    where = p.find_unencodable(value, path)
-                    if where:
-                        raise TypeError(f"cannot submit {ref.ref}: {where}") from None
-                raise TypeError(f"cannot submit {ref.ref}: {exc}") from None
-            if len(frame) > p.MAX_FRAME_BYTES:
-                raise ValueError(
-                    f"cannot submit {ref.ref}: its job is {len(frame):,} bytes packed, over the "
-                    f"{p.MAX_FRAME_BYTES:,}-byte limit of a frame (submit fewer tasks at a time)"
-                )
-            futures = [TaskFuture(task[0], job_id, sent_ns, self._cancel_remote) for task in tasks]
+                raise unencodable(ref.ref, parts, exc) from None
+            check_frame_size(ref.ref, frame)
+            if bulk is None:
+                futures = [TaskFuture(t[0], job_id, sent_ns, self._cancel_remote) for t in tasks]
+            else:
+                job = self._bulk.new_job(job_id, len(bulk), sent_ns)
+                futures = MapFutures(job)
             with self._lock:
                 # Registered before the frame leaves, so no result can arrive ahead of its
                 # future.
                 self._check_open()
-                self._pending.update((future.task_id, future) for future in futures)
-                self._jobs[job_id] = [frame, len(futures)]
+                if bulk is None:
+                    self._pending.update((future.task_id, future) for future in futures)
+                    self._jobs[job_id] = [frame, len(futures)]
+                else:
+                    self._bulk.add(job, frame)
                 self._to_io.send(frame, zmq.NOBLOCK)
                 registered = True
         finally:
@@ -367,12 +378,44 @@ class Client:
                     self._drop_spooled([job_id])
         return futures
 
+    def _pack_tasks(
+        self, job_id: str, calls: list[tuple[list[Any], dict[str, Any]]], preferred: list[Any]
+    ) -> tuple[list[Any], None]:
+        """`submit.tasks` for these calls. Calls that share one kwargs dict (`map`) share its
+        packed bytes too; a payload of DATA_THRESHOLD bytes or more is spooled."""
+        tasks = []
+        packed_kwargs: dict[int, bytes] = {}  # id(kwargs) -> its packed bytes
+        for i, ((args, kwargs), prefs) in enumerate(zip(calls, preferred, strict=True)):
+            if id(kwargs) not in packed_kwargs:
+                packed = payloads.pack_payload(kwargs, "kwargs")
+                if len(packed) >= DATA_THRESHOLD and len(calls) > 1:
+                    # Shared by the map's calls: spooled once, not once per call.
+                    packed = payloads.pack_payload(self._spool(job_id, packed))
+                packed_kwargs[id(kwargs)] = packed
+            payload = payloads.pack_call(args, kwargs, packed_kwargs=packed_kwargs[id(kwargs)])
+            if len(payload) >= DATA_THRESHOLD:
+                payload = self._spool(job_id, payload)
+            tasks.append(task_entry(f"{job_id}/{i}", payload, prefs))
+        return tasks, None
+
+    def _pack_bulk(
+        self, job_id: str, partitions: list[Any], kwargs: dict[str, Any]
+    ) -> tuple[list[Any], list[bytes]] | None:
+        """`submit.bulk` for a map's calls (runtime/bulk.py), or None if one is too big."""
+        packed_kwargs = payloads.pack_payload(kwargs, "kwargs")
+        calls = pack_calls(partitions, packed_kwargs, functools.partial(self._spool, job_id))
+        return None if calls is None else ([], calls)
+
     def _cancel_remote(self, future: TaskFuture) -> None:
         """Forget a future cancelled here and tell the scheduler (unless the client is gone)."""
-        frame = p.encode(p.Cancel([future.task_id]))
         with self._lock:
             if self._pending.pop(future.task_id, None) is not None:
                 self._job_done(future.job_id)
+        self._send_cancel(future.task_id)
+
+    def _send_cancel(self, task_id: str) -> None:
+        frame = p.encode(p.Cancel([task_id]))
+        with self._lock:
             if not self._closed and self._broken is None:
                 self._to_io.send(frame, zmq.NOBLOCK)
 
@@ -556,6 +599,7 @@ class Client:
             self._jobs.clear()
             self._request_frames.clear()
             self._drop_spooled()  # no one waits for those jobs any more
+        self._bulk.fail_all(describe)
         for future in futures:
             with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
                 future.set_exception(ConnectionError(describe(f"task {future.task_id}")))
@@ -566,11 +610,12 @@ class Client:
 
     def _expecting(self) -> bool:
         with self._lock:
-            return bool(self._pending or self._status_waiters)
+            return bool(self._pending or self._status_waiters or self._bulk)
 
     def _waiting_for(self) -> tuple[list[str], list[bytes]]:
         with self._lock:
-            return list(self._pending), list(self._request_frames.values())
+            waiting, requests = list(self._pending), list(self._request_frames.values())
+        return waiting + self._bulk.waiting_for(), requests
 
     def _resubmissions(self, unknown: set[str]) -> list[bytes]:
         """The submit frames of the jobs holding `unknown` tasks, with only those tasks."""
@@ -587,7 +632,7 @@ class Client:
             tasks = [t for t in submit.tasks if t[0] in unknown]
             log.info("submitting again %d tasks of job %s", len(tasks), job_id)
             frames.append(p.encode(dataclasses.replace(submit, tasks=tasks)))
-        return frames
+        return frames + self._bulk.resubmissions(unknown)
 
     def _welcomed_again(self, welcome: p.ClientWelcome) -> None:
         if welcome.scheduler_id != self.scheduler_id:
@@ -605,7 +650,7 @@ class Client:
     def _on_results(self, msg: p.Results) -> None:
         for item in msg.items:
             try:
-                task_id, outcome, value, error, stats = _parse_result(item)
+                task_id, outcome, value, error, stats = parse_result(item)
             except p.ProtocolError as exc:
                 self._bad_frames(f"dropped a bad result from the scheduler: {exc}")
                 self._fail_malformed(item, exc)
@@ -614,16 +659,13 @@ class Client:
                 future = self._pending.pop(task_id, None)
                 if future is not None:
                     self._job_done(future.job_id)
-            spooled = (
-                outcome == "finished" and type(value) is bytes and payloads.is_reference(value)
-            )
-            # Unknown, already completed, or cancelled here: never complete a future twice.
+            # A bulk job's task, else unknown, completed, or cancelled here: never complete a
+            # future twice (a spooled result no one waits for is released).
             if future is None:
-                self.dropped_results += 1
-                if spooled:
-                    self._fetcher.release(value)  # kept for no one: its executor may delete it
+                if not self._bulk.on_result(task_id, outcome, value, error, stats):
+                    self.dropped_results += 1
                 continue
-            if spooled:
+            if outcome == "finished" and type(value) is bytes and payloads.is_reference(value):
                 self._fetcher.fetch(future, value, stats)  # kept by its executor: fetched
                 continue
             if outcome == "finished":
@@ -648,9 +690,19 @@ class Client:
             future = self._pending.pop(item[0], None)
             if future is not None:
                 self._job_done(future.job_id)
-        if future is not None:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):
-                future.set_exception(p.ProtocolError(f"unreadable result for {item[0]}: {exc}"))
+        problem = p.ProtocolError(f"unreadable result for {item[0]}: {exc}")
+        if future is None:
+            self._bulk.fail(item[0], problem)
+            return
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            future.set_exception(problem)
+
+    def _on_batch_results(self, msg: p.BatchResults) -> None:
+        self.dropped_results += self._bulk.on_batch_results(msg)
+
+    def _bulk_done(self, job_id: str) -> None:
+        with self._lock:
+            self._drop_spooled([job_id])  # its shared kwargs, if they were spooled
 
     def _on_status(self, msg: p.Status) -> None:
         self._answer(msg.request_id, msg.snapshot)
@@ -666,69 +718,6 @@ class Client:
             waiter = self._status_waiters.pop(request_id, None)
         if waiter is not None:  # else an answer that came after its caller gave up
             waiter.set_result(value)
-
-
-def _task_entry(task_id: str, payload: bytes, preferred: Any) -> list[Any]:
-    """One item of `submit.tasks`: [task_id, payload], with its options if it has any."""
-    if not preferred:
-        return [task_id, payload]
-    if isinstance(preferred, str) or not all(isinstance(x, str) for x in preferred):
-        raise TypeError(
-            f"preferred must be a list of node labels or executor ids, not {preferred!r}"
-        )
-    return [task_id, payload, {"preferred": list(preferred)}]
-
-
-def _parse_result(item: Any) -> tuple[str, str, Any, list[str] | None, dict[str, Any]]:
-    """Check one `results` item; raise ProtocolError naming what is wrong."""
-    if type(item) is not list or len(item) != 5:
-        raise p.ProtocolError("a result must be [task_id, outcome, value, error, stats]")
-    task_id, outcome, value, error, stats = item
-    if type(task_id) is not str:
-        raise p.ProtocolError(f"a result's task_id must be str, got {type(task_id).__name__}")
-    if outcome not in OUTCOMES:
-        raise p.ProtocolError(f"result for {task_id} has unknown outcome {str(outcome)[:40]!r}")
-    if error is not None and (
-        type(error) is not list or len(error) != 3 or any(type(e) is not str for e in error)
-    ):
-        raise p.ProtocolError(f"result for {task_id}: error must be [type, message, traceback]")
-    if outcome == "failed" and error is None:
-        raise p.ProtocolError(f"result for {task_id} failed without an error")
-    if outcome == "finished" and type(value) is not bytes:
-        raise p.ProtocolError(
-            f"result for {task_id}: a finished value must be a payload (bytes), "
-            f"got {type(value).__name__}"
-        )
-    if stats is None:
-        stats = {}
-    if type(stats) is not dict:
-        raise p.ProtocolError(f"result for {task_id}: stats must be a map")
-    return task_id, outcome, value, error, stats
-
-
-def _job_options(
-    fn: Callable[..., Any], priority: str | None, order: int, max_suspensions: int | None
-) -> tuple[str, int, int | None]:
-    """Apply `@task` defaults to a submission's options and check them."""
-    if isinstance(fn, TaskFunction):
-        priority = fn.priority if priority is None else priority
-        max_suspensions = fn.max_suspensions if max_suspensions is None else max_suspensions
-    priority = "batch" if priority is None else priority
-    if not isinstance(priority, str) or priority not in p.PRIORITY_CLASSES:
-        raise ValueError(
-            f"unknown priority {priority!r}: use one of "
-            + ", ".join(repr(name) for name in p.PRIORITY_CLASSES)
-        )
-    if isinstance(order, bool) or not isinstance(order, int):
-        raise TypeError(f"order must be an int (lower runs first), not {type(order).__name__}")
-    if max_suspensions is not None and (
-        type(max_suspensions) is bool or not isinstance(max_suspensions, int) or max_suspensions < 0
-    ):
-        raise ValueError(
-            f"max_suspensions must be None (the cluster's cap) or an int >= 0, "
-            f"not {max_suspensions!r}"
-        )
-    return priority, int(order), None if max_suspensions is None else int(max_suspensions)
 
 
 # ---- the concurrent.futures adapter ----------------------------------------------------------

@@ -696,6 +696,7 @@ class Executor:
             msg.subtasks,
             attempt=msg.attempt,
             priority=msg.priority,
+            span=None if msg.span is None else (msg.span[0], msg.span[1]),
         )
 
     def _on_steal(self, msg: p.Steal) -> None:
@@ -713,6 +714,16 @@ class Executor:
 
 def _chunk_problem(msg: p.LaunchChunk) -> str | None:
     """What is wrong with a launch_chunk's subtasks, if anything (`_decode`)."""
+    if msg.span is not None:
+        span = msg.span
+        if not (len(span) == 2 and type(span[0]) is str and type(span[1]) is int and span[1] >= 0):
+            return (
+                "launch_chunk.span must be [job_id, first] (a str and an int >= 0), "
+                f"got {str(span)[:60]}"
+            )
+        if not all(type(entry) is bytes for entry in msg.subtasks):
+            return "launch_chunk.subtasks of a span must be payloads (bytes)"
+        return None
     for i, entry in enumerate(msg.subtasks):
         if not (
             type(entry) is list

@@ -33,6 +33,7 @@ from __future__ import annotations
 import inspect
 import queue
 import time
+import types
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -51,9 +52,10 @@ from tidal.runtime.runstate import (
     PendingSuspends,
     ReadyQueue,
     RunState,
+    Span,
     TaskRecord,
 )
-from tidal.runtime.task import TaskContext, gate_arguments, gated_positions
+from tidal.runtime.task import QuickCalls, TaskContext, gate_arguments, gated_positions
 from tidal.runtime.tracebacks import describe_failure
 
 __all__ = ["Kernel", "RunState", "TaskKilled"]
@@ -66,6 +68,8 @@ DEFAULT_SUSPEND_TIMEOUT_NS = 100_000_000
 # comes first: few messages for tiny subtasks, prompt results for slow ones.
 CHUNK_REPORT_EVERY = 512
 CHUNK_REPORT_NS = 20_000_000
+# What a task function's call may return that is not its result as it is (`_call_result`).
+_NOT_A_RESULT = (types.GeneratorType, types.CoroutineType)
 # How long the hub holds a task at its boundary for the listener to read what the gate's
 # watcher saw arrive (see `_wait_for_listener`): the listener needs ~0.1-0.4 ms here; a
 # longer wait would stall a task whose listener is slow to come (the watcher raises again
@@ -207,14 +211,22 @@ class Kernel:
         *,
         attempt: int = 0,
         priority: str = "batch",
+        span: tuple[str, int] | None = None,
     ) -> None:
         """Queue a chunk: subtasks `[task_id, payload]` (as on the wire) or
         `[task_id, args, kwargs]` of one function, run in order as one task, with a
         suspension point between them; results go out in batches. A subtask whose payload
-        does not unpack fails on its own."""
+        does not unpack fails on its own.
+
+        With `span` = (job_id, first), a range of a bulk job: `subtasks` are bare payloads
+        of tasks first, first + 1, ..., and results go out as `chunk_batch` reports."""
         record = TaskRecord(chunk_id, fn, [], {}, attempt, priority)
         record.chunk = deque(subtasks)
-        record.unreported = dict.fromkeys(subtask[0] for subtask in subtasks)
+        if span is not None:
+            job_id, first = span
+            record.span = Span(job_id, first, first, first + len(subtasks))
+        else:
+            record.unreported = dict.fromkeys(subtask[0] for subtask in subtasks)
         self._post(Command("launch", chunk_id, self._clock(), record))
 
     def steal(self, chunk_id: str, count: int) -> None:
@@ -527,7 +539,13 @@ class Kernel:
             # Atomic by construction: only the hub runs now, and the chunk's runner takes
             # subtasks from the front, so the tail holds only subtasks that have not started.
             taken: list[str] = []
-            if record is not None and record.chunk is not None:
+            if record is not None and record.span is not None:
+                span, count = record.span, min(command.count, len(record.chunk))
+                for _ in range(count):
+                    record.chunk.pop()
+                taken = span.ids(span.end - count, span.end)
+                span.end -= count
+            elif record is not None and record.chunk is not None:
                 for _ in range(min(command.count, len(record.chunk))):
                     taken.append(record.chunk.pop()[0])
                 taken.reverse()
@@ -631,6 +649,8 @@ class Kernel:
         assert record is not None and go is _GO  # the hub set both just before switching
         try:
             fn = record.fn.resolve() if isinstance(record.fn, FunctionRef) else record.fn
+            if record.span is not None:
+                return Outcome("finished", self._run_span(record, fn))
             if record.chunk is not None:
                 return Outcome("finished", self._run_chunk(record, fn))
             if record.payload is not None:
@@ -659,7 +679,11 @@ class Kernel:
     def _call_task(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Call a task function with its inputs gated; a generator's outputs are its result."""
         call_args, call_kwargs = gate_arguments(fn, args, kwargs, self.gate, self._gated_iterator)
-        result = fn(*call_args, **call_kwargs)
+        return self._call_result(fn, fn(*call_args, **call_kwargs))
+
+    def _call_result(self, fn: Callable[..., Any], result: Any) -> Any:
+        """What a task function's call returned, as its result: a generator is driven to
+        its end (its outputs are the result); a coroutine is an error."""
         if inspect.isgenerator(result):
             return self._drive_generator(result)
         if inspect.iscoroutine(result):
@@ -722,6 +746,72 @@ class Kernel:
         if record.unreported is not None:  # after the emit, as for `_tasks` above
             for item in results:
                 record.unreported.pop(item[0], None)
+        self._flush()
+
+    def _run_span(self, record: TaskRecord, fn: Callable[..., Any]) -> None:
+        """Run a span chunk's subtasks in order; report their results in batches
+        (`chunk_batch`: one list of values, the failures apart)."""
+        span, chunk, gate, clock = record.span, record.chunk, self.gate, self._clock
+        quick = QuickCalls(fn, payloads.DATA_THRESHOLD)
+        values: list[bytes | None] = []
+        errors: list[list[Any]] = []
+        batch_started = clock()
+        try:
+            while chunk:
+                payload = chunk.popleft()
+                index = span.next
+                span.next += 1
+                try:
+                    call = quick.args_of(payload)
+                    if call is None:
+                        call = self._unpack(payload, fn)
+                        result = self._call_task(fn, *call)
+                    else:
+                        result = quick.fn(*call[0], **call[1])
+                        if type(result) in _NOT_A_RESULT:  # a generator task, say
+                            result = self._call_result(fn, result)
+                    value = quick.pack(result)
+                    if value is None:
+                        where = f"result of {span.job_id}/{index}"
+                        value = payloads.pack_result(result, where, self._spool_result)
+                except TaskKilled:
+                    if record.fail_error is not None:  # this subtask is the one that pays
+                        values.append(None)
+                        errors.append([index, record.fail_error])
+                    raise
+                except greenlet.GreenletExit:
+                    raise
+                except p.EncodeError as exc:
+                    values.append(None)
+                    errors.append([index, ["EncodeError", f"the result cannot be sent: {exc}", ""]])
+                except BaseException as exc:  # a task's error belongs to its result
+                    values.append(None)
+                    errors.append([index, describe_failure(exc, __file__)])
+                else:
+                    values.append(value)
+                now = clock()
+                if (
+                    gate.requested
+                    or len(values) >= CHUNK_REPORT_EVERY
+                    or now - batch_started >= CHUNK_REPORT_NS
+                ):
+                    # Report before parking too: those subtasks are done whatever comes next.
+                    self._report_span(record, values, errors, now - batch_started)
+                    values, errors = [], []
+                    if gate.requested:
+                        self._checkpoint()  # between subtasks: a suspension point
+                    batch_started = clock()
+        finally:
+            if values:  # also when killed: these subtasks did complete
+                self._report_span(record, values, errors, clock() - batch_started)
+
+    def _report_span(
+        self, record: TaskRecord, values: list[Any], errors: list[list[Any]], running_ns: int
+    ) -> None:
+        span = record.span
+        start = span.reported
+        self._emit(p.ChunkBatch(record.task_id, span.job_id, start, values, errors, running_ns))
+        span.reported = start + len(values)  # after the emit, as for `_tasks` above
         self._flush()
 
     def _drive_generator(self, gen: Any) -> list[Any]:

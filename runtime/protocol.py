@@ -41,6 +41,7 @@ __all__ = [
     "EncodeError",
     "Message",
     "ProtocolError",
+    "batch_key",
     "decode",
     "encode",
     "find_unencodable",
@@ -63,7 +64,9 @@ __all__ = [
 #    may be a reference to a map's shared kwargs; blocked arguments (0x93) (docs/protocol.md);
 #    welcome.attach_token and attach.token.
 # 6: received (an executor has these launches): a loss counts toward max_retries from there.
-PROTOCOL_VERSION = 6
+# 7: the bulk path (a chunked map as ranges): submit.bulk, launch_chunk.span, chunk_batch,
+#    batch_results.
+PROTOCOL_VERSION = 7
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
 # goes ahead: a stream task exists to take a slot at once, batch work fills the rest.
@@ -296,6 +299,10 @@ class LaunchChunk(Message):
     attempt: int
     priority: str
     sent_ns: int
+    # A range of a bulk job (submit.bulk): [job_id, first]. Then `subtasks` holds only the
+    # payloads of tasks first, first + 1, ... (task i's id is f"{job_id}/{i}"), and their
+    # results come back as chunk_batch reports.
+    span: list | None = None
 
 
 @message("steal", S2E)
@@ -316,6 +323,21 @@ class ChunkResults(Message):
     # and error [error_type, message, traceback] or nil.
     chunk_id: str
     items: list
+
+
+@message("chunk_batch", E2S)
+class ChunkBatch(Message):
+    # Results of a span chunk's subtasks start, start + 1, ... (the job's indices), in the
+    # order they ran: `values` one per subtask, the result's payload (bytes) or nil for one
+    # that failed; `errors` [[index, [error_type, message, traceback]], ...] for those;
+    # `running_ns` the batch's running time, all subtasks together. The scheduler acks it as
+    # f"{chunk_id}@{start}" (`batch_key`).
+    chunk_id: str
+    job_id: str
+    start: int
+    values: list
+    errors: list
+    running_ns: int
 
 
 @message("stolen", E2S)
@@ -426,6 +448,9 @@ class Submit(Message):
     sent_ns: int  # client's time.monotonic_ns(), for latency figures
     # Job options: {"chunksize": int >= 1 or "auto"} groups the job's tasks into chunks.
     options: dict | None = None
+    # A bulk job (a chunked map): its tasks' payloads in order, task i's id f"{job_id}/{i}";
+    # then `tasks` is empty. The scheduler keeps them as ranges, not one record per task.
+    bulk: list | None = None
 
 
 @message("results", S2C)
@@ -434,6 +459,18 @@ class Results(Message):
     # "cancelled"; value the result's payload (bytes, as the executor sent it) for
     # "finished", else nil; error is [error_type, message, traceback] or nil; stats a dict.
     items: list
+
+
+@message("batch_results", S2C)
+class BatchResults(Message):
+    # Results of a bulk job's tasks start, start + 1, ...: `values` and `errors` as in
+    # chunk_batch (a task in `errors` failed, the others finished); `stats` what they share
+    # (executor_id, attempt, running_ns: the batch's mean per task, queued_ns).
+    job_id: str
+    start: int
+    values: list
+    errors: list
+    stats: dict
 
 
 @message("cancel", C2S)
@@ -605,6 +642,11 @@ def _freeze(key: Any) -> Any:
 
 
 # ---- frames ----------------------------------------------------------------------------------
+
+
+def batch_key(chunk_id: str, start: int) -> str:
+    """The id under which a chunk_batch is acked (and kept by its executor until then)."""
+    return f"{chunk_id}@{start}"
 
 
 def decode(frame: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Message:

@@ -88,6 +88,8 @@ class Reports:
         elif kind is p.ChunkResults:
             for task_id, outcome, value, error, stats in msg.items:
                 self._unacked[task_id] = [task_id, 0, outcome, [value, error, stats]]
+        elif kind is p.ChunkBatch:  # kept whole; listed task by task only in a hello
+            self._unacked[p.batch_key(msg.chunk_id, msg.start)] = msg
         frame = p.encode(msg)
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
@@ -154,10 +156,29 @@ class Reports:
 
     def unacked(self) -> list[list[Any]]:
         """The results not acked yet, as hello.holding items."""
-        return list(self._unacked.values())
+        held = []
+        for item in list(self._unacked.values()):
+            if type(item) is p.ChunkBatch:
+                held.extend(_batch_items(item))
+            else:
+                held.append(item)
+        return held
 
     def acked(self, task_ids: list[Any]) -> None:
         """The scheduler has these results safe: stop keeping them."""
         for task_id in task_ids:
             if type(task_id) is str:
                 self._unacked.pop(task_id, None)
+
+
+def _batch_items(batch: p.ChunkBatch) -> list[list[Any]]:
+    """A chunk_batch's results as hello.holding items, one per task."""
+    errors = dict((index, error) for index, error in batch.errors)
+    items = []
+    for index, value in enumerate(batch.values, batch.start):
+        task_id = f"{batch.job_id}/{index}"
+        if index in errors:
+            items.append([task_id, 0, "failed", [None, errors[index], {}]])
+        else:
+            items.append([task_id, 0, "finished", [value, None, {}]])
+    return items

@@ -39,6 +39,7 @@ __all__ = [
     "PendingSuspends",
     "ReadyQueue",
     "RunState",
+    "Span",
     "TaskRecord",
 ]
 
@@ -97,6 +98,9 @@ class TaskRecord:
     # A chunk's subtasks whose results have not been emitted yet (an ordered set), for a
     # hello to a scheduler that lost track of the chunk (`Kernel.holdings`).
     unreported: dict[str, None] | None = None
+    # A span chunk (a range of a bulk job): `chunk` holds bare payloads, and this where
+    # they are in the job.
+    span: Span | None = None
 
     def stats(self, executor_id: str, now: int) -> dict[str, Any]:
         """The `stats` of this task's final report."""
@@ -221,6 +225,20 @@ class ReadyQueue:
 # ---- snapshots of the task table, for other threads -------------------------------------------
 
 
+@dataclass(slots=True)
+class Span:
+    """Where a span chunk's subtasks are in their bulk job: task `f"{job_id}/{i}"` for i in
+    [reported, end) not reported yet, `next` the first not started (the chunk's head)."""
+
+    job_id: str
+    next: int
+    reported: int
+    end: int
+
+    def ids(self, start: int, stop: int) -> list[str]:
+        return [f"{self.job_id}/{i}" for i in range(start, stop)]
+
+
 def holdings(tasks: dict[str, TaskRecord]) -> list[list[Any]]:
     """The tasks not done, as `hello.holding` lists them: `[task_id, attempt, state,
     detail]`, detail the unreported subtask ids of a chunk (else None)."""
@@ -228,8 +246,11 @@ def holdings(tasks: dict[str, TaskRecord]) -> list[list[Any]]:
     for record in list(tasks.values()):
         state = record.state  # read once: the hub may change it meanwhile
         if state is not RunState.DONE:
-            unreported = record.unreported
-            detail = None if unreported is None else list(unreported)
+            unreported, span = record.unreported, record.span
+            if span is not None:
+                detail = span.ids(span.reported, span.end)
+            else:
+                detail = None if unreported is None else list(unreported)
             held.append([record.task_id, record.attempt, state.value, detail])
     return held
 
@@ -259,6 +280,13 @@ def memory_failure(
     the subtask it is running, if any (its other subtasks go back to the scheduler's queue
     when the executor leaves)."""
     error = [error_type, message, ""]
+    span = record.span
+    if span is not None:
+        if span.next == span.reported:  # none started since the last report
+            return None
+        return p.ChunkBatch(
+            record.task_id, span.job_id, span.next - 1, [None], [[span.next - 1, error]], 0
+        )
     if record.chunk is not None:
         subtask = record.running_subtask
         if subtask is None:

@@ -31,7 +31,8 @@ from typing import Any
 
 from tidal.runtime import protocol as p
 from tidal.scheduler import decisions as d
-from tidal.scheduler.records import ExecutorRecord, Job, Records, Task, TaskState
+from tidal.scheduler.records import ExecutorRecord, Job, Records, SpanSubtasks, Task, TaskState
+from tidal.scheduler.records.spans import batch_errors
 
 __all__ = [
     "TARGET_CHUNK_NS",
@@ -101,13 +102,41 @@ def on_results(records: Records, executor: ExecutorRecord, msg: p.ChunkResults) 
             records.complete(task, "failed", None, error if isinstance(error, list) else None)
 
 
+def on_batch(records: Records, executor: ExecutorRecord, msg: p.ChunkBatch) -> None:
+    """A chunk_batch: for a span chunk, see scheduler/records/spans.py; for a chunk whose
+    tasks have records (adopted after a restart, when the scheduler knew them one by one),
+    the chunk_results it stands for."""
+    chunk = records.tasks.get(msg.chunk_id)
+    if chunk is None or chunk.subtasks is None or chunk.executor_id != executor.executor_id:
+        return
+    if isinstance(chunk.subtasks, SpanSubtasks):
+        records.on_span_batch(executor, chunk, msg)
+        return
+    stop = msg.start + len(msg.values)
+    errors = batch_errors(msg.errors, msg.start, stop)
+    if errors is None:
+        return
+    items = []
+    for index, value in enumerate(msg.values, msg.start):
+        task_id = f"{msg.job_id}/{index}"
+        if index in errors:
+            items.append([task_id, "failed", None, errors[index], {}])
+        else:
+            items.append([task_id, "finished", value, None, {}])
+    on_results(records, executor, p.ChunkResults(chunk.task_id, items))
+
+
 def on_stolen(records: Records, executor: ExecutorRecord, msg: p.Stolen) -> None:
     """The victim gave these up: launch them as a new chunk on the thief (or requeue)."""
     chunk = records.tasks.get(msg.chunk_id)
     steal = records.steals_in_flight.pop(msg.chunk_id, None)
     if chunk is None or chunk.subtasks is None or steal is None:
         return
-    thief_id, _ = steal
+    thief_id, asked = steal
+    if isinstance(chunk.subtasks, SpanSubtasks):
+        thief = records.executors.get(thief_id)
+        records.on_stolen_span(chunk, thief, asked, msg.task_ids)
+        return
     moved = []
     for task_id in msg.task_ids:
         task = chunk.subtasks.pop(task_id, None) if isinstance(task_id, str) else None
@@ -192,7 +221,7 @@ class Stealer:
             ranked = heapq.nsmallest(
                 enough,
                 candidates,
-                key=lambda c: (min(t.submitted_at for t in c[0].subtasks.values()), c[0].seq),
+                key=lambda c: (_oldest(c[0]), c[0].seq),
             )
         taken = [False] * len(ranked)
         first_left = 0  # every candidate before this one is taken
@@ -237,3 +266,10 @@ class Stealer:
                     if count * per_subtask >= STEAL_MIN_GAIN_NS:
                         candidates.append((chunk, count))
         return candidates
+
+
+def _oldest(chunk: Task) -> int:
+    """When the longest-waiting task of `chunk` was submitted (scheduler clock)."""
+    if isinstance(chunk.subtasks, SpanSubtasks):  # a bulk job's: all at once
+        return chunk.job.accepted_at
+    return min(t.submitted_at for t in chunk.subtasks.values())

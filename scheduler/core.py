@@ -63,6 +63,9 @@ from tidal.scheduler.records import (
     resume_order,
     stat_count,
 )
+from tidal.scheduler.records import (
+    task_ids as task_ids_of,
+)
 from tidal.scheduler.views import ClusterView, TaskView, check_submission, status_snapshot
 
 __all__ = [
@@ -160,6 +163,7 @@ class SchedulerCore:
         self._reports: dict[type, Callable[[ExecutorRecord, Any], None]] = {
             p.Heartbeat: self._on_heartbeat,
             p.ChunkResults: lambda e, m: ch.on_results(self.records, e, m),
+            p.ChunkBatch: lambda e, m: ch.on_batch(self.records, e, m),
             p.Stolen: lambda e, m: ch.on_stolen(self.records, e, m),
             p.Received: self._on_received,
             p.Started: self._on_started,
@@ -582,14 +586,17 @@ class SchedulerCore:
             # sure we had; the same job twice from the same client is that, not a mistake.
             log.debug("job %s from client %s is known already", msg.job_id, client_id)
             return
-        problem = check_submission(msg, records.jobs, records.tasks)
-        task_ids = [t[0] for t in msg.tasks if isinstance(t, list) and t and isinstance(t[0], str)]
+        problem = check_submission(msg, records.jobs, records.tasks, records.id_prefixes)
         if problem is not None:
+            if msg.bulk is not None:
+                refused = task_ids_of(msg)
+            else:
+                refused = [t[0] for t in msg.tasks if type(t) is list and t and type(t[0]) is str]
             records.peer_warning(f"refused job {msg.job_id} from client {client_id}: {problem}")
             reason = f"job {msg.job_id} refused by the scheduler: {problem}"
             records.note(ev.JobRefused(client_id, msg.job_id, reason))
             error = ["ValueError", reason, ""]
-            records.to_client(client_id, [[tid, "failed", None, error, {}] for tid in task_ids])
+            records.to_client(client_id, [[tid, "failed", None, error, {}] for tid in refused])
             return
         records.note(ev.JobAccepted(client_id, msg))
         new = [TaskView(task, records) for task in records.submit(client_id, msg)]
@@ -598,8 +605,11 @@ class SchedulerCore:
     def _on_cancel(self, client_id: str, msg: p.Cancel) -> None:
         records = self.records
         for task_id in msg.task_ids:
-            task = records.tasks.get(task_id) if isinstance(task_id, str) else None
-            if task is None or task.job.client_id != client_id or task.state is TaskState.DONE:
+            task = records.find_task(task_id)
+            if task is None:
+                records.cancel_in_piece(client_id, task_id)
+                continue
+            if task.job.client_id != client_id or task.state is TaskState.DONE:
                 continue
             freed = records.cancel(task)
             if freed is not None:

@@ -75,7 +75,7 @@ class EventRecorder:
                 "job": n.submit.job_id,
                 "priority": n.submit.priority,
                 "order": n.submit.order,
-                "tasks": len(n.submit.tasks),
+                "tasks": len(n.submit.tasks) + len(n.submit.bulk or ()),
                 "client": n.client_id,
             },
             ev.JobRefused: lambda n: {

@@ -17,6 +17,7 @@ from typing import Any
 from tidal.runtime import protocol as p
 
 __all__ = [
+    "BatchEnded",
     "CancelRequested",
     "ClientJoined",
     "ClientLeft",
@@ -117,6 +118,12 @@ class TaskEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchEnded:
+    job_id: str
+    result: p.BatchResults  # as its client gets it: every task in it ended with it
+
+
+@dataclass(frozen=True, slots=True)
 class CancelRequested:
     job_id: str
     task_id: str  # still running somewhere when this is noted
@@ -156,6 +163,7 @@ Note = (
     JobAccepted
     | JobRefused
     | TaskEnded
+    | BatchEnded
     | CancelRequested
     | ExecutorUp
     | ExecutorLost

@@ -133,6 +133,8 @@ class NullJournal:
         """Record what `note` says, if a restart needs it (other notes are ignored)."""
         if isinstance(note, ev.TaskEnded):  # the commonest, first
             self.ended(note.job_id, note.item)
+        elif isinstance(note, ev.BatchEnded):
+            self.batch_ended(note.result)
         elif isinstance(note, ev.JobAccepted):
             self.submitted(note.client_id, note.submit)
         elif isinstance(note, ev.CancelRequested):
@@ -146,6 +148,9 @@ class NullJournal:
 
     def submitted(self, client_id: str, submit: p.Submit) -> None:
         """A job was accepted."""
+
+    def batch_ended(self, result: p.BatchResults) -> None:
+        """A bulk job's tasks ended together."""
 
     def ended(self, job_id: str, item: list[Any]) -> None:
         """A task ended; `item` is its result item `[task_id, outcome, value, error, stats]`."""
@@ -244,8 +249,8 @@ class Journal(NullJournal):
             if isinstance(submit, p.Submit):
                 state.jobs.append((client_id, submit))
         self._rows: dict[str, int] = {}  # task id -> the results row that holds its item
-        for batch, ids in db.execute("SELECT batch, ids FROM results"):
-            for task_id, outcome in _unpack(ids):
+        for batch, job_id, ids in db.execute("SELECT batch, job_id, ids FROM results"):
+            for task_id, outcome in _outcomes(job_id, _unpack(ids)):
                 state.outcomes[task_id] = outcome
                 self._rows[task_id] = batch
         state.cancels = {task_id for (task_id,) in db.execute("SELECT task_id FROM cancels")}
@@ -257,6 +262,11 @@ class Journal(NullJournal):
     def submitted(self, client_id: str, submit: p.Submit) -> None:
         self._pending.jobs.append((client_id, submit))  # encoded by `write`
         self._pending.payload_bytes += sum(len(task[1]) for task in submit.tasks)
+        self._pending.payload_bytes += sum(map(len, submit.bulk or ()))
+
+    def batch_ended(self, result: p.BatchResults) -> None:
+        self._pending.batches.append(result)
+        self._pending.payload_bytes += sum(len(v) for v in result.values if v is not None)
 
     def ended(self, job_id: str, item: list[Any]) -> None:
         self._pending.results.setdefault(job_id, {})[item[0]] = item
@@ -288,6 +298,10 @@ class Journal(NullJournal):
             for job_id, items in records.results.items():
                 for task_id in wanted.intersection(items):
                     found[task_id] = (job_id, items[task_id])
+            for result in records.batches:
+                for item in _batch_items(result):
+                    if item[0] in wanted:
+                        found[item[0]] = (result.job_id, item)
         rows = sorted({self._rows[t] for t in wanted - set(found) if t in self._rows})
         with self._db_lock:
             for start in range(0, len(rows), QUERY_CHUNK):
@@ -295,9 +309,15 @@ class Journal(NullJournal):
                 marks = ",".join("?" * len(part))
                 query = f"SELECT job_id, ids, items FROM results WHERE batch IN ({marks})"
                 for job_id, ids, items in self._db.execute(query, part):
-                    for (task_id, _), item in zip(_unpack(ids), _unpack(items), strict=True):
+                    ids, items = _unpack(ids), _unpack(items)
+                    if type(ids) is dict:  # a batch: [values, errors, stats]
+                        batch = p.BatchResults(job_id, ids["start"], *items)
+                        pairs = [(i[0], i) for i in _batch_items(batch)]
+                    else:
+                        pairs = [(t, [t, *item]) for (t, _), item in zip(ids, items, strict=True)]
+                    for task_id, item in pairs:
                         if task_id in wanted and task_id not in found:
-                            found[task_id] = (job_id, [task_id, *item])
+                            found[task_id] = (job_id, item)
         return found
 
     # ---- writes -------------------------------------------------------------------------------
@@ -328,8 +348,8 @@ class Journal(NullJournal):
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        for row, items in written:
-            self._rows.update(dict.fromkeys(items, row))
+        for row, task_ids in written:
+            self._rows.update(dict.fromkeys(task_ids, row))
         for records in batches:
             self._in_flight.remove(records)
 
@@ -346,6 +366,7 @@ class _Records:
 
     jobs: list[tuple[str, p.Submit]] = field(default_factory=list)  # (client id, submit)
     results: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # job -> task -> item
+    batches: list[p.BatchResults] = field(default_factory=list)
     cancels: list[tuple[str, str]] = field(default_factory=list)  # (task id, job id)
     joined: set[str] = field(default_factory=set)
     lost: set[str] = field(default_factory=set)
@@ -357,6 +378,7 @@ class _Records:
         return not (
             self.jobs
             or self.results
+            or self.batches
             or self.cancels
             or self.joined
             or self.lost
@@ -467,6 +489,19 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, dict[s
             "INSERT INTO results (job_id, ids, items) VALUES (?, ?, ?)", (job_id, ids, rest)
         )
         written.append((cursor.lastrowid, items))
+    for result in records.batches:
+        ids = _pack(
+            {
+                "start": result.start,
+                "count": len(result.values),
+                "failed": [index for index, _ in result.errors],
+            }
+        )
+        rest = _pack([result.values, result.errors, result.stats])
+        cursor = db.execute(
+            "INSERT INTO results (job_id, ids, items) VALUES (?, ?, ?)", (result.job_id, ids, rest)
+        )
+        written.append((cursor.lastrowid, _batch_task_ids(result.job_id, ids)))
     db.executemany("INSERT OR IGNORE INTO cancels VALUES (?, ?)", records.cancels)
     db.executemany("INSERT OR IGNORE INTO executors VALUES (?)", [(e,) for e in records.joined])
     db.executemany("DELETE FROM executors WHERE executor_id = ?", [(e,) for e in records.lost])
@@ -476,6 +511,39 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, dict[s
         db.execute(f"DELETE FROM cancels WHERE job_id IN ({jobs_of})", (client_id,))
         db.execute("DELETE FROM jobs WHERE client_id = ?", (client_id,))
     return written
+
+
+def _outcomes(job_id: str, ids: Any) -> list[tuple[str, str]]:
+    """(task id, outcome) of each task a results row holds: a list of such pairs, or a
+    batch's `{"start", "count", "failed"}`."""
+    if type(ids) is not dict:
+        return [(task_id, outcome) for task_id, outcome in ids]
+    failed = set(ids["failed"])
+    indices = range(ids["start"], ids["start"] + ids["count"])
+    return [(f"{job_id}/{i}", "failed" if i in failed else "finished") for i in indices]
+
+
+def _batch_task_ids(job_id: str, ids: bytes) -> list[str]:
+    return [task_id for task_id, _ in _outcomes(job_id, _unpack(ids))]
+
+
+def _batch_items(result: p.BatchResults) -> list[list[Any]]:
+    """A batch's results as result items, one per task."""
+    errors = {index: error for index, error in result.errors}
+    items = []
+    for index, value in enumerate(result.values, result.start):
+        outcome = "failed" if index in errors else "finished"
+        task_id = f"{result.job_id}/{index}"
+        items.append(
+            [
+                task_id,
+                outcome,
+                value if outcome == "finished" else None,
+                errors.get(index),
+                result.stats,
+            ]
+        )
+    return items
 
 
 def _unpack(blob: bytes) -> list[Any]:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from tidal.runtime import protocol as p
 from tidal.scheduler import events as ev
-from tidal.scheduler.records import ExecutorRecord, Records, Task, TaskState
+from tidal.scheduler.records import ExecutorRecord, Records, Task, TaskState, task_ids
 
 if TYPE_CHECKING:
     from tidal.scheduler.journal import JournalState
@@ -62,7 +62,7 @@ def restore(records: Records, state: JournalState, grace_ns: int, path: str | No
     records.restarts = state.restarts
     cancelled = []
     for client_id, submit in state.jobs:
-        ended = [entry[0] for entry in submit.tasks if entry[0] in state.outcomes]
+        ended = [task_id for task_id in task_ids(submit) if task_id in state.outcomes]
         tasks = records.add_job(client_id, submit, skip=set(ended))
         job = records.jobs[submit.job_id]
         for task_id in ended:
@@ -174,7 +174,7 @@ def _take_result(
             f"executor {executor.executor_id}: a failed result of {task_id} without its error"
         )
         return
-    task = records.tasks.get(task_id)
+    task = records.find_task(task_id)
     if task is None or task.state is TaskState.DONE:
         return  # ended already (its result is journaled), or never ours
     chunk = task.chunk

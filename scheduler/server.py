@@ -584,6 +584,8 @@ class SchedulerServer:
         elif isinstance(msg, p.ChunkResults):
             acks = self._acks.setdefault(executor_id, [])
             acks.extend(i[0] for i in msg.items if type(i) is list and i and type(i[0]) is str)
+        elif isinstance(msg, p.ChunkBatch):
+            self._acks.setdefault(executor_id, []).append(p.batch_key(msg.chunk_id, msg.start))
         elif isinstance(msg, p.Heartbeat):
             executor = self.core.records.executors.get(executor_id)
             if executor is not None and not executor.alive:
@@ -667,6 +669,8 @@ class SchedulerServer:
                     msg = p.Status(msg.request_id, {**msg.snapshot, "bad_input": self.bad_input()})
                 if isinstance(msg, p.Results):
                     self._results.setdefault(instruction.client_id, []).extend(msg.items)
+                elif isinstance(msg, p.BatchResults):  # after the journal too, as one item
+                    self._results.setdefault(instruction.client_id, []).append(msg)
                 else:
                     self._send(("client", instruction.client_id), msg)
             elif isinstance(msg, p.Launch) and msg.priority == "batch":
@@ -720,6 +724,9 @@ class SchedulerServer:
             frame_items: list[Any] = []
             frame_bytes = 0
             for item in items:
+                if type(item) is p.BatchResults:  # a frame of its own
+                    self._send(("client", client_id), item)
+                    continue
                 size = len(item[2]) if type(item[2]) is bytes else 0
                 if frame_items and (
                     len(frame_items) >= RESULTS_PER_FRAME

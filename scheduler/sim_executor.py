@@ -112,6 +112,8 @@ class ExecutorTask:
     sub: ExecutorTask | None = None
     results: list[list[Any]] | None = None
     flushed_at: int = 0  # when its results last went out (or it started)
+    # A span chunk (a range of a bulk job): [job_id, the index of its first unreported].
+    span: list[Any] | None = None
 
 
 class SimExecutor:
@@ -322,7 +324,14 @@ class SimExecutor:
     def _report_results(self, record: ExecutorTask) -> None:
         if record.results:
             items, record.results = record.results, []
-            self._emit(p.ChunkResults(record.task_id, items))
+            if record.span is None:
+                self._emit(p.ChunkResults(record.task_id, items))
+                return
+            job_id, start = record.span
+            record.span[1] += len(items)
+            running = sum(item[4]["running_ns"] for item in items)
+            batch = p.ChunkBatch(record.task_id, job_id, start, [NIL] * len(items), [], running)
+            self._emit(batch)
 
     def _launch_queue(self, record: ExecutorTask) -> deque[ExecutorTask]:
         """The ready queue a launched (not resumed) task waits in: its priority class's."""
@@ -374,13 +383,20 @@ class SimExecutor:
     def _launch_chunk(self, arrived: int, msg: p.LaunchChunk) -> None:
         if self._refuse_launch(msg.chunk_id, msg.priority):
             return
+        if msg.span is None:
+            ids = [entry[0] for entry in msg.subtasks]
+        else:  # a range of a bulk job: bare payloads
+            job_id, first = msg.span
+            ids = [f"{job_id}/{i}" for i in range(first, first + len(msg.subtasks))]
         subtasks = deque(
-            ExecutorTask(entry[0], msg.attempt, msg.priority, self._work_ns(entry[0]))
-            for entry in msg.subtasks
+            ExecutorTask(task_id, msg.attempt, msg.priority, self._work_ns(task_id))
+            for task_id in ids
         )
         work_ns = sum(sub.work_ns for sub in subtasks)
         record = ExecutorTask(msg.chunk_id, msg.attempt, msg.priority, work_ns)
         record.subtasks, record.results = subtasks, []
+        if msg.span is not None:
+            record.span = list(msg.span)
         self._queue_launched(record, msg.sent_ns)
 
     def _steal(self, arrived: int, msg: p.Steal) -> None:

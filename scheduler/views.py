@@ -10,7 +10,7 @@ its record once made, which changes nothing the scheduler reads).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from operator import attrgetter
 from typing import Any
 
@@ -299,19 +299,25 @@ def status_snapshot(records: Records, policy: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_submission(msg: p.Submit, jobs: dict[str, Job], tasks: dict[str, Task]) -> str | None:
-    """Why a submitted job cannot be accepted, or None if it can."""
+def check_submission(
+    msg: p.Submit, jobs: dict[str, Job], tasks: dict[str, Task], prefixes: Collection[str] = ()
+) -> str | None:
+    """Why a submitted job cannot be accepted, or None if it can. `prefixes`: what comes
+    before the last "/" in the ids of the tasks submitted one by one so far (a bulk job's
+    tasks are f"{job_id}/{i}", so its id must not be among them)."""
     if msg.priority not in PRIORITIES:
         return f"unknown priority {msg.priority!r} (use {' or '.join(PRIORITIES)})"
     if msg.max_suspensions is not None and msg.max_suspensions < 0:
         return f"max_suspensions must be >= 0, not {msg.max_suspensions}"
     if msg.job_id in jobs:
         return f"a job with id {msg.job_id!r} exists already"
-    if not msg.tasks:
-        return "the job has no tasks"
     problem = check_chunksize(msg.options)
     if problem:
         return problem
+    if msg.bulk is not None:
+        return _bulk_problem(msg, prefixes)
+    if not msg.tasks:
+        return "the job has no tasks"
     seen = set()
     for entry in msg.tasks:
         if not (
@@ -328,6 +334,24 @@ def check_submission(msg: p.Submit, jobs: dict[str, Job], tasks: dict[str, Task]
         if entry[0] in tasks or entry[0] in seen:
             return f"task id {entry[0]!r} is already in use"
         seen.add(entry[0])
+    for prefix in {task_id.rpartition("/")[0] for task_id in seen}:
+        job = jobs.get(prefix)
+        if job is not None and job.payloads is not None:
+            return f"task ids {prefix!r}/... are those of bulk job {prefix!r}"
+    return None
+
+
+def _bulk_problem(msg: p.Submit, prefixes: Collection[str]) -> str | None:
+    if msg.tasks:
+        return "a bulk job's tasks are its bulk payloads: its tasks must be empty"
+    if not msg.bulk:
+        return "the job has no tasks"
+    if not (msg.options or {}).get("chunksize"):
+        return "a bulk job needs a chunksize option"
+    if not all(type(payload) is bytes for payload in msg.bulk):
+        return "each of a bulk job's payloads must be bytes"
+    if msg.job_id in prefixes:
+        return f"task ids {msg.job_id!r}/... are in use already"
     return None
 
 

@@ -39,6 +39,7 @@ USER_FACING = {
     "tidal",
     "tidal.__main__",
     "tidal.runtime.bench",
+    "tidal.runtime.bulk",
     "tidal.runtime.cli",
     "tidal.runtime.client",
     "tidal.runtime.client_io",

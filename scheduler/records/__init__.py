@@ -5,6 +5,7 @@ holds `Records`, the bookkeeping on them. The core decides; the records act.
 """
 
 from tidal.scheduler.records.books import MAX_LOST_EXECUTORS, Records
+from tidal.scheduler.records.spans import SpanSubtasks, task_ids
 from tidal.scheduler.records.tables import (
     PRIORITIES,
     SLOT_STATES,
@@ -25,8 +26,10 @@ __all__ = [
     "Job",
     "PendingQueues",
     "Records",
+    "SpanSubtasks",
     "Task",
     "TaskState",
     "resume_order",
     "stat_count",
+    "task_ids",
 ]

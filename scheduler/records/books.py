@@ -24,6 +24,7 @@ from typing import Any
 from tidal.runtime import protocol as p
 from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import events as ev
+from tidal.scheduler.records import spans
 from tidal.scheduler.records.tables import (
     SLOT_STATES,
     ExecutorRecord,
@@ -49,7 +50,7 @@ PREFETCH_TARGET_NS = 2_000_000
 TASK_OVERHEAD_NS = 40_000
 
 
-class Records:
+class Records(spans.BulkBooks):
     """The scheduler's tables and the bookkeeping on them; see the module docstring.
 
     `now` is the core's clock at the current step (the core sets it); `out` collects what
@@ -74,6 +75,9 @@ class Records:
         self.executors: dict[str, ExecutorRecord] = {}
         self.jobs: dict[str, Job] = {}
         self.tasks: dict[str, Task] = {}
+        # What comes before the last "/" in the ids of tasks submitted one by one (their
+        # job ids, from Tidal's clients): no bulk job may take one as its id.
+        self.id_prefixes: set[str] = set()
         self.clients: set[str] = set()
         self.pending = PendingQueues()
         self.out: list[ev.Instruction] = []
@@ -165,8 +169,21 @@ class Records:
 
     # ---- jobs and tasks ----------------------------------------------------------------------
 
-    def add_job(self, client_id: str, msg: p.Submit, *, skip: Collection[str] = ()) -> list[Task]:
-        """Record an accepted job and its tasks (but those in `skip`); return the tasks."""
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def add_job(
+        self,
+        client_id: str,
+        msg: p.Submit,
+        *,
+        skip: Collection[str] = (),
+        pieces: bool = False,
+    ) -> list[Task]:
+        """Record an accepted job and its tasks (but those in `skip`); return the tasks. A
+        bulk job's tasks are its pieces if `pieces` (scheduler/spans.py), else records of
+        their own (as a restarted scheduler restores them)."""
         cap = self.max_suspensions if msg.max_suspensions is None else msg.max_suspensions
         job = Job(
             msg.job_id,
@@ -180,13 +197,18 @@ class Records:
             len(msg.tasks),
         )
         job.chunksize = (msg.options or {}).get("chunksize")
+        job.accepted_at = self.now
         self.jobs[job.job_id] = job
+        if msg.bulk is not None:
+            job.total = len(msg.bulk)
+            return self.add_bulk_tasks(job, msg.bulk, skip=skip, pieces=pieces)
         tasks = []
         for entry in msg.tasks:
             task_id, payload = entry[:2]
             if task_id in skip:
                 continue
             options = entry[2] if len(entry) > 2 else {}
+            self.id_prefixes.add(task_id.rpartition("/")[0])
             self._seq += 1
             task = Task(task_id, job, payload, self._seq, self.now)
             task.preferred = tuple(options.get("preferred", ()))
@@ -196,7 +218,7 @@ class Records:
 
     def submit(self, client_id: str, msg: p.Submit) -> list[Task]:
         """Record an accepted job, its tasks pending; return them."""
-        tasks = self.add_job(client_id, msg)
+        tasks = self.add_job(client_id, msg, pieces=True)
         for task in tasks:
             self.pending.push(task)
         return tasks
@@ -209,6 +231,8 @@ class Records:
         task.state = TaskState.DONE
         job = task.job
         job.count_end(outcome)
+        if task.index >= 0:  # a bulk job's task
+            job.ended[task.index] = 1
         first_start = task.first_started_at
         stats = {
             "executor_id": task.executor_id,
@@ -308,7 +332,7 @@ class Records:
         task.state = TaskState.LAUNCHED
         task.executor_id = executor.executor_id
         task.received = False
-        for subtask in (task.subtasks or {}).values():  # a chunk's tasks run there too
+        for subtask in spans.records_of(task):  # a chunk's tasks run there too
             subtask.executor_id = executor.executor_id
         if executor.slot_task is None and (task.priority == "stream" or not executor.queued):
             executor.slot_task = task
@@ -327,12 +351,15 @@ class Records:
             task.payload,
             task.attempt,
             job.priority,
-            self._launch_stamp(task),
+            self.launch_stamp(task),
         )
         self.send(executor, message)
 
     def launch_chunk(self, executor: ExecutorRecord, chunk: Task) -> None:
         """Launch a chunk formed by `form_chunk` on `executor`."""
+        if isinstance(chunk.subtasks, spans.SpanSubtasks):
+            self.launch_span_chunk(executor, chunk)
+            return
         self.place(executor, chunk)
         job = chunk.job
         subtasks = [[t.task_id, t.payload] for t in chunk.subtasks.values()]
@@ -343,11 +370,11 @@ class Records:
             subtasks,
             chunk.attempt,
             job.priority,
-            self._launch_stamp(chunk),
+            self.launch_stamp(chunk),
         )
         self.send(executor, message)
 
-    def _launch_stamp(self, task: Task) -> int:
+    def launch_stamp(self, task: Task) -> int:
         """A launch's `sent_ns`: now, but never the same twice, so that a late `received`
         of an earlier launch of the same attempt (one withdrawn, say) is told apart."""
         self._last_launch_ns = max(self.now, self._last_launch_ns + 1)
@@ -377,7 +404,7 @@ class Records:
         cap (for a chunk, of each task in it: they run again in other chunks)."""
         if to_make_room:
             task.kills += 1
-            for subtask in (task.subtasks or {}).values():
+            for subtask in spans.records_of(task):
                 subtask.kills += 1
         self.detach(executor, task)
         task.state = TaskState.KILLING
@@ -520,12 +547,19 @@ class Records:
         into a new chunk; tasks in `reserved` (launched elsewhere by the same decisions) are
         left out. Launch it with `launch_chunk`."""
         job = first.job
+        if first.piece is not None:
+            return self.form_span_chunk(first, size)
         if tasks is None:
             tasks = [first]
             for task in self.pending.iterate(job.priority):
                 if len(tasks) >= size:
                     break
-                if task.job is job and task is not first and task.task_id not in reserved:
+                if (
+                    task.job is job
+                    and task is not first
+                    and task.piece is None  # a bulk job's piece forms span chunks of its own
+                    and task.task_id not in reserved
+                ):
                     tasks.append(task)
         job.chunks += 1
         # After a restart, chunk ids carry the restart count: an executor coming back may hold
@@ -575,8 +609,15 @@ class Records:
             chunk.executor_id = on.executor_id
         chunk.state = TaskState.DONE
         self.steals_in_flight.pop(chunk.task_id, None)  # a late `stolen` is ignored
-        left = [t for t in chunk.subtasks.values() if t.state is not TaskState.DONE]
+        subtasks = chunk.subtasks
+        if isinstance(subtasks, spans.SpanSubtasks) and error is None and lost_on is None:
+            chunk.subtasks = {}
+            spans.ended_span(chunk)
+            self.requeue_span(chunk, subtasks, started)  # as pieces: no record per task
+            return
+        left = [t for t in subtasks.values() if t.state is not TaskState.DONE]
         chunk.subtasks = {}
+        spans.ended_span(chunk)
         self.settle(left, error=error, started=started, lost_on=lost_on)
 
     # ---- executors ---------------------------------------------------------------------------
@@ -622,7 +663,7 @@ class Records:
         task.attempt = attempt
         task.executor_id = executor.executor_id
         task.received = True  # it said it holds it
-        for subtask in (task.subtasks or {}).values():
+        for subtask in spans.records_of(task):
             subtask.executor_id = executor.executor_id
         task.state = state
         if state is TaskState.SUSPENDED:

@@ -21,6 +21,7 @@ __all__ = [
     "ExecutorRecord",
     "Job",
     "PendingQueues",
+    "Piece",
     "Task",
     "TaskState",
     "resume_order",
@@ -70,6 +71,13 @@ class Job:
     chunksize: int | str | None = None  # None: one task per launch; an int or "auto": chunks
     subtask_ns: float | None = None  # smoothed running time of its chunked tasks
     chunks: int = 0
+    # A bulk job (submit.bulk, scheduler/spans.py): its tasks' payloads, a byte per task
+    # set once it ended, and its span chunks on executors. Its tasks have records only
+    # where one differs (cancelled, requeued, reported on its own): `Task.index` >= 0.
+    payloads: list[bytes] | None = None
+    accepted_at: int = 0  # scheduler clock
+    ended: bytearray | None = None
+    spans: list[Task] = field(default_factory=list)
 
     def count_end(self, outcome: str) -> None:
         """Count one of its tasks as ended: "finished", "failed", or else cancelled."""
@@ -79,6 +87,14 @@ class Job:
             self.failed += 1
         else:
             self.cancelled += 1
+
+
+@dataclass(eq=False, slots=True)
+class Piece:
+    """A bulk job's pending tasks start, start + 1, ..., stop - 1 (scheduler/spans.py)."""
+
+    start: int
+    stop: int
 
 
 @dataclass(eq=False, slots=True)
@@ -117,6 +133,10 @@ class Task:
     # then on. `launched_ns` tells this launch from an earlier one of the same attempt.
     received: bool = False
     launched_ns: int = 0
+    # A bulk job's task with a record of its own: its index in the job (else -1). A pending
+    # piece of a bulk job (tasks not launched yet, [start, stop)): `piece`.
+    index: int = -1
+    piece: Piece | None = None
 
     @property
     def priority(self) -> str:
@@ -201,15 +221,18 @@ class PendingQueues:
         self._per_job: dict[str, int] = {}
 
     def push(self, task: Task, *, front: bool = False) -> None:
+        """Queue a task, or a bulk job's piece (which counts as the tasks it holds)."""
         lane = self._queues[task.priority].setdefault(task.job.order, deque())
         lane.appendleft(task) if front else lane.append(task)
-        self._count[task.priority] += 1
-        self._per_job[task.job.job_id] = self._per_job.get(task.job.job_id, 0) + 1
+        weight = 1 if task.piece is None else task.piece.stop - task.piece.start
+        self._count[task.priority] += weight
+        self._per_job[task.job.job_id] = self._per_job.get(task.job.job_id, 0) + weight
 
-    def removed(self, task: Task) -> None:
-        """Account for a task that left the pending state (it stays in its lane, skipped)."""
-        self._count[task.priority] -= 1
-        self._per_job[task.job.job_id] -= 1
+    def removed(self, task: Task, count: int = 1) -> None:
+        """Account for a task that left the pending state (it stays in its lane, skipped),
+        or for `count` tasks taken from a piece."""
+        self._count[task.priority] -= count
+        self._per_job[task.job.job_id] -= count
 
     def count(self, priority: str | None = None) -> int:
         return sum(self._count.values()) if priority is None else self._count[priority]

@@ -257,6 +257,15 @@ def test_well_formed_commands_it_cannot_use_are_dropped_and_the_executor_keeps_w
         stub.send(
             ex, p.LaunchChunk("c", "tidal.workloads.synthetic:total", None, subtasks, 0, "batch", 0)
         )
+    # A span chunk (a bulk job's range) with a bad span or a subtask that is not a payload.
+    call = payloads.pack_call([[1]], {})
+    for span, subtasks in ((["j", -1], [call]), (["j"], [call]), ([3, 0], [call]), (["j", 0], [7])):
+        stub.send(
+            ex,
+            p.LaunchChunk(
+                "c", "tidal.workloads.synthetic:total", None, subtasks, 0, "batch", 0, span
+            ),
+        )
     stub.send(ex, p.Steal("c", 1, now))
     assert stub.expect(p.Stolen).task_ids == []  # no chunk "c" here: nothing to give
     # A second welcome (with another version, which before the handshake would end it).
@@ -394,3 +403,23 @@ def test_the_task_thread_hands_commands_on_in_order_and_the_rest_to_the_listener
         ex._to_listener.close(linger=0)
         ex._context.term()
         ex._rss.close()
+
+
+def test_a_span_chunk_runs_and_reports_its_results_by_index(executor):
+    stub, hello, _ = executor
+    ex = hello.executor_id
+    calls = [payloads.pack_call([[i, i]], {}) for i in range(5)]
+    calls[3] = payloads.pack_call([["x"]], {})  # total(["x"]) fails
+    stub.send(
+        ex,
+        p.LaunchChunk(
+            "j#1", "tidal.workloads.synthetic:total", None, calls, 0, "batch", 0, ["j", 40]
+        ),
+    )
+    batch = stub.expect(p.ChunkBatch)  # five tiny tasks: one batch
+    stub.expect(p.Finished, task_id="j#1")
+    assert (batch.chunk_id, batch.job_id, batch.start) == ("j#1", "j", 40)
+    errors = dict(batch.errors)
+    assert list(errors) == [43] and errors[43][0] == "TypeError"
+    values = [None if v is None else payloads.unpack_payload(v) for v in batch.values]
+    assert values == [0, 2, 4, None, 8]

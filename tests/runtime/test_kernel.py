@@ -938,3 +938,88 @@ def test_a_newer_attempt_replaces_a_queued_older_one_and_a_started_task_is_not_r
     kernel.run()
     (refused,) = transport.of(p.Refused)
     assert refused.task_id == "u" and "already here" in refused.reason
+
+
+# ---- span chunks (a bulk job's range: bare payloads, results in chunk_batch) ---------------
+
+
+def span_results(transport, chunk_id):
+    """{task index: (outcome, value or error)} from a span chunk's chunk_batch reports."""
+    got = {}
+    for m in transport.of(p.ChunkBatch):
+        if m.chunk_id != chunk_id:
+            continue
+        errors = dict(m.errors)
+        for index, value in enumerate(m.values, m.start):
+            assert index not in got, f"task {index} reported twice"
+            if index in errors:
+                got[index] = ("failed", errors[index])
+            else:
+                got[index] = ("finished", _value(value))
+    return got
+
+
+def calls(values):
+    return [payloads.pack_call([v], {}) for v in values]
+
+
+def test_a_span_chunk_reports_its_results_as_batches_by_index(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch_chunk("c", sum, calls([list(range(i)) for i in range(1000)]), span=("j", 7))
+    kernel.run()
+    got = span_results(transport, "c")
+    assert got == {7 + i: ("finished", sum(range(i))) for i in range(1000)}
+    batches = transport.of(p.ChunkBatch)
+    assert len(batches) >= 2 and all(m.job_id == "j" for m in batches)  # in batches
+    assert [m.start for m in batches] == sorted(m.start for m in batches)
+    assert transport.of(p.ChunkResults) == [] and isinstance(transport.outcome("c"), p.Finished)
+
+
+def test_a_failing_or_unreadable_span_task_fails_alone(make_kernel):
+    kernel, transport = make_kernel()
+    payloads_ = [*calls([[1], ["x"]]), b"\xc1", *calls([[2]])]
+    kernel.launch_chunk("c", sum, payloads_, span=("j", 0))
+    kernel.run()
+    got = span_results(transport, "c")
+    assert got[0] == ("finished", 1) and got[3] == ("finished", 2)
+    assert got[1][0] == "failed" and got[1][1][0] == "TypeError"
+    assert got[2][0] == "failed" and "is not valid msgpack" in got[2][1][1]
+
+
+def test_a_span_chunk_is_suspendable_between_tasks_and_gives_up_its_tail(make_kernel):
+    kernel, transport = make_kernel()
+    ran = []
+
+    def work(x):
+        ran.append(x)
+        if x == 2:
+            kernel.suspend("c")
+        return x * 10
+
+    kernel.launch_chunk("c", work, calls(range(10)), span=("j", 100))
+    kernel.run()
+    assert ran == [0, 1, 2] and len(transport.of(p.Suspended, "c")) == 1
+    assert sorted(span_results(transport, "c")) == [100, 101, 102]  # reported before parking
+    assert kernel.holdings() == [["c", 0, "suspended", [f"j/{i}" for i in range(103, 110)]]]
+    kernel.steal("c", 4)
+    kernel.run()
+    (stolen,) = transport.of(p.Stolen)
+    assert stolen.task_ids == ["j/106", "j/107", "j/108", "j/109"]
+    kernel.resume("c")
+    kernel.run()
+    assert ran == [0, 1, 2, 3, 4, 5]
+    assert span_results(transport, "c") == {100 + i: ("finished", i * 10) for i in range(6)}
+
+
+def test_a_killed_span_chunk_reports_what_it_completed(make_kernel):
+    kernel, transport = make_kernel()
+
+    def work(x):
+        if x == 4:
+            kernel.kill("c")
+        return x
+
+    kernel.launch_chunk("c", work, calls(range(9)), span=("j", 0))
+    kernel.run()
+    assert isinstance(transport.outcome("c"), p.Killed)
+    assert sorted(span_results(transport, "c")) == [0, 1, 2, 3, 4]

@@ -54,6 +54,7 @@ class Harness:
         self.nodes: dict[str, str] = {}
         self.to_executor: dict[str, list[p.Message]] = {}
         self.results: dict[str, list[list]] = {}
+        self.batches: list[p.BatchResults] = []
         self.answers: dict[str, p.PolicySet] = {}
         self.notes: list[Note] = []  # what the core noted for the journal and the event log
         self._requests = 0
@@ -75,6 +76,14 @@ class Harness:
             if isinstance(message, p.Results):
                 for item in message.items:
                     self.results.setdefault(item[0], []).append(item)
+            elif isinstance(message, p.BatchResults):  # one item per task, as in Results
+                self.batches.append(message)
+                errors = dict((index, error) for index, error in message.errors)
+                for index, value in enumerate(message.values, message.start):
+                    task_id = f"{message.job_id}/{index}"
+                    outcome = "failed" if index in errors else "finished"
+                    item = [task_id, outcome, value, errors.get(index), message.stats]
+                    self.results.setdefault(task_id, []).append(item)
             else:
                 assert isinstance(message, p.PolicySet | p.Reattached), f"unexpected: {message}"
                 self.answers[message.request_id] = message
@@ -98,12 +107,14 @@ class Harness:
         max_suspensions: int | None = None,
         options: dict[str, Any] | None = None,
         task_options: list[dict[str, Any]] | None = None,
+        bulk: bool = False,
     ) -> list[str]:
         """Submit a job of `n` tasks f"{job_id}/{i}"; return their ids.
 
         `options` are the job's (the Submit's last field, e.g. {"chunksize": 4});
         `task_options`, one per task, become each task entry's third element (e.g.
         {"preferred": ["n1"]}). Task i's payload is `payload(i)`, the packed call `([i],)`.
+        With `bulk`, one bulk job (submit.bulk; `options` must give a chunksize).
         """
         tasks = [[f"{job_id}/{i}", payload(i)] for i in range(n)]
         if task_options is not None:
@@ -117,9 +128,10 @@ class Harness:
             max_suspensions,
             TOTAL,
             None,
-            tasks,
+            [] if bulk else tasks,
             0,
             options,
+            [t[1] for t in tasks] if bulk else None,
         )
         self.handle(ClientRequest(CLIENT_ID, submit))
         return [t[0] for t in tasks]

@@ -1,0 +1,405 @@
+"""Bulk jobs: a chunked map's tasks kept as ranges, not one record per task.
+
+A client's chunked `map` arrives as one `submit` with `bulk`: the tasks' payloads in order,
+task i's id `f"{job_id}/{i}"`. The scheduler keeps the payloads in one list (`Job.payloads`)
+and a byte per task, set once it ended (`Job.ended`), and nothing else per task:
+
+* pending, the job is a few *pieces* (`Task.piece`, up to PIECE_TASKS tasks each) in the
+  pending queues; a policy launches a piece as it would a task, and the core takes a chunk
+  off its front (`form_span_chunk`), the rest staying pending where it was;
+* launched, a *span chunk* holds tasks [start, stop) of its job (`SpanSubtasks`); the
+  executor runs them in order and reports their results in batches (`chunk_batch`: one list
+  of values, failures apart), which go to the client as they came (`batch_results`) and to
+  the journal as one record;
+* a steal takes the tail of a span chunk and launches it as another span chunk.
+
+A task gets a record of its own (`Task.index` >= 0) only where it differs from its range:
+cancelled, reported on its own (a hello after a reconnection lists results task by task),
+or left over when its chunk ended early (killed, lost with its executor): those are
+requeued one by one and run in ordinary chunks from then on. `Job.ended` decides whether a
+task's result counts, wherever it comes from: a task completes exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from typing import Any
+
+from tidal.runtime import protocol as p
+from tidal.scheduler import events as ev
+from tidal.scheduler.records.tables import ExecutorRecord, Job, Piece, Task, TaskState
+
+__all__ = [
+    "PIECE_TASKS",
+    "BulkBooks",
+    "SpanSubtasks",
+    "batch_errors",
+    "ended_span",
+    "records_of",
+    "task_ids",
+]
+
+# Discussion: a piece is what a policy sees of a bulk job, so a job of a million tasks shows
+# it ~250 pending "tasks"; a chunk never spans two pieces, so this also caps a span chunk
+# (at ~1-4 us a tiny task, 4,096 of them are a few ms of work: per-chunk costs stay small).
+PIECE_TASKS = 4096
+
+
+class SpanSubtasks:
+    """A span chunk's tasks not reported yet: [start, stop) of its job, but for those that
+    ended (`Job.ended`) or were taken apart (`apart`: given a record of their own).
+
+    It stands where an ordinary chunk has its dict of subtask records, and answers the
+    same questions: `len`, `in`, `pop`, `del`, and `values()`, which gives each remaining
+    task a record (only when the chunk ends early: scheduler/records/books.py end_chunk).
+    """
+
+    __slots__ = ("apart", "chunk", "records", "start", "stop")
+
+    def __init__(self, records: BulkBooks, chunk: Task, start: int, stop: int) -> None:
+        self.records = records
+        self.chunk = chunk
+        self.start = start
+        self.stop = stop
+        self.apart: set[int] = set()
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start - len(self.apart))
+
+    def __contains__(self, task_id: object) -> bool:
+        index = self._index(task_id)
+        return index is not None and self._open(index)
+
+    def __delitem__(self, task_id: str) -> None:
+        if task_id not in self:
+            raise KeyError(task_id)
+        self.apart.add(self._index(task_id))
+
+    def __iter__(self) -> Iterator[str]:
+        job_id = self.chunk.job.job_id
+        return (f"{job_id}/{i}" for i in self._open_indices())
+
+    def pop(self, task_id: str, default: Any = None) -> Any:
+        """The record of an open task of this chunk, taken apart from it; else `default`."""
+        index = self._index(task_id)
+        if index is None or not self._open(index):
+            return default
+        self.apart.add(index)
+        return self.records.task_record(self.chunk.job, index, self.chunk)
+
+    def values(self) -> list[Task]:
+        """Records for the open tasks (each taken apart)."""
+        job, chunk = self.chunk.job, self.chunk
+        tasks = [self.records.task_record(job, i, chunk) for i in self._open_indices()]
+        self.apart.update(t.index for t in tasks)
+        return tasks
+
+    def _open_indices(self) -> Iterator[int]:
+        ended, apart = self.chunk.job.ended, self.apart
+        return (i for i in range(self.start, self.stop) if not ended[i] and i not in apart)
+
+    def _open(self, index: int) -> bool:
+        return (
+            self.start <= index < self.stop
+            and not self.chunk.job.ended[index]
+            and index not in self.apart
+        )
+
+    def _index(self, task_id: object) -> int | None:
+        return _index_in(self.chunk.job, task_id)
+
+
+def _index_in(job: Job, task_id: object) -> int | None:
+    """Task `task_id`'s index in bulk job `job`, or None if it names none of its tasks."""
+    if type(task_id) is not str:
+        return None
+    job_id, _, number = task_id.rpartition("/")
+    if job_id != job.job_id or not number.isdigit() or (number[0] == "0" and number != "0"):
+        return None
+    index = int(number)
+    return index if index < len(job.ended) else None
+
+
+def task_ids(submit: p.Submit) -> list[str]:
+    """The ids of a submitted job's tasks, bulk or not."""
+    if submit.bulk is not None:
+        return [f"{submit.job_id}/{i}" for i in range(len(submit.bulk))]
+    return [entry[0] for entry in submit.tasks]
+
+
+def records_of(task: Task) -> Iterator[Task] | list[Task]:
+    """The records of a chunk's tasks that have them (none for a span chunk's)."""
+    subtasks = task.subtasks
+    if not subtasks or isinstance(subtasks, SpanSubtasks):
+        return ()
+    return subtasks.values()
+
+
+def _values_fit(values: Any, errors: dict[int, Any], start: int) -> bool:
+    """A payload (bytes) for each task that finished, nil for each that failed."""
+    if sum(type(v) is not bytes for v in values) != len(errors):
+        return False
+    return all(values[i - start] is None for i in errors)
+
+
+def _open_runs(ended: bytearray, apart: set[int], start: int, stop: int) -> list[tuple[int, int]]:
+    """The runs [a, b) of tasks in [start, stop) that neither ended nor were taken apart."""
+    runs, run_start = [], None
+    for i in range(start, stop + 1):
+        is_open = i < stop and not ended[i] and i not in apart
+        if is_open and run_start is None:
+            run_start = i
+        elif not is_open and run_start is not None:
+            runs.append((run_start, i))
+            run_start = None
+    return runs
+
+
+def batch_errors(items: Any, start: int, stop: int) -> dict[int, list[str]] | None:
+    """A chunk_batch's errors by index, or None if malformed."""
+    errors = {}
+    for item in items:
+        if not (type(item) is list and len(item) == 2 and type(item[0]) is int):
+            return None
+        index, error = item
+        if not (start <= index < stop and type(error) is list and len(error) == 3):
+            return None
+        if not all(type(part) is str for part in error):
+            return None
+        errors[index] = error
+    return errors
+
+
+def ended_span(chunk: Task) -> None:
+    """A span chunk is done: its job stops tracking it."""
+    spans = chunk.job.spans
+    if chunk in spans:
+        spans.remove(chunk)
+    _release_if_done(chunk.job)
+
+
+def _release_if_done(job: Job) -> None:
+    if job.finished + job.failed + job.cancelled >= job.total:
+        job.payloads = []  # nothing will run again: the arguments can go
+
+
+class BulkBooks:
+    """The bookkeeping of bulk jobs: a part of `Records` (scheduler/records/books.py), which
+    has the tables and the steps these use."""
+
+    def task_record(self, job: Job, index: int, chunk: Task | None = None) -> Task:
+        """Task `index` of bulk job `job` as a record of its own (made on first need), as it
+        stands: in `chunk` if given (launched with it), else pending."""
+        task_id = f"{job.job_id}/{index}"
+        task = self.tasks.get(task_id)
+        if task is None:
+            task = Task(task_id, job, job.payloads[index], self.next_seq(), job.accepted_at)
+            task.index = index
+            self.tasks[task_id] = task
+        if chunk is not None and task.state is TaskState.PENDING:
+            task.state = chunk.state if chunk.state is not TaskState.DONE else TaskState.LAUNCHED
+            task.chunk = chunk
+            task.executor_id = chunk.executor_id
+            task.attempt = chunk.attempt
+            task.kills = chunk.kills
+            task.received = chunk.received
+        return task
+
+    def find_task(self, task_id: Any) -> Task | None:
+        """The record of task `task_id`: its own, or for a bulk job's task in a span chunk that
+        has none, one made now (None if no such task, it ended, or it waits in a piece)."""
+        task = self.tasks.get(task_id) if type(task_id) is str else None
+        if task is not None:
+            if task.index >= 0 and task.job.ended[task.index]:
+                task.state = TaskState.DONE  # it ended with a batch after its record was made
+            return task
+        if type(task_id) is not str:
+            return None
+        job = self.jobs.get(task_id.rpartition("/")[0])
+        if job is None or job.ended is None:
+            return None
+        index = _index_in(job, task_id)
+        if index is None or job.ended[index]:
+            return None
+        holder = next((c for c in job.spans if task_id in c.subtasks), None)
+        if holder is not None:
+            return self.task_record(job, index, holder)
+        return None  # pending in a piece: see `cancel_in_piece`
+
+    def cancel_in_piece(self, client_id: str, task_id: Any) -> None:
+        """Cancel a bulk job's task that is still pending in its piece (one that `find_task`
+        found no record for): done now; its piece skips it, or its result is ignored."""
+        job = self.jobs.get(task_id.rpartition("/")[0]) if type(task_id) is str else None
+        if job is None or job.ended is None or job.client_id != client_id:
+            return
+        index = _index_in(job, task_id)
+        if index is not None and not job.ended[index]:
+            task = self.task_record(job, index)
+            task.cancel_requested = True
+            self.complete(task, "cancelled", None, None)
+
+    def add_bulk_tasks(
+        self, job: Job, payloads: list[bytes], *, skip: Collection[str], pieces: bool
+    ) -> list[Task]:
+        """Record bulk job `job`'s tasks, but those in `skip` (ended): as pending pieces if
+        `pieces`, else one record each (as a restarted scheduler restores them); return them."""
+        job.payloads = payloads
+        job.ended = bytearray(len(payloads))
+        for task_id in skip:
+            index = _index_in(job, task_id)
+            if index is not None:
+                job.ended[index] = 1
+        if not pieces:
+            return [self.task_record(job, i) for i in range(len(payloads)) if not job.ended[i]]
+        made = []
+        for start in range(0, len(payloads), PIECE_TASKS):
+            stop = min(start + PIECE_TASKS, len(payloads))
+            piece = Task(f"{job.job_id}@{start}", job, b"", self.next_seq(), self.now)
+            piece.piece = Piece(start, stop)
+            self.tasks[piece.task_id] = piece
+            made.append(piece)
+        return made
+
+    def form_span_chunk(self, piece: Task, size: int) -> Task:
+        """Take up to `size` tasks off the front of pending `piece` as a new span chunk (launch
+        it with `launch_span_chunk`); the piece keeps the rest, or is done if none are left."""
+        job, span = piece.job, piece.piece
+        start = span.start
+        stop = min(span.stop, start + size)
+        ended = job.ended
+        while start < stop and ended[start]:  # cancelled while pending: skipped
+            start += 1
+        while stop > start and ended[stop - 1]:
+            stop -= 1
+        taken = min(span.stop, span.start + size) - span.start
+        span.start += taken
+        self.pending.removed(piece, taken)
+        if span.start >= span.stop:
+            piece.state = TaskState.DONE
+            self.tasks.pop(piece.task_id, None)
+        job.chunks += 1
+        number = f"{self.restarts}.{job.chunks}" if self.restarts else str(job.chunks)
+        chunk = Task(f"{job.job_id}#{number}", job, b"", piece.seq, piece.submitted_at)
+        chunk.kills, chunk.attempt = piece.kills, piece.attempt
+        chunk.subtasks = SpanSubtasks(self, chunk, start, stop)
+        self.tasks[chunk.task_id] = chunk
+        job.spans.append(chunk)
+        return chunk
+
+    def requeue_span(self, chunk: Task, subtasks: SpanSubtasks, started: bool) -> None:
+        """Queue again, as pieces at the front of their class, the open tasks of span chunk
+        `chunk` that ended early (killed to make room, withdrawn, never received by an
+        executor that was lost): a new attempt if it had started."""
+        job, pieces = chunk.job, []
+        for a, b in reversed(_open_runs(job.ended, subtasks.apart, subtasks.start, subtasks.stop)):
+            piece = Task(f"{chunk.task_id}@{a}", job, b"", 0, chunk.submitted_at)
+            piece.piece = Piece(a, b)
+            piece.kills = chunk.kills
+            piece.attempt = chunk.attempt + 1 if started else chunk.attempt
+            self._requeue_seq -= 1
+            piece.seq = self._requeue_seq
+            self.tasks[piece.task_id] = piece
+            self.pending.push(piece, front=True)
+            pieces.append(piece)
+        if pieces:
+            self.on_pending(pieces[::-1])
+
+    def launch_span_chunk(self, executor: ExecutorRecord, chunk: Task) -> None:
+        """Launch a span chunk formed by `form_span_chunk` (or a steal) on `executor`."""
+        self.place(executor, chunk)
+        job, span = chunk.job, chunk.subtasks
+        message = p.LaunchChunk(
+            chunk.task_id,
+            job.fn,
+            job.main_path,
+            job.payloads[span.start : span.stop],
+            chunk.attempt,
+            job.priority,
+            self.launch_stamp(chunk),
+            [job.job_id, span.start],
+        )
+        self.send(executor, message)
+
+    def on_span_batch(self, executor: ExecutorRecord, chunk: Task, msg: p.ChunkBatch) -> None:
+        """Results of span chunk `chunk`'s tasks: each completes once. The batch goes to the
+        client and the journal as it came, or, if some of its tasks had ended already
+        (cancelled, or reported on their own), as the runs of those that had not."""
+        subtasks = chunk.subtasks
+        start, values = msg.start, msg.values
+        stop = start + len(values)
+        errors = batch_errors(msg.errors, start, stop)
+        if errors is None or not _values_fit(values, errors, start):
+            self.peer_warning(
+                f"executor {executor.executor_id}: dropped a malformed chunk_batch of "
+                f"{msg.chunk_id}"
+            )
+            return
+        if not values or start < subtasks.start or stop > subtasks.stop:
+            self.peer_warning(
+                f"executor {executor.executor_id}: dropped a chunk_batch of {msg.chunk_id} "
+                f"for tasks [{start}, {stop}) outside its open range "
+                f"[{subtasks.start}, {subtasks.stop})"
+            )
+            return
+        job, apart = chunk.job, subtasks.apart
+        if job.ended.find(1, start, stop) == -1 and not apart:
+            runs = [(start, stop)]
+        else:
+            runs = _open_runs(job.ended, apart, start, stop)
+            apart.difference_update(range(start, stop))
+        if start == subtasks.start:
+            subtasks.start = stop
+        running_ns = msg.running_ns if type(msg.running_ns) is int and msg.running_ns >= 0 else 0
+        mean = running_ns / (stop - start)
+        job.subtask_ns = mean if job.subtask_ns is None else 0.9 * job.subtask_ns + 0.1 * mean
+        first_start = chunk.first_started_at
+        stats = {
+            "executor_id": executor.executor_id,
+            "attempt": chunk.attempt,
+            "running_ns": int(mean),
+            "queued_ns": None if first_start is None else first_start - chunk.submitted_at,
+        }
+        for a, b in runs:
+            failed = [[i, errors[i]] for i in errors if a <= i < b]
+            job.ended[a:b] = b"\x01" * (b - a)
+            job.finished += b - a - len(failed)
+            job.failed += len(failed)
+            part = values if (a, b) == (start, stop) else values[a - start : b - start]
+            result = p.BatchResults(job.job_id, a, part, failed, stats)
+            self.note(ev.BatchEnded(job.job_id, result))
+            if job.client_id in self.clients:
+                self.out.append(ev.ToClient(job.client_id, result))
+        _release_if_done(job)
+
+    def on_stolen_span(
+        self,
+        chunk: Task,
+        thief: ExecutorRecord | None,
+        asked: int,
+        task_ids: list[Any],
+    ) -> None:
+        """The victim gave up the tail of span chunk `chunk`: tasks [stop - n, stop), n the
+        count of `task_ids` (at most `asked`), which must name exactly those. They run as a
+        span chunk on the thief, or are queued again if it cannot take them now."""
+        span, job = chunk.subtasks, chunk.job
+        count = len(task_ids)
+        if count == 0:
+            return  # it had none left to give
+        first = span.stop - count
+        expected = [f"{job.job_id}/{i}" for i in range(max(first, span.start), span.stop)]
+        if count > asked or first < span.start or task_ids != expected:
+            self.peer_warning(f"dropped a malformed stolen of {chunk.task_id}")
+            return
+        stolen_stop, span.stop = span.stop, first
+        job.chunks += 1
+        number = f"{self.restarts}.{job.chunks}" if self.restarts else str(job.chunks)
+        moved = Task(f"{job.job_id}#{number}", job, b"", chunk.seq, chunk.submitted_at)
+        moved.kills = chunk.kills
+        moved.subtasks = SpanSubtasks(self, moved, first, stolen_stop)
+        self.tasks[moved.task_id] = moved
+        job.spans.append(moved)
+        if thief is None or not thief.alive or thief.slot_task is not None:
+            self.end_chunk(moved, started=False)  # requeued, one record each
+            return
+        self.launch_span_chunk(thief, moved)
+        self.steal_count += 1

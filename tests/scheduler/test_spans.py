@@ -1,0 +1,225 @@
+"""Bulk jobs in the scheduler core: tasks kept as ranges (fake clock, executors played by
+the test, a real journal in a temporary file for the restart)."""
+
+from __future__ import annotations
+
+from tests.scheduler.harness import MS, Harness, payload
+from tidal.runtime import payloads
+from tidal.runtime import protocol as p
+from tidal.scheduler.core import ClientRequest, ExecutorLeft
+from tidal.scheduler.journal import Journal
+from tidal.scheduler.records import TaskState
+from tidal.scheduler.records.spans import PIECE_TASKS
+
+
+def value(index):
+    """The payload the test's executors send as task `index`'s result."""
+    return payloads.pack_payload(index * 10)
+
+
+def batch(h, executor_id, chunk, start, count, errors=()):
+    """Report tasks [start, start + count) of span chunk `chunk` done (those in `errors`
+    failed)."""
+    values = [None if i in errors else value(i) for i in range(start, start + count)]
+    failures = [[i, ["ValueError", f"bad {i}", ""]] for i in errors]
+    job_id = chunk.span[0]
+    h.report(executor_id, p.ChunkBatch(chunk.chunk_id, job_id, start, values, failures, count))
+
+
+def run_span(h, executor_id, chunk):
+    """Play an executor running span chunk `chunk` to its end."""
+    h.report(executor_id, p.Started(chunk.chunk_id, chunk.attempt, h.clock.now))
+    batch(h, executor_id, chunk, chunk.span[1], len(chunk.subtasks))
+    h.report(
+        executor_id, p.Finished(chunk.chunk_id, chunk.attempt, payloads.pack_payload(None), {})
+    )
+
+
+def ended_once(h, ids):
+    return sorted(h.results) == sorted(ids) and all(len(h.results[t]) == 1 for t in ids)
+
+
+def test_a_bulk_job_runs_in_span_chunks_with_no_record_per_task():
+    h = Harness(executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", 10, options={"chunksize": 4}, bulk=True)
+    records = h.core.records
+    assert [t for t in records.tasks if t.startswith("j/")] == []  # no record per task
+    assert records.pending.count() == 6  # a chunk of 4 went out at once
+    spans = []
+    while chunks := h.sent("e0", p.LaunchChunk):
+        (chunk,) = chunks
+        assert (
+            chunk.subtasks
+            == [payload(i) for i in range(chunk.span[1], chunk.span[1] + 4)][: len(chunk.subtasks)]
+        )
+        spans.append((chunk.span[1], len(chunk.subtasks)))
+        run_span(h, "e0", chunk)
+    assert spans == [(0, 4), (4, 4), (8, 2)]
+    assert ended_once(h, ids)
+    assert [item[2] for t in ids for item in h.results[t]] == [value(i) for i in range(10)]
+    assert len(h.batches) == 3  # one message to the client per batch, not per task
+    job = records.jobs["j"]
+    assert (job.finished, job.failed) == (10, 0)
+    assert [t for t in records.tasks if t.startswith("j/")] == []
+
+
+def test_a_big_bulk_job_is_a_few_pieces_and_chunks_never_span_two():
+    h = Harness(executors=[("e0", "n0")])
+    h.submit("j", "batch", PIECE_TASKS * 2 + 5, options={"chunksize": 10_000}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    assert chunk.span == ["j", 0] and len(chunk.subtasks) == PIECE_TASKS  # a whole piece
+    pieces = [t.piece for t in h.core.records.tasks.values() if t.piece is not None]
+    assert [(piece.start, piece.stop) for piece in pieces] == [
+        (PIECE_TASKS, 2 * PIECE_TASKS),
+        (2 * PIECE_TASKS, 2 * PIECE_TASKS + 5),
+    ]
+
+
+def test_failures_in_a_batch_fail_their_own_tasks_only():
+    h = Harness(executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", 5, options={"chunksize": 5}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    batch(h, "e0", chunk, 0, 5, errors={1, 3})
+    outcomes = [h.results[t][0][1] for t in ids]
+    assert outcomes == ["finished", "failed", "finished", "failed", "finished"]
+    assert h.results[ids[1]][0][3] == ["ValueError", "bad 1", ""]
+    job = h.core.records.jobs["j"]
+    assert (job.finished, job.failed) == (3, 2)
+
+
+def test_a_batch_outside_the_open_range_or_repeated_is_dropped():
+    h = Harness(executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", 6, options={"chunksize": 6}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    batch(h, "e0", chunk, 0, 3)
+    batch(h, "e0", chunk, 0, 3)  # again
+    batch(h, "e0", chunk, 4, 5)  # past the chunk's end
+    h.report("e0", p.ChunkBatch(chunk.chunk_id, "j", 3, [value(3)], [[9, "junk"]], 1))
+    assert sorted(h.results) == ids[:3] and all(len(h.results[t]) == 1 for t in ids[:3])
+    batch(h, "e0", chunk, 3, 3)
+    assert ended_once(h, ids)
+
+
+def test_a_lost_span_chunk_requeues_what_it_had_not_reported_one_record_each():
+    h = Harness(executors=[("e0", "n0")], heartbeat_ns=100 * MS)
+    ids = h.submit("j", "batch", 6, options={"chunksize": 6}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Received([[chunk.chunk_id, 0, chunk.sent_ns]]))
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    batch(h, "e0", chunk, 0, 2)
+    h.handle(ExecutorLeft("e0", "killed"))
+    records = h.core.records
+    assert sorted(t for t in records.tasks if t.startswith("j/")) == ids[2:]
+    assert all(records.tasks[t].lost_on == ["e0"] for t in ids[2:])
+    h.join("e1", "n1")
+    (again,) = h.sent("e1", p.LaunchChunk)  # an ordinary chunk from here on
+    assert again.span is None and [s[0] for s in again.subtasks] == ids[2:]
+    h.report("e1", p.Started(again.chunk_id, 1, 1))
+    items = [[t, "finished", payloads.pack_payload(t), None, {}] for t in ids[2:]]
+    h.report("e1", p.ChunkResults(again.chunk_id, items))
+    assert ended_once(h, ids)
+    assert records.jobs["j"].finished == 6
+
+
+def test_an_idle_executor_steals_the_tail_of_a_span_chunk():
+    h = Harness(executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", 101, options={"chunksize": 101}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.join("e1", "n1")
+    h.core.records.jobs["j"].subtask_ns = 1_000_000.0  # 1 ms tasks: worth stealing
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    (steal,) = h.sent("e0", p.Steal)
+    assert steal.count == 50
+    h.report("e0", p.Stolen(chunk.chunk_id, ids[50:]))  # more than asked for: junk
+    assert h.sent("e1", p.LaunchChunk) == []
+    h.report("e0", p.Heartbeat("e0", "n", 1, 0, 1, 1, 0, 0, 1, 1, 1.0))
+    h.clock.now += 10 * MS
+    h.report("e0", p.Heartbeat("e0", "n", 2, 0, 1, 1, 0, 0, 1, 1, 1.0))
+    (steal,) = h.sent("e0", p.Steal)
+    h.report("e0", p.Stolen(chunk.chunk_id, ids[51:]))
+    (moved,) = h.sent("e1", p.LaunchChunk)
+    assert moved.span == ["j", 51] and moved.subtasks == [payload(i) for i in range(51, 101)]
+    run_span(h, "e1", moved)
+    batch(h, "e0", chunk, 51, 1)  # past what it kept: dropped
+    batch(h, "e0", chunk, 0, 51)
+    assert ended_once(h, ids)
+    assert h.core.records.steal_count == 1
+
+
+def test_cancelling_bulk_tasks_pending_or_running_completes_each_once():
+    h = Harness(executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", 20, options={"chunksize": 10}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    # Task 3 runs in the chunk; task 15 waits in its piece; task 99 does not exist.
+    h.handle(ClientRequest("c", p.Cancel([ids[3], ids[15], "j/99", "j/03", 7])))
+    assert [h.results[t][0][1] for t in (ids[3], ids[15])] == ["cancelled", "cancelled"]
+    batch(h, "e0", chunk, 0, 10)
+    h.report("e0", p.Finished(chunk.chunk_id, 0, payloads.pack_payload(None), {}))
+    (second,) = h.sent("e0", p.LaunchChunk)
+    run_span(h, "e0", second)
+    assert ended_once(h, ids)
+    job = h.core.records.jobs["j"]
+    assert (job.finished, job.cancelled) == (18, 2)
+    h.handle(ClientRequest("c", p.Cancel([ids[4]])))  # ended: nothing happens
+    assert len(h.results[ids[4]]) == 1
+
+
+def test_bad_bulk_submissions_are_refused_with_the_reason():
+    h = Harness(executors=[("e0", "n0")])
+
+    def submit(job_id, tasks, options, bulk):
+        msg = p.Submit(job_id, "batch", 0, None, "m:f", None, tasks, 0, options, bulk)
+        h.handle(ClientRequest("c", msg))
+        return [h.results.pop(f"{job_id}/0")[0][3][1]] if f"{job_id}/0" in h.results else []
+
+    assert "needs a chunksize" in submit("a", [], None, [b"x"])[0]
+    assert "must be bytes" in submit("b", [], {"chunksize": 2}, [b"x", "y"])[0]
+    assert "tasks must be empty" in submit("c", [["c/0", b"x"]], {"chunksize": 2}, [b"x"])[0]
+    h.submit("d", "batch", 2, options={"chunksize": 2}, bulk=True)
+    (refusal,) = submit("e", [["d/0", b"x"]], None, None) or [h.results.pop("d/0")[-1][3][1]]
+    assert "bulk job 'd'" in refusal
+    h.handle(ClientRequest("c", p.Submit("g", "batch", 0, None, "m:f", None, [["f/0", b""]], 0)))
+    assert "in use already" in submit("f", [], {"chunksize": 2}, [b"x"])[0]
+
+
+def test_a_restarted_scheduler_keeps_what_batches_ended_and_runs_the_rest(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    h = Harness(journal=Journal(path), executors=[("e0", "n0")], heartbeat_ns=100 * MS)
+    ids = h.submit("j", "batch", 8, options={"chunksize": 8}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    batch(h, "e0", chunk, 0, 3, errors={1})
+    h.core.journal.close()
+    again = Harness(journal=Journal(path), executors=(), heartbeat_ns=100 * MS)
+    records = again.core.records
+    job = records.jobs["j"]
+    assert (job.finished, job.failed) == (2, 1)
+    assert sorted(t for t in records.tasks if t.startswith("j/")) == ids[3:]
+    assert all(records.tasks[t].state is TaskState.UNCLAIMED for t in ids[3:])
+    found = again.core.journal.results([ids[0], ids[1], ids[5]])
+    assert found[ids[0]][1][1:3] == ["finished", value(0)]
+    assert found[ids[1]][1][1] == "failed" and ids[5] not in found
+    again.core.journal.close()
+
+
+def test_a_span_chunk_killed_to_make_room_goes_back_as_a_piece_not_as_records():
+    h = Harness(policy="kill", executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", 8, options={"chunksize": 8}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    batch(h, "e0", chunk, 0, 3)
+    (stream,) = h.submit("s", "stream", 1)
+    (kill,) = h.sent("e0", p.Kill)
+    assert kill.task_id == chunk.chunk_id
+    h.report("e0", p.Killed(chunk.chunk_id, 0, {"running_ns": 5 * MS}))
+    records = h.core.records
+    assert not any(t.startswith("j/") for t in records.tasks)  # still no record per task
+    h.report("e0", p.Started(stream, 0, 1))
+    h.finish("e0", stream)
+    (again,) = h.sent("e0", p.LaunchChunk)
+    assert again.span == ["j", 3] and again.attempt == 1 and len(again.subtasks) == 5
+    run_span(h, "e0", again)
+    assert all(len(h.results[t]) == 1 for t in ids)
