@@ -560,9 +560,12 @@ class Kernel:
             self._refuse("suspend", command.task_id, record, "task cannot be suspended")
             return
         if record is self._current:
-            # The task is parked at the boundary where the hub regained control.
+            # The task is parked at the boundary where the hub regained control; a span
+            # chunk's results so far go out before its `suspended`.
             self._current = None
             now = self._regained_at
+            if record.span is not None:
+                self._report_span(record)
         else:  # queued, or resumed but not running again yet: it parks where it is
             self._ready.discard(record)
             now = self._clock()
@@ -750,12 +753,12 @@ class Kernel:
 
     def _run_span(self, record: TaskRecord, fn: Callable[..., Any]) -> None:
         """Run a span chunk's subtasks in order; report their results in batches
-        (`chunk_batch`: one list of values, the failures apart)."""
+        (`chunk_batch`: one list of values, the failures apart). The batch being filled is
+        the span's (`Span.values`): the hub reports it when it suspends the chunk."""
         span, chunk, gate, clock = record.span, record.chunk, self.gate, self._clock
         quick = QuickCalls(fn, payloads.DATA_THRESHOLD)
-        values: list[bytes | None] = []
-        errors: list[list[Any]] = []
-        batch_started = clock()
+        span.batch_started = clock()
+        values, errors = span.values, span.errors
         try:
             while chunk:
                 payload = chunk.popleft()
@@ -776,8 +779,9 @@ class Kernel:
                         value = payloads.pack_result(result, where, self._spool_result)
                 except TaskKilled:
                     if record.fail_error is not None:  # this subtask is the one that pays
+                        values = span.values  # the hub may have reported the batch
                         values.append(None)
-                        errors.append([index, record.fail_error])
+                        span.errors.append([index, record.fail_error])
                     raise
                 except greenlet.GreenletExit:
                     raise
@@ -789,30 +793,31 @@ class Kernel:
                     errors.append([index, describe_failure(exc, __file__)])
                 else:
                     values.append(value)
-                now = clock()
                 if (
-                    gate.requested
-                    or len(values) >= CHUNK_REPORT_EVERY
-                    or now - batch_started >= CHUNK_REPORT_NS
+                    len(values) >= CHUNK_REPORT_EVERY
+                    or clock() - span.batch_started >= CHUNK_REPORT_NS
                 ):
-                    # Report before parking too: those subtasks are done whatever comes next.
-                    self._report_span(record, values, errors, now - batch_started)
-                    values, errors = [], []
-                    if gate.requested:
-                        self._checkpoint()  # between subtasks: a suspension point
-                    batch_started = clock()
+                    self._report_span(record)
+                if gate.requested:
+                    self._checkpoint()  # between subtasks: a suspension point
+                values, errors = span.values, span.errors  # new ones if the batch was reported
         finally:
-            if values:  # also when killed: these subtasks did complete
-                self._report_span(record, values, errors, clock() - batch_started)
+            self._report_span(record)  # also when killed: these subtasks did complete
 
-    def _report_span(
-        self, record: TaskRecord, values: list[Any], errors: list[list[Any]], running_ns: int
-    ) -> None:
+    def _report_span(self, record: TaskRecord) -> None:
+        """Send a span chunk's batch, if it has results, and start the next."""
         span = record.span
-        start = span.reported
-        self._emit(p.ChunkBatch(record.task_id, span.job_id, start, values, errors, running_ns))
-        span.reported = start + len(values)  # after the emit, as for `_tasks` above
-        self._flush()
+        values = span.values
+        now = self._clock()
+        if values:
+            start, running_ns = span.reported, now - span.batch_started
+            self._emit(
+                p.ChunkBatch(record.task_id, span.job_id, start, values, span.errors, running_ns)
+            )
+            span.reported = start + len(values)  # after the emit, as for `_tasks` above
+            span.values, span.errors = [], []
+            self._flush()
+        span.batch_started = now
 
     def _drive_generator(self, gen: Any) -> list[Any]:
         """Collect a generator task's output records; each `yield` is a suspension point."""

@@ -23,7 +23,7 @@ import enum
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import greenlet
@@ -234,6 +234,10 @@ class Span:
     next: int
     reported: int
     end: int
+    # The batch being filled (results of tasks [reported, next)), and when it began.
+    values: list[Any] = field(default_factory=list)
+    errors: list[list[Any]] = field(default_factory=list)
+    batch_started: int = 0
 
     def ids(self, start: int, stop: int) -> list[str]:
         return [f"{self.job_id}/{i}" for i in range(start, stop)]

@@ -249,6 +249,8 @@ class Journal(NullJournal):
             if isinstance(submit, p.Submit):
                 state.jobs.append((client_id, submit))
         self._rows: dict[str, int] = {}  # task id -> the results row that holds its item
+        # A bulk job's batches written since: job id -> [(start, stop, row), ...].
+        self._batch_rows: dict[str, list[tuple[int, int, int]]] = {}
         for batch, job_id, ids in db.execute("SELECT batch, job_id, ids FROM results"):
             for task_id, outcome in _outcomes(job_id, _unpack(ids)):
                 state.outcomes[task_id] = outcome
@@ -302,7 +304,7 @@ class Journal(NullJournal):
                 for item in _batch_items(result):
                     if item[0] in wanted:
                         found[item[0]] = (result.job_id, item)
-        rows = sorted({self._rows[t] for t in wanted - set(found) if t in self._rows})
+        rows = sorted({row for t in wanted - set(found) if (row := self._row_of(t)) is not None})
         with self._db_lock:
             for start in range(0, len(rows), QUERY_CHUNK):
                 part = rows[start : start + QUERY_CHUNK]
@@ -321,6 +323,17 @@ class Journal(NullJournal):
         return found
 
     # ---- writes -------------------------------------------------------------------------------
+
+    def _row_of(self, task_id: str) -> int | None:
+        """The results row that holds `task_id`'s item, if one does."""
+        row = self._rows.get(task_id)
+        if row is not None:
+            return row
+        job_id, _, number = task_id.rpartition("/")
+        for start, stop, row in self._batch_rows.get(job_id, ()):
+            if number.isdigit() and start <= int(number) < stop:
+                return row
+        return None
 
     def commit(self) -> None:
         self.write(self.take())
@@ -349,7 +362,11 @@ class Journal(NullJournal):
                 db.execute("ROLLBACK")
                 raise
         for row, task_ids in written:
-            self._rows.update(dict.fromkeys(task_ids, row))
+            if type(task_ids) is tuple:  # a batch: (job id, start, stop)
+                job_id, start, stop = task_ids
+                self._batch_rows.setdefault(job_id, []).append((start, stop, row))
+            else:
+                self._rows.update(dict.fromkeys(task_ids, row))
         for records in batches:
             self._in_flight.remove(records)
 
@@ -501,7 +518,8 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, dict[s
         cursor = db.execute(
             "INSERT INTO results (job_id, ids, items) VALUES (?, ?, ?)", (result.job_id, ids, rest)
         )
-        written.append((cursor.lastrowid, _batch_task_ids(result.job_id, ids)))
+        stop = result.start + len(result.values)
+        written.append((cursor.lastrowid, (result.job_id, result.start, stop)))
     db.executemany("INSERT OR IGNORE INTO cancels VALUES (?, ?)", records.cancels)
     db.executemany("INSERT OR IGNORE INTO executors VALUES (?)", [(e,) for e in records.joined])
     db.executemany("DELETE FROM executors WHERE executor_id = ?", [(e,) for e in records.lost])
@@ -521,10 +539,6 @@ def _outcomes(job_id: str, ids: Any) -> list[tuple[str, str]]:
     failed = set(ids["failed"])
     indices = range(ids["start"], ids["start"] + ids["count"])
     return [(f"{job_id}/{i}", "failed" if i in failed else "finished") for i in indices]
-
-
-def _batch_task_ids(job_id: str, ids: bytes) -> list[str]:
-    return [task_id for task_id, _ in _outcomes(job_id, _unpack(ids))]
 
 
 def _batch_items(result: p.BatchResults) -> list[list[Any]]:

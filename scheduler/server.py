@@ -105,6 +105,11 @@ HELD_LAUNCHES_MAX = 256
 # peer that queued many frames while we were away sends them all at once), at most this
 # many: a peer sending from ever new connections cannot grow the record.
 REJOIN_MEMORY = 4096
+# Acks of results go to an executor at most this often (with a heartbeat's answer at once):
+# each is a frame that wakes its listener thread, which then contends for the GIL with the
+# task thread it would otherwise leave alone, and raises its gate (see runtime/kernel.py,
+# SPAN_PARK_REPORT). An ack only lets the executor forget results it keeps for a resend.
+ACK_EVERY_NS = 20_000_000
 
 
 class SchedulerServer:
@@ -205,6 +210,9 @@ class SchedulerServer:
         # Task ids whose results executors sent this pass, acked once journaled (an empty
         # list answers a heartbeat: the executor's sign that we live).
         self._acks: dict[str, list[str]] = {}
+        # Acks written and not sent yet (ACK_EVERY_NS), and when each executor got its last.
+        self._ready_acks: dict[str, list[str]] = {}
+        self._acked_at: dict[str, int] = {}
         # Results and acks of passes whose journal records are being written: (ticket,
         # results, acks), sent in this order once the writer has that ticket on disk.
         self._unwritten: deque[tuple[int, dict[str, list[Any]], dict[str, list[str]]]] = deque()
@@ -258,6 +266,7 @@ class SchedulerServer:
                     self._guard.tick()  # the periodic summary of suppressed log lines
                     self._dispatch(self._handle(Tick()))
                     self._flush_held()
+                    self._send_due_acks()
                     if self._event_log is not None:  # readable up to the last tick
                         self._event_log.flush()
                     next_tick = now + tick_ns
@@ -738,8 +747,28 @@ class SchedulerServer:
                 frame_bytes += size
             if frame_items:
                 self._send(("client", client_id), p.Results(frame_items))
+        now = time.monotonic_ns()
         for executor_id, task_ids in acks.items():
+            ready = self._ready_acks.setdefault(executor_id, [])
+            ready.extend(task_ids)
+            # An empty entry is a heartbeat's answer: it goes at once.
+            if not task_ids or now - self._acked_at.get(executor_id, 0) >= ACK_EVERY_NS:
+                self._send_acks(executor_id, now)
+
+    def _send_acks(self, executor_id: str, now: int) -> None:
+        task_ids = self._ready_acks.pop(executor_id, [])
+        self._acked_at[executor_id] = now
+        if self.core.records.executors.get(executor_id) is not None:  # else forgotten
             self._send(("executor", executor_id), p.Ack(task_ids))
+        else:
+            self._acked_at.pop(executor_id, None)
+
+    def _send_due_acks(self) -> None:
+        """Send the acks held back longer than ACK_EVERY_NS (at each tick)."""
+        now = time.monotonic_ns()
+        for executor_id in list(self._ready_acks):
+            if now - self._acked_at.get(executor_id, 0) >= ACK_EVERY_NS:
+                self._send_acks(executor_id, now)
 
     def _flush_executor(self, executor_id: str) -> None:
         held = self._held.pop(executor_id, None)

@@ -135,9 +135,12 @@ def records_of(task: Task) -> Iterator[Task] | list[Task]:
     return subtasks.values()
 
 
+_VALUE_TYPES = {bytes, type(None)}
+
+
 def _values_fit(values: Any, errors: dict[int, Any], start: int) -> bool:
     """A payload (bytes) for each task that finished, nil for each that failed."""
-    if sum(type(v) is not bytes for v in values) != len(errors):
+    if not set(map(type, values)) <= _VALUE_TYPES or values.count(None) != len(errors):
         return False
     return all(values[i - start] is None for i in errors)
 

@@ -192,6 +192,9 @@ def test_a_restarted_scheduler_keeps_what_batches_ended_and_runs_the_rest(tmp_pa
     (chunk,) = h.sent("e0", p.LaunchChunk)
     h.report("e0", p.Started(chunk.chunk_id, 0, 1))
     batch(h, "e0", chunk, 0, 3, errors={1})
+    journal = h.core.journal
+    journal.commit()  # on disk now, found by its range
+    assert sorted(journal.results([ids[2], ids[3], "j/x"])) == [ids[2]]
     h.core.journal.close()
     again = Harness(journal=Journal(path), executors=(), heartbeat_ns=100 * MS)
     records = again.core.records
