@@ -8,6 +8,7 @@ test fails.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -234,3 +235,24 @@ def test_tuple_dict_keys_round_trip_through_arguments_and_results_end_to_end():
         chunked = client.map(dict, tables, chunksize=4, extra=other)
         assert client.gather(chunked, timeout=30) == [{**t, "extra": other} for t in tables]
         assert all(type(key) is tuple for key in chunked[3].result() if key != "extra")
+
+
+def test_a_bulk_map_completes_in_place_with_failures_and_cancellations_end_to_end():
+    # 3,000 one-record tasks: a bulk job (no record per task in the scheduler); "x" makes
+    # total() fail alone; one task is cancelled while pending, the rest complete exactly once.
+    parts = [[i] for i in range(3_000)]
+    parts[7] = ["x"]
+    with LocalCluster(executors=2) as cluster, Client(cluster) as client:
+        futures = client.map(spin, parts, record_us=50.0)
+        assert len(futures) == 3_000 and futures[-1].task_id == f"{futures.job_id}/2999"
+        assert futures[2_999].cancel()  # far back in the queue: cancelled at once
+        with pytest.raises(concurrent.futures.CancelledError):
+            client.gather(futures, timeout=60)  # the first failure to arrive, at once
+        done = [f for f in futures[:2_999] if f.exception(timeout=60) is None]
+        assert [f.result() for f in done] == [i for i in range(2_999) if i != 7]
+        assert futures[2_999].cancelled() and futures[7].exception() is not None
+        stats = futures[10].statistics()
+        assert stats.executor_id is not None and stats.running_s > 0
+        status = client.status()
+        (job,) = status["jobs"]
+        assert (job["finished"], job["failed"], job["cancelled"]) == (2_998, 1, 1)
