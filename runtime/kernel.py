@@ -30,6 +30,7 @@ switches into the task to the moment the task runs again.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import queue
 import time
@@ -68,6 +69,10 @@ DEFAULT_SUSPEND_TIMEOUT_NS = 100_000_000
 # comes first: few messages for tiny subtasks, prompt results for slow ones.
 CHUNK_REPORT_EVERY = 512
 CHUNK_REPORT_NS = 20_000_000
+# A span chunk runs a map's calls in runs of about this much work (at most
+# CHUNK_REPORT_EVERY): a run's results join the batch at its end, so this bounds what a
+# suspension holds back and how long a stolen-from chunk keeps what it took.
+SPAN_RUN_NS = 1_000_000
 # What a task function's call may return that is not its result as it is (`_call_result`).
 _NOT_A_RESULT = (types.GeneratorType, types.CoroutineType)
 # How long the hub holds a task at its boundary for the listener to read what the gate's
@@ -540,9 +545,13 @@ class Kernel:
             # subtasks from the front, so the tail holds only subtasks that have not started.
             taken: list[str] = []
             if record is not None and record.span is not None:
-                span, count = record.span, min(command.count, len(record.chunk))
-                for _ in range(count):
+                span = record.span
+                from_chunk = min(command.count, len(record.chunk))
+                from_run = min(command.count - from_chunk, span.unstarted_in_run())
+                for _ in range(from_chunk):
                     record.chunk.pop()
+                span.give_up_in_run(from_run)  # the chunk's tail first, then the run's
+                count = from_chunk + from_run
                 taken = span.ids(span.end - count, span.end)
                 span.end -= count
             elif record is not None and record.chunk is not None:
@@ -565,6 +574,7 @@ class Kernel:
             self._current = None
             now = self._regained_at
             if record.span is not None:
+                self._take_run(record, drive=None, ending=False)
                 self._report_span(record)
         else:  # queued, or resumed but not running again yet: it parks where it is
             self._ready.discard(record)
@@ -754,55 +764,154 @@ class Kernel:
     def _run_span(self, record: TaskRecord, fn: Callable[..., Any]) -> None:
         """Run a span chunk's subtasks in order; report their results in batches
         (`chunk_batch`: one list of values, the failures apart). The batch being filled is
-        the span's (`Span.values`): the hub reports it when it suspends the chunk."""
+        the span's (`Span.values`): the hub reports it when it suspends the chunk.
+
+        A run of a map's calls (`QuickCalls.take_run`) goes through `map` over a gated
+        iterator: the calls in C, each a record boundary of the gate; any other subtask
+        runs alone (`_run_subtask`). Runs are sized toward SPAN_RUN_NS of work."""
         span, chunk, gate, clock = record.span, record.chunk, self.gate, self._clock
         quick = QuickCalls(fn, payloads.DATA_THRESHOLD)
         span.batch_started = clock()
-        values, errors = span.values, span.errors
+        run_size = 1
         try:
             while chunk:
-                payload = chunk.popleft()
-                index = span.next
-                span.next += 1
-                try:
-                    call = quick.args_of(payload)
-                    if call is None:
-                        call = self._unpack(payload, fn)
-                        result = self._call_task(fn, *call)
-                    else:
-                        result = quick.fn(*call[0], **call[1])
-                        if type(result) in _NOT_A_RESULT:  # a generator task, say
-                            result = self._call_result(fn, result)
-                    value = quick.pack(result)
-                    if value is None:
-                        where = f"result of {span.job_id}/{index}"
-                        value = payloads.pack_result(result, where, self._spool_result)
-                except TaskKilled:
-                    if record.fail_error is not None:  # this subtask is the one that pays
-                        values = span.values  # the hub may have reported the batch
-                        values.append(None)
-                        span.errors.append([index, record.fail_error])
-                    raise
-                except greenlet.GreenletExit:
-                    raise
-                except p.EncodeError as exc:
-                    values.append(None)
-                    errors.append([index, ["EncodeError", f"the result cannot be sent: {exc}", ""]])
-                except BaseException as exc:  # a task's error belongs to its result
-                    values.append(None)
-                    errors.append([index, describe_failure(exc, __file__)])
+                run = quick.take_run(chunk, run_size)
+                if run is None:
+                    self._run_subtask(record, fn, quick, chunk.popleft())
                 else:
-                    values.append(value)
+                    began = clock()
+                    self._run_calls(record, quick, *run)
+                    each_ns = max(1, (clock() - began) // len(run[0]))
+                    run_size = max(1, min(CHUNK_REPORT_EVERY, SPAN_RUN_NS // each_ns))
+                now = clock()
                 if (
-                    len(values) >= CHUNK_REPORT_EVERY
-                    or clock() - span.batch_started >= CHUNK_REPORT_NS
+                    len(span.values) >= CHUNK_REPORT_EVERY
+                    or now - span.batch_started >= CHUNK_REPORT_NS
                 ):
                     self._report_span(record)
                 if gate.requested:
                     self._checkpoint()  # between subtasks: a suspension point
-                values, errors = span.values, span.errors  # new ones if the batch was reported
         finally:
             self._report_span(record)  # also when killed: these subtasks did complete
+
+    def _run_calls(
+        self, record: TaskRecord, quick: QuickCalls, xs: list[Any], kwargs: dict[str, Any]
+    ) -> None:
+        """Run a span's calls `fn(x, **kwargs)` for each x, in order, in C (`map`), each a
+        record boundary; a call that raises fails alone and the next ones run. The run's
+        results so far are the span's (`Span.run`): the hub takes them into the batch when
+        it suspends the chunk (`_take_run`)."""
+        span = record.span
+        call = functools.partial(quick.fn, **kwargs) if kwargs else quick.fn
+        span.run, span.run_errors, span.run_start, span.quick = [], {}, span.next, quick
+        span.run_xs, span.run_first = xs, span.next
+        calls = map(call, self._gated_iterator(xs, self.gate))
+        try:
+            while True:
+                results = span.run
+                try:
+                    results.extend(calls)  # what ran stays in `results` if one raises
+                    break
+                except (TaskKilled, greenlet.GreenletExit):
+                    if record.fail_error is not None:  # the running one is the one that pays
+                        span.run_errors[len(results)] = record.fail_error
+                        results.append(None)
+                    raise
+                except BaseException as exc:  # a task's error belongs to its result
+                    span.run_errors[len(results)] = describe_failure(exc, __file__)
+                    results.append(None)
+        except BaseException:
+            self._take_run(record, drive=None, ending=True)
+            raise
+        self._take_run(record, drive=quick.fn, ending=True)
+
+    def _take_run(self, record: TaskRecord, drive: Callable[..., Any] | None, ending: bool) -> None:
+        """Put the results of a span's run so far in its batch, packed, the failures apart;
+        the run carries on from there (when the hub takes them at a suspension), or is done.
+
+        A generator returned is driven (its records are the result) if `drive`, the function
+        that returned it, is given; else (the hub, or a run being killed) it and the rest
+        stay: taken at the run's end, or dropped as not run if `ending`."""
+        span = record.span
+        results, errors, quick = span.run, span.run_errors, span.quick
+        if results is None:
+            return
+        packed = None if errors else quick.pack_all(results)
+        if packed is not None:
+            taken = len(results)
+            span.values.extend(packed)
+        else:
+            taken = self._take_slowly(record, drive)
+        del results[:taken]
+        span.run_start = span.next = span.run_start + taken
+        span.run_errors = {k - taken: error for k, error in errors.items() if k >= taken}
+        if ending:
+            span.run = span.run_xs = None
+
+    def _take_slowly(self, record: TaskRecord, drive: Callable[..., Any] | None) -> int:
+        """`_take_run` one result at a time; how many it took."""
+        span = record.span
+        quick = span.quick
+        for offset, result in enumerate(span.run):
+            index = span.run_start + offset
+            error = span.run_errors.get(offset)
+            if error is None and type(result) in _NOT_A_RESULT:
+                if drive is None:
+                    return offset
+                try:
+                    result = self._call_result(drive, result)
+                except (TaskKilled, greenlet.GreenletExit):
+                    raise
+                except BaseException as exc:
+                    error = describe_failure(exc, __file__)
+            value = None
+            if error is None:
+                try:
+                    value = quick.pack(result) or payloads.pack_result(
+                        result, f"result of {span.job_id}/{index}", self._spool_result
+                    )
+                except p.EncodeError as exc:
+                    error = ["EncodeError", f"the result cannot be sent: {exc}", ""]
+            span.values.append(value)
+            if error is not None:
+                span.errors.append([index, error])
+        return len(span.run)
+
+    def _run_subtask(
+        self, record: TaskRecord, fn: Callable[..., Any], quick: QuickCalls, payload: bytes
+    ) -> None:
+        """Run one subtask of a span chunk the general way; its result joins the batch."""
+        span = record.span
+        index = span.next
+        span.next += 1
+        try:
+            call = quick.args_of(payload)
+            if call is None:
+                call = self._unpack(payload, fn)
+                result = self._call_task(fn, *call)
+            else:
+                result = quick.fn(*call[0], **call[1])
+                if type(result) in _NOT_A_RESULT:  # a generator task, say
+                    result = self._call_result(fn, result)
+            value = quick.pack(result)
+            if value is None:
+                where = f"result of {span.job_id}/{index}"
+                value = payloads.pack_result(result, where, self._spool_result)
+        except TaskKilled:
+            if record.fail_error is not None:  # this subtask is the one that pays
+                span.values.append(None)
+                span.errors.append([index, record.fail_error])
+            raise
+        except greenlet.GreenletExit:
+            raise
+        except p.EncodeError as exc:
+            span.values.append(None)
+            span.errors.append([index, ["EncodeError", f"the result cannot be sent: {exc}", ""]])
+        except BaseException as exc:  # a task's error belongs to its result
+            span.values.append(None)
+            span.errors.append([index, describe_failure(exc, __file__)])
+        else:
+            span.values.append(value)
 
     def _report_span(self, record: TaskRecord) -> None:
         """Send a span chunk's batch, if it has results, and start the next."""
@@ -852,6 +961,8 @@ class Kernel:
                 f"task {record.task_id} was woken with {reply!r}; only the Tidal "
                 "hub may switch into a task's greenlet"
             )
+        if record.span is not None:  # its batch's running time starts again here
+            record.span.batch_started = self._clock()
         if record.resume_started_at:
             now = self._clock()
             self._emit(p.Resumed(record.task_id, now - record.resume_started_at, now))

@@ -238,6 +238,34 @@ class Span:
     values: list[Any] = field(default_factory=list)
     errors: list[list[Any]] = field(default_factory=list)
     batch_started: int = 0
+    # A run of calls under way (Kernel._run_calls): their results so far, from `run_start`.
+    run: list[Any] | None = None
+    run_start: int = 0
+    run_errors: dict[int, list[str]] = field(default_factory=dict)  # by offset in `run`
+    quick: Any = None  # the run's QuickCalls (its packer)
+    run_xs: list[Any] | None = None  # the run's arguments, from task `run_first`
+    run_first: int = 0
+
+    def unstarted_in_run(self) -> int:
+        """How many of the run's calls have not started (the task parked between two)."""
+        if self.run is None or self.run_xs is None:
+            return 0
+        consumed = self.run_start - self.run_first + len(self.run)
+        return max(0, len(self.run_xs) - consumed)
+
+    def give_up_in_run(self, count: int) -> None:
+        """Drop the last `count` of the run's calls, not started (a steal): iterating a
+        list stops at its current end, so the run ends before them."""
+        if count > 0:
+            del self.run_xs[len(self.run_xs) - count :]
+
+    def running(self) -> int | None:
+        """The index of the task running now (or last started), None if none since the
+        last report."""
+        run = self.run
+        if run is not None:
+            return self.run_start + len(run)
+        return self.next - 1 if self.next > self.reported else None
 
     def ids(self, start: int, stop: int) -> list[str]:
         return [f"{self.job_id}/{i}" for i in range(start, stop)]
@@ -278,7 +306,7 @@ def memory_estimates(
 
 def memory_failure(
     record: TaskRecord, error_type: str, message: str, executor_id: str, now: int
-) -> p.Failed | p.ChunkResults | None:
+) -> p.Failed | p.ChunkResults | p.ChunkBatch | None:
     """The report that fails a task which cannot be stopped, for an executor that exits
     instead (the task keeps running until the process ends). For a chunk: the failure of
     the subtask it is running, if any (its other subtasks go back to the scheduler's queue
@@ -286,11 +314,10 @@ def memory_failure(
     error = [error_type, message, ""]
     span = record.span
     if span is not None:
-        if span.next == span.reported:  # none started since the last report
+        running = span.running()
+        if running is None:
             return None
-        return p.ChunkBatch(
-            record.task_id, span.job_id, span.next - 1, [None], [[span.next - 1, error]], 0
-        )
+        return p.ChunkBatch(record.task_id, span.job_id, running, [None], [[running, error]], 0)
     if record.chunk is not None:
         subtask = record.running_subtask
         if subtask is None:

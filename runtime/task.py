@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
+import operator
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -221,6 +224,7 @@ def current_context() -> TaskContext:
 
 # Argument types `gate_arguments` never wraps (nor a task's `inputs` would: not iterables).
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+_ONE_ARGUMENT = b"\x92\x91"  # a call [[x], kwargs]: an array of two, the first of one
 
 
 class QuickCalls:
@@ -263,6 +267,61 @@ class QuickCalls:
             if type(key) is not str:
                 return None
         return args, kwargs
+
+    def take_run(self, chunk: deque[bytes], limit: int) -> tuple[list[Any], dict[str, Any]] | None:
+        """Take from the front of `chunk` (payloads) the longest run, up to `limit`, of calls
+        `[[x], kwargs]` of one argument, a scalar, and the same kwargs (a map's calls):
+        (their xs, the kwargs). None, taking nothing, if the first is not one.
+
+        Discussion: checked and decoded with C loops (`map` over bytes methods, one unpackb
+        for the whole run), so that the kernel can run them with `map` over a gated
+        iterator: ~0.3 us a no-op task instead of ~1.5 one at a time.
+        """
+        if not self.usable or not chunk:
+            return None
+        first = chunk[0]
+        call = self.args_of(first)
+        if call is None or len(call[0]) != 1:
+            return None
+        kwargs = call[1]
+        suffix = msgpack.packb(kwargs)
+        if not first.endswith(suffix) or not first.startswith(_ONE_ARGUMENT):
+            return None  # packed another way than this module would: one at a time
+        payloads = list(itertools.islice(chunk, limit))
+        fits = list(map(bytes.endswith, payloads, itertools.repeat(suffix)))
+        fits = list(
+            map(
+                operator.and_,
+                fits,
+                map(bytes.startswith, payloads, itertools.repeat(_ONE_ARGUMENT)),
+            )
+        )
+        count = fits.index(False) if False in fits else len(payloads)
+        cut = slice(len(_ONE_ARGUMENT), -len(suffix))
+        body = b"".join(map(operator.getitem, payloads[:count], itertools.repeat(cut)))
+        try:
+            xs = msgpack.unpackb(msgpack.Packer().pack_array_header(count) + body)
+        except Exception:  # a malformed one among them: one at a time finds it
+            return None
+        plain = list(map(_PLAIN.__contains__, map(type, xs)))
+        if False in plain:
+            count = plain.index(False)
+            del xs[count:]
+        if not count:
+            return None
+        for _ in range(count):
+            chunk.popleft()
+        return xs, kwargs
+
+    def pack_all(self, values: list[Any]) -> list[bytes] | None:
+        """Each of `values` packed (as `pack`), or None if any is not small or packable."""
+        packer, limit = self._packer, self._result_limit
+        try:
+            packed = list(map(packer.pack, values))
+        except Exception:
+            packer.reset()
+            return None
+        return packed if max(map(len, packed), default=0) < limit else None
 
     def pack(self, value: Any) -> bytes | None:
         """`value` packed, if it is small (under `result_limit` bytes); else None."""

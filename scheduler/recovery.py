@@ -225,21 +225,21 @@ def on_reattach(records: Records, client_id: str, msg: p.Reattach, results: Resu
     asked = [t for t in msg.task_ids if type(t) is str]
     lookup = []
     for task_id in asked:
-        task = records.tasks.get(task_id)
-        if task is not None and task.state is not TaskState.DONE:
-            if task.job.client_id != client_id:
+        owner, done = _standing(records, task_id)
+        if owner is not None and not done:
+            if owner != client_id:
                 lookup.append(task_id)  # not this client's: answered as unknown below
             continue  # its result will come to this client
         lookup.append(task_id)
     found = results(lookup)
     items, unknown = [], []
     for task_id in lookup:
-        task = records.tasks.get(task_id)
+        owner, done = _standing(records, task_id)
         job_id, item = found.get(task_id, (None, None))
         job = records.jobs.get(job_id) if job_id is not None else None
         if item is not None and job is not None and job.client_id == client_id:
             items.append(item)
-        elif task is not None and task.state is TaskState.DONE and task.job.client_id == client_id:
+        elif done and owner == client_id:
             # It ended here, but its result was not kept (a scheduler without a journal).
             message = (
                 f"the result of {task_id} was sent while this client was away and is lost: "
@@ -251,3 +251,16 @@ def on_reattach(records: Records, client_id: str, msg: p.Reattach, results: Resu
     if items:
         records.answer(client_id, p.Results(items))
     records.answer(client_id, p.Reattached(msg.request_id, unknown))
+
+
+def _standing(records: Records, task_id: str) -> tuple[str | None, bool]:
+    """(the client whose task `task_id` is, whether it ended), or (None, False) if there is
+    no such task. A bulk job's task is found with or without a record of its own."""
+    task = records.tasks.get(task_id)
+    if task is not None and task.index < 0:
+        return task.job.client_id, task.state is TaskState.DONE
+    bulk = records.bulk_task(task_id)
+    if bulk is None:
+        return None, False
+    job, index = bulk
+    return job.client_id, bool(job.ended[index])

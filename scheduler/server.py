@@ -107,8 +107,9 @@ HELD_LAUNCHES_MAX = 256
 REJOIN_MEMORY = 4096
 # Acks of results go to an executor at most this often (with a heartbeat's answer at once):
 # each is a frame that wakes its listener thread, which then contends for the GIL with the
-# task thread it would otherwise leave alone, and raises its gate (see runtime/kernel.py,
-# SPAN_PARK_REPORT). An ack only lets the executor forget results it keeps for a resend.
+# task thread it would otherwise leave alone, and raises its gate, which makes its running
+# task hand over to the hub. An ack only lets the executor forget results it keeps for a
+# resend.
 ACK_EVERY_NS = 20_000_000
 
 

@@ -4,7 +4,8 @@ A client's chunked `map` arrives as one `submit` with `bulk`: the tasks' payload
 task i's id `f"{job_id}/{i}"`. The scheduler keeps the payloads in one list (`Job.payloads`)
 and a byte per task, set once it ended (`Job.ended`), and nothing else per task:
 
-* pending, the job is a few *pieces* (`Task.piece`, up to PIECE_TASKS tasks each) in the
+* pending, the job is a few *pieces* (`Task.piece`, of MIN_PIECE_TASKS to PIECE_TASKS
+  tasks, about half an executor's share of the job) in the
   pending queues; a policy launches a piece as it would a task, and the core takes a chunk
   off its front (`form_span_chunk`), the rest staying pending where it was;
 * launched, a *span chunk* holds tasks [start, stop) of its job (`SpanSubtasks`); the
@@ -43,6 +44,7 @@ __all__ = [
 # it ~250 pending "tasks"; a chunk never spans two pieces, so this also caps a span chunk
 # (at ~1-4 us a tiny task, 4,096 of them are a few ms of work: per-chunk costs stay small).
 PIECE_TASKS = 4096
+MIN_PIECE_TASKS = 64  # so that a job on a thousand executors is not ten thousand pieces
 
 
 class SpanSubtasks:
@@ -229,14 +231,22 @@ class BulkBooks:
             return self.task_record(job, index, holder)
         return None  # pending in a piece: see `cancel_in_piece`
 
+    def bulk_task(self, task_id: Any) -> tuple[Job, int] | None:
+        """(its job, its index) if `task_id` names a task of a bulk job, else None."""
+        job = self.jobs.get(task_id.rpartition("/")[0]) if type(task_id) is str else None
+        if job is None or job.ended is None:
+            return None
+        index = _index_in(job, task_id)
+        return None if index is None else (job, index)
+
     def cancel_in_piece(self, client_id: str, task_id: Any) -> None:
         """Cancel a bulk job's task that is still pending in its piece (one that `find_task`
         found no record for): done now; its piece skips it, or its result is ignored."""
-        job = self.jobs.get(task_id.rpartition("/")[0]) if type(task_id) is str else None
-        if job is None or job.ended is None or job.client_id != client_id:
+        found = self.bulk_task(task_id)
+        if found is None or found[0].client_id != client_id:
             return
-        index = _index_in(job, task_id)
-        if index is not None and not job.ended[index]:
+        job, index = found
+        if not job.ended[index]:
             task = self.task_record(job, index)
             task.cancel_requested = True
             self.complete(task, "cancelled", None, None)
@@ -254,9 +264,17 @@ class BulkBooks:
                 job.ended[index] = 1
         if not pieces:
             return [self.task_record(job, i) for i in range(len(payloads)) if not job.ended[i]]
+        # Pieces of about half an executor's share: a policy that places a task per free
+        # executor gives each one some of the job at once. Never smaller than a fixed
+        # chunksize: a chunk takes from one piece.
+        executors = max(1, sum(e.alive for e in self.executors.values()))
+        share = -(-len(payloads) // (2 * executors))
+        if type(job.chunksize) is int:
+            share = max(share, job.chunksize)
+        size = max(MIN_PIECE_TASKS, min(PIECE_TASKS, share))
         made = []
-        for start in range(0, len(payloads), PIECE_TASKS):
-            stop = min(start + PIECE_TASKS, len(payloads))
+        for start in range(0, len(payloads), size):
+            stop = min(start + size, len(payloads))
             piece = Task(f"{job.job_id}@{start}", job, b"", self.next_seq(), self.now)
             piece.piece = Piece(start, stop)
             self.tasks[piece.task_id] = piece
@@ -397,12 +415,12 @@ class BulkBooks:
         job.chunks += 1
         number = f"{self.restarts}.{job.chunks}" if self.restarts else str(job.chunks)
         moved = Task(f"{job.job_id}#{number}", job, b"", chunk.seq, chunk.submitted_at)
-        moved.kills = chunk.kills
+        moved.kills, moved.attempt = chunk.kills, chunk.attempt
         moved.subtasks = SpanSubtasks(self, moved, first, stolen_stop)
         self.tasks[moved.task_id] = moved
         job.spans.append(moved)
         if thief is None or not thief.alive or thief.slot_task is not None:
-            self.end_chunk(moved, started=False)  # requeued, one record each
+            self.end_chunk(moved, started=False)  # queued again, as a piece
             return
         self.launch_span_chunk(thief, moved)
         self.steal_count += 1

@@ -1023,3 +1023,55 @@ def test_a_killed_span_chunk_reports_what_it_completed(make_kernel):
     kernel.run()
     assert isinstance(transport.outcome("c"), p.Killed)
     assert sorted(span_results(transport, "c")) == [0, 1, 2, 3, 4]
+
+
+def calls_with(values, **kwargs):
+    packed = payloads.pack_payload(kwargs)
+    return [payloads.pack_call([v], kwargs, packed_kwargs=packed) for v in values]
+
+
+def scaled(x, by=1):
+    return 100 // x * by
+
+
+def test_a_run_of_map_calls_fails_one_call_alone_and_passes_the_kwargs(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch_chunk("c", scaled, calls_with([1, 2, 0, 4, 5] * 40, by=3), span=("j", 0))
+    kernel.run()
+    got = span_results(transport, "c")
+    expected = {i: ("finished", 100 // x * 3) for i, x in enumerate([1, 2, 0, 4, 5] * 40) if x}
+    assert {i: r for i, r in got.items() if r[0] == "finished"} == expected
+    failed = sorted(i for i, r in got.items() if r[0] == "failed")
+    assert failed == list(range(2, 200, 5))
+    assert got[2][1][0] == "ZeroDivisionError"
+
+
+def test_a_plain_function_returning_a_generator_has_its_records_as_result(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch_chunk("c", lambda n: (i for i in range(n)), calls(range(50)), span=("j", 0))
+    kernel.run()
+    assert span_results(transport, "c") == {n: ("finished", list(range(n))) for n in range(50)}
+
+
+def test_a_steal_takes_calls_of_a_run_that_have_not_started(make_kernel):
+    kernel, transport = make_kernel()
+    ran = []
+
+    def work(x):
+        ran.append(x)
+        if x == 40:
+            kernel.suspend("c")  # parks between two calls of a run
+        return x
+
+    kernel.launch_chunk("c", work, calls(range(60)), span=("j", 0))
+    kernel.run()
+    assert ran[-1] == 40 and sorted(span_results(transport, "c")) == list(range(41))
+    kernel.steal("c", 30)
+    kernel.run()
+    (stolen,) = transport.of(p.Stolen)
+    assert stolen.task_ids == [f"j/{i}" for i in range(30, 60)][-len(stolen.task_ids) :]
+    kept = 60 - len(stolen.task_ids)
+    assert len(stolen.task_ids) == min(30, 60 - 41)  # only those not started
+    kernel.resume("c")
+    kernel.run()
+    assert ran == list(range(kept)) and sorted(span_results(transport, "c")) == list(range(kept))

@@ -226,3 +226,25 @@ def test_a_span_chunk_killed_to_make_room_goes_back_as_a_piece_not_as_records():
     assert again.span == ["j", 3] and again.attempt == 1 and len(again.subtasks) == 5
     run_span(h, "e0", again)
     assert all(len(h.results[t]) == 1 for t in ids)
+
+
+def test_a_client_back_without_a_journal_learns_which_bulk_results_were_lost():
+    h = Harness(executors=[("e0", "n0")])  # no journal: results sent while away are lost
+    ids = h.submit("j", "batch", 20, options={"chunksize": 10}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    batch(h, "e0", chunk, 0, 4)
+    h.results.clear()  # the client was away
+    h.handle(ClientRequest("c", p.Reattach("r1", [ids[1], ids[6], ids[15], "j/20"])))
+    assert h.answers["r1"].unknown == ["j/20"]  # 6 runs, 15 waits in its piece: both known
+    (lost,) = h.results[ids[1]]
+    assert lost[1] == "failed" and lost[3][0] == "ResultLost"
+    assert sorted(h.results) == [ids[1]]
+
+
+def test_a_small_bulk_job_gives_every_free_executor_a_chunk_at_once():
+    h = Harness(executors=[("e0", "n0"), ("e1", "n1")])
+    h.submit("j", "batch", 1_000, options={"chunksize": "auto"}, bulk=True)
+    (first,) = h.sent("e0", p.LaunchChunk)
+    (second,) = h.sent("e1", p.LaunchChunk)
+    assert first.span[1] != second.span[1]  # from two pieces of the job
