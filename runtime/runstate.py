@@ -40,8 +40,17 @@ __all__ = [
     "ReadyQueue",
     "RunState",
     "Span",
+    "TaskKilled",
     "TaskRecord",
 ]
+
+
+class TaskKilled(BaseException):
+    """Raised inside a task at a record boundary when it is killed.
+
+    A BaseException, like GreenletExit, so that `except Exception:` in user code does not
+    swallow it.
+    """
 
 
 class RunState(enum.Enum):

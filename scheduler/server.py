@@ -69,6 +69,7 @@ from tidal.scheduler.events import (
     ExecutorLeft,
     ExecutorReport,
     Instruction,
+    JobAccepted,
     Note,
     Tick,
     ToClient,
@@ -77,6 +78,8 @@ from tidal.scheduler.journal import Journal, JournalWriter
 from tidal.scheduler.liveness import ConnectionWatch
 
 __all__ = ["DEFAULT_BIND", "SchedulerServer"]
+
+_NO_SUBMIT = (None, b"")
 
 log = logging.getLogger("tidal.scheduler")
 
@@ -211,6 +214,8 @@ class SchedulerServer:
         # Task ids whose results executors sent this pass, acked once journaled (an empty
         # list answers a heartbeat: the executor's sign that we live).
         self._acks: dict[str, list[str]] = {}
+        # The last submit decoded, with its frame (the journal keeps that, not a re-encoding).
+        self._submit_frame: tuple[Any, Any] = _NO_SUBMIT
         # Acks written and not sent yet (ACK_EVERY_NS), and when each executor got its last.
         self._ready_acks: dict[str, list[str]] = {}
         self._acked_at: dict[str, int] = {}
@@ -383,6 +388,8 @@ class SchedulerServer:
         except p.ProtocolError as exc:
             self._drop(routing_id, exc)
             return
+        if type(msg) is p.Submit and len(frames) == 2:  # the journal keeps it as it came
+            self._submit_frame = (msg, frames[1])
         if isinstance(msg, p.Batch) and (peer is None or peer[0] != "executor"):
             self._drop(routing_id, p.ProtocolError("batch from a peer that is not an executor"))
             return
@@ -399,19 +406,22 @@ class SchedulerServer:
             if isinstance(msg, p.Batch)
             else [msg]
         )
-        for item in items:
-            try:
-                if isinstance(item, p.ProtocolError):
-                    # The rest of a batch with a bad item is not decoded: one bad frame.
-                    self._drop(routing_id, item)
+        try:
+            for item in items:
+                try:
+                    if isinstance(item, p.ProtocolError):
+                        # The rest of a batch with a bad item is not decoded: one bad frame.
+                        self._drop(routing_id, item)
+                        return
+                    event = self._event_for(routing_id, item)
+                except p.ProtocolError as exc:
+                    if self._drop(routing_id, exc):
+                        return  # disconnected: the rest of its batch goes with it
+                    continue
+                if event is not None and not self._handle_peer_event(routing_id, item, event):
                     return
-                event = self._event_for(routing_id, item)
-            except p.ProtocolError as exc:
-                if self._drop(routing_id, exc):
-                    return  # disconnected: the rest of its batch goes with it
-                continue
-            if event is not None and not self._handle_peer_event(routing_id, item, event):
-                return
+        finally:
+            self._submit_frame = _NO_SUBMIT  # journaled by now, or refused
 
     def _drop(self, routing_id: bytes, exc: p.ProtocolError) -> bool:
         """Drop a bad frame; disconnect its peer at the limit. True if it was disconnected."""
@@ -670,7 +680,13 @@ class SchedulerServer:
     def _dispatch(self, instructions: list[Any]) -> None:
         for instruction in instructions:
             if isinstance(instruction, Note):
-                if self.journal is not None:
+                if self.journal is None:
+                    continue
+                accepted = self._submit_frame
+                if type(instruction) is JobAccepted and accepted[0] is instruction.submit:
+                    frame = bytes(accepted[1])
+                    self.journal.submitted(instruction.client_id, instruction.submit, frame)
+                else:
                     self.journal.apply(instruction)  # committed before results are sent
                 continue
             msg = instruction.message
