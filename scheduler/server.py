@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any
 
 import zmq
@@ -60,6 +60,7 @@ from tidal.scheduler.core import (
     DEFAULT_MISSED_HEARTBEATS,
     SchedulerCore,
 )
+from tidal.scheduler.delivery import Delivery
 from tidal.scheduler.eventlog import EventLog
 from tidal.scheduler.events import (
     ClientJoined,
@@ -99,21 +100,12 @@ PASS_BUDGET_NS = 2_000_000
 READ_AT_ONCE = 16
 # A hello may list at most this many tasks held (each gets an answer: a kill, say).
 MAX_HOLDINGS = 10_000
-# Results merged into one frame at most; with results of up to ~64 KiB each a frame stays
-# well below a client's 64 MiB limit.
-RESULTS_PER_FRAME = 256
 # Batch launches held for one executor at most before they go out anyway.
 HELD_LAUNCHES_MAX = 256
 # Connections told to rejoin, remembered so that each is told once per REJOIN_EVERY_NS (a
 # peer that queued many frames while we were away sends them all at once), at most this
 # many: a peer sending from ever new connections cannot grow the record.
 REJOIN_MEMORY = 4096
-# Acks of results go to an executor at most this often (with a heartbeat's answer at once):
-# each is a frame that wakes its listener thread, which then contends for the GIL with the
-# task thread it would otherwise leave alone, and raises its gate, which makes its running
-# task hand over to the hub. An ack only lets the executor forget results it keeps for a
-# resend.
-ACK_EVERY_NS = 20_000_000
 
 
 class SchedulerServer:
@@ -209,19 +201,13 @@ class SchedulerServer:
         self.frames_in = 0  # frames received, bad ones and ignored ones included
         self.bytes_in = 0  # their bytes (big arguments travel apart: runtime/datastore.py)
         self._held: dict[str, list[bytes]] = {}  # encoded batch launches, per executor
-        self._results: dict[str, list[Any]] = {}  # result items, per client
         self._held_bytes: dict[str, int] = {}
-        # Task ids whose results executors sent this pass, acked once journaled (an empty
-        # list answers a heartbeat: the executor's sign that we live).
-        self._acks: dict[str, list[str]] = {}
         # The last submit decoded, with its frame (the journal keeps that, not a re-encoding).
         self._submit_frame: tuple[Any, Any] = _NO_SUBMIT
-        # Acks written and not sent yet (ACK_EVERY_NS), and when each executor got its last.
-        self._ready_acks: dict[str, list[str]] = {}
-        self._acked_at: dict[str, int] = {}
-        # Results and acks of passes whose journal records are being written: (ticket,
-        # results, acks), sent in this order once the writer has that ticket on disk.
-        self._unwritten: deque[tuple[int, dict[str, list[Any]], dict[str, list[str]]]] = deque()
+        # Results and acks, sent once the journal has them (scheduler/delivery.py).
+        self._delivery = Delivery(
+            self._writer, self._send, lambda e: e in self.core.records.executors
+        )
         self._told_rejoin: OrderedDict[bytes, int] = OrderedDict()  # routing id -> when
         # The token each executor's `attach` must carry: a new one with each welcome.
         self._attach_tokens: dict[str, str] = {}
@@ -255,7 +241,7 @@ class SchedulerServer:
                 if self._watch.socket in ready:
                     self._on_connection_events()
                 if self._writer is not None and self._writer.fd in ready:
-                    self._send_written(self._writer.committed())
+                    self._delivery.written(self._writer.committed())
                 if self._socket in ready:
                     # -- 2. Handle what arrived, each frame as one event; results and batch
                     #       launches are held back and sent together at the end of the pass.
@@ -272,7 +258,7 @@ class SchedulerServer:
                     self._guard.tick()  # the periodic summary of suppressed log lines
                     self._dispatch(self._handle(Tick()))
                     self._flush_held()
-                    self._send_due_acks()
+                    self._delivery.send_due_acks()
                     if self._event_log is not None:  # readable up to the last tick
                         self._event_log.flush()
                     next_tick = now + tick_ns
@@ -475,7 +461,7 @@ class SchedulerServer:
         if kind == "executor":
             event: Event = ExecutorLeft(peer_id, f"disconnected: {reason}")
         else:
-            self._results.pop(peer_id, None)
+            self._delivery.forget_client(peer_id)
             event = ClientRequest(peer_id, p.ClientGoodbye(f"disconnected: {reason}"))
         try:
             self._dispatch(self._handle(event))
@@ -549,10 +535,10 @@ class SchedulerServer:
             self._register(routing_id, ("executor", msg.executor_id))
             token = self._attach_tokens[msg.executor_id] = secrets.token_hex(8)
             # The results it held for a resend are decided by the core now: ack them all.
-            acks = self._acks.setdefault(msg.executor_id, [])
-            for item in holding:
-                if type(item) is list and len(item) == 4 and type(item[0]) is str:
-                    acks.append(item[0])  # acked whatever it is: a task held is not kept
+            self._delivery.ack(  # acked whatever it is: a task held is not kept
+                msg.executor_id,
+                [i[0] for i in holding if type(i) is list and len(i) == 4 and type(i[0]) is str],
+            )
             heartbeat_ms = max(1, self.heartbeat_ns // 1_000_000)
             self._socket.send_multipart(
                 [
@@ -600,19 +586,21 @@ class SchedulerServer:
     def _note_for_ack(self, routing_id: bytes, executor_id: str, msg: p.Message) -> None:
         """Results to ack once journaled; a heartbeat gets an answer (maybe an empty ack)."""
         if isinstance(msg, p.Finished | p.Failed):
-            self._acks.setdefault(executor_id, []).append(msg.task_id)
+            self._delivery.ack(executor_id, [msg.task_id])
         elif isinstance(msg, p.ChunkResults):
-            acks = self._acks.setdefault(executor_id, [])
-            acks.extend(i[0] for i in msg.items if type(i) is list and i and type(i[0]) is str)
+            items = msg.items
+            self._delivery.ack(
+                executor_id, [i[0] for i in items if type(i) is list and i and type(i[0]) is str]
+            )
         elif isinstance(msg, p.ChunkBatch):
-            self._acks.setdefault(executor_id, []).append(p.batch_key(msg.chunk_id, msg.start))
+            self._delivery.ack(executor_id, [p.batch_key(msg.chunk_id, msg.start)])
         elif isinstance(msg, p.Heartbeat):
             executor = self.core.records.executors.get(executor_id)
             if executor is not None and not executor.alive:
                 # Declared lost (it was silent too long): what it holds runs elsewhere now.
                 self._ask_to_rejoin(routing_id, "this executor was declared lost")
             else:
-                self._acks.setdefault(executor_id, [])
+                self._delivery.heartbeat(executor_id)
 
     def _ask_to_rejoin(self, routing_id: bytes, reason: str) -> None:
         now = time.monotonic_ns()
@@ -694,9 +682,9 @@ class SchedulerServer:
                 if isinstance(msg, p.Status):  # the shell adds what only it knows
                     msg = p.Status(msg.request_id, {**msg.snapshot, "bad_input": self.bad_input()})
                 if isinstance(msg, p.Results):
-                    self._results.setdefault(instruction.client_id, []).extend(msg.items)
-                elif isinstance(msg, p.BatchResults):  # after the journal too, as one item
-                    self._results.setdefault(instruction.client_id, []).append(msg)
+                    self._delivery.results(instruction.client_id, msg.items)
+                elif isinstance(msg, p.BatchResults):  # after the journal too
+                    self._delivery.batch(instruction.client_id, msg)
                 else:
                     self._send(("client", instruction.client_id), msg)
             elif isinstance(msg, p.Launch) and msg.priority == "batch":
@@ -720,72 +708,13 @@ class SchedulerServer:
 
     def _flush_held(self) -> None:
         """Hand the pass's journal records to the writer, then send what the pass held back:
-        each executor its batch launches at once; each client its results (in frames of at
-        most RESULTS_PER_FRAME items and about BATCH_FLUSH_BYTES of values) and each executor
-        its acks once those records are on disk (`_send_written`): whatever a peer is told
-        is safe is on disk by then."""
-        writer = self._writer
-        if writer is not None:
-            writer.commit()
-        if self._results or self._acks:
-            if writer is not None and (writer.waiting or self._unwritten):
-                # Behind the newest commit: it holds these records, or follows them.
-                self._unwritten.append((writer.issued, self._results, self._acks))
-            else:
-                self._send_results(self._results, self._acks)
-            self._results, self._acks = {}, {}
+        each executor its batch launches at once; results and acks once those records are
+        on disk (scheduler/delivery.py): whatever a peer is told is safe is on disk by then."""
+        if self._writer is not None:
+            self._writer.commit()
+        self._delivery.flush()
         for executor_id in list(self._held):
             self._flush_executor(executor_id)
-
-    def _send_written(self, written: int) -> None:
-        """Send the results and acks held for journal commits up to ticket `written`."""
-        while self._unwritten and self._unwritten[0][0] <= written:
-            _, results, acks = self._unwritten.popleft()
-            self._send_results(results, acks)
-
-    def _send_results(self, results: dict[str, list[Any]], acks: dict[str, list[str]]) -> None:
-        for client_id, items in results.items():
-            # Discussion: by count and by bytes, so that two big results (a result may be
-            # up to ~63 MiB) never share a frame over the client's limit.
-            frame_items: list[Any] = []
-            frame_bytes = 0
-            for item in items:
-                if type(item) is p.BatchResults:  # a frame of its own
-                    self._send(("client", client_id), item)
-                    continue
-                size = len(item[2]) if type(item[2]) is bytes else 0
-                if frame_items and (
-                    len(frame_items) >= RESULTS_PER_FRAME
-                    or frame_bytes + size > p.BATCH_FLUSH_BYTES
-                ):
-                    self._send(("client", client_id), p.Results(frame_items))
-                    frame_items, frame_bytes = [], 0
-                frame_items.append(item)
-                frame_bytes += size
-            if frame_items:
-                self._send(("client", client_id), p.Results(frame_items))
-        now = time.monotonic_ns()
-        for executor_id, task_ids in acks.items():
-            ready = self._ready_acks.setdefault(executor_id, [])
-            ready.extend(task_ids)
-            # An empty entry is a heartbeat's answer: it goes at once.
-            if not task_ids or now - self._acked_at.get(executor_id, 0) >= ACK_EVERY_NS:
-                self._send_acks(executor_id, now)
-
-    def _send_acks(self, executor_id: str, now: int) -> None:
-        task_ids = self._ready_acks.pop(executor_id, [])
-        self._acked_at[executor_id] = now
-        if self.core.records.executors.get(executor_id) is not None:  # else forgotten
-            self._send(("executor", executor_id), p.Ack(task_ids))
-        else:
-            self._acked_at.pop(executor_id, None)
-
-    def _send_due_acks(self) -> None:
-        """Send the acks held back longer than ACK_EVERY_NS (at each tick)."""
-        now = time.monotonic_ns()
-        for executor_id in list(self._ready_acks):
-            if now - self._acked_at.get(executor_id, 0) >= ACK_EVERY_NS:
-                self._send_acks(executor_id, now)
 
     def _flush_executor(self, executor_id: str) -> None:
         held = self._held.pop(executor_id, None)
