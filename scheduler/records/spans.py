@@ -298,10 +298,17 @@ class BulkBooks:
         if span.start >= span.stop:
             piece.state = TaskState.DONE
             self.tasks.pop(piece.task_id, None)
+        return self._new_span_chunk(piece, start, stop)
+
+    def _new_span_chunk(self, source: Task, start: int, stop: int) -> Task:
+        """Record a span chunk of tasks [start, stop) of `source`'s job, taking its place in
+        the queue order, its kill count and its attempt (`source`: a piece, or the chunk
+        a steal takes them from)."""
+        job = source.job
         job.chunks += 1
         number = f"{self.restarts}.{job.chunks}" if self.restarts else str(job.chunks)
-        chunk = Task(f"{job.job_id}#{number}", job, b"", piece.seq, piece.submitted_at)
-        chunk.kills, chunk.attempt = piece.kills, piece.attempt
+        chunk = Task(f"{job.job_id}#{number}", job, b"", source.seq, source.submitted_at)
+        chunk.kills, chunk.attempt = source.kills, source.attempt
         chunk.subtasks = SpanSubtasks(self, chunk, start, stop)
         self.tasks[chunk.task_id] = chunk
         job.spans.append(chunk)
@@ -412,13 +419,7 @@ class BulkBooks:
             self.peer_warning(f"dropped a malformed stolen of {chunk.task_id}")
             return
         stolen_stop, span.stop = span.stop, first
-        job.chunks += 1
-        number = f"{self.restarts}.{job.chunks}" if self.restarts else str(job.chunks)
-        moved = Task(f"{job.job_id}#{number}", job, b"", chunk.seq, chunk.submitted_at)
-        moved.kills, moved.attempt = chunk.kills, chunk.attempt
-        moved.subtasks = SpanSubtasks(self, moved, first, stolen_stop)
-        self.tasks[moved.task_id] = moved
-        job.spans.append(moved)
+        moved = self._new_span_chunk(chunk, first, stolen_stop)
         if thief is None or not thief.alive or thief.slot_task is not None:
             self.end_chunk(moved, started=False)  # queued again, as a piece
             return
