@@ -776,10 +776,10 @@ class Kernel(SpanRunner):
                 f"task {record.task_id} was woken with {reply!r}; only the Tidal "
                 "hub may switch into a task's greenlet"
             )
-        if record.span is not None:  # its batch's running time starts again here
-            record.span.batch_started = self._clock()
         if record.resume_started_at:
             now = self._clock()
+            if record.span is not None:  # its batch's running time starts again here
+                record.span.batch_started = now
             self._emit(p.Resumed(record.task_id, now - record.resume_started_at, now))
             self._flush()
             record.resume_started_at = 0

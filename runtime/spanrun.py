@@ -101,9 +101,8 @@ class SpanRunner:
                     results.extend(calls)  # what ran stays in `results` if one raises
                     break
                 except (TaskKilled, greenlet.GreenletExit):
-                    if record.fail_error is not None:  # the running one is the one that pays
-                        span.run_errors[len(results)] = record.fail_error
-                        results.append(None)
+                    # Only ever at the boundary between two calls (a call's argument is a
+                    # scalar, no gated input): none of them is running, none pays for it.
                     raise
                 except BaseException as exc:  # a task's error belongs to its result
                     span.run_errors[len(results)] = describe_failure(exc, __file__)
@@ -115,39 +114,48 @@ class SpanRunner:
 
     def _take_run(self, record: TaskRecord, drive: Callable[..., Any] | None, ending: bool) -> None:
         """Put the results of a span's run so far in its batch, packed, the failures apart;
-        the run carries on from there (when the hub takes them at a suspension), or is done.
+        the run carries on from there (when the hub takes them at a suspension), or is done
+        (`ending`: then it is the span's no more, before anything here may hand over).
 
         A generator returned is driven (its records are the result) if `drive`, the function
         that returned it, is given; else (the hub, or a run being killed) it and the rest
         stay: taken at the run's end, or dropped as not run if `ending`."""
         span = record.span
-        results, errors, quick = span.run, span.run_errors, span.quick
+        results, errors, quick, start = span.run, span.run_errors, span.quick, span.run_start
         if results is None:
             return
+        if ending:
+            span.run = span.run_xs = None
         packed = None if errors else quick.pack_all(results)
         if packed is not None:
             taken = len(results)
             span.values.extend(packed)
         else:
-            taken = self._take_slowly(record, drive)
-        del results[:taken]
-        span.run_start = span.next = span.run_start + taken
-        span.run_errors = {k - taken: error for k, error in errors.items() if k >= taken}
-        if ending:
-            span.run = span.run_xs = None
+            taken = self._take_slowly(record, results, errors, drive)
+        if not ending:
+            del results[:taken]
+            span.run_start = start + taken
+            span.run_errors = {k - taken: error for k, error in errors.items() if k >= taken}
+        span.next = start + taken
 
-    def _take_slowly(self, record: TaskRecord, drive: Callable[..., Any] | None) -> int:
-        """`_take_run` one result at a time; how many it took."""
+    def _take_slowly(
+        self,
+        record: TaskRecord,
+        results: list[Any],
+        errors: dict[int, list[str]],
+        drive: Callable[..., Any] | None,
+    ) -> int:
+        """`_take_run` one result at a time, from the run's `run_start`; how many it took."""
         span = record.span
-        quick = span.quick
-        for offset, result in enumerate(span.run):
-            index = span.run_start + offset
-            error = span.run_errors.get(offset)
+        quick, start = span.quick, span.run_start
+        for offset, result in enumerate(results):
+            index = start + offset
+            error = errors.get(offset)
             if error is None and type(result) in NOT_A_RESULT:
                 if drive is None:
                     return offset
                 try:
-                    result = self._call_result(drive, result)
+                    result = self._call_result(drive, result)  # may hand over to the hub
                 except (TaskKilled, greenlet.GreenletExit):
                     raise
                 except BaseException as exc:
@@ -163,7 +171,7 @@ class SpanRunner:
             span.values.append(value)
             if error is not None:
                 span.errors.append([index, error])
-        return len(span.run)
+        return len(results)
 
     def _run_subtask(
         self, record: TaskRecord, fn: Callable[..., Any], quick: QuickCalls, payload: bytes

@@ -16,9 +16,12 @@ and a byte per task, set once it ended (`Job.ended`), and nothing else per task:
 
 A task gets a record of its own (`Task.index` >= 0) only where it differs from its range:
 cancelled, reported on its own (a hello after a reconnection lists results task by task),
-or left over when its chunk ended early (killed, lost with its executor): those are
-requeued one by one and run in ordinary chunks from then on. `Job.ended` decides whether a
-task's result counts, wherever it comes from: a task completes exactly once.
+or left over by a chunk whose executor was lost after it had the launch (each counts the
+loss toward its own `max_retries`), or that failed whole: those are requeued one by one
+and run in ordinary chunks from then on. What a chunk leaves when it is killed to make
+room, withdrawn, or lost before its executor had it goes back as pieces
+(`requeue_span`). `Job.ended` decides whether a task's result counts, wherever it comes
+from: a task completes exactly once.
 """
 
 from __future__ import annotations
@@ -269,9 +272,11 @@ class BulkBooks:
         # chunksize: a chunk takes from one piece.
         executors = max(1, sum(e.alive for e in self.executors.values()))
         share = -(-len(payloads) // (2 * executors))
+        most = PIECE_TASKS
         if type(job.chunksize) is int:
             share = max(share, job.chunksize)
-        size = max(MIN_PIECE_TASKS, min(PIECE_TASKS, share))
+            most = max(most, job.chunksize)
+        size = max(MIN_PIECE_TASKS, min(most, share))
         made = []
         for start in range(0, len(payloads), size):
             stop = min(start + size, len(payloads))

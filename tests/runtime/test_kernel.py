@@ -1075,3 +1075,43 @@ def test_a_steal_takes_calls_of_a_run_that_have_not_started(make_kernel):
     kernel.resume("c")
     kernel.run()
     assert ran == list(range(kept)) and sorted(span_results(transport, "c")) == list(range(kept))
+
+
+def test_a_run_is_taken_once_when_a_generator_driven_at_its_end_is_suspended(make_kernel):
+    kernel, transport = make_kernel()
+
+    def records(n):
+        for i in range(n):
+            if i == 1:
+                kernel.suspend("c")  # parks while the run's end drives this generator
+            yield i
+
+    def work(n):  # a plain function; one of its results is a generator
+        return records(n) if n == 7 else n
+
+    kernel.launch_chunk("c", work, calls(range(10)), span=("j", 0))
+    kernel.run()
+    kernel.resume("c")
+    kernel.run()
+    expected = {n: ("finished", list(range(n)) if n == 7 else n) for n in range(10)}
+    assert span_results(transport, "c") == expected
+
+
+def test_a_run_only_takes_calls_whose_argument_is_exactly_their_bytes(make_kernel):
+    # [[5], {"a": {}}] between [[x], {}] calls: concatenated, its kwargs and the next
+    # call's argument would decode as {"a": 7}: a run must not take it as f(5).
+    kernel, transport = make_kernel()
+    odd = [
+        payloads.pack_call([0], {}),
+        payloads.pack_call([1], {}),
+        payloads.pack_call([5], {"a": {}}),
+        payloads.pack_call([7], {}),
+    ]
+    kernel.launch_chunk("c", lambda x, **kw: [x, kw], odd, span=("j", 0))
+    kernel.run()
+    assert span_results(transport, "c") == {
+        0: ("finished", [0, {}]),
+        1: ("finished", [1, {}]),
+        2: ("finished", [5, {"a": {}}]),
+        3: ("finished", [7, {}]),
+    }
