@@ -6,6 +6,7 @@ from __future__ import annotations
 from tests.scheduler.harness import MS, Harness, payload
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
+from tidal.scheduler.chunks import FIRST_CHUNK
 from tidal.scheduler.core import ClientRequest, ExecutorLeft
 from tidal.scheduler.journal import Journal
 from tidal.scheduler.records import TaskState
@@ -65,14 +66,27 @@ def test_a_bulk_job_runs_in_span_chunks_with_no_record_per_task():
 
 def test_a_big_bulk_job_is_a_few_pieces_and_chunks_never_span_two():
     h = Harness(executors=[("e0", "n0")])
-    h.submit("j", "batch", PIECE_TASKS * 2 + 5, options={"chunksize": 10_000}, bulk=True)
+    h.submit("j", "batch", PIECE_TASKS * 2 + 5, options={"chunksize": "auto"}, bulk=True)
     (chunk,) = h.sent("e0", p.LaunchChunk)
-    assert chunk.span == ["j", 0] and len(chunk.subtasks) == PIECE_TASKS  # a whole piece
+    assert chunk.span == ["j", 0] and len(chunk.subtasks) == FIRST_CHUNK
     pieces = [t.piece for t in h.core.records.tasks.values() if t.piece is not None]
     assert [(piece.start, piece.stop) for piece in pieces] == [
+        (FIRST_CHUNK, PIECE_TASKS),
         (PIECE_TASKS, 2 * PIECE_TASKS),
         (2 * PIECE_TASKS, 2 * PIECE_TASKS + 5),
     ]
+    h.core.records.jobs["j"].subtask_ns = 1_000.0  # measured: ~5,000 a chunk, by the rule
+    batch(h, "e0", chunk, 0, FIRST_CHUNK)
+    h.report("e0", p.Finished(chunk.chunk_id, 0, payloads.pack_payload(None), {}))
+    (second,) = h.sent("e0", p.LaunchChunk)
+    assert second.span == ["j", FIRST_CHUNK] and len(second.subtasks) == PIECE_TASKS - FIRST_CHUNK
+
+
+def test_a_fixed_chunksize_over_a_piece_gets_pieces_as_big():
+    h = Harness(executors=[("e0", "n0")])
+    h.submit("j", "batch", 8_000, options={"chunksize": 5_000}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    assert chunk.span == ["j", 0] and len(chunk.subtasks) == 5_000
 
 
 def test_failures_in_a_batch_fail_their_own_tasks_only():
