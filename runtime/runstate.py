@@ -259,7 +259,7 @@ class Span:
         """How many of the run's calls have not started (the task parked between two)."""
         if self.run is None or self.run_xs is None:
             return 0
-        consumed = self.run_start - self.run_first + len(self.run)
+        consumed = self.run_start - self.run_first + len(self.run)  # the calls that ended
         return max(0, len(self.run_xs) - consumed)
 
     def give_up_in_run(self, count: int) -> None:
@@ -277,6 +277,7 @@ class Span:
         return self.next - 1 if self.next > self.reported else None
 
     def ids(self, start: int, stop: int) -> list[str]:
+        """The ids of its job's tasks [start, stop)."""
         return [f"{self.job_id}/{i}" for i in range(start, stop)]
 
 

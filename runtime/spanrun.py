@@ -69,7 +69,8 @@ class SpanRunner:
                 else:
                     began = clock()
                     self._run_calls(record, quick, *run)
-                    each_ns = max(1, (clock() - began) // len(run[0]))
+                    each_ns = max(1, (clock() - began) // max(1, len(run[0])))  # a steal may
+                    # have taken every call of the run before the first began
                     run_size = max(1, min(CHUNK_REPORT_EVERY, SPAN_RUN_NS // each_ns))
                 now = clock()
                 if (
@@ -99,6 +100,13 @@ class SpanRunner:
                 results = span.run
                 try:
                     results.extend(calls)  # what ran stays in `results` if one raises
+                    if span.unstarted_in_run():
+                        # A call raised StopIteration, which ends `extend` as if the calls
+                        # had: it fails alone (as PEP 479 makes it in a generator).
+                        error = RuntimeError("a task raised StopIteration")
+                        span.run_errors[len(results)] = describe_failure(error, __file__)
+                        results.append(None)
+                        continue
                     break
                 except (TaskKilled, greenlet.GreenletExit):
                     # Only ever at the boundary between two calls (a call's argument is a
@@ -154,6 +162,7 @@ class SpanRunner:
             if error is None and type(result) in NOT_A_RESULT:
                 if drive is None:
                     return offset
+                span.next = index + 1  # the one running now, for `Span.running`
                 try:
                     result = self._call_result(drive, result)  # may hand over to the hub
                 except (TaskKilled, greenlet.GreenletExit):

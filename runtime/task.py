@@ -285,6 +285,8 @@ class QuickCalls:
         if call is None or len(call[0]) != 1:
             return None
         kwargs = call[1]
+        if not all(map(_PLAIN.__contains__, map(type, kwargs.values()))):
+            return None  # the calls of a run share one kwargs: only values none can change
         suffix = msgpack.packb(kwargs)
         if not first.endswith(suffix) or not first.startswith(_ONE_ARGUMENT):
             return None  # packed another way than this module would: one at a time

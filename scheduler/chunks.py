@@ -32,7 +32,7 @@ from typing import Any
 from tidal.runtime import protocol as p
 from tidal.scheduler import decisions as d
 from tidal.scheduler.records import ExecutorRecord, Job, Records, SpanSubtasks, Task, TaskState
-from tidal.scheduler.records.spans import batch_errors
+from tidal.scheduler.records.spans import batch_errors, values_fit
 
 __all__ = [
     "TARGET_CHUNK_NS",
@@ -114,7 +114,10 @@ def on_batch(records: Records, executor: ExecutorRecord, msg: p.ChunkBatch) -> N
         return
     stop = msg.start + len(msg.values)
     errors = batch_errors(msg.errors, msg.start, stop)
-    if errors is None:
+    if errors is None or not values_fit(msg.values, errors, msg.start):
+        records.peer_warning(
+            f"executor {executor.executor_id}: dropped a malformed chunk_batch of {msg.chunk_id}"
+        )
         return
     items = []
     for index, value in enumerate(msg.values, msg.start):

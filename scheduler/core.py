@@ -605,6 +605,9 @@ class SchedulerCore:
     def _on_cancel(self, client_id: str, msg: p.Cancel) -> None:
         records = self.records
         for task_id in msg.task_ids:
+            bulk = records.bulk_task(task_id)
+            if bulk is not None and bulk[0].client_id != client_id:
+                continue  # another client's: no record is made for it
             task = records.find_task(task_id)
             if task is None:
                 records.cancel_in_piece(client_id, task_id)

@@ -133,6 +133,7 @@ class Delivery:
                 self._send_acks(executor_id, now)
 
     def _send_acks(self, executor_id: str, now: int) -> None:
+        """Send the acks ready for `executor_id`, if the scheduler still knows it."""
         task_ids = self._ready_acks.pop(executor_id, [])
         if self._known(executor_id):
             self._acked_at[executor_id] = now

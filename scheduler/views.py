@@ -342,6 +342,10 @@ def check_submission(
 
 
 def _bulk_problem(msg: p.Submit, prefixes: Collection[str]) -> str | None:
+    """Why a bulk job (submit.bulk) cannot be accepted, or None."""
+    if "#" in msg.job_id or "@" in msg.job_id:
+        # Its chunks and pieces are named <job_id>#<n> and <job_id>@<start>.
+        return f"a bulk job's id may not hold '#' or '@' (got {msg.job_id!r})"
     if msg.tasks:
         return "a bulk job's tasks are its bulk payloads: its tasks must be empty"
     if not msg.bulk:

@@ -170,6 +170,7 @@ class Records(spans.BulkBooks):
     # ---- jobs and tasks ----------------------------------------------------------------------
 
     def next_seq(self) -> int:
+        """A new arrival order number (`Task.seq`)."""
         self._seq += 1
         return self._seq
 
@@ -182,7 +183,7 @@ class Records(spans.BulkBooks):
         pieces: bool = False,
     ) -> list[Task]:
         """Record an accepted job and its tasks (but those in `skip`); return the tasks. A
-        bulk job's tasks are its pieces if `pieces` (scheduler/spans.py), else records of
+        bulk job's tasks are its pieces if `pieces` (scheduler/records/spans.py), else records of
         their own (as a restarted scheduler restores them)."""
         cap = self.max_suspensions if msg.max_suspensions is None else msg.max_suspensions
         job = Job(
@@ -228,11 +229,14 @@ class Records(spans.BulkBooks):
 
         `value` is the result's payload as the executor sent it (nil unless finished).
         """
-        task.state = TaskState.DONE
         job = task.job
-        job.count_end(outcome)
-        if task.index >= 0:  # a bulk job's task
+        if task.index >= 0:  # a bulk job's task: it may have ended with a batch meanwhile
+            if job.ended[task.index]:
+                task.state = TaskState.DONE
+                return
             job.ended[task.index] = 1
+        task.state = TaskState.DONE
+        job.count_end(outcome)
         first_start = task.first_started_at
         stats = {
             "executor_id": task.executor_id,

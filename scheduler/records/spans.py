@@ -41,6 +41,7 @@ __all__ = [
     "ended_span",
     "records_of",
     "task_ids",
+    "values_fit",
 ]
 
 # Discussion: a piece is what a policy sees of a bulk job, so a job of a million tasks shows
@@ -69,7 +70,9 @@ class SpanSubtasks:
         self.apart: set[int] = set()
 
     def __len__(self) -> int:
-        return max(0, self.stop - self.start - len(self.apart))
+        # Taken apart means ended at once (cancelled, or reported alone): `ended` counts it.
+        start, stop = self.start, self.stop
+        return max(0, stop - start - self.chunk.job.ended.count(1, start, stop))
 
     def __contains__(self, task_id: object) -> bool:
         index = self._index(task_id)
@@ -143,7 +146,7 @@ def records_of(task: Task) -> Iterator[Task] | list[Task]:
 _VALUE_TYPES = {bytes, type(None)}
 
 
-def _values_fit(values: Any, errors: dict[int, Any], start: int) -> bool:
+def values_fit(values: Any, errors: dict[int, Any], start: int) -> bool:
     """A payload (bytes) for each task that finished, nil for each that failed."""
     if not set(map(type, values)) <= _VALUE_TYPES or values.count(None) != len(errors):
         return False
@@ -187,6 +190,7 @@ def ended_span(chunk: Task) -> None:
 
 
 def _release_if_done(job: Job) -> None:
+    """Drop a bulk job's payloads once every task of it ended."""
     if job.finished + job.failed + job.cancelled >= job.total:
         job.payloads = []  # nothing will run again: the arguments can go
 
@@ -249,10 +253,16 @@ class BulkBooks:
         if found is None or found[0].client_id != client_id:
             return
         job, index = found
-        if not job.ended[index]:
-            task = self.task_record(job, index)
-            task.cancel_requested = True
-            self.complete(task, "cancelled", None, None)
+        if job.ended[index]:
+            return
+        piece = next((q for q in job.pieces if q.piece.start <= index < q.piece.stop), None)
+        task = self.task_record(job, index)
+        task.cancel_requested = True
+        self.complete(task, "cancelled", None, None)
+        if piece is not None:
+            self.pending.removed(piece)  # one open task fewer in it
+            if job.ended.find(0, piece.piece.start, piece.piece.stop) == -1:
+                self._drop_piece(piece)
 
     def add_bulk_tasks(
         self, job: Job, payloads: list[bytes], *, skip: Collection[str], pieces: bool
@@ -284,26 +294,32 @@ class BulkBooks:
             piece.piece = Piece(start, stop)
             self.tasks[piece.task_id] = piece
             made.append(piece)
+        job.pieces.extend(made)
         return made
 
     def form_span_chunk(self, piece: Task, size: int) -> Task:
         """Take up to `size` tasks off the front of pending `piece` as a new span chunk (launch
         it with `launch_span_chunk`); the piece keeps the rest, or is done if none are left."""
-        job, span = piece.job, piece.piece
+        span, ended = piece.piece, piece.job.ended
+        first_open = ended.find(0, span.start, span.stop)  # cancelled ones first: skipped
+        span.start = span.stop if first_open == -1 else first_open
         start = span.start
         stop = min(span.stop, start + size)
-        ended = job.ended
-        while start < stop and ended[start]:  # cancelled while pending: skipped
-            start += 1
         while stop > start and ended[stop - 1]:
             stop -= 1
-        taken = min(span.stop, span.start + size) - span.start
-        span.start += taken
-        self.pending.removed(piece, taken)
-        if span.start >= span.stop:
-            piece.state = TaskState.DONE
-            self.tasks.pop(piece.task_id, None)
+        # A piece weighs its open tasks (`cancel_in_piece` takes a cancelled one's off).
+        self.pending.removed(piece, (stop - start) - ended.count(1, start, stop))
+        span.start = min(span.stop, start + size)
+        if span.start >= span.stop or ended.find(0, span.start, span.stop) == -1:
+            self._drop_piece(piece)
         return self._new_span_chunk(piece, start, stop)
+
+    def _drop_piece(self, piece: Task) -> None:
+        """A piece with no open task left leaves the queue (skipped there) and the books."""
+        piece.state = TaskState.DONE
+        self.tasks.pop(piece.task_id, None)
+        if piece in piece.job.pieces:
+            piece.job.pieces.remove(piece)
 
     def _new_span_chunk(self, source: Task, start: int, stop: int) -> Task:
         """Record a span chunk of tasks [start, stop) of `source`'s job, taking its place in
@@ -334,6 +350,7 @@ class BulkBooks:
             self.tasks[piece.task_id] = piece
             self.pending.push(piece, front=True)
             pieces.append(piece)
+            job.pieces.append(piece)
         if pieces:
             self.on_pending(pieces[::-1])
 
@@ -361,7 +378,7 @@ class BulkBooks:
         start, values = msg.start, msg.values
         stop = start + len(values)
         errors = batch_errors(msg.errors, start, stop)
-        if errors is None or not _values_fit(values, errors, start):
+        if errors is None or not values_fit(values, errors, start):
             self.peer_warning(
                 f"executor {executor.executor_id}: dropped a malformed chunk_batch of "
                 f"{msg.chunk_id}"
@@ -380,8 +397,9 @@ class BulkBooks:
         else:
             runs = _open_runs(job.ended, apart, start, stop)
             apart.difference_update(range(start, stop))
-        if start == subtasks.start:
-            subtasks.start = stop
+        if start == subtasks.start:  # past what ended before it too (reported alone)
+            first_open = job.ended.find(0, stop, subtasks.stop)
+            subtasks.start = subtasks.stop if first_open == -1 else first_open
         running_ns = msg.running_ns if type(msg.running_ns) is int and msg.running_ns >= 0 else 0
         mean = running_ns / (stop - start)
         job.subtask_ns = mean if job.subtask_ns is None else 0.9 * job.subtask_ns + 0.1 * mean

@@ -71,13 +71,14 @@ class Job:
     chunksize: int | str | None = None  # None: one task per launch; an int or "auto": chunks
     subtask_ns: float | None = None  # smoothed running time of its chunked tasks
     chunks: int = 0
-    # A bulk job (submit.bulk, scheduler/spans.py): its tasks' payloads, a byte per task
+    # A bulk job (submit.bulk, scheduler/records/spans.py): its tasks' payloads, a byte per task
     # set once it ended, and its span chunks on executors. Its tasks have records only
     # where one differs (cancelled, requeued, reported on its own): `Task.index` >= 0.
     payloads: list[bytes] | None = None
     accepted_at: int = 0  # scheduler clock
     ended: bytearray | None = None
     spans: list[Task] = field(default_factory=list)
+    pieces: list[Task] = field(default_factory=list)  # its pending pieces
 
     def count_end(self, outcome: str) -> None:
         """Count one of its tasks as ended: "finished", "failed", or else cancelled."""
@@ -91,7 +92,7 @@ class Job:
 
 @dataclass(eq=False, slots=True)
 class Piece:
-    """A bulk job's pending tasks start, start + 1, ..., stop - 1 (scheduler/spans.py)."""
+    """A bulk job's pending tasks start, start + 1, ..., stop - 1 (scheduler/records/spans.py)."""
 
     start: int
     stop: int

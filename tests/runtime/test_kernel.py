@@ -1115,3 +1115,54 @@ def test_a_run_only_takes_calls_whose_argument_is_exactly_their_bytes(make_kerne
         2: ("finished", [5, {"a": {}}]),
         3: ("finished", [7, {}]),
     }
+
+
+def take_option(x, opts=None):
+    return [x, opts.pop("mode", "default")]
+
+
+def test_calls_with_a_mutable_keyword_argument_each_get_their_own(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch_chunk(
+        "c", take_option, calls_with(range(40), opts={"mode": "fast"}), span=("j", 0)
+    )
+    kernel.run()
+    assert span_results(transport, "c") == {i: ("finished", [i, "fast"]) for i in range(40)}
+
+
+def test_a_call_raising_stopiteration_fails_alone_in_a_run(make_kernel):
+    kernel, transport = make_kernel()
+
+    def work(x):
+        if x == 5:
+            raise StopIteration
+        return x
+
+    kernel.launch_chunk("c", work, calls(range(40)), span=("j", 0))
+    kernel.run()
+    got = span_results(transport, "c")
+    assert got[5][0] == "failed" and "StopIteration" in got[5][1][1]
+    assert {i: r for i, r in got.items() if i != 5} == {
+        i: ("finished", i) for i in range(40) if i != 5
+    }
+    assert isinstance(transport.outcome("c"), p.Finished)
+
+
+def test_a_steal_between_two_runs_takes_every_call_left_and_the_chunk_ends(make_kernel):
+    kernel, transport = make_kernel()
+    ran = []
+
+    def work(x):
+        ran.append(x)
+        if x == 0:
+            kernel.suspend("c")
+        return x
+
+    kernel.launch_chunk("c", work, calls(range(3)), span=("j", 0))
+    kernel.run()  # parks after task 0, the first run of one call
+    kernel.steal("c", 2)
+    kernel.run()
+    kernel.resume("c")
+    kernel.run()
+    assert ran == [0] and isinstance(transport.outcome("c"), p.Finished)
+    assert transport.of(p.Stolen)[0].task_ids == ["j/1", "j/2"]

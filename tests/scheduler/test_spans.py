@@ -262,3 +262,47 @@ def test_a_small_bulk_job_gives_every_free_executor_a_chunk_at_once():
     (first,) = h.sent("e0", p.LaunchChunk)
     (second,) = h.sent("e1", p.LaunchChunk)
     assert first.span[1] != second.span[1]  # from two pieces of the job
+
+
+def test_cancelled_pending_tasks_weigh_nothing_and_launch_no_empty_chunk():
+    h = Harness(executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", 200, options={"chunksize": 10}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)  # tasks 0-9
+    records = h.core.records
+    assert records.pending.count() == 190
+    h.handle(ClientRequest("c", p.Cancel(ids[10:40])))  # the next three chunks' worth
+    assert records.pending.count() == 160
+    run_span(h, "e0", chunk)
+    (second,) = h.sent("e0", p.LaunchChunk)
+    assert second.span == ["j", 40] and len(second.subtasks) == 10  # none empty, none skipped
+
+
+def test_another_clients_cancel_makes_no_record_and_changes_nothing():
+    h = Harness(executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", 20, options={"chunksize": 20}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    h.handle(ClientRequest("intruder", p.Cancel(ids[:5])))
+    assert not any(t.startswith("j/") for t in h.core.records.tasks) and not h.results
+    run_span(h, "e0", chunk)
+    assert ended_once(h, ids)
+
+
+def test_a_task_reported_alone_does_not_count_twice_in_a_chunks_open_range():
+    h = Harness(executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", 100, options={"chunksize": 100}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    items = [[t, "finished", value(i), None, {}] for i, t in enumerate(ids[10:50], 10)]
+    h.report("e0", p.ChunkResults(chunk.chunk_id, items))  # reported one by one
+    batch(h, "e0", chunk, 0, 10)
+    assert len(h.core.records.tasks[chunk.chunk_id].subtasks) == 50
+    assert all(len(h.results[t]) == 1 for t in ids[:50])
+
+
+def test_a_bulk_job_id_with_the_characters_of_chunk_and_piece_ids_is_refused():
+    h = Harness(executors=[("e0", "n0")])
+    msg = p.Submit("a#1", "batch", 0, None, "m:f", None, [], 0, {"chunksize": 2}, [b"x"])
+    h.handle(ClientRequest("c", msg))
+    (refusal,) = h.results["a#1/0"]
+    assert "may not hold '#' or '@'" in refusal[3][1]
