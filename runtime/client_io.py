@@ -120,6 +120,10 @@ class ClientConnection:
         self._thread: threading.Thread | None = None
         self._book: Bookkeeping | None = None
         self._outbox: deque[bytes] = deque()
+        # The reattach requests of the last welcome not answered yet, and the unknown ids
+        # their answers named so far: submitted again once all are in (see _on_reattached).
+        self._reattaching: set[str] = set()
+        self._unknown: set[str] = set()
 
     # ---- the handshake (the constructing thread) ---------------------------------------------
 
@@ -371,16 +375,30 @@ class ClientConnection:
         self._book.welcomed_again(msg)
         waiting, requests = self._book.waiting_for()
         # Ahead of everything queued: first what we wait for, then the questions asked.
-        frames = [
-            p.encode(p.Reattach(uuid.uuid4().hex, waiting[i : i + REATTACH_IDS_PER_MESSAGE]))
+        asks = [
+            p.Reattach(uuid.uuid4().hex, waiting[i : i + REATTACH_IDS_PER_MESSAGE])
             for i in range(0, len(waiting), REATTACH_IDS_PER_MESSAGE)
         ]
+        self._reattaching, self._unknown = {ask.request_id for ask in asks}, set()
+        frames = [p.encode(ask) for ask in asks]
         self._outbox.extendleft(reversed(frames + requests))
 
     def _on_reattached(self, msg: p.Reattached) -> None:
-        """Submit again the jobs the scheduler never heard of (their pending tasks)."""
+        """Submit again the jobs the scheduler never heard of (their pending tasks), once
+        every reattach of this welcome is answered.
+
+        Discussion: a job's tasks may be named in several answers (10,000 ids each), and the
+        scheduler takes a job id once: submitted again per answer, the tasks of the later
+        answers were ignored as a known job's, and their futures never completed."""
         unknown = {t for t in msg.unknown if type(t) is str}
-        self._outbox.extend(self._book.resubmissions(unknown))
+        if msg.request_id not in self._reattaching:  # an earlier connection's question
+            self._outbox.extend(self._book.resubmissions(unknown))
+            return
+        self._reattaching.discard(msg.request_id)
+        self._unknown |= unknown
+        if not self._reattaching:
+            unknown, self._unknown = self._unknown, set()
+            self._outbox.extend(self._book.resubmissions(unknown))
 
     def _on_reject(self, msg: p.Reject) -> None:
         # The scheduler disconnected this client (docs/protocol.md, "Limits"): it has

@@ -4,6 +4,7 @@ complete its futures. Tests synchronise on messages and futures, never on sleeps
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -364,3 +365,20 @@ def test_a_malformed_classic_result_for_a_bulk_task_fails_it(fake, client):
     with pytest.raises(p.ProtocolError, match=r"unreadable result for .*/1"):
         futures[1].result(timeout=5)
     assert not futures[0].done()
+
+
+def test_tasks_named_unknown_over_several_reattach_answers_are_submitted_again_once(fake, client):
+    # A job's unknown tasks spread over two answers (10,000 ids each in life) go back in one
+    # submit: the scheduler takes a job id once, and a second submit of it was ignored.
+    futures = client.map(total, [[i] for i in range(6)], chunksize=2)
+    fake.wait_for(p.Submit)
+    job = futures.job_id
+    io = client._io
+    io._reattaching = {"r1", "r2"}  # as a welcome after a reconnection leaves it
+    io._outbox = sent = collections.deque()  # the IO thread keeps flushing its own
+    io._on_reattached(p.Reattached("r1", [f"{job}/0", f"{job}/1"]))
+    assert not sent  # the other answer may name more of the job's tasks
+    io._on_reattached(p.Reattached("r2", [f"{job}/4"]))
+    (frame,) = sent
+    again = p.decode(frame)
+    assert [t[0] for t in again.tasks] == [f"{job}/0", f"{job}/1", f"{job}/4"]
