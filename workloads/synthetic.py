@@ -100,10 +100,13 @@ def hog_without_boundaries(kib_per_step: int = 256, step_us: float = 1000.0) -> 
 
 
 @task
-def crash_executor(code: int = 70) -> None:
-    """Take the executor down with the task, as a crash in C code would (for failure tests)."""
+def crash_executor(code: int = 70, after_s: float = 0.0) -> None:
+    """Take the executor down with the task, as a crash in C code would (for failure tests),
+    `after_s` seconds after it starts."""
     import os
+    import time
 
+    time.sleep(after_s)
     os._exit(code)
 
 
