@@ -1,7 +1,8 @@
 """`tidal bench chunking`: many tiny tasks, one message each or in chunks, against a pool.
 
-200,000 no-op tasks (each its own future) on a LocalCluster of 2 executors, submitted with
-one `client.map` with chunksize 1 and with "auto"; in the same run,
+200,000 no-op tasks on a LocalCluster of 2 executors, submitted with one `client.map` with
+chunksize 1 (a launch and a future per task) and with "auto" (a bulk job: its futures are
+made only when asked for, and `gather` asks for none), each gathered; in the same run,
 `multiprocessing.Pool(2).map` over the same items with chunksize 100. Start-up is not
 counted.
 """
