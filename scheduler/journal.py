@@ -36,8 +36,10 @@ on one journal would each rebuild the other's jobs.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -250,7 +252,7 @@ class Journal(NullJournal):
             if isinstance(submit, p.Submit):
                 state.jobs.append((client_id, submit))
         self._rows: dict[str, int] = {}  # task id -> the results row that holds its item
-        # A bulk job's batches written since: job id -> [(start, stop, row), ...].
+        # A bulk job's batches written since: job id -> [(start, stop, row), ...], by start.
         self._batch_rows: dict[str, list[tuple[int, int, int]]] = {}
         for batch, job_id, ids in db.execute("SELECT batch, job_id, ids FROM results"):
             for task_id, outcome in _outcomes(job_id, _unpack(ids)):
@@ -331,9 +333,13 @@ class Journal(NullJournal):
         if row is not None:
             return row
         job_id, _, number = task_id.rpartition("/")
-        for start, stop, row in self._batch_rows.get(job_id, ()):
-            if number.isdigit() and start <= int(number) < stop:
-                return row
+        batches = self._batch_rows.get(job_id)
+        if not batches or not number.isdigit():
+            return None
+        index = int(number)
+        at = bisect.bisect_right(batches, (index, math.inf, math.inf)) - 1  # sorted by start
+        if at >= 0 and batches[at][0] <= index < batches[at][1]:
+            return batches[at][2]
         return None
 
     def commit(self) -> None:
@@ -365,7 +371,7 @@ class Journal(NullJournal):
         for row, task_ids in written:
             if type(task_ids) is tuple:  # a batch: (job id, start, stop)
                 job_id, start, stop = task_ids
-                self._batch_rows.setdefault(job_id, []).append((start, stop, row))
+                bisect.insort(self._batch_rows.setdefault(job_id, []), (start, stop, row))
             else:
                 self._rows.update(dict.fromkeys(task_ids, row))
         for records in batches:

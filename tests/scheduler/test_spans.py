@@ -306,3 +306,20 @@ def test_a_bulk_job_id_with_the_characters_of_chunk_and_piece_ids_is_refused():
     h.handle(ClientRequest("c", msg))
     (refusal,) = h.results["a#1/0"]
     assert "may not hold '#' or '@'" in refusal[3][1]
+
+
+def test_the_journal_finds_each_task_of_batches_written_out_of_order(tmp_path):
+    h = Harness(journal=Journal(tmp_path / "j.sqlite"), executors=[("e0", "n0"), ("e1", "n1")])
+    ids = h.submit("j", "batch", 400, options={"chunksize": 100}, bulk=True)
+    launched = [(e, c) for e in ("e0", "e1") for c in h.sent(e, p.LaunchChunk)]
+    for executor, chunk in sorted(launched, key=lambda ec: -ec[1].span[1]):  # last range first
+        h.report(executor, p.Started(chunk.chunk_id, 0, 1))
+        batch(h, executor, chunk, chunk.span[1], len(chunk.subtasks))
+    journal = h.core.journal
+    journal.commit()
+    done = [t for t in ids if t in h.results]
+    assert len(launched) >= 2 and len(done) == sum(len(c.subtasks) for _, c in launched)
+    found = journal.results([*done, "j/999", "j/x"])
+    assert sorted(found) == sorted(done)
+    assert all(found[t][1][2] == value(int(t.rpartition("/")[2])) for t in done)
+    journal.close()
