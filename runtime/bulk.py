@@ -35,10 +35,6 @@ log = logging.getLogger("tidal.client")
 
 # ---- packing a bulk map's calls --------------------------------------------------------------
 
-# A call `[[partition], kwargs]`: an array of two, the first an array of one; then the
-# partition, then the kwargs, packed (msgpack values simply concatenate: payloads.pack_call).
-_ONE_ARGUMENT_CALL = b"\x92\x91"
-
 
 def pack_calls(
     partitions: list[Any], packed_kwargs: bytes, spool: Callable[[bytes], bytes]
@@ -60,7 +56,7 @@ def pack_calls(
     except (TypeError, ValueError, OverflowError) as exc:
         raise p.EncodeError(f"cannot encode a partition: {exc}") from None
     longest = max(map(len, packed), default=0)
-    room = DATA_THRESHOLD - len(_ONE_ARGUMENT_CALL) - longest  # for the kwargs
+    room = DATA_THRESHOLD - len(payloads.ONE_ARGUMENT_CALL) - longest  # for the kwargs
     if len(packed_kwargs) >= DATA_THRESHOLD:
         if len(partitions) == 1 or room <= 0:
             return None  # a call spooled whole, as the classic path does
@@ -70,7 +66,11 @@ def pack_calls(
     calls = list(
         map(
             b"".join,
-            zip(itertools.repeat(_ONE_ARGUMENT_CALL), packed, itertools.repeat(packed_kwargs)),
+            zip(
+                itertools.repeat(payloads.ONE_ARGUMENT_CALL),
+                packed,
+                itertools.repeat(packed_kwargs),
+            ),
         )
     )
     if longest >= payloads.BLOCKED_MIN_ITEMS:

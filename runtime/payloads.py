@@ -54,6 +54,8 @@ __all__ = [
 # receiver; everyone between moves bytes.
 
 _CALL_HEADER = b"\x92"  # a msgpack array of two items: [args, kwargs]
+# The start of a call of one argument, [[x], kwargs] (a map's): [args, kwargs], args of one.
+ONE_ARGUMENT_CALL = b"\x92\x91"
 
 
 def pack_payload(value: Any, where: str = "payload") -> bytes:

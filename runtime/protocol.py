@@ -41,6 +41,7 @@ __all__ = [
     "EncodeError",
     "Message",
     "ProtocolError",
+    "batch_items",
     "batch_key",
     "decode",
     "encode",
@@ -642,6 +643,21 @@ def _freeze(key: Any) -> Any:
 
 
 # ---- frames ----------------------------------------------------------------------------------
+
+
+def batch_items(
+    job_id: str, start: int, values: list[Any], errors: list[Any], stats: dict[str, Any]
+) -> list[list[Any]]:
+    """A batch's results (chunk_batch, batch_results: tasks start, start + 1, ... of a bulk
+    job) as result items, one per task, as `results` carries them: [task_id, outcome,
+    value, error, stats]."""
+    failed = dict(errors)
+    return [
+        [f"{job_id}/{i}", "failed", None, failed[i], stats]
+        if i in failed
+        else [f"{job_id}/{i}", "finished", value, None, stats]
+        for i, value in enumerate(values, start)
+    ]
 
 
 def batch_key(chunk_id: str, start: int) -> str:

@@ -173,12 +173,8 @@ class Reports:
 
 def _batch_items(batch: p.ChunkBatch) -> list[list[Any]]:
     """A chunk_batch's results as hello.holding items, one per task."""
-    errors = dict((index, error) for index, error in batch.errors)
-    items = []
-    for index, value in enumerate(batch.values, batch.start):
-        task_id = f"{batch.job_id}/{index}"
-        if index in errors:
-            items.append([task_id, 0, "failed", [None, errors[index], {}]])
-        else:
-            items.append([task_id, 0, "finished", [value, None, {}]])
-    return items
+    items = p.batch_items(batch.job_id, batch.start, batch.values, batch.errors, {})
+    return [
+        [task_id, 0, outcome, [value, error, stats]]
+        for task_id, outcome, value, error, stats in items
+    ]

@@ -247,9 +247,8 @@ class Span:
     values: list[Any] = field(default_factory=list)
     errors: list[list[Any]] = field(default_factory=list)
     batch_started: int = 0
-    # A run of calls under way (Kernel._run_calls): their results so far, from `run_start`.
+    # A run of calls under way (Kernel._run_calls): their results so far, from task `next`.
     run: list[Any] | None = None
-    run_start: int = 0
     run_errors: dict[int, list[str]] = field(default_factory=dict)  # by offset in `run`
     quick: Any = None  # the run's QuickCalls (its packer)
     run_xs: list[Any] | None = None  # the run's arguments, from task `run_first`
@@ -259,7 +258,7 @@ class Span:
         """How many of the run's calls have not started (the task parked between two)."""
         if self.run is None or self.run_xs is None:
             return 0
-        consumed = self.run_start - self.run_first + len(self.run)  # the calls that ended
+        consumed = self.next - self.run_first + len(self.run)  # the calls that ended
         return max(0, len(self.run_xs) - consumed)
 
     def give_up_in_run(self, count: int) -> None:
@@ -273,7 +272,7 @@ class Span:
         last report."""
         run = self.run
         if run is not None:
-            return self.run_start + len(run)
+            return self.next + len(run)
         return self.next - 1 if self.next > self.reported else None
 
     def ids(self, start: int, stop: int) -> list[str]:

@@ -119,13 +119,7 @@ def on_batch(records: Records, executor: ExecutorRecord, msg: p.ChunkBatch) -> N
             f"executor {executor.executor_id}: dropped a malformed chunk_batch of {msg.chunk_id}"
         )
         return
-    items = []
-    for index, value in enumerate(msg.values, msg.start):
-        task_id = f"{msg.job_id}/{index}"
-        if index in errors:
-            items.append([task_id, "failed", None, errors[index], {}])
-        else:
-            items.append([task_id, "finished", value, None, {}])
+    items = p.batch_items(msg.job_id, msg.start, msg.values, msg.errors, {})
     on_results(records, executor, p.ChunkResults(chunk.task_id, items))
 
 

@@ -556,21 +556,7 @@ def _outcomes(job_id: str, ids: Any) -> list[tuple[str, str]]:
 
 def _batch_items(result: p.BatchResults) -> list[list[Any]]:
     """A batch's results as result items, one per task."""
-    errors = {index: error for index, error in result.errors}
-    items = []
-    for index, value in enumerate(result.values, result.start):
-        outcome = "failed" if index in errors else "finished"
-        task_id = f"{result.job_id}/{index}"
-        items.append(
-            [
-                task_id,
-                outcome,
-                value if outcome == "finished" else None,
-                errors.get(index),
-                result.stats,
-            ]
-        )
-    return items
+    return p.batch_items(result.job_id, result.start, result.values, result.errors, result.stats)
 
 
 def _unpack(blob: bytes) -> list[Any]:

@@ -53,24 +53,23 @@ MIN_PIECE_TASKS = 64  # so that a job on a thousand executors is not ten thousan
 
 class SpanSubtasks:
     """A span chunk's tasks not reported yet: [start, stop) of its job, but for those that
-    ended (`Job.ended`) or were taken apart (`apart`: given a record of their own).
+    ended (`Job.ended`). One taken apart (given a record of its own: `pop`, `del`) ends in
+    the same step (cancelled, or its result taken), so `ended` is all there is to keep.
 
-    It stands where an ordinary chunk has its dict of subtask records, and answers the
-    same questions: `len`, `in`, `pop`, `del`, and `values()`, which gives each remaining
+    It stands where an ordinary chunk has its dict of subtask records, and answers what is
+    asked of that: `len`, `in`, `pop`, `del`, and `values()`, which gives each remaining
     task a record (only when the chunk ends early: scheduler/records/books.py end_chunk).
     """
 
-    __slots__ = ("apart", "chunk", "records", "start", "stop")
+    __slots__ = ("chunk", "records", "start", "stop")
 
     def __init__(self, records: BulkBooks, chunk: Task, start: int, stop: int) -> None:
         self.records = records
         self.chunk = chunk
         self.start = start
         self.stop = stop
-        self.apart: set[int] = set()
 
     def __len__(self) -> int:
-        # Taken apart means ended at once (cancelled, or reported alone): `ended` counts it.
         start, stop = self.start, self.stop
         return max(0, stop - start - self.chunk.job.ended.count(1, start, stop))
 
@@ -80,38 +79,27 @@ class SpanSubtasks:
 
     def __delitem__(self, task_id: str) -> None:
         if task_id not in self:
-            raise KeyError(task_id)
-        self.apart.add(self._index(task_id))
-
-    def __iter__(self) -> Iterator[str]:
-        job_id = self.chunk.job.job_id
-        return (f"{job_id}/{i}" for i in self._open_indices())
+            raise KeyError(task_id)  # its caller ends it at once (recovery: its result)
 
     def pop(self, task_id: str, default: Any = None) -> Any:
-        """The record of an open task of this chunk, taken apart from it; else `default`."""
+        """The record of an open task of this chunk (its caller ends it at once); else
+        `default`."""
         index = self._index(task_id)
         if index is None or not self._open(index):
             return default
-        self.apart.add(index)
         return self.records.task_record(self.chunk.job, index, self.chunk)
 
     def values(self) -> list[Task]:
-        """Records for the open tasks (each taken apart)."""
+        """Records for the open tasks (the chunk ended: they are settled one by one)."""
         job, chunk = self.chunk.job, self.chunk
-        tasks = [self.records.task_record(job, i, chunk) for i in self._open_indices()]
-        self.apart.update(t.index for t in tasks)
-        return tasks
+        return [self.records.task_record(job, i, chunk) for i in self._open_indices()]
 
     def _open_indices(self) -> Iterator[int]:
-        ended, apart = self.chunk.job.ended, self.apart
-        return (i for i in range(self.start, self.stop) if not ended[i] and i not in apart)
+        ended = self.chunk.job.ended
+        return (i for i in range(self.start, self.stop) if not ended[i])
 
     def _open(self, index: int) -> bool:
-        return (
-            self.start <= index < self.stop
-            and not self.chunk.job.ended[index]
-            and index not in self.apart
-        )
+        return self.start <= index < self.stop and not self.chunk.job.ended[index]
 
     def _index(self, task_id: object) -> int | None:
         return _index_in(self.chunk.job, task_id)
@@ -153,11 +141,11 @@ def values_fit(values: Any, errors: dict[int, Any], start: int) -> bool:
     return all(values[i - start] is None for i in errors)
 
 
-def _open_runs(ended: bytearray, apart: set[int], start: int, stop: int) -> list[tuple[int, int]]:
-    """The runs [a, b) of tasks in [start, stop) that neither ended nor were taken apart."""
+def _open_runs(ended: bytearray, start: int, stop: int) -> list[tuple[int, int]]:
+    """The runs [a, b) of tasks in [start, stop) that did not end."""
     runs, run_start = [], None
     for i in range(start, stop + 1):
-        is_open = i < stop and not ended[i] and i not in apart
+        is_open = i < stop and not ended[i]
         if is_open and run_start is None:
             run_start = i
         elif not is_open and run_start is not None:
@@ -225,14 +213,10 @@ class BulkBooks:
             if task.index >= 0 and task.job.ended[task.index]:
                 task.state = TaskState.DONE  # it ended with a batch after its record was made
             return task
-        if type(task_id) is not str:
+        found = self.bulk_task(task_id)
+        if found is None or found[0].ended[found[1]]:
             return None
-        job = self.jobs.get(task_id.rpartition("/")[0])
-        if job is None or job.ended is None:
-            return None
-        index = _index_in(job, task_id)
-        if index is None or job.ended[index]:
-            return None
+        job, index = found
         holder = next((c for c in job.spans if task_id in c.subtasks), None)
         if holder is not None:
             return self.task_record(job, index, holder)
@@ -340,7 +324,7 @@ class BulkBooks:
         `chunk` that ended early (killed to make room, withdrawn, never received by an
         executor that was lost): a new attempt if it had started."""
         job, pieces = chunk.job, []
-        for a, b in reversed(_open_runs(job.ended, subtasks.apart, subtasks.start, subtasks.stop)):
+        for a, b in reversed(_open_runs(job.ended, subtasks.start, subtasks.stop)):
             piece = Task(f"{chunk.task_id}@{a}", job, b"", 0, chunk.submitted_at)
             piece.piece = Piece(a, b)
             piece.kills = chunk.kills
@@ -391,12 +375,11 @@ class BulkBooks:
                 f"[{subtasks.start}, {subtasks.stop})"
             )
             return
-        job, apart = chunk.job, subtasks.apart
-        if job.ended.find(1, start, stop) == -1 and not apart:
+        job = chunk.job
+        if job.ended.find(1, start, stop) == -1:
             runs = [(start, stop)]
         else:
-            runs = _open_runs(job.ended, apart, start, stop)
-            apart.difference_update(range(start, stop))
+            runs = _open_runs(job.ended, start, stop)
         if start == subtasks.start:  # past what ended before it too (reported alone)
             first_open = job.ended.find(0, stop, subtasks.stop)
             subtasks.start = subtasks.stop if first_open == -1 else first_open

@@ -1,5 +1,5 @@
 """The client's side of the bulk path (runtime/bulk.py) against the fake scheduler of
-test_client.py: what a chunked map sends, and how batch_results and results for its tasks
+tests/stub.py: what a chunked map sends, and how batch_results and results for its tasks
 complete its futures. Tests synchronise on messages and futures, never on sleeps."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from tests.runtime.test_client import REMOTE_TB, FakeScheduler
+from tests.stub import REMOTE_TB
 from tidal.runtime import datastore, payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.bulk import pack_calls
@@ -21,25 +21,7 @@ from tidal.workloads.synthetic import spin, total
 STATS = {"executor_id": "e-1", "attempt": 1, "running_ns": 3_000, "queued_ns": 1_000}
 
 
-@pytest.fixture(autouse=True)
-def no_thread_left_behind():
-    yield
-    left = [
-        t.name for t in threading.enumerate() if t.name in ("tidal-client-io", "fake-scheduler")
-    ]
-    assert not left, f"threads still running: {left}"
-
-
-@pytest.fixture
-def fake():
-    with FakeScheduler() as fake:
-        yield fake
-
-
-@pytest.fixture
-def client(fake):
-    with Client(fake, timeout=5) as client:
-        yield client
+pytestmark = pytest.mark.usefixtures("no_thread_left_behind")
 
 
 def batch(futures, start, values, errors=(), stats=None) -> p.BatchResults:

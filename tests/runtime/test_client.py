@@ -20,8 +20,8 @@ import traceback
 
 import msgpack
 import pytest
-import zmq
 
+from tests.stub import REMOTE_TB, FakeScheduler
 from tidal.runtime import datastore, payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.client import (
@@ -37,146 +37,13 @@ from tidal.runtime.functions import FunctionNotFound
 from tidal.runtime.task import task
 from tidal.workloads.synthetic import noop, spin, total
 
-REMOTE_TB = 'Traceback (most recent call last):\n  File "remote.py", line 7, in work\n'
+pytestmark = pytest.mark.usefixtures("no_thread_left_behind")
 
 
 @task(priority="stream", max_suspensions=1)
 def streaming(part):
     """A task whose @task options are the defaults of its submissions."""
     return list(part)
-
-
-class FakeScheduler:
-    """A ROUTER on loopback whose own thread welcomes (or rejects) a client, records what it
-    sends, answers status requests with `snapshot` (if set), and sends what tests push."""
-
-    def __init__(
-        self,
-        *,
-        reject: str | None = None,
-        version: int = p.PROTOCOL_VERSION,
-        snapshot: dict | None = None,
-    ) -> None:
-        self.reject, self.version, self.snapshot = reject, version, snapshot
-        self._context = zmq.Context()
-        self._router = self._context.socket(zmq.ROUTER)
-        self._router.linger = 0
-        self._router.bind("tcp://127.0.0.1:*")
-        self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
-        inproc = f"inproc://fake-scheduler-{id(self)}"
-        self._push_lock = threading.Lock()
-        self._to_thread = self._context.socket(zmq.PAIR)
-        self._to_thread.bind(inproc)
-        from_tests = self._context.socket(zmq.PAIR)
-        from_tests.connect(inproc)
-        self._received: list[p.Message] = []
-        self._changed = threading.Condition()
-        self._client: bytes | None = None
-        self._thread = threading.Thread(
-            target=self._serve, args=(from_tests,), name="fake-scheduler", daemon=True
-        )
-        self._thread.start()
-
-    def __enter__(self) -> FakeScheduler:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.push_frame(b"")
-        self._thread.join(5)
-        self._to_thread.close(linger=0)
-        self._context.term()
-
-    def push(self, msg: p.Message) -> None:
-        self.push_frame(p.encode(msg))
-
-    def push_frame(self, frame: bytes) -> None:
-        """Send raw bytes to the client (tests use this for malformed frames)."""
-        with self._push_lock:
-            self._to_thread.send(frame)
-
-    def finish(self, future, value, stats=None) -> None:
-        """Send `value` as `future`'s result, packed as its payload, as executors do."""
-        self.finish_payload(future, payloads.pack_payload(value), stats)
-
-    def finish_payload(self, future, payload, stats=None) -> None:
-        """Send `payload` (any bytes, or not even bytes) as `future`'s result, as it is."""
-        self.push(p.Results([[future.task_id, "finished", payload, None, stats or {}]]))
-
-    def fail(self, future, error_type, message) -> None:
-        error = [error_type, message, REMOTE_TB + f"{error_type}: {message}\n"]
-        self.push(p.Results([[future.task_id, "failed", None, error, {}]]))
-
-    def wait_for(self, kind: type[p.Message], count: int = 1, timeout: float = 5.0) -> list:
-        """All messages of `kind` received so far, once there are at least `count`."""
-        with self._changed:
-            if not self._changed.wait_for(lambda: len(self.received(kind)) >= count, timeout):
-                raise AssertionError(f"fewer than {count} {kind.__name__} within {timeout} s")
-            return self.received(kind)
-
-    def received(self, kind: type[p.Message]) -> list:
-        with self._changed:
-            return [msg for msg in self._received if isinstance(msg, kind)]
-
-    def _serve(self, from_tests: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
-        poller.register(from_tests, zmq.POLLIN)
-        try:
-            while True:
-                ready = dict(poller.poll())
-                if self._router in ready:
-                    routing_id, frame = self._router.recv_multipart()
-                    self._on_message(routing_id, p.decode(frame))
-                if from_tests in ready:
-                    frame = from_tests.recv()
-                    if not frame:
-                        return
-                    self._router.send_multipart([self._client, frame])
-        finally:
-            self._router.close(linger=0)
-            from_tests.close(linger=0)
-
-    def _on_message(self, routing_id: bytes, msg: p.Message) -> None:
-        # Recorded before it is answered: a test that got the answer finds it received.
-        with self._changed:
-            self._received.append(msg)
-            self._changed.notify_all()
-        if isinstance(msg, p.ClientHello):
-            self._client = routing_id
-            answer = (
-                p.Reject(self.reject)
-                if self.reject
-                else p.ClientWelcome(self.version, "fake-scheduler", "stream-first", 3)
-            )
-            self._router.send_multipart([routing_id, p.encode(answer)])
-        elif isinstance(msg, p.StatusRequest) and self.snapshot is not None:
-            self._router.send_multipart(
-                [routing_id, p.encode(p.Status(msg.request_id, self.snapshot))]
-            )
-
-
-@pytest.fixture(autouse=True)
-def no_thread_left_behind():
-    yield
-    left = [
-        t.name for t in threading.enumerate() if t.name in ("tidal-client-io", "fake-scheduler")
-    ]
-    assert not left, f"threads still running: {left}"
-
-
-@pytest.fixture
-def fake():
-    with FakeScheduler() as fake:
-        yield fake
-
-
-@pytest.fixture
-def client(fake):
-    with Client(fake, timeout=5) as client:
-        yield client
 
 
 # ---- connecting --------------------------------------------------------------------------------

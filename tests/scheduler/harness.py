@@ -78,12 +78,10 @@ class Harness:
                     self.results.setdefault(item[0], []).append(item)
             elif isinstance(message, p.BatchResults):  # one item per task, as in Results
                 self.batches.append(message)
-                errors = dict((index, error) for index, error in message.errors)
-                for index, value in enumerate(message.values, message.start):
-                    task_id = f"{message.job_id}/{index}"
-                    outcome = "failed" if index in errors else "finished"
-                    item = [task_id, outcome, value, errors.get(index), message.stats]
-                    self.results.setdefault(task_id, []).append(item)
+                for item in p.batch_items(
+                    message.job_id, message.start, message.values, message.errors, message.stats
+                ):
+                    self.results.setdefault(item[0], []).append(item)
             else:
                 assert isinstance(message, p.PolicySet | p.Reattached), f"unexpected: {message}"
                 self.answers[message.request_id] = message
