@@ -73,7 +73,7 @@ from tidal.runtime.realtime import (
     realtime_io_threads,
     realtime_this_thread,
 )
-from tidal.runtime.reports import Reports
+from tidal.runtime.reports import HOLD_NS, Reports
 from tidal.runtime.results import ResultSpool
 
 __all__ = ["DEFAULT_SWITCH_INTERVAL_S", "Executor"]
@@ -177,6 +177,7 @@ class Executor:
         self.kernel = Kernel(
             self._reports.emit,
             flush=self._reports.flush,
+            hold=self._reports.hold,
             read_commands=self._read_commands,
             # Spooled arguments not on this host come over a connection of the task thread's.
             fetch=lambda reference: fetch_chunks(reference, self._context),
@@ -454,6 +455,15 @@ class Executor:
             timeout_ms = max(0.0, (wake_at - time.monotonic()) * 1000)
             if self.kernel.has_pending_suspensions():
                 timeout_ms = min(timeout_ms, WATCHDOG_POLL_MS)
+            due = self._reports.holding()
+            if due is not None or self.kernel.has_queued():
+                # Reports wait to go out together (runtime/reports.py): send them if the
+                # task thread does not in time. Only while tasks are queued here: holding
+                # starts at a switch between queued tasks, whose launch woke this thread.
+                # (Whole milliseconds, rounded up: zmq_poll truncates, and a timeout of 0.9 ms
+                # would spin.)
+                due = due if due is not None else time.monotonic_ns() + HOLD_NS
+                timeout_ms = min(timeout_ms, max(0, -(-(due - time.monotonic_ns()) // 1_000_000)))
             if self._memory_guard is not None:
                 # Also while idle: a launch handled below reaches the kernel's records only
                 # when its hub applies it, so "no tasks here" would miss a task's first
@@ -492,6 +502,8 @@ class Executor:
             #       its own reports).
             if exit_asked:
                 return
+
+            self._reports.flush_stale()
 
             # -- 4. Watchdog: report suspensions the running task cannot honour; with a
             #       memory limit, fail the task that pays for going over it (or exit).

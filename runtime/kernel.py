@@ -99,6 +99,7 @@ class Kernel(SpanRunner):
         fetch: Callable[[Reference], Iterable[bytes]] = fetch_chunks,
         spool_result: Callable[[bytes], bytes] | None = None,
         hurry: Callable[[], None] | None = None,
+        hold: Callable[[], None] | None = None,
     ) -> None:
         self.executor_id = executor_id
         self.gate = gate_factory()
@@ -107,6 +108,9 @@ class Kernel(SpanRunner):
         # Called where the hub is about to give the thread away (to a task, or to sleep), so
         # that reports `emit` may have buffered go out then: one send per switch, not per report.
         self._flush = flush or (lambda: None)
+        # Called instead at the switch into a batch task with more queued behind it: the
+        # reports of batch tasks may wait a moment there, to go out together (Reports.hold).
+        self._hold = hold or self._flush
         self._clock = clock
         self._gated_iterator = gated_iterator
         self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
@@ -288,6 +292,10 @@ class Kernel(SpanRunner):
         record = self._tasks.get(task_id)
         return record is not None and record.state is not RunState.DONE
 
+    def has_queued(self) -> bool:
+        """Whether tasks or commands wait for the hub (from any thread)."""
+        return bool(self._ready) or not self._inbox.empty()
+
     def has_pending_suspensions(self) -> bool:
         """True while a suspend command waits for the running task to reach a boundary."""
         return bool(self._pending_suspends)
@@ -430,7 +438,10 @@ class Kernel(SpanRunner):
             self._priority_changed(record.priority)
         record.gate_mark = self.gate.records
         record.switched_in_at = now
-        self._flush()
+        if record.priority == "batch" and self._ready:
+            self._hold()
+        else:
+            self._flush()
         probe = self._memory_probe
         if probe is not None:
             record.rss_mark = probe()
@@ -630,6 +641,8 @@ class Kernel(SpanRunner):
             self._emit(p.Killed(record.task_id, record.attempt, stats))
         else:
             self._emit(p.Failed(record.task_id, record.attempt, *outcome.error, stats))
+        if record.priority == "stream":  # its client waits for it: now, not at the next switch
+            self._flush()
         # Discussion: forgotten only once its report is out, so that `holdings()`, read from
         # another thread, sees it still held or already reported, never neither.
         self._tasks.pop(record.task_id, None)

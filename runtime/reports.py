@@ -3,20 +3,26 @@ connection of their own, results kept until the scheduler acks them.
 
 The kernel emits reports (started, finished, suspended, ...) as they happen and flushes at
 each task switch, when a chunk reports, and past BATCH_FLUSH_BYTES: whatever is queued goes
-out as one frame, a batch when several wait. The connection is the task thread's own DEALER,
-announced with `attach` carrying the last welcome's token; after each welcome a new one is
-opened (the old one's queue is dropped: what it held that matters was listed in the hello).
-While the scheduler is lost, reports stay queued.
+out as one frame, a batch when several wait. Between batch tasks queued back to back the
+kernel `hold`s instead: the started and finished of batch tasks wait up to HOLD_NS, and a
+task that ends while its started still waits reports only its end (the scheduler takes a
+finished or failed of a task it thought queued as its start too). The listener sends what
+waited longer (`flush_stale`), so a long task that follows short ones does not keep them.
+The connection is the task thread's own DEALER, announced with `attach` carrying the last
+welcome's token; after each welcome a new one is opened (the old one's queue is dropped:
+what it held that matters was listed in the hello). While the scheduler is lost, reports
+stay queued.
 
 Every result (finished, failed, a chunk's results) is also kept, as a `hello.holding` item,
 until the scheduler acks it (it does once the result is journaled), so that a hello after a
 reconnection lists it again.
 
-Threads: the task thread emits and flushes; the listener says when a welcome came or the
-link was lost (`welcomed`, `unlink`), applies acks, and reads `unacked()` and
-`attach_frame()`. Each of those touches one attribute or one dict item, atomic under the
-GIL; `welcomed` sets the token, then the generation, then the link, the order in which
-`flush` reads them.
+Threads: the task thread emits and flushes, the listener flushes stale reports (both under
+`_lock`: the socket goes from one thread to the other with it); the listener says when a
+welcome came or the link was lost (`welcomed`, `unlink`), applies acks, and reads
+`unacked()` and `attach_frame()`. Each of those touches one attribute or one dict item,
+atomic under the GIL; `welcomed` sets the token, then the generation, then the link, the
+order in which `flush` reads them.
 
 Discussion: reports used to go through the listener over an inproc socket. Every such send
 gave up the GIL, and the busy listener then held it, so each report cost the task thread a
@@ -26,6 +32,8 @@ task thread sends while the listener sleeps in zmq, with nobody waiting for the 
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +42,17 @@ import zmq
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import PeerKeys, secure_peer
 
-__all__ = ["Reports"]
+__all__ = ["HOLD_NS", "Reports"]
+
+# How long the started and finished of batch tasks run back to back may wait to go out
+# together. A frame per task cost the executor and the scheduler a wake-up of each of their
+# threads on the way (~8 context switches per task on the executor); a frame per
+# millisecond carries every report of that millisecond. Stream tasks' reports, and every
+# report that answers a command, go out at once.
+HOLD_NS = 2_000_000
+# The reports that may wait (those of batch tasks; the kernel flushes at once after a
+# stream task's end).
+_MAY_WAIT = (p.Started, p.Finished, p.Failed)
 
 
 class Reports:
@@ -47,14 +65,22 @@ class Reports:
         executor_id: str,
         keys: PeerKeys | None,
         dropped: Callable[[str], Any],
+        clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self._context = context
+        self._clock = clock
         self._scheduler = scheduler
         self._executor_id = executor_id
         self._keys = keys
         self._dropped = dropped  # a rate-limited log of what could not be sent
+        self._lock = threading.Lock()
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
+        self._held_since = 0  # when the oldest report queued was (0: none is)
+        self._urgent = False  # whether one queued must go out at the next flush
+        # The place in the outbox of each started queued, by task id: dropped if its task
+        # ends before it goes out (its finished says it all).
+        self._started_at: dict[str, int] = {}
         # Results sent and not acked yet, as hello.holding items, by task id.
         self._unacked: dict[str, list[Any]] = {}
         self._socket: zmq.Socket | None = None
@@ -91,13 +117,49 @@ class Reports:
         elif kind is p.ChunkBatch:  # kept whole; listed task by task only in a hello
             self._unacked[p.batch_key(msg.chunk_id, msg.start)] = msg
         frame = p.encode(msg)
-        self._outbox.append(frame)
-        self._outbox_bytes += len(frame)
-        if self._outbox_bytes >= p.BATCH_FLUSH_BYTES:  # a batch stays far below frame limits
+        with self._lock:
+            outbox = self._outbox
+            if not outbox:
+                self._held_since = self._clock()
+            if kind is p.Started:
+                self._started_at[msg.task_id] = len(outbox)
+            elif kind is p.Finished or kind is p.Failed:
+                at = self._started_at.pop(msg.task_id, None)
+                if at is not None:  # its started never went out: this says it all
+                    self._outbox_bytes -= len(outbox[at])
+                    outbox[at] = b""
+            if kind not in _MAY_WAIT:
+                self._urgent = True
+            outbox.append(frame)
+            self._outbox_bytes += len(frame)
+            full = self._outbox_bytes >= p.BATCH_FLUSH_BYTES  # far below frame limits
+        if full:
             self.flush()
 
     def flush(self) -> None:
         """Send what is queued: one frame, a batch if several (nothing while unlinked)."""
+        with self._lock:
+            self._send_queued()
+
+    def hold(self) -> None:
+        """Send what is queued if any of it must go now or it waited HOLD_NS; else let it
+        wait for the next flush (the kernel, between batch tasks run back to back)."""
+        with self._lock:
+            if self._urgent or self._clock() - self._held_since >= HOLD_NS:
+                self._send_queued()
+
+    def holding(self) -> int | None:
+        """When what is queued must go out at the latest (monotonic ns), None if nothing
+        is queued (the listener, to time its next look)."""
+        return self._held_since + HOLD_NS if self._outbox and self._linked else None
+
+    def flush_stale(self) -> None:
+        """Send what waited HOLD_NS or longer (the listener: the task thread may be busy
+        in a long task that started right after short ones)."""
+        if self._outbox and self._clock() - self._held_since >= HOLD_NS:
+            self.flush()
+
+    def _send_queued(self) -> None:
         outbox = self._outbox
         if not outbox or not self._linked:
             return
@@ -106,6 +168,8 @@ class Reports:
             if self._socket is not None:
                 self._socket.close(linger=0)
             self._socket = self._open()
+        if len(outbox) > 1:
+            outbox = [frame for frame in outbox if frame]  # without the starteds dropped
         frames = (
             [
                 p.encode(p.Batch(list(outbox[i : i + p.MAX_BATCH_ITEMS])))
@@ -114,8 +178,10 @@ class Reports:
             if len(outbox) > 1
             else [outbox[0]]
         )
-        outbox.clear()
+        self._outbox = []
         self._outbox_bytes = 0
+        self._urgent = False
+        self._started_at.clear()
         try:
             for frame in frames:
                 self._socket.send(frame, zmq.NOBLOCK)
@@ -125,9 +191,10 @@ class Reports:
     def close(self, linger: int | None = None) -> None:
         """Close the report connection (what it queued goes out within `linger` ms, by
         default the socket's: 1 s)."""
-        if self._socket is not None:
-            self._socket.close(linger=linger)
-            self._socket = None
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close(linger=linger)
+                self._socket = None
 
     def attach_frame(self) -> bytes:
         """The `attach` that makes a connection this executor's report connection."""

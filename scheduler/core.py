@@ -42,6 +42,7 @@ from tidal.scheduler.events import (
     ExecutorLeft,
     ExecutorReport,
     Instruction,
+    PassEnded,
     Tick,
     ToClient,
     ToExecutor,
@@ -128,6 +129,7 @@ class SchedulerCore:
         journal: NullJournal | None = None,
         reclaim_grace_ns: int | None = None,
         lose_silent: bool = True,
+        consult_per_pass: bool = False,
     ) -> None:
         if max_suspensions < 0:
             raise ValueError(f"max_suspensions must be >= 0, not {max_suspensions}")
@@ -193,6 +195,12 @@ class SchedulerCore:
         # What restoring did (tasks cancelled before the restart end now) comes out of the
         # first step; every step starts with nothing else.
         self._first_out, self.records.out = self.records.out, []
+        # With `consult_per_pass` (the server's), the policy hears of freed slots, and the
+        # stealer looks for work, once per pass of the shell's loop (`PassEnded`), not once
+        # per report: a frame of 50 finished tasks from one executor is one question.
+        self._per_pass = consult_per_pass
+        self._freed: dict[str, ExecutorRecord] = {}
+        self._steals_due = False
 
     # ---- the one entry point ----------------------------------------------------------------
 
@@ -221,7 +229,10 @@ class SchedulerCore:
                 else:
                     handler(executor, event.message)
                     if type(event.message) is not p.Received:  # it moves no task: no steal
-                        self._consider_steals()
+                        if self._per_pass:
+                            self._steals_due = True
+                        else:
+                            self._consider_steals()
         elif isinstance(event, ClientRequest):
             handler = self._requests.get(type(event.message))
             if handler is None:
@@ -241,7 +252,10 @@ class SchedulerCore:
         elif isinstance(event, ClientJoined):
             records.clients.add(event.client_id)
         elif isinstance(event, Tick):
+            self._end_pass()
             self._on_tick()
+        elif isinstance(event, PassEnded):
+            self._end_pass()
         else:
             raise TypeError(f"not a scheduler event: {event!r}")
         out, records.out = records.out, []
@@ -302,7 +316,21 @@ class SchedulerCore:
         self._consult(lambda pol: pol.tasks_submitted(self.view, views))
 
     def _slot_freed(self, executor: ExecutorRecord) -> None:
+        if self._per_pass:
+            self._freed[executor.executor_id] = executor
+            return
         self._consult(lambda pol: pol.slot_freed(self.view, self.view.view_of(executor)))
+
+    def _end_pass(self) -> None:
+        """Ask what `consult_per_pass` put off: the slots freed, then steals."""
+        freed, self._freed = self._freed, {}
+        for executor in freed.values():
+            if executor.alive:
+                view = self.view.view_of(executor)
+                self._consult(lambda pol, view=view: pol.slot_freed(self.view, view))
+        if self._steals_due:
+            self._steals_due = False
+            self._consider_steals()
 
     def _consider_steals(self) -> None:
         """Let the stealer propose steals for idle executors; validate and apply them."""
@@ -456,6 +484,8 @@ class SchedulerCore:
         task = self.records.task_on(executor, msg.task_id, msg.attempt)
         if task is None:
             return
+        if task.state is TaskState.LAUNCHED:
+            self._started_by_end(executor, task, msg.stats)
         if task.subtasks is None and task.priority == "batch":
             self.records.measured(msg.stats)
         self.records.end_on(executor, task, msg.stats, "finished", msg.result, None)
@@ -464,9 +494,18 @@ class SchedulerCore:
     def _on_failed(self, executor: ExecutorRecord, msg: p.Failed) -> None:
         task = self.records.task_on(executor, msg.task_id, msg.attempt)
         if task is not None:
+            if task.state is TaskState.LAUNCHED:
+                self._started_by_end(executor, task, msg.stats)
             error = [msg.error_type, msg.message, msg.traceback]
             self.records.end_on(executor, task, msg.stats, "failed", None, error)
             self._slot_freed(executor)
+
+    def _started_by_end(self, executor: ExecutorRecord, task: Task, stats: dict[str, Any]) -> None:
+        """A task that ended before its `started` went out reports only its end
+        (runtime/reports.py): it started `running_ns` before it finished."""
+        at_ns = max(0, stat_count(stats, "finished_at_ns", 0) - stat_count(stats, "running_ns", 0))
+        self.records.started(executor, task, at_ns)
+        self.records.note(ev.FoldedStart(task.task_id))
 
     def _on_killed(self, executor: ExecutorRecord, msg: p.Killed) -> None:
         task = self.records.task_on(executor, msg.task_id, msg.attempt)

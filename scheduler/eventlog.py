@@ -171,6 +171,10 @@ class EventRecorder:
         out.extend(self._notes[type(n)](n) for n in notes if isinstance(n, ev.ExecutorLost))
         # -- 2. What arrived (a goodbye is its executor's loss, named above).
         if isinstance(event, ExecutorReport):
+            # A task whose end came without its start (runtime/reports.py) started first.
+            for note in notes:
+                if type(note) is ev.FoldedStart:
+                    out.append(self._started_report(event.executor_id, note))
             report = self._reports.get(type(event.message))
             if report is not None:
                 out.append(report(event.executor_id, event.message))
@@ -233,15 +237,17 @@ class EventRecorder:
 
     # ---- reports -------------------------------------------------------------------------------
 
-    def _started_report(self, executor_id: str, msg: p.Started) -> Record:
+    def _started_report(self, executor_id: str, msg: p.Started | ev.FoldedStart) -> Record:
         task = self.core.records.tasks.get(msg.task_id)
+        # A folded start's attempt is the one its task's end ended.
+        attempt = getattr(msg, "attempt", None if task is None else task.attempt)
         return {
             "event": "started",
             "task": msg.task_id,
             "job": None if task is None else task.job.job_id,
             "priority": None if task is None else task.priority,
             "executor": executor_id,
-            "attempt": msg.attempt,
+            "attempt": attempt,
         }
 
     def _killed(self, executor_id: str, msg: p.Killed) -> Record:

@@ -29,10 +29,12 @@ __all__ = [
     "ExecutorLost",
     "ExecutorReport",
     "ExecutorUp",
+    "FoldedStart",
     "Instruction",
     "JobAccepted",
     "JobRefused",
     "Note",
+    "PassEnded",
     "PolicyChanged",
     "TaskEnded",
     "Tick",
@@ -77,7 +79,15 @@ class Tick:
     """Time passed: check executor liveness, let the policy rebalance."""
 
 
-Event = ExecutorJoined | ExecutorReport | ExecutorLeft | ClientJoined | ClientRequest | Tick
+@dataclass(frozen=True, slots=True)
+class PassEnded:
+    """The shell handled what arrived at once (one pass of its loop): a core made with
+    `consult_per_pass` now asks its policy about the slots freed meanwhile, once each."""
+
+
+Event = (
+    ExecutorJoined | ExecutorReport | ExecutorLeft | ClientJoined | ClientRequest | Tick | PassEnded
+)
 
 
 # ---- instructions out ---------------------------------------------------------------------------
@@ -115,12 +125,20 @@ class JobRefused:
 class TaskEnded:
     job_id: str
     item: list[Any]  # the result item its client gets: [task_id, outcome, value, error, stats]
+    stream: bool = False  # a stream task's: its client must not wait for a group commit
 
 
 @dataclass(frozen=True, slots=True)
 class BatchEnded:
     job_id: str
     result: p.BatchResults  # as its client gets it: every task in it ended with it
+
+
+@dataclass(frozen=True, slots=True)
+class FoldedStart:
+    """A task reported its end without its start (runtime/reports.py): it started then too."""
+
+    task_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +182,7 @@ Note = (
     | JobRefused
     | TaskEnded
     | BatchEnded
+    | FoldedStart
     | CancelRequested
     | ExecutorUp
     | ExecutorLost

@@ -72,6 +72,7 @@ from tidal.scheduler.events import (
     Instruction,
     JobAccepted,
     Note,
+    PassEnded,
     Tick,
     ToClient,
 )
@@ -148,6 +149,7 @@ class SchedulerServer:
             # The connection tells whether an executor lives (scheduler/liveness.py); its
             # heartbeats may be late without consequence (a long C call holds its GIL).
             lose_silent=False,
+            consult_per_pass=True,  # the policy hears of freed slots at `_flush_held`
         )
         self.heartbeat_ns = heartbeat_ns
         self.max_frame_bytes = max_frame_bytes
@@ -202,6 +204,7 @@ class SchedulerServer:
         self.bytes_in = 0  # their bytes (big arguments travel apart: runtime/datastore.py)
         self._held: dict[str, list[bytes]] = {}  # encoded batch launches, per executor
         self._held_bytes: dict[str, int] = {}
+        self._commit_at: int | None = None  # when records held for a group commit go
         # The last submit decoded, with its frame (the journal keeps that, not a re-encoding).
         self._submit_frame: tuple[Any, Any] = _NO_SUBMIT
         # Results and acks, sent once the journal has them (scheduler/delivery.py).
@@ -236,7 +239,10 @@ class SchedulerServer:
                 # -- 1. Poll until a frame or a connection event arrives, or the next tick
                 #       (or probe) is due.
                 due = next_tick if self._probe_at is None else min(next_tick, self._probe_at)
-                timeout_ms = max(0.0, (due - time.monotonic_ns()) / 1e6)
+                if self._commit_at is not None:
+                    due = min(due, self._commit_at)
+                # (Whole milliseconds, rounded up: zmq_poll truncates, 0.9 ms would spin.)
+                timeout_ms = max(0, -(-(due - time.monotonic_ns()) // 1_000_000))
                 ready = dict(poller.poll(timeout_ms))
                 if self._watch.socket in ready:
                     self._on_connection_events()
@@ -250,6 +256,8 @@ class SchedulerServer:
                     self._flush_held()
                 # -- 4. A connection closed a moment ago: whose? (scheduler/liveness.py)
                 now = time.monotonic_ns()
+                if self._commit_at is not None and now >= self._commit_at:
+                    self._flush_held()  # a group commit is due
                 if self._probe_at is not None and now >= self._probe_at:
                     self._probe_at = self._watch.next_probe(now)
                     self._lose_unreachable(self._routes_of_executors())
@@ -709,10 +717,19 @@ class SchedulerServer:
     def _flush_held(self) -> None:
         """Hand the pass's journal records to the writer, then send what the pass held back:
         each executor its batch launches at once; results and acks once those records are
-        on disk (scheduler/delivery.py): whatever a peer is told is safe is on disk by then."""
-        if self._writer is not None:
-            self._writer.commit()
-        self._delivery.flush()
+        on disk (scheduler/delivery.py): whatever a peer is told is safe is on disk by then.
+        The records wait for a group commit if the last commit was less than
+        GROUP_COMMIT_NS ago and no stream task's result is among them (`_commit_at`)."""
+        self._dispatch(self._handle(PassEnded()))  # what the pass freed, relaunched
+        writer = self._writer
+        due = None if writer is None else writer.due(time.monotonic_ns())
+        if due is not None and due > time.monotonic_ns():
+            self._commit_at = due  # what waits on the records waits with them
+        else:
+            self._commit_at = None
+            if writer is not None:
+                writer.commit()
+            self._delivery.flush()
         for executor_id in list(self._held):
             self._flush_executor(executor_id)
 

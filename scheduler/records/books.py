@@ -252,7 +252,8 @@ class Records(spans.BulkBooks):
         }
         task.payload = b""  # its arguments are no longer needed here
         item = [task.task_id, outcome, value, error, stats]
-        self.out.append(ev.TaskEnded(job.job_id, item))  # journaled before the result is sent
+        # Journaled before the result is sent.
+        self.out.append(ev.TaskEnded(job.job_id, item, task.priority == "stream"))
         self.to_client(job.client_id, [item])
 
     def settle(

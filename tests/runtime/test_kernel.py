@@ -1166,3 +1166,29 @@ def test_a_steal_between_two_runs_takes_every_call_left_and_the_chunk_ends(make_
     kernel.run()
     assert ran == [0] and isinstance(transport.outcome("c"), p.Finished)
     assert transport.of(p.Stolen)[0].task_ids == ["j/1", "j/2"]
+
+
+def test_reports_may_wait_between_queued_batch_tasks_never_after_a_stream_task(make_kernel):
+    # Between batch tasks queued back to back the hub `hold`s (the reports may go out
+    # together, runtime/reports.py); it flushes before the last one, before a stream task,
+    # and right after a stream task's end.
+    calls = []
+    transport_of = []
+
+    def mark(name):
+        return lambda: calls.append((name, [type(m).__name__ for m in transport_of[0].sent]))
+
+    kernel, transport = make_kernel(flush=mark("flush"), hold=mark("hold"))
+    transport_of.append(transport)
+    kernel.launch("b0", sum, [[1]])
+    kernel.launch("b1", sum, [[2]])
+    kernel.run()
+    assert [name for name, _ in calls[:2]] == ["hold", "flush"]  # b0 with b1 queued, then b1
+    calls.clear()
+    transport.sent.clear()
+    kernel.launch("s0", sum, [[3]], priority="stream")
+    kernel.launch("b2", sum, [[4]])
+    kernel.run()
+    # s0 runs first (a stream launch), with a flush at its switch and one at its end.
+    assert calls[0] == ("flush", ["Started"])
+    assert calls[1] == ("flush", ["Started", "Finished"])

@@ -23,7 +23,7 @@ from tidal.scheduler.core import (
     Tick,
     ToClient,
 )
-from tidal.scheduler.policies import Policy, UnknownPolicy
+from tidal.scheduler.policies import Policy, UnknownPolicy, resolve_policy
 from tidal.scheduler.records import MAX_LOST_EXECUTORS, TaskState
 
 
@@ -627,3 +627,54 @@ def test_a_stream_task_stuck_behind_a_busy_executor_moves_and_completes_once():
     h.finish(other, stream, attempt=1)
     assert [item[1] for item in h.results[stream]] == ["finished"]
     assert h.results[stream][0][4]["attempt"] == 1
+
+
+def test_an_end_reported_without_its_start_counts_as_both():
+    # An executor's task that ended before its started went out reports only its end
+    # (runtime/reports.py): the task counts as started then, its slot is free again, and
+    # the step notes the folded start (for the event log).
+    h = Harness(executors=(("e0", "n0"),))
+    first, second = h.submit("b", "batch", 2)
+    assert [m.task_id for m in h.sent("e0", p.Launch)] == [first]
+    assert h.state(first) is TaskState.LAUNCHED
+    stats = {"running_ns": 3 * MS, "finished_at_ns": 20 * MS}
+    h.report("e0", p.Finished(first, 0, payloads.pack_payload(1), stats))
+    (item,) = h.results[first]
+    assert item[1] == "finished" and item[4]["started_at_ns"] == 17 * MS
+    assert ev.FoldedStart(first) in h.notes
+    assert [m.task_id for m in h.sent("e0", p.Launch)] == [second]
+    h.report("e0", p.Failed(second, 0, "ValueError", "no", "", stats))
+    assert h.results[second][0][1] == "failed"
+    assert h.core.records.executors["e0"].slot_task is None
+
+
+def test_per_pass_the_policy_hears_once_of_an_executor_whose_tasks_ended():
+    class Counting(Policy):
+        name = "counting"
+
+        def __init__(self):
+            self.freed = []
+            self.fifo = resolve_policy("fifo")
+
+        def tasks_submitted(self, view, tasks):
+            return self.fifo.tasks_submitted(view, tasks)
+
+        def slot_freed(self, view, executor):
+            self.freed.append(executor.executor_id)
+            return self.fifo.slot_freed(view, executor)
+
+    policy = Counting()
+    h = Harness(policy, executors=(("e0", "n0"),), consult_per_pass=True)
+    tasks = h.submit("b", "batch", 50)
+    (first,) = [m.task_id for m in h.sent("e0", p.Launch)]
+    quick = {"running_ns": 10_000}  # tiny tasks: the core queues more behind the slot
+    h.report("e0", p.Finished(first, 0, payloads.pack_payload(1), quick))
+    assert h.sent("e0", p.Launch) == [] and policy.freed == []  # until the pass ends
+    h.handle(ev.PassEnded())
+    launched = [m.task_id for m in h.sent("e0", p.Launch)]
+    assert len(launched) > 3 and policy.freed == ["e0"]
+    for task_id in launched[:3]:
+        h.report("e0", p.Finished(task_id, 0, payloads.pack_payload(1), quick))
+    h.handle(ev.PassEnded())
+    assert policy.freed == ["e0", "e0"]
+    assert [m.task_id for m in h.sent("e0", p.Launch)] == tasks[len(launched) + 1 :][:3]

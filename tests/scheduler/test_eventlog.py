@@ -240,3 +240,16 @@ def test_a_simulated_run_logs_what_its_executors_did_on_the_fake_clock(tmp_path)
         for t, executor, task, event in result.timeline
         if event in ("started", "suspended", "resumed", "finished")
     }
+
+
+def test_an_end_reported_without_its_start_is_logged_as_started_then_finished():
+    h = Harness(executors=(("e0", "n0"),))
+    records = recorded(h)
+    (task,) = h.submit("b", "batch", 1)
+    records.clear()
+    h.report("e0", p.Finished(task, 0, b"\xc0", {"running_ns": 1, "finished_at_ns": 2}))
+    started = {"task": task, "job": "b", "priority": "batch", "executor": "e0", "attempt": 0}
+    assert taken(records)[:2] == [
+        {"event": "started", **started},
+        {"event": "finished", "task": task, "executor": "e0", "attempt": 0},
+    ]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -191,3 +192,28 @@ def test_a_writer_that_fails_is_loud_on_the_loop(tmp_path, monkeypatch):
         writer.committed()
     journal.take()  # recorded since, and close() would commit it: the "disk" stays broken
     writer.close()
+
+
+def test_records_wait_for_a_group_commit_unless_a_stream_result_is_among_them(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    writer = JournalWriter(journal)
+    now = time.monotonic_ns()
+    assert writer.due(now) is None  # nothing recorded
+    journal.ended("c1-1", finished("c1-1/0", 1))
+    assert writer.due(now) <= now  # no commit for ages: at once
+    before = time.monotonic_ns()
+    writer.commit()
+    journal.ended("c1-1", finished("c1-1/1", 2))
+    due = writer.due(time.monotonic_ns())
+    assert (
+        before + journal_module.GROUP_COMMIT_NS
+        <= due
+        <= time.monotonic_ns() + (journal_module.GROUP_COMMIT_NS)
+    )
+    journal.ended("c1-2", finished("c1-2/0", 3), stream=True)
+    later = time.monotonic_ns()
+    assert writer.due(later) == later  # a stream task's client does not wait
+    writer.commit()
+    assert writer.due(time.monotonic_ns()) is None
+    writer.close()
+    assert set(Journal(tmp_path / "j.sqlite").state.outcomes) == {"c1-1/0", "c1-1/1", "c1-2/0"}
