@@ -70,6 +70,9 @@ DEFAULT_SUSPEND_TIMEOUT_NS = 100_000_000
 # longer wait would stall a task whose listener is slow to come (the watcher raises again
 # while frames wait unread, up to every 2 ms).
 LISTENER_WAIT_S = 0.0005
+# Task functions kept resolved, at most (a client that names ever-new functions must not
+# grow the table for ever; it starts again when full).
+MAX_FUNCTIONS_KEPT = 1024
 
 
 # Sentinels passed through greenlet switches. The hub only ever switches a task back with
@@ -117,6 +120,7 @@ class Kernel(SpanRunner):
         self._pending_suspends = PendingSuspends(suspend_timeout_ns)
         self._tasks: dict[str, TaskRecord] = {}
         self._ready = ReadyQueue()
+        self._functions: dict[FunctionRef, Callable[..., Any]] = {}  # resolved, by reference
         self._current: TaskRecord | None = None
         self._hub: greenlet.greenlet | None = None
         self._finished = 0
@@ -291,10 +295,6 @@ class Kernel(SpanRunner):
         """Whether a task is here and not done (from any thread)."""
         record = self._tasks.get(task_id)
         return record is not None and record.state is not RunState.DONE
-
-    def has_queued(self) -> bool:
-        """Whether tasks or commands wait for the hub (from any thread)."""
-        return bool(self._ready) or not self._inbox.empty()
 
     def has_pending_suspensions(self) -> bool:
         """True while a suspend command waits for the running task to reach a boundary."""
@@ -656,7 +656,7 @@ class Kernel(SpanRunner):
         record = self._current
         assert record is not None and go is _GO  # the hub set both just before switching
         try:
-            fn = record.fn.resolve() if isinstance(record.fn, FunctionRef) else record.fn
+            fn = self._resolve(record.fn) if isinstance(record.fn, FunctionRef) else record.fn
             if record.span is not None:
                 return Outcome("finished", self._run_span(record, fn))
             if record.chunk is not None:
@@ -669,6 +669,17 @@ class Kernel(SpanRunner):
             return Outcome("killed")
         except BaseException as exc:  # a task's error belongs to its report
             return Outcome("failed", error=describe_failure(exc, __file__))
+
+    def _resolve(self, ref: FunctionRef) -> Callable[..., Any]:
+        """The function `ref` names, imported once (each import_module call costs ~10 us
+        in a task of a few)."""
+        fn = self._functions.get(ref)
+        if fn is None:
+            fn = ref.resolve()  # FunctionNotFound fails the task, and is not kept
+            if len(self._functions) >= MAX_FUNCTIONS_KEPT:
+                self._functions.clear()
+            self._functions[ref] = fn
+        return fn
 
     def _unpack(self, payload: bytes, fn: Callable[..., Any]) -> tuple[list[Any], dict[str, Any]]:
         """A task's (args, kwargs) from its payload, in its greenlet, read a piece or block
