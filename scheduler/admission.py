@@ -1,10 +1,11 @@
 """What a frame from a peer may cost the scheduler, decided before it is decoded.
 
-A peer that has not said who it is may send only small frames (MAX_STRANGER_FRAME_BYTES),
-and only executors send batches: a stranger's 500 KB batch of 100,000 junk items once held
-the scheduler's loop for 2.5 s. `refusal_before_decoding` says which frames are refused
-unread; scheduler/server.py drops them as bad input (an `OutOfPlace` one is logged but not
-counted toward disconnection). `check_id` bounds the ids peers choose.
+A peer that has not said who it is may send only small frames (MAX_STRANGER_FRAME_BYTES), and no
+batches: a stranger's 500 KB batch of 100,000 junk items once held the scheduler's loop for
+2.5 s. Executors and clients that said hello send batches of at most MAX_BATCH_ITEMS,
+decoded item by item (scheduler/server.py). `refusal_before_decoding` says which frames are
+refused unread; scheduler/server.py drops them as bad input (an `OutOfPlace` one is logged
+but not counted toward disconnection). `check_id` bounds the ids peers choose.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def check_id(op: str, peer_id: str) -> None:
 def refusal_before_decoding(
     frames: list[bytes], peer: tuple[str, str] | None
 ) -> p.ProtocolError | None:
-    """Why a frame is refused undecoded (None: decode it): too big from a peer that has not
-    said hello, or a batch from a peer that is not an executor."""
+    """Why a frame is refused undecoded (None: decode it): too big, or a batch, from a peer
+    that has not said hello."""
     if len(frames) != 2:
         return None  # decode_parts names that
     frame = frames[1]
@@ -46,8 +47,7 @@ def refusal_before_decoding(
         return p.ProtocolError(
             f"a frame of {len(frame):,} bytes before hello (at most {p.MAX_STRANGER_FRAME_BYTES:,})"
         )
-    if (peer is None or peer[0] != "executor") and frame[:7] == _BATCH_START:
-        if peer is None:  # an executor of a scheduler that ran here before: not counted
-            return OutOfPlace("batch before hello")
-        return p.ProtocolError("batch from a client (only executors send batches)")
+    if peer is None and frame[:7] == _BATCH_START:
+        # An executor or a client of a scheduler that ran here before: not counted.
+        return OutOfPlace("batch before hello")
     return None

@@ -368,8 +368,8 @@ class SchedulerServer:
         if self._guard.cooling_down(routing_id):
             return  # a disconnected peer: ignored, undecoded, until its cool-down ends
         # Discussion: what a frame may cost is decided before it is decoded: a peer that has
-        # not said who it is sends small frames, and only executors send batches (a stranger's
-        # 500 KB batch of 100,000 junk items once held the loop for 2.5 s).
+        # not said who it is sends small frames and no batches (a stranger's 500 KB batch of
+        # 100,000 junk items once held the loop for 2.5 s).
         peer = self._peers.get(routing_id)
         refusal = refusal_before_decoding(frames, peer)
         if refusal is not None:
@@ -382,10 +382,8 @@ class SchedulerServer:
         except p.ProtocolError as exc:
             self._drop(routing_id, exc)
             return
-        if type(msg) is p.Submit and len(frames) == 2:  # the journal keeps it as it came
-            self._submit_frame = (msg, frames[1])
-        if isinstance(msg, p.Batch) and (peer is None or peer[0] != "executor"):
-            self._drop(routing_id, p.ProtocolError("batch from a peer that is not an executor"))
+        if isinstance(msg, p.Batch) and peer is None:  # one packed unlike `encode` packs it
+            self._drop(routing_id, p.ProtocolError("batch before hello"))
             return
         if isinstance(msg, p.Batch) and len(msg.frames) > p.MAX_BATCH_ITEMS:
             self._drop(
@@ -395,13 +393,15 @@ class SchedulerServer:
                 ),
             )
             return
-        items = (
-            p.iter_batch(msg, max_frame_bytes=self.max_frame_bytes)
-            if isinstance(msg, p.Batch)
-            else [msg]
-        )
+        if isinstance(msg, p.Batch):
+            items = p.iter_batch(msg, max_frame_bytes=self.max_frame_bytes)
+            raws: list[bytes] = msg.frames
+        else:
+            items, raws = [msg], [frames[1] if len(frames) == 2 else b""]
         try:
-            for item in items:
+            for raw, item in zip(raws, items, strict=False):
+                if type(item) is p.Submit and raw:  # the journal keeps it as it came
+                    self._submit_frame = (item, raw)
                 try:
                     if isinstance(item, p.ProtocolError):
                         # The rest of a batch with a bad item is not decoded: one bad frame.

@@ -215,7 +215,9 @@ class FakeScheduler:
                 ready = dict(poller.poll())
                 if self._router in ready:
                     routing_id, frame = self._router.recv_multipart()
-                    self._on_message(routing_id, p.decode(frame))
+                    msg = p.decode(frame)  # a client sends several waiting frames as a batch
+                    for item in p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]:
+                        self._on_message(routing_id, item)
                 if from_tests in ready:
                     frame = from_tests.recv()
                     if not frame:

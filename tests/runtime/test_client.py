@@ -9,6 +9,7 @@ an autouse fixture checks that no client IO thread outlives its test.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import logging
@@ -22,7 +23,7 @@ import msgpack
 import pytest
 
 from tests.stub import REMOTE_TB, FakeScheduler
-from tidal.runtime import datastore, payloads
+from tidal.runtime import client_io, datastore, payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.client import (
     Client,
@@ -597,3 +598,36 @@ def test_preferred_nodes_travel_with_each_task(fake, client):
         client.map(total, [[1], [2], [3]], preferred=[["a"], ["b"]])
     with pytest.raises(TypeError, match="node labels or executor ids"):
         client.submit(total, [1], preferred="rack-a")
+
+
+def test_callers_frames_wake_the_io_thread_once_per_burst_and_go_out_batched():
+    class Wake:
+        sent = 0
+
+        def send(self, frame, flags=0):
+            Wake.sent += 1
+
+    queue = client_io.CallerQueue(Wake())
+    for i in range(3):
+        queue.send(p.encode(p.Ping(str(i), i)))
+    assert Wake.sent == 1  # one wake-up for the burst
+    frames = queue.take()
+    queue.send(b"")  # after a take, the next frame wakes it again
+    assert Wake.sent == 2 and queue.take() == [b""]
+
+    class Dealer:
+        def __init__(self):
+            self.frames = []
+
+        def send(self, frame, flags=0):
+            self.frames.append(frame)
+
+    big = p.encode(p.Ping("x" * (client_io.BATCH_ITEM_MAX_BYTES + 1), 0))
+    outbox = collections.deque([*frames, big, frames[0]])
+    dealer = Dealer()
+    client_io._flush(dealer, outbox)
+    assert not outbox
+    first, second, third = (p.decode(frame) for frame in dealer.frames)
+    assert isinstance(first, p.Batch) and first.frames == frames  # small ones, in order
+    assert second.request_id == "x" * (client_io.BATCH_ITEM_MAX_BYTES + 1)  # a big one alone
+    assert third == p.Ping("0", 0)

@@ -359,3 +359,13 @@ def test_an_attach_without_the_executors_token_reports_nothing(raw_peer):
         forger.send(p.encode(p.Finished(future.task_id, 0, wrong, {})))
         assert future.result(timeout=30) == 3  # the forged result was not taken
         assert client.status()["bad_input"]["bad_frames"] >= 1
+
+
+def test_a_client_that_said_hello_may_send_a_batch_and_each_item_is_handled(raw_peer):
+    with LocalCluster(executors=1) as cluster:
+        talker = raw_peer(cluster.address)
+        talker.send(p.encode(p.Batch([p.encode(p.Ping("early", 1))])))  # before hello: dropped
+        talker.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "talker", 1, "h")))
+        assert isinstance(recv(talker), p.ClientWelcome)
+        talker.send(p.encode(p.Batch([p.encode(p.Ping(str(i), i)) for i in range(3)])))
+        assert [recv(talker) for _ in range(3)] == [p.Pong(str(i), i) for i in range(3)]
