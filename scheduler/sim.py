@@ -478,10 +478,14 @@ class SimCluster:
                 lost = [(record.task_id, record.done_ns)]
             else:  # a chunk: the results it had not sent, the subtask it was in, the rest
                 assert record.results is not None
-                lost = [(item[0], item[4]["running_ns"]) for item in record.results]
+                if record.span is None:
+                    lost = [(item[0], item[4]["running_ns"]) for item in record.results]
+                else:  # a span's unreported results are its running times, from span[1] on
+                    job_id, first = record.span
+                    lost = [(f"{job_id}/{first + i}", ns) for i, ns in enumerate(record.results)]
                 if record.sub is not None:
                     lost.append((record.sub.task_id, record.sub.done_ns))
-                lost.extend((sub.task_id, 0) for sub in record.subtasks)
+                lost.extend((task_id, 0) for task_id in record.subtasks.ids())
             for task_id, work_ns in lost:
                 self._truth[task_id].work_lost_ns += work_ns
                 lost_ids.append(task_id)
