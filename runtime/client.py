@@ -370,7 +370,7 @@ class Client:
                     self._jobs[job_id] = [frame, len(futures)]
                 else:
                     self._bulk.add(job, frame)
-                self._to_io.send(frame, zmq.NOBLOCK)
+                self._to_io.send(frame)
                 registered = True
         finally:
             if not registered:  # it failed: nothing will read what was spooled for it
@@ -417,7 +417,7 @@ class Client:
         frame = p.encode(p.Cancel([task_id]))
         with self._lock:
             if not self._closed and self._broken is None:
-                self._to_io.send(frame, zmq.NOBLOCK)
+                self._to_io.send(frame)
 
     def _job_done(self, job_id: str) -> None:
         """One more of the job's futures completed (call with the lock held)."""
@@ -533,7 +533,7 @@ class Client:
             self._check_open()
             self._status_waiters[request_id] = waiter
             self._request_frames[request_id] = frame
-            self._to_io.send(frame, zmq.NOBLOCK)
+            self._to_io.send(frame)
         try:
             return waiter.result(timeout)
         except TimeoutError:
@@ -565,7 +565,7 @@ class Client:
             self._closed = True
             # "Shut down"; Again means the IO thread crashed and is gone already.
             with contextlib.suppress(zmq.Again):
-                self._to_io.send(b"", zmq.NOBLOCK)
+                self._to_io.send(b"")
         stopped = self._io.join(IO_JOIN_TIMEOUT_S)
         self._fail_pending(lambda what: f"client closed before {what} finished")
         self._fetcher.close()

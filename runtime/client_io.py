@@ -106,11 +106,16 @@ class CallerQueue:
         self._wake = wake
         self._woken = False
 
-    def send(self, frame: bytes, flags: int = 0) -> None:
+    def send(self, frame: bytes) -> None:
+        """Queue `frame`; zmq.Again if the IO thread is gone (its end of the wake-ups)."""
         self._frames.append(frame)
         if not self._woken:
             self._woken = True
-            self._wake.send(b"w", zmq.NOBLOCK)
+            try:
+                self._wake.send(b"w", zmq.NOBLOCK)
+            except zmq.Again:
+                self._woken = False
+                raise
 
     def take(self) -> list[bytes]:
         """What the callers queued, in order (the IO thread, woken)."""

@@ -632,7 +632,9 @@ class Executor:
         last.linger = 2000
         secure_peer(last, self.keys)  # a keyed scheduler lets only its peers' keys in
         last.connect(self.scheduler)
-        frames = [self._reports.attach_frame()]
+        # The reports still queued first (results of tasks that ended, held a moment to go
+        # out together, runtime/reports.py): else those tasks would run again elsewhere.
+        frames = [self._reports.attach_frame(), *self._reports.take_queued()]
         if action.task_id is not None:
             failure = self.kernel.memory_failure(
                 action.task_id, MEMORY_LIMIT_EXCEEDED, action.message

@@ -20,7 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FunctionNotFound", "FunctionRef", "function_ref"]
+__all__ = ["FunctionNotFound", "FunctionRef", "KnownFunctions", "function_ref"]
+
+# Functions an executor keeps (`KnownFunctions`), at most: a client that names ever-new
+# functions must not grow its tables for ever; they start again when full.
+MAX_FUNCTIONS_KEPT = 1024
 
 MAIN_ALIAS = "__mp_main__"
 
@@ -66,6 +70,45 @@ class FunctionRef:
         if not callable(obj):
             raise FunctionNotFound(f"{self.ref!r} is a {type(obj).__name__}, not a function")
         return obj
+
+
+class KnownFunctions:
+    """An executor's task functions: each imported once (`resolve`: an import_module call
+    costs ~10 us, a tiny task a few), and its tasks' average running time (`ran`,
+    `running_ns`), for the kernel to tell short tasks from long ones."""
+
+    def __init__(self) -> None:
+        self._resolved: dict[FunctionRef, Callable[..., Any]] = {}
+        self._running_ns: dict[Any, float] = {}
+
+    def resolve(self, ref: FunctionRef) -> Callable[..., Any]:
+        """The function `ref` names (FunctionNotFound if none: not kept)."""
+        fn = self._resolved.get(ref)
+        if fn is None:
+            fn = ref.resolve()
+            if len(self._resolved) >= MAX_FUNCTIONS_KEPT:
+                self._resolved.clear()
+            self._resolved[ref] = fn
+        return fn
+
+    def ran(self, fn: Any, running_ns: int) -> None:
+        """A task of `fn` (a reference or a function) ran `running_ns` in all."""
+        try:
+            average = self._running_ns.get(fn)
+            if average is None and len(self._running_ns) >= MAX_FUNCTIONS_KEPT:
+                self._running_ns.clear()
+            self._running_ns[fn] = (
+                running_ns if average is None else 0.7 * average + 0.3 * running_ns
+            )
+        except TypeError:  # a function that cannot be a key: not kept
+            pass
+
+    def running_ns(self, fn: Any) -> float | None:
+        """The average running time of `fn`'s tasks so far (None: not known)."""
+        try:
+            return self._running_ns.get(fn)
+        except TypeError:
+            return None
 
 
 def _load_main_script(path: str | None, ref: str) -> types.ModuleType:

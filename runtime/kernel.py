@@ -42,7 +42,7 @@ import greenlet
 from tidal.runtime import payloads, runstate
 from tidal.runtime import protocol as p
 from tidal.runtime.datastore import Reference, fetch_chunks
-from tidal.runtime.functions import FunctionRef
+from tidal.runtime.functions import FunctionRef, KnownFunctions
 from tidal.runtime.gate import Gate, GatedIterator
 from tidal.runtime.runstate import (
     Command,
@@ -70,9 +70,11 @@ DEFAULT_SUSPEND_TIMEOUT_NS = 100_000_000
 # longer wait would stall a task whose listener is slow to come (the watcher raises again
 # while frames wait unread, up to every 2 ms).
 LISTENER_WAIT_S = 0.0005
-# Task functions kept resolved, at most (a client that names ever-new functions must not
-# grow the table for ever; it starts again when full).
-MAX_FUNCTIONS_KEPT = 1024
+# Reports may wait at the switch into a batch task (runtime/reports.py) only if its
+# function's tasks ran shorter than this on average: a task that holds the GIL (a long C
+# call) would keep the reports of the tasks before it until it ends, the listener being
+# unable to send them meanwhile.
+SHORT_TASK_NS = 500_000
 
 
 # Sentinels passed through greenlet switches. The hub only ever switches a task back with
@@ -120,7 +122,7 @@ class Kernel(SpanRunner):
         self._pending_suspends = PendingSuspends(suspend_timeout_ns)
         self._tasks: dict[str, TaskRecord] = {}
         self._ready = ReadyQueue()
-        self._functions: dict[FunctionRef, Callable[..., Any]] = {}  # resolved, by reference
+        self._functions = KnownFunctions()  # resolved once, with their tasks' running times
         self._current: TaskRecord | None = None
         self._hub: greenlet.greenlet | None = None
         self._finished = 0
@@ -438,7 +440,7 @@ class Kernel(SpanRunner):
             self._priority_changed(record.priority)
         record.gate_mark = self.gate.records
         record.switched_in_at = now
-        if record.priority == "batch" and self._ready:
+        if record.priority == "batch" and self._ready and self._runs_short(record):
             self._hold()
         else:
             self._flush()
@@ -467,6 +469,14 @@ class Kernel(SpanRunner):
                 "only the kernel's checkpoint may switch greenlets in a task"
             )
         return result
+
+    def _runs_short(self, record: TaskRecord) -> bool:
+        """Whether `record` is a plain task whose function's tasks ran shorter than
+        SHORT_TASK_NS on average (unknown: no)."""
+        if record.chunk is not None or record.span is not None:
+            return False
+        average = self._functions.running_ns(record.fn)
+        return average is not None and average < SHORT_TASK_NS
 
     def _apply(self, command: Command) -> bool:
         """Carry out one command; refuse (with a report) what does not apply.
@@ -619,30 +629,11 @@ class Kernel(SpanRunner):
         record.glet = None
         self._finished += 1
         stats = record.stats(self.executor_id, self._clock())
-        if outcome.kind == "finished":
-            try:
-                result = payloads.pack_result(outcome.value, "finished.result", self._spool_result)
-            except p.EncodeError as exc:
-                self._emit(
-                    p.Failed(
-                        record.task_id,
-                        record.attempt,
-                        "EncodeError",
-                        f"the task's result cannot be sent: {exc}",
-                        "",
-                        stats,
-                    )
-                )
-            else:
-                self._emit(p.Finished(record.task_id, record.attempt, result, stats))
-        elif outcome.kind == "killed" and record.fail_error is not None and record.chunk is None:
-            self._emit(p.Failed(record.task_id, record.attempt, *record.fail_error, stats))
-        elif outcome.kind == "killed":
-            self._emit(p.Killed(record.task_id, record.attempt, stats))
-        else:
-            self._emit(p.Failed(record.task_id, record.attempt, *outcome.error, stats))
+        self._emit(runstate.end_report(record, outcome, stats, self._spool_result))
         if record.priority == "stream":  # its client waits for it: now, not at the next switch
             self._flush()
+        elif record.chunk is None and record.span is None:
+            self._functions.ran(record.fn, record.running_ns)
         # Discussion: forgotten only once its report is out, so that `holdings()`, read from
         # another thread, sees it still held or already reported, never neither.
         self._tasks.pop(record.task_id, None)
@@ -656,7 +647,9 @@ class Kernel(SpanRunner):
         record = self._current
         assert record is not None and go is _GO  # the hub set both just before switching
         try:
-            fn = self._resolve(record.fn) if isinstance(record.fn, FunctionRef) else record.fn
+            fn = record.fn
+            if isinstance(fn, FunctionRef):
+                fn = self._functions.resolve(fn)
             if record.span is not None:
                 return Outcome("finished", self._run_span(record, fn))
             if record.chunk is not None:
@@ -669,17 +662,6 @@ class Kernel(SpanRunner):
             return Outcome("killed")
         except BaseException as exc:  # a task's error belongs to its report
             return Outcome("failed", error=describe_failure(exc, __file__))
-
-    def _resolve(self, ref: FunctionRef) -> Callable[..., Any]:
-        """The function `ref` names, imported once (each import_module call costs ~10 us
-        in a task of a few)."""
-        fn = self._functions.get(ref)
-        if fn is None:
-            fn = ref.resolve()  # FunctionNotFound fails the task, and is not kept
-            if len(self._functions) >= MAX_FUNCTIONS_KEPT:
-                self._functions.clear()
-            self._functions[ref] = fn
-        return fn
 
     def _unpack(self, payload: bytes, fn: Callable[..., Any]) -> tuple[list[Any], dict[str, Any]]:
         """A task's (args, kwargs) from its payload, in its greenlet, read a piece or block

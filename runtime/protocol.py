@@ -95,7 +95,7 @@ E2S, S2E, C2S, S2C = (
     "client->scheduler",
     "scheduler->client",
 )
-EITHER = "either way"  # only `batch`: executor <-> scheduler, both ways
+EITHER = "either way"  # only `batch`: executor <-> scheduler both ways, client -> scheduler
 
 
 class ProtocolError(ValueError):

@@ -4,10 +4,12 @@ connection of their own, results kept until the scheduler acks them.
 The kernel emits reports (started, finished, suspended, ...) as they happen and flushes at
 each task switch, when a chunk reports, and past BATCH_FLUSH_BYTES: whatever is queued goes
 out as one frame, a batch when several wait. Between batch tasks queued back to back the
-kernel `hold`s instead: the started and finished of batch tasks wait up to HOLD_NS, and a
-task that ends while its started still waits reports only its end (the scheduler takes a
-finished or failed of a task it thought queued as its start too). The listener sends what
-waited longer (`flush_stale`), so a long task that follows short ones does not keep them.
+kernel `hold`s instead, before a task whose function ran short so far: the started and
+finished of batch tasks wait up to HOLD_NS, and a task that ends while its started still
+waits reports only its end (the scheduler takes a finished or failed of a task it thought
+queued as its start too). The listener sends what waited longer (`flush_stale`), so a long
+task that follows short ones does not keep them, unless it holds the GIL (a long C call):
+then they wait for its end, which is why the kernel holds only before short ones.
 The connection is the task thread's own DEALER, announced with `attach` carrying the last
 welcome's token; after each welcome a new one is opened (the old one's queue is dropped:
 what it held that matters was listed in the hello). While the scheduler is lost, reports
@@ -158,6 +160,19 @@ class Reports:
         in a long task that started right after short ones)."""
         if self._outbox and self._clock() - self._held_since >= HOLD_NS:
             self.flush()
+
+    def take_queued(self) -> list[bytes]:
+        """What is queued, in order, no longer queued (the listener, for an executor's last
+        connection when it must exit; empty if the task thread holds the queue's lock)."""
+        if not self._lock.acquire(timeout=0.1):
+            return []
+        try:
+            frames = [frame for frame in self._outbox if frame]
+            self._outbox, self._outbox_bytes, self._urgent = [], 0, False
+            self._started_at.clear()
+            return frames
+        finally:
+            self._lock.release()
 
     def _send_queued(self) -> None:
         outbox = self._outbox

@@ -28,6 +28,7 @@ from typing import Any
 
 import greenlet
 
+from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.protocol import PRIORITY_CLASSES
@@ -42,6 +43,7 @@ __all__ = [
     "Span",
     "TaskKilled",
     "TaskRecord",
+    "end_report",
 ]
 
 
@@ -71,6 +73,30 @@ class Outcome:
     kind: str  # "finished" | "failed" | "killed"
     value: Any = None
     error: list[str] | None = None  # [type name, message, traceback] when failed
+
+
+def end_report(
+    record: TaskRecord,
+    outcome: Outcome,
+    stats: dict[str, Any],
+    spool_result: Callable[[bytes], bytes] | None,
+) -> p.Message:
+    """The report of a task's end: `finished` with its result packed (`failed` with an
+    EncodeError if it cannot be sent), `failed`, or `killed` (`failed` if it was killed to
+    fail it, as for its memory limit)."""
+    task_id, attempt = record.task_id, record.attempt
+    if outcome.kind == "finished":
+        try:
+            result = payloads.pack_result(outcome.value, "finished.result", spool_result)
+        except p.EncodeError as exc:
+            problem = f"the task's result cannot be sent: {exc}"
+            return p.Failed(task_id, attempt, "EncodeError", problem, "", stats)
+        return p.Finished(task_id, attempt, result, stats)
+    if outcome.kind == "killed" and record.fail_error is not None and record.chunk is None:
+        return p.Failed(task_id, attempt, *record.fail_error, stats)
+    if outcome.kind == "killed":
+        return p.Killed(task_id, attempt, stats)
+    return p.Failed(task_id, attempt, *(outcome.error or ["", "", ""]), stats)
 
 
 @dataclass(eq=False, slots=True)

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 from tidal.runtime import protocol as p
 
-__all__ = ["OutOfPlace", "check_id", "refusal_before_decoding"]
+__all__ = ["BatchBeforeHello", "OutOfPlace", "check_id", "refusal_before_decoding"]
 
 
 class OutOfPlace(p.ProtocolError):
     """A well-formed message that is only out of place (an attach in another protocol
     version). Dropped and logged, but not counted toward disconnection: a peer of another
     version, or one reconnecting after a scheduler restart, sends it in good faith."""
+
+
+class BatchBeforeHello(OutOfPlace):
+    """A batch from a connection that has not said hello: most likely a peer of a scheduler
+    that ran on this address before (the server asks it to say hello again)."""
 
 
 # How every batch frame starts (`encode` packs ["batch", [...]] so): a fixarray of two, then
@@ -49,5 +54,5 @@ def refusal_before_decoding(
         )
     if peer is None and frame[:7] == _BATCH_START:
         # An executor or a client of a scheduler that ran here before: not counted.
-        return OutOfPlace("batch before hello")
+        return BatchBeforeHello("batch before hello")
     return None

@@ -239,8 +239,10 @@ class EventRecorder:
 
     def _started_report(self, executor_id: str, msg: p.Started | ev.FoldedStart) -> Record:
         task = self.core.records.tasks.get(msg.task_id)
-        # A folded start's attempt is the one its task's end ended.
-        attempt = getattr(msg, "attempt", None if task is None else task.attempt)
+        if isinstance(msg, p.Started):
+            attempt: int | None = msg.attempt
+        else:  # a folded start: the attempt its task's end ended
+            attempt = None if task is None else task.attempt
         return {
             "event": "started",
             "task": msg.task_id,

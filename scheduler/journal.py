@@ -45,7 +45,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -440,8 +440,9 @@ class JournalWriter:
     is done, and `committed()` says how far the writer got.
     """
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.journal = journal
+        self._clock = clock  # for the group commit (`due`)
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._queue: queue.SimpleQueue[tuple[int, _Records] | None] = queue.SimpleQueue()
         self._issued = 0  # the last ticket handed out (loop thread)
@@ -476,7 +477,7 @@ class JournalWriter:
         records = self.journal.take()
         if records is None:
             return None
-        self._committed_at = time.monotonic_ns()
+        self._committed_at = self._clock()
         inline = records.payload_bytes < INLINE_BYTES and not self.waiting
         self._issued += 1
         if inline:

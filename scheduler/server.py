@@ -52,7 +52,12 @@ from tidal.runtime.frames import FrameReader
 from tidal.runtime.guard import BAD_FRAME_LIMIT, COOLDOWN_S, PeerGuard
 from tidal.runtime.logs import RateLimitedLog
 from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
-from tidal.scheduler.admission import OutOfPlace, check_id, refusal_before_decoding
+from tidal.scheduler.admission import (
+    BatchBeforeHello,
+    OutOfPlace,
+    check_id,
+    refusal_before_decoding,
+)
 from tidal.scheduler.core import (
     DEFAULT_HEARTBEAT_NS,
     DEFAULT_MAX_RETRIES,
@@ -374,6 +379,11 @@ class SchedulerServer:
         refusal = refusal_before_decoding(frames, peer)
         if refusal is not None:
             self._drop(routing_id, refusal)
+            if type(refusal) is BatchBeforeHello:
+                # A client's (or executor's) batch of a scheduler that ran here before: as
+                # for its single frames, ask it to say hello again (at most once a heartbeat
+                # interval; unread, it does not count toward the strangers' cool-down).
+                self._ask_to_rejoin(routing_id, "the scheduler does not know this connection")
             return
         try:
             msg = p.decode_parts(
@@ -720,7 +730,7 @@ class SchedulerServer:
         on disk (scheduler/delivery.py): whatever a peer is told is safe is on disk by then.
         The records wait for a group commit if the last commit was less than
         GROUP_COMMIT_NS ago and no stream task's result is among them (`_commit_at`)."""
-        self._dispatch(self._handle(PassEnded()))  # what the pass freed, relaunched
+        self._end_pass()
         writer = self._writer
         due = None if writer is None else writer.due(time.monotonic_ns())
         if due is not None and due > time.monotonic_ns():
@@ -732,6 +742,17 @@ class SchedulerServer:
             self._delivery.flush()
         for executor_id in list(self._held):
             self._flush_executor(executor_id)
+
+    def _end_pass(self) -> None:
+        """The policy hears of the slots the pass freed (`consult_per_pass`), and what it
+        decides is sent. As for a peer's event, a bug it exposes is logged loudly and the
+        loop goes on (the core's books stay as the failed step left them)."""
+        try:
+            instructions = self._handle(PassEnded())
+        except Exception as exc:
+            self._guard.handler_failed("the scheduler", "the end of a pass", exc)
+            return
+        self._dispatch(instructions)
 
     def _flush_executor(self, executor_id: str) -> None:
         held = self._held.pop(executor_id, None)

@@ -602,18 +602,20 @@ def test_preferred_nodes_travel_with_each_task(fake, client):
 
 def test_callers_frames_wake_the_io_thread_once_per_burst_and_go_out_batched():
     class Wake:
-        sent = 0
+        def __init__(self):
+            self.sent = 0
 
         def send(self, frame, flags=0):
-            Wake.sent += 1
+            self.sent += 1
 
-    queue = client_io.CallerQueue(Wake())
+    wake = Wake()
+    queue = client_io.CallerQueue(wake)
     for i in range(3):
         queue.send(p.encode(p.Ping(str(i), i)))
-    assert Wake.sent == 1  # one wake-up for the burst
+    assert wake.sent == 1  # one wake-up for the burst
     frames = queue.take()
     queue.send(b"")  # after a take, the next frame wakes it again
-    assert Wake.sent == 2 and queue.take() == [b""]
+    assert wake.sent == 2 and queue.take() == [b""]
 
     class Dealer:
         def __init__(self):

@@ -1168,22 +1168,28 @@ def test_a_steal_between_two_runs_takes_every_call_left_and_the_chunk_ends(make_
     assert transport.of(p.Stolen)[0].task_ids == ["j/1", "j/2"]
 
 
-def test_reports_may_wait_between_queued_batch_tasks_never_after_a_stream_task(make_kernel):
+def test_reports_may_wait_between_short_batch_tasks_never_before_a_long_or_stream_one(
+    make_kernel,
+):
     # Between batch tasks queued back to back the hub `hold`s (the reports may go out
-    # together, runtime/reports.py); it flushes before the last one, before a stream task,
-    # and right after a stream task's end.
+    # together, runtime/reports.py), if the next one's function ran short so far; it
+    # flushes before the last one, before a task of a function not known to be short (it
+    # might hold the GIL, and the reports with it), before a stream task, and right after
+    # a stream task's end.
     calls = []
     transport_of = []
 
     def mark(name):
         return lambda: calls.append((name, [type(m).__name__ for m in transport_of[0].sent]))
 
-    kernel, transport = make_kernel(flush=mark("flush"), hold=mark("hold"))
+    clock = FakeClock()
+    kernel, transport = make_kernel(flush=mark("flush"), hold=mark("hold"), clock=clock)
     transport_of.append(transport)
+    kernel.launch("first", sum, [[0]])  # sum is not known yet: no hold before it
     kernel.launch("b0", sum, [[1]])
     kernel.launch("b1", sum, [[2]])
     kernel.run()
-    assert [name for name, _ in calls[:2]] == ["hold", "flush"]  # b0 with b1 queued, then b1
+    assert [name for name, _ in calls[:3]] == ["flush", "hold", "flush"]  # first, b0, b1
     calls.clear()
     transport.sent.clear()
     kernel.launch("s0", sum, [[3]], priority="stream")
@@ -1192,3 +1198,13 @@ def test_reports_may_wait_between_queued_batch_tasks_never_after_a_stream_task(m
     # s0 runs first (a stream launch), with a flush at its switch and one at its end.
     assert calls[0] == ("flush", ["Started"])
     assert calls[1] == ("flush", ["Started", "Finished"])
+    calls.clear()
+
+    def slow(x):  # runs 1 ms by the kernel's clock: longer than SHORT_TASK_NS
+        clock.now += 1_000_000
+        return x
+
+    for task_id in ("slow0", "slow1", "slow2"):
+        kernel.launch(task_id, slow, [1])
+    kernel.run()
+    assert [name for name, _ in calls[:3]] == ["flush", "flush", "flush"]

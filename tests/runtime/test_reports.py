@@ -101,3 +101,15 @@ def test_nothing_is_due_while_the_scheduler_is_lost_and_it_all_goes_after_a_welc
     reports.welcomed("token2")
     reports.flush()
     assert [m.task_id for m in received()] == ["t1"]
+
+
+def test_what_is_queued_can_be_taken_for_an_executors_last_words(wire):
+    reports, _, received = wire
+    reports.emit(p.Started("t1", 0, 1))
+    reports.emit(finished("t1"))  # its started dropped
+    reports.emit(finished("t2"))
+    taken = [p.decode(frame) for frame in reports.take_queued()]
+    assert [(type(m), m.task_id) for m in taken] == [(p.Finished, "t1"), (p.Finished, "t2")]
+    assert reports.holding() is None
+    reports.flush()
+    assert received() == []

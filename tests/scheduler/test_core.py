@@ -678,3 +678,23 @@ def test_per_pass_the_policy_hears_once_of_an_executor_whose_tasks_ended():
     h.handle(ev.PassEnded())
     assert policy.freed == ["e0", "e0"]
     assert [m.task_id for m in h.sent("e0", p.Launch)] == tasks[len(launched) + 1 :][:3]
+
+
+def test_an_end_without_its_start_after_a_suspension_before_it_ran_counts_as_both():
+    # A task suspended before it ever ran sends its first `started` when resumed, and that
+    # one can be folded too: its end then comes while the scheduler has it resuming.
+    h = Harness(executors=(("e0", "n0"),))
+    (batch,) = h.submit("b", "batch", 1)
+    h.sent("e0")
+    (stream,) = h.submit("s", "stream", 1)
+    assert [type(m) for m in h.sent("e0")] == [p.Suspend, p.Launch]
+    h.report("e0", p.Suspended(batch, 1_000, 0, h.clock.now))
+    h.start("e0", stream)
+    h.finish("e0", stream)
+    assert [type(m) for m in h.sent("e0")] == [p.Resume]
+    assert h.state(batch) is TaskState.RESUMING
+    stats = {"running_ns": 3 * MS, "finished_at_ns": 20 * MS, "suspensions": 1}
+    h.report("e0", p.Finished(batch, 0, payloads.pack_payload(1), stats))
+    (item,) = h.results[batch]
+    assert item[1] == "finished" and item[4]["started_at_ns"] == 17 * MS
+    assert item[4]["queued_ns"] is not None and ev.FoldedStart(batch) in h.notes

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 
@@ -195,25 +194,20 @@ def test_a_writer_that_fails_is_loud_on_the_loop(tmp_path, monkeypatch):
 
 
 def test_records_wait_for_a_group_commit_unless_a_stream_result_is_among_them(tmp_path):
+    clock = [10**12]
     journal = Journal(tmp_path / "j.sqlite")
-    writer = JournalWriter(journal)
-    now = time.monotonic_ns()
-    assert writer.due(now) is None  # nothing recorded
+    writer = JournalWriter(journal, clock=lambda: clock[0])
+    assert writer.due(clock[0]) is None  # nothing recorded
     journal.ended("c1-1", finished("c1-1/0", 1))
-    assert writer.due(now) <= now  # no commit for ages: at once
-    before = time.monotonic_ns()
+    assert writer.due(clock[0]) <= clock[0]  # no commit for ages: at once
     writer.commit()
+    committed_at = clock[0]
+    clock[0] += 300_000
     journal.ended("c1-1", finished("c1-1/1", 2))
-    due = writer.due(time.monotonic_ns())
-    assert (
-        before + journal_module.GROUP_COMMIT_NS
-        <= due
-        <= time.monotonic_ns() + (journal_module.GROUP_COMMIT_NS)
-    )
+    assert writer.due(clock[0]) == committed_at + journal_module.GROUP_COMMIT_NS
     journal.ended("c1-2", finished("c1-2/0", 3), stream=True)
-    later = time.monotonic_ns()
-    assert writer.due(later) == later  # a stream task's client does not wait
+    assert writer.due(clock[0]) == clock[0]  # a stream task's client does not wait
     writer.commit()
-    assert writer.due(time.monotonic_ns()) is None
+    assert writer.due(clock[0]) is None
     writer.close()
     assert set(Journal(tmp_path / "j.sqlite").state.outcomes) == {"c1-1/0", "c1-1/1", "c1-2/0"}

@@ -364,8 +364,23 @@ def test_an_attach_without_the_executors_token_reports_nothing(raw_peer):
 def test_a_client_that_said_hello_may_send_a_batch_and_each_item_is_handled(raw_peer):
     with LocalCluster(executors=1) as cluster:
         talker = raw_peer(cluster.address)
-        talker.send(p.encode(p.Batch([p.encode(p.Ping("early", 1))])))  # before hello: dropped
+        # Before hello a batch is dropped unread, and its sender asked to say hello (a client
+        # of a scheduler that ran here before).
+        talker.send(p.encode(p.Batch([p.encode(p.Ping("early", 1))])))
+        assert isinstance(recv(talker), p.Rejoin)
         talker.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "talker", 1, "h")))
         assert isinstance(recv(talker), p.ClientWelcome)
         talker.send(p.encode(p.Batch([p.encode(p.Ping(str(i), i)) for i in range(3)])))
         assert [recv(talker) for _ in range(3)] == [p.Pong(str(i), i) for i in range(3)]
+
+
+def test_a_bug_the_end_of_a_pass_exposes_is_logged_and_the_loop_goes_on():
+    server = SchedulerServer.__new__(SchedulerServer)  # only what _end_pass reads
+    failures = []
+    server._guard = type("G", (), {"handler_failed": lambda self, *a: failures.append(a)})()
+    server._event_log = None
+    server.core = type("C", (), {"handle": lambda self, event: 1 / 0})()
+    server._end_pass()
+    [(who, what, exc)] = failures
+    assert who == "the scheduler"
+    assert what == "the end of a pass" and isinstance(exc, ZeroDivisionError)
