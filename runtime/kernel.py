@@ -71,10 +71,12 @@ DEFAULT_SUSPEND_TIMEOUT_NS = 100_000_000
 # while frames wait unread, up to every 2 ms).
 LISTENER_WAIT_S = 0.0005
 # Reports may wait at the switch into a batch task (runtime/reports.py) only if its
-# function's tasks ran shorter than this on average: a task that holds the GIL (a long C
-# call) would keep the reports of the tasks before it until it ends, the listener being
-# unable to send them meanwhile.
-SHORT_TASK_NS = 500_000
+# function's tasks ran shorter than this on average (as long as the reports may wait): a
+# task that holds the GIL (a long C call) keeps the reports of the tasks before it until it
+# ends, the listener being unable to send them meanwhile. Running times are wall-clock, so
+# a loaded machine inflates them: at 0.5 ms, a flood of no-op tasks on 2 busy cores held
+# too rarely and ran ~25% slower.
+SHORT_TASK_NS = 2_000_000
 
 
 # Sentinels passed through greenlet switches. The hub only ever switches a task back with

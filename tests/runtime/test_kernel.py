@@ -1200,8 +1200,8 @@ def test_reports_may_wait_between_short_batch_tasks_never_before_a_long_or_strea
     assert calls[1] == ("flush", ["Started", "Finished"])
     calls.clear()
 
-    def slow(x):  # runs 1 ms by the kernel's clock: longer than SHORT_TASK_NS
-        clock.now += 1_000_000
+    def slow(x):  # runs 3 ms by the kernel's clock: longer than SHORT_TASK_NS
+        clock.now += 3_000_000
         return x
 
     for task_id in ("slow0", "slow1", "slow2"):
