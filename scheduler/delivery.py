@@ -1,5 +1,6 @@
-"""What the scheduler tells peers is safe: results to clients and acks to executors, sent
-only once the journal has the records behind them (scheduler/journal.py).
+"""What the scheduler holds back: results to clients and acks to executors, sent only once
+the journal has the records behind them (scheduler/journal.py), and batch launches, sent
+at the end of the pass (`HeldLaunches`).
 
 The server's loop collects a pass's results and acks here (`results`, `batch`, `ack`,
 `heartbeat`), hands the pass's journal records to the writer, then calls `flush`: what the
@@ -20,7 +21,7 @@ from typing import Any
 from tidal.runtime import protocol as p
 from tidal.scheduler.journal import JournalWriter
 
-__all__ = ["ACK_EVERY_NS", "RESULTS_PER_FRAME", "Delivery"]
+__all__ = ["ACK_EVERY_NS", "HELD_LAUNCHES_MAX", "RESULTS_PER_FRAME", "Delivery", "HeldLaunches"]
 
 # Results merged into one frame at most; with results of up to ~64 KiB each a frame stays
 # well below a client's 64 MiB limit.
@@ -31,6 +32,43 @@ RESULTS_PER_FRAME = 256
 # task hand over to the hub. An ack only lets the executor forget results it keeps for a
 # resend.
 ACK_EVERY_NS = 20_000_000
+# Batch launches held for one executor at most before they go out anyway.
+HELD_LAUNCHES_MAX = 256
+
+
+class HeldLaunches:
+    """Batch launches held per executor, to go out at the end of the pass as one frame.
+
+    Batch work can wait that long. Held launches are measured by their frames, so mostly
+    by their payloads' bytes (encoding one copies its payload, opaque to us, as it is)."""
+
+    def __init__(self) -> None:
+        self._frames: dict[str, list[bytes]] = {}
+        self._bytes: dict[str, int] = {}
+
+    def hold(self, executor_id: str, frame: bytes) -> bool:
+        """Hold an encoded launch; True when enough is held to send it now (`take`)."""
+        held = self._frames.setdefault(executor_id, [])
+        held.append(frame)
+        size = self._bytes[executor_id] = self._bytes.get(executor_id, 0) + len(frame)
+        return len(held) >= HELD_LAUNCHES_MAX or size >= p.BATCH_FLUSH_BYTES
+
+    def take(self, executor_id: str) -> bytes | None:
+        """What is held for `executor_id`, as one frame (a batch if several), no longer
+        held; None if nothing is."""
+        held = self._frames.pop(executor_id, None)
+        self._bytes.pop(executor_id, None)
+        if not held:
+            return None
+        return held[0] if len(held) == 1 else p.encode(p.Batch(held))
+
+    def drop(self, executor_id: str) -> None:
+        self._frames.pop(executor_id, None)
+        self._bytes.pop(executor_id, None)
+
+    def executors(self) -> list[str]:
+        """The executors something is held for."""
+        return list(self._frames)
 
 
 class Delivery:

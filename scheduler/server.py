@@ -65,7 +65,7 @@ from tidal.scheduler.core import (
     DEFAULT_MISSED_HEARTBEATS,
     SchedulerCore,
 )
-from tidal.scheduler.delivery import Delivery
+from tidal.scheduler.delivery import Delivery, HeldLaunches
 from tidal.scheduler.eventlog import EventLog
 from tidal.scheduler.events import (
     ClientJoined,
@@ -106,8 +106,6 @@ PASS_BUDGET_NS = 2_000_000
 READ_AT_ONCE = 16
 # A hello may list at most this many tasks held (each gets an answer: a kill, say).
 MAX_HOLDINGS = 10_000
-# Batch launches held for one executor at most before they go out anyway.
-HELD_LAUNCHES_MAX = 256
 # Connections told to rejoin, remembered so that each is told once per REJOIN_EVERY_NS (a
 # peer that queued many frames while we were away sends them all at once), at most this
 # many: a peer sending from ever new connections cannot grow the record.
@@ -207,8 +205,7 @@ class SchedulerServer:
         self._guard = PeerGuard(log, limit=bad_frame_limit, cooldown_s=bad_frame_cooldown_s)
         self.frames_in = 0  # frames received, bad ones and ignored ones included
         self.bytes_in = 0  # their bytes (big arguments travel apart: runtime/datastore.py)
-        self._held: dict[str, list[bytes]] = {}  # encoded batch launches, per executor
-        self._held_bytes: dict[str, int] = {}
+        self._held = HeldLaunches()  # batch launches, sent at the end of the pass
         self._commit_at: int | None = None  # when records held for a group commit go
         # The last submit decoded, with its frame (the journal keeps that, not a re-encoding).
         self._submit_frame: tuple[Any, Any] = _NO_SUBMIT
@@ -651,8 +648,7 @@ class SchedulerServer:
             # first and the new one refused as "already here"; the old one's result is then
             # stale, and the task stays launched for ever (`tidal bench chunking` lost a
             # future so, the executor's hello waiting out a long submit step).
-            self._held.pop(peer[1], None)
-            self._held_bytes.pop(peer[1], None)
+            self._held.drop(peer[1])
         self._bind(routing_id, peer)
         self._routes[peer] = routing_id
         if (
@@ -706,19 +702,9 @@ class SchedulerServer:
                 else:
                     self._send(("client", instruction.client_id), msg)
             elif isinstance(msg, p.Launch) and msg.priority == "batch":
-                # Batch work can wait for the end of the pass and travel in one frame. Held
-                # launches are measured by their frames, so mostly by their payloads' bytes
-                # (encoding one copies its payload, opaque to us, as it is).
-                executor_id = instruction.executor_id
-                frame = p.encode(msg)
-                held = self._held.setdefault(executor_id, [])
-                held.append(frame)
-                self._held_bytes[executor_id] = self._held_bytes.get(executor_id, 0) + len(frame)
-                if (
-                    len(held) >= HELD_LAUNCHES_MAX
-                    or self._held_bytes[executor_id] >= p.BATCH_FLUSH_BYTES
-                ):
-                    self._flush_executor(executor_id)
+                # Batch work waits for the end of the pass, to travel in one frame.
+                if self._held.hold(instruction.executor_id, p.encode(msg)):
+                    self._flush_executor(instruction.executor_id)  # enough held: now
             else:
                 # Anything else is urgent; what was held goes first, to keep the order.
                 self._flush_executor(instruction.executor_id)
@@ -740,7 +726,7 @@ class SchedulerServer:
             if writer is not None:
                 writer.commit()
             self._delivery.flush()
-        for executor_id in list(self._held):
+        for executor_id in self._held.executors():
             self._flush_executor(executor_id)
 
     def _end_pass(self) -> None:
@@ -755,15 +741,10 @@ class SchedulerServer:
         self._dispatch(instructions)
 
     def _flush_executor(self, executor_id: str) -> None:
-        held = self._held.pop(executor_id, None)
-        self._held_bytes.pop(executor_id, None)
-        if not held:
-            return
+        frame = self._held.take(executor_id)
         routing_id = self._routes.get(("executor", executor_id))
-        if routing_id is None:
-            return
-        frame = held[0] if len(held) == 1 else p.encode(p.Batch(held))
-        self._socket.send_multipart([routing_id, frame])
+        if frame is not None and routing_id is not None:
+            self._socket.send_multipart([routing_id, frame])
 
     def _send(self, peer: tuple[str, str], msg: p.Message) -> None:
         routing_id = self._routes.get(peer)

@@ -16,6 +16,7 @@ from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.guard import BAD_FRAME_LIMIT, STRANGER_LIMIT
 from tidal.scheduler import journal as journal_module
 from tidal.scheduler import server as server_module
+from tidal.scheduler.delivery import HELD_LAUNCHES_MAX, HeldLaunches
 from tidal.scheduler.journal import Journal
 from tidal.scheduler.server import SchedulerServer
 from tidal.workloads.synthetic import spin, total
@@ -384,3 +385,16 @@ def test_a_bug_the_end_of_a_pass_exposes_is_logged_and_the_loop_goes_on():
     [(who, what, exc)] = failures
     assert who == "the scheduler"
     assert what == "the end of a pass" and isinstance(exc, ZeroDivisionError)
+
+
+def test_batch_launches_are_held_per_executor_and_go_out_as_one_frame():
+    held = HeldLaunches()
+    one, two = p.encode(p.Ping("1", 1)), p.encode(p.Ping("2", 2))
+    assert not held.hold("e0", one) and not held.hold("e0", two) and not held.hold("e1", one)
+    assert held.executors() == ["e0", "e1"]
+    assert p.decode(held.take("e0")) == p.Batch([one, two]) and held.take("e0") is None
+    assert held.take("e1") == one  # alone: as it is
+    held.hold("e2", one)
+    held.drop("e2")
+    assert held.executors() == [] and held.take("e2") is None
+    assert any(held.hold("e3", one) for _ in range(HELD_LAUNCHES_MAX))  # enough: send now
