@@ -132,10 +132,15 @@ class DataStore:
         # Held locked while this store lives: a folder whose owner file no one holds is
         # stale (its process died), whatever its pid says (pids are reused, and containers
         # sharing /dev/shm do not share them).
-        self._owner = open(os.path.join(self.folder, _OWNER_FILE), "w")  # noqa: SIM115
+        # Discussion: locked under another name, then renamed: another process sweeping
+        # the root between this file's creation and its lock took the folder for a dead
+        # one's and deleted it (CI saw it: the executor's results then went unspooled).
+        making = os.path.join(self.folder, f".{_OWNER_FILE}.{secrets.token_hex(4)}")
+        self._owner = open(making, "w")  # noqa: SIM115
         fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._owner.write(str(os.getpid()))
         self._owner.flush()
+        os.rename(making, os.path.join(self.folder, _OWNER_FILE))
         sweep_stale(self.root, keep=self.folder)
         self._keys = itertools.count(1)
         self._server: _DataServer | None = None
@@ -169,8 +174,12 @@ class DataStore:
 
     def held(self) -> list[str]:
         """The paths of the payloads spooled here and not yet deleted."""
-        with os.scandir(self.folder) as entries:
-            return [e.path for e in entries if e.name != _OWNER_FILE and e.is_file()]
+        with os.scandir(self.folder) as entries:  # (keys never start with ".")
+            return [
+                e.path
+                for e in entries
+                if e.name[0] != "." and e.name != _OWNER_FILE and e.is_file()
+            ]
 
     def expire(self, max_age_s: float) -> int:
         """Delete the payloads spooled more than `max_age_s` ago; how many went."""

@@ -210,6 +210,30 @@ def test_a_dead_clients_spool_is_swept_by_the_next(tmp_path):
     assert not os.path.exists(store.folder) and not os.path.exists(living.folder)
 
 
+def test_a_spool_being_made_is_never_swept_by_another_process(tmp_path, monkeypatch):
+    # Another process (a client, an executor) sweeps the root when it makes its own spool;
+    # if it does so while this one is being made, this one must survive (the owner file
+    # is seen only once it is locked). CI lost a spool folder so: its executor's results
+    # then went through the scheduler, unspooled.
+    real_flock, swept = ds.fcntl.flock, []
+
+    def flock_after_a_sweep(file, flags):
+        if not swept:  # the other process's sweep runs just before this one locks
+            swept.append(True)
+            ds.sweep_stale(str(tmp_path), keep="elsewhere")
+        return real_flock(file, flags)
+
+    monkeypatch.setattr(ds.fcntl, "flock", flock_after_a_sweep)
+    store = DataStore("executor-1", root=str(tmp_path))
+    try:
+        assert swept and os.path.isdir(store.folder)
+        assert os.listdir(store.folder) == ["owner.pid"]
+        reference = store.put(b"x" * 10)
+        assert os.path.exists(reference.path)
+    finally:
+        store.close()
+
+
 def test_a_reference_payload_is_not_taken_for_msgpack_and_says_what_is_wrong():
     blob = payloads.pack_reference(Reference("h", "/p", 3, "tcp://x:1", "1"))
     assert payloads.is_reference(blob) and not payloads.is_reference(payloads.pack_call([1], {}))
