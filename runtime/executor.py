@@ -279,7 +279,7 @@ class Executor:
         each look cost it the GIL, taken from the task thread, ~0.3 ms of CPU in all, half
         of its time under a flood of tiny tasks."""
         reports = self._reports
-        reports.hold()
+        reports.send_due()
         if self._napping and reports.holding() is not None:
             self._napping = False
             try:
@@ -521,7 +521,7 @@ class Executor:
             if exit_asked:
                 return
 
-            self._reports.flush_stale()
+            self._reports.send_due()
 
             # -- 4. Watchdog: report suspensions the running task cannot honour; with a
             #       memory limit, fail the task that pays for going over it (or exit).

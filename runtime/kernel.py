@@ -116,7 +116,7 @@ class Kernel(SpanRunner):
         # that reports `emit` may have buffered go out then: one send per switch, not per report.
         self._flush = flush or (lambda: None)
         # Called instead at the switch into a batch task with more queued behind it: the
-        # reports of batch tasks may wait a moment there, to go out together (Reports.hold).
+        # reports of batch tasks may wait a moment there, to go out together (Reports.send_due).
         self._hold = hold or self._flush
         self._clock = clock
         self._gated_iterator = gated_iterator

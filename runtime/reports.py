@@ -4,16 +4,15 @@ connection of their own, results kept until the scheduler acks them.
 The kernel emits reports (started, finished, suspended, ...) as they happen and flushes at
 each task switch, when a chunk reports, and past BATCH_FLUSH_BYTES: whatever is queued goes
 out as one frame, a batch when several wait. Between batch tasks queued back to back the
-kernel `hold`s instead, before a task whose function ran short so far: the started and
-finished of batch tasks wait up to HOLD_NS, and a task that ends while its started still
+kernel calls `send_due` instead, before a task whose function ran short so far: the started
+and finished of batch tasks wait up to HOLD_NS, and a task that ends while its started still
 waits reports only its end (the scheduler takes a finished or failed of a task it thought
-queued as its start too). The listener sends what waited longer (`flush_stale`), so a long
-task that follows short ones does not keep them, unless it holds the GIL (a long C call):
-then they wait for its end, which is why the kernel holds only before short ones.
-The connection is the task thread's own DEALER, announced with `attach` carrying the last
-welcome's token; after each welcome a new one is opened (the old one's queue is dropped:
-what it held that matters was listed in the hello). While the scheduler is lost, reports
-stay queued.
+queued as its start too). The listener sends what waited longer (`send_due`), so a long task
+that follows short ones does not keep them, unless it holds the GIL (a long C call): then
+they wait for its end, which is why the kernel holds only before short ones. The connection
+is the task thread's own DEALER, announced with `attach` carrying the last welcome's token;
+after each welcome a new one is opened (the old one's queue is dropped: what it held that
+matters was listed in the hello). While the scheduler is lost, reports stay queued.
 
 Every result (finished, failed, a chunk's results) is also kept, as a `hello.holding` item,
 until the scheduler acks it (it does once the result is journaled), so that a hello after a
@@ -143,9 +142,10 @@ class Reports:
         with self._lock:
             self._send_queued()
 
-    def hold(self) -> None:
+    def send_due(self) -> None:
         """Send what is queued if any of it must go now or it waited HOLD_NS; else let it
-        wait for the next flush (the kernel, between batch tasks run back to back)."""
+        wait (the kernel, between short batch tasks run back to back; the listener, while
+        the task thread is busy in a long task)."""
         with self._lock:
             if self._urgent or self._clock() - self._held_since >= HOLD_NS:
                 self._send_queued()
@@ -154,12 +154,6 @@ class Reports:
         """When what is queued must go out at the latest (monotonic ns), None if nothing
         is queued (the listener, to time its next look)."""
         return self._held_since + HOLD_NS if self._outbox and self._linked else None
-
-    def flush_stale(self) -> None:
-        """Send what waited HOLD_NS or longer (the listener: the task thread may be busy
-        in a long task that started right after short ones)."""
-        if self._outbox and self._clock() - self._held_since >= HOLD_NS:
-            self.flush()
 
     def take_queued(self) -> list[bytes]:
         """What is queued, in order, no longer queued (the listener, for an executor's last

@@ -484,8 +484,7 @@ class SchedulerCore:
         task = self.records.task_on(executor, msg.task_id, msg.attempt)
         if task is None:
             return
-        if task.state in (TaskState.LAUNCHED, TaskState.RESUMING):
-            self._started_by_end(executor, task, msg.stats)
+        self._started_by_end(executor, task, msg.stats)
         if task.subtasks is None and task.priority == "batch":
             self.records.measured(msg.stats)
         self.records.end_on(executor, task, msg.stats, "finished", msg.result, None)
@@ -494,16 +493,18 @@ class SchedulerCore:
     def _on_failed(self, executor: ExecutorRecord, msg: p.Failed) -> None:
         task = self.records.task_on(executor, msg.task_id, msg.attempt)
         if task is not None:
-            if task.state in (TaskState.LAUNCHED, TaskState.RESUMING):
-                self._started_by_end(executor, task, msg.stats)
+            self._started_by_end(executor, task, msg.stats)
             error = [msg.error_type, msg.message, msg.traceback]
             self.records.end_on(executor, task, msg.stats, "failed", None, error)
             self._slot_freed(executor)
 
     def _started_by_end(self, executor: ExecutorRecord, task: Task, stats: dict[str, Any]) -> None:
         """A task that ended before its `started` went out reports only its end
-        (runtime/reports.py): it started `running_ns` before it finished. (RESUMING too: a
-        task suspended before it ever ran sends its first `started` when resumed.)"""
+        (runtime/reports.py): if the books still have it launched (or resuming: a task
+        suspended before it ever ran sends its first `started` when resumed), it started
+        `running_ns` before it finished."""
+        if task.state not in (TaskState.LAUNCHED, TaskState.RESUMING):
+            return
         at_ns = max(0, stat_count(stats, "finished_at_ns", 0) - stat_count(stats, "running_ns", 0))
         self.records.started(executor, task, at_ns)
         self.records.note(ev.FoldedStart(task.task_id))

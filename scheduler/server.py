@@ -718,8 +718,9 @@ class SchedulerServer:
         GROUP_COMMIT_NS ago and no stream task's result is among them (`_commit_at`)."""
         self._end_pass()
         writer = self._writer
-        due = None if writer is None else writer.due(time.monotonic_ns())
-        if due is not None and due > time.monotonic_ns():
+        now = time.monotonic_ns()
+        due = None if writer is None else writer.due(now)
+        if due is not None and due > now:
             self._commit_at = due  # what waits on the records waits with them
         else:
             self._commit_at = None

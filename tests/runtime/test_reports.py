@@ -56,15 +56,15 @@ def finished(task_id: str) -> p.Finished:
 def test_batch_reports_wait_for_the_hold_and_an_end_replaces_its_start(wire):
     reports, clock, received = wire
     reports.emit(p.Started("t1", 0, 1))
-    reports.hold()
+    reports.send_due()
     assert received() == [] and reports.holding() == clock.now + HOLD_NS
     reports.emit(finished("t1"))  # t1 ended before its started went out
     reports.emit(p.Started("t2", 0, 2))
     clock.now += HOLD_NS - 1
-    reports.hold()
+    reports.send_due()
     assert received() == []
     clock.now += 1
-    reports.hold()
+    reports.send_due()
     assert [(type(m), m.task_id) for m in received()] == [(p.Finished, "t1"), (p.Started, "t2")]
     assert reports.holding() is None
     # The finished result is still kept for a hello until acked.
@@ -75,7 +75,7 @@ def test_a_report_that_answers_a_command_goes_at_once_with_what_waited(wire):
     reports, _, received = wire
     reports.emit(p.Started("t1", 0, 1))
     reports.emit(p.Suspended("t1", 5_000, 3, 1_000))
-    reports.hold()
+    reports.send_due()
     assert [type(m) for m in received()] == [p.Started, p.Suspended]
 
 
@@ -83,11 +83,11 @@ def test_the_listener_sends_what_waited_too_long_while_the_task_thread_is_busy(w
     reports, clock, received = wire
     reports.emit(finished("t1"))
     reports.emit(p.Started("t2", 0, 2))  # a long task starts: the task thread holds on
-    reports.hold()
-    reports.flush_stale()
+    reports.send_due()
+    reports.send_due()
     assert received() == []
     clock.now += HOLD_NS
-    reports.flush_stale()
+    reports.send_due()
     assert [type(m) for m in received()] == [p.Finished, p.Started]
 
 
@@ -97,7 +97,7 @@ def test_nothing_is_due_while_the_scheduler_is_lost_and_it_all_goes_after_a_welc
     reports.emit(finished("t1"))
     clock.now += 2 * HOLD_NS
     assert reports.holding() is None  # the listener must not spin on it
-    reports.flush_stale()
+    reports.send_due()
     reports.welcomed("token2")
     reports.flush()
     assert [m.task_id for m in received()] == ["t1"]

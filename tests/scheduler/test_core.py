@@ -413,8 +413,9 @@ def test_unknown_policy_names_the_known_ones():
         SchedulerCore("nope")
 
 
-def test_a_task_suspended_before_it_ran_is_running_once_it_starts():
-    h = Harness(executors=[("e0", "n0")])
+def suspended_before_it_ran_then_resumed(h: Harness) -> str:
+    """A batch task launched on e0, suspended there before it started (a stream task took
+    its slot, and ended), and sent a resume: its id."""
     (batch,) = h.submit("b", "batch", 1)
     h.sent("e0")  # launched, not started yet
     (stream,) = h.submit("s", "stream", 1)
@@ -423,6 +424,12 @@ def test_a_task_suspended_before_it_ran_is_running_once_it_starts():
     h.start("e0", stream)
     h.finish("e0", stream)
     assert [type(m) for m in h.sent("e0")] == [p.Resume]
+    return batch
+
+
+def test_a_task_suspended_before_it_ran_is_running_once_it_starts():
+    h = Harness(executors=[("e0", "n0")])
+    batch = suspended_before_it_ran_then_resumed(h)
     h.start("e0", batch)  # the kernel reports a first start, not a resumption
     assert h.state(batch) is TaskState.RUNNING
     h.finish("e0", batch)
@@ -684,14 +691,7 @@ def test_an_end_without_its_start_after_a_suspension_before_it_ran_counts_as_bot
     # A task suspended before it ever ran sends its first `started` when resumed, and that
     # one can be folded too: its end then comes while the scheduler has it resuming.
     h = Harness(executors=(("e0", "n0"),))
-    (batch,) = h.submit("b", "batch", 1)
-    h.sent("e0")
-    (stream,) = h.submit("s", "stream", 1)
-    assert [type(m) for m in h.sent("e0")] == [p.Suspend, p.Launch]
-    h.report("e0", p.Suspended(batch, 1_000, 0, h.clock.now))
-    h.start("e0", stream)
-    h.finish("e0", stream)
-    assert [type(m) for m in h.sent("e0")] == [p.Resume]
+    batch = suspended_before_it_ran_then_resumed(h)
     assert h.state(batch) is TaskState.RESUMING
     stats = {"running_ns": 3 * MS, "finished_at_ns": 20 * MS, "suspensions": 1}
     h.report("e0", p.Finished(batch, 0, payloads.pack_payload(1), stats))
