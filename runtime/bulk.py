@@ -124,11 +124,18 @@ class BulkJobs:
         self._lock = threading.Lock()
         self._jobs: dict[str, tuple[BulkJob, bytes]] = {}
 
-    def new_job(self, job_id: str, size: int, submitted_ns: int) -> BulkJob:
+    def new_job(
+        self, job_id: str, size: int, submitted_ns: int, function: str | None = None
+    ) -> BulkJob:
         """A BulkJob whose futures cancel through the client, and which leaves the book when
-        it is done; not in the book until `add`."""
+        it is done; not in the book until `add`. `function` names the map's function."""
         return BulkJob(
-            job_id, size, submitted_ns, cancel_remote=self._cancel_remote, on_done=self._done
+            job_id,
+            size,
+            submitted_ns,
+            cancel_remote=self._cancel_remote,
+            on_done=self._done,
+            function=function,
         )
 
     def add(self, job: BulkJob, frame: bytes) -> None:
@@ -140,6 +147,12 @@ class BulkJobs:
         """True while some job has tasks not done."""
         with self._lock:
             return bool(self._jobs)
+
+    def pending(self) -> int:
+        """How many tasks of the live jobs are not done."""
+        with self._lock:
+            jobs = [job for job, _ in self._jobs.values()]
+        return sum(job.size - job.counts()[0] for job in jobs)
 
     # ---- the IO thread's side ----------------------------------------------------------------
 

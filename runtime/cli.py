@@ -6,53 +6,111 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from tidal import __version__
+from tidal.runtime.config import (
+    KEYS,
+    LOG_LEVEL,
+    LOG_LEVELS,
+    SCHEDULER_ADDRESS,
+    VARIABLES,
+    ConfigError,
+    FromEnvironment,
+    settle_defaults,
+)
 from tidal.runtime.logs import CutLongLines
 
 PEER_KEYS_HELP = "connect with DIR/peer.key_secret to a scheduler keyed DIR/scheduler.key"
+PYTHONPATH_HELP = (
+    "also import user code (task functions, a policy's path) from DIR, after the working "
+    "directory, which comes first as with `python -m`; repeatable, or DIRs separated by "
+    f"{os.pathsep!r}"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    try:
+        settle_defaults(args)
+    except ConfigError as exc:  # it names the variable
+        print(f"tidal: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(CutLongLines())
+    if "TIDAL_PARENT_PID" in os.environ:  # a LocalCluster's child: gone with the program
+        from tidal.runtime.processes import exit_with_parent
+
+        exit_with_parent()
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
     return args.run(args)
 
 
+def _use_pythonpath(args: argparse.Namespace, command: str) -> bool:
+    """Put the working directory and --pythonpath's folders on sys.path; False (said on
+    stderr) if a folder is not there."""
+    from tidal.runtime.functions import use_import_path
+
+    try:
+        use_import_path(args.pythonpath)
+    except ValueError as exc:
+        print(f"tidal {command}: --pythonpath: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def _add_keys_option(parser: argparse.ArgumentParser, who: str) -> None:
     parser.add_argument(
         "--keys",
         metavar="DIR",
-        default=None,
-        help=f"CURVE key directory (`tidal keys generate DIR`): {who}",
+        default=FromEnvironment(KEYS, None),
+        help=f"CURVE key directory (`tidal keys generate DIR`): {who} (default: $TIDAL_KEYS)",
     )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tidal", description="Tidal: suspendable tasks for unified stream/batch applications."
+        prog="tidal",
+        description="Tidal: suspendable tasks for unified stream/batch applications.",
+        epilog="environment (a flag given wins): "
+        + "; ".join(f"{v.name}: the default of {v.default_of}" for v in VARIABLES),
     )
     parser.add_argument("--version", action="version", version=f"tidal {__version__}")
     parser.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        default=FromEnvironment(LOG_LEVEL, "warning"),
+        choices=LOG_LEVELS,
+        help="(default: $TIDAL_LOG_LEVEL, else warning)",
     )
     commands = parser.add_subparsers(title="commands")
 
     executor = commands.add_parser("executor", help="run an executor process")
     executor.add_argument(
-        "--scheduler", required=True, help="scheduler address, e.g. tcp://127.0.0.1:5555"
+        "--scheduler",
+        default=None,
+        help="scheduler address, e.g. tcp://127.0.0.1:5555 (default: $TIDAL_SCHEDULER_ADDRESS)",
+    )
+    executor.add_argument(
+        "--nworkers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N executor processes (slots), each with an id of its own (--id ID: ID-0, "
+        "ID-1, ...), and start again one that dies unexpectedly; SIGTERM and SIGINT stop "
+        "them all (default 1: this process is the executor)",
+    )
+    executor.add_argument(
+        "--pythonpath", action="append", default=[], metavar="DIR", help=PYTHONPATH_HELP
     )
     executor.add_argument("--node", default="local", help="node label for locality policies")
     executor.add_argument("--id", dest="executor_id", default=None, help="executor id")
@@ -98,6 +156,12 @@ def _parser() -> argparse.ArgumentParser:
         "included) over SIZE, e.g. 512MiB or 2GB; exit (code 3) if that is not enough",
     )
     _add_keys_option(executor, PEER_KEYS_HELP)
+    executor.add_argument(
+        "--quiet-exit",
+        action="store_true",
+        help=argparse.SUPPRESS,  # a clean exit said at info level: LocalCluster's executors
+    )
+    # (A new executor option is also one of each --nworkers slot's: see `_slot_args`.)
     executor.set_defaults(run=_run_executor)
 
     scheduler = commands.add_parser("scheduler", help="run the central scheduler")
@@ -110,6 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     scheduler.add_argument(
         "--policy", default="lb", help="policy name or 'module:Class' path (default lb)"
+    )
+    scheduler.add_argument(
+        "--pythonpath", action="append", default=[], metavar="DIR", help=PYTHONPATH_HELP
     )
     scheduler.add_argument(
         "--max-suspensions",
@@ -178,6 +245,15 @@ def _parser() -> argparse.ArgumentParser:
         help="write every scheduling decision and report to PATH, one JSON object a line "
         "(draw it with `tidal timeline PATH`)",
     )
+    scheduler.add_argument(
+        "--dashboard",
+        metavar="HOST:PORT",
+        nargs="?",
+        const=True,  # no address given: the default one, or a free port if it is taken
+        default=None,
+        help="serve the live dashboard, /metrics (Prometheus) and /api/status there; "
+        "without a value on 127.0.0.1:8787, or a free port if that is taken (default: off)",
+    )
     _add_keys_option(
         scheduler, "use DIR/scheduler.key_secret and let in only the keys in DIR/authorized"
     )
@@ -190,6 +266,15 @@ def _parser() -> argparse.ArgumentParser:
         help="scheduler address (default tcp://127.0.0.1:5555)",
     )
     status.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
+    status.add_argument(
+        "--watch", action="store_true", help="redraw it live until Ctrl-C (see --interval)"
+    )
+    status.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between redraws (default 1)"
+    )
+    status.add_argument(
+        "--tasks", action="store_true", help="also list each executor's tasks by id"
+    )
     _add_keys_option(status, PEER_KEYS_HELP)
     status.set_defaults(run=_run_status)
 
@@ -240,13 +325,22 @@ def _parser() -> argparse.ArgumentParser:
     keys_generate.set_defaults(run=_run_keys_generate)
 
     timeline = commands.add_parser(
-        "timeline", help="draw a scheduler's event log as a timeline per executor (PNG)"
+        "timeline",
+        help="draw a scheduler's event log as a timeline per executor (a PNG, or a Chrome "
+        "trace for Perfetto)",
     )
     timeline.add_argument("log", help="an event log (`tidal scheduler --event-log PATH`)")
     timeline.add_argument(
         "--out", default=None, help="the PNG to write (default: the log's path with .png)"
     )
     timeline.add_argument("--title", default=None, help="the plot's title")
+    timeline.add_argument(
+        "--chrome-trace",
+        default=None,
+        metavar="OUT.json",
+        help="write the log as a Chrome trace for Perfetto or chrome://tracing instead of "
+        "the PNG (with --out too: both)",
+    )
     timeline.set_defaults(run=_run_timeline)
 
     from tidal.runtime.bench import BENCHMARKS
@@ -278,7 +372,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a short run (well under a minute)")
     demo.add_argument("--out", default="tidal-report", help="report folder (default tidal-report)")
     demo.add_argument("--seed", type=int, default=0, help="seed of every generated input")
+    demo.add_argument(
+        "--dashboard",
+        metavar="HOST:PORT",
+        nargs="?",
+        const=True,
+        default=False,
+        help="watch it live: each policy's cluster serves the dashboard there (without a "
+        "value on 127.0.0.1:8787, or a free port if that is taken)",
+    )
     demo.set_defaults(run=_run_demo)
+
+    # --scheduler's default comes from the environment (runtime/config.py), read once parsed.
+    for command in (executor, status, policy_set):
+        fallback = command.get_default("scheduler")
+        command.set_defaults(scheduler=FromEnvironment(SCHEDULER_ADDRESS, fallback))
     return parser
 
 
@@ -288,20 +396,36 @@ def _run_executor(args: argparse.Namespace) -> int:
     from tidal.runtime.executor import Executor
     from tidal.runtime.memory import parse_size
 
+    if args.scheduler is None:
+        print(
+            "tidal executor: no scheduler: give --scheduler ADDRESS or set "
+            f"{SCHEDULER_ADDRESS.name}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.nworkers < 1:
+        print(f"tidal executor: --nworkers must be >= 1, not {args.nworkers}", file=sys.stderr)
+        return 2
+    if not _use_pythonpath(args, "executor"):
+        return 2
     try:
         memory_limit = None if args.memory_limit is None else parse_size(args.memory_limit)
-        executor = Executor(
-            args.scheduler,
-            node=args.node,
-            executor_id=args.executor_id,
-            switch_interval_s=args.switch_interval_us / 1e6,
-            suspend_timeout_ns=int(args.suspend_timeout_ms * 1e6),
-            connect_timeout_s=args.connect_timeout,
-            reconnect_timeout_s=args.reconnect_timeout,
-            realtime=args.realtime,
-            memory_limit=memory_limit,
-            keys=args.keys,
-        )
+        if args.nworkers > 1:
+            executor = _executor_slots(args)
+        else:
+            executor = Executor(
+                args.scheduler,
+                node=args.node,
+                executor_id=args.executor_id,
+                switch_interval_s=args.switch_interval_us / 1e6,
+                suspend_timeout_ns=int(args.suspend_timeout_ms * 1e6),
+                connect_timeout_s=args.connect_timeout,
+                reconnect_timeout_s=args.reconnect_timeout,
+                realtime=args.realtime,
+                memory_limit=memory_limit,
+                keys=args.keys,
+                clean_exit_level=logging.INFO if args.quiet_exit else logging.WARNING,
+            )
     except (KeyFileError, DataAddressError) as exc:  # each names the file or the variable
         print(f"tidal executor: {exc}", file=sys.stderr)
         return 2
@@ -311,10 +435,60 @@ def _run_executor(args: argparse.Namespace) -> int:
     return executor.run()
 
 
+def _executor_slots(args: argparse.Namespace) -> Any:
+    """`tidal executor --nworkers N`: N executors in processes of their own, to supervise
+    here (runtime/processes.py, `ExecutorSlots`). Raises what would fail each of them."""
+    from tidal.runtime.auth import load_peer_keys
+    from tidal.runtime.datastore import advertised_address
+    from tidal.runtime.processes import ExecutorSlots, spawn_executor
+
+    if args.keys is not None:
+        load_peer_keys(args.keys)
+    advertised_address()
+
+    def start(slot: int, restart: int) -> subprocess.Popen[bytes]:
+        return spawn_executor(
+            args.scheduler,
+            node=args.node,
+            extra_args=_slot_args(args, slot, restart),
+            log_level=args.log_level,
+            die_with_parent=True,  # a supervisor killed -9 leaves no executor behind
+        )
+
+    return ExecutorSlots(args.nworkers, start)
+
+
+def _slot_args(args: argparse.Namespace, slot: int, restart: int) -> list[str]:
+    """The options of slot `slot` of `tidal executor --nworkers N`, started for the
+    `restart`-th time (0: the first): this command's, with an id of its own if it has one
+    (`ID-2`, then `ID-2-r1`, ...: never the id of a slot that died, which the scheduler may
+    not have seen go yet). The scheduler, node and log level are passed apart."""
+    out = [
+        *("--switch-interval-us", str(args.switch_interval_us)),
+        *("--suspend-timeout-ms", str(args.suspend_timeout_ms)),
+        *("--connect-timeout", str(args.connect_timeout)),
+        *("--reconnect-timeout", str(args.reconnect_timeout)),
+    ]
+    if args.executor_id is not None:
+        out += ["--id", f"{args.executor_id}-{slot}" + (f"-r{restart}" if restart else "")]
+    if not args.realtime:
+        out.append("--no-realtime")
+    if args.quiet_exit:
+        out.append("--quiet-exit")
+    if args.memory_limit is not None:
+        out += ["--memory-limit", args.memory_limit]
+    if args.keys is not None:
+        out += ["--keys", os.path.abspath(args.keys)]
+    for entry in args.pythonpath:
+        out += ["--pythonpath", entry]
+    return out
+
+
 def _run_scheduler(args: argparse.Namespace) -> int:
     from tidal.scheduler.policies import UnknownPolicy, resolve_policy
-    from tidal.scheduler.server import serve
 
+    if not _use_pythonpath(args, "scheduler"):  # before a 'module:Class' policy is imported
+        return 2
     try:
         resolve_policy(args.policy)
     except UnknownPolicy as exc:
@@ -341,7 +515,9 @@ def _run_scheduler(args: argparse.Namespace) -> int:
     if args.max_retries < 0:
         print("tidal scheduler: --max-retries must be >= 0", file=sys.stderr)
         return 2
+    from tidal.scheduler.dashboard import DEFAULT_DASHBOARD, DashboardUnavailable
     from tidal.scheduler.journal import JournalError, default_journal_path
+    from tidal.scheduler.service import serve
 
     journal = None if args.no_journal else (args.journal or default_journal_path(args.bind))
     try:
@@ -360,72 +536,49 @@ def _run_scheduler(args: argparse.Namespace) -> int:
             journal=journal,
             journal_sync=args.journal_sync,
             keys=args.keys,
+            dashboard=DEFAULT_DASHBOARD if args.dashboard is True else args.dashboard,
+            dashboard_fall_back=args.dashboard is True,
         )
-    except JournalError as exc:
+    except (JournalError, DashboardUnavailable) as exc:
         print(f"tidal scheduler: {exc}", file=sys.stderr)
+        if args.announce:  # where LocalCluster reads, so that its error says why
+            print(f"tidal scheduler: {exc}", flush=True)
         return 2
 
 
 def _run_status(args: argparse.Namespace) -> int:
+    import time
+
     from rich.console import Console
-    from rich.table import Table
+    from rich.live import Live
 
     from tidal.runtime.client import Client
+    from tidal.runtime.status_view import render
 
+    if args.interval <= 0:
+        print("tidal status: --interval must be > 0", file=sys.stderr)
+        return 2
     try:
         with Client(args.scheduler, timeout=5.0, keys=args.keys) as client:
             snapshot = client.status()
-    except (ConnectionError, ValueError) as exc:  # ValueError: a bad key directory
+            if args.json:
+                print(json.dumps(snapshot, indent=2))
+                return 0
+            console = Console()
+            if not args.watch:
+                console.print(render(snapshot, tasks=args.tasks))
+                return 0
+            with Live(render(snapshot, tasks=args.tasks), console=console) as live:
+                try:
+                    while True:
+                        time.sleep(args.interval)  # the redraw's pace, nothing waits on it
+                        live.update(render(client.status(), tasks=args.tasks))
+                except KeyboardInterrupt:
+                    pass
+            return 0
+    except (ConnectionError, ValueError, TimeoutError) as exc:  # ValueError: bad keys
         print(f"tidal status: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(snapshot, indent=2))
-        return 0
-    console = Console()
-    console.print(
-        f"policy [bold]{snapshot['policy']}[/], max_suspensions "
-        f"{snapshot['max_suspensions']}, pending {snapshot['pending']}"
-    )
-    executors = Table(title="executors")
-    for column in (
-        "executor",
-        "node",
-        "state",
-        "running",
-        "queued",
-        "suspended",
-        "rss MiB",
-        "host mem used",
-    ):
-        executors.add_column(column)
-    for e in snapshot["executors"]:
-        rss = f"{e['rss_bytes'] / 2**20:.0f}" if e["rss_bytes"] else "-"
-        mem = f"{e['mem_percent']:.0f}%" if e["mem_percent"] is not None else "-"
-        executors.add_row(
-            e["executor_id"],
-            e["node"],
-            e["state"],
-            e["running"] or "-",
-            str(e["queued"]),
-            ", ".join(e["suspended"]) or "-",
-            rss,
-            mem,
-        )
-    console.print(executors)
-    jobs = Table(title="jobs")
-    for column in ("job", "priority", "done", "failed", "cancelled", "total"):
-        jobs.add_column(column)
-    for j in snapshot["jobs"]:
-        jobs.add_row(
-            j["job_id"],
-            f"{j['priority']} {j['order']}",
-            str(j["finished"]),
-            str(j["failed"]),
-            str(j["cancelled"]),
-            str(j["total"]),
-        )
-    console.print(jobs)
-    return 0
 
 
 def _run_policy_set(args: argparse.Namespace) -> int:
@@ -474,18 +627,27 @@ def _run_timeline(args: argparse.Namespace) -> int:
     import os
 
     from tidal.runtime.timeline import plot_timeline
+    from tidal.runtime.trace import write_chrome_trace
     from tidal.scheduler.eventlog import read_events
 
-    out = args.out or os.path.splitext(args.log)[0] + ".png"
-    if os.path.abspath(out) == os.path.abspath(args.log):  # never draw over the log itself
-        out = args.log + ".png"
+    trace = args.chrome_trace
+    if trace is not None and os.path.abspath(trace) == os.path.abspath(args.log):
+        print("tidal timeline: --chrome-trace names the log itself", file=sys.stderr)
+        return 1
+    out = args.out or (None if trace else os.path.splitext(args.log)[0] + ".png")
+    if out is not None and os.path.abspath(out) == os.path.abspath(args.log):
+        out = args.log + ".png"  # never draw over the log itself
     try:
         events = read_events(args.log)
-        plot_timeline(events, out, title=args.title)
+        if trace is not None:
+            count = write_chrome_trace(events, trace)
+            print(f"wrote {trace} ({count} trace events from {len(events)} log events)")
+        if out is not None:
+            plot_timeline(events, out, title=args.title)
+            print(f"wrote {out} ({len(events)} events)")
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"tidal timeline: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {out} ({len(events)} events)")
     return 0
 
 
@@ -537,6 +699,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         "executors": args.executors,
         "out": Path(args.out),
         "seed": args.seed,
+        "dashboard": args.dashboard,
     }
     if args.duration is not None:
         options["duration_s"] = args.duration

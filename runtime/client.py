@@ -48,7 +48,7 @@ from typing import Any
 
 import zmq
 
-from tidal.runtime import payloads
+from tidal.runtime import config, payloads, reprs
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import AuthenticationFailed, load_peer_keys
 from tidal.runtime.bulk import BulkJobs, pack_calls
@@ -116,9 +116,10 @@ class Client:
     """A connection to a Tidal scheduler: submit tasks, get futures.
 
     `address` is a ZeroMQ address (`"tcp://host:port"`) or anything with an `.address`
-    attribute, such as a LocalCluster. The constructor performs the handshake and raises
-    ConnectionError if the scheduler refuses this client or none answers within `timeout`
-    seconds. Use it as a context manager, or call `close()`.
+    attribute, such as a LocalCluster; without one, TIDAL_SCHEDULER_ADDRESS (and TIDAL_KEYS
+    for `keys`), as the command line reads them (runtime/config.py). The constructor performs
+    the handshake and raises ConnectionError if the scheduler refuses this client or none
+    answers within `timeout` seconds. Use it as a context manager, or call `close()`.
 
     `keys` is a key directory (`tidal keys generate DIR`; the client uses its `peer.key_secret`
     and `scheduler.key`) for a scheduler that requires CURVE keys; by default, a cluster's
@@ -128,12 +129,20 @@ class Client:
 
     def __init__(
         self,
-        address: Any,
+        address: Any = None,
         *,
         timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT_S,
         keys: str | os.PathLike[str] | None = None,
     ) -> None:
+        if address is None:
+            address = config.SCHEDULER_ADDRESS.read()
+            if address is None:
+                raise TypeError(
+                    "Client needs a scheduler address (or a LocalCluster), or "
+                    f"{config.SCHEDULER_ADDRESS.name} set"
+                )
+            keys = config.KEYS.read() if keys is None else keys
         if keys is None:
             keys = getattr(address, "keys", None)
         address = getattr(address, "address", address)
@@ -236,7 +245,8 @@ class Client:
           by the `lma` policy; others ignore it).
 
         Everything is checked here, before anything is sent: `fn` must be importable by
-        executors (else FunctionNotFound), and every argument msgpack-encodable (else a
+        executors (else FunctionNotImportable, a TypeError saying why: a lambda, a function
+        typed into an interactive session), and every argument msgpack-encodable (else a
         TypeError naming it: "argument 1" is the first positional argument).
         """
         parts = [(f"argument {i}", arg) for i, arg in enumerate(args, 1)]
@@ -357,9 +367,10 @@ class Client:
                 raise unencodable(ref.ref, parts, exc) from None
             check_frame_size(ref.ref, frame)
             if bulk is None:
-                futures = [TaskFuture(t[0], job_id, sent_ns, self._cancel_remote) for t in tasks]
+                cancel, fn_ref = self._cancel_remote, ref.ref
+                futures = [TaskFuture(t[0], job_id, sent_ns, cancel, fn_ref) for t in tasks]
             else:
-                job = self._bulk.new_job(job_id, len(bulk), sent_ns)
+                job = self._bulk.new_job(job_id, len(bulk), sent_ns, ref.ref)
                 futures = MapFutures(job)
             with self._lock:
                 # Registered before the frame leaves, so no result can arrive ahead of its
@@ -586,8 +597,24 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._pending)} pending"
-        return f"<Client {self.client_id} -> {self.address} ({state})>"
+        state, pending = self._state()
+        words = [f"{state},", f"policy {self.policy},", f"{pending} pending"]
+        return reprs.text_repr("Client", f"{self.client_id} -> {self.address}:", words)
+
+    def _repr_html_(self) -> str:
+        state, pending = self._state()  # the policy: as of the connect, or our set_policy()
+        rows = [("scheduler", self.address), ("state", reprs.State(state)), ("why", self._broken)]
+        rows += [("policy", self.policy), ("pending tasks", pending)]
+        return reprs.html_table("Client", self.client_id, rows)
+
+    def _state(self) -> tuple[str, int]:
+        """For the reprs: the connection's state, and how many tasks are pending."""
+        with self._lock:
+            pending = len(self._pending)
+        if self._closed or self._broken is not None:
+            return "closed" if self._closed else "lost", pending
+        state = "connected" if self._io.connected else "reconnecting"
+        return state, pending + self._bulk.pending()
 
     def _fail_pending(self, describe: Callable[[str], str]) -> None:
         """Fail every pending future and status request with ConnectionError(describe(what))."""

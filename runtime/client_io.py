@@ -278,6 +278,11 @@ class ClientConnection:
         self._thread.start()
         return self._callers
 
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up (False while it reconnects, and once it is gone)."""
+        return self._link.connected
+
     def on_io_thread(self) -> bool:
         """True when called on the IO thread (where done callbacks run)."""
         return threading.current_thread() is self._thread

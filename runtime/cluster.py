@@ -16,7 +16,6 @@ doing, which is exactly the kind of wait Tidal exists to remove.
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import selectors
 import shutil
@@ -26,19 +25,22 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from tidal.runtime import reprs
 from tidal.runtime.auth import generate_keys, load_peer_keys
 from tidal.runtime.memory import parse_size
-from tidal.runtime.processes import child_env, spawn_executor, stop_process, tidal_command
-from tidal.scheduler.policies import resolve_policy
-from tidal.scheduler.server import ANNOUNCEMENT
+from tidal.runtime.processes import (
+    SUPERVISE_INTERVAL_S,
+    Restarts,
+    child_env,
+    spawn_executor,
+    stop_process,
+    tidal_command,
+)
+from tidal.scheduler.dashboard import check_dashboard
+from tidal.scheduler.policies import Policy, resolve_policy
+from tidal.scheduler.service import ANNOUNCEMENT, DASHBOARD_ANNOUNCEMENT
 
 __all__ = ["ClusterStartError", "LocalCluster"]
-
-log = logging.getLogger("tidal.cluster")
-
-# How often the supervisor looks for executors that died: a restart comes this long after
-# the death at most (the scheduler notices the loss itself, from missed heartbeats).
-SUPERVISE_INTERVAL_S = 0.1
 
 
 class ClusterStartError(RuntimeError):
@@ -84,6 +86,7 @@ class LocalCluster:
         max_retries: int = 3,
         journal: str | os.PathLike[str] | bool | None = None,
         keys: str | os.PathLike[str] | bool | None = None,
+        dashboard: bool | str = False,
     ) -> None:
         if executors < 1:
             raise ValueError(f"a cluster needs at least one executor, not {executors}")
@@ -91,6 +94,12 @@ class LocalCluster:
             raise ValueError(f"{len(nodes)} node labels for {executors} executors")
         self.policy = _policy_spec(policy)
         resolve_policy(self.policy)  # an unknown name fails here, listing the known ones
+        # The dashboard: True, on 127.0.0.1:8787 or a free port; "HOST:PORT", there. A
+        # restarted scheduler serves it where the first one did (`_start_scheduler`).
+        self.dashboard_link: str | None = None
+        self._dashboard = None if not dashboard else "" if dashboard is True else str(dashboard)
+        if self._dashboard is not None:
+            check_dashboard(self._dashboard)  # its extra missing, a bad address: fails here
         self.memory_limit = None if memory_limit is None else parse_size(memory_limit)
         if executor_restarts < 0:
             raise ValueError(f"executor_restarts must be >= 0, not {executor_restarts}")
@@ -98,7 +107,9 @@ class LocalCluster:
         self.restarts = 0
         self._processes: list[subprocess.Popen[bytes]] = []
         self._executor_args: list[tuple[str, list[str]]] = []  # (node, arguments) per executor
-        self._restarts_of: list[int] = []
+        # At once, as often as allowed: a local executor that died was killed or over its
+        # memory limit, and one that cannot start fails the cluster's start instead.
+        self._restarts = Restarts(executors, limit=executor_restarts)
         self._closed = False
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -152,9 +163,11 @@ class LocalCluster:
             limit = [] if self.memory_limit is None else ["--memory-limit", str(self.memory_limit)]
             for i in range(executors):
                 node = nodes[i] if nodes is not None else f"local-{i}"
-                args = ["--connect-timeout", str(start_timeout), *limit, *key_args, *executor_args]
+                args = ["--connect-timeout", str(start_timeout), *limit, *key_args]
+                # Their clean exits are the cluster's own doing: said at info level, so that
+                # closing a cluster prints nothing.
+                args += ["--quiet-exit", *executor_args]
                 self._executor_args.append((node, args))
-                self._restarts_of.append(0)
                 self._processes.append(spawn_executor(self.address, node=node, extra_args=args))
             self._wait_for_executors(executors, start_timeout)
             if executor_restarts > 0:
@@ -168,8 +181,9 @@ class LocalCluster:
 
     def _start_scheduler(self, bind: str, timeout: float) -> None:
         process = subprocess.Popen(
-            tidal_command(*self._scheduler_args, "--bind", bind),
+            tidal_command(*self._scheduler_args, *self._dashboard_args(), "--bind", bind),
             stdout=subprocess.PIPE,
+            bufsize=0,  # unbuffered: a line read must not take the next one out of select's sight
             env=child_env(),
         )
         if self._processes:  # a restart: the scheduler stays first
@@ -183,6 +197,19 @@ class LocalCluster:
                 f"the scheduler did not start (exit code {code}); it said: {line.strip()!r}"
             )
         self.address = line[len(ANNOUNCEMENT) :].strip()
+        if self._dashboard is not None:
+            line = _read_line(process, timeout)
+            if not line.startswith(DASHBOARD_ANNOUNCEMENT):
+                raise ClusterStartError(f"the dashboard did not start: {line.strip()!r}")
+            self.dashboard_link = line[len(DASHBOARD_ANNOUNCEMENT) :].strip()
+            # A restart serves it where it is now, not on "any free port".
+            host = self._dashboard.rpartition(":")[0] or "127.0.0.1"
+            self._dashboard = f"{host}:{self.dashboard_link.rstrip('/').rpartition(':')[2]}"
+
+    def _dashboard_args(self) -> list[str]:
+        if self._dashboard is None:
+            return []
+        return ["--dashboard", self._dashboard] if self._dashboard else ["--dashboard"]
 
     def _wait_for_executors(self, count: int, timeout: float) -> None:
         from tidal.runtime.client import Client
@@ -238,32 +265,12 @@ class LocalCluster:
         while not self._stopping.wait(SUPERVISE_INTERVAL_S):
             for i, (node, args) in enumerate(self._executor_args):
                 process = self._processes[i + 1]
-                if process.poll() is None or self._restarts_of[i] > self.executor_restarts:
-                    continue
-                if self._restarts_of[i] == self.executor_restarts:
-                    log.error(
-                        "executor %d (node %s) exited with code %s and was restarted %d times "
-                        "already: not again",
-                        i,
-                        node,
-                        process.returncode,
-                        self.executor_restarts,
+                who = f"executor {i} (node {node}, pid {process.pid})"
+                if self._restarts.due(i, process.poll(), who):
+                    self.restarts += 1
+                    self._processes[i + 1] = spawn_executor(
+                        self.address, node=node, extra_args=args
                     )
-                    self._restarts_of[i] += 1  # said once
-                    continue
-                self._restarts_of[i] += 1
-                self.restarts += 1
-                log.warning(
-                    "executor %d (node %s, pid %d) exited with code %s: starting it again "
-                    "(restart %d of at most %d)",
-                    i,
-                    node,
-                    process.pid,
-                    process.returncode,
-                    self._restarts_of[i],
-                    self.executor_restarts,
-                )
-                self._processes[i + 1] = spawn_executor(self.address, node=node, extra_args=args)
 
     @property
     def processes(self) -> list[subprocess.Popen[bytes]]:
@@ -300,11 +307,37 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else getattr(self, "address", "starting")
-        return f"<LocalCluster {len(self._processes) - 1} executors, {self.policy}, {state}>"
+        dashboard = getattr(self, "dashboard_link", None)
+        parts = [f"{len(self._processes) - 1} executors", str(self.policy), state]
+        parts += [f"dashboard {dashboard}"] if dashboard else []
+        return f"<LocalCluster {', '.join(parts)}>"
+
+    def _repr_html_(self) -> str:
+        alive = sum(process.poll() is None for process in self._processes[1:])
+        dashboard = getattr(self, "dashboard_link", None)
+        rows = [
+            ("scheduler", getattr(self, "address", "starting")),
+            ("state", reprs.State("closed" if self._closed else "running")),
+            ("executors", f"{len(self._executor_args)} ({alive} running)"),
+            ("policy", self.policy),
+            ("dashboard", dashboard and reprs.Link(str(dashboard))),
+            ("event log", self.event_log),
+            ("memory limit", self.memory_limit and f"{self.memory_limit:,} bytes"),
+            ("executor restarts", self.restarts or None),
+            ("keys", self.keys),
+        ]
+        return reprs.html_table("LocalCluster", getattr(self, "address", "starting"), rows)
 
 
 def _policy_spec(policy: Any) -> str:
-    """What to pass to the scheduler process: a name or an importable 'module:Class' path."""
+    """What to pass to the scheduler process: a name or an importable 'module:Class' path.
+
+    Discussion: the scheduler runs in a process of its own and is told its policy on its
+    command line, so a class can travel (by its path) but an instance's settings cannot. An
+    instance is taken only if it is what its class makes with no arguments (the scheduler
+    makes it again); any other is refused, naming what differs, rather than replaced by the
+    class's defaults without a word.
+    """
     if isinstance(policy, str):
         return policy
     cls = policy if isinstance(policy, type) else type(policy)
@@ -314,7 +347,54 @@ def _policy_spec(policy: Any) -> str:
             f"be importable there: define {cls.__qualname__} in a module and pass "
             f"'module:{cls.__qualname__}'"
         )
+    if not isinstance(policy, type) and (differences := _unlike_defaults(policy, cls)):
+        name = cls.__qualname__
+        raise ValueError(
+            f"LocalCluster runs the scheduler in its own process and can pass it a policy's "
+            f"class, not an instance's settings, and this {name} is not {name}(): "
+            f"{'; '.join(differences)}. Pass a class whose defaults are these settings (a "
+            f"subclass of {name} whose __init__ passes them to super().__init__), or give "
+            "the instance to a SchedulerServer in your own process"
+        )
     return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _unlike_defaults(policy: Any, cls: type) -> list[str]:
+    """How `policy` differs from `cls()` (attribute by attribute), or why there is no `cls()`."""
+    try:
+        default = cls()
+    except Exception as exc:
+        return [f"{cls.__qualname__}() cannot be made ({type(exc).__name__}: {exc})"]
+    mine, theirs = _attributes(policy), _attributes(default)
+    missing = object()
+    return [
+        f"{name}={mine.get(name)!r} where {cls.__qualname__}() has {theirs.get(name)!r}"
+        for name in sorted(mine.keys() | theirs.keys())
+        if _comparable(mine.get(name, missing)) != _comparable(theirs.get(name, missing))
+    ]
+
+
+def _attributes(obj: Any) -> dict[str, Any]:
+    """An object's attributes: its __dict__ and its slots."""
+    found = dict(getattr(obj, "__dict__", {}))
+    for klass in type(obj).__mro__:
+        slots = getattr(klass, "__slots__", ())
+        for name in [slots] if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__") and hasattr(obj, name):
+                found[name] = getattr(obj, name)
+    return found
+
+
+def _comparable(value: Any) -> Any:
+    """`value` in a form `==` compares by content: a policy inside a policy (adaptive's) by
+    its class and attributes, containers item by item."""
+    if isinstance(value, Policy):
+        return type(value), _comparable(_attributes(value))
+    if isinstance(value, dict):
+        return {key: _comparable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_comparable(item) for item in value]
+    return value
 
 
 def _read_line(process: subprocess.Popen[bytes], timeout: float) -> str:

@@ -71,6 +71,7 @@ class DemoConfig:
     task_s: float = 0.3  # target length of one batch task
     seed: int = 0
     out: Path = Path("tidal-report")
+    dashboard: bool | str = False  # each cluster's dashboard (LocalCluster(dashboard=...))
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
@@ -280,16 +281,23 @@ def run_policy(
     sweeps: int,
     initial_model: list[int],
     on_progress: Callable[[float, str], None],
+    announce: Callable[[str], None] | None = None,
 ) -> PolicyRun:
-    """One fresh cluster: the unified application under `policy`, or (None) the stream alone."""
+    """One fresh cluster: the unified application under `policy`, or (None) the stream alone.
+    `announce` hears where its dashboard is, if it has one (`config.dashboard`)."""
     name = policy or "stream-alone"
     log_path = config.out / f"events-{name}.jsonl"
     with (
         LocalCluster(
-            executors=config.executors, policy=policy or "lb", event_log=str(log_path)
+            executors=config.executors,
+            policy=policy or "lb",
+            event_log=str(log_path),
+            dashboard=config.dashboard,
         ) as cluster,
         Client(cluster) as client,
     ):
+        if cluster.dashboard_link is not None and announce is not None:
+            announce(f"{name}: the dashboard is at {cluster.dashboard_link}")
         batch = (cluster.address, train_tidal) if policy is not None else None
         run = run_unified(
             name, client, batch, config, corpus, partitions, sweeps, initial_model, on_progress
@@ -433,7 +441,14 @@ def run(config: DemoConfig, console: Console | None = None) -> dict[str, Any]:
                 progress.update(bar, completed=done, status=status)
 
             runs[name] = run_policy(
-                policy, config, corpus, partitions, sweeps, initial_model, on_progress
+                policy,
+                config,
+                corpus,
+                partitions,
+                sweeps,
+                initial_model,
+                on_progress,
+                announce=progress.console.print,
             )
             progress.update(bar, completed=progress.tasks[bar].total, status="done")
     result = summarize(runs, config, spec, sweeps, partitions)

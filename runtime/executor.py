@@ -114,6 +114,7 @@ class Executor:
         stream_nice: int = DEFAULT_STREAM_NICE,
         memory_limit: int | None = None,
         keys: str | os.PathLike[str] | None = None,
+        clean_exit_level: int = logging.WARNING,
     ) -> None:
         self.scheduler = scheduler
         # CURVE keys (runtime/auth.py); read first, so that a bad key directory fails here.
@@ -128,6 +129,8 @@ class Executor:
         self.reconnect_timeout_s = reconnect_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.exit_code = 0
+        self.exit_reason: str | None = None  # why `run()` ended, said as its last line
+        self.clean_exit_level = clean_exit_level  # how loud that line is for an exit code 0
         self.realtime = realtime
         self._nice = TaskThreadNice(task_nice, stream_nice)
         self.memory_limit = memory_limit
@@ -236,6 +239,10 @@ class Executor:
     def run(self) -> int:
         """Serve until shut down; return the process exit code."""
         sys.setswitchinterval(self.switch_interval_s)
+        if threading.current_thread() is threading.main_thread():
+            # Before the listener says hello: a signal from then on is a clean stop.
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda n, _: self._exit(0, f"on {signal.Signals(n).name}"))
         listener = threading.Thread(target=self._listen, name="tidal-listener", daemon=True)
         listener.start()
         # After the listener and ZeroMQ's thread exist, so that they keep normal priority.
@@ -243,11 +250,11 @@ class Executor:
             # A command arriving lifts the thread to the stream nice at once, so that a
             # batch task reaches its next record boundary without waiting for a CPU.
             self.kernel.gate.boost(tid, self._nice.stream_nice)
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: self.kernel.stop())
         try:
             self.kernel.run(block=True)
+        except BaseException as exc:
+            self._exit(1, f"an internal error: {type(exc).__name__}: {exc}", stop=False)
+            raise
         finally:
             self.kernel.close()  # kill what is left; their reports go out first, then goodbye
             self._reports.emit(p.Goodbye("executor shutting down"))
@@ -263,7 +270,23 @@ class Executor:
             self._context.term()
             self._rss.close()
             self._results.close()  # after waiting a little for the last results' readers
+            # One line, the last, at the default log level: an executor never ends silently.
+            log.log(
+                self.clean_exit_level if self.exit_code == 0 else logging.ERROR,
+                "executor %s exits%s: %s",
+                self.executor_id,
+                f" (code {self.exit_code})" if self.exit_code else "",
+                self.exit_reason or "it was stopped",
+            )
         return self.exit_code
+
+    def _exit(self, code: int, reason: str, *, stop: bool = True) -> None:
+        """Stop serving (any thread): `run()` returns `code` and says `reason`, unless a
+        reason came first (a signal during a shutdown does not replace it)."""
+        if self.exit_reason is None:
+            self.exit_code, self.exit_reason = code, reason
+        if stop:
+            self.kernel.stop()
 
     def _hurry(self) -> None:
         """A suspend, kill or fail for the running task came: lift its thread to the stream
@@ -375,8 +398,7 @@ class Executor:
             self._listen_loop(from_main)
         except Exception:  # an internal error: loud, and the executor stops
             log.exception("executor listener crashed")
-            self.exit_code = 1
-            self.kernel.stop()
+            self._exit(1, "its listener crashed (the traceback is above)")
         finally:
             self.kernel.gate.unwatch()
             if self._watch is not None:
@@ -533,9 +555,7 @@ class Executor:
             # -- 5. Heartbeat; rejoin a scheduler that went silent; give up on one that
             #       refused our key, never answered the hello, or did not come back in time.
             if not link.connected and (refusal := self._watch.refusal()):
-                log.error("%s", refusal)
-                self.exit_code = 2
-                self.kernel.stop()
+                self._exit(2, refusal)
                 return
             if link.connected:
                 self._watch.close()  # the handshake is behind us (until a rejoin)
@@ -554,9 +574,7 @@ class Executor:
                     self._rejoin(reason)
                     dealer = self._follow_dealer(poller, dealer)
                 case GiveUp(reason):
-                    log.error("the scheduler at %s %s", self.scheduler, reason)
-                    self.exit_code = 2
-                    self.kernel.stop()
+                    self._exit(2, f"the scheduler at {self.scheduler} {reason}")
 
     def _frames_waiting(self, dealer: zmq.Socket) -> bool:
         """Whether frames wait on the command connection (this also re-arms its edge-
@@ -673,11 +691,8 @@ class Executor:
 
     def _on_welcome(self, msg: p.Welcome) -> None:
         if msg.version != p.PROTOCOL_VERSION:
-            log.error(
-                "scheduler speaks protocol %d, this executor %d", msg.version, p.PROTOCOL_VERSION
-            )
-            self.exit_code = 2
-            self.kernel.stop()
+            versions = f"protocol {msg.version}, this executor {p.PROTOCOL_VERSION}"
+            self._exit(2, f"the scheduler speaks {versions}")
             return
         # Clamped: a heartbeat interval outside 10 ms .. 60 s is a scheduler bug, not a plan.
         heartbeat_s = min(60.0, max(0.01, msg.heartbeat_ms / 1000))
@@ -699,13 +714,10 @@ class Executor:
         self._reports.acked(msg.task_ids)
 
     def _on_reject(self, msg: p.Reject) -> None:
-        log.error("scheduler refused this executor: %s", msg.reason)
-        self.exit_code = 2
-        self.kernel.stop()
+        self._exit(2, f"the scheduler refused it: {msg.reason}")
 
     def _on_shutdown(self, msg: p.Shutdown) -> None:
-        log.info("scheduler asked this executor to shut down: %s", msg.reason)
-        self.kernel.stop()
+        self._exit(0, f"the scheduler shut it down ({msg.reason})")
 
     def _on_launch(self, msg: p.Launch) -> None:
         # The payload stays packed here: the task unpacks it when it starts, on the task

@@ -6,7 +6,13 @@ that an executor will be able to import it; the executor imports it when the tas
 Functions defined in the user's `__main__` script work the way multiprocessing's spawn start
 method makes them work: the executor runs that script once under the module name
 `__mp_main__` (so its `if __name__ == "__main__":` block does not run again) and looks the
-function up there.
+function up there. A function of a `__main__` that is no script (the interactive
+interpreter, `python -c`, a notebook cell) has nothing an executor could run or import: it
+is refused at submit time (`FunctionNotImportable`), as are lambdas and nested functions.
+
+Where an executor imports from: its `sys.path`, which `tidal executor` (and `tidal
+scheduler`, for a policy's path) starts with its working directory and the folders given as
+`--pythonpath`, as `python -m` and PYTHONPATH would (`use_import_path`).
 """
 
 from __future__ import annotations
@@ -16,11 +22,19 @@ import os
 import runpy
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FunctionNotFound", "FunctionRef", "KnownFunctions", "function_ref"]
+__all__ = [
+    "FunctionNotFound",
+    "FunctionNotImportable",
+    "FunctionRef",
+    "KnownFunctions",
+    "function_ref",
+    "short_name",
+    "use_import_path",
+]
 
 # Functions an executor keeps (`KnownFunctions`), at most: a client that names ever-new
 # functions must not grow its tables for ever; they start again when full.
@@ -31,6 +45,12 @@ MAIN_ALIAS = "__mp_main__"
 
 class FunctionNotFound(LookupError):
     """A task's function cannot be referenced or imported. The message says why."""
+
+
+class FunctionNotImportable(FunctionNotFound, TypeError):
+    """Refused at submit time: executors could not import this function (a lambda, a nested
+    function, one typed into an interactive session). A TypeError too, as for an argument
+    that cannot travel; the message names the function and says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +75,9 @@ class FunctionRef:
             except Exception as exc:
                 raise FunctionNotFound(
                     f"cannot import module {module_name!r} for task function {self.ref!r}: "
-                    f"{type(exc).__name__}: {exc} (is it installed, or on PYTHONPATH, on the "
-                    "executor's host?)"
+                    f"{type(exc).__name__}: {exc} (is it installed on the executor's host, or "
+                    f"in the executor's working directory {os.getcwd()!r}, or in a folder "
+                    "given to `tidal executor --pythonpath`?)"
                 ) from exc
         obj: Any = module
         for part in qualname.split("."):
@@ -141,35 +162,99 @@ def _load_main_script(path: str | None, ref: str) -> types.ModuleType:
 
 
 def function_ref(fn: Callable[..., Any]) -> FunctionRef:
-    """Reference `fn` for the wire, or raise FunctionNotFound if executors could not find it."""
+    """Reference `fn` for the wire, or raise FunctionNotImportable if executors could not
+    find it (the message names it and says why)."""
     target = getattr(fn, "fn", fn)  # a @task TaskFunction carries the function
     module_name = getattr(target, "__module__", None)
     qualname = getattr(target, "__qualname__", None)
     if not callable(fn) or module_name is None or qualname is None:
-        raise FunctionNotFound(
+        raise FunctionNotImportable(
             f"{fn!r} is not a module-level function, so executors cannot import it"
         )
     if "<lambda>" in qualname or "<locals>" in qualname:
-        raise FunctionNotFound(
+        raise FunctionNotImportable(
             f"{qualname!r} in {module_name!r} is a lambda or is defined inside "
             "another function; executors can only import functions defined "
             "at the top level of a module"
         )
-    main_path = None
     if module_name in ("__main__", MAIN_ALIAS):
-        main = sys.modules.get(module_name)
-        main_path = os.path.abspath(main.__file__) if getattr(main, "__file__", None) else None
-        module_name = "__main__"
-    ref = FunctionRef(f"{module_name}:{qualname}", main_path)
+        return _main_script_ref(fn, target, sys.modules.get(module_name), qualname)
+    ref = FunctionRef(f"{module_name}:{qualname}", None)
     # Check the reference leads back to this very function, as pickle does for functions.
-    if module_name != "__main__":
-        try:
-            found = ref.resolve()
-        except FunctionNotFound:
-            found = None
-        if found is not fn and getattr(found, "fn", found) is not target:
-            raise FunctionNotFound(
-                f"{module_name}:{qualname} does not lead back to {fn!r} "
-                "(was it redefined, or decorated by something that hides it?)"
-            )
+    try:
+        found = ref.resolve()
+    except FunctionNotFound:
+        found = None
+    if found is not fn and getattr(found, "fn", found) is not target:
+        raise FunctionNotImportable(
+            f"{module_name}:{qualname} does not lead back to {fn!r} "
+            "(was it redefined, or decorated by something that hides it?)"
+        )
     return ref
+
+
+def _main_script_ref(
+    fn: Callable[..., Any], target: Any, main: types.ModuleType | None, qualname: str
+) -> FunctionRef:
+    """The reference of a function of the client's `__main__`: executors will run the main
+    script to find it, so there must be one, and the function must be defined in it.
+
+    Discussion: the script is the module's `__file__`, and the function's own code says
+    where it was compiled from. They differ for a function typed into `python -i script.py`
+    (`<stdin>`) or a notebook cell (a temporary name), and there is no file at all for the
+    plain interpreter, `python -c` or `python - < file` (`<stdin>`): such a reference used to
+    be accepted here and fail on the executor, far from the mistake.
+    """
+    script = getattr(main, "__file__", None)
+    code = getattr(target, "__code__", None)  # a class has none: its script is checked alone
+    if not script or not os.path.isfile(script):
+        where = "its module, __main__, is no script file"
+    elif code is not None and not _same_file(code.co_filename, script):
+        where = f"its code comes from {code.co_filename!r}, not from the script {script!r}"
+    else:
+        where = None
+    if where is not None:
+        raise FunctionNotImportable(
+            f"cannot submit {qualname!r}: it was defined interactively (in the interpreter, "
+            f"`python -c` or a notebook cell: {where}), so executors cannot import it; put "
+            "it in a module (a .py file executors can import: installed, or in their "
+            "working directory or --pythonpath) and import it from there"
+        )
+    found: Any = main
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if found is not fn and getattr(found, "fn", found) is not target:
+        raise FunctionNotImportable(
+            f"__main__:{qualname} does not lead back to {fn!r} "
+            "(was it redefined, or decorated by something that hides it?)"
+        )
+    return FunctionRef(f"__main__:{qualname}", os.path.abspath(script))
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them is no file (`<stdin>`, a notebook's cell name)
+        return False
+
+
+def use_import_path(folders: Iterable[str] = (), *, working_directory: str | None = None) -> None:
+    """Put the working directory, then `folders` (each may be several, os.pathsep-separated),
+    first on sys.path, as `python -m` and PYTHONPATH do for a program started there: so that
+    a process started as `tidal executor` imports a task's module from where it was started,
+    as the user's program did. ValueError naming a folder that is no directory."""
+    paths = [os.path.abspath(working_directory or os.getcwd())]
+    for entry in folders:
+        for folder in filter(None, entry.split(os.pathsep)):
+            if not os.path.isdir(folder):
+                raise ValueError(f"{folder!r} is not a directory")
+            paths.append(os.path.abspath(folder))
+    sys.path[:0] = [path for i, path in enumerate(paths) if path not in paths[:i]]
+    importlib.invalidate_caches()
+
+
+def short_name(ref: str) -> str:
+    """A function reference as people read it: "module:qualname" -> "qualname"."""
+    return ref.rpartition(":")[2] or ref

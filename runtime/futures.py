@@ -6,8 +6,10 @@ scheduler through the `cancel_remote` callback the client hands it, so this modu
 imports the client. A failed task raises its own exception type if that is a Python builtin,
 else TaskError, with the executor's traceback as its `__cause__` (a RemoteTraceback).
 A bulk map's futures (`MapFutures`) share one `BulkJob`, which holds their outcomes in lists
-and makes each TaskFuture only when it is asked for. `as_completed` and `gather` wait on any
-futures, a client's or not; `gather` over a whole MapFutures waits on its job instead.
+and makes each TaskFuture only when it is asked for; its progress callbacks and `counts()`
+follow the whole map without making any (`tidal.progress` uses them). `as_completed` and
+`gather` wait on any futures, a client's or not; `gather` over a whole MapFutures waits on
+its job instead. Their reprs say their state, function and error (runtime/reprs.py).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
+import logging
 import operator
 import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
+
+from tidal.runtime import reprs
 
 __all__ = [
     "BulkJob",
@@ -34,9 +39,12 @@ __all__ = [
     "TaskFuture",
     "TaskStatistics",
     "as_completed",
+    "describe_error",
     "gather",
 ]
 
+
+log = logging.getLogger("tidal.client")
 
 # ---- errors ----------------------------------------------------------------------------------
 
@@ -97,6 +105,14 @@ def rebuild_error(error_type: str, message: str, traceback_text: str) -> Excepti
         error = TaskError(error_type, message)
     error.__cause__ = RemoteTraceback(traceback_text)
     return error
+
+
+def describe_error(error: BaseException) -> str:
+    """ "ErrorType: message" for a failed task's exception (a TaskError says its remote type)."""
+    if isinstance(error, TaskError):
+        return str(error)
+    message = str(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 # ---- futures ---------------------------------------------------------------------------------
@@ -160,11 +176,13 @@ class TaskFuture(concurrent.futures.Future):
         job_id: str,
         submitted_ns: int,
         cancel_remote: Callable[[TaskFuture], None] | None = None,
+        function: str | None = None,
     ) -> None:
         super().__init__()
         self.task_id = task_id
         self.job_id = job_id
         self.submitted_ns = submitted_ns  # time.monotonic_ns() when the job was sent
+        self.function = function  # the task's function, "module:qualname", if known
         self._cancel_remote = cancel_remote
         self._stats: dict[str, Any] = {}
 
@@ -190,9 +208,38 @@ class TaskFuture(concurrent.futures.Future):
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()
 
+    @property
+    def state(self) -> str:
+        """ "pending", "running", "finished", "failed" or "cancelled".
+
+        A client's future is "pending" until its outcome comes: the scheduler tells clients
+        of outcomes only, not of starts (only a future run by a stdlib executor is "running").
+        """
+        if self.cancelled():
+            return "cancelled"
+        if self.done():
+            return "failed" if self.exception() is not None else "finished"
+        return "running" if self.running() else "pending"
+
     def __repr__(self) -> str:
-        state = "cancelled" if self.cancelled() else "done" if self.done() else "pending"
-        return f"<TaskFuture {self.task_id} {state}>"
+        state = self.state
+        error = self.exception() if state == "failed" else None
+        words = [self.function, f"{state}:" if error else state, error and describe_error(error)]
+        return reprs.text_repr("TaskFuture", self.task_id, words)
+
+    def _repr_html_(self) -> str:
+        state = self.state
+        stats = TaskStatistics.from_stats(self._stats) if self.done() else TaskStatistics()
+        running = None if stats.running_s is None else f"{stats.running_s:.3f} s"
+        rows = [
+            ("function", self.function),
+            ("state", reprs.State(state)),
+            ("error", describe_error(self.exception()) if state == "failed" else None),
+            ("executor", stats.executor_id),
+            ("attempt", stats.attempt),
+            ("running", running),
+        ]
+        return reprs.html_table("TaskFuture", self.task_id, rows)
 
     # ---- for the client's IO thread ------------------------------------------------------------
 
@@ -242,6 +289,7 @@ class BulkJob:
     all, and is never held while a future that was already out completes, so done callbacks
     may call back in. `cancel_remote(task_id)` tells the scheduler of a future cancelled here;
     `on_done(job)` runs once, when the last task is done or the job fails whole (`fail`).
+    `function` ("module:qualname") is handed to each future made.
     """
 
     def __init__(
@@ -252,12 +300,15 @@ class BulkJob:
         *,
         cancel_remote: Callable[[str], None] | None = None,
         on_done: Callable[[BulkJob], None] | None = None,
+        function: str | None = None,
     ) -> None:
         self.job_id = job_id
         self.size = size
         self.submitted_ns = submitted_ns  # time.monotonic_ns() when the job was sent
+        self.function = function
         self._cancel_remote = cancel_remote
         self._on_done = on_done
+        self._watchers: list[Callable[[], None]] = []  # add_progress_callback's
         self._lock = threading.Lock()
         # `results` waits on it: notified when the last task is done, and at each failure.
         self._changed = threading.Condition(self._lock)
@@ -275,6 +326,27 @@ class BulkJob:
         """True once every task is done (or the job failed whole)."""
         with self._lock:
             return self._left == 0
+
+    def counts(self) -> tuple[int, int]:
+        """(done, failed): how many tasks are done, and how many of those failed or were
+        cancelled (after a lost connection, every task not done then counts as failed)."""
+        with self._lock:
+            failed = len(self._failures)
+            if self._broken is not None:  # their failures are made when their futures are
+                failed += self._state.count(_PENDING) + self._state.count(_FETCHING)
+            return self.size - self._left, failed
+
+    def add_progress_callback(self, fn: Callable[[], None]) -> None:
+        """Call `fn()` after each batch of outcomes (on the client's IO thread or a fetch
+        thread: keep it short), and once now. One that raises is logged and dropped."""
+        with self._lock:
+            self._watchers = [*self._watchers, fn]  # copied: _after reads it unlocked
+        self._tell([fn])
+
+    def remove_progress_callback(self, fn: Callable[[], None]) -> None:
+        """Stop calling `fn` (nothing happens if it was not added)."""
+        with self._lock:
+            self._watchers = [w for w in self._watchers if w is not fn]
 
     def future(self, index: int) -> TaskFuture:
         """Task `index`'s future; made now if it was not yet, completed if the task is done."""
@@ -402,7 +474,9 @@ class BulkJob:
         future = futures[index]
         if future is None:
             task_id = f"{self.job_id}/{index}"
-            future = TaskFuture(task_id, self.job_id, self.submitted_ns, self._cancelled)
+            future = TaskFuture(
+                task_id, self.job_id, self.submitted_ns, self._cancelled, self.function
+            )
             futures[index] = future
             if self._state[index] >= _FINISHED or self._broken is not None:
                 # Discussion: completed here, under the lock, before anyone else can see
@@ -451,6 +525,18 @@ class BulkJob:
             _settle(future, state, result, stats)
         if last and self._on_done is not None:
             self._on_done(self)
+        if self._watchers:
+            self._tell(self._watchers)
+
+    def _tell(self, watchers: list[Callable[[], None]]) -> None:
+        """Call progress callbacks (without the lock); drop one that raises, as a done
+        callback's error is logged and forgotten."""
+        for watch in watchers:
+            try:
+                watch()
+            except Exception:
+                log.exception("a progress callback of job %s raised; it is dropped", self.job_id)
+                self.remove_progress_callback(watch)
 
     def _cancelled(self, future: TaskFuture) -> None:
         """A made future was cancelled (TaskFuture.cancel): its task is, here and remotely.
@@ -517,6 +603,25 @@ class MapFutures(Sequence[TaskFuture]):
     def job_id(self) -> str:
         return self._job.job_id
 
+    @property
+    def function(self) -> str | None:
+        """The map's function, "module:qualname", if known."""
+        return self._job.function
+
+    def counts(self) -> tuple[int, int]:
+        """(done, failed): how many tasks are done, and how many of those failed or were
+        cancelled; no future is made for it."""
+        return self._job.counts()
+
+    def add_progress_callback(self, fn: Callable[[], None]) -> None:
+        """Call `fn()` after each batch of the map's outcomes, and once now (`counts()` says
+        where it stands). It runs on the client's IO thread: keep it short."""
+        self._job.add_progress_callback(fn)
+
+    def remove_progress_callback(self, fn: Callable[[], None]) -> None:
+        """Stop calling `fn` (nothing happens if it was not added)."""
+        self._job.remove_progress_callback(fn)
+
     def __len__(self) -> int:
         return self._job.size
 
@@ -539,8 +644,20 @@ class MapFutures(Sequence[TaskFuture]):
     def __radd__(self, other: Any) -> list[TaskFuture]:
         return [*other, *self] if isinstance(other, list | tuple) else NotImplemented
 
+    def _summary(self) -> list[tuple[str, int]]:
+        done, failed = self._job.counts()
+        counts = [("finished", done - failed), ("failed", failed), ("pending", len(self) - done)]
+        return [(word, n) for word, n in counts if n]
+
     def __repr__(self) -> str:
-        return f"<MapFutures {self._job.job_id}: {self._job.size} tasks>"
+        counts = ", ".join(f"{n} {word}" for word, n in self._summary())
+        words = [f"{len(self)} tasks", self.function and f"of {self.function}", f"({counts})"]
+        return reprs.text_repr("MapFutures", f"{self.job_id}:", words)
+
+    def _repr_html_(self) -> str:
+        rows = [("function", self.function), ("tasks", len(self))]
+        rows += [(word, reprs.State(word, str(n))) for word, n in self._summary()]
+        return reprs.html_table("MapFutures", self.job_id, rows)
 
 
 # ---- waiting on many futures -----------------------------------------------------------------

@@ -83,6 +83,13 @@ class RateLimitedLog:
             self._emit(self._level if level is None else level, text, exc_info)
             return True
 
+    def would_log(self) -> bool:
+        """Whether a line would go out now (so that a caller can skip formatting one that
+        would not: call `suppress()` instead)."""
+        with self._lock:
+            self._roll(self._clock())
+            return self._period_lines < self.burst
+
     def suppress(self) -> None:
         """Count one line its caller chose not to log, so that the period's summary counts it
         too (PeerGuard's line for a peer that had its line this period)."""

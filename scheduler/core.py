@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from tidal.runtime import protocol as p
+from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import chunks as ch
 from tidal.scheduler import decisions as d
 from tidal.scheduler import events as ev
@@ -67,6 +68,7 @@ from tidal.scheduler.records import (
 from tidal.scheduler.records import (
     task_ids as task_ids_of,
 )
+from tidal.scheduler.tally import Tally
 from tidal.scheduler.views import ClusterView, TaskView, check_submission, status_snapshot
 
 __all__ = [
@@ -159,6 +161,13 @@ class SchedulerCore:
         self.records.now = clock()
         self.view = ClusterView(self.records)
         self.refused: list[tuple[Any, str]] = []  # recent refused decisions, for tests
+        # What the core did, counted (scheduler/tally.py), and refused decisions logged at
+        # warning level at a bounded rate (a policy that keeps asking the impossible once
+        # wrote 8,969 lines in 5 s at info level).
+        self.tally = Tally()
+        self._refusals_log = RateLimitedLog(
+            log, burst=5, period_s=60.0, clock=lambda: self.records.now / 1e9
+        )
         self.policy_failures: list[str] = []
         # Switches asked for by clients, oldest first (the last MAX_POLICY_SWITCHES kept).
         self.policy_switches: list[dict[str, Any]] = []
@@ -259,6 +268,7 @@ class SchedulerCore:
         else:
             raise TypeError(f"not a scheduler event: {event!r}")
         out, records.out = records.out, []
+        self.tally.step(out, records)
         return out
 
     def set_policy(self, policy: Any, reason: str = "") -> None:
@@ -274,7 +284,7 @@ class SchedulerCore:
             "policy_failures": list(self.policy_failures),
             "policy_switches": [dict(switch) for switch in self.policy_switches],
         }
-        return status_snapshot(self.records, policy)
+        return status_snapshot(self.records, policy, self.tally.as_dict(self.records.now))
 
     @property
     def now(self) -> int:
@@ -306,9 +316,27 @@ class SchedulerCore:
         for decision in decisions:
             reason = self.apply(decision, reserved)
             if reason is not None:
-                self.refused.append((decision, reason))
-                del self.refused[:-100]
-                log.info("refused %r from policy %r: %s", decision, self.policy.name, reason)
+                self._refused(decision, reason)
+
+    def _refused(self, decision: Any, reason: str) -> None:
+        """A policy's decision that could not be carried out: noted (the event log and the
+        tally count it) and logged, at a bounded rate."""
+        self.refused.append((decision, reason))
+        del self.refused[:-100]
+        policy = str(self.policy.name)
+        if isinstance(decision, d.Decision):
+            kind = type(decision).__name__.lower()
+            task = self.records.tasks.get(decision.task_id)
+            executor_id = getattr(decision, "executor_id", None) or (task and task.executor_id)
+            self.records.note(
+                ev.DecisionRefused(kind, str(decision.task_id), executor_id, policy, reason)
+            )
+        else:
+            self.records.note(ev.DecisionRefused("unknown", "", None, policy, reason))
+        if self._refusals_log.would_log():
+            self._refusals_log(f"refused {decision!r} from policy {policy!r}: {reason}"[:500])
+        else:
+            self._refusals_log.suppress()  # counted for the period's summary, not formatted
 
     def _on_pending(self, tasks: list[Task]) -> None:
         """Tasks became pending again (requeued): the policy hears of them as of new ones."""

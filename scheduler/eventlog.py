@@ -77,6 +77,7 @@ class EventRecorder:
                 "order": n.submit.order,
                 "tasks": len(n.submit.tasks) + len(n.submit.bulk or ()),
                 "client": n.client_id,
+                "function": n.submit.fn,
             },
             ev.JobRefused: lambda n: {
                 "event": "submit_refused",
@@ -93,6 +94,14 @@ class EventRecorder:
             ev.ExecutorLost: lambda n: {
                 "event": "executor_lost",
                 "executor": n.executor_id,
+                "reason": n.reason,
+            },
+            ev.DecisionRefused: lambda n: {
+                "event": "decision_refused",
+                "decision": n.decision,
+                "task": n.task_id,
+                "executor": n.executor_id,
+                "policy": n.policy,
                 "reason": n.reason,
             },
             ev.ExecutorBusy: lambda n: {
@@ -309,6 +318,10 @@ class EventLog:
     def write(self, records: Iterable[Record]) -> None:
         for record in records:
             self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def tick(self) -> None:
+        """The scheduler's tick: what was written so far becomes readable."""
+        self.flush()
 
     def flush(self) -> None:
         if not self._file.closed:

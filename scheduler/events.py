@@ -22,6 +22,7 @@ __all__ = [
     "ClientJoined",
     "ClientLeft",
     "ClientRequest",
+    "DecisionRefused",
     "Event",
     "ExecutorBusy",
     "ExecutorJoined",
@@ -177,6 +178,17 @@ class PolicyChanged:
     reason: str  # asked for by a client, or the failure that replaced the policy
 
 
+@dataclass(frozen=True, slots=True)
+class DecisionRefused:
+    """The core refused a policy's decision (it was not valid when applied)."""
+
+    decision: str  # launch, suspend, resume, kill
+    task_id: str
+    executor_id: str | None
+    policy: str
+    reason: str
+
+
 Note = (
     JobAccepted
     | JobRefused
@@ -189,5 +201,6 @@ Note = (
     | ExecutorBusy
     | ClientLeft
     | PolicyChanged
+    | DecisionRefused
 )
 Instruction = ToExecutor | ToClient | Note

@@ -93,8 +93,6 @@ log = logging.getLogger("tidal.scheduler")
 # Loopback only unless told otherwise: without keys (`keys=DIR`, runtime/auth.py) anyone who
 # can reach the port can run code on the executors.
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
-# The line `--announce` prints; LocalCluster reads the address after it.
-ANNOUNCEMENT = "tidal scheduler listening on "
 # Frames handled per pass before results are flushed and the timer is checked, and the time
 # a pass may take: results and batch launches held in a pass wait for its end, so a flood of
 # frames from anyone (100,000 pings over 300 connections) must not hold a stream task's
@@ -134,6 +132,8 @@ class SchedulerServer:
         keys: str | os.PathLike[str] | None = None,
         bad_frame_limit: int | None = BAD_FRAME_LIMIT,
         bad_frame_cooldown_s: float = COOLDOWN_S,
+        dashboard: str | None = None,
+        dashboard_fall_back: bool = False,
     ) -> None:
         self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # Opened first: a journal another scheduler holds stops us before anything binds.
@@ -157,9 +157,13 @@ class SchedulerServer:
         self.heartbeat_ns = heartbeat_ns
         self.max_frame_bytes = max_frame_bytes
         self.realtime = realtime
-        # Every step of the core, as JSON lines (scheduler/eventlog.py); None: not logged.
-        # Opened before the socket, so that a path it cannot write leaves nothing bound.
-        self._event_log = None if event_log is None else EventLog(event_log, self.core)
+        # Who is shown every step of the core: the event log (JSON lines,
+        # scheduler/eventlog.py; opened before the socket, so that a path it cannot write
+        # leaves nothing bound) and the dashboard (scheduler/dashboard/).
+        self._observers: list[Any] = []
+        self.dashboard_link: str | None = None
+        if event_log is not None:
+            self._observers.append(EventLog(event_log, self.core))
         self._context = zmq.Context()
         realtime_io_threads(self._context, realtime)
         self._socket = self._context.socket(zmq.ROUTER)
@@ -216,6 +220,23 @@ class SchedulerServer:
         self._told_rejoin: OrderedDict[bytes, int] = OrderedDict()  # routing id -> when
         # The token each executor's `attach` must carry: a new one with each welcome.
         self._attach_tokens: dict[str, str] = {}
+        if dashboard is not None:
+            from tidal.scheduler.dashboard import LiveDashboard
+
+            try:
+                live = LiveDashboard(
+                    self.core,
+                    dashboard,
+                    lambda: {**self.core.status(), "bad_input": self.bad_input()},
+                    scheduler={"scheduler_id": self.scheduler_id, "address": self.address},
+                    keyed=keys is not None,
+                    fall_back=dashboard_fall_back,
+                )
+            except BaseException:
+                self.close()
+                raise
+            self._observers.append(live)
+            self.dashboard_link = live.link
 
     def stop(self) -> None:
         """Make `serve()` return within one timer period (callable from any thread)."""
@@ -269,8 +290,8 @@ class SchedulerServer:
                     self._dispatch(self._handle(Tick()))
                     self._flush_held()
                     self._delivery.send_due_acks()
-                    if self._event_log is not None:  # readable up to the last tick
-                        self._event_log.flush()
+                    for observer in self._observers:  # the log readable up to here
+                        observer.tick()
                     next_tick = now + tick_ns
         finally:
             self._shutdown_executors("scheduler stopping")
@@ -293,8 +314,9 @@ class SchedulerServer:
         if self._auth is not None:  # after the socket: it watches the socket's handshakes
             self._auth.close()
         self._context.term()
-        if self._event_log is not None:
-            self._event_log.close()
+        for observer in self._observers:
+            observer.close()
+        self._observers = []
         if self._writer is not None:  # writes what it was handed, then closes the journal
             self._writer.close()
             self._writer = None
@@ -334,8 +356,8 @@ class SchedulerServer:
     def _handle(self, event: Event) -> list[Instruction]:
         """One event through the core; the step is logged when there is an event log."""
         instructions = self.core.handle(event)
-        if self._event_log is not None:
-            self._event_log.step(event, instructions)
+        for observer in self._observers:
+            observer.step(event, instructions)
         return instructions
 
     # ---- frames -> events ---------------------------------------------------------------------
@@ -763,22 +785,3 @@ class SchedulerServer:
         for (kind, _), routing_id in list(self._routes.items()):
             if kind == "executor":
                 self._socket.send_multipart([routing_id, p.encode(p.Shutdown(reason))])
-
-
-def serve(bind: str = DEFAULT_BIND, *, announce: bool = False, **options: Any) -> int:
-    """Run a scheduler in this process until SIGTERM/SIGINT; return the exit code."""
-    server = SchedulerServer(bind, **options)
-    if announce:  # LocalCluster reads this line to learn the port it got
-        print(f"{ANNOUNCEMENT}{server.address}", flush=True)
-    log.info(
-        "scheduler %s listening on %s with policy %s, journal %s",
-        server.scheduler_id,
-        server.address,
-        server.core.policy.name,
-        server.journal.path if server.journal is not None else "off",
-    )
-    try:
-        server.serve(install_signal_handlers=True)
-    finally:
-        server.close()
-    return 0

@@ -250,12 +250,61 @@ def _merge_by_seq(a: Iterator[Task], b: Iterator[Task]) -> Iterator[Task]:
     return heapq.merge(a, b, key=attrgetter("seq"))  # seqs are unique: no ties
 
 
-def status_snapshot(records: Records, policy: dict[str, Any]) -> dict[str, Any]:
-    """A snapshot of the cluster for `tidal status` and `Client.status()` (msgpack-encodable);
-    `policy` holds what the core knows of its policy (name, failures, switches)."""
+# The states `status()` counts tasks in, per priority (`queued`: launched to an executor,
+# waiting behind its slot's task).
+TASK_STATES = ("pending", "queued", "running", "suspended", "finished", "failed", "cancelled")
+# Jobs `status()` lists one by one: those not done (the oldest this many; the rest summed up
+# in `more_jobs`), then the newest this many done ones. Every done job is summed up per
+# function and priority in `done_jobs`: a stream application submits a job per micro-batch.
+MAX_LISTED_JOBS = 200
+RECENT_DONE_JOBS = 20
+
+
+def _tasks_in(task: Task) -> int:
+    """How many tasks `task` stands for: a chunk, the subtasks it still runs."""
+    return 1 if task.subtasks is None else len(task.subtasks)
+
+
+def _job_row(j: Job, suspended: int) -> dict[str, Any]:
+    return {
+        "job_id": j.job_id,
+        "function": j.fn,
+        "client": j.client_id,
+        "priority": j.priority,
+        "order": j.order,
+        "total": j.total,
+        "finished": j.finished,
+        "failed": j.failed,
+        "cancelled": j.cancelled,
+        "suspended": suspended,
+    }
+
+
+def status_snapshot(
+    records: Records, policy: dict[str, Any], counters: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A snapshot of the cluster for `tidal status`, `Client.status()`, `/metrics` and the
+    dashboard (msgpack-encodable); `policy` holds what the core knows of its policy (name,
+    failures, switches), `counters` what it counted (scheduler/tally.py).
+
+    Tasks are counted by priority and state, a chunk as the tasks it holds. Jobs are listed
+    as MAX_LISTED_JOBS and RECENT_DONE_JOBS say; done jobs whose client has left are not
+    (their tasks still count among the finished, failed and cancelled)."""
+    tasks = {c: dict.fromkeys(TASK_STATES, 0) for c in PRIORITIES}
+    suspended_in: dict[str, int] = {}  # job id -> its tasks suspended now
     executors = []
     for e in records.executors.values():
         beat = e.metrics[-1] if e.metrics else None
+        suspended = [t for t in e.suspended.values() if t.state is TaskState.SUSPENDED]
+        if e.alive:
+            for t in suspended:
+                tasks[t.priority]["suspended"] += _tasks_in(t)
+                suspended_in[t.job.job_id] = suspended_in.get(t.job.job_id, 0) + _tasks_in(t)
+            for t in e.queued:
+                tasks[t.priority]["queued"] += _tasks_in(t)
+            if e.slot_task is not None:
+                tasks[e.slot_task.priority]["running"] += _tasks_in(e.slot_task)
+        running = e.slot_task
         executors.append(
             {
                 "executor_id": e.executor_id,
@@ -263,11 +312,11 @@ def status_snapshot(records: Records, policy: dict[str, Any]) -> dict[str, Any]:
                 "hostname": e.hostname,
                 "state": "alive" if e.alive else "lost",
                 "busy": e.busy,  # alive, its heartbeats late (a long C call, most likely)
-                "running": e.slot_task.task_id if e.slot_task else None,
+                "running": running.task_id if running else None,
+                "running_priority": running.priority if running else None,
+                "running_function": running.job.fn if running else None,
                 "queued": len(e.queued),
-                "suspended": [
-                    t.task_id for t in e.suspended.values() if t.state is TaskState.SUSPENDED
-                ],
+                "suspended": [t.task_id for t in suspended],
                 "rss_bytes": beat.rss_bytes if beat else None,
                 "memory_limit_bytes": e.memory_limit_bytes,
                 "mem_available_bytes": beat.mem_available_bytes if beat else None,
@@ -275,27 +324,48 @@ def status_snapshot(records: Records, policy: dict[str, Any]) -> dict[str, Any]:
                 "last_seen_s": (records.now - e.last_seen) / 1e9,
             }
         )
-    jobs = [
-        {
-            "job_id": j.job_id,
-            "priority": j.priority,
-            "order": j.order,
-            "total": j.total,
-            "finished": j.finished,
-            "failed": j.failed,
-            "cancelled": j.cancelled,
-        }
-        for j in records.jobs.values()
-    ]
+    listed: list[dict[str, Any]] = []
+    more = {"jobs": 0, "total": 0, "ended": 0}
+    done: list[Job] = []
+    done_jobs: dict[tuple[str, str], dict[str, Any]] = {}
+    for j in records.jobs.values():
+        for outcome in ("finished", "failed", "cancelled"):
+            tasks[j.priority][outcome] += getattr(j, outcome)
+        ended = j.finished + j.failed + j.cancelled
+        if ended < j.total:
+            if len(listed) < MAX_LISTED_JOBS:
+                listed.append(_job_row(j, suspended_in.get(j.job_id, 0)))
+            else:
+                more["jobs"] += 1
+                more["total"] += j.total
+                more["ended"] += ended
+            continue
+        if j.client_id not in records.clients:
+            continue  # done, and its client has left
+        done.append(j)
+        group = done_jobs.setdefault(
+            (j.fn, j.priority),
+            {"function": j.fn, "priority": j.priority, "jobs": 0, "tasks": 0, "failed": 0},
+        )
+        group["jobs"] += 1
+        group["tasks"] += j.total
+        group["failed"] += j.failed + j.cancelled
+    listed += [_job_row(j, 0) for j in done[-RECENT_DONE_JOBS:]]
+    for c in PRIORITIES:
+        tasks[c]["pending"] = records.pending.count(c)
     return {
         **policy,
         "max_suspensions": records.max_suspensions,
         "executors": executors,
-        "jobs": jobs,
-        "pending": {c: records.pending.count(c) for c in PRIORITIES},
+        "jobs": listed,
+        "more_jobs": more,
+        "done_jobs": list(done_jobs.values()),
+        "tasks": tasks,
+        "pending": {c: tasks[c]["pending"] for c in PRIORITIES},
         "unclaimed": records.unclaimed_count(),
         "restarts": records.restarts,
         "steals": records.steal_count,
+        "counters": counters or {},
     }
 
 

@@ -47,7 +47,9 @@ USER_FACING = {
     "tidal.runtime.demo",
     "tidal.runtime.futures",
     "tidal.runtime.processes",
+    "tidal.runtime.progress",
     "tidal.runtime.report",
+    "tidal.runtime.status_view",
     "tidal.runtime.timeline",
     "tidal.workloads.unified",  # the demo's application: it drives a Client
 }

@@ -28,6 +28,7 @@ _HOMES = {
     "gather": "tidal.runtime.futures",
     "Kernel": "tidal.runtime.kernel",
     "TaskKilled": "tidal.runtime.kernel",
+    "progress": "tidal.runtime.progress",
     "PROTOCOL_VERSION": "tidal.runtime.protocol",
     "ProtocolError": "tidal.runtime.protocol",
     "Partition": "tidal.runtime.task",
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
         gather,
     )
     from tidal.runtime.kernel import Kernel, TaskKilled
+    from tidal.runtime.progress import progress
     from tidal.runtime.protocol import PROTOCOL_VERSION, ProtocolError
     from tidal.runtime.task import Partition, TaskContext, current_context, task
     from tidal.scheduler.decisions import Kill, Launch, Resume, Suspend
@@ -100,5 +102,6 @@ __all__ = [
     "as_completed",
     "current_context",
     "gather",
+    "progress",
     "task",
 ]

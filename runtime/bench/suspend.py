@@ -151,7 +151,7 @@ def busy_executor(cycles: int = 500, record_us: float = 10.0, seed: int = 1) -> 
     rng = random.Random(seed)
     latencies, resumes = [], []
     link = _DirectLink()
-    proc = spawn_executor(link.address, node="bench")
+    proc = spawn_executor(link.address, node="bench", extra_args=["--quiet-exit"])
     try:
         link.wait_for(p.Hello)
         # Far more work than the run needs (~20 ms of records per cycle at 10 us a record,

@@ -29,7 +29,8 @@ from tidal.runtime.cli import main as cli
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.processes import child_env, spawn_executor, stop_process
-from tidal.scheduler.server import ANNOUNCEMENT, SchedulerServer
+from tidal.scheduler.server import SchedulerServer
+from tidal.scheduler.service import ANNOUNCEMENT
 from tidal.workloads.synthetic import spin, total
 
 # ---- key files -------------------------------------------------------------------------------

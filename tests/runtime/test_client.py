@@ -94,6 +94,21 @@ def test_an_address_that_is_not_one_is_a_clear_error():
         Client("localhost:8786")
 
 
+def test_without_an_address_the_client_connects_where_the_environment_says(fake, monkeypatch):
+    monkeypatch.setenv("TIDAL_SCHEDULER_ADDRESS", fake.address)
+    monkeypatch.delenv("TIDAL_KEYS", raising=False)
+    with Client(timeout=5) as client:
+        assert client.address == fake.address and client.keys is None
+        [hello] = fake.wait_for(p.ClientHello)
+        assert hello.client_id == client.client_id
+    monkeypatch.delenv("TIDAL_SCHEDULER_ADDRESS")
+    with pytest.raises(TypeError, match=r"needs a scheduler address .* TIDAL_SCHEDULER_ADDRESS"):
+        Client()
+    monkeypatch.setenv("TIDAL_SCHEDULER_ADDRESS", "localhost:8786")
+    with pytest.raises(ValueError, match="TIDAL_SCHEDULER_ADDRESS='localhost:8786': expected"):
+        Client()
+
+
 # ---- submitting --------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -256,3 +257,85 @@ def test_a_bulk_map_completes_in_place_with_failures_and_cancellations_end_to_en
         status = client.status()
         (job,) = status["jobs"]
         assert (job["finished"], job["failed"], job["cancelled"]) == (2_998, 1, 1)
+
+
+def test_a_policy_instance_with_settings_of_its_own_is_refused_not_silently_reset():
+    from tidal.scheduler.policies.static import StaticPolicy
+
+    with pytest.raises(ValueError) as refused:
+        LocalCluster(executors=1, policy=StaticPolicy(stream_share=0.5))
+    message = str(refused.value)
+    assert "this StaticPolicy is not StaticPolicy(): stream_share=0.5 where" in message
+    assert "StaticPolicy() has 0.25" in message and "subclass of StaticPolicy" in message
+
+
+def test_a_policy_instance_as_its_class_makes_it_runs_as_that_class():
+    from tidal.scheduler.policies.adaptive import AdaptivePolicy  # policies inside, compared too
+
+    with LocalCluster(executors=1, policy=AdaptivePolicy()) as cluster, Client(cluster) as client:
+        assert cluster.policy == "tidal.scheduler.policies.adaptive:AdaptivePolicy"
+        assert client.status()["policy"] == "adaptive"
+
+
+def test_local_executors_import_the_users_module_from_the_programs_folder(tmp_path, monkeypatch):
+    # As the user's program does; and the user's TIDAL_* settings, meant for `tidal`
+    # commands, do not reach the cluster's own processes (keys here would lock them out).
+    source = "def triple(xs):\n    return [3 * x for x in xs]\n"
+    (tmp_path / "firsthour_local.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TIDAL_KEYS", str(tmp_path))
+    monkeypatch.setenv("TIDAL_SCHEDULER_ADDRESS", "tcp://127.0.0.1:1")
+    from firsthour_local import triple
+
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        assert client.submit(triple, [1, 2]).result(timeout=30) == [3, 6]
+    monkeypatch.delitem(sys.modules, "firsthour_local")
+
+
+def test_closing_a_cluster_prints_nothing_of_its_executors_clean_exits(capfd):
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        assert client.submit(total, [1]).result(timeout=30) == 1
+    # The executors are gone (close() waited for them): all they would say was said.
+    assert "exits" not in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_program_killed_by_a_signal_leaves_no_cluster_process_behind():
+    import signal as signals
+
+    program = (
+        "import sys\n"
+        "from tidal import LocalCluster\n"
+        "cluster = LocalCluster(executors=1)\n"
+        "print(*[p.pid for p in cluster.processes], flush=True)\n"
+        "sys.stdin.read()\n"  # until killed
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", program],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    children = [int(pid) for pid in proc.stdout.readline().split()]
+    assert len(children) == 2  # the scheduler and the executor
+    proc.send_signal(signals.SIGKILL)  # no atexit, no close()
+    proc.wait(timeout=30)
+    proc.stdin.close()
+    proc.stdout.close()
+    deadline = time.monotonic() + 30
+    alive = children
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _running(pid)]
+        time.sleep(0.05)
+    assert not alive, f"still running after their program was killed: {alive}"
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not reaped by its new parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

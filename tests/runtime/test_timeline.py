@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -126,9 +127,10 @@ def flushed(path):
     return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
 
-@pytest.mark.slow
-def test_a_local_clusters_event_log_holds_a_suspension_and_its_resumption(tmp_path):
-    path = tmp_path / "events.jsonl"
+@contextlib.contextmanager
+def a_suspension_logged(path):
+    """A one-executor LocalCluster logging to `path`, in which a stream task has suspended
+    a batch task and both have finished: yields (client, batch future, stream future)."""
     with (
         LocalCluster(executors=1, heartbeat_ms=50, event_log=path) as cluster,
         Client(cluster) as client,
@@ -143,6 +145,14 @@ def test_a_local_clusters_event_log_holds_a_suspension_and_its_resumption(tmp_pa
         stream = client.submit(total, [1, 2], priority="stream")
         assert stream.result(timeout=30) == 3
         assert batch.result(timeout=30) == sum(range(20_000))
+        yield client, batch, stream
+
+
+@pytest.mark.slow
+def test_a_local_clusters_event_log_holds_a_suspension_and_its_resumption(tmp_path):
+    path = tmp_path / "events.jsonl"
+    with a_suspension_logged(path) as (_, batch, stream):
+        pass
     # Closed: the scheduler flushed and closed its log.
     events = read_events(path)
     about_batch = [e["event"] for e in events if e.get("task") == batch.task_id]

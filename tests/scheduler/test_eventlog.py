@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.scheduler.harness import CLIENT_ID, MS, Harness
+from tests.scheduler.harness import CLIENT_ID, MS, TOTAL, Harness
 from tidal.runtime import protocol as p
 from tidal.scheduler.core import ClientRequest, ExecutorLeft, Tick
 from tidal.scheduler.eventlog import FORMAT, EventLog, EventRecorder, read_events
@@ -52,6 +52,7 @@ def test_a_suspension_and_its_resumption_are_logged_decision_by_decision_and_rep
             "order": 0,
             "tasks": 1,
             "client": CLIENT_ID,
+            "function": TOTAL,
         },
         {
             "event": "launch",
