@@ -83,6 +83,7 @@ from tidal.runtime.jobs import (
 )
 from tidal.runtime.link import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RECONNECT_TIMEOUT_S
 from tidal.runtime.logs import RateLimitedLog
+from tidal.runtime.releases import Releases
 from tidal.runtime.results import ResultFetcher
 
 __all__ = [
@@ -162,6 +163,8 @@ class Client:
         # It is never held while a future completes: done callbacks may call back in.
         self._lock = threading.Lock()
         self._pending: dict[str, TaskFuture] = {}
+        # Jobs whose futures the program dropped, told to the scheduler with the next job.
+        self._releases = Releases()
         self._status_waiters: dict[str, concurrent.futures.Future] = {}
         # For a scheduler that restarts: each job's submit frame and how many of its futures
         # are pending (to submit it again), and the frame of each request waiting for its
@@ -366,21 +369,27 @@ class Client:
             except p.EncodeError as exc:
                 raise unencodable(ref.ref, parts, exc) from None
             check_frame_size(ref.ref, frame)
+            dropped = self._releases.dropped
             if bulk is None:
                 cancel, fn_ref = self._cancel_remote, ref.ref
-                futures = [TaskFuture(t[0], job_id, sent_ns, cancel, fn_ref) for t in tasks]
+                futures = [
+                    TaskFuture(t[0], job_id, sent_ns, cancel, fn_ref, dropped) for t in tasks
+                ]
+                self._releases.track(job_id, len(futures))
             else:
                 job = self._bulk.new_job(job_id, len(bulk), sent_ns, ref.ref)
-                futures = MapFutures(job)
+                futures = MapFutures(job, dropped)
+                self._releases.track(job_id, 1)
+            released = self._releases.take()  # told with this job: nothing waits for them
             with self._lock:
-                # Registered before the frame leaves, so no result can arrive ahead of its
-                # future.
-                self._check_open()
+                self._check_open()  # registered before the frame leaves: no result first
                 if bulk is None:
                     self._pending.update((future.task_id, future) for future in futures)
                     self._jobs[job_id] = [frame, len(futures)]
                 else:
                     self._bulk.add(job, frame)
+                if released:
+                    self._to_io.send(p.encode(p.Release(released)))
                 self._to_io.send(frame)
                 registered = True
         finally:

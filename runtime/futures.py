@@ -177,6 +177,7 @@ class TaskFuture(concurrent.futures.Future):
         submitted_ns: int,
         cancel_remote: Callable[[TaskFuture], None] | None = None,
         function: str | None = None,
+        dropped: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self.task_id = task_id
@@ -185,6 +186,13 @@ class TaskFuture(concurrent.futures.Future):
         self.function = function  # the task's function, "module:qualname", if known
         self._cancel_remote = cancel_remote
         self._stats: dict[str, Any] = {}
+        self._dropped = dropped  # told its job id when it is finalized (runtime/releases.py)
+
+    def __del__(self) -> None:
+        # The program dropped it: its client tells the scheduler (runtime/releases.py).
+        dropped = self._dropped
+        if dropped is not None:
+            dropped(self.job_id)
 
     def cancel(self) -> bool:
         """Cancel the task here and ask the scheduler to drop or kill it.
@@ -594,10 +602,16 @@ class MapFutures(Sequence[TaskFuture]):
     it waits on the job, making none. `+` with a list (or a tuple) makes a list.
     """
 
-    __slots__ = ("_job",)
+    __slots__ = ("_dropped", "_job")
 
-    def __init__(self, job: BulkJob) -> None:
+    def __init__(self, job: BulkJob, dropped: Callable[[str], None] | None = None) -> None:
         self._job = job
+        self._dropped = dropped  # told when it is finalized (runtime/releases.py)
+
+    def __del__(self) -> None:
+        dropped = self._dropped
+        if dropped is not None:
+            dropped(self._job.job_id)
 
     @property
     def job_id(self) -> str:

@@ -67,7 +67,7 @@ __all__ = [
 # 6: received (an executor has these launches): a loss counts toward max_retries from there.
 # 7: the bulk path (a chunked map as ranges): submit.bulk, launch_chunk.span, chunk_batch,
 #    batch_results.
-PROTOCOL_VERSION = 8
+PROTOCOL_VERSION = 9
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
 # goes ahead: a stream task exists to take a slot at once, batch work fills the rest.
@@ -477,6 +477,13 @@ class BatchResults(Message):
 @message("cancel", C2S)
 class Cancel(Message):
     task_ids: list
+
+
+@message("release", C2S)
+class Release(Message):
+    # Jobs the client holds no future of any more: the scheduler forgets each once it is
+    # done (scheduler/records/retire.py).
+    job_ids: list
 
 
 @message("status_request", C2S)

@@ -190,6 +190,7 @@ class SchedulerCore:
         self._requests: dict[type, Callable[[str, Any], None]] = {
             p.Submit: self._on_submit,
             p.Cancel: self._on_cancel,
+            p.Release: self._on_release,
             p.StatusRequest: self._on_status_request,
             p.ClientGoodbye: self._on_client_goodbye,
             p.Ping: self._on_ping,
@@ -267,6 +268,7 @@ class SchedulerCore:
             self._end_pass()
         else:
             raise TypeError(f"not a scheduler event: {event!r}")
+        records.settle_retired()
         out, records.out = records.out, []
         self.tally.step(out, records)
         return out
@@ -693,9 +695,17 @@ class SchedulerCore:
     def _on_ping(self, client_id: str, msg: p.Ping) -> None:
         self.records.answer(client_id, p.Pong(msg.request_id, msg.sent_ns))
 
+    def _on_release(self, client_id: str, msg: p.Release) -> None:
+        if isinstance(msg.job_ids, list):
+            self.records.release(client_id, msg.job_ids)
+
     def _on_client_goodbye(self, client_id: str, msg: p.ClientGoodbye) -> None:
+        """Its jobs go: what still runs is cancelled, and each retires when it is done."""
         self.records.clients.discard(client_id)
         self.records.note(ev.ClientLeft(client_id))
+        to_cancel = self.records.client_left(client_id)
+        if to_cancel:
+            self._on_cancel(client_id, p.Cancel(to_cancel))
 
     def _on_reattach(self, client_id: str, msg: p.Reattach) -> None:
         recovery.on_reattach(self.records, client_id, msg, self.journal.results)

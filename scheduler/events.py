@@ -34,6 +34,7 @@ __all__ = [
     "Instruction",
     "JobAccepted",
     "JobRefused",
+    "JobRetired",
     "Note",
     "PassEnded",
     "PolicyChanged",
@@ -179,6 +180,14 @@ class PolicyChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class JobRetired:
+    """A job left the books: done, and its client holds none of its futures (or left)."""
+
+    job_id: str
+    task_ids: tuple[str, ...]  # its records' ids (a bulk job's: those it had)
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionRefused:
     """The core refused a policy's decision (it was not valid when applied)."""
 
@@ -202,5 +211,6 @@ Note = (
     | ClientLeft
     | PolicyChanged
     | DecisionRefused
+    | JobRetired
 )
 Instruction = ToExecutor | ToClient | Note

@@ -80,6 +80,11 @@ INLINE_BYTES = 64 * 1024
 # task's result is committed at once. A commit per pass of the loop cost ~25% of the
 # scheduler's time under a flood of tiny tasks (`bench throughput` unchunked).
 GROUP_COMMIT_NS = 1_000_000
+# Retired jobs' rows are deleted (`JobRetired`): after such a commit, at most this many free
+# pages go back to the file system (16 KiB each), and the write-ahead log is cut back to
+# WAL_LIMIT_BYTES after each checkpoint; the file tracks the live work.
+VACUUM_PAGES = 256
+WAL_LIMIT_BYTES = 512 << 10
 # Rows asked for in one `IN (...)` query: below SQLite's default limit of variables.
 QUERY_CHUNK = 500
 
@@ -154,6 +159,8 @@ class NullJournal:
             self.executor_lost(note.executor_id)
         elif isinstance(note, ev.ClientLeft):
             self.client_left(note.client_id)
+        elif isinstance(note, ev.JobRetired):
+            self.job_retired(note.job_id, note.task_ids)
 
     def submitted(self, client_id: str, submit: p.Submit, frame: bytes | None = None) -> None:
         """A job was accepted (`frame`: its submit as it came, if known, kept as it is)."""
@@ -176,6 +183,9 @@ class NullJournal:
 
     def client_left(self, client_id: str) -> None:
         """A client said goodbye: its jobs are no longer wanted after a restart."""
+
+    def job_retired(self, job_id: str, task_ids: Iterable[str]) -> None:
+        """A job left the scheduler's books: its rows go (`task_ids`: its tasks' ids)."""
 
     def results(self, task_ids: Iterable[str]) -> dict[str, tuple[str, list[Any]]]:
         """The result items journaled for these tasks (those it has): task id -> (job id,
@@ -226,17 +236,25 @@ class Journal(NullJournal):
         self._in_flight: list[_Records] = []
         # One connection, two threads (a JournalWriter's, the loop's reads): one at a time.
         self._db_lock = threading.Lock()
+        self._vacuum_due = False  # free pages to give back, after retired jobs' deletes
 
     def _open(self, synchronous: str) -> None:
         db = self._db
-        db.execute("PRAGMA locking_mode=EXCLUSIVE")
         db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a new file's; an old one keeps its own
+        # Pages freed by retired jobs go back to the file system (`write`): a new file's
+        # setting too, which must come before WAL mode and the tables.
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise sqlite3.DatabaseError(f"WAL mode refused (journal_mode is {mode})")
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.execute("BEGIN EXCLUSIVE")  # takes the lock now, and keeps it (locking_mode)
         db.execute("COMMIT")
+        # The write-ahead log: checkpointed every WAL_LIMIT_BYTES of pages (SQLite's default,
+        # 1,000 pages, is 16 MB at our page size), and cut back to that after each.
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_LIMIT_BYTES // PAGE_SIZE}")
+        db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         db.executescript(_SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
@@ -300,6 +318,14 @@ class Journal(NullJournal):
 
     def client_left(self, client_id: str) -> None:
         self._pending.clients_left.append(client_id)
+
+    def job_retired(self, job_id: str, task_ids: Iterable[str]) -> None:
+        self._pending.retired.append(job_id)
+        # The in-memory index goes now: nobody will ask for these results again.
+        rows = self._rows
+        for task_id in task_ids:
+            rows.pop(task_id, None)
+        self._batch_rows.pop(job_id, None)
 
     # ---- reads --------------------------------------------------------------------------------
 
@@ -382,9 +408,18 @@ class Journal(NullJournal):
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        for row, task_ids in written:
-            if type(task_ids) is tuple:  # a batch: (job id, start, stop)
-                job_id, start, stop = task_ids
+            if any(records.retired for records in batches):
+                self._vacuum_due = True
+            if self._vacuum_due:  # a bounded step per commit, until no page is free
+                # (Run as a script: `execute` steps it once, which frees one page.)
+                db.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
+                self._vacuum_due = db.execute("PRAGMA freelist_count").fetchone()[0] > 0
+        retired = {job_id for records in batches for job_id in records.retired}
+        for row, job_id, task_ids in written:
+            if job_id in retired:
+                continue  # its rows are deleted already
+            if type(task_ids) is tuple:  # a batch: (start, stop)
+                start, stop = task_ids
                 bisect.insort(self._batch_rows.setdefault(job_id, []), (start, stop, row))
             else:
                 self._rows.update(dict.fromkeys(task_ids, row))
@@ -410,6 +445,7 @@ class _Records:
     joined: set[str] = field(default_factory=set)
     lost: set[str] = field(default_factory=set)
     clients_left: list[str] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)  # job ids
     payload_bytes: int = 0  # the arguments and results among them
     urgent: bool = False  # a stream task's result among them (no group commit: see `due`)
 
@@ -423,6 +459,7 @@ class _Records:
             or self.joined
             or self.lost
             or self.clients_left
+            or self.retired
         )
 
 
@@ -528,8 +565,9 @@ class JournalWriter:
             os.eventfd_write(self.fd, 1)
 
 
-def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, dict[str, Any]]]:
-    """One batch of records into an open transaction; (row, items) of each results row."""
+def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, str, Any]]:
+    """One batch of records into an open transaction; (row, job id, what it holds: the
+    items by task id, or a batch's (start, stop)) of each results row."""
     # Discussion: a job's submit as it came when the server has it: encoding a bulk map's
     # again cost ~13% of the scheduler's busy time in a map of 200,000 no-ops.
     jobs = [
@@ -544,7 +582,7 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, dict[s
         cursor = db.execute(
             "INSERT INTO results (job_id, ids, items) VALUES (?, ?, ?)", (job_id, ids, rest)
         )
-        written.append((cursor.lastrowid, items))
+        written.append((cursor.lastrowid, job_id, items))
     for result in records.batches:
         ids = _pack(
             {
@@ -558,7 +596,7 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, dict[s
             "INSERT INTO results (job_id, ids, items) VALUES (?, ?, ?)", (result.job_id, ids, rest)
         )
         stop = result.start + len(result.values)
-        written.append((cursor.lastrowid, (result.job_id, result.start, stop)))
+        written.append((cursor.lastrowid, result.job_id, (result.start, stop)))
     db.executemany("INSERT OR IGNORE INTO cancels VALUES (?, ?)", records.cancels)
     db.executemany("INSERT OR IGNORE INTO executors VALUES (?)", [(e,) for e in records.joined])
     db.executemany("DELETE FROM executors WHERE executor_id = ?", [(e,) for e in records.lost])
@@ -567,6 +605,10 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, dict[s
         db.execute(f"DELETE FROM results WHERE job_id IN ({jobs_of})", (client_id,))
         db.execute(f"DELETE FROM cancels WHERE job_id IN ({jobs_of})", (client_id,))
         db.execute("DELETE FROM jobs WHERE client_id = ?", (client_id,))
+    # Last: a job retires after its results are in (they came in the same steps, before).
+    retired = [(job_id,) for job_id in records.retired]
+    for table in ("results", "cancels", "jobs"):
+        db.executemany(f"DELETE FROM {table} WHERE job_id = ?", retired)
     return written
 
 

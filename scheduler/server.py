@@ -51,6 +51,7 @@ from tidal.runtime.auth import SchedulerAuth, is_loopback
 from tidal.runtime.frames import FrameReader
 from tidal.runtime.guard import BAD_FRAME_LIMIT, COOLDOWN_S, PeerGuard
 from tidal.runtime.logs import RateLimitedLog
+from tidal.runtime.memory import release_memory
 from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
 from tidal.scheduler.admission import (
     BatchBeforeHello,
@@ -102,6 +103,8 @@ PASS_BUDGET_NS = 2_000_000
 # Messages read from the socket at once, then handled (the pass's time is checked after each
 # such read: at ~10-30 us a handled message, 16 stay well within the budget's grain).
 READ_AT_ONCE = 16
+# While nothing runs, the loop gives freed memory back to the OS at most this often.
+TRIM_EVERY_NS = 5_000_000_000
 # A hello may list at most this many tasks held (each gets an answer: a kill, say).
 MAX_HOLDINGS = 10_000
 # Connections told to rejoin, remembered so that each is told once per REJOIN_EVERY_NS (a
@@ -220,6 +223,7 @@ class SchedulerServer:
         self._told_rejoin: OrderedDict[bytes, int] = OrderedDict()  # routing id -> when
         # The token each executor's `attach` must carry: a new one with each welcome.
         self._attach_tokens: dict[str, str] = {}
+        self._trimmed_at = time.monotonic_ns()  # memory last given back (`_give_back_memory`)
         if dashboard is not None:
             from tidal.scheduler.dashboard import LiveDashboard
 
@@ -292,9 +296,24 @@ class SchedulerServer:
                     self._delivery.send_due_acks()
                     for observer in self._observers:  # the log readable up to here
                         observer.tick()
+                    self._give_back_memory(now)
                     next_tick = now + tick_ns
         finally:
             self._shutdown_executors("scheduler stopping")
+
+    def _give_back_memory(self, now: int) -> None:
+        """While nothing runs, at most every TRIM_EVERY_NS: collect garbage and hand the
+        allocator's free pages back (runtime/memory.py). Retired jobs leave free pages
+        among live objects, which glibc keeps unless asked."""
+        if now - self._trimmed_at < TRIM_EVERY_NS:
+            return
+        records = self.core.records
+        if any(records.pending.count(c) for c in ("stream", "batch")) or any(
+            e.slot_task is not None or e.queued for e in records.executors.values() if e.alive
+        ):
+            return
+        self._trimmed_at = now
+        release_memory()
 
     def bad_input(self) -> dict[str, int]:
         """Counts of bad input so far (for status): frames received in all, bad ones, ones

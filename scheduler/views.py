@@ -366,6 +366,8 @@ def status_snapshot(
         "restarts": records.restarts,
         "steals": records.steal_count,
         "counters": counters or {},
+        # What the books hold: jobs and task records (retired ones are gone).
+        "books": {"jobs": len(records.jobs), "records": len(records.tasks)},
     }
 
 

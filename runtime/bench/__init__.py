@@ -27,6 +27,7 @@ BENCHMARKS = (
     "liveness",
     "bigdata",
     "hostile",
+    "soak",
 )
 
 

@@ -25,6 +25,7 @@ from tidal.runtime import protocol as p
 from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import events as ev
 from tidal.scheduler.records import spans
+from tidal.scheduler.records.retire import Retirement
 from tidal.scheduler.records.tables import (
     SLOT_STATES,
     ExecutorRecord,
@@ -50,7 +51,7 @@ PREFETCH_TARGET_NS = 2_000_000
 TASK_OVERHEAD_NS = 40_000
 
 
-class Records(spans.BulkBooks):
+class Records(spans.BulkBooks, Retirement):
     """The scheduler's tables and the bookkeeping on them; see the module docstring.
 
     `now` is the core's clock at the current step (the core sets it); `out` collects what
@@ -96,6 +97,10 @@ class Records(spans.BulkBooks):
         self._requeue_seq = 0
         self._last_launch_ns = 0  # the last launch's sent_ns (`_launch_stamp`)
         self._lost: deque[ExecutorRecord] = deque()  # lost, still in `executors`, oldest first
+        # Jobs to retire, and retired jobs' records that left their executors, at the end of
+        # the step (scheduler/records/retire.py).
+        self.retire_due: list[Job] = []
+        self.leaving: list[Task] = []
 
     # ---- facts -----------------------------------------------------------------------------------
 
@@ -213,7 +218,7 @@ class Records(spans.BulkBooks):
             self._seq += 1
             task = Task(task_id, job, payload, self._seq, self.now)
             task.preferred = tuple(options.get("preferred", ()))
-            self.tasks[task_id] = task
+            self.keep(task)
             tasks.append(task)
         return tasks
 
@@ -237,6 +242,7 @@ class Records(spans.BulkBooks):
             job.ended[task.index] = 1
         task.state = TaskState.DONE
         job.count_end(outcome)
+        self.ended(job)
         first_start = task.first_started_at
         stats = {
             "executor_id": task.executor_id,
@@ -424,6 +430,8 @@ class Records(spans.BulkBooks):
         elif task in executor.queued:
             executor.queued.remove(task)
         executor.suspended.pop(task.task_id, None)
+        if task.job.retired:
+            self.leaving.append(task)
 
     def take_slot(self, executor: ExecutorRecord, task: Task) -> Task | None:
         """`task`, queued on `executor`, reported it runs: it holds the slot now. Returns the
@@ -584,7 +592,7 @@ class Records(spans.BulkBooks):
             task.state = TaskState.LAUNCHED
             task.chunk = chunk
             chunk.subtasks[task.task_id] = task
-        self.tasks[chunk_id] = chunk
+        self.keep(chunk)
         return chunk
 
     def subtask_ended(self, task: Task, stats: Any) -> None:

@@ -79,6 +79,16 @@ class Job:
     ended: bytearray | None = None
     spans: list[Task] = field(default_factory=list)
     pieces: list[Task] = field(default_factory=list)  # its pending pieces
+    # The ids of its records in `Records.tasks` (tasks, chunks, pieces), to retire them;
+    # `released`: its client holds none of its futures any more (or left); `retired`: gone
+    # from the books (`Records.retire`), its records leaving as they leave their executors.
+    ids: list[str] = field(default_factory=list)
+    released: bool = False
+    retired: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.finished + self.failed + self.cancelled >= self.total
 
     def count_end(self, outcome: str) -> None:
         """Count one of its tasks as ended: "finished", "failed", or else cancelled."""

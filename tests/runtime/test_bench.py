@@ -164,3 +164,14 @@ def test_hostile_runs_its_phases_against_a_real_job_and_loses_nothing():
     assert figures["log_line_max_chars"] <= 500
     assert figures["ping_ms_max"] > 0 and figures["stream_p99_hostile_vs_quiet"] > 0
     assert figures["pings"] > 0 and type(figures["scheduler_rss_growth_mib"]) is float
+
+
+def test_soak_serves_clients_that_come_and_go_and_its_books_empty_out():
+    from tidal.runtime.bench import soak
+
+    figures = soak.run(clients=2, map_tasks=2_000, singles=6, long_rounds=3, idle_s=0)
+    assert figures["tasks"] == 1_010 + 2 * 2_006 + 3 * 1_006
+    assert figures["books_end"] == {"jobs": 1, "records": 1}  # the vanished client's last
+    assert figures["journal_bytes_end"] > 0
+    for key in ("scheduler_rss_start_mib", "scheduler_rss_end_mib", "executor_rss_growth_mib"):
+        assert isinstance(figures[key], float)

@@ -1,0 +1,148 @@
+"""Jobs leave the scheduler's books (and its journal) once done and released by their client,
+or when their client leaves: the core on the harness's fake clock, the journal on a file."""
+
+from __future__ import annotations
+
+import os
+
+from tests.scheduler.harness import CLIENT_ID, Harness
+from tests.scheduler.test_spans import run_span
+from tidal.runtime import payloads
+from tidal.runtime import protocol as p
+from tidal.scheduler.core import ClientJoined, ClientRequest
+from tidal.scheduler.events import JobRetired
+from tidal.scheduler.journal import Journal
+
+
+def release(h: Harness, *job_ids: str, client: str = CLIENT_ID) -> None:
+    h.handle(ClientRequest(client, p.Release(list(job_ids))))
+
+
+def retired(h: Harness) -> list[str]:
+    return [n.job_id for n in h.notes if isinstance(n, JobRetired)]
+
+
+def run_all(h: Harness) -> None:
+    """Play the executors: start and finish whatever was launched, until nothing is."""
+    while True:
+        launched = [(e, m.task_id) for e in list(h.to_executor) for m in h.sent(e, p.Launch)]
+        if not launched:
+            return
+        for executor, task_id in launched:
+            h.start(executor, task_id)
+            h.finish(executor, task_id)
+
+
+def test_a_released_job_leaves_the_books_when_its_last_task_ends_not_before():
+    h = Harness()
+    h.submit("j", "batch", 3)
+    release(h, "j")  # the program dropped its futures early
+    assert "j" in h.core.records.jobs and retired(h) == []
+    run_all(h)
+    assert retired(h) == ["j"]
+    assert "j" not in h.core.records.jobs
+    assert not [t for t in h.core.records.tasks if t.startswith("j/")]
+    assert len(h.results) == 3  # every result was sent before it left
+
+
+def test_a_done_job_leaves_when_released_and_an_unreleased_one_stays():
+    h = Harness()
+    h.submit("kept", "batch", 2)
+    h.submit("dropped", "stream", 1)
+    run_all(h)
+    assert retired(h) == []
+    release(h, "dropped")
+    assert retired(h) == ["dropped"]
+    assert set(h.core.records.jobs) == {"kept"}
+    assert sorted(h.core.records.tasks) == ["kept/0", "kept/1"]
+    assert h.core.status()["books"] == {"jobs": 1, "records": 2}
+
+
+def test_a_client_releases_only_its_own_jobs_and_unknown_ids_are_ignored():
+    h = Harness()
+    h.submit("j", "batch", 1)
+    run_all(h)
+    h.handle(ClientJoined("other"))
+    release(h, "j", client="other")
+    release(h, "nope", "j/0", client=CLIENT_ID)
+    h.handle(ClientRequest(CLIENT_ID, p.Release("not a list")))  # type: ignore[arg-type]
+    assert retired(h) == [] and "j" in h.core.records.jobs
+
+
+def test_a_goodbye_cancels_what_still_runs_and_every_job_of_the_client_leaves():
+    h = Harness(executors=[("e0", "n0")])
+    h.submit("done", "batch", 1)
+    run_all(h)
+    h.submit("busy", "batch", 3)  # launched there, one running, the rest queued behind it
+    launches = h.sent("e0", p.Launch)
+    h.start("e0", launches[0].task_id)
+    h.handle(ClientRequest(CLIENT_ID, p.ClientGoodbye("bye")))
+    assert retired(h) == ["done"]  # what was launched is being killed
+    kills = h.sent("e0", p.Kill)  # what was launched there, queued ones included
+    assert (
+        {m.task_id for m in launches}
+        <= {k.task_id for k in kills}
+        <= {"busy/0", "busy/1", "busy/2"}
+    )
+    for kill in kills:
+        h.report("e0", p.Killed(kill.task_id, 0, {"running_ns": 1}))
+    assert retired(h) == ["done", "busy"]
+    assert h.core.records.jobs == {} and h.core.records.tasks == {}
+    assert h.core.records.executors["e0"].slot_task is None  # its slot is free again
+
+
+def test_a_chunk_still_running_cancelled_tasks_leaves_when_its_executor_reports_it():
+    h = Harness(executors=[("e0", "n0")])
+    h.submit("c", "batch", 4, options={"chunksize": 4})
+    chunks = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunks[0].chunk_id, 0, h.clock.now))
+    h.handle(ClientRequest(CLIENT_ID, p.Cancel([f"c/{i}" for i in range(4)])))
+    release(h, "c")
+    assert retired(h) == ["c"]  # done for its client: every task cancelled
+    assert chunks[0].chunk_id in h.core.records.tasks  # still on e0, which must say so
+    h.report("e0", p.Finished(chunks[0].chunk_id, 0, payloads.pack_payload(None), {}))
+    assert h.core.records.tasks == {}
+    assert h.core.records.executors["e0"].slot_task is None
+
+
+def test_a_bulk_job_leaves_whole_when_released():
+    h = Harness()
+    h.submit("b", "batch", 40, options={"chunksize": 10}, bulk=True)
+    release(h, "b")
+    while chunks := [(e, m) for e in list(h.to_executor) for m in h.sent(e, p.LaunchChunk)]:
+        for executor, chunk in chunks:
+            run_span(h, executor, chunk)
+    assert retired(h) == ["b"] and len(h.results) == 40
+    assert h.core.records.jobs == {} and h.core.records.tasks == {}
+
+
+def journal_after(path, *, released: bool) -> int:
+    """The size of a closed journal that held 20 jobs of 200 KB arguments, all finished, and
+    then released (or not)."""
+    big = os.urandom(200_000)
+    journal = Journal(path)
+    h = Harness(journal=journal)
+    for i in range(20):
+        submit = p.Submit(f"j{i}", "batch", 0, None, "m:f", None, [[f"j{i}/0", big]], 0)
+        h.handle(ClientRequest(CLIENT_ID, submit))
+        journal.commit()
+    run_all(h)
+    journal.commit()
+    if released:
+        release(h, *[f"j{i}" for i in range(20)])
+        for _ in range(20):  # a bounded vacuum step per commit
+            journal.commit()
+        assert retired(h) == [f"j{i}" for i in range(20)]
+        assert journal.results([f"j{i}/0" for i in range(20)]) == {}
+        assert journal._rows == {}
+    journal.close()
+    return os.path.getsize(path)
+
+
+def test_the_journal_deletes_a_retired_jobs_rows_and_gives_its_pages_back(tmp_path):
+    kept = journal_after(tmp_path / "kept.sqlite", released=False)
+    released = journal_after(tmp_path / "released.sqlite", released=True)
+    assert kept > 4_000_000 and released < 200_000, (kept, released)
+    reopened = Journal(tmp_path / "released.sqlite")  # a restart finds nothing to do
+    assert reopened.state.jobs == [] and reopened.state.outcomes == {}
+    reopened.close()
