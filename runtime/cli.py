@@ -246,6 +246,14 @@ def _parser() -> argparse.ArgumentParser:
         "(draw it with `tidal timeline PATH`)",
     )
     scheduler.add_argument(
+        "--client-timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="a client whose connection is gone and that does not come back within S "
+        "seconds is taken to have said goodbye: its jobs go (default 300)",
+    )
+    scheduler.add_argument(
         "--dashboard",
         metavar="HOST:PORT",
         nargs="?",
@@ -515,6 +523,9 @@ def _run_scheduler(args: argparse.Namespace) -> int:
     if args.max_retries < 0:
         print("tidal scheduler: --max-retries must be >= 0", file=sys.stderr)
         return 2
+    if args.client_timeout <= 0:
+        print("tidal scheduler: --client-timeout must be > 0", file=sys.stderr)
+        return 2
     from tidal.scheduler.dashboard import DEFAULT_DASHBOARD, DashboardUnavailable
     from tidal.scheduler.journal import JournalError, default_journal_path
     from tidal.scheduler.service import serve
@@ -538,6 +549,7 @@ def _run_scheduler(args: argparse.Namespace) -> int:
             keys=args.keys,
             dashboard=DEFAULT_DASHBOARD if args.dashboard is True else args.dashboard,
             dashboard_fall_back=args.dashboard is True,
+            client_timeout_ns=int(args.client_timeout * 1e9),
         )
     except (JournalError, DashboardUnavailable) as exc:
         print(f"tidal scheduler: {exc}", file=sys.stderr)

@@ -87,6 +87,7 @@ class LocalCluster:
         journal: str | os.PathLike[str] | bool | None = None,
         keys: str | os.PathLike[str] | bool | None = None,
         dashboard: bool | str = False,
+        client_timeout: float = 300.0,
     ) -> None:
         if executors < 1:
             raise ValueError(f"a cluster needs at least one executor, not {executors}")
@@ -149,6 +150,8 @@ class LocalCluster:
             str(missed_heartbeats),
             "--max-retries",
             str(max_retries),
+            "--client-timeout",
+            str(client_timeout),
             "--announce",
             *([] if self.stealing else ["--no-stealing"]),
             *([] if self.event_log is None else ["--event-log", self.event_log]),

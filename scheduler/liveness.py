@@ -51,6 +51,8 @@ HANDSHAKE_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_F
 # What a probe sends to a live executor: an empty ack, which it takes as a sign that the
 # scheduler lives (as it does the answer to a heartbeat).
 PROBE = p.encode(p.Ack([]))
+# ... and to a live client: results of no task, which it reads as nothing.
+CLIENT_PROBE = p.encode(p.Results([]))
 
 
 class ConnectionWatch:
@@ -90,14 +92,14 @@ class ConnectionWatch:
             return None
         return self._probed_from + self._schedule.pop(0)
 
-    def unreachable(self, routing_ids: Iterable[bytes]) -> list[bytes]:
-        """Those of `routing_ids` whose connection is gone (each live one gets a probe)."""
+    def unreachable(self, routing_ids: Iterable[bytes], probe: bytes = PROBE) -> list[bytes]:
+        """Those of `routing_ids` whose connection is gone (each live one gets `probe`)."""
         gone = []
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         try:
             for routing_id in routing_ids:
                 try:
-                    self._router.send_multipart([routing_id, PROBE], zmq.NOBLOCK)
+                    self._router.send_multipart([routing_id, probe], zmq.NOBLOCK)
                 except zmq.ZMQError as exc:
                     if exc.errno == zmq.EHOSTUNREACH:
                         gone.append(routing_id)

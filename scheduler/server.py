@@ -51,7 +51,6 @@ from tidal.runtime.auth import SchedulerAuth, is_loopback
 from tidal.runtime.frames import FrameReader
 from tidal.runtime.guard import BAD_FRAME_LIMIT, COOLDOWN_S, PeerGuard
 from tidal.runtime.logs import RateLimitedLog
-from tidal.runtime.memory import release_memory
 from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
 from tidal.scheduler.admission import (
     BatchBeforeHello,
@@ -83,7 +82,13 @@ from tidal.scheduler.events import (
     ToClient,
 )
 from tidal.scheduler.journal import Journal, JournalWriter
-from tidal.scheduler.liveness import ConnectionWatch
+from tidal.scheduler.liveness import CLIENT_PROBE, ConnectionWatch
+from tidal.scheduler.upkeep import (
+    DEFAULT_CLIENT_TIMEOUT_NS,
+    TRIM_EVERY_NS,
+    ClientLeases,
+    MemoryTrim,
+)
 
 __all__ = ["DEFAULT_BIND", "SchedulerServer"]
 
@@ -103,8 +108,6 @@ PASS_BUDGET_NS = 2_000_000
 # Messages read from the socket at once, then handled (the pass's time is checked after each
 # such read: at ~10-30 us a handled message, 16 stay well within the budget's grain).
 READ_AT_ONCE = 16
-# While nothing runs, the loop gives freed memory back to the OS at most this often.
-TRIM_EVERY_NS = 5_000_000_000
 # A hello may list at most this many tasks held (each gets an answer: a kill, say).
 MAX_HOLDINGS = 10_000
 # Connections told to rejoin, remembered so that each is told once per REJOIN_EVERY_NS (a
@@ -137,6 +140,7 @@ class SchedulerServer:
         bad_frame_cooldown_s: float = COOLDOWN_S,
         dashboard: str | None = None,
         dashboard_fall_back: bool = False,
+        client_timeout_ns: int = DEFAULT_CLIENT_TIMEOUT_NS,
     ) -> None:
         self.scheduler_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # Opened first: a journal another scheduler holds stops us before anything binds.
@@ -223,7 +227,14 @@ class SchedulerServer:
         self._told_rejoin: OrderedDict[bytes, int] = OrderedDict()  # routing id -> when
         # The token each executor's `attach` must carry: a new one with each welcome.
         self._attach_tokens: dict[str, str] = {}
-        self._trimmed_at = time.monotonic_ns()  # memory last given back (`_give_back_memory`)
+        # Clients gone without a goodbye: their jobs go after `client_timeout_ns` (those of
+        # jobs a journal restored count as gone from the start); and freed memory given
+        # back while nothing runs (scheduler/upkeep.py).
+        now = time.monotonic_ns()
+        records = self.core.records
+        gone = {j.client_id for j in records.jobs.values()} - records.clients
+        self._leases = ClientLeases(client_timeout_ns, gone, now)
+        self._trim = MemoryTrim(TRIM_EVERY_NS, now)
         if dashboard is not None:
             from tidal.scheduler.dashboard import LiveDashboard
 
@@ -288,6 +299,7 @@ class SchedulerServer:
                 if self._probe_at is not None and now >= self._probe_at:
                     self._probe_at = self._watch.next_probe(now)
                     self._lose_unreachable(self._routes_of_executors())
+                    self._note_vanished_clients(now)
                 # -- 5. Tick: the core counts late executors busy, the policy may rebalance.
                 if now >= next_tick:
                     self._guard.tick()  # the periodic summary of suppressed log lines
@@ -296,24 +308,11 @@ class SchedulerServer:
                     self._delivery.send_due_acks()
                     for observer in self._observers:  # the log readable up to here
                         observer.tick()
-                    self._give_back_memory(now)
+                    self._trim.tick(self.core.records, now)
+                    self._forget_vanished_clients(now)
                     next_tick = now + tick_ns
         finally:
             self._shutdown_executors("scheduler stopping")
-
-    def _give_back_memory(self, now: int) -> None:
-        """While nothing runs, at most every TRIM_EVERY_NS: collect garbage and hand the
-        allocator's free pages back (runtime/memory.py). Retired jobs leave free pages
-        among live objects, which glibc keeps unless asked."""
-        if now - self._trimmed_at < TRIM_EVERY_NS:
-            return
-        records = self.core.records
-        if any(records.pending.count(c) for c in ("stream", "batch")) or any(
-            e.slot_task is not None or e.queued for e in records.executors.values() if e.alive
-        ):
-            return
-        self._trimmed_at = now
-        release_memory()
 
     def bad_input(self) -> dict[str, int]:
         """Counts of bad input so far (for status): frames received in all, bad ones, ones
@@ -371,6 +370,23 @@ class SchedulerServer:
             for rid in list(self._connections.get(peer, {routing_id})):
                 self._forget(rid)
             self._dispatch(self._handle(ExecutorLeft(peer[1], "its connection dropped")))
+
+    def _note_vanished_clients(self, now: int) -> None:
+        """After a disconnection: the clients whose connection is gone, from now on."""
+        routes = {rid: peer[1] for peer, rid in self._routes.items() if peer[0] == "client"}
+        if routes:
+            gone = self._watch.unreachable(routes, CLIENT_PROBE)
+            self._leases.disconnected((routes[rid] for rid in gone), now)
+
+    def _forget_vanished_clients(self, now: int) -> None:
+        """Say goodbye for each client gone `--client-timeout` without coming back."""
+        for client_id in self._leases.expired(now):
+            route = self._routes.get(("client", client_id))
+            if route is not None:
+                self._forget(route)
+            self._delivery.forget_client(client_id)
+            reason = f"no word for {self._leases.timeout_ns / 1e9:g} s (--client-timeout)"
+            self._dispatch(self._handle(ClientRequest(client_id, p.ClientGoodbye(reason))))
 
     def _handle(self, event: Event) -> list[Instruction]:
         """One event through the core; the step is logged when there is an event log."""
@@ -692,6 +708,8 @@ class SchedulerServer:
             self._held.drop(peer[1])
         self._bind(routing_id, peer)
         self._routes[peer] = routing_id
+        if peer[0] == "client":
+            self._leases.came_back(peer[1])
         if (
             before is not None
             and before != peer

@@ -3,15 +3,22 @@ or when their client leaves: the core on the harness's fake clock, the journal o
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+
+import pytest
+import zmq
 
 from tests.scheduler.harness import CLIENT_ID, Harness
 from tests.scheduler.test_spans import run_span
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
+from tidal.runtime.client import Client
 from tidal.scheduler.core import ClientJoined, ClientRequest
 from tidal.scheduler.events import JobRetired
 from tidal.scheduler.journal import Journal
+from tidal.scheduler.server import SchedulerServer
 
 
 def release(h: Harness, *job_ids: str, client: str = CLIENT_ID) -> None:
@@ -146,3 +153,67 @@ def test_the_journal_deletes_a_retired_jobs_rows_and_gives_its_pages_back(tmp_pa
     reopened = Journal(tmp_path / "released.sqlite")  # a restart finds nothing to do
     assert reopened.state.jobs == [] and reopened.state.outcomes == {}
     reopened.close()
+
+
+@pytest.fixture
+def raw_client():
+    """Bare DEALER sockets (a client without Tidal's client: it can vanish), closed after."""
+    context = zmq.Context()
+    sockets = []
+
+    def connect(address: str, client_id: str) -> zmq.Socket:
+        socket = context.socket(zmq.DEALER)
+        socket.linger = 0
+        socket.connect(address)
+        socket.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, client_id, 1, "h")))
+        assert socket.poll(10_000)
+        assert isinstance(p.decode(socket.recv()), p.ClientWelcome)
+        sockets.append(socket)
+        return socket
+
+    yield connect
+    for socket in sockets:
+        socket.close(linger=0)
+    context.term()
+
+
+def submit_frame(job_id: str) -> bytes:
+    return p.encode(p.Submit(job_id, "batch", 0, None, "m:f", None, [[f"{job_id}/0", b"x"]], 0))
+
+
+@pytest.mark.slow
+def test_a_vanished_clients_jobs_go_after_the_client_timeout_also_after_a_restart(
+    tmp_path, raw_client
+):
+    path = tmp_path / "journal.sqlite"
+    options = {"heartbeat_ns": 100_000_000, "client_timeout_ns": 600_000_000}
+    with running(SchedulerServer("tcp://127.0.0.1:*", journal=path, **options)) as server:
+        vanishing = raw_client(server.address, "vanishing")
+        vanishing.send(submit_frame("j"))  # no executor: it stays pending
+        with Client(server.address) as watcher:
+            watcher.wait_for_status(lambda s: s["books"]["jobs"] == 1)
+            vanishing.close(linger=0)  # no goodbye
+            assert watcher.wait_for_status(lambda s: s["books"]["jobs"] == 0)
+        stayed = raw_client(server.address, "staying")
+        stayed.send(submit_frame("k"))
+    # Restarted on its journal: the staying client's job is back, then goes after the
+    # timeout (that client never comes back), and the journal keeps none.
+    restarted = SchedulerServer("tcp://127.0.0.1:*", journal=path, **options)
+    with running(restarted) as server, Client(server.address) as watcher:
+        assert watcher.status()["books"]["jobs"] == 1
+        assert watcher.wait_for_status(lambda s: s["books"]["jobs"] == 0)
+    reopened = Journal(path)
+    assert reopened.state.jobs == []
+    reopened.close()
+
+
+@contextlib.contextmanager
+def running(server: SchedulerServer):
+    thread = threading.Thread(target=server.serve, name="test-scheduler", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(10)
+        server.close()
