@@ -11,7 +11,8 @@ scheduler idles until its books are empty.
 Figures: `tasks`; the scheduler's RSS at the start (after a warm-up job), its peak (sampled
 between jobs) and at the end (MiB); `scheduler_rss_growth_per_million_mib` while the
 long-lived client works; `executor_rss_growth_mib` (the larger of the two); `journal_bytes_end`
-(the journal and its write-ahead log); and what the books hold at the end.
+(the journal and its write-ahead log); and what the books hold at the end (nothing: the
+vanished clients' jobs go after the cluster's client timeout, CLIENT_TIMEOUT_S).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ MIB = 1 << 20
 # How long the scheduler idles before its memory is measured at the end (it gives freed
 # memory back at most every scheduler.server.TRIM_EVERY_NS while nothing runs).
 IDLE_S = 6.0
+# The cluster's --client-timeout: the vanished clients' last jobs go within the run.
+CLIENT_TIMEOUT_S = 2.0
 
 
 def _rss(pid: int) -> float:
@@ -94,7 +97,7 @@ def run(
     scale = 10 if quick else 1
     map_tasks = map_tasks or 100_000 // scale
     singles = singles or 200 // scale
-    with LocalCluster(executors=2) as cluster:
+    with LocalCluster(executors=2, client_timeout=CLIENT_TIMEOUT_S) as cluster:
         scheduler = cluster.processes[0].pid
         executors = [p.pid for p in cluster.processes[1:]]
         tasks = 0
@@ -124,11 +127,12 @@ def run(
             (t0, r0), (t1, r1) = rounds_rss[long_rounds // 3], rounds_rss[-1]
             growth = (r1 - r0) / (t1 - t0) * 1e6
         # -- 3. Everyone gone: the books empty out.
-        # (A vanished client's last job stays: its futures were held when its process
-        # ended, and no goodbye came. `--client-timeout` is not built yet: issue 19.)
-        vanished = clients // 2
+        # (A vanished client's last job goes after the client timeout: its futures were
+        # held when its process ended, and no goodbye came.)
         with Client(cluster) as watcher:
-            books = watcher.wait_for_status(lambda s: s["books"]["jobs"] <= vanished)["books"]
+            books = watcher.wait_for_status(
+                lambda s: s["books"]["jobs"] == 0, timeout=CLIENT_TIMEOUT_S + 30
+            )["books"]
         time.sleep(idle_s)  # it idles: what it gives back when nothing runs, it has by now
         end = _rss(scheduler)
         executors_end = [_rss(pid) for pid in executors]
