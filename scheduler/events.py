@@ -39,6 +39,7 @@ __all__ = [
     "PassEnded",
     "PolicyChanged",
     "TaskEnded",
+    "TaskLost",
     "Tick",
     "ToClient",
     "ToExecutor",
@@ -180,6 +181,15 @@ class PolicyChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskLost:
+    """A task was lost with its executor (one more toward `max_retries`)."""
+
+    job_id: str
+    task_id: str
+    executor_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class JobRetired:
     """A job left the books: done, and its client holds none of its futures (or left)."""
 
@@ -212,5 +222,6 @@ Note = (
     | PolicyChanged
     | DecisionRefused
     | JobRetired
+    | TaskLost
 )
 Instruction = ToExecutor | ToClient | Note

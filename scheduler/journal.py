@@ -97,6 +97,7 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_by_job ON results (job_id);
 CREATE TABLE IF NOT EXISTS cancels (task_id TEXT PRIMARY KEY, job_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS executors (executor_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS losses (task_id TEXT NOT NULL, job_id TEXT NOT NULL, executor_id TEXT);
 """
 
 
@@ -128,6 +129,7 @@ class JournalState:
     outcomes: dict[str, str] = field(default_factory=dict)  # ended task id -> outcome
     cancels: set[str] = field(default_factory=set)  # task ids a client cancelled
     executors: set[str] = field(default_factory=set)  # alive when the journal last heard
+    losses: dict[str, list[str]] = field(default_factory=dict)  # task id -> executors lost
 
     @property
     def empty(self) -> bool:
@@ -161,6 +163,8 @@ class NullJournal:
             self.client_left(note.client_id)
         elif isinstance(note, ev.JobRetired):
             self.job_retired(note.job_id, note.task_ids)
+        elif isinstance(note, ev.TaskLost):
+            self.task_lost(note.job_id, note.task_id, note.executor_id)
 
     def submitted(self, client_id: str, submit: p.Submit, frame: bytes | None = None) -> None:
         """A job was accepted (`frame`: its submit as it came, if known, kept as it is)."""
@@ -186,6 +190,9 @@ class NullJournal:
 
     def job_retired(self, job_id: str, task_ids: Iterable[str]) -> None:
         """A job left the scheduler's books: its rows go (`task_ids`: its tasks' ids)."""
+
+    def task_lost(self, job_id: str, task_id: str, executor_id: str) -> None:
+        """A task was lost with its executor (a restart keeps counting from there)."""
 
     def results(self, task_ids: Iterable[str]) -> dict[str, tuple[str, list[Any]]]:
         """The result items journaled for these tasks (those it has): task id -> (job id,
@@ -284,6 +291,8 @@ class Journal(NullJournal):
                 state.outcomes[task_id] = outcome
                 self._rows[task_id] = batch
         state.cancels = {task_id for (task_id,) in db.execute("SELECT task_id FROM cancels")}
+        for task_id, executor_id in db.execute("SELECT task_id, executor_id FROM losses"):
+            state.losses.setdefault(task_id, []).append(executor_id)
         state.executors = {e for (e,) in db.execute("SELECT executor_id FROM executors")}
         return state
 
@@ -318,6 +327,9 @@ class Journal(NullJournal):
 
     def client_left(self, client_id: str) -> None:
         self._pending.clients_left.append(client_id)
+
+    def task_lost(self, job_id: str, task_id: str, executor_id: str) -> None:
+        self._pending.losses.append((task_id, job_id, executor_id))
 
     def job_retired(self, job_id: str, task_ids: Iterable[str]) -> None:
         self._pending.retired.append(job_id)
@@ -446,6 +458,7 @@ class _Records:
     lost: set[str] = field(default_factory=set)
     clients_left: list[str] = field(default_factory=list)
     retired: list[str] = field(default_factory=list)  # job ids
+    losses: list[tuple[str, str, str]] = field(default_factory=list)  # task, job, executor
     payload_bytes: int = 0  # the arguments and results among them
     urgent: bool = False  # a stream task's result among them (no group commit: see `due`)
 
@@ -460,6 +473,7 @@ class _Records:
             or self.lost
             or self.clients_left
             or self.retired
+            or self.losses
         )
 
 
@@ -598,16 +612,18 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, str, A
         stop = result.start + len(result.values)
         written.append((cursor.lastrowid, result.job_id, (result.start, stop)))
     db.executemany("INSERT OR IGNORE INTO cancels VALUES (?, ?)", records.cancels)
+    db.executemany("INSERT INTO losses VALUES (?, ?, ?)", records.losses)
     db.executemany("INSERT OR IGNORE INTO executors VALUES (?)", [(e,) for e in records.joined])
     db.executemany("DELETE FROM executors WHERE executor_id = ?", [(e,) for e in records.lost])
     for client_id in records.clients_left:
         jobs_of = "SELECT job_id FROM jobs WHERE client_id = ?"
         db.execute(f"DELETE FROM results WHERE job_id IN ({jobs_of})", (client_id,))
         db.execute(f"DELETE FROM cancels WHERE job_id IN ({jobs_of})", (client_id,))
+        db.execute(f"DELETE FROM losses WHERE job_id IN ({jobs_of})", (client_id,))
         db.execute("DELETE FROM jobs WHERE client_id = ?", (client_id,))
     # Last: a job retires after its results are in (they came in the same steps, before).
     retired = [(job_id,) for job_id in records.retired]
-    for table in ("results", "cancels", "jobs"):
+    for table in ("results", "cancels", "losses", "jobs"):
         db.executemany(f"DELETE FROM {table} WHERE job_id = ?", retired)
     return written
 

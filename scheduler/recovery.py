@@ -69,6 +69,7 @@ def restore(records: Records, state: JournalState, grace_ns: int, path: str | No
             job.count_end(state.outcomes[task_id])
         for task in tasks:
             records.unclaimed(task, cancelled=task.task_id in state.cancels)
+            task.lost_on = list(state.losses.get(task.task_id, ()))  # counted on from there
             if task.cancel_requested:
                 cancelled.append(task)
     for task in cancelled:  # asked for before the restart: done, wherever it may still run

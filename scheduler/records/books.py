@@ -276,7 +276,7 @@ class Records(spans.BulkBooks, Retirement):
         again = []
         for task in tasks:
             if lost_on is not None:
-                task.lost_on.append(lost_on)
+                self.count_loss(task, lost_on)
             if task.cancel_requested:
                 self.complete(task, "cancelled", None, None)
             elif error is not None:
@@ -292,6 +292,12 @@ class Records(spans.BulkBooks, Retirement):
             else:
                 again.append(task)
         self.requeue(again, attempt=started)
+
+    def count_loss(self, task: Task, executor_id: str) -> None:
+        """`task` was lost with `executor_id`: counted toward `max_retries`, and journaled,
+        so that a restart does not reset the count."""
+        task.lost_on.append(executor_id)
+        self.note(ev.TaskLost(task.job.job_id, task.task_id, executor_id))
 
     def requeue(self, tasks: list[Task], *, attempt: bool = True) -> None:
         """Queue tasks again at the front of their class (a new attempt if `attempt`)."""
@@ -768,6 +774,6 @@ class Records(spans.BulkBooks, Retirement):
             self.stop_running(task, at=executor.last_seen)
             task.work_lost_ns += task.running_estimate_ns
             if lost_on is not None:
-                task.lost_on.append(lost_on)  # settle() fails it past the limit
+                self.count_loss(task, lost_on)  # settle() fails it past the limit
             lost.append(task)
         self.settle(lost)
