@@ -29,7 +29,7 @@ from tidal.runtime.stats import percentile
 
 __all__ = ["machine_info", "reference_figures"]
 
-PACKAGES = ("tidal", "greenlet", "pyzmq", "msgpack", "psutil", "dask", "distributed")
+PACKAGES = ("tidal", "greenlet", "pyzmq", "msgpack", "psutil", "dask", "distributed", "ray")
 
 
 def machine_info() -> dict[str, Any]:

@@ -1,32 +1,39 @@
-"""`tidal bench unified`: the demo's unified application on Tidal (lb) and on Dask distributed.
+"""`tidal bench unified`: the demo's unified application on Tidal (lb), Dask and Ray.
 
 The same task code (workloads/unified.py), the same corpus, sweeps, event rate and
-micro-batch interval, the same number of single-thread worker processes. On Tidal the
-cluster runs the lb policy and tasks carry their priority class ("stream" or "batch"); on
-Dask the stream job submits with `priority=10` and the batch job with `priority=0`, Dask's
-own way to put one kind of work first. Each backend gets a fresh cluster; each batch job is
-trained by a driver process of its own (runtime/demo.py's `BatchDriver`), the stream job is
-cut and timed in this process, exactly as `tidal demo` does.
+micro-batch interval, two single-CPU task slots on each backend (runtime/bench/peers.py).
+On Tidal the cluster runs the lb policy and tasks carry their priority class ("stream" or
+"batch"); on Dask the stream job submits with `priority=10` and the batch job with
+`priority=0`, Dask's own way to put one kind of work first; Ray has no task priorities, so
+both submit alike. Each backend gets a fresh cluster; each batch job is trained by a driver
+process of its own (runtime/demo.py's `BatchDriver`), the stream job is cut and timed in
+this process, exactly as `tidal demo` does.
 
 Figures per backend: the stream job's latency (a micro-batch's submission to its result in
 hand) while the batch job runs, p50 and p99, and the batch job's makespan.
-`stream_p99_ratio` is Dask's p99 over Tidal's; `makespan_ratio` Tidal's makespan over Dask's.
-The checks: every micro-batch's result equals the same query run here, on both, and both
-train the same model (training is deterministic).
+`stream_p99_ratio` is Dask's p99 over Tidal's, `makespan_ratio` Tidal's makespan over
+Dask's; `ray_stream_p99_ratio` and `ray_makespan_ratio` the same against Ray.
+The checks: every micro-batch's result equals the same query run here, on every backend,
+and all train the same model (training is deterministic).
 
-On Dask the batch driver broadcasts each sweep's model to every worker once
-(`client.scatter(..., broadcast=True)`), as Dask's documentation advises for a large
-argument shared by many tasks; Tidal's client sends it with each task.
+The batch driver sends each sweep's model once for all of the sweep's tasks, as each peer's
+documentation advises for a large argument shared by many tasks: on Dask broadcast to every
+worker (`client.scatter(..., broadcast=True)`), on Ray put in its object store
+(`ray.put`). Tidal's client sends it with each task.
 
-Discussion: Dask cannot take a worker from a running task, so a stream task waits for a
-batch task to end (up to `task_s`); with priorities it is at least first in line. Without
-`dask[distributed]` installed, the Dask side is skipped and says why.
+Discussion: neither peer can take a slot from a running task, so a stream task waits for a
+batch task to end (up to `task_s`); on Dask, with priorities, it is at least first in line,
+on Ray it waits its turn among the sweep's queued tasks. A peer that is not installed is
+skipped (`dask_skipped`, `ray_skipped` say why); Tidal's side always runs.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +43,29 @@ from tidal.runtime.bench.peers import (
     dask_cluster,
     dask_missing,
     dask_versions,
+    ray_cluster,
+    ray_connect,
+    ray_missing,
+    ray_versions,
 )
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
-from tidal.runtime.demo import DemoConfig, PolicyRun, run_unified, size_batch_job, train_tidal
+from tidal.runtime.demo import (
+    DemoConfig,
+    PolicyRun,
+    TrainFunction,
+    run_unified,
+    size_batch_job,
+    train_tidal,
+)
 from tidal.workloads.topics import Corpus, TopicModel, Trainer, make_corpus, resample
 
-TARGETS = {"stream_p99_ratio": (">=", 20.0), "makespan_ratio": ("<=", 1.05)}
+TARGETS = {
+    "stream_p99_ratio": (">=", 20.0),
+    "makespan_ratio": ("<=", 1.05),
+    "ray_stream_p99_ratio": (">=", 100.0),
+    "ray_makespan_ratio": ("<=", 1.05),
+}
 POLICY = "lb"
 
 
@@ -84,6 +107,63 @@ def train_dask(
         return trainer.model, time.monotonic() - start, {}
 
 
+def train_ray(
+    address: str,
+    corpus: Corpus,
+    partitions: int,
+    sweeps: int,
+    ready: Any,
+    on_sweep: Any,
+) -> tuple[TopicModel, float, dict[str, Any]]:
+    """The batch job on Ray (a `TrainFunction`, run in the batch driver's process)."""
+    with ray_connect(address) as client:
+        ready()
+        trainer = Trainer(corpus, partitions)
+        start = time.monotonic()
+
+        def on_ray(inputs: list[Any], arguments: dict[str, Any]) -> list[Any]:
+            arguments["word_topic"] = client.put(arguments["word_topic"])
+            return client.map(resample_partition, inputs, **arguments)
+
+        for _ in range(sweeps):
+            on_sweep(trainer.sweep(on_ray))
+        return trainer.model, time.monotonic() - start, {}
+
+
+# ---- the peers -------------------------------------------------------------------------------
+
+
+@contextmanager
+def _on_dask(workers: int) -> Iterator[tuple[Any, str]]:
+    with dask_cluster(workers) as client:
+        yield DaskStreamClient(client), client.scheduler.address
+
+
+@contextmanager
+def _on_ray(workers: int) -> Iterator[tuple[Any, str]]:
+    with ray_cluster(workers) as client:
+        yield client, client.address
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A backend to compare with: how to tell it is installed, start it and train on it."""
+
+    name: str
+    missing: Callable[[], str | None]  # why it cannot run here, or None
+    versions: Callable[[], dict[str, str]]
+    # workers -> (the stream driver's client, the address the batch driver connects to)
+    cluster: Callable[[int], AbstractContextManager[tuple[Any, str]]]
+    train: TrainFunction
+    ratios: str  # the prefix of its ratios' names: Dask's kept theirs from before Ray came
+
+
+PEERS = (
+    Peer("dask", dask_missing, dask_versions, _on_dask, train_dask, ratios=""),
+    Peer("ray", ray_missing, ray_versions, _on_ray, train_ray, ratios="ray_"),
+)
+
+
 # The figures of a backend's run: a part of its report.json row (runtime/demo.py).
 FIGURES = (
     "stream_ms_p50",
@@ -116,29 +196,9 @@ def run(quick: bool = False, config: DemoConfig | None = None) -> dict[str, Any]
             Client(cluster) as client,
         ):
             tidal = run_unified("tidal", client, (cluster.address, train_tidal), *job)
-        result: dict[str, Any] = {
-            "tidal": _figures(tidal, "suspensions"),
-            "dask": None,
-            "stream_p99_ratio": None,
-            "makespan_ratio": None,
-        }
-        missing = dask_missing()
-        if missing is None:
-            with dask_cluster(config.executors) as dask_client:
-                dask = run_unified(
-                    "dask",
-                    DaskStreamClient(dask_client),
-                    (dask_client.scheduler.address, train_dask),
-                    *job,
-                )
-            ours = result["tidal"]
-            theirs = result["dask"] = _figures(dask)
-            result["dask_versions"] = dask_versions()
-            result["stream_p99_ratio"] = theirs["stream_ms_p99"] / ours["stream_ms_p99"]
-            result["makespan_ratio"] = ours["batch_makespan_s"] / theirs["batch_makespan_s"]
-            result["same_model"] = ours["model_digest"] == theirs["model_digest"]
-        else:
-            result["dask_skipped"] = missing
+        result: dict[str, Any] = {"tidal": _figures(tidal, "suspensions")}
+        for peer in PEERS:
+            result.update(_compare(peer, result["tidal"], config, job))
     result["config"] = {
         "executors": config.executors,
         "policy": POLICY,
@@ -150,6 +210,25 @@ def run(quick: bool = False, config: DemoConfig | None = None) -> dict[str, Any]
         "events_per_s": config.events_per_s,
     }
     return result
+
+
+def _compare(
+    peer: Peer, ours: dict[str, Any], config: DemoConfig, job: tuple[Any, ...]
+) -> dict[str, Any]:
+    """The same job on `peer`: its figures and the ratios, or why it was skipped."""
+    ratios = {f"{peer.ratios}stream_p99_ratio": None, f"{peer.ratios}makespan_ratio": None}
+    missing = peer.missing()
+    if missing is not None:
+        return {peer.name: None, **ratios, f"{peer.name}_skipped": missing}
+    with peer.cluster(config.executors) as (stream_client, address):
+        theirs = _figures(run_unified(peer.name, stream_client, (address, peer.train), *job))
+    return {
+        peer.name: theirs,
+        f"{peer.name}_versions": peer.versions(),
+        f"{peer.ratios}stream_p99_ratio": theirs["stream_ms_p99"] / ours["stream_ms_p99"],
+        f"{peer.ratios}makespan_ratio": ours["batch_makespan_s"] / theirs["batch_makespan_s"],
+        f"{peer.ratios}same_model": ours["model_digest"] == theirs["model_digest"],
+    }
 
 
 def _ignore(_done: float, _status: str) -> None:

@@ -2,20 +2,57 @@
 
 No figure is judged here (speed targets live in the benchmarks themselves); these tests
 check that every benchmark reports what it must, that a failing one is reported and does
-not stop the others, and that the Dask peer runs, or is skipped with a reason.
+not stop the others, and that each peer runs, or is skipped with a reason. The Ray peer's
+code runs against tests/runtime/fake_ray (Ray's calls over threads: Ray itself is not in
+the test extra, see docs/benchmarks.md); with Ray installed, one test starts the real one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import math
+import os
+import pathlib
+import sys
+import tempfile
 
+import psutil
 import pytest
 
 from tidal.runtime import cli
-from tidal.runtime.bench import BENCHMARKS, bigdata, hostile, suite, throughput, unified
+from tidal.runtime.bench import BENCHMARKS, bigdata, hostile, peers, suite, throughput, unified
 from tidal.runtime.bench.machine import machine_info, reference_figures
 from tidal.runtime.demo import DemoConfig
+from tidal.workloads.synthetic import spin, total
+
+FAKE_RAY = pathlib.Path(__file__).with_name("fake_ray")
+SKIPPED = "not installed (test)"
+
+
+def _skip(monkeypatch, peer):
+    """Run unified without `peer`, as if it were not installed."""
+    monkeypatch.setattr(
+        unified,
+        "PEERS",
+        tuple(
+            dataclasses.replace(p, missing=lambda: SKIPPED) if p.name == peer else p
+            for p in unified.PEERS
+        ),
+    )
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    """tests/runtime/fake_ray as `ray`, here and in the processes a benchmark spawns."""
+    spec = importlib.util.spec_from_file_location("ray", FAKE_RAY / "ray.py")
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.syspath_prepend(str(FAKE_RAY))
+    yield fake
+    assert not fake.is_initialized(), "the benchmark left its Ray driver running"
 
 
 def test_every_benchmark_is_a_module_with_targets_and_run():
@@ -95,16 +132,19 @@ def test_all_runs_each_benchmark_in_its_own_process_and_survives_a_failure(monke
 
 
 @pytest.mark.slow
-def test_throughput_without_dask_says_so_and_still_measures_tidal(monkeypatch):
-    monkeypatch.setattr(throughput, "dask_missing", lambda: "dask is not installed (test)")
+def test_throughput_without_the_peers_says_so_and_still_measures_tidal(monkeypatch):
+    monkeypatch.setattr(throughput, "dask_missing", lambda: SKIPPED)
+    monkeypatch.setattr(throughput, "ray_missing", lambda: SKIPPED)
     result = throughput.run(tasks=300)
-    assert result["dask_skipped"] == "dask is not installed (test)"
-    assert "dask_tasks_per_s" not in result and result["tasks_per_s"] > 0
+    assert result["dask_skipped"] == result["ray_skipped"] == SKIPPED
+    assert "dask_tasks_per_s" not in result and "ray_tasks_per_s" not in result
+    assert result["tasks_per_s"] > 0
 
 
 @pytest.mark.slow
-def test_throughput_compares_with_dask_on_the_same_tasks():
+def test_throughput_compares_with_dask_on_the_same_tasks(monkeypatch):
     pytest.importorskip("distributed")
+    monkeypatch.setattr(throughput, "ray_missing", lambda: SKIPPED)
     result = throughput.run(tasks=300)
     assert result["dask_tasks_per_s"] > 0
     assert result["tasks_vs_dask"] == pytest.approx(
@@ -113,8 +153,9 @@ def test_throughput_compares_with_dask_on_the_same_tasks():
 
 
 @pytest.mark.slow
-def test_unified_runs_the_same_job_on_tidal_and_dask_with_the_same_results(tmp_path):
+def test_unified_runs_the_same_job_on_tidal_and_dask_with_the_same_results(monkeypatch, tmp_path):
     pytest.importorskip("distributed")
+    _skip(monkeypatch, "ray")
     config = DemoConfig.quick(duration_s=1.0, task_s=0.05, policies=("lb",), out=tmp_path)
     result = unified.run(config=config)
     for backend in ("tidal", "dask"):
@@ -131,13 +172,95 @@ def test_unified_runs_the_same_job_on_tidal_and_dask_with_the_same_results(tmp_p
 
 
 @pytest.mark.slow
-def test_unified_without_dask_skips_the_peer(monkeypatch, tmp_path):
-    monkeypatch.setattr(unified, "dask_missing", lambda: "dask is not installed (test)")
+def test_unified_without_the_peers_skips_them(monkeypatch, tmp_path):
+    _skip(monkeypatch, "dask")
+    _skip(monkeypatch, "ray")
     config = DemoConfig.quick(duration_s=0.5, task_s=0.05, policies=("lb",), out=tmp_path)
     result = unified.run(config=config)
     assert result["dask"] is None and result["stream_p99_ratio"] is None
-    assert result["dask_skipped"] == "dask is not installed (test)"
+    assert result["ray"] is None and result["ray_stream_p99_ratio"] is None
+    assert result["dask_skipped"] == result["ray_skipped"] == SKIPPED
     assert result["tidal"]["stream_exact"]
+
+
+# ---- Ray -------------------------------------------------------------------------------------
+
+
+def test_the_ray_client_runs_tidal_tasks_with_the_settings_named_in_peers(fake_ray):
+    with peers.ray_cluster(2) as client:
+        [(_, options)] = fake_ray.history
+        temp = pathlib.Path(options.pop("_temp_dir"))
+        assert temp.is_dir()
+        assert options == {
+            "address": None,
+            "num_cpus": 2,
+            **peers.RAY_HEAD_OPTIONS,
+            **peers.RAY_DRIVER_OPTIONS,
+        }
+        future = client.submit(total, [1, 2, 3])  # a TaskFunction, through run_task
+        assert client.gather([future], timeout=10) == [6] and future.result() == 6
+        shared = client.put(0.0)  # a keyword's reference reaches each task as its value
+        assert client.map(spin, [[1, 2], [3]], record_us=shared) == [3, 3]
+        address = client.address
+    assert fake_ray.history[-1] == ("shutdown", {}) and not temp.exists()
+    with peers.ray_connect(address):
+        connect = {"address": address, "num_cpus": None, **peers.RAY_DRIVER_OPTIONS}
+        assert fake_ray.history[-1] == ("init", connect)
+    assert not fake_ray.is_initialized()
+
+
+def test_ray_is_missing_only_where_it_cannot_be_imported(monkeypatch, fake_ray):
+    assert peers.ray_missing() is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert "pip install" in peers.ray_missing()
+
+
+@pytest.mark.slow
+def test_throughput_compares_with_ray_on_the_same_tasks(monkeypatch, fake_ray):
+    monkeypatch.setattr(throughput, "dask_missing", lambda: SKIPPED)
+    result = throughput.run(tasks=300)
+    assert result["ray_tasks_per_s"] > 0 and result["ray_versions"] == {"ray": "0.0+fake"}
+    assert result["tasks_vs_ray"] == pytest.approx(
+        result["tasks_per_s"] / result["ray_tasks_per_s"]
+    )
+    assert result["unchunked_vs_ray"] == pytest.approx(
+        result["tasks_per_s_unchunked"] / result["ray_tasks_per_s"]
+    )
+    assert [kind for kind, _ in fake_ray.history] == ["init", "shutdown"]
+
+
+@pytest.mark.slow
+def test_unified_runs_the_same_job_on_ray_with_the_same_results(monkeypatch, fake_ray, tmp_path):
+    _skip(monkeypatch, "dask")
+    config = DemoConfig.quick(duration_s=1.0, task_s=0.05, policies=("lb",), out=tmp_path)
+    result = unified.run(config=config)
+    ray = result["ray"]
+    assert ray["stream_exact"] and ray["micro_batches"] > 0
+    assert ray["stream_ms_p50"] <= ray["stream_ms_p99"]
+    assert result["ray_same_model"] and result["ray_versions"] == {"ray": "0.0+fake"}
+    assert result["ray_stream_p99_ratio"] == pytest.approx(
+        ray["stream_ms_p99"] / result["tidal"]["stream_ms_p99"]
+    )
+    assert result["ray_makespan_ratio"] == pytest.approx(
+        result["tidal"]["batch_makespan_s"] / ray["batch_makespan_s"]
+    )
+
+
+@pytest.mark.slow
+def test_the_real_ray_starts_runs_a_task_and_leaves_no_process_behind():
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed")
+    ours = psutil.Process(os.getpid())
+    before = {p.pid for p in ours.children(recursive=True)}
+    temps = set(pathlib.Path(tempfile.gettempdir()).glob("tidal-ray-*"))
+    with peers.ray_cluster(2) as client:
+        assert client.address.startswith("127.0.0.1:")  # single-host mode
+        assert client.map(spin, [[1, 2], [3]], record_us=client.put(0.0)) == [3, 3]
+        started = [p for p in ours.children(recursive=True) if p.pid not in before]
+    assert started, "Ray started no process of its own"
+    _gone, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, f"Ray processes left running: {[p.name() for p in alive]}"
+    assert set(pathlib.Path(tempfile.gettempdir()).glob("tidal-ray-*")) == temps
 
 
 @pytest.mark.slow
