@@ -83,6 +83,7 @@ from tidal.scheduler.events import (
 )
 from tidal.scheduler.journal import Journal, JournalWriter
 from tidal.scheduler.liveness import CLIENT_PROBE, ConnectionWatch
+from tidal.scheduler.peers import PeerTable
 from tidal.scheduler.upkeep import (
     DEFAULT_CLIENT_TIMEOUT_NS,
     TRIM_EVERY_NS,
@@ -205,13 +206,10 @@ class SchedulerServer:
                 self.address,
             )
         self._stop = threading.Event()
-        self._peers: dict[bytes, tuple[str, str]] = {}  # routing id -> (kind, peer id)
-        self._routes: dict[tuple[str, str], bytes] = {}  # (kind, peer id) -> routing id
+        self._table = PeerTable()  # who is on which connection (scheduler/peers.py)
         # Well-formed messages on connections we do not know: after a restart, the old
         # scheduler's peers' queued frames; told to rejoin, not worth a warning each.
         self._strangers = RateLimitedLog(log, level=logging.INFO)
-        # (kind, peer id) -> all its routing ids (an executor's report connections too)
-        self._connections: dict[tuple[str, str], set[bytes]] = {}
         # Bad frames per routing id, their log lines, and who is in a cool-down.
         self._guard = PeerGuard(log, limit=bad_frame_limit, cooldown_s=bad_frame_cooldown_s)
         self.frames_in = 0  # frames received, bad ones and ignored ones included
@@ -225,8 +223,6 @@ class SchedulerServer:
             self._writer, self._send, lambda e: e in self.core.records.executors
         )
         self._told_rejoin: OrderedDict[bytes, int] = OrderedDict()  # routing id -> when
-        # The token each executor's `attach` must carry: a new one with each welcome.
-        self._attach_tokens: dict[str, str] = {}
         # Clients gone without a goodbye: their jobs go after `client_timeout_ns` (those of
         # jobs a journal restored count as gone from the start); and freed memory given
         # back while nothing runs (scheduler/upkeep.py).
@@ -298,7 +294,7 @@ class SchedulerServer:
                     self._flush_held()  # a group commit is due
                 if self._probe_at is not None and now >= self._probe_at:
                     self._probe_at = self._watch.next_probe(now)
-                    self._lose_unreachable(self._routes_of_executors())
+                    self._lose_unreachable(self._table.executor_routes(self.core.records.executors))
                     self._note_vanished_clients(now)
                 # -- 5. Tick: the core counts late executors busy, the policy may rebalance.
                 if now >= next_tick:
@@ -322,7 +318,7 @@ class SchedulerServer:
             "frames_in": self.frames_in,
             "bytes_in": self.bytes_in,
             **self._guard.statistics().as_dict(),
-            "connections": len(self._peers),
+            "connections": len(self._table.peers),
             "native_frame_reader": int(self._reader.native),
         }
 
@@ -348,32 +344,19 @@ class SchedulerServer:
             elif self._auth is not None:  # a handshake that failed: a refused connection
                 self._auth.refused_connection(event)
 
-    def _routes_of_executors(self) -> dict[bytes, str]:
-        """The command connections of the executors the core counts alive: routing id ->
-        executor id."""
-        executors = self.core.records.executors
-        routes = {}
-        for (kind, peer_id), routing_id in self._routes.items():
-            if kind != "executor":
-                continue
-            executor = executors.get(peer_id)
-            if executor is not None and executor.alive:
-                routes[routing_id] = peer_id
-        return routes
-
     def _lose_unreachable(self, routes: dict[bytes, str]) -> None:
         """Declare lost each executor whose command connection is gone."""
         if not routes:
             return
         for routing_id in self._watch.unreachable(routes):
             peer = ("executor", routes[routing_id])
-            for rid in list(self._connections.get(peer, {routing_id})):
-                self._forget(rid)
+            for rid in list(self._table.connections.get(peer, {routing_id})):
+                self._table.forget(rid)
             self._dispatch(self._handle(ExecutorLeft(peer[1], "its connection dropped")))
 
     def _note_vanished_clients(self, now: int) -> None:
         """After a disconnection: the clients whose connection is gone, from now on."""
-        routes = {rid: peer[1] for peer, rid in self._routes.items() if peer[0] == "client"}
+        routes = self._table.client_routes()
         if routes:
             gone = self._watch.unreachable(routes, CLIENT_PROBE)
             self._leases.disconnected((routes[rid] for rid in gone), now)
@@ -381,9 +364,9 @@ class SchedulerServer:
     def _forget_vanished_clients(self, now: int) -> None:
         """Say goodbye for each client gone `--client-timeout` without coming back."""
         for client_id in self._leases.expired(now):
-            route = self._routes.get(("client", client_id))
+            route = self._table.routes.get(("client", client_id))
             if route is not None:
-                self._forget(route)
+                self._table.forget(route)
             self._delivery.forget_client(client_id)
             reason = f"no word for {self._leases.timeout_ns / 1e9:g} s (--client-timeout)"
             self._dispatch(self._handle(ClientRequest(client_id, p.ClientGoodbye(reason))))
@@ -429,7 +412,7 @@ class SchedulerServer:
         # Discussion: what a frame may cost is decided before it is decoded: a peer that has
         # not said who it is sends small frames and no batches (a stranger's 500 KB batch of
         # 100,000 junk items once held the loop for 2.5 s).
-        peer = self._peers.get(routing_id)
+        peer = self._table.peers.get(routing_id)
         refusal = refusal_before_decoding(frames, peer)
         if refusal is not None:
             self._drop(routing_id, refusal)
@@ -484,7 +467,9 @@ class SchedulerServer:
     def _drop(self, routing_id: bytes, exc: p.ProtocolError) -> bool:
         """Drop a bad frame; disconnect its peer at the limit. True if it was disconnected."""
         counts = not isinstance(exc, OutOfPlace)
-        if not self._guard.bad_frame(routing_id, self._who(routing_id), str(exc), counts=counts):
+        if not self._guard.bad_frame(
+            routing_id, self._table.who(routing_id), str(exc), counts=counts
+        ):
             return False
         self._disconnect(
             routing_id,
@@ -502,29 +487,25 @@ class SchedulerServer:
             # bug that a peer's well-formed message exposed (the fuzz tests make sure none
             # is known). Loud, but one peer must not stop the scheduler for everyone: its
             # sender is dropped (its tasks requeued, if an executor) and the loop goes on.
-            self._guard.handler_failed(self._who(routing_id), msg.op, exc)
+            self._guard.handler_failed(self._table.who(routing_id), msg.op, exc)
             self._disconnect(routing_id, f"its {msg.op} made the scheduler fail")
             return False
         self._dispatch(instructions)
         return True
 
-    def _who(self, routing_id: bytes) -> str:
-        peer = self._peers.get(routing_id)
-        return f"{peer[0]} {peer[1]}" if peer else f"unknown peer {routing_id.hex()[:12]}"
-
     def _disconnect(self, routing_id: bytes, reason: str) -> None:
         """Disconnect the peer behind `routing_id` (see the module docstring)."""
-        who = self._who(routing_id)
-        peer = self._peers.get(routing_id)
+        who = self._table.who(routing_id)
+        peer = self._table.peers.get(routing_id)
         # Every connection of that peer (an executor has two), and where to send the reject:
         # the connection that said hello, if it did.
         routing_ids = [routing_id]
         reply_to = routing_id
         if peer is not None:
-            routing_ids = list(self._connections.get(peer, {routing_id}))
-            reply_to = self._routes.get(peer, routing_id)
+            routing_ids = list(self._table.connections.get(peer, {routing_id}))
+            reply_to = self._table.routes.get(peer, routing_id)
             for rid in routing_ids:
-                self._forget(rid)
+                self._table.forget(rid)
         self._socket.send_multipart([reply_to, p.encode(p.Reject(f"disconnected: {reason}"))])
         self._guard.disconnected(routing_ids, who, reason)
         if peer is None:
@@ -550,14 +531,16 @@ class SchedulerServer:
             if msg.version != p.PROTOCOL_VERSION:
                 raise OutOfPlace(f"attach with protocol version {msg.version}")
             check_id("attach", msg.executor_id)
-            if msg.token != self._attach_tokens.get(msg.executor_id):
+            if msg.token != self._table.tokens.get(msg.executor_id):
                 # Not counted: an executor may attach with its last scheduler's token.
                 raise OutOfPlace(f"attach as executor {msg.executor_id} with a wrong token")
-            if routing_id in self._peers:  # an attach opens a connection; it cannot re-map one
+            if (
+                routing_id in self._table.peers
+            ):  # an attach opens a connection; it cannot re-map one
                 raise p.ProtocolError("attach on a connection that said who it is already")
-            self._bind(routing_id, ("executor", msg.executor_id))
+            self._table.bind(routing_id, ("executor", msg.executor_id))
             return None
-        peer = self._peers.get(routing_id)
+        peer = self._table.peers.get(routing_id)
         if peer is None:
             if msg.direction in (p.E2S, p.C2S):
                 # Most likely a peer of a scheduler that ran on this address before us (a
@@ -576,14 +559,14 @@ class SchedulerServer:
             if msg.direction != p.E2S:
                 raise p.ProtocolError(f"{msg.op} is not sent by executors")
             if isinstance(msg, p.Goodbye):
-                self._forget(routing_id)
+                self._table.forget(routing_id)
                 return ExecutorLeft(peer_id, f"it said goodbye ({msg.reason})")
             self._note_for_ack(routing_id, peer_id, msg)
             return ExecutorReport(peer_id, msg)
         if msg.direction != p.C2S:
             raise p.ProtocolError(f"{msg.op} is not sent by clients")
         if isinstance(msg, p.ClientGoodbye):
-            self._forget(routing_id)
+            self._table.forget(routing_id)
         return ClientRequest(peer_id, msg)
 
     def _handshake(self, routing_id: bytes, msg: p.Hello | p.ClientHello) -> Any:
@@ -594,7 +577,7 @@ class SchedulerServer:
                 f"protocol version {msg.version} is not supported: this scheduler speaks "
                 f"version {p.PROTOCOL_VERSION}"
             )
-            self._guard.bad_frame(routing_id, self._who(routing_id), reason, counts=False)
+            self._guard.bad_frame(routing_id, self._table.who(routing_id), reason, counts=False)
             self._socket.send_multipart([routing_id, p.encode(p.Reject(reason))])
             return None
         if isinstance(msg, p.Hello):
@@ -605,7 +588,7 @@ class SchedulerServer:
                 )
             self._check_not_taken(routing_id, msg.executor_id)
             self._register(routing_id, ("executor", msg.executor_id))
-            token = self._attach_tokens[msg.executor_id] = secrets.token_hex(8)
+            token = self._table.tokens[msg.executor_id] = secrets.token_hex(8)
             # The results it held for a resend are decided by the core now: ack them all.
             self._delivery.ack(  # acked whatever it is: a task held is not kept
                 msg.executor_id,
@@ -642,7 +625,7 @@ class SchedulerServer:
         counted that way failed real tasks (`ExecutorLost`). An executor that says hello
         again itself has closed its old connection first; if that has not been seen yet, its
         hello goes unanswered and it says hello again after `silent_s`, by when it has."""
-        route = self._routes.get(("executor", executor_id))
+        route = self._table.routes.get(("executor", executor_id))
         executor = self.core.records.executors.get(executor_id)
         if (
             route is not None
@@ -692,11 +675,11 @@ class SchedulerServer:
         Discussion: a connection that was an executor's and now says hello as another peer
         takes that executor's one route: the executor is lost now, as nothing else would
         tell of it (liveness is the connection's, scheduler/liveness.py)."""
-        before = self._peers.get(routing_id)
-        self._forget(routing_id)
-        old = self._routes.get(peer)
+        before = self._table.peers.get(routing_id)
+        self._table.forget(routing_id)
+        old = self._table.routes.get(peer)
         if old is not None:
-            self._forget(old)
+            self._table.forget(old)
         if peer[0] == "executor":
             # Discussion: batch launches held this pass were for the executor's old
             # connection. Its hello lists what it holds, and the core (handling this hello
@@ -706,35 +689,18 @@ class SchedulerServer:
             # stale, and the task stays launched for ever (`tidal bench chunking` lost a
             # future so, the executor's hello waiting out a long submit step).
             self._held.drop(peer[1])
-        self._bind(routing_id, peer)
-        self._routes[peer] = routing_id
+        self._table.bind(routing_id, peer)
+        self._table.routes[peer] = routing_id
         if peer[0] == "client":
             self._leases.came_back(peer[1])
         if (
             before is not None
             and before != peer
             and before[0] == "executor"
-            and before not in self._routes
+            and before not in self._table.routes
         ):
             reason = "its connection said hello as another peer"
             self._dispatch(self._handle(ExecutorLeft(before[1], reason)))
-
-    def _bind(self, routing_id: bytes, peer: tuple[str, str]) -> None:
-        self._peers[routing_id] = peer
-        self._connections.setdefault(peer, set()).add(routing_id)
-
-    def _forget(self, routing_id: bytes) -> None:
-        peer = self._peers.pop(routing_id, None)
-        if peer is None:
-            return
-        if self._routes.get(peer) == routing_id:
-            del self._routes[peer]
-        connections = self._connections.get(peer, set())
-        connections.discard(routing_id)
-        if not connections:
-            self._connections.pop(peer, None)
-            if peer[0] == "executor":  # ids a peer makes up must not grow this table
-                self._attach_tokens.pop(peer[1], None)
 
     # ---- instructions -> frames -----------------------------------------------------------------
 
@@ -802,12 +768,12 @@ class SchedulerServer:
 
     def _flush_executor(self, executor_id: str) -> None:
         frame = self._held.take(executor_id)
-        routing_id = self._routes.get(("executor", executor_id))
+        routing_id = self._table.routes.get(("executor", executor_id))
         if frame is not None and routing_id is not None:
             self._socket.send_multipart([routing_id, frame])
 
     def _send(self, peer: tuple[str, str], msg: p.Message) -> None:
-        routing_id = self._routes.get(peer)
+        routing_id = self._table.routes.get(peer)
         if routing_id is None:
             log.debug("no route to %s %s for %s", peer[0], peer[1], msg.op)
             return
@@ -819,6 +785,6 @@ class SchedulerServer:
         self._socket.send_multipart([routing_id, frame])
 
     def _shutdown_executors(self, reason: str) -> None:
-        for (kind, _), routing_id in list(self._routes.items()):
+        for (kind, _), routing_id in list(self._table.routes.items()):
             if kind == "executor":
                 self._socket.send_multipart([routing_id, p.encode(p.Shutdown(reason))])

@@ -74,6 +74,21 @@ def resample_partition(documents: list[Any], **arguments: Any) -> list[Any]:
     return list(resample(documents, **arguments))
 
 
+def _train(
+    corpus: Corpus,
+    partitions: int,
+    sweeps: int,
+    on_sweep: Any,
+    run_sweep: Callable[[list[Any], dict[str, Any]], list[Any]],
+) -> tuple[TopicModel, float, dict[str, Any]]:
+    """The batch job's sweeps, each run by `run_sweep(inputs, arguments)` on a peer."""
+    trainer = Trainer(corpus, partitions)
+    start = time.monotonic()
+    for _ in range(sweeps):
+        on_sweep(trainer.sweep(run_sweep))
+    return trainer.model, time.monotonic() - start, {}
+
+
 def train_dask(
     address: str,
     corpus: Corpus,
@@ -87,8 +102,6 @@ def train_dask(
 
     with distributed.Client(address) as client:
         ready()
-        trainer = Trainer(corpus, partitions)
-        start = time.monotonic()
 
         def on_dask(inputs: list[Any], arguments: dict[str, Any]) -> list[Any]:
             shared = client.scatter(arguments.pop("word_topic"), broadcast=True, hash=False)
@@ -102,9 +115,7 @@ def train_dask(
             )
             return client.gather(futures)
 
-        for _ in range(sweeps):
-            on_sweep(trainer.sweep(on_dask))
-        return trainer.model, time.monotonic() - start, {}
+        return _train(corpus, partitions, sweeps, on_sweep, on_dask)
 
 
 def train_ray(
@@ -118,16 +129,12 @@ def train_ray(
     """The batch job on Ray (a `TrainFunction`, run in the batch driver's process)."""
     with ray_connect(address) as client:
         ready()
-        trainer = Trainer(corpus, partitions)
-        start = time.monotonic()
 
         def on_ray(inputs: list[Any], arguments: dict[str, Any]) -> list[Any]:
             arguments["word_topic"] = client.put(arguments["word_topic"])
             return client.map(resample_partition, inputs, **arguments)
 
-        for _ in range(sweeps):
-            on_sweep(trainer.sweep(on_ray))
-        return trainer.model, time.monotonic() - start, {}
+        return _train(corpus, partitions, sweeps, on_sweep, on_ray)
 
 
 # ---- the peers -------------------------------------------------------------------------------

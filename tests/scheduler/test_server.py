@@ -18,6 +18,7 @@ from tidal.scheduler import journal as journal_module
 from tidal.scheduler import server as server_module
 from tidal.scheduler.delivery import HELD_LAUNCHES_MAX, HeldLaunches
 from tidal.scheduler.journal import Journal
+from tidal.scheduler.peers import PeerTable
 from tidal.scheduler.server import SchedulerServer
 from tidal.workloads.synthetic import spin, total
 
@@ -343,7 +344,8 @@ def test_a_batch_is_abandoned_at_its_first_bad_item():
     server = SchedulerServer.__new__(SchedulerServer)  # only what _handle_frames reads
     dropped, handled = [], []
     server._guard = type("G", (), {"cooling_down": lambda self, rid: False})()
-    server._peers = {b"e": ("executor", "e1")}
+    server._table = PeerTable()
+    server._table.bind(b"e", ("executor", "e1"))
     server.max_frame_bytes = p.MAX_FRAME_BYTES
     server._drop = lambda rid, exc: dropped.append(str(exc)) or False
     server._event_for = lambda rid, msg: handled.append(msg) or None
