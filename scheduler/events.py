@@ -135,6 +135,7 @@ class TaskEnded:
 class BatchEnded:
     job_id: str
     result: p.BatchResults  # as its client gets it: every task in it ended with it
+    stream: bool = False  # a stream job's
 
 
 @dataclass(frozen=True, slots=True)

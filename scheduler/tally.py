@@ -2,10 +2,11 @@
 
 `Tally.step(instructions, records)` reads the instructions of one step of the core as they
 come out of it: the commands sent (suspensions, resumptions, kills), the notes (executors
-lost, policy switches, decisions refused) and the tasks that ended (a stream task's latency,
-submit to end as the scheduler saw them). Counts only grow; the stream latencies are kept
-for a sliding window (`WINDOW_NS`, at most `WINDOW_TASKS` of them) and as a histogram of
-every one, with Prometheus's cumulative buckets.
+lost, policy switches, decisions refused) and the tasks that ended (per priority and
+outcome, and a stream task's latency, submit to end as the scheduler saw them). Counts only
+grow; the stream latencies are kept for a sliding window (`WINDOW_NS`, at most
+`WINDOW_TASKS` of them) and as a histogram of every one, with Prometheus's cumulative
+buckets.
 
 Discussion: counted from the instructions, in one place, rather than where each decision is
 made, so that nothing the core sends can go uncounted; a step costs a type check per
@@ -53,6 +54,9 @@ class Tally:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()  # refused policy decisions, per kind of reason
+        # Tasks ended since the scheduler started, per priority and outcome: retired jobs'
+        # too, which the books no longer hold.
+        self.ended: dict[str, Counter[str]] = {"stream": Counter(), "batch": Counter()}
         self._window: deque[tuple[int, int]] = deque(maxlen=WINDOW_TASKS)  # (ended at, ns)
         self._buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)  # the last one: over every bound
         self._latency_sum_ns = 0
@@ -63,8 +67,15 @@ class Tally:
         for instruction in instructions:
             kind = type(instruction)
             if kind is ev.TaskEnded:
+                priority = "stream" if instruction.stream else "batch"
+                self.ended[priority][instruction.item[1]] += 1
                 if instruction.stream:
                     self._stream_ended(instruction.item[0], records)
+            elif kind is ev.BatchEnded:
+                result = instruction.result
+                ended = self.ended["stream" if instruction.stream else "batch"]
+                ended["finished"] += len(result.values) - len(result.errors)
+                ended["failed"] += len(result.errors)
             elif kind is ev.ToExecutor:
                 name = _COMMANDS.get(type(instruction.message))
                 if name is not None:
@@ -108,6 +119,7 @@ class Tally:
             "executor_losses": self.counts["executor_losses"],
             "policy_switches": self.counts["policy_switches"],
             "refused": dict(self.refused),
+            "ended": {priority: dict(counts) for priority, counts in self.ended.items()},
             "stream_latency": {
                 # The span the window covers: WINDOW_NS, or less when more than
                 # WINDOW_TASKS stream tasks ended within it.

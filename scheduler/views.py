@@ -328,9 +328,11 @@ def status_snapshot(
     more = {"jobs": 0, "total": 0, "ended": 0}
     done: list[Job] = []
     done_jobs: dict[tuple[str, str], dict[str, Any]] = {}
-    for j in records.jobs.values():
+    ended_since_start = (counters or {}).get("ended", {})
+    for priority, outcomes in ended_since_start.items():
         for outcome in ("finished", "failed", "cancelled"):
-            tasks[j.priority][outcome] += getattr(j, outcome)
+            tasks[priority][outcome] = outcomes.get(outcome, 0)
+    for j in records.jobs.values():
         ended = j.finished + j.failed + j.cancelled
         if ended < j.total:
             if len(listed) < MAX_LISTED_JOBS:

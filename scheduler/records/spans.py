@@ -400,7 +400,7 @@ class BulkBooks:
             job.failed += len(failed)
             part = values if (a, b) == (start, stop) else values[a - start : b - start]
             result = p.BatchResults(job.job_id, a, part, failed, stats)
-            self.note(ev.BatchEnded(job.job_id, result))
+            self.note(ev.BatchEnded(job.job_id, result, job.priority == "stream"))
             if job.client_id in self.clients:
                 self.out.append(ev.ToClient(job.client_id, result))
         _release_if_done(job)

@@ -63,6 +63,8 @@ def test_a_done_job_leaves_when_released_and_an_unreleased_one_stays():
     assert set(h.core.records.jobs) == {"kept"}
     assert sorted(h.core.records.tasks) == ["kept/0", "kept/1"]
     assert h.core.status()["books"] == {"jobs": 1, "records": 2}
+    tasks = h.core.status()["tasks"]  # a retired job's tasks still count as ended
+    assert (tasks["stream"]["finished"], tasks["batch"]["finished"]) == (1, 2)
 
 
 def test_a_client_releases_only_its_own_jobs_and_unknown_ids_are_ignored():
@@ -121,6 +123,7 @@ def test_a_bulk_job_leaves_whole_when_released():
             run_span(h, executor, chunk)
     assert retired(h) == ["b"] and len(h.results) == 40
     assert h.core.records.jobs == {} and h.core.records.tasks == {}
+    assert h.core.status()["tasks"]["batch"]["finished"] == 40  # counted though retired
 
 
 def journal_after(path, *, released: bool) -> int:
@@ -194,13 +197,16 @@ def test_a_vanished_clients_jobs_go_after_the_client_timeout_also_after_a_restar
             watcher.wait_for_status(lambda s: s["books"]["jobs"] == 1)
             vanishing.close(linger=0)  # no goodbye
             assert watcher.wait_for_status(lambda s: s["books"]["jobs"] == 0)
-        stayed = raw_client(server.address, "staying")
-        stayed.send(submit_frame("k"))
-    # Restarted on its journal: the staying client's job is back, then goes after the
-    # timeout (that client never comes back), and the journal keeps none.
+            stayed = raw_client(server.address, "staying")
+            stayed.send(submit_frame("k"))
+            watcher.wait_for_status(lambda s: s["books"]["jobs"] == 1)
+    kept = Journal(path)  # the staying client's job, for the next scheduler
+    assert [submit.job_id for _, submit in kept.state.jobs] == ["k"]
+    kept.close()
+    # Restarted on its journal: that job goes after the timeout (its client never comes
+    # back), and the journal keeps none.
     restarted = SchedulerServer("tcp://127.0.0.1:*", journal=path, **options)
     with running(restarted) as server, Client(server.address) as watcher:
-        assert watcher.status()["books"]["jobs"] == 1
         assert watcher.wait_for_status(lambda s: s["books"]["jobs"] == 0)
     reopened = Journal(path)
     assert reopened.state.jobs == []
