@@ -43,12 +43,13 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import zmq
 
-from tidal.runtime import config, payloads, reprs
+from tidal.runtime import config, kept, payloads, reprs
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import AuthenticationFailed, load_peer_keys
 from tidal.runtime.bulk import BulkJobs, pack_calls
@@ -81,10 +82,11 @@ from tidal.runtime.jobs import (
     task_entry,
     unencodable,
 )
+from tidal.runtime.kept_futures import KeptFuture
 from tidal.runtime.link import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RECONNECT_TIMEOUT_S
 from tidal.runtime.logs import RateLimitedLog
 from tidal.runtime.releases import Releases
-from tidal.runtime.results import ResultFetcher
+from tidal.runtime.results import ResultFetcher, Traffic
 
 __all__ = [
     "AuthenticationFailed",
@@ -179,7 +181,13 @@ class Client:
         # from the first one on; each job's spooled payloads, freed when the job is done.
         self._data: DataStore | None = None
         self._spooled: dict[str, list[Reference]] = {}
-        self._fetcher = ResultFetcher(self.client_id)  # big results, kept by their executors
+        # Jobs with kept results (keep=True): their spooled arguments stay until they are
+        # released (their results may be computed again); their futures, by task id.
+        self._kept_jobs: set[str] = set()
+        self._kept: weakref.WeakValueDictionary[str, KeptFuture] = weakref.WeakValueDictionary()
+        # Task data sent and received (`traffic.as_dict()`): what the data path spares.
+        self.traffic = Traffic()
+        self._fetcher = ResultFetcher(self.client_id, self.traffic)  # big results, spooled
         # Chunked maps sent in bulk: their futures and frames, in a book with its own lock.
         self._bulk = BulkJobs(self._fetcher, self._bad_frames, self._send_cancel, self._bulk_done)
 
@@ -232,6 +240,7 @@ class Client:
         order: int = 0,
         max_suspensions: int | None = None,
         preferred: Sequence[str] | None = None,
+        keep: bool = False,
         **kwargs: Any,
     ) -> TaskFuture:
         """Run `fn(*args, **kwargs)` as one task (one job); return its future.
@@ -246,6 +255,13 @@ class Client:
           the `@task` default if any, else the cluster's cap.
         * `preferred`: node labels or executor ids the task would rather run on (honoured
           by the `lma` policy; others ignore it).
+        * `keep`: the result stays on the executor that made it (runtime/kept.py): the
+          future completes when it exists, `result()` fetches it, and the future may be
+          passed to other tasks, which then run where it is if they can.
+
+        A future of a `keep=True` task among the arguments (at the top, or inside lists,
+        tuples and dict values) is an input: the task runs once it exists, and gets its
+        value in the future's place.
 
         Everything is checked here, before anything is sent: `fn` must be importable by
         executors (else FunctionNotImportable, a TypeError saying why: a lambda, a function
@@ -257,7 +273,8 @@ class Client:
         pack = functools.partial(
             self._pack_tasks, calls=[(list(args), kwargs)], preferred=[preferred]
         )
-        [future] = self._submit_job(fn, pack, parts, priority, order, max_suspensions)
+        options = {"keep": True} if keep else None
+        [future] = self._submit_job(fn, pack, parts, priority, order, max_suspensions, options)
         return future
 
     def map(
@@ -271,6 +288,7 @@ class Client:
         max_suspensions: int | None = None,
         preferred: Sequence[Any] | None = None,
         chunksize: int | str | None = None,
+        keep: bool = False,
         **kwargs: Any,
     ) -> Sequence[TaskFuture]:
         """Run `fn(partition, **kwargs)` for each partition, as one job; return the futures
@@ -287,9 +305,14 @@ class Client:
         Options and checks are those of `submit`; `preferred` is either one list of nodes
         for every partition or one list per partition. A partition msgpack cannot carry raises a
         TypeError naming it by its index ("partition 3" is `partitions[3]`). No partitions:
-        no job, and an empty list.
+        no job, and an empty list. With `keep`, or partitions that are futures of kept
+        results (see `submit`), each partition is a task of its own (no chunks).
         """
         partitions = list(partitions)
+        if keep or any(isinstance(x, TaskFuture) for x in partitions):
+            if chunksize not in (None, 1):
+                raise ValueError("a map that keeps its results or takes futures is not chunked")
+            chunksize = 1
         if (
             preferred is not None
             and preferred
@@ -307,7 +330,9 @@ class Client:
         if not (chunksize == "auto" or (type(chunksize) is int and chunksize >= 1)):
             raise ValueError(f"chunksize must be an int >= 1, 'auto' or None, not {chunksize!r}")
         options = None if chunksize == 1 else {"chunksize": chunksize}
-        if options and not preferred:
+        if keep:
+            options = {"keep": True}
+        if options and not preferred and not keep:
             pack = functools.partial(self._pack_bulk, partitions=partitions, kwargs=kwargs)
             parts = map_parts(partitions, kwargs)
             futures = self._submit_job(fn, pack, parts, priority, order, max_suspensions, options)
@@ -372,9 +397,13 @@ class Client:
             dropped = self._releases.dropped
             if bulk is None:
                 cancel, fn_ref = self._cancel_remote, ref.ref
-                futures = [
-                    TaskFuture(t[0], job_id, sent_ns, cancel, fn_ref, dropped) for t in tasks
-                ]
+                keep = bool(options and options.get("keep"))
+                make = (
+                    functools.partial(KeptFuture, missing=self._send_missing, traffic=self.traffic)
+                    if keep
+                    else TaskFuture
+                )
+                futures = [make(t[0], job_id, sent_ns, cancel, fn_ref, dropped) for t in tasks]
                 self._releases.track(job_id, len(futures))
             else:
                 job = self._bulk.new_job(job_id, len(bulk), sent_ns, ref.ref)
@@ -386,10 +415,15 @@ class Client:
                 if bulk is None:
                     self._pending.update((future.task_id, future) for future in futures)
                     self._jobs[job_id] = [frame, len(futures)]
+                    if keep:  # its arguments may be needed again (lineage): kept till released
+                        self._kept_jobs.add(job_id)
+                        self._kept.update((future.task_id, future) for future in futures)
                 else:
                     self._bulk.add(job, frame)
                 if released:
                     self._to_io.send(p.encode(p.Release(released)))
+                    self._kept_jobs.difference_update(released)
+                    self._drop_spooled(released)
                 self._to_io.send(frame)
                 registered = True
         finally:
@@ -406,17 +440,42 @@ class Client:
         tasks = []
         packed_kwargs: dict[int, bytes] = {}  # id(kwargs) -> its packed bytes
         for i, ((args, kwargs), prefs) in enumerate(zip(calls, preferred, strict=True)):
-            if id(kwargs) not in packed_kwargs:
+            shared = id(kwargs)  # a map's calls share theirs (futures in it too)
+            args, kwargs, found = kept.find_inputs(args, kwargs, _is_future)
+            inputs = [[path, self._input_id(future, path)] for path, future in found]
+            if shared not in packed_kwargs:
                 packed = payloads.pack_payload(kwargs, "kwargs")
                 if len(packed) >= DATA_THRESHOLD and len(calls) > 1:
+                    self.traffic.sent(len(packed))  # once: the calls hold its reference
                     # Shared by the map's calls: spooled once, not once per call.
                     packed = payloads.pack_payload(self._spool(job_id, packed))
-                packed_kwargs[id(kwargs)] = packed
-            payload = payloads.pack_call(args, kwargs, packed_kwargs=packed_kwargs[id(kwargs)])
+                packed_kwargs[shared] = packed
+            payload = payloads.pack_call(args, kwargs, packed_kwargs=packed_kwargs[shared])
+            self.traffic.sent(len(payload))
             if len(payload) >= DATA_THRESHOLD:
                 payload = self._spool(job_id, payload)
-            tasks.append(task_entry(f"{job_id}/{i}", payload, prefs))
+            tasks.append(task_entry(f"{job_id}/{i}", payload, prefs, inputs))
         return tasks, None
+
+    def _input_id(self, future: TaskFuture, path: list[Any]) -> str:
+        """The task id of a future passed as an argument; TypeError if it cannot be one."""
+        where = "argument" if type(path[0]) is int else "keyword argument"
+        if not isinstance(future, KeptFuture):
+            raise TypeError(
+                f"the {where} at {path} is the future of task {future.task_id}, which was not "
+                "submitted with keep=True: submit it with keep=True to pass it to another "
+                "task, or pass future.result()"
+            )
+        if future.job_id.rpartition("-")[0] != self.client_id:
+            raise TypeError(f"the {where} at {path} is another client's future")
+        return future.task_id
+
+    def _send_missing(self, task_id: str) -> None:
+        """A kept result could not be fetched: the scheduler computes it again."""
+        frame = p.encode(p.Missing([task_id]))
+        with self._lock:
+            if not self._closed and self._broken is None:
+                self._to_io.send(frame)
 
     def _pack_bulk(
         self, job_id: str, partitions: list[Any], kwargs: dict[str, Any]
@@ -424,7 +483,11 @@ class Client:
         """`submit.bulk` for a map's calls (runtime/bulk.py), or None if one is too big."""
         packed_kwargs = payloads.pack_payload(kwargs, "kwargs")
         calls = pack_calls(partitions, packed_kwargs, functools.partial(self._spool, job_id))
-        return None if calls is None else ([], calls)
+        if calls is None:
+            return None
+        for call in calls:
+            self.traffic.sent(len(call))
+        return [], calls
 
     def _cancel_remote(self, future: TaskFuture) -> None:
         """Forget a future cancelled here and tell the scheduler (unless the client is gone)."""
@@ -446,7 +509,8 @@ class Client:
             job[1] -= 1
             if job[1] <= 0:
                 del self._jobs[job_id]
-                self._drop_spooled([job_id])
+                if job_id not in self._kept_jobs:
+                    self._drop_spooled([job_id])
 
     def _spool(self, job_id: str, payload: bytes) -> bytes:
         """Spool a big payload (runtime/datastore.py); the reference to send instead."""
@@ -696,7 +760,15 @@ class Client:
                 if future is not None:
                     self._job_done(future.job_id)
             # A bulk job's task, else unknown, completed, or cancelled here: never complete a
-            # future twice (a spooled result no one waits for is released).
+            # future twice (a spooled result no one waits for is released). A kept result
+            # computed again goes to its future (runtime/kept_futures.py).
+            if future is None and (again := self._kept.get(task_id)) is not None:
+                if again.done() and not again.cancelled():
+                    again._recomputed(outcome, value, error)
+                continue
+            if isinstance(future, KeptFuture):  # its value stays with its executor
+                future._complete(outcome, value, error, stats)
+                continue
             if future is None:
                 if not self._bulk.on_result(task_id, outcome, value, error, stats):
                     self.dropped_results += 1
@@ -705,6 +777,7 @@ class Client:
                 self._fetcher.fetch(future, value, stats)  # kept by its executor: fetched
                 continue
             if outcome == "finished":
+                self.traffic.received(len(value) if type(value) is bytes else 0)
                 try:
                     value = payloads.unpack_payload(value, f"the result of {task_id}")
                 except p.ProtocolError as exc:
@@ -734,6 +807,9 @@ class Client:
             future.set_exception(problem)
 
     def _on_batch_results(self, msg: p.BatchResults) -> None:
+        for value in msg.values:
+            if type(value) is bytes and not payloads.is_reference(value):
+                self.traffic.received(len(value))
         self.dropped_results += self._bulk.on_batch_results(msg)
 
     def _bulk_done(self, job_id: str) -> None:
@@ -798,3 +874,7 @@ class ClientExecutor(concurrent.futures.Executor):
     def _forget(self, future: TaskFuture) -> None:
         with self._lock:
             self._futures.discard(future)
+
+
+def _is_future(value: Any) -> bool:
+    return isinstance(value, TaskFuture)

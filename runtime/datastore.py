@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 import msgpack
@@ -181,10 +181,13 @@ class DataStore:
                 if e.name[0] != "." and e.name != _OWNER_FILE and e.is_file()
             ]
 
-    def expire(self, max_age_s: float) -> int:
-        """Delete the payloads spooled more than `max_age_s` ago; how many went."""
+    def expire(self, max_age_s: float, keep: Collection[str] = ()) -> int:
+        """Delete the payloads spooled more than `max_age_s` ago (but the paths in `keep`);
+        how many went."""
         cutoff, gone = time.time() - max_age_s, 0
         for path in self.held():
+            if path in keep:
+                continue
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(path).st_mtime < cutoff:
                     os.unlink(path)

@@ -187,6 +187,7 @@ class Executor:
             fetch=lambda reference: fetch_chunks(reference, self._context),
             # Big results are spooled here and fetched by the client.
             spool_result=self._results.reference_for,
+            keep_result=self._results.keep_for,
             hurry=self._hurry,
             executor_id=self.executor_id,
             suspend_timeout_ns=suspend_timeout_ns,
@@ -206,7 +207,8 @@ class Executor:
             else MemoryGuard(
                 memory_limit,
                 self.executor_id,
-                probe=self._rss,
+                # Kept results (runtime/kept.py) are this executor's memory too, in its spool.
+                probe=lambda: self._rss() + self._results.kept_bytes,
                 estimates=self.kernel.memory_estimates,
                 running=self.kernel.running_task,
                 alive=self.kernel.holds,
@@ -219,6 +221,7 @@ class Executor:
         # The commands that only reach the kernel (either thread may handle them).
         self._task_handlers: dict[type, Any] = {
             p.Launch: self._on_launch,
+            p.Drop: self._on_drop,
             p.Suspend: self._on_suspend,
             p.Resume: self._on_resume,
             p.Kill: self._on_kill,
@@ -728,7 +731,12 @@ class Executor:
             payload=msg.payload,
             attempt=msg.attempt,
             priority=msg.priority,
+            keep=msg.keep,
+            inputs=msg.inputs,
         )
+
+    def _on_drop(self, msg: p.Drop) -> None:
+        self._results.drop(msg.task_ids)
 
     def _on_launch_chunk(self, msg: p.LaunchChunk) -> None:
         # Its subtasks were checked as it was decoded (`_decode`), not in the kernel's hub: a

@@ -56,15 +56,21 @@ def job_options(
     return priority, int(order), None if max_suspensions is None else int(max_suspensions)
 
 
-def task_entry(task_id: str, payload: bytes, preferred: Any) -> list[Any]:
-    """One item of `submit.tasks`: [task_id, payload], with its options if it has any."""
-    if not preferred:
-        return [task_id, payload]
-    if isinstance(preferred, str) or not all(isinstance(x, str) for x in preferred):
-        raise TypeError(
-            f"preferred must be a list of node labels or executor ids, not {preferred!r}"
-        )
-    return [task_id, payload, {"preferred": list(preferred)}]
+def task_entry(
+    task_id: str, payload: bytes, preferred: Any, inputs: list[list[Any]] | None = None
+) -> list[Any]:
+    """One item of `submit.tasks`: [task_id, payload], with its options if it has any
+    (`inputs`: [[path, task_id], ...], other tasks' kept results, runtime/kept.py)."""
+    options: dict[str, Any] = {}
+    if preferred:
+        if isinstance(preferred, str) or not all(isinstance(x, str) for x in preferred):
+            raise TypeError(
+                f"preferred must be a list of node labels or executor ids, not {preferred!r}"
+            )
+        options["preferred"] = list(preferred)
+    if inputs:
+        options["inputs"] = inputs
+    return [task_id, payload, options] if options else [task_id, payload]
 
 
 def map_parts(partitions: list[Any], kwargs: dict[str, Any]) -> Iterator[tuple[str, Any]]:

@@ -39,7 +39,7 @@ from typing import Any
 
 import greenlet
 
-from tidal.runtime import payloads, runstate
+from tidal.runtime import kept, payloads, runstate
 from tidal.runtime import protocol as p
 from tidal.runtime.datastore import Reference, fetch_chunks
 from tidal.runtime.functions import FunctionRef, KnownFunctions
@@ -105,6 +105,7 @@ class Kernel(SpanRunner):
         read_commands: Callable[[], bool] | None = None,
         fetch: Callable[[Reference], Iterable[bytes]] = fetch_chunks,
         spool_result: Callable[[bytes], bytes] | None = None,
+        keep_result: Callable[[str, bytes], bytes] | None = None,
         hurry: Callable[[], None] | None = None,
         hold: Callable[[], None] | None = None,
     ) -> None:
@@ -147,6 +148,9 @@ class Kernel(SpanRunner):
         # Given a big result's payload, keeps it off the control path and returns the
         # reference to report instead (the executor's spool; None: results go inline).
         self._spool_result = spool_result
+        # Keeps a result here for later readers (`launch.keep`): (task id, kept payload) ->
+        # the reference to report (runtime/kept.py). None: results cannot be kept.
+        self._keep_result = keep_result
         # Called from the thread that asks for a suspend, kill or fail: the running task must
         # reach its next record boundary now (the executor lifts its thread's OS priority,
         # as the gate's watcher does; the hub's next switch sets it back).
@@ -167,6 +171,8 @@ class Kernel(SpanRunner):
         payload: bytes | None = None,
         attempt: int = 0,
         priority: str = "batch",
+        keep: bool = False,
+        inputs: list[Any] | None = None,
     ) -> None:
         """Queue a task to run when the slot is free.
 
@@ -174,8 +180,11 @@ class Kernel(SpanRunner):
         import becomes the task's failure report. `payload`, if given, is the task's packed
         `[args, kwargs]` from the wire (instead of `args` and `kwargs`): it is unpacked when
         the task starts, and a failure to unpack becomes the task's failure report too.
+        With `keep` its result stays here (runtime/kept.py); `inputs` are other tasks' kept
+        results, put in its call when it starts.
         """
         record = TaskRecord(task_id, fn, list(args), dict(kwargs or {}), attempt, priority, payload)
+        record.keep, record.inputs = keep, inputs
         self._post(Command("launch", task_id, self._clock(), record))
 
     def suspend(self, task_id: str) -> None:
@@ -631,7 +640,9 @@ class Kernel(SpanRunner):
         record.glet = None
         self._finished += 1
         stats = record.stats(self.executor_id, self._clock())
-        self._emit(runstate.end_report(record, outcome, stats, self._spool_result))
+        self._emit(
+            runstate.end_report(record, outcome, stats, self._spool_result, self._keep_result)
+        )
         if record.priority == "stream":  # its client waits for it: now, not at the next switch
             self._flush()
         elif record.chunk is None and record.span is None:
@@ -659,6 +670,16 @@ class Kernel(SpanRunner):
             if record.payload is not None:
                 record.args, record.kwargs = self._unpack(record.payload, fn)
                 record.payload = None
+            if record.inputs:
+                inputs, record.inputs = record.inputs, None
+                kept.resolve_inputs(
+                    record.args,
+                    record.kwargs,
+                    inputs,
+                    self._fetch,
+                    self._boundary,
+                    gated_positions(fn),
+                )
             return Outcome("finished", self._call_task(fn, record.args, record.kwargs))
         except TaskKilled:
             return Outcome("killed")

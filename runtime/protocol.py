@@ -67,7 +67,11 @@ __all__ = [
 # 6: received (an executor has these launches): a loss counts toward max_retries from there.
 # 7: the bulk path (a chunked map as ranges): submit.bulk, launch_chunk.span, chunk_batch,
 #    batch_results.
-PROTOCOL_VERSION = 9
+# 8: executors hold batch reports (fold a start into its end); clients send batches.
+# 9: release (jobs a client holds no future of).
+# 10: kept results and futures as arguments: launch.keep and launch.inputs, drop (S2E),
+#     missing (C2S); a submit task's options may carry "inputs".
+PROTOCOL_VERSION = 10
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
 # goes ahead: a stream task exists to take a slot at once, batch work fills the rest.
@@ -269,6 +273,19 @@ class Launch(Message):
     attempt: int
     priority: str  # "stream" or "batch"
     sent_ns: int  # sender's time.monotonic_ns(), for latency figures
+    # Keep the result here (runtime/kept.py): report its reference, and serve it to whoever
+    # asks until a `drop` names the task.
+    keep: bool = False
+    # Inputs that are other tasks' kept results: [[path, task_id, reference payload], ...];
+    # `path` says where in [args, kwargs] the value goes (an argument's index, then indices
+    # or keys into it), the reference where it is kept.
+    inputs: list | None = None
+
+
+@message("drop", S2E)
+class Drop(Message):
+    # Delete these tasks' kept results: no one will ask for them again.
+    task_ids: list
 
 
 @message("suspend", S2E)
@@ -484,6 +501,13 @@ class Release(Message):
     # Jobs the client holds no future of any more: the scheduler forgets each once it is
     # done (scheduler/records/retire.py).
     job_ids: list
+
+
+@message("missing", C2S)
+class Missing(Message):
+    # The kept results of these tasks cannot be had where the scheduler said they were: the
+    # scheduler computes them again (their lineage) and sends the new results.
+    task_ids: list
 
 
 @message("status_request", C2S)

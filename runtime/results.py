@@ -30,9 +30,38 @@ from tidal.runtime.datastore import (
 )
 from tidal.runtime.protocol import ProtocolError
 
-__all__ = ["ResultFetcher", "ResultSpool"]
+__all__ = ["DATA_MIN_BYTES", "ResultFetcher", "ResultSpool", "Traffic"]
 
 log = logging.getLogger("tidal.results")
+
+
+# Payloads smaller than this are envelopes (a call that holds only futures, a sum), not data:
+# `Traffic` leaves them out (as the scheduler's tally does, scheduler/tally.py).
+DATA_MIN_BYTES = 1024
+
+
+class Traffic:
+    """Task data a client sent (arguments, inline or spooled) and received (results, inline,
+    read or fetched), in bytes: payloads of DATA_MIN_BYTES or more. Any thread may count."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.sent_bytes = 0
+        self.received_bytes = 0
+
+    def sent(self, size: int) -> None:
+        if size >= DATA_MIN_BYTES:
+            with self._lock:
+                self.sent_bytes += size
+
+    def received(self, size: int) -> None:
+        if size >= DATA_MIN_BYTES:
+            with self._lock:
+                self.received_bytes += size
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {"sent_bytes": self.sent_bytes, "received_bytes": self.received_bytes}
 
 
 class ResultSpool:
@@ -54,6 +83,10 @@ class ResultSpool:
         self._store: DataStore | None = None
         self._lock = threading.Lock()
         self._expired_at = time.monotonic()
+        # Results kept for later readers (`launch.keep`, runtime/kept.py): task id -> its
+        # reference, until the scheduler drops them. They never expire.
+        self._kept: dict[str, Reference] = {}
+        self.kept_bytes = 0
 
     def keep(self, payload: bytes) -> Reference:
         """Spool one result; its reference. OSError or zmq.ZMQError if it cannot be."""
@@ -73,6 +106,34 @@ class ResultSpool:
             log.warning("a result of %d bytes could not be spooled (%s)", len(payload), exc)
             return payload
 
+    def keep_for(self, task_id: str, payload: bytes) -> bytes:
+        """Spool a kept result (the task thread's) until `drop` names its task; the reference
+        to report. OSError or zmq.ZMQError if it cannot be (the task then fails: a kept
+        result that travelled inline would be kept nowhere)."""
+        reference = self.keep(payload)
+        with self._lock:
+            old = self._kept.pop(task_id, None)
+            self._kept[task_id] = reference
+            self.kept_bytes += reference.size - (old.size if old else 0)
+            store = self._store
+        if old is not None and store is not None:  # a rerun's: the new one replaces it
+            store.drop([old])
+        return payloads.pack_reference(reference)
+
+    def drop(self, task_ids: list[str]) -> None:
+        """Delete these tasks' kept results (unknown ids are ignored)."""
+        with self._lock:
+            gone = [self._kept.pop(t) for t in task_ids if type(t) is str and t in self._kept]
+            self.kept_bytes -= sum(r.size for r in gone)
+            store = self._store
+        if gone and store is not None:
+            store.drop(gone)
+
+    def kept(self) -> dict[str, int]:
+        """The kept results here: task id -> bytes."""
+        with self._lock:
+            return {task_id: r.size for task_id, r in self._kept.items()}
+
     def expire(self) -> None:
         """Delete the results no client fetched within KEEP_S (looks every EXPIRE_EVERY_S);
         never raises (it runs on the executor's listener)."""
@@ -82,8 +143,10 @@ class ResultSpool:
         if store is None or now - self._expired_at < self.EXPIRE_EVERY_S:
             return
         self._expired_at = now
+        with self._lock:
+            kept = {r.path for r in self._kept.values()}
         try:
-            gone = store.expire(self.KEEP_S)
+            gone = store.expire(self.KEEP_S, keep=kept)
         except OSError as exc:
             log.warning("could not look for expired results: %s", exc)
             return
@@ -92,6 +155,7 @@ class ResultSpool:
 
     def close(self) -> None:
         """Wait up to DRAIN_S for the readers of what is left, then delete it all."""
+        self.drop(list(self.kept()))  # no one reads those once this executor stops
         with self._lock:
             store, self._store = self._store, None
         if store is not None:
@@ -111,7 +175,8 @@ class ResultFetcher:
 
     THREADS = 2
 
-    def __init__(self, owner_id: str) -> None:
+    def __init__(self, owner_id: str, traffic: Traffic | None = None) -> None:
+        self._traffic = traffic or Traffic()
         # The client's own spool: a result's reference must never make it delete a file
         # there (its spooled arguments).
         self._own_folder = spool_folder(owner_id)
@@ -165,6 +230,7 @@ class ResultFetcher:
             except DataUnavailable as exc:
                 why = f"{what}, kept by its executor, cannot be had: {exc}"
                 raise DataUnavailable(why) from None
+            self._traffic.received(len(data))
             value = payloads.unpack_payload(data, what)
         except Exception as exc:  # whatever it is, the future must hear of it
             if not isinstance(exc, ProtocolError | DataUnavailable):

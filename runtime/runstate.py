@@ -28,7 +28,7 @@ from typing import Any
 
 import greenlet
 
-from tidal.runtime import payloads
+from tidal.runtime import kept, payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.protocol import PRIORITY_CLASSES
@@ -80,11 +80,14 @@ def end_report(
     outcome: Outcome,
     stats: dict[str, Any],
     spool_result: Callable[[bytes], bytes] | None,
+    keep_result: Callable[[str, bytes], bytes] | None = None,
 ) -> p.Message:
     """The report of a task's end: `finished` with its result packed (`failed` with an
     EncodeError if it cannot be sent), `failed`, or `killed` (`failed` if it was killed to
     fail it, as for its memory limit)."""
     task_id, attempt = record.task_id, record.attempt
+    if outcome.kind == "finished" and record.keep:
+        return _kept_report(record, outcome.value, stats, keep_result)
     if outcome.kind == "finished":
         try:
             result = payloads.pack_result(outcome.value, "finished.result", spool_result)
@@ -99,6 +102,31 @@ def end_report(
     return p.Failed(task_id, attempt, *(outcome.error or ["", "", ""]), stats)
 
 
+def _kept_report(
+    record: TaskRecord,
+    value: Any,
+    stats: dict[str, Any],
+    keep_result: Callable[[str, bytes], bytes] | None,
+) -> p.Message:
+    """`finished` with the reference of the result kept here (runtime/kept.py), or `failed`
+    saying why it cannot be kept."""
+    task_id, attempt = record.task_id, record.attempt
+    try:
+        payload = kept.pack_kept(value)
+    except p.EncodeError as exc:
+        problem = f"the task's result cannot be kept: {exc}".replace("args[0]", "result")
+        return p.Failed(task_id, attempt, "EncodeError", problem, "", stats)
+    if keep_result is None:
+        problem = "this executor has no spool to keep results in"
+        return p.Failed(task_id, attempt, "DataUnavailable", problem, "", stats)
+    try:
+        reference = keep_result(task_id, payload)
+    except Exception as exc:  # a full spool, a data server that cannot bind: the task's
+        problem = f"the task's result ({len(payload):,} bytes) could not be kept: {exc}"
+        return p.Failed(task_id, attempt, type(exc).__name__, problem, "", stats)
+    return p.Finished(task_id, attempt, reference, {**stats, "kept_bytes": len(payload)})
+
+
 @dataclass(eq=False, slots=True)
 class TaskRecord:
     """The kernel's live record of one task."""
@@ -111,6 +139,8 @@ class TaskRecord:
     priority: str
     payload: bytes | None = None  # the packed [args, kwargs], unpacked when it starts
     state: RunState = RunState.QUEUED
+    keep: bool = False  # keep the result here (`launch.keep`, runtime/kept.py)
+    inputs: list[Any] | None = None  # other tasks' kept results to put in its call
     glet: greenlet.greenlet | None = None
     suspensions: int = 0
     records: int = 0

@@ -61,10 +61,15 @@ def check_chunksize(options: dict[str, Any] | None) -> str | None:
     """Why a submission's options are wrong, or None."""
     if not options:
         return None
-    unknown = set(options) - {"chunksize"}
+    unknown = set(options) - {"chunksize", "keep"}
     if unknown:  # keys of any types: sorted by repr, as mixed types do not compare
-        return f"unknown job options {sorted(unknown, key=repr)} (known: chunksize)"
+        return f"unknown job options {sorted(unknown, key=repr)} (known: chunksize, keep)"
+    keep = options.get("keep", False)
+    if type(keep) is not bool:
+        return f"keep must be true or false, not {keep!r}"
     size = options.get("chunksize")
+    if keep and size not in (None, 1):
+        return "a job that keeps its results is not chunked: leave chunksize out"
     if size is None or size == "auto" or (type(size) is int and size >= 1):
         return None
     return f"chunksize must be an int >= 1 or 'auto', not {size!r}"

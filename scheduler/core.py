@@ -68,6 +68,7 @@ from tidal.scheduler.records import (
 from tidal.scheduler.records import (
     task_ids as task_ids_of,
 )
+from tidal.scheduler.records.lineage import inputs_problem
 from tidal.scheduler.tally import Tally
 from tidal.scheduler.views import ClusterView, TaskView, check_submission, status_snapshot
 
@@ -191,6 +192,7 @@ class SchedulerCore:
             p.Submit: self._on_submit,
             p.Cancel: self._on_cancel,
             p.Release: self._on_release,
+            p.Missing: self._on_missing,
             p.StatusRequest: self._on_status_request,
             p.ClientGoodbye: self._on_client_goodbye,
             p.Ping: self._on_ping,
@@ -201,7 +203,7 @@ class SchedulerCore:
         if state is not None and not state.empty:
             # Discussion: as long as an executor may stay silent before it is declared lost.
             grace = self.lost_after_ns if reclaim_grace_ns is None else reclaim_grace_ns
-            recovery.restore(self.records, state, grace, self.journal.path)
+            recovery.restore(self.records, state, grace, self.journal.path, self.journal.results)
         # What restoring did (tasks cancelled before the restart end now) comes out of the
         # first step; every step starts with nothing else.
         self._first_out, self.records.out = self.records.out, []
@@ -658,6 +660,8 @@ class SchedulerCore:
             log.debug("job %s from client %s is known already", msg.job_id, client_id)
             return
         problem = check_submission(msg, records.jobs, records.tasks, records.id_prefixes)
+        if problem is None and msg.bulk is None:
+            problem = inputs_problem(client_id, msg, records.tasks)
         if problem is not None:
             if msg.bulk is not None:
                 refused = task_ids_of(msg)
@@ -698,6 +702,10 @@ class SchedulerCore:
     def _on_release(self, client_id: str, msg: p.Release) -> None:
         if isinstance(msg.job_ids, list):
             self.records.release(client_id, msg.job_ids)
+
+    def _on_missing(self, client_id: str, msg: p.Missing) -> None:
+        if isinstance(msg.task_ids, list):
+            self.records.missing(client_id, msg.task_ids)
 
     def _on_client_goodbye(self, client_id: str, msg: p.ClientGoodbye) -> None:
         """Its jobs go: what still runs is cancelled, and each retires when it is done."""

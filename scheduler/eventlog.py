@@ -214,7 +214,7 @@ class EventRecorder:
     # ---- commands -------------------------------------------------------------------------------
 
     def _launch(self, executor_id: str, msg: p.Launch) -> Record:
-        return {
+        record = {
             "event": "launch",
             "task": msg.task_id,
             "job": self._job_of(msg.task_id),
@@ -222,6 +222,14 @@ class EventRecorder:
             "executor": executor_id,
             "attempt": msg.attempt,
         }
+        task = self.core.records.tasks.get(msg.task_id) if msg.inputs else None
+        if task is not None:  # inputs kept on executors: local or remote?
+            here = task.input_bytes.get(executor_id, 0)
+            total = sum(task.input_bytes.values())
+            # Local: on the executor holding most of its input bytes.
+            record["placement"] = "local" if executor_id == task.local_to else "remote"
+            record["input_bytes"], record["local_bytes"] = total, here
+        return record
 
     def _launch_chunk(self, executor_id: str, msg: p.LaunchChunk) -> Record:
         return {

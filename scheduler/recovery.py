@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from tidal.runtime import protocol as p
 from tidal.scheduler import events as ev
-from tidal.scheduler.records import ExecutorRecord, Records, Task, TaskState, task_ids
+from tidal.scheduler.records import ExecutorRecord, Records, Task, TaskState, stat_count, task_ids
 
 if TYPE_CHECKING:
     from tidal.scheduler.journal import JournalState
@@ -57,16 +57,32 @@ _ADOPTED_AS = {
 }
 
 
-def restore(records: Records, state: JournalState, grace_ns: int, path: str | None) -> None:
-    """Rebuild jobs and unfinished tasks from what the journal held (see the docstring)."""
+def restore(
+    records: Records,
+    state: JournalState,
+    grace_ns: int,
+    path: str | None,
+    results: ResultLookup = lambda task_ids: {},
+) -> None:
+    """Rebuild jobs and unfinished tasks from what the journal held (see the docstring).
+
+    A job that keeps its results (scheduler/records/lineage.py) gets records for its ended
+    tasks too, with where their results are kept (`results` looks their items up): other
+    tasks may take them as inputs."""
     records.restarts = state.restarts
     cancelled = []
     for client_id, submit in state.jobs:
         ended = [task_id for task_id in task_ids(submit) if task_id in state.outcomes]
-        tasks = records.add_job(client_id, submit, skip=set(ended))
+        keep = (submit.options or {}).get("keep") is True
+        tasks = records.add_job(client_id, submit, skip=set() if keep else set(ended))
         job = records.jobs[submit.job_id]
         for task_id in ended:
             job.count_end(state.outcomes[task_id])
+        if keep:
+            done = set(ended)
+            kept_ended = [t for t in tasks if t.task_id in done]
+            tasks = [t for t in tasks if t.task_id not in done]
+            _restore_kept(records, kept_ended, results([t.task_id for t in kept_ended]))
         for task in tasks:
             records.unclaimed(task, cancelled=task.task_id in state.cancels)
             task.lost_on = list(state.losses.get(task.task_id, ()))  # counted on from there
@@ -85,11 +101,26 @@ def restore(records: Records, state: JournalState, grace_ns: int, path: str | No
     )
 
 
+def _restore_kept(
+    records: Records, tasks: list[Task], items: dict[str, tuple[str, list[Any]]]
+) -> None:
+    """Ended tasks of a job that keeps its results: done, kept where their items say."""
+    for task in tasks:
+        task.state = TaskState.DONE
+        _, item = items.get(task.task_id, ("", [task.task_id, "failed", None, None, {}]))
+        value, stats = item[2], item[4] if type(item[4]) is dict else {}
+        if item[1] == "finished" and type(value) is bytes and type(stats.get("executor_id")) is str:
+            task.kept, task.executor_id = value, stats["executor_id"]
+            task.kept_bytes = stat_count(stats, "kept_bytes", 0)
+            records.keep_on(task, task.executor_id)
+
+
 def end_grace(records: Records) -> None:
     """Queue the tasks no executor claimed; forget the executors that did not come back."""
     records.reclaim_until = None
     for executor_id in sorted(records.awaited):
         records.note(ev.ExecutorLost(executor_id, "it did not come back after the restart"))
+        records.lose_kept(executor_id)  # the results it kept are computed again
     records.awaited = set()
     unclaimed = [t for t in records.tasks.values() if t.state is TaskState.UNCLAIMED]
     if unclaimed:

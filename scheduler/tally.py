@@ -42,6 +42,15 @@ _COMMANDS = {p.Suspend: "suspensions", p.Resume: "resumptions", p.Kill: "kills"}
 _DETAIL = re.compile(r"\s*(\(.*|:.*)$")
 
 
+# Payloads smaller than this are envelopes (a call that holds only futures, a sum), not data.
+DATA_MIN_BYTES = 1024
+
+
+def _data(payload: Any) -> int:
+    """The bytes of a payload that count as task data (see DATA_MIN_BYTES)."""
+    return len(payload) if type(payload) is bytes and len(payload) >= DATA_MIN_BYTES else 0
+
+
 def refusal_kind(reason: str) -> str:
     """The kind of a refused decision's reason: `reason` without its details
     ("suspension cap reached (3 of 3)" -> "suspension cap reached")."""
@@ -60,6 +69,12 @@ class Tally:
         self._window: deque[tuple[int, int]] = deque(maxlen=WINDOW_TASKS)  # (ended at, ns)
         self._buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)  # the last one: over every bound
         self._latency_sum_ns = 0
+        # Task data that passed through the scheduler: payloads of DATA_MIN_BYTES or more in
+        # submits and results (a reference counts its own few bytes, not what it names).
+        self.data_bytes = 0
+        # Launches of tasks with inputs kept on executors: on the one holding most of their
+        # input bytes ("local") or elsewhere.
+        self.placements: Counter[str] = Counter()
 
     def step(self, instructions: Iterable[Any], records: Records) -> None:
         """Count what one step of the core sent and decided."""
@@ -67,8 +82,13 @@ class Tally:
         for instruction in instructions:
             kind = type(instruction)
             if kind is ev.TaskEnded:
+                item = instruction.item
+                self.data_bytes += _data(item[2])
+                if type(item[4]) is dict and item[4].get("recomputed"):
+                    counts["recomputations"] += 1
+                    continue
                 priority = "stream" if instruction.stream else "batch"
-                self.ended[priority][instruction.item[1]] += 1
+                self.ended[priority][item[1]] += 1
                 if instruction.stream:
                     self._stream_ended(instruction.item[0], records)
             elif kind is ev.BatchEnded:
@@ -76,10 +96,20 @@ class Tally:
                 ended = self.ended["stream" if instruction.stream else "batch"]
                 ended["finished"] += len(result.values) - len(result.errors)
                 ended["failed"] += len(result.errors)
+                self.data_bytes += sum(map(_data, result.values))
+            elif kind is ev.JobAccepted:
+                submit = instruction.submit
+                self.data_bytes += sum(_data(t[1]) for t in submit.tasks)
+                self.data_bytes += sum(map(_data, submit.bulk or ()))
             elif kind is ev.ToExecutor:
-                name = _COMMANDS.get(type(instruction.message))
+                message = instruction.message
+                name = _COMMANDS.get(type(message))
                 if name is not None:
                     counts[name] += 1
+                if type(message) is p.Launch and message.inputs:
+                    task = records.tasks.get(message.task_id)
+                    local = task is not None and task.local_to == instruction.executor_id
+                    self.placements["local" if local else "remote"] += 1
             elif kind is ev.DecisionRefused:
                 self.refused[refusal_kind(instruction.reason)] += 1
             elif kind is ev.ExecutorLost:
@@ -118,6 +148,9 @@ class Tally:
             "kills": self.counts["kills"],
             "executor_losses": self.counts["executor_losses"],
             "policy_switches": self.counts["policy_switches"],
+            "recomputations": self.counts["recomputations"],
+            "data_bytes": self.data_bytes,
+            "placements": {"local": self.placements["local"], "remote": self.placements["remote"]},
             "refused": dict(self.refused),
             "ended": {priority: dict(counts) for priority, counts in self.ended.items()},
             "stream_latency": {

@@ -63,10 +63,27 @@ class TaskView:
     records = property(lambda self: self._task.records)
     submitted_at = property(lambda self: self._task.submitted_at)
     seq = property(lambda self: self._task.seq)
-    preferred = property(
-        lambda self: self._task.preferred,
-        doc="Node labels or executor ids the task would rather run on (empty: anywhere).",
+
+    @property
+    def preferred(self) -> tuple[str, ...]:
+        """Node labels or executor ids the task would rather run on (empty: anywhere): its
+        own, else the executor holding most of its input bytes (`local_to`)."""
+        task = self._task
+        if task.preferred or task.local_to is None:
+            return task.preferred
+        return (task.local_to,)
+
+    local_to = property(
+        lambda self: self._task.local_to,
+        doc="The executor holding most of the bytes of its inputs (other tasks' kept "
+        "results), if it has any: where it runs without fetching the most.",
     )
+
+    @property
+    def input_bytes(self) -> dict[str, int]:
+        """Bytes of its inputs (other tasks' kept results) per executor holding them."""
+        return dict(self._task.input_bytes)
+
     memory_bytes = property(
         lambda self: self._task.memory_bytes,
         doc="Its executor's estimate of the memory it holds, in bytes, from the last "
@@ -131,6 +148,11 @@ class ExecutorView:
     def metrics_window(self) -> tuple[p.Heartbeat, ...]:
         return tuple(self._executor.metrics)
 
+    kept_bytes = property(
+        lambda self: self._executor.kept_bytes,
+        doc="Bytes of the results it keeps for other tasks (`keep=True`); they count "
+        "against its memory limit (`memory_headroom`).",
+    )
     memory_pressure = property(
         lambda self: self._executor.memory_pressure,
         doc="Mean host memory use over the metrics window, 0.0-1.0 (0.0 before any heartbeat).",
@@ -319,6 +341,7 @@ def status_snapshot(
                 "suspended": [t.task_id for t in suspended],
                 "rss_bytes": beat.rss_bytes if beat else None,
                 "memory_limit_bytes": e.memory_limit_bytes,
+                "kept_bytes": e.kept_bytes,
                 "mem_available_bytes": beat.mem_available_bytes if beat else None,
                 "mem_percent": beat.mem_percent if beat else None,
                 "last_seen_s": (records.now - e.last_seen) / 1e9,
@@ -403,7 +426,8 @@ def check_submission(
         ):
             return (
                 "each task must be [task_id, payload] or [task_id, payload, "
-                "{'preferred': [node or executor ids]}], with the payload bytes"
+                "{'preferred': [node or executor ids], 'inputs': [[path, task_id], ...]}], "
+                "with the payload bytes"
             )
         if entry[0] in tasks or entry[0] in seen:
             return f"task id {entry[0]!r} is already in use"
@@ -434,8 +458,10 @@ def _bulk_problem(msg: p.Submit, prefixes: Collection[str]) -> str | None:
 
 
 def _valid_options(options: Any) -> bool:
-    """Per-task options: only `preferred`, a list of node labels or executor ids."""
-    if not isinstance(options, dict) or set(options) - {"preferred"}:
+    """Per-task options: `preferred`, a list of node labels or executor ids, and `inputs`,
+    other tasks' kept results as [[path, task_id], ...] (checked by the core, which knows
+    the tasks: scheduler/records/lineage.py)."""
+    if not isinstance(options, dict) or set(options) - {"preferred", "inputs"}:
         return False
     preferred = options.get("preferred", [])
     return isinstance(preferred, list) and all(isinstance(x, str) for x in preferred)

@@ -46,6 +46,7 @@ USER_FACING = {
     "tidal.runtime.cluster",
     "tidal.runtime.demo",
     "tidal.runtime.futures",
+    "tidal.runtime.kept_futures",
     "tidal.runtime.processes",
     "tidal.runtime.progress",
     "tidal.runtime.report",

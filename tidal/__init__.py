@@ -20,6 +20,7 @@ _HOMES = {
     "AuthenticationFailed": "tidal.runtime.auth",
     "Client": "tidal.runtime.client",
     "LocalCluster": "tidal.runtime.cluster",
+    "DataUnavailable": "tidal.runtime.datastore",
     "FunctionNotFound": "tidal.runtime.functions",
     "MemoryLimitExceeded": "tidal.runtime.futures",
     "TaskError": "tidal.runtime.futures",
@@ -27,6 +28,7 @@ _HOMES = {
     "as_completed": "tidal.runtime.futures",
     "gather": "tidal.runtime.futures",
     "Kernel": "tidal.runtime.kernel",
+    "KeptFuture": "tidal.runtime.kept_futures",
     "TaskKilled": "tidal.runtime.kernel",
     "progress": "tidal.runtime.progress",
     "PROTOCOL_VERSION": "tidal.runtime.protocol",
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from tidal.runtime.auth import AuthenticationFailed
     from tidal.runtime.client import Client
     from tidal.runtime.cluster import LocalCluster
+    from tidal.runtime.datastore import DataUnavailable
     from tidal.runtime.functions import FunctionNotFound
     from tidal.runtime.futures import (
         MemoryLimitExceeded,
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
         as_completed,
         gather,
     )
+    from tidal.runtime.kept_futures import KeptFuture
     from tidal.runtime.kernel import Kernel, TaskKilled
     from tidal.runtime.progress import progress
     from tidal.runtime.protocol import PROTOCOL_VERSION, ProtocolError
@@ -83,7 +87,9 @@ __all__ = [
     "AssignOnChange",
     "AuthenticationFailed",
     "Client",
+    "DataUnavailable",
     "FunctionNotFound",
+    "KeptFuture",
     "Kernel",
     "Kill",
     "Launch",

@@ -43,6 +43,21 @@ def total(part: Iterable[int]) -> int:
     return sum(part)
 
 
+def numbers(count: int, start: int = 0) -> list[int]:
+    """The ints start, start + 1, ..., start + count - 1: a partition made on an executor."""
+    return list(range(start, start + count))
+
+
+def pairwise_sums(a: Iterable[int], b: Iterable[int]) -> list[int]:
+    """The sums of two partitions' records, pair by pair."""
+    return [x + y for x, y in zip(a, b, strict=True)]
+
+
+def nested_lengths(pair: list, keyed: dict) -> list[int]:
+    """How long the first item of `pair` and the value of keyed["x"] are, and pair[1]."""
+    return [len(pair[0]), pair[1], len(keyed["x"])]
+
+
 @task
 def biggest(part: Iterable[int]) -> int:
     """The largest record, found in C (`max`)."""

@@ -1,10 +1,13 @@
 """`tidal bench chaos`: a mixed stream/batch workload while the cluster is broken on purpose.
 
 A LocalCluster of `executors` runs batch jobs (plain maps and one chunked map of small
-tasks, each task `spin` over its own records: a known sum; and one map whose arguments and
-results, ~100 KB each, take the data path) while a stream of stream tasks
-(`total` over ten numbers) arrives every `stream_every_ms`. Meanwhile, at seeded moments,
-a fault: `kill -9` of a random executor (the cluster's supervisor starts it again), and once,
+tasks, each task `spin` over its own records: a known sum; one map whose arguments and
+results, ~100 KB each, take the data path; and a chain of three stages whose first two keep
+their results on the executors, each stage taking the last one's futures: a kept result
+lost with its executor is computed again from its lineage, runtime/kept.py) while a
+stream of stream tasks (`total` over ten numbers) arrives every `stream_every_ms`.
+Meanwhile, at seeded moments, a fault: `kill -9` of a random executor (the cluster's
+supervisor starts it again), and once,
 half-way through the faults, `kill -9` of the scheduler, started again on the same address
 and journal. Faults come one at a time: the next waits for the cluster to recover from the
 last, plus a seeded gap.
@@ -15,6 +18,9 @@ Figures:
   by the deadline; `duplicated`: futures whose done-callbacks ran more than once (a result
   handed to the user twice); `redelivered`: results the client received for a future
   already complete and dropped (after a restart, say), which is how exactly-once is kept.
+  A kept result counts as completed if it can still be fetched, right, at the end;
+  `kept_recomputations`: kept results the scheduler computed again (their executor was
+  killed) and sent to the client anew.
 - `faults`: each fault, with the batch tasks still pending when it came
   (`batch_pending`) and, for a kill, how many tasks the executor held (`held`);
   `recovery_s` per fault, `recovery_s_max`: for an executor kill, from the kill until the
@@ -43,7 +49,8 @@ from typing import Any
 
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
-from tidal.workloads.synthetic import spin, spin_copy, total
+from tidal.runtime.kept_futures import KeptFuture
+from tidal.workloads.synthetic import numbers, spin, spin_copy, total
 
 TARGETS = {
     "completed_vs_submitted": (">=", 1.0),
@@ -72,6 +79,10 @@ class ChaosConfig:
     data_tasks: int = 8
     data_records: int = 20_000
     data_record_us: float = 20.0
+    # The chain of kept stages: `numbers` (kept), `spin_copy` over it (kept), `total`.
+    kept_tasks: int = 6
+    kept_records: int = 20_000
+    kept_record_us: float = 30.0
     stream_every_ms: float = 50.0
     kills: int = 4
     scheduler_restarts: int = 1
@@ -90,6 +101,8 @@ class _Tally:
     def __init__(self) -> None:
         self.expected: dict[Any, Any] = {}
         self.calls: Counter = Counter()
+        # Kept futures' values (or errors), fetched while the cluster still runs.
+        self.kept: dict[Any, tuple[bool, Any]] = {}
         self._lock = threading.Lock()
 
     def track(self, future: Any, expected: Any) -> None:
@@ -138,6 +151,7 @@ def run(quick: bool = False, config: ChaosConfig | None = None) -> dict[str, Any
             batch_done.set()
             stream.join()
         _wait(list(tally.expected), time.monotonic() + 30)
+        _fetch_kept(tally, time.monotonic() + 60)
         redelivered = client.dropped_results
         restarts = cluster.restarts
     return _figures(tally, faults, config, redelivered, restarts)
@@ -171,11 +185,41 @@ def _submit_batch(client: Client, config: ChaosConfig, tally: _Tally) -> list[An
     for future, part in zip(data_futures, data, strict=True):
         tally.track(future, part)
     futures += data_futures
+    futures += _submit_chain(client, config, tally)
     small = [[i, i + 1] for i in range(config.chunked_tasks)]
     chunked = client.map(spin, small, record_us=500.0, priority="batch", chunksize=20)
     for future, part in zip(chunked, small, strict=True):
         tally.track(future, sum(part))
     return futures + chunked
+
+
+def _submit_chain(client: Client, config: ChaosConfig, tally: _Tally) -> list[Any]:
+    """Three stages, the first two kept on the executors, each taking the last's futures."""
+    count = config.kept_records
+    starts = [i * count for i in range(config.kept_tasks)]
+    made = [client.submit(numbers, count, start, keep=True) for start in starts]
+    copied = [
+        client.submit(spin_copy, part, record_us=config.kept_record_us, keep=True) for part in made
+    ]
+    sums = client.map(total, copied)
+    for stage in (made, copied):
+        for future, start in zip(stage, starts, strict=True):
+            tally.track(future, list(range(start, start + count)))
+    for future, start in zip(sums, starts, strict=True):
+        tally.track(future, sum(range(start, start + count)))
+    return made + copied + sums
+
+
+def _fetch_kept(tally: _Tally, deadline: float) -> None:
+    """Fetch every kept result while the cluster runs (a lost one is computed again)."""
+    for future in tally.expected:
+        if isinstance(future, KeptFuture) and future.done() and not future.exception(0):
+            try:
+                value = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as exc:
+                tally.kept[future] = (False, exc)
+            else:
+                tally.kept[future] = (True, value)
 
 
 def _stream(client: Client, config: ChaosConfig, tally: _Tally, done: threading.Event) -> None:
@@ -272,10 +316,13 @@ def _figures(
     executor_restarts: int,
 ) -> dict[str, Any]:
     completed = wrong = lost = 0
+    kept = [f for f in tally.expected if isinstance(f, KeptFuture)]
     for future, expected in tally.expected.items():
         if not future.done() or future.cancelled() or future.exception(timeout=0):
             lost += 1
-        elif future.result() == expected:
+        elif future in tally.kept and not tally.kept[future][0]:
+            lost += 1  # its kept result could not be had
+        elif (tally.kept[future][1] if future in tally.kept else future.result()) == expected:
             completed += 1
         else:
             wrong += 1
@@ -289,6 +336,7 @@ def _figures(
         "wrong": wrong,
         "duplicated": sum(1 for n in tally.calls.values() if n > 1),
         "redelivered": redelivered,
+        "kept_recomputations": sum(f.recomputations for f in kept),
         "kills": sum(f["fault"] == "executor" for f in faults),
         "scheduler_restarts": sum(f["fault"] == "scheduler" for f in faults),
         "executor_restarts": executor_restarts,

@@ -25,6 +25,9 @@ from tidal.scheduler.views import ClusterView, ExecutorView, TaskView, resume_or
 # the stream task that takes the slot. Policies only prefer other executors; when every
 # candidate is under pressure LB still suspends, because the stream task must run.
 MEMORY_PRESSURE_THRESHOLD = 0.85
+# Pending batch tasks looked at, beyond the free capacity, for ones whose inputs are kept on
+# a free executor (scheduler/records/lineage.py).
+LOCALITY_SCAN = 64
 
 
 class LbPolicy(AssignOnChange):
@@ -152,12 +155,39 @@ class LbPolicy(AssignOnChange):
         if not any(n > 0 for n in free.values()):
             return
         batch = view.pending("batch")
+        first = next(batch, None)
+        if first is None:
+            return
+        if first.local_to is not None:  # tasks with inputs kept on executors
+            yield from self._fill_local(itertools.chain([first], batch), free)
+            return
+        batch = itertools.chain([first], batch)
         while True:
             executor_id = max(free, key=free.get)
             if free[executor_id] <= 0:
                 return
             task = next(batch, None)
             if task is None:
+                return
+            free[executor_id] -= 1
+            yield Launch(task.task_id, executor_id)
+
+    def _fill_local(self, batch: Iterator[TaskView], free: dict[str, int]) -> Iterator[Decision]:
+        """Fill free capacity with tasks whose inputs are kept there first (among the next
+        LOCALITY_SCAN pending), then with the rest in order: LB never leaves a slot idle
+        to wait for a local one (LMA does, a moment)."""
+        window = list(itertools.islice(batch, sum(free.values()) + LOCALITY_SCAN))
+        rest = []
+        for task in window:
+            here = task.local_to
+            if here is not None and free.get(here, 0) > 0:
+                free[here] -= 1
+                yield Launch(task.task_id, here)
+            else:
+                rest.append(task)
+        for task in rest:
+            executor_id = max(free, key=free.get)
+            if free[executor_id] <= 0:
                 return
             free[executor_id] -= 1
             yield Launch(task.task_id, executor_id)

@@ -25,6 +25,7 @@ from tidal.runtime import protocol as p
 from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import events as ev
 from tidal.scheduler.records import spans
+from tidal.scheduler.records.lineage import INPUT_UNAVAILABLE, Lineage
 from tidal.scheduler.records.retire import Retirement
 from tidal.scheduler.records.tables import (
     SLOT_STATES,
@@ -51,7 +52,7 @@ PREFETCH_TARGET_NS = 2_000_000
 TASK_OVERHEAD_NS = 40_000
 
 
-class Records(spans.BulkBooks, Retirement):
+class Records(spans.BulkBooks, Retirement, Lineage):
     """The scheduler's tables and the bookkeeping on them; see the module docstring.
 
     `now` is the core's clock at the current step (the core sets it); `out` collects what
@@ -203,6 +204,7 @@ class Records(spans.BulkBooks, Retirement):
             len(msg.tasks),
         )
         job.chunksize = (msg.options or {}).get("chunksize")
+        job.keep = (msg.options or {}).get("keep") is True
         job.accepted_at = self.now
         self.jobs[job.job_id] = job
         if msg.bulk is not None:
@@ -219,6 +221,9 @@ class Records(spans.BulkBooks, Retirement):
             task = Task(task_id, job, payload, self._seq, self.now)
             task.preferred = tuple(options.get("preferred", ()))
             self.keep(task)
+            inputs = options.get("inputs")
+            if inputs and all(entry[1] in self.tasks for entry in inputs):
+                self.link_inputs(task, inputs)
             tasks.append(task)
         return tasks
 
@@ -226,7 +231,7 @@ class Records(spans.BulkBooks, Retirement):
         """Record an accepted job, its tasks pending; return them."""
         tasks = self.add_job(client_id, msg, pieces=True)
         for task in tasks:
-            self.pending.push(task)
+            self.admit(task)
         return tasks
 
     def complete(self, task: Task, outcome: str, value: Any, error: list[str] | None) -> None:
@@ -235,6 +240,9 @@ class Records(spans.BulkBooks, Retirement):
         `value` is the result's payload as the executor sent it (nil unless finished).
         """
         job = task.job
+        if task.recomputing:  # a kept result computed again: counted the first time
+            self.recomputed(task, outcome, value, error)
+            return
         if task.index >= 0:  # a bulk job's task: it may have ended with a batch meanwhile
             if job.ended[task.index]:
                 task.state = TaskState.DONE
@@ -256,11 +264,15 @@ class Records(spans.BulkBooks, Retirement):
             "started_at_ns": task.started_at_ns,
             "finished_at_ns": task.finished_at_ns,
         }
-        task.payload = b""  # its arguments are no longer needed here
+        if job.keep:  # where its result is kept, for a restart (scheduler/recovery.py)
+            stats["kept_bytes"] = task.kept_bytes
+        if not job.keep:  # a kept result may be computed again from them
+            task.payload = b""  # its arguments are no longer needed here
         item = [task.task_id, outcome, value, error, stats]
         # Journaled before the result is sent.
         self.out.append(ev.TaskEnded(job.job_id, item, task.priority == "stream"))
         self.to_client(job.client_id, [item])
+        self.task_ended(task, outcome, value, error)
 
     def settle(
         self,
@@ -303,8 +315,8 @@ class Records(spans.BulkBooks, Retirement):
         """Queue tasks again at the front of their class (a new attempt if `attempt`)."""
         if not tasks:
             return
+        pending = []
         for task in reversed(tasks):  # pushed to the front, so keep their relative order
-            task.state = TaskState.PENDING
             task.executor_id = None
             task.suspensions = 0  # it starts from scratch: the cap applies afresh
             task.running_ns = task.suspended_ns = 0
@@ -315,8 +327,10 @@ class Records(spans.BulkBooks, Retirement):
             self._requeue_seq -= 1
             task.seq = self._requeue_seq
             task.chunk = None
-            self.pending.push(task, front=True)
-        self.on_pending(tasks[::-1])
+            if self.admit(task, front=True):  # or waiting for an input computed again
+                pending.append(task)
+        if pending:
+            self.on_pending(pending[::-1])
 
     def account(self, task: Task, stats: dict[str, Any]) -> None:
         """Take a task's figures from the stats its executor reported with its end."""
@@ -325,6 +339,7 @@ class Records(spans.BulkBooks, Retirement):
         task.suspended_ns = stat_count(stats, "suspended_ns", task.suspended_ns)
         task.records = stat_count(stats, "records", task.records)
         task.finished_at_ns = stat_count(stats, "finished_at_ns", None)
+        task.kept_bytes = stat_count(stats, "kept_bytes", 0)
 
     def measured(self, stats: dict[str, Any]) -> None:
         """A batch task (not a chunk) finished: smooth its cost into the prefetch estimate."""
@@ -369,6 +384,8 @@ class Records(spans.BulkBooks, Retirement):
             task.attempt,
             job.priority,
             self.launch_stamp(task),
+            job.keep,
+            self.launch_inputs(task),
         )
         self.send(executor, message)
 
@@ -513,6 +530,12 @@ class Records(spans.BulkBooks, Retirement):
         self.detach(executor, task)
         if task.subtasks is not None:  # a chunk: its tasks were reported one by one
             self.end_chunk(task, error=error)
+        elif error is not None and error[0] == INPUT_UNAVAILABLE and task.needs:
+            self.account(task, stats)
+            if self.input_unavailable(task, error):  # it waits for its inputs again
+                self.requeue([task])
+            else:
+                self.complete(task, outcome, value, error)
         else:
             self.account(task, stats)
             self.complete(task, outcome, value, error)
@@ -536,7 +559,9 @@ class Records(spans.BulkBooks, Retirement):
         """Its client cancelled `task`: done now, or killed where it runs. Returns the
         executor whose slot the kill frees, if any."""
         task.cancel_requested = True
-        if task.state is TaskState.PENDING:
+        if task.state is TaskState.WAITING:
+            self.complete(task, "cancelled", None, None)
+        elif task.state is TaskState.PENDING:
             self.pending.removed(task)
             self.complete(task, "cancelled", None, None)
         elif task.chunk is not None:
@@ -752,6 +777,7 @@ class Records(spans.BulkBooks, Retirement):
         tasks = [t for t in executor.tasks() if t.state is not TaskState.DONE]
         executor.slot_task, executor.queued, executor.suspended = None, deque(), {}
         self.requeue_lost(executor, tasks)
+        self.lose_kept(executor.executor_id)
 
     def requeue_lost(self, executor: ExecutorRecord, tasks: list[Task]) -> None:
         """Tasks whose state was lost with `executor`: queued again as a new attempt, or

@@ -64,7 +64,7 @@ class Retirement:
 
     def ended(self, job: Job) -> None:
         """`job` may be done: if it is released too, it retires at the step's end."""
-        if job.released and job.done and not job.retired:
+        if job.released and job.done and not job.retired and not self.needed(job):
             self.retire_due.append(job)
 
     def settle_retired(self) -> None:
@@ -82,6 +82,7 @@ class Retirement:
     def _retire(self, job: Job) -> None:
         """Drop `job` and its records (those still on an executor: when they leave it)."""
         job.retired = True
+        self.drop_kept(job)  # its executors delete the results they kept for it
         self.jobs.pop(job.job_id, None)
         self.id_prefixes.discard(job.job_id)
         tasks = self.tasks

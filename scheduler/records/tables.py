@@ -37,6 +37,7 @@ METRICS_WINDOW = 20
 class TaskState(enum.Enum):
     """Where a task stands, as the scheduler sees it."""
 
+    WAITING = "waiting"  # an input (another task's kept result) is not there yet
     PENDING = "pending"  # queued at the scheduler
     LAUNCHED = "launched"  # sent to an executor, not started yet
     RUNNING = "running"
@@ -85,6 +86,7 @@ class Job:
     ids: list[str] = field(default_factory=list)
     released: bool = False
     retired: bool = False
+    keep: bool = False  # its results stay on their executors (scheduler/records/lineage.py)
 
     @property
     def done(self) -> bool:
@@ -148,6 +150,20 @@ class Task:
     # piece of a bulk job (tasks not launched yet, [start, stop)): `piece`.
     index: int = -1
     piece: Piece | None = None
+    # Kept results and inputs (scheduler/records/lineage.py): the task's inputs as its
+    # client sent them ([[path, task_id], ...]) and their tasks; the tasks that take its
+    # result; where its result is kept, its size and its reference; the executor holding
+    # most of its input bytes, and its input bytes per executor.
+    inputs: list[Any] = field(default_factory=list)
+    needs: list[Task] = field(default_factory=list)
+    dependents: list[Task] = field(default_factory=list)
+    kept_on: str | None = None
+    kept_bytes: int = 0
+    kept: bytes = b""
+    recomputing: bool = False  # its kept result was lost: it runs again
+    input_losses: int = 0  # times it failed because an input could not be had
+    local_to: str | None = None
+    input_bytes: dict[str, int] = field(default_factory=dict)
 
     @property
     def priority(self) -> str:
@@ -182,6 +198,7 @@ class ExecutorRecord:
     view: Any = None
     memory_limit_bytes: int | None = None  # its `--memory-limit`, from its heartbeats
     rss_bytes: int | None = None  # from its last heartbeat
+    kept_bytes: int = 0  # the kept results it holds (scheduler/records/lineage.py)
 
     def add_metrics(self, beat: p.Heartbeat) -> None:
         """A heartbeat arrived: keep it in the window, update `memory_pressure`, the limit
@@ -199,11 +216,11 @@ class ExecutorRecord:
 
     @property
     def memory_headroom(self) -> int | None:
-        """Bytes left under its memory limit at its last heartbeat (negative: over it);
-        None without a limit or before the first heartbeat."""
+        """Bytes left under its memory limit at its last heartbeat, less the results it
+        keeps (negative: over it); None without a limit or before the first heartbeat."""
         if self.memory_limit_bytes is None or self.rss_bytes is None:
             return None
-        return self.memory_limit_bytes - self.rss_bytes
+        return self.memory_limit_bytes - self.rss_bytes - self.kept_bytes
 
     def tasks(self) -> Iterator[Task]:
         """Every task whose state lives on this executor."""

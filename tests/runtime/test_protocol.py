@@ -297,17 +297,17 @@ def test_every_truncation_of_a_frame_is_a_protocol_error(msg, data):
             frame("reject", None), "reject.reason must be str, got NoneType", id="nil for str"
         ),
         pytest.param(
-            frame("launch", "t", "m:f", 5, b"\x92\x90\x80", 0, "batch", 0),
+            frame("launch", "t", "m:f", 5, b"\x92\x90\x80", 0, "batch", 0, False, None),
             "launch.main_path must be str or nil, got int",
             id="int for optional str",
         ),
         pytest.param(
-            frame("launch", "t", "m:f", None, [[], {}], 0, "batch", 0),
+            frame("launch", "t", "m:f", None, [[], {}], 0, "batch", 0, False, None),
             "launch.payload must be bytes, got list",
             id="array for a payload",
         ),
         pytest.param(
-            frame("launch", "t", "m:f", None, "\x92\x90\x80", 0, "batch", 0),
+            frame("launch", "t", "m:f", None, "\x92\x90\x80", 0, "batch", 0, False, None),
             "launch.payload must be bytes, got str",
             id="str for a payload",
         ),

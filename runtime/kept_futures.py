@@ -1,0 +1,103 @@
+"""The future of a task whose result stays on its executor (`keep=True`, runtime/kept.py).
+
+It completes when the result exists: its value is then the result's reference, and
+`result()` fetches the value itself over the data path, each time it is called (nothing is
+cached here: the value lives on the executor). If the result cannot be had where the
+scheduler said (its executor is gone), the future tells the scheduler (`missing`), which
+computes it again from its lineage and sends the new reference; `result()` waits for it
+(up to its timeout, else RECOMPUTE_WAIT_S) and fetches again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tidal.runtime import kept, payloads
+from tidal.runtime.datastore import DataUnavailable, fetch_chunks
+from tidal.runtime.futures import TaskFuture, rebuild_error
+from tidal.runtime.results import Traffic
+
+__all__ = ["RECOMPUTE_WAIT_S", "KeptFuture", "fetch_kept"]
+
+# How long `result()` without a timeout waits for a lost result to be computed again.
+RECOMPUTE_WAIT_S = 600.0
+
+
+def fetch_kept(blob: bytes, what: str, traffic: Traffic | None = None) -> Any:
+    """The value a kept result's reference names, fetched (or read on this host) and
+    decoded; DataUnavailable if it cannot be had, ProtocolError if it is not a kept result."""
+    reference = payloads.open_reference(blob, what)
+
+    def noop() -> None:
+        pass
+
+    pieces = kept.fetch_pieces(reference, lambda r: fetch_chunks(r), noop)
+    if traffic is not None:
+        traffic.received(reference.size)
+    return kept.open_kept(pieces, noop, what=what)
+
+
+class KeptFuture(TaskFuture):
+    """A TaskFuture whose result is kept by its executor; see the module docstring."""
+
+    def __init__(
+        self,
+        *args: Any,
+        missing: Callable[[str], None] | None = None,
+        traffic: Traffic | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._traffic = traffic
+        self._missing = missing or (lambda task_id: None)
+        self._update = threading.Condition()
+        self._version = 0  # how many times its result was computed again
+        self._lost: BaseException | None = None  # a recomputation that failed
+
+    @property
+    def recomputations(self) -> int:
+        """How many times its result was lost and computed again."""
+        return self._version
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's result, fetched from the executor that keeps it (see the module
+        docstring). Raises as TaskFuture.result() does, and DataUnavailable if the result
+        was lost and not computed again within the timeout."""
+        blob = super().result(timeout)
+        deadline = time.monotonic() + (RECOMPUTE_WAIT_S if timeout is None else timeout)
+        what = f"the kept result of {self.task_id}"
+        while True:
+            with self._update:
+                version = self._version
+                if self._lost is not None:
+                    raise self._lost
+                blob = self._result
+            try:
+                return fetch_kept(blob, what, self._traffic)
+            except DataUnavailable as exc:
+                self._missing(self.task_id)
+                with self._update:
+                    left = deadline - time.monotonic()
+                    changed = self._update.wait_for(lambda v=version: self._version != v, left)
+                if not changed:
+                    raise DataUnavailable(
+                        f"{what} cannot be had ({exc}), and was not computed again in time"
+                    ) from None
+
+    def _recomputed(self, outcome: str, value: Any, error: list[str] | None) -> None:
+        """The scheduler computed the result again (the IO thread's): take its new reference,
+        or the failure of its recomputation."""
+        with self._update:
+            if outcome == "finished" and type(value) is bytes:
+                with self._condition:  # the Future's own lock, as set_result takes it
+                    self._result = value
+                self._lost = None
+            else:
+                problem = rebuild_error(*error) if error else None
+                self._lost = problem or concurrent.futures.CancelledError(self.task_id)
+            self._version += 1
+            self._update.notify_all()
