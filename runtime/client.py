@@ -49,13 +49,14 @@ from typing import Any
 
 import zmq
 
-from tidal.runtime import config, kept, payloads, reprs
+from tidal.runtime import config, payloads, reprs
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import AuthenticationFailed, load_peer_keys
 from tidal.runtime.bulk import BulkJobs, pack_calls
+from tidal.runtime.calls import pack_tasks
+from tidal.runtime.client_executor import ClientExecutor
 from tidal.runtime.client_io import Bookkeeping, ClientConnection
 from tidal.runtime.datastore import (
-    DATA_THRESHOLD,
     DataStore,
     Reference,
     advertised_address,
@@ -79,7 +80,6 @@ from tidal.runtime.jobs import (
     job_options,
     map_parts,
     parse_result,
-    task_entry,
     unencodable,
 )
 from tidal.runtime.kept_futures import KeptFuture
@@ -435,40 +435,9 @@ class Client:
     def _pack_tasks(
         self, job_id: str, calls: list[tuple[list[Any], dict[str, Any]]], preferred: list[Any]
     ) -> tuple[list[Any], None]:
-        """`submit.tasks` for these calls. Calls that share one kwargs dict (`map`) share its
-        packed bytes too; a payload of DATA_THRESHOLD bytes or more is spooled."""
-        tasks = []
-        packed_kwargs: dict[int, bytes] = {}  # id(kwargs) -> its packed bytes
-        for i, ((args, kwargs), prefs) in enumerate(zip(calls, preferred, strict=True)):
-            shared = id(kwargs)  # a map's calls share theirs (futures in it too)
-            args, kwargs, found = kept.find_inputs(args, kwargs, _is_future)
-            inputs = [[path, self._input_id(future, path)] for path, future in found]
-            if shared not in packed_kwargs:
-                packed = payloads.pack_payload(kwargs, "kwargs")
-                if len(packed) >= DATA_THRESHOLD and len(calls) > 1:
-                    self.traffic.sent(len(packed))  # once: the calls hold its reference
-                    # Shared by the map's calls: spooled once, not once per call.
-                    packed = payloads.pack_payload(self._spool(job_id, packed))
-                packed_kwargs[shared] = packed
-            payload = payloads.pack_call(args, kwargs, packed_kwargs=packed_kwargs[shared])
-            self.traffic.sent(len(payload))
-            if len(payload) >= DATA_THRESHOLD:
-                payload = self._spool(job_id, payload)
-            tasks.append(task_entry(f"{job_id}/{i}", payload, prefs, inputs))
-        return tasks, None
-
-    def _input_id(self, future: TaskFuture, path: list[Any]) -> str:
-        """The task id of a future passed as an argument; TypeError if it cannot be one."""
-        where = "argument" if type(path[0]) is int else "keyword argument"
-        if not isinstance(future, KeptFuture):
-            raise TypeError(
-                f"the {where} at {path} is the future of task {future.task_id}, which was not "
-                "submitted with keep=True: submit it with keep=True to pass it to another "
-                "task, or pass future.result()"
-            )
-        if future.job_id.rpartition("-")[0] != self.client_id:
-            raise TypeError(f"the {where} at {path} is another client's future")
-        return future.task_id
+        """`submit.tasks` for these calls (runtime/calls.py)."""
+        spool = functools.partial(self._spool, job_id)
+        return pack_tasks(job_id, calls, preferred, self.client_id, spool, self.traffic), None
 
     def _send_missing(self, task_id: str) -> None:
         """A kept result could not be fetched: the scheduler computes it again."""
@@ -830,51 +799,3 @@ class Client:
             waiter = self._status_waiters.pop(request_id, None)
         if waiter is not None:  # else an answer that came after its caller gave up
             waiter.set_result(value)
-
-
-# ---- the concurrent.futures adapter ----------------------------------------------------------
-
-
-class ClientExecutor(concurrent.futures.Executor):
-    """A `concurrent.futures.Executor` over a Client: each call is one task.
-
-    For code written against the Executor interface. `map()` is the stdlib's: every call is
-    submitted at once, one task (and one job) each, results come in order, `chunksize` is
-    ignored. `shutdown()` stops this adapter taking work (and waits for or cancels its
-    futures); it does not close the client.
-    """
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._lock = threading.Lock()
-        self._futures: set[TaskFuture] = set()
-        self._shutdown = False
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
-        """Submit `fn(*args, **kwargs)` as a task (see `Client.submit` for reserved names)."""
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot submit to a ClientExecutor after shutdown()")
-            future = self._client.submit(fn, *args, **kwargs)
-            self._futures.add(future)
-        future.add_done_callback(self._forget)
-        return future
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Take no more work; cancel pending tasks if asked; wait for the rest if asked."""
-        with self._lock:
-            self._shutdown = True
-            futures = list(self._futures)
-        if cancel_futures:
-            for future in futures:
-                future.cancel()
-        if wait:
-            concurrent.futures.wait(futures)
-
-    def _forget(self, future: TaskFuture) -> None:
-        with self._lock:
-            self._futures.discard(future)
-
-
-def _is_future(value: Any) -> bool:
-    return isinstance(value, TaskFuture)
