@@ -21,10 +21,14 @@ from tidal.runtime.datastore import DataUnavailable, fetch_chunks
 from tidal.runtime.futures import TaskFuture, rebuild_error
 from tidal.runtime.results import Traffic
 
-__all__ = ["RECOMPUTE_WAIT_S", "KeptFuture", "fetch_kept"]
+__all__ = ["MAX_RECOMPUTE_ASKS", "RECOMPUTE_WAIT_S", "KeptFuture", "fetch_kept"]
 
 # How long `result()` without a timeout waits for a lost result to be computed again.
 RECOMPUTE_WAIT_S = 600.0
+# How often one `result()` asks for a result to be computed again before it gives up: a
+# result computed again that still cannot be fetched is out of reach (an address this host
+# cannot reach, say), not lost.
+MAX_RECOMPUTE_ASKS = 3
 
 
 def fetch_kept(blob: bytes, what: str, traffic: Traffic | None = None) -> Any:
@@ -67,10 +71,10 @@ class KeptFuture(TaskFuture):
         """The task's result, fetched from the executor that keeps it (see the module
         docstring). Raises as TaskFuture.result() does, and DataUnavailable if the result
         was lost and not computed again within the timeout."""
-        blob = super().result(timeout)
+        super().result(timeout)  # done (raises as any future's), then fetched
         deadline = time.monotonic() + (RECOMPUTE_WAIT_S if timeout is None else timeout)
         what = f"the kept result of {self.task_id}"
-        while True:
+        for asked in range(MAX_RECOMPUTE_ASKS + 1):
             with self._update:
                 version = self._version
                 if self._lost is not None:
@@ -79,6 +83,10 @@ class KeptFuture(TaskFuture):
             try:
                 return fetch_kept(blob, what, self._traffic)
             except DataUnavailable as exc:
+                if asked == MAX_RECOMPUTE_ASKS:
+                    raise DataUnavailable(
+                        f"{what} cannot be had, even computed again {asked} times: {exc}"
+                    ) from None
                 self._missing(self.task_id)
                 with self._update:
                     left = deadline - time.monotonic()
@@ -87,6 +95,7 @@ class KeptFuture(TaskFuture):
                     raise DataUnavailable(
                         f"{what} cannot be had ({exc}), and was not computed again in time"
                     ) from None
+        raise AssertionError("unreachable")  # the last pass returns or raises
 
     def _recomputed(self, outcome: str, value: Any, error: list[str] | None) -> None:
         """The scheduler computed the result again (the IO thread's): take its new reference,

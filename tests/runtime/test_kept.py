@@ -168,3 +168,20 @@ def test_a_stream_task_preempts_a_task_reading_a_kept_input():
         assert client.submit(total, [1, 2], priority="stream").result(timeout=30) == 3
         assert slow.result(timeout=60) == sum(range(40_000))
         assert slow.statistics().suspensions >= 1
+
+
+def test_a_kept_result_still_out_of_reach_after_recomputing_is_given_up_on():
+    from tidal.runtime.kept_futures import MAX_RECOMPUTE_ASKS, KeptFuture
+
+    gone = payloads.pack_reference(_nowhere())
+    asked = []
+
+    def missing(task_id):  # the scheduler computes it again: to a place as far out of reach
+        asked.append(task_id)
+        future._recomputed("finished", gone, None)
+
+    future = KeptFuture("t/0", "t", 0, missing=missing)
+    future._complete("finished", gone, None, {})
+    with pytest.raises(DataUnavailable, match=f"even computed again {MAX_RECOMPUTE_ASKS} times"):
+        future.result(timeout=5)
+    assert len(asked) == MAX_RECOMPUTE_ASKS and future.recomputations == MAX_RECOMPUTE_ASKS
