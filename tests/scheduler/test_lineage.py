@@ -281,3 +281,14 @@ def test_kept_results_of_an_executor_that_does_not_come_back_after_a_restart_are
     h.handle(Tick())  # the grace ends: the other executor did not come back
     [(executor, rerun)] = launches(h).values()
     assert (executor, rerun.task_id, rerun.keep) == (back, "a/0", True)
+
+
+def test_kept_results_count_against_an_executor_s_memory_headroom():
+    h = Harness()
+    where = stage_one(h, 1)
+    executor = h.core.records.executors[where["a/0"]]
+    beat = p.Heartbeat(executor.executor_id, "n", 1, 0, 1, 0, 0, 0, 100 * SIZE, 0, 10.0, 200 * SIZE)
+    h.report(executor.executor_id, beat)
+    assert executor.memory_headroom == 100 * SIZE - SIZE
+    [view] = [e for e in h.core.view.executors() if e.executor_id == executor.executor_id]
+    assert view.kept_bytes == SIZE and view.memory_headroom == 99 * SIZE
