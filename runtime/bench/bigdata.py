@@ -4,7 +4,8 @@ On a 2-executor LocalCluster, a stream of small stream tasks (one every 20 ms) r
 alone, then while 8 batch tasks run over partitions of 3 million ints each (4 in `--quick`),
 consumed by C code (`sum`, `max`, a `Counter` of the values mod 10), each a job of its own.
 Then one 200 MB argument (50 MB in `--quick`) is submitted, run and its result checked,
-and the same bytes come back as a 200 MB result.
+and the same bytes come back as a 200 MB result. Last, a chained case (kept results, issue
+20) on 2-executor clusters of its own, under lb and under lma.
 
 - stream_ms: a stream task's submit -> result in the client's hand;
 - results_exact: every batch result equals the one computed here;
@@ -14,6 +15,32 @@ and the same bytes come back as a 200 MB result.
 - big_argument_s: the 200 MB argument, submit -> checked result (None if it failed);
 - big_result_s: the same bytes sent and returned reversed (a 200 MB result), submit ->
   checked result; big_result_bytes_forwarded: what the scheduler received meanwhile.
+
+The chained case: stage 1 makes 8 partitions of 3 million ints (4 of at most a million in
+`--quick`) on the executors and keeps them (`submit(numbers, ..., keep=True)`, one job
+each, each partition its own ints); stage 2 sums them (`client.map(total, stage1)`, one job
+over the kept futures). `total` is C code, so that what stage 2 costs beyond its sums is
+moving the data. Stage 2 is timed from the end of stage 1's last task on its executor (its
+`finished_at_ns`: CLOCK_MONOTONIC, which processes on one host share) to stage 2's results
+in the client's hand; the client submits it once stage 1's futures are all done.
+
+- chained_results_exact: every stage-2 sum, of every run, equals the one computed here;
+- stage2_bytes_via_client: task data the client sent and received during stage 2
+  (`client.traffic`), the lb and lma runs together;
+- stage2_bytes_via_scheduler: task data that passed through the scheduler meanwhile (its
+  counters' `data_bytes`), the two runs together. Both count payloads of 1 KiB or more
+  only: a call holding only futures, and a sum, are envelopes and are not counted;
+- stage2_local_fraction_lb, stage2_local_fraction_lma: of stage 2's launches under that
+  policy, the fraction on the executor holding its input (counters' `placements`; the
+  counts are in stage2_placements);
+- stage2_s: the lb run's stage 2 (stage2_s_lma: the lma run's);
+- stage2_s_shipped: the same two stages done without keeping, on the lb cluster: stage 1's
+  results come to the client (gather), then stage 2 is submitted with them as arguments
+  (the client spools them, the executors read them); timed the same way, so it includes
+  bringing stage 1's results to the client (stage2_fetch_s_shipped: that part alone).
+  stage2_shipped_bytes_via_client and stage2_shipped_bytes_via_scheduler count from stage
+  1's submit (its calls are envelopes), so that the results it ships are counted;
+- stage2_vs_shipped: stage2_s / stage2_s_shipped.
 
 Discussion: the batch job is submitted with a suspension cap above the stream's length, so
 that what is measured is preemption (as in `bench preempt`). The batch jobs come from a
@@ -27,6 +54,7 @@ of the client's partitions stalls it ~0.1 s (docs/notes.md).
 
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing
 import os
 import time
@@ -38,17 +66,24 @@ from tidal.runtime.bench import stream_every
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.stats import percentile
-from tidal.workloads.synthetic import biggest, digest, mirrored, residues, total
+from tidal.workloads.synthetic import biggest, digest, mirrored, numbers, residues, total
 
 TARGETS = {
     "stream_p99_vs_alone": ("<=", 2.0),
     "suspended_vs_batch": (">=", 1.0),
     "forwarded_vs_payload": ("<=", 0.01),
+    "stage2_bytes_via_client": ("<=", 0),
+    "stage2_bytes_via_scheduler": ("<=", 0),
+    "stage2_local_fraction_lb": (">=", 0.9),
+    "stage2_local_fraction_lma": (">=", 0.9),
+    "stage2_vs_shipped": ("<=", 0.5),
 }
 
 STREAM_EVERY_S = 0.020
 RECORDS = 3_000_000
 CONSUMERS = (total, biggest, residues)
+CHAINED_POLICIES = ("lb", "lma")  # the first also runs the shipped variant
+QUICK_CHAINED_RECORDS = 1_000_000
 
 
 def _expected(fn: Any, part: list[int]) -> Any:
@@ -87,6 +122,100 @@ def _batch(address: str, tasks: int, records: int, conn: Any) -> None:
         results = client.gather(futures, timeout=600)
         suspended = sum(future.statistics().suspensions > 0 for future in futures)
     conn.send((results == expected, suspended))
+
+
+def _data_moved(client: Client) -> tuple[int, int, dict[str, int]]:
+    """Task data the client has sent and received, the scheduler's `data_bytes`, and its
+    placements, so far."""
+    traffic = client.traffic.as_dict()
+    counters = client.status()["counters"]
+    moved = traffic["sent_bytes"] + traffic["received_bytes"]
+    return moved, counters["data_bytes"], counters["placements"]
+
+
+def _since(client: Client, before: tuple[int, int, dict[str, int]]) -> dict[str, Any]:
+    """What `_data_moved` counts, since `before`."""
+    now = _data_moved(client)
+    local, remote = (now[2][where] - before[2][where] for where in ("local", "remote"))
+    return {
+        "via_client": now[0] - before[0],
+        "via_scheduler": now[1] - before[1],
+        "placements": {"local": local, "remote": remote},
+        "local_fraction": local / (local + remote) if local + remote else None,
+    }
+
+
+def _last_end_ns(futures: list[Any]) -> int:
+    """When the last of `futures`' tasks ended, on its executor's monotonic clock."""
+    return max(future.statistics().finished_at_ns for future in futures)
+
+
+def _chained(policy: str, partitions: int, records: int, shipped: bool) -> dict[str, Any]:
+    """The chained case under `policy`, kept; with `shipped`, also without keeping."""
+    starts = range(0, partitions * records, records)
+    expected = [sum(range(start, start + records)) for start in starts]
+    figures: dict[str, Any] = {}
+    with LocalCluster(executors=2, policy=policy) as cluster, Client(cluster) as client:
+        for _ in range(10):
+            client.ping()
+        stage1 = [client.submit(numbers, records, start, keep=True) for start in starts]
+        _, undone = concurrent.futures.wait(stage1, timeout=300)
+        if undone:
+            raise RuntimeError(f"stage 1 ({policy}) did not finish within 300 s")
+        before = _data_moved(client)  # before the clock: its status request is not stage 2
+        stage2 = client.gather(client.map(total, stage1), timeout=300)
+        # Discussion: timed from stage 1's last end on its executor, not from the wait's
+        # return, because a future that is not kept completes only once its result is in the
+        # client's hand: the shipped variant has no "stage 1 done" before its fetch. So both
+        # variants count the last stage-1 result's packing and its word to the client
+        # (0.1-0.2 s here, loaded), and the shipped one also its fetch.
+        figures["stage2_s"] = (time.monotonic_ns() - _last_end_ns(stage1)) / 1e9
+        figures.update(_since(client, before), exact=stage2 == expected)
+        if shipped:
+            del stage1  # its kept partitions go
+            before = _data_moved(client)
+            stage1 = [client.submit(numbers, records, start) for start in starts]
+            values = client.gather(stage1, timeout=300)
+            fetched_ns = time.monotonic_ns()
+            stage2 = client.gather(client.map(total, values), timeout=300)
+            ended_ns = _last_end_ns(stage1)
+            figures["shipped_s"] = (time.monotonic_ns() - ended_ns) / 1e9
+            figures["shipped_fetch_s"] = (fetched_ns - ended_ns) / 1e9
+            shipped_moved = _since(client, before)
+            figures["shipped_via_client"] = shipped_moved["via_client"]
+            figures["shipped_via_scheduler"] = shipped_moved["via_scheduler"]
+            figures["exact"] = figures["exact"] and stage2 == expected
+    return figures
+
+
+def _chained_figures(partitions: int, records: int) -> dict[str, Any]:
+    """The chained case's figures (see the module docstring)."""
+    runs = {
+        policy: _chained(policy, partitions, records, shipped=policy == CHAINED_POLICIES[0])
+        for policy in CHAINED_POLICIES
+    }
+    shipped = runs[CHAINED_POLICIES[0]]
+    figures: dict[str, Any] = {
+        "chained_partitions": partitions,
+        "chained_records": records,
+        "chained_results_exact": all(run["exact"] for run in runs.values()),
+        "stage2_bytes_via_client": sum(run["via_client"] for run in runs.values()),
+        "stage2_bytes_via_scheduler": sum(run["via_scheduler"] for run in runs.values()),
+    }
+    for policy, run in runs.items():
+        figures[f"stage2_local_fraction_{policy}"] = run["local_fraction"]
+    figures["stage2_placements"] = {policy: run["placements"] for policy, run in runs.items()}
+    figures["stage2_s"] = shipped["stage2_s"]
+    for policy in CHAINED_POLICIES[1:]:
+        figures[f"stage2_s_{policy}"] = runs[policy]["stage2_s"]
+    figures.update(
+        stage2_s_shipped=shipped["shipped_s"],
+        stage2_fetch_s_shipped=shipped["shipped_fetch_s"],
+        stage2_shipped_bytes_via_client=shipped["shipped_via_client"],
+        stage2_shipped_bytes_via_scheduler=shipped["shipped_via_scheduler"],
+        stage2_vs_shipped=shipped["stage2_s"] / shipped["shipped_s"],
+    )
+    return figures
 
 
 def run(
@@ -157,4 +286,6 @@ def run(
     result["stream_p99_vs_alone"] = result["stream_ms_p99"] / result["alone_ms_p99"]
     result["suspended_vs_batch"] = suspended / tasks
     result["forwarded_vs_payload"] = forwarded / payload_bytes
+    chained_records = min(records, QUICK_CHAINED_RECORDS) if quick else records
+    result.update(_chained_figures(tasks, chained_records))
     return result
