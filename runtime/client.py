@@ -441,7 +441,11 @@ class Client:
 
     def _send_missing(self, task_id: str) -> None:
         """A kept result could not be fetched: the scheduler computes it again."""
-        frame = p.encode(p.Missing([task_id]))
+        self._send_one_way(p.Missing([task_id]))
+
+    def _send_one_way(self, message: p.Message) -> None:
+        """Send a message no answer comes to (unless the client is closed or broken)."""
+        frame = p.encode(message)
         with self._lock:
             if not self._closed and self._broken is None:
                 self._to_io.send(frame)
@@ -549,6 +553,12 @@ class Client:
         """Round trip to the scheduler and back, in seconds; TimeoutError if none comes."""
         sent = self._request(lambda rid: p.Ping(rid, time.monotonic_ns()), "pong", timeout)
         return (time.monotonic_ns() - sent) / 1e9
+
+    def report_lag(self, source: str, pending: int, oldest_age_ms: float | None) -> None:
+        """Tell the scheduler how far behind a stream source is (runtime/streams.py), for
+        policies to see (`ClusterView.stream_lag()`); nothing is answered."""
+        age = -1.0 if oldest_age_ms is None else float(oldest_age_ms)
+        self._send_one_way(p.StreamLag(str(source)[:200], int(pending), age))
 
     def set_policy(self, policy: str, timeout: float = DEFAULT_STATUS_TIMEOUT_S) -> str:
         """Switch the scheduler's policy while it runs; return the name of the active policy.

@@ -70,7 +70,7 @@ __all__ = [
 # 8: executors hold batch reports (fold a start into its end); clients send batches.
 # 9: release (jobs a client holds no future of).
 # 10: kept results and futures as arguments: launch.keep and launch.inputs, drop (S2E),
-#     missing (C2S); a submit task's options may carry "inputs".
+#     missing (C2S); a submit task's options may carry "inputs". stream_lag (C2S).
 PROTOCOL_VERSION = 10
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
@@ -508,6 +508,15 @@ class Missing(Message):
     # The kept results of these tasks cannot be had where the scheduler said they were: the
     # scheduler computes them again (their lineage) and sends the new results.
     task_ids: list
+
+
+@message("stream_lag", C2S)
+class StreamLag(Message):
+    # A stream driver's source (runtime/streams.py) is this far behind: entries not yet
+    # acknowledged, and the age of the oldest in ms (-1: unknown, or none).
+    source: str
+    pending: int
+    oldest_age_ms: float
 
 
 @message("status_request", C2S)

@@ -193,6 +193,7 @@ class SchedulerCore:
             p.Cancel: self._on_cancel,
             p.Release: self._on_release,
             p.Missing: self._on_missing,
+            p.StreamLag: self._on_stream_lag,
             p.StatusRequest: self._on_status_request,
             p.ClientGoodbye: self._on_client_goodbye,
             p.Ping: self._on_ping,
@@ -706,6 +707,9 @@ class SchedulerCore:
     def _on_missing(self, client_id: str, msg: p.Missing) -> None:
         if isinstance(msg.task_ids, list):
             self.records.missing(client_id, msg.task_ids)
+
+    def _on_stream_lag(self, client_id: str, msg: p.StreamLag) -> None:
+        self.records.lag_reported(client_id, msg.source, msg.pending, msg.oldest_age_ms)
 
     def _on_client_goodbye(self, client_id: str, msg: p.ClientGoodbye) -> None:
         """Its jobs go: what still runs is cancelled, and each retires when it is done."""

@@ -79,6 +79,13 @@ class EventRecorder:
                 "client": n.client_id,
                 "function": n.submit.fn,
             },
+            ev.LagReported: lambda n: {
+                "event": "lag",
+                "client": n.client_id,
+                "source": n.source,
+                "pending": n.pending,
+                "oldest_age_s": n.oldest_age_s,
+            },
             ev.JobRefused: lambda n: {
                 "event": "submit_refused",
                 "job": n.job_id,

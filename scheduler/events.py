@@ -35,6 +35,7 @@ __all__ = [
     "JobAccepted",
     "JobRefused",
     "JobRetired",
+    "LagReported",
     "Note",
     "PassEnded",
     "PolicyChanged",
@@ -209,6 +210,16 @@ class DecisionRefused:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class LagReported:
+    """A stream driver reported its source's lag (scheduler/records/lags.py)."""
+
+    client_id: str
+    source: str
+    pending: int
+    oldest_age_s: float | None
+
+
 Note = (
     JobAccepted
     | JobRefused
@@ -224,5 +235,6 @@ Note = (
     | DecisionRefused
     | JobRetired
     | TaskLost
+    | LagReported
 )
 Instruction = ToExecutor | ToClient | Note

@@ -25,6 +25,7 @@ from tidal.scheduler.records import (
     TaskState,
     resume_order,
 )
+from tidal.scheduler.records.lags import StreamLag
 
 __all__ = [
     "ClusterView",
@@ -192,6 +193,12 @@ class ClusterView:
     def max_suspensions(self) -> int:
         """The cluster-wide suspension cap (a job may set its own)."""
         return self._records.max_suspensions
+
+    def stream_lag(self) -> StreamLag:
+        """How far behind the stream drivers' sources are (runtime/streams.py), summed over
+        those that reported within LAG_FRESH_NS: entries not yet acknowledged, and the age
+        of the oldest in seconds (None: unknown, or no source reported)."""
+        return self._records.stream_lag()
 
     def executors(self) -> list[ExecutorView]:
         """Live executors, in the order they joined."""
@@ -393,6 +400,7 @@ def status_snapshot(
         "counters": counters or {},
         # What the books hold: jobs and task records (retired ones are gone).
         "books": {"jobs": len(records.jobs), "records": len(records.tasks)},
+        "streams": records.stream_lags(),
     }
 
 

@@ -96,3 +96,44 @@ def count_views(events: Iterable[Sequence[Any]], spec: dict[str, int]) -> Counte
         for ad_id, kind, time_ms, _page in events
         if kind == "view"
     )
+
+
+def pack_event(event: Sequence[Any]) -> dict[bytes, bytes]:
+    """An ad event as a Redis stream entry's fields: one msgpack field `e`."""
+    import msgpack
+
+    return {b"e": msgpack.packb(list(event))}
+
+
+def window_counts(result: Counter | dict) -> list[tuple[str, str, int]]:
+    """`count_views`'s result as Redis hash increments: (hash per window, campaign, views),
+    for a `RedisCountSink` (runtime/redis_streams.py)."""
+    return [
+        (f"views:{window}", str(campaign), count) for (campaign, window), count in result.items()
+    ]
+
+
+def check_event(record: Any) -> list[Any]:
+    """A decoded event, checked: `[ad_id, event_type, event_time_ms, page]` (ValueError)."""
+    if not (
+        isinstance(record, list)
+        and len(record) == 4
+        and type(record[0]) is int
+        and record[1] in EVENT_TYPES
+        and type(record[2]) is int
+        and isinstance(record[3], list)
+    ):
+        raise ValueError(f"an ad event is [ad_id, type, time_ms, page], got {str(record)[:60]}")
+    return record
+
+
+def decode_event(entry: Any) -> list[Any]:
+    """The ad event a Redis stream entry holds (`pack_event`); MalformedEntry saying why if
+    it holds none (runtime/streams.py)."""
+    from tidal.runtime.redis_streams import decode_msgpack_field
+    from tidal.runtime.streams import MalformedEntry
+
+    try:
+        return check_event(decode_msgpack_field(entry))
+    except ValueError as exc:
+        raise MalformedEntry(str(exc)) from None

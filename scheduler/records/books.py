@@ -25,6 +25,7 @@ from tidal.runtime import protocol as p
 from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import events as ev
 from tidal.scheduler.records import spans
+from tidal.scheduler.records.lags import LagBook
 from tidal.scheduler.records.lineage import INPUT_UNAVAILABLE, Lineage
 from tidal.scheduler.records.retire import Retirement
 from tidal.scheduler.records.tables import (
@@ -52,7 +53,7 @@ PREFETCH_TARGET_NS = 2_000_000
 TASK_OVERHEAD_NS = 40_000
 
 
-class Records(spans.BulkBooks, Retirement, Lineage):
+class Records(spans.BulkBooks, Retirement, Lineage, LagBook):
     """The scheduler's tables and the bookkeeping on them; see the module docstring.
 
     `now` is the core's clock at the current step (the core sets it); `out` collects what
@@ -101,6 +102,8 @@ class Records(spans.BulkBooks, Retirement, Lineage):
         # Jobs to retire, and retired jobs' records that left their executors, at the end of
         # the step (scheduler/records/retire.py).
         self.retire_due: list[Job] = []
+        # Stream sources' lag, per (client, source) (scheduler/records/lags.py).
+        self.lags: dict[tuple[str, str], tuple[int, float | None, int]] = {}
         self.leaving: list[Task] = []
 
     # ---- facts -----------------------------------------------------------------------------------
