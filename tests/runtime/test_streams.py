@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 import redis
 
-from tests.redis_server import RedisServer
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.redis_server import RedisServer
 from tidal.runtime.redis_streams import RedisCountSink, RedisSource
 from tidal.runtime.streams import Batch, StreamDriver
 from tidal.workloads.ads import (

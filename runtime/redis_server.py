@@ -1,8 +1,9 @@
-"""A real redis-server for tests: started on a free loopback port in a temporary folder,
-stopped (and started again, for the tests of Redis going away) by the test that uses it.
+"""A redis-server of one's own, for tests and `tidal bench streams`: started on a free
+loopback port in a temporary folder, stopped (and started again, for the tests of Redis going
+away) by whoever started it.
 
 The README's test command installs redis-server from the distribution's packages; without
-it the tests that need one fail saying so.
+it, starting one fails saying so.
 """
 
 from __future__ import annotations
