@@ -7,7 +7,10 @@ equally loaded nodes, steering away from executors under memory pressure (a susp
 keeps its memory there). Before balance, it avoids executors with a memory limit that cannot
 afford to park their task (see `_cannot_park`). A free slot
 goes to a pending stream task first, then to a task suspended on that executor (its state is
-there, and resumption comes before new batch work), then to the next batch task.
+there, and resumption comes before new batch work), then to the next batch task. While a
+stream source lags (its oldest unacknowledged entry is `lag_reserve_s` old or more, as its
+driver reports: runtime/streams.py), LB keeps one executor free of new batch work, so that
+the next micro-batch finds a slot even when every batch task has spent its suspensions.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from tidal.scheduler.views import ClusterView, ExecutorView, TaskView, resume_or
 # the stream task that takes the slot. Policies only prefer other executors; when every
 # candidate is under pressure LB still suspends, because the stream task must run.
 MEMORY_PRESSURE_THRESHOLD = 0.85
+# A stream source whose oldest unacknowledged entry is this old is behind: LB reserves a slot.
+LAG_RESERVE_S = 1.0
 # Pending batch tasks looked at, beyond the free capacity, for ones whose inputs are kept on
 # a free executor (scheduler/records/lineage.py).
 LOCALITY_SCAN = 64
@@ -36,8 +41,13 @@ class LbPolicy(AssignOnChange):
     name = "lb"
     preempts = True
 
-    def __init__(self, memory_pressure_threshold: float = MEMORY_PRESSURE_THRESHOLD) -> None:
+    def __init__(
+        self,
+        memory_pressure_threshold: float = MEMORY_PRESSURE_THRESHOLD,
+        lag_reserve_s: float = LAG_RESERVE_S,
+    ) -> None:
         self.memory_pressure_threshold = memory_pressure_threshold
+        self.lag_reserve_s = lag_reserve_s
 
     def assign(self, view: ClusterView) -> Iterator[Decision]:
         # Discussion: at 1,000 executors, looking at every executor through its view costs
@@ -154,6 +164,7 @@ class LbPolicy(AssignOnChange):
             free[executor_id] -= 1
         if not any(n > 0 for n in free.values()):
             return
+        self._reserve_for_lag(view, free)
         batch = view.pending("batch")
         first = next(batch, None)
         if first is None:
@@ -171,6 +182,20 @@ class LbPolicy(AssignOnChange):
                 return
             free[executor_id] -= 1
             yield Launch(task.task_id, executor_id)
+
+    def _reserve_for_lag(self, view: ClusterView, free: dict[str, int]) -> None:
+        """While a stream source lags, keep one idle executor out of `free` (if there is
+        more than one executor): stream work that comes must not wait behind batch tasks
+        that can no longer be suspended."""
+        lag = view.stream_lag()
+        if lag.oldest_age_s is None or lag.oldest_age_s < self.lag_reserve_s:
+            return
+        executors = view.executors()
+        if len(executors) < 2:
+            return
+        idle = [e.executor_id for e in executors if e.slot_free and e.executor_id in free]
+        if idle:
+            free[idle[-1]] = 0
 
     def _fill_local(self, batch: Iterator[TaskView], free: dict[str, int]) -> Iterator[Decision]:
         """Fill free capacity with tasks whose inputs are kept there first (among the next

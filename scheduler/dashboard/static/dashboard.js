@@ -105,7 +105,15 @@ function renderCounters() {
     ["kills", c.kills || 0], ["steals", st.steals || 0],
     ["executors lost", c.executor_losses || 0], ["refused decisions", refused],
     ["bad frames", (st.bad_input || {}).bad_frames || 0],
+    ["waiting on inputs", sum("waiting")], ["recomputed", c.recomputations || 0],
+    ["local placements", (c.placements || {}).local || 0],
+    ["remote placements", (c.placements || {}).remote || 0],
   ];
+  // Stream sources' lag, as their drivers report it (runtime/streams.py).
+  for (const lag of st.streams || []) {
+    const age = lag.oldest_age_s == null ? "" : ` (${lag.oldest_age_s.toFixed(1)} s)`;
+    items.push([`behind in ${lag.source}${age}`, lag.pending]);
+  }
   const box = document.getElementById("counters");
   box.replaceChildren(...items.map(([label, value]) => {
     const div = document.createElement("div");
