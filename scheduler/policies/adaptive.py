@@ -3,8 +3,9 @@
 No single policy wins every mix. This one watches what arrives and what waits, and at each
 consultation picks:
 
-- `lb` while stream work was seen within the last `window_s` (suspension is what keeps
-  stream latency low, and LB costs batch work nothing when no stream task comes);
+- `lb` while stream work was seen within the last `window_s`, or a stream source's driver
+  reports a backlog (suspension is what keeps stream latency low, and LB costs batch work
+  nothing when no stream task comes);
 - `fair` when two or more batch jobs compete for slots and no stream work is about (a job
   submitted later is not starved behind a long one);
 - `fifo` otherwise (one batch job: nothing to balance).
@@ -97,6 +98,11 @@ class AdaptivePolicy(Policy):
         if any(e.suspended for e in view.executors()):
             # fifo and fair never resume: leaving lb now would strand the suspended tasks.
             return "lb", "suspended tasks are waiting to resume"
+        lag = view.stream_lag()
+        if lag.pending and lag.sources:
+            # A stream source is behind (its driver says so): stream work is about, even
+            # between its micro-batches; LB also keeps a slot for it when the lag is old.
+            return "lb", f"stream sources are {lag.pending} entries behind"
         if stream_now or recent:
             return (
                 "lb",

@@ -48,3 +48,13 @@ def test_lb_fills_every_executor_when_no_source_lags_or_its_lag_is_young():
     report(h, "ads", 5000, 100.0)  # behind by 0.1 s: not lagging
     h.submit("b", "batch", 4)
     assert len(launched(h)) == 2
+
+
+def test_adaptive_takes_a_lagging_source_for_stream_work():
+    h = Harness(policy="adaptive")
+    h.submit("b", "batch", 1)
+    assert h.core.policy.current == "fifo"
+    report(h, "ads", 800, 300.0)
+    h.submit("c", "batch", 1)
+    assert h.core.policy.current == "lb"
+    assert "800 entries behind" in h.core.policy.switches[-1].reason
