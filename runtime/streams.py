@@ -12,9 +12,9 @@ The contract (`tidal.streams`):
   already is skipped. So a batch replayed after a crash (delivered at least once) is counted
   once: exactly-once results on at-least-once delivery.
 * `StreamDriver` runs the loop: cut micro-batches by count and by time, decode their entries
-  (one that does not decode is logged with its id and why, counted, and acknowledged with its
-  batch: it never stops the job), submit one stream task per batch (at most `in_flight` at
-  once), write each result, acknowledge, and report the source's lag to the scheduler, where
+  (one whose decoding raises, MalformedEntry or any other error, is logged with its id and
+  why, counted, and acknowledged with its batch: it never stops the job), submit one
+  stream task per batch (at most `in_flight` at once), write each result, acknowledge, and report the source's lag to the scheduler, where
   policies see it (`ClusterView.stream_lag()`). When the lag grows, batches grow (up to
   `max_batch`) rather than the backlog.
 
@@ -255,10 +255,13 @@ class StreamDriver:
         for entry in batch.entries:
             try:
                 batch.records.append(self.source.decode(entry))
-            except MalformedEntry as exc:
-                batch.errors.append([entry.id, str(exc)])
+            except Exception as exc:  # a decoder's error, whatever it is, is this entry's
+                why = (
+                    str(exc) if isinstance(exc, MalformedEntry) else f"{type(exc).__name__}: {exc}"
+                )
+                batch.errors.append([entry.id, why])
                 self.stats.malformed += 1
-                self._bad_entries(f"entry {entry.id} of {self.source.name} is skipped: {exc}")
+                self._bad_entries(f"entry {entry.id} of {self.source.name} is skipped: {why}")
 
     def _settle(self, block: bool) -> None:
         """Write the results of the batches that ended (waiting for one if `block`)."""

@@ -37,6 +37,11 @@ _HOMES = {
     "TaskContext": "tidal.runtime.task",
     "current_context": "tidal.runtime.task",
     "task": "tidal.runtime.task",
+    "RedisCountSink": "tidal.runtime.redis_streams",
+    "RedisSource": "tidal.runtime.redis_streams",
+    "Sink": "tidal.runtime.streams",
+    "Source": "tidal.runtime.streams",
+    "StreamDriver": "tidal.runtime.streams",
     "Kill": "tidal.scheduler.decisions",
     "Launch": "tidal.scheduler.decisions",
     "Resume": "tidal.scheduler.decisions",
@@ -62,6 +67,8 @@ if TYPE_CHECKING:
     from tidal.runtime.kernel import Kernel, TaskKilled
     from tidal.runtime.progress import progress
     from tidal.runtime.protocol import PROTOCOL_VERSION, ProtocolError
+    from tidal.runtime.redis_streams import RedisCountSink, RedisSource
+    from tidal.runtime.streams import Sink, Source, StreamDriver
     from tidal.runtime.task import Partition, TaskContext, current_context, task
     from tidal.scheduler.decisions import Kill, Launch, Resume, Suspend
     from tidal.scheduler.policies.base import AssignOnChange, Policy
@@ -98,7 +105,12 @@ __all__ = [
     "Partition",
     "Policy",
     "ProtocolError",
+    "RedisCountSink",
+    "RedisSource",
     "Resume",
+    "Sink",
+    "Source",
+    "StreamDriver",
     "Suspend",
     "TaskContext",
     "TaskError",
