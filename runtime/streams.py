@@ -14,8 +14,9 @@ The contract (`tidal.streams`):
 * `StreamDriver` runs the loop: cut micro-batches by count and by time, decode their entries
   (one whose decoding raises, MalformedEntry or any other error, is logged with its id and
   why, counted, and acknowledged with its batch: it never stops the job), submit one
-  stream task per batch (at most `in_flight` at once), write each result, acknowledge, and report the source's lag to the scheduler, where
-  policies see it (`ClusterView.stream_lag()`). When the lag grows, batches grow (up to
+  stream task per batch (at most `in_flight` at once), write each result, acknowledge,
+  and report the source's lag to the scheduler, where policies see it
+  (`ClusterView.stream_lag()`). When the lag grows, batches grow (up to
   `max_batch`) rather than the backlog.
 
 runtime/redis_streams.py implements both for Redis Streams; a Kafka source would implement
