@@ -68,7 +68,7 @@ def check_chunksize(options: dict[str, Any] | None) -> str | None:
     if type(keep) is not bool:
         return f"keep must be true or false, not {keep!r}"
     size = options.get("chunksize")
-    if keep and size not in (None, 1):
+    if keep and size is not None:
         return "a job that keeps its results is not chunked: leave chunksize out"
     if size is None or size == "auto" or (type(size) is int and size >= 1):
         return None

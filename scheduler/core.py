@@ -460,6 +460,7 @@ class SchedulerCore:
         if mine:  # what it no longer holds was lost with it
             records.requeue_lost(old, list(mine.values()))
         records.awaited.discard(hello.executor_id)
+        records.admit_waiting()  # inputs kept on it may be there again (after a restart)
         self._slot_freed(executor)
 
     def _on_heartbeat(self, executor: ExecutorRecord, beat: p.Heartbeat) -> None:
@@ -516,6 +517,7 @@ class SchedulerCore:
     def _on_finished(self, executor: ExecutorRecord, msg: p.Finished) -> None:
         task = self.records.task_on(executor, msg.task_id, msg.attempt)
         if task is None:
+            self.records.stale_result(executor, msg)
             return
         self._started_by_end(executor, task, msg.stats)
         if task.subtasks is None and task.priority == "batch":
@@ -714,6 +716,7 @@ class SchedulerCore:
     def _on_client_goodbye(self, client_id: str, msg: p.ClientGoodbye) -> None:
         """Its jobs go: what still runs is cancelled, and each retires when it is done."""
         self.records.clients.discard(client_id)
+        self.records.forget_lags(client_id)
         self.records.note(ev.ClientLeft(client_id))
         to_cancel = self.records.client_left(client_id)
         if to_cancel:

@@ -127,6 +127,7 @@ def end_grace(records: Records) -> None:
         log.info("queueing %d tasks no executor reported after the restart", len(unclaimed))
     # The same attempt: whether they ever ran, nobody knows.
     records.requeue(unclaimed, attempt=False)
+    records.admit_waiting()  # inputs kept where no one came back are computed again
 
 
 def reclaim(

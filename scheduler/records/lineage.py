@@ -29,8 +29,9 @@ from typing import Any
 
 from tidal.runtime import kept
 from tidal.runtime import protocol as p
+from tidal.runtime.payloads import is_reference
 from tidal.scheduler import events as ev
-from tidal.scheduler.records.tables import Job, Task, TaskState
+from tidal.scheduler.records.tables import ExecutorRecord, Job, Task, TaskState
 
 __all__ = ["INPUT_UNAVAILABLE", "Lineage", "inputs_problem"]
 
@@ -80,16 +81,15 @@ class Lineage:
         """Queue a task that became pending, or park it waiting if an input is not there
         yet (True: it is pending). Its locality is worked out as it becomes pending."""
         if task.needs:
+            task.state = WAITING  # (not queued yet, whatever it was)
             for needed in task.needs:  # finished, but kept where no one can have it now
-                if needed.state is DONE and needed.kept and not self._available(needed):
+                if needed.state is DONE and needed.kept and self._gone(needed):
                     self.recompute(needed)
             failed = self._failed_input(task)
             if failed is not None:
-                task.state = WAITING  # (not queued)
                 self._fail_dependent(task, failed)
                 return False
             if self.unmet(task):
-                task.state = WAITING
                 return False
             task.local_to, task.input_bytes = self._locality(task)
         task.state = PENDING
@@ -105,6 +105,19 @@ class Lineage:
             return False
         executor = self.executors.get(task.kept_on)
         return executor is not None and executor.alive
+
+    def _gone(self, task: Task) -> bool:
+        """Whether a finished task's kept result is out of reach for good: its executor is
+        lost, not merely not back yet after a restart (`awaited` in the reclaim grace)."""
+        if self._available(task):
+            return False
+        return not (self.reclaim_until is not None and task.kept_on in self.awaited)
+
+    def admit_waiting(self) -> None:
+        """Look again at the tasks waiting for inputs (an executor joined, a grace ended)."""
+        ready = [t for t in self.tasks.values() if t.state is WAITING and self.admit(t)]
+        if ready:
+            self.on_pending(ready)
 
     def _failed_input(self, task: Task) -> Task | None:
         for needed in task.needs:
@@ -126,7 +139,7 @@ class Lineage:
     def task_ended(self, task: Task, outcome: str, value: Any, error: list[str] | None) -> None:
         """After `complete`: keep the location of a kept result, let its dependents go (or
         fail them), and let the jobs of its inputs retire if nothing else needs them."""
-        if outcome == "finished" and task.job.keep and type(value) is bytes:
+        if outcome == "finished" and task.job.keep and type(value) is bytes and is_reference(value):
             task.kept = value
             self.keep_on(task, task.executor_id)
             self._inputs_ready(task)
@@ -160,6 +173,8 @@ class Lineage:
         if task.state is PENDING:
             self.pending.removed(task)
         why = f"its input {needed.task_id} failed or was cancelled, so it cannot run"
+        if needed.job.retired:
+            why = f"its input {needed.task_id} was released and its kept result lost"
         self.complete(task, "failed", None, ["InputFailed", f"task {task.task_id}: {why}", ""])
 
     # ---- placement -----------------------------------------------------------------------------
@@ -192,17 +207,37 @@ class Lineage:
         return not task.job.released or any(d.state is not DONE for d in task.dependents)
 
     def recompute(self, task: Task) -> None:
-        """Compute a lost kept result again from its task (its own lost inputs first)."""
+        """Compute a lost kept result again from its task (its own lost inputs first). If
+        an input of it is gone with its job (released and retired), it cannot be: its
+        client hears that it failed, and so do its dependents."""
         if task.recomputing or task.state is not DONE:
             return
         task.recomputing = True
-        self.keep_on(task, None)
+        self.forget_copy(task)
+        retired = next((n for n in task.needs if n.job.retired and not self._available(n)), None)
+        if retired is not None:
+            why = (
+                f"the kept result of {task.task_id} is lost, and its input {retired.task_id} "
+                "was released: it cannot be computed again"
+            )
+            self.recomputed(task, "failed", None, ["InputFailed", why, ""])
+            return
         for needed in task.needs:
             if not self._available(needed):
                 self.recompute(needed)
         self._hold_dependents(task)
+        # A new life: what its earlier ones counted does not carry over.
+        task.cancel_requested, task.input_losses, task.lost_on = False, 0, []
         self.peer_warning(f"the kept result of {task.task_id} is lost: computing it again")
         self.requeue([task])
+
+    def forget_copy(self, task: Task) -> None:
+        """`task`'s kept result is not to be read where it is any more: its executor, if
+        alive, deletes its copy (a copy no one will read would count against its memory)."""
+        executor = self.executors.get(task.kept_on) if task.kept_on is not None else None
+        if executor is not None and executor.alive:
+            self.send(executor, p.Drop([task.task_id]))
+        self.keep_on(task, None)
 
     def _hold_dependents(self, task: Task) -> None:
         """Its result is gone: dependents pending go back to waiting; those on an executor
@@ -226,9 +261,16 @@ class Lineage:
         named = [n for n in task.needs if f"input {n.task_id} " in error[1]]
         for needed in task.needs:
             if not self._available(needed) or needed in named:
-                self.keep_on(needed, None)
                 self.recompute(needed)
         return True
+
+    def stale_result(self, executor: ExecutorRecord, msg: p.Finished) -> None:
+        """A `finished` no task is waiting for (an earlier attempt, a task ended or
+        retired meanwhile): a kept result it reports is no one's, and is dropped there."""
+        task = self.tasks.get(msg.task_id)
+        keep = task is not None and task.job.keep
+        if keep and is_reference(msg.result) and task.kept != msg.result:
+            self.send(executor, p.Drop([msg.task_id]))
 
     def missing(self, client_id: str, task_ids: Iterable[Any]) -> None:
         """A client could not fetch these kept results: compute them again."""
@@ -237,7 +279,6 @@ class Lineage:
             if task is None or task.job.client_id != client_id or not task.job.keep:
                 continue
             if task.state is DONE and task.kept_on is not None:
-                self.keep_on(task, None)
                 self.recompute(task)
 
     # ---- retiring --------------------------------------------------------------------------------

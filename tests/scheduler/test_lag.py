@@ -58,3 +58,18 @@ def test_adaptive_takes_a_lagging_source_for_stream_work():
     h.submit("c", "batch", 1)
     assert h.core.policy.current == "lb"
     assert "800 entries behind" in h.core.policy.switches[-1].reason
+
+
+def test_a_lag_report_s_absurd_values_are_unknown_or_capped_and_never_crash():
+    h = Harness()
+    for age in (float("nan"), float("inf"), -5.0, 1e300):
+        report(h, "ads", 10, age)
+        lag = h.core.view.stream_lag()
+        assert lag.oldest_age_s is None or lag.oldest_age_s <= 1e9
+    report(h, "x" * 5000, 2**63, 1.0)
+    assert max(len(s["source"]) for s in h.core.status()["streams"]) == 200
+    for i in range(100):
+        report(h, f"s{i}", 1, 1.0)
+    assert len(h.core.status()["streams"]) == 64
+    h.handle(ClientRequest(CLIENT_ID, p.ClientGoodbye("bye")))
+    assert h.core.status()["streams"] == []

@@ -292,3 +292,64 @@ def test_kept_results_count_against_an_executor_s_memory_headroom():
     assert executor.memory_headroom == 100 * SIZE - SIZE
     [view] = [e for e in h.core.view.executors() if e.executor_id == executor.executor_id]
     assert view.kept_bytes == SIZE and view.memory_headroom == 99 * SIZE
+
+
+def test_a_dependent_submitted_in_a_restart_s_grace_waits_for_its_input_s_executor(tmp_path):
+    from tidal.scheduler.core import Tick
+    from tidal.scheduler.journal import Journal
+
+    path = tmp_path / "journal.sqlite"
+    h = Harness(journal=Journal(path))
+    where = stage_one(h, 1)
+    h.core.journal.close()
+    h = Harness(journal=Journal(path), executors=(), reclaim_grace_ns=50 * MS)
+    h.join("other", "n9")
+    submit(h, "b", 1, inputs=[["a/0"]])  # its input's executor is not back yet
+    assert h.state("b/0") is TaskState.WAITING and h.state("a/0") is TaskState.DONE
+    assert launches(h) == {}
+    h.join(where["a/0"], "n0")  # back, with its kept result
+    [(executor, launch)] = launches(h).values()
+    assert (executor, launch.task_id) == (where["a/0"], "b/0")
+    h.clock.now += 100 * MS
+    h.handle(Tick())
+    assert h.core.records.tasks["a/0"].recomputing is False
+
+
+def test_a_lost_kept_result_whose_input_was_released_fails_clearly_not_for_ever():
+    h = Harness()
+    where = stage_one(h, 1)
+    submit(h, "b", 1, inputs=[["a/0"]], keep=True)
+    [(holder, launch)] = launches(h).values()
+    keep_finished(h, holder, "b/0", "kb")
+    h.handle(ClientRequest(CLIENT_ID, p.Release(["a"])))
+    assert "a" not in h.core.records.jobs  # b ended: nothing needs a any more
+    submit(h, "c", 1, inputs=[["b/0"]])
+    if holder == where["a/0"]:
+        h.sent(holder, p.Launch)
+    h.handle(ExecutorLeft(holder, "killed"))
+    [*_, item] = h.results["b/0"]
+    assert item[1] == "failed" and "was released: it cannot be computed again" in item[3][1]
+    assert h.results["c/0"][0][3][0] == "InputFailed"
+    assert "b" in h.core.records.jobs and not h.core.records.tasks["b/0"].recomputing
+
+
+def test_a_copy_that_is_no_longer_read_is_dropped_where_it_is():
+    h = Harness()
+    where = stage_one(h, 1)
+    h.handle(ClientRequest(CLIENT_ID, p.Missing(["a/0"])))
+    sent = {e: h.sent(e) for e in list(h.to_executor)}
+    assert [m.task_ids for m in sent[where["a/0"]] if isinstance(m, p.Drop)] == [["a/0"]]
+    [(executor, rerun)] = [(e, m) for e, ms in sent.items() for m in ms if isinstance(m, p.Launch)]
+    keep_finished(h, executor, "a/0", "fresh", attempt=1)
+    late = p.Finished("a/0", 0, reference(where["a/0"], "late"), {"kept_bytes": SIZE})
+    h.report(where["a/0"], late)  # an earlier attempt's, come late: no one's
+    assert [m.task_ids for m in h.sent(where["a/0"], p.Drop)] == [["a/0"]]
+
+
+def test_keep_with_any_chunksize_is_refused():
+    h = Harness()
+    bad = p.Submit(
+        "f", "batch", 0, None, TOTAL, None, [["f/0", payload(0)]], 0, {"keep": True, "chunksize": 1}
+    )
+    h.handle(ClientRequest(CLIENT_ID, bad))
+    assert "not chunked" in refusal(h, "f/0")
