@@ -319,7 +319,7 @@ def test_a_lost_kept_result_whose_input_was_released_fails_clearly_not_for_ever(
     h = Harness()
     where = stage_one(h, 1)
     submit(h, "b", 1, inputs=[["a/0"]], keep=True)
-    [(holder, launch)] = launches(h).values()
+    [(holder, _)] = launches(h).values()
     keep_finished(h, holder, "b/0", "kb")
     h.handle(ClientRequest(CLIENT_ID, p.Release(["a"])))
     assert "a" not in h.core.records.jobs  # b ended: nothing needs a any more
@@ -339,7 +339,7 @@ def test_a_copy_that_is_no_longer_read_is_dropped_where_it_is():
     h.handle(ClientRequest(CLIENT_ID, p.Missing(["a/0"])))
     sent = {e: h.sent(e) for e in list(h.to_executor)}
     assert [m.task_ids for m in sent[where["a/0"]] if isinstance(m, p.Drop)] == [["a/0"]]
-    [(executor, rerun)] = [(e, m) for e, ms in sent.items() for m in ms if isinstance(m, p.Launch)]
+    [(executor, _)] = [(e, m) for e, ms in sent.items() for m in ms if isinstance(m, p.Launch)]
     keep_finished(h, executor, "a/0", "fresh", attempt=1)
     late = p.Finished("a/0", 0, reference(where["a/0"], "late"), {"kept_bytes": SIZE})
     h.report(where["a/0"], late)  # an earlier attempt's, come late: no one's
