@@ -439,16 +439,20 @@ class Client:
         spool = functools.partial(self._spool, job_id)
         return pack_tasks(job_id, calls, preferred, self.client_id, spool, self.traffic), None
 
-    def _send_missing(self, task_id: str) -> None:
-        """A kept result could not be fetched: the scheduler computes it again."""
-        self._send_one_way(p.Missing([task_id]))
+    def _send_missing(self, task_id: str) -> bool:
+        """A kept result could not be fetched: the scheduler computes it again (False: the
+        client is closed or broken, nothing was sent)."""
+        return self._send_one_way(p.Missing([task_id]))
 
-    def _send_one_way(self, message: p.Message) -> None:
-        """Send a message no answer comes to (unless the client is closed or broken)."""
+    def _send_one_way(self, message: p.Message) -> bool:
+        """Send a message no answer comes to, unless the client is closed or broken
+        (False then)."""
         frame = p.encode(message)
         with self._lock:
-            if not self._closed and self._broken is None:
-                self._to_io.send(frame)
+            if self._closed or self._broken is not None:
+                return False
+            self._to_io.send(frame)
+            return True
 
     def _pack_bulk(
         self, job_id: str, partitions: list[Any], kwargs: dict[str, Any]

@@ -5,7 +5,7 @@ as arguments to other tasks.
 result: it is packed as a one-argument call (`pack_kept`, so that a big list travels in
 blocks, as a partition does) into the executor's spool, and its *reference* is what the
 executor reports and the scheduler forwards. The future completes with the reference;
-`future.result()` fetches the value on demand over the data path (`open_kept`).
+`future.result()` fetches the value on demand over the data path (runtime/kept_futures.py).
 
 A kept future passed to another task (`client.submit(g, fut, [fut2, 3])`, or `map` over
 futures) becomes an *input*: the client packs the call with None in the future's place and
@@ -36,7 +36,6 @@ __all__ = [
     "InputUnavailable",
     "find_inputs",
     "input_ids",
-    "open_kept",
     "pack_kept",
     "resolve_inputs",
 ]
@@ -56,31 +55,6 @@ class InputUnavailable(DataUnavailable):
 def pack_kept(value: Any) -> bytes:
     """A kept result's payload: the value as a call of one argument (a big list in blocks)."""
     return payloads.pack_call([value], {})
-
-
-def open_kept(
-    pieces: list[bytes],
-    boundary: Callable[[], None],
-    *,
-    lazy: bool = False,
-    what: str = "a kept result",
-) -> Any:
-    """The value a kept payload holds (`pack_kept`), decoded a block at a time with
-    `boundary()` after each; with `lazy`, a blocked list stays packed (`payloads.Blocks`)."""
-    args, kwargs, blocked = payloads._open_pieces(pieces, what)
-    args, _ = payloads._decoded(args, {}, blocked, boundary, lambda index: lazy)
-    if len(args) != 1 or kwargs:
-        raise ProtocolError(f"{what} must hold one value, got {len(args)} and {len(kwargs)}")
-    return args[0]
-
-
-def fetch_pieces(
-    reference: Reference,
-    fetch: Callable[[Reference], Iterable[bytes]],
-    boundary: Callable[[], None],
-) -> list[bytes]:
-    """A kept payload's bytes, as the pieces `fetch` read (`boundary()` after each)."""
-    return payloads._fetched(reference, fetch, boundary)
 
 
 # ---- the client: futures among a call's arguments ------------------------------------------
@@ -167,16 +141,18 @@ def resolve_inputs(
             )
         path, task_id, blob = entry
         what = f"input {task_id}"
-        if not payloads.is_reference(blob):
-            raise ProtocolError(f"{what}'s location is not a reference")
-        reference = payloads.open_reference(blob, what)
+        if not payloads.is_reference(blob) or not isinstance(path, list) or not path:
+            raise ProtocolError(f"{what} must be a reference at a path, got {path!r:.60}")
+        lazy = len(path) == 1 and type(path[0]) is int and gated(path[0])
         try:
-            pieces = fetch_pieces(reference, fetch, boundary)
+            value, kwargs_of_it = payloads.open_task_call(
+                blob, fetch, boundary, lambda i, lazy=lazy: lazy
+            )
         except DataUnavailable as exc:
             raise InputUnavailable(f"{what} (the kept result of task {task_id}): {exc}") from None
-        top = len(path) == 1 and type(path[0]) is int
-        value = open_kept(pieces, boundary, lazy=top and gated(path[0]), what=what)
-        _place(args, kwargs, path, value, what)
+        if len(value) != 1 or kwargs_of_it:
+            raise ProtocolError(f"{what} must hold one value (a kept result)")
+        _place(args, kwargs, path, value[0], what)
 
 
 def _place(args: list[Any], kwargs: dict[str, Any], path: list[Any], value: Any, what: str) -> None:

@@ -16,13 +16,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tidal.runtime import kept, payloads
+from tidal.runtime import payloads
 from tidal.runtime.datastore import DataUnavailable, fetch_chunks
 from tidal.runtime.futures import TaskFuture, rebuild_error
+from tidal.runtime.protocol import ProtocolError
 from tidal.runtime.results import Traffic
 
 __all__ = ["MAX_RECOMPUTE_ASKS", "RECOMPUTE_WAIT_S", "KeptFuture", "fetch_kept"]
 
+IO_THREAD = "tidal-client-io"  # the client's IO thread (runtime/client_io.py)
 # How long `result()` without a timeout waits for a lost result to be computed again.
 RECOMPUTE_WAIT_S = 600.0
 # How often one `result()` asks for a result to be computed again before it gives up: a
@@ -35,14 +37,12 @@ def fetch_kept(blob: bytes, what: str, traffic: Traffic | None = None) -> Any:
     """The value a kept result's reference names, fetched (or read on this host) and
     decoded; DataUnavailable if it cannot be had, ProtocolError if it is not a kept result."""
     reference = payloads.open_reference(blob, what)
-
-    def noop() -> None:
-        pass
-
-    pieces = kept.fetch_pieces(reference, lambda r: fetch_chunks(r), noop)
+    value, kwargs = payloads.open_task_call(blob, fetch_chunks, lambda: None)
+    if len(value) != 1 or kwargs:
+        raise ProtocolError(f"{what} must hold one value (a kept result)")
     if traffic is not None:
         traffic.received(reference.size)
-    return kept.open_kept(pieces, noop, what=what)
+    return value[0]
 
 
 class KeptFuture(TaskFuture):
@@ -87,7 +87,18 @@ class KeptFuture(TaskFuture):
                     raise DataUnavailable(
                         f"{what} cannot be had, even computed again {asked} times: {exc}"
                     ) from None
-                self._missing(self.task_id)
+                if threading.current_thread().name == IO_THREAD:
+                    # Discussion: a done callback runs on the client's IO thread, which is
+                    # the one that would bring the recomputed result: waiting here would
+                    # wait for ourselves.
+                    raise DataUnavailable(
+                        f"{what} cannot be had ({exc}); called from a done callback, "
+                        "result() cannot wait for it to be computed again"
+                    ) from None
+                if self._missing(self.task_id) is False:
+                    raise DataUnavailable(
+                        f"{what} cannot be had ({exc}), and its client is closed"
+                    ) from None
                 with self._update:
                     left = deadline - time.monotonic()
                     changed = self._update.wait_for(lambda v=version: self._version != v, left)

@@ -54,6 +54,7 @@ USER_FACING = {
     "tidal.runtime.report",
     "tidal.runtime.status_view",
     "tidal.runtime.timeline",
+    "tidal.workloads.broker",  # the demo's stream job on Redis: it drives a Client
     "tidal.workloads.unified",  # the demo's application: it drives a Client
 }
 CORE_IMPORTERS = {"tidal.scheduler.server", "tidal.scheduler.sim"}
