@@ -5,7 +5,9 @@ run sees the same documents. Training follows AD-LDA (Newman et al., "Distribute
 Algorithms for Topic Models", JMLR 2009): in each sweep, one task per partition resamples
 the topic of every word of its documents against a snapshot of the global word-topic counts
 (updating its own copy as it goes), and the driver rebuilds the global counts from all the
-new assignments before the next sweep.
+new assignments before the next sweep. On a cluster the assignments need not travel: each
+partition's state stays where its sweep ran (`resample_state`, kept), and only its
+word-topic counts (`count_topics`) come back to be summed (workloads/unified.py).
 
 Each document is one input record, so a task can be suspended between any two documents.
 Its random numbers come from a generator seeded per document and sweep, so where, how often
@@ -29,9 +31,11 @@ __all__ = [
     "CorpusSpec",
     "TopicModel",
     "Trainer",
+    "count_topics",
     "make_corpus",
     "resample",
     "resample_locally",
+    "resample_state",
     "train_locally",
 ]
 
@@ -103,6 +107,39 @@ def resample(
     `documents` holds `[doc_id, words, topics]` records; `word_topic[w][k]` and
     `topic_totals[k]` are the global counts at the start of the sweep.
     """
+    for doc_id, _words, topics in _sweep(
+        documents, word_topic, topic_totals, sweep_seed, alpha, beta
+    ):
+        yield [doc_id, topics]
+
+
+@task(inputs=["documents"])
+def resample_state(
+    documents: Iterable[Sequence[Any]],
+    word_topic: list[list[int]],
+    topic_totals: list[int],
+    sweep_seed: int,
+    alpha: float,
+    beta: float,
+):
+    """`resample`, yielding the partition's next state: `[doc_id, words, new topics]`
+    records, the input of the same partition's next sweep. Run with `keep=True`, the state
+    stays on the executor between sweeps (workloads/unified.py's `train_on`)."""
+    for doc_id, words, topics in _sweep(
+        documents, word_topic, topic_totals, sweep_seed, alpha, beta
+    ):
+        yield [doc_id, words, topics]
+
+
+def _sweep(
+    documents: Iterable[Sequence[Any]],
+    word_topic: list[list[int]],
+    topic_totals: list[int],
+    sweep_seed: int,
+    alpha: float,
+    beta: float,
+):
+    """The Gibbs sweep both tasks run: `(doc_id, words, new topics)` for each document."""
     word_topic = [list(row) for row in word_topic]  # our copy, kept current as we go
     totals = list(topic_totals)
     k_range = range(len(totals))
@@ -126,7 +163,18 @@ def resample(
             row[z] += 1
             totals[z] += 1
             topics[i] = z
-        yield [doc_id, topics]
+        yield doc_id, words, topics
+
+
+@task(inputs=["documents"])
+def count_topics(documents: Iterable[Sequence[Any]], vocabulary: int, topics: int):
+    """A partition's word-topic counts, `counts[w][k]`, from its `[doc_id, words, topics]`
+    records: what the driver sums into the global counts (`Trainer.absorb_counts`)."""
+    counts = [[0] * topics for _ in range(vocabulary)]
+    for _doc_id, words, assigned in documents:
+        for word, z in zip(words, assigned, strict=True):
+            counts[word][z] += 1
+    return counts
 
 
 @dataclass
@@ -144,7 +192,12 @@ class TopicModel:
 
 @dataclass
 class Trainer:
-    """AD-LDA's driver: holds the assignments, cuts partitions, merges a sweep's results."""
+    """AD-LDA's driver: holds the assignments, cuts partitions, merges a sweep's results.
+
+    A sweep's results come back either as every document's new topics (`sweep`, `absorb`)
+    or, when the partitions keep their assignments where they were computed, as each
+    partition's word-topic counts (`absorb_counts`); the global counts are the same sum.
+    """
 
     corpus: Corpus
     partitions: int
@@ -178,6 +231,10 @@ class Trainer:
             "beta": spec.beta,
         }
 
+    def count_arguments(self) -> dict[str, Any]:
+        """`count_topics`'s arguments besides a partition's records."""
+        return {"vocabulary": self.corpus.spec.vocabulary, "topics": self.corpus.spec.topics}
+
     def sweep(
         self, run: Callable[[list[list[list[Any]]], dict[str, Any]], Iterable[Any]]
     ) -> TopicModel:
@@ -193,14 +250,25 @@ class Trainer:
         self.model = self._count(sweeps=self.model.sweeps + 1)
         return self.model
 
+    def absorb_counts(self, counts: Iterable[Sequence[Sequence[int]]]) -> TopicModel:
+        """Take every partition's word-topic counts after a sweep (`count_topics` of its
+        `resample_state` records); their sum is the new model.
+
+        `assignments` are left as they were: the partitions hold the current ones.
+        """
+        # Per word, the partitions' rows; per topic, their counts: summed.
+        word_topic = [list(map(sum, zip(*rows, strict=True))) for rows in zip(*counts, strict=True)]
+        self.model = self._model(word_topic, sweeps=self.model.sweeps + 1)
+        return self.model
+
     def _count(self, sweeps: int) -> TopicModel:
         spec = self.corpus.spec
-        word_topic = [[0] * spec.topics for _ in range(spec.vocabulary)]
-        totals = [0] * spec.topics
-        for words, topics in zip(self.corpus.documents, self.assignments, strict=True):
-            for word, z in zip(words, topics, strict=True):
-                word_topic[word][z] += 1
-                totals[z] += 1
+        docs = self.corpus.documents
+        records = zip(range(len(docs)), docs, self.assignments, strict=True)
+        return self._model(count_topics(records, spec.vocabulary, spec.topics), sweeps)
+
+    def _model(self, word_topic: list[list[int]], sweeps: int) -> TopicModel:
+        totals = [sum(row[k] for row in word_topic) for k in range(self.corpus.spec.topics)]
         return TopicModel(word_topic, totals, sweeps)
 
 

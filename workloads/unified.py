@@ -1,10 +1,12 @@
 """The unified application: a stream job scores ad events with the model a batch job trains.
 
 The batch job trains the topic model of workloads/topics.py, sweep after sweep; each sweep
-is one `client.map` of ~0.2-1 s tasks. The stream job is workloads/ads.py's YSB query, cut
-into micro-batches, that also labels each viewed page with its topic under the latest model
-the batch job has produced: views per `(campaign, window, topic)`. Both share one cluster,
-which is the point: under a policy that suspends, a micro-batch does not wait for a sweep.
+is one `client.map` of ~0.2-1 s tasks, whose results (each partition's documents with their
+topics) stay on the executors for the next sweep; only counts come back. The stream job is
+workloads/ads.py's YSB query, cut into micro-batches, that also labels each viewed page with
+its topic under the latest model the batch job has produced: views per
+`(campaign, window, topic)`. Both share one cluster, which is the point: under a policy
+that suspends, a micro-batch does not wait for a sweep.
 
 The two drivers are plain functions over a `Client`; `tidal demo` (runtime/demo.py) runs
 the batch driver in a process of its own, so that its merging of results never holds the
@@ -25,7 +27,7 @@ from tidal.runtime.client import Client
 from tidal.runtime.futures import TaskFuture
 from tidal.runtime.task import task
 from tidal.workloads.ads import AdSpec, campaign_table, generate_events, window_of
-from tidal.workloads.topics import Corpus, TopicModel, Trainer, resample
+from tidal.workloads.topics import Corpus, TopicModel, Trainer, count_topics, resample_state
 
 __all__ = ["StreamRun", "page_topic", "run_stream", "score_views", "train_on"]
 
@@ -59,21 +61,40 @@ def train_on(
     partitions: int,
     on_sweep: Callable[[TopicModel, list[TaskFuture]], None] | None = None,
 ) -> TopicModel:
-    """Train on the cluster: each sweep one batch job of `partitions` tasks. Equal, bit for
-    bit, to `train_locally` with the same arguments, however its tasks were scheduled."""
+    """Train on the cluster. Equal, bit for bit, to `train_locally` with the same arguments,
+    however its tasks were scheduled.
+
+    Each partition's state (its `[doc_id, words, topics]` records) stays on the executor
+    that computed it: a sweep is one batch job of `partitions` `resample_state` tasks that
+    keep their results, each taking its partition's state from the sweep before (the
+    documents themselves, sent once, for the first), and one job of `count_topics` tasks
+    that take those new states and send back their word-topic counts, which the driver sums
+    into the next sweep's global counts. `on_sweep(model, futures)` hears of each sweep with
+    its tasks' futures, both jobs'.
+    """
     trainer = Trainer(corpus, partitions)
-    swept: list[list[TaskFuture]] = []  # each sweep's futures, for on_sweep
-
-    def on_cluster(inputs: list[Any], arguments: dict[str, Any]) -> list[Any]:
-        futures = client.map(resample, inputs, priority="batch", **arguments)
-        results = client.gather(futures)
-        swept.append(futures)
-        return results
-
+    states: Sequence[Any] = trainer.partition_inputs()
+    # Discussion: every sweep's states are held here until training ends, not only the
+    # newest. A kept result lost with its executor is computed again from its task, and
+    # that task's inputs first if they are gone too; under locality a partition's states all
+    # live on one executor, so losing it means computing its chain again from the documents,
+    # which needs every link still held (a released one cannot be computed again). The
+    # price is memory on the executors: each sweep's states are the corpus with its topics
+    # (about 2 MB a sweep in `tidal demo`'s default run), freed together when this returns.
+    chain: list[Sequence[TaskFuture]] = []  # held, never read: see above
     for _ in range(sweeps):
-        model = trainer.sweep(on_cluster)
+        states = client.map(
+            resample_state, states, priority="batch", keep=True, **trainer.sweep_arguments()
+        )
+        chain.append(states)
+        # Ahead of the sweep's other batch tasks (order=-1): each count runs as soon as its
+        # state exists, in the gaps between them, not all after the last one.
+        counts = client.map(
+            count_topics, states, priority="batch", order=-1, **trainer.count_arguments()
+        )
+        model = trainer.absorb_counts(client.gather(counts))
         if on_sweep is not None:
-            on_sweep(model, swept[-1])
+            on_sweep(model, [*states, *counts])
     return trainer.model
 
 

@@ -10,9 +10,11 @@ from tidal.runtime.kernel import Kernel
 from tidal.workloads.topics import (
     CorpusSpec,
     Trainer,
+    count_topics,
     make_corpus,
     resample,
     resample_locally,
+    resample_state,
     train_locally,
 )
 
@@ -79,6 +81,24 @@ def test_training_is_deterministic_and_depends_on_the_partitioning_only_as_ad_ld
     assert train_locally(corpus, sweeps=2, partitions=3) == one
     # One partition is exact collapsed Gibbs sampling; three see stale counts across parts.
     assert train_locally(corpus, sweeps=2, partitions=1) != one
+
+
+def test_partitions_that_keep_their_state_and_send_back_counts_train_the_same_model():
+    # The kept-state sweep of workloads/unified.py's `train_on`, run here: each partition's
+    # records go from one sweep to the next; the driver sees only their counts.
+    corpus = make_corpus(SMALL)
+    trainer = Trainer(corpus, partitions=3)
+    states = trainer.partition_inputs()
+    first = [list(resample(part, **trainer.sweep_arguments())) for part in states]
+    for _ in range(3):
+        states = [list(resample_state(part, **trainer.sweep_arguments())) for part in states]
+        trainer.absorb_counts(count_topics(part, **trainer.count_arguments()) for part in states)
+        if trainer.model.sweeps == 1:  # the same topics as `resample`'s, with the words
+            assert [[[d, t] for d, _, t in part] for part in states] == first
+            assert [[w for _, w, _ in part] for part in states] == [
+                [w for _, w, _ in part] for part in trainer.partition_inputs()
+            ]
+    assert trainer.model == train_locally(corpus, sweeps=3, partitions=3)
 
 
 def test_a_sweep_suspended_between_documents_gives_the_uninterrupted_result():

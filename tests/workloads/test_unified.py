@@ -11,6 +11,7 @@ import pytest
 
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.kept import pack_kept
 from tidal.workloads.ads import AdSpec, campaign_table, generate_events
 from tidal.workloads.topics import CorpusSpec, Trainer, make_corpus, train_locally
 from tidal.workloads.unified import page_topic, run_stream, score_views, train_on
@@ -93,3 +94,40 @@ def test_on_one_cluster_the_model_is_exact_despite_suspensions_and_so_are_the_co
         expected_counts.update(direct_scores(events, word_topics, ADS))
     assert stream.counts() == expected_counts
     assert {tuple(m) for m in stream.word_topics} != {tuple(models[0])}  # it saw new models
+
+
+@pytest.mark.slow
+def test_the_partitions_state_stays_on_the_executors_and_only_counts_come_back():
+    corpus = make_corpus(CorpusSpec(documents=4 * 100, words_per_document=20, seed=5))
+    sweeps, partitions = 3, 4
+    expected = train_locally(corpus, sweeps, partitions)
+    state_bytes = sum(len(pack_kept(p)) for p in Trainer(corpus, partitions).partition_inputs())
+    with LocalCluster(executors=2, policy="lb") as cluster, Client(cluster) as client:
+        assert train_on(client, corpus, sweeps, partitions) == expected
+        traffic = client.traffic.as_dict()
+        placements = client.status()["counters"]["placements"]
+    # The documents went out once (not once a sweep), and no state came back: only each
+    # partition's word-topic counts: a row of `topics` small ints (a byte each) per word.
+    assert state_bytes <= traffic["sent_bytes"] < state_bytes + sweeps * 20_000
+    counts_bytes = corpus.spec.vocabulary * (1 + corpus.spec.topics) + 16
+    assert traffic["received_bytes"] <= sweeps * partitions * counts_bytes
+    # Every task but the first sweep's took a kept state as input (a launch each, at least).
+    assert placements["local"] + placements["remote"] >= 2 * sweeps * partitions - partitions
+
+
+@pytest.mark.slow
+def test_training_survives_an_executor_lost_between_sweeps_with_the_same_model():
+    # Under locality each partition's states pile up on one executor; losing it, they are
+    # computed again from the documents, sweep after sweep, by the same deterministic tasks.
+    corpus = make_corpus(CorpusSpec(documents=4 * 100, words_per_document=20, seed=6))
+    expected = train_locally(corpus, sweeps=4, partitions=4)
+    with LocalCluster(executors=2, heartbeat_ms=100) as cluster, Client(cluster) as client:
+
+        def on_sweep(model, _futures):
+            if model.sweeps == 2:
+                lost = cluster.processes[1]  # an executor (0 is the scheduler)
+                lost.kill()
+                lost.wait()
+
+        assert train_on(client, corpus, 4, 4, on_sweep) == expected
+        assert client.status()["counters"]["recomputations"] > 0
