@@ -43,6 +43,7 @@ from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.stats import percentile
 from tidal.workloads.ads import AdSpec, generate_events
+from tidal.workloads.broker import BrokerRun, run_stream_broker
 from tidal.workloads.topics import Corpus, CorpusSpec, TopicModel, Trainer, make_corpus, resample
 from tidal.workloads.unified import StreamRun, run_stream, score_views, train_on
 
@@ -73,6 +74,7 @@ class DemoConfig:
     seed: int = 0
     out: Path = Path("tidal-report")
     dashboard: bool | str = False  # each cluster's dashboard (LocalCluster(dashboard=...))
+    source: str | None = None  # "redis://HOST:PORT": the stream job on a broker
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
@@ -91,6 +93,7 @@ class PolicyRun:
     stream_exact: bool = True
     micro_batches: int = 0
     event_log: str | None = None
+    exactly_once: bool | None = None  # on a broker: every view counted once
 
     def row(self) -> dict[str, Any]:
         """This run's entry in report.json."""
@@ -102,6 +105,7 @@ class PolicyRun:
             "stream_ms_max": max(lat, default=float("nan")),
             "micro_batches": self.micro_batches,
             "stream_exact": self.stream_exact,
+            "exactly_once": self.exactly_once,
             "batch_records_per_s": self.batch.get("records_per_s"),
             "batch_makespan_s": self.batch.get("makespan_s"),
             "batch_records": self.batch.get("records"),
@@ -330,15 +334,24 @@ def run_unified(
         address, train = batch
         driver = BatchDriver(address, corpus, partitions, sweeps, train)
     try:
-        stream = _drive(client, config, ads, corpus, driver, initial_model, on_progress)
+        if config.source is not None:
+            broker = _drive(client, config, ads, corpus, driver, initial_model, on_progress)
+        else:
+            stream = _drive(client, config, ads, corpus, driver, initial_model, on_progress)
         if driver is not None:
             driver.finished.wait(600)
             if driver.result is None:
                 raise RuntimeError(f"the batch job under {name} failed: {driver.error}")
-        client.gather(stream.futures, timeout=120)
+        if config.source is None:
+            client.gather(stream.futures, timeout=120)
     finally:
         if driver is not None:
             driver.close()
+    if config.source is not None:  # event-time latencies, and every view counted once
+        run = PolicyRun(name, broker.latencies_ms, driver.result if driver else {})
+        run.micro_batches = broker.micro_batches
+        run.stream_exact = run.exactly_once = broker.exactly_once
+        return run
     run = PolicyRun(name, stream.latencies_ms, driver.result if driver else {})
     run.micro_batches = len(stream.futures)
     run.stream_exact = _check_stream(stream, ads)
@@ -368,10 +381,11 @@ def _drive(
     batch: BatchDriver | None,
     initial_model: list[int],
     on_progress: Callable[[float, str], None],
-) -> StreamRun:
-    """Run the stream job: alone for `alone_s`, or for as long as the batch job runs."""
+) -> StreamRun | BrokerRun:
+    """Run the stream job: alone for `alone_s`, or for as long as the batch job runs; on
+    the broker `config.source` names, if any (workloads/broker.py)."""
 
-    def keep_going(elapsed: float, run: StreamRun) -> bool:
+    def keep_going(elapsed: float, run: StreamRun | BrokerRun) -> bool:
         p99 = f"stream p99 {percentile(run.latencies_ms, 99):.1f} ms"
         if batch is None:
             on_progress(min(elapsed / config.alone_s, 1.0), p99)
@@ -391,11 +405,33 @@ def _drive(
     interval = sys.getswitchinterval()
     sys.setswitchinterval(STREAM_SWITCH_INTERVAL_S)
     try:
+        if config.source is not None:
+            return run_stream_broker(
+                client, config.source, ads, corpus, config.interval_ms, latest_model, keep_going
+            )
         return run_stream(
             client, ads, corpus, config.interval_ms, latest_model, keep_going, keep_inputs=True
         )
     finally:
         sys.setswitchinterval(interval)
+
+
+def source_problem(source: str) -> str | None:
+    """What is wrong with a `--source`, or None: a redis:// URL whose server answers, with
+    redis-py installed."""
+    if not source.startswith(("redis://", "rediss://", "unix://")):
+        return f"--source must be a redis://HOST:PORT URL, not {source!r}"
+    try:
+        import redis
+    except ImportError:
+        return 'the stream job on Redis needs redis-py: pip install "tidal[streams]"'
+    try:
+        connection = redis.Redis.from_url(source, socket_connect_timeout=3)
+        connection.ping()
+        connection.close()
+    except (redis.RedisError, ValueError) as exc:
+        return f"cannot reach Redis at {source}: {exc}"
+    return None
 
 
 def _check_stream(run: StreamRun, ads: AdSpec) -> bool:
@@ -483,6 +519,12 @@ def summarize(
         "checks": {
             "stream_results_exact": all(r.stream_exact for r in runs.values()),
             "same_model_under_every_policy": len(digests) == 1,
+            # On a broker: every view produced counted once in Redis, under every run.
+            **(
+                {"exactly_once": all(r.exactly_once for r in runs.values())}
+                if config.source is not None
+                else {}
+            ),
         },
         "targets": targets(alone, policies),
     }

@@ -35,3 +35,13 @@ def test_the_stream_job_on_redis_counts_every_view_once_and_measures_event_time(
     assert run.micro_batches >= 10 and run.malformed == 0
     assert len(run.latencies_ms) == run.produced and min(run.latencies_ms) >= 0
     assert left == 0  # the run leaves Redis as it found it
+
+
+def test_a_demo_source_that_is_not_redis_or_does_not_answer_is_refused_with_the_reason():
+    from tidal.runtime.demo import source_problem
+
+    assert "must be a redis://HOST:PORT URL" in source_problem("kafka://somewhere:9092")
+    with RedisServer() as server:
+        assert source_problem(server.url) is None
+        url = server.url
+    assert source_problem(url).startswith(f"cannot reach Redis at {url}")
