@@ -12,7 +12,9 @@ the batch's marker key (`<prefix>:done:<batch key>`, kept `marker_ttl_s`): a bat
 marker exists adds nothing. Replayed batches are therefore counted once.
 
 Redis going away is survived: every call is retried every RETRY_S until Redis answers, with
-one warning when it goes and one line when it is back.
+one warning when it goes and one line when it is back (until the driver stops:
+`stop_waiting`). A batch that fails for good is set aside in `<stream>:tidal:<group>:dead`
+(its key, ids and error) and acknowledged, so that it does not hold the lag up for ever.
 
 Discussion: why a consumer group per job and cuts in Redis. The group keeps the pending list
 (what was delivered and not acknowledged) in Redis, so a driver that dies loses nothing and
@@ -121,6 +123,7 @@ class RedisSource(Source):
         self.stream, self.group = stream, group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.cuts_key = f"{stream}:tidal:{group}:cuts"
+        self.dead_key = f"{stream}:tidal:{group}:dead"
         self._decode = decode
         self._claim_idle_ms = int(claim_idle_s * 1000)
         self._closing = False
@@ -159,9 +162,9 @@ class RedisSource(Source):
         pipe.hdel(self.cuts_key, batch.entries[0].id)
         self._conn.call(pipe.execute)
 
-    def recover(self) -> list[list[Entry]]:
-        """Claim what other consumers left pending (idle `claim_idle_s`), and what this
-        consumer name had, cut as recorded."""
+    def recover(self) -> list[Batch]:
+        """Claim what consumers left pending (idle `claim_idle_s` or more), cut as recorded
+        (`Batch.cut`); entries no cut names come as batches of their own, uncut."""
         claimed: dict[str, Entry] = {}
         start = "0-0"
         while True:
@@ -185,6 +188,14 @@ class RedisSource(Source):
             for first, last in self._conn.call(self._conn.redis.hgetall, self.cuts_key).items()
         }
         return _cut(sorted(claimed.values(), key=lambda e: _order(e.id)), cuts)
+
+    def dead_letter(self, batch: Batch, error: str) -> None:
+        """Set a batch that failed for good aside, in `<stream>:tidal:<group>:dead`."""
+        fields = {"batch": batch.key, "ids": ",".join(e.id for e in batch.entries)}
+        self._conn.call(self._conn.redis.xadd, self.dead_key, {**fields, "error": error[:1000]})
+
+    def stop_waiting(self) -> None:
+        self._closing = True
 
     def lag(self) -> Lag:
         info = self._conn.call(self._conn.redis.xinfo_groups, self.stream)
@@ -236,6 +247,9 @@ class RedisCountSink(Sink):
         self._conn = _Connection(url, lambda: self._closing)
         self._script = self._conn.redis.register_script(self._SCRIPT)
 
+    def stop_waiting(self) -> None:
+        self._closing = True
+
     def write(self, batch: Batch, result: Any) -> bool:
         args: list[Any] = [self._ttl]
         for key, name, increment in self._counts(result):
@@ -260,21 +274,22 @@ def _entries(raw: Iterable[Any]) -> list[Entry]:
     return entries
 
 
-def _cut(entries: list[Entry], cuts: dict[str, str]) -> list[list[Entry]]:
-    """Entries (in order) cut as `cuts` (first id -> last id) says; the rest, contiguous
-    runs between them, a batch each."""
-    batches: list[list[Entry]] = []
-    bounds = sorted((_order(first), _order(last)) for first, last in cuts.items())
+def _cut(entries: list[Entry], cuts: dict[str, str]) -> list[Batch]:
+    """Entries (in order) cut as `cuts` (first id -> last id) says, each such batch with its
+    cut; the rest, each run of them between cuts, a batch of its own without one."""
+    bounds = sorted((_order(first), _order(last), first, last) for first, last in cuts.items())
+    batches: list[Batch] = []
     current: list[Entry] = []
-    current_bound: tuple[Any, Any] | None = None
+    current_cut: tuple[str, str] | None = None
     for entry in entries:
         at = _order(entry.id)
         bound = next((b for b in bounds if b[0] <= at <= b[1]), None)
-        if current and bound != current_bound:
-            batches.append(current)
+        cut = None if bound is None else (bound[2], bound[3])
+        if current and cut != current_cut:
+            batches.append(Batch(current, cut=current_cut))
             current = []
         current.append(entry)
-        current_bound = bound
+        current_cut = cut
     if current:
-        batches.append(current)
+        batches.append(Batch(current, cut=current_cut))
     return batches

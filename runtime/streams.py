@@ -26,6 +26,7 @@ the same hooks (read = poll, ack = commit offsets, recover = the group's committ
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import threading
@@ -75,10 +76,14 @@ class Batch:
     records: list[Any] = field(default_factory=list)
     errors: list[list[str]] = field(default_factory=list)
     attempts: int = 0
+    # The first and last ids it was cut with (`Source.begin`), when it is a replay: its key
+    # stays that, whatever entries of it are left (trimmed ones are not claimed again).
+    cut: tuple[str, str] | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.entries[0].id}..{self.entries[-1].id}"
+        first, last = self.cut or (self.entries[0].id, self.entries[-1].id)
+        return f"{first}..{last}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +116,18 @@ class Source:
         """`batch`'s result is written: its entries are done."""
         raise NotImplementedError
 
-    def recover(self) -> list[list[Entry]]:
+    def recover(self) -> list[Batch]:
         """Entries handed out before and never acknowledged (a driver died), cut into the
-        batches they were in. Called once, before the first `read`."""
+        batches they were in (`Batch.cut` set for those `begin` recorded). Called before
+        the first `read` and then every `reclaim_every_s`."""
         return []
+
+    def dead_letter(self, batch: Batch, error: str) -> None:
+        """`batch` failed for good: set it aside with `error` for a person to look at (it
+        is acknowledged next, so that it is not replayed for ever)."""
+
+    def stop_waiting(self) -> None:
+        """The driver stops: calls that wait for the source to come back give up now."""
 
     def lag(self) -> Lag:
         raise NotImplementedError
@@ -133,6 +146,9 @@ class Sink:
         (a replayed batch: nothing is written again)."""
         raise NotImplementedError
 
+    def stop_waiting(self) -> None:
+        """The driver stops: calls that wait for the sink to come back give up now."""
+
     def close(self) -> None:
         pass
 
@@ -149,7 +165,8 @@ class DriverStats:
     replayed_batches: int = 0
     skipped_writes: int = 0
     malformed: int = 0
-    failed_batches: int = 0
+    failed_batches: int = 0  # set aside (`Source.dead_letter`) after `retries`
+    abandoned_batches: int = 0  # still unfinished when the driver stopped: replayed later
     latencies_ms: list[float] = field(default_factory=list)
     batch_sizes: collections.Counter = field(default_factory=collections.Counter)
 
@@ -160,9 +177,19 @@ class StreamDriver:
 
     A batch is cut when it holds `batch_size` entries or `batch_ms` passed since its first;
     with a backlog (the source's `lag`), up to `max_batch`. At most `in_flight` batches run
-    at once. A batch whose task fails is submitted again, up to `retries` times; after that
-    it is logged and left unacknowledged (the next driver replays it). The lag goes to the
-    scheduler every `lag_every_s` (`Client.report_lag`)."""
+    at once. A batch whose task (or write) fails is submitted again, up to `retries` times;
+    after that it is set aside (`Source.dead_letter`, logged) and acknowledged. Entries a dead
+    driver left are claimed and replayed at the start and every `reclaim_every_s`. The lag
+    goes to the scheduler every `lag_every_s` (`Client.report_lag`). `stop()` finishes the
+    batches under way within `drain_s`; what is still unfinished then stays unacknowledged
+    (the next driver replays it).
+
+    Discussion: the crash points. A batch's cut is recorded (`begin`) before its task runs;
+    its result is written (one atomic write, keyed by the cut) before it is acknowledged. A
+    driver that dies before the write leaves the entries pending: the next one claims them,
+    cuts them the same way, runs them, writes once. One that dies between the write and the
+    ack: the replay's write finds the key written and adds nothing. Either way each entry's
+    result is in the sink once."""
 
     def __init__(
         self,
@@ -179,15 +206,19 @@ class StreamDriver:
         retries: int = 3,
         priority: str = "stream",
         lag_every_s: float = 0.5,
+        reclaim_every_s: float = 10.0,
+        drain_s: float = 30.0,
         keep_latencies: int = 200_000,
     ) -> None:
         if not 1 <= batch_size <= max_batch:
             raise ValueError(f"batch_size must be 1 to max_batch ({max_batch}), not {batch_size}")
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be at least 1, not {in_flight}")
         self.client, self.fn, self.source, self.sink = client, fn, source, sink
         self.kwargs = kwargs or {}
         self.batch_size, self.batch_ms, self.max_batch = batch_size, batch_ms, max_batch
         self.in_flight, self.retries, self.priority = in_flight, retries, priority
-        self.lag_every_s = lag_every_s
+        self.lag_every_s, self.reclaim_every_s, self.drain_s = lag_every_s, reclaim_every_s, drain_s
         self.stats = DriverStats()
         self._keep_latencies = keep_latencies
         self._done: queue.SimpleQueue[tuple[Batch, Any]] = queue.SimpleQueue()
@@ -195,26 +226,30 @@ class StreamDriver:
         self._stop = threading.Event()
         self._lag = Lag(0, None)
         self._lag_at = 0.0
+        self._reclaimed_at = 0.0
         self._bad_entries = RateLimitedLog(log)
 
     # ---- the loop ------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask `run` to stop: it finishes the batches under way, then returns."""
+        """Ask `run` to stop: it finishes the batches under way (within `drain_s`), then
+        returns; the source and sink stop waiting for a broker that went away."""
         self._stop.set()
+        self.source.stop_waiting()
+        self.sink.stop_waiting()
 
     def run(self, duration_s: float | None = None) -> DriverStats:
         """Run until `stop()` (or for `duration_s`); the batches under way are finished and
         written before it returns."""
         deadline = None if duration_s is None else time.monotonic() + duration_s
-        for entries in self.source.recover():
-            self.stats.replayed_batches += 1
-            self._submit(Batch(entries), replayed=True)
+        self._reclaim()
         pending: list[Entry] = []
         first_at = 0.0
         while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
             self._settle(block=len(self._running) >= self.in_flight)
             self._report_lag()
+            if time.monotonic() - self._reclaimed_at >= self.reclaim_every_s:
+                self._reclaim()
             if len(self._running) >= self.in_flight:
                 continue
             size = self._target_size()
@@ -228,10 +263,23 @@ class StreamDriver:
                 pending = []
         if pending:
             self._submit(Batch(pending))
-        while self._running:
+        drained = time.monotonic() + self.drain_s
+        while self._running and time.monotonic() < drained:
             self._settle(block=True)
-        self._report_lag(force=True)
+        self.stats.abandoned_batches += len(self._running)
+        with contextlib.suppress(Exception):  # a broker gone at the end: the next run says
+            self._report_lag(force=True)
         return self.stats
+
+    def _reclaim(self) -> None:
+        """Replay what drivers that died left (not the batches this one runs)."""
+        self._reclaimed_at = time.monotonic()
+        running = {batch.key for batch in self._running}
+        for batch in self.source.recover():
+            if batch.key in running:
+                continue
+            self.stats.replayed_batches += 1
+            self._submit(batch, replayed=batch.cut is not None)
 
     def _target_size(self) -> int:
         """The next batch's size: `batch_size`, grown toward `max_batch` with the backlog (a
@@ -273,11 +321,16 @@ class StreamDriver:
                 return
             block = False
             self._running.discard(batch)
-            if future is not _NOTHING and future.exception() is not None:
-                self._failed(batch, future.exception())
+            if future is not _NOTHING and (future.cancelled() or future.exception() is not None):
+                self._failed(batch, "cancelled" if future.cancelled() else future.exception())
                 continue
             result = None if future is _NOTHING else future.result()
-            if future is _NOTHING or self.sink.write(batch, result):
+            try:
+                written = future is _NOTHING or self.sink.write(batch, result)
+            except Exception as exc:  # the sink's: the batch failed, not the driver
+                self._failed(batch, f"{self.sink.name}: {type(exc).__name__}: {exc}")
+                continue
+            if written:
                 self.stats.batches += 1
                 self.stats.entries += len(batch.entries)
                 self.stats.batch_sizes[len(batch.entries)] += 1
@@ -286,18 +339,25 @@ class StreamDriver:
                 self.stats.skipped_writes += 1
             self.source.ack(batch)
 
-    def _failed(self, batch: Batch, error: BaseException) -> None:
-        if batch.attempts <= self.retries:
+    def _failed(self, batch: Batch, error: Any) -> None:
+        if isinstance(error, BaseException):
+            error = f"{type(error).__name__}: {error}"
+        if batch.attempts <= self.retries and not self._stop.is_set():
             log.warning("batch %s failed (%s): submitting it again", batch.key, error)
             self._submit(batch)
             return
+        if self._stop.is_set():  # stopping: the next driver tries it again
+            self.stats.abandoned_batches += 1
+            return
         self.stats.failed_batches += 1
         log.error(
-            "batch %s failed %d times (%s): left unacknowledged for the next driver",
+            "batch %s failed %d times (%s): set aside (its entries are not counted)",
             batch.key,
             batch.attempts,
             error,
         )
+        self.source.dead_letter(batch, str(error))
+        self.source.ack(batch)
 
     def _latencies(self, batch: Batch) -> None:
         now_ms = time.time() * 1000
@@ -313,10 +373,8 @@ class StreamDriver:
             return
         self._lag_at = now
         self._lag = self.source.lag()
-        report = getattr(self.client, "report_lag", None)
-        if report is not None:
-            age = self._lag.oldest_age_s
-            report(self.source.name, self._lag.pending, None if age is None else age * 1000)
+        age = self._lag.oldest_age_s
+        self.client.report_lag(self.source.name, self._lag.pending, age and age * 1000)
 
 
 _NOTHING = object()  # a batch none of whose entries decoded: no task
