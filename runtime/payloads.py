@@ -31,6 +31,7 @@ from tidal.runtime.protocol import (
 
 __all__ = [
     "BLOCKED_MIN_ITEMS",
+    "DATA_MIN_BYTES",
     "Blocks",
     "is_reference",
     "open_call",
@@ -70,6 +71,10 @@ def pack_payload(value: Any, where: str = "payload") -> bytes:
         problem = find_unencodable(value, where) or f"cannot encode {where}: {exc}"
         raise EncodeError(problem) from None
 
+
+# Payloads smaller than this are envelopes (a call that holds only futures, a sum), not data:
+# the client's `Traffic` (runtime/results.py) and the scheduler's tally leave them out.
+DATA_MIN_BYTES = 1024
 
 # A result travels in frames of at most MAX_FRAME_BYTES (its `finished`, then the client's
 # `results`) unless it is spooled; one that would not fit fails its task with the reason

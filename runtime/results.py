@@ -28,16 +28,12 @@ from tidal.runtime.datastore import (
     release,
     spool_folder,
 )
+from tidal.runtime.payloads import DATA_MIN_BYTES
 from tidal.runtime.protocol import ProtocolError
 
-__all__ = ["DATA_MIN_BYTES", "ResultFetcher", "ResultSpool", "Traffic"]
+__all__ = ["ResultFetcher", "ResultSpool", "Traffic"]
 
 log = logging.getLogger("tidal.results")
-
-
-# Payloads smaller than this are envelopes (a call that holds only futures, a sum), not data:
-# `Traffic` leaves them out (as the scheduler's tally does, scheduler/tally.py).
-DATA_MIN_BYTES = 1024
 
 
 class Traffic:

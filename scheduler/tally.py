@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tidal.runtime import protocol as p
+from tidal.runtime.payloads import DATA_MIN_BYTES
 from tidal.scheduler import events as ev
 from tidal.scheduler.records import Records
 
@@ -40,10 +41,6 @@ _COMMANDS = {p.Suspend: "suspensions", p.Resume: "resumptions", p.Kill: "kills"}
 # What varies in a refusal's reason (counts, states in parentheses, a repr after a colon):
 # cut, so that refusals are counted per kind and the kinds stay few.
 _DETAIL = re.compile(r"\s*(\(.*|:.*)$")
-
-
-# Payloads smaller than this are envelopes (a call that holds only futures, a sum), not data.
-DATA_MIN_BYTES = 1024
 
 
 def _data(payload: Any) -> int:

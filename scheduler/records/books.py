@@ -26,7 +26,7 @@ from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import events as ev
 from tidal.scheduler.records import spans
 from tidal.scheduler.records.lags import LagBook
-from tidal.scheduler.records.lineage import INPUT_UNAVAILABLE, Lineage
+from tidal.scheduler.records.lineage import Lineage
 from tidal.scheduler.records.retire import Retirement
 from tidal.scheduler.records.tables import (
     SLOT_STATES,
@@ -223,7 +223,7 @@ class Records(spans.BulkBooks, Retirement, Lineage, LagBook):
             self._seq += 1
             task = Task(task_id, job, payload, self._seq, self.now)
             task.preferred = tuple(options.get("preferred", ()))
-            self.keep(task)
+            self.enter(task)
             inputs = options.get("inputs")
             if inputs and all(entry[1] in self.tasks for entry in inputs):
                 self.link_inputs(task, inputs)
@@ -533,12 +533,8 @@ class Records(spans.BulkBooks, Retirement, Lineage, LagBook):
         self.detach(executor, task)
         if task.subtasks is not None:  # a chunk: its tasks were reported one by one
             self.end_chunk(task, error=error)
-        elif error is not None and error[0] == INPUT_UNAVAILABLE and task.needs:
-            self.account(task, stats)
-            if self.input_unavailable(task, error):  # it waits for its inputs again
-                self.requeue([task])
-            else:
-                self.complete(task, outcome, value, error)
+        elif self.input_unavailable(task, stats, error):  # it waits for its inputs again
+            pass
         else:
             self.account(task, stats)
             self.complete(task, outcome, value, error)
@@ -626,7 +622,7 @@ class Records(spans.BulkBooks, Retirement, Lineage, LagBook):
             task.state = TaskState.LAUNCHED
             task.chunk = chunk
             chunk.subtasks[task.task_id] = task
-        self.keep(chunk)
+        self.enter(chunk)
         return chunk
 
     def subtask_ended(self, task: Task, stats: Any) -> None:

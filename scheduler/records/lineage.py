@@ -251,17 +251,21 @@ class Lineage:
                 if executor is not None and executor.alive:
                     self.kill(executor, dependent, requeue=True)
 
-    def input_unavailable(self, task: Task, error: list[str]) -> bool:
-        """`task` failed because an input could not be had: compute again the inputs that
-        are gone (or the one named) and let it wait for them; False (let it fail) past
-        `max_retries` such failures."""
+    def input_unavailable(self, task: Task, stats: dict[str, Any], error: list[str] | None) -> bool:
+        """If `task` failed because an input could not be had (`InputUnavailable`): compute
+        again the inputs that are gone (or the one named), and queue it to wait for them;
+        True then. False (let it fail) for any other failure, or past `max_retries` such."""
+        if error is None or error[0] != INPUT_UNAVAILABLE or not task.needs:
+            return False
         task.input_losses += 1
         if task.input_losses > self.max_retries:
             return False
+        self.account(task, stats)
         named = [n for n in task.needs if f"input {n.task_id} " in error[1]]
         for needed in task.needs:
             if not self._available(needed) or needed in named:
                 self.recompute(needed)
+        self.requeue([task])
         return True
 
     def stale_result(self, executor: ExecutorRecord, msg: p.Finished) -> None:

@@ -2,7 +2,7 @@
 none of its futures any more (it said so, `release`) or has left.
 
 A job's records (its tasks, and the chunks and pieces it was run in) are listed in
-`Job.ids` as they are made (`keep`). Retiring a job drops them from `Records.tasks` and the
+`Job.ids` as they are made (`enter`). Retiring a job drops them from `Records.tasks` and the
 job from `Records.jobs`, and notes `JobRetired`, on which the journal deletes its rows. A
 record still on an executor (a chunk running cancelled subtasks, a task being killed) stays
 until it leaves there (`left_executor`): its executor's slot is freed by its report.
@@ -30,7 +30,7 @@ class Retirement:
     makes retirable is retired at its end (`settle_retired`), never in its middle, where
     the step may still be using the records."""
 
-    def keep(self, task: Task) -> None:
+    def enter(self, task: Task) -> None:
         """Put a new record in the books, listed with its job for retiring."""
         self.tasks[task.task_id] = task
         task.job.ids.append(task.task_id)

@@ -195,7 +195,7 @@ class BulkBooks:
         if task is None:
             task = Task(task_id, job, job.payloads[index], self.next_seq(), job.accepted_at)
             task.index = index
-            self.keep(task)
+            self.enter(task)
         if chunk is not None and task.state is TaskState.PENDING:
             task.state = chunk.state if chunk.state is not TaskState.DONE else TaskState.LAUNCHED
             task.chunk = chunk
@@ -276,7 +276,7 @@ class BulkBooks:
             stop = min(start + size, len(payloads))
             piece = Task(f"{job.job_id}@{start}", job, b"", self.next_seq(), self.now)
             piece.piece = Piece(start, stop)
-            self.keep(piece)
+            self.enter(piece)
             made.append(piece)
         job.pieces.extend(made)
         return made
@@ -315,7 +315,7 @@ class BulkBooks:
         chunk = Task(f"{job.job_id}#{number}", job, b"", source.seq, source.submitted_at)
         chunk.kills, chunk.attempt = source.kills, source.attempt
         chunk.subtasks = SpanSubtasks(self, chunk, start, stop)
-        self.keep(chunk)
+        self.enter(chunk)
         job.spans.append(chunk)
         return chunk
 
@@ -331,7 +331,7 @@ class BulkBooks:
             piece.attempt = chunk.attempt + 1 if started else chunk.attempt
             self._requeue_seq -= 1
             piece.seq = self._requeue_seq
-            self.keep(piece)
+            self.enter(piece)
             self.pending.push(piece, front=True)
             pieces.append(piece)
             job.pieces.append(piece)
