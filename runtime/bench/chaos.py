@@ -165,7 +165,7 @@ def _schedule(config: ChaosConfig, rng: random.Random) -> list[str]:
 
 
 def _submit_batch(client: Client, config: ChaosConfig, tally: _Tally) -> list[Any]:
-    futures = []
+    futures = _submit_chain(client, config, tally)
     for job in range(config.batch_jobs):
         parts = [
             list(range(base, base + config.records_per_task))
@@ -185,7 +185,6 @@ def _submit_batch(client: Client, config: ChaosConfig, tally: _Tally) -> list[An
     for future, part in zip(data_futures, data, strict=True):
         tally.track(future, part)
     futures += data_futures
-    futures += _submit_chain(client, config, tally)
     small = [[i, i + 1] for i in range(config.chunked_tasks)]
     chunked = client.map(spin, small, record_us=500.0, priority="batch", chunksize=20)
     for future, part in zip(chunked, small, strict=True):
@@ -197,11 +196,14 @@ def _submit_chain(client: Client, config: ChaosConfig, tally: _Tally) -> list[An
     """Three stages, the first two kept on the executors, each taking the last's futures."""
     count = config.kept_records
     starts = [i * count for i in range(config.kept_tasks)]
-    made = [client.submit(numbers, count, start, keep=True) for start in starts]
+    # Ahead of the other batch jobs (order -1): its kept results exist when the faults come,
+    # so that a kill takes some of them and they are computed again.
+    made = [client.submit(numbers, count, start, keep=True, order=-1) for start in starts]
     copied = [
-        client.submit(spin_copy, part, record_us=config.kept_record_us, keep=True) for part in made
+        client.submit(spin_copy, part, record_us=config.kept_record_us, keep=True, order=-1)
+        for part in made
     ]
-    sums = client.map(total, copied)
+    sums = client.map(total, copied, order=-1)
     for stage in (made, copied):
         for future, start in zip(stage, starts, strict=True):
             tally.track(future, list(range(start, start + count)))
