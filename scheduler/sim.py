@@ -22,9 +22,11 @@ The model, and what it leaves out:
   one slot; ready order is stream launches, then resumed tasks, then batch launches, first
   in first out within each.
   A task is pure work: it needs its scripted duration of running in total, in one stretch or
-  several. Commands that arrive while a task runs wait for its next record boundary,
-  `suspend_latency_s` later (the kernel's hub sees commands only when the running task calls
-  it at a boundary); an idle executor applies them at once. A suspended task keeps its
+  several, in records of `record_s` (the job's `JobSpec.record_s`, else the cluster's).
+  Commands that arrive while a task runs wait for its next record boundary (the kernel's
+  hub sees commands only when the running task calls it at a boundary), then
+  `suspend_latency_s` for the hub; an idle executor applies them at once. So a suspension
+  takes up to a record, more for a job of coarse records. A suspended task keeps its
   remaining work. A task suspended before it ever ran goes back to the launch queue when
   resumed and reports Started, not Resumed, when it runs. A kill drops the task wherever it
   is and the work of that attempt is lost. A command that does not apply gets Refused.
@@ -39,17 +41,24 @@ The model, and what it leaves out:
   "stolen" under each subtask's. A chunk's suspension counts in `SimResult.suspensions`
   and, if it parked inside a subtask, in that task's; `SimCluster(stealing=False)` turns
   stealing off and `steal_rule` picks the stealer's rule ("largest" or "oldest").
-* Every `heartbeat_s` each executor sends a Heartbeat (counts, a fake rss, and the
-  `mem_percent` that `memory` scripts); heartbeat phases are drawn from the seed. The core
-  gets a Tick every `heartbeat_s / 2`.
+* Memory. A task holds its job's `memory_mb` from its first start until it ends, suspended
+  or not: a parked task keeps its state. Every `heartbeat_s` each executor sends a
+  Heartbeat: counts, an rss of BASE_RSS_BYTES plus what its tasks hold, and a `mem_percent`
+  of what `memory` scripts for it plus what the tasks of every executor on its node hold,
+  against HOST_MEMORY_BYTES per node (a node is one host). With `memory_limit_mb`, the
+  heartbeat also carries the limit and each task's memory, and the executor fails a task
+  over its limit as runtime/memory.py does (scheduler/sim_executor.py): a `failed` result,
+  not retried. Heartbeat phases are drawn from the seed. The core gets a Tick every
+  `heartbeat_s / 2`.
 * `fail_executor(executor_id, at_s)`: from then on the executor says nothing and ignores
   commands; the core's liveness check finds out and requeues its tasks. The work its tasks
   had done is lost.
 * A task reports `records` = its work done // `record_s`. The seed decides only the
   heartbeat phases; the workload's randomness is the caller's (see `mixed_scenario`).
 * Not modelled: switch and decode costs (a chunk's per-subtask cost too), tasks that never
-  reach a record boundary (SuspendFailed), task failures, cancellation, the memory parked
-  tasks hold, jitter.
+  reach a record boundary (SuspendFailed), task failures other than the memory guard's,
+  cancellation, memory that grows while a task runs (it holds all of it from its start),
+  chunks' memory, swapping, jitter.
 
 Preferences (`JobSpec.preferred_nodes` for every task of a job, or `preferences=` per task;
 node labels or executor ids) travel as real clients send them: in the Submit, as the task
@@ -94,6 +103,7 @@ from tidal.scheduler.events import (
 from tidal.scheduler.sim_executor import (
     DEFAULT_RECORD_S,
     DEFAULT_SUSPEND_LATENCY_S,
+    SUSPENDED,
     EventLoop,
     ExecutorTask,
     SimExecutor,
@@ -104,6 +114,7 @@ __all__ = [
     "SCENARIO_KINDS",
     "EventLoop",
     "JobSpec",
+    "Mix",
     "NodeSample",
     "SimCluster",
     "SimExecutor",
@@ -126,10 +137,10 @@ TASK_PAYLOAD = payloads.pack_call([], {})
 DEFAULT_MESSAGE_LATENCY_S = 0.0002
 DEFAULT_HEARTBEAT_S = 0.5
 DEFAULT_MEM_PERCENT = 30.0
-# Heartbeats carry an rss; a fake one that grows with the tasks an executor holds.
+# Heartbeats carry an rss: an executor's own, and what its tasks hold (`JobSpec.memory_mb`).
 BASE_RSS_BYTES = 100 << 20
-TASK_RSS_BYTES = 20 << 20
-HOST_MEMORY_BYTES = 16 << 30
+HOST_MEMORY_BYTES = 16 << 30  # per node
+MB = 1 << 20  # `memory_mb` and `memory_limit_mb` are MiB
 
 
 # ---- what is simulated, and what comes out ---------------------------------------------------
@@ -147,6 +158,8 @@ class JobSpec:
     max_suspensions: int | None = None  # None: the cluster's cap
     preferred_nodes: list[str] | None = None  # nodes or executor ids, for each of its tasks
     chunksize: int | str | None = None  # None: a launch per task; an int or "auto": chunks
+    record_s: float | None = None  # its tasks' records (None: the cluster's record_s)
+    memory_mb: float = 0.0  # what each of its tasks holds from its start until it ends
 
     def __post_init__(self) -> None:
         if self.priority not in p.PRIORITY_CLASSES:
@@ -155,8 +168,10 @@ class JobSpec:
             )
         if not self.durations_s:
             raise ValueError(f"job {self.job_id} has no tasks: give one duration per task")
-        if any(d < 0 for d in self.durations_s) or self.arrival_s < 0:
-            raise ValueError(f"job {self.job_id}: durations and arrival_s must be >= 0")
+        if any(d < 0 for d in self.durations_s) or self.arrival_s < 0 or self.memory_mb < 0:
+            raise ValueError(f"job {self.job_id}: durations, arrival_s and memory_mb must be >= 0")
+        if self.record_s is not None and self.record_s <= 0:
+            raise ValueError(f"job {self.job_id}: record_s must be > 0 (or None)")
         problem = check_chunksize({"chunksize": self.chunksize})
         if problem is not None:
             raise ValueError(f"job {self.job_id}: {problem}")
@@ -230,6 +245,12 @@ class SimResult:
     # executor (None when no task has preferences).
     locality_hit_rate: float | None
     steals: int  # steals the core carried out (stolen subtasks relaunched on a thief)
+    tasks_failed: int  # results that came back failed (the memory guard's, here)
+    # A suspension's time at the executor: the command's arrival -> the task parked (its
+    # record boundary, then the hub). None without suspensions.
+    suspend_ms_p50: float | None
+    suspend_ms_p99: float | None
+    parked_mb_max: float  # the most memory suspended tasks held on one executor at once
 
     def summary(self) -> dict[str, Any]:
         """The aggregates as a flat dict (what a benchmark prints)."""
@@ -249,6 +270,8 @@ class _Truth:
     arrival_ns: int
     work_ns: int
     preferred: tuple[str, ...] | None
+    record_ns: int = 0  # 0: the cluster's
+    memory_bytes: int = 0
     first_started_ns: int | None = None
     completed_ns: int | None = None
     outcome: str | None = None
@@ -267,8 +290,9 @@ class SimCluster:
 
     `policy` is anything `resolve_policy` takes; `executors` are (executor_id, node) pairs;
     `memory` scripts each heartbeat's mem_percent, per executor or as
-    `memory(executor_id, now_s)` (default 30.0). `sim.core` is the live core and
-    `sim.executors` the simulated executors. A SimCluster runs once: build one per `run()`.
+    `memory(executor_id, now_s)` (default 30.0), before what tasks hold; `memory_limit_mb`
+    gives every executor (or those a mapping names) a memory limit. `sim.core` is the live
+    core and `sim.executors` the simulated executors. A SimCluster runs once: build one per `run()`.
     `event_log=PATH` writes the core's event log (scheduler/eventlog.py), on the simulated
     clock, closed when `run()` returns.
     """
@@ -284,6 +308,7 @@ class SimCluster:
         suspend_latency_s: float = DEFAULT_SUSPEND_LATENCY_S,
         record_s: float = DEFAULT_RECORD_S,
         memory: Mapping[str, float] | Callable[[str, float], float] | None = None,
+        memory_limit_mb: float | Mapping[str, float] | None = None,
         preferences: Mapping[str, Sequence[str]] | None = None,
         seed: int = 0,
         stealing: bool = True,
@@ -314,7 +339,12 @@ class SimCluster:
         self._rng = random.Random(seed)
         self._nodes = sorted({node for _, node in executors})
         self.executors: dict[str, SimExecutor] = {}
+        if memory_limit_mb is None or isinstance(memory_limit_mb, (int, float)):
+            limits = dict.fromkeys(ids, memory_limit_mb)
+        else:
+            limits = {e: memory_limit_mb.get(e) for e in ids}
         for executor_id, node in executors:
+            limit_mb = limits[executor_id]
             self.executors[executor_id] = SimExecutor(
                 executor_id,
                 node,
@@ -326,6 +356,9 @@ class SimCluster:
                 on_event=lambda event, record, e=executor_id: self._executor_event(
                     e, event, record
                 ),
+                task_profile=self._profile_of,
+                memory_limit_bytes=None if limit_mb is None else round(limit_mb * MB),
+                base_rss_bytes=BASE_RSS_BYTES,
             )
         self._truth: dict[str, _Truth] = {}
         self._timeline: list[tuple[float, str, str, str]] = []
@@ -333,6 +366,8 @@ class SimCluster:
         self._lost: dict[str, tuple[str, ...]] = {}
         self._max_suspensions_seen = 0
         self._suspensions = 0
+        self._suspend_waits_ms: list[float] = []
+        self._parked_max = 0
         self._remaining = 0
         self._last_progress_ns = 0
         self._stall_after_ns = 0
@@ -396,7 +431,13 @@ class SimCluster:
                 longest_ns = max(longest_ns, work_ns)
                 preferred = self._preferences.get(task_id)
                 self._truth[task_id] = _Truth(
-                    job.job_id, job.priority, arrival_ns, work_ns, preferred
+                    job.job_id,
+                    job.priority,
+                    arrival_ns,
+                    work_ns,
+                    preferred,
+                    0 if job.record_s is None else max(1, _ns(job.record_s)),
+                    round(job.memory_mb * MB),
                 )
                 options = [{"preferred": list(preferred)}] if preferred else []
                 tasks.append([task_id, TASK_PAYLOAD, *options])
@@ -434,6 +475,10 @@ class SimCluster:
     def _work_of(self, task_id: str) -> int:
         return self._truth[task_id].work_ns
 
+    def _profile_of(self, task_id: str) -> tuple[int, int]:
+        truth = self._truth[task_id]
+        return truth.record_ns, truth.memory_bytes
+
     # ---- periodic events ---------------------------------------------------------------------
 
     def _tick(self) -> None:
@@ -455,6 +500,10 @@ class SimCluster:
             mem_percent = memory(executor_id, now / 1e9)
         else:
             mem_percent = (memory or {}).get(executor_id, DEFAULT_MEM_PERCENT)
+        # The host's memory use: the scripted share, and what every executor there holds.
+        on_node = sum(e.memory_held() for e in self.executors.values() if e.node == executor.node)
+        mem_percent = min(100.0, mem_percent + 100 * on_node / HOST_MEMORY_BYTES)
+        limit = executor.memory_limit_bytes
         beat = p.Heartbeat(
             executor_id,
             executor.node,
@@ -464,9 +513,11 @@ class SimCluster:
             running,
             suspended,
             queued,
-            BASE_RSS_BYTES + TASK_RSS_BYTES * len(executor.records),
+            BASE_RSS_BYTES + executor.memory_held(),
             round(HOST_MEMORY_BYTES * (1 - mem_percent / 100)),
             float(mem_percent),
+            0 if limit is None else limit,
+            None if limit is None else executor.task_memory(),
         )
         self._report(executor_id, beat)
         self.loop.after(self._heartbeat_ns, self._heartbeat, executor_id, seq + 1)
@@ -549,6 +600,13 @@ class SimCluster:
         if event == "suspended":
             self._suspensions += 1
             self._max_suspensions_seen = max(self._max_suspensions_seen, record.suspensions)
+            self._suspend_waits_ms.append(record.suspend_wait_ns / 1e6)
+            parked = sum(
+                r.memory_bytes
+                for r in self.executors[executor_id].records.values()
+                if r.state == SUSPENDED
+            )
+            self._parked_max = max(self._parked_max, parked)
         if record.subtasks is not None:
             # A chunk's own event: a suspension or a kill concerns the subtask it was in.
             if record.sub is None or event not in ("suspended", "killed"):
@@ -607,8 +665,8 @@ class SimCluster:
         else:
             makespan = (batch_done - batch_arrival) / 1e9
 
-        def pct(q: float) -> float | None:
-            return percentile(stream_ms, q) if stream_ms else None
+        def pct(q: float, values: list[float] = stream_ms) -> float | None:
+            return percentile(values, q) if values else None
 
         return SimResult(
             policy=self.core.policy.name,
@@ -629,6 +687,10 @@ class SimCluster:
             work_lost_s=sum(t.work_lost_ns for t in self._truth.values()) / 1e9,
             locality_hit_rate=hits / with_preferences if with_preferences else None,
             steals=self.core.records.steal_count,
+            tasks_failed=sum(t.outcome == "failed" for t in self._truth.values()),
+            suspend_ms_p50=pct(50, self._suspend_waits_ms),
+            suspend_ms_p99=pct(99, self._suspend_waits_ms),
+            parked_mb_max=self._parked_max / MB,
         )
 
 
@@ -636,20 +698,65 @@ class SimCluster:
 
 
 @dataclass(frozen=True, slots=True)
-class _Mix:
+class Mix:
+    """What a scenario kind draws from (`mixed_scenario`); the optional parts are off by
+    default, and draw nothing from the seed when off."""
+
     batch_load: float  # batch work as a fraction of the cluster's capacity over the run
     stream_every_s: float  # mean gap between stream micro-batches
     stream_tasks: tuple[int, int]  # tasks per micro-batch, inclusive range
+    batch_tasks: tuple[int, int] = (2, 8)  # tasks per batch job, inclusive range
+    batch_task_s: tuple[float, float] = (0.2, 1.0)  # a batch task's duration
+    long_tasks: float = 0.0  # the share of batch tasks drawn from `long_task_s` instead
+    long_task_s: tuple[float, float] = (2.0, 4.0)
+    burst_s: tuple[float, float] | None = None  # stream only in bursts: (on, off) seconds
+    batch_record_s: float | None = None  # batch tasks' records (None: the cluster's)
+    batch_memory_mb: tuple[float, float] | None = None  # what a batch task holds
+    stream_memory_mb: tuple[float, float] | None = None  # what a stream task holds
+    memory_limit_mb: float | None = None  # every executor's limit: give it to SimCluster
 
 
 # Discussion: stream tasks are tiny (2-10 ms), so even "stream-heavy" spends most executor
 # time on batch work; what differs is how often stream work interrupts it. batch-heavy: a
 # batch backlog beyond capacity, a stream micro-batch every ~0.5 s; mixed: batch at ~80% of
-# capacity, one every ~100 ms; stream-heavy: little batch work, one every ~25 ms.
-SCENARIO_KINDS: dict[str, _Mix] = {
-    "batch-heavy": _Mix(batch_load=1.2, stream_every_s=0.5, stream_tasks=(1, 2)),
-    "mixed": _Mix(batch_load=0.8, stream_every_s=0.1, stream_tasks=(1, 4)),
-    "stream-heavy": _Mix(batch_load=0.3, stream_every_s=0.025, stream_tasks=(2, 4)),
+# capacity, one every ~100 ms; stream-heavy: little batch work, one every ~25 ms. The others
+# each stress one thing a fixed policy gets wrong: bursty, stream-heavy bursts of 0.5 s
+# every 2 s over mixed batch work; skewed, batch tasks of 0.05-0.2 s with one in six of
+# 2-4 s (the long ones spend their suspensions and hold their executors); memory, tasks
+# that hold 2-3 GiB (batch) and ~1 GiB (stream) under a 4 GiB limit, so a parked batch
+# task and a stream task often do not fit together; many-jobs, ~40 small batch jobs of short
+# tasks; coarse-records, batch tasks that reach a record boundary every 50 ms (a
+# partition at a time, as Neptune's coarse yields), so a suspension takes up to 50 ms.
+SCENARIO_KINDS: dict[str, Mix] = {
+    "batch-heavy": Mix(batch_load=1.2, stream_every_s=0.5, stream_tasks=(1, 2)),
+    "mixed": Mix(batch_load=0.8, stream_every_s=0.1, stream_tasks=(1, 4)),
+    "stream-heavy": Mix(batch_load=0.3, stream_every_s=0.025, stream_tasks=(2, 4)),
+    "bursty": Mix(batch_load=0.8, stream_every_s=0.02, stream_tasks=(2, 4), burst_s=(0.5, 1.5)),
+    "skewed": Mix(
+        batch_load=0.9,
+        stream_every_s=0.05,
+        stream_tasks=(1, 3),
+        batch_task_s=(0.05, 0.2),
+        long_tasks=1 / 6,
+    ),
+    "memory": Mix(
+        batch_load=0.8,
+        stream_every_s=0.1,
+        stream_tasks=(1, 3),
+        batch_memory_mb=(2048, 3072),
+        stream_memory_mb=(768, 1280),
+        memory_limit_mb=4096,
+    ),
+    "many-jobs": Mix(
+        batch_load=1.0,
+        stream_every_s=0.1,
+        stream_tasks=(1, 2),
+        batch_tasks=(1, 4),
+        batch_task_s=(0.05, 0.3),
+    ),
+    "coarse-records": Mix(
+        batch_load=0.8, stream_every_s=0.05, stream_tasks=(1, 3), batch_record_s=0.05
+    ),
 }
 
 
@@ -664,8 +771,9 @@ def mixed_scenario(
     """A seeded workload: (executors as (executor_id, node), jobs) for `SimCluster.run()`.
 
     Executors "e0".. are spread over nodes "n0".. in contiguous groups (4 on 2 nodes: e0, e1
-    on n0; e2, e3 on n1). Batch jobs of 2-8 tasks of 0.2-1 s arrive over the first 60% of
-    `duration_s`; stream micro-batches of tiny tasks (2-10 ms) arrive throughout.
+    on n0; e2, e3 on n1). Batch jobs (by default of 2-8 tasks of 0.2-1 s) arrive over the
+    first 60% of `duration_s`; stream micro-batches of tiny tasks (2-10 ms) arrive
+    throughout (or in bursts). The kind's `Mix` says the rest (SCENARIO_KINDS).
     """
     mix = SCENARIO_KINDS.get(kind)
     if mix is None:
@@ -676,18 +784,40 @@ def mixed_scenario(
     cluster = [(f"e{i}", f"n{i * nodes // executors}") for i in range(executors)]
     jobs = []
     batch_work = mix.batch_load * executors * duration_s
+
+    def duration() -> float:
+        if mix.long_tasks and rng.random() < mix.long_tasks:
+            return round(rng.uniform(*mix.long_task_s), 4)
+        return round(rng.uniform(*mix.batch_task_s), 4)
+
+    def memory_mb(drawn: tuple[float, float] | None) -> float:
+        return 0.0 if drawn is None else round(rng.uniform(*drawn))
+
     while batch_work > 0:
-        durations = [round(rng.uniform(0.2, 1.0), 4) for _ in range(rng.randint(2, 8))]
+        durations = [duration() for _ in range(rng.randint(*mix.batch_tasks))]
         batch_work -= sum(durations)
         arrival = round(rng.uniform(0, 0.6 * duration_s), 4)
-        jobs.append(JobSpec(f"b{len(jobs):03d}", "batch", arrival, durations))
+        job_id = f"b{len(jobs):03d}"
+        memory = memory_mb(mix.batch_memory_mb)
+        jobs.append(
+            JobSpec(
+                job_id, "batch", arrival, durations, record_s=mix.batch_record_s, memory_mb=memory
+            )
+        )
     at = rng.uniform(0, mix.stream_every_s)
     count = 0
     while at < duration_s:
+        if mix.burst_s is not None:
+            on, off = mix.burst_s
+            phase = at % (on + off)
+            if phase >= on:  # between bursts: the next one starts the stream again
+                at += on + off - phase
+                continue
         durations = [
             round(rng.uniform(0.002, 0.010), 5) for _ in range(rng.randint(*mix.stream_tasks))
         ]
-        jobs.append(JobSpec(f"s{count:04d}", "stream", round(at, 5), durations))
+        memory = memory_mb(mix.stream_memory_mb)
+        jobs.append(JobSpec(f"s{count:04d}", "stream", round(at, 5), durations, memory_mb=memory))
         count += 1
         at += rng.uniform(0.5, 1.5) * mix.stream_every_s
     jobs.sort(key=lambda j: j.arrival_s)

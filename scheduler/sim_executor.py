@@ -14,6 +14,16 @@ command can also reach the hub at a record boundary inside a subtask, which then
 half done without reporting (as in the kernel, whose record gate parks the subtask where
 it is). A steal takes not-started subtasks from the end of the chunk, in the hub, so never
 one that has started; a kill reports the subtasks that completed before it reports Killed.
+
+Record boundaries and memory. A command that arrives while a task runs waits for the
+task's next record boundary (its records are `record_ns` long, its own or the executor's),
+then `suspend_latency_ns` for the hub: a task of coarse records is slow to suspend. A task
+holds its `memory_bytes` from its first start until it ends, suspended or not (Neptune's
+and Tidal's parked tasks keep their state). With `memory_limit_bytes`, the executor guards
+its limit as runtime/memory.py does: when a start takes it over (its `base_rss_bytes` plus
+what its tasks hold), the task that just started pays if it holds memory, else the largest
+suspended one; the chosen task fails with MemoryLimitExceeded at the running task's next
+record boundary and is not retried. Chunks hold no memory here.
 """
 
 from __future__ import annotations
@@ -31,13 +41,16 @@ from tidal.runtime.kernel import CHUNK_REPORT_EVERY, CHUNK_REPORT_NS
 __all__ = ["EventLoop", "ExecutorTask", "SimExecutor"]
 
 # Discussion: measured on this machine (docs/notes.md): a parked task's hub regains control
-# ~50 us after a command; records take ~1 ms. SimCluster takes both as what-if knobs
-# (scheduler/sim.py, beside its other defaults).
+# ~50 us after the task reaches a record boundary; records take ~1 ms, so a command waits
+# ~0.5 ms for the boundary on average. SimCluster takes both as what-if knobs (scheduler/
+# sim.py, beside its other defaults), and a job may have records of its own length.
 DEFAULT_SUSPEND_LATENCY_S = 0.00005
 DEFAULT_RECORD_S = 0.001
 # A simulated task computes nothing: its result, as every result travels, is a payload (the
 # packed nil), which the scheduler forwards unopened.
 NIL = payloads.pack_payload(None)
+# The error type a task failed for the memory limit reports (runtime/executor.py's).
+MEMORY_LIMIT_EXCEEDED = "MemoryLimitExceeded"
 
 
 def _ns(seconds: float) -> int:
@@ -97,6 +110,8 @@ class ExecutorTask:
     attempt: int
     priority: str
     work_ns: int  # running time the task needs in total
+    record_ns: int = 0  # its records' length (0: the executor's)
+    memory_bytes: int = 0  # what it holds from its first start until it ends
     state: str = QUEUED
     started: bool = False  # has it ever run (the kernel: has it a greenlet)
     done_ns: int = 0  # running time so far in this attempt
@@ -104,6 +119,7 @@ class ExecutorTask:
     suspended_at: int = 0
     suspended_ns: int = 0
     suspensions: int = 0
+    suspend_wait_ns: int = 0  # its last suspension: command arrived -> parked
     token: int = 0  # bumped whenever it leaves the slot: its completion event goes stale
     # A chunk only (None otherwise): its subtasks not started yet, in the order they run,
     # the one started and not done (it holds its own done_ns and run_since), and the
@@ -159,7 +175,8 @@ class SimExecutor:
     launched task (or a chunk's subtask) needs; `on_event(event, record)` (optional) is told
     of every "started", "suspended", "resumed", "finished" and "killed", when it happens; for
     a chunk's subtasks, with the subtask's own record, of "subtask_started",
-    "subtask_finished" and "stolen".
+    "subtask_finished" and "stolen"; and of "failed" (the memory guard's). `task_profile(
+    task_id)` (optional) gives a task's (record_ns, memory_bytes), 0 for the defaults.
     """
 
     def __init__(
@@ -173,6 +190,9 @@ class SimExecutor:
         suspend_latency_ns: int = _ns(DEFAULT_SUSPEND_LATENCY_S),
         record_ns: int = _ns(DEFAULT_RECORD_S),
         on_event: Callable[[str, ExecutorTask], None] | None = None,
+        task_profile: Callable[[str], tuple[int, int]] | None = None,
+        memory_limit_bytes: int | None = None,
+        base_rss_bytes: int = 0,
     ) -> None:
         self.executor_id = executor_id
         self.node = node
@@ -185,6 +205,10 @@ class SimExecutor:
         self._suspend_latency_ns = suspend_latency_ns
         self._record_ns = max(1, record_ns)
         self._on_event = on_event or (lambda event, record: None)
+        self._task_profile = task_profile or (lambda task_id: (0, 0))
+        self.memory_limit_bytes = memory_limit_bytes
+        self.base_rss_bytes = base_rss_bytes
+        self._guard_due = False  # a memory-limit failure is on its way to a boundary
         self._stream: deque[ExecutorTask] = deque()
         self._resumed: deque[ExecutorTask] = deque()
         self._batch: deque[ExecutorTask] = deque()
@@ -221,7 +245,8 @@ class SimExecutor:
         self._inbox.append((self._loop.now, message))
         if not self._boundary_due:
             self._boundary_due = True
-            self._loop.after(self._suspend_latency_ns, self._boundary, self._boundary_gen)
+            wait = self._to_boundary() + self._suspend_latency_ns
+            self._loop.after(wait, self._boundary, self._boundary_gen)
 
     def fail(self) -> list[ExecutorTask]:
         """Go silent for good; return the records of the tasks that lived here."""
@@ -234,6 +259,14 @@ class SimExecutor:
             waiting.clear()
         return lost
 
+    def memory_held(self) -> int:
+        """Bytes its tasks hold now: every task that has started here and not ended."""
+        return sum(r.memory_bytes for r in self.records.values() if r.started)
+
+    def task_memory(self) -> dict[str, int]:
+        """Each started task's memory (a heartbeat's `task_memory`, sent with a limit)."""
+        return {r.task_id: r.memory_bytes for r in self.records.values() if r.started}
+
     def counts(self) -> tuple[int, int, int]:
         """(running, suspended, queued), as the kernel's statistics count them."""
         states = [record.state for record in self.records.values()]
@@ -241,6 +274,21 @@ class SimExecutor:
         return (int(self.current is not None), suspended, states.count(QUEUED))
 
     # ---- the hub ----------------------------------------------------------------------------
+
+    def _to_boundary(self, after_one: bool = False) -> int:
+        """Nanoseconds until the running task (a chunk: its subtask) reaches its next record
+        boundary: 0 if it is at one now, unless `after_one` (then at least a record on)."""
+        running = self.current
+        if running is None:
+            return 0
+        if running.subtasks is not None:
+            if running.sub is None:
+                return 0  # between two subtasks: a suspension point
+            running = running.sub
+        record_ns = running.record_ns or self._record_ns
+        done = running.done_ns + self._loop.now - running.run_since
+        wait = -done % record_ns
+        return record_ns if after_one and wait == 0 else wait
 
     def _boundary(self, gen: int) -> None:
         """The running task reached a record boundary: apply what waits, pick who runs."""
@@ -275,17 +323,21 @@ class SimExecutor:
             record.flushed_at = now
             self._emit(p.Started(record.task_id, record.attempt, now))
             self._on_event("started", record)
+            grew = record.memory_bytes > 0
         else:
             record.suspended_ns += now - record.suspended_at
             record.state = RUNNING
             self._emit(p.Resumed(record.task_id, 0, now))
             self._on_event("resumed", record)
+            grew = False
         record.run_since = now
         self.current = record
         if record.subtasks is None:
             self._loop.at(now + record.work_ns - record.done_ns, self._finish, record, record.token)
         else:
             self._run_chunk(record)
+        if grew:
+            self._check_memory()
 
     def _finish(self, record: ExecutorTask, token: int) -> None:
         if self.failed or record.token != token:
@@ -309,6 +361,51 @@ class SimExecutor:
             record.sub.done_ns += now - record.sub.run_since
         record.token += 1
         self.current = None
+
+    # ---- the memory guard -------------------------------------------------------------------
+
+    def _check_memory(self) -> None:
+        """A task started holding memory: if the executor is over its limit now, the guard
+        fails a task at the running task's next record boundary (runtime/memory.py)."""
+        limit = self.memory_limit_bytes
+        if limit is None or self._guard_due or self.base_rss_bytes + self.memory_held() <= limit:
+            return
+        self._guard_due = True
+        wait = self._to_boundary(after_one=True) + self._suspend_latency_ns
+        self._loop.after(wait, self._guard)
+
+    def _guard(self) -> None:
+        self._guard_due = False
+        limit = self.memory_limit_bytes
+        if self.failed or limit is None:
+            return
+        held = self.base_rss_bytes + self.memory_held()
+        if held <= limit:
+            return  # a task ended meanwhile
+        # The rule: the running task if it holds memory (its allocations brought the
+        # executor over), else the largest suspended one. With neither, the real executor
+        # collects garbage and exits if still over: not modelled (no task here holds any).
+        running = self.current
+        if running is not None and running.subtasks is None and running.memory_bytes > 0:
+            victim = running
+        else:
+            parked = [r for r in self.records.values() if r.state == SUSPENDED]
+            if not parked:
+                return
+            victim = max(parked, key=lambda r: r.memory_bytes)
+        del self.records[victim.task_id]
+        if victim is self.current:
+            self._leave_slot(victim)
+        self._on_event("failed", victim)
+        message = f"the executor held {held} bytes, over its memory limit of {limit}"
+        stats = self._stats(victim)
+        self._emit(
+            p.Failed(victim.task_id, victim.attempt, MEMORY_LIMIT_EXCEEDED, message, "", stats)
+        )
+        # The guard acted at a record boundary: the hub holds control, as at any boundary.
+        self._drain()
+        self._run_next()
+        self._check_memory()
 
     # ---- chunks -------------------------------------------------------------------------------
 
@@ -388,7 +485,7 @@ class SimExecutor:
             "running_ns": record.done_ns,
             "suspended_ns": record.suspended_ns,
             "suspensions": record.suspensions,
-            "records": record.done_ns // self._record_ns,
+            "records": record.done_ns // (record.record_ns or self._record_ns),
             "finished_at_ns": self._loop.now,
         }
 
@@ -414,9 +511,10 @@ class SimExecutor:
         if self._refuse_launch(msg.task_id, msg.priority):
             return
         work_ns = self._work_ns(msg.task_id)
-        self._queue_launched(
-            ExecutorTask(msg.task_id, msg.attempt, msg.priority, work_ns), msg.sent_ns
-        )
+        record_ns, memory_bytes = self._task_profile(msg.task_id)
+        record = ExecutorTask(msg.task_id, msg.attempt, msg.priority, work_ns, record_ns)
+        record.memory_bytes = memory_bytes
+        self._queue_launched(record, msg.sent_ns)
 
     def _launch_chunk(self, arrived: int, msg: p.LaunchChunk) -> None:
         if self._refuse_launch(msg.chunk_id, msg.priority):
@@ -428,8 +526,13 @@ class SimExecutor:
             ids = [f"{job_id}/{i}" for i in range(first, first + len(msg.subtasks))]
         work = [self._work_ns(task_id) for task_id in ids]
         attempt, priority = msg.attempt, msg.priority
+        profile = self._task_profile
         subtasks = NotStarted(
-            ids, work, lambda task_id, work_ns: ExecutorTask(task_id, attempt, priority, work_ns)
+            ids,
+            work,
+            lambda task_id, work_ns: ExecutorTask(
+                task_id, attempt, priority, work_ns, profile(task_id)[0]
+            ),
         )
         record = ExecutorTask(msg.chunk_id, msg.attempt, msg.priority, sum(work))
         record.subtasks, record.results = subtasks, []
@@ -465,8 +568,9 @@ class SimExecutor:
         record.state = SUSPENDED
         record.suspensions += 1
         record.suspended_at = now
-        records = record.done_ns // self._record_ns
-        self._emit(p.Suspended(record.task_id, max(0, now - arrived), records, now))
+        records = record.done_ns // (record.record_ns or self._record_ns)
+        record.suspend_wait_ns = max(0, now - arrived)
+        self._emit(p.Suspended(record.task_id, record.suspend_wait_ns, records, now))
         self._on_event("suspended", record)
 
     def _resume(self, arrived: int, msg: p.Resume) -> None:

@@ -273,9 +273,10 @@ class ScaleDriver:
     def finish(self, timeout_s: float = 3600.0) -> None:
         """Stop stream arrivals; run until every task submitted has a result."""
         self.stream_every_ms = 0.0
-        expected = self.subtasks + self.stream_tasks
         deadline = self.loop.now + round(timeout_s * 1e9)
-        while len(self.results) < expected:
+        # Counted afresh each step: a stream task may still arrive after stream_every_ms is
+        # set to 0 (its arrival was scheduled already).
+        while len(self.results) < (expected := self.subtasks + self.stream_tasks):
             if self.loop.now > deadline:
                 raise RuntimeError(
                     f"{expected - len(self.results)} tasks still have no result after "

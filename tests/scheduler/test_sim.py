@@ -28,6 +28,7 @@ from tidal.scheduler.sim import (
 
 US = 1_000
 MS = 1_000_000
+MIB = 1 << 20
 TWO_NODES = [("e0", "n0"), ("e1", "n0"), ("e2", "n1"), ("e3", "n1")]
 
 
@@ -37,7 +38,15 @@ TWO_NODES = [("e0", "n0"), ("e1", "n0"), ("e2", "n1"), ("e3", "n1")]
 class Bench:
     """One SimExecutor on its own loop; keeps its reports and events with their times."""
 
-    def __init__(self, work_ms: dict[str, float]) -> None:
+    def __init__(
+        self,
+        work_ms: dict[str, float],
+        *,
+        profiles: dict[str, tuple[float, float]] | None = None,
+        memory_limit_mb: float | None = None,
+    ) -> None:
+        """`profiles`: task id -> (record_ms, memory_mb); by default 1 ms records, no memory."""
+        profiles = profiles or {}
         self.loop = EventLoop()
         self.reports: list[tuple[int, p.Message]] = []
         self.events: list[tuple[int, str, str]] = []
@@ -52,6 +61,12 @@ class Bench:
             on_event=lambda event, record: self.events.append(
                 (self.loop.now, record.task_id, event)
             ),
+            task_profile=lambda task_id: tuple(
+                round(x * unit)
+                for x, unit in zip(profiles.get(task_id, (0, 0)), (MS, MIB), strict=True)
+            ),
+            memory_limit_bytes=None if memory_limit_mb is None else round(memory_limit_mb * MIB),
+            base_rss_bytes=100 * MIB,
         )
 
     def at(self, ms: float, message: p.Message) -> None:
@@ -157,6 +172,67 @@ def test_a_suspend_that_crosses_the_finish_is_refused_after_the_result():
     bench.at(0.98, p.Suspend("b0", 0))  # the boundary would come at 1.03 ms: too late
     bench.run()
     assert [type(m) for _, m in bench.reports] == [p.Received, p.Started, p.Finished, p.Refused]
+
+
+def test_a_command_waits_for_the_running_tasks_next_record_boundary():
+    # b0's records are 10 ms long: a suspend at 23 ms is seen at its boundary at 30 ms.
+    bench = Bench({"b0": 100, "s0": 2}, profiles={"b0": (10, 0)})
+    bench.at(0, launch("b0"))
+    bench.at(23, p.Suspend("b0", 0))
+    bench.at(23, launch("s0", "stream"))
+    bench.run()
+    parked_at, suspended = bench.report(p.Suspended, "b0")
+    assert parked_at == 30 * MS + 50 * US and suspended.latency_ns == 7 * MS + 50 * US
+    assert suspended.records == 3
+    assert bench.report(p.Started, "s0")[0] == parked_at
+
+
+def test_a_suspended_task_keeps_its_memory_and_a_limit_fails_the_task_that_broke_it():
+    # b0 holds 3 GiB; parked, it keeps them, so s0's 1.5 GiB takes the executor (4 GiB
+    # limit, 100 MiB of its own) over: the guard fails s0, the task that allocated last,
+    # at its first record boundary; b0 resumes and finishes.
+    bench = Bench(
+        {"b0": 20, "s0": 5},
+        profiles={"b0": (1, 3072), "s0": (1, 1536)},
+        memory_limit_mb=4096,
+    )
+    bench.at(0, launch("b0"))
+    bench.at(4, p.Suspend("b0", 0))
+    bench.at(4, launch("s0", "stream"))
+    bench.at(4.5, p.Resume("b0", 0))  # arrives while s0 runs
+    bench.run()
+    assert bench.executor.memory_held() == 0
+    failed_at, failed = bench.report(p.Failed, "s0")
+    assert failed.error_type == "MemoryLimitExceeded" and failed_at == (4.05 + 1 + 0.05) * MS
+    assert ("b0", "finished") in bench.sequence() and ("s0", "finished") not in bench.sequence()
+
+
+def test_the_guard_fails_the_task_whose_start_took_the_executor_over_its_limit():
+    bench = Bench(
+        {"b0": 20, "b1": 20, "b2": 20},
+        profiles={"b0": (1, 2048), "b1": (1, 1024), "b2": (1, 2048)},
+        memory_limit_mb=4096,
+    )
+    bench.at(0, launch("b0"))
+    bench.at(0, launch("b1"))
+    bench.at(2, p.Suspend("b0", 0))  # b1 runs beside parked b0: 3 GiB + 100 MiB, it fits
+    bench.at(4, p.Suspend("b1", 0))
+    bench.at(4, launch("b2"))  # 5 GiB with both parked: b2 pays, not the parked ones
+    bench.run()
+    failed = [m.task_id for _, m in bench.reports if isinstance(m, p.Failed)]
+    assert failed == ["b2"]
+    assert bench.executor.memory_held() == (2048 + 1024) * MIB  # both parked keep theirs
+    bench = Bench(
+        {"b0": 20, "s0": 5, "s1": 5},
+        profiles={"b0": (1, 3072), "s0": (1, 1536)},
+        memory_limit_mb=4096,
+    )
+    bench.at(0, launch("b0"))
+    bench.at(2, p.Suspend("b0", 0))
+    bench.at(2, launch("s1", "stream"))  # holds nothing: beside parked b0, it fits
+    bench.at(2, launch("s0", "stream"))
+    bench.run()
+    assert [m.task_id for _, m in bench.reports if isinstance(m, p.Failed)] == ["s0"]
 
 
 # ---- whole clusters ------------------------------------------------------------------------
@@ -364,7 +440,49 @@ def test_the_scenario_kinds_differ_in_their_stream_batch_balance():
         assert mixed_scenario(kind, 5) == (executors, jobs)
     (s1, b1), (s2, b2), (s3, b3) = shares
     assert s1 < s2 < s3 and b1 > b2 > b3
-    assert set(SCENARIO_KINDS) == {"batch-heavy", "mixed", "stream-heavy"}
+    assert set(SCENARIO_KINDS) >= {"batch-heavy", "mixed", "stream-heavy"}
+
+
+def test_each_further_kind_stresses_what_it_is_named_for():
+    def jobs_of(kind):
+        executors, jobs = mixed_scenario(kind, 5)
+        assert executors == TWO_NODES and mixed_scenario(kind, 5) == (executors, jobs)
+        return [j for j in jobs if j.priority == "batch"], [
+            j for j in jobs if j.priority == "stream"
+        ]
+
+    batch, stream = jobs_of("bursty")  # micro-batches in 0.5 s bursts every 2 s
+    assert stream and all(j.arrival_s % 2.0 < 0.5 for j in stream)
+    batch, _ = jobs_of("skewed")  # short tasks and a few 10x longer
+    durations = sorted(d for j in batch for d in j.durations_s)
+    assert durations[0] < 0.2 and durations[-1] >= 2.0 and durations[len(durations) // 2] < 0.2
+    batch, stream = jobs_of("memory")  # a parked batch task and a stream task exceed 4 GiB
+    assert SCENARIO_KINDS["memory"].memory_limit_mb == 4096
+    assert min(j.memory_mb for j in batch) + min(j.memory_mb for j in stream) > 2048 + 768 - 1
+    assert max(j.memory_mb for j in batch) + max(j.memory_mb for j in stream) > 4096
+    batch, _ = jobs_of("many-jobs")
+    assert len(batch) > 3 * len(jobs_of("mixed")[0]) and max(len(j.durations_s) for j in batch) <= 4
+    batch, stream = jobs_of("coarse-records")
+    assert {j.record_s for j in batch} == {0.05} and {j.record_s for j in stream} == {None}
+    for kind in ("batch-heavy", "mixed", "stream-heavy"):  # no memory, the cluster's records
+        assert all(j.memory_mb == 0 and j.record_s is None for j in mixed_scenario(kind, 5)[1])
+
+
+def test_heartbeats_report_what_tasks_hold_parked_ones_included():
+    jobs = [
+        JobSpec("b", "batch", 0.0, [2.0], memory_mb=3072),
+        JobSpec("s", "stream", 0.3, [1.5], memory_mb=512),
+    ]
+    sim = SimCluster("lb", [("e0", "n0")], heartbeat_s=0.1, memory_limit_mb=8192)
+    result = sim.run(jobs, until_s=1.0)
+    executor = sim.core.records.executors["e0"]
+    # b/0 is parked, s/0 runs: the heartbeat's rss, task estimates, limit and host share.
+    assert sim.core.records.tasks["b/0"].state.value == "suspended"
+    assert executor.rss_bytes == (100 + 3072 + 512) * MIB
+    assert sim.core.records.tasks["b/0"].memory_bytes == 3072 * MIB
+    assert executor.memory_limit_bytes == 8192 * MIB
+    assert executor.metrics[-1].mem_percent == pytest.approx(30.0 + 100 * 3584 / 16384)
+    assert result.parked_mb_max == 3072 and result.tasks_failed == 0
 
 
 def test_bad_input_gets_an_error_that_says_what_is_wrong():
@@ -372,6 +490,10 @@ def test_bad_input_gets_an_error_that_says_what_is_wrong():
         JobSpec("j", "urgent", 0.0, [1.0])
     with pytest.raises(ValueError, match="has no tasks"):
         JobSpec("j", "batch", 0.0, [])
+    with pytest.raises(ValueError, match="record_s must be > 0"):
+        JobSpec("j", "batch", 0.0, [1.0], record_s=0.0)
+    with pytest.raises(ValueError, match="memory_mb must be >= 0"):
+        JobSpec("j", "batch", 0.0, [1.0], memory_mb=-1)
     with pytest.raises(ValueError, match="unknown scenario kind 'heavy'"):
         mixed_scenario("heavy")
     with pytest.raises(ValueError, match="unique"):

@@ -60,7 +60,10 @@ def test_bulk_answers_match_each_executors_view_in_a_mixed_run_with_a_failure(po
     seen = checked(sim)
     result = sim.run(sorted(jobs, key=lambda j: j.arrival_s))
     assert result.completed_once and seen[0] > 1_000
-    assert result.suspensions > 0 or policy in ("fifo", "fair")
+    # The views were checked while tasks left their slots for stream work (kill kills; its
+    # suspensions came only from races with prefetched launches, which timing decides).
+    killed = any(event == "killed" for *_, event in result.timeline)
+    assert result.suspensions > 0 or (policy == "kill" and killed) or policy in ("fifo", "fair")
 
 
 def test_bulk_answers_match_under_heavy_stealing_and_stream_work():
