@@ -26,6 +26,7 @@ BENCHMARKS = (
     "chaos",
     "liveness",
     "bigdata",
+    "streams",
     "hostile",
     "soak",
 )

@@ -288,6 +288,21 @@ def test_bigdata_runs_its_scenarios_and_keeps_the_partitions_off_the_scheduler()
 
 
 @pytest.mark.slow
+def test_streams_counts_exactly_once_through_a_killed_driver_and_executor():
+    from tidal.runtime.bench import streams
+
+    figures = streams.run(quick=True, rate=4_000, phase_s=1.0, once_events=8_000)
+    assert figures["exactly_once"] is True
+    # The first driver died with entries pending, which the second one replayed.
+    assert figures["pending_at_kill"] > 0 and figures["replayed_batches"] > 0
+    assert figures["executor_killed"] and figures["once_failed_batches"] == 0
+    assert figures["events"] == figures["alone_events"] == 4_000
+    for key in ("events_per_s", "event_ms_p50", "event_ms_p99", "alone_event_ms_p99"):
+        assert figures[key] > 0
+    assert figures["event_p99_vs_alone"] > 0 and figures["batch_tasks_run"] >= 0
+
+
+@pytest.mark.slow
 def test_hostile_runs_its_phases_against_a_real_job_and_loses_nothing():
     figures = hostile.run(quick=True, scale=200)
     assert figures["phases"][-1] == "impostor" and len(figures["phases"]) == 10
