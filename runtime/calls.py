@@ -26,16 +26,26 @@ def pack_tasks(
     client_id: str,
     spool: Callable[[bytes], bytes],
     traffic: Traffic,
+    scan: bool = True,
 ) -> list[list[Any]]:
     """`submit.tasks` for these calls. Calls that share one kwargs dict (`map`) share its
     packed bytes too; a payload of DATA_THRESHOLD bytes or more is handed to `spool`,
     which returns the reference to send instead. A future among a call's arguments
-    becomes one of the task's `inputs` (runtime/kept.py): TypeError if it cannot be."""
+    becomes one of the task's `inputs` (runtime/kept.py): TypeError if it cannot be.
+
+    Discussion: `scan` False skips the walk through the arguments (a map of partitions of
+    records costs ~1-2 ms a call for it) when the client holds no kept future, the only
+    kind an argument may be: then only a future at the top is looked for, to say why it
+    cannot be one; one deeper fails to encode, naming its place."""
     tasks = []
     packed_kwargs: dict[int, bytes] = {}  # id(kwargs) -> its packed bytes
     for i, ((args, kwargs), prefs) in enumerate(zip(calls, preferred, strict=True)):
         shared = id(kwargs)  # a map's calls share theirs (futures in it too)
-        args, kwargs, found = kept.find_inputs(args, kwargs, _is_future)
+        if scan:
+            args, kwargs, found = kept.find_inputs(args, kwargs, _is_future)
+        else:  # no kept future exists: only one at the top is worth a clear word
+            found = [[[i], a] for i, a in enumerate(args) if isinstance(a, TaskFuture)]
+            found += [[[k], v] for k, v in kwargs.items() if isinstance(v, TaskFuture)]
         inputs = [[path, _input_id(client_id, future, path)] for path, future in found]
         if shared not in packed_kwargs:
             packed = payloads.pack_payload(kwargs, "kwargs")

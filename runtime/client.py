@@ -437,7 +437,8 @@ class Client:
     ) -> tuple[list[Any], None]:
         """`submit.tasks` for these calls (runtime/calls.py)."""
         spool = functools.partial(self._spool, job_id)
-        return pack_tasks(job_id, calls, preferred, self.client_id, spool, self.traffic), None
+        scan = len(self._kept) > 0  # futures as arguments are kept ones (runtime/calls.py)
+        return pack_tasks(job_id, calls, preferred, self.client_id, spool, self.traffic, scan), None
 
     def _send_missing(self, task_id: str) -> bool:
         """A kept result could not be fetched: the scheduler computes it again (False: the

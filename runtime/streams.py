@@ -254,6 +254,8 @@ class StreamDriver:
                 continue
             size = self._target_size()
             wait = self.batch_ms / 1000 if not pending else max(0.0, first_at - time.monotonic())
+            if self._running:  # results may come meanwhile: look for them soon
+                wait = min(wait, RESULT_POLL_S)
             new = self.source.read(size - len(pending), wait)
             if new and not pending:
                 first_at = time.monotonic() + self.batch_ms / 1000
@@ -378,6 +380,9 @@ class StreamDriver:
 
 
 _NOTHING = object()  # a batch none of whose entries decoded: no task
+# While batches run, a read waits at most this long, so that their results are written (and
+# their latency ends) within this of their coming back, not after a whole batch_ms.
+RESULT_POLL_S = 0.005
 
 
 def latency_percentiles(latencies: Iterable[float]) -> dict[str, float | None]:
