@@ -195,6 +195,11 @@ class RayClient:
         refs = [self._run_task.remote(fn, item, **kwargs) for item in items]
         return self.ray.get(refs, timeout=timeout)
 
+    def map_refs(self, fn: Callable[..., Any], items: Iterable[Any], **kwargs: Any) -> list[Any]:
+        """`map`, but the results stay in Ray's object store: their references (a reference
+        among a later call's top-level arguments reaches it as its value)."""
+        return [self._run_task.remote(fn, item, **kwargs) for item in items]
+
     def put(self, value: Any) -> Any:
         """`value` in Ray's object store, once, for many tasks (Ray's advice for a large
         argument that many tasks share)."""
