@@ -55,7 +55,7 @@ from tidal.runtime.runstate import (
     TaskKilled,
     TaskRecord,
 )
-from tidal.runtime.spanrun import CHUNK_REPORT_EVERY, CHUNK_REPORT_NS, SpanRunner
+from tidal.runtime.spanrun import SpanRunner
 from tidal.runtime.task import TaskContext, gate_arguments, gated_positions
 from tidal.runtime.tracebacks import describe_failure
 
@@ -668,31 +668,25 @@ class Kernel(SpanRunner):
             if record.chunk is not None:
                 return Outcome("finished", self._run_chunk(record, fn))
             if record.payload is not None:
-                record.args, record.kwargs = self._unpack(record.payload, fn)
-                record.payload = None
-            if record.inputs:
-                inputs, record.inputs = record.inputs, None
-                kept.resolve_inputs(
-                    record.args,
-                    record.kwargs,
-                    inputs,
-                    self._fetch,
-                    self._boundary,
-                    gated_positions(fn),
-                )
+                record.args, record.kwargs = self._unpack(record.payload, fn, record.inputs)
+                record.payload = record.inputs = None
             return Outcome("finished", self._call_task(fn, record.args, record.kwargs))
         except TaskKilled:
             return Outcome("killed")
         except BaseException as exc:  # a task's error belongs to its report
             return Outcome("failed", error=describe_failure(exc, __file__))
 
-    def _unpack(self, payload: bytes, fn: Callable[..., Any]) -> tuple[list[Any], dict[str, Any]]:
-        """A task's (args, kwargs) from its payload, in its greenlet, read a piece or block
-        at a time with a record boundary after each (runtime/payloads.py); a big gated input
-        stays packed (`payloads.Blocks`). ProtocolError or DataUnavailable if it cannot be."""
-        args, kwargs = payloads.open_task_call(
-            payload, self._fetch, self._boundary, gated_positions(fn)
-        )
+    def _unpack(
+        self, payload: bytes, fn: Callable[..., Any], inputs: list[Any] | None = None
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """A task's (args, kwargs) from its payload and its `inputs` (other tasks' kept
+        results, runtime/kept.py), in its greenlet, read a piece or block at a time with a
+        record boundary after each (runtime/payloads.py); a big gated input stays packed
+        (`payloads.Blocks`). ProtocolError or DataUnavailable if it cannot be."""
+        gated = gated_positions(fn)
+        args, kwargs = payloads.open_task_call(payload, self._fetch, self._boundary, gated)
+        if inputs:
+            kept.resolve_inputs(args, kwargs, inputs, self._fetch, self._boundary, gated)
         self._payload_unpacked()
         return args, kwargs
 
@@ -717,60 +711,6 @@ class Kernel(SpanRunner):
                 "functions, not coroutines"
             )
         return result
-
-    def _run_chunk(self, record: TaskRecord, fn: Callable[..., Any]) -> None:
-        """Run a chunk's subtasks in order; report their results in batches."""
-        results: list[list[Any]] = []
-        flushed_at = self._clock()
-        try:
-            while record.chunk:
-                task_id, *call = record.chunk.popleft()
-                record.running_subtask = task_id
-                started = self._clock()
-                value, outcome, error = None, "failed", None
-                try:
-                    args, kwargs = self._unpack(call[0], fn) if len(call) == 1 else call
-                    result = self._call_task(fn, args, kwargs)
-                except TaskKilled:
-                    if record.fail_error is not None:  # this subtask is the one that pays
-                        stats = {"running_ns": self._clock() - started}
-                        results.append([task_id, "failed", None, record.fail_error, stats])
-                    raise
-                except greenlet.GreenletExit:
-                    raise
-                except BaseException as exc:  # a task's error belongs to its result
-                    error = describe_failure(exc, __file__)
-                else:
-                    try:  # packed here, so that a result msgpack cannot carry fails alone
-                        value = payloads.pack_result(
-                            result, f"result of {task_id}", self._spool_result
-                        )
-                        outcome = "finished"
-                    except p.EncodeError as exc:
-                        error = ["EncodeError", f"the result cannot be sent: {exc}", ""]
-                now = self._clock()
-                results.append([task_id, outcome, value, error, {"running_ns": now - started}])
-                if (
-                    self.gate.requested
-                    or len(results) >= CHUNK_REPORT_EVERY
-                    or now - flushed_at >= CHUNK_REPORT_NS
-                ):
-                    # Report before parking too: those subtasks are done whatever comes next.
-                    self._report_chunk(record, results)
-                    results, flushed_at = [], now
-                    if self.gate.requested:
-                        self._checkpoint()  # between subtasks: a suspension point
-        finally:
-            if results:  # also when killed: these subtasks did complete
-                self._report_chunk(record, results)
-
-    def _report_chunk(self, record: TaskRecord, results: list[list[Any]]) -> None:
-        # Values are payloads already (packed as each subtask ended), so this always encodes.
-        self._emit(p.ChunkResults(record.task_id, results))
-        if record.unreported is not None:  # after the emit, as for `_tasks` above
-            for item in results:
-                record.unreported.pop(item[0], None)
-        self._flush()
 
     def _drive_generator(self, gen: Any) -> list[Any]:
         """Collect a generator task's output records; each `yield` is a suspension point."""

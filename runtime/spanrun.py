@@ -1,8 +1,9 @@
-"""How the kernel runs a span chunk: a range of a bulk job's tasks (runtime/kernel.py).
+"""How the kernel runs chunks (runtime/kernel.py): a plain chunk's subtasks one after the
+other, their results reported in batches (`chunk_results`), and span chunks.
 
-A span chunk's subtasks are bare payloads (`launch_chunk.span`); their results go out in
-batches (`chunk_batch`: one list of values, the failures apart), the batch being filled
-kept on the span (`Span.values`) so that the hub can report it when it suspends the chunk.
+A span chunk is a range of a bulk job's tasks. Its subtasks are bare payloads
+(`launch_chunk.span`); their results go out in batches (`chunk_batch`: one list of
+values, the failures apart), the batch being filled kept on the span (`Span.values`) so that the hub can report it when it suspends the chunk.
 A run of a map's calls, `[[x], kwargs]` of one scalar and the same kwargs
 (`QuickCalls.take_run`), goes through `map(fn, GatedIterator(xs))`: the calls in C, each a
 record boundary of the gate. Any other subtask runs alone, as a task would.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
+import os
 import types
 from collections import deque
 from collections.abc import Callable
@@ -47,12 +49,69 @@ CHUNK_REPORT_NS = 20_000_000
 # CHUNK_REPORT_EVERY): a run's results join the batch at its end, so this bounds what a
 # suspension holds back and how long a stolen-from chunk keeps what it took.
 SPAN_RUN_NS = 1_000_000
+# The kernel's files: a subtask's traceback starts below their frames (`describe_failure`).
+KERNEL_FILES = (__file__, os.path.join(os.path.dirname(__file__), "kernel.py"))
 # What a task function's call may return that is not its result as it is (`_call_result`).
 NOT_A_RESULT = (types.GeneratorType, types.CoroutineType)
 
 
 class SpanRunner:
-    """The span-chunk part of `Kernel` (see the module docstring)."""
+    """The chunk-running part of `Kernel`: plain chunks and span chunks (see the module
+    docstring)."""
+
+    def _run_chunk(self, record: TaskRecord, fn: Callable[..., Any]) -> None:
+        """Run a chunk's subtasks in order; report their results in batches."""
+        results: list[list[Any]] = []
+        flushed_at = self._clock()
+        try:
+            while record.chunk:
+                task_id, *call = record.chunk.popleft()
+                record.running_subtask = task_id
+                started = self._clock()
+                value, outcome, error = None, "failed", None
+                try:
+                    args, kwargs = self._unpack(call[0], fn) if len(call) == 1 else call
+                    result = self._call_task(fn, args, kwargs)
+                except TaskKilled:
+                    if record.fail_error is not None:  # this subtask is the one that pays
+                        stats = {"running_ns": self._clock() - started}
+                        results.append([task_id, "failed", None, record.fail_error, stats])
+                    raise
+                except greenlet.GreenletExit:
+                    raise
+                except BaseException as exc:  # a task's error belongs to its result
+                    error = describe_failure(exc, KERNEL_FILES)
+                else:
+                    try:  # packed here, so that a result msgpack cannot carry fails alone
+                        value = payloads.pack_result(
+                            result, f"result of {task_id}", self._spool_result
+                        )
+                        outcome = "finished"
+                    except p.EncodeError as exc:
+                        error = ["EncodeError", f"the result cannot be sent: {exc}", ""]
+                now = self._clock()
+                results.append([task_id, outcome, value, error, {"running_ns": now - started}])
+                if (
+                    self.gate.requested
+                    or len(results) >= CHUNK_REPORT_EVERY
+                    or now - flushed_at >= CHUNK_REPORT_NS
+                ):
+                    # Report before parking too: those subtasks are done whatever comes next.
+                    self._report_chunk(record, results)
+                    results, flushed_at = [], now
+                    if self.gate.requested:
+                        self._checkpoint()  # between subtasks: a suspension point
+        finally:
+            if results:  # also when killed: these subtasks did complete
+                self._report_chunk(record, results)
+
+    def _report_chunk(self, record: TaskRecord, results: list[list[Any]]) -> None:
+        # Values are payloads already (packed as each subtask ended), so this always encodes.
+        self._emit(p.ChunkResults(record.task_id, results))
+        if record.unreported is not None:  # after the emit, as for `_tasks` above
+            for item in results:
+                record.unreported.pop(item[0], None)
+        self._flush()
 
     def _run_span(self, record: TaskRecord, fn: Callable[..., Any]) -> None:
         """Run a span chunk's subtasks in order; report their results in batches

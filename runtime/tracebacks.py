@@ -16,11 +16,13 @@ from collections.abc import Callable
 __all__ = ["describe_failure", "qualified_name"]
 
 
-def describe_failure(exc: BaseException, hidden_file: str) -> list[str]:
+def describe_failure(exc: BaseException, hidden_file: str | tuple[str, ...]) -> list[str]:
     """[type name, message, traceback] of a task's exception; the traceback leaves out its
-    leading frames in `hidden_file` (the kernel's, which called the task)."""
+    leading frames in `hidden_file` (the kernel's, which called the task: one file, or a
+    tuple of them)."""
+    hidden = (hidden_file,) if isinstance(hidden_file, str) else hidden_file
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == hidden_file:
+    while tb is not None and tb.tb_frame.f_code.co_filename in hidden:
         tb = tb.tb_next
     formatted = _safe(lambda: "".join(traceback.format_exception(type(exc), exc, tb)))
     return [qualified_name(type(exc)), _safe(lambda: str(exc)), formatted]

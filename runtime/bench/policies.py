@@ -27,7 +27,8 @@ import random
 from typing import Any
 
 from tidal.scheduler.policies import BUILTIN_POLICIES, resolve_policy
-from tidal.scheduler.sim import SCENARIO_KINDS, JobSpec, SimCluster, mixed_scenario
+from tidal.scheduler.scenarios import SCENARIO_KINDS, mixed_scenario
+from tidal.scheduler.sim import JobSpec, SimCluster
 
 POLICIES = ["fifo", "fair", "kill", "static", "lb", "lma", "adaptive"]
 FIGURES = (

@@ -24,7 +24,8 @@ from tidal.scheduler.policies.adaptive import (
     ReservingLb,
     Workload,
 )
-from tidal.scheduler.sim import SCENARIO_KINDS, SimCluster
+from tidal.scheduler.scenarios import SCENARIO_KINDS
+from tidal.scheduler.sim import SimCluster
 
 FIGURES = {f.name for f in fields(Figures)}
 

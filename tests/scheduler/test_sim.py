@@ -15,15 +15,14 @@ from tidal.runtime import protocol as p
 from tidal.scheduler.decisions import Launch
 from tidal.scheduler.policies import BUILTIN_POLICIES, Policy
 from tidal.scheduler.policies.lb import LbPolicy
+from tidal.scheduler.scenarios import SCENARIO_KINDS, mixed_scenario
 from tidal.scheduler.sim import (
-    SCENARIO_KINDS,
     TASK_FN,
     TASK_PAYLOAD,
     EventLoop,
     JobSpec,
     SimCluster,
     SimExecutor,
-    mixed_scenario,
 )
 
 US = 1_000

@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from tidal.scheduler.sim import JobSpec, SimCluster, mixed_scenario
+from tidal.scheduler.scenarios import mixed_scenario
+from tidal.scheduler.sim import JobSpec, SimCluster
 from tidal.scheduler.views import ClusterView
 
 
