@@ -3,7 +3,8 @@ other, their results reported in batches (`chunk_results`), and span chunks.
 
 A span chunk is a range of a bulk job's tasks. Its subtasks are bare payloads
 (`launch_chunk.span`); their results go out in batches (`chunk_batch`: one list of
-values, the failures apart), the batch being filled kept on the span (`Span.values`) so that the hub can report it when it suspends the chunk.
+values, the failures apart), the batch being filled kept on the span (`Span.values`) so
+that the hub can report it when it suspends the chunk.
 A run of a map's calls, `[[x], kwargs]` of one scalar and the same kwargs
 (`QuickCalls.take_run`), goes through `map(fn, GatedIterator(xs))`: the calls in C, each a
 record boundary of the gate. Any other subtask runs alone, as a task would.
