@@ -44,6 +44,7 @@ USER_FACING = {
     "tidal.runtime.cli",
     "tidal.runtime.client",
     "tidal.runtime.client_executor",
+    "tidal.runtime.client_requests",
     "tidal.runtime.client_io",
     "tidal.runtime.cluster",
     "tidal.runtime.demo",
