@@ -35,7 +35,7 @@ The model, and what it leaves out:
   executor runs a chunk as the kernel does: one entry in the ready order, its subtasks one
   after the other (each its scripted duration), a suspension point between two subtasks
   (and at record boundaries inside one), results in batches of CHUNK_REPORT_EVERY or every
-  CHUNK_REPORT_NS (runtime/kernel.py) and whenever a command waits; a steal takes
+  CHUNK_REPORT_NS (runtime/spanrun.py) and whenever a command waits; a steal takes
   not-started subtasks from the end of the chunk, never one that has started. The timeline
   has the chunk's own events under its id and "subtask_started", "subtask_finished" and
   "stolen" under each subtask's. A chunk's suspension counts in `SimResult.suspensions`

@@ -36,7 +36,7 @@ from typing import Any
 
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
-from tidal.runtime.kernel import CHUNK_REPORT_EVERY, CHUNK_REPORT_NS
+from tidal.runtime.spanrun import CHUNK_REPORT_EVERY, CHUNK_REPORT_NS
 
 __all__ = ["EventLoop", "ExecutorTask", "SimExecutor"]
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.scheduler.test_sim import MS, US, Bench, launch
 from tidal.runtime import protocol as p
-from tidal.runtime.kernel import CHUNK_REPORT_EVERY
+from tidal.runtime.spanrun import CHUNK_REPORT_EVERY
 from tidal.scheduler.sim import TASK_FN, TASK_PAYLOAD, JobSpec, SimCluster
 from tidal.scheduler.sim_executor import NIL
 
