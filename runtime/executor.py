@@ -51,8 +51,8 @@ import zmq
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
 from tidal.runtime.datastore import advertised_address, bind_host_for, fetch_chunks
+from tidal.runtime.executor_commands import CommandHandlers
 from tidal.runtime.frames import FrameReader
-from tidal.runtime.functions import FunctionRef
 from tidal.runtime.guard import PeerGuard
 from tidal.runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
 from tidal.runtime.link import (
@@ -95,7 +95,7 @@ MEMORY_LIMIT_EXCEEDED = "MemoryLimitExceeded"  # the error type of a task failed
 SCHEDULER = "scheduler"
 
 
-class Executor:
+class Executor(CommandHandlers):
     """One executor: connect to `scheduler`, run what it launches until told to stop."""
 
     def __init__(
@@ -689,79 +689,6 @@ class Executor:
             self.memory_limit or 0,
             self.kernel.memory_estimates(rss),
         )
-
-    # ---- handlers (listener thread) -----------------------------------------------------------
-
-    def _on_welcome(self, msg: p.Welcome) -> None:
-        if msg.version != p.PROTOCOL_VERSION:
-            versions = f"protocol {msg.version}, this executor {p.PROTOCOL_VERSION}"
-            self._exit(2, f"the scheduler speaks {versions}")
-            return
-        # Clamped: a heartbeat interval outside 10 ms .. 60 s is a scheduler bug, not a plan.
-        heartbeat_s = min(60.0, max(0.01, msg.heartbeat_ms / 1000))
-        self._link.ping_s, self._link.silent_s = heartbeat_s, SILENT_HEARTBEATS * heartbeat_s
-        again = self._link.welcomed()
-        log.info("executor %s joined scheduler %s", self.executor_id, msg.scheduler_id)
-        # Reports (those waiting since we lost the scheduler, if it was lost) go out now,
-        # on a new connection whose attach carries this welcome's token.
-        self._reports.welcomed(msg.attach_token)
-        if again:
-            self.kernel.wake()
-
-    def _on_rejoin(self, msg: p.Rejoin) -> None:
-        # Ignored unless connected: we have said hello, and wait for its welcome.
-        if self._link.connected:
-            self._rejoin(f"the scheduler asked: {msg.reason}")
-
-    def _on_ack(self, msg: p.Ack) -> None:
-        self._reports.acked(msg.task_ids)
-
-    def _on_reject(self, msg: p.Reject) -> None:
-        self._exit(2, f"the scheduler refused it: {msg.reason}")
-
-    def _on_shutdown(self, msg: p.Shutdown) -> None:
-        self._exit(0, f"the scheduler shut it down ({msg.reason})")
-
-    def _on_launch(self, msg: p.Launch) -> None:
-        # The payload stays packed here: the task unpacks it when it starts, on the task
-        # thread, so this thread stays free for commands (and a bad payload fails the task).
-        self.kernel.launch(
-            msg.task_id,
-            FunctionRef(msg.fn, msg.main_path),
-            payload=msg.payload,
-            attempt=msg.attempt,
-            priority=msg.priority,
-            keep=msg.keep,
-            inputs=msg.inputs,
-        )
-
-    def _on_drop(self, msg: p.Drop) -> None:
-        self._results.drop(msg.task_ids)
-
-    def _on_launch_chunk(self, msg: p.LaunchChunk) -> None:
-        # Its subtasks were checked as it was decoded (`_decode`), not in the kernel's hub: a
-        # malformed subtask there would break a steal (which takes task ids from the chunk's
-        # tail) on the task thread.
-        self.kernel.launch_chunk(
-            msg.chunk_id,
-            FunctionRef(msg.fn, msg.main_path),
-            msg.subtasks,
-            attempt=msg.attempt,
-            priority=msg.priority,
-            span=None if msg.span is None else (msg.span[0], msg.span[1]),
-        )
-
-    def _on_steal(self, msg: p.Steal) -> None:
-        self.kernel.steal(msg.chunk_id, msg.count)
-
-    def _on_suspend(self, msg: p.Suspend) -> None:
-        self.kernel.suspend(msg.task_id)
-
-    def _on_resume(self, msg: p.Resume) -> None:
-        self.kernel.resume(msg.task_id)
-
-    def _on_kill(self, msg: p.Kill) -> None:
-        self.kernel.kill(msg.task_id)
 
 
 def _chunk_problem(msg: p.LaunchChunk) -> str | None:
