@@ -399,7 +399,12 @@ class Client(ClientRequests):
                 cancel, fn_ref = self._cancel_remote, ref.ref
                 keep = bool(options and options.get("keep"))
                 make = (
-                    functools.partial(KeptFuture, missing=self._send_missing, traffic=self.traffic)
+                    functools.partial(
+                        KeptFuture,
+                        missing=self._send_missing,
+                        on_io_thread=self._io.on_io_thread,
+                        traffic=self.traffic,
+                    )
                     if keep
                     else TaskFuture
                 )

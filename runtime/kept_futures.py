@@ -24,7 +24,6 @@ from tidal.runtime.results import Traffic
 
 __all__ = ["MAX_RECOMPUTE_ASKS", "RECOMPUTE_WAIT_S", "KeptFuture", "fetch_kept"]
 
-IO_THREAD = "tidal-client-io"  # the client's IO thread (runtime/client_io.py)
 # How long `result()` without a timeout waits for a lost result to be computed again.
 RECOMPUTE_WAIT_S = 600.0
 # How often one `result()` asks for a result to be computed again before it gives up: a
@@ -51,13 +50,15 @@ class KeptFuture(TaskFuture):
     def __init__(
         self,
         *args: Any,
-        missing: Callable[[str], None] | None = None,
+        missing: Callable[[str], bool | None] | None = None,
+        on_io_thread: Callable[[], bool] = lambda: False,
         traffic: Traffic | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._traffic = traffic
         self._missing = missing or (lambda task_id: None)
+        self._on_io_thread = on_io_thread  # its client's (`ClientConnection.on_io_thread`)
         self._update = threading.Condition()
         self._version = 0  # how many times its result was computed again
         self._lost: BaseException | None = None  # a recomputation that failed
@@ -87,7 +88,7 @@ class KeptFuture(TaskFuture):
                     raise DataUnavailable(
                         f"{what} cannot be had, even computed again {asked} times: {exc}"
                     ) from None
-                if threading.current_thread().name == IO_THREAD:
+                if self._on_io_thread():
                     # Discussion: a done callback runs on the client's IO thread, which is
                     # the one that would bring the recomputed result: waiting here would
                     # wait for ourselves.
