@@ -688,6 +688,7 @@ class Executor(CommandHandlers):
             float(memory.percent),
             self.memory_limit or 0,
             self.kernel.memory_estimates(rss),
+            self.kernel.task_progress(),
         )
 
 

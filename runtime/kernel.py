@@ -285,6 +285,11 @@ class Kernel(SpanRunner):
             return {}
         return runstate.memory_estimates(self._tasks, self._current, rss)
 
+    def task_progress(self) -> dict[str, list[int]]:
+        """Each started task's [running_ns, records] so far, for heartbeats (from any
+        thread; runstate.task_progress)."""
+        return runstate.task_progress(self._tasks, self._current, self.gate.records, self._clock())
+
     def running_task(self) -> str | None:
         """The id of the task holding the slot now, if any (from any thread)."""
         current = self._current

@@ -9,8 +9,9 @@
   the hub or by the watchdog that gives up on it.
 * `KernelStatistics`: counts of tasks by state.
 * Snapshots of the task table for other threads (the listener, the memory guard):
-  `holdings`, `memory_estimates`, `memory_failure`, `statistics`. Each reads a copy of the
-  table and each record's fields once, as the hub may change them meanwhile.
+  `holdings`, `memory_estimates`, `task_progress`, `memory_failure`, `statistics`. Each
+  reads a copy of the table and each record's fields once, as the hub may change them
+  meanwhile.
 
 Discussion: nothing here decides or switches anything. The kernel's rules (which command
 applies when, what a switch costs a task) stay together in runtime/kernel.py, and read there
@@ -367,6 +368,26 @@ def memory_estimates(
             estimate += rss - record.rss_mark
         estimates[record.task_id] = estimate
     return estimates
+
+
+def task_progress(
+    tasks: dict[str, TaskRecord], current: TaskRecord | None, gate_records: int, now: int
+) -> dict[str, list[int]]:
+    """Each started task's `[running_ns, records]` in this attempt so far (a heartbeat's
+    `task_records`): the running task's (`current`) up to `now`, with the records the gate
+    handed out since it was switched in (`gate_records`: the gate's count now). Read from
+    another thread, as memory_estimates: the figures of a task switching at that moment may
+    be a switch out of date (the scheduler takes their ratio, a record's length)."""
+    progress = {}
+    for record in list(tasks.values()):
+        if record.glet is None or record.state is RunState.DONE:
+            continue  # not started (no records yet), or its end reports its figures
+        running_ns, records = record.running_ns, record.records
+        if record is current and record.state is RunState.RUNNING:
+            running_ns += max(0, now - record.switched_in_at)
+            records += max(0, gate_records - record.gate_mark)
+        progress[record.task_id] = [running_ns, records]
+    return progress
 
 
 def memory_failure(

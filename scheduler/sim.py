@@ -43,13 +43,19 @@ The model, and what it leaves out:
   stealing off and `steal_rule` picks the stealer's rule ("largest" or "oldest").
 * Memory. A task holds its job's `memory_mb` from its first start until it ends, suspended
   or not: a parked task keeps its state. Every `heartbeat_s` each executor sends a
-  Heartbeat: counts, an rss of BASE_RSS_BYTES plus what its tasks hold, and a `mem_percent`
+  Heartbeat: counts, an rss of BASE_RSS_BYTES plus what its tasks hold, a `mem_percent`
   of what `memory` scripts for it plus what the tasks of every executor on its node hold,
-  against HOST_MEMORY_BYTES per node (a node is one host). With `memory_limit_mb`, the
+  against HOST_MEMORY_BYTES per node (a node is one host), and each started task's running
+  time and records so far (`task_records`, as the kernel counts them). With `memory_limit_mb`, the
   heartbeat also carries the limit and each task's memory, and the executor fails a task
   over its limit as runtime/memory.py does (scheduler/sim_executor.py): a `failed` result,
   not retried. Heartbeat phases are drawn from the seed. The core gets a Tick every
   `heartbeat_s / 2`.
+* Stream sources. A stream job with a `source` is a micro-batch that a stream driver
+  (runtime/streams.py's `StreamDriver`) cut from that source. The driver runs from time 0,
+  as the executors do, and, as a driver does from its start (before its first
+  micro-batch), reports its source's lag (`stream_lag`) every LAG_EVERY_S: its micro-batches'
+  tasks submitted and not completed, and the oldest one's age.
 * `fail_executor(executor_id, at_s)`: from then on the executor says nothing and ignores
   commands; the core's liveness check finds out and requeues its tasks. The work its tasks
   had done is lost.
@@ -134,6 +140,7 @@ TASK_PAYLOAD = payloads.pack_call([], {})
 DEFAULT_MESSAGE_LATENCY_S = 0.0002
 DEFAULT_HEARTBEAT_S = 0.5
 DEFAULT_MEM_PERCENT = 30.0
+LAG_EVERY_S = 0.5  # a stream driver's lag reports (StreamDriver's `lag_every_s` default)
 # Heartbeats carry an rss: an executor's own, and what its tasks hold (`JobSpec.memory_mb`).
 BASE_RSS_BYTES = 100 << 20
 HOST_MEMORY_BYTES = 16 << 30  # per node
@@ -157,6 +164,7 @@ class JobSpec:
     chunksize: int | str | None = None  # None: a launch per task; an int or "auto": chunks
     record_s: float | None = None  # its tasks' records (None: the cluster's record_s)
     memory_mb: float = 0.0  # what each of its tasks holds from its start until it ends
+    source: str | None = None  # a stream job's: the source its driver cut it from
 
     def __post_init__(self) -> None:
         if self.priority not in p.PRIORITY_CLASSES:
@@ -169,6 +177,8 @@ class JobSpec:
             raise ValueError(f"job {self.job_id}: durations, arrival_s and memory_mb must be >= 0")
         if self.record_s is not None and self.record_s <= 0:
             raise ValueError(f"job {self.job_id}: record_s must be > 0 (or None)")
+        if self.source is not None and self.priority != "stream":
+            raise ValueError(f"job {self.job_id}: only a stream job comes from a source")
         problem = check_chunksize({"chunksize": self.chunksize})
         if problem is not None:
             raise ValueError(f"job {self.job_id}: {problem}")
@@ -269,6 +279,7 @@ class _Truth:
     preferred: tuple[str, ...] | None
     record_ns: int = 0  # 0: the cluster's
     memory_bytes: int = 0
+    source: str | None = None
     first_started_ns: int | None = None
     completed_ns: int | None = None
     outcome: str | None = None
@@ -435,6 +446,7 @@ class SimCluster:
                     preferred,
                     0 if job.record_s is None else max(1, _ns(job.record_s)),
                     round(job.memory_mb * MB),
+                    job.source,
                 )
                 options = [{"preferred": list(preferred)}] if preferred else []
                 tasks.append([task_id, TASK_PAYLOAD, *options])
@@ -463,6 +475,8 @@ class SimCluster:
             phase = self._rng.randrange(1, self._heartbeat_ns + 1)
             self.loop.at(phase, self._heartbeat, executor_id, 0)
         self.loop.at(self._heartbeat_ns // 2, self._tick)
+        for source in sorted({t.source for t in self._truth.values() if t.source is not None}):
+            self.loop.at(0, self._report_lag, source)
 
     def _submit(self, submit: p.Submit) -> None:
         self._last_progress_ns = self.loop.now
@@ -515,9 +529,24 @@ class SimCluster:
             float(mem_percent),
             0 if limit is None else limit,
             None if limit is None else executor.task_memory(),
+            executor.task_records(),
         )
         self._report(executor_id, beat)
         self.loop.after(self._heartbeat_ns, self._heartbeat, executor_id, seq + 1)
+
+    def _report_lag(self, source: str) -> None:
+        """The stream driver of `source` reports its lag: its micro-batches' tasks submitted
+        and not completed (entries not acknowledged), and the oldest one's age."""
+        now = self.loop.now
+        waiting = [
+            t.arrival_ns
+            for t in self._truth.values()
+            if t.source == source and t.arrival_ns <= now and t.completed_ns is None
+        ]
+        age_ms = (now - min(waiting)) / 1e6 if waiting else -1.0
+        lag = p.StreamLag(source, len(waiting), age_ms)
+        self.loop.after(self._latency_ns, self._to_core, ClientRequest(CLIENT_ID, lag))
+        self.loop.after(_ns(LAG_EVERY_S), self._report_lag, source)
 
     def _fail(self, executor_id: str) -> None:
         lost_ids = []

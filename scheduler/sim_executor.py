@@ -267,6 +267,19 @@ class SimExecutor:
         """Each started task's memory (a heartbeat's `task_memory`, sent with a limit)."""
         return {r.task_id: r.memory_bytes for r in self.records.values() if r.started}
 
+    def task_records(self) -> dict[str, list[int]]:
+        """Each started task's [running_ns, records] in this attempt so far (a heartbeat's
+        `task_records`), the running one's up to now: as the kernel's task records count."""
+        now = self._loop.now
+        progress = {}
+        for record in self.records.values():
+            if record.started:
+                done = record.done_ns
+                if record is self.current:
+                    done += now - record.run_since
+                progress[record.task_id] = [done, done // (record.record_ns or self._record_ns)]
+        return progress
+
     def counts(self) -> tuple[int, int, int]:
         """(running, suspended, queued), as the kernel's statistics count them."""
         states = [record.state for record in self.records.values()]

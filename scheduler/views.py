@@ -92,6 +92,14 @@ class TaskView:
     )
 
     @property
+    def record_ns(self) -> int | None:
+        """Its running time per input record, as its executor last reported both (in a
+        heartbeat while it runs, or with its end), so known before any suspension: a
+        suspension waits for its next record boundary, on average half of this. None
+        until it has consumed a record (or from an executor older than protocol 11)."""
+        return self._task.record_ns or None
+
+    @property
     def suspendable(self) -> bool:
         """Running, under its suspension cap, and known to reach record boundaries."""
         return self._records.suspendable(self._task)

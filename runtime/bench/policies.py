@@ -7,8 +7,11 @@ SCENARIO_KINDS): batch-heavy, mixed, stream-heavy, bursty (stream-heavy bursts),
 (batch tasks of very unequal lengths), memory (tasks that hold GiBs under a 4 GiB executor
 limit), many-jobs (many small batch jobs) and coarse-records (batch tasks that reach a
 record boundary every 50 ms). Half of the batch jobs prefer one node (for lma) and one
-executor's host runs at 88% memory use (for lb and lma to avoid). The "mixed" figures are
-reported in full under `policies`, as before.
+executor's host runs at 88% memory use (for lb and lma to avoid). The stream micro-batches
+are cut by one stream driver (STREAM_SOURCE), which runs from the start and reports its
+source's lag every 0.5 s, as runtime/streams.py's `StreamDriver` does (lb and kill keep a
+slot while it lags by a second; adaptive takes a live source for stream work). The "mixed"
+figures are reported in full under `policies`, as before.
 
 A policy's score on a mix, lower is better: its stream p99 and its batch makespan, each
 relative to the best any valid policy reached on that mix, added (2.0 means best on both).
@@ -56,6 +59,9 @@ PRESSURED = {"e3": 88.0}
 # their limit) before the work comes; the simulation starts them all at 0 with heartbeat
 # phases up to one interval. So the work arrives one heartbeat interval in.
 WARMUP_S = 0.5
+# The stream micro-batches are cut by one stream driver from this source; it runs from the
+# start, as the executors do, and reports the source's lag (scheduler/sim.py).
+STREAM_SOURCE = "events"
 
 TARGETS = {
     "lb_stream_p99_vs_fifo": ("<=", 0.1),
@@ -68,7 +74,7 @@ TARGETS = {
 
 def scenario(kind: str, seed: int) -> tuple[list[tuple[str, str]], list[JobSpec]]:
     """A seeded mix, with node preferences on every other batch job, arriving WARMUP_S
-    after the executors joined."""
+    after the executors joined, its stream jobs cut from STREAM_SOURCE."""
     executors, jobs = mixed_scenario(kind, seed, executors=4, nodes=2)
     rng = random.Random(seed)
     nodes = sorted({node for _, node in executors})
@@ -79,6 +85,7 @@ def scenario(kind: str, seed: int) -> tuple[list[tuple[str, str]], list[JobSpec]
             j,
             arrival_s=round(j.arrival_s + WARMUP_S, 6),
             preferred_nodes=[rng.choice(nodes)] if j.job_id in preferring else None,
+            source=STREAM_SOURCE if j.priority == "stream" else None,
         )
         for j in jobs
     ]

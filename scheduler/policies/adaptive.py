@@ -10,9 +10,10 @@ fixed reserve of executors (STATIC) has none of these problems, but idles when n
 work comes. So this policy measures, and picks among four regimes:
 
 - `lb` while stream work is about (seen within `window_s`, pending or running, or a stream
-  source's driver reports a backlog) and suspension covers it;
+  source's driver reports, a backlog or none: a live source) and suspension covers it;
 - `reserve`, LB that keeps `k` executors free of batch work (`ReservingLb`), while stream
-  work is about and suspension does not cover it (`_short_of_suspensions`): the demand
+  work is about and a suspension's cost is not known yet (`_not_known`: no batch task has
+  reported a record), or suspension does not cover it (`_short_of_suspensions`): the demand
   for suspensions exceeds the supply (R >= R_ENTER, below); stream tasks wait for a slot
   longer than they run; a suspension is known to take longer than a stream task; parking
   a batch task beside a stream task may exceed an executor's memory limit; most hosts are
@@ -22,10 +23,12 @@ work comes. So this policy measures, and picks among four regimes:
 - `fair` when two or more batch jobs compete for slots and no stream work is about;
 - `fifo` otherwise (one batch job: nothing to balance).
 
-What it measures (`Workload`): the stream arrival rate; stream and batch task lengths, from
-its own launches to their ends; the executor count and the suspension cap; the budget left
-in the running batch tasks and the rate it is spent; the record length, hence what a
-suspension waits; tasks' memory and executors' limits, from heartbeats; hosts' pressure.
+What it measures (`Workload`, scheduler/policies/workload.py): the stream arrival rate;
+stream and batch task lengths, from its own launches to their ends; the executor count and
+the suspension cap; the budget left in the running batch tasks and the rate it is spent;
+the record length, hence what a suspension waits, as executors report it for their running
+tasks in every heartbeat (`TaskView.record_ns`), so before any suspension; tasks' memory and
+executors' limits, from heartbeats; hosts' pressure.
 
     R = stream tasks/s x batch task s / (cap x executors)
 
@@ -33,29 +36,35 @@ is the demand for suspensions over their supply: each batch task brings `cap` su
 over its length, and with batch work on every executor each stream task needs one. Before
 any batch task has ended, the batch task length is BATCH_TASK_PRIOR_S (or the oldest
 running one's time, if longer). The reserve is `k = ceil(stream load / RESERVE_LOAD)`
-executors, at least one, at most all but one (the stream load is rate x length).
+executors, at least one, at most all but one (the stream load is rate x length); one kept
+only until a suspension's cost is known (provisional) has at least an executor for each
+task of the largest micro-batch seen.
 
 Anti-flapping: a switch into `lb` or `reserve` from fifo or fair, into `reserve`, or to a
 larger reserve, is made at once (stream work must not wait); leaving `reserve` needs R
 down to R_LEAVE and every other reason gone or eased (hysteresis), and every switch but
-the urgent ones waits `min_dwell_s` since the last. Every switch (a change of `k` too) is
-recorded in `switches` with the reason and the figures behind it (`Figures`), and logged.
+the urgent ones waits `min_dwell_s` since the last. A provisional reserve is left at once
+when the figures come, on the thresholds for entering one; if they call for it, it stays,
+recorded as a switch from then on. Every switch (a change of `k` too) is recorded in
+`switches` with the reason and the figures behind it (`Figures`), and logged.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tidal.scheduler.decisions import Decision, Kill, Launch, Resume, Suspend
+from tidal.scheduler.decisions import Decision, Kill, Resume
 from tidal.scheduler.policies.base import Policy
 from tidal.scheduler.policies.fair import FairPolicy
 from tidal.scheduler.policies.fifo import FifoPolicy
-from tidal.scheduler.policies.lb import MEMORY_PRESSURE_THRESHOLD, LbPolicy
-from tidal.scheduler.views import ClusterView, ExecutorView, TaskState, TaskView, resume_order
+from tidal.scheduler.policies.lb import LbPolicy
+from tidal.scheduler.policies.workload import Decayed, Figures, Workload
+from tidal.scheduler.views import ClusterView, ExecutorView, TaskView, resume_order
+
+__all__ = ["AdaptivePolicy", "Decayed", "Figures", "ReservingLb", "Switch", "Workload"]
 
 log = logging.getLogger("tidal.scheduler")
 
@@ -63,28 +72,15 @@ log = logging.getLogger("tidal.scheduler")
 # batch work fills the cluster; it seldom does all the time (stream tasks that find a free
 # slot need no suspension), so LB still copes a little above 1 (the "mixed" mix runs near
 # R = 1 and LB serves it well), and a reserve costs batch work a k-th of the cluster. So:
-# a reserve from R = 1.5, back to LB below R = 1, and between them the regime stays. The
-# prior batch task length is the benchmark workloads' middle (0.2-1 s tasks); it matters only
-# until the first batch task ends. A reserved executor is kept at most half busy with
-# stream work: above that, stream tasks queue behind each other on it (micro-batches of
-# 2-4 tasks arrive at once). Half the executors capped is the early sign of a budget spent.
+# a reserve from R = 1.5, back to LB below R = 1, and between them the regime stays. Half
+# the executors capped is the early sign of a budget spent.
 R_ENTER = 1.5
 R_LEAVE = 1.0
-BATCH_TASK_PRIOR_S = 0.5
-RESERVE_LOAD = 0.5
 CAPPED_ENTER = 0.5
 # A task parked on an executor kept as the reserve is killed (requeued) at a tick, rather
 # than left for the core to resume, if it has run at most this many mean batch task
 # lengths (see ReservingLb._resume_on).
 KILL_FRACTION = 1.0
-# Discussion: the scan of every executor (streams running, the budget, the oldest batch
-# task, parked tasks' records) and the figures made from it run at most this often: at
-# 1,000 executors they cost ~1 ms (measured), a tenth of a loop consulted without pause.
-# Launches, ends, arrivals and suspensions are counted as they happen.
-SAMPLE_NS = 10_000_000
-# Task sizes are learned from heartbeats, which catch few stream tasks (they last
-# milliseconds): the largest seen so far is seldom the largest, so estimates get this margin.
-MEMORY_MARGIN = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,371 +92,8 @@ class Switch:
     to_policy: str
     reason: str
     figures: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Decayed:
-    """An exponentially decayed sum over time constant `tau_ns`: `add` amounts as they come;
-    `value` is the sum now, `per_s` the rate."""
-
-    tau_ns: int
-    total: float = 0.0
-    at_ns: int | None = None  # when `total` was last decayed
-    since_ns: int | None = None  # when the first amount came
-    first: float = 0.0  # and how much it was
-
-    def add(self, now: int, amount: float) -> None:
-        if self.since_ns is None:
-            self.since_ns, self.first = now, amount
-        self._decay(now)
-        self.total += amount
-
-    def value(self, now: int) -> float:
-        """The decayed sum as of `now`."""
-        self._decay(now)
-        return self.total
-
-    def per_s(self, now: int) -> float:
-        """The rate: what came after the first amount, over the time since it came (a rate
-        needs two events; a history shorter than `tau_ns` is corrected for)."""
-        if self.since_ns is None or now <= self.since_ns:
-            return 0.0
-        self._decay(now)
-        age = now - self.since_ns
-        later = self.total - self.first * math.exp(-age / self.tau_ns)
-        covered = 1 - math.exp(-age / self.tau_ns)
-        return max(0.0, later) / (self.tau_ns / 1e9) / covered
-
-    def _decay(self, now: int) -> None:
-        if self.at_ns is None:
-            self.at_ns = now
-        elif now > self.at_ns:
-            self.total *= math.exp(-(now - self.at_ns) / self.tau_ns)
-            self.at_ns = now
-
-
-@dataclass(frozen=True, slots=True)
-class Figures:
-    """What the regime is chosen from; `Switch.figures` holds them as a dict."""
-
-    stream_per_s: float  # stream tasks submitted per second
-    stream_task_s: float  # mean, launch to end, of those launched into a free slot (0: none)
-    stream_load: float  # executors busy with stream tasks: rate x length (Little's law)
-    stream_wait_s: float  # mean wait of a stream task at the scheduler for a slot
-    batch_task_s: float  # mean, launch to end (at least the oldest running one's time)
-    oldest_batch_s: float  # how long the oldest running batch task has run
-    executors: int
-    cap: int
-    budget_left: int  # suspensions the running batch tasks may still take
-    capped: int  # executors whose batch task is at its cap
-    spend_per_s: float  # suspensions decided per second
-    suspend_s: float  # a suspension's wait for a record boundary: half a record
-    suspend_known: bool  # some batch task's records were timed
-    cannot_park: int  # executors where a parked batch task and a stream task may not fit
-    pressured: int  # executors whose host is over LB's memory-pressure threshold
-    demand: float  # R, suspension demand over supply (see the module docstring)
-    batch_measured: bool  # a batch task has ended, so `batch_task_s` is more than an age
-    reserve: int  # k, the executors a reserve would keep
-
-    def as_dict(self) -> dict[str, Any]:
-        return {name: _rounded(getattr(self, name)) for name in self.__slots__}
-
-    @property
-    def budget_s(self) -> float:
-        """How long the running batch tasks' suspensions last at the rate they are spent."""
-        return self.budget_left / self.spend_per_s if self.spend_per_s > 0 else math.inf
-
-    @property
-    def quick(self) -> bool:
-        """Whether a suspension is known to free a slot sooner than a reserved executor
-        would (within a stream task's time)."""
-        return self.suspend_known and 0 < self.suspend_s <= self.stream_task_s
-
-    @property
-    def slow(self) -> bool:
-        """Whether a suspension is known to take longer than a stream task."""
-        return self.suspend_known and self.suspend_s > self.stream_task_s > 0
-
-
-def _rounded(value: Any) -> Any:
-    return round(value, 4) if isinstance(value, float) else value
-
-
-@dataclass
-class Workload:
-    """The measurements behind the adaptive policy's choice, updated from its hooks.
-
-    Task lengths come from the policy's own launches: a task launched at t whose slot frees
-    (or which is seen done) at t' took t' - t, its wait at the executor and its suspended
-    time included. A stream task's length is taken from those launched into a free slot;
-    one launched into a preempted slot also waited for the suspension. A suspension waits
-    for the running task's next record boundary, half a record on average: records are
-    measured as a batch task's time since its launch over the records it reports having
-    done (at its first suspension, or its end)."""
-
-    window_ns: int
-    arrivals: Decayed = field(init=False)  # stream tasks submitted
-    spends: Decayed = field(init=False)  # suspensions decided
-    # Seconds and counts of what ended: stream tasks launched into a free slot, into a
-    # preempted slot, batch tasks; and seconds and records of timed batch tasks.
-    free_s: Decayed = field(init=False)
-    free_n: Decayed = field(init=False)
-    preempting_s: Decayed = field(init=False)
-    preempting_n: Decayed = field(init=False)
-    batch_s: Decayed = field(init=False)
-    batch_n: Decayed = field(init=False)
-    records_s: Decayed = field(init=False)
-    records_n: Decayed = field(init=False)
-    # Seconds stream tasks waited at the scheduler for a slot (submitted -> launched).
-    waited_s: Decayed = field(init=False)
-    waited_n: Decayed = field(init=False)
-    # Memory, from heartbeats: the largest a batch and a stream task was seen to hold, and
-    # whether any was seen at all; an executor's rss without its tasks (the least seen);
-    # the smallest memory limit an executor reported.
-    batch_memory: int = 0
-    stream_memory: int = 0
-    batch_sized: bool = False
-    stream_sized: bool = False
-    base_rss: int | None = None
-    limit: int | None = None
-    # Tasks launched and not seen to end: task id -> (executor id, priority, launched at,
-    # whether it preempted a batch task there); the batch tasks whose records were timed.
-    launched: dict[str, tuple[str, str, int, bool]] = field(default_factory=dict)
-    on_executor: dict[str, set[str]] = field(default_factory=dict)  # executor id -> task ids
-    timed: set[str] = field(default_factory=set)
-    # The last scan of the executors and what it found.
-    scanned_ns: int | None = None
-    streaming: int = 0  # executors running a stream task
-    oldest_batch_ns: int = 0
-    budget_left: int = 0
-    capped: int = 0
-    last_figures: Figures | None = None
-    _figured_ns: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in (
-            "arrivals",
-            "spends",
-            "free_s",
-            "free_n",
-            "preempting_s",
-            "preempting_n",
-            "batch_s",
-            "batch_n",
-            "records_s",
-            "records_n",
-            "waited_s",
-            "waited_n",
-        ):
-            setattr(self, name, Decayed(self.window_ns))
-
-    def stream_submitted(self, now: int, count: int) -> None:
-        self.arrivals.add(now, count)
-
-    def decided(self, view: ClusterView, decisions: list[Decision]) -> None:
-        """Note the launches and suspensions the current policy decided."""
-        now = view.now
-        preempted = set()
-        for decision in decisions:
-            if isinstance(decision, Suspend | Kill):
-                task = view.task(decision.task_id)
-                if task is not None and task.executor_id is not None:
-                    preempted.add(task.executor_id)
-            elif isinstance(decision, Launch):
-                task = view.task(decision.task_id)
-                if task is not None:
-                    if task.priority == "stream":
-                        self.waited_s.add(now, max(0, now - task.submitted_at) / 1e9)
-                        self.waited_n.add(now, 1)
-                    where = decision.executor_id
-                    self.on_executor.setdefault(where, set()).add(decision.task_id)
-                    self.launched[decision.task_id] = (
-                        where,
-                        task.priority,
-                        now,
-                        task.priority == "stream" and where in preempted,
-                    )
-        if preempted:
-            self.spends.add(now, len(preempted))
-
-    def slot_freed(self, view: ClusterView, executor_id: str) -> None:
-        """A slot freed: a task launched there may have ended."""
-        for task_id in list(self.on_executor.get(executor_id, ())):
-            self._ended(view, task_id)
-
-    def sweep(self, view: ClusterView) -> None:
-        """Look for ends no freed slot told of (a lost executor's tasks): at ticks."""
-        for task_id in list(self.launched):
-            self._ended(view, task_id)
-
-    def _ended(self, view: ClusterView, task_id: str) -> None:
-        task = view.task(task_id)
-        if task is None or task.state is TaskState.DONE:
-            _, priority, launched_ns, preempting = self._forget(task_id)
-            now = view.now
-            took = (now - launched_ns) / 1e9
-            if priority == "batch":
-                seconds, count = self.batch_s, self.batch_n
-                if task is not None:
-                    self._time_records(now, task, launched_ns)
-                self.timed.discard(task_id)
-            elif preempting:
-                seconds, count = self.preempting_s, self.preempting_n
-            else:
-                seconds, count = self.free_s, self.free_n
-            seconds.add(now, took)
-            count.add(now, 1)
-        elif task.state in (TaskState.PENDING, TaskState.WAITING):
-            self._forget(task_id)  # requeued: its next launch starts afresh
-            self.timed.discard(task_id)
-
-    def _forget(self, task_id: str) -> tuple[str, str, int, bool]:
-        launch = self.launched.pop(task_id)
-        there = self.on_executor.get(launch[0])
-        if there is not None:
-            there.discard(task_id)
-            if not there:
-                del self.on_executor[launch[0]]
-        return launch
-
-    def running_s(self, task_id: str, now: int) -> float | None:
-        """Seconds since the task was launched (at most what it has run), if it was."""
-        launch = self.launched.get(task_id)
-        return None if launch is None else (now - launch[2]) / 1e9
-
-    def preempting(self, task_id: str) -> bool:
-        """Whether a stream task was launched into the slot of a batch task it preempted."""
-        launch = self.launched.get(task_id)
-        return launch is not None and launch[3]
-
-    def _time_records(self, now: int, task: TaskView, launched_ns: int) -> None:
-        """A batch task's records are known (it was suspended, or it ended): time them once."""
-        if task.records >= 1 and task.task_id not in self.timed:
-            self.timed.add(task.task_id)
-            self.records_s.add(now, (now - launched_ns) / 1e9)
-            self.records_n.add(now, task.records)
-
-    def memory_reported(self, executor: ExecutorView) -> None:
-        """A heartbeat came: learn what tasks hold, and what the executor holds without."""
-        tasks = [t for t in (executor.slot_task, *executor.suspended) if t is not None]
-        sized = executor.memory_limit_bytes is not None  # estimates come with a limit only
-        for task in tasks:
-            if task.priority == "stream":
-                self.stream_memory = max(self.stream_memory, task.memory_bytes)
-                self.stream_sized |= sized
-            else:
-                self.batch_memory = max(self.batch_memory, task.memory_bytes)
-                self.batch_sized |= sized
-        rss, limit = executor.rss_bytes, executor.memory_limit_bytes
-        if rss is not None and limit is not None:
-            self.limit = limit if self.limit is None else min(self.limit, limit)
-            base = max(0, rss - sum(t.memory_bytes for t in tasks))
-            self.base_rss = base if self.base_rss is None else min(self.base_rss, base)
-
-    def observe(self, view: ClusterView) -> None:
-        """Scan the executors (at most every SAMPLE_NS): stream tasks running, the batch
-        tasks' suspension budget and capped ones, the oldest batch task, parked tasks'
-        records."""
-        now = view.now
-        if self.scanned_ns is not None and now - self.scanned_ns < SAMPLE_NS:
-            return
-        streaming, budget, capped, oldest = 0, 0, 0, 0
-        for executor in view.executors():
-            for parked in executor.suspended:
-                launch = self.launched.get(parked.task_id)
-                if launch is not None:
-                    self._time_records(now, parked, launch[2])
-            task = executor.slot_task
-            if task is None:
-                continue
-            if task.priority == "stream":
-                streaming += 1
-                continue
-            left = max(0, task.max_suspensions - task.suspensions)
-            budget += left
-            capped += left == 0
-            launch = self.launched.get(task.task_id)
-            if launch is not None:
-                oldest = max(oldest, now - launch[2])
-        self.scanned_ns, self.oldest_batch_ns = now, oldest
-        self.streaming, self.budget_left, self.capped = streaming, budget, capped
-
-    @staticmethod
-    def _mean(seconds: Decayed, count: Decayed, now: int) -> float:
-        n = count.value(now)
-        return seconds.value(now) / n if n > 0 else 0.0
-
-    def can_park(self, executor: ExecutorView) -> bool:
-        """Whether suspending the executor's batch task (an idle one's: a batch task of
-        the largest size seen), then running a stream task in its slot, keeps it under its
-        memory limit (always, without one). Sizes not reported yet are taken as the
-        largest seen: an executor not heard from since it joined has the smallest limit
-        another reported; a task not yet in a heartbeat, the largest batch task seen; a
-        stream task, the largest stream task seen (both with MEMORY_MARGIN), or before any
-        was seen, as much as the largest batch task. Before any batch task's size was
-        reported, no executor with a limit can park: what it would cost is not known."""
-        limit = executor.memory_limit_bytes or self.limit
-        if limit is None:
-            return True
-        task = executor.slot_task
-        if task is not None and task.priority == "stream":
-            task = None  # what matters is the batch task that will run here
-        own = 0 if task is None else task.memory_bytes
-        if not self.batch_sized and not own:
-            return False
-        parked = own or round(self.batch_memory * MEMORY_MARGIN)
-        if self.stream_sized:
-            stream = round(self.stream_memory * MEMORY_MARGIN)
-        else:
-            stream = max(self.batch_memory, parked)
-        held = sum(t.memory_bytes for t in executor.suspended) + executor.kept_bytes
-        return (self.base_rss or 0) + parked + stream + held <= limit
-
-    def figures(self, view: ClusterView) -> Figures:
-        """The figures as of the last scan (made once per scan)."""
-        last = self.last_figures
-        if last is None or self._figured_ns != self.scanned_ns:
-            last = self.last_figures = self._figures(view)
-            self._figured_ns = self.scanned_ns
-        return last
-
-    def _figures(self, view: ClusterView) -> Figures:
-        now = view.now
-        executors = view.executors()
-        count = max(1, len(executors))
-        cap = max(1, view.max_suspensions)
-        stream_per_s = self.arrivals.per_s(now)
-        suspend_s = self._mean(self.records_s, self.records_n, now) / 2
-        stream_task_s = self._mean(self.free_s, self.free_n, now)
-        if not stream_task_s:  # only preempting ones so far: less what they waited
-            preempting = self._mean(self.preempting_s, self.preempting_n, now)
-            stream_task_s = max(0.0, preempting - suspend_s)
-        oldest = self.oldest_batch_ns / 1e9
-        if self.batch_n.total > 0:
-            batch_task_s = max(self._mean(self.batch_s, self.batch_n, now), oldest)
-        else:
-            batch_task_s = max(BATCH_TASK_PRIOR_S, oldest)
-        stream_load = stream_per_s * stream_task_s
-        return Figures(
-            stream_per_s=stream_per_s,
-            stream_task_s=stream_task_s,
-            stream_load=stream_load,
-            stream_wait_s=self._mean(self.waited_s, self.waited_n, now),
-            batch_task_s=batch_task_s,
-            oldest_batch_s=oldest,
-            executors=len(executors),
-            cap=cap,
-            budget_left=self.budget_left,
-            capped=self.capped,
-            spend_per_s=self.spends.per_s(now),
-            suspend_s=suspend_s,
-            suspend_known=self.records_n.total > 0,
-            cannot_park=sum(not self.can_park(e) for e in executors),
-            pressured=sum(e.memory_pressure >= MEMORY_PRESSURE_THRESHOLD for e in executors),
-            demand=stream_per_s * batch_task_s / (cap * count),
-            batch_measured=self.batch_n.total > 0,
-            reserve=min(max(1, math.ceil(stream_load / RESERVE_LOAD)), max(1, count - 1)),
-        )
+    reserve: int = 0  # the executors kept free of batch work from then on (0: none)
+    provisional: bool = False  # a reserve kept only until a suspension's cost is known
 
 
 class ReservingLb(LbPolicy):
@@ -618,6 +251,10 @@ class AdaptivePolicy(Policy):
         self.switches: list[Switch] = []
         self._last_stream_ns: int | None = None
         self._last_switch_ns: int | None = None
+        # The reserve is held only for want of figures (`_not_known`), since it began: it
+        # ends as soon as they come, on the entering thresholds (see `_active`).
+        self._provisional = False
+        self._wanted_provisional = False  # what `_choose` found last
 
     # Every hook: measure, maybe switch, then ask the current policy (and note its suspensions).
 
@@ -633,7 +270,7 @@ class AdaptivePolicy(Policy):
         return self._decided(view, self._active(view).slot_freed(view, executor))
 
     def metrics_updated(self, view: ClusterView, executor: ExecutorView) -> Iterable[Decision]:
-        self.workload.memory_reported(executor)
+        self.workload.reported(executor)
         return self._decided(view, self._active(view).metrics_updated(view, executor))
 
     def tick(self, view: ClusterView) -> Iterable[Decision]:
@@ -647,18 +284,36 @@ class AdaptivePolicy(Policy):
 
     def _active(self, view: ClusterView) -> Policy:
         self.workload.observe(view)
-        wanted, reason, figures = self._choose(view)
+        wanted, reason, figures, reserve = self._choose(view)
         dwelt = self._last_switch_ns is None or view.now - self._last_switch_ns >= self.min_dwell_ns
-        reserve = figures.reserve if wanted == "reserve" else 0
         changed = wanted != self.current or (
             wanted == "reserve" and reserve != self.reserving.stream_reserve
         )
-        urgent = (wanted in ("lb", "reserve") and self.current in ("fair", "fifo")) or (
-            wanted == "reserve"
-            and (self.current != "reserve" or reserve > self.reserving.stream_reserve)
+        urgent = (
+            (wanted in ("lb", "reserve") and self.current in ("fair", "fifo"))
+            or (
+                wanted == "reserve"
+                and (self.current != "reserve" or reserve > self.reserving.stream_reserve)
+            )
+            # Discussion: the dwell and the hysteresis keep measured figures that swing
+            # from flapping the regime; a reserve kept only until the figures came is not
+            # a regime they chose, and waiting to leave it costs batch work for nothing.
+            or (self.current == "reserve" and self._provisional)
         )
-        if changed and (urgent or dwelt):
+        # A reserve kept for want of figures that the figures now call for: the same
+        # regime, on a new footing, recorded as a switch (and the dwell counts from it).
+        confirmed = (
+            self.current == wanted == "reserve"
+            and self._provisional
+            and not self._wanted_provisional
+        )
+        if (changed and (urgent or dwelt)) or confirmed:
+            entering = self.current != "reserve"
             self._switch(view.now, wanted, reason, figures, reserve)
+            if wanted == "reserve" and entering:
+                self._provisional = self._wanted_provisional
+        if self.current == "reserve":
+            self._provisional = self._provisional and self._wanted_provisional
         return self.policies[self.current]
 
     def _switch(self, now: int, wanted: str, reason: str, figures: Figures, reserve: int) -> None:
@@ -666,14 +321,18 @@ class AdaptivePolicy(Policy):
         was = self.current
         if was == "reserve":
             was = f"reserve of {self.reserving.stream_reserve}"
-        self.switches.append(Switch(now, self.current, wanted, reason, figures.as_dict()))
+        provisional = wanted == "reserve" and self._wanted_provisional
+        self.switches.append(
+            Switch(now, self.current, wanted, reason, figures.as_dict(), reserve, provisional)
+        )
         log.info("adaptive policy: %s -> %s (%s)", was, to, reason)
         self.current = wanted
         self.reserving.stream_reserve = reserve if wanted == "reserve" else 0
         self.reserving.suspend_quickly = figures.quick
         self._last_switch_ns = now
 
-    def _choose(self, view: ClusterView) -> tuple[str, str, Figures]:
+    def _choose(self, view: ClusterView) -> tuple[str, str, Figures, int]:
+        """The regime wanted now, why, the figures, and the reserve's size (0 without)."""
         f = self.workload.figures(view)
         lag = view.stream_lag()
         recent = (
@@ -683,26 +342,46 @@ class AdaptivePolicy(Policy):
             # A stream source is behind (its driver says so): stream work is about, even
             # between its micro-batches; LB also keeps a slot for it when the lag is old.
             why = f"stream sources are {lag.pending} entries behind"
+        elif lag.sources:
+            # Discussion: a driver reports from its start, before its first micro-batch, and
+            # then every half second or so: its source is live, and stream work may come at
+            # any moment, so the batch work that fills the cluster meanwhile is placed as
+            # for stream work (a reserve from the first fill, if suspending is not known to
+            # be quick), not as for batch work alone.
+            why = f"{lag.sources} stream sources are live (their drivers report)"
         elif view.pending_count("stream") or self.workload.streaming or recent:
             why = f"stream work seen in the last {self.window_ns / 1e9:g} s"
         elif view.any_suspended():
             # fifo and fair never resume: leaving lb now would strand the suspended tasks.
-            return "lb", "suspended tasks are waiting to resume", f
+            return "lb", "suspended tasks are waiting to resume", f, 0
         else:
             jobs = {t.job_id for t in view.pending("batch")}
             if len(jobs) >= 2:
-                return "fair", f"{len(jobs)} batch jobs compete for slots, no stream work", f
-            return "fifo", "batch work only, nothing to balance", f
+                return "fair", f"{len(jobs)} batch jobs compete for slots, no stream work", f, 0
+            return "fifo", "batch work only, nothing to balance", f, 0
         short = self._short_of_suspensions(f)
+        unknown = self._not_known(f)
         self.reserving.suspend_quickly = f.quick
-        if short:
-            return "reserve", f"{why}; {short}: keep {f.reserve} executors for it", f
-        return "lb", f"{why}: suspension covers it (R={f.demand:.2f})", f
+        self._wanted_provisional = bool(unknown) and not short
+        if short or unknown:
+            reasons = "; ".join([*short, unknown] if unknown else short)
+            k = f.reserve
+            if not short:
+                # Discussion: while it is not known whether suspending is quick, a stream
+                # task that finds the reserve busy waits for it rather than for a record
+                # boundary (`ReservingLb._preemptible`): the tasks of a micro-batch come
+                # at once, and each would queue behind the one before. So a reserve kept
+                # for want of figures has an executor for each task of the largest
+                # micro-batch seen (all but one executor at most), not only for the load.
+                k = max(k, min(f.micro_batch, f.executors - 1))
+            return "reserve", f"{why}; {reasons}: keep {k} executors for it", f, k
+        return "lb", f"{why}: suspension covers it (R={f.demand:.2f})", f, 0
 
-    def _short_of_suspensions(self, f: Figures) -> str:
-        """Why suspension will not serve the stream work ('' if it will)."""
+    def _short_of_suspensions(self, f: Figures) -> list[str]:
+        """Why suspension will not serve the stream work, as measured (none if it will)."""
         reasons = []
-        staying = self.current == "reserve"
+        # A reserve kept only for want of figures is left on the thresholds for entering one.
+        staying = self.current == "reserve" and not self._provisional
         if f.demand >= (R_LEAVE if staying else R_ENTER):
             reasons.append(
                 f"{f.stream_per_s:.0f} stream tasks/s against {f.cap} suspensions per "
@@ -732,4 +411,21 @@ class AdaptivePolicy(Policy):
             reasons.append(f"{f.cannot_park} executors cannot park a batch task (memory limit)")
         if f.pressured * 2 > f.executors:
             reasons.append(f"{f.pressured} of {f.executors} hosts are short of memory")
-        return "; ".join(reasons)
+        return reasons
+
+    @staticmethod
+    def _not_known(f: Figures) -> str:
+        """Why a suspension's cost is not known yet ('' if it is).
+
+        Discussion: not knowing is not the same as quick. Betting on suspension costs stream
+        tasks a record's wait, and a record may take any time (a partition, a file) or never
+        end (a task that reaches no boundary); betting on a reserve costs a stream task that
+        finds it busy the wait for the stream task before it, and batch work a k-th of the
+        cluster until the figure comes, which is soon: executors report their running
+        tasks' records in every heartbeat (`TaskView.record_ns`). So, until it is known, a
+        reserve (left as soon as it is). Once a suspension's cost is known, its worst is
+        known, while a stream task not timed yet may take any time: suspending is then the
+        bet with the bounded loss, as when it is known quick (`_short_of_suspensions`)."""
+        if f.suspend_known:
+            return ""
+        return "no batch task's records are timed yet: a suspension's wait is unknown"

@@ -36,6 +36,7 @@ from tidal.scheduler.records.tables import (
     PendingQueues,
     Task,
     TaskState,
+    record_length,
     stat_count,
 )
 
@@ -342,6 +343,7 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook):
         task.running_ns = stat_count(stats, "running_ns", task.running_ns)
         task.suspended_ns = stat_count(stats, "suspended_ns", task.suspended_ns)
         task.records = stat_count(stats, "records", task.records)
+        task.record_ns = record_length([task.running_ns, task.records], task.record_ns)
         task.finished_at_ns = stat_count(stats, "finished_at_ns", None)
         task.kept_bytes = stat_count(stats, "kept_bytes", 0)
 

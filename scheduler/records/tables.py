@@ -24,6 +24,7 @@ __all__ = [
     "Piece",
     "Task",
     "TaskState",
+    "record_length",
     "resume_order",
     "stat_count",
 ]
@@ -141,6 +142,10 @@ class Task:
     chunk: Task | None = None  # a chunked task: the chunk it was launched in
     subtasks: dict[str, Task] | None = None  # a chunk: its subtasks not reported yet
     memory_bytes: int = 0  # its executor's estimate of its memory, from the last heartbeat
+    # Its running time per record consumed, as its executor last reported both (a heartbeat's
+    # `task_records`, or its end's stats); 0 before it consumed one. Kept across attempts:
+    # it is its code's and its input's, not its attempt's.
+    record_ns: int = 0
     lost_on: list[str] = field(default_factory=list)  # executors lost while they held it
     # The executor said it has this launch (`received`, or it started): a loss counts from
     # then on. `launched_ns` tells this launch from an earlier one of the same attempt.
@@ -202,17 +207,20 @@ class ExecutorRecord:
 
     def add_metrics(self, beat: p.Heartbeat) -> None:
         """A heartbeat arrived: keep it in the window, update `memory_pressure`, the limit
-        and the RSS, and each task's memory estimate."""
+        and the RSS, and each task's memory estimate and record length."""
         self.metrics.append(beat)
         window = self.metrics
         self.memory_pressure = sum(m.mem_percent for m in window) / len(window) / 100
         self.memory_limit_bytes = beat.memory_limit_bytes if beat.memory_limit_bytes > 0 else None
         self.rss_bytes = beat.rss_bytes
         estimates = beat.task_memory or {}
+        progress = beat.task_records or {}
         for task in self.tasks():
             figure = estimates.get(task.task_id, 0)
             # Peer input: a dict's contents are not checked by decode.
             task.memory_bytes = figure if type(figure) is int and figure > 0 else 0
+            if progress:
+                task.record_ns = record_length(progress.get(task.task_id), task.record_ns)
 
     @property
     def memory_headroom(self) -> int | None:
@@ -232,6 +240,23 @@ class ExecutorRecord:
     def chunks(self) -> Iterator[Task]:
         """The chunks here, running, queued or suspended."""
         return (t for t in self.tasks() if t.subtasks is not None)
+
+
+def record_length(progress: Any, default: int) -> int:
+    """A record's length in ns from a task's progress `[running_ns, records]` (a heartbeat's
+    `task_records` item), or `default` when it tells none: no record consumed yet, or not
+    a pair of counts (peer input: decode does not check a dict's contents).
+
+    Discussion: the running time holds the records consumed and the part of the next one
+    done so far, half a record on average (a heartbeat does not wait for a boundary): so
+    running / (records + 1/2). Running / records would take 1.5 records for one at the first
+    heartbeat after it, and coarse records are the ones a first heartbeat finds few of."""
+    if type(progress) is not list or len(progress) != 2:
+        return default
+    running_ns, records = progress
+    if type(running_ns) is not int or type(records) is not int or records < 1 or running_ns < 0:
+        return default
+    return max(1, 2 * running_ns // (2 * records + 1))
 
 
 def resume_order(task: Any) -> tuple[bool, int, int]:

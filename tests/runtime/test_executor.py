@@ -123,6 +123,9 @@ def test_suspends_a_busy_task_over_the_socket_and_resumes_it_exactly(executor):
             if time.monotonic() > deadline:
                 raise AssertionError(f"heartbeats never showed the suspended task: {beat!r}")
             beat = stub.expect(p.Heartbeat)
+        # Its running time and records, as the kernel counted them when it parked.
+        running_ns, records = beat.task_records["busy"]
+        assert records == suspended.records and running_ns > 0
         stub.send(ex, p.Resume("busy", time.monotonic_ns()))
         stub.expect(p.Resumed, task_id="busy")
     finished = stub.expect(p.Finished, task_id="busy", timeout=30)

@@ -228,6 +228,35 @@ def test_suspend_and_resume_latencies_are_measured(make_kernel):
     assert stats["suspended_ns"] > 0 and stats["running_ns"] > 0
 
 
+def test_heartbeats_report_each_started_tasks_running_time_and_records(make_kernel):
+    clock = FakeClock()
+    kernel, transport = make_kernel(clock=clock)
+    seen = {}
+
+    def records(n):
+        for i in range(n):
+            clock.now += 2_000_000  # 2 ms a record, by the kernel's clock
+            if i == 10:
+                # As the listener reads it for a heartbeat, while the task runs: ten
+                # records handed out, the eleventh under way.
+                seen["running"] = kernel.task_progress()
+                kernel.suspend("t")
+            yield i
+
+    kernel.launch("t", sum, [records(20)])
+    kernel.launch("later", sum, [[1, 2]])
+    kernel.run()
+    running_ns, consumed = seen["running"]["t"]
+    assert consumed == 10 and 22_000_000 <= running_ns < 23_000_000
+    assert "later" not in seen["running"]  # queued, not started: nothing to report
+    (suspended,) = transport.of(p.Suspended, "t")
+    parked = kernel.task_progress()["t"]  # parked: its figures as of its suspension
+    assert parked[1] == suspended.records == 11 and parked[0] >= running_ns
+    kernel.resume("t")
+    kernel.run()
+    assert kernel.task_progress() == {}  # both done: their ends report their figures
+
+
 def test_kill_unwinds_running_suspended_and_queued_tasks(make_kernel):
     kernel, transport = make_kernel()
     cleaned = []

@@ -6,6 +6,7 @@ executor would send; `Harness` keeps what the core sent, per executor and per cl
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from tidal.runtime import payloads
@@ -156,6 +157,14 @@ class Harness:
         """Report `task_id` finished with `result` packed as its payload (bytes as they are)."""
         blob = result if isinstance(result, bytes) else payloads.pack_payload(result)
         self.report(executor_id, p.Finished(task_id, attempt, blob, {"running_ns": 5 * MS}))
+
+    def heartbeat(self, executor_id: str, task_records: dict[str, list[int]] | None = None) -> None:
+        """A heartbeat from `executor_id` carrying `task_records` ({task_id: [running_ns,
+        records]}, as its kernel counts them; None, as from a version-10 executor)."""
+        beat = p.Heartbeat(
+            executor_id, self.nodes[executor_id], 1, self.clock.now, 1, 0, 0, 0, 1, 1, 10.0
+        )
+        self.report(executor_id, dataclasses.replace(beat, task_records=task_records))
 
     def state(self, task_id: str):
         return self.core.records.tasks[task_id].state

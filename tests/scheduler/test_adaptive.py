@@ -45,6 +45,11 @@ def simulate(kind: str, policy, seed: int = 1):
     return sim.run(jobs)
 
 
+def launched(h: Harness) -> dict[str, str]:
+    """The launches the core sent since the last look: executor id -> task id."""
+    return {e: m.task_id for e in list(h.to_executor) for m in h.sent(e, p.Launch)}
+
+
 # ---- what it measures -------------------------------------------------------------------------
 
 
@@ -77,6 +82,21 @@ def test_task_lengths_are_measured_from_launch_to_end():
     assert figures.stream_task_s == pytest.approx(0.005)
     assert figures.batch_task_s == pytest.approx(0.205) and figures.batch_measured
     assert figures.executors == 2 and figures.cap == h.core.view.max_suspensions
+
+
+def test_heartbeats_tell_what_a_suspension_costs_before_any_is_made():
+    policy = AdaptivePolicy()
+    h = Harness(policy=policy)
+    h.submit("b", "batch", 2)
+    running = launched(h)
+    for executor, task in running.items():
+        h.start(executor, task)
+    assert not policy.workload.figures(h.core.view).suspend_known
+    executor, task = next(iter(running.items()))
+    h.heartbeat(executor, {task: [250 * MS, 2]})  # records of 100 ms
+    figures = policy.workload.figures(h.core.view)
+    assert figures.suspend_known and figures.suspend_s == pytest.approx(0.05)
+    assert all(h.core.view.task(t).suspensions == 0 for t in running.values())
 
 
 # ---- the reserve ------------------------------------------------------------------------------
@@ -126,7 +146,7 @@ def test_every_switch_is_recorded_with_the_figures_behind_it():
     for switch in policy.switches:
         assert switch.reason and set(switch.figures) == FIGURES
     # Stream tasks come far faster than the batch tasks bring suspensions: a reserve.
-    (to_reserve, *_) = [s for s in policy.switches if s.to_policy == "reserve"]
+    (to_reserve, *_) = [s for s in policy.switches if s.to_policy == "reserve" and "R=" in s.reason]
     assert "R=" in to_reserve.reason and to_reserve.figures["demand"] >= R_ENTER
     assert to_reserve.figures["reserve"] >= 1
 
@@ -137,10 +157,13 @@ def test_switches_away_from_a_reserve_wait_the_minimum_dwell():
     switches = policy.switches
     assert len(switches) >= 3
     for before, after in itertools.pairwise(switches):
-        smaller = after.to_policy == "reserve" and (
-            after.figures["reserve"] < before.figures["reserve"]
-        )
-        if after.from_policy == "reserve" and (after.to_policy != "reserve" or smaller):
+        smaller = after.to_policy == "reserve" and after.reserve < before.reserve
+        # A reserve kept only until a suspension's cost is known is left when it is.
+        if (
+            after.from_policy == "reserve"
+            and not before.provisional
+            and (after.to_policy != "reserve" or smaller)
+        ):
             assert after.at_ns - before.at_ns >= 1_000 * MS, (before, after)
 
 
@@ -165,13 +188,70 @@ def test_memory_limits_lead_to_a_reserve_and_say_so():
     assert any("memory limit" in s.reason for s in policy.switches if s.to_policy == "reserve")
 
 
-def test_slow_suspensions_are_measured_and_named_as_the_reason():
+def test_until_a_suspensions_cost_is_known_a_reserve_is_kept_and_left_as_soon_as_it_is():
     policy = AdaptivePolicy()
-    simulate("coarse-records", policy)
-    slow = [s for s in policy.switches if "a suspension takes" in s.reason]
-    assert slow
-    assert slow[0].figures["suspend_known"]
-    assert slow[0].figures["suspend_s"] > slow[0].figures["stream_task_s"] > 0
+    h = Harness(policy=policy, executors=[("e0", "n0"), ("e1", "n0"), ("e2", "n1")])
+    # A stream driver reports from its start: its source is live before any micro-batch.
+    h.handle(ClientRequest(CLIENT_ID, p.StreamLag("events", 0, -1.0)))
+    h.submit("b", "batch", 3)
+    running = launched(h)
+    assert sorted(running) == ["e0", "e1"]  # e2 kept for the stream work to come
+    (switch,) = policy.switches
+    assert switch.to_policy == "reserve" and switch.reserve == 1 and switch.provisional
+    assert "live" in switch.reason and "a suspension's wait is unknown" in switch.reason
+    for executor, task in running.items():
+        h.start(executor, task)
+    h.heartbeat("e0", {running["e0"]: [5 * MS, 5]})  # records of 1 ms: suspending is quick
+    assert policy.current == "lb"  # at once: no dwell for a reserve kept for want of it
+    assert policy.switches[-1].figures["suspend_known"]
+    h.submit("s", "stream", 1)
+    h.finish("e0", running["e0"])
+    assert launched(h)  # the executors take work again as LB places it
+
+
+def test_a_reserve_kept_for_want_of_figures_has_an_executor_per_task_of_a_micro_batch():
+    policy = AdaptivePolicy()
+    h = Harness(policy=policy, executors=[(f"e{i}", f"n{i % 2}") for i in range(5)])
+    h.submit("s", "stream", 3)  # a micro-batch of three, before any record is known
+    assert policy.current == "reserve" and policy.switches[-1].reserve == 3
+    h.submit("b", "batch", 5)
+    assert len(launched(h)) == 5  # the three stream tasks, and batch work on two executors
+
+
+def test_on_coarse_records_adaptive_is_within_a_tenth_of_the_best_fixed_policy():
+    # Batch tasks reach a record boundary every 50 ms, and the first micro-batch comes
+    # when batch work fills the cluster (scheduler/scenarios.py): what a suspension costs
+    # is not known then, so a reserve from the first fill, kept once heartbeats tell.
+    runs = {name: bench.run_one(name, "coarse-records", 1, 3) for name in bench.POLICIES}
+    mix = bench._judged(runs)
+    assert mix["adaptive_vs_best"] <= 1.1, mix["scores"]
+    policy = AdaptivePolicy()
+    result = simulate("coarse-records", policy)
+    first_batch = min(t.submitted_s for t in result.tasks.values() if t.priority == "batch")
+    assert policy.switches[0].to_policy == "reserve"
+    assert policy.switches[0].at_ns / 1e9 < first_batch
+    assert policy.current == "reserve" and result.max_suspensions_per_task <= 3
+
+
+def test_slow_records_reported_in_heartbeats_are_named_as_the_reason_for_the_reserve():
+    policy = AdaptivePolicy()
+    h = Harness(policy=policy, executors=[("e0", "n0"), ("e1", "n0"), ("e2", "n1")])
+    (stream,) = h.submit("s", "stream", 1)
+    (where,) = [e for e in ("e0", "e1", "e2") if h.sent(e, p.Launch)]
+    h.start(where, stream)
+    h.clock.now += 5 * MS
+    h.finish(where, stream)  # a stream task takes 5 ms
+    h.submit("b", "batch", 3)
+    running = launched(h)
+    assert len(running) == 2  # a reserve: a suspension's cost is not known yet
+    for executor, task in running.items():
+        h.start(executor, task)
+    executor, task = next(iter(running.items()))
+    h.heartbeat(executor, {task: [125 * MS, 2]})  # records of 50 ms, none suspended yet
+    last = policy.switches[-1]
+    assert policy.current == "reserve" and not h.core.view.task(task).suspensions
+    assert "a suspension takes 25.0 ms, a stream task 5.0 ms" in last.reason
+    assert last.figures["suspend_known"] and last.figures["suspend_s"] == pytest.approx(0.025)
 
 
 def test_adaptive_kills_only_parked_tasks_to_keep_its_reserve_within_the_kill_cap():
@@ -191,6 +271,11 @@ def test_adaptive_kills_only_parked_tasks_to_keep_its_reserve_within_the_kill_ca
 def test_a_lagging_source_is_stream_work_and_lb_keeps_its_slot():
     # As tests/scheduler/test_lag.py, through adaptive's own LB (no reserve of its own).
     h = Harness(policy="adaptive")
+    (first,) = h.submit("a", "batch", 1)
+    (executor,) = [e for e in ("e0", "e1") if h.sent(e, p.Launch)]
+    h.start(executor, first)
+    h.heartbeat(executor, {first: [5 * MS, 5]})  # a suspension is known to be quick
+    h.finish(executor, first)
     h.handle(ClientRequest(CLIENT_ID, p.StreamLag("ads", 5000, 2500.0)))
     h.submit("b", "batch", 4)
     launched = [m for e in ("e0", "e1") for m in h.sent(e, p.Launch)]

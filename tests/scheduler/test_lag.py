@@ -52,8 +52,11 @@ def test_lb_fills_every_executor_when_no_source_lags_or_its_lag_is_young():
 
 def test_adaptive_takes_a_lagging_source_for_stream_work():
     h = Harness(policy="adaptive")
-    h.submit("b", "batch", 1)
+    (batch,) = h.submit("b", "batch", 1)
     assert h.core.policy.current == "fifo"
+    (executor,) = [e for e in ("e0", "e1") if h.sent(e, p.Launch)]
+    h.start(executor, batch)
+    h.heartbeat(executor, {batch: [5 * MS, 5]})  # a suspension is known to be quick
     report(h, "ads", 800, 300.0)
     h.submit("c", "batch", 1)
     assert h.core.policy.current == "lb"

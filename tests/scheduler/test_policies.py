@@ -112,6 +112,7 @@ def test_adaptive_switches_with_the_workload_and_records_why():
     assert policy.current == "fair"
     h.start("e0", "a/0")
     h.sent("e0")
+    h.heartbeat("e0", {"a/0": [4 * MS, 4]})  # records of 1 ms: a suspension is quick
     h.submit("s", "stream", 1)
     assert policy.current == "lb" and [type(m) for m in h.sent("e0")] == [p.Suspend, p.Launch]
     assert [(s.from_policy, s.to_policy) for s in policy.switches] == [

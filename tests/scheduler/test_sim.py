@@ -484,6 +484,35 @@ def test_heartbeats_report_what_tasks_hold_parked_ones_included():
     assert result.parked_mb_max == 3072 and result.tasks_failed == 0
 
 
+def test_heartbeats_report_each_running_tasks_records_before_any_suspension():
+    jobs = [JobSpec("b", "batch", 0.0, [1.0], record_s=0.05), JobSpec("f", "batch", 0.0, [1.0])]
+    sim = SimCluster("fifo", [("e0", "n0"), ("e1", "n0")], heartbeat_s=0.1)
+    result = sim.run(jobs, until_s=0.45)
+    view = sim.core.view
+    assert result.suspensions == 0
+    # The view's length is the running time over the records done and half of the next.
+    assert view.task("b/0").record_ns == pytest.approx(50 * MS, rel=0.15)
+    assert view.task("f/0").record_ns == pytest.approx(1 * MS, rel=0.01)
+    beat = sim.core.records.executors[view.task("b/0").executor_id].metrics[-1]
+    running_ns, records = beat.task_records["b/0"]
+    assert records == running_ns // (50 * MS) >= 6
+
+
+def test_a_stream_sources_driver_reports_its_lag_from_the_start():
+    jobs = [
+        JobSpec("b", "batch", 0.0, [0.5]),
+        JobSpec("s1", "stream", 0.6, [0.005], source="events"),
+        JobSpec("s2", "stream", 0.7, [0.005], source="events"),
+    ]
+    sim = SimCluster("fifo", [("e0", "n0")])
+    sim.run(jobs, until_s=0.3)  # before its first micro-batch
+    lag = sim.core.view.stream_lag()
+    assert (lag.sources, lag.pending, lag.oldest_age_s) == (1, 0, None)
+    assert sim.core.status()["streams"][0]["source"] == "events"
+    with pytest.raises(ValueError, match="only a stream job comes from a source"):
+        JobSpec("b", "batch", 0.0, [1.0], source="events")
+
+
 def test_bad_input_gets_an_error_that_says_what_is_wrong():
     with pytest.raises(ValueError, match="priority must be stream or batch"):
         JobSpec("j", "urgent", 0.0, [1.0])

@@ -1,6 +1,7 @@
 """The records and their views: the bulk questions a policy asks of `ClusterView` at scale
 (`free_capacities`, `free_slots`, `any_suspended`) and an executor's kept memory pressure
-agree, after every event of whole simulated runs, with asking each executor's view."""
+agree, after every event of whole simulated runs, with asking each executor's view; and a
+task's record length, as its executor reports it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import random
 
 import pytest
 
+from tests.scheduler.harness import MS, Harness
+from tidal.runtime import payloads
+from tidal.runtime import protocol as p
 from tidal.scheduler.scenarios import mixed_scenario
 from tidal.scheduler.sim import JobSpec, SimCluster
 from tidal.scheduler.views import ClusterView
@@ -81,3 +85,27 @@ def test_bulk_answers_match_under_heavy_stealing_and_stream_work():
     seen = checked(sim)
     result = sim.run(sorted(jobs, key=lambda j: j.arrival_s))
     assert result.completed_once and result.steals > 0 and seen[0] > 500
+
+
+def test_a_running_tasks_record_length_is_in_its_view_before_any_suspension():
+    h = Harness(policy="fifo")
+    (task,) = h.submit("b", "batch", 1)
+    (executor,) = [e for e in ("e0", "e1") if h.sent(e, p.Launch)]
+    h.start(executor, task)
+    view = h.core.view
+    h.heartbeat(executor, {task: [30 * MS, 0]})
+    assert view.task(task).record_ns is None  # not a record consumed yet
+    # 3 records and half of the next, on average, in 35 ms: 10 ms a record.
+    h.heartbeat(executor, {task: [35 * MS, 3]})
+    assert view.task(task).record_ns == 10 * MS and view.task(task).suspensions == 0
+    # A peer's word: figures that are not counts tell nothing, nor does a heartbeat without
+    # them (a version-10 executor's); the last known length stays.
+    for bad in ([35 * MS], ["35", 3], [35 * MS, -1], [True, 3], "x", None):
+        h.heartbeat(executor, {task: bad})
+        assert view.task(task).record_ns == 10 * MS
+    h.heartbeat(executor, None)
+    assert view.task(task).record_ns == 10 * MS
+    # Its end tells it too: 4 records (and half of one) in 90 ms.
+    stats = {"running_ns": 90 * MS, "records": 4}
+    h.report(executor, p.Finished(task, 0, payloads.pack_payload(None), stats))
+    assert view.task(task).record_ns == 20 * MS
