@@ -74,10 +74,10 @@ def pack_calls(
         )
     )
     if longest >= payloads.BLOCKED_MIN_ITEMS:
-        # A partition of BLOCKED_MIN_ITEMS items or more (it packs to as many bytes at
-        # least) travels in blocks (payloads.py, "Blocked arguments").
+        # A big partition (`payloads.is_big`: it packs to BLOCKED_MIN_ITEMS bytes at least)
+        # travels in blocks (payloads.py, "Blocked arguments").
         for i, partition in enumerate(partitions):
-            if type(partition) in (list, tuple) and len(partition) >= payloads.BLOCKED_MIN_ITEMS:
+            if len(packed[i]) >= payloads.BLOCKED_MIN_ITEMS and payloads.is_big(partition):
                 calls[i] = payloads.pack_call([partition], {}, packed_kwargs=packed_kwargs)
                 if len(calls[i]) >= DATA_THRESHOLD:
                     return None

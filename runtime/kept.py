@@ -52,9 +52,10 @@ class InputUnavailable(DataUnavailable):
     was: its executor is gone, say. The scheduler computes it again and reruns the task."""
 
 
-def pack_kept(value: Any) -> bytes:
-    """A kept result's payload: the value as a call of one argument (a big list in blocks)."""
-    return payloads.pack_call([value], {})
+def pack_kept(value: Any, boundary: Callable[[], None] | None = None) -> bytes:
+    """A kept result's payload: the value as a call of one argument (a big list in blocks,
+    `boundary()` after each block if given)."""
+    return payloads.pack_call([value], {}, boundary=boundary)
 
 
 # ---- the client: futures among a call's arguments ------------------------------------------

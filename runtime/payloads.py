@@ -30,9 +30,11 @@ from tidal.runtime.protocol import (
 )
 
 __all__ = [
+    "BLOCKED_MIN_BYTES",
     "BLOCKED_MIN_ITEMS",
     "DATA_MIN_BYTES",
     "Blocks",
+    "is_big",
     "is_reference",
     "open_call",
     "open_reference",
@@ -59,17 +61,45 @@ _CALL_HEADER = b"\x92"  # a msgpack array of two items: [args, kwargs]
 ONE_ARGUMENT_CALL = b"\x92\x91"
 
 
-def pack_payload(value: Any, where: str = "payload") -> bytes:
+def pack_payload(
+    value: Any, where: str = "payload", boundary: Callable[[], None] | None = None
+) -> bytes:
     """Pack one value (a task's result, say) as a payload.
+
+    With `boundary` (the kernel's record boundary), a big list or tuple (`is_big`) is packed
+    a block of items at a time with `boundary()` after each: the same bytes, but no single
+    call holding the GIL for long.
 
     Raises EncodeError naming the part msgpack cannot carry, starting from `where`
     (`finished.result[1] is of type set, ...`).
     """
     try:
+        if boundary is not None and is_big(value):
+            return _pack_stepwise(value, boundary)
         return msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         problem = find_unencodable(value, where) or f"cannot encode {where}: {exc}"
         raise EncodeError(problem) from None
+
+
+def _pack_stepwise(items: list[Any] | tuple[Any, ...], boundary: Callable[[], None]) -> bytes:
+    """`msgpack.packb(items)`, packed a block at a time with `boundary()` after each.
+
+    Discussion: msgpack arrays concatenate: the array's header, then each block's items
+    packed as an array with that array's own header cut off, are the bytes `packb` makes.
+    """
+    parts = [msgpack.Packer(use_bin_type=True).pack_array_header(len(items))]
+    step = _block_step(items)
+    for start in range(0, len(items), step):
+        block = items[start : start + step]
+        parts.append(msgpack.packb(block, use_bin_type=True)[_array_header_size(len(block)) :])
+        boundary()
+    return b"".join(parts)
+
+
+def _array_header_size(count: int) -> int:
+    """The bytes of a msgpack array header for `count` items (fixarray, array 16, array 32)."""
+    return 1 if count <= 15 else 3 if count <= 0xFFFF else 5
 
 
 # Payloads smaller than this are envelopes (a call that holds only futures, a sum), not data:
@@ -82,11 +112,18 @@ DATA_MIN_BYTES = 1024
 MAX_RESULT_BYTES = MAX_FRAME_BYTES - (1 << 20)
 
 
-def pack_result(value: Any, where: str, spool: Callable[[bytes], bytes] | None = None) -> bytes:
-    """A task's result as a payload; one of DATA_THRESHOLD bytes or more is handed to
-    `spool` (the executor's: it returns a reference, runtime/datastore.py) where there is
-    one. EncodeError if msgpack cannot carry it, or a frame could not (MAX_RESULT_BYTES)."""
-    result = pack_payload(value, where)
+def pack_result(
+    value: Any,
+    where: str,
+    spool: Callable[[bytes], bytes] | None = None,
+    *,
+    packed: bytes | None = None,
+) -> bytes:
+    """A task's result as a payload (`packed`, if it was packed already); one of
+    DATA_THRESHOLD bytes or more is handed to `spool` (the executor's: it returns a
+    reference, runtime/datastore.py) where there is one. EncodeError if msgpack cannot carry
+    it, or a frame could not (MAX_RESULT_BYTES)."""
+    result = packed if packed is not None else pack_payload(value, where)
     if spool is not None and len(result) >= DATA_THRESHOLD:
         result = spool(result)
     if len(result) > MAX_RESULT_BYTES:
@@ -97,9 +134,17 @@ def pack_result(value: Any, where: str, spool: Callable[[bytes], bytes] | None =
     return result
 
 
-def pack_call(args: Any, kwargs: dict[str, Any], *, packed_kwargs: bytes | None = None) -> bytes:
+def pack_call(
+    args: Any,
+    kwargs: dict[str, Any],
+    *,
+    packed_kwargs: bytes | None = None,
+    boundary: Callable[[], None] | None = None,
+) -> bytes:
     """The payload of one task call: `[args, kwargs]`, packed; with a big sequence among the
-    args, `[args, kwargs, blocked]` (see *Blocked arguments* below).
+    args (`is_big`), `[args, kwargs, blocked]` (see *Blocked arguments* below), its blocks
+    packed one at a time with `boundary()` after each if `boundary` is given (an executor
+    keeping a task's result packs it in the task, between record boundaries).
 
     `packed_kwargs`, if given, is `pack_payload(kwargs)` done once for many calls that share
     their keyword arguments (`Client.map`): msgpack values simply concatenate. It may also
@@ -110,8 +155,9 @@ def pack_call(args: Any, kwargs: dict[str, Any], *, packed_kwargs: bytes | None 
     # tiny tasks), so the common case is one msgpack call and a length look per argument.
     args = args if type(args) is list else list(args)
     try:
-        if any(map(_is_big, args)):
-            return _pack_blocked_call(args, kwargs, packed_kwargs)
+        big = [is_big(arg) for arg in args]
+        if any(big):
+            return _pack_blocked_call(args, big, kwargs, packed_kwargs, boundary)
         if packed_kwargs is None:
             return msgpack.packb([args, kwargs], use_bin_type=True)
         return _CALL_HEADER + msgpack.packb(args, use_bin_type=True) + packed_kwargs
@@ -124,24 +170,54 @@ def pack_call(args: Any, kwargs: dict[str, Any], *, packed_kwargs: bytes | None 
 
 # Discussion: one msgpack call decoding a 600,000-int partition holds the GIL for ~45 ms
 # (3 million: ~150 ms) on this machine type, and a suspend that lands meanwhile waits it out.
-# So an argument of BLOCKED_MIN_ITEMS or more items travels as blocks of packed items, each
-# decoding in well under a millisecond (8,192 ints: ~0.3-0.4 ms), and the executor's kernel
-# decodes them one at a time with a record boundary between blocks (runtime/kernel.py).
-# Blocks are sized from a sample of the items: ~BLOCK_TARGET_BYTES each, at most
-# MAX_BLOCK_ITEMS items (small items cost per item to decode, big ones per byte).
+# So a big argument travels as blocks of packed items, each decoding in well under a
+# millisecond (8,192 ints: ~0.3-0.4 ms), and the executor's kernel decodes them one at a
+# time with a record boundary between blocks (runtime/kernel.py). Blocks are sized from a
+# sample of the items: ~BLOCK_TARGET_BYTES each, at most MAX_BLOCK_ITEMS items (small items
+# cost per item to decode, big ones per byte).
+#
+# "Big" is by items (BLOCKED_MIN_ITEMS) or by packed bytes (BLOCKED_MIN_BYTES, estimated
+# from a sample). Discussion: by items alone, a partition of records was never blocked: the
+# demo's 1,784 documents (`[doc_id, words, topics]`, 248 KB packed) decoded in one call of
+# ~4 ms, ~8-10 ms on a loaded machine, and every stream task that came meanwhile waited it
+# out (the unified benchmark's stream tail, traced 2026-12-07). Nested small ints decode at
+# ~17 ns a byte here, so 64 KiB is a call of ~1 ms.
 BLOCKED_MIN_ITEMS = 16_384
+BLOCKED_MIN_BYTES = 64 * 1024
+SAMPLED_FROM_ITEMS = 32  # shorter sequences are never blocked (nor sampled)
+SAMPLE_ITEMS = 16
 BLOCK_TARGET_BYTES = 48 * 1024
 MAX_BLOCK_ITEMS = 8_192
 _BLOCKED_CALL_HEADER = b"\x93"  # a msgpack array of three items: [args, kwargs, blocked]
 
 
+def is_big(arg: Any) -> bool:
+    """Whether `arg` is a list or tuple that travels in blocks: BLOCKED_MIN_ITEMS items or
+    more, or SAMPLED_FROM_ITEMS or more that pack (by a sample spread over them) to
+    BLOCKED_MIN_BYTES or more. EncodeError-prone values raise as packing them would."""
+    if type(arg) not in (list, tuple):
+        return False
+    count = len(arg)
+    if count >= BLOCKED_MIN_ITEMS:
+        return True
+    if count < SAMPLED_FROM_ITEMS:
+        return False
+    sample = arg[:: count // SAMPLE_ITEMS]
+    estimate = len(msgpack.packb(sample, use_bin_type=True)) * count / len(sample)
+    return estimate >= BLOCKED_MIN_BYTES
+
+
 def _pack_blocked_call(
-    args: list[Any], kwargs: dict[str, Any], packed_kwargs: bytes | None
+    args: list[Any],
+    big: list[bool],
+    kwargs: dict[str, Any],
+    packed_kwargs: bytes | None,
+    boundary: Callable[[], None] | None,
 ) -> bytes:
     """`[args, kwargs, blocked]`: each big sequence in `args` is nil there, and its items
     travel in `blocked` as `[index, [block, ...]]`, each block a packed array of items."""
-    blocked = [[index, pack_blocks(arg)] for index, arg in enumerate(args) if _is_big(arg)]
-    skeleton = [None if _is_big(arg) else arg for arg in args]
+    blocked = [[index, pack_blocks(arg, boundary)] for index, arg in enumerate(args) if big[index]]
+    skeleton = [None if big[index] else arg for index, arg in enumerate(args)]
     if packed_kwargs is None:
         packed_kwargs = msgpack.packb(kwargs, use_bin_type=True)
     return (
@@ -152,19 +228,25 @@ def _pack_blocked_call(
     )
 
 
-def _is_big(arg: Any) -> bool:
-    return type(arg) in (list, tuple) and len(arg) >= BLOCKED_MIN_ITEMS
-
-
-def pack_blocks(items: list[Any] | tuple[Any, ...]) -> list[bytes]:
-    """`items` as packed arrays of consecutive items, sized as the discussion above says."""
+def _block_step(items: list[Any] | tuple[Any, ...]) -> int:
+    """How many items a block of `items` holds (see the discussion above)."""
     sample = msgpack.packb(items[:256], use_bin_type=True)
     per_item = max(1.0, len(sample) / min(256, len(items)))
-    step = int(min(MAX_BLOCK_ITEMS, max(16, BLOCK_TARGET_BYTES // per_item)))
-    return [
-        msgpack.packb(items[start : start + step], use_bin_type=True)
-        for start in range(0, len(items), step)
-    ]
+    return int(min(MAX_BLOCK_ITEMS, max(16, BLOCK_TARGET_BYTES // per_item)))
+
+
+def pack_blocks(
+    items: list[Any] | tuple[Any, ...], boundary: Callable[[], None] | None = None
+) -> list[bytes]:
+    """`items` as packed arrays of consecutive items, sized as the discussion above says;
+    `boundary()` after each if given."""
+    step = _block_step(items)
+    blocks = []
+    for start in range(0, len(items), step):
+        blocks.append(msgpack.packb(items[start : start + step], use_bin_type=True))
+        if boundary is not None:
+            boundary()
+    return blocks
 
 
 def open_call(

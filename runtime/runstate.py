@@ -74,6 +74,9 @@ class Outcome:
     kind: str  # "finished" | "failed" | "killed"
     value: Any = None
     error: list[str] | None = None  # [type name, message, traceback] when failed
+    # The finished value already packed, in the task, between record boundaries (a kept
+    # result, a big one: `Kernel._packed`); None: `end_report` packs it.
+    payload: bytes | None = None
 
 
 def end_report(
@@ -88,10 +91,12 @@ def end_report(
     fail it, as for its memory limit)."""
     task_id, attempt = record.task_id, record.attempt
     if outcome.kind == "finished" and record.keep:
-        return _kept_report(record, outcome.value, stats, keep_result)
+        return _kept_report(record, outcome, stats, keep_result)
     if outcome.kind == "finished":
         try:
-            result = payloads.pack_result(outcome.value, "finished.result", spool_result)
+            result = payloads.pack_result(
+                outcome.value, "finished.result", spool_result, packed=outcome.payload
+            )
         except p.EncodeError as exc:
             problem = f"the task's result cannot be sent: {exc}"
             return p.Failed(task_id, attempt, "EncodeError", problem, "", stats)
@@ -105,7 +110,7 @@ def end_report(
 
 def _kept_report(
     record: TaskRecord,
-    value: Any,
+    outcome: Outcome,
     stats: dict[str, Any],
     keep_result: Callable[[str, bytes], bytes] | None,
 ) -> p.Message:
@@ -113,7 +118,7 @@ def _kept_report(
     saying why it cannot be kept."""
     task_id, attempt = record.task_id, record.attempt
     try:
-        payload = kept.pack_kept(value)
+        payload = outcome.payload if outcome.payload is not None else kept.pack_kept(outcome.value)
     except p.EncodeError as exc:
         problem = f"the task's result cannot be kept: {exc}".replace("args[0]", "result")
         return p.Failed(task_id, attempt, "EncodeError", problem, "", stats)

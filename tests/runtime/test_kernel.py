@@ -17,6 +17,7 @@ from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.datastore import Reference
 from tidal.runtime.gate import IMPLEMENTATION, PyGate, py_gated_iterator
+from tidal.runtime.kept import pack_kept
 from tidal.runtime.kernel import Kernel, TaskKilled
 from tidal.runtime.task import Partition, current_context, task
 
@@ -1237,3 +1238,59 @@ def test_reports_may_wait_between_short_batch_tasks_never_before_a_long_or_strea
         kernel.launch(task_id, slow, [1])
     kernel.run()
     assert [name for name, _ in calls[:3]] == ["flush", "flush", "flush"]
+
+
+def test_a_kept_result_is_packed_in_its_task_and_a_suspend_parks_it_between_blocks(
+    make_kernel, monkeypatch
+):
+    kept_payloads = {}
+
+    def keep(task_id, payload):
+        kept_payloads[task_id] = payload
+        return b"\xc1reference"
+
+    kernel, transport = make_kernel(keep_result=keep)
+    value = list(range(5 * payloads.MAX_BLOCK_ITEMS))
+    packed_blocks = []
+    pack_blocks = payloads.pack_blocks
+
+    def counting(items, boundary=None):
+        def each():
+            packed_blocks.append(1)
+            if len(packed_blocks) == 2:  # a suspend lands while the result is packed
+                kernel.suspend("t")
+            if boundary is not None:
+                boundary()
+
+        return pack_blocks(items, each)
+
+    monkeypatch.setattr(payloads, "pack_blocks", counting)
+    kernel.launch("t", lambda: value, keep=True)
+    kernel.run()
+    # Parked at the boundary after the second block: the task has not ended.
+    assert transport.of(p.Suspended, "t") and not transport.of(p.Finished, "t")
+    assert len(packed_blocks) == 2
+    kernel.resume("t")
+    kernel.run()
+    assert transport.outcome("t").result == b"\xc1reference"
+    assert kept_payloads["t"] == pack_kept(value)  # the same bytes as packed in one go
+
+
+def test_a_big_plain_result_is_packed_in_its_task_between_boundaries(make_kernel, monkeypatch):
+    kernel, transport = make_kernel()
+    value = [[i, "x" * 40] for i in range(3_000)]  # ~150 KB, 3,000 items
+    boundaries = []
+    pack_payload = payloads.pack_payload
+
+    def counting(value, where="payload", boundary=None):
+        if boundary is None:
+            return pack_payload(value, where)
+        return pack_payload(value, where, lambda: (boundaries.append(1), boundary()))
+
+    monkeypatch.setattr(payloads, "pack_payload", counting)
+    kernel.launch("t", lambda: value)
+    kernel.launch("small", lambda: [1, 2, 3])
+    kernel.run()
+    assert len(boundaries) > 1  # only the big one's, a block at a time
+    assert transport.outcome("t").result == value
+    assert transport.outcome("small").result == [1, 2, 3]

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
+from tidal.runtime.kept import pack_kept
 from tidal.runtime.protocol import (
     MAX_FRAME_BYTES,
     MESSAGES,
@@ -695,3 +696,44 @@ def test_a_big_argument_that_cannot_be_encoded_is_named():
     bad = [0] * payloads.BLOCKED_MIN_ITEMS + [{1, 2}]
     with pytest.raises(EncodeError, match=r"args\[0\]\[16384\] is of type set"):
         payloads.pack_call([bad], {})
+
+
+def test_a_sequence_of_records_big_in_bytes_travels_in_blocks_too():
+    # ~2,000 records of ~90 bytes: far fewer items than BLOCKED_MIN_ITEMS, ~180 KB packed.
+    records = [[i, list(range(40)), list(range(40, 80))] for i in range(2_000)]
+    assert len(records) < payloads.BLOCKED_MIN_ITEMS and payloads.is_big(records)
+    blob = payloads.pack_call([records, [1, 2, 3]], {})
+    args, _, blocked = payloads.open_call(blob)
+    entries = [(index, list(blocks)) for index, blocks in blocked]
+    assert args[1] == [1, 2, 3] and [index for index, _ in entries] == [0]
+    blocks = entries[0][1]
+    assert len(blocks) > 2 and all(len(b) <= 2 * payloads.BLOCK_TARGET_BYTES for b in blocks)
+    assert payloads.unpack_call(blob) == ([records, [1, 2, 3]], {})
+    # Small in bytes, short, or not a sequence: one msgpack call, as before.
+    assert not payloads.is_big([[i, [1, 2]] for i in range(2_000)])  # ~10 KB
+    assert not payloads.is_big(["x" * 10_000] * (payloads.SAMPLED_FROM_ITEMS - 1))
+    assert not payloads.is_big({"k": list(range(100_000))})
+    assert payloads.is_big(["x" * 10_000] * payloads.SAMPLED_FROM_ITEMS)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [[i, "x" * 50] for i in range(5_000)],
+        tuple(range(70_000)),  # an array 32 header; blocks of array 16
+        list(range(2 * 8_192 + 5)),  # a last block of 5 items: a fixarray header
+        list(range(20)),  # not big: packed in one call, no boundary
+    ],
+)
+def test_a_big_value_packed_a_block_at_a_time_is_the_same_bytes(value):
+    boundaries = []
+    packed = payloads.pack_payload(value, "result", lambda: boundaries.append(1))
+    assert packed == msgpack.packb(value, use_bin_type=True)
+    assert (len(boundaries) > 1) == payloads.is_big(value)
+
+
+def test_a_kept_result_packed_with_boundaries_is_the_same_payload():
+    value = list(range(50_000))
+    boundaries = []
+    assert pack_kept(value, lambda: boundaries.append(1)) == pack_kept(value)
+    assert len(boundaries) == len(payloads.pack_blocks(value)) > 1
