@@ -71,6 +71,7 @@ from tidal.runtime.realtime import (
     DEFAULT_TASK_NICE,
     TaskThreadNice,
     realtime_io_threads,
+    realtime_permitted,
     realtime_this_thread,
 )
 from tidal.runtime.reports import Reports
@@ -250,9 +251,13 @@ class Executor(CommandHandlers):
         listener.start()
         # After the listener and ZeroMQ's thread exist, so that they keep normal priority.
         if (tid := self._nice.lower_this_thread()) is not None:
-            # A command arriving lifts the thread to the stream nice at once, so that a
-            # batch task reaches its next record boundary without waiting for a CPU.
-            self.kernel.gate.boost(tid, self._nice.stream_nice)
+            # A command arriving lifts the thread to the stream nice, and to SCHED_FIFO until
+            # the hub has it (where permitted), so that a batch task reaches its next record
+            # boundary without waiting for a CPU (runtime/_gate.c).
+            realtime = self.realtime and realtime_permitted()
+            self.kernel.gate.boost(tid, self._nice.stream_nice, realtime=realtime)
+            if realtime and self.kernel.gate.boost_realtime:  # the C gate: it can
+                self._nice.realtime_boost = self.kernel.gate.boost_now
         try:
             self.kernel.run(block=True)
         except BaseException as exc:
@@ -296,6 +301,8 @@ class Executor(CommandHandlers):
         nice, so that a batch task reaches its next boundary without waiting for a CPU."""
         if self.kernel.running_task() is not None:
             self._nice.lift()
+            if self._nice.realtime_boost is not None:  # and SCHED_FIFO till the hub has it
+                self.kernel.gate.boost_now()
 
     def _hold_reports(self) -> None:
         """The kernel's `hold`: reports may wait a moment (runtime/reports.py). If they do

@@ -23,7 +23,7 @@ __all__ = ["IMPLEMENTATION", "Gate", "GatedIterator", "PyGate", "py_gated_iterat
 class PyGate:
     """Pure-Python twin of the C `Gate`: same attributes, same meaning."""
 
-    __slots__ = ("gil_interval", "hook", "records", "requested", "watch_raises")
+    __slots__ = ("boost_realtime", "gil_interval", "hook", "records", "requested", "watch_raises")
 
     def __init__(self, hook: Callable[[], Any] | None = None) -> None:
         self.requested = 0
@@ -31,13 +31,18 @@ class PyGate:
         self.records = 0
         self.hook = hook
         self.watch_raises = 0  # no watcher here: commands wait for the GIL as they come
+        self.boost_realtime = 0
 
     def watch(self, fd: int, realtime: bool = False) -> None:
         """The C gate's watcher raises the gate when `fd` becomes readable, from a thread
         that needs no GIL; Python has no such thread, so this does nothing."""
 
-    def boost(self, tid: int, nice: int) -> None:
-        """The C gate's watcher gives thread `tid` this nice as it raises; no watcher here."""
+    def boost(self, tid: int, nice: int, realtime: bool = False) -> None:
+        """The C gate's watcher gives thread `tid` this nice (and SCHED_FIFO, briefly, if
+        `realtime`) as it raises; no watcher here."""
+
+    def boost_now(self, for_ns: int = 2_000_000) -> None:
+        """The C gate boosts its thread now, as a raise would; no watcher here."""
 
     def unwatch(self) -> None:
         """Nothing to stop (see `watch`)."""

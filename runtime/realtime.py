@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 import zmq
 
@@ -23,6 +24,7 @@ log = logging.getLogger("tidal.realtime")
 __all__ = [
     "DEFAULT_STREAM_NICE",
     "DEFAULT_TASK_NICE",
+    "STREAM_REALTIME_NS",
     "TaskThreadNice",
     "lower_this_thread",
     "realtime_io_threads",
@@ -46,6 +48,16 @@ DEFAULT_TASK_NICE = 10
 DEFAULT_STREAM_NICE = 0
 
 _PRIORITY = 1
+
+# Discussion: a stream task's first STREAM_REALTIME_NS run at SCHED_FIFO, where permitted
+# (`TaskThreadNice.set_class`). Traced in the unified benchmark (2026-12-07), a 1.5 ms
+# micro-batch whose thread went from its batch task's nice 10 to nice 0 still waited 9-16
+# ms for a CPU now and then: the fair scheduler owed the client's nice-0 Python the time
+# that thread had run as a batch task, and it holds the GIL all the while, so its listener
+# waited too. A micro-batch is milliseconds of work; a stream task still running after
+# this (a long one, or a mistake) goes back to the fair scheduler at the stream nice, so it
+# cannot keep a CPU from every normal thread.
+STREAM_REALTIME_NS = 20_000_000
 
 
 def realtime_io_threads(context: zmq.Context, enabled: bool = True) -> bool:
@@ -116,6 +128,10 @@ class TaskThreadNice:
         self.task_nice = task_nice
         self.stream_nice = stream_nice
         self.tid: int | None = None  # the task thread's, once `lower_this_thread` worked
+        # Where permitted, the executor's gate (runtime/_gate.c) puts the thread at
+        # SCHED_FIFO for a while (`Gate.boost_now(ns)`; its watcher also does as it raises
+        # the gate), and its watcher puts it back to SCHED_OTHER when that while is over.
+        self.realtime_boost: Callable[[int], None] | None = None
 
     def lower_this_thread(self) -> int | None:
         """Put the calling thread (the task thread) at `task_nice`; its id if the nice can
@@ -136,6 +152,16 @@ class TaskThreadNice:
                 nice,
             )
             self.tid = None  # do not try again on every switch
+            return
+        if self.realtime_boost is None:
+            return
+        if priority == "stream":
+            self.realtime_boost(STREAM_REALTIME_NS)
+            return
+        try:  # a batch task runs under the fair scheduler, at its nice
+            os.sched_setscheduler(self.tid, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            self.realtime_boost = None
 
     def lift(self) -> None:
         """To the stream nice, until the next `set_class`."""

@@ -13,6 +13,7 @@ import pytest
 from tests.runtime.test_kernel import Transport
 from tidal.runtime import kernel as kernel_module
 from tidal.runtime import protocol as p
+from tidal.runtime import realtime
 from tidal.runtime.gate import IMPLEMENTATION, Gate, PyGate, py_gated_iterator
 from tidal.runtime.kernel import Kernel
 
@@ -88,6 +89,67 @@ def test_the_watcher_lifts_a_boosted_threads_nice_as_it_raises(pipe):
         gate.unwatch()
         done.set()
         worker.join(10)
+
+
+def _policy(tid: int) -> int:
+    return os.sched_getscheduler(tid)
+
+
+@needs_c
+def test_the_watcher_puts_a_boosted_thread_at_sched_fifo_as_it_raises_and_back_after(pipe):
+    read_end, write_end = pipe
+    tid: list[int] = []
+    done = threading.Event()
+
+    def batch_thread() -> None:
+        tid.append(threading.get_native_id())
+        done.wait(10)
+
+    worker = threading.Thread(target=batch_thread)
+    worker.start()
+    gate = Gate()
+    try:
+        assert wait_until(lambda: bool(tid))
+        try:  # as the executor checks (runtime/realtime.py `realtime_permitted`)
+            os.sched_setscheduler(tid[0], os.SCHED_FIFO, os.sched_param(1))
+            os.sched_setscheduler(tid[0], os.SCHED_OTHER, os.sched_param(0))
+        except PermissionError:
+            pytest.skip("SCHED_FIFO is not permitted here")
+        gate.boost(tid[0], 0, realtime=True)
+        gate.watch(read_end)
+        os.write(write_end, b"x")  # a command arrives
+        assert wait_until(lambda: gate.requested == 1)
+        assert _policy(tid[0]) == os.SCHED_FIFO and gate.boost_realtime
+        os.read(read_end, 1)  # read: the watcher only has the boost's end left to do
+        assert wait_until(lambda: _policy(tid[0]) == os.SCHED_OTHER)  # after ~2 ms
+        assert os.getpriority(os.PRIO_PROCESS, tid[0]) == 0  # its nice is kept
+        gate.boost_now(1_000_000)  # the listener's hurry, or a stream task's start
+        assert _policy(tid[0]) == os.SCHED_FIFO
+        assert wait_until(lambda: _policy(tid[0]) == os.SCHED_OTHER)
+        with pytest.raises(ValueError, match="duration > 0"):
+            gate.boost_now(0)
+    finally:
+        gate.unwatch()
+        done.set()
+        worker.join(10)
+
+
+def test_a_task_thread_runs_stream_tasks_boosted_and_batch_tasks_at_sched_other(monkeypatch):
+    calls = []
+    monkeypatch.setattr(realtime, "set_thread_nice", lambda tid, nice: calls.append(nice) or True)
+    monkeypatch.setattr(
+        realtime.os, "sched_setscheduler", lambda tid, policy, _: calls.append(policy)
+    )
+    nice = realtime.TaskThreadNice(task_nice=10, stream_nice=0)
+    nice.tid = 1234
+    nice.set_class("stream")
+    nice.set_class("batch")
+    assert calls == [0, 10]  # no boost asked for: the nice only
+    calls.clear()
+    nice.realtime_boost = lambda ns: calls.append(("boost", ns))
+    nice.set_class("stream")
+    nice.set_class("batch")
+    assert calls == [0, ("boost", realtime.STREAM_REALTIME_NS), 10, os.SCHED_OTHER]
 
 
 @needs_c
