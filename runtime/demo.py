@@ -21,6 +21,7 @@ runs in a process of its own, at the executors' batch niceness.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -404,6 +405,13 @@ def _drive(
     # it, which is latency no scheduler causes; executors use 100 us for the same reason.
     interval = sys.getswitchinterval()
     sys.setswitchinterval(STREAM_SWITCH_INTERVAL_S)
+    # Discussion: a full collection in this process walks everything it holds (the corpus,
+    # the imported modules: ~50,000 objects), ~22 ms quiet and 35-60 ms on a loaded machine,
+    # with the GIL held, so a stream result that came meanwhile waited for it (the worst
+    # micro-batch of the unified benchmark, traced 2026-12-07). What is here now lives until
+    # the stream ends and holds no cycles worth finding: out of the collector's way until
+    # then, as Python's documentation advises for a long-lived process's set-up data.
+    gc.freeze()
     try:
         if config.source is not None:
             return run_stream_broker(
@@ -414,6 +422,7 @@ def _drive(
         )
     finally:
         sys.setswitchinterval(interval)
+        gc.unfreeze()
 
 
 def source_problem(source: str) -> str | None:
@@ -437,11 +446,9 @@ def source_problem(source: str) -> str | None:
 def _check_stream(run: StreamRun, ads: AdSpec) -> bool:
     """Each micro-batch's result equals the same query run here on the same inputs."""
     spec = asdict(ads)
-    return all(
-        future.result() == score_views(events, word_topics, spec)
-        for future, events, word_topics in zip(
-            run.futures, run.events, run.word_topics, strict=True
-        )
+    return len(run.futures) == len(run.events) == len(run.word_topics) and all(
+        future.result() == score_views(run.micro_batch_events(i), word_topics, spec)
+        for i, (future, word_topics) in enumerate(zip(run.futures, run.word_topics, strict=True))
     )
 
 

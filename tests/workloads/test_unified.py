@@ -90,8 +90,9 @@ def test_on_one_cluster_the_model_is_exact_despite_suspensions_and_so_are_the_co
     assert sum(f.statistics().suspensions for f in batch_futures) > 0
     assert len(stream.futures) > 10
     expected_counts = Counter()
-    for events, word_topics in zip(stream.events, stream.word_topics, strict=True):
-        expected_counts.update(direct_scores(events, word_topics, ADS))
+    assert len(stream.events) == len(stream.word_topics) == len(stream.futures)
+    for i, word_topics in enumerate(stream.word_topics):
+        expected_counts.update(direct_scores(stream.micro_batch_events(i), word_topics, ADS))
     assert stream.counts() == expected_counts
     assert {tuple(m) for m in stream.word_topics} != {tuple(models[0])}  # it saw new models
 
