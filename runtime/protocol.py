@@ -5,8 +5,7 @@ The contract (docs/protocol.md is the same thing for humans):
 * A frame is one msgpack array `[op, field1, field2, ...]`: `op` is a short string, the
   fields follow in the order the message class declares them, all of them, no more.
 * Every connection starts with a handshake: the peer sends `hello` carrying
-  `PROTOCOL_VERSION`; the scheduler answers `welcome` or `reject` (naming both versions),
-  and accepts older peers from MIN_PROTOCOL_VERSION on (see there).
+  `PROTOCOL_VERSION`; the scheduler answers `welcome` or `reject` (naming both versions).
 * A frame larger than the receiver's `max_frame_bytes`, one that is not msgpack, not an
   array, has an unknown op, the wrong number of fields or a field of the wrong type, raises
   `ProtocolError` in `decode()`. Receivers log it (rate-limited) and drop the frame; they never
@@ -37,7 +36,6 @@ __all__ = [
     "MAX_ID_CHARS",
     "MAX_STRANGER_FRAME_BYTES",
     "MESSAGES",
-    "MIN_PROTOCOL_VERSION",
     "PRIORITY_CLASSES",
     "PROTOCOL_VERSION",
     "EncodeError",
@@ -73,15 +71,8 @@ __all__ = [
 # 9: release (jobs a client holds no future of).
 # 10: kept results and futures as arguments: launch.keep and launch.inputs, drop (S2E),
 #     missing (C2S); a submit task's options may carry "inputs". stream_lag (C2S).
-# 11: heartbeat.task_records (how long tasks' records take, before any suspension), added
-#     at the end (`added_in`): a version-10 executor, which leaves it out, is still accepted.
+# 11: heartbeat.task_records (how long tasks' records take, before any suspension).
 PROTOCOL_VERSION = 11
-# Discussion: the oldest version a scheduler accepts a peer of (up to 10 they had to match).
-# A change that only adds fields at the end of a message declares them `added_in` its
-# version; an older peer leaves them out, and is welcomed in its own version (its check of
-# the welcome passes). No field added since 10 goes from the scheduler, so such a peer gets
-# nothing it cannot decode. An older scheduler still refuses a newer peer: upgrade it first.
-MIN_PROTOCOL_VERSION = 10
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
 # goes ahead: a stream task exists to take a slot at once, batch work fills the rest.
@@ -126,7 +117,6 @@ class Message:
     op: ClassVar[str]
     direction: ClassVar[str]
     _checks: ClassVar[tuple[tuple[str, Callable[[Any], bool], str], ...]]
-    _required: ClassVar[int]  # fields every frame carries (the rest are `added_in` later)
 
 
 MESSAGES: dict[str, type[Message]] = {}
@@ -156,31 +146,15 @@ def _check_for(annotation: Any) -> tuple[Callable[[Any], bool], str]:
     raise TypeError(f"unsupported field type in a message declaration: {annotation!r}")
 
 
-def message(
-    op: str, direction: str, added_in: dict[str, int] | None = None
-) -> Callable[[type], type]:
-    """Declare a message class: a frozen dataclass with an op, a direction and typed fields.
-    `added_in` names fields added after MIN_PROTOCOL_VERSION, with the version that added
-    them: they must come last and have defaults, which they take in an older peer's frame."""
+def message(op: str, direction: str) -> Callable[[type], type]:
+    """Declare a message class: a frozen dataclass with an op, a direction and typed fields."""
 
     def register(cls: type) -> type:
         cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
         hints = typing.get_type_hints(cls)
-        fields, added = dataclasses.fields(cls), added_in or {}
-        tail = fields[len(fields) - len(added) :] if added else ()
-        if {f.name for f in tail} != set(added) or any(
-            f.default is dataclasses.MISSING
-            or not MIN_PROTOCOL_VERSION < added[f.name] <= PROTOCOL_VERSION
-            for f in tail
-        ):
-            raise TypeError(
-                f"{op}: fields added since version {MIN_PROTOCOL_VERSION} must be its last "
-                f"ones, with defaults and a later version, not {added}"
-            )
         cls.op = op
         cls.direction = direction
-        cls._checks = tuple((f.name, *_check_for(hints[f.name])) for f in fields)
-        cls._required = len(fields) - len(added)
+        cls._checks = tuple((f.name, *_check_for(hints[f.name])) for f in dataclasses.fields(cls))
         if op in MESSAGES:
             raise TypeError(f"two messages declare op {op!r}")
         MESSAGES[op] = cls
@@ -269,7 +243,7 @@ class Shutdown(Message):
 # ---- liveness and metrics -----------------------------------------------------------------
 
 
-@message("heartbeat", E2S, added_in={"task_records": 11})
+@message("heartbeat", E2S)
 class Heartbeat(Message):
     executor_id: str
     node: str
@@ -287,7 +261,7 @@ class Heartbeat(Message):
     memory_limit_bytes: int = 0
     task_memory: dict | None = None
     # Each started task's {task_id: [running_ns, records]} in this attempt so far: how long
-    # its records take, known before any suspension (nil from a version-10 executor).
+    # its records take, known before any suspension.
     task_records: dict | None = None
 
 
@@ -756,11 +730,9 @@ def decode(frame: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown op {op[:40]!r}")
     checks = cls._checks
-    if not cls._required < len(body) <= len(checks) + 1:
-        takes = len(checks) if cls._required == len(checks) else f"{cls._required} to {len(checks)}"
-        raise ProtocolError(f"{op} takes {takes} fields, frame has {len(body) - 1}")
-    # An older peer's frame ends before the fields `added_in` later ones: they take defaults.
-    for (name, check, type_name), value in zip(checks, body[1:], strict=False):
+    if len(body) != len(checks) + 1:
+        raise ProtocolError(f"{op} takes {len(checks)} fields, frame has {len(body) - 1}")
+    for (name, check, type_name), value in zip(checks, body[1:], strict=True):
         if not check(value):
             raise ProtocolError(f"{op}.{name} must be {type_name}, got {type(value).__name__}")
     return cls(*body[1:])

@@ -528,7 +528,7 @@ class SchedulerServer:
         if isinstance(msg, p.Attach):
             # An executor's report connection: map it to the executor, but keep sending
             # commands to the connection that said hello.
-            if not p.MIN_PROTOCOL_VERSION <= msg.version <= p.PROTOCOL_VERSION:
+            if msg.version != p.PROTOCOL_VERSION:
                 raise OutOfPlace(f"attach with protocol version {msg.version}")
             check_id("attach", msg.executor_id)
             if msg.token != self._table.tokens.get(msg.executor_id):
@@ -572,11 +572,10 @@ class SchedulerServer:
     def _handshake(self, routing_id: bytes, msg: p.Hello | p.ClientHello) -> Any:
         peer_id = msg.executor_id if isinstance(msg, p.Hello) else msg.client_id
         check_id(msg.op, peer_id)
-        version = msg.version
-        if not p.MIN_PROTOCOL_VERSION <= version <= p.PROTOCOL_VERSION:
+        if msg.version != p.PROTOCOL_VERSION:
             reason = (
-                f"protocol version {version} is not supported: this scheduler speaks "
-                f"version {p.PROTOCOL_VERSION} (and {p.MIN_PROTOCOL_VERSION} on, from older peers)"
+                f"protocol version {msg.version} is not supported: this scheduler speaks "
+                f"version {p.PROTOCOL_VERSION}"
             )
             self._guard.bad_frame(routing_id, self._table.who(routing_id), reason, counts=False)
             self._socket.send_multipart([routing_id, p.encode(p.Reject(reason))])
@@ -599,8 +598,7 @@ class SchedulerServer:
             self._socket.send_multipart(
                 [
                     routing_id,
-                    # In the peer's version: an older peer checks that it is its own.
-                    p.encode(p.Welcome(version, self.scheduler_id, heartbeat_ms, token)),
+                    p.encode(p.Welcome(p.PROTOCOL_VERSION, self.scheduler_id, heartbeat_ms, token)),
                 ]
             )
             return ExecutorJoined(msg)
@@ -610,7 +608,7 @@ class SchedulerServer:
                 routing_id,
                 p.encode(
                     p.ClientWelcome(
-                        version,
+                        p.PROTOCOL_VERSION,
                         self.scheduler_id,
                         self.core.policy.name,
                         self.core.records.max_suspensions,

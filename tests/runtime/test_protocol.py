@@ -170,36 +170,12 @@ def test_declaring_a_field_type_the_codec_cannot_check_is_refused():
     assert "test_only_sets" not in MESSAGES
 
 
-def test_fields_added_since_the_oldest_accepted_version_must_come_last_with_defaults():
-    with pytest.raises(TypeError, match="must be its last ones, with defaults"):
-
-        @p.message("test_only_added", p.E2S, added_in={"first": p.PROTOCOL_VERSION})
-        class AddedFirst(Message):
-            first: int = 0
-            second: int = 0
-
-    with pytest.raises(TypeError, match="must be its last ones, with defaults"):
-
-        @p.message("test_only_added", p.E2S, added_in={"extra": p.MIN_PROTOCOL_VERSION})
-        class AddedTooEarly(Message):
-            extra: int = 0
-
-    assert "test_only_added" not in MESSAGES
-
-
-# ---- peers of an older version ---------------------------------------------------------------
-
-
-def test_a_version_10_heartbeat_without_task_records_decodes_and_a_shorter_one_is_refused():
+def test_a_heartbeat_carries_task_records_and_one_without_them_is_refused():
     beat = p.Heartbeat("e", "n", 1, 2, 1, 1, 0, 0, 10, 20, 30.0, 0, None, {"t": [5, 1]})
     assert decode(encode(beat)) == beat
-    old = frame("heartbeat", "e", "n", 1, 2, 1, 1, 0, 0, 10, 20, 30.0, 0, None)  # 13 fields
-    assert p.MIN_PROTOCOL_VERSION == 10 < p.PROTOCOL_VERSION
-    assert decode(old) == dataclasses.replace(beat, task_records=None)
-    with pytest.raises(ProtocolError, match="heartbeat takes 13 to 14 fields, frame has 12"):
-        decode(frame("heartbeat", "e", "n", 1, 2, 1, 1, 0, 0, 10, 20, 30.0, 0))
-    with pytest.raises(ProtocolError, match="suspend takes 2 fields, frame has 1"):
-        decode(frame("suspend", "t"))  # a message with nothing added takes all its fields
+    # A version-10 executor's heartbeat (13 fields): protocol versions must match.
+    with pytest.raises(ProtocolError, match="heartbeat takes 14 fields, frame has 13"):
+        decode(frame("heartbeat", "e", "n", 1, 2, 1, 1, 0, 0, 10, 20, 30.0, 0, None))
 
 
 # ---- round trip ------------------------------------------------------------------------------
@@ -236,7 +212,7 @@ def test_decode_accepts_bytearray_and_memoryview():
 
 def test_a_float_field_accepts_an_int_from_the_wire():
     fields = ["e", "n", 1, 2, 1, 0, 0, 0, 10, 20]
-    msg = decode(frame("heartbeat", *fields, 50, 0, {}))
+    msg = decode(frame("heartbeat", *fields, 50, 0, {}, {}))
     assert msg.mem_percent == 50
 
 
@@ -360,7 +336,7 @@ def test_every_truncation_of_a_frame_is_a_protocol_error(msg, data):
             id="map for list",
         ),
         pytest.param(
-            frame("heartbeat", "e", "n", 1, 2, 1, 0, 0, 0, 10, 20, True, 0, {}),
+            frame("heartbeat", "e", "n", 1, 2, 1, 0, 0, 0, 10, 20, True, 0, {}, {}),
             "heartbeat.mem_percent must be float, got bool",
             id="bool for float",
         ),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 
-import msgpack
 import pytest
 import zmq
 
@@ -63,24 +62,6 @@ def test_a_peer_with_another_protocol_version_is_rejected_with_both_versions(raw
         assert isinstance(reject, p.Reject)
         assert str(p.PROTOCOL_VERSION + 1) in reject.reason
         assert f"version {p.PROTOCOL_VERSION}" in reject.reason
-
-
-def test_peers_of_the_oldest_accepted_version_are_welcomed_in_theirs(raw_peer):
-    old = p.MIN_PROTOCOL_VERSION
-    assert old < p.PROTOCOL_VERSION
-    with LocalCluster(executors=1) as cluster:
-        executor = raw_peer(cluster.address)
-        executor.send(p.encode(p.Hello(old, "old-executor", "n", 1, 1, "h")))
-        welcome = recv(executor)
-        assert isinstance(welcome, p.Welcome) and welcome.version == old
-        # Its heartbeat as version 10 sends one: 13 fields, without task_records.
-        beat = ["heartbeat", "old-executor", "n", 1, 0, 1, 0, 0, 0, 1 << 20, 1 << 30, 1.0, 0, None]
-        executor.send(msgpack.packb(beat, use_bin_type=True))
-        assert isinstance(recv(executor), p.Ack)  # the answer to a heartbeat it took
-        client = raw_peer(cluster.address)
-        client.send(p.encode(p.ClientHello(old, "old-client", 1, "h")))
-        answer = recv(client)
-        assert isinstance(answer, p.ClientWelcome) and answer.version == old
 
 
 def test_garbage_and_misdirected_frames_are_dropped_and_jobs_still_run(raw_peer):
