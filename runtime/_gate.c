@@ -58,8 +58,12 @@ typedef struct {
     int watch_realtime;     /* the watcher asks for SCHED_FIFO, as the listener does */
     volatile int boost_tid; /* a thread the watcher gives boost_nice as it raises (0: none) */
     int boost_nice;
-    volatile int boost_realtime;  /* ...and SCHED_FIFO, for at most RT_BOOST_NS a raise */
-    volatile long long rt_until_ns;  /* when the watcher puts boost_tid back to SCHED_OTHER (0: not boosted) */
+    volatile int boost_realtime;  /* ...and SCHED_FIFO, for at most RT_BOOST_NS an arrival */
+    /* The real-time boost in force, under rt_lock (the watcher, the listener and the task
+     * thread all start or end one): the thread at SCHED_FIFO (0: none) and until when. */
+    pthread_mutex_t rt_lock;
+    int rt_tid;
+    volatile long long rt_until_ns;
     pthread_t watcher;
 } Gate;
 
@@ -72,6 +76,15 @@ typedef struct {
 static PyTypeObject GateType;
 
 /* ---- Gate ---------------------------------------------------------------------------- */
+
+static PyObject *
+gate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Gate *self = (Gate *)PyType_GenericNew(type, args, kwds);
+    if (self != NULL)
+        pthread_mutex_init(&self->rt_lock, NULL);
+    return (PyObject *)self;
+}
 
 static int
 gate_init(Gate *self, PyObject *args, PyObject *kwds)
@@ -92,18 +105,24 @@ gate_init(Gate *self, PyObject *args, PyObject *kwds)
     self->boost_tid = 0;
     self->boost_nice = 0;
     self->boost_realtime = 0;
+    self->rt_tid = 0;
     self->rt_until_ns = 0;
     return 0;
 }
 
 /* ---- the watcher ----------------------------------------------------------------------- */
 
-/* Discussion: how long a raise may keep the task thread at SCHED_FIFO. A record boundary
+/* Discussion: how long an arrival may keep the task thread at SCHED_FIFO. A record boundary
  * is microseconds away in any task that has them, and the hub puts the thread back to its
  * class's policy as it switches into the next task (runtime/realtime.py); only a task
  * inside one long C call (a 2 s sorted()) would keep it, and it must not keep a CPU from
  * every normal thread for that long: after this, the watcher puts it back itself. */
 #define RT_BOOST_NS 2000000LL
+/* Discussion: the boosted thread runs below the relays (the watcher, the listener,
+ * ZeroMQ's I/O threads: priority 2, runtime/realtime.py), so that a boost never keeps them
+ * from a CPU: the watcher must be able to end it, and the listener to read what came. */
+#define TASK_RT_PRIORITY 1
+#define RELAY_RT_PRIORITY 2
 
 static long long
 now_ns(void)
@@ -113,36 +132,47 @@ now_ns(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Put the boosted thread back to SCHED_OTHER (its nice stays) once its boost is over. */
-static void
-end_rt_boost(Gate *self, long long now)
-{
-    long long until = __atomic_load_n(&self->rt_until_ns, __ATOMIC_ACQUIRE);
-    if (until == 0 || now < until)
-        return;
-    int tid = __atomic_load_n(&self->boost_tid, __ATOMIC_ACQUIRE);
-    struct sched_param normal = {.sched_priority = 0};
-    if (tid > 0)
-        sched_setscheduler((pid_t)tid, SCHED_OTHER, &normal);
-    /* (A boost given meanwhile, from boost_now(), is not undone early.) */
-    __atomic_compare_exchange_n(&self->rt_until_ns, &until, 0, 0, __ATOMIC_ACQ_REL,
-                                __ATOMIC_ACQUIRE);
-}
-
-/* The boosted thread to SCHED_FIFO for `for_ns`; 0 if done (or not asked for). */
+/* The boosted thread to SCHED_FIFO for `for_ns` from now (or longer, if a boost in force
+ * lasts longer); 0 if done, -1 if not asked for or not permitted. Under rt_lock. */
 static int
-start_rt_boost(Gate *self, long long for_ns)
+start_rt_boost_locked(Gate *self, long long for_ns)
 {
     int tid = __atomic_load_n(&self->boost_tid, __ATOMIC_ACQUIRE);
     if (tid <= 0 || !__atomic_load_n(&self->boost_realtime, __ATOMIC_ACQUIRE))
         return -1;
-    struct sched_param fifo = {.sched_priority = 1};
-    if (sched_setscheduler((pid_t)tid, SCHED_FIFO, &fifo) != 0) {
+    /* Reset on fork: a thread or process the task starts meanwhile (a data server, a
+     * BLAS pool) must not inherit SCHED_FIFO for the rest of its life. */
+    struct sched_param fifo = {.sched_priority = TASK_RT_PRIORITY};
+    if (sched_setscheduler((pid_t)tid, SCHED_FIFO | SCHED_RESET_ON_FORK, &fifo) != 0) {
         __atomic_store_n(&self->boost_realtime, 0, __ATOMIC_RELEASE);  /* not permitted */
         return -1;
     }
-    __atomic_store_n(&self->rt_until_ns, now_ns() + for_ns, __ATOMIC_RELEASE);
+    long long until = now_ns() + for_ns;
+    if (self->rt_tid != tid || until > self->rt_until_ns)
+        __atomic_store_n(&self->rt_until_ns, until, __ATOMIC_RELEASE);
+    self->rt_tid = tid;
     return 0;
+}
+
+/* The boosted thread back to SCHED_OTHER (its nice stays) if its boost is over at `now`,
+ * or whatever its deadline if `now` is 0. Under rt_lock. */
+static void
+end_rt_boost_locked(Gate *self, long long now)
+{
+    if (self->rt_tid == 0 || (now && now < self->rt_until_ns))
+        return;
+    struct sched_param normal = {.sched_priority = 0};
+    sched_setscheduler((pid_t)self->rt_tid, SCHED_OTHER, &normal);
+    self->rt_tid = 0;
+    __atomic_store_n(&self->rt_until_ns, 0, __ATOMIC_RELEASE);
+}
+
+static void
+end_rt_boost(Gate *self, long long now)
+{
+    pthread_mutex_lock(&self->rt_lock);
+    end_rt_boost_locked(self, now);
+    pthread_mutex_unlock(&self->rt_lock);
 }
 
 static void *
@@ -153,7 +183,7 @@ watch_main(void *arg)
         /* Discussion: it sleeps almost always and works for microseconds; at normal
          * priority its wake-up could wait out a busy CPU's time slice, the very delay it
          * is there to remove (runtime/realtime.py). Without the privilege it carries on. */
-        struct sched_param param = {.sched_priority = 1};
+        struct sched_param param = {.sched_priority = RELAY_RT_PRIORITY};
         pthread_setschedparam(pthread_self(), SCHED_FIFO, &param);
     }
     long pause_us = 0;      /* 0: the watched descriptor was not readable at the last look */
@@ -181,8 +211,9 @@ watch_main(void *arg)
             char command = 0;
             if (read(self->wake[0], &command, 1) != 1 || command == 's')
                 return NULL;
-            pause_us = 0;
-            continue;       /* a new descriptor: look at it */
+            if (command == 'w')
+                pause_us = 0;   /* a new descriptor: look at it */
+            continue;           /* 't': a boost began, its end is timed from the top */
         }
         int readable = 0;
         if (pause_us == 0 && n > 0 && (fds[1].revents & (POLLNVAL | POLLERR | POLLHUP))) {
@@ -211,8 +242,14 @@ watch_main(void *arg)
              * thread, preempted at nice 10 by a client's nice-0 Python, waited 5-11 ms for
              * a CPU after it was lifted to nice 0 (the fair scheduler owed the others the
              * time it had run), and the listener waited for the GIL all that while. At
-             * SCHED_FIFO it runs at once, to its record boundary. */
-            start_rt_boost(self, RT_BOOST_NS);
+             * SCHED_FIFO it runs at once, to its record boundary. Only as frames begin to
+             * arrive (not at the raises that follow while they stay unread: a task in a
+             * long C call must not be kept at SCHED_FIFO by them). */
+            if (pause_us == 0) {
+                pthread_mutex_lock(&self->rt_lock);
+                start_rt_boost_locked(self, RT_BOOST_NS);
+                pthread_mutex_unlock(&self->rt_lock);
+            }
             /* The count first: a hub that sees the gate raised must see the raise counted. */
             __atomic_add_fetch(&self->watch_raises, 1, __ATOMIC_RELEASE);
             __atomic_store_n(&self->requested, 1, __ATOMIC_RELEASE);
@@ -257,6 +294,9 @@ gate_watch(Gate *self, PyObject *args, PyObject *kwds)
     }
     if (pipe2(self->wake, O_CLOEXEC) < 0)  /* not inherited by a task's child processes */
         return PyErr_SetFromErrno(PyExc_OSError);
+    /* Non-blocking: a 't' from boost_now() that finds the pipe full finds a wake-up pending
+     * (or a watcher gone), and never blocks the thread that boosts. */
+    fcntl(self->wake[1], F_SETFL, fcntl(self->wake[1], F_GETFL) | O_NONBLOCK);
     self->watch_realtime = realtime;
     int rc = pthread_create(&self->watcher, NULL, watch_main, self);
     if (rc != 0) {
@@ -266,7 +306,9 @@ gate_watch(Gate *self, PyObject *args, PyObject *kwds)
         errno = rc;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    pthread_mutex_lock(&self->rt_lock);
     self->watching = 1;
+    pthread_mutex_unlock(&self->rt_lock);
     Py_RETURN_NONE;
 }
 
@@ -275,7 +317,9 @@ gate_stop_watching(Gate *self)
 {
     if (!self->watching)
         return;
+    pthread_mutex_lock(&self->rt_lock);  /* no boost_now() writes to the pipe from here on */
     self->watching = 0;
+    pthread_mutex_unlock(&self->rt_lock);
     /* Discussion: the thread reads this Gate, so it is joined before anything is freed; a
      * stop byte that cannot be written (a full or broken pipe cannot happen with one byte
      * per command) would leave it running, so that case leaks the pipe rather than close
@@ -290,6 +334,7 @@ gate_stop_watching(Gate *self)
     close(self->wake[1]);
     self->wake[0] = self->wake[1] = -1;
     self->watch_fd = -1;
+    end_rt_boost(self, 0);  /* nobody would end a boost in force any more */
 }
 
 static PyObject *
@@ -315,9 +360,25 @@ gate_boost_now(Gate *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "boost_now() needs a duration > 0 ns");
         return NULL;
     }
-    /* The watcher times the boost's end: it re-reads its state when woken. */
-    if (start_rt_boost(self, for_ns) == 0 && self->watching && watch_command(self, 'w') < 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
+    /* Only while a watcher runs, which times the boost's end (woken to look at it: a
+     * full pipe means it is woken already). Written under the lock, which unwatch() takes
+     * before it closes the pipe; the lock is held for two syscalls, never with a wait. */
+    pthread_mutex_lock(&self->rt_lock);
+    if (self->watching && start_rt_boost_locked(self, for_ns) == 0) {
+        char command = 't';
+        ssize_t written;
+        do {
+            written = write(self->wake[1], &command, 1);
+        } while (written < 0 && errno == EINTR);
+    }
+    pthread_mutex_unlock(&self->rt_lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+gate_unboost(Gate *self, PyObject *unused)
+{
+    end_rt_boost(self, 0);
     Py_RETURN_NONE;
 }
 
@@ -338,9 +399,12 @@ static PyMethodDef gate_methods[] = {
      "tid's nice to `nice` (0 for tid: never; dropped if not permitted) and, if `realtime`, "
      "its policy to SCHED_FIFO for at most 2 ms (dropped if not permitted)."},
     {"boost_now", (PyCFunction)gate_boost_now, METH_VARARGS,
-     "boost_now(for_ns=2_000_000): put the boosted thread at SCHED_FIFO now, as a raise "
-     "would, for at most for_ns, if boost(..., realtime=True) asked for it and it is "
-     "permitted (a watcher, if one runs, puts it back to SCHED_OTHER then)."},
+     "boost_now(for_ns=2_000_000): put the boosted thread at SCHED_FIFO now, as frames "
+     "arriving would, for at most for_ns (or as long as a boost in force lasts), if "
+     "boost(..., realtime=True) asked for it, it is permitted and a watcher runs (which "
+     "puts it back to SCHED_OTHER then)."},
+    {"unboost", (PyCFunction)gate_unboost, METH_NOARGS,
+     "End the boost in force, if any: the thread back to SCHED_OTHER, its nice kept."},
     {"unwatch", (PyCFunction)gate_unwatch, METH_NOARGS, "Stop the watcher, if it runs."},
     {NULL}
 };
@@ -365,6 +429,7 @@ gate_dealloc(Gate *self)
     PyObject_GC_UnTrack(self);
     gate_stop_watching(self);
     gate_clear(self);
+    pthread_mutex_destroy(&self->rt_lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -390,7 +455,7 @@ static PyTypeObject GateType = {
     .tp_doc = PyDoc_STR("Gate(hook=None): the flag every GatedIterator checks per record."),
     .tp_basicsize = sizeof(Gate),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
+    .tp_new = gate_new,
     .tp_init = (initproc)gate_init,
     .tp_traverse = (traverseproc)gate_traverse,
     .tp_clear = (inquiry)gate_clear,

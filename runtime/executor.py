@@ -257,7 +257,7 @@ class Executor(CommandHandlers):
             realtime = self.realtime and realtime_permitted()
             self.kernel.gate.boost(tid, self._nice.stream_nice, realtime=realtime)
             if realtime and self.kernel.gate.boost_realtime:  # the C gate: it can
-                self._nice.realtime_boost = self.kernel.gate.boost_now
+                self._nice.realtime_gate = self.kernel.gate
         try:
             self.kernel.run(block=True)
         except BaseException as exc:
@@ -301,8 +301,11 @@ class Executor(CommandHandlers):
         nice, so that a batch task reaches its next boundary without waiting for a CPU."""
         if self.kernel.running_task() is not None:
             self._nice.lift()
-            if self._nice.realtime_boost is not None:  # and SCHED_FIFO till the hub has it
-                self.kernel.gate.boost_now()
+            # ...and to SCHED_FIFO until the hub has it, unless this is the task thread,
+            # which read the command itself (`_read_commands`): it is in the hub already.
+            gate = self._nice.realtime_gate
+            if gate is not None and threading.get_native_id() != self._nice.tid:
+                gate.boost_now()
 
     def _hold_reports(self) -> None:
         """The kernel's `hold`: reports may wait a moment (runtime/reports.py). If they do

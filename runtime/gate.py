@@ -41,8 +41,11 @@ class PyGate:
         """The C gate's watcher gives thread `tid` this nice (and SCHED_FIFO, briefly, if
         `realtime`) as it raises; no watcher here."""
 
-    def boost_now(self, for_ns: int = 2_000_000) -> None:
-        """The C gate boosts its thread now, as a raise would; no watcher here."""
+    def boost_now(self, for_ns: int = 0) -> None:
+        """The C gate boosts its thread now, as frames arriving would; no watcher here."""
+
+    def unboost(self) -> None:
+        """The C gate ends a boost in force; none here."""
 
     def unwatch(self) -> None:
         """Nothing to stop (see `watch`)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -47,7 +47,9 @@ DEFAULT_TASK_NICE = 10
 # needs CAP_SYS_NICE (or RLIMIT_NICE); without it stream tasks stay at the batch nice.
 DEFAULT_STREAM_NICE = 0
 
-_PRIORITY = 1
+# The relays' real-time priority: above a task thread's own brief boosts (priority 1,
+# runtime/_gate.c), so that a boosted task never keeps a relay from a CPU.
+_PRIORITY = 2
 
 # Discussion: a stream task's first STREAM_REALTIME_NS run at SCHED_FIFO, where permitted
 # (`TaskThreadNice.set_class`). Traced in the unified benchmark (2026-12-07), a 1.5 ms
@@ -129,9 +131,11 @@ class TaskThreadNice:
         self.stream_nice = stream_nice
         self.tid: int | None = None  # the task thread's, once `lower_this_thread` worked
         # Where permitted, the executor's gate (runtime/_gate.c) puts the thread at
-        # SCHED_FIFO for a while (`Gate.boost_now(ns)`; its watcher also does as it raises
-        # the gate), and its watcher puts it back to SCHED_OTHER when that while is over.
-        self.realtime_boost: Callable[[int], None] | None = None
+        # SCHED_FIFO for a while (`boost_now(ns)`; its watcher also does as frames arrive),
+        # and its watcher puts it back to SCHED_OTHER when that while is over (`unboost()`:
+        # at once).
+        self.realtime_gate: Any | None = None
+        self._class: str | None = None
 
     def lower_this_thread(self) -> int | None:
         """Put the calling thread (the task thread) at `task_nice`; its id if the nice can
@@ -153,15 +157,16 @@ class TaskThreadNice:
             )
             self.tid = None  # do not try again on every switch
             return
-        if self.realtime_boost is None:
+        changed, self._class = priority != self._class, priority
+        gate = self.realtime_gate
+        if gate is None:
             return
-        if priority == "stream":
-            self.realtime_boost(STREAM_REALTIME_NS)
-            return
-        try:  # a batch task runs under the fair scheduler, at its nice
-            os.sched_setscheduler(self.tid, os.SCHED_OTHER, os.sched_param(0))
-        except OSError:
-            self.realtime_boost = None
+        if priority != "stream":
+            gate.unboost()  # a batch task runs under the fair scheduler, at its nice
+        elif changed:
+            # From batch work (or a start): the first STREAM_REALTIME_NS of stream work.
+            # Not again for a stream task switched back into after a command came.
+            gate.boost_now(STREAM_REALTIME_NS)
 
     def lift(self) -> None:
         """To the stream nice, until the next `set_class`."""
