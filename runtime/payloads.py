@@ -88,6 +88,7 @@ def _pack_stepwise(items: list[Any] | tuple[Any, ...], boundary: Callable[[], No
     Discussion: msgpack arrays concatenate: the array's header, then each block's items
     packed as an array with that array's own header cut off, are the bytes `packb` makes.
     """
+    items = tuple(items)  # what it held when the task returned, whatever runs between blocks
     parts = [msgpack.Packer(use_bin_type=True).pack_array_header(len(items))]
     step = _block_step(items)
     for start in range(0, len(items), step):
@@ -229,17 +230,21 @@ def _pack_blocked_call(
 
 
 def _block_step(items: list[Any] | tuple[Any, ...]) -> int:
-    """How many items a block of `items` holds (see the discussion above)."""
-    sample = msgpack.packb(items[:256], use_bin_type=True)
-    per_item = max(1.0, len(sample) / min(256, len(items)))
-    return int(min(MAX_BLOCK_ITEMS, max(16, BLOCK_TARGET_BYTES // per_item)))
+    """How many items a block of `items` holds (see the discussion above), from a sample of
+    at most SAMPLE_ITEMS spread over them (a sample of the first 256 packed all of a list of
+    a few hundred big records in one call)."""
+    sample = items[:: max(1, len(items) // SAMPLE_ITEMS)][:SAMPLE_ITEMS]
+    per_item = max(1.0, len(msgpack.packb(sample, use_bin_type=True)) / max(1, len(sample)))
+    return int(min(MAX_BLOCK_ITEMS, max(1, BLOCK_TARGET_BYTES // per_item)))
 
 
 def pack_blocks(
     items: list[Any] | tuple[Any, ...], boundary: Callable[[], None] | None = None
 ) -> list[bytes]:
     """`items` as packed arrays of consecutive items, sized as the discussion above says;
-    `boundary()` after each if given."""
+    `boundary()` after each if given (then of the items as they were at the call)."""
+    if boundary is not None:
+        items = tuple(items)
     step = _block_step(items)
     blocks = []
     for start in range(0, len(items), step):
