@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -43,6 +44,7 @@ from tidal.runtime import report
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.stats import percentile
+from tidal.scheduler.core import DEFAULT_MAX_SUSPENSIONS
 from tidal.workloads.ads import AdSpec, generate_events
 from tidal.workloads.broker import BrokerRun, run_stream_broker
 from tidal.workloads.topics import Corpus, CorpusSpec, TopicModel, Trainer, make_corpus, resample
@@ -76,6 +78,23 @@ class DemoConfig:
     out: Path = Path("tidal-report")
     dashboard: bool | str = False  # each cluster's dashboard (LocalCluster(dashboard=...))
     source: str | None = None  # "redis://HOST:PORT": the stream job on a broker
+
+    @property
+    def max_suspensions(self) -> int:
+        """The cap on each batch task's suspensions, the clusters' `max_suspensions`.
+
+        Discussion: a batch task of `task_s` meets a micro-batch every `interval_ms`, and on
+        a loaded machine runs up to 2-3x its length (0.19-0.5 s for 0.3 in `tidal bench
+        unified`). With the scheduler's default cap, 3, a task that had met more micro-
+        batches than that could not be suspended again, and the next micro-batch waited
+        for a batch task to end (40-100 ms, traced 2026-12-07). The cap keeps batch work
+        from starving; here a suspension costs a batch task one micro-batch, ~2 ms. So
+        the cap allows one suspension for every micro-batch a task of three times
+        `task_s` would meet.
+        """
+        return max(
+            DEFAULT_MAX_SUSPENSIONS, math.ceil(round(3 * self.task_s * 1000 / self.interval_ms, 6))
+        )
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
@@ -298,6 +317,7 @@ def run_policy(
         LocalCluster(
             executors=config.executors,
             policy=policy or "lb",
+            max_suspensions=config.max_suspensions,
             event_log=str(log_path),
             dashboard=config.dashboard,
         ) as cluster,

@@ -237,7 +237,11 @@ def run(quick: bool = False, config: DemoConfig | None = None) -> dict[str, Any]
         job = (config, corpus, partitions, sweeps, initial_model, _ignore)
 
         with (
-            LocalCluster(executors=config.executors, policy=POLICY) as cluster,
+            LocalCluster(
+                executors=config.executors,
+                policy=POLICY,
+                max_suspensions=config.max_suspensions,
+            ) as cluster,
             Client(cluster) as client,
         ):
             tidal = run_unified("tidal", client, (cluster.address, train_tidal), *job)
@@ -252,6 +256,7 @@ def run(quick: bool = False, config: DemoConfig | None = None) -> dict[str, Any]
         "partitions": partitions,
         "task_s": config.task_s,
         "interval_ms": config.interval_ms,
+        "max_suspensions": config.max_suspensions,
         "events_per_s": config.events_per_s,
     }
     return result

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tidal.runtime.cli import main
+from tidal.runtime.demo import DemoConfig
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +60,19 @@ def test_the_quick_demo_runs_every_policy_and_writes_the_report(tmp_path, capsys
         assert image in index
     for name in ("stream-alone", "fifo", "lb"):
         assert (out / f"events-{name}.jsonl").stat().st_size > 0
+    # Each cluster ran with the demo's own suspension cap (DemoConfig.max_suspensions).
+    with open(out / "events-lb.jsonl") as log:
+        assert json.loads(log.readline())["max_suspensions"] == DemoConfig.quick().max_suspensions
     printed = capsys.readouterr().out
     assert "alone" in printed and "lb stream p99" in printed
+
+
+def test_the_demo_caps_suspensions_so_a_batch_task_can_yield_to_every_micro_batch_it_meets():
+    # One suspension for every micro-batch a task three times `task_s` long would meet.
+    assert DemoConfig().max_suspensions == 9  # 0.3 s tasks, a micro-batch every 100 ms
+    assert DemoConfig.quick().max_suspensions == 5  # 0.15 s: 4.5, rounded up
+    assert DemoConfig(task_s=0.1, interval_ms=10).max_suspensions == 30  # not 31 (floats)
+    assert DemoConfig(task_s=0.05, interval_ms=1000).max_suspensions == 3  # never below 3
 
 
 def test_an_unknown_policy_is_refused_before_anything_starts(tmp_path, capsys):
