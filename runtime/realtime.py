@@ -124,7 +124,9 @@ class TaskThreadNice:
     """An executor's task thread's nice value: `task_nice` while it runs batch tasks,
     `stream_nice` while it runs stream tasks, waits for work, or must reach a record
     boundary at once (`lift`: a suspend or kill came). Lowering a nice needs CAP_SYS_NICE:
-    where it is not permitted, everything stays at `task_nice`."""
+    where it is not permitted, everything stays at `task_nice`. With `realtime_gate`, also
+    its policy: SCHED_FIFO for the first STREAM_REALTIME_NS of stream work, SCHED_OTHER for
+    batch work (the gate's boosts in between are runtime/_gate.c's)."""
 
     def __init__(self, task_nice: int, stream_nice: int) -> None:
         self.task_nice = task_nice

@@ -143,9 +143,13 @@ def test_a_killed_executor_mid_batch_loses_nothing(server, r):
 def test_redis_going_away_and_coming_back_is_survived_with_a_clear_line(server, r, caplog):
     events = generate_events(SPEC, 0, 2000)
     produce(r, "ads", events[:1000])
-    source, sink = source_and_sink(server)
+    # A batch whose write met the outage stays pending until it is claimed and replayed:
+    # within the run, not after the 10 s defaults (the test failed whenever one did).
+    source, sink = source_and_sink(server, claim_idle_s=0.5)
     with LocalCluster(executors=1) as cluster, Client(cluster) as client:
-        driver = StreamDriver(client, count_views, source, sink, kwargs={"spec": SPEC_ARGS})
+        driver = StreamDriver(
+            client, count_views, source, sink, kwargs={"spec": SPEC_ARGS}, reclaim_every_s=0.5
+        )
         thread = threading.Thread(target=driver.run, kwargs={"duration_s": 5})
         thread.start()
         server.stop()
