@@ -203,9 +203,14 @@ def is_big(arg: Any) -> bool:
         return True
     if count < SAMPLED_FROM_ITEMS:
         return False
-    sample = arg[:: count // SAMPLE_ITEMS]
-    estimate = len(msgpack.packb(sample, use_bin_type=True)) * count / len(sample)
-    return estimate >= BLOCKED_MIN_BYTES
+    return _packed_bytes_per_item(arg) * count >= BLOCKED_MIN_BYTES
+
+
+def _packed_bytes_per_item(items: list[Any] | tuple[Any, ...]) -> float:
+    """The packed bytes per item of a sample of at most SAMPLE_ITEMS spread over `items`
+    (at least 1): one small msgpack call, however big the items are."""
+    sample = items[:: max(1, len(items) // SAMPLE_ITEMS)][:SAMPLE_ITEMS]
+    return max(1.0, len(msgpack.packb(sample, use_bin_type=True)) / max(1, len(sample)))
 
 
 def _pack_blocked_call(
@@ -230,11 +235,10 @@ def _pack_blocked_call(
 
 
 def _block_step(items: list[Any] | tuple[Any, ...]) -> int:
-    """How many items a block of `items` holds (see the discussion above), from a sample of
-    at most SAMPLE_ITEMS spread over them (a sample of the first 256 packed all of a list of
-    a few hundred big records in one call)."""
-    sample = items[:: max(1, len(items) // SAMPLE_ITEMS)][:SAMPLE_ITEMS]
-    per_item = max(1.0, len(msgpack.packb(sample, use_bin_type=True)) / max(1, len(sample)))
+    """How many items a block of `items` holds (see the discussion above), from a sample
+    spread over them (a sample of the first 256 packed all of a list of a few hundred big
+    records in one call)."""
+    per_item = _packed_bytes_per_item(items)
     return int(min(MAX_BLOCK_ITEMS, max(1, BLOCK_TARGET_BYTES // per_item)))
 
 

@@ -376,7 +376,9 @@ class StreamDriver:
         self._lag_at = now
         self._lag = self.source.lag()
         age = self._lag.oldest_age_s
-        self.client.report_lag(self.source.name, self._lag.pending, age and age * 1000)
+        self.client.report_lag(
+            self.source.name, self._lag.pending, None if age is None else age * 1000
+        )
 
 
 _NOTHING = object()  # a batch none of whose entries decoded: no task

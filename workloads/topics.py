@@ -102,12 +102,9 @@ def resample(
     alpha: float,
     beta: float,
 ):
-    """One Gibbs sweep over a partition: yield `[doc_id, new topics]` for each document.
-
-    `documents` holds `[doc_id, words, topics]` records; `word_topic[w][k]` and
-    `topic_totals[k]` are the global counts at the start of the sweep.
-    """
-    for doc_id, _words, topics in _sweep(
+    """One Gibbs sweep over a partition (`resample_state`): yield `[doc_id, new topics]`
+    for each document, what `Trainer.absorb` takes."""
+    for doc_id, _words, topics in resample_state(
         documents, word_topic, topic_totals, sweep_seed, alpha, beta
     ):
         yield [doc_id, topics]
@@ -122,24 +119,13 @@ def resample_state(
     alpha: float,
     beta: float,
 ):
-    """`resample`, yielding the partition's next state: `[doc_id, words, new topics]`
-    records, the input of the same partition's next sweep. Run with `keep=True`, the state
-    stays on the executor between sweeps (workloads/unified.py's `train_on`)."""
-    for doc_id, words, topics in _sweep(
-        documents, word_topic, topic_totals, sweep_seed, alpha, beta
-    ):
-        yield [doc_id, words, topics]
+    """One Gibbs sweep over a partition: yield its next state, `[doc_id, words, new topics]`
+    for each document, the input of the same partition's next sweep.
 
-
-def _sweep(
-    documents: Iterable[Sequence[Any]],
-    word_topic: list[list[int]],
-    topic_totals: list[int],
-    sweep_seed: int,
-    alpha: float,
-    beta: float,
-):
-    """The Gibbs sweep both tasks run: `(doc_id, words, new topics)` for each document."""
+    `documents` holds `[doc_id, words, topics]` records; `word_topic[w][k]` and
+    `topic_totals[k]` are the global counts at the start of the sweep. Run with `keep=True`,
+    the state stays on the executor between sweeps (workloads/unified.py's `train_on`).
+    """
     word_topic = [list(row) for row in word_topic]  # our copy, kept current as we go
     totals = list(topic_totals)
     k_range = range(len(totals))
@@ -163,7 +149,7 @@ def _sweep(
             row[z] += 1
             totals[z] += 1
             topics[i] = z
-        yield doc_id, words, topics
+        yield [doc_id, words, topics]
 
 
 @task(inputs=["documents"])

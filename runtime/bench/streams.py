@@ -86,13 +86,11 @@ from tidal.runtime.redis_streams import RedisCountSink, RedisSource
 from tidal.runtime.streams import DriverStats, StreamDriver, latency_percentiles
 from tidal.workloads.ads import (
     AdSpec,
-    campaign_table,
     count_views,
     decode_event,
     generate_events,
     pack_event,
     window_counts,
-    window_of,
 )
 from tidal.workloads.synthetic import spin
 
@@ -297,9 +295,9 @@ def _wait_acknowledged(r: redis.Redis, stream: str, count: int, timeout: float) 
     return None
 
 
-def _stop_in_thread(driver: StreamDriver, target: Any) -> tuple[threading.Thread, dict]:
-    """Run `target()` in a thread that stops `driver` when it returns or fails; what it
-    returned (or raised) goes to the dict, under "value" (or "error")."""
+def _run_beside(driver: StreamDriver, target: Any) -> tuple[DriverStats, Any]:
+    """Run `driver` here while `target()` runs in a thread that stops it when it returns or
+    fails: the driver's stats and what `target` returned (what it raised is raised here)."""
     out: dict[str, Any] = {}
 
     def watch() -> None:
@@ -312,7 +310,11 @@ def _stop_in_thread(driver: StreamDriver, target: Any) -> tuple[threading.Thread
 
     thread = threading.Thread(target=watch, name="tidal-bench-streams-watch", daemon=True)
     thread.start()
-    return thread, out
+    stats = driver.run()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return stats, out["value"]
 
 
 def _warm_up(client: Client) -> None:
@@ -339,16 +341,11 @@ def _rate_phase(
             summary = _expect(producer, None, count / rate + 60, "producer")
             return summary, _wait_acknowledged(r, stream, summary["events"], DRAIN_S)
 
-        thread, out = _stop_in_thread(driver, produced_and_acknowledged)
         usage = _CpuUse()
-        stats = driver.run()
+        stats, (summary, done_at) = _run_beside(driver, produced_and_acknowledged)
         cores = usage.cores()
-        thread.join()
     finally:
         _close(driver)
-    if "error" in out:
-        raise out["error"]
-    summary, done_at = out["value"]
     if done_at is None:
         done_at = time.time()  # not caught up within DRAIN_S: the rate is what it wrote
     return {**_figures(stats, summary, done_at, rate), **cores}
@@ -451,11 +448,9 @@ def _loaded_phase(
 
 
 def _expected_counts(events: list[list[Any]]) -> Counter:
-    table = campaign_table(SPEC["campaigns"], SPEC["ads_per_campaign"], SPEC["seed"])
+    """What the sink should hold for `events`: the query run here, as the sink's increments."""
     return Counter(
-        (f"views:{window_of(t, SPEC['window_ms'])}", str(table[ad]))
-        for ad, kind, t, _ in events
-        if kind == "view"
+        {(key, name): n for key, name, n in window_counts(count_views(events, spec=SPEC))}
     )
 
 
@@ -528,14 +523,9 @@ def _once_phase(
         return summary, _wait_acknowledged(r, stream, summary["events"], DRAIN_S)
 
     try:
-        thread, out = _stop_in_thread(driver, kill_then_wait)
-        stats = driver.run()
-        thread.join()
+        stats, (summary, done_at) = _run_beside(driver, kill_then_wait)
     finally:
         _close(driver)
-    if "error" in out:
-        raise out["error"]
-    summary, done_at = out["value"]
     events = _events(ONCE_RATE, count)
     return {
         "exactly_once": done_at is not None

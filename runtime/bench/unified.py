@@ -64,7 +64,6 @@ from tidal.workloads.topics import (
     Trainer,
     count_topics,
     make_corpus,
-    resample,
     resample_state,
 )
 
@@ -75,11 +74,6 @@ TARGETS = {
     "ray_makespan_ratio": ("<=", 1.05),
 }
 POLICY = "lb"
-
-
-def resample_partition(documents: list[Any], **arguments: Any) -> list[Any]:
-    """`resample` run to the end, as one Dask task (Dask keeps results, not generators)."""
-    return list(resample(documents, **arguments))
 
 
 def resample_state_partition(documents: list[Any], **arguments: Any) -> list[Any]:

@@ -175,10 +175,10 @@ class ReservingLb(LbPolicy):
             suspended = executor.suspended
             if not suspended:
                 continue
+            parked = min(suspended, key=resume_order)
             if lacking > 0:
                 lacking -= 1
                 self._held.append(executor.executor_id)
-                parked = min(suspended, key=resume_order)
                 if self._ticking and self._cheap_to_redo(parked):
                     # Discussion: after a tick the core resumes a task parked on an idle
                     # executor (its liveness rule: `SchedulerCore._resume_parked`), which
@@ -188,7 +188,7 @@ class ReservingLb(LbPolicy):
                     yield Kill(parked.task_id, requeue=True)
                 continue
             resumed.add(executor.executor_id)
-            yield Resume(min(suspended, key=resume_order).task_id)
+            yield Resume(parked.task_id)
         return resumed
 
     def _cheap_to_redo(self, task: TaskView) -> bool:
@@ -327,8 +327,8 @@ class AdaptivePolicy(Policy):
         )
         log.info("adaptive policy: %s -> %s (%s)", was, to, reason)
         self.current = wanted
+        # (`suspend_quickly` is `_choose`'s to set: it follows the figures, switch or not.)
         self.reserving.stream_reserve = reserve if wanted == "reserve" else 0
-        self.reserving.suspend_quickly = figures.quick
         self._last_switch_ns = now
 
     def _choose(self, view: ClusterView) -> tuple[str, str, Figures, int]:

@@ -26,6 +26,8 @@ from tidal.workloads.ads import (
     window_of,
 )
 
+pytestmark = pytest.mark.slow  # each test runs a real redis-server and cluster for seconds
+
 SPEC = AdSpec(campaigns=20, ads_per_campaign=5, events_per_s=2000, window_ms=1000, seed=3)
 SPEC_ARGS = {
     "campaigns": SPEC.campaigns,

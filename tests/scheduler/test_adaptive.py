@@ -106,8 +106,8 @@ def test_a_reserve_keeps_executors_free_of_new_batch_work():
     policy = ReservingLb(Workload(2_000 * MS), stream_reserve=1)
     h = Harness(policy=policy, executors=[("e0", "n0"), ("e1", "n0"), ("e2", "n1")])
     h.submit("b", "batch", 5)
-    launched = {e: [m.task_id for m in h.sent(e, p.Launch)] for e in ("e0", "e1", "e2")}
-    assert launched == {"e0": ["b/0"], "e1": ["b/1"], "e2": []}  # the last to join is kept
+    batch = {e: [m.task_id for m in h.sent(e, p.Launch)] for e in ("e0", "e1", "e2")}
+    assert batch == {"e0": ["b/0"], "e1": ["b/1"], "e2": []}  # the last to join is kept
     (stream,) = h.submit("s", "stream", 1)
     assert [m.task_id for m in h.sent("e2", p.Launch)] == [stream]
 
@@ -147,7 +147,7 @@ def test_every_switch_is_recorded_with_the_figures_behind_it():
         assert switch.reason and set(switch.figures) == FIGURES
     # Stream tasks come far faster than the batch tasks bring suspensions: a reserve.
     (to_reserve, *_) = [s for s in policy.switches if s.to_policy == "reserve" and "R=" in s.reason]
-    assert "R=" in to_reserve.reason and to_reserve.figures["demand"] >= R_ENTER
+    assert to_reserve.figures["demand"] >= R_ENTER
     assert to_reserve.figures["reserve"] >= 1
 
 
@@ -156,6 +156,7 @@ def test_switches_away_from_a_reserve_wait_the_minimum_dwell():
     simulate("bursty", policy)
     switches = policy.switches
     assert len(switches) >= 3
+    checked = 0
     for before, after in itertools.pairwise(switches):
         smaller = after.to_policy == "reserve" and after.reserve < before.reserve
         # A reserve kept only until a suspension's cost is known is left when it is.
@@ -165,6 +166,8 @@ def test_switches_away_from_a_reserve_wait_the_minimum_dwell():
             and (after.to_policy != "reserve" or smaller)
         ):
             assert after.at_ns - before.at_ns >= 1_000 * MS, (before, after)
+            checked += 1
+    assert checked >= 1  # the run has a switch the dwell applies to
 
 
 def test_without_stream_work_adaptive_uses_fifo_or_fair_and_never_preempts():
@@ -261,6 +264,7 @@ def test_adaptive_kills_only_parked_tasks_to_keep_its_reserve_within_the_kill_ca
     for _, _, task_id, event in result.timeline:
         events.setdefault(task_id, []).append(event)
     killed = [task_id for task_id, seen in events.items() if "killed" in seen]
+    assert killed  # the run kills parked tasks: the checks below see some
     for task_id in killed:
         seen = events[task_id]
         assert seen[seen.index("killed") - 1] == "suspended", (task_id, seen)
@@ -278,8 +282,8 @@ def test_a_lagging_source_is_stream_work_and_lb_keeps_its_slot():
     h.finish(executor, first)
     h.handle(ClientRequest(CLIENT_ID, p.StreamLag("ads", 5000, 2500.0)))
     h.submit("b", "batch", 4)
-    launched = [m for e in ("e0", "e1") for m in h.sent(e, p.Launch)]
-    assert h.core.policy.current == "lb" and len(launched) == 1
+    launches = [m for e in ("e0", "e1") for m in h.sent(e, p.Launch)]
+    assert h.core.policy.current == "lb" and len(launches) == 1
 
 
 # ---- the benchmark's verdicts ---------------------------------------------------------------
