@@ -425,11 +425,14 @@ class Client(ClientRequests):
                         self._kept.update((future.task_id, future) for future in futures)
                 else:
                     self._bulk.add(job, frame)
+                frames = [frame]
                 if released:
-                    self._to_io.send(p.encode(p.Release(released)))
+                    frames.insert(0, p.encode(p.Release(released)))
                     self._kept_jobs.difference_update(released)
                     self._drop_spooled(released)
-                self._to_io.send(frame)
+                # A stream task's submit goes out on this thread if nothing waits before it
+                # (runtime/client_io.py `CallerQueue.send_all`).
+                self._to_io.send_all(frames, urgent=priority == "stream")
                 registered = True
         finally:
             if not registered:  # it failed: nothing will read what was spooled for it

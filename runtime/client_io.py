@@ -48,6 +48,7 @@ import zmq
 
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import AuthenticationFailed, HandshakeWatch, PeerKeys, secure_peer
+from tidal.runtime.frames import FrameReader
 from tidal.runtime.link import KEEPALIVE_S, SILENT_S, GiveUp, Keepalive, Link, Reconnect
 from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
 
@@ -98,17 +99,38 @@ class CallerQueue:
     gave the IO thread the GIL, which the caller then waited for (~140 us a `submit` in a
     loop of 5,000). Now the IO thread is woken once per burst: a caller sends a wake-up only
     when none is on its way, and the IO thread clears that mark before it takes what waits,
-    so a frame queued meanwhile is either taken now or followed by a wake-up.
+    so a frame queued meanwhile is either taken now or followed by a wake-up. An urgent
+    frame with nothing queued before it goes out on the caller's thread instead
+    (`ClientConnection.send_urgent`).
     """
 
-    def __init__(self, wake: zmq.Socket) -> None:
+    def __init__(self, wake: zmq.Socket, send_urgent: Callable[[bytes], tuple[bool, bool]]) -> None:
         self._frames: deque[bytes] = deque()
         self._wake = wake
         self._woken = False
+        self._send_urgent = send_urgent
 
     def send(self, frame: bytes) -> None:
         """Queue `frame`; zmq.Again if the IO thread is gone (its end of the wake-ups)."""
         self._frames.append(frame)
+        self._wake_io()
+
+    def send_all(self, frames: list[bytes], urgent: bool = False) -> None:
+        """Queue `frames`, in order; or, if `urgent` and nothing is queued before them, send
+        them now, from this thread, in one send (several as one `batch`): the first send may
+        hand this thread's CPU to ZeroMQ's I/O thread, and a busy machine may not give it
+        back for a scheduler tick."""
+        if urgent and not self._frames:
+            frame = frames[0] if len(frames) == 1 else p.encode(p.Batch(frames))
+            sent, look = self._send_urgent(frame)
+            if sent:
+                if look:
+                    self._wake_io()
+                return
+        self._frames.extend(frames)
+        self._wake_io()
+
+    def _wake_io(self) -> None:
         if not self._woken:
             self._woken = True
             try:
@@ -162,6 +184,11 @@ class ClientConnection:
         self._context = zmq.Context()
         realtime_io_threads(self._context)
         self._dealer: zmq.Socket | None = None
+        # Once the IO thread runs, every use of the DEALER is under this lock: the IO thread's,
+        # and a caller's urgent send (`send_urgent`), allowed while `_urgent_ok` (set under
+        # the lock by the IO thread: connected, nothing of its own waiting to go out).
+        self._socket_lock = threading.Lock()
+        self._urgent_ok = False
         self._thread: threading.Thread | None = None
         self._book: Bookkeeping | None = None
         self._outbox: deque[bytes] = deque()
@@ -271,7 +298,8 @@ class ClientConnection:
         from_callers = self._context.socket(zmq.PAIR)
         from_callers.rcvhwm = 0
         from_callers.connect(inproc)
-        self._callers = CallerQueue(to_io)
+        self._callers = CallerQueue(to_io, self.send_urgent)
+        self._urgent_ok = self._link.connected  # welcomed, and nothing waits to go out
         self._thread = threading.Thread(
             target=self._run, args=(from_callers,), name="tidal-client-io", daemon=True
         )
@@ -310,12 +338,20 @@ class ClientConnection:
                 lambda what: f"the client's IO thread crashed ({problem}) before {what} ended",
             )
         finally:
-            self._dealer.close(linger=CLOSE_LINGER_MS)
+            with self._socket_lock:
+                self._urgent_ok = False
+                self._dealer.close(linger=CLOSE_LINGER_MS)
             from_callers.close(linger=0)
 
     def _loop(self, from_callers: zmq.Socket) -> None:
         """The IO loop: poll, handle scheduler frames by op, queue caller frames, keep the
-        connection alive, send."""
+        connection alive, send.
+
+        Discussion: callers send urgent frames on the DEALER themselves (`send_urgent`), so
+        this thread never polls the DEALER with ZeroMQ (a socket is used by one thread at a
+        time): it sleeps on the DEALER's descriptor, which says only "look again", and looks
+        at the DEALER's events under the socket lock. A caller whose send may have taken
+        that signal looks too, and wakes this thread if something came."""
         handlers: dict[type[p.Message], Callable[[Any], None]] = {
             **self._book.handlers,
             p.Rejoin: self._on_rejoin,
@@ -323,40 +359,46 @@ class ClientConnection:
             p.Reattached: self._on_reattached,
             p.Reject: self._on_reject,
         }
-        link, outbox = self._link, self._outbox
-        dealer = self._dealer
+        link, outbox, lock = self._link, self._outbox, self._socket_lock
         poller = zmq.Poller()
-        poller.register(dealer, zmq.POLLIN)
         poller.register(from_callers, zmq.POLLIN)
+        dealer: zmq.Socket | None = None
+        descriptor = -1
         while True:
-            # -- 1. Poll; for "writable" too while frames wait in the outbox.
-            if self._dealer is not dealer:  # reconnected: poll the new connection
-                poller.unregister(dealer)
-                dealer = self._dealer
-                poller.register(dealer, zmq.POLLIN)
-            writable = zmq.POLLOUT if outbox and link.connected else 0
-            poller.modify(dealer, zmq.POLLIN | writable)
-            ready = dict(poller.poll(KEEPALIVE_S * 1000))
+            # -- 1. Sleep until the callers or the DEALER have something, unless it has now.
+            with lock:
+                if self._dealer is not dealer:  # the first turn, or reconnected
+                    if dealer is not None:
+                        poller.unregister(descriptor)
+                    dealer = self._dealer
+                    descriptor = dealer.getsockopt(zmq.FD)
+                    reader = FrameReader(dealer)
+                    poller.register(descriptor, zmq.POLLIN)
+                events = dealer.getsockopt(zmq.EVENTS)
+            sending = bool(outbox) and link.connected
+            due = events & zmq.POLLIN or (sending and events & zmq.POLLOUT)
+            ready = dict(poller.poll(0 if due else KEEPALIVE_S * 1000))
 
             # -- 2. Frames from the scheduler, each handled by its op; bad ones dropped.
-            if ready.get(dealer, 0) & zmq.POLLIN:
-                for _ in range(RECV_BATCH):
-                    try:
-                        frames = dealer.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    try:
-                        msg = p.decode_parts(frames)
-                        handler = handlers.get(type(msg))
-                        if handler is None:
-                            raise p.ProtocolError(f"{msg.op} is not sent to a connected client")
-                    except p.ProtocolError as exc:
-                        self._bad_frames(f"dropped a bad frame from the scheduler: {exc}")
-                        continue
-                    link.heard()
-                    handler(msg)
-                    if self._dealer is not dealer:
-                        break  # a reconnect: the rest of this connection is the old scheduler's
+            #       (The handlers that queue frames of their own run while reconnecting,
+            #       when no caller sends urgent frames.)
+            with lock:
+                received, _, _ = reader.read(RECV_BATCH, {}, 0.0)
+                if from_callers in ready:  # callers' frames to take: none go around them
+                    self._urgent_ok = False  # until step 5 has sent them
+            for frames in received:
+                try:
+                    msg = p.decode_parts(frames)
+                    handler = handlers.get(type(msg))
+                    if handler is None:
+                        raise p.ProtocolError(f"{msg.op} is not sent to a connected client")
+                except p.ProtocolError as exc:
+                    self._bad_frames(f"dropped a bad frame from the scheduler: {exc}")
+                    continue
+                link.heard()
+                handler(msg)
+                if self._dealer is not dealer:
+                    break  # a reconnect: the rest of this connection is the old scheduler's
 
             # -- 3. Frames from callers, in the order they came; an empty one means "close".
             if from_callers in ready:
@@ -371,11 +413,13 @@ class ClientConnection:
             #       a scheduler that went silent, give up on one that does not come back.
             match link.due(expecting=self._book.expecting()):
                 case Keepalive():
-                    with contextlib.suppress(zmq.Again):
-                        ping = p.Ping("keepalive", time.monotonic_ns())
-                        self._dealer.send(p.encode(ping), zmq.NOBLOCK)
+                    ping = p.encode(p.Ping("keepalive", time.monotonic_ns()))
+                    with lock, contextlib.suppress(zmq.Again):
+                        self._dealer.send(ping, zmq.NOBLOCK)
                 case Reconnect(reason):
-                    if self._link.connected and self._dealer.poll(0, zmq.POLLIN):
+                    with lock:
+                        spoke = self._dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN
+                    if self._link.connected and spoke:
                         continue  # it spoke while a long C call held this process's GIL
                     self._reconnect(reason)
                 case GiveUp(why):
@@ -383,8 +427,32 @@ class ClientConnection:
                     return
 
             # -- 5. Send what the DEALER takes now; the rest waits for it to be writable.
-            if link.connected:
-                _flush(self._dealer, outbox)
+            #       Callers may send urgent frames themselves only while nothing waits here
+            #       (and no reattach is answered yet), so that nothing overtakes.
+            with lock:
+                if link.connected:
+                    _flush(self._dealer, outbox)
+                self._urgent_ok = link.connected and not outbox and not self._reattaching
+
+    def send_urgent(self, frame: bytes) -> tuple[bool, bool]:
+        """Send `frame` on the DEALER from the calling thread, if the IO thread has nothing
+        waiting to go out first: (sent, the IO thread must look at the DEALER).
+
+        Discussion: a stream task's submit used to wake this connection's IO thread, which
+        must take the GIL from the caller to send it. Traced in `tidal bench preempt` under
+        full batch load, that hand-over was the start's whole tail: the IO thread (real-time)
+        preempted the caller on its CPU, and the caller, holding the GIL, then waited up to
+        a scheduler tick (4 ms at HZ 250) behind a batch task's thread. Sent here, the frame
+        is with ZeroMQ before anything else has to run."""
+        with self._socket_lock:
+            if not self._urgent_ok:
+                return False, False
+            try:
+                self._dealer.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                return False, False
+            # The send may have taken the descriptor's signal of a frame that came meanwhile.
+            return True, bool(self._dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
     # ---- the connection's own handlers (IO thread) --------------------------------------------
 
@@ -393,11 +461,14 @@ class ClientConnection:
         log.warning(
             "the Tidal client %s reconnects to %s: %s", self.client_id, self.address, reason
         )
-        self._dealer.close(linger=0)  # what it still queued was for the old scheduler
-        self._dealer = self._context.socket(zmq.DEALER)
-        secure_peer(self._dealer, self.keys)
-        self._dealer.connect(self.address)
-        self._dealer.send(p.encode(self._hello()))
+        dealer = self._context.socket(zmq.DEALER)
+        secure_peer(dealer, self.keys)
+        dealer.connect(self.address)
+        with self._socket_lock:
+            self._urgent_ok = False  # until welcomed again and reattached
+            self._dealer.close(linger=0)  # what it still queued was for the old scheduler
+            self._dealer = dealer
+            dealer.send(p.encode(self._hello()))
         self._link.hello_sent()
 
     def _give_up(self, reason: str) -> None:
@@ -464,7 +535,9 @@ class ClientConnection:
     def _say_goodbye(self) -> None:
         outbox = self._outbox
         outbox.append(p.encode(p.ClientGoodbye("client closed")))
-        _flush(self._dealer, outbox)
+        with self._socket_lock:
+            self._urgent_ok = False
+            _flush(self._dealer, outbox)
         if outbox:
             log.warning(
                 "closing with %d frames the scheduler at %s could not take (goodbye included)",

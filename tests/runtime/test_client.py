@@ -624,7 +624,7 @@ def test_callers_frames_wake_the_io_thread_once_per_burst_and_go_out_batched():
             self.sent += 1
 
     wake = Wake()
-    queue = client_io.CallerQueue(wake)
+    queue = client_io.CallerQueue(wake, send_urgent=lambda frame: (False, False))
     for i in range(3):
         queue.send(p.encode(p.Ping(str(i), i)))
     assert wake.sent == 1  # one wake-up for the burst
@@ -648,3 +648,64 @@ def test_callers_frames_wake_the_io_thread_once_per_burst_and_go_out_batched():
     assert isinstance(first, p.Batch) and first.frames == frames  # small ones, in order
     assert second.request_id == "x" * (client_io.BATCH_ITEM_MAX_BYTES + 1)  # a big one alone
     assert third == p.Ping("0", 0)
+
+
+def test_an_urgent_frame_goes_out_on_the_callers_thread_only_with_nothing_queued_before_it():
+    class Wake:
+        def __init__(self):
+            self.sent = 0
+
+        def send(self, frame, flags=0):
+            self.sent += 1
+
+    sent_now, answers = [], []
+
+    def send_urgent(frame):
+        sent_now.append(frame)
+        return answers.pop(0)
+
+    wake = Wake()
+    queue = client_io.CallerQueue(wake, send_urgent)
+    answers.append((True, False))
+    queue.send_all([b"a"], urgent=True)  # nothing queued: sent now, the IO thread left asleep
+    assert sent_now == [b"a"] and wake.sent == 0 and queue.take() == []
+    answers.append((True, True))
+    queue.send_all([b"b"], urgent=True)  # sent, but a frame came meanwhile: the IO thread looks
+    assert sent_now == [b"a", b"b"] and wake.sent == 1 and queue.take() == []
+    answers.append((False, False))
+    release, submit = p.encode(p.Release(["j"])), p.encode(p.Ping("s", 1))
+    queue.send_all([release, submit], urgent=True)  # not taken now: queued, one by one
+    assert p.decode(sent_now[-1]) == p.Batch([release, submit]) and wake.sent == 2
+    queue.send_all([b"d"], urgent=True)  # those wait: "d" goes behind them, not around them
+    assert len(sent_now) == 3 and queue.take() == [release, submit, b"d"]
+    queue.send(b"e")  # not urgent: queued as ever
+    assert len(sent_now) == 3 and queue.take() == [b"e"]
+
+
+def test_a_stream_submit_is_sent_by_its_caller_with_the_releases_before_it(fake, monkeypatch):
+    senders = []
+    send_urgent = client_io.ClientConnection.send_urgent
+
+    def recording(self, frame):
+        sent, look = send_urgent(self, frame)
+        senders.append((threading.current_thread(), sent, p.decode(frame).op))
+        return sent, look
+
+    monkeypatch.setattr(client_io.ClientConnection, "send_urgent", recording)
+    with Client(fake, timeout=5) as client:
+        first = client.submit(total, [1, 2], priority="stream")
+        fake.wait_for(p.Submit)
+        fake.finish(first, 3)
+        assert first.result(timeout=5) == 3
+        client.submit(noop, priority="batch")  # batch submissions stay with the IO thread
+        fake.wait_for(p.Submit, 2)
+        job = first.job_id
+        del first  # its job is released, told with the next submission
+        client.submit(total, [3], priority="stream")
+        submits = fake.wait_for(p.Submit, 3)
+        [release] = fake.wait_for(p.Release)
+    assert [s.priority for s in submits] == ["stream", "batch", "stream"]
+    assert release.job_ids == [job]
+    me = threading.current_thread()
+    assert [(who is me, ok) for who, ok, _ in senders] == [(True, True), (True, True)]
+    assert [op for _, _, op in senders] == ["submit", "batch"]  # the release rode along
