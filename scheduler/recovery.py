@@ -85,7 +85,7 @@ def restore(
             _restore_kept(records, kept_ended, results([t.task_id for t in kept_ended]))
         for task in tasks:
             records.unclaimed(task, cancelled=task.task_id in state.cancels)
-            task.lost_on = list(state.losses.get(task.task_id, ()))  # counted on from there
+            task.lost_on = list(state.losses.get(task.task_id, ())) or ()  # counted on from there
             if task.cancel_requested:
                 cancelled.append(task)
     for task in cancelled:  # asked for before the restart: done, wherever it may still run

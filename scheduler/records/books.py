@@ -313,7 +313,7 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook):
     def count_loss(self, task: Task, executor_id: str) -> None:
         """`task` was lost with `executor_id`: counted toward `max_retries`, and journaled,
         so that a restart does not reset the count."""
-        task.lost_on.append(executor_id)
+        task.lost_on = [*task.lost_on, executor_id]  # a few at most (max_retries)
         self.note(ev.TaskLost(task.job.job_id, task.task_id, executor_id))
 
     def requeue(self, tasks: list[Task], *, attempt: bool = True) -> None:

@@ -75,6 +75,8 @@ class Lineage:
         task.inputs = inputs
         task.needs = [self.tasks[task_id] for _, task_id in inputs]
         for needed in {id(t): t for t in task.needs}.values():
+            if not needed.dependents:
+                needed.dependents = []  # its own, with its first item (see Task.lost_on)
             needed.dependents.append(task)
 
     def admit(self, task: Task, *, front: bool = False) -> bool:
@@ -227,7 +229,7 @@ class Lineage:
                 self.recompute(needed)
         self._hold_dependents(task)
         # A new life: what its earlier ones counted does not carry over.
-        task.cancel_requested, task.input_losses, task.lost_on = False, 0, []
+        task.cancel_requested, task.input_losses, task.lost_on = False, 0, ()
         self.peer_warning(f"the kept result of {task.task_id} is lost: computing it again")
         self.requeue([task])
 

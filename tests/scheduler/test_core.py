@@ -4,6 +4,7 @@ with the reports a real executor would send."""
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import pytest
@@ -169,6 +170,23 @@ def test_unknown_job_options_of_mixed_key_types_are_refused_not_raised_on():
     assert outcome == "failed" and "unknown job options" in error[1]
 
 
+def test_a_task_record_holds_no_container_of_its_own_until_it_has_something_to_keep():
+    # The collector walks every container a record holds, for every task in the books: a
+    # record's empty lists are the shared (), and a record gets a list with its first item.
+    h = Harness(max_retries=3, executors=())
+    first, second = h.submit("b", "batch", 2)
+    records = h.core.records.tasks
+    for task_id in (first, second):
+        task = records[task_id]
+        shared = (task.job, task.state, type(task))
+        own = [x for x in gc.get_referents(task) if gc.is_tracked(x) and x not in shared]
+        assert own == [], f"{task_id} holds {own}"
+    h.join("e0", "n0")
+    h.start("e0", first)
+    h.handle(ExecutorLeft("e0", "it crashed"))
+    assert records[first].lost_on == ["e0"] and records[second].lost_on == ()
+
+
 def test_a_task_lost_before_it_started_does_not_count_toward_max_retries():
     # Executors that take tasks and vanish before starting them (a peer posing as one, with
     # no keys configured) must not fail a job: only losses of a started task count.
@@ -179,7 +197,7 @@ def test_a_task_lost_before_it_started_does_not_count_toward_max_retries():
         assert [m.task_id for m in h.sent(f"hole{i}", p.Launch)] == [task]
         h.handle(ExecutorLeft(f"hole{i}", "it said goodbye"))
         assert h.state(task) is TaskState.PENDING
-    assert h.core.records.tasks[task].lost_on == []
+    assert h.core.records.tasks[task].lost_on == ()
     h.join("e0", "n0")
     h.start("e0", task, attempt=5)
     h.finish("e0", task, attempt=5, result=7)

@@ -61,7 +61,7 @@ def test_a_loss_counts_from_the_received_launch_not_from_the_start():
     (task,) = h.submit("b", "batch", 1)
     assert [m.task_id for m in h.sent("e0", p.Launch)] == [task]
     h.handle(ExecutorLeft("e0", "connection dropped"))  # never received it
-    assert h.core.records.tasks[task].lost_on == []
+    assert h.core.records.tasks[task].lost_on == ()
     for n, executor_id in enumerate(["e1", "e2"]):
         h.join(executor_id, executor_id)
         (launch,) = h.sent(executor_id, p.Launch)
@@ -85,7 +85,7 @@ def test_a_stale_received_does_not_count_a_new_attempt():
     h.join("e1", "n1")
     h.report("e1", p.Received([[task, 0, first.sent_ns]]))  # the first attempt's, late
     h.handle(ExecutorLeft("e1", "killed"))
-    assert h.core.records.tasks[task].lost_on == [] and h.state(task) is TaskState.PENDING
+    assert h.core.records.tasks[task].lost_on == () and h.state(task) is TaskState.PENDING
 
 
 def test_a_restarted_core_rebuilds_jobs_adopts_held_tasks_and_serves_kept_results(tmp_path):
