@@ -26,7 +26,6 @@ the same hooks (read = poll, ack = commit offsets, recover = the group's committ
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import queue
 import threading
@@ -269,8 +268,15 @@ class StreamDriver:
         while self._running and time.monotonic() < drained:
             self._settle(block=True)
         self.stats.abandoned_batches += len(self._running)
-        with contextlib.suppress(Exception):  # a broker gone at the end: the next run says
+        try:
             self._report_lag(force=True)
+        except Exception as exc:  # a broker gone at the end: the next run reports it
+            log.warning(
+                "the last lag report of %s failed: %s: %s",
+                self.source.name,
+                type(exc).__name__,
+                exc,
+            )
         return self.stats
 
     def _reclaim(self) -> None:
@@ -339,7 +345,7 @@ class StreamDriver:
                 self._latencies(batch)
             else:
                 self.stats.skipped_writes += 1
-            self.source.ack(batch)
+            self._acknowledge(batch)
 
     def _failed(self, batch: Batch, error: Any) -> None:
         if isinstance(error, BaseException):
@@ -351,6 +357,11 @@ class StreamDriver:
         if self._stop.is_set():  # stopping: the next driver tries it again
             self.stats.abandoned_batches += 1
             return
+        try:
+            self.source.dead_letter(batch, str(error))
+        except Exception as exc:  # the source's: it stays pending, and is tried again
+            self._left_pending(batch, "set aside", exc)
+            return
         self.stats.failed_batches += 1
         log.error(
             "batch %s failed %d times (%s): set aside (its entries are not counted)",
@@ -358,8 +369,29 @@ class StreamDriver:
             batch.attempts,
             error,
         )
-        self.source.dead_letter(batch, str(error))
-        self.source.ack(batch)
+        self._acknowledge(batch)
+
+    def _acknowledge(self, batch: Batch) -> None:
+        """Acknowledge a batch whose result is written (or that was set aside).
+
+        Discussion: the source's own errors are not the driver's. A broker gone while the
+        driver stops raises here (its calls retry until then); the batch then stays pending
+        in the source, and whoever recovers it replays it: the sink skips the write it has."""
+        try:
+            self.source.ack(batch)
+        except Exception as exc:
+            self._left_pending(batch, "acknowledged", exc)
+
+    def _left_pending(self, batch: Batch, what: str, exc: Exception) -> None:
+        self.stats.abandoned_batches += 1
+        log.warning(
+            "batch %s could not be %s (%s: %s): it stays pending in %s, to be replayed",
+            batch.key,
+            what,
+            type(exc).__name__,
+            exc,
+            self.source.name,
+        )
 
     def _latencies(self, batch: Batch) -> None:
         now_ms = time.time() * 1000
