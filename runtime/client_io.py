@@ -7,14 +7,18 @@ connection alive, reconnect and reattach after a scheduler restart, say goodbye.
 Threads and why:
 
 * The handshake runs on the thread that constructs the Client, before the IO thread exists,
-  so its errors are raised straight to the caller; the DEALER then moves to the IO thread
-  (`Thread.start()` is the full memory barrier ZeroMQ asks for when a socket changes threads).
-* The IO thread owns the DEALER. In one loop it forwards the callers' frames (they come
+  so its errors are raised straight to the caller; the DEALER is then shared under a socket
+  lock (ZeroMQ asks that one thread use a socket at a time, with a full memory barrier in
+  between: the lock is both).
+* The IO thread runs the connection. In one loop it forwards the callers' frames (they come
   through a `CallerQueue`, in order; several waiting go out as one `batch` frame), hands
   each frame from the scheduler by its op to the client's bookkeeping (results complete
   futures, answers complete requests) or to the connection's own handlers, and drops (with a
   rate-limited log line) any frame that breaks the protocol. It never blocks on the network:
   frames the DEALER cannot take yet wait in an outbox until it can.
+* A caller sends a stream task's submit itself (`send_urgent`), on the DEALER, under the
+  lock, when nothing is queued before it and the IO thread has nothing waiting to go out;
+  it waits for the lock at most while the IO thread reads a few hundred frames or sends.
 
 When the scheduler goes away. The connection's liveness is a `Link` (runtime/link.py), as
 the executor's is. While futures or requests are pending, the IO thread pings the scheduler
@@ -41,7 +45,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
@@ -112,15 +116,14 @@ class CallerQueue:
 
     def send(self, frame: bytes) -> None:
         """Queue `frame`; zmq.Again if the IO thread is gone (its end of the wake-ups)."""
-        self._frames.append(frame)
-        self._wake_io()
+        self.send_all([frame])
 
     def send_all(self, frames: list[bytes], urgent: bool = False) -> None:
-        """Queue `frames`, in order; or, if `urgent` and nothing is queued before them, send
-        them now, from this thread, in one send (several as one `batch`): the first send may
-        hand this thread's CPU to ZeroMQ's I/O thread, and a busy machine may not give it
-        back for a scheduler tick."""
-        if urgent and not self._frames:
+        """Queue `frames`, in order; or, if `urgent`, nothing is queued before them and they
+        fit one `batch` as the IO thread makes them (`_batch_size`), send them now, from
+        this thread, in one send: the first send may hand this thread's CPU to ZeroMQ's
+        I/O thread, and a busy machine may not give it back for a scheduler tick."""
+        if urgent and not self._frames and (len(frames) == 1 or _batch_size(frames) == len(frames)):
             frame = frames[0] if len(frames) == 1 else p.encode(p.Batch(frames))
             sent, look = self._send_urgent(frame)
             if sent:
@@ -288,7 +291,8 @@ class ClientConnection:
         """Start the IO thread, serving `book`; return the callers' end of its queue.
 
         That queue is not thread-safe: the client guards it with a lock. Sending on it never
-        blocks. An empty frame tells the IO thread to say goodbye and stop.
+        blocks on the network (an urgent send waits for the socket lock, see the module
+        doc). An empty frame tells the IO thread to say goodbye and stop.
         """
         self._book = book
         inproc = f"inproc://tidal-client-{uuid.uuid4().hex}"
@@ -380,8 +384,7 @@ class ClientConnection:
             ready = dict(poller.poll(0 if due else KEEPALIVE_S * 1000))
 
             # -- 2. Frames from the scheduler, each handled by its op; bad ones dropped.
-            #       (The handlers that queue frames of their own run while reconnecting,
-            #       when no caller sends urgent frames.)
+            #       (A handler that queues frames of its own stops urgent sends: `_queue`.)
             with lock:
                 received, _, _ = reader.read(RECV_BATCH, {}, 0.0)
                 if from_callers in ready:  # callers' frames to take: none go around them
@@ -464,11 +467,14 @@ class ClientConnection:
         dealer = self._context.socket(zmq.DEALER)
         secure_peer(dealer, self.keys)
         dealer.connect(self.address)
+        # Before it is shared, and never blocking (a scheduler that refuses our key ends the
+        # pipe, and a blocking send would wait for ever, under the lock): if it cannot go
+        # now, the link's next reconnect says hello again.
+        _send_nowait(dealer, p.encode(self._hello()))
         with self._socket_lock:
             self._urgent_ok = False  # until welcomed again and reattached
             self._dealer.close(linger=0)  # what it still queued was for the old scheduler
             self._dealer = dealer
-            dealer.send(p.encode(self._hello()))
         self._link.hello_sent()
 
     def _give_up(self, reason: str) -> None:
@@ -499,7 +505,7 @@ class ClientConnection:
         ]
         self._reattaching, self._unknown = {ask.request_id for ask in asks}, set()
         frames = [p.encode(ask) for ask in asks]
-        self._outbox.extendleft(reversed(frames + requests))
+        self._queue_first(frames + requests)
 
     def _on_reattached(self, msg: p.Reattached) -> None:
         """Submit again the jobs the scheduler never heard of (their pending tasks), once
@@ -510,13 +516,28 @@ class ClientConnection:
         answers were ignored as a known job's, and their futures never completed."""
         unknown = {t for t in msg.unknown if type(t) is str}
         if msg.request_id not in self._reattaching:  # an earlier connection's question
-            self._outbox.extend(self._book.resubmissions(unknown))
+            self._queue(self._book.resubmissions(unknown))
             return
         self._reattaching.discard(msg.request_id)
         self._unknown |= unknown
         if not self._reattaching:
             unknown, self._unknown = self._unknown, set()
-            self._outbox.extend(self._book.resubmissions(unknown))
+            self._queue(self._book.resubmissions(unknown))
+
+    def _queue(self, frames: list[bytes]) -> None:
+        """Frames of the connection's own to send after what waits (no urgent frame goes
+        ahead of them: a resubmitted job may hold a later submission's kept inputs)."""
+        if frames:
+            with self._socket_lock:
+                self._urgent_ok = False  # until step 5 has sent them
+            self._outbox.extend(frames)
+
+    def _queue_first(self, frames: list[bytes]) -> None:
+        """Frames of the connection's own to send before everything that waits."""
+        if frames:
+            with self._socket_lock:
+                self._urgent_ok = False
+            self._outbox.extendleft(reversed(frames))
 
     def _on_reject(self, msg: p.Reject) -> None:
         # The scheduler disconnected this client (docs/protocol.md, "Limits"): it has
@@ -546,18 +567,25 @@ class ClientConnection:
             )
 
 
+def _batch_size(frames: Iterable[bytes]) -> int:
+    """How many frames at the head of `frames` go in one `batch`: small ones, together
+    within the batch limits (so that no batch comes near a receiver's frame limit)."""
+    count = size = 0
+    for frame in frames:
+        if len(frame) > BATCH_ITEM_MAX_BYTES or count == p.MAX_BATCH_ITEMS:
+            break
+        if size + len(frame) > p.BATCH_FLUSH_BYTES:
+            break
+        count += 1
+        size += len(frame)
+    return count
+
+
 def _flush(dealer: zmq.Socket, outbox: deque[bytes]) -> None:
     """Send what the outbox holds, in order, small frames several to a `batch`, until the
     DEALER takes no more."""
     while outbox:
-        count = size = 0
-        for frame in outbox:  # the small frames at its head: one batch
-            if len(frame) > BATCH_ITEM_MAX_BYTES or count == p.MAX_BATCH_ITEMS:
-                break
-            if size + len(frame) > p.BATCH_FLUSH_BYTES:
-                break
-            count += 1
-            size += len(frame)
+        count = _batch_size(outbox)
         if count > 1:
             frame = p.encode(p.Batch(list(itertools.islice(outbox, count))))
         else:

@@ -52,7 +52,7 @@ def _native_reader() -> Any:
 
 
 class FrameReader:
-    """Bulk reads of whole messages from one socket, by the one thread that uses it."""
+    """Bulk reads of whole messages from one socket, by one thread at a time."""
 
     def __init__(self, socket: zmq.Socket, *, native: bool = True) -> None:
         self._socket = socket

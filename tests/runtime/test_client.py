@@ -615,14 +615,17 @@ def test_preferred_nodes_travel_with_each_task(fake, client):
         client.submit(total, [1], preferred="rack-a")
 
 
+class Wake:
+    """The IO thread's end of the callers' wake-ups: counts them."""
+
+    def __init__(self):
+        self.sent = 0
+
+    def send(self, frame, flags=0):
+        self.sent += 1
+
+
 def test_callers_frames_wake_the_io_thread_once_per_burst_and_go_out_batched():
-    class Wake:
-        def __init__(self):
-            self.sent = 0
-
-        def send(self, frame, flags=0):
-            self.sent += 1
-
     wake = Wake()
     queue = client_io.CallerQueue(wake, send_urgent=lambda frame: (False, False))
     for i in range(3):
@@ -651,13 +654,6 @@ def test_callers_frames_wake_the_io_thread_once_per_burst_and_go_out_batched():
 
 
 def test_an_urgent_frame_goes_out_on_the_callers_thread_only_with_nothing_queued_before_it():
-    class Wake:
-        def __init__(self):
-            self.sent = 0
-
-        def send(self, frame, flags=0):
-            self.sent += 1
-
     sent_now, answers = [], []
 
     def send_urgent(frame):
@@ -680,6 +676,12 @@ def test_an_urgent_frame_goes_out_on_the_callers_thread_only_with_nothing_queued
     assert len(sent_now) == 3 and queue.take() == [release, submit, b"d"]
     queue.send(b"e")  # not urgent: queued as ever
     assert len(sent_now) == 3 and queue.take() == [b"e"]
+    big = b"x" * (client_io.BATCH_ITEM_MAX_BYTES + 1)
+    queue.send_all([release, big], urgent=True)  # too big to batch: queued, for the IO thread
+    assert len(sent_now) == 3 and queue.take() == [release, big]
+    answers.append((True, False))
+    queue.send_all([big], urgent=True)  # alone, any size the frame check let through
+    assert sent_now[-1] == big and queue.take() == []
 
 
 def test_a_stream_submit_is_sent_by_its_caller_with_the_releases_before_it(fake, monkeypatch):
