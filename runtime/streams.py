@@ -222,6 +222,8 @@ class StreamDriver:
         self._keep_latencies = keep_latencies
         self._done: queue.SimpleQueue[tuple[Batch, Any]] = queue.SimpleQueue()
         self._running: set[Any] = set()
+        # Batches recovered from drivers that died, waiting for a place among `in_flight`.
+        self._replays: collections.deque[Batch] = collections.deque()
         self._stop = threading.Event()
         self._lag = Lag(0, None)
         self._lag_at = 0.0
@@ -249,6 +251,9 @@ class StreamDriver:
             self._report_lag()
             if time.monotonic() - self._reclaimed_at >= self.reclaim_every_s:
                 self._reclaim()
+            while self._replays and len(self._running) < self.in_flight:  # first, in order
+                batch = self._replays.popleft()
+                self._submit(batch, replayed=batch.cut is not None)
             if len(self._running) >= self.in_flight:
                 continue
             size = self._target_size()
@@ -267,7 +272,8 @@ class StreamDriver:
         drained = time.monotonic() + self.drain_s
         while self._running and time.monotonic() < drained:
             self._settle(block=True)
-        self.stats.abandoned_batches += len(self._running)
+        # Still running, or recovered and never run: the next driver replays them.
+        self.stats.abandoned_batches += len(self._running) + len(self._replays)
         try:
             self._report_lag(force=True)
         except Exception as exc:  # a broker gone at the end: the next run reports it
@@ -280,14 +286,16 @@ class StreamDriver:
         return self.stats
 
     def _reclaim(self) -> None:
-        """Replay what drivers that died left (not the batches this one runs)."""
+        """Queue for replay what drivers that died left (not the batches this one runs or has
+        queued already); they run before new entries, at most `in_flight` at once with the
+        rest (a driver recovering a big backlog must not submit it all at once)."""
         self._reclaimed_at = time.monotonic()
-        running = {batch.key for batch in self._running}
+        known = {batch.key for batch in self._running} | {b.key for b in self._replays}
         for batch in self.source.recover():
-            if batch.key in running:
+            if batch.key in known:
                 continue
             self.stats.replayed_batches += 1
-            self._submit(batch, replayed=batch.cut is not None)
+            self._replays.append(batch)
 
     def _target_size(self) -> int:
         """The next batch's size: `batch_size`, grown toward `max_batch` with the backlog (a

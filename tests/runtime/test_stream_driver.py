@@ -122,3 +122,64 @@ def test_a_batch_that_cannot_be_set_aside_stays_pending_unacknowledged(caplog):
     assert source.dead == [] and source.acked == [] and sink.written == {}
     assert stats.failed_batches == 0 and stats.abandoned_batches == 1  # not set aside
     assert "batch 1-0..1-2 could not be set aside (GoneBroker" in caplog.text
+
+
+class LaterClient(InstantClient):
+    """Completes the tasks submitted so far only when the driver next reports its lag (once
+    a loop turn, with `lag_every_s=0`); counts the most that were ever running at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[tuple[concurrent.futures.Future, object]] = []
+        self.most_at_once = 0
+
+    def submit(self, fn, records, priority, **kwargs):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self.waiting.append((future, fn(records, **kwargs)))
+        self.most_at_once = max(self.most_at_once, len(self.waiting))
+        return future
+
+    def report_lag(self, name, pending, age_ms) -> None:
+        super().report_lag(name, pending, age_ms)
+        waiting, self.waiting = self.waiting, []
+        for future, value in waiting:
+            future.set_result(value)
+
+
+class BacklogSource(MemorySource):
+    """Recovers `batches` left by a dead driver, and has nothing new."""
+
+    def __init__(self, batches: list[Batch]) -> None:
+        super().__init__([])
+        self.left = batches
+
+    def recover(self) -> list[Batch]:
+        left, self.left = self.left, []
+        return left
+
+
+class CountingSink(Sink):
+    """Writes results; stops the driver once `expected` are written."""
+
+    def __init__(self, expected: int) -> None:
+        self.written: list[str] = []
+        self.expected = expected
+        self.driver: StreamDriver | None = None
+
+    def write(self, batch: Batch, result) -> bool:
+        self.written.append(batch.key)
+        if len(self.written) == self.expected:
+            self.driver.stop()
+        return True
+
+
+def test_a_recovered_backlog_is_replayed_in_order_at_most_in_flight_at_once():
+    client = LaterClient()
+    left = [Batch([Entry(f"1-{i}", i)]) for i in range(10)]
+    source, sink = BacklogSource(left), CountingSink(expected=10)
+    driver = StreamDriver(client, total, source, sink, in_flight=3, lag_every_s=0)
+    source.driver = sink.driver = driver
+    stats = driver.run(duration_s=60)
+    assert sink.written == [b.key for b in left]  # every one, in the order recovered
+    assert client.most_at_once == 3
+    assert stats.replayed_batches == 10 and stats.abandoned_batches == 0
