@@ -510,6 +510,33 @@ def test_a_silent_scheduler_is_reconnected_to_and_told_what_the_client_waits_for
     assert future.result(timeout=5) == 3
 
 
+def test_a_stream_submit_during_a_reattach_waits_behind_it(fake, monkeypatch):
+    # After a reconnect the client asks the new scheduler what it knows (reattach) and
+    # submits again what it does not: until that is answered, a stream submit must not go
+    # around it on the caller's thread (it may take a resubmitted job's kept results).
+    refused = []
+    send_urgent = client_io.ClientConnection.send_urgent
+
+    def recording(self, frame):
+        sent, look = send_urgent(self, frame)
+        refused.append(not sent)
+        return sent, look
+
+    monkeypatch.setattr(client_io.ClientConnection, "send_urgent", recording)
+    with Client(fake, timeout=5) as client:
+        waiting = client.submit(total, [1, 2])  # pending: the client pings, hears nothing
+        fake.wait_for(p.ClientHello, count=2)  # and reconnects
+        fake.wait_for(p.Reattach)  # which the fake never answers
+        stream = client.submit(total, [3], priority="stream")
+        fake.wait_for(p.Submit, count=2)
+        received = fake.received((p.Reattach, p.Submit))
+        fake.finish(waiting, 3)
+        fake.finish(stream, 3)
+        assert waiting.result(timeout=5) == stream.result(timeout=5) == 3
+    assert refused == [True]  # the stream submit was not sent on the caller's thread
+    assert [type(m) for m in received] == [p.Submit, p.Reattach, p.Submit]
+
+
 @pytest.mark.slow
 def test_a_scheduler_that_does_not_come_back_fails_what_waits():
     fake = FakeScheduler()
