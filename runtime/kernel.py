@@ -368,12 +368,14 @@ class Kernel(SpanRunner):
                     if not block:
                         return
                     # Idle: sleep in the queue (the GIL is released) until a command comes,
-                    # at the stream class's priority: whatever comes, the thread must wake
-                    # at once (at the batch nice it waited up to ~90 ms for a CPU on a busy
-                    # machine before starting a stream task).
-                    if self._running_class != "stream" and self._priority_changed is not None:
-                        self._running_class = "stream"
-                        self._priority_changed("stream")
+                    # at the stream class's nice: whatever comes, the thread must wake at
+                    # once (at the batch nice it waited up to ~90 ms for a CPU on a busy
+                    # machine before starting a stream task). "idle" is a class of its own,
+                    # so that a stream task switched into next starts as one after batch
+                    # work does (runtime/realtime.py `TaskThreadNice.set_class`).
+                    if self._running_class != "idle" and self._priority_changed is not None:
+                        self._running_class = "idle"
+                        self._priority_changed("idle")
                     if not self._apply(self._inbox.get()):
                         return
                     continue

@@ -147,10 +147,11 @@ class TaskThreadNice:
         return self.tid
 
     def set_class(self, priority: str) -> None:
-        """The thread is about to run a task of `priority` ("stream" or "batch")."""
+        """The thread is about to run a task of `priority` ("stream" or "batch"), or to wait
+        for work ("idle": at the stream nice, so that it wakes at once)."""
         if self.tid is None:
             return
-        nice = self.stream_nice if priority == "stream" else self.task_nice
+        nice = self.task_nice if priority == "batch" else self.stream_nice
         if not set_thread_nice(self.tid, nice):
             log.info(
                 "stream tasks run at nice %d, as batch tasks do: %d not permitted",
@@ -166,8 +167,13 @@ class TaskThreadNice:
         if priority != "stream":
             gate.unboost()  # a batch task runs under the fair scheduler, at its nice
         elif changed:
-            # From batch work (or a start): the first STREAM_REALTIME_NS of stream work.
-            # Not again for a stream task switched back into after a command came.
+            # From batch work, from waiting for work, or at a start: the first
+            # STREAM_REALTIME_NS of stream work. Not again for a stream task switched back
+            # into after a command came. Discussion: a stream task that starts on an idle
+            # executor needs it as much as one that preempts a batch task: beside another
+            # executor's batch thread, a normal thread preempted by a relay may wait for the
+            # next scheduler tick to get its CPU back (docs/notes.md, "A stream submit on its
+            # caller's thread"); it used to run so, its class unchanged since it went idle.
             gate.boost_now(STREAM_REALTIME_NS)
 
     def lift(self) -> None:

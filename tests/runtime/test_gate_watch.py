@@ -179,6 +179,14 @@ def test_a_task_thread_boosts_stream_work_once_and_runs_batch_work_unboosted(mon
         nice.set_class(priority)  # the second: switched back in after a command came
     boost = ("boost", realtime.STREAM_REALTIME_NS)
     assert gate.calls == [boost, "unboost", "unboost", boost]
+    # Waiting for work: at the stream nice, unboosted; a stream task started next is boosted
+    # as one that follows batch work is.
+    gate.calls.clear()
+    nices.clear()
+    for priority in ("idle", "stream", "idle", "batch"):
+        nice.set_class(priority)
+    assert gate.calls == ["unboost", boost, "unboost", "unboost"]
+    assert nices == [0, 0, 0, 10]
 
 
 @needs_c

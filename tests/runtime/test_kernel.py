@@ -908,16 +908,20 @@ def test_the_executor_hears_of_each_change_of_priority_class_once():
     assert transport.outcome("b").result == 10 and transport.outcome("s").result == 3
 
 
-def test_an_idle_task_thread_waits_at_the_stream_priority():
+def test_an_idle_task_thread_waits_in_a_class_of_its_own():
+    # "idle" (at the stream nice: runtime/realtime.py), not "stream": a stream task started
+    # next must be a change of class, so that it starts as one after batch work does.
     classes: queue.SimpleQueue[str] = queue.SimpleQueue()
     kernel = Kernel(Transport(), priority_changed=classes.put)
     hub = threading.Thread(target=kernel.run, kwargs={"block": True})
     hub.start()
     try:
-        assert classes.get(timeout=10) == "stream"  # idle from the start (lowered at start-up)
+        assert classes.get(timeout=10) == "idle"  # idle from the start (lowered at start-up)
         kernel.launch("b", sum, [[1, 2]])
-        # The batch task's class, then (idle: it sleeps until a command comes) the stream's.
-        assert [classes.get(timeout=10), classes.get(timeout=10)] == ["batch", "stream"]
+        # The batch task's class, then idle again: it sleeps until a command comes.
+        assert [classes.get(timeout=10), classes.get(timeout=10)] == ["batch", "idle"]
+        kernel.launch("s", sum, [[3]], priority="stream")
+        assert [classes.get(timeout=10), classes.get(timeout=10)] == ["stream", "idle"]
     finally:
         kernel.stop()
         hub.join(10)
