@@ -14,7 +14,8 @@ marker exists adds nothing. Replayed batches are therefore counted once.
 Redis going away is survived: every call is retried every RETRY_S until Redis answers, with
 one warning when it goes and one line when it is back (until the driver stops:
 `stop_waiting`). A batch that fails for good is set aside in `<stream>:tidal:<group>:dead`
-(its key, ids and error) and acknowledged, so that it does not hold the lag up for ever.
+(its key, ids and error) and acknowledged in the same transaction, so that it does not hold
+the lag up for ever and is never set aside twice.
 
 Discussion: why a consumer group per job and cuts in Redis. The group keeps the pending list
 (what was delivered and not acknowledged) in Redis, so a driver that dies loses nothing and
@@ -190,9 +191,16 @@ class RedisSource(Source):
         return _cut(sorted(claimed.values(), key=lambda e: _order(e.id)), cuts)
 
     def dead_letter(self, batch: Batch, error: str) -> None:
-        """Set a batch that failed for good aside, in `<stream>:tidal:<group>:dead`."""
+        """Set a batch that failed for good aside, in `<stream>:tidal:<group>:dead`, and
+        acknowledge it, in one transaction: a driver that dies between the two steps would
+        otherwise leave it pending, and its successor would set it aside again. (The driver's
+        `ack` that follows then finds nothing left to do.)"""
         fields = {"batch": batch.key, "ids": ",".join(e.id for e in batch.entries)}
-        self._conn.call(self._conn.redis.xadd, self.dead_key, {**fields, "error": error[:1000]})
+        pipe = self._conn.redis.pipeline(transaction=True)
+        pipe.xadd(self.dead_key, {**fields, "error": error[:1000]})
+        pipe.xack(self.stream, self.group, *[e.id for e in batch.entries])
+        pipe.hdel(self.cuts_key, batch.entries[0].id)
+        self._conn.call(pipe.execute)
 
     def stop_waiting(self) -> None:
         self._closing = True

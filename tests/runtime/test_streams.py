@@ -196,6 +196,22 @@ def test_a_driver_started_soon_after_a_crash_replays_what_it_left_once_it_is_idl
     assert again.lag().pending == 0
 
 
+def test_setting_a_batch_aside_acknowledges_it_in_the_same_step(server, r):
+    # A driver that died right after setting a batch aside must not leave it pending: its
+    # successor would claim it and set it aside a second time.
+    events = generate_events(SPEC, 0, 10)
+    produce(r, "ads", events)
+    source, _ = source_and_sink(server)
+    batch = Batch(source.read(len(events), 0.1))
+    assert len(batch.entries) == len(events)
+    source.begin(batch)
+    source.dead_letter(batch, "KeyError: 'spec'")  # and no ack after it
+    assert r.xlen(source.dead_key) == 1
+    assert source.lag().pending == 0 and not r.hgetall(source.cuts_key)
+    again, _ = source_and_sink(server, claim_idle_s=0)
+    assert again.recover() == []
+
+
 def test_a_batch_that_always_fails_is_set_aside_and_does_not_hold_the_lag_up(server, r):
     produce(r, "ads", generate_events(SPEC, 0, 200))
     source, sink = source_and_sink(server)
