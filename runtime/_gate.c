@@ -263,16 +263,25 @@ watch_main(void *arg)
     }
 }
 
+/* One command byte to the watcher's pipe (EINTR retried); 0 if written. */
 static int
-watch_command(Gate *self, char command)
+write_command(Gate *self, char command)
 {
     ssize_t written;
-    Py_BEGIN_ALLOW_THREADS
     do {
         written = write(self->wake[1], &command, 1);
     } while (written < 0 && errno == EINTR);
-    Py_END_ALLOW_THREADS
     return written == 1 ? 0 : -1;
+}
+
+static int
+watch_command(Gate *self, char command)
+{
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = write_command(self, command);
+    Py_END_ALLOW_THREADS
+    return rc;
 }
 
 static PyObject *
@@ -364,13 +373,8 @@ gate_boost_now(Gate *self, PyObject *args)
      * full pipe means it is woken already). Written under the lock, which unwatch() takes
      * before it closes the pipe; the lock is held for two syscalls, never with a wait. */
     pthread_mutex_lock(&self->rt_lock);
-    if (self->watching && start_rt_boost_locked(self, for_ns) == 0) {
-        char command = 't';
-        ssize_t written;
-        do {
-            written = write(self->wake[1], &command, 1);
-        } while (written < 0 && errno == EINTR);
-    }
+    if (self->watching && start_rt_boost_locked(self, for_ns) == 0)
+        write_command(self, 't');
     pthread_mutex_unlock(&self->rt_lock);
     Py_RETURN_NONE;
 }

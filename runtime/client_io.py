@@ -417,8 +417,8 @@ class ClientConnection:
             match link.due(expecting=self._book.expecting()):
                 case Keepalive():
                     ping = p.encode(p.Ping("keepalive", time.monotonic_ns()))
-                    with lock, contextlib.suppress(zmq.Again):
-                        self._dealer.send(ping, zmq.NOBLOCK)
+                    with lock:
+                        _send_nowait(self._dealer, ping)
                 case Reconnect(reason):
                     with lock:
                         spoke = self._dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN
@@ -448,11 +448,7 @@ class ClientConnection:
         a scheduler tick (4 ms at HZ 250) behind a batch task's thread. Sent here, the frame
         is with ZeroMQ before anything else has to run."""
         with self._socket_lock:
-            if not self._urgent_ok:
-                return False, False
-            try:
-                self._dealer.send(frame, zmq.NOBLOCK)
-            except zmq.Again:
+            if not self._urgent_ok or not _send_nowait(self._dealer, frame):
                 return False, False
             # The send may have taken the descriptor's signal of a frame that came meanwhile.
             return True, bool(self._dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN)
@@ -505,7 +501,7 @@ class ClientConnection:
         ]
         self._reattaching, self._unknown = {ask.request_id for ask in asks}, set()
         frames = [p.encode(ask) for ask in asks]
-        self._queue_first(frames + requests)
+        self._queue(frames + requests, first=True)
 
     def _on_reattached(self, msg: p.Reattached) -> None:
         """Submit again the jobs the scheduler never heard of (their pending tasks), once
@@ -524,20 +520,17 @@ class ClientConnection:
             unknown, self._unknown = self._unknown, set()
             self._queue(self._book.resubmissions(unknown))
 
-    def _queue(self, frames: list[bytes]) -> None:
-        """Frames of the connection's own to send after what waits (no urgent frame goes
-        ahead of them: a resubmitted job may hold a later submission's kept inputs)."""
+    def _queue(self, frames: list[bytes], first: bool = False) -> None:
+        """Frames of the connection's own to send after what waits (before it, if `first`);
+        no urgent frame goes ahead of them (a resubmitted job may hold a later submission's
+        kept inputs)."""
         if frames:
             with self._socket_lock:
                 self._urgent_ok = False  # until step 5 has sent them
-            self._outbox.extend(frames)
-
-    def _queue_first(self, frames: list[bytes]) -> None:
-        """Frames of the connection's own to send before everything that waits."""
-        if frames:
-            with self._socket_lock:
-                self._urgent_ok = False
-            self._outbox.extendleft(reversed(frames))
+            if first:
+                self._outbox.extendleft(reversed(frames))
+            else:
+                self._outbox.extend(frames)
 
     def _on_reject(self, msg: p.Reject) -> None:
         # The scheduler disconnected this client (docs/protocol.md, "Limits"): it has

@@ -89,13 +89,10 @@ def _pack_stepwise(items: list[Any] | tuple[Any, ...], boundary: Callable[[], No
     packed as an array with that array's own header cut off, are the bytes `packb` makes.
     """
     items = tuple(items)  # what it held when the task returned, whatever runs between blocks
-    parts = [msgpack.Packer(use_bin_type=True).pack_array_header(len(items))]
-    step = _block_step(items)
-    for start in range(0, len(items), step):
-        block = items[start : start + step]
-        parts.append(msgpack.packb(block, use_bin_type=True)[_array_header_size(len(block)) :])
-        boundary()
-    return b"".join(parts)
+    header = msgpack.Packer(use_bin_type=True).pack_array_header(len(items))
+    return header + b"".join(
+        block[_array_header_size(count) :] for count, block in _blocks(items, boundary)
+    )
 
 
 def _array_header_size(count: int) -> int:
@@ -249,13 +246,19 @@ def pack_blocks(
     `boundary()` after each if given (then of the items as they were at the call)."""
     if boundary is not None:
         items = tuple(items)
+    return [block for _, block in _blocks(items, boundary)]
+
+
+def _blocks(
+    items: list[Any] | tuple[Any, ...], boundary: Callable[[], None] | None
+) -> Iterator[tuple[int, bytes]]:
+    """(items in it, packed array) for each block of `items`, `boundary()` after each."""
     step = _block_step(items)
-    blocks = []
     for start in range(0, len(items), step):
-        blocks.append(msgpack.packb(items[start : start + step], use_bin_type=True))
+        block = items[start : start + step]
+        yield len(block), msgpack.packb(block, use_bin_type=True)
         if boundary is not None:
             boundary()
-    return blocks
 
 
 def open_call(

@@ -165,7 +165,7 @@ class TaskThreadNice:
         if gate is None:
             return
         if priority != "stream":
-            gate.unboost()  # a batch task runs under the fair scheduler, at its nice
+            gate.unboost()  # batch work, or waiting: under the fair scheduler, at its nice
         elif changed:
             # From batch work, from waiting for work, or at a start: the first
             # STREAM_REALTIME_NS of stream work. Not again for a stream task switched back

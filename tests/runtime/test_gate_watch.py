@@ -4,9 +4,11 @@ takes no GIL, and the task waits at its boundary until the listener says it read
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -28,6 +30,29 @@ def wait_until(condition, timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.0005)  # the watcher is a C thread: nothing to wait on but the flag
     return True
+
+
+@contextlib.contextmanager
+def batch_thread(nice: int, then: Callable[[], None] = lambda: None) -> Iterator[int]:
+    """A thread at `nice`, as a batch task's thread runs, that runs `then()` and waits for
+    the block to end; its native id."""
+    tid: list[int] = []
+    done = threading.Event()
+
+    def run() -> None:
+        tid.append(threading.get_native_id())
+        os.setpriority(os.PRIO_PROCESS, tid[0], nice)
+        then()
+        done.wait(10)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        assert wait_until(lambda: tid and os.getpriority(os.PRIO_PROCESS, tid[0]) == nice)
+        yield tid[0]
+    finally:
+        done.set()
+        worker.join(10)
 
 
 @pytest.fixture
@@ -63,32 +88,20 @@ def test_a_readable_descriptor_raises_the_gate_and_reading_it_quiets_the_watcher
 @needs_c
 def test_the_watcher_lifts_a_boosted_threads_nice_as_it_raises(pipe):
     read_end, write_end = pipe
-    tid: list[int] = []
-    done = threading.Event()
-
-    def batch_thread() -> None:
-        tid.append(threading.get_native_id())
-        os.setpriority(os.PRIO_PROCESS, tid[0], 10)  # as a batch task's thread runs
-        done.wait(10)
-
-    worker = threading.Thread(target=batch_thread)
-    worker.start()
     gate = Gate()
-    try:
-        assert wait_until(lambda: tid and os.getpriority(os.PRIO_PROCESS, tid[0]) == 10)
+    with batch_thread(10) as tid:
         try:
-            os.setpriority(os.PRIO_PROCESS, tid[0], 9)
-        except PermissionError:
-            pytest.skip("raising a thread's priority is not permitted here")
-        gate.boost(tid[0], 2)
-        gate.watch(read_end)
-        os.write(write_end, b"x")  # a command arrives
-        assert wait_until(lambda: os.getpriority(os.PRIO_PROCESS, tid[0]) == 2)
-        assert gate.requested == 1
-    finally:
-        gate.unwatch()
-        done.set()
-        worker.join(10)
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, 9)
+            except PermissionError:
+                pytest.skip("raising a thread's priority is not permitted here")
+            gate.boost(tid, 2)
+            gate.watch(read_end)
+            os.write(write_end, b"x")  # a command arrives
+            assert wait_until(lambda: os.getpriority(os.PRIO_PROCESS, tid) == 2)
+            assert gate.requested == 1
+        finally:
+            gate.unwatch()
 
 
 def _policy(tid: int) -> int:
@@ -99,60 +112,53 @@ def _policy(tid: int) -> int:
 @needs_c
 def test_a_boosted_thread_is_at_sched_fifo_for_a_bounded_while_and_its_children_are_not(pipe):
     read_end, write_end = pipe
-    tid: list[int] = []
-    spawn, spawned, done = threading.Event(), threading.Event(), threading.Event()
+    spawn, spawned = threading.Event(), threading.Event()
     child_policy: list[int] = []
 
-    def batch_thread() -> None:
-        tid.append(threading.get_native_id())
-        os.setpriority(os.PRIO_PROCESS, tid[0], 5)
-        spawn.wait(10)  # a task that starts a thread while it is boosted
+    def start_a_thread() -> None:  # a task that starts a thread while it is boosted
+        spawn.wait(10)
         child = threading.Thread(target=lambda: child_policy.append(_policy(0)))
         child.start()
         child.join(10)
         spawned.set()
-        done.wait(10)
 
-    worker = threading.Thread(target=batch_thread)
-    worker.start()
     gate = Gate()
-    try:
-        assert wait_until(lambda: tid and os.getpriority(os.PRIO_PROCESS, tid[0]) == 5)
-        try:  # as the executor checks (runtime/realtime.py `realtime_permitted`)
-            os.sched_setscheduler(tid[0], os.SCHED_FIFO, os.sched_param(1))
-            os.sched_setscheduler(tid[0], os.SCHED_OTHER, os.sched_param(0))
-            os.setpriority(os.PRIO_PROCESS, tid[0], 5)
-        except PermissionError:
-            pytest.skip("SCHED_FIFO is not permitted here")
-        gate.boost(tid[0], 3, realtime=True)
-        gate.boost_now(10**9)
-        assert _policy(tid[0]) == os.SCHED_OTHER  # no watcher: nobody would end a boost
-        gate.watch(read_end)
-        gate.boost_now(10**9)  # the listener's hurry, or a stream task's start
-        assert _policy(tid[0]) == os.SCHED_FIFO and gate.boost_realtime
-        spawn.set()
-        assert spawned.wait(10) and child_policy == [os.SCHED_OTHER]  # reset on fork
-        gate.unboost()  # the hub switches into a batch task
-        assert _policy(tid[0]) == os.SCHED_OTHER
-        assert os.getpriority(os.PRIO_PROCESS, tid[0]) == 5  # its nice is its own
-        gate.boost_now(1_000_000)
-        assert wait_until(lambda: _policy(tid[0]) == os.SCHED_OTHER)  # the watcher ends it
-        # Frames arrive and stay unread (a task in one long C call): the first raise
-        # boosts it for 2 ms at most, and the raises that follow do not boost it again.
-        os.write(write_end, b"x")
-        assert wait_until(lambda: gate.requested == 1)
-        assert os.getpriority(os.PRIO_PROCESS, tid[0]) == 3  # lifted, as before
-        assert wait_until(lambda: _policy(tid[0]) == os.SCHED_OTHER)
-        raises = gate.watch_raises
-        assert wait_until(lambda: gate.watch_raises >= raises + 5)  # still raising...
-        assert _policy(tid[0]) == os.SCHED_OTHER  # ...and no boost again
-        gate.boost_now(10**9)
-        gate.unwatch()
-        assert _policy(tid[0]) == os.SCHED_OTHER  # a boost in force ends with the watcher
-    finally:
-        gate.unwatch()
-        done.set()
-        worker.join(10)
+    with batch_thread(5, start_a_thread) as tid:
+        try:
+            try:  # as the executor checks (runtime/realtime.py `realtime_permitted`)
+                os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(1))
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                os.setpriority(os.PRIO_PROCESS, tid, 5)
+            except PermissionError:
+                pytest.skip("SCHED_FIFO is not permitted here")
+            gate.boost(tid, 3, realtime=True)
+            gate.boost_now(10**9)
+            assert _policy(tid) == os.SCHED_OTHER  # no watcher: nobody would end a boost
+            gate.watch(read_end)
+            gate.boost_now(10**9)  # the listener's hurry, or a stream task's start
+            assert _policy(tid) == os.SCHED_FIFO and gate.boost_realtime
+            spawn.set()
+            assert spawned.wait(10) and child_policy == [os.SCHED_OTHER]  # reset on fork
+            gate.unboost()  # the hub switches into a batch task
+            assert _policy(tid) == os.SCHED_OTHER
+            assert os.getpriority(os.PRIO_PROCESS, tid) == 5  # its nice is its own
+            gate.boost_now(1_000_000)
+            assert wait_until(lambda: _policy(tid) == os.SCHED_OTHER)  # the watcher ends it
+            # Frames arrive and stay unread (a task in one long C call): the first raise
+            # boosts it for 2 ms at most, and the raises that follow do not boost it again.
+            os.write(write_end, b"x")
+            assert wait_until(lambda: gate.requested == 1)
+            assert os.getpriority(os.PRIO_PROCESS, tid) == 3  # lifted, as before
+            assert wait_until(lambda: _policy(tid) == os.SCHED_OTHER)
+            raises = gate.watch_raises
+            assert wait_until(lambda: gate.watch_raises >= raises + 5)  # still raising...
+            assert _policy(tid) == os.SCHED_OTHER  # ...and no boost again
+            gate.boost_now(10**9)
+            gate.unwatch()
+            assert _policy(tid) == os.SCHED_OTHER  # a boost in force ends with the watcher
+        finally:
+            gate.unwatch()
+            spawn.set()  # (if skipped before it was: the thread goes on to its end)
 
 
 class FakeGate:
