@@ -1,10 +1,11 @@
 """`tidal bench scale`: the scheduler core with 1,000 executors and 1,000,000 queued subtasks.
 
-No sockets and no processes: the real `SchedulerCore`, under policy lb (Neptune's: stream
-tasks suspend batch work), is driven through `handle(event)` on a fake clock, and its
-executors are the simulator's (`SimExecutor`, scheduler/sim_executor.py), which answer
-launches, chunk launches, steals, suspensions and resumptions as runtime/kernel.py does. A
-run, step by step:
+No sockets: the real `SchedulerCore`, under policy lb (Neptune's: stream tasks suspend batch
+work), is driven through `handle(event)` on a fake clock, and its executors are the
+simulator's (`SimExecutor`, scheduler/sim_executor.py), which answer launches, chunk
+launches, steals, suspensions and resumptions as runtime/kernel.py does. The core runs in a
+process of its own (`CoreProcess`, over a pipe), so that what its garbage collector walks is
+what a scheduler's would: the core's objects, not the simulation's. A run, step by step:
 
 1. Setup. One client submits the subtasks as `Client.map(fn, range(n), chunksize=10)` sends
    them: jobs of 10,000 tasks, ids "bench-J/i", each payload the packed call `([i], {})`
@@ -37,8 +38,11 @@ Figures: `decision_ms_p50` and `decision_ms_p99` over the steady state's calls;
 `events_per_s`, events handled per second of wall time spent inside `handle` (what the
 core alone sustains), and `phase_events_per_s` over the phase's whole wall time, the
 simulated executors included; `stream_arrival_ms_p50`/`_p99`, the calls that brought a
-stream task (lb picks its victim then); `gc_full_collections` in the phase. Quick mode
-runs 100 executors and 100,000 subtasks (`quick` and the sizes are in the output).
+stream task (lb picks its victim then); `gc_pause_ms_max`, the longest garbage collection
+in the core's process during the phase, `gc_full_collections` there, and `gc_full_ms`, a
+full collection of the core's process timed at the phase's end (what one costs when it
+comes). Quick mode runs 100 executors and 100,000 subtasks (`quick` and the sizes are in
+the output). `run(core_process=False)` keeps the core in this process, as before.
 
 Discussion, what limits the figures (2-core machine, CPython 3.11):
 * A freed slot costs lb ~0.1 ms at 1,000 executors: it asks the view which executors have
@@ -48,15 +52,17 @@ Discussion, what limits the figures (2-core machine, CPython 3.11):
 * A stream task that finds no free slot costs 2-3 ms at 1,000 executors (it varies from
   run to run): lb ranks every running batch task, through views, to pick its victim
   (node balance first). It cost ~6.7 ms before the changes above.
-* `decision_ms_max` is the garbage collector. A full collection walks every tracked
-  object, ~0.4 s with a million task records; it runs once as many new objects as a
-  quarter of the old ones have survived, so rarely once a queue is built
-  (`gc_full_collections`: 0 or 1 in a full run; 7 before the changes above, when views
-  made by the thousand survived into the old generation). Keeping pending subtasks out of
-  per-task objects, or `gc.freeze()` in the server after a large submission, would
-  shorten it.
-  Young collections take up to ~15 ms here, longer than in a scheduler process: the
-  simulated executors' records are young objects of the same process.
+* Garbage collection. A full collection walks every tracked object: ~0.4 s once with a
+  million task records, 22-27 ms with the bulk path's records (chunks and pieces, ~50,000
+  objects in the core's process), 7.4 ms now that the scheduler's process freezes what
+  exists before its server (`gc.freeze()`, service.serve: modules and functions, ~28,000
+  objects) and a bulk job's payloads are a tuple (untracked by the collector once it has
+  looked, where a list of a million payloads made each full collection visit them all).
+  One runs once as many objects as a quarter of the old ones have survived, so rarely once
+  a queue is built (`gc_full_collections`: 0 in a full run). Young collections take
+  2-2.5 ms at most in the core's process; with the core in the simulation's process they
+  took 5-18 ms (~20,000 young objects, most of them the simulated executors'), which is
+  why it runs apart.
 * In the drain, each report while an executor is idle costs a pass over every executor's
   chunks (~0.3 ms at 1,000 busy executors); an index of chunks would be next.
 * Memory: ~400 bytes a pending subtask, most of it the task's record (a slotted object of
@@ -67,13 +73,17 @@ Discussion, what limits the figures (2-core machine, CPython 3.11):
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import multiprocessing
+import os
 import random
 import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 from tidal.runtime import payloads
@@ -89,7 +99,7 @@ from tidal.scheduler.core import (
     ToClient,
     ToExecutor,
 )
-from tidal.scheduler.events import Event
+from tidal.scheduler.events import Event, Instruction
 from tidal.scheduler.sim_executor import EventLoop, SimExecutor
 
 TARGETS = {
@@ -131,10 +141,16 @@ class ScaleDriver:
     """
 
     def __init__(
-        self, executors: int, *, seed: int = 1, stream_every_ms: float = STREAM_EVERY_MS
+        self,
+        executors: int,
+        *,
+        seed: int = 1,
+        stream_every_ms: float = STREAM_EVERY_MS,
+        core_process: bool = False,
     ) -> None:
         self.loop = EventLoop()
-        self.core = SchedulerCore(POLICY, clock=lambda: self.loop.now, heartbeat_ns=HEARTBEAT_NS)
+        clock = lambda: self.loop.now  # noqa: E731
+        self.side = CoreProcess(clock) if core_process else LocalCore(clock)
         self.rng = random.Random(seed)
         self.jitter = [0.5 + self.rng.random() for _ in range(1024)]
         self.stream_every_ms = stream_every_ms
@@ -155,6 +171,17 @@ class ScaleDriver:
         self.suspends = 0
         self.deliver(ClientJoined(CLIENT_ID))
 
+    @property
+    def core(self) -> SchedulerCore:
+        """The core, when it runs in this process."""
+        if not isinstance(self.side, LocalCore):
+            raise AttributeError("the core runs in a process of its own: ask `side`")
+        return self.side.core
+
+    def close(self) -> None:
+        """Stop the core's process, if it has one."""
+        self.side.close()
+
     # ---- the client ---------------------------------------------------------------------------
 
     def submit_batch(self, subtasks: int, tasks_per_job: int = TASKS_PER_JOB) -> None:
@@ -167,9 +194,7 @@ class ScaleDriver:
             options = {"chunksize": CHUNKSIZE}
             submit = p.Submit(job_id, "batch", 0, None, FN, None, [], self.loop.now, options, bulk)
             del bulk  # the Submit is all that holds them, as a decoded frame would
-            start = time.perf_counter_ns()
-            self.deliver(ClientRequest(CLIENT_ID, submit))
-            self.setup_ns += time.perf_counter_ns() - start
+            self.setup_ns += self.deliver(ClientRequest(CLIENT_ID, submit))
             self.jobs += 1
             self.subtasks += n
             subtasks -= n
@@ -243,11 +268,10 @@ class ScaleDriver:
 
     # ---- the door into the core -----------------------------------------------------------
 
-    def deliver(self, event: Event) -> None:
-        """Hand `event` to the core (timed while measuring); pass on what it sends."""
-        start = time.perf_counter_ns()
-        instructions = self.core.handle(event)
-        elapsed = time.perf_counter_ns() - start
+    def deliver(self, event: Event) -> int:
+        """Hand `event` to the core; pass on what it sends; return (and keep, while
+        measuring) the nanoseconds `core.handle` took."""
+        elapsed, instructions = self.side.handle_timed(event)
         if self.measuring:
             self.times_ns.append(elapsed)
         for instruction in instructions:
@@ -262,6 +286,7 @@ class ScaleDriver:
                 batch = instruction.message
                 first, count = batch.start, len(batch.values)
                 self.results.update(f"{batch.job_id}/{i}" for i in range(first, first + count))
+        return elapsed
 
     # ---- running ----------------------------------------------------------------------------
 
@@ -290,15 +315,38 @@ class ScaleDriver:
         return len(self.results) == expected and set(self.results.values()) <= {1}
 
 
-# ---- the benchmark ------------------------------------------------------------------------------
+# ---- the core, in this process or in one of its own -------------------------------------------
+
+
+def new_core(clock: Callable[[], int]) -> SchedulerCore:
+    return SchedulerCore(POLICY, clock=clock, heartbeat_ns=HEARTBEAT_NS)
+
+
+def handle_timed(core: SchedulerCore, event: Event) -> tuple[int, list[Instruction]]:
+    """`core.handle(event)` and the nanoseconds it took; only the instructions that the
+    driver passes on (messages to executors, results to the client)."""
+    start = time.perf_counter_ns()
+    instructions = core.handle(event)
+    elapsed = time.perf_counter_ns() - start
+    return elapsed, [
+        instruction
+        for instruction in instructions
+        if isinstance(instruction, ToExecutor)
+        or (isinstance(instruction, ToClient) and isinstance(instruction.message, RESULTS))
+    ]
+
+
+RESULTS = (p.Results, p.BatchResults)
 
 
 class GcPauses:
-    """The longest garbage collection while in the `with` block (`gc.callbacks`)."""
+    """The longest garbage collection, and the full ones, between `start` and `stop`
+    (`gc.callbacks`)."""
 
     def __init__(self) -> None:
         self.longest_ns = 0
         self._began = 0
+        self._full_before = 0
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -306,56 +354,225 @@ class GcPauses:
         else:
             self.longest_ns = max(self.longest_ns, time.perf_counter_ns() - self._began)
 
-    def __enter__(self) -> GcPauses:
+    def start(self) -> None:
+        self._full_before = gc.get_stats()[2]["collections"]
         gc.callbacks.append(self._callback)
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> tuple[int, int]:
+        """The longest collection in nanoseconds, and the count of full collections."""
         gc.callbacks.remove(self._callback)
+        return self.longest_ns, gc.get_stats()[2]["collections"] - self._full_before
+
+
+class MemoryProbe:
+    """What this process allocates and keeps between `start` and `stop`, measured with
+    tracemalloc or as the growth of its RSS (see the module docstring)."""
+
+    def __init__(self, how: str) -> None:
+        if how not in ("tracemalloc", "rss"):
+            raise ValueError(f"memory is measured with 'tracemalloc' or 'rss', not {how!r}")
+        self.how = how
+        self._before = 0
+
+    def _now(self) -> int:
+        if self.how == "tracemalloc":
+            return tracemalloc.get_traced_memory()[0]
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+    def start(self) -> None:
+        gc.collect()
+        if self.how == "tracemalloc":
+            tracemalloc.start()
+        self._before = self._now()
+
+    def stop(self) -> int:
+        gc.collect()
+        kept = self._now() - self._before
+        if self.how == "tracemalloc":
+            tracemalloc.stop()
+        return kept
+
+
+class CoreProcess:
+    """The SchedulerCore in a process of its own, driven over a pipe.
+
+    `bench scale`'s garbage collection figures must be the core's: in one process with the
+    simulation, every young collection also walks the simulated executors' objects (~20,000
+    of them at 1,000 executors: 5-18 ms a collection, longer than the core's own). Here the
+    process holds what a scheduler holds: the core, and each event decoded as it arrives (by
+    pickle, where the server decodes msgpack). Its `handle_timed`, `pending` and `steals`
+    are the core's; `gc_start`/`gc_stop` and `memory_start`/`memory_stop` measure in that
+    process. The simulated clock's time travels with every call.
+
+    The driver and the core take turns, one waiting while the other works, so both run on
+    one CPU (this process's affinity is narrowed until `close`, and the core's process
+    inherits it): a hop between two CPUs cost ~0.3 ms of wake-ups per event, which made a
+    full run 85 s instead of 35 and changed no figure.
+    """
+
+    def __init__(self, clock: Callable[[], int]) -> None:
+        self._clock = clock
+        self._affinity = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(self._affinity)})
+        context = multiprocessing.get_context("spawn")
+        self._conn, theirs = context.Pipe()
+        self._process = context.Process(
+            target=_serve_core, args=(theirs,), name="tidal-bench-scale-core", daemon=True
+        )
+        self._process.start()
+        theirs.close()
+
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            self._conn.send((name, self._clock(), args))
+            ok, value = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            self._process.join(1)
+            raise RuntimeError(
+                f"the core's process is gone (exit code {self._process.exitcode}) "
+                f"during {name}: {exc!r}"
+            ) from exc
+        if not ok:
+            raise RuntimeError(f"the core's process failed in {name}: {value}")
+        return value
+
+    def handle_timed(self, event: Event) -> tuple[int, list[Instruction]]:
+        return self._call("handle_timed", event)
+
+    def pending(self) -> int:
+        return self._call("pending")
+
+    def steals(self) -> int:
+        return self._call("steals")
+
+    def gc_start(self) -> None:
+        self._call("gc_start")
+
+    def gc_stop(self) -> tuple[int, int]:
+        return self._call("gc_stop")
+
+    def gc_full_ms(self) -> float:
+        return self._call("gc_full_ms")
+
+    def memory_start(self, how: str) -> None:
+        self._call("memory_start", how)
+
+    def memory_stop(self) -> int:
+        return self._call("memory_stop")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # the process is gone already
+            self._conn.send(None)
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._conn.close()
+        os.sched_setaffinity(0, self._affinity)
+
+
+class LocalCore:
+    """CoreProcess's calls on a SchedulerCore in this process (`core`)."""
+
+    def __init__(self, clock: Callable[[], int]) -> None:
+        self.core = new_core(clock)
+        self._pauses = GcPauses()
+        self._memory: MemoryProbe | None = None
+
+    def handle_timed(self, event: Event) -> tuple[int, list[Instruction]]:
+        return handle_timed(self.core, event)
+
+    def pending(self) -> int:
+        return self.core.records.pending.count()
+
+    def steals(self) -> int:
+        return self.core.records.steal_count
+
+    def gc_start(self) -> None:
+        self._pauses = GcPauses()
+        self._pauses.start()
+
+    def gc_stop(self) -> tuple[int, int]:
+        return self._pauses.stop()
+
+    def gc_full_ms(self) -> float:
+        """A full collection now, timed: what one costs on the core's heap."""
+        start = time.perf_counter_ns()
+        gc.collect()
+        return (time.perf_counter_ns() - start) / 1e6
+
+    def memory_start(self, how: str) -> None:
+        self._memory = MemoryProbe(how)
+        self._memory.start()
+
+    def memory_stop(self) -> int:
+        assert self._memory is not None, "memory_stop without memory_start"
+        return self._memory.stop()
+
+    def close(self) -> None:
+        pass
+
+
+def _serve_core(conn: Connection) -> None:
+    """The core process's loop: a LocalCore answering CoreProcess's calls until told to stop."""
+    logging.getLogger("tidal.scheduler").setLevel(logging.ERROR)
+    gc.freeze()  # as the scheduler's process does before it makes its server (service.serve)
+    now = 0
+    side = LocalCore(lambda: now)
+    while (call := conn.recv()) is not None:
+        name, now, args = call
+        try:
+            reply = (True, getattr(side, name)(*args))
+        except Exception as exc:  # reported to the driver, which raises it
+            reply = (False, f"{type(exc).__name__}: {exc}")
+        conn.send(reply)
+    conn.close()
+
+
+# ---- the benchmark ------------------------------------------------------------------------------
 
 
 def submit_measured(driver: ScaleDriver, subtasks: int, memory: str = "tracemalloc") -> int:
     """Submit `subtasks`; return the bytes the scheduler keeps for them (see the docstring)."""
-    if memory not in ("tracemalloc", "rss"):
-        raise ValueError(f"memory is measured with 'tracemalloc' or 'rss', not {memory!r}")
-    gc.collect()
-    if memory == "tracemalloc":
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            driver.submit_batch(subtasks)
-            gc.collect()
-            return tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
-    import psutil
-
-    process = psutil.Process()
-    before = process.memory_info().rss
+    MemoryProbe(memory)  # a wrong `memory` is refused here, before the core's process is asked
+    driver.side.memory_start(memory)
     driver.submit_batch(subtasks)
-    gc.collect()
-    return process.memory_info().rss - before
+    return driver.side.memory_stop()
 
 
 def steady_state(
-    executors: int, subtasks: int, events: int, seed: int, memory: str, stream_every_ms: float
+    executors: int,
+    subtasks: int,
+    events: int,
+    seed: int,
+    memory: str,
+    stream_every_ms: float,
+    core_process: bool = True,
 ) -> dict[str, Any]:
     """Steps 1-4 of the docstring: setup, memory, warm-up, the measured steady state."""
     start = time.perf_counter()
-    driver = ScaleDriver(executors, seed=seed, stream_every_ms=stream_every_ms)
-    kept = submit_measured(driver, subtasks, memory)
-    pending = driver.core.records.pending.count()
-    setup_total_s = time.perf_counter() - start
-    driver.start()
-    driver.run_until(lambda: driver.loop.now >= WARMUP_NS)
-    driver.measuring, driver.suspends = True, 0
-    full_collections = gc.get_stats()[2]["collections"]
-    pauses = GcPauses()
-    start = time.perf_counter()
-    with pauses:
+    driver = ScaleDriver(
+        executors, seed=seed, stream_every_ms=stream_every_ms, core_process=core_process
+    )
+    try:
+        kept = submit_measured(driver, subtasks, memory)
+        pending = driver.side.pending()
+        setup_total_s = time.perf_counter() - start
+        driver.start()
+        driver.run_until(lambda: driver.loop.now >= WARMUP_NS)
+        driver.measuring, driver.suspends = True, 0
+        driver.side.gc_start()
+        start = time.perf_counter()
         driver.run_until(lambda: len(driver.times_ns) >= events)
-    phase_s = time.perf_counter() - start
-    driver.measuring = False
+        phase_s = time.perf_counter() - start
+        longest_gc_ns, full_collections = driver.side.gc_stop()
+        gc_full_ms = driver.side.gc_full_ms()
+        driver.measuring = False
+        pending_at_end = driver.side.pending()
+    finally:
+        driver.close()
     times_ms = [t / 1e6 for t in driver.times_ns]
     stream_ms = [t / 1e6 for t in driver.stream_ns]
     return {
@@ -369,12 +586,14 @@ def steady_state(
         "stream_arrival_ms_p99": percentile(stream_ms, 99),
         "events_per_s": len(times_ms) / (sum(driver.times_ns) / 1e9),
         "phase_events_per_s": len(times_ms) / phase_s,
-        "gc_full_collections": gc.get_stats()[2]["collections"] - full_collections,
-        "gc_pause_ms_max": pauses.longest_ns / 1e6,
+        "gc_full_collections": full_collections,
+        "gc_pause_ms_max": longest_gc_ns / 1e6,
+        "gc_full_ms": gc_full_ms,
+        "core_process": core_process,
         "bytes_per_pending_subtask": kept / pending,
         "memory_measured_with": memory,
         "pending_subtasks_measured": pending,
-        "pending_subtasks_at_end": driver.core.records.pending.count(),
+        "pending_subtasks_at_end": pending_at_end,
         "stream_tasks": len(stream_ms),
         "suspensions": driver.suspends,
         "duplicate_results": sum(n > 1 for n in driver.results.values()),
@@ -385,23 +604,27 @@ def steady_state(
     }
 
 
-def drain(executors: int, per_executor: int, seed: int) -> dict[str, Any]:
+def drain(
+    executors: int, per_executor: int, seed: int, core_process: bool = True
+) -> dict[str, Any]:
     """Step 5 of the docstring: a short queue run to its end; the events once it is empty."""
-    driver = ScaleDriver(executors, seed=seed, stream_every_ms=0.0)
-    driver.submit_batch(executors * per_executor)
-    driver.start()
-    driver.run_until(
-        lambda: driver.loop.now >= JOIN_OVER_NS and not driver.core.records.pending.count()
-    )
-    driver.measuring = True
-    driver.finish()
+    driver = ScaleDriver(executors, seed=seed, stream_every_ms=0.0, core_process=core_process)
+    try:
+        driver.submit_batch(executors * per_executor)
+        driver.start()
+        driver.run_until(lambda: driver.loop.now >= JOIN_OVER_NS and not driver.side.pending())
+        driver.measuring = True
+        driver.finish()
+        steals = driver.side.steals()
+    finally:
+        driver.close()
     times_ms = [t / 1e6 for t in driver.times_ns]
     return {
         "drain_subtasks": driver.subtasks,
         "drain_events": len(times_ms),
         "drain_ms_p50": percentile(times_ms, 50),
         "drain_ms_p99": percentile(times_ms, 99),
-        "drain_steals": driver.core.records.steal_count,
+        "drain_steals": steals,
         "drain_completed_once": int(driver.completed_once()),
     }
 
@@ -416,8 +639,10 @@ def run(
     seed: int = 1,
     memory: str = "tracemalloc",
     stream_every_ms: float = STREAM_EVERY_MS,
+    core_process: bool = True,
 ) -> dict[str, Any]:
-    """The benchmark (see the module docstring); sizes default to FULL, or QUICK if `quick`."""
+    """The benchmark (see the module docstring); sizes default to FULL, or QUICK if `quick`.
+    With `core_process` (the default) the core runs in a process of its own (CoreProcess)."""
     sizes = dict(QUICK if quick else FULL)
     for name, value in (("executors", executors), ("subtasks", subtasks), ("events", events)):
         if value is not None:
@@ -426,7 +651,13 @@ def run(
     # keep the output to the figures.
     logging.getLogger("tidal.scheduler").setLevel(logging.ERROR)
     steady = steady_state(
-        sizes["executors"], sizes["subtasks"], sizes["events"], seed, memory, stream_every_ms
+        sizes["executors"],
+        sizes["subtasks"],
+        sizes["events"],
+        seed,
+        memory,
+        stream_every_ms,
+        core_process,
     )
     return {
         "policy": POLICY,
@@ -436,6 +667,6 @@ def run(
         "subtask_ms": SUBTASK_NS / MS,
         "stream_every_ms": stream_every_ms,
         **steady,
-        **drain(sizes["executors"], drain_per_executor, seed),
+        **drain(sizes["executors"], drain_per_executor, seed, core_process),
         "seed": seed,
     }

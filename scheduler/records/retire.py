@@ -92,7 +92,7 @@ class Retirement:
                 del tasks[task_id]
         self.note(ev.JobRetired(job.job_id, tuple(job.ids)))
         job.ids = []
-        job.payloads = []
+        job.payloads = ()
         job.spans, job.pieces = [], []
 
 

@@ -76,7 +76,7 @@ class Job:
     # A bulk job (submit.bulk, scheduler/records/spans.py): its tasks' payloads, a byte per task
     # set once it ended, and its span chunks on executors. Its tasks have records only
     # where one differs (cancelled, requeued, reported on its own): `Task.index` >= 0.
-    payloads: list[bytes] | None = None
+    payloads: tuple[bytes, ...] | None = None
     accepted_at: int = 0  # scheduler clock
     ended: bytearray | None = None
     spans: list[Task] = field(default_factory=list)

@@ -7,6 +7,7 @@ here with 20 executors and a few thousand subtasks, so every run takes well unde
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -81,3 +82,42 @@ def test_memory_is_measured_one_of_two_ways():
         scale.submit_measured(scale.ScaleDriver(1), 10, memory="guess")
     kept = scale.submit_measured(scale.ScaleDriver(1), 1_000)
     assert 1_000 * 30 < kept < 1_000 * 100  # a payload per subtask, no record
+
+
+def test_the_core_in_a_process_of_its_own_runs_as_it_does_here():
+    def one_run(core_process):
+        driver = scale.ScaleDriver(10, seed=5, core_process=core_process)
+        try:
+            kept = scale.submit_measured(driver, 2_000)
+            driver.start()
+            driver.side.gc_start()
+            driver.run_until(lambda: driver.loop.now >= 500_000_000)
+            longest_ns, full = driver.side.gc_stop()
+            driver.finish()
+            return kept, longest_ns, full, driver.suspends, driver.side.steals(), driver.results
+        finally:
+            driver.close()
+
+    here, apart = one_run(False), one_run(True)
+    # The same decisions, in the same order, to the same results: the pipe changes nothing.
+    assert apart[3:] == here[3:] and apart[-1] and set(apart[-1].values()) == {1}
+    # Measured where the core is: it kept the payloads; its collections were timed.
+    for kept, longest_ns, full, *_ in (here, apart):
+        assert 2_000 * 30 < kept < 2_000 * 100
+        assert longest_ns > 0 and full >= 0
+
+
+def test_a_core_process_that_fails_says_so_and_is_stopped():
+    driver = scale.ScaleDriver(2, core_process=True)
+    process = driver.side._process
+    affinity = driver.side._affinity
+    with pytest.raises(RuntimeError, match="failed in memory_stop"):
+        driver.side.memory_stop()  # no memory_start: the core's process reports, and goes on
+    assert driver.side.pending() == 0
+    with pytest.raises(AttributeError, match="process of its own"):
+        driver.core  # noqa: B018
+    driver.close()
+    assert not process.is_alive() and process.exitcode == 0
+    assert os.sched_getaffinity(0) == affinity  # given back
+    with pytest.raises(RuntimeError, match="core's process is gone"):
+        driver.side.pending()
