@@ -159,12 +159,18 @@ class BulkJobs:
     def on_batch_results(self, msg: p.BatchResults) -> int:
         """Complete a batch's tasks; return how many results were dropped (their tasks done
         already, or their job not live: never a future completed twice)."""
-        count = len(msg.values)
+        packed = type(msg.values) is bytes  # one packed array (p.ChunkBatch): no reference
+        try:
+            count = p.batch_size(msg.values)
+        except p.ProtocolError as exc:
+            self._bad_frames(f"dropped a bad batch of results from the scheduler: {exc}")
+            return 0
         with self._lock:
             entry = self._jobs.get(msg.job_id)
         if entry is None:  # done, failed whole, or never ours
-            for value in msg.values:
-                self._release(value)
+            if not packed:
+                for value in msg.values:
+                    self._release(value)
             return count
         job = entry[0]
         if not 0 <= msg.start <= job.size - count:
@@ -173,14 +179,31 @@ class BulkJobs:
                 f"{msg.start + count - 1} of job {msg.job_id}, which has {job.size}"
             )
             return 0
+        if packed and msg.errors:
+            return self._fail_batch(job, msg, "a packed batch of results lists failures")
         if not msg.errors:
             try:
-                values = _decode_all(msg.values)
-            except Exception:  # msgpack raises many types; the slow path says which value
-                pass
+                values = p.unpack_value(msg.values) if packed else _decode_all(msg.values)
+            except Exception as exc:  # msgpack raises many types; the slow path says which
+                if packed:  # no way to tell which result is bad: each task learns of it
+                    return self._fail_batch(job, msg, f"its packed results do not decode: {exc}")
             else:
-                return job.finish(msg.start, values, msg.stats)
+                if type(values) is list and len(values) == count:
+                    return job.finish(msg.start, values, msg.stats)
+                if packed:
+                    return self._fail_batch(job, msg, "its packed results are not one per task")
         return self._one_by_one(job, msg)
+
+    def _fail_batch(self, job: BulkJob, msg: p.BatchResults, why: str) -> int:
+        """Fail every task of a batch whose results cannot be read; how many were dropped."""
+        count = p.batch_size(msg.values)
+        end = msg.start + count - 1
+        exc = p.ProtocolError(f"results of {job.job_id}/{msg.start} to {end} unreadable: {why}")
+        self._bad_frames(f"dropped a bad batch of results from the scheduler: {exc}")
+        dropped = 0
+        for index in range(msg.start, msg.start + count):
+            dropped += not job.complete(index, "failed", exc, msg.stats)
+        return dropped
 
     def on_result(
         self, task_id: str, outcome: str, value: Any, error: list[str] | None, stats: dict

@@ -707,7 +707,8 @@ class Client(ClientRequests):
             future.set_exception(problem)
 
     def _on_batch_results(self, msg: p.BatchResults) -> None:
-        for value in msg.values:
+        # Packed as one array, a batch holds no payload of DATA_MIN_BYTES (pack_batch).
+        for value in () if type(msg.values) is bytes else msg.values:
             if type(value) is bytes and not payloads.is_reference(value):
                 self.traffic.received(len(value))
         self.dropped_results += self._bulk.on_batch_results(msg)

@@ -39,6 +39,7 @@ __all__ = [
     "open_call",
     "open_reference",
     "open_task_call",
+    "pack_batch",
     "pack_blocks",
     "pack_call",
     "pack_payload",
@@ -103,6 +104,28 @@ def _array_header_size(count: int) -> int:
 # Payloads smaller than this are envelopes (a call that holds only futures, a sum), not data:
 # the client's `Traffic` (runtime/results.py) and the scheduler's tally leave them out.
 DATA_MIN_BYTES = 1024
+
+
+def pack_batch(values: list[Any]) -> bytes | None:
+    """A batch's result payloads as one packed array (chunk_batch's `values` as bytes), if
+    each is an inline payload under DATA_MIN_BYTES; else None (send the list).
+
+    Discussion: the scheduler forwards and journals such a batch as one bytes, where a list
+    cost it a decode, a count of data bytes, a journal encode and an encode for the client
+    per result: its loop's CPU per no-op task of `bench chunking` fell from ~1.8 to ~1.4 us,
+    the client's IO thread's from ~0.6 to ~0.25. Failures (nil) and references need the
+    list: the scheduler and the client look at those one by one. Checked with C loops
+    (~0.05 us a value); the concatenation is the array's encoding.
+    """
+    if not values or None in values:
+        return None
+    sizes = list(map(len, values))
+    if max(sizes) >= DATA_MIN_BYTES or min(sizes) == 0:
+        return None
+    if _REFERENCE_MARK[0] in bytes(map(operator.itemgetter(0), values)):
+        return None
+    return msgpack.Packer().pack_array_header(len(values)) + b"".join(values)
+
 
 # A result travels in frames of at most MAX_FRAME_BYTES (its `finished`, then the client's
 # `results`) unless it is spooled; one that would not fit fails its task with the reason

@@ -25,6 +25,7 @@ policy; `SchedulerCore(stealing=False)` turns them off.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 from tidal.runtime import protocol as p
 from tidal.scheduler import decisions as d
 from tidal.scheduler.records import ExecutorRecord, Job, Records, SpanSubtasks, Task, TaskState
-from tidal.scheduler.records.spans import batch_errors, values_fit
+from tidal.scheduler.records.spans import batch_count, batch_errors, values_fit
 
 __all__ = [
     "TARGET_CHUNK_NS",
@@ -117,14 +118,18 @@ def on_batch(records: Records, executor: ExecutorRecord, msg: p.ChunkBatch) -> N
     if isinstance(chunk.subtasks, SpanSubtasks):
         records.on_span_batch(executor, chunk, msg)
         return
-    stop = msg.start + len(msg.values)
+    count = batch_count(msg.values)
+    stop = msg.start + (count or 0)
     errors = batch_errors(msg.errors, msg.start, stop)
-    if errors is None or not values_fit(msg.values, errors, msg.start):
+    items = None
+    if count is not None and errors is not None and values_fit(msg.values, errors, msg.start):
+        with contextlib.suppress(p.ProtocolError):  # packed values that do not split
+            items = p.batch_items(msg.job_id, msg.start, msg.values, msg.errors, {})
+    if items is None:
         records.peer_warning(
             f"executor {executor.executor_id}: dropped a malformed chunk_batch of {msg.chunk_id}"
         )
         return
-    items = p.batch_items(msg.job_id, msg.start, msg.values, msg.errors, {})
     on_results(records, executor, p.ChunkResults(chunk.task_id, items))
 
 

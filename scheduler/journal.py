@@ -300,12 +300,19 @@ class Journal(NullJournal):
 
     def submitted(self, client_id: str, submit: p.Submit, frame: bytes | None = None) -> None:
         self._pending.jobs.append((client_id, submit, frame))  # encoded by `write` if None
+        if frame is not None:  # its payloads, and a little more: one len, not one per task
+            self._pending.payload_bytes += len(frame)
+            return
         self._pending.payload_bytes += sum(len(task[1]) for task in submit.tasks)
         self._pending.payload_bytes += sum(map(len, submit.bulk or ()))
 
     def batch_ended(self, result: p.BatchResults) -> None:
         self._pending.batches.append(result)
-        self._pending.payload_bytes += sum(len(v) for v in result.values if v is not None)
+        values = result.values
+        if type(values) is bytes:  # packed as one array
+            self._pending.payload_bytes += len(values)
+        else:
+            self._pending.payload_bytes += sum(len(v) for v in values if v is not None)
 
     def ended(self, job_id: str, item: list[Any], stream: bool = False) -> None:
         self._pending.results.setdefault(job_id, {})[item[0]] = item
@@ -601,7 +608,7 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, str, A
         ids = _pack(
             {
                 "start": result.start,
-                "count": len(result.values),
+                "count": p.batch_size(result.values),
                 "failed": [index for index, _ in result.errors],
             }
         )
@@ -609,7 +616,7 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, str, A
         cursor = db.execute(
             "INSERT INTO results (job_id, ids, items) VALUES (?, ?, ?)", (result.job_id, ids, rest)
         )
-        stop = result.start + len(result.values)
+        stop = result.start + p.batch_size(result.values)
         written.append((cursor.lastrowid, result.job_id, (result.start, stop)))
     db.executemany("INSERT OR IGNORE INTO cancels VALUES (?, ?)", records.cancels)
     db.executemany("INSERT INTO losses VALUES (?, ?, ?)", records.losses)
@@ -639,8 +646,19 @@ def _outcomes(job_id: str, ids: Any) -> list[tuple[str, str]]:
 
 
 def _batch_items(result: p.BatchResults) -> list[list[Any]]:
-    """A batch's results as result items, one per task."""
-    return p.batch_items(result.job_id, result.start, result.values, result.errors, result.stats)
+    """A batch's results as result items, one per task; each failed with the reason if the
+    executor's packed values do not split (it said how many they were: that many fail)."""
+    try:
+        return p.batch_items(
+            result.job_id, result.start, result.values, result.errors, result.stats
+        )
+    except p.ProtocolError as exc:
+        error = ["ProtocolError", f"the executor's results were unreadable: {exc}", ""]
+        stop = result.start + p.batch_size(result.values)
+        return [
+            [f"{result.job_id}/{i}", "failed", None, error, result.stats]
+            for i in range(result.start, stop)
+        ]
 
 
 def _unpack(blob: bytes) -> list[Any]:

@@ -7,13 +7,14 @@ Neither knows the scheduler core: scheduler/sim.py builds a cluster of them arou
 its docstring describes the model they follow.
 
 Chunks follow the kernel's `launch_chunk`, `_run_chunk` and `steal`: a chunk is one entry in
-the ready order whose work is its subtasks, run one after the other. Between two subtasks
-is a suspension point: the results so far go out there when a command waits (before the hub
-applies it), and in any case every CHUNK_REPORT_EVERY subtasks or CHUNK_REPORT_NS; a
-command can also reach the hub at a record boundary inside a subtask, which then parks
-half done without reporting (as in the kernel, whose record gate parks the subtask where
-it is). A steal takes not-started subtasks from the end of the chunk, in the hub, so never
-one that has started; a kill reports the subtasks that completed before it reports Killed.
+the ready order whose work is its subtasks, run one after the other. Between two subtasks is
+a suspension point: the results so far go out there when a command waits (before the hub
+applies it), and in any case every CHUNK_REPORT_EVERY subtasks (SPAN_REPORT_EVERY for a span
+chunk) or CHUNK_REPORT_NS; a command can also reach the hub at a record boundary inside a
+subtask, which then parks half done without reporting (as in the kernel, whose record gate
+parks the subtask where it is). A steal takes not-started subtasks from the end of the
+chunk, in the hub, so never one that has started; a kill reports the subtasks that completed
+before it reports Killed.
 
 Record boundaries and memory. A command that arrives while a task runs waits for the
 task's next record boundary (its records are `record_ns` long, its own or the executor's),
@@ -36,7 +37,7 @@ from typing import Any
 
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
-from tidal.runtime.spanrun import CHUNK_REPORT_EVERY, CHUNK_REPORT_NS
+from tidal.runtime.spanrun import CHUNK_REPORT_EVERY, CHUNK_REPORT_NS, SPAN_REPORT_EVERY
 
 __all__ = ["EventLoop", "ExecutorTask", "SimExecutor"]
 
@@ -453,7 +454,8 @@ class SimExecutor:
         waiting = bool(self._inbox)  # the kernel's gate is raised
         if (
             waiting
-            or len(record.results) >= CHUNK_REPORT_EVERY
+            or len(record.results)
+            >= (CHUNK_REPORT_EVERY if record.span is None else SPAN_REPORT_EVERY)
             or now - record.flushed_at >= CHUNK_REPORT_NS
         ):
             self._report_results(record)  # before parking too: these are done whatever comes

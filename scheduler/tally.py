@@ -90,14 +90,19 @@ class Tally:
                     self._stream_ended(instruction.item[0], records)
             elif kind is ev.BatchEnded:
                 result = instruction.result
+                values = result.values
                 ended = self.ended["stream" if instruction.stream else "batch"]
-                ended["finished"] += len(result.values) - len(result.errors)
+                ended["finished"] += p.batch_size(values) - len(result.errors)
                 ended["failed"] += len(result.errors)
-                self.data_bytes += sum(map(_data, result.values))
+                if type(values) is not bytes:  # packed: none is DATA_MIN_BYTES (pack_batch)
+                    self.data_bytes += sum(map(_data, values))
             elif kind is ev.JobAccepted:
                 submit = instruction.submit
                 self.data_bytes += sum(_data(t[1]) for t in submit.tasks)
-                self.data_bytes += sum(map(_data, submit.bulk or ()))
+                bulk = submit.bulk
+                # (A map's payloads are nearly always small: one C loop says so.)
+                if bulk and max(map(len, bulk)) >= DATA_MIN_BYTES:
+                    self.data_bytes += sum(map(_data, bulk))
             elif kind is ev.ToExecutor:
                 message = instruction.message
                 name = _COMMANDS.get(type(message))

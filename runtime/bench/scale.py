@@ -284,7 +284,7 @@ class ScaleDriver:
                 self.results.update(item[0] for item in instruction.message.items)
             elif isinstance(instruction, ToClient) and type(instruction.message) is p.BatchResults:
                 batch = instruction.message
-                first, count = batch.start, len(batch.values)
+                first, count = batch.start, p.batch_size(batch.values)
                 self.results.update(f"{batch.job_id}/{i}" for i in range(first, first + count))
         return elapsed
 

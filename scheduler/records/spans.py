@@ -37,6 +37,7 @@ __all__ = [
     "PIECE_TASKS",
     "BulkBooks",
     "SpanSubtasks",
+    "batch_count",
     "batch_errors",
     "ended_span",
     "records_of",
@@ -135,10 +136,21 @@ _VALUE_TYPES = {bytes, type(None)}
 
 
 def values_fit(values: Any, errors: dict[int, Any], start: int) -> bool:
-    """A payload (bytes) for each task that finished, nil for each that failed."""
+    """A payload (bytes) for each task that finished, nil for each that failed; or the
+    payloads packed as one array (bytes), which only a batch with no failure may send."""
+    if type(values) is bytes:
+        return not errors
     if not set(map(type, values)) <= _VALUE_TYPES or values.count(None) != len(errors):
         return False
     return all(values[i - start] is None for i in errors)
+
+
+def batch_count(values: Any) -> int | None:
+    """How many results a batch's values hold (`p.batch_size`); None if they do not say."""
+    try:
+        return p.batch_size(values)
+    except p.ProtocolError:
+        return None
 
 
 def _open_runs(ended: bytearray, start: int, stop: int) -> list[tuple[int, int]]:
@@ -362,15 +374,16 @@ class BulkBooks:
         (cancelled, or reported on their own), as the runs of those that had not."""
         subtasks = chunk.subtasks
         start, values = msg.start, msg.values
-        stop = start + len(values)
+        count = batch_count(values)
+        stop = start + (count or 0)
         errors = batch_errors(msg.errors, start, stop)
-        if errors is None or not values_fit(values, errors, start):
+        if count is None or errors is None or not values_fit(values, errors, start):
             self.peer_warning(
                 f"executor {executor.executor_id}: dropped a malformed chunk_batch of "
                 f"{msg.chunk_id}"
             )
             return
-        if not values or start < subtasks.start or stop > subtasks.stop:
+        if not count or start < subtasks.start or stop > subtasks.stop:
             self.peer_warning(
                 f"executor {executor.executor_id}: dropped a chunk_batch of {msg.chunk_id} "
                 f"for tasks [{start}, {stop}) outside its open range "
@@ -382,6 +395,14 @@ class BulkBooks:
             runs = [(start, stop)]
         else:
             runs = _open_runs(job.ended, start, stop)
+            try:
+                values = p.batch_payloads(values)  # to be cut: some tasks ended before
+            except p.ProtocolError as exc:
+                self.peer_warning(
+                    f"executor {executor.executor_id}: dropped a chunk_batch of "
+                    f"{msg.chunk_id}: {exc}"
+                )
+                return
         if start == subtasks.start:  # past what ended before it too (reported alone)
             first_open = job.ended.find(0, stop, subtasks.stop)
             subtasks.start = subtasks.stop if first_open == -1 else first_open

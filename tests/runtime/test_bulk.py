@@ -364,3 +364,41 @@ def test_tasks_named_unknown_over_several_reattach_answers_are_submitted_again_o
     (frame,) = sent
     again = p.decode(frame)
     assert [t[0] for t in again.tasks] == [f"{job}/0", f"{job}/1", f"{job}/4"]
+
+
+def test_a_packed_batch_completes_its_futures_and_an_unreadable_one_fails_each(fake, client):
+    futures = client.map(total, [[i] for i in range(6)], chunksize=3)
+    fake.wait_for(p.Submit)
+    packed = payloads.pack_batch([payloads.pack_payload(v) for v in (0, "one", [2])])
+    assert packed == payloads.pack_payload([0, "one", [2]])  # the values as one array
+    fake.push(p.BatchResults(futures.job_id, 0, packed, [], STATS))
+    assert [futures[i].result(timeout=5) for i in range(3)] == [0, "one", [2]]
+    assert futures[2].statistics().executor_id == "e-1"
+    # Unreadable (0xc1 is no msgpack value): no telling which, so each task fails.
+    fake.push(p.BatchResults(futures.job_id, 3, b"\x93\x03\x04\xc1", [], STATS))
+    for i in (3, 4, 5):
+        with pytest.raises(p.ProtocolError, match=f"{futures.job_id}/3 to 5 unreadable"):
+            futures[i].result(timeout=5)
+    synced(fake, client)
+    assert not client._bulk
+
+
+def test_a_packed_batch_that_lists_failures_or_does_not_hold_its_array_fails_or_is_dropped(
+    fake, client
+):
+    futures = client.map(total, [[i] for i in range(3)], chunksize=3)
+    fake.wait_for(p.Submit)
+    packed = payloads.pack_payload([0, 1, 2])
+    fake.push(p.BatchResults(futures.job_id, 0, packed, [[1, ["E", "m", ""]]], STATS))
+    for i in range(3):
+        with pytest.raises(p.ProtocolError, match="lists failures"):
+            futures[i].result(timeout=5)
+    again = client.map(total, [[i] for i in range(3)], chunksize=3)
+    fake.push(p.BatchResults(again.job_id, 0, b"\x93\x01", [], STATS))  # claims 3 in 2 bytes
+    fake.push(p.BatchResults(again.job_id, 1, payloads.pack_payload([1, 2]) + b"\x09", [], STATS))
+    fake.push(p.BatchResults(again.job_id, 0, payloads.pack_payload([0]), [], STATS))
+    assert again[0].result(timeout=5) == 0  # the first was dropped: it said nothing usable
+    for i in (1, 2):  # the second had one value more than its array: both its tasks fail
+        with pytest.raises(p.ProtocolError, match="do not decode"):
+            again[i].result(timeout=5)
+    synced(fake, client)

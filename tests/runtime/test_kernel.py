@@ -984,7 +984,9 @@ def span_results(transport, chunk_id):
         if m.chunk_id != chunk_id:
             continue
         errors = dict(m.errors)
-        for index, value in enumerate(m.values, m.start):
+        # Packed as one array when none failed (payloads.pack_batch), else a list.
+        assert type(m.values) is (list if errors else bytes)
+        for index, value in enumerate(p.batch_payloads(m.values), m.start):
             assert index not in got, f"task {index} reported twice"
             if index in errors:
                 got[index] = ("failed", errors[index])

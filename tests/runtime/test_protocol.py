@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidal.runtime import payloads
+from tidal.runtime import datastore, payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.kept import pack_kept
 from tidal.runtime.protocol import (
@@ -713,3 +713,56 @@ def test_a_kept_result_packed_with_boundaries_is_the_same_payload():
     boundaries = []
     assert pack_kept(value, lambda: boundaries.append(1)) == pack_kept(value)
     assert len(boundaries) == len(payloads.pack_blocks(value)) > 1
+
+
+# ---- a batch's values packed as one array (protocol 12) -----------------------------------------
+
+
+@given(st.lists(st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=40)), max_size=40))
+def test_packed_batch_values_count_and_split_back_into_their_payloads(values):
+    each = [payloads.pack_payload(v) for v in values]
+    packed = payloads.pack_batch(each)
+    if not values:
+        assert packed is None  # nothing to pack: an empty batch is never sent
+        return
+    assert packed == msgpack.packb(values)  # the values as one array
+    assert p.batch_size(packed) == len(values) and p.batch_payloads(packed) == each
+    assert p.batch_items("j", 5, packed, [], {}) == [
+        [f"j/{i}", "finished", payload, None, {}] for i, payload in enumerate(each, 5)
+    ]
+    assert p.batch_size(each) == len(values) and p.batch_payloads(each) is each
+
+
+def test_only_small_inline_successes_are_packed():
+    small = payloads.pack_payload(1)
+    assert payloads.pack_batch([small, None]) is None  # a failure: the list says which
+    assert payloads.pack_batch([small, payloads.pack_payload("x" * 2000)]) is None  # data
+    reference = payloads.pack_reference(datastore.Reference("h", "/p", 9, "tcp://h:1", "k"))
+    assert payloads.pack_batch([small, reference]) is None  # fetched by the client alone
+    assert payloads.pack_batch([small, b""]) is None  # no payload is empty
+    assert payloads.pack_batch([small] * 20) == msgpack.packb([1] * 20)
+
+
+@pytest.mark.parametrize(
+    ("packed", "problem"),
+    [
+        (b"", "do not start with an array"),
+        (b"\xc1", "do not start with an array"),
+        (b"\x01", "do not start with an array"),
+        (b"\x95\x01", "claim 5 in 2 bytes"),
+        (b"\xdd\xff\xff\xff\xff", "claim 4294967295 in 5 bytes"),
+    ],
+)
+def test_packed_values_that_are_not_an_array_say_so(packed, problem):
+    with pytest.raises(p.ProtocolError, match=problem):
+        p.batch_size(packed)
+    with pytest.raises(p.ProtocolError):
+        p.batch_payloads(packed)
+
+
+@pytest.mark.parametrize("packed", [b"\x92\x01\xc1", b"\x92\x01\x02\x03", b"\x93\x01\x02\x91"])
+def test_packed_values_that_do_not_split_into_their_array_say_so(packed):
+    with pytest.raises(p.ProtocolError, match=r"do not split|end at"):
+        p.batch_payloads(packed)
+    with pytest.raises(p.ProtocolError):
+        p.batch_items("j", 0, packed, [], {})

@@ -113,3 +113,21 @@ def test_what_is_queued_can_be_taken_for_an_executors_last_words(wire):
     assert reports.holding() is None
     reports.flush()
     assert received() == []
+
+
+def test_a_packed_batch_not_acked_is_listed_task_by_task_for_a_hello(wire):
+    reports, _, received = wire
+    values = [p.encode(p.Ping("x", 1)), b"\x01", b"\xa1z"]  # any payloads
+    packed = b"\x93" + b"".join(values)
+    reports.emit(p.ChunkBatch("j#1", "j", 10, packed, [], 5))
+    reports.emit(p.ChunkBatch("j#1", "j", 13, [b"\x02", None], [[14, ["E", "m", ""]]], 5))
+    reports.flush()
+    assert [type(m) for m in received()] == [p.ChunkBatch, p.ChunkBatch]
+    held = reports.unacked()
+    assert held[:3] == [[f"j/{10 + i}", 0, "finished", [v, None, {}]] for i, v in enumerate(values)]
+    assert held[3:] == [
+        ["j/13", 0, "finished", [b"\x02", None, {}]],
+        ["j/14", 0, "failed", [None, ["E", "m", ""], {}]],
+    ]
+    reports.acked([p.batch_key("j#1", 10)])
+    assert [item[0] for item in reports.unacked()] == ["j/13", "j/14"]

@@ -323,3 +323,63 @@ def test_the_journal_finds_each_task_of_batches_written_out_of_order(tmp_path):
     assert sorted(found) == sorted(done)
     assert all(found[t][1][2] == value(int(t.rpartition("/")[2])) for t in done)
     journal.close()
+
+
+def packed_batch(chunk, start, count):
+    """Tasks [start, start + count) of span chunk `chunk` done, their values packed as one
+    array (as an executor sends a batch with no failure, `payloads.pack_batch`)."""
+    values = payloads.pack_batch([value(i) for i in range(start, start + count)])
+    return p.ChunkBatch(chunk.chunk_id, chunk.span[0], start, values, [], count)
+
+
+def test_a_packed_batch_is_forwarded_and_journaled_as_it_came(tmp_path):
+    h = Harness(journal=Journal(tmp_path / "j.sqlite"), executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", 6, options={"chunksize": 6}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    h.report("e0", packed_batch(chunk, 0, 4))
+    (forwarded,) = h.batches
+    assert forwarded.values == packed_batch(chunk, 0, 4).values  # not opened
+    assert [h.results[t][0][1:3] for t in ids[:4]] == [["finished", value(i)] for i in range(4)]
+    job = h.core.records.jobs["j"]
+    assert job.finished == 4 and bytes(job.ended) == b"\x01\x01\x01\x01\x00\x00"
+    assert h.core.status()["counters"]["ended"]["batch"] == {"finished": 4, "failed": 0}
+    journal = h.core.journal
+    journal.commit()
+    found = journal.results([ids[1], ids[3], ids[4]])
+    assert sorted(found) == [ids[1], ids[3]] and found[ids[3]][1][1:3] == ["finished", value(3)]
+    journal.close()
+
+
+def test_a_packed_batch_over_tasks_that_ended_before_is_cut_to_the_others():
+    h = Harness(executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", 8, options={"chunksize": 8}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    h.handle(ClientRequest("c", p.Cancel([ids[2], ids[5]])))  # running in the chunk
+    h.report("e0", packed_batch(chunk, 0, 8))
+    assert ended_once(h, ids)
+    assert [h.results[t][0][1] for t in ids] == ["finished"] * 2 + ["cancelled"] + [
+        "finished"
+    ] * 2 + ["cancelled"] + ["finished"] * 2
+    assert all(h.results[t][0][2] == value(i) for i, t in enumerate(ids) if i not in (2, 5))
+
+
+def test_a_packed_batch_that_is_malformed_or_lists_failures_is_dropped():
+    h = Harness(executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", 4, options={"chunksize": 4}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    for values, errors in (
+        (b"\x94\x01", []),  # claims 4 values in 1 byte
+        (b"\xc1\x01\x02", []),  # no array at all
+        (payloads.pack_batch([value(i) for i in range(4)]), [[1, ["E", "m", ""]]]),
+    ):
+        h.report("e0", p.ChunkBatch(chunk.chunk_id, "j", 0, values, errors, 4))
+    assert not h.results and h.core.records.jobs["j"].finished == 0
+    # A packed batch that must be cut but does not split is dropped too.
+    h.handle(ClientRequest("c", p.Cancel([ids[0]])))
+    h.report("e0", p.ChunkBatch(chunk.chunk_id, "j", 0, b"\x94\x01\x02\x03\xc1", [], 4))
+    assert sorted(h.results) == [ids[0]]
+    h.report("e0", packed_batch(chunk, 0, 4))  # the sound one is taken
+    assert ended_once(h, ids)
