@@ -323,3 +323,16 @@ def test_soak_serves_clients_that_come_and_go_and_its_books_empty_out():
     assert figures["journal_bytes_end"] > 0
     for key in ("scheduler_rss_start_mib", "scheduler_rss_end_mib", "executor_rss_growth_mib"):
         assert isinstance(figures[key], float)
+
+
+def test_chunking_takes_the_median_of_alternating_rounds():
+    from tidal.runtime.bench import chunking
+
+    result = chunking.run(subtasks=2_000)
+    autos, pools = result["subtasks_per_s_auto_runs"], result["pool_chunked_per_s_runs"]
+    assert len(autos) == len(pools) == chunking.ROUNDS and min(autos) > 0 and min(pools) > 0
+    assert result["subtasks_per_s_auto"] == sorted(autos)[chunking.ROUNDS // 2]
+    assert result["pool_chunked_per_s"] == sorted(pools)[chunking.ROUNDS // 2]
+    assert result["auto_vs_pool_chunked"] == pytest.approx(
+        result["subtasks_per_s_auto"] / result["pool_chunked_per_s"]
+    )
