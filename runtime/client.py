@@ -309,7 +309,8 @@ class Client(ClientRequests):
         results (see `submit`), each partition is a task of its own (no chunks).
         """
         partitions = list(partitions)
-        if keep or any(isinstance(x, TaskFuture) for x in partitions):
+        # (The types first, in C: a Python test per partition cost ~20 ms in a map of 200,000.)
+        if keep or any(issubclass(t, TaskFuture) for t in set(map(type, partitions))):
             if chunksize not in (None, 1):
                 raise ValueError("a map that keeps its results or takes futures is not chunked")
             chunksize = 1
@@ -461,7 +462,7 @@ class Client(ClientRequests):
         calls = pack_calls(partitions, packed_kwargs, functools.partial(self._spool, job_id))
         if calls is None:
             return None
-        if max(map(len, calls)) >= payloads.DATA_MIN_BYTES:  # else none counts (one C loop)
+        if max(map(len, calls), default=0) >= payloads.DATA_MIN_BYTES:  # else none counts
             for call in calls:
                 self.traffic.sent(len(call))
         return [], calls
