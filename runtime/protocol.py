@@ -52,6 +52,7 @@ __all__ = [
     "hashable_keys",
     "iter_batch",
     "refuse_extension",
+    "submit_ids",
     "unpack_value",
 ]
 
@@ -748,6 +749,38 @@ def batch_payloads(values: list[Any] | bytes) -> list[Any]:
     if bounds[-1] != len(values):
         raise ProtocolError(f"a batch's packed values end at {bounds[-1]} of {len(values)} bytes")
     return [values[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def submit_ids(frame: bytes, *, batch: bool = True) -> list[tuple[str, list[str]]]:
+    """The job and task ids of the submits in a frame that did not decode, as far as they
+    can be read: one if it is a submit; with `batch`, one per submit item of a batch (a batch
+    within a batch, say); [] for anything else. For the scheduler to fail those tasks at
+    their client rather than leave their futures waiting. Ids over MAX_ID_CHARS are not read.
+    """
+    try:
+        value = _unpack(frame)
+    except Exception:  # not msgpack, or too deep: nothing to read
+        return []
+    if type(value) is not list or len(value) < 2:
+        return []
+    if batch and value[0] == Batch.op and type(value[1]) is list:
+        items = value[1][:MAX_BATCH_ITEMS]
+        return [
+            ids for item in items if type(item) is bytes for ids in submit_ids(item, batch=False)
+        ]
+    job_id = value[1]
+    if value[0] != Submit.op or type(job_id) is not str or not 0 < len(job_id) <= MAX_ID_CHARS:
+        return []
+    fields = dict(zip((name for name, _, _ in Submit._checks), value[1:], strict=False))
+    tasks, bulk = fields.get("tasks"), fields.get("bulk")
+    if type(bulk) is list and bulk:
+        return [(job_id, [f"{job_id}/{i}" for i in range(len(bulk))])]
+    ids = [
+        t[0]
+        for t in (tasks if type(tasks) is list else ())
+        if type(t) is list and t and type(t[0]) is str and len(t[0]) <= MAX_ID_CHARS
+    ]
+    return [(job_id, ids)] if ids else []
 
 
 def batch_key(chunk_id: str, start: int) -> str:

@@ -44,6 +44,7 @@ from tidal.scheduler.events import (
     ExecutorReport,
     Instruction,
     PassEnded,
+    SubmitUnreadable,
     Tick,
     ToClient,
     ToExecutor,
@@ -264,6 +265,9 @@ class SchedulerCore:
                 records.lose(executor, event.reason)
         elif isinstance(event, ClientJoined):
             records.clients.add(event.client_id)
+        elif isinstance(event, SubmitUnreadable):
+            if event.job_id not in records.jobs:  # else a known job sent again, mangled
+                self._refuse_job(event.client_id, event.job_id, event.task_ids, event.problem)
         elif isinstance(event, Tick):
             self._end_pass()
             self._on_tick()
@@ -670,15 +674,20 @@ class SchedulerCore:
                 refused = task_ids_of(msg)
             else:
                 refused = [t[0] for t in msg.tasks if type(t) is list and t and type(t[0]) is str]
-            records.peer_warning(f"refused job {msg.job_id} from client {client_id}: {problem}")
-            reason = f"job {msg.job_id} refused by the scheduler: {problem}"
-            records.note(ev.JobRefused(client_id, msg.job_id, reason))
-            error = ["ValueError", reason, ""]
-            records.to_client(client_id, [[tid, "failed", None, error, {}] for tid in refused])
+            self._refuse_job(client_id, msg.job_id, refused, problem)
             return
         records.note(ev.JobAccepted(client_id, msg))
         new = [TaskView(task, records) for task in records.submit(client_id, msg)]
         self._consult(lambda pol: pol.tasks_submitted(self.view, new))
+
+    def _refuse_job(self, client_id: str, job_id: str, task_ids: list[str], problem: str) -> None:
+        """Fail each of a refused job's tasks at its client, with the reason."""
+        records = self.records
+        records.peer_warning(f"refused job {job_id} from client {client_id}: {problem}")
+        reason = f"job {job_id} refused by the scheduler: {problem}"
+        records.note(ev.JobRefused(client_id, job_id, reason))
+        error = ["ValueError", reason, ""]
+        records.to_client(client_id, [[tid, "failed", None, error, {}] for tid in task_ids])
 
     def _on_cancel(self, client_id: str, msg: p.Cancel) -> None:
         records = self.records

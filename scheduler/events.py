@@ -39,6 +39,7 @@ __all__ = [
     "Note",
     "PassEnded",
     "PolicyChanged",
+    "SubmitUnreadable",
     "TaskEnded",
     "TaskLost",
     "Tick",
@@ -79,6 +80,17 @@ class ClientRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SubmitUnreadable:
+    """A client's submit that did not decode (the shell dropped it as bad input): its job
+    and task ids as far as they could be read, so that their futures fail, not wait."""
+
+    client_id: str
+    job_id: str
+    task_ids: list[str]
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed: check executor liveness, let the policy rebalance."""
 
@@ -90,7 +102,14 @@ class PassEnded:
 
 
 Event = (
-    ExecutorJoined | ExecutorReport | ExecutorLeft | ClientJoined | ClientRequest | Tick | PassEnded
+    ExecutorJoined
+    | ExecutorReport
+    | ExecutorLeft
+    | ClientJoined
+    | ClientRequest
+    | SubmitUnreadable
+    | Tick
+    | PassEnded
 )
 
 

@@ -78,6 +78,7 @@ from tidal.scheduler.events import (
     JobAccepted,
     Note,
     PassEnded,
+    SubmitUnreadable,
     Tick,
     ToClient,
 )
@@ -427,7 +428,8 @@ class SchedulerServer:
                 frames[1:], max_frame_bytes=self.max_frame_bytes, after="the routing id"
             )
         except p.ProtocolError as exc:
-            self._drop(routing_id, exc)
+            if not self._drop(routing_id, exc) and len(frames) == 2:
+                self._fail_unreadable_submits(routing_id, frames[1], exc)
             return
         if isinstance(msg, p.Batch) and peer is None:  # one packed unlike `encode` packs it
             self._drop(routing_id, p.ProtocolError("batch before hello"))
@@ -445,15 +447,20 @@ class SchedulerServer:
             raws: list[bytes] = msg.frames
         else:
             items, raws = [msg], [frames[1] if len(frames) == 2 else b""]
+        bad_item = False
         try:
             for raw, item in zip(raws, items, strict=False):
                 if type(item) is p.Submit and raw:  # the journal keeps it as it came
                     self._submit_frame = (item, raw)
                 try:
                     if isinstance(item, p.ProtocolError):
-                        # The rest of a batch with a bad item is not decoded: one bad frame.
-                        self._drop(routing_id, item)
-                        return
+                        # One bad frame, however many bad items; the rest still counts, and
+                        # the submits that did not decode fail at their client.
+                        if not bad_item and self._drop(routing_id, item):
+                            return  # disconnected: the rest of its batch goes with it
+                        bad_item = True
+                        self._fail_unreadable_submits(routing_id, raw, item)
+                        continue
                     event = self._event_for(routing_id, item)
                 except p.ProtocolError as exc:
                     if self._drop(routing_id, exc):
@@ -463,6 +470,18 @@ class SchedulerServer:
                     return
         finally:
             self._submit_frame = _NO_SUBMIT  # journaled by now, or refused
+
+    def _fail_unreadable_submits(
+        self, routing_id: bytes, frame: bytes, exc: p.ProtocolError
+    ) -> None:
+        """A registered client's frame (or batch item) did not decode: the readable tasks of
+        its submits fail at the client with the reason, not wait for ever (one more decode)."""
+        peer = self._table.peers.get(routing_id)
+        if peer is None or peer[0] != "client" or type(frame) is not bytes:
+            return
+        problem = f"its submit did not decode: {str(exc)[:300]}"
+        for job_id, task_ids in p.submit_ids(frame):
+            self._dispatch(self._handle(SubmitUnreadable(peer[1], job_id, task_ids, problem)))
 
     def _drop(self, routing_id: bytes, exc: p.ProtocolError) -> bool:
         """Drop a bad frame; disconnect its peer at the limit. True if it was disconnected."""

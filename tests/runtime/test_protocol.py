@@ -766,3 +766,19 @@ def test_packed_values_that_do_not_split_into_their_array_say_so(packed):
         p.batch_payloads(packed)
     with pytest.raises(p.ProtocolError):
         p.batch_items("j", 0, packed, [], {})
+
+
+def test_the_ids_of_a_submit_that_does_not_decode_are_read_as_far_as_they_can_be():
+    tasks = [["j/0", b"x"], ["j/1", b"y"], "junk", ["k" * 201, b"z"]]
+    frame = msgpack.unpackb(encode(p.Submit("j", "batch", 0, None, "m:f", None, [], 0)))
+    frame[3], frame[7] = "not an int", tasks
+    bad = msgpack.packb(frame)
+    with pytest.raises(ProtocolError):
+        decode(bad)
+    assert p.submit_ids(bad) == [("j", ["j/0", "j/1"])]  # the junk and the overlong id skipped
+    bulk = encode(p.Submit("b", "batch", 0, None, "m:f", None, [], 0, {"chunksize": 2}, [b"1"] * 3))
+    inner = encode(p.Batch([bulk, encode(p.Ping("r", 1)), b"\xc1", encode(p.Batch([bad]))]))
+    assert p.submit_ids(inner) == [("b", ["b/0", "b/1", "b/2"])]  # one level of batch only
+    assert p.submit_ids(encode(p.Batch([inner]))) == []
+    for frame in (b"\xc1", msgpack.packb(["submit", "x" * 201]), msgpack.packb(["ping", "r"])):
+        assert p.submit_ids(frame) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+import msgpack
 import pytest
 import zmq
 
@@ -340,7 +341,7 @@ def test_frames_are_refused_before_they_are_decoded_when_they_cost_too_much(raw_
         assert client.submit(total, [1, 2]).result(timeout=30) == 3
 
 
-def test_a_batch_is_abandoned_at_its_first_bad_item():
+def test_a_batch_with_bad_items_is_one_bad_frame_and_the_rest_is_handled():
     server = SchedulerServer.__new__(SchedulerServer)  # only what _handle_frames reads
     dropped, handled = [], []
     server._guard = type("G", (), {"cooling_down": lambda self, rid: False})()
@@ -350,10 +351,53 @@ def test_a_batch_is_abandoned_at_its_first_bad_item():
     server._drop = lambda rid, exc: dropped.append(str(exc)) or False
     server._event_for = lambda rid, msg: handled.append(msg) or None
     good = p.encode(p.Goodbye("one"))
-    server._handle_frames([b"e", p.encode(p.Batch([good, b"\xc1", good, good]))])
-    assert len(handled) == 1 and len(dropped) == 1 and "not valid msgpack" in dropped[0]
+    server._handle_frames([b"e", p.encode(p.Batch([good, b"\xc1", good, b"\xc1", good]))])
+    assert len(handled) == 3 and len(dropped) == 1 and "not valid msgpack" in dropped[0]
+    server._drop = lambda rid, exc: dropped.append(str(exc)) or True  # the limit: disconnected
+    server._handle_frames([b"e", p.encode(p.Batch([good, b"\xc1", good]))])
+    assert len(handled) == 4 and len(dropped) == 2  # nothing after the disconnect
     server._handle_frames([b"e", p.encode(p.Batch([good] * (p.MAX_BATCH_ITEMS + 1)))])
-    assert len(handled) == 1 and "a batch of 4,097 messages" in dropped[1]
+    assert len(handled) == 4 and "a batch of 4,097 messages" in dropped[2]
+
+
+def test_a_clients_submit_that_does_not_decode_fails_its_tasks_at_once(raw_peer):
+    def submit(job_id, order=0):
+        tasks = [[f"{job_id}/{i}", payloads.pack_call([[i]], {})] for i in range(2)]
+        sub = p.Submit(job_id, "batch", 0, None, "tidal.workloads.synthetic:total", None, tasks, 0)
+        frame = msgpack.unpackb(p.encode(sub))
+        frame[3] = order  # "x": not an int, so the frame does not decode
+        return msgpack.packb(frame)
+
+    def failed(msg, job_id, why):
+        assert isinstance(msg, p.Results)
+        assert [item[:2] for item in msg.items] == [[f"{job_id}/{i}", "failed"] for i in (0, 1)]
+        assert all("did not decode" in item[3][1] and why in item[3][1] for item in msg.items)
+
+    with LocalCluster(executors=1) as cluster:
+        client = raw_peer(cluster.address)
+        client.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "clumsy", 1, "h")))
+        assert isinstance(recv(client), p.ClientWelcome)
+        client.send(submit("a", order="x"))  # a frame of its own
+        failed(recv(client), "a", "submit.order must be int")
+        # In a batch: the items after the bad one are still handled.
+        client.send(p.encode(p.Batch([submit("b", order="x"), p.encode(p.Ping("r", 1))])))
+        answers = sorted((recv(client), recv(client)), key=lambda m: m.op)  # pong, results
+        assert answers[0] == p.Pong("r", 1)
+        failed(answers[1], "b", "submit.order must be int")
+        # A batch inside a batch (a client bug once sent one): its submits fail too.
+        inner = p.encode(p.Batch([submit("c"), p.encode(p.Ping("s", 2))]))
+        client.send(p.encode(p.Batch([inner, p.encode(p.Ping("t", 3))])))
+        answers = sorted((recv(client), recv(client)), key=lambda m: m.op)
+        assert answers[0] == p.Pong("t", 3)
+        failed(answers[1], "c", "is itself a batch")
+        client.send(submit("d"))  # a sound submit still runs
+        results = []
+        while len(results) < 2:
+            results += recv(client).items
+        assert sorted((item[0], item[1]) for item in results) == [
+            ("d/0", "finished"),
+            ("d/1", "finished"),
+        ]
 
 
 def test_an_attach_without_the_executors_token_reports_nothing(raw_peer):
