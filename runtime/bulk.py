@@ -161,7 +161,7 @@ class BulkJobs:
         already, or their job not live: never a future completed twice)."""
         packed = type(msg.values) is bytes  # one packed array (p.ChunkBatch): no reference
         try:
-            count = p.batch_size(msg.values)
+            count = p.values_count(msg.values)
         except p.ProtocolError as exc:
             self._bad_frames(f"dropped a bad batch of results from the scheduler: {exc}")
             return 0
@@ -180,23 +180,25 @@ class BulkJobs:
             )
             return 0
         if packed and msg.errors:
-            return self._fail_batch(job, msg, "a packed batch of results lists failures")
+            return self._fail_batch(job, msg, count, "a packed batch of results lists failures")
         if not msg.errors:
             try:
                 values = p.unpack_value(msg.values) if packed else _decode_all(msg.values)
             except Exception as exc:  # msgpack raises many types; the slow path says which
                 if packed:  # no way to tell which result is bad: each task learns of it
-                    return self._fail_batch(job, msg, f"its packed results do not decode: {exc}")
+                    why = f"its packed results do not decode: {exc}"
+                    return self._fail_batch(job, msg, count, why)
             else:
                 if type(values) is list and len(values) == count:
                     return job.finish(msg.start, values, msg.stats)
                 if packed:
-                    return self._fail_batch(job, msg, "its packed results are not one per task")
+                    why = "its packed results are not one per task"
+                    return self._fail_batch(job, msg, count, why)
         return self._one_by_one(job, msg)
 
-    def _fail_batch(self, job: BulkJob, msg: p.BatchResults, why: str) -> int:
-        """Fail every task of a batch whose results cannot be read; how many were dropped."""
-        count = p.batch_size(msg.values)
+    def _fail_batch(self, job: BulkJob, msg: p.BatchResults, count: int, why: str) -> int:
+        """Fail every task of a batch (`count` of them) whose results cannot be read; how many
+        were dropped."""
         end = msg.start + count - 1
         exc = p.ProtocolError(f"results of {job.job_id}/{msg.start} to {end} unreadable: {why}")
         self._bad_frames(f"dropped a bad batch of results from the scheduler: {exc}")

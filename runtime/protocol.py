@@ -45,7 +45,6 @@ __all__ = [
     "batch_items",
     "batch_key",
     "batch_payloads",
-    "batch_size",
     "decode",
     "encode",
     "find_unencodable",
@@ -54,6 +53,7 @@ __all__ = [
     "refuse_extension",
     "submit_ids",
     "unpack_value",
+    "values_count",
 ]
 
 # 2: chunks (launch_chunk, steal, chunk_results, stolen) and submit's options field.
@@ -77,7 +77,7 @@ __all__ = [
 #     missing (C2S); a submit task's options may carry "inputs". stream_lag (C2S).
 # 11: heartbeat.task_records (how long tasks' records take, before any suspension).
 # 12: a batch's values may be one packed array (chunk_batch and batch_results `values` as
-#     bytes: `batch_size`, `batch_payloads`).
+#     bytes: `values_count`, `batch_payloads`).
 PROTOCOL_VERSION = 12
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
@@ -362,7 +362,7 @@ class ChunkBatch(Message):
     # f"{chunk_id}@{start}" (`batch_key`). A batch with no failure, no reference and every
     # payload under DATA_MIN_BYTES may send its `values` as one bytes: the payloads
     # concatenated behind an array header, that is the values packed as one array, which
-    # the scheduler forwards and journals without opening (`batch_size`, `batch_payloads`).
+    # the scheduler forwards and journals without opening (`values_count`, `batch_payloads`).
     chunk_id: str
     job_id: str
     start: int
@@ -714,7 +714,7 @@ def batch_items(
     ]
 
 
-def batch_size(values: list[Any] | bytes) -> int:
+def values_count(values: list[Any] | bytes) -> int:
     """How many results a batch's `values` hold: a list's length, or a packed array's
     (read from its header). Raises ProtocolError for bytes that are not one."""
     if type(values) is not bytes:

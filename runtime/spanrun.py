@@ -29,7 +29,7 @@ import msgpack
 
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
-from tidal.runtime.runstate import TaskKilled, TaskRecord
+from tidal.runtime.runstate import Span, TaskKilled, TaskRecord
 from tidal.runtime.task import TaskFunction
 from tidal.runtime.tracebacks import describe_failure
 
@@ -47,12 +47,12 @@ __all__ = [
 # comes first: few messages for tiny subtasks, prompt results for slow ones.
 CHUNK_REPORT_EVERY = 512
 CHUNK_REPORT_NS = 20_000_000
-# A span chunk's batch (chunk_batch) goes out at this many results, or CHUNK_REPORT_NS.
-# Discussion: a batch of tiny results travels packed as one array (payloads.pack_batch),
-# which the scheduler never opens, so its cost there is per batch, not per result: at 512
-# a map of 200,000 no-ops cost the scheduler ~1.4 us a task, at 4,096 ~0.7, and ran ~30%
-# faster (`bench chunking`). A chunk_results (plain chunks) is opened item by item, and
-# keeps CHUNK_REPORT_EVERY.
+# A span chunk's batch (chunk_batch) of small successes goes out at this many results
+# (others at CHUNK_REPORT_EVERY: `_batch_full`), or CHUNK_REPORT_NS. Discussion: a batch of
+# tiny results travels packed as one array (payloads.pack_batch), which the scheduler never
+# opens, so its cost there is per batch, not per result: at 512 a map of 200,000 no-ops
+# cost the scheduler ~1.4 us a task, at 4,096 ~0.7, and ran ~30% faster (`bench chunking`).
+# A chunk_results (plain chunks) is opened item by item, and keeps CHUNK_REPORT_EVERY.
 SPAN_REPORT_EVERY = 4096
 # A span chunk runs a map's calls in runs of about this much work (at most
 # SPAN_REPORT_EVERY): a run's results join the batch at its end, so this bounds what a
@@ -62,6 +62,20 @@ SPAN_RUN_NS = 1_000_000
 KERNEL_FILES = (__file__, os.path.join(os.path.dirname(__file__), "kernel.py"))
 # What a task function's call may return that is not its result as it is (`_call_result`).
 NOT_A_RESULT = (types.GeneratorType, types.CoroutineType)
+
+
+def _batch_full(span: Span) -> bool:
+    """Whether a span's batch must go out now: at SPAN_REPORT_EVERY results, or at
+    CHUNK_REPORT_EVERY unless every one is a success under DATA_MIN_BYTES (then it is
+    packed). A frame holds 64 MiB: a batch of results of up to 64 KiB each must stay near
+    1,000 of them; 4,096 small ones make ~4 MB at most. (The C pass over the values runs
+    only between the two counts, about once a batch.)"""
+    count = len(span.values)
+    if count < CHUNK_REPORT_EVERY:
+        return False
+    if count >= SPAN_REPORT_EVERY or span.errors:
+        return True
+    return max(map(len, span.values)) >= payloads.DATA_MIN_BYTES
 
 
 class SpanRunner:
@@ -124,8 +138,9 @@ class SpanRunner:
 
     def _run_span(self, record: TaskRecord, fn: Callable[..., Any]) -> None:
         """Run a span chunk's subtasks in order; report their results in batches
-        (`chunk_batch`: one list of values, the failures apart). The batch being filled is
-        the span's (`Span.values`): the hub reports it when it suspends the chunk.
+        (`chunk_batch`: the values packed as one array, or a list with the failures apart).
+        The batch being filled is the span's (`Span.values`): the hub reports it when it
+        suspends the chunk.
 
         A run of a map's calls (`QuickCalls.take_run`) goes through `map` over a gated
         iterator: the calls in C, each a record boundary of the gate; any other subtask
@@ -144,12 +159,12 @@ class SpanRunner:
                     self._run_calls(record, quick, *run)
                     each_ns = max(1, (clock() - began) // max(1, len(run[0])))  # a steal may
                     # have taken every call of the run before the first began
-                    run_size = max(1, min(SPAN_REPORT_EVERY, SPAN_RUN_NS // each_ns))
+                    # Up to SPAN_REPORT_EVERY calls if the last run's results were small
+                    # (a run's results join the batch at once: see `_batch_full`).
+                    most = SPAN_REPORT_EVERY if quick.small else CHUNK_REPORT_EVERY
+                    run_size = max(1, min(most, SPAN_RUN_NS // each_ns))
                 now = clock()
-                if (
-                    len(span.values) >= SPAN_REPORT_EVERY
-                    or now - span.batch_started >= CHUNK_REPORT_NS
-                ):
+                if _batch_full(span) or now - span.batch_started >= CHUNK_REPORT_NS:
                     self._report_span(record)
                 if gate.requested:
                     self._checkpoint()  # between subtasks: a suspension point
@@ -207,6 +222,7 @@ class SpanRunner:
             return
         if ending:
             span.run = span.run_xs = None
+        quick.small = False  # until pack_all says otherwise
         packed = None if errors else quick.pack_all(results)
         if packed is not None:
             taken = len(results)
@@ -338,6 +354,7 @@ class QuickCalls:
         self.fn = fn.fn if isinstance(fn, TaskFunction) else fn
         self._packer = msgpack.Packer(use_bin_type=True)
         self._result_limit = result_limit
+        self.small = False  # whether `pack_all`'s last values each packed under DATA_MIN_BYTES
 
     def args_of(self, payload: bytes) -> tuple[list[Any], dict[str, Any]] | None:
         """(args, kwargs) of a plain call's payload, or None."""
@@ -411,14 +428,18 @@ class QuickCalls:
         return xs, kwargs
 
     def pack_all(self, values: list[Any]) -> list[bytes] | None:
-        """Each of `values` packed (as `pack`), or None if any is not small or packable."""
+        """Each of `values` packed (as `pack`), or None if any is not small or packable.
+        `small` says whether each was under DATA_MIN_BYTES."""
         packer, limit = self._packer, self._result_limit
+        self.small = False
         try:
             packed = list(map(packer.pack, values))
         except Exception:
             packer.reset()
             return None
-        return packed if max(map(len, packed), default=0) < limit else None
+        longest = max(map(len, packed), default=0)
+        self.small = longest < payloads.DATA_MIN_BYTES
+        return packed if longest < limit else None
 
     def pack(self, value: Any) -> bytes | None:
         """`value` packed, if it is small (under `result_limit` bytes); else None."""

@@ -33,7 +33,7 @@ from typing import Any
 from tidal.runtime import protocol as p
 from tidal.scheduler import decisions as d
 from tidal.scheduler.records import ExecutorRecord, Job, Records, SpanSubtasks, Task, TaskState
-from tidal.scheduler.records.spans import batch_count, batch_errors, values_fit
+from tidal.scheduler.records.spans import batch_errors, values_count_or_none, values_fit
 
 __all__ = [
     "TARGET_CHUNK_NS",
@@ -118,7 +118,7 @@ def on_batch(records: Records, executor: ExecutorRecord, msg: p.ChunkBatch) -> N
     if isinstance(chunk.subtasks, SpanSubtasks):
         records.on_span_batch(executor, chunk, msg)
         return
-    count = batch_count(msg.values)
+    count = values_count_or_none(msg.values)
     stop = msg.start + (count or 0)
     errors = batch_errors(msg.errors, msg.start, stop)
     items = None

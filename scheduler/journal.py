@@ -608,7 +608,7 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, str, A
         ids = _pack(
             {
                 "start": result.start,
-                "count": p.batch_size(result.values),
+                "count": p.values_count(result.values),
                 "failed": [index for index, _ in result.errors],
             }
         )
@@ -616,7 +616,7 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, str, A
         cursor = db.execute(
             "INSERT INTO results (job_id, ids, items) VALUES (?, ?, ?)", (result.job_id, ids, rest)
         )
-        stop = result.start + p.batch_size(result.values)
+        stop = result.start + p.values_count(result.values)
         written.append((cursor.lastrowid, result.job_id, (result.start, stop)))
     db.executemany("INSERT OR IGNORE INTO cancels VALUES (?, ?)", records.cancels)
     db.executemany("INSERT INTO losses VALUES (?, ?, ?)", records.losses)
@@ -654,7 +654,7 @@ def _batch_items(result: p.BatchResults) -> list[list[Any]]:
         )
     except p.ProtocolError as exc:
         error = ["ProtocolError", f"the executor's results were unreadable: {exc}", ""]
-        stop = result.start + p.batch_size(result.values)
+        stop = result.start + p.values_count(result.values)
         return [
             [f"{result.job_id}/{i}", "failed", None, error, result.stats]
             for i in range(result.start, stop)

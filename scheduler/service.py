@@ -29,6 +29,7 @@ def serve(bind: str = DEFAULT_BIND, *, announce: bool = False, **options: Any) -
     What exists before the server does (modules, classes, functions: ~28,000 objects) is
     never garbage: `gc.freeze()` takes it out of every later collection, so that a full
     collection on the loop walks only the scheduler's own records (it halves one)."""
+    gc.collect()  # what is garbage now is not frozen with the rest
     gc.freeze()
     server = SchedulerServer(bind, **options)
     for signum in (signal.SIGTERM, signal.SIGINT):

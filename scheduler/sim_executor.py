@@ -480,7 +480,8 @@ class SimExecutor:
                 return
             job_id, start = record.span
             record.span[1] += len(items)
-            batch = p.ChunkBatch(record.task_id, job_id, start, [NIL] * len(items), [], sum(items))
+            values = payloads.pack_batch([NIL] * len(items))  # packed, as the kernel sends it
+            batch = p.ChunkBatch(record.task_id, job_id, start, values, [], sum(items))
             self._emit(batch)
 
     def _launch_queue(self, record: ExecutorTask) -> deque[ExecutorTask]:

@@ -92,7 +92,7 @@ class Tally:
                 result = instruction.result
                 values = result.values
                 ended = self.ended["stream" if instruction.stream else "batch"]
-                ended["finished"] += p.batch_size(values) - len(result.errors)
+                ended["finished"] += p.values_count(values) - len(result.errors)
                 ended["failed"] += len(result.errors)
                 if type(values) is not bytes:  # packed: none is DATA_MIN_BYTES (pack_batch)
                     self.data_bytes += sum(map(_data, values))

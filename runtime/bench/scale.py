@@ -149,27 +149,33 @@ class ScaleDriver:
         core_process: bool = False,
     ) -> None:
         self.loop = EventLoop()
-        clock = lambda: self.loop.now  # noqa: E731
-        self.side = CoreProcess(clock) if core_process else LocalCore(clock)
-        self.rng = random.Random(seed)
-        self.jitter = [0.5 + self.rng.random() for _ in range(1024)]
-        self.stream_every_ms = stream_every_ms
-        self.executors = {
-            f"e{i}": SimExecutor(
-                f"e{i}", f"n{i // NODE_SIZE}", self.loop, self._emitter(f"e{i}"), self._work_of
-            )
-            for i in range(executors)
-        }
-        self.results: Counter[str] = Counter()
-        self.subtasks = 0
-        self.setup_ns = 0  # the core's time handling the submissions
-        self.jobs = 0
-        self.stream_tasks = 0
-        self.measuring = False
-        self.times_ns: list[int] = []
-        self.stream_ns: list[int] = []
-        self.suspends = 0
-        self.deliver(ClientJoined(CLIENT_ID))
+        self.side = CoreProcess(self._now) if core_process else LocalCore(self._now)
+        try:
+            self.rng = random.Random(seed)
+            self.jitter = [0.5 + self.rng.random() for _ in range(1024)]
+            self.stream_every_ms = stream_every_ms
+            self.executors = {
+                f"e{i}": SimExecutor(
+                    f"e{i}", f"n{i // NODE_SIZE}", self.loop, self._emitter(f"e{i}"), self._work_of
+                )
+                for i in range(executors)
+            }
+            self.results: Counter[str] = Counter()
+            self.subtasks = 0
+            self.setup_ns = 0  # the core's time handling the submissions
+            self.jobs = 0
+            self.stream_tasks = 0
+            self.measuring = False
+            self.times_ns: list[int] = []
+            self.stream_ns: list[int] = []
+            self.suspends = 0
+            self.deliver(ClientJoined(CLIENT_ID))
+        except BaseException:
+            self.side.close()  # a core's process started for nothing is stopped
+            raise
+
+    def _now(self) -> int:
+        return self.loop.now
 
     @property
     def core(self) -> SchedulerCore:
@@ -284,7 +290,7 @@ class ScaleDriver:
                 self.results.update(item[0] for item in instruction.message.items)
             elif isinstance(instruction, ToClient) and type(instruction.message) is p.BatchResults:
                 batch = instruction.message
-                first, count = batch.start, p.batch_size(batch.values)
+                first, count = batch.start, p.values_count(batch.values)
                 self.results.update(f"{batch.job_id}/{i}" for i in range(first, first + count))
         return elapsed
 
@@ -364,13 +370,17 @@ class GcPauses:
         return self.longest_ns, gc.get_stats()[2]["collections"] - self._full_before
 
 
+def check_memory_how(how: str) -> None:
+    if how not in ("tracemalloc", "rss"):
+        raise ValueError(f"memory is measured with 'tracemalloc' or 'rss', not {how!r}")
+
+
 class MemoryProbe:
     """What this process allocates and keeps between `start` and `stop`, measured with
     tracemalloc or as the growth of its RSS (see the module docstring)."""
 
     def __init__(self, how: str) -> None:
-        if how not in ("tracemalloc", "rss"):
-            raise ValueError(f"memory is measured with 'tracemalloc' or 'rss', not {how!r}")
+        check_memory_how(how)
         self.how = how
         self._before = 0
 
@@ -407,7 +417,7 @@ class CoreProcess:
     process. The simulated clock's time travels with every call.
 
     The driver and the core take turns, one waiting while the other works, so both run on
-    one CPU (this process's affinity is narrowed until `close`, and the core's process
+    one CPU (the calling thread's affinity is narrowed until `close`, and the core's process
     inherits it): a hop between two CPUs cost ~0.3 ms of wake-ups per event, which made a
     full run 85 s instead of 35 and changed no figure.
     """
@@ -416,13 +426,17 @@ class CoreProcess:
         self._clock = clock
         self._affinity = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {min(self._affinity)})
-        context = multiprocessing.get_context("spawn")
-        self._conn, theirs = context.Pipe()
-        self._process = context.Process(
-            target=_serve_core, args=(theirs,), name="tidal-bench-scale-core", daemon=True
-        )
-        self._process.start()
-        theirs.close()
+        try:
+            context = multiprocessing.get_context("spawn")
+            self._conn, theirs = context.Pipe()
+            self._process = context.Process(
+                target=_serve_core, args=(theirs,), name="tidal-bench-scale-core", daemon=True
+            )
+            self._process.start()
+            theirs.close()
+        except BaseException:
+            os.sched_setaffinity(0, self._affinity)
+            raise
 
     def _call(self, name: str, *args: Any) -> Any:
         try:
@@ -508,8 +522,10 @@ class LocalCore:
         self._memory.start()
 
     def memory_stop(self) -> int:
-        assert self._memory is not None, "memory_stop without memory_start"
-        return self._memory.stop()
+        if self._memory is None:
+            raise RuntimeError("memory_stop without memory_start")
+        memory, self._memory = self._memory, None
+        return memory.stop()
 
     def close(self) -> None:
         pass
@@ -518,7 +534,8 @@ class LocalCore:
 def _serve_core(conn: Connection) -> None:
     """The core process's loop: a LocalCore answering CoreProcess's calls until told to stop."""
     logging.getLogger("tidal.scheduler").setLevel(logging.ERROR)
-    gc.freeze()  # as the scheduler's process does before it makes its server (service.serve)
+    gc.collect()  # as the scheduler's process does before it makes its server (service.serve)
+    gc.freeze()
     now = 0
     side = LocalCore(lambda: now)
     while (call := conn.recv()) is not None:
@@ -536,7 +553,7 @@ def _serve_core(conn: Connection) -> None:
 
 def submit_measured(driver: ScaleDriver, subtasks: int, memory: str = "tracemalloc") -> int:
     """Submit `subtasks`; return the bytes the scheduler keeps for them (see the docstring)."""
-    MemoryProbe(memory)  # a wrong `memory` is refused here, before the core's process is asked
+    check_memory_how(memory)  # here, before the core's process is asked
     driver.side.memory_start(memory)
     driver.submit_batch(subtasks)
     return driver.side.memory_stop()

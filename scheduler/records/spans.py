@@ -9,9 +9,9 @@ and a byte per task, set once it ended (`Job.ended`), and nothing else per task:
   pending queues; a policy launches a piece as it would a task, and the core takes a chunk
   off its front (`form_span_chunk`), the rest staying pending where it was;
 * launched, a *span chunk* holds tasks [start, stop) of its job (`SpanSubtasks`); the
-  executor runs them in order and reports their results in batches (`chunk_batch`: one list
-  of values, failures apart), which go to the client as they came (`batch_results`) and to
-  the journal as one record;
+  executor runs them in order and reports their results in batches (`chunk_batch`: the
+  values packed as one array, or a list with the failures apart), which go to the client as
+  they came (`batch_results`) and to the journal as one record;
 * a steal takes the tail of a span chunk and launches it as another span chunk.
 
 A task gets a record of its own (`Task.index` >= 0) only where it differs from its range:
@@ -37,11 +37,11 @@ __all__ = [
     "PIECE_TASKS",
     "BulkBooks",
     "SpanSubtasks",
-    "batch_count",
     "batch_errors",
     "ended_span",
     "records_of",
     "task_ids",
+    "values_count_or_none",
     "values_fit",
 ]
 
@@ -145,10 +145,10 @@ def values_fit(values: Any, errors: dict[int, Any], start: int) -> bool:
     return all(values[i - start] is None for i in errors)
 
 
-def batch_count(values: Any) -> int | None:
+def values_count_or_none(values: Any) -> int | None:
     """How many results a batch's values hold (`p.batch_size`); None if they do not say."""
     try:
-        return p.batch_size(values)
+        return p.values_count(values)
     except p.ProtocolError:
         return None
 
@@ -374,7 +374,7 @@ class BulkBooks:
         (cancelled, or reported on their own), as the runs of those that had not."""
         subtasks = chunk.subtasks
         start, values = msg.start, msg.values
-        count = batch_count(values)
+        count = values_count_or_none(values)
         stop = start + (count or 0)
         errors = batch_errors(msg.errors, start, stop)
         if count is None or errors is None or not values_fit(values, errors, start):
@@ -397,12 +397,12 @@ class BulkBooks:
             runs = _open_runs(job.ended, start, stop)
             try:
                 values = p.batch_payloads(values)  # to be cut: some tasks ended before
-            except p.ProtocolError as exc:
+            except p.ProtocolError as exc:  # then its other tasks fail, as at the client
                 self.peer_warning(
-                    f"executor {executor.executor_id}: dropped a chunk_batch of "
-                    f"{msg.chunk_id}: {exc}"
+                    f"executor {executor.executor_id}: a chunk_batch of {msg.chunk_id}: {exc}"
                 )
-                return
+                error = ["ProtocolError", f"the executor's results were unreadable: {exc}", ""]
+                values, errors = [None] * count, dict.fromkeys(range(start, stop), error)
         if start == subtasks.start:  # past what ended before it too (reported alone)
             first_open = job.ended.find(0, stop, subtasks.stop)
             subtasks.start = subtasks.stop if first_open == -1 else first_open

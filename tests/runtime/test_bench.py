@@ -325,6 +325,7 @@ def test_soak_serves_clients_that_come_and_go_and_its_books_empty_out():
         assert isinstance(figures[key], float)
 
 
+@pytest.mark.slow
 def test_chunking_takes_the_median_of_alternating_rounds():
     from tidal.runtime.bench import chunking
 

@@ -19,6 +19,7 @@ from tidal.runtime.datastore import Reference
 from tidal.runtime.gate import IMPLEMENTATION, PyGate, py_gated_iterator
 from tidal.runtime.kept import pack_kept
 from tidal.runtime.kernel import Kernel, TaskKilled
+from tidal.runtime.spanrun import CHUNK_REPORT_EVERY, SPAN_REPORT_EVERY
 from tidal.runtime.task import Partition, current_context, task
 
 
@@ -984,8 +985,8 @@ def span_results(transport, chunk_id):
         if m.chunk_id != chunk_id:
             continue
         errors = dict(m.errors)
-        # Packed as one array when none failed (payloads.pack_batch), else a list.
-        assert type(m.values) is (list if errors else bytes)
+        # Packed as one array only if none failed (payloads.pack_batch).
+        assert type(m.values) is list or not errors
         for index, value in enumerate(p.batch_payloads(m.values), m.start):
             assert index not in got, f"task {index} reported twice"
             if index in errors:
@@ -1009,6 +1010,23 @@ def test_a_span_chunk_reports_its_results_as_batches_by_index(make_kernel):
     assert len(batches) >= 2 and all(m.job_id == "j" for m in batches)  # in batches
     assert [m.start for m in batches] == sorted(m.start for m in batches)
     assert transport.of(p.ChunkResults) == [] and isinstance(transport.outcome("c"), p.Finished)
+
+
+def test_span_batches_of_small_results_go_packed_by_thousands_and_of_big_ones_by_hundreds(
+    make_kernel,
+):
+    kernel, transport = make_kernel(clock=FakeClock())  # 1 us a reading: runs grow at once
+    kernel.launch_chunk("small", abs, calls(range(9_000)), span=("s", 0))
+    kernel.launch_chunk("big", bytes, calls([2_000] * 3_000), span=("b", 0))
+    kernel.run()
+    small = [m for m in transport.of(p.ChunkBatch) if m.chunk_id == "small"]
+    big = [m for m in transport.of(p.ChunkBatch) if m.chunk_id == "big"]
+    assert all(type(m.values) is bytes for m in small)  # packed: none failed, each tiny
+    assert SPAN_REPORT_EVERY <= max(p.values_count(m.values) for m in small) < 2 * SPAN_REPORT_EVERY
+    # Results of 1 KiB or more: a list of at most ~2 x 512 (a frame must hold the batch).
+    assert all(type(m.values) is list and len(m.values) < 2 * CHUNK_REPORT_EVERY for m in big)
+    assert span_results(transport, "big") == {i: ("finished", bytes(2_000)) for i in range(3_000)}
+    assert span_results(transport, "small") == {i: ("finished", i) for i in range(9_000)}
 
 
 def test_a_failing_or_unreadable_span_task_fails_alone(make_kernel):

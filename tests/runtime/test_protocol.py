@@ -726,11 +726,11 @@ def test_packed_batch_values_count_and_split_back_into_their_payloads(values):
         assert packed is None  # nothing to pack: an empty batch is never sent
         return
     assert packed == msgpack.packb(values)  # the values as one array
-    assert p.batch_size(packed) == len(values) and p.batch_payloads(packed) == each
+    assert p.values_count(packed) == len(values) and p.batch_payloads(packed) == each
     assert p.batch_items("j", 5, packed, [], {}) == [
         [f"j/{i}", "finished", payload, None, {}] for i, payload in enumerate(each, 5)
     ]
-    assert p.batch_size(each) == len(values) and p.batch_payloads(each) is each
+    assert p.values_count(each) == len(values) and p.batch_payloads(each) is each
 
 
 def test_only_small_inline_successes_are_packed():
@@ -755,7 +755,7 @@ def test_only_small_inline_successes_are_packed():
 )
 def test_packed_values_that_are_not_an_array_say_so(packed, problem):
     with pytest.raises(p.ProtocolError, match=problem):
-        p.batch_size(packed)
+        p.values_count(packed)
     with pytest.raises(p.ProtocolError):
         p.batch_payloads(packed)
 

@@ -7,6 +7,7 @@ here with 20 executors and a few thousand subtasks, so every run takes well unde
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from tidal.runtime.bench import scale
 
 
+@pytest.mark.slow
 def test_the_figures_are_all_there_and_sane():
     figures = scale.run(executors=20, subtasks=5_000, events=2_000, drain_per_executor=20)
     assert set(scale.TARGETS) <= set(figures)
@@ -84,6 +86,7 @@ def test_memory_is_measured_one_of_two_ways():
     assert 1_000 * 30 < kept < 1_000 * 100  # a payload per subtask, no record
 
 
+@pytest.mark.slow
 def test_the_core_in_a_process_of_its_own_runs_as_it_does_here():
     def one_run(core_process):
         driver = scale.ScaleDriver(10, seed=5, core_process=core_process)
@@ -107,6 +110,7 @@ def test_the_core_in_a_process_of_its_own_runs_as_it_does_here():
         assert longest_ns > 0 and full >= 0
 
 
+@pytest.mark.slow
 def test_a_core_process_that_fails_says_so_and_is_stopped():
     driver = scale.ScaleDriver(2, core_process=True)
     process = driver.side._process
@@ -121,3 +125,7 @@ def test_a_core_process_that_fails_says_so_and_is_stopped():
     assert os.sched_getaffinity(0) == affinity  # given back
     with pytest.raises(RuntimeError, match="core's process is gone"):
         driver.side.pending()
+    with pytest.raises(TypeError):
+        scale.ScaleDriver(2.5, core_process=True)  # fails after its core's process started
+    assert os.sched_getaffinity(0) == affinity
+    assert not [c for c in multiprocessing.active_children() if "scale-core" in c.name]

@@ -377,9 +377,19 @@ def test_a_packed_batch_that_is_malformed_or_lists_failures_is_dropped():
     ):
         h.report("e0", p.ChunkBatch(chunk.chunk_id, "j", 0, values, errors, 4))
     assert not h.results and h.core.records.jobs["j"].finished == 0
-    # A packed batch that must be cut but does not split is dropped too.
+    h.report("e0", packed_batch(chunk, 0, 4))  # a sound one is taken
+    assert ended_once(h, ids)
+
+
+def test_a_packed_batch_that_must_be_cut_but_does_not_split_fails_its_other_tasks():
+    h = Harness(executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", 4, options={"chunksize": 4}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
     h.handle(ClientRequest("c", p.Cancel([ids[0]])))
     h.report("e0", p.ChunkBatch(chunk.chunk_id, "j", 0, b"\x94\x01\x02\x03\xc1", [], 4))
-    assert sorted(h.results) == [ids[0]]
-    h.report("e0", packed_batch(chunk, 0, 4))  # the sound one is taken
-    assert ended_once(h, ids)
+    assert ended_once(h, ids)  # as the client fails them when it cannot read a batch
+    assert [h.results[t][0][1] for t in ids] == ["cancelled", "failed", "failed", "failed"]
+    assert all("results were unreadable" in h.results[t][0][3][1] for t in ids[1:])
+    job = h.core.records.jobs["j"]
+    assert (job.cancelled, job.failed, job.finished) == (1, 3, 0)
