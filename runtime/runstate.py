@@ -308,6 +308,7 @@ class Span:
     # The batch being filled (results of tasks [reported, next)), and when it began.
     values: list[Any] = field(default_factory=list)
     errors: list[list[Any]] = field(default_factory=list)
+    big: bool = False  # a value of DATA_MIN_BYTES or more is among `values`
     batch_started: int = 0
     # A run of calls under way (Kernel._run_calls): their results so far, from task `next`.
     run: list[Any] | None = None
