@@ -46,9 +46,12 @@ __all__ = [
 ]
 
 # Discussion: a piece is what a policy sees of a bulk job, so a job of a million tasks shows
-# it ~250 pending "tasks"; a chunk never spans two pieces, so this also caps a span chunk
-# (at ~1-4 us a tiny task, 4,096 of them are a few ms of work: per-chunk costs stay small).
-PIECE_TASKS = 4096
+# it ~60 pending "tasks"; a chunk never spans two pieces, so this also caps a span chunk.
+# At 4,096 the cap, not TARGET_CHUNK_NS, sized the chunks of tiny tasks (~6 ms of work at
+# ~1.5 us a task), and the executor waited for its next launch (a round trip through the
+# scheduler) after each: a map of 200,000 no-ops ran 415k-453k tasks/s against 491k-584k at
+# 16,384 in alternate runs (`bench chunking`'s maps, 2026-12-07).
+PIECE_TASKS = 16_384
 MIN_PIECE_TASKS = 64  # so that a job on a thousand executors is not ten thousand pieces
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from tests.scheduler.harness import MS, Harness, payload
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
-from tidal.scheduler.chunks import FIRST_CHUNK
+from tidal.scheduler.chunks import FIRST_CHUNK, SUBTASK_OVERHEAD_NS, TARGET_CHUNK_NS
 from tidal.scheduler.core import ClientRequest, ExecutorLeft
 from tidal.scheduler.journal import Journal
 from tidal.scheduler.records import TaskState
@@ -79,7 +79,17 @@ def test_a_big_bulk_job_is_a_few_pieces_and_chunks_never_span_two():
     batch(h, "e0", chunk, 0, FIRST_CHUNK)
     h.report("e0", p.Finished(chunk.chunk_id, 0, payloads.pack_payload(None), {}))
     (second,) = h.sent("e0", p.LaunchChunk)
-    assert second.span == ["j", FIRST_CHUNK] and len(second.subtasks) == PIECE_TASKS - FIRST_CHUNK
+    measured = h.core.records.jobs["j"].subtask_ns  # the first batch's time smoothed in
+    by_rule = int(TARGET_CHUNK_NS / (measured + SUBTASK_OVERHEAD_NS))
+    assert second.span == ["j", FIRST_CHUNK]
+    assert len(second.subtasks) == min(by_rule, PIECE_TASKS - FIRST_CHUNK)
+    ends, chunk = [], second
+    while chunk is not None:  # run the rest: no chunk crosses a piece's end
+        run_span(h, "e0", chunk)
+        ends.append((chunk.span[1], chunk.span[1] + len(chunk.subtasks)))
+        chunk = next(iter(h.sent("e0", p.LaunchChunk)), None)
+    assert not [(a, b) for a, b in ends for end in (PIECE_TASKS, 2 * PIECE_TASKS) if a < end < b]
+    assert PIECE_TASKS in {b for _, b in ends} and ends[-1][1] == 2 * PIECE_TASKS + 5
 
 
 def test_a_fixed_chunksize_over_a_piece_gets_pieces_as_big():
