@@ -6,7 +6,7 @@ from __future__ import annotations
 from tests.scheduler.harness import MS, Harness, payload
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
-from tidal.scheduler.chunks import FIRST_CHUNK, SUBTASK_OVERHEAD_NS, TARGET_CHUNK_NS
+from tidal.scheduler.chunks import FIRST_CHUNK, MAX_CHUNK, TARGET_CHUNK_NS
 from tidal.scheduler.core import ClientRequest, ExecutorLeft
 from tidal.scheduler.journal import Journal
 from tidal.scheduler.records import TaskState
@@ -75,12 +75,12 @@ def test_a_big_bulk_job_is_a_few_pieces_and_chunks_never_span_two():
         (PIECE_TASKS, 2 * PIECE_TASKS),
         (2 * PIECE_TASKS, 2 * PIECE_TASKS + 5),
     ]
-    h.core.records.jobs["j"].subtask_ns = 1_000.0  # measured: ~5,000 a chunk, by the rule
+    h.core.records.jobs["j"].subtask_ns = 1_000.0  # measured: 10,000 a chunk (MAX_CHUNK)
     batch(h, "e0", chunk, 0, FIRST_CHUNK)
     h.report("e0", p.Finished(chunk.chunk_id, 0, payloads.pack_payload(None), {}))
     (second,) = h.sent("e0", p.LaunchChunk)
     measured = h.core.records.jobs["j"].subtask_ns  # the first batch's time smoothed in
-    by_rule = int(TARGET_CHUNK_NS / (measured + SUBTASK_OVERHEAD_NS))
+    by_rule = min(MAX_CHUNK, int(TARGET_CHUNK_NS / measured))  # a bulk job's: no overhead
     assert second.span == ["j", FIRST_CHUNK]
     assert len(second.subtasks) == min(by_rule, PIECE_TASKS - FIRST_CHUNK)
     ends, chunk = [], second
