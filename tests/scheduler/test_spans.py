@@ -36,6 +36,15 @@ def run_span(h, executor_id, chunk):
     )
 
 
+def started_chunk(tasks, chunksize):
+    """A bulk job "j" of `tasks` on one executor, its first span chunk launched and started."""
+    h = Harness(executors=[("e0", "n0")])
+    ids = h.submit("j", "batch", tasks, options={"chunksize": chunksize}, bulk=True)
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    return h, ids, chunk
+
+
 def ended_once(h, ids):
     return sorted(h.results) == sorted(ids) and all(len(h.results[t]) == 1 for t in ids)
 
@@ -100,10 +109,7 @@ def test_a_fixed_chunksize_over_a_piece_gets_pieces_as_big():
 
 
 def test_failures_in_a_batch_fail_their_own_tasks_only():
-    h = Harness(executors=[("e0", "n0")])
-    ids = h.submit("j", "batch", 5, options={"chunksize": 5}, bulk=True)
-    (chunk,) = h.sent("e0", p.LaunchChunk)
-    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    h, ids, chunk = started_chunk(5, 5)
     batch(h, "e0", chunk, 0, 5, errors={1, 3})
     outcomes = [h.results[t][0][1] for t in ids]
     assert outcomes == ["finished", "failed", "finished", "failed", "finished"]
@@ -113,10 +119,7 @@ def test_failures_in_a_batch_fail_their_own_tasks_only():
 
 
 def test_a_batch_outside_the_open_range_or_repeated_is_dropped():
-    h = Harness(executors=[("e0", "n0")])
-    ids = h.submit("j", "batch", 6, options={"chunksize": 6}, bulk=True)
-    (chunk,) = h.sent("e0", p.LaunchChunk)
-    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    h, ids, chunk = started_chunk(6, 6)
     batch(h, "e0", chunk, 0, 3)
     batch(h, "e0", chunk, 0, 3)  # again
     batch(h, "e0", chunk, 4, 5)  # past the chunk's end
@@ -173,10 +176,7 @@ def test_an_idle_executor_steals_the_tail_of_a_span_chunk():
 
 
 def test_cancelling_bulk_tasks_pending_or_running_completes_each_once():
-    h = Harness(executors=[("e0", "n0")])
-    ids = h.submit("j", "batch", 20, options={"chunksize": 10}, bulk=True)
-    (chunk,) = h.sent("e0", p.LaunchChunk)
-    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    h, ids, chunk = started_chunk(20, 10)
     # Task 3 runs in the chunk; task 15 waits in its piece; task 99 does not exist.
     h.handle(ClientRequest("c", p.Cancel([ids[3], ids[15], "j/99", "j/03", 7])))
     assert [h.results[t][0][1] for t in (ids[3], ids[15])] == ["cancelled", "cancelled"]
@@ -288,10 +288,7 @@ def test_cancelled_pending_tasks_weigh_nothing_and_launch_no_empty_chunk():
 
 
 def test_another_clients_cancel_makes_no_record_and_changes_nothing():
-    h = Harness(executors=[("e0", "n0")])
-    ids = h.submit("j", "batch", 20, options={"chunksize": 20}, bulk=True)
-    (chunk,) = h.sent("e0", p.LaunchChunk)
-    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    h, ids, chunk = started_chunk(20, 20)
     h.handle(ClientRequest("intruder", p.Cancel(ids[:5])))
     assert not any(t.startswith("j/") for t in h.core.records.tasks) and not h.results
     run_span(h, "e0", chunk)
@@ -299,10 +296,7 @@ def test_another_clients_cancel_makes_no_record_and_changes_nothing():
 
 
 def test_a_task_reported_alone_does_not_count_twice_in_a_chunks_open_range():
-    h = Harness(executors=[("e0", "n0")])
-    ids = h.submit("j", "batch", 100, options={"chunksize": 100}, bulk=True)
-    (chunk,) = h.sent("e0", p.LaunchChunk)
-    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    h, ids, chunk = started_chunk(100, 100)
     items = [[t, "finished", value(i), None, {}] for i, t in enumerate(ids[10:50], 10)]
     h.report("e0", p.ChunkResults(chunk.chunk_id, items))  # reported one by one
     batch(h, "e0", chunk, 0, 10)
@@ -362,10 +356,7 @@ def test_a_packed_batch_is_forwarded_and_journaled_as_it_came(tmp_path):
 
 
 def test_a_packed_batch_over_tasks_that_ended_before_is_cut_to_the_others():
-    h = Harness(executors=[("e0", "n0")])
-    ids = h.submit("j", "batch", 8, options={"chunksize": 8}, bulk=True)
-    (chunk,) = h.sent("e0", p.LaunchChunk)
-    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    h, ids, chunk = started_chunk(8, 8)
     h.handle(ClientRequest("c", p.Cancel([ids[2], ids[5]])))  # running in the chunk
     h.report("e0", packed_batch(chunk, 0, 8))
     assert ended_once(h, ids)
@@ -376,10 +367,7 @@ def test_a_packed_batch_over_tasks_that_ended_before_is_cut_to_the_others():
 
 
 def test_a_packed_batch_that_is_malformed_or_lists_failures_is_dropped():
-    h = Harness(executors=[("e0", "n0")])
-    ids = h.submit("j", "batch", 4, options={"chunksize": 4}, bulk=True)
-    (chunk,) = h.sent("e0", p.LaunchChunk)
-    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    h, ids, chunk = started_chunk(4, 4)
     for values, errors in (
         (b"\x94\x01", []),  # claims 4 values in 1 byte
         (b"\xc1\x01\x02", []),  # no array at all
@@ -392,10 +380,7 @@ def test_a_packed_batch_that_is_malformed_or_lists_failures_is_dropped():
 
 
 def test_a_packed_batch_that_must_be_cut_but_does_not_split_fails_its_other_tasks():
-    h = Harness(executors=[("e0", "n0")])
-    ids = h.submit("j", "batch", 4, options={"chunksize": 4}, bulk=True)
-    (chunk,) = h.sent("e0", p.LaunchChunk)
-    h.report("e0", p.Started(chunk.chunk_id, 0, 1))
+    h, ids, chunk = started_chunk(4, 4)
     h.handle(ClientRequest("c", p.Cancel([ids[0]])))
     h.report("e0", p.ChunkBatch(chunk.chunk_id, "j", 0, b"\x94\x01\x02\x03\xc1", [], 4))
     assert ended_once(h, ids)  # as the client fails them when it cannot read a batch
