@@ -751,36 +751,51 @@ def batch_payloads(values: list[Any] | bytes) -> list[Any]:
     return [values[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def submit_ids(frame: bytes, *, batch: bool = True) -> list[tuple[str, list[str]]]:
+def submit_ids(
+    frame: bytes, *, most_ids: int = 10_000, most_submits: int = 64
+) -> list[tuple[str, list[str]]]:
     """The job and task ids of the submits in a frame that did not decode, as far as they
-    can be read: one if it is a submit; with `batch`, one per submit item of a batch (a batch
-    within a batch, say); [] for anything else. For the scheduler to fail those tasks at
-    their client rather than leave their futures waiting. Ids over MAX_ID_CHARS are not read.
-    """
-    try:
-        value = _unpack(frame)
-    except Exception:  # not msgpack, or too deep: nothing to read
-        return []
-    if type(value) is not list or len(value) < 2:
-        return []
-    if batch and value[0] == Batch.op and type(value[1]) is list:
-        items = value[1][:MAX_BATCH_ITEMS]
-        return [
-            ids for item in items if type(item) is bytes for ids in submit_ids(item, batch=False)
-        ]
+    can be read: one if it is a submit, one per submit item if it is a batch (a batch within
+    a batch, one level down, too); [] for anything else. For the scheduler to fail those
+    tasks at their client rather than leave their futures waiting. Bounded: `most_submits`
+    submits and `most_ids` ids in all (a bigger job's other tasks are not named); ids over
+    MAX_ID_CHARS are not read. The caller bounds the frame's size."""
+    found: list[tuple[str, list[str]]] = []
+    room = [most_ids]
+    frames = [(frame, 2)]  # (frame, batch levels it may still hold)
+    while frames and room[0] > 0 and len(found) < most_submits:
+        item, levels = frames.pop(0)
+        try:
+            value = _unpack(item)
+        except Exception:  # not msgpack, or too deep: nothing to read
+            continue
+        if type(value) is not list or len(value) < 2:
+            continue
+        if value[0] == Batch.op and type(value[1]) is list and levels > 1:
+            inner = value[1][:MAX_BATCH_ITEMS]
+            frames[:0] = [(f, levels - 1) for f in inner if type(f) is bytes]
+            continue
+        ids = _ids_of_submit(value, room[0])
+        if ids is not None:
+            room[0] -= len(ids[1])
+            found.append(ids)
+    return found
+
+
+def _ids_of_submit(value: list[Any], most: int) -> tuple[str, list[str]] | None:
     job_id = value[1]
     if value[0] != Submit.op or type(job_id) is not str or not 0 < len(job_id) <= MAX_ID_CHARS:
-        return []
+        return None
     fields = dict(zip((name for name, _, _ in Submit._checks), value[1:], strict=False))
     tasks, bulk = fields.get("tasks"), fields.get("bulk")
     if type(bulk) is list and bulk:
-        return [(job_id, [f"{job_id}/{i}" for i in range(len(bulk))])]
+        return job_id, [f"{job_id}/{i}" for i in range(min(len(bulk), most))]
     ids = [
         t[0]
-        for t in (tasks if type(tasks) is list else ())
+        for t in (tasks if type(tasks) is list else ())[:most]
         if type(t) is list and t and type(t[0]) is str and len(t[0]) <= MAX_ID_CHARS
     ]
-    return [(job_id, ids)] if ids else []
+    return (job_id, ids) if ids else None
 
 
 def batch_key(chunk_id: str, start: int) -> str:

@@ -157,10 +157,9 @@ class SpanRunner:
                     self._run_calls(record, quick, *run)
                     each_ns = max(1, (clock() - began) // max(1, len(run[0])))  # a steal may
                     # have taken every call of the run before the first began
-                    # Up to SPAN_REPORT_EVERY calls if the last run's results were small
-                    # (a run's results join the batch at once: see `_batch_full`).
-                    most = SPAN_REPORT_EVERY if quick.small else CHUNK_REPORT_EVERY
-                    run_size = max(1, min(most, SPAN_RUN_NS // each_ns))
+                    # At most CHUNK_REPORT_EVERY calls: a run's results join the batch at
+                    # once, before `_batch_full` looks, and may be big even after small ones.
+                    run_size = max(1, min(CHUNK_REPORT_EVERY, SPAN_RUN_NS // each_ns))
                 now = clock()
                 if _batch_full(span) or now - span.batch_started >= CHUNK_REPORT_NS:
                     self._report_span(record)

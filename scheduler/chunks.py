@@ -83,7 +83,9 @@ def per_subtask_ns(job: Job) -> float:
 
     Discussion: counted twice for bulk jobs, the overhead (3 us, ~2x a no-op's measured
     time) made their chunks ~4,400 no-ops (~7 ms of work) instead of TARGET_CHUNK_NS'."""
-    measured = job.subtask_ns or 0.0
+    measured = job.subtask_ns
+    if measured is None:  # nothing measured yet: the overhead alone, for any job
+        return SUBTASK_OVERHEAD_NS
     return measured if job.payloads is not None else measured + SUBTASK_OVERHEAD_NS
 
 

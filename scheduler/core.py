@@ -266,7 +266,8 @@ class SchedulerCore:
         elif isinstance(event, ClientJoined):
             records.clients.add(event.client_id)
         elif isinstance(event, SubmitUnreadable):
-            if event.job_id not in records.jobs:  # else a known job sent again, mangled
+            known = records.jobs.get(event.job_id)
+            if known is None or known.client_id != event.client_id:  # else sent again, mangled
                 self._refuse_job(event.client_id, event.job_id, event.task_ids, event.problem)
         elif isinstance(event, Tick):
             self._end_pass()

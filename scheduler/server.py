@@ -459,29 +459,37 @@ class SchedulerServer:
                         if not bad_item and self._drop(routing_id, item):
                             return  # disconnected: the rest of its batch goes with it
                         bad_item = True
-                        self._fail_unreadable_submits(routing_id, raw, item)
+                        if not self._fail_unreadable_submits(routing_id, raw, item):
+                            return
                         continue
                     event = self._event_for(routing_id, item)
                 except p.ProtocolError as exc:
                     if self._drop(routing_id, exc):
                         return  # disconnected: the rest of its batch goes with it
                     continue
-                if event is not None and not self._handle_peer_event(routing_id, item, event):
+                if event is not None and not self._handle_peer_event(routing_id, item.op, event):
                     return
         finally:
             self._submit_frame = _NO_SUBMIT  # journaled by now, or refused
 
     def _fail_unreadable_submits(
         self, routing_id: bytes, frame: bytes, exc: p.ProtocolError
-    ) -> None:
+    ) -> bool:
         """A registered client's frame (or batch item) did not decode: the readable tasks of
-        its submits fail at the client with the reason, not wait for ever (one more decode)."""
+        its submits fail at the client with the reason, rather than wait for ever (a bounded
+        read: `p.submit_ids`; never of a frame refused for its size). False if handling it
+        raised and the client was disconnected."""
         peer = self._table.peers.get(routing_id)
         if peer is None or peer[0] != "client" or type(frame) is not bytes:
-            return
+            return True
+        if len(frame) > self.max_frame_bytes:
+            return True
         problem = f"its submit did not decode: {str(exc)[:300]}"
         for job_id, task_ids in p.submit_ids(frame):
-            self._dispatch(self._handle(SubmitUnreadable(peer[1], job_id, task_ids, problem)))
+            event = SubmitUnreadable(peer[1], job_id, task_ids, problem)
+            if not self._handle_peer_event(routing_id, p.Submit.op, event):
+                return False
+        return True
 
     def _drop(self, routing_id: bytes, exc: p.ProtocolError) -> bool:
         """Drop a bad frame; disconnect its peer at the limit. True if it was disconnected."""
@@ -496,7 +504,7 @@ class SchedulerServer:
         )
         return True
 
-    def _handle_peer_event(self, routing_id: bytes, msg: p.Message, event: Event) -> bool:
+    def _handle_peer_event(self, routing_id: bytes, op: str, event: Event) -> bool:
         """Put a peer's event through the core and send what it decided; False if handling it
         raised, in which case the peer is disconnected."""
         try:
@@ -506,8 +514,8 @@ class SchedulerServer:
             # bug that a peer's well-formed message exposed (the fuzz tests make sure none
             # is known). Loud, but one peer must not stop the scheduler for everyone: its
             # sender is dropped (its tasks requeued, if an executor) and the loop goes on.
-            self._guard.handler_failed(self._table.who(routing_id), msg.op, exc)
-            self._disconnect(routing_id, f"its {msg.op} made the scheduler fail")
+            self._guard.handler_failed(self._table.who(routing_id), op, exc)
+            self._disconnect(routing_id, f"its {op} made the scheduler fail")
             return False
         self._dispatch(instructions)
         return True

@@ -34,6 +34,7 @@ from tidal.scheduler import events as ev
 from tidal.scheduler.records.tables import ExecutorRecord, Job, Piece, Task, TaskState
 
 __all__ = [
+    "LAUNCH_PAYLOAD_BYTES",
     "PIECE_TASKS",
     "BulkBooks",
     "SpanSubtasks",
@@ -53,6 +54,9 @@ __all__ = [
 # 16,384 in alternate runs (`bench chunking`'s maps, 2026-12-07).
 PIECE_TASKS = 16_384
 MIN_PIECE_TASKS = 64  # so that a job on a thousand executors is not ten thousand pieces
+# A span chunk's payloads in all, at most (its launch is one frame of at most 64 MiB): 10,000
+# calls of 8 KB made a 76 MiB launch, which its executor dropped.
+LAUNCH_PAYLOAD_BYTES = 16 << 20
 
 
 class SpanSubtasks:
@@ -271,6 +275,7 @@ class BulkBooks:
         # A tuple of bytes, which the collector stops tracking at its first look: a list of a
         # million payloads would make every full collection visit each of them (~25 ms).
         job.payloads = tuple(payloads)
+        job.payload_max = max(map(len, payloads), default=0)
         job.ended = bytearray(len(payloads))
         for task_id in skip:
             index = _index_in(job, task_id)
@@ -302,6 +307,8 @@ class BulkBooks:
         """Take up to `size` tasks off the front of pending `piece` as a new span chunk (launch
         it with `launch_span_chunk`); the piece keeps the rest, or is done if none are left."""
         span, ended = piece.piece, piece.job.ended
+        # Its launch must fit a frame: at most LAUNCH_PAYLOAD_BYTES of payloads.
+        size = max(1, min(size, LAUNCH_PAYLOAD_BYTES // max(1, piece.job.payload_max)))
         first_open = ended.find(0, span.start, span.stop)  # cancelled ones first: skipped
         span.start = span.stop if first_open == -1 else first_open
         start = span.start

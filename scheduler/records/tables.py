@@ -77,6 +77,7 @@ class Job:
     # set once it ended, and its span chunks on executors. Its tasks have records only
     # where one differs (cancelled, requeued, reported on its own): `Task.index` >= 0.
     payloads: tuple[bytes, ...] | None = None
+    payload_max: int = 0  # the longest of them, which bounds a span chunk's size
     accepted_at: int = 0  # scheduler clock
     ended: bytearray | None = None
     spans: list[Task] = field(default_factory=list)

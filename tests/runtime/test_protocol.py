@@ -782,3 +782,13 @@ def test_the_ids_of_a_submit_that_does_not_decode_are_read_as_far_as_they_can_be
     assert p.submit_ids(encode(p.Batch([inner]))) == []
     for frame in (b"\xc1", msgpack.packb(["submit", "x" * 201]), msgpack.packb(["ping", "r"])):
         assert p.submit_ids(frame) == []
+
+
+def test_reading_the_ids_of_undecodable_submits_is_bounded():
+    def submit(job_id, tasks=(), bulk=None):
+        return encode(p.Submit(job_id, "batch", 0, None, "m:f", None, list(tasks), 0, None, bulk))
+
+    assert [len(ids) for _, ids in p.submit_ids(submit("b", bulk=[b"1"] * 50_000))] == [10_000]
+    many = [submit(f"j{i}", [[f"j{i}/0", b"x"]]) for i in range(100)]
+    assert len(p.submit_ids(encode(p.Batch(many)))) == 64
+    assert sum(len(ids) for _, ids in p.submit_ids(encode(p.Batch(many)), most_ids=10)) == 10

@@ -24,6 +24,7 @@ from tidal.scheduler.core import (
     Tick,
     ToClient,
 )
+from tidal.scheduler.events import SubmitUnreadable
 from tidal.scheduler.policies import Policy, UnknownPolicy, resolve_policy
 from tidal.scheduler.records import MAX_LOST_EXECUTORS, TaskState
 
@@ -716,3 +717,15 @@ def test_an_end_without_its_start_after_a_suspension_before_it_ran_counts_as_bot
     (item,) = h.results[batch]
     assert item[1] == "finished" and item[4]["started_at_ns"] == 17 * MS
     assert item[4]["queued_ns"] is not None and ev.FoldedStart(batch) in h.notes
+
+
+def test_an_unreadable_submit_fails_its_tasks_unless_its_client_sent_that_job_before():
+    h = Harness(executors=[("e0", "n0")])
+    (task_id,) = h.submit("j", "batch", 1)  # CLIENT_ID's, running
+    h.handle(SubmitUnreadable(CLIENT_ID, "j", [task_id], "its submit did not decode: x"))
+    assert task_id not in h.results  # its own job sent again, mangled: nothing changes
+    h.handle(ClientJoined("other"))
+    h.handle(SubmitUnreadable("other", "j", ["j/7"], "its submit did not decode: y"))
+    ((_, outcome, _, error, _),) = h.results["j/7"]  # another client's job id: refused
+    assert outcome == "failed" and "did not decode: y" in error[1]
+    assert task_id not in h.results  # and the first client's job goes on

@@ -449,3 +449,27 @@ def test_batch_launches_are_held_per_executor_and_go_out_as_one_frame():
     held.drop("e2")
     assert held.executors() == [] and held.take("e2") is None
     assert any(held.hold("e3", one) for _ in range(HELD_LAUNCHES_MAX))  # enough: send now
+
+
+def test_an_unreadable_submit_is_read_only_within_the_frame_limit_and_through_the_guard():
+    server = SchedulerServer.__new__(SchedulerServer)  # only what the method reads
+    server._table = PeerTable()
+    server._table.bind(b"c", ("client", "c1"))
+    server._table.bind(b"e", ("executor", "e1"))
+    server.max_frame_bytes = 200
+    handled = []
+    server._handle_peer_event = lambda rid, op, event: handled.append((op, event)) or True
+    frame = msgpack.packb(["submit", "j", 0, 0, None, "m:f", None, [["j/0", b"x"]], 0])
+    big = msgpack.packb(["submit", "j", 0, 0, None, "m:f", None, [["j/0", b"x" * 300]], 0])
+    bad = p.ProtocolError("submit.priority must be str, got int")
+    assert server._fail_unreadable_submits(b"c", big, bad) and not handled  # never decoded
+    assert server._fail_unreadable_submits(b"e", frame, bad) and not handled  # not a client
+    assert server._fail_unreadable_submits(b"c", frame, bad)
+    [(op, event)] = handled  # through the guarded step, as any peer's event
+    assert op == "submit" and (event.client_id, event.job_id, event.task_ids) == (
+        "c1",
+        "j",
+        ["j/0"],
+    )
+    server._handle_peer_event = lambda rid, op, event: False  # it raised: disconnected
+    assert not server._fail_unreadable_submits(b"c", frame, bad)

@@ -3,14 +3,16 @@ the test, a real journal in a temporary file for the restart)."""
 
 from __future__ import annotations
 
-from tests.scheduler.harness import MS, Harness, payload
+import dataclasses
+
+from tests.scheduler.harness import MS, TOTAL, Harness, payload
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.scheduler.chunks import FIRST_CHUNK, MAX_CHUNK, TARGET_CHUNK_NS
 from tidal.scheduler.core import ClientRequest, ExecutorLeft
 from tidal.scheduler.journal import Journal
 from tidal.scheduler.records import TaskState
-from tidal.scheduler.records.spans import PIECE_TASKS
+from tidal.scheduler.records.spans import LAUNCH_PAYLOAD_BYTES, PIECE_TASKS
 
 
 def value(index):
@@ -103,9 +105,9 @@ def test_a_big_bulk_job_is_a_few_pieces_and_chunks_never_span_two():
 
 def test_a_fixed_chunksize_over_a_piece_gets_pieces_as_big():
     h = Harness(executors=[("e0", "n0")])
-    h.submit("j", "batch", 8_000, options={"chunksize": 5_000}, bulk=True)
+    h.submit("j", "batch", 30_000, options={"chunksize": 20_000}, bulk=True)
     (chunk,) = h.sent("e0", p.LaunchChunk)
-    assert chunk.span == ["j", 0] and len(chunk.subtasks) == 5_000
+    assert chunk.span == ["j", 0] and len(chunk.subtasks) == 20_000 > PIECE_TASKS
 
 
 def test_failures_in_a_batch_fail_their_own_tasks_only():
@@ -388,3 +390,12 @@ def test_a_packed_batch_that_must_be_cut_but_does_not_split_fails_its_other_task
     assert all("results were unreadable" in h.results[t][0][3][1] for t in ids[1:])
     job = h.core.records.jobs["j"]
     assert (job.cancelled, job.failed, job.finished) == (1, 3, 0)
+
+
+def test_a_span_chunk_of_big_calls_stays_well_within_a_frame():
+    h = Harness(executors=[("e0", "n0")])
+    job = p.Submit("j", "batch", 0, None, TOTAL, None, [], 0, {"chunksize": 20_000}, [])
+    h.handle(ClientRequest("c", dataclasses.replace(job, bulk=[bytes(8_000)] * 5_000)))
+    (chunk,) = h.sent("e0", p.LaunchChunk)
+    assert len(chunk.subtasks) == LAUNCH_PAYLOAD_BYTES // 8_000  # not 5,000: ~40 MB
+    assert len(p.encode(chunk)) < p.MAX_FRAME_BYTES // 2
