@@ -457,6 +457,7 @@ def test_an_unreadable_submit_is_read_only_within_the_frame_limit_and_through_th
     server._table.bind(b"c", ("client", "c1"))
     server._table.bind(b"e", ("executor", "e1"))
     server.max_frame_bytes = 200
+    server._unreadable_room = [server_module.UNREADABLE_SUBMITS, server_module.UNREADABLE_IDS]
     handled = []
     server._handle_peer_event = lambda rid, op, event: handled.append((op, event)) or True
     frame = msgpack.packb(["submit", "j", 0, 0, None, "m:f", None, [["j/0", b"x"]], 0])
@@ -473,3 +474,7 @@ def test_an_unreadable_submit_is_read_only_within_the_frame_limit_and_through_th
     )
     server._handle_peer_event = lambda rid, op, event: False  # it raised: disconnected
     assert not server._fail_unreadable_submits(b"c", frame, bad)
+    server._unreadable_room = [1, 10_000]  # what is left for this frame: one submit more
+    server._handle_peer_event = lambda rid, op, event: handled.append((op, event)) or True
+    assert server._fail_unreadable_submits(b"c", frame, bad)
+    assert server._fail_unreadable_submits(b"c", frame, bad) and len(handled) == 2
