@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from tidal.runtime import payloads
+from tidal.runtime import batches, payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.datastore import DATA_THRESHOLD
 from tidal.runtime.futures import BulkJob, rebuild_error
@@ -161,7 +161,7 @@ class BulkJobs:
         already, or their job not live: never a future completed twice)."""
         packed = type(msg.values) is bytes  # one packed array (p.ChunkBatch): no reference
         try:
-            count = p.values_count(msg.values)
+            count = batches.values_count(msg.values)
         except p.ProtocolError as exc:
             self._bad_frames(f"dropped a bad batch of results from the scheduler: {exc}")
             return 0

@@ -40,6 +40,7 @@ from typing import Any
 
 import zmq
 
+from tidal.runtime import batches
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import PeerKeys, secure_peer
 
@@ -249,7 +250,7 @@ class Reports:
 
 def _batch_items(batch: p.ChunkBatch) -> list[list[Any]]:
     """A chunk_batch's results as hello.holding items, one per task."""
-    items = p.batch_items(batch.job_id, batch.start, batch.values, batch.errors, {})
+    items = batches.batch_items(batch.job_id, batch.start, batch.values, batch.errors, {})
     return [
         [task_id, 0, outcome, [value, error, stats]]
         for task_id, outcome, value, error, stats in items

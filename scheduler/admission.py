@@ -10,9 +10,22 @@ but not counted toward disconnection). `check_id` bounds the ids peers choose.
 
 from __future__ import annotations
 
+from tidal.runtime import batches
 from tidal.runtime import protocol as p
+from tidal.scheduler.events import SubmitUnreadable
 
-__all__ = ["BatchBeforeHello", "OutOfPlace", "check_id", "refusal_before_decoding"]
+__all__ = [
+    "BatchBeforeHello",
+    "OutOfPlace",
+    "UnreadableSubmits",
+    "check_id",
+    "refusal_before_decoding",
+]
+
+# The submits (each a core step) and task ids of a client's frame that does not decode that
+# are answered, at most: a batch within a batch once made one frame 65,536 core steps.
+UNREADABLE_SUBMITS = 64
+UNREADABLE_IDS = 10_000
 
 
 class OutOfPlace(p.ProtocolError):
@@ -56,3 +69,33 @@ def refusal_before_decoding(
         # An executor or a client of a scheduler that ran here before: not counted.
         return BatchBeforeHello("batch before hello")
     return None
+
+
+class UnreadableSubmits:
+    """The submits in a registered client's frames that did not decode, as core events that
+    fail their readable tasks at the client with the reason, rather than leave them waiting
+    for ever: read with `batches.submit_ids`, never from a frame over `max_frame_bytes`, and
+    at most UNREADABLE_SUBMITS and UNREADABLE_IDS for one frame, its batch items and all
+    (`new_frame` starts the count again)."""
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._room = [UNREADABLE_SUBMITS, UNREADABLE_IDS]
+
+    def new_frame(self) -> None:
+        self._room = [UNREADABLE_SUBMITS, UNREADABLE_IDS]
+
+    def events(
+        self, peer: tuple[str, str] | None, frame: object, exc: p.ProtocolError
+    ) -> list[SubmitUnreadable]:
+        """What the core should hear of `frame` from `peer`, which did not decode as `exc`."""
+        room = self._room
+        if peer is None or peer[0] != "client" or type(frame) is not bytes:
+            return []
+        if len(frame) > self.max_frame_bytes or min(room) <= 0:
+            return []
+        found = batches.submit_ids(frame, most_submits=room[0], most_ids=room[1])
+        room[0] -= len(found)
+        room[1] -= sum(len(ids) for _, ids in found)
+        problem = f"its submit did not decode: {str(exc)[:300]}"
+        return [SubmitUnreadable(peer[1], job_id, ids, problem) for job_id, ids in found]

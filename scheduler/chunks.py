@@ -30,6 +30,7 @@ import heapq
 import math
 from typing import Any
 
+from tidal.runtime import batches
 from tidal.runtime import protocol as p
 from tidal.scheduler import decisions as d
 from tidal.scheduler.records import ExecutorRecord, Job, Records, SpanSubtasks, Task, TaskState
@@ -137,7 +138,7 @@ def on_batch(records: Records, executor: ExecutorRecord, msg: p.ChunkBatch) -> N
     items = None
     if count is not None and errors is not None and values_fit(msg.values, errors, msg.start):
         with contextlib.suppress(p.ProtocolError):  # packed values that do not split
-            items = p.batch_items(msg.job_id, msg.start, msg.values, msg.errors, {})
+            items = batches.batch_items(msg.job_id, msg.start, msg.values, msg.errors, {})
     if items is None:
         records.peer_warning(
             f"executor {executor.executor_id}: dropped a malformed chunk_batch of {msg.chunk_id}"

@@ -51,6 +51,7 @@ from typing import Any
 
 import msgpack
 
+from tidal.runtime import batches
 from tidal.runtime import protocol as p
 from tidal.scheduler import events as ev
 
@@ -608,7 +609,7 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, str, A
         ids = _pack(
             {
                 "start": result.start,
-                "count": p.values_count(result.values),
+                "count": batches.values_count(result.values),
                 "failed": [index for index, _ in result.errors],
             }
         )
@@ -616,7 +617,7 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, str, A
         cursor = db.execute(
             "INSERT INTO results (job_id, ids, items) VALUES (?, ?, ?)", (result.job_id, ids, rest)
         )
-        stop = result.start + p.values_count(result.values)
+        stop = result.start + batches.values_count(result.values)
         written.append((cursor.lastrowid, result.job_id, (result.start, stop)))
     db.executemany("INSERT OR IGNORE INTO cancels VALUES (?, ?)", records.cancels)
     db.executemany("INSERT INTO losses VALUES (?, ?, ?)", records.losses)
@@ -649,12 +650,12 @@ def _batch_items(result: p.BatchResults) -> list[list[Any]]:
     """A batch's results as result items, one per task; each failed with the reason if the
     executor's packed values do not split (it said how many they were: that many fail)."""
     try:
-        return p.batch_items(
+        return batches.batch_items(
             result.job_id, result.start, result.values, result.errors, result.stats
         )
     except p.ProtocolError as exc:
         error = ["ProtocolError", f"the executor's results were unreadable: {exc}", ""]
-        stop = result.start + p.values_count(result.values)
+        stop = result.start + batches.values_count(result.values)
         return [
             [f"{result.job_id}/{i}", "failed", None, error, result.stats]
             for i in range(result.start, stop)

@@ -55,6 +55,7 @@ from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
 from tidal.scheduler.admission import (
     BatchBeforeHello,
     OutOfPlace,
+    UnreadableSubmits,
     check_id,
     refusal_before_decoding,
 )
@@ -78,7 +79,6 @@ from tidal.scheduler.events import (
     JobAccepted,
     Note,
     PassEnded,
-    SubmitUnreadable,
     Tick,
     ToClient,
 )
@@ -107,10 +107,6 @@ DEFAULT_BIND = "tcp://127.0.0.1:5555"
 # result for more than about this long.
 MAX_FRAMES_PER_PASS = 2000
 PASS_BUDGET_NS = 2_000_000
-# The submits (each a core step) and task ids of a client's frame that does not decode that
-# are answered, at most.
-UNREADABLE_SUBMITS = 64
-UNREADABLE_IDS = 10_000
 # Messages read from the socket at once, then handled (the pass's time is checked after each
 # such read: at ~10-30 us a handled message, 16 stay well within the budget's grain).
 READ_AT_ONCE = 16
@@ -223,7 +219,7 @@ class SchedulerServer:
         self._commit_at: int | None = None  # when records held for a group commit go
         # The last submit decoded, with its frame (the journal keeps that, not a re-encoding).
         self._submit_frame: tuple[Any, Any] = _NO_SUBMIT
-        self._unreadable_room = [UNREADABLE_SUBMITS, UNREADABLE_IDS]  # see _handle_frames
+        self._unreadable = UnreadableSubmits(self.max_frame_bytes)
         # Results and acks, sent once the journal has them (scheduler/delivery.py).
         self._delivery = Delivery(
             self._writer, self._send, lambda e: e in self.core.records.executors
@@ -415,8 +411,7 @@ class SchedulerServer:
         routing_id = frames[0]
         if self._guard.cooling_down(routing_id):
             return  # a disconnected peer: ignored, undecoded, until its cool-down ends
-        # For the whole frame, batch items and all: submits, and task ids, read at most.
-        self._unreadable_room = [UNREADABLE_SUBMITS, UNREADABLE_IDS]
+        self._unreadable.new_frame()
         # Discussion: what a frame may cost is decided before it is decoded: a peer that has
         # not said who it is sends small frames and no batches (a stranger's 500 KB batch of
         # 100,000 junk items once held the loop for 2.5 s).
@@ -482,23 +477,11 @@ class SchedulerServer:
     def _fail_unreadable_submits(
         self, routing_id: bytes, frame: bytes, exc: p.ProtocolError
     ) -> bool:
-        """A registered client's frame (or batch item) did not decode: the readable tasks of
-        its submits fail at the client with the reason, rather than wait for ever (a bounded
-        read: `p.submit_ids`, UNREADABLE_SUBMITS and UNREADABLE_IDS a frame, whatever it holds;
-        never of a frame refused for its size). False if handling it raised and the client
-        was disconnected."""
+        """A frame (or batch item) that did not decode: the readable tasks of a client's
+        submits in it fail at the client (`UnreadableSubmits`). False if that raised and the
+        client was disconnected."""
         peer = self._table.peers.get(routing_id)
-        if peer is None or peer[0] != "client" or type(frame) is not bytes:
-            return True
-        room = self._unreadable_room
-        if len(frame) > self.max_frame_bytes or min(room) <= 0:
-            return True
-        problem = f"its submit did not decode: {str(exc)[:300]}"
-        found = p.submit_ids(frame, most_submits=room[0], most_ids=room[1])
-        room[0] -= len(found)
-        room[1] -= sum(len(ids) for _, ids in found)
-        for job_id, task_ids in found:
-            event = SubmitUnreadable(peer[1], job_id, task_ids, problem)
+        for event in self._unreadable.events(peer, frame, exc):
             if not self._handle_peer_event(routing_id, p.Submit.op, event):
                 return False
         return True

@@ -23,6 +23,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
+from tidal.runtime import batches
 from tidal.runtime import protocol as p
 from tidal.runtime.payloads import DATA_MIN_BYTES
 from tidal.scheduler import events as ev
@@ -92,7 +93,7 @@ class Tally:
                 result = instruction.result
                 values = result.values
                 ended = self.ended["stream" if instruction.stream else "batch"]
-                ended["finished"] += p.values_count(values) - len(result.errors)
+                ended["finished"] += batches.values_count(values) - len(result.errors)
                 ended["failed"] += len(result.errors)
                 if type(values) is not bytes:  # packed: none is DATA_MIN_BYTES (pack_batch)
                     self.data_bytes += sum(map(_data, values))

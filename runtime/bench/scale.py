@@ -86,7 +86,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from tidal.runtime import payloads
+from tidal.runtime import batches, payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.stats import percentile
 from tidal.scheduler.core import (
@@ -290,7 +290,7 @@ class ScaleDriver:
                 self.results.update(item[0] for item in instruction.message.items)
             elif isinstance(instruction, ToClient) and type(instruction.message) is p.BatchResults:
                 batch = instruction.message
-                first, count = batch.start, p.values_count(batch.values)
+                first, count = batch.start, batches.values_count(batch.values)
                 self.results.update(f"{batch.job_id}/{i}" for i in range(first, first + count))
         return elapsed
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from typing import Any
 
+from tidal.runtime import batches
 from tidal.runtime import protocol as p
 from tidal.scheduler import events as ev
 from tidal.scheduler.records.tables import ExecutorRecord, Job, Piece, Task, TaskState
@@ -155,7 +156,7 @@ def values_fit(values: Any, errors: dict[int, Any], start: int) -> bool:
 def values_count_or_none(values: Any) -> int | None:
     """How many results a batch's values hold (`p.batch_size`); None if they do not say."""
     try:
-        return p.values_count(values)
+        return batches.values_count(values)
     except p.ProtocolError:
         return None
 
@@ -406,7 +407,7 @@ class BulkBooks:
         else:
             runs = _open_runs(job.ended, start, stop)
             try:
-                values = p.batch_payloads(values)  # to be cut: some tasks ended before
+                values = batches.batch_payloads(values)  # to be cut: some tasks ended before
             except p.ProtocolError as exc:  # then its other tasks fail, as at the client
                 self.peer_warning(
                     f"executor {executor.executor_id}: a chunk_batch of {msg.chunk_id}: {exc}"

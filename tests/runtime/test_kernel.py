@@ -13,7 +13,7 @@ import threading
 import msgpack
 import pytest
 
-from tidal.runtime import payloads
+from tidal.runtime import batches, payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.datastore import Reference
 from tidal.runtime.gate import IMPLEMENTATION, PyGate, py_gated_iterator
@@ -987,7 +987,7 @@ def span_results(transport, chunk_id):
         errors = dict(m.errors)
         # Packed as one array only if none failed (payloads.pack_batch).
         assert type(m.values) is list or not errors
-        for index, value in enumerate(p.batch_payloads(m.values), m.start):
+        for index, value in enumerate(batches.batch_payloads(m.values), m.start):
             assert index not in got, f"task {index} reported twice"
             if index in errors:
                 got[index] = ("failed", errors[index])
@@ -1022,7 +1022,11 @@ def test_span_batches_of_small_results_go_packed_by_thousands_and_of_big_ones_by
     small = [m for m in transport.of(p.ChunkBatch) if m.chunk_id == "small"]
     big = [m for m in transport.of(p.ChunkBatch) if m.chunk_id == "big"]
     assert all(type(m.values) is bytes for m in small)  # packed: none failed, each tiny
-    assert SPAN_REPORT_EVERY <= max(p.values_count(m.values) for m in small) < 2 * SPAN_REPORT_EVERY
+    assert (
+        SPAN_REPORT_EVERY
+        <= max(batches.values_count(m.values) for m in small)
+        < 2 * SPAN_REPORT_EVERY
+    )
     # Results of 1 KiB or more: a list of at most ~2 x 512 (a frame must hold the batch).
     assert all(type(m.values) is list and len(m.values) < 2 * CHUNK_REPORT_EVERY for m in big)
     assert span_results(transport, "big") == {i: ("finished", bytes(2_000)) for i in range(3_000)}

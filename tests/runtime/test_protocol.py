@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidal.runtime import datastore, payloads
+from tidal.runtime import batches, datastore, payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.kept import pack_kept
 from tidal.runtime.protocol import (
@@ -726,11 +726,11 @@ def test_packed_batch_values_count_and_split_back_into_their_payloads(values):
         assert packed is None  # nothing to pack: an empty batch is never sent
         return
     assert packed == msgpack.packb(values)  # the values as one array
-    assert p.values_count(packed) == len(values) and p.batch_payloads(packed) == each
-    assert p.batch_items("j", 5, packed, [], {}) == [
+    assert batches.values_count(packed) == len(values) and batches.batch_payloads(packed) == each
+    assert batches.batch_items("j", 5, packed, [], {}) == [
         [f"j/{i}", "finished", payload, None, {}] for i, payload in enumerate(each, 5)
     ]
-    assert p.values_count(each) == len(values) and p.batch_payloads(each) is each
+    assert batches.values_count(each) == len(values) and batches.batch_payloads(each) is each
 
 
 def test_only_small_inline_successes_are_packed():
@@ -755,17 +755,17 @@ def test_only_small_inline_successes_are_packed():
 )
 def test_packed_values_that_are_not_an_array_say_so(packed, problem):
     with pytest.raises(p.ProtocolError, match=problem):
-        p.values_count(packed)
+        batches.values_count(packed)
     with pytest.raises(p.ProtocolError):
-        p.batch_payloads(packed)
+        batches.batch_payloads(packed)
 
 
 @pytest.mark.parametrize("packed", [b"\x92\x01\xc1", b"\x92\x01\x02\x03", b"\x93\x01\x02\x91"])
 def test_packed_values_that_do_not_split_into_their_array_say_so(packed):
     with pytest.raises(p.ProtocolError, match=r"do not split|end at"):
-        p.batch_payloads(packed)
+        batches.batch_payloads(packed)
     with pytest.raises(p.ProtocolError):
-        p.batch_items("j", 0, packed, [], {})
+        batches.batch_items("j", 0, packed, [], {})
 
 
 def test_the_ids_of_a_submit_that_does_not_decode_are_read_as_far_as_they_can_be():
@@ -775,20 +775,24 @@ def test_the_ids_of_a_submit_that_does_not_decode_are_read_as_far_as_they_can_be
     bad = msgpack.packb(frame)
     with pytest.raises(ProtocolError):
         decode(bad)
-    assert p.submit_ids(bad) == [("j", ["j/0", "j/1"])]  # the junk and the overlong id skipped
+    assert batches.submit_ids(bad) == [
+        ("j", ["j/0", "j/1"])
+    ]  # the junk and the overlong id skipped
     bulk = encode(p.Submit("b", "batch", 0, None, "m:f", None, [], 0, {"chunksize": 2}, [b"1"] * 3))
     inner = encode(p.Batch([bulk, encode(p.Ping("r", 1)), b"\xc1", encode(p.Batch([bad]))]))
-    assert p.submit_ids(inner) == [("b", ["b/0", "b/1", "b/2"])]  # one level of batch only
-    assert p.submit_ids(encode(p.Batch([inner]))) == []
+    assert batches.submit_ids(inner) == [("b", ["b/0", "b/1", "b/2"])]  # one level of batch only
+    assert batches.submit_ids(encode(p.Batch([inner]))) == []
     for frame in (b"\xc1", msgpack.packb(["submit", "x" * 201]), msgpack.packb(["ping", "r"])):
-        assert p.submit_ids(frame) == []
+        assert batches.submit_ids(frame) == []
 
 
 def test_reading_the_ids_of_undecodable_submits_is_bounded():
     def submit(job_id, tasks=(), bulk=None):
         return encode(p.Submit(job_id, "batch", 0, None, "m:f", None, list(tasks), 0, None, bulk))
 
-    assert [len(ids) for _, ids in p.submit_ids(submit("b", bulk=[b"1"] * 50_000))] == [10_000]
+    assert [len(ids) for _, ids in batches.submit_ids(submit("b", bulk=[b"1"] * 50_000))] == [
+        10_000
+    ]
     many = [submit(f"j{i}", [[f"j{i}/0", b"x"]]) for i in range(100)]
-    assert len(p.submit_ids(encode(p.Batch(many)))) == 64
-    assert sum(len(ids) for _, ids in p.submit_ids(encode(p.Batch(many)), most_ids=10)) == 10
+    assert len(batches.submit_ids(encode(p.Batch(many)))) == 64
+    assert sum(len(ids) for _, ids in batches.submit_ids(encode(p.Batch(many)), most_ids=10)) == 10

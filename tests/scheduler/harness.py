@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tidal.runtime import payloads
+from tidal.runtime import batches, payloads
 from tidal.runtime import protocol as p
 from tidal.scheduler.core import (
     ClientJoined,
@@ -79,7 +79,7 @@ class Harness:
                     self.results.setdefault(item[0], []).append(item)
             elif isinstance(message, p.BatchResults):  # one item per task, as in Results
                 self.batches.append(message)
-                for item in p.batch_items(
+                for item in batches.batch_items(
                     message.job_id, message.start, message.values, message.errors, message.stats
                 ):
                     self.results.setdefault(item[0], []).append(item)

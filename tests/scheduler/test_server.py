@@ -17,6 +17,7 @@ from tidal.runtime.cluster import LocalCluster
 from tidal.runtime.guard import BAD_FRAME_LIMIT, STRANGER_LIMIT
 from tidal.scheduler import journal as journal_module
 from tidal.scheduler import server as server_module
+from tidal.scheduler.admission import UNREADABLE_SUBMITS, UnreadableSubmits
 from tidal.scheduler.delivery import HELD_LAUNCHES_MAX, HeldLaunches
 from tidal.scheduler.journal import Journal
 from tidal.scheduler.peers import PeerTable
@@ -348,6 +349,7 @@ def test_a_batch_with_bad_items_is_one_bad_frame_and_the_rest_is_handled():
     server._table = PeerTable()
     server._table.bind(b"e", ("executor", "e1"))
     server.max_frame_bytes = p.MAX_FRAME_BYTES
+    server._unreadable = UnreadableSubmits(p.MAX_FRAME_BYTES)
     server._drop = lambda rid, exc: dropped.append(str(exc)) or False
     server._event_for = lambda rid, msg: handled.append(msg) or None
     good = p.encode(p.Goodbye("one"))
@@ -456,8 +458,7 @@ def test_an_unreadable_submit_is_read_only_within_the_frame_limit_and_through_th
     server._table = PeerTable()
     server._table.bind(b"c", ("client", "c1"))
     server._table.bind(b"e", ("executor", "e1"))
-    server.max_frame_bytes = 200
-    server._unreadable_room = [server_module.UNREADABLE_SUBMITS, server_module.UNREADABLE_IDS]
+    server._unreadable = UnreadableSubmits(200)
     handled = []
     server._handle_peer_event = lambda rid, op, event: handled.append((op, event)) or True
     frame = msgpack.packb(["submit", "j", 0, 0, None, "m:f", None, [["j/0", b"x"]], 0])
@@ -474,7 +475,9 @@ def test_an_unreadable_submit_is_read_only_within_the_frame_limit_and_through_th
     )
     server._handle_peer_event = lambda rid, op, event: False  # it raised: disconnected
     assert not server._fail_unreadable_submits(b"c", frame, bad)
-    server._unreadable_room = [1, 10_000]  # what is left for this frame: one submit more
+    # One budget for a frame, its batch items and all: UNREADABLE_SUBMITS submits at most.
     server._handle_peer_event = lambda rid, op, event: handled.append((op, event)) or True
-    assert server._fail_unreadable_submits(b"c", frame, bad)
-    assert server._fail_unreadable_submits(b"c", frame, bad) and len(handled) == 2
+    server._unreadable.new_frame()
+    for _ in range(UNREADABLE_SUBMITS + 5):
+        assert server._fail_unreadable_submits(b"c", frame, bad)
+    assert len(handled) == 1 + UNREADABLE_SUBMITS
