@@ -100,9 +100,9 @@ class Tally:
             elif kind is ev.JobAccepted:
                 submit = instruction.submit
                 self.data_bytes += sum(_data(t[1]) for t in submit.tasks)
-                bulk = submit.bulk
-                # (A map's payloads are nearly always small: one C loop says so.)
-                if bulk and max(map(len, bulk)) >= DATA_MIN_BYTES:
+                bulk, job = submit.bulk, records.jobs.get(submit.job_id)
+                # (A map's payloads are nearly always small: the job knows its longest.)
+                if bulk and (job is None or job.payload_max >= DATA_MIN_BYTES):
                     self.data_bytes += sum(map(_data, bulk))
             elif kind is ev.ToExecutor:
                 message = instruction.message
