@@ -112,6 +112,12 @@ def _ids_of_submit(value: list[Any], most: int) -> tuple[str, list[str]] | None:
     tasks, bulk = fields.get("tasks"), fields.get("bulk")
     if type(bulk) is list and bulk:
         return job_id, [f"{job_id}/{i}" for i in range(min(len(bulk), most))]
+    if type(bulk) is bytes:  # a columnar job's (protocol 13): its array header says how many
+        try:
+            count = values_count(bulk)
+        except p.ProtocolError:
+            return None
+        return (job_id, [f"{job_id}/{i}" for i in range(min(count, most))]) if count else None
     ids = [
         t[0]
         for t in (tasks if type(tasks) is list else ())[:most]

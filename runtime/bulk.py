@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from tidal.runtime import batches, payloads
+from tidal.runtime import batches, columns, payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.datastore import DATA_THRESHOLD
 from tidal.runtime.futures import BulkJob, rebuild_error
@@ -245,9 +245,11 @@ class BulkJobs:
             if not indices:
                 continue
             submit = p.decode(frame)
-            tasks = [[f"{job_id}/{i}", submit.bulk[i]] for i in indices]
+            calls = columns.bulk_payloads(submit)  # our own submit: well formed
+            tasks = [[f"{job_id}/{i}", calls[i]] for i in indices]
             log.info("submitting again %d tasks of job %s", len(tasks), job_id)
-            frames.append(p.encode(dataclasses.replace(submit, tasks=tasks, bulk=None)))
+            again = dataclasses.replace(submit, tasks=tasks, bulk=None, kwargs=None)
+            frames.append(p.encode(again))
         return frames
 
     def fail_all(self, describe: Callable[[str], str]) -> None:

@@ -57,6 +57,7 @@ from tidal.runtime.calls import pack_tasks
 from tidal.runtime.client_executor import ClientExecutor
 from tidal.runtime.client_io import Bookkeeping, ClientConnection
 from tidal.runtime.client_requests import ClientRequests
+from tidal.runtime.columns import Columns, pack_columns
 from tidal.runtime.datastore import (
     DataStore,
     Reference,
@@ -347,7 +348,7 @@ class Client(ClientRequests):
     def _submit_job(
         self,
         fn: Callable[..., Any],
-        pack: Callable[[str], tuple[list[Any], list[bytes] | None] | None],
+        pack: Callable[[str], tuple[list[Any], list[bytes] | Columns | None] | None],
         parts: Iterable[tuple[str, Any]],
         priority: str | None,
         order: int,
@@ -358,8 +359,9 @@ class Client(ClientRequests):
 
         `pack(job_id)` packs the job's calls, each once, into payloads only an executor
         opens: `(tasks, None)` for `submit.tasks` (a list of futures then), `([], payloads)`
-        for `submit.bulk` (a MapFutures), or None for a bulk job that cannot be one (nothing
-        is sent: None). `parts` name the arguments, for an error msgpack raises.
+        or `([], columns)` for `submit.bulk` (a MapFutures), or None for a bulk job that
+        cannot be one (nothing is sent: None). `parts` name the arguments, for an error
+        msgpack raises.
         """
         self._check_open()
         priority, order, max_suspensions = job_options(fn, priority, order, max_suspensions)
@@ -378,6 +380,7 @@ class Client(ClientRequests):
                 tasks, bulk = packed
                 if not (tasks or bulk):
                     return []  # no partitions: no job
+                columnar = isinstance(bulk, Columns)
                 frame = p.encode(
                     p.Submit(
                         job_id,
@@ -389,7 +392,8 @@ class Client(ClientRequests):
                         tasks,
                         sent_ns,
                         options,
-                        bulk,
+                        bulk.args if columnar else bulk,
+                        bulk.kwargs if columnar else None,
                     )
                 )
             except p.EncodeError as exc:
@@ -456,9 +460,13 @@ class Client(ClientRequests):
 
     def _pack_bulk(
         self, job_id: str, partitions: list[Any], kwargs: dict[str, Any]
-    ) -> tuple[list[Any], list[bytes]] | None:
-        """`submit.bulk` for a map's calls (runtime/bulk.py), or None if one is too big."""
+    ) -> tuple[list[Any], list[bytes] | Columns] | None:
+        """`submit.bulk` for a map's calls: columns of tiny calls (runtime/columns.py), a
+        payload per call (runtime/bulk.py), or None if one is too big."""
         packed_kwargs = payloads.pack_payload(kwargs, "kwargs")
+        columns = pack_columns(partitions, packed_kwargs)
+        if columns is not None:
+            return [], columns  # each call under DATA_MIN_BYTES: none counts as data sent
         calls = pack_calls(partitions, packed_kwargs, functools.partial(self._spool, job_id))
         if calls is None:
             return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from tidal.runtime import protocol as p
+from tidal.runtime.columns import LaunchColumns
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.link import SILENT_HEARTBEATS
 
@@ -78,6 +79,7 @@ class CommandHandlers:
             attempt=msg.attempt,
             priority=msg.priority,
             span=None if msg.span is None else (msg.span[0], msg.span[1]),
+            columns=None if msg.columns is None else LaunchColumns(*msg.columns),
         )
 
     def _on_steal(self, msg: p.Steal) -> None:

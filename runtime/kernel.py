@@ -41,6 +41,7 @@ import greenlet
 
 from tidal.runtime import kept, payloads, runstate
 from tidal.runtime import protocol as p
+from tidal.runtime.columns import LaunchColumns
 from tidal.runtime.datastore import Reference, fetch_chunks
 from tidal.runtime.functions import FunctionRef, KnownFunctions
 from tidal.runtime.gate import Gate, GatedIterator
@@ -220,6 +221,7 @@ class Kernel(SpanRunner):
         attempt: int = 0,
         priority: str = "batch",
         span: tuple[str, int] | None = None,
+        columns: LaunchColumns | None = None,
     ) -> None:
         """Queue a chunk: subtasks `[task_id, payload]` (as on the wire) or
         `[task_id, args, kwargs]` of one function, run in order as one task, with a
@@ -227,12 +229,15 @@ class Kernel(SpanRunner):
         does not unpack fails on its own.
 
         With `span` = (job_id, first), a range of a bulk job: `subtasks` are bare payloads
-        of tasks first, first + 1, ..., and results go out as `chunk_batch` reports."""
+        of tasks first, first + 1, ..., and results go out as `chunk_batch` reports; or,
+        with `columns` (runtime/columns.py), `subtasks` is empty and those are its xs."""
         record = TaskRecord(chunk_id, fn, [], {}, attempt, priority)
-        record.chunk = deque(subtasks)
+        # A columnar span's chunk holds the positions of its tasks in the launch.
+        record.chunk = deque(subtasks if columns is None else range(columns.count))
         if span is not None:
             job_id, first = span
-            record.span = Span(job_id, first, first, first + len(subtasks))
+            record.span = Span(job_id, first, first, first + len(record.chunk))
+            record.span.columns = columns
         else:
             record.unreported = dict.fromkeys(subtask[0] for subtask in subtasks)
         self._post(Command("launch", chunk_id, self._clock(), record))

@@ -73,7 +73,9 @@ __all__ = [
 # 11: heartbeat.task_records (how long tasks' records take, before any suspension).
 # 12: a batch's values may be one packed array (chunk_batch and batch_results `values` as
 #     bytes: runtime/batches.py).
-PROTOCOL_VERSION = 12
+# 13: columnar bulk jobs: submit.bulk may be one packed array of a map's xs, with
+#     submit.kwargs; launch_chunk.columns (runtime/columns.py).
+PROTOCOL_VERSION = 13
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
 # goes ahead: a stream task exists to take a slot at once, batch work fills the rest.
@@ -326,6 +328,9 @@ class LaunchChunk(Message):
     # payloads of tasks first, first + 1, ... (task i's id is f"{job_id}/{i}"), and their
     # results come back as chunk_batch reports.
     span: list | None = None
+    # A span of a columnar job (submit.bulk as bytes): [count, the tasks' xs as one packed
+    # array, their kwargs packed]; then `subtasks` is empty.
+    columns: list | None = None
 
 
 @message("steal", S2E)
@@ -476,7 +481,10 @@ class Submit(Message):
     options: dict | None = None
     # A bulk job (a chunked map): its tasks' payloads in order, task i's id f"{job_id}/{i}";
     # then `tasks` is empty. The scheduler keeps them as ranges, not one record per task.
-    bulk: list | None = None
+    # Or, a columnar job (protocol 13, runtime/columns.py), one packed array of the xs of
+    # calls fn(x, **kwargs), with `kwargs` their kwargs packed once.
+    bulk: list | bytes | None = None
+    kwargs: bytes | None = None
 
 
 @message("results", S2C)

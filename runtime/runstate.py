@@ -316,6 +316,9 @@ class Span:
     quick: Any = None  # the run's QuickCalls (its packer)
     run_xs: list[Any] | None = None  # the run's arguments, from task `run_first`
     run_first: int = 0
+    # A columnar launch's xs (runtime/columns.py); its chunk then holds the positions in
+    # the launch of the tasks not started, not payloads.
+    columns: Any = None
 
     def unstarted_in_run(self) -> int:
         """How many of the run's calls have not started (the task parked between two)."""

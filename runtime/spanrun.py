@@ -29,6 +29,7 @@ import msgpack
 
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
+from tidal.runtime.columns import LaunchColumns
 from tidal.runtime.runstate import Span, TaskKilled, TaskRecord
 from tidal.runtime.task import TaskFunction
 from tidal.runtime.tracebacks import describe_failure
@@ -145,14 +146,22 @@ class SpanRunner:
         runs alone (`_run_subtask`). Runs are sized toward SPAN_RUN_NS of work."""
         span, chunk, gate, clock = record.span, record.chunk, self.gate, self._clock
         quick = QuickCalls(fn, payloads.DATA_THRESHOLD)
+        columns = span.columns
+        shared = None if columns is None else quick.shared_kwargs(columns.kwargs)
         span.batch_started = clock()
         run_size = 1
         try:
             while chunk:
-                run = quick.take_run(chunk, run_size)
-                if run is None:
-                    self._run_subtask(record, fn, quick, chunk.popleft())
+                if columns is None:
+                    run = quick.take_run(chunk, run_size)
+                    if run is None:
+                        self._run_subtask(record, fn, quick, chunk.popleft())
                 else:
+                    run = quick.take_columns(chunk, columns, run_size, shared)
+                    if run is None:  # not a scalar (or no runs for this function): alone
+                        x = columns.window(chunk.popleft(), 1)[0]
+                        self._run_subtask(record, fn, quick, None, x)
+                if run is not None:
                     began = clock()
                     self._run_calls(record, quick, *run)
                     each_ns = max(1, (clock() - began) // max(1, len(run[0])))  # a steal may
@@ -272,15 +281,23 @@ class SpanRunner:
         return len(results)
 
     def _run_subtask(
-        self, record: TaskRecord, fn: Callable[..., Any], quick: QuickCalls, payload: bytes
+        self,
+        record: TaskRecord,
+        fn: Callable[..., Any],
+        quick: QuickCalls,
+        payload: bytes | None,
+        x: Any = None,
     ) -> None:
-        """Run one subtask of a span chunk the general way; its result joins the batch."""
+        """Run one subtask of a span chunk the general way; its result joins the batch.
+        `payload` None: the call of a columnar span's `x` (runtime/columns.py)."""
         span = record.span
         index = span.next
         span.next += 1
         try:
-            call = quick.args_of(payload)
-            if call is None:
+            call = None if payload is None else quick.args_of(payload)
+            if payload is None:
+                result = self._call_task(fn, *span.columns.call(x))
+            elif call is None:
                 call = self._unpack(payload, fn)
                 result = self._call_task(fn, *call)
             else:
@@ -424,6 +441,39 @@ class QuickCalls:
         # so packing each x again gives its piece back, or the run is not what it seemed.
         if not count or list(map(self._packer.pack, xs)) != pieces[:count]:
             return None
+        for _ in range(count):
+            chunk.popleft()
+        return xs, kwargs
+
+    def shared_kwargs(self, packed: bytes) -> dict[str, Any] | None:
+        """A columnar span's kwargs (runtime/columns.py), if its runs may share one copy: a
+        map of str keys to scalars, for a function that gates no keyword input. None if
+        not: each call then decodes its own (`LaunchColumns.call`)."""
+        if not self.usable:
+            return None
+        try:
+            kwargs = msgpack.unpackb(packed)  # stricter than the general path, as in args_of
+        except Exception:
+            return None
+        if type(kwargs) is not dict or not all(type(key) is str for key in kwargs):
+            return None
+        return kwargs if all(map(_PLAIN.__contains__, map(type, kwargs.values()))) else None
+
+    def take_columns(
+        self, chunk: deque[int], columns: LaunchColumns, limit: int, kwargs: dict[str, Any] | None
+    ) -> tuple[list[Any], dict[str, Any]] | None:
+        """`take_run` for a columnar span, whose chunk holds positions in its launch: the
+        longest run, up to `limit`, of xs from the front that are scalars, decoded a window
+        at a time, and their `kwargs` (from `shared_kwargs`). None, taking nothing, if the
+        first is not a scalar or `kwargs` is None."""
+        if kwargs is None:
+            return None
+        xs = columns.window(chunk[0], min(limit, len(chunk)))
+        plain = list(map(_PLAIN.__contains__, map(type, xs)))
+        count = plain.index(False) if False in plain else len(xs)
+        if not count:
+            return None
+        del xs[count:]
         for _ in range(count):
             chunk.popleft()
         return xs, kwargs

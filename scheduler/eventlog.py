@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from tidal.runtime import protocol as p
+from tidal.runtime.columns import bulk_count
 from tidal.scheduler import events as ev
 from tidal.scheduler.events import Event, ExecutorJoined, ExecutorReport, Instruction, ToExecutor
 from tidal.scheduler.policies.adaptive import AdaptivePolicy
@@ -75,7 +76,7 @@ class EventRecorder:
                 "job": n.submit.job_id,
                 "priority": n.submit.priority,
                 "order": n.submit.order,
-                "tasks": len(n.submit.tasks) + len(n.submit.bulk or ()),
+                "tasks": len(n.submit.tasks) + bulk_count(n.submit),
                 "client": n.client_id,
                 "function": n.submit.fn,
             },

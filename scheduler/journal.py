@@ -305,7 +305,8 @@ class Journal(NullJournal):
             self._pending.payload_bytes += len(frame)
             return
         self._pending.payload_bytes += sum(len(task[1]) for task in submit.tasks)
-        self._pending.payload_bytes += sum(map(len, submit.bulk or ()))
+        bulk = submit.bulk or ()
+        self._pending.payload_bytes += len(bulk) if type(bulk) is bytes else sum(map(len, bulk))
 
     def batch_ended(self, result: p.BatchResults) -> None:
         self._pending.batches.append(result)

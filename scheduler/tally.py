@@ -101,9 +101,13 @@ class Tally:
                 submit = instruction.submit
                 self.data_bytes += sum(_data(t[1]) for t in submit.tasks)
                 bulk, job = submit.bulk, records.jobs.get(submit.job_id)
-                # (A map's payloads are nearly always small: the job knows its longest.)
+                # (A map's payloads are nearly always small: the job knows its longest.
+                # A columnar job's calls are each under DATA_MIN_BYTES as its client packs
+                # them; another sender's are counted from the job's columns.)
                 if bulk and (job is None or job.payload_max >= DATA_MIN_BYTES):
-                    self.data_bytes += sum(map(_data, bulk))
+                    calls = job.payloads if type(bulk) is bytes and job is not None else bulk
+                    if type(calls) is not bytes:
+                        self.data_bytes += sum(map(_data, calls))
             elif kind is ev.ToExecutor:
                 message = instruction.message
                 name = _COMMANDS.get(type(message))

@@ -15,6 +15,7 @@ from operator import attrgetter
 from typing import Any
 
 from tidal.runtime import protocol as p
+from tidal.runtime.columns import bulk_payloads
 from tidal.scheduler.chunks import check_chunksize
 from tidal.scheduler.records import (
     PRIORITIES,
@@ -466,7 +467,14 @@ def _bulk_problem(msg: p.Submit, prefixes: Collection[str]) -> str | None:
         return "the job has no tasks"
     if not (msg.options or {}).get("chunksize"):
         return "a bulk job needs a chunksize option"
-    if set(map(type, msg.bulk)) != {bytes}:  # C loops: a job may hold a million
+    if type(msg.bulk) is bytes:  # columns (runtime/columns.py): one packed array
+        try:
+            bulk_payloads(msg)
+        except p.ProtocolError as exc:
+            return str(exc)
+    elif msg.kwargs is not None:
+        return "a bulk job's kwargs go with columns (bulk as bytes), not with payloads"
+    elif set(map(type, msg.bulk)) != {bytes}:  # C loops: a job may hold a million
         return "each of a bulk job's payloads must be bytes"
     if msg.job_id in prefixes:
         return f"task ids {msg.job_id!r}/... are in use already"

@@ -22,6 +22,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from tidal.runtime import protocol as p
+from tidal.runtime.columns import bulk_payloads
 from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import events as ev
 from tidal.scheduler.records import spans
@@ -213,8 +214,9 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook):
         job.accepted_at = self.now
         self.jobs[job.job_id] = job
         if msg.bulk is not None:
-            job.total = len(msg.bulk)
-            return self.add_bulk_tasks(job, msg.bulk, skip=skip, pieces=pieces)
+            payloads = bulk_payloads(msg)  # checked as the job was accepted
+            job.total = len(payloads)
+            return self.add_bulk_tasks(job, payloads, skip=skip, pieces=pieces)
         tasks = []
         for entry in msg.tasks:
             task_id, payload = entry[:2]

@@ -26,11 +26,12 @@ from: a task completes exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from tidal.runtime import batches
 from tidal.runtime import protocol as p
+from tidal.runtime.columns import Columns, bulk_count
 from tidal.scheduler import events as ev
 from tidal.scheduler.records.tables import ExecutorRecord, Job, Piece, Task, TaskState
 
@@ -128,7 +129,7 @@ def _index_in(job: Job, task_id: object) -> int | None:
 def task_ids(submit: p.Submit) -> list[str]:
     """The ids of a submitted job's tasks, bulk or not."""
     if submit.bulk is not None:
-        return [f"{submit.job_id}/{i}" for i in range(len(submit.bulk))]
+        return [f"{submit.job_id}/{i}" for i in range(bulk_count(submit))]
     return [entry[0] for entry in submit.tasks]
 
 
@@ -269,14 +270,18 @@ class BulkBooks:
                 self._drop_piece(piece)
 
     def add_bulk_tasks(
-        self, job: Job, payloads: list[bytes], *, skip: Collection[str], pieces: bool
+        self, job: Job, payloads: Sequence[bytes], *, skip: Collection[str], pieces: bool
     ) -> list[Task]:
         """Record bulk job `job`'s tasks, but those in `skip` (ended): as pending pieces if
-        `pieces`, else one record each (as a restarted scheduler restores them); return them."""
-        # A tuple of bytes, which the collector stops tracking at its first look: a list of a
-        # million payloads would make every full collection visit each of them (~25 ms).
-        job.payloads = tuple(payloads)
-        job.payload_max = max(map(len, payloads), default=0)
+        `pieces`, else one record each (as a restarted scheduler restores them); return them.
+        `payloads`: a list of them, or a columnar job's Columns (kept as they are)."""
+        if isinstance(payloads, Columns):
+            job.payloads, job.payload_max = payloads, payloads.payload_max
+        else:
+            # A tuple of bytes, which the collector stops tracking at its first look: a list
+            # of a million payloads would make every full collection visit each (~25 ms).
+            job.payloads = tuple(payloads)
+            job.payload_max = max(map(len, payloads), default=0)
         job.ended = bytearray(len(payloads))
         for task_id in skip:
             index = _index_in(job, task_id)
@@ -367,15 +372,17 @@ class BulkBooks:
         """Launch a span chunk formed by `form_span_chunk` (or a steal) on `executor`."""
         self.place(executor, chunk)
         job, span = chunk.job, chunk.subtasks
+        columnar = isinstance(job.payloads, Columns)
         message = p.LaunchChunk(
             chunk.task_id,
             job.fn,
             job.main_path,
-            list(job.payloads[span.start : span.stop]),
+            [] if columnar else list(job.payloads[span.start : span.stop]),
             chunk.attempt,
             job.priority,
             self.launch_stamp(chunk),
             [job.job_id, span.start],
+            job.payloads.launch(span.start, span.stop) if columnar else None,
         )
         self.send(executor, message)
 

@@ -16,6 +16,7 @@ from tidal.runtime import datastore, payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.bulk import pack_calls
 from tidal.runtime.client import Client, MapFutures, TaskError, TaskStatistics, gather
+from tidal.runtime.columns import bulk_payloads
 from tidal.workloads.synthetic import spin, total
 
 STATS = {"executor_id": "e-1", "attempt": 1, "running_ns": 3_000, "queued_ns": 1_000}
@@ -56,15 +57,20 @@ def test_a_chunked_map_is_one_submit_carrying_its_calls_in_bulk(fake, client):
     [msg] = fake.wait_for(p.Submit)
     assert type(futures) is MapFutures and futures.job_id == msg.job_id and len(futures) == 5
     assert msg.tasks == [] and msg.options == {"chunksize": 2} and msg.order == 3
-    assert msg.bulk == [payloads.pack_call([part], {"record_us": 0.5}) for part in partitions]
-    assert payloads.unpack_call(msg.bulk[3]) == ([[4, 5, 6]], {"record_us": 0.5})
+    # Tiny calls go as columns (protocol 13): one packed array of the partitions, and the
+    # kwargs packed once; task i's payload is what the classic path sends for it.
+    assert type(msg.bulk) is bytes and p.unpack_value(msg.bulk) == [[1, 2], [3], [], [4, 5, 6], [7]]
+    assert p.unpack_value(msg.kwargs) == {"record_us": 0.5}
+    calls = bulk_payloads(msg)
+    assert list(calls) == [payloads.pack_call([part], {"record_us": 0.5}) for part in partitions]
+    assert payloads.unpack_call(calls[3]) == ([[4, 5, 6]], {"record_us": 0.5})
     assert made(futures) == 0  # no future per task at submit
     assert futures[4].task_id == f"{msg.job_id}/4" and futures[4].submitted_ns == msg.sent_ns
     assert made(futures) == 1
     many = client.map(total, [[i] for i in range(300)])  # auto-chunked from 256 partitions
     auto = fake.wait_for(p.Submit, 2)[1]
     assert type(many) is MapFutures and auto.options == {"chunksize": "auto"}
-    assert len(auto.bulk) == 300 and auto.tasks == []
+    assert len(bulk_payloads(auto)) == 300 and auto.tasks == []
 
 
 def test_pack_calls_makes_what_pack_call_makes():
@@ -129,7 +135,7 @@ def test_each_mistake_in_a_bulk_map_is_refused_before_anything_is_sent(fake, cli
     assert client._spooled == {} and not client._bulk
     client.map(total, [["the only one sent"]], chunksize=2)
     [msg] = fake.wait_for(p.Submit)
-    assert payloads.unpack_call(msg.bulk[0]) == ([["the only one sent"]], {})
+    assert payloads.unpack_call(bulk_payloads(msg)[0]) == ([["the only one sent"]], {})
 
 
 # ---- what comes back ---------------------------------------------------------------------------
@@ -286,8 +292,8 @@ def test_what_a_reconnecting_client_waits_for_and_submits_again(fake, client):
     [frame] = client._resubmissions(unknown)
     again = p.decode(frame)
     assert again.bulk is None and again.tasks == [
-        [f"{job}/2", msg.bulk[2]],
-        [f"{job}/4", msg.bulk[4]],
+        [f"{job}/2", bulk_payloads(msg)[2]],
+        [f"{job}/4", bulk_payloads(msg)[4]],
     ]
     assert (again.job_id, again.fn, again.options, again.sent_ns) == (
         msg.job_id,

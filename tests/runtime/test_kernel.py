@@ -15,6 +15,7 @@ import pytest
 
 from tidal.runtime import batches, payloads
 from tidal.runtime import protocol as p
+from tidal.runtime.columns import LaunchColumns
 from tidal.runtime.datastore import Reference
 from tidal.runtime.gate import IMPLEMENTATION, PyGate, py_gated_iterator
 from tidal.runtime.kept import pack_kept
@@ -1000,9 +1001,25 @@ def calls(values):
     return [payloads.pack_call([v], {}) for v in values]
 
 
-def test_a_span_chunk_reports_its_results_as_batches_by_index(make_kernel):
+@pytest.fixture(params=["payloads", "columns"])
+def launch_span(request):
+    """Launch a span chunk of calls fn(x, **kwargs) for xs, tasks first, first + 1, ... of
+    job "j": a payload per call, or columns (protocol 13, runtime/columns.py)."""
+
+    def launch(kernel, chunk_id, fn, xs, first=0, **kwargs):
+        xs = list(xs)
+        if request.param == "payloads":
+            kernel.launch_chunk(chunk_id, fn, calls_with(xs, **kwargs), span=("j", first))
+            return
+        packed = LaunchColumns(len(xs), msgpack.packb(xs), payloads.pack_payload(kwargs))
+        kernel.launch_chunk(chunk_id, fn, [], span=("j", first), columns=packed)
+
+    return launch
+
+
+def test_a_span_chunk_reports_its_results_as_batches_by_index(make_kernel, launch_span):
     kernel, transport = make_kernel()
-    kernel.launch_chunk("c", sum, calls([list(range(i)) for i in range(1000)]), span=("j", 7))
+    launch_span(kernel, "c", sum, [list(range(i)) for i in range(1000)], first=7)
     kernel.run()
     got = span_results(transport, "c")
     assert got == {7 + i: ("finished", sum(range(i))) for i in range(1000)}
@@ -1044,7 +1061,7 @@ def test_a_failing_or_unreadable_span_task_fails_alone(make_kernel):
     assert got[2][0] == "failed" and "is not valid msgpack" in got[2][1][1]
 
 
-def test_a_span_chunk_is_suspendable_between_tasks_and_gives_up_its_tail(make_kernel):
+def test_a_span_chunk_is_suspendable_between_tasks_and_gives_up_its_tail(make_kernel, launch_span):
     kernel, transport = make_kernel()
     ran = []
 
@@ -1054,7 +1071,7 @@ def test_a_span_chunk_is_suspendable_between_tasks_and_gives_up_its_tail(make_ke
             kernel.suspend("c")
         return x * 10
 
-    kernel.launch_chunk("c", work, calls(range(10)), span=("j", 100))
+    launch_span(kernel, "c", work, range(10), first=100)
     kernel.run()
     assert ran == [0, 1, 2] and len(transport.of(p.Suspended, "c")) == 1
     assert sorted(span_results(transport, "c")) == [100, 101, 102]  # reported before parking
@@ -1069,7 +1086,7 @@ def test_a_span_chunk_is_suspendable_between_tasks_and_gives_up_its_tail(make_ke
     assert span_results(transport, "c") == {100 + i: ("finished", i * 10) for i in range(6)}
 
 
-def test_a_killed_span_chunk_reports_what_it_completed(make_kernel):
+def test_a_killed_span_chunk_reports_what_it_completed(make_kernel, launch_span):
     kernel, transport = make_kernel()
 
     def work(x):
@@ -1077,7 +1094,7 @@ def test_a_killed_span_chunk_reports_what_it_completed(make_kernel):
             kernel.kill("c")
         return x
 
-    kernel.launch_chunk("c", work, calls(range(9)), span=("j", 0))
+    launch_span(kernel, "c", work, range(9))
     kernel.run()
     assert isinstance(transport.outcome("c"), p.Killed)
     assert sorted(span_results(transport, "c")) == [0, 1, 2, 3, 4]
@@ -1092,9 +1109,9 @@ def scaled(x, by=1):
     return 100 // x * by
 
 
-def test_a_run_of_map_calls_fails_one_call_alone_and_passes_the_kwargs(make_kernel):
+def test_a_run_of_map_calls_fails_one_call_alone_and_passes_the_kwargs(make_kernel, launch_span):
     kernel, transport = make_kernel()
-    kernel.launch_chunk("c", scaled, calls_with([1, 2, 0, 4, 5] * 40, by=3), span=("j", 0))
+    launch_span(kernel, "c", scaled, [1, 2, 0, 4, 5] * 40, by=3)
     kernel.run()
     got = span_results(transport, "c")
     expected = {i: ("finished", 100 // x * 3) for i, x in enumerate([1, 2, 0, 4, 5] * 40) if x}
@@ -1104,14 +1121,14 @@ def test_a_run_of_map_calls_fails_one_call_alone_and_passes_the_kwargs(make_kern
     assert got[2][1][0] == "ZeroDivisionError"
 
 
-def test_a_plain_function_returning_a_generator_has_its_records_as_result(make_kernel):
+def test_a_plain_function_returning_a_generator_has_its_records_as_result(make_kernel, launch_span):
     kernel, transport = make_kernel()
-    kernel.launch_chunk("c", lambda n: (i for i in range(n)), calls(range(50)), span=("j", 0))
+    launch_span(kernel, "c", lambda n: (i for i in range(n)), range(50))
     kernel.run()
     assert span_results(transport, "c") == {n: ("finished", list(range(n))) for n in range(50)}
 
 
-def test_a_steal_takes_calls_of_a_run_that_have_not_started(make_kernel):
+def test_a_steal_takes_calls_of_a_run_that_have_not_started(make_kernel, launch_span):
     kernel, transport = make_kernel()
     ran = []
 
@@ -1121,7 +1138,7 @@ def test_a_steal_takes_calls_of_a_run_that_have_not_started(make_kernel):
             kernel.suspend("c")  # parks between two calls of a run
         return x
 
-    kernel.launch_chunk("c", work, calls(range(60)), span=("j", 0))
+    launch_span(kernel, "c", work, range(60))
     kernel.run()
     assert ran[-1] == 40 and sorted(span_results(transport, "c")) == list(range(41))
     kernel.steal("c", 30)
@@ -1135,7 +1152,9 @@ def test_a_steal_takes_calls_of_a_run_that_have_not_started(make_kernel):
     assert ran == list(range(kept)) and sorted(span_results(transport, "c")) == list(range(kept))
 
 
-def test_a_run_is_taken_once_when_a_generator_driven_at_its_end_is_suspended(make_kernel):
+def test_a_run_is_taken_once_when_a_generator_driven_at_its_end_is_suspended(
+    make_kernel, launch_span
+):
     kernel, transport = make_kernel()
 
     def records(n):
@@ -1147,7 +1166,7 @@ def test_a_run_is_taken_once_when_a_generator_driven_at_its_end_is_suspended(mak
     def work(n):  # a plain function; one of its results is a generator
         return records(n) if n == 7 else n
 
-    kernel.launch_chunk("c", work, calls(range(10)), span=("j", 0))
+    launch_span(kernel, "c", work, range(10))
     kernel.run()
     kernel.resume("c")
     kernel.run()
@@ -1179,16 +1198,14 @@ def take_option(x, opts=None):
     return [x, opts.pop("mode", "default")]
 
 
-def test_calls_with_a_mutable_keyword_argument_each_get_their_own(make_kernel):
+def test_calls_with_a_mutable_keyword_argument_each_get_their_own(make_kernel, launch_span):
     kernel, transport = make_kernel()
-    kernel.launch_chunk(
-        "c", take_option, calls_with(range(40), opts={"mode": "fast"}), span=("j", 0)
-    )
+    launch_span(kernel, "c", take_option, range(40), opts={"mode": "fast"})
     kernel.run()
     assert span_results(transport, "c") == {i: ("finished", [i, "fast"]) for i in range(40)}
 
 
-def test_a_call_raising_stopiteration_fails_alone_in_a_run(make_kernel):
+def test_a_call_raising_stopiteration_fails_alone_in_a_run(make_kernel, launch_span):
     kernel, transport = make_kernel()
 
     def work(x):
@@ -1196,7 +1213,7 @@ def test_a_call_raising_stopiteration_fails_alone_in_a_run(make_kernel):
             raise StopIteration
         return x
 
-    kernel.launch_chunk("c", work, calls(range(40)), span=("j", 0))
+    launch_span(kernel, "c", work, range(40))
     kernel.run()
     got = span_results(transport, "c")
     assert got[5][0] == "failed" and "StopIteration" in got[5][1][1]
@@ -1206,7 +1223,9 @@ def test_a_call_raising_stopiteration_fails_alone_in_a_run(make_kernel):
     assert isinstance(transport.outcome("c"), p.Finished)
 
 
-def test_a_steal_between_two_runs_takes_every_call_left_and_the_chunk_ends(make_kernel):
+def test_a_steal_between_two_runs_takes_every_call_left_and_the_chunk_ends(
+    make_kernel, launch_span
+):
     kernel, transport = make_kernel()
     ran = []
 
@@ -1216,7 +1235,7 @@ def test_a_steal_between_two_runs_takes_every_call_left_and_the_chunk_ends(make_
             kernel.suspend("c")
         return x
 
-    kernel.launch_chunk("c", work, calls(range(3)), span=("j", 0))
+    launch_span(kernel, "c", work, range(3))
     kernel.run()  # parks after task 0, the first run of one call
     kernel.steal("c", 2)
     kernel.run()
@@ -1224,6 +1243,70 @@ def test_a_steal_between_two_runs_takes_every_call_left_and_the_chunk_ends(make_
     kernel.run()
     assert ran == [0] and isinstance(transport.outcome("c"), p.Finished)
     assert transport.of(p.Stolen)[0].task_ids == ["j/1", "j/2"]
+
+
+def columns_of(xs, kwargs_packed=None, args=None):
+    xs = list(xs)
+    kwargs_packed = payloads.pack_payload({}) if kwargs_packed is None else kwargs_packed
+    return LaunchColumns(len(xs), msgpack.packb(xs) if args is None else args, kwargs_packed)
+
+
+def show(x, tag):
+    """What a call saw: its argument's type and contents (a gated input read out), its tag."""
+    return [type(x).__name__, list(x) if isinstance(x, Partition) else x, tag]
+
+
+def test_a_columnar_span_runs_scalars_in_runs_and_other_arguments_alone_as_payloads_would(
+    make_kernel,
+):
+    xs = [1, 2, [3, 4], "s", None, [], 5, {"k": [6]}, 7.5, b"b", True] * 30
+    kernel, transport = make_kernel()
+    kernel.launch_chunk("payloads", show, calls_with(xs, tag="t"), span=("j", 0))
+    kwargs = payloads.pack_payload({"tag": "t"})
+    kernel.launch_chunk("columns", show, [], span=("j", 0), columns=columns_of(xs, kwargs))
+    kernel.run()
+    classic = span_results(transport, "payloads")
+    assert span_results(transport, "columns") == classic
+    assert classic[2] == ("finished", ["Partition", [3, 4], "t"])
+    assert classic[0] == ("finished", ["int", 1, "t"]) and len(classic) == len(xs)
+
+    def seen(x, log):  # each call gets kwargs of its own, as a payload of its own would
+        log.append(x)
+        return len(log)
+
+    log = payloads.pack_payload({"log": []})
+    kernel.launch_chunk("own", seen, [], span=("c", 0), columns=columns_of([[1], 2, [3]], log))
+    kernel.run()
+    assert span_results(transport, "own") == {i: ("finished", 1) for i in range(3)}
+
+
+def test_an_argument_of_a_columnar_span_that_does_not_decode_fails_alone(make_kernel):
+    kernel, transport = make_kernel()
+    # Well formed msgpack (it scans), but an extension type, which no Tidal payload holds.
+    args = msgpack.packb([1, msgpack.ExtType(7, b"x"), [2, 3]])
+    kernel.launch_chunk("c", sum, [], span=("j", 0), columns=columns_of([0, 0, 0], args=args))
+    kwargs = b"\xc1"  # kwargs that do not decode: every call fails, saying so
+    kernel.launch_chunk("k", abs, [], span=("k", 0), columns=columns_of([1, 2], kwargs))
+    kernel.run()
+    got = span_results(transport, "c")
+    assert got[0][0] == "failed" and got[0][1][0] == "TypeError"  # sum(1): the task's own
+    assert got[1][0] == "failed" and "extension type 7" in got[1][1][1]
+    assert got[2] == ("finished", 5)
+    assert {i: r[1][0] for i, r in span_results(transport, "k").items()} == {
+        0: "tidal.runtime.protocol.ProtocolError",
+        1: "tidal.runtime.protocol.ProtocolError",
+    }
+    assert isinstance(transport.outcome("k"), p.Finished)
+
+
+def test_a_steal_before_a_columnar_span_starts_takes_its_tail(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch("first", sum, [[1]])
+    kernel.launch_chunk("c", abs, [], span=("j", 10), columns=columns_of(range(-8, 0)))
+    kernel.steal("c", 3)
+    kernel.run()
+    assert transport.of(p.Stolen)[0].task_ids == ["j/15", "j/16", "j/17"]
+    assert span_results(transport, "c") == {10 + i: ("finished", 8 - i) for i in range(5)}
 
 
 def test_reports_may_wait_between_short_batch_tasks_never_before_a_long_or_stream_one(

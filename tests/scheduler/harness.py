@@ -9,8 +9,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import msgpack
+
 from tidal.runtime import batches, payloads
 from tidal.runtime import protocol as p
+from tidal.runtime.columns import Columns
 from tidal.scheduler.core import (
     ClientJoined,
     ClientRequest,
@@ -27,6 +30,18 @@ __all__ = ["CLIENT_ID", "MS", "FakeClock", "Harness", "payload"]
 MS = 1_000_000
 CLIENT_ID = "c"
 TOTAL = "tidal.workloads.synthetic:total"  # a task function the simulated executors never run
+
+
+def launched_payloads(chunk: p.LaunchChunk) -> list[bytes]:
+    """A launch_chunk's task payloads, whichever form it took (a columnar span's are those
+    its columns make)."""
+    if chunk.columns is None:
+        return chunk.subtasks
+    count, args, kwargs = chunk.columns
+    assert chunk.subtasks == [] and chunk.span is not None
+    calls = list(Columns(args, kwargs))
+    assert len(calls) == count
+    return calls
 
 
 def payload(i: int) -> bytes:
@@ -48,6 +63,8 @@ class Harness:
     """Drives a SchedulerCore for a client "c" and keeps what it sent, per executor and per
     client: commands in `to_executor`, results in `results` (by task id), answers to
     SetPolicy and Reattach in `answers` (by request id)."""
+
+    bulk_form = "payloads"  # or "columns": how `submit(bulk=True)` sends a bulk job
 
     def __init__(self, policy="lb", executors=(("e0", "n0"), ("e1", "n1")), **options):
         self.clock = FakeClock()
@@ -113,7 +130,8 @@ class Harness:
         `options` are the job's (the Submit's last field, e.g. {"chunksize": 4});
         `task_options`, one per task, become each task entry's third element (e.g.
         {"preferred": ["n1"]}). Task i's payload is `payload(i)`, the packed call `([i],)`.
-        With `bulk`, one bulk job (submit.bulk; `options` must give a chunksize).
+        With `bulk`, one bulk job (submit.bulk; `options` must give a chunksize): a payload
+        per task, or columns (protocol 13) if `bulk_form` is "columns".
         """
         tasks = [[f"{job_id}/{i}", payload(i)] for i in range(n)]
         if task_options is not None:
@@ -132,6 +150,9 @@ class Harness:
             options,
             [t[1] for t in tasks] if bulk else None,
         )
+        if bulk and self.bulk_form == "columns":  # task i's x is [i]: its payload is payload(i)
+            columns = msgpack.packb([[i] for i in range(n)])
+            submit = dataclasses.replace(submit, bulk=columns, kwargs=payloads.pack_payload({}))
         self.handle(ClientRequest(CLIENT_ID, submit))
         return [t[0] for t in tasks]
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from tests.scheduler.harness import MS, TOTAL, Harness, payload
+import pytest
+
+from tests.scheduler.harness import MS, TOTAL, Harness, launched_payloads, payload
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
 from tidal.scheduler.chunks import FIRST_CHUNK, MAX_CHUNK, TARGET_CHUNK_NS
@@ -13,6 +15,14 @@ from tidal.scheduler.core import ClientRequest, ExecutorLeft
 from tidal.scheduler.journal import Journal
 from tidal.scheduler.records import TaskState
 from tidal.scheduler.records.spans import LAUNCH_PAYLOAD_BYTES, PIECE_TASKS
+
+
+@pytest.fixture(autouse=True, params=["payloads", "columns"])
+def bulk_form(request, monkeypatch):
+    """Every test here runs with both forms of a bulk job the harness submits: a payload per
+    task, and columns (protocol 13, runtime/columns.py)."""
+    monkeypatch.setattr(Harness, "bulk_form", request.param)
+    return request.param
 
 
 def value(index):
@@ -32,7 +42,7 @@ def batch(h, executor_id, chunk, start, count, errors=()):
 def run_span(h, executor_id, chunk):
     """Play an executor running span chunk `chunk` to its end."""
     h.report(executor_id, p.Started(chunk.chunk_id, chunk.attempt, h.clock.now))
-    batch(h, executor_id, chunk, chunk.span[1], len(chunk.subtasks))
+    batch(h, executor_id, chunk, chunk.span[1], len(launched_payloads(chunk)))
     h.report(
         executor_id, p.Finished(chunk.chunk_id, chunk.attempt, payloads.pack_payload(None), {})
     )
@@ -60,11 +70,9 @@ def test_a_bulk_job_runs_in_span_chunks_with_no_record_per_task():
     spans = []
     while chunks := h.sent("e0", p.LaunchChunk):
         (chunk,) = chunks
-        assert (
-            chunk.subtasks
-            == [payload(i) for i in range(chunk.span[1], chunk.span[1] + 4)][: len(chunk.subtasks)]
-        )
-        spans.append((chunk.span[1], len(chunk.subtasks)))
+        calls = launched_payloads(chunk)
+        assert calls == [payload(i) for i in range(chunk.span[1], chunk.span[1] + 4)][: len(calls)]
+        spans.append((chunk.span[1], len(launched_payloads(chunk))))
         run_span(h, "e0", chunk)
     assert spans == [(0, 4), (4, 4), (8, 2)]
     assert ended_once(h, ids)
@@ -79,7 +87,7 @@ def test_a_big_bulk_job_is_a_few_pieces_and_chunks_never_span_two():
     h = Harness(executors=[("e0", "n0")])
     h.submit("j", "batch", PIECE_TASKS * 2 + 5, options={"chunksize": "auto"}, bulk=True)
     (chunk,) = h.sent("e0", p.LaunchChunk)
-    assert chunk.span == ["j", 0] and len(chunk.subtasks) == FIRST_CHUNK
+    assert chunk.span == ["j", 0] and len(launched_payloads(chunk)) == FIRST_CHUNK
     pieces = [t.piece for t in h.core.records.tasks.values() if t.piece is not None]
     assert [(piece.start, piece.stop) for piece in pieces] == [
         (FIRST_CHUNK, PIECE_TASKS),
@@ -93,11 +101,11 @@ def test_a_big_bulk_job_is_a_few_pieces_and_chunks_never_span_two():
     measured = h.core.records.jobs["j"].subtask_ns  # the first batch's time smoothed in
     by_rule = min(MAX_CHUNK, int(TARGET_CHUNK_NS / measured))  # a bulk job's: no overhead
     assert second.span == ["j", FIRST_CHUNK]
-    assert len(second.subtasks) == min(by_rule, PIECE_TASKS - FIRST_CHUNK)
+    assert len(launched_payloads(second)) == min(by_rule, PIECE_TASKS - FIRST_CHUNK)
     ends, chunk = [], second
     while chunk is not None:  # run the rest: no chunk crosses a piece's end
         run_span(h, "e0", chunk)
-        ends.append((chunk.span[1], chunk.span[1] + len(chunk.subtasks)))
+        ends.append((chunk.span[1], chunk.span[1] + len(launched_payloads(chunk))))
         chunk = next(iter(h.sent("e0", p.LaunchChunk)), None)
     assert not [(a, b) for a, b in ends for end in (PIECE_TASKS, 2 * PIECE_TASKS) if a < end < b]
     assert PIECE_TASKS in {b for _, b in ends} and ends[-1][1] == 2 * PIECE_TASKS + 5
@@ -107,7 +115,7 @@ def test_a_fixed_chunksize_over_a_piece_gets_pieces_as_big():
     h = Harness(executors=[("e0", "n0")])
     h.submit("j", "batch", 30_000, options={"chunksize": 20_000}, bulk=True)
     (chunk,) = h.sent("e0", p.LaunchChunk)
-    assert chunk.span == ["j", 0] and len(chunk.subtasks) == 20_000 > PIECE_TASKS
+    assert chunk.span == ["j", 0] and len(launched_payloads(chunk)) == 20_000 > PIECE_TASKS
 
 
 def test_failures_in_a_batch_fail_their_own_tasks_only():
@@ -145,6 +153,7 @@ def test_a_lost_span_chunk_requeues_what_it_had_not_reported_one_record_each():
     h.join("e1", "n1")
     (again,) = h.sent("e1", p.LaunchChunk)  # an ordinary chunk from here on
     assert again.span is None and [s[0] for s in again.subtasks] == ids[2:]
+    assert [s[1] for s in again.subtasks] == [payload(i) for i in range(2, 6)]
     h.report("e1", p.Started(again.chunk_id, 1, 1))
     items = [[t, "finished", payloads.pack_payload(t), None, {}] for t in ids[2:]]
     h.report("e1", p.ChunkResults(again.chunk_id, items))
@@ -169,7 +178,9 @@ def test_an_idle_executor_steals_the_tail_of_a_span_chunk():
     (steal,) = h.sent("e0", p.Steal)
     h.report("e0", p.Stolen(chunk.chunk_id, ids[51:]))
     (moved,) = h.sent("e1", p.LaunchChunk)
-    assert moved.span == ["j", 51] and moved.subtasks == [payload(i) for i in range(51, 101)]
+    assert moved.span == ["j", 51] and launched_payloads(moved) == [
+        payload(i) for i in range(51, 101)
+    ]
     run_span(h, "e1", moved)
     batch(h, "e0", chunk, 51, 1)  # past what it kept: dropped
     batch(h, "e0", chunk, 0, 51)
@@ -211,6 +222,24 @@ def test_bad_bulk_submissions_are_refused_with_the_reason():
     assert "in use already" in submit("f", [], {"chunksize": 2}, [b"x"])[0]
 
 
+def test_bad_columnar_submissions_are_refused_with_the_reason():
+    h = Harness(executors=[("e0", "n0")])
+
+    def refusal(job_id, bulk, kwargs):
+        msg = p.Submit(job_id, "batch", 0, None, "m:f", None, [], 0, {"chunksize": 2}, bulk)
+        h.handle(ClientRequest("c", dataclasses.replace(msg, kwargs=kwargs)))
+        answers = [h.results.pop(t)[0][3][1] for t in list(h.results) if t.startswith(job_id)]
+        return answers[0] if answers else None
+
+    kwargs = payloads.pack_payload({})
+    assert "bytes follow the array's last item" in refusal("a", b"\x92\x01\x02\x03", kwargs)
+    assert "cut short" in refusal("b", b"\x92\x01\xa5ab", kwargs)  # task ids: from its header
+    assert refusal("c", b"\x01", kwargs) is None  # not an array: no task id to answer
+    assert "kwargs must be packed" in refusal("d", b"\x91\x01", None)
+    assert "kwargs go with columns" in refusal("e", [b"x"], kwargs)
+    assert not h.sent("e0", p.LaunchChunk) and not h.core.records.jobs
+
+
 def test_a_restarted_scheduler_keeps_what_batches_ended_and_runs_the_rest(tmp_path):
     path = tmp_path / "journal.sqlite"
     h = Harness(journal=Journal(path), executors=[("e0", "n0")], heartbeat_ns=100 * MS)
@@ -249,7 +278,7 @@ def test_a_span_chunk_killed_to_make_room_goes_back_as_a_piece_not_as_records():
     h.report("e0", p.Started(stream, 0, 1))
     h.finish("e0", stream)
     (again,) = h.sent("e0", p.LaunchChunk)
-    assert again.span == ["j", 3] and again.attempt == 1 and len(again.subtasks) == 5
+    assert again.span == ["j", 3] and again.attempt == 1 and len(launched_payloads(again)) == 5
     run_span(h, "e0", again)
     assert all(len(h.results[t]) == 1 for t in ids)
 
@@ -286,7 +315,9 @@ def test_cancelled_pending_tasks_weigh_nothing_and_launch_no_empty_chunk():
     assert records.pending.count() == 160
     run_span(h, "e0", chunk)
     (second,) = h.sent("e0", p.LaunchChunk)
-    assert second.span == ["j", 40] and len(second.subtasks) == 10  # none empty, none skipped
+    assert (
+        second.span == ["j", 40] and len(launched_payloads(second)) == 10
+    )  # none empty, none skipped
 
 
 def test_another_clients_cancel_makes_no_record_and_changes_nothing():
@@ -320,11 +351,11 @@ def test_the_journal_finds_each_task_of_batches_written_out_of_order(tmp_path):
     launched = [(e, c) for e in ("e0", "e1") for c in h.sent(e, p.LaunchChunk)]
     for executor, chunk in sorted(launched, key=lambda ec: -ec[1].span[1]):  # last range first
         h.report(executor, p.Started(chunk.chunk_id, 0, 1))
-        batch(h, executor, chunk, chunk.span[1], len(chunk.subtasks))
+        batch(h, executor, chunk, chunk.span[1], len(launched_payloads(chunk)))
     journal = h.core.journal
     journal.commit()
     done = [t for t in ids if t in h.results]
-    assert len(launched) >= 2 and len(done) == sum(len(c.subtasks) for _, c in launched)
+    assert len(launched) >= 2 and len(done) == sum(len(launched_payloads(c)) for _, c in launched)
     found = journal.results([*done, "j/999", "j/x"])
     assert sorted(found) == sorted(done)
     assert all(found[t][1][2] == value(int(t.rpartition("/")[2])) for t in done)
@@ -397,5 +428,5 @@ def test_a_span_chunk_of_big_calls_stays_well_within_a_frame():
     job = p.Submit("j", "batch", 0, None, TOTAL, None, [], 0, {"chunksize": 20_000}, [])
     h.handle(ClientRequest("c", dataclasses.replace(job, bulk=[bytes(8_000)] * 5_000)))
     (chunk,) = h.sent("e0", p.LaunchChunk)
-    assert len(chunk.subtasks) == LAUNCH_PAYLOAD_BYTES // 8_000  # not 5,000: ~40 MB
+    assert len(launched_payloads(chunk)) == LAUNCH_PAYLOAD_BYTES // 8_000  # not 5,000: ~40 MB
     assert len(p.encode(chunk)) < p.MAX_FRAME_BYTES // 2
