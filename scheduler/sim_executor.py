@@ -537,9 +537,10 @@ class SimExecutor:
             return
         if msg.span is None:
             ids = [entry[0] for entry in msg.subtasks]
-        else:  # a range of a bulk job: bare payloads
+        else:  # a range of a bulk job: bare payloads, or columns (their count first)
             job_id, first = msg.span
-            ids = [f"{job_id}/{i}" for i in range(first, first + len(msg.subtasks))]
+            count = len(msg.subtasks) if msg.columns is None else msg.columns[0]
+            ids = [f"{job_id}/{i}" for i in range(first, first + count)]
         work = [self._work_ns(task_id) for task_id in ids]
         attempt, priority = msg.attempt, msg.priority
         profile = self._task_profile

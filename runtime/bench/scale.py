@@ -8,13 +8,14 @@ process of its own (`CoreProcess`, over a pipe), so that what its garbage collec
 what a scheduler's would: the core's objects, not the simulation's. A run, step by step:
 
 1. Setup. One client submits the subtasks as `Client.map(fn, range(n), chunksize=10)` sends
-   them: jobs of 10,000 tasks, ids "bench-J/i", each payload the packed call `([i], {})`
-   (`pack_call`, the kwargs packed once per job), the Submit's options `{"chunksize": 10}`.
+   them: jobs of 10,000 tasks, ids "bench-J/i", as columns (protocol 13: the xs 0, 1, ...
+   as one packed array, the kwargs `{}` packed once per job), the Submit's options
+   `{"chunksize": 10}`.
    No executor has joined yet, so every subtask is pending.
 2. Memory. `bytes_per_pending_subtask` is what the scheduler keeps for them: the bytes
    allocated while the Submits are built and handled and still allocated afterwards (each
    Submit dropped, as the server drops a decoded frame, then `gc.collect()`), measured with
-   tracemalloc, over the pending subtasks. Task ids and payloads count: the core keeps
+   tracemalloc, over the pending subtasks. Task ids and arguments count: the core keeps
    them. tracemalloc counts exactly what Python allocates, whatever the process did before
    (RSS misses memory the allocator reuses); it slows the setup ~3x, so it is on for the
    submissions only. `run(memory="rss")` measures the growth of the process's RSS (psutil)
@@ -74,6 +75,7 @@ Discussion, what limits the figures (2-core machine, CPython 3.11):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import multiprocessing
@@ -85,6 +87,8 @@ from collections import Counter
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
+
+import msgpack
 
 from tidal.runtime import batches, payloads
 from tidal.runtime import protocol as p
@@ -191,14 +195,16 @@ class ScaleDriver:
     # ---- the client ---------------------------------------------------------------------------
 
     def submit_batch(self, subtasks: int, tasks_per_job: int = TASKS_PER_JOB) -> None:
-        """Submit `subtasks` tasks in jobs of `tasks_per_job`, as `Client.map` sends them."""
+        """Submit `subtasks` tasks in jobs of `tasks_per_job`, as `Client.map` sends them:
+        columns, one packed array of the xs (protocol 13, runtime/columns.py)."""
         packed_kwargs = payloads.pack_payload({}, "kwargs")
         while subtasks > 0:
             n = min(tasks_per_job, subtasks)
             job_id = f"{CLIENT_ID}-{self.jobs}"
-            bulk = [payloads.pack_call([i], {}, packed_kwargs=packed_kwargs) for i in range(n)]
+            bulk = msgpack.packb(list(range(n)))
             options = {"chunksize": CHUNKSIZE}
             submit = p.Submit(job_id, "batch", 0, None, FN, None, [], self.loop.now, options, bulk)
+            submit = dataclasses.replace(submit, kwargs=packed_kwargs)
             del bulk  # the Submit is all that holds them, as a decoded frame would
             self.setup_ns += self.deliver(ClientRequest(CLIENT_ID, submit))
             self.jobs += 1
