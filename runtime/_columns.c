@@ -8,14 +8,19 @@
  * Python call per item (~60 ms).
  *
  * Discussion: items are skipped without recursion. `owed` counts the values still to skip
- * within the current item; an array header adds its length to it, a map header twice its
- * length. Every value takes at least one byte, so an item that claims more values than
- * bytes are left is cut short at once, and the loop never runs longer than the buffer.
+ * at each level of the current item; an array header opens a level of its length, a map
+ * header one of twice its length. Every value takes at least one byte, so an item that
+ * claims more values than bytes are left is cut short at once, and the loop never runs
+ * longer than the buffer.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+
+/* An item may hold containers this many levels deep (its own counted), as msgpack's own
+ * unpacker decodes one alone: deeper ones would scan here and fail everywhere else. */
+#define MAX_LEVELS 1024
 
 static uint64_t
 big_endian(const unsigned char *p, int width)
@@ -81,7 +86,7 @@ PyDoc_STRVAR(scan_doc,
 "`buffer` holds exactly one msgpack array. `offsets` (bytes of native uint32s, one more\n"
 "than the array has items) says where each item starts and the last one ends; `longest`\n"
 "is the longest item's length in bytes. ValueError saying what is wrong if the buffer is\n"
-"not one well-formed array (4 GiB at most).");
+"not one well-formed array (4 GiB at most; items nested 1,024 levels deep at most).");
 
 static PyObject *
 scan(PyObject *self, PyObject *arg)
@@ -129,9 +134,18 @@ scan(PyObject *self, PyObject *arg)
     uint32_t *out = (uint32_t *)PyBytes_AS_STRING(offsets);
     uint64_t longest = 0;
     for (uint64_t item = 0; item < count; item++) {
-        uint64_t start = at, owed = 1;
+        uint64_t start = at;
+        /* owed[d]: values still to skip at nesting level d (0: the item itself); `total`
+         * their sum, which can never exceed the bytes left. */
+        uint64_t owed[MAX_LEVELS + 1], total = 1;
+        int depth = 0;
+        owed[0] = 1;
         out[item] = (uint32_t)start;
-        while (owed) {
+        while (depth >= 0) {
+            if (owed[depth] == 0) {
+                depth--;
+                continue;
+            }
             int head, width;
             uint64_t body, inner;
             if (at >= size) {
@@ -158,10 +172,18 @@ scan(PyObject *self, PyObject *arg)
                 goto done;
             }
             at += body;
-            owed = owed - 1 + inner;
-            if (owed > size - at) {
+            owed[depth]--;
+            total = total - 1 + inner;
+            if (total > size - at) {
                 problem = "an item claims more values than it has bytes";
                 goto done;
+            }
+            if (inner) {
+                if (depth == MAX_LEVELS) {
+                    problem = "an item is nested more than 1,024 levels deep";
+                    goto done;
+                }
+                owed[++depth] = inner;
             }
         }
         if (at - start > longest)

@@ -465,9 +465,11 @@ class Client(ClientRequests):
         payload per call (runtime/bulk.py), or None if one is too big."""
         packed_kwargs = payloads.pack_payload(kwargs, "kwargs")
         columns = pack_columns(partitions, packed_kwargs)
-        if columns is not None:
+        if columns is not None and columns.small:
             return [], columns  # each call under DATA_MIN_BYTES: none counts as data sent
-        calls = pack_calls(partitions, packed_kwargs, functools.partial(self._spool, job_id))
+        spool = functools.partial(self._spool, job_id)
+        packed = None if columns is None else columns.items()  # each partition packed once
+        calls = pack_calls(partitions, packed_kwargs, spool, packed)
         if calls is None:
             return None
         if max(map(len, calls), default=0) >= payloads.DATA_MIN_BYTES:  # else none counts

@@ -77,8 +77,9 @@ def _scan_slowly(args: bytes) -> tuple[list[int], int]:
             unpacker.skip()
             offsets.append(unpacker.tell())
     except Exception as exc:  # msgpack raises several types for bytes that are not one
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise p.ProtocolError(
-            f"a columnar job's arguments are not one packed array: {exc}"
+            f"a columnar job's arguments are not one packed array: {why}"
         ) from None
     if offsets[-1] != len(args):
         raise p.ProtocolError(
@@ -90,18 +91,18 @@ def _scan_slowly(args: bytes) -> tuple[list[int], int]:
 
 
 def pack_columns(partitions: list[Any], packed_kwargs: bytes) -> Columns | None:
-    """A map's calls `fn(x, **kwargs)` as columns, if each call `[[x], kwargs]` packs under
-    DATA_MIN_BYTES; None otherwise (the classic path carries bigger calls: blocked, spooled
-    or counted as data), or without the compiled scanner. EncodeError if msgpack cannot
-    carry a partition (the caller names it)."""
+    """A map's calls `fn(x, **kwargs)` as columns (each x packed once, all in one `packb`),
+    or None without the compiled scanner (scanning a Python call per item would cost more
+    than it saves). Whether they may travel so is `small`; if not, `items()` are the
+    packed xs for the classic path. EncodeError if msgpack cannot carry a partition (the
+    caller names it)."""
     if _ccolumns is None:
-        return None  # scanning here a Python call per item would cost more than it saves
+        return None
     try:
         args = msgpack.packb(partitions, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise p.EncodeError(f"cannot encode a partition: {exc}") from None
-    columns = Columns(args, packed_kwargs)
-    return columns if columns.payload_max < payloads.DATA_MIN_BYTES else None
+    return Columns(args, packed_kwargs)
 
 
 class Columns(Sequence[bytes]):
@@ -146,6 +147,17 @@ class Columns(Sequence[bytes]):
         """The longest task payload `[[x], kwargs]` among them, in bytes."""
         return len(_HEAD) + self.longest + len(self.kwargs) if len(self) else 0
 
+    @property
+    def small(self) -> bool:
+        """Whether each call packs under DATA_MIN_BYTES: a map travels as columns only
+        then (the classic path carries bigger calls: blocked, spooled or counted as data)."""
+        return self.payload_max < payloads.DATA_MIN_BYTES
+
+    def items(self) -> list[bytes]:
+        """Each x's packed bytes, in order (cut out by C loops)."""
+        offsets = self.offsets
+        return list(map(self.args.__getitem__, map(slice, offsets[:-1], offsets[1:])))
+
     def launch(self, start: int, stop: int) -> list[Any]:
         """`launch_chunk.columns` for tasks [start, stop): [count, their xs as one packed
         array, the kwargs]."""
@@ -156,20 +168,10 @@ class Columns(Sequence[bytes]):
 
 def bulk_payloads(submit: p.Submit) -> Sequence[bytes]:
     """A bulk submit's task payloads: its list, or its columns (ProtocolError if they are
-    not well formed). The last columns made are kept for the next call about the same
-    submit: the scheduler checks a job's columns before it records them."""
-    bulk = submit.bulk
-    if type(bulk) is not bytes:
-        return bulk or []
-    last = _LAST_OPENED[0]  # read and written whole: a tuple in a one-item list
-    if last[0] is bulk and last[1] is submit.kwargs:
-        return last[2]
-    columns = Columns(bulk, submit.kwargs)
-    _LAST_OPENED[0] = (bulk, submit.kwargs, columns)
-    return columns
-
-
-_LAST_OPENED: list[tuple[Any, Any, Any]] = [(None, None, None)]
+    not well formed)."""
+    if type(submit.bulk) is bytes:
+        return Columns(submit.bulk, submit.kwargs)
+    return submit.bulk or []
 
 
 def bulk_count(submit: p.Submit) -> int:
@@ -196,20 +198,16 @@ class Unreadable:
 class LaunchColumns:
     """A columnar launch's xs as an executor reads them (`launch_chunk.columns`): tasks
     0 .. count - 1 of the launch, decoded a window at a time, never more than WINDOW_BYTES
-    in one call (but for a single bigger x). ProtocolError if `args` is not an array of
-    exactly `count` items."""
+    in one call (but for a single bigger x). Scanned at the first window, on the task
+    thread, not where the launch arrives: if `args` is not an array of exactly `count`
+    items, each x is `Unreadable`, saying why."""
 
-    __slots__ = ("_args", "_first", "_offsets", "_values", "count", "kwargs")
+    __slots__ = ("_args", "_broken", "_first", "_offsets", "_values", "count", "kwargs")
 
     def __init__(self, count: int, args: bytes, kwargs: bytes) -> None:
-        if type(kwargs) is not bytes:
-            raise p.ProtocolError("a columnar launch's kwargs must be packed (bytes)")
-        offsets, _ = scan(args)
-        if len(offsets) - 1 != count or count < 1:
-            raise p.ProtocolError(
-                f"a columnar launch's arguments hold {len(offsets) - 1} items, not {count}"
-            )
-        self._args, self._offsets, self.kwargs, self.count = args, offsets, kwargs, count
+        self._args, self.kwargs, self.count = args, kwargs, count
+        self._offsets: Sequence[int] | None = None
+        self._broken: Unreadable | None = None
         self._first, self._values = 0, []  # the last window: the xs of tasks _first, ...
 
     def window(self, first: int, most: int) -> list[Any]:
@@ -219,8 +217,18 @@ class LaunchColumns:
             self._first, self._values = first, self._decode(first, most)
         return self._values[first - self._first : first - self._first + most]
 
+    def call(self, x: Any) -> tuple[list[Any], dict[str, Any]]:
+        """The (args, kwargs) of the call of one x (from `window`), kwargs decoded afresh
+        for it, as a payload of its own would have been. ProtocolError if x or the kwargs
+        do not decode."""
+        if type(x) is Unreadable:
+            raise x.error
+        return [x], payloads.unpack_kwargs(self.kwargs, "the kwargs of a columnar launch")
+
     def _decode(self, first: int, most: int) -> list[Any]:
-        offsets = self._offsets
+        offsets = self._scanned()
+        if offsets is None:
+            return [self._broken] * max(1, min(most, self.count - first))
         last = min(first + most, len(offsets) - 1)
         stop = bisect.bisect_right(offsets, offsets[first] + WINDOW_BYTES, first + 1, last + 1)
         stop = max(first + 1, stop - 1)
@@ -231,22 +239,23 @@ class LaunchColumns:
         except Exception:  # msgpack raises many types: find the x that is wrong
             return [self._one(i) for i in range(first, stop)]
 
-    def call(self, x: Any) -> tuple[list[Any], dict[str, Any]]:
-        """The (args, kwargs) of the call of one x (from `window`), kwargs decoded afresh
-        for it, as a payload of its own would have been. ProtocolError if x or the kwargs
-        do not decode."""
-        if type(x) is Unreadable:
-            raise x.error
-        try:
-            kwargs = p.unpack_value(self.kwargs)
-        except Exception as exc:
-            raise p.ProtocolError(f"the kwargs of a columnar launch do not decode: {exc}") from None
-        if type(kwargs) is not dict:
-            raise p.ProtocolError("the kwargs of a columnar launch are not a map")
-        return [x], kwargs
+    def _scanned(self) -> Sequence[int] | None:
+        """Where each x begins (None if the launch's xs are not what it says, `_broken`)."""
+        if self._offsets is None and self._broken is None:
+            try:
+                offsets, _ = scan(self._args)
+                if len(offsets) - 1 != self.count:
+                    raise p.ProtocolError(
+                        f"a columnar launch's arguments hold {len(offsets) - 1} items, "
+                        f"not {self.count}"
+                    )
+                self._offsets = offsets
+            except p.ProtocolError as exc:
+                self._broken = Unreadable(exc)
+        return self._offsets
 
     def _one(self, index: int) -> Any:
-        offsets = self._offsets
+        offsets = self._scanned()
         try:
             return p.unpack_value(self._args[offsets[index] : offsets[index + 1]])
         except Exception as exc:

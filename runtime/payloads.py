@@ -47,6 +47,7 @@ __all__ = [
     "pack_result",
     "unpack_block",
     "unpack_call",
+    "unpack_kwargs",
     "unpack_payload",
 ]
 
@@ -319,6 +320,15 @@ def _is_call(args: Any, kwargs: Any) -> bool:
 
 def _is_kwargs(kwargs: Any) -> bool:
     return type(kwargs) is dict and (not kwargs or all(type(key) is str for key in kwargs))
+
+
+def unpack_kwargs(blob: Any, what: str = "kwargs") -> dict[str, Any]:
+    """Unpack a call's packed kwargs (a map with str keys), or raise ProtocolError saying
+    what is wrong."""
+    kwargs = unpack_payload(blob, what)
+    if not _is_kwargs(kwargs):
+        raise ProtocolError(f"{what} must be a map with str keys, got {str(kwargs)[:60]}")
+    return kwargs
 
 
 def _open_pieces(

@@ -25,7 +25,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import greenlet
 
@@ -33,6 +33,9 @@ from tidal.runtime import kept, payloads
 from tidal.runtime import protocol as p
 from tidal.runtime.functions import FunctionRef
 from tidal.runtime.protocol import PRIORITY_CLASSES
+
+if TYPE_CHECKING:
+    from tidal.runtime.columns import LaunchColumns
 
 __all__ = [
     "Command",
@@ -318,7 +321,7 @@ class Span:
     run_first: int = 0
     # A columnar launch's xs (runtime/columns.py); its chunk then holds the positions in
     # the launch of the tasks not started, not payloads.
-    columns: Any = None
+    columns: LaunchColumns | None = None
 
     def unstarted_in_run(self) -> int:
         """How many of the run's calls have not started (the task parked between two)."""

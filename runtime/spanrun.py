@@ -294,16 +294,10 @@ class SpanRunner:
         index = span.next
         span.next += 1
         try:
-            call = None if payload is None else quick.args_of(payload)
             if payload is None:
-                result = self._call_task(fn, *span.columns.call(x))
-            elif call is None:
-                call = self._unpack(payload, fn)
-                result = self._call_task(fn, *call)
+                result = self._call_column(fn, span.columns, x)
             else:
-                result = quick.fn(*call[0], **call[1])
-                if type(result) in NOT_A_RESULT:  # a generator task, say
-                    result = self._call_result(fn, result)
+                result = self._call_payload(fn, quick, payload)
             value = quick.pack(result)
             if value is None:
                 where = f"result of {span.job_id}/{index}"
@@ -324,6 +318,22 @@ class SpanRunner:
         else:
             span.values.append(value)
             span.big = span.big or len(value) >= payloads.DATA_MIN_BYTES
+
+    def _call_payload(self, fn: Callable[..., Any], quick: QuickCalls, payload: bytes) -> Any:
+        """A span subtask's call from its payload: a plain one directly, any other the
+        general way (`_unpack`, gated inputs)."""
+        call = quick.args_of(payload)
+        if call is None:
+            return self._call_task(fn, *self._unpack(payload, fn))
+        result = quick.fn(*call[0], **call[1])
+        return self._call_result(fn, result) if type(result) in NOT_A_RESULT else result
+
+    def _call_column(self, fn: Callable[..., Any], columns: LaunchColumns, x: Any) -> Any:
+        """A columnar span's call of one x the general way, as its payload would have been
+        (its kwargs its own, gated inputs)."""
+        args, kwargs = columns.call(x)
+        self._payload_unpacked()
+        return self._call_task(fn, args, kwargs)
 
     def _report_span(self, record: TaskRecord) -> None:
         """Send a span chunk's batch, if it has results, and start the next."""
@@ -351,6 +361,18 @@ class SpanRunner:
 
 # Argument types `gate_arguments` never wraps (nor a task's `inputs` would: not iterables).
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _plain_prefix(xs: list[Any]) -> int:
+    """How many of `xs`, from the first, are of the _PLAIN types (C loops)."""
+    plain = list(map(_PLAIN.__contains__, map(type, xs)))
+    return plain.index(False) if False in plain else len(xs)
+
+
+def _plain_kwargs(kwargs: dict[str, Any]) -> bool:
+    """Whether every value of `kwargs` is of the _PLAIN types: the calls of a run share one
+    kwargs, so only values none of them can change."""
+    return all(map(_PLAIN.__contains__, map(type, kwargs.values())))
 
 
 class QuickCalls:
@@ -412,7 +434,7 @@ class QuickCalls:
         if call is None or len(call[0]) != 1:
             return None
         kwargs = call[1]
-        if not all(map(_PLAIN.__contains__, map(type, kwargs.values()))):
+        if not _plain_kwargs(kwargs):
             return None  # the calls of a run share one kwargs: only values none can change
         suffix, head = msgpack.packb(kwargs), payloads.ONE_ARGUMENT_CALL
         if not first.endswith(suffix) or not first.startswith(head):
@@ -432,10 +454,8 @@ class QuickCalls:
             xs = msgpack.unpackb(msgpack.Packer().pack_array_header(count) + b"".join(pieces))
         except Exception:  # a malformed one among them: one at a time finds it
             return None
-        plain = list(map(_PLAIN.__contains__, map(type, xs)))
-        if False in plain:
-            count = plain.index(False)
-            del xs[count:]
+        count = _plain_prefix(xs)
+        del xs[count:]
         # Each piece must be exactly its x: concatenated, two pieces could decode as other
         # values (a kwargs map split across them, say). msgpack packs a scalar one way only,
         # so packing each x again gives its piece back, or the run is not what it seemed.
@@ -457,7 +477,7 @@ class QuickCalls:
             return None
         if type(kwargs) is not dict or not all(type(key) is str for key in kwargs):
             return None
-        return kwargs if all(map(_PLAIN.__contains__, map(type, kwargs.values()))) else None
+        return kwargs if _plain_kwargs(kwargs) else None
 
     def take_columns(
         self, chunk: deque[int], columns: LaunchColumns, limit: int, kwargs: dict[str, Any] | None
@@ -469,8 +489,7 @@ class QuickCalls:
         if kwargs is None:
             return None
         xs = columns.window(chunk[0], min(limit, len(chunk)))
-        plain = list(map(_PLAIN.__contains__, map(type, xs)))
-        count = plain.index(False) if False in plain else len(xs)
+        count = _plain_prefix(xs)
         if not count:
             return None
         del xs[count:]

@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from tidal.runtime import protocol as p
+from tidal.runtime.columns import Columns
 from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import chunks as ch
 from tidal.scheduler import decisions as d
@@ -667,7 +668,14 @@ class SchedulerCore:
             # sure we had; the same job twice from the same client is that, not a mistake.
             log.debug("job %s from client %s is known already", msg.job_id, client_id)
             return
-        problem = check_submission(msg, records.jobs, records.tasks, records.id_prefixes)
+        columns, problem = None, None
+        if type(msg.bulk) is bytes:  # a columnar job (runtime/columns.py): scanned once, here
+            try:
+                columns = Columns(msg.bulk, msg.kwargs)
+            except p.ProtocolError as exc:
+                problem = str(exc)
+        if problem is None:
+            problem = check_submission(msg, records.jobs, records.tasks, records.id_prefixes)
         if problem is None and msg.bulk is None:
             problem = inputs_problem(client_id, msg, records.tasks)
         if problem is not None:
@@ -678,7 +686,7 @@ class SchedulerCore:
             self._refuse_job(client_id, msg.job_id, refused, problem)
             return
         records.note(ev.JobAccepted(client_id, msg))
-        new = [TaskView(task, records) for task in records.submit(client_id, msg)]
+        new = [TaskView(task, records) for task in records.submit(client_id, msg, columns)]
         self._consult(lambda pol: pol.tasks_submitted(self.view, new))
 
     def _refuse_job(self, client_id: str, job_id: str, task_ids: list[str], problem: str) -> None:

@@ -281,7 +281,7 @@ class Journal(NullJournal):
         row = db.execute("SELECT value FROM meta WHERE key='opened'").fetchone()
         state = JournalState(restarts=0 if row is None else row[0])
         for client_id, frame in db.execute("SELECT client_id, submit FROM jobs ORDER BY rowid"):
-            submit = p.decode(frame)
+            submit = _stored_submit(frame)
             if isinstance(submit, p.Submit):
                 state.jobs.append((client_id, submit))
         self._rows: dict[str, int] = {}  # task id -> the results row that holds its item
@@ -586,6 +586,19 @@ class JournalWriter:
                 return
             self._done = handed[-1][0]
             os.eventfd_write(self.fd, 1)
+
+
+def _stored_submit(frame: bytes) -> p.Message:
+    """A journaled submit, as it came. One written before protocol 7 or 13 lacks the fields
+    they added at its end (`bulk`, `kwargs`): they are nil, as their defaults say."""
+    try:
+        return p.decode(frame)
+    except p.ProtocolError:
+        body = p.unpack_value(frame)
+        missing = len(p.Submit._checks) + 1 - len(body) if type(body) is list else 0
+        if not (body and body[0] == p.Submit.op and 0 < missing <= 2):
+            raise
+        return p.decode(_pack([*body, *[None] * missing]))
 
 
 def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, str, Any]]:

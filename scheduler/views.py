@@ -15,7 +15,7 @@ from operator import attrgetter
 from typing import Any
 
 from tidal.runtime import protocol as p
-from tidal.runtime.columns import bulk_payloads
+from tidal.runtime.columns import bulk_count
 from tidal.scheduler.chunks import check_chunksize
 from tidal.scheduler.records import (
     PRIORITIES,
@@ -430,6 +430,8 @@ def check_submission(
         return problem
     if msg.bulk is not None:
         return _bulk_problem(msg, prefixes)
+    if msg.kwargs is not None:
+        return "a job's kwargs go with columns (bulk as bytes), not with tasks"
     if not msg.tasks:
         return "the job has no tasks"
     seen = set()
@@ -463,19 +465,15 @@ def _bulk_problem(msg: p.Submit, prefixes: Collection[str]) -> str | None:
         return f"a bulk job's id may not hold '#' or '@' (got {msg.job_id!r})"
     if msg.tasks:
         return "a bulk job's tasks are its bulk payloads: its tasks must be empty"
-    if not msg.bulk:
+    if not bulk_count(msg):
         return "the job has no tasks"
     if not (msg.options or {}).get("chunksize"):
         return "a bulk job needs a chunksize option"
-    if type(msg.bulk) is bytes:  # columns (runtime/columns.py): one packed array
-        try:
-            bulk_payloads(msg)
-        except p.ProtocolError as exc:
-            return str(exc)
-    elif msg.kwargs is not None:
-        return "a bulk job's kwargs go with columns (bulk as bytes), not with payloads"
-    elif set(map(type, msg.bulk)) != {bytes}:  # C loops: a job may hold a million
-        return "each of a bulk job's payloads must be bytes"
+    if type(msg.bulk) is list:  # (columns, bytes, were scanned by the core)
+        if msg.kwargs is not None:
+            return "a bulk job's kwargs go with columns (bulk as bytes), not with payloads"
+        if set(map(type, msg.bulk)) != {bytes}:  # C loops: a job may hold a million
+            return "each of a bulk job's payloads must be bytes"
     if msg.job_id in prefixes:
         return f"task ids {msg.job_id!r}/... are in use already"
     return None

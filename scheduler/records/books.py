@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from tidal.runtime import protocol as p
-from tidal.runtime.columns import bulk_payloads
+from tidal.runtime.columns import Columns, bulk_payloads
 from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import events as ev
 from tidal.scheduler.records import spans
@@ -193,10 +193,12 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook):
         *,
         skip: Collection[str] = (),
         pieces: bool = False,
+        columns: Columns | None = None,
     ) -> list[Task]:
         """Record an accepted job and its tasks (but those in `skip`); return the tasks. A
         bulk job's tasks are its pieces if `pieces` (scheduler/records/spans.py), else records of
-        their own (as a restarted scheduler restores them)."""
+        their own (as a restarted scheduler restores them). `columns`: a columnar job's, if
+        they were opened already (runtime/columns.py)."""
         cap = self.max_suspensions if msg.max_suspensions is None else msg.max_suspensions
         job = Job(
             msg.job_id,
@@ -214,7 +216,7 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook):
         job.accepted_at = self.now
         self.jobs[job.job_id] = job
         if msg.bulk is not None:
-            payloads = bulk_payloads(msg)  # checked as the job was accepted
+            payloads = bulk_payloads(msg) if columns is None else columns
             job.total = len(payloads)
             return self.add_bulk_tasks(job, payloads, skip=skip, pieces=pieces)
         tasks = []
@@ -234,9 +236,9 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook):
             tasks.append(task)
         return tasks
 
-    def submit(self, client_id: str, msg: p.Submit) -> list[Task]:
-        """Record an accepted job, its tasks pending; return them."""
-        tasks = self.add_job(client_id, msg, pieces=True)
+    def submit(self, client_id: str, msg: p.Submit, columns: Columns | None = None) -> list[Task]:
+        """Record an accepted job, its tasks pending; return them (`columns`: as add_job)."""
+        tasks = self.add_job(client_id, msg, pieces=True, columns=columns)
         for task in tasks:
             self.admit(task)
         return tasks

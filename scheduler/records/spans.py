@@ -1,8 +1,10 @@
 """Bulk jobs: a chunked map's tasks kept as ranges, not one record per task.
 
 A client's chunked `map` arrives as one `submit` with `bulk`: the tasks' payloads in order,
-task i's id `f"{job_id}/{i}"`. The scheduler keeps the payloads in one tuple (`Job.payloads`)
-and a byte per task, set once it ended (`Job.ended`), and nothing else per task:
+task i's id `f"{job_id}/{i}"`; or, since protocol 13, its xs as one packed array with their
+kwargs (runtime/columns.py). The scheduler keeps the payloads in one tuple, or the array
+as it came with where each x begins (`Job.payloads`), and a byte per task, set once it
+ended (`Job.ended`), and nothing else per task:
 
 * pending, the job is a few *pieces* (`Task.piece`, of MIN_PIECE_TASKS to PIECE_TASKS
   tasks, about half an executor's share of the job) in the

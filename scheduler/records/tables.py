@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidal.runtime import protocol as p
+from tidal.runtime.columns import Columns
 
 __all__ = [
     "PRIORITIES",
@@ -73,10 +74,11 @@ class Job:
     chunksize: int | str | None = None  # None: one task per launch; an int or "auto": chunks
     subtask_ns: float | None = None  # smoothed running time of its chunked tasks
     chunks: int = 0
-    # A bulk job (submit.bulk, scheduler/records/spans.py): its tasks' payloads, a byte per task
-    # set once it ended, and its span chunks on executors. Its tasks have records only
-    # where one differs (cancelled, requeued, reported on its own): `Task.index` >= 0.
-    payloads: tuple[bytes, ...] | None = None
+    # A bulk job (submit.bulk, scheduler/records/spans.py): its tasks' payloads (a tuple, or
+    # a columnar job's Columns: runtime/columns.py), a byte per task set once it ended, and
+    # its span chunks on executors. Its tasks have records only where one differs
+    # (cancelled, requeued, reported on its own): `Task.index` >= 0.
+    payloads: tuple[bytes, ...] | Columns | None = None
     payload_max: int = 0  # the longest of them, which bounds a span chunk's size
     accepted_at: int = 0  # scheduler clock
     ended: bytearray | None = None

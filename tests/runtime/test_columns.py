@@ -99,17 +99,26 @@ def test_columns_give_each_task_the_payload_the_classic_path_sends(scanner):
         Columns(msgpack.packb(xs), None)
 
 
-def test_a_map_of_tiny_calls_is_packed_as_columns_and_bigger_ones_are_not():
+def test_a_map_is_packed_once_as_columns_small_ones_to_travel_so():
     kwargs = payloads.pack_payload({"k": 1})
     made = pack_columns([1, [2, 3], "x"], kwargs)
     if columns._ccolumns is None:
         assert made is None  # packing columns without the scanner would cost more than it saves
         return
-    assert p.unpack_value(made.args) == [1, [2, 3], "x"] and made.kwargs == kwargs
-    assert pack_columns([1, "x" * payloads.DATA_MIN_BYTES], kwargs) is None
-    assert pack_columns([1], payloads.pack_payload({"k": "x" * payloads.DATA_MIN_BYTES})) is None
+    assert p.unpack_value(made.args) == [1, [2, 3], "x"] and made.kwargs == kwargs and made.small
+    assert made.items() == [msgpack.packb(1), msgpack.packb([2, 3]), msgpack.packb("x")]
+    big = pack_columns([1, "x" * payloads.DATA_MIN_BYTES], kwargs)
+    assert not big.small and big.items()[1] == msgpack.packb("x" * payloads.DATA_MIN_BYTES)
+    assert not pack_columns([1], payloads.pack_payload({"k": "x" * payloads.DATA_MIN_BYTES})).small
     with pytest.raises(p.EncodeError, match="cannot encode a partition"):
         pack_columns([1, {2}], kwargs)
+
+
+def test_items_nested_deeper_than_msgpack_decodes_are_refused_by_both_scanners(scanner):
+    deepest = b"\x91" + b"\x91" * 1024 + b"\x00"  # an item of 1,024 levels: it decodes
+    assert list(columns.scan(deepest)[0]) == [1, len(deepest)]
+    with pytest.raises(p.ProtocolError, match=r"nested more than 1,024 levels|StackError"):
+        columns.scan(b"\x91" + b"\x91" * 1025 + b"\x00")
 
 
 def test_a_launch_is_decoded_a_window_at_a_time_and_never_past_its_bytes(scanner):
@@ -122,8 +131,20 @@ def test_a_launch_is_decoded_a_window_at_a_time_and_never_past_its_bytes(scanner
     assert launch.window(199, 10) == [xs[199]]
     huge = LaunchColumns(2, msgpack.packb([list(range(40_000)), 1]), payloads.pack_payload({}))
     assert huge.window(0, 2) == [list(range(40_000))]  # one x bigger than a window: alone
-    with pytest.raises(p.ProtocolError, match="hold 2 items, not 3"):
-        LaunchColumns(3, msgpack.packb([1, 2]), payloads.pack_payload({}))
+
+
+@pytest.mark.parametrize(
+    ("count", "args", "problem"),
+    [(3, msgpack.packb([1, 2]), "hold 2 items, not 3"), (2, b"\x92\x01", "not one packed array")],
+)
+def test_a_launch_whose_xs_are_not_what_it_says_makes_each_task_unreadable(
+    scanner, count, args, problem
+):
+    launch = LaunchColumns(count, args, payloads.pack_payload({}))  # scanned when first read
+    xs = launch.window(0, 5)
+    assert len(xs) == count and all(type(x) is Unreadable for x in xs)
+    with pytest.raises(p.ProtocolError, match=problem):
+        launch.call(xs[0])
 
 
 def test_an_x_that_does_not_decode_is_unreadable_and_the_others_are_read(scanner):
@@ -135,3 +156,7 @@ def test_an_x_that_does_not_decode_is_unreadable_and_the_others_are_read(scanner
         launch.call(bad)
     args_, kwargs = launch.call(one)
     assert args_ == [1] and kwargs == {"k": [1]} and launch.call(one)[1] is not kwargs
+    # Kwargs that are not a map of str keys: refused as a payload's would be.
+    odd = LaunchColumns(1, msgpack.packb([1]), payloads.pack_payload({1: 2}))
+    with pytest.raises(p.ProtocolError, match="must be a map with str keys"):
+        odd.call(1)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 
+import msgpack
 import pytest
 
 from tidal.runtime import payloads
@@ -59,6 +60,23 @@ def test_jobs_results_cancels_and_executors_come_back_after_a_reopen(tmp_path):
     again.client_left("c1")
     again.close()
     assert Journal(path).state.jobs == []
+
+
+def test_submits_journaled_before_fields_were_added_come_back_with_them_nil(tmp_path):
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    old = msgpack.unpackb(p.encode(submit("c1-1", 2)))
+    for job_id, fields in (("c1-7", old[:-1]), ("c1-6", old[:-2])):  # protocol 7-12; before 7
+        frame = msgpack.packb([*fields[:1], job_id, *fields[2:]], use_bin_type=True)
+        with pytest.raises(p.ProtocolError, match="submit takes 11 fields"):
+            p.decode(frame)
+        journal.submitted("c1", submit(job_id, 2), frame)
+    journal.close()
+    again = Journal(path)
+    jobs = {job.job_id: job for _, job in again.state.jobs}
+    again.close()
+    assert jobs["c1-7"].bulk is None and jobs["c1-7"].kwargs is None
+    assert jobs["c1-6"].tasks == submit("c1-1", 2).tasks and jobs["c1-6"].bulk is None
 
 
 def test_the_journal_is_in_wal_mode_and_held_by_one_scheduler(tmp_path):

@@ -237,7 +237,12 @@ def test_bad_columnar_submissions_are_refused_with_the_reason():
     assert refusal("c", b"\x01", kwargs) is None  # not an array: no task id to answer
     assert "kwargs must be packed" in refusal("d", b"\x91\x01", None)
     assert "kwargs go with columns" in refusal("e", [b"x"], kwargs)
+    assert refusal("f", b"\x90", kwargs) is None  # no task to answer for, and no job:
+    assert "nested more than 1,024" in refusal("g", b"\x91" * 1027 + b"\x00", kwargs)
     assert not h.sent("e0", p.LaunchChunk) and not h.core.records.jobs
+    classic = p.Submit("h", "batch", 0, None, "m:f", None, [["h/0", payload(0)]], 0)
+    h.handle(ClientRequest("c", dataclasses.replace(classic, kwargs=kwargs)))
+    assert "kwargs go with columns" in h.results.pop("h/0")[0][3][1]
 
 
 def test_a_restarted_scheduler_keeps_what_batches_ended_and_runs_the_rest(tmp_path):
