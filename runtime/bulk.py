@@ -263,7 +263,21 @@ class BulkJobs:
             jobs = [job for job, _ in self._jobs.values()]
             self._jobs.clear()
         for job in jobs:
-            job.fail(describe)
+            job.fail(lambda what: ConnectionError(describe(what)))
+
+    def on_job_refused(self, msg: p.JobRefused) -> bool:
+        """The scheduler refused a bulk job: each of its tasks not done fails with the
+        reason. False if it is no live job of ours (the message is dropped)."""
+        error = msg.error
+        if not is_error(error):
+            self._bad_frames(f"dropped a bad job_refused from the scheduler: {str(error)[:80]}")
+            return False
+        with self._lock:
+            entry = self._jobs.get(msg.job_id)
+        if entry is None:
+            return False
+        entry[0].fail(lambda _what: rebuild_error(*error))
+        return True
 
     # ---- inside --------------------------------------------------------------------------------
 

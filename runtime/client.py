@@ -213,6 +213,7 @@ class Client(ClientRequests):
                 handlers={
                     p.Results: self._on_results,
                     p.BatchResults: self._on_batch_results,
+                    p.JobRefused: self._on_job_refused,
                     p.Status: self._on_status,
                     p.Pong: self._on_pong,
                     p.PolicySet: self._on_policy_set,
@@ -724,6 +725,10 @@ class Client(ClientRequests):
             if type(value) is bytes and not payloads.is_reference(value):
                 self.traffic.received(len(value))
         self.dropped_results += self._bulk.on_batch_results(msg)
+
+    def _on_job_refused(self, msg: p.JobRefused) -> None:
+        if not self._bulk.on_job_refused(msg):
+            self.dropped_results += 1
 
     def _bulk_done(self, job_id: str) -> None:
         with self._lock:

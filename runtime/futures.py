@@ -328,7 +328,7 @@ class BulkJob:
         self._left = size
         # Set once the client lost its connection: each task not done by then fails with
         # ConnectionError(describe(f"task {task_id}")), made when it is asked for.
-        self._broken: Callable[[str], str] | None = None
+        self._broken: Callable[[str], Exception] | None = None
 
     def done(self) -> bool:
         """True once every task is done (or the job failed whole)."""
@@ -456,13 +456,13 @@ class BulkJob:
                 return []
             return [i for i in indices if self._state[i] == _PENDING]
 
-    def fail(self, describe: Callable[[str], str]) -> None:
-        """The client lost its connection: every task not done fails with
-        ConnectionError(describe(f"task {task_id}")), its future now or when it is made."""
+    def fail(self, failure: Callable[[str], Exception]) -> None:
+        """Every task not done fails with failure(f"task {task_id}") (the client lost its
+        connection, or the scheduler refused the job), its future now or when it is made."""
         with self._lock:
             if not self._left:
                 return
-            self._broken = describe
+            self._broken = failure
             self._left = 0
             state = self._state
             made = [
@@ -514,9 +514,9 @@ class BulkJob:
         state = self._state[index]
         if state == _FINISHED:
             return state, self._values[index], self._stats[index]
-        if state != _FAILED:  # it never came, and never will: the client lost its connection
+        if state != _FAILED:  # it never came, and never will (`fail`)
             self._state[index] = state = _FAILED
-            self._failures[index] = ConnectionError(self._broken(f"task {self.job_id}/{index}"))
+            self._failures[index] = self._broken(f"task {self.job_id}/{index}")
         return state, self._failures[index], self._stats[index]
 
     def _made(self, indices: Iterable[int]) -> list[tuple[TaskFuture, int, Any, Any]]:

@@ -74,7 +74,7 @@ __all__ = [
 # 12: a batch's values may be one packed array (chunk_batch and batch_results `values` as
 #     bytes: runtime/batches.py).
 # 13: columnar bulk jobs: submit.bulk may be one packed array of a map's xs, with
-#     submit.kwargs; launch_chunk.columns (runtime/columns.py).
+#     submit.kwargs; launch_chunk.columns (runtime/columns.py). job_refused (S2C).
 PROTOCOL_VERSION = 13
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
@@ -506,6 +506,16 @@ class BatchResults(Message):
     values: list | bytes
     errors: list
     stats: dict
+
+
+@message("job_refused", S2C)
+class JobRefused(Message):
+    # Since protocol 13: a bulk job the scheduler refused (its submit was read, but the job is
+    # not sound): every task of it fails with `error`, [error_type, message, traceback]. One
+    # message, however many tasks the job names (a classic job's refusal is a `results` item
+    # per task).
+    job_id: str
+    error: list
 
 
 @message("cancel", C2S)

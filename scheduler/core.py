@@ -67,9 +67,6 @@ from tidal.scheduler.records import (
     resume_order,
     stat_count,
 )
-from tidal.scheduler.records import (
-    task_ids as task_ids_of,
-)
 from tidal.scheduler.records.lineage import inputs_problem
 from tidal.scheduler.tally import Tally
 from tidal.scheduler.views import ClusterView, TaskView, check_submission, status_snapshot
@@ -679,23 +676,30 @@ class SchedulerCore:
         if problem is None and msg.bulk is None:
             problem = inputs_problem(client_id, msg, records.tasks)
         if problem is not None:
-            if msg.bulk is not None:
-                refused = task_ids_of(msg)
-            else:
-                refused = [t[0] for t in msg.tasks if type(t) is list and t and type(t[0]) is str]
+            if msg.bulk is not None:  # one answer for the job: it may name millions of tasks
+                self._refuse_job(client_id, msg.job_id, None, problem)
+                return
+            refused = [t[0] for t in msg.tasks if type(t) is list and t and type(t[0]) is str]
             self._refuse_job(client_id, msg.job_id, refused, problem)
             return
         records.note(ev.JobAccepted(client_id, msg))
         new = [TaskView(task, records) for task in records.submit(client_id, msg, columns)]
         self._consult(lambda pol: pol.tasks_submitted(self.view, new))
 
-    def _refuse_job(self, client_id: str, job_id: str, task_ids: list[str], problem: str) -> None:
-        """Fail each of a refused job's tasks at its client, with the reason."""
+    def _refuse_job(
+        self, client_id: str, job_id: str, task_ids: list[str] | None, problem: str
+    ) -> None:
+        """Fail each of a refused job's tasks at its client, with the reason: those in
+        `task_ids` one by one, or (None) a bulk job's all at once (`job_refused`)."""
         records = self.records
         records.peer_warning(f"refused job {job_id} from client {client_id}: {problem}")
         reason = f"job {job_id} refused by the scheduler: {problem}"
         records.note(ev.JobRefused(client_id, job_id, reason))
         error = ["ValueError", reason, ""]
+        if task_ids is None:
+            if client_id in records.clients:
+                records.answer(client_id, p.JobRefused(job_id, error))
+            return
         records.to_client(client_id, [[tid, "failed", None, error, {}] for tid in task_ids])
 
     def _on_cancel(self, client_id: str, msg: p.Cancel) -> None:

@@ -262,6 +262,27 @@ def test_a_result_its_executor_kept_is_fetched_for_a_bulk_task(fake, client, tmp
         store.close()
 
 
+def test_a_refused_bulk_job_fails_every_task_at_once(fake, client, caplog):
+    futures = client.map(total, [[i] for i in range(5)], chunksize=2)
+    fake.wait_for(p.Submit)
+    fake.push(p.BatchResults(futures.job_id, 0, [payloads.pack_payload(0)], [], STATS))
+    first = futures[3]  # made before the refusal; the others after it
+    reason = f"job {futures.job_id} refused by the scheduler: a bulk job needs a chunksize option"
+    fake.push(p.JobRefused(futures.job_id, ["ValueError", reason, ""]))
+    with pytest.raises(ValueError, match="needs a chunksize option"):
+        gather(futures, timeout=5)
+    assert futures[0].result(timeout=0) == 0  # done before: kept
+    assert isinstance(first.exception(timeout=5), ValueError)
+    assert all(isinstance(futures[i].exception(timeout=0), ValueError) for i in (1, 2, 4))
+    assert not client._bulk
+    fake.push(p.JobRefused(futures.job_id, ["ValueError", reason, ""]))  # no live job: dropped
+    fake.push(p.JobRefused("someone-1", ["ValueError", "?", ""]))
+    fake.push(p.JobRefused("someone-2", ["ValueError"]))  # malformed: dropped, said once
+    synced(fake, client)
+    assert client.dropped_results == 3
+    assert sum("dropped a bad job_refused" in r.getMessage() for r in caplog.records) == 1
+
+
 # ---- cancelling, reconnecting, closing ---------------------------------------------------------
 
 

@@ -62,7 +62,8 @@ class FakeClock:
 class Harness:
     """Drives a SchedulerCore for a client "c" and keeps what it sent, per executor and per
     client: commands in `to_executor`, results in `results` (by task id), answers to
-    SetPolicy and Reattach in `answers` (by request id)."""
+    SetPolicy and Reattach in `answers` (by request id), refused bulk jobs' errors in
+    `refusals` (by job id)."""
 
     bulk_form = "payloads"  # or "columns": how `submit(bulk=True)` sends a bulk job
 
@@ -74,6 +75,7 @@ class Harness:
         self.results: dict[str, list[list]] = {}
         self.batches: list[p.BatchResults] = []
         self.answers: dict[str, p.PolicySet] = {}
+        self.refusals: dict[str, list] = {}  # a refused bulk job's error, by job id
         self.notes: list[Note] = []  # what the core noted for the journal and the event log
         self._requests = 0
         self.handle(ClientJoined(CLIENT_ID))
@@ -100,6 +102,8 @@ class Harness:
                     message.job_id, message.start, message.values, message.errors, message.stats
                 ):
                     self.results.setdefault(item[0], []).append(item)
+            elif isinstance(message, p.JobRefused):  # a bulk job's tasks all fail
+                self.refusals[message.job_id] = message.error
             else:
                 assert isinstance(message, p.PolicySet | p.Reattached), f"unexpected: {message}"
                 self.answers[message.request_id] = message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgpack
 import pytest
 
 from tests.scheduler.harness import MS, TOTAL, Harness, launched_payloads, payload
@@ -210,6 +211,8 @@ def test_bad_bulk_submissions_are_refused_with_the_reason():
     def submit(job_id, tasks, options, bulk):
         msg = p.Submit(job_id, "batch", 0, None, "m:f", None, tasks, 0, options, bulk)
         h.handle(ClientRequest("c", msg))
+        if job_id in h.refusals:  # a bulk job: one answer for all its tasks
+            return [h.refusals.pop(job_id)[1]]
         return [h.results.pop(f"{job_id}/0")[0][3][1]] if f"{job_id}/0" in h.results else []
 
     assert "needs a chunksize" in submit("a", [], None, [b"x"])[0]
@@ -228,16 +231,21 @@ def test_bad_columnar_submissions_are_refused_with_the_reason():
     def refusal(job_id, bulk, kwargs):
         msg = p.Submit(job_id, "batch", 0, None, "m:f", None, [], 0, {"chunksize": 2}, bulk)
         h.handle(ClientRequest("c", dataclasses.replace(msg, kwargs=kwargs)))
-        answers = [h.results.pop(t)[0][3][1] for t in list(h.results) if t.startswith(job_id)]
-        return answers[0] if answers else None
+        assert not h.results  # one answer for the job, not one per task
+        error = h.refusals.pop(job_id)
+        assert error[0] == "ValueError" and error[1].startswith(f"job {job_id} refused")
+        return error[1]
 
     kwargs = payloads.pack_payload({})
     assert "bytes follow the array's last item" in refusal("a", b"\x92\x01\x02\x03", kwargs)
     assert "cut short" in refusal("b", b"\x92\x01\xa5ab", kwargs)  # task ids: from its header
-    assert refusal("c", b"\x01", kwargs) is None  # not an array: no task id to answer
+    assert "not a msgpack array" in refusal("c", b"\x01", kwargs)
     assert "kwargs must be packed" in refusal("d", b"\x91\x01", None)
     assert "kwargs go with columns" in refusal("e", [b"x"], kwargs)
-    assert refusal("f", b"\x90", kwargs) is None  # no task to answer for, and no job:
+    # A job of millions of tasks that is refused costs one answer (a 64 MiB frame could
+    # name 64 million), not an item per task.
+    assert "kwargs must be packed" in refusal("m", msgpack.packb([None] * 5_000_000), None)
+    assert "has no tasks" in refusal("f", b"\x90", kwargs)
     assert "nested more than 1,024" in refusal("g", b"\x91" * 1027 + b"\x00", kwargs)
     assert not h.sent("e0", p.LaunchChunk) and not h.core.records.jobs
     classic = p.Submit("h", "batch", 0, None, "m:f", None, [["h/0", payload(0)]], 0)
@@ -346,8 +354,7 @@ def test_a_bulk_job_id_with_the_characters_of_chunk_and_piece_ids_is_refused():
     h = Harness(executors=[("e0", "n0")])
     msg = p.Submit("a#1", "batch", 0, None, "m:f", None, [], 0, {"chunksize": 2}, [b"x"])
     h.handle(ClientRequest("c", msg))
-    (refusal,) = h.results["a#1/0"]
-    assert "may not hold '#' or '@'" in refusal[3][1]
+    assert "may not hold '#' or '@'" in h.refusals["a#1"][1] and not h.results
 
 
 def test_the_journal_finds_each_task_of_batches_written_out_of_order(tmp_path):
