@@ -190,7 +190,7 @@ def test_a_failed_connection_fails_every_task_not_done_made_or_not(hooks):
     futures = MapFutures(job)
     waiting = futures[2]
     job.finish(0, ["done"], STATS)
-    job.fail(lambda what: f"client closed before {what} finished")
+    job.fail(lambda what: ConnectionError(f"client closed before {what} finished"))
     assert job.done() and hooks.done == ["c-1"]
     with pytest.raises(ConnectionError, match="client closed before task c-1/2 finished"):
         waiting.result(timeout=0)
@@ -200,7 +200,7 @@ def test_a_failed_connection_fails_every_task_not_done_made_or_not(hooks):
     assert futures[0].result() == "done"
     assert job.finish(1, [1, 2, 3], STATS) == 3  # nothing completes after
     assert futures[3].cancel() is False and hooks.cancelled == []
-    job.fail(lambda what: "again")  # a job that is done stays as it is
+    job.fail(lambda what: ConnectionError("again"))  # a job that is done stays as it is
     assert str(futures[3].exception()) == "client closed before task c-1/3 finished"
 
 
@@ -233,7 +233,7 @@ def test_what_the_client_waits_for_and_what_is_still_pending(hooks):
     job.fetching(3, STATS)
     assert job.waiting_for() == ["c-1/2", "c-1/4"]
     assert job.pending([0, 2, 3, 4]) == [2, 4]
-    job.fail(lambda what: "gone")
+    job.fail(lambda what: ConnectionError("gone"))
     assert job.waiting_for() == [] and job.pending([2]) == []
 
 

@@ -238,7 +238,7 @@ def test_a_map_whose_connection_is_lost_counts_what_was_left_as_failed():
     job, mapped = map_of(4)
     job.finish(0, [0], STATS)
     bar = progress(mapped, notebook=False, block=False, console=plain_console()[0])
-    job.fail(lambda what: f"lost before {what}")
+    job.fail(lambda what: ConnectionError(f"lost before {what}"))
     assert bar.wait(timeout=10) and (bar.state().done, bar.state().failed) == (4, 3)
 
 
