@@ -326,8 +326,9 @@ class BulkJob:
         self._failures: dict[int, BaseException | None] = {}
         self._futures: list[TaskFuture | None] | None = None  # made on the first demand
         self._left = size
-        # Set once the client lost its connection: each task not done by then fails with
-        # ConnectionError(describe(f"task {task_id}")), made when it is asked for.
+        # Set once the job failed whole (`fail`: the client lost its connection, or the
+        # scheduler refused the job): each task not done by then fails with
+        # _broken(f"task {task_id}"), made when it is asked for.
         self._broken: Callable[[str], Exception] | None = None
 
     def done(self) -> bool:

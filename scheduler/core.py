@@ -675,12 +675,10 @@ class SchedulerCore:
             problem = check_submission(msg, records.jobs, records.tasks, records.id_prefixes)
         if problem is None and msg.bulk is None:
             problem = inputs_problem(client_id, msg, records.tasks)
-        if problem is not None:
-            if msg.bulk is not None:  # one answer for the job: it may name millions of tasks
-                self._refuse_job(client_id, msg.job_id, None, problem)
-                return
+        if problem is not None:  # a bulk job's answer is one: it may name millions of tasks
             refused = [t[0] for t in msg.tasks if type(t) is list and t and type(t[0]) is str]
-            self._refuse_job(client_id, msg.job_id, refused, problem)
+            bulk = msg.bulk is not None
+            self._refuse_job(client_id, msg.job_id, None if bulk else refused, problem)
             return
         records.note(ev.JobAccepted(client_id, msg))
         new = [TaskView(task, records) for task in records.submit(client_id, msg, columns)]
@@ -696,11 +694,10 @@ class SchedulerCore:
         reason = f"job {job_id} refused by the scheduler: {problem}"
         records.note(ev.JobRefused(client_id, job_id, reason))
         error = ["ValueError", reason, ""]
-        if task_ids is None:
-            if client_id in records.clients:
-                records.answer(client_id, p.JobRefused(job_id, error))
-            return
-        records.to_client(client_id, [[tid, "failed", None, error, {}] for tid in task_ids])
+        if task_ids is not None:
+            records.to_client(client_id, [[tid, "failed", None, error, {}] for tid in task_ids])
+        elif client_id in records.clients:
+            records.answer(client_id, p.JobRefused(job_id, error))
 
     def _on_cancel(self, client_id: str, msg: p.Cancel) -> None:
         records = self.records
