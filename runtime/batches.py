@@ -75,14 +75,16 @@ def batch_payloads(values: list[Any] | bytes) -> list[Any]:
 
 def submit_ids(
     frame: bytes, *, most_ids: int = 10_000, most_submits: int = 64
-) -> list[tuple[str, list[str]]]:
+) -> list[tuple[str, list[str] | None]]:
     """The job and task ids of the submits in a frame that did not decode, as far as they
     can be read: one if it is a submit, one per submit item if it is a batch (a batch within
-    a batch, one level down, too); [] for anything else. For the scheduler to fail those
-    tasks at their client rather than leave their futures waiting. Bounded: `most_submits`
-    submits and `most_ids` ids in all (a bigger job's other tasks are not named); ids over
-    p.MAX_ID_CHARS are not read. The caller bounds the frame's size."""
-    found: list[tuple[str, list[str]]] = []
+    a batch, one level down, too); [] for anything else. A bulk job's ids are None: its
+    tasks are the whole job (one `job_refused` answers them all). For the scheduler to fail
+    those tasks at their client rather than leave their futures waiting. Bounded:
+    `most_submits` submits and `most_ids` ids in all (a bigger classic job's other tasks are
+    not named; a bulk job counts as one); ids over p.MAX_ID_CHARS are not read. The caller
+    bounds the frame's size."""
+    found: list[tuple[str, list[str] | None]] = []
     room = [most_ids]
     frames = [(frame, 2)]  # (frame, batch levels it may still hold)
     while frames and room[0] > 0 and len(found) < most_submits:
@@ -99,25 +101,19 @@ def submit_ids(
             continue
         ids = _ids_of_submit(value, room[0])
         if ids is not None:
-            room[0] -= len(ids[1])
+            room[0] -= 1 if ids[1] is None else len(ids[1])
             found.append(ids)
     return found
 
 
-def _ids_of_submit(value: list[Any], most: int) -> tuple[str, list[str]] | None:
+def _ids_of_submit(value: list[Any], most: int) -> tuple[str, list[str] | None] | None:
     job_id = value[1]
     if value[0] != p.Submit.op or type(job_id) is not str or not 0 < len(job_id) <= p.MAX_ID_CHARS:
         return None
     fields = dict(zip((name for name, _, _ in p.Submit._checks), value[1:], strict=False))
     tasks, bulk = fields.get("tasks"), fields.get("bulk")
-    if type(bulk) is list and bulk:
-        return job_id, [f"{job_id}/{i}" for i in range(min(len(bulk), most))]
-    if type(bulk) is bytes:  # a columnar job's (protocol 13): its array header says how many
-        try:
-            count = values_count(bulk)
-        except p.ProtocolError:
-            return None
-        return (job_id, [f"{job_id}/{i}" for i in range(min(count, most))]) if count else None
+    if type(bulk) in (list, bytes) and bulk:  # a bulk job (columns too): the whole job
+        return job_id, None
     ids = [
         t[0]
         for t in (tasks if type(tasks) is list else ())[:most]

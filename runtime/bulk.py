@@ -6,9 +6,10 @@ the calls' payloads in order: task i's id is f"{job_id}/{i}", and no per-task re
 on the client until someone asks for a task's future (runtime/futures.py, `BulkJob` and
 `MapFutures`). Results come back as `batch_results` (a run of consecutive tasks, their
 values in one list), and as classic `results` items for the tasks that took another way
-(cancelled, retried alone, failed after executor losses). `BulkJobs` is the client's book
-of its live bulk jobs: it routes both kinds of result to the right job, and answers for them
-when the client reconnects (the ids it waits for, the tasks to submit again) or gives up.
+(cancelled, retried alone, failed after executor losses); a job the scheduler refused fails
+whole at one `job_refused`. `BulkJobs` is the client's book of its live bulk jobs: it
+routes results and refusals to the right job, and answers for them when the client
+reconnects (the ids it waits for, the tasks to submit again) or gives up.
 """
 
 from __future__ import annotations

@@ -328,8 +328,8 @@ class BulkJob:
         self._left = size
         # Set once the job failed whole (`fail`: the client lost its connection, or the
         # scheduler refused the job): each task not done by then fails with
-        # _broken(f"task {task_id}"), made when it is asked for.
-        self._broken: Callable[[str], Exception] | None = None
+        # _failure(f"task {task_id}"), made when it is asked for.
+        self._failure: Callable[[str], Exception] | None = None
 
     def done(self) -> bool:
         """True once every task is done (or the job failed whole)."""
@@ -338,10 +338,11 @@ class BulkJob:
 
     def counts(self) -> tuple[int, int]:
         """(done, failed): how many tasks are done, and how many of those failed or were
-        cancelled (after a lost connection, every task not done then counts as failed)."""
+        cancelled (after the job failed whole, `fail`, every task not done then counts as
+        failed)."""
         with self._lock:
             failed = len(self._failures)
-            if self._broken is not None:  # their failures are made when their futures are
+            if self._failure is not None:  # their failures are made when their futures are
                 failed += self._state.count(_PENDING) + self._state.count(_FETCHING)
             return self.size - self._left, failed
 
@@ -374,7 +375,7 @@ class BulkJob:
                     f"{self._left} of {self.size} futures still pending after {timeout:g} s"
                 )
             first = min(self._failures, default=self.size)
-            if self._broken is not None:
+            if self._failure is not None:
                 pending = self._state.find(_PENDING)
                 first = pending if 0 <= pending < first else first
             if first == self.size:  # all finished
@@ -397,7 +398,7 @@ class BulkJob:
         if not count:
             return 0
         with self._lock:
-            if self._broken is None and self._state.count(_PENDING, start, end) == count:
+            if self._failure is None and self._state.count(_PENDING, start, end) == count:
                 # The common case, all of it in C: a batch of tasks none of which came before.
                 self._values[start:end] = values
                 self._stats[start:end] = itertools.repeat(stats, count)
@@ -434,7 +435,7 @@ class BulkJob:
         """Task `index`'s result was spooled by its executor: its future, for the fetcher to
         complete (the job learns of it from there), or None if the task was done already."""
         with self._lock:
-            if self._state[index] != _PENDING or self._broken is not None:
+            if self._state[index] != _PENDING or self._failure is not None:
                 return None
             self._state[index] = _FETCHING
             self._stats[index] = stats
@@ -445,7 +446,7 @@ class BulkJob:
     def waiting_for(self) -> list[str]:
         """The ids of the tasks still pending (not those being fetched)."""
         with self._lock:
-            if self._broken is not None:
+            if self._failure is not None:
                 return []
             indices = list(itertools.compress(range(self.size), map(operator.not_, self._state)))
         return [f"{self.job_id}/{i}" for i in indices]
@@ -453,7 +454,7 @@ class BulkJob:
     def pending(self, indices: Iterable[int]) -> list[int]:
         """Those of `indices` whose tasks are still pending."""
         with self._lock:
-            if self._broken is not None:
+            if self._failure is not None:
                 return []
             return [i for i in indices if self._state[i] == _PENDING]
 
@@ -463,7 +464,7 @@ class BulkJob:
         with self._lock:
             if not self._left:
                 return
-            self._broken = failure
+            self._failure = failure
             self._left = 0
             state = self._state
             made = [
@@ -487,7 +488,7 @@ class BulkJob:
                 task_id, self.job_id, self.submitted_ns, self._cancelled, self.function
             )
             futures[index] = future
-            if self._state[index] >= _FINISHED or self._broken is not None:
+            if self._state[index] >= _FINISHED or self._failure is not None:
                 # Discussion: completed here, under the lock, before anyone else can see
                 # it: a fresh future has no callbacks to run.
                 _settle(future, *self._outcome(index))
@@ -497,7 +498,7 @@ class BulkJob:
         self, index: int, state: int, result: Any, stats: dict[str, Any], was: int = _PENDING
     ) -> bool:
         """Record one task's outcome if it was in state `was`; False if not (done already)."""
-        if self._state[index] != was or self._broken is not None:
+        if self._state[index] != was or self._failure is not None:
             return False
         self._state[index] = state
         if state == _FINISHED:
@@ -517,7 +518,7 @@ class BulkJob:
             return state, self._values[index], self._stats[index]
         if state != _FAILED:  # it never came, and never will (`fail`)
             self._state[index] = state = _FAILED
-            self._failures[index] = self._broken(f"task {self.job_id}/{index}")
+            self._failures[index] = self._failure(f"task {self.job_id}/{index}")
         return state, self._failures[index], self._stats[index]
 
     def _made(self, indices: Iterable[int]) -> list[tuple[TaskFuture, int, Any, Any]]:
@@ -552,7 +553,7 @@ class BulkJob:
         Called without the lock."""
         index = int(future.task_id.rpartition("/")[2])
         with self._lock:
-            counted = self._state[index] <= _FETCHING and self._broken is None
+            counted = self._state[index] <= _FETCHING and self._failure is None
             # Discussion: a task whose outcome came just now but whose future was cancelled
             # before the client completed it: the future's cancel stands, so the job's too.
             self._state[index] = _FAILED

@@ -510,10 +510,10 @@ class BatchResults(Message):
 
 @message("job_refused", S2C)
 class JobRefused(Message):
-    # Since protocol 13: a bulk job the scheduler refused (its submit was read, but the job is
-    # not sound): every task of it fails with `error`, [error_type, message, traceback]. One
-    # message, however many tasks the job names (a classic job's refusal is a `results` item
-    # per task).
+    # Since protocol 13: a bulk job the scheduler refused (the job is not sound, or its submit
+    # did not decode but named it): every task of it fails with `error`, [error_type,
+    # message, traceback]. One message, however many tasks the job names (a classic job's
+    # refusal is a `results` item per task).
     job_id: str
     error: list
 

@@ -96,6 +96,6 @@ class UnreadableSubmits:
             return []
         found = batches.submit_ids(frame, most_submits=room[0], most_ids=room[1])
         room[0] -= len(found)
-        room[1] -= sum(len(ids) for _, ids in found)
+        room[1] -= sum(1 if ids is None else len(ids) for _, ids in found)
         problem = f"its submit did not decode: {str(exc)[:300]}"
         return [SubmitUnreadable(peer[1], job_id, ids, problem) for job_id, ids in found]

@@ -69,7 +69,13 @@ from tidal.scheduler.records import (
 )
 from tidal.scheduler.records.lineage import inputs_problem
 from tidal.scheduler.tally import Tally
-from tidal.scheduler.views import ClusterView, TaskView, check_submission, status_snapshot
+from tidal.scheduler.views import (
+    ClusterView,
+    TaskView,
+    check_submission,
+    refused_ids,
+    status_snapshot,
+)
 
 __all__ = [
     "ClientJoined",
@@ -675,10 +681,8 @@ class SchedulerCore:
             problem = check_submission(msg, records.jobs, records.tasks, records.id_prefixes)
         if problem is None and msg.bulk is None:
             problem = inputs_problem(client_id, msg, records.tasks)
-        if problem is not None:  # a bulk job's answer is one: it may name millions of tasks
-            refused = [t[0] for t in msg.tasks if type(t) is list and t and type(t[0]) is str]
-            bulk = msg.bulk is not None
-            self._refuse_job(client_id, msg.job_id, None if bulk else refused, problem)
+        if problem is not None:
+            self._refuse_job(client_id, msg.job_id, refused_ids(msg), problem)
             return
         records.note(ev.JobAccepted(client_id, msg))
         new = [TaskView(task, records) for task in records.submit(client_id, msg, columns)]

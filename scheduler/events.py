@@ -82,11 +82,12 @@ class ClientRequest:
 @dataclass(frozen=True, slots=True)
 class SubmitUnreadable:
     """A client's submit that did not decode (the shell dropped it as bad input): its job
-    and task ids as far as they could be read, so that their futures fail, not wait."""
+    and task ids as far as they could be read (None: a bulk job, whose tasks are the whole
+    job), so that their futures fail, not wait."""
 
     client_id: str
     job_id: str
-    task_ids: list[str]
+    task_ids: list[str] | None
     problem: str
 
 

@@ -596,7 +596,7 @@ def _stored_submit(frame: bytes) -> p.Message:
     except p.ProtocolError:
         body = p.unpack_value(frame)
         missing = len(p.Submit._checks) + 1 - len(body) if type(body) is list else 0
-        if not (body and body[0] == p.Submit.op and 0 < missing <= 2):
+        if not (0 < missing <= 2 and body[0] == p.Submit.op):  # (a list of 9 or 10 items)
             raise
         return p.decode(_pack([*body, *[None] * missing]))
 

@@ -34,6 +34,7 @@ __all__ = [
     "TaskState",
     "TaskView",
     "check_submission",
+    "refused_ids",
     "resume_order",
     "status_snapshot",
 ]
@@ -456,6 +457,15 @@ def check_submission(
         if job is not None and job.payloads is not None:
             return f"task ids {prefix!r}/... are those of bulk job {prefix!r}"
     return None
+
+
+def refused_ids(msg: p.Submit) -> list[str] | None:
+    """The ids of a refused job's tasks to fail one by one: each task entry that names one.
+    None for a bulk job: one `job_refused` answers for the whole job, which may name
+    millions of tasks (a 64 MiB columnar submit, 64 million)."""
+    if msg.bulk is not None:
+        return None
+    return [t[0] for t in msg.tasks if type(t) is list and t and type(t[0]) is str]
 
 
 def _bulk_problem(msg: p.Submit, prefixes: Collection[str]) -> str | None:

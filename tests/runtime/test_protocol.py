@@ -780,7 +780,11 @@ def test_the_ids_of_a_submit_that_does_not_decode_are_read_as_far_as_they_can_be
     ]  # the junk and the overlong id skipped
     bulk = encode(p.Submit("b", "batch", 0, None, "m:f", None, [], 0, {"chunksize": 2}, [b"1"] * 3))
     inner = encode(p.Batch([bulk, encode(p.Ping("r", 1)), b"\xc1", encode(p.Batch([bad]))]))
-    assert batches.submit_ids(inner) == [("b", ["b/0", "b/1", "b/2"])]  # one level of batch only
+    # A bulk job's tasks are the whole job (one job_refused); one level of batch only.
+    assert batches.submit_ids(inner) == [("b", None)]
+    columns = msgpack.unpackb(encode(p.Submit("c", "batch", 0, None, "m:f", None, [], 0)))
+    columns[9:] = [{"chunksize": 2}, msgpack.packb([1, 2]), "kwargs not bytes"]
+    assert batches.submit_ids(msgpack.packb(columns)) == [("c", None)]
     assert batches.submit_ids(encode(p.Batch([inner]))) == []
     for frame in (b"\xc1", msgpack.packb(["submit", "x" * 201]), msgpack.packb(["ping", "r"])):
         assert batches.submit_ids(frame) == []
@@ -790,8 +794,12 @@ def test_reading_the_ids_of_undecodable_submits_is_bounded():
     def submit(job_id, tasks=(), bulk=None):
         return encode(p.Submit(job_id, "batch", 0, None, "m:f", None, list(tasks), 0, None, bulk))
 
-    assert [len(ids) for _, ids in batches.submit_ids(submit("b", bulk=[b"1"] * 50_000))] == [
-        10_000
+    tasks = [[f"b/{i}", b"x"] for i in range(50_000)]
+    assert [len(ids) for _, ids in batches.submit_ids(submit("b", tasks))] == [10_000]
+    # A bulk job counts as one id, however many tasks it names.
+    bulk = [submit(f"b{i}", bulk=[b"1"] * 50) for i in range(3)]
+    assert batches.submit_ids(encode(p.Batch(bulk)), most_ids=3) == [
+        (f"b{i}", None) for i in range(3)
     ]
     many = [submit(f"j{i}", [[f"j{i}/0", b"x"]]) for i in range(100)]
     assert len(batches.submit_ids(encode(p.Batch(many)))) == 64

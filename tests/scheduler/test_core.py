@@ -729,3 +729,5 @@ def test_an_unreadable_submit_fails_its_tasks_unless_its_client_sent_that_job_be
     ((_, outcome, _, error, _),) = h.results["j/7"]  # another client's job id: refused
     assert outcome == "failed" and "did not decode: y" in error[1]
     assert task_id not in h.results  # and the first client's job goes on
+    h.handle(SubmitUnreadable(CLIENT_ID, "b", None, "its submit did not decode: z"))
+    assert "did not decode: z" in h.refusals["b"][1]  # a bulk job: one answer for all its tasks
