@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
@@ -152,6 +153,13 @@ class Columns(Sequence[bytes]):
         """Whether each call packs under DATA_MIN_BYTES: a map travels as columns only
         then (the classic path carries bigger calls: blocked, spooled or counted as data)."""
         return self.payload_max < payloads.DATA_MIN_BYTES
+
+    def data_bytes(self) -> int:
+        """The bytes of the task payloads `[[x], kwargs]` of DATA_MIN_BYTES or more (what
+        counts as task data), worked out from the offsets, no payload made (C loops)."""
+        offsets, extra = self.offsets, len(_HEAD) + len(self.kwargs)
+        sizes = map(extra.__add__, map(operator.sub, offsets[1:], offsets[:-1]))
+        return sum(filter(payloads.DATA_MIN_BYTES.__le__, sizes))
 
     def items(self) -> list[bytes]:
         """Each x's packed bytes, in order (cut out by C loops)."""

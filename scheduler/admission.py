@@ -18,6 +18,7 @@ __all__ = [
     "BatchBeforeHello",
     "OutOfPlace",
     "UnreadableSubmits",
+    "check_attach",
     "check_id",
     "refusal_before_decoding",
 ]
@@ -43,6 +44,20 @@ class BatchBeforeHello(OutOfPlace):
 # the fixstr "batch". A batch packed any other way is refused after decoding
 # (scheduler/server.py).
 _BATCH_START = b"\x92\xa5batch"
+
+
+def check_attach(msg: p.Attach, token: str | None, known: bool) -> None:
+    """ProtocolError unless `msg` may make its connection a report connection of executor
+    `msg.executor_id`: this protocol's version, a sound id, the token that executor's
+    welcome gave (`token`), a connection that is no one's yet (not `known`). OutOfPlace,
+    not counted, for a version or token another scheduler may have given in good faith."""
+    if msg.version != p.PROTOCOL_VERSION:
+        raise OutOfPlace(f"attach with protocol version {msg.version}")
+    check_id("attach", msg.executor_id)
+    if msg.token != token:
+        raise OutOfPlace(f"attach as executor {msg.executor_id} with a wrong token")
+    if known:  # an attach opens a connection; it cannot re-map one
+        raise p.ProtocolError("attach on a connection that said who it is already")
 
 
 def check_id(op: str, peer_id: str) -> None:

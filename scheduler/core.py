@@ -30,7 +30,6 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from tidal.runtime import protocol as p
-from tidal.runtime.columns import Columns
 from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import chunks as ch
 from tidal.scheduler import decisions as d
@@ -72,7 +71,7 @@ from tidal.scheduler.tally import Tally
 from tidal.scheduler.views import (
     ClusterView,
     TaskView,
-    check_submission,
+    checked_submission,
     refused_ids,
     status_snapshot,
 )
@@ -671,14 +670,7 @@ class SchedulerCore:
             # sure we had; the same job twice from the same client is that, not a mistake.
             log.debug("job %s from client %s is known already", msg.job_id, client_id)
             return
-        columns, problem = None, None
-        if type(msg.bulk) is bytes:  # a columnar job (runtime/columns.py): scanned once, here
-            try:
-                columns = Columns(msg.bulk, msg.kwargs)
-            except p.ProtocolError as exc:
-                problem = str(exc)
-        if problem is None:
-            problem = check_submission(msg, records.jobs, records.tasks, records.id_prefixes)
+        problem, columns = checked_submission(msg, records.jobs, records.tasks, records.id_prefixes)
         if problem is None and msg.bulk is None:
             problem = inputs_problem(client_id, msg, records.tasks)
         if problem is not None:

@@ -107,6 +107,19 @@ class Delivery:
     def ack(self, executor_id: str, task_ids: list[str]) -> None:
         self._acks.setdefault(executor_id, []).extend(task_ids)
 
+    def ack_report(self, executor_id: str, msg: p.Message) -> None:
+        """What a report holds to ack once journaled: a task's end, a chunk's items (by task
+        id), a span chunk's batch (by its batch key); nothing for other reports."""
+        if isinstance(msg, p.Finished | p.Failed):
+            self.ack(executor_id, [msg.task_id])
+        elif isinstance(msg, p.ChunkResults):
+            items = msg.items
+            self.ack(
+                executor_id, [i[0] for i in items if type(i) is list and i and type(i[0]) is str]
+            )
+        elif isinstance(msg, p.ChunkBatch):
+            self.ack(executor_id, [p.batch_key(msg.chunk_id, msg.start)])
+
     def heartbeat(self, executor_id: str) -> None:
         """An executor's heartbeat: it gets an answer (its acks, maybe none) this pass."""
         self._acks.setdefault(executor_id, [])

@@ -56,6 +56,7 @@ from tidal.scheduler.admission import (
     BatchBeforeHello,
     OutOfPlace,
     UnreadableSubmits,
+    check_attach,
     check_id,
     refusal_before_decoding,
 )
@@ -550,17 +551,9 @@ class SchedulerServer:
         if isinstance(msg, p.Attach):
             # An executor's report connection: map it to the executor, but keep sending
             # commands to the connection that said hello.
-            if msg.version != p.PROTOCOL_VERSION:
-                raise OutOfPlace(f"attach with protocol version {msg.version}")
-            check_id("attach", msg.executor_id)
-            if msg.token != self._table.tokens.get(msg.executor_id):
-                # Not counted: an executor may attach with its last scheduler's token.
-                raise OutOfPlace(f"attach as executor {msg.executor_id} with a wrong token")
-            if (
-                routing_id in self._table.peers
-            ):  # an attach opens a connection; it cannot re-map one
-                raise p.ProtocolError("attach on a connection that said who it is already")
-            self._table.bind(routing_id, ("executor", msg.executor_id))
+            table = self._table
+            check_attach(msg, table.tokens.get(msg.executor_id), routing_id in table.peers)
+            table.bind(routing_id, ("executor", msg.executor_id))
             return None
         peer = self._table.peers.get(routing_id)
         if peer is None:
@@ -662,22 +655,15 @@ class SchedulerServer:
 
     def _note_for_ack(self, routing_id: bytes, executor_id: str, msg: p.Message) -> None:
         """Results to ack once journaled; a heartbeat gets an answer (maybe an empty ack)."""
-        if isinstance(msg, p.Finished | p.Failed):
-            self._delivery.ack(executor_id, [msg.task_id])
-        elif isinstance(msg, p.ChunkResults):
-            items = msg.items
-            self._delivery.ack(
-                executor_id, [i[0] for i in items if type(i) is list and i and type(i[0]) is str]
-            )
-        elif isinstance(msg, p.ChunkBatch):
-            self._delivery.ack(executor_id, [p.batch_key(msg.chunk_id, msg.start)])
-        elif isinstance(msg, p.Heartbeat):
-            executor = self.core.records.executors.get(executor_id)
-            if executor is not None and not executor.alive:
-                # Declared lost (it was silent too long): what it holds runs elsewhere now.
-                self._ask_to_rejoin(routing_id, "this executor was declared lost")
-            else:
-                self._delivery.heartbeat(executor_id)
+        if not isinstance(msg, p.Heartbeat):
+            self._delivery.ack_report(executor_id, msg)
+            return
+        executor = self.core.records.executors.get(executor_id)
+        if executor is not None and not executor.alive:
+            # Declared lost (it was silent too long): what it holds runs elsewhere now.
+            self._ask_to_rejoin(routing_id, "this executor was declared lost")
+        else:
+            self._delivery.heartbeat(executor_id)
 
     def _ask_to_rejoin(self, routing_id: bytes, reason: str) -> None:
         now = time.monotonic_ns()

@@ -25,6 +25,7 @@ from typing import Any
 
 from tidal.runtime import batches
 from tidal.runtime import protocol as p
+from tidal.runtime.columns import Columns
 from tidal.runtime.payloads import DATA_MIN_BYTES
 from tidal.scheduler import events as ev
 from tidal.scheduler.records import Records
@@ -105,8 +106,10 @@ class Tally:
                 # A columnar job's calls are each under DATA_MIN_BYTES as its client packs
                 # them; another sender's are counted from the job's columns.)
                 if bulk and (job is None or job.payload_max >= DATA_MIN_BYTES):
-                    calls = job.payloads if type(bulk) is bytes and job is not None else bulk
-                    if type(calls) is not bytes:
+                    calls = job.payloads if job is not None else bulk
+                    if isinstance(calls, Columns):
+                        self.data_bytes += calls.data_bytes()
+                    elif type(calls) is not bytes:
                         self.data_bytes += sum(map(_data, calls))
             elif kind is ev.ToExecutor:
                 message = instruction.message

@@ -15,7 +15,7 @@ from operator import attrgetter
 from typing import Any
 
 from tidal.runtime import protocol as p
-from tidal.runtime.columns import bulk_count
+from tidal.runtime.columns import Columns, bulk_count
 from tidal.scheduler.chunks import check_chunksize
 from tidal.scheduler.records import (
     PRIORITIES,
@@ -34,6 +34,7 @@ __all__ = [
     "TaskState",
     "TaskView",
     "check_submission",
+    "checked_submission",
     "refused_ids",
     "resume_order",
     "status_snapshot",
@@ -414,6 +415,20 @@ def status_snapshot(
     }
 
 
+def checked_submission(
+    msg: p.Submit, jobs: dict[str, Job], tasks: dict[str, Task], prefixes: Collection[str]
+) -> tuple[str | None, Columns | None]:
+    """`check_submission`, and a columnar job's columns (runtime/columns.py), scanned once
+    here: the core records them as they are."""
+    if type(msg.bulk) is not bytes:
+        return check_submission(msg, jobs, tasks, prefixes), None
+    try:
+        columns = Columns(msg.bulk, msg.kwargs)
+    except p.ProtocolError as exc:
+        return str(exc), None
+    return check_submission(msg, jobs, tasks, prefixes), columns
+
+
 def check_submission(
     msg: p.Submit, jobs: dict[str, Job], tasks: dict[str, Task], prefixes: Collection[str] = ()
 ) -> str | None:
@@ -479,7 +494,7 @@ def _bulk_problem(msg: p.Submit, prefixes: Collection[str]) -> str | None:
         return "the job has no tasks"
     if not (msg.options or {}).get("chunksize"):
         return "a bulk job needs a chunksize option"
-    if type(msg.bulk) is list:  # (columns, bytes, were scanned by the core)
+    if type(msg.bulk) is list:  # (columns, bytes, are scanned by `checked_submission`)
         if msg.kwargs is not None:
             return "a bulk job's kwargs go with columns (bulk as bytes), not with payloads"
         if set(map(type, msg.bulk)) != {bytes}:  # C loops: a job may hold a million

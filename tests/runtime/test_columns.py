@@ -91,6 +91,8 @@ def test_columns_give_each_task_the_payload_the_classic_path_sends(scanner):
     classic = [payloads.pack_call([x], kwargs, packed_kwargs=packed) for x in xs]
     assert len(calls) == 7 and list(calls) == classic and calls[2:4] == classic[2:4]
     assert calls[-1] == classic[-1] and calls.payload_max == max(map(len, classic))
+    big = Columns(msgpack.packb([1, "x" * 2_000, b"y" * 500, "z" * 1_100]), packed)
+    assert big.data_bytes() == sum(len(c) for c in big if len(c) >= payloads.DATA_MIN_BYTES)
     with pytest.raises(IndexError):
         calls[7]
     count, args, same = calls.launch(2, 5)
