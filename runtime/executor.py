@@ -54,6 +54,7 @@ from tidal.runtime.datastore import advertised_address, bind_host_for, fetch_chu
 from tidal.runtime.executor_commands import CommandHandlers
 from tidal.runtime.frames import FrameReader
 from tidal.runtime.guard import PeerGuard
+from tidal.runtime.idlewait import CommandWait
 from tidal.runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
 from tidal.runtime.link import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -86,6 +87,12 @@ DEFAULT_SWITCH_INTERVAL_S = 100e-6
 DEFAULT_HEARTBEAT_S = 0.5
 # While a suspension is pending, look at the watchdog this often.
 WATCHDOG_POLL_MS = 5
+# While tasks are here, the listener looks at the command connection this often, for frames
+# the task thread did not read (it reads them between tasks and at record boundaries), and
+# sends the reports it held back (runtime/reports.py). Discussion: it used to be woken when
+# reports were held, and to read every frame: ~0.5 wake-ups a task, each a GIL hand-over,
+# under a flood of tiny tasks.
+LOOK_MS = 10
 # Until the welcome, the listener wakes this often to see whether the scheduler refused our
 # key (the handshake watch is not among the sockets it polls).
 HANDSHAKE_POLL_S = 0.1
@@ -178,12 +185,14 @@ class Executor(CommandHandlers):
         self._polled_fd = -1  # the listener's: the descriptor it polls for commands
         self._dealer_fd = -1  # the command connection's descriptor (ZMQ_FD)
         self._task_thread_heard = False  # the task thread read frames: the link heard them
-        self._napping = False  # the listener polls for longer than reports may wait
+        # An idle task thread sleeps on the command connection and reads what comes itself.
+        self._idle = CommandWait(self._dealer_lock, self._command_connection)
         self.kernel = Kernel(
             self._reports.emit,
             flush=self._reports.flush,
-            hold=self._hold_reports,
+            hold=self._reports.send_due,
             read_commands=self._read_commands,
+            idle=self._idle,
             # Spooled arguments not on this host come over a connection of the task thread's.
             fetch=lambda reference: fetch_chunks(reference, self._context),
             # Big results are spooled here and fetched by the client.
@@ -276,6 +285,7 @@ class Executor(CommandHandlers):
             self._to_listener.close(linger=0)
             self._reports.close()
             self._context.term()
+            self._idle.close()
             self._rss.close()
             self._results.close()  # after waiting a little for the last results' readers
             # One line, the last, at the default log level: an executor never ends silently.
@@ -307,25 +317,10 @@ class Executor(CommandHandlers):
             if gate is not None and threading.get_native_id() != self._nice.tid:
                 gate.boost_now()
 
-    def _hold_reports(self) -> None:
-        """The kernel's `hold`: reports may wait a moment (runtime/reports.py). If they do
-        and the listener sleeps for longer than that, wake it to send them in time.
-
-        Discussion: the listener used to look every HOLD_NS while tasks were queued here;
-        each look cost it the GIL, taken from the task thread, ~0.3 ms of CPU in all, half
-        of its time under a flood of tiny tasks."""
-        reports = self._reports
-        reports.send_due()
-        if self._napping and reports.holding() is not None:
-            self._napping = False
-            try:
-                self._to_listener.send(b"w", zmq.NOBLOCK)
-            except zmq.Again:
-                self._dropped("the listener is not taking messages")
-
     def _read_commands(self) -> bool:
         """Read what waits on the command connection and hand task commands to the kernel,
-        on the task thread (the kernel calls this when the gate's watcher saw frames come).
+        on the task thread (the kernel calls this when the gate's watcher saw frames come,
+        and when it wakes from its idle wait: runtime/idlewait.py).
 
         Discussion: the listener would need the GIL and a wake-up of its own, then the hub
         another (~0.15-0.3 ms each on a loaded 2-core VM); here the frames are read by the
@@ -339,22 +334,23 @@ class Executor(CommandHandlers):
             return False
         forwarded = False
         try:
-            dealer = self._dealer
-            if dealer is None:
+            if self._dealer is None:
                 return False
-            received = self._dealer_reader.read_all()
-            if not received:
-                return True  # the listener read them first, and posted their commands
-            self._task_thread_heard = True
-            mine = self._task_handlers if self._link.connected and not self._for_listener else {}
-            items = self._decode(received)
-            self._acknowledge_launches(items)
-            for i, item in enumerate(items):
-                if type(item) not in mine:
-                    self._for_listener.extend(items[i:])
-                    forwarded = True
-                    break
-                self._handle(item, mine)
+            # Until nothing is left: the `received` sent below may take in frames that
+            # arrive meanwhile, and the descriptor would not signal them again.
+            while not forwarded and (received := self._dealer_reader.read_all()):
+                self._task_thread_heard = True
+                mine = (
+                    self._task_handlers if self._link.connected and not self._for_listener else {}
+                )
+                items = self._decode(received)
+                self._acknowledge_launches(items)
+                for i, item in enumerate(items):
+                    if type(item) not in mine:
+                        self._for_listener.extend(items[i:])
+                        forwarded = True
+                        break
+                    self._handle(item, mine)
         finally:
             self._dealer_lock.release()
         if forwarded:
@@ -363,6 +359,10 @@ class Executor(CommandHandlers):
             except zmq.Again:
                 self._dropped("the listener is not taking messages")
         return True
+
+    def _command_connection(self) -> tuple[zmq.Socket, int] | None:
+        """The command connection and its descriptor (`CommandWait`, under the lock)."""
+        return None if self._dealer is None else (self._dealer, self._dealer_fd)
 
     def _acknowledge_launches(self, items: list[p.Message | p.ProtocolError]) -> None:
         """Tell the scheduler which launches reached this executor, before any of them is
@@ -468,6 +468,7 @@ class Executor(CommandHandlers):
         # Frames arriving on it raise the record gate at once, from a thread that needs no
         # GIL, so the running task reads them at its next boundary (`_read_commands`).
         self.kernel.gate.watch(fd, realtime=self.realtime)
+        self.kernel.wake()  # an idle hub may sleep on the old one's descriptor
         return dealer
 
     def _rejoin(self, reason: str) -> None:
@@ -489,40 +490,38 @@ class Executor(CommandHandlers):
         link = self._link
         dealer = self._connect([])
         seq = 0
-        # Discussion: the listener polls the connection's descriptor, not the socket: the
-        # task thread may read the socket meanwhile (`_read_commands`), and a socket is
-        # polled and read by one thread at a time. The descriptor is edge-triggered, so
-        # each wake-up reads until nothing is left, and whatever touched the socket since
-        # (a send may take in frames' arrival) is followed by a look at ZMQ_EVENTS.
+        # Discussion: before the welcome the listener polls the connection's descriptor, not
+        # the socket: the task thread may read the socket meanwhile (`_read_commands`), and
+        # a socket is polled and read by one thread at a time. The descriptor is edge-
+        # triggered, so each wake-up reads until nothing is left, and whatever touched the
+        # socket since (a send may take in frames' arrival) is followed by a look at
+        # ZMQ_EVENTS (`_frames_waiting`), which every turn of this loop begins with.
         poller = zmq.Poller()
-        self._polled_fd = self._dealer_fd
-        poller.register(self._polled_fd, zmq.POLLIN)
         poller.register(from_main, zmq.POLLIN)
         while True:
             # -- 1. Poll. Wake for the next heartbeat (or whatever else the link has due), or
-            #       sooner while unwelcomed or while a suspension is pending.
+            #       sooner while unwelcomed or while a suspension is pending. The command
+            #       connection is the task thread's to read once welcomed (while idle, it
+            #       sleeps on it: runtime/idlewait.py; while busy, the gate's watcher tells
+            #       it): this thread looks at it every LOOK_MS while tasks are here, for a
+            #       task that holds the thread without record boundaries (a sleep, say).
+            self._poll_commands(poller, not link.connected)
             wake_at = link.next_due()
             if not link.connected:
                 wake_at = min(wake_at, time.monotonic() + HANDSHAKE_POLL_S)
             timeout_ms = max(0.0, (wake_at - time.monotonic()) * 1000)
             if self.kernel.has_pending_suspensions():
                 timeout_ms = min(timeout_ms, WATCHDOG_POLL_MS)
-            # Reports wait to go out together (runtime/reports.py): send them if the task
-            # thread does not in time. Set `_napping` first, then look: a task thread that
-            # starts holding after the look finds it set and wakes us (`_hold_reports`).
-            self._napping = True
-            due = self._reports.holding()
-            if due is not None:
-                self._napping = False
-                # (Whole milliseconds, rounded up: zmq_poll truncates, 0.9 ms would spin.)
-                timeout_ms = min(timeout_ms, max(0, -(-(due - time.monotonic_ns()) // 1_000_000)))
+            elif self.kernel.holds_tasks():
+                # Also for reports the task thread held back (runtime/reports.py) and then
+                # could not send: a task it expected to be short ran long.
+                timeout_ms = min(timeout_ms, LOOK_MS)
             if self._memory_guard is not None:
                 # Also while idle: a launch handled below reaches the kernel's records only
                 # when its hub applies it, so "no tasks here" would miss a task's first
                 # growth until the next heartbeat. An idle wake-up costs a few microseconds.
                 timeout_ms = min(timeout_ms, MEMORY_POLL_MS)
             ready = dict(poller.poll(0 if self._frames_waiting(dealer) else timeout_ms))
-            self._napping = False
 
             # -- 2. Commands from the scheduler, each handled by its op: first what the task
             #       thread read and left for us (its wake-up frames read first, so that none
@@ -544,8 +543,7 @@ class Executor(CommandHandlers):
                     self._handle(item, self._handlers)
                     if self._dealer is not dealer:  # a rejoin: read the new connection
                         break
-            if self._dealer is not dealer:
-                dealer = self._follow_dealer(poller, dealer)
+            dealer = self._dealer
             if received:
                 self.kernel.listened()  # a task the gate's watcher stopped goes on
 
@@ -585,7 +583,7 @@ class Executor(CommandHandlers):
                         # GIL). Read them before judging it silent.
                         continue
                     self._rejoin(reason)
-                    dealer = self._follow_dealer(poller, dealer)
+                    dealer = self._dealer
                 case GiveUp(reason):
                     self._exit(2, f"the scheduler at {self.scheduler} {reason}")
 
@@ -595,14 +593,15 @@ class Executor(CommandHandlers):
         with self._dealer_lock:
             return bool(dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
-    def _follow_dealer(self, poller: zmq.Poller, dealer: zmq.Socket) -> zmq.Socket:
-        """The command connection to poll: `dealer`, or the new one a rejoin opened."""
-        if self._dealer is not dealer:
-            poller.unregister(self._polled_fd)
-            dealer = self._dealer
-            self._polled_fd = self._dealer_fd
-            poller.register(self._polled_fd, zmq.POLLIN)
-        return dealer
+    def _poll_commands(self, poller: zmq.Poller, watch: bool) -> None:
+        """Poll the command connection's descriptor (the current one) only if `watch`."""
+        fd = self._dealer_fd if watch else -1
+        if fd != self._polled_fd:
+            if self._polled_fd >= 0:
+                poller.unregister(self._polled_fd)
+            if fd >= 0:
+                poller.register(fd, zmq.POLLIN)
+            self._polled_fd = fd
 
     def _handle(self, msg: p.Message | p.ProtocolError, handlers: dict[type, Any]) -> None:
         """Handle one command from the scheduler, or drop it with a (rate-limited) log line."""

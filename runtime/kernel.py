@@ -30,7 +30,6 @@ switches into the task to the moment the task runs again.
 
 from __future__ import annotations
 
-import inspect
 import queue
 import time
 from collections import deque
@@ -45,6 +44,7 @@ from tidal.runtime.columns import LaunchColumns
 from tidal.runtime.datastore import Reference, fetch_chunks
 from tidal.runtime.functions import FunctionRef, KnownFunctions
 from tidal.runtime.gate import Gate, GatedIterator
+from tidal.runtime.idlewait import IdleWait
 from tidal.runtime.runstate import (
     Command,
     KernelStatistics,
@@ -57,7 +57,7 @@ from tidal.runtime.runstate import (
     TaskRecord,
 )
 from tidal.runtime.spanrun import SpanRunner
-from tidal.runtime.task import TaskContext, gate_arguments, gated_positions
+from tidal.runtime.task import TaskContext, call_result, gate_arguments, gated_positions
 from tidal.runtime.tracebacks import describe_failure
 
 __all__ = ["Kernel", "RunState", "TaskKilled"]
@@ -109,6 +109,7 @@ class Kernel(SpanRunner):
         keep_result: Callable[[str, bytes], bytes] | None = None,
         hurry: Callable[[], None] | None = None,
         hold: Callable[[], None] | None = None,
+        idle: IdleWait | None = None,
     ) -> None:
         self.executor_id = executor_id
         self.gate = gate_factory()
@@ -159,6 +160,11 @@ class Kernel(SpanRunner):
         # Returns the process's RSS; read at each switch into and out of a task to estimate
         # each task's memory (runtime/memory.py). None (the default): no reads, no estimates.
         self._memory_probe = memory_probe
+        # Where the hub sleeps when idle: with `idle`, until frames come on the command
+        # connection (which the hub then reads itself, `read_commands`) or a command is
+        # posted (`_post` wakes it); without, in the command queue alone.
+        self._idle = idle
+        self._sleeping = False  # the hub is in `idle.wait()` (or about to be)
 
     # ---- commands: callable from any thread -----------------------------------------------
 
@@ -265,6 +271,8 @@ class Kernel(SpanRunner):
     def _post(self, command: Command) -> None:
         self._inbox.put(command)
         self.gate.requested = 1  # after the put: the hub lowers the gate before draining
+        if self._sleeping:  # after the put: a hub about to sleep looks at the queue after
+            self._idle.wake()  # it says so, so one of the two sees the other
 
     def _post_urgent(self, command: Command) -> None:
         """Post a command the running task must reach a boundary for now: the thread is
@@ -362,6 +370,13 @@ class Kernel(SpanRunner):
                         return
                 elif not self._wait_for_listener():
                     return
+            elif raised and not heard and self._idle is not None:
+                # Frames came between tasks (launches, most often): read them now, so that
+                # they queue here behind the tasks ready (if the listener holds the
+                # connection, it is reading them and posts what they say).
+                self._read_commands()
+                if not self._apply_inbox()[0]:
+                    return
             self._awaiting_listener = False
 
             # -- 2. Choose. The running task keeps the slot unless it was suspended or
@@ -381,8 +396,11 @@ class Kernel(SpanRunner):
                     if self._running_class != "idle" and self._priority_changed is not None:
                         self._running_class = "idle"
                         self._priority_changed("idle")
-                    if not self._apply(self._inbox.get()):
-                        return
+                    if self._idle is None:
+                        if not self._apply(self._inbox.get()):
+                            return
+                    else:
+                        self._sleep()
                     continue
                 record = self._ready.pop()
 
@@ -393,6 +411,17 @@ class Kernel(SpanRunner):
             #       and step 1 decides what its call was about.
             if isinstance(outcome, Outcome):
                 self._report_outcome(record, outcome)
+
+    def _sleep(self) -> None:
+        """Idle, with `idle`: sleep until frames come or a command is posted, then read
+        what came on this thread, its commands queued for step 1 (runtime/idlewait.py)."""
+        self._sleeping = True
+        try:
+            if self._inbox.empty():  # a command posted after this wakes the wait
+                self._idle.wait()
+        finally:
+            self._sleeping = False
+        self._read_commands()
 
     def _apply_inbox(self) -> tuple[bool, bool]:
         """Apply every queued command: (False if one was stop, whether the listener said
@@ -730,27 +759,8 @@ class Kernel(SpanRunner):
         return self._call_result(fn, fn(*call_args, **call_kwargs))
 
     def _call_result(self, fn: Callable[..., Any], result: Any) -> Any:
-        """What a task function's call returned, as its result: a generator is driven to
-        its end (its outputs are the result); a coroutine is an error."""
-        if inspect.isgenerator(result):
-            return self._drive_generator(result)
-        if inspect.iscoroutine(result):
-            result.close()
-            raise TypeError(
-                f"{fn!r} is an async function: Tidal tasks are generator functions or plain "
-                "functions, not coroutines"
-            )
-        return result
-
-    def _drive_generator(self, gen: Any) -> list[Any]:
-        """Collect a generator task's output records; each `yield` is a suspension point."""
-        outputs = []
-        gate = self.gate
-        for record in gen:
-            outputs.append(record)
-            if gate.requested:
-                self._checkpoint()
-        return outputs
+        """What a task function's call returned, as its result (`task.call_result`)."""
+        return call_result(fn, result, self.gate, self._checkpoint)
 
     def _checkpoint(self) -> None:
         """The one door from a running task into the hub.

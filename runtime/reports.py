@@ -7,9 +7,10 @@ out as one frame, a batch when several wait. Between batch tasks queued back to 
 kernel calls `send_due` instead, before a task whose function ran short so far: the started
 and finished of batch tasks wait up to HOLD_NS, and a task that ends while its started still
 waits reports only its end (the scheduler takes a finished or failed of a task it thought
-queued as its start too). The listener sends what waited longer (`send_due`), so a long task
-that follows short ones does not keep them, unless it holds the GIL (a long C call): then
-they wait for its end, which is why the kernel holds only before short ones. The connection
+queued as its start too). The listener sends what waited longer (`send_due`, at its looks,
+every LOOK_MS while tasks are here: runtime/executor.py), so a long task that follows short
+ones does not keep them, unless it holds the GIL (a long C call): then they wait for its
+end, which is why the kernel holds only before short ones. The connection
 is the task thread's own DEALER, announced with `attach` carrying the last welcome's token;
 after each welcome a new one is opened (the old one's queue is dropped: what it held that
 matters was listed in the hello). While the scheduler is lost, reports stay queued.
@@ -150,11 +151,6 @@ class Reports:
         with self._lock:
             if self._urgent or self._clock() - self._held_since >= HOLD_NS:
                 self._send_queued()
-
-    def holding(self) -> int | None:
-        """When what is queued must go out at the latest (monotonic ns), None if nothing
-        is queued (the listener, to time its next look)."""
-        return self._held_since + HOLD_NS if self._outbox and self._linked else None
 
     def take_queued(self) -> list[bytes]:
         """What is queued, in order, no longer queued (the listener, for an executor's last

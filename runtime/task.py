@@ -169,6 +169,28 @@ def gate_arguments(
     return new_args, new_kwargs
 
 
+def call_result(
+    fn: Callable[..., Any], result: Any, gate: Any, checkpoint: Callable[[], None]
+) -> Any:
+    """What a task function's call returned, as its result: a generator is driven to its
+    end, its outputs the result, each `yield` a suspension point (`checkpoint()` while
+    `gate` is raised); a coroutine is an error."""
+    if inspect.isgenerator(result):
+        outputs = []
+        for record in result:
+            outputs.append(record)
+            if gate.requested:
+                checkpoint()
+        return outputs
+    if inspect.iscoroutine(result):
+        result.close()
+        raise TypeError(
+            f"{fn!r} is an async function: Tidal tasks are generator functions or plain "
+            "functions, not coroutines"
+        )
+    return result
+
+
 def gated_positions(fn: TaskFunction | Callable[..., Any]) -> Callable[[int], bool]:
     """Whether a positional argument of `fn` is one `gate_arguments` gates when it is a
     sequence (so that it may arrive as `Blocks`, decoded as the task reads it)."""
