@@ -498,14 +498,20 @@ class Executor(CommandHandlers):
         # ZMQ_EVENTS (`_frames_waiting`), which every turn of this loop begins with.
         poller = zmq.Poller()
         poller.register(from_main, zmq.POLLIN)
+        turns = -1
         while True:
             # -- 1. Poll. Wake for the next heartbeat (or whatever else the link has due), or
             #       sooner while unwelcomed or while a suspension is pending. The command
             #       connection is the task thread's to read once welcomed (while idle, it
             #       sleeps on it: runtime/idlewait.py; while busy, the gate's watcher tells
-            #       it): this thread looks at it every LOOK_MS while tasks are here, for a
-            #       task that holds the thread without record boundaries (a sleep, say).
-            self._poll_commands(poller, not link.connected)
+            #       it). This thread watches it too before the welcome, and while the hub
+            #       holds tasks but made no turn in the last LOOK_MS: a task that keeps the
+            #       thread without record boundaries (a sleep, say).
+            kernel = self.kernel
+            stuck = kernel.turns == turns and kernel.holds_tasks() and not kernel.sleeping
+            turns = kernel.turns
+            watch = stuck or not link.connected
+            self._poll_commands(poller, watch)
             wake_at = link.next_due()
             if not link.connected:
                 wake_at = min(wake_at, time.monotonic() + HANDSHAKE_POLL_S)
@@ -521,29 +527,33 @@ class Executor(CommandHandlers):
                 # when its hub applies it, so "no tasks here" would miss a task's first
                 # growth until the next heartbeat. An idle wake-up costs a few microseconds.
                 timeout_ms = min(timeout_ms, MEMORY_POLL_MS)
-            ready = dict(poller.poll(0 if self._frames_waiting(dealer) else timeout_ms))
+            ready = dict(poller.poll(0 if watch and self._frames_waiting(dealer) else timeout_ms))
 
             # -- 2. Commands from the scheduler, each handled by its op: first what the task
             #       thread read and left for us (its wake-up frames read first, so that none
-            #       is missed), then what waits; under the lock, so that the task thread
-            #       cannot handle later commands before these.
+            #       is missed), then what waits if we watch; under the lock, so that the
+            #       task thread cannot handle later commands before these.
             exit_asked = from_main in ready and b"" in _drain(from_main.recv)
-            with self._dealer_lock:
-                items = list(self._for_listener)
-                self._for_listener.clear()
-                received = self._dealer_reader.read_all()
-                if received or self._task_thread_heard:
-                    self._task_thread_heard = False
-                    link.heard()
-                fresh = self._decode(received)
-                # (those the task thread left here, it acknowledged when it read them)
-                self._acknowledge_launches(fresh)
-                items.extend(fresh)
-                for item in items:
-                    self._handle(item, self._handlers)
-                    if self._dealer is not dealer:  # a rejoin: read the new connection
-                        break
-            dealer = self._dealer
+            if self._task_thread_heard:
+                self._task_thread_heard = False
+                link.heard()
+            received = []
+            if watch or self._for_listener:  # (the connection's lock is the task thread's)
+                with self._dealer_lock:
+                    items = list(self._for_listener)
+                    self._for_listener.clear()
+                    received = self._dealer_reader.read_all()  # after those: in order
+                    if received:
+                        link.heard()
+                    fresh = self._decode(received)
+                    # (those the task thread left here, it acknowledged when it read them)
+                    self._acknowledge_launches(fresh)
+                    items.extend(fresh)
+                    for item in items:
+                        self._handle(item, self._handlers)
+                        if self._dealer is not dealer:  # a rejoin: read the new connection
+                            break
+                dealer = self._dealer
             if received:
                 self.kernel.listened()  # a task the gate's watcher stopped goes on
 

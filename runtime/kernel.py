@@ -164,7 +164,8 @@ class Kernel(SpanRunner):
         # connection (which the hub then reads itself, `read_commands`) or a command is
         # posted (`_post` wakes it); without, in the command queue alone.
         self._idle = idle
-        self._sleeping = False  # the hub is in `idle.wait()` (or about to be)
+        self.sleeping = False  # the hub is in `idle.wait()` (or about to be)
+        self.turns = 0  # of the hub's loop: a listener sees whether the hub is stuck
 
     # ---- commands: callable from any thread -----------------------------------------------
 
@@ -271,7 +272,7 @@ class Kernel(SpanRunner):
     def _post(self, command: Command) -> None:
         self._inbox.put(command)
         self.gate.requested = 1  # after the put: the hub lowers the gate before draining
-        if self._sleeping:  # after the put: a hub about to sleep looks at the queue after
+        if self.sleeping:  # after the put: a hub about to sleep looks at the queue after
             self._idle.wake()  # it says so, so one of the two sees the other
 
     def _post_urgent(self, command: Command) -> None:
@@ -345,6 +346,7 @@ class Kernel(SpanRunner):
         """
         self._hub = greenlet.getcurrent()
         while True:
+            self.turns += 1
             # -- 1. Commands. Lower the gate first, so a command posted while we drain
             #       raises it again instead of being missed. If the gate's watcher raised
             #       it (frames arrived), the task waits at its boundary while the listener,
@@ -415,12 +417,12 @@ class Kernel(SpanRunner):
     def _sleep(self) -> None:
         """Idle, with `idle`: sleep until frames come or a command is posted, then read
         what came on this thread, its commands queued for step 1 (runtime/idlewait.py)."""
-        self._sleeping = True
+        self.sleeping = True
         try:
             if self._inbox.empty():  # a command posted after this wakes the wait
                 self._idle.wait()
         finally:
-            self._sleeping = False
+            self.sleeping = False
         self._read_commands()
 
     def _apply_inbox(self) -> tuple[bool, bool]:
