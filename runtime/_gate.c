@@ -27,9 +27,10 @@
  * gives the listener the GIL at once (runtime/kernel.py). It only polls: it never reads the
  * descriptor, so libzmq's own use of it is untouched. While the descriptor stays readable
  * (the listener has not read yet) it looks again after a growing pause, up to 2 ms.
- * Discussion: it is a speed-up, not a guarantee: the listener's own poll waits on the same
- * descriptor, and a listener that reads first (it won the GIL by itself) leaves nothing
- * for the watcher to see; commands then travel as they did before.
+ * Discussion: it is a speed-up, not a guarantee: while the hub is stuck in a task, or before
+ * the welcome, the listener's own poll waits on the same descriptor, and a listener that
+ * reads first (it won the GIL by itself) leaves nothing for the watcher to see; commands
+ * then travel through it (runtime/executor.py `_listen_loop`).
  * Linux (and any POSIX system with ppoll); setup.py builds the module only where it can.
  */
 #define _GNU_SOURCE  /* ppoll */

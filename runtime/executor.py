@@ -6,10 +6,12 @@ Threads, sockets and why:
   connection to the scheduler, announced with `attach`, on which it sends its reports,
   queued and sent together whenever the kernel flushes (runtime/reports.py).
 * The listener thread owns the other DEALER connection, the one that said `hello`: it
-  receives commands and turns them into kernel calls (which raise the record gate; a busy
-  task's thread reads task commands there itself, see `_read_commands`), sends
-  heartbeats with metrics, runs the suspension watchdog and, with a memory limit, the
-  memory guard (runtime/memory.py).
+  sends heartbeats with metrics, handles what is not a task command (a welcome, a rejoin),
+  runs the suspension watchdog and, with a memory limit, the memory guard
+  (runtime/memory.py). Task commands on it are read by the main thread itself: at record
+  boundaries and between tasks when the gate's watcher saw frames come, and while idle it
+  sleeps on the connection (runtime/idlewait.py). The listener reads them only before the
+  welcome, and when the hub is stuck in a task without record boundaries (`_listen_loop`).
 
 When the scheduler goes away. Every result the executor sends is kept until the scheduler
 acks it (runtime/reports.py). The scheduler answers each heartbeat with an ack, so the
@@ -53,6 +55,7 @@ from tidal.runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
 from tidal.runtime.datastore import advertised_address, bind_host_for, fetch_chunks
 from tidal.runtime.executor_commands import CommandHandlers
 from tidal.runtime.frames import FrameReader
+from tidal.runtime.gate import PyGate
 from tidal.runtime.guard import PeerGuard
 from tidal.runtime.idlewait import CommandWait
 from tidal.runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
@@ -87,11 +90,10 @@ DEFAULT_SWITCH_INTERVAL_S = 100e-6
 DEFAULT_HEARTBEAT_S = 0.5
 # While a suspension is pending, look at the watchdog this often.
 WATCHDOG_POLL_MS = 5
-# While tasks are here, the listener looks at the command connection this often, for frames
-# the task thread did not read (it reads them between tasks and at record boundaries), and
-# sends the reports it held back (runtime/reports.py). Discussion: it used to be woken when
-# reports were held, and to read every frame: ~0.5 wake-ups a task, each a GIL hand-over,
-# under a flood of tiny tasks.
+# Once welcomed, the listener looks this often whether the hub is stuck in a task (then it
+# watches the command connection itself) and sends the reports the task thread held back
+# (runtime/reports.py). Discussion: it used to be woken when reports were held, and to read
+# every frame: ~0.5 wake-ups a task, each a GIL hand-over, under a flood of tiny tasks.
 LOOK_MS = 10
 # Until the welcome, the listener wakes this often to see whether the scheduler refused our
 # key (the handshake watch is not among the sockets it polls).
@@ -156,7 +158,7 @@ class Executor(CommandHandlers):
         self._context = zmq.Context()
         realtime_io_threads(self._context, realtime)
         self._inproc = f"inproc://tidal-executor-{uuid.uuid4().hex}"
-        # Carries one thing: the empty frame that tells the listener to exit.
+        # Wakes the listener: for what the task thread left it (`w`), or to exit (empty).
         self._to_listener = self._context.socket(zmq.PAIR)
         self._to_listener.bind(self._inproc)
         self._dropped = RateLimitedLog(log, level=logging.ERROR)
@@ -182,7 +184,7 @@ class Executor(CommandHandlers):
         # replaces the connection (`_connect`) under it too.
         self._dealer_lock = threading.RLock()
         self._for_listener: deque[p.Message | p.ProtocolError] = deque()
-        self._polled_fd = -1  # the listener's: the descriptor it polls for commands
+        self._polled_fd = -1  # the descriptor the listener polls for commands (-1: none)
         self._dealer_fd = -1  # the command connection's descriptor (ZMQ_FD)
         self._task_thread_heard = False  # the task thread read frames: the link heard them
         # An idle task thread sleeps on the command connection and reads what comes itself.
@@ -211,6 +213,9 @@ class Executor(CommandHandlers):
             # Per-task memory estimates cost two RSS reads per switch: only with a limit.
             memory_probe=self._rss if memory_limit is not None else None,
         )
+        # The pure-Python gate has no watcher: nothing tells the task thread that frames came
+        # while it runs, so the listener watches the connection throughout, as it used to.
+        self._gate_blind = isinstance(self.kernel.gate, PyGate)
         self._memory_guard = (
             None
             if memory_limit is None
@@ -468,7 +473,7 @@ class Executor(CommandHandlers):
         # Frames arriving on it raise the record gate at once, from a thread that needs no
         # GIL, so the running task reads them at its next boundary (`_read_commands`).
         self.kernel.gate.watch(fd, realtime=self.realtime)
-        self.kernel.wake()  # an idle hub may sleep on the old one's descriptor
+        self._idle.wake()  # an idle hub may sleep on the old one's descriptor
         return dealer
 
     def _rejoin(self, reason: str) -> None:
@@ -510,22 +515,23 @@ class Executor(CommandHandlers):
             kernel = self.kernel
             stuck = kernel.turns == turns and kernel.holds_tasks() and not kernel.sleeping
             turns = kernel.turns
-            watch = stuck or not link.connected
-            self._poll_commands(poller, watch)
+            watch = stuck or not link.connected or self._gate_blind
+            self._watch_commands(poller, watch)
             wake_at = link.next_due()
             if not link.connected:
                 wake_at = min(wake_at, time.monotonic() + HANDSHAKE_POLL_S)
             timeout_ms = max(0.0, (wake_at - time.monotonic()) * 1000)
             if self.kernel.has_pending_suspensions():
                 timeout_ms = min(timeout_ms, WATCHDOG_POLL_MS)
-            elif self.kernel.holds_tasks():
-                # Also for reports the task thread held back (runtime/reports.py) and then
-                # could not send: a task it expected to be short ran long.
+            elif link.connected:
+                # Also while idle (~100 wake-ups a second, a few microseconds each): the hub
+                # may start a task that keeps the thread without telling us; and for reports
+                # it held back and then could not send (a task it expected short ran long).
                 timeout_ms = min(timeout_ms, LOOK_MS)
             if self._memory_guard is not None:
-                # Also while idle: a launch handled below reaches the kernel's records only
-                # when its hub applies it, so "no tasks here" would miss a task's first
-                # growth until the next heartbeat. An idle wake-up costs a few microseconds.
+                # Also while idle: a launch reaches the kernel's records only when its hub
+                # applies it, so "no tasks here" would miss a task's first growth until the
+                # next heartbeat. An idle wake-up costs a few microseconds.
                 timeout_ms = min(timeout_ms, MEMORY_POLL_MS)
             ready = dict(poller.poll(0 if watch and self._frames_waiting(dealer) else timeout_ms))
 
@@ -603,8 +609,9 @@ class Executor(CommandHandlers):
         with self._dealer_lock:
             return bool(dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
-    def _poll_commands(self, poller: zmq.Poller, watch: bool) -> None:
-        """Poll the command connection's descriptor (the current one) only if `watch`."""
+    def _watch_commands(self, poller: zmq.Poller, watch: bool) -> None:
+        """Have `poller` wake for frames on the command connection (the current one) only
+        if `watch`."""
         fd = self._dealer_fd if watch else -1
         if fd != self._polled_fd:
             if self._polled_fd >= 0:

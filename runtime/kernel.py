@@ -141,9 +141,10 @@ class Kernel(SpanRunner):
         # Called in the task's greenlet right after its payload was unpacked (the executor
         # moves the fresh task data out of the cyclic collector's way there).
         self._payload_unpacked = payload_unpacked or (lambda: None)
-        # Called on the hub's thread when the gate's watcher saw frames arrive: reads them and
-        # posts their commands here, so that they apply without waiting for the listener
-        # thread; False if it cannot now (the listener is reading them: wait for it).
+        # Called on the hub's thread when the gate's watcher saw frames arrive, and after an
+        # idle wait: reads them and posts their commands here, so that they apply without
+        # waiting for the listener thread; False if it cannot now (the listener is reading
+        # them: wait for it).
         self._read_commands = read_commands or (lambda: False)
         # Reads a spooled payload's bytes, piece by piece (runtime/datastore.py).
         self._fetch = fetch
@@ -389,10 +390,11 @@ class Kernel(SpanRunner):
                     self._flush()
                     if not block:
                         return
-                    # Idle: sleep in the queue (the GIL is released) until a command comes,
-                    # at the stream class's nice: whatever comes, the thread must wake at
-                    # once (at the batch nice it waited up to ~90 ms for a CPU on a busy
-                    # machine before starting a stream task). "idle" is a class of its own,
+                    # Idle: sleep (the GIL released) until a command or a frame comes
+                    # (`_sleep`; the queue alone without `idle`), at the stream class's nice:
+                    # whatever comes, the thread must wake at once (at the batch nice it
+                    # waited up to ~90 ms for a CPU on a busy machine before starting a
+                    # stream task). "idle" is a class of its own,
                     # so that a stream task switched into next starts as one after batch
                     # work does (runtime/realtime.py `TaskThreadNice.set_class`).
                     if self._running_class != "idle" and self._priority_changed is not None:

@@ -5,12 +5,12 @@ The kernel emits reports (started, finished, suspended, ...) as they happen and 
 each task switch, when a chunk reports, and past BATCH_FLUSH_BYTES: whatever is queued goes
 out as one frame, a batch when several wait. Between batch tasks queued back to back the
 kernel calls `send_due` instead, before a task whose function ran short so far: the started
-and finished of batch tasks wait up to HOLD_NS, and a task that ends while its started still
-waits reports only its end (the scheduler takes a finished or failed of a task it thought
-queued as its start too). The listener sends what waited longer (`send_due`, at its looks,
-every LOOK_MS while tasks are here: runtime/executor.py), so a long task that follows short
-ones does not keep them, unless it holds the GIL (a long C call): then they wait for its
-end, which is why the kernel holds only before short ones. The connection
+and finished of batch tasks wait up to HOLD_NS while the kernel switches, and a task that
+ends while its started still waits reports only its end (the scheduler takes a finished or
+failed of a task it thought queued as its start too). The listener sends what waited longer
+(`send_due`, at its looks, every LOOK_MS: runtime/executor.py), so a long task that follows
+short ones keeps them at most that long, unless it holds the GIL (a long C call): then they
+wait for its end, which is why the kernel holds only before short ones. The connection
 is the task thread's own DEALER, announced with `attach` carrying the last welcome's token;
 after each welcome a new one is opened (the old one's queue is dropped: what it held that
 matters was listed in the hello). While the scheduler is lost, reports stay queued.

@@ -304,6 +304,31 @@ def test_a_task_without_record_boundaries_is_reported_unsuspendable(executor, tm
     assert result(stub.expect(p.Finished, task_id="stuck")) == "done"
 
 
+def test_a_task_that_keeps_the_thread_after_an_idle_spell_still_has_its_commands_read(
+    tmp_path,
+):
+    """An idle executor's task thread reads its commands itself; the first task after that
+    sleeps (no record boundary, the GIL free). A suspend sent meanwhile is still read, and
+    answered as unsuspendable, while it sleeps: not at its end, nor at the next heartbeat
+    (5 s here)."""
+    script = tmp_path / "sleepy.py"
+    script.write_text("import time\n\ndef nap(seconds):\n    time.sleep(seconds)\n    return 1\n")
+    with StubScheduler(heartbeat_ms=5_000) as stub:
+        proc = spawn_executor(stub.address, extra_args=["--suspend-timeout-ms", "50"])
+        try:
+            ex = stub.expect(p.Hello, timeout=30).executor_id
+            launch(stub, ex, "warm", "__main__:nap", [0], main_path=str(script))
+            stub.expect(p.Finished, task_id="warm")  # then idle, asleep on the connection
+            launch(stub, ex, "nap", "__main__:nap", [3.0], main_path=str(script))
+            stub.expect(p.Started, task_id="nap")
+            stub.send(ex, p.Suspend("nap", time.monotonic_ns()))
+            # (Before the nap's Finished, or `expect` fails on it.)
+            assert "no record boundary" in stub.expect(p.SuspendFailed, task_id="nap").reason
+            stub.expect(p.Finished, task_id="nap")
+        finally:
+            stop_process(proc)
+
+
 def test_functions_from_the_users_main_script_resolve_on_the_executor(executor, tmp_path):
     stub, hello, _ = executor
     script = tmp_path / "user_script.py"
@@ -407,6 +432,7 @@ def test_the_task_thread_hands_commands_on_in_order_and_the_rest_to_the_listener
         ex._reports.close(linger=0)
         ex._to_listener.close(linger=0)
         ex._context.term()
+        ex._idle.close()
         ex._rss.close()
 
 
