@@ -216,6 +216,29 @@ def test_a_float_field_accepts_an_int_from_the_wire():
     assert msg.mem_percent == 50
 
 
+SAMPLE_VALUES = [None, True, 0, -(2**63), 1.5, "s", b"b", [1], {"k": 1}]
+
+
+@pytest.mark.parametrize("op", sorted(p.MESSAGES))
+def test_decode_accepts_a_field_value_exactly_when_its_declared_check_does(op):
+    """The decoder's fast path (a set of types per field) against each field's check (the
+    declaration's own), over a value of every msgpack type in every field."""
+    cls = p.MESSAGES[op]
+    for i, (name, check, type_name) in enumerate(cls._checks):
+        for value in SAMPLE_VALUES:
+            # Every other field a value it accepts: the first sample its check takes.
+            fields = [
+                next(v for v in SAMPLE_VALUES if c(v)) if j != i else value
+                for j, (_, c, _) in enumerate(cls._checks)
+            ]
+            if check(value):
+                msg = decode(frame(op, *fields))
+                assert getattr(msg, name) == value and type(msg) is cls
+            else:
+                with pytest.raises(ProtocolError, match=f"{op}.{name} must be {type_name}"):
+                    decode(frame(op, *fields))
+
+
 # ---- decoder robustness: fuzzing -----------------------------------------------------------
 
 
