@@ -11,7 +11,8 @@ Threads, sockets and why:
   (runtime/memory.py). Task commands on it are read by the main thread itself: at record
   boundaries and between tasks when the gate's watcher saw frames come, and while idle it
   sleeps on the connection (runtime/idlewait.py). The listener reads them only before the
-  welcome, and when the hub is stuck in a task without record boundaries (`_listen_loop`).
+  welcome, when the hub is stuck in a task without record boundaries, when it finds frames
+  waiting at its look, and always with the pure-Python gate (no watcher: `_listen_loop`).
 
 When the scheduler goes away. Every result the executor sends is kept until the scheduler
 acks it (runtime/reports.py). The scheduler answers each heartbeat with an ack, so the
@@ -24,12 +25,13 @@ and go out on a fresh report connection. After `reconnect_timeout_s` without a w
 gives up, as it does when its first hello goes unanswered for `connect_timeout_s`.
 
 Discussion: how fast a busy executor *notices* a suspend command is decided by the GIL, not
-by greenlets. The listener wakes in C (zmq poll, GIL released) and must take the GIL before
-it can raise the gate; CPython only forces the running thread to drop the GIL after the
-switch interval, 5 ms by default. We set it to 100 us in executor processes, which bounds
-the wait; the cost is paid only when the listener actually wants the GIL (it sleeps in
-zmq otherwise). When a C loop drains a C iterator the gate itself offers the GIL every 1024
-records (see runtime/_gate.c).
+by greenlets. The gate's watcher (runtime/_gate.c) raises the gate without it, and the task
+thread reads the command at its next record boundary; where the listener reads instead, it
+must take the GIL first, and CPython only forces the running thread to drop the GIL after
+the switch interval, 5 ms by default. We set it to 100 us in executor processes, which
+bounds the wait; the cost is paid only when the listener actually wants the GIL. When a C
+loop drains a C iterator the gate itself offers the GIL every 1024 records (see
+runtime/_gate.c).
 """
 
 from __future__ import annotations
@@ -176,8 +178,9 @@ class Executor(CommandHandlers):
         )
         # The command connection (the listener's DEALER) is used by two threads: the
         # listener, and the task thread, which reads task commands itself when the gate's
-        # watcher saw them arrive (`_read_commands`). One at a time, under this lock; what
-        # the task thread reads that is not a task command it leaves for the listener.
+        # watcher saw them arrive and when it wakes from its idle wait (`_read_commands`).
+        # One at a time, under this lock; what the task thread reads that is not a task
+        # command it leaves for the listener.
         self._dealer: zmq.Socket | None = None
         self._dealer_reader: FrameReader | None = None  # reads `_dealer` (in C where built)
         # Reentrant: the listener handles what it read under it, and a rejoin among that
@@ -333,7 +336,9 @@ class Executor(CommandHandlers):
         a bad frame), and everything after it, goes to the listener, which owns the
         connection's life. Commands are handled under the connection's lock, by whichever
         thread read them, so that they reach the kernel in the order they came. False if
-        the listener holds the lock now: the kernel then waits for it.
+        the listener holds the lock now (reading, or sending): the kernel then waits for it
+        a moment, and what it did not read comes at the watcher's next raise or the
+        listener's next look.
         """
         if not self._dealer_lock.acquire(blocking=False):
             return False
@@ -503,18 +508,19 @@ class Executor(CommandHandlers):
         # ZMQ_EVENTS (`_frames_waiting`), which every turn of this loop begins with.
         poller = zmq.Poller()
         poller.register(from_main, zmq.POLLIN)
-        turns = -1
+        seen = None  # the hub's turns and the gate's records at the last look
         while True:
             # -- 1. Poll. Wake for the next heartbeat (or whatever else the link has due), or
             #       sooner while unwelcomed or while a suspension is pending. The command
             #       connection is the task thread's to read once welcomed (while idle, it
             #       sleeps on it: runtime/idlewait.py; while busy, the gate's watcher tells
             #       it). This thread watches it too before the welcome, and while the hub
-            #       holds tasks but made no turn in the last LOOK_MS: a task that keeps the
-            #       thread without record boundaries (a sleep, say).
+            #       holds tasks but made no turn and passed no record in the last LOOK_MS: a
+            #       task that keeps the thread without record boundaries (a sleep, say).
             kernel = self.kernel
-            stuck = kernel.turns == turns and kernel.holds_tasks() and not kernel.sleeping
-            turns = kernel.turns
+            progress = (kernel.turns, kernel.gate.records)
+            stuck = progress == seen and kernel.holds_tasks() and not kernel.sleeping
+            seen = progress
             watch = stuck or not link.connected or self._gate_blind
             self._watch_commands(poller, watch)
             wake_at = link.next_due()
@@ -533,7 +539,11 @@ class Executor(CommandHandlers):
                 # applies it, so "no tasks here" would miss a task's first growth until the
                 # next heartbeat. An idle wake-up costs a few microseconds.
                 timeout_ms = min(timeout_ms, MEMORY_POLL_MS)
-            ready = dict(poller.poll(0 if watch and self._frames_waiting(dealer) else timeout_ms))
+            # Every turn, watching or not: a send of ours (a heartbeat, a `received`) may have
+            # taken in frames' arrival, and then neither the watcher nor the idle hub hears
+            # of them (runtime/idlewait.py).
+            waiting = self._frames_waiting(dealer)
+            ready = dict(poller.poll(0 if waiting else timeout_ms))
 
             # -- 2. Commands from the scheduler, each handled by its op: first what the task
             #       thread read and left for us (its wake-up frames read first, so that none
@@ -544,7 +554,7 @@ class Executor(CommandHandlers):
                 self._task_thread_heard = False
                 link.heard()
             received = []
-            if watch or self._for_listener:  # (the connection's lock is the task thread's)
+            if watch or waiting or self._for_listener:  # (else the task thread reads them)
                 with self._dealer_lock:
                     items = list(self._for_listener)
                     self._for_listener.clear()

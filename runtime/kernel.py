@@ -376,7 +376,7 @@ class Kernel(SpanRunner):
             elif raised and not heard and self._idle is not None:
                 # Frames came between tasks (launches, most often): read them now, so that
                 # they queue here behind the tasks ready (if the listener holds the
-                # connection, it is reading them and posts what they say).
+                # connection, the watcher raises again while they wait unread).
                 self._read_commands()
                 if not self._apply_inbox()[0]:
                     return

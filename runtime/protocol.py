@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-import types
 import typing
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import msgpack
+
+from tidal.runtime.fieldtypes import field_check, field_types
 
 __all__ = [
     "MAX_BATCH_ITEMS",
@@ -121,47 +122,13 @@ class Message:
     op: ClassVar[str]
     direction: ClassVar[str]
     _checks: ClassVar[tuple[tuple[str, Callable[[Any], bool], str], ...]]
+    # The codec's fast path (`message`): per field, the types it takes, its slot; the values.
+    _types: ClassVar[tuple[frozenset[type] | None, ...]]
+    _slots: ClassVar[tuple[Any, ...]]
+    _values: ClassVar[Callable[[Any], tuple[Any, ...]]]
 
 
 MESSAGES: dict[str, type[Message]] = {}
-
-_ANY_CHECK = (lambda value: True, "any msgpack value")
-
-
-def _check_for(annotation: Any) -> tuple[Callable[[Any], bool], str]:
-    """A type check for one declared field type: bool is never accepted as an int."""
-    if annotation is Any:
-        return _ANY_CHECK
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        parts = [_check_for(a) for a in typing.get_args(annotation)]
-        return (
-            lambda v: any(check(v) for check, _ in parts),
-            " or ".join(name for _, name in parts),
-        )
-    origin = typing.get_origin(annotation) or annotation
-    if annotation is type(None):
-        return (lambda v: v is None, "nil")
-    if origin is int:
-        return (lambda v: type(v) is int, "int")
-    if origin is float:
-        return (lambda v: type(v) is float or type(v) is int, "float")
-    if origin in (str, bytes, bool, list, dict):
-        return (lambda v, t=origin: type(v) is t, origin.__name__)
-    raise TypeError(f"unsupported field type in a message declaration: {annotation!r}")
-
-
-def _types_for(annotation: Any) -> frozenset[type] | None:
-    """The exact types `_check_for(annotation)` accepts (None: any value), so that `decode`
-    checks a field with one set lookup."""
-    if annotation is Any:
-        return None
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        parts = [_types_for(a) for a in typing.get_args(annotation)]
-        return None if None in parts else frozenset().union(*parts)
-    origin = typing.get_origin(annotation) or annotation
-    if annotation is type(None):
-        return frozenset([type(None)])
-    return frozenset([float, int]) if origin is float else frozenset([origin])
 
 
 def message(op: str, direction: str) -> Callable[[type], type]:
@@ -173,14 +140,14 @@ def message(op: str, direction: str) -> Callable[[type], type]:
         cls.op = op
         cls.direction = direction
         names = [f.name for f in dataclasses.fields(cls)]
-        cls._checks = tuple((name, *_check_for(hints[name])) for name in names)
+        cls._checks = tuple((name, *field_check(hints[name])) for name in names)
         # Discussion: the codec's fast path (`encode`, `decode`), ~2x `_checks` and the
         # dataclass's frozen __init__: one set lookup per field, one attrgetter, and the
         # slots set directly (a decoded message is built whole; nothing else runs in
         # __init__). On every hop of every task, several messages each.
-        cls._types = tuple(_types_for(hints[name]) for name in names)
-        getter = operator.attrgetter(*names)
-        cls._values = staticmethod(getter if len(names) > 1 else lambda msg: (getter(msg),))
+        cls._types = tuple(field_types(hints[name]) for name in names)
+        getter = operator.attrgetter(*names) if names else lambda msg: ()
+        cls._values = staticmethod(getter if len(names) != 1 else lambda msg: (getter(msg),))
         cls._slots = tuple(cls.__dict__[name] for name in names)
         if op in MESSAGES:
             raise TypeError(f"two messages declare op {op!r}")
