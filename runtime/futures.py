@@ -717,12 +717,48 @@ def gather(futures: Iterable[concurrent.futures.Future], timeout: float | None =
     if type(futures) is MapFutures:
         return futures._job.results(timeout)
     futures = list(futures)
-    for future in as_completed(futures, timeout):
-        if future.cancelled():
+    failed = _wait_for_all(futures, timeout)
+    if failed is not None:
+        if failed.cancelled():
             raise concurrent.futures.CancelledError(
-                f"{getattr(future, 'task_id', future)} was cancelled"
+                f"{getattr(failed, 'task_id', failed)} was cancelled"
             )
-        error = future.exception()
-        if error is not None:
-            raise error
+        raise failed.exception()
     return [future.result() for future in futures]
+
+
+def _wait_for_all(
+    futures: list[concurrent.futures.Future], timeout: float | None
+) -> concurrent.futures.Future | None:
+    """Wait until every one of `futures` is done, or one fails or is cancelled: then that one
+    (the first to), else None. TimeoutError after `timeout` seconds.
+
+    Discussion: one wake-up for the whole wait. Waiting on each future as it completes
+    (`as_completed`) woke the waiting thread once per task, a GIL hand-over with the
+    client's I/O thread each: in a flood of tiny one-launch tasks, its most frequent
+    wake-up."""
+    unique = list(dict.fromkeys(futures))
+    lock = threading.Lock()
+    left = [len(unique)]
+    first_failed: list[concurrent.futures.Future] = []
+    over = threading.Event()
+
+    def one_done(future: concurrent.futures.Future) -> None:
+        failed = future.cancelled() or future.exception() is not None
+        with lock:
+            left[0] -= 1
+            if failed and not first_failed:
+                first_failed.append(future)
+            if failed or not left[0]:
+                over.set()
+
+    if not unique:
+        return None
+    for future in unique:
+        future.add_done_callback(one_done)  # runs at once for a future already done
+    if not over.wait(timeout):
+        with lock:
+            pending = left[0]
+        raise TimeoutError(f"{pending} of {len(unique)} futures still pending after {timeout:g} s")
+    with lock:
+        return first_failed[0] if first_failed else None

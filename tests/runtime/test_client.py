@@ -622,6 +622,26 @@ def test_gather_and_as_completed_take_any_futures():
     assert list(as_completed(futures)) == futures
 
 
+def test_gather_over_plain_futures_fails_first_arrived_first_and_times_out_by_count():
+    futures = [concurrent.futures.Future() for _ in range(4)]
+    futures[3].set_exception(KeyError("three"))  # done before the wait: first
+    with pytest.raises(KeyError, match="three"):
+        gather(futures, timeout=5)
+    waiting = [concurrent.futures.Future() for _ in range(3)]
+    waiting[1].set_result(1)
+    with pytest.raises(TimeoutError, match=r"2 of 3 futures still pending after 0\.01 s"):
+        gather(waiting, timeout=0.01)
+    late = threading.Thread(target=waiting[2].set_exception, args=(ValueError("late"),))
+    late.start()
+    with pytest.raises(ValueError, match="late"):  # while waiting[0] never completes
+        gather(waiting, timeout=30)
+    late.join(30)
+    waiting[0].cancel()
+    with pytest.raises(concurrent.futures.CancelledError):
+        gather(waiting[:2])
+    assert gather([]) == []
+
+
 def test_preferred_nodes_travel_with_each_task(fake, client):
     client.submit(total, [1], preferred=["rack-b"])
     [one] = fake.wait_for(p.Submit)
