@@ -739,26 +739,30 @@ def _wait_for_all(
     wake-up."""
     unique = list(dict.fromkeys(futures))
     lock = threading.Lock()
-    left = [len(unique)]
-    first_failed: list[concurrent.futures.Future] = []
+    left = len(unique)
+    first_failed: concurrent.futures.Future | None = None
     over = threading.Event()
 
     def one_done(future: concurrent.futures.Future) -> None:
+        nonlocal left, first_failed
         failed = future.cancelled() or future.exception() is not None
         with lock:
-            left[0] -= 1
-            if failed and not first_failed:
-                first_failed.append(future)
-            if failed or not left[0]:
+            left -= 1
+            if failed and first_failed is None and not over.is_set():
+                first_failed = future
+            if failed or not left:
                 over.set()
 
     if not unique:
         return None
     for future in unique:
         future.add_done_callback(one_done)  # runs at once for a future already done
-    if not over.wait(timeout):
-        with lock:
-            pending = left[0]
-        raise TimeoutError(f"{pending} of {len(unique)} futures still pending after {timeout:g} s")
+    ended = over.wait(timeout)
     with lock:
-        return first_failed[0] if first_failed else None
+        # The callbacks stay on the futures: from here they keep none of them (a failed
+        # future held by its own callback would wait for the cyclic collector to go).
+        over.set()
+        failed, first_failed, pending = first_failed, None, left
+    if not ended:
+        raise TimeoutError(f"{pending} of {len(unique)} futures still pending after {timeout:g} s")
+    return failed

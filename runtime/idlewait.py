@@ -28,8 +28,7 @@ import zmq
 __all__ = ["CommandWait", "IdleWait"]
 
 # A wait ends after this long even if nothing came: a guard, not a clock (the command
-# connection may be replaced while the hub sleeps; the executor's `kernel.wake()` then
-# ends the wait at once).
+# connection may be replaced while the hub sleeps; the executor then calls `wake()`).
 WAIT_MS = 100
 
 

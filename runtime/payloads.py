@@ -481,10 +481,7 @@ def _shared_kwargs(
         return kwargs
     what = "a call's shared keyword arguments"
     pieces = _fetched(open_reference(kwargs, what), fetch, boundary)
-    shared = unpack_payload(pieces[0] if len(pieces) == 1 else b"".join(pieces), what)
-    if not _is_kwargs(shared):
-        raise ProtocolError(f"{what} must be a map with str keys, got {str(shared)[:60]}")
-    return shared
+    return unpack_kwargs(pieces[0] if len(pieces) == 1 else b"".join(pieces), what)
 
 
 # ---- references: a big payload spooled by its owner (runtime/datastore.py) -------------------
