@@ -71,7 +71,7 @@ from tidal.scheduler.tally import Tally
 from tidal.scheduler.views import (
     ClusterView,
     TaskView,
-    checked_submission,
+    check_submission,
     refused_ids,
     status_snapshot,
 )
@@ -670,7 +670,7 @@ class SchedulerCore:
             # sure we had; the same job twice from the same client is that, not a mistake.
             log.debug("job %s from client %s is known already", msg.job_id, client_id)
             return
-        problem, columns = checked_submission(msg, records.jobs, records.tasks, records.id_prefixes)
+        problem, columns = check_submission(msg, records.jobs, records.tasks, records.id_prefixes)
         if problem is None and msg.bulk is None:
             problem = inputs_problem(client_id, msg, records.tasks)
         if problem is not None:

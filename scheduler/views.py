@@ -15,7 +15,7 @@ from operator import attrgetter
 from typing import Any
 
 from tidal.runtime import protocol as p
-from tidal.runtime.columns import Columns, bulk_count
+from tidal.runtime.columns import Columns
 from tidal.scheduler.chunks import check_chunksize
 from tidal.scheduler.records import (
     PRIORITIES,
@@ -34,7 +34,6 @@ __all__ = [
     "TaskState",
     "TaskView",
     "check_submission",
-    "checked_submission",
     "refused_ids",
     "resume_order",
     "status_snapshot",
@@ -415,26 +414,28 @@ def status_snapshot(
     }
 
 
-def checked_submission(
-    msg: p.Submit, jobs: dict[str, Job], tasks: dict[str, Task], prefixes: Collection[str]
+def check_submission(
+    msg: p.Submit, jobs: dict[str, Job], tasks: dict[str, Task], prefixes: Collection[str] = ()
 ) -> tuple[str | None, Columns | None]:
-    """`check_submission`, and a columnar job's columns (runtime/columns.py), scanned once
-    here: the core records them as they are."""
-    if type(msg.bulk) is not bytes:
-        return check_submission(msg, jobs, tasks, prefixes), None
+    """(why a submitted job cannot be accepted, or None if it can; a columnar job's columns,
+    runtime/columns.py, scanned once here: the core records them as they are). `prefixes`:
+    what comes before the last "/" in the ids of the tasks submitted one by one so far (a
+    bulk job's tasks are f"{job_id}/{i}", so its id must not be among them)."""
+    problem = _problem(msg, jobs, tasks, prefixes)
+    if problem is not None or type(msg.bulk) is not bytes:
+        return problem, None
     try:
         columns = Columns(msg.bulk, msg.kwargs)
     except p.ProtocolError as exc:
         return str(exc), None
-    return check_submission(msg, jobs, tasks, prefixes), columns
+    return ("the job has no tasks", None) if not len(columns) else (None, columns)
 
 
-def check_submission(
-    msg: p.Submit, jobs: dict[str, Job], tasks: dict[str, Task], prefixes: Collection[str] = ()
+def _problem(
+    msg: p.Submit, jobs: dict[str, Job], tasks: dict[str, Task], prefixes: Collection[str]
 ) -> str | None:
-    """Why a submitted job cannot be accepted, or None if it can. `prefixes`: what comes
-    before the last "/" in the ids of the tasks submitted one by one so far (a bulk job's
-    tasks are f"{job_id}/{i}", so its id must not be among them)."""
+    """Why the job cannot be accepted, short of scanning its columns (the cheap checks
+    first, so that a job refused for its id costs no scan of 64 MiB), or None."""
     if msg.priority not in PRIORITIES:
         return f"unknown priority {msg.priority!r} (use {' or '.join(PRIORITIES)})"
     if msg.max_suspensions is not None and msg.max_suspensions < 0:
@@ -444,10 +445,10 @@ def check_submission(
     problem = check_chunksize(msg.options)
     if problem:
         return problem
+    if msg.kwargs is not None and type(msg.bulk) is not bytes:
+        return "a job's kwargs go with columns (bulk as bytes), not with tasks or payloads"
     if msg.bulk is not None:
         return _bulk_problem(msg, prefixes)
-    if msg.kwargs is not None:
-        return "a job's kwargs go with columns (bulk as bytes), not with tasks"
     if not msg.tasks:
         return "the job has no tasks"
     seen = set()
@@ -490,13 +491,11 @@ def _bulk_problem(msg: p.Submit, prefixes: Collection[str]) -> str | None:
         return f"a bulk job's id may not hold '#' or '@' (got {msg.job_id!r})"
     if msg.tasks:
         return "a bulk job's tasks are its bulk payloads: its tasks must be empty"
-    if not bulk_count(msg):
-        return "the job has no tasks"
     if not (msg.options or {}).get("chunksize"):
         return "a bulk job needs a chunksize option"
-    if type(msg.bulk) is list:  # (columns, bytes, are scanned by `checked_submission`)
-        if msg.kwargs is not None:
-            return "a bulk job's kwargs go with columns (bulk as bytes), not with payloads"
+    if type(msg.bulk) is list:  # (columns, bytes, are scanned last: `check_submission`)
+        if not msg.bulk:
+            return "the job has no tasks"
         if set(map(type, msg.bulk)) != {bytes}:  # C loops: a job may hold a million
             return "each of a bulk job's payloads must be bytes"
     if msg.job_id in prefixes:
