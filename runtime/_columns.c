@@ -203,14 +203,107 @@ done:
     return problem != NULL ? NULL : result;
 }
 
+PyDoc_STRVAR(pack_numbers_doc,
+"pack_numbers(items, start, stop) -> bytes or None\n\n"
+"items[start:stop], a block of a big argument, if its items are all exact ints that fit\n"
+"in 64 bits or all exact floats, packed as raw numbers: 0xc1, a type code ('b', 'h', 'i'\n"
+"for signed ints of 8, 16, 32 bits, 'B', 'H', 'I' unsigned, 'q' int64, 'd' float64), then\n"
+"each item little-endian (ints in the narrowest of those that holds every one). None if\n"
+"`items` is not a list or tuple, or the block is empty or holds anything else (pack it\n"
+"with msgpack instead).");
+
+/* Discussion: msgpack packs an int in ~30 ns here, so a 3-million-int partition took ~90 ms
+ * of the client's submit; this loop takes a few ns an item. Exact types only: a bool or an
+ * int subclass must come back as msgpack would return it, and a float subclass too. */
+static PyObject *
+pack_numbers(PyObject *self, PyObject *args)
+{
+    PyObject *seq;
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "Onn:pack_numbers", &seq, &start, &stop))
+        return NULL;
+    if (!PyList_CheckExact(seq) && !PyTuple_CheckExact(seq))
+        Py_RETURN_NONE;
+    Py_ssize_t size = PySequence_Fast_GET_SIZE(seq);
+    start = start < 0 ? 0 : start > size ? size : start;
+    stop = stop < start ? start : stop > size ? size : stop;
+    Py_ssize_t count = stop - start;
+    PyObject **items = PySequence_Fast_ITEMS(seq) + start;
+    if (count == 0 || count > (PY_SSIZE_T_MAX - 2) / 8)
+        Py_RETURN_NONE;
+    int floats = PyFloat_CheckExact(items[0]);
+    /* One pass reads every item into 64 bits; ints that all fit are narrowed after. */
+    PyObject *wide = PyBytes_FromStringAndSize(NULL, 2 + count * 8);
+    if (wide == NULL)
+        return NULL;
+    unsigned char *at = (unsigned char *)PyBytes_AS_STRING(wide);
+    at[0] = 0xc1;
+    at[1] = floats ? 'd' : 'q';
+    at += 2;
+    long long lowest = 0, highest = 0;
+    for (Py_ssize_t i = 0; i < count; i++, at += 8) {
+        uint64_t bits;
+        if (floats) {
+            if (!PyFloat_CheckExact(items[i]))
+                goto not_numbers;
+            double value = PyFloat_AS_DOUBLE(items[i]);
+            memcpy(&bits, &value, sizeof bits);
+        }
+        else {
+            int overflow = 0;
+            if (!PyLong_CheckExact(items[i]))
+                goto not_numbers;
+            long long value = PyLong_AsLongLongAndOverflow(items[i], &overflow);
+            if (overflow)
+                goto not_numbers;
+            lowest = value < lowest ? value : lowest;
+            highest = value > highest ? value : highest;
+            bits = (uint64_t)value;
+        }
+        for (int byte = 0; byte < 8; byte++)
+            at[byte] = (unsigned char)(bits >> (8 * byte));
+    }
+    /* The narrowest type that holds the block: unsigned if nothing is negative. */
+    int width = 8;
+    char code = 'q';
+    if (lowest >= 0) {
+        width = highest <= UINT8_MAX ? 1 : highest <= UINT16_MAX ? 2 : highest <= UINT32_MAX ? 4 : 8;
+        code = width == 1 ? 'B' : width == 2 ? 'H' : width == 4 ? 'I' : 'q';
+    }
+    else {
+        width = lowest >= INT8_MIN && highest <= INT8_MAX     ? 1
+                : lowest >= INT16_MIN && highest <= INT16_MAX ? 2
+                : lowest >= INT32_MIN && highest <= INT32_MAX ? 4
+                                                              : 8;
+        code = width == 1 ? 'b' : width == 2 ? 'h' : width == 4 ? 'i' : 'q';
+    }
+    if (floats || width == 8)
+        return wide;
+    PyObject *narrow = PyBytes_FromStringAndSize(NULL, 2 + count * width);
+    if (narrow != NULL) {
+        const unsigned char *from = (unsigned char *)PyBytes_AS_STRING(wide) + 2;
+        unsigned char *to = (unsigned char *)PyBytes_AS_STRING(narrow);
+        *to++ = 0xc1;
+        *to++ = code;
+        for (Py_ssize_t i = 0; i < count; i++, from += 8, to += width)
+            memcpy(to, from, width); /* the low bytes of a little-endian value */
+    }
+    Py_DECREF(wide);
+    return narrow;
+not_numbers:
+    Py_DECREF(wide);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O, scan_doc},
+    {"pack_numbers", pack_numbers, METH_VARARGS, pack_numbers_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_ccolumns",
-    "Where the items of a packed msgpack array begin (runtime/_columns.c).", -1, methods,
+    "Packed arrays scanned, and blocks of numbers packed (runtime/_columns.c).", -1, methods,
 };
 
 PyMODINIT_FUNC

@@ -77,7 +77,9 @@ __all__ = [
 #     bytes: runtime/batches.py).
 # 13: columnar bulk jobs: submit.bulk may be one packed array of a map's xs, with
 #     submit.kwargs; launch_chunk.columns (runtime/columns.py). job_refused (S2C).
-PROTOCOL_VERSION = 13
+# 14: a blocked argument's block may be a block of numbers (runtime/payloads.py), which an
+#     executor of protocol 13 would refuse.
+PROTOCOL_VERSION = 14
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
 # goes ahead: a stream task exists to take a slot at once, batch work fills the rest.

@@ -86,7 +86,7 @@ def test_pack_calls_makes_what_pack_call_makes():
 
 
 def test_maps_that_cannot_go_in_bulk_take_the_classic_path(fake, client):
-    big = list(range(20_000, 40_000))  # ~60 KB packed: with its kwargs, a spooled call
+    big = list(range(70_000, 90_000))  # ~80 KB packed: a spooled call
     classic = [
         client.map(total, [[1], [2]], chunksize=1),
         client.map(total, [[1], [2]], chunksize=2, preferred=["rack-a"]),
