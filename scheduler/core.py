@@ -38,6 +38,7 @@ from tidal.scheduler import recovery
 from tidal.scheduler.events import (
     ClientJoined,
     ClientRequest,
+    Deadline,
     Event,
     ExecutorJoined,
     ExecutorLeft,
@@ -104,9 +105,6 @@ MAX_PREFETCH = 64
 MAX_POLICY_SWITCHES = 100
 # Why a decision for a busy executor is refused (scheduler/records/books.py, `busy`).
 BUSY = "its executor is busy (silent, its connection up: a long C call)"
-# A suspension unanswered this long (the executor's own watchdog answers within 100 ms,
-# runtime/kernel.py) means its Python is held: the executor counts as busy.
-SUSPEND_OVERDUE_NS = 150_000_000
 
 
 class SchedulerCore:
@@ -277,6 +275,8 @@ class SchedulerCore:
             self._on_tick()
         elif isinstance(event, PassEnded):
             self._end_pass()
+        elif isinstance(event, Deadline):
+            records.overdue(mark=not self.lose_silent)
         else:
             raise TypeError(f"not a scheduler event: {event!r}")
         records.settle_retired()
@@ -298,6 +298,12 @@ class SchedulerCore:
             "policy_switches": [dict(switch) for switch in self.policy_switches],
         }
         return status_snapshot(self.records, policy, self.tally.as_dict(self.records.now))
+
+    def wake_at(self) -> int | None:
+        """When (on the core's clock, ns) the shell should hand it a `Deadline` if nothing
+        else comes first: a suspension sent becomes overdue then (scheduler/records/busy.py).
+        None: nothing is due before the next tick."""
+        return None if self.lose_silent else self.records.next_overdue_at()
 
     @property
     def now(self) -> int:
@@ -605,32 +611,10 @@ class SchedulerCore:
                     records.lose(executor, f"no heartbeat for {silent_ms:.0f} ms")
                 elif not executor.busy:
                     records.busy(executor, f"no heartbeat for {silent_ms:.0f} ms")
-            elif executor.alive and not executor.busy and not self.lose_silent:
-                overdue = self._overdue_suspension_ms(executor)
-                if overdue is not None:
-                    records.busy(executor, f"a suspension unanswered for {overdue:.0f} ms")
+        records.overdue(mark=not self.lose_silent)  # if the shell did not wake us for it
         self._consult(lambda pol: pol.tick(self.view))
         self._resume_parked()
         self._consider_steals()
-
-    def _overdue_suspension_ms(self, executor: ExecutorRecord) -> float | None:
-        """How long a suspension sent to `executor` has waited past SUSPEND_OVERDUE_NS
-        unanswered (ms since sent), if one has; else None.
-
-        Discussion: an executor whose task is busy in Python without a boundary answers
-        `suspend_failed` itself after 100 ms (its watchdog); one whose Python is held by a
-        long C call cannot, and would hold a stream task sent there for as long as the
-        call lasts. Past the watchdog's time, the core takes it for busy (see
-        `Records.busy`) without waiting for its heartbeats to be late."""
-        for task in executor.suspended.values():
-            sent = task.suspend_sent_at
-            if (
-                task.state is TaskState.SUSPENDING
-                and sent is not None
-                and self.now - sent > SUSPEND_OVERDUE_NS
-            ):
-                return (self.now - sent) / 1e6
-        return None
 
     def _resume_parked(self) -> None:
         """Resume a task the policy left suspended on an executor whose slot stays idle.

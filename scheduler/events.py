@@ -22,6 +22,7 @@ __all__ = [
     "ClientJoined",
     "ClientLeft",
     "ClientRequest",
+    "Deadline",
     "DecisionRefused",
     "Event",
     "ExecutorBusy",
@@ -97,6 +98,12 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
+class Deadline:
+    """A time the core asked to be woken at (`SchedulerCore.wake_at`) has come: a suspension
+    sent may be overdue."""
+
+
+@dataclass(frozen=True, slots=True)
 class PassEnded:
     """The shell handled what arrived at once (one pass of its loop): a core made with
     `consult_per_pass` now asks its policy about the slots freed meanwhile, once each."""
@@ -110,6 +117,7 @@ Event = (
     | ClientRequest
     | SubmitUnreadable
     | Tick
+    | Deadline
     | PassEnded
 )
 

@@ -72,6 +72,7 @@ from tidal.scheduler.eventlog import EventLog
 from tidal.scheduler.events import (
     ClientJoined,
     ClientRequest,
+    Deadline,
     Event,
     ExecutorJoined,
     ExecutorLeft,
@@ -273,11 +274,10 @@ class SchedulerServer:
             poller.register(self._writer.fd, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                # -- 1. Poll until a frame or a connection event arrives, or the next tick
-                #       (or probe) is due.
-                due = next_tick if self._probe_at is None else min(next_tick, self._probe_at)
-                if self._commit_at is not None:
-                    due = min(due, self._commit_at)
+                # -- 1. Poll until a frame or connection event, or a tick, probe, commit or wake.
+                wake = self.core.wake_at()
+                times = (next_tick, self._probe_at, self._commit_at, wake)
+                due = min(t for t in times if t is not None)
                 # (Whole milliseconds, rounded up: zmq_poll truncates, 0.9 ms would spin.)
                 timeout_ms = max(0, -(-(due - time.monotonic_ns()) // 1_000_000))
                 ready = dict(poller.poll(timeout_ms))
@@ -299,6 +299,9 @@ class SchedulerServer:
                     self._probe_at = self._watch.next_probe(now)
                     self._lose_unreachable(self._table.executor_routes(self.core.records.executors))
                     self._note_vanished_clients(now)
+                if wake is not None and now >= wake:  # its executor's stream tasks move now
+                    self._dispatch(self._handle(Deadline()))
+                    self._flush_held()
                 # -- 5. Tick: the core counts late executors busy, the policy may rebalance.
                 if now >= next_tick:
                     self._guard.tick()  # the periodic summary of suppressed log lines
@@ -314,9 +317,8 @@ class SchedulerServer:
             self._shutdown_executors("scheduler stopping")
 
     def bad_input(self) -> dict[str, int]:
-        """Counts of bad input so far (for status): frames received in all, bad ones, ones
-        ignored in a cool-down, disconnections, handler errors, log lines, and the sizes of
-        the per-peer tables now; and whether frames are read in C (runtime/frames.py)."""
+        """Counts of bad input so far (for status): frames in all, bad, ignored in cool-downs,
+        disconnections, handler errors, log lines; table sizes; frames read in C or not."""
         return {
             "frames_in": self.frames_in,
             "bytes_in": self.bytes_in,

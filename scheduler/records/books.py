@@ -26,6 +26,7 @@ from tidal.runtime.columns import Columns, bulk_payloads
 from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import events as ev
 from tidal.scheduler.records import spans
+from tidal.scheduler.records.busy import BusyBooks
 from tidal.scheduler.records.chunked import ChunkBooks
 from tidal.scheduler.records.lags import LagBook
 from tidal.scheduler.records.lineage import Lineage
@@ -56,7 +57,7 @@ PREFETCH_TARGET_NS = 2_000_000
 TASK_OVERHEAD_NS = 40_000
 
 
-class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook):
+class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBooks):
     """The scheduler's tables and the bookkeeping on them; see the module docstring.
 
     `now` is the core's clock at the current step (the core sets it); `out` collects what
@@ -108,6 +109,7 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook):
         # Stream sources' lag, per (client, source) (scheduler/records/lags.py).
         self.lags: dict[tuple[str, str], tuple[int, float | None, int]] = {}
         self.leaving: list[Task] = []
+        self.suspend_deadlines: list[tuple[int, str]] = []  # a heap (scheduler/records/busy.py)
 
     # ---- facts -----------------------------------------------------------------------------------
 
@@ -408,7 +410,7 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook):
 
     def suspend(self, executor: ExecutorRecord, task: Task) -> None:
         task.state = TaskState.SUSPENDING
-        task.suspend_sent_at = self.now
+        self.suspension_sent(task)
         task.suspensions += 1
         executor.slot_task = None
         executor.suspended[task.task_id] = task
@@ -566,41 +568,6 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook):
         return None
 
     # ---- executors ---------------------------------------------------------------------------
-
-    def seen(self, executor: ExecutorRecord) -> None:
-        executor.last_seen = self.now
-        if executor.busy:
-            executor.busy = False
-            self.note(ev.ExecutorBusy(executor.executor_id, False, "it reported again"))
-            # Its watchdog starts now on the suspensions it reads only now: they are not
-            # overdue before its own timeout has passed (else it would flap back to busy).
-            for task in executor.suspended.values():
-                if task.state is TaskState.SUSPENDING:
-                    task.suspend_sent_at = self.now
-
-    def busy(self, executor: ExecutorRecord, reason: str) -> None:
-        """`executor` is alive (its connection is up) but silent: its Python is held, by a
-        long C call most likely. Until it reports again its tasks count as unsuspendable,
-        it takes no launch, and the stream tasks sent there that have not started go
-        elsewhere.
-
-        Discussion: a withdrawn stream task runs again as a new attempt at once; the busy
-        executor gets a kill for it, which it reads after the call, behind the launch, and
-        whatever it reports of the old attempt is stale (reports name their attempt). "Not
-        started" is as far as the scheduler knows: if its `started` is on the way, the old
-        attempt may run there too before the kill lands, so a stream task's code can run
-        twice (its future still completes once)."""
-        executor.busy = True
-        self.note(ev.ExecutorBusy(executor.executor_id, True, reason))
-        waiting = [
-            t
-            for t in executor.tasks()
-            if t.state is TaskState.LAUNCHED and t.priority == "stream" and t.subtasks is None
-        ]
-        for task in waiting:
-            self.detach(executor, task)
-            self.send(executor, p.Kill(task.task_id, self.now))
-        self.requeue(waiting)
 
     def adopt(self, executor: ExecutorRecord, task: Task, state: TaskState, attempt: int) -> None:
         """Put `task` on `executor` in `state`, at `attempt`: as the executor reports it holds
