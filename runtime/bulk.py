@@ -18,7 +18,7 @@ import dataclasses
 import itertools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -41,7 +41,7 @@ def pack_calls(
     partitions: list[Any],
     packed_kwargs: bytes,
     spool: Callable[[bytes], bytes],
-    packed: list[bytes] | None = None,
+    packed: Sequence[bytes | memoryview] | None = None,
 ) -> list[bytes] | None:
     """Each partition's call payload, the bytes `payloads.pack_call([partition], kwargs,
     packed_kwargs=...)` makes; `packed_kwargs` (the calls' shared kwargs, packed) are handed
