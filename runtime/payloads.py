@@ -668,7 +668,7 @@ class Blocks(Sequence[Any]):
     Discussion: decoding 3 million ints up front took ~100 ms (boundaries between blocks,
     but before the task's first record) and the list held ~110 MB; freeing that list when
     the task ended took ~40 ms in one go, with the GIL held, on the thread where the next
-    stream task was about to start. Packed, the same partition is ~15 MB of bytes, and
+    stream task was about to start. Packed, the same partition is ~12-15 MB of bytes, and
     iterating it is all C: `chain` over `map` of a block decoder (~0.3 ms a block).
     """
 
