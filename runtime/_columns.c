@@ -209,12 +209,13 @@ PyDoc_STRVAR(pack_numbers_doc,
 "in 64 bits or all exact floats, packed as raw numbers: 0xc1, a type code ('b', 'h', 'i'\n"
 "for signed ints of 8, 16, 32 bits, 'B', 'H', 'I' unsigned, 'q' int64, 'd' float64), then\n"
 "each item little-endian (ints in the narrowest of those that holds every one). None if\n"
-"`items` is not a list or tuple, or the block is empty or holds anything else (pack it\n"
-"with msgpack instead).");
+"`items` is not a list or tuple, or the block is empty, holds anything else, or is ints\n"
+"that msgpack packs in fewer bytes (pack it with msgpack instead).");
 
 /* Discussion: msgpack packs an int in ~30 ns here, so a 3-million-int partition took ~90 ms
- * of the client's submit; this loop takes a few ns an item. Exact types only: a bool or an
- * int subclass must come back as msgpack would return it, and a float subclass too. */
+ * of the client's submit; this loop takes a few ns an item (runtime/numblocks.py). Exact
+ * types only: a bool or an int subclass must come back as msgpack would return it, and a
+ * float subclass too. */
 static PyObject *
 pack_numbers(PyObject *self, PyObject *args)
 {
@@ -228,9 +229,9 @@ pack_numbers(PyObject *self, PyObject *args)
     start = start < 0 ? 0 : start > size ? size : start;
     stop = stop < start ? start : stop > size ? size : stop;
     Py_ssize_t count = stop - start;
-    PyObject **items = PySequence_Fast_ITEMS(seq) + start;
     if (count == 0 || count > (PY_SSIZE_T_MAX - 2) / 8)
         Py_RETURN_NONE;
+    PyObject **items = PySequence_Fast_ITEMS(seq) + start;
     int floats = PyFloat_CheckExact(items[0]);
     /* One pass reads every item into 64 bits; ints that all fit are narrowed after. */
     PyObject *wide = PyBytes_FromStringAndSize(NULL, 2 + count * 8);
@@ -241,6 +242,7 @@ pack_numbers(PyObject *self, PyObject *args)
     at[1] = floats ? 'd' : 'q';
     at += 2;
     long long lowest = 0, highest = 0;
+    Py_ssize_t msgpack_bytes = 0; /* what msgpack would take for the same ints */
     for (Py_ssize_t i = 0; i < count; i++, at += 8) {
         uint64_t bits;
         if (floats) {
@@ -258,6 +260,11 @@ pack_numbers(PyObject *self, PyObject *args)
                 goto not_numbers;
             lowest = value < lowest ? value : lowest;
             highest = value > highest ? value : highest;
+            msgpack_bytes += value >= -32 && value <= 127                ? 1
+                             : value >= -128 && value <= 255             ? 2
+                             : value >= -32768 && value <= 65535         ? 3
+                             : value >= INT32_MIN && value <= UINT32_MAX ? 5
+                                                                         : 9;
             bits = (uint64_t)value;
         }
         for (int byte = 0; byte < 8; byte++)
@@ -267,7 +274,10 @@ pack_numbers(PyObject *self, PyObject *args)
     int width = 8;
     char code = 'q';
     if (lowest >= 0) {
-        width = highest <= UINT8_MAX ? 1 : highest <= UINT16_MAX ? 2 : highest <= UINT32_MAX ? 4 : 8;
+        width = highest <= UINT8_MAX    ? 1
+                : highest <= UINT16_MAX ? 2
+                : highest <= UINT32_MAX ? 4
+                                        : 8;
         code = width == 1 ? 'B' : width == 2 ? 'H' : width == 4 ? 'I' : 'q';
     }
     else {
@@ -277,6 +287,9 @@ pack_numbers(PyObject *self, PyObject *args)
                                                               : 8;
         code = width == 1 ? 'b' : width == 2 ? 'h' : width == 4 ? 'i' : 'q';
     }
+    /* One big value widens every item: past msgpack's own size, let msgpack pack it. */
+    if (!floats && count * width > msgpack_bytes)
+        goto not_numbers;
     if (floats || width == 8)
         return wide;
     PyObject *narrow = PyBytes_FromStringAndSize(NULL, 2 + count * width);

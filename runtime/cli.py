@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=100.0,
         help="report a suspension as failed when the task reaches no record "
-        "boundary within this time (default 100)",
+        "boundary within this time (default 100, at most 125)",
     )
     executor.add_argument(
         "--connect-timeout",
@@ -408,7 +408,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run_executor(args: argparse.Namespace) -> int:
     from tidal.runtime.auth import KeyFileError
     from tidal.runtime.datastore import DataAddressError
-    from tidal.runtime.executor import Executor
+    from tidal.runtime.executor import MAX_SUSPEND_TIMEOUT_NS, Executor
     from tidal.runtime.memory import parse_size
 
     if args.scheduler is None:
@@ -420,6 +420,14 @@ def _run_executor(args: argparse.Namespace) -> int:
         return 2
     if args.nworkers < 1:
         print(f"tidal executor: --nworkers must be >= 1, not {args.nworkers}", file=sys.stderr)
+        return 2
+    if not 0 < args.suspend_timeout_ms <= MAX_SUSPEND_TIMEOUT_NS / 1e6:
+        print(
+            f"tidal executor: --suspend-timeout-ms must be > 0 and <= "
+            f"{MAX_SUSPEND_TIMEOUT_NS / 1e6:g}, not {args.suspend_timeout_ms:g} (the scheduler "
+            "counts an executor busy when a suspension goes unanswered for 150 ms)",
+            file=sys.stderr,
+        )
         return 2
     if not _use_pythonpath(args, "executor"):
         return 2

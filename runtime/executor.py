@@ -92,6 +92,10 @@ DEFAULT_SWITCH_INTERVAL_S = 100e-6
 DEFAULT_HEARTBEAT_S = 0.5
 # While a suspension is pending, look at the watchdog this often.
 WATCHDOG_POLL_MS = 5
+# The longest suspend timeout allowed: the scheduler counts an executor busy when a
+# suspension goes unanswered for 150 ms (scheduler/records/busy.py, SUSPEND_OVERDUE_NS); the
+# watchdog must answer before that, with room for its poll and a loaded machine.
+MAX_SUSPEND_TIMEOUT_NS = 125_000_000
 # Once welcomed, the listener looks this often whether the hub is stuck in a task (then it
 # watches the command connection itself) and sends the reports the task thread held back
 # (runtime/reports.py). Discussion: it used to be woken when reports were held, and to read

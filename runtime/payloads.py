@@ -9,17 +9,16 @@ client unpacks it (`unpack_payload`). The scheduler only forwards the bytes
 
 from __future__ import annotations
 
-import array
 import bisect
 import dataclasses
 import itertools
 import operator
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import msgpack
 
+from tidal.runtime import numblocks
 from tidal.runtime.datastore import DATA_THRESHOLD, DataUnavailable, Reference, fetch_chunks
 from tidal.runtime.protocol import (
     MAX_FRAME_BYTES,
@@ -30,11 +29,6 @@ from tidal.runtime.protocol import (
     refuse_extension,
     unpack_value,
 )
-
-try:
-    from tidal.runtime import _ccolumns
-except ImportError:  # the extension is optional (setup.py): blocks are then all msgpack
-    _ccolumns = None
 
 __all__ = [
     "BLOCKED_MIN_BYTES",
@@ -289,30 +283,18 @@ def pack_blocks(
     items: list[Any] | tuple[Any, ...], boundary: Callable[[], None] | None = None
 ) -> list[bytes]:
     """`items` as blocks of consecutive items, sized as the discussion above says: each a
-    block of numbers (below) where the C extension is built and its items are all plain
-    ints or all floats, else a packed array; `boundary()` after each if given (then of the
-    items as they were at the call)."""
+    block of numbers (runtime/numblocks.py) where the C extension is built and its items
+    are all plain ints or all floats, else a packed array; `boundary()` after each if given
+    (then of the items as they were at the call)."""
     if boundary is not None:
         items = tuple(items)
-    pack = _pack_block if _ccolumns is not None else _pack_array
-    return [block for _, block in _blocks(items, boundary, pack)]
-
-
-Sliced = Callable[[list[Any] | tuple[Any, ...], int, int], bytes]
-
-
-def _pack_array(items: list[Any] | tuple[Any, ...], start: int, stop: int) -> bytes:
-    return msgpack.packb(items[start:stop], use_bin_type=True)
-
-
-def _pack_block(items: list[Any] | tuple[Any, ...], start: int, stop: int) -> bytes:
-    return _ccolumns.pack_numbers(items, start, stop) or _pack_array(items, start, stop)
+    return [block for _, block in _blocks(items, boundary, numblocks.packer())]
 
 
 def _blocks(
     items: list[Any] | tuple[Any, ...],
     boundary: Callable[[], None] | None,
-    pack: Sliced = _pack_array,
+    pack: numblocks.BlockPacker = numblocks.pack_array,
 ) -> Iterator[tuple[int, bytes]]:
     """(items in it, `pack(items, start, stop)`) for each block of `items`, `boundary()`
     after each."""
@@ -321,57 +303,6 @@ def _blocks(
         yield min(step, count - start), pack(items, start, start + step)
         if boundary is not None:
             boundary()
-
-
-# ---- blocks of numbers ----------------------------------------------------------------------
-
-# Discussion: a partition of numbers is the commonest big argument, and msgpack packs an int
-# in ~25-30 ns here: ~75-90 ms of a 3-million-int partition's submit, in the caller's thread,
-# while the executor that would run it may sit idle (`tidal bench bigdata`'s first task
-# often ended before the second was packed). A block whose items are all plain ints that
-# fit in 64 bits, or all floats, is packed in C as the raw numbers (runtime/_columns.c
-# `pack_numbers`, ~4 ns an int): 0xc1 (the one byte msgpack never uses, so no packed array
-# starts with it), a type code ('b', 'h', 'i': signed ints of 8, 16, 32 bits, 'B', 'H', 'I'
-# unsigned, 'q' int64: the narrowest that holds the block; 'd' float64), then each number,
-# little-endian. Exact types only, so that a bool or an int subclass comes back as msgpack
-# would give it. Decoding is not faster than msgpack's (making the int objects is most of
-# both); the size is msgpack's or less for ints (it packs 0-127 in a byte, up to 2**32 in
-# 5), 8 bytes a float against 9.
-_NUMBERS_MARK = 0xC1
-
-
-def _array_code(size: int, signed: bool) -> str:
-    """`array`'s type code for ints of `size` bytes (its "i" and "l" vary by platform)."""
-    code = next(code for code in "bhilq" if array.array(code).itemsize == size)
-    return code if signed else code.upper()
-
-
-_NUMBER_TYPES = {  # the wire's type codes -> array's
-    **{ord(wire): _array_code(size, True) for wire, size in (("b", 1), ("h", 2), ("i", 4))},
-    **{ord(wire): _array_code(size, False) for wire, size in (("B", 1), ("H", 2), ("I", 4))},
-    ord("q"): "q",
-    ord("d"): "d",
-}
-
-
-def _numbers_type(block: bytes, what: str) -> str:
-    """The array type code of a block of numbers; ProtocolError if it names no type we
-    write, or its length is not a whole number of them."""
-    code = _NUMBER_TYPES.get(block[1]) if len(block) >= 2 else None
-    if code is None or (len(block) - 2) % array.array(code).itemsize:
-        raise ProtocolError(
-            f"{what} is a block of numbers of an unknown type or length: {block[:8]!r} "
-            f"({len(block):,} bytes)"
-        )
-    return code
-
-
-def _unpack_numbers(block: bytes, what: str) -> list[Any]:
-    numbers = array.array(_numbers_type(block, what))
-    numbers.frombytes(memoryview(block)[2:])
-    if sys.byteorder == "big":
-        numbers.byteswap()
-    return numbers.tolist()
 
 
 def open_call(
@@ -529,8 +460,8 @@ def _read(unpacker: msgpack.Unpacker, problem: str, *, header: bool = False) -> 
 def unpack_block(block: bytes, what: str = "a block of a task argument") -> list[Any]:
     """The items of one block (`pack_blocks`); ProtocolError if it is neither a packed array
     nor a block of numbers."""
-    if block[:1] and block[0] == _NUMBERS_MARK:
-        return _unpack_numbers(block, what)
+    if block[:1] and block[0] == numblocks.MARK:
+        return numblocks.unpack(block, what)
     items = unpack_payload(block, what)
     if type(items) is not list:
         raise ProtocolError(f"{what} must be an array, got {type(items).__name__}")
@@ -723,9 +654,8 @@ def _array_length(block: bytes) -> int:
     """How many items a block (a packed array, or numbers) holds, read from its header;
     ProtocolError if it is neither, or promises more items than the block has bytes."""
     kind, count, header = block[:1], -1, 1
-    if kind and kind[0] == _NUMBERS_MARK:
-        code = _numbers_type(block, "a block of a task argument")
-        return (len(block) - 2) // array.array(code).itemsize
+    if kind and kind[0] == numblocks.MARK:
+        return numblocks.count(block, "a block of a task argument")
     if kind and 0x90 <= kind[0] <= 0x9F:
         count = kind[0] & 0x0F
     elif kind == b"\xdc" and len(block) >= 3:

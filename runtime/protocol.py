@@ -77,8 +77,8 @@ __all__ = [
 #     bytes: runtime/batches.py).
 # 13: columnar bulk jobs: submit.bulk may be one packed array of a map's xs, with
 #     submit.kwargs; launch_chunk.columns (runtime/columns.py). job_refused (S2C).
-# 14: a blocked argument's block may be a block of numbers (runtime/payloads.py), which an
-#     executor of protocol 13 would refuse.
+# 14: a blocked argument's block may be a block of numbers (runtime/numblocks.py), which an
+#     executor of protocol 13 would refuse (and a client of 13 reading a kept result).
 PROTOCOL_VERSION = 14
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that

@@ -162,6 +162,7 @@ class SchedulerCore:
             on_pending=self._on_pending,
         )
         self.records.now = clock()
+        self.records.overdue_makes_busy = not lose_silent
         self.view = ClusterView(self.records)
         self.refused: list[tuple[Any, str]] = []  # recent refused decisions, for tests
         # What the core did, counted (scheduler/tally.py), and refused decisions logged at
@@ -276,7 +277,7 @@ class SchedulerCore:
         elif isinstance(event, PassEnded):
             self._end_pass()
         elif isinstance(event, Deadline):
-            records.overdue(mark=not self.lose_silent)
+            records.mark_overdue()
         else:
             raise TypeError(f"not a scheduler event: {event!r}")
         records.settle_retired()
@@ -302,8 +303,9 @@ class SchedulerCore:
     def wake_at(self) -> int | None:
         """When (on the core's clock, ns) the shell should hand it a `Deadline` if nothing
         else comes first: a suspension sent becomes overdue then (scheduler/records/busy.py).
-        None: nothing is due before the next tick."""
-        return None if self.lose_silent else self.records.next_overdue_at()
+        None: nothing is due before the next tick. (It drops the deadlines of suspensions
+        answered since.)"""
+        return self.records.next_overdue_at()
 
     @property
     def now(self) -> int:
@@ -611,7 +613,7 @@ class SchedulerCore:
                     records.lose(executor, f"no heartbeat for {silent_ms:.0f} ms")
                 elif not executor.busy:
                     records.busy(executor, f"no heartbeat for {silent_ms:.0f} ms")
-        records.overdue(mark=not self.lose_silent)  # if the shell did not wake us for it
+        records.mark_overdue()  # if the shell did not wake the core for it
         self._consult(lambda pol: pol.tick(self.view))
         self._resume_parked()
         self._consider_steals()

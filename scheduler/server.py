@@ -299,7 +299,7 @@ class SchedulerServer:
                     self._probe_at = self._watch.next_probe(now)
                     self._lose_unreachable(self._table.executor_routes(self.core.records.executors))
                     self._note_vanished_clients(now)
-                if wake is not None and now >= wake:  # its executor's stream tasks move now
+                if wake is not None and now >= wake:  # -- 4b. A suspension is overdue.
                     self._dispatch(self._handle(Deadline()))
                     self._flush_held()
                 # -- 5. Tick: the core counts late executors busy, the policy may rebalance.

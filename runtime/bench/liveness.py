@@ -8,7 +8,8 @@ One LocalCluster of two executors, default heartbeat (500 ms), with an event log
    `c_call_task_ok`: the task returned the right sum on its first attempt; `busy_marks`: how
    often the scheduler counted an executor busy (its heartbeats late, its connection up);
    `stream_during_c_call_ms_p99`: the stream tasks' latency meanwhile (they run on the other
-   executor), and `stream_during_c_call_ms_max`, the one the busy executor held first.
+   executor), and `stream_during_c_call_ms_max`, the slowest: the stream task sent to the
+   busy executor before the scheduler counted it busy (a suspension unanswered 150 ms).
 2. `kill -9` of an executor: `kill_detect_ms`, from the kill to the scheduler's
    `executor_lost` (target 100 ms).
 3. SIGSTOP of an executor (the whole process stops, its I/O threads too):
@@ -126,8 +127,8 @@ def c_call_phase(cluster: LocalCluster, client: Client, path: str, seconds: floa
         "c_call_task_ok": result == n * (n - 1) // 2 and busy.statistics().attempt == 0,
         "stream_during_c_call_ms_p50": percentile(latencies, 50),
         "stream_during_c_call_ms_p99": percentile(latencies, 99),
-        # The first stream task sent to the busy executor waits until the scheduler counts
-        # it busy (its suspension unanswered for 150 ms), then runs elsewhere.
+        # The slowest: the stream task sent to the busy executor waits until the scheduler
+        # counts it busy (its suspension unanswered for 150 ms), then runs elsewhere.
         "stream_during_c_call_ms_max": max(latencies, default=float("nan")),
         "stream_tasks": len(latencies),
     }

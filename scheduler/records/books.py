@@ -109,7 +109,9 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
         # Stream sources' lag, per (client, source) (scheduler/records/lags.py).
         self.lags: dict[tuple[str, str], tuple[int, float | None, int]] = {}
         self.leaving: list[Task] = []
-        self.suspend_deadlines: list[tuple[int, str]] = []  # a heap (scheduler/records/busy.py)
+        # Suspensions' deadlines (scheduler/records/busy.py), kept where the core asks.
+        self.suspend_deadlines: list[tuple[int, str]] = []  # a heap
+        self.overdue_makes_busy = False
 
     # ---- facts -----------------------------------------------------------------------------------
 

@@ -30,20 +30,27 @@ __all__ = ["SUSPEND_OVERDUE_NS", "BusyBooks"]
 SUSPEND_OVERDUE_NS = 150_000_000
 
 
+def _deadline(sent: int) -> int:
+    """When a suspension sent at `sent` is overdue: past SUSPEND_OVERDUE_NS, not at it."""
+    return sent + SUSPEND_OVERDUE_NS + 1
+
+
 class BusyBooks:
     """Busy executors: a part of `Records` (scheduler/records/books.py), which keeps the
-    suspensions' deadlines in its `suspend_deadlines`, a heap of (deadline ns, task id)."""
+    suspensions' deadlines in its `suspend_deadlines`, a heap of (deadline ns, task id),
+    if its `overdue_makes_busy` (a core that loses silent executors does not: the
+    simulator's)."""
 
     def suspension_sent(self, task: Task) -> None:
         """A suspend for `task` goes out now (or is read only now): it is overdue after
         SUSPEND_OVERDUE_NS."""
         task.suspend_sent_at = self.now
-        deadline = self.now + SUSPEND_OVERDUE_NS + 1
-        heapq.heappush(self.suspend_deadlines, (deadline, task.task_id))
+        if self.overdue_makes_busy:
+            heapq.heappush(self.suspend_deadlines, (_deadline(self.now), task.task_id))
 
     def next_overdue_at(self) -> int | None:
         """When the first suspension still unanswered becomes overdue (None: none is
-        waiting). Deadlines of suspensions answered since are dropped on the way."""
+        waiting). Drops the deadlines of suspensions answered since, on the way."""
         deadlines = self.suspend_deadlines
         while deadlines:
             at, task_id = deadlines[0]
@@ -53,14 +60,14 @@ class BusyBooks:
             heapq.heappop(deadlines)
         return None
 
-    def overdue(self, *, mark: bool = True) -> None:
-        """Count busy (if `mark`) each executor with a suspension whose deadline has come
-        unanswered; drop the deadlines that have come."""
+    def mark_overdue(self) -> None:
+        """Count busy each executor with a suspension whose deadline has come unanswered;
+        drop the deadlines that have come."""
         deadlines = self.suspend_deadlines
         while deadlines and deadlines[0][0] <= self.now:
             at, task_id = heapq.heappop(deadlines)
             task = self.tasks.get(task_id)
-            if not mark or task is None or not self._waits_for(task, at):
+            if task is None or not self._waits_for(task, at):
                 continue
             executor = self.executors.get(task.executor_id or "")
             if executor is not None and executor.alive and not executor.busy:
@@ -71,9 +78,7 @@ class BusyBooks:
         """Whether `task`'s suspension, sent for `deadline`, is still unanswered."""
         sent = task.suspend_sent_at
         return (
-            task.state is TaskState.SUSPENDING
-            and sent is not None
-            and sent + SUSPEND_OVERDUE_NS + 1 == deadline
+            task.state is TaskState.SUSPENDING and sent is not None and _deadline(sent) == deadline
         )
 
     def seen(self, executor: ExecutorRecord) -> None:

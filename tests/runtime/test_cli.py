@@ -247,7 +247,18 @@ def test_a_slot_supervisor_refuses_what_would_fail_every_slot(tmp_path):
         (["--nworkers", "2", "--pythonpath", missing], f"{missing!r} is not a directory"),
         (["--nworkers", "2", "--keys", missing], f"key directory {missing} not found"),
         (["--nworkers", "2", "--memory-limit", "lots"], "--memory-limit: "),
+        # A watchdog slower than the scheduler's overdue time would make it busy each time.
+        (["--suspend-timeout-ms", "200"], "--suspend-timeout-ms must be > 0 and <= 125"),
+        (["--suspend-timeout-ms", "0"], "not 0 (the scheduler counts an executor busy"),
     ]:
         argv = tidal_command("executor", "--scheduler", "tcp://127.0.0.1:1", *options)
         done = subprocess.run(argv, env=child_env(), capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and problem in done.stderr
+
+
+def test_the_longest_suspend_timeout_leaves_room_before_the_scheduler_calls_it_busy():
+    from tidal.runtime.executor import MAX_SUSPEND_TIMEOUT_NS, WATCHDOG_POLL_MS
+    from tidal.scheduler.records.busy import SUSPEND_OVERDUE_NS
+
+    room_ns = SUSPEND_OVERDUE_NS - MAX_SUSPEND_TIMEOUT_NS - WATCHDOG_POLL_MS * 1_000_000
+    assert room_ns >= 20_000_000

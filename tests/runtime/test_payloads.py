@@ -1,5 +1,6 @@
 """Blocks of numbers: a big argument of plain ints or floats packed as raw numbers
-(runtime/payloads.py "blocks of numbers", runtime/_columns.c `pack_numbers`)."""
+(runtime/numblocks.py, runtime/_columns.c `pack_numbers`), and blocked calls
+(runtime/payloads.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidal.runtime import payloads
+from tidal.runtime import numblocks, payloads
 from tidal.runtime.protocol import ProtocolError
 
 BIG = payloads.BLOCKED_MIN_ITEMS
 
-needs_c = pytest.mark.skipif(payloads._ccolumns is None, reason="the C extension is not built")
+needs_c = pytest.mark.skipif(numblocks._ccolumns is None, reason="the C extension is not built")
 
 
 class Level(enum.IntEnum):
@@ -30,7 +31,14 @@ def _round_trip(value: list[Any]) -> tuple[list[bytes], list[Any], list[Any]]:
     _, _, blocked = payloads.open_call(blob)
     ((_, blocks),) = [(index, list(blocks)) for index, blocks in blocked]
     kept = payloads.Blocks(blocks)
-    return blocks, payloads.unpack_call(blob)[0][0], list(kept)
+    # Read by index as well as in order: its length and each block's start come from the
+    # blocks' headers (`_array_length`), not from decoding them.
+    read = list(kept)
+    spots = [at for at in (0, BIG - 2, BIG - 1, BIG, len(value) - 1) if at < len(value)]
+    assert len(kept) == len(read) == len(value)
+    assert _same([kept[at] for at in spots], [read[at] for at in spots])
+    assert _same(kept[BIG - 2 : BIG + 2], read[BIG - 2 : BIG + 2])
+    return blocks, payloads.unpack_call(blob)[0][0], read
 
 
 def _same(got: list[Any], want: list[Any]) -> bool:
@@ -50,7 +58,7 @@ def _same(got: list[Any], want: list[Any]) -> bool:
         ([-(2**31), 2**31 - 1] * BIG, b"\xc1i"),
         ([0, 255] * BIG, b"\xc1B"),  # unsigned when nothing is negative
         ([0, 2**16 - 1] * BIG, b"\xc1H"),
-        ([0, 2**32 - 1] * BIG, b"\xc1I"),
+        ([2**31, 2**32 - 1] * BIG, b"\xc1I"),
         ([2**32] * 3 * BIG, b"\xc1q"),
         ([-(2**63), 2**63 - 1] * BIG, b"\xc1q"),
         ([0.5, -0.0, math.inf, -math.inf, math.nan, 1e308] * BIG, b"\xc1d"),
@@ -101,8 +109,20 @@ def test_any_mix_of_numbers_comes_back_as_msgpack_would_give_it(head):
     assert _same(unpacked, want) and _same(kept, want)
 
 
+@needs_c
+def test_a_kept_result_packed_between_record_boundaries_is_numbers_too():
+    # An executor packs a kept result a block at a time, from a tuple of its items
+    # (runtime/kept.py): the C packer takes tuples as it takes lists.
+    value = list(range(3 * BIG))
+    boundaries = []
+    blob = payloads.pack_call([tuple(value)], {}, boundary=lambda: boundaries.append(1))
+    (blocks,) = [list(blocks) for _, blocks in payloads.open_call(blob)[2]]
+    assert all(block[:1] == b"\xc1" for block in blocks) and len(boundaries) == len(blocks)
+    assert payloads.unpack_call(blob)[0][0] == value
+
+
 def test_without_the_extension_every_block_is_a_packed_array(monkeypatch):
-    monkeypatch.setattr(payloads, "_ccolumns", None)
+    monkeypatch.setattr(numblocks, "_ccolumns", None)
     value = list(range(3 * BIG))
     blocks, unpacked, kept = _round_trip(value)
     assert all(block[:1] != b"\xc1" for block in blocks)
@@ -117,6 +137,8 @@ def test_without_the_extension_every_block_is_a_packed_array(monkeypatch):
         ([i % 128 for i in range(3 * BIG)], 1.01),  # msgpack: 1 byte, here 1
         ([i % 256 for i in range(3 * BIG)], 1.01),  # msgpack: 1 or 2, here 1
         ([i - 100 for i in range(3 * BIG)], 1.01),  # msgpack: 1, 2 or 3, here 2
+        # One big value would widen every item of its block to 8 bytes: msgpack instead.
+        ([2**33 if i % 1_000 == 0 else i % 100 for i in range(3 * BIG)], 1.01),
     ],
 )
 def test_numbers_pack_to_about_msgpack_size_or_less(value, ratio):
@@ -140,7 +162,7 @@ def test_a_block_of_numbers_is_read_on_any_machine_without_the_extension(monkeyp
     # Packed by a client with the extension, read by an executor without it: decoding is
     # the standard library's `array`.
     block = b"\xc1i" + (7).to_bytes(4, "little") + (-2).to_bytes(4, "little", signed=True)
-    monkeypatch.setattr(payloads, "_ccolumns", None)
+    monkeypatch.setattr(numblocks, "_ccolumns", None)
     assert payloads.unpack_block(block) == [7, -2]
     assert payloads.unpack_block(b"\xc1h\xff\x7f\x00\x80") == [2**15 - 1, -(2**15)]
     assert payloads.unpack_block(b"\xc1b\xff") == [-1]
@@ -151,7 +173,7 @@ def test_a_block_of_numbers_is_read_on_any_machine_without_the_extension(monkeyp
 @pytest.mark.parametrize(
     "big",
     [list(range(3 * BIG)), [2**40] * BIG, ["x" * 300] * 300, [0.5] * (BIG + 1)],
-    ids=["int32 blocks", "int64 blocks (bin 32)", "a few big strs (bin 16)", "floats"],
+    ids=["uint16 blocks", "int64 blocks (bin 32)", "a few big strs (bin 16)", "floats"],
 )
 def test_a_blocked_call_is_the_bytes_msgpack_makes_of_its_three_parts(big):
     blob = payloads.pack_call(["a", big, [1]], {"k": 2})

@@ -481,3 +481,44 @@ def test_an_unreadable_submit_is_read_only_within_the_frame_limit_and_through_th
     for _ in range(UNREADABLE_SUBMITS + 5):
         assert server._fail_unreadable_submits(b"c", frame, bad)
     assert len(handled) == 1 + UNREADABLE_SUBMITS
+
+
+def test_a_suspension_unanswered_moves_the_stream_task_before_the_next_tick(raw_peer):
+    # Heartbeats 20 s apart, so the loop ticks every 10 s: only the wake at the
+    # suspension's deadline (`SchedulerCore.wake_at`, 150 ms) can withdraw the stream task
+    # from the executor that never answers within this test.
+    server = SchedulerServer("tcp://127.0.0.1:*", realtime=False, heartbeat_ns=20 * 10**9)
+    loop = threading.Thread(target=server.serve)
+    loop.start()
+    try:
+        peers = {}
+        for executor_id in ("e0", "e1"):
+            peers[executor_id] = peer = raw_peer(server.address)
+            peer.send(p.encode(p.Hello(p.PROTOCOL_VERSION, executor_id, "n", 1, 1, "h")))
+            assert isinstance(recv(peer), p.Welcome)
+        client = raw_peer(server.address)
+        client.send(p.encode(p.ClientHello(p.PROTOCOL_VERSION, "c", 1, "h")))
+        assert isinstance(recv(client), p.ClientWelcome)
+        call = payloads.pack_call([[1]], {})
+        tasks = [["c-1/0", call], ["c-1/1", call]]
+        client.send(p.encode(p.Submit("c-1", "batch", 0, None, "m:f", None, tasks, 0)))
+        for peer in peers.values():
+            launch = recv(peer)
+            while type(launch) is not p.Launch:  # an ack, say
+                launch = recv(peer)
+            peer.send(p.encode(p.Started(launch.task_id, 0, 1)))
+        stream = [["c-2/0", call]]
+        client.send(p.encode(p.Submit("c-2", "stream", 0, None, "m:f", None, stream, 0)))
+        # One executor is told to suspend and gets the stream launch; it never answers.
+        ready = zmq.select([*peers.values()], [], [], 10)[0]
+        victim = ready[0]
+        kinds = []
+        while p.Kill not in kinds:  # withdrawn once the suspension is overdue
+            msg = recv(victim, timeout_ms=5_000)  # well before the tick (10 s)
+            kinds.append(type(msg))
+            assert type(msg) is not p.Kill or msg.task_id == "c-2/0"
+        assert kinds[:2] == [p.Suspend, p.Launch]
+    finally:
+        server.stop()
+        loop.join(timeout=30)
+        server.close()
