@@ -22,6 +22,28 @@ def _loaded(h: Harness) -> tuple[list[str], str, str, str]:
     return batch, stream, victim, "e1" if victim == "e0" else "e0"
 
 
+def test_a_stream_task_stuck_behind_a_busy_executor_moves_and_completes_once():
+    # As the server runs it: liveness by the connection, silence only makes busy.
+    h = Harness(lose_silent=False)
+    batch, stream, victim, other = _loaded(h)
+    # The victim holds its GIL in a C call: no answer. Past the overdue time, at the tick
+    # (if the shell did not wake the core at the deadline), it is busy.
+    h.clock.now += 200 * MS
+    h.handle(Tick())
+    assert [type(m) for m in h.sent(victim)] == [p.Kill]  # the stream launch withdrawn
+    assert [(type(m), m.task_id) for m in h.sent(other)] == [
+        (p.Suspend, next(t for t in batch if h.core.records.tasks[t].executor_id == other)),
+        (p.Launch, stream),
+    ]
+    assert h.core.status()["executors"][0 if victim == "e0" else 1]["busy"]
+    # The victim's late reports of the old attempt are stale; the new one completes it.
+    h.report(victim, p.Killed(stream, 0, {}))
+    h.start(other, stream, attempt=1)
+    h.finish(other, stream, attempt=1)
+    assert [item[1] for item in h.results[stream]] == ["finished"]
+    assert h.results[stream][0][4]["attempt"] == 1
+
+
 def test_an_unanswered_suspension_wakes_the_core_at_its_deadline_not_its_tick():
     h = Harness(lose_silent=False, heartbeat_ns=500 * MS)
     assert h.core.wake_at() is None  # nothing sent, nothing due

@@ -627,34 +627,6 @@ def test_the_kill_cap_follows_the_tasks_of_a_chunk_into_their_next_chunks():
     assert h.core.refused[-1][1] == "kill cap reached (2 of 2)"
 
 
-def test_a_stream_task_stuck_behind_a_busy_executor_moves_and_completes_once():
-    # As the server runs it: liveness by the connection, silence only makes busy.
-    h = Harness(executors=[("e0", "n0"), ("e1", "n1")], lose_silent=False)
-    batch = h.submit("b", "batch", 2)
-    for executor_id in ("e0", "e1"):
-        (launch,) = h.sent(executor_id, p.Launch)
-        h.start(executor_id, launch.task_id)
-    (stream,) = h.submit("s", "stream", 1)
-    victim = next(e for e in ("e0", "e1") if h.to_executor.get(e))
-    other = "e1" if victim == "e0" else "e0"
-    assert [type(m) for m in h.sent(victim)] == [p.Suspend, p.Launch]
-    # The victim holds its GIL in a C call: no answer. Past the overdue time it is busy.
-    h.clock.now += 200 * MS
-    h.handle(Tick())
-    assert [type(m) for m in h.sent(victim)] == [p.Kill]  # the stream launch withdrawn
-    assert [(type(m), m.task_id) for m in h.sent(other)] == [
-        (p.Suspend, next(t for t in batch if h.core.records.tasks[t].executor_id == other)),
-        (p.Launch, stream),
-    ]
-    assert h.core.status()["executors"][0 if victim == "e0" else 1]["busy"]
-    # The victim's late reports of the old attempt are stale; the new one completes it.
-    h.report(victim, p.Killed(stream, 0, {}))
-    h.start(other, stream, attempt=1)
-    h.finish(other, stream, attempt=1)
-    assert [item[1] for item in h.results[stream]] == ["finished"]
-    assert h.results[stream][0][4]["attempt"] == 1
-
-
 def test_an_end_reported_without_its_start_counts_as_both():
     # An executor's task that ended before its started went out reports only its end
     # (runtime/reports.py): the task counts as started then, its slot is free again, and
