@@ -295,6 +295,9 @@ class _TerminalBar:
     def close(self, state: ProgressState) -> None:
         self._live.update(self._line(state))
         self._live.stop()  # draws it a last time
+        console = self._live.console
+        if not console.is_terminal:  # rich ends the line only on a terminal
+            console.line()
 
     def _line(self, state: ProgressState) -> Any:
         return _rich_line(state, self._live.console.width)

@@ -149,6 +149,7 @@ def test_futures_already_done_print_one_final_line_on_a_plain_console():
     lines = out.getvalue().splitlines()
     assert len(lines) == 1 and lines[0].startswith("two ━")
     assert "2/2 done, 1 failed" in lines[0]
+    assert out.getvalue().endswith("\n")  # what is printed next starts a line of its own
 
 
 def test_one_failure_among_many_still_shows_red_in_the_terminal_bar():
