@@ -59,6 +59,7 @@ from tidal.runtime.client_io import Bookkeeping, ClientConnection
 from tidal.runtime.client_requests import ClientRequests
 from tidal.runtime.columns import Columns, pack_columns
 from tidal.runtime.datastore import (
+    DATA_THRESHOLD,
     DataStore,
     Reference,
     advertised_address,
@@ -464,6 +465,15 @@ class Client(ClientRequests):
     ) -> tuple[list[Any], list[bytes] | Columns] | None:
         """`submit.bulk` for a map's calls: columns of tiny calls (runtime/columns.py), a
         payload per call (runtime/bulk.py), or None if one is too big."""
+        # Discussion: a call of 64 KiB or more is spooled on its own (the classic path). Where
+        # a partition sampled here is that big, go there at once: packed as columns, then as
+        # calls, then again for the classic path, 8 partitions of a million ints took map()
+        # 360-390 ms against 80.
+        ends = {0, len(partitions) // 2, len(partitions) - 1}
+        if partitions and any(
+            payloads.packs_to_at_least(partitions[i], DATA_THRESHOLD) for i in ends
+        ):
+            return None
         packed_kwargs = payloads.pack_payload(kwargs, "kwargs")
         columns = pack_columns(partitions, packed_kwargs)
         if columns is not None and columns.small:

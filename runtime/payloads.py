@@ -46,6 +46,7 @@ __all__ = [
     "pack_payload",
     "pack_reference",
     "pack_result",
+    "packs_to_at_least",
     "unpack_block",
     "unpack_call",
     "unpack_kwargs",
@@ -226,6 +227,15 @@ def is_big(arg: Any) -> bool:
     if count < SAMPLED_FROM_ITEMS:
         return False
     return _packed_bytes_per_item(arg) * count >= BLOCKED_MIN_BYTES
+
+
+def packs_to_at_least(value: Any, size: int) -> bool:
+    """Whether `value`, a list or tuple of SAMPLED_FROM_ITEMS items or more, packs to about
+    `size` bytes or more, by a sample spread over it (one small msgpack call); False for
+    anything else. EncodeError-prone values raise as packing them would."""
+    if type(value) not in (list, tuple) or len(value) < SAMPLED_FROM_ITEMS:
+        return False
+    return _packed_bytes_per_item(value) * len(value) >= size
 
 
 def _packed_bytes_per_item(items: list[Any] | tuple[Any, ...]) -> float:
