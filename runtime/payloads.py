@@ -232,10 +232,13 @@ def is_big(arg: Any) -> bool:
 def packs_to_at_least(value: Any, size: int) -> bool:
     """Whether `value`, a list or tuple of SAMPLED_FROM_ITEMS items or more, packs to about
     `size` bytes or more, by a sample spread over it (one small msgpack call); False for
-    anything else. EncodeError-prone values raise as packing them would."""
+    anything else. EncodeError if the sample cannot be packed."""
     if type(value) not in (list, tuple) or len(value) < SAMPLED_FROM_ITEMS:
         return False
-    return _packed_bytes_per_item(value) * len(value) >= size
+    try:
+        return _packed_bytes_per_item(value) * len(value) >= size
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(f"cannot encode a partition: {exc}") from None
 
 
 def _packed_bytes_per_item(items: list[Any] | tuple[Any, ...]) -> float:

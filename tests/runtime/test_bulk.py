@@ -121,6 +121,15 @@ def test_a_chunked_map_of_big_partitions_goes_classic_without_packing_them_as_co
     assert type(futures) is list and msg.bulk is None and len(msg.tasks) == 3
 
 
+@pytest.mark.parametrize("count", [3, 4], ids=["sampled", "not sampled"])
+def test_a_chunked_map_names_the_partition_msgpack_cannot_carry(fake, client, count):
+    # Partition 1 is sampled for its size among 3 (first, middle, last), not among 4.
+    parts = [[0]] * count
+    parts[1] = [{1, 2}] * 40
+    with pytest.raises(TypeError, match=r"partition 1\[0\] is of type set"):
+        client.map(total, parts, chunksize=2)
+
+
 def test_a_bulk_maps_big_shared_keyword_arguments_are_spooled_once(fake, client):
     model = {"weights": list(range(100_000, 130_000))}  # ~150 KB packed
     futures = client.map(total, [[1], [2], [3]], chunksize=2, model=model)
