@@ -408,8 +408,9 @@ def _parser() -> argparse.ArgumentParser:
 def _run_executor(args: argparse.Namespace) -> int:
     from tidal.runtime.auth import KeyFileError
     from tidal.runtime.datastore import DataAddressError
-    from tidal.runtime.executor import MAX_SUSPEND_TIMEOUT_NS, Executor
+    from tidal.runtime.executor import Executor
     from tidal.runtime.memory import parse_size
+    from tidal.runtime.runstate import suspend_timeout_problem
 
     if args.scheduler is None:
         print(
@@ -421,13 +422,9 @@ def _run_executor(args: argparse.Namespace) -> int:
     if args.nworkers < 1:
         print(f"tidal executor: --nworkers must be >= 1, not {args.nworkers}", file=sys.stderr)
         return 2
-    if not 0 < args.suspend_timeout_ms <= MAX_SUSPEND_TIMEOUT_NS / 1e6:
-        print(
-            f"tidal executor: --suspend-timeout-ms must be > 0 and <= "
-            f"{MAX_SUSPEND_TIMEOUT_NS / 1e6:g}, not {args.suspend_timeout_ms:g} (the scheduler "
-            "counts an executor busy when a suspension goes unanswered for 150 ms)",
-            file=sys.stderr,
-        )
+    # Checked here too: an executor of `--nworkers` is built in a process of its own.
+    if (problem := suspend_timeout_problem(int(args.suspend_timeout_ms * 1e6))) is not None:
+        print(f"tidal executor: --suspend-timeout-ms: {problem}", file=sys.stderr)
         return 2
     if not _use_pythonpath(args, "executor"):
         return 2

@@ -163,8 +163,7 @@ class Columns(Sequence[bytes]):
 
     def items(self) -> list[memoryview]:
         """Each x's packed bytes, in order, as views of the array (cut out by C loops):
-        the classic path joins each into its call, so a copy here would be a third one of
-        a map of big partitions."""
+        `bulk.pack_calls` joins each into its call, so a copy here would be one more."""
         offsets, view = self.offsets, memoryview(self.args)
         return list(map(view.__getitem__, map(slice, offsets[:-1], offsets[1:])))
 

@@ -82,6 +82,7 @@ from tidal.runtime.realtime import (
 )
 from tidal.runtime.reports import Reports
 from tidal.runtime.results import ResultSpool
+from tidal.runtime.runstate import suspend_timeout_problem
 
 __all__ = ["DEFAULT_SWITCH_INTERVAL_S", "Executor"]
 
@@ -92,10 +93,6 @@ DEFAULT_SWITCH_INTERVAL_S = 100e-6
 DEFAULT_HEARTBEAT_S = 0.5
 # While a suspension is pending, look at the watchdog this often.
 WATCHDOG_POLL_MS = 5
-# The longest suspend timeout allowed: the scheduler counts an executor busy when a
-# suspension goes unanswered for 150 ms (scheduler/records/busy.py, SUSPEND_OVERDUE_NS); the
-# watchdog must answer before that, with room for its poll and a loaded machine.
-MAX_SUSPEND_TIMEOUT_NS = 125_000_000
 # Once welcomed, the listener looks this often whether the hub is stuck in a task (then it
 # watches the command connection itself) and sends the reports the task thread held back
 # (runtime/reports.py). Discussion: it used to be woken when reports were held, and to read
@@ -133,6 +130,8 @@ class Executor(CommandHandlers):
         clean_exit_level: int = logging.WARNING,
     ) -> None:
         self.scheduler = scheduler
+        if (problem := suspend_timeout_problem(suspend_timeout_ns)) is not None:
+            raise ValueError(problem)
         # CURVE keys (runtime/auth.py); read first, so that a bad key directory fails here.
         self.keys = None if keys is None else load_peer_keys(keys)
         advertised_address()  # a malformed TIDAL_DATA_ADDRESS fails here, not in a task
@@ -521,9 +520,8 @@ class Executor(CommandHandlers):
             #       it). This thread watches it too before the welcome, and while the hub
             #       holds tasks but made no turn and passed no record in the last LOOK_MS: a
             #       task that keeps the thread without record boundaries (a sleep, say).
-            kernel = self.kernel
-            progress = (kernel.turns, kernel.gate.records)
-            stuck = progress == seen and kernel.holds_tasks() and not kernel.sleeping
+            progress = self.kernel.progress()
+            stuck = progress is not None and progress == seen
             seen = progress
             watch = stuck or not link.connected or self._gate_blind
             self._watch_commands(poller, watch)

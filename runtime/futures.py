@@ -371,9 +371,7 @@ class BulkJob:
         """
         with self._changed:
             if not self._changed.wait_for(lambda: self._left == 0 or self._failures, timeout):
-                raise TimeoutError(
-                    f"{self._left} of {self.size} futures still pending after {timeout:g} s"
-                )
+                raise _still_pending(self._left, self.size, timeout)
             first = min(self._failures, default=self.size)
             if self._failure is not None:
                 pending = self._state.find(_PENDING)
@@ -699,10 +697,7 @@ def as_completed(
             try:
                 yield done.get(timeout=remaining)
             except queue.Empty:
-                raise TimeoutError(
-                    f"{len(pending) - yielded} of {len(pending)} futures still pending "
-                    f"after {timeout:g} s"
-                ) from None
+                raise _still_pending(len(pending) - yielded, len(pending), timeout) from None
 
     return completed()
 
@@ -764,5 +759,9 @@ def _wait_for_all(
         over.set()
         failed, first_failed, pending = first_failed, None, left
     if not ended:
-        raise TimeoutError(f"{pending} of {len(unique)} futures still pending after {timeout:g} s")
+        raise _still_pending(pending, len(unique), timeout)
     return failed
+
+
+def _still_pending(left: int, total: int, timeout: float | None) -> TimeoutError:
+    return TimeoutError(f"{left} of {total} futures still pending after {timeout:g} s")

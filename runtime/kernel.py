@@ -142,9 +142,8 @@ class Kernel(SpanRunner):
         # moves the fresh task data out of the cyclic collector's way there).
         self._payload_unpacked = payload_unpacked or (lambda: None)
         # Called on the hub's thread when the gate's watcher saw frames arrive, and after an
-        # idle wait: reads them and posts their commands here, so that they apply without
-        # waiting for the listener thread; False if it cannot now (the listener is reading
-        # them: wait for it).
+        # idle wait: reads them and posts their commands here, no listener needed; False if
+        # the listener is reading them now (then wait for it).
         self._read_commands = read_commands or (lambda: False)
         # Reads a spooled payload's bytes, piece by piece (runtime/datastore.py).
         self._fetch = fetch
@@ -162,11 +161,9 @@ class Kernel(SpanRunner):
         # each task's memory (runtime/memory.py). None (the default): no reads, no estimates.
         self._memory_probe = memory_probe
         # Where the hub sleeps when idle: with `idle`, until frames come on the command
-        # connection (which the hub then reads itself, `read_commands`) or a command is
-        # posted (`_post` wakes it); without, in the command queue alone.
+        # connection (it reads them, `read_commands`) or `_post` wakes it; else in the queue.
         self._idle = idle
-        self.sleeping = False  # the hub is in `idle.wait()` (or about to be)
-        self.turns = 0  # of the hub's loop: a listener sees whether the hub is stuck
+        self._sleeping, self._turns = False, 0  # in `idle.wait()` (or about to be); loops
 
     # ---- commands: callable from any thread -----------------------------------------------
 
@@ -273,7 +270,7 @@ class Kernel(SpanRunner):
     def _post(self, command: Command) -> None:
         self._inbox.put(command)
         self.gate.requested = 1  # after the put: the hub lowers the gate before draining
-        if self.sleeping:  # after the put: a hub about to sleep looks at the queue after
+        if self._sleeping:  # after the put: a hub about to sleep looks at the queue after
             self._idle.wake()  # it says so, so one of the two sees the other
 
     def _post_urgent(self, command: Command) -> None:
@@ -314,6 +311,11 @@ class Kernel(SpanRunner):
         """Whether any task is here (launched, running or suspended)."""
         return bool(self._tasks)
 
+    def progress(self) -> tuple[int, int] | None:
+        """(hub turns, gate records) while tasks are here and the hub is awake, else None:
+        unchanged between two looks, a task keeps the thread without record boundaries."""
+        return None if self._sleeping or not self._tasks else (self._turns, self.gate.records)
+
     def memory_failure(
         self, task_id: str, error_type: str, message: str
     ) -> p.Failed | p.ChunkResults | None:
@@ -347,7 +349,7 @@ class Kernel(SpanRunner):
         """
         self._hub = greenlet.getcurrent()
         while True:
-            self.turns += 1
+            self._turns += 1
             # -- 1. Commands. Lower the gate first, so a command posted while we drain
             #       raises it again instead of being missed. If the gate's watcher raised
             #       it (frames arrived), the task waits at its boundary while the listener,
@@ -394,9 +396,9 @@ class Kernel(SpanRunner):
                     # (`_sleep`; the queue alone without `idle`), at the stream class's nice:
                     # whatever comes, the thread must wake at once (at the batch nice it
                     # waited up to ~90 ms for a CPU on a busy machine before starting a
-                    # stream task). "idle" is a class of its own,
-                    # so that a stream task switched into next starts as one after batch
-                    # work does (runtime/realtime.py `TaskThreadNice.set_class`).
+                    # stream task). "idle" is a class of its own, so that a stream task
+                    # switched into next starts as one after batch work does
+                    # (runtime/realtime.py `TaskThreadNice.set_class`).
                     if self._running_class != "idle" and self._priority_changed is not None:
                         self._running_class = "idle"
                         self._priority_changed("idle")
@@ -419,12 +421,12 @@ class Kernel(SpanRunner):
     def _sleep(self) -> None:
         """Idle, with `idle`: sleep until frames come or a command is posted, then read
         what came on this thread, its commands queued for step 1 (runtime/idlewait.py)."""
-        self.sleeping = True
+        self._sleeping = True
         try:
             if self._inbox.empty():  # a command posted after this wakes the wait
                 self._idle.wait()
         finally:
-            self.sleeping = False
+            self._sleeping = False
         self._read_commands()
 
     def _apply_inbox(self) -> tuple[bool, bool]:

@@ -219,26 +219,25 @@ def is_big(arg: Any) -> bool:
     """Whether `arg` is a list or tuple that travels in blocks: BLOCKED_MIN_ITEMS items or
     more, or SAMPLED_FROM_ITEMS or more that pack (by a sample spread over them) to
     BLOCKED_MIN_BYTES or more. EncodeError-prone values raise as packing them would."""
-    if type(arg) not in (list, tuple):
-        return False
-    count = len(arg)
-    if count >= BLOCKED_MIN_ITEMS:
+    if type(arg) in (list, tuple) and len(arg) >= BLOCKED_MIN_ITEMS:
         return True
-    if count < SAMPLED_FROM_ITEMS:
-        return False
-    return _packed_bytes_per_item(arg) * count >= BLOCKED_MIN_BYTES
+    return _packs_to(arg, BLOCKED_MIN_BYTES)
 
 
 def packs_to_at_least(value: Any, size: int) -> bool:
     """Whether `value`, a list or tuple of SAMPLED_FROM_ITEMS items or more, packs to about
     `size` bytes or more, by a sample spread over it (one small msgpack call); False for
     anything else. EncodeError if the sample cannot be packed."""
-    if type(value) not in (list, tuple) or len(value) < SAMPLED_FROM_ITEMS:
-        return False
     try:
-        return _packed_bytes_per_item(value) * len(value) >= size
+        return _packs_to(value, size)
     except (TypeError, ValueError, OverflowError) as exc:
         raise EncodeError(f"cannot encode a partition: {exc}") from None
+
+
+def _packs_to(value: Any, size: int) -> bool:
+    if type(value) not in (list, tuple) or len(value) < SAMPLED_FROM_ITEMS:
+        return False
+    return _packed_bytes_per_item(value) * len(value) >= size
 
 
 def _packed_bytes_per_item(items: list[Any] | tuple[Any, ...]) -> float:

@@ -9,11 +9,12 @@ and finished of batch tasks wait up to HOLD_NS while the kernel switches, and a 
 ends while its started still waits reports only its end (the scheduler takes a finished or
 failed of a task it thought queued as its start too). The listener sends what waited longer
 (`send_due`, at its looks, every LOOK_MS: runtime/executor.py), so a long task that follows
-short ones keeps them at most HOLD_NS + LOOK_MS, unless it holds the GIL (a long C call): then they
-wait for its end, which is why the kernel holds only before short ones. The connection
-is the task thread's own DEALER, announced with `attach` carrying the last welcome's token;
-after each welcome a new one is opened (the old one's queue is dropped: what it held that
-matters was listed in the hello). While the scheduler is lost, reports stay queued.
+short ones keeps them at most HOLD_NS + LOOK_MS, unless it holds the GIL (a long C call):
+then they wait for its end, which is why the kernel holds only before short ones. The
+connection is the task thread's own DEALER, announced with `attach` carrying the last
+welcome's token; after each welcome a new one is opened (the old one's queue is dropped:
+what it held that matters was listed in the hello). While the scheduler is lost, reports
+stay queued.
 
 Every result (finished, failed, a chunk's results) is also kept, as a `hello.holding` item,
 until the scheduler acks it (it does once the result is journaled), so that a hello after a

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from tidal.runtime.columns import LaunchColumns
 
 __all__ = [
+    "MAX_SUSPEND_TIMEOUT_NS",
     "Command",
     "KernelStatistics",
     "Outcome",
@@ -48,6 +49,7 @@ __all__ = [
     "TaskKilled",
     "TaskRecord",
     "end_report",
+    "suspend_timeout_problem",
 ]
 
 
@@ -202,6 +204,24 @@ class Command:
     # no record boundary came in time), never both (`PendingSuspends`).
     taken: bool = False
     cancelled: bool = False
+
+
+# The longest suspend timeout allowed: the scheduler counts an executor busy when a
+# suspension goes unanswered for 150 ms (scheduler/records/busy.py, SUSPEND_OVERDUE_NS); the
+# watchdog (`PendingSuspends`, polled every 5 ms) must answer before that, with room for a
+# loaded machine.
+MAX_SUSPEND_TIMEOUT_NS = 125_000_000
+
+
+def suspend_timeout_problem(timeout_ns: int) -> str | None:
+    """Why `timeout_ns` cannot be an executor's suspend timeout, or None."""
+    if 0 < timeout_ns <= MAX_SUSPEND_TIMEOUT_NS:
+        return None
+    return (
+        f"the suspend timeout must be > 0 and <= {MAX_SUSPEND_TIMEOUT_NS / 1e6:g} ms, not "
+        f"{timeout_ns / 1e6:g} (the scheduler counts an executor busy when a suspension goes "
+        "unanswered for 150 ms)"
+    )
 
 
 class PendingSuspends:

@@ -160,9 +160,9 @@ class SchedulerCore:
             max_prefetch=max_prefetch,
             clock_s=lambda: self._clock() / 1e9,
             on_pending=self._on_pending,
+            overdue_makes_busy=not lose_silent,
         )
         self.records.now = clock()
-        self.records.overdue_makes_busy = not lose_silent
         self.view = ClusterView(self.records)
         self.refused: list[tuple[Any, str]] = []  # recent refused decisions, for tests
         # What the core did, counted (scheduler/tally.py), and refused decisions logged at

@@ -73,6 +73,7 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
         max_prefetch: int,
         clock_s: Callable[[], float],
         on_pending: Callable[[list[Task]], None] = lambda tasks: None,
+        overdue_makes_busy: bool = True,
     ) -> None:
         self.max_suspensions = max_suspensions
         self.max_retries = max_retries
@@ -109,9 +110,9 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
         # Stream sources' lag, per (client, source) (scheduler/records/lags.py).
         self.lags: dict[tuple[str, str], tuple[int, float | None, int]] = {}
         self.leaving: list[Task] = []
-        # Suspensions' deadlines (scheduler/records/busy.py), kept where the core asks.
-        self.suspend_deadlines: list[tuple[int, str]] = []  # a heap
-        self.overdue_makes_busy = False
+        # Suspensions' deadlines (scheduler/records/busy.py), kept if overdue makes busy.
+        self.suspend_deadlines: list[tuple[int, int, str]] = []  # a heap
+        self.overdue_makes_busy = overdue_makes_busy
 
     # ---- facts -----------------------------------------------------------------------------------
 

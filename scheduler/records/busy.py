@@ -30,32 +30,27 @@ __all__ = ["SUSPEND_OVERDUE_NS", "BusyBooks"]
 SUSPEND_OVERDUE_NS = 150_000_000
 
 
-def _deadline(sent: int) -> int:
-    """When a suspension sent at `sent` is overdue: past SUSPEND_OVERDUE_NS, not at it."""
-    return sent + SUSPEND_OVERDUE_NS + 1
-
-
 class BusyBooks:
     """Busy executors: a part of `Records` (scheduler/records/books.py), which keeps the
-    suspensions' deadlines in its `suspend_deadlines`, a heap of (deadline ns, task id),
-    if its `overdue_makes_busy` (a core that loses silent executors does not: the
-    simulator's)."""
+    suspensions' deadlines in its `suspend_deadlines`, a heap of (deadline ns, when sent,
+    task id), if its `overdue_makes_busy` (a core that loses silent executors does not:
+    the simulator's)."""
 
     def suspension_sent(self, task: Task) -> None:
         """A suspend for `task` goes out now (or is read only now): it is overdue after
         SUSPEND_OVERDUE_NS."""
         task.suspend_sent_at = self.now
         if self.overdue_makes_busy:
-            heapq.heappush(self.suspend_deadlines, (_deadline(self.now), task.task_id))
+            deadline = self.now + SUSPEND_OVERDUE_NS + 1  # past it, not at it
+            heapq.heappush(self.suspend_deadlines, (deadline, self.now, task.task_id))
 
     def next_overdue_at(self) -> int | None:
         """When the first suspension still unanswered becomes overdue (None: none is
         waiting). Drops the deadlines of suspensions answered since, on the way."""
         deadlines = self.suspend_deadlines
         while deadlines:
-            at, task_id = deadlines[0]
-            task = self.tasks.get(task_id)
-            if task is not None and self._waits_for(task, at):
+            at, sent, task_id = deadlines[0]
+            if self._unanswered(task_id, sent) is not None:
                 return at
             heapq.heappop(deadlines)
         return None
@@ -65,21 +60,20 @@ class BusyBooks:
         drop the deadlines that have come."""
         deadlines = self.suspend_deadlines
         while deadlines and deadlines[0][0] <= self.now:
-            at, task_id = heapq.heappop(deadlines)
-            task = self.tasks.get(task_id)
-            if task is None or not self._waits_for(task, at):
-                continue
-            executor = self.executors.get(task.executor_id or "")
+            _, sent, task_id = heapq.heappop(deadlines)
+            task = self._unanswered(task_id, sent)
+            executor = None if task is None else self.executors.get(task.executor_id or "")
             if executor is not None and executor.alive and not executor.busy:
-                waited_ms = (self.now - (task.suspend_sent_at or 0)) / 1e6
+                waited_ms = (self.now - sent) / 1e6
                 self.busy(executor, f"a suspension unanswered for {waited_ms:.0f} ms")
 
-    def _waits_for(self, task: Task, deadline: int) -> bool:
-        """Whether `task`'s suspension, sent for `deadline`, is still unanswered."""
-        sent = task.suspend_sent_at
-        return (
-            task.state is TaskState.SUSPENDING and sent is not None and _deadline(sent) == deadline
-        )
+    def _unanswered(self, task_id: str, sent: int) -> Task | None:
+        """The task, if its suspension sent at `sent` is still unanswered (not answered,
+        nor sent again since)."""
+        task = self.tasks.get(task_id)
+        if task is None or task.state is not TaskState.SUSPENDING:
+            return None
+        return task if task.suspend_sent_at == sent else None
 
     def seen(self, executor: ExecutorRecord) -> None:
         executor.last_seen = self.now

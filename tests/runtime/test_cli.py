@@ -248,8 +248,8 @@ def test_a_slot_supervisor_refuses_what_would_fail_every_slot(tmp_path):
         (["--nworkers", "2", "--keys", missing], f"key directory {missing} not found"),
         (["--nworkers", "2", "--memory-limit", "lots"], "--memory-limit: "),
         # A watchdog slower than the scheduler's overdue time would make it busy each time.
-        (["--suspend-timeout-ms", "200"], "--suspend-timeout-ms must be > 0 and <= 125"),
-        (["--suspend-timeout-ms", "0"], "not 0 (the scheduler counts an executor busy"),
+        (["--suspend-timeout-ms", "200"], "--suspend-timeout-ms: the suspend timeout must be"),
+        (["--suspend-timeout-ms", "0"], "> 0 and <= 125 ms, not 0 (the scheduler counts"),
     ]:
         argv = tidal_command("executor", "--scheduler", "tcp://127.0.0.1:1", *options)
         done = subprocess.run(argv, env=child_env(), capture_output=True, text=True, timeout=60)
@@ -257,7 +257,8 @@ def test_a_slot_supervisor_refuses_what_would_fail_every_slot(tmp_path):
 
 
 def test_the_longest_suspend_timeout_leaves_room_before_the_scheduler_calls_it_busy():
-    from tidal.runtime.executor import MAX_SUSPEND_TIMEOUT_NS, WATCHDOG_POLL_MS
+    from tidal.runtime.executor import WATCHDOG_POLL_MS
+    from tidal.runtime.runstate import MAX_SUSPEND_TIMEOUT_NS
     from tidal.scheduler.records.busy import SUSPEND_OVERDUE_NS
 
     room_ns = SUSPEND_OVERDUE_NS - MAX_SUSPEND_TIMEOUT_NS - WATCHDOG_POLL_MS * 1_000_000

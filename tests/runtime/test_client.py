@@ -631,11 +631,20 @@ def test_gather_over_plain_futures_fails_first_arrived_first_and_times_out_by_co
     waiting[1].set_result(1)
     with pytest.raises(TimeoutError, match=r"2 of 3 futures still pending after 0\.01 s"):
         gather(waiting, timeout=0.01)
-    late = threading.Thread(target=waiting[2].set_exception, args=(ValueError("late"),))
-    late.start()
+
+    class FailsOnceWaitedFor(concurrent.futures.Future):
+        """Fails from another thread once `gather` waits on it: the failure comes while
+        it waits, never before."""
+
+        def add_done_callback(self, fn):
+            super().add_done_callback(fn)
+            self.late = threading.Thread(target=self.set_exception, args=(ValueError("late"),))
+            self.late.start()
+
+    waiting[2] = FailsOnceWaitedFor()
     with pytest.raises(ValueError, match="late"):  # while waiting[0] never completes
         gather(waiting, timeout=30)
-    late.join(30)
+    waiting[2].late.join(30)
     waiting[0].cancel()
     with pytest.raises(concurrent.futures.CancelledError):
         gather(waiting[:2])

@@ -454,3 +454,10 @@ def test_a_span_chunk_runs_and_reports_its_results_by_index(executor):
     assert list(errors) == [43] and errors[43][0] == "TypeError"
     values = [None if v is None else payloads.unpack_payload(v) for v in batch.values]
     assert values == [0, 2, 4, None, 8]
+
+
+def test_an_executor_refuses_a_suspend_timeout_past_the_schedulers_overdue_time():
+    # Its watchdog must answer before the scheduler counts it busy (150 ms), or every
+    # suspension without a boundary would make it busy; refused before anything opens.
+    with pytest.raises(ValueError, match=r"must be > 0 and <= 125 ms, not 200"):
+        Executor("tcp://127.0.0.1:1", suspend_timeout_ns=200_000_000)

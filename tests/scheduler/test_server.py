@@ -488,7 +488,7 @@ def test_a_suspension_unanswered_moves_the_stream_task_before_the_next_tick(raw_
     # suspension's deadline (`SchedulerCore.wake_at`, 150 ms) can withdraw the stream task
     # from the executor that never answers within this test.
     server = SchedulerServer("tcp://127.0.0.1:*", realtime=False, heartbeat_ns=20 * 10**9)
-    loop = threading.Thread(target=server.serve)
+    loop = threading.Thread(target=server.serve, daemon=True)
     loop.start()
     try:
         peers = {}
