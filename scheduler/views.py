@@ -140,8 +140,9 @@ class ExecutorView:
 
     @property
     def free_capacity(self) -> int:
-        """How many more tasks the core will accept launching here now (slot + prefetch)."""
-        return self._records.free_capacity(self._executor)
+        """How many more tasks to launch here now (slot + prefetch; none while a refill of
+        the prefetch queue would be a small one: `Records.offered_capacity`)."""
+        return self._records.offered_capacity(self._executor)
 
     @property
     def suspended(self) -> tuple[TaskView, ...]:
@@ -224,13 +225,15 @@ class ClusterView:
 
     def free_capacities(self) -> dict[str, int]:
         """Live executors with room for another launch: executor id -> how many more tasks
-        the core accepts there now (their `free_capacity`), in the order they joined.
+        to launch there now (their `free_capacity`), in the order they joined.
         Executors without room are left out."""
         records = self._records
         depth = records.prefetch_depth()
         free = {}
         for executor in records.executors.values():
             room = 1 + depth - (executor.slot_task is not None) - len(executor.queued)
+            if 2 * room < 1 + depth:  # it holds more than half: as `Records.offered_capacity`
+                continue
             if room > 0 and executor.alive and not executor.busy:
                 free[executor.executor_id] = room
         return free

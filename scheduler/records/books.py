@@ -52,7 +52,13 @@ MAX_LOST_EXECUTORS = 256
 # Prefetch: keep about this much work queued on an executor behind its running task, so that
 # tiny tasks are not throttled by one scheduler round trip each. Long tasks get no prefetch
 # (a queued long task could not move to an idle executor).
-PREFETCH_TARGET_NS = 2_000_000
+# Discussion: 10 ms, not 2. A task's measured cost is its wall time on a busy machine (a
+# no-op's `running_ns` is 60-370 us on two loaded cores), so 2 ms gave tiny tasks a queue of
+# 2-6: each `finished` freed one place, and one launch went out a frame, one task a pass of
+# the scheduler's loop. With 10 ms, and the refill waiting for half the queue
+# (`offered_capacity`), launches and reports go ~10-20 to a frame: a `chunksize=1` map of
+# no-ops ran 1.7x as fast, at 0.73x the CPU (docs/notes.md, eighth session).
+PREFETCH_TARGET_NS = 10_000_000
 # What a task costs an executor besides running it (decode, switch, report), for the estimate.
 TASK_OVERHEAD_NS = 40_000
 
@@ -130,10 +136,24 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
         return executor is not None and not executor.busy
 
     def free_capacity(self, executor: ExecutorRecord) -> int:
+        """How many more launches the core accepts on `executor` now (slot + prefetch)."""
         if not executor.alive or executor.busy:
             return 0
         load = (executor.slot_task is not None) + len(executor.queued)
         return max(0, 1 + self.prefetch_depth() - load)
+
+    def offered_capacity(self, executor: ExecutorRecord) -> int:
+        """The room policies are shown on `executor`: its free capacity, but none while it
+        holds more than half of what it may (slot and prefetch queue), so that a refill goes
+        out as one batch of launches rather than a launch per task ended.
+
+        Discussion: by what it holds, not by whether its slot is taken: a queued task that
+        starts and ends between two reports says only that it ended (its start folded,
+        runtime/reports.py), so the books show the slot free while the queue runs."""
+        load = (executor.slot_task is not None) + len(executor.queued)
+        if 2 * load > 1 + self.prefetch_depth():
+            return 0
+        return self.free_capacity(executor)
 
     def prefetch_depth(self) -> int:
         """How many launches an executor may hold queued behind its slot now."""

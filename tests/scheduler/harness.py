@@ -179,9 +179,10 @@ class Harness:
         self.report(executor_id, p.Started(task_id, attempt, self.clock.now))
 
     def finish(self, executor_id: str, task_id: str, attempt: int = 0, result=None) -> None:
-        """Report `task_id` finished with `result` packed as its payload (bytes as they are)."""
+        """Report `task_id` finished with `result` packed as its payload (bytes as they are),
+        after running 50 ms: long enough that the core keeps no prefetch queue for it."""
         blob = result if isinstance(result, bytes) else payloads.pack_payload(result)
-        self.report(executor_id, p.Finished(task_id, attempt, blob, {"running_ns": 5 * MS}))
+        self.report(executor_id, p.Finished(task_id, attempt, blob, {"running_ns": 50 * MS}))
 
     def heartbeat(self, executor_id: str, task_records: dict[str, list[int]] | None = None) -> None:
         """A heartbeat from `executor_id` carrying `task_records` ({task_id: [running_ns,

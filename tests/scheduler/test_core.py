@@ -425,6 +425,26 @@ def test_prefetch_grows_for_tiny_tasks_only():
     assert len(h.sent("e0", p.Launch)) == 1  # long tasks: no prefetch
 
 
+def test_a_prefetch_queue_is_refilled_in_batches_not_a_launch_per_task_ended():
+    h = Harness(executors=[("e0", "n0")])
+    h.submit("tiny", "batch", 2_000)
+    (first,) = h.sent("e0", p.Launch)
+    tiny = {"running_ns": 10_000}
+    h.start("e0", first.task_id)
+    h.report("e0", p.Finished(first.task_id, 0, payloads.pack_payload(None), tiny))
+    queue = [m.task_id for m in h.sent("e0", p.Launch)]
+    depth = h.core.records.prefetch_depth()
+    assert len(queue) == depth + 1 > 10
+    refills = []
+    for task_id in queue:  # each takes the slot as it ends (its start folded into its end)
+        h.report("e0", p.Finished(task_id, 0, payloads.pack_payload(None), tiny))
+        refills.append(len(h.sent("e0", p.Launch)))
+    # Nothing while the executor holds more than half its room, then a refill of half.
+    room = depth + 1
+    ended = room - room // 2
+    assert refills == [0] * (ended - 1) + [ended] + [0] * (room - ended)
+
+
 def test_unknown_policy_names_the_known_ones():
     with pytest.raises(
         UnknownPolicy, match="known policies are adaptive, fair, fifo, kill, lb, lma, static"

@@ -45,14 +45,14 @@ def launches(h: Harness) -> dict[str, tuple[str, p.Launch]]:
 
 def keep_finished(h: Harness, executor_id: str, task_id: str, key: str, attempt: int = 0):
     h.report(executor_id, p.Started(task_id, attempt, h.clock.now))
-    stats = {"running_ns": 5 * MS, "kept_bytes": SIZE}
+    stats = {"running_ns": 50 * MS, "kept_bytes": SIZE}  # no prefetch for such tasks
     h.report(executor_id, p.Finished(task_id, attempt, reference(executor_id, key), stats))
 
 
 def finish(h: Harness, executor_id: str, launch: p.Launch, result=0) -> None:
     h.report(executor_id, p.Started(launch.task_id, launch.attempt, h.clock.now))
     blob = payloads.pack_payload(result)
-    h.report(executor_id, p.Finished(launch.task_id, launch.attempt, blob, {"running_ns": MS}))
+    h.report(executor_id, p.Finished(launch.task_id, launch.attempt, blob, {"running_ns": 50 * MS}))
 
 
 def stage_one(h: Harness, n: int = 2) -> dict[str, str]:
