@@ -53,10 +53,11 @@ from tidal.runtime.runstate import (
     ReadyQueue,
     RunState,
     Span,
+    TaskGreenlets,
     TaskKilled,
     TaskRecord,
 )
-from tidal.runtime.spanrun import SpanRunner
+from tidal.runtime.spanrun import SpanRunner, give_up_tail
 from tidal.runtime.task import TaskContext, call_result, gate_arguments, gated_positions
 from tidal.runtime.tracebacks import describe_failure
 
@@ -128,6 +129,7 @@ class Kernel(SpanRunner):
         self._tasks: dict[str, TaskRecord] = {}
         self._ready = ReadyQueue()
         self._functions = KnownFunctions()  # resolved once, with their tasks' running times
+        self._greenlets = TaskGreenlets(self._run_tasks)
         self._current: TaskRecord | None = None
         self._hub: greenlet.greenlet | None = None
         self._finished = 0
@@ -480,7 +482,7 @@ class Kernel(SpanRunner):
     def _switch_into(self, record: TaskRecord) -> Any:
         now = self._clock()
         if record.state is RunState.QUEUED:
-            record.glet = greenlet.greenlet(self._task_main, parent=self._hub)
+            record.glet = self._greenlets.take(self._hub)
             record.glet.tidal_context = TaskContext(
                 record.task_id, record.attempt, record.priority, self.executor_id, record, self.gate
             )
@@ -604,21 +606,7 @@ class Kernel(SpanRunner):
         elif command.op == "steal":
             # Atomic by construction: only the hub runs now, and the chunk's runner takes
             # subtasks from the front, so the tail holds only subtasks that have not started.
-            taken: list[str] = []
-            if record is not None and record.span is not None:
-                span = record.span
-                from_chunk = min(command.count, len(record.chunk))
-                from_run = min(command.count - from_chunk, span.unstarted_in_run())
-                for _ in range(from_chunk):
-                    record.chunk.pop()
-                span.give_up_in_run(from_run)  # the chunk's tail first, then the run's
-                count = from_chunk + from_run
-                taken = span.ids(span.end - count, span.end)
-                span.end -= count
-            elif record is not None and record.chunk is not None:
-                for _ in range(min(command.count, len(record.chunk))):
-                    taken.append(record.chunk.pop()[0])
-                taken.reverse()
+            taken = [] if record is None else give_up_tail(record, command.count)
             self._emit(p.Stolen(command.task_id, taken))
             if record is not None and record.unreported is not None:
                 for task_id in taken:
@@ -684,6 +672,7 @@ class Kernel(SpanRunner):
         if self._current is record:
             self._current = None
         record.state = RunState.DONE
+        self._greenlets.give_back(record.glet)
         record.glet = None
         self._finished += 1
         stats = record.stats(self.executor_id, self._clock())
@@ -702,8 +691,13 @@ class Kernel(SpanRunner):
 
     # ---- inside the task's greenlet -------------------------------------------------------------
 
+    def _run_tasks(self, go: object) -> None:
+        """Body of every task greenlet: a task, then the next (`TaskGreenlets`)."""
+        while True:
+            go = self._hub.switch(self._task_main(go))
+
     def _task_main(self, go: object) -> Outcome:
-        """Body of every task greenlet: run the user's function and capture its outcome."""
+        """Run the user's function and capture its outcome (in the task's greenlet)."""
         record = self._current
         assert record is not None and go is _GO  # the hub set both just before switching
         try:
@@ -721,6 +715,8 @@ class Kernel(SpanRunner):
             return Outcome("finished", value, payload=self._packed(record, value))
         except TaskKilled:
             return Outcome("killed")
+        except greenlet.GreenletExit:  # its greenlet was dropped while it was parked
+            raise
         except BaseException as exc:  # a task's error belongs to its report
             return Outcome("failed", error=describe_failure(exc, __file__))
 

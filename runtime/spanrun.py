@@ -42,6 +42,7 @@ __all__ = [
     "SPAN_RUN_NS",
     "QuickCalls",
     "SpanRunner",
+    "give_up_tail",
 ]
 
 # A chunk reports its subtasks' results every this many subtasks or this often, whichever
@@ -361,6 +362,27 @@ class SpanRunner:
 
 # Argument types `gate_arguments` never wraps (nor a task's `inputs` would: not iterables).
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def give_up_tail(record: TaskRecord, count: int) -> list[str]:
+    """Take up to `count` subtasks that have not started from the end of a chunk (a span
+    chunk's own tail first, then its run's): their ids, in order (none for a plain task)."""
+    span = record.span
+    if span is not None:
+        from_chunk = min(count, len(record.chunk))
+        from_run = min(count - from_chunk, span.unstarted_in_run())
+        for _ in range(from_chunk):
+            record.chunk.pop()
+        span.give_up_in_run(from_run)
+        count = from_chunk + from_run
+        taken = span.ids(span.end - count, span.end)
+        span.end -= count
+        return taken
+    if record.chunk is None:
+        return []
+    taken = [record.chunk.pop()[0] for _ in range(min(count, len(record.chunk)))]
+    taken.reverse()
+    return taken
 
 
 def _plain_prefix(xs: list[Any]) -> int:

@@ -6,10 +6,12 @@ every message, so anything the wire could not carry fails here too."""
 from __future__ import annotations
 
 import collections
+import contextvars
 import dataclasses
 import queue
 import threading
 
+import greenlet
 import msgpack
 import pytest
 
@@ -1405,3 +1407,61 @@ def test_a_big_plain_result_is_packed_in_its_task_between_boundaries(make_kernel
     assert len(boundaries) > 1  # only the big one's, a block at a time
     assert transport.outcome("t").result == value
     assert transport.outcome("small").result == [1, 2, 3]
+
+
+def test_tasks_one_after_another_share_a_greenlet_each_in_an_empty_context(make_kernel):
+    kernel, transport = make_kernel()
+    seen = []
+    var = contextvars.ContextVar("var", default="unset")
+
+    def task(i):
+        seen.append((greenlet.getcurrent(), var.get(), current_context().task_id))
+        var.set(f"set by task {i}")
+
+    for i in range(20):
+        kernel.launch(f"t{i}", task, [i])
+    kernel.run()
+
+    assert all(isinstance(transport.outcome(f"t{i}"), p.Finished) for i in range(20))
+    assert len({id(glet) for glet, _, _ in seen}) == 1  # (`seen` keeps each one alive)
+    assert [value for _, value, _ in seen] == ["unset"] * 20  # nothing leaks to the next
+    assert [task_id for _, _, task_id in seen] == [f"t{i}" for i in range(20)]
+
+
+def test_a_parked_task_keeps_its_greenlet_while_another_runs_and_ends(make_kernel):
+    kernel, transport = make_kernel()
+    where = {}
+
+    def consume(name, numbers):
+        where[name] = greenlet.getcurrent()
+        return sum(numbers)
+
+    data = list(range(1_000))
+    kernel.launch("a", consume, ["a", interrupting(kernel, "a", data, every=400)])
+    kernel.run()  # "a" parks at its first suspension
+    assert transport.of(p.Suspended)
+    kernel.launch("b", consume, ["b", [1, 2, 3]])
+    kernel.run()
+    assert transport.outcome("b").result == 6
+    assert run_to_completion(kernel, transport, "a") == 2
+    assert transport.outcome("a").result == sum(data)
+    assert where["a"] is not where["b"]
+
+
+def test_a_parked_task_whose_greenlet_is_ended_unwinds_and_does_not_run_on(make_kernel):
+    # What greenlet does to a greenlet dropped while it waits: GreenletExit there. A task's
+    # greenlet runs task after task; this one must end, not take the next.
+    kernel, _ = make_kernel()
+    unwound = []
+
+    def parks(numbers):
+        try:
+            return sum(numbers)
+        finally:
+            unwound.append("finally")
+
+    kernel.launch("parked", parks, [interrupting(kernel, "parked", range(100), every=10)])
+    kernel.run()
+    glet = kernel._tasks["parked"].glet
+    glet.throw(greenlet.GreenletExit)
+    assert glet.dead and unwound == ["finally"]
