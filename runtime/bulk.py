@@ -108,7 +108,8 @@ def _decode_all(values: list[Any]) -> list[Any]:
 
 class BulkJobs:
     """The client's live bulk jobs (each a BulkJob and its submit frame), until each job's
-    last task is done.
+    last task is done; a map sent task by task (`submit.tasks`) is kept here too, for its
+    light futures (`Client._submit_job`).
 
     Its lock guards only the book, and is never held while calling out. The hooks are the
     client's: `cancel_remote(task_id)` sends a Cancel, `job_done(job_id)` after a job's last
@@ -251,8 +252,11 @@ class BulkJobs:
             if not indices:
                 continue
             submit = p.decode(frame)
-            calls = columns.bulk_payloads(submit)  # our own submit: well formed
-            tasks = [[f"{job_id}/{i}", calls[i]] for i in indices]
+            if submit.bulk is None:  # a map sent task by task (`Client.map`, chunksize 1)
+                tasks = [submit.tasks[i] for i in indices]
+            else:
+                calls = columns.bulk_payloads(submit)  # our own submit: well formed
+                tasks = [[f"{job_id}/{i}", calls[i]] for i in indices]
             log.info("submitting again %d tasks of job %s", len(tasks), job_id)
             again = dataclasses.replace(submit, tasks=tasks, bulk=None, kwargs=None)
             frames.append(p.encode(again))

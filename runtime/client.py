@@ -301,9 +301,9 @@ class Client(ClientRequests):
         partition still has its own future): an int, "auto" (sized from measured task time
         toward ~20 ms of work per chunk), or None: "auto" from AUTO_CHUNK_FROM partitions up,
         else 1 (no chunks). A chunked map without `preferred` whose calls are each under
-        DATA_THRESHOLD bytes packed is sent in bulk (runtime/bulk.py) and returns a
+        DATA_THRESHOLD bytes packed is sent in bulk (runtime/bulk.py). The map returns a
         MapFutures: a sequence whose futures are made as they are asked for, and which
-        `gather` waits on whole.
+        `gather` waits on whole (with `keep`, a list of futures).
 
         Options and checks are those of `submit`; `preferred` is either one list of nodes
         for every partition or one list per partition. A partition msgpack cannot carry raises a
@@ -345,7 +345,9 @@ class Client(ClientRequests):
         calls = [([partition], kwargs) for partition in partitions]
         pack = functools.partial(self._pack_tasks, calls=calls, preferred=per_task)
         parts = map_parts(partitions, kwargs)
-        return self._submit_job(fn, pack, parts, priority, order, max_suspensions, options)
+        return self._submit_job(
+            fn, pack, parts, priority, order, max_suspensions, options, light=not keep
+        )
 
     def _submit_job(
         self,
@@ -356,14 +358,21 @@ class Client(ClientRequests):
         order: int,
         max_suspensions: int | None,
         options: dict[str, Any] | None = None,
+        *,
+        light: bool = False,
     ) -> Sequence[TaskFuture] | None:
         """Validate, encode and send one Submit; register its futures before it goes out.
 
         `pack(job_id)` packs the job's calls, each once, into payloads only an executor
-        opens: `(tasks, None)` for `submit.tasks` (a list of futures then), `([], payloads)`
-        or `([], columns)` for `submit.bulk` (a MapFutures), or None for a bulk job that
-        cannot be one (nothing is sent: None). `parts` name the arguments, for an error
-        msgpack raises.
+        opens: `(tasks, None)` for `submit.tasks` (a list of futures then, or with `light`
+        a MapFutures), `([], payloads)` or `([], columns)` for `submit.bulk` (a
+        MapFutures), or None for a bulk job that cannot be one (nothing is sent: None).
+        `parts` name the arguments, for an error msgpack raises.
+
+        Discussion (`light`, a map's): a TaskFuture per task, each with its Condition, and
+        its completion, callbacks and `gather`'s wake-up, cost the client ~25 us a task of
+        a `chunksize=1` map of no-ops, about a tenth of the whole cluster's CPU per task;
+        a BulkJob's futures are made only when asked for, and `gather` waits once.
         """
         self._check_open()
         priority, order, max_suspensions = job_options(fn, priority, order, max_suspensions)
@@ -402,9 +411,10 @@ class Client(ClientRequests):
                 raise unencodable(ref.ref, parts, exc) from None
             check_frame_size(ref.ref, frame)
             dropped = self._releases.dropped
-            if bulk is None:
+            keep = bool(options and options.get("keep"))
+            one_by_one = bulk is None and not light  # a future per task
+            if one_by_one:
                 cancel, fn_ref = self._cancel_remote, ref.ref
-                keep = bool(options and options.get("keep"))
                 make = (
                     functools.partial(
                         KeptFuture,
@@ -418,13 +428,14 @@ class Client(ClientRequests):
                 futures = [make(t[0], job_id, sent_ns, cancel, fn_ref, dropped) for t in tasks]
                 self._releases.track(job_id, len(futures))
             else:
-                job = self._bulk.new_job(job_id, len(bulk), sent_ns, ref.ref)
+                size = len(tasks) if bulk is None else len(bulk)
+                job = self._bulk.new_job(job_id, size, sent_ns, ref.ref)
                 futures = MapFutures(job, dropped)
                 self._releases.track(job_id, 1)
             released = self._releases.take()  # told with this job: nothing waits for them
             with self._lock:
                 self._check_open()  # registered before the frame leaves: no result first
-                if bulk is None:
+                if one_by_one:
                     self._pending.update((future.task_id, future) for future in futures)
                     self._jobs[job_id] = [frame, len(futures)]
                     if keep:  # its arguments may be needed again (lineage): kept till released

@@ -95,7 +95,7 @@ def test_maps_that_cannot_go_in_bulk_take_the_classic_path(fake, client):
         client.map(total, [[1]], chunksize=2, model=list(range(30_000))),  # one call: spooled
     ]
     submits = fake.wait_for(p.Submit, 4)
-    assert all(type(futures) is list for futures in classic)
+    assert [len(futures) for futures in classic] == [2, 2, 3, 1]
     assert [len(msg.tasks) for msg in submits] == [2, 2, 3, 1]
     assert all(msg.bulk is None for msg in submits)
     assert submits[1].tasks[0][2] == {"preferred": ["rack-a"]}
@@ -118,7 +118,7 @@ def test_a_chunked_map_of_big_partitions_goes_classic_without_packing_them_as_co
     parts = [list(range(i, i + 30_000)) for i in range(0, 90_000, 30_000)]
     futures = client.map(total, parts, chunksize=2)
     [msg] = fake.wait_for(p.Submit)
-    assert type(futures) is list and msg.bulk is None and len(msg.tasks) == 3
+    assert len(futures) == 3 and msg.bulk is None and len(msg.tasks) == 3
 
 
 @pytest.mark.parametrize("count", [3, 4], ids=["sampled", "not sampled"])
@@ -323,6 +323,31 @@ def test_cancel_sends_cancel_and_a_late_batch_value_is_ignored(fake, client):
     assert futures[1].cancelled() and client.dropped_results == 1
     assert futures[0].cancel() is False and len(fake.received(p.Cancel)) == 1
     assert not client._bulk
+
+
+def test_a_map_sent_task_by_task_has_light_futures_and_is_submitted_again_task_by_task(
+    fake, client
+):
+    futures = client.map(total, [[i] for i in range(5)], chunksize=1)
+    [msg] = fake.wait_for(p.Submit)
+    job = futures.job_id
+    assert isinstance(futures, MapFutures) and msg.bulk is None and len(msg.tasks) == 5
+    fake.finish(futures[0], 10)
+    fake.fail(futures[3], "KeyError", "three")
+    assert futures[0].result(timeout=5) == 10
+    with pytest.raises(KeyError, match="three"):
+        futures[3].result(timeout=5)
+    with pytest.raises(KeyError, match="three"):
+        gather(futures, timeout=5)  # the first failure in order, without waiting for the rest
+    waiting, _ = client._waiting_for()
+    assert sorted(waiting) == [f"{job}/{i}" for i in (1, 2, 4)]
+    [frame] = client._resubmissions({f"{job}/4", f"{job}/0", f"{job}/1"})
+    again = p.decode(frame)
+    assert again.tasks == [msg.tasks[1], msg.tasks[4]] and again.job_id == msg.job_id
+    for i in (1, 2, 4):
+        fake.finish(futures[i], i)
+    assert [f.result(timeout=5) for f in futures if f is not futures[3]] == [10, 1, 2, 4]
+    assert futures.counts() == (5, 1) and not client._bulk
 
 
 def test_what_a_reconnecting_client_waits_for_and_submits_again(fake, client):

@@ -604,7 +604,7 @@ def test_an_internal_error_in_the_io_thread_is_loud_and_fails_what_waits(
         raise RuntimeError("a bug in the client")
 
     monkeypatch.setattr(TaskFuture, "_complete", broken)
-    victim, waiting = client.map(total, [[1], [2]])
+    victim, waiting = client.submit(total, [1]), client.submit(total, [2])
     fake.finish(victim, 1)
     with pytest.raises(ConnectionError, match=r"IO thread crashed .*a bug in the client"):
         waiting.result(timeout=5)
