@@ -23,8 +23,7 @@ import runpy
 import sys
 import types
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "FunctionNotFound",
@@ -53,9 +52,12 @@ class FunctionNotImportable(FunctionNotFound, TypeError):
     that cannot travel; the message names the function and says why."""
 
 
-@dataclass(frozen=True, slots=True)
-class FunctionRef:
-    """Where to find a task function: `module:qualname`, and the main script if needed."""
+class FunctionRef(NamedTuple):
+    """Where to find a task function: `module:qualname`, and the main script if needed.
+
+    Discussion: a named tuple, not a frozen dataclass: it is a dict key at every task an
+    executor runs (`KnownFunctions`), and a tuple hashes and compares in C (the dataclass's
+    generated `__hash__` and `__eq__` were ~4% of a no-op task's cost there)."""
 
     ref: str
     main_path: str | None = None
