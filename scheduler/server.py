@@ -79,10 +79,10 @@ from tidal.scheduler.events import (
     ExecutorReport,
     Instruction,
     JobAccepted,
-    Note,
     PassEnded,
     Tick,
     ToClient,
+    ToExecutor,
 )
 from tidal.scheduler.journal import Journal, JournalWriter
 from tidal.scheduler.liveness import CLIENT_PROBE, ConnectionWatch
@@ -715,35 +715,35 @@ class SchedulerServer:
     # ---- instructions -> frames -----------------------------------------------------------------
 
     def _dispatch(self, instructions: list[Any]) -> None:
+        journal = self.journal
         for instruction in instructions:
-            if isinstance(instruction, Note):
-                if self.journal is None:
-                    continue
-                accepted = self._submit_frame
-                if type(instruction) is JobAccepted and accepted[0] is instruction.submit:
-                    frame = bytes(accepted[1])
-                    self.journal.submitted(instruction.client_id, instruction.submit, frame)
+            kind = type(instruction)
+            if kind is ToExecutor:
+                msg = instruction.message
+                if type(msg) is p.Launch and msg.priority == "batch":
+                    # Batch work waits for the end of the pass, to travel in one frame.
+                    if self._held.hold(instruction.executor_id, p.encode(msg)):
+                        self._flush_executor(instruction.executor_id)  # enough held: now
                 else:
-                    self.journal.apply(instruction)  # committed before results are sent
-                continue
-            msg = instruction.message
-            if isinstance(instruction, ToClient):
-                if isinstance(msg, p.Status):  # the shell adds what only it knows
+                    # Anything else is urgent; what was held goes first, to keep the order.
+                    self._flush_executor(instruction.executor_id)
+                    self._send(("executor", instruction.executor_id), msg)
+            elif kind is ToClient:
+                msg = instruction.message
+                if type(msg) is p.Status:  # the shell adds what only it knows
                     msg = p.Status(msg.request_id, {**msg.snapshot, "bad_input": self.bad_input()})
-                if isinstance(msg, p.Results):
+                if type(msg) is p.Results:
                     self._delivery.results(instruction.client_id, msg.items)
-                elif isinstance(msg, p.BatchResults):  # after the journal too
+                elif type(msg) is p.BatchResults:  # after the journal too
                     self._delivery.batch(instruction.client_id, msg)
                 else:
                     self._send(("client", instruction.client_id), msg)
-            elif isinstance(msg, p.Launch) and msg.priority == "batch":
-                # Batch work waits for the end of the pass, to travel in one frame.
-                if self._held.hold(instruction.executor_id, p.encode(msg)):
-                    self._flush_executor(instruction.executor_id)  # enough held: now
-            else:
-                # Anything else is urgent; what was held goes first, to keep the order.
-                self._flush_executor(instruction.executor_id)
-                self._send(("executor", instruction.executor_id), msg)
+            elif journal is not None:  # a note
+                accepted = self._submit_frame
+                if kind is JobAccepted and accepted[0] is instruction.submit:
+                    journal.submitted(instruction.client_id, instruction.submit, bytes(accepted[1]))
+                else:
+                    journal.apply(instruction)  # committed before results are sent
 
     def _flush_held(self) -> None:
         """Hand the pass's journal records to the writer, then send what the pass held back:
