@@ -19,7 +19,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -29,6 +29,9 @@ from tidal.runtime.datastore import DATA_THRESHOLD
 from tidal.runtime.futures import BulkJob, rebuild_error
 from tidal.runtime.jobs import is_error
 from tidal.runtime.results import ResultFetcher
+
+if TYPE_CHECKING:
+    from tidal.runtime.releases import Releases
 
 __all__ = ["BulkJobs", "pack_calls"]
 
@@ -132,10 +135,16 @@ class BulkJobs:
         self._jobs: dict[str, tuple[BulkJob, bytes]] = {}
 
     def new_job(
-        self, job_id: str, size: int, submitted_ns: int, function: str | None = None
+        self,
+        job_id: str,
+        size: int,
+        submitted_ns: int,
+        function: str | None = None,
+        releases: Releases | None = None,
     ) -> BulkJob:
         """A BulkJob whose futures cancel through the client, and which leaves the book when
-        it is done; not in the book until `add`. `function` names the map's function."""
+        it is done; not in the book until `add`. `function` names the map's function; the
+        futures made count in `releases` until dropped."""
         return BulkJob(
             job_id,
             size,
@@ -143,6 +152,7 @@ class BulkJobs:
             cancel_remote=self._cancel_remote,
             on_done=self._done,
             function=function,
+            releases=releases,
         )
 
     def add(self, job: BulkJob, frame: bytes) -> None:

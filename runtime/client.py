@@ -429,7 +429,7 @@ class Client(ClientRequests):
                 self._releases.track(job_id, len(futures))
             else:
                 size = len(tasks) if bulk is None else len(bulk)
-                job = self._bulk.new_job(job_id, size, sent_ns, ref.ref)
+                job = self._bulk.new_job(job_id, size, sent_ns, ref.ref, self._releases)
                 futures = MapFutures(job, dropped)
                 self._releases.track(job_id, 1)
             released = self._releases.take()  # told with this job: nothing waits for them
@@ -703,7 +703,9 @@ class Client(ClientRequests):
             if isinstance(future, KeptFuture):  # its value stays with its executor
                 future._complete(outcome, value, error, stats)
                 continue
-            if future is None:
+            if future is None:  # a map's (light futures) or a bulk job's task
+                if outcome == "finished" and type(value) is bytes:
+                    self.traffic.received(0 if payloads.is_reference(value) else len(value))
                 if not self._bulk.on_result(task_id, outcome, value, error, stats):
                     self.dropped_results += 1
                 continue

@@ -26,9 +26,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidal.runtime import reprs
+
+if TYPE_CHECKING:
+    from tidal.runtime.releases import Releases
 
 __all__ = [
     "BulkJob",
@@ -309,6 +312,7 @@ class BulkJob:
         cancel_remote: Callable[[str], None] | None = None,
         on_done: Callable[[BulkJob], None] | None = None,
         function: str | None = None,
+        releases: Releases | None = None,
     ) -> None:
         self.job_id = job_id
         self.size = size
@@ -316,6 +320,10 @@ class BulkJob:
         self.function = function
         self._cancel_remote = cancel_remote
         self._on_done = on_done
+        # Each future made counts, as the MapFutures does, until it is dropped: a program
+        # that keeps the futures it took out of a map (`futures += client.map(...)`)
+        # still holds the job (runtime/releases.py).
+        self._releases = releases
         self._watchers: list[Callable[[], None]] = []  # add_progress_callback's
         self._lock = threading.Lock()
         # `results` waits on it: notified when the last task is done, and at each failure.
@@ -482,8 +490,15 @@ class BulkJob:
         future = futures[index]
         if future is None:
             task_id = f"{self.job_id}/{index}"
+            releases = self._releases
+            dropped = None if releases is None or not releases.held(self.job_id) else releases
             future = TaskFuture(
-                task_id, self.job_id, self.submitted_ns, self._cancelled, self.function
+                task_id,
+                self.job_id,
+                self.submitted_ns,
+                self._cancelled,
+                self.function,
+                None if dropped is None else dropped.dropped,
             )
             futures[index] = future
             if self._state[index] >= _FINISHED or self._failure is not None:

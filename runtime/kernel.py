@@ -56,6 +56,7 @@ from tidal.runtime.runstate import (
     TaskGreenlets,
     TaskKilled,
     TaskRecord,
+    pack_result,
 )
 from tidal.runtime.spanrun import SpanRunner, give_up_tail
 from tidal.runtime.task import TaskContext, call_result, gate_arguments, gated_positions
@@ -82,10 +83,11 @@ SHORT_TASK_NS = 2_000_000
 
 
 # Sentinels passed through greenlet switches. The hub only ever switches a task back with
-# _GO (or throws TaskKilled); a task only ever switches to the hub with _ATTENTION or by
-# returning its Outcome.
+# _GO (or throws TaskKilled); a task's greenlet only ever switches to the hub with
+# _ATTENTION (parked at a boundary) or _ENDED (its Outcome left in `Kernel._ended`).
 _GO = object()
 _ATTENTION = object()
+_ENDED = object()
 
 
 class Kernel(SpanRunner):
@@ -130,6 +132,7 @@ class Kernel(SpanRunner):
         self._ready = ReadyQueue()
         self._functions = KnownFunctions()  # resolved once, with their tasks' running times
         self._greenlets = TaskGreenlets(self._run_tasks)
+        self._ended: Outcome | None = None  # a task's, from its greenlet to the hub
         self._current: TaskRecord | None = None
         self._hub: greenlet.greenlet | None = None
         self._finished = 0
@@ -514,6 +517,8 @@ class Kernel(SpanRunner):
             result = record.glet.throw(TaskKilled(f"task {record.task_id} was killed"))
         else:
             result = record.glet.switch(_GO)
+        if result is _ENDED:  # done: its Outcome
+            result, self._ended = self._ended, None
         # Back in the hub: the task is parked at a boundary (_ATTENTION) or done (Outcome).
         self._regained_at = self._clock()
         if probe is not None:
@@ -692,9 +697,13 @@ class Kernel(SpanRunner):
     # ---- inside the task's greenlet -------------------------------------------------------------
 
     def _run_tasks(self, go: object) -> None:
-        """Body of every task greenlet: a task, then the next (`TaskGreenlets`)."""
+        """Body of every task greenlet: a task, then the next (`TaskGreenlets`). The
+        outcome goes by `_ended`: a greenlet waiting for its next task holds none of it."""
         while True:
-            go = self._hub.switch(self._task_main(go))
+            self._ended = self._task_main(go)
+            if getattr(greenlet.getcurrent(), "tidal_dropped", False):
+                return  # dropped while its task was parked: it ends here
+            go = self._hub.switch(_ENDED)
 
     def _task_main(self, go: object) -> Outcome:
         """Run the user's function and capture its outcome (in the task's greenlet)."""
@@ -712,11 +721,9 @@ class Kernel(SpanRunner):
                 record.args, record.kwargs = self._unpack(record.payload, fn, record.inputs)
                 record.payload = record.inputs = None
             value = self._call_task(fn, record.args, record.kwargs)
-            return Outcome("finished", value, payload=self._packed(record, value))
+            return Outcome("finished", value, payload=pack_result(record, value, self._boundary))
         except TaskKilled:
             return Outcome("killed")
-        except greenlet.GreenletExit:  # its greenlet was dropped while it was parked
-            raise
         except BaseException as exc:  # a task's error belongs to its report
             return Outcome("failed", error=describe_failure(exc, __file__))
 
@@ -733,23 +740,6 @@ class Kernel(SpanRunner):
             kept.resolve_inputs(args, kwargs, inputs, self._fetch, self._boundary, gated)
         self._payload_unpacked()
         return args, kwargs
-
-    def _packed(self, record: TaskRecord, value: Any) -> bytes | None:
-        """A task's result packed here, in its greenlet; a big one (`payloads.is_big`) a
-        block at a time with a record boundary after each. None leaves it to the report,
-        which names what cannot be encoded.
-
-        Discussion: packed by the hub after the task ended, the demo's kept partition state
-        (248 KB) took one call of ~4 ms, ~9 ms on a loaded machine, during which no stream
-        task could start here: the task had ended, so there was nothing to suspend. Packed
-        in the task, a suspend parks it between blocks like any other record boundary.
-        """
-        try:
-            if record.keep:
-                return kept.pack_kept(value, self._boundary)
-            return payloads.pack_payload(value, "finished.result", self._boundary)
-        except p.EncodeError:  # (both turn msgpack's errors into it)
-            return None  # packed again by the report, which says what is wrong
 
     def _boundary(self) -> None:
         if self.gate.requested:
@@ -779,7 +769,11 @@ class Kernel(SpanRunner):
             return
         if record.kill_requested:
             raise TaskKilled(f"task {record.task_id} was killed")
-        reply = self._hub.switch(_ATTENTION)
+        try:
+            reply = self._hub.switch(_ATTENTION)
+        except greenlet.GreenletExit:  # greenlet drops a greenlet so: unwind, then end
+            current.tidal_dropped = True
+            raise
         # Discussion (the waiter check): only the hub may wake a parked task, and only with
         # _GO. Anything else means foreign code switched into this greenlet.
         if reply is not _GO:

@@ -34,6 +34,15 @@ class Releases:
         with self._lock:
             self._alive[job_id] = futures
 
+    def held(self, job_id: str) -> bool:
+        """One more future of `job_id` is alive (made from its MapFutures), if the job is
+        still held; False if it was released already (the future then tells nothing)."""
+        with self._lock:
+            if job_id not in self._alive:
+                return False
+            self._alive[job_id] += 1
+            return True
+
     def dropped(self, job_id: str) -> None:
         """A future of `job_id` was finalized (any thread; never raises)."""
         self._dropped.append(job_id)

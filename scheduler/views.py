@@ -228,13 +228,10 @@ class ClusterView:
         to launch there now (their `free_capacity`), in the order they joined.
         Executors without room are left out."""
         records = self._records
-        depth = records.prefetch_depth()
         free = {}
         for executor in records.executors.values():
-            room = 1 + depth - (executor.slot_task is not None) - len(executor.queued)
-            if 2 * room < 1 + depth:  # it holds more than half: as `Records.offered_capacity`
-                continue
-            if room > 0 and executor.alive and not executor.busy:
+            room = records.offered_capacity(executor)
+            if room > 0:
                 free[executor.executor_id] = room
         return free
 

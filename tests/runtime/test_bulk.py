@@ -350,6 +350,16 @@ def test_a_map_sent_task_by_task_has_light_futures_and_is_submitted_again_task_b
     assert futures.counts() == (5, 1) and not client._bulk
 
 
+def test_a_map_s_inline_results_count_in_the_client_s_traffic(fake, client):
+    futures = client.map(total, [[1], [2]], chunksize=1)
+    fake.wait_for(p.Submit)
+    big = "x" * 5_000  # inline, and big enough to count (DATA_MIN_BYTES)
+    for future in futures:
+        fake.finish(future, big)
+    assert gather(futures, timeout=5) == [big, big]
+    assert client.traffic.as_dict()["received_bytes"] >= 2 * 5_000
+
+
 def test_what_a_reconnecting_client_waits_for_and_submits_again(fake, client):
     futures = client.map(spin, [[i] for i in range(6)], chunksize=2, record_us=1.0)
     [msg] = fake.wait_for(p.Submit)

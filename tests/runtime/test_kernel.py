@@ -8,8 +8,10 @@ from __future__ import annotations
 import collections
 import contextvars
 import dataclasses
+import gc
 import queue
 import threading
+import weakref
 
 import greenlet
 import msgpack
@@ -1465,3 +1467,39 @@ def test_a_parked_task_whose_greenlet_is_ended_unwinds_and_does_not_run_on(make_
     glet = kernel._tasks["parked"].glet
     glet.throw(greenlet.GreenletExit)
     assert glet.dead and unwound == ["finally"]
+
+
+class Tracked(list):
+    """A list that a weak reference can follow (msgpack packs it as a list)."""
+
+
+def test_an_ended_task_s_result_and_context_are_not_kept_by_its_waiting_greenlet(make_kernel):
+    kernel, transport = make_kernel()
+    made = []
+    var = contextvars.ContextVar("var")
+
+    def task():
+        value, held = Tracked([1, 2]), Tracked([3])
+        var.set(held)
+        made.extend([weakref.ref(value), weakref.ref(held)])
+        return value
+
+    kernel.launch("t", task)
+    kernel.run()
+    assert transport.outcome("t").result == [1, 2]
+    gc.collect()
+    assert [ref() for ref in made] == [None, None]
+
+
+def test_a_task_that_raises_greenlet_exit_fails_and_the_next_runs(make_kernel):
+    kernel, transport = make_kernel()
+
+    def exits():
+        raise greenlet.GreenletExit("from the task itself")
+
+    kernel.launch("t", exits)
+    kernel.launch("u", sum, [[1, 2]])
+    kernel.run()
+    assert isinstance(transport.outcome("t"), p.Failed)
+    assert "from the task itself" in transport.outcome("t").message
+    assert transport.outcome("u").result == 3

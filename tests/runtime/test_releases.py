@@ -44,6 +44,27 @@ def test_dropped_futures_are_released_with_the_next_job(fake, client):
     assert kept.job_id not in release.job_ids  # still held
 
 
+@pytest.mark.parametrize("chunksize", [1, 10], ids=["sent task by task", "in bulk"])
+def test_futures_taken_out_of_a_map_hold_its_job_after_the_map_itself_is_dropped(
+    fake, client, chunksize
+):
+    futures = []
+    futures += client.map(total, [[i] for i in range(20)], chunksize=chunksize)
+    job_id = futures[0].job_id
+    gc.collect()  # the map's MapFutures is gone; its futures are not
+    client.submit(total, [1])
+    fake.wait_for(p.Submit, 2)
+    assert not fake.received(p.Release)  # (the bench's `futures += client.map(...)`)
+    for future in futures:
+        fake.finish(future, 1)
+    assert [f.result(timeout=5) for f in futures] == [1] * 20
+    del futures, future  # (the job, done, no longer holds them)
+    gc.collect()
+    client.submit(total, [2])
+    (release,) = fake.wait_for(p.Release)
+    assert release.job_ids == [job_id]
+
+
 @pytest.mark.slow
 def test_a_scheduler_keeps_only_the_jobs_whose_futures_are_held_and_none_after_goodbye():
     with LocalCluster(executors=2) as cluster:
