@@ -99,7 +99,8 @@ DEFAULT_MISSED_HEARTBEATS = 3
 # A task whose executor is lost more often than this fails: a task that kills its executor
 # (a crash in C code, memory exhausted) must not take down every executor in turn.
 DEFAULT_MAX_RETRIES = 3
-MAX_PREFETCH = 64
+# Launches queued behind an executor's slot, at most (scheduler/records/books.py, prefetch).
+MAX_PREFETCH = 256
 # Policy switches kept for `status()`: a client switching in a loop must not grow the record
 # (and every status snapshot) without bound.
 MAX_POLICY_SWITCHES = 100

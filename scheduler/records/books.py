@@ -52,13 +52,16 @@ MAX_LOST_EXECUTORS = 256
 # Prefetch: keep about this much work queued on an executor behind its running task, so that
 # tiny tasks are not throttled by one scheduler round trip each. Long tasks get no prefetch
 # (a queued long task could not move to an idle executor).
-# Discussion: 10 ms, not 2. A task's measured cost is its wall time on a busy machine (a
+# Discussion: 20 ms, not 2. A task's measured cost is its wall time on a busy machine (a
 # no-op's `running_ns` is 60-370 us on two loaded cores), so 2 ms gave tiny tasks a queue of
 # 2-6: each `finished` freed one place, and one launch went out a frame, one task a pass of
 # the scheduler's loop. With 10 ms, and the refill waiting for half the queue
 # (`offered_capacity`), launches and reports go ~10-20 to a frame: a `chunksize=1` map of
-# no-ops ran 1.7x as fast, at 0.73x the CPU (docs/notes.md, eighth session).
-PREFETCH_TARGET_NS = 10_000_000
+# no-ops ran 1.7x as fast, at 0.73x the CPU. At 10 ms (and at most 64) the queue still ran
+# dry every ~12 tasks (an executor's reports wait up to 2 ms, runtime/reports.py, before
+# the scheduler hears that the queue is half done); at 20 ms and at most 256, every ~18,
+# and the map ran 1.08x as fast at 0.89x the CPU (docs/notes.md, eighth session).
+PREFETCH_TARGET_NS = 20_000_000
 # What a task costs an executor besides running it (decode, switch, report), for the estimate.
 TASK_OVERHEAD_NS = 40_000
 
