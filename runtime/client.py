@@ -689,6 +689,8 @@ class Client(ClientRequests):
                 self._bad_frames(f"dropped a bad result from the scheduler: {exc}")
                 self._fail_malformed(item, exc)
                 continue
+            if outcome == "finished" and type(value) is bytes and not payloads.is_reference(value):
+                self.traffic.received(len(value))  # (a kept result's, where it is fetched)
             with self._lock:
                 future = self._pending.pop(task_id, None)
                 if future is not None:
@@ -704,8 +706,6 @@ class Client(ClientRequests):
                 future._complete(outcome, value, error, stats)
                 continue
             if future is None:  # a map's (light futures) or a bulk job's task
-                if outcome == "finished" and type(value) is bytes:
-                    self.traffic.received(0 if payloads.is_reference(value) else len(value))
                 if not self._bulk.on_result(task_id, outcome, value, error, stats):
                     self.dropped_results += 1
                 continue
@@ -713,7 +713,6 @@ class Client(ClientRequests):
                 self._fetcher.fetch(future, value, stats)  # kept by its executor: fetched
                 continue
             if outcome == "finished":
-                self.traffic.received(len(value) if type(value) is bytes else 0)
                 try:
                     value = payloads.unpack_payload(value, f"the result of {task_id}")
                 except p.ProtocolError as exc:

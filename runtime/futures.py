@@ -491,14 +491,14 @@ class BulkJob:
         if future is None:
             task_id = f"{self.job_id}/{index}"
             releases = self._releases
-            dropped = None if releases is None or not releases.held(self.job_id) else releases
+            counted = releases is not None and releases.made(self.job_id)
             future = TaskFuture(
                 task_id,
                 self.job_id,
                 self.submitted_ns,
                 self._cancelled,
                 self.function,
-                None if dropped is None else dropped.dropped,
+                releases.dropped if counted else None,
             )
             futures[index] = future
             if self._state[index] >= _FINISHED or self._failure is not None:

@@ -34,9 +34,9 @@ class Releases:
         with self._lock:
             self._alive[job_id] = futures
 
-    def held(self, job_id: str) -> bool:
-        """One more future of `job_id` is alive (made from its MapFutures), if the job is
-        still held; False if it was released already (the future then tells nothing)."""
+    def made(self, job_id: str) -> bool:
+        """One more future of `job_id` was made (from its MapFutures): it counts until it is
+        dropped. False if the job was released already (the future then tells nothing)."""
         with self._lock:
             if job_id not in self._alive:
                 return False

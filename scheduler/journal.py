@@ -654,9 +654,10 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, str, A
         db.execute(f"DELETE FROM losses WHERE job_id IN ({jobs_of})", (client_id,))
         db.execute("DELETE FROM jobs WHERE client_id = ?", (client_id,))
     # Last: a job retires after its results are in (they came in the same steps, before).
-    retired = [(job_id,) for job_id in records.retired]
-    for table in ("results", "cancels", "losses", "jobs") if retired else ():
-        db.executemany(f"DELETE FROM {table} WHERE job_id = ?", retired)
+    if records.retired:
+        retired = [(job_id,) for job_id in records.retired]
+        for table in ("results", "cancels", "losses", "jobs"):
+            db.executemany(f"DELETE FROM {table} WHERE job_id = ?", retired)
     return written
 
 

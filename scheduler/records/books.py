@@ -153,10 +153,8 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
         Discussion: by what it holds, not by whether its slot is taken: a queued task that
         starts and ends between two reports says only that it ended (its start folded,
         runtime/reports.py), so the books show the slot free while the queue runs."""
-        load = (executor.slot_task is not None) + len(executor.queued)
-        if 2 * load > 1 + self.prefetch_depth():
-            return 0
-        return self.free_capacity(executor)
+        room = self.free_capacity(executor)  # of the 1 + prefetch_depth() it may hold
+        return room if 2 * room >= 1 + self.prefetch_depth() else 0
 
     def prefetch_depth(self) -> int:
         """How many launches an executor may hold queued behind its slot now."""
