@@ -228,9 +228,10 @@ class ClusterView:
         to launch there now (their `free_capacity`), in the order they joined.
         Executors without room are left out."""
         records = self._records
+        capacity = 1 + records.prefetch_depth()  # once, not once per executor
         free = {}
         for executor in records.executors.values():
-            room = records.offered_capacity(executor)
+            room = records.offered_capacity(executor, capacity)
             if room > 0:
                 free[executor.executor_id] = room
         return free

@@ -145,16 +145,21 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
         load = (executor.slot_task is not None) + len(executor.queued)
         return max(0, 1 + self.prefetch_depth() - load)
 
-    def offered_capacity(self, executor: ExecutorRecord) -> int:
+    def offered_capacity(self, executor: ExecutorRecord, capacity: int | None = None) -> int:
         """The room policies are shown on `executor`: its free capacity, but none while it
-        holds more than half of what it may (slot and prefetch queue), so that a refill goes
-        out as one batch of launches rather than a launch per task ended.
+        holds more than half of what it may (`capacity`, 1 + prefetch_depth(): given by a
+        caller that asks for every executor), so that a refill goes out as one batch of
+        launches rather than a launch per task ended.
 
         Discussion: by what it holds, not by whether its slot is taken: a queued task that
         starts and ends between two reports says only that it ended (its start folded,
         runtime/reports.py), so the books show the slot free while the queue runs."""
-        room = self.free_capacity(executor)  # of the 1 + prefetch_depth() it may hold
-        return room if 2 * room >= 1 + self.prefetch_depth() else 0
+        if not executor.alive or executor.busy:
+            return 0
+        if capacity is None:
+            capacity = 1 + self.prefetch_depth()
+        room = capacity - (executor.slot_task is not None) - len(executor.queued)
+        return room if 2 * room >= capacity else 0
 
     def prefetch_depth(self) -> int:
         """How many launches an executor may hold queued behind its slot now."""
