@@ -26,7 +26,8 @@
  * readable. The running task then enters the hub at its next record boundary, and the hub
  * gives the listener the GIL at once (runtime/kernel.py). It only polls: it never reads the
  * descriptor, so libzmq's own use of it is untouched. While the descriptor stays readable
- * (the listener has not read yet) it looks again after a growing pause, up to 2 ms.
+ * (the listener has not read yet) it looks again after a growing pause, up to 2 ms. A
+ * second descriptor (`also`: an executor's lane, runtime/lanes.py) is watched alike.
  * Discussion: it is a speed-up, not a guarantee: while the hub is stuck in a task, or before
  * the welcome, the listener's own poll waits on the same descriptor, and a listener that
  * reads first (it won the GIL by itself) leaves nothing for the watcher to see; commands
@@ -54,6 +55,7 @@ typedef struct {
     PyObject *hook;         /* called with no arguments when `requested` is set */
     volatile long long watch_raises;  /* times the watcher raised `requested` */
     int watch_fd;           /* the descriptor watched (-1: none) */
+    int also_fd;            /* a second one, watched alike (-1: none): the lane's */
     int wake[2];            /* a pipe: a byte on it makes the watcher re-read watch_fd, or stop */
     int watching;           /* the watcher thread runs */
     int watch_realtime;     /* the watcher asks for SCHED_FIFO, as the listener does */
@@ -101,6 +103,7 @@ gate_init(Gate *self, PyObject *args, PyObject *kwds)
     self->gil_interval = 1024;
     self->watch_raises = 0;
     self->watch_fd = -1;
+    self->also_fd = -1;
     self->wake[0] = self->wake[1] = -1;
     self->watching = 0;
     self->boost_tid = 0;
@@ -190,7 +193,9 @@ watch_main(void *arg)
     long pause_us = 0;      /* 0: the watched descriptor was not readable at the last look */
     for (;;) {
         int fd = __atomic_load_n(&self->watch_fd, __ATOMIC_ACQUIRE);
-        struct pollfd fds[2] = {{self->wake[0], POLLIN, 0}, {fd, POLLIN, 0}};
+        int also = __atomic_load_n(&self->also_fd, __ATOMIC_ACQUIRE);
+        /* (poll ignores an entry whose descriptor is negative) */
+        struct pollfd fds[3] = {{self->wake[0], POLLIN, 0}, {fd, POLLIN, 0}, {also, POLLIN, 0}};
         /* Wake for the pause, or for the end of a real-time boost, whichever is first. */
         long long wait_ns = pause_us ? pause_us * 1000LL : -1;
         long long until = __atomic_load_n(&self->rt_until_ns, __ATOMIC_ACQUIRE);
@@ -201,8 +206,7 @@ watch_main(void *arg)
         }
         struct timespec timeout = {wait_ns / 1000000000LL, wait_ns % 1000000000LL};
         /* Readable at the last look (not read yet): only the pipe, for a pause. */
-        int n = ppoll(fds, (fd >= 0 && pause_us == 0) ? 2 : 1, wait_ns >= 0 ? &timeout : NULL,
-                      NULL);
+        int n = ppoll(fds, pause_us == 0 ? 3 : 1, wait_ns >= 0 ? &timeout : NULL, NULL);
         if (n < 0 && errno != EINTR)
             return NULL;
         end_rt_boost(self, now_ns());
@@ -222,10 +226,10 @@ watch_main(void *arg)
             continue;
         }
         if (pause_us == 0) {
-            readable = n > 0 && (fds[1].revents & POLLIN);
-        } else if (fd >= 0) {   /* the pause is over: readable (still, or again)? */
-            struct pollfd look = {fd, POLLIN, 0};
-            readable = poll(&look, 1, 0) > 0 && (look.revents & POLLIN);
+            readable = n > 0 && ((fds[1].revents | fds[2].revents) & POLLIN);
+        } else {                /* the pause is over: readable (still, or again)? */
+            struct pollfd look[2] = {{fd, POLLIN, 0}, {also, POLLIN, 0}};
+            readable = poll(look, 2, 0) > 0 && ((look[0].revents | look[1].revents) & POLLIN);
         }
         if (readable) {
             /* Discussion: the task thread must now run to its next record boundary, but a
@@ -288,14 +292,15 @@ watch_command(Gate *self, char command)
 static PyObject *
 gate_watch(Gate *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"fd", "realtime", NULL};
-    int fd, realtime = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|p", kwlist, &fd, &realtime))
+    static char *kwlist[] = {"fd", "realtime", "also", NULL};
+    int fd, realtime = 0, also = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|pi", kwlist, &fd, &realtime, &also))
         return NULL;
     if (fd < 0) {
         PyErr_SetString(PyExc_ValueError, "watch() needs a file descriptor >= 0");
         return NULL;
     }
+    __atomic_store_n(&self->also_fd, also, __ATOMIC_RELEASE);
     __atomic_store_n(&self->watch_fd, fd, __ATOMIC_RELEASE);
     if (self->watching) {   /* running already: make it look at the new descriptor */
         if (watch_command(self, 'w') < 0)
@@ -344,6 +349,7 @@ gate_stop_watching(Gate *self)
     close(self->wake[1]);
     self->wake[0] = self->wake[1] = -1;
     self->watch_fd = -1;
+    self->also_fd = -1;
     end_rt_boost(self, 0);  /* nobody would end a boost in force any more */
 }
 
@@ -396,9 +402,9 @@ gate_unwatch(Gate *self, PyObject *unused)
 
 static PyMethodDef gate_methods[] = {
     {"watch", (PyCFunction)(void (*)(void))gate_watch, METH_VARARGS | METH_KEYWORDS,
-     "watch(fd, realtime=False): raise `requested` whenever fd becomes readable, from a "
-     "thread that never takes the GIL, at SCHED_FIFO if `realtime` and permitted (called "
-     "again: watch another fd)."},
+     "watch(fd, realtime=False, also=-1): raise `requested` whenever fd (or `also`, if >= "
+     "0) becomes readable, from a thread that never takes the GIL, at SCHED_FIFO if "
+     "`realtime` and permitted (called again: watch other fds)."},
     {"boost", (PyCFunction)(void (*)(void))gate_boost, METH_VARARGS | METH_KEYWORDS,
      "boost(tid, nice, realtime=False): as the watcher raises `requested`, it sets thread "
      "tid's nice to `nice` (0 for tid: never; dropped if not permitted) and, if `realtime`, "

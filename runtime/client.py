@@ -445,12 +445,19 @@ class Client(ClientRequests):
                     self._bulk.add(job, frame)
                 frames = [frame]
                 if released:
-                    frames.insert(0, p.encode(p.Release(released)))
+                    # After the submit: its launch is sent before the scheduler retires what
+                    # was released (~0.1 ms a release, on a stream task's way to its slot).
+                    frames.append(p.encode(p.Release(released)))
                     self._kept_jobs.difference_update(released)
                     self._drop_spooled(released)
-                # A stream task's submit goes out on this thread if nothing waits before it
+                # A stream task's submit goes out on this thread: by an executor's lane
+                # (runtime/lanes.py), or to the scheduler if nothing waits before it
                 # (runtime/client_io.py `CallerQueue.send_all`).
-                self._to_io.send_all(frames, urgent=priority == "stream")
+                lane = priority == "stream" and one_by_one and not keep and _one_plain(tasks)
+                if lane and self._io.lanes.send(tasks[0][0], frame):
+                    frames.remove(frame)  # the releases still go, as ever
+                if frames:
+                    self._to_io.send_all(frames, urgent=priority == "stream")
                 registered = True
         finally:
             if not registered:  # it failed: nothing will read what was spooled for it
@@ -682,6 +689,7 @@ class Client(ClientRequests):
         self._fail_pending(describe)
 
     def _on_results(self, msg: p.Results) -> None:
+        lanes = self._io.lanes
         for item in msg.items:
             try:
                 task_id, outcome, value, error, stats = parse_result(item)
@@ -695,6 +703,7 @@ class Client(ClientRequests):
                 future = self._pending.pop(task_id, None)
                 if future is not None:
                     self._job_done(future.job_id)
+            lanes.done(task_id)
             # A bulk job's task, else unknown, completed, or cancelled here: never complete a
             # future twice (a spooled result no one waits for is released). A kept result
             # computed again goes to its future (runtime/kept_futures.py).
@@ -755,3 +764,8 @@ class Client(ClientRequests):
     def _bulk_done(self, job_id: str) -> None:
         with self._lock:
             self._drop_spooled([job_id])  # its shared kwargs, if they were spooled
+
+
+def _one_plain(tasks: list[Any]) -> bool:
+    """Whether a submit's tasks are one a lane takes: one task with no options."""
+    return len(tasks) == 1 and len(tasks[0]) == 2

@@ -53,6 +53,7 @@ import zmq
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import AuthenticationFailed, HandshakeWatch, PeerKeys, secure_peer
 from tidal.runtime.frames import FrameReader
+from tidal.runtime.lanes import ClientLanes
 from tidal.runtime.link import KEEPALIVE_S, SILENT_S, GiveUp, Keepalive, Link, Reconnect
 from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
 
@@ -186,6 +187,8 @@ class ClientConnection:
         )
         self._context = zmq.Context()
         realtime_io_threads(self._context)
+        # Executors' lanes, which stream submits may take instead (runtime/lanes.py).
+        self.lanes = ClientLanes(self._context)
         self._dealer: zmq.Socket | None = None
         # Once the IO thread runs, every use of the DEALER is under this lock: the IO thread's,
         # and a caller's urgent send (`send_urgent`), allowed while `_urgent_ok` (set under
@@ -345,6 +348,7 @@ class ClientConnection:
             with self._socket_lock:
                 self._urgent_ok = False
                 self._dealer.close(linger=CLOSE_LINGER_MS)
+            self.lanes.close()
             from_callers.close(linger=0)
 
     def _loop(self, from_callers: zmq.Socket) -> None:
@@ -362,6 +366,7 @@ class ClientConnection:
             p.ClientWelcome: self._on_welcome_again,
             p.Reattached: self._on_reattached,
             p.Reject: self._on_reject,
+            p.Lanes: lambda msg: self._resend(self.lanes.update(msg)),
         }
         link, outbox, lock = self._link, self._outbox, self._socket_lock
         poller = zmq.Poller()
@@ -381,7 +386,9 @@ class ClientConnection:
                 events = dealer.getsockopt(zmq.EVENTS)
             sending = bool(outbox) and link.connected
             due = events & zmq.POLLIN or (sending and events & zmq.POLLOUT)
-            ready = dict(poller.poll(0 if due else KEEPALIVE_S * 1000))
+            lanes_due = self.lanes.next_due_s()  # lane submits whose grace ends then
+            timeout_s = KEEPALIVE_S if lanes_due is None else min(KEEPALIVE_S, lanes_due)
+            ready = dict(poller.poll(0 if due else math.ceil(timeout_s * 1000)))
 
             # -- 2. Frames from the scheduler, each handled by its op; bad ones dropped.
             #       (A handler that queues frames of its own stops urgent sends: `_queue`.)
@@ -411,6 +418,8 @@ class ClientConnection:
                         self._say_goodbye()
                         return
                     outbox.append(frame)
+
+            self._resend(self.lanes.overdue())  # lane submits past their grace go here too
 
             # -- 4. Keep the connection alive: ping while something is pending, reconnect to
             #       a scheduler that went silent, give up on one that does not come back.
@@ -467,6 +476,7 @@ class ClientConnection:
         # pipe, and a blocking send would wait for ever, under the lock): if it cannot go
         # now, the link's next reconnect says hello again.
         _send_nowait(dealer, p.encode(self._hello()))
+        self.lanes.update(None)  # the reattach asks about what went by them
         with self._socket_lock:
             self._urgent_ok = False  # until welcomed again and reattached
             self._dealer.close(linger=0)  # what it still queued was for the old scheduler
@@ -477,6 +487,14 @@ class ClientConnection:
         """The scheduler did not come back: fail what waits, and refuse further use."""
         log.error("%s", reason)
         self._book.lost(reason, lambda what: f"{reason}; {what} is lost with it")
+
+    def _resend(self, task_ids: list[str]) -> None:
+        """Send the scheduler the submits of these tasks, sent by lanes (runtime/lanes.py)
+        and not done yet: it ignores a job it has."""
+        if task_ids:
+            self._outbox.extend(self._book.resubmissions(set(task_ids)))
+            with self._socket_lock:
+                self._urgent_ok = False  # until step 5 has sent them
 
     def _on_rejoin(self, msg: p.Rejoin) -> None:
         if self._link.connected:

@@ -61,6 +61,7 @@ from tidal.runtime.gate import PyGate
 from tidal.runtime.guard import PeerGuard
 from tidal.runtime.idlewait import CommandWait
 from tidal.runtime.kernel import DEFAULT_SUSPEND_TIMEOUT_NS, Kernel
+from tidal.runtime.lanes import ExecutorLane, lanes_enabled
 from tidal.runtime.link import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_RECONNECT_TIMEOUT_S,
@@ -128,6 +129,7 @@ class Executor(CommandHandlers):
         memory_limit: int | None = None,
         keys: str | os.PathLike[str] | None = None,
         clean_exit_level: int = logging.WARNING,
+        lanes: bool = True,
     ) -> None:
         self.scheduler = scheduler
         if (problem := suspend_timeout_problem(suspend_timeout_ns)) is not None:
@@ -166,6 +168,13 @@ class Executor(CommandHandlers):
         # Wakes the listener: for what the task thread left it (`w`), or to exit (empty).
         self._to_listener = self._context.socket(zmq.PAIR)
         self._to_listener.bind(self._inproc)
+        # Stream tasks straight from clients (runtime/lanes.py): not with keys, nor behind an
+        # advertised address (others may not reach this one), nor with TIDAL_LANES=0.
+        self._lane = (
+            ExecutorLane(self._context, bind_host_for(self.scheduler))
+            if lanes and self.keys is None and not advertised_address()[0] and lanes_enabled()
+            else None
+        )
         self._dropped = RateLimitedLog(log, level=logging.ERROR)
         # The task thread's reports, on a connection of their own (runtime/reports.py).
         self._reports = Reports(
@@ -194,7 +203,7 @@ class Executor(CommandHandlers):
         self._dealer_fd = -1  # the command connection's descriptor (ZMQ_FD)
         self._task_thread_heard = False  # the task thread read frames: the link heard them
         # An idle task thread sleeps on the command connection and reads what comes itself.
-        self._idle = CommandWait(self._dealer_lock, self._command_connection)
+        self._idle = CommandWait(self._dealer_lock, self._command_connection, self._lane)
         self.kernel = Kernel(
             self._reports.emit,
             flush=self._reports.flush,
@@ -294,6 +303,8 @@ class Executor(CommandHandlers):
                     log.error("the listener is not taking messages")
             listener.join(timeout=5)
             self._to_listener.close(linger=0)
+            if self._lane is not None:
+                self._lane.close()
             self._reports.close()
             self._context.term()
             self._idle.close()
@@ -341,8 +352,12 @@ class Executor(CommandHandlers):
         thread read them, so that they reach the kernel in the order they came. False if
         the listener holds the lock now (reading, or sending): the kernel then waits for it
         a moment, and what it did not read comes at the watcher's next raise or the
-        listener's next look.
+        listener's next look. The lane's stream tasks are read after (runtime/lanes.py).
         """
+        read = self._read_command_connection()
+        return self._read_lane() or read if self._lane is not None else read
+
+    def _read_command_connection(self) -> bool:
         if not self._dealer_lock.acquire(blocking=False):
             return False
         forwarded = False
@@ -376,42 +391,6 @@ class Executor(CommandHandlers):
     def _command_connection(self) -> tuple[zmq.Socket, int] | None:
         """The command connection and its descriptor (`CommandWait`, under the lock)."""
         return None if self._dealer is None else (self._dealer, self._dealer_fd)
-
-    def _acknowledge_launches(self, items: list[p.Message | p.ProtocolError]) -> None:
-        """Tell the scheduler which launches reached this executor, before any of them is
-        handed to the kernel (under the connection's lock, on the connection they came on).
-
-        Discussion: before, not after: a task that takes the process down at once must
-        still count the loss toward its max_retries. One message per read, not per launch.
-        """
-        launches = [
-            [m.task_id if type(m) is p.Launch else m.chunk_id, m.attempt, m.sent_ns]
-            for m in items
-            if type(m) is p.Launch or type(m) is p.LaunchChunk
-        ]
-        if launches and self._dealer is not None:
-            try:
-                self._dealer.send(p.encode(p.Received(launches)), zmq.NOBLOCK)
-            except zmq.Again:
-                self._dropped("dropped a received: the scheduler is not reading")
-
-    def _decode(self, received: list[list[bytes]]) -> list[p.Message | p.ProtocolError]:
-        """The messages of frames from the scheduler, a bad one as its ProtocolError (a
-        launch_chunk with a malformed subtask too: it is neither acknowledged nor run)."""
-        items: list[p.Message | p.ProtocolError] = []
-        for frames in received:
-            try:
-                msg = p.decode_parts(frames, max_frame_bytes=self.max_frame_bytes)
-                if isinstance(msg, p.Batch):
-                    items.extend(p.unbatch(msg, max_frame_bytes=self.max_frame_bytes))
-                else:
-                    items.append(msg)
-            except p.ProtocolError as exc:
-                items.append(exc)
-        for i, item in enumerate(items):
-            if type(item) is p.LaunchChunk and (problem := _chunk_problem(item)) is not None:
-                items[i] = p.ProtocolError(problem)
-        return items
 
     # ---- listener thread ----------------------------------------------------------------------
 
@@ -465,6 +444,7 @@ class Executor(CommandHandlers):
             os.getpid(),
             socket.gethostname(),
             holding,
+            None if self._lane is None else self._lane.address,
         )
         try:
             # Never blocking: a scheduler that refused our key may have ended the pipe
@@ -480,7 +460,7 @@ class Executor(CommandHandlers):
             self._dealer_fd = fd
         # Frames arriving on it raise the record gate at once, from a thread that needs no
         # GIL, so the running task reads them at its next boundary (`_read_commands`).
-        self.kernel.gate.watch(fd, realtime=self.realtime)
+        self.kernel.gate.watch(fd, realtime=self.realtime, also=self._lane.fd if self._lane else -1)
         self._idle.wake()  # an idle hub may sleep on the old one's descriptor
         return dealer
 
@@ -728,51 +708,6 @@ class Executor(CommandHandlers):
             self.kernel.memory_estimates(rss),
             self.kernel.task_progress(),
         )
-
-
-def _chunk_problem(msg: p.LaunchChunk) -> str | None:
-    """What is wrong with a launch_chunk's subtasks, if anything (`_decode`)."""
-    if msg.span is not None:
-        span = msg.span
-        if not (len(span) == 2 and type(span[0]) is str and type(span[1]) is int and span[1] >= 0):
-            return (
-                "launch_chunk.span must be [job_id, first] (a str and an int >= 0), "
-                f"got {str(span)[:60]}"
-            )
-        if msg.columns is not None:
-            if msg.subtasks:
-                return "launch_chunk.subtasks of a columnar span must be empty"
-            columns = msg.columns
-            if not (
-                len(columns) == 3
-                and type(columns[0]) is int
-                and columns[0] >= 1
-                and type(columns[1]) is bytes
-                and type(columns[2]) is bytes
-            ):
-                # (Its xs are scanned on the task thread: LaunchColumns.)
-                return (
-                    "launch_chunk.columns must be [count >= 1, packed xs, packed kwargs], "
-                    f"got {str(columns)[:60]}"
-                )
-            return None
-        if not all(type(entry) is bytes for entry in msg.subtasks):
-            return "launch_chunk.subtasks of a span must be payloads (bytes)"
-        return None
-    if msg.columns is not None:
-        return "launch_chunk.columns needs a span"
-    for i, entry in enumerate(msg.subtasks):
-        if not (
-            type(entry) is list
-            and len(entry) == 2
-            and type(entry[0]) is str
-            and type(entry[1]) is bytes
-        ):
-            return (
-                f"launch_chunk.subtasks[{i}] must be [task_id, payload] (a str and bytes), "
-                f"got {str(entry)[:60]}"
-            )
-    return None
 
 
 def _drain(recv: Callable[[int], Any]) -> list[Any]:

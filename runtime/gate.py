@@ -33,9 +33,9 @@ class PyGate:
         self.watch_raises = 0  # no watcher here: commands wait for the GIL as they come
         self.boost_realtime = 0
 
-    def watch(self, fd: int, realtime: bool = False) -> None:
-        """The C gate's watcher raises the gate when `fd` becomes readable, from a thread
-        that needs no GIL; Python has no such thread, so this does nothing."""
+    def watch(self, fd: int, realtime: bool = False, also: int = -1) -> None:
+        """The C gate's watcher raises the gate when `fd` (or `also`) becomes readable, from
+        a thread that needs no GIL; Python has no such thread, so this does nothing."""
 
     def boost(self, tid: int, nice: int, realtime: bool = False) -> None:
         """The C gate's watcher gives thread `tid` this nice (and SCHED_FIFO, briefly, if

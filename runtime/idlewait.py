@@ -21,7 +21,7 @@ import os
 import select
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import zmq
 
@@ -51,10 +51,12 @@ class CommandWait:
         self,
         lock: threading.RLock,
         connection: Callable[[], tuple[zmq.Socket, int] | None],
+        lane: Any = None,
         guard_ms: int = WAIT_MS,
     ) -> None:
         self._lock = lock
         self._connection = connection
+        self._lane = lane  # an ExecutorLane (runtime/lanes.py), read by the waiting thread
         self._guard_ms = guard_ms
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
@@ -63,10 +65,15 @@ class CommandWait:
             current = self._connection()
             if current is not None and current[0].getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return  # frames wait already: the descriptor would not say so again
+        lane = self._lane
+        if lane is not None and lane.waiting():
+            return
         poller = select.poll()
         poller.register(self._wake_fd, select.POLLIN)
         if current is not None:
             poller.register(current[1], select.POLLIN)
+        if lane is not None:
+            poller.register(lane.fd, select.POLLIN)
         poller.poll(self._guard_ms)
         with contextlib.suppress(BlockingIOError):  # not woken: frames came, or time passed
             os.eventfd_read(self._wake_fd)

@@ -45,6 +45,7 @@ from tidal.runtime.datastore import Reference, fetch_chunks
 from tidal.runtime.functions import FunctionRef, KnownFunctions
 from tidal.runtime.gate import Gate, GatedIterator
 from tidal.runtime.idlewait import IdleWait
+from tidal.runtime.lanes import take_decision
 from tidal.runtime.runstate import (
     Command,
     KernelStatistics,
@@ -184,6 +185,7 @@ class Kernel(SpanRunner):
         priority: str = "batch",
         keep: bool = False,
         inputs: list[Any] | None = None,
+        suspensions_left: int | None = None,
     ) -> None:
         """Queue a task to run when the slot is free.
 
@@ -192,11 +194,18 @@ class Kernel(SpanRunner):
         `[args, kwargs]` from the wire (instead of `args` and `kwargs`): it is unpacked when
         the task starts, and a failure to unpack becomes the task's failure report too.
         With `keep` its result stays here (runtime/kept.py); `inputs` are other tasks' kept
-        results, put in its call when it starts.
+        results, put in its call when it starts. `suspensions_left`: how often the hub may
+        park it for a lane's stream task (`take`).
         """
         record = TaskRecord(task_id, fn, list(args), dict(kwargs or {}), attempt, priority, payload)
-        record.keep, record.inputs = keep, inputs
+        record.keep, record.inputs, record.suspensions_left = keep, inputs, suspensions_left
         self._post(Command("launch", task_id, self._clock(), record))
+
+    def take(self, task_id: str, fn: FunctionRef, payload: bytes, lane: tuple[str, bytes]) -> None:
+        """A stream task that came by the lane (runtime/lanes.py), with the client's token
+        and submit (`lane`): the hub runs it at once if it can, and forwards the submit."""
+        record = TaskRecord(task_id, fn, [], {}, 0, p.PRIORITY_CLASSES[0], payload)
+        self._post(Command("take", task_id, self._clock(), record, lane=lane))
 
     def suspend(self, task_id: str) -> None:
         """Ask the task to park at its next record boundary."""
@@ -232,6 +241,7 @@ class Kernel(SpanRunner):
         priority: str = "batch",
         span: tuple[str, int] | None = None,
         columns: LaunchColumns | None = None,
+        suspensions_left: int | None = None,
     ) -> None:
         """Queue a chunk: subtasks `[task_id, payload]` (as on the wire) or
         `[task_id, args, kwargs]` of one function, run in order as one task, with a
@@ -242,6 +252,7 @@ class Kernel(SpanRunner):
         of tasks first, first + 1, ..., and results go out as `chunk_batch` reports; or,
         with `columns` (runtime/columns.py), `subtasks` is empty and those are its xs."""
         record = TaskRecord(chunk_id, fn, [], {}, attempt, priority)
+        record.suspensions_left = suspensions_left
         # A columnar span's chunk holds the positions of its tasks in the launch.
         record.chunk = deque(subtasks if columns is None else range(columns.count))
         if span is not None:
@@ -554,33 +565,15 @@ class Kernel(SpanRunner):
             return True
         if command.op in ("suspend", "kill", "fail"):  # `hurry` may have lifted the thread
             self._running_class = None  # so the next switch sets its class's priority again
+        if command.op == "take":
+            self._take(command)
+            return True
         if command.op == "launch":
             record = command.record
             assert record is not None  # built by launch(); not peer input
-            if record.priority not in p.PRIORITY_CLASSES:
-                self._emit(
-                    p.Refused(
-                        "launch",
-                        record.task_id,
-                        f"unknown priority "
-                        f"{record.priority!r} (use {' or '.join(p.PRIORITY_CLASSES)})",
-                    )
-                )
-                return True
-            existing = self._tasks.get(record.task_id)
-            if (
-                existing is not None
-                and existing.state is RunState.QUEUED
-                and record.attempt > existing.attempt
-            ):
-                # A newer attempt of a task not started here: the scheduler gave the old one
-                # up (it may have reached us late, behind a reconnect); only the new counts.
-                self._ready.discard(existing)
-                existing = None
-            if existing is not None:
-                self._refuse(
-                    "launch", record.task_id, existing, "a task with this id is already here"
-                )
+            problem = runstate.launch_problem(self._tasks, self._ready, record)
+            if problem is not None:
+                self._refuse("launch", record.task_id, problem[1], problem[0])
                 return True
             self._tasks[record.task_id] = record
             self._ready.add_launch(record)
@@ -617,6 +610,22 @@ class Kernel(SpanRunner):
                 for task_id in taken:
                     record.unreported.pop(task_id, None)
         return True
+
+    def _take(self, command: Command) -> None:
+        """A lane's stream task: forwarded first (before any report on it or the task it
+        parks), then parked for and queued first, or left to the scheduler."""
+        record = command.record
+        current = self._current
+        taken, parked = take_decision(
+            current, self._ready.stream_waiting(), record.task_id in self._tasks
+        )
+        token, submit = command.lane
+        self._emit(p.Forward(token, submit, taken, parked and parked.task_id))
+        if parked is not None:
+            self._apply_suspend(parked, Command("suspend", parked.task_id, command.queued_at))
+        if taken:
+            self._tasks[record.task_id] = record
+            self._ready.add_launch(record)
 
     def _apply_suspend(self, record: TaskRecord | None, command: Command) -> None:
         if record is None or record.state in (RunState.SUSPENDED, RunState.DONE):

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from tidal.runtime.fieldtypes import field_type
+from tidal.runtime.fieldtypes import field_type, find_unencodable
 
 __all__ = [
     "MAX_BATCH_ITEMS",
@@ -79,7 +79,9 @@ __all__ = [
 #     submit.kwargs; launch_chunk.columns (runtime/columns.py). job_refused (S2C).
 # 14: a blocked argument's block may be a block of numbers (runtime/numblocks.py), which an
 #     executor of protocol 13 would refuse (and a client of 13 reading a kept result).
-PROTOCOL_VERSION = 14
+# 15: lanes (runtime/lanes.py): hello.lane, lanes (S2C), lane_submit (client -> executor),
+#     forward (E2S), launch.suspensions_left and launch_chunk.suspensions_left.
+PROTOCOL_VERSION = 15
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
 # goes ahead: a stream task exists to take a slot at once, batch work fills the rest.
@@ -101,11 +103,12 @@ MAX_ID_CHARS = 200
 # small messages never brings a frame near a receiver's limit.
 BATCH_FLUSH_BYTES = 1 << 20
 
-E2S, S2E, C2S, S2C = (
+E2S, S2E, C2S, S2C, C2E = (
     "executor->scheduler",
     "scheduler->executor",
     "client->scheduler",
     "scheduler->client",
+    "client->executor",  # only `lane_submit`, on an executor's lane (runtime/lanes.py)
 )
 EITHER = "either way"  # only `batch`: executor <-> scheduler both ways, client -> scheduler
 
@@ -178,6 +181,9 @@ class Hello(Message):
     # never came (detail: [value payload or nil, [error_type, message, traceback] or nil,
     # stats]). Empty on a first hello.
     holding: list = ()
+    # Where clients may send stream tasks straight to this executor (runtime/lanes.py): a
+    # ZeroMQ address, or nil (no lane).
+    lane: str | None = None
 
 
 @message("attach", E2S)
@@ -281,6 +287,9 @@ class Launch(Message):
     # `path` says where in [args, kwargs] the value goes (an argument's index, then indices
     # or keys into it), the reference where it is kept.
     inputs: list | None = None
+    # How many more times the executor may suspend this task itself, for a stream task that
+    # came by its lane (runtime/lanes.py); nil: never (a stream task, or no cap known).
+    suspensions_left: int | None = None
 
 
 @message("drop", S2E)
@@ -325,6 +334,7 @@ class LaunchChunk(Message):
     # A span of a columnar job (submit.bulk as bytes): [count, the tasks' xs as one packed
     # array, their kwargs packed]; then `subtasks` is empty.
     columns: list | None = None
+    suspensions_left: int | None = None  # as launch's
 
 
 @message("steal", S2E)
@@ -442,6 +452,27 @@ class Refused(Message):
     reason: str
 
 
+@message("forward", E2S)
+class Forward(Message):
+    # A stream task's submit that came by this executor's lane (runtime/lanes.py), as its
+    # client sent it: `token` is the one the scheduler gave that client. `taken`: the task
+    # runs here already (launched, attempt 0), in the slot of `parked` (the task suspended
+    # for it) or a free one; else the scheduler places it as any submit.
+    token: str
+    submit: bytes
+    taken: bool
+    parked: str | None
+
+
+# ---- lanes: client -> executor (runtime/lanes.py) -------------------------------------------
+
+
+@message("lane_submit", C2E)
+class LaneSubmit(Message):
+    token: str  # the client's, from its `lanes`: the scheduler knows the client by it
+    submit: bytes  # an encoded `submit` of one stream task
+
+
 # ---- clients: client <-> scheduler ----------------------------------------------------------
 
 
@@ -459,6 +490,14 @@ class ClientWelcome(Message):
     scheduler_id: str
     policy: str
     max_suspensions: int
+
+
+@message("lanes", S2C)
+class Lanes(Message):
+    # The executors this client may send stream tasks to directly: [[executor_id, address],
+    # ...], and the token its lane submits carry. Sent after the welcome and on each change.
+    token: str
+    lanes: list
 
 
 @message("submit", C2S)
@@ -621,50 +660,6 @@ def encode(msg: Message) -> bytes:
             if where:
                 raise EncodeError(where) from None
         raise EncodeError(f"cannot encode {msg.op} message: {exc}") from None
-
-
-def find_unencodable(value: Any, path: str) -> str | None:
-    """Describe the first part of `value` msgpack cannot encode, or None if it all encodes."""
-    # Iterative depth-first walk: values nested ~1,000 deep are legal msgpack, deeper than
-    # Python's recursion limit allows a recursive walk to go.
-    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
-    while stack:
-        item, where, depth = stack.pop()
-        if depth > _MAX_DEPTH:
-            return f"{where} is nested more than {_MAX_DEPTH} levels deep (or contains itself)"
-        if item is None or isinstance(item, bool | str | bytes | float):
-            continue
-        if isinstance(item, int):
-            if -(2**63) <= item < 2**64:
-                continue
-            return f"{where} is an integer too large for msgpack (64 bits at most)"
-        if isinstance(item, list | tuple):
-            stack.extend(
-                (v, f"{where}[{i}]", depth + 1) for i, v in reversed(list(enumerate(item)))
-            )
-            continue
-        if isinstance(item, dict):
-            children = []
-            for key, v in item.items():
-                if (
-                    not isinstance(key, str | bytes | int | float | bool | tuple)
-                    and key is not None
-                ):
-                    return f"{where} has a key of type {type(key).__name__} ({key!r})"
-                children.append((key, f"{where} key {key!r}", depth + 1))
-                children.append((v, f"{where}[{key!r}]", depth + 1))
-            stack.extend(reversed(children))
-            continue
-        return (
-            f"{where} is of type {type(item).__name__}, which msgpack cannot encode "
-            "(use None, bool, int, float, str, bytes, list, tuple or dict)"
-        )
-    return None
-
-
-# Below msgpack's own limits (it packs ~1,025 levels and unpacks 1,024) and Python's recursion
-# limit, so a value this walk accepts for depth also decodes on the other side.
-_MAX_DEPTH = 1000
 
 
 def _unpack(frame: bytes | bytearray | memoryview, **options: Any) -> Any:

@@ -50,6 +50,7 @@ __all__ = [
     "TaskKilled",
     "TaskRecord",
     "end_report",
+    "launch_problem",
     "pack_result",
     "suspend_timeout_problem",
 ]
@@ -182,6 +183,9 @@ class TaskRecord:
     suspended_at: int = 0
     resume_started_at: int = 0  # non-zero while a resumption is in flight
     kill_requested: bool = False
+    # How many suspensions it may have here, for any reason, and still be parked for a
+    # lane's stream task (`launch.suspensions_left`, runtime/lanes.py); None: never.
+    suspensions_left: int | None = None
     # Set by `fail`: [error_type, message, ""] reported instead of `killed` once it unwinds.
     fail_error: list[str] | None = None
     # With a memory probe: the growth of the RSS while this task ran (its memory estimate),
@@ -215,11 +219,13 @@ class Command:
     """A command queued by a `Kernel` method (from any thread) for the hub to apply."""
 
     op: str  # "launch" | "suspend" | "resume" | "kill" | "fail" | "steal" | "stop" | "flush"
+    # | "take" (a lane's stream task, runtime/lanes.py)
     task_id: str
     queued_at: int
     record: TaskRecord | None = None
     count: int = 0  # steal only: how many subtasks
     error: list[str] | None = None  # fail only: [error_type, message, traceback]
+    lane: tuple[str, bytes] | None = None  # take only: the client's token, its submit
     # suspend only: settled by either the hub (taken) or the watchdog (cancelled, because
     # no record boundary came in time), never both (`PendingSuspends`).
     taken: bool = False
@@ -323,6 +329,9 @@ class ReadyQueue:
     def add_resumed(self, record: TaskRecord) -> None:
         self._resumed.append(record)
 
+    def stream_waiting(self) -> bool:
+        return bool(self._stream)
+
     def pop(self) -> TaskRecord:
         for queue_ in (self._stream, self._resumed, self._batch):
             if queue_:
@@ -334,6 +343,27 @@ class ReadyQueue:
             if record in queue_:
                 queue_.remove(record)
                 return
+
+
+def launch_problem(
+    tasks: dict[str, TaskRecord], ready: ReadyQueue, record: TaskRecord
+) -> tuple[str, TaskRecord | None] | None:
+    """Why the hub cannot queue launched `record` (and the task here it clashes with), or
+    None. A newer attempt of a task queued here and not started replaces it: the scheduler
+    gave the old one up (it may have reached us late, behind a reconnect)."""
+    if record.priority not in PRIORITY_CLASSES:
+        return f"unknown priority {record.priority!r} (use {' or '.join(PRIORITY_CLASSES)})", None
+    existing = tasks.get(record.task_id)
+    if (
+        existing is not None
+        and existing.state is RunState.QUEUED
+        and record.attempt > existing.attempt
+    ):
+        ready.discard(existing)
+        existing = None
+    if existing is not None:
+        return "a task with this id is already here", existing
+    return None
 
 
 class TaskGreenlets:

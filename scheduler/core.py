@@ -34,7 +34,7 @@ from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import chunks as ch
 from tidal.scheduler import decisions as d
 from tidal.scheduler import events as ev
-from tidal.scheduler import recovery
+from tidal.scheduler import lanes, recovery
 from tidal.scheduler.events import (
     ClientJoined,
     ClientRequest,
@@ -191,7 +191,9 @@ class SchedulerCore:
             p.SuspendFailed: self._on_suspend_failed,
             p.Refused: self._on_refused,
             p.Goodbye: self._on_goodbye,
+            p.Forward: lambda e, m: lanes.on_forward(self, e, m),
         }
+        self.lanes = lanes.LaneTokens()  # each client's token, the lanes told (runtime/lanes.py)
         self._requests: dict[type, Callable[[str, Any], None]] = {
             p.Submit: self._on_submit,
             p.Cancel: self._on_cancel,
@@ -268,6 +270,7 @@ class SchedulerCore:
                 records.lose(executor, event.reason)
         elif isinstance(event, ClientJoined):
             records.clients.add(event.client_id)
+            self.lanes.tell(records, [event.client_id], self.policy)
         elif isinstance(event, SubmitUnreadable):
             known = records.jobs.get(event.job_id)
             if known is None or known.client_id != event.client_id:  # else sent again, mangled
@@ -282,6 +285,9 @@ class SchedulerCore:
         else:
             raise TypeError(f"not a scheduler event: {event!r}")
         records.settle_retired()
+        if records.lanes_changed:
+            records.lanes_changed = False
+            self.lanes.tell(records, None, self.policy)
         out, records.out = records.out, []
         self.tally.step(out, records)
         return out
@@ -289,6 +295,7 @@ class SchedulerCore:
     def set_policy(self, policy: Any, reason: str = "") -> None:
         """Switch policy; running and pending work carry on under the new one."""
         before, self.policy = self.policy, resolve_policy(policy)
+        self.records.lanes_changed = True  # its lanes, or none (scheduler/lanes.py)
         self.records.note(ev.PolicyChanged(str(self.policy.name), str(before.name), reason))
         self._consult(lambda pol: pol.tick(self.view))
 
@@ -331,6 +338,7 @@ class SchedulerCore:
             if type(failed) is BUILTIN_POLICIES[DEFAULT_POLICY]:
                 raise  # the default policy itself is broken: an internal error, loud
             self.policy = resolve_policy(DEFAULT_POLICY)
+            self.records.lanes_changed = True
             self.records.note(ev.PolicyChanged(str(self.policy.name), str(failed.name), message))
             decisions = list(hook(self.policy) or ())
         # Tasks the policy launches in this batch are not swept into an earlier launch's chunk.
@@ -649,7 +657,9 @@ class SchedulerCore:
 
     # ---- clients --------------------------------------------------------------------------------
 
-    def _on_submit(self, client_id: str, msg: p.Submit) -> None:
+    def _on_submit(self, client_id: str, msg: p.Submit, lane: ExecutorRecord | None = None) -> None:
+        """A client's submit; with `lane`, one of one stream task that runs there already
+        (scheduler/lanes.py)."""
         records = self.records
         known = records.jobs.get(msg.job_id)
         if known is not None and known.client_id == client_id:
@@ -664,7 +674,11 @@ class SchedulerCore:
             self._refuse_job(client_id, msg.job_id, refused_ids(msg), problem)
             return
         records.note(ev.JobAccepted(client_id, msg))
-        new = [TaskView(task, records) for task in records.submit(client_id, msg, columns)]
+        tasks = records.submit(client_id, msg, columns)
+        if lane is not None:
+            lanes.take_launch(records, lane, tasks[0])
+            return
+        new = [TaskView(task, records) for task in tasks]
         self._consult(lambda pol: pol.tasks_submitted(self.view, new))
 
     def _refuse_job(
@@ -718,6 +732,7 @@ class SchedulerCore:
     def _on_client_goodbye(self, client_id: str, msg: p.ClientGoodbye) -> None:
         """Its jobs go: what still runs is cancelled, and each retires when it is done."""
         self.records.clients.discard(client_id)
+        self.lanes.forget(client_id)
         self.records.forget_lags(client_id)
         self.records.note(ev.ClientLeft(client_id))
         to_cancel = self.records.client_left(client_id)

@@ -98,7 +98,7 @@ class Switch:
 
 class ReservingLb(LbPolicy):
     """LB that keeps `stream_reserve` executors free of batch work for stream tasks (none:
-    LB's placement), and suspends only where that is quick and affordable.
+    LB's placement), and suspends only where that is quick and affordable (so no lanes).
 
     An executor serves the reserve while it holds no batch task (idle, or running a stream
     task that did not preempt one) and none parked. The reserve is made of executors as
@@ -114,6 +114,7 @@ class ReservingLb(LbPolicy):
     the parked one, `Workload.can_park`)."""
 
     name = "reserve"
+    lanes = False
 
     def __init__(self, workload: Workload, stream_reserve: int = 0) -> None:
         super().__init__()

@@ -26,6 +26,10 @@ class Policy:
     #: one race only: a stream task it launched into a slot that a prefetched batch task had
     #: taken meanwhile is helped by suspending that task only if this is True.
     preempts = False
+    #: Whether clients may send stream tasks straight to executors' lanes under it
+    #: (runtime/lanes.py): such a task takes a free slot, or one whose batch task is
+    #: suspended for it within the cap, as LB would place it, without asking the policy.
+    lanes = False
 
     def tasks_submitted(self, view: ClusterView, tasks: Sequence[TaskView]) -> Iterable[Decision]:
         """New tasks are pending (a job was submitted, or tasks were requeued)."""

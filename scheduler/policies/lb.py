@@ -40,6 +40,7 @@ class LbPolicy(AssignOnChange):
 
     name = "lb"
     preempts = True
+    lanes = True  # a lane's executor suspends for a stream task as LB would
 
     def __init__(
         self,

@@ -38,6 +38,8 @@ from tidal.scheduler.records.tables import (
     PendingQueues,
     Task,
     TaskState,
+    lane_address,
+    lane_suspensions,
     record_length,
     stat_count,
 )
@@ -96,6 +98,9 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
         # job ids, from Tidal's clients): no bulk job may take one as its id.
         self.id_prefixes: set[str] = set()
         self.clients: set[str] = set()
+        # An executor joined, was lost, or went busy or back: the lanes clients know of
+        # change (scheduler/lanes.py).
+        self.lanes_changed = False
         self.pending = PendingQueues()
         self.out: list[ev.Instruction] = []
         self.restarts = 0  # schedulers that used the journal before this one
@@ -427,6 +432,7 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
             self.launch_stamp(task),
             job.keep,
             self.launch_inputs(task),
+            lane_suspensions(task),
         )
         self.send(executor, message)
 
@@ -656,6 +662,8 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
         executor = ExecutorRecord(
             hello.executor_id, hello.node, hello.hostname, hello.pid, self.now
         )
+        executor.lane = lane_address(hello.lane)
+        self.lanes_changed = True
         self.executors[hello.executor_id] = executor
         self.note(ev.ExecutorUp(hello.executor_id))
         log.info("executor %s joined from node %s", hello.executor_id, hello.node)
@@ -665,6 +673,7 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
         """Declare `executor` lost: requeue every task whose state lived there."""
         self.peer_warning(f"executor {executor.executor_id} lost: {reason}")
         executor.alive = False
+        self.lanes_changed = True
         self.note(ev.ExecutorLost(executor.executor_id, reason))
         self._lost.append(executor)
         while len(self._lost) > MAX_LOST_EXECUTORS:

@@ -79,6 +79,7 @@ class BusyBooks:
         executor.last_seen = self.now
         if executor.busy:
             executor.busy = False
+            self.lanes_changed = True
             self.note(ev.ExecutorBusy(executor.executor_id, False, "it reported again"))
             # Its watchdog starts now on the suspensions it reads only now: they are not
             # overdue before its own timeout has passed (else it would flap back to busy).
@@ -99,6 +100,7 @@ class BusyBooks:
         attempt may run there too before the kill lands, so a stream task's code can run
         twice (its future still completes once)."""
         executor.busy = True
+        self.lanes_changed = True
         self.note(ev.ExecutorBusy(executor.executor_id, True, reason))
         waiting = [
             t

@@ -13,7 +13,13 @@ from typing import Any
 
 from tidal.runtime import protocol as p
 from tidal.scheduler.records import spans
-from tidal.scheduler.records.tables import ExecutorRecord, Task, TaskState, stat_count
+from tidal.scheduler.records.tables import (
+    ExecutorRecord,
+    Task,
+    TaskState,
+    lane_suspensions,
+    stat_count,
+)
 
 __all__ = ["ChunkBooks"]
 
@@ -37,6 +43,7 @@ class ChunkBooks:
             chunk.attempt,
             job.priority,
             self.launch_stamp(chunk),
+            suspensions_left=lane_suspensions(chunk),
         )
         self.send(executor, message)
 

@@ -35,7 +35,14 @@ from tidal.runtime import batches
 from tidal.runtime import protocol as p
 from tidal.runtime.columns import Columns, bulk_count
 from tidal.scheduler import events as ev
-from tidal.scheduler.records.tables import ExecutorRecord, Job, Piece, Task, TaskState
+from tidal.scheduler.records.tables import (
+    ExecutorRecord,
+    Job,
+    Piece,
+    Task,
+    TaskState,
+    lane_suspensions,
+)
 
 __all__ = [
     "LAUNCH_PAYLOAD_BYTES",
@@ -385,6 +392,7 @@ class BulkBooks:
             self.launch_stamp(chunk),
             [job.job_id, span.start],
             job.payloads.launch(span.start, span.stop) if columnar else None,
+            lane_suspensions(chunk),
         )
         self.send(executor, message)
 

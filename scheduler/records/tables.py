@@ -25,6 +25,8 @@ __all__ = [
     "Piece",
     "Task",
     "TaskState",
+    "lane_address",
+    "lane_suspensions",
     "record_length",
     "resume_order",
     "stat_count",
@@ -211,6 +213,7 @@ class ExecutorRecord:
     memory_limit_bytes: int | None = None  # its `--memory-limit`, from its heartbeats
     rss_bytes: int | None = None  # from its last heartbeat
     kept_bytes: int = 0  # the kept results it holds (scheduler/records/lineage.py)
+    lane: str | None = None  # where clients send it stream tasks (runtime/lanes.py)
 
     def add_metrics(self, beat: p.Heartbeat) -> None:
         """A heartbeat arrived: keep it in the window, update `memory_pressure`, the limit
@@ -247,6 +250,22 @@ class ExecutorRecord:
     def chunks(self) -> Iterator[Task]:
         """The chunks here, running, queued or suspended."""
         return (t for t in self.tasks() if t.subtasks is not None)
+
+
+def lane_address(value: Any) -> str | None:
+    """A hello's lane (runtime/lanes.py), if clients can use it: a tcp address of sane
+    length (peer input)."""
+    if type(value) is str and value.startswith("tcp://") and len(value) <= p.MAX_ID_CHARS:
+        return value
+    return None
+
+
+def lane_suspensions(task: Task) -> int | None:
+    """How many more times its executor may suspend `task` itself, for a stream task that
+    came by its lane (`launch.suspensions_left`, runtime/lanes.py); None for a stream task."""
+    if task.job.priority == "stream":
+        return None
+    return max(0, task.job.max_suspensions - task.suspensions)
 
 
 def record_length(progress: Any, default: int) -> int:

@@ -740,13 +740,16 @@ def test_an_urgent_frame_goes_out_on_the_callers_thread_only_with_nothing_queued
     assert sent_now[-1] == big and queue.take() == []
 
 
-def test_a_stream_submit_is_sent_by_its_caller_with_the_releases_before_it(fake, monkeypatch):
-    senders = []
+def test_a_stream_submit_is_sent_by_its_caller_with_the_releases_after_it(fake, monkeypatch):
+    senders, batched = [], []
     send_urgent = client_io.ClientConnection.send_urgent
 
     def recording(self, frame):
         sent, look = send_urgent(self, frame)
-        senders.append((threading.current_thread(), sent, p.decode(frame).op))
+        msg = p.decode(frame)
+        senders.append((threading.current_thread(), sent, msg.op))
+        if isinstance(msg, p.Batch):
+            batched.append([p.decode(item).op for item in msg.frames])
         return sent, look
 
     monkeypatch.setattr(client_io.ClientConnection, "send_urgent", recording)
@@ -767,3 +770,4 @@ def test_a_stream_submit_is_sent_by_its_caller_with_the_releases_before_it(fake,
     me = threading.current_thread()
     assert [(who is me, ok) for who, ok, _ in senders] == [(True, True), (True, True)]
     assert [op for _, _, op in senders] == ["submit", "batch"]  # the release rode along
+    assert batched == [["submit", "release"]]  # behind the submit: its launch goes first

@@ -55,7 +55,12 @@ def test_a_stream_task_suspends_a_batch_task_and_the_batch_result_is_exact():
         assert stream.statistics().finished_at_ns < suspended.finished_at_ns
 
 
-def test_the_suspension_cap_set_per_job_is_respected_end_to_end():
+def test_the_suspension_cap_set_per_job_is_respected_end_to_end(monkeypatch):
+    # By the scheduler's path: a lane's stream task may take the slot in the moment between
+    # the first one's end and the batch task's resumption (a free slot: LB's choice too),
+    # which this test's timing would not tell apart from a broken cap. tests/runtime/
+    # test_lanes.py holds lanes to the cap.
+    monkeypatch.setenv("TIDAL_LANES", "0")
     with LocalCluster(executors=1) as cluster, Client(cluster) as client:
         (batch,) = client.map(spin, [list(range(40_000))], record_us=20.0, max_suspensions=1)
         client.wait_for_status(one_running)

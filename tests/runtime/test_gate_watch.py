@@ -86,6 +86,34 @@ def test_a_readable_descriptor_raises_the_gate_and_reading_it_quiets_the_watcher
 
 
 @needs_c
+def test_a_second_descriptor_raises_the_gate_as_the_first_does(pipe):
+    read_end, write_end = pipe
+    lane_read, lane_write = os.pipe()  # an executor's lane (runtime/lanes.py)
+    gate = Gate()
+    gate.watch(read_end, also=lane_read)
+    try:
+        os.write(lane_write, b"x")
+        assert wait_until(lambda: gate.requested == 1)
+        os.read(lane_read, 1)
+        time.sleep(0.01)  # a raise under way when it was read may still land
+        gate.requested = 0
+        os.write(write_end, b"y")  # the first is still watched
+        assert wait_until(lambda: gate.requested == 1)
+        os.read(read_end, 1)
+        gate.watch(read_end)  # watched again without it: the lane is not watched any more
+        time.sleep(0.01)
+        gate.requested = 0
+        raises = gate.watch_raises
+        os.write(lane_write, b"z")
+        time.sleep(0.01)  # long enough for a watcher that still watched it to raise
+        assert gate.requested == 0 and gate.watch_raises == raises
+    finally:
+        gate.unwatch()
+        os.close(lane_read)
+        os.close(lane_write)
+
+
+@needs_c
 def test_the_watcher_lifts_a_boosted_threads_nice_as_it_raises(pipe):
     read_end, write_end = pipe
     gate = Gate()

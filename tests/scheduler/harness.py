@@ -77,6 +77,7 @@ class Harness:
         self.answers: dict[str, p.PolicySet] = {}
         self.refusals: dict[str, list] = {}  # a refused bulk job's error, by job id
         self.notes: list[Note] = []  # what the core noted for the journal and the event log
+        self.lanes: list[p.Lanes] = []  # the lanes the client was told of
         self._requests = 0
         self.handle(ClientJoined(CLIENT_ID))
         for executor_id, node in executors:
@@ -104,6 +105,8 @@ class Harness:
                     self.results.setdefault(item[0], []).append(item)
             elif isinstance(message, p.JobRefused):  # a bulk job's tasks all fail
                 self.refusals[message.job_id] = message.error
+            elif isinstance(message, p.Lanes):  # the executors' lanes (runtime/lanes.py)
+                self.lanes.append(message)
             else:
                 assert isinstance(message, p.PolicySet | p.Reattached), f"unexpected: {message}"
                 self.answers[message.request_id] = message
@@ -112,10 +115,12 @@ class Harness:
         """Keep a command the core sent, for `sent()`."""
         self.to_executor.setdefault(executor_id, []).append(message)
 
-    def join(self, executor_id: str, node: str, holding=()) -> None:
-        """An executor says hello, holding what `holding` lists (as `hello.holding`)."""
+    def join(self, executor_id: str, node: str, holding=(), lane: str | None = None) -> None:
+        """An executor says hello, holding what `holding` lists (as `hello.holding`), with
+        a lane at `lane` if given."""
         self.nodes[executor_id] = node
-        self.handle(ExecutorJoined(p.Hello(1, executor_id, node, 1, 1, "host", list(holding))))
+        hello = p.Hello(1, executor_id, node, 1, 1, "host", list(holding), lane)
+        self.handle(ExecutorJoined(hello))
 
     def submit(
         self,

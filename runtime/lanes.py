@@ -1,0 +1,289 @@
+"""Lanes: a client sends a stream task straight to an executor, which runs it at once.
+
+Discussion: a stream task's way to a busy slot was client -> scheduler -> executor. Traced
+under `tidal bench preempt`'s full batch load (2026-12-07, one CLOCK_MONOTONIC, p50): the
+client's submit ~0.18 ms, its frame to the scheduler's loop ~0.27, the scheduler's own work
+~0.5 (reading, the core's step, the journal, two sends), its launch to the executor's switch
+into the task ~0.75. The scheduler's half of that is a hop and half a millisecond of Python
+that a stream task does not need: which slot it takes was decided when the lane was given.
+Ray's clients lease workers for the same reason.
+
+The protocol (runtime/protocol.py, 15):
+
+* An executor binds a lane, a ROUTER beside its command connection, and names it in its
+  hello (`hello.lane`). The scheduler gives each client a token and the lanes of the live
+  executors not counted busy (`lanes`), again whenever that list changes.
+* A client sends a stream `submit` of one plain task (no options, small) to a lane, wrapped
+  in `lane_submit` with its token, instead of to the scheduler.
+* The executor's hub reads its lane as it reads commands (the gate's watcher raises the
+  gate for it too, so a running batch task parks at its next record boundary) and takes the
+  task if its slot is free, or held by a batch task it may still suspend
+  (`launch.suspensions_left`, which the scheduler sets from the job's cap) with no stream
+  task ahead: it parks that task and runs the stream task, attempt 0. Either way it first
+  reports `forward`: the submit as the client sent it, the token, whether it took the
+  task, and which task it parked. On the reports connection, so it comes before every
+  report about either task.
+* The scheduler takes a forward as the client's submit (journaled as one), and a taken
+  task as launched there, its parked task as suspended there (scheduler/lanes.py): no
+  command goes out. A forward it cannot accept (an unknown token, a job it has already, a
+  refused submit) has its taken task killed there.
+* The client resends, to the scheduler, every lane submit that has no result within
+  LANE_GRACE_S, or whose lane went away: the scheduler ignores a job it has (a client's
+  job id is its own), and kills the lane's late copy of one it placed itself. So no future
+  waits on a lane whose executor died, or is stuck in a long C call, with the frame unread.
+
+Lanes need no keys: on a cluster with CURVE keys (and behind TIDAL_DATA_ADDRESS, where the
+executor's own address is not the one others reach) executors open none, and stream tasks
+take the scheduler's path. TIDAL_LANES=0 turns them off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from tidal.runtime import protocol as p
+from tidal.runtime.frames import FrameReader
+from tidal.runtime.runstate import RunState, TaskRecord
+
+__all__ = [
+    "LANE_GRACE_S",
+    "LANE_MAX_FRAME_BYTES",
+    "ClientLanes",
+    "ExecutorLane",
+    "lanes_enabled",
+    "take_decision",
+]
+
+log = logging.getLogger("tidal.lanes")
+
+# A lane takes frames of at most this size (libzmq drops a peer that sends a bigger one); a
+# bigger stream submit goes to the scheduler.
+LANE_MAX_FRAME_BYTES = 64 * 1024
+# A lane submit with no result after this long is sent to the scheduler too (see above).
+LANE_GRACE_S = 0.1
+# Frames a lane queues before libzmq stops reading it (stream tasks one by one: few wait).
+LANE_RCVHWM = 1000
+# A lane whose submits went overdue this many times in a row, none done in time between, is
+# not used again until the scheduler's next list (one this client cannot reach, say).
+LANE_STRIKES = 3
+LANES_ENV = "TIDAL_LANES"
+
+
+def lanes_enabled() -> bool:
+    """False if TIDAL_LANES says "0" (or "off", "false", "no")."""
+    return os.environ.get(LANES_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def lane_task(submit: p.Submit) -> tuple[str, bytes] | None:
+    """(task id, payload) if `submit` is what a lane takes: one stream task, no options."""
+    if submit.priority != "stream" or submit.bulk is not None or submit.options is not None:
+        return None
+    if len(submit.tasks) != 1:
+        return None
+    task = submit.tasks[0]
+    if type(task) is not list or len(task) != 2:
+        return None
+    task_id, payload = task
+    if type(task_id) is not str or type(payload) is not bytes:
+        return None
+    return task_id, payload
+
+
+# ---- the executor's side --------------------------------------------------------------------
+
+
+class ExecutorLane:
+    """An executor's lane (see the module docstring): bound at `address`; read by the
+    task thread only (`read`), which the gate's watcher and the idle wait wake through
+    `fd`."""
+
+    def __init__(self, context: zmq.Context, host: str) -> None:
+        self.socket = context.socket(zmq.ROUTER)
+        self.socket.linger = 0
+        self.socket.rcvhwm = LANE_RCVHWM
+        self.socket.setsockopt(zmq.MAXMSGSIZE, LANE_MAX_FRAME_BYTES + 1024)
+        port = self.socket.bind_to_random_port(f"tcp://{host}")
+        self.address = f"tcp://{host}:{port}"
+        self.fd = self.socket.getsockopt(zmq.FD)
+        self._reader = FrameReader(self.socket)
+        self.bad_frames = 0
+
+    def waiting(self) -> bool:
+        """Whether frames wait (this also re-arms the edge-triggered descriptor)."""
+        return bool(self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
+    def read(self) -> list[tuple[p.LaneSubmit, p.Submit, str, bytes] | p.ProtocolError]:
+        """What waits on the lane: each lane submit with its submit decoded and its one
+        task (id, payload); a frame that is none of that as its ProtocolError."""
+        items: list[Any] = []
+        for parts in self._reader.read_all():
+            try:
+                msg = p.decode_parts(parts[1:], max_frame_bytes=LANE_MAX_FRAME_BYTES)
+                if type(msg) is not p.LaneSubmit:
+                    raise p.ProtocolError(f"{msg.op} is not sent to a lane")
+                submit = p.decode(msg.submit, max_frame_bytes=LANE_MAX_FRAME_BYTES)
+                if type(submit) is not p.Submit:
+                    raise p.ProtocolError(f"a lane_submit carries {submit.op}, not a submit")
+                task = lane_task(submit)
+                if task is None:
+                    raise p.ProtocolError("a lane takes a submit of one stream task only")
+                items.append((msg, submit, *task))
+            except p.ProtocolError as exc:
+                self.bad_frames += 1
+                items.append(exc)
+        return items
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+def take_decision(
+    current: TaskRecord | None, stream_ahead: bool, known: bool
+) -> tuple[bool, TaskRecord | None]:
+    """Whether the hub takes a lane's stream task now, and the task it parks for it.
+
+    `current` is the task parked at a record boundary in the slot (None: the slot is free),
+    `stream_ahead` whether a stream task waits for the slot already, `known` whether a task
+    of the same id is here. A batch task is parked only while its cap allows (fewer
+    suspensions here, for any reason, than its launch's `suspensions_left`; None: never)
+    and nothing else was asked of it."""
+    if known or stream_ahead:
+        return False, None
+    if current is None:
+        return True, None
+    if (
+        current.priority == "batch"
+        and current.state is RunState.RUNNING
+        and current.suspensions_left is not None
+        and current.suspensions < current.suspensions_left
+        and not current.kill_requested
+    ):
+        return True, current
+    return False, None
+
+
+# ---- the client's side ----------------------------------------------------------------------
+
+
+class ClientLanes:
+    """A client's lanes: a DEALER per executor that has one, the token, and the lane
+    submits still within their grace (see the module docstring).
+
+    `update` runs on the client's IO thread, `send` on callers' threads, both under one
+    lock; `overdue` on the IO thread."""
+
+    def __init__(self, context: zmq.Context, clock: Callable[[], float] = time.monotonic) -> None:
+        self._context = context
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token = ""
+        self._lanes: dict[str, zmq.Socket] = {}  # executor id -> its lane
+        self._order: list[str] = []  # the lanes in the order they are tried
+        self._next = 0
+        # Lane submits within their grace: task id -> (executor id, when sent).
+        self._sent: dict[str, tuple[str, float]] = {}
+        self._strikes: dict[str, int] = {}  # overdue in a row, per lane
+        self.sent_by_lane = 0  # submits that went by a lane (for tests and status)
+
+    def update(self, msg: p.Lanes | None) -> list[str]:
+        """Take the scheduler's list (None: forget every lane, as on a reconnect); return
+        the task ids sent to lanes that are gone, for the scheduler now."""
+        lanes: dict[str, str] = {}
+        if msg is not None:
+            for item in msg.lanes:
+                if (
+                    type(item) is list
+                    and len(item) == 2
+                    and type(item[0]) is str
+                    and type(item[1]) is str
+                    and item[1].startswith("tcp://")
+                    and len(item[1]) <= p.MAX_ID_CHARS
+                ):
+                    lanes[item[0]] = item[1]
+        with self._lock:
+            self._token = msg.token if msg is not None else ""
+            for executor_id in [e for e in self._lanes if e not in lanes]:
+                self._lanes.pop(executor_id).close(linger=0)
+            for executor_id, address in lanes.items():
+                if executor_id not in self._lanes:
+                    dealer = self._context.socket(zmq.DEALER)
+                    dealer.linger = 0
+                    dealer.sndhwm = LANE_RCVHWM
+                    dealer.connect(address)
+                    self._lanes[executor_id] = dealer
+            self._order = list(self._lanes)
+            self._strikes = {}
+            gone = [t for t, (e, _) in self._sent.items() if e not in self._lanes]
+            for task_id in gone:
+                del self._sent[task_id]
+        return gone
+
+    def send(self, task_id: str, frame: bytes) -> bool:
+        """Send a stream submit of one task by a lane; False if none takes it now (no lane,
+        a frame too big, a lane not writable): then it goes to the scheduler. A lane with
+        none of this client's lane tasks in flight is preferred."""
+        if len(frame) > LANE_MAX_FRAME_BYTES:
+            return False
+        with self._lock:
+            if not self._order:
+                return False
+            busy = {e for e, _ in self._sent.values()}
+            count = len(self._order)
+            choice = None
+            for i in range(count):
+                executor_id = self._order[(self._next + i) % count]
+                if executor_id not in busy:
+                    choice = executor_id
+                    break
+            if choice is None:
+                choice = self._order[self._next % count]
+            self._next = (self._order.index(choice) + 1) % count
+            try:
+                self._lanes[choice].send(p.encode(p.LaneSubmit(self._token, frame)), zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            self._sent[task_id] = (choice, self._clock())
+            self.sent_by_lane += 1
+            return True
+
+    def done(self, task_id: str) -> None:
+        """Its result came: it is in flight on its lane no longer (no lock: a dict pop and a
+        store, each atomic)."""
+        sent = self._sent.pop(task_id, None)
+        if sent is not None:
+            self._strikes[sent[0]] = 0
+
+    def overdue(self) -> list[str]:
+        """The task ids sent by lanes LANE_GRACE_S ago or more (forgotten here: the
+        scheduler hears of them now)."""
+        with self._lock:
+            if not self._sent:
+                return []
+            due = self._clock() - LANE_GRACE_S
+            late = [t for t, (_, at) in self._sent.items() if at <= due]
+            for task_id in late:
+                executor_id = self._sent.pop(task_id)[0]
+                strikes = self._strikes.get(executor_id, 0) + 1
+                self._strikes[executor_id] = strikes
+                if strikes >= LANE_STRIKES and executor_id in self._order:
+                    self._order.remove(executor_id)
+                    log.warning("not using the lane of executor %s: no answer by it", executor_id)
+            return late
+
+    def next_due_s(self) -> float | None:
+        """Seconds until the first lane submit is overdue (None: none in flight)."""
+        with self._lock:
+            if not self._sent:
+                return None
+            first = min(at for _, at in self._sent.values())
+        return max(0.0, first + LANE_GRACE_S - self._clock())
+
+    def close(self) -> None:
+        self.update(None)

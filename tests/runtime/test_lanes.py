@@ -1,0 +1,320 @@
+"""Lanes (runtime/lanes.py): the kernel's take of a lane's stream task, the executor's lane
+socket, the client's lanes, and stream tasks sent by lanes on a LocalCluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import zmq
+
+from tidal.runtime import payloads
+from tidal.runtime import protocol as p
+from tidal.runtime.client import Client
+from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.functions import FunctionRef
+from tidal.runtime.kernel import Kernel
+from tidal.runtime.lanes import (
+    LANE_GRACE_S,
+    LANE_MAX_FRAME_BYTES,
+    ClientLanes,
+    ExecutorLane,
+    take_decision,
+)
+from tidal.runtime.runstate import RunState, TaskRecord
+from tidal.workloads.synthetic import spin, total
+
+from .test_kernel import Transport  # the kernel tests' in-memory reports
+
+TOTAL = FunctionRef("tidal.workloads.synthetic:total")
+
+
+@pytest.fixture
+def make_kernel():
+    def make():
+        transport = Transport()
+        return Kernel(transport), transport
+
+    return make
+
+
+def submit_frame(job_id: str, values: list[int], priority: str = "stream", tasks: int = 1) -> bytes:
+    calls = [[f"{job_id}/{i}", payloads.pack_call([values], {})] for i in range(tasks)]
+    return p.encode(p.Submit(job_id, priority, 0, None, TOTAL.ref, None, calls, 0))
+
+
+# ---- the take decision ------------------------------------------------------------------------
+
+
+def record(priority: str = "batch", left: int | None = 2, state=RunState.RUNNING) -> TaskRecord:
+    r = TaskRecord("b", sum, [], {}, 0, priority)
+    r.state, r.suspensions_left = state, left
+    return r
+
+
+def test_a_lane_task_takes_a_free_slot_or_a_batch_task_s_with_suspensions_left():
+    assert take_decision(None, stream_ahead=False, known=False) == (True, None)
+    batch = record()
+    assert take_decision(batch, stream_ahead=False, known=False) == (True, batch)
+    # Not: no suspension left (or none allowed), a stream task there or waiting, a task of
+    # the same id here, a task being killed.
+    assert take_decision(record(left=0), False, False) == (False, None)
+    assert take_decision(record(left=None), False, False) == (False, None)
+    assert take_decision(record("stream", left=None), False, False) == (False, None)
+    assert take_decision(None, stream_ahead=True, known=False) == (False, None)
+    assert take_decision(None, stream_ahead=False, known=True) == (False, None)
+    killed = record()
+    killed.kill_requested = True
+    assert take_decision(killed, False, False) == (False, None)
+
+
+# ---- the kernel -------------------------------------------------------------------------------
+
+
+def taking_at(kernel, at: int, n: int, lane_job: str):
+    """Records 0..n-1; at record `at`, a lane's stream task comes (as the hub reads it)."""
+    for i in range(n):
+        if i == at:
+            frame = submit_frame(lane_job, [1, 2, 3])
+            payload = p.decode(frame).tasks[0][1]
+            kernel.take(f"{lane_job}/0", TOTAL, payload, ("tok", frame))
+        yield i
+
+
+def test_the_kernel_parks_a_batch_task_for_a_lane_task_and_forwards_first(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch("b", sum, [taking_at(kernel, 10, 100, "c-1")], suspensions_left=1)
+    kernel.run()
+    ops = [(m.op, getattr(m, "task_id", None)) for m in transport.sent]
+    # The forward comes before any report on either task; the batch task is parked there.
+    assert ops == [
+        ("started", "b"),
+        ("forward", None),
+        ("suspended", "b"),
+        ("started", "c-1/0"),
+        ("finished", "c-1/0"),
+    ]
+    (forward,) = transport.of(p.Forward)
+    assert forward.taken and forward.parked == "b" and forward.token == "tok"
+    assert p.decode(forward.submit).job_id == "c-1"
+    assert transport.outcome("c-1/0").result == 6
+    assert transport.of(p.Suspended, "b")[0].records == 11  # parked with record 10 read
+    kernel.resume("b")  # the scheduler resumes it: it goes on where it stopped
+    kernel.run()
+    assert transport.outcome("b").result == sum(range(100))
+
+
+def test_a_batch_task_without_suspensions_left_keeps_its_slot(make_kernel):
+    kernel, transport = make_kernel()
+    kernel.launch("b", sum, [taking_at(kernel, 10, 100, "c-1")], suspensions_left=0)
+    kernel.run()
+    (forward,) = transport.of(p.Forward)
+    assert not forward.taken and forward.parked is None  # the scheduler places it
+    assert not transport.of(p.Suspended) and not transport.of(p.Started, "c-1/0")
+    assert transport.outcome("b").result == sum(range(100))
+
+
+def test_the_second_lane_task_waits_for_no_stream_task_and_the_cap_counts_down(make_kernel):
+    kernel, transport = make_kernel()
+
+    def two_takes():
+        for i in range(100):
+            if i in (10, 20):
+                frame = submit_frame(f"c-{i}", [i])
+                kernel.take(f"c-{i}/0", TOTAL, p.decode(frame).tasks[0][1], ("tok", frame))
+            yield i
+
+    kernel.launch("b", sum, [two_takes()], suspensions_left=1)
+    kernel.run()  # the first takes the slot and ends; b stays parked
+    kernel.resume("b")
+    kernel.run()
+    forwards = transport.of(p.Forward)
+    assert [(f.taken, f.parked) for f in forwards] == [(True, "b"), (False, None)]
+    assert transport.outcome("c-10/0").result == 10
+    assert not transport.of(p.Started, "c-20/0")  # left to the scheduler
+    assert transport.outcome("b").result == sum(range(100))
+
+
+def test_an_idle_kernel_runs_a_lane_task_at_once(make_kernel):
+    kernel, transport = make_kernel()
+    frame = submit_frame("c-1", [4, 5])
+    kernel.take("c-1/0", TOTAL, p.decode(frame).tasks[0][1], ("tok", frame))
+    kernel.run()
+    (forward,) = transport.of(p.Forward)
+    assert forward.taken and forward.parked is None
+    assert transport.outcome("c-1/0").result == 9
+
+
+# ---- the executor's lane and the client's lanes -----------------------------------------------
+
+
+@pytest.fixture
+def context():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.term()
+
+
+def wait_for(predicate, timeout=5.0):
+    """Poll `predicate` (a socket's state, not time) until true; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_a_lane_reads_lane_submits_and_names_what_is_wrong_with_the_rest(context):
+    lane = ExecutorLane(context, "127.0.0.1")
+    peer = context.socket(zmq.DEALER)
+    peer.linger = 0
+    try:
+        peer.connect(lane.address)
+        good = submit_frame("c-1", [1])
+        frames = [
+            p.encode(p.LaneSubmit("tok", good)),
+            b"\x93junk",
+            p.encode(p.Ping("x", 1)),
+            p.encode(p.LaneSubmit("tok", b"not msgpack")),
+            p.encode(p.LaneSubmit("tok", submit_frame("c-2", [1], priority="batch"))),
+            p.encode(p.LaneSubmit("tok", submit_frame("c-3", [1], tasks=2))),
+        ]
+        for frame in frames:
+            peer.send(frame)
+        items = []
+        wait_for(lambda: items.extend(lane.read()) or len(items) == len(frames))
+    finally:
+        peer.close()
+        lane.close()
+    msg, submit, task_id, payload = items[0]
+    assert msg.token == "tok" and submit.job_id == "c-1" and task_id == "c-1/0"
+    assert payloads.unpack_call(payload) == ([[1]], {})
+    errors = [str(e) for e in items[1:]]
+    assert all(isinstance(e, p.ProtocolError) for e in items[1:])
+    assert "not valid msgpack" in errors[0]
+    assert "ping is not sent to a lane" in errors[1]
+    assert "not valid msgpack" in errors[2]
+    assert errors[3] == errors[4] == "a lane takes a submit of one stream task only"
+    assert lane.bad_frames == 5
+
+
+def test_a_frame_over_the_lane_s_limit_drops_its_sender_and_nothing_else(context):
+    lane = ExecutorLane(context, "127.0.0.1")
+    big, small = context.socket(zmq.DEALER), context.socket(zmq.DEALER)
+    try:
+        for s in (big, small):
+            s.linger = 0
+            s.connect(lane.address)
+        big.send(b"x" * (LANE_MAX_FRAME_BYTES + 4096))
+        small.send(p.encode(p.LaneSubmit("tok", submit_frame("c-1", [1]))))
+        items = []
+        wait_for(lambda: items.extend(lane.read()) or items)
+        assert len(items) == 1 and items[0][1].job_id == "c-1"
+    finally:
+        big.close()
+        small.close()
+        lane.close()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_client_lanes_spread_submits_and_give_back_what_is_overdue_or_orphaned(context):
+    lanes_ = [ExecutorLane(context, "127.0.0.1") for _ in range(2)]
+    clock = Clock()
+    client = ClientLanes(context, clock=clock)
+    try:
+        assert not client.send("t0", b"x")  # no lanes yet: the scheduler takes it
+        client.update(p.Lanes("tok", [["e0", lanes_[0].address], ["e1", lanes_[1].address]]))
+        frame = submit_frame("c-1", [1])
+        assert client.send("c-1/0", frame) and client.send("c-2/0", frame)
+        got = [[], []]
+        wait_for(lambda: [got[i].extend(lane.read()) for i, lane in enumerate(lanes_)] and all(got))
+        assert [len(v) for v in got] == [1, 1]  # one each: neither lane had two at once
+        assert got[0][0][0].token == "tok"
+        assert not client.send("big", b"x" * (LANE_MAX_FRAME_BYTES + 1))
+        assert client.overdue() == [] and client.next_due_s() == pytest.approx(LANE_GRACE_S)
+        clock.now += LANE_GRACE_S
+        assert sorted(client.overdue()) == ["c-1/0", "c-2/0"]
+        assert client.next_due_s() is None
+        # A lane gone: what went by it is given back at once.
+        assert client.send("c-3/0", frame)
+        assert client.update(p.Lanes("tok", [["e9", lanes_[1].address]])) == ["c-3/0"]
+        # A lane whose submits keep going overdue is not used again until the next list.
+        for i in range(3):
+            assert client.send(f"late-{i}", frame)
+            clock.now += LANE_GRACE_S
+            assert client.overdue() == [f"late-{i}"]
+        assert not client.send("c-5/0", frame)
+        # Junk in the list (peer input) is skipped.
+        client.update(p.Lanes("tok", [["e1", "ipc:///x"], "junk", ["e2", 5]]))
+        assert not client.send("c-4/0", frame)
+    finally:
+        client.close()
+        for lane in lanes_:
+            lane.close()
+
+
+# ---- on a LocalCluster ------------------------------------------------------------------------
+
+
+def test_stream_tasks_go_by_lanes_and_suspend_the_batch_tasks_there():
+    with LocalCluster(executors=2) as cluster, Client(cluster) as client:
+        wait_for(lambda: len(client._io.lanes._order) == 2, timeout=30)
+        parts = [list(range(300_000))] * 2  # ~1.5 s each at 5 us a record
+        batch = client.map(spin, parts, priority="batch", record_us=5.0, max_suspensions=50)
+        client.wait_for_status(
+            lambda s: sum(e["running"] is not None for e in s["executors"]) == 2, timeout=30
+        )
+        streams = [client.submit(total, list(range(i)), priority="stream") for i in range(20)]
+        assert [f.result(timeout=30) for f in streams] == [sum(range(i)) for i in range(20)]
+        assert client._io.lanes.sent_by_lane == 20
+        assert client.gather(batch, timeout=60) == [sum(parts[0])] * 2  # exact, once parked
+        assert sum(f.statistics().suspensions for f in batch) >= 1
+        assert {f.statistics().attempt for f in streams} == {0}
+
+
+def test_lane_tasks_never_take_a_batch_task_past_its_cap():
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        wait_for(lambda: len(client._io.lanes._order) == 1, timeout=30)
+        (batch,) = client.map(spin, [list(range(100_000))], record_us=10.0, max_suspensions=2)
+        client.wait_for_status(lambda s: s["executors"][0]["running"] is not None, timeout=30)
+        streams = [client.submit(total, [i], priority="stream") for i in range(30)]
+        assert [f.result(timeout=60) for f in streams] == list(range(30))
+        assert batch.result(timeout=60) == sum(range(100_000))
+        assert batch.statistics().suspensions <= 2
+        assert client._io.lanes.sent_by_lane >= 1
+
+
+def test_without_lanes_stream_tasks_take_the_scheduler_s_path(monkeypatch):
+    monkeypatch.setenv("TIDAL_LANES", "0")
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        assert client.submit(total, [1, 2], priority="stream").result(timeout=30) == 3
+        assert client._io.lanes.sent_by_lane == 0
+
+
+def test_a_lane_task_whose_executor_stops_is_sent_to_the_scheduler_and_completes():
+    with LocalCluster(executors=2) as cluster, Client(cluster) as client:
+        wait_for(lambda: len(client._io.lanes._order) == 2, timeout=30)
+        lanes = client._io.lanes
+        # Stop the executor the next lane submit goes to: the frame waits there, unread.
+        target = lanes._order[lanes._next % len(lanes._order)]
+        (process,) = [q for q in cluster.processes[1:] if f"-{q.pid}-" in target]
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            future = client.submit(total, [5, 6], priority="stream")
+            assert lanes._sent[future.task_id][0] == target
+            # Its grace over, the client sends it to the scheduler, which runs it elsewhere.
+            assert future.result(timeout=30) == 11
+            assert future.statistics().executor_id != target
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        # Woken, the executor forwards its copy: the scheduler has the job, and kills it
+        # there; the client's future completed once, and the next lane task runs.
+        assert client.submit(total, [1], priority="stream").result(timeout=30) == 1
