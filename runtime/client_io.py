@@ -53,7 +53,7 @@ import zmq
 from tidal.runtime import protocol as p
 from tidal.runtime.auth import AuthenticationFailed, HandshakeWatch, PeerKeys, secure_peer
 from tidal.runtime.frames import FrameReader
-from tidal.runtime.lanes import ClientLanes
+from tidal.runtime.lanes import LANE_GRACE_S, ClientLanes
 from tidal.runtime.link import KEEPALIVE_S, SILENT_S, GiveUp, Keepalive, Link, Reconnect
 from tidal.runtime.realtime import realtime_io_threads, realtime_this_thread
 
@@ -386,8 +386,11 @@ class ClientConnection:
                 events = dealer.getsockopt(zmq.EVENTS)
             sending = bool(outbox) and link.connected
             due = events & zmq.POLLIN or (sending and events & zmq.POLLOUT)
-            lanes_due = self.lanes.next_due_s()  # lane submits whose grace ends then
-            timeout_s = KEEPALIVE_S if lanes_due is None else min(KEEPALIVE_S, lanes_due)
+            # Lane submits go to the scheduler too once their grace is over: while lanes are
+            # in use, look at least every half grace (a lane send does not wake this thread).
+            lanes_due = self.lanes.next_due_s()
+            timeout_s = min(KEEPALIVE_S, LANE_GRACE_S / 2) if self.lanes.active else KEEPALIVE_S
+            timeout_s = timeout_s if lanes_due is None else min(timeout_s, lanes_due)
             ready = dict(poller.poll(0 if due else math.ceil(timeout_s * 1000)))
 
             # -- 2. Frames from the scheduler, each handled by its op; bad ones dropped.

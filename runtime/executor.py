@@ -57,6 +57,7 @@ from tidal.runtime.auth import HandshakeWatch, load_peer_keys, secure_peer
 from tidal.runtime.datastore import advertised_address, bind_host_for, fetch_chunks
 from tidal.runtime.executor_commands import CommandHandlers
 from tidal.runtime.frames import FrameReader
+from tidal.runtime.gate import IMPLEMENTATION as GATE_IMPLEMENTATION
 from tidal.runtime.gate import PyGate
 from tidal.runtime.guard import PeerGuard
 from tidal.runtime.idlewait import CommandWait
@@ -169,10 +170,15 @@ class Executor(CommandHandlers):
         self._to_listener = self._context.socket(zmq.PAIR)
         self._to_listener.bind(self._inproc)
         # Stream tasks straight from clients (runtime/lanes.py): not with keys, nor behind an
-        # advertised address (others may not reach this one), nor with TIDAL_LANES=0.
+        # advertised address (others may not reach this one), nor with the pure-Python gate
+        # (no watcher: a busy task thread would not hear of them), nor with TIDAL_LANES=0.
         self._lane = (
             ExecutorLane(self._context, bind_host_for(self.scheduler))
-            if lanes and self.keys is None and not advertised_address()[0] and lanes_enabled()
+            if lanes
+            and self.keys is None
+            and not advertised_address()[0]
+            and GATE_IMPLEMENTATION == "c"
+            and lanes_enabled()
             else None
         )
         self._dropped = RateLimitedLog(log, level=logging.ERROR)
@@ -203,7 +209,7 @@ class Executor(CommandHandlers):
         self._dealer_fd = -1  # the command connection's descriptor (ZMQ_FD)
         self._task_thread_heard = False  # the task thread read frames: the link heard them
         # An idle task thread sleeps on the command connection and reads what comes itself.
-        self._idle = CommandWait(self._dealer_lock, self._command_connection, self._lane)
+        self._idle = CommandWait(self._dealer_lock, self._command_connection, lane=self._lane)
         self.kernel = Kernel(
             self._reports.emit,
             flush=self._reports.flush,
@@ -355,7 +361,9 @@ class Executor(CommandHandlers):
         listener's next look. The lane's stream tasks are read after (runtime/lanes.py).
         """
         read = self._read_command_connection()
-        return self._read_lane() or read if self._lane is not None else read
+        if self._lane is not None and self._read_lane():
+            return True  # (what it left on the command connection comes at the next raise)
+        return read
 
     def _read_command_connection(self) -> bool:
         if not self._dealer_lock.acquire(blocking=False):

@@ -51,8 +51,8 @@ class CommandWait:
         self,
         lock: threading.RLock,
         connection: Callable[[], tuple[zmq.Socket, int] | None],
-        lane: Any = None,
         guard_ms: int = WAIT_MS,
+        lane: Any = None,
     ) -> None:
         self._lock = lock
         self._connection = connection

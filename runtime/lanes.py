@@ -70,8 +70,8 @@ LANE_MAX_FRAME_BYTES = 64 * 1024
 LANE_GRACE_S = 0.1
 # Frames a lane queues before libzmq stops reading it (stream tasks one by one: few wait).
 LANE_RCVHWM = 1000
-# A lane whose submits went overdue this many times in a row, none done in time between, is
-# not used again until the scheduler's next list (one this client cannot reach, say).
+# A lane whose submits went overdue this many times in a row with no result of its own
+# since is not used again until the scheduler's next list (one this client cannot reach).
 LANE_STRIKES = 3
 LANES_ENV = "TIDAL_LANES"
 
@@ -187,8 +187,11 @@ class ClientLanes:
         self._lanes: dict[str, zmq.Socket] = {}  # executor id -> its lane
         self._order: list[str] = []  # the lanes in the order they are tried
         self._next = 0
-        # Lane submits within their grace: task id -> (executor id, when sent).
-        self._sent: dict[str, tuple[str, float]] = {}
+        # Lane submits within their grace: task id -> (executor id, when sent, the submit,
+        # the lanes tried). Read under the lock; `done` pops from it without (a snapshot is
+        # taken before iterating).
+        self._sent: dict[str, tuple[str, float, bytes, tuple[str, ...]]] = {}
+        self._late: dict[str, str] = {}  # overdue, no result yet: task id -> executor id
         self._strikes: dict[str, int] = {}  # overdue in a row, per lane
         self.sent_by_lane = 0  # submits that went by a lane (for tests and status)
 
@@ -219,8 +222,8 @@ class ClientLanes:
                     dealer.connect(address)
                     self._lanes[executor_id] = dealer
             self._order = list(self._lanes)
-            self._strikes = {}
-            gone = [t for t, (e, _) in self._sent.items() if e not in self._lanes]
+            self._strikes, self._late = {}, {}
+            gone = [t for t, sent in list(self._sent.items()) if sent[0] not in self._lanes]
             for task_id in gone:
                 del self._sent[task_id]
         return gone
@@ -234,7 +237,7 @@ class ClientLanes:
         with self._lock:
             if not self._order:
                 return False
-            busy = {e for e, _ in self._sent.values()}
+            busy = {sent[0] for sent in list(self._sent.values())}
             count = len(self._order)
             choice = None
             for i in range(count):
@@ -245,31 +248,61 @@ class ClientLanes:
             if choice is None:
                 choice = self._order[self._next % count]
             self._next = (self._order.index(choice) + 1) % count
-            try:
-                self._lanes[choice].send(p.encode(p.LaneSubmit(self._token, frame)), zmq.NOBLOCK)
-            except zmq.Again:
+            if not self._send_to(choice, task_id, frame, ()):
                 return False
-            self._sent[task_id] = (choice, self._clock())
             self.sent_by_lane += 1
             return True
 
+    def _send_to(self, executor_id: str, task_id: str, frame: bytes, tried: tuple) -> bool:
+        """Send by `executor_id`'s lane, under the lock (False: not writable now)."""
+        try:
+            self._lanes[executor_id].send(p.encode(p.LaneSubmit(self._token, frame)), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        self._sent[task_id] = (executor_id, self._clock(), frame, (*tried, executor_id))
+        return True
+
+    @property
+    def active(self) -> bool:
+        """Whether any lane may be used (the IO thread then looks for overdue submits)."""
+        return bool(self._order)
+
     def done(self, task_id: str) -> None:
-        """Its result came: it is in flight on its lane no longer (no lock: a dict pop and a
-        store, each atomic)."""
+        """Its result came (the IO thread): it is in flight on its lane no longer, and its
+        lane answers (no lock: dict pops and a store, each atomic under the GIL)."""
         sent = self._sent.pop(task_id, None)
-        if sent is not None:
-            self._strikes[sent[0]] = 0
+        late = self._late.pop(task_id, None)
+        executor_id = sent[0] if sent is not None else late
+        if executor_id is not None:
+            self._strikes[executor_id] = 0
 
     def overdue(self) -> list[str]:
-        """The task ids sent by lanes LANE_GRACE_S ago or more (forgotten here: the
-        scheduler hears of them now)."""
+        """Lane submits LANE_GRACE_S old or more: each is sent by another lane it has not
+        tried, once; the ids of those tried twice (or with no other lane) are returned,
+        forgotten here: the scheduler hears of them now.
+
+        Discussion: the scheduler would place it as any stream task, perhaps on the very
+        executor that did not answer (a stopped one looks idle until it is counted lost, a
+        second later); another lane takes it at once. The first lane's copy, if it runs
+        late, is killed there (scheduler/lanes.py)."""
         with self._lock:
             if not self._sent:
                 return []
             due = self._clock() - LANE_GRACE_S
-            late = [t for t, (_, at) in self._sent.items() if at <= due]
-            for task_id in late:
-                executor_id = self._sent.pop(task_id)[0]
+            overdue = [t for t, sent in list(self._sent.items()) if sent[1] <= due]
+            late = []
+            for task_id in overdue:
+                sent = self._sent.pop(task_id, None)
+                if sent is None:
+                    continue  # done meanwhile
+                executor_id, _, frame, tried = sent
+                others = [e for e in self._order if e not in tried]
+                again = len(tried) < 2 and others
+                if not (again and self._send_to(others[0], task_id, frame, tried)):
+                    late.append(task_id)
+                self._late[task_id] = executor_id
+                if len(self._late) > LANE_RCVHWM:  # results that never came: forget the oldest
+                    del self._late[next(iter(self._late))]
                 strikes = self._strikes.get(executor_id, 0) + 1
                 self._strikes[executor_id] = strikes
                 if strikes >= LANE_STRIKES and executor_id in self._order:
@@ -282,7 +315,7 @@ class ClientLanes:
         with self._lock:
             if not self._sent:
                 return None
-            first = min(at for _, at in self._sent.values())
+            first = min(sent[1] for sent in list(self._sent.values()))
         return max(0.0, first + LANE_GRACE_S - self._clock())
 
     def close(self) -> None:

@@ -705,6 +705,7 @@ class SchedulerCore:
             task = records.find_task(task_id)
             if task is None:
                 records.cancel_in_piece(client_id, task_id)
+                lanes.bury_unknown(records, client_id, [str(task_id).rpartition("/")[0]])
                 continue
             if task.job.client_id != client_id or task.state is TaskState.DONE:
                 continue
@@ -720,6 +721,7 @@ class SchedulerCore:
 
     def _on_release(self, client_id: str, msg: p.Release) -> None:
         if isinstance(msg.job_ids, list):
+            lanes.bury_unknown(self.records, client_id, msg.job_ids)  # (before: unknown now)
             self.records.release(client_id, msg.job_ids)
 
     def _on_missing(self, client_id: str, msg: p.Missing) -> None:

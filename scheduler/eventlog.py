@@ -215,7 +215,10 @@ class EventRecorder:
             if isinstance(instruction, ToExecutor):
                 command = self._commands.get(type(instruction.message))
                 if command is not None:
-                    out.append(command(instruction.executor_id, instruction.message))
+                    record = command(instruction.executor_id, instruction.message)
+                    if instruction.by_lane:  # the executor did it itself (runtime/lanes.py)
+                        record["lane"] = True
+                    out.append(record)
         t = core.records.now / 1e9
         return [{"t": t, **record} for record in out]
 

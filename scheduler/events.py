@@ -129,6 +129,9 @@ Event = (
 class ToExecutor:
     executor_id: str
     message: p.Message
+    # Done there already: the executor launched a lane's stream task, or suspended a task
+    # for one, itself (runtime/lanes.py). Logged and counted as a command, never sent.
+    by_lane: bool = False
 
 
 @dataclass(frozen=True, slots=True)

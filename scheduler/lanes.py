@@ -18,7 +18,7 @@ from tidal.runtime import protocol as p
 from tidal.runtime.lanes import lane_task
 from tidal.scheduler.records.tables import ExecutorRecord, TaskState
 
-__all__ = ["LaneTokens", "on_forward", "take_launch"]
+__all__ = ["LaneTokens", "bury_unknown", "on_forward", "take_launch"]
 
 # The states in which a task holds its executor's slot, as far as the books know.
 _IN_SLOT = (TaskState.LAUNCHED, TaskState.RUNNING, TaskState.RESUMING)
@@ -49,7 +49,7 @@ class LaneTokens:
             for e in records.executors.values()
             if e.alive and not e.busy and e.lane is not None
         ]
-        if not getattr(policy, "lanes", False):
+        if not lanes_of(policy):
             lanes = []
         if client_ids is None:
             if lanes == self._told:
@@ -64,6 +64,12 @@ class LaneTokens:
                 token = secrets.token_hex(8)
                 self._tokens[client_id], self._clients[token] = token, client_id
             records.answer(client_id, p.Lanes(token, lanes))
+
+
+def lanes_of(policy: Any) -> bool:
+    """Whether `policy`'s own class says it takes lanes (`Policy.lanes`): a subclass of one
+    that does says so again, as it may place stream tasks otherwise."""
+    return bool(type(policy).__dict__.get("lanes", False))
 
 
 def on_forward(core: Any, executor: ExecutorRecord, msg: p.Forward) -> None:
@@ -83,22 +89,34 @@ def on_forward(core: Any, executor: ExecutorRecord, msg: p.Forward) -> None:
         if msg.taken and task is not None:
             _kill_there(core, executor, task[0])
         return
-    if submit.job_id in records.jobs:  # the client sent it to us too (its grace ran out)
+    if submit.job_id in records.jobs or records.buried(submit.job_id):
+        # The client sent it to us too (its grace ran out), or it is gone (done and
+        # released, or released or cancelled before this came): ours stands, or none.
         booked = records.tasks.get(task[0])
-        if msg.taken and (booked is None or booked.executor_id != executor.executor_id):
-            _kill_there(core, executor, task[0])  # ours runs elsewhere (or ran)
+        if msg.taken and not (
+            booked is not None
+            and booked.executor_id == executor.executor_id
+            and booked.state in _IN_SLOT
+        ):
+            _kill_there(core, executor, task[0])
         return
     core._on_submit(client_id, submit, lane=executor if msg.taken else None)
     if msg.taken and submit.job_id not in records.jobs:  # refused: its client was told why
         _kill_there(core, executor, task[0])
 
 
+def bury_unknown(records: Any, client_id: str, job_ids: list[Any]) -> None:
+    """A client released or cancelled jobs the scheduler has not heard of: a lane's
+    forward of one may still come (scheduler/records/retire.py `bury`)."""
+    for job_id in job_ids:
+        if type(job_id) is str and job_id not in records.jobs and job_id.startswith(client_id):
+            records.bury(job_id)
+
+
 def take_launch(records: Any, executor: ExecutorRecord, task: Any) -> None:
-    """Book `task` as launched on `executor` by its lane: as a launch, without the command,
-    and received (the executor has it)."""
-    mark = len(records.out)
-    records.launch(executor, task)
-    del records.out[mark:]
+    """Book `task` as launched on `executor` by its lane (the command logged and counted,
+    not sent) and received (the executor has it)."""
+    records.launch(executor, task, by_lane=True)
     task.received = True
 
 
@@ -107,9 +125,7 @@ def _parked(records: Any, executor: ExecutorRecord, task_id: str) -> None:
     task = executor.slot_task  # a task, or a chunk (whose id the books may not list)
     if task is None or task.task_id != task_id or task.state not in _IN_SLOT:
         return  # the books have moved on (it ended, or we suspended it ourselves)
-    mark = len(records.out)
-    records.suspend(executor, task)
-    del records.out[mark:]
+    records.suspend(executor, task, by_lane=True)
 
 
 def _kill_there(core: Any, executor: ExecutorRecord, task_id: str) -> None:

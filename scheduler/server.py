@@ -718,7 +718,7 @@ class SchedulerServer:
         journal = self.journal
         for instruction in instructions:
             kind = type(instruction)
-            if kind is ToExecutor:
+            if kind is ToExecutor and not instruction.by_lane:  # (else done there: lanes)
                 msg = instruction.message
                 if type(msg) is p.Launch and msg.priority == "batch":
                     # Batch work waits for the end of the pass, to travel in one frame.
@@ -738,7 +738,7 @@ class SchedulerServer:
                     self._delivery.batch(instruction.client_id, msg)
                 else:
                     self._send(("client", instruction.client_id), msg)
-            elif journal is not None:  # a note
+            elif journal is not None and kind is not ToExecutor:  # a note
                 accepted = self._submit_frame
                 if kind is JobAccepted and accepted[0] is instruction.submit:
                     journal.submitted(instruction.client_id, instruction.submit, bytes(accepted[1]))

@@ -579,7 +579,7 @@ class SimCluster:
         deliver_at = self.loop.now + self._latency_ns
         commands = suspends = 0
         for instruction in instructions:
-            if isinstance(instruction, ToExecutor):
+            if isinstance(instruction, ToExecutor) and not instruction.by_lane:
                 executor = self.executors[instruction.executor_id]
                 commands += 1
                 suspends += isinstance(instruction.message, p.Suspend)

@@ -114,7 +114,6 @@ class ReservingLb(LbPolicy):
     the parked one, `Workload.can_park`)."""
 
     name = "reserve"
-    lanes = False
 
     def __init__(self, workload: Workload, stream_reserve: int = 0) -> None:
         super().__init__()

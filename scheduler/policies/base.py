@@ -29,6 +29,7 @@ class Policy:
     #: Whether clients may send stream tasks straight to executors' lanes under it
     #: (runtime/lanes.py): such a task takes a free slot, or one whose batch task is
     #: suspended for it within the cap, as LB would place it, without asking the policy.
+    #: Read from the policy's own class only: a subclass says it again to keep it.
     lanes = False
 
     def tasks_submitted(self, view: ClusterView, tasks: Sequence[TaskView]) -> Iterable[Decision]:

@@ -18,7 +18,6 @@ class KillPolicy(LbPolicy):
     """Preempt batch tasks for stream tasks by killing them (they restart later)."""
 
     name = "kill"
-    lanes = False  # it kills where a lane would suspend
 
     def _preemptible(self, task: TaskView) -> bool:
         return task.kills < task.max_suspensions

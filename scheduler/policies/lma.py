@@ -36,7 +36,6 @@ class LmaPolicy(LbPolicy):
     """Locality with delay scheduling, memory-pressure-aware placement and preemption."""
 
     name = "lma"
-    lanes = False  # stream tasks go to their preferred nodes
 
     def __init__(
         self, delay_s: float = 0.005, memory_pressure_threshold: float = MEMORY_PRESSURE_THRESHOLD

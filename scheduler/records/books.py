@@ -101,6 +101,7 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
         # An executor joined, was lost, or went busy or back: the lanes clients know of
         # change (scheduler/lanes.py).
         self.lanes_changed = False
+        self.lane_graves: dict[str, int] = {}  # gone stream jobs: until when (`bury`)
         self.pending = PendingQueues()
         self.out: list[ev.Instruction] = []
         self.restarts = 0  # schedulers that used the journal before this one
@@ -198,8 +199,8 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
 
     # ---- what a step sends and notes ---------------------------------------------------------
 
-    def send(self, executor: ExecutorRecord, message: p.Message) -> None:
-        self.out.append(ev.ToExecutor(executor.executor_id, message))
+    def send(self, executor: ExecutorRecord, message: p.Message, by_lane: bool = False) -> None:
+        self.out.append(ev.ToExecutor(executor.executor_id, message, by_lane))
 
     def answer(self, client_id: str, message: p.Message) -> None:
         """Send `message` to a client (results only while it is connected)."""
@@ -417,8 +418,9 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
         else:
             executor.queued.append(task)
 
-    def launch(self, executor: ExecutorRecord, task: Task) -> None:
-        """Launch pending `task` (not chunked) on `executor`."""
+    def launch(self, executor: ExecutorRecord, task: Task, by_lane: bool = False) -> None:
+        """Launch pending `task` (not chunked) on `executor` (`by_lane`: it runs there already,
+        runtime/lanes.py: the command is booked, not sent)."""
         self.pending.removed(task)
         self.place(executor, task)
         job = task.job
@@ -434,7 +436,7 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
             self.launch_inputs(task),
             lane_suspensions(task),
         )
-        self.send(executor, message)
+        self.send(executor, message, by_lane)
 
     def launch_stamp(self, task: Task) -> int:
         """A launch's `sent_ns`: now, but never the same twice, so that a late `received`
@@ -443,13 +445,14 @@ class Records(spans.BulkBooks, ChunkBooks, Retirement, Lineage, LagBook, BusyBoo
         task.launched_ns = self._last_launch_ns
         return self._last_launch_ns
 
-    def suspend(self, executor: ExecutorRecord, task: Task) -> None:
+    def suspend(self, executor: ExecutorRecord, task: Task, by_lane: bool = False) -> None:
+        """Suspend `task` (`by_lane`: its executor did, for a lane's stream task)."""
         task.state = TaskState.SUSPENDING
         self.suspension_sent(task)
         task.suspensions += 1
         executor.slot_task = None
         executor.suspended[task.task_id] = task
-        self.send(executor, p.Suspend(task.task_id, self.now))
+        self.send(executor, p.Suspend(task.task_id, self.now), by_lane)
 
     def resume(self, executor: ExecutorRecord, task: Task) -> None:
         task.state = TaskState.RESUMING

@@ -22,7 +22,13 @@ from tidal.scheduler.records.tables import Job, Task, TaskState
 
 DONE = TaskState.DONE
 
-__all__ = ["Retirement"]
+__all__ = ["LANE_GRAVE_NS", "MAX_LANE_GRAVES", "Retirement"]
+
+# How long a stream job that is gone is remembered against a lane's late forward of it
+# (runtime/lanes.py): an executor that read its lane after a stall longer than this (a C
+# call, a SIGSTOP) could run such a job again, its result going to no future.
+LANE_GRAVE_NS = 60_000_000_000
+MAX_LANE_GRAVES = 65_536
 
 
 class Retirement:
@@ -79,9 +85,27 @@ class Retirement:
             if self.tasks.get(task.task_id) is task and not _on_an_executor(task):
                 del self.tasks[task.task_id]
 
+    def bury(self, job_id: str) -> None:
+        """Remember for LANE_GRAVE_NS that `job_id` is gone (retired, or released or
+        cancelled before the scheduler heard of it): a lane's late forward of it is refused
+        (scheduler/lanes.py), not taken for a new job. At most MAX_LANE_GRAVES."""
+        graves = self.lane_graves
+        graves.pop(job_id, None)
+        graves[job_id] = self.now + LANE_GRAVE_NS
+        while graves:
+            first = next(iter(graves))
+            if graves[first] > self.now and len(graves) <= MAX_LANE_GRAVES:
+                break
+            del graves[first]
+
+    def buried(self, job_id: str) -> bool:
+        return self.lane_graves.get(job_id, 0) > self.now
+
     def _retire(self, job: Job) -> None:
         """Drop `job` and its records (those still on an executor: when they leave it)."""
         job.retired = True
+        if job.priority == "stream":
+            self.bury(job.job_id)
         self.drop_kept(job)  # its executors delete the results they kept for it
         self.jobs.pop(job.job_id, None)
         self.id_prefixes.discard(job.job_id)

@@ -431,6 +431,8 @@ def test_the_task_thread_hands_commands_on_in_order_and_the_rest_to_the_listener
         router.close(linger=0)
         ex._reports.close(linger=0)
         ex._to_listener.close(linger=0)
+        if ex._lane is not None:
+            ex._lane.close()
         ex._context.term()
         ex._idle.close()
         ex._rss.close()

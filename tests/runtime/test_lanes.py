@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -24,6 +25,7 @@ from tidal.runtime.lanes import (
     take_decision,
 )
 from tidal.runtime.runstate import RunState, TaskRecord
+from tidal.scheduler.eventlog import read_events
 from tidal.workloads.synthetic import spin, total
 
 from .test_kernel import Transport  # the kernel tests' in-memory reports
@@ -137,6 +139,18 @@ def test_the_second_lane_task_waits_for_no_stream_task_and_the_cap_counts_down(m
     assert transport.outcome("b").result == sum(range(100))
 
 
+def test_a_lane_task_already_launched_here_by_the_scheduler_is_not_taken_again(make_kernel):
+    kernel, transport = make_kernel()
+    frame = submit_frame("c-1", [4, 5])
+    payload = p.decode(frame).tasks[0][1]
+    kernel.launch("c-1/0", TOTAL, payload=payload, priority="stream")  # its grace ran out
+    kernel.take("c-1/0", TOTAL, payload, ("tok", frame))
+    kernel.run()
+    (forward,) = transport.of(p.Forward)
+    assert not forward.taken  # the scheduler has it; the one launch runs, once
+    assert len(transport.of(p.Started, "c-1/0")) == 1 and transport.outcome("c-1/0").result == 9
+
+
 def test_an_idle_kernel_runs_a_lane_task_at_once(make_kernel):
     kernel, transport = make_kernel()
     frame = submit_frame("c-1", [4, 5])
@@ -241,6 +255,12 @@ def test_client_lanes_spread_submits_and_give_back_what_is_overdue_or_orphaned(c
         assert not client.send("big", b"x" * (LANE_MAX_FRAME_BYTES + 1))
         assert client.overdue() == [] and client.next_due_s() == pytest.approx(LANE_GRACE_S)
         clock.now += LANE_GRACE_S
+        # Overdue: each goes by the other lane once, then to the scheduler.
+        assert client.overdue() == []
+        again = [[], []]
+        wait_for(lambda: [again[i].extend(x.read()) for i, x in enumerate(lanes_)] and all(again))
+        assert again[1][0][1].job_id == got[0][0][1].job_id  # e0's went by e1, and e1's by e0
+        clock.now += LANE_GRACE_S
         assert sorted(client.overdue()) == ["c-1/0", "c-2/0"]
         assert client.next_due_s() is None
         # A lane gone: what went by it is given back at once.
@@ -252,6 +272,16 @@ def test_client_lanes_spread_submits_and_give_back_what_is_overdue_or_orphaned(c
             clock.now += LANE_GRACE_S
             assert client.overdue() == [f"late-{i}"]
         assert not client.send("c-5/0", frame)
+        # A late result of its own makes a lane good again.
+        client.update(p.Lanes("tok", [["e0", lanes_[0].address]]))
+        for i in range(2):
+            assert client.send(f"slow-{i}", frame)
+            clock.now += LANE_GRACE_S
+            assert client.overdue() == [f"slow-{i}"]
+        client.done("slow-0")  # it ran long, and its result came
+        assert client.send("slow-2", frame)
+        clock.now += LANE_GRACE_S
+        assert client.overdue() == ["slow-2"] and client.send("c-6/0", frame)
         # Junk in the list (peer input) is skipped.
         client.update(p.Lanes("tok", [["e1", "ipc:///x"], "junk", ["e2", 5]]))
         assert not client.send("c-4/0", frame)
@@ -264,20 +294,35 @@ def test_client_lanes_spread_submits_and_give_back_what_is_overdue_or_orphaned(c
 # ---- on a LocalCluster ------------------------------------------------------------------------
 
 
-def test_stream_tasks_go_by_lanes_and_suspend_the_batch_tasks_there():
-    with LocalCluster(executors=2) as cluster, Client(cluster) as client:
+def lane_events(path, event: str) -> list[dict]:
+    """The event log's records of `event` booked for a lane (`"lane": true`), so far."""
+    return [r for r in read_events(path) if r.get("event") == event and r.get("lane")]
+
+
+def test_stream_tasks_go_by_lanes_and_suspend_the_batch_tasks_there(tmp_path):
+    log = tmp_path / "events.jsonl"
+    with LocalCluster(executors=2, event_log=log) as cluster, Client(cluster) as client:
         wait_for(lambda: len(client._io.lanes._order) == 2, timeout=30)
         parts = [list(range(300_000))] * 2  # ~1.5 s each at 5 us a record
         batch = client.map(spin, parts, priority="batch", record_us=5.0, max_suspensions=50)
         client.wait_for_status(
             lambda s: sum(e["running"] is not None for e in s["executors"]) == 2, timeout=30
         )
-        streams = [client.submit(total, list(range(i)), priority="stream") for i in range(20)]
-        assert [f.result(timeout=30) for f in streams] == [sum(range(i)) for i in range(20)]
+        streams = []
+        for i in range(20):  # one after another, as a stream's micro-batches come
+            streams.append(client.submit(total, list(range(i)), priority="stream"))
+            assert streams[-1].result(timeout=30) == sum(range(i))
         assert client._io.lanes.sent_by_lane == 20
         assert client.gather(batch, timeout=60) == [sum(parts[0])] * 2  # exact, once parked
-        assert sum(f.statistics().suspensions for f in batch) >= 1
+        suspensions = sum(f.statistics().suspensions for f in batch)
+        assert suspensions >= 1
         assert {f.statistics().attempt for f in streams} == {0}
+    # Each ran where it was sent, taken there (no launch sent), and each suspension was one
+    # an executor made for a lane's task (the scheduler sent none).
+    launches = lane_events(log, "launch")
+    assert sorted(r["task"] for r in launches) == sorted(f.task_id for f in streams)
+    assert len(lane_events(log, "suspend")) == suspensions
+    assert not [r for r in read_events(log) if r.get("event") == "suspend" and not r.get("lane")]
 
 
 def test_lane_tasks_never_take_a_batch_task_past_its_cap():
@@ -292,6 +337,51 @@ def test_lane_tasks_never_take_a_batch_task_past_its_cap():
         assert client._io.lanes.sent_by_lane >= 1
 
 
+def test_client_lanes_take_results_on_one_thread_while_callers_send_on_others(context):
+    lane = ExecutorLane(context, "127.0.0.1")
+    client = ClientLanes(context)
+    errors = []
+    try:
+        client.update(p.Lanes("tok", [["e0", lane.address]]))
+        frame = submit_frame("c-1", [1])
+
+        def sender(k):
+            try:
+                for i in range(3_000):
+                    client.send(f"{k}-{i}", frame)
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=sender, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            for task_id in list(client._sent):
+                client.done(task_id)  # as results arrive on the IO thread
+            lane.read()
+        for t in threads:
+            t.join()
+    finally:
+        client.close()
+        lane.close()
+    assert errors == []
+
+
+def test_an_executor_on_the_pure_python_gate_opens_no_lane(monkeypatch):
+    from tidal.runtime import executor as executor_module
+
+    monkeypatch.setattr(executor_module, "GATE_IMPLEMENTATION", "python")
+    ex = executor_module.Executor("tcp://127.0.0.1:9", realtime=False)
+    try:
+        assert ex._lane is None  # no watcher: a busy task thread would not hear of it
+    finally:
+        ex._reports.close(linger=0)
+        ex._to_listener.close(linger=0)
+        ex._context.term()
+        ex._idle.close()
+        ex._rss.close()
+
+
 def test_without_lanes_stream_tasks_take_the_scheduler_s_path(monkeypatch):
     monkeypatch.setenv("TIDAL_LANES", "0")
     with LocalCluster(executors=1) as cluster, Client(cluster) as client:
@@ -299,8 +389,9 @@ def test_without_lanes_stream_tasks_take_the_scheduler_s_path(monkeypatch):
         assert client._io.lanes.sent_by_lane == 0
 
 
-def test_a_lane_task_whose_executor_stops_is_sent_to_the_scheduler_and_completes():
-    with LocalCluster(executors=2) as cluster, Client(cluster) as client:
+def test_a_lane_task_whose_executor_stops_is_sent_to_the_scheduler_and_completes(tmp_path):
+    log = tmp_path / "events.jsonl"
+    with LocalCluster(executors=2, event_log=log) as cluster, Client(cluster) as client:
         wait_for(lambda: len(client._io.lanes._order) == 2, timeout=30)
         lanes = client._io.lanes
         # Stop the executor the next lane submit goes to: the frame waits there, unread.
@@ -318,3 +409,9 @@ def test_a_lane_task_whose_executor_stops_is_sent_to_the_scheduler_and_completes
         # Woken, the executor forwards its copy: the scheduler has the job, and kills it
         # there; the client's future completed once, and the next lane task runs.
         assert client.submit(total, [1], priority="stream").result(timeout=30) == 1
+
+        def killed_there():
+            kills = [r for r in read_events(log) if r.get("event") == "kill"]
+            return [(r["task"], r["executor"]) for r in kills] == [(future.task_id, target)]
+
+        wait_for(killed_there, timeout=30)  # (the log is written at each tick)

@@ -140,7 +140,7 @@ def test_every_message_is_registered_under_its_op_with_a_direction():
     assert len(MESSAGES) >= 18
     for op, cls in MESSAGES.items():
         assert cls.op == op
-        assert cls.direction in (p.E2S, p.S2E, p.C2S, p.S2C, p.EITHER)
+        assert cls.direction in (p.E2S, p.S2E, p.C2S, p.S2C, p.C2E, p.EITHER)
         assert dataclasses.is_dataclass(cls)
 
 
@@ -323,12 +323,12 @@ def test_every_truncation_of_a_frame_is_a_protocol_error(msg, data):
             id="too many fields",
         ),
         pytest.param(
-            frame("hello", True, "e", "n", 1, 2, "h", []),
+            frame("hello", True, "e", "n", 1, 2, "h", [], None),
             "hello.version must be int, got bool",
             id="bool for int",
         ),
         pytest.param(
-            frame("hello", 1.0, "e", "n", 1, 2, "h", []),
+            frame("hello", 1.0, "e", "n", 1, 2, "h", [], None),
             "hello.version must be int, got float",
             id="float for int",
         ),
@@ -340,17 +340,17 @@ def test_every_truncation_of_a_frame_is_a_protocol_error(msg, data):
             frame("reject", None), "reject.reason must be str, got NoneType", id="nil for str"
         ),
         pytest.param(
-            frame("launch", "t", "m:f", 5, b"\x92\x90\x80", 0, "batch", 0, False, None),
+            frame("launch", "t", "m:f", 5, b"\x92\x90\x80", 0, "batch", 0, False, None, None),
             "launch.main_path must be str or nil, got int",
             id="int for optional str",
         ),
         pytest.param(
-            frame("launch", "t", "m:f", None, [[], {}], 0, "batch", 0, False, None),
+            frame("launch", "t", "m:f", None, [[], {}], 0, "batch", 0, False, None, None),
             "launch.payload must be bytes, got list",
             id="array for a payload",
         ),
         pytest.param(
-            frame("launch", "t", "m:f", None, "\x92\x90\x80", 0, "batch", 0, False, None),
+            frame("launch", "t", "m:f", None, "\x92\x90\x80", 0, "batch", 0, False, None, None),
             "launch.payload must be bytes, got str",
             id="str for a payload",
         ),

@@ -78,6 +78,7 @@ class Harness:
         self.refusals: dict[str, list] = {}  # a refused bulk job's error, by job id
         self.notes: list[Note] = []  # what the core noted for the journal and the event log
         self.lanes: list[p.Lanes] = []  # the lanes the client was told of
+        self.by_lane: list[tuple[str, p.Message]] = []  # commands booked, not sent (lanes)
         self._requests = 0
         self.handle(ClientJoined(CLIENT_ID))
         for executor_id, node in executors:
@@ -86,7 +87,10 @@ class Harness:
     def handle(self, event) -> None:
         for instruction in self.core.handle(event):
             if isinstance(instruction, ToExecutor):
-                self.keep_command(instruction.executor_id, instruction.message)
+                if instruction.by_lane:  # done there already: booked, not sent
+                    self.by_lane.append((instruction.executor_id, instruction.message))
+                else:
+                    self.keep_command(instruction.executor_id, instruction.message)
                 continue
             if isinstance(instruction, Note):  # as the scheduler's shell does
                 self.core.journal.apply(instruction)

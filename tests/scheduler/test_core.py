@@ -282,7 +282,14 @@ def test_fifo_never_suspends_and_keeps_arrival_order():
     h.submit("s", "stream", 1)
     assert h.sent("e0") == [
         p.Launch(
-            "b/0", "tidal.workloads.synthetic:total", None, payload(0), 0, "batch", h.clock.now
+            "b/0",
+            "tidal.workloads.synthetic:total",
+            None,
+            payload(0),
+            0,
+            "batch",
+            h.clock.now,
+            suspensions_left=3,  # the cluster's cap, none used (runtime/lanes.py)
         )
     ]
     h.finish("e0", "b/0")

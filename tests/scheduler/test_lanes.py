@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
-from tidal.scheduler.core import ClientJoined
+from tidal.scheduler.core import ClientJoined, ClientRequest
 from tidal.scheduler.records import TaskState
 
 from .harness import CLIENT_ID, MS, TOTAL, Harness
@@ -64,6 +64,12 @@ def test_a_taken_lane_task_is_booked_where_it_runs_and_its_parked_task_suspended
     where = running_batch(h)
     task_id = forward(h, "e0", "c-1", taken=True, parked=where["e0"])
     assert h.sent("e0") == [] and h.sent("e1") == []  # the executor did both: nothing sent
+    # ...but booked as commands, for the event log and the counts, in a policy's order.
+    assert [(e, type(m).__name__, m.task_id) for e, m in h.by_lane] == [
+        ("e0", "Suspend", where["e0"]),
+        ("e0", "Launch", task_id),
+    ]
+    assert h.core.tally.counts["suspensions"] == 1
     records = h.core.records
     task, parked = records.tasks[task_id], records.tasks[where["e0"]]
     assert task.state is TaskState.LAUNCHED and task.executor_id == "e0" and task.received
@@ -112,6 +118,34 @@ def test_a_job_the_scheduler_has_is_killed_where_a_late_lane_copy_runs():
     # The same copy forwarded by the executor the scheduler placed it on is that launch.
     forward(h, placed, "c-1", taken=True)
     assert h.sent(placed) == []
+
+
+def test_a_late_forward_of_a_job_that_is_gone_is_killed_and_not_taken_for_a_new_one():
+    h = lane_harness()
+    running_batch(h)
+    # Done and released while the lane frame waited unread (its executor stalled).
+    h.submit("c-1", "stream", 1)
+    placed = h.core.records.tasks["c-1/0"].executor_id
+    h.start(placed, "c-1/0")
+    h.finish(placed, "c-1/0", result=1)
+    h.handle(ClientRequest(CLIENT_ID, p.Release(["c-1"])))
+    assert "c-1" not in h.core.records.jobs  # retired
+    h.sent("e0"), h.sent("e1")
+    forward(h, placed, "c-1", taken=True)  # even on the executor it ran on: it ended there
+    assert [(type(m), m.task_id) for m in h.sent(placed)] == [(p.Kill, "c-1/0")]
+    assert "c-1" not in h.core.records.jobs and len(h.results["c-1/0"]) == 1
+    # Released, or cancelled, before the scheduler heard of it: the same.
+    h.handle(ClientRequest(CLIENT_ID, p.Release(["c-2"])))
+    h.handle(ClientRequest(CLIENT_ID, p.Cancel(["c-3/0"])))
+    h.handle(ClientRequest(CLIENT_ID, p.Release(["other-4"])))  # not its own: not buried
+    for job in ("c-2", "c-3"):
+        forward(h, "e1", job, taken=True)
+        assert [(type(m), m.task_id) for m in h.sent("e1")] == [(p.Kill, f"{job}/0")]
+        assert job not in h.core.records.jobs
+    assert not h.core.records.buried("other-4")
+    h.clock.now += 61_000 * MS  # a minute on: forgotten
+    h.heartbeat("e1")
+    assert not h.core.records.buried("c-2")
 
 
 def test_a_refused_lane_submit_fails_at_its_client_and_is_killed_where_it_runs():

@@ -47,12 +47,13 @@ def raw_peer():
 
 
 def recv(socket, timeout_ms=10_000):
-    """The next message but probes: after any disconnection the scheduler probes clients'
-    connections with an empty `results` (scheduler/liveness.py)."""
+    """The next message but probes and lanes: after any disconnection the scheduler probes
+    clients' connections with an empty `results` (scheduler/liveness.py), and it tells a
+    client of the executors' lanes (runtime/lanes.py) after its welcome and as they change."""
     while True:
         assert socket.poll(timeout_ms), "no answer from the scheduler"
         msg = p.decode(socket.recv())
-        if msg != p.Results([]):
+        if msg != p.Results([]) and type(msg) is not p.Lanes:
             return msg
 
 
