@@ -703,7 +703,7 @@ class Client(ClientRequests):
                 future = self._pending.pop(task_id, None)
                 if future is not None:
                     self._job_done(future.job_id)
-            lanes.done(task_id)
+            lanes.done(task_id, stats.get("executor_id") if type(stats) is dict else None)
             # A bulk job's task, else unknown, completed, or cancelled here: never complete a
             # future twice (a spooled result no one waits for is released). A kept result
             # computed again goes to its future (runtime/kept_futures.py).

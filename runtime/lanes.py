@@ -68,10 +68,14 @@ log = logging.getLogger("tidal.lanes")
 LANE_MAX_FRAME_BYTES = 64 * 1024
 # A lane submit with no result after this long is sent to the scheduler too (see above).
 LANE_GRACE_S = 0.1
+LANE_GRACE_NS = int(LANE_GRACE_S * 1e9)
 # Frames a lane queues before libzmq stops reading it (stream tasks one by one: few wait).
 LANE_RCVHWM = 1000
-# A lane whose submits went overdue this many times in a row with no result of its own
-# since is not used again until the scheduler's next list (one this client cannot reach).
+# A lane whose submit went overdue is not tried again for this long unless every lane is
+# in use, or a result comes from its executor (a long C call there, say); one whose submits
+# went overdue LANE_STRIKES times in a row, with no result from it between, not until the
+# scheduler's next list (one this client cannot reach).
+LANE_SILENT_S = 1.0
 LANE_STRIKES = 3
 LANES_ENV = "TIDAL_LANES"
 
@@ -114,6 +118,11 @@ class ExecutorLane:
         self.fd = self.socket.getsockopt(zmq.FD)
         self._reader = FrameReader(self.socket)
         self.bad_frames = 0
+        # On loopback its clients share this host's CLOCK_MONOTONIC, which stamps a lane
+        # submit (`sent_ns`): one older than its grace is skipped (its client has sent it
+        # elsewhere by now; it is read after a stall here: a long C call, a SIGSTOP).
+        self._local = host.startswith("127.")
+        self.stale = 0
 
     def waiting(self) -> bool:
         """Whether frames wait (this also re-arms the edge-triggered descriptor)."""
@@ -121,7 +130,8 @@ class ExecutorLane:
 
     def read(self) -> list[tuple[p.LaneSubmit, p.Submit, str, bytes] | p.ProtocolError]:
         """What waits on the lane: each lane submit with its submit decoded and its one
-        task (id, payload); a frame that is none of that as its ProtocolError."""
+        task (id, payload); a frame that is none of that as its ProtocolError (a stale one,
+        above, is left out)."""
         items: list[Any] = []
         for parts in self._reader.read_all():
             try:
@@ -134,6 +144,9 @@ class ExecutorLane:
                 task = lane_task(submit)
                 if task is None:
                     raise p.ProtocolError("a lane takes a submit of one stream task only")
+                if self._local and time.monotonic_ns() - msg.sent_ns > LANE_GRACE_NS:
+                    self.stale += 1
+                    continue
                 items.append((msg, submit, *task))
             except p.ProtocolError as exc:
                 self.bad_frames += 1
@@ -191,8 +204,8 @@ class ClientLanes:
         # the lanes tried). Read under the lock; `done` pops from it without (a snapshot is
         # taken before iterating).
         self._sent: dict[str, tuple[str, float, bytes, tuple[str, ...]]] = {}
-        self._late: dict[str, str] = {}  # overdue, no result yet: task id -> executor id
         self._strikes: dict[str, int] = {}  # overdue in a row, per lane
+        self._silent: dict[str, float] = {}  # lanes not to try until then
         self.sent_by_lane = 0  # submits that went by a lane (for tests and status)
 
     def update(self, msg: p.Lanes | None) -> list[str]:
@@ -222,7 +235,7 @@ class ClientLanes:
                     dealer.connect(address)
                     self._lanes[executor_id] = dealer
             self._order = list(self._lanes)
-            self._strikes, self._late = {}, {}
+            self._strikes, self._silent = {}, {}
             gone = [t for t, sent in list(self._sent.items()) if sent[0] not in self._lanes]
             for task_id in gone:
                 del self._sent[task_id]
@@ -237,7 +250,9 @@ class ClientLanes:
         with self._lock:
             if not self._order:
                 return False
+            now = self._clock()
             busy = {sent[0] for sent in list(self._sent.values())}
+            busy.update(e for e, until in list(self._silent.items()) if until > now)
             count = len(self._order)
             choice = None
             for i in range(count):
@@ -256,7 +271,8 @@ class ClientLanes:
     def _send_to(self, executor_id: str, task_id: str, frame: bytes, tried: tuple) -> bool:
         """Send by `executor_id`'s lane, under the lock (False: not writable now)."""
         try:
-            self._lanes[executor_id].send(p.encode(p.LaneSubmit(self._token, frame)), zmq.NOBLOCK)
+            lane_submit = p.LaneSubmit(self._token, frame, time.monotonic_ns())
+            self._lanes[executor_id].send(p.encode(lane_submit), zmq.NOBLOCK)
         except zmq.Again:
             return False
         self._sent[task_id] = (executor_id, self._clock(), frame, (*tried, executor_id))
@@ -267,14 +283,14 @@ class ClientLanes:
         """Whether any lane may be used (the IO thread then looks for overdue submits)."""
         return bool(self._order)
 
-    def done(self, task_id: str) -> None:
-        """Its result came (the IO thread): it is in flight on its lane no longer, and its
-        lane answers (no lock: dict pops and a store, each atomic under the GIL)."""
-        sent = self._sent.pop(task_id, None)
-        late = self._late.pop(task_id, None)
-        executor_id = sent[0] if sent is not None else late
-        if executor_id is not None:
+    def done(self, task_id: str, executor_id: Any) -> None:
+        """A result came (the IO thread), from `executor_id` (its statistics'): the task is
+        in flight on its lane no longer, and that executor answers (no lock: dict pops and
+        stores, each atomic under the GIL)."""
+        self._sent.pop(task_id, None)
+        if executor_id in self._strikes:
             self._strikes[executor_id] = 0
+            self._silent.pop(executor_id, None)
 
     def overdue(self) -> list[str]:
         """Lane submits LANE_GRACE_S old or more: each is sent by another lane it has not
@@ -296,13 +312,11 @@ class ClientLanes:
                 if sent is None:
                     continue  # done meanwhile
                 executor_id, _, frame, tried = sent
-                others = [e for e in self._order if e not in tried]
+                self._silent[executor_id] = self._clock() + LANE_SILENT_S
+                others = [e for e in self._order if e not in tried and e not in self._silent]
                 again = len(tried) < 2 and others
                 if not (again and self._send_to(others[0], task_id, frame, tried)):
                     late.append(task_id)
-                self._late[task_id] = executor_id
-                if len(self._late) > LANE_RCVHWM:  # results that never came: forget the oldest
-                    del self._late[next(iter(self._late))]
                 strikes = self._strikes.get(executor_id, 0) + 1
                 self._strikes[executor_id] = strikes
                 if strikes >= LANE_STRIKES and executor_id in self._order:

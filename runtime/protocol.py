@@ -471,6 +471,7 @@ class Forward(Message):
 class LaneSubmit(Message):
     token: str  # the client's, from its `lanes`: the scheduler knows the client by it
     submit: bytes  # an encoded `submit` of one stream task
+    sent_ns: int  # when the client sent it by this lane (its time.monotonic_ns())
 
 
 # ---- clients: client <-> scheduler ----------------------------------------------------------
