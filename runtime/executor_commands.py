@@ -99,7 +99,7 @@ class CommandHandlers:
             elif self._link.connected:
                 msg, submit, task_id, payload = item
                 fn = FunctionRef(submit.fn, submit.main_path)
-                self.kernel.take(task_id, fn, payload, (msg.token, msg.submit))
+                self.kernel.take(task_id, fn, payload, (msg.token, msg.submit, msg.again))
         return bool(items)
 
     def _on_steal(self, msg: p.Steal) -> None:

@@ -201,9 +201,10 @@ class Kernel(SpanRunner):
         record.keep, record.inputs, record.suspensions_left = keep, inputs, suspensions_left
         self._post(Command("launch", task_id, self._clock(), record))
 
-    def take(self, task_id: str, fn: FunctionRef, payload: bytes, lane: tuple[str, bytes]) -> None:
-        """A stream task that came by the lane (runtime/lanes.py), with the client's token
-        and submit (`lane`): the hub runs it at once if it can, and forwards the submit."""
+    def take(self, task_id: str, fn: FunctionRef, payload: bytes, lane: tuple) -> None:
+        """A stream task that came by the lane (runtime/lanes.py), with the client's token,
+        its submit, and whether it came again by a second lane (`lane`): the hub runs it
+        at once if it can, and forwards the submit."""
         record = TaskRecord(task_id, fn, [], {}, 0, p.PRIORITY_CLASSES[0], payload)
         self._post(Command("take", task_id, self._clock(), record, lane=lane))
 
@@ -616,10 +617,10 @@ class Kernel(SpanRunner):
         parks), then parked for and queued first, or left to the scheduler."""
         record = command.record
         current = self._current
+        token, submit, again = command.lane
         taken, parked = take_decision(
-            current, self._ready.stream_waiting(), record.task_id in self._tasks
+            current, self._ready.stream_waiting(), record.task_id in self._tasks, again
         )
-        token, submit = command.lane
         self._emit(p.Forward(token, submit, taken, parked and parked.task_id))
         if parked is not None:
             self._apply_suspend(parked, Command("suspend", parked.task_id, command.queued_at))

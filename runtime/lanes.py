@@ -158,7 +158,7 @@ class ExecutorLane:
 
 
 def take_decision(
-    current: TaskRecord | None, stream_ahead: bool, known: bool
+    current: TaskRecord | None, stream_ahead: bool, known: bool, again: bool = False
 ) -> tuple[bool, TaskRecord | None]:
     """Whether the hub takes a lane's stream task now, and the task it parks for it.
 
@@ -166,13 +166,14 @@ def take_decision(
     `stream_ahead` whether a stream task waits for the slot already, `known` whether a task
     of the same id is here. A batch task is parked only while its cap allows (fewer
     suspensions here, for any reason, than its launch's `suspensions_left`; None: never)
-    and nothing else was asked of it."""
+    and nothing else was asked of it; never for a lane submit sent `again`."""
     if known or stream_ahead:
         return False, None
     if current is None:
         return True, None
     if (
-        current.priority == "batch"
+        not again
+        and current.priority == "batch"
         and current.state is RunState.RUNNING
         and current.suspensions_left is not None
         and current.suspensions < current.suspensions_left
@@ -271,7 +272,7 @@ class ClientLanes:
     def _send_to(self, executor_id: str, task_id: str, frame: bytes, tried: tuple) -> bool:
         """Send by `executor_id`'s lane, under the lock (False: not writable now)."""
         try:
-            lane_submit = p.LaneSubmit(self._token, frame, time.monotonic_ns())
+            lane_submit = p.LaneSubmit(self._token, frame, time.monotonic_ns(), bool(tried))
             self._lanes[executor_id].send(p.encode(lane_submit), zmq.NOBLOCK)
         except zmq.Again:
             return False

@@ -472,6 +472,9 @@ class LaneSubmit(Message):
     token: str  # the client's, from its `lanes`: the scheduler knows the client by it
     submit: bytes  # an encoded `submit` of one stream task
     sent_ns: int  # when the client sent it by this lane (its time.monotonic_ns())
+    # Sent again, by a second lane: take it only into a free slot (its first lane may be
+    # running it, and a copy must not cost a batch task a suspension).
+    again: bool = False
 
 
 # ---- clients: client <-> scheduler ----------------------------------------------------------

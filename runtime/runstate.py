@@ -225,7 +225,8 @@ class Command:
     record: TaskRecord | None = None
     count: int = 0  # steal only: how many subtasks
     error: list[str] | None = None  # fail only: [error_type, message, traceback]
-    lane: tuple[str, bytes] | None = None  # take only: the client's token, its submit
+    # take only: the client's token, its submit, and whether it came by a second lane
+    lane: tuple[str, bytes, bool] | None = None
     # suspend only: settled by either the hub (taken) or the watchdog (cancelled, because
     # no record boundary came in time), never both (`PendingSuspends`).
     taken: bool = False

@@ -93,6 +93,10 @@ def on_forward(core: Any, executor: ExecutorRecord, msg: p.Forward) -> None:
         # The client sent it to us too (its grace ran out), or it is gone (done and
         # released, or released or cancelled before this came): ours stands, or none.
         booked = records.tasks.get(task[0])
+        pending = booked is not None and booked.state is TaskState.PENDING
+        if msg.taken and pending and booked.attempt == 0:
+            take_launch(records, executor, booked)  # not placed yet: this copy is it, running
+            return
         if msg.taken and not (
             booked is not None
             and booked.executor_id == executor.executor_id

@@ -67,6 +67,9 @@ def test_a_lane_task_takes_a_free_slot_or_a_batch_task_s_with_suspensions_left()
     assert take_decision(record("stream", left=None), False, False) == (False, None)
     assert take_decision(None, stream_ahead=True, known=False) == (False, None)
     assert take_decision(None, stream_ahead=False, known=True) == (False, None)
+    # Sent again by a second lane: a free slot only (its first lane may be running it).
+    assert take_decision(None, False, False, again=True) == (True, None)
+    assert take_decision(batch, False, False, again=True) == (False, None)
     killed = record()
     killed.kill_requested = True
     assert take_decision(killed, False, False) == (False, None)
@@ -81,7 +84,7 @@ def taking_at(kernel, at: int, n: int, lane_job: str):
         if i == at:
             frame = submit_frame(lane_job, [1, 2, 3])
             payload = p.decode(frame).tasks[0][1]
-            kernel.take(f"{lane_job}/0", TOTAL, payload, ("tok", frame))
+            kernel.take(f"{lane_job}/0", TOTAL, payload, ("tok", frame, False))
         yield i
 
 
@@ -125,7 +128,7 @@ def test_the_second_lane_task_waits_for_no_stream_task_and_the_cap_counts_down(m
         for i in range(100):
             if i in (10, 20):
                 frame = submit_frame(f"c-{i}", [i])
-                kernel.take(f"c-{i}/0", TOTAL, p.decode(frame).tasks[0][1], ("tok", frame))
+                kernel.take(f"c-{i}/0", TOTAL, p.decode(frame).tasks[0][1], ("tok", frame, False))
             yield i
 
     kernel.launch("b", sum, [two_takes()], suspensions_left=1)
@@ -144,17 +147,34 @@ def test_a_lane_task_already_launched_here_by_the_scheduler_is_not_taken_again(m
     frame = submit_frame("c-1", [4, 5])
     payload = p.decode(frame).tasks[0][1]
     kernel.launch("c-1/0", TOTAL, payload=payload, priority="stream")  # its grace ran out
-    kernel.take("c-1/0", TOTAL, payload, ("tok", frame))
+    kernel.take("c-1/0", TOTAL, payload, ("tok", frame, False))
     kernel.run()
     (forward,) = transport.of(p.Forward)
     assert not forward.taken  # the scheduler has it; the one launch runs, once
     assert len(transport.of(p.Started, "c-1/0")) == 1 and transport.outcome("c-1/0").result == 9
 
 
+def test_a_lane_task_sent_again_parks_nothing(make_kernel):
+    kernel, transport = make_kernel()
+
+    def again_at_10():
+        for i in range(100):
+            if i == 10:
+                frame = submit_frame("c-1", [1])
+                kernel.take("c-1/0", TOTAL, p.decode(frame).tasks[0][1], ("tok", frame, True))
+            yield i
+
+    kernel.launch("b", sum, [again_at_10()], suspensions_left=5)
+    kernel.run()
+    (forward,) = transport.of(p.Forward)
+    assert not forward.taken and not transport.of(p.Suspended)
+    assert transport.outcome("b").result == sum(range(100))
+
+
 def test_an_idle_kernel_runs_a_lane_task_at_once(make_kernel):
     kernel, transport = make_kernel()
     frame = submit_frame("c-1", [4, 5])
-    kernel.take("c-1/0", TOTAL, p.decode(frame).tasks[0][1], ("tok", frame))
+    kernel.take("c-1/0", TOTAL, p.decode(frame).tasks[0][1], ("tok", frame, False))
     kernel.run()
     (forward,) = transport.of(p.Forward)
     assert forward.taken and forward.parked is None
@@ -265,7 +285,7 @@ def test_client_lanes_spread_submits_and_give_back_what_is_overdue_or_orphaned(c
         assert client.overdue() == ["c-2/0"]
         again = []
         wait_for(lambda: again.extend(lanes_[1].read()) or again)
-        assert again[0][1].job_id == "c-1"  # e0's went by e1
+        assert again[0][1].job_id == "c-1" and again[0][0].again  # e0's went by e1, again
         clock.now += LANE_GRACE_S
         assert client.overdue() == ["c-1/0"]  # tried twice: the scheduler's now
         assert client.next_due_s() is None

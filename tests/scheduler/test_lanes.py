@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tidal.runtime import payloads
 from tidal.runtime import protocol as p
-from tidal.scheduler.core import ClientJoined, ClientRequest
+from tidal.scheduler.core import ClientJoined, ClientRequest, PassEnded
 from tidal.scheduler.records import TaskState
 
 from .harness import CLIENT_ID, MS, TOTAL, Harness
@@ -118,6 +118,39 @@ def test_a_job_the_scheduler_has_is_killed_where_a_late_lane_copy_runs():
     # The same copy forwarded by the executor the scheduler placed it on is that launch.
     forward(h, placed, "c-1", taken=True)
     assert h.sent(placed) == []
+
+
+def test_a_lane_copy_of_a_job_waiting_at_the_scheduler_is_that_job_s_launch():
+    # (A review's trace.) Killing such a copy and launching the same attempt there again
+    # would let the copy's `killed` requeue that launch, which the executor then refuses:
+    # the task booked there for ever, its future waiting for ever.
+    h = Harness("lb", executors=(), consult_per_pass=True)
+    h.join("e0", "n0", lane="tcp://127.0.0.1:5001")
+    h.join("e1", "n1", lane="tcp://127.0.0.1:5002")
+    h.submit("b", "batch", 1, max_suspensions=0)  # never suspended: no room made by LB
+    h.handle(PassEnded())
+    (batch,) = h.sent("e0", p.Launch) + h.sent("e1", p.Launch)
+    busy = h.core.records.tasks[batch.task_id].executor_id
+    other = "e1" if busy == "e0" else "e0"
+    h.start(busy, batch.task_id)
+    h.submit("s", "stream", 1)  # a stream task runs on the other executor
+    h.handle(PassEnded())
+    h.start(other, "s/0")
+    h.sent(other)
+    # The first lane could not take it (its batch task has no suspension left): pending.
+    task_id = forward(h, busy, "c-1", taken=False)
+    h.handle(PassEnded())
+    assert h.core.records.tasks[task_id].state is TaskState.PENDING
+    # In one pass: the other's stream task ends, and its lane takes the task sent again.
+    h.finish(other, "s/0")
+    forward(h, other, "c-1", taken=True)
+    h.handle(PassEnded())
+    task = h.core.records.tasks[task_id]
+    assert task.state is TaskState.LAUNCHED and task.executor_id == other and task.attempt == 0
+    assert not [m for m in h.sent(other) if isinstance(m, p.Kill | p.Launch)]
+    h.start(other, task_id)
+    h.finish(other, task_id, result=1)
+    assert h.results[task_id][0][1] == "finished"
 
 
 def test_a_late_forward_of_a_job_that_is_gone_is_killed_and_not_taken_for_a_new_one():
