@@ -511,6 +511,7 @@ class Client(ClientRequests):
         with self._lock:
             if self._pending.pop(future.task_id, None) is not None:
                 self._job_done(future.job_id)
+        self._io.lanes.done(future.task_id, None)  # not to be sent by another lane
         self._send_cancel(future.task_id)
 
     def _send_cancel(self, task_id: str) -> None:

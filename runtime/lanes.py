@@ -285,9 +285,9 @@ class ClientLanes:
         return bool(self._order)
 
     def done(self, task_id: str, executor_id: Any) -> None:
-        """A result came (the IO thread), from `executor_id` (its statistics'): the task is
-        in flight on its lane no longer, and that executor answers (no lock: dict pops and
-        stores, each atomic under the GIL)."""
+        """A result came (the IO thread), from `executor_id` (its statistics'), or the task
+        was cancelled (None): it is in flight on its lane no longer, and that executor
+        answers (no lock: dict pops and stores, each atomic under the GIL)."""
         self._sent.pop(task_id, None)
         if executor_id in self._strikes:
             self._strikes[executor_id] = 0

@@ -292,6 +292,11 @@ def test_client_lanes_spread_submits_and_give_back_what_is_overdue_or_orphaned(c
         # A lane gone: what went by it is given back at once.
         assert client.send("c-3/0", frame)
         assert client.update(p.Lanes("tok", [["e9", lanes_[1].address]])) == ["c-3/0"]
+        # A lane submit cancelled meanwhile is neither sent again nor given back.
+        assert client.send("gone/0", frame)
+        client.done("gone/0", None)
+        clock.now += LANE_GRACE_S
+        assert client.overdue() == [] and client.next_due_s() is None
         # A lane whose submits keep going overdue is not used again until the next list.
         for i in range(3):
             assert client.send(f"late-{i}", frame)
