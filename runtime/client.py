@@ -86,6 +86,7 @@ from tidal.runtime.jobs import (
     unencodable,
 )
 from tidal.runtime.kept_futures import KeptFuture
+from tidal.runtime.lanes import one_plain_task
 from tidal.runtime.link import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RECONNECT_TIMEOUT_S
 from tidal.runtime.logs import RateLimitedLog
 from tidal.runtime.releases import Releases
@@ -453,7 +454,7 @@ class Client(ClientRequests):
                 # A stream task's submit goes out on this thread: by an executor's lane
                 # (runtime/lanes.py), or to the scheduler if nothing waits before it
                 # (runtime/client_io.py `CallerQueue.send_all`).
-                lane = priority == "stream" and one_by_one and not keep and _one_plain(tasks)
+                lane = priority == "stream" and one_by_one and not keep and one_plain_task(tasks)
                 if lane and self._io.lanes.send(tasks[0][0], frame):
                     frames.remove(frame)  # the releases still go, as ever
                 if frames:
@@ -765,8 +766,3 @@ class Client(ClientRequests):
     def _bulk_done(self, job_id: str) -> None:
         with self._lock:
             self._drop_spooled([job_id])  # its shared kwargs, if they were spooled
-
-
-def _one_plain(tasks: list[Any]) -> bool:
-    """Whether a submit's tasks are one a lane takes: one task with no options."""
-    return len(tasks) == 1 and len(tasks[0]) == 2

@@ -572,7 +572,7 @@ class Kernel(SpanRunner):
         if command.op == "launch":
             record = command.record
             assert record is not None  # built by launch(); not peer input
-            problem = runstate.launch_problem(self._tasks, self._ready, record)
+            problem = runstate.admit_launch(self._tasks, self._ready, record)
             if problem is not None:
                 self._refuse("launch", record.task_id, problem[1], problem[0])
                 return True

@@ -57,7 +57,10 @@ __all__ = [
     "LANE_MAX_FRAME_BYTES",
     "ClientLanes",
     "ExecutorLane",
+    "lane_address",
+    "lane_task",
     "lanes_enabled",
+    "one_plain_task",
     "take_decision",
 ]
 
@@ -85,19 +88,32 @@ def lanes_enabled() -> bool:
     return os.environ.get(LANES_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
-def lane_task(submit: p.Submit) -> tuple[str, bytes] | None:
-    """(task id, payload) if `submit` is what a lane takes: one stream task, no options."""
-    if submit.priority != "stream" or submit.bulk is not None or submit.options is not None:
+def lane_address(value: Any) -> str | None:
+    """`value`, if it is a lane's address clients can use (a tcp address of sane length:
+    a hello's and a `lanes` item's are peer input), else None."""
+    if type(value) is str and value.startswith("tcp://") and len(value) <= p.MAX_ID_CHARS:
+        return value
+    return None
+
+
+def one_plain_task(tasks: list[Any]) -> tuple[str, bytes] | None:
+    """(task id, payload) if a submit's `tasks` are one task with no options, else None."""
+    if len(tasks) != 1:
         return None
-    if len(submit.tasks) != 1:
-        return None
-    task = submit.tasks[0]
+    task = tasks[0]
     if type(task) is not list or len(task) != 2:
         return None
     task_id, payload = task
     if type(task_id) is not str or type(payload) is not bytes:
         return None
     return task_id, payload
+
+
+def lane_task(submit: p.Submit) -> tuple[str, bytes] | None:
+    """(task id, payload) if `submit` is what a lane takes: one stream task, no options."""
+    if submit.priority != "stream" or submit.bulk is not None or submit.options is not None:
+        return None
+    return one_plain_task(submit.tasks)
 
 
 # ---- the executor's side --------------------------------------------------------------------
@@ -215,14 +231,8 @@ class ClientLanes:
         lanes: dict[str, str] = {}
         if msg is not None:
             for item in msg.lanes:
-                if (
-                    type(item) is list
-                    and len(item) == 2
-                    and type(item[0]) is str
-                    and type(item[1]) is str
-                    and item[1].startswith("tcp://")
-                    and len(item[1]) <= p.MAX_ID_CHARS
-                ):
+                ok = type(item) is list and len(item) == 2 and type(item[0]) is str
+                if ok and lane_address(item[1]) is not None:
                     lanes[item[0]] = item[1]
         with self._lock:
             self._token = msg.token if msg is not None else ""
@@ -251,9 +261,7 @@ class ClientLanes:
         with self._lock:
             if not self._order:
                 return False
-            now = self._clock()
-            busy = {sent[0] for sent in list(self._sent.values())}
-            busy.update(e for e, until in list(self._silent.items()) if until > now)
+            busy = {sent[0] for sent in list(self._sent.values())} | self._silent_now()
             count = len(self._order)
             choice = None
             for i in range(count):
@@ -314,7 +322,8 @@ class ClientLanes:
                     continue  # done meanwhile
                 executor_id, _, frame, tried = sent
                 self._silent[executor_id] = self._clock() + LANE_SILENT_S
-                others = [e for e in self._order if e not in tried and e not in self._silent]
+                silent = self._silent_now()
+                others = [e for e in self._order if e not in tried and e not in silent]
                 again = len(tried) < 2 and others
                 if not (again and self._send_to(others[0], task_id, frame, tried)):
                     late.append(task_id)
@@ -324,6 +333,11 @@ class ClientLanes:
                     self._order.remove(executor_id)
                     log.warning("not using the lane of executor %s: no answer by it", executor_id)
             return late
+
+    def _silent_now(self) -> set[str]:
+        """The lanes not to try now (see LANE_SILENT_S)."""
+        now = self._clock()
+        return {e for e, until in list(self._silent.items()) if until > now}
 
     def next_due_s(self) -> float | None:
         """Seconds until the first lane submit is overdue (None: none in flight)."""

@@ -49,8 +49,8 @@ __all__ = [
     "TaskGreenlets",
     "TaskKilled",
     "TaskRecord",
+    "admit_launch",
     "end_report",
-    "launch_problem",
     "pack_result",
     "suspend_timeout_problem",
 ]
@@ -346,12 +346,13 @@ class ReadyQueue:
                 return
 
 
-def launch_problem(
+def admit_launch(
     tasks: dict[str, TaskRecord], ready: ReadyQueue, record: TaskRecord
 ) -> tuple[str, TaskRecord | None] | None:
-    """Why the hub cannot queue launched `record` (and the task here it clashes with), or
-    None. A newer attempt of a task queued here and not started replaces it: the scheduler
-    gave the old one up (it may have reached us late, behind a reconnect)."""
+    """Admit launched `record`: None if the hub may queue it, else why not and the task
+    here it clashes with. A newer attempt of a task queued here and not started replaces
+    it (dropped from `ready` here): the scheduler gave the old one up (it may have reached
+    us late, behind a reconnect)."""
     if record.priority not in PRIORITY_CLASSES:
         return f"unknown priority {record.priority!r} (use {' or '.join(PRIORITY_CLASSES)})", None
     existing = tasks.get(record.task_id)

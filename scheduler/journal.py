@@ -611,12 +611,11 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, str, A
     # again cost ~13% of the scheduler's busy time in a map of 200,000 no-ops.
     # Discussion: a statement runs only if it has rows: most commits hold results alone,
     # and nine empty `executemany` calls cost ~60-90 us a commit (~3 us a no-op task).
-    if records.jobs:
-        jobs = [
-            (s.job_id, client_id, p.encode(s) if frame is None else frame)
-            for client_id, s, frame in records.jobs
-        ]
-        db.executemany("INSERT OR IGNORE INTO jobs VALUES (?, ?, ?)", jobs)
+    jobs = [
+        (s.job_id, client_id, p.encode(s) if frame is None else frame)
+        for client_id, s, frame in records.jobs
+    ]
+    _many(db, "INSERT OR IGNORE INTO jobs VALUES (?, ?, ?)", jobs)
     written = []
     for job_id, items in records.results.items():
         ids = _pack([[task_id, item[1]] for task_id, item in items.items()])
@@ -639,14 +638,10 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, str, A
         )
         stop = result.start + batches.values_count(result.values)
         written.append((cursor.lastrowid, result.job_id, (result.start, stop)))
-    if records.cancels:
-        db.executemany("INSERT OR IGNORE INTO cancels VALUES (?, ?)", records.cancels)
-    if records.losses:
-        db.executemany("INSERT INTO losses VALUES (?, ?, ?)", records.losses)
-    if records.joined:
-        db.executemany("INSERT OR IGNORE INTO executors VALUES (?)", [(e,) for e in records.joined])
-    if records.lost:
-        db.executemany("DELETE FROM executors WHERE executor_id = ?", [(e,) for e in records.lost])
+    _many(db, "INSERT OR IGNORE INTO cancels VALUES (?, ?)", records.cancels)
+    _many(db, "INSERT INTO losses VALUES (?, ?, ?)", records.losses)
+    _many(db, "INSERT OR IGNORE INTO executors VALUES (?)", [(e,) for e in records.joined])
+    _many(db, "DELETE FROM executors WHERE executor_id = ?", [(e,) for e in records.lost])
     for client_id in records.clients_left:
         jobs_of = "SELECT job_id FROM jobs WHERE client_id = ?"
         db.execute(f"DELETE FROM results WHERE job_id IN ({jobs_of})", (client_id,))
@@ -654,11 +649,16 @@ def _insert(db: sqlite3.Connection, records: _Records) -> list[tuple[int, str, A
         db.execute(f"DELETE FROM losses WHERE job_id IN ({jobs_of})", (client_id,))
         db.execute("DELETE FROM jobs WHERE client_id = ?", (client_id,))
     # Last: a job retires after its results are in (they came in the same steps, before).
-    if records.retired:
-        retired = [(job_id,) for job_id in records.retired]
-        for table in ("results", "cancels", "losses", "jobs"):
-            db.executemany(f"DELETE FROM {table} WHERE job_id = ?", retired)
+    retired = [(job_id,) for job_id in records.retired]
+    for table in ("results", "cancels", "losses", "jobs"):
+        _many(db, f"DELETE FROM {table} WHERE job_id = ?", retired)
     return written
+
+
+def _many(db: sqlite3.Connection, statement: str, rows: list[Any]) -> None:
+    """`executemany`, only if there are rows (see `_insert`)."""
+    if rows:
+        db.executemany(statement, rows)
 
 
 def _outcomes(job_id: str, ids: Any) -> list[tuple[str, str]]:

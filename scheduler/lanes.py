@@ -93,16 +93,13 @@ def on_forward(core: Any, executor: ExecutorRecord, msg: p.Forward) -> None:
         # The client sent it to us too (its grace ran out), or it is gone (done and
         # released, or released or cancelled before this came): ours stands, or none.
         booked = records.tasks.get(task[0])
-        pending = booked is not None and booked.state is TaskState.PENDING
-        if msg.taken and pending and booked.attempt == 0:
+        if not msg.taken or booked is None:
+            if msg.taken:
+                _kill_there(core, executor, task[0])
+        elif booked.state is TaskState.PENDING and booked.attempt == 0:
             take_launch(records, executor, booked)  # not placed yet: this copy is it, running
-            return
-        if msg.taken and not (
-            booked is not None
-            and booked.executor_id == executor.executor_id
-            and booked.state in _IN_SLOT
-        ):
-            _kill_there(core, executor, task[0])
+        elif booked.executor_id != executor.executor_id or booked.state not in _IN_SLOT:
+            _kill_there(core, executor, task[0])  # ours runs elsewhere, or ran
         return
     core._on_submit(client_id, submit, lane=executor if msg.taken else None)
     if msg.taken and submit.job_id not in records.jobs:  # refused: its client was told why

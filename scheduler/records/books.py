@@ -23,6 +23,7 @@ from typing import Any
 
 from tidal.runtime import protocol as p
 from tidal.runtime.columns import Columns, bulk_payloads
+from tidal.runtime.lanes import lane_address
 from tidal.runtime.logs import RateLimitedLog
 from tidal.scheduler import events as ev
 from tidal.scheduler.records import spans
@@ -38,7 +39,6 @@ from tidal.scheduler.records.tables import (
     PendingQueues,
     Task,
     TaskState,
-    lane_address,
     lane_suspensions,
     record_length,
     stat_count,

@@ -25,7 +25,6 @@ __all__ = [
     "Piece",
     "Task",
     "TaskState",
-    "lane_address",
     "lane_suspensions",
     "record_length",
     "resume_order",
@@ -250,14 +249,6 @@ class ExecutorRecord:
     def chunks(self) -> Iterator[Task]:
         """The chunks here, running, queued or suspended."""
         return (t for t in self.tasks() if t.subtasks is not None)
-
-
-def lane_address(value: Any) -> str | None:
-    """A hello's lane (runtime/lanes.py), if clients can use it: a tcp address of sane
-    length (peer input)."""
-    if type(value) is str and value.startswith("tcp://") and len(value) <= p.MAX_ID_CHARS:
-        return value
-    return None
 
 
 def lane_suspensions(task: Task) -> int | None:
