@@ -1023,10 +1023,12 @@ def launch_span(request):
 
 def test_a_span_chunk_reports_its_results_as_batches_by_index(make_kernel, launch_span):
     kernel, transport = make_kernel()
-    launch_span(kernel, "c", sum, [list(range(i)) for i in range(1000)], first=7)
+    # More results than one batch holds (SPAN_REPORT_EVERY): batches however fast it runs.
+    count = SPAN_REPORT_EVERY + 1000
+    launch_span(kernel, "c", sum, [list(range(i % 50)) for i in range(count)], first=7)
     kernel.run()
     got = span_results(transport, "c")
-    assert got == {7 + i: ("finished", sum(range(i))) for i in range(1000)}
+    assert got == {7 + i: ("finished", sum(range(i % 50))) for i in range(count)}
     batches = transport.of(p.ChunkBatch)
     assert len(batches) >= 2 and all(m.job_id == "j" for m in batches)  # in batches
     assert [m.start for m in batches] == sorted(m.start for m in batches)
