@@ -456,7 +456,12 @@ class Client(ClientRequests):
                 # (runtime/client_io.py `CallerQueue.send_all`).
                 lane = priority == "stream" and one_by_one and not keep and one_plain_task(tasks)
                 if lane and self._io.lanes.send(tasks[0][0], frame):
-                    frames.remove(frame)  # the releases still go, as ever
+                    # The releases go at the IO thread's next pass: no send from this
+                    # thread, nor a wake-up, while its stream task runs.
+                    self._to_io.send_later(frames[1:])
+                    frames = []
+                    if self._io.lanes.waiting():  # the send took the signal of a result
+                        self._to_io.wake()
                 if frames:
                     self._to_io.send_all(frames, urgent=priority == "stream")
                 registered = True
@@ -705,7 +710,9 @@ class Client(ClientRequests):
                 future = self._pending.pop(task_id, None)
                 if future is not None:
                     self._job_done(future.job_id)
-            lanes.done(task_id, stats.get("executor_id") if type(stats) is dict else None)
+            by_lane = lanes.done(task_id, stats.get("executor_id") if type(stats) is dict else None)
+            if future is None and by_lane:
+                continue  # the scheduler's copy of a result that came by a lane
             # A bulk job's task, else unknown, completed, or cancelled here: never complete a
             # future twice (a spooled result no one waits for is released). A kept result
             # computed again goes to its future (runtime/kept_futures.py).

@@ -134,6 +134,21 @@ class CallerQueue:
         self._frames.extend(frames)
         self._wake_io()
 
+    def send_later(self, frames: list[bytes]) -> None:
+        """Queue `frames` without waking the IO thread: they go out at its next pass (within
+        LANE_GRACE_S / 2 while lanes are in use; see `ClientConnection._loop`)."""
+        self._frames.extend(frames)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether frames wait for the IO thread."""
+        return bool(self._frames)
+
+    def wake(self) -> None:
+        """Make the IO thread look at its sockets (a caller's send on a lane may have
+        taken the signal of a result that came by it)."""
+        self._wake_io()
+
     def _wake_io(self) -> None:
         if not self._woken:
             self._woken = True
@@ -368,12 +383,20 @@ class ClientConnection:
             p.Reject: self._on_reject,
             p.Lanes: lambda msg: self._resend(self.lanes.update(msg)),
         }
-        link, outbox, lock = self._link, self._outbox, self._socket_lock
+        link, outbox, lock, lanes = self._link, self._outbox, self._socket_lock, self.lanes
         poller = zmq.Poller()
         poller.register(from_callers, zmq.POLLIN)
         dealer: zmq.Socket | None = None
         descriptor = -1
+        lane_generation, lane_descriptors = -1, []
         while True:
+            # Results come by lanes too (runtime/lanes.py): their descriptors are polled.
+            if lanes.generation != lane_generation:
+                for fd in lane_descriptors:
+                    poller.unregister(fd)
+                lane_generation, lane_descriptors = lanes.generation, lanes.descriptors()
+                for fd in lane_descriptors:
+                    poller.register(fd, zmq.POLLIN)
             # -- 1. Sleep until the callers or the DEALER have something, unless it has now.
             with lock:
                 if self._dealer is not dealer:  # the first turn, or reconnected
@@ -386,6 +409,7 @@ class ClientConnection:
                 events = dealer.getsockopt(zmq.EVENTS)
             sending = bool(outbox) and link.connected
             due = events & zmq.POLLIN or (sending and events & zmq.POLLOUT)
+            due = due or (lane_descriptors and lanes.waiting())
             # Lane submits go to the scheduler too once their grace is over: while lanes are
             # in use, look at least every half grace (a lane send does not wake this thread).
             lanes_due = self.lanes.next_due_s()
@@ -413,9 +437,19 @@ class ClientConnection:
                 if self._dealer is not dealer:
                     break  # a reconnect: the rest of this connection is the old scheduler's
 
+            # -- 2b. Results that came by lanes, each handled as the scheduler's would be.
+            if lane_descriptors:
+                results, problems = lanes.read()
+                for problem in problems:
+                    self._bad_frames(f"dropped a bad frame: {problem}")
+                if results:
+                    handlers[p.Results](p.Results(results))
+                    lanes.took(results)
+
             # -- 3. Frames from callers, in the order they came; an empty one means "close".
-            if from_callers in ready:
-                _drain(from_callers)  # the wake-ups
+            if from_callers in ready or self._callers.waiting:
+                if from_callers in ready:
+                    _drain(from_callers)  # the wake-ups
                 for frame in self._callers.take():
                     if not frame:
                         self._say_goodbye()

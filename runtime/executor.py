@@ -211,7 +211,8 @@ class Executor(CommandHandlers):
         # An idle task thread sleeps on the command connection and reads what comes itself.
         self._idle = CommandWait(self._dealer_lock, self._command_connection, lane=self._lane)
         self.kernel = Kernel(
-            self._reports.emit,
+            # A lane task's result goes to its client too, at once (runtime/lanes.py).
+            self._reports.emit if self._lane is None else self._lane.answering(self._reports.emit),
             flush=self._reports.flush,
             hold=self._reports.send_due,
             read_commands=self._read_commands,

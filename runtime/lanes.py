@@ -8,7 +8,7 @@ into the task ~0.75. The scheduler's half of that is a hop and half a millisecon
 that a stream task does not need: which slot it takes was decided when the lane was given.
 Ray's clients lease workers for the same reason.
 
-The protocol (runtime/protocol.py, 15):
+The protocol (runtime/protocol.py, 15 and 16):
 
 * An executor binds a lane, a ROUTER beside its command connection, and names it in its
   hello (`hello.lane`). The scheduler gives each client a token and the lanes of the live
@@ -27,6 +27,11 @@ The protocol (runtime/protocol.py, 15):
   task as launched there, its parked task as suspended there (scheduler/lanes.py): no
   command goes out. A forward it cannot accept (an unknown token, a job it has already, a
   refused submit) has its taken task killed there.
+* At the task's end the executor sends its result by the lane to the client that sent it
+  (`lane_results`, 16), before its report reaches the scheduler; the client's IO thread
+  reads its lanes beside the scheduler's connection, takes a result only for a task that
+  went by that lane, and drops the scheduler's copy that follows. A stream task's way back
+  is then one hop too, and no flood of other peers at the scheduler is on it.
 * The client resends, to the scheduler, every lane submit that has no result within
   LANE_GRACE_S, or whose lane went away: the scheduler ignores a job it has (a client's
   job id is its own), and kills the lane's late copy of one it placed itself. So no future
@@ -81,6 +86,10 @@ LANE_RCVHWM = 1000
 LANE_SILENT_S = 1.0
 LANE_STRIKES = 3
 LANES_ENV = "TIDAL_LANES"
+# Lane tasks an executor remembers the sender of, to send each its result (`answer`).
+LANE_ASKED_MAX = 4096
+# Lane results a client remembers having taken, to drop the scheduler's copy quietly.
+LANE_ANSWERED_MAX = 4096
 
 
 def lanes_enabled() -> bool:
@@ -139,6 +148,11 @@ class ExecutorLane:
         # elsewhere by now; it is read after a stall here: a long C call, a SIGSTOP).
         self._local = host.startswith("127.")
         self.stale = 0
+        # The lane tasks read here, by task id: who sent each (its client's identity on
+        # this ROUTER) and when, to send its result to (`answer`); at most LANE_ASKED_MAX,
+        # the oldest forgotten first (a task placed elsewhere never ends here).
+        self._asked: dict[str, tuple[bytes, int]] = {}
+        self.answered = 0  # results sent to clients by this lane (for tests and status)
 
     def waiting(self) -> bool:
         """Whether frames wait (this also re-arms the edge-triggered descriptor)."""
@@ -164,10 +178,63 @@ class ExecutorLane:
                     self.stale += 1
                     continue
                 items.append((msg, submit, *task))
+                self._asked.pop(task[0], None)
+                self._asked[task[0]] = (parts[0], msg.sent_ns)
+                if len(self._asked) > LANE_ASKED_MAX:
+                    del self._asked[next(iter(self._asked))]
             except p.ProtocolError as exc:
                 self.bad_frames += 1
                 items.append(exc)
         return items
+
+    def answer(self, msg: p.Message) -> None:
+        """The task thread reports `msg`: if it is the end (finished, failed) of attempt 0
+        of a task that came by this lane, send the result to the client that sent it now,
+        as the scheduler would (its copy follows). Nothing if the frame would be over the
+        lane's limit, or the client is gone: the scheduler's copy is the one then.
+
+        Discussion: a stream task's result went executor -> scheduler -> client, the
+        scheduler's loop a hop on every stream task's way back, and under a flood from
+        other peers a hop that waits behind them (issue 16)."""
+        kind = type(msg)
+        if kind is not p.Finished and kind is not p.Failed and kind is not p.Killed:
+            return
+        asked = self._asked.pop(msg.task_id, None)
+        if asked is None or kind is p.Killed or msg.attempt != 0:
+            return
+        identity, sent_ns = asked
+        stats = msg.stats
+        started = stats["finished_at_ns"] - stats["running_ns"] - stats["suspended_ns"]
+        stats = {
+            **stats,
+            "attempt": 0,
+            "work_lost_ns": 0,
+            "started_at_ns": started,
+            # one CLOCK_MONOTONIC on loopback only (as `sent_ns` is the client's)
+            "queued_ns": max(0, started - sent_ns) if self._local else None,
+        }
+        if kind is p.Finished:
+            item = [msg.task_id, "finished", msg.result, None, stats]
+        else:
+            error = [msg.error_type, msg.message, msg.traceback]
+            item = [msg.task_id, "failed", None, error, stats]
+        frame = p.encode(p.LaneResults([item]))
+        if len(frame) > LANE_MAX_FRAME_BYTES:
+            return
+        try:
+            self.socket.send_multipart([identity, frame], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return
+        self.answered += 1
+
+    def answering(self, emit: Callable[[p.Message], None]) -> Callable[[p.Message], None]:
+        """`emit` (the kernel's reports), each report first offered to `answer`."""
+
+        def emit_and_answer(msg: p.Message) -> None:
+            self.answer(msg)
+            emit(msg)
+
+        return emit_and_answer
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -224,6 +291,11 @@ class ClientLanes:
         self._strikes: dict[str, int] = {}  # overdue in a row, per lane
         self._silent: dict[str, float] = {}  # lanes not to try until then
         self.sent_by_lane = 0  # submits that went by a lane (for tests and status)
+        # Tasks whose result came by a lane (`took`), until the scheduler's copy comes
+        # (`done`): at most LANE_ANSWERED_MAX, the oldest forgotten first.
+        self._answered: dict[str, bool] = {}
+        self.results_by_lane = 0
+        self.generation = 0  # counts changes of the lanes (the IO thread polls each one)
 
     def update(self, msg: p.Lanes | None) -> list[str]:
         """Take the scheduler's list (None: forget every lane, as on a reconnect); return
@@ -238,13 +310,16 @@ class ClientLanes:
             self._token = msg.token if msg is not None else ""
             for executor_id in [e for e in self._lanes if e not in lanes]:
                 self._lanes.pop(executor_id).close(linger=0)
+                self.generation += 1
             for executor_id, address in lanes.items():
                 if executor_id not in self._lanes:
                     dealer = self._context.socket(zmq.DEALER)
                     dealer.linger = 0
                     dealer.sndhwm = LANE_RCVHWM
+                    dealer.setsockopt(zmq.MAXMSGSIZE, LANE_MAX_FRAME_BYTES + 1024)
                     dealer.connect(address)
                     self._lanes[executor_id] = dealer
+                    self.generation += 1
             self._order = list(self._lanes)
             self._strikes, self._silent = {}, {}
             gone = [t for t, sent in list(self._sent.items()) if sent[0] not in self._lanes]
@@ -292,14 +367,66 @@ class ClientLanes:
         """Whether any lane may be used (the IO thread then looks for overdue submits)."""
         return bool(self._order)
 
-    def done(self, task_id: str, executor_id: Any) -> None:
+    def done(self, task_id: str, executor_id: Any) -> bool:
         """A result came (the IO thread), from `executor_id` (its statistics'), or the task
         was cancelled (None): it is in flight on its lane no longer, and that executor
-        answers (no lock: dict pops and stores, each atomic under the GIL)."""
+        answers (no lock: dict pops and stores, each atomic under the GIL). True if its
+        result came by a lane before: this is the scheduler's copy, to drop."""
         self._sent.pop(task_id, None)
         if executor_id in self._strikes:
             self._strikes[executor_id] = 0
             self._silent.pop(executor_id, None)
+        return self._answered.pop(task_id, False)
+
+    # ---- results by lane (the IO thread) ---------------------------------------------------
+
+    def descriptors(self) -> list[int]:
+        """The lanes' descriptors, for the IO thread's poll (again when `generation` moves)."""
+        with self._lock:
+            return [dealer.getsockopt(zmq.FD) for dealer in self._lanes.values()]
+
+    def waiting(self) -> bool:
+        """Whether a lane has frames to read (this also re-arms its descriptor)."""
+        with self._lock:
+            return any(d.getsockopt(zmq.EVENTS) & zmq.POLLIN for d in self._lanes.values())
+
+    def read(self) -> tuple[list[list[Any]], list[str]]:
+        """What the lanes sent: the result items (as in `results`) of tasks sent by that
+        lane and in flight, and what was wrong with the other frames. The IO thread
+        handles the items as the scheduler's, then calls `took` with them."""
+        items: list[list[Any]] = []
+        problems: list[str] = []
+        seen: set[str] = set()  # a task sent by two lanes, both of which answered
+        with self._lock:
+            for executor_id, dealer in self._lanes.items():
+                for _ in range(LANE_RCVHWM):
+                    try:
+                        frame = dealer.recv(zmq.NOBLOCK, copy=True)
+                    except zmq.Again:
+                        break
+                    try:
+                        msg = p.decode(frame, max_frame_bytes=LANE_MAX_FRAME_BYTES)
+                        if type(msg) is not p.LaneResults:
+                            raise p.ProtocolError(f"{msg.op} is not sent to a client's lane")
+                    except p.ProtocolError as exc:
+                        problems.append(f"from the lane of {executor_id}: {exc}")
+                        continue
+                    for item in msg.items:
+                        ok = type(item) is list and len(item) == 5 and type(item[0]) is str
+                        sent = self._sent.get(item[0]) if ok else None
+                        if sent is not None and executor_id in sent[3] and item[0] not in seen:
+                            seen.add(item[0])
+                            items.append(item)
+                        # else: a task not sent there, or answered already (a late copy)
+        return items, problems
+
+    def took(self, items: list[list[Any]]) -> None:
+        """These lane results were handled: the scheduler's copies are dropped (`done`)."""
+        for item in items:
+            self._answered[item[0]] = True
+            self.results_by_lane += 1
+        while len(self._answered) > LANE_ANSWERED_MAX:
+            self._answered.pop(next(iter(self._answered)), None)
 
     def overdue(self) -> list[str]:
         """Lane submits LANE_GRACE_S old or more: each is sent by another lane it has not

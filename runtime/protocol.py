@@ -81,7 +81,9 @@ __all__ = [
 #     executor of protocol 13 would refuse (and a client of 13 reading a kept result).
 # 15: lanes (runtime/lanes.py): hello.lane, lanes (S2C), lane_submit (client -> executor),
 #     forward (E2S), launch.suspensions_left and launch_chunk.suspensions_left.
-PROTOCOL_VERSION = 15
+# 16: lane_results (executor -> client, on a lane): a lane task's result, sent to its client
+#     before the scheduler hears of it.
+PROTOCOL_VERSION = 16
 
 # The values of every `priority` field (submit, launch, launch_chunk), the first the one that
 # goes ahead: a stream task exists to take a slot at once, batch work fills the rest.
@@ -103,12 +105,13 @@ MAX_ID_CHARS = 200
 # small messages never brings a frame near a receiver's limit.
 BATCH_FLUSH_BYTES = 1 << 20
 
-E2S, S2E, C2S, S2C, C2E = (
+E2S, S2E, C2S, S2C, C2E, E2C = (
     "executor->scheduler",
     "scheduler->executor",
     "client->scheduler",
     "scheduler->client",
     "client->executor",  # only `lane_submit`, on an executor's lane (runtime/lanes.py)
+    "executor->client",  # only `lane_results`, on the same lane
 )
 EITHER = "either way"  # only `batch`: executor <-> scheduler both ways, client -> scheduler
 
@@ -475,6 +478,13 @@ class LaneSubmit(Message):
     # Sent again, by a second lane: take it only into a free slot (its first lane may be
     # running it, and a copy must not cost a batch task a suspension).
     again: bool = False
+
+
+@message("lane_results", E2C)
+class LaneResults(Message):
+    # The results of tasks that came by this lane, as in `results` (the scheduler's copy
+    # follows, and the client drops it): sent to the client that sent them, at their end.
+    items: list
 
 
 # ---- clients: client <-> scheduler ----------------------------------------------------------

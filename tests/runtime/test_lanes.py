@@ -199,33 +199,38 @@ def wait_for(predicate, timeout=5.0):
         time.sleep(0.001)
 
 
-def test_a_lane_reads_lane_submits_and_names_what_is_wrong_with_the_rest(context):
+@pytest.fixture
+def lane_and_peer(context):
+    """An executor's lane, and a DEALER connected to it."""
     lane = ExecutorLane(context, "127.0.0.1")
     peer = context.socket(zmq.DEALER)
     peer.linger = 0
-    try:
-        peer.connect(lane.address)
-        good = submit_frame("c-1", [1])
-        frames = [
-            p.encode(p.LaneSubmit("tok", good, time.monotonic_ns())),
-            b"\x93junk",
-            p.encode(p.Ping("x", 1)),
-            p.encode(p.LaneSubmit("tok", b"not msgpack", time.monotonic_ns())),
-            p.encode(
-                p.LaneSubmit("tok", submit_frame("c-2", [1], priority="batch"), time.monotonic_ns())
-            ),
-            p.encode(p.LaneSubmit("tok", submit_frame("c-3", [1], tasks=2), time.monotonic_ns())),
-            # Sent longer ago than its grace (by this host's clock): its client has sent it
-            # elsewhere; skipped, unread, and counted.
-            p.encode(p.LaneSubmit("tok", submit_frame("c-4", [1]), 1)),
-        ]
-        for frame in frames:
-            peer.send(frame)
-        items = []
-        wait_for(lambda: items.extend(lane.read()) or len(items) + lane.stale == len(frames))
-    finally:
-        peer.close()
-        lane.close()
+    peer.connect(lane.address)
+    yield lane, peer
+    peer.close()
+    lane.close()
+
+
+def test_a_lane_reads_lane_submits_and_names_what_is_wrong_with_the_rest(lane_and_peer):
+    lane, peer = lane_and_peer
+    good = submit_frame("c-1", [1])
+    frames = [
+        p.encode(p.LaneSubmit("tok", good, time.monotonic_ns())),
+        b"\x93junk",
+        p.encode(p.Ping("x", 1)),
+        p.encode(p.LaneSubmit("tok", b"not msgpack", time.monotonic_ns())),
+        p.encode(
+            p.LaneSubmit("tok", submit_frame("c-2", [1], priority="batch"), time.monotonic_ns())
+        ),
+        p.encode(p.LaneSubmit("tok", submit_frame("c-3", [1], tasks=2), time.monotonic_ns())),
+        # Sent longer ago than its grace (by this host's clock): its client has sent it
+        # elsewhere; skipped, unread, and counted.
+        p.encode(p.LaneSubmit("tok", submit_frame("c-4", [1]), 1)),
+    ]
+    for frame in frames:
+        peer.send(frame)
+    items = []
+    wait_for(lambda: items.extend(lane.read()) or len(items) + lane.stale == len(frames))
     msg, submit, task_id, payload = items[0]
     assert msg.token == "tok" and submit.job_id == "c-1" and task_id == "c-1/0"
     assert payloads.unpack_call(payload) == ([[1]], {})
@@ -254,6 +259,103 @@ def test_a_frame_over_the_lane_s_limit_drops_its_sender_and_nothing_else(context
         big.close()
         small.close()
         lane.close()
+
+
+END_NS = time.monotonic_ns() + 10**9  # the tasks' end, after every lane submit here
+
+
+def finished(task_id: str, attempt: int = 0, result: bytes = b"\x01") -> p.Finished:
+    stats = {"executor_id": "e0", "running_ns": 300, "suspended_ns": 0, "suspensions": 0}
+    return p.Finished(task_id, attempt, result, {**stats, "records": 2, "finished_at_ns": END_NS})
+
+
+def test_a_lane_sends_a_lane_task_s_end_to_the_client_that_sent_it_and_nothing_else(context):
+    lane = ExecutorLane(context, "127.0.0.1")
+    peers = [context.socket(zmq.DEALER) for _ in range(2)]
+    try:
+        for peer in peers:
+            peer.linger = 0
+            peer.connect(lane.address)
+        sent_ns = time.monotonic_ns()
+        for job_id, peer in (("a-1", peers[0]), ("a-2", peers[0]), ("b-1", peers[1])):
+            peer.send(p.encode(p.LaneSubmit("tok", submit_frame(job_id, [1]), sent_ns)))
+        items = []
+        wait_for(lambda: items.extend(lane.read()) or len(items) == 3)
+        reports = []
+        emit = lane.answering(reports.append)
+        failed = p.Failed("b-1/0", 0, "ValueError", "bad", "tb", finished("x").stats)
+        # Not a lane task, a later attempt, a start: reported, not answered.
+        for msg in (finished("other/0"), finished("a-2/0", attempt=1), p.Started("a-1/0", 0, 5)):
+            emit(msg)
+        emit(failed)
+        emit(finished("a-1/0"))
+        emit(finished("a-1/0"))  # a second end of it (cannot be): answered once
+        kinds = [p.Finished, p.Finished, p.Started, p.Failed, p.Finished, p.Finished]
+        assert [type(m) for m in reports] == kinds  # every report still goes to the scheduler
+        got = [p.decode(peer.recv()) for peer in peers]
+        assert lane.answered == 2
+    finally:
+        for peer in peers:
+            peer.close()
+        lane.close()
+    assert all(type(m) is p.LaneResults and len(m.items) == 1 for m in got)
+    mine, theirs = got[0].items[0], got[1].items[0]
+    assert mine[:4] == ["a-1/0", "finished", b"\x01", None]
+    assert theirs[:4] == ["b-1/0", "failed", None, ["ValueError", "bad", "tb"]]
+    stats = mine[4]
+    assert stats["executor_id"] == "e0" and stats["attempt"] == 0 and stats["work_lost_ns"] == 0
+    assert stats["started_at_ns"] == END_NS - 300  # its end less its running time
+    assert stats["queued_ns"] == END_NS - 300 - sent_ns  # one clock on loopback
+
+
+def test_a_lane_result_too_big_for_the_lane_is_left_to_the_scheduler(lane_and_peer):
+    lane, peer = lane_and_peer
+    peer.send(p.encode(p.LaneSubmit("tok", submit_frame("a-1", [1]), time.monotonic_ns())))
+    wait_for(lane.read)
+    lane.answer(finished("a-1/0", result=b"x" * LANE_MAX_FRAME_BYTES))
+    assert lane.answered == 0
+
+
+def test_client_lanes_take_results_only_by_the_lane_a_task_went_by_and_drop_the_copy(context):
+    lanes_ = [ExecutorLane(context, "127.0.0.1") for _ in range(2)]
+    client = ClientLanes(context)
+    try:
+        client.update(p.Lanes("tok", [["e0", lanes_[0].address], ["e1", lanes_[1].address]]))
+        assert client.generation == 2 and len(client.descriptors()) == 2
+        assert client.send("a-1/0", submit_frame("a-1", [1]))  # by e0 (round robin)
+        assert client.send("a-2/0", submit_frame("a-2", [1]))  # by e1
+        got = [[], []]
+        wait_for(lambda: [got[i].extend(lane.read()) for i, lane in enumerate(lanes_)] and all(got))
+        assert [g[0][1].job_id for g in got] == ["a-1", "a-2"]
+        lanes_[0].answer(finished("a-1/0"))
+        # e1 answers for a task that did not go by it, and sends junk: neither is taken.
+        to_client = lanes_[1]._asked["a-2/0"][0]
+        stray = [["a-1/0", "finished", b"\x02", None, {}]]
+        lanes_[1].socket.send_multipart([to_client, p.encode(p.LaneResults(stray))])
+        lanes_[1].socket.send_multipart([to_client, b"junk"])
+        items, problems = [], []
+
+        def read():
+            new_items, new_problems = client.read()
+            items.extend(new_items)
+            problems.extend(new_problems)
+            return items and problems
+
+        wait_for(lambda: client.waiting() or items)
+        wait_for(read)
+        assert [item[:3] for item in items] == [["a-1/0", "finished", b"\x01"]]
+        assert len(problems) == 1 and "from the lane of e1" in problems[0]
+        # As the IO thread does: the item is handled as a result (`done`), then `took`.
+        assert client.done("a-1/0", "e0") is False
+        client.took(items)
+        assert client.results_by_lane == 1
+        assert client.done("a-1/0", "e0") is True  # the scheduler's copy: dropped
+        assert client.done("a-1/0", "e0") is False  # and forgotten
+        assert client.done("a-2/0", "e1") is False  # came by the scheduler only
+    finally:
+        client.close()
+        for lane in lanes_:
+            lane.close()
 
 
 class Clock:
@@ -343,7 +445,17 @@ def test_stream_tasks_go_by_lanes_and_suspend_the_batch_tasks_there(tmp_path):
         for i in range(20):  # one after another, as a stream's micro-batches come
             streams.append(client.submit(total, list(range(i)), priority="stream"))
             assert streams[-1].result(timeout=30) == sum(range(i))
-        assert client._io.lanes.sent_by_lane == 20
+        lanes = client._io.lanes
+        assert lanes.sent_by_lane == 20
+        # Their results came by the lanes too (a few may lose the race to the scheduler's
+        # copy, handled first when both wait), and every copy that followed was dropped
+        # quietly: none counts as a result for no future.
+        assert lanes.results_by_lane >= 10
+        wait_for(lambda: not lanes._answered, timeout=30)
+        assert client.dropped_results == 0
+        streams.append(client.submit(total, ["a", 1], priority="stream"))  # fails, by a lane
+        with pytest.raises(TypeError, match="unsupported operand"):
+            streams[-1].result(timeout=30)
         assert client.gather(batch, timeout=60) == [sum(parts[0])] * 2  # exact, once parked
         suspensions = sum(f.statistics().suspensions for f in batch)
         assert suspensions >= 1

@@ -140,7 +140,7 @@ def test_every_message_is_registered_under_its_op_with_a_direction():
     assert len(MESSAGES) >= 18
     for op, cls in MESSAGES.items():
         assert cls.op == op
-        assert cls.direction in (p.E2S, p.S2E, p.C2S, p.S2C, p.C2E, p.EITHER)
+        assert cls.direction in (p.E2S, p.S2E, p.C2S, p.S2C, p.C2E, p.E2C, p.EITHER)
         assert dataclasses.is_dataclass(cls)
 
 
