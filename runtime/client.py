@@ -460,8 +460,8 @@ class Client(ClientRequests):
                     # thread, nor a wake-up, while its stream task runs.
                     self._to_io.send_later(frames[1:])
                     frames = []
-                    if self._io.lanes.waiting():  # the send took the signal of a result
-                        self._to_io.wake()
+                if lane and self._io.lanes.waiting():  # a send (or a try) took the signal
+                    self._to_io.wake()  # of a result that came by a lane meanwhile
                 if frames:
                     self._to_io.send_all(frames, urgent=priority == "stream")
                 registered = True
@@ -704,8 +704,6 @@ class Client(ClientRequests):
                 self._bad_frames(f"dropped a bad result from the scheduler: {exc}")
                 self._fail_malformed(item, exc)
                 continue
-            if outcome == "finished" and type(value) is bytes and not payloads.is_reference(value):
-                self.traffic.received(len(value))  # (a kept result's, where it is fetched)
             with self._lock:
                 future = self._pending.pop(task_id, None)
                 if future is not None:
@@ -713,6 +711,8 @@ class Client(ClientRequests):
             by_lane = lanes.done(task_id, stats.get("executor_id") if type(stats) is dict else None)
             if future is None and by_lane:
                 continue  # the scheduler's copy of a result that came by a lane
+            if outcome == "finished" and type(value) is bytes and not payloads.is_reference(value):
+                self.traffic.received(len(value))  # (a kept result's, where it is fetched)
             # A bulk job's task, else unknown, completed, or cancelled here: never complete a
             # future twice (a spooled result no one waits for is released). A kept result
             # computed again goes to its future (runtime/kept_futures.py).
@@ -736,7 +736,7 @@ class Client(ClientRequests):
                 except p.ProtocolError as exc:
                     # Discussion: only this future learns of it; the frame's other results
                     # are sound and complete theirs.
-                    self._bad_frames(f"dropped a bad result from the scheduler: {exc}")
+                    self._bad_frames(f"dropped a bad result of {task_id}: {exc}")
                     future._stats = stats
                     with contextlib.suppress(concurrent.futures.InvalidStateError):
                         future.set_exception(exc)

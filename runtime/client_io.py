@@ -19,6 +19,9 @@ Threads and why:
 * A caller sends a stream task's submit itself (`send_urgent`), on the DEALER, under the
   lock, when nothing is queued before it and the IO thread has nothing waiting to go out;
   it waits for the lock at most while the IO thread reads a few hundred frames or sends.
+* Under LB, a caller sends a stream task of one plain task to an executor's lane instead
+  (runtime/lanes.py), and its result comes back by that lane: the IO thread polls the
+  lanes beside the DEALER and hands their results to the same bookkeeping.
 
 When the scheduler goes away. The connection's liveness is a `Link` (runtime/link.py), as
 the executor's is. While futures or requests are pending, the IO thread pings the scheduler
@@ -139,9 +142,8 @@ class CallerQueue:
         LANE_GRACE_S / 2 while lanes are in use; see `ClientConnection._loop`)."""
         self._frames.extend(frames)
 
-    @property
-    def waiting(self) -> bool:
-        """Whether frames wait for the IO thread."""
+    def queued(self) -> bool:
+        """Whether frames wait for the IO thread (`send_later`'s, if it was not woken)."""
         return bool(self._frames)
 
     def wake(self) -> None:
@@ -447,9 +449,12 @@ class ClientConnection:
                     lanes.took(results)
 
             # -- 3. Frames from callers, in the order they came; an empty one means "close".
-            if from_callers in ready or self._callers.waiting:
+            if from_callers in ready or self._callers.queued():
                 if from_callers in ready:
                     _drain(from_callers)  # the wake-ups
+                else:  # `send_later`'s: no urgent send may overtake them (step 2 did not stop them)
+                    with lock:
+                        self._urgent_ok = False  # until step 5 has sent them
                 for frame in self._callers.take():
                     if not frame:
                         self._say_goodbye()

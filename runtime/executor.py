@@ -212,7 +212,9 @@ class Executor(CommandHandlers):
         self._idle = CommandWait(self._dealer_lock, self._command_connection, lane=self._lane)
         self.kernel = Kernel(
             # A lane task's result goes to its client too, at once (runtime/lanes.py).
-            self._reports.emit if self._lane is None else self._lane.answering(self._reports.emit),
+            self._reports.emit
+            if self._lane is None
+            else self._lane.answering(self._reports.emit, self._read_lane),
             flush=self._reports.flush,
             hold=self._reports.send_due,
             read_commands=self._read_commands,

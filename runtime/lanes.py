@@ -48,6 +48,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,7 @@ import zmq
 
 from tidal.runtime import protocol as p
 from tidal.runtime.frames import FrameReader
+from tidal.runtime.jobs import parse_result
 from tidal.runtime.runstate import RunState, TaskRecord
 
 __all__ = [
@@ -153,6 +155,7 @@ class ExecutorLane:
         # the oldest forgotten first (a task placed elsewhere never ends here).
         self._asked: dict[str, tuple[bytes, int]] = {}
         self.answered = 0  # results sent to clients by this lane (for tests and status)
+        self.unanswered = 0  # ends of lane tasks left to the scheduler (too big, not sent)
 
     def waiting(self) -> bool:
         """Whether frames wait (this also re-arms the edge-triggered descriptor)."""
@@ -187,21 +190,22 @@ class ExecutorLane:
                 items.append(exc)
         return items
 
-    def answer(self, msg: p.Message) -> None:
+    def answer(self, msg: p.Message) -> bool:
         """The task thread reports `msg`: if it is the end (finished, failed) of attempt 0
         of a task that came by this lane, send the result to the client that sent it now,
-        as the scheduler would (its copy follows). Nothing if the frame would be over the
-        lane's limit, or the client is gone: the scheduler's copy is the one then.
+        as the scheduler would (its copy follows); True if sent. Nothing if the frame would
+        be over the lane's limit, or the client is gone: the scheduler's copy is the one
+        then.
 
         Discussion: a stream task's result went executor -> scheduler -> client, the
-        scheduler's loop a hop on every stream task's way back, and under a flood from
-        other peers a hop that waits behind them (issue 16)."""
+        scheduler's loop a hop on every stream task's way back, and, while other peers
+        flood the scheduler, a hop that waits behind them."""
         kind = type(msg)
         if kind is not p.Finished and kind is not p.Failed and kind is not p.Killed:
-            return
+            return False
         asked = self._asked.pop(msg.task_id, None)
         if asked is None or kind is p.Killed or msg.attempt != 0:
-            return
+            return False
         identity, sent_ns = asked
         stats = msg.stats
         started = stats["finished_at_ns"] - stats["running_ns"] - stats["suspended_ns"]
@@ -220,19 +224,29 @@ class ExecutorLane:
             item = [msg.task_id, "failed", None, error, stats]
         frame = p.encode(p.LaneResults([item]))
         if len(frame) > LANE_MAX_FRAME_BYTES:
-            return
+            self.unanswered += 1
+            return False
         try:
             self.socket.send_multipart([identity, frame], zmq.NOBLOCK)
         except zmq.ZMQError:
-            return
+            self.unanswered += 1
+            return False
         self.answered += 1
+        return True
 
-    def answering(self, emit: Callable[[p.Message], None]) -> Callable[[p.Message], None]:
-        """`emit` (the kernel's reports), each report first offered to `answer`."""
+    def answering(
+        self, emit: Callable[[p.Message], None], read: Callable[[], Any]
+    ) -> Callable[[p.Message], None]:
+        """`emit` (the kernel's reports), each report first offered to `answer`. After a
+        send, `read` (the executor's read of this lane) if a lane submit waits: the send
+        may have taken the descriptor's signal of one that came meanwhile, which the
+        gate's watcher would then not see."""
 
         def emit_and_answer(msg: p.Message) -> None:
-            self.answer(msg)
+            answered = self.answer(msg)
             emit(msg)
+            if answered and self.waiting():
+                read()
 
         return emit_and_answer
 
@@ -273,8 +287,9 @@ class ClientLanes:
     """A client's lanes: a DEALER per executor that has one, the token, and the lane
     submits still within their grace (see the module docstring).
 
-    `update` runs on the client's IO thread, `send` on callers' threads, both under one
-    lock; `overdue` on the IO thread."""
+    `update`, `overdue`, `read` and `took` run on the client's IO thread, `send` on
+    callers' threads, all under one lock, as `waiting` (either thread); `done` on either,
+    without it."""
 
     def __init__(self, context: zmq.Context, clock: Callable[[], float] = time.monotonic) -> None:
         self._context = context
@@ -292,8 +307,9 @@ class ClientLanes:
         self._silent: dict[str, float] = {}  # lanes not to try until then
         self.sent_by_lane = 0  # submits that went by a lane (for tests and status)
         # Tasks whose result came by a lane (`took`), until the scheduler's copy comes
-        # (`done`): at most LANE_ANSWERED_MAX, the oldest forgotten first.
-        self._answered: dict[str, bool] = {}
+        # (`done`): an ordered set (values True), at most LANE_ANSWERED_MAX, the oldest
+        # forgotten first (the copy of one forgotten counts in `Client.dropped_results`).
+        self._answered: OrderedDict[str, bool] = OrderedDict()
         self.results_by_lane = 0
         self.generation = 0  # counts changes of the lanes (the IO thread polls each one)
 
@@ -412,10 +428,14 @@ class ClientLanes:
                         problems.append(f"from the lane of {executor_id}: {exc}")
                         continue
                     for item in msg.items:
-                        ok = type(item) is list and len(item) == 5 and type(item[0]) is str
-                        sent = self._sent.get(item[0]) if ok else None
-                        if sent is not None and executor_id in sent[3] and item[0] not in seen:
-                            seen.add(item[0])
+                        try:
+                            task_id = parse_result(item)[0]
+                        except p.ProtocolError as exc:
+                            problems.append(f"a bad result from the lane of {executor_id}: {exc}")
+                            continue
+                        sent = self._sent.get(task_id)
+                        if sent is not None and executor_id in sent[3] and task_id not in seen:
+                            seen.add(task_id)
                             items.append(item)
                         # else: a task not sent there, or answered already (a late copy)
         return items, problems
@@ -426,7 +446,7 @@ class ClientLanes:
             self._answered[item[0]] = True
             self.results_by_lane += 1
         while len(self._answered) > LANE_ANSWERED_MAX:
-            self._answered.pop(next(iter(self._answered)), None)
+            self._answered.popitem(last=False)
 
     def overdue(self) -> list[str]:
         """Lane submits LANE_GRACE_S old or more: each is sent by another lane it has not
