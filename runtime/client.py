@@ -384,11 +384,7 @@ class Client(ClientRequests):
         # Taken before packing, so a future's latency includes the cost of packing its job.
         sent_ns = time.monotonic_ns()
         registered = False
-        # A stream task's caller at real-time priority from here until its result comes, so
-        # that it is not preempted holding the GIL (runtime/realtime.py `CallerBoosts`);
-        # released at the end unless the job is one future, which releases it when done.
-        boosts = self._io.boosts
-        boosted = boosts.boost() if priority == "stream" and not light else None
+        boosts, boosted = self._io.boosts, False
         try:
             try:
                 packed = pack(job_id)
@@ -416,6 +412,10 @@ class Client(ClientRequests):
             except p.EncodeError as exc:
                 raise unencodable(ref.ref, parts, exc) from None
             check_frame_size(ref.ref, frame)
+            # A stream task's caller at real-time priority from here to the end of its
+            # submit (its packing, however big, is done), so that it is not preempted
+            # holding the GIL once its task is sent (runtime/realtime.py `CallerBoosts`).
+            boosted = priority == "stream" and not light and boosts.boost()
             dropped = self._releases.dropped
             keep = bool(options and options.get("keep"))
             one_by_one = bulk is None and not light  # a future per task
@@ -439,9 +439,6 @@ class Client(ClientRequests):
                 futures = MapFutures(job, dropped)
                 self._releases.track(job_id, 1)
             released = self._releases.take()  # told with this job: nothing waits for them
-            if boosted is not None and one_by_one and len(futures) == 1:
-                futures[0].add_done_callback(lambda _f, tid=boosted: boosts.release(tid))
-                boosted = None  # released when its result comes
             with self._lock:
                 self._check_open()  # registered before the frame leaves: no result first
                 if one_by_one:
@@ -474,7 +471,7 @@ class Client(ClientRequests):
                     self._to_io.send_all(frames, urgent=priority == "stream")
                 registered = True
         finally:
-            boosts.release(boosted)
+            boosts.end(boosted)
             if not registered:  # it failed: nothing will read what was spooled for it
                 with self._lock:
                     self._drop_spooled([job_id])

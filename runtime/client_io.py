@@ -206,7 +206,7 @@ class ClientConnection:
         realtime_io_threads(self._context)
         # Executors' lanes, which stream submits may take instead (runtime/lanes.py).
         self.lanes = ClientLanes(self._context)
-        # Threads waiting for a stream task's result, at real-time priority meanwhile.
+        # A stream task's caller at real-time priority for its submit.
         self.boosts = CallerBoosts()
         self._dealer: zmq.Socket | None = None
         # Once the IO thread runs, every use of the DEALER is under this lock: the IO thread's,
@@ -368,7 +368,6 @@ class ClientConnection:
                 self._urgent_ok = False
                 self._dealer.close(linger=CLOSE_LINGER_MS)
             self.lanes.close()
-            self.boosts.expire(everyone=True)
             from_callers.close(linger=0)
 
     def _loop(self, from_callers: zmq.Socket) -> None:
@@ -420,8 +419,6 @@ class ClientConnection:
             lanes_due = self.lanes.next_due_s()
             timeout_s = min(KEEPALIVE_S, LANE_GRACE_S / 2) if self.lanes.active else KEEPALIVE_S
             timeout_s = timeout_s if lanes_due is None else min(timeout_s, lanes_due)
-            boosts_due = self.boosts.expire()  # callers boosted too long go back first
-            timeout_s = timeout_s if boosts_due is None else min(timeout_s, boosts_due)
             ready = dict(poller.poll(0 if due else math.ceil(timeout_s * 1000)))
 
             # -- 2. Frames from the scheduler, each handled by its op; bad ones dropped.

@@ -12,11 +12,10 @@ normal priority, which is correct, only with a longer tail.
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import logging
 import os
 import threading
-import time
 from typing import Any
 
 import zmq
@@ -190,85 +189,61 @@ class TaskThreadNice:
 
 
 class CallerBoosts:
-    """Threads that submitted a stream task, at SCHED_FIFO (priority 1) until its result
-    came or STREAM_REALTIME_NS passed, where permitted and TIDAL_REALTIME_CALLERS is not 0.
+    """The thread that submits a stream task, at SCHED_FIFO (priority 1) for the length of
+    its `submit`, where permitted and TIDAL_REALTIME_CALLERS is not 0.
 
     Discussion: traced under `tidal bench preempt`'s full batch load (2026-12-08), a stream
     task's tail was its caller's thread: a normal thread, it was preempted in `submit`
     after its send (by the threads that send woke, then behind batch threads) while it
     held the GIL, for 1-4 ms, and the client's IO thread, its result in hand, could not
-    run Python until it got its CPU back. With the caller at SCHED_FIFO (nothing but the
-    relays above it), in three runs each: start p99 0.76-0.92 ms against 0.81-3.3, loaded
-    latency p99 1.19-1.43 against 1.80-3.83. A caller waiting in `result()` sleeps; one
-    that computes meanwhile is bounded as a stream task's own thread is. A thread the
-    program put at another policy keeps it.
+    run Python until it got its CPU back. At SCHED_FIFO for the submit, nothing but the
+    relays preempts it there; it goes back on its own thread, with the GIL released for
+    that call (ctypes), so that if it is preempted at once, the IO thread can still take
+    the GIL and hand over the result. Only the thread itself changes its policy: no other
+    thread (whose id the kernel may give to another thread once it ends) is touched, and
+    `SCHED_RESET_ON_FORK` keeps a process it starts meanwhile out of it. A thread the
+    program put at another policy, or that it moves during the submit, keeps that.
+    (Held until the result came instead, through the IO thread, it left a thread boosted
+    past its bound when the IO thread slept, and could reset a reused thread id: a
+    review, 2026-12-08.)"""
 
-    `boost` runs on the submitting thread, `release` on whichever completes the future,
-    `expire` on the client's IO thread; all under one lock."""
-
-    def __init__(self, enabled: bool | None = None, clock: Any = time.monotonic_ns) -> None:
+    def __init__(self, enabled: bool | None = None) -> None:
         if enabled is None:
-            wanted = os.environ.get(REALTIME_CALLERS_ENV, "1").strip() not in ("0", "off")
-            enabled = wanted and realtime_permitted()
+            wanted = os.environ.get(REALTIME_CALLERS_ENV, "1").strip() != "0"
+            enabled = wanted and realtime_permitted() and _LIBC is not None
         self._enabled = enabled
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._boosted: dict[int, list[int]] = {}  # thread id -> [stream tasks pending, since]
 
-    def boost(self) -> int | None:
-        """Put the calling thread at SCHED_FIFO for one stream task; its id for `release`
-        (None: not boosted)."""
+    def boost(self) -> bool:
+        """Put the calling thread at SCHED_FIFO; whether it was (give it to `end`)."""
         if not self._enabled:
-            return None
-        tid = threading.get_native_id()
-        with self._lock:
-            entry = self._boosted.get(tid)
-            if entry is not None:
-                entry[0] += 1
-                return tid
-            try:
-                if os.sched_getscheduler(0) != os.SCHED_OTHER:
-                    return None  # the program's own choice stands
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(_CALLER_PRIORITY))
-            except OSError:
-                self._enabled = False
-                return None
-            self._boosted[tid] = [1, self._clock()]
-        return tid
+            return False
+        try:
+            if os.sched_getscheduler(0) != os.SCHED_OTHER:
+                return False  # the program's own choice stands
+            policy = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
+            os.sched_setscheduler(0, policy, os.sched_param(_CALLER_PRIORITY))
+        except OSError:
+            self._enabled = False
+            return False
+        return True
 
-    def release(self, tid: int | None) -> None:
-        """One of the thread's stream tasks is done: after its last, back to SCHED_OTHER."""
-        if tid is None:
+    def end(self, boosted: bool) -> None:
+        """Put the calling thread back at SCHED_OTHER if `boost` moved it and nothing has
+        moved it since; the GIL is released for the call (see the class docstring)."""
+        if not boosted or _LIBC is None:
             return
-        with self._lock:
-            entry = self._boosted.get(tid)
-            if entry is None:
-                return
-            entry[0] -= 1
-            if entry[0] <= 0:
-                del self._boosted[tid]
-                _back_to_normal(tid)
-
-    def expire(self, everyone: bool = False) -> float | None:
-        """Put back the threads boosted STREAM_REALTIME_NS ago or more (`everyone`: all);
-        seconds until the next is due (None: none boosted)."""
-        now = self._clock()
-        with self._lock:
-            for tid, (_, since) in list(self._boosted.items()):
-                if everyone or now - since >= STREAM_REALTIME_NS:
-                    del self._boosted[tid]
-                    _back_to_normal(tid)
-            if not self._boosted:
-                return None
-            first = min(since for _, since in self._boosted.values())
-            return max(0, first + STREAM_REALTIME_NS - now) / 1e9
-
-    def boosted(self) -> list[int]:
-        """The threads boosted now (for tests)."""
-        with self._lock:
-            return list(self._boosted)
+        policy = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
+        if policy != os.SCHED_FIFO or os.sched_getparam(0).sched_priority != _CALLER_PRIORITY:
+            return
+        _LIBC.sched_setscheduler(0, os.SCHED_OTHER, ctypes.byref(ctypes.c_int(0)))
 
 
-def _back_to_normal(tid: int) -> None:
-    with contextlib.suppress(OSError):  # a thread that ended meanwhile
-        os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+def _libc() -> Any:
+    """The C library, for a `sched_setscheduler` that releases the GIL (None: none)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
