@@ -465,6 +465,12 @@ class Client(ClientRequests):
                     # thread, nor a wake-up, while its stream task runs.
                     self._to_io.send_later(frames[1:])
                     frames = []
+                    if boosted:  # held until this thread waits, or the result comes
+                        tid, token = boosts.hold()
+                        futures[0].add_done_callback(
+                            lambda _f, t=tid, k=token: boosts.release(t, k)
+                        )
+                        boosted = False
                 if lane and self._io.lanes.waiting():  # a send (or a try) took the signal
                     self._to_io.wake()  # of a result that came by a lane meanwhile
                 if frames:

@@ -206,7 +206,8 @@ class ClientConnection:
         realtime_io_threads(self._context)
         # Executors' lanes, which stream submits may take instead (runtime/lanes.py).
         self.lanes = ClientLanes(self._context)
-        # A stream task's caller at real-time priority for its submit.
+        # A stream task's caller at real-time priority for its submit (and, for a lane's
+        # task, until it waits or the result comes).
         self.boosts = CallerBoosts()
         self._dealer: zmq.Socket | None = None
         # Once the IO thread runs, every use of the DEALER is under this lock: the IO thread's,
@@ -368,6 +369,7 @@ class ClientConnection:
                 self._urgent_ok = False
                 self._dealer.close(linger=CLOSE_LINGER_MS)
             self.lanes.close()
+            self.boosts.expire(everyone=True)
             from_callers.close(linger=0)
 
     def _loop(self, from_callers: zmq.Socket) -> None:
@@ -419,6 +421,8 @@ class ClientConnection:
             lanes_due = self.lanes.next_due_s()
             timeout_s = min(KEEPALIVE_S, LANE_GRACE_S / 2) if self.lanes.active else KEEPALIVE_S
             timeout_s = timeout_s if lanes_due is None else min(timeout_s, lanes_due)
+            boosts_due = self.boosts.expire()  # callers' boosts held too long end first
+            timeout_s = timeout_s if boosts_due is None else min(timeout_s, boosts_due)
             ready = dict(poller.poll(0 if due else math.ceil(timeout_s * 1000)))
 
             # -- 2. Frames from the scheduler, each handled by its op; bad ones dropped.

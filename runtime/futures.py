@@ -29,6 +29,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tidal.runtime import reprs
+from tidal.runtime.realtime import end_held
 
 if TYPE_CHECKING:
     from tidal.runtime.releases import Releases
@@ -196,6 +197,14 @@ class TaskFuture(concurrent.futures.Future):
         dropped = self._dropped
         if dropped is not None:
             dropped(self.job_id)
+
+    def result(self, timeout: float | None = None) -> Any:
+        end_held()  # a stream task's caller waits: its boost ends (runtime/realtime.py)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        end_held()
+        return super().exception(timeout)
 
     def cancel(self) -> bool:
         """Cancel the task here and ask the scheduler to drop or kill it.

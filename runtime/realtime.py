@@ -12,10 +12,12 @@ normal priority, which is correct, only with a longer tail.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import zmq
@@ -29,6 +31,7 @@ __all__ = [
     "STREAM_REALTIME_NS",
     "CallerBoosts",
     "TaskThreadNice",
+    "end_held",
     "lower_this_thread",
     "realtime_io_threads",
     "realtime_permitted",
@@ -189,53 +192,142 @@ class TaskThreadNice:
 
 
 class CallerBoosts:
-    """The thread that submits a stream task, at SCHED_FIFO (priority 1) for the length of
-    its `submit`, where permitted and TIDAL_REALTIME_CALLERS is not 0.
+    """The thread that submits a stream task, at SCHED_FIFO (priority 1) from the end of
+    its packing to the end of its `submit`, or, for a lane's task (runtime/lanes.py), until
+    it waits for the result, or the result comes, or STREAM_REALTIME_NS passed (at the IO
+    thread's next pass after that: within LANE_GRACE_S / 2 while lanes are in use); where
+    permitted and TIDAL_REALTIME_CALLERS is not 0.
 
     Discussion: traced under `tidal bench preempt`'s full batch load (2026-12-08), a stream
     task's tail was its caller's thread: a normal thread, it was preempted in `submit`
     after its send (by the threads that send woke, then behind batch threads) while it
     held the GIL, for 1-4 ms, and the client's IO thread, its result in hand, could not
-    run Python until it got its CPU back. At SCHED_FIFO for the submit, nothing but the
-    relays preempts it there; it goes back on its own thread, with the GIL released for
-    that call (ctypes), so that if it is preempted at once, the IO thread can still take
-    the GIL and hand over the result. Only the thread itself changes its policy: no other
-    thread (whose id the kernel may give to another thread once it ends) is touched, and
-    `SCHED_RESET_ON_FORK` keeps a process it starts meanwhile out of it. A thread the
-    program put at another policy, or that it moves during the submit, keeps that.
-    (Held until the result came instead, through the IO thread, it left a thread boosted
-    past its bound when the IO thread slept, and could reset a reused thread id: a
-    review, 2026-12-08.)"""
+    run Python until it got its CPU back; put back at the end of `submit`, it was
+    preempted there instead, in the few microseconds of Python before it waits. So the
+    boost lasts until the thread waits (`end_held`, on its own thread, with the GIL
+    released for the call: ctypes) or its result came (`release`, on the IO thread).
 
-    def __init__(self, enabled: bool | None = None) -> None:
+    A first version (2026-12-08) set and reset threads by id from the IO thread alone: a
+    review found a process it forked kept SCHED_FIFO, a reused thread id had its policy
+    reset, a policy the program set meanwhile was lost, and the bound held only when the
+    IO thread happened to run. Now: `SCHED_RESET_ON_FORK` keeps children out of it; a
+    thread is only ever put back if it is still one of this process's threads
+    (/proc/self/task), still at exactly the boost's policy and priority, and the boost
+    is the one recorded for it (a token); a boost is held past `submit` only for a
+    lane's task, when the IO thread looks at least every LANE_GRACE_S / 2; and the IO
+    thread ends every boost when it stops. A thread the program put at another policy
+    keeps it."""
+
+    def __init__(self, enabled: bool | None = None, clock: Any = time.monotonic_ns) -> None:
         if enabled is None:
             wanted = os.environ.get(REALTIME_CALLERS_ENV, "1").strip() != "0"
             enabled = wanted and realtime_permitted() and _LIBC is not None
         self._enabled = enabled
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._held: dict[int, tuple[object, int]] = {}  # thread id -> (token, since)
 
     def boost(self) -> bool:
-        """Put the calling thread at SCHED_FIFO; whether it was (give it to `end`)."""
+        """Put the calling thread at SCHED_FIFO (or keep it there, if it holds a boost of
+        ours still); whether it is (give it to `end` or `hold`)."""
         if not self._enabled:
             return False
-        try:
-            if os.sched_getscheduler(0) != os.SCHED_OTHER:
-                return False  # the program's own choice stands
-            policy = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
-            os.sched_setscheduler(0, policy, os.sched_param(_CALLER_PRIORITY))
-        except OSError:
-            self._enabled = False
-            return False
+        tid = threading.get_native_id()
+        with self._lock:
+            if self._held.pop(tid, None) is not None and _ours(0):
+                _HELD.token = None
+                return True  # held from its last submit: this one takes it over
+            try:
+                if os.sched_getscheduler(0) != os.SCHED_OTHER:
+                    return False  # the program's own choice stands
+                os.sched_setscheduler(0, _BOOSTED, os.sched_param(_CALLER_PRIORITY))
+            except OSError:
+                self._enabled = False
+                return False
         return True
 
     def end(self, boosted: bool) -> None:
         """Put the calling thread back at SCHED_OTHER if `boost` moved it and nothing has
-        moved it since; the GIL is released for the call (see the class docstring)."""
-        if not boosted or _LIBC is None:
-            return
-        policy = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
-        if policy != os.SCHED_FIFO or os.sched_getparam(0).sched_priority != _CALLER_PRIORITY:
-            return
-        _LIBC.sched_setscheduler(0, os.SCHED_OTHER, ctypes.byref(ctypes.c_int(0)))
+        moved it since; the GIL is released for the call."""
+        if boosted and _LIBC is not None and _ours(0):
+            _LIBC.sched_setscheduler(0, os.SCHED_OTHER, ctypes.byref(ctypes.c_int(0)))
+
+    def hold(self) -> tuple[int, object]:
+        """Keep the calling thread's boost past its submit; (thread id, token) for
+        `release`."""
+        tid, token = threading.get_native_id(), object()
+        with self._lock:
+            self._held[tid] = (token, self._clock())
+        _HELD.token, _HELD.boosts = token, self
+        return tid, token
+
+    def end_held(self) -> None:
+        """The calling thread is about to wait: end the boost it holds, if it still does."""
+        token = _HELD.token
+        _HELD.token = None
+        tid = threading.get_native_id()
+        with self._lock:
+            held = self._held.get(tid)
+            if held is None or held[0] is not token:
+                return  # ended meanwhile (its result came, or its time)
+            del self._held[tid]
+        self.end(True)
+
+    def release(self, tid: int, token: object) -> None:
+        """The result of the task `token` was held for came (the IO thread): end it."""
+        with self._lock:
+            held = self._held.get(tid)
+            if held is not None and held[0] is token:
+                del self._held[tid]
+                _end_other(tid)
+
+    def expire(self, everyone: bool = False) -> float | None:
+        """End the boosts held STREAM_REALTIME_NS or longer (`everyone`: all; the IO
+        thread); seconds until the next is due (None: none held)."""
+        now = self._clock()
+        with self._lock:
+            for tid, (_, since) in list(self._held.items()):
+                if everyone or now - since >= STREAM_REALTIME_NS:
+                    del self._held[tid]
+                    _end_other(tid)
+            if not self._held:
+                return None
+            first = min(since for _, since in self._held.values())
+        return max(0, first + STREAM_REALTIME_NS - now) / 1e9
+
+    def holding(self) -> list[int]:
+        """The threads holding a boost now (for tests)."""
+        with self._lock:
+            return list(self._held)
+
+
+def end_held() -> None:
+    """The calling thread is about to wait for a result: end a boost it holds, if any
+    (`CallerBoosts.hold`; a thread-local read when it holds none)."""
+    if getattr(_HELD, "token", None) is not None:
+        _HELD.boosts.end_held()
+
+
+_HELD = threading.local()  # the boost this thread holds past its submit: token, boosts
+_BOOSTED = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
+
+
+def _ours(tid: int) -> bool:
+    """Whether thread `tid` (0: this one) is at exactly a boost's policy and priority."""
+    try:
+        return (
+            os.sched_getscheduler(tid) == _BOOSTED
+            and os.sched_getparam(tid).sched_priority == _CALLER_PRIORITY
+        )
+    except OSError:
+        return False
+
+
+def _end_other(tid: int) -> None:
+    """Put back thread `tid` of this process, if it is still at a boost's policy."""
+    if os.path.exists(f"/proc/self/task/{tid}") and _ours(tid):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
 
 
 def _libc() -> Any:

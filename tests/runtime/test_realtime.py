@@ -1,18 +1,22 @@
-"""A stream task's caller at real-time priority for its submit (runtime/realtime.py
-`CallerBoosts`), alone and on a LocalCluster."""
+"""A stream task's caller at real-time priority for its submit, and for a lane's task until
+it waits or its result comes (runtime/realtime.py `CallerBoosts`), alone (a fake clock)
+and on a LocalCluster."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import pytest
 
 from tidal.runtime import realtime
 from tidal.runtime.client import Client
 from tidal.runtime.cluster import LocalCluster
+from tidal.runtime.futures import TaskFuture
 from tidal.runtime.lanes import LANE_MAX_FRAME_BYTES
-from tidal.runtime.realtime import CallerBoosts, realtime_permitted
-from tidal.workloads.synthetic import total
+from tidal.runtime.realtime import STREAM_REALTIME_NS, CallerBoosts, end_held, realtime_permitted
+from tidal.workloads.synthetic import burn, total
 
 pytestmark = pytest.mark.skipif(
     not realtime_permitted(), reason="SCHED_FIFO needs root or CAP_SYS_NICE"
@@ -94,3 +98,114 @@ def test_a_stream_submit_is_sent_at_fifo_and_returns_at_normal_priority(normal):
         assert client.submit(total, big, priority="stream").result(timeout=30) == sum(big)
         assert seen[0] == ("spool", os.SCHED_OTHER) and seen[-1][1] == os.SCHED_FIFO | RESET
         assert policy() == (os.SCHED_OTHER, 0)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_held_boost_ends_when_its_thread_waits_and_only_then(normal):
+    boosts = CallerBoosts(enabled=True, clock=Clock())
+    assert boosts.boost()
+    tid, token = boosts.hold()
+    assert policy() == (os.SCHED_FIFO | RESET, 1) and boosts.holding() == [tid]
+    boosts.release(tid, object())  # not its token: nothing
+    assert policy() == (os.SCHED_FIFO | RESET, 1)
+    end_held()  # as TaskFuture.result does
+    assert policy() == (os.SCHED_OTHER, 0) and boosts.holding() == []
+    boosts.release(tid, token)  # its result, later: nothing more
+    end_held()
+    assert policy() == (os.SCHED_OTHER, 0)
+
+
+def test_a_held_boost_ends_when_its_result_comes_or_its_time_is_up(normal):
+    clock = Clock()
+    boosts = CallerBoosts(enabled=True, clock=clock)
+    done = threading.Event()
+    held = []
+
+    def submitter():  # a thread that submits and goes on without waiting
+        boosts.boost()
+        held.append(boosts.hold())
+        done.wait(10)
+        held.append(policy())
+
+    thread = threading.Thread(target=submitter)
+    thread.start()
+    while not held:
+        time.sleep(0.001)
+    tid, token = held[0]
+    assert os.sched_getscheduler(tid) == os.SCHED_FIFO | RESET
+    assert boosts.expire() == pytest.approx(STREAM_REALTIME_NS / 1e9)
+    boosts.release(tid, token)  # its result came (on the IO thread)
+    assert os.sched_getscheduler(tid) == os.SCHED_OTHER
+    done.set()
+    thread.join()
+    assert held[1] == (os.SCHED_OTHER, 0)
+    # Its time up: the IO thread's next pass ends it.
+    assert boosts.boost()
+    boosts.hold()
+    clock.now += STREAM_REALTIME_NS
+    assert boosts.expire() is None and policy() == (os.SCHED_OTHER, 0)
+
+
+def test_a_held_boost_of_a_thread_gone_or_moved_is_left_alone(normal):
+    boosts = CallerBoosts(enabled=True, clock=Clock())
+    held = []
+
+    def submitter():
+        boosts.boost()
+        held.append(boosts.hold())
+
+    thread = threading.Thread(target=submitter)
+    thread.start()
+    thread.join()
+    boosts.release(*held[0])  # no such thread now: nothing, no error
+    assert boosts.holding() == []
+    # Moved by the program while held: its policy stands, at its result and its time.
+    assert boosts.boost()
+    tid, token = boosts.hold()
+    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(3))
+    boosts.release(tid, token)
+    assert policy() == (os.SCHED_RR, 3)
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    assert boosts.boost() is True
+    boosts.hold()
+    assert boosts.boost() is True  # its next submit takes the held boost over
+    boosts.hold()
+    assert boosts.expire(everyone=True) is None and policy() == (os.SCHED_OTHER, 0)
+
+
+def test_a_lane_task_s_caller_stays_boosted_until_it_waits_or_the_result_comes(monkeypatch, normal):
+    monkeypatch.setattr(realtime, "STREAM_REALTIME_NS", 60 * 10**9)  # only those end it
+    with LocalCluster(executors=1) as cluster, Client(cluster) as client:
+        lanes, boosts = client._io.lanes, client._io.boosts
+        deadline = time.monotonic() + 30
+        while not lanes.active:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        future = client.submit(burn, 300_000.0, priority="stream")  # 0.3 s, by a lane
+        assert lanes.sent_by_lane == 1 and policy() == (os.SCHED_FIFO | RESET, 1)
+        future.result(timeout=30)  # waits: its boost ends at once
+        assert policy() == (os.SCHED_OTHER, 0) and boosts.holding() == []
+        future = client.submit(burn, 100_000.0, priority="stream")
+        assert policy()[0] == os.SCHED_FIFO | RESET
+        while not future.done() or boosts.holding():  # no wait: its result ends it
+            assert time.monotonic() < deadline + 30
+            time.sleep(0.001)
+        assert policy() == (os.SCHED_OTHER, 0)
+
+
+def test_waiting_on_a_task_future_ends_the_boost_its_thread_holds(normal):
+    boosts = CallerBoosts(enabled=True, clock=Clock())
+    future = TaskFuture("t/0", "t", 0)
+    future.set_result(5)
+    for wait in (future.result, future.exception):
+        assert boosts.boost()
+        boosts.hold()
+        wait()
+        assert policy() == (os.SCHED_OTHER, 0) and boosts.holding() == []
