@@ -465,10 +465,10 @@ class Client(ClientRequests):
                     # thread, nor a wake-up, while its stream task runs.
                     self._to_io.send_later(frames[1:])
                     frames = []
-                    if boosted:  # held until this thread waits, or the result comes
-                        tid, token = boosts.hold()
+                    held = boosted and boosts.hold()  # until this thread waits, or the
+                    if held:  # result comes (None: the IO thread stopped; ended below)
                         futures[0].add_done_callback(
-                            lambda _f, t=tid, k=token: boosts.release(t, k)
+                            lambda _f, t=held[0], k=held[1]: boosts.release(t, k)
                         )
                         boosted = False
                 if lane and self._io.lanes.waiting():  # a send (or a try) took the signal

@@ -226,6 +226,7 @@ class CallerBoosts:
         self._clock = clock
         self._lock = threading.RLock()
         self._held: dict[int, tuple[object, int]] = {}  # thread id -> (token, since)
+        self._stopped = False  # the IO thread ended every boost and looks no more
 
     def boost(self) -> bool:
         """Put the calling thread at SCHED_FIFO (or keep it there, if it holds a boost of
@@ -252,11 +253,13 @@ class CallerBoosts:
         if boosted and _LIBC is not None and _ours(0):
             _LIBC.sched_setscheduler(0, os.SCHED_OTHER, ctypes.byref(ctypes.c_int(0)))
 
-    def hold(self) -> tuple[int, object]:
+    def hold(self) -> tuple[int, object] | None:
         """Keep the calling thread's boost past its submit; (thread id, token) for
-        `release`."""
+        `release`, or None once the IO thread has stopped (then `end` it now)."""
         tid, token = threading.get_native_id(), object()
         with self._lock:
+            if self._stopped:
+                return None
             self._held[tid] = (token, self._clock())
         _HELD.token, _HELD.boosts = token, self
         return tid, token
@@ -286,6 +289,7 @@ class CallerBoosts:
         thread); seconds until the next is due (None: none held)."""
         now = self._clock()
         with self._lock:
+            self._stopped = self._stopped or everyone
             for tid, (_, since) in list(self._held.items()):
                 if everyone or now - since >= STREAM_REALTIME_NS:
                     del self._held[tid]

@@ -178,6 +178,10 @@ def test_a_held_boost_of_a_thread_gone_or_moved_is_left_alone(normal):
     assert boosts.boost() is True  # its next submit takes the held boost over
     boosts.hold()
     assert boosts.expire(everyone=True) is None and policy() == (os.SCHED_OTHER, 0)
+    # The IO thread has stopped: nothing is held past a submit any more.
+    assert boosts.boost() and boosts.hold() is None
+    boosts.end(True)
+    assert policy() == (os.SCHED_OTHER, 0)
 
 
 def test_a_lane_task_s_caller_stays_boosted_until_it_waits_or_the_result_comes(monkeypatch, normal):
