@@ -227,6 +227,11 @@ class CallerBoosts:
         self._lock = threading.RLock()
         self._held: dict[int, tuple[object, int]] = {}  # thread id -> (token, since)
         self._stopped = False  # the IO thread ended every boost and looks no more
+        # Threads whose held boost ran out of time, and until when no boost of theirs is
+        # held past a submit (3 x STREAM_REALTIME_NS): a thread that keeps submitting and
+        # never waits is not boosted for good (a submit taking a boost over keeps its
+        # start, so its time runs from the first).
+        self._cooling: dict[int, int] = {}
 
     def boost(self) -> bool:
         """Put the calling thread at SCHED_FIFO (or keep it there, if it holds a boost of
@@ -235,8 +240,7 @@ class CallerBoosts:
             return False
         tid = threading.get_native_id()
         with self._lock:
-            if self._held.pop(tid, None) is not None and _ours(0):
-                _HELD.token = None
+            if tid in self._held and _ours(0):
                 return True  # held from its last submit: this one takes it over
             try:
                 if os.sched_getscheduler(0) != os.SCHED_OTHER:
@@ -250,17 +254,22 @@ class CallerBoosts:
     def end(self, boosted: bool) -> None:
         """Put the calling thread back at SCHED_OTHER if `boost` moved it and nothing has
         moved it since; the GIL is released for the call."""
-        if boosted and _LIBC is not None and _ours(0):
+        if not boosted:
+            return
+        with self._lock:
+            self._held.pop(threading.get_native_id(), None)
+        if _LIBC is not None and _ours(0):
             _LIBC.sched_setscheduler(0, os.SCHED_OTHER, ctypes.byref(ctypes.c_int(0)))
 
     def hold(self) -> tuple[int, object] | None:
         """Keep the calling thread's boost past its submit; (thread id, token) for
         `release`, or None once the IO thread has stopped (then `end` it now)."""
-        tid, token = threading.get_native_id(), object()
+        tid, token, now = threading.get_native_id(), object(), self._clock()
         with self._lock:
-            if self._stopped:
+            if self._stopped or self._cooling.get(tid, 0) > now:
                 return None
-            self._held[tid] = (token, self._clock())
+            held = self._held.get(tid)  # taken over: its time runs from the first
+            self._held[tid] = (token, now if held is None else held[1])
         _HELD.token, _HELD.boosts = token, self
         return tid, token
 
@@ -280,9 +289,13 @@ class CallerBoosts:
         """The result of the task `token` was held for came (the IO thread): end it."""
         with self._lock:
             held = self._held.get(tid)
-            if held is not None and held[0] is token:
-                del self._held[tid]
-                _end_other(tid)
+            if held is None or held[0] is not token:
+                return
+            del self._held[tid]
+        if tid == threading.get_native_id():  # done already when its callback was added
+            self.end(True)
+        else:
+            _end_other(tid)
 
     def expire(self, everyone: bool = False) -> float | None:
         """End the boosts held STREAM_REALTIME_NS or longer (`everyone`: all; the IO
@@ -293,7 +306,10 @@ class CallerBoosts:
             for tid, (_, since) in list(self._held.items()):
                 if everyone or now - since >= STREAM_REALTIME_NS:
                     del self._held[tid]
+                    self._cooling[tid] = now + 3 * STREAM_REALTIME_NS
                     _end_other(tid)
+            for tid in [t for t, until in self._cooling.items() if until <= now]:
+                del self._cooling[tid]
             if not self._held:
                 return None
             first = min(since for _, since in self._held.values())

@@ -213,3 +213,32 @@ def test_waiting_on_a_task_future_ends_the_boost_its_thread_holds(normal):
         boosts.hold()
         wait()
         assert policy() == (os.SCHED_OTHER, 0) and boosts.holding() == []
+
+
+def test_a_thread_that_keeps_submitting_without_waiting_is_not_boosted_for_good(normal):
+    clock = Clock()
+    boosts = CallerBoosts(enabled=True, clock=clock)
+    assert boosts.boost()
+    boosts.hold()
+    clock.now += STREAM_REALTIME_NS // 2
+    assert boosts.boost()  # its next submit takes the boost over, and keeps its start
+    boosts.hold()
+    clock.now += STREAM_REALTIME_NS // 2
+    assert boosts.expire() is None and policy() == (os.SCHED_OTHER, 0)
+    # Cooling: a submit is boosted for itself, but nothing is held past it.
+    assert boosts.boost() and boosts.hold() is None
+    boosts.end(True)
+    assert policy() == (os.SCHED_OTHER, 0)
+    clock.now += 3 * STREAM_REALTIME_NS
+    boosts.expire()
+    assert boosts.boost() and boosts.hold() is not None
+    boosts.expire(everyone=True)
+    assert policy() == (os.SCHED_OTHER, 0)
+
+
+def test_a_release_on_the_held_thread_itself_puts_it_back(normal):
+    boosts = CallerBoosts(enabled=True, clock=Clock())
+    assert boosts.boost()
+    tid, token = boosts.hold()
+    boosts.release(tid, token)  # a done callback run at once: the result came first
+    assert policy() == (os.SCHED_OTHER, 0) and boosts.holding() == []
