@@ -415,7 +415,8 @@ class ClientConnection:
                 events = dealer.getsockopt(zmq.EVENTS)
             sending = bool(outbox) and link.connected
             due = events & zmq.POLLIN or (sending and events & zmq.POLLOUT)
-            due = due or (lane_descriptors and lanes.waiting())
+            lanes_waiting = bool(lane_descriptors) and lanes.waiting()
+            due = due or lanes_waiting
             # Lane submits go to the scheduler too once their grace is over: while lanes are
             # in use, look at least every half grace (a lane send does not wake this thread).
             lanes_due = self.lanes.next_due_s()
@@ -445,8 +446,9 @@ class ClientConnection:
                 if self._dealer is not dealer:
                     break  # a reconnect: the rest of this connection is the old scheduler's
 
-            # -- 2b. Results that came by lanes, each handled as the scheduler's would be.
-            if lane_descriptors:
+            # -- 2b. Results that came by lanes, each handled as the scheduler's would be
+            #        (read only when a lane said so: not on every pass of a batch's results).
+            if lanes_waiting or any(fd in ready for fd in lane_descriptors):
                 results, problems = lanes.read()
                 for problem in problems:
                     self._bad_frames(f"dropped a bad frame: {problem}")

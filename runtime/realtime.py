@@ -277,25 +277,26 @@ class CallerBoosts:
         """The calling thread is about to wait: end the boost it holds, if it still does."""
         token = _HELD.token
         _HELD.token = None
-        tid = threading.get_native_id()
-        with self._lock:
-            held = self._held.get(tid)
-            if held is None or held[0] is not token:
-                return  # ended meanwhile (its result came, or its time)
-            del self._held[tid]
-        self.end(True)
+        if self._forget(threading.get_native_id(), token):  # else ended meanwhile
+            self.end(True)
 
     def release(self, tid: int, token: object) -> None:
         """The result of the task `token` was held for came (the IO thread): end it."""
-        with self._lock:
-            held = self._held.get(tid)
-            if held is None or held[0] is not token:
-                return
-            del self._held[tid]
+        if not self._forget(tid, token):
+            return
         if tid == threading.get_native_id():  # done already when its callback was added
             self.end(True)
         else:
             _end_other(tid)
+
+    def _forget(self, tid: int, token: object) -> bool:
+        """Drop `tid`'s held boost if it is still the one `token` names; whether it was."""
+        with self._lock:
+            held = self._held.get(tid)
+            if held is None or held[0] is not token:
+                return False
+            del self._held[tid]
+            return True
 
     def expire(self, everyone: bool = False) -> float | None:
         """End the boosts held STREAM_REALTIME_NS or longer (`everyone`: all; the IO

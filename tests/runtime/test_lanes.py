@@ -581,11 +581,4 @@ def test_a_lane_task_whose_executor_stops_is_sent_to_the_scheduler_and_completes
         assert [r["executor"] for r in logged(future.task_id) if r["event"] == "started"] != [
             target
         ]
-        print(
-            [
-                (r["t"], r["event"], r.get("executor"), r.get("lane"))
-                for r in logged(future.task_id)
-            ],
-            target,
-        )
         assert all(r["executor"] != target for r in logged(future.task_id))

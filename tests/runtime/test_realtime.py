@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
 
@@ -17,6 +16,8 @@ from tidal.runtime.futures import TaskFuture
 from tidal.runtime.lanes import LANE_MAX_FRAME_BYTES
 from tidal.runtime.realtime import STREAM_REALTIME_NS, CallerBoosts, end_held, realtime_permitted
 from tidal.workloads.synthetic import burn, total
+
+from .test_lanes import Clock, wait_for  # a fake clock; polling a condition, not time
 
 pytestmark = pytest.mark.skipif(
     not realtime_permitted(), reason="SCHED_FIFO needs root or CAP_SYS_NICE"
@@ -100,14 +101,6 @@ def test_a_stream_submit_is_sent_at_fifo_and_returns_at_normal_priority(normal):
         assert policy() == (os.SCHED_OTHER, 0)
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1_000
-
-    def __call__(self):
-        return self.now
-
-
 def test_a_held_boost_ends_when_its_thread_waits_and_only_then(normal):
     boosts = CallerBoosts(enabled=True, clock=Clock())
     assert boosts.boost()
@@ -136,8 +129,7 @@ def test_a_held_boost_ends_when_its_result_comes_or_its_time_is_up(normal):
 
     thread = threading.Thread(target=submitter)
     thread.start()
-    while not held:
-        time.sleep(0.001)
+    wait_for(lambda: held)
     tid, token = held[0]
     assert os.sched_getscheduler(tid) == os.SCHED_FIFO | RESET
     assert boosts.expire() == pytest.approx(STREAM_REALTIME_NS / 1e9)
@@ -188,19 +180,14 @@ def test_a_lane_task_s_caller_stays_boosted_until_it_waits_or_the_result_comes(m
     monkeypatch.setattr(realtime, "STREAM_REALTIME_NS", 60 * 10**9)  # only those end it
     with LocalCluster(executors=1) as cluster, Client(cluster) as client:
         lanes, boosts = client._io.lanes, client._io.boosts
-        deadline = time.monotonic() + 30
-        while not lanes.active:
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
+        wait_for(lambda: lanes.active, timeout=30)
         future = client.submit(burn, 300_000.0, priority="stream")  # 0.3 s, by a lane
         assert lanes.sent_by_lane == 1 and policy() == (os.SCHED_FIFO | RESET, 1)
         future.result(timeout=30)  # waits: its boost ends at once
         assert policy() == (os.SCHED_OTHER, 0) and boosts.holding() == []
         future = client.submit(burn, 100_000.0, priority="stream")
         assert policy()[0] == os.SCHED_FIFO | RESET
-        while not future.done() or boosts.holding():  # no wait: its result ends it
-            assert time.monotonic() < deadline + 30
-            time.sleep(0.001)
+        wait_for(lambda: future.done() and not boosts.holding(), timeout=30)  # its result
         assert policy() == (os.SCHED_OTHER, 0)
 
 
